@@ -1,0 +1,159 @@
+//! Keys and sealing: the only module that sees key material.
+//!
+//! Key hierarchy: a 32-byte master key (from the key file, or from a passphrase through
+//! Argon2id) wraps a few replica keys (blind index, registry, audit) and one random data key per
+//! dossier. Every record is sealed with XChaCha20-Poly1305 under a random 192-bit nonce, with
+//! associated data that binds the ciphertext to what it is (its table, id and version), so a
+//! ciphertext moved to another row fails to open. Invariants: key bytes live in `Zeroizing`
+//! buffers and are wiped on drop; no plaintext key is ever written; a failed open is an
+//! `Error::Integrity`, never a panic.
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use zeroize::Zeroizing;
+
+use crate::error::{Error, Result};
+
+/// Bytes added by sealing: 24-byte nonce + 16-byte tag.
+pub const SEAL_OVERHEAD: usize = 40;
+
+/// A 256-bit secret key, wiped from memory on drop.
+#[derive(Clone)]
+pub struct Key(Zeroizing<[u8; 32]>);
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Key(<secret>)")
+    }
+}
+
+/// Fills `buf` from the OS random source.
+pub fn random_bytes(buf: &mut [u8]) -> Result<()> {
+    getrandom::getrandom(buf).map_err(|e| Error::Storage(format!("no OS randomness: {e}")))
+}
+
+impl Key {
+    /// A fresh random key.
+    pub fn random() -> Result<Self> {
+        let mut k = Zeroizing::new([0u8; 32]);
+        random_bytes(k.as_mut())?;
+        Ok(Key(k))
+    }
+
+    /// Wraps raw bytes (the buffer passed in is not wiped by this call).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let arr: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| Error::Key("a key must be 32 bytes".into()))?;
+        Ok(Key(Zeroizing::new(arr)))
+    }
+
+    /// The raw bytes, for wrapping and for writing the key file.
+    pub fn expose(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Derives a key from a passphrase with Argon2id (19 MiB, 2 passes: OWASP's baseline).
+    pub fn from_passphrase(passphrase: &str, salt: &[u8; 16]) -> Result<Self> {
+        if passphrase.is_empty() {
+            return Err(Error::Key("the passphrase is empty".into()));
+        }
+        let params = argon2::Params::new(19 * 1024, 2, 1, Some(32))
+            .map_err(|e| Error::Key(format!("argon2 parameters: {e}")))?;
+        let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let mut out = Zeroizing::new([0u8; 32]);
+        argon
+            .hash_password_into(passphrase.as_bytes(), salt, out.as_mut())
+            .map_err(|e| Error::Key(format!("argon2: {e}")))?;
+        Ok(Key(out))
+    }
+
+    /// Seals `plaintext` under this key: `nonce || ciphertext+tag`.
+    pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
+        let cipher = XChaCha20Poly1305::new(self.0.as_ref().into());
+        let mut nonce = [0u8; 24];
+        random_bytes(&mut nonce)?;
+        let ct = cipher
+            .encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad })
+            .map_err(|_| Error::Storage("encryption failed".into()))?;
+        let mut out = Vec::with_capacity(24 + ct.len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&ct);
+        Ok(out)
+    }
+
+    /// Opens what `seal` produced with the same associated data.
+    pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+        if sealed.len() < SEAL_OVERHEAD {
+            return Err(Error::integrity("sealed record too short"));
+        }
+        let (nonce, ct) = sealed.split_at(24);
+        let cipher = XChaCha20Poly1305::new(self.0.as_ref().into());
+        cipher
+            .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad })
+            .map(Zeroizing::new)
+            .map_err(|_| Error::integrity("a sealed record does not authenticate (tampered or corrupted)"))
+    }
+
+    /// Wraps another key under this one.
+    pub fn wrap(&self, aad: &[u8], key: &Key) -> Result<Vec<u8>> {
+        self.seal(aad, key.expose())
+    }
+
+    /// Unwraps a key wrapped by `wrap`.
+    pub fn unwrap_key(&self, aad: &[u8], wrapped: &[u8]) -> Result<Key> {
+        let raw = self.open(aad, wrapped)?;
+        Key::from_bytes(&raw)
+    }
+
+    /// Keyed BLAKE3 of `data`: a blind index that reveals nothing without the key.
+    pub fn blind_index(&self, data: &[u8]) -> [u8; 32] {
+        *blake3::keyed_hash(&self.0, data).as_bytes()
+    }
+}
+
+/// Builds associated data from labelled parts (length-prefixed so parts cannot run together).
+pub fn aad(parts: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(parts.iter().map(|p| p.len() + 4).sum());
+    for p in parts {
+        out.extend_from_slice(&(p.len() as u32).to_le_bytes());
+        out.extend_from_slice(p);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_open_and_tamper() {
+        let k = Key::random().expect("key");
+        let sealed = k.seal(b"doc1", b"secret body").expect("seal");
+        assert_eq!(sealed.len(), 11 + SEAL_OVERHEAD);
+        assert_eq!(&k.open(b"doc1", &sealed).expect("open")[..], b"secret body");
+        assert!(k.open(b"doc2", &sealed).is_err(), "bound to its associated data");
+        let mut bad = sealed.clone();
+        bad[30] ^= 1;
+        assert!(matches!(k.open(b"doc1", &bad), Err(Error::Integrity(_))));
+        assert!(k.open(b"doc1", &sealed[..10]).is_err());
+        let other = Key::random().expect("key");
+        assert!(other.open(b"doc1", &sealed).is_err());
+    }
+
+    #[test]
+    fn wrap_and_passphrase() {
+        let salt = [9u8; 16];
+        let a = Key::from_passphrase("correct horse", &salt).expect("argon2");
+        let b = Key::from_passphrase("correct horse", &salt).expect("argon2");
+        let c = Key::from_passphrase("wrong horse", &salt).expect("argon2");
+        assert_eq!(a.expose(), b.expose());
+        assert_ne!(a.expose(), c.expose());
+        let data = Key::random().expect("key");
+        let w = a.wrap(b"d", &data).expect("wrap");
+        assert_eq!(a.unwrap_key(b"d", &w).expect("unwrap").expose(), data.expose());
+        assert!(c.unwrap_key(b"d", &w).is_err());
+        assert_ne!(a.blind_index(b"x"), c.blind_index(b"x"));
+        assert_ne!(aad(&[b"ab", b"c"]), aad(&[b"a", b"bc"]));
+    }
+}

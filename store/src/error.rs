@@ -1,0 +1,77 @@
+//! The one error type of `carnet-store`.
+//!
+//! Every variant says what it means for the caller; the CLI maps each kind to an exit code
+//! (2 invalid input, 3 denied, 4 not found, 5 integrity). No input from disk, a peer or a user
+//! ever panics: it becomes one of these.
+
+/// What went wrong, and what the caller may do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The input was refused (malformed identifier, missing field, action not allowed in this
+    /// role). Nothing was changed; correct the input and retry.
+    #[error("{0}")]
+    Invalid(String),
+    /// The access decision table denied the request. The decision has been traced.
+    #[error("access denied (rule {rule}): {reason}")]
+    Denied {
+        /// Row of the decision table (DOMAIN §4) that matched.
+        rule: u8,
+        /// Why, in words a professional understands.
+        reason: String,
+    },
+    /// The named thing does not exist in this replica.
+    #[error("{0}")]
+    NotFound(String),
+    /// Stored or received data failed an integrity check: a ciphertext, trace chain or signature
+    /// does not verify. Nothing was returned from the damaged record.
+    #[error("integrity failure: {0}")]
+    Integrity(String),
+    /// The master key could not be obtained or does not open this replica (wrong passphrase,
+    /// missing key file).
+    #[error("{0}")]
+    Key(String),
+    /// The database or file system failed (disk full, permissions, file locked by another
+    /// process). Retrying after fixing the cause is safe: transactions are atomic.
+    #[error("storage error: {0}")]
+    Storage(String),
+}
+
+/// Shorthand used across the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn invalid(msg: impl Into<String>) -> Self {
+        Error::Invalid(msg.into())
+    }
+    pub(crate) fn integrity(msg: impl Into<String>) -> Self {
+        Error::Integrity(msg.into())
+    }
+    pub(crate) fn not_found(msg: impl Into<String>) -> Self {
+        Error::NotFound(msg.into())
+    }
+}
+
+macro_rules! storage_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Error {
+            fn from(e: $t) -> Self {
+                Error::Storage(e.to_string())
+            }
+        }
+    )*};
+}
+storage_from!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    std::io::Error
+);
+
+impl From<postcard::Error> for Error {
+    fn from(e: postcard::Error) -> Self {
+        Error::Integrity(format!("undecodable record: {e}"))
+    }
+}

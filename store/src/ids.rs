@@ -1,0 +1,322 @@
+//! Identifiers: the patient's INS, professionals' RPPS, establishments' FINESS, sites and
+//! documents.
+//!
+//! Invariants: a value of these types is always valid (constructed only through `parse` or,
+//! for `DocId`, minted from the OS random source). `Ins` never prints its matricule through
+//! `Debug`, so it cannot leak into logs by accident.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The kind of an INS, which decides its OID (DOMAIN §1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum InsKind {
+    /// Numéro d'inscription au répertoire (NIR).
+    Nir,
+    /// Numéro d'identification d'attente, for people awaiting a NIR.
+    Nia,
+    /// A test NIR (used by test data).
+    TestNir,
+    /// A demonstration NIR (used by the demo).
+    DemoNir,
+}
+
+impl InsKind {
+    /// The OID that qualifies a matricule of this kind.
+    pub fn oid(self) -> &'static str {
+        match self {
+            InsKind::Nir => "1.2.250.1.213.1.4.8",
+            InsKind::Nia => "1.2.250.1.213.1.4.9",
+            InsKind::TestNir => "1.2.250.1.213.1.4.10",
+            InsKind::DemoNir => "1.2.250.1.213.1.4.11",
+        }
+    }
+
+    /// Parses `nir`, `nia`, `test` or `demo`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "nir" => Ok(InsKind::Nir),
+            "nia" => Ok(InsKind::Nia),
+            "test" => Ok(InsKind::TestNir),
+            "demo" => Ok(InsKind::DemoNir),
+            other => Err(Error::invalid(format!(
+                "unknown INS kind '{other}': use nir, nia, test or demo"
+            ))),
+        }
+    }
+
+    /// The name `parse` accepts.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InsKind::Nir => "nir",
+            InsKind::Nia => "nia",
+            InsKind::TestNir => "test",
+            InsKind::DemoNir => "demo",
+        }
+    }
+}
+
+/// A patient's national health identifier: a 15-character matricule (13 + a 2-digit key).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Ins {
+    matricule: String,
+}
+
+impl Ins {
+    /// Parses a matricule (spaces are ignored) and checks its key.
+    ///
+    /// The key is `97 - (first 13 characters mod 97)`, where the Corsican departments `2A` and
+    /// `2B` (characters 6–7) count as 19 and 18.
+    pub fn parse(text: &str) -> Result<Self> {
+        let matricule: String = text
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .map(|c| c.to_ascii_uppercase())
+            .collect();
+        if matricule.len() != 15 || !matricule.is_ascii() {
+            return Err(Error::invalid(format!(
+                "invalid INS: expected 15 characters (13 + a 2-digit key), got {}",
+                matricule.chars().count()
+            )));
+        }
+        let (body, key) = matricule.split_at(13);
+        let expected = Self::key_of(body)?;
+        let given: u8 = key
+            .parse()
+            .map_err(|_| Error::invalid("invalid INS: the last two characters must be digits"))?;
+        if given != expected {
+            return Err(Error::invalid(format!(
+                "invalid INS: wrong key {given:02} (check the number as written on the card)"
+            )));
+        }
+        Ok(Ins { matricule })
+    }
+
+    /// The 2-digit key of the first 13 characters of a matricule.
+    pub fn key_of(body: &str) -> Result<u8> {
+        let bytes = body.as_bytes();
+        if bytes.len() != 13 {
+            return Err(Error::invalid("invalid INS: the body must have 13 characters"));
+        }
+        let first = bytes[0];
+        if !(b'1'..=b'8').contains(&first) {
+            return Err(Error::invalid("invalid INS: the first digit must be 1 to 8"));
+        }
+        let mut digits = String::with_capacity(13);
+        for (i, &b) in bytes.iter().enumerate() {
+            match (i, b) {
+                (_, b'0'..=b'9') => digits.push(b as char),
+                (6, b'A') if bytes[5] == b'2' => digits.push('9'),
+                (6, b'B') if bytes[5] == b'2' => digits.push('8'),
+                _ => {
+                    return Err(Error::invalid(
+                        "invalid INS: only digits are allowed, and 2A/2B as the department",
+                    ));
+                }
+            }
+        }
+        // Corsica: "2A" counts as 19 and "2B" as 18: replace both department characters.
+        if bytes[5] == b'2' && matches!(bytes[6], b'A' | b'B') {
+            digits.replace_range(5..6, "1");
+        }
+        let number: u64 = digits
+            .parse()
+            .map_err(|_| Error::invalid("invalid INS: not a number"))?;
+        Ok((97 - number % 97) as u8)
+    }
+
+    /// Builds a valid INS from its 13-character body by computing the key (for tests, demos
+    /// and producers that only hold the body).
+    pub fn from_body(body: &str) -> Result<Self> {
+        let key = Self::key_of(body)?;
+        Self::parse(&format!("{body}{key:02}"))
+    }
+
+    /// The 15-character matricule. Patient data: never log it.
+    pub fn matricule(&self) -> &str {
+        &self.matricule
+    }
+}
+
+impl fmt::Debug for Ins {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Ins(<redacted>)")
+    }
+}
+
+macro_rules! digit_id {
+    ($name:ident, $len:expr, $what:expr) => {
+        #[doc = concat!("A ", $what, " (", stringify!($len), " characters).")]
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        pub struct $name(String);
+
+        impl $name {
+            /// Returns the identifier as written.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), self.0)
+            }
+        }
+    };
+}
+
+digit_id!(Rpps, 11, "professional's RPPS number");
+digit_id!(Finess, 9, "establishment's FINESS number");
+
+impl Rpps {
+    /// Parses exactly 11 digits.
+    pub fn parse(text: &str) -> Result<Self> {
+        let t = text.trim();
+        if t.len() == 11 && t.bytes().all(|b| b.is_ascii_digit()) {
+            Ok(Rpps(t.to_string()))
+        } else {
+            Err(Error::invalid(format!(
+                "invalid RPPS '{t}': expected 11 digits"
+            )))
+        }
+    }
+}
+
+impl Finess {
+    /// Parses 9 characters: digits, with `2A`/`2B` allowed as the department.
+    pub fn parse(text: &str) -> Result<Self> {
+        let t = text.trim().to_ascii_uppercase();
+        let b = t.as_bytes();
+        let ok = b.len() == 9
+            && b.iter().enumerate().all(|(i, c)| {
+                c.is_ascii_digit() || (i == 1 && b[0] == b'2' && matches!(c, b'A' | b'B'))
+            });
+        if ok {
+            Ok(Finess(t))
+        } else {
+            Err(Error::invalid(format!(
+                "invalid FINESS '{t}': expected 9 digits (2A/2B allowed as department)"
+            )))
+        }
+    }
+}
+
+/// A replica's identity in version vectors and trace chains. The host is site 0.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+)]
+pub struct SiteId(pub u32);
+
+impl SiteId {
+    /// The national host.
+    pub const HOST: SiteId = SiteId(0);
+}
+
+impl fmt::Display for SiteId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A document identifier: 16 random bytes minted offline, unique without coordination
+/// (collision odds are negligible at 2^-64 after 2^32 documents).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DocId(pub [u8; 16]);
+
+impl DocId {
+    /// Mints a fresh identifier from the OS random source.
+    pub fn mint() -> Result<Self> {
+        let mut b = [0u8; 16];
+        getrandom::getrandom(&mut b)
+            .map_err(|e| Error::Storage(format!("no OS randomness: {e}")))?;
+        Ok(DocId(b))
+    }
+
+    /// Parses the 32 hexadecimal characters `Display` prints.
+    pub fn parse(text: &str) -> Result<Self> {
+        let t = text.trim();
+        let err = || Error::invalid(format!("invalid document id '{t}': expected 32 hex digits"));
+        if t.len() != 32 {
+            return Err(err());
+        }
+        let mut b = [0u8; 16];
+        for (i, byte) in b.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(t.get(2 * i..2 * i + 2).ok_or_else(err)?, 16)
+                .map_err(|_| err())?;
+        }
+        Ok(DocId(b))
+    }
+}
+
+impl fmt::Display for DocId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for DocId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DocId({self})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ins_key_is_checked() {
+        let ins = Ins::from_body("1840575123456").expect("valid body");
+        let key = &ins.matricule()[13..];
+        assert_eq!(key, format!("{:02}", 97 - 1840575123456u64 % 97));
+        assert!(Ins::parse(ins.matricule()).is_ok());
+        let mut wrong = ins.matricule().to_string();
+        wrong.replace_range(13.., if key == "01" { "02" } else { "01" });
+        assert!(Ins::parse(&wrong).is_err());
+        assert!(Ins::parse("12345").is_err());
+        assert!(Ins::parse("9840575123456 00").is_err());
+        assert!(Ins::parse("1840575X23456 00").is_err());
+    }
+
+    #[test]
+    fn corsica_departments_count_as_19_and_18() {
+        let a = Ins::from_body("18405 2A 123456".replace(' ', "").as_str()).expect("2A");
+        assert_eq!(Ins::key_of("184052A123456").ok(), Some((97 - 1840519123456u64 % 97) as u8));
+        let b = Ins::key_of("184052B123456").expect("2B");
+        assert_eq!(b, (97 - 1840518123456u64 % 97) as u8);
+        assert!(Ins::parse(&a.matricule().to_lowercase()).is_ok());
+        assert!(Ins::key_of("184053A123456").is_err());
+    }
+
+    #[test]
+    fn ins_debug_is_redacted() {
+        let ins = Ins::from_body("2840575123456").expect("valid");
+        assert!(!format!("{ins:?}").contains("2840575"));
+    }
+
+    #[test]
+    fn rpps_finess_docid_parse() {
+        assert!(Rpps::parse("10001234567").is_ok());
+        assert!(Rpps::parse("1000123456").is_err());
+        assert!(Rpps::parse("1000123456a").is_err());
+        assert!(Finess::parse("750000001").is_ok());
+        assert!(Finess::parse("2A0000001").is_ok());
+        assert!(Finess::parse("75000000").is_err());
+        let id = DocId::mint().expect("random");
+        assert_eq!(DocId::parse(&id.to_string()).ok(), Some(id));
+        assert!(DocId::parse("zz").is_err());
+        assert!(DocId::parse(&"g".repeat(32)).is_err());
+    }
+}

@@ -1,0 +1,20 @@
+//! `carnet-store`: the encrypted local replica of Carnet — the domain core (identifiers, model,
+//! version vectors, merge, access policy, crypto, trace, host authority) and its redb
+//! persistence. It knows nothing of the network or of async runtimes.
+//!
+//! Architecture invariants: the store never touches the network; plaintext keys never leave
+//! `crypto`; every access decision goes through `policy::decide` and is traced.
+
+pub mod audit;
+pub mod authority;
+pub mod clock;
+pub mod crypto;
+pub mod error;
+pub mod ids;
+pub mod merge;
+pub mod model;
+pub mod policy;
+pub mod replica;
+pub mod time;
+
+pub use error::{Error, Result};

@@ -1,0 +1,524 @@
+//! The domain records of DOMAIN.md: dossiers, professionals, grants, emergency preferences,
+//! the habilitation matrix and document metadata.
+//!
+//! Invariants: these are plain values (no I/O). Every field that can hold patient data is only
+//! ever written to disk sealed (see `crypto`). Immutable document facts never change after
+//! creation; the mutable part of a document lives in `merge::DocumentMeta`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::ids::{DocId, Ins, InsKind, Rpps, SiteId};
+use crate::time::Millis;
+
+macro_rules! named_enum {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $variant:ident = $text:expr),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        pub enum $name { $($(#[$vm])* $variant),+ }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The name used on the command line and in JSON.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+
+            /// Parses the name `as_str` gives.
+            pub fn parse(text: &str) -> Result<Self> {
+                match text.trim() {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(Error::invalid(format!(
+                        concat!("unknown ", stringify!($name), " '{}': expected one of {}"),
+                        other,
+                        [$($text),+].join(", ")
+                    ))),
+                }
+            }
+        }
+    };
+}
+
+named_enum!(
+    /// A health profession (DOMAIN §1). The last two are barred from the DMP by law (row 2).
+    Profession {
+        /// Physician.
+        Medecin = "medecin",
+        /// Pharmacist.
+        Pharmacien = "pharmacien",
+        /// Nurse.
+        Infirmier = "infirmier",
+        /// Midwife.
+        SageFemme = "sage-femme",
+        /// Dentist.
+        ChirurgienDentiste = "chirurgien-dentiste",
+        /// Physiotherapist.
+        MasseurKinesitherapeute = "masseur-kinesitherapeute",
+        /// An insurer's medical adviser: acts for an insurer, never allowed (DOMAIN §4 row 2).
+        MedecinConseil = "medecin-conseil",
+        /// An occupational physician: acts for an employer, never allowed (row 2).
+        MedecinDuTravail = "medecin-du-travail",
+    }
+);
+
+impl Profession {
+    /// True for professions acting for an insurer or an employer (row 2 of the table).
+    pub fn acts_for_insurer_or_employer(self) -> bool {
+        matches!(self, Profession::MedecinConseil | Profession::MedecinDuTravail)
+    }
+}
+
+/// A health professional registered at this site.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Professional {
+    /// RPPS number.
+    pub rpps: Rpps,
+    /// Profession.
+    pub profession: Profession,
+    /// Specialty, for doctors (free text, e.g. "medecine-generale").
+    pub specialty: Option<String>,
+    /// Display name.
+    pub name: Option<String>,
+}
+
+named_enum!(
+    /// Administrative sex of the identity traits.
+    Sex { Female = "F", Male = "M" }
+);
+
+named_enum!(
+    /// Whether the identity was checked against an ID document and INSi.
+    IdentityStatus { Provisional = "provisional", Qualified = "qualified" }
+);
+
+named_enum!(
+    /// Who holds the dossier; minors and protected adults have legal representatives.
+    HolderKind { Adult = "adult", Minor = "minor", ProtectedAdult = "protected-adult" }
+);
+
+named_enum!(
+    /// Lifecycle of a dossier. Only `Active` allows any access (row 1).
+    DossierStatus {
+        /// Open and usable.
+        Active = "active",
+        /// Closed by the holder: archived on the host, purged on sites.
+        Closed = "closed",
+        /// Destroyed (retention ended, or purged on a site): only a tombstone is left.
+        Purged = "purged",
+    }
+);
+
+/// The five INS identity traits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// Birth name.
+    pub birth_name: String,
+    /// First names, space-separated as on the ID document.
+    pub first_names: String,
+    /// Birth date, `YYYY-MM-DD`.
+    pub birth_date: String,
+    /// Sex.
+    pub sex: Sex,
+    /// INSEE code of the birthplace (5 characters), when known.
+    pub birthplace: Option<String>,
+    /// Provisional until checked.
+    pub status: IdentityStatus,
+}
+
+/// Emergency preferences of the holder (DOMAIN §4 rows 7–8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmergencyPrefs {
+    /// A centre 15 regulating doctor may read (`samu` not opposed).
+    pub samu_allowed: bool,
+    /// Break-glass is allowed (`btg` not opposed).
+    pub btg_allowed: bool,
+    /// Masked documents are readable in an emergency.
+    pub masked_in_emergency: bool,
+}
+
+impl Default for EmergencyPrefs {
+    /// The law's default: no opposition, masked documents stay masked.
+    fn default() -> Self {
+        EmergencyPrefs {
+            samu_allowed: true,
+            btg_allowed: true,
+            masked_in_emergency: false,
+        }
+    }
+}
+
+/// The host-authored head of a dossier. Closure is a new head with status `Closed`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DossierHead {
+    /// Holder's INS.
+    pub ins: Ins,
+    /// Kind of the INS.
+    pub ins_kind: InsKind,
+    /// Identity traits.
+    pub identity: Identity,
+    /// Holder kind.
+    pub holder: HolderKind,
+    /// Names of the legal representatives (minor or protected adult).
+    pub representatives: Vec<String>,
+    /// Lifecycle.
+    pub status: DossierStatus,
+    /// Holder chose "mask every new document by default".
+    pub mask_new_by_default: bool,
+    /// Creation time.
+    pub created_at: Millis,
+    /// Closure time and reason, when closed.
+    pub closure: Option<Closure>,
+}
+
+/// Why and when a dossier was closed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Closure {
+    /// Time of the closure.
+    pub at: Millis,
+    /// Reason given by the holder or the host.
+    pub reason: String,
+}
+
+named_enum!(
+    /// State of a grant: a professional's right on one dossier.
+    GrantState {
+        /// Usable.
+        Active = "active",
+        /// Withdrawn by the holder.
+        Revoked = "revoked",
+        /// The holder blocked this professional (row 3): denies everything, even break-glass.
+        Blocked = "blocked",
+    }
+);
+
+/// A professional's right on a dossier, authored and signed by the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// Dossier.
+    pub ins: Ins,
+    /// Professional.
+    pub rpps: Rpps,
+    /// Active, revoked or blocked.
+    pub state: GrantState,
+    /// Médecin traitant, or one given the same rights (row 4).
+    pub treating: bool,
+    /// When the host issued this state.
+    pub issued_at: Millis,
+}
+
+/// A document class code (DOMAIN §2, JDV_J57).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DocClass(u8);
+
+impl DocClass {
+    /// Documents filed by the patient.
+    pub const PATIENT: DocClass = DocClass(90);
+    const KNOWN: [(u8, &'static str); 11] = [
+        (10, "compte rendu"),
+        (11, "synthèse"),
+        (31, "imagerie"),
+        (42, "prescription"),
+        (43, "dispensation"),
+        (44, "plan/protocole de soins"),
+        (45, "traitement administré"),
+        (52, "certificat"),
+        (60, "données de remboursement"),
+        (90, "document déposé par le patient"),
+        (95, "document de gestion"),
+    ];
+
+    /// Parses a known class code.
+    pub fn parse(text: &str) -> Result<Self> {
+        let code: u8 = text.trim().parse().map_err(|_| Self::unknown(text))?;
+        Self::KNOWN
+            .iter()
+            .find(|(c, _)| *c == code)
+            .map(|(c, _)| DocClass(*c))
+            .ok_or_else(|| Self::unknown(text))
+    }
+
+    fn unknown(text: &str) -> Error {
+        let codes: Vec<String> = Self::KNOWN.iter().map(|(c, _)| c.to_string()).collect();
+        Error::invalid(format!(
+            "unknown document class '{}': expected one of {}",
+            text.trim(),
+            codes.join(", ")
+        ))
+    }
+
+    /// The numeric code.
+    pub fn code(self) -> u8 {
+        self.0
+    }
+
+    /// The French label.
+    pub fn label(self) -> &'static str {
+        Self::KNOWN
+            .iter()
+            .find(|(c, _)| *c == self.0)
+            .map_or("?", |(_, l)| l)
+    }
+}
+
+/// Confidentiality flags (DOMAIN §3, JDV_J58). Any combination.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Flags {
+    /// `MASQUE_PS`: masked from professionals but the author and the médecin traitant.
+    pub masque_ps: bool,
+    /// `INVISIBLE_PATIENT`: hidden from the holder until the announcement.
+    pub invisible_patient: bool,
+    /// `INVISIBLE_REPRESENTANTS_LEGAUX`: hidden from the legal representatives.
+    pub invisible_representatives: bool,
+}
+
+impl Flags {
+    /// Restrictive join: a flag set on either side stays set.
+    pub fn join(self, other: Flags) -> Flags {
+        Flags {
+            masque_ps: self.masque_ps || other.masque_ps,
+            invisible_patient: self.invisible_patient || other.invisible_patient,
+            invisible_representatives: self.invisible_representatives
+                || other.invisible_representatives,
+        }
+    }
+
+    /// The JDV_J58 codes of the flags set.
+    pub fn codes(self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self.masque_ps {
+            v.push("MASQUE_PS");
+        }
+        if self.invisible_patient {
+            v.push("INVISIBLE_PATIENT");
+        }
+        if self.invisible_representatives {
+            v.push("INVISIBLE_REPRESENTANTS_LEGAUX");
+        }
+        v
+    }
+}
+
+named_enum!(
+    /// Availability, ordered: on concurrent updates the higher state wins.
+    Availability {
+        /// Current.
+        Approved = "approved",
+        /// Replaced by a newer document (both are kept).
+        Deprecated = "deprecated",
+        /// Archived by its owner.
+        Archived = "archived",
+        /// Logically deleted by its author.
+        Deleted = "deleted",
+    }
+);
+
+/// Who wrote a document.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Author {
+    /// A professional.
+    Professional {
+        /// RPPS.
+        rpps: Rpps,
+        /// Profession at the time of writing.
+        profession: Profession,
+    },
+    /// The holder (class 90 uploads).
+    Holder,
+    /// A legal representative acting as the holder.
+    Representative,
+}
+
+/// The immutable facts of a document, fixed at creation (XDS.b metadata as used by the DMP).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DocumentFacts {
+    /// Replica-independent identifier.
+    pub id: DocId,
+    /// Producer-assigned unique id; never changes.
+    pub unique_id: String,
+    /// Dossier it belongs to.
+    pub ins: Ins,
+    /// Class code.
+    pub class: DocClass,
+    /// Type code (LOINC or French code).
+    pub type_code: String,
+    /// MIME type of the body.
+    pub format: String,
+    /// Title.
+    pub title: String,
+    /// Author.
+    pub author: Author,
+    /// Site where it was written.
+    pub author_site: SiteId,
+    /// Creation time.
+    pub created_at: Millis,
+    /// Start of the act (required).
+    pub service_start: Millis,
+    /// End of the act.
+    pub service_end: Option<Millis>,
+    /// BLAKE3 of the body plaintext.
+    pub content_hash: [u8; 32],
+    /// Size of the body in bytes.
+    pub size: u64,
+    /// For a replacement, the document it replaces.
+    pub replaces: Option<DocId>,
+}
+
+/// The mutable state of a document: what masking, deletion and replacement change.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DocState {
+    /// Confidentiality flags.
+    pub flags: Flags,
+    /// Availability.
+    pub availability: Option<Availability>,
+    /// Documents that replace this one (more than one is a conflict).
+    pub successors: BTreeSet<DocId>,
+}
+
+impl DocState {
+    /// Availability, `Approved` when never changed.
+    pub fn availability(&self) -> Availability {
+        self.availability.unwrap_or(Availability::Approved)
+    }
+
+    /// Join of two concurrent states: restrictive flags win, the higher availability wins,
+    /// successors are united. Commutative, associative and idempotent.
+    pub fn join(&self, other: &DocState) -> DocState {
+        DocState {
+            flags: self.flags.join(other.flags),
+            availability: self.availability.max(other.availability),
+            successors: self.successors.union(&other.successors).copied().collect(),
+        }
+    }
+}
+
+/// Which type codes a profession may read (the habilitation matrix, DOMAIN §4), versioned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HabilitationMatrix {
+    /// Version; a site keeps the highest it has verified.
+    pub version: u32,
+    /// Per profession, the rule. A profession absent from the map reads nothing.
+    pub rules: BTreeMap<Profession, TypeRule>,
+}
+
+/// A profession's access to type codes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TypeRule {
+    /// Every type code except these.
+    AllExcept(BTreeSet<String>),
+    /// Only these type codes.
+    Only(BTreeSet<String>),
+}
+
+/// Type code of the residence certificate, the one document doctors may not read.
+pub const RESIDENCE_CERTIFICATE: &str = "CERT_RESIDENCE";
+
+impl HabilitationMatrix {
+    /// The documented defaults (README "Habilitation matrix"): doctors everything but the
+    /// residence certificate; other professions the subsets their practice needs.
+    pub fn default_matrix() -> Self {
+        let set = |codes: &[&str]| codes.iter().map(|c| c.to_string()).collect::<BTreeSet<_>>();
+        let mut rules = BTreeMap::new();
+        rules.insert(
+            Profession::Medecin,
+            TypeRule::AllExcept(set(&[RESIDENCE_CERTIFICATE])),
+        );
+        // Pharmacists: what dispensing safely needs.
+        rules.insert(
+            Profession::Pharmacien,
+            TypeRule::Only(set(&[
+                "57833-6", "60593-1", "11369-6", "60591-5", "11502-2", "11490-0",
+            ])),
+        );
+        // Nurses: care plans and their inputs.
+        rules.insert(
+            Profession::Infirmier,
+            TypeRule::Only(set(&[
+                "57833-6", "60593-1", "11369-6", "60591-5", "11502-2", "11490-0", "34112-3",
+                "15507-7", "11488-4", "EXPPAT_3",
+            ])),
+        );
+        // Midwives: pregnancy follow-up needs most clinical reports.
+        rules.insert(
+            Profession::SageFemme,
+            TypeRule::Only(set(&[
+                "57833-6", "60593-1", "11369-6", "60591-5", "11502-2", "11490-0", "34112-3",
+                "15507-7", "11488-4", "18748-4", "EXPPAT_3",
+            ])),
+        );
+        rules.insert(
+            Profession::ChirurgienDentiste,
+            TypeRule::Only(set(&[
+                "57833-6", "60593-1", "11369-6", "60591-5", "11502-2", "18748-4",
+            ])),
+        );
+        rules.insert(
+            Profession::MasseurKinesitherapeute,
+            TypeRule::Only(set(&["57833-6", "60591-5", "18748-4", "11490-0"])),
+        );
+        HabilitationMatrix { version: 1, rules }
+    }
+
+    /// True when `profession` may read documents of `type_code`.
+    pub fn allows(&self, profession: Profession, type_code: &str) -> bool {
+        match self.rules.get(&profession) {
+            Some(TypeRule::AllExcept(except)) => !except.contains(type_code),
+            Some(TypeRule::Only(only)) => only.contains(type_code),
+            None => false,
+        }
+    }
+}
+
+/// A professional's or the holder's identity as an actor of a request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Actor {
+    /// A professional, by RPPS (must be registered at this site to be identified).
+    Professional(Rpps),
+    /// The holder of the dossier.
+    Holder,
+    /// A legal representative of the holder.
+    Representative,
+    /// The replica itself or the host operator (administrative actions).
+    System,
+}
+
+named_enum!(
+    /// How a read is made (DOMAIN §6 access modes).
+    AccessMode {
+        /// Ordinary access.
+        Normal = "normal",
+        /// Break-glass: the patient cannot consent.
+        BreakGlass = "bris_de_glace",
+        /// Centre 15 regulating doctor.
+        Centre15 = "centre_15",
+    }
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matrix_defaults() {
+        let m = HabilitationMatrix::default_matrix();
+        assert!(m.allows(Profession::Medecin, "11488-4"));
+        assert!(!m.allows(Profession::Medecin, RESIDENCE_CERTIFICATE));
+        assert!(m.allows(Profession::Pharmacien, "57833-6"));
+        assert!(!m.allows(Profession::Pharmacien, "11488-4"));
+        assert!(!m.allows(Profession::MedecinConseil, "57833-6"));
+    }
+
+    #[test]
+    fn enums_parse_their_names() {
+        for p in Profession::ALL {
+            assert_eq!(Profession::parse(p.as_str()).ok(), Some(*p));
+        }
+        assert!(Profession::parse("astrologue").is_err());
+        assert_eq!(DocClass::parse("90").ok(), Some(DocClass::PATIENT));
+        assert!(DocClass::parse("12").is_err());
+        assert!(Availability::Deleted > Availability::Approved);
+    }
+}

@@ -1,0 +1,465 @@
+//! Host records on a replica: issuing them (host), admitting verified ones (site import),
+//! exporting a bundle, reading dossier heads and grants, closure and purge.
+//!
+//! Invariants: a record is admitted only if its `seq` is higher than the one stored for its
+//! subject; a purge destroys the dossier's data key in its own durable commit before any row
+//! is deleted (crypto-shredding), then leaves a tombstone and a purge receipt.
+
+use ed25519_dalek::VerifyingKey;
+use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
+
+use super::tables::*;
+use super::{Replica, Role, lock_err};
+use crate::authority::{self, AuthorityRecord, Bundle, SignedRecord, Verified};
+use crate::crypto::{Key, aad};
+use crate::error::{Error, Result};
+use crate::ids::{Ins, InsKind, Rpps};
+use crate::model::{
+    Closure, DossierHead, DossierStatus, EmergencyPrefs, Grant, GrantState, HabilitationMatrix,
+    HolderKind, Identity,
+};
+
+/// What `import_authority` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImportReport {
+    /// Records newer than what this replica held, now in force.
+    pub admitted: usize,
+    /// Records this replica already had, or older ones.
+    pub unchanged: usize,
+    /// Dossiers purged because the host closed them.
+    pub purged: usize,
+}
+
+/// A dossier as this replica knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DossierInfo {
+    /// The signed head.
+    pub head: DossierHead,
+    /// Host sequence of the head.
+    pub head_seq: u64,
+    /// Emergency preferences (defaults when the host issued none).
+    pub emergency: EmergencyPrefs,
+    /// Grants, blocks and revocations.
+    pub grants: Vec<Grant>,
+    /// Number of documents held here.
+    pub documents: usize,
+}
+
+/// What `create_dossier` needs.
+#[derive(Debug, Clone)]
+pub struct NewDossier {
+    /// INS.
+    pub ins: Ins,
+    /// Kind of INS.
+    pub ins_kind: InsKind,
+    /// Identity traits.
+    pub identity: Identity,
+    /// Holder kind.
+    pub holder: HolderKind,
+    /// Legal representatives.
+    pub representatives: Vec<String>,
+    /// Mask every new document by default.
+    pub mask_new_by_default: bool,
+}
+
+impl Replica {
+    /// Reads and decodes the record stored under `subject`.
+    pub(super) fn authority_get(
+        &self,
+        table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        subject: &[u8],
+    ) -> Result<Option<Verified>> {
+        match table.get(subject)? {
+            Some(v) => {
+                let signed = self.open_signed(subject, v.value())?;
+                Ok(Some(authority::decode(&signed)?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn open_signed(&self, subject: &[u8], sealed: &[u8]) -> Result<SignedRecord> {
+        let plain = self
+            .keys
+            .registry
+            .open(&aad(&[b"authority", subject]), sealed)
+            .map_err(|_| Error::integrity("a stored signed record was altered"))?;
+        Ok(postcard::from_bytes(&plain)?)
+    }
+
+    fn subject_of(&self, record: &AuthorityRecord) -> Vec<u8> {
+        match record {
+            AuthorityRecord::Dossier(h) => subject_key(tag::DOSSIER, Some(&self.blind(&h.ins)), None),
+            AuthorityRecord::Grant(g) => {
+                subject_key(tag::GRANT, Some(&self.blind(&g.ins)), Some(g.rpps.as_str()))
+            }
+            AuthorityRecord::Emergency { ins, .. } => {
+                subject_key(tag::EMERGENCY, Some(&self.blind(ins)), None)
+            }
+            AuthorityRecord::Matrix(_) => subject_key(tag::MATRIX, None, None),
+        }
+    }
+
+    /// Stores a verified record if it is newer than the one held. Returns whether it was
+    /// admitted, and, for a closed dossier on a site, that a purge is due.
+    fn admit(
+        &self,
+        txn: &WriteTransaction,
+        signed: &SignedRecord,
+        v: &Verified,
+    ) -> Result<(bool, Option<Ins>)> {
+        let subject = self.subject_of(&v.record);
+        let mut table = txn.open_table(AUTHORITY)?;
+        if let Some(old) = self.authority_get(&table, &subject)?
+            && old.seq >= v.seq
+        {
+            return Ok((false, None));
+        }
+        let sealed = self
+            .keys
+            .registry
+            .seal(&aad(&[b"authority", &subject]), &postcard::to_stdvec(signed)?)?;
+        table.insert(subject.as_slice(), sealed.as_slice())?;
+        drop(table);
+        Self::bump_meta_u64(txn, meta_key::AUTHORITY_VERSION, Some(v.seq))?;
+        let mut purge = None;
+        if let AuthorityRecord::Dossier(head) = &v.record {
+            let bi = self.blind(&head.ins);
+            match head.status {
+                DossierStatus::Active => {
+                    let mut keys = txn.open_table(DOSSIER_KEYS)?;
+                    if keys.get(&bi)?.is_none() {
+                        let k = Key::random()?;
+                        keys.insert(&bi, self.keys.master.wrap(&aad(&[b"dossier-key", &bi]), &k)?.as_slice())?;
+                    }
+                    txn.open_table(TOMBSTONES)?.remove(&bi)?;
+                }
+                DossierStatus::Closed | DossierStatus::Purged => {
+                    if self.config.role == Role::Site {
+                        purge = Some(head.ins.clone());
+                    }
+                }
+            }
+        }
+        Ok((true, purge))
+    }
+
+    fn signing_key(&self) -> Result<&ed25519_dalek::SigningKey> {
+        self.signing.as_ref().ok_or_else(|| {
+            Error::invalid(
+                "only the national host decides this: run it on the host replica, and bring the result here with `carnet authority import`",
+            )
+        })
+    }
+
+    /// Host: signs a new record and puts it in force, with a trace entry.
+    fn issue(&self, record: AuthorityRecord, what: &str, reason: Option<&str>) -> Result<u64> {
+        let key = self.signing_key()?;
+        let txn = self.db.begin_write()?;
+        let seq = Self::bump_meta_u64(&txn, meta_key::AUTHORITY_SEQ, None)?;
+        let signed = authority::sign(key, seq, &record)?;
+        let v = Verified { seq, record };
+        self.admit(&txn, &signed, &v)?;
+        self.append_audit(&txn, vec![self.admin_entry(what, v.record.ins(), reason)])?;
+        txn.commit()?;
+        if let AuthorityRecord::Matrix(_) = v.record {
+            self.reload_matrix()?;
+        }
+        Ok(seq)
+    }
+
+    fn head(&self, ins: &Ins) -> Result<(DossierHead, u64)> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(AUTHORITY)?;
+        match self.authority_get(&table, &subject_key(tag::DOSSIER, Some(&self.blind(ins)), None))? {
+            Some(Verified { seq, record: AuthorityRecord::Dossier(h) }) => Ok((h, seq)),
+            Some(_) => Err(Error::integrity("a dossier record has the wrong kind")),
+            None => Err(Self::no_dossier()),
+        }
+    }
+
+    pub(super) fn no_dossier() -> Error {
+        Error::not_found(
+            "no such dossier in this replica (check the INS, or import it with `carnet authority import`)",
+        )
+    }
+
+    /// Host: creates a dossier. Refused if one exists for this INS.
+    pub fn create_dossier(&self, d: NewDossier) -> Result<DossierHead> {
+        self.signing_key()?;
+        if self.head(&d.ins).is_ok() {
+            return Err(Error::invalid("a dossier already exists for this INS"));
+        }
+        crate::time::parse_date(&d.identity.birth_date)?;
+        if d.identity.birth_name.trim().is_empty() || d.identity.first_names.trim().is_empty() {
+            return Err(Error::invalid("birth name and first names are required"));
+        }
+        if d.holder == HolderKind::Adult && !d.representatives.is_empty() {
+            return Err(Error::invalid(
+                "an adult holder has no legal representatives: use --holder minor or protected-adult",
+            ));
+        }
+        let head = DossierHead {
+            ins: d.ins,
+            ins_kind: d.ins_kind,
+            identity: d.identity,
+            holder: d.holder,
+            representatives: d.representatives,
+            status: DossierStatus::Active,
+            mask_new_by_default: d.mask_new_by_default,
+            created_at: self.now(),
+            closure: None,
+        };
+        self.issue(AuthorityRecord::Dossier(head.clone()), "dossier-create", None)?;
+        Ok(head)
+    }
+
+    /// Host: closes a dossier (the holder's request). Its documents are archived on the host
+    /// and every access is refused; sites purge their copy when they receive the closure.
+    pub fn close_dossier(&self, ins: &Ins, reason: &str) -> Result<()> {
+        self.signing_key()?;
+        if reason.trim().is_empty() {
+            return Err(Error::invalid("a closure needs a reason (--reason)"));
+        }
+        let (mut head, _) = self.head(ins)?;
+        if head.status != DossierStatus::Active {
+            return Err(Error::invalid("this dossier is already closed"));
+        }
+        head.status = DossierStatus::Closed;
+        head.closure = Some(Closure { at: self.now(), reason: reason.to_string() });
+        self.issue(AuthorityRecord::Dossier(head), "dossier-close", Some(reason))?;
+        Ok(())
+    }
+
+    /// Host: sets a professional's grant on a dossier.
+    pub fn set_grant(&self, ins: &Ins, rpps: &Rpps, state: GrantState, treating: bool) -> Result<()> {
+        self.signing_key()?;
+        let (head, _) = self.head(ins)?;
+        if head.status != DossierStatus::Active {
+            return Err(Error::invalid("the dossier is closed: grants cannot change"));
+        }
+        let grant = Grant {
+            ins: ins.clone(),
+            rpps: rpps.clone(),
+            state,
+            treating: treating && state == GrantState::Active,
+            issued_at: self.now(),
+        };
+        self.issue(AuthorityRecord::Grant(grant), &format!("grant-{}", state.as_str()), None)?;
+        Ok(())
+    }
+
+    /// Host: sets a dossier's emergency preferences.
+    pub fn set_emergency(&self, ins: &Ins, prefs: EmergencyPrefs) -> Result<()> {
+        self.signing_key()?;
+        self.head(ins)?;
+        self.issue(AuthorityRecord::Emergency { ins: ins.clone(), prefs }, "emergency-preferences", None)?;
+        Ok(())
+    }
+
+    /// Host: publishes a new habilitation matrix (its version must grow).
+    pub fn set_matrix(&self, matrix: HabilitationMatrix) -> Result<()> {
+        self.signing_key()?;
+        if matrix.version <= self.matrix()?.version {
+            return Err(Error::invalid("a new matrix must have a higher version"));
+        }
+        self.issue(AuthorityRecord::Matrix(matrix), "matrix", None)?;
+        Ok(())
+    }
+
+    /// The dossier as held here.
+    pub fn dossier(&self, ins: &Ins) -> Result<DossierInfo> {
+        let (head, head_seq) = self.head(ins)?;
+        let bi = self.blind(ins);
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(AUTHORITY)?;
+        let emergency = match self.authority_get(&table, &subject_key(tag::EMERGENCY, Some(&bi), None))? {
+            Some(Verified { record: AuthorityRecord::Emergency { prefs, .. }, .. }) => prefs,
+            _ => EmergencyPrefs::default(),
+        };
+        let prefix = subject_key(tag::GRANT, Some(&bi), None);
+        let mut grants = Vec::new();
+        for row in table.range(prefix.as_slice()..)? {
+            let (k, v) = row?;
+            if !k.value().starts_with(&prefix) {
+                break;
+            }
+            let signed = self.open_signed(k.value(), v.value())?;
+            if let AuthorityRecord::Grant(g) = authority::decode(&signed)?.record {
+                grants.push(g);
+            }
+        }
+        let docs = txn.open_table(DOSSIER_DOCS)?;
+        let mut documents = 0;
+        for row in docs.range(bi.as_slice()..)? {
+            if !row?.0.value().starts_with(&bi) {
+                break;
+            }
+            documents += 1;
+        }
+        Ok(DossierInfo { head, head_seq, emergency, grants, documents })
+    }
+
+    /// Every dossier head held here.
+    pub fn dossiers(&self) -> Result<Vec<DossierInfo>> {
+        let inses: Vec<Ins> = {
+            let txn = self.db.begin_read()?;
+            let table = txn.open_table(AUTHORITY)?;
+            let mut out = Vec::new();
+            for row in table.range([tag::DOSSIER].as_slice()..[tag::DOSSIER + 1].as_slice())? {
+                let (k, v) = row?;
+                if let AuthorityRecord::Dossier(h) = authority::decode(&self.open_signed(k.value(), v.value())?)?.record {
+                    out.push(h.ins);
+                }
+            }
+            out
+        };
+        inses.iter().map(|i| self.dossier(i)).collect()
+    }
+
+    /// Exports every record held as a signed bundle.
+    pub fn export_authority(&self) -> Result<Bundle> {
+        let host_key = self
+            .host_key()?
+            .ok_or_else(|| Error::invalid("this replica has no host key: nothing signed to export"))?;
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(AUTHORITY)?;
+        let mut records = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            records.push(self.open_signed(k.value(), v.value())?);
+        }
+        Ok(Bundle { format: authority::RECORD_FORMAT, host_key, records })
+    }
+
+    /// Imports a bundle: every record must verify under the pinned host key (pinned from the
+    /// bundle at the first import when none was given at init). Any bad record refuses the whole
+    /// bundle and changes nothing.
+    pub fn import_authority(&self, bundle: &Bundle) -> Result<ImportReport> {
+        let bundle_key = VerifyingKey::from_bytes(&bundle.host_key)
+            .map_err(|_| Error::integrity("the bundle's host key is malformed"))?;
+        let pinned = *self.host_key.read().map_err(lock_err)?;
+        let key = match pinned {
+            Some(k) if k != bundle_key => {
+                return Err(Error::integrity(
+                    "the bundle is signed by a different host than the one this replica trusts",
+                ));
+            }
+            Some(k) => k,
+            None => bundle_key,
+        };
+        let verified: Vec<Verified> = bundle
+            .records
+            .iter()
+            .map(|r| authority::verify(&key, r))
+            .collect::<Result<_>>()?;
+        let mut report = ImportReport::default();
+        let mut purges = Vec::new();
+        let txn = self.db.begin_write()?;
+        if pinned.is_none() {
+            self.pin_host_key(&txn, key.to_bytes())?;
+        }
+        for (signed, v) in bundle.records.iter().zip(&verified) {
+            let (admitted, purge) = self.admit(&txn, signed, v)?;
+            if admitted { report.admitted += 1 } else { report.unchanged += 1 }
+            purges.extend(purge);
+        }
+        self.append_audit(&txn, vec![self.admin_entry("authority-import", None, None)])?;
+        txn.commit()?;
+        if pinned.is_none() {
+            *self.host_key.write().map_err(lock_err)? = Some(key);
+        }
+        self.reload_matrix()?;
+        for ins in purges {
+            self.purge_rows(&ins, 0)?;
+            report.purged += 1;
+        }
+        Ok(report)
+    }
+
+    fn pin_host_key(&self, txn: &WriteTransaction, key: [u8; 32]) -> Result<()> {
+        let mut meta = txn.open_table(META)?;
+        let mut keyring: super::Keyring = postcard::from_bytes(
+            meta.get(meta_key::KEYRING)?.ok_or_else(|| Error::integrity("keyring missing"))?.value(),
+        )?;
+        keyring.host_key = Some(key);
+        meta.insert(meta_key::KEYRING, postcard::to_stdvec(&keyring)?.as_slice())?;
+        Ok(())
+    }
+
+    /// Host: purges a closed dossier (end of retention, or an early deletion request).
+    pub fn purge_dossier(&self, ins: &Ins) -> Result<()> {
+        self.signing_key()?;
+        let (head, seq) = self.head(ins)?;
+        if head.status == DossierStatus::Active {
+            return Err(Error::invalid("close the dossier before purging it"));
+        }
+        self.purge_rows(ins, seq)
+    }
+
+    /// Destroys the dossier's data key (own commit), then its rows; leaves a tombstone.
+    fn purge_rows(&self, ins: &Ins, cause_seq: u64) -> Result<()> {
+        let bi = self.blind(ins);
+        let txn = self.db.begin_write()?;
+        txn.open_table(DOSSIER_KEYS)?.remove(&bi)?;
+        self.append_audit(&txn, vec![self.admin_entry("dossier-key-destroyed", Some(ins), None)])?;
+        txn.commit()?;
+
+        let txn = self.db.begin_write()?;
+        {
+            let mut index = txn.open_table(DOSSIER_DOCS)?;
+            let mut ids = Vec::new();
+            for row in index.range(bi.as_slice()..)? {
+                let k = row?.0.value().to_vec();
+                if !k.starts_with(&bi) {
+                    break;
+                }
+                ids.push(k);
+            }
+            let mut docs = txn.open_table(DOCS)?;
+            let mut bodies = txn.open_table(BODIES)?;
+            for k in &ids {
+                index.remove(k.as_slice())?;
+                let id: [u8; 16] = k[32..].try_into().map_err(|_| Error::integrity("bad index key"))?;
+                docs.remove(&id)?;
+                let first = body_key(&id, 0);
+                let last = body_key(&id, u32::MAX);
+                bodies.retain_in(first.as_slice()..=last.as_slice(), |_, _| false)?;
+            }
+            let mut auth = txn.open_table(AUTHORITY)?;
+            for t in [tag::DOSSIER, tag::GRANT, tag::EMERGENCY] {
+                let prefix = subject_key(t, Some(&bi), None);
+                let keys: Vec<Vec<u8>> = auth
+                    .range(prefix.as_slice()..)?
+                    .map(|r| r.map(|(k, _)| k.value().to_vec()))
+                    .take_while(|k| k.as_ref().map_or(true, |k| k.starts_with(&prefix)))
+                    .collect::<std::result::Result<_, _>>()?;
+                for k in keys {
+                    auth.remove(k.as_slice())?;
+                }
+            }
+            let receipt = PurgeReceipt { at: self.now(), cause_seq };
+            txn.open_table(TOMBSTONES)?.insert(&bi, postcard::to_stdvec(&receipt)?.as_slice())?;
+            self.append_audit(&txn, vec![self.admin_entry("dossier-purged", Some(ins), None)])?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The purge receipt of a dossier purged here, if any.
+    pub fn purge_receipt(&self, ins: &Ins) -> Result<Option<PurgeReceipt>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(TOMBSTONES)?;
+        let row = t.get(&self.blind(ins))?;
+        match row {
+            Some(v) => Ok(Some(postcard::from_bytes(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// True when this replica still holds a data key for the dossier.
+    pub fn has_dossier_key(&self, ins: &Ins) -> Result<bool> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(DOSSIER_KEYS)?.get(&self.blind(ins))?.is_some())
+    }
+}

@@ -1,0 +1,566 @@
+//! Document actions: write, replace, read, list, mask/unmask/hide, delete, and the holder's
+//! export. Each one decides with `policy::decide` and traces the decision.
+//!
+//! Invariants: a write commits its sealed metadata, sealed body chunks, dossier index row,
+//! outbox entry and trace entry in one transaction; a denied request changes nothing but the
+//! trace; a read returns the body only after its trace is durable and its content hash checked.
+
+use redb::{ReadableDatabase, ReadableTable, Table, WriteTransaction};
+use zeroize::Zeroizing;
+
+use super::tables::*;
+use super::{Replica, Role};
+use crate::audit::{AuditEntry, TraceAction, TraceActor};
+use crate::authority::{AuthorityRecord, Verified};
+use crate::crypto::{Key, aad};
+use crate::error::{Error, Result};
+use crate::ids::{DocId, Ins};
+use crate::merge::DocumentMeta;
+use crate::model::{
+    AccessMode, Actor, Author, Availability, DocClass, DocState, DocumentFacts, DossierHead,
+    EmergencyPrefs, Flags, GrantState,
+};
+use crate::policy::{self, Action, Decision, DocView, DossierView, Request, Who};
+use crate::time::Millis;
+
+/// A document to write.
+#[derive(Debug, Clone)]
+pub struct NewDocument {
+    /// Dossier (ignored by `replace_document`, which uses the replaced document's).
+    pub ins: Ins,
+    /// Class code.
+    pub class: DocClass,
+    /// Type code.
+    pub type_code: String,
+    /// Title.
+    pub title: String,
+    /// MIME type.
+    pub format: String,
+    /// Body.
+    pub body: Vec<u8>,
+    /// Producer's unique id; a `urn:carnet:` id is made when absent.
+    pub unique_id: Option<String>,
+    /// Start of the act; now when absent.
+    pub service_start: Option<Millis>,
+    /// End of the act.
+    pub service_end: Option<Millis>,
+}
+
+/// An allowed read.
+#[derive(Debug)]
+pub struct ReadOutcome {
+    /// Metadata.
+    pub meta: DocumentMeta,
+    /// Body, wiped from memory on drop.
+    pub body: Zeroizing<Vec<u8>>,
+    /// Row of the table that allowed it.
+    pub rule: u8,
+}
+
+/// The holder's full copy.
+#[derive(Debug)]
+pub struct DossierExport {
+    /// Dossier head.
+    pub head: DossierHead,
+    /// Documents visible to the requester, with bodies.
+    pub documents: Vec<(DocumentMeta, Zeroizing<Vec<u8>>)>,
+    /// Trace entries of the dossier.
+    pub traces: Vec<AuditEntry>,
+}
+
+/// What the policy needs to know about a dossier and the actor's rights on it.
+struct Context {
+    head: DossierHead,
+    emergency: EmergencyPrefs,
+    grant: Option<(GrantState, bool)>,
+    authority_version: u64,
+}
+
+impl Replica {
+    fn context(
+        &self,
+        authority: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        meta: &impl ReadableTable<&'static str, &'static [u8]>,
+        bi: &[u8; 32],
+        who: &Who,
+    ) -> Result<Context> {
+        let head = match self.authority_get(authority, &subject_key(tag::DOSSIER, Some(bi), None))? {
+            Some(Verified { record: AuthorityRecord::Dossier(h), .. }) => h,
+            _ => return Err(Self::no_dossier()),
+        };
+        let emergency = match self.authority_get(authority, &subject_key(tag::EMERGENCY, Some(bi), None))? {
+            Some(Verified { record: AuthorityRecord::Emergency { prefs, .. }, .. }) => prefs,
+            _ => EmergencyPrefs::default(),
+        };
+        let grant = match who {
+            Who::Professional { rpps, .. } => {
+                match self.authority_get(authority, &subject_key(tag::GRANT, Some(bi), Some(rpps.as_str())))? {
+                    Some(Verified { record: AuthorityRecord::Grant(g), .. }) => Some((g.state, g.treating)),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        let authority_version = super::read_u64(
+            meta.get(meta_key::AUTHORITY_VERSION)?.as_ref().map(|g| g.value()),
+        );
+        Ok(Context { head, emergency, grant, authority_version })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn decide(
+        &self,
+        ctx: &Context,
+        who: &Who,
+        actor: &TraceActor,
+        action: Action,
+        mode: AccessMode,
+        reason: Option<&str>,
+        doc: Option<&DocumentMeta>,
+        new_class: Option<DocClass>,
+    ) -> Result<(Decision, AuditEntry)> {
+        let matrix = self.matrix()?;
+        let state = doc.map(|d| d.state());
+        let view = doc.zip(state.as_ref()).map(|(d, s)| DocView {
+            author: &d.facts.author,
+            flags: s.flags,
+            type_code: &d.facts.type_code,
+        });
+        let decision = policy::decide(
+            &Request { who, action, mode, reason, doc: view, new_class },
+            &DossierView {
+                status: ctx.head.status,
+                holder: ctx.head.holder,
+                grant: ctx.grant,
+                emergency: ctx.emergency,
+                matrix: &matrix,
+            },
+        );
+        let entry = AuditEntry {
+            at: self.now(),
+            origin: self.config.site_id,
+            actor: actor.clone(),
+            action: TraceAction::Access(action),
+            ins: Some(ctx.head.ins.matricule().to_string()),
+            doc: doc.map(|d| d.facts.id),
+            mode,
+            allowed: decision.allow,
+            rule: decision.rule.0,
+            outcome_reason: decision.reason.to_string(),
+            stated_reason: reason.filter(|r| !r.trim().is_empty()).map(str::to_string),
+            decided_offline: self.config.role == Role::Site,
+            authority_version: ctx.authority_version,
+        };
+        Ok((decision, entry))
+    }
+
+    fn denied(d: &Decision) -> Error {
+        Error::Denied { rule: d.rule.0, reason: d.reason.to_string() }
+    }
+
+    pub(super) fn open_meta(&self, key: &Key, id: &[u8; 16], stored: &StoredDoc) -> Result<DocumentMeta> {
+        let plain = key
+            .open(&meta_aad(id, stored.rev), &stored.sealed)
+            .map_err(|_| Error::integrity(format!("metadata of document {} was altered", DocId(*id))))?;
+        let meta: DocumentMeta = postcard::from_bytes(&plain)?;
+        if meta.facts.id.0 != *id {
+            return Err(Error::integrity("a document record carries another document's id"));
+        }
+        Ok(meta)
+    }
+
+    pub(super) fn load_doc(
+        &self,
+        docs: &impl ReadableTable<&'static [u8; 16], &'static [u8]>,
+        keys: &impl ReadableTable<&'static [u8; 32], &'static [u8]>,
+        id: &DocId,
+    ) -> Result<(StoredDoc, Key, DocumentMeta)> {
+        let stored: StoredDoc = match docs.get(&id.0)? {
+            Some(v) => postcard::from_bytes(v.value())?,
+            None => return Err(Error::not_found(format!("no document {id} in this replica"))),
+        };
+        let key = self
+            .dossier_key(keys, &stored.dossier)?
+            .ok_or_else(|| Error::not_found(format!("document {id} belongs to a purged dossier")))?;
+        let meta = self.open_meta(&key, &id.0, &stored)?;
+        Ok((stored, key, meta))
+    }
+
+    /// Seals and stores a document's metadata at revision `rev`.
+    pub(super) fn put_meta(
+        &self,
+        docs: &mut Table<'_, &'static [u8; 16], &'static [u8]>,
+        key: &Key,
+        bi: &[u8; 32],
+        rev: u64,
+        meta: &DocumentMeta,
+    ) -> Result<()> {
+        let id = meta.facts.id.0;
+        let sealed = key.seal(&meta_aad(&id, rev), &postcard::to_stdvec(meta)?)?;
+        let row = postcard::to_stdvec(&StoredDoc { dossier: *bi, rev, sealed })?;
+        docs.insert(&id, row.as_slice())?;
+        Ok(())
+    }
+
+    /// Seals and stores a body in chunks.
+    pub(super) fn put_body(&self, txn: &WriteTransaction, key: &Key, id: &DocId, body: &[u8]) -> Result<()> {
+        let mut bodies = txn.open_table(BODIES)?;
+        for (i, chunk) in body.chunks(CHUNK_PLAIN).enumerate() {
+            let n = u32::try_from(i).map_err(|_| Error::invalid("document too large"))?;
+            let sealed = key.seal(&body_aad(&id.0, n), chunk)?;
+            bodies.insert(body_key(&id.0, n).as_slice(), sealed.as_slice())?;
+        }
+        Ok(())
+    }
+
+    /// Reads, opens and checks a body against its metadata.
+    pub(super) fn get_body(
+        &self,
+        bodies: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        key: &Key,
+        meta: &DocumentMeta,
+    ) -> Result<Zeroizing<Vec<u8>>> {
+        let id = meta.facts.id;
+        let size = usize::try_from(meta.facts.size).map_err(|_| Error::integrity("size"))?;
+        let mut out = Zeroizing::new(Vec::with_capacity(size));
+        let (first, last) = (body_key(&id.0, 0), body_key(&id.0, u32::MAX));
+        let mut expect = 0u32;
+        for row in bodies.range(first.as_slice()..=last.as_slice())? {
+            let (k, v) = row?;
+            let n = u32::from_be_bytes(k.value()[16..20].try_into().map_err(|_| Error::integrity("chunk key"))?);
+            if n != expect {
+                return Err(Error::integrity(format!("body of document {id}: chunk {expect} missing")));
+            }
+            let plain = key
+                .open(&body_aad(&id.0, n), v.value())
+                .map_err(|_| Error::integrity(format!("body of document {id} was altered")))?;
+            out.extend_from_slice(&plain);
+            expect += 1;
+        }
+        if out.is_empty() && size > 0 {
+            return Err(Error::not_found(format!(
+                "the body of document {id} has not been received yet (sync with the host)"
+            )));
+        }
+        if out.len() != size || *blake3::hash(&out).as_bytes() != meta.facts.content_hash {
+            return Err(Error::integrity(format!("body of document {id} does not match its content hash")));
+        }
+        Ok(out)
+    }
+
+    fn push_outbox(&self, txn: &WriteTransaction, item: OutboxItem) -> Result<()> {
+        let seq = Self::bump_meta_u64(txn, meta_key::OUTBOX_SEQ, None)?;
+        txn.open_table(OUTBOX)?.insert(seq, postcard::to_stdvec(&item)?.as_slice())?;
+        Ok(())
+    }
+
+    /// Commits denial traces in their own transaction, then returns the denial.
+    fn deny_with_trace(&self, entries: Vec<AuditEntry>, d: &Decision) -> Result<Error> {
+        let txn = self.db.begin_write()?;
+        self.append_audit(&txn, entries)?;
+        txn.commit()?;
+        Ok(Self::denied(d))
+    }
+
+    /// Writes a document; returns its id.
+    pub fn put_document(&self, actor: &Actor, mode: AccessMode, reason: Option<&str>, doc: NewDocument) -> Result<DocId> {
+        let ids = self.put_documents(actor, mode, reason, vec![doc])?;
+        ids.into_iter().next().ok_or_else(|| Error::Storage("no id returned".into()))
+    }
+
+    /// Writes documents in one transaction (one durable commit for the batch). If any is
+    /// denied, none is written and the denials are traced.
+    pub fn put_documents(
+        &self,
+        actor: &Actor,
+        mode: AccessMode,
+        reason: Option<&str>,
+        new_docs: Vec<NewDocument>,
+    ) -> Result<Vec<DocId>> {
+        let txn = self.db.begin_write()?;
+        let (who, tactor) = self.who(&txn.open_table(PROS)?, actor)?;
+        let author = author_of(&who);
+        let mut entries = Vec::with_capacity(new_docs.len());
+        let mut denied = None;
+        let mut plans = Vec::with_capacity(new_docs.len());
+        {
+            let authority = txn.open_table(AUTHORITY)?;
+            let meta = txn.open_table(META)?;
+            let keys = txn.open_table(DOSSIER_KEYS)?;
+            for d in new_docs {
+                validate_new(&d)?;
+                let bi = self.blind(&d.ins);
+                let ctx = self.context(&authority, &meta, &bi, &who)?;
+                let (decision, mut entry) =
+                    self.decide(&ctx, &who, &tactor, Action::Write, mode, reason, None, Some(d.class))?;
+                if !decision.allow {
+                    denied.get_or_insert(decision);
+                    entries.push(entry);
+                    continue;
+                }
+                let key = self.dossier_key(&keys, &bi)?.ok_or_else(Self::no_dossier)?;
+                let id = DocId::mint()?;
+                entry.doc = Some(id);
+                entries.push(entry);
+                plans.push((bi, key, id, ctx.head.mask_new_by_default, d));
+            }
+        }
+        if let Some(d) = denied {
+            txn.abort()?;
+            let only_denials = entries.into_iter().filter(|e| !e.allowed).collect();
+            return Err(self.deny_with_trace(only_denials, &d)?);
+        }
+        let now = self.now();
+        let mut ids = Vec::with_capacity(plans.len());
+        {
+            let mut docs = txn.open_table(DOCS)?;
+            let mut index = txn.open_table(DOSSIER_DOCS)?;
+            for (bi, key, id, mask_default, d) in plans {
+                let meta = self.new_meta(id, &author, now, mask_default, None, &d);
+                self.put_meta(&mut docs, &key, &bi, 1, &meta)?;
+                self.put_body(&txn, &key, &id, &d.body)?;
+                index.insert(dossier_doc_key(&bi, &id.0).as_slice(), ())?;
+                self.push_outbox(&txn, OutboxItem::Document(id.0))?;
+                ids.push(id);
+            }
+        }
+        self.append_audit(&txn, entries)?;
+        txn.commit()?;
+        Ok(ids)
+    }
+
+    fn new_meta(
+        &self,
+        id: DocId,
+        author: &Author,
+        now: Millis,
+        mask_default: bool,
+        replaces: Option<DocId>,
+        d: &NewDocument,
+    ) -> DocumentMeta {
+        let facts = DocumentFacts {
+            id,
+            unique_id: d.unique_id.clone().unwrap_or_else(|| format!("urn:carnet:{id}")),
+            ins: d.ins.clone(),
+            class: d.class,
+            type_code: d.type_code.clone(),
+            format: d.format.clone(),
+            title: d.title.clone(),
+            author: author.clone(),
+            author_site: self.config.site_id,
+            created_at: now,
+            service_start: d.service_start.unwrap_or(now),
+            service_end: d.service_end,
+            content_hash: *blake3::hash(&d.body).as_bytes(),
+            size: d.body.len() as u64,
+            replaces,
+        };
+        let state = DocState {
+            flags: Flags { masque_ps: mask_default, ..Flags::default() },
+            ..DocState::default()
+        };
+        DocumentMeta::new(facts, self.config.site_id, state)
+    }
+
+    /// Reads a document: decides, traces durably, then returns the checked body.
+    pub fn read_document(&self, actor: &Actor, id: &DocId, mode: AccessMode, reason: Option<&str>) -> Result<ReadOutcome> {
+        let txn = self.db.begin_read()?;
+        let (who, tactor) = self.who(&txn.open_table(PROS)?, actor)?;
+        let (stored, key, meta) = self.load_doc(&txn.open_table(DOCS)?, &txn.open_table(DOSSIER_KEYS)?, id)?;
+        if meta.state().availability() == Availability::Deleted {
+            return Err(Error::not_found(format!("document {id} was deleted by its author")));
+        }
+        let ctx = self.context(&txn.open_table(AUTHORITY)?, &txn.open_table(META)?, &stored.dossier, &who)?;
+        let (decision, entry) = self.decide(&ctx, &who, &tactor, Action::Read, mode, reason, Some(&meta), None)?;
+        self.trace_durably(entry)?;
+        if !decision.allow {
+            return Err(Self::denied(&decision));
+        }
+        let body = self.get_body(&txn.open_table(BODIES)?, &key, &meta)?;
+        Ok(ReadOutcome { meta, body, rule: decision.rule.0 })
+    }
+
+    /// Lists the documents of a dossier the actor may read (deleted ones excluded). The
+    /// listing is traced; it is denied when the actor may read none of them.
+    pub fn list_documents(&self, actor: &Actor, ins: &Ins) -> Result<Vec<DocumentMeta>> {
+        let txn = self.db.begin_read()?;
+        let (who, tactor) = self.who(&txn.open_table(PROS)?, actor)?;
+        let bi = self.blind(ins);
+        let ctx = self.context(&txn.open_table(AUTHORITY)?, &txn.open_table(META)?, &bi, &who)?;
+        let (docs, keys) = (txn.open_table(DOCS)?, txn.open_table(DOSSIER_KEYS)?);
+        let mut visible = Vec::new();
+        for row in txn.open_table(DOSSIER_DOCS)?.range(bi.as_slice()..)? {
+            let k = row?.0.value().to_vec();
+            if !k.starts_with(&bi) {
+                break;
+            }
+            let id = DocId(k[32..].try_into().map_err(|_| Error::integrity("bad index key"))?);
+            let (_, _, meta) = self.load_doc(&docs, &keys, &id)?;
+            if meta.state().availability() == Availability::Deleted {
+                continue;
+            }
+            let (d, _) = self.decide(&ctx, &who, &tactor, Action::Read, AccessMode::Normal, None, Some(&meta), None)?;
+            if d.allow {
+                visible.push(meta);
+            }
+        }
+        let (mut decision, mut entry) =
+            self.decide(&ctx, &who, &tactor, Action::List, AccessMode::Normal, None, None, None)?;
+        if !decision.allow && !visible.is_empty() {
+            decision.allow = true;
+            decision.reason = "own documents only";
+            entry.allowed = true;
+            entry.outcome_reason = decision.reason.to_string();
+        }
+        self.trace_durably(entry)?;
+        if !decision.allow {
+            return Err(Self::denied(&decision));
+        }
+        visible.sort_by_key(|m| (m.facts.created_at, m.facts.id));
+        Ok(visible)
+    }
+
+    /// Masks, unmasks, hides or deletes a document.
+    pub fn update_document(&self, actor: &Actor, id: &DocId, action: Action) -> Result<DocumentMeta> {
+        let change: fn(&mut DocState) = match action {
+            Action::Mask => |s| s.flags.masque_ps = true,
+            Action::Unmask => |s| s.flags.masque_ps = false,
+            Action::HideFromPatient => |s| s.flags.invisible_patient = true,
+            Action::HideFromRepresentatives => |s| s.flags.invisible_representatives = true,
+            Action::Delete => |s| s.availability = Some(Availability::Deleted),
+            other => return Err(Error::invalid(format!("'{}' is not a document update", other.as_str()))),
+        };
+        if action == Action::Unmask && self.config.role == Role::Site {
+            return Err(Error::invalid(
+                "unmasking widens access, so the national host decides it: unmask on the host (the site keeps it masked until then)",
+            ));
+        }
+        let txn = self.db.begin_write()?;
+        let (who, tactor) = self.who(&txn.open_table(PROS)?, actor)?;
+        let (stored, key, mut meta) = self.load_doc(&txn.open_table(DOCS)?, &txn.open_table(DOSSIER_KEYS)?, id)?;
+        if meta.state().availability() == Availability::Deleted {
+            return Err(Error::invalid(format!("document {id} is deleted")));
+        }
+        let ctx = self.context(&txn.open_table(AUTHORITY)?, &txn.open_table(META)?, &stored.dossier, &who)?;
+        let (decision, entry) = self.decide(&ctx, &who, &tactor, action, AccessMode::Normal, None, Some(&meta), None)?;
+        if !decision.allow {
+            txn.abort()?;
+            return Err(self.deny_with_trace(vec![entry], &decision)?);
+        }
+        meta.update(self.config.site_id, change);
+        self.put_meta(&mut txn.open_table(DOCS)?, &key, &stored.dossier, stored.rev + 1, &meta)?;
+        self.push_outbox(&txn, OutboxItem::Document(id.0))?;
+        self.append_audit(&txn, vec![entry])?;
+        txn.commit()?;
+        Ok(meta)
+    }
+
+    /// Replaces a document by a new one; the old one becomes deprecated, both are kept.
+    pub fn replace_document(&self, actor: &Actor, old_id: &DocId, mut doc: NewDocument) -> Result<DocId> {
+        let txn = self.db.begin_write()?;
+        let (who, tactor) = self.who(&txn.open_table(PROS)?, actor)?;
+        let (stored, key, mut old) = self.load_doc(&txn.open_table(DOCS)?, &txn.open_table(DOSSIER_KEYS)?, old_id)?;
+        if old.state().availability() == Availability::Deleted {
+            return Err(Error::invalid(format!("document {old_id} is deleted")));
+        }
+        doc.ins = old.facts.ins.clone();
+        validate_new(&doc)?;
+        let ctx = self.context(&txn.open_table(AUTHORITY)?, &txn.open_table(META)?, &stored.dossier, &who)?;
+        let (decision, mut entry) =
+            self.decide(&ctx, &who, &tactor, Action::Replace, AccessMode::Normal, None, Some(&old), Some(doc.class))?;
+        if !decision.allow {
+            txn.abort()?;
+            return Err(self.deny_with_trace(vec![entry], &decision)?);
+        }
+        let author = author_of(&who);
+        let id = DocId::mint()?;
+        let mut new = self.new_meta(id, &author, self.now(), ctx.head.mask_new_by_default, Some(*old_id), &doc);
+        // A replacement keeps at least the confidentiality of what it replaces.
+        let inherited = old.state().flags;
+        new.update(self.config.site_id, |s| s.flags = s.flags.join(inherited));
+        old.update(self.config.site_id, |s| {
+            s.successors.insert(id);
+            s.availability = s.availability.max(Some(Availability::Deprecated));
+        });
+        {
+            let mut docs = txn.open_table(DOCS)?;
+            self.put_meta(&mut docs, &key, &stored.dossier, stored.rev + 1, &old)?;
+            self.put_meta(&mut docs, &key, &stored.dossier, 1, &new)?;
+        }
+        self.put_body(&txn, &key, &id, &doc.body)?;
+        txn.open_table(DOSSIER_DOCS)?.insert(dossier_doc_key(&stored.dossier, &id.0).as_slice(), ())?;
+        self.push_outbox(&txn, OutboxItem::Document(old_id.0))?;
+        self.push_outbox(&txn, OutboxItem::Document(id.0))?;
+        entry.doc = Some(*old_id);
+        self.append_audit(&txn, vec![entry])?;
+        txn.commit()?;
+        Ok(id)
+    }
+
+    /// The holder's (or a legal representative's) full copy of the dossier.
+    pub fn export_dossier(&self, actor: &Actor, ins: &Ins) -> Result<DossierExport> {
+        let (documents, head) = {
+            let txn = self.db.begin_read()?;
+            let (who, tactor) = self.who(&txn.open_table(PROS)?, actor)?;
+            let bi = self.blind(ins);
+            let ctx = self.context(&txn.open_table(AUTHORITY)?, &txn.open_table(META)?, &bi, &who)?;
+            let (decision, entry) =
+                self.decide(&ctx, &who, &tactor, Action::Export, AccessMode::Normal, None, None, None)?;
+            self.trace_durably(entry)?;
+            if !decision.allow {
+                return Err(Self::denied(&decision));
+            }
+            let (docs, keys, bodies) =
+                (txn.open_table(DOCS)?, txn.open_table(DOSSIER_KEYS)?, txn.open_table(BODIES)?);
+            let mut out = Vec::new();
+            for row in txn.open_table(DOSSIER_DOCS)?.range(bi.as_slice()..)? {
+                let k = row?.0.value().to_vec();
+                if !k.starts_with(&bi) {
+                    break;
+                }
+                let id = DocId(k[32..].try_into().map_err(|_| Error::integrity("bad index key"))?);
+                let (_, key, meta) = self.load_doc(&docs, &keys, &id)?;
+                let (d, _) = self.decide(&ctx, &who, &tactor, Action::Read, AccessMode::Normal, None, Some(&meta), None)?;
+                if d.allow && meta.state().availability() != Availability::Deleted {
+                    let body = self.get_body(&bodies, &key, &meta)?;
+                    out.push((meta, body));
+                }
+            }
+            (out, ctx.head)
+        };
+        let traces = self.audit_entries(Some(ins))?.into_iter().map(|c| c.entry).collect();
+        Ok(DossierExport { head, documents, traces })
+    }
+}
+
+/// The author recorded for a document written by `who`.
+fn author_of(who: &Who) -> Author {
+    match who {
+        Who::Professional { rpps, profession } => Author::Professional { rpps: rpps.clone(), profession: *profession },
+        Who::Holder => Author::Holder,
+        _ => Author::Representative,
+    }
+}
+
+fn validate_new(d: &NewDocument) -> Result<()> {
+    if d.title.trim().is_empty() {
+        return Err(Error::invalid("a document needs a title (--title)"));
+    }
+    if d.type_code.trim().is_empty() {
+        return Err(Error::invalid("a document needs a type code (--type)"));
+    }
+    if let (Some(s), Some(e)) = (d.service_start, d.service_end)
+        && e < s
+    {
+        return Err(Error::invalid("the service end is before its start"));
+    }
+    Ok(())
+}
+
+fn meta_aad(id: &[u8; 16], rev: u64) -> Vec<u8> {
+    aad(&[b"meta", id, &rev.to_le_bytes()])
+}
+
+fn body_aad(id: &[u8; 16], chunk: u32) -> Vec<u8> {
+    aad(&[b"body", id, &chunk.to_le_bytes()])
+}

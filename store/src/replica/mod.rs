@@ -1,0 +1,767 @@
+//! The replica: one redb file holding a site's (or the host's) encrypted copy of the dossiers
+//! it serves, their traces, and the queue of local changes for the host.
+//!
+//! Invariants:
+//! - One write transaction per logical change: the sealed document, its version vector, its
+//!   outbox entry and its trace entry commit together or not at all.
+//! - An audited read returns data only after its trace entry is durable (group commit).
+//! - Every access decision, allowed or denied, is traced.
+//! - Nothing in the file is patient data in clear (see `tables`).
+//! - The stored format version is checked on open; a newer one is refused.
+//!
+//! Submodules: `tables` (layout), `documents` (document actions), `authority_ops` (host
+//! records, import/export, closure and purge), `sync` (outbox and `apply_remote`).
+
+mod authority_ops;
+mod documents;
+mod sync;
+pub mod tables;
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
+
+pub use tables::PurgeReceipt;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+pub use authority_ops::{DossierInfo, ImportReport, NewDossier};
+pub use documents::{DossierExport, NewDocument, ReadOutcome};
+pub use sync::{Applied, Change};
+
+use crate::audit::{AuditEntry, ChainedEntry, GroupCommit, TraceAction, TraceActor};
+use crate::crypto::{aad, Key};
+use crate::error::{Error, Result};
+use crate::ids::{Ins, SiteId};
+use crate::model::{AccessMode, Actor, HabilitationMatrix, Professional};
+use crate::policy::Who;
+use crate::time::Millis;
+use tables::*;
+
+/// File name of the database inside the data folder.
+pub const DB_FILE: &str = "carnet.redb";
+/// File name of the master key inside the data folder (mode 0600).
+pub const KEY_FILE: &str = "master.key";
+const KEY_FILE_NEW: &str = "master.key.new";
+const KEY_CHECK: &[u8] = b"carnet master key check";
+
+/// The replica's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// The national host: authoritative for dossiers, grants and closures.
+    Host,
+    /// A clinic, pharmacy or mobile unit.
+    Site,
+}
+
+impl Role {
+    /// `host` or `site`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Host => "host",
+            Role::Site => "site",
+        }
+    }
+}
+
+/// Settings fixed at `init`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaConfig {
+    /// Host or site.
+    pub role: Role,
+    /// Site id (host = 0).
+    pub site_id: SiteId,
+    /// Human name of the site.
+    pub name: String,
+    /// Creation time.
+    pub created_at: Millis,
+}
+
+/// Where the master key comes from.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// The key file `master.key` in the data folder (created by `init`, mode 0600).
+    File,
+    /// A passphrase, stretched with Argon2id.
+    Passphrase(Zeroizing<String>),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum KeyKind {
+    File,
+    Passphrase { salt: [u8; 16] },
+}
+
+/// Replica keys wrapped by the master key; rotation re-wraps them and the dossier keys.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Keyring {
+    kind: KeyKind,
+    #[serde(with = "serde_bytes")]
+    check: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    index: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    registry: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    audit: Vec<u8>,
+    /// Host only: the Ed25519 signing key, wrapped.
+    signing: Option<serde_bytes::ByteBuf>,
+    /// The host's public key this replica trusts.
+    host_key: Option<[u8; 32]>,
+}
+
+struct Keys {
+    master: Key,
+    index: Key,
+    registry: Key,
+    audit: Key,
+}
+
+/// Options for `Replica::init`.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    /// Host or site.
+    pub role: Role,
+    /// Human name.
+    pub name: String,
+    /// Site id; `None` draws a random non-zero id for a site, 0 for the host.
+    pub site_id: Option<SiteId>,
+    /// Where the master key comes from.
+    pub key: KeySource,
+    /// For a site: the host's public key to trust (else pinned at the first authority import).
+    pub host_key: Option<[u8; 32]>,
+}
+
+/// A source of the current time, injected so tests and simulations control it.
+pub type Clock = Arc<dyn Fn() -> Millis + Send + Sync>;
+
+/// The system clock.
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as Millis)
+    })
+}
+
+/// An open replica. Cheap to share across threads (`&Replica` is `Sync`).
+pub struct Replica {
+    db: Database,
+    dir: PathBuf,
+    config: ReplicaConfig,
+    keys: Keys,
+    signing: Option<SigningKey>,
+    host_key: RwLock<Option<VerifyingKey>>,
+    matrix: RwLock<Arc<HabilitationMatrix>>,
+    clock: Clock,
+    audit_commit: GroupCommit<AuditEntry>,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("dir", &self.dir)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock_err<T>(_: T) -> Error {
+    Error::Storage("internal lock poisoned".into())
+}
+
+fn read_u64(bytes: Option<&[u8]>) -> u64 {
+    bytes
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_le_bytes)
+}
+
+fn write_key_file(path: &Path, key: &Key) -> Result<()> {
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    let hex: Zeroizing<String> =
+        Zeroizing::new(key.expose().iter().map(|b| format!("{b:02x}")).collect());
+    f.write_all(hex.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    Ok(())
+}
+
+fn read_key_file(path: &Path) -> Result<Key> {
+    let text = Zeroizing::new(fs::read_to_string(path).map_err(|e| {
+        Error::Key(format!(
+            "cannot read the key file {}: {e} (restore it from your backup, or set CARNET_PASSPHRASE if this replica uses a passphrase)",
+            path.display()
+        ))
+    })?);
+    let t = text.trim();
+    let bad = || Error::Key(format!("the key file {} is malformed", path.display()));
+    if t.len() != 64 {
+        return Err(bad());
+    }
+    let mut raw = Zeroizing::new([0u8; 32]);
+    for (i, b) in raw.iter_mut().enumerate() {
+        *b = u8::from_str_radix(t.get(2 * i..2 * i + 2).ok_or_else(bad)?, 16).map_err(|_| bad())?;
+    }
+    Key::from_bytes(raw.as_ref())
+}
+
+fn sync_dir(dir: &Path) {
+    // Best effort: makes a rename durable on file systems that need it.
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+impl Replica {
+    /// Creates a new replica in `dir` (created if missing). Fails if one exists there.
+    pub fn init(dir: &Path, opts: InitOptions, clock: Clock) -> Result<Replica> {
+        fs::create_dir_all(dir)?;
+        let db_path = dir.join(DB_FILE);
+        if db_path.exists() {
+            return Err(Error::invalid(format!(
+                "a replica already exists in {}: use another --data folder",
+                dir.display()
+            )));
+        }
+        let (master, kind) = match &opts.key {
+            KeySource::File => {
+                let key = Key::random()?;
+                write_key_file(&dir.join(KEY_FILE), &key)?;
+                (key, KeyKind::File)
+            }
+            KeySource::Passphrase(p) => {
+                let mut salt = [0u8; 16];
+                crate::crypto::random_bytes(&mut salt)?;
+                (Key::from_passphrase(p, &salt)?, KeyKind::Passphrase { salt })
+            }
+        };
+        let site_id = match (opts.role, opts.site_id) {
+            (Role::Host, _) => SiteId::HOST,
+            (Role::Site, Some(id)) if id != SiteId::HOST => id,
+            (Role::Site, Some(_)) => return Err(Error::invalid("site id 0 is the host's")),
+            (Role::Site, None) => {
+                let mut b = [0u8; 4];
+                crate::crypto::random_bytes(&mut b)?;
+                SiteId(u32::from_le_bytes(b).max(1))
+            }
+        };
+        let (index, registry, audit) = (Key::random()?, Key::random()?, Key::random()?);
+        let signing = match opts.role {
+            Role::Host => {
+                let mut seed = Zeroizing::new([0u8; 32]);
+                crate::crypto::random_bytes(seed.as_mut())?;
+                Some(SigningKey::from_bytes(&seed))
+            }
+            Role::Site => None,
+        };
+        let host_key = match &signing {
+            Some(s) => Some(s.verifying_key().to_bytes()),
+            None => opts.host_key,
+        };
+        let keyring = Keyring {
+            kind,
+            check: master.seal(b"check", KEY_CHECK)?,
+            index: master.wrap(b"index", &index)?,
+            registry: master.wrap(b"registry", &registry)?,
+            audit: master.wrap(b"audit", &audit)?,
+            signing: match &signing {
+                Some(s) => Some(serde_bytes::ByteBuf::from(
+                    master.wrap(b"signing", &Key::from_bytes(&s.to_bytes())?)?,
+                )),
+                None => None,
+            },
+            host_key,
+        };
+        let config = ReplicaConfig {
+            role: opts.role,
+            site_id,
+            name: opts.name,
+            created_at: clock(),
+        };
+        let db = Database::create(&db_path)?;
+        let txn = db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            meta.insert(meta_key::FORMAT, FORMAT_VERSION.to_le_bytes().as_slice())?;
+            meta.insert(meta_key::CONFIG, postcard::to_stdvec(&config)?.as_slice())?;
+            meta.insert(meta_key::KEYRING, postcard::to_stdvec(&keyring)?.as_slice())?;
+            // Create every table so read transactions never meet a missing one.
+            txn.open_table(AUTHORITY)?;
+            txn.open_table(DOSSIER_KEYS)?;
+            txn.open_table(TOMBSTONES)?;
+            txn.open_table(DOCS)?;
+            txn.open_table(DOSSIER_DOCS)?;
+            txn.open_table(BODIES)?;
+            txn.open_table(PROS)?;
+            txn.open_table(AUDIT)?;
+            txn.open_table(AUDIT_HEADS)?;
+            txn.open_table(OUTBOX)?;
+            txn.open_table(APPLIED)?;
+        }
+        txn.commit()?;
+        drop(db);
+        Replica::open(dir, &opts.key, clock)
+    }
+
+    /// Opens the replica in `dir` with its master key.
+    pub fn open(dir: &Path, source: &KeySource, clock: Clock) -> Result<Replica> {
+        let db_path = dir.join(DB_FILE);
+        if !db_path.exists() {
+            return Err(Error::not_found(format!(
+                "no replica in {}: run `carnet init` first, or point --data at the right folder",
+                dir.display()
+            )));
+        }
+        let db = Database::open(&db_path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => Error::Storage(format!(
+                "the replica in {} is in use by another process (is carnet-syncd running?)",
+                dir.display()
+            )),
+            other => Error::Storage(other.to_string()),
+        })?;
+        let (format, config, keyring) = {
+            let txn = db.begin_read()?;
+            let meta = txn.open_table(META)?;
+            let get = |k: &str| -> Result<Vec<u8>> {
+                Ok(meta
+                    .get(k)?
+                    .ok_or_else(|| Error::integrity(format!("replica metadata '{k}' is missing")))?
+                    .value()
+                    .to_vec())
+            };
+            let format_bytes = get(meta_key::FORMAT)?;
+            let format = u32::from_le_bytes(
+                format_bytes
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| Error::integrity("replica format version is malformed"))?,
+            );
+            if format > FORMAT_VERSION {
+                return Err(Error::invalid(format!(
+                    "this replica was written by a newer Carnet (format {format}; this build reads up to {FORMAT_VERSION}): upgrade carnet"
+                )));
+            }
+            let config: ReplicaConfig = postcard::from_bytes(&get(meta_key::CONFIG)?)?;
+            let keyring: Keyring = postcard::from_bytes(&get(meta_key::KEYRING)?)?;
+            (format, config, keyring)
+        };
+        debug_assert!(format <= FORMAT_VERSION);
+        let master = Self::master_key(dir, source, &keyring)?;
+        let keys = Keys {
+            index: master.unwrap_key(b"index", &keyring.index)?,
+            registry: master.unwrap_key(b"registry", &keyring.registry)?,
+            audit: master.unwrap_key(b"audit", &keyring.audit)?,
+            master,
+        };
+        let signing = match &keyring.signing {
+            Some(w) => {
+                let k = keys.master.unwrap_key(b"signing", w)?;
+                Some(SigningKey::from_bytes(k.expose()))
+            }
+            None => None,
+        };
+        let host_key = match keyring.host_key {
+            Some(b) => Some(
+                VerifyingKey::from_bytes(&b)
+                    .map_err(|_| Error::integrity("the pinned host key is malformed"))?,
+            ),
+            None => None,
+        };
+        let replica = Replica {
+            db,
+            dir: dir.to_path_buf(),
+            config,
+            keys,
+            signing,
+            host_key: RwLock::new(host_key),
+            matrix: RwLock::new(Arc::new(HabilitationMatrix::default_matrix())),
+            clock,
+            audit_commit: GroupCommit::default(),
+        };
+        replica.reload_matrix()?;
+        Ok(replica)
+    }
+
+    fn master_key(dir: &Path, source: &KeySource, keyring: &Keyring) -> Result<Key> {
+        let opens = |k: &Key| k.open(b"check", &keyring.check).is_ok();
+        match (&keyring.kind, source) {
+            (KeyKind::File, _) => {
+                let key = read_key_file(&dir.join(KEY_FILE))?;
+                if opens(&key) {
+                    return Ok(key);
+                }
+                // A rotation that committed but did not finish renaming the new key file.
+                let new_path = dir.join(KEY_FILE_NEW);
+                if let Ok(new) = read_key_file(&new_path)
+                    && opens(&new)
+                {
+                    fs::rename(&new_path, dir.join(KEY_FILE))?;
+                    sync_dir(dir);
+                    return Ok(new);
+                }
+                Err(Error::Key(format!(
+                    "the key file {} does not open this replica (wrong or damaged key file)",
+                    dir.join(KEY_FILE).display()
+                )))
+            }
+            (KeyKind::Passphrase { salt }, KeySource::Passphrase(p)) => {
+                let key = Key::from_passphrase(p, salt)?;
+                if opens(&key) {
+                    Ok(key)
+                } else {
+                    Err(Error::Key(
+                        "wrong passphrase: CARNET_PASSPHRASE does not open this replica".into(),
+                    ))
+                }
+            }
+            (KeyKind::Passphrase { .. }, KeySource::File) => Err(Error::Key(
+                "this replica is protected by a passphrase: set CARNET_PASSPHRASE".into(),
+            )),
+        }
+    }
+
+    /// Re-wraps every data key and replica key under a new master key (the old one stops
+    /// working). Documents are not re-encrypted: only keys are.
+    pub fn rotate_master_key(&mut self, new_source: &KeySource) -> Result<()> {
+        let (new_master, kind) = match new_source {
+            KeySource::File => (Key::random()?, KeyKind::File),
+            KeySource::Passphrase(p) => {
+                let mut salt = [0u8; 16];
+                crate::crypto::random_bytes(&mut salt)?;
+                (Key::from_passphrase(p, &salt)?, KeyKind::Passphrase { salt })
+            }
+        };
+        if matches!(kind, KeyKind::File) {
+            // Written before the commit: if we crash after it, `open` finds the new key here.
+            write_key_file(&self.dir.join(KEY_FILE_NEW), &new_master)?;
+        }
+        let old = &self.keys.master;
+        let txn = self.db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            let mut keyring: Keyring = postcard::from_bytes(
+                meta.get(meta_key::KEYRING)?
+                    .ok_or_else(|| Error::integrity("keyring missing"))?
+                    .value(),
+            )?;
+            keyring.kind = kind;
+            keyring.check = new_master.seal(b"check", KEY_CHECK)?;
+            keyring.index = new_master.wrap(b"index", &self.keys.index)?;
+            keyring.registry = new_master.wrap(b"registry", &self.keys.registry)?;
+            keyring.audit = new_master.wrap(b"audit", &self.keys.audit)?;
+            if let Some(w) = &keyring.signing {
+                let k = old.unwrap_key(b"signing", w)?;
+                keyring.signing = Some(serde_bytes::ByteBuf::from(new_master.wrap(b"signing", &k)?));
+            }
+            meta.insert(meta_key::KEYRING, postcard::to_stdvec(&keyring)?.as_slice())?;
+            let mut dk = txn.open_table(DOSSIER_KEYS)?;
+            let rows: Vec<([u8; 32], Vec<u8>)> = dk
+                .iter()?
+                .map(|r| r.map(|(k, v)| (*k.value(), v.value().to_vec())))
+                .collect::<std::result::Result<_, _>>()?;
+            for (bi, wrapped) in rows {
+                let a = aad(&[b"dossier-key", &bi]);
+                let key = old.unwrap_key(&a, &wrapped)?;
+                dk.insert(&bi, new_master.wrap(&a, &key)?.as_slice())?;
+            }
+        }
+        txn.commit()?;
+        match new_source {
+            KeySource::File => {
+                fs::rename(self.dir.join(KEY_FILE_NEW), self.dir.join(KEY_FILE))?;
+                sync_dir(&self.dir);
+            }
+            KeySource::Passphrase(_) => {
+                // A passphrase replica has no key file; remove a stale one if it was a file.
+                let _ = fs::remove_file(self.dir.join(KEY_FILE));
+            }
+        }
+        self.keys.master = new_master;
+        Ok(())
+    }
+
+    /// Settings fixed at init.
+    pub fn config(&self) -> &ReplicaConfig {
+        &self.config
+    }
+
+    /// The data folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Current time from the injected clock.
+    pub fn now(&self) -> Millis {
+        (self.clock)()
+    }
+
+    /// The host public key this replica trusts, if pinned.
+    pub fn host_key(&self) -> Result<Option<[u8; 32]>> {
+        Ok(self.host_key.read().map_err(lock_err)?.map(|k| k.to_bytes()))
+    }
+
+    fn blind(&self, ins: &Ins) -> [u8; 32] {
+        self.keys.index.blind_index(ins.matricule().as_bytes())
+    }
+
+    /// Highest host record sequence this replica has admitted (its authority cache version).
+    pub fn authority_version(&self) -> Result<u64> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let v = meta.get(meta_key::AUTHORITY_VERSION)?;
+        Ok(read_u64(v.as_ref().map(|g| g.value())))
+    }
+
+    fn bump_meta_u64(txn: &WriteTransaction, key: &str, at_least: Option<u64>) -> Result<u64> {
+        let mut meta = txn.open_table(META)?;
+        let cur = read_u64(meta.get(key)?.as_ref().map(|g| g.value()));
+        let next = match at_least {
+            Some(v) => cur.max(v),
+            None => cur + 1,
+        };
+        meta.insert(key, next.to_le_bytes().as_slice())?;
+        Ok(next)
+    }
+
+    // ---- professionals ----
+
+    /// Registers (or updates) a professional at this site.
+    pub fn add_professional(&self, p: &Professional) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut pros = txn.open_table(PROS)?;
+            let sealed = self
+                .keys
+                .registry
+                .seal(&aad(&[b"pro", p.rpps.as_str().as_bytes()]), &postcard::to_stdvec(p)?)?;
+            pros.insert(p.rpps.as_str(), sealed.as_slice())?;
+            self.append_audit(
+                &txn,
+                vec![self.admin_entry("professional-registered", None, None)],
+            )?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The professionals registered here, by RPPS.
+    pub fn professionals(&self) -> Result<Vec<Professional>> {
+        let txn = self.db.begin_read()?;
+        let pros = txn.open_table(PROS)?;
+        let mut out = Vec::new();
+        for row in pros.iter()? {
+            let (k, v) = row?;
+            out.push(self.open_professional(k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+
+    fn open_professional(&self, rpps: &str, sealed: &[u8]) -> Result<Professional> {
+        let plain = self.keys.registry.open(&aad(&[b"pro", rpps.as_bytes()]), sealed)?;
+        Ok(postcard::from_bytes(&plain)?)
+    }
+
+    /// Resolves an actor against the registry: an RPPS not registered here is unidentified.
+    fn who(
+        &self,
+        pros: &impl ReadableTable<&'static str, &'static [u8]>,
+        actor: &Actor,
+    ) -> Result<(Who, TraceActor)> {
+        Ok(match actor {
+            Actor::Professional(rpps) => match pros.get(rpps.as_str())? {
+                Some(v) => {
+                    let p = self.open_professional(rpps.as_str(), v.value())?;
+                    (
+                        Who::Professional {
+                            rpps: rpps.clone(),
+                            profession: p.profession,
+                        },
+                        TraceActor::Professional {
+                            rpps: rpps.clone(),
+                            profession: Some(p.profession),
+                        },
+                    )
+                }
+                None => (
+                    Who::Unidentified,
+                    TraceActor::Professional {
+                        rpps: rpps.clone(),
+                        profession: None,
+                    },
+                ),
+            },
+            Actor::Holder => (Who::Holder, TraceActor::Holder),
+            Actor::Representative => (Who::Representative, TraceActor::Representative),
+            Actor::System => (Who::Unidentified, TraceActor::System),
+        })
+    }
+
+    // ---- audit ----
+
+    fn admin_entry(&self, what: &str, ins: Option<&Ins>, reason: Option<&str>) -> AuditEntry {
+        AuditEntry {
+            at: self.now(),
+            origin: self.config.site_id,
+            actor: TraceActor::System,
+            action: TraceAction::Admin(what.to_string()),
+            ins: ins.map(|i| i.matricule().to_string()),
+            doc: None,
+            mode: AccessMode::Normal,
+            allowed: true,
+            rule: 0,
+            outcome_reason: String::new(),
+            stated_reason: reason.map(str::to_string),
+            decided_offline: false,
+            authority_version: 0,
+        }
+    }
+
+    /// Appends entries to this site's chain inside `txn`.
+    fn append_audit(&self, txn: &WriteTransaction, entries: Vec<AuditEntry>) -> Result<()> {
+        let origin = self.config.site_id.0;
+        let mut heads = txn.open_table(AUDIT_HEADS)?;
+        let (mut seq, mut prev): (u64, [u8; 32]) = match heads.get(origin)? {
+            Some(v) => postcard::from_bytes(v.value())?,
+            None => (0, [0; 32]),
+        };
+        let mut table = txn.open_table(AUDIT)?;
+        for entry in entries {
+            seq += 1;
+            let bytes = postcard::to_stdvec(&entry)?;
+            prev = crate::audit::chain_hash(&bytes, &prev);
+            let sealed = self.keys.audit.seal(&trace_aad(origin, seq), &bytes)?;
+            let row = postcard::to_stdvec(&StoredTrace { hash: prev, sealed })?;
+            table.insert((origin, seq), row.as_slice())?;
+        }
+        heads.insert(origin, postcard::to_stdvec(&(seq, prev))?.as_slice())?;
+        Ok(())
+    }
+
+    /// Makes `entry` durable, sharing the commit with concurrent callers.
+    fn trace_durably(&self, entry: AuditEntry) -> Result<()> {
+        self.audit_commit.submit(entry, &|batch| {
+            let txn = self.db.begin_write()?;
+            self.append_audit(&txn, batch)?;
+            txn.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Trace entries, decrypted, optionally only those of one dossier, in chain order per origin.
+    pub fn audit_entries(&self, ins: Option<&Ins>) -> Result<Vec<ChainedEntry>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(AUDIT)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            let (origin, seq) = k.value();
+            let e = self.open_trace(origin, seq, v.value())?;
+            if ins.is_none_or(|i| e.entry.ins.as_deref() == Some(i.matricule())) {
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+
+    fn open_trace(&self, origin: u32, seq: u64, row: &[u8]) -> Result<ChainedEntry> {
+        let stored: StoredTrace = postcard::from_bytes(row)?;
+        let plain = self.keys.audit.open(&trace_aad(origin, seq), &stored.sealed).map_err(|_| {
+            Error::integrity(format!("trace entry {seq} of site {origin} was altered"))
+        })?;
+        Ok(ChainedEntry {
+            seq,
+            hash: stored.hash,
+            entry: postcard::from_bytes(&plain)?,
+        })
+    }
+
+    /// Verifies every origin's trace chain. Returns `(origins, entries)` checked.
+    pub fn verify_audit(&self) -> Result<(usize, u64)> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(AUDIT)?;
+        let heads = txn.open_table(AUDIT_HEADS)?;
+        let mut origins: Vec<u32> = Vec::new();
+        for row in heads.iter()? {
+            origins.push(row?.0.value());
+        }
+        // Rows of an origin without a head are tampering too.
+        for row in table.iter()? {
+            let o = row?.0.value().0;
+            if !origins.contains(&o) {
+                return Err(Error::integrity(format!("trace entries of site {o} have no chain head")));
+            }
+        }
+        let mut total = 0;
+        for &origin in &origins {
+            let head: (u64, [u8; 32]) = postcard::from_bytes(
+                heads
+                    .get(origin)?
+                    .ok_or_else(|| Error::integrity("trace head vanished"))?
+                    .value(),
+            )?;
+            let mut decoded: Vec<(u64, [u8; 32], Vec<u8>)> = Vec::new();
+            for row in table.range((origin, 0)..=(origin, u64::MAX))? {
+                let (k, v) = row?;
+                let seq = k.value().1;
+                let stored: StoredTrace = postcard::from_bytes(v.value())?;
+                let plain = self.keys.audit.open(&trace_aad(origin, seq), &stored.sealed).map_err(
+                    |_| Error::integrity(format!("trace entry {seq} of site {origin} was altered")),
+                )?;
+                decoded.push((seq, stored.hash, plain.to_vec()));
+            }
+            total += crate::audit::verify_chain(
+                SiteId(origin),
+                decoded.iter().map(|(s, h, b)| (*s, *h, b.as_slice())),
+                head,
+            )?;
+        }
+        Ok((origins.len(), total))
+    }
+
+    // ---- keys ----
+
+    fn dossier_key(
+        &self,
+        keys: &impl ReadableTable<&'static [u8; 32], &'static [u8]>,
+        bi: &[u8; 32],
+    ) -> Result<Option<Key>> {
+        match keys.get(bi)? {
+            Some(w) => Ok(Some(
+                self.keys
+                    .master
+                    .unwrap_key(&aad(&[b"dossier-key", bi]), w.value())?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    fn reload_matrix(&self) -> Result<()> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(AUTHORITY)?;
+        if let Some(v) = self.authority_get(&table, &subject_key(tag::MATRIX, None, None))? {
+            if let crate::authority::AuthorityRecord::Matrix(m) = v.record {
+                *self.matrix.write().map_err(lock_err)? = Arc::new(m);
+            }
+        }
+        Ok(())
+    }
+
+    fn matrix(&self) -> Result<Arc<HabilitationMatrix>> {
+        Ok(self.matrix.read().map_err(lock_err)?.clone())
+    }
+}
+
+fn trace_aad(origin: u32, seq: u64) -> Vec<u8> {
+    aad(&[b"audit", &origin.to_le_bytes(), &seq.to_le_bytes()])
+}

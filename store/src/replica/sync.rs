@@ -1,0 +1,172 @@
+//! What sync builds on: the outbox of local changes, and `apply_remote` to merge a change from
+//! another replica exactly once.
+//!
+//! Invariants: outbox sequence numbers are never reused (acknowledged entries are deleted, the
+//! counter stays); an outbox entry names a document and the change sent is its current merged
+//! metadata; `apply_remote` applies the change with sequence `n` from an origin only when `n`
+//! is exactly one more than the last applied from that origin, so a replay is a no-op and a gap
+//! is refused, and the merge and the new high-water mark commit together.
+
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use super::Replica;
+use super::tables::*;
+use crate::error::{Error, Result};
+use crate::ids::{DocId, SiteId};
+use crate::merge::DocumentMeta;
+use crate::model::DossierStatus;
+
+/// A change as it travels between replicas.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    /// A document's metadata (all of it: merge makes repeats harmless).
+    Document(DocumentMeta),
+}
+
+/// The result of `apply_remote`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Merged now.
+    Applied,
+    /// Already applied earlier: nothing changed.
+    Duplicate,
+}
+
+impl Replica {
+    /// Local changes after `after`, in order, at most `limit`.
+    pub fn outbox(&self, after: u64, limit: usize) -> Result<Vec<(u64, Change)>> {
+        let txn = self.db.begin_read()?;
+        let outbox = txn.open_table(OUTBOX)?;
+        let (docs, keys) = (txn.open_table(DOCS)?, txn.open_table(DOSSIER_KEYS)?);
+        let mut out = Vec::new();
+        for row in outbox.range(after.saturating_add(1)..)?.take(limit) {
+            let (k, v) = row?;
+            match postcard::from_bytes(v.value())? {
+                OutboxItem::Document(id) => {
+                    let (_, _, meta) = self.load_doc(&docs, &keys, &DocId(id))?;
+                    out.push((k.value(), Change::Document(meta)));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of entries waiting in the outbox.
+    pub fn outbox_len(&self) -> Result<u64> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(OUTBOX)?.len()?)
+    }
+
+    /// Drops outbox entries up to `upto`, acknowledged by the peer.
+    pub fn ack_outbox(&self, upto: u64) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(OUTBOX)?.retain_in(..=upto, |_, _| false)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Merges change `seq` from `origin` exactly once.
+    pub fn apply_remote(&self, origin: SiteId, seq: u64, change: &Change) -> Result<Applied> {
+        if origin == self.config.site_id {
+            return Err(Error::invalid("a replica does not apply its own changes"));
+        }
+        let txn = self.db.begin_write()?;
+        let last = txn.open_table(APPLIED)?.get(origin.0)?.map_or(0, |v| v.value());
+        if seq <= last {
+            return Ok(Applied::Duplicate);
+        }
+        if seq != last + 1 {
+            return Err(Error::invalid(format!(
+                "change {seq} from site {origin} arrived before change {}: resend from there",
+                last + 1
+            )));
+        }
+        match change {
+            Change::Document(remote) => {
+                let bi = self.blind(&remote.facts.ins);
+                let status = {
+                    let authority = txn.open_table(AUTHORITY)?;
+                    match self.authority_get(&authority, &subject_key(tag::DOSSIER, Some(&bi), None))? {
+                        Some(v) => match v.record {
+                            crate::authority::AuthorityRecord::Dossier(h) => h.status,
+                            _ => return Err(Error::integrity("a dossier record has the wrong kind")),
+                        },
+                        None => return Err(Self::no_dossier()),
+                    }
+                };
+                if status != DossierStatus::Active {
+                    return Err(Error::invalid("the dossier is closed here: the document is returned to its site"));
+                }
+                let key = self
+                    .dossier_key(&txn.open_table(DOSSIER_KEYS)?, &bi)?
+                    .ok_or_else(Self::no_dossier)?;
+                let id = remote.facts.id;
+                let mut docs = txn.open_table(DOCS)?;
+                let existing: Option<StoredDoc> = match docs.get(&id.0)? {
+                    Some(v) => Some(postcard::from_bytes(v.value())?),
+                    None => None,
+                };
+                match existing {
+                    Some(stored) => {
+                        if stored.dossier != bi {
+                            return Err(Error::integrity("a document moved to another dossier"));
+                        }
+                        let mut mine = self.open_meta(&key, &id.0, &stored)?;
+                        mine.merge(remote)?;
+                        self.put_meta(&mut docs, &key, &bi, stored.rev + 1, &mine)?;
+                    }
+                    None => {
+                        self.put_meta(&mut docs, &key, &bi, 1, remote)?;
+                        txn.open_table(DOSSIER_DOCS)?.insert(dossier_doc_key(&bi, &id.0).as_slice(), ())?;
+                    }
+                }
+            }
+        }
+        txn.open_table(APPLIED)?.insert(origin.0, seq)?;
+        txn.commit()?;
+        Ok(Applied::Applied)
+    }
+
+    /// A body in clear, for sending to another replica over the authenticated channel. Not an
+    /// access decision: the body stays inside the system and is re-sealed by the receiver.
+    pub fn body_for_sync(&self, id: &DocId) -> Result<Zeroizing<Vec<u8>>> {
+        let txn = self.db.begin_read()?;
+        let (_, key, meta) = self.load_doc(&txn.open_table(DOCS)?, &txn.open_table(DOSSIER_KEYS)?, id)?;
+        self.get_body(&txn.open_table(BODIES)?, &key, &meta)
+    }
+
+    /// Stores a body received from another replica, after checking it against the content hash
+    /// of the metadata already merged here.
+    pub fn store_remote_body(&self, id: &DocId, body: &[u8]) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        let (stored, key, meta) = self.load_doc(&txn.open_table(DOCS)?, &txn.open_table(DOSSIER_KEYS)?, id)?;
+        let _ = stored;
+        if body.len() as u64 != meta.facts.size || *blake3::hash(body).as_bytes() != meta.facts.content_hash {
+            return Err(Error::integrity(format!("the body received for document {id} does not match its content hash")));
+        }
+        self.put_body(&txn, &key, id, body)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Documents whose metadata is here but whose body is not yet.
+    pub fn missing_bodies(&self) -> Result<Vec<DocId>> {
+        let txn = self.db.begin_read()?;
+        let (docs, bodies) = (txn.open_table(DOCS)?, txn.open_table(BODIES)?);
+        let mut out = Vec::new();
+        for row in docs.iter()? {
+            let (k, v) = row?;
+            let id = *k.value();
+            let stored: StoredDoc = postcard::from_bytes(v.value())?;
+            let _ = stored;
+            let first = body_key(&id, 0);
+            let has = bodies.get(first.as_slice())?.is_some();
+            if !has {
+                out.push(DocId(id));
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,136 @@
+//! The redb tables of a replica and the stored-row encodings.
+//!
+//! Invariant: no table holds an INS, a name or a title in clear. Dossiers are keyed by a keyed
+//! BLAKE3 blind index of the INS; every value with patient data is sealed (see `crypto`), with
+//! associated data naming the table and the row, so a sealed value moved to another row fails
+//! to open.
+
+use redb::TableDefinition;
+use serde::{Deserialize, Serialize};
+
+/// Settings and key material: format version, config, keyring, counters.
+pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// Signed host records by subject key (see `subject_key`), sealed with the registry key.
+pub const AUTHORITY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("authority");
+/// Each dossier's data key, wrapped by the master key, by blind index.
+pub const DOSSIER_KEYS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("dossier_keys");
+/// Purge receipts of dossiers purged here, by blind index.
+pub const TOMBSTONES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("tombstones");
+/// Document metadata (`StoredDoc`), by document id.
+pub const DOCS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("docs");
+/// Index of a dossier's documents: blind index ‖ document id.
+pub const DOSSIER_DOCS: TableDefinition<&[u8], ()> = TableDefinition::new("dossier_docs");
+/// Body chunks, sealed with the dossier key: document id ‖ chunk number (big-endian u32).
+pub const BODIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("bodies");
+/// Professionals registered at this site, sealed with the registry key, by RPPS.
+pub const PROS: TableDefinition<&str, &[u8]> = TableDefinition::new("professionals");
+/// Trace entries (`StoredTrace`) by (origin site, sequence).
+pub const AUDIT: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("audit");
+/// Head of each origin's trace chain: postcard `(last seq, last hash)`.
+pub const AUDIT_HEADS: TableDefinition<u32, &[u8]> = TableDefinition::new("audit_heads");
+/// Local changes not yet acknowledged by the host, in order (`OutboxItem`).
+pub const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
+/// Per origin site, the highest change sequence applied here (exactly-once).
+pub const APPLIED: TableDefinition<u32, u64> = TableDefinition::new("applied");
+
+/// META keys.
+pub mod meta_key {
+    /// Format version of the tables (u32 LE).
+    pub const FORMAT: &str = "format";
+    /// `ReplicaConfig`, postcard.
+    pub const CONFIG: &str = "config";
+    /// `Keyring`, postcard.
+    pub const KEYRING: &str = "keyring";
+    /// Highest host record sequence admitted (u64 LE).
+    pub const AUTHORITY_VERSION: &str = "authority_version";
+    /// Last sequence the host signed (host only, u64 LE).
+    pub const AUTHORITY_SEQ: &str = "authority_seq";
+    /// Last outbox sequence used (u64 LE); never reused, even after acknowledgements.
+    pub const OUTBOX_SEQ: &str = "outbox_seq";
+}
+
+/// The format this build writes. A newer stored format is refused; older ones migrate forward.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Subject-key tags in `AUTHORITY`.
+pub mod tag {
+    /// Dossier head.
+    pub const DOSSIER: u8 = 1;
+    /// Grant (followed by blind index and RPPS).
+    pub const GRANT: u8 = 2;
+    /// Emergency preferences.
+    pub const EMERGENCY: u8 = 3;
+    /// Habilitation matrix (no blind index).
+    pub const MATRIX: u8 = 4;
+}
+
+/// A document's metadata row.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StoredDoc {
+    /// Blind index of its dossier.
+    pub dossier: [u8; 32],
+    /// Row revision, bound into the associated data of `sealed`.
+    pub rev: u64,
+    /// `DocumentMeta`, postcard, sealed with the dossier key.
+    #[serde(with = "serde_bytes")]
+    pub sealed: Vec<u8>,
+}
+
+/// A trace row.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StoredTrace {
+    /// Chain hash.
+    pub hash: [u8; 32],
+    /// `AuditEntry`, postcard, sealed with the audit key.
+    #[serde(with = "serde_bytes")]
+    pub sealed: Vec<u8>,
+}
+
+/// What an outbox entry refers to; the change itself is read from the store when sent, so the
+/// latest merged state travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OutboxItem {
+    /// A document's metadata (and, when new, its body) changed.
+    Document([u8; 16]),
+}
+
+/// A purge receipt, kept where a dossier was purged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurgeReceipt {
+    /// When the purge completed.
+    pub at: i64,
+    /// Sequence of the host record that caused it (0 for a host-side purge).
+    pub cause_seq: u64,
+}
+
+/// Plaintext bytes per body chunk: the sealed chunk (plus 40 bytes of nonce and tag) stays just
+/// under 64 KiB, since redb rounds values up to a power of two.
+pub const CHUNK_PLAIN: usize = 65_536 - 40 - 64;
+
+/// `blind index ‖ document id`.
+pub fn dossier_doc_key(bi: &[u8; 32], id: &[u8; 16]) -> [u8; 48] {
+    let mut k = [0u8; 48];
+    k[..32].copy_from_slice(bi);
+    k[32..].copy_from_slice(id);
+    k
+}
+
+/// `document id ‖ chunk` (big-endian, so chunks sort in order).
+pub fn body_key(id: &[u8; 16], chunk: u32) -> [u8; 20] {
+    let mut k = [0u8; 20];
+    k[..16].copy_from_slice(id);
+    k[16..].copy_from_slice(&chunk.to_be_bytes());
+    k
+}
+
+/// Subject key in `AUTHORITY`: tag, then blind index, then RPPS for grants.
+pub fn subject_key(tag: u8, bi: Option<&[u8; 32]>, rpps: Option<&str>) -> Vec<u8> {
+    let mut k = vec![tag];
+    if let Some(bi) = bi {
+        k.extend_from_slice(bi);
+    }
+    if let Some(r) = rpps {
+        k.extend_from_slice(r.as_bytes());
+    }
+    k
+}

@@ -1,0 +1,105 @@
+//! Calendar helpers: Unix milliseconds to and from the civil (proleptic Gregorian, UTC)
+//! calendar, without a time-zone database.
+//!
+//! Invariant: the store never reads the system clock itself; the caller passes `now`
+//! (see `replica::Clock`). These functions are pure.
+
+use crate::error::{Error, Result};
+
+/// Milliseconds since 1970-01-01T00:00:00Z.
+pub type Millis = i64;
+
+const MS_PER_DAY: i64 = 86_400_000;
+
+/// Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m as i64 + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+fn days_in_month(y: i64, m: u32) -> u32 {
+    match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        _ if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
+        _ => 28,
+    }
+}
+
+/// Parses `YYYY-MM-DD` and returns the Unix milliseconds of its midnight UTC.
+pub fn parse_date(text: &str) -> Result<Millis> {
+    let err = || Error::invalid(format!("invalid date '{text}': expected YYYY-MM-DD"));
+    let parts: Vec<&str> = text.trim().split('-').collect();
+    let [y, m, d] = parts.as_slice() else {
+        return Err(err());
+    };
+    if y.len() != 4 || m.len() != 2 || d.len() != 2 {
+        return Err(err());
+    }
+    let (y, m, d): (i64, u32, u32) = (
+        y.parse().map_err(|_| err())?,
+        m.parse().map_err(|_| err())?,
+        d.parse().map_err(|_| err())?,
+    );
+    if !(1..=12).contains(&m) || d == 0 || d > days_in_month(y, m) {
+        return Err(err());
+    }
+    Ok(days_from_civil(y, m, d) * MS_PER_DAY)
+}
+
+/// Formats as `YYYY-MM-DD`.
+pub fn format_date(ms: Millis) -> String {
+    let (y, m, d) = civil_from_days(ms.div_euclid(MS_PER_DAY));
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// Formats as RFC 3339 UTC with milliseconds, e.g. `2026-11-23T05:18:54.123Z`.
+pub fn format_rfc3339(ms: Millis) -> String {
+    let rem = ms.rem_euclid(MS_PER_DAY);
+    let (h, mi, s, milli) = (
+        rem / 3_600_000,
+        rem / 60_000 % 60,
+        rem / 1000 % 60,
+        rem % 1000,
+    );
+    format!("{}T{h:02}:{mi:02}:{s:02}.{milli:03}Z", format_date(ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_round_trip() {
+        for text in ["1970-01-01", "2000-02-29", "1984-05-07", "2026-11-23", "1899-12-31"] {
+            let ms = parse_date(text).expect("valid date");
+            assert_eq!(format_date(ms), text);
+        }
+        assert_eq!(parse_date("1970-01-02").ok(), Some(MS_PER_DAY));
+        assert_eq!(format_rfc3339(1_000 * 86_400 + 3_723_004), "1970-01-02T01:02:03.004Z");
+    }
+
+    #[test]
+    fn bad_dates_are_refused() {
+        for text in ["2001-02-29", "2026-13-01", "2026-00-10", "26-01-01", "2026/01/01", "x"] {
+            assert!(parse_date(text).is_err(), "{text}");
+        }
+    }
+}
