@@ -1,1 +1,51 @@
-fn main(){}
+//! `carnet`: the human and script interface to a Carnet replica.
+//!
+//! Exit codes: 0 success; 2 usage or invalid input; 3 access denied (and traced); 4 not found;
+//! 5 integrity failure (tampering or corruption detected); 1 other failures (storage).
+
+mod args;
+mod commands;
+mod demo;
+mod fhir;
+
+use std::io::Write;
+
+use clap::Parser;
+use serde_json::json;
+
+fn main() {
+    let cli = args::Cli::parse();
+    std::process::exit(execute(&cli));
+}
+
+/// Runs a parsed command and prints its reply; returns the exit code.
+pub(crate) fn execute(cli: &args::Cli) -> i32 {
+    match commands::run(cli) {
+        Ok(reply) => {
+            let mut out = std::io::stdout().lock();
+            let written = if let Some(raw) = &reply.raw_stdout {
+                out.write_all(raw)
+            } else if cli.json {
+                writeln!(out, "{}", reply.json)
+            } else if reply.human.is_empty() {
+                Ok(())
+            } else {
+                writeln!(out, "{}", reply.human)
+            };
+            match written.and_then(|_| out.flush()) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("error: cannot write the output: {e}");
+                    1
+                }
+            }
+        }
+        Err(f) => {
+            if cli.json {
+                println!("{}", json!({"error": {"kind": f.kind(), "message": f.message(), "exit_code": f.exit_code()}}));
+            }
+            eprintln!("error: {}", f.message());
+            f.exit_code()
+        }
+    }
+}

@@ -26,8 +26,6 @@ use crate::time::Millis;
 /// A document to write.
 #[derive(Debug, Clone)]
 pub struct NewDocument {
-    /// Dossier (ignored by `replace_document`, which uses the replaced document's).
-    pub ins: Ins,
     /// Class code.
     pub class: DocClass,
     /// Type code.
@@ -263,8 +261,15 @@ impl Replica {
     }
 
     /// Writes a document; returns its id.
-    pub fn put_document(&self, actor: &Actor, mode: AccessMode, reason: Option<&str>, doc: NewDocument) -> Result<DocId> {
-        let ids = self.put_documents(actor, mode, reason, vec![doc])?;
+    pub fn put_document(
+        &self,
+        actor: &Actor,
+        mode: AccessMode,
+        reason: Option<&str>,
+        ins: &Ins,
+        doc: NewDocument,
+    ) -> Result<DocId> {
+        let ids = self.put_documents(actor, mode, reason, vec![(ins.clone(), doc)])?;
         ids.into_iter().next().ok_or_else(|| Error::Storage("no id returned".into()))
     }
 
@@ -275,7 +280,7 @@ impl Replica {
         actor: &Actor,
         mode: AccessMode,
         reason: Option<&str>,
-        new_docs: Vec<NewDocument>,
+        new_docs: Vec<(Ins, NewDocument)>,
     ) -> Result<Vec<DocId>> {
         let txn = self.db.begin_write()?;
         let (who, tactor) = self.who(&txn.open_table(PROS)?, actor)?;
@@ -287,9 +292,9 @@ impl Replica {
             let authority = txn.open_table(AUTHORITY)?;
             let meta = txn.open_table(META)?;
             let keys = txn.open_table(DOSSIER_KEYS)?;
-            for d in new_docs {
+            for (ins, d) in new_docs {
                 validate_new(&d)?;
-                let bi = self.blind(&d.ins);
+                let bi = self.blind(&ins);
                 let ctx = self.context(&authority, &meta, &bi, &who)?;
                 let (decision, mut entry) =
                     self.decide(&ctx, &who, &tactor, Action::Write, mode, reason, None, Some(d.class))?;
@@ -302,7 +307,7 @@ impl Replica {
                 let id = DocId::mint()?;
                 entry.doc = Some(id);
                 entries.push(entry);
-                plans.push((bi, key, id, ctx.head.mask_new_by_default, d));
+                plans.push((bi, key, id, ctx.head.mask_new_by_default, ins, d));
             }
         }
         if let Some(d) = denied {
@@ -315,8 +320,8 @@ impl Replica {
         {
             let mut docs = txn.open_table(DOCS)?;
             let mut index = txn.open_table(DOSSIER_DOCS)?;
-            for (bi, key, id, mask_default, d) in plans {
-                let meta = self.new_meta(id, &author, now, mask_default, None, &d);
+            for (bi, key, id, mask_default, ins, d) in plans {
+                let meta = self.new_meta(id, &ins, &author, now, mask_default, None, &d);
                 self.put_meta(&mut docs, &key, &bi, 1, &meta)?;
                 self.put_body(&txn, &key, &id, &d.body)?;
                 index.insert(dossier_doc_key(&bi, &id.0).as_slice(), ())?;
@@ -329,9 +334,11 @@ impl Replica {
         Ok(ids)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn new_meta(
         &self,
         id: DocId,
+        ins: &Ins,
         author: &Author,
         now: Millis,
         mask_default: bool,
@@ -341,7 +348,7 @@ impl Replica {
         let facts = DocumentFacts {
             id,
             unique_id: d.unique_id.clone().unwrap_or_else(|| format!("urn:carnet:{id}")),
-            ins: d.ins.clone(),
+            ins: ins.clone(),
             class: d.class,
             type_code: d.type_code.clone(),
             format: d.format.clone(),
@@ -456,14 +463,13 @@ impl Replica {
     }
 
     /// Replaces a document by a new one; the old one becomes deprecated, both are kept.
-    pub fn replace_document(&self, actor: &Actor, old_id: &DocId, mut doc: NewDocument) -> Result<DocId> {
+    pub fn replace_document(&self, actor: &Actor, old_id: &DocId, doc: NewDocument) -> Result<DocId> {
         let txn = self.db.begin_write()?;
         let (who, tactor) = self.who(&txn.open_table(PROS)?, actor)?;
         let (stored, key, mut old) = self.load_doc(&txn.open_table(DOCS)?, &txn.open_table(DOSSIER_KEYS)?, old_id)?;
         if old.state().availability() == Availability::Deleted {
             return Err(Error::invalid(format!("document {old_id} is deleted")));
         }
-        doc.ins = old.facts.ins.clone();
         validate_new(&doc)?;
         let ctx = self.context(&txn.open_table(AUTHORITY)?, &txn.open_table(META)?, &stored.dossier, &who)?;
         let (decision, mut entry) =
@@ -474,7 +480,8 @@ impl Replica {
         }
         let author = author_of(&who);
         let id = DocId::mint()?;
-        let mut new = self.new_meta(id, &author, self.now(), ctx.head.mask_new_by_default, Some(*old_id), &doc);
+        let ins = old.facts.ins.clone();
+        let mut new = self.new_meta(id, &ins, &author, self.now(), ctx.head.mask_new_by_default, Some(*old_id), &doc);
         // A replacement keeps at least the confidentiality of what it replaces.
         let inherited = old.state().flags;
         new.update(self.config.site_id, |s| s.flags = s.flags.join(inherited));

@@ -1,0 +1,344 @@
+//! The command line, as clap definitions. Parsing only: `commands` does the work.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Carnet: an offline-first, encrypted replica of the shared medical record (DMP).
+#[derive(Debug, Parser)]
+#[command(name = "carnet", version, about, long_about = None)]
+pub struct Cli {
+    /// Data folder of the replica.
+    #[arg(long, env = "CARNET_DATA", global = true)]
+    pub data: Option<PathBuf>,
+    /// Machine-readable JSON output on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a new replica in the data folder.
+    Init(InitArgs),
+    /// Professionals registered at this site.
+    #[command(subcommand)]
+    Pro(ProCmd),
+    /// Dossiers (creation and closure are the host's).
+    #[command(subcommand)]
+    Dossier(DossierCmd),
+    /// Grants, revocations and blocks (host).
+    #[command(subcommand)]
+    Grant(GrantCmd),
+    /// Emergency preferences of a dossier (host).
+    #[command(subcommand)]
+    Emergency(EmergencyCmd),
+    /// Documents.
+    #[command(subcommand)]
+    Doc(DocCmd),
+    /// The trace.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// Master key management.
+    #[command(subcommand)]
+    Keys(KeysCmd),
+    /// The holder's full copy of a dossier, as a FHIR R4 Bundle.
+    Export(ExportArgs),
+    /// Signed host records: export (host) and import (site).
+    #[command(subcommand)]
+    Authority(AuthorityCmd),
+    /// Run the demonstration scenario in a temporary folder.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RoleArg {
+    Host,
+    Site,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Host (national) or site (clinic, pharmacy, mobile unit).
+    #[arg(long, value_enum)]
+    pub role: RoleArg,
+    /// Name of the site.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Site id (sites only; drawn at random when absent).
+    #[arg(long)]
+    pub site_id: Option<u32>,
+    /// The host's public key to trust, 64 hex digits (sites; `carnet authority key` on the host).
+    #[arg(long)]
+    pub host_key: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProCmd {
+    /// Register a professional at this site.
+    Add {
+        #[arg(long)]
+        rpps: String,
+        /// medecin, pharmacien, infirmier, sage-femme, chirurgien-dentiste, masseur-kinesitherapeute…
+        #[arg(long)]
+        profession: String,
+        #[arg(long)]
+        specialty: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List registered professionals.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DossierCmd {
+    /// Create a dossier (host).
+    Create(CreateDossierArgs),
+    /// Show a dossier: identity, status, grants, emergency preferences.
+    Show { ins: String },
+    /// List dossiers held here.
+    List,
+    /// Close a dossier at the holder's request (host).
+    Close {
+        ins: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Destroy a closed dossier: its key first, then its rows (host).
+    Purge { ins: String },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateDossierArgs {
+    #[arg(long)]
+    pub ins: String,
+    /// nir, nia, test or demo.
+    #[arg(long, default_value = "nir")]
+    pub ins_kind: String,
+    #[arg(long)]
+    pub birth_name: String,
+    #[arg(long)]
+    pub first_names: String,
+    /// YYYY-MM-DD.
+    #[arg(long)]
+    pub birth_date: String,
+    /// F or M.
+    #[arg(long)]
+    pub sex: String,
+    /// INSEE code of the birthplace.
+    #[arg(long)]
+    pub birthplace: Option<String>,
+    /// adult, minor or protected-adult.
+    #[arg(long, default_value = "adult")]
+    pub holder: String,
+    /// A legal representative (repeatable).
+    #[arg(long)]
+    pub representative: Vec<String>,
+    /// The identity was checked against an ID document and INSi.
+    #[arg(long)]
+    pub qualified: bool,
+    /// Mask every new document by default.
+    #[arg(long)]
+    pub mask_new_by_default: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GrantTarget {
+    #[arg(long)]
+    pub dossier: String,
+    #[arg(long)]
+    pub rpps: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GrantCmd {
+    /// Grant access (host).
+    Add {
+        #[command(flatten)]
+        target: GrantTarget,
+        /// Médecin traitant, or the same rights.
+        #[arg(long)]
+        treating: bool,
+    },
+    /// Revoke a grant (host).
+    Revoke {
+        #[command(flatten)]
+        target: GrantTarget,
+    },
+    /// Block a professional from the dossier (host).
+    Block {
+        #[command(flatten)]
+        target: GrantTarget,
+    },
+    /// List a dossier's grants.
+    List {
+        #[arg(long)]
+        dossier: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum AllowOppose {
+    Allow,
+    Oppose,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EmergencyCmd {
+    /// Set emergency preferences (host); unspecified ones keep their value.
+    Set {
+        #[arg(long)]
+        dossier: String,
+        #[arg(long, value_enum)]
+        samu: Option<AllowOppose>,
+        #[arg(long, value_enum)]
+        btg: Option<AllowOppose>,
+        /// Masked documents readable in an emergency.
+        #[arg(long, value_enum)]
+        masked: Option<AllowOppose>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ModeArg {
+    Normal,
+    BreakGlass,
+    Centre15,
+}
+
+#[derive(Debug, Args)]
+pub struct NewDocArgs {
+    /// Class code (10, 11, 31, 42, 43, 44, 45, 52, 60, 90, 95).
+    #[arg(long)]
+    pub class: String,
+    /// Type code (LOINC or French code).
+    #[arg(long = "type")]
+    pub type_code: String,
+    #[arg(long)]
+    pub title: String,
+    /// MIME type of the body.
+    #[arg(long, default_value = "application/pdf")]
+    pub format: String,
+    /// Producer-assigned unique id.
+    #[arg(long)]
+    pub unique_id: Option<String>,
+    /// Start of the act, YYYY-MM-DD (default: now).
+    #[arg(long)]
+    pub service_start: Option<String>,
+    /// The document's body.
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DocCmd {
+    /// Add a document; prints its id.
+    Add {
+        #[arg(long)]
+        dossier: String,
+        /// RPPS of a professional, `patient`, or `representative`.
+        #[arg(long = "as")]
+        actor: String,
+        #[arg(long, value_enum, default_value = "normal")]
+        mode: ModeArg,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        doc: NewDocArgs,
+    },
+    /// Read a document (traced).
+    Get {
+        id: String,
+        #[arg(long = "as")]
+        actor: String,
+        #[arg(long, value_enum, default_value = "normal")]
+        mode: ModeArg,
+        /// Required for break-glass and centre 15.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Write the body to this file (default: stdout).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// List the documents of a dossier the actor may read (traced).
+    List {
+        #[arg(long)]
+        dossier: String,
+        #[arg(long = "as")]
+        actor: String,
+    },
+    /// Mask from professionals.
+    Mask(DocActionArgs),
+    /// Unmask (host).
+    Unmask(DocActionArgs),
+    /// Hide from the patient until the announcement consultation.
+    HideFromPatient(DocActionArgs),
+    /// Hide from the legal representatives.
+    HideFromRepresentatives(DocActionArgs),
+    /// Delete logically (author only).
+    Delete(DocActionArgs),
+    /// Replace by a new document; the old one is kept, deprecated.
+    Replace {
+        id: String,
+        #[arg(long = "as")]
+        actor: String,
+        #[command(flatten)]
+        doc: NewDocArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct DocActionArgs {
+    pub id: String,
+    #[arg(long = "as")]
+    pub actor: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// Show a dossier's trace.
+    Show {
+        #[arg(long)]
+        dossier: String,
+    },
+    /// Verify every trace chain.
+    Verify,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCmd {
+    /// Re-wrap every key under a new master key (new key file, or CARNET_NEW_PASSPHRASE).
+    Rotate,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[arg(long)]
+    pub dossier: String,
+    /// `patient` or `representative`.
+    #[arg(long = "as")]
+    pub actor: String,
+    #[arg(short, long)]
+    pub output: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuthorityCmd {
+    /// Write every signed record to a bundle file.
+    Export {
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Verify and import a bundle.
+    Import { file: PathBuf },
+    /// Print the host public key (to pin on sites with `init --host-key`).
+    Key,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Keep the demo's data folder instead of deleting it.
+    #[arg(long)]
+    pub keep: bool,
+}

@@ -1,0 +1,644 @@
+//! What each command does: opens the replica, calls the store, and shapes a `Reply` in both
+//! human and JSON forms. No printing here (see `main`), so the demo can run commands in-process.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use carnet_store::Error;
+use carnet_store::audit::TraceActor;
+use carnet_store::authority::Bundle;
+use carnet_store::ids::{DocId, Ins, InsKind, Rpps, SiteId};
+use carnet_store::merge::DocumentMeta;
+use carnet_store::model::{
+    AccessMode, Actor, Author, DocClass, GrantState, HolderKind, Identity, IdentityStatus,
+    Professional, Profession, Sex,
+};
+use carnet_store::policy::Action;
+use carnet_store::replica::{
+    DossierInfo, InitOptions, KeySource, NewDocument, NewDossier, Replica, Role, system_clock,
+};
+use carnet_store::time::{format_date, format_rfc3339, parse_date};
+use serde_json::{Value, json};
+use zeroize::Zeroizing;
+
+use crate::args::*;
+use crate::fhir;
+
+/// A command's result: a human text, a JSON value, and optionally raw bytes for stdout.
+#[derive(Debug, Default)]
+pub struct Reply {
+    pub human: String,
+    pub json: Value,
+    pub raw_stdout: Option<Zeroizing<Vec<u8>>>,
+}
+
+impl Reply {
+    pub fn new(human: impl Into<String>, json: Value) -> Self {
+        Reply { human: human.into(), json, raw_stdout: None }
+    }
+}
+
+/// A failure, with its exit code.
+#[derive(Debug)]
+pub enum Failure {
+    /// From the store: the kind decides the exit code.
+    Store(Error),
+    /// Bad command-line input (exit 2).
+    Usage(String),
+    /// Reading or writing a user's file failed (exit 2: fix the path).
+    File(String),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure::Store(e)
+    }
+}
+
+impl Failure {
+    /// 2 usage/invalid input, 3 denied, 4 not found, 5 integrity, 1 anything else.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Failure::Usage(_) | Failure::File(_) => 2,
+            Failure::Store(e) => match e {
+                Error::Invalid(_) | Error::Key(_) => 2,
+                Error::Denied { .. } => 3,
+                Error::NotFound(_) => 4,
+                Error::Integrity(_) => 5,
+                Error::Storage(_) => 1,
+            },
+        }
+    }
+
+    /// A stable word for scripts.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Failure::Usage(_) | Failure::File(_) => "invalid",
+            Failure::Store(e) => match e {
+                Error::Invalid(_) => "invalid",
+                Error::Key(_) => "key",
+                Error::Denied { .. } => "denied",
+                Error::NotFound(_) => "not_found",
+                Error::Integrity(_) => "integrity",
+                Error::Storage(_) => "storage",
+            },
+        }
+    }
+
+    /// The message for people.
+    pub fn message(&self) -> String {
+        match self {
+            Failure::Usage(m) | Failure::File(m) => m.clone(),
+            Failure::Store(e) => e.to_string(),
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, Failure>;
+
+fn key_source() -> KeySource {
+    match std::env::var("CARNET_PASSPHRASE") {
+        Ok(p) if !p.is_empty() => KeySource::Passphrase(Zeroizing::new(p)),
+        _ => KeySource::File,
+    }
+}
+
+fn data_dir(cli: &Cli) -> Result<PathBuf> {
+    cli.data
+        .clone()
+        .ok_or_else(|| Failure::Usage("no data folder: pass --data DIR or set CARNET_DATA".into()))
+}
+
+fn open(cli: &Cli) -> Result<Replica> {
+    Ok(Replica::open(&data_dir(cli)?, &key_source(), system_clock())?)
+}
+
+fn ins(text: &str) -> Result<Ins> {
+    Ok(Ins::parse(text)?)
+}
+
+fn rpps(text: &str) -> Result<Rpps> {
+    Ok(Rpps::parse(text)?)
+}
+
+fn actor(text: &str) -> Result<Actor> {
+    match text.trim() {
+        "patient" | "holder" => Ok(Actor::Holder),
+        "representative" => Ok(Actor::Representative),
+        other => Rpps::parse(other).map(Actor::Professional).map_err(|_| {
+            Failure::Usage(format!(
+                "--as '{other}': expected an 11-digit RPPS, 'patient' or 'representative'"
+            ))
+        }),
+    }
+}
+
+fn mode(m: ModeArg) -> AccessMode {
+    match m {
+        ModeArg::Normal => AccessMode::Normal,
+        ModeArg::BreakGlass => AccessMode::BreakGlass,
+        ModeArg::Centre15 => AccessMode::Centre15,
+    }
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>> {
+    fs::read(path).map_err(|e| Failure::File(format!("cannot read {}: {e}", path.display())))
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    fs::write(path, bytes).map_err(|e| Failure::File(format!("cannot write {}: {e}", path.display())))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn parse_hex32(text: &str) -> Result<[u8; 32]> {
+    let t = text.trim();
+    let bad = || Failure::Usage(format!("'{t}' is not 64 hex digits"));
+    if t.len() != 64 {
+        return Err(bad());
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(t.get(2 * i..2 * i + 2).ok_or_else(bad)?, 16).map_err(|_| bad())?;
+    }
+    Ok(out)
+}
+
+/// Runs one parsed command.
+pub fn run(cli: &Cli) -> Result<Reply> {
+    match &cli.command {
+        Command::Init(a) => init(cli, a),
+        Command::Pro(c) => pro(cli, c),
+        Command::Dossier(c) => dossier(cli, c),
+        Command::Grant(c) => grant(cli, c),
+        Command::Emergency(c) => emergency(cli, c),
+        Command::Doc(c) => doc(cli, c),
+        Command::Audit(c) => audit(cli, c),
+        Command::Keys(KeysCmd::Rotate) => rotate(cli),
+        Command::Export(a) => export(cli, a),
+        Command::Authority(c) => authority(cli, c),
+        Command::Demo(a) => crate::demo::run(a),
+    }
+}
+
+fn init(cli: &Cli, a: &InitArgs) -> Result<Reply> {
+    let dir = data_dir(cli)?;
+    let role = match a.role {
+        RoleArg::Host => Role::Host,
+        RoleArg::Site => Role::Site,
+    };
+    if role == Role::Host && (a.site_id.is_some() || a.host_key.is_some()) {
+        return Err(Failure::Usage("--site-id and --host-key are for sites".into()));
+    }
+    let host_key = a.host_key.as_deref().map(parse_hex32).transpose()?;
+    let source = key_source();
+    let key_desc = match source {
+        KeySource::File => format!("key file {} (mode 0600): back it up", dir.join("master.key").display()),
+        KeySource::Passphrase(_) => "passphrase from CARNET_PASSPHRASE".to_string(),
+    };
+    let r = Replica::init(
+        &dir,
+        InitOptions {
+            role,
+            name: a.name.clone().unwrap_or_else(|| role.as_str().to_string()),
+            site_id: a.site_id.map(SiteId),
+            key: source,
+            host_key,
+        },
+        system_clock(),
+    )?;
+    let c = r.config();
+    let host_key = r.host_key()?.map(|k| hex(&k));
+    Ok(Reply::new(
+        format!(
+            "initialised {} replica '{}' (site id {}) in {}\nmaster key: {key_desc}{}",
+            c.role.as_str(),
+            c.name,
+            c.site_id,
+            dir.display(),
+            host_key.as_ref().map(|k| format!("\nhost key: {k}")).unwrap_or_default()
+        ),
+        json!({"role": c.role.as_str(), "name": c.name, "site_id": c.site_id.0,
+               "data": dir.display().to_string(), "host_key": host_key}),
+    ))
+}
+
+fn pro_json(p: &Professional) -> Value {
+    json!({"rpps": p.rpps.as_str(), "profession": p.profession.as_str(),
+           "specialty": p.specialty, "name": p.name})
+}
+
+fn pro(cli: &Cli, c: &ProCmd) -> Result<Reply> {
+    let r = open(cli)?;
+    match c {
+        ProCmd::Add { rpps: num, profession, specialty, name } => {
+            let p = Professional {
+                rpps: rpps(num)?,
+                profession: Profession::parse(profession)?,
+                specialty: specialty.clone(),
+                name: name.clone(),
+            };
+            r.add_professional(&p)?;
+            Ok(Reply::new(
+                format!("registered {} ({})", p.rpps, p.profession.as_str()),
+                pro_json(&p),
+            ))
+        }
+        ProCmd::List => {
+            let pros = r.professionals()?;
+            let mut human = format!("{:<12} {:<26} {:<20} NAME\n", "RPPS", "PROFESSION", "SPECIALTY");
+            for p in &pros {
+                human += &format!(
+                    "{:<12} {:<26} {:<20} {}\n",
+                    p.rpps,
+                    p.profession.as_str(),
+                    p.specialty.as_deref().unwrap_or("-"),
+                    p.name.as_deref().unwrap_or("-")
+                );
+            }
+            Ok(Reply::new(human.trim_end(), Value::Array(pros.iter().map(pro_json).collect())))
+        }
+    }
+}
+
+fn dossier_json(d: &DossierInfo) -> Value {
+    let h = &d.head;
+    json!({
+        "ins": h.ins.matricule(), "ins_oid": h.ins_kind.oid(),
+        "birth_name": h.identity.birth_name, "first_names": h.identity.first_names,
+        "birth_date": h.identity.birth_date, "sex": h.identity.sex.as_str(),
+        "birthplace": h.identity.birthplace, "identity_status": h.identity.status.as_str(),
+        "holder": h.holder.as_str(), "representatives": h.representatives,
+        "status": h.status.as_str(), "mask_new_by_default": h.mask_new_by_default,
+        "closure": h.closure.as_ref().map(|c| json!({"at": format_rfc3339(c.at), "reason": c.reason})),
+        "emergency": {"samu": d.emergency.samu_allowed, "btg": d.emergency.btg_allowed,
+                      "masked_in_emergency": d.emergency.masked_in_emergency},
+        "grants": d.grants.iter().map(|g| json!({"rpps": g.rpps.as_str(), "state": g.state.as_str(), "treating": g.treating})).collect::<Vec<_>>(),
+        "documents": d.documents, "authority_seq": d.head_seq,
+    })
+}
+
+fn allow_word(b: bool) -> &'static str {
+    if b { "allowed" } else { "opposed" }
+}
+
+fn dossier(cli: &Cli, c: &DossierCmd) -> Result<Reply> {
+    let r = open(cli)?;
+    match c {
+        DossierCmd::Create(a) => {
+            let d = NewDossier {
+                ins: ins(&a.ins)?,
+                ins_kind: InsKind::parse(&a.ins_kind)?,
+                identity: Identity {
+                    birth_name: a.birth_name.trim().to_string(),
+                    first_names: a.first_names.trim().to_string(),
+                    birth_date: format_date(parse_date(&a.birth_date)?),
+                    sex: Sex::parse(&a.sex)?,
+                    birthplace: a.birthplace.clone(),
+                    status: if a.qualified { IdentityStatus::Qualified } else { IdentityStatus::Provisional },
+                },
+                holder: HolderKind::parse(&a.holder)?,
+                representatives: a.representative.clone(),
+                mask_new_by_default: a.mask_new_by_default,
+            };
+            let head = r.create_dossier(d)?;
+            let info = r.dossier(&head.ins)?;
+            Ok(Reply::new(format!("created dossier {}", head.ins.matricule()), dossier_json(&info)))
+        }
+        DossierCmd::Show { ins: text } => {
+            let d = r.dossier(&ins(text)?)?;
+            let h = &d.head;
+            let mut human = format!(
+                "dossier {} ({})\n  identity: {} {}, born {}, sex {}{} [{}]\n  holder: {}{}\n  status: {}{}\n  emergency: centre 15 {}, break-glass {}, masked documents in emergency {}\n  documents here: {}\n  grants:",
+                h.ins.matricule(),
+                h.ins_kind.oid(),
+                h.identity.birth_name,
+                h.identity.first_names,
+                h.identity.birth_date,
+                h.identity.sex.as_str(),
+                h.identity.birthplace.as_ref().map(|b| format!(", birthplace {b}")).unwrap_or_default(),
+                h.identity.status.as_str(),
+                h.holder.as_str(),
+                if h.representatives.is_empty() { String::new() } else { format!(" (representatives: {})", h.representatives.join(", ")) },
+                h.status.as_str(),
+                h.closure.as_ref().map(|c| format!(" on {} ({})", format_date(c.at), c.reason)).unwrap_or_default(),
+                allow_word(d.emergency.samu_allowed),
+                allow_word(d.emergency.btg_allowed),
+                allow_word(d.emergency.masked_in_emergency),
+                d.documents,
+            );
+            if d.grants.is_empty() {
+                human += " none";
+            }
+            for g in &d.grants {
+                human += &format!("\n    {} {}{}", g.rpps, g.state.as_str(), if g.treating { " (médecin traitant)" } else { "" });
+            }
+            Ok(Reply::new(human, dossier_json(&d)))
+        }
+        DossierCmd::List => {
+            let all = r.dossiers()?;
+            let mut human = format!("{:<16} {:<8} {:<5} NAME\n", "INS", "STATUS", "DOCS");
+            for d in &all {
+                human += &format!(
+                    "{:<16} {:<8} {:<5} {} {}\n",
+                    d.head.ins.matricule(),
+                    d.head.status.as_str(),
+                    d.documents,
+                    d.head.identity.birth_name,
+                    d.head.identity.first_names
+                );
+            }
+            Ok(Reply::new(human.trim_end(), Value::Array(all.iter().map(dossier_json).collect())))
+        }
+        DossierCmd::Close { ins: text, reason } => {
+            let i = ins(text)?;
+            r.close_dossier(&i, reason)?;
+            Ok(Reply::new(
+                format!("closed dossier {}: archived here, sites purge their copy on import", i.matricule()),
+                json!({"ins": i.matricule(), "status": "closed"}),
+            ))
+        }
+        DossierCmd::Purge { ins: text } => {
+            let i = ins(text)?;
+            r.purge_dossier(&i)?;
+            Ok(Reply::new(
+                format!("purged dossier {}: its key is destroyed", i.matricule()),
+                json!({"ins": i.matricule(), "status": "purged"}),
+            ))
+        }
+    }
+}
+
+fn grant(cli: &Cli, c: &GrantCmd) -> Result<Reply> {
+    let r = open(cli)?;
+    let (target, state, treating) = match c {
+        GrantCmd::Add { target, treating } => (target, GrantState::Active, *treating),
+        GrantCmd::Revoke { target } => (target, GrantState::Revoked, false),
+        GrantCmd::Block { target } => (target, GrantState::Blocked, false),
+        GrantCmd::List { dossier } => {
+            let d = r.dossier(&ins(dossier)?)?;
+            let mut human = format!("{:<12} {:<8} TREATING\n", "RPPS", "STATE");
+            for g in &d.grants {
+                human += &format!("{:<12} {:<8} {}\n", g.rpps, g.state.as_str(), if g.treating { "yes" } else { "no" });
+            }
+            let list = d.grants.iter().map(|g| json!({"rpps": g.rpps.as_str(), "state": g.state.as_str(), "treating": g.treating}));
+            return Ok(Reply::new(human.trim_end(), Value::Array(list.collect())));
+        }
+    };
+    let (i, p) = (ins(&target.dossier)?, rpps(&target.rpps)?);
+    r.set_grant(&i, &p, state, treating)?;
+    Ok(Reply::new(
+        format!("grant of {p} on {}: {}{}", i.matricule(), state.as_str(), if treating { " (médecin traitant)" } else { "" }),
+        json!({"ins": i.matricule(), "rpps": p.as_str(), "state": state.as_str(), "treating": treating}),
+    ))
+}
+
+fn emergency(cli: &Cli, c: &EmergencyCmd) -> Result<Reply> {
+    let r = open(cli)?;
+    let EmergencyCmd::Set { dossier, samu, btg, masked } = c;
+    let i = ins(dossier)?;
+    let mut prefs = r.dossier(&i)?.emergency;
+    let allowed = |a: AllowOppose| matches!(a, AllowOppose::Allow);
+    if let Some(v) = samu {
+        prefs.samu_allowed = allowed(*v);
+    }
+    if let Some(v) = btg {
+        prefs.btg_allowed = allowed(*v);
+    }
+    if let Some(v) = masked {
+        prefs.masked_in_emergency = allowed(*v);
+    }
+    r.set_emergency(&i, prefs)?;
+    Ok(Reply::new(
+        format!(
+            "emergency preferences of {}: centre 15 {}, break-glass {}, masked documents in emergency {}",
+            i.matricule(),
+            allow_word(prefs.samu_allowed),
+            allow_word(prefs.btg_allowed),
+            allow_word(prefs.masked_in_emergency)
+        ),
+        json!({"ins": i.matricule(), "samu": prefs.samu_allowed, "btg": prefs.btg_allowed, "masked_in_emergency": prefs.masked_in_emergency}),
+    ))
+}
+
+fn author_str(a: &Author) -> String {
+    match a {
+        Author::Professional { rpps, profession } => format!("{rpps} ({})", profession.as_str()),
+        Author::Holder => "patient".into(),
+        Author::Representative => "representative".into(),
+    }
+}
+
+pub fn doc_json(m: &DocumentMeta) -> Value {
+    let s = m.state();
+    let f = &m.facts;
+    json!({
+        "id": f.id.to_string(), "unique_id": f.unique_id, "ins": f.ins.matricule(),
+        "class": f.class.code(), "type": f.type_code, "format": f.format, "title": f.title,
+        "author": author_str(&f.author), "site": f.author_site.0,
+        "created": format_rfc3339(f.created_at), "service_start": format_rfc3339(f.service_start),
+        "size": f.size, "content_hash": hex(&f.content_hash),
+        "confidentiality": s.flags.codes(), "availability": s.availability().as_str(),
+        "replaces": f.replaces.map(|r| r.to_string()),
+        "replaced_by": s.successors.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+        "conflict": m.has_replacement_conflict(),
+    })
+}
+
+fn new_doc(a: &NewDocArgs) -> Result<NewDocument> {
+    Ok(NewDocument {
+        class: DocClass::parse(&a.class)?,
+        type_code: a.type_code.trim().to_string(),
+        title: a.title.clone(),
+        format: a.format.clone(),
+        body: read_file(&a.file)?,
+        unique_id: a.unique_id.clone(),
+        service_start: a.service_start.as_deref().map(parse_date).transpose()?,
+        service_end: None,
+    })
+}
+
+fn doc(cli: &Cli, c: &DocCmd) -> Result<Reply> {
+    let r = open(cli)?;
+    match c {
+        DocCmd::Add { dossier, actor: who, mode: m, reason, doc } => {
+            let id = r.put_document(&actor(who)?, mode(*m), reason.as_deref(), &ins(dossier)?, new_doc(doc)?)?;
+            Ok(Reply::new(id.to_string(), json!({"id": id.to_string()})))
+        }
+        DocCmd::Get { id, actor: who, mode: m, reason, output } => {
+            let out = r.read_document(&actor(who)?, &DocId::parse(id)?, mode(*m), reason.as_deref())?;
+            let mut j = doc_json(&out.meta);
+            j["rule"] = json!(out.rule);
+            match output {
+                Some(path) => {
+                    write_file(path, &out.body)?;
+                    Ok(Reply::new(
+                        format!("{} ({} bytes) written to {} — traced, rule {}", out.meta.facts.title, out.body.len(), path.display(), out.rule),
+                        j,
+                    ))
+                }
+                None if cli.json => {
+                    j["body_base64"] = json!(base64::engine::general_purpose::STANDARD.encode(&out.body));
+                    Ok(Reply::new(String::new(), j))
+                }
+                None => Ok(Reply { human: String::new(), json: j, raw_stdout: Some(out.body) }),
+            }
+        }
+        DocCmd::List { dossier, actor: who } => {
+            let docs = r.list_documents(&actor(who)?, &ins(dossier)?)?;
+            let mut human = format!("{:<32} {:<10} {:<5} {:<10} {:<11} {:<20} TITLE\n", "ID", "DATE", "CLASS", "TYPE", "STATE", "FLAGS");
+            for m in &docs {
+                let s = m.state();
+                let flags = s.flags.codes().join(",");
+                human += &format!(
+                    "{:<32} {:<10} {:<5} {:<10} {:<11} {:<20} {}{}\n",
+                    m.facts.id,
+                    format_date(m.facts.service_start),
+                    m.facts.class.code(),
+                    m.facts.type_code,
+                    s.availability().as_str(),
+                    if flags.is_empty() { "-".to_string() } else { flags },
+                    m.facts.title,
+                    if m.has_replacement_conflict() { "  [CONFLICT: replaced twice]" } else { "" }
+                );
+            }
+            if docs.is_empty() {
+                human += "(no document visible to you)";
+            }
+            Ok(Reply::new(human.trim_end(), Value::Array(docs.iter().map(doc_json).collect())))
+        }
+        DocCmd::Mask(a) => update(&r, a, Action::Mask, "masked from professionals"),
+        DocCmd::Unmask(a) => update(&r, a, Action::Unmask, "unmasked"),
+        DocCmd::HideFromPatient(a) => update(&r, a, Action::HideFromPatient, "hidden from the patient until the announcement"),
+        DocCmd::HideFromRepresentatives(a) => update(&r, a, Action::HideFromRepresentatives, "hidden from the legal representatives"),
+        DocCmd::Delete(a) => update(&r, a, Action::Delete, "deleted (logically; the trace keeps it)"),
+        DocCmd::Replace { id, actor: who, doc } => {
+            let old = DocId::parse(id)?;
+            let new = r.replace_document(&actor(who)?, &old, new_doc(doc)?)?;
+            Ok(Reply::new(new.to_string(), json!({"id": new.to_string(), "replaces": old.to_string()})))
+        }
+    }
+}
+
+fn update(r: &Replica, a: &DocActionArgs, action: Action, done: &str) -> Result<Reply> {
+    let id = DocId::parse(&a.id)?;
+    let meta = r.update_document(&actor(&a.actor)?, &id, action)?;
+    Ok(Reply::new(format!("{id}: {done}"), doc_json(&meta)))
+}
+
+fn trace_actor(a: &TraceActor) -> String {
+    match a {
+        TraceActor::Professional { rpps, profession } => {
+            format!("{rpps}{}", profession.map(|p| format!(" ({})", p.as_str())).unwrap_or_else(|| " (unknown here)".into()))
+        }
+        TraceActor::Holder => "patient".into(),
+        TraceActor::Representative => "representative".into(),
+        TraceActor::System => "system".into(),
+    }
+}
+
+fn audit(cli: &Cli, c: &AuditCmd) -> Result<Reply> {
+    let r = open(cli)?;
+    match c {
+        AuditCmd::Show { dossier } => {
+            let i = ins(dossier)?;
+            let entries = r.audit_entries(Some(&i))?;
+            let mut human = String::new();
+            let mut list = Vec::new();
+            for c in &entries {
+                let e = &c.entry;
+                human += &format!(
+                    "{} site {} #{:<4} {:<28} {:<26} {:<13} {:<7} {}{}{}\n",
+                    format_rfc3339(e.at),
+                    e.origin,
+                    c.seq,
+                    trace_actor(&e.actor),
+                    e.action.name(),
+                    e.mode.as_str(),
+                    if e.allowed { "ALLOW" } else { "DENY" },
+                    if e.rule > 0 { format!("rule {}: {}", e.rule, e.outcome_reason) } else { String::new() },
+                    e.doc.map(|d| format!(" doc {d}")).unwrap_or_default(),
+                    e.stated_reason.as_ref().map(|s| format!(" reason: \"{s}\"")).unwrap_or_default(),
+                );
+                list.push(json!({
+                    "at": format_rfc3339(e.at), "site": e.origin.0, "seq": c.seq,
+                    "actor": trace_actor(&e.actor), "action": e.action.name(), "mode": e.mode.as_str(),
+                    "allowed": e.allowed, "rule": e.rule, "outcome": e.outcome_reason,
+                    "doc": e.doc.map(|d| d.to_string()), "reason": e.stated_reason,
+                    "decided_offline": e.decided_offline, "authority_version": e.authority_version,
+                }));
+            }
+            if entries.is_empty() {
+                human = "(no trace entry for this dossier)".into();
+            }
+            Ok(Reply::new(human.trim_end(), Value::Array(list)))
+        }
+        AuditCmd::Verify => {
+            let (origins, entries) = r.verify_audit()?;
+            Ok(Reply::new(
+                format!("trace intact: {entries} entries in {origins} chain(s)"),
+                json!({"ok": true, "chains": origins, "entries": entries}),
+            ))
+        }
+    }
+}
+
+fn rotate(cli: &Cli) -> Result<Reply> {
+    let mut r = open(cli)?;
+    let new = match std::env::var("CARNET_NEW_PASSPHRASE") {
+        Ok(p) if !p.is_empty() => KeySource::Passphrase(Zeroizing::new(p)),
+        _ => KeySource::File,
+    };
+    let desc = match new {
+        KeySource::File => "a new key file (back it up: the old one no longer opens this replica)",
+        KeySource::Passphrase(_) => "the passphrase in CARNET_NEW_PASSPHRASE (use it as CARNET_PASSPHRASE from now on)",
+    };
+    r.rotate_master_key(&new)?;
+    Ok(Reply::new(format!("master key rotated: every data key re-wrapped under {desc}"), json!({"rotated": true})))
+}
+
+fn export(cli: &Cli, a: &ExportArgs) -> Result<Reply> {
+    let r = open(cli)?;
+    let i = ins(&a.dossier)?;
+    let who = actor(&a.actor)?;
+    if matches!(who, Actor::Professional(_)) {
+        return Err(Failure::Usage("the full copy is the holder's: use --as patient (or representative)".into()));
+    }
+    let e = r.export_dossier(&who, &i)?;
+    let bundle = fhir::bundle(&e);
+    let text = serde_json::to_vec_pretty(&bundle).map_err(|e| Failure::File(e.to_string()))?;
+    write_file(&a.output, &text)?;
+    Ok(Reply::new(
+        format!("FHIR R4 Bundle with {} document(s) and {} trace entries written to {}", e.documents.len(), e.traces.len(), a.output.display()),
+        json!({"documents": e.documents.len(), "traces": e.traces.len(), "output": a.output.display().to_string()}),
+    ))
+}
+
+fn authority(cli: &Cli, c: &AuthorityCmd) -> Result<Reply> {
+    let r = open(cli)?;
+    match c {
+        AuthorityCmd::Export { output } => {
+            let b = r.export_authority()?;
+            write_file(output, &b.to_bytes()?)?;
+            Ok(Reply::new(
+                format!("{} signed record(s) written to {} (contains identities: transfer it securely)", b.records.len(), output.display()),
+                json!({"records": b.records.len(), "output": output.display().to_string()}),
+            ))
+        }
+        AuthorityCmd::Import { file } => {
+            let b = Bundle::from_bytes(&read_file(file)?)?;
+            let rep = r.import_authority(&b)?;
+            Ok(Reply::new(
+                format!("imported: {} record(s) now in force, {} unchanged, {} dossier(s) purged after closure", rep.admitted, rep.unchanged, rep.purged),
+                json!({"admitted": rep.admitted, "unchanged": rep.unchanged, "purged": rep.purged}),
+            ))
+        }
+        AuthorityCmd::Key => match r.host_key()? {
+            Some(k) => Ok(Reply::new(hex(&k), json!({"host_key": hex(&k)}))),
+            None => Err(Failure::Store(Error::NotFound("this replica has no host key yet".into()))),
+        },
+    }
+}
