@@ -16,6 +16,8 @@ mod authority_ops;
 mod documents;
 mod sync;
 pub mod tables;
+#[cfg(test)]
+mod tests;
 
 use std::fs;
 use std::io::Write;

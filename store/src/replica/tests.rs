@@ -1,0 +1,296 @@
+//! Replica-level tests: two in-process replicas exchanging outboxes converge, exactly-once
+//! apply, concurrent audited reads, format version, key rotation, purge.
+
+use std::sync::Arc;
+
+use tempfile::TempDir;
+use zeroize::Zeroizing;
+
+use super::*;
+use crate::ids::{DocId, Rpps};
+use crate::model::{AccessMode, DocClass, GrantState, HolderKind, IdentityStatus, Profession, Sex};
+use crate::policy::Action;
+
+fn clock() -> Clock {
+    Arc::new(|| 1_700_000_000_000)
+}
+
+fn ins() -> Ins {
+    Ins::from_body("1840575123456").expect("ins")
+}
+
+fn doctor() -> Rpps {
+    Rpps::parse("10000000001").expect("rpps")
+}
+
+fn nurse() -> Rpps {
+    Rpps::parse("10000000002").expect("rpps")
+}
+
+fn identity() -> crate::model::Identity {
+    crate::model::Identity {
+        birth_name: "TEST".into(),
+        first_names: "Alex".into(),
+        birth_date: "1984-05-07".into(),
+        sex: Sex::Male,
+        birthplace: None,
+        status: IdentityStatus::Qualified,
+    }
+}
+
+fn init(dir: &TempDir, role: Role, site: Option<u32>) -> Replica {
+    Replica::init(
+        dir.path(),
+        InitOptions {
+            role,
+            name: role.as_str().into(),
+            site_id: site.map(SiteId),
+            key: KeySource::File,
+            host_key: None,
+        },
+        clock(),
+    )
+    .expect("init")
+}
+
+fn register(r: &Replica) {
+    for (rpps, p) in [(doctor(), Profession::Medecin), (nurse(), Profession::Infirmier)] {
+        r.add_professional(&Professional { rpps, profession: p, specialty: None, name: None })
+            .expect("pro");
+    }
+}
+
+/// A host with one dossier, the doctor treating, and a site provisioned from its bundle.
+fn host_and_site() -> (TempDir, Replica, TempDir, Replica) {
+    let (hd, sd) = (TempDir::new().expect("tmp"), TempDir::new().expect("tmp"));
+    let host = init(&hd, Role::Host, None);
+    register(&host);
+    host.create_dossier(NewDossier {
+        ins: ins(),
+        ins_kind: crate::ids::InsKind::TestNir,
+        identity: identity(),
+        holder: HolderKind::Adult,
+        representatives: vec![],
+        mask_new_by_default: false,
+    })
+    .expect("dossier");
+    host.set_grant(&ins(), &doctor(), GrantState::Active, true).expect("grant");
+    let site = init(&sd, Role::Site, Some(7));
+    register(&site);
+    site.import_authority(&host.export_authority().expect("export")).expect("import");
+    (hd, host, sd, site)
+}
+
+fn doc(title: &str, body: &[u8]) -> NewDocument {
+    NewDocument {
+        class: DocClass::parse("10").expect("class"),
+        type_code: "11488-4".into(),
+        title: title.into(),
+        format: "text/plain".into(),
+        body: body.to_vec(),
+        unique_id: None,
+        service_start: None,
+        service_end: None,
+    }
+}
+
+fn write(r: &Replica, title: &str, body: &[u8]) -> DocId {
+    r.put_document(&Actor::Professional(doctor()), AccessMode::Normal, None, &ins(), doc(title, body))
+        .expect("put")
+}
+
+/// Sends `from`'s outbox (metadata, then bodies) to `to`; returns how many changes were applied.
+fn ship(from: &Replica, to: &Replica) -> usize {
+    let changes = from.outbox(0, usize::MAX).expect("outbox");
+    let mut applied = 0;
+    for (seq, change) in &changes {
+        if to.apply_remote(from.config().site_id, *seq, change).expect("apply") == Applied::Applied {
+            applied += 1;
+        }
+    }
+    for id in to.missing_bodies().expect("missing") {
+        if let Ok(body) = from.body_for_sync(&id) {
+            to.store_remote_body(&id, &body).expect("store body");
+        }
+    }
+    applied
+}
+
+fn metas(r: &Replica) -> Vec<crate::merge::DocumentMeta> {
+    r.list_documents(&Actor::Professional(doctor()), &ins()).expect("list")
+}
+
+#[test]
+fn two_replicas_exchanging_outboxes_converge() {
+    let (_hd, host, _sd, site) = host_and_site();
+    let a = write(&host, "at host", b"host body");
+    let b = write(&site, "at site", b"site body");
+    ship(&host, &site);
+    ship(&site, &host);
+    assert_eq!(metas(&host), metas(&site));
+    assert_eq!(metas(&host).len(), 2);
+    let actor = Actor::Professional(doctor());
+    assert_eq!(&site.read_document(&actor, &a, AccessMode::Normal, None).expect("read").body[..], b"host body");
+    assert_eq!(&host.read_document(&actor, &b, AccessMode::Normal, None).expect("read").body[..], b"site body");
+
+    // Concurrent mask at the site and unmask at the host converge to masked.
+    host.update_document(&actor, &a, Action::Mask).expect("mask");
+    let seen = host.outbox(0, usize::MAX).expect("outbox").len();
+    ship(&host, &site);
+    host.update_document(&actor, &a, Action::Unmask).expect("unmask");
+    site.update_document(&actor, &a, Action::HideFromPatient).expect("hide");
+    site.update_document(&actor, &a, Action::Mask).expect("mask again");
+    ship(&host, &site);
+    ship(&site, &host);
+    assert!(seen > 0);
+    assert_eq!(metas(&host), metas(&site));
+    let m = metas(&host).into_iter().find(|m| m.facts.id == a).expect("doc");
+    assert!(m.state().flags.masque_ps && m.state().flags.invisible_patient);
+
+    // Concurrent replacements of the same document both survive and are a conflict.
+    let r1 = host.replace_document(&actor, &b, doc("v2 host", b"2h")).expect("replace");
+    let r2 = site.replace_document(&actor, &b, doc("v2 site", b"2s")).expect("replace");
+    ship(&host, &site);
+    ship(&site, &host);
+    assert_eq!(metas(&host), metas(&site));
+    let old = metas(&site).into_iter().find(|m| m.facts.id == b).expect("old");
+    assert!(old.has_replacement_conflict());
+    assert_eq!(old.state().successors, [r1, r2].into_iter().collect());
+}
+
+#[test]
+fn apply_remote_is_exactly_once_and_refuses_gaps() {
+    let (_hd, host, _sd, site) = host_and_site();
+    write(&site, "one", b"1");
+    write(&site, "two", b"2");
+    let changes = site.outbox(0, 10).expect("outbox");
+    assert_eq!(changes.len(), 2);
+    let origin = site.config().site_id;
+    assert!(host.apply_remote(origin, changes[1].0, &changes[1].1).is_err(), "gap refused");
+    assert_eq!(host.apply_remote(origin, changes[0].0, &changes[0].1).ok(), Some(Applied::Applied));
+    assert_eq!(host.apply_remote(origin, changes[0].0, &changes[0].1).ok(), Some(Applied::Duplicate));
+    assert_eq!(host.apply_remote(origin, changes[1].0, &changes[1].1).ok(), Some(Applied::Applied));
+    site.ack_outbox(changes[1].0).expect("ack");
+    assert_eq!(site.outbox_len().expect("len"), 0);
+    write(&site, "three", b"3");
+    let next = site.outbox(0, 10).expect("outbox");
+    assert_eq!(next[0].0, changes[1].0 + 1, "sequence numbers are never reused");
+}
+
+#[test]
+fn concurrent_audited_reads_are_all_traced() {
+    let (_hd, host, _sd, _site) = host_and_site();
+    let id = write(&host, "doc", b"body");
+    let host = Arc::new(host);
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let host = host.clone();
+            std::thread::spawn(move || {
+                for _ in 0..20 {
+                    host.read_document(&Actor::Professional(doctor()), &id, AccessMode::Normal, None)
+                        .expect("read");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("thread");
+    }
+    let reads = host
+        .audit_entries(Some(&ins()))
+        .expect("audit")
+        .iter()
+        .filter(|c| c.entry.action == crate::audit::TraceAction::Access(Action::Read))
+        .count();
+    assert_eq!(reads, 160);
+    host.verify_audit().expect("chain intact");
+}
+
+#[test]
+fn newer_format_is_refused() {
+    let d = TempDir::new().expect("tmp");
+    drop(init(&d, Role::Site, None));
+    {
+        let db = Database::open(d.path().join(DB_FILE)).expect("db");
+        let txn = db.begin_write().expect("txn");
+        txn.open_table(META)
+            .expect("meta")
+            .insert(meta_key::FORMAT, 99u32.to_le_bytes().as_slice())
+            .expect("insert");
+        txn.commit().expect("commit");
+    }
+    let err = Replica::open(d.path(), &KeySource::File, clock()).expect_err("refused");
+    assert!(matches!(&err, Error::Invalid(m) if m.contains("newer")), "{err}");
+}
+
+#[test]
+fn rotation_rewraps_keys_and_passphrases_are_checked() {
+    let d = TempDir::new().expect("tmp");
+    let pass = |p: &str| KeySource::Passphrase(Zeroizing::new(p.to_string()));
+    let mut host = Replica::init(
+        d.path(),
+        InitOptions { role: Role::Host, name: "h".into(), site_id: None, key: pass("first"), host_key: None },
+        clock(),
+    )
+    .expect("init");
+    register(&host);
+    host.create_dossier(NewDossier {
+        ins: ins(),
+        ins_kind: crate::ids::InsKind::TestNir,
+        identity: identity(),
+        holder: HolderKind::Adult,
+        representatives: vec![],
+        mask_new_by_default: false,
+    })
+    .expect("dossier");
+    host.set_grant(&ins(), &doctor(), GrantState::Active, true).expect("grant");
+    let id = write(&host, "doc", b"body");
+    host.rotate_master_key(&pass("second")).expect("rotate");
+    drop(host);
+    assert!(matches!(Replica::open(d.path(), &pass("first"), clock()), Err(Error::Key(_))));
+    assert!(matches!(Replica::open(d.path(), &KeySource::File, clock()), Err(Error::Key(_))));
+    let mut host = Replica::open(d.path(), &pass("second"), clock()).expect("open");
+    let actor = Actor::Professional(doctor());
+    assert_eq!(&host.read_document(&actor, &id, AccessMode::Normal, None).expect("read").body[..], b"body");
+    // Back to a key file.
+    host.rotate_master_key(&KeySource::File).expect("rotate to file");
+    drop(host);
+    let host = Replica::open(d.path(), &KeySource::File, clock()).expect("open with file");
+    assert_eq!(&host.read_document(&actor, &id, AccessMode::Normal, None).expect("read").body[..], b"body");
+}
+
+#[test]
+fn closure_on_a_site_purges_and_leaves_a_receipt() {
+    let (_hd, host, _sd, site) = host_and_site();
+    let id = write(&site, "doc", b"secret body");
+    host.close_dossier(&ins(), "holder's request").expect("close");
+    let report = site.import_authority(&host.export_authority().expect("export")).expect("import");
+    assert_eq!(report.purged, 1);
+    assert!(!site.has_dossier_key(&ins()).expect("key"));
+    assert!(site.purge_receipt(&ins()).expect("receipt").is_some());
+    let err = site
+        .read_document(&Actor::Professional(doctor()), &id, AccessMode::Normal, None)
+        .expect_err("gone");
+    assert!(matches!(err, Error::NotFound(_)), "{err}");
+    assert!(site.body_for_sync(&id).is_err());
+    site.verify_audit().expect("trace intact after purge");
+    // The host archives: access is denied (row 1), the documents are kept until purge.
+    let err = host.list_documents(&Actor::Professional(doctor()), &ins()).expect_err("closed");
+    assert!(matches!(err, Error::Denied { rule: 1, .. }), "{err}");
+    host.purge_dossier(&ins()).expect("purge");
+    assert!(!host.has_dossier_key(&ins()).expect("key"));
+}
+
+#[test]
+fn a_denied_batch_writes_nothing_but_traces() {
+    let (_hd, host, _sd, _site) = host_and_site();
+    let stranger = Actor::Professional(Rpps::parse("19999999999").expect("rpps"));
+    let before = host.outbox_len().expect("len");
+    let err = host
+        .put_documents(&stranger, AccessMode::Normal, None, vec![(ins(), doc("x", b"x"))])
+        .expect_err("denied");
+    assert!(matches!(err, Error::Denied { rule: 12, .. }), "{err}");
+    assert_eq!(host.outbox_len().expect("len"), before);
+    let last = host.audit_entries(None).expect("audit").pop().expect("entry");
+    assert!(!last.entry.allowed && last.entry.rule == 12);
+}
