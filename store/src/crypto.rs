@@ -27,9 +27,19 @@ impl std::fmt::Debug for Key {
     }
 }
 
-/// Fills `buf` from the OS random source.
+/// Fills `buf` from the OS random source (for keys and salts).
 pub fn random_bytes(buf: &mut [u8]) -> Result<()> {
-    getrandom::getrandom(buf).map_err(|e| Error::Storage(format!("no OS randomness: {e}")))
+    use rand::RngCore;
+    rand::rngs::OsRng
+        .try_fill_bytes(buf)
+        .map_err(|e| Error::Storage(format!("no OS randomness: {e}")))
+}
+
+/// Fills `buf` from the thread's CSPRNG (ChaCha, seeded and periodically reseeded from the OS):
+/// for nonces and document ids, where a system call per value would dominate the cost.
+pub fn fast_random_bytes(buf: &mut [u8]) {
+    use rand::RngCore;
+    rand::thread_rng().fill_bytes(buf);
 }
 
 impl Key {
@@ -72,7 +82,7 @@ impl Key {
     pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
         let cipher = XChaCha20Poly1305::new(self.0.as_ref().into());
         let mut nonce = [0u8; 24];
-        random_bytes(&mut nonce)?;
+        fast_random_bytes(&mut nonce);
         let ct = cipher
             .encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad })
             .map_err(|_| Error::Storage("encryption failed".into()))?;

@@ -1,1 +1,25 @@
-fn main(){}
+//! The integration tests of Carnet: one binary (STYLE 11), each module a theme, every test
+//! driving the real `carnet` binary in its own temporary folders.
+//!
+//! - `cli_basics`: init, data folder, passphrases, professionals, dossiers, grants, emergency
+//!   preferences, the trace.
+//! - `documents`: document commands, bytes in and out, metadata.
+//! - `policy_cli`: the access decision table of DOMAIN §4, end to end, with its traces.
+//! - `secrecy`: no patient data in clear in any file of a data folder.
+//! - `tampering`: damage at rest (redb edited directly) and in transit (bundles), format versions.
+//! - `purge`: closure, host purge, site purge on import.
+//! - `keys`: master key rotation.
+//! - `export`: the holder's FHIR copy.
+//! - `authority`: signed host records on sites.
+
+mod support;
+
+mod authority;
+mod cli_basics;
+mod documents;
+mod export;
+mod keys;
+mod policy_cli;
+mod purge;
+mod secrecy;
+mod tampering;

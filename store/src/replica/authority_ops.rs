@@ -121,6 +121,7 @@ impl Replica {
             .seal(&aad(&[b"authority", &subject]), &postcard::to_stdvec(signed)?)?;
         table.insert(subject.as_slice(), sealed.as_slice())?;
         drop(table);
+        Self::registry_changed(txn)?;
         Self::bump_meta_u64(txn, meta_key::AUTHORITY_VERSION, Some(v.seq))?;
         let mut purge = None;
         if let AuthorityRecord::Dossier(head) = &v.record {
@@ -155,12 +156,12 @@ impl Replica {
     /// Host: signs a new record and puts it in force, with a trace entry.
     fn issue(&self, record: AuthorityRecord, what: &str, reason: Option<&str>) -> Result<u64> {
         let key = self.signing_key()?;
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         let seq = Self::bump_meta_u64(&txn, meta_key::AUTHORITY_SEQ, None)?;
         let signed = authority::sign(key, seq, &record)?;
         let v = Verified { seq, record };
         self.admit(&txn, &signed, &v)?;
-        self.append_audit(&txn, vec![self.admin_entry(what, v.record.ins(), reason)])?;
+        txn.trace(vec![self.admin_entry(what, v.record.ins(), reason)]);
         txn.commit()?;
         if let AuthorityRecord::Matrix(_) = v.record {
             self.reload_matrix()?;
@@ -355,7 +356,7 @@ impl Replica {
             .collect::<Result<_>>()?;
         let mut report = ImportReport::default();
         let mut purges = Vec::new();
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         if pinned.is_none() {
             self.pin_host_key(&txn, key.to_bytes())?;
         }
@@ -364,7 +365,7 @@ impl Replica {
             if admitted { report.admitted += 1 } else { report.unchanged += 1 }
             purges.extend(purge);
         }
-        self.append_audit(&txn, vec![self.admin_entry("authority-import", None, None)])?;
+        txn.trace(vec![self.admin_entry("authority-import", None, None)]);
         txn.commit()?;
         if pinned.is_none() {
             *self.host_key.write().map_err(lock_err)? = Some(key);
@@ -400,12 +401,13 @@ impl Replica {
     /// Destroys the dossier's data key (own commit), then its rows; leaves a tombstone.
     fn purge_rows(&self, ins: &Ins, cause_seq: u64) -> Result<()> {
         let bi = self.blind(ins);
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         txn.open_table(DOSSIER_KEYS)?.remove(&bi)?;
-        self.append_audit(&txn, vec![self.admin_entry("dossier-key-destroyed", Some(ins), None)])?;
+        Self::registry_changed(&txn)?;
+        txn.trace(vec![self.admin_entry("dossier-key-destroyed", Some(ins), None)]);
         txn.commit()?;
 
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         {
             let mut index = txn.open_table(DOSSIER_DOCS)?;
             let mut ids = Vec::new();
@@ -438,9 +440,10 @@ impl Replica {
                     auth.remove(k.as_slice())?;
                 }
             }
+            Self::registry_changed(&txn)?;
             let receipt = PurgeReceipt { at: self.now(), cause_seq };
             txn.open_table(TOMBSTONES)?.insert(&bi, postcard::to_stdvec(&receipt)?.as_slice())?;
-            self.append_audit(&txn, vec![self.admin_entry("dossier-purged", Some(ins), None)])?;
+            txn.trace(vec![self.admin_entry("dossier-purged", Some(ins), None)]);
         }
         txn.commit()?;
         Ok(())

@@ -5,11 +5,11 @@
 //! outbox entry and trace entry in one transaction; a denied request changes nothing but the
 //! trace; a read returns the body only after its trace is durable and its content hash checked.
 
-use redb::{ReadableDatabase, ReadableTable, Table, WriteTransaction};
+use redb::{ReadTransaction, ReadableTable, Table, WriteTransaction};
 use zeroize::Zeroizing;
 
 use super::tables::*;
-use super::{Replica, Role};
+use super::{Generation, Replica, Role};
 use crate::audit::{AuditEntry, TraceAction, TraceActor};
 use crate::authority::{AuthorityRecord, Verified};
 use crate::crypto::{Key, aad};
@@ -75,34 +75,30 @@ struct Context {
 }
 
 impl Replica {
-    fn context(
-        &self,
-        authority: &impl ReadableTable<&'static [u8], &'static [u8]>,
-        meta: &impl ReadableTable<&'static str, &'static [u8]>,
-        bi: &[u8; 32],
-        who: &Who,
-    ) -> Result<Context> {
-        let head = match self.authority_get(authority, &subject_key(tag::DOSSIER, Some(bi), None))? {
-            Some(Verified { record: AuthorityRecord::Dossier(h), .. }) => h,
+    fn context(&self, txn: &ReadTransaction, generation: Generation, bi: &[u8; 32], who: &Who) -> Result<Context> {
+        let get = |subject: Vec<u8>| {
+            self.cache.record(generation.registry, &subject, || {
+                self.authority_get(&txn.open_table(AUTHORITY)?, &subject)
+            })
+        };
+        let head = match get(subject_key(tag::DOSSIER, Some(bi), None))?.as_deref() {
+            Some(Verified { record: AuthorityRecord::Dossier(h), .. }) => h.clone(),
             _ => return Err(Self::no_dossier()),
         };
-        let emergency = match self.authority_get(authority, &subject_key(tag::EMERGENCY, Some(bi), None))? {
-            Some(Verified { record: AuthorityRecord::Emergency { prefs, .. }, .. }) => prefs,
+        let emergency = match get(subject_key(tag::EMERGENCY, Some(bi), None))?.as_deref() {
+            Some(Verified { record: AuthorityRecord::Emergency { prefs, .. }, .. }) => *prefs,
             _ => EmergencyPrefs::default(),
         };
         let grant = match who {
             Who::Professional { rpps, .. } => {
-                match self.authority_get(authority, &subject_key(tag::GRANT, Some(bi), Some(rpps.as_str())))? {
+                match get(subject_key(tag::GRANT, Some(bi), Some(rpps.as_str())))?.as_deref() {
                     Some(Verified { record: AuthorityRecord::Grant(g), .. }) => Some((g.state, g.treating)),
                     _ => None,
                 }
             }
             _ => None,
         };
-        let authority_version = super::read_u64(
-            meta.get(meta_key::AUTHORITY_VERSION)?.as_ref().map(|g| g.value()),
-        );
-        Ok(Context { head, emergency, grant, authority_version })
+        Ok(Context { head, emergency, grant, authority_version: generation.authority_version })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -167,18 +163,19 @@ impl Replica {
         Ok(meta)
     }
 
+    /// Loads a document's row, its dossier key and its opened metadata.
     pub(super) fn load_doc(
         &self,
-        docs: &impl ReadableTable<&'static [u8; 16], &'static [u8]>,
-        keys: &impl ReadableTable<&'static [u8; 32], &'static [u8]>,
+        txn: &ReadTransaction,
+        generation: Generation,
         id: &DocId,
     ) -> Result<(StoredDoc, Key, DocumentMeta)> {
-        let stored: StoredDoc = match docs.get(&id.0)? {
+        let stored: StoredDoc = match txn.open_table(DOCS)?.get(&id.0)? {
             Some(v) => postcard::from_bytes(v.value())?,
             None => return Err(Error::not_found(format!("no document {id} in this replica"))),
         };
         let key = self
-            .dossier_key(keys, &stored.dossier)?
+            .key_for(txn, generation, &stored.dossier)?
             .ok_or_else(|| Error::not_found(format!("document {id} belongs to a purged dossier")))?;
         let meta = self.open_meta(&key, &id.0, &stored)?;
         Ok((stored, key, meta))
@@ -201,8 +198,13 @@ impl Replica {
     }
 
     /// Seals and stores a body in chunks.
-    pub(super) fn put_body(&self, txn: &WriteTransaction, key: &Key, id: &DocId, body: &[u8]) -> Result<()> {
-        let mut bodies = txn.open_table(BODIES)?;
+    pub(super) fn put_body(
+        &self,
+        bodies: &mut Table<'_, &'static [u8], &'static [u8]>,
+        key: &Key,
+        id: &DocId,
+        body: &[u8],
+    ) -> Result<()> {
         for (i, chunk) in body.chunks(CHUNK_PLAIN).enumerate() {
             let n = u32::try_from(i).map_err(|_| Error::invalid("document too large"))?;
             let sealed = key.seal(&body_aad(&id.0, n), chunk)?;
@@ -254,8 +256,8 @@ impl Replica {
 
     /// Commits denial traces in their own transaction, then returns the denial.
     fn deny_with_trace(&self, entries: Vec<AuditEntry>, d: &Decision) -> Result<Error> {
-        let txn = self.db.begin_write()?;
-        self.append_audit(&txn, entries)?;
+        let txn = self.begin_write()?;
+        txn.trace(entries);
         txn.commit()?;
         Ok(Self::denied(d))
     }
@@ -282,20 +284,19 @@ impl Replica {
         reason: Option<&str>,
         new_docs: Vec<(Ins, NewDocument)>,
     ) -> Result<Vec<DocId>> {
-        let txn = self.db.begin_write()?;
-        let (who, tactor) = self.who(&txn.open_table(PROS)?, actor)?;
+        let txn = self.begin_write()?;
+        // Holding the write lock, a snapshot taken now sees exactly what `txn` starts from.
+        let (snap, generation) = self.snapshot()?;
+        let (who, tactor) = self.who(&snap, generation, actor)?;
         let author = author_of(&who);
         let mut entries = Vec::with_capacity(new_docs.len());
         let mut denied = None;
         let mut plans = Vec::with_capacity(new_docs.len());
         {
-            let authority = txn.open_table(AUTHORITY)?;
-            let meta = txn.open_table(META)?;
-            let keys = txn.open_table(DOSSIER_KEYS)?;
             for (ins, d) in new_docs {
                 validate_new(&d)?;
                 let bi = self.blind(&ins);
-                let ctx = self.context(&authority, &meta, &bi, &who)?;
+                let ctx = self.context(&snap, generation, &bi, &who)?;
                 let (decision, mut entry) =
                     self.decide(&ctx, &who, &tactor, Action::Write, mode, reason, None, Some(d.class))?;
                 if !decision.allow {
@@ -303,8 +304,8 @@ impl Replica {
                     entries.push(entry);
                     continue;
                 }
-                let key = self.dossier_key(&keys, &bi)?.ok_or_else(Self::no_dossier)?;
-                let id = DocId::mint()?;
+                let key = self.key_for(&snap, generation, &bi)?.ok_or_else(Self::no_dossier)?;
+                let id = DocId::mint(self.now());
                 entry.doc = Some(id);
                 entries.push(entry);
                 plans.push((bi, key, id, ctx.head.mask_new_by_default, ins, d));
@@ -320,16 +321,23 @@ impl Replica {
         {
             let mut docs = txn.open_table(DOCS)?;
             let mut index = txn.open_table(DOSSIER_DOCS)?;
-            for (bi, key, id, mask_default, ins, d) in plans {
+            let mut bodies = txn.open_table(BODIES)?;
+            let mut outbox = txn.open_table(OUTBOX)?;
+            let first_seq = Self::bump_meta_u64(&txn, meta_key::OUTBOX_SEQ, None)?;
+            for (n, (bi, key, id, mask_default, ins, d)) in plans.into_iter().enumerate() {
                 let meta = self.new_meta(id, &ins, &author, now, mask_default, None, &d);
                 self.put_meta(&mut docs, &key, &bi, 1, &meta)?;
-                self.put_body(&txn, &key, &id, &d.body)?;
+                self.put_body(&mut bodies, &key, &id, &d.body)?;
                 index.insert(dossier_doc_key(&bi, &id.0).as_slice(), ())?;
-                self.push_outbox(&txn, OutboxItem::Document(id.0))?;
+                let item = postcard::to_stdvec(&OutboxItem::Document(id.0))?;
+                outbox.insert(first_seq + n as u64, item.as_slice())?;
                 ids.push(id);
             }
+            if let Some(last) = (first_seq + ids.len() as u64).checked_sub(1) {
+                Self::bump_meta_u64(&txn, meta_key::OUTBOX_SEQ, Some(last))?;
+            }
         }
-        self.append_audit(&txn, entries)?;
+        txn.trace(entries);
         txn.commit()?;
         Ok(ids)
     }
@@ -371,13 +379,13 @@ impl Replica {
 
     /// Reads a document: decides, traces durably, then returns the checked body.
     pub fn read_document(&self, actor: &Actor, id: &DocId, mode: AccessMode, reason: Option<&str>) -> Result<ReadOutcome> {
-        let txn = self.db.begin_read()?;
-        let (who, tactor) = self.who(&txn.open_table(PROS)?, actor)?;
-        let (stored, key, meta) = self.load_doc(&txn.open_table(DOCS)?, &txn.open_table(DOSSIER_KEYS)?, id)?;
+        let (txn, generation) = self.snapshot()?;
+        let (who, tactor) = self.who(&txn, generation, actor)?;
+        let (stored, key, meta) = self.load_doc(&txn, generation, id)?;
         if meta.state().availability() == Availability::Deleted {
             return Err(Error::not_found(format!("document {id} was deleted by its author")));
         }
-        let ctx = self.context(&txn.open_table(AUTHORITY)?, &txn.open_table(META)?, &stored.dossier, &who)?;
+        let ctx = self.context(&txn, generation, &stored.dossier, &who)?;
         let (decision, entry) = self.decide(&ctx, &who, &tactor, Action::Read, mode, reason, Some(&meta), None)?;
         self.trace_durably(entry)?;
         if !decision.allow {
@@ -390,11 +398,10 @@ impl Replica {
     /// Lists the documents of a dossier the actor may read (deleted ones excluded). The
     /// listing is traced; it is denied when the actor may read none of them.
     pub fn list_documents(&self, actor: &Actor, ins: &Ins) -> Result<Vec<DocumentMeta>> {
-        let txn = self.db.begin_read()?;
-        let (who, tactor) = self.who(&txn.open_table(PROS)?, actor)?;
+        let (txn, generation) = self.snapshot()?;
+        let (who, tactor) = self.who(&txn, generation, actor)?;
         let bi = self.blind(ins);
-        let ctx = self.context(&txn.open_table(AUTHORITY)?, &txn.open_table(META)?, &bi, &who)?;
-        let (docs, keys) = (txn.open_table(DOCS)?, txn.open_table(DOSSIER_KEYS)?);
+        let ctx = self.context(&txn, generation, &bi, &who)?;
         let mut visible = Vec::new();
         for row in txn.open_table(DOSSIER_DOCS)?.range(bi.as_slice()..)? {
             let k = row?.0.value().to_vec();
@@ -402,7 +409,7 @@ impl Replica {
                 break;
             }
             let id = DocId(k[32..].try_into().map_err(|_| Error::integrity("bad index key"))?);
-            let (_, _, meta) = self.load_doc(&docs, &keys, &id)?;
+            let (_, _, meta) = self.load_doc(&txn, generation, &id)?;
             if meta.state().availability() == Availability::Deleted {
                 continue;
             }
@@ -442,13 +449,14 @@ impl Replica {
                 "unmasking widens access, so the national host decides it: unmask on the host (the site keeps it masked until then)",
             ));
         }
-        let txn = self.db.begin_write()?;
-        let (who, tactor) = self.who(&txn.open_table(PROS)?, actor)?;
-        let (stored, key, mut meta) = self.load_doc(&txn.open_table(DOCS)?, &txn.open_table(DOSSIER_KEYS)?, id)?;
+        let txn = self.begin_write()?;
+        let (snap, generation) = self.snapshot()?;
+        let (who, tactor) = self.who(&snap, generation, actor)?;
+        let (stored, key, mut meta) = self.load_doc(&snap, generation, id)?;
         if meta.state().availability() == Availability::Deleted {
             return Err(Error::invalid(format!("document {id} is deleted")));
         }
-        let ctx = self.context(&txn.open_table(AUTHORITY)?, &txn.open_table(META)?, &stored.dossier, &who)?;
+        let ctx = self.context(&snap, generation, &stored.dossier, &who)?;
         let (decision, entry) = self.decide(&ctx, &who, &tactor, action, AccessMode::Normal, None, Some(&meta), None)?;
         if !decision.allow {
             txn.abort()?;
@@ -457,21 +465,22 @@ impl Replica {
         meta.update(self.config.site_id, change);
         self.put_meta(&mut txn.open_table(DOCS)?, &key, &stored.dossier, stored.rev + 1, &meta)?;
         self.push_outbox(&txn, OutboxItem::Document(id.0))?;
-        self.append_audit(&txn, vec![entry])?;
+        txn.trace(vec![entry]);
         txn.commit()?;
         Ok(meta)
     }
 
     /// Replaces a document by a new one; the old one becomes deprecated, both are kept.
     pub fn replace_document(&self, actor: &Actor, old_id: &DocId, doc: NewDocument) -> Result<DocId> {
-        let txn = self.db.begin_write()?;
-        let (who, tactor) = self.who(&txn.open_table(PROS)?, actor)?;
-        let (stored, key, mut old) = self.load_doc(&txn.open_table(DOCS)?, &txn.open_table(DOSSIER_KEYS)?, old_id)?;
+        let txn = self.begin_write()?;
+        let (snap, generation) = self.snapshot()?;
+        let (who, tactor) = self.who(&snap, generation, actor)?;
+        let (stored, key, mut old) = self.load_doc(&snap, generation, old_id)?;
         if old.state().availability() == Availability::Deleted {
             return Err(Error::invalid(format!("document {old_id} is deleted")));
         }
         validate_new(&doc)?;
-        let ctx = self.context(&txn.open_table(AUTHORITY)?, &txn.open_table(META)?, &stored.dossier, &who)?;
+        let ctx = self.context(&snap, generation, &stored.dossier, &who)?;
         let (decision, mut entry) =
             self.decide(&ctx, &who, &tactor, Action::Replace, AccessMode::Normal, None, Some(&old), Some(doc.class))?;
         if !decision.allow {
@@ -479,7 +488,7 @@ impl Replica {
             return Err(self.deny_with_trace(vec![entry], &decision)?);
         }
         let author = author_of(&who);
-        let id = DocId::mint()?;
+        let id = DocId::mint(self.now());
         let ins = old.facts.ins.clone();
         let mut new = self.new_meta(id, &ins, &author, self.now(), ctx.head.mask_new_by_default, Some(*old_id), &doc);
         // A replacement keeps at least the confidentiality of what it replaces.
@@ -494,12 +503,12 @@ impl Replica {
             self.put_meta(&mut docs, &key, &stored.dossier, stored.rev + 1, &old)?;
             self.put_meta(&mut docs, &key, &stored.dossier, 1, &new)?;
         }
-        self.put_body(&txn, &key, &id, &doc.body)?;
+        self.put_body(&mut txn.open_table(BODIES)?, &key, &id, &doc.body)?;
         txn.open_table(DOSSIER_DOCS)?.insert(dossier_doc_key(&stored.dossier, &id.0).as_slice(), ())?;
         self.push_outbox(&txn, OutboxItem::Document(old_id.0))?;
         self.push_outbox(&txn, OutboxItem::Document(id.0))?;
         entry.doc = Some(*old_id);
-        self.append_audit(&txn, vec![entry])?;
+        txn.trace(vec![entry]);
         txn.commit()?;
         Ok(id)
     }
@@ -507,18 +516,17 @@ impl Replica {
     /// The holder's (or a legal representative's) full copy of the dossier.
     pub fn export_dossier(&self, actor: &Actor, ins: &Ins) -> Result<DossierExport> {
         let (documents, head) = {
-            let txn = self.db.begin_read()?;
-            let (who, tactor) = self.who(&txn.open_table(PROS)?, actor)?;
+            let (txn, generation) = self.snapshot()?;
+            let (who, tactor) = self.who(&txn, generation, actor)?;
             let bi = self.blind(ins);
-            let ctx = self.context(&txn.open_table(AUTHORITY)?, &txn.open_table(META)?, &bi, &who)?;
+            let ctx = self.context(&txn, generation, &bi, &who)?;
             let (decision, entry) =
                 self.decide(&ctx, &who, &tactor, Action::Export, AccessMode::Normal, None, None, None)?;
             self.trace_durably(entry)?;
             if !decision.allow {
                 return Err(Self::denied(&decision));
             }
-            let (docs, keys, bodies) =
-                (txn.open_table(DOCS)?, txn.open_table(DOSSIER_KEYS)?, txn.open_table(BODIES)?);
+            let bodies = txn.open_table(BODIES)?;
             let mut out = Vec::new();
             for row in txn.open_table(DOSSIER_DOCS)?.range(bi.as_slice()..)? {
                 let k = row?.0.value().to_vec();
@@ -526,7 +534,7 @@ impl Replica {
                     break;
                 }
                 let id = DocId(k[32..].try_into().map_err(|_| Error::integrity("bad index key"))?);
-                let (_, key, meta) = self.load_doc(&docs, &keys, &id)?;
+                let (_, key, meta) = self.load_doc(&txn, generation, &id)?;
                 let (d, _) = self.decide(&ctx, &who, &tactor, Action::Read, AccessMode::Normal, None, Some(&meta), None)?;
                 if d.allow && meta.state().availability() != Availability::Deleted {
                     let body = self.get_body(&bodies, &key, &meta)?;

@@ -13,7 +13,9 @@
 //! records, import/export, closure and purge), `sync` (outbox and `apply_remote`).
 
 mod authority_ops;
+mod cache;
 mod documents;
+mod journal;
 mod sync;
 pub mod tables;
 #[cfg(test)]
@@ -22,10 +24,12 @@ mod tests;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::cell::RefCell;
+use std::ops::Deref;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction};
 
 pub use tables::PurgeReceipt;
 use serde::{Deserialize, Serialize};
@@ -42,6 +46,7 @@ use crate::ids::{Ins, SiteId};
 use crate::model::{AccessMode, Actor, HabilitationMatrix, Professional};
 use crate::policy::Who;
 use crate::time::Millis;
+use journal::{JournalRecord, TraceChain};
 use tables::*;
 
 /// File name of the database inside the data folder.
@@ -138,6 +143,15 @@ pub struct InitOptions {
     pub host_key: Option<[u8; 32]>,
 }
 
+/// Counters read from one snapshot: they key the registry cache and stamp traces.
+#[derive(Debug, Clone, Copy)]
+struct Generation {
+    /// Bumped by every registry change (see `cache`).
+    registry: u64,
+    /// Highest host record sequence admitted.
+    authority_version: u64,
+}
+
 /// A source of the current time, injected so tests and simulations control it.
 pub type Clock = Arc<dyn Fn() -> Millis + Send + Sync>;
 
@@ -152,6 +166,8 @@ pub fn system_clock() -> Clock {
 
 /// An open replica. Cheap to share across threads (`&Replica` is `Sync`).
 pub struct Replica {
+    /// The local trace chain and its journal; always locked before a redb write transaction.
+    chain: Mutex<TraceChain>,
     db: Database,
     dir: PathBuf,
     config: ReplicaConfig,
@@ -161,6 +177,7 @@ pub struct Replica {
     matrix: RwLock<Arc<HabilitationMatrix>>,
     clock: Clock,
     audit_commit: GroupCommit<AuditEntry>,
+    cache: cache::RegistryCache,
 }
 
 impl std::fmt::Debug for Replica {
@@ -380,7 +397,18 @@ impl Replica {
             ),
             None => None,
         };
+        let head: (u64, [u8; 32]) = {
+            let txn = db.begin_read()?;
+            let heads = txn.open_table(AUDIT_HEADS)?;
+            let row = heads.get(config.site_id.0)?;
+            match row {
+                Some(v) => postcard::from_bytes(v.value())?,
+                None => (0, [0; 32]),
+            }
+        };
+        let chain = Mutex::new(TraceChain::open(dir, head)?);
         let replica = Replica {
+            chain,
             db,
             dir: dir.to_path_buf(),
             config,
@@ -390,8 +418,11 @@ impl Replica {
             matrix: RwLock::new(Arc::new(HabilitationMatrix::default_matrix())),
             clock,
             audit_commit: GroupCommit::default(),
+            cache: cache::RegistryCache::default(),
         };
         replica.reload_matrix()?;
+        // Entries journaled before a stop or crash move into the table now.
+        replica.flush_traces()?;
         Ok(replica)
     }
 
@@ -449,7 +480,7 @@ impl Replica {
             write_key_file(&self.dir.join(KEY_FILE_NEW), &new_master)?;
         }
         let old = &self.keys.master;
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
             let mut keyring: Keyring = postcard::from_bytes(
@@ -540,7 +571,7 @@ impl Replica {
 
     /// Registers (or updates) a professional at this site.
     pub fn add_professional(&self, p: &Professional) -> Result<()> {
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         {
             let mut pros = txn.open_table(PROS)?;
             let sealed = self
@@ -548,10 +579,8 @@ impl Replica {
                 .registry
                 .seal(&aad(&[b"pro", p.rpps.as_str().as_bytes()]), &postcard::to_stdvec(p)?)?;
             pros.insert(p.rpps.as_str(), sealed.as_slice())?;
-            self.append_audit(
-                &txn,
-                vec![self.admin_entry("professional-registered", None, None)],
-            )?;
+            Self::registry_changed(&txn)?;
+            txn.trace(vec![self.admin_entry("professional-registered", None, None)]);
         }
         txn.commit()?;
         Ok(())
@@ -574,39 +603,56 @@ impl Replica {
         Ok(postcard::from_bytes(&plain)?)
     }
 
+    /// A read snapshot and its generation counters (see `cache`).
+    fn snapshot(&self) -> Result<(ReadTransaction, Generation)> {
+        let txn = self.db.begin_read()?;
+        let generation = {
+            let meta = txn.open_table(META)?;
+            let get = |k: &str| -> Result<u64> { Ok(read_u64(meta.get(k)?.as_ref().map(|g| g.value()))) };
+            Generation {
+                registry: get(meta_key::REGISTRY_GEN)?,
+                authority_version: get(meta_key::AUTHORITY_VERSION)?,
+            }
+        };
+        Ok((txn, generation))
+    }
+
+    /// Records, in `txn`, that the registry changed (invalidates cached rows).
+    fn registry_changed(txn: &WriteTransaction) -> Result<()> {
+        Self::bump_meta_u64(txn, meta_key::REGISTRY_GEN, None).map(|_| ())
+    }
+
     /// Resolves an actor against the registry: an RPPS not registered here is unidentified.
-    fn who(
-        &self,
-        pros: &impl ReadableTable<&'static str, &'static [u8]>,
-        actor: &Actor,
-    ) -> Result<(Who, TraceActor)> {
+    fn who(&self, txn: &ReadTransaction, generation: Generation, actor: &Actor) -> Result<(Who, TraceActor)> {
         Ok(match actor {
-            Actor::Professional(rpps) => match pros.get(rpps.as_str())? {
-                Some(v) => {
-                    let p = self.open_professional(rpps.as_str(), v.value())?;
-                    (
-                        Who::Professional {
-                            rpps: rpps.clone(),
-                            profession: p.profession,
-                        },
-                        TraceActor::Professional {
-                            rpps: rpps.clone(),
-                            profession: Some(p.profession),
-                        },
-                    )
+            Actor::Professional(rpps) => {
+                let found = self.cache.professional(generation.registry, rpps.as_str(), || {
+                    match txn.open_table(PROS)?.get(rpps.as_str())? {
+                        Some(v) => Ok(Some(self.open_professional(rpps.as_str(), v.value())?)),
+                        None => Ok(None),
+                    }
+                })?;
+                match found {
+                    Some(p) => (
+                        Who::Professional { rpps: rpps.clone(), profession: p.profession },
+                        TraceActor::Professional { rpps: rpps.clone(), profession: Some(p.profession) },
+                    ),
+                    None => (
+                        Who::Unidentified,
+                        TraceActor::Professional { rpps: rpps.clone(), profession: None },
+                    ),
                 }
-                None => (
-                    Who::Unidentified,
-                    TraceActor::Professional {
-                        rpps: rpps.clone(),
-                        profession: None,
-                    },
-                ),
-            },
+            }
             Actor::Holder => (Who::Holder, TraceActor::Holder),
             Actor::Representative => (Who::Representative, TraceActor::Representative),
             Actor::System => (Who::Unidentified, TraceActor::System),
         })
+    }
+
+    /// A dossier's data key, through the cache.
+    fn key_for(&self, txn: &ReadTransaction, generation: Generation, bi: &[u8; 32]) -> Result<Option<Key>> {
+        self.cache
+            .dossier_key(generation.registry, bi, || self.dossier_key(&txn.open_table(DOSSIER_KEYS)?, bi))
     }
 
     // ---- audit ----
@@ -629,39 +675,55 @@ impl Replica {
         }
     }
 
-    /// Appends entries to this site's chain inside `txn`.
-    fn append_audit(&self, txn: &WriteTransaction, entries: Vec<AuditEntry>) -> Result<()> {
-        let origin = self.config.site_id.0;
-        let mut heads = txn.open_table(AUDIT_HEADS)?;
-        let (mut seq, mut prev): (u64, [u8; 32]) = match heads.get(origin)? {
-            Some(v) => postcard::from_bytes(v.value())?,
-            None => (0, [0; 32]),
-        };
-        let mut table = txn.open_table(AUDIT)?;
-        for entry in entries {
-            seq += 1;
-            let bytes = postcard::to_stdvec(&entry)?;
-            prev = crate::audit::chain_hash(&bytes, &prev);
-            let sealed = self.keys.audit.seal(&trace_aad(origin, seq), &bytes)?;
-            let row = postcard::to_stdvec(&StoredTrace { hash: prev, sealed })?;
-            table.insert((origin, seq), row.as_slice())?;
-        }
-        heads.insert(origin, postcard::to_stdvec(&(seq, prev))?.as_slice())?;
-        Ok(())
+    /// Begins a write transaction holding the trace chain (lock order: chain, then redb).
+    fn begin_write(&self) -> Result<Writer<'_>> {
+        let chain = self.chain.lock().map_err(lock_err)?;
+        let txn = self.db.begin_write()?;
+        Ok(Writer { replica: self, chain, txn, staged: RefCell::new(Vec::new()) })
     }
 
-    /// Makes `entry` durable, sharing the commit with concurrent callers.
+    /// Chains and seals one entry at `seq` after `prev`.
+    fn chain_record(&self, seq: u64, prev: &[u8; 32], entry: &AuditEntry) -> Result<JournalRecord> {
+        let bytes = postcard::to_stdvec(entry)?;
+        let hash = crate::audit::chain_hash(&bytes, prev);
+        let sealed = self.keys.audit.seal(&trace_aad(self.config.site_id.0, seq), &bytes)?;
+        Ok(JournalRecord { seq, hash, sealed })
+    }
+
+    /// Makes `entry` durable, sharing one journal sync with concurrent callers.
     fn trace_durably(&self, entry: AuditEntry) -> Result<()> {
         self.audit_commit.submit(entry, &|batch| {
-            let txn = self.db.begin_write()?;
-            self.append_audit(&txn, batch)?;
-            txn.commit()?;
+            let mut chain = self.chain.lock().map_err(lock_err)?;
+            let (mut seq, mut prev) = (chain.seq, chain.prev);
+            let mut records = Vec::with_capacity(batch.len());
+            for e in &batch {
+                seq += 1;
+                let r = self.chain_record(seq, &prev, e)?;
+                prev = r.hash;
+                records.push(r);
+            }
+            chain.append(&records)?;
+            chain.seq = seq;
+            chain.prev = prev;
+            chain.pending.extend(records);
+            let merge = chain.pending.len() >= journal::MERGE_AT;
+            drop(chain);
+            if merge {
+                // The entries are durable already; a failed move is retried at the next write.
+                let _ = self.flush_traces();
+            }
             Ok(())
         })
     }
 
+    /// Moves journaled trace entries into the `AUDIT` table.
+    fn flush_traces(&self) -> Result<()> {
+        self.begin_write()?.commit()
+    }
+
     /// Trace entries, decrypted, optionally only those of one dossier, in chain order per origin.
     pub fn audit_entries(&self, ins: Option<&Ins>) -> Result<Vec<ChainedEntry>> {
+        self.flush_traces()?;
         let txn = self.db.begin_read()?;
         let table = txn.open_table(AUDIT)?;
         let mut out = Vec::new();
@@ -690,6 +752,7 @@ impl Replica {
 
     /// Verifies every origin's trace chain. Returns `(origins, entries)` checked.
     pub fn verify_audit(&self) -> Result<(usize, u64)> {
+        self.flush_traces()?;
         let txn = self.db.begin_read()?;
         let table = txn.open_table(AUDIT)?;
         let heads = txn.open_table(AUDIT_HEADS)?;
@@ -761,6 +824,78 @@ impl Replica {
 
     fn matrix(&self) -> Result<Arc<HabilitationMatrix>> {
         Ok(self.matrix.read().map_err(lock_err)?.clone())
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        // Best effort: the journal is durable anyway and is replayed at the next open.
+        let _ = self.flush_traces();
+    }
+}
+
+/// A write transaction holding the trace chain: trace entries staged with `trace` are chained
+/// and committed with the transaction, after any journaled entries, so the chain stays in order.
+struct Writer<'a> {
+    replica: &'a Replica,
+    chain: MutexGuard<'a, TraceChain>,
+    txn: WriteTransaction,
+    staged: RefCell<Vec<AuditEntry>>,
+}
+
+impl Deref for Writer<'_> {
+    type Target = WriteTransaction;
+    fn deref(&self) -> &WriteTransaction {
+        &self.txn
+    }
+}
+
+impl Writer<'_> {
+    /// Stages trace entries to commit with this transaction.
+    fn trace(&self, entries: Vec<AuditEntry>) {
+        self.staged.borrow_mut().extend(entries);
+    }
+
+    /// Commits: journaled entries, then staged ones, then the transaction. The chain head in
+    /// memory moves only once the commit succeeded.
+    fn commit(self) -> Result<()> {
+        let Writer { replica, mut chain, txn, staged } = self;
+        let staged = staged.into_inner();
+        let moved = chain.pending.len();
+        let (mut seq, mut prev) = (chain.seq, chain.prev);
+        if moved > 0 || !staged.is_empty() {
+            let origin = replica.config.site_id.0;
+            let mut table = txn.open_table(AUDIT)?;
+            for r in &chain.pending {
+                let row = postcard::to_stdvec(&StoredTrace { hash: r.hash, sealed: r.sealed.clone() })?;
+                table.insert((origin, r.seq), row.as_slice())?;
+            }
+            for e in &staged {
+                seq += 1;
+                let r = replica.chain_record(seq, &prev, e)?;
+                prev = r.hash;
+                let row = postcard::to_stdvec(&StoredTrace { hash: r.hash, sealed: r.sealed })?;
+                table.insert((origin, seq), row.as_slice())?;
+            }
+            txn.open_table(AUDIT_HEADS)?
+                .insert(origin, postcard::to_stdvec(&(seq, prev))?.as_slice())?;
+            drop(table);
+        }
+        txn.commit()?;
+        chain.seq = seq;
+        chain.prev = prev;
+        if moved > 0 {
+            chain.pending.clear();
+            // If this fails the records stay in the file; recovery skips them (already in redb).
+            let _ = chain.truncate();
+        }
+        Ok(())
+    }
+
+    /// Abandons the transaction and its staged entries.
+    fn abort(self) -> Result<()> {
+        self.txn.abort()?;
+        Ok(())
     }
 }
 

@@ -37,15 +37,14 @@ pub enum Applied {
 impl Replica {
     /// Local changes after `after`, in order, at most `limit`.
     pub fn outbox(&self, after: u64, limit: usize) -> Result<Vec<(u64, Change)>> {
-        let txn = self.db.begin_read()?;
+        let (txn, generation) = self.snapshot()?;
         let outbox = txn.open_table(OUTBOX)?;
-        let (docs, keys) = (txn.open_table(DOCS)?, txn.open_table(DOSSIER_KEYS)?);
         let mut out = Vec::new();
         for row in outbox.range(after.saturating_add(1)..)?.take(limit) {
             let (k, v) = row?;
             match postcard::from_bytes(v.value())? {
                 OutboxItem::Document(id) => {
-                    let (_, _, meta) = self.load_doc(&docs, &keys, &DocId(id))?;
+                    let (_, _, meta) = self.load_doc(&txn, generation, &DocId(id))?;
                     out.push((k.value(), Change::Document(meta)));
                 }
             }
@@ -61,7 +60,7 @@ impl Replica {
 
     /// Drops outbox entries up to `upto`, acknowledged by the peer.
     pub fn ack_outbox(&self, upto: u64) -> Result<()> {
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         txn.open_table(OUTBOX)?.retain_in(..=upto, |_, _| false)?;
         txn.commit()?;
         Ok(())
@@ -72,7 +71,7 @@ impl Replica {
         if origin == self.config.site_id {
             return Err(Error::invalid("a replica does not apply its own changes"));
         }
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         let last = txn.open_table(APPLIED)?.get(origin.0)?.map_or(0, |v| v.value());
         if seq <= last {
             return Ok(Applied::Duplicate);
@@ -132,21 +131,21 @@ impl Replica {
     /// A body in clear, for sending to another replica over the authenticated channel. Not an
     /// access decision: the body stays inside the system and is re-sealed by the receiver.
     pub fn body_for_sync(&self, id: &DocId) -> Result<Zeroizing<Vec<u8>>> {
-        let txn = self.db.begin_read()?;
-        let (_, key, meta) = self.load_doc(&txn.open_table(DOCS)?, &txn.open_table(DOSSIER_KEYS)?, id)?;
+        let (txn, generation) = self.snapshot()?;
+        let (_, key, meta) = self.load_doc(&txn, generation, id)?;
         self.get_body(&txn.open_table(BODIES)?, &key, &meta)
     }
 
     /// Stores a body received from another replica, after checking it against the content hash
     /// of the metadata already merged here.
     pub fn store_remote_body(&self, id: &DocId, body: &[u8]) -> Result<()> {
-        let txn = self.db.begin_write()?;
-        let (stored, key, meta) = self.load_doc(&txn.open_table(DOCS)?, &txn.open_table(DOSSIER_KEYS)?, id)?;
-        let _ = stored;
+        let txn = self.begin_write()?;
+        let (snap, generation) = self.snapshot()?;
+        let (_, key, meta) = self.load_doc(&snap, generation, id)?;
         if body.len() as u64 != meta.facts.size || *blake3::hash(body).as_bytes() != meta.facts.content_hash {
             return Err(Error::integrity(format!("the body received for document {id} does not match its content hash")));
         }
-        self.put_body(&txn, &key, id, body)?;
+        self.put_body(&mut txn.open_table(BODIES)?, &key, id, body)?;
         txn.commit()?;
         Ok(())
     }

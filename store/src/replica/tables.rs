@@ -45,6 +45,8 @@ pub mod meta_key {
     pub const AUTHORITY_VERSION: &str = "authority_version";
     /// Last sequence the host signed (host only, u64 LE).
     pub const AUTHORITY_SEQ: &str = "authority_seq";
+    /// Registry generation (u64 LE): bumped by every change to AUTHORITY, PROS or DOSSIER_KEYS.
+    pub const REGISTRY_GEN: &str = "registry_gen";
     /// Last outbox sequence used (u64 LE); never reused, even after acknowledgements.
     pub const OUTBOX_SEQ: &str = "outbox_seq";
 }

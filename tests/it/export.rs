@@ -1,0 +1,310 @@
+//! `export`: the holder's full copy as a FHIR R4 Bundle, and who may take it.
+
+use base64::Engine;
+use serde_json::Value;
+
+use crate::support::*;
+
+fn resources<'a>(bundle: &'a Value, kind: &str) -> Vec<&'a Value> {
+    bundle["entry"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| &e["resource"])
+        .filter(|r| r["resourceType"] == kind)
+        .collect()
+}
+
+fn attachment_bytes(doc_ref: &Value) -> Vec<u8> {
+    let data = doc_ref["content"][0]["attachment"]["data"]
+        .as_str()
+        .expect("attachment data");
+    base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .expect("base64")
+}
+
+#[test]
+fn the_holder_exports_a_fhir_bundle() {
+    let k = clinic();
+    let c = &k.host;
+    let binary: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+    let scan = c.add_doc(&k.ins, DOCTOR, "31", "18748-4", "Radio", &binary);
+    let hidden = c.add_doc(
+        &k.ins,
+        DOCTOR,
+        "10",
+        LAB_REPORT,
+        "Resultat a annoncer",
+        b"hidden (synthetic)",
+    );
+    c.ok(&["doc", "hide-from-patient", &hidden, "--as", DOCTOR]);
+    let f = c.write("v2", b"Ordonnance v2 (synthetic)");
+    let v2 = c.json(&[
+        "doc",
+        "replace",
+        &k.prescription,
+        "--as",
+        DOCTOR,
+        "--class",
+        "42",
+        "--type",
+        PRESCRIPTION,
+        "--title",
+        "Ordonnance v2",
+        &f,
+    ])["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    c.ok(&[
+        "doc",
+        "get",
+        &k.consult,
+        "--as",
+        ER_DOCTOR,
+        "--mode",
+        "break-glass",
+        "--reason",
+        "coma",
+    ]);
+    c.fails_once(3, &["doc", "get", &k.consult, "--as", PHARMACIST]);
+
+    let out = c.path("export.json");
+    let j = c.json(&[
+        "export",
+        "--dossier",
+        &k.ins,
+        "--as",
+        "patient",
+        "-o",
+        &out.display().to_string(),
+    ]);
+    assert_eq!(j["documents"], 4, "every document but the hidden one: {j}");
+    assert_eq!(j["output"], out.display().to_string());
+    let bundle: Value =
+        serde_json::from_slice(&std::fs::read(&out).expect("export file")).expect("JSON");
+    assert_eq!(bundle["resourceType"], "Bundle");
+    assert_eq!(bundle["type"], "collection");
+
+    let patients = resources(&bundle, "Patient");
+    assert_eq!(patients.len(), 1);
+    let p = patients[0];
+    assert_eq!(p["identifier"][0]["system"], "urn:oid:1.2.250.1.213.1.4.8");
+    assert_eq!(p["identifier"][0]["value"], k.ins.as_str());
+    assert_eq!(p["name"][0]["family"], "DUPONT");
+    assert_eq!(
+        p["name"][0]["given"],
+        serde_json::json!(["Camille", "Marie"])
+    );
+    assert_eq!(p["gender"], "female");
+    assert_eq!(p["birthDate"], "1984-05-07");
+
+    let docs = resources(&bundle, "DocumentReference");
+    assert_eq!(docs.len(), 4);
+    let by_id = |id: &str| {
+        *docs
+            .iter()
+            .find(|d| d["id"] == id)
+            .unwrap_or_else(|| panic!("{id} not exported"))
+    };
+    assert!(
+        docs.iter().all(|d| d["id"] != hidden.as_str()),
+        "a document hidden from the patient is not in the copy"
+    );
+    assert_eq!(attachment_bytes(by_id(&k.consult)), CONSULT_BODY);
+    assert_eq!(attachment_bytes(by_id(&scan)), binary);
+    assert_eq!(attachment_bytes(by_id(&v2)), b"Ordonnance v2 (synthetic)");
+    assert_eq!(attachment_bytes(by_id(&k.prescription)), PRESCRIPTION_BODY);
+    let consult = by_id(&k.consult);
+    assert_eq!(consult["type"]["coding"][0]["code"], CONSULTATION);
+    assert_eq!(consult["category"][0]["coding"][0]["code"], "10");
+    assert_eq!(
+        consult["content"][0]["attachment"]["size"],
+        CONSULT_BODY.len()
+    );
+    assert_eq!(
+        consult["content"][0]["attachment"]["title"],
+        "CR de consultation"
+    );
+    assert_eq!(
+        consult["content"][0]["attachment"]["contentType"],
+        "text/plain"
+    );
+    assert_eq!(consult["subject"]["reference"], "urn:uuid:patient");
+    assert_eq!(consult["status"], "current");
+    assert_eq!(by_id(&k.prescription)["status"], "superseded");
+    assert_eq!(
+        by_id(&v2)["relatesTo"][0]["target"]["reference"],
+        format!("urn:uuid:doc-{}", k.prescription)
+    );
+
+    let events = resources(&bundle, "AuditEvent");
+    let traces = c.audit(&k.ins).len();
+    assert_eq!(j["traces"], events.len());
+    assert_eq!(
+        events.len(),
+        traces,
+        "every trace entry, the export's own included"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["subtype"][0]["code"] == "bris_de_glace"
+                && e["purposeOfEvent"][0]["text"] == "coma"
+                && e["outcome"] == "0"),
+        "the break-glass read is in the copy"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["outcome"] == "4"
+                && e["agent"][0]["who"]["identifier"]["value"] == PHARMACIST),
+        "the denial is in the copy"
+    );
+
+    // The export itself is traced.
+    let last = c
+        .audit(&k.ins)
+        .into_iter()
+        .rev()
+        .find(|e| e["action"] == "export")
+        .expect("export traced");
+    assert_eq!(last["allowed"], true);
+    assert_eq!(last["actor"], "patient");
+
+    // Human output.
+    let out2 = c.path("export2.json");
+    let o = c.ok(&[
+        "export",
+        "--dossier",
+        &k.ins,
+        "--as",
+        "holder",
+        "-o",
+        &out2.display().to_string(),
+    ]);
+    assert!(
+        o.stdout.contains("FHIR R4 Bundle with 4 document(s)"),
+        "{}",
+        o.stdout
+    );
+}
+
+#[test]
+fn only_the_holder_or_representatives_export() {
+    let k = clinic();
+    let c = &k.host;
+    let out = c.path("export.json");
+    let out_s = out.display().to_string();
+    for pro in [DOCTOR, PHARMACIST, STRANGER] {
+        let o = c.run(&["export", "--dossier", &k.ins, "--as", pro, "-o", &out_s]);
+        assert!(o.code == 2 || o.code == 3, "{pro}: {} {}", o.code, o.stderr);
+        assert!(
+            o.stderr.contains("holder") || o.stderr.contains("patient"),
+            "{}",
+            o.stderr
+        );
+    }
+    // An adult has no legal representative.
+    c.fails_once(
+        3,
+        &[
+            "export",
+            "--dossier",
+            &k.ins,
+            "--as",
+            "representative",
+            "-o",
+            &out_s,
+        ],
+    );
+    assert!(!out.exists(), "no copy written on a refusal");
+    c.fails(
+        4,
+        &[
+            "export",
+            "--dossier",
+            &ins_b(),
+            "--as",
+            "patient",
+            "-o",
+            &out_s,
+        ],
+    );
+    c.fails(
+        2,
+        &[
+            "export",
+            "--dossier",
+            &wrong_key(&k.ins),
+            "--as",
+            "patient",
+            "-o",
+            &out_s,
+        ],
+    );
+    let o = c.fails(
+        2,
+        &[
+            "export",
+            "--dossier",
+            &k.ins,
+            "--as",
+            "patient",
+            "-o",
+            &c.path("no/such/dir/e.json").display().to_string(),
+        ],
+    );
+    assert!(o.stderr.contains("cannot write"), "{}", o.stderr);
+
+    // A minor's representative does, minus what the minor hid from them.
+    let b = ins_b();
+    c.ok(&[
+        "dossier",
+        "create",
+        "--ins",
+        &b,
+        "--birth-name",
+        "MARTIN",
+        "--first-names",
+        "Lea",
+        "--birth-date",
+        "2009-03-04",
+        "--sex",
+        "F",
+        "--holder",
+        "minor",
+        "--representative",
+        "M. MARTIN",
+    ]);
+    c.ok(&[
+        "grant",
+        "add",
+        "--dossier",
+        &b,
+        "--rpps",
+        DOCTOR,
+        "--treating",
+    ]);
+    let open = c.add_doc(&b, DOCTOR, "42", PRESCRIPTION, "Vaccin", b"v");
+    let private = c.add_doc(&b, DOCTOR, "10", CONSULTATION, "Consultation", b"p");
+    c.ok(&["doc", "hide-from-representatives", &private, "--as", DOCTOR]);
+    let j = c.json(&[
+        "export",
+        "--dossier",
+        &b,
+        "--as",
+        "representative",
+        "-o",
+        &out_s,
+    ]);
+    assert_eq!(j["documents"], 1);
+    let bundle: Value =
+        serde_json::from_slice(&std::fs::read(&out).expect("export")).expect("JSON");
+    let ids: Vec<&str> = resources(&bundle, "DocumentReference")
+        .iter()
+        .filter_map(|d| d["id"].as_str())
+        .collect();
+    assert_eq!(ids, vec![open.as_str()]);
+}

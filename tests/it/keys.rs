@@ -1,0 +1,133 @@
+//! `keys rotate`: every key is re-wrapped under a new master key; the old one stops opening
+//! the replica, the new one opens everything.
+
+use crate::support::*;
+
+/// Everything a replica holds is still readable.
+fn all_readable(c: &Carnet, k: &Clinic) {
+    assert_eq!(c.body(&k.consult, DOCTOR), CONSULT_BODY);
+    assert_eq!(c.body(&k.prescription, PHARMACIST), PRESCRIPTION_BODY);
+    assert_eq!(c.json(&["dossier", "show", &k.ins])["birth_name"], "DUPONT");
+    assert_eq!(c.json(&["pro", "list"]).as_array().map(Vec::len), Some(6));
+    assert_eq!(c.json(&["audit", "verify"])["ok"], true);
+    assert!(!c.audit(&k.ins).is_empty());
+}
+
+#[test]
+fn rotate_the_key_file() {
+    let k = clinic();
+    let c = &k.host;
+    let key_file = c.data.join("master.key");
+    let old = std::fs::read(&key_file).expect("key file");
+    let host_key = c.host_key();
+
+    let o = c.ok(&["keys", "rotate"]);
+    assert!(o.stdout.contains("master key rotated"), "{}", o.stdout);
+    let new = std::fs::read(&key_file).expect("new key file");
+    assert_ne!(new, old);
+    assert_eq!(new.len(), 65, "64 hex digits and a newline");
+    assert!(
+        !c.data.join("master.key.new").exists(),
+        "no half-finished rotation left"
+    );
+    all_readable(c, &k);
+    assert_eq!(
+        c.host_key(),
+        host_key,
+        "the signing key survives the rotation"
+    );
+    // The host can still sign.
+    c.ok(&["grant", "add", "--dossier", &k.ins, "--rpps", ER_DOCTOR]);
+
+    // The old key file no longer opens the replica.
+    std::fs::write(&key_file, &old).expect("put the old key back");
+    for args in [
+        vec!["pro", "list"],
+        vec!["doc", "get", &k.consult, "--as", DOCTOR],
+    ] {
+        let o = c.fails(2, &args);
+        assert!(
+            o.stderr.contains("does not open this replica"),
+            "{}",
+            o.stderr
+        );
+        let j = c.run(&[&["--json"][..], &args[..]].concat()).json();
+        assert_eq!(j["error"]["kind"], "key");
+    }
+    // A damaged or missing key file says so.
+    std::fs::write(&key_file, b"not a key\n").expect("write");
+    let o = c.fails(2, &["pro", "list"]);
+    assert!(o.stderr.contains("malformed"), "{}", o.stderr);
+    std::fs::remove_file(&key_file).expect("remove");
+    let o = c.fails(2, &["pro", "list"]);
+    assert!(
+        o.stderr.contains("cannot read the key file"),
+        "{}",
+        o.stderr
+    );
+
+    std::fs::write(&key_file, &new).expect("put the new key back");
+    all_readable(c, &k);
+    let j = c.json(&["keys", "rotate"]);
+    assert_eq!(j, serde_json::json!({"rotated": true}));
+    assert_ne!(std::fs::read(&key_file).expect("key file"), new);
+    all_readable(c, &k);
+}
+
+// Each opening of a passphrase replica stretches the passphrase (Argon2id, about half a
+// second in a debug build): these two tests keep their command count low.
+
+#[test]
+fn rotate_a_passphrase() {
+    let mut c = Carnet::empty();
+    c.set_env("CARNET_PASSPHRASE", "first passphrase");
+    c.ok(&["init", "--role", "host"]);
+    let a = ins_a();
+    c.dossier(&a, "DUPONT", "Camille");
+    let id = c.add_doc(
+        &a,
+        "patient",
+        "90",
+        "DOCPAT01",
+        "Mes allergies",
+        b"pollen (synthetic)",
+    );
+
+    let o = c.run_env(
+        &[("CARNET_NEW_PASSPHRASE", "second passphrase")],
+        &["keys", "rotate"],
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("CARNET_NEW_PASSPHRASE"), "{}", o.stdout);
+    let o = c.fails_once(2, &["pro", "list"]);
+    assert!(o.stderr.contains("wrong passphrase"), "{}", o.stderr);
+    c.set_env("CARNET_PASSPHRASE", "second passphrase");
+    assert_eq!(c.body(&id, "patient"), b"pollen (synthetic)");
+
+    // From a passphrase to a key file.
+    c.ok(&["keys", "rotate"]);
+    assert!(c.data.join("master.key").is_file());
+    c.unset_env("CARNET_PASSPHRASE");
+    assert_eq!(c.body(&id, "patient"), b"pollen (synthetic)");
+    assert_eq!(c.json(&["audit", "verify"])["ok"], true);
+}
+
+#[test]
+fn rotate_from_a_key_file_to_a_passphrase() {
+    let k = clinic();
+    let mut c = k.host;
+    let o = c.run_env(
+        &[("CARNET_NEW_PASSPHRASE", "from now on")],
+        &["keys", "rotate"],
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        !c.data.join("master.key").exists(),
+        "the stale key file is removed"
+    );
+    let o = c.fails_once(2, &["pro", "list"]);
+    assert!(o.stderr.contains("CARNET_PASSPHRASE"), "{}", o.stderr);
+    c.set_env("CARNET_PASSPHRASE", "from now on");
+    assert_eq!(c.body(&k.consult, DOCTOR), CONSULT_BODY);
+    assert_eq!(c.json(&["audit", "verify"])["ok"], true);
+}

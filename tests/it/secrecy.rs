@@ -1,0 +1,163 @@
+//! No patient data in clear at rest: after a busy life (documents, replacement, masks, traces
+//! with reasons, a site fed by the host, a key rotation), no file under a data folder contains
+//! a known title, body, name, first name or INS.
+
+use std::path::Path;
+
+use crate::support::*;
+
+const BIRTH_NAME: &str = "QUELLEBOEUF";
+const FIRST_NAMES: &str = "Philomene Ysaline";
+const BODY_MARKER: &str = "ZXQ-BODY-MARKER-7731";
+const TITLE_MARKER: &str = "ZXQ-TITLE-MARKER-4482";
+const REASON_MARKER: &str = "ZXQ-REASON-MARKER-9120";
+
+/// The markers, including the INS with and without its key and spaced as on a card.
+fn markers(ins: &str) -> Vec<String> {
+    vec![
+        BIRTH_NAME.to_string(),
+        FIRST_NAMES.to_string(),
+        "Philomene".to_string(),
+        "Ysaline".to_string(),
+        BODY_MARKER.to_string(),
+        TITLE_MARKER.to_string(),
+        REASON_MARKER.to_string(),
+        ins.to_string(),
+        ins[..13].to_string(),
+        format!(
+            "{} {} {} {} {} {} {}",
+            &ins[..1],
+            &ins[1..3],
+            &ins[3..5],
+            &ins[5..7],
+            &ins[7..10],
+            &ins[10..13],
+            &ins[13..]
+        ),
+    ]
+}
+
+fn assert_no_marker(dir: &Path, ins: &str) {
+    let files = files_under(dir);
+    assert!(
+        files.iter().any(|f| f.ends_with("carnet.redb")),
+        "the database was searched: {files:?}"
+    );
+    for f in &files {
+        let bytes = std::fs::read(f).expect("read a data file");
+        for m in markers(ins) {
+            assert!(
+                !contains(&bytes, m.as_bytes()),
+                "'{m}' found in clear in {}",
+                f.display()
+            );
+            assert!(
+                !contains(&bytes, m.to_lowercase().as_bytes()),
+                "'{m}' (lower case) found in clear in {}",
+                f.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn no_plaintext_in_any_data_file() {
+    let host = Carnet::host();
+    host.standard_pros();
+    let ins = ins("2991299123987");
+    host.dossier(&ins, BIRTH_NAME, FIRST_NAMES);
+    host.standard_grants(&ins);
+    host.ok(&["emergency", "set", "--dossier", &ins, "--masked", "allow"]);
+    // A body spanning chunks, with the marker at both ends and across the chunk boundary.
+    let mut big = format!("{BODY_MARKER} start ").into_bytes();
+    big.resize(65_536 - 104 - 5, b'.');
+    big.extend_from_slice(BODY_MARKER.as_bytes());
+    big.resize(150_000, b'-');
+    big.extend_from_slice(BODY_MARKER.as_bytes());
+    let title = format!("Compte rendu {TITLE_MARKER} {BIRTH_NAME}");
+    let id = host.add_doc(&ins, DOCTOR, "10", CONSULTATION, &title, &big);
+    let small = host.add_doc(
+        &ins,
+        DOCTOR,
+        "42",
+        PRESCRIPTION,
+        TITLE_MARKER,
+        format!("{BODY_MARKER} {FIRST_NAMES}").as_bytes(),
+    );
+    let f = host.write("v2", format!("corrected {BODY_MARKER}").as_bytes());
+    host.ok(&[
+        "doc",
+        "replace",
+        &small,
+        "--as",
+        DOCTOR,
+        "--class",
+        "42",
+        "--type",
+        PRESCRIPTION,
+        "--title",
+        &title,
+        &f,
+    ]);
+    host.ok(&["doc", "mask", &id, "--as", DOCTOR]);
+    assert_eq!(host.body(&id, DOCTOR), big, "the data is really there");
+    host.ok(&[
+        "doc",
+        "get",
+        &id,
+        "--as",
+        ER_DOCTOR,
+        "--mode",
+        "break-glass",
+        "--reason",
+        REASON_MARKER,
+    ]);
+    host.fails_once(3, &["doc", "get", &id, "--as", PHARMACIST]);
+    host.ok(&["doc", "list", "--dossier", &ins, "--as", "patient"]);
+    let other = ins_b();
+    host.dossier(&other, "AUTRE", "Personne");
+    host.ok(&["dossier", "close", &other, "--reason", REASON_MARKER]);
+
+    // A site fed by the host's bundle, writing its own documents.
+    let bundle = host.export_authority("bundle");
+    let site = Carnet::site(5, Some(&host.host_key()));
+    site.ok(&["authority", "import", &bundle.display().to_string()]);
+    site.standard_pros();
+    let sid = site.add_doc(
+        &ins,
+        DOCTOR,
+        "10",
+        CONSULTATION,
+        TITLE_MARKER,
+        BODY_MARKER.as_bytes(),
+    );
+    site.ok(&["doc", "get", &sid, "--as", DOCTOR]);
+    site.ok(&[
+        "doc",
+        "get",
+        &sid,
+        "--as",
+        SPECIALIST,
+        "--mode",
+        "break-glass",
+        "--reason",
+        REASON_MARKER,
+    ]);
+
+    // The trace and the dossier, read back through the CLI, do hold the data…
+    let trace = host.ok(&["audit", "show", "--dossier", &ins]).stdout;
+    assert!(trace.contains(REASON_MARKER), "{trace}");
+    assert!(
+        host.ok(&["dossier", "show", &ins])
+            .stdout
+            .contains(BIRTH_NAME)
+    );
+    // …but nothing under either data folder does.
+    assert_no_marker(&host.data, &ins);
+    assert_no_marker(&site.data, &ins);
+
+    // After a key rotation too (keys are re-wrapped; nothing is decrypted to disk).
+    host.ok(&["keys", "rotate"]);
+    assert_no_marker(&host.data, &ins);
+    assert_eq!(host.body(&id, DOCTOR), big);
+}

@@ -1,0 +1,538 @@
+//! Damage at rest and in transit: a byte flipped inside a stored body chunk, document record,
+//! trace entry or signed host record (by opening the redb file directly, while no carnet runs);
+//! a damaged authority bundle; a replica written by a newer format. Each is reported as what it
+//! is — exit 5 for integrity, 2 for a format to upgrade — without a panic, and damage to one
+//! dossier leaves another one readable.
+
+use carnet_store::replica::tables::{
+    AUDIT, AUTHORITY, BODIES, DOCS, DOSSIER_DOCS, META, body_key, meta_key, subject_key, tag,
+};
+use redb::{ReadableDatabase, ReadableTable};
+
+use crate::support::*;
+
+/// Two dossiers: A (the clinic's) with a three-chunk scan, and B with one report.
+struct Two {
+    k: Clinic,
+    scan: String,
+    scan_body: Vec<u8>,
+    b: String,
+    b_doc: String,
+}
+
+const B_BODY: &[u8] = b"Dossier B report (synthetic)";
+
+fn two() -> Two {
+    let k = clinic();
+    let scan_body: Vec<u8> = (0..150_000u32).map(|i| (i % 251) as u8).collect();
+    let scan = k
+        .host
+        .add_doc(&k.ins, DOCTOR, "31", "18748-4", "Scanner", &scan_body);
+    let b = ins_b();
+    k.host.dossier(&b, "MARTIN", "Louis");
+    k.host.standard_grants(&b);
+    let b_doc = k
+        .host
+        .add_doc(&b, DOCTOR, "10", CONSULTATION, "CR B", B_BODY);
+    Two {
+        k,
+        scan,
+        scan_body,
+        b,
+        b_doc,
+    }
+}
+
+impl Two {
+    /// Dossier B stays fully usable.
+    fn b_still_readable(&self) {
+        let c = &self.k.host;
+        assert_eq!(c.body(&self.b_doc, DOCTOR), B_BODY);
+        assert_eq!(c.body(&self.b_doc, "patient"), B_BODY);
+        assert_eq!(c.json(&["dossier", "show", &self.b])["status"], "active");
+    }
+}
+
+/// Asserts an integrity failure: exit 5, a clear message, the JSON error kind.
+fn integrity(c: &Carnet, args: &[&str], says: &str) {
+    let o = c.fails(5, args);
+    assert!(
+        o.stderr.contains("integrity failure") && o.stderr.contains(says),
+        "carnet {args:?}: {}",
+        o.stderr
+    );
+    let mut j = vec!["--json"];
+    j.extend_from_slice(args);
+    assert_eq!(c.run(&j).json()["error"]["kind"], "integrity");
+}
+
+/// The blind index of the dossier holding `doc`, read from the dossier index.
+fn dossier_of(c: &Carnet, doc: &str) -> [u8; 32] {
+    let id = doc_id_bytes(doc);
+    let db = c.db();
+    let txn = db.begin_read().expect("read");
+    let index = txn.open_table(DOSSIER_DOCS).expect("dossier_docs");
+    for row in index.iter().expect("iter") {
+        let (k, _) = row.expect("row");
+        let k = k.value();
+        if k[32..] == id {
+            return k[..32].try_into().expect("32 bytes");
+        }
+    }
+    panic!("document {doc} is in no dossier");
+}
+
+fn flip(v: &mut [u8], at: usize) {
+    v[at] ^= 0x40;
+}
+
+#[test]
+fn altered_body_chunk() {
+    let t = two();
+    let c = &t.k.host;
+    assert_eq!(c.body(&t.scan, DOCTOR), t.scan_body);
+    {
+        let db = c.db();
+        let txn = db.begin_write().expect("write");
+        {
+            let mut bodies = txn.open_table(BODIES).expect("bodies");
+            let key = body_key(&doc_id_bytes(&t.scan), 1);
+            let mut v = bodies
+                .get(key.as_slice())
+                .expect("get")
+                .expect("chunk 1 exists")
+                .value()
+                .to_vec();
+            let mid = v.len() / 2;
+            flip(&mut v, mid);
+            bodies.insert(key.as_slice(), v.as_slice()).expect("insert");
+        }
+        txn.commit().expect("commit");
+    }
+    let o = c.fails(5, &["doc", "get", &t.scan, "--as", DOCTOR]);
+    assert!(
+        o.stderr
+            .contains(&format!("body of document {} was altered", t.scan)),
+        "{}",
+        o.stderr
+    );
+    assert!(o.raw.is_empty(), "no byte of a damaged body is printed");
+    let out = c.path("scan.out");
+    c.fails(
+        5,
+        &[
+            "doc",
+            "get",
+            &t.scan,
+            "--as",
+            DOCTOR,
+            "-o",
+            &out.display().to_string(),
+        ],
+    );
+    assert!(!out.exists(), "no file is written from a damaged body");
+    // The holder's export refuses rather than ship a damaged copy.
+    let exp = c.path("export.json");
+    integrity(
+        c,
+        &[
+            "export",
+            "--dossier",
+            &t.k.ins,
+            "--as",
+            "patient",
+            "-o",
+            &exp.display().to_string(),
+        ],
+        "altered",
+    );
+    // The metadata, the dossier's other documents and dossier B are intact.
+    assert_eq!(
+        c.json(&["doc", "list", "--dossier", &t.k.ins, "--as", DOCTOR])
+            .as_array()
+            .map(Vec::len),
+        Some(3)
+    );
+    assert_eq!(c.body(&t.k.consult, DOCTOR), CONSULT_BODY);
+    t.b_still_readable();
+}
+
+#[test]
+fn a_body_chunk_moved_to_another_document_does_not_open() {
+    let t = two();
+    let c = &t.k.host;
+    {
+        let db = c.db();
+        let txn = db.begin_write().expect("write");
+        {
+            let mut bodies = txn.open_table(BODIES).expect("bodies");
+            let from = body_key(&doc_id_bytes(&t.scan), 2);
+            let to = body_key(&doc_id_bytes(&t.scan), 1);
+            let v = bodies
+                .get(from.as_slice())
+                .expect("get")
+                .expect("chunk 2")
+                .value()
+                .to_vec();
+            bodies.insert(to.as_slice(), v.as_slice()).expect("insert");
+        }
+        txn.commit().expect("commit");
+    }
+    integrity(c, &["doc", "get", &t.scan, "--as", DOCTOR], "was altered");
+    t.b_still_readable();
+}
+
+#[test]
+fn altered_document_record() {
+    let t = two();
+    let c = &t.k.host;
+    {
+        let db = c.db();
+        let txn = db.begin_write().expect("write");
+        {
+            let mut docs = txn.open_table(DOCS).expect("docs");
+            let id = doc_id_bytes(&t.k.consult);
+            let mut v = docs.get(&id).expect("get").expect("row").value().to_vec();
+            let last = v.len() - 1;
+            flip(&mut v, last);
+            docs.insert(&id, v.as_slice()).expect("insert");
+        }
+        txn.commit().expect("commit");
+    }
+    let says = format!("metadata of document {} was altered", t.k.consult);
+    integrity(c, &["doc", "get", &t.k.consult, "--as", DOCTOR], &says);
+    integrity(
+        c,
+        &["doc", "list", "--dossier", &t.k.ins, "--as", DOCTOR],
+        &says,
+    );
+    integrity(c, &["doc", "mask", &t.k.consult, "--as", DOCTOR], &says);
+    let f = c.write("r.txt", b"r");
+    integrity(
+        c,
+        &[
+            "doc",
+            "replace",
+            &t.k.consult,
+            "--as",
+            DOCTOR,
+            "--class",
+            "10",
+            "--type",
+            CONSULTATION,
+            "--title",
+            "r",
+            &f,
+        ],
+        &says,
+    );
+    // Other records of the same dossier are sealed apart.
+    assert_eq!(c.body(&t.k.prescription, DOCTOR), PRESCRIPTION_BODY);
+    t.b_still_readable();
+}
+
+#[test]
+fn altered_trace_entry() {
+    let t = two();
+    let c = &t.k.host;
+    c.body(&t.k.consult, DOCTOR);
+    let seq = {
+        let db = c.db();
+        let txn = db.begin_write().expect("write");
+        let seq;
+        {
+            let mut audit = txn.open_table(AUDIT).expect("audit");
+            let last = audit.last().expect("last").expect("a trace entry");
+            let (origin, s) = last.0.value();
+            seq = s;
+            let mut v = last.1.value().to_vec();
+            drop(last);
+            let end = v.len() - 1;
+            flip(&mut v, end);
+            audit.insert((origin, s), v.as_slice()).expect("insert");
+        }
+        txn.commit().expect("commit");
+        seq
+    };
+    let says = format!("trace entry {seq} of site 0 was altered");
+    integrity(c, &["audit", "verify"], &says);
+    integrity(c, &["audit", "show", "--dossier", &t.k.ins], &says);
+    // Documents stay readable (each read appends a new, intact entry).
+    assert_eq!(c.body(&t.k.consult, DOCTOR), CONSULT_BODY);
+    t.b_still_readable();
+    integrity(c, &["audit", "verify"], &says);
+}
+
+#[test]
+fn altered_trace_chain_hash() {
+    let t = two();
+    let c = &t.k.host;
+    {
+        let db = c.db();
+        let txn = db.begin_write().expect("write");
+        {
+            let mut audit = txn.open_table(AUDIT).expect("audit");
+            // The chain hash is the first field of the row, outside the sealed entry.
+            let mut v = audit
+                .get((0, 3))
+                .expect("get")
+                .expect("entry 3")
+                .value()
+                .to_vec();
+            flip(&mut v, 0);
+            audit.insert((0, 3), v.as_slice()).expect("insert");
+        }
+        txn.commit().expect("commit");
+    }
+    let o = c.fails(5, &["audit", "verify"]);
+    assert!(
+        o.stderr.contains("entry 3 was altered or reordered"),
+        "{}",
+        o.stderr
+    );
+    t.b_still_readable();
+}
+
+#[test]
+fn removed_trace_entry() {
+    let t = two();
+    let c = &t.k.host;
+    {
+        let db = c.db();
+        let txn = db.begin_write().expect("write");
+        txn.open_table(AUDIT)
+            .expect("audit")
+            .remove((0, 5))
+            .expect("remove")
+            .expect("entry 5");
+        txn.commit().expect("commit");
+    }
+    let o = c.fails(5, &["audit", "verify"]);
+    assert!(o.stderr.contains("entry 5 is missing"), "{}", o.stderr);
+    t.b_still_readable();
+}
+
+#[test]
+fn altered_signed_authority_record() {
+    let t = two();
+    let c = &t.k.host;
+    let bi = dossier_of(c, &t.k.consult);
+    {
+        let db = c.db();
+        let txn = db.begin_write().expect("write");
+        {
+            let mut auth = txn.open_table(AUTHORITY).expect("authority");
+            // The médecin traitant's grant on dossier A.
+            let key = subject_key(tag::GRANT, Some(&bi), Some(DOCTOR));
+            let mut v = auth
+                .get(key.as_slice())
+                .expect("get")
+                .expect("the grant")
+                .value()
+                .to_vec();
+            let mid = v.len() / 2;
+            flip(&mut v, mid);
+            auth.insert(key.as_slice(), v.as_slice()).expect("insert");
+        }
+        txn.commit().expect("commit");
+    }
+    let says = "a stored signed record was altered";
+    integrity(c, &["doc", "get", &t.k.consult, "--as", DOCTOR], says);
+    integrity(c, &["grant", "list", "--dossier", &t.k.ins], says);
+    integrity(c, &["dossier", "show", &t.k.ins], says);
+    // Nothing is exported from a damaged authority table.
+    let out = c.path("bundle");
+    integrity(
+        c,
+        &["authority", "export", "-o", &out.display().to_string()],
+        says,
+    );
+    assert!(!out.exists());
+    // Decisions that do not need that record still work; dossier B is untouched.
+    assert_eq!(c.body(&t.k.consult, "patient"), CONSULT_BODY);
+    t.b_still_readable();
+}
+
+#[test]
+fn altered_dossier_head() {
+    let t = two();
+    let c = &t.k.host;
+    let bi = dossier_of(c, &t.k.consult);
+    {
+        let db = c.db();
+        let txn = db.begin_write().expect("write");
+        {
+            let mut auth = txn.open_table(AUTHORITY).expect("authority");
+            let key = subject_key(tag::DOSSIER, Some(&bi), None);
+            let mut v = auth
+                .get(key.as_slice())
+                .expect("get")
+                .expect("the head")
+                .value()
+                .to_vec();
+            let last = v.len() - 1;
+            flip(&mut v, last);
+            auth.insert(key.as_slice(), v.as_slice()).expect("insert");
+        }
+        txn.commit().expect("commit");
+    }
+    let says = "a stored signed record was altered";
+    integrity(c, &["doc", "get", &t.k.consult, "--as", "patient"], says);
+    integrity(c, &["dossier", "show", &t.k.ins], says);
+    let o = c.fails(5, &["dossier", "close", &t.k.ins, "--reason", "x"]);
+    assert!(o.stderr.contains(says), "{}", o.stderr);
+    t.b_still_readable();
+}
+
+#[test]
+fn newer_format_asks_to_upgrade() {
+    let k = clinic();
+    let c = &k.host;
+    {
+        let db = c.db();
+        let txn = db.begin_write().expect("write");
+        txn.open_table(META)
+            .expect("meta")
+            .insert(meta_key::FORMAT, 2u32.to_le_bytes().as_slice())
+            .expect("insert");
+        txn.commit().expect("commit");
+    }
+    let f = c.write("x", b"x");
+    for args in [
+        vec!["pro", "list"],
+        vec!["dossier", "list"],
+        vec!["doc", "get", &k.consult, "--as", DOCTOR],
+        vec![
+            "doc",
+            "add",
+            "--dossier",
+            &k.ins,
+            "--as",
+            DOCTOR,
+            "--class",
+            "10",
+            "--type",
+            CONSULTATION,
+            "--title",
+            "t",
+            &f,
+        ],
+        vec!["audit", "verify"],
+        vec!["keys", "rotate"],
+    ] {
+        let o = c.fails(2, &args);
+        assert!(
+            o.stderr.contains("newer Carnet") && o.stderr.contains("upgrade carnet"),
+            "{args:?}: {}",
+            o.stderr
+        );
+    }
+    // A malformed version is damage, not a version.
+    {
+        let db = c.db();
+        let txn = db.begin_write().expect("write");
+        txn.open_table(META)
+            .expect("meta")
+            .insert(meta_key::FORMAT, [1u8, 0].as_slice())
+            .expect("insert");
+        txn.commit().expect("commit");
+    }
+    let o = c.fails(5, &["pro", "list"]);
+    assert!(o.stderr.contains("format version"), "{}", o.stderr);
+    // Back at version 1, nothing was lost and the refused commands wrote nothing.
+    let entries = {
+        let db = c.db();
+        let txn = db.begin_write().expect("write");
+        txn.open_table(META)
+            .expect("meta")
+            .insert(meta_key::FORMAT, 1u32.to_le_bytes().as_slice())
+            .expect("insert");
+        let n =
+            redb::ReadableTableMetadata::len(&txn.open_table(AUDIT).expect("audit")).expect("len");
+        txn.commit().expect("commit");
+        n
+    };
+    assert_eq!(c.json(&["audit", "verify"])["entries"], entries);
+    assert_eq!(c.json(&["dossier", "show", &k.ins])["documents"], 2);
+    assert_eq!(c.body(&k.consult, DOCTOR), CONSULT_BODY);
+}
+
+/// A site pinned to the host, and the host's bundle.
+fn site_and_bundle() -> (Clinic, Carnet, Vec<u8>) {
+    let k = clinic();
+    let bundle = std::fs::read(k.host.export_authority("bundle")).expect("bundle");
+    let site = Carnet::site(9, Some(&k.host.host_key()));
+    (k, site, bundle)
+}
+
+#[test]
+fn damaged_bundles_change_nothing() {
+    let (k, site, good) = site_and_bundle();
+    let unpinned = Carnet::site(10, None);
+    let n = good.len();
+    let flipped = |at: usize| {
+        let mut b = good.clone();
+        flip(&mut b, at);
+        b
+    };
+    let cases: Vec<(&str, Vec<u8>, i32, &str)> = vec![
+        ("empty", Vec::new(), 2, "bad magic"),
+        (
+            "not a bundle",
+            b"{\"resourceType\": \"Bundle\"}".to_vec(),
+            2,
+            "bad magic",
+        ),
+        (
+            "truncated to half",
+            good[..n / 2].to_vec(),
+            5,
+            "truncated or corrupted",
+        ),
+        (
+            "last byte cut",
+            good[..n - 1].to_vec(),
+            5,
+            "truncated or corrupted",
+        ),
+        (
+            "magic only",
+            good[..8].to_vec(),
+            5,
+            "truncated or corrupted",
+        ),
+        ("signature byte", flipped(n - 1), 5, "does not verify"),
+        ("signed body byte", flipped(n - 70), 5, "does not verify"),
+        ("format byte", flipped(8), 2, "format"),
+    ];
+    for (what, bytes, code, says) in cases {
+        let file = site.write("damaged", &bytes);
+        for s in [&site, &unpinned] {
+            let o = s.fails(code, &["authority", "import", &file]);
+            assert!(o.stderr.contains(says), "{what}: {}", o.stderr);
+        }
+    }
+    // The host key inside the bundle: another host for a pinned site; for an unpinned site,
+    // signatures that no longer verify.
+    let file = site.write("damaged", &flipped(8 + 1 + 5));
+    let o = site.fails(5, &["authority", "import", &file]);
+    // (A flipped public key is either another valid key or no curve point at all.)
+    assert!(
+        o.stderr.contains("different host") || o.stderr.contains("host key is malformed"),
+        "{}",
+        o.stderr
+    );
+    unpinned.fails(5, &["authority", "import", &file]);
+
+    // Nothing changed: no dossier, no pinned key on the unpinned site, an intact trace.
+    for s in [&site, &unpinned] {
+        assert_eq!(s.json(&["dossier", "list"]), serde_json::json!([]));
+        assert_eq!(s.json(&["audit", "verify"])["ok"], true);
+    }
+    unpinned.fails(4, &["authority", "key"]);
+    // The good bundle still imports.
+    let file = site.write("good", &good);
+    let j = site.json(&["authority", "import", &file]);
+    assert!(j["admitted"].as_u64().is_some_and(|a| a > 0), "{j}");
+    assert_eq!(site.json(&["dossier", "show", &k.ins])["status"], "active");
+}
