@@ -13,10 +13,12 @@ use std::time::{Duration, Instant};
 
 use carnet_store::ids::{DocId, Ins, InsKind, Rpps};
 use carnet_store::model::{
-    AccessMode, Actor, DocClass, GrantState, HolderKind, Identity, IdentityStatus, Professional,
-    Profession, Sex,
+    AccessMode, Actor, DocClass, GrantState, HolderKind, Identity, IdentityStatus, Profession,
+    Professional, Sex,
 };
-use carnet_store::replica::{InitOptions, KeySource, NewDocument, NewDossier, Replica, Role, system_clock};
+use carnet_store::replica::{
+    InitOptions, KeySource, NewDocument, NewDossier, Replica, Role, system_clock,
+};
 use redb::{Database, TableDefinition};
 
 const DOC_BYTES: usize = 4096;
@@ -90,7 +92,14 @@ fn raw_redb(dir: &Path) -> Res<(f64, f64)> {
     let body = random_bytes(DOC_BYTES, 1);
     // Keys minted like Carnet's document ids (time-ordered), so the floor gets the same
     // B-tree insert pattern.
-    let key = || DocId::mint(std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_millis() as i64)).0;
+    let key = || {
+        DocId::mint(
+            std::time::UNIX_EPOCH
+                .elapsed()
+                .map_or(0, |d| d.as_millis() as i64),
+        )
+        .0
+    };
     let start = Instant::now();
     for _ in 0..BATCHES {
         let txn = db.begin_write()?;
@@ -120,10 +129,21 @@ fn doctor() -> Res<Rpps> {
 fn setup_replica(dir: &Path) -> Res<(Replica, Ins)> {
     let r = Replica::init(
         dir,
-        InitOptions { role: Role::Host, name: "bench".into(), site_id: None, key: KeySource::File, host_key: None },
+        InitOptions {
+            role: Role::Host,
+            name: "bench".into(),
+            site_id: None,
+            key: KeySource::File,
+            host_key: None,
+        },
         system_clock(),
     )?;
-    r.add_professional(&Professional { rpps: doctor()?, profession: Profession::Medecin, specialty: None, name: None })?;
+    r.add_professional(&Professional {
+        rpps: doctor()?,
+        profession: Profession::Medecin,
+        specialty: None,
+        name: None,
+    })?;
     let ins = Ins::from_body("1840575123456")?;
     r.create_dossier(NewDossier {
         ins: ins.clone(),
@@ -163,14 +183,20 @@ fn carnet_put(r: &Replica, ins: &Ins) -> Res<(f64, f64, Vec<DocId>)> {
     let mut ids = Vec::new();
     let mut batches = Vec::new();
     for b in 0..BATCHES {
-        batches.push((0..BATCH).map(|i| new_doc(b * BATCH + i).map(|d| (ins.clone(), d))).collect::<Res<Vec<_>>>()?);
+        batches.push(
+            (0..BATCH)
+                .map(|i| new_doc(b * BATCH + i).map(|d| (ins.clone(), d)))
+                .collect::<Res<Vec<_>>>()?,
+        );
     }
     let start = Instant::now();
     for batch in batches {
         ids.extend(r.put_documents(&actor, AccessMode::Normal, None, batch)?);
     }
     let batched = per_sec(BATCH * BATCHES, start.elapsed());
-    let singles = (0..SINGLES).map(|i| new_doc(1_000_000 + i)).collect::<Res<Vec<_>>>()?;
+    let singles = (0..SINGLES)
+        .map(|i| new_doc(1_000_000 + i))
+        .collect::<Res<Vec<_>>>()?;
     let start = Instant::now();
     for d in singles {
         r.put_document(&actor, AccessMode::Normal, None, ins, d)?;
@@ -180,7 +206,12 @@ fn carnet_put(r: &Replica, ins: &Ins) -> Res<(f64, f64, Vec<DocId>)> {
 }
 
 /// Audited reads per second with `readers` threads, each reading `per_reader` documents.
-fn audited_reads(r: &Arc<Replica>, ids: &Arc<Vec<DocId>>, readers: usize, per_reader: usize) -> Res<f64> {
+fn audited_reads(
+    r: &Arc<Replica>,
+    ids: &Arc<Vec<DocId>>,
+    readers: usize,
+    per_reader: usize,
+) -> Res<f64> {
     let actor = Actor::Professional(doctor()?);
     let start = Instant::now();
     let threads: Vec<_> = (0..readers)
@@ -189,7 +220,8 @@ fn audited_reads(r: &Arc<Replica>, ids: &Arc<Vec<DocId>>, readers: usize, per_re
             std::thread::spawn(move || -> Result<(), String> {
                 for i in 0..per_reader {
                     let id = ids[(t * 7919 + i * 104_729) % ids.len()];
-                    r.read_document(&actor, &id, AccessMode::Normal, None).map_err(|e| e.to_string())?;
+                    r.read_document(&actor, &id, AccessMode::Normal, None)
+                        .map_err(|e| e.to_string())?;
                 }
                 Ok(())
             })
@@ -215,9 +247,15 @@ fn reads_only() -> Res<()> {
     let (_, _, ids) = carnet_put(&replica, &ins)?;
     let (replica, ids) = (Arc::new(replica), Arc::new(ids));
     let start = Instant::now();
-    let readers: usize = std::env::var("READERS").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
+    let readers: usize = std::env::var("READERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
     let rate = audited_reads(&replica, &ids, readers, 64_000 / readers)?;
-    println!("audited reads, 64 readers: {rate:.0}/s ({:.2}s)", start.elapsed().as_secs_f64());
+    println!(
+        "audited reads, 64 readers: {rate:.0}/s ({:.2}s)",
+        start.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
@@ -237,23 +275,42 @@ fn store() -> Res<()> {
     for (readers, per) in [(1, 1500), (8, 1500), (64, 400)] {
         reads.push((readers, audited_reads(&replica, &ids, readers, per)?));
     }
-    println!("{:<58} {:>12} {:>10} {:>8}", "measure", "per second", "ratio", "budget");
+    println!(
+        "{:<58} {:>12} {:>10} {:>8}",
+        "measure", "per second", "ratio", "budget"
+    );
     println!("{:<58} {:>12.0}", "fsync of 4 KiB (floor)", fsync);
-    println!("{:<58} {:>12.0}", "raw redb insert, 1000 per transaction (floor)", raw_batched);
-    println!("{:<58} {:>12.0}", "raw redb insert, 1 per transaction (floor)", raw_single);
+    println!(
+        "{:<58} {:>12.0}",
+        "raw redb insert, 1000 per transaction (floor)", raw_batched
+    );
+    println!(
+        "{:<58} {:>12.0}",
+        "raw redb insert, 1 per transaction (floor)", raw_single
+    );
     let rb = put_batched / raw_batched;
     println!(
         "{:<58} {:>12.0} {:>9.0}% {:>8}",
-        "carnet put (seal+trace+outbox), 1000 per transaction", put_batched, rb * 100.0, verdict(rb >= 0.5)
+        "carnet put (seal+trace+outbox), 1000 per transaction",
+        put_batched,
+        rb * 100.0,
+        verdict(rb >= 0.5)
     );
     let rs = put_single / raw_single;
     println!(
         "{:<58} {:>12.0} {:>9.0}% {:>8}",
-        "carnet put (seal+trace+outbox), 1 per transaction", put_single, rs * 100.0, verdict(rs >= 0.5)
+        "carnet put (seal+trace+outbox), 1 per transaction",
+        put_single,
+        rs * 100.0,
+        verdict(rs >= 0.5)
     );
     for (readers, rate) in &reads {
         let x = rate / fsync;
-        let budget = if *readers >= 8 { verdict(x >= 10.0) } else { "-" };
+        let budget = if *readers >= 8 {
+            verdict(x >= 10.0)
+        } else {
+            "-"
+        };
         println!(
             "{:<58} {:>12.0} {:>8.1}x {:>8}",
             format!("audited reads, {readers} concurrent reader(s) (x fsync rate)"),
@@ -262,6 +319,8 @@ fn store() -> Res<()> {
             budget
         );
     }
-    println!("\nbudgets (DESIGN §6): ingest >= 50% of raw redb; audited reads >= 10x the fsync rate (concurrent readers)");
+    println!(
+        "\nbudgets (DESIGN §6): ingest >= 50% of raw redb; audited reads >= 10x the fsync rate (concurrent readers)"
+    );
     Ok(())
 }

@@ -12,7 +12,7 @@ use carnet_store::ids::{DocId, Ins, InsKind, Rpps, SiteId};
 use carnet_store::merge::DocumentMeta;
 use carnet_store::model::{
     AccessMode, Actor, Author, DocClass, GrantState, HolderKind, Identity, IdentityStatus,
-    Professional, Profession, Sex,
+    Profession, Professional, Sex,
 };
 use carnet_store::policy::Action;
 use carnet_store::replica::{
@@ -35,7 +35,11 @@ pub struct Reply {
 
 impl Reply {
     pub fn new(human: impl Into<String>, json: Value) -> Self {
-        Reply { human: human.into(), json, raw_stdout: None }
+        Reply {
+            human: human.into(),
+            json,
+            raw_stdout: None,
+        }
     }
 }
 
@@ -111,7 +115,11 @@ fn data_dir(cli: &Cli) -> Result<PathBuf> {
 }
 
 fn open(cli: &Cli) -> Result<Replica> {
-    Ok(Replica::open(&data_dir(cli)?, &key_source(), system_clock())?)
+    Ok(Replica::open(
+        &data_dir(cli)?,
+        &key_source(),
+        system_clock(),
+    )?)
 }
 
 fn ins(text: &str) -> Result<Ins> {
@@ -147,7 +155,8 @@ fn read_file(path: &Path) -> Result<Vec<u8>> {
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    fs::write(path, bytes).map_err(|e| Failure::File(format!("cannot write {}: {e}", path.display())))
+    fs::write(path, bytes)
+        .map_err(|e| Failure::File(format!("cannot write {}: {e}", path.display())))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -191,12 +200,17 @@ fn init(cli: &Cli, a: &InitArgs) -> Result<Reply> {
         RoleArg::Site => Role::Site,
     };
     if role == Role::Host && (a.site_id.is_some() || a.host_key.is_some()) {
-        return Err(Failure::Usage("--site-id and --host-key are for sites".into()));
+        return Err(Failure::Usage(
+            "--site-id and --host-key are for sites".into(),
+        ));
     }
     let host_key = a.host_key.as_deref().map(parse_hex32).transpose()?;
     let source = key_source();
     let key_desc = match source {
-        KeySource::File => format!("key file {} (mode 0600): back it up", dir.join("master.key").display()),
+        KeySource::File => format!(
+            "key file {} (mode 0600): back it up",
+            dir.join("master.key").display()
+        ),
         KeySource::Passphrase(_) => "passphrase from CARNET_PASSPHRASE".to_string(),
     };
     let r = Replica::init(
@@ -219,7 +233,10 @@ fn init(cli: &Cli, a: &InitArgs) -> Result<Reply> {
             c.name,
             c.site_id,
             dir.display(),
-            host_key.as_ref().map(|k| format!("\nhost key: {k}")).unwrap_or_default()
+            host_key
+                .as_ref()
+                .map(|k| format!("\nhost key: {k}"))
+                .unwrap_or_default()
         ),
         json!({"role": c.role.as_str(), "name": c.name, "site_id": c.site_id.0,
                "data": dir.display().to_string(), "host_key": host_key}),
@@ -234,7 +251,12 @@ fn pro_json(p: &Professional) -> Value {
 fn pro(cli: &Cli, c: &ProCmd) -> Result<Reply> {
     let r = open(cli)?;
     match c {
-        ProCmd::Add { rpps: num, profession, specialty, name } => {
+        ProCmd::Add {
+            rpps: num,
+            profession,
+            specialty,
+            name,
+        } => {
             let p = Professional {
                 rpps: rpps(num)?,
                 profession: Profession::parse(profession)?,
@@ -249,7 +271,10 @@ fn pro(cli: &Cli, c: &ProCmd) -> Result<Reply> {
         }
         ProCmd::List => {
             let pros = r.professionals()?;
-            let mut human = format!("{:<12} {:<26} {:<20} NAME\n", "RPPS", "PROFESSION", "SPECIALTY");
+            let mut human = format!(
+                "{:<12} {:<26} {:<20} NAME\n",
+                "RPPS", "PROFESSION", "SPECIALTY"
+            );
             for p in &pros {
                 human += &format!(
                     "{:<12} {:<26} {:<20} {}\n",
@@ -259,7 +284,10 @@ fn pro(cli: &Cli, c: &ProCmd) -> Result<Reply> {
                     p.name.as_deref().unwrap_or("-")
                 );
             }
-            Ok(Reply::new(human.trim_end(), Value::Array(pros.iter().map(pro_json).collect())))
+            Ok(Reply::new(
+                human.trim_end(),
+                Value::Array(pros.iter().map(pro_json).collect()),
+            ))
         }
     }
 }
@@ -298,7 +326,11 @@ fn dossier(cli: &Cli, c: &DossierCmd) -> Result<Reply> {
                     birth_date: format_date(parse_date(&a.birth_date)?),
                     sex: Sex::parse(&a.sex)?,
                     birthplace: a.birthplace.clone(),
-                    status: if a.qualified { IdentityStatus::Qualified } else { IdentityStatus::Provisional },
+                    status: if a.qualified {
+                        IdentityStatus::Qualified
+                    } else {
+                        IdentityStatus::Provisional
+                    },
                 },
                 holder: HolderKind::parse(&a.holder)?,
                 representatives: a.representative.clone(),
@@ -306,7 +338,10 @@ fn dossier(cli: &Cli, c: &DossierCmd) -> Result<Reply> {
             };
             let head = r.create_dossier(d)?;
             let info = r.dossier(&head.ins)?;
-            Ok(Reply::new(format!("created dossier {}", head.ins.matricule()), dossier_json(&info)))
+            Ok(Reply::new(
+                format!("created dossier {}", head.ins.matricule()),
+                dossier_json(&info),
+            ))
         }
         DossierCmd::Show { ins: text } => {
             let d = r.dossier(&ins(text)?)?;
@@ -319,12 +354,23 @@ fn dossier(cli: &Cli, c: &DossierCmd) -> Result<Reply> {
                 h.identity.first_names,
                 h.identity.birth_date,
                 h.identity.sex.as_str(),
-                h.identity.birthplace.as_ref().map(|b| format!(", birthplace {b}")).unwrap_or_default(),
+                h.identity
+                    .birthplace
+                    .as_ref()
+                    .map(|b| format!(", birthplace {b}"))
+                    .unwrap_or_default(),
                 h.identity.status.as_str(),
                 h.holder.as_str(),
-                if h.representatives.is_empty() { String::new() } else { format!(" (representatives: {})", h.representatives.join(", ")) },
+                if h.representatives.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (representatives: {})", h.representatives.join(", "))
+                },
                 h.status.as_str(),
-                h.closure.as_ref().map(|c| format!(" on {} ({})", format_date(c.at), c.reason)).unwrap_or_default(),
+                h.closure
+                    .as_ref()
+                    .map(|c| format!(" on {} ({})", format_date(c.at), c.reason))
+                    .unwrap_or_default(),
                 allow_word(d.emergency.samu_allowed),
                 allow_word(d.emergency.btg_allowed),
                 allow_word(d.emergency.masked_in_emergency),
@@ -334,7 +380,16 @@ fn dossier(cli: &Cli, c: &DossierCmd) -> Result<Reply> {
                 human += " none";
             }
             for g in &d.grants {
-                human += &format!("\n    {} {}{}", g.rpps, g.state.as_str(), if g.treating { " (médecin traitant)" } else { "" });
+                human += &format!(
+                    "\n    {} {}{}",
+                    g.rpps,
+                    g.state.as_str(),
+                    if g.treating {
+                        " (médecin traitant)"
+                    } else {
+                        ""
+                    }
+                );
             }
             Ok(Reply::new(human, dossier_json(&d)))
         }
@@ -351,13 +406,19 @@ fn dossier(cli: &Cli, c: &DossierCmd) -> Result<Reply> {
                     d.head.identity.first_names
                 );
             }
-            Ok(Reply::new(human.trim_end(), Value::Array(all.iter().map(dossier_json).collect())))
+            Ok(Reply::new(
+                human.trim_end(),
+                Value::Array(all.iter().map(dossier_json).collect()),
+            ))
         }
         DossierCmd::Close { ins: text, reason } => {
             let i = ins(text)?;
             r.close_dossier(&i, reason)?;
             Ok(Reply::new(
-                format!("closed dossier {}: archived here, sites purge their copy on import", i.matricule()),
+                format!(
+                    "closed dossier {}: archived here, sites purge their copy on import",
+                    i.matricule()
+                ),
                 json!({"ins": i.matricule(), "status": "closed"}),
             ))
         }
@@ -382,7 +443,12 @@ fn grant(cli: &Cli, c: &GrantCmd) -> Result<Reply> {
             let d = r.dossier(&ins(dossier)?)?;
             let mut human = format!("{:<12} {:<8} TREATING\n", "RPPS", "STATE");
             for g in &d.grants {
-                human += &format!("{:<12} {:<8} {}\n", g.rpps, g.state.as_str(), if g.treating { "yes" } else { "no" });
+                human += &format!(
+                    "{:<12} {:<8} {}\n",
+                    g.rpps,
+                    g.state.as_str(),
+                    if g.treating { "yes" } else { "no" }
+                );
             }
             let list = d.grants.iter().map(|g| json!({"rpps": g.rpps.as_str(), "state": g.state.as_str(), "treating": g.treating}));
             return Ok(Reply::new(human.trim_end(), Value::Array(list.collect())));
@@ -391,14 +457,24 @@ fn grant(cli: &Cli, c: &GrantCmd) -> Result<Reply> {
     let (i, p) = (ins(&target.dossier)?, rpps(&target.rpps)?);
     r.set_grant(&i, &p, state, treating)?;
     Ok(Reply::new(
-        format!("grant of {p} on {}: {}{}", i.matricule(), state.as_str(), if treating { " (médecin traitant)" } else { "" }),
+        format!(
+            "grant of {p} on {}: {}{}",
+            i.matricule(),
+            state.as_str(),
+            if treating { " (médecin traitant)" } else { "" }
+        ),
         json!({"ins": i.matricule(), "rpps": p.as_str(), "state": state.as_str(), "treating": treating}),
     ))
 }
 
 fn emergency(cli: &Cli, c: &EmergencyCmd) -> Result<Reply> {
     let r = open(cli)?;
-    let EmergencyCmd::Set { dossier, samu, btg, masked } = c;
+    let EmergencyCmd::Set {
+        dossier,
+        samu,
+        btg,
+        masked,
+    } = c;
     let i = ins(dossier)?;
     let mut prefs = r.dossier(&i)?.emergency;
     let allowed = |a: AllowOppose| matches!(a, AllowOppose::Allow);
@@ -464,32 +540,72 @@ fn new_doc(a: &NewDocArgs) -> Result<NewDocument> {
 fn doc(cli: &Cli, c: &DocCmd) -> Result<Reply> {
     let r = open(cli)?;
     match c {
-        DocCmd::Add { dossier, actor: who, mode: m, reason, doc } => {
-            let id = r.put_document(&actor(who)?, mode(*m), reason.as_deref(), &ins(dossier)?, new_doc(doc)?)?;
+        DocCmd::Add {
+            dossier,
+            actor: who,
+            mode: m,
+            reason,
+            doc,
+        } => {
+            let id = r.put_document(
+                &actor(who)?,
+                mode(*m),
+                reason.as_deref(),
+                &ins(dossier)?,
+                new_doc(doc)?,
+            )?;
             Ok(Reply::new(id.to_string(), json!({"id": id.to_string()})))
         }
-        DocCmd::Get { id, actor: who, mode: m, reason, output } => {
-            let out = r.read_document(&actor(who)?, &DocId::parse(id)?, mode(*m), reason.as_deref())?;
+        DocCmd::Get {
+            id,
+            actor: who,
+            mode: m,
+            reason,
+            output,
+        } => {
+            let out = r.read_document(
+                &actor(who)?,
+                &DocId::parse(id)?,
+                mode(*m),
+                reason.as_deref(),
+            )?;
             let mut j = doc_json(&out.meta);
             j["rule"] = json!(out.rule);
             match output {
                 Some(path) => {
                     write_file(path, &out.body)?;
                     Ok(Reply::new(
-                        format!("{} ({} bytes) written to {} — traced, rule {}", out.meta.facts.title, out.body.len(), path.display(), out.rule),
+                        format!(
+                            "{} ({} bytes) written to {} — traced, rule {}",
+                            out.meta.facts.title,
+                            out.body.len(),
+                            path.display(),
+                            out.rule
+                        ),
                         j,
                     ))
                 }
                 None if cli.json => {
-                    j["body_base64"] = json!(base64::engine::general_purpose::STANDARD.encode(&out.body));
+                    j["body_base64"] =
+                        json!(base64::engine::general_purpose::STANDARD.encode(&out.body));
                     Ok(Reply::new(String::new(), j))
                 }
-                None => Ok(Reply { human: String::new(), json: j, raw_stdout: Some(out.body) }),
+                None => Ok(Reply {
+                    human: String::new(),
+                    json: j,
+                    raw_stdout: Some(out.body),
+                }),
             }
         }
-        DocCmd::List { dossier, actor: who } => {
+        DocCmd::List {
+            dossier,
+            actor: who,
+        } => {
             let docs = r.list_documents(&actor(who)?, &ins(dossier)?)?;
-            let mut human = format!("{:<32} {:<10} {:<5} {:<10} {:<11} {:<20} TITLE\n", "ID", "DATE", "CLASS", "TYPE", "STATE", "FLAGS");
+            let mut human = format!(
+                "{:<32} {:<10} {:<5} {:<10} {:<11} {:<20} TITLE\n",
+                "ID", "DATE", "CLASS", "TYPE", "STATE", "FLAGS"
+            );
             for m in &docs {
                 let s = m.state();
                 let flags = s.flags.codes().join(",");
@@ -500,25 +616,58 @@ fn doc(cli: &Cli, c: &DocCmd) -> Result<Reply> {
                     m.facts.class.code(),
                     m.facts.type_code,
                     s.availability().as_str(),
-                    if flags.is_empty() { "-".to_string() } else { flags },
+                    if flags.is_empty() {
+                        "-".to_string()
+                    } else {
+                        flags
+                    },
                     m.facts.title,
-                    if m.has_replacement_conflict() { "  [CONFLICT: replaced twice]" } else { "" }
+                    if m.has_replacement_conflict() {
+                        "  [CONFLICT: replaced twice]"
+                    } else {
+                        ""
+                    }
                 );
             }
             if docs.is_empty() {
                 human += "(no document visible to you)";
             }
-            Ok(Reply::new(human.trim_end(), Value::Array(docs.iter().map(doc_json).collect())))
+            Ok(Reply::new(
+                human.trim_end(),
+                Value::Array(docs.iter().map(doc_json).collect()),
+            ))
         }
         DocCmd::Mask(a) => update(&r, a, Action::Mask, "masked from professionals"),
         DocCmd::Unmask(a) => update(&r, a, Action::Unmask, "unmasked"),
-        DocCmd::HideFromPatient(a) => update(&r, a, Action::HideFromPatient, "hidden from the patient until the announcement"),
-        DocCmd::HideFromRepresentatives(a) => update(&r, a, Action::HideFromRepresentatives, "hidden from the legal representatives"),
-        DocCmd::Delete(a) => update(&r, a, Action::Delete, "deleted (logically; the trace keeps it)"),
-        DocCmd::Replace { id, actor: who, doc } => {
+        DocCmd::HideFromPatient(a) => update(
+            &r,
+            a,
+            Action::HideFromPatient,
+            "hidden from the patient until the announcement",
+        ),
+        DocCmd::HideFromRepresentatives(a) => update(
+            &r,
+            a,
+            Action::HideFromRepresentatives,
+            "hidden from the legal representatives",
+        ),
+        DocCmd::Delete(a) => update(
+            &r,
+            a,
+            Action::Delete,
+            "deleted (logically; the trace keeps it)",
+        ),
+        DocCmd::Replace {
+            id,
+            actor: who,
+            doc,
+        } => {
             let old = DocId::parse(id)?;
             let new = r.replace_document(&actor(who)?, &old, new_doc(doc)?)?;
-            Ok(Reply::new(new.to_string(), json!({"id": new.to_string(), "replaces": old.to_string()})))
+            Ok(Reply::new(
+                new.to_string(),
+                json!({"id": new.to_string(), "replaces": old.to_string()}),
+            ))
         }
     }
 }
@@ -532,7 +681,12 @@ fn update(r: &Replica, a: &DocActionArgs, action: Action, done: &str) -> Result<
 fn trace_actor(a: &TraceActor) -> String {
     match a {
         TraceActor::Professional { rpps, profession } => {
-            format!("{rpps}{}", profession.map(|p| format!(" ({})", p.as_str())).unwrap_or_else(|| " (unknown here)".into()))
+            format!(
+                "{rpps}{}",
+                profession
+                    .map(|p| format!(" ({})", p.as_str()))
+                    .unwrap_or_else(|| " (unknown here)".into())
+            )
         }
         TraceActor::Holder => "patient".into(),
         TraceActor::Representative => "representative".into(),
@@ -559,9 +713,16 @@ fn audit(cli: &Cli, c: &AuditCmd) -> Result<Reply> {
                     e.action.name(),
                     e.mode.as_str(),
                     if e.allowed { "ALLOW" } else { "DENY" },
-                    if e.rule > 0 { format!("rule {}: {}", e.rule, e.outcome_reason) } else { String::new() },
+                    if e.rule > 0 {
+                        format!("rule {}: {}", e.rule, e.outcome_reason)
+                    } else {
+                        String::new()
+                    },
                     e.doc.map(|d| format!(" doc {d}")).unwrap_or_default(),
-                    e.stated_reason.as_ref().map(|s| format!(" reason: \"{s}\"")).unwrap_or_default(),
+                    e.stated_reason
+                        .as_ref()
+                        .map(|s| format!(" reason: \"{s}\""))
+                        .unwrap_or_default(),
                 );
                 list.push(json!({
                     "at": format_rfc3339(e.at), "site": e.origin.0, "seq": c.seq,
@@ -594,10 +755,15 @@ fn rotate(cli: &Cli) -> Result<Reply> {
     };
     let desc = match new {
         KeySource::File => "a new key file (back it up: the old one no longer opens this replica)",
-        KeySource::Passphrase(_) => "the passphrase in CARNET_NEW_PASSPHRASE (use it as CARNET_PASSPHRASE from now on)",
+        KeySource::Passphrase(_) => {
+            "the passphrase in CARNET_NEW_PASSPHRASE (use it as CARNET_PASSPHRASE from now on)"
+        }
     };
     r.rotate_master_key(&new)?;
-    Ok(Reply::new(format!("master key rotated: every data key re-wrapped under {desc}"), json!({"rotated": true})))
+    Ok(Reply::new(
+        format!("master key rotated: every data key re-wrapped under {desc}"),
+        json!({"rotated": true}),
+    ))
 }
 
 fn export(cli: &Cli, a: &ExportArgs) -> Result<Reply> {
@@ -605,14 +771,21 @@ fn export(cli: &Cli, a: &ExportArgs) -> Result<Reply> {
     let i = ins(&a.dossier)?;
     let who = actor(&a.actor)?;
     if matches!(who, Actor::Professional(_)) {
-        return Err(Failure::Usage("the full copy is the holder's: use --as patient (or representative)".into()));
+        return Err(Failure::Usage(
+            "the full copy is the holder's: use --as patient (or representative)".into(),
+        ));
     }
     let e = r.export_dossier(&who, &i)?;
     let bundle = fhir::bundle(&e);
     let text = serde_json::to_vec_pretty(&bundle).map_err(|e| Failure::File(e.to_string()))?;
     write_file(&a.output, &text)?;
     Ok(Reply::new(
-        format!("FHIR R4 Bundle with {} document(s) and {} trace entries written to {}", e.documents.len(), e.traces.len(), a.output.display()),
+        format!(
+            "FHIR R4 Bundle with {} document(s) and {} trace entries written to {}",
+            e.documents.len(),
+            e.traces.len(),
+            a.output.display()
+        ),
         json!({"documents": e.documents.len(), "traces": e.traces.len(), "output": a.output.display().to_string()}),
     ))
 }
@@ -624,7 +797,11 @@ fn authority(cli: &Cli, c: &AuthorityCmd) -> Result<Reply> {
             let b = r.export_authority()?;
             write_file(output, &b.to_bytes()?)?;
             Ok(Reply::new(
-                format!("{} signed record(s) written to {} (contains identities: transfer it securely)", b.records.len(), output.display()),
+                format!(
+                    "{} signed record(s) written to {} (contains identities: transfer it securely)",
+                    b.records.len(),
+                    output.display()
+                ),
                 json!({"records": b.records.len(), "output": output.display().to_string()}),
             ))
         }
@@ -632,13 +809,18 @@ fn authority(cli: &Cli, c: &AuthorityCmd) -> Result<Reply> {
             let b = Bundle::from_bytes(&read_file(file)?)?;
             let rep = r.import_authority(&b)?;
             Ok(Reply::new(
-                format!("imported: {} record(s) now in force, {} unchanged, {} dossier(s) purged after closure", rep.admitted, rep.unchanged, rep.purged),
+                format!(
+                    "imported: {} record(s) now in force, {} unchanged, {} dossier(s) purged after closure",
+                    rep.admitted, rep.unchanged, rep.purged
+                ),
                 json!({"admitted": rep.admitted, "unchanged": rep.unchanged, "purged": rep.purged}),
             ))
         }
         AuthorityCmd::Key => match r.host_key()? {
             Some(k) => Ok(Reply::new(hex(&k), json!({"host_key": hex(&k)}))),
-            None => Err(Failure::Store(Error::NotFound("this replica has no host key yet".into()))),
+            None => Err(Failure::Store(Error::NotFound(
+                "this replica has no host key yet".into(),
+            ))),
         },
     }
 }

@@ -42,7 +42,10 @@ pub(crate) fn execute(cli: &args::Cli) -> i32 {
         }
         Err(f) => {
             if cli.json {
-                println!("{}", json!({"error": {"kind": f.kind(), "message": f.message(), "exit_code": f.exit_code()}}));
+                println!(
+                    "{}",
+                    json!({"error": {"kind": f.kind(), "message": f.message(), "exit_code": f.exit_code()}})
+                );
             }
             eprintln!("error: {}", f.message());
             f.exit_code()

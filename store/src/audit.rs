@@ -191,7 +191,11 @@ impl<T> GroupCommit<T> {
         st.queue.push(item);
         loop {
             if ticket < st.settled {
-                return match st.failures.iter().find(|(a, b, _)| (*a..*b).contains(&ticket)) {
+                return match st
+                    .failures
+                    .iter()
+                    .find(|(a, b, _)| (*a..*b).contains(&ticket))
+                {
                     Some((_, _, msg)) => Err(Error::Storage(msg.clone())),
                     None => Ok(()),
                 };
@@ -280,7 +284,10 @@ mod tests {
             t.join().expect("thread");
         }
         assert_eq!(committed.lock().expect("lock").len(), 800);
-        assert!(commits.load(Ordering::SeqCst) < 800, "some commits were shared");
+        assert!(
+            commits.load(Ordering::SeqCst) < 800,
+            "some commits were shared"
+        );
     }
 
     #[test]

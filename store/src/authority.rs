@@ -177,7 +177,10 @@ mod tests {
         let mut bad = signed.clone();
         let last = bad.body.len() - 1;
         bad.body[last] ^= 1;
-        assert!(matches!(verify(&key.verifying_key(), &bad), Err(Error::Integrity(_))));
+        assert!(matches!(
+            verify(&key.verifying_key(), &bad),
+            Err(Error::Integrity(_))
+        ));
         let other = SigningKey::from_bytes(&[8u8; 32]);
         assert!(verify(&other.verifying_key(), &signed).is_err());
         bad = signed;

@@ -70,7 +70,8 @@ impl Key {
         }
         let params = argon2::Params::new(19 * 1024, 2, 1, Some(32))
             .map_err(|e| Error::Key(format!("argon2 parameters: {e}")))?;
-        let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let argon =
+            argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
         let mut out = Zeroizing::new([0u8; 32]);
         argon
             .hash_password_into(passphrase.as_bytes(), salt, out.as_mut())
@@ -84,7 +85,13 @@ impl Key {
         let mut nonce = [0u8; 24];
         fast_random_bytes(&mut nonce);
         let ct = cipher
-            .encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad })
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
             .map_err(|_| Error::Storage("encryption failed".into()))?;
         let mut out = Vec::with_capacity(24 + ct.len());
         out.extend_from_slice(&nonce);
@@ -102,7 +109,9 @@ impl Key {
         cipher
             .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad })
             .map(Zeroizing::new)
-            .map_err(|_| Error::integrity("a sealed record does not authenticate (tampered or corrupted)"))
+            .map_err(|_| {
+                Error::integrity("a sealed record does not authenticate (tampered or corrupted)")
+            })
     }
 
     /// Wraps another key under this one.
@@ -142,7 +151,10 @@ mod tests {
         let sealed = k.seal(b"doc1", b"secret body").expect("seal");
         assert_eq!(sealed.len(), 11 + SEAL_OVERHEAD);
         assert_eq!(&k.open(b"doc1", &sealed).expect("open")[..], b"secret body");
-        assert!(k.open(b"doc2", &sealed).is_err(), "bound to its associated data");
+        assert!(
+            k.open(b"doc2", &sealed).is_err(),
+            "bound to its associated data"
+        );
         let mut bad = sealed.clone();
         bad[30] ^= 1;
         assert!(matches!(k.open(b"doc1", &bad), Err(Error::Integrity(_))));
@@ -161,7 +173,10 @@ mod tests {
         assert_ne!(a.expose(), c.expose());
         let data = Key::random().expect("key");
         let w = a.wrap(b"d", &data).expect("wrap");
-        assert_eq!(a.unwrap_key(b"d", &w).expect("unwrap").expose(), data.expose());
+        assert_eq!(
+            a.unwrap_key(b"d", &w).expect("unwrap").expose(),
+            data.expose()
+        );
         assert!(c.unwrap_key(b"d", &w).is_err());
         assert_ne!(a.blind_index(b"x"), c.blind_index(b"x"));
         assert_ne!(aad(&[b"ab", b"c"]), aad(&[b"a", b"bc"]));

@@ -99,11 +99,15 @@ impl Ins {
     pub fn key_of(body: &str) -> Result<u8> {
         let bytes = body.as_bytes();
         if bytes.len() != 13 {
-            return Err(Error::invalid("invalid INS: the body must have 13 characters"));
+            return Err(Error::invalid(
+                "invalid INS: the body must have 13 characters",
+            ));
         }
         let first = bytes[0];
         if !(b'1'..=b'8').contains(&first) {
-            return Err(Error::invalid("invalid INS: the first digit must be 1 to 8"));
+            return Err(Error::invalid(
+                "invalid INS: the first digit must be 1 to 8",
+            ));
         }
         let mut digits = String::with_capacity(13);
         for (i, &b) in bytes.iter().enumerate() {
@@ -294,7 +298,10 @@ mod tests {
     #[test]
     fn corsica_departments_count_as_19_and_18() {
         let a = Ins::from_body("18405 2A 123456".replace(' ', "").as_str()).expect("2A");
-        assert_eq!(Ins::key_of("184052A123456").ok(), Some((97 - 1840519123456u64 % 97) as u8));
+        assert_eq!(
+            Ins::key_of("184052A123456").ok(),
+            Some((97 - 1840519123456u64 % 97) as u8)
+        );
         let b = Ins::key_of("184052B123456").expect("2B");
         assert_eq!(b, (97 - 1840518123456u64 % 97) as u8);
         assert!(Ins::parse(&a.matricule().to_lowercase()).is_ok());

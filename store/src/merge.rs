@@ -95,10 +95,7 @@ impl DocumentMeta {
         }
         let maximal: Vec<(VersionVector, DocState)> = all
             .iter()
-            .filter(|(c, _)| {
-                !all.iter()
-                    .any(|(d, _)| d.compare(c) == Causality::After)
-            })
+            .filter(|(c, _)| !all.iter().any(|(d, _)| d.compare(c) == Causality::After))
             .cloned()
             .collect();
         let mut versions = maximal;
@@ -237,10 +234,16 @@ mod tests {
         let mut c = a.clone();
         // b unmasks having seen the mask; c masks again concurrently.
         b.update(SiteId(1), |s| s.flags.masque_ps = false);
-        assert!(!b.state().flags.masque_ps, "a sequential unmask undoes the mask");
+        assert!(
+            !b.state().flags.masque_ps,
+            "a sequential unmask undoes the mask"
+        );
         c.update(SiteId(2), |s| s.flags.masque_ps = true);
         let m = merged(&b, &c);
-        assert!(m.state().flags.masque_ps, "restrictive flag wins on concurrency");
+        assert!(
+            m.state().flags.masque_ps,
+            "restrictive flag wins on concurrency"
+        );
         assert_eq!(m.concurrent_versions(), 2);
     }
 

@@ -68,7 +68,10 @@ named_enum!(
 impl Profession {
     /// True for professions acting for an insurer or an employer (row 2 of the table).
     pub fn acts_for_insurer_or_employer(self) -> bool {
-        matches!(self, Profession::MedecinConseil | Profession::MedecinDuTravail)
+        matches!(
+            self,
+            Profession::MedecinConseil | Profession::MedecinDuTravail
+        )
     }
 }
 
@@ -265,7 +268,9 @@ impl DocClass {
 }
 
 /// Confidentiality flags (DOMAIN §3, JDV_J58). Any combination.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 pub struct Flags {
     /// `MASQUE_PS`: masked from professionals but the author and the médecin traitant.
     pub masque_ps: bool,

@@ -6,11 +6,11 @@
 //! clock; every outcome names its row and a reason a person can read; the caller traces every
 //! decision, allowed or denied.
 
+use crate::ids::Rpps;
 use crate::model::{
     AccessMode, Author, DocClass, DossierStatus, EmergencyPrefs, Flags, GrantState,
     HabilitationMatrix, HolderKind, Profession,
 };
-use crate::ids::Rpps;
 
 /// What the actor wants to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -190,14 +190,20 @@ pub fn decide(req: &Request<'_>, view: &DossierView<'_>) -> Decision {
             let profession = *profession;
             // Row 2: insurers and employers never.
             if profession.acts_for_insurer_or_employer() {
-                return deny(2, "insurers, employers and those acting for them have no access");
+                return deny(
+                    2,
+                    "insurers, employers and those acting for them have no access",
+                );
             }
             // Row 3: blocked by the holder, whatever the mode.
             if matches!(view.grant, Some((GrantState::Blocked, _))) {
                 return deny(3, "the holder blocked this professional");
             }
             if req.action == Action::Export {
-                return deny(11, "the full copy of a dossier is for its holder or legal representatives");
+                return deny(
+                    11,
+                    "the full copy of a dossier is for its holder or legal representatives",
+                );
             }
             let in_matrix = |d: &DocView<'_>| view.matrix.allows(profession, d.type_code);
             if req.mode == AccessMode::Normal {
@@ -310,18 +316,21 @@ pub fn decide(req: &Request<'_>, view: &DossierView<'_>) -> Decision {
 /// `INVISIBLE_REPRESENTANTS_LEGAUX`).
 fn holder_row(req: &Request<'_>, row: u8) -> Decision {
     let doc = req.doc;
-    let own_upload = doc.is_some_and(|d| matches!(d.author, Author::Holder | Author::Representative));
+    let own_upload =
+        doc.is_some_and(|d| matches!(d.author, Author::Holder | Author::Representative));
     if req.mode != AccessMode::Normal {
         return deny(row, "emergency modes are for professionals");
     }
     match req.action.column() {
         Column::Read => match doc {
-            Some(d) if d.flags.invisible_patient => {
-                deny(row, "not yet visible: awaiting the announcement consultation")
-            }
-            Some(d) if row == 10 && d.flags.invisible_representatives => {
-                deny(row, "the holder asked that this be hidden from legal representatives")
-            }
+            Some(d) if d.flags.invisible_patient => deny(
+                row,
+                "not yet visible: awaiting the announcement consultation",
+            ),
+            Some(d) if row == 10 && d.flags.invisible_representatives => deny(
+                row,
+                "the holder asked that this be hidden from legal representatives",
+            ),
             _ => allow(row, "holder's own dossier"),
         },
         Column::Write => decision(
@@ -424,8 +433,14 @@ mod tests {
             action: case.action,
             mode: case.mode,
             reason: case.reason,
-            doc: if case.action == Action::Write { None } else { doc },
-            new_class: case.new_class.map(|c| DocClass::parse(&c.to_string()).expect("class")),
+            doc: if case.action == Action::Write {
+                None
+            } else {
+                doc
+            },
+            new_class: case
+                .new_class
+                .map(|c| DocClass::parse(&c.to_string()).expect("class")),
         };
         let view = DossierView {
             status: case.status,
@@ -461,7 +476,13 @@ mod tests {
     #[test]
     fn row_2_insurer_and_employer() {
         for p in [Profession::MedecinConseil, Profession::MedecinDuTravail] {
-            let mut c = base(Who::Professional { rpps: rpps(3), profession: p }, Action::Read);
+            let mut c = base(
+                Who::Professional {
+                    rpps: rpps(3),
+                    profession: p,
+                },
+                Action::Read,
+            );
             c.grant = Some((GrantState::Active, true));
             check(c, false, 2);
         }
@@ -499,13 +520,19 @@ mod tests {
         check(c, false, 4);
         let mut c = base(doctor(), Action::Delete);
         c.grant = Some((GrantState::Active, true));
-        c.author = Some(Author::Professional { rpps: rpps(1), profession: Profession::Medecin });
+        c.author = Some(Author::Professional {
+            rpps: rpps(1),
+            profession: Profession::Medecin,
+        });
         check(c, true, 4);
     }
 
     #[test]
     fn row_5_author() {
-        let own = Author::Professional { rpps: rpps(2), profession: Profession::Pharmacien };
+        let own = Author::Professional {
+            rpps: rpps(2),
+            profession: Profession::Pharmacien,
+        };
         let mut c = base(pharmacist(), Action::Read);
         c.author = Some(own.clone());
         c.flags = masked();

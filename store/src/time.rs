@@ -88,17 +88,33 @@ mod tests {
 
     #[test]
     fn dates_round_trip() {
-        for text in ["1970-01-01", "2000-02-29", "1984-05-07", "2026-11-23", "1899-12-31"] {
+        for text in [
+            "1970-01-01",
+            "2000-02-29",
+            "1984-05-07",
+            "2026-11-23",
+            "1899-12-31",
+        ] {
             let ms = parse_date(text).expect("valid date");
             assert_eq!(format_date(ms), text);
         }
         assert_eq!(parse_date("1970-01-02").ok(), Some(MS_PER_DAY));
-        assert_eq!(format_rfc3339(1_000 * 86_400 + 3_723_004), "1970-01-02T01:02:03.004Z");
+        assert_eq!(
+            format_rfc3339(1_000 * 86_400 + 3_723_004),
+            "1970-01-02T01:02:03.004Z"
+        );
     }
 
     #[test]
     fn bad_dates_are_refused() {
-        for text in ["2001-02-29", "2026-13-01", "2026-00-10", "26-01-01", "2026/01/01", "x"] {
+        for text in [
+            "2001-02-29",
+            "2026-13-01",
+            "2026-00-10",
+            "26-01-01",
+            "2026/01/01",
+            "x",
+        ] {
             assert!(parse_date(text).is_err(), "{text}");
         }
     }

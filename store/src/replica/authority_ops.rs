@@ -89,7 +89,9 @@ impl Replica {
 
     fn subject_of(&self, record: &AuthorityRecord) -> Vec<u8> {
         match record {
-            AuthorityRecord::Dossier(h) => subject_key(tag::DOSSIER, Some(&self.blind(&h.ins)), None),
+            AuthorityRecord::Dossier(h) => {
+                subject_key(tag::DOSSIER, Some(&self.blind(&h.ins)), None)
+            }
             AuthorityRecord::Grant(g) => {
                 subject_key(tag::GRANT, Some(&self.blind(&g.ins)), Some(g.rpps.as_str()))
             }
@@ -115,10 +117,10 @@ impl Replica {
         {
             return Ok((false, None));
         }
-        let sealed = self
-            .keys
-            .registry
-            .seal(&aad(&[b"authority", &subject]), &postcard::to_stdvec(signed)?)?;
+        let sealed = self.keys.registry.seal(
+            &aad(&[b"authority", &subject]),
+            &postcard::to_stdvec(signed)?,
+        )?;
         table.insert(subject.as_slice(), sealed.as_slice())?;
         drop(table);
         Self::registry_changed(txn)?;
@@ -131,7 +133,13 @@ impl Replica {
                     let mut keys = txn.open_table(DOSSIER_KEYS)?;
                     if keys.get(&bi)?.is_none() {
                         let k = Key::random()?;
-                        keys.insert(&bi, self.keys.master.wrap(&aad(&[b"dossier-key", &bi]), &k)?.as_slice())?;
+                        keys.insert(
+                            &bi,
+                            self.keys
+                                .master
+                                .wrap(&aad(&[b"dossier-key", &bi]), &k)?
+                                .as_slice(),
+                        )?;
                     }
                     txn.open_table(TOMBSTONES)?.remove(&bi)?;
                 }
@@ -172,8 +180,14 @@ impl Replica {
     fn head(&self, ins: &Ins) -> Result<(DossierHead, u64)> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(AUTHORITY)?;
-        match self.authority_get(&table, &subject_key(tag::DOSSIER, Some(&self.blind(ins)), None))? {
-            Some(Verified { seq, record: AuthorityRecord::Dossier(h) }) => Ok((h, seq)),
+        match self.authority_get(
+            &table,
+            &subject_key(tag::DOSSIER, Some(&self.blind(ins)), None),
+        )? {
+            Some(Verified {
+                seq,
+                record: AuthorityRecord::Dossier(h),
+            }) => Ok((h, seq)),
             Some(_) => Err(Error::integrity("a dossier record has the wrong kind")),
             None => Err(Self::no_dossier()),
         }
@@ -211,7 +225,11 @@ impl Replica {
             created_at: self.now(),
             closure: None,
         };
-        self.issue(AuthorityRecord::Dossier(head.clone()), "dossier-create", None)?;
+        self.issue(
+            AuthorityRecord::Dossier(head.clone()),
+            "dossier-create",
+            None,
+        )?;
         Ok(head)
     }
 
@@ -227,17 +245,32 @@ impl Replica {
             return Err(Error::invalid("this dossier is already closed"));
         }
         head.status = DossierStatus::Closed;
-        head.closure = Some(Closure { at: self.now(), reason: reason.to_string() });
-        self.issue(AuthorityRecord::Dossier(head), "dossier-close", Some(reason))?;
+        head.closure = Some(Closure {
+            at: self.now(),
+            reason: reason.to_string(),
+        });
+        self.issue(
+            AuthorityRecord::Dossier(head),
+            "dossier-close",
+            Some(reason),
+        )?;
         Ok(())
     }
 
     /// Host: sets a professional's grant on a dossier.
-    pub fn set_grant(&self, ins: &Ins, rpps: &Rpps, state: GrantState, treating: bool) -> Result<()> {
+    pub fn set_grant(
+        &self,
+        ins: &Ins,
+        rpps: &Rpps,
+        state: GrantState,
+        treating: bool,
+    ) -> Result<()> {
         self.signing_key()?;
         let (head, _) = self.head(ins)?;
         if head.status != DossierStatus::Active {
-            return Err(Error::invalid("the dossier is closed: grants cannot change"));
+            return Err(Error::invalid(
+                "the dossier is closed: grants cannot change",
+            ));
         }
         let grant = Grant {
             ins: ins.clone(),
@@ -246,7 +279,11 @@ impl Replica {
             treating: treating && state == GrantState::Active,
             issued_at: self.now(),
         };
-        self.issue(AuthorityRecord::Grant(grant), &format!("grant-{}", state.as_str()), None)?;
+        self.issue(
+            AuthorityRecord::Grant(grant),
+            &format!("grant-{}", state.as_str()),
+            None,
+        )?;
         Ok(())
     }
 
@@ -254,7 +291,14 @@ impl Replica {
     pub fn set_emergency(&self, ins: &Ins, prefs: EmergencyPrefs) -> Result<()> {
         self.signing_key()?;
         self.head(ins)?;
-        self.issue(AuthorityRecord::Emergency { ins: ins.clone(), prefs }, "emergency-preferences", None)?;
+        self.issue(
+            AuthorityRecord::Emergency {
+                ins: ins.clone(),
+                prefs,
+            },
+            "emergency-preferences",
+            None,
+        )?;
         Ok(())
     }
 
@@ -274,10 +318,14 @@ impl Replica {
         let bi = self.blind(ins);
         let txn = self.db.begin_read()?;
         let table = txn.open_table(AUTHORITY)?;
-        let emergency = match self.authority_get(&table, &subject_key(tag::EMERGENCY, Some(&bi), None))? {
-            Some(Verified { record: AuthorityRecord::Emergency { prefs, .. }, .. }) => prefs,
-            _ => EmergencyPrefs::default(),
-        };
+        let emergency =
+            match self.authority_get(&table, &subject_key(tag::EMERGENCY, Some(&bi), None))? {
+                Some(Verified {
+                    record: AuthorityRecord::Emergency { prefs, .. },
+                    ..
+                }) => prefs,
+                _ => EmergencyPrefs::default(),
+            };
         let prefix = subject_key(tag::GRANT, Some(&bi), None);
         let mut grants = Vec::new();
         for row in table.range(prefix.as_slice()..)? {
@@ -298,7 +346,13 @@ impl Replica {
             }
             documents += 1;
         }
-        Ok(DossierInfo { head, head_seq, emergency, grants, documents })
+        Ok(DossierInfo {
+            head,
+            head_seq,
+            emergency,
+            grants,
+            documents,
+        })
     }
 
     /// Every dossier head held here.
@@ -309,7 +363,9 @@ impl Replica {
             let mut out = Vec::new();
             for row in table.range([tag::DOSSIER].as_slice()..[tag::DOSSIER + 1].as_slice())? {
                 let (k, v) = row?;
-                if let AuthorityRecord::Dossier(h) = authority::decode(&self.open_signed(k.value(), v.value())?)?.record {
+                if let AuthorityRecord::Dossier(h) =
+                    authority::decode(&self.open_signed(k.value(), v.value())?)?.record
+                {
                     out.push(h.ins);
                 }
             }
@@ -320,9 +376,9 @@ impl Replica {
 
     /// Exports every record held as a signed bundle.
     pub fn export_authority(&self) -> Result<Bundle> {
-        let host_key = self
-            .host_key()?
-            .ok_or_else(|| Error::invalid("this replica has no host key: nothing signed to export"))?;
+        let host_key = self.host_key()?.ok_or_else(|| {
+            Error::invalid("this replica has no host key: nothing signed to export")
+        })?;
         let txn = self.db.begin_read()?;
         let table = txn.open_table(AUTHORITY)?;
         let mut records = Vec::new();
@@ -330,7 +386,11 @@ impl Replica {
             let (k, v) = row?;
             records.push(self.open_signed(k.value(), v.value())?);
         }
-        Ok(Bundle { format: authority::RECORD_FORMAT, host_key, records })
+        Ok(Bundle {
+            format: authority::RECORD_FORMAT,
+            host_key,
+            records,
+        })
     }
 
     /// Imports a bundle: every record must verify under the pinned host key (pinned from the
@@ -362,7 +422,11 @@ impl Replica {
         }
         for (signed, v) in bundle.records.iter().zip(&verified) {
             let (admitted, purge) = self.admit(&txn, signed, v)?;
-            if admitted { report.admitted += 1 } else { report.unchanged += 1 }
+            if admitted {
+                report.admitted += 1
+            } else {
+                report.unchanged += 1
+            }
             purges.extend(purge);
         }
         txn.trace(vec![self.admin_entry("authority-import", None, None)]);
@@ -381,7 +445,9 @@ impl Replica {
     fn pin_host_key(&self, txn: &WriteTransaction, key: [u8; 32]) -> Result<()> {
         let mut meta = txn.open_table(META)?;
         let mut keyring: super::Keyring = postcard::from_bytes(
-            meta.get(meta_key::KEYRING)?.ok_or_else(|| Error::integrity("keyring missing"))?.value(),
+            meta.get(meta_key::KEYRING)?
+                .ok_or_else(|| Error::integrity("keyring missing"))?
+                .value(),
         )?;
         keyring.host_key = Some(key);
         meta.insert(meta_key::KEYRING, postcard::to_stdvec(&keyring)?.as_slice())?;
@@ -404,7 +470,11 @@ impl Replica {
         let txn = self.begin_write()?;
         txn.open_table(DOSSIER_KEYS)?.remove(&bi)?;
         Self::registry_changed(&txn)?;
-        txn.trace(vec![self.admin_entry("dossier-key-destroyed", Some(ins), None)]);
+        txn.trace(vec![self.admin_entry(
+            "dossier-key-destroyed",
+            Some(ins),
+            None,
+        )]);
         txn.commit()?;
 
         let txn = self.begin_write()?;
@@ -422,7 +492,9 @@ impl Replica {
             let mut bodies = txn.open_table(BODIES)?;
             for k in &ids {
                 index.remove(k.as_slice())?;
-                let id: [u8; 16] = k[32..].try_into().map_err(|_| Error::integrity("bad index key"))?;
+                let id: [u8; 16] = k[32..]
+                    .try_into()
+                    .map_err(|_| Error::integrity("bad index key"))?;
                 docs.remove(&id)?;
                 let first = body_key(&id, 0);
                 let last = body_key(&id, u32::MAX);
@@ -441,8 +513,12 @@ impl Replica {
                 }
             }
             Self::registry_changed(&txn)?;
-            let receipt = PurgeReceipt { at: self.now(), cause_seq };
-            txn.open_table(TOMBSTONES)?.insert(&bi, postcard::to_stdvec(&receipt)?.as_slice())?;
+            let receipt = PurgeReceipt {
+                at: self.now(),
+                cause_seq,
+            };
+            txn.open_table(TOMBSTONES)?
+                .insert(&bi, postcard::to_stdvec(&receipt)?.as_slice())?;
             txn.trace(vec![self.admin_entry("dossier-purged", Some(ins), None)]);
         }
         txn.commit()?;
@@ -463,6 +539,9 @@ impl Replica {
     /// True when this replica still holds a data key for the dossier.
     pub fn has_dossier_key(&self, ins: &Ins) -> Result<bool> {
         let txn = self.db.begin_read()?;
-        Ok(txn.open_table(DOSSIER_KEYS)?.get(&self.blind(ins))?.is_some())
+        Ok(txn
+            .open_table(DOSSIER_KEYS)?
+            .get(&self.blind(ins))?
+            .is_some())
     }
 }

@@ -59,7 +59,10 @@ impl RegistryCache {
         let value = load()?;
         if let Ok(mut m) = self.0.lock() {
             if generation > m.generation || m.len() >= MAX_ENTRIES {
-                *m = Maps { generation: generation.max(m.generation), ..Maps::default() };
+                *m = Maps {
+                    generation: generation.max(m.generation),
+                    ..Maps::default()
+                };
             }
             if m.generation == generation {
                 map(&mut m).insert(key.clone(), value.clone());
@@ -75,7 +78,12 @@ impl RegistryCache {
         subject: &[u8],
         load: impl FnOnce() -> Result<Option<Verified>>,
     ) -> Result<Option<Arc<Verified>>> {
-        self.get_or_load(generation, |m| &mut m.records, &subject.to_vec(), || Ok(load()?.map(Arc::new)))
+        self.get_or_load(
+            generation,
+            |m| &mut m.records,
+            &subject.to_vec(),
+            || Ok(load()?.map(Arc::new)),
+        )
     }
 
     /// A professional by RPPS.
@@ -85,7 +93,12 @@ impl RegistryCache {
         rpps: &str,
         load: impl FnOnce() -> Result<Option<Professional>>,
     ) -> Result<Option<Arc<Professional>>> {
-        self.get_or_load(generation, |m| &mut m.professionals, &rpps.to_string(), || Ok(load()?.map(Arc::new)))
+        self.get_or_load(
+            generation,
+            |m| &mut m.professionals,
+            &rpps.to_string(),
+            || Ok(load()?.map(Arc::new)),
+        )
     }
 
     /// A dossier's unwrapped data key by blind index.

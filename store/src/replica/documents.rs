@@ -75,30 +75,50 @@ struct Context {
 }
 
 impl Replica {
-    fn context(&self, txn: &ReadTransaction, generation: Generation, bi: &[u8; 32], who: &Who) -> Result<Context> {
+    fn context(
+        &self,
+        txn: &ReadTransaction,
+        generation: Generation,
+        bi: &[u8; 32],
+        who: &Who,
+    ) -> Result<Context> {
         let get = |subject: Vec<u8>| {
             self.cache.record(generation.registry, &subject, || {
                 self.authority_get(&txn.open_table(AUTHORITY)?, &subject)
             })
         };
         let head = match get(subject_key(tag::DOSSIER, Some(bi), None))?.as_deref() {
-            Some(Verified { record: AuthorityRecord::Dossier(h), .. }) => h.clone(),
+            Some(Verified {
+                record: AuthorityRecord::Dossier(h),
+                ..
+            }) => h.clone(),
             _ => return Err(Self::no_dossier()),
         };
         let emergency = match get(subject_key(tag::EMERGENCY, Some(bi), None))?.as_deref() {
-            Some(Verified { record: AuthorityRecord::Emergency { prefs, .. }, .. }) => *prefs,
+            Some(Verified {
+                record: AuthorityRecord::Emergency { prefs, .. },
+                ..
+            }) => *prefs,
             _ => EmergencyPrefs::default(),
         };
         let grant = match who {
             Who::Professional { rpps, .. } => {
                 match get(subject_key(tag::GRANT, Some(bi), Some(rpps.as_str())))?.as_deref() {
-                    Some(Verified { record: AuthorityRecord::Grant(g), .. }) => Some((g.state, g.treating)),
+                    Some(Verified {
+                        record: AuthorityRecord::Grant(g),
+                        ..
+                    }) => Some((g.state, g.treating)),
                     _ => None,
                 }
             }
             _ => None,
         };
-        Ok(Context { head, emergency, grant, authority_version: generation.authority_version })
+        Ok(Context {
+            head,
+            emergency,
+            grant,
+            authority_version: generation.authority_version,
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -121,7 +141,14 @@ impl Replica {
             type_code: &d.facts.type_code,
         });
         let decision = policy::decide(
-            &Request { who, action, mode, reason, doc: view, new_class },
+            &Request {
+                who,
+                action,
+                mode,
+                reason,
+                doc: view,
+                new_class,
+            },
             &DossierView {
                 status: ctx.head.status,
                 holder: ctx.head.holder,
@@ -149,16 +176,28 @@ impl Replica {
     }
 
     fn denied(d: &Decision) -> Error {
-        Error::Denied { rule: d.rule.0, reason: d.reason.to_string() }
+        Error::Denied {
+            rule: d.rule.0,
+            reason: d.reason.to_string(),
+        }
     }
 
-    pub(super) fn open_meta(&self, key: &Key, id: &[u8; 16], stored: &StoredDoc) -> Result<DocumentMeta> {
+    pub(super) fn open_meta(
+        &self,
+        key: &Key,
+        id: &[u8; 16],
+        stored: &StoredDoc,
+    ) -> Result<DocumentMeta> {
         let plain = key
             .open(&meta_aad(id, stored.rev), &stored.sealed)
-            .map_err(|_| Error::integrity(format!("metadata of document {} was altered", DocId(*id))))?;
+            .map_err(|_| {
+                Error::integrity(format!("metadata of document {} was altered", DocId(*id)))
+            })?;
         let meta: DocumentMeta = postcard::from_bytes(&plain)?;
         if meta.facts.id.0 != *id {
-            return Err(Error::integrity("a document record carries another document's id"));
+            return Err(Error::integrity(
+                "a document record carries another document's id",
+            ));
         }
         Ok(meta)
     }
@@ -172,11 +211,17 @@ impl Replica {
     ) -> Result<(StoredDoc, Key, DocumentMeta)> {
         let stored: StoredDoc = match txn.open_table(DOCS)?.get(&id.0)? {
             Some(v) => postcard::from_bytes(v.value())?,
-            None => return Err(Error::not_found(format!("no document {id} in this replica"))),
+            None => {
+                return Err(Error::not_found(format!(
+                    "no document {id} in this replica"
+                )));
+            }
         };
         let key = self
             .key_for(txn, generation, &stored.dossier)?
-            .ok_or_else(|| Error::not_found(format!("document {id} belongs to a purged dossier")))?;
+            .ok_or_else(|| {
+                Error::not_found(format!("document {id} belongs to a purged dossier"))
+            })?;
         let meta = self.open_meta(&key, &id.0, &stored)?;
         Ok((stored, key, meta))
     }
@@ -192,7 +237,11 @@ impl Replica {
     ) -> Result<()> {
         let id = meta.facts.id.0;
         let sealed = key.seal(&meta_aad(&id, rev), &postcard::to_stdvec(meta)?)?;
-        let row = postcard::to_stdvec(&StoredDoc { dossier: *bi, rev, sealed })?;
+        let row = postcard::to_stdvec(&StoredDoc {
+            dossier: *bi,
+            rev,
+            sealed,
+        })?;
         docs.insert(&id, row.as_slice())?;
         Ok(())
     }
@@ -224,18 +273,22 @@ impl Replica {
         let size = usize::try_from(meta.facts.size).map_err(|_| Error::integrity("size"))?;
         let mut out = Zeroizing::new(Vec::with_capacity(size));
         let (first, last) = (body_key(&id.0, 0), body_key(&id.0, u32::MAX));
-        let mut expect = 0u32;
-        for row in bodies.range(first.as_slice()..=last.as_slice())? {
+        for (expect, row) in (0u32..).zip(bodies.range(first.as_slice()..=last.as_slice())?) {
             let (k, v) = row?;
-            let n = u32::from_be_bytes(k.value()[16..20].try_into().map_err(|_| Error::integrity("chunk key"))?);
+            let n = u32::from_be_bytes(
+                k.value()[16..20]
+                    .try_into()
+                    .map_err(|_| Error::integrity("chunk key"))?,
+            );
             if n != expect {
-                return Err(Error::integrity(format!("body of document {id}: chunk {expect} missing")));
+                return Err(Error::integrity(format!(
+                    "body of document {id}: chunk {expect} missing"
+                )));
             }
             let plain = key
                 .open(&body_aad(&id.0, n), v.value())
                 .map_err(|_| Error::integrity(format!("body of document {id} was altered")))?;
             out.extend_from_slice(&plain);
-            expect += 1;
         }
         if out.is_empty() && size > 0 {
             return Err(Error::not_found(format!(
@@ -243,14 +296,17 @@ impl Replica {
             )));
         }
         if out.len() != size || *blake3::hash(&out).as_bytes() != meta.facts.content_hash {
-            return Err(Error::integrity(format!("body of document {id} does not match its content hash")));
+            return Err(Error::integrity(format!(
+                "body of document {id} does not match its content hash"
+            )));
         }
         Ok(out)
     }
 
     fn push_outbox(&self, txn: &WriteTransaction, item: OutboxItem) -> Result<()> {
         let seq = Self::bump_meta_u64(txn, meta_key::OUTBOX_SEQ, None)?;
-        txn.open_table(OUTBOX)?.insert(seq, postcard::to_stdvec(&item)?.as_slice())?;
+        txn.open_table(OUTBOX)?
+            .insert(seq, postcard::to_stdvec(&item)?.as_slice())?;
         Ok(())
     }
 
@@ -272,7 +328,9 @@ impl Replica {
         doc: NewDocument,
     ) -> Result<DocId> {
         let ids = self.put_documents(actor, mode, reason, vec![(ins.clone(), doc)])?;
-        ids.into_iter().next().ok_or_else(|| Error::Storage("no id returned".into()))
+        ids.into_iter()
+            .next()
+            .ok_or_else(|| Error::Storage("no id returned".into()))
     }
 
     /// Writes documents in one transaction (one durable commit for the batch). If any is
@@ -297,14 +355,24 @@ impl Replica {
                 validate_new(&d)?;
                 let bi = self.blind(&ins);
                 let ctx = self.context(&snap, generation, &bi, &who)?;
-                let (decision, mut entry) =
-                    self.decide(&ctx, &who, &tactor, Action::Write, mode, reason, None, Some(d.class))?;
+                let (decision, mut entry) = self.decide(
+                    &ctx,
+                    &who,
+                    &tactor,
+                    Action::Write,
+                    mode,
+                    reason,
+                    None,
+                    Some(d.class),
+                )?;
                 if !decision.allow {
                     denied.get_or_insert(decision);
                     entries.push(entry);
                     continue;
                 }
-                let key = self.key_for(&snap, generation, &bi)?.ok_or_else(Self::no_dossier)?;
+                let key = self
+                    .key_for(&snap, generation, &bi)?
+                    .ok_or_else(Self::no_dossier)?;
                 let id = DocId::mint(self.now());
                 entry.doc = Some(id);
                 entries.push(entry);
@@ -355,7 +423,10 @@ impl Replica {
     ) -> DocumentMeta {
         let facts = DocumentFacts {
             id,
-            unique_id: d.unique_id.clone().unwrap_or_else(|| format!("urn:carnet:{id}")),
+            unique_id: d
+                .unique_id
+                .clone()
+                .unwrap_or_else(|| format!("urn:carnet:{id}")),
             ins: ins.clone(),
             class: d.class,
             type_code: d.type_code.clone(),
@@ -371,28 +442,52 @@ impl Replica {
             replaces,
         };
         let state = DocState {
-            flags: Flags { masque_ps: mask_default, ..Flags::default() },
+            flags: Flags {
+                masque_ps: mask_default,
+                ..Flags::default()
+            },
             ..DocState::default()
         };
         DocumentMeta::new(facts, self.config.site_id, state)
     }
 
     /// Reads a document: decides, traces durably, then returns the checked body.
-    pub fn read_document(&self, actor: &Actor, id: &DocId, mode: AccessMode, reason: Option<&str>) -> Result<ReadOutcome> {
+    pub fn read_document(
+        &self,
+        actor: &Actor,
+        id: &DocId,
+        mode: AccessMode,
+        reason: Option<&str>,
+    ) -> Result<ReadOutcome> {
         let (txn, generation) = self.snapshot()?;
         let (who, tactor) = self.who(&txn, generation, actor)?;
         let (stored, key, meta) = self.load_doc(&txn, generation, id)?;
         if meta.state().availability() == Availability::Deleted {
-            return Err(Error::not_found(format!("document {id} was deleted by its author")));
+            return Err(Error::not_found(format!(
+                "document {id} was deleted by its author"
+            )));
         }
         let ctx = self.context(&txn, generation, &stored.dossier, &who)?;
-        let (decision, entry) = self.decide(&ctx, &who, &tactor, Action::Read, mode, reason, Some(&meta), None)?;
+        let (decision, entry) = self.decide(
+            &ctx,
+            &who,
+            &tactor,
+            Action::Read,
+            mode,
+            reason,
+            Some(&meta),
+            None,
+        )?;
         self.trace_durably(entry)?;
         if !decision.allow {
             return Err(Self::denied(&decision));
         }
         let body = self.get_body(&txn.open_table(BODIES)?, &key, &meta)?;
-        Ok(ReadOutcome { meta, body, rule: decision.rule.0 })
+        Ok(ReadOutcome {
+            meta,
+            body,
+            rule: decision.rule.0,
+        })
     }
 
     /// Lists the documents of a dossier the actor may read (deleted ones excluded). The
@@ -408,18 +503,39 @@ impl Replica {
             if !k.starts_with(&bi) {
                 break;
             }
-            let id = DocId(k[32..].try_into().map_err(|_| Error::integrity("bad index key"))?);
+            let id = DocId(
+                k[32..]
+                    .try_into()
+                    .map_err(|_| Error::integrity("bad index key"))?,
+            );
             let (_, _, meta) = self.load_doc(&txn, generation, &id)?;
             if meta.state().availability() == Availability::Deleted {
                 continue;
             }
-            let (d, _) = self.decide(&ctx, &who, &tactor, Action::Read, AccessMode::Normal, None, Some(&meta), None)?;
+            let (d, _) = self.decide(
+                &ctx,
+                &who,
+                &tactor,
+                Action::Read,
+                AccessMode::Normal,
+                None,
+                Some(&meta),
+                None,
+            )?;
             if d.allow {
                 visible.push(meta);
             }
         }
-        let (mut decision, mut entry) =
-            self.decide(&ctx, &who, &tactor, Action::List, AccessMode::Normal, None, None, None)?;
+        let (mut decision, mut entry) = self.decide(
+            &ctx,
+            &who,
+            &tactor,
+            Action::List,
+            AccessMode::Normal,
+            None,
+            None,
+            None,
+        )?;
         if !decision.allow && !visible.is_empty() {
             decision.allow = true;
             decision.reason = "own documents only";
@@ -435,14 +551,24 @@ impl Replica {
     }
 
     /// Masks, unmasks, hides or deletes a document.
-    pub fn update_document(&self, actor: &Actor, id: &DocId, action: Action) -> Result<DocumentMeta> {
+    pub fn update_document(
+        &self,
+        actor: &Actor,
+        id: &DocId,
+        action: Action,
+    ) -> Result<DocumentMeta> {
         let change: fn(&mut DocState) = match action {
             Action::Mask => |s| s.flags.masque_ps = true,
             Action::Unmask => |s| s.flags.masque_ps = false,
             Action::HideFromPatient => |s| s.flags.invisible_patient = true,
             Action::HideFromRepresentatives => |s| s.flags.invisible_representatives = true,
             Action::Delete => |s| s.availability = Some(Availability::Deleted),
-            other => return Err(Error::invalid(format!("'{}' is not a document update", other.as_str()))),
+            other => {
+                return Err(Error::invalid(format!(
+                    "'{}' is not a document update",
+                    other.as_str()
+                )));
+            }
         };
         if action == Action::Unmask && self.config.role == Role::Site {
             return Err(Error::invalid(
@@ -457,13 +583,28 @@ impl Replica {
             return Err(Error::invalid(format!("document {id} is deleted")));
         }
         let ctx = self.context(&snap, generation, &stored.dossier, &who)?;
-        let (decision, entry) = self.decide(&ctx, &who, &tactor, action, AccessMode::Normal, None, Some(&meta), None)?;
+        let (decision, entry) = self.decide(
+            &ctx,
+            &who,
+            &tactor,
+            action,
+            AccessMode::Normal,
+            None,
+            Some(&meta),
+            None,
+        )?;
         if !decision.allow {
             txn.abort()?;
             return Err(self.deny_with_trace(vec![entry], &decision)?);
         }
         meta.update(self.config.site_id, change);
-        self.put_meta(&mut txn.open_table(DOCS)?, &key, &stored.dossier, stored.rev + 1, &meta)?;
+        self.put_meta(
+            &mut txn.open_table(DOCS)?,
+            &key,
+            &stored.dossier,
+            stored.rev + 1,
+            &meta,
+        )?;
         self.push_outbox(&txn, OutboxItem::Document(id.0))?;
         txn.trace(vec![entry]);
         txn.commit()?;
@@ -471,7 +612,12 @@ impl Replica {
     }
 
     /// Replaces a document by a new one; the old one becomes deprecated, both are kept.
-    pub fn replace_document(&self, actor: &Actor, old_id: &DocId, doc: NewDocument) -> Result<DocId> {
+    pub fn replace_document(
+        &self,
+        actor: &Actor,
+        old_id: &DocId,
+        doc: NewDocument,
+    ) -> Result<DocId> {
         let txn = self.begin_write()?;
         let (snap, generation) = self.snapshot()?;
         let (who, tactor) = self.who(&snap, generation, actor)?;
@@ -481,8 +627,16 @@ impl Replica {
         }
         validate_new(&doc)?;
         let ctx = self.context(&snap, generation, &stored.dossier, &who)?;
-        let (decision, mut entry) =
-            self.decide(&ctx, &who, &tactor, Action::Replace, AccessMode::Normal, None, Some(&old), Some(doc.class))?;
+        let (decision, mut entry) = self.decide(
+            &ctx,
+            &who,
+            &tactor,
+            Action::Replace,
+            AccessMode::Normal,
+            None,
+            Some(&old),
+            Some(doc.class),
+        )?;
         if !decision.allow {
             txn.abort()?;
             return Err(self.deny_with_trace(vec![entry], &decision)?);
@@ -490,7 +644,15 @@ impl Replica {
         let author = author_of(&who);
         let id = DocId::mint(self.now());
         let ins = old.facts.ins.clone();
-        let mut new = self.new_meta(id, &ins, &author, self.now(), ctx.head.mask_new_by_default, Some(*old_id), &doc);
+        let mut new = self.new_meta(
+            id,
+            &ins,
+            &author,
+            self.now(),
+            ctx.head.mask_new_by_default,
+            Some(*old_id),
+            &doc,
+        );
         // A replacement keeps at least the confidentiality of what it replaces.
         let inherited = old.state().flags;
         new.update(self.config.site_id, |s| s.flags = s.flags.join(inherited));
@@ -504,7 +666,8 @@ impl Replica {
             self.put_meta(&mut docs, &key, &stored.dossier, 1, &new)?;
         }
         self.put_body(&mut txn.open_table(BODIES)?, &key, &id, &doc.body)?;
-        txn.open_table(DOSSIER_DOCS)?.insert(dossier_doc_key(&stored.dossier, &id.0).as_slice(), ())?;
+        txn.open_table(DOSSIER_DOCS)?
+            .insert(dossier_doc_key(&stored.dossier, &id.0).as_slice(), ())?;
         self.push_outbox(&txn, OutboxItem::Document(old_id.0))?;
         self.push_outbox(&txn, OutboxItem::Document(id.0))?;
         entry.doc = Some(*old_id);
@@ -520,8 +683,16 @@ impl Replica {
             let (who, tactor) = self.who(&txn, generation, actor)?;
             let bi = self.blind(ins);
             let ctx = self.context(&txn, generation, &bi, &who)?;
-            let (decision, entry) =
-                self.decide(&ctx, &who, &tactor, Action::Export, AccessMode::Normal, None, None, None)?;
+            let (decision, entry) = self.decide(
+                &ctx,
+                &who,
+                &tactor,
+                Action::Export,
+                AccessMode::Normal,
+                None,
+                None,
+                None,
+            )?;
             self.trace_durably(entry)?;
             if !decision.allow {
                 return Err(Self::denied(&decision));
@@ -533,9 +704,22 @@ impl Replica {
                 if !k.starts_with(&bi) {
                     break;
                 }
-                let id = DocId(k[32..].try_into().map_err(|_| Error::integrity("bad index key"))?);
+                let id = DocId(
+                    k[32..]
+                        .try_into()
+                        .map_err(|_| Error::integrity("bad index key"))?,
+                );
                 let (_, key, meta) = self.load_doc(&txn, generation, &id)?;
-                let (d, _) = self.decide(&ctx, &who, &tactor, Action::Read, AccessMode::Normal, None, Some(&meta), None)?;
+                let (d, _) = self.decide(
+                    &ctx,
+                    &who,
+                    &tactor,
+                    Action::Read,
+                    AccessMode::Normal,
+                    None,
+                    Some(&meta),
+                    None,
+                )?;
                 if d.allow && meta.state().availability() != Availability::Deleted {
                     let body = self.get_body(&bodies, &key, &meta)?;
                     out.push((meta, body));
@@ -543,15 +727,26 @@ impl Replica {
             }
             (out, ctx.head)
         };
-        let traces = self.audit_entries(Some(ins))?.into_iter().map(|c| c.entry).collect();
-        Ok(DossierExport { head, documents, traces })
+        let traces = self
+            .audit_entries(Some(ins))?
+            .into_iter()
+            .map(|c| c.entry)
+            .collect();
+        Ok(DossierExport {
+            head,
+            documents,
+            traces,
+        })
     }
 }
 
 /// The author recorded for a document written by `who`.
 fn author_of(who: &Who) -> Author {
     match who {
-        Who::Professional { rpps, profession } => Author::Professional { rpps: rpps.clone(), profession: *profession },
+        Who::Professional { rpps, profession } => Author::Professional {
+            rpps: rpps.clone(),
+            profession: *profession,
+        },
         Who::Holder => Author::Holder,
         _ => Author::Representative,
     }

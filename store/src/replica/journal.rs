@@ -89,7 +89,12 @@ impl TraceChain {
             prev = r.hash;
             pending.push(r);
         }
-        Ok(TraceChain { seq, prev, pending, file })
+        Ok(TraceChain {
+            seq,
+            prev,
+            pending,
+            file,
+        })
     }
 
     /// Appends a batch as one frame and syncs it. On error nothing is acknowledged; the file may
@@ -155,7 +160,11 @@ mod tests {
     use super::*;
 
     fn rec(seq: u64) -> JournalRecord {
-        JournalRecord { seq, hash: [seq as u8; 32], sealed: vec![seq as u8; 50] }
+        JournalRecord {
+            seq,
+            hash: [seq as u8; 32],
+            sealed: vec![seq as u8; 50],
+        }
     }
 
     #[test]
@@ -171,7 +180,10 @@ mod tests {
         f.write_all(&[200, 0, 0, 0, 1, 2, 3]).expect("torn");
         drop(f);
         let c = TraceChain::open(dir.path(), (0, [0; 32])).expect("reopen");
-        assert_eq!(c.pending.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(
+            c.pending.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
         assert_eq!(c.seq, 3);
         // Records already in redb are skipped.
         drop(c);
@@ -190,6 +202,9 @@ mod tests {
         let mut bytes = std::fs::read(&path).expect("read");
         bytes[40] ^= 0xff;
         std::fs::write(&path, &bytes).expect("write");
-        assert!(matches!(TraceChain::open(dir.path(), (0, [0; 32])), Err(Error::Integrity(_))));
+        assert!(matches!(
+            TraceChain::open(dir.path(), (0, [0; 32])),
+            Err(Error::Integrity(_))
+        ));
     }
 }

@@ -21,18 +21,18 @@ pub mod tables;
 #[cfg(test)]
 mod tests;
 
+use std::cell::RefCell;
 use std::fs;
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::cell::RefCell;
 use std::ops::Deref;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction};
 
-pub use tables::PurgeReceipt;
 use serde::{Deserialize, Serialize};
+pub use tables::PurgeReceipt;
 use zeroize::Zeroizing;
 
 pub use authority_ops::{DossierInfo, ImportReport, NewDossier};
@@ -40,7 +40,8 @@ pub use documents::{DossierExport, NewDocument, ReadOutcome};
 pub use sync::{Applied, Change};
 
 use crate::audit::{AuditEntry, ChainedEntry, GroupCommit, TraceAction, TraceActor};
-use crate::crypto::{aad, Key};
+use crate::authority::{AuthorityRecord, Verified};
+use crate::crypto::{Key, aad};
 use crate::error::{Error, Result};
 use crate::ids::{Ins, SiteId};
 use crate::model::{AccessMode, Actor, HabilitationMatrix, Professional};
@@ -262,7 +263,10 @@ impl Replica {
             KeySource::Passphrase(p) => {
                 let mut salt = [0u8; 16];
                 crate::crypto::random_bytes(&mut salt)?;
-                (Key::from_passphrase(p, &salt)?, KeyKind::Passphrase { salt })
+                (
+                    Key::from_passphrase(p, &salt)?,
+                    KeyKind::Passphrase { salt },
+                )
             }
         };
         let site_id = match (opts.role, opts.site_id) {
@@ -472,7 +476,10 @@ impl Replica {
             KeySource::Passphrase(p) => {
                 let mut salt = [0u8; 16];
                 crate::crypto::random_bytes(&mut salt)?;
-                (Key::from_passphrase(p, &salt)?, KeyKind::Passphrase { salt })
+                (
+                    Key::from_passphrase(p, &salt)?,
+                    KeyKind::Passphrase { salt },
+                )
             }
         };
         if matches!(kind, KeyKind::File) {
@@ -495,7 +502,8 @@ impl Replica {
             keyring.audit = new_master.wrap(b"audit", &self.keys.audit)?;
             if let Some(w) = &keyring.signing {
                 let k = old.unwrap_key(b"signing", w)?;
-                keyring.signing = Some(serde_bytes::ByteBuf::from(new_master.wrap(b"signing", &k)?));
+                keyring.signing =
+                    Some(serde_bytes::ByteBuf::from(new_master.wrap(b"signing", &k)?));
             }
             meta.insert(meta_key::KEYRING, postcard::to_stdvec(&keyring)?.as_slice())?;
             let mut dk = txn.open_table(DOSSIER_KEYS)?;
@@ -541,7 +549,11 @@ impl Replica {
 
     /// The host public key this replica trusts, if pinned.
     pub fn host_key(&self) -> Result<Option<[u8; 32]>> {
-        Ok(self.host_key.read().map_err(lock_err)?.map(|k| k.to_bytes()))
+        Ok(self
+            .host_key
+            .read()
+            .map_err(lock_err)?
+            .map(|k| k.to_bytes()))
     }
 
     fn blind(&self, ins: &Ins) -> [u8; 32] {
@@ -574,13 +586,17 @@ impl Replica {
         let txn = self.begin_write()?;
         {
             let mut pros = txn.open_table(PROS)?;
-            let sealed = self
-                .keys
-                .registry
-                .seal(&aad(&[b"pro", p.rpps.as_str().as_bytes()]), &postcard::to_stdvec(p)?)?;
+            let sealed = self.keys.registry.seal(
+                &aad(&[b"pro", p.rpps.as_str().as_bytes()]),
+                &postcard::to_stdvec(p)?,
+            )?;
             pros.insert(p.rpps.as_str(), sealed.as_slice())?;
             Self::registry_changed(&txn)?;
-            txn.trace(vec![self.admin_entry("professional-registered", None, None)]);
+            txn.trace(vec![self.admin_entry(
+                "professional-registered",
+                None,
+                None,
+            )]);
         }
         txn.commit()?;
         Ok(())
@@ -599,7 +615,10 @@ impl Replica {
     }
 
     fn open_professional(&self, rpps: &str, sealed: &[u8]) -> Result<Professional> {
-        let plain = self.keys.registry.open(&aad(&[b"pro", rpps.as_bytes()]), sealed)?;
+        let plain = self
+            .keys
+            .registry
+            .open(&aad(&[b"pro", rpps.as_bytes()]), sealed)?;
         Ok(postcard::from_bytes(&plain)?)
     }
 
@@ -608,7 +627,8 @@ impl Replica {
         let txn = self.db.begin_read()?;
         let generation = {
             let meta = txn.open_table(META)?;
-            let get = |k: &str| -> Result<u64> { Ok(read_u64(meta.get(k)?.as_ref().map(|g| g.value()))) };
+            let get =
+                |k: &str| -> Result<u64> { Ok(read_u64(meta.get(k)?.as_ref().map(|g| g.value()))) };
             Generation {
                 registry: get(meta_key::REGISTRY_GEN)?,
                 authority_version: get(meta_key::AUTHORITY_VERSION)?,
@@ -623,23 +643,39 @@ impl Replica {
     }
 
     /// Resolves an actor against the registry: an RPPS not registered here is unidentified.
-    fn who(&self, txn: &ReadTransaction, generation: Generation, actor: &Actor) -> Result<(Who, TraceActor)> {
+    fn who(
+        &self,
+        txn: &ReadTransaction,
+        generation: Generation,
+        actor: &Actor,
+    ) -> Result<(Who, TraceActor)> {
         Ok(match actor {
             Actor::Professional(rpps) => {
-                let found = self.cache.professional(generation.registry, rpps.as_str(), || {
-                    match txn.open_table(PROS)?.get(rpps.as_str())? {
-                        Some(v) => Ok(Some(self.open_professional(rpps.as_str(), v.value())?)),
-                        None => Ok(None),
-                    }
-                })?;
+                let found = self
+                    .cache
+                    .professional(generation.registry, rpps.as_str(), || {
+                        match txn.open_table(PROS)?.get(rpps.as_str())? {
+                            Some(v) => Ok(Some(self.open_professional(rpps.as_str(), v.value())?)),
+                            None => Ok(None),
+                        }
+                    })?;
                 match found {
                     Some(p) => (
-                        Who::Professional { rpps: rpps.clone(), profession: p.profession },
-                        TraceActor::Professional { rpps: rpps.clone(), profession: Some(p.profession) },
+                        Who::Professional {
+                            rpps: rpps.clone(),
+                            profession: p.profession,
+                        },
+                        TraceActor::Professional {
+                            rpps: rpps.clone(),
+                            profession: Some(p.profession),
+                        },
                     ),
                     None => (
                         Who::Unidentified,
-                        TraceActor::Professional { rpps: rpps.clone(), profession: None },
+                        TraceActor::Professional {
+                            rpps: rpps.clone(),
+                            profession: None,
+                        },
                     ),
                 }
             }
@@ -650,9 +686,15 @@ impl Replica {
     }
 
     /// A dossier's data key, through the cache.
-    fn key_for(&self, txn: &ReadTransaction, generation: Generation, bi: &[u8; 32]) -> Result<Option<Key>> {
-        self.cache
-            .dossier_key(generation.registry, bi, || self.dossier_key(&txn.open_table(DOSSIER_KEYS)?, bi))
+    fn key_for(
+        &self,
+        txn: &ReadTransaction,
+        generation: Generation,
+        bi: &[u8; 32],
+    ) -> Result<Option<Key>> {
+        self.cache.dossier_key(generation.registry, bi, || {
+            self.dossier_key(&txn.open_table(DOSSIER_KEYS)?, bi)
+        })
     }
 
     // ---- audit ----
@@ -679,14 +721,22 @@ impl Replica {
     fn begin_write(&self) -> Result<Writer<'_>> {
         let chain = self.chain.lock().map_err(lock_err)?;
         let txn = self.db.begin_write()?;
-        Ok(Writer { replica: self, chain, txn, staged: RefCell::new(Vec::new()) })
+        Ok(Writer {
+            replica: self,
+            chain,
+            txn,
+            staged: RefCell::new(Vec::new()),
+        })
     }
 
     /// Chains and seals one entry at `seq` after `prev`.
     fn chain_record(&self, seq: u64, prev: &[u8; 32], entry: &AuditEntry) -> Result<JournalRecord> {
         let bytes = postcard::to_stdvec(entry)?;
         let hash = crate::audit::chain_hash(&bytes, prev);
-        let sealed = self.keys.audit.seal(&trace_aad(self.config.site_id.0, seq), &bytes)?;
+        let sealed = self
+            .keys
+            .audit
+            .seal(&trace_aad(self.config.site_id.0, seq), &bytes)?;
         Ok(JournalRecord { seq, hash, sealed })
     }
 
@@ -740,9 +790,13 @@ impl Replica {
 
     fn open_trace(&self, origin: u32, seq: u64, row: &[u8]) -> Result<ChainedEntry> {
         let stored: StoredTrace = postcard::from_bytes(row)?;
-        let plain = self.keys.audit.open(&trace_aad(origin, seq), &stored.sealed).map_err(|_| {
-            Error::integrity(format!("trace entry {seq} of site {origin} was altered"))
-        })?;
+        let plain = self
+            .keys
+            .audit
+            .open(&trace_aad(origin, seq), &stored.sealed)
+            .map_err(|_| {
+                Error::integrity(format!("trace entry {seq} of site {origin} was altered"))
+            })?;
         Ok(ChainedEntry {
             seq,
             hash: stored.hash,
@@ -764,7 +818,9 @@ impl Replica {
         for row in table.iter()? {
             let o = row?.0.value().0;
             if !origins.contains(&o) {
-                return Err(Error::integrity(format!("trace entries of site {o} have no chain head")));
+                return Err(Error::integrity(format!(
+                    "trace entries of site {o} have no chain head"
+                )));
             }
         }
         let mut total = 0;
@@ -780,9 +836,13 @@ impl Replica {
                 let (k, v) = row?;
                 let seq = k.value().1;
                 let stored: StoredTrace = postcard::from_bytes(v.value())?;
-                let plain = self.keys.audit.open(&trace_aad(origin, seq), &stored.sealed).map_err(
-                    |_| Error::integrity(format!("trace entry {seq} of site {origin} was altered")),
-                )?;
+                let plain = self
+                    .keys
+                    .audit
+                    .open(&trace_aad(origin, seq), &stored.sealed)
+                    .map_err(|_| {
+                        Error::integrity(format!("trace entry {seq} of site {origin} was altered"))
+                    })?;
                 decoded.push((seq, stored.hash, plain.to_vec()));
             }
             total += crate::audit::verify_chain(
@@ -814,10 +874,12 @@ impl Replica {
     fn reload_matrix(&self) -> Result<()> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(AUTHORITY)?;
-        if let Some(v) = self.authority_get(&table, &subject_key(tag::MATRIX, None, None))? {
-            if let crate::authority::AuthorityRecord::Matrix(m) = v.record {
-                *self.matrix.write().map_err(lock_err)? = Arc::new(m);
-            }
+        if let Some(Verified {
+            record: AuthorityRecord::Matrix(m),
+            ..
+        }) = self.authority_get(&table, &subject_key(tag::MATRIX, None, None))?
+        {
+            *self.matrix.write().map_err(lock_err)? = Arc::new(m);
         }
         Ok(())
     }
@@ -859,7 +921,12 @@ impl Writer<'_> {
     /// Commits: journaled entries, then staged ones, then the transaction. The chain head in
     /// memory moves only once the commit succeeded.
     fn commit(self) -> Result<()> {
-        let Writer { replica, mut chain, txn, staged } = self;
+        let Writer {
+            replica,
+            mut chain,
+            txn,
+            staged,
+        } = self;
         let staged = staged.into_inner();
         let moved = chain.pending.len();
         let (mut seq, mut prev) = (chain.seq, chain.prev);
@@ -867,14 +934,20 @@ impl Writer<'_> {
             let origin = replica.config.site_id.0;
             let mut table = txn.open_table(AUDIT)?;
             for r in &chain.pending {
-                let row = postcard::to_stdvec(&StoredTrace { hash: r.hash, sealed: r.sealed.clone() })?;
+                let row = postcard::to_stdvec(&StoredTrace {
+                    hash: r.hash,
+                    sealed: r.sealed.clone(),
+                })?;
                 table.insert((origin, r.seq), row.as_slice())?;
             }
             for e in &staged {
                 seq += 1;
                 let r = replica.chain_record(seq, &prev, e)?;
                 prev = r.hash;
-                let row = postcard::to_stdvec(&StoredTrace { hash: r.hash, sealed: r.sealed })?;
+                let row = postcard::to_stdvec(&StoredTrace {
+                    hash: r.hash,
+                    sealed: r.sealed,
+                })?;
                 table.insert((origin, seq), row.as_slice())?;
             }
             txn.open_table(AUDIT_HEADS)?

@@ -72,7 +72,10 @@ impl Replica {
             return Err(Error::invalid("a replica does not apply its own changes"));
         }
         let txn = self.begin_write()?;
-        let last = txn.open_table(APPLIED)?.get(origin.0)?.map_or(0, |v| v.value());
+        let last = txn
+            .open_table(APPLIED)?
+            .get(origin.0)?
+            .map_or(0, |v| v.value());
         if seq <= last {
             return Ok(Applied::Duplicate);
         }
@@ -87,16 +90,24 @@ impl Replica {
                 let bi = self.blind(&remote.facts.ins);
                 let status = {
                     let authority = txn.open_table(AUTHORITY)?;
-                    match self.authority_get(&authority, &subject_key(tag::DOSSIER, Some(&bi), None))? {
+                    match self
+                        .authority_get(&authority, &subject_key(tag::DOSSIER, Some(&bi), None))?
+                    {
                         Some(v) => match v.record {
                             crate::authority::AuthorityRecord::Dossier(h) => h.status,
-                            _ => return Err(Error::integrity("a dossier record has the wrong kind")),
+                            _ => {
+                                return Err(Error::integrity(
+                                    "a dossier record has the wrong kind",
+                                ));
+                            }
                         },
                         None => return Err(Self::no_dossier()),
                     }
                 };
                 if status != DossierStatus::Active {
-                    return Err(Error::invalid("the dossier is closed here: the document is returned to its site"));
+                    return Err(Error::invalid(
+                        "the dossier is closed here: the document is returned to its site",
+                    ));
                 }
                 let key = self
                     .dossier_key(&txn.open_table(DOSSIER_KEYS)?, &bi)?
@@ -118,7 +129,8 @@ impl Replica {
                     }
                     None => {
                         self.put_meta(&mut docs, &key, &bi, 1, remote)?;
-                        txn.open_table(DOSSIER_DOCS)?.insert(dossier_doc_key(&bi, &id.0).as_slice(), ())?;
+                        txn.open_table(DOSSIER_DOCS)?
+                            .insert(dossier_doc_key(&bi, &id.0).as_slice(), ())?;
                     }
                 }
             }
@@ -142,8 +154,12 @@ impl Replica {
         let txn = self.begin_write()?;
         let (snap, generation) = self.snapshot()?;
         let (_, key, meta) = self.load_doc(&snap, generation, id)?;
-        if body.len() as u64 != meta.facts.size || *blake3::hash(body).as_bytes() != meta.facts.content_hash {
-            return Err(Error::integrity(format!("the body received for document {id} does not match its content hash")));
+        if body.len() as u64 != meta.facts.size
+            || *blake3::hash(body).as_bytes() != meta.facts.content_hash
+        {
+            return Err(Error::integrity(format!(
+                "the body received for document {id} does not match its content hash"
+            )));
         }
         self.put_body(&mut txn.open_table(BODIES)?, &key, id, body)?;
         txn.commit()?;

@@ -54,9 +54,17 @@ fn init(dir: &TempDir, role: Role, site: Option<u32>) -> Replica {
 }
 
 fn register(r: &Replica) {
-    for (rpps, p) in [(doctor(), Profession::Medecin), (nurse(), Profession::Infirmier)] {
-        r.add_professional(&Professional { rpps, profession: p, specialty: None, name: None })
-            .expect("pro");
+    for (rpps, p) in [
+        (doctor(), Profession::Medecin),
+        (nurse(), Profession::Infirmier),
+    ] {
+        r.add_professional(&Professional {
+            rpps,
+            profession: p,
+            specialty: None,
+            name: None,
+        })
+        .expect("pro");
     }
 }
 
@@ -74,10 +82,12 @@ fn host_and_site() -> (TempDir, Replica, TempDir, Replica) {
         mask_new_by_default: false,
     })
     .expect("dossier");
-    host.set_grant(&ins(), &doctor(), GrantState::Active, true).expect("grant");
+    host.set_grant(&ins(), &doctor(), GrantState::Active, true)
+        .expect("grant");
     let site = init(&sd, Role::Site, Some(7));
     register(&site);
-    site.import_authority(&host.export_authority().expect("export")).expect("import");
+    site.import_authority(&host.export_authority().expect("export"))
+        .expect("import");
     (hd, host, sd, site)
 }
 
@@ -95,8 +105,14 @@ fn doc(title: &str, body: &[u8]) -> NewDocument {
 }
 
 fn write(r: &Replica, title: &str, body: &[u8]) -> DocId {
-    r.put_document(&Actor::Professional(doctor()), AccessMode::Normal, None, &ins(), doc(title, body))
-        .expect("put")
+    r.put_document(
+        &Actor::Professional(doctor()),
+        AccessMode::Normal,
+        None,
+        &ins(),
+        doc(title, body),
+    )
+    .expect("put")
 }
 
 /// Sends `from`'s outbox (metadata, then bodies) to `to`; returns how many changes were applied.
@@ -104,7 +120,11 @@ fn ship(from: &Replica, to: &Replica) -> usize {
     let changes = from.outbox(0, usize::MAX).expect("outbox");
     let mut applied = 0;
     for (seq, change) in &changes {
-        if to.apply_remote(from.config().site_id, *seq, change).expect("apply") == Applied::Applied {
+        if to
+            .apply_remote(from.config().site_id, *seq, change)
+            .expect("apply")
+            == Applied::Applied
+        {
             applied += 1;
         }
     }
@@ -117,7 +137,8 @@ fn ship(from: &Replica, to: &Replica) -> usize {
 }
 
 fn metas(r: &Replica) -> Vec<crate::merge::DocumentMeta> {
-    r.list_documents(&Actor::Professional(doctor()), &ins()).expect("list")
+    r.list_documents(&Actor::Professional(doctor()), &ins())
+        .expect("list")
 }
 
 #[test]
@@ -130,30 +151,56 @@ fn two_replicas_exchanging_outboxes_converge() {
     assert_eq!(metas(&host), metas(&site));
     assert_eq!(metas(&host).len(), 2);
     let actor = Actor::Professional(doctor());
-    assert_eq!(&site.read_document(&actor, &a, AccessMode::Normal, None).expect("read").body[..], b"host body");
-    assert_eq!(&host.read_document(&actor, &b, AccessMode::Normal, None).expect("read").body[..], b"site body");
+    assert_eq!(
+        &site
+            .read_document(&actor, &a, AccessMode::Normal, None)
+            .expect("read")
+            .body[..],
+        b"host body"
+    );
+    assert_eq!(
+        &host
+            .read_document(&actor, &b, AccessMode::Normal, None)
+            .expect("read")
+            .body[..],
+        b"site body"
+    );
 
     // Concurrent mask at the site and unmask at the host converge to masked.
-    host.update_document(&actor, &a, Action::Mask).expect("mask");
+    host.update_document(&actor, &a, Action::Mask)
+        .expect("mask");
     let seen = host.outbox(0, usize::MAX).expect("outbox").len();
     ship(&host, &site);
-    host.update_document(&actor, &a, Action::Unmask).expect("unmask");
-    site.update_document(&actor, &a, Action::HideFromPatient).expect("hide");
-    site.update_document(&actor, &a, Action::Mask).expect("mask again");
+    host.update_document(&actor, &a, Action::Unmask)
+        .expect("unmask");
+    site.update_document(&actor, &a, Action::HideFromPatient)
+        .expect("hide");
+    site.update_document(&actor, &a, Action::Mask)
+        .expect("mask again");
     ship(&host, &site);
     ship(&site, &host);
     assert!(seen > 0);
     assert_eq!(metas(&host), metas(&site));
-    let m = metas(&host).into_iter().find(|m| m.facts.id == a).expect("doc");
+    let m = metas(&host)
+        .into_iter()
+        .find(|m| m.facts.id == a)
+        .expect("doc");
     assert!(m.state().flags.masque_ps && m.state().flags.invisible_patient);
 
     // Concurrent replacements of the same document both survive and are a conflict.
-    let r1 = host.replace_document(&actor, &b, doc("v2 host", b"2h")).expect("replace");
-    let r2 = site.replace_document(&actor, &b, doc("v2 site", b"2s")).expect("replace");
+    let r1 = host
+        .replace_document(&actor, &b, doc("v2 host", b"2h"))
+        .expect("replace");
+    let r2 = site
+        .replace_document(&actor, &b, doc("v2 site", b"2s"))
+        .expect("replace");
     ship(&host, &site);
     ship(&site, &host);
     assert_eq!(metas(&host), metas(&site));
-    let old = metas(&site).into_iter().find(|m| m.facts.id == b).expect("old");
+    let old = metas(&site)
+        .into_iter()
+        .find(|m| m.facts.id == b)
+        .expect("old");
     assert!(old.has_replacement_conflict());
     assert_eq!(old.state().successors, [r1, r2].into_iter().collect());
 }
@@ -166,15 +213,32 @@ fn apply_remote_is_exactly_once_and_refuses_gaps() {
     let changes = site.outbox(0, 10).expect("outbox");
     assert_eq!(changes.len(), 2);
     let origin = site.config().site_id;
-    assert!(host.apply_remote(origin, changes[1].0, &changes[1].1).is_err(), "gap refused");
-    assert_eq!(host.apply_remote(origin, changes[0].0, &changes[0].1).ok(), Some(Applied::Applied));
-    assert_eq!(host.apply_remote(origin, changes[0].0, &changes[0].1).ok(), Some(Applied::Duplicate));
-    assert_eq!(host.apply_remote(origin, changes[1].0, &changes[1].1).ok(), Some(Applied::Applied));
+    assert!(
+        host.apply_remote(origin, changes[1].0, &changes[1].1)
+            .is_err(),
+        "gap refused"
+    );
+    assert_eq!(
+        host.apply_remote(origin, changes[0].0, &changes[0].1).ok(),
+        Some(Applied::Applied)
+    );
+    assert_eq!(
+        host.apply_remote(origin, changes[0].0, &changes[0].1).ok(),
+        Some(Applied::Duplicate)
+    );
+    assert_eq!(
+        host.apply_remote(origin, changes[1].0, &changes[1].1).ok(),
+        Some(Applied::Applied)
+    );
     site.ack_outbox(changes[1].0).expect("ack");
     assert_eq!(site.outbox_len().expect("len"), 0);
     write(&site, "three", b"3");
     let next = site.outbox(0, 10).expect("outbox");
-    assert_eq!(next[0].0, changes[1].0 + 1, "sequence numbers are never reused");
+    assert_eq!(
+        next[0].0,
+        changes[1].0 + 1,
+        "sequence numbers are never reused"
+    );
 }
 
 #[test]
@@ -187,8 +251,13 @@ fn concurrent_audited_reads_are_all_traced() {
             let host = host.clone();
             std::thread::spawn(move || {
                 for _ in 0..20 {
-                    host.read_document(&Actor::Professional(doctor()), &id, AccessMode::Normal, None)
-                        .expect("read");
+                    host.read_document(
+                        &Actor::Professional(doctor()),
+                        &id,
+                        AccessMode::Normal,
+                        None,
+                    )
+                    .expect("read");
                 }
             })
         })
@@ -220,7 +289,10 @@ fn newer_format_is_refused() {
         txn.commit().expect("commit");
     }
     let err = Replica::open(d.path(), &KeySource::File, clock()).expect_err("refused");
-    assert!(matches!(&err, Error::Invalid(m) if m.contains("newer")), "{err}");
+    assert!(
+        matches!(&err, Error::Invalid(m) if m.contains("newer")),
+        "{err}"
+    );
 }
 
 #[test]
@@ -229,7 +301,13 @@ fn rotation_rewraps_keys_and_passphrases_are_checked() {
     let pass = |p: &str| KeySource::Passphrase(Zeroizing::new(p.to_string()));
     let mut host = Replica::init(
         d.path(),
-        InitOptions { role: Role::Host, name: "h".into(), site_id: None, key: pass("first"), host_key: None },
+        InitOptions {
+            role: Role::Host,
+            name: "h".into(),
+            site_id: None,
+            key: pass("first"),
+            host_key: None,
+        },
         clock(),
     )
     .expect("init");
@@ -243,39 +321,69 @@ fn rotation_rewraps_keys_and_passphrases_are_checked() {
         mask_new_by_default: false,
     })
     .expect("dossier");
-    host.set_grant(&ins(), &doctor(), GrantState::Active, true).expect("grant");
+    host.set_grant(&ins(), &doctor(), GrantState::Active, true)
+        .expect("grant");
     let id = write(&host, "doc", b"body");
     host.rotate_master_key(&pass("second")).expect("rotate");
     drop(host);
-    assert!(matches!(Replica::open(d.path(), &pass("first"), clock()), Err(Error::Key(_))));
-    assert!(matches!(Replica::open(d.path(), &KeySource::File, clock()), Err(Error::Key(_))));
+    assert!(matches!(
+        Replica::open(d.path(), &pass("first"), clock()),
+        Err(Error::Key(_))
+    ));
+    assert!(matches!(
+        Replica::open(d.path(), &KeySource::File, clock()),
+        Err(Error::Key(_))
+    ));
     let mut host = Replica::open(d.path(), &pass("second"), clock()).expect("open");
     let actor = Actor::Professional(doctor());
-    assert_eq!(&host.read_document(&actor, &id, AccessMode::Normal, None).expect("read").body[..], b"body");
+    assert_eq!(
+        &host
+            .read_document(&actor, &id, AccessMode::Normal, None)
+            .expect("read")
+            .body[..],
+        b"body"
+    );
     // Back to a key file.
-    host.rotate_master_key(&KeySource::File).expect("rotate to file");
+    host.rotate_master_key(&KeySource::File)
+        .expect("rotate to file");
     drop(host);
     let host = Replica::open(d.path(), &KeySource::File, clock()).expect("open with file");
-    assert_eq!(&host.read_document(&actor, &id, AccessMode::Normal, None).expect("read").body[..], b"body");
+    assert_eq!(
+        &host
+            .read_document(&actor, &id, AccessMode::Normal, None)
+            .expect("read")
+            .body[..],
+        b"body"
+    );
 }
 
 #[test]
 fn closure_on_a_site_purges_and_leaves_a_receipt() {
     let (_hd, host, _sd, site) = host_and_site();
     let id = write(&site, "doc", b"secret body");
-    host.close_dossier(&ins(), "holder's request").expect("close");
-    let report = site.import_authority(&host.export_authority().expect("export")).expect("import");
+    host.close_dossier(&ins(), "holder's request")
+        .expect("close");
+    let report = site
+        .import_authority(&host.export_authority().expect("export"))
+        .expect("import");
     assert_eq!(report.purged, 1);
     assert!(!site.has_dossier_key(&ins()).expect("key"));
     assert!(site.purge_receipt(&ins()).expect("receipt").is_some());
     let err = site
-        .read_document(&Actor::Professional(doctor()), &id, AccessMode::Normal, None)
+        .read_document(
+            &Actor::Professional(doctor()),
+            &id,
+            AccessMode::Normal,
+            None,
+        )
         .expect_err("gone");
     assert!(matches!(err, Error::NotFound(_)), "{err}");
     assert!(site.body_for_sync(&id).is_err());
     site.verify_audit().expect("trace intact after purge");
     // The host archives: access is denied (row 1), the documents are kept until purge.
-    let err = host.list_documents(&Actor::Professional(doctor()), &ins()).expect_err("closed");
+    let err = host
+        .list_documents(&Actor::Professional(doctor()), &ins())
+        .expect_err("closed");
     assert!(matches!(err, Error::Denied { rule: 1, .. }), "{err}");
     host.purge_dossier(&ins()).expect("purge");
     assert!(!host.has_dossier_key(&ins()).expect("key"));
@@ -287,10 +395,19 @@ fn a_denied_batch_writes_nothing_but_traces() {
     let stranger = Actor::Professional(Rpps::parse("19999999999").expect("rpps"));
     let before = host.outbox_len().expect("len");
     let err = host
-        .put_documents(&stranger, AccessMode::Normal, None, vec![(ins(), doc("x", b"x"))])
+        .put_documents(
+            &stranger,
+            AccessMode::Normal,
+            None,
+            vec![(ins(), doc("x", b"x"))],
+        )
         .expect_err("denied");
     assert!(matches!(err, Error::Denied { rule: 12, .. }), "{err}");
     assert_eq!(host.outbox_len().expect("len"), before);
-    let last = host.audit_entries(None).expect("audit").pop().expect("entry");
+    let last = host
+        .audit_entries(None)
+        .expect("audit")
+        .pop()
+        .expect("entry");
     assert!(!last.entry.allowed && last.entry.rule == 12);
 }
