@@ -205,6 +205,7 @@ pub enum EmergencyCmd {
 pub enum ModeArg {
     Normal,
     BreakGlass,
+    #[value(name = "centre-15")]
     Centre15,
 }
 
