@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use carnet_store::ids::{DocId, Ins, InsKind, Rpps};
 use carnet_store::model::{
-    AccessMode, Actor, DocClass, GrantState, HolderKind, Identity, IdentityStatus, Profession,
-    Professional, Sex,
+    AccessMode, Actor, DocClass, GrantBasis, GrantState, HolderKind, Identity, IdentityStatus,
+    Profession, Professional, Sex,
 };
 use carnet_store::replica::{
     InitOptions, KeySource, NewDocument, NewDossier, Replica, Role, system_clock,
@@ -160,7 +160,7 @@ fn setup_replica(dir: &Path) -> Res<(Replica, Ins)> {
         representatives: vec![],
         mask_new_by_default: false,
     })?;
-    r.set_grant(&ins, &doctor()?, GrantState::Active, true)?;
+    r.set_grant(&ins, &doctor()?, GrantState::Active, GrantBasis::Treating)?;
     Ok((r, ins))
 }
 

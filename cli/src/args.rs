@@ -158,9 +158,12 @@ pub enum GrantCmd {
     Add {
         #[command(flatten)]
         target: GrantTarget,
-        /// Médecin traitant, or the same rights.
+        /// Médecin traitant, or the same rights (same as --basis treating).
         #[arg(long)]
         treating: bool,
+        /// treating, care-team or consent.
+        #[arg(long, default_value = "consent")]
+        basis: String,
     },
     /// Revoke a grant (host).
     Revoke {

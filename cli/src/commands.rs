@@ -11,8 +11,8 @@ use carnet_store::authority::Bundle;
 use carnet_store::ids::{DocId, Ins, InsKind, Rpps, SiteId};
 use carnet_store::merge::DocumentMeta;
 use carnet_store::model::{
-    AccessMode, Actor, Author, DocClass, GrantState, HolderKind, Identity, IdentityStatus,
-    Profession, Professional, Sex,
+    AccessMode, Actor, Author, DocClass, GrantBasis, GrantState, HolderKind, Identity,
+    IdentityStatus, Profession, Professional, Sex,
 };
 use carnet_store::policy::Action;
 use carnet_store::replica::{
@@ -304,7 +304,7 @@ fn dossier_json(d: &DossierInfo) -> Value {
         "closure": h.closure.as_ref().map(|c| json!({"at": format_rfc3339(c.at), "reason": c.reason})),
         "emergency": {"samu": d.emergency.samu_allowed, "btg": d.emergency.btg_allowed,
                       "masked_in_emergency": d.emergency.masked_in_emergency},
-        "grants": d.grants.iter().map(|g| json!({"rpps": g.rpps.as_str(), "state": g.state.as_str(), "treating": g.treating})).collect::<Vec<_>>(),
+        "grants": d.grants.iter().map(grant_json).collect::<Vec<_>>(),
         "documents": d.documents, "authority_seq": d.head_seq,
     })
 }
@@ -384,7 +384,7 @@ fn dossier(cli: &Cli, c: &DossierCmd) -> Result<Reply> {
                     "\n    {} {}{}",
                     g.rpps,
                     g.state.as_str(),
-                    if g.treating {
+                    if g.treating() {
                         " (médecin traitant)"
                     } else {
                         ""
@@ -433,37 +433,78 @@ fn dossier(cli: &Cli, c: &DossierCmd) -> Result<Reply> {
     }
 }
 
+fn grant_json(g: &carnet_store::model::Grant) -> Value {
+    json!({"ins": g.ins.matricule(), "rpps": g.rpps.as_str(), "state": g.state.as_str(),
+           "basis": g.basis.as_str(), "treating": g.treating()})
+}
+
 fn grant(cli: &Cli, c: &GrantCmd) -> Result<Reply> {
     let r = open(cli)?;
-    let (target, state, treating) = match c {
-        GrantCmd::Add { target, treating } => (target, GrantState::Active, *treating),
-        GrantCmd::Revoke { target } => (target, GrantState::Revoked, false),
-        GrantCmd::Block { target } => (target, GrantState::Blocked, false),
+    let (target, state, basis) = match c {
+        GrantCmd::Add {
+            target,
+            treating,
+            basis,
+        } => {
+            let basis = if *treating {
+                GrantBasis::Treating
+            } else {
+                GrantBasis::parse(basis)?
+            };
+            (target, GrantState::Active, Some(basis))
+        }
+        GrantCmd::Revoke { target } => (target, GrantState::Revoked, None),
+        GrantCmd::Block { target } => (target, GrantState::Blocked, None),
         GrantCmd::List { dossier } => {
             let d = r.dossier(&ins(dossier)?)?;
-            let mut human = format!("{:<12} {:<8} TREATING\n", "RPPS", "STATE");
+            let mut human = format!("{:<12} {:<8} BASIS\n", "RPPS", "STATE");
             for g in &d.grants {
                 human += &format!(
                     "{:<12} {:<8} {}\n",
                     g.rpps,
                     g.state.as_str(),
-                    if g.treating { "yes" } else { "no" }
+                    g.basis.as_str()
                 );
             }
-            let list = d.grants.iter().map(|g| json!({"rpps": g.rpps.as_str(), "state": g.state.as_str(), "treating": g.treating}));
-            return Ok(Reply::new(human.trim_end(), Value::Array(list.collect())));
+            if d.grants.is_empty() {
+                human += "(no grant)";
+            }
+            return Ok(Reply::new(
+                human.trim_end(),
+                Value::Array(d.grants.iter().map(grant_json).collect()),
+            ));
         }
     };
     let (i, p) = (ins(&target.dossier)?, rpps(&target.rpps)?);
-    r.set_grant(&i, &p, state, treating)?;
+    // A revocation or block keeps the basis it ends, for the record.
+    let basis = match basis {
+        Some(b) => b,
+        None => r
+            .dossier(&i)?
+            .grants
+            .iter()
+            .find(|g| g.rpps == p)
+            .map_or(GrantBasis::Consent, |g| g.basis),
+    };
+    r.set_grant(&i, &p, state, basis)?;
+    let g = r
+        .dossier(&i)?
+        .grants
+        .into_iter()
+        .find(|g| g.rpps == p)
+        .ok_or_else(|| Failure::Store(Error::NotFound("grant".into())))?;
     Ok(Reply::new(
         format!(
-            "grant of {p} on {}: {}{}",
+            "grant of {p} on {}: {} ({})",
             i.matricule(),
             state.as_str(),
-            if treating { " (médecin traitant)" } else { "" }
+            if g.treating() {
+                "médecin traitant"
+            } else {
+                basis.as_str()
+            }
         ),
-        json!({"ins": i.matricule(), "rpps": p.as_str(), "state": state.as_str(), "treating": treating}),
+        grant_json(&g),
     ))
 }
 

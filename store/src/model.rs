@@ -207,11 +207,30 @@ pub struct Grant {
     pub rpps: Rpps,
     /// Active, revoked or blocked.
     pub state: GrantState,
-    /// Médecin traitant, or one given the same rights (row 4).
-    pub treating: bool,
+    /// Why the professional has access.
+    pub basis: GrantBasis,
     /// When the host issued this state.
     pub issued_at: Millis,
 }
+
+impl Grant {
+    /// An active grant with the médecin traitant's rights (row 4).
+    pub fn treating(&self) -> bool {
+        self.state == GrantState::Active && self.basis == GrantBasis::Treating
+    }
+}
+
+named_enum!(
+    /// The basis of a grant.
+    GrantBasis {
+        /// Médecin traitant, or one given the same rights by the holder (row 4).
+        Treating = "treating",
+        /// Member of the care team (équipe de soins) around the holder.
+        CareTeam = "care-team",
+        /// The holder's consent to this professional.
+        Consent = "consent",
+    }
+);
 
 /// A document class code (DOMAIN §2, JDV_J57).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

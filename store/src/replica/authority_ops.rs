@@ -15,8 +15,8 @@ use crate::crypto::{Key, aad};
 use crate::error::{Error, Result};
 use crate::ids::{Ins, InsKind, Rpps};
 use crate::model::{
-    Closure, DossierHead, DossierStatus, EmergencyPrefs, Grant, GrantState, HabilitationMatrix,
-    HolderKind, Identity,
+    Closure, DossierHead, DossierStatus, EmergencyPrefs, Grant, GrantBasis, GrantState,
+    HabilitationMatrix, HolderKind, Identity,
 };
 
 /// What `import_authority` did.
@@ -263,7 +263,7 @@ impl Replica {
         ins: &Ins,
         rpps: &Rpps,
         state: GrantState,
-        treating: bool,
+        basis: GrantBasis,
     ) -> Result<()> {
         self.signing_key()?;
         let (head, _) = self.head(ins)?;
@@ -276,7 +276,7 @@ impl Replica {
             ins: ins.clone(),
             rpps: rpps.clone(),
             state,
-            treating: treating && state == GrantState::Active,
+            basis,
             issued_at: self.now(),
         };
         self.issue(

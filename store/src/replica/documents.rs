@@ -107,7 +107,7 @@ impl Replica {
                     Some(Verified {
                         record: AuthorityRecord::Grant(g),
                         ..
-                    }) => Some((g.state, g.treating)),
+                    }) => Some((g.state, g.treating())),
                     _ => None,
                 }
             }

@@ -8,7 +8,9 @@ use zeroize::Zeroizing;
 
 use super::*;
 use crate::ids::{DocId, Rpps};
-use crate::model::{AccessMode, DocClass, GrantState, HolderKind, IdentityStatus, Profession, Sex};
+use crate::model::{
+    AccessMode, DocClass, GrantBasis, GrantState, HolderKind, IdentityStatus, Profession, Sex,
+};
 use crate::policy::Action;
 
 fn clock() -> Clock {
@@ -82,7 +84,7 @@ fn host_and_site() -> (TempDir, Replica, TempDir, Replica) {
         mask_new_by_default: false,
     })
     .expect("dossier");
-    host.set_grant(&ins(), &doctor(), GrantState::Active, true)
+    host.set_grant(&ins(), &doctor(), GrantState::Active, GrantBasis::Treating)
         .expect("grant");
     let site = init(&sd, Role::Site, Some(7));
     register(&site);
@@ -321,7 +323,7 @@ fn rotation_rewraps_keys_and_passphrases_are_checked() {
         mask_new_by_default: false,
     })
     .expect("dossier");
-    host.set_grant(&ins(), &doctor(), GrantState::Active, true)
+    host.set_grant(&ins(), &doctor(), GrantState::Active, GrantBasis::Treating)
         .expect("grant");
     let id = write(&host, "doc", b"body");
     host.rotate_master_key(&pass("second")).expect("rotate");
