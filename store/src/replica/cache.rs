@@ -7,9 +7,10 @@
 //! and an older snapshot never fills it, so a cached value is always the committed value of
 //! the snapshot asking. Bounded: cleared when it holds `MAX_ENTRIES`.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 
 use crate::authority::Verified;
 use crate::crypto::Key;
@@ -34,7 +35,7 @@ impl Maps {
 
 /// See the module doc.
 #[derive(Default)]
-pub struct RegistryCache(Mutex<Maps>);
+pub struct RegistryCache(RwLock<Maps>);
 
 impl std::fmt::Debug for RegistryCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -43,21 +44,27 @@ impl std::fmt::Debug for RegistryCache {
 }
 
 impl RegistryCache {
-    fn get_or_load<K: Hash + Eq + Clone, V: Clone>(
+    fn get_or_load<K, Q, V>(
         &self,
         generation: u64,
-        map: fn(&mut Maps) -> &mut HashMap<K, V>,
-        key: &K,
+        map: fn(&Maps) -> &HashMap<K, V>,
+        map_mut: fn(&mut Maps) -> &mut HashMap<K, V>,
+        key: &Q,
         load: impl FnOnce() -> Result<V>,
-    ) -> Result<V> {
-        if let Ok(mut m) = self.0.lock()
+    ) -> Result<V>
+    where
+        K: Hash + Eq + Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+        V: Clone,
+    {
+        if let Ok(m) = self.0.read()
             && m.generation == generation
-            && let Some(v) = map(&mut m).get(key)
+            && let Some(v) = map(&m).get(key)
         {
             return Ok(v.clone());
         }
         let value = load()?;
-        if let Ok(mut m) = self.0.lock() {
+        if let Ok(mut m) = self.0.write() {
             if generation > m.generation || m.len() >= MAX_ENTRIES {
                 *m = Maps {
                     generation: generation.max(m.generation),
@@ -65,7 +72,7 @@ impl RegistryCache {
                 };
             }
             if m.generation == generation {
-                map(&mut m).insert(key.clone(), value.clone());
+                map_mut(&mut m).insert(key.to_owned(), value.clone());
             }
         }
         Ok(value)
@@ -80,8 +87,9 @@ impl RegistryCache {
     ) -> Result<Option<Arc<Verified>>> {
         self.get_or_load(
             generation,
+            |m| &m.records,
             |m| &mut m.records,
-            &subject.to_vec(),
+            subject,
             || Ok(load()?.map(Arc::new)),
         )
     }
@@ -95,8 +103,9 @@ impl RegistryCache {
     ) -> Result<Option<Arc<Professional>>> {
         self.get_or_load(
             generation,
+            |m| &m.professionals,
             |m| &mut m.professionals,
-            &rpps.to_string(),
+            rpps,
             || Ok(load()?.map(Arc::new)),
         )
     }
@@ -108,6 +117,6 @@ impl RegistryCache {
         bi: &[u8; 32],
         load: impl FnOnce() -> Result<Option<Key>>,
     ) -> Result<Option<Key>> {
-        self.get_or_load(generation, |m| &mut m.keys, bi, load)
+        self.get_or_load(generation, |m| &m.keys, |m| &mut m.keys, bi, load)
     }
 }

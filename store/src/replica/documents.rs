@@ -5,6 +5,8 @@
 //! outbox entry and trace entry in one transaction; a denied request changes nothing but the
 //! trace; a read returns the body only after its trace is durable and its content hash checked.
 
+use std::sync::Arc;
+
 use redb::{ReadTransaction, ReadableTable, Table, WriteTransaction};
 use zeroize::Zeroizing;
 
@@ -68,10 +70,21 @@ pub struct DossierExport {
 
 /// What the policy needs to know about a dossier and the actor's rights on it.
 struct Context {
-    head: DossierHead,
+    /// The verified head record (shared with the cache, not copied).
+    head_record: Arc<Verified>,
     emergency: EmergencyPrefs,
     grant: Option<(GrantState, bool)>,
     authority_version: u64,
+}
+
+impl Context {
+    fn head(&self) -> &DossierHead {
+        match &self.head_record.record {
+            AuthorityRecord::Dossier(h) => h,
+            // `context` only builds a Context around a dossier record.
+            _ => unreachable!("context holds a dossier record"),
+        }
+    }
 }
 
 impl Replica {
@@ -87,11 +100,8 @@ impl Replica {
                 self.authority_get(&txn.open_table(AUTHORITY)?, &subject)
             })
         };
-        let head = match get(subject_key(tag::DOSSIER, Some(bi), None))?.as_deref() {
-            Some(Verified {
-                record: AuthorityRecord::Dossier(h),
-                ..
-            }) => h.clone(),
+        let head_record = match get(subject_key(tag::DOSSIER, Some(bi), None))? {
+            Some(v) if matches!(v.record, AuthorityRecord::Dossier(_)) => v,
             _ => return Err(Self::no_dossier()),
         };
         let emergency = match get(subject_key(tag::EMERGENCY, Some(bi), None))?.as_deref() {
@@ -114,7 +124,7 @@ impl Replica {
             _ => None,
         };
         Ok(Context {
-            head,
+            head_record,
             emergency,
             grant,
             authority_version: generation.authority_version,
@@ -150,8 +160,8 @@ impl Replica {
                 new_class,
             },
             &DossierView {
-                status: ctx.head.status,
-                holder: ctx.head.holder,
+                status: ctx.head().status,
+                holder: ctx.head().holder,
                 grant: ctx.grant,
                 emergency: ctx.emergency,
                 matrix: &matrix,
@@ -162,7 +172,7 @@ impl Replica {
             origin: self.config.site_id,
             actor: actor.clone(),
             action: TraceAction::Access(action),
-            ins: Some(ctx.head.ins.matricule().to_string()),
+            ins: Some(ctx.head().ins.matricule().to_string()),
             doc: doc.map(|d| d.facts.id),
             mode,
             allowed: decision.allow,
@@ -376,7 +386,7 @@ impl Replica {
                 let id = DocId::mint(self.now());
                 entry.doc = Some(id);
                 entries.push(entry);
-                plans.push((bi, key, id, ctx.head.mask_new_by_default, ins, d));
+                plans.push((bi, key, id, ctx.head().mask_new_by_default, ins, d));
             }
         }
         if let Some(d) = denied {
@@ -649,7 +659,7 @@ impl Replica {
             &ins,
             &author,
             self.now(),
-            ctx.head.mask_new_by_default,
+            ctx.head().mask_new_by_default,
             Some(*old_id),
             &doc,
         );
@@ -725,7 +735,7 @@ impl Replica {
                     out.push((meta, body));
                 }
             }
-            (out, ctx.head)
+            (out, ctx.head().clone())
         };
         let traces = self
             .audit_entries(Some(ins))?
