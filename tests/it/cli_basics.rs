@@ -511,6 +511,11 @@ fn grants_add_revoke_block_list() {
         c.json(&["grant", "list", "--dossier", &a]),
         serde_json::json!([])
     );
+    assert!(
+        c.ok(&["grant", "list", "--dossier", &a])
+            .stdout
+            .contains("(no grant)")
+    );
 
     let o = c.ok(&[
         "grant",
@@ -528,10 +533,62 @@ fn grants_add_revoke_block_list() {
     let j = c.json(&["grant", "add", "--dossier", &a, "--rpps", PHARMACIST]);
     assert_eq!(
         j,
-        serde_json::json!({"ins": a, "rpps": PHARMACIST, "state": "active", "treating": false})
+        serde_json::json!({"ins": a, "rpps": PHARMACIST, "state": "active", "basis": "consent", "treating": false})
     );
+    let j = c.json(&[
+        "grant",
+        "add",
+        "--dossier",
+        &a,
+        "--rpps",
+        SPECIALIST,
+        "--basis",
+        "care-team",
+    ]);
+    assert_eq!(
+        (j["basis"].clone(), j["treating"].clone()),
+        ("care-team".into(), false.into())
+    );
+    let j = c.json(&[
+        "grant",
+        "add",
+        "--dossier",
+        &a,
+        "--rpps",
+        ER_DOCTOR,
+        "--basis",
+        "treating",
+    ]);
+    assert_eq!(
+        (j["basis"].clone(), j["treating"].clone()),
+        ("treating".into(), true.into())
+    );
+    let o = c.fails(
+        2,
+        &[
+            "grant",
+            "add",
+            "--dossier",
+            &a,
+            "--rpps",
+            ER_DOCTOR,
+            "--basis",
+            "friendship",
+        ],
+    );
+    assert!(o.stderr.contains("friendship"), "{}", o.stderr);
     let j = c.json(&["grant", "revoke", "--dossier", &a, "--rpps", PHARMACIST]);
     assert_eq!(j["state"], "revoked");
+    assert_eq!(
+        j["basis"], "consent",
+        "a revocation keeps the basis it ends"
+    );
+    // A revoked or blocked médecin traitant has no rights left.
+    let j = c.json(&["grant", "block", "--dossier", &a, "--rpps", ER_DOCTOR]);
+    assert_eq!(
+        (j["state"].clone(), j["treating"].clone()),
+        ("blocked".into(), false.into())
+    );
     let j = c.json(&["grant", "block", "--dossier", &a, "--rpps", NURSE]);
     assert_eq!(j["state"], "blocked");
     // Grants may name a professional this replica does not know (they are national).
@@ -556,13 +613,13 @@ fn grants_add_revoke_block_list() {
     assert!(
         human
             .lines()
-            .any(|l| l.starts_with(NURSE) && l.contains("blocked") && l.ends_with("no")),
+            .any(|l| l.starts_with(NURSE) && l.contains("blocked") && l.ends_with("consent")),
         "{human}"
     );
     assert!(
         human
             .lines()
-            .any(|l| l.starts_with(DOCTOR) && l.contains("active") && l.ends_with("yes")),
+            .any(|l| l.starts_with(DOCTOR) && l.contains("active") && l.ends_with("treating")),
         "{human}"
     );
     let show = c.ok(&["dossier", "show", &a]).stdout;

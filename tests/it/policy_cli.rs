@@ -33,19 +33,51 @@ fn last_trace(c: &Carnet, ins: &str, action: &str, doc: &str) -> Value {
         .unwrap_or_else(|| panic!("no {action} trace for {doc}"))
 }
 
-/// Reads `doc` as `who` in `mode` (with `reason`), expects `allowed` by row `rule`, checks the
-/// body when allowed and the trace entry either way.
-fn check(
-    c: &Carnet,
-    ins: &str,
-    doc: &str,
-    body: &[u8],
-    who: &str,
-    mode: &str,
-    reason: Option<&str>,
-    allowed: bool,
-    rule: u64,
-) {
+/// A read request: who reads which document (whose body is known), in which mode, and why.
+#[derive(Debug, Clone, Copy)]
+struct Read<'a> {
+    who: &'a str,
+    doc: &'a str,
+    body: &'a [u8],
+    mode: &'a str,
+    reason: Option<&'a str>,
+}
+
+/// A read in `mode`, with `reason`.
+fn read<'a>(
+    who: &'a str,
+    doc: &'a str,
+    body: &'a [u8],
+    mode: &'a str,
+    reason: Option<&'a str>,
+) -> Read<'a> {
+    Read {
+        who,
+        doc,
+        body,
+        mode,
+        reason,
+    }
+}
+
+/// A normal-mode read.
+fn normal<'a>(who: &'a str, doc: &'a str, body: &'a [u8]) -> Read<'a> {
+    read(who, doc, body, "normal", None)
+}
+
+/// The decision expected: allowed or not, and the row of the table that decides.
+type Expect = (bool, u64);
+
+/// Runs `r` on dossier `ins` and checks the decision against `(allowed, rule)`: the exit code,
+/// the row named, the body when allowed, and the trace entry either way.
+fn check(c: &Carnet, ins: &str, r: Read<'_>, (allowed, rule): Expect) {
+    let Read {
+        who,
+        doc,
+        body,
+        mode,
+        reason,
+    } = r;
     let mut args = vec!["--json", "doc", "get", doc, "--as", who, "--mode", mode];
     if let Some(r) = reason {
         args.extend(["--reason", r]);
@@ -72,7 +104,7 @@ fn check(
     assert_eq!(t["rule"], rule, "{case}: {t}");
     let trace_mode = match mode {
         "break-glass" => "bris_de_glace",
-        "centre15" => "centre_15",
+        "centre-15" => "centre_15",
         m => m,
     };
     assert_eq!(t["mode"], trace_mode, "{case}: {t}");
@@ -105,35 +137,35 @@ fn decision_table_for_reads() {
     );
     let why = Some("patient unconscious, suspected sepsis");
     #[rustfmt::skip]
-    let cases: &[(&str, &str, &[u8], &str, Option<&str>, bool, u64)] = &[
-        // who, document, body, mode, reason, allowed, row
-        (DOCTOR, consult, CONSULT_BODY, "normal", None, true, 4),
-        (DOCTOR, masked, LAB_BODY, "normal", None, true, 4),
-        (SPECIALIST, consult, CONSULT_BODY, "normal", None, true, 6),
-        (SPECIALIST, masked, LAB_BODY, "normal", None, false, 6),
-        (PHARMACIST, prescription, PRESCRIPTION_BODY, "normal", None, true, 6),
-        (PHARMACIST, consult, CONSULT_BODY, "normal", None, false, 6),
-        (PHARMACIST, masked, LAB_BODY, "normal", None, false, 6),
-        (NURSE, consult, CONSULT_BODY, "normal", None, true, 6),
-        (ER_DOCTOR, consult, CONSULT_BODY, "normal", None, false, 11),
-        (ER_DOCTOR, consult, CONSULT_BODY, "break-glass", None, false, 7),
-        (ER_DOCTOR, consult, CONSULT_BODY, "break-glass", Some("   "), false, 7),
-        (ER_DOCTOR, consult, CONSULT_BODY, "break-glass", why, true, 7),
-        (ER_DOCTOR, masked, LAB_BODY, "break-glass", why, false, 7),
-        (PHARMACIST, consult, CONSULT_BODY, "break-glass", why, false, 7),
-        (ER_DOCTOR, consult, CONSULT_BODY, "centre15", why, true, 8),
-        (ER_DOCTOR, consult, CONSULT_BODY, "centre15", None, false, 8),
-        (NURSE, prescription, PRESCRIPTION_BODY, "centre15", why, false, 8),
-        (STRANGER, prescription, PRESCRIPTION_BODY, "normal", None, false, 12),
-        (STRANGER, prescription, PRESCRIPTION_BODY, "break-glass", why, false, 12),
-        (INSURER_DOCTOR, prescription, PRESCRIPTION_BODY, "normal", None, false, 2),
-        (INSURER_DOCTOR, prescription, PRESCRIPTION_BODY, "break-glass", why, false, 2),
-        ("patient", masked, LAB_BODY, "normal", None, true, 9),
-        ("patient", consult, CONSULT_BODY, "break-glass", why, false, 9),
-        ("representative", consult, CONSULT_BODY, "normal", None, false, 12),
+    let cases: &[(Read<'_>, Expect)] = &[
+        // who, document, body, mode, reason; allowed, row
+        (read(DOCTOR, consult, CONSULT_BODY, "normal", None), (true, 4)),
+        (read(DOCTOR, masked, LAB_BODY, "normal", None), (true, 4)),
+        (read(SPECIALIST, consult, CONSULT_BODY, "normal", None), (true, 6)),
+        (read(SPECIALIST, masked, LAB_BODY, "normal", None), (false, 6)),
+        (read(PHARMACIST, prescription, PRESCRIPTION_BODY, "normal", None), (true, 6)),
+        (read(PHARMACIST, consult, CONSULT_BODY, "normal", None), (false, 6)),
+        (read(PHARMACIST, masked, LAB_BODY, "normal", None), (false, 6)),
+        (read(NURSE, consult, CONSULT_BODY, "normal", None), (true, 6)),
+        (read(ER_DOCTOR, consult, CONSULT_BODY, "normal", None), (false, 11)),
+        (read(ER_DOCTOR, consult, CONSULT_BODY, "break-glass", None), (false, 7)),
+        (read(ER_DOCTOR, consult, CONSULT_BODY, "break-glass", Some("   ")), (false, 7)),
+        (read(ER_DOCTOR, consult, CONSULT_BODY, "break-glass", why), (true, 7)),
+        (read(ER_DOCTOR, masked, LAB_BODY, "break-glass", why), (false, 7)),
+        (read(PHARMACIST, consult, CONSULT_BODY, "break-glass", why), (false, 7)),
+        (read(ER_DOCTOR, consult, CONSULT_BODY, "centre-15", why), (true, 8)),
+        (read(ER_DOCTOR, consult, CONSULT_BODY, "centre-15", None), (false, 8)),
+        (read(NURSE, prescription, PRESCRIPTION_BODY, "centre-15", why), (false, 8)),
+        (read(STRANGER, prescription, PRESCRIPTION_BODY, "normal", None), (false, 12)),
+        (read(STRANGER, prescription, PRESCRIPTION_BODY, "break-glass", why), (false, 12)),
+        (read(INSURER_DOCTOR, prescription, PRESCRIPTION_BODY, "normal", None), (false, 2)),
+        (read(INSURER_DOCTOR, prescription, PRESCRIPTION_BODY, "break-glass", why), (false, 2)),
+        (read("patient", masked, LAB_BODY, "normal", None), (true, 9)),
+        (read("patient", consult, CONSULT_BODY, "break-glass", why), (false, 9)),
+        (read("representative", consult, CONSULT_BODY, "normal", None), (false, 12)),
     ];
-    for &(who, doc, body, mode, reason, allowed, rule) in cases {
-        check(c, ins, doc, body, who, mode, reason, allowed, rule);
+    for &(r, expect) in cases {
+        check(c, ins, r, expect);
     }
     assert_eq!(c.json(&["audit", "verify"])["ok"], true);
 }
@@ -305,7 +337,7 @@ fn break_glass_needs_a_reason_and_is_traced() {
             "--as",
             ER_DOCTOR,
             "--mode",
-            "centre15",
+            "centre-15",
             "--reason",
             "r"
         ])
@@ -329,7 +361,7 @@ fn break_glass_needs_a_reason_and_is_traced() {
             "--as",
             ER_DOCTOR,
             "--mode",
-            "centre15",
+            "centre-15",
             "--reason",
             "r",
         ],
@@ -353,7 +385,7 @@ fn a_blocked_professional_is_denied_even_with_break_glass() {
     for (mode, reason) in [
         ("normal", None),
         ("break-glass", Some("urgence vitale")),
-        ("centre15", Some("regulation")),
+        ("centre-15", Some("regulation")),
     ] {
         let mut args = vec![
             "doc",
@@ -455,24 +487,14 @@ fn pharmacist_reads_prescriptions_not_consultation_reports() {
     check(
         c,
         &s.k.ins,
-        &s.k.consult,
-        CONSULT_BODY,
-        PHARMACIST,
-        "normal",
-        None,
-        false,
-        6,
+        normal(PHARMACIST, &s.k.consult, CONSULT_BODY),
+        (false, 6),
     );
     check(
         c,
         &s.k.ins,
-        &s.k.prescription,
-        PRESCRIPTION_BODY,
-        PHARMACIST,
-        "normal",
-        None,
-        true,
-        6,
+        normal(PHARMACIST, &s.k.prescription, PRESCRIPTION_BODY),
+        (true, 6),
     );
     let o = c.fails_once(3, &["doc", "get", &s.k.consult, "--as", PHARMACIST]);
     assert!(o.stderr.contains("may not read this type"), "{}", o.stderr);
@@ -485,25 +507,15 @@ fn patient_cannot_see_a_document_hidden_from_them() {
     check(
         c,
         &s.k.ins,
-        &s.k.consult,
-        CONSULT_BODY,
-        "patient",
-        "normal",
-        None,
-        true,
-        9,
+        normal("patient", &s.k.consult, CONSULT_BODY),
+        (true, 9),
     );
     c.ok(&["doc", "hide-from-patient", &s.k.consult, "--as", DOCTOR]);
     check(
         c,
         &s.k.ins,
-        &s.k.consult,
-        CONSULT_BODY,
-        "patient",
-        "normal",
-        None,
-        false,
-        9,
+        normal("patient", &s.k.consult, CONSULT_BODY),
+        (false, 9),
     );
     let listed = c.json(&["doc", "list", "--dossier", &s.k.ins, "--as", "patient"]);
     assert!(
@@ -518,13 +530,8 @@ fn patient_cannot_see_a_document_hidden_from_them() {
     check(
         c,
         &s.k.ins,
-        &s.k.consult,
-        CONSULT_BODY,
-        SPECIALIST,
-        "normal",
-        None,
-        true,
-        6,
+        normal(SPECIALIST, &s.k.consult, CONSULT_BODY),
+        (true, 6),
     );
 }
 
@@ -565,7 +572,7 @@ fn writes_follow_the_table() {
     for (who, mode, reason, rule) in [
         (STRANGER, "normal", None, 12),
         (INSURER_DOCTOR, "normal", None, 2),
-        (ER_DOCTOR, "centre15", Some("r"), 8),
+        (ER_DOCTOR, "centre-15", Some("r"), 8),
         ("patient", "normal", None, 9),
     ] {
         let o = write(who, mode, reason);
@@ -610,6 +617,6 @@ fn mask_new_documents_by_default() {
         c.json(&["doc", "get", &id, "--as", DOCTOR])["confidentiality"],
         serde_json::json!(["MASQUE_PS"])
     );
-    check(&c, &b, &id, b"x", PHARMACIST, "normal", None, false, 6);
-    check(&c, &b, &id, b"x", "patient", "normal", None, true, 9);
+    check(&c, &b, normal(PHARMACIST, &id, b"x"), (false, 6));
+    check(&c, &b, normal("patient", &id, b"x"), (true, 9));
 }
