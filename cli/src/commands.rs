@@ -517,18 +517,12 @@ fn emergency(cli: &Cli, c: &EmergencyCmd) -> Result<Reply> {
         masked,
     } = c;
     let i = ins(dossier)?;
-    let mut prefs = r.dossier(&i)?.emergency;
-    let allowed = |a: AllowOppose| matches!(a, AllowOppose::Allow);
-    if let Some(v) = samu {
-        prefs.samu_allowed = allowed(*v);
-    }
-    if let Some(v) = btg {
-        prefs.btg_allowed = allowed(*v);
-    }
-    if let Some(v) = masked {
-        prefs.masked_in_emergency = allowed(*v);
-    }
-    r.set_emergency(&i, prefs)?;
+    let allowed = |a: &AllowOppose| matches!(a, AllowOppose::Allow);
+    let prefs = r.update_emergency(&i, |p| {
+        p.samu_allowed = samu.as_ref().map_or(p.samu_allowed, allowed);
+        p.btg_allowed = btg.as_ref().map_or(p.btg_allowed, allowed);
+        p.masked_in_emergency = masked.as_ref().map_or(p.masked_in_emergency, allowed);
+    })?;
     Ok(Reply::new(
         format!(
             "emergency preferences of {}: centre 15 {}, break-glass {}, masked documents in emergency {}",

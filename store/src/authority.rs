@@ -35,6 +35,14 @@ pub enum AuthorityRecord {
     },
     /// The habilitation matrix.
     Matrix(HabilitationMatrix),
+    /// The host destroyed the dossier: it supersedes the head (same subject) and carries no
+    /// identity, so sites that missed the closure still purge their copy.
+    Purged {
+        /// Dossier.
+        ins: Ins,
+        /// When the host purged it.
+        at: crate::time::Millis,
+    },
 }
 
 /// What a record is about: a newer record on the same subject supersedes an older one.
@@ -58,6 +66,7 @@ impl AuthorityRecord {
             AuthorityRecord::Grant(g) => Subject::Grant(g.ins.clone(), g.rpps.clone()),
             AuthorityRecord::Emergency { ins, .. } => Subject::Emergency(ins.clone()),
             AuthorityRecord::Matrix(_) => Subject::Matrix,
+            AuthorityRecord::Purged { ins, .. } => Subject::Dossier(ins.clone()),
         }
     }
 
@@ -68,6 +77,7 @@ impl AuthorityRecord {
             AuthorityRecord::Grant(g) => Some(&g.ins),
             AuthorityRecord::Emergency { ins, .. } => Some(ins),
             AuthorityRecord::Matrix(_) => None,
+            AuthorityRecord::Purged { ins, .. } => Some(ins),
         }
     }
 }

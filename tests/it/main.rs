@@ -21,5 +21,6 @@ mod export;
 mod keys;
 mod policy_cli;
 mod purge;
+mod regressions;
 mod secrecy;
 mod tampering;

@@ -99,17 +99,32 @@ impl Replica {
                 subject_key(tag::EMERGENCY, Some(&self.blind(ins)), None)
             }
             AuthorityRecord::Matrix(_) => subject_key(tag::MATRIX, None, None),
+            AuthorityRecord::Purged { ins, .. } => {
+                subject_key(tag::DOSSIER, Some(&self.blind(ins)), None)
+            }
         }
     }
 
-    /// Stores a verified record if it is newer than the one held. Returns whether it was
-    /// admitted, and, for a closed dossier on a site, that a purge is due.
+    /// Stores a verified record if it is newer than the one held, and newer than the record
+    /// that ended the dossier here if it was purged (so a replayed old bundle cannot bring a
+    /// purged dossier back). Returns whether it was admitted, and, on a site, the dossier to
+    /// purge with the sequence of the record that ended it.
     fn admit(
         &self,
         txn: &WriteTransaction,
         signed: &SignedRecord,
         v: &Verified,
-    ) -> Result<(bool, Option<Ins>)> {
+    ) -> Result<(bool, Option<(Ins, u64)>)> {
+        if let Some(ins) = v.record.ins() {
+            let tombstones = txn.open_table(TOMBSTONES)?;
+            let row = tombstones.get(&self.blind(ins))?;
+            if let Some(t) = row {
+                let receipt: PurgeReceipt = postcard::from_bytes(t.value())?;
+                if receipt.cause_seq >= v.seq {
+                    return Ok((false, None));
+                }
+            }
+        }
         let subject = self.subject_of(&v.record);
         let mut table = txn.open_table(AUTHORITY)?;
         if let Some(old) = self.authority_get(&table, &subject)?
@@ -125,7 +140,13 @@ impl Replica {
         drop(table);
         Self::registry_changed(txn)?;
         Self::bump_meta_u64(txn, meta_key::AUTHORITY_VERSION, Some(v.seq))?;
+        let site = self.config.role == Role::Site;
         let mut purge = None;
+        if let AuthorityRecord::Purged { ins, .. } = &v.record
+            && site
+        {
+            purge = Some((ins.clone(), v.seq));
+        }
         if let AuthorityRecord::Dossier(head) = &v.record {
             let bi = self.blind(&head.ins);
             match head.status {
@@ -144,8 +165,8 @@ impl Replica {
                     txn.open_table(TOMBSTONES)?.remove(&bi)?;
                 }
                 DossierStatus::Closed | DossierStatus::Purged => {
-                    if self.config.role == Role::Site {
-                        purge = Some(head.ins.clone());
+                    if site {
+                        purge = Some((head.ins.clone(), v.seq));
                     }
                 }
             }
@@ -188,7 +209,14 @@ impl Replica {
                 seq,
                 record: AuthorityRecord::Dossier(h),
             }) => Ok((h, seq)),
+            Some(Verified {
+                record: AuthorityRecord::Purged { .. },
+                ..
+            }) => Err(Error::not_found("this dossier was closed and purged")),
             Some(_) => Err(Error::integrity("a dossier record has the wrong kind")),
+            None if txn.open_table(TOMBSTONES)?.get(&self.blind(ins))?.is_some() => {
+                Err(Error::not_found("this dossier was closed and purged here"))
+            }
             None => Err(Self::no_dossier()),
         }
     }
@@ -287,10 +315,15 @@ impl Replica {
         Ok(())
     }
 
-    /// Host: sets a dossier's emergency preferences.
-    pub fn set_emergency(&self, ins: &Ins, prefs: EmergencyPrefs) -> Result<()> {
+    /// Host: changes a dossier's emergency preferences; returns them as now in force.
+    pub fn update_emergency(
+        &self,
+        ins: &Ins,
+        change: impl FnOnce(&mut EmergencyPrefs),
+    ) -> Result<EmergencyPrefs> {
         self.signing_key()?;
-        self.head(ins)?;
+        let mut prefs = self.dossier(ins)?.emergency;
+        change(&mut prefs);
         self.issue(
             AuthorityRecord::Emergency {
                 ins: ins.clone(),
@@ -299,7 +332,7 @@ impl Replica {
             "emergency-preferences",
             None,
         )?;
-        Ok(())
+        Ok(prefs)
     }
 
     /// Host: publishes a new habilitation matrix (its version must grow).
@@ -435,9 +468,10 @@ impl Replica {
             *self.host_key.write().map_err(lock_err)? = Some(key);
         }
         self.reload_matrix()?;
-        for ins in purges {
-            self.purge_rows(&ins, 0)?;
-            report.purged += 1;
+        for (ins, cause_seq) in purges {
+            if self.purge_rows(&ins, cause_seq)? {
+                report.purged += 1;
+            }
         }
         Ok(report)
     }
@@ -454,20 +488,34 @@ impl Replica {
         Ok(())
     }
 
-    /// Host: purges a closed dossier (end of retention, or an early deletion request).
+    /// Host: purges a closed dossier (end of retention, or an early deletion request), then
+    /// publishes a signed `Purged` record so that sites that missed the closure purge too.
     pub fn purge_dossier(&self, ins: &Ins) -> Result<()> {
         self.signing_key()?;
         let (head, seq) = self.head(ins)?;
         if head.status == DossierStatus::Active {
             return Err(Error::invalid("close the dossier before purging it"));
         }
-        self.purge_rows(ins, seq)
+        self.purge_rows(ins, seq)?;
+        let at = self.now();
+        self.issue(
+            AuthorityRecord::Purged {
+                ins: ins.clone(),
+                at,
+            },
+            "dossier-purge-published",
+            None,
+        )?;
+        Ok(())
     }
 
-    /// Destroys the dossier's data key (own commit), then its rows; leaves a tombstone.
-    fn purge_rows(&self, ins: &Ins, cause_seq: u64) -> Result<()> {
+    /// Destroys the dossier's data key (own commit), then its rows; leaves a tombstone whose
+    /// receipt names `cause_seq`, the host record that ended the dossier. Returns whether this
+    /// replica held the dossier.
+    fn purge_rows(&self, ins: &Ins, cause_seq: u64) -> Result<bool> {
         let bi = self.blind(ins);
         let txn = self.begin_write()?;
+        let held = txn.open_table(DOSSIER_KEYS)?.get(&bi)?.is_some();
         txn.open_table(DOSSIER_KEYS)?.remove(&bi)?;
         Self::registry_changed(&txn)?;
         txn.trace(vec![self.admin_entry(
@@ -522,7 +570,7 @@ impl Replica {
             txn.trace(vec![self.admin_entry("dossier-purged", Some(ins), None)]);
         }
         txn.commit()?;
-        Ok(())
+        Ok(held)
     }
 
     /// The purge receipt of a dossier purged here, if any.

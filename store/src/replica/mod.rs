@@ -246,6 +246,20 @@ fn sync_dir(dir: &Path) {
 impl Replica {
     /// Creates a new replica in `dir` (created if missing). Fails if one exists there.
     pub fn init(dir: &Path, opts: InitOptions, clock: Clock) -> Result<Replica> {
+        // Check every input before anything is written.
+        if let Some(k) = &opts.host_key {
+            VerifyingKey::from_bytes(k).map_err(|_| {
+                Error::invalid("--host-key is not an Ed25519 public key: copy the host key that `carnet authority key` prints on the host")
+            })?;
+        }
+        if opts.role == Role::Site && opts.site_id == Some(SiteId::HOST) {
+            return Err(Error::invalid("site id 0 is the host's"));
+        }
+        if let KeySource::Passphrase(p) = &opts.key
+            && p.is_empty()
+        {
+            return Err(Error::Key("the passphrase is empty".into()));
+        }
         fs::create_dir_all(dir)?;
         let db_path = dir.join(DB_FILE);
         if db_path.exists() {
@@ -271,8 +285,7 @@ impl Replica {
         };
         let site_id = match (opts.role, opts.site_id) {
             (Role::Host, _) => SiteId::HOST,
-            (Role::Site, Some(id)) if id != SiteId::HOST => id,
-            (Role::Site, Some(_)) => return Err(Error::invalid("site id 0 is the host's")),
+            (Role::Site, Some(id)) => id,
             (Role::Site, None) => {
                 let mut b = [0u8; 4];
                 crate::crypto::random_bytes(&mut b)?;

@@ -95,6 +95,9 @@ impl Replica {
                     {
                         Some(v) => match v.record {
                             crate::authority::AuthorityRecord::Dossier(h) => h.status,
+                            crate::authority::AuthorityRecord::Purged { .. } => {
+                                DossierStatus::Purged
+                            }
                             _ => {
                                 return Err(Error::integrity(
                                     "a dossier record has the wrong kind",

@@ -101,7 +101,9 @@ pub enum OutboxItem {
 pub struct PurgeReceipt {
     /// When the purge completed.
     pub at: i64,
-    /// Sequence of the host record that caused it (0 for a host-side purge).
+    /// Sequence of the host record that ended the dossier (its closure, or the host's
+    /// `Purged` record for a site that missed the closure). Records of that dossier with a
+    /// sequence at or below it are refused, so a replayed old bundle cannot bring it back.
     pub cause_seq: u64,
 }
 
