@@ -7,8 +7,9 @@
 //! removed, reordered or altered entry — including the last one — breaks `verify_chain`.
 //! Concurrent audited readers share one durable commit through `GroupCommit`.
 
-use std::collections::VecDeque;
-use std::sync::{Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::Thread;
 
 use serde::{Deserialize, Serialize};
 
@@ -140,42 +141,75 @@ pub fn verify_chain<'a>(
 
 /// Most entries one group commit takes; later ones wait for the next commit.
 pub const GROUP_COMMIT_MAX: usize = 4096;
-/// How many failed batches are remembered for waiters that have not woken yet.
-const FAILURES_KEPT: usize = 64;
 
 /// Group commit: concurrent callers each submit one item; one of them (the leader) commits
-/// every pending item in one durable transaction while the others wait, so N concurrent
-/// audited reads cost about one fsync, not N.
+/// every pending item in one durable write while the others sleep, so N concurrent audited
+/// reads cost about one sync, not N. Waiters are parked and woken one by one (no lock to
+/// re-acquire on wake-up), and leadership passes to the oldest waiter when a leader is done.
 ///
-/// Invariant: `submit` returns `Ok` only after the caller's item is durably committed.
+/// Invariant: `submit` returns `Ok` only after the caller's item is durably committed by
+/// `commit`, and returns the batch's error otherwise.
 #[derive(Debug)]
 pub struct GroupCommit<T> {
-    state: Mutex<GcState<T>>,
-    done: Condvar,
+    queue: Mutex<Vec<(T, Arc<Slot>)>>,
+    leader: AtomicBool,
 }
 
 #[derive(Debug)]
-struct GcState<T> {
-    queue: Vec<T>,
-    /// Tickets handed out so far; the queue holds tickets `committed..next`.
-    next: u64,
-    /// Every ticket below this is settled (committed or failed).
-    settled: u64,
-    leader: bool,
-    failures: VecDeque<(u64, u64, String)>,
+struct Slot {
+    /// 0 waiting, 1 committed, 2 failed.
+    state: AtomicU8,
+    error: Mutex<Option<String>>,
+    thread: Thread,
+    /// Set before the state: the batch's threads and this slot's place among them. A woken
+    /// waiter wakes its two children (2i+1, 2i+2), so a batch wakes in a tree of depth log2(n)
+    /// instead of one leader waking every thread in turn.
+    wake: OnceLock<(Arc<[Thread]>, usize)>,
+}
+
+impl Slot {
+    fn settle(&self, result: &Result<()>) {
+        if let Err(e) = result {
+            if let Ok(mut m) = self.error.lock() {
+                *m = Some(e.to_string());
+            }
+            self.state.store(2, Ordering::SeqCst);
+        } else {
+            self.state.store(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Wakes this slot's children in the batch's wake tree.
+    fn wake_children(&self) {
+        if let Some((threads, i)) = self.wake.get() {
+            for child in [2 * i + 1, 2 * i + 2] {
+                if let Some(t) = threads.get(child) {
+                    t.unpark();
+                }
+            }
+        }
+    }
+
+    fn outcome(&self) -> Option<Result<()>> {
+        match self.state.load(Ordering::SeqCst) {
+            0 => None,
+            1 => Some(Ok(())),
+            _ => Some(Err(Error::Storage(
+                self.error
+                    .lock()
+                    .ok()
+                    .and_then(|m| m.clone())
+                    .unwrap_or_else(|| "group commit failed".into()),
+            ))),
+        }
+    }
 }
 
 impl<T> Default for GroupCommit<T> {
     fn default() -> Self {
         GroupCommit {
-            state: Mutex::new(GcState {
-                queue: Vec::new(),
-                next: 0,
-                settled: 0,
-                leader: false,
-                failures: VecDeque::new(),
-            }),
-            done: Condvar::new(),
+            queue: Mutex::new(Vec::new()),
+            leader: AtomicBool::new(false),
         }
     }
 }
@@ -185,41 +219,58 @@ impl<T> GroupCommit<T> {
     /// caller leads the batch), or with the batch's error.
     pub fn submit(&self, item: T, commit: &dyn Fn(Vec<T>) -> Result<()>) -> Result<()> {
         let lock_err = || Error::Storage("group commit lock poisoned".into());
-        let mut st = self.state.lock().map_err(|_| lock_err())?;
-        let ticket = st.next;
-        st.next += 1;
-        st.queue.push(item);
+        let slot = Arc::new(Slot {
+            state: AtomicU8::new(0),
+            error: Mutex::new(None),
+            thread: std::thread::current(),
+            wake: OnceLock::new(),
+        });
+        self.queue
+            .lock()
+            .map_err(|_| lock_err())?
+            .push((item, slot.clone()));
         loop {
-            if ticket < st.settled {
-                return match st
-                    .failures
-                    .iter()
-                    .find(|(a, b, _)| (*a..*b).contains(&ticket))
-                {
-                    Some((_, _, msg)) => Err(Error::Storage(msg.clone())),
-                    None => Ok(()),
-                };
+            if let Some(outcome) = slot.outcome() {
+                slot.wake_children();
+                return outcome;
             }
-            if st.leader {
-                st = self.done.wait(st).map_err(|_| lock_err())?;
+            if self
+                .leader
+                .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                // Lead one batch: ours is in the queue, or was committed by the last leader.
+                let batch: Vec<(T, Arc<Slot>)> = {
+                    let mut q = self.queue.lock().map_err(|_| lock_err())?;
+                    let n = q.len().min(GROUP_COMMIT_MAX);
+                    q.drain(..n).collect()
+                };
+                let (items, slots): (Vec<T>, Vec<Arc<Slot>>) = batch.into_iter().unzip();
+                if !items.is_empty() {
+                    let result = commit(items);
+                    let threads: Arc<[Thread]> = slots.iter().map(|s| s.thread.clone()).collect();
+                    for (i, s) in slots.iter().enumerate() {
+                        let _ = s.wake.set((threads.clone(), i));
+                        s.settle(&result);
+                    }
+                }
+                // Hand on before waking the batch: whoever waits longest leads the next one
+                // while the others of this batch are being woken.
+                self.leader.store(false, Ordering::SeqCst);
+                if let Some((_, next)) = self.queue.lock().map_err(|_| lock_err())?.first() {
+                    next.thread.unpark();
+                }
+                // The root of the wake tree; each woken waiter wakes its children.
+                if let Some(root) = slots.first() {
+                    if Arc::ptr_eq(root, &slot) {
+                        root.wake_children();
+                    } else {
+                        root.thread.unpark();
+                    }
+                }
                 continue;
             }
-            st.leader = true;
-            let take = st.queue.len().min(GROUP_COMMIT_MAX);
-            let batch: Vec<T> = st.queue.drain(..take).collect();
-            let (start, end) = (st.settled, st.settled + take as u64);
-            drop(st);
-            let result = commit(batch);
-            st = self.state.lock().map_err(|_| lock_err())?;
-            st.settled = end;
-            st.leader = false;
-            if let Err(e) = result {
-                if st.failures.len() == FAILURES_KEPT {
-                    st.failures.pop_front();
-                }
-                st.failures.push_back((start, end, e.to_string()));
-            }
-            self.done.notify_all();
+            std::thread::park();
         }
     }
 }
@@ -227,8 +278,7 @@ impl<T> GroupCommit<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
 
     #[test]
     fn chain_detects_removal_reorder_alteration() {

@@ -1,21 +1,24 @@
 //! The trace journal: where audited reads make their trace entries durable.
 //!
 //! A redb commit writes and syncs several pages; a read only needs its trace entry on disk. So
-//! the group-commit leader appends the batch's sealed, chained entries to this append-only file
-//! and syncs it: one small `fdatasync` per batch. The entries move into the `AUDIT` table at the
-//! next write transaction (or every `MERGE_AT` entries, at open, and before the trace is read),
-//! and the journal is then emptied.
+//! the group-commit leader appends the batch's sealed, chained entries to this file and syncs
+//! it: one small `fdatasync` per batch. The file is preallocated (written with zeros once) and
+//! frames overwrite it in place, so a sync never waits for a file-size change. The entries move
+//! into the `AUDIT` table at the next write transaction (or when the journal fills, at open, and
+//! before the trace is read); that transaction also advances the journal *epoch* stored in
+//! `META`, which retires every frame written before it.
 //!
 //! Invariants: the chain head in memory (`TraceChain`) is the one authority on the next sequence
-//! number; it is changed only under its mutex and only after the entries are durable (journal
-//! synced, or redb committed). A batch is one frame: `len (u32 LE) ‖ BLAKE3(payload) ‖ payload`,
-//! with `payload` the postcard of the batch's records. At recovery a bad frame at the end of the
-//! file is a write that was cut short (never acknowledged) and is dropped; a bad frame followed
-//! by more bytes is damage, refused as an integrity failure. Records already in `AUDIT` (sequence
-//! at or below its head) are skipped, so replaying a journal twice is harmless.
+//! number; it moves only under its mutex and only once entries are durable (journal synced, or
+//! redb committed). A frame is `len (u32 LE) ‖ epoch (u32 LE) ‖ BLAKE3(epoch ‖ payload) ‖
+//! payload`, `payload` being the postcard of the batch's records. Recovery reads frames of the
+//! current epoch from the start and stops at the first that does not check: a frame cut short by
+//! a crash was never acknowledged. Records already in `AUDIT` (sequence at or below its head)
+//! are skipped, so replaying a journal is harmless.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -24,10 +27,11 @@ use crate::error::{Error, Result};
 
 /// File name of the journal inside the data folder.
 pub const JOURNAL_FILE: &str = "trace.journal";
+/// Size of the preallocated journal.
+pub const JOURNAL_BYTES: u64 = 8 << 20;
 /// Pending entries that trigger a move into redb.
 pub const MERGE_AT: usize = 8192;
-/// Largest frame accepted at recovery (a batch holds at most `GROUP_COMMIT_MAX` entries).
-const FRAME_MAX: usize = 64 << 20;
+const HEADER: usize = 40;
 
 /// One chained trace entry, sealed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -50,16 +54,26 @@ pub struct TraceChain {
     pub prev: [u8; 32],
     /// Records durable in the journal, not yet in redb.
     pub pending: Vec<JournalRecord>,
+    /// Epoch of the frames written now (as stored in `META`).
+    pub epoch: u32,
+    offset: u64,
     file: File,
 }
 
+fn frame_hash(epoch: u32, payload: &[u8]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(&epoch.to_le_bytes());
+    h.update(payload);
+    *h.finalize().as_bytes()
+}
+
 impl TraceChain {
-    /// Opens (creating if needed) the journal and recovers its records above `head`.
-    pub fn open(dir: &Path, head: (u64, [u8; 32])) -> Result<TraceChain> {
+    /// Opens (creating and preallocating if needed) the journal and recovers the records of
+    /// `epoch` above `head`.
+    pub fn open(dir: &Path, head: (u64, [u8; 32]), epoch: u32) -> Result<TraceChain> {
         let path = dir.join(JOURNAL_FILE);
         let mut opts = OpenOptions::new();
         opts.read(true).write(true).create(true).truncate(false);
-        #[cfg(unix)]
         {
             use std::os::unix::fs::OpenOptionsExt;
             opts.mode(0o600);
@@ -67,12 +81,13 @@ impl TraceChain {
         let mut file = opts.open(&path)?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
-        let (records, good_len) = decode_frames(&bytes)?;
-        if good_len < bytes.len() {
-            file.set_len(good_len as u64)?;
+        if (bytes.len() as u64) < JOURNAL_BYTES {
+            // Real zeros, not a sparse file: later in-place writes change no metadata.
+            let zeros = vec![0u8; (JOURNAL_BYTES - bytes.len() as u64) as usize];
+            file.write_all(&zeros)?;
             file.sync_all()?;
         }
-        file.seek(SeekFrom::End(0))?;
+        let (records, offset) = decode_frames(&bytes, epoch);
         let (mut seq, mut prev) = head;
         let mut pending = Vec::new();
         for r in records {
@@ -93,66 +108,67 @@ impl TraceChain {
             seq,
             prev,
             pending,
+            epoch,
+            offset: offset as u64,
             file,
         })
     }
 
-    /// Appends a batch as one frame and syncs it. On error nothing is acknowledged; the file may
-    /// hold a partial frame, which recovery drops.
+    /// True when a batch of `payload_len` bytes still fits after the frames written.
+    pub fn fits(&self, records: &[JournalRecord]) -> bool {
+        let len: usize = records.iter().map(|r| r.sealed.len() + 48).sum();
+        self.offset + (HEADER + len) as u64 <= JOURNAL_BYTES
+    }
+
+    /// Writes a batch as one frame and syncs it. On error nothing is acknowledged; a partial
+    /// frame fails its check at recovery.
     pub fn append(&mut self, records: &[JournalRecord]) -> Result<()> {
         let payload = postcard::to_stdvec(records)?;
-        let mut frame = Vec::with_capacity(payload.len() + 36);
+        let mut frame = Vec::with_capacity(payload.len() + HEADER);
         frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        frame.extend_from_slice(blake3::hash(&payload).as_bytes());
+        frame.extend_from_slice(&self.epoch.to_le_bytes());
+        frame.extend_from_slice(&frame_hash(self.epoch, &payload));
         frame.extend_from_slice(&payload);
-        self.file.write_all(&frame)?;
+        if self.offset + frame.len() as u64 > JOURNAL_BYTES {
+            return Err(Error::Storage("the trace journal is full".into()));
+        }
+        self.file.write_all_at(&frame, self.offset)?;
         self.file.sync_data()?;
+        self.offset += frame.len() as u64;
         Ok(())
     }
 
-    /// Empties the journal once its records are committed in redb.
-    pub fn truncate(&mut self) -> Result<()> {
-        self.file.set_len(0)?;
-        self.file.seek(SeekFrom::Start(0))?;
-        self.file.sync_data()?;
-        Ok(())
+    /// Starts a new epoch once the pending records are committed in redb with `epoch` stored:
+    /// older frames are retired without touching the file.
+    pub fn restart(&mut self, epoch: u32) {
+        self.epoch = epoch;
+        self.offset = 0;
+        self.pending.clear();
     }
 }
 
-/// Decodes frames; returns the records and the length of the well-formed prefix.
-fn decode_frames(bytes: &[u8]) -> Result<(Vec<JournalRecord>, usize)> {
+/// Decodes the frames of `epoch` from the start; returns the records and where they end.
+fn decode_frames(bytes: &[u8], epoch: u32) -> (Vec<JournalRecord>, usize) {
     let mut records = Vec::new();
     let mut at = 0;
-    while at < bytes.len() {
-        let header_end = at + 36;
-        let frame = (header_end <= bytes.len())
-            .then(|| {
-                let len = u32::from_le_bytes(bytes[at..at + 4].try_into().ok()?) as usize;
-                let end = header_end.checked_add(len)?;
-                (len <= FRAME_MAX && end <= bytes.len()).then_some((len, end))
-            })
-            .flatten();
-        let Some((_, end)) = frame else {
-            // Cut short by a crash: the header or payload runs past the end of the file.
-            return Ok((records, at));
+    loop {
+        let Some(header) = bytes.get(at..at + HEADER) else {
+            return (records, at);
         };
-        let payload = &bytes[header_end..end];
-        let decoded: Option<Vec<JournalRecord>> = (blake3::hash(payload).as_bytes()[..]
-            == bytes[at + 4..header_end])
-            .then(|| postcard::from_bytes(payload).ok())
-            .flatten();
-        match decoded {
-            Some(batch) => records.extend(batch),
-            None if end == bytes.len() => return Ok((records, at)),
-            None => {
-                return Err(Error::integrity(format!(
-                    "the trace journal is damaged at byte {at} (not at its end): restore the data folder from a backup"
-                )));
-            }
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let frame_epoch = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        let Some(payload) = bytes.get(at + HEADER..at + HEADER + len) else {
+            return (records, at);
+        };
+        if frame_epoch != epoch || frame_hash(epoch, payload)[..] != header[8..HEADER] {
+            return (records, at);
         }
-        at = end;
+        match postcard::from_bytes::<Vec<JournalRecord>>(payload) {
+            Ok(batch) => records.extend(batch),
+            Err(_) => return (records, at),
+        }
+        at += HEADER + len;
     }
-    Ok((records, at))
 }
 
 #[cfg(test)]
@@ -167,43 +183,64 @@ mod tests {
         }
     }
 
-    #[test]
-    fn recovers_appended_batches_and_drops_a_torn_tail() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let mut c = TraceChain::open(dir.path(), (0, [0; 32])).expect("open");
-        c.append(&[rec(1), rec(2)]).expect("append");
-        c.append(&[rec(3)]).expect("append");
-        drop(c);
-        // A crash in the middle of the next append.
-        let path = dir.path().join(JOURNAL_FILE);
-        let mut f = OpenOptions::new().append(true).open(&path).expect("file");
-        f.write_all(&[200, 0, 0, 0, 1, 2, 3]).expect("torn");
-        drop(f);
-        let c = TraceChain::open(dir.path(), (0, [0; 32])).expect("reopen");
-        assert_eq!(
-            c.pending.iter().map(|r| r.seq).collect::<Vec<_>>(),
-            vec![1, 2, 3]
-        );
-        assert_eq!(c.seq, 3);
-        // Records already in redb are skipped.
-        drop(c);
-        let c = TraceChain::open(dir.path(), (2, [2; 32])).expect("reopen");
-        assert_eq!(c.pending.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![3]);
+    fn seqs(c: &TraceChain) -> Vec<u64> {
+        c.pending.iter().map(|r| r.seq).collect()
     }
 
     #[test]
-    fn damage_before_the_end_is_refused() {
+    fn recovers_batches_and_drops_a_torn_frame() {
         let dir = tempfile::tempdir().expect("tmp");
-        let mut c = TraceChain::open(dir.path(), (0, [0; 32])).expect("open");
-        c.append(&[rec(1)]).expect("append");
-        c.append(&[rec(2)]).expect("append");
+        let mut c = TraceChain::open(dir.path(), (0, [0; 32]), 1).expect("open");
+        c.append(&[rec(1), rec(2)]).expect("append");
+        c.append(&[rec(3)]).expect("append");
+        let torn_at = c.offset;
         drop(c);
-        let path = dir.path().join(JOURNAL_FILE);
-        let mut bytes = std::fs::read(&path).expect("read");
-        bytes[40] ^= 0xff;
-        std::fs::write(&path, &bytes).expect("write");
+        assert_eq!(
+            std::fs::metadata(dir.path().join(JOURNAL_FILE))
+                .expect("meta")
+                .len(),
+            JOURNAL_BYTES
+        );
+        // A crash in the middle of the next frame: a header whose payload never landed.
+        let f = OpenOptions::new()
+            .write(true)
+            .open(dir.path().join(JOURNAL_FILE))
+            .expect("file");
+        f.write_all_at(&[200, 0, 0, 0, 1, 0, 0, 0, 9, 9], torn_at)
+            .expect("torn");
+        drop(f);
+        let c = TraceChain::open(dir.path(), (0, [0; 32]), 1).expect("reopen");
+        assert_eq!(seqs(&c), vec![1, 2, 3]);
+        assert_eq!((c.seq, c.offset), (3, torn_at));
+        drop(c);
+        // Records already in redb are skipped; another epoch's frames are retired.
+        let c = TraceChain::open(dir.path(), (2, [2; 32]), 1).expect("reopen");
+        assert_eq!(seqs(&c), vec![3]);
+        drop(c);
+        let c = TraceChain::open(dir.path(), (3, [3; 32]), 2).expect("new epoch");
+        assert!(c.pending.is_empty());
+    }
+
+    #[test]
+    fn a_new_epoch_overwrites_from_the_start() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut c = TraceChain::open(dir.path(), (0, [0; 32]), 1).expect("open");
+        c.append(&[rec(1), rec(2), rec(3)]).expect("append");
+        c.restart(2);
+        c.append(&[rec(4)]).expect("append");
+        drop(c);
+        let c = TraceChain::open(dir.path(), (3, [3; 32]), 2).expect("reopen");
+        assert_eq!(seqs(&c), vec![4]);
+    }
+
+    #[test]
+    fn a_gap_in_the_chain_is_refused() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut c = TraceChain::open(dir.path(), (0, [0; 32]), 1).expect("open");
+        c.append(&[rec(1), rec(3)]).expect("append");
+        drop(c);
         assert!(matches!(
-            TraceChain::open(dir.path(), (0, [0; 32])),
+            TraceChain::open(dir.path(), (0, [0; 32]), 1),
             Err(Error::Integrity(_))
         ));
     }

@@ -177,7 +177,7 @@ pub struct Replica {
     host_key: RwLock<Option<VerifyingKey>>,
     matrix: RwLock<Arc<HabilitationMatrix>>,
     clock: Clock,
-    audit_commit: GroupCommit<AuditEntry>,
+    audit_commit: GroupCommit<PreparedTrace>,
     cache: cache::RegistryCache,
 }
 
@@ -423,7 +423,13 @@ impl Replica {
                 None => (0, [0; 32]),
             }
         };
-        let chain = Mutex::new(TraceChain::open(dir, head)?);
+        let epoch = {
+            let txn = db.begin_read()?;
+            let meta = txn.open_table(META)?;
+            let v = meta.get(meta_key::JOURNAL_EPOCH)?;
+            read_u64(v.as_ref().map(|g| g.value())) as u32
+        };
+        let chain = Mutex::new(TraceChain::open(dir, head, epoch)?);
         let replica = Replica {
             chain,
             db,
@@ -742,41 +748,93 @@ impl Replica {
         })
     }
 
-    /// Chains and seals one entry at `seq` after `prev`.
-    fn chain_record(&self, seq: u64, prev: &[u8; 32], entry: &AuditEntry) -> Result<JournalRecord> {
-        let bytes = postcard::to_stdvec(entry)?;
-        let hash = crate::audit::chain_hash(&bytes, prev);
+    /// Encodes and seals an entry: the costly part, done by each caller in parallel. The
+    /// sealed bytes are bound to the origin; their place in the chain is bound by the chain hash.
+    fn prepare_trace(&self, entry: &AuditEntry) -> Result<PreparedTrace> {
+        let bytes = Zeroizing::new(postcard::to_stdvec(entry)?);
         let sealed = self
             .keys
             .audit
-            .seal(&trace_aad(self.config.site_id.0, seq), &bytes)?;
-        Ok(JournalRecord { seq, hash, sealed })
+            .seal(&trace_aad(self.config.site_id.0), &bytes)?;
+        Ok(PreparedTrace { bytes, sealed })
     }
 
     /// Makes `entry` durable, sharing one journal sync with concurrent callers.
     fn trace_durably(&self, entry: AuditEntry) -> Result<()> {
-        self.audit_commit.submit(entry, &|batch| {
+        let prepared = self.prepare_trace(&entry)?;
+        self.audit_commit.submit(prepared, &|batch| {
             let mut chain = self.chain.lock().map_err(lock_err)?;
             let (mut seq, mut prev) = (chain.seq, chain.prev);
             let mut records = Vec::with_capacity(batch.len());
-            for e in &batch {
+            for p in batch {
                 seq += 1;
-                let r = self.chain_record(seq, &prev, e)?;
+                let r = p.chain(seq, &prev);
                 prev = r.hash;
                 records.push(r);
+            }
+            if !chain.fits(&records) || chain.pending.len() >= journal::MERGE_AT {
+                // Lock order holds: the chain is locked, redb is locked next.
+                let txn = self.db.begin_write()?;
+                let moved = self.write_traces(&txn, &chain, &[])?;
+                txn.commit()?;
+                moved.apply(&mut chain);
             }
             chain.append(&records)?;
             chain.seq = seq;
             chain.prev = prev;
             chain.pending.extend(records);
-            let merge = chain.pending.len() >= journal::MERGE_AT;
-            drop(chain);
-            if merge {
-                // The entries are durable already; a failed move is retried at the next write.
-                let _ = self.flush_traces();
-            }
             Ok(())
         })
+    }
+
+    /// Inserts, in `txn`, the journaled entries then `staged` ones, and advances the journal
+    /// epoch when journaled entries moved. Nothing in memory changes until `apply` after commit.
+    fn write_traces(
+        &self,
+        txn: &WriteTransaction,
+        chain: &TraceChain,
+        staged: &[AuditEntry],
+    ) -> Result<TracesWritten> {
+        let mut out = TracesWritten {
+            seq: chain.seq,
+            prev: chain.prev,
+            new_epoch: None,
+        };
+        if chain.pending.is_empty() && staged.is_empty() {
+            return Ok(out);
+        }
+        let origin = self.config.site_id.0;
+        let mut table = txn.open_table(AUDIT)?;
+        for r in &chain.pending {
+            let row = postcard::to_stdvec(&StoredTrace {
+                hash: r.hash,
+                sealed: r.sealed.clone(),
+            })?;
+            table.insert((origin, r.seq), row.as_slice())?;
+        }
+        for e in staged {
+            out.seq += 1;
+            let r = self.prepare_trace(e)?.chain(out.seq, &out.prev);
+            out.prev = r.hash;
+            let row = postcard::to_stdvec(&StoredTrace {
+                hash: r.hash,
+                sealed: r.sealed,
+            })?;
+            table.insert((origin, out.seq), row.as_slice())?;
+        }
+        txn.open_table(AUDIT_HEADS)?.insert(
+            origin,
+            postcard::to_stdvec(&(out.seq, out.prev))?.as_slice(),
+        )?;
+        if !chain.pending.is_empty() {
+            let epoch = chain.epoch.wrapping_add(1);
+            txn.open_table(META)?.insert(
+                meta_key::JOURNAL_EPOCH,
+                u64::from(epoch).to_le_bytes().as_slice(),
+            )?;
+            out.new_epoch = Some(epoch);
+        }
+        Ok(out)
     }
 
     /// Moves journaled trace entries into the `AUDIT` table.
@@ -806,7 +864,7 @@ impl Replica {
         let plain = self
             .keys
             .audit
-            .open(&trace_aad(origin, seq), &stored.sealed)
+            .open(&trace_aad(origin), &stored.sealed)
             .map_err(|_| {
                 Error::integrity(format!("trace entry {seq} of site {origin} was altered"))
             })?;
@@ -852,7 +910,7 @@ impl Replica {
                 let plain = self
                     .keys
                     .audit
-                    .open(&trace_aad(origin, seq), &stored.sealed)
+                    .open(&trace_aad(origin), &stored.sealed)
                     .map_err(|_| {
                         Error::integrity(format!("trace entry {seq} of site {origin} was altered"))
                     })?;
@@ -902,6 +960,23 @@ impl Replica {
     }
 }
 
+/// Where `write_traces` left the chain, to apply once its transaction committed.
+struct TracesWritten {
+    seq: u64,
+    prev: [u8; 32],
+    new_epoch: Option<u32>,
+}
+
+impl TracesWritten {
+    fn apply(self, chain: &mut TraceChain) {
+        chain.seq = self.seq;
+        chain.prev = self.prev;
+        if let Some(epoch) = self.new_epoch {
+            chain.restart(epoch);
+        }
+    }
+}
+
 impl Drop for Replica {
     fn drop(&mut self) {
         // Best effort: the journal is durable anyway and is replayed at the next open.
@@ -940,41 +1015,9 @@ impl Writer<'_> {
             txn,
             staged,
         } = self;
-        let staged = staged.into_inner();
-        let moved = chain.pending.len();
-        let (mut seq, mut prev) = (chain.seq, chain.prev);
-        if moved > 0 || !staged.is_empty() {
-            let origin = replica.config.site_id.0;
-            let mut table = txn.open_table(AUDIT)?;
-            for r in &chain.pending {
-                let row = postcard::to_stdvec(&StoredTrace {
-                    hash: r.hash,
-                    sealed: r.sealed.clone(),
-                })?;
-                table.insert((origin, r.seq), row.as_slice())?;
-            }
-            for e in &staged {
-                seq += 1;
-                let r = replica.chain_record(seq, &prev, e)?;
-                prev = r.hash;
-                let row = postcard::to_stdvec(&StoredTrace {
-                    hash: r.hash,
-                    sealed: r.sealed,
-                })?;
-                table.insert((origin, seq), row.as_slice())?;
-            }
-            txn.open_table(AUDIT_HEADS)?
-                .insert(origin, postcard::to_stdvec(&(seq, prev))?.as_slice())?;
-            drop(table);
-        }
+        let written = replica.write_traces(&txn, &chain, &staged.into_inner())?;
         txn.commit()?;
-        chain.seq = seq;
-        chain.prev = prev;
-        if moved > 0 {
-            chain.pending.clear();
-            // If this fails the records stay in the file; recovery skips them (already in redb).
-            let _ = chain.truncate();
-        }
+        written.apply(&mut chain);
         Ok(())
     }
 
@@ -985,6 +1028,23 @@ impl Writer<'_> {
     }
 }
 
-fn trace_aad(origin: u32, seq: u64) -> Vec<u8> {
-    aad(&[b"audit", &origin.to_le_bytes(), &seq.to_le_bytes()])
+fn trace_aad(origin: u32) -> Vec<u8> {
+    aad(&[b"audit", &origin.to_le_bytes()])
+}
+
+/// A trace entry encoded and sealed, waiting for its place in the chain.
+struct PreparedTrace {
+    bytes: Zeroizing<Vec<u8>>,
+    sealed: Vec<u8>,
+}
+
+impl PreparedTrace {
+    /// Places the entry at `seq` after `prev`.
+    fn chain(self, seq: u64, prev: &[u8; 32]) -> JournalRecord {
+        JournalRecord {
+            seq,
+            hash: crate::audit::chain_hash(&self.bytes, prev),
+            sealed: self.sealed,
+        }
+    }
 }

@@ -62,6 +62,7 @@ impl Replica {
     pub fn ack_outbox(&self, upto: u64) -> Result<()> {
         let txn = self.begin_write()?;
         txn.open_table(OUTBOX)?.retain_in(..=upto, |_, _| false)?;
+        Self::bump_meta_u64(&txn, meta_key::OUTBOX_ACKED, Some(upto))?;
         txn.commit()?;
         Ok(())
     }

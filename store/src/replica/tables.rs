@@ -47,8 +47,11 @@ pub mod meta_key {
     pub const AUTHORITY_SEQ: &str = "authority_seq";
     /// Registry generation (u64 LE): bumped by every change to AUTHORITY, PROS or DOSSIER_KEYS.
     pub const REGISTRY_GEN: &str = "registry_gen";
-    /// Last outbox sequence used (u64 LE); never reused, even after acknowledgements.
-    pub const OUTBOX_SEQ: &str = "outbox_seq";
+    /// Epoch of the trace journal's live frames (u64 LE); see `journal`.
+    pub const JOURNAL_EPOCH: &str = "journal_epoch";
+    /// Highest outbox sequence acknowledged (u64 LE): with the last queued entry, where the
+    /// next sequence starts, so sequence numbers are never reused.
+    pub const OUTBOX_ACKED: &str = "outbox_acked";
 }
 
 /// The format this build writes. A newer stored format is refused; older ones migrate forward.
