@@ -371,14 +371,7 @@ impl Replica {
                 grants.push(g);
             }
         }
-        let docs = txn.open_table(DOSSIER_DOCS)?;
-        let mut documents = 0;
-        for row in docs.range(bi.as_slice()..)? {
-            if !row?.0.value().starts_with(&bi) {
-                break;
-            }
-            documents += 1;
-        }
+        let documents = self.dossier_doc_ids(&txn, &bi)?.len();
         Ok(DossierInfo {
             head,
             head_seq,
@@ -526,23 +519,15 @@ impl Replica {
         txn.commit()?;
 
         let txn = self.begin_write()?;
+        // The write lock is held: this snapshot is what `txn` starts from.
+        let ids = self.dossier_doc_ids(&self.db.begin_read()?, &bi)?;
         {
             let mut index = txn.open_table(DOSSIER_DOCS)?;
-            let mut ids = Vec::new();
-            for row in index.range(bi.as_slice()..)? {
-                let k = row?.0.value().to_vec();
-                if !k.starts_with(&bi) {
-                    break;
-                }
-                ids.push(k);
-            }
             let mut docs = txn.open_table(DOCS)?;
             let mut bodies = txn.open_table(BODIES)?;
-            for k in &ids {
-                index.remove(k.as_slice())?;
-                let id: [u8; 16] = k[32..]
-                    .try_into()
-                    .map_err(|_| Error::integrity("bad index key"))?;
+            for doc in &ids {
+                let id = doc.0;
+                index.remove(dossier_doc_key(&bi, &id).as_slice())?;
                 docs.remove(&id)?;
                 let first = body_key(&id, 0);
                 let last = body_key(&id, u32::MAX);

@@ -212,6 +212,26 @@ impl Replica {
         Ok(meta)
     }
 
+    /// The ids of a dossier's documents, from the dossier index.
+    pub(super) fn dossier_doc_ids(
+        &self,
+        txn: &ReadTransaction,
+        bi: &[u8; 32],
+    ) -> Result<Vec<DocId>> {
+        let mut ids = Vec::new();
+        for row in txn.open_table(DOSSIER_DOCS)?.range(bi.as_slice()..)? {
+            let (k, _) = row?;
+            let Some(id) = k.value().strip_prefix(bi.as_slice()) else {
+                break;
+            };
+            ids.push(DocId(
+                id.try_into()
+                    .map_err(|_| Error::integrity("bad index key"))?,
+            ));
+        }
+        Ok(ids)
+    }
+
     /// Loads a document's row, its dossier key and its opened metadata.
     pub(super) fn load_doc(
         &self,
@@ -521,16 +541,7 @@ impl Replica {
         let bi = self.blind(ins);
         let ctx = self.context(&txn, generation, &bi, &who)?;
         let mut visible = Vec::new();
-        for row in txn.open_table(DOSSIER_DOCS)?.range(bi.as_slice()..)? {
-            let k = row?.0.value().to_vec();
-            if !k.starts_with(&bi) {
-                break;
-            }
-            let id = DocId(
-                k[32..]
-                    .try_into()
-                    .map_err(|_| Error::integrity("bad index key"))?,
-            );
+        for id in self.dossier_doc_ids(&txn, &bi)? {
             let (_, _, meta) = self.load_doc(&txn, generation, &id)?;
             if meta.state().availability() == Availability::Deleted {
                 continue;
@@ -722,16 +733,7 @@ impl Replica {
             }
             let bodies = txn.open_table(BODIES)?;
             let mut out = Vec::new();
-            for row in txn.open_table(DOSSIER_DOCS)?.range(bi.as_slice()..)? {
-                let k = row?.0.value().to_vec();
-                if !k.starts_with(&bi) {
-                    break;
-                }
-                let id = DocId(
-                    k[32..]
-                        .try_into()
-                        .map_err(|_| Error::integrity("bad index key"))?,
-                );
+            for id in self.dossier_doc_ids(&txn, &bi)? {
                 let (_, key, meta) = self.load_doc(&txn, generation, &id)?;
                 let (d, _) = self.decide(
                     &ctx,
