@@ -533,23 +533,27 @@ impl Replica {
         })
     }
 
-    /// Lists the documents of a dossier the actor may read (deleted ones excluded). The
-    /// listing is traced; it is denied when the actor may read none of them.
-    pub fn list_documents(&self, actor: &Actor, ins: &Ins) -> Result<Vec<DocumentMeta>> {
-        let (txn, generation) = self.snapshot()?;
-        let (who, tactor) = self.who(&txn, generation, actor)?;
-        let bi = self.blind(ins);
-        let ctx = self.context(&txn, generation, &bi, &who)?;
-        let mut visible = Vec::new();
-        for id in self.dossier_doc_ids(&txn, &bi)? {
-            let (_, _, meta) = self.load_doc(&txn, generation, &id)?;
+    /// The dossier's documents that `who` may read in normal mode, deleted ones excluded.
+    #[allow(clippy::too_many_arguments)]
+    fn readable_docs(
+        &self,
+        txn: &ReadTransaction,
+        generation: Generation,
+        ctx: &Context,
+        who: &Who,
+        tactor: &TraceActor,
+        bi: &[u8; 32],
+    ) -> Result<Vec<(Key, DocumentMeta)>> {
+        let mut out = Vec::new();
+        for id in self.dossier_doc_ids(txn, bi)? {
+            let (_, key, meta) = self.load_doc(txn, generation, &id)?;
             if meta.state().availability() == Availability::Deleted {
                 continue;
             }
             let (d, _) = self.decide(
-                &ctx,
-                &who,
-                &tactor,
+                ctx,
+                who,
+                tactor,
                 Action::Read,
                 AccessMode::Normal,
                 None,
@@ -557,9 +561,24 @@ impl Replica {
                 None,
             )?;
             if d.allow {
-                visible.push(meta);
+                out.push((key, meta));
             }
         }
+        Ok(out)
+    }
+
+    /// Lists the documents of a dossier the actor may read (deleted ones excluded). The
+    /// listing is traced; it is denied when the actor may read none of them.
+    pub fn list_documents(&self, actor: &Actor, ins: &Ins) -> Result<Vec<DocumentMeta>> {
+        let (txn, generation) = self.snapshot()?;
+        let (who, tactor) = self.who(&txn, generation, actor)?;
+        let bi = self.blind(ins);
+        let ctx = self.context(&txn, generation, &bi, &who)?;
+        let mut visible: Vec<DocumentMeta> = self
+            .readable_docs(&txn, generation, &ctx, &who, &tactor, &bi)?
+            .into_iter()
+            .map(|(_, meta)| meta)
+            .collect();
         let (mut decision, mut entry) = self.decide(
             &ctx,
             &who,
@@ -733,22 +752,9 @@ impl Replica {
             }
             let bodies = txn.open_table(BODIES)?;
             let mut out = Vec::new();
-            for id in self.dossier_doc_ids(&txn, &bi)? {
-                let (_, key, meta) = self.load_doc(&txn, generation, &id)?;
-                let (d, _) = self.decide(
-                    &ctx,
-                    &who,
-                    &tactor,
-                    Action::Read,
-                    AccessMode::Normal,
-                    None,
-                    Some(&meta),
-                    None,
-                )?;
-                if d.allow && meta.state().availability() != Availability::Deleted {
-                    let body = self.get_body(&bodies, &key, &meta)?;
-                    out.push((meta, body));
-                }
+            for (key, meta) in self.readable_docs(&txn, generation, &ctx, &who, &tactor, &bi)? {
+                let body = self.get_body(&bodies, &key, &meta)?;
+                out.push((meta, body));
             }
             (out, ctx.head().clone())
         };
