@@ -21,7 +21,7 @@ fn benches(c: &mut Criterion) {
     });
     let entry = vec![1u8; 200];
     c.bench_function("trace chain hash (200 B entry)", |b| {
-        b.iter(|| carnet_store::audit::chain_hash(black_box(&entry), &[0; 32]))
+        b.iter(|| carnet_store::audit::chain_hash(&[1; 32], black_box(&entry), &[0; 32]))
     });
     let matrix = HabilitationMatrix::default_matrix();
     let who = Who::Professional {

@@ -1,12 +1,14 @@
 //! The trace: every access decision, allowed or denied, as an append-only hash chain per
 //! origin site (DOMAIN §6).
 //!
-//! Invariants: entry `n` of an origin stores `hash_n = BLAKE3(entry_bytes_n || hash_{n-1})`
+//! Invariants: entry `n` of an origin stores `hash_n = BLAKE3_k(entry_bytes_n || hash_{n-1})`
+//! (keyed with the replica's chain key)
 //! (entry first: 2.5× faster than previous-hash-first), with `hash_0` all zeros; sequence
 //! numbers are contiguous from 1; the origin's head `(last seq, last hash)` is kept apart, so a
 //! removed, reordered or altered entry — including the last one — breaks `verify_chain`.
 //! Concurrent audited readers share one durable commit through `GroupCommit`.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::Thread;
@@ -98,9 +100,10 @@ pub struct ChainedEntry {
     pub entry: AuditEntry,
 }
 
-/// The chain hash of an entry's encoding after `prev`.
-pub fn chain_hash(entry_bytes: &[u8], prev: &[u8; 32]) -> [u8; 32] {
-    let mut h = blake3::Hasher::new();
+/// The chain hash of an entry's encoding after `prev`, keyed so that the stored hashes reveal
+/// nothing about the (sealed) entries.
+pub fn chain_hash(key: &[u8; 32], entry_bytes: &[u8], prev: &[u8; 32]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_keyed(key);
     h.update(entry_bytes);
     h.update(prev);
     *h.finalize().as_bytes()
@@ -109,6 +112,7 @@ pub fn chain_hash(entry_bytes: &[u8], prev: &[u8; 32]) -> [u8; 32] {
 /// Checks one origin's chain: entries in stored order, each `(seq, stored hash, entry bytes)`,
 /// against the head `(last seq, last hash)`. Returns the number of entries checked.
 pub fn verify_chain<'a>(
+    key: &[u8; 32],
     origin: SiteId,
     entries: impl Iterator<Item = (u64, [u8; 32], &'a [u8])>,
     head: (u64, [u8; 32]),
@@ -121,7 +125,7 @@ pub fn verify_chain<'a>(
                 "trace of site {origin}: entry {expected_seq} is missing (next found is {seq})"
             )));
         }
-        if chain_hash(bytes, &prev) != hash {
+        if chain_hash(key, bytes, &prev) != hash {
             return Err(Error::integrity(format!(
                 "trace of site {origin}: entry {seq} was altered or reordered"
             )));
@@ -141,6 +145,8 @@ pub fn verify_chain<'a>(
 
 /// Most entries one group commit takes; later ones wait for the next commit.
 pub const GROUP_COMMIT_MAX: usize = 4096;
+/// Longest a waiter sleeps before re-checking by itself.
+const PARK_MAX: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Group commit: concurrent callers each submit one item; one of them (the leader) commits
 /// every pending item in one durable write while the others sleep, so N concurrent audited
@@ -247,10 +253,18 @@ impl<T> GroupCommit<T> {
                 };
                 let (items, slots): (Vec<T>, Vec<Arc<Slot>>) = batch.into_iter().unzip();
                 if !items.is_empty() {
-                    let result = commit(items);
+                    // A panicking commit must still settle its batch and release leadership.
+                    let result = std::panic::catch_unwind(AssertUnwindSafe(|| commit(items)))
+                        .unwrap_or_else(|_| {
+                            Err(Error::Storage("the trace commit panicked".into()))
+                        });
                     let threads: Arc<[Thread]> = slots.iter().map(|s| s.thread.clone()).collect();
                     for (i, s) in slots.iter().enumerate() {
                         let _ = s.wake.set((threads.clone(), i));
+                    }
+                    // Children (higher indexes) are settled before their parents, so a waiter
+                    // that sees its own result and wakes its children never wakes one too early.
+                    for s in slots.iter().rev() {
                         s.settle(&result);
                     }
                 }
@@ -270,7 +284,9 @@ impl<T> GroupCommit<T> {
                 }
                 continue;
             }
-            std::thread::park();
+            // Bounded, as a safety net: a waiter re-checks its slot and the leadership even if a
+            // wake-up went astray.
+            std::thread::park_timeout(PARK_MAX);
         }
     }
 }
@@ -286,25 +302,28 @@ mod tests {
         let mut prev = [0u8; 32];
         let mut rows = Vec::new();
         for (i, e) in entries.iter().enumerate() {
-            prev = chain_hash(e, &prev);
+            prev = chain_hash(&[3; 32], e, &prev);
             rows.push((i as u64 + 1, prev, e.as_slice()));
         }
         let head = (5, prev);
         let o = SiteId(1);
-        assert_eq!(verify_chain(o, rows.iter().cloned(), head).ok(), Some(5));
+        assert_eq!(
+            verify_chain(&[3; 32], o, rows.iter().cloned(), head).ok(),
+            Some(5)
+        );
         let mut removed = rows.clone();
         removed.remove(2);
-        assert!(verify_chain(o, removed.into_iter(), head).is_err());
+        assert!(verify_chain(&[3; 32], o, removed.into_iter(), head).is_err());
         let mut reordered = rows.clone();
         reordered.swap(1, 2);
-        assert!(verify_chain(o, reordered.into_iter(), head).is_err());
+        assert!(verify_chain(&[3; 32], o, reordered.into_iter(), head).is_err());
         let altered_bytes = vec![9u8; 10];
         let mut altered = rows.clone();
         altered[3].2 = &altered_bytes;
-        assert!(verify_chain(o, altered.into_iter(), head).is_err());
+        assert!(verify_chain(&[3; 32], o, altered.into_iter(), head).is_err());
         let mut truncated = rows.clone();
         truncated.pop();
-        assert!(verify_chain(o, truncated.into_iter(), head).is_err());
+        assert!(verify_chain(&[3; 32], o, truncated.into_iter(), head).is_err());
     }
 
     #[test]
@@ -338,6 +357,33 @@ mod tests {
             commits.load(Ordering::SeqCst) < 800,
             "some commits were shared"
         );
+    }
+
+    #[test]
+    fn group_commit_never_loses_a_waiter() {
+        // Many threads and an instant commit: the case where wake-ups race settlements.
+        let gc = Arc::new(GroupCommit::<u32>::default());
+        let threads: Vec<_> = (0..64u32)
+            .map(|i| {
+                let gc = gc.clone();
+                std::thread::spawn(move || {
+                    for j in 0..300u32 {
+                        gc.submit(i * 1000 + j, &|_| Ok(())).expect("commit");
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("thread");
+        }
+    }
+
+    #[test]
+    fn a_panicking_commit_fails_its_batch_and_frees_the_leadership() {
+        let gc = GroupCommit::<u32>::default();
+        let r = gc.submit(1, &|_| panic!("disk on fire"));
+        assert!(r.is_err());
+        assert!(gc.submit(2, &|_| Ok(())).is_ok());
     }
 
     #[test]

@@ -38,9 +38,16 @@ impl VersionVector {
         self.0.get(&site).copied().unwrap_or(0)
     }
 
-    /// Records one more local update at `site`.
+    /// Records one more local update at `site` (saturating: a counter near `u64::MAX` only
+    /// comes from a corrupt or hostile peer, which `is_sane` refuses first).
     pub fn bump(&mut self, site: SiteId) {
-        *self.0.entry(site).or_insert(0) += 1;
+        let n = self.0.entry(site).or_insert(0);
+        *n = n.saturating_add(1);
+    }
+
+    /// True when every counter is plausible (below 2^62): what a peer may send.
+    pub fn is_sane(&self) -> bool {
+        self.0.values().all(|&n| n < 1 << 62)
     }
 
     /// Pointwise maximum, in place.

@@ -125,6 +125,11 @@ impl Key {
         Key::from_bytes(&raw)
     }
 
+    /// A key for another purpose, derived from this one (BLAKE3 key derivation).
+    pub fn derive(&self, context: &str) -> Key {
+        Key(Zeroizing::new(blake3::derive_key(context, self.0.as_ref())))
+    }
+
     /// Keyed BLAKE3 of `data`: a blind index that reveals nothing without the key.
     pub fn blind_index(&self, data: &[u8]) -> [u8; 32] {
         *blake3::keyed_hash(&self.0, data).as_bytes()

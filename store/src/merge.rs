@@ -53,6 +53,12 @@ impl DocumentMeta {
         clock
     }
 
+    /// True when the value is plausible as received from a peer: at least one version, and
+    /// counters far from overflow.
+    pub fn is_sane(&self) -> bool {
+        !self.versions.is_empty() && self.versions.iter().all(|(c, _)| c.is_sane())
+    }
+
     /// Number of concurrent versions still standing (1 when there is no concurrency).
     pub fn concurrent_versions(&self) -> usize {
         self.versions.len()

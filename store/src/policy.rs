@@ -334,8 +334,8 @@ fn holder_row(req: &Request<'_>, row: u8) -> Decision {
             _ => allow(row, "holder's own dossier"),
         },
         Column::Write => decision(
-            req.action == Action::Write && req.new_class == Some(DocClass::PATIENT)
-                || req.action == Action::Replace && own_upload,
+            req.new_class == Some(DocClass::PATIENT)
+                && (req.action == Action::Write || req.action == Action::Replace && own_upload),
             row,
             "patient document",
             "the holder may only add patient documents (class 90)",
@@ -646,6 +646,14 @@ mod tests {
         let mut c = base(Who::Holder, Action::Delete);
         c.author = Some(Author::Holder);
         check(c, true, 9);
+        let mut c = base(Who::Holder, Action::Replace);
+        c.author = Some(Author::Holder);
+        c.new_class = Some(90);
+        check(c, true, 9);
+        let mut c = base(Who::Holder, Action::Replace);
+        c.author = Some(Author::Holder);
+        c.new_class = Some(10);
+        check(c, false, 9);
     }
 
     #[test]

@@ -109,7 +109,7 @@ impl Replica {
     /// that ended the dossier here if it was purged (so a replayed old bundle cannot bring a
     /// purged dossier back). Returns whether it was admitted, and, on a site, the dossier to
     /// purge with the sequence of the record that ended it.
-    fn admit(
+    pub(super) fn admit(
         &self,
         txn: &WriteTransaction,
         signed: &SignedRecord,
@@ -184,17 +184,22 @@ impl Replica {
 
     /// Host: signs a new record and puts it in force, with a trace entry.
     fn issue(&self, record: AuthorityRecord, what: &str, reason: Option<&str>) -> Result<u64> {
-        let key = self.signing_key()?;
         let txn = self.begin_write()?;
-        let seq = Self::bump_meta_u64(&txn, meta_key::AUTHORITY_SEQ, None)?;
-        let signed = authority::sign(key, seq, &record)?;
-        let v = Verified { seq, record };
-        self.admit(&txn, &signed, &v)?;
-        txn.trace(vec![self.admin_entry(what, v.record.ins(), reason)]);
+        let seq = self.issue_in(&txn, record.clone())?;
+        txn.trace(vec![self.admin_entry(what, record.ins(), reason)]);
         txn.commit()?;
-        if let AuthorityRecord::Matrix(_) = v.record {
+        if let AuthorityRecord::Matrix(_) = record {
             self.reload_matrix()?;
         }
+        Ok(seq)
+    }
+
+    /// Host: signs a record with the next sequence and admits it, inside `txn`.
+    fn issue_in(&self, txn: &WriteTransaction, record: AuthorityRecord) -> Result<u64> {
+        let key = self.signing_key()?;
+        let seq = Self::bump_meta_u64(txn, meta_key::AUTHORITY_SEQ, None)?;
+        let signed = authority::sign(key, seq, &record)?;
+        self.admit(txn, &signed, &Verified { seq, record })?;
         Ok(seq)
     }
 
@@ -232,6 +237,11 @@ impl Replica {
         self.signing_key()?;
         if self.head(&d.ins).is_ok() {
             return Err(Error::invalid("a dossier already exists for this INS"));
+        }
+        if self.purge_receipt(&d.ins)?.is_some() {
+            return Err(Error::invalid(
+                "this INS had a dossier that was closed and purged: creating a new one for it is not supported yet",
+            ));
         }
         crate::time::parse_date(&d.identity.birth_date)?;
         if d.identity.birth_name.trim().is_empty() || d.identity.first_names.trim().is_empty() {
@@ -425,6 +435,8 @@ impl Replica {
     pub fn import_authority(&self, bundle: &Bundle) -> Result<ImportReport> {
         let bundle_key = VerifyingKey::from_bytes(&bundle.host_key)
             .map_err(|_| Error::integrity("the bundle's host key is malformed"))?;
+        // Imports are serialised by the write transaction; the pin is read under it.
+        let txn = self.begin_write()?;
         let pinned = *self.host_key.read().map_err(lock_err)?;
         let key = match pinned {
             Some(k) if k != bundle_key => {
@@ -442,7 +454,6 @@ impl Replica {
             .collect::<Result<_>>()?;
         let mut report = ImportReport::default();
         let mut purges = Vec::new();
-        let txn = self.begin_write()?;
         if pinned.is_none() {
             self.pin_host_key(&txn, key.to_bytes())?;
         }
@@ -490,15 +501,34 @@ impl Replica {
             return Err(Error::invalid("close the dossier before purging it"));
         }
         self.purge_rows(ins, seq)?;
-        let at = self.now();
-        self.issue(
-            AuthorityRecord::Purged {
-                ins: ins.clone(),
-                at,
-            },
-            "dossier-purge-published",
-            None,
-        )?;
+        Ok(())
+    }
+
+    /// Site: finishes purges an interrupted run left behind (a closed or purged head still
+    /// held). Called at open; a no-op when there is none.
+    pub(super) fn resume_purges(&self) -> Result<()> {
+        if self.config.role != Role::Site {
+            return Ok(());
+        }
+        let mut due = Vec::new();
+        {
+            let txn = self.db.begin_read()?;
+            let table = txn.open_table(AUTHORITY)?;
+            for row in table.range([tag::DOSSIER].as_slice()..[tag::DOSSIER + 1].as_slice())? {
+                let (k, v) = row?;
+                let verified = authority::decode(&self.open_signed(k.value(), v.value())?)?;
+                match verified.record {
+                    AuthorityRecord::Dossier(h) if h.status != DossierStatus::Active => {
+                        due.push((h.ins, verified.seq));
+                    }
+                    AuthorityRecord::Purged { ins, .. } => due.push((ins, verified.seq)),
+                    _ => {}
+                }
+            }
+        }
+        for (ins, seq) in due {
+            self.purge_rows(&ins, seq)?;
+        }
         Ok(())
     }
 
@@ -544,6 +574,18 @@ impl Replica {
                 for k in keys {
                     auth.remove(k.as_slice())?;
                 }
+            }
+            if self.signing.is_some() {
+                // The host replaces the head by a signed `Purged` record in the same commit, so
+                // a site that missed the closure still learns of the purge.
+                drop(auth);
+                self.issue_in(
+                    &txn,
+                    AuthorityRecord::Purged {
+                        ins: ins.clone(),
+                        at: self.now(),
+                    },
+                )?;
             }
             Self::registry_changed(&txn)?;
             let receipt = PurgeReceipt {

@@ -301,15 +301,18 @@ impl Replica {
     ) -> Result<Zeroizing<Vec<u8>>> {
         let id = meta.facts.id;
         let size = usize::try_from(meta.facts.size).map_err(|_| Error::integrity("size"))?;
-        let mut out = Zeroizing::new(Vec::with_capacity(size));
+        // `size` comes from metadata that may have come from a peer: reserve only what the
+        // chunks can bring, and let the vector grow with them.
+        let mut out = Zeroizing::new(Vec::with_capacity(size.min(CHUNK_PLAIN * 16)));
         let (first, last) = (body_key(&id.0, 0), body_key(&id.0, u32::MAX));
         for (expect, row) in (0u32..).zip(bodies.range(first.as_slice()..=last.as_slice())?) {
             let (k, v) = row?;
-            let n = u32::from_be_bytes(
-                k.value()[16..20]
-                    .try_into()
-                    .map_err(|_| Error::integrity("chunk key"))?,
-            );
+            let n = k
+                .value()
+                .get(16..20)
+                .and_then(|b| b.try_into().ok())
+                .map(u32::from_be_bytes)
+                .ok_or_else(|| Error::integrity("a body chunk key is malformed"))?;
             if n != expect {
                 return Err(Error::integrity(format!(
                     "body of document {id}: chunk {expect} missing"

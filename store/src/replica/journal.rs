@@ -56,6 +56,9 @@ pub struct TraceChain {
     pub pending: Vec<JournalRecord>,
     /// Epoch of the frames written now (as stored in `META`).
     pub epoch: u32,
+    /// A write failed after it may have reached the file: its frame must be retired by the
+    /// next move into redb (a new epoch), even if nothing is pending.
+    pub stale_frame: bool,
     offset: u64,
     file: File,
 }
@@ -109,6 +112,7 @@ impl TraceChain {
             prev,
             pending,
             epoch,
+            stale_frame: false,
             offset: offset as u64,
             file,
         })
@@ -132,8 +136,14 @@ impl TraceChain {
         if self.offset + frame.len() as u64 > JOURNAL_BYTES {
             return Err(Error::Storage("the trace journal is full".into()));
         }
-        self.file.write_all_at(&frame, self.offset)?;
-        self.file.sync_data()?;
+        let written = self
+            .file
+            .write_all_at(&frame, self.offset)
+            .and_then(|()| self.file.sync_data());
+        if let Err(e) = written {
+            self.stale_frame = true;
+            return Err(e.into());
+        }
         self.offset += frame.len() as u64;
         Ok(())
     }
@@ -144,6 +154,7 @@ impl TraceChain {
         self.epoch = epoch;
         self.offset = 0;
         self.pending.clear();
+        self.stale_frame = false;
     }
 }
 

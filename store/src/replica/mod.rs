@@ -127,6 +127,8 @@ struct Keys {
     index: Key,
     registry: Key,
     audit: Key,
+    /// Keys the trace chain hashes (derived from `audit`).
+    chain: Key,
 }
 
 /// Options for `Replica::init`.
@@ -398,6 +400,9 @@ impl Replica {
             index: master.unwrap_key(b"index", &keyring.index)?,
             registry: master.unwrap_key(b"registry", &keyring.registry)?,
             audit: master.unwrap_key(b"audit", &keyring.audit)?,
+            chain: master
+                .unwrap_key(b"audit", &keyring.audit)?
+                .derive("carnet 2026-11 trace chain hash"),
             master,
         };
         let signing = match &keyring.signing {
@@ -446,6 +451,7 @@ impl Replica {
         replica.reload_matrix()?;
         // Entries journaled before a stop or crash move into the table now.
         replica.flush_traces()?;
+        replica.resume_purges()?;
         Ok(replica)
     }
 
@@ -768,7 +774,7 @@ impl Replica {
             let mut records = Vec::with_capacity(batch.len());
             for p in batch {
                 seq += 1;
-                let r = p.chain(seq, &prev);
+                let r = p.chain(self.keys.chain.expose(), seq, &prev);
                 prev = r.hash;
                 records.push(r);
             }
@@ -800,7 +806,7 @@ impl Replica {
             prev: chain.prev,
             new_epoch: None,
         };
-        if chain.pending.is_empty() && staged.is_empty() {
+        if chain.pending.is_empty() && staged.is_empty() && !chain.stale_frame {
             return Ok(out);
         }
         let origin = self.config.site_id.0;
@@ -814,7 +820,9 @@ impl Replica {
         }
         for e in staged {
             out.seq += 1;
-            let r = self.prepare_trace(e)?.chain(out.seq, &out.prev);
+            let r = self
+                .prepare_trace(e)?
+                .chain(self.keys.chain.expose(), out.seq, &out.prev);
             out.prev = r.hash;
             let row = postcard::to_stdvec(&StoredTrace {
                 hash: r.hash,
@@ -826,7 +834,7 @@ impl Replica {
             origin,
             postcard::to_stdvec(&(out.seq, out.prev))?.as_slice(),
         )?;
-        if !chain.pending.is_empty() {
+        if !chain.pending.is_empty() || chain.stale_frame {
             let epoch = chain.epoch.wrapping_add(1);
             txn.open_table(META)?.insert(
                 meta_key::JOURNAL_EPOCH,
@@ -921,6 +929,7 @@ impl Replica {
                 decoded.push((seq, hash, plain));
             }
             total += crate::audit::verify_chain(
+                self.keys.chain.expose(),
                 SiteId(origin),
                 decoded.iter().map(|(s, h, b)| (*s, *h, b.as_slice())),
                 head,
@@ -1044,10 +1053,10 @@ struct PreparedTrace {
 
 impl PreparedTrace {
     /// Places the entry at `seq` after `prev`.
-    fn chain(self, seq: u64, prev: &[u8; 32]) -> JournalRecord {
+    fn chain(self, key: &[u8; 32], seq: u64, prev: &[u8; 32]) -> JournalRecord {
         JournalRecord {
             seq,
-            hash: crate::audit::chain_hash(&self.bytes, prev),
+            hash: crate::audit::chain_hash(key, &self.bytes, prev),
             sealed: self.sealed,
         }
     }

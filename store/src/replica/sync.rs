@@ -7,12 +7,13 @@
 //! is exactly one more than the last applied from that origin, so a replay is a no-op and a gap
 //! is refused, and the merge and the new high-water mark commit together.
 
-use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::Replica;
 use super::tables::*;
+use crate::authority::AuthorityRecord;
 use crate::error::{Error, Result};
 use crate::ids::{DocId, SiteId};
 use crate::merge::DocumentMeta;
@@ -32,6 +33,9 @@ pub enum Applied {
     Applied,
     /// Already applied earlier: nothing changed.
     Duplicate,
+    /// Refused for good (the dossier is closed, purged or not held here): recorded as handled
+    /// so the stream goes on; the sender keeps the change in quarantine, never drops it.
+    Returned,
 }
 
 impl Replica {
@@ -86,61 +90,60 @@ impl Replica {
                 last + 1
             )));
         }
-        match change {
-            Change::Document(remote) => {
-                let bi = self.blind(&remote.facts.ins);
-                let status = {
-                    let authority = txn.open_table(AUTHORITY)?;
-                    match self
-                        .authority_get(&authority, &subject_key(tag::DOSSIER, Some(&bi), None))?
-                    {
-                        Some(v) => match v.record {
-                            crate::authority::AuthorityRecord::Dossier(h) => h.status,
-                            crate::authority::AuthorityRecord::Purged { .. } => {
-                                DossierStatus::Purged
-                            }
-                            _ => {
-                                return Err(Error::integrity(
-                                    "a dossier record has the wrong kind",
-                                ));
-                            }
-                        },
-                        None => return Err(Self::no_dossier()),
-                    }
-                };
-                if status != DossierStatus::Active {
-                    return Err(Error::invalid(
-                        "the dossier is closed here: the document is returned to its site",
-                    ));
-                }
-                let key = self
-                    .dossier_key(&txn.open_table(DOSSIER_KEYS)?, &bi)?
-                    .ok_or_else(Self::no_dossier)?;
-                let id = remote.facts.id;
-                let mut docs = txn.open_table(DOCS)?;
-                let existing: Option<StoredDoc> = match docs.get(&id.0)? {
-                    Some(v) => Some(postcard::from_bytes(v.value())?),
-                    None => None,
-                };
-                match existing {
-                    Some(stored) => {
-                        if stored.dossier != bi {
-                            return Err(Error::integrity("a document moved to another dossier"));
-                        }
-                        let mut mine = self.open_meta(&key, &id.0, &stored)?;
-                        mine.merge(remote)?;
-                        self.put_meta(&mut docs, &key, &bi, stored.rev + 1, &mine)?;
-                    }
-                    None => {
-                        self.put_meta(&mut docs, &key, &bi, 1, remote)?;
-                        txn.open_table(DOSSIER_DOCS)?
-                            .insert(dossier_doc_key(&bi, &id.0).as_slice(), ())?;
-                    }
-                }
-            }
-        }
+        let outcome = match change {
+            Change::Document(remote) => self.merge_remote_document(&txn, remote)?,
+        };
         txn.open_table(APPLIED)?.insert(origin.0, seq)?;
         txn.commit()?;
+        Ok(outcome)
+    }
+
+    /// Merges a remote document's metadata in `txn`, or returns it when its dossier is not
+    /// active here.
+    fn merge_remote_document(
+        &self,
+        txn: &WriteTransaction,
+        remote: &DocumentMeta,
+    ) -> Result<Applied> {
+        if !remote.is_sane() {
+            return Err(Error::integrity(
+                "a received document has an implausible version vector",
+            ));
+        }
+        let bi = self.blind(&remote.facts.ins);
+        let head = self.authority_get(
+            &txn.open_table(AUTHORITY)?,
+            &subject_key(tag::DOSSIER, Some(&bi), None),
+        )?;
+        let active = matches!(
+            head.map(|v| v.record),
+            Some(AuthorityRecord::Dossier(h)) if h.status == DossierStatus::Active
+        );
+        let key = self.dossier_key(&txn.open_table(DOSSIER_KEYS)?, &bi)?;
+        let Some(key) = key.filter(|_| active) else {
+            return Ok(Applied::Returned);
+        };
+        let id = remote.facts.id;
+        let mut docs = txn.open_table(DOCS)?;
+        let existing: Option<StoredDoc> = match docs.get(&id.0)? {
+            Some(v) => Some(postcard::from_bytes(v.value())?),
+            None => None,
+        };
+        match existing {
+            Some(stored) => {
+                if stored.dossier != bi {
+                    return Err(Error::integrity("a document moved to another dossier"));
+                }
+                let mut mine = self.open_meta(&key, &id.0, &stored)?;
+                mine.merge(remote)?;
+                self.put_meta(&mut docs, &key, &bi, stored.rev + 1, &mine)?;
+            }
+            None => {
+                self.put_meta(&mut docs, &key, &bi, 1, remote)?;
+                txn.open_table(DOSSIER_DOCS)?
+                    .insert(dossier_doc_key(&bi, &id.0).as_slice(), ())?;
+            }
+        }
         Ok(Applied::Applied)
     }
 

@@ -413,3 +413,74 @@ fn a_denied_batch_writes_nothing_but_traces() {
         .expect("entry");
     assert!(!last.entry.allowed && last.entry.rule == 12);
 }
+
+#[test]
+fn a_returned_change_does_not_block_the_stream() {
+    let (_hd, host, _sd, site) = host_and_site();
+    write(&site, "before closure", b"1");
+    host.close_dossier(&ins(), "holder's request")
+        .expect("close");
+    write(&site, "written offline after the closure", b"2");
+    let changes = site.outbox(0, 10).expect("outbox");
+    let origin = site.config().site_id;
+    for (seq, change) in &changes {
+        assert_eq!(
+            host.apply_remote(origin, *seq, change).ok(),
+            Some(Applied::Returned)
+        );
+    }
+    // The mark moved on: a replay is a duplicate, not a gap.
+    assert_eq!(
+        host.apply_remote(origin, changes[0].0, &changes[0].1).ok(),
+        Some(Applied::Duplicate)
+    );
+}
+
+#[test]
+fn an_interrupted_site_purge_finishes_at_the_next_open() {
+    let (_hd, host, sd, site) = host_and_site();
+    let id = write(&site, "doc", b"secret body");
+    host.close_dossier(&ins(), "holder's request")
+        .expect("close");
+    // Admit the closure as an import would, then "crash" before the purge.
+    let bundle = host.export_authority().expect("export");
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&bundle.host_key).expect("key");
+    {
+        let txn = site.begin_write().expect("txn");
+        for r in &bundle.records {
+            let v = crate::authority::verify(&key, r).expect("verify");
+            site.admit(&txn, r, &v).expect("admit");
+        }
+        txn.commit().expect("commit");
+    }
+    assert!(site.has_dossier_key(&ins()).expect("key"), "not purged yet");
+    drop(site);
+    let site = Replica::open(sd.path(), &KeySource::File, clock()).expect("reopen");
+    assert!(!site.has_dossier_key(&ins()).expect("key"));
+    assert!(site.purge_receipt(&ins()).expect("receipt").is_some());
+    assert!(site.body_for_sync(&id).is_err());
+}
+
+#[test]
+fn a_purged_ins_cannot_be_recreated_by_accident() {
+    let (_hd, host, _sd, _site) = host_and_site();
+    host.close_dossier(&ins(), "holder's request")
+        .expect("close");
+    host.purge_dossier(&ins()).expect("purge");
+    let again = host.create_dossier(NewDossier {
+        ins: ins(),
+        ins_kind: crate::ids::InsKind::TestNir,
+        identity: identity(),
+        holder: HolderKind::Adult,
+        representatives: vec![],
+        mask_new_by_default: false,
+    });
+    assert!(matches!(again, Err(Error::Invalid(_))));
+    // The published purge record is what sites that missed the closure need.
+    let bundle = host.export_authority().expect("export");
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&bundle.host_key).expect("key");
+    assert!(bundle.records.iter().any(|r| matches!(
+        crate::authority::verify(&key, r).map(|v| v.record),
+        Ok(crate::authority::AuthorityRecord::Purged { .. })
+    )));
+}
