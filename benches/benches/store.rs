@@ -34,6 +34,7 @@ fn benches(c: &mut Criterion) {
         grant: Some((carnet_store::model::GrantState::Active, false)),
         emergency: EmergencyPrefs::default(),
         matrix: &matrix,
+        lease_expired: false,
     };
     let req = Request {
         who: &who,

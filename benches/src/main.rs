@@ -144,6 +144,7 @@ fn setup_replica(dir: &Path) -> Res<(Replica, Ins)> {
             site_id: None,
             key: KeySource::File,
             host_key: None,
+            lease_hours: None,
         },
         system_clock(),
     )?;

@@ -72,6 +72,9 @@ pub struct InitArgs {
     /// The host's public key to trust, 64 hex digits (sites; `carnet authority key` on the host).
     #[arg(long)]
     pub host_key: Option<String>,
+    /// Hours a site may read normally from its cache without news from the host (default 72).
+    #[arg(long)]
+    pub lease_hours: Option<u32>,
 }
 
 #[derive(Debug, Subcommand)]

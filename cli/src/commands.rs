@@ -199,9 +199,11 @@ fn init(cli: &Cli, a: &InitArgs) -> Result<Reply> {
         RoleArg::Host => Role::Host,
         RoleArg::Site => Role::Site,
     };
-    if role == Role::Host && (a.site_id.is_some() || a.host_key.is_some()) {
+    if role == Role::Host
+        && (a.site_id.is_some() || a.host_key.is_some() || a.lease_hours.is_some())
+    {
         return Err(Failure::Usage(
-            "--site-id and --host-key are for sites".into(),
+            "--site-id, --host-key and --lease-hours are for sites".into(),
         ));
     }
     let host_key = a.host_key.as_deref().map(parse_hex32).transpose()?;
@@ -221,6 +223,7 @@ fn init(cli: &Cli, a: &InitArgs) -> Result<Reply> {
             site_id: a.site_id.map(SiteId),
             key: source,
             host_key,
+            lease_hours: a.lease_hours,
         },
         system_clock(),
     )?;

@@ -35,6 +35,12 @@ pub enum AuthorityRecord {
     },
     /// The habilitation matrix.
     Matrix(HabilitationMatrix),
+    /// The host vouches that the records it sent are current as of `at`: a site's authority
+    /// cache is as fresh as the latest heartbeat it verified (DOMAIN §5 lease).
+    Heartbeat {
+        /// When the host issued it.
+        at: crate::time::Millis,
+    },
     /// The host destroyed the dossier: it supersedes the head (same subject) and carries no
     /// identity, so sites that missed the closure still purge their copy.
     Purged {
@@ -56,6 +62,8 @@ pub enum Subject {
     Emergency(Ins),
     /// The matrix.
     Matrix,
+    /// The host's latest heartbeat.
+    Heartbeat,
 }
 
 impl AuthorityRecord {
@@ -66,6 +74,7 @@ impl AuthorityRecord {
             AuthorityRecord::Grant(g) => Subject::Grant(g.ins.clone(), g.rpps.clone()),
             AuthorityRecord::Emergency { ins, .. } => Subject::Emergency(ins.clone()),
             AuthorityRecord::Matrix(_) => Subject::Matrix,
+            AuthorityRecord::Heartbeat { .. } => Subject::Heartbeat,
             AuthorityRecord::Purged { ins, .. } => Subject::Dossier(ins.clone()),
         }
     }
@@ -76,7 +85,7 @@ impl AuthorityRecord {
             AuthorityRecord::Dossier(h) => Some(&h.ins),
             AuthorityRecord::Grant(g) => Some(&g.ins),
             AuthorityRecord::Emergency { ins, .. } => Some(ins),
-            AuthorityRecord::Matrix(_) => None,
+            AuthorityRecord::Matrix(_) | AuthorityRecord::Heartbeat { .. } => None,
             AuthorityRecord::Purged { ins, .. } => Some(ins),
         }
     }

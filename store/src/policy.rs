@@ -135,7 +135,13 @@ pub struct DossierView<'a> {
     pub emergency: EmergencyPrefs,
     /// Habilitation matrix.
     pub matrix: &'a HabilitationMatrix,
+    /// The site's authority cache is older than its lease (DOMAIN §5): normal reads are over,
+    /// only break-glass and centre 15 remain.
+    pub lease_expired: bool,
 }
+
+const LEASE_EXPIRED: &str =
+    "this site has not heard from the national host within its lease: only break-glass is possible";
 
 /// The row that decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -176,6 +182,9 @@ fn decision(ok: bool, rule: u8, yes: &'static str, no: &'static str) -> Decision
 pub fn decide(req: &Request<'_>, view: &DossierView<'_>) -> Decision {
     let column = req.action.column();
     let doc = req.doc;
+    // DOMAIN §5: normal reads from the cache stop when the lease has run out.
+    let lease_blocks =
+        view.lease_expired && column == Column::Read && req.mode == AccessMode::Normal;
     let masked = doc.is_some_and(|d| d.flags.masque_ps);
     let is_author = |rpps: &Rpps| {
         doc.is_some_and(|d| matches!(d.author, Author::Professional { rpps: a, .. } if a == rpps))
@@ -211,6 +220,9 @@ pub fn decide(req: &Request<'_>, view: &DossierView<'_>) -> Decision {
                 let treating = matches!(view.grant, Some((GrantState::Active, true)));
                 // Row 4: médecin traitant or equivalent rights.
                 if treating {
+                    if lease_blocks {
+                        return deny(4, LEASE_EXPIRED);
+                    }
                     return match column {
                         Column::Delete => decision(
                             req.action == Action::Delete && is_author(rpps),
@@ -223,6 +235,9 @@ pub fn decide(req: &Request<'_>, view: &DossierView<'_>) -> Decision {
                 }
                 // Row 5: the author, on their own document.
                 if is_author(rpps) {
+                    if lease_blocks {
+                        return deny(5, LEASE_EXPIRED);
+                    }
                     return match column {
                         Column::Read | Column::Write | Column::Mask | Column::Delete => {
                             allow(5, "author of the document")
@@ -232,6 +247,9 @@ pub fn decide(req: &Request<'_>, view: &DossierView<'_>) -> Decision {
                 }
                 // Row 6: an active grant.
                 if active {
+                    if lease_blocks {
+                        return deny(6, LEASE_EXPIRED);
+                    }
                     return match column {
                         Column::Read => match doc {
                             Some(d) if d.flags.masque_ps => {
@@ -301,12 +319,12 @@ pub fn decide(req: &Request<'_>, view: &DossierView<'_>) -> Decision {
                 _ => deny(11, "no grant for this dossier"),
             }
         }
-        Who::Holder => holder_row(req, 9),
+        Who::Holder => holder_row(req, 9, lease_blocks),
         Who::Representative => {
             if view.holder == HolderKind::Adult {
                 return deny(12, "an adult holder has no legal representative");
             }
-            holder_row(req, 10)
+            holder_row(req, 10, lease_blocks)
         }
         Who::Unidentified => deny(12, "unknown actor: register the professional at this site"),
     }
@@ -314,12 +332,15 @@ pub fn decide(req: &Request<'_>, view: &DossierView<'_>) -> Decision {
 
 /// Rows 9 (holder) and 10 (legal representative, who additionally does not see
 /// `INVISIBLE_REPRESENTANTS_LEGAUX`).
-fn holder_row(req: &Request<'_>, row: u8) -> Decision {
+fn holder_row(req: &Request<'_>, row: u8, lease_blocks: bool) -> Decision {
     let doc = req.doc;
     let own_upload =
         doc.is_some_and(|d| matches!(d.author, Author::Holder | Author::Representative));
     if req.mode != AccessMode::Normal {
         return deny(row, "emergency modes are for professionals");
+    }
+    if lease_blocks {
+        return deny(row, LEASE_EXPIRED);
     }
     match req.action.column() {
         Column::Read => match doc {
@@ -377,6 +398,7 @@ mod tests {
         holder: HolderKind,
         grant: Option<(GrantState, bool)>,
         emergency: EmergencyPrefs,
+        lease_expired: bool,
     }
 
     fn base(who: Who, action: Action) -> Case {
@@ -396,6 +418,7 @@ mod tests {
             holder: HolderKind::Adult,
             grant: None,
             emergency: EmergencyPrefs::default(),
+            lease_expired: false,
         }
     }
 
@@ -448,6 +471,7 @@ mod tests {
             grant: case.grant,
             emergency: case.emergency,
             matrix: &matrix,
+            lease_expired: case.lease_expired,
         };
         let d = decide(&req, &view);
         assert_eq!(
@@ -675,6 +699,32 @@ mod tests {
         check(base(doctor(), Action::Write), true, 11);
         check(base(doctor(), Action::Read), false, 11);
         check(base(doctor(), Action::Replace), false, 11);
+    }
+
+    #[test]
+    fn an_expired_lease_leaves_only_emergency_reads() {
+        let mut c = base(doctor(), Action::Read);
+        c.grant = Some((GrantState::Active, true));
+        c.lease_expired = true;
+        check(c, false, 4);
+        let mut c = base(pharmacist(), Action::Read);
+        c.grant = Some((GrantState::Active, false));
+        c.type_code = "57833-6";
+        c.lease_expired = true;
+        check(c, false, 6);
+        let mut c = base(Who::Holder, Action::Read);
+        c.lease_expired = true;
+        check(c, false, 9);
+        // Break-glass still works, and writing is not a read.
+        let mut c = base(doctor(), Action::Read);
+        c.mode = AccessMode::BreakGlass;
+        c.reason = Some("unconscious");
+        c.lease_expired = true;
+        check(c, true, 7);
+        let mut c = base(doctor(), Action::Write);
+        c.grant = Some((GrantState::Active, true));
+        c.lease_expired = true;
+        check(c, true, 4);
     }
 
     #[test]

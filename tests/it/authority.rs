@@ -12,9 +12,9 @@ fn key_and_export_on_the_host() {
     assert_eq!(c.ok(&["authority", "key"]).stdout.trim(), key);
     let out = c.path("bundle");
     let o = c.ok(&["authority", "export", "-o", &out.display().to_string()]);
-    // One head, five grants.
+    // One head, five grants, and the heartbeat of this export.
     assert!(
-        o.stdout.starts_with("6 signed record(s) written to"),
+        o.stdout.starts_with("7 signed record(s) written to"),
         "{}",
         o.stdout
     );
@@ -27,7 +27,7 @@ fn key_and_export_on_the_host() {
         "--output",
         &out.display().to_string(),
     ]);
-    assert_eq!(j["records"], 6);
+    assert_eq!(j["records"], 7);
     let o = c.fails(
         2,
         &[
@@ -64,12 +64,12 @@ fn a_site_works_from_the_hosts_records() {
     let j = site.json(&["authority", "import", &bundle]);
     assert_eq!(
         j,
-        serde_json::json!({"admitted": 6, "unchanged": 0, "purged": 0})
+        serde_json::json!({"admitted": 7, "unchanged": 0, "purged": 0})
     );
     let o = site.ok(&["authority", "import", &bundle]);
     assert_eq!(
         o.stdout.trim(),
-        "imported: 0 record(s) now in force, 6 unchanged, 0 dossier(s) purged after closure"
+        "imported: 0 record(s) now in force, 7 unchanged, 0 dossier(s) purged after closure"
     );
 
     let show = site.json(&["dossier", "show", &k.ins]);
@@ -201,7 +201,8 @@ fn revocations_and_blocks_reach_the_site() {
         "import",
         &host.export_authority("b2").display().to_string(),
     ]);
-    assert_eq!(j["admitted"], 3, "{j}");
+    // The revocation, the block, the preferences and the export's heartbeat.
+    assert_eq!(j["admitted"], 4, "{j}");
     site.fails(3, &["doc", "get", &id, "--as", PHARMACIST]);
     let o = site.fails(
         3,

@@ -171,3 +171,21 @@ fn a_site_is_told_emergency_preferences_are_the_hosts() {
     );
     assert!(o.stderr.contains("national host"), "{}", o.stderr);
 }
+
+#[test]
+fn reimporting_a_closure_is_a_no_op() {
+    let k = clinic();
+    let host = &k.host;
+    let site = Carnet::site(43, Some(&host.host_key()));
+    site.ok(&[
+        "authority",
+        "import",
+        &host.export_authority("b1").display().to_string(),
+    ]);
+    host.ok(&["dossier", "close", &k.ins, "--reason", "x"]);
+    let closure = host.export_authority("closure").display().to_string();
+    assert_eq!(site.json(&["authority", "import", &closure])["purged"], 1);
+    let again = site.json(&["authority", "import", &closure]);
+    assert_eq!(again["admitted"], 0, "{again}");
+    assert_eq!(again["purged"], 0, "{again}");
+}

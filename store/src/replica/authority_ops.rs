@@ -99,6 +99,7 @@ impl Replica {
                 subject_key(tag::EMERGENCY, Some(&self.blind(ins)), None)
             }
             AuthorityRecord::Matrix(_) => subject_key(tag::MATRIX, None, None),
+            AuthorityRecord::Heartbeat { .. } => subject_key(tag::HEARTBEAT, None, None),
             AuthorityRecord::Purged { ins, .. } => {
                 subject_key(tag::DOSSIER, Some(&self.blind(ins)), None)
             }
@@ -140,6 +141,9 @@ impl Replica {
         drop(table);
         Self::registry_changed(txn)?;
         Self::bump_meta_u64(txn, meta_key::AUTHORITY_VERSION, Some(v.seq))?;
+        if let AuthorityRecord::Heartbeat { at } = &v.record {
+            Self::bump_meta_u64(txn, meta_key::AUTHORITY_AS_OF, Some((*at).max(0) as u64))?;
+        }
         let site = self.config.role == Role::Site;
         let mut purge = None;
         if let AuthorityRecord::Purged { ins, .. } = &v.record
@@ -410,8 +414,15 @@ impl Replica {
         inses.iter().map(|i| self.dossier(i)).collect()
     }
 
-    /// Exports every record held as a signed bundle.
+    /// Exports every record held as a signed bundle; on the host, with a fresh heartbeat.
     pub fn export_authority(&self) -> Result<Bundle> {
+        if self.signing.is_some() {
+            self.issue(
+                AuthorityRecord::Heartbeat { at: self.now() },
+                "authority-export",
+                None,
+            )?;
+        }
         let host_key = self.host_key()?.ok_or_else(|| {
             Error::invalid("this replica has no host key: nothing signed to export")
         })?;

@@ -75,6 +75,7 @@ struct Context {
     emergency: EmergencyPrefs,
     grant: Option<(GrantState, bool)>,
     authority_version: u64,
+    lease_expired: bool,
 }
 
 impl Context {
@@ -128,6 +129,7 @@ impl Replica {
             emergency,
             grant,
             authority_version: generation.authority_version,
+            lease_expired: self.lease_expired(generation),
         })
     }
 
@@ -165,6 +167,7 @@ impl Replica {
                 grant: ctx.grant,
                 emergency: ctx.emergency,
                 matrix: &matrix,
+                lease_expired: ctx.lease_expired,
             },
         );
         let entry = AuditEntry {

@@ -87,6 +87,9 @@ pub struct ReplicaConfig {
     pub name: String,
     /// Creation time.
     pub created_at: Millis,
+    /// How long a site may make normal reads from its authority cache without news from the
+    /// host (DOMAIN §5); `None` on the host.
+    pub lease_ms: Option<Millis>,
 }
 
 /// Where the master key comes from.
@@ -144,7 +147,12 @@ pub struct InitOptions {
     pub key: KeySource,
     /// For a site: the host's public key to trust (else pinned at the first authority import).
     pub host_key: Option<[u8; 32]>,
+    /// For a site: the lease in hours (`DEFAULT_LEASE_HOURS` when absent).
+    pub lease_hours: Option<u32>,
 }
+
+/// DOMAIN §5's default lease: 72 hours.
+pub const DEFAULT_LEASE_HOURS: u32 = 72;
 
 /// Counters read from one snapshot: they key the registry cache and stamp traces.
 #[derive(Debug, Clone, Copy)]
@@ -153,6 +161,8 @@ struct Generation {
     registry: u64,
     /// Highest host record sequence admitted.
     authority_version: u64,
+    /// Time of the latest host heartbeat verified.
+    authority_as_of: Millis,
 }
 
 /// A source of the current time, injected so tests and simulations control it.
@@ -254,6 +264,12 @@ impl Replica {
                 Error::invalid("--host-key is not an Ed25519 public key: copy the host key that `carnet authority key` prints on the host")
             })?;
         }
+        if opts.role == Role::Host && opts.lease_hours.is_some() {
+            return Err(Error::invalid("the lease is a site setting"));
+        }
+        if opts.lease_hours == Some(0) {
+            return Err(Error::invalid("the lease must be at least one hour"));
+        }
         if opts.role == Role::Site && opts.site_id == Some(SiteId::HOST) {
             return Err(Error::invalid("site id 0 is the host's"));
         }
@@ -326,6 +342,12 @@ impl Replica {
             site_id,
             name: opts.name,
             created_at: clock(),
+            lease_ms: match opts.role {
+                Role::Host => None,
+                Role::Site => {
+                    Some(i64::from(opts.lease_hours.unwrap_or(DEFAULT_LEASE_HOURS)) * 3_600_000)
+                }
+            },
         };
         let db = Database::create(&db_path)?;
         let txn = db.begin_write()?;
@@ -567,6 +589,13 @@ impl Replica {
         &self.dir
     }
 
+    /// True when this site's authority cache is older than its lease.
+    fn lease_expired(&self, generation: Generation) -> bool {
+        self.config
+            .lease_ms
+            .is_some_and(|lease| self.now().saturating_sub(generation.authority_as_of) > lease)
+    }
+
     /// Current time from the injected clock.
     pub fn now(&self) -> Millis {
         (self.clock)()
@@ -657,6 +686,7 @@ impl Replica {
             Generation {
                 registry: get(meta_key::REGISTRY_GEN)?,
                 authority_version: get(meta_key::AUTHORITY_VERSION)?,
+                authority_as_of: get(meta_key::AUTHORITY_AS_OF)? as Millis,
             }
         };
         Ok((txn, generation))

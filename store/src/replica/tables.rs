@@ -47,6 +47,9 @@ pub mod meta_key {
     pub const AUTHORITY_SEQ: &str = "authority_seq";
     /// Registry generation (u64 LE): bumped by every change to AUTHORITY, PROS or DOSSIER_KEYS.
     pub const REGISTRY_GEN: &str = "registry_gen";
+    /// Time of the latest host heartbeat verified (i64 LE as u64): the age of the authority
+    /// cache, checked against the site's lease.
+    pub const AUTHORITY_AS_OF: &str = "authority_as_of";
     /// Epoch of the trace journal's live frames (u64 LE); see `journal`.
     pub const JOURNAL_EPOCH: &str = "journal_epoch";
     /// Highest outbox sequence acknowledged (u64 LE): with the last queued entry, where the
@@ -67,6 +70,8 @@ pub mod tag {
     pub const EMERGENCY: u8 = 3;
     /// Habilitation matrix (no blind index).
     pub const MATRIX: u8 = 4;
+    /// The host's latest heartbeat (no blind index).
+    pub const HEARTBEAT: u8 = 5;
 }
 
 /// A document's metadata row.

@@ -49,6 +49,7 @@ fn init(dir: &TempDir, role: Role, site: Option<u32>) -> Replica {
             site_id: site.map(SiteId),
             key: KeySource::File,
             host_key: None,
+            lease_hours: None,
         },
         clock(),
     )
@@ -309,6 +310,7 @@ fn rotation_rewraps_keys_and_passphrases_are_checked() {
             site_id: None,
             key: pass("first"),
             host_key: None,
+            lease_hours: None,
         },
         clock(),
     )
@@ -483,4 +485,51 @@ fn a_purged_ins_cannot_be_recreated_by_accident() {
         crate::authority::verify(&key, r).map(|v| v.record),
         Ok(crate::authority::AuthorityRecord::Purged { .. })
     )));
+}
+
+#[test]
+fn past_its_lease_a_site_reads_only_by_break_glass() {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    let now = Arc::new(AtomicI64::new(1_700_000_000_000));
+    let moving: Clock = {
+        let now = now.clone();
+        Arc::new(move || now.load(Ordering::SeqCst))
+    };
+    let (hd, host, sd, _site) = host_and_site();
+    drop(_site);
+    let site = Replica::open(sd.path(), &KeySource::File, moving).expect("reopen");
+    let id = write(&site, "doc", b"body");
+    let doctor_actor = Actor::Professional(doctor());
+    assert!(
+        site.read_document(&doctor_actor, &id, AccessMode::Normal, None)
+            .is_ok()
+    );
+    now.fetch_add(73 * 3_600_000, Ordering::SeqCst);
+    let err = site
+        .read_document(&doctor_actor, &id, AccessMode::Normal, None)
+        .expect_err("lease over");
+    assert!(matches!(err, Error::Denied { rule: 4, .. }), "{err}");
+    assert!(
+        site.read_document(
+            &doctor_actor,
+            &id,
+            AccessMode::BreakGlass,
+            Some("unconscious")
+        )
+        .is_ok()
+    );
+    // Writing still works offline; a fresh heartbeat from the host restores normal reads.
+    write(&site, "written past the lease", b"2");
+    drop(host);
+    let host = Replica::open(hd.path(), &KeySource::File, {
+        let now = now.clone();
+        Arc::new(move || now.load(Ordering::SeqCst))
+    })
+    .expect("host");
+    site.import_authority(&host.export_authority().expect("export"))
+        .expect("import");
+    assert!(
+        site.read_document(&doctor_actor, &id, AccessMode::Normal, None)
+            .is_ok()
+    );
 }
