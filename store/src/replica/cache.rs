@@ -15,7 +15,7 @@ use std::sync::{Arc, RwLock};
 use crate::authority::Verified;
 use crate::crypto::Key;
 use crate::error::Result;
-use crate::model::Professional;
+use crate::model::{DossierHead, Professional};
 
 const MAX_ENTRIES: usize = 50_000;
 
@@ -23,13 +23,14 @@ const MAX_ENTRIES: usize = 50_000;
 struct Maps {
     generation: u64,
     records: HashMap<Vec<u8>, Option<Arc<Verified>>>,
+    heads: HashMap<Vec<u8>, Option<Arc<DossierHead>>>,
     professionals: HashMap<String, Option<Arc<Professional>>>,
     keys: HashMap<[u8; 32], Option<Key>>,
 }
 
 impl Maps {
     fn len(&self) -> usize {
-        self.records.len() + self.professionals.len() + self.keys.len()
+        self.records.len() + self.heads.len() + self.professionals.len() + self.keys.len()
     }
 }
 
@@ -89,6 +90,22 @@ impl RegistryCache {
             generation,
             |m| &m.records,
             |m| &mut m.records,
+            subject,
+            || Ok(load()?.map(Arc::new)),
+        )
+    }
+
+    /// A dossier head by subject key (`None` when the subject holds no live head).
+    pub fn head(
+        &self,
+        generation: u64,
+        subject: &[u8],
+        load: impl FnOnce() -> Result<Option<DossierHead>>,
+    ) -> Result<Option<Arc<DossierHead>>> {
+        self.get_or_load(
+            generation,
+            |m| &m.heads,
+            |m| &mut m.heads,
             subject,
             || Ok(load()?.map(Arc::new)),
         )

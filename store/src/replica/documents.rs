@@ -70,8 +70,8 @@ pub struct DossierExport {
 
 /// What the policy needs to know about a dossier and the actor's rights on it.
 struct Context {
-    /// The verified head record (shared with the cache, not copied).
-    head_record: Arc<Verified>,
+    /// The dossier head (shared with the cache, not copied).
+    head: Arc<DossierHead>,
     emergency: EmergencyPrefs,
     grant: Option<(GrantState, bool)>,
     authority_version: u64,
@@ -80,11 +80,7 @@ struct Context {
 
 impl Context {
     fn head(&self) -> &DossierHead {
-        match &self.head_record.record {
-            AuthorityRecord::Dossier(h) => h,
-            // `context` only builds a Context around a dossier record.
-            _ => unreachable!("context holds a dossier record"),
-        }
+        &self.head
     }
 }
 
@@ -101,10 +97,25 @@ impl Replica {
                 self.authority_get(&txn.open_table(AUTHORITY)?, &subject)
             })
         };
-        let head_record = match get(subject_key(tag::DOSSIER, Some(bi), None))? {
-            Some(v) if matches!(v.record, AuthorityRecord::Dossier(_)) => v,
-            _ => return Err(Self::no_dossier()),
-        };
+        let head = self
+            .cache
+            .head(
+                generation.registry,
+                &subject_key(tag::DOSSIER, Some(bi), None),
+                || {
+                    let subject = subject_key(tag::DOSSIER, Some(bi), None);
+                    Ok(
+                        match self.authority_get(&txn.open_table(AUTHORITY)?, &subject)? {
+                            Some(Verified {
+                                record: AuthorityRecord::Dossier(h),
+                                ..
+                            }) => Some(h),
+                            _ => None,
+                        },
+                    )
+                },
+            )?
+            .ok_or_else(Self::no_dossier)?;
         let emergency = match get(subject_key(tag::EMERGENCY, Some(bi), None))?.as_deref() {
             Some(Verified {
                 record: AuthorityRecord::Emergency { prefs, .. },
@@ -125,7 +136,7 @@ impl Replica {
             _ => None,
         };
         Ok(Context {
-            head_record,
+            head,
             emergency,
             grant,
             authority_version: generation.authority_version,
