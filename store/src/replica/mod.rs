@@ -4,13 +4,16 @@
 //! Invariants:
 //! - One write transaction per logical change: the sealed document, its version vector, its
 //!   outbox entry and its trace entry commit together or not at all.
-//! - An audited read returns data only after its trace entry is durable (group commit).
+//! - An audited read returns data only after its trace entry is durable (group commit into the
+//!   trace journal, see `journal`).
+//! - Lock order: the trace chain, then the redb write transaction (`Writer`).
 //! - Every access decision, allowed or denied, is traced.
 //! - Nothing in the file is patient data in clear (see `tables`).
 //! - The stored format version is checked on open; a newer one is refused.
 //!
 //! Submodules: `tables` (layout), `documents` (document actions), `authority_ops` (host
-//! records, import/export, closure and purge), `sync` (outbox and `apply_remote`).
+//! records, import/export, closure and purge), `sync` (outbox and `apply_remote`), `cache`
+//! (decoded registry rows), `journal` (the trace journal).
 
 mod authority_ops;
 mod cache;
