@@ -801,29 +801,33 @@ impl Replica {
     /// Makes `entry` durable, sharing one journal sync with concurrent callers.
     fn trace_durably(&self, entry: AuditEntry) -> Result<()> {
         let prepared = self.prepare_trace(&entry)?;
-        self.audit_commit.submit(prepared, &|batch| {
-            let mut chain = self.chain.lock().map_err(lock_err)?;
-            let (mut seq, mut prev) = (chain.seq, chain.prev);
-            let mut records = Vec::with_capacity(batch.len());
-            for p in batch {
-                seq += 1;
-                let r = p.chain(self.keys.chain.expose(), seq, &prev);
-                prev = r.hash;
-                records.push(r);
-            }
-            if !chain.fits(&records) || chain.pending.len() >= journal::MERGE_AT {
-                // Lock order holds: the chain is locked, redb is locked next.
-                let txn = self.db.begin_write()?;
-                let moved = self.write_traces(&txn, &chain, &[])?;
-                txn.commit()?;
-                moved.apply(&mut chain);
-            }
-            chain.append(&records)?;
-            chain.seq = seq;
-            chain.prev = prev;
-            chain.pending.extend(records);
-            Ok(())
-        })
+        self.audit_commit
+            .submit(prepared, &|batch| self.commit_traces(batch))
+    }
+
+    /// The group commit of traces: chains the batch and makes it durable in the journal.
+    fn commit_traces(&self, batch: Vec<PreparedTrace>) -> Result<()> {
+        let mut chain = self.chain.lock().map_err(lock_err)?;
+        let (mut seq, mut prev) = (chain.seq, chain.prev);
+        let mut records = Vec::with_capacity(batch.len());
+        for p in batch {
+            seq += 1;
+            let r = p.chain(self.keys.chain.expose(), seq, &prev);
+            prev = r.hash;
+            records.push(r);
+        }
+        if !chain.fits(&records) || chain.pending.len() >= journal::MERGE_AT {
+            // Lock order holds: the chain is locked, redb is locked next.
+            let txn = self.db.begin_write()?;
+            let moved = self.write_traces(&txn, &chain, &[])?;
+            txn.commit()?;
+            moved.apply(&mut chain);
+        }
+        chain.append(&records)?;
+        chain.seq = seq;
+        chain.prev = prev;
+        chain.pending.extend(records);
+        Ok(())
     }
 
     /// Inserts, in `txn`, the journaled entries then `staged` ones, and advances the journal
