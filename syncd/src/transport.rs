@@ -1,0 +1,176 @@
+//! QUIC endpoints with mutual TLS 1.3 against the national CA, ALPN `carnet/1` (DESIGN §3).
+//!
+//! Invariants: the host accepts only clients whose certificate chains to the CA; a site
+//! accepts only a host whose certificate chains to the CA and names `HOST_NAME`; only TLS 1.3
+//! and the `carnet/1` protocol are offered.
+
+use std::sync::Arc;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::RootCertStore;
+use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+use crate::error::{Error, Result};
+use crate::pki::Identity;
+
+/// The application protocol.
+pub const ALPN: &[u8] = b"carnet/1";
+
+fn tls_err(e: impl std::fmt::Display) -> Error {
+    Error::Tls(e.to_string())
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn roots(ca_der: &[u8]) -> Result<Arc<RootCertStore>> {
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(ca_der.to_vec()))
+        .map_err(tls_err)?;
+    Ok(Arc::new(roots))
+}
+
+fn chain_and_key(id: &Identity) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+    (
+        vec![CertificateDer::from(id.cert_der.clone())],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(id.key_der.clone())),
+    )
+}
+
+/// The host's QUIC server configuration.
+pub fn server_config(ca_der: &[u8], host: &Identity) -> Result<quinn::ServerConfig> {
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca_der)?, provider())
+        .build()
+        .map_err(tls_err)?;
+    let (chain, key) = chain_and_key(host);
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls_err)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(tls_err)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = QuicServerConfig::try_from(tls).map_err(tls_err)?;
+    Ok(quinn::ServerConfig::with_crypto(Arc::new(quic)))
+}
+
+/// A site's QUIC client configuration.
+pub fn client_config(ca_der: &[u8], site: &Identity) -> Result<quinn::ClientConfig> {
+    let (chain, key) = chain_and_key(site);
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls_err)?
+        .with_root_certificates(roots(ca_der)?)
+        .with_client_auth_cert(chain, key)
+        .map_err(tls_err)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = QuicClientConfig::try_from(tls).map_err(tls_err)?;
+    Ok(quinn::ClientConfig::new(Arc::new(quic)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::{HOST_NAME, issue_host, issue_site, new_ca};
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    /// A host endpoint on 127.0.0.1 that echoes one message per accepted connection.
+    fn echo_host(config: quinn::ServerConfig) -> (quinn::Endpoint, SocketAddr) {
+        let addr: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        let endpoint = quinn::Endpoint::server(config, addr).expect("bind");
+        let local = endpoint.local_addr().expect("local");
+        let server = endpoint.clone();
+        tokio::spawn(async move {
+            while let Some(incoming) = server.accept().await {
+                tokio::spawn(async move {
+                    let Ok(conn) = incoming.await else { return };
+                    if let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                        let got = recv.read_to_end(1024).await.unwrap_or_default();
+                        let _ = send.write_all(&got).await;
+                        let _ = send.finish();
+                        let _ = conn.closed().await;
+                    }
+                });
+            }
+        });
+        (endpoint, local)
+    }
+
+    async fn exchange(
+        client: quinn::ClientConfig,
+        host: SocketAddr,
+    ) -> std::result::Result<Vec<u8>, String> {
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr"))
+            .map_err(|e| e.to_string())?;
+        endpoint.set_default_client_config(client);
+        let conn = endpoint
+            .connect(host, HOST_NAME)
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        send.write_all(b"hello").await.map_err(|e| e.to_string())?;
+        send.finish().map_err(|e| e.to_string())?;
+        let reply = recv.read_to_end(1024).await.map_err(|e| e.to_string())?;
+        conn.close(0u32.into(), b"done");
+        Ok(reply)
+    }
+
+    #[tokio::test]
+    async fn mutual_tls_admits_enrolled_sites_only() {
+        let ca = new_ca().expect("ca");
+        let host = issue_host(&ca).expect("host cert");
+        let (_endpoint, addr) = echo_host(server_config(&ca.cert_der, &host).expect("server"));
+        let bounded = |f| tokio::time::timeout(Duration::from_secs(5), f);
+
+        // A site enrolled by the national CA gets through.
+        let site = issue_site(&ca, 7).expect("site cert");
+        let reply = bounded(exchange(
+            client_config(&ca.cert_der, &site).expect("client"),
+            addr,
+        ))
+        .await
+        .expect("in time");
+        assert_eq!(reply.as_deref(), Ok(&b"hello"[..]));
+
+        // A certificate from another CA is refused, whichever side it is on.
+        let rogue_ca = new_ca().expect("ca");
+        let rogue = issue_site(&rogue_ca, 7).expect("rogue cert");
+        let refused = bounded(exchange(
+            client_config(&ca.cert_der, &rogue).expect("client"),
+            addr,
+        ))
+        .await
+        .expect("in time");
+        assert!(refused.is_err(), "a rogue site was admitted");
+        let wrong_trust = bounded(exchange(
+            client_config(&rogue_ca.cert_der, &rogue).expect("client"),
+            addr,
+        ))
+        .await
+        .expect("in time");
+        assert!(
+            wrong_trust.is_err(),
+            "a site trusted a host its CA did not certify"
+        );
+    }
+
+    #[test]
+    fn bad_material_is_a_clear_error() {
+        let ca = new_ca().expect("ca");
+        let mut host = issue_host(&ca).expect("host");
+        host.key_der = vec![1, 2, 3];
+        assert!(matches!(
+            server_config(&ca.cert_der, &host),
+            Err(Error::Tls(_))
+        ));
+        assert!(matches!(
+            server_config(b"not a certificate", &host),
+            Err(Error::Tls(_))
+        ));
+    }
+}
