@@ -574,6 +574,10 @@ impl Replica {
                 let last = body_key(&id, u32::MAX);
                 bodies.retain_in(first.as_slice()..=last.as_slice(), |_, _| false)?;
             }
+            txn.open_table(UNIQUE_IDS)?.retain_in(
+                bi.as_slice()..=unique_key(&bi, &[0xff; 32]).as_slice(),
+                |_, _| false,
+            )?;
             let mut auth = txn.open_table(AUTHORITY)?;
             for t in [tag::DOSSIER, tag::GRANT, tag::EMERGENCY] {
                 let prefix = subject_key(t, Some(&bi), None);

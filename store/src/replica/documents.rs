@@ -436,6 +436,25 @@ impl Replica {
                 let key = self
                     .key_for(&snap, generation, &bi)?
                     .ok_or_else(Self::no_dossier)?;
+                if let Some(uid) = &d.unique_id {
+                    let k = self.unique_index(&bi, uid);
+                    let taken = snap
+                        .open_table(UNIQUE_IDS)?
+                        .get(k.as_slice())?
+                        .map(|v| DocId(*v.value()));
+                    if let Some(existing) = taken {
+                        return Err(Error::invalid(format!(
+                            "a document with unique id '{uid}' is already in this dossier ({existing})"
+                        )));
+                    }
+                    if plans.iter().any(|p: &(_, _, _, _, Ins, NewDocument)| {
+                        p.4 == ins && p.5.unique_id.as_deref() == Some(uid)
+                    }) {
+                        return Err(Error::invalid(format!(
+                            "unique id '{uid}' appears twice in the batch"
+                        )));
+                    }
+                }
                 let id = DocId::mint(self.now());
                 entry.doc = Some(id);
                 entries.push(entry);
@@ -453,6 +472,7 @@ impl Replica {
             let mut docs = txn.open_table(DOCS)?;
             let mut index = txn.open_table(DOSSIER_DOCS)?;
             let mut bodies = txn.open_table(BODIES)?;
+            let mut uniques = txn.open_table(UNIQUE_IDS)?;
             let first_seq = Self::next_outbox_seq(&txn)?;
             let mut outbox = txn.open_table(OUTBOX)?;
             for (n, (bi, key, id, mask_default, ins, d)) in plans.into_iter().enumerate() {
@@ -460,6 +480,10 @@ impl Replica {
                 self.put_meta(&mut docs, &key, &bi, 1, &meta)?;
                 self.put_body(&mut bodies, &key, &id, &d.body)?;
                 index.insert(dossier_doc_key(&bi, &id.0).as_slice(), ())?;
+                uniques.insert(
+                    self.unique_index(&bi, &meta.facts.unique_id).as_slice(),
+                    &id.0,
+                )?;
                 let item = postcard::to_stdvec(&OutboxItem::Document(id.0))?;
                 outbox.insert(first_seq + n as u64, item.as_slice())?;
                 ids.push(id);
@@ -738,12 +762,31 @@ impl Replica {
         self.put_body(&mut txn.open_table(BODIES)?, &key, &id, &doc.body)?;
         txn.open_table(DOSSIER_DOCS)?
             .insert(dossier_doc_key(&stored.dossier, &id.0).as_slice(), ())?;
+        let unique = self.unique_index(&stored.dossier, &new.facts.unique_id);
+        let mut uniques = txn.open_table(UNIQUE_IDS)?;
+        if uniques.get(unique.as_slice())?.is_some() {
+            return Err(Error::invalid(format!(
+                "a document with unique id '{}' is already in this dossier",
+                new.facts.unique_id
+            )));
+        }
+        uniques.insert(unique.as_slice(), &id.0)?;
+        drop(uniques);
         self.push_outbox(&txn, OutboxItem::Document(old_id.0))?;
         self.push_outbox(&txn, OutboxItem::Document(id.0))?;
         entry.doc = Some(*old_id);
         txn.trace(vec![entry]);
         txn.commit()?;
         Ok(id)
+    }
+
+    /// The document a producer's unique id names in a dossier, if this replica holds it: how
+    /// ingestion recognises a document sent twice. An administrative lookup, not an access.
+    pub fn find_by_unique_id(&self, ins: &Ins, unique_id: &str) -> Result<Option<DocId>> {
+        let (txn, _) = self.snapshot()?;
+        let k = self.unique_index(&self.blind(ins), unique_id);
+        let row = txn.open_table(UNIQUE_IDS)?.get(k.as_slice())?;
+        Ok(row.map(|v| DocId(*v.value())))
     }
 
     /// The holder's (or a legal representative's) full copy of the dossier.

@@ -365,6 +365,7 @@ impl Replica {
             txn.open_table(TOMBSTONES)?;
             txn.open_table(DOCS)?;
             txn.open_table(DOSSIER_DOCS)?;
+            txn.open_table(UNIQUE_IDS)?;
             txn.open_table(BODIES)?;
             txn.open_table(PROS)?;
             txn.open_table(AUDIT)?;
@@ -615,6 +616,13 @@ impl Replica {
 
     fn blind(&self, ins: &Ins) -> [u8; 32] {
         self.keys.index.blind_index(ins.matricule().as_bytes())
+    }
+
+    /// The `UNIQUE_IDS` key of a producer's unique id in a dossier.
+    fn unique_index(&self, bi: &[u8; 32], unique_id: &str) -> [u8; 64] {
+        let mut tagged = b"unique-id:".to_vec();
+        tagged.extend_from_slice(unique_id.as_bytes());
+        unique_key(bi, &self.keys.index.blind_index(&tagged))
     }
 
     /// Highest host record sequence this replica has admitted (its authority cache version).

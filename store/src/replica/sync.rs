@@ -142,6 +142,11 @@ impl Replica {
                 self.put_meta(&mut docs, &key, &bi, 1, remote)?;
                 txn.open_table(DOSSIER_DOCS)?
                     .insert(dossier_doc_key(&bi, &id.0).as_slice(), ())?;
+                let unique = self.unique_index(&bi, &remote.facts.unique_id);
+                let mut uniques = txn.open_table(UNIQUE_IDS)?;
+                if uniques.get(unique.as_slice())?.is_none() {
+                    uniques.insert(unique.as_slice(), &id.0)?;
+                }
             }
         }
         Ok(Applied::Applied)

@@ -20,6 +20,9 @@ pub const TOMBSTONES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("
 pub const DOCS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("docs");
 /// Index of a dossier's documents: blind index ‖ document id.
 pub const DOSSIER_DOCS: TableDefinition<&[u8], ()> = TableDefinition::new("dossier_docs");
+/// Producers' unique ids: blind index ‖ keyed hash of the unique id → document id, so a
+/// document sent twice is recognised (and a dossier's entries go with it at purge).
+pub const UNIQUE_IDS: TableDefinition<&[u8], &[u8; 16]> = TableDefinition::new("unique_ids");
 /// Body chunks, sealed with the dossier key: document id ‖ chunk number (big-endian u32).
 pub const BODIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("bodies");
 /// Professionals registered at this site, sealed with the registry key, by RPPS.
@@ -124,6 +127,14 @@ pub fn dossier_doc_key(bi: &[u8; 32], id: &[u8; 16]) -> [u8; 48] {
     let mut k = [0u8; 48];
     k[..32].copy_from_slice(bi);
     k[32..].copy_from_slice(id);
+    k
+}
+
+/// `blind index ‖ hash of the unique id`.
+pub fn unique_key(bi: &[u8; 32], uid_hash: &[u8; 32]) -> [u8; 64] {
+    let mut k = [0u8; 64];
+    k[..32].copy_from_slice(bi);
+    k[32..].copy_from_slice(uid_hash);
     k
 }
 

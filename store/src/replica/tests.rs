@@ -582,3 +582,30 @@ fn journaled_traces_survive_a_crash() {
     write(&host, "after", b"2");
     host.verify_audit().expect("chain intact");
 }
+
+#[test]
+fn a_producers_unique_id_is_recognised_and_not_reused() {
+    let (_hd, host, _sd, _site) = host_and_site();
+    let mut d = doc("lab report", b"1");
+    d.unique_id = Some("urn:oid:1.2.3.4.5".into());
+    let actor = Actor::Professional(doctor());
+    let id = host
+        .put_document(&actor, AccessMode::Normal, None, &ins(), d.clone())
+        .expect("put");
+    assert_eq!(
+        host.find_by_unique_id(&ins(), "urn:oid:1.2.3.4.5").ok(),
+        Some(Some(id))
+    );
+    assert_eq!(
+        host.find_by_unique_id(&ins(), "urn:oid:other").ok(),
+        Some(None)
+    );
+    let again = host.put_document(&actor, AccessMode::Normal, None, &ins(), d);
+    assert!(matches!(again, Err(Error::Invalid(_))), "{again:?}");
+    host.close_dossier(&ins(), "x").expect("close");
+    host.purge_dossier(&ins()).expect("purge");
+    assert_eq!(
+        host.find_by_unique_id(&ins(), "urn:oid:1.2.3.4.5").ok(),
+        Some(None)
+    );
+}
