@@ -1,0 +1,395 @@
+//! The inbox: clinic software drops a document and its sidecar into a folder; each complete
+//! pair is stored once, then moved to `done/`, or to `rejected/` with a `.error.txt` saying why.
+//!
+//! A pair is `NAME` (the document) and `NAME.carnet.json` (its sidecar, format in README).
+//! Producers write under a temporary name and rename when complete; names starting with `.` or
+//! ending in `.tmp`, `.part` or `~` are ignored, and so is a sidecar whose document has not
+//! arrived yet.
+//!
+//! Invariants: a pair is stored before it is moved, and recognised by its producer's
+//! `unique_id` when seen again, so a crash between the two, or the same pair dropped twice,
+//! stores it once. Bad input never panics: it lands in `rejected/` with the reason.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use carnet_store::ids::{DocId, Ins, Rpps};
+use carnet_store::model::{AccessMode, Actor, DocClass};
+use carnet_store::replica::{NewDocument, Replica};
+use serde::Deserialize;
+
+/// Suffix of a sidecar file.
+pub const SIDECAR_SUFFIX: &str = ".carnet.json";
+/// Largest sidecar read (a sidecar is a few hundred bytes).
+const SIDECAR_MAX: u64 = 64 * 1024;
+
+/// The sidecar: what the clinic software says about the document beside it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sidecar {
+    /// Holder's INS (15 characters).
+    pub ins: String,
+    /// RPPS of the professional who files it (registered at this site).
+    pub author_rpps: String,
+    /// Class code, e.g. "10".
+    pub class: String,
+    /// Type code, e.g. "11488-4".
+    #[serde(rename = "type")]
+    pub type_code: String,
+    /// Title.
+    pub title: String,
+    /// Producer's unique id: what makes a second drop of the same pair harmless.
+    pub unique_id: String,
+    /// MIME type (default `application/pdf`).
+    #[serde(default)]
+    pub format: Option<String>,
+    /// Start of the act, `YYYY-MM-DD` (default: now).
+    #[serde(default)]
+    pub service_start: Option<String>,
+}
+
+/// What one pass over the inbox did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct InboxReport {
+    /// Documents stored now, by file name.
+    pub stored: Vec<(String, DocId)>,
+    /// Pairs already stored earlier (same unique id), moved to `done/`.
+    pub duplicates: Vec<String>,
+    /// Pairs refused, with the reason written beside them.
+    pub rejected: Vec<(String, String)>,
+}
+
+fn is_temporary(name: &str) -> bool {
+    name.starts_with('.')
+        || name.ends_with(".tmp")
+        || name.ends_with(".part")
+        || name.ends_with('~')
+}
+
+/// Processes every complete pair now in `inbox` (the scan at start-up, and the work done on
+/// each file-system event).
+pub fn process(replica: &Replica, inbox: &Path) -> std::io::Result<InboxReport> {
+    let mut report = InboxReport::default();
+    let mut names: Vec<String> = fs::read_dir(inbox)?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    for sidecar_name in names
+        .iter()
+        .filter(|n| n.ends_with(SIDECAR_SUFFIX) && !is_temporary(n))
+    {
+        let doc_name = &sidecar_name[..sidecar_name.len() - SIDECAR_SUFFIX.len()];
+        if doc_name.is_empty() || is_temporary(doc_name) || !names.iter().any(|n| n == doc_name) {
+            continue;
+        }
+        let doc_path = inbox.join(doc_name);
+        let sidecar_path = inbox.join(sidecar_name);
+        match ingest(replica, &doc_path, &sidecar_path) {
+            Ok(Ingested::Stored(id)) => {
+                move_pair(inbox, "done", &doc_path, &sidecar_path, None)?;
+                report.stored.push((doc_name.to_string(), id));
+            }
+            Ok(Ingested::AlreadyStored) => {
+                move_pair(inbox, "done", &doc_path, &sidecar_path, None)?;
+                report.duplicates.push(doc_name.to_string());
+            }
+            Err(reason) => {
+                move_pair(inbox, "rejected", &doc_path, &sidecar_path, Some(&reason))?;
+                report.rejected.push((doc_name.to_string(), reason));
+            }
+        }
+    }
+    Ok(report)
+}
+
+enum Ingested {
+    Stored(DocId),
+    AlreadyStored,
+}
+
+fn ingest(replica: &Replica, doc: &Path, sidecar: &Path) -> Result<Ingested, String> {
+    let size = fs::metadata(sidecar)
+        .map_err(|e| format!("cannot read the sidecar: {e}"))?
+        .len();
+    if size > SIDECAR_MAX {
+        return Err(format!(
+            "the sidecar is {size} bytes; at most {SIDECAR_MAX} are accepted"
+        ));
+    }
+    let text = fs::read(sidecar).map_err(|e| format!("cannot read the sidecar: {e}"))?;
+    let meta: Sidecar =
+        serde_json::from_slice(&text).map_err(|e| format!("the sidecar is not valid: {e}"))?;
+    let ins = Ins::parse(&meta.ins).map_err(|e| e.to_string())?;
+    let rpps = Rpps::parse(&meta.author_rpps).map_err(|e| e.to_string())?;
+    if meta.unique_id.trim().is_empty() {
+        return Err("the sidecar needs a unique_id".into());
+    }
+    if replica
+        .find_by_unique_id(&ins, &meta.unique_id)
+        .map_err(|e| e.to_string())?
+        .is_some()
+    {
+        return Ok(Ingested::AlreadyStored);
+    }
+    let service_start = meta
+        .service_start
+        .as_deref()
+        .map(carnet_store::time::parse_date)
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let body = fs::read(doc).map_err(|e| format!("cannot read the document: {e}"))?;
+    let new = NewDocument {
+        class: DocClass::parse(&meta.class).map_err(|e| e.to_string())?,
+        type_code: meta.type_code,
+        title: meta.title,
+        format: meta.format.unwrap_or_else(|| "application/pdf".into()),
+        body,
+        unique_id: Some(meta.unique_id),
+        service_start,
+        service_end: None,
+    };
+    replica
+        .put_document(
+            &Actor::Professional(rpps),
+            AccessMode::Normal,
+            None,
+            &ins,
+            new,
+        )
+        .map(Ingested::Stored)
+        .map_err(|e| e.to_string())
+}
+
+/// Moves both files into `inbox/sub/`, never over an existing file; writes the reason beside
+/// them when given.
+fn move_pair(
+    inbox: &Path,
+    sub: &str,
+    doc: &Path,
+    sidecar: &Path,
+    reason: Option<&str>,
+) -> std::io::Result<()> {
+    let dir = inbox.join(sub);
+    fs::create_dir_all(&dir)?;
+    let doc_target = free_name(&dir, doc)?;
+    let sidecar_target = PathBuf::from(format!("{}{SIDECAR_SUFFIX}", doc_target.display()));
+    if let Some(reason) = reason {
+        fs::write(
+            format!("{}.error.txt", doc_target.display()),
+            format!("{reason}\n"),
+        )?;
+    }
+    fs::rename(sidecar, sidecar_target)?;
+    fs::rename(doc, doc_target)?;
+    Ok(())
+}
+
+/// `dir/NAME`, or `dir/NAME.1`, `.2`… if taken.
+fn free_name(dir: &Path, file: &Path) -> std::io::Result<PathBuf> {
+    let name = file
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("a file without a name"))?
+        .to_string_lossy()
+        .into_owned();
+    let mut candidate = dir.join(&name);
+    let mut n = 1;
+    while candidate.exists()
+        || PathBuf::from(format!("{}{SIDECAR_SUFFIX}", candidate.display())).exists()
+    {
+        candidate = dir.join(format!("{name}.{n}"));
+        n += 1;
+    }
+    Ok(candidate)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use carnet_store::ids::InsKind;
+    use carnet_store::model::{
+        GrantBasis, GrantState, HolderKind, Identity, IdentityStatus, Profession, Professional, Sex,
+    };
+    use carnet_store::replica::{InitOptions, KeySource, NewDossier, Role};
+    use std::sync::Arc;
+
+    const DOCTOR: &str = "10000000001";
+
+    fn ins() -> Ins {
+        Ins::from_body("2840575123456").expect("ins")
+    }
+
+    fn replica(dir: &Path) -> Replica {
+        let clock: carnet_store::replica::Clock = Arc::new(|| 1_700_000_000_000);
+        let r = Replica::init(
+            dir,
+            InitOptions {
+                role: Role::Host,
+                name: "h".into(),
+                site_id: None,
+                key: KeySource::File,
+                host_key: None,
+                lease_hours: None,
+            },
+            clock,
+        )
+        .expect("init");
+        let rpps = Rpps::parse(DOCTOR).expect("rpps");
+        r.add_professional(&Professional {
+            rpps: rpps.clone(),
+            profession: Profession::Medecin,
+            specialty: None,
+            name: None,
+        })
+        .expect("pro");
+        r.create_dossier(NewDossier {
+            ins: ins(),
+            ins_kind: InsKind::TestNir,
+            identity: Identity {
+                birth_name: "TEST".into(),
+                first_names: "Alex".into(),
+                birth_date: "1984-05-07".into(),
+                sex: Sex::Female,
+                birthplace: None,
+                status: IdentityStatus::Qualified,
+            },
+            holder: HolderKind::Adult,
+            representatives: vec![],
+            mask_new_by_default: false,
+        })
+        .expect("dossier");
+        r.set_grant(&ins(), &rpps, GrantState::Active, GrantBasis::Treating)
+            .expect("grant");
+        r
+    }
+
+    fn sidecar(uid: &str) -> String {
+        format!(
+            r#"{{"ins": "{}", "author_rpps": "{DOCTOR}", "class": "10", "type": "11488-4",
+                "title": "CR de consultation", "unique_id": "{uid}", "format": "text/plain",
+                "service_start": "2026-11-20"}}"#,
+            ins().matricule()
+        )
+    }
+
+    fn drop_pair(inbox: &Path, name: &str, body: &str, sidecar: &str) {
+        fs::write(inbox.join(name), body).expect("doc");
+        fs::write(inbox.join(format!("{name}{SIDECAR_SUFFIX}")), sidecar).expect("sidecar");
+    }
+
+    fn documents(r: &Replica) -> usize {
+        r.list_documents(
+            &Actor::Professional(Rpps::parse(DOCTOR).expect("rpps")),
+            &ins(),
+        )
+        .expect("list")
+        .len()
+    }
+
+    #[test]
+    fn a_pair_is_stored_once_even_if_dropped_twice() {
+        let (data, inbox) = (
+            tempfile::tempdir().expect("tmp"),
+            tempfile::tempdir().expect("tmp"),
+        );
+        let r = replica(data.path());
+        drop_pair(
+            inbox.path(),
+            "cr.txt",
+            "synthetic report",
+            &sidecar("urn:test:1"),
+        );
+        let first = process(&r, inbox.path()).expect("scan");
+        assert_eq!(first.stored.len(), 1, "{first:?}");
+        assert!(inbox.path().join("done/cr.txt").exists());
+        assert!(
+            inbox
+                .path()
+                .join(format!("done/cr.txt{SIDECAR_SUFFIX}"))
+                .exists()
+        );
+        assert!(!inbox.path().join("cr.txt").exists());
+        let (_, id) = &first.stored[0];
+        let read = r
+            .read_document(
+                &Actor::Professional(Rpps::parse(DOCTOR).expect("rpps")),
+                id,
+                AccessMode::Normal,
+                None,
+            )
+            .expect("read");
+        assert_eq!(&read.body[..], b"synthetic report");
+
+        drop_pair(
+            inbox.path(),
+            "cr.txt",
+            "synthetic report",
+            &sidecar("urn:test:1"),
+        );
+        let second = process(&r, inbox.path()).expect("scan");
+        assert_eq!(second.duplicates, vec!["cr.txt".to_string()]);
+        assert!(second.stored.is_empty());
+        assert_eq!(documents(&r), 1);
+        assert!(
+            inbox.path().join("done/cr.txt.1").exists(),
+            "nothing overwritten in done/"
+        );
+    }
+
+    #[test]
+    fn a_bad_sidecar_is_rejected_with_its_reason() {
+        let (data, inbox) = (
+            tempfile::tempdir().expect("tmp"),
+            tempfile::tempdir().expect("tmp"),
+        );
+        let r = replica(data.path());
+        drop_pair(inbox.path(), "a.txt", "x", "{ not json");
+        let bad_ins = sidecar("urn:test:2").replace(ins().matricule(), "284057512345600");
+        drop_pair(inbox.path(), "b.txt", "x", &bad_ins);
+        let stranger = sidecar("urn:test:3").replace(DOCTOR, "19999999999");
+        drop_pair(inbox.path(), "c.txt", "x", &stranger);
+        let report = process(&r, inbox.path()).expect("scan");
+        assert_eq!(report.rejected.len(), 3, "{report:?}");
+        let reason = |n: &str| {
+            fs::read_to_string(inbox.path().join(format!("rejected/{n}.error.txt")))
+                .expect("reason")
+        };
+        assert!(reason("a.txt").contains("sidecar is not valid"));
+        assert!(reason("b.txt").contains("INS"));
+        assert!(reason("c.txt").contains("denied"));
+        assert!(inbox.path().join("rejected/a.txt").exists());
+        assert_eq!(documents(&r), 0);
+    }
+
+    #[test]
+    fn temporary_names_and_half_pairs_wait() {
+        let (data, inbox) = (
+            tempfile::tempdir().expect("tmp"),
+            tempfile::tempdir().expect("tmp"),
+        );
+        let r = replica(data.path());
+        fs::write(inbox.path().join("d.txt.part"), "x").expect("part");
+        fs::write(
+            inbox.path().join(format!("d.txt.part{SIDECAR_SUFFIX}")),
+            sidecar("urn:test:4"),
+        )
+        .expect("sc");
+        fs::write(
+            inbox.path().join(format!("e.txt{SIDECAR_SUFFIX}")),
+            sidecar("urn:test:5"),
+        )
+        .expect("sc");
+        fs::write(
+            inbox.path().join(format!(".f.txt{SIDECAR_SUFFIX}")),
+            sidecar("urn:test:6"),
+        )
+        .expect("sc");
+        let report = process(&r, inbox.path()).expect("scan");
+        assert_eq!(report, InboxReport::default());
+        assert!(inbox.path().join("d.txt.part").exists());
+        // The document arrives (renamed into place): the pair is complete now.
+        fs::write(inbox.path().join("e.txt"), "late document").expect("doc");
+        assert_eq!(process(&r, inbox.path()).expect("scan").stored.len(), 1);
+    }
+}
