@@ -48,6 +48,9 @@ pub enum Command {
     /// Signed host records: export (host) and import (site).
     #[command(subcommand)]
     Authority(AuthorityCmd),
+    /// The national PKI: CA, site enrolment and revocation (host).
+    #[command(subcommand)]
+    Pki(PkiCmd),
     /// Run the demonstration scenario in a temporary folder.
     Demo(DemoArgs),
 }
@@ -75,6 +78,31 @@ pub struct InitArgs {
     /// Hours a site may read normally from its cache without news from the host (default 72).
     #[arg(long)]
     pub lease_hours: Option<u32>,
+    /// Create the site from its enrolment bundle (site id, host key, certificate).
+    #[arg(long)]
+    pub enrol: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PkiCmd {
+    /// Create the national CA and the host's certificate.
+    Init,
+    /// Enrol a site: writes its bundle (it holds a private key: hand it over securely).
+    Enrol {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        finess: String,
+        /// Where sites reach the host, IP:PORT.
+        #[arg(long)]
+        host_address: String,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Revoke a site: its certificate is refused from now on.
+    Revoke { site: u32 },
+    /// List enrolled sites.
+    List,
 }
 
 #[derive(Debug, Subcommand)]

@@ -52,6 +52,17 @@ pub enum Failure {
     Usage(String),
     /// Reading or writing a user's file failed (exit 2: fix the path).
     File(String),
+    /// From the sync layer.
+    Sync(carnet_syncd::Error),
+}
+
+impl From<carnet_syncd::Error> for Failure {
+    fn from(e: carnet_syncd::Error) -> Self {
+        match e {
+            carnet_syncd::Error::Store(e) => Failure::Store(e),
+            other => Failure::Sync(other),
+        }
+    }
 }
 
 impl From<Error> for Failure {
@@ -65,6 +76,8 @@ impl Failure {
     pub fn exit_code(&self) -> i32 {
         match self {
             Failure::Usage(_) | Failure::File(_) => 2,
+            Failure::Sync(carnet_syncd::Error::Io(_)) => 1,
+            Failure::Sync(_) => 2,
             Failure::Store(e) => match e {
                 Error::Invalid(_) | Error::Key(_) => 2,
                 Error::Denied { .. } => 3,
@@ -79,6 +92,8 @@ impl Failure {
     pub fn kind(&self) -> &'static str {
         match self {
             Failure::Usage(_) | Failure::File(_) => "invalid",
+            Failure::Sync(carnet_syncd::Error::Io(_)) => "storage",
+            Failure::Sync(_) => "invalid",
             Failure::Store(e) => match e {
                 Error::Invalid(_) => "invalid",
                 Error::Key(_) => "key",
@@ -94,6 +109,7 @@ impl Failure {
     pub fn message(&self) -> String {
         match self {
             Failure::Usage(m) | Failure::File(m) => m.clone(),
+            Failure::Sync(e) => e.to_string(),
             Failure::Store(e) => e.to_string(),
         }
     }
@@ -189,6 +205,7 @@ pub fn run(cli: &Cli) -> Result<Reply> {
         Command::Keys(KeysCmd::Rotate) => rotate(cli),
         Command::Export(a) => export(cli, a),
         Command::Authority(c) => authority(cli, c),
+        Command::Pki(c) => pki(cli, c),
         Command::Demo(a) => crate::demo::run(a),
     }
 }
@@ -200,13 +217,31 @@ fn init(cli: &Cli, a: &InitArgs) -> Result<Reply> {
         RoleArg::Site => Role::Site,
     };
     if role == Role::Host
-        && (a.site_id.is_some() || a.host_key.is_some() || a.lease_hours.is_some())
+        && (a.site_id.is_some()
+            || a.host_key.is_some()
+            || a.lease_hours.is_some()
+            || a.enrol.is_some())
     {
         return Err(Failure::Usage(
-            "--site-id, --host-key and --lease-hours are for sites".into(),
+            "--site-id, --host-key, --lease-hours and --enrol are for sites".into(),
         ));
     }
-    let host_key = a.host_key.as_deref().map(parse_hex32).transpose()?;
+    let bundle = match &a.enrol {
+        Some(path) => {
+            if a.site_id.is_some() || a.host_key.is_some() {
+                return Err(Failure::Usage(
+                    "--enrol gives the site id and the host key: drop --site-id and --host-key"
+                        .into(),
+                ));
+            }
+            Some(carnet_syncd::enrol::Bundle::from_bytes(&read_file(path)?)?)
+        }
+        None => None,
+    };
+    let host_key = match &bundle {
+        Some(b) => Some(b.host_key),
+        None => a.host_key.as_deref().map(parse_hex32).transpose()?,
+    };
     let source = key_source();
     let key_desc = match source {
         KeySource::File => format!(
@@ -219,19 +254,29 @@ fn init(cli: &Cli, a: &InitArgs) -> Result<Reply> {
         &dir,
         InitOptions {
             role,
-            name: a.name.clone().unwrap_or_else(|| role.as_str().to_string()),
-            site_id: a.site_id.map(SiteId),
+            name: bundle
+                .as_ref()
+                .map(|b| b.name.clone())
+                .or_else(|| a.name.clone())
+                .unwrap_or_else(|| role.as_str().to_string()),
+            site_id: bundle
+                .as_ref()
+                .map(|b| SiteId(b.site_id))
+                .or(a.site_id.map(SiteId)),
             key: source,
             host_key,
             lease_hours: a.lease_hours,
         },
         system_clock(),
     )?;
+    if let Some(b) = &bundle {
+        carnet_syncd::enrol::install_site(&r, b)?;
+    }
     let c = r.config();
     let host_key = r.host_key()?.map(|k| hex(&k));
     Ok(Reply::new(
         format!(
-            "initialised {} replica '{}' (site id {}) in {}\nmaster key: {key_desc}{}",
+            "initialised {} replica '{}' (site id {}) in {}\nmaster key: {key_desc}{}{}",
             c.role.as_str(),
             c.name,
             c.site_id,
@@ -239,11 +284,88 @@ fn init(cli: &Cli, a: &InitArgs) -> Result<Reply> {
             host_key
                 .as_ref()
                 .map(|k| format!("\nhost key: {k}"))
+                .unwrap_or_default(),
+            bundle
+                .as_ref()
+                .map(|b| format!(
+                    "\nenrolled: certificate installed, host at {}",
+                    b.host_address
+                ))
                 .unwrap_or_default()
         ),
         json!({"role": c.role.as_str(), "name": c.name, "site_id": c.site_id.0,
-               "data": dir.display().to_string(), "host_key": host_key}),
+               "data": dir.display().to_string(), "host_key": host_key,
+               "enrolled": bundle.is_some()}),
     ))
+}
+
+fn write_private_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Failure::File(format!("cannot write {}: {e}", path.display())))?;
+    f.write_all(bytes)
+        .map_err(|e| Failure::File(format!("cannot write {}: {e}", path.display())))
+}
+
+fn pki(cli: &Cli, c: &PkiCmd) -> Result<Reply> {
+    let r = open(cli)?;
+    match c {
+        PkiCmd::Init => {
+            carnet_syncd::enrol::init_host(&r)?;
+            Ok(Reply::new(
+                "national CA and host certificate created",
+                json!({"pki": true}),
+            ))
+        }
+        PkiCmd::Enrol {
+            name,
+            finess,
+            host_address,
+            output,
+        } => {
+            let b = carnet_syncd::enrol::enrol(&r, name, finess, host_address)?;
+            write_private_file(output, &b.to_bytes()?)?;
+            Ok(Reply::new(
+                format!(
+                    "enrolled site {} '{}': bundle written to {} (it holds the site's private key: hand it over securely, then delete it)",
+                    b.site_id,
+                    b.name,
+                    output.display()
+                ),
+                json!({"site_id": b.site_id, "name": b.name, "output": output.display().to_string()}),
+            ))
+        }
+        PkiCmd::Revoke { site } => {
+            carnet_syncd::enrol::revoke(&r, *site)?;
+            Ok(Reply::new(
+                format!("site {site} revoked: its certificate is refused from now on"),
+                json!({"site_id": site, "revoked": true}),
+            ))
+        }
+        PkiCmd::List => {
+            let sites = carnet_syncd::enrol::sites(&r)?;
+            let mut human = format!("{:<8} {:<10} {:<8} NAME\n", "SITE", "FINESS", "STATE");
+            for (id, s) in &sites {
+                human += &format!(
+                    "{:<8} {:<10} {:<8} {}\n",
+                    id,
+                    s.finess,
+                    if s.revoked { "revoked" } else { "active" },
+                    s.name
+                );
+            }
+            let list = sites.iter().map(|(id, s)| {
+                json!({"site_id": id, "name": s.name, "finess": s.finess, "revoked": s.revoked})
+            });
+            Ok(Reply::new(human.trim_end(), Value::Array(list.collect())))
+        }
+    }
 }
 
 fn pro_json(p: &Professional) -> Value {

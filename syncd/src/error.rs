@@ -10,9 +10,15 @@ pub enum Error {
     /// key): fix the enrolment bundle.
     #[error("TLS configuration: {0}")]
     Tls(String),
-    /// A socket or endpoint failed.
-    #[error("network: {0}")]
+    /// A socket, endpoint or file failed.
+    #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The request was refused: wrong role, unknown site, malformed bundle. Nothing changed.
+    #[error("{0}")]
+    Invalid(String),
+    /// The replica refused or failed.
+    #[error(transparent)]
+    Store(#[from] carnet_store::Error),
 }
 
 /// Shorthand used across the crate.

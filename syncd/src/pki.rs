@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 pub const HOST_NAME: &str = "carnet-host";
 
 /// A certificate and its private key, DER-encoded.
-#[derive(Clone)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub struct Identity {
     /// X.509 certificate, DER.
     pub cert_der: Vec<u8>,

@@ -4,12 +4,15 @@
 //! accepts only a host whose certificate chains to the CA and names `HOST_NAME`; only TLS 1.3
 //! and the `carnet/1` protocol are offered.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use rustls::RootCertStore;
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::server::WebPkiClientVerifier;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
 
 use crate::error::{Error, Result};
 use crate::pki::Identity;
@@ -40,11 +43,91 @@ fn chain_and_key(id: &Identity) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<
     )
 }
 
-/// The host's QUIC server configuration.
-pub fn server_config(ca_der: &[u8], host: &Identity) -> Result<quinn::ServerConfig> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca_der)?, provider())
+/// The fingerprint (BLAKE3 of the DER) by which the host knows a site's certificate.
+pub fn fingerprint(cert_der: &[u8]) -> [u8; 32] {
+    *blake3::hash(cert_der).as_bytes()
+}
+
+/// Certificates the host refuses although the CA issued them (revoked sites). Shared with
+/// the server configuration: a revocation takes effect for the next handshake.
+#[derive(Debug, Default)]
+pub struct Revoked(RwLock<HashSet<[u8; 32]>>);
+
+impl Revoked {
+    /// Refuses the certificate with this fingerprint from now on.
+    pub fn add(&self, fingerprint: [u8; 32]) {
+        if let Ok(mut set) = self.0.write() {
+            set.insert(fingerprint);
+        }
+    }
+
+    fn contains(&self, cert: &CertificateDer<'_>) -> bool {
+        // A poisoned lock refuses everyone rather than admitting a revoked site.
+        self.0
+            .read()
+            .map_or(true, |set| set.contains(&fingerprint(cert)))
+    }
+}
+
+/// The CA's verifier, plus the revocation list.
+#[derive(Debug)]
+struct SiteVerifier {
+    ca: Arc<dyn ClientCertVerifier>,
+    revoked: Arc<Revoked>,
+}
+
+impl ClientCertVerifier for SiteVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.ca.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> std::result::Result<ClientCertVerified, rustls::Error> {
+        if self.revoked.contains(end_entity) {
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Revoked,
+            ));
+        }
+        self.ca.verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.ca.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.ca.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.ca.supported_verify_schemes()
+    }
+}
+
+/// The host's QUIC server configuration: sites certified by the CA and not revoked.
+pub fn server_config(
+    ca_der: &[u8],
+    host: &Identity,
+    revoked: Arc<Revoked>,
+) -> Result<quinn::ServerConfig> {
+    let ca = WebPkiClientVerifier::builder_with_provider(roots(ca_der)?, provider())
         .build()
         .map_err(tls_err)?;
+    let verifier = Arc::new(SiteVerifier { ca, revoked });
     let (chain, key) = chain_and_key(host);
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -124,7 +207,9 @@ mod tests {
     async fn mutual_tls_admits_enrolled_sites_only() {
         let ca = new_ca().expect("ca");
         let host = issue_host(&ca).expect("host cert");
-        let (_endpoint, addr) = echo_host(server_config(&ca.cert_der, &host).expect("server"));
+        let revoked = Arc::new(Revoked::default());
+        let (_endpoint, addr) =
+            echo_host(server_config(&ca.cert_der, &host, revoked.clone()).expect("server"));
         let bounded = |f| tokio::time::timeout(Duration::from_secs(5), f);
 
         // A site enrolled by the national CA gets through.
@@ -164,12 +249,13 @@ mod tests {
         let ca = new_ca().expect("ca");
         let mut host = issue_host(&ca).expect("host");
         host.key_der = vec![1, 2, 3];
+        let revoked = Arc::new(Revoked::default());
         assert!(matches!(
-            server_config(&ca.cert_der, &host),
+            server_config(&ca.cert_der, &host, revoked.clone()),
             Err(Error::Tls(_))
         ));
         assert!(matches!(
-            server_config(b"not a certificate", &host),
+            server_config(b"not a certificate", &host, revoked),
             Err(Error::Tls(_))
         ));
     }

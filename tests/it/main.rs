@@ -19,6 +19,7 @@ mod cli_basics;
 mod documents;
 mod export;
 mod keys;
+mod pki;
 mod policy_cli;
 mod purge;
 mod regressions;

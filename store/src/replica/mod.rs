@@ -605,6 +605,35 @@ impl Replica {
         (self.clock)()
     }
 
+    /// Stores `value` sealed under `name` (the sync layer's keys and certificates): replaced if
+    /// present.
+    pub fn put_sealed(&self, name: &str, value: &[u8]) -> Result<()> {
+        let sealed = self
+            .keys
+            .registry
+            .seal(&aad(&[b"sealed", name.as_bytes()]), value)?;
+        let txn = self.begin_write()?;
+        txn.open_table(META)?
+            .insert(format!("sealed:{name}").as_str(), sealed.as_slice())?;
+        txn.commit()
+    }
+
+    /// The value stored by `put_sealed` under `name`, if any.
+    pub fn get_sealed(&self, name: &str) -> Result<Option<Zeroizing<Vec<u8>>>> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let row = meta.get(format!("sealed:{name}").as_str())?;
+        match row {
+            Some(v) => Ok(Some(
+                self.keys
+                    .registry
+                    .open(&aad(&[b"sealed", name.as_bytes()]), v.value())
+                    .map_err(|_| Error::integrity(format!("the stored '{name}' was altered")))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
     /// The host public key this replica trusts, if pinned.
     pub fn host_key(&self) -> Result<Option<[u8; 32]>> {
         Ok(self
