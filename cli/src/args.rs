@@ -81,6 +81,9 @@ pub struct InitArgs {
     /// Create the site from its enrolment bundle (site id, host key, certificate).
     #[arg(long)]
     pub enrol: Option<PathBuf>,
+    /// Host: the address sites connect to (default 127.0.0.1:4433).
+    #[arg(long)]
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -226,6 +226,17 @@ fn init(cli: &Cli, a: &InitArgs) -> Result<Reply> {
             "--site-id, --host-key, --lease-hours and --enrol are for sites".into(),
         ));
     }
+    if role == Role::Site && a.listen.is_some() {
+        return Err(Failure::Usage("--listen is for the host".into()));
+    }
+    let listen = match (role, &a.listen) {
+        (Role::Host, Some(text)) => Some(
+            text.parse::<std::net::SocketAddr>()
+                .map_err(|_| Failure::Usage(format!("--listen '{text}': expected IP:PORT")))?,
+        ),
+        (Role::Host, None) => Some(std::net::SocketAddr::from(([127, 0, 0, 1], 4433))),
+        (Role::Site, _) => None,
+    };
     let bundle = match &a.enrol {
         Some(path) => {
             if a.site_id.is_some() || a.host_key.is_some() {
@@ -272,15 +283,27 @@ fn init(cli: &Cli, a: &InitArgs) -> Result<Reply> {
     if let Some(b) = &bundle {
         carnet_syncd::enrol::install_site(&r, b)?;
     }
+    let config = carnet_syncd::config::Config {
+        role: match role {
+            Role::Host => carnet_syncd::config::ConfigRole::Host,
+            Role::Site => carnet_syncd::config::ConfigRole::Site,
+        },
+        listen,
+        host_address: bundle.as_ref().and_then(|b| b.host_address.parse().ok()),
+        inbox: "inbox".into(),
+        log_level: "info".into(),
+    };
+    let config_path = config.write_new(&dir)?;
     let c = r.config();
     let host_key = r.host_key()?.map(|k| hex(&k));
     Ok(Reply::new(
         format!(
-            "initialised {} replica '{}' (site id {}) in {}\nmaster key: {key_desc}{}{}",
+            "initialised {} replica '{}' (site id {}) in {}\nmaster key: {key_desc}\ndaemon settings: {}{}{}",
             c.role.as_str(),
             c.name,
             c.site_id,
             dir.display(),
+            config_path.display(),
             host_key
                 .as_ref()
                 .map(|k| format!("\nhost key: {k}"))

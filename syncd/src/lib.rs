@@ -1,8 +1,9 @@
 //! `carnet-syncd`: reconciles replicas with the national host (DESIGN §3).
 //!
-//! So far: the wire framing (`frame`), the national PKI (`pki`), the QUIC endpoints with
+//! So far: the daemon's settings (`config`), the wire framing (`frame`), the national PKI (`pki`), the QUIC endpoints with
 //! mutual TLS (`transport`), enrolment (`enrol`) and the inbox (`inbox`). The sans-IO session core and the daemon build on them.
 
+pub mod config;
 pub mod enrol;
 pub mod error;
 pub mod frame;

@@ -120,3 +120,34 @@ fn a_damaged_bundle_creates_nothing() {
     );
     assert!(!site.db_path().exists());
 }
+
+#[test]
+fn init_writes_the_daemon_settings() {
+    let host = Carnet::empty();
+    host.ok(&["init", "--role", "host", "--listen", "127.0.0.1:5999"]);
+    let text = std::fs::read_to_string(host.data.join("carnet.toml")).expect("carnet.toml");
+    assert!(text.contains("role = \"host\""), "{text}");
+    assert!(text.contains("listen = \"127.0.0.1:5999\""), "{text}");
+    host.ok(&["pki", "init"]);
+    let bundle = host.path("b").display().to_string();
+    host.ok(&[
+        "pki",
+        "enrol",
+        "--name",
+        "Clinique",
+        "--finess",
+        "750000003",
+        "--host-address",
+        "127.0.0.1:5999",
+        "-o",
+        &bundle,
+    ]);
+    let site = Carnet::empty();
+    site.ok(&["init", "--role", "site", "--enrol", &bundle]);
+    let text = std::fs::read_to_string(site.data.join("carnet.toml")).expect("carnet.toml");
+    assert!(text.contains("host_address = \"127.0.0.1:5999\""), "{text}");
+    let bad = Carnet::empty();
+    bad.fails(2, &["init", "--role", "host", "--listen", "nowhere"]);
+    bad.fails(2, &["init", "--role", "site", "--listen", "127.0.0.1:1"]);
+    assert!(!bad.db_path().exists());
+}

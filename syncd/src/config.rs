@@ -1,0 +1,204 @@
+//! `carnet.toml`: the daemon's settings, written (commented) by `carnet init` into the data
+//! folder and read by `carnet-syncd`.
+//!
+//! Invariants: a loaded configuration is valid for its role (a host has a listen address, a
+//! site a host address); unknown keys and malformed values are refused with the line at fault.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// File name inside the data folder.
+pub const CONFIG_FILE: &str = "carnet.toml";
+
+/// The daemon's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConfigRole {
+    /// The national host.
+    Host,
+    /// A clinic, pharmacy or mobile unit.
+    Site,
+}
+
+/// The settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Host or site.
+    pub role: ConfigRole,
+    /// Host: where sites connect.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// Site: where the host listens.
+    #[serde(default)]
+    pub host_address: Option<SocketAddr>,
+    /// Folder watched for documents, relative to the data folder unless absolute.
+    #[serde(default = "default_inbox")]
+    pub inbox: PathBuf,
+    /// Log level: error, warn, info, debug or trace.
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+}
+
+fn default_inbox() -> PathBuf {
+    PathBuf::from("inbox")
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+
+impl Config {
+    /// Checks the settings make sense together.
+    pub fn validate(&self) -> Result<()> {
+        match self.role {
+            ConfigRole::Host if self.listen.is_none() => {
+                return Err(Error::Invalid(
+                    "carnet.toml: a host needs `listen = \"IP:PORT\"`".into(),
+                ));
+            }
+            ConfigRole::Site if self.host_address.is_none() => {
+                return Err(Error::Invalid(
+                    "carnet.toml: a site needs `host_address = \"IP:PORT\"` (from its enrolment bundle)"
+                        .into(),
+                ));
+            }
+            _ => {}
+        }
+        if !["error", "warn", "info", "debug", "trace"].contains(&self.log_level.as_str()) {
+            return Err(Error::Invalid(format!(
+                "carnet.toml: log_level '{}' is not one of error, warn, info, debug, trace",
+                self.log_level
+            )));
+        }
+        Ok(())
+    }
+
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Invalid(format!("cannot read {}: {e}", path.display())))?;
+        let config: Config = toml::from_str(&text)
+            .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The inbox folder, resolved against the data folder.
+    pub fn inbox_dir(&self, data: &Path) -> PathBuf {
+        if self.inbox.is_absolute() {
+            self.inbox.clone()
+        } else {
+            data.join(&self.inbox)
+        }
+    }
+
+    /// The commented file `carnet init` writes.
+    pub fn to_commented_toml(&self) -> String {
+        let role = match self.role {
+            ConfigRole::Host => "host",
+            ConfigRole::Site => "site",
+        };
+        let line = |key: &str, a: Option<SocketAddr>| match a {
+            Some(a) => format!("{key} = \"{a}\""),
+            None => format!("# {key} = \"IP:PORT\"   (not set yet)"),
+        };
+        let (listen, host) = match self.role {
+            ConfigRole::Host => (
+                line("listen", self.listen),
+                "# host_address: sites only".to_string(),
+            ),
+            ConfigRole::Site => (
+                "# listen: the host only".to_string(),
+                line("host_address", self.host_address),
+            ),
+        };
+        format!(
+            "# Carnet daemon settings, read by `carnet-syncd --data DIR` (or --config FILE).\n\
+             # Written by `carnet init`; edit with care and restart the daemon.\n\n\
+             # \"host\" (the national host) or \"site\" (clinic, pharmacy, mobile unit).\n\
+             role = \"{role}\"\n\n\
+             # Host: the address sites connect to (QUIC, UDP).\n{listen}\n\n\
+             # Site: the host's address, from the enrolment bundle.\n{host}\n\n\
+             # Folder watched for documents and their .carnet.json sidecars (relative to the\n\
+             # data folder unless absolute).\n\
+             inbox = \"{}\"\n\n\
+             # error, warn, info, debug or trace. Logs never carry patient data.\n\
+             log_level = \"{}\"\n",
+            self.inbox.display(),
+            self.log_level
+        )
+    }
+
+    /// Writes the commented file into `data` (refusing to overwrite one). A site without a host
+    /// address yet gets the line commented out; the daemon asks for it when it starts.
+    pub fn write_new(&self, data: &Path) -> Result<PathBuf> {
+        let path = data.join(CONFIG_FILE);
+        if path.exists() {
+            return Err(Error::Invalid(format!("{} already exists", path.display())));
+        }
+        std::fs::write(&path, self.to_commented_toml())?;
+        Ok(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site() -> Config {
+        Config {
+            role: ConfigRole::Site,
+            listen: None,
+            host_address: Some("127.0.0.1:4433".parse().expect("addr")),
+            inbox: default_inbox(),
+            log_level: default_log_level(),
+        }
+    }
+
+    #[test]
+    fn the_written_file_reads_back() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = site().write_new(dir.path()).expect("write");
+        assert_eq!(Config::load(&path).expect("load"), site());
+        assert!(site().write_new(dir.path()).is_err(), "never overwritten");
+        let mut host = site();
+        host.role = ConfigRole::Host;
+        host.host_address = None;
+        host.listen = Some("127.0.0.1:5000".parse().expect("addr"));
+        let text = host.to_commented_toml();
+        assert_eq!(toml::from_str::<Config>(&text).expect("parse"), host);
+        assert_eq!(site().inbox_dir(Path::new("/d")), Path::new("/d/inbox"));
+    }
+
+    #[test]
+    fn bad_settings_are_refused_clearly() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let check = |text: &str, needle: &str| {
+            let p = dir.path().join("c.toml");
+            std::fs::write(&p, text).expect("write");
+            let err = Config::load(&p).expect_err("refused").to_string();
+            assert!(err.contains(needle), "{err}");
+        };
+        check("role = \"host\"\n", "listen");
+        check("role = \"site\"\n", "host_address");
+        check(
+            "role = \"site\"\nhost_address = \"nowhere\"\n",
+            "host_address",
+        );
+        check("role = \"satellite\"\n", "role");
+        check(
+            "role = \"site\"\nhost_address = \"127.0.0.1:1\"\nfoo = 1\n",
+            "foo",
+        );
+        check(
+            "role = \"site\"\nhost_address = \"127.0.0.1:1\"\nlog_level = \"loud\"\n",
+            "log_level",
+        );
+        assert!(Config::load(&dir.path().join("missing.toml")).is_err());
+    }
+}
