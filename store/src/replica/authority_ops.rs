@@ -78,7 +78,7 @@ impl Replica {
         }
     }
 
-    fn open_signed(&self, subject: &[u8], sealed: &[u8]) -> Result<SignedRecord> {
+    pub(super) fn open_signed(&self, subject: &[u8], sealed: &[u8]) -> Result<SignedRecord> {
         let plain = self
             .keys
             .registry
@@ -203,7 +203,16 @@ impl Replica {
         let key = self.signing_key()?;
         let seq = Self::bump_meta_u64(txn, meta_key::AUTHORITY_SEQ, None)?;
         let signed = authority::sign(key, seq, &record)?;
-        self.admit(txn, &signed, &Verified { seq, record })?;
+        let subject = self.subject_of(&record);
+        self.admit(
+            txn,
+            &signed,
+            &Verified {
+                seq,
+                record: record.clone(),
+            },
+        )?;
+        self.host_authority_changed(txn, &record, &subject)?;
         Ok(seq)
     }
 
@@ -546,7 +555,7 @@ impl Replica {
     /// Destroys the dossier's data key (own commit), then its rows; leaves a tombstone whose
     /// receipt names `cause_seq`, the host record that ended the dossier. Returns whether this
     /// replica held the dossier.
-    fn purge_rows(&self, ins: &Ins, cause_seq: u64) -> Result<bool> {
+    pub(super) fn purge_rows(&self, ins: &Ins, cause_seq: u64) -> Result<bool> {
         let bi = self.blind(ins);
         let txn = self.begin_write()?;
         let held = txn.open_table(DOSSIER_KEYS)?.get(&bi)?.is_some();

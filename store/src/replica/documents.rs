@@ -366,7 +366,16 @@ impl Replica {
         Ok(last_queued.unwrap_or(0).max(acked) + 1)
     }
 
-    fn push_outbox(&self, txn: &WriteTransaction, item: OutboxItem) -> Result<()> {
+    /// A document changed here: a site queues it for the host; the host logs it for the sites
+    /// whose scope holds its dossier.
+    fn record_change(&self, txn: &WriteTransaction, bi: &[u8; 32], id: &DocId) -> Result<()> {
+        match self.config.role {
+            Role::Site => self.push_outbox(txn, OutboxItem::Document(id.0)),
+            Role::Host => self.host_document_changed(txn, bi, id, None),
+        }
+    }
+
+    pub(super) fn push_outbox(&self, txn: &WriteTransaction, item: OutboxItem) -> Result<()> {
         let seq = Self::next_outbox_seq(txn)?;
         txn.open_table(OUTBOX)?
             .insert(seq, postcard::to_stdvec(&item)?.as_slice())?;
@@ -475,6 +484,7 @@ impl Replica {
             let mut uniques = txn.open_table(UNIQUE_IDS)?;
             let first_seq = Self::next_outbox_seq(&txn)?;
             let mut outbox = txn.open_table(OUTBOX)?;
+            let mut fanout = Vec::new();
             for (n, (bi, key, id, mask_default, ins, d)) in plans.into_iter().enumerate() {
                 let meta = self.new_meta(id, &ins, &author, now, mask_default, None, &d);
                 self.put_meta(&mut docs, &key, &bi, 1, &meta)?;
@@ -484,9 +494,17 @@ impl Replica {
                     self.unique_index(&bi, &meta.facts.unique_id).as_slice(),
                     &id.0,
                 )?;
-                let item = postcard::to_stdvec(&OutboxItem::Document(id.0))?;
-                outbox.insert(first_seq + n as u64, item.as_slice())?;
+                if self.config.role == Role::Site {
+                    let item = postcard::to_stdvec(&OutboxItem::Document(id.0))?;
+                    outbox.insert(first_seq + n as u64, item.as_slice())?;
+                } else {
+                    fanout.push((bi, id));
+                }
                 ids.push(id);
+            }
+            drop((docs, index, bodies, uniques, outbox));
+            for (bi, id) in &fanout {
+                self.host_document_changed(&txn, bi, id, None)?;
             }
         }
         txn.trace(entries);
@@ -699,7 +717,7 @@ impl Replica {
             stored.rev + 1,
             &meta,
         )?;
-        self.push_outbox(&txn, OutboxItem::Document(id.0))?;
+        self.record_change(&txn, &stored.dossier, id)?;
         txn.trace(vec![entry]);
         txn.commit()?;
         Ok(meta)
@@ -772,8 +790,8 @@ impl Replica {
         }
         uniques.insert(unique.as_slice(), &id.0)?;
         drop(uniques);
-        self.push_outbox(&txn, OutboxItem::Document(old_id.0))?;
-        self.push_outbox(&txn, OutboxItem::Document(id.0))?;
+        self.record_change(&txn, &stored.dossier, old_id)?;
+        self.record_change(&txn, &stored.dossier, &id)?;
         entry.doc = Some(*old_id);
         txn.trace(vec![entry]);
         txn.commit()?;

@@ -18,6 +18,7 @@
 mod authority_ops;
 mod cache;
 mod documents;
+mod host_sync;
 mod journal;
 mod sync;
 pub mod tables;
@@ -40,6 +41,7 @@ use zeroize::Zeroizing;
 
 pub use authority_ops::{DossierInfo, ImportReport, NewDossier};
 pub use documents::{DossierExport, NewDocument, ReadOutcome};
+pub use host_sync::{PullItem, PullReport};
 pub use sync::{Applied, Change};
 
 use crate::audit::{AuditEntry, ChainedEntry, GroupCommit, TraceAction, TraceActor};
@@ -366,6 +368,11 @@ impl Replica {
             txn.open_table(DOCS)?;
             txn.open_table(DOSSIER_DOCS)?;
             txn.open_table(UNIQUE_IDS)?;
+            txn.open_table(SITE_PROS)?;
+            txn.open_table(PRO_SITES)?;
+            txn.open_table(SCOPE)?;
+            txn.open_table(SCOPE_SITES)?;
+            txn.open_table(SITE_LOG)?;
             txn.open_table(BODIES)?;
             txn.open_table(PROS)?;
             txn.open_table(AUDIT)?;
@@ -686,6 +693,10 @@ impl Replica {
             )?;
             pros.insert(p.rpps.as_str(), sealed.as_slice())?;
             Self::registry_changed(&txn)?;
+            drop(pros);
+            if self.config.role == Role::Site {
+                self.push_outbox(&txn, OutboxItem::Professional(p.rpps.as_str().to_string()))?;
+            }
             txn.trace(vec![self.admin_entry(
                 "professional-registered",
                 None,
@@ -694,6 +705,18 @@ impl Replica {
         }
         txn.commit()?;
         Ok(())
+    }
+
+    /// A professional registered here (for sending to the host).
+    fn who_is(&self, txn: &ReadTransaction, rpps: &crate::ids::Rpps) -> Result<Professional> {
+        let pros = txn.open_table(PROS)?;
+        let row = pros.get(rpps.as_str())?;
+        match row {
+            Some(v) => self.open_professional(rpps.as_str(), v.value()),
+            None => Err(Error::not_found(format!(
+                "professional {rpps} is not registered here"
+            ))),
+        }
     }
 
     /// The professionals registered here, by RPPS.

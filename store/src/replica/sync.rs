@@ -23,7 +23,9 @@ use crate::model::DossierStatus;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Change {
     /// A document's metadata (all of it: merge makes repeats harmless).
-    Document(DocumentMeta),
+    Document(Box<DocumentMeta>),
+    /// A professional registered at the sending site (it shapes the site's scope on the host).
+    Professional(crate::model::Professional),
 }
 
 /// The result of `apply_remote`.
@@ -49,7 +51,11 @@ impl Replica {
             match postcard::from_bytes(v.value())? {
                 OutboxItem::Document(id) => {
                     let (_, _, meta) = self.load_doc(&txn, generation, &DocId(id))?;
-                    out.push((k.value(), Change::Document(meta)));
+                    out.push((k.value(), Change::Document(Box::new(meta))));
+                }
+                OutboxItem::Professional(rpps) => {
+                    let pro = self.who_is(&txn, &crate::ids::Rpps::parse(&rpps)?)?;
+                    out.push((k.value(), Change::Professional(pro)));
                 }
             }
         }
@@ -91,7 +97,20 @@ impl Replica {
             )));
         }
         let outcome = match change {
-            Change::Document(remote) => self.merge_remote_document(&txn, remote)?,
+            Change::Document(remote) => {
+                let outcome = self.merge_remote_document(&txn, remote)?;
+                if outcome == Applied::Applied && self.config.role == super::Role::Host {
+                    let bi = self.blind(&remote.facts.ins);
+                    self.host_document_changed(&txn, &bi, &remote.facts.id, Some(origin))?;
+                }
+                outcome
+            }
+            Change::Professional(pro) => {
+                if self.config.role == super::Role::Host {
+                    self.register_site_professional(&txn, origin, &pro.rpps)?;
+                }
+                Applied::Applied
+            }
         };
         txn.open_table(APPLIED)?.insert(origin.0, seq)?;
         txn.commit()?;
@@ -100,7 +119,7 @@ impl Replica {
 
     /// Merges a remote document's metadata in `txn`, or returns it when its dossier is not
     /// active here.
-    fn merge_remote_document(
+    pub(super) fn merge_remote_document(
         &self,
         txn: &WriteTransaction,
         remote: &DocumentMeta,

@@ -33,6 +33,16 @@ pub const AUDIT: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("audi
 pub const AUDIT_HEADS: TableDefinition<u32, &[u8]> = TableDefinition::new("audit_heads");
 /// Local changes not yet acknowledged by the host, in order (`OutboxItem`).
 pub const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
+/// Host: professionals registered at each site: site (u32 BE) ‖ RPPS.
+pub const SITE_PROS: TableDefinition<&[u8], ()> = TableDefinition::new("site_pros");
+/// Host: the same pairs, RPPS first: RPPS ‖ site (u32 BE).
+pub const PRO_SITES: TableDefinition<&[u8], ()> = TableDefinition::new("pro_sites");
+/// Host: each site's scope: site (u32 BE) ‖ blind index → why (`scope_bit`).
+pub const SCOPE: TableDefinition<&[u8], u8> = TableDefinition::new("scope");
+/// Host: the sites whose scope holds a dossier: blind index ‖ site (u32 BE).
+pub const SCOPE_SITES: TableDefinition<&[u8], ()> = TableDefinition::new("scope_sites");
+/// Host: each site's change log (fan-out on write): (site, seq) → `LogItem`.
+pub const SITE_LOG: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("site_log");
 /// Per origin site, the highest change sequence applied here (exactly-once).
 pub const APPLIED: TableDefinition<u32, u64> = TableDefinition::new("applied");
 
@@ -53,6 +63,8 @@ pub mod meta_key {
     /// Time of the latest host heartbeat verified (i64 LE as u64): the age of the authority
     /// cache, checked against the site's lease.
     pub const AUTHORITY_AS_OF: &str = "authority_as_of";
+    /// Site: the host change-log sequence applied up to (u64 LE).
+    pub const PULL_CURSOR: &str = "pull_cursor";
     /// Epoch of the trace journal's live frames (u64 LE); see `journal`.
     pub const JOURNAL_EPOCH: &str = "journal_epoch";
     /// Highest outbox sequence acknowledged (u64 LE): with the last queued entry, where the
@@ -101,10 +113,41 @@ pub struct StoredTrace {
 
 /// What an outbox entry refers to; the change itself is read from the store when sent, so the
 /// latest merged state travels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OutboxItem {
     /// A document's metadata (and, when new, its body) changed.
     Document([u8; 16]),
+    /// A professional was registered at this site (by RPPS).
+    Professional(String),
+}
+
+/// Why a dossier is in a site's scope (bits of `SCOPE`).
+pub mod scope_bit {
+    /// One of the site's professionals holds an active grant.
+    pub const GRANT: u8 = 1;
+    /// The site wrote a document in it.
+    pub const WROTE: u8 = 2;
+}
+
+/// An entry of a site's change log on the host; what it names is read when the site pulls, so
+/// the current state travels.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogItem {
+    /// A document changed.
+    Document([u8; 16]),
+    /// A signed record changed (subject key).
+    Authority(Vec<u8>),
+    /// A dossier entered the site's scope: send all of it.
+    Enter([u8; 32]),
+    /// A dossier left the site's scope: the site purges it.
+    Leave([u8; 32]),
+}
+
+/// `site (u32 BE) ‖ rest`.
+pub fn site_key(site: u32, rest: &[u8]) -> Vec<u8> {
+    let mut k = site.to_be_bytes().to_vec();
+    k.extend_from_slice(rest);
+    k
 }
 
 /// A purge receipt, kept where a dossier was purged.

@@ -91,6 +91,7 @@ fn host_and_site() -> (TempDir, Replica, TempDir, Replica) {
     register(&site);
     site.import_authority(&host.export_authority().expect("export"))
         .expect("import");
+    sync(&host, &site);
     (hd, host, sd, site)
 }
 
@@ -119,24 +120,31 @@ fn write(r: &Replica, title: &str, body: &[u8]) -> DocId {
 }
 
 /// Sends `from`'s outbox (metadata, then bodies) to `to`; returns how many changes were applied.
-fn ship(from: &Replica, to: &Replica) -> usize {
-    let changes = from.outbox(0, usize::MAX).expect("outbox");
-    let mut applied = 0;
+/// One sync round between a site and the host, as the daemon will run it: push the site's
+/// outbox, then its new bodies; pull the site's log from the host, then the bodies it lacks.
+fn sync(host: &Replica, site: &Replica) {
+    let origin = site.config().site_id;
+    let changes = site.outbox(0, usize::MAX).expect("outbox");
     for (seq, change) in &changes {
-        if to
-            .apply_remote(from.config().site_id, *seq, change)
-            .expect("apply")
-            == Applied::Applied
-        {
-            applied += 1;
+        host.apply_remote(origin, *seq, change).expect("apply");
+    }
+    if let Some((last, _)) = changes.last() {
+        site.ack_outbox(*last).expect("ack");
+    }
+    for id in host.missing_bodies().expect("missing") {
+        if let Ok(body) = site.body_for_sync(&id) {
+            host.store_remote_body(&id, &body).expect("store body");
         }
     }
-    for id in to.missing_bodies().expect("missing") {
-        if let Ok(body) = from.body_for_sync(&id) {
-            to.store_remote_body(&id, &body).expect("store body");
+    let items = host
+        .pull(origin, site.pull_cursor().expect("cursor"), usize::MAX)
+        .expect("pull");
+    site.apply_pull(&items).expect("apply pull");
+    for id in site.missing_bodies().expect("missing") {
+        if let Ok(body) = host.body_for_sync(&id) {
+            site.store_remote_body(&id, &body).expect("store body");
         }
     }
-    applied
 }
 
 fn metas(r: &Replica) -> Vec<crate::merge::DocumentMeta> {
@@ -145,12 +153,11 @@ fn metas(r: &Replica) -> Vec<crate::merge::DocumentMeta> {
 }
 
 #[test]
-fn two_replicas_exchanging_outboxes_converge() {
+fn a_site_and_the_host_converge_through_push_and_pull() {
     let (_hd, host, _sd, site) = host_and_site();
     let a = write(&host, "at host", b"host body");
     let b = write(&site, "at site", b"site body");
-    ship(&host, &site);
-    ship(&site, &host);
+    sync(&host, &site);
     assert_eq!(metas(&host), metas(&site));
     assert_eq!(metas(&host).len(), 2);
     let actor = Actor::Professional(doctor());
@@ -172,16 +179,23 @@ fn two_replicas_exchanging_outboxes_converge() {
     // Concurrent mask at the site and unmask at the host converge to masked.
     host.update_document(&actor, &a, Action::Mask)
         .expect("mask");
-    let seen = host.outbox(0, usize::MAX).expect("outbox").len();
-    ship(&host, &site);
+    // The host logged the change for the site, whose scope holds the dossier.
+    let seen = host
+        .pull(
+            site.config().site_id,
+            site.pull_cursor().expect("cursor"),
+            usize::MAX,
+        )
+        .expect("pull")
+        .len();
+    sync(&host, &site);
     host.update_document(&actor, &a, Action::Unmask)
         .expect("unmask");
     site.update_document(&actor, &a, Action::HideFromPatient)
         .expect("hide");
     site.update_document(&actor, &a, Action::Mask)
         .expect("mask again");
-    ship(&host, &site);
-    ship(&site, &host);
+    sync(&host, &site);
     assert!(seen > 0);
     assert_eq!(metas(&host), metas(&site));
     let m = metas(&host)
@@ -197,8 +211,7 @@ fn two_replicas_exchanging_outboxes_converge() {
     let r2 = site
         .replace_document(&actor, &b, doc("v2 site", b"2s"))
         .expect("replace");
-    ship(&host, &site);
-    ship(&site, &host);
+    sync(&host, &site);
     assert_eq!(metas(&host), metas(&site));
     let old = metas(&site)
         .into_iter()
@@ -608,4 +621,86 @@ fn a_producers_unique_id_is_recognised_and_not_reused() {
         host.find_by_unique_id(&ins(), "urn:oid:1.2.3.4.5").ok(),
         Some(None)
     );
+}
+
+#[test]
+fn a_site_receives_what_enters_its_scope_and_purges_what_leaves_it() {
+    let (_hd, host, _sd, site) = host_and_site();
+    let nurse_actor = Actor::Professional(nurse());
+    // A second dossier, unknown to the site, where the site's nurse is then granted.
+    let other = Ins::from_body("2900101123456").expect("ins");
+    host.create_dossier(NewDossier {
+        ins: other.clone(),
+        ins_kind: crate::ids::InsKind::TestNir,
+        identity: identity(),
+        holder: HolderKind::Adult,
+        representatives: vec![],
+        mask_new_by_default: false,
+    })
+    .expect("dossier");
+    let id = host
+        .put_document(
+            &Actor::Professional(doctor()),
+            AccessMode::Normal,
+            None,
+            &other,
+            {
+                let mut d = doc("care plan", b"plan body");
+                d.type_code = "11490-0".into();
+                d
+            },
+        )
+        .expect("host writes");
+    sync(&host, &site);
+    assert!(site.dossier(&other).is_err(), "not in the site's scope yet");
+    host.set_grant(&other, &nurse(), GrantState::Active, GrantBasis::CareTeam)
+        .expect("grant");
+    sync(&host, &site);
+    assert_eq!(
+        &site
+            .read_document(&nurse_actor, &id, AccessMode::Normal, None)
+            .expect("read at the site")
+            .body[..],
+        b"plan body"
+    );
+    // A sync with nothing new moves nothing.
+    let cursor = site.pull_cursor().expect("cursor");
+    assert!(
+        host.pull(site.config().site_id, cursor, 100)
+            .expect("pull")
+            .is_empty()
+    );
+    // The grant is revoked: the dossier leaves the scope and the site purges it.
+    host.set_grant(&other, &nurse(), GrantState::Revoked, GrantBasis::CareTeam)
+        .expect("revoke");
+    sync(&host, &site);
+    assert!(!site.has_dossier_key(&other).expect("key"));
+    assert!(
+        site.read_document(&nurse_actor, &id, AccessMode::Normal, None)
+            .is_err()
+    );
+    // The first dossier (the doctor's) is untouched.
+    assert!(site.has_dossier_key(&ins()).expect("key"));
+}
+
+#[test]
+fn pulled_records_are_verified() {
+    let (_hd, host, _sd, site) = host_and_site();
+    host.update_emergency(&ins(), |p| p.btg_allowed = false)
+        .expect("emergency");
+    let mut items = host
+        .pull(
+            site.config().site_id,
+            site.pull_cursor().expect("cursor"),
+            100,
+        )
+        .expect("pull");
+    assert!(!items.is_empty());
+    for (_, item) in items.iter_mut() {
+        if let PullItem::Authority(signed) = item {
+            let last = signed.body.len() - 1;
+            signed.body[last] ^= 1;
+        }
+    }
+    assert!(matches!(site.apply_pull(&items), Err(Error::Integrity(_))));
 }

@@ -1,0 +1,400 @@
+//! Sync through the host (DESIGN §3, star topology), store side: the host keeps each site's
+//! *scope* and a *change log* per site (fan-out on write); a site pulls its log after its cursor
+//! and applies it.
+//!
+//! A site's scope is the dossiers where one of its professionals holds an active grant, or where
+//! it wrote a document. When a document or a signed record of a dossier changes on the host, an
+//! entry naming it is appended to the log of every site whose scope holds the dossier; a dossier
+//! entering a scope is logged as `Enter` (the site receives all of it), one leaving as `Leave`
+//! (the site purges it). Entries name things; what travels is their state at pull time.
+//!
+//! Invariants: the log of a site grows only, so a pull costs what changed for that site, not the
+//! size of the store; every host change that touches a dossier is logged in the same transaction
+//! as the change; a site applies a pulled batch and advances its cursor in one transaction, and
+//! applying the same batch twice changes nothing (merge and record admission are idempotent);
+//! signed records are verified under the pinned host key before use.
+
+use ed25519_dalek::VerifyingKey;
+use redb::{ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction};
+
+use super::tables::*;
+use super::{Replica, Role, lock_err};
+use crate::authority::{self, AuthorityRecord, SignedRecord};
+use crate::error::{Error, Result};
+use crate::ids::{DocId, Ins, Rpps, SiteId};
+use crate::merge::DocumentMeta;
+use crate::model::GrantState;
+
+/// What a site receives from the host.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum PullItem {
+    /// A record signed by the host (verified by the site before use).
+    Authority(SignedRecord),
+    /// A document's metadata (its body is fetched on its own).
+    Document(Box<DocumentMeta>),
+    /// The dossier left the site's scope: purge it.
+    Leave(Ins),
+}
+
+/// What `apply_pull` did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PullReport {
+    /// Items applied.
+    pub applied: usize,
+    /// Dossiers purged (closure or scope exit).
+    pub purged: usize,
+}
+
+impl Replica {
+    // ---- host ----
+
+    fn require_host(&self) -> Result<()> {
+        match self.config.role {
+            Role::Host => Ok(()),
+            Role::Site => Err(Error::invalid(
+                "only the national host keeps the sites' logs",
+            )),
+        }
+    }
+
+    fn log_append(&self, txn: &WriteTransaction, site: u32, item: &LogItem) -> Result<()> {
+        let mut log = txn.open_table(SITE_LOG)?;
+        let last = log
+            .range((site, 0)..=(site, u64::MAX))?
+            .next_back()
+            .transpose()?
+            .map_or(0, |(k, _)| k.value().1);
+        log.insert((site, last + 1), postcard::to_stdvec(item)?.as_slice())?;
+        Ok(())
+    }
+
+    fn sites_holding(&self, txn: &WriteTransaction, bi: &[u8; 32]) -> Result<Vec<u32>> {
+        let mut out = Vec::new();
+        for row in txn.open_table(SCOPE_SITES)?.range(bi.as_slice()..)? {
+            let (k, _) = row?;
+            let Some(site) = k.value().strip_prefix(bi.as_slice()) else {
+                break;
+            };
+            let site: [u8; 4] = site.try_into().map_err(|_| Error::integrity("scope key"))?;
+            out.push(u32::from_be_bytes(site));
+        }
+        Ok(out)
+    }
+
+    /// Every site known to the host (one that registered a professional).
+    fn known_sites(&self, txn: &WriteTransaction) -> Result<Vec<u32>> {
+        let mut out: Vec<u32> = Vec::new();
+        for row in txn.open_table(SITE_PROS)?.iter()? {
+            let (k, _) = row?;
+            let site: [u8; 4] = k
+                .value()
+                .get(..4)
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| Error::integrity("site key"))?;
+            let site = u32::from_be_bytes(site);
+            if out.last() != Some(&site) {
+                out.push(site);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sets or clears one reason for `bi` being in `site`'s scope; logs `Enter`/`Leave` when the
+    /// dossier enters or leaves the scope.
+    fn set_scope(
+        &self,
+        txn: &WriteTransaction,
+        site: u32,
+        bi: &[u8; 32],
+        bit: u8,
+        on: bool,
+    ) -> Result<()> {
+        let key = site_key(site, bi);
+        let mut scope = txn.open_table(SCOPE)?;
+        let old = scope.get(key.as_slice())?.map_or(0, |v| v.value());
+        let new = if on { old | bit } else { old & !bit };
+        if new == old {
+            return Ok(());
+        }
+        let mut by_dossier = txn.open_table(SCOPE_SITES)?;
+        let mut reverse = bi.to_vec();
+        reverse.extend_from_slice(&site.to_be_bytes());
+        if new == 0 {
+            scope.remove(key.as_slice())?;
+            by_dossier.remove(reverse.as_slice())?;
+        } else {
+            scope.insert(key.as_slice(), new)?;
+            by_dossier.insert(reverse.as_slice(), ())?;
+        }
+        drop((scope, by_dossier));
+        match (old, new) {
+            (0, _) => self.log_append(txn, site, &LogItem::Enter(*bi)),
+            (_, 0) => self.log_append(txn, site, &LogItem::Leave(*bi)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Recomputes the grant reason of `bi` in `site`'s scope from the grants in force.
+    fn recompute_grant_scope(
+        &self,
+        txn: &WriteTransaction,
+        site: u32,
+        bi: &[u8; 32],
+    ) -> Result<()> {
+        let prefix = subject_key(tag::GRANT, Some(bi), None);
+        let mut granted = false;
+        {
+            let authority = txn.open_table(AUTHORITY)?;
+            let site_pros = txn.open_table(SITE_PROS)?;
+            for row in authority.range(prefix.as_slice()..)? {
+                let (k, v) = row?;
+                if !k.value().starts_with(&prefix) {
+                    break;
+                }
+                let signed = self.open_signed(k.value(), v.value())?;
+                if let AuthorityRecord::Grant(g) = authority::decode(&signed)?.record
+                    && g.state == GrantState::Active
+                    && site_pros
+                        .get(site_key(site, g.rpps.as_str().as_bytes()).as_slice())?
+                        .is_some()
+                {
+                    granted = true;
+                    break;
+                }
+            }
+        }
+        self.set_scope(txn, site, bi, scope_bit::GRANT, granted)
+    }
+
+    /// Host: a document of `bi` changed (written here, or received from `origin`).
+    pub(super) fn host_document_changed(
+        &self,
+        txn: &WriteTransaction,
+        bi: &[u8; 32],
+        doc: &DocId,
+        origin: Option<SiteId>,
+    ) -> Result<()> {
+        if let Some(o) = origin {
+            self.set_scope(txn, o.0, bi, scope_bit::WROTE, true)?;
+        }
+        for site in self.sites_holding(txn, bi)? {
+            if Some(SiteId(site)) != origin {
+                self.log_append(txn, site, &LogItem::Document(doc.0))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Host: a signed record changed; logs it for the sites concerned and follows grants.
+    pub(super) fn host_authority_changed(
+        &self,
+        txn: &WriteTransaction,
+        record: &AuthorityRecord,
+        subject: &[u8],
+    ) -> Result<()> {
+        if self.config.role != Role::Host {
+            return Ok(());
+        }
+        let item = LogItem::Authority(subject.to_vec());
+        match record.ins() {
+            Some(ins) => {
+                let bi = self.blind(ins);
+                if let AuthorityRecord::Grant(g) = record {
+                    let mut sites = Vec::new();
+                    let prefix = g.rpps.as_str().as_bytes().to_vec();
+                    for row in txn.open_table(PRO_SITES)?.range(prefix.as_slice()..)? {
+                        let (k, _) = row?;
+                        let Some(site) = k.value().strip_prefix(prefix.as_slice()) else {
+                            break;
+                        };
+                        let Ok(site) = <[u8; 4]>::try_from(site) else {
+                            break;
+                        };
+                        sites.push(u32::from_be_bytes(site));
+                    }
+                    for site in sites {
+                        self.recompute_grant_scope(txn, site, &bi)?;
+                    }
+                }
+                for site in self.sites_holding(txn, &bi)? {
+                    self.log_append(txn, site, &item)?;
+                }
+            }
+            None => {
+                for site in self.known_sites(txn)? {
+                    self.log_append(txn, site, &item)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Host: records that `rpps` practises at `site` and brings into that site's scope the
+    /// dossiers where it holds an active grant.
+    pub(super) fn register_site_professional(
+        &self,
+        txn: &WriteTransaction,
+        site: SiteId,
+        rpps: &Rpps,
+    ) -> Result<()> {
+        txn.open_table(SITE_PROS)?
+            .insert(site_key(site.0, rpps.as_str().as_bytes()).as_slice(), ())?;
+        let mut reverse = rpps.as_str().as_bytes().to_vec();
+        reverse.extend_from_slice(&site.0.to_be_bytes());
+        txn.open_table(PRO_SITES)?.insert(reverse.as_slice(), ())?;
+        let mut dossiers = Vec::new();
+        {
+            let authority = txn.open_table(AUTHORITY)?;
+            for row in authority.range([tag::GRANT].as_slice()..[tag::GRANT + 1].as_slice())? {
+                let (k, v) = row?;
+                let key = k.value();
+                if key.len() == 1 + 32 + rpps.as_str().len()
+                    && key.ends_with(rpps.as_str().as_bytes())
+                {
+                    let signed = self.open_signed(key, v.value())?;
+                    if let AuthorityRecord::Grant(g) = authority::decode(&signed)?.record
+                        && g.state == GrantState::Active
+                    {
+                        dossiers.push(self.blind(&g.ins));
+                    }
+                }
+            }
+        }
+        for bi in dossiers {
+            self.set_scope(txn, site.0, &bi, scope_bit::GRANT, true)?;
+        }
+        Ok(())
+    }
+
+    /// Host: `site`'s log after `after`, at most `limit` entries, as the site will apply it.
+    pub fn pull(&self, site: SiteId, after: u64, limit: usize) -> Result<Vec<(u64, PullItem)>> {
+        self.require_host()?;
+        let (txn, generation) = self.snapshot()?;
+        let mut out = Vec::new();
+        let entries: Vec<(u64, LogItem)> = {
+            let log = txn.open_table(SITE_LOG)?;
+            let mut v = Vec::new();
+            for row in log
+                .range((site.0, after.saturating_add(1))..=(site.0, u64::MAX))?
+                .take(limit)
+            {
+                let (k, val) = row?;
+                v.push((k.value().1, postcard::from_bytes(val.value())?));
+            }
+            v
+        };
+        let authority = txn.open_table(AUTHORITY)?;
+        let signed_at = |subject: &[u8]| -> Result<Option<SignedRecord>> {
+            match authority.get(subject)? {
+                Some(v) => Ok(Some(self.open_signed(subject, v.value())?)),
+                None => Ok(None),
+            }
+        };
+        for (seq, entry) in entries {
+            match entry {
+                LogItem::Document(id) => {
+                    // A document of a dossier purged since is simply gone.
+                    if let Ok((_, _, meta)) = self.load_doc(&txn, generation, &DocId(id)) {
+                        out.push((seq, PullItem::Document(Box::new(meta))));
+                    }
+                }
+                LogItem::Authority(subject) => {
+                    if let Some(s) = signed_at(&subject)? {
+                        out.push((seq, PullItem::Authority(s)));
+                    }
+                }
+                LogItem::Enter(bi) => {
+                    for t in [tag::DOSSIER, tag::EMERGENCY] {
+                        if let Some(s) = signed_at(&subject_key(t, Some(&bi), None))? {
+                            out.push((seq, PullItem::Authority(s)));
+                        }
+                    }
+                    let prefix = subject_key(tag::GRANT, Some(&bi), None);
+                    for row in authority.range(prefix.as_slice()..)? {
+                        let (k, v) = row?;
+                        if !k.value().starts_with(&prefix) {
+                            break;
+                        }
+                        out.push((
+                            seq,
+                            PullItem::Authority(self.open_signed(k.value(), v.value())?),
+                        ));
+                    }
+                    for id in self.dossier_doc_ids(&txn, &bi)? {
+                        let (_, _, meta) = self.load_doc(&txn, generation, &id)?;
+                        out.push((seq, PullItem::Document(Box::new(meta))));
+                    }
+                }
+                LogItem::Leave(bi) => {
+                    if let Some(s) = signed_at(&subject_key(tag::DOSSIER, Some(&bi), None))?
+                        && let Some(ins) = authority::decode(&s)?.record.ins().cloned()
+                    {
+                        out.push((seq, PullItem::Leave(ins)));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    // ---- site ----
+
+    /// Site: the host log sequence applied up to.
+    pub fn pull_cursor(&self) -> Result<u64> {
+        let txn = self.db.begin_read()?;
+        Self::cursor_in(&txn)
+    }
+
+    fn cursor_in(txn: &ReadTransaction) -> Result<u64> {
+        let meta = txn.open_table(META)?;
+        let v = meta.get(meta_key::PULL_CURSOR)?;
+        Ok(super::read_u64(v.as_ref().map(|g| g.value())))
+    }
+
+    /// Site: applies a pulled batch (signed records verified under the pinned host key,
+    /// documents merged, scope exits purged) and advances the cursor, in one transaction; then
+    /// purges what the batch closed or took out of scope.
+    pub fn apply_pull(&self, items: &[(u64, PullItem)]) -> Result<PullReport> {
+        if self.config.role != Role::Site {
+            return Err(Error::invalid(
+                "only a site applies what it pulls from the host",
+            ));
+        }
+        let host_key: VerifyingKey =
+            (*self.host_key.read().map_err(lock_err)?).ok_or_else(|| {
+                Error::invalid("this site trusts no host key yet (enrol it, or import a bundle)")
+            })?;
+        let mut report = PullReport::default();
+        let mut purges: Vec<(Ins, u64)> = Vec::new();
+        let txn = self.begin_write()?;
+        let mut cursor = {
+            let meta = txn.open_table(META)?;
+            let v = meta.get(meta_key::PULL_CURSOR)?;
+            super::read_u64(v.as_ref().map(|g| g.value()))
+        };
+        for (seq, item) in items {
+            match item {
+                PullItem::Authority(signed) => {
+                    let v = authority::verify(&host_key, signed)?;
+                    let (_, purge) = self.admit(&txn, signed, &v)?;
+                    purges.extend(purge);
+                }
+                PullItem::Document(meta) => {
+                    self.merge_remote_document(&txn, meta)?;
+                }
+                PullItem::Leave(ins) => purges.push((ins.clone(), 0)),
+            }
+            report.applied += 1;
+            cursor = cursor.max(*seq);
+        }
+        Self::bump_meta_u64(&txn, meta_key::PULL_CURSOR, Some(cursor))?;
+        txn.commit()?;
+        self.reload_matrix()?;
+        for (ins, cause) in purges {
+            if self.purge_rows(&ins, cause)? {
+                report.purged += 1;
+            }
+        }
+        Ok(report)
+    }
+}
