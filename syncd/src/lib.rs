@@ -9,6 +9,9 @@ pub mod error;
 pub mod frame;
 pub mod inbox;
 pub mod pki;
+pub mod session;
+#[cfg(test)]
+mod testkit;
 pub mod transport;
 
 pub use error::{Error, Result};

@@ -116,6 +116,22 @@ impl Replica {
         signed: &SignedRecord,
         v: &Verified,
     ) -> Result<(bool, Option<(Ins, u64)>)> {
+        // A heartbeat is not kept: it only moves the cache's "current as of" forward.
+        if let AuthorityRecord::Heartbeat { at } = &v.record {
+            let at = (*at).max(0) as u64;
+            let meta = txn.open_table(META)?;
+            let as_of = super::read_u64(
+                meta.get(meta_key::AUTHORITY_AS_OF)?
+                    .as_ref()
+                    .map(|g| g.value()),
+            );
+            drop(meta);
+            if at <= as_of {
+                return Ok((false, None));
+            }
+            Self::bump_meta_u64(txn, meta_key::AUTHORITY_AS_OF, Some(at))?;
+            return Ok((true, None));
+        }
         if let Some(ins) = v.record.ins() {
             let tombstones = txn.open_table(TOMBSTONES)?;
             let row = tombstones.get(&self.blind(ins))?;
@@ -141,9 +157,6 @@ impl Replica {
         drop(table);
         Self::registry_changed(txn)?;
         Self::bump_meta_u64(txn, meta_key::AUTHORITY_VERSION, Some(v.seq))?;
-        if let AuthorityRecord::Heartbeat { at } = &v.record {
-            Self::bump_meta_u64(txn, meta_key::AUTHORITY_AS_OF, Some((*at).max(0) as u64))?;
-        }
         let site = self.config.role == Role::Site;
         let mut purge = None;
         if let AuthorityRecord::Purged { ins, .. } = &v.record
@@ -196,6 +209,20 @@ impl Replica {
             self.reload_matrix()?;
         }
         Ok(seq)
+    }
+
+    /// Host: a heartbeat ("the records sent are current as of now") for a bundle or the end of
+    /// a pull. Not stored: it only dates the receiving site's cache.
+    pub fn sign_heartbeat(&self) -> Result<SignedRecord> {
+        let key = self.signing_key()?;
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let seq = super::read_u64(
+            meta.get(meta_key::AUTHORITY_SEQ)?
+                .as_ref()
+                .map(|g| g.value()),
+        );
+        authority::sign(key, seq, &AuthorityRecord::Heartbeat { at: self.now() })
     }
 
     /// Host: signs a record with the next sequence and admits it, inside `txn`.
@@ -425,13 +452,6 @@ impl Replica {
 
     /// Exports every record held as a signed bundle; on the host, with a fresh heartbeat.
     pub fn export_authority(&self) -> Result<Bundle> {
-        if self.signing.is_some() {
-            self.issue(
-                AuthorityRecord::Heartbeat { at: self.now() },
-                "authority-export",
-                None,
-            )?;
-        }
         let host_key = self.host_key()?.ok_or_else(|| {
             Error::invalid("this replica has no host key: nothing signed to export")
         })?;
@@ -441,6 +461,9 @@ impl Replica {
         for row in table.iter()? {
             let (k, v) = row?;
             records.push(self.open_signed(k.value(), v.value())?);
+        }
+        if self.signing.is_some() {
+            records.push(self.sign_heartbeat()?);
         }
         Ok(Bundle {
             format: authority::RECORD_FORMAT,

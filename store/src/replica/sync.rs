@@ -62,6 +62,17 @@ impl Replica {
         Ok(out)
     }
 
+    /// The highest change sequence applied here from `origin` (what a site resumes pushing
+    /// after).
+    pub fn applied_mark(&self, origin: SiteId) -> Result<u64> {
+        let txn = self.db.begin_read()?;
+        let mark = txn
+            .open_table(APPLIED)?
+            .get(origin.0)?
+            .map_or(0, |v| v.value());
+        Ok(mark)
+    }
+
     /// Number of entries waiting in the outbox.
     pub fn outbox_len(&self) -> Result<u64> {
         let txn = self.db.begin_read()?;

@@ -1,0 +1,484 @@
+//! The sync session between a site and the host, as a pure state machine (STYLE 1): it takes
+//! decoded messages and the replica, and returns the messages to send. No socket, runtime or
+//! clock in here; `net` drives it over a QUIC stream.
+//!
+//! A round, on one bidirectional stream (PROTOCOL.md):
+//! 1. site `Hello` (its id, its pull cursor) → host `Welcome` (the last change of the site it
+//!    applied, so pushing resumes after it, never from zero);
+//! 2. site `Push` batches → host applies each durably, then `PushAck` (with the bodies it lacks,
+//!    which the site sends as `PutBody`);
+//! 3. site `Pull` → host `Pulled` batches from the site's log, until `more` is false;
+//! 4. site `GetBody` for each body it lacks → host `Body` chunks;
+//! 5. site `Bye`.
+//!
+//! Invariants: the host binds the session to the site id of the peer's certificate and refuses
+//! a `Hello` claiming another; every batch is bounded (`BATCH_MAX` items, `CHUNK_MAX` bytes);
+//! a message out of turn ends the session with an `Error`.
+
+use carnet_store::ids::{DocId, SiteId};
+use carnet_store::replica::{Change, PullItem, Replica};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Most changes or pulled items in one message.
+pub const BATCH_MAX: usize = 256;
+/// Most body bytes in one message (frames are at most 1 MiB).
+pub const CHUNK_MAX: usize = 512 * 1024;
+
+/// Everything either side says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Msg {
+    /// Site: who it is and where its pull stands.
+    Hello {
+        /// Site id (must match the certificate).
+        site: u32,
+        /// The host log sequence the site applied up to.
+        cursor: u64,
+    },
+    /// Host: the last of the site's changes it applied.
+    Welcome {
+        /// Push resumes after this.
+        acked: u64,
+    },
+    /// Site: local changes, in order.
+    Push(Vec<(u64, Change)>),
+    /// Host: applied up to `upto`; send these bodies.
+    PushAck {
+        /// Highest change applied.
+        upto: u64,
+        /// Documents whose body the host lacks.
+        missing: Vec<DocId>,
+    },
+    /// Site: a body the host lacks.
+    PutBody {
+        /// Document.
+        doc: DocId,
+        /// The whole body (small bodies; large ones go in `CHUNK_MAX` pieces).
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
+    /// Site: send my log after `after`.
+    Pull {
+        /// Cursor.
+        after: u64,
+    },
+    /// Host: a batch of the site's log.
+    Pulled {
+        /// Items, with their log sequence.
+        items: Vec<(u64, PullItem)>,
+        /// More follow.
+        more: bool,
+    },
+    /// Site: a body from `offset`.
+    GetBody {
+        /// Document.
+        doc: DocId,
+        /// First byte wanted.
+        offset: u64,
+    },
+    /// Host: a piece of a body.
+    Body {
+        /// Document.
+        doc: DocId,
+        /// Where this piece starts.
+        offset: u64,
+        /// Total size of the body.
+        total: u64,
+        /// The piece.
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
+    /// Site: the round is over.
+    Bye,
+    /// Either side: the session ends because of this.
+    Error(String),
+}
+
+impl Msg {
+    /// The message's name, for errors and logs (never its content, which may be patient data).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Msg::Hello { .. } => "Hello",
+            Msg::Welcome { .. } => "Welcome",
+            Msg::Push(_) => "Push",
+            Msg::PushAck { .. } => "PushAck",
+            Msg::PutBody { .. } => "PutBody",
+            Msg::Pull { .. } => "Pull",
+            Msg::Pulled { .. } => "Pulled",
+            Msg::GetBody { .. } => "GetBody",
+            Msg::Body { .. } => "Body",
+            Msg::Bye => "Bye",
+            Msg::Error(_) => "Error",
+        }
+    }
+}
+
+fn out_of_turn(what: &str) -> Error {
+    Error::Invalid(format!("protocol: unexpected {what}"))
+}
+
+/// The host's side of one session, bound to the site of the peer's certificate.
+#[derive(Debug)]
+pub struct HostSession {
+    site: SiteId,
+    greeted: bool,
+}
+
+impl HostSession {
+    /// A session for `site` (from its certificate).
+    pub fn new(site: SiteId) -> Self {
+        HostSession {
+            site,
+            greeted: false,
+        }
+    }
+
+    /// Handles one message; returns the replies. An error ends the session (send it as
+    /// `Msg::Error`).
+    pub fn handle(&mut self, replica: &Replica, msg: Msg) -> Result<Vec<Msg>> {
+        if !self.greeted && !matches!(msg, Msg::Hello { .. }) {
+            return Err(out_of_turn("message before Hello"));
+        }
+        match msg {
+            Msg::Hello { site, .. } => {
+                if site != self.site.0 {
+                    return Err(Error::Invalid(format!(
+                        "Hello claims site {site}, the certificate says {}",
+                        self.site
+                    )));
+                }
+                self.greeted = true;
+                Ok(vec![Msg::Welcome {
+                    acked: replica.applied_mark(self.site)?,
+                }])
+            }
+            Msg::Push(changes) => {
+                if changes.len() > BATCH_MAX {
+                    return Err(Error::Invalid("protocol: push batch too large".into()));
+                }
+                let mut upto = replica.applied_mark(self.site)?;
+                for (seq, change) in &changes {
+                    replica.apply_remote(self.site, *seq, change)?;
+                    upto = upto.max(*seq);
+                }
+                let missing = replica.missing_bodies()?;
+                Ok(vec![Msg::PushAck { upto, missing }])
+            }
+            Msg::PutBody { doc, bytes } => {
+                replica.store_remote_body(&doc, &bytes)?;
+                Ok(vec![])
+            }
+            Msg::Pull { after } => {
+                let items = replica.pull(self.site, after, BATCH_MAX + 1)?;
+                let more = items.len() > BATCH_MAX;
+                // Never split one log entry (a dossier entering scope) across batches.
+                let mut items: Vec<(u64, PullItem)> = if more {
+                    let cut = items[BATCH_MAX].0;
+                    items.into_iter().filter(|(s, _)| *s < cut).collect()
+                } else {
+                    items
+                };
+                if !more {
+                    // The site is now as current as the host: a heartbeat dates its cache
+                    // (DOMAIN §5 lease).
+                    let seq = items.last().map_or(after, |(s, _)| *s);
+                    items.push((seq, PullItem::Authority(replica.sign_heartbeat()?)));
+                }
+                Ok(vec![Msg::Pulled { items, more }])
+            }
+            Msg::GetBody { doc, offset } => {
+                let body = replica.body_for_sync(&doc)?;
+                let start = usize::try_from(offset)
+                    .unwrap_or(usize::MAX)
+                    .min(body.len());
+                let end = (start + CHUNK_MAX).min(body.len());
+                Ok(vec![Msg::Body {
+                    doc,
+                    offset: start as u64,
+                    total: body.len() as u64,
+                    bytes: body[start..end].to_vec(),
+                }])
+            }
+            Msg::Bye => Ok(vec![]),
+            Msg::Welcome { .. } | Msg::PushAck { .. } | Msg::Pulled { .. } | Msg::Body { .. } => {
+                Err(out_of_turn("host message from a site"))
+            }
+            Msg::Error(e) => Err(Error::Invalid(format!("the site ended the session: {e}"))),
+        }
+    }
+}
+
+/// What a site's round did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RoundReport {
+    /// Changes the host acknowledged.
+    pub pushed: u64,
+    /// Items pulled and applied.
+    pub pulled: usize,
+    /// Dossiers purged on the way.
+    pub purged: usize,
+    /// Bodies received.
+    pub bodies: usize,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum SiteState {
+    Greeting,
+    Pushing,
+    Pulling,
+    Fetching,
+    Done,
+}
+
+/// The site's side of one round.
+#[derive(Debug)]
+pub struct SiteSession {
+    state: SiteState,
+    body: Option<(DocId, Vec<u8>)>,
+    to_fetch: Vec<DocId>,
+    report: RoundReport,
+}
+
+impl Default for SiteSession {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SiteSession {
+    /// A new round.
+    pub fn new() -> Self {
+        SiteSession {
+            state: SiteState::Greeting,
+            body: None,
+            to_fetch: Vec::new(),
+            report: RoundReport::default(),
+        }
+    }
+
+    /// The first message.
+    pub fn start(&mut self, replica: &Replica) -> Result<Msg> {
+        Ok(Msg::Hello {
+            site: replica.config().site_id.0,
+            cursor: replica.pull_cursor()?,
+        })
+    }
+
+    /// True once the round is over.
+    pub fn is_done(&self) -> bool {
+        self.state == SiteState::Done
+    }
+
+    /// What the round did.
+    pub fn report(&self) -> RoundReport {
+        self.report
+    }
+
+    fn push_after(&mut self, replica: &Replica, acked: u64) -> Result<Vec<Msg>> {
+        let changes = replica.outbox(acked, BATCH_MAX)?;
+        if changes.is_empty() {
+            self.state = SiteState::Pulling;
+            return Ok(vec![Msg::Pull {
+                after: replica.pull_cursor()?,
+            }]);
+        }
+        self.state = SiteState::Pushing;
+        Ok(vec![Msg::Push(changes)])
+    }
+
+    fn next_body(&mut self) -> Vec<Msg> {
+        match self.to_fetch.pop() {
+            Some(doc) => {
+                self.body = Some((doc, Vec::new()));
+                vec![Msg::GetBody { doc, offset: 0 }]
+            }
+            None => {
+                self.state = SiteState::Done;
+                vec![Msg::Bye]
+            }
+        }
+    }
+
+    /// Handles one message from the host; returns what to send next.
+    pub fn handle(&mut self, replica: &Replica, msg: Msg) -> Result<Vec<Msg>> {
+        match (&self.state, msg) {
+            (SiteState::Greeting, Msg::Welcome { acked }) => {
+                // The host holds everything up to `acked`: those entries are done with.
+                if acked > 0 {
+                    replica.ack_outbox(acked)?;
+                }
+                self.push_after(replica, acked)
+            }
+            (SiteState::Pushing, Msg::PushAck { upto, missing }) => {
+                replica.ack_outbox(upto)?;
+                self.report.pushed = upto;
+                let mut out = Vec::new();
+                for doc in missing {
+                    // A body this site does not hold either is someone else's to send.
+                    if let Ok(bytes) = replica.body_for_sync(&doc) {
+                        out.push(Msg::PutBody {
+                            doc,
+                            bytes: bytes.to_vec(),
+                        });
+                    }
+                }
+                out.extend(self.push_after(replica, upto)?);
+                Ok(out)
+            }
+            (SiteState::Pulling, Msg::Pulled { items, more }) => {
+                let applied = replica.apply_pull(&items)?;
+                self.report.pulled += applied.applied;
+                self.report.purged += applied.purged;
+                if more {
+                    return Ok(vec![Msg::Pull {
+                        after: replica.pull_cursor()?,
+                    }]);
+                }
+                self.state = SiteState::Fetching;
+                self.to_fetch = replica.missing_bodies()?;
+                Ok(self.next_body())
+            }
+            (
+                SiteState::Fetching,
+                Msg::Body {
+                    doc,
+                    offset,
+                    total,
+                    bytes,
+                },
+            ) => {
+                let Some((want, buf)) = self.body.as_mut() else {
+                    return Err(out_of_turn("Body"));
+                };
+                if *want != doc || offset != buf.len() as u64 || total > u64::from(u32::MAX) {
+                    return Err(out_of_turn("Body piece"));
+                }
+                buf.extend_from_slice(&bytes);
+                if (buf.len() as u64) < total && !bytes.is_empty() {
+                    return Ok(vec![Msg::GetBody {
+                        doc,
+                        offset: buf.len() as u64,
+                    }]);
+                }
+                replica.store_remote_body(&doc, buf)?;
+                self.report.bodies += 1;
+                Ok(self.next_body())
+            }
+            (_, Msg::Error(e)) => Err(Error::Invalid(format!("the host ended the session: {e}"))),
+            (state, msg) => Err(out_of_turn(&format!("{} while {state:?}", msg.kind()))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::{doctor, host_and_site, new_doc};
+    use carnet_store::model::{AccessMode, Actor};
+
+    /// Runs one round in memory; every message goes through the frame codec, as on the wire.
+    fn round(host: &Replica, site: &Replica) -> RoundReport {
+        let mut s = SiteSession::new();
+        let mut h = HostSession::new(site.config().site_id);
+        let mut to_host = vec![s.start(site).expect("start")];
+        for _ in 0..10_000 {
+            let mut to_site = Vec::new();
+            for m in to_host.drain(..) {
+                let m = wire(&m);
+                to_site.extend(h.handle(host, m).expect("host"));
+            }
+            for m in to_site {
+                to_host.extend(s.handle(site, wire(&m)).expect("site"));
+            }
+            if s.is_done() {
+                for m in to_host.drain(..) {
+                    h.handle(host, wire(&m)).expect("host");
+                }
+                return s.report();
+            }
+        }
+        panic!("the round did not end");
+    }
+
+    fn wire(m: &Msg) -> Msg {
+        let mut d = crate::frame::FrameDecoder::new();
+        d.push(&crate::frame::encode(m).expect("encode"));
+        d.next_message().expect("decode").expect("one message")
+    }
+
+    #[test]
+    fn a_round_pushes_pulls_and_fetches_bodies() {
+        let (_t, host, site, ins) = host_and_site();
+        let actor = Actor::Professional(doctor());
+        // First contact: the site's doctor reaches the host, the dossier enters the scope.
+        let first = round(&host, &site);
+        assert!(first.pulled > 0, "{first:?}");
+        assert!(site.dossier(&ins).is_ok(), "the dossier arrived");
+        let at_site = site
+            .put_document(
+                &actor,
+                AccessMode::Normal,
+                None,
+                &ins,
+                new_doc("site", vec![1; 700_000]),
+            )
+            .expect("site writes");
+        let at_host = host
+            .put_document(
+                &actor,
+                AccessMode::Normal,
+                None,
+                &ins,
+                new_doc("host", b"host body".to_vec()),
+            )
+            .expect("host writes");
+        let report = round(&host, &site);
+        assert!(
+            report.pushed > 0 && report.pulled > 0 && report.bodies >= 1,
+            "{report:?}"
+        );
+        assert_eq!(site.outbox_len().expect("len"), 0, "acknowledged");
+        assert_eq!(
+            &site
+                .read_document(&actor, &at_host, AccessMode::Normal, None)
+                .expect("read")
+                .body[..],
+            b"host body"
+        );
+        assert_eq!(
+            host.read_document(&actor, &at_site, AccessMode::Normal, None)
+                .expect("read")
+                .body
+                .len(),
+            700_000
+        );
+        // A round with nothing new pulls only the host's heartbeat, and no body.
+        let quiet = round(&host, &site);
+        assert_eq!((quiet.pulled, quiet.bodies), (1, 0), "{quiet:?}");
+    }
+
+    #[test]
+    fn a_site_cannot_speak_for_another() {
+        let (_t, host, site, _) = host_and_site();
+        let mut h = HostSession::new(SiteId(site.config().site_id.0 + 1));
+        let hello = SiteSession::new().start(&site).expect("hello");
+        assert!(h.handle(&host, hello).is_err());
+        let mut h = HostSession::new(site.config().site_id);
+        assert!(
+            h.handle(&host, Msg::Pull { after: 0 }).is_err(),
+            "nothing before Hello"
+        );
+        let mut s = SiteSession::new();
+        assert!(
+            s.handle(
+                &site,
+                Msg::Pulled {
+                    items: vec![],
+                    more: false
+                }
+            )
+            .is_err()
+        );
+    }
+}

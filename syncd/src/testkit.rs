@@ -1,0 +1,96 @@
+//! Test helpers: a host and an enrolled site replica with one dossier and a treating doctor.
+
+use std::sync::Arc;
+
+use carnet_store::ids::{Ins, InsKind, Rpps};
+use carnet_store::model::{
+    DocClass, GrantBasis, GrantState, HolderKind, Identity, IdentityStatus, Profession,
+    Professional, Sex,
+};
+use carnet_store::replica::{InitOptions, KeySource, NewDocument, NewDossier, Replica, Role};
+
+pub fn doctor() -> Rpps {
+    Rpps::parse("10000000001").expect("rpps")
+}
+
+fn clock() -> carnet_store::replica::Clock {
+    Arc::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+    })
+}
+
+fn init(
+    dir: &std::path::Path,
+    role: Role,
+    site: Option<u32>,
+    host_key: Option<[u8; 32]>,
+) -> Replica {
+    Replica::init(
+        dir,
+        InitOptions {
+            role,
+            name: role.as_str().into(),
+            site_id: site.map(carnet_store::ids::SiteId),
+            key: KeySource::File,
+            host_key,
+            lease_hours: None,
+        },
+        clock(),
+    )
+    .expect("init")
+}
+
+pub fn new_doc(title: &str, body: Vec<u8>) -> NewDocument {
+    NewDocument {
+        class: DocClass::parse("10").expect("class"),
+        type_code: "11488-4".into(),
+        title: title.into(),
+        format: "application/octet-stream".into(),
+        body,
+        unique_id: None,
+        service_start: None,
+        service_end: None,
+    }
+}
+
+/// A host (dossier, doctor treating) and a site registering the doctor, pinned to the host.
+pub fn host_and_site() -> (tempfile::TempDir, Replica, Replica, Ins) {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let host = init(&tmp.path().join("host"), Role::Host, None, None);
+    let pro = Professional {
+        rpps: doctor(),
+        profession: Profession::Medecin,
+        specialty: None,
+        name: None,
+    };
+    host.add_professional(&pro).expect("pro");
+    let ins = Ins::from_body("2840575123456").expect("ins");
+    host.create_dossier(NewDossier {
+        ins: ins.clone(),
+        ins_kind: InsKind::TestNir,
+        identity: Identity {
+            birth_name: "TEST".into(),
+            first_names: "Alex".into(),
+            birth_date: "1984-05-07".into(),
+            sex: Sex::Female,
+            birthplace: None,
+            status: IdentityStatus::Qualified,
+        },
+        holder: HolderKind::Adult,
+        representatives: vec![],
+        mask_new_by_default: false,
+    })
+    .expect("dossier");
+    host.set_grant(&ins, &doctor(), GrantState::Active, GrantBasis::Treating)
+        .expect("grant");
+    let site = init(
+        &tmp.path().join("site"),
+        Role::Site,
+        Some(5),
+        host.host_key().expect("key"),
+    );
+    site.add_professional(&pro).expect("pro");
+    (tmp, host, site, ins)
+}
