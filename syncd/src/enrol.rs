@@ -209,6 +209,21 @@ pub fn revoked(replica: &Replica) -> Result<crate::transport::Revoked> {
     Ok(list)
 }
 
+/// Host: the site a certificate fingerprint belongs to, if enrolled and not revoked.
+pub fn site_of(replica: &Replica, fingerprint: &[u8; 32]) -> Result<Option<u32>> {
+    Ok(load_host_pki(replica)?
+        .sites
+        .iter()
+        .find(|(_, s)| !s.revoked && &s.fingerprint == fingerprint)
+        .map(|(id, _)| *id))
+}
+
+/// Host: its CA certificate and its own identity, for the server configuration.
+pub fn host_identity(replica: &Replica) -> Result<(Vec<u8>, Identity)> {
+    let pki = load_host_pki(replica)?;
+    Ok((pki.ca.cert_der, pki.host))
+}
+
 /// Host: the enrolled sites.
 pub fn sites(replica: &Replica) -> Result<BTreeMap<u32, SiteRecord>> {
     Ok(load_host_pki(replica)?.sites)

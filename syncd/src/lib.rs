@@ -8,6 +8,7 @@ pub mod enrol;
 pub mod error;
 pub mod frame;
 pub mod inbox;
+pub mod net;
 pub mod pki;
 pub mod session;
 #[cfg(test)]

@@ -94,3 +94,17 @@ pub fn host_and_site() -> (tempfile::TempDir, Replica, Replica, Ins) {
     site.add_professional(&pro).expect("pro");
     (tmp, host, site, ins)
 }
+
+/// A site replica created from an enrolment bundle, with the doctor registered.
+pub fn site_from_bundle(dir: &std::path::Path, bundle: &crate::enrol::Bundle) -> Replica {
+    let site = init(dir, Role::Site, Some(bundle.site_id), Some(bundle.host_key));
+    crate::enrol::install_site(&site, bundle).expect("install");
+    site.add_professional(&Professional {
+        rpps: doctor(),
+        profession: Profession::Medecin,
+        specialty: None,
+        name: None,
+    })
+    .expect("pro");
+    site
+}
