@@ -51,6 +51,9 @@ pub enum Command {
     /// The national PKI: CA, site enrolment and revocation (host).
     #[command(subcommand)]
     Pki(PkiCmd),
+    /// Sync with the host (site).
+    #[command(subcommand)]
+    Sync(SyncCmd),
     /// Run the demonstration scenario in a temporary folder.
     Demo(DemoArgs),
 }
@@ -84,6 +87,14 @@ pub struct InitArgs {
     /// Host: the address sites connect to (default 127.0.0.1:4433).
     #[arg(long)]
     pub listen: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SyncCmd {
+    /// Run one full round with the host now and wait for it.
+    Now,
+    /// Pending changes, the pull cursor and the freshness of the host's records.
+    Status,
 }
 
 #[derive(Debug, Subcommand)]

@@ -206,6 +206,7 @@ pub fn run(cli: &Cli) -> Result<Reply> {
         Command::Export(a) => export(cli, a),
         Command::Authority(c) => authority(cli, c),
         Command::Pki(c) => pki(cli, c),
+        Command::Sync(c) => sync(cli, c),
         Command::Demo(a) => crate::demo::run(a),
     }
 }
@@ -320,6 +321,57 @@ fn init(cli: &Cli, a: &InitArgs) -> Result<Reply> {
                "data": dir.display().to_string(), "host_key": host_key,
                "enrolled": bundle.is_some()}),
     ))
+}
+
+fn sync(cli: &Cli, c: &SyncCmd) -> Result<Reply> {
+    let r = open(cli)?;
+    if r.config().role != Role::Site {
+        return Err(Failure::Usage(
+            "the host serves sync (carnet-syncd); `carnet sync` runs on a site".into(),
+        ));
+    }
+    match c {
+        SyncCmd::Now => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map_err(|e| Failure::File(format!("cannot start the sync runtime: {e}")))?;
+            let report = runtime.block_on(carnet_syncd::net::sync_round(std::sync::Arc::new(r)))?;
+            Ok(Reply::new(
+                format!(
+                    "synced: pushed up to change {}, pulled {} item(s), {} body(ies) received, {} dossier(s) purged",
+                    report.pushed, report.pulled, report.bodies, report.purged
+                ),
+                json!({"pushed": report.pushed, "pulled": report.pulled,
+                       "bodies": report.bodies, "purged": report.purged}),
+            ))
+        }
+        SyncCmd::Status => {
+            let (as_of, expired) = r.authority_freshness()?;
+            let pending = r.outbox_len()?;
+            let cursor = r.pull_cursor()?;
+            let missing = r.missing_bodies()?.len();
+            let as_of_text = if as_of == 0 {
+                "never".to_string()
+            } else {
+                format_rfc3339(as_of)
+            };
+            Ok(Reply::new(
+                format!(
+                    "pending changes: {pending}\nbodies not yet received: {missing}\npull cursor: {cursor}\nhost records current as of: {as_of_text}{}",
+                    if expired {
+                        " (lease over: normal reads refused, break-glass only)"
+                    } else {
+                        ""
+                    }
+                ),
+                json!({"pending": pending, "missing_bodies": missing, "cursor": cursor,
+                       "authority_as_of": (as_of > 0).then(|| format_rfc3339(as_of)),
+                       "lease_expired": expired}),
+            ))
+        }
+    }
 }
 
 fn write_private_file(path: &Path, bytes: &[u8]) -> Result<()> {

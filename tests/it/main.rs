@@ -16,6 +16,7 @@ mod support;
 
 mod authority;
 mod cli_basics;
+mod daemon;
 mod documents;
 mod export;
 mod keys;

@@ -669,6 +669,13 @@ impl Replica {
         Ok(read_u64(v.as_ref().map(|g| g.value())))
     }
 
+    /// When the host last vouched this replica's authority cache was current (0: never), and
+    /// whether the site's lease has run out since.
+    pub fn authority_freshness(&self) -> Result<(Millis, bool)> {
+        let (_, generation) = self.snapshot()?;
+        Ok((generation.authority_as_of, self.lease_expired(generation)))
+    }
+
     fn bump_meta_u64(txn: &WriteTransaction, key: &str, at_least: Option<u64>) -> Result<u64> {
         let mut meta = txn.open_table(META)?;
         let cur = read_u64(meta.get(key)?.as_ref().map(|g| g.value()));
