@@ -16,7 +16,7 @@
 //! a message out of turn ends the session with an `Error`.
 
 use carnet_store::ids::{DocId, SiteId};
-use carnet_store::replica::{Change, PullItem, Replica};
+use carnet_store::replica::{Change, PullItem, Replica, TraceRecord};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -36,10 +36,19 @@ pub enum Msg {
         /// The host log sequence the site applied up to.
         cursor: u64,
     },
-    /// Host: the last of the site's changes it applied.
+    /// Host: the last of the site's changes and trace entries it holds.
     Welcome {
         /// Push resumes after this.
         acked: u64,
+        /// Traces resume after this.
+        traces_acked: u64,
+    },
+    /// Site: trace entries, in chain order (sent first: every trace reaches the host).
+    Traces(Vec<TraceRecord>),
+    /// Host: trace entries held up to `upto`.
+    TracesAck {
+        /// Highest entry held.
+        upto: u64,
     },
     /// Site: local changes, in order.
     Push(Vec<(u64, Change)>),
@@ -101,6 +110,8 @@ impl Msg {
         match self {
             Msg::Hello { .. } => "Hello",
             Msg::Welcome { .. } => "Welcome",
+            Msg::Traces(_) => "Traces",
+            Msg::TracesAck { .. } => "TracesAck",
             Msg::Push(_) => "Push",
             Msg::PushAck { .. } => "PushAck",
             Msg::PutBody { .. } => "PutBody",
@@ -151,6 +162,7 @@ impl HostSession {
                 self.greeted = true;
                 Ok(vec![Msg::Welcome {
                     acked: replica.applied_mark(self.site)?,
+                    traces_acked: replica.trace_mark(self.site)?,
                 }])
             }
             Msg::Push(changes) => {
@@ -164,6 +176,13 @@ impl HostSession {
                 }
                 let missing = replica.missing_bodies()?;
                 Ok(vec![Msg::PushAck { upto, missing }])
+            }
+            Msg::Traces(records) => {
+                if records.len() > BATCH_MAX {
+                    return Err(Error::Invalid("protocol: trace batch too large".into()));
+                }
+                let upto = replica.apply_remote_traces(self.site, &records)?;
+                Ok(vec![Msg::TracesAck { upto }])
             }
             Msg::PutBody { doc, bytes } => {
                 replica.store_remote_body(&doc, &bytes)?;
@@ -201,9 +220,11 @@ impl HostSession {
                 }])
             }
             Msg::Bye => Ok(vec![]),
-            Msg::Welcome { .. } | Msg::PushAck { .. } | Msg::Pulled { .. } | Msg::Body { .. } => {
-                Err(out_of_turn("host message from a site"))
-            }
+            Msg::Welcome { .. }
+            | Msg::TracesAck { .. }
+            | Msg::PushAck { .. }
+            | Msg::Pulled { .. }
+            | Msg::Body { .. } => Err(out_of_turn("host message from a site")),
             Msg::Error(e) => Err(Error::Invalid(format!("the site ended the session: {e}"))),
         }
     }
@@ -214,6 +235,8 @@ impl HostSession {
 pub struct RoundReport {
     /// Changes the host acknowledged.
     pub pushed: u64,
+    /// Trace entries the host holds.
+    pub traces: u64,
     /// Items pulled and applied.
     pub pulled: usize,
     /// Dossiers purged on the way.
@@ -225,6 +248,7 @@ pub struct RoundReport {
 #[derive(Debug, PartialEq, Eq)]
 enum SiteState {
     Greeting,
+    Tracing,
     Pushing,
     Pulling,
     Fetching,
@@ -235,6 +259,7 @@ enum SiteState {
 #[derive(Debug)]
 pub struct SiteSession {
     state: SiteState,
+    push_acked: u64,
     body: Option<(DocId, Vec<u8>)>,
     to_fetch: Vec<DocId>,
     report: RoundReport,
@@ -251,6 +276,7 @@ impl SiteSession {
     pub fn new() -> Self {
         SiteSession {
             state: SiteState::Greeting,
+            push_acked: 0,
             body: None,
             to_fetch: Vec::new(),
             report: RoundReport::default(),
@@ -273,6 +299,15 @@ impl SiteSession {
     /// What the round did.
     pub fn report(&self) -> RoundReport {
         self.report
+    }
+
+    fn traces_after(&mut self, replica: &Replica, acked: u64) -> Result<Option<Msg>> {
+        let records = replica.traces_after(acked, BATCH_MAX)?;
+        if records.is_empty() {
+            return Ok(None);
+        }
+        self.state = SiteState::Tracing;
+        Ok(Some(Msg::Traces(records)))
     }
 
     fn push_after(&mut self, replica: &Replica, acked: u64) -> Result<Vec<Msg>> {
@@ -303,12 +338,33 @@ impl SiteSession {
     /// Handles one message from the host; returns what to send next.
     pub fn handle(&mut self, replica: &Replica, msg: Msg) -> Result<Vec<Msg>> {
         match (&self.state, msg) {
-            (SiteState::Greeting, Msg::Welcome { acked }) => {
+            (
+                SiteState::Greeting,
+                Msg::Welcome {
+                    acked,
+                    traces_acked,
+                },
+            ) => {
                 // The host holds everything up to `acked`: those entries are done with.
                 if acked > 0 {
                     replica.ack_outbox(acked)?;
                 }
-                self.push_after(replica, acked)
+                self.push_acked = acked;
+                self.report.traces = traces_acked;
+                match self.traces_after(replica, traces_acked)? {
+                    Some(m) => Ok(vec![m]),
+                    None => self.push_after(replica, acked),
+                }
+            }
+            (SiteState::Tracing, Msg::TracesAck { upto }) => {
+                self.report.traces = upto;
+                match self.traces_after(replica, upto)? {
+                    Some(m) => Ok(vec![m]),
+                    None => {
+                        let acked = self.push_acked;
+                        self.push_after(replica, acked)
+                    }
+                }
             }
             (SiteState::Pushing, Msg::PushAck { upto, missing }) => {
                 replica.ack_outbox(upto)?;
@@ -453,6 +509,18 @@ mod tests {
                 .len(),
             700_000
         );
+        // Every trace of the site reached the host (the site wrote, and read nothing yet).
+        let site_id = site.config().site_id;
+        assert!(report.traces > 0);
+        assert_eq!(host.trace_mark(site_id).expect("mark"), report.traces);
+        let at_host = host.audit_entries(Some(&ins)).expect("audit");
+        assert!(
+            at_host
+                .iter()
+                .any(|c| c.entry.origin == site_id && c.entry.doc == Some(at_site))
+        );
+        host.verify_audit()
+            .expect("host verifies every chain it holds");
         // A round with nothing new pulls only the host's heartbeat, and no body.
         let quiet = round(&host, &site);
         assert_eq!((quiet.pulled, quiet.bodies), (1, 0), "{quiet:?}");

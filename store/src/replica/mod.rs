@@ -998,6 +998,78 @@ impl Replica {
         })
     }
 
+    /// This site's trace entries after `after` (at most `limit`), for pushing to the host.
+    pub fn traces_after(&self, after: u64, limit: usize) -> Result<Vec<TraceRecord>> {
+        self.flush_traces()?;
+        let origin = self.config.site_id.0;
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(AUDIT)?;
+        let mut out = Vec::new();
+        for row in table
+            .range((origin, after.saturating_add(1))..=(origin, u64::MAX))?
+            .take(limit)
+        {
+            let (k, v) = row?;
+            let c = self.open_trace(origin, k.value().1, v.value())?;
+            out.push(TraceRecord {
+                seq: c.seq,
+                hash: c.hash,
+                entry: c.entry,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Host: the last trace entry of `origin` held here.
+    pub fn trace_mark(&self, origin: SiteId) -> Result<u64> {
+        let txn = self.db.begin_read()?;
+        let heads = txn.open_table(AUDIT_HEADS)?;
+        let row = heads.get(origin.0)?;
+        Ok(match row {
+            Some(v) => postcard::from_bytes::<(u64, [u8; 32])>(v.value())?.0,
+            None => 0,
+        })
+    }
+
+    /// Host: stores another site's trace entries, in order and exactly once (a replay is
+    /// skipped, a gap refused), sealed with this replica's audit key. Returns the new mark.
+    pub fn apply_remote_traces(&self, origin: SiteId, records: &[TraceRecord]) -> Result<u64> {
+        if origin == self.config.site_id {
+            return Err(Error::invalid("a replica does not apply its own trace"));
+        }
+        let txn = self.begin_write()?;
+        let mut head: (u64, [u8; 32]) = match txn.open_table(AUDIT_HEADS)?.get(origin.0)? {
+            Some(v) => postcard::from_bytes(v.value())?,
+            None => (0, [0; 32]),
+        };
+        {
+            let mut table = txn.open_table(AUDIT)?;
+            for r in records {
+                if r.seq <= head.0 {
+                    continue;
+                }
+                if r.seq != head.0 + 1 || r.entry.origin != origin {
+                    return Err(Error::invalid(format!(
+                        "trace entry {} of site {origin} does not follow entry {}",
+                        r.seq, head.0
+                    )));
+                }
+                let bytes = Zeroizing::new(postcard::to_stdvec(&r.entry)?);
+                let sealed = self.keys.audit.seal(&trace_aad(origin.0), &bytes)?;
+                let row = postcard::to_stdvec(&StoredTrace {
+                    hash: r.hash,
+                    sealed,
+                })?;
+                table.insert((origin.0, r.seq), row.as_slice())?;
+                head = (r.seq, r.hash);
+            }
+        }
+        txn.open_table(AUDIT_HEADS)?
+            .insert(origin.0, postcard::to_stdvec(&head)?.as_slice())?;
+        txn.commit()?;
+        Ok(head.0)
+    }
+
     /// Verifies every origin's trace chain. Returns `(origins, entries)` checked.
     pub fn verify_audit(&self) -> Result<(usize, u64)> {
         self.flush_traces()?;
@@ -1032,12 +1104,35 @@ impl Replica {
                 let (hash, plain) = self.open_trace_row(origin, seq, v.value())?;
                 decoded.push((seq, hash, plain));
             }
-            total += crate::audit::verify_chain(
-                self.keys.chain.expose(),
-                SiteId(origin),
-                decoded.iter().map(|(s, h, b)| (*s, *h, b.as_slice())),
-                head,
-            )?;
+            if origin == self.config.site_id.0 {
+                total += crate::audit::verify_chain(
+                    self.keys.chain.expose(),
+                    SiteId(origin),
+                    decoded.iter().map(|(s, h, b)| (*s, *h, b.as_slice())),
+                    head,
+                )?;
+            } else {
+                // Another site's chain is keyed with that site's key: here, every entry opens
+                // (the AEAD) and none is missing, from 1 to the head.
+                for (n, (seq, _, _)) in (1u64..).zip(&decoded) {
+                    if *seq != n {
+                        return Err(Error::integrity(format!(
+                            "trace of site {origin}: entry {n} is missing"
+                        )));
+                    }
+                }
+                if decoded
+                    .last()
+                    .map(|(s, h, _)| (*s, *h))
+                    .unwrap_or((0, [0; 32]))
+                    != head
+                {
+                    return Err(Error::integrity(format!(
+                        "trace of site {origin}: the entries do not end at its head"
+                    )));
+                }
+                total += decoded.len() as u64;
+            }
         }
         Ok((origins.len(), total))
     }
@@ -1147,6 +1242,17 @@ impl Writer<'_> {
 
 fn trace_aad(origin: u32) -> Vec<u8> {
     aad(&[b"audit", &origin.to_le_bytes()])
+}
+
+/// A trace entry as it travels to the host: its place, its chain hash and the entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceRecord {
+    /// Sequence in the origin's chain.
+    pub seq: u64,
+    /// Chain hash (keyed by the origin).
+    pub hash: [u8; 32],
+    /// The entry.
+    pub entry: AuditEntry,
 }
 
 /// A trace entry encoded and sealed, waiting for its place in the chain.

@@ -704,3 +704,32 @@ fn pulled_records_are_verified() {
     }
     assert!(matches!(site.apply_pull(&items), Err(Error::Integrity(_))));
 }
+
+#[test]
+fn a_sites_trace_reaches_the_host_once_and_in_order() {
+    let (_hd, host, _sd, site) = host_and_site();
+    write(&site, "doc", b"1");
+    let origin = site.config().site_id;
+    let records = site.traces_after(0, 100).expect("traces");
+    assert!(records.len() >= 2);
+    assert!(
+        host.apply_remote_traces(origin, &records[1..]).is_err(),
+        "a gap is refused"
+    );
+    assert_eq!(host.trace_mark(origin).ok(), Some(0));
+    let mark = host.apply_remote_traces(origin, &records).expect("apply");
+    assert_eq!(mark, records.last().expect("last").seq);
+    assert_eq!(
+        host.apply_remote_traces(origin, &records).ok(),
+        Some(mark),
+        "a replay is a no-op"
+    );
+    host.verify_audit().expect("verifies");
+    let held = host
+        .audit_entries(None)
+        .expect("audit")
+        .iter()
+        .filter(|c| c.entry.origin == origin)
+        .count();
+    assert_eq!(held, records.len());
+}
