@@ -353,6 +353,9 @@ pub enum AuditCmd {
     },
     /// Verify every trace chain.
     Verify,
+    /// Break-glass and centre 15 accesses, from every site, for notifying the holder and the
+    /// médecin traitant.
+    Emergencies,
 }
 
 #[derive(Debug, Subcommand)]

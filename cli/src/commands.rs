@@ -972,6 +972,44 @@ fn audit(cli: &Cli, c: &AuditCmd) -> Result<Reply> {
             }
             Ok(Reply::new(human.trim_end(), Value::Array(list)))
         }
+        AuditCmd::Emergencies => {
+            let mut human = String::new();
+            let mut list = Vec::new();
+            for c in r.audit_entries(None)? {
+                let e = &c.entry;
+                if e.mode == AccessMode::Normal {
+                    continue;
+                }
+                human += &format!(
+                    "{} site {} {} {} {} dossier {}{}{}\n",
+                    format_rfc3339(e.at),
+                    e.origin,
+                    trace_actor(&e.actor),
+                    e.mode.as_str(),
+                    if e.allowed { "ALLOW" } else { "DENY" },
+                    e.ins.as_deref().unwrap_or("-"),
+                    e.stated_reason
+                        .as_ref()
+                        .map(|s| format!(" reason: \"{s}\""))
+                        .unwrap_or_default(),
+                    if e.decided_offline {
+                        " (decided offline)"
+                    } else {
+                        ""
+                    },
+                );
+                list.push(json!({
+                    "at": format_rfc3339(e.at), "site": e.origin.0, "actor": trace_actor(&e.actor),
+                    "mode": e.mode.as_str(), "allowed": e.allowed, "ins": e.ins,
+                    "doc": e.doc.map(|d| d.to_string()), "reason": e.stated_reason,
+                    "decided_offline": e.decided_offline,
+                }));
+            }
+            if list.is_empty() {
+                human = "(no emergency access)".into();
+            }
+            Ok(Reply::new(human.trim_end(), Value::Array(list)))
+        }
         AuditCmd::Verify => {
             let (origins, entries) = r.verify_audit()?;
             Ok(Reply::new(

@@ -264,6 +264,17 @@ fn break_glass_needs_a_reason_and_is_traced() {
     let t = last_trace(c, &s.k.ins, "read", &s.k.consult);
     assert_eq!(t["allowed"], true);
     assert_eq!(t["mode"], "bris_de_glace");
+    // Both attempts are listed for notifying the holder and the médecin traitant.
+    let emergencies = c.json(&["audit", "emergencies"]);
+    let list = emergencies.as_array().expect("a list");
+    assert_eq!(list.len(), 2, "{emergencies}");
+    assert_eq!(list[1]["reason"], "inconscient aux urgences");
+    assert_eq!(list[1]["allowed"], true);
+    assert!(
+        c.ok(&["audit", "emergencies"])
+            .stdout
+            .contains("bris_de_glace")
+    );
     assert_eq!(t["rule"], 7);
     assert_eq!(t["reason"], "inconscient aux urgences");
     let human = c.ok(&["audit", "show", "--dossier", &s.k.ins]).stdout;
