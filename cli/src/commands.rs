@@ -352,6 +352,7 @@ fn sync(cli: &Cli, c: &SyncCmd) -> Result<Reply> {
             let pending = r.outbox_len()?;
             let cursor = r.pull_cursor()?;
             let missing = r.missing_bodies()?.len();
+            let quarantine = r.quarantined()?;
             let as_of_text = if as_of == 0 {
                 "never".to_string()
             } else {
@@ -368,7 +369,10 @@ fn sync(cli: &Cli, c: &SyncCmd) -> Result<Reply> {
                 ),
                 json!({"pending": pending, "missing_bodies": missing, "cursor": cursor,
                        "authority_as_of": (as_of > 0).then(|| format_rfc3339(as_of)),
-                       "lease_expired": expired}),
+                       "lease_expired": expired,
+                       "quarantine": quarantine.iter().map(|q| json!({
+                           "id": q.meta.facts.id.to_string(), "since": format_rfc3339(q.at),
+                           "reason": q.reason})).collect::<Vec<_>>()}),
             ))
         }
     }

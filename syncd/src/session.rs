@@ -16,7 +16,7 @@
 //! a message out of turn ends the session with an `Error`.
 
 use carnet_store::ids::{DocId, SiteId};
-use carnet_store::replica::{Change, PullItem, Replica, TraceRecord};
+use carnet_store::replica::{Applied, Change, PullItem, Replica, TraceRecord};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -52,12 +52,15 @@ pub enum Msg {
     },
     /// Site: local changes, in order.
     Push(Vec<(u64, Change)>),
-    /// Host: applied up to `upto`; send these bodies.
+    /// Host: applied up to `upto`; send these bodies; these documents are returned.
     PushAck {
         /// Highest change applied.
         upto: u64,
         /// Documents whose body the host lacks.
         missing: Vec<DocId>,
+        /// Documents the host will not take (dossier closed or not held): the site keeps them
+        /// in quarantine.
+        returned: Vec<DocId>,
     },
     /// Site: a body the host lacks.
     PutBody {
@@ -170,12 +173,20 @@ impl HostSession {
                     return Err(Error::Invalid("protocol: push batch too large".into()));
                 }
                 let mut upto = replica.applied_mark(self.site)?;
+                let mut returned = Vec::new();
                 for (seq, change) in &changes {
-                    replica.apply_remote(self.site, *seq, change)?;
+                    let outcome = replica.apply_remote(self.site, *seq, change)?;
+                    if let (Applied::Returned, Change::Document(meta)) = (outcome, change) {
+                        returned.push(meta.facts.id);
+                    }
                     upto = upto.max(*seq);
                 }
                 let missing = replica.missing_bodies()?;
-                Ok(vec![Msg::PushAck { upto, missing }])
+                Ok(vec![Msg::PushAck {
+                    upto,
+                    missing,
+                    returned,
+                }])
             }
             Msg::Traces(records) => {
                 if records.len() > BATCH_MAX {
@@ -243,6 +254,8 @@ pub struct RoundReport {
     pub purged: usize,
     /// Bodies received.
     pub bodies: usize,
+    /// Documents the host returned, now in quarantine.
+    pub returned: usize,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -366,7 +379,22 @@ impl SiteSession {
                     }
                 }
             }
-            (SiteState::Pushing, Msg::PushAck { upto, missing }) => {
+            (
+                SiteState::Pushing,
+                Msg::PushAck {
+                    upto,
+                    missing,
+                    returned,
+                },
+            ) => {
+                if !returned.is_empty() {
+                    // Kept before the outbox lets go of them.
+                    replica.quarantine_returned(
+                        &returned,
+                        "returned by the host: the dossier is closed or not held there",
+                    )?;
+                    self.report.returned += returned.len();
+                }
                 replica.ack_outbox(upto)?;
                 self.report.pushed = upto;
                 let mut out = Vec::new();
@@ -509,6 +537,7 @@ mod tests {
                 .len(),
             700_000
         );
+        assert_eq!(report.returned, 0);
         // Every trace of the site reached the host (the site wrote, and read nothing yet).
         let site_id = site.config().site_id;
         assert!(report.traces > 0);
@@ -548,5 +577,82 @@ mod tests {
             )
             .is_err()
         );
+    }
+}
+
+#[cfg(test)]
+mod quarantine_tests {
+    use super::*;
+    use crate::testkit::{doctor, host_and_site, new_doc};
+    use carnet_store::model::{AccessMode, Actor};
+
+    fn round(host: &Replica, site: &Replica) -> RoundReport {
+        let mut s = SiteSession::new();
+        let mut h = HostSession::new(site.config().site_id);
+        let mut to_host = vec![s.start(site).expect("start")];
+        for _ in 0..10_000 {
+            let mut to_site = Vec::new();
+            for m in to_host.drain(..) {
+                to_site.extend(h.handle(host, m).expect("host"));
+            }
+            for m in to_site {
+                to_host.extend(s.handle(site, m).expect("site"));
+            }
+            if s.is_done() {
+                return s.report();
+            }
+        }
+        panic!("the round did not end");
+    }
+
+    #[test]
+    fn a_document_written_for_a_dossier_closed_meanwhile_is_kept_in_quarantine() {
+        let (_t, host, site, ins) = host_and_site();
+        round(&host, &site);
+        let actor = Actor::Professional(doctor());
+        site.put_document(
+            &actor,
+            AccessMode::Normal,
+            None,
+            &ins,
+            new_doc("written offline", b"offline body".to_vec()),
+        )
+        .expect("write");
+        host.close_dossier(&ins, "the holder closed it")
+            .expect("close");
+        let report = round(&host, &site);
+        assert_eq!(report.returned, 1, "{report:?}");
+        assert_eq!(report.purged, 1, "{report:?}");
+        let kept = site.quarantined().expect("quarantine");
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].body, b"offline body");
+        assert_eq!(site.outbox_len().expect("len"), 0);
+        assert!(
+            !site.has_dossier_key(&ins).expect("key"),
+            "the dossier itself is purged"
+        );
+    }
+
+    #[test]
+    fn a_closure_imported_before_the_push_quarantines_the_pending_document() {
+        let (_t, host, site, ins) = host_and_site();
+        round(&host, &site);
+        let actor = Actor::Professional(doctor());
+        site.put_document(
+            &actor,
+            AccessMode::Normal,
+            None,
+            &ins,
+            new_doc("pending", b"pending body".to_vec()),
+        )
+        .expect("write");
+        host.close_dossier(&ins, "closed").expect("close");
+        site.import_authority(&host.export_authority().expect("export"))
+            .expect("import");
+        let kept = site.quarantined().expect("quarantine");
+        assert_eq!(kept.len(), 1, "never dropped");
+        assert_eq!(kept[0].body, b"pending body");
+        // The next round does not trip on the purged document.
+        round(&host, &site);
     }
 }

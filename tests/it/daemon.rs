@@ -138,7 +138,11 @@ fn an_enrolled_site_syncs_with_a_host_daemon_and_a_revoked_one_is_refused() {
         if o.code == 0 {
             break o.json();
         }
-        assert!(Instant::now() < deadline, "no sync in time: {}", o.stderr);
+        assert!(
+            Instant::now() < deadline,
+            "no sync in time (is carnet-syncd up to date? `cargo build --workspace --bins`): {}",
+            o.stderr
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     assert_eq!(synced["bodies"], 1, "{synced}");

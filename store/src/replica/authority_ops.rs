@@ -582,6 +582,10 @@ impl Replica {
         let bi = self.blind(ins);
         let txn = self.begin_write()?;
         let held = txn.open_table(DOSSIER_KEYS)?.get(&bi)?.is_some();
+        if held && self.config.role == Role::Site {
+            // Never lose a document the user was told is stored: keep it before the key goes.
+            self.quarantine_pending(&txn, &bi)?;
+        }
         txn.open_table(DOSSIER_KEYS)?.remove(&bi)?;
         Self::registry_changed(&txn)?;
         txn.trace(vec![self.admin_entry(

@@ -20,6 +20,7 @@ mod cache;
 mod documents;
 mod host_sync;
 mod journal;
+mod quarantine;
 mod sync;
 pub mod tables;
 #[cfg(test)]
@@ -42,6 +43,7 @@ use zeroize::Zeroizing;
 pub use authority_ops::{DossierInfo, ImportReport, NewDossier};
 pub use documents::{DossierExport, NewDocument, ReadOutcome};
 pub use host_sync::{PullItem, PullReport};
+pub use quarantine::Quarantined;
 pub use sync::{Applied, Change};
 
 use crate::audit::{AuditEntry, ChainedEntry, GroupCommit, TraceAction, TraceActor};
@@ -373,6 +375,7 @@ impl Replica {
             txn.open_table(SCOPE)?;
             txn.open_table(SCOPE_SITES)?;
             txn.open_table(SITE_LOG)?;
+            txn.open_table(QUARANTINE)?;
             txn.open_table(BODIES)?;
             txn.open_table(PROS)?;
             txn.open_table(AUDIT)?;

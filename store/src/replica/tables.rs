@@ -43,6 +43,8 @@ pub const SCOPE: TableDefinition<&[u8], u8> = TableDefinition::new("scope");
 pub const SCOPE_SITES: TableDefinition<&[u8], ()> = TableDefinition::new("scope_sites");
 /// Host: each site's change log (fan-out on write): (site, seq) → `LogItem`.
 pub const SITE_LOG: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("site_log");
+/// Site: documents the host will not take, kept (sealed with the quarantine key) by doc id.
+pub const QUARANTINE: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("quarantine");
 /// Per origin site, the highest change sequence applied here (exactly-once).
 pub const APPLIED: TableDefinition<u32, u64> = TableDefinition::new("applied");
 
