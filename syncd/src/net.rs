@@ -261,6 +261,46 @@ mod tests {
             b"body"
         );
 
+        // A connected peer sending garbage ends only its own session, with an Error frame.
+        for garbage in [
+            b"\xde\xad\xbe\xef random bytes".to_vec(),
+            ((crate::frame::FRAME_MAX as u32) + 1)
+                .to_le_bytes()
+                .to_vec(),
+            vec![2, 0, 0, 0, 99, 0],
+        ] {
+            let mut client =
+                quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client");
+            client.set_default_client_config(
+                crate::transport::client_config(&bundle.ca_cert_der, &bundle.identity)
+                    .expect("config"),
+            );
+            let conn = client
+                .connect(addr, HOST_NAME)
+                .expect("connect")
+                .await
+                .expect("handshake");
+            let (mut tx, mut rx) = conn.open_bi().await.expect("stream");
+            tx.write_all(&garbage).await.expect("write");
+            tx.finish().expect("finish");
+            let reply = tokio::time::timeout(Duration::from_secs(20), rx.read_to_end(1 << 20))
+                .await
+                .expect("in time")
+                .expect("reply");
+            let mut d = FrameDecoder::new();
+            d.push(&reply);
+            assert!(
+                matches!(d.next_message::<Msg>(), Ok(Some(Msg::Error(_)))),
+                "garbage answered by an Error frame"
+            );
+            conn.close(0u32.into(), b"");
+        }
+        // …and the host goes on serving.
+        bounded(sync_round(site.clone()))
+            .await
+            .expect("in time")
+            .expect("round after garbage");
+
         // Revoked: the next round is refused.
         enrol::revoke(&host, bundle.site_id).expect("revoke");
         revoked.add(crate::transport::fingerprint(&bundle.identity.cert_der));
