@@ -54,6 +54,10 @@ pub enum Command {
     /// Sync with the host (site).
     #[command(subcommand)]
     Sync(SyncCmd),
+    /// Bring a dossier into this site's scope at the next sync (site).
+    Pin { ins: String },
+    /// Let a pinned dossier go at the next sync (site).
+    Unpin { ins: String },
     /// Run the demonstration scenario in a temporary folder.
     Demo(DemoArgs),
 }

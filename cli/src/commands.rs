@@ -207,6 +207,8 @@ pub fn run(cli: &Cli) -> Result<Reply> {
         Command::Authority(c) => authority(cli, c),
         Command::Pki(c) => pki(cli, c),
         Command::Sync(c) => sync(cli, c),
+        Command::Pin { ins: text } => pin(cli, text, true),
+        Command::Unpin { ins: text } => pin(cli, text, false),
         Command::Demo(a) => crate::demo::run(a),
     }
 }
@@ -376,6 +378,25 @@ fn sync(cli: &Cli, c: &SyncCmd) -> Result<Reply> {
             ))
         }
     }
+}
+
+fn pin(cli: &Cli, text: &str, on: bool) -> Result<Reply> {
+    let r = open(cli)?;
+    let i = ins(text)?;
+    r.pin(&i, on)?;
+    Ok(Reply::new(
+        format!(
+            "{} {}: the host {} at the next sync",
+            if on { "pinned" } else { "unpinned" },
+            i.matricule(),
+            if on {
+                "sends it"
+            } else {
+                "takes it out of this site's scope"
+            }
+        ),
+        json!({"ins": i.matricule(), "pinned": on}),
+    ))
 }
 
 fn write_private_file(path: &Path, bytes: &[u8]) -> Result<()> {

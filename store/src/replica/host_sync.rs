@@ -266,6 +266,26 @@ impl Replica {
         Ok(())
     }
 
+    /// Host: a site pins or unpins a dossier. An unknown dossier is returned, not an error.
+    pub(super) fn pin_for_site(
+        &self,
+        txn: &WriteTransaction,
+        site: SiteId,
+        ins: &Ins,
+        on: bool,
+    ) -> Result<super::Applied> {
+        let bi = self.blind(ins);
+        let known = txn
+            .open_table(AUTHORITY)?
+            .get(subject_key(tag::DOSSIER, Some(&bi), None).as_slice())?
+            .is_some();
+        if !known {
+            return Ok(super::Applied::Returned);
+        }
+        self.set_scope(txn, site.0, &bi, scope_bit::PINNED, on)?;
+        Ok(super::Applied::Applied)
+    }
+
     /// Host: `site`'s log after `after`, at most `limit` entries, as the site will apply it.
     pub fn pull(&self, site: SiteId, after: u64, limit: usize) -> Result<Vec<(u64, PullItem)>> {
         self.require_host()?;

@@ -26,6 +26,13 @@ pub enum Change {
     Document(Box<DocumentMeta>),
     /// A professional registered at the sending site (it shapes the site's scope on the host).
     Professional(crate::model::Professional),
+    /// The site pins (or unpins) a dossier into its scope.
+    Pin {
+        /// The dossier.
+        ins: crate::ids::Ins,
+        /// Pin or unpin.
+        on: bool,
+    },
 }
 
 /// The result of `apply_remote`.
@@ -53,6 +60,10 @@ impl Replica {
                     let (_, _, meta) = self.load_doc(&txn, generation, &DocId(id))?;
                     out.push((k.value(), Change::Document(Box::new(meta))));
                 }
+                OutboxItem::Pin { sealed_ins, on } => {
+                    let ins = self.open_pinned_ins(&sealed_ins)?;
+                    out.push((k.value(), Change::Pin { ins, on }));
+                }
                 OutboxItem::Professional(rpps) => {
                     let pro = self.who_is(&txn, &crate::ids::Rpps::parse(&rpps)?)?;
                     out.push((k.value(), Change::Professional(pro)));
@@ -71,6 +82,37 @@ impl Replica {
             .get(origin.0)?
             .map_or(0, |v| v.value());
         Ok(mark)
+    }
+
+    /// Site: pins a dossier into this site's scope (or unpins it); the host brings it in at the
+    /// next sync (e.g. tomorrow's patients of a mobile unit).
+    pub fn pin(&self, ins: &crate::ids::Ins, on: bool) -> Result<()> {
+        if self.config.role != super::Role::Site {
+            return Err(Error::invalid(
+                "pinning is for sites: the host holds every dossier",
+            ));
+        }
+        let sealed_ins = self
+            .keys
+            .registry
+            .seal(b"pinned-ins", ins.matricule().as_bytes())?;
+        let txn = self.begin_write()?;
+        self.push_outbox(&txn, OutboxItem::Pin { sealed_ins, on })?;
+        txn.trace(vec![self.admin_entry(
+            if on { "pin" } else { "unpin" },
+            Some(ins),
+            None,
+        )]);
+        txn.commit()
+    }
+
+    fn open_pinned_ins(&self, sealed: &[u8]) -> Result<crate::ids::Ins> {
+        let plain = self
+            .keys
+            .registry
+            .open(b"pinned-ins", sealed)
+            .map_err(|_| Error::integrity("a queued pin was altered"))?;
+        crate::ids::Ins::parse(std::str::from_utf8(&plain).map_err(|_| Error::integrity("pin"))?)
     }
 
     /// Number of entries waiting in the outbox.
@@ -121,6 +163,13 @@ impl Replica {
                     self.register_site_professional(&txn, origin, &pro.rpps)?;
                 }
                 Applied::Applied
+            }
+            Change::Pin { ins, on } => {
+                if self.config.role == super::Role::Host {
+                    self.pin_for_site(&txn, origin, ins, *on)?
+                } else {
+                    Applied::Applied
+                }
             }
         };
         txn.open_table(APPLIED)?.insert(origin.0, seq)?;

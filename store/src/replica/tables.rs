@@ -121,6 +121,14 @@ pub enum OutboxItem {
     Document([u8; 16]),
     /// A professional was registered at this site (by RPPS).
     Professional(String),
+    /// The site pins (or unpins) a dossier into its scope; the INS is sealed (registry key).
+    Pin {
+        /// `Ins` matricule, sealed.
+        #[serde(with = "serde_bytes")]
+        sealed_ins: Vec<u8>,
+        /// Pin (true) or unpin.
+        on: bool,
+    },
 }
 
 /// Why a dossier is in a site's scope (bits of `SCOPE`).
@@ -129,6 +137,8 @@ pub mod scope_bit {
     pub const GRANT: u8 = 1;
     /// The site wrote a document in it.
     pub const WROTE: u8 = 2;
+    /// The site pinned it (e.g. tomorrow's patients of a mobile unit).
+    pub const PINNED: u8 = 4;
 }
 
 /// An entry of a site's change log on the host; what it names is read when the site pulls, so

@@ -733,3 +733,35 @@ fn a_sites_trace_reaches_the_host_once_and_in_order() {
         .count();
     assert_eq!(held, records.len());
 }
+
+#[test]
+fn a_pinned_dossier_comes_to_the_site_and_leaves_when_unpinned() {
+    let (_hd, host, _sd, site) = host_and_site();
+    let tomorrow = Ins::from_body("1751299123456").expect("ins");
+    host.create_dossier(NewDossier {
+        ins: tomorrow.clone(),
+        ins_kind: crate::ids::InsKind::TestNir,
+        identity: identity(),
+        holder: HolderKind::Adult,
+        representatives: vec![],
+        mask_new_by_default: false,
+    })
+    .expect("dossier");
+    site.pin(&tomorrow, true).expect("pin");
+    sync(&host, &site);
+    assert!(
+        site.dossier(&tomorrow).is_ok(),
+        "pinned: in the site's scope"
+    );
+    site.pin(&tomorrow, false).expect("unpin");
+    sync(&host, &site);
+    assert!(
+        !site.has_dossier_key(&tomorrow).expect("key"),
+        "unpinned: purged"
+    );
+    // Pinning a dossier the host does not know is returned, not an error.
+    site.pin(&Ins::from_body("1751299999999").expect("ins"), true)
+        .expect("pin");
+    sync(&host, &site);
+    assert!(host.pin(&tomorrow, true).is_err(), "the host pins nothing");
+}
