@@ -19,10 +19,6 @@ const ROUND_EVERY: Duration = Duration::from_secs(10);
 /// Longest pause between attempts while the host is out of reach.
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
 
-fn log(line: &str) {
-    eprintln!("carnet-syncd: {line}");
-}
-
 struct Args {
     data: PathBuf,
     config: Option<PathBuf>,
@@ -54,14 +50,15 @@ fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
-            log(&e);
+            eprintln!("carnet-syncd: {e}");
             return ExitCode::from(2);
         }
     };
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            log(&format!("error: {e}"));
+            tracing::error!(error = %e, "stopped");
+            eprintln!("carnet-syncd: error: {e}");
             ExitCode::from(1)
         }
     }
@@ -69,6 +66,14 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let config = Config::load(&args.config.unwrap_or_else(|| args.data.join(CONFIG_FILE)))?;
+    // Logs carry site ids, counts and errors; never names, INS or titles.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(format!(
+            "carnet_syncd={level},carnet_store={level}",
+            level = config.log_level
+        )))
+        .with_writer(std::io::stderr)
+        .init();
     let key = match std::env::var("CARNET_PASSPHRASE") {
         Ok(p) if !p.is_empty() => KeySource::Passphrase(zeroize::Zeroizing::new(p)),
         _ => KeySource::File,
@@ -108,10 +113,10 @@ async fn host(replica: Arc<Replica>, config: &Config) -> Result<(), Box<dyn std:
     let revoked = Arc::new(enrol::revoked(&replica)?);
     let endpoint =
         quinn::Endpoint::server(transport::server_config(&ca, &identity, revoked)?, listen)?;
-    log(&format!("host serving on {}", endpoint.local_addr()?));
+    tracing::info!(address = %endpoint.local_addr()?, "host serving");
     let server = tokio::spawn(net::serve(endpoint.clone(), replica));
     stop_signal().await;
-    log("stopping");
+    tracing::info!("stopping");
     endpoint.close(0u32.into(), b"host stopping");
     endpoint.wait_idle().await;
     server.abort();
@@ -125,56 +130,77 @@ async fn site(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let inbox_dir = config.inbox_dir(data);
     std::fs::create_dir_all(&inbox_dir)?;
-    log(&format!(
-        "site {} syncing with {:?}",
-        replica.config().site_id,
-        config.host_address
-    ));
+    tracing::info!(site = %replica.config().site_id, host = ?config.host_address, "site syncing");
+    // The inbox is scanned at start and whenever the file system reports a change in it.
+    let (tx, mut events) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            let _ = tx.send(());
+        }
+    })?;
+    notify::Watcher::watch(
+        &mut watcher,
+        &inbox_dir,
+        notify::RecursiveMode::NonRecursive,
+    )?;
+    ingest(&replica, &inbox_dir).await;
     let mut backoff = Duration::from_secs(1);
     let stop = stop_signal();
     tokio::pin!(stop);
     loop {
-        let r = replica.clone();
-        let dir = inbox_dir.clone();
-        match tokio::task::spawn_blocking(move || inbox::process(&r, &dir)).await {
-            Ok(Ok(report)) if report != inbox::InboxReport::default() => log(&format!(
-                "inbox: {} stored, {} already stored, {} rejected",
-                report.stored.len(),
-                report.duplicates.len(),
-                report.rejected.len()
-            )),
-            Ok(Err(e)) => log(&format!("inbox: {e}")),
-            _ => {}
-        }
         let pause = match net::sync_round(replica.clone()).await {
             Ok(report) => {
                 if report.pulled > 1 || report.bodies > 0 || report.purged > 0 {
-                    log(&format!(
-                        "synced: {} item(s) pulled, {} body(ies), {} purged",
-                        report.pulled, report.bodies, report.purged
-                    ));
+                    tracing::info!(
+                        pulled = report.pulled,
+                        bodies = report.bodies,
+                        purged = report.purged,
+                        returned = report.returned,
+                        "synced"
+                    );
                 }
                 backoff = Duration::from_secs(1);
                 ROUND_EVERY
             }
             Err(e) => {
-                log(&format!(
-                    "sync failed, retrying in about {}s: {e}",
-                    backoff.as_secs()
-                ));
+                tracing::warn!(error = %e, retry_in_s = backoff.as_secs(), "sync failed");
                 let jitter = Duration::from_millis(u64::from(rand_jitter()) % 1000);
                 let wait = backoff + jitter;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
                 wait
             }
         };
-        tokio::select! {
-            _ = &mut stop => {
-                log("stopping");
-                return Ok(());
+        let next_round = tokio::time::sleep(pause);
+        tokio::pin!(next_round);
+        loop {
+            tokio::select! {
+                _ = &mut stop => {
+                    tracing::info!("stopping");
+                    return Ok(());
+                }
+                _ = &mut next_round => break,
+                Some(()) = events.recv() => {
+                    // Coalesce a burst of events into one scan.
+                    while events.try_recv().is_ok() {}
+                    ingest(&replica, &inbox_dir).await;
+                }
             }
-            _ = tokio::time::sleep(pause) => {}
         }
+    }
+}
+
+/// One scan of the inbox, on the blocking side.
+async fn ingest(replica: &Arc<Replica>, inbox_dir: &std::path::Path) {
+    let (r, dir) = (replica.clone(), inbox_dir.to_path_buf());
+    match tokio::task::spawn_blocking(move || inbox::process(&r, &dir)).await {
+        Ok(Ok(report)) if report != inbox::InboxReport::default() => tracing::info!(
+            stored = report.stored.len(),
+            duplicates = report.duplicates.len(),
+            rejected = report.rejected.len(),
+            "inbox"
+        ),
+        Ok(Err(e)) => tracing::warn!(error = %e, "inbox"),
+        _ => {}
     }
 }
 
