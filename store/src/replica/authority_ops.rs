@@ -13,7 +13,7 @@ use super::{Replica, Role, lock_err};
 use crate::authority::{self, AuthorityRecord, Bundle, SignedRecord, Verified};
 use crate::crypto::{Key, aad};
 use crate::error::{Error, Result};
-use crate::ids::{Ins, InsKind, Rpps};
+use crate::ids::{Ins, InsKind, Rpps, SiteId};
 use crate::model::{
     Closure, DossierHead, DossierStatus, EmergencyPrefs, Grant, GrantBasis, GrantState,
     HabilitationMatrix, HolderKind, Identity,
@@ -645,10 +645,45 @@ impl Replica {
             };
             txn.open_table(TOMBSTONES)?
                 .insert(&bi, postcard::to_stdvec(&receipt)?.as_slice())?;
+            if self.config.role == Role::Site && held {
+                // The host records that this site no longer holds the dossier.
+                let sealed_ins = self
+                    .keys
+                    .registry
+                    .seal(b"receipt-ins", ins.matricule().as_bytes())?;
+                self.push_outbox(
+                    &txn,
+                    OutboxItem::PurgeReceipt {
+                        sealed_ins,
+                        receipt,
+                    },
+                )?;
+            }
             txn.trace(vec![self.admin_entry("dossier-purged", Some(ins), None)]);
         }
         txn.commit()?;
         Ok(held)
+    }
+
+    /// Host: the purge receipts sites returned for a dossier.
+    pub fn site_purge_receipts(&self, ins: &Ins) -> Result<Vec<(SiteId, PurgeReceipt)>> {
+        let bi = self.blind(ins);
+        let txn = self.db.begin_read()?;
+        let mut out = Vec::new();
+        for row in txn.open_table(SITE_RECEIPTS)?.range(bi.as_slice()..)? {
+            let (k, v) = row?;
+            let Some(site) = k.value().strip_prefix(bi.as_slice()) else {
+                break;
+            };
+            let site: [u8; 4] = site
+                .try_into()
+                .map_err(|_| Error::integrity("receipt key"))?;
+            out.push((
+                SiteId(u32::from_be_bytes(site)),
+                postcard::from_bytes(v.value())?,
+            ));
+        }
+        Ok(out)
     }
 
     /// The purge receipt of a dossier purged here, if any.

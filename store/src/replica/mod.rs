@@ -376,6 +376,7 @@ impl Replica {
             txn.open_table(SCOPE_SITES)?;
             txn.open_table(SITE_LOG)?;
             txn.open_table(QUARANTINE)?;
+            txn.open_table(SITE_RECEIPTS)?;
             txn.open_table(BODIES)?;
             txn.open_table(PROS)?;
             txn.open_table(AUDIT)?;

@@ -26,6 +26,13 @@ pub enum Change {
     Document(Box<DocumentMeta>),
     /// A professional registered at the sending site (it shapes the site's scope on the host).
     Professional(crate::model::Professional),
+    /// The site purged a dossier and says so.
+    PurgeReceipt {
+        /// The dossier.
+        ins: crate::ids::Ins,
+        /// The receipt.
+        receipt: super::PurgeReceipt,
+    },
     /// The site pins (or unpins) a dossier into its scope.
     Pin {
         /// The dossier.
@@ -59,6 +66,20 @@ impl Replica {
                 OutboxItem::Document(id) => {
                     let (_, _, meta) = self.load_doc(&txn, generation, &DocId(id))?;
                     out.push((k.value(), Change::Document(Box::new(meta))));
+                }
+                OutboxItem::PurgeReceipt {
+                    sealed_ins,
+                    receipt,
+                } => {
+                    let plain = self
+                        .keys
+                        .registry
+                        .open(b"receipt-ins", &sealed_ins)
+                        .map_err(|_| Error::integrity("a queued purge receipt was altered"))?;
+                    let ins = crate::ids::Ins::parse(
+                        std::str::from_utf8(&plain).map_err(|_| Error::integrity("receipt"))?,
+                    )?;
+                    out.push((k.value(), Change::PurgeReceipt { ins, receipt }));
                 }
                 OutboxItem::Pin { sealed_ins, on } => {
                     let ins = self.open_pinned_ins(&sealed_ins)?;
@@ -161,6 +182,15 @@ impl Replica {
             Change::Professional(pro) => {
                 if self.config.role == super::Role::Host {
                     self.register_site_professional(&txn, origin, &pro.rpps)?;
+                }
+                Applied::Applied
+            }
+            Change::PurgeReceipt { ins, receipt } => {
+                if self.config.role == super::Role::Host {
+                    let mut key = self.blind(ins).to_vec();
+                    key.extend_from_slice(&origin.0.to_be_bytes());
+                    txn.open_table(SITE_RECEIPTS)?
+                        .insert(key.as_slice(), postcard::to_stdvec(receipt)?.as_slice())?;
                 }
                 Applied::Applied
             }

@@ -43,6 +43,8 @@ pub const SCOPE: TableDefinition<&[u8], u8> = TableDefinition::new("scope");
 pub const SCOPE_SITES: TableDefinition<&[u8], ()> = TableDefinition::new("scope_sites");
 /// Host: each site's change log (fan-out on write): (site, seq) → `LogItem`.
 pub const SITE_LOG: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("site_log");
+/// Host: purge receipts returned by sites: blind index ‖ site (u32 BE) → `PurgeReceipt`.
+pub const SITE_RECEIPTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("site_receipts");
 /// Site: documents the host will not take, kept (sealed with the quarantine key) by doc id.
 pub const QUARANTINE: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("quarantine");
 /// Per origin site, the highest change sequence applied here (exactly-once).
@@ -121,6 +123,14 @@ pub enum OutboxItem {
     Document([u8; 16]),
     /// A professional was registered at this site (by RPPS).
     Professional(String),
+    /// The site purged a dossier (closure or scope exit); the INS is sealed (registry key).
+    PurgeReceipt {
+        /// `Ins` matricule, sealed.
+        #[serde(with = "serde_bytes")]
+        sealed_ins: Vec<u8>,
+        /// The receipt.
+        receipt: PurgeReceipt,
+    },
     /// The site pins (or unpins) a dossier into its scope; the INS is sealed (registry key).
     Pin {
         /// `Ins` matricule, sealed.

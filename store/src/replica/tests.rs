@@ -679,6 +679,11 @@ fn a_site_receives_what_enters_its_scope_and_purges_what_leaves_it() {
         site.read_document(&nurse_actor, &id, AccessMode::Normal, None)
             .is_err()
     );
+    // The site's purge receipt reaches the host at the next round.
+    sync(&host, &site);
+    let receipts = host.site_purge_receipts(&other).expect("receipts");
+    assert_eq!(receipts.len(), 1);
+    assert_eq!(receipts[0].0, site.config().site_id);
     // The first dossier (the doctor's) is untouched.
     assert!(site.has_dossier_key(&ins()).expect("key"));
 }
