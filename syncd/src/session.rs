@@ -626,11 +626,15 @@ mod quarantine_tests {
         let kept = site.quarantined().expect("quarantine");
         assert_eq!(kept.len(), 1);
         assert_eq!(kept[0].body, b"offline body");
-        assert_eq!(site.outbox_len().expect("len"), 0);
         assert!(
             !site.has_dossier_key(&ins).expect("key"),
             "the dossier itself is purged"
         );
+        // What is left to send is the purge receipt; the next round delivers it.
+        assert_eq!(site.outbox_len().expect("len"), 1);
+        round(&host, &site);
+        assert_eq!(site.outbox_len().expect("len"), 0);
+        assert_eq!(host.site_purge_receipts(&ins).expect("receipts").len(), 1);
     }
 
     #[test]
