@@ -13,8 +13,9 @@ use serde::de::DeserializeOwned;
 
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u8 = 1;
-/// Largest frame accepted: 1 MiB (body chunks are under 64 KiB and batches are bounded).
-pub const FRAME_MAX: usize = 1 << 20;
+/// Largest frame accepted: 16 MiB (body pieces are 512 KiB; batches are bounded by count, and
+/// a dossier entering a scope travels in one).
+pub const FRAME_MAX: usize = 16 << 20;
 const LEN_BYTES: usize = 4;
 
 /// Why a frame was refused. Each ends the session.

@@ -127,7 +127,12 @@ async fn host_stream(
         .await
         .map_err(net_err)?;
         match replies {
-            Ok(replies) => send(send_stream, &replies).await?,
+            Ok(replies) => {
+                if let Err(e) = send(send_stream, &replies).await {
+                    let _ = send(send_stream, &[Msg::Error(e.to_string())]).await;
+                    break;
+                }
+            }
             Err(e) => {
                 let _ = send(send_stream, &[Msg::Error(e.to_string())]).await;
                 break;

@@ -101,6 +101,11 @@ pub enum Msg {
         #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
+    /// Host: it does not hold that body yet (its author has not sent it): ask later.
+    NoBody {
+        /// Document.
+        doc: DocId,
+    },
     /// Site: the round is over.
     Bye,
     /// Either side: the session ends because of this.
@@ -122,6 +127,7 @@ impl Msg {
             Msg::Pulled { .. } => "Pulled",
             Msg::GetBody { .. } => "GetBody",
             Msg::Body { .. } => "Body",
+            Msg::NoBody { .. } => "NoBody",
             Msg::Bye => "Bye",
             Msg::Error(_) => "Error",
         }
@@ -181,7 +187,18 @@ impl HostSession {
                     }
                     upto = upto.max(*seq);
                 }
-                let missing = replica.missing_bodies()?;
+                // Bodies of the documents this push brought and the host lacks (never a
+                // host-wide list: other sites' documents are none of this site's business).
+                let mut missing = Vec::new();
+                for (_, change) in &changes {
+                    if let Change::Document(meta) = change
+                        && !returned.contains(&meta.facts.id)
+                        && meta.facts.size > 0
+                        && !replica.has_body(&meta.facts.id)?
+                    {
+                        missing.push(meta.facts.id);
+                    }
+                }
                 Ok(vec![Msg::PushAck {
                     upto,
                     missing,
@@ -204,8 +221,12 @@ impl HostSession {
                 let more = items.len() > BATCH_MAX;
                 // Never split one log entry (a dossier entering scope) across batches.
                 let mut items: Vec<(u64, PullItem)> = if more {
+                    // Never split one log entry (a dossier entering scope) across batches; an
+                    // entry larger than a batch goes whole, so the cursor always moves.
+                    let first = items[0].0;
                     let cut = items[BATCH_MAX].0;
-                    items.into_iter().filter(|(s, _)| *s < cut).collect()
+                    let keep_to = if cut == first { first } else { cut - 1 };
+                    items.into_iter().filter(|(s, _)| *s <= keep_to).collect()
                 } else {
                     items
                 };
@@ -218,7 +239,9 @@ impl HostSession {
                 Ok(vec![Msg::Pulled { items, more }])
             }
             Msg::GetBody { doc, offset } => {
-                let body = replica.body_for_sync(&doc)?;
+                let Some(body) = replica.body_for_site(self.site, &doc)? else {
+                    return Ok(vec![Msg::NoBody { doc }]);
+                };
                 let start = usize::try_from(offset)
                     .unwrap_or(usize::MAX)
                     .min(body.len());
@@ -235,6 +258,7 @@ impl HostSession {
             | Msg::TracesAck { .. }
             | Msg::PushAck { .. }
             | Msg::Pulled { .. }
+            | Msg::NoBody { .. }
             | Msg::Body { .. } => Err(out_of_turn("host message from a site")),
             Msg::Error(e) => Err(Error::Invalid(format!("the site ended the session: {e}"))),
         }
@@ -447,6 +471,12 @@ impl SiteSession {
                 }
                 replica.store_remote_body(&doc, buf)?;
                 self.report.bodies += 1;
+                Ok(self.next_body())
+            }
+            (SiteState::Fetching, Msg::NoBody { doc }) => {
+                if self.body.as_ref().map(|(d, _)| *d) != Some(doc) {
+                    return Err(out_of_turn("NoBody"));
+                }
                 Ok(self.next_body())
             }
             (_, Msg::Error(e)) => Err(Error::Invalid(format!("the host ended the session: {e}"))),

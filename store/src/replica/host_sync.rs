@@ -237,8 +237,16 @@ impl Replica {
         site: SiteId,
         rpps: &Rpps,
     ) -> Result<()> {
+        let new_site = !self.known_sites(txn)?.contains(&site.0);
         txn.open_table(SITE_PROS)?
             .insert(site_key(site.0, rpps.as_str().as_bytes()).as_slice(), ())?;
+        if new_site {
+            // A site joining gets the records that concern every site (the matrix).
+            let matrix = subject_key(tag::MATRIX, None, None);
+            if txn.open_table(AUTHORITY)?.get(matrix.as_slice())?.is_some() {
+                self.log_append(txn, site.0, &LogItem::Authority(matrix))?;
+            }
+        }
         let mut reverse = rpps.as_str().as_bytes().to_vec();
         reverse.extend_from_slice(&site.0.to_be_bytes());
         txn.open_table(PRO_SITES)?.insert(reverse.as_slice(), ())?;
@@ -303,6 +311,12 @@ impl Replica {
             }
             v
         };
+        // Only what is in the site's scope *now* is sent: an entry logged before the dossier
+        // left (or never reached) the scope is skipped.
+        let scope = txn.open_table(SCOPE)?;
+        let in_scope = |bi: &[u8]| -> Result<bool> {
+            Ok(scope.get(site_key(site.0, bi).as_slice())?.is_some())
+        };
         let authority = txn.open_table(AUTHORITY)?;
         let signed_at = |subject: &[u8]| -> Result<Option<SignedRecord>> {
             match authority.get(subject)? {
@@ -314,15 +328,25 @@ impl Replica {
             match entry {
                 LogItem::Document(id) => {
                     // A document of a dossier purged since is simply gone.
-                    if let Ok((_, _, meta)) = self.load_doc(&txn, generation, &DocId(id)) {
+                    if let Ok((stored, _, meta)) = self.load_doc(&txn, generation, &DocId(id))
+                        && in_scope(&stored.dossier)?
+                    {
                         out.push((seq, PullItem::Document(Box::new(meta))));
                     }
                 }
                 LogItem::Authority(subject) => {
+                    let dossier_bound = matches!(
+                        subject.first(),
+                        Some(&tag::DOSSIER) | Some(&tag::GRANT) | Some(&tag::EMERGENCY)
+                    );
+                    if dossier_bound && !in_scope(subject.get(1..33).unwrap_or_default())? {
+                        continue;
+                    }
                     if let Some(s) = signed_at(&subject)? {
                         out.push((seq, PullItem::Authority(s)));
                     }
                 }
+                LogItem::Enter(bi) if !in_scope(&bi)? => {}
                 LogItem::Enter(bi) => {
                     for t in [tag::DOSSIER, tag::EMERGENCY] {
                         if let Some(s) = signed_at(&subject_key(t, Some(&bi), None))? {
@@ -355,6 +379,37 @@ impl Replica {
             }
         }
         Ok(out)
+    }
+
+    /// Host: a body for `site`, only if its dossier is in that site's scope.
+    pub fn body_for_site(
+        &self,
+        site: SiteId,
+        id: &DocId,
+    ) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>> {
+        self.require_host()?;
+        let (txn, generation) = self.snapshot()?;
+        let (stored, key, meta) = self.load_doc(&txn, generation, id)?;
+        if txn
+            .open_table(SCOPE)?
+            .get(site_key(site.0, &stored.dossier).as_slice())?
+            .is_none()
+        {
+            return Err(Error::not_found(format!("no document {id} for this site")));
+        }
+        match self.get_body(&txn.open_table(BODIES)?, &key, &meta) {
+            Ok(body) => Ok(Some(body)),
+            // Not received from its author yet.
+            Err(Error::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// True when this replica holds the body of `id`.
+    pub fn has_body(&self, id: &DocId) -> Result<bool> {
+        let txn = self.db.begin_read()?;
+        let first = body_key(&id.0, 0);
+        Ok(txn.open_table(BODIES)?.get(first.as_slice())?.is_some())
     }
 
     // ---- site ----
@@ -396,11 +451,17 @@ impl Replica {
             match item {
                 PullItem::Authority(signed) => {
                     let v = authority::verify(&host_key, signed)?;
+                    // The dossier (re-)entered the scope after a `Leave` in this batch: keep it.
+                    if let AuthorityRecord::Dossier(h) = &v.record
+                        && h.status == crate::model::DossierStatus::Active
+                    {
+                        purges.retain(|(ins, cause)| !(*cause == 0 && ins == &h.ins));
+                    }
                     let (_, purge) = self.admit(&txn, signed, &v)?;
                     purges.extend(purge);
                 }
                 PullItem::Document(meta) => {
-                    self.merge_remote_document(&txn, meta)?;
+                    self.merge_remote_document(&txn, meta, None)?;
                 }
                 PullItem::Leave(ins) => purges.push((ins.clone(), 0)),
             }

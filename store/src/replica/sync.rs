@@ -172,7 +172,8 @@ impl Replica {
         }
         let outcome = match change {
             Change::Document(remote) => {
-                let outcome = self.merge_remote_document(&txn, remote)?;
+                let from_site = (self.config.role == super::Role::Host).then_some(origin);
+                let outcome = self.merge_remote_document(&txn, remote, from_site)?;
                 if outcome == Applied::Applied && self.config.role == super::Role::Host {
                     let bi = self.blind(&remote.facts.ins);
                     self.host_document_changed(&txn, &bi, &remote.facts.id, Some(origin))?;
@@ -213,6 +214,7 @@ impl Replica {
         &self,
         txn: &WriteTransaction,
         remote: &DocumentMeta,
+        from_site: Option<SiteId>,
     ) -> Result<Applied> {
         if !remote.is_sane() {
             return Err(Error::integrity(
@@ -244,8 +246,20 @@ impl Replica {
                     return Err(Error::integrity("a document moved to another dossier"));
                 }
                 let mut mine = self.open_meta(&key, &id.0, &stored)?;
+                let before = mine.state();
                 mine.merge(remote)?;
+                if from_site.is_some() && widens(&before, &mine.state()) {
+                    // Unmasking, unhiding or undeleting is the host's decision (DOMAIN §5): a
+                    // site's change that would do it is refused, and the host's state stays.
+                    return Ok(Applied::Returned);
+                }
                 self.put_meta(&mut docs, &key, &bi, stored.rev + 1, &mine)?;
+            }
+            None if from_site.is_some_and(|site| remote.facts.author_site != site) => {
+                // A site writes in its own name only.
+                return Err(Error::invalid(
+                    "a site sent a new document written in another site's name",
+                ));
             }
             None => {
                 self.put_meta(&mut docs, &key, &bi, 1, remote)?;
@@ -305,4 +319,13 @@ impl Replica {
         }
         Ok(out)
     }
+}
+
+/// True when `after` grants more access than `before`: a flag cleared, or availability lowered.
+fn widens(before: &crate::model::DocState, after: &crate::model::DocState) -> bool {
+    let (b, a) = (before.flags, after.flags);
+    (b.masque_ps && !a.masque_ps)
+        || (b.invisible_patient && !a.invisible_patient)
+        || (b.invisible_representatives && !a.invisible_representatives)
+        || after.availability() < before.availability()
 }

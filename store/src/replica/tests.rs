@@ -770,3 +770,112 @@ fn a_pinned_dossier_comes_to_the_site_and_leaves_when_unpinned() {
     sync(&host, &site);
     assert!(host.pin(&tomorrow, true).is_err(), "the host pins nothing");
 }
+
+#[test]
+fn out_of_scope_means_nothing_is_served_even_on_request() {
+    let (_hd, host, _sd, site) = host_and_site();
+    let site_id = site.config().site_id;
+    let other = Ins::from_body("2900101123456").expect("ins");
+    host.create_dossier(NewDossier {
+        ins: other.clone(),
+        ins_kind: crate::ids::InsKind::TestNir,
+        identity: identity(),
+        holder: HolderKind::Adult,
+        representatives: vec![],
+        mask_new_by_default: false,
+    })
+    .expect("dossier");
+    // In and out of scope before the site ever pulls: nothing of it is sent.
+    host.set_grant(&other, &nurse(), GrantState::Active, GrantBasis::CareTeam)
+        .expect("grant");
+    host.set_grant(&other, &nurse(), GrantState::Revoked, GrantBasis::CareTeam)
+        .expect("revoke");
+    let later = host
+        .put_document(
+            &Actor::Professional(doctor()),
+            AccessMode::Normal,
+            None,
+            &other,
+            doc("after", b"after"),
+        )
+        .expect("write");
+    let items = host.pull(site_id, 0, usize::MAX).expect("pull from zero");
+    let leaks = items.iter().any(|(_, item)| match item {
+        PullItem::Document(m) => m.facts.ins == other,
+        PullItem::Authority(s) => crate::authority::decode(s)
+            .map(|v| v.record.ins() == Some(&other))
+            .unwrap_or(false),
+        PullItem::Leave(_) => false,
+    });
+    assert!(
+        !leaks,
+        "nothing of a dossier out of scope, whatever the cursor asked"
+    );
+    assert!(host.body_for_site(site_id, &later).is_err());
+}
+
+#[test]
+fn a_leave_then_enter_in_one_batch_keeps_the_dossier() {
+    let (_hd, host, _sd, site) = host_and_site();
+    host.set_grant(&ins(), &doctor(), GrantState::Revoked, GrantBasis::Treating)
+        .expect("revoke");
+    host.set_grant(&ins(), &doctor(), GrantState::Active, GrantBasis::Treating)
+        .expect("grant again");
+    sync(&host, &site);
+    assert!(site.has_dossier_key(&ins()).expect("key"), "still held");
+    let id = host
+        .put_document(
+            &Actor::Professional(doctor()),
+            AccessMode::Normal,
+            None,
+            &ins(),
+            doc("new", b"n"),
+        )
+        .expect("write");
+    sync(&host, &site);
+    assert!(
+        site.read_document(
+            &Actor::Professional(doctor()),
+            &id,
+            AccessMode::Normal,
+            None
+        )
+        .is_ok()
+    );
+}
+
+#[test]
+fn a_site_cannot_unmask_or_write_in_another_sites_name() {
+    let (_hd, host, _sd, site) = host_and_site();
+    let actor = Actor::Professional(doctor());
+    let id = write(&host, "sensitive", b"s");
+    host.update_document(&actor, &id, Action::Mask)
+        .expect("mask");
+    sync(&host, &site);
+    let origin = site.config().site_id;
+    let mut forged = metas(&site)
+        .into_iter()
+        .find(|m| m.facts.id == id)
+        .expect("at the site");
+    assert!(forged.state().flags.masque_ps);
+    forged.update(origin, |s| s.flags.masque_ps = false);
+    let seq = host.applied_mark(origin).expect("mark") + 1;
+    let outcome = host
+        .apply_remote(origin, seq, &Change::Document(Box::new(forged)))
+        .expect("apply");
+    assert_eq!(outcome, Applied::Returned);
+    let at_host = metas(&host)
+        .into_iter()
+        .find(|m| m.facts.id == id)
+        .expect("doc");
+    assert!(at_host.state().flags.masque_ps, "still masked at the host");
+
+    // A new document claiming another site as its author is refused.
+    let mut other = metas(&host).into_iter().next().expect("a doc");
+    other.facts.id = DocId([9; 16]);
+    other.facts.author_site = SiteId(999);
+    assert!(
+        host.apply_remote(origin, seq + 1, &Change::Document(Box::new(other)))
+            .is_err()
+    );
+}
