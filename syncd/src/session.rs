@@ -23,8 +23,10 @@ use crate::error::{Error, Result};
 
 /// Most changes or pulled items in one message.
 pub const BATCH_MAX: usize = 256;
-/// Most body bytes in one message (frames are at most 1 MiB).
+/// Most body bytes in one message.
 pub const CHUNK_MAX: usize = 512 * 1024;
+/// Largest body accepted (imaging runs to tens of MB).
+pub const BODY_MAX: u64 = 1 << 30;
 
 /// Everything either side says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +44,9 @@ pub enum Msg {
         acked: u64,
         /// Traces resume after this.
         traces_acked: u64,
+        /// Every document the host returned to this site: kept in quarantine before anything
+        /// is acknowledged, so a lost `PushAck` loses nothing.
+        returned: Vec<DocId>,
     },
     /// Site: trace entries, in chain order (sent first: every trace reaches the host).
     Traces(Vec<TraceRecord>),
@@ -62,13 +67,22 @@ pub enum Msg {
         /// in quarantine.
         returned: Vec<DocId>,
     },
-    /// Site: a body the host lacks.
+    /// Site: a piece of a body the host lacks.
     PutBody {
         /// Document.
         doc: DocId,
-        /// The whole body (small bodies; large ones go in `CHUNK_MAX` pieces).
+        /// Where this piece starts.
+        offset: u64,
+        /// Total size of the body.
+        total: u64,
+        /// The piece (at most `CHUNK_MAX` bytes).
         #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
+    },
+    /// Host: the body is stored (checked against its content hash).
+    BodyStored {
+        /// Document.
+        doc: DocId,
     },
     /// Site: send my log after `after`.
     Pull {
@@ -123,6 +137,7 @@ impl Msg {
             Msg::Push(_) => "Push",
             Msg::PushAck { .. } => "PushAck",
             Msg::PutBody { .. } => "PutBody",
+            Msg::BodyStored { .. } => "BodyStored",
             Msg::Pull { .. } => "Pull",
             Msg::Pulled { .. } => "Pulled",
             Msg::GetBody { .. } => "GetBody",
@@ -143,6 +158,8 @@ fn out_of_turn(what: &str) -> Error {
 pub struct HostSession {
     site: SiteId,
     greeted: bool,
+    /// A body arriving in pieces.
+    incoming: Option<(DocId, Vec<u8>)>,
 }
 
 impl HostSession {
@@ -151,6 +168,7 @@ impl HostSession {
         HostSession {
             site,
             greeted: false,
+            incoming: None,
         }
     }
 
@@ -172,6 +190,7 @@ impl HostSession {
                 Ok(vec![Msg::Welcome {
                     acked: replica.applied_mark(self.site)?,
                     traces_acked: replica.trace_mark(self.site)?,
+                    returned: replica.returned_to(self.site)?,
                 }])
             }
             Msg::Push(changes) => {
@@ -212,9 +231,30 @@ impl HostSession {
                 let upto = replica.apply_remote_traces(self.site, &records)?;
                 Ok(vec![Msg::TracesAck { upto }])
             }
-            Msg::PutBody { doc, bytes } => {
-                replica.store_remote_body(&doc, &bytes)?;
-                Ok(vec![])
+            Msg::PutBody {
+                doc,
+                offset,
+                total,
+                bytes,
+            } => {
+                if total > BODY_MAX || bytes.len() > CHUNK_MAX {
+                    return Err(Error::Invalid("protocol: body too large".into()));
+                }
+                let buf = match &mut self.incoming {
+                    Some((d, buf)) if *d == doc => buf,
+                    _ if offset == 0 => &mut self.incoming.insert((doc, Vec::new())).1,
+                    _ => return Err(out_of_turn("PutBody piece")),
+                };
+                if offset != buf.len() as u64 || buf.len() as u64 + bytes.len() as u64 > total {
+                    return Err(out_of_turn("PutBody piece"));
+                }
+                buf.extend_from_slice(&bytes);
+                if (buf.len() as u64) < total {
+                    return Ok(vec![]);
+                }
+                let body = self.incoming.take().map(|(_, b)| b).unwrap_or_default();
+                replica.store_remote_body(&doc, &body)?;
+                Ok(vec![Msg::BodyStored { doc }])
             }
             Msg::Pull { after } => {
                 let items = replica.pull(self.site, after, BATCH_MAX + 1)?;
@@ -259,6 +299,7 @@ impl HostSession {
             | Msg::PushAck { .. }
             | Msg::Pulled { .. }
             | Msg::NoBody { .. }
+            | Msg::BodyStored { .. }
             | Msg::Body { .. } => Err(out_of_turn("host message from a site")),
             Msg::Error(e) => Err(Error::Invalid(format!("the site ended the session: {e}"))),
         }
@@ -287,6 +328,11 @@ enum SiteState {
     Greeting,
     Tracing,
     Pushing,
+    /// Sending the bodies the host lacks; the outbox is acknowledged up to `upto` only once
+    /// the host stored them all.
+    SendingBodies {
+        upto: u64,
+    },
     Pulling,
     Fetching,
     Done,
@@ -296,6 +342,8 @@ enum SiteState {
 #[derive(Debug)]
 pub struct SiteSession {
     state: SiteState,
+    to_send: Vec<DocId>,
+    sending: Option<DocId>,
     push_acked: u64,
     body: Option<(DocId, Vec<u8>)>,
     to_fetch: Vec<DocId>,
@@ -313,6 +361,8 @@ impl SiteSession {
     pub fn new() -> Self {
         SiteSession {
             state: SiteState::Greeting,
+            to_send: Vec::new(),
+            sending: None,
             push_acked: 0,
             body: None,
             to_fetch: Vec::new(),
@@ -359,6 +409,36 @@ impl SiteSession {
         Ok(vec![Msg::Push(changes)])
     }
 
+    /// Sends the next owed body in pieces, or, when none is left, acknowledges the outbox up to
+    /// `upto` and goes on pushing.
+    fn send_next_body(&mut self, replica: &Replica, upto: u64) -> Result<Vec<Msg>> {
+        let Some(doc) = self.to_send.pop() else {
+            self.sending = None;
+            replica.ack_outbox(upto)?;
+            self.report.pushed = upto;
+            return self.push_after(replica, upto);
+        };
+        self.sending = Some(doc);
+        let body = replica.body_for_sync(&doc)?;
+        let total = body.len() as u64;
+        let mut out = Vec::new();
+        let mut offset = 0usize;
+        loop {
+            let end = (offset + CHUNK_MAX).min(body.len());
+            out.push(Msg::PutBody {
+                doc,
+                offset: offset as u64,
+                total,
+                bytes: body[offset..end].to_vec(),
+            });
+            offset = end;
+            if offset >= body.len() {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     fn next_body(&mut self) -> Vec<Msg> {
         match self.to_fetch.pop() {
             Some(doc) => {
@@ -380,8 +460,13 @@ impl SiteSession {
                 Msg::Welcome {
                     acked,
                     traces_acked,
+                    returned,
                 },
             ) => {
+                replica.quarantine_returned(
+                    &returned,
+                    "returned by the host: the dossier is closed or not held there",
+                )?;
                 // The host holds everything up to `acked`: those entries are done with.
                 if acked > 0 {
                     replica.ack_outbox(acked)?;
@@ -419,20 +504,20 @@ impl SiteSession {
                     )?;
                     self.report.returned += returned.len();
                 }
-                replica.ack_outbox(upto)?;
-                self.report.pushed = upto;
-                let mut out = Vec::new();
-                for doc in missing {
-                    // A body this site does not hold either is someone else's to send.
-                    if let Ok(bytes) = replica.body_for_sync(&doc) {
-                        out.push(Msg::PutBody {
-                            doc,
-                            bytes: bytes.to_vec(),
-                        });
-                    }
+                // A body this site does not hold either is someone else's to send.
+                self.to_send = missing
+                    .into_iter()
+                    .filter(|d| replica.body_for_sync(d).is_ok())
+                    .collect();
+                self.state = SiteState::SendingBodies { upto };
+                self.send_next_body(replica, upto)
+            }
+            (SiteState::SendingBodies { upto }, Msg::BodyStored { doc }) => {
+                if self.sending != Some(doc) {
+                    return Err(out_of_turn("BodyStored"));
                 }
-                out.extend(self.push_after(replica, upto)?);
-                Ok(out)
+                let upto = *upto;
+                self.send_next_body(replica, upto)
             }
             (SiteState::Pulling, Msg::Pulled { items, more }) => {
                 let applied = replica.apply_pull(&items)?;
@@ -535,7 +620,7 @@ mod tests {
                 AccessMode::Normal,
                 None,
                 &ins,
-                new_doc("site", vec![1; 700_000]),
+                new_doc("site", vec![1; 2_500_000]),
             )
             .expect("site writes");
         let at_host = host
@@ -565,7 +650,7 @@ mod tests {
                 .expect("read")
                 .body
                 .len(),
-            700_000
+            2_500_000
         );
         assert_eq!(report.returned, 0);
         // Every trace of the site reached the host (the site wrote, and read nothing yet).
@@ -688,5 +773,45 @@ mod quarantine_tests {
         assert_eq!(kept[0].body, b"pending body");
         // The next round does not trip on the purged document.
         round(&host, &site);
+    }
+
+    #[test]
+    fn a_lost_push_ack_loses_no_returned_document() {
+        let (_t, host, site, ins) = host_and_site();
+        round(&host, &site);
+        let actor = Actor::Professional(doctor());
+        site.put_document(
+            &actor,
+            AccessMode::Normal,
+            None,
+            &ins,
+            new_doc("offline", b"kept".to_vec()),
+        )
+        .expect("write");
+        host.close_dossier(&ins, "closed").expect("close");
+        // A round cut right after the host applied the push: its PushAck never arrives.
+        let mut s = SiteSession::new();
+        let mut h = HostSession::new(site.config().site_id);
+        let mut to_host = vec![s.start(&site).expect("start")];
+        'cut: for _ in 0..100 {
+            let mut to_site = Vec::new();
+            for m in to_host.drain(..) {
+                for reply in h.handle(&host, m).expect("host") {
+                    if matches!(reply, Msg::PushAck { .. }) {
+                        break 'cut;
+                    }
+                    to_site.push(reply);
+                }
+            }
+            for m in to_site {
+                to_host.extend(s.handle(&site, m).expect("site"));
+            }
+        }
+        assert!(site.quarantined().expect("q").is_empty());
+        // The next round: the host repeats what it returned before anything is acknowledged.
+        round(&host, &site);
+        let kept = site.quarantined().expect("quarantine");
+        assert_eq!(kept.len(), 1, "never dropped");
+        assert_eq!(kept[0].body, b"kept");
     }
 }

@@ -66,12 +66,17 @@ impl Replica {
         Ok(())
     }
 
-    /// Site: quarantines documents the host returned.
+    /// Site: quarantines documents the host returned (those already kept, or no longer held
+    /// here, are skipped: the call is idempotent).
     pub fn quarantine_returned(&self, ids: &[DocId], reason: &str) -> Result<()> {
         let txn = self.begin_write()?;
         let (snap, generation) = self.snapshot()?;
         for id in ids {
-            self.quarantine_in(&txn, &snap, generation, id, reason)?;
+            let kept = txn.open_table(QUARANTINE)?.get(&id.0)?.is_some();
+            let held = snap.open_table(DOCS)?.get(&id.0)?.is_some();
+            if !kept && held {
+                self.quarantine_in(&txn, &snap, generation, id, reason)?;
+            }
         }
         txn.commit()
     }

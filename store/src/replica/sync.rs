@@ -136,6 +136,24 @@ impl Replica {
         crate::ids::Ins::parse(std::str::from_utf8(&plain).map_err(|_| Error::integrity("pin"))?)
     }
 
+    /// Host: every document returned to `site` so far (repeated at each session's start).
+    pub fn returned_to(&self, site: SiteId) -> Result<Vec<DocId>> {
+        let txn = self.db.begin_read()?;
+        let prefix = site.0.to_be_bytes();
+        let mut out = Vec::new();
+        for row in txn.open_table(RETURNED)?.range(prefix.as_slice()..)? {
+            let (k, _) = row?;
+            let Some(id) = k.value().strip_prefix(prefix.as_slice()) else {
+                break;
+            };
+            out.push(DocId(
+                id.try_into()
+                    .map_err(|_| Error::integrity("returned key"))?,
+            ));
+        }
+        Ok(out)
+    }
+
     /// Number of entries waiting in the outbox.
     pub fn outbox_len(&self) -> Result<u64> {
         let txn = self.db.begin_read()?;
@@ -174,6 +192,10 @@ impl Replica {
             Change::Document(remote) => {
                 let from_site = (self.config.role == super::Role::Host).then_some(origin);
                 let outcome = self.merge_remote_document(&txn, remote, from_site)?;
+                if outcome == Applied::Returned && from_site.is_some() {
+                    txn.open_table(RETURNED)?
+                        .insert(site_key(origin.0, &remote.facts.id.0).as_slice(), ())?;
+                }
                 if outcome == Applied::Applied && self.config.role == super::Role::Host {
                     let bi = self.blind(&remote.facts.ins);
                     self.host_document_changed(&txn, &bi, &remote.facts.id, Some(origin))?;

@@ -43,6 +43,9 @@ pub const SCOPE: TableDefinition<&[u8], u8> = TableDefinition::new("scope");
 pub const SCOPE_SITES: TableDefinition<&[u8], ()> = TableDefinition::new("scope_sites");
 /// Host: each site's change log (fan-out on write): (site, seq) → `LogItem`.
 pub const SITE_LOG: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("site_log");
+/// Host: documents returned to a site (site u32 BE ‖ doc id), repeated at each of its
+/// `Welcome`s so a lost acknowledgement cannot lose them.
+pub const RETURNED: TableDefinition<&[u8], ()> = TableDefinition::new("returned");
 /// Host: purge receipts returned by sites: blind index ‖ site (u32 BE) → `PurgeReceipt`.
 pub const SITE_RECEIPTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("site_receipts");
 /// Site: documents the host will not take, kept (sealed with the quarantine key) by doc id.
