@@ -577,7 +577,7 @@ mod tests {
     use carnet_store::model::{AccessMode, Actor};
 
     /// Runs one round in memory; every message goes through the frame codec, as on the wire.
-    fn round(host: &Replica, site: &Replica) -> RoundReport {
+    pub(super) fn round(host: &Replica, site: &Replica) -> RoundReport {
         let mut s = SiteSession::new();
         let mut h = HostSession::new(site.config().site_id);
         let mut to_host = vec![s.start(site).expect("start")];
@@ -701,24 +701,7 @@ mod quarantine_tests {
     use crate::testkit::{doctor, host_and_site, new_doc};
     use carnet_store::model::{AccessMode, Actor};
 
-    fn round(host: &Replica, site: &Replica) -> RoundReport {
-        let mut s = SiteSession::new();
-        let mut h = HostSession::new(site.config().site_id);
-        let mut to_host = vec![s.start(site).expect("start")];
-        for _ in 0..10_000 {
-            let mut to_site = Vec::new();
-            for m in to_host.drain(..) {
-                to_site.extend(h.handle(host, m).expect("host"));
-            }
-            for m in to_site {
-                to_host.extend(s.handle(site, m).expect("site"));
-            }
-            if s.is_done() {
-                return s.report();
-            }
-        }
-        panic!("the round did not end");
-    }
+    use super::tests::round;
 
     #[test]
     fn a_document_written_for_a_dossier_closed_meanwhile_is_kept_in_quarantine() {
