@@ -569,6 +569,21 @@ impl Replica {
                 }
             }
         }
+        {
+            let txn = self.db.begin_read()?;
+            for row in txn.open_table(PENDING_PURGES)?.iter()? {
+                let (_, v) = row?;
+                let plain = self
+                    .keys
+                    .registry
+                    .open(b"pending-purge", v.value())
+                    .map_err(|_| Error::integrity("a pending purge was altered"))?;
+                let ins = Ins::parse(
+                    std::str::from_utf8(&plain).map_err(|_| Error::integrity("pending purge"))?,
+                )?;
+                due.push((ins, 0));
+            }
+        }
         for (ins, seq) in due {
             self.purge_rows(&ins, seq)?;
         }
@@ -659,6 +674,7 @@ impl Replica {
                     },
                 )?;
             }
+            txn.open_table(PENDING_PURGES)?.remove(&bi)?;
             txn.trace(vec![self.admin_entry("dossier-purged", Some(ins), None)]);
         }
         txn.commit()?;

@@ -456,6 +456,8 @@ impl Replica {
                         && h.status == crate::model::DossierStatus::Active
                     {
                         purges.retain(|(ins, cause)| !(*cause == 0 && ins == &h.ins));
+                        txn.open_table(PENDING_PURGES)?
+                            .remove(&self.blind(&h.ins))?;
                     }
                     let (_, purge) = self.admit(&txn, signed, &v)?;
                     purges.extend(purge);
@@ -463,7 +465,16 @@ impl Replica {
                 PullItem::Document(meta) => {
                     self.merge_remote_document(&txn, meta, None)?;
                 }
-                PullItem::Leave(ins) => purges.push((ins.clone(), 0)),
+                PullItem::Leave(ins) => {
+                    // Recorded with the cursor: a crash before the purge resumes it at open.
+                    let sealed = self
+                        .keys
+                        .registry
+                        .seal(b"pending-purge", ins.matricule().as_bytes())?;
+                    txn.open_table(PENDING_PURGES)?
+                        .insert(&self.blind(ins), sealed.as_slice())?;
+                    purges.push((ins.clone(), 0));
+                }
             }
             report.applied += 1;
             cursor = cursor.max(*seq);

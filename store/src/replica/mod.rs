@@ -378,6 +378,7 @@ impl Replica {
             txn.open_table(QUARANTINE)?;
             txn.open_table(SITE_RECEIPTS)?;
             txn.open_table(RETURNED)?;
+            txn.open_table(PENDING_PURGES)?;
             txn.open_table(BODIES)?;
             txn.open_table(PROS)?;
             txn.open_table(AUDIT)?;

@@ -48,6 +48,10 @@ pub const SITE_LOG: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("s
 pub const RETURNED: TableDefinition<&[u8], ()> = TableDefinition::new("returned");
 /// Host: purge receipts returned by sites: blind index ‖ site (u32 BE) → `PurgeReceipt`.
 pub const SITE_RECEIPTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("site_receipts");
+/// Site: dossiers to purge after leaving the scope, recorded with the pull that said so and
+/// cleared by the purge (resumed at open): blind index → sealed INS.
+pub const PENDING_PURGES: TableDefinition<&[u8; 32], &[u8]> =
+    TableDefinition::new("pending_purges");
 /// Site: documents the host will not take, kept (sealed with the quarantine key) by doc id.
 pub const QUARANTINE: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("quarantine");
 /// Per origin site, the highest change sequence applied here (exactly-once).

@@ -879,3 +879,38 @@ fn a_site_cannot_unmask_or_write_in_another_sites_name() {
             .is_err()
     );
 }
+
+#[test]
+fn a_scope_exit_purge_cut_by_a_crash_finishes_at_the_next_open() {
+    let (_hd, _host, sd, site) = host_and_site();
+    assert!(site.has_dossier_key(&ins()).expect("key"));
+    // As `apply_pull` leaves it when the process dies between its commit and the purge.
+    {
+        let txn = site.begin_write().expect("txn");
+        let sealed = site
+            .keys
+            .registry
+            .seal(b"pending-purge", ins().matricule().as_bytes())
+            .expect("seal");
+        txn.open_table(PENDING_PURGES)
+            .expect("table")
+            .insert(&site.blind(&ins()), sealed.as_slice())
+            .expect("insert");
+        txn.commit().expect("commit");
+    }
+    drop(site);
+    let site = Replica::open(sd.path(), &KeySource::File, clock()).expect("reopen");
+    assert!(
+        !site.has_dossier_key(&ins()).expect("key"),
+        "purged at open"
+    );
+    let left = {
+        use redb::{ReadableDatabase, ReadableTableMetadata};
+        let txn = site.db.begin_read().expect("read");
+        txn.open_table(PENDING_PURGES)
+            .expect("t")
+            .len()
+            .expect("len")
+    };
+    assert_eq!(left, 0);
+}
