@@ -463,6 +463,12 @@ impl SiteSession {
                     returned,
                 },
             ) => {
+                if acked > replica.outbox_issued()? || traces_acked > replica.trace_head()? {
+                    // Acknowledging would drop changes or traces never sent.
+                    return Err(Error::Invalid(
+                        "the host holds changes this site never sent: was this replica restored from an old backup? Ask the host operator before syncing".into(),
+                    ));
+                }
                 replica.quarantine_returned(
                     &returned,
                     "returned by the host: the dossier is closed or not held there",
@@ -692,6 +698,14 @@ mod tests {
             )
             .is_err()
         );
+        // A host claiming more than the site ever sent (a replica restored from a backup).
+        let mut s = SiteSession::new();
+        let welcome = Msg::Welcome {
+            acked: 1_000,
+            traces_acked: 0,
+            returned: vec![],
+        };
+        assert!(s.handle(&site, welcome).is_err());
     }
 }
 

@@ -1004,6 +1004,11 @@ impl Replica {
         })
     }
 
+    /// The last sequence of this replica's own trace chain.
+    pub fn trace_head(&self) -> Result<u64> {
+        Ok(self.chain.lock().map_err(lock_err)?.seq)
+    }
+
     /// This site's trace entries after `after` (at most `limit`), for pushing to the host.
     pub fn traces_after(&self, after: u64, limit: usize) -> Result<Vec<TraceRecord>> {
         self.flush_traces()?;

@@ -136,6 +136,22 @@ impl Replica {
         crate::ids::Ins::parse(std::str::from_utf8(&plain).map_err(|_| Error::integrity("pin"))?)
     }
 
+    /// The highest outbox sequence this replica ever issued.
+    pub fn outbox_issued(&self) -> Result<u64> {
+        let txn = self.db.begin_read()?;
+        let last = txn
+            .open_table(OUTBOX)?
+            .last()?
+            .map_or(0, |(k, _)| k.value());
+        let meta = txn.open_table(META)?;
+        let acked = super::read_u64(
+            meta.get(meta_key::OUTBOX_ACKED)?
+                .as_ref()
+                .map(|g| g.value()),
+        );
+        Ok(last.max(acked))
+    }
+
     /// Host: every document returned to `site` so far (repeated at each session's start).
     pub fn returned_to(&self, site: SiteId) -> Result<Vec<DocId>> {
         let txn = self.db.begin_read()?;
