@@ -40,6 +40,18 @@ fn identity() -> crate::model::Identity {
     }
 }
 
+/// An adult's dossier with the test identity.
+fn new_dossier(ins: Ins) -> NewDossier {
+    NewDossier {
+        ins,
+        ins_kind: crate::ids::InsKind::TestNir,
+        identity: identity(),
+        holder: HolderKind::Adult,
+        representatives: vec![],
+        mask_new_by_default: false,
+    }
+}
+
 fn init(dir: &TempDir, role: Role, site: Option<u32>) -> Replica {
     Replica::init(
         dir.path(),
@@ -76,15 +88,7 @@ fn host_and_site() -> (TempDir, Replica, TempDir, Replica) {
     let (hd, sd) = (TempDir::new().expect("tmp"), TempDir::new().expect("tmp"));
     let host = init(&hd, Role::Host, None);
     register(&host);
-    host.create_dossier(NewDossier {
-        ins: ins(),
-        ins_kind: crate::ids::InsKind::TestNir,
-        identity: identity(),
-        holder: HolderKind::Adult,
-        representatives: vec![],
-        mask_new_by_default: false,
-    })
-    .expect("dossier");
+    host.create_dossier(new_dossier(ins())).expect("dossier");
     host.set_grant(&ins(), &doctor(), GrantState::Active, GrantBasis::Treating)
         .expect("grant");
     let site = init(&sd, Role::Site, Some(7));
@@ -329,15 +333,7 @@ fn rotation_rewraps_keys_and_passphrases_are_checked() {
     )
     .expect("init");
     register(&host);
-    host.create_dossier(NewDossier {
-        ins: ins(),
-        ins_kind: crate::ids::InsKind::TestNir,
-        identity: identity(),
-        holder: HolderKind::Adult,
-        representatives: vec![],
-        mask_new_by_default: false,
-    })
-    .expect("dossier");
+    host.create_dossier(new_dossier(ins())).expect("dossier");
     host.set_grant(&ins(), &doctor(), GrantState::Active, GrantBasis::Treating)
         .expect("grant");
     let id = write(&host, "doc", b"body");
@@ -482,14 +478,7 @@ fn a_purged_ins_cannot_be_recreated_by_accident() {
     host.close_dossier(&ins(), "holder's request")
         .expect("close");
     host.purge_dossier(&ins()).expect("purge");
-    let again = host.create_dossier(NewDossier {
-        ins: ins(),
-        ins_kind: crate::ids::InsKind::TestNir,
-        identity: identity(),
-        holder: HolderKind::Adult,
-        representatives: vec![],
-        mask_new_by_default: false,
-    });
+    let again = host.create_dossier(new_dossier(ins()));
     assert!(matches!(again, Err(Error::Invalid(_))));
     // The published purge record is what sites that missed the closure need.
     let bundle = host.export_authority().expect("export");
@@ -629,15 +618,8 @@ fn a_site_receives_what_enters_its_scope_and_purges_what_leaves_it() {
     let nurse_actor = Actor::Professional(nurse());
     // A second dossier, unknown to the site, where the site's nurse is then granted.
     let other = Ins::from_body("2900101123456").expect("ins");
-    host.create_dossier(NewDossier {
-        ins: other.clone(),
-        ins_kind: crate::ids::InsKind::TestNir,
-        identity: identity(),
-        holder: HolderKind::Adult,
-        representatives: vec![],
-        mask_new_by_default: false,
-    })
-    .expect("dossier");
+    host.create_dossier(new_dossier(other.clone()))
+        .expect("dossier");
     let id = host
         .put_document(
             &Actor::Professional(doctor()),
@@ -743,15 +725,8 @@ fn a_sites_trace_reaches_the_host_once_and_in_order() {
 fn a_pinned_dossier_comes_to_the_site_and_leaves_when_unpinned() {
     let (_hd, host, _sd, site) = host_and_site();
     let tomorrow = Ins::from_body("1751299123456").expect("ins");
-    host.create_dossier(NewDossier {
-        ins: tomorrow.clone(),
-        ins_kind: crate::ids::InsKind::TestNir,
-        identity: identity(),
-        holder: HolderKind::Adult,
-        representatives: vec![],
-        mask_new_by_default: false,
-    })
-    .expect("dossier");
+    host.create_dossier(new_dossier(tomorrow.clone()))
+        .expect("dossier");
     site.pin(&tomorrow, true).expect("pin");
     sync(&host, &site);
     assert!(
@@ -776,15 +751,8 @@ fn out_of_scope_means_nothing_is_served_even_on_request() {
     let (_hd, host, _sd, site) = host_and_site();
     let site_id = site.config().site_id;
     let other = Ins::from_body("2900101123456").expect("ins");
-    host.create_dossier(NewDossier {
-        ins: other.clone(),
-        ins_kind: crate::ids::InsKind::TestNir,
-        identity: identity(),
-        holder: HolderKind::Adult,
-        representatives: vec![],
-        mask_new_by_default: false,
-    })
-    .expect("dossier");
+    host.create_dossier(new_dossier(other.clone()))
+        .expect("dossier");
     // In and out of scope before the site ever pulls: nothing of it is sent.
     host.set_grant(&other, &nurse(), GrantState::Active, GrantBasis::CareTeam)
         .expect("grant");
