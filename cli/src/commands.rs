@@ -19,11 +19,13 @@ use carnet_store::replica::{
     DossierInfo, InitOptions, KeySource, NewDocument, NewDossier, Replica, Role, system_clock,
 };
 use carnet_store::time::{format_date, format_rfc3339, parse_date};
+use carnet_syncd::api::local::Handle;
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 use crate::args::*;
 use crate::fhir;
+use crate::store::Store;
 
 /// A command's result: a human text, a JSON value, and optionally raw bytes for stdout.
 #[derive(Debug, Default)]
@@ -130,12 +132,9 @@ fn data_dir(cli: &Cli) -> Result<PathBuf> {
         .ok_or_else(|| Failure::Usage("no data folder: pass --data DIR or set CARNET_DATA".into()))
 }
 
-fn open(cli: &Cli) -> Result<Replica> {
-    Ok(Replica::open(
-        &data_dir(cli)?,
-        &key_source(),
-        system_clock(),
-    )?)
+/// The replica of `--data`: through its daemon when one runs, else opened here.
+fn open(cli: &Cli) -> Result<Store> {
+    Ok(Store(Handle::open(&data_dir(cli)?, &key_source())?))
 }
 
 fn ins(text: &str) -> Result<Ins> {
@@ -327,54 +326,100 @@ fn init(cli: &Cli, a: &InitArgs) -> Result<Reply> {
 
 fn sync(cli: &Cli, c: &SyncCmd) -> Result<Reply> {
     let r = open(cli)?;
-    if r.config().role != Role::Site {
+    if r.config()?.role != Role::Site {
         return Err(Failure::Usage(
             "the host serves sync (carnet-syncd); `carnet sync` runs on a site".into(),
         ));
     }
     match c {
         SyncCmd::Now => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .map_err(|e| Failure::File(format!("cannot start the sync runtime: {e}")))?;
-            let report = runtime.block_on(carnet_syncd::net::sync_round(std::sync::Arc::new(r)))?;
+            let spinner = crate::progress::Spinner::start(if r.via_daemon() {
+                "syncing with the host (through the daemon)…"
+            } else {
+                "syncing with the host…"
+            });
+            let report = r.sync_now();
+            spinner.finish();
+            let report = report?;
             Ok(Reply::new(
                 format!(
-                    "synced: pushed up to change {}, pulled {} item(s), {} body(ies) received, {} dossier(s) purged",
-                    report.pushed, report.pulled, report.bodies, report.purged
+                    "synced: pushed up to change {}, host holds {} trace entries, pulled {} item(s), {} body(ies) received, {} dossier(s) purged, {} document(s) returned to quarantine",
+                    report.pushed,
+                    report.traces,
+                    report.pulled,
+                    report.bodies,
+                    report.purged,
+                    report.returned
                 ),
-                json!({"pushed": report.pushed, "pulled": report.pulled,
-                       "bodies": report.bodies, "purged": report.purged}),
+                json!({"pushed": report.pushed, "traces": report.traces, "pulled": report.pulled,
+                       "bodies": report.bodies, "purged": report.purged, "returned": report.returned}),
             ))
         }
         SyncCmd::Status => {
-            let (as_of, expired) = r.authority_freshness()?;
-            let pending = r.outbox_len()?;
-            let cursor = r.pull_cursor()?;
-            let missing = r.missing_bodies()?.len();
-            let quarantine = r.quarantined()?;
-            let as_of_text = if as_of == 0 {
-                "never".to_string()
-            } else {
-                format_rfc3339(as_of)
+            let s = r.sync_status()?;
+            let when = |t: i64| {
+                if t == 0 {
+                    "never".to_string()
+                } else {
+                    format_rfc3339(t)
+                }
             };
-            Ok(Reply::new(
-                format!(
-                    "pending changes: {pending}\nbodies not yet received: {missing}\npull cursor: {cursor}\nhost records current as of: {as_of_text}{}",
-                    if expired {
-                        " (lease over: normal reads refused, break-glass only)"
+            let link = match &s.link {
+                None => "no daemon running (carnet-syncd syncs in the background)".to_string(),
+                Some(l) => format!(
+                    "{}, last successful sync: {}{}",
+                    if l.connected {
+                        "connected"
                     } else {
-                        ""
-                    }
+                        "not connected"
+                    },
+                    l.last_sync
+                        .map_or_else(|| "never".to_string(), format_rfc3339),
+                    l.last_error
+                        .as_ref()
+                        .map(|e| format!(" (last attempt: {e})"))
+                        .unwrap_or_default()
                 ),
-                json!({"pending": pending, "missing_bodies": missing, "cursor": cursor,
-                       "authority_as_of": (as_of > 0).then(|| format_rfc3339(as_of)),
-                       "lease_expired": expired,
-                       "quarantine": quarantine.iter().map(|q| json!({
-                           "id": q.meta.facts.id.to_string(), "since": format_rfc3339(q.at),
-                           "reason": q.reason})).collect::<Vec<_>>()}),
+            };
+            let mut human = format!(
+                "link: {link}\npending changes: {}\npending trace entries: {}\nbodies not yet received: {}\npull cursor: {}\nconflicts (concurrent replacements): {}\nhost records current as of: {}{}\nquarantine: {}",
+                s.pending,
+                s.pending_traces.map_or_else(
+                    || "unknown until the daemon syncs".to_string(),
+                    |n| n.to_string()
+                ),
+                s.missing_bodies,
+                s.cursor,
+                s.conflicts,
+                when(s.authority_as_of),
+                if s.lease_expired {
+                    " (lease over: normal reads refused, break-glass only)"
+                } else {
+                    ""
+                },
+                if s.quarantine.is_empty() {
+                    "empty".to_string()
+                } else {
+                    format!("{} document(s)", s.quarantine.len())
+                }
+            );
+            for (id, at, reason) in &s.quarantine {
+                human += &format!("\n  {id} since {}: {reason}", format_rfc3339(*at));
+            }
+            Ok(Reply::new(
+                human,
+                json!({"pending": s.pending, "pending_traces": s.pending_traces,
+                       "missing_bodies": s.missing_bodies, "cursor": s.cursor,
+                       "conflicts": s.conflicts,
+                       "authority_as_of": (s.authority_as_of > 0).then(|| format_rfc3339(s.authority_as_of)),
+                       "lease_expired": s.lease_expired,
+                       "daemon": s.link.as_ref().map(|l| json!({
+                           "connected": l.connected,
+                           "last_sync": l.last_sync.map(format_rfc3339),
+                           "last_error": l.last_error})),
+                       "quarantine": s.quarantine.iter().map(|(id, at, reason)| json!({
+                           "id": id.to_string(), "since": format_rfc3339(*at),
+                           "reason": reason})).collect::<Vec<_>>()}),
             ))
         }
     }
@@ -417,7 +462,7 @@ fn pki(cli: &Cli, c: &PkiCmd) -> Result<Reply> {
     let r = open(cli)?;
     match c {
         PkiCmd::Init => {
-            carnet_syncd::enrol::init_host(&r)?;
+            r.pki_init()?;
             Ok(Reply::new(
                 "national CA and host certificate created",
                 json!({"pki": true}),
@@ -429,27 +474,25 @@ fn pki(cli: &Cli, c: &PkiCmd) -> Result<Reply> {
             host_address,
             output,
         } => {
-            let b = carnet_syncd::enrol::enrol(&r, name, finess, host_address)?;
-            write_private_file(output, &b.to_bytes()?)?;
+            let (site_id, name, bundle) = r.pki_enrol(name, finess, host_address)?;
+            write_private_file(output, &bundle)?;
             Ok(Reply::new(
                 format!(
-                    "enrolled site {} '{}': bundle written to {} (it holds the site's private key: hand it over securely, then delete it)",
-                    b.site_id,
-                    b.name,
+                    "enrolled site {site_id} '{name}': bundle written to {} (it holds the site's private key: hand it over securely, then delete it)",
                     output.display()
                 ),
-                json!({"site_id": b.site_id, "name": b.name, "output": output.display().to_string()}),
+                json!({"site_id": site_id, "name": name, "output": output.display().to_string()}),
             ))
         }
         PkiCmd::Revoke { site } => {
-            carnet_syncd::enrol::revoke(&r, *site)?;
+            r.pki_revoke(*site)?;
             Ok(Reply::new(
                 format!("site {site} revoked: its certificate is refused from now on"),
                 json!({"site_id": site, "revoked": true}),
             ))
         }
         PkiCmd::List => {
-            let sites = carnet_syncd::enrol::sites(&r)?;
+            let sites = r.pki_sites()?;
             let mut human = format!("{:<8} {:<10} {:<8} NAME\n", "SITE", "FINESS", "STATE");
             for (id, s) in &sites {
                 human += &format!(
@@ -561,10 +604,9 @@ fn dossier(cli: &Cli, c: &DossierCmd) -> Result<Reply> {
                 representatives: a.representative.clone(),
                 mask_new_by_default: a.mask_new_by_default,
             };
-            let head = r.create_dossier(d)?;
-            let info = r.dossier(&head.ins)?;
+            let info = r.create_dossier(d)?;
             Ok(Reply::new(
-                format!("created dossier {}", head.ins.matricule()),
+                format!("created dossier {}", info.head.ins.matricule()),
                 dossier_json(&info),
             ))
         }
@@ -742,12 +784,8 @@ fn emergency(cli: &Cli, c: &EmergencyCmd) -> Result<Reply> {
         masked,
     } = c;
     let i = ins(dossier)?;
-    let allowed = |a: &AllowOppose| matches!(a, AllowOppose::Allow);
-    let prefs = r.update_emergency(&i, |p| {
-        p.samu_allowed = samu.as_ref().map_or(p.samu_allowed, allowed);
-        p.btg_allowed = btg.as_ref().map_or(p.btg_allowed, allowed);
-        p.masked_in_emergency = masked.as_ref().map_or(p.masked_in_emergency, allowed);
-    })?;
+    let allowed = |a: &Option<AllowOppose>| a.as_ref().map(|a| matches!(a, AllowOppose::Allow));
+    let prefs = r.update_emergency(&i, allowed(samu), allowed(btg), allowed(masked))?;
     Ok(Reply::new(
         format!(
             "emergency preferences of {}: centre 15 {}, break-glass {}, masked documents in emergency {}",
@@ -932,7 +970,7 @@ fn doc(cli: &Cli, c: &DocCmd) -> Result<Reply> {
     }
 }
 
-fn update(r: &Replica, a: &DocActionArgs, action: Action, done: &str) -> Result<Reply> {
+fn update(r: &Store, a: &DocActionArgs, action: Action, done: &str) -> Result<Reply> {
     let id = DocId::parse(&a.id)?;
     let meta = r.update_document(&actor(&a.actor)?, &id, action)?;
     Ok(Reply::new(format!("{id}: {done}"), doc_json(&meta)))
@@ -1046,18 +1084,17 @@ fn audit(cli: &Cli, c: &AuditCmd) -> Result<Reply> {
 }
 
 fn rotate(cli: &Cli) -> Result<Reply> {
-    let mut r = open(cli)?;
-    let new = match std::env::var("CARNET_NEW_PASSPHRASE") {
-        Ok(p) if !p.is_empty() => KeySource::Passphrase(Zeroizing::new(p)),
-        _ => KeySource::File,
-    };
+    let r = open(cli)?;
+    let new = std::env::var("CARNET_NEW_PASSPHRASE")
+        .ok()
+        .filter(|p| !p.is_empty());
     let desc = match new {
-        KeySource::File => "a new key file (back it up: the old one no longer opens this replica)",
-        KeySource::Passphrase(_) => {
+        None => "a new key file (back it up: the old one no longer opens this replica)",
+        Some(_) => {
             "the passphrase in CARNET_NEW_PASSPHRASE (use it as CARNET_PASSPHRASE from now on)"
         }
     };
-    r.rotate_master_key(&new)?;
+    r.rotate_master_key(new)?;
     Ok(Reply::new(
         format!("master key rotated: every data key re-wrapped under {desc}"),
         json!({"rotated": true}),

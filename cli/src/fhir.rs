@@ -36,8 +36,8 @@ pub fn bundle(e: &DossierExport) -> Value {
             "birthDate": h.identity.birth_date,
         }
     })];
-    for (meta, body) in &e.documents {
-        entries.push(document_reference(meta, body, patient_id));
+    for d in &e.documents {
+        entries.push(document_reference(&d.meta, &d.body, patient_id));
     }
     for (n, t) in e.traces.iter().enumerate() {
         entries.push(audit_event(n, t, patient_id));

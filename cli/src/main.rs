@@ -7,6 +7,8 @@ mod args;
 mod commands;
 mod demo;
 mod fhir;
+mod progress;
+mod store;
 
 use std::io::Write;
 

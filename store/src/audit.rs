@@ -90,7 +90,7 @@ pub struct AuditEntry {
 }
 
 /// A stored entry: its position in the chain and its chain hash.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChainedEntry {
     /// Sequence number within the origin's chain, from 1.
     pub seq: u64,

@@ -5,7 +5,7 @@
 //! ever panics: it becomes one of these.
 
 /// What went wrong, and what the caller may do about it.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum Error {
     /// The input was refused (malformed identifier, missing field, action not allowed in this
     /// role). Nothing was changed; correct the input and retry.

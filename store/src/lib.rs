@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod authority;
 pub mod clock;
+pub mod codec;
 pub mod crypto;
 pub mod error;
 pub mod ids;

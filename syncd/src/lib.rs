@@ -1,8 +1,11 @@
 //! `carnet-syncd`: reconciles replicas with the national host (DESIGN §3).
 //!
-//! So far: the daemon's settings (`config`), the wire framing (`frame`), the national PKI (`pki`), the QUIC endpoints with
-//! mutual TLS (`transport`), enrolment (`enrol`) and the inbox (`inbox`). The sans-IO session core and the daemon build on them.
+//! The daemon's settings (`config`), the wire framing (`frame`), the national PKI (`pki`), the
+//! QUIC endpoints with mutual TLS (`transport`), enrolment (`enrol`), the inbox (`inbox`), the
+//! sans-IO session core (`session`) and its QUIC driver (`net`), and the local API through
+//! which `carnet` reaches a replica (`api`).
 
+pub mod api;
 pub mod config;
 pub mod enrol;
 pub mod error;

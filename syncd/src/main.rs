@@ -1,9 +1,11 @@
 //! `carnet-syncd`: the sync daemon. `carnet-syncd --data DIR [--config FILE]`.
 //!
-//! The host serves sync sessions on its `listen` address; a site ingests its inbox and runs a
-//! sync round with the host every `ROUND_EVERY`, backing off with jitter while the host is out
-//! of reach. SIGTERM or Ctrl-C ends it after the round or transaction in flight. Logs name
-//! sites, counts and errors, never patient data.
+//! The daemon owns the store and serves the local API on `DATA/carnet.sock` (mode 0600), so
+//! `carnet` works through it while it runs. The host serves sync sessions on its `listen`
+//! address; a site ingests its inbox and runs a sync round with the host every `ROUND_EVERY`,
+//! backing off with jitter while the host is out of reach. SIGTERM or Ctrl-C ends it after the
+//! round or transaction in flight, and removes the socket. Logs name sites, counts and errors,
+//! never patient data.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use carnet_store::replica::{KeySource, Replica, system_clock};
+use carnet_syncd::api::{LinkState, Service, local};
 use carnet_syncd::config::{CONFIG_FILE, Config, ConfigRole};
 use carnet_syncd::{enrol, inbox, net, transport};
 
@@ -83,12 +86,17 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(async move {
+    let data = args.data.clone();
+    let result = runtime.block_on(async move {
+        let listener = local::bind(&args.data)?;
         match config.role {
-            ConfigRole::Host => host(replica, &config).await,
-            ConfigRole::Site => site(replica, &config, &args.data).await,
+            ConfigRole::Host => host(replica, &config, listener).await,
+            ConfigRole::Site => site(replica, &config, &args.data, listener).await,
         }
-    })
+    });
+    // The socket goes with the daemon, so `carnet` opens the store directly again.
+    let _ = std::fs::remove_file(carnet_syncd::api::socket_path(&data));
+    result
 }
 
 /// Resolves when SIGTERM or SIGINT arrives.
@@ -107,19 +115,30 @@ async fn stop_signal() {
     }
 }
 
-async fn host(replica: Arc<Replica>, config: &Config) -> Result<(), Box<dyn std::error::Error>> {
+async fn host(
+    replica: Arc<Replica>,
+    config: &Config,
+    listener: tokio::net::UnixListener,
+) -> Result<(), Box<dyn std::error::Error>> {
     let listen = config.listen.ok_or("carnet.toml: a host needs `listen`")?;
     let (ca, identity) = enrol::host_identity(&replica)?;
     let revoked = Arc::new(enrol::revoked(&replica)?);
-    let endpoint =
-        quinn::Endpoint::server(transport::server_config(&ca, &identity, revoked)?, listen)?;
+    let endpoint = quinn::Endpoint::server(
+        transport::server_config(&ca, &identity, revoked.clone())?,
+        listen,
+    )?;
     tracing::info!(address = %endpoint.local_addr()?, "host serving");
+    let mut service = Service::new(replica.clone());
+    // `carnet pki revoke` through the daemon takes effect at the next connection.
+    service.revoked = Some(revoked);
+    let api = tokio::spawn(local::serve(listener, Arc::new(service)));
     let server = tokio::spawn(net::serve(endpoint.clone(), replica));
     stop_signal().await;
     tracing::info!("stopping");
     endpoint.close(0u32.into(), b"host stopping");
     endpoint.wait_idle().await;
     server.abort();
+    api.abort();
     Ok(())
 }
 
@@ -127,7 +146,12 @@ async fn site(
     replica: Arc<Replica>,
     config: &Config,
     data: &std::path::Path,
+    listener: tokio::net::UnixListener,
 ) -> Result<(), Box<dyn std::error::Error>> {
+    let mut service = Service::new(replica.clone());
+    service.link = Some(std::sync::Mutex::new(LinkState::default()));
+    let service = Arc::new(service);
+    let api = tokio::spawn(local::serve(listener, service.clone()));
     let inbox_dir = config.inbox_dir(data);
     std::fs::create_dir_all(&inbox_dir)?;
     tracing::info!(site = %replica.config().site_id, host = ?config.host_address, "site syncing");
@@ -148,7 +172,7 @@ async fn site(
     let stop = stop_signal();
     tokio::pin!(stop);
     loop {
-        let pause = match net::sync_round(replica.clone()).await {
+        let pause = match service.sync_round().await {
             Ok(report) => {
                 if report.pulled > 1 || report.bodies > 0 || report.purged > 0 {
                     tracing::info!(
@@ -176,6 +200,7 @@ async fn site(
             tokio::select! {
                 _ = &mut stop => {
                     tracing::info!("stopping");
+                    api.abort();
                     return Ok(());
                 }
                 _ = &mut next_round => break,

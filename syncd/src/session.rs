@@ -307,7 +307,7 @@ impl HostSession {
 }
 
 /// What a site's round did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RoundReport {
     /// Changes the host acknowledged.
     pub pushed: u64,

@@ -156,3 +156,169 @@ fn an_enrolled_site_syncs_with_a_host_daemon_and_a_revoked_one_is_refused() {
     let refused = revoked_site.run(&["sync", "now"]);
     assert_ne!(refused.code, 0, "a revoked site synced");
 }
+
+/// Enrols a site at `host` (through its daemon if one runs) and creates it from the bundle.
+fn enrolled_site(host: &Carnet, address: &str) -> Carnet {
+    let bundle = host.path(&format!("site-{}.bundle", unique()));
+    let bundle = bundle.display().to_string();
+    host.ok(&[
+        "pki",
+        "enrol",
+        "--name",
+        "Clinique",
+        "--finess",
+        "750000001",
+        "--host-address",
+        address,
+        "-o",
+        &bundle,
+    ]);
+    let site = Carnet::empty();
+    site.ok(&["init", "--role", "site", "--enrol", &bundle]);
+    site
+}
+
+/// Sends SIGTERM and waits (bounded) for the daemon to exit; answers its exit code.
+fn stop(daemon: &mut Daemon) -> Option<i32> {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(daemon.0.id().to_string())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = daemon.0.try_wait() {
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+/// Waits (bounded) until the daemon answers on its socket.
+fn wait_for_socket(replica: &Carnet) {
+    let socket = replica.data.join("carnet.sock");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the daemon never opened {}",
+            socket.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn while_the_daemon_runs_carnet_works_through_its_socket() {
+    let port = free_port().to_string();
+    let address = format!("127.0.0.1:{port}");
+    let host = Carnet::empty();
+    host.ok(&["init", "--role", "host", "--listen", &address]);
+    host.ok(&["pki", "init"]);
+    let mut daemon = start_host_daemon(&host);
+    wait_for_socket(&host);
+    let socket = host.data.join("carnet.sock");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&socket)
+            .expect("socket")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the socket is open to others");
+    }
+
+    // Every kind of command, while the daemon holds the store.
+    host.ok(&["pro", "add", "--rpps", DOCTOR, "--profession", "medecin"]);
+    let ins = ins_a();
+    host.dossier(&ins, "EXEMPLE", "Camille");
+    host.ok(&[
+        "grant",
+        "add",
+        "--dossier",
+        &ins,
+        "--rpps",
+        DOCTOR,
+        "--treating",
+    ]);
+    let id = host.add_doc(
+        &ins,
+        DOCTOR,
+        "10",
+        CONSULTATION,
+        "CR",
+        b"through the daemon (synthetic)",
+    );
+    assert_eq!(host.body(&id, DOCTOR), b"through the daemon (synthetic)");
+    let listed = host.json(&["doc", "list", "--dossier", &ins, "--as", DOCTOR]);
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    // Errors keep their exit codes: denied (3), not found (4).
+    host.fails(3, &["doc", "get", &id, "--as", STRANGER]);
+    host.fails(4, &["dossier", "show", &ins_b()]);
+    host.ok(&["keys", "rotate"]);
+    assert_eq!(host.body(&id, DOCTOR), b"through the daemon (synthetic)");
+    let site = enrolled_site(&host, &address);
+    site.ok(&["sync", "now"]);
+    // A revocation through the running daemon is refused from the next connection.
+    host.ok(&["pki", "revoke", "1"]);
+    let sites = host.json(&["pki", "list"]);
+    assert_eq!(sites[0]["revoked"], true, "{sites}");
+    let refused = site.run(&["sync", "now"]);
+    assert_ne!(
+        refused.code, 0,
+        "a site revoked through the daemon still synced"
+    );
+
+    // SIGTERM: a clean stop that takes the socket away; carnet then opens the store itself
+    // (with the rotated key) and finds everything done through the daemon, traced.
+    assert_eq!(
+        stop(&mut daemon),
+        Some(0),
+        "the daemon did not stop cleanly"
+    );
+    assert!(!socket.exists(), "the socket outlived the daemon");
+    assert_eq!(host.body(&id, DOCTOR), b"through the daemon (synthetic)");
+    host.ok(&["audit", "verify"]);
+    let reads = host
+        .audit(&ins)
+        .into_iter()
+        .filter(|e| e["action"] == "read")
+        .count();
+    assert_eq!(
+        reads, 5,
+        "three allowed reads, one denied, one after the stop"
+    );
+}
+
+#[test]
+fn a_site_daemon_reports_its_link_in_sync_status() {
+    let port = free_port().to_string();
+    let address = format!("127.0.0.1:{port}");
+    let host = Carnet::empty();
+    host.ok(&["init", "--role", "host", "--listen", &address]);
+    host.ok(&["pki", "init"]);
+    let site = enrolled_site(&host, &address);
+    // Without a daemon, status says so.
+    assert!(site.json(&["sync", "status"])["daemon"].is_null());
+    let _host_daemon = start_host_daemon(&host);
+    let mut site_daemon = start_host_daemon(&site);
+    wait_for_socket(&site);
+    // `sync now` through the site's daemon runs a round there and reports it.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let o = site.run(&["--json", "sync", "now"]);
+        if o.code == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no round through the daemon: {}",
+            o.stderr
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let status = site.json(&["sync", "status"]);
+    assert_eq!(status["daemon"]["connected"], true, "{status}");
+    assert!(status["daemon"]["last_sync"].is_string(), "{status}");
+    assert_eq!(status["pending_traces"], 0, "{status}");
+    assert_eq!(stop(&mut site_daemon), Some(0));
+}

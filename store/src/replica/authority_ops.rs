@@ -7,6 +7,7 @@
 
 use ed25519_dalek::VerifyingKey;
 use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
+use serde::{Deserialize, Serialize};
 
 use super::tables::*;
 use super::{Replica, Role, lock_err};
@@ -20,7 +21,7 @@ use crate::model::{
 };
 
 /// What `import_authority` did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImportReport {
     /// Records newer than what this replica held, now in force.
     pub admitted: usize,
@@ -31,7 +32,7 @@ pub struct ImportReport {
 }
 
 /// A dossier as this replica knows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DossierInfo {
     /// The signed head.
     pub head: DossierHead,
@@ -46,7 +47,7 @@ pub struct DossierInfo {
 }
 
 /// What `create_dossier` needs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NewDossier {
     /// INS.
     pub ins: Ins,
@@ -175,6 +176,9 @@ impl Replica {
                             &bi,
                             self.keys
                                 .master
+                                .read()
+                                .map_err(lock_err)?
+                                .current
                                 .wrap(&aad(&[b"dossier-key", &bi]), &k)?
                                 .as_slice(),
                         )?;

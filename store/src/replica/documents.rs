@@ -26,7 +26,7 @@ use crate::policy::{self, Action, Decision, DocView, DossierView, Request, Who};
 use crate::time::Millis;
 
 /// A document to write.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct NewDocument {
     /// Class code.
     pub class: DocClass,
@@ -37,6 +37,7 @@ pub struct NewDocument {
     /// MIME type.
     pub format: String,
     /// Body.
+    #[serde(with = "crate::codec::bytes")]
     pub body: Vec<u8>,
     /// Producer's unique id; a `urn:carnet:` id is made when absent.
     pub unique_id: Option<String>,
@@ -46,24 +47,35 @@ pub struct NewDocument {
     pub service_end: Option<Millis>,
 }
 
+/// A document of the holder's copy.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct ExportedDocument {
+    /// Metadata.
+    pub meta: DocumentMeta,
+    /// Body, wiped from memory on drop.
+    #[serde(with = "crate::codec::secret_bytes")]
+    pub body: Zeroizing<Vec<u8>>,
+}
+
 /// An allowed read.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct ReadOutcome {
     /// Metadata.
     pub meta: DocumentMeta,
     /// Body, wiped from memory on drop.
+    #[serde(with = "crate::codec::secret_bytes")]
     pub body: Zeroizing<Vec<u8>>,
     /// Row of the table that allowed it.
     pub rule: u8,
 }
 
 /// The holder's full copy.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct DossierExport {
     /// Dossier head.
     pub head: DossierHead,
     /// Documents visible to the requester, with bodies.
-    pub documents: Vec<(DocumentMeta, Zeroizing<Vec<u8>>)>,
+    pub documents: Vec<ExportedDocument>,
     /// Trace entries of the dossier.
     pub traces: Vec<AuditEntry>,
 }
@@ -807,6 +819,26 @@ impl Replica {
         Ok(row.map(|v| DocId(*v.value())))
     }
 
+    /// How many documents carry concurrent replacements (both kept and reported as a
+    /// conflict), for `carnet sync status`.
+    pub fn conflicts(&self) -> Result<usize> {
+        let (txn, generation) = self.snapshot()?;
+        let ids = txn
+            .open_table(DOCS)?
+            .iter()?
+            .map(|row| row.map(|(k, _)| DocId(*k.value())))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let mut n = 0;
+        for id in ids {
+            match self.load_doc(&txn, generation, &id) {
+                Ok((_, _, meta)) if meta.has_replacement_conflict() => n += 1,
+                Ok(_) | Err(Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(n)
+    }
+
     /// The holder's (or a legal representative's) full copy of the dossier.
     pub fn export_dossier(&self, actor: &Actor, ins: &Ins) -> Result<DossierExport> {
         let (documents, head) = {
@@ -832,7 +864,7 @@ impl Replica {
             let mut out = Vec::new();
             for (key, meta) in self.readable_docs(&txn, generation, &ctx, &who, &tactor, &bi)? {
                 let body = self.get_body(&bodies, &key, &meta)?;
-                out.push((meta, body));
+                out.push(ExportedDocument { meta, body });
             }
             (out, ctx.head().clone())
         };

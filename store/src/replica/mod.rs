@@ -41,7 +41,7 @@ pub use tables::PurgeReceipt;
 use zeroize::Zeroizing;
 
 pub use authority_ops::{DossierInfo, ImportReport, NewDossier};
-pub use documents::{DossierExport, NewDocument, ReadOutcome};
+pub use documents::{DossierExport, ExportedDocument, NewDocument, ReadOutcome};
 pub use host_sync::{PullItem, PullReport};
 pub use quarantine::Quarantined;
 pub use sync::{Applied, Change};
@@ -133,12 +133,30 @@ struct Keyring {
 }
 
 struct Keys {
-    master: Key,
+    /// Behind a lock so a running daemon can rotate it. Lock order: a redb write transaction
+    /// first, then this lock.
+    master: RwLock<MasterKeys>,
     index: Key,
     registry: Key,
     audit: Key,
     /// Keys the trace chain hashes (derived from `audit`).
     chain: Key,
+}
+
+/// The master key, and the one it replaced while this process runs: a read snapshot taken
+/// before a rotation committed still holds data keys wrapped under the previous key.
+struct MasterKeys {
+    current: Key,
+    previous: Option<Key>,
+}
+
+impl MasterKeys {
+    fn unwrap_key(&self, aad: &[u8], wrapped: &[u8]) -> Result<Key> {
+        match (self.current.unwrap_key(aad, wrapped), &self.previous) {
+            (Err(_), Some(previous)) => previous.unwrap_key(aad, wrapped),
+            (result, _) => result,
+        }
+    }
 }
 
 /// Options for `Replica::init`.
@@ -442,11 +460,18 @@ impl Replica {
             chain: master
                 .unwrap_key(b"audit", &keyring.audit)?
                 .derive("carnet 2026-11 trace chain hash"),
-            master,
+            master: RwLock::new(MasterKeys {
+                current: master,
+                previous: None,
+            }),
         };
         let signing = match &keyring.signing {
             Some(w) => {
-                let k = keys.master.unwrap_key(b"signing", w)?;
+                let k = keys
+                    .master
+                    .read()
+                    .map_err(lock_err)?
+                    .unwrap_key(b"signing", w)?;
                 Some(SigningKey::from_bytes(k.expose()))
             }
             None => None,
@@ -534,7 +559,7 @@ impl Replica {
 
     /// Re-wraps every data key and replica key under a new master key (the old one stops
     /// working). Documents are not re-encrypted: only keys are.
-    pub fn rotate_master_key(&mut self, new_source: &KeySource) -> Result<()> {
+    pub fn rotate_master_key(&self, new_source: &KeySource) -> Result<()> {
         let (new_master, kind) = match new_source {
             KeySource::File => (Key::random()?, KeyKind::File),
             KeySource::Passphrase(p) => {
@@ -550,8 +575,11 @@ impl Replica {
             // Written before the commit: if we crash after it, `open` finds the new key here.
             write_key_file(&self.dir.join(KEY_FILE_NEW), &new_master)?;
         }
-        let old = &self.keys.master;
         let txn = self.begin_write()?;
+        // Held from here to the swap: no writer wraps a key under the old master after this
+        // transaction commits (writers take the redb lock first, then this one).
+        let mut master = self.keys.master.write().map_err(lock_err)?;
+        let old = &master.current;
         {
             let mut meta = txn.open_table(META)?;
             let mut keyring: Keyring = postcard::from_bytes(
@@ -592,7 +620,8 @@ impl Replica {
                 let _ = fs::remove_file(self.dir.join(KEY_FILE));
             }
         }
-        self.keys.master = new_master;
+        let old = std::mem::replace(&mut master.current, new_master);
+        master.previous = Some(old);
         Ok(())
     }
 
@@ -1159,6 +1188,8 @@ impl Replica {
             Some(w) => Ok(Some(
                 self.keys
                     .master
+                    .read()
+                    .map_err(lock_err)?
                     .unwrap_key(&aad(&[b"dossier-key", bi]), w.value())?,
             )),
             None => Ok(None),

@@ -319,7 +319,7 @@ fn newer_format_is_refused() {
 fn rotation_rewraps_keys_and_passphrases_are_checked() {
     let d = TempDir::new().expect("tmp");
     let pass = |p: &str| KeySource::Passphrase(Zeroizing::new(p.to_string()));
-    let mut host = Replica::init(
+    let host = Replica::init(
         d.path(),
         InitOptions {
             role: Role::Host,
@@ -347,7 +347,7 @@ fn rotation_rewraps_keys_and_passphrases_are_checked() {
         Replica::open(d.path(), &KeySource::File, clock()),
         Err(Error::Key(_))
     ));
-    let mut host = Replica::open(d.path(), &pass("second"), clock()).expect("open");
+    let host = Replica::open(d.path(), &pass("second"), clock()).expect("open");
     let actor = Actor::Professional(doctor());
     assert_eq!(
         &host

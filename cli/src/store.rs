@@ -1,0 +1,313 @@
+//! The replica as the commands see it: typed calls that go through the daemon's local API when
+//! it runs, or to the store opened in this process when it does not (`api::local::Handle`).
+//! Each method is one `Request`; the commands never touch `Replica` directly.
+
+use std::collections::BTreeMap;
+
+use carnet_store::audit::ChainedEntry;
+use carnet_store::authority::Bundle;
+use carnet_store::ids::{DocId, Ins, Rpps};
+use carnet_store::merge::DocumentMeta;
+use carnet_store::model::{
+    AccessMode, Actor, EmergencyPrefs, GrantBasis, GrantState, Professional,
+};
+use carnet_store::policy::Action;
+use carnet_store::replica::{
+    DossierExport, DossierInfo, ImportReport, NewDocument, NewDossier, ReadOutcome, ReplicaConfig,
+};
+use carnet_syncd::api::local::Handle;
+use carnet_syncd::api::{Request, Response, SyncStatus};
+use carnet_syncd::enrol::SiteRecord;
+use carnet_syncd::session::RoundReport;
+
+use crate::commands::Failure;
+
+type Result<T> = std::result::Result<T, Failure>;
+
+/// A replica reached through its daemon or opened here.
+#[derive(Debug)]
+pub struct Store(pub Handle);
+
+/// Takes the expected variant out of a response.
+macro_rules! expect {
+    ($response:expr, $variant:ident) => {
+        match $response {
+            Response::$variant(v) => Ok(v),
+            other => Err(unexpected(&other)),
+        }
+    };
+}
+
+fn unexpected(r: &Response) -> Failure {
+    Failure::Sync(carnet_syncd::Error::Invalid(format!(
+        "unexpected answer from the daemon ({r:?}): is carnet-syncd the same version as carnet?"
+    )))
+}
+
+impl Store {
+    fn call(&self, request: Request) -> Result<Response> {
+        Ok(self.0.call(request)?)
+    }
+
+    fn done(&self, request: Request) -> Result<()> {
+        match self.call(request)? {
+            Response::Done => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// True when a daemon serves the calls.
+    pub fn via_daemon(&self) -> bool {
+        self.0.via_daemon()
+    }
+
+    pub fn config(&self) -> Result<ReplicaConfig> {
+        expect!(self.call(Request::Config)?, Config)
+    }
+
+    pub fn add_professional(&self, p: &Professional) -> Result<()> {
+        self.done(Request::AddProfessional {
+            professional: p.clone(),
+        })
+    }
+
+    pub fn professionals(&self) -> Result<Vec<Professional>> {
+        expect!(self.call(Request::Professionals)?, Professionals)
+    }
+
+    /// Creates a dossier and answers it as stored.
+    pub fn create_dossier(&self, dossier: NewDossier) -> Result<DossierInfo> {
+        expect!(self.call(Request::CreateDossier { dossier })?, Dossier).map(|d| *d)
+    }
+
+    pub fn dossier(&self, ins: &Ins) -> Result<DossierInfo> {
+        expect!(self.call(Request::Dossier { ins: ins.clone() })?, Dossier).map(|d| *d)
+    }
+
+    pub fn dossiers(&self) -> Result<Vec<DossierInfo>> {
+        expect!(self.call(Request::Dossiers)?, Dossiers)
+    }
+
+    pub fn close_dossier(&self, ins: &Ins, reason: &str) -> Result<()> {
+        self.done(Request::CloseDossier {
+            ins: ins.clone(),
+            reason: reason.to_string(),
+        })
+    }
+
+    pub fn purge_dossier(&self, ins: &Ins) -> Result<()> {
+        self.done(Request::PurgeDossier { ins: ins.clone() })
+    }
+
+    pub fn set_grant(
+        &self,
+        ins: &Ins,
+        rpps: &Rpps,
+        state: GrantState,
+        basis: GrantBasis,
+    ) -> Result<()> {
+        self.done(Request::SetGrant {
+            ins: ins.clone(),
+            rpps: rpps.clone(),
+            state,
+            basis,
+        })
+    }
+
+    /// Changes the preferences given (`None` keeps one) and answers those now in force.
+    pub fn update_emergency(
+        &self,
+        ins: &Ins,
+        samu: Option<bool>,
+        btg: Option<bool>,
+        masked: Option<bool>,
+    ) -> Result<EmergencyPrefs> {
+        expect!(
+            self.call(Request::UpdateEmergency {
+                ins: ins.clone(),
+                samu,
+                btg,
+                masked
+            })?,
+            Emergency
+        )
+    }
+
+    pub fn put_document(
+        &self,
+        actor: &Actor,
+        mode: AccessMode,
+        reason: Option<&str>,
+        ins: &Ins,
+        document: NewDocument,
+    ) -> Result<DocId> {
+        expect!(
+            self.call(Request::PutDocument {
+                actor: actor.clone(),
+                mode,
+                reason: reason.map(str::to_string),
+                ins: ins.clone(),
+                document,
+            })?,
+            DocId
+        )
+    }
+
+    pub fn read_document(
+        &self,
+        actor: &Actor,
+        id: &DocId,
+        mode: AccessMode,
+        reason: Option<&str>,
+    ) -> Result<ReadOutcome> {
+        expect!(
+            self.call(Request::ReadDocument {
+                actor: actor.clone(),
+                id: *id,
+                mode,
+                reason: reason.map(str::to_string),
+            })?,
+            Read
+        )
+        .map(|r| *r)
+    }
+
+    pub fn list_documents(&self, actor: &Actor, ins: &Ins) -> Result<Vec<DocumentMeta>> {
+        expect!(
+            self.call(Request::ListDocuments {
+                actor: actor.clone(),
+                ins: ins.clone()
+            })?,
+            Documents
+        )
+    }
+
+    pub fn update_document(
+        &self,
+        actor: &Actor,
+        id: &DocId,
+        action: Action,
+    ) -> Result<DocumentMeta> {
+        expect!(
+            self.call(Request::UpdateDocument {
+                actor: actor.clone(),
+                id: *id,
+                action
+            })?,
+            Document
+        )
+        .map(|d| *d)
+    }
+
+    pub fn replace_document(
+        &self,
+        actor: &Actor,
+        id: &DocId,
+        document: NewDocument,
+    ) -> Result<DocId> {
+        expect!(
+            self.call(Request::ReplaceDocument {
+                actor: actor.clone(),
+                id: *id,
+                document
+            })?,
+            DocId
+        )
+    }
+
+    pub fn audit_entries(&self, ins: Option<&Ins>) -> Result<Vec<ChainedEntry>> {
+        expect!(
+            self.call(Request::AuditEntries { ins: ins.cloned() })?,
+            Audit
+        )
+    }
+
+    /// Checks every chain: answers (chains, entries).
+    pub fn verify_audit(&self) -> Result<(usize, u64)> {
+        match self.call(Request::VerifyAudit)? {
+            Response::Verified { chains, entries } => Ok((chains, entries)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Re-wraps every key under a new key file, or under `passphrase`.
+    pub fn rotate_master_key(&self, passphrase: Option<String>) -> Result<()> {
+        self.done(Request::RotateMasterKey { passphrase })
+    }
+
+    pub fn export_dossier(&self, actor: &Actor, ins: &Ins) -> Result<DossierExport> {
+        expect!(
+            self.call(Request::ExportDossier {
+                actor: actor.clone(),
+                ins: ins.clone()
+            })?,
+            Export
+        )
+        .map(|e| *e)
+    }
+
+    pub fn export_authority(&self) -> Result<Bundle> {
+        expect!(self.call(Request::ExportAuthority)?, Authority)
+    }
+
+    pub fn import_authority(&self, bundle: &Bundle) -> Result<ImportReport> {
+        expect!(
+            self.call(Request::ImportAuthority {
+                bundle: bundle.clone()
+            })?,
+            Imported
+        )
+    }
+
+    pub fn host_key(&self) -> Result<Option<[u8; 32]>> {
+        expect!(self.call(Request::HostKey)?, HostKey)
+    }
+
+    pub fn pin(&self, ins: &Ins, on: bool) -> Result<()> {
+        self.done(Request::Pin {
+            ins: ins.clone(),
+            on,
+        })
+    }
+
+    pub fn sync_status(&self) -> Result<SyncStatus> {
+        expect!(self.call(Request::SyncStatus)?, SyncStatus).map(|s| *s)
+    }
+
+    pub fn sync_now(&self) -> Result<RoundReport> {
+        expect!(self.call(Request::SyncNow)?, Synced)
+    }
+
+    pub fn pki_init(&self) -> Result<()> {
+        self.done(Request::PkiInit)
+    }
+
+    /// Enrols a site: answers its id, name and the bundle's bytes.
+    pub fn pki_enrol(
+        &self,
+        name: &str,
+        finess: &str,
+        host_address: &str,
+    ) -> Result<(u32, String, Vec<u8>)> {
+        match self.call(Request::PkiEnrol {
+            name: name.to_string(),
+            finess: finess.to_string(),
+            host_address: host_address.to_string(),
+        })? {
+            Response::Enrolled {
+                site_id,
+                name,
+                bundle,
+            } => Ok((site_id, name, bundle)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub fn pki_revoke(&self, site: u32) -> Result<()> {
+        self.done(Request::PkiRevoke { site })
+    }
+
+    pub fn pki_sites(&self) -> Result<BTreeMap<u32, SiteRecord>> {
+        expect!(self.call(Request::PkiSites)?, Sites)
+    }
+}

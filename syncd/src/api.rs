@@ -1,0 +1,479 @@
+//! The local API: every operation `carnet` performs on a replica, as data, so that the same
+//! call runs in-process (no daemon) or in the daemon that owns the store (a Unix socket,
+//! HTTP/1.1 and JSON — see `local` and README "Local API").
+//!
+//! Invariants: `execute` is the one place a `Request` meets the store, whichever side runs it;
+//! a request changes nothing unless it succeeds as a whole (each store call is one
+//! transaction); a malformed request is answered with an error, never a panic. The socket is
+//! created mode 0600 in the data folder, so only the replica's owner can call it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use carnet_store::audit::ChainedEntry;
+use carnet_store::authority::Bundle as AuthorityBundle;
+use carnet_store::ids::{DocId, Ins, Rpps};
+use carnet_store::merge::DocumentMeta;
+use carnet_store::model::{
+    AccessMode, Actor, EmergencyPrefs, GrantBasis, GrantState, Professional,
+};
+use carnet_store::policy::Action;
+use carnet_store::replica::{
+    DossierExport, DossierInfo, ImportReport, KeySource, NewDocument, NewDossier, ReadOutcome,
+    Replica, ReplicaConfig,
+};
+use carnet_store::time::Millis;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::enrol::{self, SiteRecord};
+use crate::error::{Error, Result};
+use crate::session::RoundReport;
+use crate::transport::Revoked;
+
+pub mod local;
+
+/// File name of the daemon's socket inside the data folder.
+pub const SOCKET_FILE: &str = "carnet.sock";
+
+/// One operation on a replica.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Settings fixed at init.
+    Config,
+    /// Registers a professional at this site.
+    AddProfessional { professional: Professional },
+    /// The professionals registered here.
+    Professionals,
+    /// Creates a dossier (host).
+    CreateDossier { dossier: NewDossier },
+    /// One dossier.
+    Dossier { ins: Ins },
+    /// Every dossier of this replica.
+    Dossiers,
+    /// Closes a dossier (host).
+    CloseDossier { ins: Ins, reason: String },
+    /// Purges a closed dossier.
+    PurgeDossier { ins: Ins },
+    /// Sets a grant (host).
+    SetGrant {
+        ins: Ins,
+        rpps: Rpps,
+        state: GrantState,
+        basis: GrantBasis,
+    },
+    /// Changes emergency preferences (host); `None` keeps a setting.
+    UpdateEmergency {
+        ins: Ins,
+        samu: Option<bool>,
+        btg: Option<bool>,
+        masked: Option<bool>,
+    },
+    /// Writes a document.
+    PutDocument {
+        actor: Actor,
+        mode: AccessMode,
+        reason: Option<String>,
+        ins: Ins,
+        document: NewDocument,
+    },
+    /// An audited read.
+    ReadDocument {
+        actor: Actor,
+        id: DocId,
+        mode: AccessMode,
+        reason: Option<String>,
+    },
+    /// The documents of a dossier the actor may read.
+    ListDocuments { actor: Actor, ins: Ins },
+    /// Masks, unmasks, hides or deletes a document.
+    UpdateDocument {
+        actor: Actor,
+        id: DocId,
+        action: Action,
+    },
+    /// Replaces a document by a new version.
+    ReplaceDocument {
+        actor: Actor,
+        id: DocId,
+        document: NewDocument,
+    },
+    /// Trace entries, of one dossier or all.
+    AuditEntries { ins: Option<Ins> },
+    /// Checks every trace chain.
+    VerifyAudit,
+    /// Re-wraps every key under a new master key: a new key file, or this passphrase.
+    RotateMasterKey { passphrase: Option<String> },
+    /// The holder's full copy.
+    ExportDossier { actor: Actor, ins: Ins },
+    /// The host's signed records (host).
+    ExportAuthority,
+    /// Admits signed host records (site).
+    ImportAuthority { bundle: AuthorityBundle },
+    /// The host's public key this replica trusts.
+    HostKey,
+    /// Brings a dossier into (or out of) this site's scope.
+    Pin { ins: Ins, on: bool },
+    /// Where sync stands.
+    SyncStatus,
+    /// Runs a sync round now and waits for it (site).
+    SyncNow,
+    /// Creates the national CA and host certificate (host).
+    PkiInit,
+    /// Enrols a site (host); answers the bundle's bytes.
+    PkiEnrol {
+        name: String,
+        finess: String,
+        host_address: String,
+    },
+    /// Revokes a site (host); a running daemon refuses it from the next connection.
+    PkiRevoke { site: u32 },
+    /// The sites known to the host.
+    PkiSites,
+}
+
+/// Where sync stands, as `carnet sync status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SyncStatus {
+    /// When the cached host records were last confirmed, and whether the lease is over.
+    pub authority_as_of: Millis,
+    /// The lease is over: normal reads refused, break-glass only.
+    pub lease_expired: bool,
+    /// Changes not yet acknowledged by the host.
+    pub pending: u64,
+    /// Trace entries written here that the host had not acknowledged at the last round
+    /// (known while a daemon runs).
+    pub pending_traces: Option<u64>,
+    /// Documents whose body has not arrived.
+    pub missing_bodies: usize,
+    /// Position in the host's log for this site.
+    pub cursor: u64,
+    /// Quarantined documents: id, since, why (bodies stay in the store).
+    pub quarantine: Vec<(DocId, Millis, String)>,
+    /// Documents with concurrent replacements.
+    pub conflicts: usize,
+    /// The daemon's view of the link; `None` when no daemon runs.
+    pub link: Option<LinkState>,
+}
+
+/// The daemon's view of its link to the host.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LinkState {
+    /// The last round succeeded.
+    pub connected: bool,
+    /// End of the last successful round.
+    pub last_sync: Option<Millis>,
+    /// Why the last round failed, if it did.
+    pub last_error: Option<String>,
+    /// Trace entries the host held after the last successful round.
+    pub traces_acked: u64,
+}
+
+/// The answer to a `Request`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+pub enum Response {
+    /// Done, nothing to return.
+    Done,
+    /// Settings.
+    Config(ReplicaConfig),
+    /// Professionals.
+    Professionals(Vec<Professional>),
+    /// One dossier.
+    Dossier(Box<DossierInfo>),
+    /// Dossiers.
+    Dossiers(Vec<DossierInfo>),
+    /// Emergency preferences now in force.
+    Emergency(EmergencyPrefs),
+    /// A new document's id.
+    DocId(DocId),
+    /// A read.
+    Read(Box<ReadOutcome>),
+    /// Document metadata.
+    Documents(Vec<DocumentMeta>),
+    /// One document's metadata.
+    Document(Box<DocumentMeta>),
+    /// Trace entries.
+    Audit(Vec<ChainedEntry>),
+    /// Chains and entries checked.
+    Verified { chains: usize, entries: u64 },
+    /// The holder's copy.
+    Export(Box<DossierExport>),
+    /// Signed host records.
+    Authority(AuthorityBundle),
+    /// What an import did.
+    Imported(ImportReport),
+    /// The trusted host key.
+    HostKey(Option<[u8; 32]>),
+    /// Sync state.
+    SyncStatus(Box<SyncStatus>),
+    /// What a round did.
+    Synced(RoundReport),
+    /// An enrolment bundle.
+    Enrolled {
+        site_id: u32,
+        name: String,
+        #[serde(with = "carnet_store::codec::bytes")]
+        bundle: Vec<u8>,
+    },
+    /// Sites known to the host.
+    Sites(BTreeMap<u32, SiteRecord>),
+}
+
+/// An error as it crosses the socket: the store's own kinds, or a sync-layer message.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WireError {
+    /// From the store (its kind decides the exit code).
+    Store(carnet_store::Error),
+    /// From the sync layer or the API itself.
+    Sync(String),
+}
+
+impl From<Error> for WireError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Store(e) => WireError::Store(e),
+            other => WireError::Sync(other.to_string()),
+        }
+    }
+}
+
+impl From<WireError> for Error {
+    fn from(e: WireError) -> Self {
+        match e {
+            WireError::Store(e) => Error::Store(e),
+            WireError::Sync(m) => Error::Invalid(m),
+        }
+    }
+}
+
+/// A replica and what a running daemon adds to it: the live revocation list, the link state,
+/// and the lock that keeps one sync round at a time.
+#[derive(Debug)]
+pub struct Service {
+    /// The store.
+    pub replica: Arc<Replica>,
+    /// The host's live revocation list (daemon only).
+    pub revoked: Option<Arc<Revoked>>,
+    /// The link as the daemon last saw it (daemon only).
+    pub link: Option<Mutex<LinkState>>,
+    /// One round at a time.
+    pub round: tokio::sync::Mutex<()>,
+}
+
+impl Service {
+    /// A service for `replica` with no daemon state.
+    pub fn new(replica: Arc<Replica>) -> Self {
+        Service {
+            replica,
+            revoked: None,
+            link: None,
+            round: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Runs one sync round, one at a time, recording the link state.
+    pub async fn sync_round(&self) -> Result<RoundReport> {
+        let _one = self.round.lock().await;
+        let result = crate::net::sync_round(self.replica.clone()).await;
+        if let Some(link) = &self.link
+            && let Ok(mut l) = link.lock()
+        {
+            l.connected = result.is_ok();
+            match &result {
+                Ok(report) => {
+                    l.traces_acked = report.traces;
+                    l.last_sync = Some(self.replica.now());
+                    l.last_error = None;
+                }
+                Err(e) => l.last_error = Some(e.to_string()),
+            }
+        }
+        result
+    }
+
+    /// Runs `request` on the store. `SyncNow` is async: see `run`.
+    pub fn execute(&self, request: Request) -> Result<Response> {
+        let r = &*self.replica;
+        Ok(match request {
+            Request::Config => Response::Config(r.config().clone()),
+            Request::AddProfessional { professional } => {
+                r.add_professional(&professional)?;
+                Response::Done
+            }
+            Request::Professionals => Response::Professionals(r.professionals()?),
+            Request::CreateDossier { dossier } => {
+                let head = r.create_dossier(dossier)?;
+                Response::Dossier(Box::new(r.dossier(&head.ins)?))
+            }
+            Request::Dossier { ins } => Response::Dossier(Box::new(r.dossier(&ins)?)),
+            Request::Dossiers => Response::Dossiers(r.dossiers()?),
+            Request::CloseDossier { ins, reason } => {
+                r.close_dossier(&ins, &reason)?;
+                Response::Done
+            }
+            Request::PurgeDossier { ins } => {
+                r.purge_dossier(&ins)?;
+                Response::Done
+            }
+            Request::SetGrant {
+                ins,
+                rpps,
+                state,
+                basis,
+            } => {
+                r.set_grant(&ins, &rpps, state, basis)?;
+                Response::Done
+            }
+            Request::UpdateEmergency {
+                ins,
+                samu,
+                btg,
+                masked,
+            } => Response::Emergency(r.update_emergency(&ins, |p| {
+                p.samu_allowed = samu.unwrap_or(p.samu_allowed);
+                p.btg_allowed = btg.unwrap_or(p.btg_allowed);
+                p.masked_in_emergency = masked.unwrap_or(p.masked_in_emergency);
+            })?),
+            Request::PutDocument {
+                actor,
+                mode,
+                reason,
+                ins,
+                document,
+            } => {
+                Response::DocId(r.put_document(&actor, mode, reason.as_deref(), &ins, document)?)
+            }
+            Request::ReadDocument {
+                actor,
+                id,
+                mode,
+                reason,
+            } => Response::Read(Box::new(r.read_document(
+                &actor,
+                &id,
+                mode,
+                reason.as_deref(),
+            )?)),
+            Request::ListDocuments { actor, ins } => {
+                Response::Documents(r.list_documents(&actor, &ins)?)
+            }
+            Request::UpdateDocument { actor, id, action } => {
+                Response::Document(Box::new(r.update_document(&actor, &id, action)?))
+            }
+            Request::ReplaceDocument {
+                actor,
+                id,
+                document,
+            } => Response::DocId(r.replace_document(&actor, &id, document)?),
+            Request::AuditEntries { ins } => Response::Audit(r.audit_entries(ins.as_ref())?),
+            Request::VerifyAudit => {
+                let (chains, entries) = r.verify_audit()?;
+                Response::Verified { chains, entries }
+            }
+            Request::RotateMasterKey { passphrase } => {
+                let source = match passphrase {
+                    Some(p) if !p.is_empty() => KeySource::Passphrase(Zeroizing::new(p)),
+                    _ => KeySource::File,
+                };
+                r.rotate_master_key(&source)?;
+                Response::Done
+            }
+            Request::ExportDossier { actor, ins } => {
+                Response::Export(Box::new(r.export_dossier(&actor, &ins)?))
+            }
+            Request::ExportAuthority => Response::Authority(r.export_authority()?),
+            Request::ImportAuthority { bundle } => Response::Imported(r.import_authority(&bundle)?),
+            Request::HostKey => Response::HostKey(r.host_key()?),
+            Request::Pin { ins, on } => {
+                r.pin(&ins, on)?;
+                Response::Done
+            }
+            Request::SyncStatus => Response::SyncStatus(Box::new(self.status()?)),
+            Request::SyncNow => {
+                return Err(Error::Invalid(
+                    "a sync round runs on the async side (Service::run)".into(),
+                ));
+            }
+            Request::PkiInit => {
+                enrol::init_host(r)?;
+                Response::Done
+            }
+            Request::PkiEnrol {
+                name,
+                finess,
+                host_address,
+            } => {
+                let b = enrol::enrol(r, &name, &finess, &host_address)?;
+                Response::Enrolled {
+                    site_id: b.site_id,
+                    name: b.name.clone(),
+                    bundle: b.to_bytes()?,
+                }
+            }
+            Request::PkiRevoke { site } => {
+                enrol::revoke(r, site)?;
+                if let Some(revoked) = &self.revoked
+                    && let Some(s) = enrol::sites(r)?.get(&site)
+                {
+                    revoked.add(s.fingerprint);
+                }
+                Response::Done
+            }
+            Request::PkiSites => Response::Sites(enrol::sites(r)?),
+        })
+    }
+
+    /// Runs `request`: a sync round on the async side, anything else on a blocking thread.
+    pub async fn run(self: &Arc<Self>, request: Request) -> Result<Response> {
+        if let Request::SyncNow = request {
+            if self.replica.config().role != carnet_store::replica::Role::Site {
+                return Err(Error::Invalid(
+                    "the host serves sync (carnet-syncd); `carnet sync now` runs on a site".into(),
+                ));
+            }
+            return self.sync_round().await.map(Response::Synced);
+        }
+        let service = self.clone();
+        tokio::task::spawn_blocking(move || service.execute(request))
+            .await
+            .map_err(|e| Error::Invalid(format!("the request failed: {e}")))?
+    }
+
+    fn status(&self) -> Result<SyncStatus> {
+        let r = &*self.replica;
+        let (authority_as_of, lease_expired) = r.authority_freshness()?;
+        let link = self
+            .link
+            .as_ref()
+            .and_then(|l| l.lock().ok().map(|l| l.clone()));
+        Ok(SyncStatus {
+            authority_as_of,
+            lease_expired,
+            pending: r.outbox_len()?,
+            pending_traces: match &link {
+                Some(l) if l.last_sync.is_some() => {
+                    Some(r.trace_head()?.saturating_sub(l.traces_acked))
+                }
+                _ => None,
+            },
+            missing_bodies: r.missing_bodies()?.len(),
+            cursor: r.pull_cursor()?,
+            quarantine: r
+                .quarantined()?
+                .into_iter()
+                .map(|q| (q.meta.facts.id, q.at, q.reason))
+                .collect(),
+            conflicts: r.conflicts()?,
+            link,
+        })
+    }
+}
+
+/// Where the daemon of the replica in `dir` listens.
+pub fn socket_path(dir: &Path) -> PathBuf {
+    dir.join(SOCKET_FILE)
+}
