@@ -343,7 +343,7 @@ fn sync(cli: &Cli, c: &SyncCmd) -> Result<Reply> {
             let report = report?;
             Ok(Reply::new(
                 format!(
-                    "synced: pushed up to change {}, host holds {} trace entries, pulled {} item(s), {} body(ies) received, {} dossier(s) purged, {} document(s) returned to quarantine",
+                    "synced: the host holds this site's changes up to #{} and {} of its trace entries; pulled {} item(s), {} body(ies) received, {} dossier(s) purged, {} document(s) returned to quarantine",
                     report.pushed,
                     report.traces,
                     report.pulled,
@@ -367,11 +367,11 @@ fn sync(cli: &Cli, c: &SyncCmd) -> Result<Reply> {
             let link = match &s.link {
                 None => "no daemon running (carnet-syncd syncs in the background)".to_string(),
                 Some(l) => format!(
-                    "{}, last successful sync: {}{}",
+                    "{} at the daemon's last round; last successful sync: {}{}",
                     if l.connected {
-                        "connected"
+                        "host reached"
                     } else {
-                        "not connected"
+                        "host not reached"
                     },
                     l.last_sync
                         .map_or_else(|| "never".to_string(), format_rfc3339),

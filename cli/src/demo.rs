@@ -1,9 +1,15 @@
-//! The demonstration scenario (README's first command): a host replica in a temporary folder,
-//! a dossier, professionals, documents, a masked document, a denied access, a break-glass
-//! read, the trace and the holder's export — each step the real `carnet` command, run
-//! in-process and narrated.
+//! The demonstration (README's first command): a national host and two sites — a rural clinic
+//! and a pharmacy — as real `carnet-syncd` daemons on 127.0.0.1, in a temporary folder. Each
+//! step is the real `carnet` command (run in-process; while a replica's daemon runs, it goes
+//! through the daemon's socket), narrated: the clinic writes while cut off from the host, the
+//! link returns and it converges, the pharmacy receives the dossier it has a grant for, the
+//! patient revokes the pharmacy and its copy is purged, a break-glass read at the clinic reaches
+//! the host's emergency list. The daemons are stopped and the folder removed at the end, on
+//! success or failure.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 use serde_json::json;
@@ -22,10 +28,32 @@ fn demo_ins() -> Result<String, Failure> {
         .to_string())
 }
 
-fn step(dir: &Path, say: &str, args: &[&str], expect_exit: i32) -> Result<String, Failure> {
-    if say.is_empty() {
-        println!();
-    } else {
+fn file_err(e: impl std::fmt::Display) -> Failure {
+    Failure::File(e.to_string())
+}
+
+/// One replica of the demo: its name in the narration and its data folder.
+struct Place<'a> {
+    name: &'a str,
+    dir: PathBuf,
+}
+
+/// Runs one `carnet` command on `place`, prints it and its output; fails the demo if its exit
+/// code is not `expect_exit`.
+fn step(place: &Place, say: &str, args: &[&str], expect_exit: i32) -> Result<String, Failure> {
+    let outcome = run_quietly(place, args);
+    show(place, say, args, outcome, expect_exit)
+}
+
+/// Prints a command that ran and its outcome; fails the demo on an unexpected exit code.
+fn show(
+    place: &Place,
+    say: &str,
+    args: &[&str],
+    (code, text): (i32, String),
+    expect_exit: i32,
+) -> Result<String, Failure> {
+    if !say.is_empty() {
         println!("\n# {say}");
     }
     let shown: Vec<String> = args
@@ -38,73 +66,197 @@ fn step(dir: &Path, say: &str, args: &[&str], expect_exit: i32) -> Result<String
             }
         })
         .collect();
-    println!("$ carnet {}", shown.join(" "));
-    let mut full = vec![
-        "carnet".to_string(),
-        "--data".into(),
-        dir.display().to_string(),
-    ];
-    full.extend(args.iter().map(|s| s.to_string()));
-    let cli = Cli::try_parse_from(&full).map_err(|e| Failure::Usage(e.to_string()))?;
-    let outcome = crate::commands::run(&cli);
-    let (code, text) = match &outcome {
-        Ok(Reply {
-            raw_stdout: Some(raw),
-            ..
-        }) => (0, String::from_utf8_lossy(raw).into_owned()),
-        Ok(r) => (0, r.human.clone()),
-        Err(f) => (f.exit_code(), format!("error: {}", f.message())),
-    };
+    println!("[{}] $ carnet {}", place.name, shown.join(" "));
     for line in text.lines() {
-        println!("  {line}");
+        println!("    {line}");
     }
     if code != expect_exit {
         return Err(Failure::Usage(format!(
-            "demo step '{say}' ended with exit {code}, expected {expect_exit}"
+            "demo step '{say}' at {} ended with exit {code}, expected {expect_exit}",
+            place.name
         )));
     }
     if code != 0 {
-        println!("  (exit {code}, as expected)");
+        println!("    (exit {code}, as expected)");
     }
     Ok(text)
+}
+
+/// Runs one command on `place` without printing: (exit code, output or error text).
+fn run_quietly(place: &Place, args: &[&str]) -> (i32, String) {
+    let mut full = vec![
+        "carnet".to_string(),
+        "--data".into(),
+        place.dir.display().to_string(),
+    ];
+    full.extend(args.iter().map(|s| s.to_string()));
+    let cli = match Cli::try_parse_from(&full) {
+        Ok(c) => c,
+        Err(e) => return (2, e.to_string()),
+    };
+    match crate::commands::run(&cli) {
+        Ok(Reply {
+            raw_stdout: Some(raw),
+            ..
+        }) => (0, String::from_utf8_lossy(&raw).into_owned()),
+        Ok(r) => (0, r.human),
+        Err(f) => (f.exit_code(), format!("error: {}", f.message())),
+    }
+}
+
+/// `sync now` on a site, retried for a while (a daemon just started needs a moment to bind);
+/// the round that succeeds is the one shown.
+fn sync_now(place: &Place, say: &str) -> Result<String, Failure> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, text) = run_quietly(place, &["sync", "now"]);
+        if code == 0 || Instant::now() > deadline {
+            return show(place, say, &["sync", "now"], (code, text), 0);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// The daemons started by the demo, stopped (SIGTERM, then SIGKILL) when dropped.
+#[derive(Default)]
+struct Daemons(Vec<(String, Child)>);
+
+impl Daemons {
+    fn start(&mut self, place: &Place, logs: &Path) -> Result<(), Failure> {
+        let bin = std::env::current_exe()
+            .map_err(file_err)?
+            .with_file_name("carnet-syncd");
+        if !bin.exists() {
+            return Err(Failure::Usage(format!(
+                "{} is missing: build it first with `cargo build --release --workspace --bins`",
+                bin.display()
+            )));
+        }
+        let log =
+            std::fs::File::create(logs.join(format!("{}.log", place.name))).map_err(file_err)?;
+        let child = Command::new(bin)
+            .arg("--data")
+            .arg(&place.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(file_err)?;
+        println!("[{}] $ carnet-syncd --data {} &", place.name, place.name);
+        self.0.push((place.name.to_string(), child));
+        // The socket answers once the daemon owns the store.
+        let socket = carnet_syncd::api::socket_path(&place.dir);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            if Instant::now() > deadline {
+                return Err(Failure::Usage(format!(
+                    "the {} daemon did not start (see its log)",
+                    place.name
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    fn stop(&mut self, name: &str) {
+        if let Some(i) = self.0.iter().position(|(n, _)| n == name) {
+            let (_, child) = self.0.remove(i);
+            println!("[{name}] (carnet-syncd stopped with SIGTERM)");
+            terminate(child);
+        }
+    }
+}
+
+/// SIGTERM, a bounded wait, then SIGKILL.
+fn terminate(mut child: Child) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+impl Drop for Daemons {
+    fn drop(&mut self) {
+        for (_, child) in self.0.drain(..) {
+            terminate(child);
+        }
+    }
+}
+
+/// A free port on 127.0.0.1 for the host.
+fn free_port() -> Result<u16, Failure> {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .map_err(file_err)
 }
 
 /// Runs the scenario.
 pub fn run(args: &DemoArgs) -> Result<Reply, Failure> {
     let tmp = std::env::temp_dir().join(format!("carnet-demo-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| Failure::File(e.to_string()))?;
-    let result = scenario(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(file_err)?;
+    let result = {
+        let mut daemons = Daemons::default();
+        scenario(&tmp, &mut daemons)
+        // Dropped here: every daemon is stopped before the folder goes.
+    };
     if !args.keep {
         let _ = std::fs::remove_dir_all(&tmp);
     }
     result?;
     Ok(Reply::new(
         if args.keep {
-            format!("\ndemo complete; data kept in {}", tmp.display())
+            format!(
+                "\ndemo complete; daemons stopped; data kept in {}",
+                tmp.display()
+            )
         } else {
-            "\ndemo complete; temporary data removed".to_string()
+            "\ndemo complete; daemons stopped and temporary data removed".to_string()
         },
         json!({"ok": true}),
     ))
 }
 
-fn scenario(tmp: &Path) -> Result<(), Failure> {
-    let dir = tmp.join("host");
+fn scenario(tmp: &Path, daemons: &mut Daemons) -> Result<(), Failure> {
+    let host = Place {
+        name: "host",
+        dir: tmp.join("host"),
+    };
+    let clinic = Place {
+        name: "clinic",
+        dir: tmp.join("clinic"),
+    };
+    let pharmacy = Place {
+        name: "pharmacy",
+        dir: tmp.join("pharmacy"),
+    };
     let ins = demo_ins()?;
     let ins = ins.as_str();
     let files = tmp.join("files");
-    std::fs::create_dir_all(&files).map_err(|e| Failure::File(e.to_string()))?;
+    let logs = tmp.join("logs");
+    std::fs::create_dir_all(&files).map_err(file_err)?;
+    std::fs::create_dir_all(&logs).map_err(file_err)?;
     let write = |name: &str, text: &str| -> Result<String, Failure> {
         let p = files.join(name);
-        std::fs::write(&p, text).map_err(|e| Failure::File(e.to_string()))?;
+        std::fs::write(&p, text).map_err(file_err)?;
         Ok(p.display().to_string())
     };
     let consult = write(
         "consultation.txt",
         "Consultation du 23/11: tension 13/8, RAS. (synthetic)",
     )?;
-    let hiv = write(
+    let serology = write(
         "serologie.txt",
         "Sérologie: résultat confidentiel. (synthetic)",
     )?;
@@ -112,18 +264,67 @@ fn scenario(tmp: &Path) -> Result<(), Failure> {
         "ordonnance.txt",
         "Amoxicilline 1 g, 3 fois par jour, 6 jours. (synthetic)",
     )?;
-    println!("Carnet demo — a replica in {}", dir.display());
+    let address = format!("127.0.0.1:{}", free_port()?);
+    println!(
+        "Carnet demo — a national host and two sites on this machine, in {}",
+        tmp.display()
+    );
     println!("Everything below is synthetic data; each step is the real `carnet` command.");
 
+    println!("\n## Setting up: the host, its PKI, two enrolled sites");
     step(
-        &dir,
-        "Create the replica (the national host role, so it may create dossiers)",
-        &["init", "--role", "host", "--name", "demo host"],
+        &host,
+        "The national host: it creates dossiers, signs its decisions, serves sync",
+        &[
+            "init",
+            "--role",
+            "host",
+            "--name",
+            "hôte national",
+            "--listen",
+            &address,
+        ],
+        0,
+    )?;
+    step(&host, "", &["pki", "init"], 0)?;
+    let enrol = |name: &str, finess: &str, out: &str| -> Result<String, Failure> {
+        let bundle = files.join(out).display().to_string();
+        step(
+            &host,
+            "",
+            &[
+                "pki",
+                "enrol",
+                "--name",
+                name,
+                "--finess",
+                finess,
+                "--host-address",
+                &address,
+                "-o",
+                &bundle,
+            ],
+            0,
+        )?;
+        Ok(bundle)
+    };
+    let clinic_bundle = enrol("Maison de santé de Murat", "150000001", "clinic.bundle")?;
+    let pharmacy_bundle = enrol("Pharmacie du Marché", "150000002", "pharmacy.bundle")?;
+    step(
+        &clinic,
+        "A rural clinic and a pharmacy are created from their enrolment bundles",
+        &["init", "--role", "site", "--enrol", &clinic_bundle],
         0,
     )?;
     step(
-        &dir,
-        "Register three professionals",
+        &pharmacy,
+        "",
+        &["init", "--role", "site", "--enrol", &pharmacy_bundle],
+        0,
+    )?;
+    step(
+        &clinic,
+        "Each site registers its professionals",
         &[
             "pro",
             "add",
@@ -131,30 +332,13 @@ fn scenario(tmp: &Path) -> Result<(), Failure> {
             DOCTOR,
             "--profession",
             "medecin",
-            "--specialty",
-            "medecine-generale",
             "--name",
             "Dr Martin",
         ],
         0,
     )?;
     step(
-        &dir,
-        "",
-        &[
-            "pro",
-            "add",
-            "--rpps",
-            PHARMACIST,
-            "--profession",
-            "pharmacien",
-            "--name",
-            "Mme Durand",
-        ],
-        0,
-    )?;
-    step(
-        &dir,
+        &clinic,
         "",
         &[
             "pro",
@@ -171,8 +355,23 @@ fn scenario(tmp: &Path) -> Result<(), Failure> {
         0,
     )?;
     step(
-        &dir,
-        "Create a dossier for a (synthetic) patient",
+        &pharmacy,
+        "",
+        &[
+            "pro",
+            "add",
+            "--rpps",
+            PHARMACIST,
+            "--profession",
+            "pharmacien",
+            "--name",
+            "Mme Durand",
+        ],
+        0,
+    )?;
+    step(
+        &host,
+        "The host holds the patient's dossier and her grants: Dr Martin is her médecin traitant, the pharmacist is in her care team",
         &[
             "dossier",
             "create",
@@ -193,8 +392,8 @@ fn scenario(tmp: &Path) -> Result<(), Failure> {
         0,
     )?;
     step(
-        &dir,
-        "Dr Martin becomes médecin traitant; the pharmacist gets a care-team grant",
+        &host,
+        "",
         &[
             "grant",
             "add",
@@ -207,14 +406,27 @@ fn scenario(tmp: &Path) -> Result<(), Failure> {
         0,
     )?;
     step(
-        &dir,
+        &host,
         "",
         &["grant", "add", "--dossier", ins, "--rpps", PHARMACIST],
         0,
     )?;
-    step(
-        &dir,
-        "Dr Martin files a consultation report and a prescription",
+
+    println!("\n## The daemons start; from now on `carnet` goes through each one's local socket");
+    daemons.start(&host, &logs)?;
+    daemons.start(&clinic, &logs)?;
+    daemons.start(&pharmacy, &logs)?;
+    sync_now(
+        &clinic,
+        "The clinic syncs: its professionals reach the host, the dossier comes into its scope",
+    )?;
+    sync_now(&pharmacy, "So does the pharmacy")?;
+
+    println!("\n## The link to the host goes down");
+    daemons.stop("host");
+    let consult_id = step(
+        &clinic,
+        "Cut off, Dr Martin goes on working: a consultation report, a prescription…",
         &[
             "doc",
             "add",
@@ -234,8 +446,9 @@ fn scenario(tmp: &Path) -> Result<(), Failure> {
         ],
         0,
     )?;
-    step(
-        &dir,
+    let consult_id = consult_id.trim().to_string();
+    let prescription_id = step(
+        &clinic,
         "",
         &[
             "doc",
@@ -256,8 +469,9 @@ fn scenario(tmp: &Path) -> Result<(), Failure> {
         ],
         0,
     )?;
-    let serology = step(
-        &dir,
+    let prescription_id = prescription_id.trim().to_string();
+    let serology_id = step(
+        &clinic,
         "…and a sensitive lab result, which he masks from other professionals",
         &[
             "doc",
@@ -274,43 +488,82 @@ fn scenario(tmp: &Path) -> Result<(), Failure> {
             "CR de biologie",
             "--format",
             "text/plain",
-            &hiv,
+            &serology,
         ],
         0,
     )?;
-    let serology = serology.trim().to_string();
-    step(&dir, "", &["doc", "mask", &serology, "--as", DOCTOR], 0)?;
+    let serology_id = serology_id.trim().to_string();
     step(
-        &dir,
-        "The pharmacist lists the dossier: she sees the prescription only",
+        &clinic,
+        "",
+        &["doc", "mask", &serology_id, "--as", DOCTOR],
+        0,
+    )?;
+    step(
+        &clinic,
+        "Everything waits in the clinic's outbox, nothing is lost",
+        &["sync", "status"],
+        0,
+    )?;
+
+    println!("\n## The link returns");
+    daemons.start(&host, &logs)?;
+    sync_now(&clinic, "The clinic pushes what it wrote offline")?;
+    step(
+        &host,
+        "The host has the documents",
+        &["dossier", "show", ins],
+        0,
+    )?;
+    sync_now(
+        &pharmacy,
+        "The pharmacy pulls the dossier it has a grant for",
+    )?;
+    step(
+        &pharmacy,
+        "The pharmacist sees the prescription (not the consultation: not in her matrix; not the masked result)",
         &["doc", "list", "--dossier", ins, "--as", PHARMACIST],
         0,
     )?;
     step(
-        &dir,
-        "She tries to open the masked result: denied, and the denial is traced",
-        &["doc", "get", &serology, "--as", PHARMACIST],
-        3,
-    )?;
-    step(
-        &dir,
-        "An emergency doctor without a grant cannot read normally…",
-        &["doc", "get", &serology, "--as", EMERGENCY_DOCTOR],
-        3,
-    )?;
-    step(
-        &dir,
-        "…the patient allows masked documents in emergencies",
-        &["emergency", "set", "--dossier", ins, "--masked", "allow"],
+        &pharmacy,
+        "…and reads it offline, from her own replica",
+        &["doc", "get", &prescription_id, "--as", PHARMACIST],
         0,
     )?;
+
+    println!("\n## The patient revokes the pharmacy");
     step(
-        &dir,
-        "…so break-glass, with a reason, opens it",
+        &host,
+        "At the host",
+        &["grant", "revoke", "--dossier", ins, "--rpps", PHARMACIST],
+        0,
+    )?;
+    sync_now(
+        &pharmacy,
+        "At its next sync the pharmacy purges its copy (and returns a receipt)",
+    )?;
+    step(
+        &pharmacy,
+        "The prescription is gone from the pharmacy",
+        &["doc", "get", &prescription_id, "--as", PHARMACIST],
+        4,
+    )?;
+
+    println!("\n## An emergency at the clinic");
+    step(
+        &clinic,
+        "Dr Leroy, on call, has no grant: a normal read is refused (and traced)",
+        &["doc", "get", &consult_id, "--as", EMERGENCY_DOCTOR],
+        3,
+    )?;
+    step(
+        &clinic,
+        "Break-glass, with a reason, opens it",
         &[
             "doc",
             "get",
-            &serology,
+            &consult_id,
             "--as",
             EMERGENCY_DOCTOR,
             "--mode",
@@ -320,47 +573,45 @@ fn scenario(tmp: &Path) -> Result<(), Failure> {
         ],
         0,
     )?;
+    sync_now(
+        &clinic,
+        "The clinic syncs: its trace entries reach the host first",
+    )?;
     step(
-        &dir,
-        "The trace of the dossier: every decision, allowed or denied",
-        &["audit", "show", "--dossier", ins],
+        &host,
+        "The host's emergency list, for the patient and her médecin traitant to be told",
+        &["audit", "emergencies"],
         0,
     )?;
     step(
-        &dir,
-        "The hash chain of the trace verifies",
+        &host,
+        "Every trace chain verifies at the host",
         &["audit", "verify"],
         0,
     )?;
-    let export = tmp.join("export.json");
-    step(
-        &dir,
-        "The patient takes a full copy (FHIR R4 Bundle)",
-        &[
-            "export",
-            "--dossier",
-            ins,
-            "--as",
-            "patient",
-            "-o",
-            &export.display().to_string(),
-        ],
-        0,
-    )?;
-    println!("\n# Nothing in the data folder is readable without the key:");
-    let markers = ["EXEMPLE", "Camille", ins, "Sérologie", "CR de biologie"];
+
+    println!("\n# Nothing in any data folder is readable without its key:");
+    let markers = [
+        "EXEMPLE",
+        "Camille",
+        ins,
+        "Sérologie",
+        "CR de biologie",
+        "Amoxicilline",
+    ];
     let mut found = Vec::new();
-    for entry in std::fs::read_dir(&dir).map_err(|e| Failure::File(e.to_string()))? {
-        let path = entry.map_err(|e| Failure::File(e.to_string()))?.path();
-        let bytes = std::fs::read(&path).map_err(|e| Failure::File(e.to_string()))?;
-        for m in markers {
-            if bytes.windows(m.len()).any(|w| w == m.as_bytes()) {
-                found.push(format!("{} in {}", m, path.display()));
+    for place in [&host, &clinic, &pharmacy] {
+        for path in regular_files(&place.dir)? {
+            let bytes = std::fs::read(&path).map_err(file_err)?;
+            for m in markers {
+                if bytes.windows(m.len()).any(|w| w == m.as_bytes()) {
+                    found.push(format!("{} in {}", m, path.display()));
+                }
             }
         }
     }
     println!(
-        "  searched every file for the name, first name, INS and titles: {}",
+        "    searched every file of the three replicas for the name, first name, INS, titles and texts: {}",
         if found.is_empty() {
             "none found".to_string()
         } else {
@@ -371,4 +622,22 @@ fn scenario(tmp: &Path) -> Result<(), Failure> {
         return Err(Failure::Usage("patient data found in clear".into()));
     }
     Ok(())
+}
+
+/// Every regular file under `dir` (the daemon's socket and folders skipped).
+fn regular_files(dir: &Path) -> Result<Vec<PathBuf>, Failure> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).map_err(file_err)? {
+            let entry = entry.map_err(file_err)?;
+            let kind = entry.file_type().map_err(file_err)?;
+            if kind.is_dir() {
+                todo.push(entry.path());
+            } else if kind.is_file() {
+                out.push(entry.path());
+            }
+        }
+    }
+    Ok(out)
 }

@@ -322,3 +322,27 @@ fn a_site_daemon_reports_its_link_in_sync_status() {
     assert_eq!(status["pending_traces"], 0, "{status}");
     assert_eq!(stop(&mut site_daemon), Some(0));
 }
+
+#[test]
+fn the_demo_runs_host_and_two_site_daemons_and_cleans_up() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out = run_raw(&[("TMPDIR", &tmp.path().display().to_string())], &["demo"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    for expected in [
+        "carnet-syncd --data clinic &",
+        "1 dossier(s) purged",
+        "no document",
+        "bris_de_glace ALLOW",
+        "searched every file of the three replicas",
+        "none found",
+        "daemons stopped and temporary data removed",
+    ] {
+        assert!(
+            out.stdout.contains(expected),
+            "missing '{expected}':\n{}",
+            out.stdout
+        );
+    }
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).expect("tmp").collect();
+    assert!(left.is_empty(), "the demo left {left:?}");
+}
