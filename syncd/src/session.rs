@@ -5,11 +5,17 @@
 //! A round, on one bidirectional stream (PROTOCOL.md):
 //! 1. site `Hello` (its id, its pull cursor) → host `Welcome` (the last change of the site it
 //!    applied, so pushing resumes after it, never from zero);
-//! 2. site `Push` batches → host applies each durably, then `PushAck` (with the bodies it lacks,
-//!    which the site sends as `PutBody`);
+//! 2. site `Push` batches → host applies each durably, then `PushAck` (with the bodies it lacks
+//!    and how much of each it already keeps, which the site sends from there as `PutBody`
+//!    pieces, several bodies at once up to `SEND_WINDOW` bytes);
 //! 3. site `Pull` → host `Pulled` batches from the site's log, until `more` is false;
-//! 4. site `GetBody` for each body it lacks → host `Body` chunks;
+//! 4. site `GetBody` (from what it already keeps) for up to `FETCH_WINDOW` bodies at once →
+//!    host `Body` pieces to the end of each;
 //! 5. site `Bye`.
+//!
+//! Bodies are resumable: each side keeps every piece it receives durably
+//! (`Replica::receive_body_piece`), so a transfer cut by a broken link starts again at the
+//! next round where it stopped, and only the piece in flight is sent twice.
 //!
 //! Invariants: the host binds the session to the site id of the peer's certificate and refuses
 //! a `Hello` claiming another; every batch is bounded (`BATCH_MAX` items, `CHUNK_MAX` bytes);
@@ -27,6 +33,10 @@ pub const BATCH_MAX: usize = 256;
 pub const CHUNK_MAX: usize = 512 * 1024;
 /// Largest body accepted (imaging runs to tens of MB).
 pub const BODY_MAX: u64 = 1 << 30;
+/// Body bytes a site sends before it waits for the host to store them.
+pub const SEND_WINDOW: u64 = 8 << 20;
+/// Bodies a site asks for before it waits for them.
+pub const FETCH_WINDOW: usize = 32;
 
 /// Everything either side says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +57,9 @@ pub enum Msg {
         /// Every document the host returned to this site: kept in quarantine before anything
         /// is acknowledged, so a lost `PushAck` loses nothing.
         returned: Vec<DocId>,
+        /// Bodies of documents the host applied from this site but does not hold whole yet,
+        /// with the bytes of each it keeps: sent (from there) before new changes.
+        owed: Vec<(DocId, u64)>,
     },
     /// Site: trace entries, in chain order (sent first: every trace reaches the host).
     Traces(Vec<TraceRecord>),
@@ -61,8 +74,9 @@ pub enum Msg {
     PushAck {
         /// Highest change applied.
         upto: u64,
-        /// Documents whose body the host lacks.
-        missing: Vec<DocId>,
+        /// Documents whose body the host lacks, with the bytes of each it already keeps (the
+        /// site sends from there).
+        missing: Vec<(DocId, u64)>,
         /// Documents the host will not take (dossier closed or not held): the site keeps them
         /// in quarantine.
         returned: Vec<DocId>,
@@ -103,7 +117,7 @@ pub enum Msg {
         /// First byte wanted.
         offset: u64,
     },
-    /// Host: a piece of a body.
+    /// Host: a piece of a body (a `GetBody` is answered with every piece to its end).
     Body {
         /// Document.
         doc: DocId,
@@ -149,6 +163,18 @@ impl Msg {
     }
 }
 
+/// `body` from `start` in pieces of at most `CHUNK_MAX` bytes, with their offsets; an empty
+/// rest is one empty piece, so every request is answered.
+fn pieces(body: &[u8], start: usize) -> impl Iterator<Item = (u64, Vec<u8>)> + '_ {
+    let rest = body.get(start..).unwrap_or_default();
+    let count = rest.len().div_ceil(CHUNK_MAX).max(1);
+    (0..count).map(move |i| {
+        let from = start + i * CHUNK_MAX;
+        let to = (from + CHUNK_MAX).min(body.len());
+        (from as u64, body.get(from..to).unwrap_or_default().to_vec())
+    })
+}
+
 fn out_of_turn(what: &str) -> Error {
     Error::Invalid(format!("protocol: unexpected {what}"))
 }
@@ -158,8 +184,6 @@ fn out_of_turn(what: &str) -> Error {
 pub struct HostSession {
     site: SiteId,
     greeted: bool,
-    /// A body arriving in pieces.
-    incoming: Option<(DocId, Vec<u8>)>,
 }
 
 impl HostSession {
@@ -168,7 +192,6 @@ impl HostSession {
         HostSession {
             site,
             greeted: false,
-            incoming: None,
         }
     }
 
@@ -191,6 +214,7 @@ impl HostSession {
                     acked: replica.applied_mark(self.site)?,
                     traces_acked: replica.trace_mark(self.site)?,
                     returned: replica.returned_to(self.site)?,
+                    owed: replica.bodies_owed_by(self.site)?,
                 }])
             }
             Msg::Push(changes) => {
@@ -215,7 +239,7 @@ impl HostSession {
                         && meta.facts.size > 0
                         && !replica.has_body(&meta.facts.id)?
                     {
-                        missing.push(meta.facts.id);
+                        missing.push((meta.facts.id, replica.body_progress(&meta.facts.id)?));
                     }
                 }
                 Ok(vec![Msg::PushAck {
@@ -240,21 +264,14 @@ impl HostSession {
                 if total > BODY_MAX || bytes.len() > CHUNK_MAX {
                     return Err(Error::Invalid("protocol: body too large".into()));
                 }
-                let buf = match &mut self.incoming {
-                    Some((d, buf)) if *d == doc => buf,
-                    _ if offset == 0 => &mut self.incoming.insert((doc, Vec::new())).1,
-                    _ => return Err(out_of_turn("PutBody piece")),
-                };
-                if offset != buf.len() as u64 || buf.len() as u64 + bytes.len() as u64 > total {
-                    return Err(out_of_turn("PutBody piece"));
-                }
-                buf.extend_from_slice(&bytes);
-                if (buf.len() as u64) < total {
-                    return Ok(vec![]);
-                }
-                let body = self.incoming.take().map(|(_, b)| b).unwrap_or_default();
-                replica.store_remote_body(&doc, &body)?;
-                Ok(vec![Msg::BodyStored { doc }])
+                let end = offset.saturating_add(bytes.len() as u64);
+                // Kept durably piece by piece: a cut transfer resumes from here.
+                let complete = replica.receive_body_piece(&doc, offset, total, &bytes)?;
+                Ok(if complete && end == total {
+                    vec![Msg::BodyStored { doc }]
+                } else {
+                    vec![]
+                })
             }
             Msg::Pull { after } => {
                 let items = replica.pull(self.site, after, BATCH_MAX + 1)?;
@@ -285,13 +302,14 @@ impl HostSession {
                 let start = usize::try_from(offset)
                     .unwrap_or(usize::MAX)
                     .min(body.len());
-                let end = (start + CHUNK_MAX).min(body.len());
-                Ok(vec![Msg::Body {
-                    doc,
-                    offset: start as u64,
-                    total: body.len() as u64,
-                    bytes: body[start..end].to_vec(),
-                }])
+                Ok(pieces(&body, start)
+                    .map(|(at, bytes)| Msg::Body {
+                        doc,
+                        offset: at,
+                        total: body.len() as u64,
+                        bytes,
+                    })
+                    .collect())
             }
             Msg::Bye => Ok(vec![]),
             Msg::Welcome { .. }
@@ -342,10 +360,13 @@ enum SiteState {
 #[derive(Debug)]
 pub struct SiteSession {
     state: SiteState,
-    to_send: Vec<DocId>,
-    sending: Option<DocId>,
+    /// Bodies the host lacks, with the bytes of each it keeps.
+    to_send: Vec<(DocId, u64)>,
+    /// Bodies sent and not yet stored by the host, with the bytes sent.
+    sending: Vec<(DocId, u64)>,
     push_acked: u64,
-    body: Option<(DocId, Vec<u8>)>,
+    /// Bodies asked for and not yet complete.
+    fetching: Vec<DocId>,
     to_fetch: Vec<DocId>,
     report: RoundReport,
 }
@@ -362,9 +383,9 @@ impl SiteSession {
         SiteSession {
             state: SiteState::Greeting,
             to_send: Vec::new(),
-            sending: None,
+            sending: Vec::new(),
             push_acked: 0,
-            body: None,
+            fetching: Vec::new(),
             to_fetch: Vec::new(),
             report: RoundReport::default(),
         }
@@ -398,6 +419,10 @@ impl SiteSession {
     }
 
     fn push_after(&mut self, replica: &Replica, acked: u64) -> Result<Vec<Msg>> {
+        if !self.to_send.is_empty() {
+            self.state = SiteState::SendingBodies { upto: acked };
+            return self.send_bodies(replica, acked);
+        }
         let changes = replica.outbox(acked, BATCH_MAX)?;
         if changes.is_empty() {
             self.state = SiteState::Pulling;
@@ -409,47 +434,55 @@ impl SiteSession {
         Ok(vec![Msg::Push(changes)])
     }
 
-    /// Sends the next owed body in pieces, or, when none is left, acknowledges the outbox up to
-    /// `upto` and goes on pushing.
-    fn send_next_body(&mut self, replica: &Replica, upto: u64) -> Result<Vec<Msg>> {
-        let Some(doc) = self.to_send.pop() else {
-            self.sending = None;
+    /// Sends owed bodies in pieces, from where the host's copy stops, until `SEND_WINDOW`
+    /// bytes await storage; when every body is stored, acknowledges the outbox up to `upto` and
+    /// goes on pushing.
+    fn send_bodies(&mut self, replica: &Replica, upto: u64) -> Result<Vec<Msg>> {
+        let mut out = Vec::new();
+        let mut in_flight: u64 = self.sending.iter().map(|(_, n)| n).sum();
+        while in_flight < SEND_WINDOW || self.sending.is_empty() {
+            let Some((doc, kept)) = self.to_send.pop() else {
+                break;
+            };
+            let body = replica.body_for_sync(&doc)?;
+            let start = usize::try_from(kept).unwrap_or(usize::MAX).min(body.len());
+            let sent = (body.len() - start) as u64;
+            out.extend(pieces(&body, start).map(|(offset, bytes)| Msg::PutBody {
+                doc,
+                offset,
+                total: body.len() as u64,
+                bytes,
+            }));
+            self.sending.push((doc, sent));
+            in_flight += sent;
+        }
+        if self.sending.is_empty() {
             replica.ack_outbox(upto)?;
             self.report.pushed = upto;
             return self.push_after(replica, upto);
-        };
-        self.sending = Some(doc);
-        let body = replica.body_for_sync(&doc)?;
-        let total = body.len() as u64;
-        let mut out = Vec::new();
-        let mut offset = 0usize;
-        loop {
-            let end = (offset + CHUNK_MAX).min(body.len());
-            out.push(Msg::PutBody {
-                doc,
-                offset: offset as u64,
-                total,
-                bytes: body[offset..end].to_vec(),
-            });
-            offset = end;
-            if offset >= body.len() {
-                break;
-            }
         }
         Ok(out)
     }
 
-    fn next_body(&mut self) -> Vec<Msg> {
-        match self.to_fetch.pop() {
-            Some(doc) => {
-                self.body = Some((doc, Vec::new()));
-                vec![Msg::GetBody { doc, offset: 0 }]
-            }
-            None => {
-                self.state = SiteState::Done;
-                vec![Msg::Bye]
-            }
+    /// Asks for bodies, from what this replica already keeps of each, up to `FETCH_WINDOW` at
+    /// a time; ends the round when none is left.
+    fn fetch_bodies(&mut self, replica: &Replica) -> Result<Vec<Msg>> {
+        let mut out = Vec::new();
+        while self.fetching.len() < FETCH_WINDOW {
+            let Some(doc) = self.to_fetch.pop() else {
+                break;
+            };
+            out.push(Msg::GetBody {
+                doc,
+                offset: replica.body_progress(&doc)?,
+            });
+            self.fetching.push(doc);
         }
+        if self.fetching.is_empty() {
+            self.state = SiteState::Done;
+            out.push(Msg::Bye);
+        }
+        Ok(out)
     }
 
     /// Handles one message from the host; returns what to send next.
@@ -461,6 +494,7 @@ impl SiteSession {
                     acked,
                     traces_acked,
                     returned,
+                    owed,
                 },
             ) => {
                 if acked > replica.outbox_issued()? || traces_acked > replica.trace_head()? {
@@ -479,6 +513,12 @@ impl SiteSession {
                 }
                 self.push_acked = acked;
                 self.report.traces = traces_acked;
+                // Bodies a broken round left with the host, sent before anything new.
+                self.to_send = owed
+                    .into_iter()
+                    .filter(|(d, _)| replica.body_for_sync(d).is_ok())
+                    .collect();
+                self.to_send.reverse();
                 match self.traces_after(replica, traces_acked)? {
                     Some(m) => Ok(vec![m]),
                     None => self.push_after(replica, acked),
@@ -513,17 +553,19 @@ impl SiteSession {
                 // A body this site does not hold either is someone else's to send.
                 self.to_send = missing
                     .into_iter()
-                    .filter(|d| replica.body_for_sync(d).is_ok())
+                    .filter(|(d, _)| replica.body_for_sync(d).is_ok())
                     .collect();
+                self.to_send.reverse();
                 self.state = SiteState::SendingBodies { upto };
-                self.send_next_body(replica, upto)
+                self.send_bodies(replica, upto)
             }
             (SiteState::SendingBodies { upto }, Msg::BodyStored { doc }) => {
-                if self.sending != Some(doc) {
+                let Some(i) = self.sending.iter().position(|(d, _)| *d == doc) else {
                     return Err(out_of_turn("BodyStored"));
-                }
+                };
+                self.sending.swap_remove(i);
                 let upto = *upto;
-                self.send_next_body(replica, upto)
+                self.send_bodies(replica, upto)
             }
             (SiteState::Pulling, Msg::Pulled { items, more }) => {
                 let applied = replica.apply_pull(&items)?;
@@ -536,7 +578,8 @@ impl SiteSession {
                 }
                 self.state = SiteState::Fetching;
                 self.to_fetch = replica.missing_bodies()?;
-                Ok(self.next_body())
+                self.to_fetch.reverse();
+                self.fetch_bodies(replica)
             }
             (
                 SiteState::Fetching,
@@ -547,28 +590,23 @@ impl SiteSession {
                     bytes,
                 },
             ) => {
-                let Some((want, buf)) = self.body.as_mut() else {
-                    return Err(out_of_turn("Body"));
-                };
-                if *want != doc || offset != buf.len() as u64 || total > u64::from(u32::MAX) {
+                if !self.fetching.contains(&doc) || total > BODY_MAX || bytes.len() > CHUNK_MAX {
                     return Err(out_of_turn("Body piece"));
                 }
-                buf.extend_from_slice(&bytes);
-                if (buf.len() as u64) < total && !bytes.is_empty() {
-                    return Ok(vec![Msg::GetBody {
-                        doc,
-                        offset: buf.len() as u64,
-                    }]);
+                // Kept durably piece by piece: a cut transfer resumes from here.
+                if !replica.receive_body_piece(&doc, offset, total, &bytes)? {
+                    return Ok(vec![]);
                 }
-                replica.store_remote_body(&doc, buf)?;
+                self.fetching.retain(|d| *d != doc);
                 self.report.bodies += 1;
-                Ok(self.next_body())
+                self.fetch_bodies(replica)
             }
             (SiteState::Fetching, Msg::NoBody { doc }) => {
-                if self.body.as_ref().map(|(d, _)| *d) != Some(doc) {
+                if !self.fetching.contains(&doc) {
                     return Err(out_of_turn("NoBody"));
                 }
-                Ok(self.next_body())
+                self.fetching.retain(|d| *d != doc);
+                self.fetch_bodies(replica)
             }
             (_, Msg::Error(e)) => Err(Error::Invalid(format!("the host ended the session: {e}"))),
             (state, msg) => Err(out_of_turn(&format!("{} while {state:?}", msg.kind()))),
@@ -704,8 +742,184 @@ mod tests {
             acked: 1_000,
             traces_acked: 0,
             returned: vec![],
+            owed: vec![],
         };
         assert!(s.handle(&site, welcome).is_err());
+    }
+}
+
+#[cfg(test)]
+mod resume_tests {
+    use super::tests::round;
+    use super::*;
+    use crate::testkit::{doctor, host_and_site, new_doc};
+    use carnet_store::model::{AccessMode, Actor};
+
+    /// A round whose link is cut once `cut_after` body pieces (`PutBody` or `Body`) have been
+    /// delivered: what was delivered is handled, the rest is lost. Answers the body bytes
+    /// delivered.
+    fn cut_round(host: &Replica, site: &Replica, cut_after: usize) -> u64 {
+        let mut s = SiteSession::new();
+        let mut h = HostSession::new(site.config().site_id);
+        let mut to_host = vec![s.start(site).expect("start")];
+        let (mut pieces, mut bytes) = (0, 0u64);
+        for _ in 0..10_000 {
+            let mut to_site = Vec::new();
+            for m in to_host.drain(..) {
+                if let Msg::PutBody { bytes: b, .. } = &m {
+                    if pieces == cut_after {
+                        return bytes;
+                    }
+                    pieces += 1;
+                    bytes += b.len() as u64;
+                }
+                to_site.extend(h.handle(host, m).expect("host"));
+            }
+            for m in to_site {
+                if let Msg::Body { bytes: b, .. } = &m {
+                    if pieces == cut_after {
+                        return bytes;
+                    }
+                    pieces += 1;
+                    bytes += b.len() as u64;
+                }
+                to_host.extend(s.handle(site, m).expect("site"));
+            }
+            if s.is_done() {
+                return bytes;
+            }
+        }
+        panic!("the round did not end");
+    }
+
+    /// Writes a `size`-byte body at the site (pushed) or at the host (fetched), runs a round
+    /// cut after `cut` pieces, then a whole round: nothing crosses twice, the receiver never
+    /// serves the partial body, the site's outbox lets go only once the host holds it, and the
+    /// body reads back whole.
+    fn cut_then_resume(written_at_site: bool, size: usize, cut: usize) {
+        let (_t, host, site, ins) = host_and_site();
+        let actor = Actor::Professional(doctor());
+        round(&host, &site);
+        let body: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        let (writer, receiver) = if written_at_site {
+            (&site, &host)
+        } else {
+            (&host, &site)
+        };
+        let id = writer
+            .put_document(
+                &actor,
+                AccessMode::Normal,
+                None,
+                &ins,
+                new_doc("big", body.clone()),
+            )
+            .expect("write");
+        let first = cut_round(&host, &site, cut);
+        assert_eq!(first, (cut * CHUNK_MAX) as u64);
+        assert_eq!(receiver.body_progress(&id).expect("progress"), first);
+        assert!(
+            receiver
+                .read_document(&actor, &id, AccessMode::Normal, None)
+                .is_err(),
+            "a partial body is never served"
+        );
+        if written_at_site {
+            assert_eq!(
+                site.outbox_len().expect("outbox"),
+                1,
+                "kept until the host holds it"
+            );
+        }
+        let second = cut_round(&host, &site, usize::MAX);
+        assert_eq!(first + second, size as u64, "no byte sent twice");
+        assert_eq!(site.outbox_len().expect("outbox"), 0);
+        assert_eq!(
+            receiver.body_progress(&id).expect("progress"),
+            0,
+            "pieces moved in"
+        );
+        let read = receiver
+            .read_document(&actor, &id, AccessMode::Normal, None)
+            .expect("read");
+        assert_eq!(&read.body[..], &body[..]);
+    }
+
+    #[test]
+    fn a_body_push_cut_midway_resumes_where_it_stopped() {
+        cut_then_resume(true, 5 * CHUNK_MAX + 1234, 3);
+    }
+
+    #[test]
+    fn a_body_fetch_cut_midway_resumes_where_it_stopped() {
+        cut_then_resume(false, 4 * CHUNK_MAX + 17, 2);
+    }
+
+    #[test]
+    fn bad_pieces_change_nothing_and_a_corrupt_body_starts_over() {
+        let (_t, host, site, ins) = host_and_site();
+        let actor = Actor::Professional(doctor());
+        round(&host, &site);
+        let fresh = site
+            .put_document(
+                &actor,
+                AccessMode::Normal,
+                None,
+                &ins,
+                new_doc("f", vec![9; 3000]),
+            )
+            .expect("write");
+        // Push the metadata only: a round cut before any body piece; the host now says, at
+        // every Welcome, that the site owes this body.
+        cut_round(&host, &site, 0);
+        assert_eq!(
+            host.bodies_owed_by(site.config().site_id).expect("owed"),
+            vec![(fresh, 0)]
+        );
+        assert!(
+            host.receive_body_piece(&fresh, 0, 2999, &[9; 10]).is_err(),
+            "wrong total"
+        );
+        assert!(
+            host.receive_body_piece(&fresh, 10, 3000, &[9; 10]).is_err(),
+            "a gap"
+        );
+        assert!(
+            host.receive_body_piece(&fresh, 0, 3000, &[9; 3001])
+                .is_err(),
+            "past the end"
+        );
+        assert_eq!(host.body_progress(&fresh).expect("p"), 0, "nothing kept");
+        assert!(
+            !host
+                .receive_body_piece(&fresh, 0, 3000, &[9; 1000])
+                .expect("piece")
+        );
+        assert!(
+            !host
+                .receive_body_piece(&fresh, 0, 3000, &[9; 1000])
+                .expect("again"),
+            "a repeat is ignored"
+        );
+        assert_eq!(host.body_progress(&fresh).expect("p"), 1000);
+        // Wrong bytes: the hash check fails at the end and the transfer starts over.
+        assert!(
+            host.receive_body_piece(&fresh, 1000, 3000, &[8; 2000])
+                .is_err()
+        );
+        assert_eq!(host.body_progress(&fresh).expect("p"), 0);
+        assert!(!host.has_body(&fresh).expect("has"));
+        assert!(
+            host.receive_body_piece(&fresh, 0, 3000, &[9; 3000])
+                .expect("whole")
+        );
+        assert!(host.has_body(&fresh).expect("has"));
+        // The body is no longer owed by the site.
+        assert!(
+            host.bodies_owed_by(site.config().site_id)
+                .expect("owed")
+                .is_empty()
+        );
     }
 }
 

@@ -356,7 +356,7 @@ impl Replica {
         }
         // Each chunk authenticated under its document id and number, and the total size
         // matching, is the content: the content hash is checked where bodies arrive from
-        // elsewhere (`store_remote_body`), not again on every read.
+        // elsewhere (`receive_body_piece`), not again on every read.
         if out.len() != size {
             return Err(Error::integrity(format!(
                 "body of document {id} is truncated or padded"

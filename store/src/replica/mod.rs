@@ -394,6 +394,9 @@ impl Replica {
             txn.open_table(SCOPE_SITES)?;
             txn.open_table(SITE_LOG)?;
             txn.open_table(QUARANTINE)?;
+            txn.open_table(PARTIAL_BODIES)?;
+            txn.open_table(PARTIAL_PROGRESS)?;
+            txn.open_table(OWED_BODIES)?;
             txn.open_table(SITE_RECEIPTS)?;
             txn.open_table(RETURNED)?;
             txn.open_table(PENDING_PURGES)?;

@@ -215,6 +215,18 @@ impl Replica {
                 if outcome == Applied::Applied && self.config.role == super::Role::Host {
                     let bi = self.blind(&remote.facts.ins);
                     self.host_document_changed(&txn, &bi, &remote.facts.id, Some(origin))?;
+                    let id = remote.facts.id.0;
+                    if remote.facts.size > 0
+                        && txn
+                            .open_table(BODIES)?
+                            .get(body_key(&id, 0).as_slice())?
+                            .is_none()
+                    {
+                        // In the same transaction as the metadata: the body is asked for at
+                        // every Welcome until it is stored, whatever happens to this round.
+                        txn.open_table(OWED_BODIES)?
+                            .insert(owed_key(&id, origin.0).as_slice(), ())?;
+                    }
                 }
                 outcome
             }
@@ -321,22 +333,157 @@ impl Replica {
         self.get_body(&txn.open_table(BODIES)?, &key, &meta)
     }
 
-    /// Stores a body received from another replica, after checking it against the content hash
-    /// of the metadata already merged here.
-    pub fn store_remote_body(&self, id: &DocId, body: &[u8]) -> Result<()> {
+    /// Bytes of `id`'s body received so far from a peer and durably kept (0 when none); a
+    /// transfer cut short resumes from here.
+    pub fn body_progress(&self, id: &DocId) -> Result<u64> {
+        let txn = self.db.begin_read()?;
+        match txn.open_table(PARTIAL_PROGRESS) {
+            Ok(t) => Ok(t.get(&id.0)?.map_or(0, |v| v.value())),
+            // A replica created before resumable bodies: nothing is partial.
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Keeps one piece of a body arriving from a peer, durably, so a cut transfer resumes
+    /// where it stopped. A piece must start where the kept bytes end (one already kept is
+    /// ignored); `total` must be the size in the metadata. Once the last piece is in, the body
+    /// is checked against the content hash and stored, in the same transaction. Answers true
+    /// when the body is complete (now or before).
+    pub fn receive_body_piece(
+        &self,
+        id: &DocId,
+        offset: u64,
+        total: u64,
+        bytes: &[u8],
+    ) -> Result<bool> {
         let txn = self.begin_write()?;
         let (snap, generation) = self.snapshot()?;
         let (_, key, meta) = self.load_doc(&snap, generation, id)?;
-        if body.len() as u64 != meta.facts.size
-            || *blake3::hash(body).as_bytes() != meta.facts.content_hash
+        if txn
+            .open_table(BODIES)?
+            .get(body_key(&id.0, 0).as_slice())?
+            .is_some()
         {
+            // Held already (another site sent it): nothing is owed or partial any more.
+            Self::forget_partial_body(&txn, id)?;
+            txn.commit()?;
+            return Ok(true);
+        }
+        if total != meta.facts.size {
+            return Err(Error::integrity(format!(
+                "document {id}: a body of {total} bytes announced, its metadata says {}",
+                meta.facts.size
+            )));
+        }
+        let kept = txn
+            .open_table(PARTIAL_PROGRESS)?
+            .get(&id.0)?
+            .map_or(0, |v| v.value());
+        let end = offset
+            .checked_add(bytes.len() as u64)
+            .filter(|end| *end <= total)
+            .ok_or_else(|| {
+                Error::invalid(format!("document {id}: a body piece runs past its end"))
+            })?;
+        if end <= kept && offset < kept {
+            // Sent again after a cut: already kept.
+            return Ok(false);
+        }
+        if offset != kept {
+            return Err(Error::invalid(format!(
+                "document {id}: a body piece starts at {offset}, the next expected is {kept}"
+            )));
+        }
+        if !bytes.is_empty() {
+            let sealed = key.seal(&piece_aad(&id.0, offset), bytes)?;
+            txn.open_table(PARTIAL_BODIES)?
+                .insert(piece_key(&id.0, offset).as_slice(), sealed.as_slice())?;
+        }
+        if end < total {
+            txn.open_table(PARTIAL_PROGRESS)?.insert(&id.0, end)?;
+            txn.commit()?;
+            return Ok(false);
+        }
+        let mut body = Zeroizing::new(Vec::with_capacity(
+            usize::try_from(total).unwrap_or(0).min(64 << 20),
+        ));
+        {
+            let pieces = txn.open_table(PARTIAL_BODIES)?;
+            let (first, last) = (piece_key(&id.0, 0), piece_key(&id.0, u64::MAX));
+            for row in pieces.range(first.as_slice()..=last.as_slice())? {
+                let (k, v) = row?;
+                let at = k
+                    .value()
+                    .get(16..24)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
+                    .ok_or_else(|| Error::integrity("a body piece key is malformed"))?;
+                if at != body.len() as u64 {
+                    return Err(Error::integrity(format!(
+                        "document {id}: a kept body piece is missing"
+                    )));
+                }
+                let plain = key.open(&piece_aad(&id.0, at), v.value()).map_err(|_| {
+                    Error::integrity(format!("document {id}: a kept body piece was altered"))
+                })?;
+                body.extend_from_slice(&plain);
+            }
+        }
+        if body.len() as u64 != meta.facts.size
+            || *blake3::hash(&body).as_bytes() != meta.facts.content_hash
+        {
+            // A corrupt transfer is dropped whole: the next one starts again from zero.
+            Self::forget_partial_body(&txn, id)?;
+            txn.commit()?;
             return Err(Error::integrity(format!(
                 "the body received for document {id} does not match its content hash"
             )));
         }
-        self.put_body(&mut txn.open_table(BODIES)?, &key, id, body)?;
+        self.put_body(&mut txn.open_table(BODIES)?, &key, id, &body)?;
+        Self::forget_partial_body(&txn, id)?;
         txn.commit()?;
+        Ok(true)
+    }
+
+    /// Drops the kept pieces of `id`'s body, in `txn`.
+    pub(super) fn forget_partial_body(txn: &WriteTransaction, id: &DocId) -> Result<()> {
+        let (first, last) = (piece_key(&id.0, 0), piece_key(&id.0, u64::MAX));
+        txn.open_table(PARTIAL_BODIES)?
+            .retain_in(first.as_slice()..=last.as_slice(), |_, _| false)?;
+        txn.open_table(PARTIAL_PROGRESS)?.remove(&id.0)?;
+        let (first, last) = (owed_key(&id.0, 0), owed_key(&id.0, u32::MAX));
+        txn.open_table(OWED_BODIES)?
+            .retain_in(first.as_slice()..=last.as_slice(), |_, _| false)?;
         Ok(())
+    }
+
+    /// Host: the bodies `site` owes, with the bytes of each already kept here.
+    pub fn bodies_owed_by(&self, site: SiteId) -> Result<Vec<(DocId, u64)>> {
+        let txn = self.db.begin_read()?;
+        let owed = match txn.open_table(OWED_BODIES) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let progress = txn.open_table(PARTIAL_PROGRESS)?;
+        let mut out = Vec::new();
+        for row in owed.iter()? {
+            let (k, _) = row?;
+            let k = k.value();
+            let (Some(id), Some(by)) = (
+                k.get(..16).and_then(|b| <[u8; 16]>::try_from(b).ok()),
+                k.get(16..20)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u32::from_be_bytes),
+            ) else {
+                return Err(Error::integrity("an owed-body key is malformed"));
+            };
+            if by == site.0 {
+                out.push((DocId(id), progress.get(&id)?.map_or(0, |v| v.value())));
+            }
+        }
+        Ok(out)
     }
 
     /// Documents whose metadata is here but whose body is not yet.
@@ -357,6 +504,19 @@ impl Replica {
         }
         Ok(out)
     }
+}
+
+/// `document id ‖ site`.
+fn owed_key(id: &[u8; 16], site: u32) -> [u8; 20] {
+    let mut k = [0u8; 20];
+    k[..16].copy_from_slice(id);
+    k[16..].copy_from_slice(&site.to_be_bytes());
+    k
+}
+
+/// Associated data of a kept body piece: bound to its document and offset.
+fn piece_aad(id: &[u8; 16], offset: u64) -> Vec<u8> {
+    crate::crypto::aad(&[b"partial-body", id, &offset.to_le_bytes()])
 }
 
 /// True when `after` grants more access than `before`: a flag cleared, or availability lowered.

@@ -54,6 +54,16 @@ pub const PENDING_PURGES: TableDefinition<&[u8; 32], &[u8]> =
     TableDefinition::new("pending_purges");
 /// Site: documents the host will not take, kept (sealed with the quarantine key) by doc id.
 pub const QUARANTINE: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("quarantine");
+/// Pieces of bodies still arriving from a peer: `document id ‖ offset (u64 BE)` → the piece,
+/// sealed under the dossier key. Moved into `BODIES` once the body is complete and checked.
+pub const PARTIAL_BODIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("partial_bodies");
+/// Host: bodies a site owes (it pushed the document, the body has not come in whole yet):
+/// `document id ‖ site (u32 BE)`. Told to the site at each `Welcome`, so a body survives any
+/// broken round; dropped once the body is stored.
+pub const OWED_BODIES: TableDefinition<&[u8], ()> = TableDefinition::new("owed_bodies");
+/// Bytes received so far of each body in `PARTIAL_BODIES`.
+pub const PARTIAL_PROGRESS: TableDefinition<&[u8; 16], u64> =
+    TableDefinition::new("partial_progress");
 /// Per origin site, the highest change sequence applied here (exactly-once).
 pub const APPLIED: TableDefinition<u32, u64> = TableDefinition::new("applied");
 
@@ -215,6 +225,14 @@ pub fn body_key(id: &[u8; 16], chunk: u32) -> [u8; 20] {
     let mut k = [0u8; 20];
     k[..16].copy_from_slice(id);
     k[16..].copy_from_slice(&chunk.to_be_bytes());
+    k
+}
+
+/// `document id ‖ offset` (big-endian, so pieces sort in order).
+pub fn piece_key(id: &[u8; 16], offset: u64) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..16].copy_from_slice(id);
+    k[16..].copy_from_slice(&offset.to_be_bytes());
     k
 }
 

@@ -137,7 +137,8 @@ fn sync(host: &Replica, site: &Replica) {
     }
     for id in host.missing_bodies().expect("missing") {
         if let Ok(body) = site.body_for_sync(&id) {
-            host.store_remote_body(&id, &body).expect("store body");
+            host.receive_body_piece(&id, 0, body.len() as u64, &body)
+                .expect("store body");
         }
     }
     let items = host
@@ -146,7 +147,8 @@ fn sync(host: &Replica, site: &Replica) {
     site.apply_pull(&items).expect("apply pull");
     for id in site.missing_bodies().expect("missing") {
         if let Ok(body) = host.body_for_sync(&id) {
-            site.store_remote_body(&id, &body).expect("store body");
+            site.receive_body_piece(&id, 0, body.len() as u64, &body)
+                .expect("store body");
         }
     }
 }
