@@ -19,6 +19,22 @@ use crate::pki::Identity;
 
 /// The application protocol.
 pub const ALPN: &[u8] = b"carnet/1";
+/// A connection silent this long is dead (a cut link is noticed, the round fails and the next
+/// one resumes).
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Keep-alives on a quiet link, well inside `IDLE_TIMEOUT` even with loss.
+const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Timeouts shared by both ends.
+fn transport() -> Result<Arc<quinn::TransportConfig>> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().map_err(tls_err)?))
+        .keep_alive_interval(Some(KEEP_ALIVE))
+        // BBR paces by measured bandwidth and delay: random loss on a rural radio link does
+        // not collapse the window as it does with loss-based control (NewReno, Cubic).
+        .congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+    Ok(Arc::new(t))
+}
 
 fn tls_err(e: impl std::fmt::Display) -> Error {
     Error::Tls(e.to_string())
@@ -137,7 +153,9 @@ pub fn server_config(
         .map_err(tls_err)?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let quic = QuicServerConfig::try_from(tls).map_err(tls_err)?;
-    Ok(quinn::ServerConfig::with_crypto(Arc::new(quic)))
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    config.transport_config(transport()?);
+    Ok(config)
 }
 
 /// A site's QUIC client configuration.
@@ -151,7 +169,9 @@ pub fn client_config(ca_der: &[u8], site: &Identity) -> Result<quinn::ClientConf
         .map_err(tls_err)?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let quic = QuicClientConfig::try_from(tls).map_err(tls_err)?;
-    Ok(quinn::ClientConfig::new(Arc::new(quic)))
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    config.transport_config(transport()?);
+    Ok(config)
 }
 
 #[cfg(test)]

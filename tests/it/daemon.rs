@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::support::*;
 
 /// The daemon binary, built next to `carnet`.
-fn syncd_bin() -> std::path::PathBuf {
+pub fn syncd_bin() -> std::path::PathBuf {
     let p = std::path::Path::new(bin()).with_file_name("carnet-syncd");
     assert!(
         p.exists(),
@@ -19,7 +19,7 @@ fn syncd_bin() -> std::path::PathBuf {
 }
 
 /// A free UDP port on 127.0.0.1.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     UdpSocket::bind("127.0.0.1:0")
         .and_then(|s| s.local_addr())
         .map(|a| a.port())
@@ -27,7 +27,7 @@ fn free_port() -> u16 {
 }
 
 /// Stops the daemon when the test ends, whatever happens.
-struct Daemon(Child);
+pub struct Daemon(pub Child);
 
 impl Drop for Daemon {
     fn drop(&mut self) {
@@ -36,10 +36,11 @@ impl Drop for Daemon {
     }
 }
 
-fn start_host_daemon(host: &Carnet) -> Daemon {
+/// Starts `carnet-syncd` on a replica (stopped when the returned value is dropped).
+pub fn start_daemon(replica: &Carnet) -> Daemon {
     let child = Command::new(syncd_bin())
         .arg("--data")
-        .arg(&host.data)
+        .arg(&replica.data)
         .env_remove("CARNET_PASSPHRASE")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -56,31 +57,7 @@ fn an_enrolled_site_syncs_with_a_host_daemon_and_a_revoked_one_is_refused() {
     let host = Carnet::empty();
     host.ok(&["init", "--role", "host", "--listen", &address]);
     host.ok(&["pki", "init"]);
-    host.ok(&["pro", "add", "--rpps", DOCTOR, "--profession", "medecin"]);
-    let ins = ins_a();
-    host.ok(&[
-        "dossier",
-        "create",
-        "--ins",
-        &ins,
-        "--birth-name",
-        "EXEMPLE",
-        "--first-names",
-        "Camille",
-        "--birth-date",
-        "1984-05-07",
-        "--sex",
-        "F",
-    ]);
-    host.ok(&[
-        "grant",
-        "add",
-        "--dossier",
-        &ins,
-        "--rpps",
-        DOCTOR,
-        "--treating",
-    ]);
+    let ins = host.doctor_dossier();
     let body = host.write("report.txt", b"written at the host (synthetic)");
     let id = host
         .ok(&[
@@ -130,7 +107,7 @@ fn an_enrolled_site_syncs_with_a_host_daemon_and_a_revoked_one_is_refused() {
     site.ok(&["init", "--role", "site", "--enrol", &bundle]);
     site.ok(&["pro", "add", "--rpps", DOCTOR, "--profession", "medecin"]);
 
-    let _daemon = start_host_daemon(&host);
+    let _daemon = start_daemon(&host);
     // The daemon needs a moment to bind; retry the round for a few seconds.
     let deadline = Instant::now() + Duration::from_secs(15);
     let synced = loop {
@@ -158,7 +135,7 @@ fn an_enrolled_site_syncs_with_a_host_daemon_and_a_revoked_one_is_refused() {
 }
 
 /// Enrols a site at `host` (through its daemon if one runs) and creates it from the bundle.
-fn enrolled_site(host: &Carnet, address: &str) -> Carnet {
+pub fn enrolled_site(host: &Carnet, address: &str) -> Carnet {
     let bundle = host.path(&format!("site-{}.bundle", unique()));
     let bundle = bundle.display().to_string();
     host.ok(&[
@@ -179,7 +156,7 @@ fn enrolled_site(host: &Carnet, address: &str) -> Carnet {
 }
 
 /// Sends SIGTERM and waits (bounded) for the daemon to exit; answers its exit code.
-fn stop(daemon: &mut Daemon) -> Option<i32> {
+pub fn stop(daemon: &mut Daemon) -> Option<i32> {
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(daemon.0.id().to_string())
@@ -195,7 +172,7 @@ fn stop(daemon: &mut Daemon) -> Option<i32> {
 }
 
 /// Waits (bounded) until the daemon answers on its socket.
-fn wait_for_socket(replica: &Carnet) {
+pub fn wait_for_socket(replica: &Carnet) {
     let socket = replica.data.join("carnet.sock");
     let deadline = Instant::now() + Duration::from_secs(15);
     while std::os::unix::net::UnixStream::connect(&socket).is_err() {
@@ -215,7 +192,7 @@ fn while_the_daemon_runs_carnet_works_through_its_socket() {
     let host = Carnet::empty();
     host.ok(&["init", "--role", "host", "--listen", &address]);
     host.ok(&["pki", "init"]);
-    let mut daemon = start_host_daemon(&host);
+    let mut daemon = start_daemon(&host);
     wait_for_socket(&host);
     let socket = host.data.join("carnet.sock");
     {
@@ -228,18 +205,7 @@ fn while_the_daemon_runs_carnet_works_through_its_socket() {
     }
 
     // Every kind of command, while the daemon holds the store.
-    host.ok(&["pro", "add", "--rpps", DOCTOR, "--profession", "medecin"]);
-    let ins = ins_a();
-    host.dossier(&ins, "EXEMPLE", "Camille");
-    host.ok(&[
-        "grant",
-        "add",
-        "--dossier",
-        &ins,
-        "--rpps",
-        DOCTOR,
-        "--treating",
-    ]);
+    let ins = host.doctor_dossier();
     let id = host.add_doc(
         &ins,
         DOCTOR,
@@ -299,8 +265,8 @@ fn a_site_daemon_reports_its_link_in_sync_status() {
     let site = enrolled_site(&host, &address);
     // Without a daemon, status says so.
     assert!(site.json(&["sync", "status"])["daemon"].is_null());
-    let _host_daemon = start_host_daemon(&host);
-    let mut site_daemon = start_host_daemon(&site);
+    let _host_daemon = start_daemon(&host);
+    let mut site_daemon = start_daemon(&site);
     wait_for_socket(&site);
     // `sync now` through the site's daemon runs a round there and reports it.
     let deadline = Instant::now() + Duration::from_secs(15);

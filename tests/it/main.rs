@@ -11,6 +11,8 @@
 //! - `keys`: master key rotation.
 //! - `export`: the holder's FHIR copy.
 //! - `authority`: signed host records on sites.
+//! - `daemon`: real `carnet-syncd` daemons, their local API, the demo.
+//! - `faults`: the weak link, through `fault_proxy` (loss, delay, cuts).
 
 mod support;
 
@@ -19,6 +21,8 @@ mod cli_basics;
 mod daemon;
 mod documents;
 mod export;
+mod fault_proxy;
+mod faults;
 mod keys;
 mod pki;
 mod policy_cli;

@@ -383,6 +383,24 @@ impl Carnet {
         id
     }
 
+    /// On a host: registers `DOCTOR`, creates the dossier of `ins_a()` and makes him its
+    /// médecin traitant. Answers the INS.
+    pub fn doctor_dossier(&self) -> String {
+        self.pro(DOCTOR, "medecin");
+        let ins = ins_a();
+        self.dossier(&ins, "EXEMPLE", "Camille");
+        self.ok(&[
+            "grant",
+            "add",
+            "--dossier",
+            &ins,
+            "--rpps",
+            DOCTOR,
+            "--treating",
+        ]);
+        ins
+    }
+
     /// Reads a document's body as `actor` (normal mode), which must be allowed.
     pub fn body(&self, id: &str, actor: &str) -> Vec<u8> {
         self.ok(&["doc", "get", id, "--as", actor]).raw

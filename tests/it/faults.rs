@@ -1,0 +1,257 @@
+//! The weak link (issue §8): a real host daemon behind the UDP fault proxy, a site syncing
+//! through it with `carnet sync now` — loss and delay, a cut in the middle of a large body.
+
+use std::time::Duration;
+
+use carnet_store::ids::{Ins, Rpps};
+use carnet_store::model::{AccessMode, Actor, DocClass};
+use carnet_store::replica::{KeySource, NewDocument, Replica, system_clock};
+
+use crate::daemon::{Daemon, enrolled_site, free_port, start_daemon};
+use crate::fault_proxy::{FaultProxy, Faults};
+use crate::support::*;
+
+/// A host daemon holding a dossier on which the site's doctor has a grant, a fault proxy in
+/// front of it, and a site enrolled with the proxy's address that has synced once (cleanly).
+struct Link {
+    host: Carnet,
+    daemon: Daemon,
+    proxy: FaultProxy,
+    site: Carnet,
+    ins: String,
+}
+
+fn link() -> Link {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let host = Carnet::empty();
+    host.ok(&["init", "--role", "host", "--listen", &listen]);
+    host.ok(&["pki", "init"]);
+    let ins = host.doctor_dossier();
+    let proxy = FaultProxy::start(listen.parse().expect("address"), Faults::default());
+    let site = enrolled_site(&host, &proxy.address.to_string());
+    site.ok(&["pro", "add", "--rpps", DOCTOR, "--profession", "medecin"]);
+    let daemon = start_daemon(&host);
+    sync_until_ok(&site, Duration::from_secs(20));
+    assert!(
+        site.json(&["dossier", "list"])
+            .as_array()
+            .is_some_and(|a| a.len() == 1)
+    );
+    Link {
+        host,
+        daemon,
+        proxy,
+        site,
+        ins,
+    }
+}
+
+/// `sync now` until it succeeds (the host daemon may still be binding), bounded.
+fn sync_until_ok(site: &Carnet, within: Duration) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let o = site.run(&["--json", "sync", "now"]);
+        if o.code == 0 {
+            return o.json();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no sync: {}",
+            o.stderr
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Writes `bodies` as documents of `ins` at `site` in one transaction, straight into its store
+/// (no daemon runs on it). Answers their ids.
+fn write_many(site: &Carnet, ins: &str, bodies: Vec<Vec<u8>>) -> Vec<String> {
+    let r = Replica::open(&site.data, &KeySource::File, system_clock()).expect("open the site");
+    let ins = Ins::parse(ins).expect("ins");
+    let docs = bodies
+        .into_iter()
+        .enumerate()
+        .map(|(i, body)| {
+            let doc = NewDocument {
+                class: DocClass::parse("10").expect("class"),
+                type_code: CONSULTATION.into(),
+                title: format!("CR {i}"),
+                format: "text/plain".into(),
+                body,
+                unique_id: None,
+                service_start: None,
+                service_end: None,
+            };
+            (ins.clone(), doc)
+        })
+        .collect();
+    let actor = Actor::Professional(Rpps::parse(DOCTOR).expect("rpps"));
+    r.put_documents(&actor, AccessMode::Normal, None, docs)
+        .expect("write")
+        .iter()
+        .map(|id| id.to_string())
+        .collect()
+}
+
+#[test]
+fn a_thousand_documents_converge_over_a_lossy_slow_link() {
+    let l = link();
+    l.proxy.set_faults(Faults {
+        seed: 7,
+        loss: 0.10,
+        delay: Duration::from_millis(200),
+        duplicate: 0.02,
+        reorder: Duration::from_millis(20),
+        bandwidth: 0,
+    });
+    let bodies: Vec<Vec<u8>> = (0..1000)
+        .map(|i| format!("document {i} (synthetic) ").repeat(40).into_bytes())
+        .collect();
+    let ids = write_many(&l.site, &l.ins, bodies.clone());
+    // A round may fail on such a link; the next resumes. Nothing may be lost or doubled.
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    loop {
+        let o = l.site.run(&["--json", "sync", "now"]);
+        let status = l.site.json(&["sync", "status"]);
+        if o.code == 0 && status["pending"] == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no convergence: {} {status}",
+            o.stderr
+        );
+    }
+    let shown = l.host.json(&["dossier", "show", &l.ins]);
+    assert_eq!(shown["documents"], 1000, "{shown}");
+    for i in [0, 1, 499, 998, 999] {
+        assert_eq!(l.host.body(&ids[i], DOCTOR), bodies[i], "document {i}");
+    }
+    let listed = l
+        .host
+        .json(&["doc", "list", "--dossier", &l.ins, "--as", DOCTOR]);
+    assert_eq!(
+        listed.as_array().map(Vec::len),
+        Some(1000),
+        "nothing doubled"
+    );
+}
+
+#[test]
+fn a_link_cut_in_a_20_mb_body_resumes_and_resends_at_most_one_piece() {
+    const SIZE: usize = 20 << 20;
+    const PIECE: u64 = 512 * 1024;
+    let l = link();
+    let body = |seed: u8| -> Vec<u8> { (0..SIZE).map(|i| (i % 253) as u8 ^ seed).collect() };
+    // The cost of a clean transfer of the same size, measured at the proxy.
+    write_many(&l.site, &l.ins, vec![body(1)]);
+    let before = l.proxy.to_host_bytes();
+    sync_until_ok(&l.site, Duration::from_secs(60));
+    let clean = l.proxy.to_host_bytes() - before;
+    assert!(clean >= SIZE as u64, "{clean}");
+
+    // The same again, cut after 8 MB: the round fails, the next one resumes.
+    let id = write_many(&l.site, &l.ins, vec![body(2)]).remove(0);
+    let before = l.proxy.to_host_bytes();
+    l.proxy.cut_after(8 << 20);
+    let cut = l.site.run(&["sync", "now"]);
+    assert_ne!(cut.code, 0, "the round crossed a cut link");
+    assert!(l.proxy.is_partitioned());
+    l.proxy.heal();
+    sync_until_ok(&l.site, Duration::from_secs(60));
+    let total = l.proxy.to_host_bytes() - before;
+    assert!(
+        total <= clean + PIECE + PIECE / 8,
+        "sent {total} bytes where a clean transfer takes {clean}: more than one piece again"
+    );
+    assert_eq!(l.host.body(&id, DOCTOR), body(2));
+    assert_eq!(l.site.json(&["sync", "status"])["pending"], 0);
+}
+
+/// Waits (bounded) until at least `bytes` more went through the proxy toward the host.
+fn wait_for_traffic(proxy: &FaultProxy, bytes: u64) {
+    let start = proxy.to_host_bytes();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while proxy.to_host_bytes() < start + bytes {
+        assert!(std::time::Instant::now() < deadline, "no sync traffic");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `sync now` (through the site's daemon) until the site has nothing pending; then every one
+/// of `ids` is at the host exactly once, with its body.
+fn assert_converged(l: &Link, ids: &[String], bodies: &[Vec<u8>]) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let o = l.site.run(&["--json", "sync", "now"]);
+        if o.code == 0 && l.site.json(&["sync", "status"])["pending"] == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no convergence: {}",
+            o.stderr
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let listed = l
+        .host
+        .json(&["doc", "list", "--dossier", &l.ins, "--as", DOCTOR]);
+    let listed = listed.as_array().expect("list");
+    assert_eq!(listed.len(), ids.len(), "nothing lost, nothing doubled");
+    for (id, body) in ids.iter().zip(bodies).step_by(37) {
+        assert_eq!(&l.host.body(id, DOCTOR), body);
+    }
+    l.host.ok(&["audit", "verify"]);
+}
+
+fn slow_documents(l: &Link, n: usize) -> (Vec<String>, Vec<Vec<u8>>) {
+    l.proxy.set_faults(Faults {
+        seed: 3,
+        delay: Duration::from_millis(30),
+        bandwidth: 2 << 20,
+        ..Faults::default()
+    });
+    let bodies: Vec<Vec<u8>> = (0..n)
+        .map(|i| {
+            format!("compte rendu {i} (synthetic) ")
+                .repeat(300)
+                .into_bytes()
+        })
+        .collect();
+    (write_many(&l.site, &l.ins, bodies.clone()), bodies)
+}
+
+#[test]
+fn kill_9_of_the_site_daemon_mid_sync_loses_and_doubles_nothing() {
+    let l = link();
+    let (ids, bodies) = slow_documents(&l, 400);
+    let mut site_daemon = start_daemon(&l.site);
+    // Its first round starts at once: kill it in the middle of the transfer.
+    wait_for_traffic(&l.proxy, 1 << 20);
+    let _ = site_daemon.0.kill();
+    let _ = site_daemon.0.wait();
+    let held = l.host.json(&["dossier", "show", &l.ins])["documents"].clone();
+    assert!(
+        held.as_u64().is_some_and(|n| n < 400),
+        "killed too late: {held}"
+    );
+    let _site_daemon = start_daemon(&l.site);
+    crate::daemon::wait_for_socket(&l.site);
+    assert_converged(&l, &ids, &bodies);
+}
+
+#[test]
+fn kill_9_of_the_host_daemon_mid_sync_loses_and_doubles_nothing() {
+    let mut l = link();
+    let (ids, bodies) = slow_documents(&l, 400);
+    let data = l.site.data.display().to_string();
+    let round = std::thread::spawn(move || run_raw(&[], &["--data", &data, "sync", "now"]));
+    wait_for_traffic(&l.proxy, 1 << 20);
+    let _ = l.daemon.0.kill();
+    let _ = l.daemon.0.wait();
+    let cut = round.join().expect("the round ends");
+    assert_ne!(cut.code, 0, "a round survived its host");
+    l.daemon = start_daemon(&l.host);
+    assert_converged(&l, &ids, &bodies);
+}
