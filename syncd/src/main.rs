@@ -2,7 +2,7 @@
 //!
 //! The daemon owns the store and serves the local API on `DATA/carnet.sock` (mode 0600), so
 //! `carnet` works through it while it runs. The host serves sync sessions on its `listen`
-//! address; a site ingests its inbox and runs a sync round with the host every `ROUND_EVERY`,
+//! address and runs the announcement timer hourly; a site ingests its inbox and runs a sync round with the host every `ROUND_EVERY`,
 //! backing off with jitter while the host is out of reach. SIGTERM or Ctrl-C ends it after the
 //! round or transaction in flight, and removes the socket. Logs name sites, counts and errors,
 //! never patient data.
@@ -19,6 +19,8 @@ use carnet_syncd::{enrol, inbox, net, transport};
 
 /// Pause between rounds while the link is up.
 const ROUND_EVERY: Duration = Duration::from_secs(10);
+/// How often the host runs the announcement timer.
+const ANNOUNCEMENT_EVERY: Duration = Duration::from_secs(3600);
 /// Longest pause between attempts while the host is out of reach.
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
 
@@ -132,6 +134,7 @@ async fn host(
     // `carnet pki revoke` through the daemon takes effect at the next connection.
     service.revoked = Some(revoked);
     let api = tokio::spawn(local::serve(listener, Arc::new(service)));
+    let timer = tokio::spawn(announcement_timer(replica.clone()));
     let server = tokio::spawn(net::serve(endpoint.clone(), replica));
     stop_signal().await;
     tracing::info!("stopping");
@@ -139,6 +142,7 @@ async fn host(
     endpoint.wait_idle().await;
     server.abort();
     api.abort();
+    timer.abort();
     Ok(())
 }
 
@@ -210,6 +214,24 @@ async fn site(
                     ingest(&replica, &inbox_dir).await;
                 }
             }
+        }
+    }
+}
+
+/// Host: the announcement timer (DOMAIN §3), at start and every `ANNOUNCEMENT_EVERY`.
+async fn announcement_timer(replica: Arc<Replica>) {
+    let mut every = tokio::time::interval(ANNOUNCEMENT_EVERY);
+    loop {
+        every.tick().await;
+        let r = replica.clone();
+        match tokio::task::spawn_blocking(move || r.run_announcement_timer()).await {
+            Ok(Ok(pass)) if pass.told + pass.released > 0 => tracing::info!(
+                told = pass.told,
+                released = pass.released,
+                "announcement timer"
+            ),
+            Ok(Err(e)) => tracing::warn!(error = %e, "announcement timer"),
+            _ => {}
         }
     }
 }

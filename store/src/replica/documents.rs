@@ -380,7 +380,12 @@ impl Replica {
 
     /// A document changed here: a site queues it for the host; the host logs it for the sites
     /// whose scope holds its dossier.
-    fn record_change(&self, txn: &WriteTransaction, bi: &[u8; 32], id: &DocId) -> Result<()> {
+    pub(super) fn record_change(
+        &self,
+        txn: &WriteTransaction,
+        bi: &[u8; 32],
+        id: &DocId,
+    ) -> Result<()> {
         match self.config.role {
             Role::Site => self.push_outbox(txn, OutboxItem::Document(id.0)),
             Role::Host => self.host_document_changed(txn, bi, id, None),

@@ -15,6 +15,7 @@
 //! records, import/export, closure and purge), `sync` (outbox and `apply_remote`), `cache`
 //! (decoded registry rows), `journal` (the trace journal).
 
+mod announcements;
 mod authority_ops;
 mod cache;
 mod documents;
@@ -40,6 +41,7 @@ use serde::{Deserialize, Serialize};
 pub use tables::PurgeReceipt;
 use zeroize::Zeroizing;
 
+pub use announcements::AnnouncementPass;
 pub use authority_ops::{DossierInfo, ImportReport, NewDossier};
 pub use documents::{DossierExport, ExportedDocument, NewDocument, ReadOutcome};
 pub use host_sync::{PullItem, PullReport};
@@ -397,6 +399,7 @@ impl Replica {
             txn.open_table(PARTIAL_BODIES)?;
             txn.open_table(PARTIAL_PROGRESS)?;
             txn.open_table(OWED_BODIES)?;
+            txn.open_table(ANNOUNCEMENTS)?;
             txn.open_table(SITE_RECEIPTS)?;
             txn.open_table(RETURNED)?;
             txn.open_table(PENDING_PURGES)?;

@@ -61,6 +61,8 @@ pub const PARTIAL_BODIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("
 /// `document id ‖ site (u32 BE)`. Told to the site at each `Welcome`, so a body survives any
 /// broken round; dropped once the body is stored.
 pub const OWED_BODIES: TableDefinition<&[u8], ()> = TableDefinition::new("owed_bodies");
+/// Host: documents hidden from the patient whose patient was told (document id → when).
+pub const ANNOUNCEMENTS: TableDefinition<&[u8; 16], i64> = TableDefinition::new("announcements");
 /// Bytes received so far of each body in `PARTIAL_BODIES`.
 pub const PARTIAL_PROGRESS: TableDefinition<&[u8; 16], u64> =
     TableDefinition::new("partial_progress");

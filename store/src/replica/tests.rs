@@ -7,6 +7,7 @@ use tempfile::TempDir;
 use zeroize::Zeroizing;
 
 use super::*;
+use crate::audit::TraceAction;
 use crate::ids::{DocId, Rpps};
 use crate::model::{
     AccessMode, DocClass, GrantBasis, GrantState, HolderKind, IdentityStatus, Profession, Sex,
@@ -883,4 +884,77 @@ fn a_scope_exit_purge_cut_by_a_crash_finishes_at_the_next_open() {
             .expect("len")
     };
     assert_eq!(left, 0);
+}
+
+#[test]
+fn the_host_tells_the_patient_after_two_weeks_and_releases_after_a_month() {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    let now = Arc::new(AtomicI64::new(1_700_000_000_000));
+    let moving = |now: &Arc<AtomicI64>| -> Clock {
+        let now = now.clone();
+        Arc::new(move || now.load(Ordering::SeqCst))
+    };
+    let (hd, host, sd, site) = host_and_site();
+    drop((host, site));
+    let host = Replica::open(hd.path(), &KeySource::File, moving(&now)).expect("host");
+    let site = Replica::open(sd.path(), &KeySource::File, moving(&now)).expect("site");
+    // Written at the site, hidden from the patient until the announcement consultation.
+    let id = write(&site, "résultat", b"to be announced");
+    site.update_document(&Actor::Professional(doctor()), &id, Action::HideFromPatient)
+        .expect("hide");
+    sync(&host, &site);
+    let patient_reads = |r: &Replica| {
+        r.read_document(&Actor::Holder, &id, AccessMode::Normal, None)
+            .is_ok()
+    };
+    assert!(!patient_reads(&host) && !patient_reads(&site));
+    let admin = |r: &Replica, what: &str| {
+        r.audit_entries(Some(&ins()))
+            .expect("audit")
+            .iter()
+            .filter(|c| {
+                c.entry.action == TraceAction::Admin(what.into()) && c.entry.doc == Some(id)
+            })
+            .count()
+    };
+    // A site never releases; before two weeks the host does nothing.
+    assert_eq!(
+        site.run_announcement_timer().expect("site"),
+        AnnouncementPass::default()
+    );
+    now.fetch_add(13 * 24 * 3_600_000, Ordering::SeqCst);
+    assert_eq!(
+        host.run_announcement_timer().expect("pass"),
+        AnnouncementPass::default()
+    );
+    // At two weeks the patient is told, once.
+    now.fetch_add(2 * 24 * 3_600_000, Ordering::SeqCst);
+    let pass = host.run_announcement_timer().expect("pass");
+    assert_eq!((pass.told, pass.released), (1, 0));
+    assert_eq!(
+        host.run_announcement_timer().expect("again").told,
+        0,
+        "told once"
+    );
+    assert_eq!(admin(&host, "announcement-due"), 1);
+    assert!(!patient_reads(&host), "still hidden");
+    // At a month it becomes visible, on the host and, after a sync, on the site.
+    now.fetch_add(16 * 24 * 3_600_000, Ordering::SeqCst);
+    let pass = host.run_announcement_timer().expect("pass");
+    assert_eq!((pass.told, pass.released), (0, 1));
+    assert_eq!(admin(&host, "announcement-released"), 1);
+    assert!(patient_reads(&host));
+    assert!(
+        !patient_reads(&site),
+        "the site keeps it hidden until the host says otherwise"
+    );
+    sync(&host, &site);
+    // (A month without news is past the site's lease: fresh host records first.)
+    site.import_authority(&host.export_authority().expect("export"))
+        .expect("import");
+    assert!(patient_reads(&site));
+    assert_eq!(
+        host.run_announcement_timer().expect("idle"),
+        AnnouncementPass::default()
+    );
 }
