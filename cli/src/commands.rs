@@ -574,6 +574,8 @@ fn dossier_json(d: &DossierInfo) -> Value {
                       "masked_in_emergency": d.emergency.masked_in_emergency},
         "grants": d.grants.iter().map(grant_json).collect::<Vec<_>>(),
         "documents": d.documents, "authority_seq": d.head_seq,
+        "purge_receipts": d.purge_receipts.iter().map(|(site, r)| json!({
+            "site": site.0, "at": format_rfc3339(r.at)})).collect::<Vec<_>>(),
     })
 }
 
@@ -656,6 +658,12 @@ fn dossier(cli: &Cli, c: &DossierCmd) -> Result<Reply> {
                     } else {
                         ""
                     }
+                );
+            }
+            for (site, r) in &d.purge_receipts {
+                human += &format!(
+                    "\n  purged at site {site} on {} (receipt)",
+                    format_rfc3339(r.at)
                 );
             }
             Ok(Reply::new(human, dossier_json(&d)))

@@ -155,6 +155,19 @@ pub fn enrolled_site(host: &Carnet, address: &str) -> Carnet {
     site
 }
 
+/// `sync now` until it succeeds (the host daemon may still be binding), bounded.
+pub fn sync_until_ok(site: &Carnet, within: Duration) -> serde_json::Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let o = site.run(&["--json", "sync", "now"]);
+        if o.code == 0 {
+            return o.json();
+        }
+        assert!(Instant::now() < deadline, "no sync: {}", o.stderr);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Sends SIGTERM and waits (bounded) for the daemon to exit; answers its exit code.
 pub fn stop(daemon: &mut Daemon) -> Option<i32> {
     let _ = Command::new("kill")

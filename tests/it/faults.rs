@@ -7,7 +7,7 @@ use carnet_store::ids::{Ins, Rpps};
 use carnet_store::model::{AccessMode, Actor, DocClass};
 use carnet_store::replica::{KeySource, NewDocument, Replica, system_clock};
 
-use crate::daemon::{Daemon, enrolled_site, free_port, start_daemon};
+use crate::daemon::{Daemon, enrolled_site, free_port, start_daemon, sync_until_ok};
 use crate::fault_proxy::{FaultProxy, Faults};
 use crate::support::*;
 
@@ -43,23 +43,6 @@ fn link() -> Link {
         proxy,
         site,
         ins,
-    }
-}
-
-/// `sync now` until it succeeds (the host daemon may still be binding), bounded.
-fn sync_until_ok(site: &Carnet, within: Duration) -> serde_json::Value {
-    let deadline = std::time::Instant::now() + within;
-    loop {
-        let o = site.run(&["--json", "sync", "now"]);
-        if o.code == 0 {
-            return o.json();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no sync: {}",
-            o.stderr
-        );
-        std::thread::sleep(Duration::from_millis(200));
     }
 }
 

@@ -12,12 +12,14 @@
 //! - `export`: the holder's FHIR copy.
 //! - `authority`: signed host records on sites.
 //! - `daemon`: real `carnet-syncd` daemons, their local API, the demo.
+//! - `convergence`: a host and two site daemons: offline writes, conflicts, revocation, closure.
 //! - `faults`: the weak link, through `fault_proxy` (loss, delay, cuts).
 
 mod support;
 
 mod authority;
 mod cli_basics;
+mod convergence;
 mod daemon;
 mod documents;
 mod export;

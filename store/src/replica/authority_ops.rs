@@ -44,6 +44,8 @@ pub struct DossierInfo {
     pub grants: Vec<Grant>,
     /// Number of documents held here.
     pub documents: usize,
+    /// Host: the sites that purged their copy, with their receipts.
+    pub purge_receipts: Vec<(SiteId, super::PurgeReceipt)>,
 }
 
 /// What `create_dossier` needs.
@@ -426,12 +428,18 @@ impl Replica {
             }
         }
         let documents = self.dossier_doc_ids(&txn, &bi)?.len();
+        drop((table, txn));
+        let purge_receipts = match self.config.role {
+            Role::Host => self.site_purge_receipts(ins)?,
+            Role::Site => Vec::new(),
+        };
         Ok(DossierInfo {
             head,
             head_seq,
             emergency,
             grants,
             documents,
+            purge_receipts,
         })
     }
 

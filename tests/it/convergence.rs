@@ -1,0 +1,170 @@
+//! A host and two sites as real daemons: what both sides write offline converges; restrictive
+//! changes win; concurrent replacements are both kept and reported; revocation, block and
+//! closure at the host reach the sites within one sync.
+
+use crate::daemon::{
+    Daemon, enrolled_site, free_port, start_daemon, stop, sync_until_ok, wait_for_socket,
+};
+use crate::support::*;
+
+use std::time::Duration;
+
+/// The host (daemon running), its address, and two enrolled sites with their daemons, each
+/// with `DOCTOR` registered and synced once: the dossier of `ins` is in both scopes.
+struct Network {
+    host: Carnet,
+    host_daemon: Daemon,
+    sites: [Carnet; 2],
+    _site_daemons: [Daemon; 2],
+    ins: String,
+}
+
+fn network() -> Network {
+    let address = format!("127.0.0.1:{}", free_port());
+    let host = Carnet::empty();
+    host.ok(&["init", "--role", "host", "--listen", &address]);
+    host.ok(&["pki", "init"]);
+    let ins = host.doctor_dossier();
+    let sites = [
+        enrolled_site(&host, &address),
+        enrolled_site(&host, &address),
+    ];
+    for s in &sites {
+        s.pro(DOCTOR, "medecin");
+    }
+    let host_daemon = start_daemon(&host);
+    let site_daemons = [start_daemon(&sites[0]), start_daemon(&sites[1])];
+    for s in &sites {
+        wait_for_socket(s);
+        sync_until_ok(s, Duration::from_secs(20));
+        assert!(
+            s.json(&["dossier", "show", &ins])["head"].is_object()
+                || s.ok(&["dossier", "show", &ins]).code == 0
+        );
+    }
+    Network {
+        host,
+        host_daemon,
+        sites,
+        _site_daemons: site_daemons,
+        ins,
+    }
+}
+
+/// Files a consultation report as `DOCTOR`; answers its id.
+fn consultation(at: &Carnet, ins: &str, text: &[u8]) -> String {
+    at.add_doc(ins, DOCTOR, "10", CONSULTATION, "CR", text)
+}
+
+/// Syncs both sites twice (each sees what the other pushed).
+fn sync_all(n: &Network) {
+    for _ in 0..2 {
+        for s in &n.sites {
+            sync_until_ok(s, Duration::from_secs(30));
+        }
+    }
+}
+
+/// The documents of the dossier as `DOCTOR` lists them, by id.
+fn docs(c: &Carnet, ins: &str) -> std::collections::BTreeMap<String, serde_json::Value> {
+    c.json(&["doc", "list", "--dossier", ins, "--as", DOCTOR])
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|d| (d["id"].as_str().expect("id").to_string(), d.clone()))
+        .collect()
+}
+
+#[test]
+fn offline_writes_converge_restrictions_win_and_double_replacements_are_reported() {
+    let mut n = network();
+    let ins = n.ins.clone();
+    let d = consultation(&n.host, &ins, b"original (synthetic)");
+    n.host.ok(&["doc", "mask", &d, "--as", DOCTOR]);
+    sync_all(&n);
+
+    // The link goes down; everyone goes on working.
+    assert_eq!(stop(&mut n.host_daemon), Some(0));
+    let x = consultation(&n.sites[0], &ins, b"written at A (synthetic)");
+    let y = consultation(&n.sites[1], &ins, b"written at B (synthetic)");
+    let replace = |site: &Carnet, text: &[u8]| -> String {
+        let file = site.write(&format!("r-{}.txt", unique()), text);
+        let args = ["doc", "replace", &d, "--as", DOCTOR, "--class", "10"];
+        let more = ["--type", CONSULTATION, "--title", "CR v2", &file];
+        let out = site.json(&[&args[..], &more[..]].concat());
+        out["id"].as_str().expect("id").to_string()
+    };
+    let d1 = replace(&n.sites[0], b"replacement from A (synthetic)");
+    let d2 = replace(&n.sites[1], b"replacement from B (synthetic)");
+    // Concurrently: the host unmasks (no daemon: carnet opens its store), site A masks again.
+    n.host.ok(&["doc", "unmask", &d, "--as", DOCTOR]);
+    n.sites[0].ok(&["doc", "mask", &d, "--as", DOCTOR]);
+
+    // The link returns.
+    n.host_daemon = start_daemon(&n.host);
+    wait_for_socket(&n.host);
+    sync_all(&n);
+    let at_host = docs(&n.host, &ins);
+    for place in [&n.host, &n.sites[0], &n.sites[1]] {
+        let seen = docs(place, &ins);
+        assert_eq!(
+            seen.keys().collect::<Vec<_>>(),
+            at_host.keys().collect::<Vec<_>>(),
+            "every replica holds the same documents"
+        );
+        for id in [&d, &x, &y, &d1, &d2] {
+            assert!(seen.contains_key(id.as_str()), "{id} missing");
+        }
+        let orig = &seen[d.as_str()];
+        assert_eq!(
+            orig["confidentiality"][0], "MASQUE_PS",
+            "restrictive wins: {orig}"
+        );
+        assert_eq!(orig["conflict"], true, "two replacements reported: {orig}");
+        assert_eq!(orig["availability"], "deprecated");
+        assert_eq!(orig["replaced_by"].as_array().map(Vec::len), Some(2));
+        assert_eq!(place.body(&d2, DOCTOR), b"replacement from B (synthetic)");
+    }
+    for s in &n.sites {
+        let status = s.json(&["sync", "status"]);
+        assert_eq!(status["conflicts"], 1, "{status}");
+        assert_eq!(status["pending"], 0, "{status}");
+    }
+}
+
+#[test]
+fn revocation_block_and_closure_reach_the_sites_within_one_sync() {
+    let n = network();
+    let ins = n.ins.clone();
+    let d = consultation(&n.host, &ins, b"at the host (synthetic)");
+    sync_all(&n);
+    for s in &n.sites {
+        assert_eq!(s.body(&d, DOCTOR), b"at the host (synthetic)");
+    }
+    // Blocked at the host: one sync and site A purges and refuses.
+    n.host
+        .ok(&["grant", "block", "--dossier", &ins, "--rpps", DOCTOR]);
+    let purged = sync_until_ok(&n.sites[0], Duration::from_secs(30));
+    assert_eq!(purged["purged"], 1, "{purged}");
+    let refused = n.sites[0].run(&["doc", "get", &d, "--as", DOCTOR]);
+    assert!(refused.code == 3 || refused.code == 4, "{refused:?}");
+    // Site B, offline meanwhile, writes for the dossier; the host closes it; at its next sync
+    // B purges its copy (with a receipt) and its new document is kept in quarantine.
+    let late = consultation(&n.sites[1], &ins, b"late (synthetic)");
+    n.host
+        .ok(&["dossier", "close", &ins, "--reason", "décès (synthetic)"]);
+    sync_until_ok(&n.sites[1], Duration::from_secs(30));
+    sync_until_ok(&n.sites[1], Duration::from_secs(30));
+    let status = n.sites[1].json(&["sync", "status"]);
+    let quarantined: Vec<&str> = status["quarantine"]
+        .as_array()
+        .expect("quarantine")
+        .iter()
+        .filter_map(|q| q["id"].as_str())
+        .collect();
+    assert_eq!(quarantined, vec![late.as_str()], "{status}");
+    n.sites[1].fails(4, &["doc", "get", &d, "--as", DOCTOR]);
+    // The host holds the receipt of B's purge.
+    let shown = n.host.json(&["dossier", "show", &ins]);
+    assert_eq!(shown["purge_receipts"][0]["site"], 2, "{shown}");
+}
