@@ -382,14 +382,29 @@ fn sync(cli: &Cli, c: &SyncCmd) -> Result<Reply> {
                 ),
             };
             let mut human = format!(
-                "link: {link}\npending changes: {}\npending trace entries: {}\nbodies not yet received: {}\npull cursor: {}\nconflicts (concurrent replacements): {}\nhost records current as of: {}{}\nquarantine: {}",
+                "link: {link}\npending changes: {}{}\npending trace entries: {}\nbodies not yet received: {}\npull cursor: {}{}\nconflicts (concurrent replacements): {}\nhost records current as of: {}{}\nquarantine: {}",
                 s.pending,
+                if s.pending_by_kind.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " ({})",
+                        s.pending_by_kind
+                            .iter()
+                            .map(|(k, n)| format!("{k}: {n}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                },
                 s.pending_traces.map_or_else(
                     || "unknown until the daemon syncs".to_string(),
                     |n| n.to_string()
                 ),
                 s.missing_bodies,
                 s.cursor,
+                s.cursor_lag
+                    .map(|n| format!(" ({n} entries behind the host at the last round)"))
+                    .unwrap_or_default(),
                 s.conflicts,
                 when(s.authority_as_of),
                 if s.lease_expired {
@@ -408,7 +423,8 @@ fn sync(cli: &Cli, c: &SyncCmd) -> Result<Reply> {
             }
             Ok(Reply::new(
                 human,
-                json!({"pending": s.pending, "pending_traces": s.pending_traces,
+                json!({"pending": s.pending, "pending_by_kind": s.pending_by_kind,
+                       "pending_traces": s.pending_traces, "cursor_lag": s.cursor_lag,
                        "missing_bodies": s.missing_bodies, "cursor": s.cursor,
                        "conflicts": s.conflicts,
                        "authority_as_of": (s.authority_as_of > 0).then(|| format_rfc3339(s.authority_as_of)),

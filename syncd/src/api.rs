@@ -143,6 +143,8 @@ pub struct SyncStatus {
     pub lease_expired: bool,
     /// Changes not yet acknowledged by the host.
     pub pending: u64,
+    /// The same, by kind (`document`, `professional`, `purge-receipt`, `pin`).
+    pub pending_by_kind: BTreeMap<String, u64>,
     /// Trace entries written here that the host had not acknowledged at the last round
     /// (known while a daemon runs).
     pub pending_traces: Option<u64>,
@@ -150,6 +152,8 @@ pub struct SyncStatus {
     pub missing_bodies: usize,
     /// Position in the host's log for this site.
     pub cursor: u64,
+    /// Entries of the host's log for this site not pulled yet, as of the daemon's last round.
+    pub cursor_lag: Option<u64>,
     /// Quarantined documents: id, since, why (bodies stay in the store).
     pub quarantine: Vec<(DocId, Millis, String)>,
     /// Documents with concurrent replacements.
@@ -169,6 +173,8 @@ pub struct LinkState {
     pub last_error: Option<String>,
     /// Trace entries the host held after the last successful round.
     pub traces_acked: u64,
+    /// The last sequence of this site's log on the host, at the last round.
+    pub log_head: u64,
 }
 
 /// The answer to a `Request`.
@@ -286,6 +292,7 @@ impl Service {
             match &result {
                 Ok(report) => {
                     l.traces_acked = report.traces;
+                    l.log_head = report.log_head;
                     l.last_sync = Some(self.replica.now());
                     l.last_error = None;
                 }
@@ -454,6 +461,11 @@ impl Service {
             authority_as_of,
             lease_expired,
             pending: r.outbox_len()?,
+            pending_by_kind: r
+                .outbox_by_kind()?
+                .into_iter()
+                .map(|(k, n)| (k.to_string(), n))
+                .collect(),
             pending_traces: match &link {
                 Some(l) if l.last_sync.is_some() => {
                     Some(r.trace_head()?.saturating_sub(l.traces_acked))
@@ -462,6 +474,12 @@ impl Service {
             },
             missing_bodies: r.missing_bodies()?.len(),
             cursor: r.pull_cursor()?,
+            cursor_lag: match &link {
+                Some(l) if l.last_sync.is_some() => {
+                    Some(l.log_head.saturating_sub(r.pull_cursor()?))
+                }
+                _ => None,
+            },
             quarantine: r
                 .quarantined()?
                 .into_iter()

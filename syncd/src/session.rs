@@ -60,6 +60,9 @@ pub enum Msg {
         /// Bodies of documents the host applied from this site but does not hold whole yet,
         /// with the bytes of each it keeps: sent (from there) before new changes.
         owed: Vec<(DocId, u64)>,
+        /// The last sequence of the site's log on the host (how far behind the site's cursor
+        /// is).
+        log_head: u64,
     },
     /// Site: trace entries, in chain order (sent first: every trace reaches the host).
     Traces(Vec<TraceRecord>),
@@ -215,6 +218,7 @@ impl HostSession {
                     traces_acked: replica.trace_mark(self.site)?,
                     returned: replica.returned_to(self.site)?,
                     owed: replica.bodies_owed_by(self.site)?,
+                    log_head: replica.log_head(self.site)?,
                 }])
             }
             Msg::Push(changes) => {
@@ -339,6 +343,8 @@ pub struct RoundReport {
     pub bodies: usize,
     /// Documents the host returned, now in quarantine.
     pub returned: usize,
+    /// The last sequence of this site's log on the host when the round began.
+    pub log_head: u64,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -495,6 +501,7 @@ impl SiteSession {
                     traces_acked,
                     returned,
                     owed,
+                    log_head,
                 },
             ) => {
                 if acked > replica.outbox_issued()? || traces_acked > replica.trace_head()? {
@@ -513,6 +520,7 @@ impl SiteSession {
                 }
                 self.push_acked = acked;
                 self.report.traces = traces_acked;
+                self.report.log_head = log_head;
                 // Bodies a broken round left with the host, sent before anything new.
                 self.to_send = owed
                     .into_iter()
@@ -743,6 +751,7 @@ mod tests {
             traces_acked: 0,
             returned: vec![],
             owed: vec![],
+            log_head: 0,
         };
         assert!(s.handle(&site, welcome).is_err());
     }

@@ -299,6 +299,11 @@ fn a_site_daemon_reports_its_link_in_sync_status() {
     assert_eq!(status["daemon"]["connected"], true, "{status}");
     assert!(status["daemon"]["last_sync"].is_string(), "{status}");
     assert_eq!(status["pending_traces"], 0, "{status}");
+    assert_eq!(status["cursor_lag"], 0, "{status}");
+    // A change waiting for the next round is counted by kind.
+    site.pro(NURSE, "infirmier");
+    let status = site.json(&["sync", "status"]);
+    assert_eq!(status["pending_by_kind"]["professional"], 1, "{status}");
     assert_eq!(stop(&mut site_daemon), Some(0));
 }
 

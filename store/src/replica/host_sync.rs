@@ -295,6 +295,18 @@ impl Replica {
     }
 
     /// Host: `site`'s log after `after`, at most `limit` entries, as the site will apply it.
+    /// Host: the last sequence of `site`'s log (0 when empty).
+    pub fn log_head(&self, site: SiteId) -> Result<u64> {
+        self.require_host()?;
+        let txn = self.db.begin_read()?;
+        let log = txn.open_table(SITE_LOG)?;
+        let last = log
+            .range((site.0, 0)..=(site.0, u64::MAX))?
+            .next_back()
+            .transpose()?;
+        Ok(last.map_or(0, |(k, _)| k.value().1))
+    }
+
     pub fn pull(&self, site: SiteId, after: u64, limit: usize) -> Result<Vec<(u64, PullItem)>> {
         self.require_host()?;
         let (txn, generation) = self.snapshot()?;

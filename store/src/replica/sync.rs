@@ -171,6 +171,23 @@ impl Replica {
     }
 
     /// Number of entries waiting in the outbox.
+    /// Pending outbox entries by kind (`document`, `professional`, `purge-receipt`, `pin`).
+    pub fn outbox_by_kind(&self) -> Result<std::collections::BTreeMap<&'static str, u64>> {
+        let txn = self.db.begin_read()?;
+        let mut out = std::collections::BTreeMap::new();
+        for row in txn.open_table(OUTBOX)?.iter()? {
+            let (_, v) = row?;
+            let kind = match postcard::from_bytes::<OutboxItem>(v.value())? {
+                OutboxItem::Document(_) => "document",
+                OutboxItem::Professional(_) => "professional",
+                OutboxItem::PurgeReceipt { .. } => "purge-receipt",
+                OutboxItem::Pin { .. } => "pin",
+            };
+            *out.entry(kind).or_insert(0) += 1;
+        }
+        Ok(out)
+    }
+
     pub fn outbox_len(&self) -> Result<u64> {
         let txn = self.db.begin_read()?;
         Ok(txn.open_table(OUTBOX)?.len()?)
