@@ -4,7 +4,10 @@
 //! `carnet-bench store` prints: encrypted ingest of 4 KiB documents (seal + trace + outbox)
 //! against raw redb inserts of the same bytes, batched and one per transaction; and audited
 //! reads per second with 1, 8 and 64 concurrent readers against the fsync rate.
+//! `carnet-bench sync` (module `sync`): sync between a host daemon and a site.
 //! Everything runs in a temporary folder that is removed at the end.
+
+mod sync;
 
 use std::io::Write;
 use std::path::Path;
@@ -33,12 +36,13 @@ fn main() {
     let what = std::env::args().nth(1).unwrap_or_default();
     let result = match what.as_str() {
         "store" => store(),
+        "sync" => sync::run(),
         // Only the batched ingest, for profiling it alone.
         "ingest" => ingest_only(),
         // Only the 64-reader audited reads, for profiling them alone.
         "reads" => reads_only(),
         _ => {
-            eprintln!("usage: carnet-bench store");
+            eprintln!("usage: carnet-bench store|sync");
             std::process::exit(2);
         }
     };
@@ -95,36 +99,46 @@ fn fsync_rates(dir: &Path) -> Res<(f64, f64)> {
     Ok((appended, in_place))
 }
 
-/// Raw redb inserts of `DOC_BYTES` values: (batched rate, one-per-transaction rate).
-fn raw_redb(dir: &Path) -> Res<(f64, f64)> {
-    let db = Database::create(dir.join("raw.redb"))?;
+/// Keys minted like Carnet's document ids (time-ordered), so the floor gets the same B-tree
+/// insert pattern.
+fn raw_key() -> [u8; 16] {
+    DocId::mint(
+        std::time::UNIX_EPOCH
+            .elapsed()
+            .map_or(0, |d| d.as_millis() as i64),
+    )
+    .0
+}
+
+/// Seconds raw redb takes to insert `n` values of `DOC_BYTES`, `BATCH` per transaction, into a
+/// new database at `path`.
+fn raw_redb_batched_seconds(path: &Path, n: usize) -> Res<f64> {
+    let db = Database::create(path)?;
     let body = random_bytes(DOC_BYTES, 1);
-    // Keys minted like Carnet's document ids (time-ordered), so the floor gets the same
-    // B-tree insert pattern.
-    let key = || {
-        DocId::mint(
-            std::time::UNIX_EPOCH
-                .elapsed()
-                .map_or(0, |d| d.as_millis() as i64),
-        )
-        .0
-    };
     let start = Instant::now();
-    for _ in 0..BATCHES {
+    for first in (0..n).step_by(BATCH) {
         let txn = db.begin_write()?;
         {
             let mut t = txn.open_table(RAW)?;
-            for _ in 0..BATCH {
-                t.insert(&key(), body.as_slice())?;
+            for _ in first..n.min(first + BATCH) {
+                t.insert(&raw_key(), body.as_slice())?;
             }
         }
         txn.commit()?;
     }
-    let batched = per_sec(BATCH * BATCHES, start.elapsed());
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// Raw redb inserts of `DOC_BYTES` values: (batched rate, one-per-transaction rate).
+fn raw_redb(dir: &Path) -> Res<(f64, f64)> {
+    let n = BATCH * BATCHES;
+    let batched = n as f64 / raw_redb_batched_seconds(&dir.join("raw.redb"), n)?;
+    let db = Database::open(dir.join("raw.redb"))?;
+    let body = random_bytes(DOC_BYTES, 1);
     let start = Instant::now();
     for _ in 0..SINGLES {
         let txn = db.begin_write()?;
-        txn.open_table(RAW)?.insert(&key(), body.as_slice())?;
+        txn.open_table(RAW)?.insert(&raw_key(), body.as_slice())?;
         txn.commit()?;
     }
     let single = per_sec(SINGLES, start.elapsed());
@@ -154,6 +168,13 @@ fn setup_replica(dir: &Path) -> Res<(Replica, Ins)> {
         specialty: None,
         name: None,
     })?;
+    let ins = create_dossier(&r)?;
+    r.set_grant(&ins, &doctor()?, GrantState::Active, GrantBasis::Treating)?;
+    Ok((r, ins))
+}
+
+/// The bench's (synthetic) dossier, on a host.
+fn create_dossier(r: &Replica) -> Res<Ins> {
     let ins = Ins::from_body("1840575123456")?;
     r.create_dossier(NewDossier {
         ins: ins.clone(),
@@ -170,8 +191,7 @@ fn setup_replica(dir: &Path) -> Res<(Replica, Ins)> {
         representatives: vec![],
         mask_new_by_default: false,
     })?;
-    r.set_grant(&ins, &doctor()?, GrantState::Active, GrantBasis::Treating)?;
-    Ok((r, ins))
+    Ok(ins)
 }
 
 fn new_doc(i: usize) -> Res<NewDocument> {

@@ -186,8 +186,10 @@ pub async fn sync_round(replica: Arc<Replica>) -> Result<RoundReport> {
     .await
     .map_err(net_err)??;
     send(&mut send_stream, &[hello]).await?;
+    // The handshake, and the Hello.
+    let mut round_trips = 2;
     let mut decoder = FrameDecoder::new();
-    let report = loop {
+    let mut report = loop {
         let msg = next_message(&mut recv, &mut decoder)
             .await?
             .ok_or_else(|| Error::Invalid("the host closed the session early".into()))?;
@@ -205,10 +207,17 @@ pub async fn sync_round(replica: Arc<Replica>) -> Result<RoundReport> {
         if done {
             break report;
         }
+        if !out.is_empty() {
+            round_trips += 1;
+        }
     };
     let _ = send_stream.finish();
     conn.close(0u32.into(), b"bye");
     endpoint.wait_idle().await;
+    let stats = conn.stats();
+    report.wire_sent = stats.udp_tx.bytes;
+    report.wire_received = stats.udp_rx.bytes;
+    report.round_trips = round_trips;
     Ok(report)
 }
 

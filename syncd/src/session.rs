@@ -6,8 +6,9 @@
 //! 1. site `Hello` (its id, its pull cursor) → host `Welcome` (the last change of the site it
 //!    applied, so pushing resumes after it, never from zero);
 //! 2. site `Push` batches → host applies each durably, then `PushAck` (with the bodies it lacks
-//!    and how much of each it already keeps, which the site sends from there as `PutBody`
-//!    pieces, several bodies at once up to `SEND_WINDOW` bytes);
+//!    and how much of each it already keeps, which the site sends from there as `PutBodies`
+//!    (pieces of up to `CHUNK_MAX` bytes in all, several bodies at once up to `SEND_WINDOW`
+//!    bytes);
 //! 3. site `Pull` → host `Pulled` batches from the site's log, until `more` is false;
 //! 4. site `GetBody` (from what it already keeps) for up to `FETCH_WINDOW` bodies at once →
 //!    host `Body` pieces to the end of each;
@@ -22,13 +23,13 @@
 //! a message out of turn ends the session with an `Error`.
 
 use carnet_store::ids::{DocId, SiteId};
-use carnet_store::replica::{Applied, Change, PullItem, Replica, TraceRecord};
+use carnet_store::replica::{Applied, BodyPiece, Change, PullItem, Replica, TraceRecord};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
 /// Most changes or pulled items in one message.
-pub const BATCH_MAX: usize = 256;
+pub const BATCH_MAX: usize = 1024;
 /// Most body bytes in one message.
 pub const CHUNK_MAX: usize = 512 * 1024;
 /// Largest body accepted (imaging runs to tens of MB).
@@ -84,18 +85,9 @@ pub enum Msg {
         /// in quarantine.
         returned: Vec<DocId>,
     },
-    /// Site: a piece of a body the host lacks.
-    PutBody {
-        /// Document.
-        doc: DocId,
-        /// Where this piece starts.
-        offset: u64,
-        /// Total size of the body.
-        total: u64,
-        /// The piece (at most `CHUNK_MAX` bytes).
-        #[serde(with = "serde_bytes")]
-        bytes: Vec<u8>,
-    },
+    /// Site: pieces of bodies the host lacks, at most `CHUNK_MAX` bytes in all (many small
+    /// bodies travel, and are stored, together).
+    PutBodies(Vec<BodyPiece>),
     /// Host: the body is stored (checked against its content hash).
     BodyStored {
         /// Document.
@@ -153,7 +145,7 @@ impl Msg {
             Msg::TracesAck { .. } => "TracesAck",
             Msg::Push(_) => "Push",
             Msg::PushAck { .. } => "PushAck",
-            Msg::PutBody { .. } => "PutBody",
+            Msg::PutBodies(_) => "PutBodies",
             Msg::BodyStored { .. } => "BodyStored",
             Msg::Pull { .. } => "Pull",
             Msg::Pulled { .. } => "Pulled",
@@ -227,8 +219,9 @@ impl HostSession {
                 }
                 let mut upto = replica.applied_mark(self.site)?;
                 let mut returned = Vec::new();
-                for (seq, change) in &changes {
-                    let outcome = replica.apply_remote(self.site, *seq, change)?;
+                // One transaction for the batch: one durable commit, all or nothing.
+                let outcomes = replica.apply_remote_batch(self.site, &changes)?;
+                for ((seq, change), outcome) in changes.iter().zip(outcomes) {
                     if let (Applied::Returned, Change::Document(meta)) = (outcome, change) {
                         returned.push(meta.facts.id);
                     }
@@ -259,23 +252,20 @@ impl HostSession {
                 let upto = replica.apply_remote_traces(self.site, &records)?;
                 Ok(vec![Msg::TracesAck { upto }])
             }
-            Msg::PutBody {
-                doc,
-                offset,
-                total,
-                bytes,
-            } => {
-                if total > BODY_MAX || bytes.len() > CHUNK_MAX {
-                    return Err(Error::Invalid("protocol: body too large".into()));
+            Msg::PutBodies(pieces) => {
+                let bytes: usize = pieces.iter().map(|p| p.bytes.len()).sum();
+                if bytes > CHUNK_MAX || pieces.iter().any(|p| p.total > BODY_MAX) {
+                    return Err(Error::Invalid("protocol: body pieces too large".into()));
                 }
-                let end = offset.saturating_add(bytes.len() as u64);
-                // Kept durably piece by piece: a cut transfer resumes from here.
-                let complete = replica.receive_body_piece(&doc, offset, total, &bytes)?;
-                Ok(if complete && end == total {
-                    vec![Msg::BodyStored { doc }]
-                } else {
-                    vec![]
-                })
+                // Kept durably as they come, in one transaction: a cut transfer resumes from
+                // here.
+                let complete = replica.receive_body_pieces(&pieces)?;
+                Ok(pieces
+                    .iter()
+                    .zip(complete)
+                    .filter(|(p, done)| *done && p.offset + p.bytes.len() as u64 == p.total)
+                    .map(|(p, _)| Msg::BodyStored { doc: p.doc })
+                    .collect())
             }
             Msg::Pull { after } => {
                 let items = replica.pull(self.site, after, BATCH_MAX + 1)?;
@@ -345,6 +335,14 @@ pub struct RoundReport {
     pub returned: usize,
     /// The last sequence of this site's log on the host when the round began.
     pub log_head: u64,
+    /// UDP bytes the site sent and received in the round, handshake included (filled by the
+    /// driver, `net`).
+    pub wire_sent: u64,
+    /// See `wire_sent`.
+    pub wire_received: u64,
+    /// Times the site waited for the host: the QUIC handshake, then each batch of messages
+    /// it sent (filled by `net`).
+    pub round_trips: u64,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -445,6 +443,8 @@ impl SiteSession {
     /// goes on pushing.
     fn send_bodies(&mut self, replica: &Replica, upto: u64) -> Result<Vec<Msg>> {
         let mut out = Vec::new();
+        let mut batch: Vec<BodyPiece> = Vec::new();
+        let mut batch_bytes = 0;
         let mut in_flight: u64 = self.sending.iter().map(|(_, n)| n).sum();
         while in_flight < SEND_WINDOW || self.sending.is_empty() {
             let Some((doc, kept)) = self.to_send.pop() else {
@@ -453,14 +453,24 @@ impl SiteSession {
             let body = replica.body_for_sync(&doc)?;
             let start = usize::try_from(kept).unwrap_or(usize::MAX).min(body.len());
             let sent = (body.len() - start) as u64;
-            out.extend(pieces(&body, start).map(|(offset, bytes)| Msg::PutBody {
-                doc,
-                offset,
-                total: body.len() as u64,
-                bytes,
-            }));
+            for (offset, bytes) in pieces(&body, start) {
+                if batch_bytes + bytes.len() > CHUNK_MAX {
+                    out.push(Msg::PutBodies(std::mem::take(&mut batch)));
+                    batch_bytes = 0;
+                }
+                batch_bytes += bytes.len();
+                batch.push(BodyPiece {
+                    doc,
+                    offset,
+                    total: body.len() as u64,
+                    bytes,
+                });
+            }
             self.sending.push((doc, sent));
             in_flight += sent;
+        }
+        if !batch.is_empty() {
+            out.push(Msg::PutBodies(batch));
         }
         if self.sending.is_empty() {
             replica.ack_outbox(upto)?;
@@ -764,7 +774,7 @@ mod resume_tests {
     use crate::testkit::{doctor, host_and_site, new_doc};
     use carnet_store::model::{AccessMode, Actor};
 
-    /// A round whose link is cut once `cut_after` body pieces (`PutBody` or `Body`) have been
+    /// A round whose link is cut once `cut_after` body pieces (`PutBodies` or `Body`) have been
     /// delivered: what was delivered is handled, the rest is lost. Answers the body bytes
     /// delivered.
     fn cut_round(host: &Replica, site: &Replica, cut_after: usize) -> u64 {
@@ -775,12 +785,12 @@ mod resume_tests {
         for _ in 0..10_000 {
             let mut to_site = Vec::new();
             for m in to_host.drain(..) {
-                if let Msg::PutBody { bytes: b, .. } = &m {
+                if let Msg::PutBodies(ps) = &m {
                     if pieces == cut_after {
                         return bytes;
                     }
-                    pieces += 1;
-                    bytes += b.len() as u64;
+                    pieces += ps.len();
+                    bytes += ps.iter().map(|p| p.bytes.len() as u64).sum::<u64>();
                 }
                 to_site.extend(h.handle(host, m).expect("host"));
             }

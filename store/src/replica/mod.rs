@@ -46,7 +46,7 @@ pub use authority_ops::{DossierInfo, ImportReport, NewDossier};
 pub use documents::{DossierExport, ExportedDocument, NewDocument, ReadOutcome};
 pub use host_sync::{PullItem, PullReport};
 pub use quarantine::Quarantined;
-pub use sync::{Applied, Change};
+pub use sync::{Applied, BodyPiece, Change};
 
 use crate::audit::{AuditEntry, ChainedEntry, GroupCommit, TraceAction, TraceActor};
 use crate::authority::{AuthorityRecord, Verified};

@@ -204,34 +204,63 @@ impl Replica {
 
     /// Merges change `seq` from `origin` exactly once.
     pub fn apply_remote(&self, origin: SiteId, seq: u64, change: &Change) -> Result<Applied> {
+        let mut outcomes = self.apply_remote_batch(origin, &[(seq, change.clone())])?;
+        Ok(outcomes.pop().unwrap_or(Applied::Duplicate))
+    }
+
+    /// Merges a batch of changes from `origin`, in order and each exactly once, in one
+    /// transaction: all of them or none.
+    pub fn apply_remote_batch(
+        &self,
+        origin: SiteId,
+        changes: &[(u64, Change)],
+    ) -> Result<Vec<Applied>> {
         if origin == self.config.site_id {
             return Err(Error::invalid("a replica does not apply its own changes"));
         }
         let txn = self.begin_write()?;
-        let last = txn
+        let mut last = txn
             .open_table(APPLIED)?
             .get(origin.0)?
             .map_or(0, |v| v.value());
-        if seq <= last {
-            return Ok(Applied::Duplicate);
+        let mut outcomes = Vec::with_capacity(changes.len());
+        for (seq, change) in changes {
+            let seq = *seq;
+            if seq <= last {
+                outcomes.push(Applied::Duplicate);
+                continue;
+            }
+            if seq != last + 1 {
+                return Err(Error::invalid(format!(
+                    "change {seq} from site {origin} arrived before change {}: resend from there",
+                    last + 1
+                )));
+            }
+            outcomes.push(self.apply_one_in(&txn, origin, change)?);
+            last = seq;
         }
-        if seq != last + 1 {
-            return Err(Error::invalid(format!(
-                "change {seq} from site {origin} arrived before change {}: resend from there",
-                last + 1
-            )));
-        }
+        txn.open_table(APPLIED)?.insert(origin.0, last)?;
+        txn.commit()?;
+        Ok(outcomes)
+    }
+
+    fn apply_one_in(
+        &self,
+        txn: &WriteTransaction,
+        origin: SiteId,
+        change: &Change,
+    ) -> Result<Applied> {
         let outcome = match change {
             Change::Document(remote) => {
                 let from_site = (self.config.role == super::Role::Host).then_some(origin);
-                let outcome = self.merge_remote_document(&txn, remote, from_site)?;
+                let outcome = self.merge_remote_document(txn, remote, from_site)?;
                 if outcome == Applied::Returned && from_site.is_some() {
                     txn.open_table(RETURNED)?
                         .insert(site_key(origin.0, &remote.facts.id.0).as_slice(), ())?;
                 }
                 if outcome == Applied::Applied && self.config.role == super::Role::Host {
                     let bi = self.blind(&remote.facts.ins);
-                    self.host_document_changed(&txn, &bi, &remote.facts.id, Some(origin))?;
+                    self.host_document_changed(txn, &bi, &remote.facts.id, Some(origin))?;
                     let id = remote.facts.id.0;
                     if remote.facts.size > 0
                         && txn
@@ -249,7 +278,7 @@ impl Replica {
             }
             Change::Professional(pro) => {
                 if self.config.role == super::Role::Host {
-                    self.register_site_professional(&txn, origin, &pro.rpps)?;
+                    self.register_site_professional(txn, origin, &pro.rpps)?;
                 }
                 Applied::Applied
             }
@@ -264,14 +293,12 @@ impl Replica {
             }
             Change::Pin { ins, on } => {
                 if self.config.role == super::Role::Host {
-                    self.pin_for_site(&txn, origin, ins, *on)?
+                    self.pin_for_site(txn, origin, ins, *on)?
                 } else {
                     Applied::Applied
                 }
             }
         };
-        txn.open_table(APPLIED)?.insert(origin.0, seq)?;
-        txn.commit()?;
         Ok(outcome)
     }
 
@@ -374,18 +401,64 @@ impl Replica {
         total: u64,
         bytes: &[u8],
     ) -> Result<bool> {
+        let piece = BodyPiece {
+            doc: *id,
+            offset,
+            total,
+            bytes: bytes.to_vec(),
+        };
+        Ok(self
+            .receive_body_pieces(std::slice::from_ref(&piece))?
+            .first()
+            .copied()
+            .unwrap_or(false))
+    }
+
+    /// `receive_body_piece` for several pieces (of one body or of several), in one
+    /// transaction: many small bodies cost one durable commit. A bad piece refuses the whole
+    /// batch; a body whose hash does not match is dropped (the rest of the batch is kept) and
+    /// reported as an error.
+    pub fn receive_body_pieces(&self, pieces: &[BodyPiece]) -> Result<Vec<bool>> {
         let txn = self.begin_write()?;
         let (snap, generation) = self.snapshot()?;
-        let (_, key, meta) = self.load_doc(&snap, generation, id)?;
+        let mut complete = Vec::with_capacity(pieces.len());
+        let mut corrupt = None;
+        for p in pieces {
+            match self.receive_piece_in(&txn, &snap, generation, p)? {
+                Piece::Kept => complete.push(false),
+                Piece::Complete => complete.push(true),
+                Piece::Corrupt => {
+                    complete.push(false);
+                    corrupt = Some(p.doc);
+                }
+            }
+        }
+        txn.commit()?;
+        match corrupt {
+            Some(id) => Err(Error::integrity(format!(
+                "the body received for document {id} does not match its content hash"
+            ))),
+            None => Ok(complete),
+        }
+    }
+
+    fn receive_piece_in(
+        &self,
+        txn: &WriteTransaction,
+        snap: &redb::ReadTransaction,
+        generation: super::Generation,
+        p: &BodyPiece,
+    ) -> Result<Piece> {
+        let (id, offset, total, bytes) = (&p.doc, p.offset, p.total, p.bytes.as_slice());
+        let (_, key, meta) = self.load_doc(snap, generation, id)?;
         if txn
             .open_table(BODIES)?
             .get(body_key(&id.0, 0).as_slice())?
             .is_some()
         {
             // Held already (another site sent it): nothing is owed or partial any more.
-            Self::forget_partial_body(&txn, id)?;
-            txn.commit()?;
-            return Ok(true);
+            Self::forget_partial_body(txn, id)?;
+            return Ok(Piece::Complete);
         }
         if total != meta.facts.size {
             return Err(Error::integrity(format!(
@@ -405,23 +478,21 @@ impl Replica {
             })?;
         if end <= kept && offset < kept {
             // Sent again after a cut: already kept.
-            return Ok(false);
+            return Ok(Piece::Kept);
         }
         if offset != kept {
             return Err(Error::invalid(format!(
                 "document {id}: a body piece starts at {offset}, the next expected is {kept}"
             )));
         }
-        if !bytes.is_empty() {
+        if end < total {
             let sealed = key.seal(&piece_aad(&id.0, offset), bytes)?;
             txn.open_table(PARTIAL_BODIES)?
                 .insert(piece_key(&id.0, offset).as_slice(), sealed.as_slice())?;
-        }
-        if end < total {
             txn.open_table(PARTIAL_PROGRESS)?.insert(&id.0, end)?;
-            txn.commit()?;
-            return Ok(false);
+            return Ok(Piece::Kept);
         }
+        // The last piece: the kept ones, then this one, make the body.
         let mut body = Zeroizing::new(Vec::with_capacity(
             usize::try_from(total).unwrap_or(0).min(64 << 20),
         ));
@@ -447,20 +518,16 @@ impl Replica {
                 body.extend_from_slice(&plain);
             }
         }
+        body.extend_from_slice(bytes);
+        Self::forget_partial_body(txn, id)?;
         if body.len() as u64 != meta.facts.size
             || *blake3::hash(&body).as_bytes() != meta.facts.content_hash
         {
             // A corrupt transfer is dropped whole: the next one starts again from zero.
-            Self::forget_partial_body(&txn, id)?;
-            txn.commit()?;
-            return Err(Error::integrity(format!(
-                "the body received for document {id} does not match its content hash"
-            )));
+            return Ok(Piece::Corrupt);
         }
         self.put_body(&mut txn.open_table(BODIES)?, &key, id, &body)?;
-        Self::forget_partial_body(&txn, id)?;
-        txn.commit()?;
-        Ok(true)
+        Ok(Piece::Complete)
     }
 
     /// Drops the kept pieces of `id`'s body, in `txn`.
@@ -521,6 +588,27 @@ impl Replica {
         }
         Ok(out)
     }
+}
+
+/// A piece of a body, as it travels between replicas.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BodyPiece {
+    /// Document.
+    pub doc: DocId,
+    /// Where this piece starts.
+    pub offset: u64,
+    /// Total size of the body.
+    pub total: u64,
+    /// The piece.
+    #[serde(with = "serde_bytes")]
+    pub bytes: Vec<u8>,
+}
+
+/// What became of one received piece.
+enum Piece {
+    Kept,
+    Complete,
+    Corrupt,
 }
 
 /// `document id ‖ site`.

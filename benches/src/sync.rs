@@ -1,0 +1,373 @@
+//! `carnet-bench sync` (DESIGN §6): a real host daemon (`carnet-syncd`, built next to this
+//! binary) on 127.0.0.1 and a site in this process, in a temporary folder.
+//!
+//! Prints: the initial sync of 10,000 documents of 4 KiB from the site to the host, against two
+//! floors measured in the same run (a raw QUIC stream with the same TLS carrying the same
+//! bytes, and raw batched redb inserts of the same bytes); a sync with nothing new (bytes on
+//! the wire and round trips) at 1,000, 10,000 and 100,000 documents; an incremental sync after
+//! changing 1 % of them; and the host's peak memory during each (its `VmHWM`, reset before each
+//! phase through `/proc/PID/clear_refs`).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use carnet_store::ids::Ins;
+use carnet_store::model::{AccessMode, Actor, GrantBasis, GrantState, Profession, Professional};
+use carnet_store::policy::Action;
+use carnet_store::replica::{InitOptions, KeySource, Replica, Role, system_clock};
+use carnet_syncd::session::RoundReport;
+
+use crate::{
+    DOC_BYTES, Res, create_dossier, doctor, new_doc, random_bytes, raw_redb_batched_seconds,
+};
+
+/// The host daemon, stopped when dropped.
+struct HostDaemon {
+    child: Child,
+}
+
+impl Drop for HostDaemon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl HostDaemon {
+    fn start(dir: &Path) -> Res<HostDaemon> {
+        let bin = std::env::current_exe()?.with_file_name("carnet-syncd");
+        if !bin.exists() {
+            return Err(format!(
+                "{} is missing: build it with `cargo build --release --workspace --bins`",
+                bin.display()
+            )
+            .into());
+        }
+        let child = Command::new(bin)
+            .arg("--data")
+            .arg(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        // The socket answers once the daemon owns the store.
+        let socket = carnet_syncd::api::socket_path(dir);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            if Instant::now() > deadline {
+                return Err("the host daemon did not start".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(HostDaemon { child })
+    }
+
+    /// Resets the peak resident size to the current one.
+    fn reset_peak(&self) {
+        let _ = std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5");
+    }
+
+    /// Peak resident size since the last reset, in MiB.
+    fn peak_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    }
+}
+
+/// A host (its daemon running) and a site of it, enrolled, with one dossier in the site's
+/// scope.
+struct Pair {
+    site: Arc<Replica>,
+    host: HostDaemon,
+    ins: Ins,
+    runtime: tokio::runtime::Runtime,
+}
+
+fn free_port() -> Res<u16> {
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn pair(dir: &Path) -> Res<Pair> {
+    let (host_dir, site_dir) = (dir.join("host"), dir.join("site"));
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let options = |role, site_id, host_key| InitOptions {
+        role,
+        name: "bench".into(),
+        site_id,
+        key: KeySource::File,
+        host_key,
+        lease_hours: None,
+    };
+    let host = Replica::init(&host_dir, options(Role::Host, None, None), system_clock())?;
+    carnet_syncd::enrol::init_host(&host)?;
+    let pro = Professional {
+        rpps: doctor()?,
+        profession: Profession::Medecin,
+        specialty: None,
+        name: None,
+    };
+    host.add_professional(&pro)?;
+    let ins = create_dossier(&host)?;
+    host.set_grant(&ins, &pro.rpps, GrantState::Active, GrantBasis::Treating)?;
+    let bundle = carnet_syncd::enrol::enrol(&host, "Bench", "750000001", &listen.to_string())?;
+    drop(host);
+    carnet_syncd::config::Config {
+        role: carnet_syncd::config::ConfigRole::Host,
+        listen: Some(listen),
+        host_address: None,
+        inbox: "inbox".into(),
+        log_level: "warn".into(),
+    }
+    .write_new(&host_dir)?;
+    let site = Replica::init(
+        &site_dir,
+        options(
+            Role::Site,
+            Some(carnet_store::ids::SiteId(bundle.site_id)),
+            Some(bundle.host_key),
+        ),
+        system_clock(),
+    )?;
+    carnet_syncd::enrol::install_site(&site, &bundle)?;
+    site.add_professional(&pro)?;
+    let pair = Pair {
+        site: Arc::new(site),
+        host: HostDaemon::start(&host_dir)?,
+        ins,
+        runtime: tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?,
+    };
+    pair.round()?;
+    Ok(pair)
+}
+
+impl Pair {
+    fn round(&self) -> Res<RoundReport> {
+        Ok(self
+            .runtime
+            .block_on(carnet_syncd::net::sync_round(self.site.clone()))?)
+    }
+
+    /// Writes `n` documents of 4 KiB at the site, 1,000 per transaction.
+    fn write(&self, n: usize, seed: usize) -> Res<Vec<carnet_store::ids::DocId>> {
+        let actor = Actor::Professional(doctor()?);
+        let mut ids = Vec::with_capacity(n);
+        for start in (0..n).step_by(1000) {
+            let batch = (start..n.min(start + 1000))
+                .map(|i| Ok((self.ins.clone(), new_doc(seed * 1_000_000 + i)?)))
+                .collect::<Res<Vec<_>>>()?;
+            ids.extend(
+                self.site
+                    .put_documents(&actor, AccessMode::Normal, None, batch)?,
+            );
+        }
+        Ok(ids)
+    }
+
+    /// Rounds until the site has nothing pending; answers the time, the sum of the reports and
+    /// the host's peak memory.
+    fn sync(&self) -> Res<(f64, RoundReport, f64)> {
+        self.host.reset_peak();
+        let start = Instant::now();
+        let mut total = RoundReport::default();
+        loop {
+            let r = self.round()?;
+            total.wire_sent += r.wire_sent;
+            total.wire_received += r.wire_received;
+            total.round_trips += r.round_trips;
+            total.pushed = r.pushed;
+            total.pulled += r.pulled;
+            if self.site.outbox_len()? == 0 {
+                break;
+            }
+        }
+        Ok((start.elapsed().as_secs_f64(), total, self.host.peak_mib()))
+    }
+}
+
+/// Seconds a raw QUIC stream (same TLS configuration, same loopback) takes to carry `bytes`.
+fn raw_quic_seconds(bytes: usize) -> Res<f64> {
+    use carnet_syncd::{pki, transport};
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let ca = pki::new_ca()?;
+    let (host, site) = (pki::issue_host(&ca)?, pki::issue_site(&ca, 1)?);
+    let server = transport::server_config(&ca.cert_der, &host, Arc::default())?;
+    let client = transport::client_config(&ca.cert_der, &site)?;
+    runtime.block_on(async move {
+        let endpoint = quinn::Endpoint::server(server, "127.0.0.1:0".parse()?)?;
+        let addr = endpoint.local_addr()?;
+        let receiver = tokio::spawn(async move {
+            let conn = endpoint.accept().await.ok_or("no connection")?.await?;
+            let (mut send, mut recv) = conn.accept_bi().await?;
+            let mut got = 0usize;
+            while let Some(chunk) = recv.read_chunk(1 << 20, true).await? {
+                got += chunk.bytes.len();
+            }
+            send.write_all(&[1]).await?;
+            send.finish()?;
+            let _ = conn.closed().await;
+            Ok::<usize, Box<dyn std::error::Error + Send + Sync>>(got)
+        });
+        let mut client_endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+        client_endpoint.set_default_client_config(client);
+        let payload = random_bytes(bytes, 9);
+        let start = Instant::now();
+        let conn = client_endpoint.connect(addr, pki::HOST_NAME)?.await?;
+        let (mut send, mut recv) = conn.open_bi().await?;
+        for piece in payload.chunks(512 * 1024) {
+            send.write_all(piece).await?;
+        }
+        send.finish()?;
+        recv.read_to_end(16).await?;
+        let seconds = start.elapsed().as_secs_f64();
+        conn.close(0u32.into(), b"done");
+        let got = receiver.await?.map_err(|e| e.to_string())?;
+        if got != bytes {
+            return Err(format!("the raw stream carried {got} of {bytes} bytes").into());
+        }
+        Ok(seconds)
+    })
+}
+
+fn mib(bytes: u64) -> String {
+    if bytes < 10 * 1024 {
+        format!("{bytes} B")
+    } else if bytes < 1 << 20 {
+        format!("{:.0} KiB", bytes as f64 / 1024.0)
+    } else {
+        format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+    }
+}
+
+pub fn run() -> Res<()> {
+    let tmp = tempfile::tempdir()?;
+    println!("carnet-bench sync — a host daemon and a site on 127.0.0.1, 4 KiB documents\n");
+    const N: usize = 10_000;
+    let bytes = N * DOC_BYTES;
+    let quic = raw_quic_seconds(bytes)?;
+    let redb = raw_redb_batched_seconds(&tmp.path().join("raw"), N)?;
+    let floor = quic.max(redb);
+
+    let p = pair(&tmp.path().join("p10k"))?;
+    let ids = p.write(N, 1)?;
+    let (initial, report, initial_peak) = p.sync()?;
+    let (quiet_10k_t, quiet_10k, quiet_10k_peak) = p.sync_quiet()?;
+    // Incremental: 1 % of the documents masked at the site.
+    let actor = Actor::Professional(doctor()?);
+    for id in ids.iter().step_by(100) {
+        p.site.update_document(&actor, id, Action::Mask)?;
+    }
+    let (incr_t, incr, incr_peak) = p.sync()?;
+
+    let small = pair(&tmp.path().join("p1k"))?;
+    small.write(1_000, 2)?;
+    small.sync()?;
+    let (quiet_1k_t, quiet_1k, quiet_1k_peak) = small.sync_quiet()?;
+    drop(small);
+
+    // 100,000: the 10,000 pair grows by 90,000.
+    p.write(90_000, 3)?;
+    let (grow_t, _, grow_peak) = p.sync()?;
+    let (quiet_100k_t, quiet_100k, quiet_100k_peak) = p.sync_quiet()?;
+
+    let row = |name: &str, value: String, note: String| {
+        println!("{name:<58} {value:>14} {note}");
+    };
+    println!("{:<58} {:>14} note", "measure", "value");
+    row(
+        "floor: raw QUIC stream, same TLS, 40 MiB",
+        format!("{quic:.2} s"),
+        format!("{:.0} MiB/s", bytes as f64 / (1 << 20) as f64 / quic),
+    );
+    row(
+        "floor: raw redb inserts of the same bytes, 1000 per txn",
+        format!("{redb:.2} s"),
+        String::new(),
+    );
+    let ratio = floor / initial;
+    row(
+        "initial sync, 10,000 documents site -> host",
+        format!("{initial:.2} s"),
+        format!(
+            "{:.0} docs/s, {:.0}% of the slower floor ({}), {} round trips, host peak {:.0} MiB",
+            N as f64 / initial,
+            ratio * 100.0,
+            if ratio >= 0.5 {
+                "ok"
+            } else {
+                "BELOW BUDGET 50%"
+            },
+            report.round_trips,
+            initial_peak
+        ),
+    );
+    for (n, t, r, peak) in [
+        (1_000, quiet_1k_t, quiet_1k, quiet_1k_peak),
+        (10_000, quiet_10k_t, quiet_10k, quiet_10k_peak),
+        (100_000, quiet_100k_t, quiet_100k, quiet_100k_peak),
+    ] {
+        row(
+            &format!("nothing new, {n} documents"),
+            format!("{:.0} ms", t * 1000.0),
+            format!(
+                "{} round trips, {} sent + {} received, host peak {:.0} MiB{}",
+                r.round_trips,
+                mib(r.wire_sent),
+                mib(r.wire_received),
+                peak,
+                if r.round_trips <= 1 && r.wire_sent + r.wire_received < 1024 {
+                    ""
+                } else {
+                    " (budget: 1 round trip, < 1 KiB: NOT MET)"
+                }
+            ),
+        );
+    }
+    row(
+        "incremental: 1% of 10,000 masked",
+        format!("{:.0} ms", incr_t * 1000.0),
+        format!(
+            "{} round trips, {} sent, host peak {:.0} MiB",
+            incr.round_trips,
+            mib(incr.wire_sent),
+            incr_peak
+        ),
+    );
+    row(
+        "growth: 90,000 more documents",
+        format!("{grow_t:.1} s"),
+        format!(
+            "{:.0} docs/s, host peak {grow_peak:.0} MiB",
+            90_000.0 / grow_t
+        ),
+    );
+    Ok(())
+}
+
+impl Pair {
+    /// One round with nothing new.
+    fn sync_quiet(&self) -> Res<(f64, RoundReport, f64)> {
+        self.host.reset_peak();
+        let start = Instant::now();
+        let r = self.round()?;
+        Ok((start.elapsed().as_secs_f64(), r, self.host.peak_mib()))
+    }
+}
