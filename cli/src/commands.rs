@@ -767,6 +767,22 @@ fn grant(cli: &Cli, c: &GrantCmd) -> Result<Reply> {
         }
     };
     let (i, p) = (ins(&target.dossier)?, rpps(&target.rpps)?);
+    if state == GrantState::Active && r.config()?.role == Role::Site {
+        // At a site, consent given in person: usable now, the host confirms or refuses.
+        if basis != Some(GrantBasis::Consent) {
+            return Err(Failure::Usage(
+                "at a site, `grant add` records the consent given in person (a pending grant); the médecin traitant and other bases are declared at the host".into(),
+            ));
+        }
+        r.pending_grant(&i, &p)?;
+        return Ok(Reply::new(
+            format!(
+                "pending grant of {p} on {}: usable here for this encounter (24 h); the host confirms or refuses it at the next sync",
+                i.matricule()
+            ),
+            json!({"ins": i.matricule(), "rpps": p.as_str(), "state": "pending"}),
+        ));
+    }
     // A revocation or block keeps the basis it ends, for the record.
     let basis = match basis {
         Some(b) => b,

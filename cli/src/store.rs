@@ -114,6 +114,13 @@ impl Store {
         })
     }
 
+    pub fn pending_grant(&self, ins: &Ins, rpps: &Rpps) -> Result<()> {
+        self.done(Request::PendingGrant {
+            ins: ins.clone(),
+            rpps: rpps.clone(),
+        })
+    }
+
     /// Changes the preferences given (`None` keeps one) and answers those now in force.
     pub fn update_emergency(
         &self,

@@ -64,6 +64,8 @@ pub enum Request {
         state: GrantState,
         basis: GrantBasis,
     },
+    /// Records consent given in person (site): a pending grant the host confirms or refuses.
+    PendingGrant { ins: Ins, rpps: Rpps },
     /// Changes emergency preferences (host); `None` keeps a setting.
     UpdateEmergency {
         ins: Ins,
@@ -333,6 +335,10 @@ impl Service {
                 basis,
             } => {
                 r.set_grant(&ins, &rpps, state, basis)?;
+                Response::Done
+            }
+            Request::PendingGrant { ins, rpps } => {
+                r.record_pending_grant(&ins, &rpps)?;
                 Response::Done
             }
             Request::UpdateEmergency {

@@ -156,10 +156,10 @@ fn a_site_works_from_the_hosts_records() {
     );
     assert_eq!(site.json(&["audit", "verify"])["ok"], true);
 
-    // The host's decisions stay the host's.
+    // The host's decisions stay the host's (a site records only consent given in person).
     let o = site.fails(
         2,
-        &["grant", "add", "--dossier", &k.ins, "--rpps", ER_DOCTOR],
+        &["grant", "revoke", "--dossier", &k.ins, "--rpps", ER_DOCTOR],
     );
     assert!(o.stderr.contains("national host"), "{}", o.stderr);
     site.fails(2, &["dossier", "close", &k.ins, "--reason", "x"]);

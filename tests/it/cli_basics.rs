@@ -647,8 +647,10 @@ fn grants_add_revoke_block_list() {
         ],
     );
     let site = Carnet::site(3, None);
-    let o = site.fails(2, &["grant", "add", "--dossier", &a, "--rpps", DOCTOR]);
-    assert!(o.stderr.contains("host"), "{}", o.stderr);
+    // At a site, consent given in person needs the dossier there (the host's decisions are
+    // checked in `authority`).
+    let o = site.fails(4, &["grant", "add", "--dossier", &a, "--rpps", DOCTOR]);
+    assert!(o.stderr.contains("no such dossier"), "{}", o.stderr);
 }
 
 #[test]

@@ -168,3 +168,41 @@ fn revocation_block_and_closure_reach_the_sites_within_one_sync() {
     let shown = n.host.json(&["dossier", "show", &ins]);
     assert_eq!(shown["purge_receipts"][0]["site"], 2, "{shown}");
 }
+
+#[test]
+fn consent_given_in_person_at_a_site_works_at_once_and_the_host_confirms_it() {
+    let n = network();
+    let ins = n.ins.clone();
+    let site = &n.sites[0];
+    site.pro(NURSE, "infirmier");
+    let d = consultation(site, &ins, b"soins (synthetic)");
+    site.fails(3, &["doc", "get", &d, "--as", NURSE]);
+    // A site cannot declare a médecin traitant.
+    site.fails(
+        2,
+        &[
+            "grant",
+            "add",
+            "--dossier",
+            &ins,
+            "--rpps",
+            NURSE,
+            "--treating",
+        ],
+    );
+    let pending = site.json(&["grant", "add", "--dossier", &ins, "--rpps", NURSE]);
+    assert_eq!(pending["state"], "pending", "{pending}");
+    assert_eq!(site.body(&d, NURSE), b"soins (synthetic)");
+    sync_until_ok(site, Duration::from_secs(30));
+    let grants = n.host.json(&["grant", "list", "--dossier", &ins]);
+    let nurse = grants
+        .as_array()
+        .and_then(|g| g.iter().find(|g| g["rpps"] == NURSE).cloned());
+    assert_eq!(
+        nurse
+            .as_ref()
+            .map(|g| (g["state"].clone(), g["basis"].clone())),
+        Some(("active".into(), "consent".into())),
+        "{grants}"
+    );
+}

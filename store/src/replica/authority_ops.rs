@@ -232,7 +232,7 @@ impl Replica {
     }
 
     /// Host: signs a record with the next sequence and admits it, inside `txn`.
-    fn issue_in(&self, txn: &WriteTransaction, record: AuthorityRecord) -> Result<u64> {
+    pub(super) fn issue_in(&self, txn: &WriteTransaction, record: AuthorityRecord) -> Result<u64> {
         let key = self.signing_key()?;
         let seq = Self::bump_meta_u64(txn, meta_key::AUTHORITY_SEQ, None)?;
         let signed = authority::sign(key, seq, &record)?;
@@ -249,7 +249,7 @@ impl Replica {
         Ok(seq)
     }
 
-    fn head(&self, ins: &Ins) -> Result<(DossierHead, u64)> {
+    pub(super) fn head(&self, ins: &Ins) -> Result<(DossierHead, u64)> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(AUTHORITY)?;
         match self.authority_get(

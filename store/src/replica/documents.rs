@@ -86,6 +86,8 @@ struct Context {
     head: Arc<DossierHead>,
     emergency: EmergencyPrefs,
     grant: Option<(GrantState, bool)>,
+    /// The grant in force is a pending one (consent given in person here).
+    pending_grant: bool,
     authority_version: u64,
     lease_expired: bool,
 }
@@ -135,22 +137,34 @@ impl Replica {
             }) => *prefs,
             _ => EmergencyPrefs::default(),
         };
-        let grant = match who {
-            Who::Professional { rpps, .. } => {
+        let (mut grant, mut pending_grant) = (None, false);
+        if let Who::Professional { rpps, .. } = who {
+            let signed =
                 match get(subject_key(tag::GRANT, Some(bi), Some(rpps.as_str())))?.as_deref() {
                     Some(Verified {
                         record: AuthorityRecord::Grant(g),
                         ..
-                    }) => Some((g.state, g.treating())),
+                    }) => Some((g.state, g.treating(), g.issued_at)),
                     _ => None,
-                }
+                };
+            grant = signed.map(|(state, treating, _)| (state, treating));
+            if signed.is_none_or(|(state, ..)| state != GrantState::Active)
+                && self.pending_grant_applies(
+                    txn,
+                    bi,
+                    rpps,
+                    signed.map(|(state, _, at)| (state, at)),
+                )?
+            {
+                grant = Some((GrantState::Active, false));
+                pending_grant = true;
             }
-            _ => None,
-        };
+        }
         Ok(Context {
             head,
             emergency,
             grant,
+            pending_grant,
             authority_version: generation.authority_version,
             lease_expired: self.lease_expired(generation),
         })
@@ -203,7 +217,14 @@ impl Replica {
             mode,
             allowed: decision.allow,
             rule: decision.rule.0,
-            outcome_reason: decision.reason.to_string(),
+            outcome_reason: if ctx.pending_grant {
+                format!(
+                    "{} (on a pending grant: consent given in person, not yet confirmed by the host)",
+                    decision.reason
+                )
+            } else {
+                decision.reason.to_string()
+            },
             stated_reason: reason.filter(|r| !r.trim().is_empty()).map(str::to_string),
             decided_offline: self.config.role == Role::Site,
             authority_version: ctx.authority_version,

@@ -21,6 +21,7 @@ mod cache;
 mod documents;
 mod host_sync;
 mod journal;
+mod pending_grants;
 mod quarantine;
 mod sync;
 pub mod tables;
@@ -400,6 +401,7 @@ impl Replica {
             txn.open_table(PARTIAL_PROGRESS)?;
             txn.open_table(OWED_BODIES)?;
             txn.open_table(ANNOUNCEMENTS)?;
+            txn.open_table(PENDING_GRANTS)?;
             txn.open_table(SITE_RECEIPTS)?;
             txn.open_table(RETURNED)?;
             txn.open_table(PENDING_PURGES)?;

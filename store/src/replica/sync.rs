@@ -40,6 +40,13 @@ pub enum Change {
         /// Pin or unpin.
         on: bool,
     },
+    /// Consent given in person at the sending site: the host confirms or refuses it.
+    PendingGrant {
+        /// The dossier.
+        ins: crate::ids::Ins,
+        /// The professional.
+        rpps: crate::ids::Rpps,
+    },
 }
 
 /// The result of `apply_remote`.
@@ -88,6 +95,11 @@ impl Replica {
                 OutboxItem::Professional(rpps) => {
                     let pro = self.who_is(&txn, &crate::ids::Rpps::parse(&rpps)?)?;
                     out.push((k.value(), Change::Professional(pro)));
+                }
+                OutboxItem::PendingGrant { sealed_ins, rpps } => {
+                    let ins = self.open_pending_ins(&sealed_ins)?;
+                    let rpps = crate::ids::Rpps::parse(&rpps)?;
+                    out.push((k.value(), Change::PendingGrant { ins, rpps }));
                 }
             }
         }
@@ -182,6 +194,7 @@ impl Replica {
                 OutboxItem::Professional(_) => "professional",
                 OutboxItem::PurgeReceipt { .. } => "purge-receipt",
                 OutboxItem::Pin { .. } => "pin",
+                OutboxItem::PendingGrant { .. } => "pending-grant",
             };
             *out.entry(kind).or_insert(0) += 1;
         }
@@ -246,7 +259,7 @@ impl Replica {
 
     fn apply_one_in(
         &self,
-        txn: &WriteTransaction,
+        txn: &super::Writer<'_>,
         origin: SiteId,
         change: &Change,
     ) -> Result<Applied> {
@@ -297,6 +310,12 @@ impl Replica {
                 } else {
                     Applied::Applied
                 }
+            }
+            Change::PendingGrant { ins, rpps } => {
+                if self.config.role == super::Role::Host {
+                    self.decide_pending_grant(txn, ins, rpps)?;
+                }
+                Applied::Applied
             }
         };
         Ok(outcome)

@@ -61,6 +61,8 @@ pub const PARTIAL_BODIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("
 /// `document id ‖ site (u32 BE)`. Told to the site at each `Welcome`, so a body survives any
 /// broken round; dropped once the body is stored.
 pub const OWED_BODIES: TableDefinition<&[u8], ()> = TableDefinition::new("owed_bodies");
+/// Site: pending grants (consent given in person), `blind index ‖ RPPS` → when.
+pub const PENDING_GRANTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pending_grants");
 /// Host: documents hidden from the patient whose patient was told (document id → when).
 pub const ANNOUNCEMENTS: TableDefinition<&[u8; 16], i64> = TableDefinition::new("announcements");
 /// Bytes received so far of each body in `PARTIAL_BODIES`.
@@ -157,6 +159,15 @@ pub enum OutboxItem {
         sealed_ins: Vec<u8>,
         /// Pin (true) or unpin.
         on: bool,
+    },
+    /// Consent given in person at this site, for the host to confirm or refuse; the INS is
+    /// sealed (registry key).
+    PendingGrant {
+        /// `Ins` matricule, sealed.
+        #[serde(with = "serde_bytes")]
+        sealed_ins: Vec<u8>,
+        /// The professional.
+        rpps: String,
     },
 }
 

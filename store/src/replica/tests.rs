@@ -886,8 +886,13 @@ fn a_scope_exit_purge_cut_by_a_crash_finishes_at_the_next_open() {
     assert_eq!(left, 0);
 }
 
-#[test]
-fn the_host_tells_the_patient_after_two_weeks_and_releases_after_a_month() {
+/// `host_and_site`, reopened on a clock the test moves.
+fn host_and_site_on_a_clock() -> (
+    (TempDir, TempDir),
+    Arc<std::sync::atomic::AtomicI64>,
+    Replica,
+    Replica,
+) {
     use std::sync::atomic::{AtomicI64, Ordering};
     let now = Arc::new(AtomicI64::new(1_700_000_000_000));
     let moving = |now: &Arc<AtomicI64>| -> Clock {
@@ -898,6 +903,13 @@ fn the_host_tells_the_patient_after_two_weeks_and_releases_after_a_month() {
     drop((host, site));
     let host = Replica::open(hd.path(), &KeySource::File, moving(&now)).expect("host");
     let site = Replica::open(sd.path(), &KeySource::File, moving(&now)).expect("site");
+    ((hd, sd), now, host, site)
+}
+
+#[test]
+fn the_host_tells_the_patient_after_two_weeks_and_releases_after_a_month() {
+    use std::sync::atomic::Ordering;
+    let (_dirs, now, host, site) = host_and_site_on_a_clock();
     // Written at the site, hidden from the patient until the announcement consultation.
     let id = write(&site, "résultat", b"to be announced");
     site.update_document(&Actor::Professional(doctor()), &id, Action::HideFromPatient)
@@ -957,4 +969,94 @@ fn the_host_tells_the_patient_after_two_weeks_and_releases_after_a_month() {
         host.run_announcement_timer().expect("idle"),
         AnnouncementPass::default()
     );
+}
+
+#[test]
+fn a_pending_grant_works_at_once_at_its_site_and_the_host_confirms_or_refuses_it() {
+    use std::sync::atomic::Ordering;
+    let (_dirs, now, host, site) = host_and_site_on_a_clock();
+    let id = write(&site, "CR", b"for the nurse");
+    let nurse_reads = |r: &Replica| {
+        r.read_document(&Actor::Professional(nurse()), &id, AccessMode::Normal, None)
+            .is_ok()
+    };
+    assert!(!nurse_reads(&site), "no grant yet");
+    assert!(
+        host.record_pending_grant(&ins(), &nurse()).is_err(),
+        "the host grants directly"
+    );
+    // Consent given in person: usable at once, traced as pending.
+    site.record_pending_grant(&ins(), &nurse())
+        .expect("pending");
+    assert!(nurse_reads(&site));
+    let traced = site.audit_entries(Some(&ins())).expect("audit");
+    assert!(
+        traced
+            .iter()
+            .any(|c| c.entry.allowed && c.entry.outcome_reason.contains("pending grant"))
+    );
+    // The host confirms it with a signed grant, which reaches the site.
+    sync(&host, &site);
+    let granted = |r: &Replica| {
+        r.dossier(&ins())
+            .expect("dossier")
+            .grants
+            .iter()
+            .any(|g| g.rpps == nurse() && g.state == GrantState::Active)
+    };
+    assert!(granted(&host) && granted(&site));
+    assert!(nurse_reads(&host));
+    // A later revocation at the host wins over the pending grant made before it.
+    now.fetch_add(1000, Ordering::SeqCst);
+    host.set_grant(&ins(), &nurse(), GrantState::Revoked, GrantBasis::Consent)
+        .expect("revoke");
+    sync(&host, &site);
+    assert!(!nurse_reads(&site));
+    // A block wins over a new pending grant, and the host refuses it.
+    now.fetch_add(1000, Ordering::SeqCst);
+    host.set_grant(&ins(), &nurse(), GrantState::Blocked, GrantBasis::Consent)
+        .expect("block");
+    sync(&host, &site);
+    site.record_pending_grant(&ins(), &nurse())
+        .expect("pending");
+    assert!(!nurse_reads(&site), "a block wins");
+    sync(&host, &site);
+    let state = host
+        .dossier(&ins())
+        .expect("dossier")
+        .grants
+        .into_iter()
+        .find(|g| g.rpps == nurse())
+        .map(|g| g.state);
+    assert_eq!(state, Some(GrantState::Blocked), "refused: still blocked");
+    assert!(
+        host.audit_entries(Some(&ins()))
+            .expect("audit")
+            .iter()
+            .any(|c| c.entry.action == TraceAction::Admin("pending-grant-refused".into()))
+    );
+}
+
+#[test]
+fn a_pending_grant_lasts_one_encounter() {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    let now = Arc::new(AtomicI64::new(1_700_000_000_000));
+    let (_hd, host, sd, site) = host_and_site();
+    drop((host, site));
+    let site = Replica::open(sd.path(), &KeySource::File, {
+        let now = now.clone();
+        Arc::new(move || now.load(Ordering::SeqCst))
+    })
+    .expect("site");
+    let id = write(&site, "CR", b"x");
+    site.record_pending_grant(&ins(), &nurse())
+        .expect("pending");
+    let reads = || {
+        site.read_document(&Actor::Professional(nurse()), &id, AccessMode::Normal, None)
+            .is_ok()
+    };
+    assert!(reads());
+    now.fetch_add(25 * 3_600_000, Ordering::SeqCst);
+    // (Within the lease, past the encounter.)
+    assert!(!reads(), "a pending grant is for one encounter");
 }

@@ -1,0 +1,181 @@
+//! Pending grants (DOMAIN §5): consent the patient gives in person at a site. The site records
+//! it at once and uses it for that encounter (`PENDING_VALID`), traced; it is pushed to the
+//! host, which confirms it with a signed grant, or refuses it when the professional is blocked.
+//!
+//! Invariants: a pending grant never outranks a block, nor any signed grant record issued after
+//! it (a revocation made later wins); it widens access only at the site that recorded it, and
+//! only for `PENDING_VALID`; the host decides, in the transaction that applies the push.
+
+use redb::{ReadTransaction, ReadableDatabase};
+use serde::{Deserialize, Serialize};
+
+use super::tables::*;
+use super::{Replica, Role, Writer};
+use crate::authority::{AuthorityRecord, Verified};
+use crate::error::{Error, Result};
+use crate::ids::{Ins, Rpps};
+use crate::model::{DossierStatus, Grant, GrantBasis, GrantState};
+use crate::time::Millis;
+
+/// How long a pending grant is usable at its site: one encounter.
+pub const PENDING_VALID: Millis = 24 * 3_600_000;
+
+/// A pending grant as kept at its site.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct Pending {
+    at: Millis,
+}
+
+/// `blind index ‖ RPPS`.
+fn pending_key(bi: &[u8; 32], rpps: &Rpps) -> Vec<u8> {
+    let mut k = bi.to_vec();
+    k.extend_from_slice(rpps.as_str().as_bytes());
+    k
+}
+
+impl Replica {
+    /// Site: records the consent the patient of `ins` gave in person to `rpps`, usable here at
+    /// once for `PENDING_VALID` and queued for the host to confirm or refuse.
+    pub fn record_pending_grant(&self, ins: &Ins, rpps: &Rpps) -> Result<()> {
+        if self.config.role != Role::Site {
+            return Err(Error::invalid(
+                "a pending grant is recorded at a site; the host grants directly (grant add)",
+            ));
+        }
+        let (head, _) = self.head(ins)?;
+        if head.status != DossierStatus::Active {
+            return Err(Error::invalid(
+                "the dossier is closed: grants cannot change",
+            ));
+        }
+        let bi = self.blind(ins);
+        let txn = self.begin_write()?;
+        self.who_is(&self.db.begin_read()?, rpps)?;
+        let now = self.now();
+        {
+            let mut table = txn.open_table(PENDING_GRANTS)?;
+            // Encounters that ended are forgotten.
+            table.retain(|_, v| {
+                postcard::from_bytes::<Pending>(v).is_ok_and(|p| now - p.at < PENDING_VALID)
+            })?;
+            table.insert(
+                pending_key(&bi, rpps).as_slice(),
+                postcard::to_stdvec(&Pending { at: now })?.as_slice(),
+            )?;
+        }
+        let sealed_ins = self
+            .keys
+            .registry
+            .seal(b"pending-grant-ins", ins.matricule().as_bytes())?;
+        self.push_outbox(
+            &txn,
+            OutboxItem::PendingGrant {
+                sealed_ins,
+                rpps: rpps.as_str().to_string(),
+            },
+        )?;
+        txn.trace(vec![self.admin_entry(
+            "pending-grant",
+            Some(ins),
+            Some("consent given in person"),
+        )]);
+        txn.commit()
+    }
+
+    /// Opens the INS of a queued pending grant.
+    pub(super) fn open_pending_ins(&self, sealed: &[u8]) -> Result<Ins> {
+        let plain = self
+            .keys
+            .registry
+            .open(b"pending-grant-ins", sealed)
+            .map_err(|_| Error::integrity("a queued pending grant was altered"))?;
+        Ins::parse(std::str::from_utf8(&plain).map_err(|_| Error::integrity("pending grant"))?)
+    }
+
+    /// Site: true when `rpps` holds a usable pending grant on dossier `bi`, given the signed
+    /// grant record (its state and issue date) if there is one.
+    pub(super) fn pending_grant_applies(
+        &self,
+        txn: &ReadTransaction,
+        bi: &[u8; 32],
+        rpps: &Rpps,
+        signed: Option<(GrantState, Millis)>,
+    ) -> Result<bool> {
+        if self.config.role != Role::Site {
+            return Ok(false);
+        }
+        let table = match txn.open_table(PENDING_GRANTS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        let Some(row) = table.get(pending_key(bi, rpps).as_slice())? else {
+            return Ok(false);
+        };
+        let pending: Pending = postcard::from_bytes(row.value())?;
+        let fresh = self.now() - pending.at < PENDING_VALID;
+        Ok(fresh
+            && match signed {
+                None => true,
+                Some((GrantState::Blocked, _)) => false,
+                Some((_, issued_at)) => issued_at < pending.at,
+            })
+    }
+
+    /// Host: decides on a pending grant pushed by a site, in the push's transaction: confirmed
+    /// by a signed grant unless the professional is blocked (or the dossier is not active).
+    pub(super) fn decide_pending_grant(
+        &self,
+        txn: &Writer<'_>,
+        ins: &Ins,
+        rpps: &Rpps,
+    ) -> Result<()> {
+        let bi = self.blind(ins);
+        let (head, current) = {
+            let table = txn.open_table(AUTHORITY)?;
+            let head = self.authority_get(&table, &subject_key(tag::DOSSIER, Some(&bi), None))?;
+            let grant = self.authority_get(
+                &table,
+                &subject_key(tag::GRANT, Some(&bi), Some(rpps.as_str())),
+            )?;
+            (head, grant)
+        };
+        let active = matches!(
+            head.map(|v| v.record),
+            Some(AuthorityRecord::Dossier(h)) if h.status == DossierStatus::Active
+        );
+        let state = match current {
+            Some(Verified {
+                record: AuthorityRecord::Grant(g),
+                ..
+            }) => Some(g.state),
+            _ => None,
+        };
+        let (what, why) = match (active, state) {
+            (false, _) => ("pending-grant-refused", "the dossier is not active"),
+            (true, Some(GrantState::Blocked)) => (
+                "pending-grant-refused",
+                "the professional is blocked by the holder",
+            ),
+            (true, Some(GrantState::Active)) => ("pending-grant-confirmed", "already granted"),
+            (true, _) => {
+                self.issue_in(
+                    txn,
+                    AuthorityRecord::Grant(Grant {
+                        ins: ins.clone(),
+                        rpps: rpps.clone(),
+                        state: GrantState::Active,
+                        basis: GrantBasis::Consent,
+                        issued_at: self.now(),
+                    }),
+                )?;
+                (
+                    "pending-grant-confirmed",
+                    "consent given in person at a site",
+                )
+            }
+        };
+        txn.trace(vec![self.admin_entry(what, Some(ins), Some(why))]);
+        Ok(())
+    }
+}
