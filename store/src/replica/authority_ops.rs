@@ -637,6 +637,7 @@ impl Replica {
                 let last = body_key(&id, u32::MAX);
                 bodies.retain_in(first.as_slice()..=last.as_slice(), |_, _| false)?;
                 Self::forget_partial_body(&txn, doc)?;
+                txn.open_table(MISSING_BODIES)?.remove(&id)?;
                 txn.open_table(ANNOUNCEMENTS)?.remove(&id)?;
             }
             txn.open_table(UNIQUE_IDS)?.retain_in(

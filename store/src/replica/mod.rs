@@ -402,6 +402,7 @@ impl Replica {
             txn.open_table(OWED_BODIES)?;
             txn.open_table(ANNOUNCEMENTS)?;
             txn.open_table(PENDING_GRANTS)?;
+            txn.open_table(MISSING_BODIES)?;
             txn.open_table(SITE_RECEIPTS)?;
             txn.open_table(RETURNED)?;
             txn.open_table(PENDING_PURGES)?;
@@ -524,6 +525,7 @@ impl Replica {
         // Entries journaled before a stop or crash move into the table now.
         replica.flush_traces()?;
         replica.resume_purges()?;
+        replica.index_missing_bodies()?;
         Ok(replica)
     }
 

@@ -376,6 +376,9 @@ impl Replica {
             }
             None => {
                 self.put_meta(&mut docs, &key, &bi, 1, remote)?;
+                if remote.facts.size > 0 {
+                    txn.open_table(MISSING_BODIES)?.insert(&id.0, ())?;
+                }
                 txn.open_table(DOSSIER_DOCS)?
                     .insert(dossier_doc_key(&bi, &id.0).as_slice(), ())?;
                 let unique = self.unique_index(&bi, &remote.facts.unique_id);
@@ -477,6 +480,7 @@ impl Replica {
         {
             // Held already (another site sent it): nothing is owed or partial any more.
             Self::forget_partial_body(txn, id)?;
+            txn.open_table(MISSING_BODIES)?.remove(&id.0)?;
             return Ok(Piece::Complete);
         }
         if total != meta.facts.size {
@@ -546,6 +550,7 @@ impl Replica {
             return Ok(Piece::Corrupt);
         }
         self.put_body(&mut txn.open_table(BODIES)?, &key, id, &body)?;
+        txn.open_table(MISSING_BODIES)?.remove(&id.0)?;
         Ok(Piece::Complete)
     }
 
@@ -592,20 +597,37 @@ impl Replica {
     /// Documents whose metadata is here but whose body is not yet.
     pub fn missing_bodies(&self) -> Result<Vec<DocId>> {
         let txn = self.db.begin_read()?;
-        let (docs, bodies) = (txn.open_table(DOCS)?, txn.open_table(BODIES)?);
-        let mut out = Vec::new();
-        for row in docs.iter()? {
-            let (k, v) = row?;
-            let id = *k.value();
-            let stored: StoredDoc = postcard::from_bytes(v.value())?;
-            let _ = stored;
-            let first = body_key(&id, 0);
-            let has = bodies.get(first.as_slice())?.is_some();
-            if !has {
-                out.push(DocId(id));
+        txn.open_table(MISSING_BODIES)?
+            .iter()?
+            .map(|row| row.map(|(k, _)| DocId(*k.value())).map_err(Into::into))
+            .collect()
+    }
+
+    /// At open: a replica made before `MISSING_BODIES` existed gets it, filled by one scan.
+    pub(super) fn index_missing_bodies(&self) -> Result<()> {
+        {
+            let txn = self.db.begin_read()?;
+            match txn.open_table(MISSING_BODIES) {
+                Ok(_) => return Ok(()),
+                Err(redb::TableError::TableDoesNotExist(_)) => {}
+                Err(e) => return Err(e.into()),
             }
         }
-        Ok(out)
+        let txn = self.db.begin_write()?;
+        {
+            let docs = txn.open_table(DOCS)?;
+            let bodies = txn.open_table(BODIES)?;
+            let mut missing = txn.open_table(MISSING_BODIES)?;
+            for row in docs.iter()? {
+                let (k, _) = row?;
+                let id = *k.value();
+                if bodies.get(body_key(&id, 0).as_slice())?.is_none() {
+                    missing.insert(&id, ())?;
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
     }
 }
 

@@ -61,6 +61,9 @@ pub const PARTIAL_BODIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("
 /// `document id ‖ site (u32 BE)`. Told to the site at each `Welcome`, so a body survives any
 /// broken round; dropped once the body is stored.
 pub const OWED_BODIES: TableDefinition<&[u8], ()> = TableDefinition::new("owed_bodies");
+/// Documents whose metadata is here and whose body is not yet (the bodies a round fetches),
+/// kept with the metadata so that finding them costs nothing when there are none.
+pub const MISSING_BODIES: TableDefinition<&[u8; 16], ()> = TableDefinition::new("missing_bodies");
 /// Site: pending grants (consent given in person), `blind index ‖ RPPS` → when.
 pub const PENDING_GRANTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pending_grants");
 /// Host: documents hidden from the patient whose patient was told (document id → when).

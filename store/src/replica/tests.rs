@@ -1060,3 +1060,35 @@ fn a_pending_grant_lasts_one_encounter() {
     // (Within the lease, past the encounter.)
     assert!(!reads(), "a pending grant is for one encounter");
 }
+
+#[test]
+fn missing_bodies_are_indexed_and_an_older_replica_gets_the_index_at_open() {
+    let (_hd, host, sd, site) = host_and_site();
+    let id = write(&host, "CR", b"body at the host");
+    // Metadata only: the site pulls, and the body is what it lacks.
+    let items = host
+        .pull(
+            site.config().site_id,
+            site.pull_cursor().expect("cursor"),
+            usize::MAX,
+        )
+        .expect("pull");
+    site.apply_pull(&items).expect("apply");
+    assert_eq!(site.missing_bodies().expect("missing"), vec![id]);
+    // As a replica written before the index existed: the index is rebuilt at open.
+    drop(site);
+    {
+        let db = redb::Database::open(sd.path().join(DB_FILE)).expect("db");
+        let txn = db.begin_write().expect("txn");
+        txn.delete_table(MISSING_BODIES).expect("drop the index");
+        txn.commit().expect("commit");
+    }
+    let site = Replica::open(sd.path(), &KeySource::File, clock()).expect("reopen");
+    assert_eq!(site.missing_bodies().expect("missing"), vec![id]);
+    let body = host.body_for_sync(&id).expect("body");
+    assert!(
+        site.receive_body_piece(&id, 0, body.len() as u64, &body)
+            .expect("store")
+    );
+    assert!(site.missing_bodies().expect("missing").is_empty());
+}
