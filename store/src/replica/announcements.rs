@@ -97,14 +97,7 @@ impl Replica {
             return Ok(false);
         }
         meta.update(self.config.site_id, |s| s.flags.invisible_patient = false);
-        self.put_meta(
-            &mut txn.open_table(DOCS)?,
-            &key,
-            &stored.dossier,
-            stored.rev + 1,
-            &meta,
-        )?;
-        self.record_change(&txn, &stored.dossier, id)?;
+        self.store_new_state(&txn, &stored, &key, &meta)?;
         txn.open_table(ANNOUNCEMENTS)?.remove(&id.0)?;
         let mut entry = self.admin_entry("announcement-released", Some(&meta.facts.ins), None);
         entry.doc = Some(*id);

@@ -401,12 +401,26 @@ impl Replica {
 
     /// A document changed here: a site queues it for the host; the host logs it for the sites
     /// whose scope holds its dossier.
-    pub(super) fn record_change(
+    /// Stores `meta` as the next revision of the document `stored`, and records the change
+    /// (outbox on a site, fan-out on the host), in `txn`.
+    pub(super) fn store_new_state(
         &self,
         txn: &WriteTransaction,
-        bi: &[u8; 32],
-        id: &DocId,
+        stored: &StoredDoc,
+        key: &Key,
+        meta: &DocumentMeta,
     ) -> Result<()> {
+        self.put_meta(
+            &mut txn.open_table(DOCS)?,
+            key,
+            &stored.dossier,
+            stored.rev + 1,
+            meta,
+        )?;
+        self.record_change(txn, &stored.dossier, &meta.facts.id)
+    }
+
+    fn record_change(&self, txn: &WriteTransaction, bi: &[u8; 32], id: &DocId) -> Result<()> {
         match self.config.role {
             Role::Site => self.push_outbox(txn, OutboxItem::Document(id.0)),
             Role::Host => self.host_document_changed(txn, bi, id, None),
@@ -748,14 +762,7 @@ impl Replica {
             return Err(self.deny_with_trace(vec![entry], &decision)?);
         }
         meta.update(self.config.site_id, change);
-        self.put_meta(
-            &mut txn.open_table(DOCS)?,
-            &key,
-            &stored.dossier,
-            stored.rev + 1,
-            &meta,
-        )?;
-        self.record_change(&txn, &stored.dossier, id)?;
+        self.store_new_state(&txn, &stored, &key, &meta)?;
         txn.trace(vec![entry]);
         txn.commit()?;
         Ok(meta)
