@@ -294,6 +294,7 @@ fn init(cli: &Cli, a: &InitArgs) -> Result<Reply> {
         host_address: bundle.as_ref().and_then(|b| b.host_address.parse().ok()),
         inbox: "inbox".into(),
         log_level: "info".into(),
+        sync_every: carnet_syncd::config::DEFAULT_SYNC_EVERY,
     };
     let config_path = config.write_new(&dir)?;
     let c = r.config();

@@ -136,6 +136,26 @@ pub enum Request {
     PkiSites,
 }
 
+impl Request {
+    /// False for the requests that only look (a read of a document is traced, so it changes
+    /// the store).
+    pub fn may_change_store(&self) -> bool {
+        !matches!(
+            self,
+            Request::Config
+                | Request::Professionals
+                | Request::Dossiers
+                | Request::VerifyAudit
+                | Request::AuditEntries { .. }
+                | Request::ExportAuthority
+                | Request::HostKey
+                | Request::SyncStatus
+                | Request::SyncNow
+                | Request::PkiSites
+        )
+    }
+}
+
 /// Where sync stands, as `carnet sync status` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SyncStatus {
@@ -167,7 +187,7 @@ pub struct SyncStatus {
 /// The daemon's view of its link to the host.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LinkState {
-    /// The last round succeeded.
+    /// Connected to the host: the last round succeeded and the connection is still open.
     pub connected: bool,
     /// End of the last successful round.
     pub last_sync: Option<Millis>,
@@ -259,7 +279,8 @@ impl From<WireError> for Error {
 }
 
 /// A replica and what a running daemon adds to it: the live revocation list, the link state,
-/// and the lock that keeps one sync round at a time.
+/// the site's connection to the host (which also keeps one sync round at a time), and the
+/// signal that the store changed.
 #[derive(Debug)]
 pub struct Service {
     /// The store.
@@ -268,29 +289,41 @@ pub struct Service {
     pub revoked: Option<Arc<Revoked>>,
     /// The link as the daemon last saw it (daemon only).
     pub link: Option<Mutex<LinkState>>,
-    /// One round at a time.
-    pub round: tokio::sync::Mutex<()>,
+    /// Site: the connection to the host, kept open between rounds; one round at a time.
+    pub connection: tokio::sync::Mutex<crate::net::Link>,
+    /// Notified after each request that may change the store, and (site) when the host pokes:
+    /// the daemon then pokes live sites (host) or runs a round (site).
+    pub changed: Arc<tokio::sync::Notify>,
 }
 
 impl Service {
     /// A service for `replica` with no daemon state.
     pub fn new(replica: Arc<Replica>) -> Self {
+        let changed = Arc::new(tokio::sync::Notify::new());
         Service {
+            connection: tokio::sync::Mutex::new(crate::net::Link::new(
+                replica.clone(),
+                changed.clone(),
+            )),
             replica,
             revoked: None,
             link: None,
-            round: tokio::sync::Mutex::new(()),
+            changed,
         }
     }
 
-    /// Runs one sync round, one at a time, recording the link state.
+    /// Runs one sync round, one at a time, recording the link state. Without a daemon the
+    /// connection closes after the round; a daemon keeps it open (the live phase).
     pub async fn sync_round(&self) -> Result<RoundReport> {
-        let _one = self.round.lock().await;
-        let result = crate::net::sync_round(self.replica.clone()).await;
+        let mut connection = self.connection.lock().await;
+        let result = connection.round().await;
+        if self.link.is_none() {
+            connection.close().await;
+        }
         if let Some(link) = &self.link
             && let Ok(mut l) = link.lock()
         {
-            l.connected = result.is_ok();
+            l.connected = result.is_ok() && connection.is_open();
             match &result {
                 Ok(report) => {
                     l.traces_acked = report.traces;
@@ -450,19 +483,28 @@ impl Service {
             }
             return self.sync_round().await.map(Response::Synced);
         }
+        let changes = request.may_change_store();
         let service = self.clone();
-        tokio::task::spawn_blocking(move || service.execute(request))
+        let result = tokio::task::spawn_blocking(move || service.execute(request))
             .await
-            .map_err(|e| Error::Invalid(format!("the request failed: {e}")))?
+            .map_err(|e| Error::Invalid(format!("the request failed: {e}")))?;
+        if changes && result.is_ok() {
+            self.changed.notify_one();
+        }
+        result
     }
 
     fn status(&self) -> Result<SyncStatus> {
         let r = &*self.replica;
         let (authority_as_of, lease_expired) = r.authority_freshness()?;
-        let link = self
+        let mut link = self
             .link
             .as_ref()
             .and_then(|l| l.lock().ok().map(|l| l.clone()));
+        if let (Some(l), Ok(connection)) = (&mut link, self.connection.try_lock()) {
+            // (During a round, the round's own outcome decides.)
+            l.connected &= connection.is_open();
+        }
         Ok(SyncStatus {
             authority_as_of,
             lease_expired,

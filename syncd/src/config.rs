@@ -42,6 +42,10 @@ pub struct Config {
     /// Log level: error, warn, info, debug or trace.
     #[serde(default = "default_log_level")]
     pub log_level: String,
+    /// Site: seconds between rounds while connected and nothing happens (changes on either
+    /// side start a round at once).
+    #[serde(default = "default_sync_every")]
+    pub sync_every: u64,
 }
 
 fn default_inbox() -> PathBuf {
@@ -50,6 +54,13 @@ fn default_inbox() -> PathBuf {
 
 fn default_log_level() -> String {
     "info".into()
+}
+
+/// Seconds between a site's rounds while nothing happens, unless `sync_every` says otherwise.
+pub const DEFAULT_SYNC_EVERY: u64 = 10;
+
+fn default_sync_every() -> u64 {
+    DEFAULT_SYNC_EVERY
 }
 
 impl Config {
@@ -68,6 +79,12 @@ impl Config {
                 ));
             }
             _ => {}
+        }
+        if !(1..=86_400).contains(&self.sync_every) {
+            return Err(Error::Invalid(format!(
+                "carnet.toml: sync_every {} is not between 1 and 86400 seconds",
+                self.sync_every
+            )));
         }
         if !["error", "warn", "info", "debug", "trace"].contains(&self.log_level.as_str()) {
             return Err(Error::Invalid(format!(
@@ -128,9 +145,13 @@ impl Config {
              # data folder unless absolute).\n\
              inbox = \"{}\"\n\n\
              # error, warn, info, debug or trace. Logs never carry patient data.\n\
-             log_level = \"{}\"\n",
+             log_level = \"{}\"\n\n\
+             # Site: seconds between rounds while nothing happens. The connection to the host\n\
+             # stays open; a change here, or one the host announces, starts a round at once.\n\
+             sync_every = {}\n",
             self.inbox.display(),
-            self.log_level
+            self.log_level,
+            self.sync_every
         )
     }
 
@@ -157,6 +178,7 @@ mod tests {
             host_address: Some("127.0.0.1:4433".parse().expect("addr")),
             inbox: default_inbox(),
             log_level: default_log_level(),
+            sync_every: default_sync_every(),
         }
     }
 
@@ -198,6 +220,10 @@ mod tests {
         check(
             "role = \"site\"\nhost_address = \"127.0.0.1:1\"\nlog_level = \"loud\"\n",
             "log_level",
+        );
+        check(
+            "role = \"site\"\nhost_address = \"127.0.0.1:1\"\nsync_every = 0\n",
+            "sync_every",
         );
         assert!(Config::load(&dir.path().join("missing.toml")).is_err());
     }

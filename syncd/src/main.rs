@@ -2,10 +2,12 @@
 //!
 //! The daemon owns the store and serves the local API on `DATA/carnet.sock` (mode 0600), so
 //! `carnet` works through it while it runs. The host serves sync sessions on its `listen`
-//! address and runs the announcement timer hourly; a site ingests its inbox and runs a sync round with the host every `ROUND_EVERY`,
-//! backing off with jitter while the host is out of reach. SIGTERM or Ctrl-C ends it after the
-//! round or transaction in flight, and removes the socket. Logs name sites, counts and errors,
-//! never patient data.
+//! address, pokes the sites connected to it when their logs grow, and runs the announcement
+//! timer hourly. A site ingests its inbox and keeps a connection to the host open (the live
+//! phase): it runs a round at once when something changes here or the host pokes it, and every
+//! `sync_every` seconds otherwise; while the host is out of reach it backs off with jitter.
+//! SIGTERM or Ctrl-C ends it after the round or transaction in flight, closes the connection,
+//! and removes the socket. Logs name sites, counts and errors, never patient data.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,8 +19,10 @@ use carnet_syncd::api::{LinkState, Service, local};
 use carnet_syncd::config::{CONFIG_FILE, Config, ConfigRole};
 use carnet_syncd::{enrol, inbox, net, transport};
 
-/// Pause between rounds while the link is up.
-const ROUND_EVERY: Duration = Duration::from_secs(10);
+/// A burst of changes (a clinic filing a batch) within this pause goes in one round.
+const COALESCE: Duration = Duration::from_millis(20);
+/// First pause before asking again for bodies the host did not hold yet (doubling).
+const BODY_RETRY: Duration = Duration::from_millis(250);
 /// How often the host runs the announcement timer.
 const ANNOUNCEMENT_EVERY: Duration = Duration::from_secs(3600);
 /// Longest pause between attempts while the host is out of reach.
@@ -131,11 +135,12 @@ async fn host(
     )?;
     tracing::info!(address = %endpoint.local_addr()?, "host serving");
     let mut service = Service::new(replica.clone());
-    // `carnet pki revoke` through the daemon takes effect at the next connection.
-    service.revoked = Some(revoked);
+    // `carnet pki revoke` through the daemon refuses the site at once, live connection included.
+    service.revoked = Some(revoked.clone());
+    let live = net::Live::new(service.changed.clone(), revoked);
     let api = tokio::spawn(local::serve(listener, Arc::new(service)));
-    let timer = tokio::spawn(announcement_timer(replica.clone()));
-    let server = tokio::spawn(net::serve(endpoint.clone(), replica));
+    let timer = tokio::spawn(announcement_timer(replica.clone(), live.clone()));
+    let server = tokio::spawn(net::serve(endpoint.clone(), replica, live));
     stop_signal().await;
     tracing::info!("stopping");
     endpoint.close(0u32.into(), b"host stopping");
@@ -171,12 +176,14 @@ async fn site(
         &inbox_dir,
         notify::RecursiveMode::NonRecursive,
     )?;
-    ingest(&replica, &inbox_dir).await;
+    ingest(&service, &inbox_dir).await;
+    let every = Duration::from_secs(config.sync_every);
     let mut backoff = Duration::from_secs(1);
+    let mut body_retry = BODY_RETRY;
     let stop = stop_signal();
     tokio::pin!(stop);
     loop {
-        let pause = match service.sync_round().await {
+        let (pause, connected) = match service.sync_round().await {
             Ok(report) => {
                 if report.pulled > 1 || report.bodies > 0 || report.purged > 0 {
                     tracing::info!(
@@ -188,14 +195,22 @@ async fn site(
                     );
                 }
                 backoff = Duration::from_secs(1);
-                ROUND_EVERY
+                if report.bodies_waiting > 0 {
+                    // Their author is still sending them to the host.
+                    let wait = body_retry;
+                    body_retry = (body_retry * 2).min(every);
+                    (wait, true)
+                } else {
+                    body_retry = BODY_RETRY;
+                    (every, true)
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, retry_in_s = backoff.as_secs(), "sync failed");
                 let jitter = Duration::from_millis(u64::from(rand_jitter()) % 1000);
                 let wait = backoff + jitter;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
-                wait
+                (wait, false)
             }
         };
         let next_round = tokio::time::sleep(pause);
@@ -205,13 +220,20 @@ async fn site(
                 _ = &mut stop => {
                     tracing::info!("stopping");
                     api.abort();
+                    service.connection.lock().await.close().await;
                     return Ok(());
                 }
                 _ = &mut next_round => break,
+                // A change here or a poke from the host, while connected (when the host is out
+                // of reach, the backoff decides).
+                _ = service.changed.notified(), if connected => {
+                    tokio::time::sleep(COALESCE).await;
+                    break;
+                }
                 Some(()) = events.recv() => {
                     // Coalesce a burst of events into one scan.
                     while events.try_recv().is_ok() {}
-                    ingest(&replica, &inbox_dir).await;
+                    ingest(&service, &inbox_dir).await;
                 }
             }
         }
@@ -219,33 +241,41 @@ async fn site(
 }
 
 /// Host: the announcement timer (DOMAIN §3), at start and every `ANNOUNCEMENT_EVERY`.
-async fn announcement_timer(replica: Arc<Replica>) {
+async fn announcement_timer(replica: Arc<Replica>, live: Arc<net::Live>) {
     let mut every = tokio::time::interval(ANNOUNCEMENT_EVERY);
     loop {
         every.tick().await;
         let r = replica.clone();
         match tokio::task::spawn_blocking(move || r.run_announcement_timer()).await {
-            Ok(Ok(pass)) if pass.told + pass.released > 0 => tracing::info!(
-                told = pass.told,
-                released = pass.released,
-                "announcement timer"
-            ),
+            Ok(Ok(pass)) if pass.told + pass.released > 0 => {
+                tracing::info!(
+                    told = pass.told,
+                    released = pass.released,
+                    "announcement timer"
+                );
+                live.changed();
+            }
             Ok(Err(e)) => tracing::warn!(error = %e, "announcement timer"),
             _ => {}
         }
     }
 }
 
-/// One scan of the inbox, on the blocking side.
-async fn ingest(replica: &Arc<Replica>, inbox_dir: &std::path::Path) {
-    let (r, dir) = (replica.clone(), inbox_dir.to_path_buf());
+/// One scan of the inbox, on the blocking side; what it stored starts a round.
+async fn ingest(service: &Service, inbox_dir: &std::path::Path) {
+    let (r, dir) = (service.replica.clone(), inbox_dir.to_path_buf());
     match tokio::task::spawn_blocking(move || inbox::process(&r, &dir)).await {
-        Ok(Ok(report)) if report != inbox::InboxReport::default() => tracing::info!(
-            stored = report.stored.len(),
-            duplicates = report.duplicates.len(),
-            rejected = report.rejected.len(),
-            "inbox"
-        ),
+        Ok(Ok(report)) if report != inbox::InboxReport::default() => {
+            tracing::info!(
+                stored = report.stored.len(),
+                duplicates = report.duplicates.len(),
+                rejected = report.rejected.len(),
+                "inbox"
+            );
+            if !report.stored.is_empty() {
+                service.changed.notify_one();
+            }
+        }
         Ok(Err(e)) => tracing::warn!(error = %e, "inbox"),
         _ => {}
     }

@@ -1,10 +1,12 @@
 //! Drives sessions over QUIC: the host serves one session per stream of an authenticated
-//! connection; a site runs one round against the host.
+//! connection; a site runs its rounds on a `Link`, one connection kept open between rounds
+//! (the live phase), where the host `Live` registry pokes it when the site's log grows.
 //!
 //! Invariants: the host learns the site from the peer's certificate (its fingerprint in the
-//! register), never from what the peer says; every read is bounded by `IDLE_TIMEOUT`; a
-//! malformed frame or a protocol error ends that session with an `Error` message, not the
-//! server; store calls, which may sync to disk, run on the runtime's blocking side.
+//! register), never from what the peer says; a revoked site's connection is closed; every read
+//! is bounded by `IDLE_TIMEOUT`; a malformed frame or a protocol error ends that session with
+//! an `Error` message, not the server; store calls, which may sync to disk, run on the
+//! runtime's blocking side.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::frame::{self, FrameDecoder};
 use crate::pki::HOST_NAME;
 use crate::session::{HostSession, Msg, RoundReport, SiteSession};
+use crate::transport::Revoked;
 
 /// Longest wait for the peer's next bytes.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -62,18 +65,133 @@ async fn send(stream: &mut quinn::SendStream, msgs: &[Msg]) -> Result<()> {
     Ok(())
 }
 
+/// The host's open connections to sites (the live phase). A connection stays open between a
+/// site's rounds; when that site's log grows, the host pokes it on a stream of its own, and
+/// the site runs a round at once: changes reach a connected site as they happen.
+///
+/// Invariant: a connection of a revoked site is closed at the next pass (and refused any new
+/// round before that).
+#[derive(Debug)]
+pub struct Live {
+    sites: std::sync::Mutex<std::collections::HashMap<usize, LiveSite>>,
+    changed: Arc<tokio::sync::Notify>,
+    revoked: Arc<Revoked>,
+}
+
+#[derive(Debug)]
+struct LiveSite {
+    site: SiteId,
+    fingerprint: [u8; 32],
+    conn: quinn::Connection,
+    /// The log head this site was last told of (or had at connection).
+    told: u64,
+}
+
+impl Live {
+    /// The live registry; a pass runs each time `changed` is notified (after each request that
+    /// may change the store, and each session message applied).
+    pub fn new(changed: Arc<tokio::sync::Notify>, revoked: Arc<Revoked>) -> Arc<Self> {
+        Arc::new(Live {
+            sites: std::sync::Mutex::new(std::collections::HashMap::new()),
+            changed,
+            revoked,
+        })
+    }
+
+    /// Something may have changed: a pass follows.
+    pub fn changed(&self) {
+        self.changed.notify_one();
+    }
+
+    fn join(&self, site: SiteId, fingerprint: [u8; 32], conn: &quinn::Connection, head: u64) {
+        if let Ok(mut sites) = self.sites.lock() {
+            sites.insert(
+                conn.stable_id(),
+                LiveSite {
+                    site,
+                    fingerprint,
+                    conn: conn.clone(),
+                    told: head,
+                },
+            );
+        }
+    }
+
+    fn leave(&self, conn: &quinn::Connection) {
+        if let Ok(mut sites) = self.sites.lock() {
+            sites.remove(&conn.stable_id());
+        }
+    }
+
+    /// Pokes every live site whose log grew since it was last told, and closes the
+    /// connections of revoked sites; one pass each time `changed` is notified.
+    pub async fn run(self: Arc<Self>, replica: Arc<Replica>) {
+        loop {
+            self.changed.notified().await;
+            let sites: Vec<(usize, SiteId, [u8; 32], u64)> = match self.sites.lock() {
+                Ok(s) => s
+                    .iter()
+                    .map(|(id, l)| (*id, l.site, l.fingerprint, l.told))
+                    .collect(),
+                Err(_) => return,
+            };
+            let r = replica.clone();
+            let heads = tokio::task::spawn_blocking(move || {
+                sites
+                    .into_iter()
+                    .map(|(id, site, fp, told)| (id, fp, told, r.log_head(site).unwrap_or(told)))
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default();
+            for (id, fingerprint, told, head) in heads {
+                let conn = match self.sites.lock() {
+                    Ok(mut s) => match s.get_mut(&id) {
+                        Some(l) if self.revoked.has(&fingerprint) => {
+                            l.conn.close(1u32.into(), b"site revoked");
+                            s.remove(&id);
+                            continue;
+                        }
+                        Some(l) if head > told => {
+                            l.told = head;
+                            l.conn.clone()
+                        }
+                        _ => continue,
+                    },
+                    Err(_) => return,
+                };
+                tokio::spawn(async move {
+                    let _ = poke(&conn, head).await;
+                });
+            }
+        }
+    }
+}
+
+/// Sends `Poke` on a new unidirectional stream.
+async fn poke(conn: &quinn::Connection, log_head: u64) -> Result<()> {
+    let mut stream = conn.open_uni().await.map_err(net_err)?;
+    send(&mut stream, &[Msg::Poke { log_head }]).await?;
+    stream.finish().map_err(net_err)
+}
+
 /// Host: serves connections on `endpoint` until it is closed.
-pub async fn serve(endpoint: quinn::Endpoint, replica: Arc<Replica>) {
+pub async fn serve(endpoint: quinn::Endpoint, replica: Arc<Replica>, live: Arc<Live>) {
+    tokio::spawn(live.clone().run(replica.clone()));
     while let Some(incoming) = endpoint.accept().await {
-        let replica = replica.clone();
+        let (replica, live) = (replica.clone(), live.clone());
         tokio::spawn(async move {
             // A failed connection concerns that peer only.
-            let _ = serve_connection(incoming, replica).await;
+            let _ = serve_connection(incoming, replica, live).await;
         });
     }
 }
 
-async fn serve_connection(incoming: quinn::Incoming, replica: Arc<Replica>) -> Result<()> {
+async fn serve_connection(
+    incoming: quinn::Incoming,
+    replica: Arc<Replica>,
+    live: Arc<Live>,
+) -> Result<()> {
     let conn = incoming.await.map_err(net_err)?;
     let certs = conn
         .peer_identity()
@@ -84,19 +202,30 @@ async fn serve_connection(incoming: quinn::Incoming, replica: Arc<Replica>) -> R
         .ok_or_else(|| Error::Invalid("empty certificate chain".into()))?;
     let fingerprint = crate::transport::fingerprint(leaf);
     let r = replica.clone();
-    let site = tokio::task::spawn_blocking(move || enrol::site_of(&r, &fingerprint))
-        .await
-        .map_err(net_err)??;
-    let Some(site) = site else {
+    let found = tokio::task::spawn_blocking(move || -> Result<_> {
+        Ok(match enrol::site_of(&r, &fingerprint)? {
+            Some(site) => Some((site, r.log_head(SiteId(site))?)),
+            None => None,
+        })
+    })
+    .await
+    .map_err(net_err)??;
+    let Some((site, head)) = found else {
         conn.close(1u32.into(), b"unknown or revoked site");
         return Err(Error::Invalid("unknown or revoked site".into()));
     };
+    live.join(SiteId(site), fingerprint, &conn, head);
     while let Ok((mut send_stream, mut recv)) = conn.accept_bi().await {
-        let replica = replica.clone();
+        if live.revoked.has(&fingerprint) {
+            conn.close(1u32.into(), b"site revoked");
+            break;
+        }
+        let (replica, live) = (replica.clone(), live.clone());
         tokio::spawn(async move {
-            let _ = host_stream(&mut send_stream, &mut recv, replica, SiteId(site)).await;
+            let _ = host_stream(&mut send_stream, &mut recv, replica, SiteId(site), &live).await;
         });
     }
+    live.leave(&conn);
     Ok(())
 }
 
@@ -105,6 +234,7 @@ async fn host_stream(
     recv: &mut quinn::RecvStream,
     replica: Arc<Replica>,
     site: SiteId,
+    live: &Live,
 ) -> Result<()> {
     let mut decoder = FrameDecoder::new();
     let session = Arc::new(std::sync::Mutex::new(HostSession::new(site)));
@@ -118,6 +248,8 @@ async fn host_stream(
             }
         };
         let bye = msg == Msg::Bye;
+        // A push may grow other sites' logs: they are poked.
+        let pushed = matches!(msg, Msg::Push(_));
         let (r, s) = (replica.clone(), session.clone());
         let replies = tokio::task::spawn_blocking(move || {
             s.lock()
@@ -126,6 +258,9 @@ async fn host_stream(
         })
         .await
         .map_err(net_err)?;
+        if pushed {
+            live.changed.notify_one();
+        }
         match replies {
             Ok(replies) => {
                 if let Err(e) = send(send_stream, &replies).await {
@@ -146,35 +281,131 @@ async fn host_stream(
     Ok(())
 }
 
-/// Site: one sync round with the host named in its enrolment.
-pub async fn sync_round(replica: Arc<Replica>) -> Result<RoundReport> {
-    let r = replica.clone();
-    let tls: SiteTls = tokio::task::spawn_blocking(move || enrol::site_tls(&r))
-        .await
-        .map_err(net_err)??;
-    let host: SocketAddr = tls
-        .host_address
-        .parse()
-        .map_err(|_| Error::Invalid(format!("bad host address '{}'", tls.host_address)))?;
-    let bind: SocketAddr = if host.is_ipv4() {
-        "0.0.0.0:0"
-    } else {
-        "[::]:0"
+/// A site's link to the host: one QUIC connection, opened at the first round and kept open
+/// between rounds (the live phase); the host pokes it there when this site's log grows, and
+/// `wake` is notified. A failed round closes it; the next round connects again.
+#[derive(Debug)]
+pub struct Link {
+    replica: Arc<Replica>,
+    open: Option<(quinn::Endpoint, quinn::Connection)>,
+    wake: Arc<tokio::sync::Notify>,
+}
+
+impl Link {
+    /// A link, not connected yet; `wake` is notified when the host pokes.
+    pub fn new(replica: Arc<Replica>, wake: Arc<tokio::sync::Notify>) -> Self {
+        Link {
+            replica,
+            open: None,
+            wake,
+        }
     }
-    .parse()
-    .map_err(net_err)?;
-    let mut endpoint = quinn::Endpoint::client(bind)?;
-    endpoint.set_default_client_config(crate::transport::client_config(
-        &tls.ca_cert_der,
-        &tls.identity,
-    )?);
-    let conn = tokio::time::timeout(
-        IDLE_TIMEOUT,
-        endpoint.connect(host, HOST_NAME).map_err(net_err)?,
-    )
-    .await
-    .map_err(|_| Error::Invalid("the host did not answer".into()))?
-    .map_err(net_err)?;
+
+    /// True while the connection is open.
+    pub fn is_open(&self) -> bool {
+        self.open
+            .as_ref()
+            .is_some_and(|(_, c)| c.close_reason().is_none())
+    }
+
+    /// UDP bytes sent and received on the open connection so far (handshake included).
+    pub fn wire_bytes(&self) -> (u64, u64) {
+        self.open.as_ref().map_or((0, 0), |(_, c)| {
+            let s = c.stats();
+            (s.udp_tx.bytes, s.udp_rx.bytes)
+        })
+    }
+
+    /// The open connection, or a new one (and whether it is new).
+    async fn connection(&mut self) -> Result<(quinn::Connection, bool)> {
+        if let Some((_, conn)) = &self.open
+            && conn.close_reason().is_none()
+        {
+            return Ok((conn.clone(), false));
+        }
+        self.close().await;
+        let r = self.replica.clone();
+        let tls: SiteTls = tokio::task::spawn_blocking(move || enrol::site_tls(&r))
+            .await
+            .map_err(net_err)??;
+        let host: SocketAddr = tls
+            .host_address
+            .parse()
+            .map_err(|_| Error::Invalid(format!("bad host address '{}'", tls.host_address)))?;
+        let bind: SocketAddr = if host.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        }
+        .parse()
+        .map_err(net_err)?;
+        let mut endpoint = quinn::Endpoint::client(bind)?;
+        endpoint.set_default_client_config(crate::transport::client_config(
+            &tls.ca_cert_der,
+            &tls.identity,
+        )?);
+        let conn = tokio::time::timeout(
+            IDLE_TIMEOUT,
+            endpoint.connect(host, HOST_NAME).map_err(net_err)?,
+        )
+        .await
+        .map_err(|_| Error::Invalid("the host did not answer".into()))?
+        .map_err(net_err)?;
+        tokio::spawn(listen_for_pokes(conn.clone(), self.wake.clone()));
+        self.open = Some((endpoint, conn.clone()));
+        Ok((conn, true))
+    }
+
+    /// One sync round on the link (connecting first if needed). The connection stays open.
+    pub async fn round(&mut self) -> Result<RoundReport> {
+        let (conn, fresh) = self.connection().await?;
+        let before = if fresh { (0, 0) } else { self.wire_bytes() };
+        match round_on(&conn, &self.replica).await {
+            Ok(mut report) => {
+                let after = self.wire_bytes();
+                report.wire_sent = after.0 - before.0;
+                report.wire_received = after.1 - before.1;
+                // The handshake is one more wait.
+                report.round_trips += u64::from(fresh);
+                Ok(report)
+            }
+            Err(e) => {
+                self.close().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Closes the connection cleanly, if open.
+    pub async fn close(&mut self) {
+        if let Some((endpoint, conn)) = self.open.take() {
+            conn.close(0u32.into(), b"bye");
+            let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+        }
+    }
+}
+
+/// Site: notifies `wake` for each `Poke` the host sends on the connection, until it closes.
+async fn listen_for_pokes(conn: quinn::Connection, wake: Arc<tokio::sync::Notify>) {
+    while let Ok(mut recv) = conn.accept_uni().await {
+        let mut decoder = FrameDecoder::new();
+        if let Ok(Some(Msg::Poke { .. })) = next_message(&mut recv, &mut decoder).await {
+            wake.notify_one();
+        }
+    }
+}
+
+/// Site: one sync round with the host named in its enrolment, on a connection of its own,
+/// closed after it.
+pub async fn sync_round(replica: Arc<Replica>) -> Result<RoundReport> {
+    let mut link = Link::new(replica, Arc::new(tokio::sync::Notify::new()));
+    let report = link.round().await;
+    link.close().await;
+    report
+}
+
+/// One round on a new stream of `conn`.
+async fn round_on(conn: &quinn::Connection, replica: &Arc<Replica>) -> Result<RoundReport> {
     let (mut send_stream, mut recv) = conn.open_bi().await.map_err(net_err)?;
     let session = Arc::new(std::sync::Mutex::new(SiteSession::new()));
     let (r, s) = (replica.clone(), session.clone());
@@ -186,8 +417,8 @@ pub async fn sync_round(replica: Arc<Replica>) -> Result<RoundReport> {
     .await
     .map_err(net_err)??;
     send(&mut send_stream, &[hello]).await?;
-    // The handshake, and the Hello.
-    let mut round_trips = 2;
+    // The Hello.
+    let mut round_trips = 1;
     let mut decoder = FrameDecoder::new();
     let mut report = loop {
         let msg = next_message(&mut recv, &mut decoder)
@@ -212,11 +443,6 @@ pub async fn sync_round(replica: Arc<Replica>) -> Result<RoundReport> {
         }
     };
     let _ = send_stream.finish();
-    conn.close(0u32.into(), b"bye");
-    endpoint.wait_idle().await;
-    let stats = conn.stats();
-    report.wire_sent = stats.udp_tx.bytes;
-    report.wire_received = stats.udp_rx.bytes;
     report.round_trips = round_trips;
     Ok(report)
 }
@@ -227,8 +453,19 @@ mod tests {
     use crate::testkit::{doctor, host_and_site, new_doc};
     use carnet_store::model::{AccessMode, Actor};
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_site_syncs_with_the_host_over_quic() {
+    /// A host serving on 127.0.0.1 (its dossier `ins`), with its revocation list and the
+    /// signal that its store changed.
+    struct Served {
+        tmp: tempfile::TempDir,
+        host: Arc<Replica>,
+        ins: carnet_store::ids::Ins,
+        endpoint: quinn::Endpoint,
+        addr: SocketAddr,
+        revoked: Arc<Revoked>,
+        changed: Arc<tokio::sync::Notify>,
+    }
+
+    fn serving_host() -> Served {
         let (tmp, host, site_draft, ins) = host_and_site();
         drop(site_draft);
         let host = Arc::new(host);
@@ -240,11 +477,28 @@ mod tests {
         let endpoint =
             quinn::Endpoint::server(config, "127.0.0.1:0".parse().expect("addr")).expect("bind");
         let addr = endpoint.local_addr().expect("addr");
-        tokio::spawn(serve(endpoint.clone(), host.clone()));
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let live = Live::new(changed.clone(), revoked.clone());
+        tokio::spawn(serve(endpoint.clone(), host.clone(), live));
+        Served {
+            tmp,
+            host,
+            ins,
+            endpoint,
+            addr,
+            revoked,
+            changed,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_site_syncs_with_the_host_over_quic() {
+        let served = serving_host();
+        let (tmp, host, ins, addr) = (&served.tmp, &served.host, &served.ins, served.addr);
+        let (endpoint, revoked) = (&served.endpoint, &served.revoked);
 
         // The site, created from its enrolment bundle.
-        let bundle =
-            enrol::enrol(&host, "Clinique", "750000001", &addr.to_string()).expect("enrol");
+        let bundle = enrol::enrol(host, "Clinique", "750000001", &addr.to_string()).expect("enrol");
         let site = crate::testkit::site_from_bundle(&tmp.path().join("enrolled"), &bundle);
         let site = Arc::new(site);
         let bounded = |f| tokio::time::timeout(Duration::from_secs(20), f);
@@ -259,7 +513,7 @@ mod tests {
                 &actor,
                 AccessMode::Normal,
                 None,
-                &ins,
+                ins,
                 new_doc("written at the site", b"body".to_vec()),
             )
             .expect("write");
@@ -316,10 +570,78 @@ mod tests {
             .expect("round after garbage");
 
         // Revoked: the next round is refused.
-        enrol::revoke(&host, bundle.site_id).expect("revoke");
+        enrol::revoke(host, bundle.site_id).expect("revoke");
         revoked.add(crate::transport::fingerprint(&bundle.identity.cert_der));
         let refused = bounded(sync_round(site.clone())).await.expect("in time");
         assert!(refused.is_err(), "a revoked site synced");
+        endpoint.close(0u32.into(), b"done");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_live_link_is_poked_syncs_quietly_in_one_round_trip_and_closes_on_revocation() {
+        let served = serving_host();
+        let (tmp, host, ins, addr) = (&served.tmp, &served.host, &served.ins, served.addr);
+        let (endpoint, revoked, changed) = (&served.endpoint, &served.revoked, &served.changed);
+        let bundle = enrol::enrol(host, "Clinique", "750000001", &addr.to_string()).expect("enrol");
+        let site = Arc::new(crate::testkit::site_from_bundle(
+            &tmp.path().join("enrolled"),
+            &bundle,
+        ));
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let mut link = Link::new(site.clone(), wake.clone());
+        let first = tokio::time::timeout(Duration::from_secs(20), link.round())
+            .await
+            .expect("in time")
+            .expect("round");
+        assert!(first.pulled > 0 && first.round_trips > 2, "{first:?}");
+        assert!(link.is_open(), "the connection stays open after the round");
+
+        // Nothing new: one round trip on the open connection, under 1 KiB both ways.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let quiet = tokio::time::timeout(Duration::from_secs(20), link.round())
+            .await
+            .expect("in time")
+            .expect("quiet");
+        assert_eq!(quiet.round_trips, 1, "{quiet:?}");
+        assert!(quiet.wire_sent + quiet.wire_received < 1024, "{quiet:?}");
+
+        // A change at the host for this site's scope: the site is poked, with no round asked.
+        let actor = Actor::Professional(doctor());
+        host.put_document(
+            &actor,
+            AccessMode::Normal,
+            None,
+            ins,
+            new_doc("at the host", b"host body".to_vec()),
+        )
+        .expect("host writes");
+        changed.notify_one();
+        tokio::time::timeout(Duration::from_secs(20), wake.notified())
+            .await
+            .expect("poked");
+        let report = tokio::time::timeout(Duration::from_secs(20), link.round())
+            .await
+            .expect("in time")
+            .expect("round");
+        assert!(report.pulled >= 2 && report.bodies == 1, "{report:?}");
+
+        // Revoked: the open connection is closed at the next pass.
+        enrol::revoke(host, bundle.site_id).expect("revoke");
+        revoked.add(crate::transport::fingerprint(&bundle.identity.cert_der));
+        changed.notify_one();
+        let closed = tokio::time::timeout(Duration::from_secs(20), async {
+            while link.is_open() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "a revoked site kept its live connection");
+        assert!(
+            tokio::time::timeout(Duration::from_secs(20), link.round())
+                .await
+                .expect("in time")
+                .is_err()
+        );
         endpoint.close(0u32.into(), b"done");
     }
 }

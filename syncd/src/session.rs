@@ -22,6 +22,7 @@
 //! a `Hello` claiming another; every batch is bounded (`BATCH_MAX` items, `CHUNK_MAX` bytes);
 //! a message out of turn ends the session with an `Error`.
 
+use carnet_store::authority::SignedRecord;
 use carnet_store::ids::{DocId, SiteId};
 use carnet_store::replica::{Applied, BodyPiece, Change, PullItem, Replica, TraceRecord};
 use serde::{Deserialize, Serialize};
@@ -48,6 +49,10 @@ pub enum Msg {
         site: u32,
         /// The host log sequence the site applied up to.
         cursor: u64,
+        /// The site's own changes it knows the host holds (its outbox is acknowledged up to
+        /// here, every returned document among them already in its quarantine): the host
+        /// stops repeating those returns.
+        outbox_acked: u64,
     },
     /// Host: the last of the site's changes and trace entries it holds.
     Welcome {
@@ -64,6 +69,10 @@ pub enum Msg {
         /// The last sequence of the site's log on the host (how far behind the site's cursor
         /// is).
         log_head: u64,
+        /// When the site's cursor is at `log_head`: the host's signed heartbeat (DOMAIN §5
+        /// lease), so a site with nothing to push needs no `Pull` (a round with nothing new
+        /// is one round trip).
+        current: Option<SignedRecord>,
     },
     /// Site: trace entries, in chain order (sent first: every trace reaches the host).
     Traces(Vec<TraceRecord>),
@@ -131,6 +140,12 @@ pub enum Msg {
     },
     /// Site: the round is over.
     Bye,
+    /// Host, on a stream of its own while the site's connection stays open (the live phase):
+    /// the site's log grew to `log_head`; the site runs a round.
+    Poke {
+        /// The last sequence of the site's log.
+        log_head: u64,
+    },
     /// Either side: the session ends because of this.
     Error(String),
 }
@@ -153,6 +168,7 @@ impl Msg {
             Msg::Body { .. } => "Body",
             Msg::NoBody { .. } => "NoBody",
             Msg::Bye => "Bye",
+            Msg::Poke { .. } => "Poke",
             Msg::Error(_) => "Error",
         }
     }
@@ -197,7 +213,11 @@ impl HostSession {
             return Err(out_of_turn("message before Hello"));
         }
         match msg {
-            Msg::Hello { site, .. } => {
+            Msg::Hello {
+                site,
+                cursor,
+                outbox_acked,
+            } => {
                 if site != self.site.0 {
                     return Err(Error::Invalid(format!(
                         "Hello claims site {site}, the certificate says {}",
@@ -205,12 +225,23 @@ impl HostSession {
                     )));
                 }
                 self.greeted = true;
+                let acked = replica.applied_mark(self.site)?;
+                if outbox_acked >= acked {
+                    // The site quarantined every return before acknowledging its outbox.
+                    replica.forget_returned(self.site)?;
+                }
+                let log_head = replica.log_head(self.site)?;
                 Ok(vec![Msg::Welcome {
-                    acked: replica.applied_mark(self.site)?,
+                    acked,
                     traces_acked: replica.trace_mark(self.site)?,
                     returned: replica.returned_to(self.site)?,
                     owed: replica.bodies_owed_by(self.site)?,
-                    log_head: replica.log_head(self.site)?,
+                    log_head,
+                    current: if cursor >= log_head {
+                        Some(replica.sign_heartbeat()?)
+                    } else {
+                        None
+                    },
                 }])
             }
             Msg::Push(changes) => {
@@ -306,7 +337,8 @@ impl HostSession {
                     .collect())
             }
             Msg::Bye => Ok(vec![]),
-            Msg::Welcome { .. }
+            Msg::Poke { .. }
+            | Msg::Welcome { .. }
             | Msg::TracesAck { .. }
             | Msg::PushAck { .. }
             | Msg::Pulled { .. }
@@ -331,6 +363,8 @@ pub struct RoundReport {
     pub purged: usize,
     /// Bodies received.
     pub bodies: usize,
+    /// Bodies the host did not hold yet (their author is still sending them): ask again soon.
+    pub bodies_waiting: usize,
     /// Documents the host returned, now in quarantine.
     pub returned: usize,
     /// The last sequence of this site's log on the host when the round began.
@@ -372,6 +406,10 @@ pub struct SiteSession {
     /// Bodies asked for and not yet complete.
     fetching: Vec<DocId>,
     to_fetch: Vec<DocId>,
+    /// The host said the site's cursor is at its log head (`Welcome::current`).
+    current: bool,
+    /// This round pushed changes (which may add to the site's log: a confirmed grant).
+    pushed: bool,
     report: RoundReport,
 }
 
@@ -391,6 +429,8 @@ impl SiteSession {
             push_acked: 0,
             fetching: Vec::new(),
             to_fetch: Vec::new(),
+            current: false,
+            pushed: false,
             report: RoundReport::default(),
         }
     }
@@ -400,6 +440,7 @@ impl SiteSession {
         Ok(Msg::Hello {
             site: replica.config().site_id.0,
             cursor: replica.pull_cursor()?,
+            outbox_acked: replica.outbox_acked()?,
         })
     }
 
@@ -428,6 +469,10 @@ impl SiteSession {
             return self.send_bodies(replica, acked);
         }
         let changes = replica.outbox(acked, BATCH_MAX)?;
+        if changes.is_empty() && self.current && !self.pushed {
+            // Nothing new on either side: no Pull.
+            return self.start_fetching(replica);
+        }
         if changes.is_empty() {
             self.state = SiteState::Pulling;
             return Ok(vec![Msg::Pull {
@@ -480,6 +525,14 @@ impl SiteSession {
         Ok(out)
     }
 
+    /// Fetches every body this replica lacks (indexed: no scan of the store).
+    fn start_fetching(&mut self, replica: &Replica) -> Result<Vec<Msg>> {
+        self.state = SiteState::Fetching;
+        self.to_fetch = replica.missing_bodies()?;
+        self.to_fetch.reverse();
+        self.fetch_bodies(replica)
+    }
+
     /// Asks for bodies, from what this replica already keeps of each, up to `FETCH_WINDOW` at
     /// a time; ends the round when none is left.
     fn fetch_bodies(&mut self, replica: &Replica) -> Result<Vec<Msg>> {
@@ -512,6 +565,7 @@ impl SiteSession {
                     returned,
                     owed,
                     log_head,
+                    current,
                 },
             ) => {
                 if acked > replica.outbox_issued()? || traces_acked > replica.trace_head()? {
@@ -531,6 +585,14 @@ impl SiteSession {
                 self.push_acked = acked;
                 self.report.traces = traces_acked;
                 self.report.log_head = log_head;
+                if let Some(heartbeat) = current {
+                    // Current: the heartbeat dates the authority cache, as a pull's last does.
+                    let cursor = replica.pull_cursor()?;
+                    let applied =
+                        replica.apply_pull(&[(cursor, PullItem::Authority(heartbeat))])?;
+                    self.report.pulled += applied.applied;
+                    self.current = true;
+                }
                 // Bodies a broken round left with the host, sent before anything new.
                 self.to_send = owed
                     .into_iter()
@@ -574,6 +636,7 @@ impl SiteSession {
                     .filter(|(d, _)| replica.body_for_sync(d).is_ok())
                     .collect();
                 self.to_send.reverse();
+                self.pushed = true;
                 self.state = SiteState::SendingBodies { upto };
                 self.send_bodies(replica, upto)
             }
@@ -594,10 +657,7 @@ impl SiteSession {
                         after: replica.pull_cursor()?,
                     }]);
                 }
-                self.state = SiteState::Fetching;
-                self.to_fetch = replica.missing_bodies()?;
-                self.to_fetch.reverse();
-                self.fetch_bodies(replica)
+                self.start_fetching(replica)
             }
             (
                 SiteState::Fetching,
@@ -624,6 +684,7 @@ impl SiteSession {
                     return Err(out_of_turn("NoBody"));
                 }
                 self.fetching.retain(|d| *d != doc);
+                self.report.bodies_waiting += 1;
                 self.fetch_bodies(replica)
             }
             (_, Msg::Error(e)) => Err(Error::Invalid(format!("the host ended the session: {e}"))),
@@ -733,6 +794,51 @@ mod tests {
     }
 
     #[test]
+    fn a_round_with_nothing_new_is_one_exchange_and_renews_the_lease() {
+        let (_t, host, site, ins) = host_and_site();
+        round(&host, &site);
+        let (as_of, _) = site.authority_freshness().expect("freshness");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let mut s = SiteSession::new();
+        let mut h = HostSession::new(site.config().site_id);
+        let welcome = h
+            .handle(&host, wire(&s.start(&site).expect("hello")))
+            .expect("welcome");
+        assert!(
+            matches!(
+                &welcome[..],
+                [Msg::Welcome {
+                    current: Some(_),
+                    ..
+                }]
+            ),
+            "{welcome:?}"
+        );
+        let answer = s.handle(&site, wire(&welcome[0])).expect("site");
+        assert_eq!(
+            answer,
+            vec![Msg::Bye],
+            "no Pull, no body: the round is over"
+        );
+        assert!(s.is_done());
+        let (renewed, expired) = site.authority_freshness().expect("freshness");
+        assert!(
+            renewed > as_of && !expired,
+            "the Welcome's heartbeat dates the cache"
+        );
+        // Behind the host's log, or with something to push, the round goes on.
+        host.update_emergency(&ins, |p| p.btg_allowed = false)
+            .expect("a new signed record for the dossier");
+        let welcome = HostSession::new(site.config().site_id)
+            .handle(&host, SiteSession::new().start(&site).expect("hello"))
+            .expect("welcome");
+        assert!(
+            matches!(&welcome[..], [Msg::Welcome { current: None, .. }]),
+            "{welcome:?}"
+        );
+    }
+
+    #[test]
     fn a_site_cannot_speak_for_another() {
         let (_t, host, site, _) = host_and_site();
         let mut h = HostSession::new(SiteId(site.config().site_id.0 + 1));
@@ -762,6 +868,7 @@ mod tests {
             returned: vec![],
             owed: vec![],
             log_head: 0,
+            current: None,
         };
         assert!(s.handle(&site, welcome).is_err());
     }
@@ -1043,5 +1150,17 @@ mod quarantine_tests {
         let kept = site.quarantined().expect("quarantine");
         assert_eq!(kept.len(), 1, "never dropped");
         assert_eq!(kept[0].body, b"kept");
+        // The site's next Hello says it acknowledged its outbox past the return: the host stops
+        // repeating it (a Welcome does not grow with every return ever made).
+        let site_id = site.config().site_id;
+        assert_eq!(host.returned_to(site_id).expect("returned").len(), 1);
+        let welcome = HostSession::new(site_id)
+            .handle(&host, SiteSession::new().start(&site).expect("hello"))
+            .expect("welcome");
+        assert!(
+            matches!(&welcome[..], [Msg::Welcome { returned, .. }] if returned.is_empty()),
+            "{welcome:?}"
+        );
+        assert!(host.returned_to(site_id).expect("returned").is_empty());
     }
 }

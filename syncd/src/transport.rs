@@ -77,11 +77,14 @@ impl Revoked {
         }
     }
 
-    fn contains(&self, cert: &CertificateDer<'_>) -> bool {
+    /// True if the certificate with this fingerprint is refused.
+    pub fn has(&self, fingerprint: &[u8; 32]) -> bool {
         // A poisoned lock refuses everyone rather than admitting a revoked site.
-        self.0
-            .read()
-            .map_or(true, |set| set.contains(&fingerprint(cert)))
+        self.0.read().map_or(true, |set| set.contains(fingerprint))
+    }
+
+    fn contains(&self, cert: &CertificateDer<'_>) -> bool {
+        self.has(&fingerprint(cert))
     }
 }
 

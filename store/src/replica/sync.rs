@@ -155,13 +155,37 @@ impl Replica {
             .open_table(OUTBOX)?
             .last()?
             .map_or(0, |(k, _)| k.value());
+        Ok(last.max(Self::outbox_acked_in(&txn)?))
+    }
+
+    /// The outbox is acknowledged (by the host) up to here.
+    pub fn outbox_acked(&self) -> Result<u64> {
+        Self::outbox_acked_in(&self.db.begin_read()?)
+    }
+
+    fn outbox_acked_in(txn: &redb::ReadTransaction) -> Result<u64> {
         let meta = txn.open_table(META)?;
-        let acked = super::read_u64(
-            meta.get(meta_key::OUTBOX_ACKED)?
-                .as_ref()
-                .map(|g| g.value()),
-        );
-        Ok(last.max(acked))
+        let acked = meta.get(meta_key::OUTBOX_ACKED)?;
+        Ok(super::read_u64(acked.as_ref().map(|g| g.value())))
+    }
+
+    /// Host: forgets the documents returned to `site`, once the site says it holds them in
+    /// quarantine (it acknowledged its outbox past every change the host applied from it).
+    /// Writes only when there is something to forget.
+    pub fn forget_returned(&self, site: SiteId) -> Result<()> {
+        let returned = self.returned_to(site)?;
+        if returned.is_empty() {
+            return Ok(());
+        }
+        let txn = self.begin_write()?;
+        {
+            let mut table = txn.open_table(RETURNED)?;
+            for id in returned {
+                table.remove(site_key(site.0, &id.0).as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
     }
 
     /// Host: every document returned to `site` so far (repeated at each session's start).
