@@ -37,6 +37,8 @@ fn main() {
     let result = match what.as_str() {
         "store" => store(),
         "sync" => sync::run(),
+        // Only the initial sync, for profiling it alone.
+        "sync-initial" => sync::initial_only(),
         // Only the batched ingest, for profiling it alone.
         "ingest" => ingest_only(),
         // Only the 64-reader audited reads, for profiling them alone.

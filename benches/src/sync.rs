@@ -264,6 +264,19 @@ fn mib(bytes: u64) -> String {
     }
 }
 
+/// Only the initial sync of 10,000 documents, for profiling it alone.
+pub fn initial_only() -> Res<()> {
+    let tmp = tempfile::tempdir()?;
+    let p = pair(&tmp.path().join("p10k"))?;
+    p.write(10_000, 1)?;
+    let (initial, report, peak) = p.sync()?;
+    println!(
+        "initial sync, 10,000 documents: {initial:.2} s, {} round trips, host peak {peak:.0} MiB",
+        report.round_trips
+    );
+    Ok(())
+}
+
 pub fn run() -> Res<()> {
     let tmp = tempfile::tempdir()?;
     println!("carnet-bench sync — a host daemon and a site on 127.0.0.1, 4 KiB documents\n");

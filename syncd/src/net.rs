@@ -249,7 +249,7 @@ async fn host_stream(
         };
         let bye = msg == Msg::Bye;
         // A push may grow other sites' logs: they are poked.
-        let pushed = matches!(msg, Msg::Push(_));
+        let pushed = matches!(msg, Msg::Push { .. });
         let (r, s) = (replica.clone(), session.clone());
         let replies = tokio::task::spawn_blocking(move || {
             s.lock()

@@ -475,7 +475,7 @@ impl Replica {
                     purges.extend(purge);
                 }
                 PullItem::Document(meta) => {
-                    self.merge_remote_document(&txn, meta, None)?;
+                    self.merge_remote_document(&txn, meta, None, None)?;
                 }
                 PullItem::Leave(ins) => {
                     // Recorded with the cursor: a crash before the purge resumes it at open.

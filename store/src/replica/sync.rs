@@ -252,6 +252,24 @@ impl Replica {
         origin: SiteId,
         changes: &[(u64, Change)],
     ) -> Result<Vec<Applied>> {
+        self.apply_remote_batch_with_bodies(origin, changes, &[])
+    }
+
+    /// `apply_remote_batch`, with the whole bodies of some of the batch's new documents
+    /// (`bodies`, offset 0): each is checked against its document's size and content hash and
+    /// stored with the metadata, in the same transaction. A body that does not match is
+    /// ignored (the document's body is then missing, and asked for as any other).
+    pub fn apply_remote_batch_with_bodies(
+        &self,
+        origin: SiteId,
+        changes: &[(u64, Change)],
+        bodies: &[BodyPiece],
+    ) -> Result<Vec<Applied>> {
+        let inline: std::collections::HashMap<DocId, &[u8]> = bodies
+            .iter()
+            .filter(|b| b.offset == 0 && b.bytes.len() as u64 == b.total)
+            .map(|b| (b.doc, b.bytes.as_slice()))
+            .collect();
         if origin == self.config.site_id {
             return Err(Error::invalid("a replica does not apply its own changes"));
         }
@@ -273,7 +291,7 @@ impl Replica {
                     last + 1
                 )));
             }
-            outcomes.push(self.apply_one_in(&txn, origin, change)?);
+            outcomes.push(self.apply_one_in(&txn, origin, change, &inline)?);
             last = seq;
         }
         txn.open_table(APPLIED)?.insert(origin.0, last)?;
@@ -286,11 +304,13 @@ impl Replica {
         txn: &super::Writer<'_>,
         origin: SiteId,
         change: &Change,
+        bodies: &std::collections::HashMap<DocId, &[u8]>,
     ) -> Result<Applied> {
         let outcome = match change {
             Change::Document(remote) => {
                 let from_site = (self.config.role == super::Role::Host).then_some(origin);
-                let outcome = self.merge_remote_document(txn, remote, from_site)?;
+                let body = bodies.get(&remote.facts.id).copied();
+                let outcome = self.merge_remote_document(txn, remote, from_site, body)?;
                 if outcome == Applied::Returned && from_site.is_some() {
                     txn.open_table(RETURNED)?
                         .insert(site_key(origin.0, &remote.facts.id.0).as_slice(), ())?;
@@ -352,6 +372,7 @@ impl Replica {
         txn: &WriteTransaction,
         remote: &DocumentMeta,
         from_site: Option<SiteId>,
+        body: Option<&[u8]>,
     ) -> Result<Applied> {
         if !remote.is_sane() {
             return Err(Error::integrity(
@@ -410,6 +431,16 @@ impl Replica {
                 if uniques.get(unique.as_slice())?.is_none() {
                     uniques.insert(unique.as_slice(), &id.0)?;
                 }
+            }
+        }
+        if let Some(body) = body
+            && body.len() as u64 == remote.facts.size
+            && *blake3::hash(body).as_bytes() == remote.facts.content_hash
+        {
+            let mut bodies = txn.open_table(BODIES)?;
+            if bodies.get(body_key(&id.0, 0).as_slice())?.is_none() {
+                self.put_body(&mut bodies, &key, &id, body)?;
+                txn.open_table(MISSING_BODIES)?.remove(&id.0)?;
             }
         }
         Ok(Applied::Applied)
