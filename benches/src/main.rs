@@ -295,7 +295,13 @@ fn reads_only() -> Res<()> {
 
 /// User plus system CPU time of this process so far, from `/proc/self/stat` (0 elsewhere).
 fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    cpu_seconds_of("self")
+}
+
+/// User plus system CPU time of process `pid` ("self" for this one) so far, from
+/// `/proc/PID/stat` (0 elsewhere).
+fn cpu_seconds_of(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name, which ends with the last ')': utime and stime are the
     // 12th and 13th of them, in clock ticks (100 per second on Linux).
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);

@@ -68,6 +68,11 @@ impl HostDaemon {
         Ok(HostDaemon { child })
     }
 
+    /// CPU seconds the daemon used so far.
+    fn cpu_seconds(&self) -> f64 {
+        crate::cpu_seconds_of(&self.child.id().to_string())
+    }
+
     /// Resets the peak resident size to the current one.
     fn reset_peak(&self) {
         let _ = std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5");
@@ -269,10 +274,14 @@ pub fn initial_only() -> Res<()> {
     let tmp = tempfile::tempdir()?;
     let p = pair(&tmp.path().join("p10k"))?;
     p.write(10_000, 1)?;
+    let (host_cpu, site_cpu) = (p.host.cpu_seconds(), crate::cpu_seconds());
     let (initial, report, peak) = p.sync()?;
     println!(
-        "initial sync, 10,000 documents: {initial:.2} s, {} round trips, host peak {peak:.0} MiB",
-        report.round_trips
+        "initial sync, 10,000 documents: {initial:.2} s, {} round trips, host peak {peak:.0} MiB, \
+         CPU: host {:.2} s, site {:.2} s",
+        report.round_trips,
+        p.host.cpu_seconds() - host_cpu,
+        crate::cpu_seconds() - site_cpu
     );
     Ok(())
 }

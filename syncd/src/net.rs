@@ -250,11 +250,15 @@ async fn host_stream(
         let bye = msg == Msg::Bye;
         // A push may grow other sites' logs: they are poked.
         let pushed = matches!(msg, Msg::Push { .. });
+        let mut msgs = vec![msg];
+        if pushed {
+            more_pushes_at_hand(recv, &mut decoder, &mut msgs).await;
+        }
         let (r, s) = (replica.clone(), session.clone());
         let replies = tokio::task::spawn_blocking(move || {
             s.lock()
                 .map_err(|_| Error::Invalid("session lock poisoned".into()))?
-                .handle(&r, msg)
+                .handle_all(&r, msgs)
         })
         .await
         .map_err(net_err)?;
@@ -279,6 +283,38 @@ async fn host_stream(
     }
     let _ = send_stream.finish();
     Ok(())
+}
+
+/// Adds to `msgs` the messages that have already arrived after a push, while they are pushes
+/// (up to `PUSH_WINDOW` in all), without waiting for more: the host applies them in one
+/// transaction. A message that is not a push ends the run (it is handled after them, in order).
+async fn more_pushes_at_hand(
+    recv: &mut quinn::RecvStream,
+    decoder: &mut FrameDecoder,
+    msgs: &mut Vec<Msg>,
+) {
+    while msgs.len() < crate::session::PUSH_WINDOW {
+        match decoder.next_message::<Msg>() {
+            Ok(Some(m)) => {
+                let push = matches!(m, Msg::Push { .. });
+                msgs.push(m);
+                if !push {
+                    return;
+                }
+            }
+            // Bytes already received, if any: a read that is not ready at once is not waited
+            // for.
+            Ok(None) => {
+                match tokio::time::timeout(Duration::ZERO, recv.read_chunk(READ_CHUNK, true)).await
+                {
+                    Ok(Ok(Some(chunk))) => decoder.push(&chunk.bytes),
+                    _ => return,
+                }
+            }
+            // The next read reports it.
+            Err(_) => return,
+        }
+    }
 }
 
 /// A site's link to the host: one QUIC connection, opened at the first round and kept open

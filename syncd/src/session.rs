@@ -223,6 +223,9 @@ fn inline_body(replica: &Replica, change: &Change) -> Result<Option<BodyPiece>> 
         }))
 }
 
+/// A push's changes and inline bodies.
+type Push = (Vec<(u64, Change)>, Vec<BodyPiece>);
+
 fn out_of_turn(what: &str) -> Error {
     Error::Invalid(format!("protocol: unexpected {what}"))
 }
@@ -241,6 +244,87 @@ impl HostSession {
             site,
             greeted: false,
         }
+    }
+
+    /// Handles messages that arrived together, in order: consecutive pushes are applied in one
+    /// transaction (one durable commit for them all), each still acknowledged on its own.
+    pub fn handle_all(&mut self, replica: &Replica, msgs: Vec<Msg>) -> Result<Vec<Msg>> {
+        let mut out = Vec::new();
+        let mut pushes = Vec::new();
+        for msg in msgs {
+            match msg {
+                Msg::Push { changes, bodies } if self.greeted => pushes.push((changes, bodies)),
+                other => {
+                    if !pushes.is_empty() {
+                        out.extend(self.apply_pushes(replica, std::mem::take(&mut pushes))?);
+                    }
+                    out.extend(self.handle(replica, other)?);
+                }
+            }
+        }
+        if !pushes.is_empty() {
+            out.extend(self.apply_pushes(replica, pushes)?);
+        }
+        Ok(out)
+    }
+
+    /// Applies pushes in one transaction, all or nothing; answers a `PushAck` for each.
+    fn apply_pushes(&mut self, replica: &Replica, pushes: Vec<Push>) -> Result<Vec<Msg>> {
+        let (mut all_changes, mut all_bodies) = (Vec::new(), Vec::new());
+        let mut ends = Vec::with_capacity(pushes.len());
+        for (changes, bodies) in pushes {
+            let inline: usize = bodies.iter().map(|b| b.bytes.len()).sum();
+            if changes.len() > BATCH_MAX || inline > CHUNK_MAX {
+                return Err(Error::Invalid("protocol: push batch too large".into()));
+            }
+            all_changes.extend(changes);
+            all_bodies.extend(bodies);
+            ends.push(all_changes.len());
+        }
+        let mut upto = replica.applied_mark(self.site)?;
+        let outcomes =
+            replica.apply_remote_batch_with_bodies(self.site, &all_changes, &all_bodies)?;
+        // Bodies of the documents these pushes brought and the host lacks (never a host-wide
+        // list: other sites' documents are none of this site's business).
+        let documents: Vec<DocId> = all_changes
+            .iter()
+            .zip(&outcomes)
+            .filter_map(|((_, change), outcome)| match (change, outcome) {
+                (Change::Document(meta), Applied::Applied | Applied::Duplicate)
+                    if meta.facts.size > 0 =>
+                {
+                    Some(meta.facts.id)
+                }
+                _ => None,
+            })
+            .collect();
+        let lacking: std::collections::HashMap<DocId, u64> =
+            replica.bodies_lacking(&documents)?.into_iter().collect();
+        let mut acks = Vec::with_capacity(ends.len());
+        let mut start = 0;
+        for end in ends {
+            let (mut missing, mut returned) = (Vec::new(), Vec::new());
+            for ((seq, change), outcome) in
+                all_changes[start..end].iter().zip(&outcomes[start..end])
+            {
+                upto = upto.max(*seq);
+                let Change::Document(meta) = change else {
+                    continue;
+                };
+                if *outcome == Applied::Returned {
+                    returned.push(meta.facts.id);
+                } else if let Some(kept) = lacking.get(&meta.facts.id) {
+                    missing.push((meta.facts.id, *kept));
+                }
+            }
+            acks.push(Msg::PushAck {
+                upto,
+                missing,
+                returned,
+            });
+            start = end;
+        }
+        Ok(acks)
     }
 
     /// Handles one message; returns the replies. An error ends the session (send it as
@@ -281,41 +365,7 @@ impl HostSession {
                     },
                 }])
             }
-            Msg::Push { changes, bodies } => {
-                let inline: usize = bodies.iter().map(|b| b.bytes.len()).sum();
-                if changes.len() > BATCH_MAX || inline > CHUNK_MAX {
-                    return Err(Error::Invalid("protocol: push batch too large".into()));
-                }
-                let mut upto = replica.applied_mark(self.site)?;
-                let mut returned = Vec::new();
-                // One transaction for the batch and its bodies: one durable commit, all or
-                // nothing.
-                let outcomes =
-                    replica.apply_remote_batch_with_bodies(self.site, &changes, &bodies)?;
-                for ((seq, change), outcome) in changes.iter().zip(outcomes) {
-                    if let (Applied::Returned, Change::Document(meta)) = (outcome, change) {
-                        returned.push(meta.facts.id);
-                    }
-                    upto = upto.max(*seq);
-                }
-                // Bodies of the documents this push brought and the host lacks (never a
-                // host-wide list: other sites' documents are none of this site's business).
-                let mut missing = Vec::new();
-                for (_, change) in &changes {
-                    if let Change::Document(meta) = change
-                        && !returned.contains(&meta.facts.id)
-                        && meta.facts.size > 0
-                        && !replica.has_body(&meta.facts.id)?
-                    {
-                        missing.push((meta.facts.id, replica.body_progress(&meta.facts.id)?));
-                    }
-                }
-                Ok(vec![Msg::PushAck {
-                    upto,
-                    missing,
-                    returned,
-                }])
-            }
+            Msg::Push { changes, bodies } => self.apply_pushes(replica, vec![(changes, bodies)]),
             Msg::Traces(records) => {
                 if records.len() > BATCH_MAX {
                     return Err(Error::Invalid("protocol: trace batch too large".into()));
@@ -900,7 +950,10 @@ mod tests {
         let mut h = HostSession::new(site.config().site_id);
         let mut to_host = vec![s.start(&site).expect("start")];
         let (mut pushes, mut most_in_flight, mut put_bodies) = (0, 0, 0);
-        while !s.is_done() {
+        for _ in 0..10_000 {
+            if s.is_done() {
+                break;
+            }
             let in_flight = to_host
                 .iter()
                 .filter(|m| matches!(m, Msg::Push { .. }))
@@ -911,14 +964,22 @@ mod tests {
                 .iter()
                 .filter(|m| matches!(m, Msg::PutBodies(_)))
                 .count();
-            let to_site: Vec<Msg> = to_host
-                .drain(..)
-                .flat_map(|m| h.handle(&host, wire(&m)).expect("host"))
-                .collect();
+            // Delivered together: the host applies the pushes in one transaction, and still
+            // acknowledges each.
+            let arrived: Vec<Msg> = to_host.drain(..).map(|m| wire(&m)).collect();
+            let to_site = h.handle_all(&host, arrived).expect("host");
+            assert_eq!(
+                to_site
+                    .iter()
+                    .filter(|m| matches!(m, Msg::PushAck { .. }))
+                    .count(),
+                in_flight
+            );
             for m in to_site {
                 to_host.extend(s.handle(&site, wire(&m)).expect("site"));
             }
         }
+        assert!(s.is_done(), "the round ended");
         assert_eq!(put_bodies, 0, "every body went with its push");
         assert!(
             pushes >= 3 && most_in_flight > 1,

@@ -459,7 +459,12 @@ impl Replica {
             let v = meta.get(meta_key::PULL_CURSOR)?;
             super::read_u64(v.as_ref().map(|g| g.value()))
         };
+        let mut dossiers = super::sync::ActiveDossiers::default();
         for (seq, item) in items {
+            if !matches!(item, PullItem::Document(_)) {
+                // A signed record or a scope exit may change what is active here.
+                dossiers.clear();
+            }
             match item {
                 PullItem::Authority(signed) => {
                     let v = authority::verify(&host_key, signed)?;
@@ -475,7 +480,7 @@ impl Replica {
                     purges.extend(purge);
                 }
                 PullItem::Document(meta) => {
-                    self.merge_remote_document(&txn, meta, None, None)?;
+                    self.merge_remote_document(&txn, meta, None, None, &mut dossiers)?;
                 }
                 PullItem::Leave(ins) => {
                     // Recorded with the cursor: a crash before the purge resumes it at open.

@@ -279,6 +279,7 @@ impl Replica {
             .get(origin.0)?
             .map_or(0, |v| v.value());
         let mut outcomes = Vec::with_capacity(changes.len());
+        let mut dossiers = ActiveDossiers::default();
         for (seq, change) in changes {
             let seq = *seq;
             if seq <= last {
@@ -291,7 +292,7 @@ impl Replica {
                     last + 1
                 )));
             }
-            outcomes.push(self.apply_one_in(&txn, origin, change, &inline)?);
+            outcomes.push(self.apply_one_in(&txn, origin, change, &inline, &mut dossiers)?);
             last = seq;
         }
         txn.open_table(APPLIED)?.insert(origin.0, last)?;
@@ -305,12 +306,20 @@ impl Replica {
         origin: SiteId,
         change: &Change,
         bodies: &std::collections::HashMap<DocId, &[u8]>,
+        dossiers: &mut ActiveDossiers,
     ) -> Result<Applied> {
+        if !matches!(change, Change::Document(_)) {
+            // It may change what is active here (a pending grant's decision).
+            dossiers.clear();
+        }
         let outcome = match change {
             Change::Document(remote) => {
                 let from_site = (self.config.role == super::Role::Host).then_some(origin);
-                let body = bodies.get(&remote.facts.id).copied();
-                let outcome = self.merge_remote_document(txn, remote, from_site, body)?;
+                let body = bodies
+                    .get(&remote.facts.id)
+                    .copied()
+                    .filter(|b| body_matches(remote, b));
+                let outcome = self.merge_remote_document(txn, remote, from_site, body, dossiers)?;
                 if outcome == Applied::Returned && from_site.is_some() {
                     txn.open_table(RETURNED)?
                         .insert(site_key(origin.0, &remote.facts.id.0).as_slice(), ())?;
@@ -320,6 +329,7 @@ impl Replica {
                     self.host_document_changed(txn, &bi, &remote.facts.id, Some(origin))?;
                     let id = remote.facts.id.0;
                     if remote.facts.size > 0
+                        && body.is_none()
                         && txn
                             .open_table(BODIES)?
                             .get(body_key(&id, 0).as_slice())?
@@ -366,13 +376,15 @@ impl Replica {
     }
 
     /// Merges a remote document's metadata in `txn`, or returns it when its dossier is not
-    /// active here.
+    /// active here; `body`, checked against the metadata by the caller, is stored with it
+    /// when this replica lacks it.
     pub(super) fn merge_remote_document(
         &self,
         txn: &WriteTransaction,
         remote: &DocumentMeta,
         from_site: Option<SiteId>,
         body: Option<&[u8]>,
+        dossiers: &mut ActiveDossiers,
     ) -> Result<Applied> {
         if !remote.is_sane() {
             return Err(Error::integrity(
@@ -380,16 +392,25 @@ impl Replica {
             ));
         }
         let bi = self.blind(&remote.facts.ins);
-        let head = self.authority_get(
-            &txn.open_table(AUTHORITY)?,
-            &subject_key(tag::DOSSIER, Some(&bi), None),
-        )?;
-        let active = matches!(
-            head.map(|v| v.record),
-            Some(AuthorityRecord::Dossier(h)) if h.status == DossierStatus::Active
-        );
-        let key = self.dossier_key(&txn.open_table(DOSSIER_KEYS)?, &bi)?;
-        let Some(key) = key.filter(|_| active) else {
+        let key = match dossiers.0.get(&bi) {
+            Some(key) => key.clone(),
+            None => {
+                let head = self.authority_get(
+                    &txn.open_table(AUTHORITY)?,
+                    &subject_key(tag::DOSSIER, Some(&bi), None),
+                )?;
+                let active = matches!(
+                    head.map(|v| v.record),
+                    Some(AuthorityRecord::Dossier(h)) if h.status == DossierStatus::Active
+                );
+                let key = self
+                    .dossier_key(&txn.open_table(DOSSIER_KEYS)?, &bi)?
+                    .filter(|_| active);
+                dossiers.0.insert(bi, key.clone());
+                key
+            }
+        };
+        let Some(key) = key else {
             return Ok(Applied::Returned);
         };
         let id = remote.facts.id;
@@ -421,8 +442,14 @@ impl Replica {
             }
             None => {
                 self.put_meta(&mut docs, &key, &bi, 1, remote)?;
-                if remote.facts.size > 0 {
-                    txn.open_table(MISSING_BODIES)?.insert(&id.0, ())?;
+                match body {
+                    Some(body) => {
+                        self.put_body(&mut txn.open_table(BODIES)?, &key, &id, body)?;
+                    }
+                    None if remote.facts.size > 0 => {
+                        txn.open_table(MISSING_BODIES)?.insert(&id.0, ())?;
+                    }
+                    None => {}
                 }
                 txn.open_table(DOSSIER_DOCS)?
                     .insert(dossier_doc_key(&bi, &id.0).as_slice(), ())?;
@@ -431,12 +458,10 @@ impl Replica {
                 if uniques.get(unique.as_slice())?.is_none() {
                     uniques.insert(unique.as_slice(), &id.0)?;
                 }
+                return Ok(Applied::Applied);
             }
         }
-        if let Some(body) = body
-            && body.len() as u64 == remote.facts.size
-            && *blake3::hash(body).as_bytes() == remote.facts.content_hash
-        {
+        if let Some(body) = body {
             let mut bodies = txn.open_table(BODIES)?;
             if bodies.get(body_key(&id.0, 0).as_slice())?.is_none() {
                 self.put_body(&mut bodies, &key, &id, body)?;
@@ -452,6 +477,30 @@ impl Replica {
         let (txn, generation) = self.snapshot()?;
         let (_, key, meta) = self.load_doc(&txn, generation, id)?;
         self.get_body(&txn.open_table(BODIES)?, &key, &meta)
+    }
+
+    /// Of `ids`, the documents whose body this replica does not hold, with the bytes of each it
+    /// keeps so far (one read transaction).
+    pub fn bodies_lacking(&self, ids: &[DocId]) -> Result<Vec<(DocId, u64)>> {
+        let txn = self.db.begin_read()?;
+        let bodies = txn.open_table(BODIES)?;
+        let progress = match txn.open_table(PARTIAL_PROGRESS) {
+            Ok(t) => Some(t),
+            // A replica created before resumable bodies: nothing is partial.
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for id in ids {
+            if bodies.get(body_key(&id.0, 0).as_slice())?.is_none() {
+                let kept = match &progress {
+                    Some(t) => t.get(&id.0)?.map_or(0, |v| v.value()),
+                    None => 0,
+                };
+                out.push((*id, kept));
+            }
+        }
+        Ok(out)
     }
 
     /// Bytes of `id`'s body received so far from a peer and durably kept (0 when none); a
@@ -727,4 +776,22 @@ fn widens(before: &crate::model::DocState, after: &crate::model::DocState) -> bo
         || (b.invisible_patient && !a.invisible_patient)
         || (b.invisible_representatives && !a.invisible_representatives)
         || after.availability() < before.availability()
+}
+
+/// The data keys of the dossiers active here (`None`: not held, or not active), looked up once
+/// per batch; cleared by any item of the batch that may change a dossier's status.
+#[derive(Default)]
+pub(super) struct ActiveDossiers(std::collections::HashMap<[u8; 32], Option<crate::crypto::Key>>);
+
+impl ActiveDossiers {
+    /// Forgets everything (a record that may change a dossier's status was applied).
+    pub(super) fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// True if `body` is the whole body `meta` describes (size and content hash).
+fn body_matches(meta: &DocumentMeta, body: &[u8]) -> bool {
+    body.len() as u64 == meta.facts.size
+        && *blake3::hash(body).as_bytes() == meta.facts.content_hash
 }
