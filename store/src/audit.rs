@@ -9,8 +9,10 @@
 //! Concurrent audited readers share one durable commit through `GroupCommit`.
 
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll, Waker};
 use std::thread::Thread;
 
 use serde::{Deserialize, Serialize};
@@ -149,16 +151,42 @@ pub const GROUP_COMMIT_MAX: usize = 4096;
 const PARK_MAX: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Group commit: concurrent callers each submit one item; one of them (the leader) commits
-/// every pending item in one durable write while the others sleep, so N concurrent audited
-/// reads cost about one sync, not N. Waiters are parked and woken one by one (no lock to
-/// re-acquire on wake-up), and leadership passes to the oldest waiter when a leader is done.
+/// every pending item in one durable write while the others wait, so N concurrent audited
+/// reads cost about one sync, not N. A waiter is a thread (`submit`: parked, and woken with no
+/// lock to re-acquire) or an asynchronous task (`submit_async`: its waker is woken, no thread
+/// switch); a batch wakes in a tree (each woken waiter wakes two more), and leadership passes to
+/// the oldest waiter when a leader is done.
 ///
-/// Invariant: `submit` returns `Ok` only after the caller's item is durably committed by
-/// `commit`, and returns the batch's error otherwise.
+/// Invariant: a submission completes with `Ok` only after the caller's item is durably
+/// committed by `commit`, and with the batch's error otherwise.
 #[derive(Debug)]
 pub struct GroupCommit<T> {
     queue: Mutex<Vec<(T, Arc<Slot>)>>,
     leader: AtomicBool,
+    /// A thread that commits for asynchronous submitters (`run_committer`), if one runs: they
+    /// then never block their own thread on a commit.
+    committer: Mutex<Option<Thread>>,
+}
+
+/// Who waits on a slot.
+#[derive(Debug, Clone)]
+enum Waiter {
+    Thread(Thread),
+    /// The task's latest waker (set before it returns `Pending`).
+    Task(Arc<Mutex<Option<Waker>>>),
+}
+
+impl Waiter {
+    fn wake(&self) {
+        match self {
+            Waiter::Thread(t) => t.unpark(),
+            Waiter::Task(w) => {
+                if let Some(w) = w.lock().ok().and_then(|w| w.clone()) {
+                    w.wake();
+                }
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -166,14 +194,23 @@ struct Slot {
     /// 0 waiting, 1 committed, 2 failed.
     state: AtomicU8,
     error: Mutex<Option<String>>,
-    thread: Thread,
-    /// Set before the state: the batch's threads and this slot's place among them. A woken
+    waiter: Waiter,
+    /// Set before the state: the batch's waiters and this slot's place among them. A woken
     /// waiter wakes its two children (2i+1, 2i+2), so a batch wakes in a tree of depth log2(n)
-    /// instead of one leader waking every thread in turn.
-    wake: OnceLock<(Arc<[Thread]>, usize)>,
+    /// instead of one leader waking every waiter in turn.
+    wake: OnceLock<(Arc<[Waiter]>, usize)>,
 }
 
 impl Slot {
+    fn new(waiter: Waiter) -> Arc<Slot> {
+        Arc::new(Slot {
+            state: AtomicU8::new(0),
+            error: Mutex::new(None),
+            waiter,
+            wake: OnceLock::new(),
+        })
+    }
+
     fn settle(&self, result: &Result<()>) {
         if let Err(e) = result {
             if let Ok(mut m) = self.error.lock() {
@@ -187,10 +224,18 @@ impl Slot {
 
     /// Wakes this slot's children in the batch's wake tree.
     fn wake_children(&self) {
-        if let Some((threads, i)) = self.wake.get() {
+        if let Some((waiters, i)) = self.wake.get() {
             for child in [2 * i + 1, 2 * i + 2] {
-                if let Some(t) = threads.get(child) {
-                    t.unpark();
+                if let Some(w @ Waiter::Thread(_)) = waiters.get(child) {
+                    w.wake();
+                }
+            }
+            // The first of a batch wakes every task of it (cheap, and off the leader's path).
+            if *i == 0 {
+                for w in waiters.iter().skip(1) {
+                    if let Waiter::Task(_) = w {
+                        w.wake();
+                    }
                 }
             }
         }
@@ -216,83 +261,234 @@ impl<T> Default for GroupCommit<T> {
         GroupCommit {
             queue: Mutex::new(Vec::new()),
             leader: AtomicBool::new(false),
+            committer: Mutex::new(None),
         }
     }
+}
+
+fn lock_err() -> Error {
+    Error::Storage("group commit lock poisoned".into())
 }
 
 impl<T> GroupCommit<T> {
     /// Submits `item` and returns once it is durably committed by `commit` (called by whichever
     /// caller leads the batch), or with the batch's error.
     pub fn submit(&self, item: T, commit: &dyn Fn(Vec<T>) -> Result<()>) -> Result<()> {
-        let lock_err = || Error::Storage("group commit lock poisoned".into());
-        let slot = Arc::new(Slot {
-            state: AtomicU8::new(0),
-            error: Mutex::new(None),
-            thread: std::thread::current(),
-            wake: OnceLock::new(),
-        });
+        let slot = Slot::new(Waiter::Thread(std::thread::current()));
         self.queue
             .lock()
             .map_err(|_| lock_err())?
             .push((item, slot.clone()));
         loop {
-            if let Some(outcome) = slot.outcome() {
-                slot.wake_children();
+            if let Some(outcome) = self.progress(&slot, commit)? {
                 return outcome;
-            }
-            if self
-                .leader
-                .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
-                .is_ok()
-            {
-                // Lead one batch: ours is in the queue, or was committed by the last leader.
-                let batch: Vec<(T, Arc<Slot>)> = {
-                    let mut q = self.queue.lock().map_err(|_| lock_err())?;
-                    let n = q.len().min(GROUP_COMMIT_MAX);
-                    q.drain(..n).collect()
-                };
-                let (items, slots): (Vec<T>, Vec<Arc<Slot>>) = batch.into_iter().unzip();
-                if !items.is_empty() {
-                    // A panicking commit must still settle its batch and release leadership.
-                    let result = std::panic::catch_unwind(AssertUnwindSafe(|| commit(items)))
-                        .unwrap_or_else(|_| {
-                            Err(Error::Storage("the trace commit panicked".into()))
-                        });
-                    let threads: Arc<[Thread]> = slots.iter().map(|s| s.thread.clone()).collect();
-                    for (i, s) in slots.iter().enumerate() {
-                        let _ = s.wake.set((threads.clone(), i));
-                    }
-                    // Children (higher indexes) are settled before their parents, so a waiter
-                    // that sees its own result and wakes its children never wakes one too early.
-                    for s in slots.iter().rev() {
-                        s.settle(&result);
-                    }
-                }
-                // Hand on before waking the batch: whoever waits longest leads the next one
-                // while the others of this batch are being woken.
-                self.leader.store(false, Ordering::SeqCst);
-                if let Some((_, next)) = self.queue.lock().map_err(|_| lock_err())?.first() {
-                    next.thread.unpark();
-                }
-                // The root of the wake tree; each woken waiter wakes its children.
-                if let Some(root) = slots.first() {
-                    if Arc::ptr_eq(root, &slot) {
-                        root.wake_children();
-                    } else {
-                        root.thread.unpark();
-                    }
-                }
-                continue;
             }
             // Bounded, as a safety net: a waiter re-checks its slot and the leadership even if a
             // wake-up went astray.
             std::thread::park_timeout(PARK_MAX);
         }
     }
+
+    /// `submit` for an asynchronous task: completes once `item` is durably committed. A task
+    /// that finds no leader leads the batch on its own thread (the commit blocks that thread
+    /// for one sync); the others wait without holding a thread.
+    pub fn submit_async<'a>(&'a self, item: T, commit: &'a Commit<'a, T>) -> Durable<'a, T> {
+        Durable {
+            group: self,
+            item: Some(item),
+            slot: None,
+            commit,
+        }
+    }
+
+    /// Commits for asynchronous submitters, on the calling thread, until `running` turns
+    /// false: each batch as soon as one is waiting and nobody leads. Meanwhile their tasks wait
+    /// without blocking the runtime's threads on a sync.
+    pub fn run_committer(&self, commit: &Commit<'_, T>, running: &AtomicBool) {
+        if let Ok(mut c) = self.committer.lock() {
+            *c = Some(std::thread::current());
+        }
+        let me = Slot::new(Waiter::Thread(std::thread::current()));
+        while running.load(Ordering::SeqCst) {
+            let waiting = self.queue.lock().map_or(0, |q| q.len());
+            if waiting > 0 && waiting < 8 {
+                // A few more readers finishing their work join this batch.
+                std::thread::sleep(std::time::Duration::from_micros(40));
+            }
+            if waiting > 0
+                && self
+                    .leader
+                    .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+            {
+                if self.lead(&me, commit).is_err() {
+                    break;
+                }
+                continue;
+            }
+            std::thread::park_timeout(PARK_MAX);
+        }
+        if let Ok(mut c) = self.committer.lock() {
+            *c = None;
+        }
+        // Whoever waits now leads for themselves.
+        if let Ok(q) = self.queue.lock() {
+            for (_, slot) in q.iter() {
+                slot.waiter.wake();
+            }
+        }
+    }
+
+    /// The committer thread, if one runs.
+    fn committer(&self) -> Option<Thread> {
+        self.committer.lock().ok().and_then(|c| c.clone())
+    }
+
+    /// Settles `slot` if it can: its outcome if known (waking its children), else leads one
+    /// batch if nobody does. `None`: still waiting.
+    fn progress(
+        &self,
+        slot: &Arc<Slot>,
+        commit: &dyn Fn(Vec<T>) -> Result<()>,
+    ) -> Result<Option<Result<()>>> {
+        loop {
+            if let Some(outcome) = slot.outcome() {
+                slot.wake_children();
+                return Ok(Some(outcome));
+            }
+            if self
+                .leader
+                .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+                .is_err()
+            {
+                return Ok(None);
+            }
+            self.lead(slot, commit)?;
+        }
+    }
+
+    /// Commits one batch (ours is in the queue, or was committed by the last leader), settles
+    /// it, hands the leadership on and wakes the batch.
+    fn lead(&self, slot: &Arc<Slot>, commit: &dyn Fn(Vec<T>) -> Result<()>) -> Result<()> {
+        let batch: Vec<(T, Arc<Slot>)> = {
+            let mut q = self.queue.lock().map_err(|_| lock_err())?;
+            let n = q.len().min(GROUP_COMMIT_MAX);
+            q.drain(..n).collect()
+        };
+        let (items, slots): (Vec<T>, Vec<Arc<Slot>>) = batch.into_iter().unzip();
+        if !items.is_empty() {
+            // A panicking commit must still settle its batch and release leadership.
+            let result = std::panic::catch_unwind(AssertUnwindSafe(|| commit(items)))
+                .unwrap_or_else(|_| Err(Error::Storage("the trace commit panicked".into())));
+            let waiters: Arc<[Waiter]> = slots.iter().map(|s| s.waiter.clone()).collect();
+            for (i, s) in slots.iter().enumerate() {
+                let _ = s.wake.set((waiters.clone(), i));
+            }
+            // Children (higher indexes) are settled before their parents, so a waiter that
+            // sees its own result and wakes its children never wakes one too early.
+            for s in slots.iter().rev() {
+                s.settle(&result);
+            }
+        }
+        // Hand on before waking the batch: whoever waits longest leads the next one while the
+        // others of this batch are being woken.
+        self.leader.store(false, Ordering::SeqCst);
+        if let Some((_, next)) = self.queue.lock().map_err(|_| lock_err())?.first()
+            && (matches!(next.waiter, Waiter::Thread(_)) || self.committer().is_none())
+        {
+            next.waiter.wake();
+        }
+        // The root of the wake tree; each woken waiter wakes its children.
+        if let Some(root) = slots.first() {
+            if Arc::ptr_eq(root, slot) {
+                root.wake_children();
+            } else {
+                root.waiter.wake();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A submission of `GroupCommit::submit_async`: resolves once the item is durable.
+pub struct Durable<'a, T> {
+    group: &'a GroupCommit<T>,
+    item: Option<T>,
+    slot: Option<Arc<Slot>>,
+    commit: &'a Commit<'a, T>,
+}
+
+/// What commits a batch, durably (shared by the tasks that wait on it).
+pub type Commit<'a, T> = dyn Fn(Vec<T>) -> Result<()> + Sync + 'a;
+
+impl<T> Drop for Durable<'_, T> {
+    /// A submission dropped before it completed (its task was cancelled) still sees its item
+    /// committed before it goes: a leader may be about to hand the next batch to this task,
+    /// whose waker no longer runs anything.
+    fn drop(&mut self) {
+        if let Some(slot) = &self.slot {
+            while let Ok(None) = self.group.progress(slot, self.commit) {
+                std::thread::sleep(std::time::Duration::from_micros(50));
+            }
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for Durable<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Durable").field("slot", &self.slot).finish()
+    }
+}
+
+impl<T: Unpin> Future for Durable<'_, T> {
+    type Output = Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let this = self.get_mut();
+        let slot = match (&this.slot, this.item.take()) {
+            (Some(slot), _) => {
+                // The waker may have changed since the last poll; set before any check, so a
+                // settlement after the check still wakes this task.
+                if let Waiter::Task(w) = &slot.waiter
+                    && let Ok(mut w) = w.lock()
+                {
+                    w.replace(cx.waker().clone());
+                }
+                slot.clone()
+            }
+            (None, Some(item)) => {
+                let slot = Slot::new(Waiter::Task(Arc::new(Mutex::new(Some(cx.waker().clone())))));
+                match this.group.queue.lock() {
+                    Ok(mut q) => q.push((item, slot.clone())),
+                    Err(_) => return Poll::Ready(Err(lock_err())),
+                }
+                this.slot = Some(slot.clone());
+                slot
+            }
+            (None, None) => return Poll::Ready(Err(Error::Storage("polled after its end".into()))),
+        };
+        if let Some(committer) = this.group.committer() {
+            // The committer leads: this task only waits (woken by its batch's wake tree).
+            committer.unpark();
+            if let Some(outcome) = slot.outcome() {
+                slot.wake_children();
+                this.slot = None;
+                return Poll::Ready(outcome);
+            }
+            return Poll::Pending;
+        }
+        let done = match this.group.progress(&slot, this.commit) {
+            Ok(Some(outcome)) => outcome,
+            Ok(None) => return Poll::Pending,
+            Err(e) => Err(e),
+        };
+        this.slot = None;
+        Poll::Ready(done)
+    }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
 
@@ -376,6 +572,116 @@ mod tests {
         for t in threads {
             t.join().expect("thread");
         }
+    }
+
+    /// Runs a future to its end on this thread (a waker that unparks it).
+    pub(crate) fn block_on<F: Future>(f: F) -> F::Output {
+        struct Unpark(Thread);
+        impl std::task::Wake for Unpark {
+            fn wake(self: Arc<Self>) {
+                self.0.unpark();
+            }
+        }
+        let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+        let mut cx = Context::from_waker(&waker);
+        let mut f = std::pin::pin!(f);
+        loop {
+            if let Poll::Ready(out) = f.as_mut().poll(&mut cx) {
+                return out;
+            }
+            std::thread::park_timeout(std::time::Duration::from_millis(100));
+        }
+    }
+
+    fn async_submitters(with_committer: bool) {
+        let gc = Arc::new(GroupCommit::<u32>::default());
+        let commits = Arc::new(AtomicUsize::new(0));
+        let committed = Arc::new(Mutex::new(Vec::new()));
+        let commit = {
+            let (commits, committed) = (commits.clone(), committed.clone());
+            Arc::new(move |batch: Vec<u32>| {
+                commits.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(std::time::Duration::from_micros(200));
+                committed.lock().expect("lock").extend(batch);
+                Ok(())
+            })
+        };
+        let running = Arc::new(AtomicBool::new(true));
+        let committer = with_committer.then(|| {
+            let (gc, commit, running) = (gc.clone(), commit.clone(), running.clone());
+            std::thread::spawn(move || gc.run_committer(&*commit, &running))
+        });
+        let threads: Vec<_> = (0..16u32)
+            .map(|i| {
+                let (gc, commit, committed) = (gc.clone(), commit.clone(), committed.clone());
+                std::thread::spawn(move || {
+                    for j in 0..50u32 {
+                        block_on(gc.submit_async(i * 1000 + j, &*commit)).expect("commit");
+                        assert!(committed.lock().expect("lock").contains(&(i * 1000 + j)));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("thread");
+        }
+        running.store(false, Ordering::SeqCst);
+        if let Some(c) = committer {
+            c.thread().unpark();
+            c.join().expect("committer");
+        }
+        assert_eq!(committed.lock().expect("lock").len(), 800);
+        assert!(
+            commits.load(Ordering::SeqCst) < 800,
+            "some commits were shared"
+        );
+    }
+
+    #[test]
+    fn async_submitters_share_commits_and_complete_only_once_durable() {
+        async_submitters(false);
+        async_submitters(true);
+    }
+
+    #[test]
+    fn a_cancelled_async_submission_is_still_committed_and_stalls_nobody() {
+        let gc = Arc::new(GroupCommit::<u32>::default());
+        let committed = Arc::new(Mutex::new(Vec::new()));
+        // A thread leads a slow batch.
+        let slow = {
+            let (gc, committed) = (gc.clone(), committed.clone());
+            std::thread::spawn(move || {
+                gc.submit(1, &|b| {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    committed.lock().expect("lock").extend(b);
+                    Ok(())
+                })
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        let record = |b: Vec<u32>| {
+            committed.lock().expect("lock").extend(b);
+            Ok(())
+        };
+        let mut pending = Box::pin(gc.submit_async(2, &record));
+        let waker = Waker::noop();
+        assert!(
+            pending
+                .as_mut()
+                .poll(&mut Context::from_waker(waker))
+                .is_pending(),
+            "the leader is busy"
+        );
+        drop(pending);
+        assert!(
+            committed.lock().expect("lock").contains(&2),
+            "committed before it went"
+        );
+        assert!(slow.join().expect("thread").is_ok());
+        assert!(
+            gc.submit(3, &record).is_ok(),
+            "nobody waits on the cancelled task"
+        );
     }
 
     #[test]

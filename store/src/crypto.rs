@@ -8,8 +8,9 @@
 //! buffers and are wiped on drop; no plaintext key is ever written; a failed open is an
 //! `Error::Integrity`, never a panic.
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
+use zeroize::Zeroize;
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
@@ -82,36 +83,51 @@ impl Key {
     /// Seals `plaintext` under this key: `nonce || ciphertext+tag`.
     pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
         let cipher = XChaCha20Poly1305::new(self.0.as_ref().into());
-        let mut nonce = [0u8; 24];
-        fast_random_bytes(&mut nonce);
-        let ct = cipher
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: plaintext,
-                    aad,
-                },
-            )
+        let mut out = Vec::with_capacity(SEAL_OVERHEAD + plaintext.len());
+        out.extend_from_slice(&[0u8; 24]);
+        fast_random_bytes(&mut out[..24]);
+        out.extend_from_slice(plaintext);
+        // Encrypted where it lies: one buffer, no copy of the ciphertext.
+        let (nonce, body) = out.split_at_mut(24);
+        let tag = cipher
+            .encrypt_in_place_detached(XNonce::from_slice(nonce), aad, body)
             .map_err(|_| Error::Storage("encryption failed".into()))?;
-        let mut out = Vec::with_capacity(24 + ct.len());
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(&ct);
+        out.extend_from_slice(&tag);
         Ok(out)
     }
 
     /// Opens what `seal` produced with the same associated data.
     pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+        let mut out = Zeroizing::new(Vec::new());
+        self.open_into(aad, sealed, &mut out)?;
+        Ok(out)
+    }
+
+    /// `open`, appending the plaintext to `out` (decrypted where it lands: no intermediate
+    /// buffer). On failure `out` is left as it was.
+    pub fn open_into(&self, aad: &[u8], sealed: &[u8], out: &mut Vec<u8>) -> Result<()> {
         if sealed.len() < SEAL_OVERHEAD {
             return Err(Error::integrity("sealed record too short"));
         }
-        let (nonce, ct) = sealed.split_at(24);
+        let (nonce, rest) = sealed.split_at(24);
+        let (ct, tag) = rest.split_at(rest.len() - 16);
         let cipher = XChaCha20Poly1305::new(self.0.as_ref().into());
-        cipher
-            .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad })
-            .map(Zeroizing::new)
-            .map_err(|_| {
-                Error::integrity("a sealed record does not authenticate (tampered or corrupted)")
-            })
+        let start = out.len();
+        out.extend_from_slice(ct);
+        let opened = cipher.decrypt_in_place_detached(
+            XNonce::from_slice(nonce),
+            aad,
+            &mut out[start..],
+            Tag::from_slice(tag),
+        );
+        if opened.is_err() {
+            out[start..].zeroize();
+            out.truncate(start);
+            return Err(Error::integrity(
+                "a sealed record does not authenticate (tampered or corrupted)",
+            ));
+        }
+        Ok(())
     }
 
     /// Wraps another key under this one.

@@ -473,7 +473,8 @@ impl Service {
         })
     }
 
-    /// Runs `request`: a sync round on the async side, anything else on a blocking thread.
+    /// Runs `request`: a sync round, and a document read, on the async side; anything else on
+    /// a blocking thread.
     pub async fn run(self: &Arc<Self>, request: Request) -> Result<Response> {
         if let Request::SyncNow = request {
             if self.replica.config().role != carnet_store::replica::Role::Site {
@@ -482,6 +483,22 @@ impl Service {
                 ));
             }
             return self.sync_round().await.map(Response::Synced);
+        }
+        if let Request::ReadDocument {
+            actor,
+            id,
+            mode,
+            reason,
+        } = &request
+        {
+            // While its trace entry is made durable, the read waits without holding a thread
+            // (the daemon's committer thread syncs the journal for all of them).
+            let read = self
+                .replica
+                .read_document_async(actor, id, *mode, reason.as_deref())
+                .await;
+            self.changed.notify_one();
+            return Ok(Response::Read(Box::new(read?)));
         }
         let changes = request.may_change_store();
         let service = self.clone();

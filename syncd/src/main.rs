@@ -88,6 +88,15 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         _ => KeySource::File,
     };
     let replica = Arc::new(Replica::open(&args.data, &key, system_clock())?);
+    // The trace committer: makes the trace entries of the reads served through the local API
+    // durable, one journal sync for every batch of them.
+    let committing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let committer = {
+        let (r, running) = (replica.clone(), committing.clone());
+        std::thread::Builder::new()
+            .name("trace-committer".into())
+            .spawn(move || r.run_trace_committer(&running))?
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -100,6 +109,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             ConfigRole::Site => site(replica, &config, &args.data, listener).await,
         }
     });
+    committing.store(false, std::sync::atomic::Ordering::SeqCst);
+    committer.thread().unpark();
+    let _ = committer.join();
     // The socket goes with the daemon, so `carnet` opens the store directly again.
     let _ = std::fs::remove_file(carnet_syncd::api::socket_path(&data));
     result

@@ -351,24 +351,20 @@ impl Replica {
         // `size` comes from metadata that may have come from a peer: reserve only what the
         // chunks can bring, and let the vector grow with them.
         let mut out = Zeroizing::new(Vec::with_capacity(size.min(CHUNK_PLAIN * 16)));
-        let (first, last) = (body_key(&id.0, 0), body_key(&id.0, u32::MAX));
-        for (expect, row) in (0u32..).zip(bodies.range(first.as_slice()..=last.as_slice())?) {
-            let (k, v) = row?;
-            let n = k
-                .value()
-                .get(16..20)
-                .and_then(|b| b.try_into().ok())
-                .map(u32::from_be_bytes)
-                .ok_or_else(|| Error::integrity("a body chunk key is malformed"))?;
-            if n != expect {
+        // One lookup per chunk the size calls for (a chunk beyond it could not change what is
+        // returned: the size is checked below).
+        for n in 0..size.div_ceil(CHUNK_PLAIN) {
+            let n = u32::try_from(n).map_err(|_| Error::integrity("size"))?;
+            let Some(sealed) = bodies.get(body_key(&id.0, n).as_slice())? else {
+                if n == 0 {
+                    break;
+                }
                 return Err(Error::integrity(format!(
-                    "body of document {id}: chunk {expect} missing"
+                    "body of document {id}: chunk {n} missing"
                 )));
-            }
-            let plain = key
-                .open(&body_aad(&id.0, n), v.value())
+            };
+            key.open_into(&body_aad(&id.0, n), sealed.value(), &mut out)
                 .map_err(|_| Error::integrity(format!("body of document {id} was altered")))?;
-            out.extend_from_slice(&plain);
         }
         if out.is_empty() && size > 0 {
             return Err(Error::not_found(format!(
@@ -613,6 +609,37 @@ impl Replica {
         mode: AccessMode,
         reason: Option<&str>,
     ) -> Result<ReadOutcome> {
+        let (trace, outcome) = self.prepare_read(actor, id, mode, reason)?;
+        self.audit_commit
+            .submit(trace, &|batch| self.commit_traces(batch))?;
+        outcome
+    }
+
+    /// `read_document` for an asynchronous task (the daemon's local API): the same decision,
+    /// trace and answer, and while the trace entry is made durable the task waits without
+    /// holding a thread.
+    pub async fn read_document_async(
+        &self,
+        actor: &Actor,
+        id: &DocId,
+        mode: AccessMode,
+        reason: Option<&str>,
+    ) -> Result<ReadOutcome> {
+        let (trace, outcome) = self.prepare_read(actor, id, mode, reason)?;
+        let commit = |batch| self.commit_traces(batch);
+        self.audit_commit.submit_async(trace, &commit).await?;
+        outcome
+    }
+
+    /// Decides a read, prepares its trace entry and, if allowed, opens the body: the answer
+    /// to give once the entry is durable (never before).
+    fn prepare_read(
+        &self,
+        actor: &Actor,
+        id: &DocId,
+        mode: AccessMode,
+        reason: Option<&str>,
+    ) -> Result<(super::PreparedTrace, Result<ReadOutcome>)> {
         let (txn, generation) = self.snapshot()?;
         let (who, tactor) = self.who(&txn, generation, actor)?;
         let (stored, key, meta) = self.load_doc(&txn, generation, id)?;
@@ -632,16 +659,18 @@ impl Replica {
             Some(&meta),
             None,
         )?;
-        self.trace_durably(entry)?;
+        let trace = self.prepare_trace(&entry)?;
         if !decision.allow {
-            return Err(Self::denied(&decision));
+            return Ok((trace, Err(Self::denied(&decision))));
         }
-        let body = self.get_body(&txn.open_table(BODIES)?, &key, &meta)?;
-        Ok(ReadOutcome {
-            meta,
-            body,
-            rule: decision.rule.0,
-        })
+        let outcome = self
+            .get_body(&txn.open_table(BODIES)?, &key, &meta)
+            .map(|body| ReadOutcome {
+                meta,
+                body,
+                rule: decision.rule.0,
+            });
+        Ok((trace, outcome))
     }
 
     /// The dossier's documents that `who` may read in normal mode, deleted ones excluded.

@@ -910,6 +910,14 @@ impl Replica {
         Ok(PreparedTrace { bytes, sealed })
     }
 
+    /// Commits the trace entries of asynchronous reads (`read_document_async`) on the calling
+    /// thread until `running` turns false, so the tasks that wait for them never block their
+    /// runtime's threads on a sync. The daemon runs it on a thread of its own.
+    pub fn run_trace_committer(&self, running: &std::sync::atomic::AtomicBool) {
+        self.audit_commit
+            .run_committer(&|batch| self.commit_traces(batch), running);
+    }
+
     /// Makes `entry` durable, sharing one journal sync with concurrent callers.
     fn trace_durably(&self, entry: AuditEntry) -> Result<()> {
         let prepared = self.prepare_trace(&entry)?;

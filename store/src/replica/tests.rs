@@ -550,6 +550,58 @@ fn crash_image(from: &std::path::Path) -> TempDir {
 }
 
 #[test]
+fn asynchronous_reads_answer_the_same_and_are_all_traced() {
+    use crate::audit::tests::block_on;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (_hd, host, _sd, _site) = host_and_site();
+    let id = write(&host, "doc", b"body");
+    let host = Arc::new(host);
+    let running = Arc::new(AtomicBool::new(true));
+    let committer = {
+        let (host, running) = (host.clone(), running.clone());
+        std::thread::spawn(move || host.run_trace_committer(&running))
+    };
+    let readers: Vec<_> = (0..8)
+        .map(|_| {
+            let host = host.clone();
+            std::thread::spawn(move || {
+                for _ in 0..20 {
+                    let read = block_on(host.read_document_async(
+                        &Actor::Professional(doctor()),
+                        &id,
+                        AccessMode::Normal,
+                        None,
+                    ))
+                    .expect("read");
+                    assert_eq!(&read.body[..], b"body");
+                }
+            })
+        })
+        .collect();
+    for t in readers {
+        t.join().expect("thread");
+    }
+    // Denied: an error, and traced all the same.
+    let denied = block_on(host.read_document_async(
+        &Actor::Professional(nurse()),
+        &id,
+        AccessMode::Normal,
+        None,
+    ));
+    assert!(matches!(denied, Err(Error::Denied { .. })), "{denied:?}");
+    running.store(false, Ordering::SeqCst);
+    committer.thread().unpark();
+    committer.join().expect("committer");
+    let entries = host.audit_entries(Some(&ins())).expect("audit");
+    let reads = entries
+        .iter()
+        .filter(|c| c.entry.action == crate::audit::TraceAction::Access(Action::Read))
+        .count();
+    assert_eq!(reads, 161, "every read traced, the denied one too");
+    host.verify_audit().expect("chain intact");
+}
+
+#[test]
 fn journaled_traces_survive_a_crash() {
     let (_hd, host, _sd, _site) = host_and_site();
     let id = write(&host, "doc", b"body");
