@@ -138,6 +138,7 @@ fn pair(dir: &Path) -> Res<Pair> {
         inbox: "inbox".into(),
         log_level: "warn".into(),
         sync_every: carnet_syncd::config::DEFAULT_SYNC_EVERY,
+        lease_hours: None,
     }
     .write_new(&host_dir)?;
     let site = Replica::init(

@@ -295,6 +295,13 @@ fn init(cli: &Cli, a: &InitArgs) -> Result<Reply> {
         inbox: "inbox".into(),
         log_level: "info".into(),
         sync_every: carnet_syncd::config::DEFAULT_SYNC_EVERY,
+        lease_hours: match role {
+            Role::Site => Some(
+                a.lease_hours
+                    .unwrap_or(carnet_store::replica::DEFAULT_LEASE_HOURS),
+            ),
+            Role::Host => None,
+        },
     };
     let config_path = config.write_new(&dir)?;
     let c = r.config();

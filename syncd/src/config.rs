@@ -46,6 +46,12 @@ pub struct Config {
     /// side start a round at once).
     #[serde(default = "default_sync_every")]
     pub sync_every: u64,
+    /// Site: the authority lease in hours (DOMAIN §5): past it without news from the host,
+    /// normal reads are refused and only break-glass remains. The daemon applies it to the
+    /// replica when it starts. `None`: the replica's own (72 h unless `carnet init
+    /// --lease-hours` said otherwise).
+    #[serde(default)]
+    pub lease_hours: Option<u32>,
 }
 
 fn default_inbox() -> PathBuf {
@@ -77,6 +83,19 @@ impl Config {
                     "carnet.toml: a site needs `host_address = \"IP:PORT\"` (from its enrolment bundle)"
                         .into(),
                 ));
+            }
+            _ => {}
+        }
+        match (self.role, self.lease_hours) {
+            (ConfigRole::Host, Some(_)) => {
+                return Err(Error::Invalid(
+                    "carnet.toml: lease_hours is for sites (the host is the authority)".into(),
+                ));
+            }
+            (ConfigRole::Site, Some(h)) if !(1..=8_760).contains(&h) => {
+                return Err(Error::Invalid(format!(
+                    "carnet.toml: lease_hours {h} is not between 1 and 8760 (a year)"
+                )));
             }
             _ => {}
         }
@@ -124,6 +143,11 @@ impl Config {
             Some(a) => format!("{key} = \"{a}\""),
             None => format!("# {key} = \"IP:PORT\"   (not set yet)"),
         };
+        let lease = match (self.role, self.lease_hours) {
+            (ConfigRole::Site, Some(h)) => format!("lease_hours = {h}"),
+            (ConfigRole::Site, None) => "# lease_hours = 72".to_string(),
+            (ConfigRole::Host, _) => "# lease_hours: sites only".to_string(),
+        };
         let (listen, host) = match self.role {
             ConfigRole::Host => (
                 line("listen", self.listen),
@@ -148,7 +172,10 @@ impl Config {
              log_level = \"{}\"\n\n\
              # Site: seconds between rounds while nothing happens. The connection to the host\n\
              # stays open; a change here, or one the host announces, starts a round at once.\n\
-             sync_every = {}\n",
+             sync_every = {}\n\n\
+             # Site: hours the host's records stay good without news from the host (DOMAIN §5).\n\
+             # Past it, normal reads are refused; break-glass still works, and is traced.\n\
+             {lease}\n",
             self.inbox.display(),
             self.log_level,
             self.sync_every
@@ -179,6 +206,7 @@ mod tests {
             inbox: default_inbox(),
             log_level: default_log_level(),
             sync_every: default_sync_every(),
+            lease_hours: Some(48),
         }
     }
 
@@ -192,6 +220,7 @@ mod tests {
         host.role = ConfigRole::Host;
         host.host_address = None;
         host.listen = Some("127.0.0.1:5000".parse().expect("addr"));
+        host.lease_hours = None;
         let text = host.to_commented_toml();
         assert_eq!(toml::from_str::<Config>(&text).expect("parse"), host);
         assert_eq!(site().inbox_dir(Path::new("/d")), Path::new("/d/inbox"));
@@ -224,6 +253,14 @@ mod tests {
         check(
             "role = \"site\"\nhost_address = \"127.0.0.1:1\"\nsync_every = 0\n",
             "sync_every",
+        );
+        check(
+            "role = \"site\"\nhost_address = \"127.0.0.1:1\"\nlease_hours = 0\n",
+            "lease_hours",
+        );
+        check(
+            "role = \"host\"\nlisten = \"127.0.0.1:1\"\nlease_hours = 72\n",
+            "lease_hours",
         );
         assert!(Config::load(&dir.path().join("missing.toml")).is_err());
     }

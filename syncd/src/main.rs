@@ -87,7 +87,14 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         Ok(p) if !p.is_empty() => KeySource::Passphrase(zeroize::Zeroizing::new(p)),
         _ => KeySource::File,
     };
-    let replica = Arc::new(Replica::open(&args.data, &key, system_clock())?);
+    let mut replica = Replica::open(&args.data, &key, system_clock())?;
+    if let Some(hours) = config.lease_hours
+        && replica.config().lease_ms != Some(i64::from(hours) * 3_600_000)
+    {
+        replica.set_lease_hours(hours)?;
+        tracing::info!(hours, "lease set from carnet.toml");
+    }
+    let replica = Arc::new(replica);
     // The trace committer: makes the trace entries of the reads served through the local API
     // durable, one journal sync for every batch of them.
     let committing = Arc::new(std::sync::atomic::AtomicBool::new(true));

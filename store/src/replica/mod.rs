@@ -640,6 +640,27 @@ impl Replica {
         &self.config
     }
 
+    /// Site: sets the authority lease (DOMAIN §5) to `hours`, durably (the daemon applies
+    /// `lease_hours` from carnet.toml this way when it starts).
+    pub fn set_lease_hours(&mut self, hours: u32) -> Result<()> {
+        if self.config.role != Role::Site {
+            return Err(Error::invalid("only a site has a lease"));
+        }
+        if hours == 0 {
+            return Err(Error::invalid(
+                "a lease of 0 hours would refuse every normal read",
+            ));
+        }
+        let mut config = self.config.clone();
+        config.lease_ms = Some(i64::from(hours) * 3_600_000);
+        let txn = self.db.begin_write()?;
+        txn.open_table(META)?
+            .insert(meta_key::CONFIG, postcard::to_stdvec(&config)?.as_slice())?;
+        txn.commit()?;
+        self.config = config;
+        Ok(())
+    }
+
     /// The data folder.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -539,6 +539,37 @@ fn past_its_lease_a_site_reads_only_by_break_glass() {
     );
 }
 
+#[test]
+fn a_sites_lease_can_be_set_and_holds_after_reopening() {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    let now = Arc::new(AtomicI64::new(1_700_000_000_000));
+    let moving: Clock = {
+        let now = now.clone();
+        Arc::new(move || now.load(Ordering::SeqCst))
+    };
+    let (_hd, mut host, sd, site) = host_and_site();
+    drop(site);
+    assert!(host.set_lease_hours(5).is_err(), "the host has no lease");
+    let mut site = Replica::open(sd.path(), &KeySource::File, moving.clone()).expect("open");
+    assert!(site.set_lease_hours(0).is_err());
+    site.set_lease_hours(2).expect("lease");
+    drop(site);
+    let site = Replica::open(sd.path(), &KeySource::File, moving).expect("reopen");
+    assert_eq!(site.config().lease_ms, Some(2 * 3_600_000));
+    let id = write(&site, "doc", b"body");
+    let actor = Actor::Professional(doctor());
+    assert!(
+        site.read_document(&actor, &id, AccessMode::Normal, None)
+            .is_ok()
+    );
+    // Three hours without news: past this site's two-hour lease, well within the default.
+    now.fetch_add(3 * 3_600_000, Ordering::SeqCst);
+    let err = site
+        .read_document(&actor, &id, AccessMode::Normal, None)
+        .expect_err("lease over");
+    assert!(matches!(err, Error::Denied { rule: 4, .. }), "{err}");
+}
+
 /// Copies a data folder as it is on disk right now: what a power cut would leave.
 fn crash_image(from: &std::path::Path) -> TempDir {
     let to = TempDir::new().expect("tmp");
