@@ -125,6 +125,9 @@ pub enum Msg {
         items: Vec<(u64, PullItem)>,
         /// More follow.
         more: bool,
+        /// Whole bodies (offset 0) of some of these documents: new ones (first version) of at
+        /// most `INLINE_MAX` bytes, `CHUNK_MAX` in all; the site stores each with its metadata.
+        bodies: Vec<BodyPiece>,
     },
     /// Site: a body from `offset`.
     GetBody {
@@ -204,9 +207,8 @@ fn inline_body(replica: &Replica, change: &Change) -> Result<Option<BodyPiece>> 
     let Change::Document(meta) = change else {
         return Ok(None);
     };
-    let first_version = meta.clock().iter().map(|(_, n)| n).sum::<u64>() == 1;
     if meta.facts.author_site != replica.config().site_id
-        || !first_version
+        || !first_version(meta)
         || meta.facts.size == 0
         || meta.facts.size > INLINE_MAX
     {
@@ -221,6 +223,11 @@ fn inline_body(replica: &Replica, change: &Change) -> Result<Option<BodyPiece>> 
             total: body.len() as u64,
             bytes: body.to_vec(),
         }))
+}
+
+/// True for a document's first version (its body has not travelled anywhere yet, most likely).
+fn first_version(meta: &carnet_store::merge::DocumentMeta) -> bool {
+    meta.clock().iter().map(|(_, n)| n).sum::<u64>() == 1
 }
 
 /// A push's changes and inline bodies.
@@ -327,6 +334,40 @@ impl HostSession {
         Ok(acks)
     }
 
+    /// The bodies that travel with a pull: of the new documents (first version) among `items`
+    /// of at most `INLINE_MAX` bytes that this host holds, `CHUNK_MAX` bytes in all. The
+    /// others the site asks for (`GetBody`).
+    fn inline_bodies(
+        &self,
+        replica: &Replica,
+        items: &[(u64, PullItem)],
+    ) -> Result<Vec<BodyPiece>> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for (_, item) in items {
+            let PullItem::Document(meta) = item else {
+                continue;
+            };
+            let size = meta.facts.size;
+            if size == 0 || size > INLINE_MAX || !first_version(meta) {
+                continue;
+            }
+            if bytes + size > CHUNK_MAX as u64 {
+                break;
+            }
+            if let Some(body) = replica.body_for_site(self.site, &meta.facts.id)? {
+                bytes += size;
+                out.push(BodyPiece {
+                    doc: meta.facts.id,
+                    offset: 0,
+                    total: size,
+                    bytes: body.to_vec(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
     /// Handles one message; returns the replies. An error ends the session (send it as
     /// `Msg::Error`).
     pub fn handle(&mut self, replica: &Replica, msg: Msg) -> Result<Vec<Msg>> {
@@ -408,7 +449,12 @@ impl HostSession {
                     let seq = items.last().map_or(after, |(s, _)| *s);
                     items.push((seq, PullItem::Authority(replica.sign_heartbeat()?)));
                 }
-                Ok(vec![Msg::Pulled { items, more }])
+                let bodies = self.inline_bodies(replica, &items)?;
+                Ok(vec![Msg::Pulled {
+                    items,
+                    more,
+                    bodies,
+                }])
             }
             Msg::GetBody { doc, offset } => {
                 let Some(body) = replica.body_for_site(self.site, &doc)? else {
@@ -783,8 +829,21 @@ impl SiteSession {
                 self.sending.swap_remove(i);
                 self.send_bodies(replica)
             }
-            (SiteState::Pulling, Msg::Pulled { items, more }) => {
-                let applied = replica.apply_pull(&items)?;
+            (
+                SiteState::Pulling,
+                Msg::Pulled {
+                    items,
+                    more,
+                    bodies,
+                },
+            ) => {
+                let inline: usize = bodies.iter().map(|b| b.bytes.len()).sum();
+                if inline > CHUNK_MAX {
+                    return Err(Error::Invalid("protocol: pulled bodies too large".into()));
+                }
+                // Stored with their metadata, in the same transaction.
+                let applied = replica.apply_pull_with_bodies(&items, &bodies)?;
+                self.report.bodies += bodies.len();
                 self.report.pulled += applied.applied;
                 self.report.purged += applied.purged;
                 if more {
@@ -1021,6 +1080,76 @@ mod tests {
         assert!(host.has_body(&late).expect("has"));
     }
 
+    /// A whole round in memory, counting the messages of each kind that crossed.
+    fn counted_round(
+        host: &Replica,
+        site: &Replica,
+    ) -> std::collections::BTreeMap<&'static str, usize> {
+        let mut s = SiteSession::new();
+        let mut h = HostSession::new(site.config().site_id);
+        let mut counts = std::collections::BTreeMap::new();
+        let mut to_host = vec![s.start(site).expect("start")];
+        for _ in 0..10_000 {
+            let mut to_site = Vec::new();
+            for m in to_host.drain(..) {
+                *counts.entry(m.kind()).or_insert(0) += 1;
+                to_site.extend(h.handle(host, wire(&m)).expect("host"));
+            }
+            for m in to_site {
+                *counts.entry(m.kind()).or_insert(0) += 1;
+                to_host.extend(s.handle(site, wire(&m)).expect("site"));
+            }
+            if s.is_done() {
+                return counts;
+            }
+        }
+        panic!("the round did not end");
+    }
+
+    #[test]
+    fn small_new_bodies_come_down_with_their_metadata() {
+        let (_t, host, site, ins) = host_and_site();
+        round(&host, &site);
+        let actor = Actor::Professional(doctor());
+        let ids: Vec<DocId> = (0..40)
+            .map(|i| {
+                host.put_document(
+                    &actor,
+                    AccessMode::Normal,
+                    None,
+                    &ins,
+                    new_doc(&format!("h{i}"), vec![i as u8; 3000]),
+                )
+                .expect("write")
+            })
+            .collect();
+        let counts = counted_round(&host, &site);
+        assert_eq!(counts.get("GetBody"), None, "{counts:?}");
+        for (i, id) in ids.iter().enumerate() {
+            let read = site
+                .read_document(&actor, id, AccessMode::Normal, None)
+                .expect("read offline");
+            assert_eq!(&read.body[..], &vec![i as u8; 3000][..]);
+        }
+        assert_eq!(site.missing_bodies().expect("missing").len(), 0);
+        // A larger body is fetched as before.
+        let big = host
+            .put_document(
+                &actor,
+                AccessMode::Normal,
+                None,
+                &ins,
+                new_doc("big", vec![1; INLINE_MAX as usize + 1]),
+            )
+            .expect("write");
+        let counts = counted_round(&host, &site);
+        assert_eq!(counts.get("GetBody"), Some(&1), "{counts:?}");
+        assert!(
+            site.read_document(&actor, &big, AccessMode::Normal, None)
+                .is_ok()
+        );
+    }
+
     #[test]
     fn a_round_with_nothing_new_is_one_exchange_and_renews_the_lease() {
         let (_t, host, site, ins) = host_and_site();
@@ -1083,7 +1212,8 @@ mod tests {
                 &site,
                 Msg::Pulled {
                     items: vec![],
-                    more: false
+                    more: false,
+                    bodies: vec![],
                 }
             )
             .is_err()

@@ -442,6 +442,22 @@ impl Replica {
     /// documents merged, scope exits purged) and advances the cursor, in one transaction; then
     /// purges what the batch closed or took out of scope.
     pub fn apply_pull(&self, items: &[(u64, PullItem)]) -> Result<PullReport> {
+        self.apply_pull_with_bodies(items, &[])
+    }
+
+    /// `apply_pull`, with the whole bodies (offset 0) of some of the pulled documents: each is
+    /// checked against its document's size and content hash and stored with the metadata, in
+    /// the same transaction (one that does not match is left out: the body is then fetched).
+    pub fn apply_pull_with_bodies(
+        &self,
+        items: &[(u64, PullItem)],
+        bodies: &[super::sync::BodyPiece],
+    ) -> Result<PullReport> {
+        let inline: std::collections::HashMap<DocId, &[u8]> = bodies
+            .iter()
+            .filter(|b| b.offset == 0 && b.bytes.len() as u64 == b.total)
+            .map(|b| (b.doc, b.bytes.as_slice()))
+            .collect();
         if self.config.role != Role::Site {
             return Err(Error::invalid(
                 "only a site applies what it pulls from the host",
@@ -480,7 +496,11 @@ impl Replica {
                     purges.extend(purge);
                 }
                 PullItem::Document(meta) => {
-                    self.merge_remote_document(&txn, meta, None, None, &mut dossiers)?;
+                    let body = inline
+                        .get(&meta.facts.id)
+                        .copied()
+                        .filter(|b| super::sync::body_matches(meta, b));
+                    self.merge_remote_document(&txn, meta, None, body, &mut dossiers)?;
                 }
                 PullItem::Leave(ins) => {
                     // Recorded with the cursor: a crash before the purge resumes it at open.

@@ -791,7 +791,7 @@ impl ActiveDossiers {
 }
 
 /// True if `body` is the whole body `meta` describes (size and content hash).
-fn body_matches(meta: &DocumentMeta, body: &[u8]) -> bool {
+pub(super) fn body_matches(meta: &DocumentMeta, body: &[u8]) -> bool {
     body.len() as u64 == meta.facts.size
         && *blake3::hash(body).as_bytes() == meta.facts.content_hash
 }
