@@ -393,10 +393,12 @@ impl<T> GroupCommit<T> {
         // Hand on before waking the batch: whoever waits longest leads the next one while the
         // others of this batch are being woken.
         self.leader.store(false, Ordering::SeqCst);
-        if let Some((_, next)) = self.queue.lock().map_err(|_| lock_err())?.first()
-            && (matches!(next.waiter, Waiter::Thread(_)) || self.committer().is_none())
-        {
-            next.waiter.wake();
+        if let Some((_, next)) = self.queue.lock().map_err(|_| lock_err())?.first() {
+            match (&next.waiter, self.committer()) {
+                // A task waits for the committer, which leads next.
+                (Waiter::Task(_), Some(committer)) => committer.unpark(),
+                (waiter, _) => waiter.wake(),
+            }
         }
         // The root of the wake tree; each woken waiter wakes its children.
         if let Some(root) = slots.first() {

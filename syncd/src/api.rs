@@ -278,6 +278,10 @@ impl From<WireError> for Error {
     }
 }
 
+/// Largest body a read decrypts on the runtime's own threads; a larger one is read on the
+/// blocking side, so sessions and keep-alives never wait behind it.
+const ASYNC_READ_MAX: u64 = 1 << 20;
+
 /// A replica and what a running daemon adds to it: the live revocation list, the link state,
 /// the site's connection to the host (which also keeps one sync round at a time), and the
 /// signal that the store changed.
@@ -490,6 +494,10 @@ impl Service {
             mode,
             reason,
         } = &request
+            && self
+                .replica
+                .body_size(id)
+                .is_ok_and(|n| n <= ASYNC_READ_MAX)
         {
             // While its trace entry is made durable, the read waits without holding a thread
             // (the daemon's committer thread syncs the journal for all of them).

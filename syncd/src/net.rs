@@ -129,10 +129,19 @@ impl Live {
         loop {
             self.changed.notified().await;
             let sites: Vec<(usize, SiteId, [u8; 32], u64)> = match self.sites.lock() {
-                Ok(s) => s
-                    .iter()
-                    .map(|(id, l)| (*id, l.site, l.fingerprint, l.told))
-                    .collect(),
+                Ok(mut s) => {
+                    // Revoked sites first, before anything that may fail.
+                    s.retain(|_, l| {
+                        let revoked = self.revoked.has(&l.fingerprint);
+                        if revoked {
+                            l.conn.close(1u32.into(), b"site revoked");
+                        }
+                        !revoked
+                    });
+                    s.iter()
+                        .map(|(id, l)| (*id, l.site, l.fingerprint, l.told))
+                        .collect()
+                }
                 Err(_) => return,
             };
             let r = replica.clone();
@@ -144,14 +153,9 @@ impl Live {
             })
             .await
             .unwrap_or_default();
-            for (id, fingerprint, told, head) in heads {
+            for (id, _, told, head) in heads {
                 let conn = match self.sites.lock() {
                     Ok(mut s) => match s.get_mut(&id) {
-                        Some(l) if self.revoked.has(&fingerprint) => {
-                            l.conn.close(1u32.into(), b"site revoked");
-                            s.remove(&id);
-                            continue;
-                        }
                         Some(l) if head > told => {
                             l.told = head;
                             l.conn.clone()
@@ -222,7 +226,8 @@ async fn serve_connection(
         }
         let (replica, live) = (replica.clone(), live.clone());
         tokio::spawn(async move {
-            let _ = host_stream(&mut send_stream, &mut recv, replica, SiteId(site), &live).await;
+            let site = (SiteId(site), fingerprint);
+            let _ = host_stream(&mut send_stream, &mut recv, replica, site, &live).await;
         });
     }
     live.leave(&conn);
@@ -233,7 +238,7 @@ async fn host_stream(
     send_stream: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
     replica: Arc<Replica>,
-    site: SiteId,
+    (site, fingerprint): (SiteId, [u8; 32]),
     live: &Live,
 ) -> Result<()> {
     let mut decoder = FrameDecoder::new();
@@ -247,6 +252,11 @@ async fn host_stream(
                 break;
             }
         };
+        if live.revoked.has(&fingerprint) {
+            // Revoked while this session ran: nothing more for it.
+            let _ = send(send_stream, &[Msg::Error("this site is revoked".into())]).await;
+            break;
+        }
         let bye = msg == Msg::Bye;
         // A push may grow other sites' logs: they are poked.
         let pushed = matches!(msg, Msg::Push { .. });

@@ -387,11 +387,9 @@ impl HostSession {
                     )));
                 }
                 self.greeted = true;
+                // The site quarantined every return before acknowledging its outbox.
+                replica.forget_returned(self.site, outbox_acked)?;
                 let acked = replica.applied_mark(self.site)?;
-                if outbox_acked >= acked {
-                    // The site quarantined every return before acknowledging its outbox.
-                    replica.forget_returned(self.site)?;
-                }
                 let log_head = replica.log_head(self.site)?;
                 Ok(vec![Msg::Welcome {
                     acked,
@@ -815,11 +813,16 @@ impl SiteSession {
                 self.report.pushed = upto;
                 self.pushed = true;
                 // A body this site does not hold either is someone else's to send.
-                self.to_send.extend(
-                    missing
-                        .into_iter()
-                        .filter(|(d, _)| replica.body_for_sync(d).is_ok()),
-                );
+                for (doc, kept) in missing {
+                    let queued = self
+                        .to_send
+                        .iter()
+                        .chain(&self.sending)
+                        .any(|(d, _)| *d == doc);
+                    if !queued && replica.body_for_sync(&doc).is_ok() {
+                        self.to_send.push((doc, kept));
+                    }
+                }
                 self.fill_pushes(replica)
             }
             (SiteState::SendingBodies, Msg::BodyStored { doc }) => {
@@ -1514,6 +1517,9 @@ mod quarantine_tests {
         // The site's next Hello says it acknowledged its outbox past the return: the host stops
         // repeating it (a Welcome does not grow with every return ever made).
         let site_id = site.config().site_id;
+        assert_eq!(host.returned_to(site_id).expect("returned").len(), 1);
+        // A site that has not acknowledged as far as the host applied keeps hearing of it.
+        host.forget_returned(site_id, 0).expect("forget");
         assert_eq!(host.returned_to(site_id).expect("returned").len(), 1);
         let welcome = HostSession::new(site_id)
             .handle(&host, SiteSession::new().start(&site).expect("hello"))

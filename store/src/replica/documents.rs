@@ -631,6 +631,14 @@ impl Replica {
         outcome
     }
 
+    /// The size of a document's body, from its metadata (no access decision, no trace: it tells
+    /// the daemon whether a read is long enough to run on its blocking side).
+    pub fn body_size(&self, id: &DocId) -> Result<u64> {
+        let (txn, generation) = self.snapshot()?;
+        let (_, _, meta) = self.load_doc(&txn, generation, id)?;
+        Ok(meta.facts.size)
+    }
+
     /// Decides a read, prepares its trace entry and, if allowed, opens the body: the answer
     /// to give once the entry is durable (never before).
     fn prepare_read(

@@ -169,25 +169,6 @@ impl Replica {
         Ok(super::read_u64(acked.as_ref().map(|g| g.value())))
     }
 
-    /// Host: forgets the documents returned to `site`, once the site says it holds them in
-    /// quarantine (it acknowledged its outbox past every change the host applied from it).
-    /// Writes only when there is something to forget.
-    pub fn forget_returned(&self, site: SiteId) -> Result<()> {
-        let returned = self.returned_to(site)?;
-        if returned.is_empty() {
-            return Ok(());
-        }
-        let txn = self.begin_write()?;
-        {
-            let mut table = txn.open_table(RETURNED)?;
-            for id in returned {
-                table.remove(site_key(site.0, &id.0).as_slice())?;
-            }
-        }
-        txn.commit()?;
-        Ok(())
-    }
-
     /// Host: every document returned to `site` so far (repeated at each session's start).
     pub fn returned_to(&self, site: SiteId) -> Result<Vec<DocId>> {
         let txn = self.db.begin_read()?;
@@ -204,6 +185,38 @@ impl Replica {
             ));
         }
         Ok(out)
+    }
+
+    /// Host: forgets the documents returned to `site` once the site says it holds them in
+    /// quarantine: it acknowledged its outbox up to `outbox_acked`, at or past every change the
+    /// host applied from it (checked in the same transaction, so a push applied meanwhile keeps
+    /// its returns). Writes only when there is something to forget.
+    pub fn forget_returned(&self, site: SiteId, outbox_acked: u64) -> Result<()> {
+        if self.returned_to(site)?.is_empty() {
+            return Ok(());
+        }
+        let txn = self.begin_write()?;
+        let applied = txn
+            .open_table(APPLIED)?
+            .get(site.0)?
+            .map_or(0, |v| v.value());
+        if outbox_acked < applied {
+            return Ok(());
+        }
+        {
+            let prefix = site.0.to_be_bytes();
+            let mut table = txn.open_table(RETURNED)?;
+            let keys: Vec<Vec<u8>> = table
+                .range(prefix.as_slice()..)?
+                .map(|row| row.map(|(k, _)| k.value().to_vec()))
+                .take_while(|k| k.as_ref().map_or(true, |k| k.starts_with(&prefix)))
+                .collect::<std::result::Result<_, _>>()?;
+            for k in keys {
+                table.remove(k.as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
     }
 
     /// Number of entries waiting in the outbox.
@@ -465,7 +478,10 @@ impl Replica {
             let mut bodies = txn.open_table(BODIES)?;
             if bodies.get(body_key(&id.0, 0).as_slice())?.is_none() {
                 self.put_body(&mut bodies, &key, &id, body)?;
+                drop(bodies);
                 txn.open_table(MISSING_BODIES)?.remove(&id.0)?;
+                // Pieces kept of an earlier transfer, and what was owed, are done with.
+                Self::forget_partial_body(txn, &id)?;
             }
         }
         Ok(Applied::Applied)
