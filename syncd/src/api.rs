@@ -137,10 +137,11 @@ pub enum Request {
 }
 
 impl Request {
-    /// False for the requests that only look (a read of a document is traced, so it changes
-    /// the store).
-    pub fn may_change_store(&self) -> bool {
-        !matches!(
+    /// True if, run by a replica of `role`, the request may change what a sync round carries:
+    /// any write, and at a site also what is only traced (a read's trace goes to the host); at
+    /// the host a read's trace stays there, and only writes may grow the sites' logs.
+    pub fn may_change_what_syncs(&self, role: carnet_store::replica::Role) -> bool {
+        let looks = matches!(
             self,
             Request::Config
                 | Request::Professionals
@@ -152,7 +153,15 @@ impl Request {
                 | Request::SyncStatus
                 | Request::SyncNow
                 | Request::PkiSites
-        )
+        );
+        let traced_read = matches!(
+            self,
+            Request::Dossier { .. }
+                | Request::ReadDocument { .. }
+                | Request::ListDocuments { .. }
+                | Request::ExportDossier { .. }
+        );
+        !looks && (!traced_read || role == carnet_store::replica::Role::Site)
     }
 }
 
@@ -505,15 +514,18 @@ impl Service {
                 .replica
                 .read_document_async(actor, id, *mode, reason.as_deref())
                 .await;
-            self.changed.notify_one();
+            if request.may_change_what_syncs(self.replica.config().role) {
+                self.changed.notify_one();
+            }
             return Ok(Response::Read(Box::new(read?)));
         }
-        let changes = request.may_change_store();
+        // (A denied request is traced too: the signal goes either way.)
+        let changes = request.may_change_what_syncs(self.replica.config().role);
         let service = self.clone();
         let result = tokio::task::spawn_blocking(move || service.execute(request))
             .await
             .map_err(|e| Error::Invalid(format!("the request failed: {e}")))?;
-        if changes && result.is_ok() {
+        if changes {
             self.changed.notify_one();
         }
         result
@@ -567,4 +579,36 @@ impl Service {
 /// Where the daemon of the replica in `dir` listens.
 pub fn socket_path(dir: &Path) -> PathBuf {
     dir.join(SOCKET_FILE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use carnet_store::replica::Role;
+
+    #[test]
+    fn reads_signal_a_round_at_a_site_and_never_wake_the_hosts_live_pass() {
+        let read = Request::ReadDocument {
+            actor: Actor::Holder,
+            id: DocId([7; 16]),
+            mode: AccessMode::Normal,
+            reason: None,
+        };
+        assert!(
+            read.may_change_what_syncs(Role::Site),
+            "its trace goes to the host"
+        );
+        assert!(
+            !read.may_change_what_syncs(Role::Host),
+            "its trace stays at the host"
+        );
+        let pin = Request::Pin {
+            ins: Ins::from_body("2840575123456").expect("ins"),
+            on: true,
+        };
+        for role in [Role::Site, Role::Host] {
+            assert!(pin.may_change_what_syncs(role));
+            assert!(!Request::SyncStatus.may_change_what_syncs(role));
+        }
+    }
 }
