@@ -487,7 +487,7 @@ impl HostSession {
 /// What a site's round did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RoundReport {
-    /// Changes the host acknowledged.
+    /// The last of this site's changes the host holds (acknowledged in this round or before).
     pub pushed: u64,
     /// Trace entries the host holds.
     pub traces: u64,
@@ -758,6 +758,8 @@ impl SiteSession {
                     replica.ack_outbox(acked)?;
                 }
                 self.push_sent = acked;
+                // What the host holds already (a live round may have pushed it before).
+                self.report.pushed = acked;
                 self.report.traces = traces_acked;
                 self.report.log_head = log_head;
                 if let Some(heartbeat) = current {
