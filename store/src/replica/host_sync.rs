@@ -453,11 +453,7 @@ impl Replica {
         items: &[(u64, PullItem)],
         bodies: &[super::sync::BodyPiece],
     ) -> Result<PullReport> {
-        let inline: std::collections::HashMap<DocId, &[u8]> = bodies
-            .iter()
-            .filter(|b| b.offset == 0 && b.bytes.len() as u64 == b.total)
-            .map(|b| (b.doc, b.bytes.as_slice()))
-            .collect();
+        let inline = super::sync::InlineBodies::new(bodies);
         if self.config.role != Role::Site {
             return Err(Error::invalid(
                 "only a site applies what it pulls from the host",
@@ -496,10 +492,7 @@ impl Replica {
                     purges.extend(purge);
                 }
                 PullItem::Document(meta) => {
-                    let body = inline
-                        .get(&meta.facts.id)
-                        .copied()
-                        .filter(|b| super::sync::body_matches(meta, b));
+                    let body = inline.for_doc(meta);
                     self.merge_remote_document(&txn, meta, None, body, &mut dossiers)?;
                 }
                 PullItem::Leave(ins) => {

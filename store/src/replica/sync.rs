@@ -278,11 +278,7 @@ impl Replica {
         changes: &[(u64, Change)],
         bodies: &[BodyPiece],
     ) -> Result<Vec<Applied>> {
-        let inline: std::collections::HashMap<DocId, &[u8]> = bodies
-            .iter()
-            .filter(|b| b.offset == 0 && b.bytes.len() as u64 == b.total)
-            .map(|b| (b.doc, b.bytes.as_slice()))
-            .collect();
+        let inline = InlineBodies::new(bodies);
         if origin == self.config.site_id {
             return Err(Error::invalid("a replica does not apply its own changes"));
         }
@@ -318,7 +314,7 @@ impl Replica {
         txn: &super::Writer<'_>,
         origin: SiteId,
         change: &Change,
-        bodies: &std::collections::HashMap<DocId, &[u8]>,
+        bodies: &InlineBodies<'_>,
         dossiers: &mut ActiveDossiers,
     ) -> Result<Applied> {
         if !matches!(change, Change::Document(_)) {
@@ -328,10 +324,7 @@ impl Replica {
         let outcome = match change {
             Change::Document(remote) => {
                 let from_site = (self.config.role == super::Role::Host).then_some(origin);
-                let body = bodies
-                    .get(&remote.facts.id)
-                    .copied()
-                    .filter(|b| body_matches(remote, b));
+                let body = bodies.for_doc(remote);
                 let outcome = self.merge_remote_document(txn, remote, from_site, body, dossiers)?;
                 if outcome == Applied::Returned && from_site.is_some() {
                     txn.open_table(RETURNED)?
@@ -806,8 +799,26 @@ impl ActiveDossiers {
     }
 }
 
-/// True if `body` is the whole body `meta` describes (size and content hash).
-pub(super) fn body_matches(meta: &DocumentMeta, body: &[u8]) -> bool {
-    body.len() as u64 == meta.facts.size
-        && *blake3::hash(body).as_bytes() == meta.facts.content_hash
+/// Whole bodies that came with a batch of documents, by document.
+pub(super) struct InlineBodies<'a>(std::collections::HashMap<DocId, &'a [u8]>);
+
+impl<'a> InlineBodies<'a> {
+    /// The whole bodies (offset 0, every byte) among `pieces`.
+    pub(super) fn new(pieces: &'a [BodyPiece]) -> Self {
+        InlineBodies(
+            pieces
+                .iter()
+                .filter(|b| b.offset == 0 && b.bytes.len() as u64 == b.total)
+                .map(|b| (b.doc, b.bytes.as_slice()))
+                .collect(),
+        )
+    }
+
+    /// `meta`'s body, if it came and is the one `meta` describes (size and content hash).
+    pub(super) fn for_doc(&self, meta: &DocumentMeta) -> Option<&'a [u8]> {
+        self.0.get(&meta.facts.id).copied().filter(|body| {
+            body.len() as u64 == meta.facts.size
+                && *blake3::hash(body).as_bytes() == meta.facts.content_hash
+        })
+    }
 }
