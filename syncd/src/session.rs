@@ -11,7 +11,8 @@
 //!    bytes);
 //! 3. site `Pull` → host `Pulled` batches from the site's log, until `more` is false;
 //! 4. site `GetBody` (from what it already keeps) for up to `FETCH_WINDOW` bodies at once →
-//!    host `Body` pieces to the end of each;
+//!    host `Body` pieces to the end of each (the driver carries each fetch on a stream of its
+//!    own; a stream opened by a `GetBody` carries nothing else);
 //! 5. site `Bye`.
 //!
 //! Bodies are resumable: each side keeps every piece it receives durably
@@ -242,6 +243,8 @@ fn out_of_turn(what: &str) -> Error {
 pub struct HostSession {
     site: SiteId,
     greeted: bool,
+    /// A stream opened by a `GetBody` carries only body fetches.
+    bodies_only: bool,
 }
 
 impl HostSession {
@@ -250,6 +253,7 @@ impl HostSession {
         HostSession {
             site,
             greeted: false,
+            bodies_only: false,
         }
     }
 
@@ -371,8 +375,16 @@ impl HostSession {
     /// Handles one message; returns the replies. An error ends the session (send it as
     /// `Msg::Error`).
     pub fn handle(&mut self, replica: &Replica, msg: Msg) -> Result<Vec<Msg>> {
-        if !self.greeted && !matches!(msg, Msg::Hello { .. }) {
-            return Err(out_of_turn("message before Hello"));
+        match (&msg, self.greeted, self.bodies_only) {
+            // A body fetched on a stream of its own (the site is known from its certificate).
+            (Msg::GetBody { .. }, false, _) => {
+                self.greeted = true;
+                self.bodies_only = true;
+            }
+            (Msg::GetBody { .. }, true, true) => {}
+            (_, true, true) => return Err(out_of_turn("message on a body stream")),
+            (Msg::Hello { .. }, false, _) | (_, true, false) => {}
+            (_, false, _) => return Err(out_of_turn("message before Hello")),
         }
         match msg {
             Msg::Hello {
@@ -1210,6 +1222,30 @@ mod tests {
         assert!(
             h.handle(&host, Msg::Pull { after: 0 }).is_err(),
             "nothing before Hello"
+        );
+        // A stream that opens with a body fetch carries body fetches only.
+        let mut bodies = HostSession::new(site.config().site_id);
+        let get = Msg::GetBody {
+            doc: DocId([9; 16]),
+            offset: 0,
+        };
+        assert!(
+            bodies.handle(&host, get.clone()).is_err(),
+            "no such document"
+        );
+        assert!(
+            matches!(
+                HostSession::new(site.config().site_id).handle(&host, get.clone()),
+                Err(e) if !e.to_string().contains("before Hello")
+            ),
+            "a GetBody opens a body stream"
+        );
+        assert!(
+            bodies
+                .handle(&host, Msg::Pull { after: 0 })
+                .expect_err("refused")
+                .to_string()
+                .contains("body stream")
         );
         let mut s = SiteSession::new();
         assert!(
