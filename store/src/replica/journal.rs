@@ -3,18 +3,26 @@
 //! A redb commit writes and syncs several pages; a read only needs its trace entry on disk. So
 //! the group-commit leader appends the batch's sealed, chained entries to this file and syncs
 //! it: one small `fdatasync` per batch. The file is preallocated (written with zeros once) and
-//! frames overwrite it in place, so a sync never waits for a file-size change. The entries move
-//! into the `AUDIT` table at the next write transaction (or when the journal fills, at open, and
-//! before the trace is read); that transaction also advances the journal *epoch* stored in
-//! `META`, which retires every frame written before it.
+//! frames overwrite it in place, so a sync never waits for a file-size change.
+//!
+//! The file has two regions; the frames of one *epoch* fill one region from its start. The
+//! entries move into the `AUDIT` table by a transaction that also stores, in `META`, the oldest
+//! epoch still live, retiring every frame of the epochs before it. Such a move happens at the
+//! next write transaction (everything pending), at open, before the trace is read, or when the
+//! active epoch fills: then the leader *seals* it and goes on in the other region with the next
+//! epoch, and a mover thread (`Replica::run_trace_committer`) moves the sealed epoch into redb
+//! off the leader's path. Without a mover, or while one is still moving, the leader moves
+//! everything itself.
 //!
 //! Invariants: the chain head in memory (`TraceChain`) is the one authority on the next sequence
 //! number; it moves only under its mutex and only once entries are durable (journal synced, or
-//! redb committed). A frame is `len (u32 LE) ‖ epoch (u32 LE) ‖ BLAKE3(epoch ‖ payload) ‖
-//! payload`, `payload` being the postcard of the batch's records. Recovery reads frames of the
-//! current epoch from the start and stops at the first that does not check: a frame cut short by
-//! a crash was never acknowledged. Records already in `AUDIT` (sequence at or below its head)
-//! are skipped, so replaying a journal is harmless.
+//! redb committed). At most two epochs are live: the one stored in `META` and the next, each in
+//! its own region, so recovery reads the frames of both, in epoch order. A frame is
+//! `len (u32 LE) ‖ epoch (u32 LE) ‖ BLAKE3(epoch ‖ payload) ‖ payload`, `payload` being the
+//! postcard of the batch's records. Recovery reads a region's frames from its start while they
+//! check and share the first one's epoch: a frame cut short by a crash was never acknowledged.
+//! Records already in `AUDIT` (sequence at or below its head) are skipped, so replaying a
+//! journal is harmless; a move repeated by two writers inserts the same rows twice.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -27,7 +35,7 @@ use crate::error::{Error, Result};
 
 /// File name of the journal inside the data folder.
 pub const JOURNAL_FILE: &str = "trace.journal";
-/// Size of the preallocated journal.
+/// Size of one of the journal's two regions.
 pub const JOURNAL_BYTES: u64 = 8 << 20;
 /// Pending entries that trigger a move into redb.
 pub const MERGE_AT: usize = 8192;
@@ -45,6 +53,15 @@ pub struct JournalRecord {
     pub sealed: Vec<u8>,
 }
 
+/// A full epoch, durable in its region, waiting to move into redb.
+#[derive(Debug)]
+pub struct SealedEpoch {
+    /// Its epoch: the oldest live one, as stored in `META` until the move.
+    pub epoch: u32,
+    /// Its records, in chain order.
+    pub records: Vec<JournalRecord>,
+}
+
 /// The local chain head and the journal file.
 #[derive(Debug)]
 pub struct TraceChain {
@@ -52,13 +69,21 @@ pub struct TraceChain {
     pub seq: u64,
     /// Its chain hash.
     pub prev: [u8; 32],
-    /// Records durable in the journal, not yet in redb.
+    /// Records of the active epoch, durable in the journal, not yet in redb.
     pub pending: Vec<JournalRecord>,
-    /// Epoch of the frames written now (as stored in `META`).
+    /// The epoch before the active one, when it waits for the mover (its records precede
+    /// `pending`).
+    pub sealed: Option<std::sync::Arc<SealedEpoch>>,
+    /// Epoch of the frames written now.
     pub epoch: u32,
     /// A write failed after it may have reached the file: its frame must be retired by the
     /// next move into redb (a new epoch), even if nothing is pending.
     pub stale_frame: bool,
+    /// Pending entries that make the leader seal the epoch (`MERGE_AT`; lower in tests).
+    pub merge_at: usize,
+    /// Region of the active epoch (0 or 1).
+    region: u64,
+    /// Where the next frame goes in the region.
     offset: u64,
     file: File,
 }
@@ -70,9 +95,17 @@ fn frame_hash(epoch: u32, payload: &[u8]) -> [u8; 32] {
     *h.finalize().as_bytes()
 }
 
+/// What recovery found in one region.
+struct Region {
+    index: u64,
+    epoch: u32,
+    records: Vec<JournalRecord>,
+    end: usize,
+}
+
 impl TraceChain {
     /// Opens (creating and preallocating if needed) the journal and recovers the records of
-    /// `epoch` above `head`.
+    /// the live epochs, `epoch` and the next, above `head`.
     pub fn open(dir: &Path, head: (u64, [u8; 32]), epoch: u32) -> Result<TraceChain> {
         let path = dir.join(JOURNAL_FILE);
         let mut opts = OpenOptions::new();
@@ -84,16 +117,31 @@ impl TraceChain {
         let mut file = opts.open(&path)?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
-        if (bytes.len() as u64) < JOURNAL_BYTES {
-            // Real zeros, not a sparse file: later in-place writes change no metadata.
-            let zeros = vec![0u8; (JOURNAL_BYTES - bytes.len() as u64) as usize];
+        if (bytes.len() as u64) < 2 * JOURNAL_BYTES {
+            // Real zeros, not a sparse file: later in-place writes change no metadata. (A
+            // journal of one region, from an earlier version, grows its second here.)
+            let zeros = vec![0u8; (2 * JOURNAL_BYTES - bytes.len() as u64) as usize];
             file.write_all(&zeros)?;
             file.sync_all()?;
         }
-        let (records, offset) = decode_frames(&bytes, epoch);
+        let live = |e: u32| e == epoch || e == epoch.wrapping_add(1);
+        let mut regions: Vec<Region> = (0..2u64)
+            .filter_map(|index| {
+                let from = (index * JOURNAL_BYTES) as usize;
+                let to = (from + JOURNAL_BYTES as usize).min(bytes.len());
+                let (frame_epoch, records, end) = decode_frames(bytes.get(from..to)?)?;
+                live(frame_epoch).then_some(Region {
+                    index,
+                    epoch: frame_epoch,
+                    records,
+                    end,
+                })
+            })
+            .collect();
+        regions.sort_by_key(|r| r.epoch != epoch);
         let (mut seq, mut prev) = head;
         let mut pending = Vec::new();
-        for r in records {
+        for r in regions.iter_mut().flat_map(|r| r.records.drain(..)) {
             if r.seq <= head.0 {
                 continue;
             }
@@ -107,13 +155,20 @@ impl TraceChain {
             prev = r.hash;
             pending.push(r);
         }
+        // Frames go on after the newest live epoch found (all of it moves at open anyway).
+        let (epoch, region, offset) = regions
+            .last()
+            .map_or((epoch, 0, 0), |r| (r.epoch, r.index, r.end as u64));
         Ok(TraceChain {
             seq,
             prev,
             pending,
+            sealed: None,
             epoch,
             stale_frame: false,
-            offset: offset as u64,
+            merge_at: MERGE_AT,
+            region,
+            offset,
             file,
         })
     }
@@ -122,6 +177,11 @@ impl TraceChain {
     pub fn fits(&self, records: &[JournalRecord]) -> bool {
         let len: usize = records.iter().map(|r| r.sealed.len() + 48).sum();
         self.offset + (HEADER + len) as u64 <= JOURNAL_BYTES
+    }
+
+    /// True when the active epoch should end before `records` are written.
+    pub fn is_due(&self, records: &[JournalRecord]) -> bool {
+        !self.fits(records) || self.pending.len() >= self.merge_at
     }
 
     /// Writes a batch as one frame and syncs it. On error nothing is acknowledged; a partial
@@ -138,7 +198,7 @@ impl TraceChain {
         }
         let written = self
             .file
-            .write_all_at(&frame, self.offset)
+            .write_all_at(&frame, self.region * JOURNAL_BYTES + self.offset)
             .and_then(|()| self.file.sync_data());
         if let Err(e) = written {
             self.stale_frame = true;
@@ -148,38 +208,84 @@ impl TraceChain {
         Ok(())
     }
 
-    /// Starts a new epoch once the pending records are committed in redb with `epoch` stored:
-    /// older frames are retired without touching the file.
+    /// Seals the active epoch for the mover and goes on with the next one in the other region,
+    /// whose frames belong to a retired epoch. `None` (nothing changes) if an epoch already
+    /// waits, or a failed write left a frame to retire: the caller then moves everything.
+    pub fn seal(&mut self) -> Option<std::sync::Arc<SealedEpoch>> {
+        if self.sealed.is_some() || self.stale_frame {
+            return None;
+        }
+        let sealed = std::sync::Arc::new(SealedEpoch {
+            epoch: self.epoch,
+            records: std::mem::take(&mut self.pending),
+        });
+        self.sealed = Some(sealed.clone());
+        self.epoch = self.epoch.wrapping_add(1);
+        self.region ^= 1;
+        self.offset = 0;
+        Some(sealed)
+    }
+
+    /// Forgets the sealed epoch `epoch` once a move committed it with `epoch + 1` stored.
+    pub fn sealed_moved(&mut self, epoch: u32) {
+        if self.sealed.as_ref().is_some_and(|s| s.epoch == epoch) {
+            self.sealed = None;
+        }
+    }
+
+    /// Starts a new epoch once every journaled record is committed in redb with `epoch`
+    /// stored: older frames are retired without touching the file.
     pub fn restart(&mut self, epoch: u32) {
         self.epoch = epoch;
+        self.region ^= 1;
         self.offset = 0;
         self.pending.clear();
+        self.sealed = None;
         self.stale_frame = false;
+    }
+
+    /// Every record journaled and not yet in redb, in chain order.
+    pub fn journaled(&self) -> impl Iterator<Item = &JournalRecord> {
+        self.sealed
+            .iter()
+            .flat_map(|s| s.records.iter())
+            .chain(self.pending.iter())
     }
 }
 
-/// Decodes the frames of `epoch` from the start; returns the records and where they end.
-fn decode_frames(bytes: &[u8], epoch: u32) -> (Vec<JournalRecord>, usize) {
+/// Decodes a region's frames from its start, while they check and share the first one's
+/// epoch: that epoch, the records and where they end. `None` if the first frame does not check.
+fn decode_frames(bytes: &[u8]) -> Option<(u32, Vec<JournalRecord>, usize)> {
     let mut records = Vec::new();
+    let mut epoch = None;
     let mut at = 0;
     loop {
-        let Some(header) = bytes.get(at..at + HEADER) else {
-            return (records, at);
+        let Some(frame) = check_frame(bytes, at, epoch) else {
+            return epoch.map(|e| (e, records, at));
         };
-        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        let frame_epoch = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-        let Some(payload) = bytes.get(at + HEADER..at + HEADER + len) else {
-            return (records, at);
-        };
-        if frame_epoch != epoch || frame_hash(epoch, payload)[..] != header[8..HEADER] {
-            return (records, at);
-        }
-        match postcard::from_bytes::<Vec<JournalRecord>>(payload) {
-            Ok(batch) => records.extend(batch),
-            Err(_) => return (records, at),
-        }
-        at += HEADER + len;
+        let (frame_epoch, batch, len) = frame;
+        epoch = Some(frame_epoch);
+        records.extend(batch);
+        at += len;
     }
+}
+
+/// The frame at `at` if it checks (and has epoch `expected`, if given): its epoch, records and
+/// length.
+fn check_frame(
+    bytes: &[u8],
+    at: usize,
+    expected: Option<u32>,
+) -> Option<(u32, Vec<JournalRecord>, usize)> {
+    let header = bytes.get(at..at + HEADER)?;
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let epoch = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    let payload = bytes.get(at + HEADER..at + HEADER + len)?;
+    if expected.is_some_and(|e| e != epoch) || frame_hash(epoch, payload)[..] != header[8..HEADER] {
+        return None;
+    }
+    let batch = postcard::from_bytes::<Vec<JournalRecord>>(payload).ok()?;
+    Some((epoch, batch, HEADER + len))
 }
 
 #[cfg(test)]
@@ -210,7 +316,7 @@ mod tests {
             std::fs::metadata(dir.path().join(JOURNAL_FILE))
                 .expect("meta")
                 .len(),
-            JOURNAL_BYTES
+            2 * JOURNAL_BYTES
         );
         // A crash in the middle of the next frame: a header whose payload never landed.
         let f = OpenOptions::new()
@@ -254,5 +360,82 @@ mod tests {
             TraceChain::open(dir.path(), (0, [0; 32]), 1),
             Err(Error::Integrity(_))
         ));
+    }
+    /// Appends a batch as the leader does: durable, then pending.
+    fn commit(c: &mut TraceChain, records: &[JournalRecord]) {
+        c.append(records).expect("append");
+        c.seq = records.last().expect("a batch").seq;
+        c.pending.extend_from_slice(records);
+    }
+
+    #[test]
+    fn a_sealed_epoch_and_the_next_are_both_recovered_in_order() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut c = TraceChain::open(dir.path(), (0, [0; 32]), 7).expect("open");
+        commit(&mut c, &[rec(1), rec(2)]);
+        let sealed = c.seal().expect("sealed");
+        assert_eq!((sealed.epoch, c.epoch, c.region), (7, 8, 1));
+        assert!(c.seal().is_none(), "one sealed epoch at a time");
+        commit(&mut c, &[rec(3)]);
+        assert_eq!(
+            c.journaled().map(|r| r.seq).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        drop(c);
+        // A crash before the mover committed: epoch 7 is still the oldest live.
+        let c = TraceChain::open(dir.path(), (0, [0; 32]), 7).expect("reopen");
+        assert_eq!(seqs(&c), vec![1, 2, 3]);
+        assert_eq!((c.epoch, c.region), (8, 1), "frames go on after the newest");
+        drop(c);
+        // After the move (epoch 8 stored, head at 2), the sealed region is retired.
+        let mut c = TraceChain::open(dir.path(), (2, [2; 32]), 8).expect("reopen");
+        assert_eq!(seqs(&c), vec![3]);
+        // The next epoch overwrites the retired region from its start.
+        c.pending.clear();
+        c.seq = 3;
+        commit(&mut c, &[rec(4)]);
+        let sealed = c.seal().expect("sealed");
+        assert_eq!((sealed.epoch, c.epoch, c.region), (8, 9, 0));
+        commit(&mut c, &[rec(5)]);
+        drop(c);
+        let c = TraceChain::open(dir.path(), (3, [3; 32]), 8).expect("reopen");
+        assert_eq!(seqs(&c), vec![4, 5]);
+    }
+
+    #[test]
+    fn a_failed_write_or_a_waiting_epoch_keeps_the_epoch_open() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut c = TraceChain::open(dir.path(), (0, [0; 32]), 1).expect("open");
+        commit(&mut c, &[rec(1)]);
+        c.stale_frame = true;
+        assert!(c.seal().is_none());
+        assert_eq!((c.epoch, seqs(&c)), (1, vec![1]), "nothing changed");
+        c.restart(2);
+        assert!(c.sealed.is_none() && !c.stale_frame && c.pending.is_empty());
+        commit(&mut c, &[rec(2)]);
+        c.seal().expect("sealed");
+        c.sealed_moved(1);
+        assert!(c.sealed.is_some(), "another epoch's move forgets nothing");
+        c.sealed_moved(2);
+        assert!(c.sealed.is_none());
+    }
+
+    #[test]
+    fn a_journal_of_one_region_is_recovered_and_grows_a_second() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut c = TraceChain::open(dir.path(), (0, [0; 32]), 3).expect("open");
+        // As an earlier version wrote it: epoch 3 at the start of an 8 MiB file.
+        commit(&mut c, &[rec(1), rec(2)]);
+        drop(c);
+        let path = dir.path().join(JOURNAL_FILE);
+        let f = OpenOptions::new().write(true).open(&path).expect("file");
+        f.set_len(JOURNAL_BYTES).expect("truncate");
+        drop(f);
+        let c = TraceChain::open(dir.path(), (0, [0; 32]), 3).expect("reopen");
+        assert_eq!(seqs(&c), vec![1, 2]);
+        assert_eq!(
+            std::fs::metadata(&path).expect("meta").len(),
+            2 * JOURNAL_BYTES
+        );
     }
 }

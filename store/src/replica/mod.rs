@@ -33,6 +33,7 @@ use std::fs;
 use std::io::Write;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
@@ -57,7 +58,7 @@ use crate::ids::{Ins, SiteId};
 use crate::model::{AccessMode, Actor, HabilitationMatrix, Professional};
 use crate::policy::Who;
 use crate::time::Millis;
-use journal::{JournalRecord, TraceChain};
+use journal::{JournalRecord, SealedEpoch, TraceChain};
 use tables::*;
 
 /// File name of the database inside the data folder.
@@ -218,6 +219,8 @@ pub struct Replica {
     matrix: RwLock<Arc<HabilitationMatrix>>,
     clock: Clock,
     audit_commit: GroupCommit<PreparedTrace>,
+    /// The thread moving sealed journal epochs into redb, while `run_trace_committer` runs.
+    mover: Mutex<Option<std::thread::Thread>>,
     cache: cache::RegistryCache,
 }
 
@@ -519,6 +522,7 @@ impl Replica {
             matrix: RwLock::new(Arc::new(HabilitationMatrix::default_matrix())),
             clock,
             audit_commit: GroupCommit::default(),
+            mover: Mutex::new(None),
             cache: cache::RegistryCache::default(),
         };
         replica.reload_matrix()?;
@@ -933,10 +937,82 @@ impl Replica {
 
     /// Commits the trace entries of asynchronous reads (`read_document_async`) on the calling
     /// thread until `running` turns false, so the tasks that wait for them never block their
-    /// runtime's threads on a sync. The daemon runs it on a thread of its own.
-    pub fn run_trace_committer(&self, running: &std::sync::atomic::AtomicBool) {
-        self.audit_commit
-            .run_committer(&|batch| self.commit_traces(batch), running);
+    /// runtime's threads on a sync; a second thread, scoped to this call, moves each full
+    /// journal epoch into redb meanwhile (see `journal`). The daemon runs it on a thread of its
+    /// own.
+    pub fn run_trace_committer(&self, running: &AtomicBool) {
+        std::thread::scope(|scope| {
+            let mover = scope.spawn(|| self.run_trace_mover(running));
+            self.audit_commit
+                .run_committer(&|batch| self.commit_traces(batch), running);
+            mover.thread().unpark();
+        });
+    }
+
+    /// Moves sealed journal epochs into redb until `running` turns false.
+    fn run_trace_mover(&self, running: &AtomicBool) {
+        if let Ok(mut m) = self.mover.lock() {
+            *m = Some(std::thread::current());
+        }
+        while running.load(Ordering::SeqCst) {
+            let sealed = self.chain.lock().ok().and_then(|c| c.sealed.clone());
+            match sealed {
+                Some(sealed) => {
+                    if self.move_sealed(&sealed).is_err() {
+                        // The epoch stays durable in the journal. The next write transaction
+                        // moves it, or the leader when the active epoch fills too: a failure
+                        // that lasts then reaches the readers as their error.
+                        std::thread::park_timeout(std::time::Duration::from_secs(1));
+                    }
+                }
+                None => std::thread::park_timeout(std::time::Duration::from_millis(100)),
+            }
+        }
+        if let Ok(mut m) = self.mover.lock() {
+            *m = None;
+        }
+    }
+
+    /// Moves a sealed epoch into the `AUDIT` table and stores the next epoch as the oldest live
+    /// one. Takes no chain lock during the transaction, so the leader goes on syncing; redb
+    /// orders it with the writers, and if one of them moved the epoch first (the stored epoch
+    /// is no longer `sealed.epoch`) nothing is written.
+    fn move_sealed(&self, sealed: &SealedEpoch) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        let stored = {
+            let meta = txn.open_table(META)?;
+            let v = meta.get(meta_key::JOURNAL_EPOCH)?;
+            read_u64(v.as_ref().map(|g| g.value())) as u32
+        };
+        if stored == sealed.epoch
+            && let Some(last) = sealed.records.last()
+        {
+            let origin = self.config.site_id.0;
+            {
+                let mut table = txn.open_table(AUDIT)?;
+                for r in &sealed.records {
+                    table.insert((origin, r.seq), stored_trace_row(r)?.as_slice())?;
+                }
+            }
+            txn.open_table(AUDIT_HEADS)?.insert(
+                origin,
+                postcard::to_stdvec(&(last.seq, last.hash))?.as_slice(),
+            )?;
+            txn.open_table(META)?.insert(
+                meta_key::JOURNAL_EPOCH,
+                u64::from(sealed.epoch.wrapping_add(1))
+                    .to_le_bytes()
+                    .as_slice(),
+            )?;
+            txn.commit()?;
+        } else {
+            txn.abort()?;
+        }
+        self.chain
+            .lock()
+            .map_err(lock_err)?
+            .sealed_moved(sealed.epoch);
+        Ok(())
     }
 
     /// Makes `entry` durable, sharing one journal sync with concurrent callers.
@@ -946,7 +1022,9 @@ impl Replica {
             .submit(prepared, &|batch| self.commit_traces(batch))
     }
 
-    /// The group commit of traces: chains the batch and makes it durable in the journal.
+    /// The group commit of traces: chains the batch and makes it durable in the journal. When
+    /// the active epoch is full it is sealed for the mover, or, if none runs or it is behind,
+    /// everything journaled moves into redb here.
     fn commit_traces(&self, batch: Vec<PreparedTrace>) -> Result<()> {
         let mut chain = self.chain.lock().map_err(lock_err)?;
         let (mut seq, mut prev) = (chain.seq, chain.prev);
@@ -957,12 +1035,18 @@ impl Replica {
             prev = r.hash;
             records.push(r);
         }
-        if !chain.fits(&records) || chain.pending.len() >= journal::MERGE_AT {
-            // Lock order holds: the chain is locked, redb is locked next.
-            let txn = self.db.begin_write()?;
-            let moved = self.write_traces(&txn, &chain, &[])?;
-            txn.commit()?;
-            moved.apply(&mut chain);
+        if chain.is_due(&records) {
+            let mover = self.mover.lock().ok().and_then(|m| m.clone());
+            match mover.and_then(|m| chain.seal().map(|_| m)) {
+                Some(mover) => mover.unpark(),
+                None => {
+                    // Lock order holds: the chain is locked, redb is locked next.
+                    let txn = self.db.begin_write()?;
+                    let moved = self.write_traces(&txn, &chain, &[])?;
+                    txn.commit()?;
+                    moved.apply(&mut chain);
+                }
+            }
         }
         chain.append(&records)?;
         chain.seq = seq;
@@ -984,17 +1068,14 @@ impl Replica {
             prev: chain.prev,
             new_epoch: None,
         };
-        if chain.pending.is_empty() && staged.is_empty() && !chain.stale_frame {
+        let journaled = !chain.pending.is_empty() || chain.sealed.is_some();
+        if !journaled && staged.is_empty() && !chain.stale_frame {
             return Ok(out);
         }
         let origin = self.config.site_id.0;
         let mut table = txn.open_table(AUDIT)?;
-        for r in &chain.pending {
-            let row = postcard::to_stdvec(&StoredTrace {
-                hash: r.hash,
-                sealed: r.sealed.clone(),
-            })?;
-            table.insert((origin, r.seq), row.as_slice())?;
+        for r in chain.journaled() {
+            table.insert((origin, r.seq), stored_trace_row(r)?.as_slice())?;
         }
         for e in staged {
             out.seq += 1;
@@ -1002,17 +1083,13 @@ impl Replica {
                 .prepare_trace(e)?
                 .chain(self.keys.chain.expose(), out.seq, &out.prev);
             out.prev = r.hash;
-            let row = postcard::to_stdvec(&StoredTrace {
-                hash: r.hash,
-                sealed: r.sealed,
-            })?;
-            table.insert((origin, out.seq), row.as_slice())?;
+            table.insert((origin, out.seq), stored_trace_row(&r)?.as_slice())?;
         }
         txn.open_table(AUDIT_HEADS)?.insert(
             origin,
             postcard::to_stdvec(&(out.seq, out.prev))?.as_slice(),
         )?;
-        if !chain.pending.is_empty() || chain.stale_frame {
+        if journaled || chain.stale_frame {
             let epoch = chain.epoch.wrapping_add(1);
             txn.open_table(META)?.insert(
                 meta_key::JOURNAL_EPOCH,
@@ -1319,6 +1396,14 @@ impl Writer<'_> {
         self.txn.abort()?;
         Ok(())
     }
+}
+
+/// The `AUDIT` row of a journaled record.
+fn stored_trace_row(r: &JournalRecord) -> Result<Vec<u8>> {
+    Ok(postcard::to_stdvec(&StoredTrace {
+        hash: r.hash,
+        sealed: r.sealed.clone(),
+    })?)
 }
 
 fn trace_aad(origin: u32) -> Vec<u8> {

@@ -570,6 +570,13 @@ fn a_sites_lease_can_be_set_and_holds_after_reopening() {
     assert!(matches!(err, Error::Denied { rule: 4, .. }), "{err}");
 }
 
+/// Rows in the `AUDIT` table (entries still journaled are not there yet).
+fn in_table(r: &Replica) -> u64 {
+    use redb::{ReadableDatabase, ReadableTableMetadata};
+    let txn = r.db.begin_read().expect("read");
+    txn.open_table(AUDIT).expect("audit").len().expect("len")
+}
+
 /// Copies a data folder as it is on disk right now: what a power cut would leave.
 fn crash_image(from: &std::path::Path) -> TempDir {
     let to = TempDir::new().expect("tmp");
@@ -642,11 +649,6 @@ fn journaled_traces_survive_a_crash() {
             .expect("read");
     }
     // The reads' traces are in the journal only: nothing has moved them into redb yet.
-    let in_table = |r: &Replica| {
-        use redb::{ReadableDatabase, ReadableTableMetadata};
-        let txn = r.db.begin_read().expect("read");
-        txn.open_table(AUDIT).expect("audit").len().expect("len")
-    };
     let before = in_table(&host);
     let image = crash_image(host.dir());
     let recovered = Replica::open(image.path(), &KeySource::File, clock()).expect("recover");
@@ -669,6 +671,118 @@ fn journaled_traces_survive_a_crash() {
     // The original goes on, and a write after the reads keeps the chain in order.
     write(&host, "after", b"2");
     host.verify_audit().expect("chain intact");
+}
+
+#[test]
+fn full_journal_epochs_move_into_the_store_while_reads_go_on() {
+    use crate::audit::tests::block_on;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (_hd, host, _sd, _site) = host_and_site();
+    let id = write(&host, "doc", b"body");
+    host.chain.lock().expect("chain").merge_at = 16;
+    let before = in_table(&host);
+    let host = Arc::new(host);
+    let running = Arc::new(AtomicBool::new(true));
+    let committer = {
+        let (host, running) = (host.clone(), running.clone());
+        std::thread::spawn(move || host.run_trace_committer(&running))
+    };
+    let read = |n: usize| {
+        for _ in 0..n {
+            let r = block_on(host.read_document_async(
+                &Actor::Professional(doctor()),
+                &id,
+                AccessMode::Normal,
+                None,
+            ))
+            .expect("read");
+            assert_eq!(&r.body[..], b"body");
+        }
+    };
+    read(100);
+    // No write transaction ran: only the mover brings entries into the table.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while in_table(&host) < before + 16 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the mover moved no sealed epoch"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    read(60);
+    running.store(false, Ordering::SeqCst);
+    committer.thread().unpark();
+    committer.join().expect("committer");
+    let reads_in = |r: &Replica| {
+        r.audit_entries(Some(&ins()))
+            .expect("audit")
+            .iter()
+            .filter(|c| c.entry.action == crate::audit::TraceAction::Access(Action::Read))
+            .count()
+    };
+    // A power cut now: whatever is still journaled (sealed or active) is recovered in order.
+    let image = crash_image(host.dir());
+    let recovered = Replica::open(image.path(), &KeySource::File, clock()).expect("recover");
+    assert_eq!(reads_in(&recovered), 160, "every read traced once");
+    recovered.verify_audit().expect("chain intact");
+    // The original goes on: a write after the reads keeps the chain in order.
+    write(&host, "after", b"2");
+    assert_eq!(reads_in(&host), 160);
+    host.verify_audit().expect("chain intact");
+}
+
+#[test]
+fn a_sealed_epoch_moves_once_whoever_moves_it() {
+    let (_hd, host, _sd, _site) = host_and_site();
+    let id = write(&host, "doc", b"body");
+    host.chain.lock().expect("chain").merge_at = 8;
+    // A mover is registered (this thread, which moves by hand below): the leader seals.
+    *host.mover.lock().expect("mover") = Some(std::thread::current());
+    let before = in_table(&host);
+    let actor = Actor::Professional(doctor());
+    let read = |n: usize| {
+        for _ in 0..n {
+            host.read_document(&actor, &id, AccessMode::Normal, None)
+                .expect("read");
+        }
+    };
+    read(12);
+    let sealed = host
+        .chain
+        .lock()
+        .expect("chain")
+        .sealed
+        .clone()
+        .expect("the full epoch was sealed");
+    assert_eq!(sealed.records.len(), 8);
+    assert_eq!(in_table(&host), before, "the leader moved nothing itself");
+    // A power cut with a sealed epoch and an active one: both are recovered, in order.
+    let image = crash_image(host.dir());
+    let recovered = Replica::open(image.path(), &KeySource::File, clock()).expect("recover");
+    assert_eq!(in_table(&recovered), before + 12);
+    recovered.verify_audit().expect("chain intact");
+    // The mover's move: the sealed records only.
+    host.move_sealed(&sealed).expect("move");
+    assert_eq!(in_table(&host), before + 8);
+    assert!(host.chain.lock().expect("chain").sealed.is_none());
+    // A writer that moves a sealed epoch first leaves the mover nothing to do.
+    read(8);
+    let sealed = host.chain.lock().expect("chain").sealed.clone();
+    let sealed = sealed.expect("the next full epoch was sealed");
+    write(&host, "after", b"2");
+    let moved = in_table(&host);
+    assert_eq!(
+        moved,
+        before + 20 + 1,
+        "every read and the write's own entry"
+    );
+    host.move_sealed(&sealed).expect("a late move");
+    assert_eq!(in_table(&host), moved, "nothing written twice");
+    host.verify_audit().expect("chain intact");
+    let image = crash_image(host.dir());
+    let recovered = Replica::open(image.path(), &KeySource::File, clock()).expect("recover");
+    assert_eq!(in_table(&recovered), moved);
+    recovered.verify_audit().expect("chain intact");
 }
 
 #[test]
