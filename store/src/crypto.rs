@@ -7,9 +7,16 @@
 //! ciphertext moved to another row fails to open. Invariants: key bytes live in `Zeroizing`
 //! buffers and are wiped on drop; no plaintext key is ever written; a failed open is an
 //! `Error::Integrity`, never a panic.
+//!
+//! XChaCha20-Poly1305 is built as its specification does (draft-irtf-cfrg-xchacha): HChaCha20
+//! (from `chacha20`) derives a per-message key from the key and the nonce's first 16 bytes, and
+//! ChaCha20-Poly1305 (from `ring`, whose assembly picks the CPU's vector unit at run time) seals
+//! under it with the nonce's last 8 bytes. Audited reads open two records and seal one each, so
+//! this is on their path; a test checks the output against the `chacha20poly1305` crate's.
 
-use chacha20poly1305::aead::{AeadInPlace, KeyInit};
-use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
+use chacha20::cipher::consts::U10;
+use chacha20::cipher::generic_array::GenericArray;
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, Tag, UnboundKey};
 use zeroize::Zeroize;
 use zeroize::Zeroizing;
 
@@ -82,17 +89,17 @@ impl Key {
 
     /// Seals `plaintext` under this key: `nonce || ciphertext+tag`.
     pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
-        let cipher = XChaCha20Poly1305::new(self.0.as_ref().into());
         let mut out = Vec::with_capacity(SEAL_OVERHEAD + plaintext.len());
         out.extend_from_slice(&[0u8; 24]);
         fast_random_bytes(&mut out[..24]);
         out.extend_from_slice(plaintext);
         // Encrypted where it lies: one buffer, no copy of the ciphertext.
         let (nonce, body) = out.split_at_mut(24);
-        let tag = cipher
-            .encrypt_in_place_detached(XNonce::from_slice(nonce), aad, body)
+        let (key, nonce) = self.message_key(nonce)?;
+        let tag = key
+            .seal_in_place_separate_tag(nonce, Aad::from(aad), body)
             .map_err(|_| Error::Storage("encryption failed".into()))?;
-        out.extend_from_slice(&tag);
+        out.extend_from_slice(tag.as_ref());
         Ok(out)
     }
 
@@ -111,15 +118,12 @@ impl Key {
         }
         let (nonce, rest) = sealed.split_at(24);
         let (ct, tag) = rest.split_at(rest.len() - 16);
-        let cipher = XChaCha20Poly1305::new(self.0.as_ref().into());
+        let tag = Tag::try_from(tag).map_err(|_| Error::integrity("sealed record too short"))?;
+        let (key, nonce) = self.message_key(nonce)?;
         let start = out.len();
         out.extend_from_slice(ct);
-        let opened = cipher.decrypt_in_place_detached(
-            XNonce::from_slice(nonce),
-            aad,
-            &mut out[start..],
-            Tag::from_slice(tag),
-        );
+        let opened =
+            key.open_in_place_separate_tag(nonce, Aad::from(aad), tag, &mut out[start..], 0..);
         if opened.is_err() {
             out[start..].zeroize();
             out.truncate(start);
@@ -128,6 +132,22 @@ impl Key {
             ));
         }
         Ok(())
+    }
+
+    /// The ChaCha20-Poly1305 key and nonce of one XChaCha20-Poly1305 message under the 24-byte
+    /// `nonce`: HChaCha20(key, nonce[..16]), and 4 zero bytes followed by nonce[16..].
+    fn message_key(&self, nonce: &[u8]) -> Result<(LessSafeKey, Nonce)> {
+        let (head, tail) = nonce.split_at(16);
+        let mut subkey = chacha20::hchacha::<U10>(
+            GenericArray::from_slice(self.0.as_ref()),
+            GenericArray::from_slice(head),
+        );
+        let key = UnboundKey::new(&CHACHA20_POLY1305, subkey.as_slice());
+        subkey.as_mut_slice().zeroize();
+        let key = key.map_err(|_| Error::Storage("encryption key rejected".into()))?;
+        let mut short = [0u8; 12];
+        short[4..].copy_from_slice(tail);
+        Ok((LessSafeKey::new(key), Nonce::assume_unique_for_key(short)))
     }
 
     /// Wraps another key under this one.
@@ -182,6 +202,45 @@ mod tests {
         assert!(k.open(b"doc1", &sealed[..10]).is_err());
         let other = Key::random().expect("key");
         assert!(other.open(b"doc1", &sealed).is_err());
+    }
+
+    #[test]
+    fn the_same_xchacha20_poly1305_as_the_reference_crate() {
+        use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+        use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+        let k = Key::random().expect("key");
+        let reference = XChaCha20Poly1305::new(k.expose().into());
+        for len in [0, 1, 15, 16, 17, 63, 64, 65, 300, 4096, 5000] {
+            let plain: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+            let aad = [len as u8, 1, 2, 3];
+            // Ours, opened by the reference.
+            let sealed = k.seal(&aad, &plain).expect("seal");
+            let (nonce, ct) = sealed.split_at(24);
+            let opened = reference
+                .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad: &aad })
+                .expect("the reference opens ours");
+            assert_eq!(opened, plain, "{len} bytes");
+            // The reference's, opened by ours.
+            let nonce = [len as u8 ^ 0x5a; 24];
+            let mut theirs = nonce.to_vec();
+            theirs.extend(
+                reference
+                    .encrypt(
+                        XNonce::from_slice(&nonce),
+                        Payload {
+                            msg: &plain,
+                            aad: &aad,
+                        },
+                    )
+                    .expect("reference seal"),
+            );
+            assert_eq!(
+                &k.open(&aad, &theirs).expect("ours opens theirs")[..],
+                &plain[..]
+            );
+            theirs[24] ^= 1;
+            assert!(k.open(&aad, &theirs).is_err());
+        }
     }
 
     #[test]
