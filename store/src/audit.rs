@@ -436,6 +436,28 @@ impl<T> Drop for Durable<'_, T> {
     }
 }
 
+impl<T> Durable<'_, T> {
+    /// Queues the item now, before the first poll, so it may join a commit under way while the
+    /// caller does other work. No effect once queued.
+    pub fn enqueue(&mut self) -> Result<()> {
+        let Some(item) = self.item.take() else {
+            return Ok(());
+        };
+        // No waker yet: the first poll sets it before it checks the slot.
+        let slot = Slot::new(Waiter::Task(Arc::new(Mutex::new(None))));
+        self.group
+            .queue
+            .lock()
+            .map_err(|_| lock_err())?
+            .push((item, slot.clone()));
+        self.slot = Some(slot);
+        if let Some(committer) = self.group.committer() {
+            committer.unpark();
+        }
+        Ok(())
+    }
+}
+
 impl<T> std::fmt::Debug for Durable<'_, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Durable").field("slot", &self.slot).finish()
@@ -618,7 +640,12 @@ pub(crate) mod tests {
                 let (gc, commit, committed) = (gc.clone(), commit.clone(), committed.clone());
                 std::thread::spawn(move || {
                     for j in 0..50u32 {
-                        block_on(gc.submit_async(i * 1000 + j, &*commit)).expect("commit");
+                        let mut durable = gc.submit_async(i * 1000 + j, &*commit);
+                        if j % 2 == 1 {
+                            // Queued before its first poll, as reads do before opening a body.
+                            durable.enqueue().expect("enqueue");
+                        }
+                        block_on(durable).expect("commit");
                         assert!(committed.lock().expect("lock").contains(&(i * 1000 + j)));
                     }
                 })
@@ -643,6 +670,40 @@ pub(crate) mod tests {
     fn async_submitters_share_commits_and_complete_only_once_durable() {
         async_submitters(false);
         async_submitters(true);
+    }
+
+    #[test]
+    fn an_enqueued_submission_is_committed_before_its_first_poll() {
+        let gc = Arc::new(GroupCommit::<u32>::default());
+        let committed = Arc::new(Mutex::new(Vec::new()));
+        let commit = {
+            let committed = committed.clone();
+            Arc::new(move |batch: Vec<u32>| {
+                committed.lock().expect("lock").extend(batch);
+                Ok(())
+            })
+        };
+        let running = Arc::new(AtomicBool::new(true));
+        let committer = {
+            let (gc, commit, running) = (gc.clone(), commit.clone(), running.clone());
+            std::thread::spawn(move || gc.run_committer(&*commit, &running))
+        };
+        while gc.committer().is_none() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let mut durable = gc.submit_async(7, &*commit);
+        durable.enqueue().expect("enqueue");
+        durable.enqueue().expect("a second call changes nothing");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !committed.lock().expect("lock").contains(&7) {
+            assert!(std::time::Instant::now() < deadline, "never committed");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(block_on(durable).is_ok());
+        assert_eq!(*committed.lock().expect("lock"), vec![7], "committed once");
+        running.store(false, Ordering::SeqCst);
+        committer.thread().unpark();
+        committer.join().expect("committer");
     }
 
     #[test]

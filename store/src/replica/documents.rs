@@ -69,6 +69,15 @@ pub struct ReadOutcome {
     pub rule: u8,
 }
 
+/// A read decided and allowed, its body not yet opened.
+struct AllowedRead {
+    /// The snapshot the decision was made on.
+    txn: ReadTransaction,
+    key: Key,
+    meta: DocumentMeta,
+    rule: u8,
+}
+
 /// The holder's full copy.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct DossierExport {
@@ -609,7 +618,8 @@ impl Replica {
         mode: AccessMode,
         reason: Option<&str>,
     ) -> Result<ReadOutcome> {
-        let (trace, outcome) = self.prepare_read(actor, id, mode, reason)?;
+        let (trace, allowed) = self.prepare_read(actor, id, mode, reason)?;
+        let outcome = allowed.and_then(|a| self.open_read(a));
         self.audit_commit
             .submit(trace, &|batch| self.commit_traces(batch))?;
         outcome
@@ -617,7 +627,8 @@ impl Replica {
 
     /// `read_document` for an asynchronous task (the daemon's local API): the same decision,
     /// trace and answer, and while the trace entry is made durable the task waits without
-    /// holding a thread.
+    /// holding a thread. The entry is queued before the body is opened, so it may join the
+    /// commit under way while the body is decrypted.
     pub async fn read_document_async(
         &self,
         actor: &Actor,
@@ -625,9 +636,12 @@ impl Replica {
         mode: AccessMode,
         reason: Option<&str>,
     ) -> Result<ReadOutcome> {
-        let (trace, outcome) = self.prepare_read(actor, id, mode, reason)?;
+        let (trace, allowed) = self.prepare_read(actor, id, mode, reason)?;
         let commit = |batch| self.commit_traces(batch);
-        self.audit_commit.submit_async(trace, &commit).await?;
+        let mut durable = self.audit_commit.submit_async(trace, &commit);
+        durable.enqueue()?;
+        let outcome = allowed.and_then(|a| self.open_read(a));
+        durable.await?;
         outcome
     }
 
@@ -639,15 +653,15 @@ impl Replica {
         Ok(meta.facts.size)
     }
 
-    /// Decides a read, prepares its trace entry and, if allowed, opens the body: the answer
-    /// to give once the entry is durable (never before).
+    /// Decides a read and prepares its trace entry; if allowed, what `open_read` turns into
+    /// the answer, to give once the entry is durable (never before).
     fn prepare_read(
         &self,
         actor: &Actor,
         id: &DocId,
         mode: AccessMode,
         reason: Option<&str>,
-    ) -> Result<(super::PreparedTrace, Result<ReadOutcome>)> {
+    ) -> Result<(super::PreparedTrace, Result<AllowedRead>)> {
         let (txn, generation) = self.snapshot()?;
         let (who, tactor) = self.who(&txn, generation, actor)?;
         let (stored, key, meta) = self.load_doc(&txn, generation, id)?;
@@ -671,14 +685,23 @@ impl Replica {
         if !decision.allow {
             return Ok((trace, Err(Self::denied(&decision))));
         }
-        let outcome = self
-            .get_body(&txn.open_table(BODIES)?, &key, &meta)
-            .map(|body| ReadOutcome {
-                meta,
-                body,
-                rule: decision.rule.0,
-            });
-        Ok((trace, outcome))
+        let allowed = AllowedRead {
+            txn,
+            key,
+            meta,
+            rule: decision.rule.0,
+        };
+        Ok((trace, Ok(allowed)))
+    }
+
+    /// Opens the body of an allowed read, from the snapshot it was decided on.
+    fn open_read(&self, read: AllowedRead) -> Result<ReadOutcome> {
+        let body = self.get_body(&read.txn.open_table(BODIES)?, &read.key, &read.meta)?;
+        Ok(ReadOutcome {
+            meta: read.meta,
+            body,
+            rule: read.rule,
+        })
     }
 
     /// The dossier's documents that `who` may read in normal mode, deleted ones excluded.
