@@ -984,9 +984,7 @@ impl Replica {
             let v = meta.get(meta_key::JOURNAL_EPOCH)?;
             read_u64(v.as_ref().map(|g| g.value())) as u32
         };
-        if stored == sealed.epoch
-            && let Some(last) = sealed.records.last()
-        {
+        if stored == sealed.epoch {
             let origin = self.config.site_id.0;
             {
                 let mut table = txn.open_table(AUDIT)?;
@@ -994,10 +992,13 @@ impl Replica {
                     table.insert((origin, r.seq), stored_trace_row(r)?.as_slice())?;
                 }
             }
-            txn.open_table(AUDIT_HEADS)?.insert(
-                origin,
-                postcard::to_stdvec(&(last.seq, last.hash))?.as_slice(),
-            )?;
+            if let Some(last) = sealed.records.last() {
+                txn.open_table(AUDIT_HEADS)?.insert(
+                    origin,
+                    postcard::to_stdvec(&(last.seq, last.hash))?.as_slice(),
+                )?;
+            }
+            // Even an empty epoch is retired, so the live ones stay the stored one and the next.
             txn.open_table(META)?.insert(
                 meta_key::JOURNAL_EPOCH,
                 u64::from(sealed.epoch.wrapping_add(1))
