@@ -504,12 +504,7 @@ impl Replica {
                 None => (0, [0; 32]),
             }
         };
-        let epoch = {
-            let txn = db.begin_read()?;
-            let meta = txn.open_table(META)?;
-            let v = meta.get(meta_key::JOURNAL_EPOCH)?;
-            read_u64(v.as_ref().map(|g| g.value())) as u32
-        };
+        let epoch = journal_epoch(&db.begin_read()?.open_table(META)?)?;
         let chain = Mutex::new(TraceChain::open(dir, head, epoch)?);
         let replica = Replica {
             chain,
@@ -979,12 +974,7 @@ impl Replica {
     /// is no longer `sealed.epoch`) nothing is written.
     fn move_sealed(&self, sealed: &SealedEpoch) -> Result<()> {
         let txn = self.db.begin_write()?;
-        let stored = {
-            let meta = txn.open_table(META)?;
-            let v = meta.get(meta_key::JOURNAL_EPOCH)?;
-            read_u64(v.as_ref().map(|g| g.value())) as u32
-        };
-        if stored == sealed.epoch {
+        if journal_epoch(&txn.open_table(META)?)? == sealed.epoch {
             let origin = self.config.site_id.0;
             {
                 let mut table = txn.open_table(AUDIT)?;
@@ -999,12 +989,7 @@ impl Replica {
                 )?;
             }
             // Even an empty epoch is retired, so the live ones stay the stored one and the next.
-            txn.open_table(META)?.insert(
-                meta_key::JOURNAL_EPOCH,
-                u64::from(sealed.epoch.wrapping_add(1))
-                    .to_le_bytes()
-                    .as_slice(),
-            )?;
+            set_journal_epoch(&txn, sealed.epoch.wrapping_add(1))?;
             txn.commit()?;
         } else {
             txn.abort()?;
@@ -1092,10 +1077,7 @@ impl Replica {
         )?;
         if journaled || chain.stale_frame {
             let epoch = chain.epoch.wrapping_add(1);
-            txn.open_table(META)?.insert(
-                meta_key::JOURNAL_EPOCH,
-                u64::from(epoch).to_le_bytes().as_slice(),
-            )?;
+            set_journal_epoch(txn, epoch)?;
             out.new_epoch = Some(epoch);
         }
         Ok(out)
@@ -1397,6 +1379,21 @@ impl Writer<'_> {
         self.txn.abort()?;
         Ok(())
     }
+}
+
+/// The oldest live epoch of the trace journal, as stored in `META`.
+fn journal_epoch(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<u32> {
+    let v = meta.get(meta_key::JOURNAL_EPOCH)?;
+    Ok(read_u64(v.as_ref().map(|g| g.value())) as u32)
+}
+
+/// Stores the oldest live epoch of the trace journal, retiring the frames of older ones.
+fn set_journal_epoch(txn: &WriteTransaction, epoch: u32) -> Result<()> {
+    txn.open_table(META)?.insert(
+        meta_key::JOURNAL_EPOCH,
+        u64::from(epoch).to_le_bytes().as_slice(),
+    )?;
+    Ok(())
 }
 
 /// The `AUDIT` row of a journaled record.
