@@ -5,7 +5,8 @@
 //! dossier leaves another one readable.
 
 use carnet_store::replica::tables::{
-    AUDIT, AUTHORITY, BODIES, DOCS, DOSSIER_DOCS, META, body_key, meta_key, subject_key, tag,
+    AUDIT, AUTHORITY, BODIES, DOCS, DOSSIER_DOCS, FORMAT_VERSION, META, body_key, meta_key,
+    subject_key, tag,
 };
 use redb::{ReadableDatabase, ReadableTable};
 
@@ -393,7 +394,10 @@ fn newer_format_asks_to_upgrade() {
         let txn = db.begin_write().expect("write");
         txn.open_table(META)
             .expect("meta")
-            .insert(meta_key::FORMAT, 2u32.to_le_bytes().as_slice())
+            .insert(
+                meta_key::FORMAT,
+                (FORMAT_VERSION + 1).to_le_bytes().as_slice(),
+            )
             .expect("insert");
         txn.commit().expect("commit");
     }

@@ -9,6 +9,7 @@ use ed25519_dalek::VerifyingKey;
 use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
+use super::documents::Bodies;
 use super::tables::*;
 use super::{Replica, Role, lock_err};
 use crate::authority::{self, AuthorityRecord, Bundle, SignedRecord, Verified};
@@ -628,14 +629,12 @@ impl Replica {
         {
             let mut index = txn.open_table(DOSSIER_DOCS)?;
             let mut docs = txn.open_table(DOCS)?;
-            let mut bodies = txn.open_table(BODIES)?;
+            let mut bodies = Bodies::open(&txn)?;
             for doc in &ids {
                 let id = doc.0;
                 index.remove(dossier_doc_key(&bi, &id).as_slice())?;
                 docs.remove(&id)?;
-                let first = body_key(&id, 0);
-                let last = body_key(&id, u32::MAX);
-                bodies.retain_in(first.as_slice()..=last.as_slice(), |_, _| false)?;
+                bodies.remove(&id)?;
                 Self::forget_partial_body(&txn, doc)?;
                 txn.open_table(MISSING_BODIES)?.remove(&id)?;
                 txn.open_table(ANNOUNCEMENTS)?.remove(&id)?;

@@ -25,6 +25,39 @@ use crate::model::{
 use crate::policy::{self, Action, Decision, DocView, DossierView, Request, Who};
 use crate::time::Millis;
 
+/// The two tables a body's chunks live in, `BODIES` and `BODY_TAILS` (see `body_chunk_plan`).
+pub(super) struct Bodies<T> {
+    pub(super) main: T,
+    pub(super) tails: T,
+}
+
+impl<'t> Bodies<Table<'t, &'static [u8], &'static [u8]>> {
+    pub(super) fn open(txn: &'t WriteTransaction) -> Result<Self> {
+        Ok(Bodies {
+            main: txn.open_table(BODIES)?,
+            tails: txn.open_table(BODY_TAILS)?,
+        })
+    }
+
+    /// Removes every chunk of document `id`.
+    pub(super) fn remove(&mut self, id: &[u8; 16]) -> Result<()> {
+        let (first, last) = (body_key(id, 0), body_key(id, u32::MAX));
+        for table in [&mut self.main, &mut self.tails] {
+            table.retain_in(first.as_slice()..=last.as_slice(), |_, _| false)?;
+        }
+        Ok(())
+    }
+}
+
+impl Bodies<redb::ReadOnlyTable<&'static [u8], &'static [u8]>> {
+    pub(super) fn open_read(txn: &ReadTransaction) -> Result<Self> {
+        Ok(Bodies {
+            main: txn.open_table(BODIES)?,
+            tails: txn.open_table(BODY_TAILS)?,
+        })
+    }
+}
+
 /// A document to write.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct NewDocument {
@@ -332,18 +365,25 @@ impl Replica {
         Ok(())
     }
 
-    /// Seals and stores a body in chunks.
+    /// Seals and stores a body in chunks, cut as `body_chunk_plan` says.
     pub(super) fn put_body(
         &self,
-        bodies: &mut Table<'_, &'static [u8], &'static [u8]>,
+        bodies: &mut Bodies<Table<'_, &'static [u8], &'static [u8]>>,
         key: &Key,
         id: &DocId,
         body: &[u8],
     ) -> Result<()> {
-        for (i, chunk) in body.chunks(CHUNK_PLAIN).enumerate() {
+        let mut rest = body;
+        for (i, (len, table)) in body_chunk_plan(body.len()).into_iter().enumerate() {
             let n = u32::try_from(i).map_err(|_| Error::invalid("document too large"))?;
+            let (chunk, after) = rest.split_at(len);
+            rest = after;
             let sealed = key.seal(&body_aad(&id.0, n), chunk)?;
-            bodies.insert(body_key(&id.0, n).as_slice(), sealed.as_slice())?;
+            let table = match table {
+                ChunkTable::Main => &mut bodies.main,
+                ChunkTable::Tail => &mut bodies.tails,
+            };
+            table.insert(body_key(&id.0, n).as_slice(), sealed.as_slice())?;
         }
         Ok(())
     }
@@ -351,7 +391,7 @@ impl Replica {
     /// Reads, opens and checks a body against its metadata.
     pub(super) fn get_body(
         &self,
-        bodies: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        bodies: &Bodies<impl ReadableTable<&'static [u8], &'static [u8]>>,
         key: &Key,
         meta: &DocumentMeta,
     ) -> Result<Zeroizing<Vec<u8>>> {
@@ -360,11 +400,23 @@ impl Replica {
         // `size` comes from metadata that may have come from a peer: reserve only what the
         // chunks can bring, and let the vector grow with them.
         let mut out = Zeroizing::new(Vec::with_capacity(size.min(CHUNK_PLAIN * 16)));
-        // One lookup per chunk the size calls for (a chunk beyond it could not change what is
-        // returned: the size is checked below).
-        for n in 0..size.div_ceil(CHUNK_PLAIN) {
-            let n = u32::try_from(n).map_err(|_| Error::integrity("size"))?;
-            let Some(sealed) = bodies.get(body_key(&id.0, n).as_slice())? else {
+        // Chunk by chunk until the size is reached (a chunk beyond it could not change what
+        // is returned: the size is checked below). A rest smaller than every page fit is a
+        // tail (format 2), or the last chunk of a format 1 body.
+        let mut n = 0u32;
+        while out.len() < size {
+            let k = body_key(&id.0, n);
+            let small_rest = n > 0 && size - out.len() < PAGE_FITS[PAGE_FITS.len() - 1];
+            let tail = if small_rest {
+                bodies.tails.get(k.as_slice())?
+            } else {
+                None
+            };
+            let sealed = match tail {
+                Some(tail) => Some(tail),
+                None => bodies.main.get(k.as_slice())?,
+            };
+            let Some(sealed) = sealed else {
                 if n == 0 {
                     break;
                 }
@@ -374,6 +426,7 @@ impl Replica {
             };
             key.open_into(&body_aad(&id.0, n), sealed.value(), &mut out)
                 .map_err(|_| Error::integrity(format!("body of document {id} was altered")))?;
+            n = n.checked_add(1).ok_or_else(|| Error::integrity("size"))?;
         }
         if out.is_empty() && size > 0 {
             return Err(Error::not_found(format!(
@@ -537,7 +590,7 @@ impl Replica {
         {
             let mut docs = txn.open_table(DOCS)?;
             let mut index = txn.open_table(DOSSIER_DOCS)?;
-            let mut bodies = txn.open_table(BODIES)?;
+            let mut bodies = Bodies::open(&txn)?;
             let mut uniques = txn.open_table(UNIQUE_IDS)?;
             let first_seq = Self::next_outbox_seq(&txn)?;
             let mut outbox = txn.open_table(OUTBOX)?;
@@ -696,7 +749,7 @@ impl Replica {
 
     /// Opens the body of an allowed read, from the snapshot it was decided on.
     fn open_read(&self, read: AllowedRead) -> Result<ReadOutcome> {
-        let body = self.get_body(&read.txn.open_table(BODIES)?, &read.key, &read.meta)?;
+        let body = self.get_body(&Bodies::open_read(&read.txn)?, &read.key, &read.meta)?;
         Ok(ReadOutcome {
             meta: read.meta,
             body,
@@ -882,7 +935,7 @@ impl Replica {
             self.put_meta(&mut docs, &key, &stored.dossier, stored.rev + 1, &old)?;
             self.put_meta(&mut docs, &key, &stored.dossier, 1, &new)?;
         }
-        self.put_body(&mut txn.open_table(BODIES)?, &key, &id, &doc.body)?;
+        self.put_body(&mut Bodies::open(&txn)?, &key, &id, &doc.body)?;
         txn.open_table(DOSSIER_DOCS)?
             .insert(dossier_doc_key(&stored.dossier, &id.0).as_slice(), ())?;
         let unique = self.unique_index(&stored.dossier, &new.facts.unique_id);
@@ -953,7 +1006,7 @@ impl Replica {
             if !decision.allow {
                 return Err(Self::denied(&decision));
             }
-            let bodies = txn.open_table(BODIES)?;
+            let bodies = Bodies::open_read(&txn)?;
             let mut out = Vec::new();
             for (key, meta) in self.readable_docs(&txn, generation, &ctx, &who, &tactor, &bi)? {
                 let body = self.get_body(&bodies, &key, &meta)?;
@@ -1005,6 +1058,6 @@ fn meta_aad(id: &[u8; 16], rev: u64) -> Vec<u8> {
     aad(&[b"meta", id, &rev.to_le_bytes()])
 }
 
-fn body_aad(id: &[u8; 16], chunk: u32) -> Vec<u8> {
+pub(super) fn body_aad(id: &[u8; 16], chunk: u32) -> Vec<u8> {
     aad(&[b"body", id, &chunk.to_le_bytes()])
 }

@@ -410,6 +410,7 @@ impl Replica {
             txn.open_table(RETURNED)?;
             txn.open_table(PENDING_PURGES)?;
             txn.open_table(BODIES)?;
+            txn.open_table(BODY_TAILS)?;
             txn.open_table(PROS)?;
             txn.open_table(AUDIT)?;
             txn.open_table(AUDIT_HEADS)?;
@@ -520,12 +521,27 @@ impl Replica {
             mover: Mutex::new(None),
             cache: cache::RegistryCache::default(),
         };
+        replica.migrate(format)?;
         replica.reload_matrix()?;
         // Entries journaled before a stop or crash move into the table now.
         replica.flush_traces()?;
         replica.resume_purges()?;
         replica.index_missing_bodies()?;
         Ok(replica)
+    }
+
+    /// Brings a replica written in an older format to `FORMAT_VERSION`, in one transaction.
+    fn migrate(&self, format: u32) -> Result<()> {
+        if format >= FORMAT_VERSION {
+            return Ok(());
+        }
+        let txn = self.db.begin_write()?;
+        // 1 → 2: the table of body tails; bodies written before read as they are.
+        txn.open_table(BODY_TAILS)?;
+        txn.open_table(META)?
+            .insert(meta_key::FORMAT, FORMAT_VERSION.to_le_bytes().as_slice())?;
+        txn.commit()?;
+        Ok(())
     }
 
     fn master_key(dir: &Path, source: &KeySource, keyring: &Keyring) -> Result<Key> {

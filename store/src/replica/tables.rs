@@ -24,7 +24,12 @@ pub const DOSSIER_DOCS: TableDefinition<&[u8], ()> = TableDefinition::new("dossi
 /// document sent twice is recognised (and a dossier's entries go with it at purge).
 pub const UNIQUE_IDS: TableDefinition<&[u8], &[u8; 16]> = TableDefinition::new("unique_ids");
 /// Body chunks, sealed with the dossier key: document id ‖ chunk number (big-endian u32).
+/// Chunk 0 is always here; see `body_chunk_plan` for the others.
 pub const BODIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("bodies");
+/// The last chunk of a body cut into page-sized chunks, when it is smaller than any of them
+/// (format 2 on), keyed as in `BODIES`: kept apart so that it never shares a leaf page with a
+/// page-sized chunk, which redb would then round up to twice the page.
+pub const BODY_TAILS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("body_tails");
 /// Professionals registered at this site, sealed with the registry key, by RPPS.
 pub const PROS: TableDefinition<&str, &[u8]> = TableDefinition::new("professionals");
 /// Trace entries (`StoredTrace`) by (origin site, sequence).
@@ -101,7 +106,12 @@ pub mod meta_key {
 }
 
 /// The format this build writes. A newer stored format is refused; older ones migrate forward.
-pub const FORMAT_VERSION: u32 = 1;
+///
+/// - 1: bodies in `BODIES` only, in chunks of `CHUNK_PLAIN`.
+/// - 2: `BODY_TAILS` exists; bodies are cut as `body_chunk_plan` says. A format 1 body still
+///   reads (the reader looks for a small last chunk in `BODY_TAILS`, then in `BODIES`), so the
+///   migration only creates the table.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Subject-key tags in `AUTHORITY`.
 pub mod tag {
@@ -216,9 +226,54 @@ pub struct PurgeReceipt {
     pub cause_seq: u64,
 }
 
-/// Plaintext bytes per body chunk: the sealed chunk (plus 40 bytes of nonce and tag) stays just
-/// under 64 KiB, since redb rounds values up to a power of two.
+/// Plaintext bytes per body chunk: the sealed chunk (plus 40 bytes of nonce and tag), its
+/// 20-byte key and its leaf's 12 bytes of header and lengths stay under 64 KiB, since redb rounds
+/// a leaf up to a power of two.
 pub const CHUNK_PLAIN: usize = 65_536 - 40 - 64;
+
+/// Plaintext chunk sizes that fill, sealed, a redb leaf page of 64, 32, 16, 8 and 4 KiB alone,
+/// largest first (64 bytes left for the key and the leaf's own bytes, as in `CHUNK_PLAIN`).
+pub const PAGE_FITS: [usize; 5] = [
+    CHUNK_PLAIN,
+    32_768 - 40 - 64,
+    16_384 - 40 - 64,
+    8_192 - 40 - 64,
+    4_096 - 40 - 64,
+];
+
+/// Where a body chunk is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkTable {
+    /// `BODIES`.
+    Main,
+    /// `BODY_TAILS`.
+    Tail,
+}
+
+/// How a body of `len` bytes is cut, chunk by chunk in order: `(plaintext bytes, table)`.
+///
+/// Each chunk takes the largest of `PAGE_FITS` that the rest still fills, so it fills its page;
+/// the rest smaller than all of them is the last chunk. That last chunk goes to `BODY_TAILS`
+/// when page-sized chunks come before it (a 4 KiB body is 3,992 bytes in a 4 KiB page plus a
+/// 104-byte tail, where one sealed chunk would take an 8 KiB page); a body smaller than every
+/// fit is one chunk in `BODIES`. An empty body has no chunk.
+pub fn body_chunk_plan(len: usize) -> Vec<(usize, ChunkTable)> {
+    let mut plan = Vec::with_capacity(len / CHUNK_PLAIN + 2);
+    let mut rest = len;
+    while let Some(&fit) = PAGE_FITS.iter().find(|&&fit| fit <= rest) {
+        plan.push((fit, ChunkTable::Main));
+        rest -= fit;
+    }
+    if rest > 0 {
+        let table = if plan.is_empty() {
+            ChunkTable::Main
+        } else {
+            ChunkTable::Tail
+        };
+        plan.push((rest, table));
+    }
+    plan
+}
 
 /// `blind index ‖ document id`.
 pub fn dossier_doc_key(bi: &[u8; 32], id: &[u8; 16]) -> [u8; 48] {
@@ -262,4 +317,45 @@ pub fn subject_key(tag: u8, bi: Option<&[u8; 32]>, rpps: Option<&str>) -> Vec<u8
         k.extend_from_slice(r.as_bytes());
     }
     k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_is_cut_into_page_sized_chunks_and_a_tail() {
+        use ChunkTable::{Main, Tail};
+        let check = |len: usize, expect: &[(usize, ChunkTable)]| {
+            assert_eq!(body_chunk_plan(len), expect, "{len} bytes");
+        };
+        check(0, &[]);
+        check(1, &[(1, Main)]);
+        check(3_991, &[(3_991, Main)]);
+        check(3_992, &[(3_992, Main)]);
+        check(4_096, &[(3_992, Main), (104, Tail)]);
+        check(9_000, &[(8_088, Main), (912, Tail)]);
+        check(
+            150_000,
+            &[
+                (65_432, Main),
+                (65_432, Main),
+                (16_280, Main),
+                (2_856, Tail),
+            ],
+        );
+        for len in (0..300_000).step_by(997).chain([65_431, 65_432, 65_433]) {
+            let plan = body_chunk_plan(len);
+            assert_eq!(plan.iter().map(|c| c.0).sum::<usize>(), len, "{len}");
+            for (i, &(chunk, table)) in plan.iter().enumerate() {
+                let last = i + 1 == plan.len();
+                match table {
+                    // Fills its page, or is the whole body.
+                    Main => assert!(PAGE_FITS.contains(&chunk) || plan.len() == 1, "{len}"),
+                    // Only last, after page-sized chunks, smaller than any of them.
+                    Tail => assert!(last && i > 0 && chunk < PAGE_FITS[4], "{len}"),
+                }
+            }
+        }
+    }
 }

@@ -13,6 +13,7 @@ use crate::model::{
     AccessMode, DocClass, GrantBasis, GrantState, HolderKind, IdentityStatus, Profession, Sex,
 };
 use crate::policy::Action;
+use documents::Bodies;
 
 fn clock() -> Clock {
     Arc::new(|| 1_700_000_000_000)
@@ -1288,4 +1289,136 @@ fn missing_bodies_are_indexed_and_an_older_replica_gets_the_index_at_open() {
             .expect("store")
     );
     assert!(site.missing_bodies().expect("missing").is_empty());
+}
+
+/// Rows of document `id`'s body in `BODIES` and in `BODY_TAILS`.
+fn body_rows(r: &Replica, id: &DocId) -> (u64, u64) {
+    let txn = r.db.begin_read().expect("read");
+    let (first, last) = (body_key(&id.0, 0), body_key(&id.0, u32::MAX));
+    let count = |def| {
+        let table = txn.open_table(def).expect("table");
+        table
+            .range(first.as_slice()..=last.as_slice())
+            .expect("range")
+            .count() as u64
+    };
+    (count(BODIES), count(BODY_TAILS))
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 % 251) as u8).collect()
+}
+
+fn read_body(r: &Replica, id: &DocId) -> Vec<u8> {
+    r.read_document(&Actor::Professional(doctor()), id, AccessMode::Normal, None)
+        .expect("read")
+        .body
+        .to_vec()
+}
+
+#[test]
+fn bodies_of_every_size_read_back_and_travel_and_their_tails_go_with_a_purge() {
+    let (_hd, host, _sd, site) = host_and_site();
+    let sizes = [1, 3_991, 3_992, 3_993, 4_096, 12_080, 70_000, 150_000];
+    let ids: Vec<DocId> = sizes
+        .iter()
+        .map(|&n| write(&site, &format!("{n} bytes"), &pattern(n)))
+        .collect();
+    sync(&host, &site);
+    for (&n, id) in sizes.iter().zip(&ids) {
+        assert_eq!(read_body(&site, id), pattern(n), "{n} bytes at the site");
+        assert_eq!(read_body(&host, id), pattern(n), "{n} bytes at the host");
+        let plan = body_chunk_plan(n);
+        let tails = plan.iter().filter(|c| c.1 == ChunkTable::Tail).count() as u64;
+        let expect = (plan.len() as u64 - tails, tails);
+        assert_eq!(body_rows(&site, id), expect, "{n} bytes at the site");
+        assert_eq!(body_rows(&host, id), expect, "{n} bytes at the host");
+    }
+    // A 4 KiB body: one page-sized chunk and a tail kept apart.
+    assert_eq!(body_rows(&site, &ids[4]), (1, 1));
+    // A missing tail is a damaged body, not a shorter one.
+    {
+        let txn = site.db.begin_write().expect("write");
+        txn.open_table(BODY_TAILS)
+            .expect("tails")
+            .remove(body_key(&ids[4].0, 1).as_slice())
+            .expect("remove");
+        txn.commit().expect("commit");
+    }
+    let err = site
+        .read_document(
+            &Actor::Professional(doctor()),
+            &ids[4],
+            AccessMode::Normal,
+            None,
+        )
+        .expect_err("damaged");
+    assert!(matches!(err, Error::Integrity(_)), "{err}");
+    host.close_dossier(&ins(), "holder's request")
+        .expect("close");
+    site.import_authority(&host.export_authority().expect("export"))
+        .expect("import");
+    for id in &ids {
+        assert_eq!(body_rows(&site, id), (0, 0), "purged with its tail");
+    }
+}
+
+#[test]
+fn a_format_1_replica_migrates_at_open_and_its_bodies_still_read() {
+    let (_hd, _host, sd, site) = host_and_site();
+    let sizes = [4_096, 70_000, 150_000];
+    let ids: Vec<DocId> = sizes
+        .iter()
+        .map(|&n| write(&site, &format!("{n} bytes"), &pattern(n)))
+        .collect();
+    // As format 1 wrote them: chunks of 65,432 bytes, all in BODIES, and no BODY_TAILS.
+    {
+        let txn = site.db.begin_write().expect("write");
+        let bi = site.blind(&ins());
+        let key = site
+            .dossier_key(&txn.open_table(DOSSIER_KEYS).expect("keys"), &bi)
+            .expect("key")
+            .expect("present");
+        {
+            let mut bodies = Bodies::open(&txn).expect("bodies");
+            for (&n, id) in sizes.iter().zip(&ids) {
+                bodies.remove(&id.0).expect("remove");
+                for (i, chunk) in pattern(n).chunks(65_432).enumerate() {
+                    let sealed = key
+                        .seal(&super::documents::body_aad(&id.0, i as u32), chunk)
+                        .expect("seal");
+                    bodies
+                        .main
+                        .insert(body_key(&id.0, i as u32).as_slice(), sealed.as_slice())
+                        .expect("insert");
+                }
+            }
+        }
+        txn.delete_table(BODY_TAILS).expect("drop the tails");
+        txn.open_table(META)
+            .expect("meta")
+            .insert(meta_key::FORMAT, 1u32.to_le_bytes().as_slice())
+            .expect("format 1");
+        txn.commit().expect("commit");
+    }
+    drop(site);
+    let site = Replica::open(sd.path(), &KeySource::File, clock()).expect("reopen");
+    let format = site
+        .db
+        .begin_read()
+        .expect("read")
+        .open_table(META)
+        .expect("meta")
+        .get(meta_key::FORMAT)
+        .expect("get")
+        .map(|v| v.value().to_vec());
+    assert_eq!(format, Some(FORMAT_VERSION.to_le_bytes().to_vec()));
+    for (&n, id) in sizes.iter().zip(&ids) {
+        assert_eq!(read_body(&site, id), pattern(n), "{n} bytes, format 1");
+        assert_eq!(body_rows(&site, id).1, 0);
+    }
+    // New bodies are cut the new way beside them.
+    let id = write(&site, "new", &pattern(4_096));
+    assert_eq!(body_rows(&site, &id), (1, 1));
+    assert_eq!(read_body(&site, &id), pattern(4_096));
 }
