@@ -24,6 +24,10 @@ use carnet_store::replica::{
 };
 use redb::{Database, TableDefinition};
 
+/// The allocator `carnet-syncd` runs with, so the store is measured as the daemon runs it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const DOC_BYTES: usize = 4096;
 const BATCH: usize = 1000;
 const BATCHES: usize = 10;
