@@ -9,7 +9,6 @@ use ed25519_dalek::VerifyingKey;
 use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-use super::documents::Bodies;
 use super::tables::*;
 use super::{Replica, Role, lock_err};
 use crate::authority::{self, AuthorityRecord, Bundle, SignedRecord, Verified};
@@ -629,12 +628,12 @@ impl Replica {
         {
             let mut index = txn.open_table(DOSSIER_DOCS)?;
             let mut docs = txn.open_table(DOCS)?;
-            let mut bodies = Bodies::open(&txn)?;
+            let mut bodies = txn.open_table(BODIES)?;
             for doc in &ids {
                 let id = doc.0;
                 index.remove(dossier_doc_key(&bi, &id).as_slice())?;
                 docs.remove(&id)?;
-                bodies.remove(&id)?;
+                super::documents::remove_body(&mut bodies, &id)?;
                 Self::forget_partial_body(&txn, doc)?;
                 txn.open_table(MISSING_BODIES)?.remove(&id)?;
                 txn.open_table(ANNOUNCEMENTS)?.remove(&id)?;

@@ -25,39 +25,6 @@ use crate::model::{
 use crate::policy::{self, Action, Decision, DocView, DossierView, Request, Who};
 use crate::time::Millis;
 
-/// The two tables a body's chunks live in, `BODIES` and `BODY_TAILS` (see `body_chunk_plan`).
-pub(super) struct Bodies<T> {
-    pub(super) main: T,
-    pub(super) tails: T,
-}
-
-impl<'t> Bodies<Table<'t, &'static [u8], &'static [u8]>> {
-    pub(super) fn open(txn: &'t WriteTransaction) -> Result<Self> {
-        Ok(Bodies {
-            main: txn.open_table(BODIES)?,
-            tails: txn.open_table(BODY_TAILS)?,
-        })
-    }
-
-    /// Removes every chunk of document `id`.
-    pub(super) fn remove(&mut self, id: &[u8; 16]) -> Result<()> {
-        let (first, last) = (body_key(id, 0), body_key(id, u32::MAX));
-        for table in [&mut self.main, &mut self.tails] {
-            table.retain_in(first.as_slice()..=last.as_slice(), |_, _| false)?;
-        }
-        Ok(())
-    }
-}
-
-impl Bodies<redb::ReadOnlyTable<&'static [u8], &'static [u8]>> {
-    pub(super) fn open_read(txn: &ReadTransaction) -> Result<Self> {
-        Ok(Bodies {
-            main: txn.open_table(BODIES)?,
-            tails: txn.open_table(BODY_TAILS)?,
-        })
-    }
-}
-
 /// A document to write.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct NewDocument {
@@ -368,22 +335,25 @@ impl Replica {
     /// Seals and stores a body in chunks, cut as `body_chunk_plan` says.
     pub(super) fn put_body(
         &self,
-        bodies: &mut Bodies<Table<'_, &'static [u8], &'static [u8]>>,
+        bodies: &mut Table<'_, &'static [u8], &'static [u8]>,
         key: &Key,
         id: &DocId,
         body: &[u8],
     ) -> Result<()> {
         let mut rest = body;
-        for (i, (len, table)) in body_chunk_plan(body.len()).into_iter().enumerate() {
+        for (i, (len, place)) in body_chunk_plan(body.len()).into_iter().enumerate() {
             let n = u32::try_from(i).map_err(|_| Error::invalid("document too large"))?;
             let (chunk, after) = rest.split_at(len);
             rest = after;
             let sealed = key.seal(&body_aad(&id.0, n), chunk)?;
-            let table = match table {
-                ChunkTable::Main => &mut bodies.main,
-                ChunkTable::Tail => &mut bodies.tails,
+            match place {
+                ChunkPlace::Main => {
+                    bodies.insert(body_key(&id.0, n).as_slice(), sealed.as_slice())?
+                }
+                ChunkPlace::Tail => {
+                    bodies.insert(body_tail_key(&id.0, n).as_slice(), sealed.as_slice())?
+                }
             };
-            table.insert(body_key(&id.0, n).as_slice(), sealed.as_slice())?;
         }
         Ok(())
     }
@@ -391,7 +361,7 @@ impl Replica {
     /// Reads, opens and checks a body against its metadata.
     pub(super) fn get_body(
         &self,
-        bodies: &Bodies<impl ReadableTable<&'static [u8], &'static [u8]>>,
+        bodies: &impl ReadableTable<&'static [u8], &'static [u8]>,
         key: &Key,
         meta: &DocumentMeta,
     ) -> Result<Zeroizing<Vec<u8>>> {
@@ -405,16 +375,15 @@ impl Replica {
         // tail (format 2), or the last chunk of a format 1 body.
         let mut n = 0u32;
         while out.len() < size {
-            let k = body_key(&id.0, n);
             let small_rest = n > 0 && size - out.len() < PAGE_FITS[PAGE_FITS.len() - 1];
             let tail = if small_rest {
-                bodies.tails.get(k.as_slice())?
+                bodies.get(body_tail_key(&id.0, n).as_slice())?
             } else {
                 None
             };
             let sealed = match tail {
                 Some(tail) => Some(tail),
-                None => bodies.main.get(k.as_slice())?,
+                None => bodies.get(body_key(&id.0, n).as_slice())?,
             };
             let Some(sealed) = sealed else {
                 if n == 0 {
@@ -590,7 +559,7 @@ impl Replica {
         {
             let mut docs = txn.open_table(DOCS)?;
             let mut index = txn.open_table(DOSSIER_DOCS)?;
-            let mut bodies = Bodies::open(&txn)?;
+            let mut bodies = txn.open_table(BODIES)?;
             let mut uniques = txn.open_table(UNIQUE_IDS)?;
             let first_seq = Self::next_outbox_seq(&txn)?;
             let mut outbox = txn.open_table(OUTBOX)?;
@@ -749,7 +718,7 @@ impl Replica {
 
     /// Opens the body of an allowed read, from the snapshot it was decided on.
     fn open_read(&self, read: AllowedRead) -> Result<ReadOutcome> {
-        let body = self.get_body(&Bodies::open_read(&read.txn)?, &read.key, &read.meta)?;
+        let body = self.get_body(&read.txn.open_table(BODIES)?, &read.key, &read.meta)?;
         Ok(ReadOutcome {
             meta: read.meta,
             body,
@@ -935,7 +904,7 @@ impl Replica {
             self.put_meta(&mut docs, &key, &stored.dossier, stored.rev + 1, &old)?;
             self.put_meta(&mut docs, &key, &stored.dossier, 1, &new)?;
         }
-        self.put_body(&mut Bodies::open(&txn)?, &key, &id, &doc.body)?;
+        self.put_body(&mut txn.open_table(BODIES)?, &key, &id, &doc.body)?;
         txn.open_table(DOSSIER_DOCS)?
             .insert(dossier_doc_key(&stored.dossier, &id.0).as_slice(), ())?;
         let unique = self.unique_index(&stored.dossier, &new.facts.unique_id);
@@ -1006,7 +975,7 @@ impl Replica {
             if !decision.allow {
                 return Err(Self::denied(&decision));
             }
-            let bodies = Bodies::open_read(&txn)?;
+            let bodies = txn.open_table(BODIES)?;
             let mut out = Vec::new();
             for (key, meta) in self.readable_docs(&txn, generation, &ctx, &who, &tactor, &bi)? {
                 let body = self.get_body(&bodies, &key, &meta)?;
@@ -1056,6 +1025,23 @@ fn validate_new(d: &NewDocument) -> Result<()> {
 
 fn meta_aad(id: &[u8; 16], rev: u64) -> Vec<u8> {
     aad(&[b"meta", id, &rev.to_le_bytes()])
+}
+
+/// Removes every chunk of document `id`, its tail included.
+pub(super) fn remove_body(
+    bodies: &mut Table<'_, &'static [u8], &'static [u8]>,
+    id: &[u8; 16],
+) -> Result<()> {
+    for (first, last) in [
+        (body_key(id, 0).to_vec(), body_key(id, u32::MAX).to_vec()),
+        (
+            body_tail_key(id, 0).to_vec(),
+            body_tail_key(id, u32::MAX).to_vec(),
+        ),
+    ] {
+        bodies.retain_in(first.as_slice()..=last.as_slice(), |_, _| false)?;
+    }
+    Ok(())
 }
 
 pub(super) fn body_aad(id: &[u8; 16], chunk: u32) -> Vec<u8> {

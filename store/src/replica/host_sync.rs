@@ -17,7 +17,6 @@
 use ed25519_dalek::VerifyingKey;
 use redb::{ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction};
 
-use super::documents::Bodies;
 use super::tables::*;
 use super::{Replica, Role, lock_err};
 use crate::authority::{self, AuthorityRecord, SignedRecord};
@@ -410,7 +409,7 @@ impl Replica {
         {
             return Err(Error::not_found(format!("no document {id} for this site")));
         }
-        match self.get_body(&Bodies::open_read(&txn)?, &key, &meta) {
+        match self.get_body(&txn.open_table(BODIES)?, &key, &meta) {
             Ok(body) => Ok(Some(body)),
             // Not received from its author yet.
             Err(Error::NotFound(_)) => Ok(None),

@@ -410,7 +410,6 @@ impl Replica {
             txn.open_table(RETURNED)?;
             txn.open_table(PENDING_PURGES)?;
             txn.open_table(BODIES)?;
-            txn.open_table(BODY_TAILS)?;
             txn.open_table(PROS)?;
             txn.open_table(AUDIT)?;
             txn.open_table(AUDIT_HEADS)?;
@@ -536,8 +535,7 @@ impl Replica {
             return Ok(());
         }
         let txn = self.db.begin_write()?;
-        // 1 → 2: the table of body tails; bodies written before read as they are.
-        txn.open_table(BODY_TAILS)?;
+        // 1 → 2: body tails; bodies written before read as they are.
         txn.open_table(META)?
             .insert(meta_key::FORMAT, FORMAT_VERSION.to_le_bytes().as_slice())?;
         txn.commit()?;

@@ -9,7 +9,6 @@
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-use super::documents::Bodies;
 use super::tables::*;
 use super::{Generation, Replica};
 use crate::crypto::aad;
@@ -49,7 +48,7 @@ impl Replica {
     ) -> Result<()> {
         let (_, key, meta) = self.load_doc(snap, generation, id)?;
         let body = self
-            .get_body(&Bodies::open_read(snap)?, &key, &meta)
+            .get_body(&snap.open_table(BODIES)?, &key, &meta)
             .map(|b| b.to_vec())
             .unwrap_or_default();
         let record = Quarantined {

@@ -12,7 +12,6 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::Replica;
-use super::documents::Bodies;
 use super::tables::*;
 use crate::authority::AuthorityRecord;
 use crate::error::{Error, Result};
@@ -451,7 +450,7 @@ impl Replica {
                 self.put_meta(&mut docs, &key, &bi, 1, remote)?;
                 match body {
                     Some(body) => {
-                        self.put_body(&mut Bodies::open(txn)?, &key, &id, body)?;
+                        self.put_body(&mut txn.open_table(BODIES)?, &key, &id, body)?;
                     }
                     None if remote.facts.size > 0 => {
                         txn.open_table(MISSING_BODIES)?.insert(&id.0, ())?;
@@ -469,8 +468,8 @@ impl Replica {
             }
         }
         if let Some(body) = body {
-            let mut bodies = Bodies::open(txn)?;
-            if bodies.main.get(body_key(&id.0, 0).as_slice())?.is_none() {
+            let mut bodies = txn.open_table(BODIES)?;
+            if bodies.get(body_key(&id.0, 0).as_slice())?.is_none() {
                 self.put_body(&mut bodies, &key, &id, body)?;
                 drop(bodies);
                 txn.open_table(MISSING_BODIES)?.remove(&id.0)?;
@@ -486,7 +485,7 @@ impl Replica {
     pub fn body_for_sync(&self, id: &DocId) -> Result<Zeroizing<Vec<u8>>> {
         let (txn, generation) = self.snapshot()?;
         let (_, key, meta) = self.load_doc(&txn, generation, id)?;
-        self.get_body(&Bodies::open_read(&txn)?, &key, &meta)
+        self.get_body(&txn.open_table(BODIES)?, &key, &meta)
     }
 
     /// Of `ids`, the documents whose body this replica does not hold, with the bytes of each it
@@ -663,7 +662,7 @@ impl Replica {
             // A corrupt transfer is dropped whole: the next one starts again from zero.
             return Ok(Piece::Corrupt);
         }
-        self.put_body(&mut Bodies::open(txn)?, &key, id, &body)?;
+        self.put_body(&mut txn.open_table(BODIES)?, &key, id, &body)?;
         txn.open_table(MISSING_BODIES)?.remove(&id.0)?;
         Ok(Piece::Complete)
     }

@@ -23,13 +23,9 @@ pub const DOSSIER_DOCS: TableDefinition<&[u8], ()> = TableDefinition::new("dossi
 /// Producers' unique ids: blind index ‖ keyed hash of the unique id → document id, so a
 /// document sent twice is recognised (and a dossier's entries go with it at purge).
 pub const UNIQUE_IDS: TableDefinition<&[u8], &[u8; 16]> = TableDefinition::new("unique_ids");
-/// Body chunks, sealed with the dossier key: document id ‖ chunk number (big-endian u32).
-/// Chunk 0 is always here; see `body_chunk_plan` for the others.
+/// Body chunks, sealed with the dossier key, cut as `body_chunk_plan` says: document id ‖ chunk
+/// number (big-endian u32), or for a tail `TAIL_PREFIX` ‖ document id ‖ chunk number.
 pub const BODIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("bodies");
-/// The last chunk of a body cut into page-sized chunks, when it is smaller than any of them
-/// (format 2 on), keyed as in `BODIES`: kept apart so that it never shares a leaf page with a
-/// page-sized chunk, which redb would then round up to twice the page.
-pub const BODY_TAILS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("body_tails");
 /// Professionals registered at this site, sealed with the registry key, by RPPS.
 pub const PROS: TableDefinition<&str, &[u8]> = TableDefinition::new("professionals");
 /// Trace entries (`StoredTrace`) by (origin site, sequence).
@@ -108,9 +104,9 @@ pub mod meta_key {
 /// The format this build writes. A newer stored format is refused; older ones migrate forward.
 ///
 /// - 1: bodies in `BODIES` only, in chunks of `CHUNK_PLAIN`.
-/// - 2: `BODY_TAILS` exists; bodies are cut as `body_chunk_plan` says. A format 1 body still
-///   reads (the reader looks for a small last chunk in `BODY_TAILS`, then in `BODIES`), so the
-///   migration only creates the table.
+/// - 2: bodies are cut as `body_chunk_plan` says, a small last chunk kept as a tail
+///   (`body_tail_key`). A format 1 body still reads (the reader looks for a small last chunk as
+///   a tail, then as a chunk), so the migration only stores the new format.
 pub const FORMAT_VERSION: u32 = 2;
 
 /// Subject-key tags in `AUTHORITY`.
@@ -241,34 +237,40 @@ pub const PAGE_FITS: [usize; 5] = [
     4_096 - 40 - 64,
 ];
 
-/// Where a body chunk is stored.
+/// Where a body chunk is stored in `BODIES`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChunkTable {
-    /// `BODIES`.
+pub enum ChunkPlace {
+    /// Under `body_key`, beside the document's other chunks.
     Main,
-    /// `BODY_TAILS`.
+    /// Under `body_tail_key`, among the tails.
     Tail,
 }
+
+/// First byte of a tail's key. Document ids start with the top byte of a millisecond time
+/// (0x01 until 2039), so tails sort after every chunk and never share a leaf page with a
+/// page-sized chunk, which redb would then round up to twice the page. (An id starting with
+/// 0xff would only be stored less tightly.)
+pub const TAIL_PREFIX: u8 = 0xff;
 
 /// How a body of `len` bytes is cut, chunk by chunk in order: `(plaintext bytes, table)`.
 ///
 /// Each chunk takes the largest of `PAGE_FITS` that the rest still fills, so it fills its page;
-/// the rest smaller than all of them is the last chunk. That last chunk goes to `BODY_TAILS`
-/// when page-sized chunks come before it (a 4 KiB body is 3,992 bytes in a 4 KiB page plus a
+/// the rest smaller than all of them is the last chunk. That last chunk is a tail when
+/// page-sized chunks come before it (a 4 KiB body is 3,992 bytes in a 4 KiB page plus a
 /// 104-byte tail, where one sealed chunk would take an 8 KiB page); a body smaller than every
-/// fit is one chunk in `BODIES`. An empty body has no chunk.
-pub fn body_chunk_plan(len: usize) -> Vec<(usize, ChunkTable)> {
+/// fit is one chunk. An empty body has no chunk.
+pub fn body_chunk_plan(len: usize) -> Vec<(usize, ChunkPlace)> {
     let mut plan = Vec::with_capacity(len / CHUNK_PLAIN + 2);
     let mut rest = len;
     while let Some(&fit) = PAGE_FITS.iter().find(|&&fit| fit <= rest) {
-        plan.push((fit, ChunkTable::Main));
+        plan.push((fit, ChunkPlace::Main));
         rest -= fit;
     }
     if rest > 0 {
         let table = if plan.is_empty() {
-            ChunkTable::Main
+            ChunkPlace::Main
         } else {
-            ChunkTable::Tail
+            ChunkPlace::Tail
         };
         plan.push((rest, table));
     }
@@ -299,6 +301,13 @@ pub fn body_key(id: &[u8; 16], chunk: u32) -> [u8; 20] {
     k
 }
 
+/// `TAIL_PREFIX ‖ document id ‖ chunk`: the key of a body's tail.
+pub fn body_tail_key(id: &[u8; 16], chunk: u32) -> [u8; 21] {
+    let mut k = [TAIL_PREFIX; 21];
+    k[1..].copy_from_slice(&body_key(id, chunk));
+    k
+}
+
 /// `document id ‖ offset` (big-endian, so pieces sort in order).
 pub fn piece_key(id: &[u8; 16], offset: u64) -> [u8; 24] {
     let mut k = [0u8; 24];
@@ -325,8 +334,8 @@ mod tests {
 
     #[test]
     fn a_body_is_cut_into_page_sized_chunks_and_a_tail() {
-        use ChunkTable::{Main, Tail};
-        let check = |len: usize, expect: &[(usize, ChunkTable)]| {
+        use ChunkPlace::{Main, Tail};
+        let check = |len: usize, expect: &[(usize, ChunkPlace)]| {
             assert_eq!(body_chunk_plan(len), expect, "{len} bytes");
         };
         check(0, &[]);

@@ -13,7 +13,6 @@ use crate::model::{
     AccessMode, DocClass, GrantBasis, GrantState, HolderKind, IdentityStatus, Profession, Sex,
 };
 use crate::policy::Action;
-use documents::Bodies;
 
 fn clock() -> Clock {
     Arc::new(|| 1_700_000_000_000)
@@ -1291,18 +1290,16 @@ fn missing_bodies_are_indexed_and_an_older_replica_gets_the_index_at_open() {
     assert!(site.missing_bodies().expect("missing").is_empty());
 }
 
-/// Rows of document `id`'s body in `BODIES` and in `BODY_TAILS`.
+/// Rows of document `id`'s body in `BODIES`: (chunks, tails).
 fn body_rows(r: &Replica, id: &DocId) -> (u64, u64) {
     let txn = r.db.begin_read().expect("read");
-    let (first, last) = (body_key(&id.0, 0), body_key(&id.0, u32::MAX));
-    let count = |def| {
-        let table = txn.open_table(def).expect("table");
-        table
-            .range(first.as_slice()..=last.as_slice())
-            .expect("range")
-            .count() as u64
-    };
-    (count(BODIES), count(BODY_TAILS))
+    let table = txn.open_table(BODIES).expect("table");
+    let count =
+        |first: &[u8], last: &[u8]| table.range(first..=last).expect("range").count() as u64;
+    (
+        count(&body_key(&id.0, 0), &body_key(&id.0, u32::MAX)),
+        count(&body_tail_key(&id.0, 0), &body_tail_key(&id.0, u32::MAX)),
+    )
 }
 
 fn pattern(len: usize) -> Vec<u8> {
@@ -1329,7 +1326,7 @@ fn bodies_of_every_size_read_back_and_travel_and_their_tails_go_with_a_purge() {
         assert_eq!(read_body(&site, id), pattern(n), "{n} bytes at the site");
         assert_eq!(read_body(&host, id), pattern(n), "{n} bytes at the host");
         let plan = body_chunk_plan(n);
-        let tails = plan.iter().filter(|c| c.1 == ChunkTable::Tail).count() as u64;
+        let tails = plan.iter().filter(|c| c.1 == ChunkPlace::Tail).count() as u64;
         let expect = (plan.len() as u64 - tails, tails);
         assert_eq!(body_rows(&site, id), expect, "{n} bytes at the site");
         assert_eq!(body_rows(&host, id), expect, "{n} bytes at the host");
@@ -1339,9 +1336,9 @@ fn bodies_of_every_size_read_back_and_travel_and_their_tails_go_with_a_purge() {
     // A missing tail is a damaged body, not a shorter one.
     {
         let txn = site.db.begin_write().expect("write");
-        txn.open_table(BODY_TAILS)
-            .expect("tails")
-            .remove(body_key(&ids[4].0, 1).as_slice())
+        txn.open_table(BODIES)
+            .expect("bodies")
+            .remove(body_tail_key(&ids[4].0, 1).as_slice())
             .expect("remove");
         txn.commit().expect("commit");
     }
@@ -1371,7 +1368,7 @@ fn a_format_1_replica_migrates_at_open_and_its_bodies_still_read() {
         .iter()
         .map(|&n| write(&site, &format!("{n} bytes"), &pattern(n)))
         .collect();
-    // As format 1 wrote them: chunks of 65,432 bytes, all in BODIES, and no BODY_TAILS.
+    // As format 1 wrote them: chunks of 65,432 bytes and no tail.
     {
         let txn = site.db.begin_write().expect("write");
         let bi = site.blind(&ins());
@@ -1380,21 +1377,19 @@ fn a_format_1_replica_migrates_at_open_and_its_bodies_still_read() {
             .expect("key")
             .expect("present");
         {
-            let mut bodies = Bodies::open(&txn).expect("bodies");
+            let mut bodies = txn.open_table(BODIES).expect("bodies");
             for (&n, id) in sizes.iter().zip(&ids) {
-                bodies.remove(&id.0).expect("remove");
+                documents::remove_body(&mut bodies, &id.0).expect("remove");
                 for (i, chunk) in pattern(n).chunks(65_432).enumerate() {
                     let sealed = key
                         .seal(&super::documents::body_aad(&id.0, i as u32), chunk)
                         .expect("seal");
                     bodies
-                        .main
                         .insert(body_key(&id.0, i as u32).as_slice(), sealed.as_slice())
                         .expect("insert");
                 }
             }
         }
-        txn.delete_table(BODY_TAILS).expect("drop the tails");
         txn.open_table(META)
             .expect("meta")
             .insert(meta_key::FORMAT, 1u32.to_le_bytes().as_slice())
