@@ -10,7 +10,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::thread::Thread;
@@ -150,6 +150,13 @@ pub const GROUP_COMMIT_MAX: usize = 4096;
 /// Longest a waiter sleeps before re-checking by itself.
 const PARK_MAX: std::time::Duration = std::time::Duration::from_millis(5);
 
+/// The committer gathers a batch of at most this many items (see `gather`).
+const GATHER_ENOUGH: usize = 32;
+/// One step of gathering (the kernel's timer slack adds about 50 µs to it).
+const GATHER_STEP: std::time::Duration = std::time::Duration::from_micros(20);
+/// The longest the committer gathers before a sync.
+const GATHER_MAX: std::time::Duration = std::time::Duration::from_micros(150);
+
 /// Group commit: concurrent callers each submit one item; one of them (the leader) commits
 /// every pending item in one durable write while the others wait, so N concurrent audited
 /// reads cost about one sync, not N. A waiter is a thread (`submit`: parked, and woken with no
@@ -166,6 +173,8 @@ pub struct GroupCommit<T> {
     /// A thread that commits for asynchronous submitters (`run_committer`), if one runs: they
     /// then never block their own thread on a commit.
     committer: Mutex<Option<Thread>>,
+    /// Items in the last batch committed.
+    last_batch: AtomicUsize,
 }
 
 /// Who waits on a slot.
@@ -262,6 +271,7 @@ impl<T> Default for GroupCommit<T> {
             queue: Mutex::new(Vec::new()),
             leader: AtomicBool::new(false),
             committer: Mutex::new(None),
+            last_batch: AtomicUsize::new(0),
         }
     }
 }
@@ -310,11 +320,7 @@ impl<T> GroupCommit<T> {
         }
         let me = Slot::new(Waiter::Thread(std::thread::current()));
         while running.load(Ordering::SeqCst) {
-            let waiting = self.queue.lock().map_or(0, |q| q.len());
-            if waiting > 0 && waiting < 8 {
-                // A few more readers finishing their work join this batch.
-                std::thread::sleep(std::time::Duration::from_micros(40));
-            }
+            let waiting = self.gather();
             if waiting > 0
                 && self
                     .leader
@@ -337,6 +343,30 @@ impl<T> GroupCommit<T> {
                 slot.waiter.wake();
             }
         }
+    }
+
+    /// How many items wait, once the committer has let the submitters still arriving join
+    /// them. Only after a batch of several (a crowd is reading): it then waits in steps of
+    /// `GATHER_STEP` while each step brings more, until as many wait as in the last batch (at
+    /// most `GATHER_ENOUGH`), or `GATHER_MAX` in all, so the crowd shares one sync instead of
+    /// trickling into many. A lone reader's entry goes at once.
+    fn gather(&self) -> usize {
+        let len = || self.queue.lock().map_or(0, |q| q.len());
+        let mut waiting = len();
+        let enough = self.last_batch.load(Ordering::Relaxed).min(GATHER_ENOUGH);
+        if enough < 2 {
+            return waiting;
+        }
+        let start = std::time::Instant::now();
+        while waiting > 0 && waiting < enough && start.elapsed() < GATHER_MAX {
+            std::thread::sleep(GATHER_STEP);
+            let now = len();
+            if now == waiting {
+                break;
+            }
+            waiting = now;
+        }
+        waiting
     }
 
     /// The committer thread, if one runs.
@@ -375,6 +405,7 @@ impl<T> GroupCommit<T> {
             let n = q.len().min(GROUP_COMMIT_MAX);
             q.drain(..n).collect()
         };
+        self.last_batch.store(batch.len(), Ordering::Relaxed);
         let (items, slots): (Vec<T>, Vec<Arc<Slot>>) = batch.into_iter().unzip();
         if !items.is_empty() {
             // A panicking commit must still settle its batch and release leadership.
