@@ -150,7 +150,8 @@ pub const GROUP_COMMIT_MAX: usize = 4096;
 /// Longest a waiter sleeps before re-checking by itself.
 const PARK_MAX: std::time::Duration = std::time::Duration::from_millis(5);
 
-/// The committer gathers a batch of at most this many items (see `gather`).
+/// The committer stops waiting for more items once this many wait (see `gather`); the batch
+/// itself takes every item waiting, up to `GROUP_COMMIT_MAX`.
 const GATHER_ENOUGH: usize = 32;
 /// One step of gathering (the kernel's timer slack adds about 50 µs to it).
 const GATHER_STEP: std::time::Duration = std::time::Duration::from_micros(20);

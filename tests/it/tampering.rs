@@ -12,7 +12,7 @@ use redb::{ReadableDatabase, ReadableTable};
 
 use crate::support::*;
 
-/// Two dossiers: A (the clinic's) with a three-chunk scan, and B with one report.
+/// Two dossiers: A (the clinic's) with a scan of three chunks and a tail, and B with one report.
 struct Two {
     k: Clinic,
     scan: String,

@@ -1027,20 +1027,21 @@ fn meta_aad(id: &[u8; 16], rev: u64) -> Vec<u8> {
     aad(&[b"meta", id, &rev.to_le_bytes()])
 }
 
-/// Removes every chunk of document `id`, its tail included.
+/// Removes every chunk of document `id`, its tail included. A chunk key is 20 bytes and a tail
+/// key 21, and only keys of the right length go: an id chosen by a peer (one starting with
+/// `TAIL_PREFIX`) can put its chunks' range over other documents' tails, or the reverse.
 pub(super) fn remove_body(
     bodies: &mut Table<'_, &'static [u8], &'static [u8]>,
     id: &[u8; 16],
 ) -> Result<()> {
-    for (first, last) in [
-        (body_key(id, 0).to_vec(), body_key(id, u32::MAX).to_vec()),
-        (
-            body_tail_key(id, 0).to_vec(),
-            body_tail_key(id, u32::MAX).to_vec(),
-        ),
-    ] {
-        bodies.retain_in(first.as_slice()..=last.as_slice(), |_, _| false)?;
-    }
+    let (first, last) = (body_key(id, 0), body_key(id, u32::MAX));
+    bodies.retain_in(first.as_slice()..=last.as_slice(), |k, _| {
+        k.len() != first.len()
+    })?;
+    let (first, last) = (body_tail_key(id, 0), body_tail_key(id, u32::MAX));
+    bodies.retain_in(first.as_slice()..=last.as_slice(), |k, _| {
+        k.len() != first.len()
+    })?;
     Ok(())
 }
 

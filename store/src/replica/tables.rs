@@ -246,10 +246,12 @@ pub enum ChunkPlace {
     Tail,
 }
 
-/// First byte of a tail's key. Document ids start with the top byte of a millisecond time
-/// (0x01 until 2039), so tails sort after every chunk and never share a leaf page with a
-/// page-sized chunk, which redb would then round up to twice the page. (An id starting with
-/// 0xff would only be stored less tightly.)
+/// First byte of a tail's key. Document ids minted by Carnet start with the top byte of a
+/// millisecond time (0x01 until 2039), so tails sort after their chunks and never share a leaf
+/// page with a page-sized chunk, which redb would then round up to twice the page. A tail key
+/// is 21 bytes and a chunk key 20, so the two never meet even for an id starting with 0xff
+/// (sent by a peer): it is only stored less tightly, and ranges over keys check their length
+/// (`remove_body`).
 pub const TAIL_PREFIX: u8 = 0xff;
 
 /// How a body of `len` bytes is cut, chunk by chunk in order: `(plaintext bytes, table)`.

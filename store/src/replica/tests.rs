@@ -1294,8 +1294,13 @@ fn missing_bodies_are_indexed_and_an_older_replica_gets_the_index_at_open() {
 fn body_rows(r: &Replica, id: &DocId) -> (u64, u64) {
     let txn = r.db.begin_read().expect("read");
     let table = txn.open_table(BODIES).expect("table");
-    let count =
-        |first: &[u8], last: &[u8]| table.range(first..=last).expect("range").count() as u64;
+    let count = |first: &[u8], last: &[u8]| {
+        table
+            .range(first..=last)
+            .expect("range")
+            .filter(|row| row.as_ref().map(|(k, _)| k.value().len()).ok() == Some(first.len()))
+            .count() as u64
+    };
     (
         count(&body_key(&id.0, 0), &body_key(&id.0, u32::MAX)),
         count(&body_tail_key(&id.0, 0), &body_tail_key(&id.0, u32::MAX)),
@@ -1363,7 +1368,8 @@ fn bodies_of_every_size_read_back_and_travel_and_their_tails_go_with_a_purge() {
 #[test]
 fn a_format_1_replica_migrates_at_open_and_its_bodies_still_read() {
     let (_hd, _host, sd, site) = host_and_site();
-    let sizes = [4_096, 70_000, 150_000];
+    // 66,000: a last chunk of 568 bytes after a full one, read where format 1 kept it.
+    let sizes = [4_096, 66_000, 70_000, 150_000];
     let ids: Vec<DocId> = sizes
         .iter()
         .map(|&n| write(&site, &format!("{n} bytes"), &pattern(n)))
@@ -1416,4 +1422,54 @@ fn a_format_1_replica_migrates_at_open_and_its_bodies_still_read() {
     let id = write(&site, "new", &pattern(4_096));
     assert_eq!(body_rows(&site, &id), (1, 1));
     assert_eq!(read_body(&site, &id), pattern(4_096));
+}
+
+#[test]
+fn removing_a_body_never_takes_another_documents_chunks_or_tail() {
+    let (_hd, _host, _sd, site) = host_and_site();
+    let victim = write(&site, "4 KiB", &pattern(4_096));
+    assert_eq!(body_rows(&site, &victim), (1, 1));
+    // An id a peer could choose: its chunks' key range holds the victim's tail key.
+    let mut shadow = [TAIL_PREFIX; 16];
+    shadow[1..].copy_from_slice(&victim.0[..15]);
+    // An id starting with 0xff, with two chunks, inside the tail range of `under`.
+    let wide = DocId([
+        TAIL_PREFIX,
+        1,
+        2,
+        3,
+        4,
+        5,
+        6,
+        7,
+        8,
+        9,
+        10,
+        11,
+        12,
+        13,
+        14,
+        15,
+    ]);
+    let mut under = [0u8; 16];
+    under[..15].copy_from_slice(&wide.0[1..]);
+    let txn = site.db.begin_write().expect("write");
+    {
+        let mut bodies = txn.open_table(BODIES).expect("bodies");
+        for n in 0..2 {
+            bodies
+                .insert(body_key(&wide.0, n).as_slice(), b"sealed".as_slice())
+                .expect("insert");
+        }
+        documents::remove_body(&mut bodies, &shadow).expect("remove");
+        documents::remove_body(&mut bodies, &under).expect("remove");
+    }
+    txn.commit().expect("commit");
+    assert_eq!(body_rows(&site, &victim), (1, 1), "the victim's tail stays");
+    assert_eq!(read_body(&site, &victim), pattern(4_096));
+    assert_eq!(
+        body_rows(&site, &wide),
+        (2, 0),
+        "the other id's chunks stay"
+    );
 }
