@@ -254,7 +254,7 @@ pub enum ChunkPlace {
 /// (`remove_body`).
 pub const TAIL_PREFIX: u8 = 0xff;
 
-/// How a body of `len` bytes is cut, chunk by chunk in order: `(plaintext bytes, table)`.
+/// How a body of `len` bytes is cut, chunk by chunk in order: `(plaintext bytes, place)`.
 ///
 /// Each chunk takes the largest of `PAGE_FITS` that the rest still fills, so it fills its page;
 /// the rest smaller than all of them is the last chunk. That last chunk is a tail when
@@ -269,12 +269,12 @@ pub fn body_chunk_plan(len: usize) -> Vec<(usize, ChunkPlace)> {
         rest -= fit;
     }
     if rest > 0 {
-        let table = if plan.is_empty() {
+        let place = if plan.is_empty() {
             ChunkPlace::Main
         } else {
             ChunkPlace::Tail
         };
-        plan.push((rest, table));
+        plan.push((rest, place));
     }
     plan
 }
@@ -358,9 +358,9 @@ mod tests {
         for len in (0..300_000).step_by(997).chain([65_431, 65_432, 65_433]) {
             let plan = body_chunk_plan(len);
             assert_eq!(plan.iter().map(|c| c.0).sum::<usize>(), len, "{len}");
-            for (i, &(chunk, table)) in plan.iter().enumerate() {
+            for (i, &(chunk, place)) in plan.iter().enumerate() {
                 let last = i + 1 == plan.len();
-                match table {
+                match place {
                     // Fills its page, or is the whole body.
                     Main => assert!(PAGE_FITS.contains(&chunk) || plan.len() == 1, "{len}"),
                     // Only last, after page-sized chunks, smaller than any of them.
