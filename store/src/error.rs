@@ -67,6 +67,7 @@ storage_from!(
     redb::TableError,
     redb::StorageError,
     redb::CommitError,
+    redb::SetDurabilityError,
     std::io::Error
 );
 

@@ -257,13 +257,13 @@ async fn host_stream(
             let _ = send(send_stream, &[Msg::Error("this site is revoked".into())]).await;
             break;
         }
-        let bye = msg == Msg::Bye;
-        // A push may grow other sites' logs: they are poked.
-        let pushed = matches!(msg, Msg::Push { .. });
         let mut msgs = vec![msg];
-        if pushed {
+        if is_push(&msgs[0]) {
             more_pushes_at_hand(recv, &mut decoder, &mut msgs).await;
         }
+        let bye = msgs.contains(&Msg::Bye);
+        // A push may grow other sites' logs: they are poked.
+        let pushed = msgs.iter().any(|m| matches!(m, Msg::Push { .. }));
         let (r, s) = (replica.clone(), session.clone());
         let replies = tokio::task::spawn_blocking(move || {
             s.lock()
@@ -295,9 +295,15 @@ async fn host_stream(
     Ok(())
 }
 
-/// Adds to `msgs` the messages that have already arrived after a push, while they are pushes
-/// (up to `PUSH_WINDOW` in all), without waiting for more: the host applies them in one
-/// transaction. A message that is not a push ends the run (it is handled after them, in order).
+/// A message the site pushes in a window: a trace batch or a Push.
+fn is_push(msg: &Msg) -> bool {
+    matches!(msg, Msg::Push { .. } | Msg::Traces(_))
+}
+
+/// Adds to `msgs` the messages that have already arrived after a push (a trace batch or a
+/// Push), while they are pushes (up to `PUSH_WINDOW` in all), without waiting for more: the
+/// host applies consecutive ones of a kind in one transaction. A message that is not a push
+/// ends the run (it is handled after them, in order).
 async fn more_pushes_at_hand(
     recv: &mut quinn::RecvStream,
     decoder: &mut FrameDecoder,
@@ -306,7 +312,7 @@ async fn more_pushes_at_hand(
     while msgs.len() < crate::session::PUSH_WINDOW {
         match decoder.next_message::<Msg>() {
             Ok(Some(m)) => {
-                let push = matches!(m, Msg::Push { .. });
+                let push = is_push(&m);
                 msgs.push(m);
                 if !push {
                     return;

@@ -202,28 +202,20 @@ fn pieces(body: &[u8], start: usize) -> impl Iterator<Item = (u64, Vec<u8>)> + '
     })
 }
 
-/// The whole body of `change`'s document, to travel inline with it: only for a new document
-/// written at this replica (its first version), of at most `INLINE_MAX` bytes, held here.
-fn inline_body(replica: &Replica, change: &Change) -> Result<Option<BodyPiece>> {
+/// `change`'s document, if its whole body travels inline with it: only a new document written
+/// at this replica (its first version), of at most `INLINE_MAX` bytes.
+fn inline_candidate<'a>(
+    replica: &Replica,
+    change: &'a Change,
+) -> Option<&'a carnet_store::merge::DocumentMeta> {
     let Change::Document(meta) = change else {
-        return Ok(None);
+        return None;
     };
-    if meta.facts.author_site != replica.config().site_id
-        || !first_version(meta)
-        || meta.facts.size == 0
-        || meta.facts.size > INLINE_MAX
-    {
-        return Ok(None);
-    }
-    Ok(replica
-        .body_for_sync(&meta.facts.id)
-        .ok()
-        .map(|body| BodyPiece {
-            doc: meta.facts.id,
-            offset: 0,
-            total: body.len() as u64,
-            bytes: body.to_vec(),
-        }))
+    (meta.facts.author_site == replica.config().site_id
+        && first_version(meta)
+        && meta.facts.size > 0
+        && meta.facts.size <= INLINE_MAX)
+        .then_some(&**meta)
 }
 
 /// True for a document's first version (its body has not travelled anywhere yet, most likely).
@@ -258,25 +250,58 @@ impl HostSession {
     }
 
     /// Handles messages that arrived together, in order: consecutive pushes are applied in one
-    /// transaction (one durable commit for them all), each still acknowledged on its own.
+    /// transaction (one durable commit for them all), and so are consecutive trace batches;
+    /// each is still acknowledged on its own.
     pub fn handle_all(&mut self, replica: &Replica, msgs: Vec<Msg>) -> Result<Vec<Msg>> {
         let mut out = Vec::new();
-        let mut pushes = Vec::new();
-        for msg in msgs {
+        let mut msgs = msgs.into_iter().peekable();
+        // On a session past its Hello (never on a body stream: `handle` refuses those there).
+        let in_session = self.greeted && !self.bodies_only;
+        while let Some(msg) = msgs.next() {
             match msg {
-                Msg::Push { changes, bodies } if self.greeted => pushes.push((changes, bodies)),
-                other => {
-                    if !pushes.is_empty() {
-                        out.extend(self.apply_pushes(replica, std::mem::take(&mut pushes))?);
+                Msg::Push { changes, bodies } if in_session => {
+                    let mut pushes = vec![(changes, bodies)];
+                    while let Some(Msg::Push { .. }) = msgs.peek() {
+                        if let Some(Msg::Push { changes, bodies }) = msgs.next() {
+                            pushes.push((changes, bodies));
+                        }
                     }
-                    out.extend(self.handle(replica, other)?);
+                    out.extend(self.apply_pushes(replica, pushes)?);
                 }
+                Msg::Traces(records) if in_session => {
+                    let mut batches = vec![records];
+                    while let Some(Msg::Traces(_)) = msgs.peek() {
+                        if let Some(Msg::Traces(records)) = msgs.next() {
+                            batches.push(records);
+                        }
+                    }
+                    out.extend(self.apply_traces(replica, batches)?);
+                }
+                other => out.extend(self.handle(replica, other)?),
             }
         }
-        if !pushes.is_empty() {
-            out.extend(self.apply_pushes(replica, pushes)?);
-        }
         Ok(out)
+    }
+
+    /// Stores trace batches in one transaction, all or nothing; answers a `TracesAck` for
+    /// each, up to its last entry.
+    fn apply_traces(
+        &mut self,
+        replica: &Replica,
+        batches: Vec<Vec<TraceRecord>>,
+    ) -> Result<Vec<Msg>> {
+        if batches.iter().any(|b| b.len() > BATCH_MAX) {
+            return Err(Error::Invalid("protocol: trace batch too large".into()));
+        }
+        let lasts: Vec<Option<u64>> = batches.iter().map(|b| b.last().map(|r| r.seq)).collect();
+        let records: Vec<_> = batches.into_iter().flatten().collect();
+        let head = replica.apply_remote_traces(self.site, &records)?;
+        Ok(lasts
+            .into_iter()
+            .map(|last| Msg::TracesAck {
+                upto: last.map_or(head, |seq| seq.min(head)),
+            })
+            .collect())
     }
 
     /// Applies pushes in one transaction, all or nothing; answers a `PushAck` for each.
@@ -417,13 +442,7 @@ impl HostSession {
                 }])
             }
             Msg::Push { changes, bodies } => self.apply_pushes(replica, vec![(changes, bodies)]),
-            Msg::Traces(records) => {
-                if records.len() > BATCH_MAX {
-                    return Err(Error::Invalid("protocol: trace batch too large".into()));
-                }
-                let upto = replica.apply_remote_traces(self.site, &records)?;
-                Ok(vec![Msg::TracesAck { upto }])
-            }
+            Msg::Traces(records) => self.apply_traces(replica, vec![records]),
             Msg::PutBodies(pieces) => {
                 let bytes: usize = pieces.iter().map(|p| p.bytes.len()).sum();
                 if bytes > CHUNK_MAX || pieces.iter().any(|p| p.total > BODY_MAX) {
@@ -528,7 +547,6 @@ pub struct RoundReport {
 #[derive(Debug, PartialEq, Eq)]
 enum SiteState {
     Greeting,
-    Tracing,
     Pushing,
     /// Sending the bodies the host lacks (it recorded them as owed, with their metadata: a
     /// cut round resumes them from the Welcome).
@@ -550,8 +568,12 @@ pub struct SiteSession {
     queued: std::collections::VecDeque<(u64, Change)>,
     /// The last outbox entry sent.
     push_sent: u64,
-    /// Push messages awaiting their acknowledgement.
-    push_in_flight: usize,
+    /// The last trace entry sent.
+    traces_sent: u64,
+    /// Every trace entry there was when the round began has been sent.
+    traces_drained: bool,
+    /// Trace and push messages awaiting their acknowledgement.
+    in_flight: usize,
     /// Bodies asked for and not yet complete.
     fetching: Vec<DocId>,
     to_fetch: Vec<DocId>,
@@ -577,7 +599,9 @@ impl SiteSession {
             sending: Vec::new(),
             queued: std::collections::VecDeque::new(),
             push_sent: 0,
-            push_in_flight: 0,
+            traces_sent: 0,
+            traces_drained: false,
+            in_flight: 0,
             fetching: Vec::new(),
             to_fetch: Vec::new(),
             current: false,
@@ -605,56 +629,85 @@ impl SiteSession {
         self.report
     }
 
-    fn traces_after(&mut self, replica: &Replica, acked: u64) -> Result<Option<Msg>> {
-        let records = replica.traces_after(acked, BATCH_MAX)?;
-        if records.is_empty() {
-            return Ok(None);
-        }
-        self.state = SiteState::Tracing;
-        Ok(Some(Msg::Traces(records)))
-    }
-
-    /// Sends Push messages until `PUSH_WINDOW` await acknowledgement; when the outbox is
-    /// drained and every push acknowledged, goes on with the bodies the host lacks, then pulls.
+    /// Sends trace batches, then Push messages, until `PUSH_WINDOW` await acknowledgement
+    /// (the host stores them in the order sent, so the trace goes first); when both are
+    /// drained and every one acknowledged, goes on with the bodies the host lacks, then pulls.
     fn fill_pushes(&mut self, replica: &Replica) -> Result<Vec<Msg>> {
         let mut out = Vec::new();
-        while self.push_in_flight < PUSH_WINDOW {
-            let Some(push) = self.next_push(replica)? else {
+        while self.in_flight < PUSH_WINDOW {
+            let next = match self.next_traces(replica)? {
+                Some(traces) => Some(traces),
+                None => self.next_push(replica)?,
+            };
+            let Some(msg) = next else {
                 break;
             };
-            self.push_in_flight += 1;
-            out.push(push);
+            self.in_flight += 1;
+            out.push(msg);
         }
-        if self.push_in_flight > 0 {
+        if self.in_flight > 0 {
             self.state = SiteState::Pushing;
             return Ok(out);
         }
         self.after_pushing(replica)
     }
 
+    /// The next batch of trace entries after the last sent, until none is left.
+    fn next_traces(&mut self, replica: &Replica) -> Result<Option<Msg>> {
+        if self.traces_drained {
+            return Ok(None);
+        }
+        let records = replica.traces_after(self.traces_sent, BATCH_MAX)?;
+        let Some(last) = records.last() else {
+            self.traces_drained = true;
+            return Ok(None);
+        };
+        self.traces_sent = last.seq;
+        Ok(Some(Msg::Traces(records)))
+    }
+
     /// The next Push: outbox entries after the last sent, with the bodies of the new documents
-    /// written here, bounded by `BATCH_MAX` entries and `CHUNK_MAX` body bytes.
+    /// written here (read together, in one snapshot), bounded by `BATCH_MAX` entries and
+    /// `CHUNK_MAX` body bytes.
     fn next_push(&mut self, replica: &Replica) -> Result<Option<Msg>> {
         if self.queued.is_empty() {
             self.queued = replica.outbox(self.push_sent, BATCH_MAX)?.into();
         }
-        let (mut changes, mut bodies, mut bytes) = (Vec::new(), Vec::new(), 0);
+        let (mut changes, mut bytes) = (Vec::new(), 0);
         while changes.len() < BATCH_MAX {
             let Some((seq, change)) = self.queued.pop_front() else {
                 break;
             };
-            let body = inline_body(replica, &change)?;
-            let size = body.as_ref().map_or(0, |b| b.bytes.len());
-            if !changes.is_empty() && bytes + size > CHUNK_MAX {
+            let size = inline_candidate(replica, &change).map_or(0, |m| m.facts.size);
+            if !changes.is_empty() && bytes + size > CHUNK_MAX as u64 {
                 self.queued.push_front((seq, change));
                 break;
             }
             bytes += size;
-            bodies.extend(body);
             self.push_sent = seq;
             changes.push((seq, change));
         }
-        Ok((!changes.is_empty()).then_some(Msg::Push { changes, bodies }))
+        if changes.is_empty() {
+            return Ok(None);
+        }
+        let inline: Vec<_> = changes
+            .iter()
+            .filter_map(|(_, c)| inline_candidate(replica, c))
+            .collect();
+        let bodies = replica
+            .bodies_for_sync(&inline)?
+            .into_iter()
+            .zip(&inline)
+            .filter_map(|(body, meta)| {
+                body.map(|body| BodyPiece {
+                    doc: meta.facts.id,
+                    offset: 0,
+                    total: body.len() as u64,
+                    bytes: body.to_vec(),
+                })
+            })
+            .collect();
+        Ok(Some(Msg::Push { changes, bodies }))
     }
 
     /// Every push acknowledged: the bodies the host lacks, then the pull (none when the host
@@ -788,17 +841,17 @@ impl SiteSession {
                     .filter(|(d, _)| replica.body_for_sync(d).is_ok())
                     .collect();
                 self.to_send.reverse();
-                match self.traces_after(replica, traces_acked)? {
-                    Some(m) => Ok(vec![m]),
-                    None => self.fill_pushes(replica),
-                }
+                self.traces_sent = traces_acked;
+                self.fill_pushes(replica)
             }
-            (SiteState::Tracing, Msg::TracesAck { upto }) => {
-                self.report.traces = upto;
-                match self.traces_after(replica, upto)? {
-                    Some(m) => Ok(vec![m]),
-                    None => self.fill_pushes(replica),
+            (SiteState::Pushing, Msg::TracesAck { upto }) => {
+                if self.in_flight == 0 || upto > self.traces_sent {
+                    // Acknowledging what was never sent.
+                    return Err(out_of_turn("TracesAck"));
                 }
+                self.in_flight -= 1;
+                self.report.traces = upto;
+                self.fill_pushes(replica)
             }
             (
                 SiteState::Pushing,
@@ -816,11 +869,11 @@ impl SiteSession {
                     )?;
                     self.report.returned += returned.len();
                 }
-                if self.push_in_flight == 0 || upto > self.push_sent {
+                if self.in_flight == 0 || upto > self.push_sent {
                     // Acknowledging what was never sent would drop it from the outbox.
                     return Err(out_of_turn("PushAck"));
                 }
-                self.push_in_flight -= 1;
+                self.in_flight -= 1;
                 // The host holds these changes, and recorded the bodies it lacks as owed by
                 // this site in the same transaction: the outbox lets go of them.
                 replica.ack_outbox(upto)?;
@@ -1270,6 +1323,78 @@ mod tests {
             current: None,
         };
         assert!(s.handle(&site, welcome).is_err());
+    }
+    #[test]
+    fn the_trace_and_the_pushes_travel_in_one_window_and_are_acknowledged_in_order() {
+        let (_t, host, site, ins) = host_and_site();
+        let actor = Actor::Professional(doctor());
+        round(&host, &site);
+        // More than one batch of trace entries, and more than one push of documents.
+        let docs: Vec<_> = (0..BATCH_MAX + 100)
+            .map(|i| (ins.clone(), new_doc(&format!("d{i}"), vec![i as u8; 64])))
+            .collect();
+        site.put_documents(&actor, AccessMode::Normal, None, docs)
+            .expect("writes");
+        let site_id = site.config().site_id;
+        let (mut s, mut h) = (SiteSession::new(), HostSession::new(site_id));
+        let welcome = h
+            .handle_all(&host, vec![wire(&s.start(&site).expect("hello"))])
+            .expect("welcome");
+        let window = s.handle(&site, wire(&welcome[0])).expect("window");
+        let kinds: Vec<_> = window.iter().map(Msg::kind).collect();
+        // Sent without waiting for an acknowledgement: the trace first, then the documents.
+        assert_eq!(kinds, ["Traces", "Traces", "Push", "Push"]);
+        let replies = h
+            .handle_all(&host, window.iter().map(wire).collect())
+            .expect("the host stores the window");
+        let kinds: Vec<_> = replies.iter().map(Msg::kind).collect();
+        assert_eq!(kinds, ["TracesAck", "TracesAck", "PushAck", "PushAck"]);
+        assert_eq!(
+            host.trace_mark(site_id).expect("mark"),
+            site.trace_head().expect("head"),
+            "every trace entry is at the host"
+        );
+        let mut next = Vec::new();
+        for r in &replies {
+            next = s.handle(&site, wire(r)).expect("acknowledged");
+        }
+        assert_eq!(site.outbox_len().expect("len"), 0);
+        assert!(matches!(&next[..], [Msg::Pull { .. }]), "{next:?}");
+        // An acknowledgement of trace entries never sent is refused.
+        let (mut s, mut h) = (SiteSession::new(), HostSession::new(site_id));
+        let welcome = h
+            .handle(&host, s.start(&site).expect("hello"))
+            .expect("welcome");
+        s.handle(&site, welcome[0].clone()).expect("window");
+        let beyond = site.trace_head().expect("head") + 1;
+        assert!(s.handle(&site, Msg::TracesAck { upto: beyond }).is_err());
+    }
+
+    #[test]
+    fn a_body_stream_takes_no_push_even_among_messages_that_arrived_together() {
+        let (_t, host, site, ins) = host_and_site();
+        round(&host, &site);
+        let actor = Actor::Professional(doctor());
+        let id = host
+            .put_document(
+                &actor,
+                AccessMode::Normal,
+                None,
+                &ins,
+                new_doc("host", b"body".to_vec()),
+            )
+            .expect("host writes");
+        let site_id = site.config().site_id;
+        let mut h = HostSession::new(site_id);
+        h.handle_all(&host, vec![Msg::GetBody { doc: id, offset: 0 }])
+            .expect("a body stream");
+        let push = Msg::Push {
+            changes: vec![],
+            bodies: vec![],
+        };
+        let traces = Msg::Traces(vec![]);
+        assert!(h.handle_all(&host, vec![push]).is_err());
+        assert!(h.handle_all(&host, vec![traces]).is_err());
     }
 }
 

@@ -244,8 +244,15 @@ impl Replica {
     }
 
     /// Drops outbox entries up to `upto`, acknowledged by the peer.
+    ///
+    /// The commit is not waited for on disk (redb `Durability::None`; the next durable commit
+    /// carries it): the peer holds these entries durably already, so a crash that loses the
+    /// acknowledgement only sends them again, the peer skips them as duplicates, and its next
+    /// `Welcome` acknowledges them. No trace entry rides on this transaction (it is not a
+    /// `Writer`), so none can be lost with it.
     pub fn ack_outbox(&self, upto: u64) -> Result<()> {
-        let txn = self.begin_write()?;
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(redb::Durability::None)?;
         txn.open_table(OUTBOX)?.retain_in(..=upto, |_, _| false)?;
         Self::bump_meta_u64(&txn, meta_key::OUTBOX_ACKED, Some(upto))?;
         txn.commit()?;
@@ -486,6 +493,25 @@ impl Replica {
         let (txn, generation) = self.snapshot()?;
         let (_, key, meta) = self.load_doc(&txn, generation, id)?;
         self.get_body(&txn.open_table(BODIES)?, &key, &meta)
+    }
+
+    /// The whole bodies of the documents of `metas`, in one snapshot, to travel with them:
+    /// `None` for one this replica does not hold (any more), or whose key or stored body fails
+    /// its checks (the peer then asks for it, and `body_for_sync` reports the error).
+    pub fn bodies_for_sync(
+        &self,
+        metas: &[&DocumentMeta],
+    ) -> Result<Vec<Option<Zeroizing<Vec<u8>>>>> {
+        let (txn, generation) = self.snapshot()?;
+        let bodies = txn.open_table(BODIES)?;
+        Ok(metas
+            .iter()
+            .map(|meta| {
+                let bi = self.blind(&meta.facts.ins);
+                let key = self.key_for(&txn, generation, &bi).ok().flatten()?;
+                self.get_body(&bodies, &key, meta).ok()
+            })
+            .collect())
     }
 
     /// Of `ids`, the documents whose body this replica does not hold, with the bytes of each it

@@ -265,6 +265,33 @@ fn apply_remote_is_exactly_once_and_refuses_gaps() {
 }
 
 #[test]
+fn bodies_for_sync_reads_the_bodies_held_in_one_go_and_skips_the_others() {
+    let (_hd, host, _sd, site) = host_and_site();
+    write(&site, "one", b"first body");
+    write(&site, "two", b"second body");
+    let changes = site.outbox(0, 10).expect("outbox");
+    let metas: Vec<&crate::merge::DocumentMeta> = changes
+        .iter()
+        .filter_map(|(_, c)| match c {
+            Change::Document(m) => Some(&**m),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(metas.len(), 2);
+    let bodies = site.bodies_for_sync(&metas).expect("read");
+    let bodies: Vec<Option<&[u8]>> = bodies.iter().map(|b| b.as_ref().map(|b| &b[..])).collect();
+    assert_eq!(
+        bodies,
+        [Some(&b"first body"[..]), Some(&b"second body"[..])]
+    );
+    // The host takes the metadata without the bodies: it has none to send.
+    host.apply_remote_batch(site.config().site_id, &changes)
+        .expect("apply");
+    let at_host = host.bodies_for_sync(&metas).expect("read");
+    assert!(at_host.iter().all(Option::is_none));
+}
+
+#[test]
 fn concurrent_audited_reads_are_all_traced() {
     let (_hd, host, _sd, _site) = host_and_site();
     let id = write(&host, "doc", b"body");
