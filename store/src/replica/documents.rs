@@ -72,7 +72,7 @@ pub struct ReadOutcome {
 /// A read decided and allowed, its body not yet opened.
 struct AllowedRead {
     /// The snapshot the decision was made on.
-    txn: ReadTransaction,
+    view: Arc<super::view::ReadView>,
     key: Key,
     meta: DocumentMeta,
     rule: u8,
@@ -295,7 +295,18 @@ impl Replica {
         generation: Generation,
         id: &DocId,
     ) -> Result<(StoredDoc, Key, DocumentMeta)> {
-        let stored: StoredDoc = match txn.open_table(DOCS)?.get(&id.0)? {
+        self.load_doc_from(&txn.open_table(DOCS)?, txn, generation, id)
+    }
+
+    /// `load_doc`, from the `docs` table of `txn`, already open.
+    fn load_doc_from(
+        &self,
+        docs: &impl ReadableTable<&'static [u8; 16], &'static [u8]>,
+        txn: &ReadTransaction,
+        generation: Generation,
+        id: &DocId,
+    ) -> Result<(StoredDoc, Key, DocumentMeta)> {
+        let stored: StoredDoc = match docs.get(&id.0)? {
             Some(v) => postcard::from_bytes(v.value())?,
             None => {
                 return Err(Error::not_found(format!(
@@ -670,8 +681,8 @@ impl Replica {
     /// The size of a document's body, from its metadata (no access decision, no trace: it tells
     /// the daemon whether a read is long enough to run on its blocking side).
     pub fn body_size(&self, id: &DocId) -> Result<u64> {
-        let (txn, generation) = self.snapshot()?;
-        let (_, _, meta) = self.load_doc(&txn, generation, id)?;
+        let view = self.shared_view()?;
+        let (_, _, meta) = self.load_doc_from(&view.docs, &view.txn, view.generation, id)?;
         Ok(meta.facts.size)
     }
 
@@ -684,15 +695,16 @@ impl Replica {
         mode: AccessMode,
         reason: Option<&str>,
     ) -> Result<(super::PreparedTrace, Result<AllowedRead>)> {
-        let (txn, generation) = self.snapshot()?;
-        let (who, tactor) = self.who(&txn, generation, actor)?;
-        let (stored, key, meta) = self.load_doc(&txn, generation, id)?;
+        let view = self.shared_view()?;
+        let (txn, generation) = (&view.txn, view.generation);
+        let (who, tactor) = self.who(txn, generation, actor)?;
+        let (stored, key, meta) = self.load_doc_from(&view.docs, txn, generation, id)?;
         if meta.state().availability() == Availability::Deleted {
             return Err(Error::not_found(format!(
                 "document {id} was deleted by its author"
             )));
         }
-        let ctx = self.context(&txn, generation, &stored.dossier, &who)?;
+        let ctx = self.context(txn, generation, &stored.dossier, &who)?;
         let (decision, entry) = self.decide(
             &ctx,
             &who,
@@ -708,7 +720,7 @@ impl Replica {
             return Ok((trace, Err(Self::denied(&decision))));
         }
         let allowed = AllowedRead {
-            txn,
+            view,
             key,
             meta,
             rule: decision.rule.0,
@@ -718,7 +730,7 @@ impl Replica {
 
     /// Opens the body of an allowed read, from the snapshot it was decided on.
     fn open_read(&self, read: AllowedRead) -> Result<ReadOutcome> {
-        let body = self.get_body(&read.txn.open_table(BODIES)?, &read.key, &read.meta)?;
+        let body = self.get_body(&read.view.bodies, &read.key, &read.meta)?;
         Ok(ReadOutcome {
             meta: read.meta,
             body,

@@ -27,11 +27,12 @@ mod sync;
 pub mod tables;
 #[cfg(test)]
 mod tests;
+mod view;
 
 use std::cell::RefCell;
 use std::fs;
 use std::io::Write;
-use std::ops::Deref;
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -222,6 +223,8 @@ pub struct Replica {
     /// The thread moving sealed journal epochs into redb, while `run_trace_committer` runs.
     mover: Mutex<Option<std::thread::Thread>>,
     cache: cache::RegistryCache,
+    /// The snapshot concurrent audited reads share until the next write commits.
+    view: view::SharedView,
 }
 
 impl std::fmt::Debug for Replica {
@@ -519,6 +522,7 @@ impl Replica {
             audit_commit: GroupCommit::default(),
             mover: Mutex::new(None),
             cache: cache::RegistryCache::default(),
+            view: view::SharedView::default(),
         };
         replica.migrate(format)?;
         replica.reload_matrix()?;
@@ -534,7 +538,7 @@ impl Replica {
         if format >= FORMAT_VERSION {
             return Ok(());
         }
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_raw_write()?;
         // 1 → 2: body tails; bodies written before read as they are.
         txn.open_table(META)?
             .insert(meta_key::FORMAT, FORMAT_VERSION.to_le_bytes().as_slice())?;
@@ -666,7 +670,7 @@ impl Replica {
         }
         let mut config = self.config.clone();
         config.lease_ms = Some(i64::from(hours) * 3_600_000);
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_raw_write()?;
         txn.open_table(META)?
             .insert(meta_key::CONFIG, postcard::to_stdvec(&config)?.as_slice())?;
         txn.commit()?;
@@ -825,6 +829,28 @@ impl Replica {
         Ok(postcard::from_bytes(&plain)?)
     }
 
+    /// The read view shared by audited reads (see `view`): the current one, or a new snapshot.
+    fn shared_view(&self) -> Result<Arc<view::ReadView>> {
+        self.view.get_or_make(|| {
+            let (txn, generation) = self.snapshot()?;
+            Ok(view::ReadView {
+                docs: txn.open_table(DOCS)?,
+                bodies: txn.open_table(BODIES)?,
+                txn,
+                generation,
+            })
+        })
+    }
+
+    /// A write transaction without the trace chain; its commit retires the shared read view.
+    /// Every write of the replica begins here (or in `begin_write`, which holds one).
+    fn begin_raw_write(&self) -> Result<RawWrite<'_>> {
+        Ok(RawWrite {
+            replica: self,
+            txn: self.db.begin_write()?,
+        })
+    }
+
     /// A read snapshot and its generation counters (see `cache`).
     fn snapshot(&self) -> Result<(ReadTransaction, Generation)> {
         let txn = self.db.begin_read()?;
@@ -924,7 +950,7 @@ impl Replica {
     /// Begins a write transaction holding the trace chain (lock order: chain, then redb).
     fn begin_write(&self) -> Result<Writer<'_>> {
         let chain = self.chain.lock().map_err(lock_err)?;
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_raw_write()?;
         Ok(Writer {
             replica: self,
             chain,
@@ -987,7 +1013,7 @@ impl Replica {
     /// orders it with the writers, and if one of them moved the epoch first (the stored epoch
     /// is no longer `sealed.epoch`) nothing is written.
     fn move_sealed(&self, sealed: &SealedEpoch) -> Result<()> {
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_raw_write()?;
         if journal_epoch(&txn.open_table(META)?)? == sealed.epoch {
             let origin = self.config.site_id.0;
             {
@@ -1041,7 +1067,7 @@ impl Replica {
                 Some(mover) => mover.unpark(),
                 None => {
                     // Lock order holds: the chain is locked, redb is locked next.
-                    let txn = self.db.begin_write()?;
+                    let txn = self.begin_raw_write()?;
                     let moved = self.write_traces(&txn, &chain, &[])?;
                     txn.commit()?;
                     moved.apply(&mut chain);
@@ -1351,12 +1377,50 @@ impl Drop for Replica {
     }
 }
 
+/// A redb write transaction of the replica: committing it retires the shared read view (see
+/// `view`), so no write can leave reads on an older snapshot. `WriteTransaction::commit` takes
+/// the transaction by value, so it cannot be reached through `Deref`: this `commit` is the only
+/// way to commit.
+struct RawWrite<'a> {
+    replica: &'a Replica,
+    txn: WriteTransaction,
+}
+
+impl Deref for RawWrite<'_> {
+    type Target = WriteTransaction;
+    fn deref(&self) -> &WriteTransaction {
+        &self.txn
+    }
+}
+
+impl DerefMut for RawWrite<'_> {
+    fn deref_mut(&mut self) -> &mut WriteTransaction {
+        &mut self.txn
+    }
+}
+
+impl RawWrite<'_> {
+    /// Commits, then retires the shared read view (even if the commit failed: what it left is
+    /// read afresh).
+    fn commit(self) -> Result<()> {
+        let committed = self.txn.commit();
+        self.replica.view.retire();
+        Ok(committed?)
+    }
+
+    /// Abandons the transaction.
+    fn abort(self) -> Result<()> {
+        self.txn.abort()?;
+        Ok(())
+    }
+}
+
 /// A write transaction holding the trace chain: trace entries staged with `trace` are chained
 /// and committed with the transaction, after any journaled entries, so the chain stays in order.
 struct Writer<'a> {
     replica: &'a Replica,
     chain: MutexGuard<'a, TraceChain>,
-    txn: WriteTransaction,
+    txn: RawWrite<'a>,
     staged: RefCell<Vec<AuditEntry>>,
 }
 

@@ -251,7 +251,7 @@ impl Replica {
     /// `Welcome` acknowledges them. No trace entry rides on this transaction (it is not a
     /// `Writer`), so none can be lost with it.
     pub fn ack_outbox(&self, upto: u64) -> Result<()> {
-        let mut txn = self.db.begin_write()?;
+        let mut txn = self.begin_raw_write()?;
         txn.set_durability(redb::Durability::None)?;
         txn.open_table(OUTBOX)?.retain_in(..=upto, |_, _| false)?;
         Self::bump_meta_u64(&txn, meta_key::OUTBOX_ACKED, Some(upto))?;
@@ -752,7 +752,7 @@ impl Replica {
                 Err(e) => return Err(e.into()),
             }
         }
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_raw_write()?;
         {
             let docs = txn.open_table(DOCS)?;
             let bodies = txn.open_table(BODIES)?;

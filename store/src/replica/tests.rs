@@ -1010,6 +1010,62 @@ fn out_of_scope_means_nothing_is_served_even_on_request() {
 }
 
 #[test]
+fn every_write_retires_the_shared_read_view_so_no_read_misses_a_revocation() {
+    let (_hd, host, _sd, site) = host_and_site();
+    let actor = Actor::Professional(doctor());
+    let read = |r: &Replica, id: &DocId| r.read_document(&actor, id, AccessMode::Normal, None);
+    let id = write(&host, "doc", b"body");
+    // Reads share one snapshot while nothing is written (their traces go to the journal).
+    let view = host.shared_view().expect("view");
+    read(&host, &id).expect("allowed");
+    read(&host, &id).expect("allowed");
+    assert!(Arc::ptr_eq(&view, &host.shared_view().expect("view")));
+    // The holder blocks the doctor (row 3: even the author is refused).
+    host.set_grant(&ins(), &doctor(), GrantState::Blocked, GrantBasis::Treating)
+        .expect("block");
+    assert!(!Arc::ptr_eq(&view, &host.shared_view().expect("view")));
+    assert!(matches!(read(&host, &id), Err(Error::Denied { .. })));
+    // At a site, the block arrives with a sync: the read after it is refused too.
+    host.set_grant(&ins(), &doctor(), GrantState::Active, GrantBasis::Treating)
+        .expect("grant again");
+    sync(&host, &site);
+    read(&site, &id).expect("allowed at the site");
+    let view = site.shared_view().expect("view");
+    host.set_grant(&ins(), &doctor(), GrantState::Blocked, GrantBasis::Treating)
+        .expect("block");
+    sync(&host, &site);
+    assert!(!Arc::ptr_eq(&view, &site.shared_view().expect("view")));
+    assert!(read(&site, &id).is_err());
+}
+
+#[test]
+fn writes_begin_only_where_their_commit_retires_the_shared_read_view() {
+    // `RawWrite::commit` retires the view; a transaction begun on a live replica's database
+    // directly would commit around it and leave reads on an old snapshot (tests included).
+    fn scan(dir: &std::path::Path, found: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).expect("dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                scan(&path, found);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).expect("source");
+                for (n, line) in text.lines().enumerate() {
+                    if line.contains(&[".db.", "begin_write()"].concat()) {
+                        found.push(format!("{}:{}", path.display(), n + 1));
+                    }
+                }
+            }
+        }
+    }
+    let mut found = Vec::new();
+    scan(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+        &mut found,
+    );
+    assert_eq!(found.len(), 1, "only in begin_raw_write: {found:?}");
+}
+
+#[test]
 fn a_leave_then_enter_in_one_batch_keeps_the_dossier() {
     let (_hd, host, _sd, site) = host_and_site();
     host.set_grant(&ins(), &doctor(), GrantState::Revoked, GrantBasis::Treating)
@@ -1367,7 +1423,7 @@ fn bodies_of_every_size_read_back_and_travel_and_their_tails_go_with_a_purge() {
     assert_eq!(body_rows(&site, &ids[4]), (1, 1));
     // A missing tail is a damaged body, not a shorter one.
     {
-        let txn = site.db.begin_write().expect("write");
+        let txn = site.begin_raw_write().expect("write");
         txn.open_table(BODIES)
             .expect("bodies")
             .remove(body_tail_key(&ids[4].0, 1).as_slice())
@@ -1403,7 +1459,7 @@ fn a_format_1_replica_migrates_at_open_and_its_bodies_still_read() {
         .collect();
     // As format 1 wrote them: chunks of 65,432 bytes and no tail.
     {
-        let txn = site.db.begin_write().expect("write");
+        let txn = site.begin_raw_write().expect("write");
         let bi = site.blind(&ins());
         let key = site
             .dossier_key(&txn.open_table(DOSSIER_KEYS).expect("keys"), &bi)
@@ -1480,7 +1536,7 @@ fn removing_a_body_never_takes_another_documents_chunks_or_tail() {
     ]);
     let mut under = [0u8; 16];
     under[..15].copy_from_slice(&wide.0[1..]);
-    let txn = site.db.begin_write().expect("write");
+    let txn = site.begin_raw_write().expect("write");
     {
         let mut bodies = txn.open_table(BODIES).expect("bodies");
         for n in 0..2 {
