@@ -544,6 +544,13 @@ pub struct RoundReport {
     pub round_trips: u64,
 }
 
+/// A message of the push window, awaiting its acknowledgement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pushed {
+    Traces,
+    Push,
+}
+
 #[derive(Debug, PartialEq, Eq)]
 enum SiteState {
     Greeting,
@@ -570,10 +577,12 @@ pub struct SiteSession {
     push_sent: u64,
     /// The last trace entry sent.
     traces_sent: u64,
-    /// Every trace entry there was when the round began has been sent.
-    traces_drained: bool,
-    /// Trace and push messages awaiting their acknowledgement.
-    in_flight: usize,
+    /// The last trace entry when the host's `Welcome` came: this round sends up to it (later
+    /// ones go next round, so a busy site's reads never hold its pushes back).
+    traces_until: u64,
+    /// Trace and push messages awaiting their acknowledgement, oldest first: the host answers
+    /// them in order.
+    in_flight: std::collections::VecDeque<Pushed>,
     /// Bodies asked for and not yet complete.
     fetching: Vec<DocId>,
     to_fetch: Vec<DocId>,
@@ -600,8 +609,8 @@ impl SiteSession {
             queued: std::collections::VecDeque::new(),
             push_sent: 0,
             traces_sent: 0,
-            traces_drained: false,
-            in_flight: 0,
+            traces_until: 0,
+            in_flight: std::collections::VecDeque::new(),
             fetching: Vec::new(),
             to_fetch: Vec::new(),
             current: false,
@@ -634,32 +643,34 @@ impl SiteSession {
     /// drained and every one acknowledged, goes on with the bodies the host lacks, then pulls.
     fn fill_pushes(&mut self, replica: &Replica) -> Result<Vec<Msg>> {
         let mut out = Vec::new();
-        while self.in_flight < PUSH_WINDOW {
+        while self.in_flight.len() < PUSH_WINDOW {
             let next = match self.next_traces(replica)? {
-                Some(traces) => Some(traces),
-                None => self.next_push(replica)?,
+                Some(traces) => Some((Pushed::Traces, traces)),
+                None => self.next_push(replica)?.map(|push| (Pushed::Push, push)),
             };
-            let Some(msg) = next else {
+            let Some((kind, msg)) = next else {
                 break;
             };
-            self.in_flight += 1;
+            self.in_flight.push_back(kind);
             out.push(msg);
         }
-        if self.in_flight > 0 {
+        if !self.in_flight.is_empty() {
             self.state = SiteState::Pushing;
             return Ok(out);
         }
         self.after_pushing(replica)
     }
 
-    /// The next batch of trace entries after the last sent, until none is left.
+    /// The next batch of trace entries after the last sent, up to `traces_until`.
     fn next_traces(&mut self, replica: &Replica) -> Result<Option<Msg>> {
-        if self.traces_drained {
+        if self.traces_sent >= self.traces_until {
             return Ok(None);
         }
-        let records = replica.traces_after(self.traces_sent, BATCH_MAX)?;
+        let mut records = replica.traces_after(self.traces_sent, BATCH_MAX)?;
+        records.retain(|r| r.seq <= self.traces_until);
         let Some(last) = records.last() else {
-            self.traces_drained = true;
+            // Nothing more to read (the trace is shorter than its head said): done.
+            self.traces_until = self.traces_sent;
             return Ok(None);
         };
         self.traces_sent = last.seq;
@@ -842,14 +853,15 @@ impl SiteSession {
                     .collect();
                 self.to_send.reverse();
                 self.traces_sent = traces_acked;
+                self.traces_until = replica.trace_head()?;
                 self.fill_pushes(replica)
             }
             (SiteState::Pushing, Msg::TracesAck { upto }) => {
-                if self.in_flight == 0 || upto > self.traces_sent {
+                if self.in_flight.front() != Some(&Pushed::Traces) || upto > self.traces_sent {
                     // Acknowledging what was never sent.
                     return Err(out_of_turn("TracesAck"));
                 }
-                self.in_flight -= 1;
+                self.in_flight.pop_front();
                 self.report.traces = upto;
                 self.fill_pushes(replica)
             }
@@ -869,11 +881,11 @@ impl SiteSession {
                     )?;
                     self.report.returned += returned.len();
                 }
-                if self.in_flight == 0 || upto > self.push_sent {
+                if self.in_flight.front() != Some(&Pushed::Push) || upto > self.push_sent {
                     // Acknowledging what was never sent would drop it from the outbox.
                     return Err(out_of_turn("PushAck"));
                 }
-                self.in_flight -= 1;
+                self.in_flight.pop_front();
                 // The host holds these changes, and recorded the bodies it lacks as owed by
                 // this site in the same transaction: the outbox lets go of them.
                 replica.ack_outbox(upto)?;
@@ -1354,20 +1366,39 @@ mod tests {
             site.trace_head().expect("head"),
             "every trace entry is at the host"
         );
+        // A read now adds a trace entry: it waits for the next round, behind nothing.
+        let first = site.outbox(0, 1).expect("outbox")[0].1.clone();
+        let Change::Document(meta) = first else {
+            panic!("a document first")
+        };
+        site.read_document(&actor, &meta.facts.id, AccessMode::Normal, None)
+            .expect("read");
         let mut next = Vec::new();
         for r in &replies {
             next = s.handle(&site, wire(r)).expect("acknowledged");
         }
         assert_eq!(site.outbox_len().expect("len"), 0);
         assert!(matches!(&next[..], [Msg::Pull { .. }]), "{next:?}");
-        // An acknowledgement of trace entries never sent is refused.
+        assert_eq!(
+            host.trace_mark(site_id).expect("mark") + 1,
+            site.trace_head().expect("head")
+        );
+        // Acknowledgements out of turn are refused: of trace entries never sent, of a push
+        // while a trace batch is the oldest in flight.
         let (mut s, mut h) = (SiteSession::new(), HostSession::new(site_id));
         let welcome = h
             .handle(&host, s.start(&site).expect("hello"))
             .expect("welcome");
-        s.handle(&site, welcome[0].clone()).expect("window");
+        let window = s.handle(&site, welcome[0].clone()).expect("window");
+        assert!(matches!(&window[..], [Msg::Traces(_)]), "{window:?}");
         let beyond = site.trace_head().expect("head") + 1;
         assert!(s.handle(&site, Msg::TracesAck { upto: beyond }).is_err());
+        let push_ack = Msg::PushAck {
+            upto: 0,
+            missing: vec![],
+            returned: vec![],
+        };
+        assert!(s.handle(&site, push_ack).is_err());
     }
 
     #[test]
