@@ -536,11 +536,12 @@ impl Replica {
                     .key_for(&snap, generation, &bi)?
                     .ok_or_else(Self::no_dossier)?;
                 if let Some(uid) = &d.unique_id {
-                    let k = self.unique_index(&bi, uid);
-                    let taken = snap
-                        .open_table(UNIQUE_IDS)?
-                        .get(k.as_slice())?
-                        .map(|v| DocId(*v.value()));
+                    let taken = self.unique_owner(
+                        &snap.open_table(DOCS)?,
+                        &snap.open_table(UNIQUE_IDS)?,
+                        &bi,
+                        uid,
+                    )?;
                     if let Some(existing) = taken {
                         return Err(Error::invalid(format!(
                             "a document with unique id '{uid}' is already in this dossier ({existing})"
@@ -580,10 +581,12 @@ impl Replica {
                 self.put_meta(&mut docs, &key, &bi, 1, &meta)?;
                 self.put_body(&mut bodies, &key, &id, &d.body)?;
                 index.insert(dossier_doc_key(&bi, &id.0).as_slice(), ())?;
-                uniques.insert(
-                    self.unique_index(&bi, &meta.facts.unique_id).as_slice(),
-                    &id.0,
-                )?;
+                if !super::is_own_unique_id(&id, &meta.facts.unique_id) {
+                    uniques.insert(
+                        self.unique_index(&bi, &meta.facts.unique_id).as_slice(),
+                        &id.0,
+                    )?;
+                }
                 if self.config.role == Role::Site {
                     let item = postcard::to_stdvec(&OutboxItem::Document(id.0))?;
                     outbox.insert(first_seq + n as u64, item.as_slice())?;
@@ -618,7 +621,7 @@ impl Replica {
             unique_id: d
                 .unique_id
                 .clone()
-                .unwrap_or_else(|| format!("urn:carnet:{id}")),
+                .unwrap_or_else(|| format!("{}{id}", super::OWN_UNIQUE_ID)),
             ins: ins.clone(),
             class: d.class,
             type_code: d.type_code.clone(),
@@ -919,16 +922,23 @@ impl Replica {
         self.put_body(&mut txn.open_table(BODIES)?, &key, &id, &doc.body)?;
         txn.open_table(DOSSIER_DOCS)?
             .insert(dossier_doc_key(&stored.dossier, &id.0).as_slice(), ())?;
-        let unique = self.unique_index(&stored.dossier, &new.facts.unique_id);
-        let mut uniques = txn.open_table(UNIQUE_IDS)?;
-        if uniques.get(unique.as_slice())?.is_some() {
-            return Err(Error::invalid(format!(
-                "a document with unique id '{}' is already in this dossier",
-                new.facts.unique_id
-            )));
+        if !super::is_own_unique_id(&id, &new.facts.unique_id) {
+            let mut uniques = txn.open_table(UNIQUE_IDS)?;
+            let taken = self.unique_owner(
+                &txn.open_table(DOCS)?,
+                &uniques,
+                &stored.dossier,
+                &new.facts.unique_id,
+            )?;
+            if taken.is_some() {
+                return Err(Error::invalid(format!(
+                    "a document with unique id '{}' is already in this dossier",
+                    new.facts.unique_id
+                )));
+            }
+            let unique = self.unique_index(&stored.dossier, &new.facts.unique_id);
+            uniques.insert(unique.as_slice(), &id.0)?;
         }
-        uniques.insert(unique.as_slice(), &id.0)?;
-        drop(uniques);
         self.record_change(&txn, &stored.dossier, old_id)?;
         self.record_change(&txn, &stored.dossier, &id)?;
         entry.doc = Some(*old_id);
@@ -941,9 +951,12 @@ impl Replica {
     /// ingestion recognises a document sent twice. An administrative lookup, not an access.
     pub fn find_by_unique_id(&self, ins: &Ins, unique_id: &str) -> Result<Option<DocId>> {
         let (txn, _) = self.snapshot()?;
-        let k = self.unique_index(&self.blind(ins), unique_id);
-        let row = txn.open_table(UNIQUE_IDS)?.get(k.as_slice())?;
-        Ok(row.map(|v| DocId(*v.value())))
+        self.unique_owner(
+            &txn.open_table(DOCS)?,
+            &txn.open_table(UNIQUE_IDS)?,
+            &self.blind(ins),
+            unique_id,
+        )
     }
 
     /// How many documents carry concurrent replacements (both kept and reported as a

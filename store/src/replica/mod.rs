@@ -55,7 +55,7 @@ use crate::audit::{AuditEntry, ChainedEntry, GroupCommit, TraceAction, TraceActo
 use crate::authority::{AuthorityRecord, Verified};
 use crate::crypto::{Key, aad};
 use crate::error::{Error, Result};
-use crate::ids::{Ins, SiteId};
+use crate::ids::{DocId, Ins, SiteId};
 use crate::model::{AccessMode, Actor, HabilitationMatrix, Professional};
 use crate::policy::Who;
 use crate::time::Millis;
@@ -179,6 +179,15 @@ pub struct InitOptions {
     pub host_key: Option<[u8; 32]>,
     /// For a site: the lease in hours (`DEFAULT_LEASE_HOURS` when absent).
     pub lease_hours: Option<u32>,
+}
+
+/// The prefix of the unique id a document gets when its producer gave none.
+const OWN_UNIQUE_ID: &str = "urn:carnet:";
+
+/// True when `unique_id` is the one `id` gets when its producer gave none (such ids are not
+/// indexed: see `Replica::unique_owner`).
+fn is_own_unique_id(id: &DocId, unique_id: &str) -> bool {
+    unique_id.strip_prefix(OWN_UNIQUE_ID) == Some(id.to_string().as_str())
 }
 
 /// DOMAIN §5's default lease: 72 hours.
@@ -735,6 +744,30 @@ impl Replica {
 
     fn blind(&self, ins: &Ins) -> [u8; 32] {
         self.keys.index.blind_index(ins.matricule().as_bytes())
+    }
+
+    /// The document `unique_id` names in dossier `bi`, if any. A document's own id
+    /// (`urn:carnet:` and its document id, made when the producer gave none) is not indexed:
+    /// the document id is unique already, so it names its document through `docs`. Any other
+    /// unique id goes through `UNIQUE_IDS`.
+    fn unique_owner(
+        &self,
+        docs: &impl ReadableTable<&'static [u8; 16], &'static [u8]>,
+        uniques: &impl ReadableTable<&'static [u8], &'static [u8; 16]>,
+        bi: &[u8; 32],
+        unique_id: &str,
+    ) -> Result<Option<DocId>> {
+        if let Some(id) = unique_id
+            .strip_prefix(OWN_UNIQUE_ID)
+            .and_then(|hex| DocId::parse(hex).ok())
+            .filter(|id| is_own_unique_id(id, unique_id))
+            && let Some(row) = docs.get(&id.0)?
+            && postcard::from_bytes::<StoredDoc>(row.value())?.dossier == *bi
+        {
+            return Ok(Some(id));
+        }
+        let k = self.unique_index(bi, unique_id);
+        Ok(uniques.get(k.as_slice())?.map(|v| DocId(*v.value())))
     }
 
     /// The `UNIQUE_IDS` key of a producer's unique id in a dossier.

@@ -466,10 +466,13 @@ impl Replica {
                 }
                 txn.open_table(DOSSIER_DOCS)?
                     .insert(dossier_doc_key(&bi, &id.0).as_slice(), ())?;
-                let unique = self.unique_index(&bi, &remote.facts.unique_id);
-                let mut uniques = txn.open_table(UNIQUE_IDS)?;
-                if uniques.get(unique.as_slice())?.is_none() {
-                    uniques.insert(unique.as_slice(), &id.0)?;
+                // The first document that arrives with a unique id is the one it names here.
+                if !super::is_own_unique_id(&id, &remote.facts.unique_id) {
+                    let unique = self.unique_index(&bi, &remote.facts.unique_id);
+                    let mut uniques = txn.open_table(UNIQUE_IDS)?;
+                    if uniques.get(unique.as_slice())?.is_none() {
+                        uniques.insert(unique.as_slice(), &id.0)?;
+                    }
                 }
                 return Ok(Applied::Applied);
             }

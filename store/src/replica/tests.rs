@@ -840,6 +840,40 @@ fn a_producers_unique_id_is_recognised_and_not_reused() {
 }
 
 #[test]
+fn a_documents_own_unique_id_names_it_without_an_index_row() {
+    let (_hd, host, _sd, site) = host_and_site();
+    let actor = Actor::Professional(doctor());
+    let id = write(&site, "no producer id", b"body");
+    sync(&host, &site);
+    let own = format!("urn:carnet:{id}");
+    for r in [&site, &host] {
+        assert_eq!(r.find_by_unique_id(&ins(), &own).ok(), Some(Some(id)));
+        let txn = r.db.begin_read().expect("read");
+        let rows = txn
+            .open_table(UNIQUE_IDS)
+            .expect("table")
+            .iter()
+            .expect("rows")
+            .count();
+        assert_eq!(rows, 0, "the document id is its index");
+    }
+    // Not a prefix match, and not in another dossier.
+    assert_eq!(
+        site.find_by_unique_id(&ins(), &own[..own.len() - 1]).ok(),
+        Some(None)
+    );
+    let other = Ins::from_body("2840575123456").expect("ins");
+    host.create_dossier(new_dossier(other.clone()))
+        .expect("dossier");
+    assert_eq!(host.find_by_unique_id(&other, &own).ok(), Some(None));
+    // A producer cannot give it to another document of the dossier.
+    let mut copy = doc("copy", b"other");
+    copy.unique_id = Some(own.clone());
+    let taken = site.put_document(&actor, AccessMode::Normal, None, &ins(), copy);
+    assert!(matches!(taken, Err(Error::Invalid(_))), "{taken:?}");
+}
+
+#[test]
 fn a_site_receives_what_enters_its_scope_and_purges_what_leaves_it() {
     let (_hd, host, _sd, site) = host_and_site();
     let nurse_actor = Actor::Professional(nurse());
