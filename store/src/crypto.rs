@@ -89,18 +89,30 @@ impl Key {
 
     /// Seals `plaintext` under this key: `nonce || ciphertext+tag`.
     pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
-        let mut out = Vec::with_capacity(SEAL_OVERHEAD + plaintext.len());
-        out.extend_from_slice(&[0u8; 24]);
-        fast_random_bytes(&mut out[..24]);
-        out.extend_from_slice(plaintext);
-        // Encrypted where it lies: one buffer, no copy of the ciphertext.
-        let (nonce, body) = out.split_at_mut(24);
+        let mut out = vec![0; SEAL_OVERHEAD + plaintext.len()];
+        self.seal_into(aad, plaintext, &mut out)?;
+        Ok(out)
+    }
+
+    /// `seal`, into `out`, exactly `SEAL_OVERHEAD` bytes longer than `plaintext` (space reserved
+    /// in storage, so the sealed bytes are written once, where they stay).
+    pub fn seal_into(&self, aad: &[u8], plaintext: &[u8], out: &mut [u8]) -> Result<()> {
+        if out.len() != SEAL_OVERHEAD + plaintext.len() {
+            return Err(Error::Storage(
+                "sealing into a buffer of the wrong size".into(),
+            ));
+        }
+        let (nonce, rest) = out.split_at_mut(24);
+        fast_random_bytes(nonce);
+        let (body, tag_out) = rest.split_at_mut(plaintext.len());
+        body.copy_from_slice(plaintext);
+        // Encrypted where it lies: no copy of the ciphertext.
         let (key, nonce) = self.message_key(nonce)?;
         let tag = key
             .seal_in_place_separate_tag(nonce, Aad::from(aad), body)
             .map_err(|_| Error::Storage("encryption failed".into()))?;
-        out.extend_from_slice(tag.as_ref());
-        Ok(out)
+        tag_out.copy_from_slice(tag.as_ref());
+        Ok(())
     }
 
     /// Opens what `seal` produced with the same associated data.
@@ -202,6 +214,15 @@ mod tests {
         assert!(k.open(b"doc1", &sealed[..10]).is_err());
         let other = Key::random().expect("key");
         assert!(other.open(b"doc1", &sealed).is_err());
+        // Into a buffer: of exactly the sealed size only.
+        let mut slot = vec![0; 11 + SEAL_OVERHEAD];
+        k.seal_into(b"doc1", b"secret body", &mut slot)
+            .expect("seal");
+        assert_eq!(&k.open(b"doc1", &slot).expect("open")[..], b"secret body");
+        assert!(
+            k.seal_into(b"doc1", b"secret body", &mut slot[1..])
+                .is_err()
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use super::tables::*;
 use super::{Generation, Replica, Role};
 use crate::audit::{AuditEntry, TraceAction, TraceActor};
 use crate::authority::{AuthorityRecord, Verified};
-use crate::crypto::{Key, aad};
+use crate::crypto::{Key, SEAL_OVERHEAD, aad};
 use crate::error::{Error, Result};
 use crate::ids::{DocId, Ins};
 use crate::merge::DocumentMeta;
@@ -356,15 +356,18 @@ impl Replica {
             let n = u32::try_from(i).map_err(|_| Error::invalid("document too large"))?;
             let (chunk, after) = rest.split_at(len);
             rest = after;
-            let sealed = key.seal(&body_aad(&id.0, n), chunk)?;
-            match place {
+            // Sealed straight into the space redb reserves for it (an error drops the
+            // transaction, reserved space and all).
+            let sealed_len = SEAL_OVERHEAD + chunk.len();
+            let mut slot = match place {
                 ChunkPlace::Main => {
-                    bodies.insert(body_key(&id.0, n).as_slice(), sealed.as_slice())?
+                    bodies.insert_reserve(body_key(&id.0, n).as_slice(), sealed_len)?
                 }
                 ChunkPlace::Tail => {
-                    bodies.insert(body_tail_key(&id.0, n).as_slice(), sealed.as_slice())?
+                    bodies.insert_reserve(body_tail_key(&id.0, n).as_slice(), sealed_len)?
                 }
             };
+            key.seal_into(&body_aad(&id.0, n), chunk, slot.as_mut())?;
         }
         Ok(())
     }

@@ -187,7 +187,15 @@ const OWN_UNIQUE_ID: &str = "urn:carnet:";
 /// True when `unique_id` is the one `id` gets when its producer gave none (such ids are not
 /// indexed: see `Replica::unique_owner`).
 fn is_own_unique_id(id: &DocId, unique_id: &str) -> bool {
-    unique_id.strip_prefix(OWN_UNIQUE_ID) == Some(id.to_string().as_str())
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    unique_id.strip_prefix(OWN_UNIQUE_ID).is_some_and(|hex| {
+        hex.len() == 32
+            && hex
+                .as_bytes()
+                .chunks(2)
+                .zip(id.0)
+                .all(|(pair, b)| pair == [HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]])
+    })
 }
 
 /// DOMAIN §5's default lease: 72 hours.

@@ -840,6 +840,18 @@ fn a_producers_unique_id_is_recognised_and_not_reused() {
 }
 
 #[test]
+fn only_a_documents_exact_own_id_counts_as_its_own() {
+    let id = DocId::mint(1_700_000_000_000);
+    let own = format!("urn:carnet:{id}");
+    assert!(is_own_unique_id(&id, &own));
+    assert!(!is_own_unique_id(&id, &own.to_uppercase()));
+    assert!(!is_own_unique_id(&id, &own[..own.len() - 1]));
+    assert!(!is_own_unique_id(&id, &format!("{own}0")));
+    assert!(!is_own_unique_id(&id, &format!("urn:oid:{id}")));
+    assert!(!is_own_unique_id(&DocId::mint(1_700_000_000_001), &own));
+}
+
+#[test]
 fn a_documents_own_unique_id_names_it_without_an_index_row() {
     let (_hd, host, _sd, site) = host_and_site();
     let actor = Actor::Professional(doctor());
