@@ -185,6 +185,33 @@ impl Replica {
         Ok(())
     }
 
+    /// Host: `host_document_changed` for a document `origin` pushed, in a batch: the origin's
+    /// scope reason and the sites holding the dossier are looked up once per dossier and batch
+    /// (`holders`; nothing but the first document of a dossier changes them, and the batch
+    /// forgets them at any item that may change a scope).
+    pub(super) fn host_pushed_document(
+        &self,
+        txn: &WriteTransaction,
+        bi: &[u8; 32],
+        doc: &DocId,
+        origin: SiteId,
+        holders: &mut std::collections::HashMap<[u8; 32], Vec<u32>>,
+    ) -> Result<()> {
+        let sites = match holders.entry(*bi) {
+            std::collections::hash_map::Entry::Occupied(known) => known.into_mut(),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                self.set_scope(txn, origin.0, bi, scope_bit::WROTE, true)?;
+                slot.insert(self.sites_holding(txn, bi)?)
+            }
+        };
+        for &site in sites.iter() {
+            if site != origin.0 {
+                self.log_append(txn, site, &LogItem::Document(doc.0))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Host: a signed record changed; logs it for the sites concerned and follows grants.
     pub(super) fn host_authority_changed(
         &self,

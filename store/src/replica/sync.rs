@@ -339,7 +339,7 @@ impl Replica {
                 }
                 if outcome == Applied::Applied && self.config.role == super::Role::Host {
                     let bi = self.blind(&remote.facts.ins);
-                    self.host_document_changed(txn, &bi, &remote.facts.id, Some(origin))?;
+                    self.host_pushed_document(txn, &bi, &remote.facts.id, origin, &mut dossiers.1)?;
                     let id = remote.facts.id.0;
                     if remote.facts.size > 0
                         && body.is_none()
@@ -816,15 +816,21 @@ fn widens(before: &crate::model::DocState, after: &crate::model::DocState) -> bo
         || after.availability() < before.availability()
 }
 
-/// The data keys of the dossiers active here (`None`: not held, or not active), looked up once
-/// per batch; cleared by any item of the batch that may change a dossier's status.
+/// What a batch looks up once per dossier: the data keys of the dossiers active here (`None`:
+/// not held, or not active) and, on the host, the sites whose scope holds a dossier the batch's
+/// origin wrote to. Cleared by any item of the batch that may change a dossier's status or a
+/// scope.
 #[derive(Default)]
-pub(super) struct ActiveDossiers(std::collections::HashMap<[u8; 32], Option<crate::crypto::Key>>);
+pub(super) struct ActiveDossiers(
+    std::collections::HashMap<[u8; 32], Option<crate::crypto::Key>>,
+    pub(super) std::collections::HashMap<[u8; 32], Vec<u32>>,
+);
 
 impl ActiveDossiers {
     /// Forgets everything (a record that may change a dossier's status was applied).
     pub(super) fn clear(&mut self) {
         self.0.clear();
+        self.1.clear();
     }
 }
 

@@ -1112,6 +1112,35 @@ fn writes_begin_only_where_their_commit_retires_the_shared_read_view() {
 }
 
 #[test]
+fn every_document_of_a_pushed_batch_reaches_the_other_sites_holding_its_dossier() {
+    let (_hd, host, _sd, site) = host_and_site();
+    // A second site where the treating doctor works too: the dossier is in its scope.
+    let other_dir = TempDir::new().expect("tmp");
+    let other = init(&other_dir, Role::Site, Some(8));
+    register(&other);
+    other
+        .import_authority(&host.export_authority().expect("export"))
+        .expect("import");
+    sync(&host, &other);
+    let other_id = other.config().site_id;
+    let head = host.log_head(other_id).expect("head");
+    let ids = [write(&site, "one", b"1"), write(&site, "two", b"2")];
+    let changes = site.outbox(0, 10).expect("outbox");
+    host.apply_remote_batch(site.config().site_id, &changes)
+        .expect("one batch");
+    let logged: Vec<DocId> = host
+        .pull(other_id, head, 100)
+        .expect("pull")
+        .into_iter()
+        .filter_map(|(_, item)| match item {
+            PullItem::Document(meta) => Some(meta.facts.id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(logged, ids);
+}
+
+#[test]
 fn a_leave_then_enter_in_one_batch_keeps_the_dossier() {
     let (_hd, host, _sd, site) = host_and_site();
     host.set_grant(&ins(), &doctor(), GrantState::Revoked, GrantBasis::Treating)
