@@ -104,15 +104,21 @@ impl Key {
         }
         let (nonce, rest) = out.split_at_mut(24);
         fast_random_bytes(nonce);
-        let (body, tag_out) = rest.split_at_mut(plaintext.len());
-        body.copy_from_slice(plaintext);
-        // Encrypted where it lies: no copy of the ciphertext.
         let (key, nonce) = self.message_key(nonce)?;
-        let tag = key
-            .seal_in_place_separate_tag(nonce, Aad::from(aad), body)
-            .map_err(|_| Error::Storage("encryption failed".into()))?;
-        tag_out.copy_from_slice(tag.as_ref());
-        Ok(())
+        let (body, tag_out) = rest.split_at_mut(plaintext.len());
+        // Encrypted where it lies: no copy of the ciphertext. `out` may be storage space: the
+        // plaintext never stays there, even if sealing fails.
+        body.copy_from_slice(plaintext);
+        match key.seal_in_place_separate_tag(nonce, Aad::from(aad), body) {
+            Ok(tag) => {
+                tag_out.copy_from_slice(tag.as_ref());
+                Ok(())
+            }
+            Err(_) => {
+                body.zeroize();
+                Err(Error::Storage("encryption failed".into()))
+            }
+        }
     }
 
     /// Opens what `seal` produced with the same associated data.

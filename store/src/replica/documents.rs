@@ -542,7 +542,7 @@ impl Replica {
                     let taken = self.unique_owner(
                         &snap.open_table(DOCS)?,
                         &snap.open_table(UNIQUE_IDS)?,
-                        &bi,
+                        (&bi, Some(&key)),
                         uid,
                     )?;
                     if let Some(existing) = taken {
@@ -930,7 +930,7 @@ impl Replica {
             let taken = self.unique_owner(
                 &txn.open_table(DOCS)?,
                 &uniques,
-                &stored.dossier,
+                (&stored.dossier, Some(&key)),
                 &new.facts.unique_id,
             )?;
             if taken.is_some() {
@@ -953,11 +953,14 @@ impl Replica {
     /// The document a producer's unique id names in a dossier, if this replica holds it: how
     /// ingestion recognises a document sent twice. An administrative lookup, not an access.
     pub fn find_by_unique_id(&self, ins: &Ins, unique_id: &str) -> Result<Option<DocId>> {
-        let (txn, _) = self.snapshot()?;
+        let (txn, generation) = self.snapshot()?;
+        let bi = self.blind(ins);
+        // No key (the dossier is not held here): only the index can answer.
+        let key = self.key_for(&txn, generation, &bi)?;
         self.unique_owner(
             &txn.open_table(DOCS)?,
             &txn.open_table(UNIQUE_IDS)?,
-            &self.blind(ins),
+            (&bi, key.as_ref()),
             unique_id,
         )
     }

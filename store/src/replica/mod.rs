@@ -754,25 +754,31 @@ impl Replica {
         self.keys.index.blind_index(ins.matricule().as_bytes())
     }
 
-    /// The document `unique_id` names in dossier `bi`, if any. A document's own id
-    /// (`urn:carnet:` and its document id, made when the producer gave none) is not indexed:
-    /// the document id is unique already, so it names its document through `docs`. Any other
-    /// unique id goes through `UNIQUE_IDS`.
+    /// The document `unique_id` names in dossier `bi` (whose key is `key`, if held), if any. A
+    /// document's own id (`urn:carnet:` and its document id, made when the producer gave none)
+    /// is not indexed: the document id is unique already, so it names its document through
+    /// `docs`, if that document carries it indeed (one filed with a producer's id does not).
+    /// Any other unique id goes through `UNIQUE_IDS`.
     fn unique_owner(
         &self,
         docs: &impl ReadableTable<&'static [u8; 16], &'static [u8]>,
         uniques: &impl ReadableTable<&'static [u8], &'static [u8; 16]>,
-        bi: &[u8; 32],
+        (bi, key): (&[u8; 32], Option<&Key>),
         unique_id: &str,
     ) -> Result<Option<DocId>> {
         if let Some(id) = unique_id
             .strip_prefix(OWN_UNIQUE_ID)
             .and_then(|hex| DocId::parse(hex).ok())
             .filter(|id| is_own_unique_id(id, unique_id))
+            && let Some(key) = key
             && let Some(row) = docs.get(&id.0)?
-            && postcard::from_bytes::<StoredDoc>(row.value())?.dossier == *bi
         {
-            return Ok(Some(id));
+            let stored: StoredDoc = postcard::from_bytes(row.value())?;
+            if stored.dossier == *bi
+                && self.open_meta(key, &id.0, &stored)?.facts.unique_id == unique_id
+            {
+                return Ok(Some(id));
+            }
         }
         let k = self.unique_index(bi, unique_id);
         Ok(uniques.get(k.as_slice())?.map(|v| DocId(*v.value())))

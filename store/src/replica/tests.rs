@@ -883,6 +883,23 @@ fn a_documents_own_unique_id_names_it_without_an_index_row() {
     copy.unique_id = Some(own.clone());
     let taken = site.put_document(&actor, AccessMode::Normal, None, &ins(), copy);
     assert!(matches!(taken, Err(Error::Invalid(_))), "{taken:?}");
+    // A document filed under a producer's id does not answer to its own: that id is free.
+    let mut filed = doc("lab", b"lab");
+    filed.unique_id = Some("urn:oid:1.2.3.4.6".into());
+    let lab = site
+        .put_document(&actor, AccessMode::Normal, None, &ins(), filed)
+        .expect("put");
+    let lab_own = format!("urn:carnet:{lab}");
+    assert_eq!(site.find_by_unique_id(&ins(), &lab_own).ok(), Some(None));
+    let mut reimport = doc("re-import", b"lab");
+    reimport.unique_id = Some(lab_own.clone());
+    let again = site
+        .put_document(&actor, AccessMode::Normal, None, &ins(), reimport)
+        .expect("a free id");
+    assert_eq!(
+        site.find_by_unique_id(&ins(), &lab_own).ok(),
+        Some(Some(again))
+    );
 }
 
 #[test]
