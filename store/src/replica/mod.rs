@@ -1421,6 +1421,8 @@ impl Drop for Replica {
     fn drop(&mut self) {
         // Best effort: the journal is durable anyway and is replayed at the next open.
         let _ = self.flush_traces();
+        // The shared snapshot goes before the database it reads (fields drop after this).
+        self.view.retire();
     }
 }
 
