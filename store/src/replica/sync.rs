@@ -339,7 +339,13 @@ impl Replica {
                 }
                 if outcome == Applied::Applied && self.config.role == super::Role::Host {
                     let bi = self.blind(&remote.facts.ins);
-                    self.host_pushed_document(txn, &bi, &remote.facts.id, origin, &mut dossiers.1)?;
+                    self.host_pushed_document(
+                        txn,
+                        &bi,
+                        &remote.facts.id,
+                        origin,
+                        &mut dossiers.holders,
+                    )?;
                     let id = remote.facts.id.0;
                     if remote.facts.size > 0
                         && body.is_none()
@@ -405,7 +411,7 @@ impl Replica {
             ));
         }
         let bi = self.blind(&remote.facts.ins);
-        let key = match dossiers.0.get(&bi) {
+        let key = match dossiers.keys.get(&bi) {
             Some(key) => key.clone(),
             None => {
                 let head = self.authority_get(
@@ -419,7 +425,7 @@ impl Replica {
                 let key = self
                     .dossier_key(&txn.open_table(DOSSIER_KEYS)?, &bi)?
                     .filter(|_| active);
-                dossiers.0.insert(bi, key.clone());
+                dossiers.keys.insert(bi, key.clone());
                 key
             }
         };
@@ -821,16 +827,18 @@ fn widens(before: &crate::model::DocState, after: &crate::model::DocState) -> bo
 /// origin wrote to. Cleared by any item of the batch that may change a dossier's status or a
 /// scope.
 #[derive(Default)]
-pub(super) struct ActiveDossiers(
-    std::collections::HashMap<[u8; 32], Option<crate::crypto::Key>>,
-    pub(super) std::collections::HashMap<[u8; 32], Vec<u32>>,
-);
+pub(super) struct ActiveDossiers {
+    /// Data keys by dossier (`None`: not held, or not active).
+    keys: std::collections::HashMap<[u8; 32], Option<crate::crypto::Key>>,
+    /// Host: the sites holding a dossier, once the batch's origin wrote to it.
+    holders: std::collections::HashMap<[u8; 32], Vec<u32>>,
+}
 
 impl ActiveDossiers {
     /// Forgets everything (a record that may change a dossier's status was applied).
     pub(super) fn clear(&mut self) {
-        self.0.clear();
-        self.1.clear();
+        self.keys.clear();
+        self.holders.clear();
     }
 }
 
