@@ -241,20 +241,79 @@ async fn host_stream(
     (site, fingerprint): (SiteId, [u8; 32]),
     live: &Live,
 ) -> Result<()> {
+    // The session's commits leave their syncs behind them (`Replica::deferring_syncs`): the
+    // next messages are applied while the disk makes the last ones durable, and each reply
+    // leaves, in order, once what was committed before it is on disk.
+    let (replies, mut to_send) = tokio::sync::mpsc::channel(crate::session::PUSH_WINDOW);
+    let serve = serve_host_stream(recv, replica.clone(), (site, fingerprint), live, replies);
+    let sender = async {
+        while let Some(Reply { after, msgs }) = to_send.recv().await {
+            let durable = match after {
+                Some(point) if !replica.is_durable(point).unwrap_or(false) => {
+                    let r = replica.clone();
+                    tokio::task::spawn_blocking(move || r.wait_durable(point))
+                        .await
+                        .map_err(net_err)
+                        .and_then(|waited| waited.map_err(Error::from))
+                }
+                _ => Ok(()),
+            };
+            let sent = match durable {
+                Ok(()) => send(send_stream, &msgs).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = sent {
+                let _ = send(send_stream, &[Msg::Error(e.to_string())]).await;
+                break;
+            }
+        }
+        drop(to_send);
+        let _ = send_stream.finish();
+    };
+    tokio::pin!(serve, sender);
+    tokio::select! {
+        served = &mut serve => {
+            sender.await;
+            served
+        }
+        // The sender stops first only on a failure, which it reported: the session ends.
+        () = &mut sender => Ok(()),
+    }
+}
+
+/// Replies to send, once everything up to `after` is on disk.
+struct Reply {
+    after: Option<carnet_store::replica::Durable>,
+    msgs: Vec<Msg>,
+}
+
+/// Reads and applies a stream's messages, handing the replies to `replies` in order; ends at
+/// the end of the stream, a `Bye`, an error (its reply queued last), or when the sender stops.
+async fn serve_host_stream(
+    recv: &mut quinn::RecvStream,
+    replica: Arc<Replica>,
+    (site, fingerprint): (SiteId, [u8; 32]),
+    live: &Live,
+    replies: tokio::sync::mpsc::Sender<Reply>,
+) -> Result<()> {
     let mut decoder = FrameDecoder::new();
     let session = Arc::new(std::sync::Mutex::new(HostSession::new(site)));
+    let error = |e: String| Reply {
+        after: None,
+        msgs: vec![Msg::Error(e)],
+    };
     loop {
         let msg = match next_message(recv, &mut decoder).await {
             Ok(Some(m)) => m,
             Ok(None) => break,
             Err(e) => {
-                let _ = send(send_stream, &[Msg::Error(e.to_string())]).await;
+                let _ = replies.send(error(e.to_string())).await;
                 break;
             }
         };
         if live.revoked.has(&fingerprint) {
             // Revoked while this session ran: nothing more for it.
-            let _ = send(send_stream, &[Msg::Error("this site is revoked".into())]).await;
+            let _ = replies.send(error("this site is revoked".into())).await;
             break;
         }
         let mut msgs = vec![msg];
@@ -265,33 +324,30 @@ async fn host_stream(
         // A push may grow other sites' logs: they are poked.
         let pushed = msgs.iter().any(|m| matches!(m, Msg::Push { .. }));
         let (r, s) = (replica.clone(), session.clone());
-        let replies = tokio::task::spawn_blocking(move || {
-            s.lock()
-                .map_err(|_| Error::Invalid("session lock poisoned".into()))?
-                .handle_all(&r, msgs)
+        let handled = tokio::task::spawn_blocking(move || {
+            r.deferring_syncs(|| {
+                s.lock()
+                    .map_err(|_| Error::Invalid("session lock poisoned".into()))?
+                    .handle_all(&r, msgs)
+            })
+            .map(|msgs| Reply {
+                after: Some(r.durable_point()),
+                msgs,
+            })
         })
         .await
         .map_err(net_err)?;
         if pushed {
             live.changed.notify_one();
         }
-        match replies {
-            Ok(replies) => {
-                if let Err(e) = send(send_stream, &replies).await {
-                    let _ = send(send_stream, &[Msg::Error(e.to_string())]).await;
-                    break;
-                }
-            }
-            Err(e) => {
-                let _ = send(send_stream, &[Msg::Error(e.to_string())]).await;
-                break;
-            }
-        }
-        if bye {
+        let (reply, failed) = match handled {
+            Ok(reply) => (reply, false),
+            Err(e) => (error(e.to_string()), true),
+        };
+        if replies.send(reply).await.is_err() || failed || bye {
             break;
         }
     }
-    let _ = send_stream.finish();
     Ok(())
 }
 

@@ -41,8 +41,8 @@ pub const SEND_WINDOW: u64 = 8 << 20;
 /// Bodies a site asks for before it waits for them.
 pub const FETCH_WINDOW: usize = 32;
 /// Push messages a site sends before it waits for their acknowledgement (the host applies
-/// one while the next ones travel).
-pub const PUSH_WINDOW: usize = 4;
+/// some while the next ones travel, and the disk syncs them while it applies the next).
+pub const PUSH_WINDOW: usize = 8;
 /// Largest body that travels inline, with its document's first push.
 pub const INLINE_MAX: u64 = 64 * 1024;
 
@@ -317,25 +317,12 @@ impl HostSession {
             all_bodies.extend(bodies);
             ends.push(all_changes.len());
         }
-        let mut upto = replica.applied_mark(self.site)?;
-        let outcomes =
-            replica.apply_remote_batch_with_bodies(self.site, &all_changes, &all_bodies)?;
-        // Bodies of the documents these pushes brought and the host lacks (never a host-wide
-        // list: other sites' documents are none of this site's business).
-        let documents: Vec<DocId> = all_changes
-            .iter()
-            .zip(&outcomes)
-            .filter_map(|((_, change), outcome)| match (change, outcome) {
-                (Change::Document(meta), Applied::Applied | Applied::Duplicate)
-                    if meta.facts.size > 0 =>
-                {
-                    Some(meta.facts.id)
-                }
-                _ => None,
-            })
-            .collect();
-        let lacking: std::collections::HashMap<DocId, u64> =
-            replica.bodies_lacking(&documents)?.into_iter().collect();
+        // Read in the transaction that applies the pushes, so that nothing after its commit
+        // waits for its sync. Bodies lacking are of the documents these pushes brought (never
+        // a host-wide list: other sites' documents are none of this site's business).
+        let applied = replica.apply_pushed(self.site, &all_changes, &all_bodies)?;
+        let (mut upto, outcomes) = (applied.mark_before, applied.outcomes);
+        let lacking: std::collections::HashMap<DocId, u64> = applied.lacking.into_iter().collect();
         let mut acks = Vec::with_capacity(ends.len());
         let mut start = 0;
         for end in ends {

@@ -6,7 +6,7 @@
 //! is deleted (crypto-shredding), then leaves a tombstone and a purge receipt.
 
 use ed25519_dalek::VerifyingKey;
-use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
+use redb::{ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use super::tables::*;
@@ -221,7 +221,7 @@ impl Replica {
     /// a pull. Not stored: it only dates the receiving site's cache.
     pub fn sign_heartbeat(&self) -> Result<SignedRecord> {
         let key = self.signing_key()?;
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let meta = txn.open_table(META)?;
         let seq = super::read_u64(
             meta.get(meta_key::AUTHORITY_SEQ)?
@@ -250,7 +250,7 @@ impl Replica {
     }
 
     pub(super) fn head(&self, ins: &Ins) -> Result<(DossierHead, u64)> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let table = txn.open_table(AUTHORITY)?;
         match self.authority_get(
             &table,
@@ -405,7 +405,7 @@ impl Replica {
     pub fn dossier(&self, ins: &Ins) -> Result<DossierInfo> {
         let (head, head_seq) = self.head(ins)?;
         let bi = self.blind(ins);
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let table = txn.open_table(AUTHORITY)?;
         let emergency =
             match self.authority_get(&table, &subject_key(tag::EMERGENCY, Some(&bi), None))? {
@@ -446,7 +446,7 @@ impl Replica {
     /// Every dossier head held here.
     pub fn dossiers(&self) -> Result<Vec<DossierInfo>> {
         let inses: Vec<Ins> = {
-            let txn = self.db.begin_read()?;
+            let txn = self.begin_read()?;
             let table = txn.open_table(AUTHORITY)?;
             let mut out = Vec::new();
             for row in table.range([tag::DOSSIER].as_slice()..[tag::DOSSIER + 1].as_slice())? {
@@ -467,7 +467,7 @@ impl Replica {
         let host_key = self.host_key()?.ok_or_else(|| {
             Error::invalid("this replica has no host key: nothing signed to export")
         })?;
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let table = txn.open_table(AUTHORITY)?;
         let mut records = Vec::new();
         for row in table.iter()? {
@@ -567,7 +567,7 @@ impl Replica {
         }
         let mut due = Vec::new();
         {
-            let txn = self.db.begin_read()?;
+            let txn = self.begin_read()?;
             let table = txn.open_table(AUTHORITY)?;
             for row in table.range([tag::DOSSIER].as_slice()..[tag::DOSSIER + 1].as_slice())? {
                 let (k, v) = row?;
@@ -582,7 +582,7 @@ impl Replica {
             }
         }
         {
-            let txn = self.db.begin_read()?;
+            let txn = self.begin_read()?;
             for row in txn.open_table(PENDING_PURGES)?.iter()? {
                 let (_, v) = row?;
                 let plain = self
@@ -624,7 +624,7 @@ impl Replica {
 
         let txn = self.begin_write()?;
         // The write lock is held: this snapshot is what `txn` starts from.
-        let ids = self.dossier_doc_ids(&self.db.begin_read()?, &bi)?;
+        let ids = self.dossier_doc_ids(&self.begin_read()?, &bi)?;
         {
             let mut index = txn.open_table(DOSSIER_DOCS)?;
             let mut docs = txn.open_table(DOCS)?;
@@ -697,7 +697,7 @@ impl Replica {
     /// Host: the purge receipts sites returned for a dossier.
     pub fn site_purge_receipts(&self, ins: &Ins) -> Result<Vec<(SiteId, PurgeReceipt)>> {
         let bi = self.blind(ins);
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let mut out = Vec::new();
         for row in txn.open_table(SITE_RECEIPTS)?.range(bi.as_slice()..)? {
             let (k, v) = row?;
@@ -717,7 +717,7 @@ impl Replica {
 
     /// The purge receipt of a dossier purged here, if any.
     pub fn purge_receipt(&self, ins: &Ins) -> Result<Option<PurgeReceipt>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let t = txn.open_table(TOMBSTONES)?;
         let row = t.get(&self.blind(ins))?;
         match row {
@@ -728,7 +728,7 @@ impl Replica {
 
     /// True when this replica still holds a data key for the dossier.
     pub fn has_dossier_key(&self, ins: &Ins) -> Result<bool> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         Ok(txn
             .open_table(DOSSIER_KEYS)?
             .get(&self.blind(ins))?

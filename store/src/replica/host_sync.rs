@@ -15,7 +15,7 @@
 //! signed records are verified under the pinned host key before use.
 
 use ed25519_dalek::VerifyingKey;
-use redb::{ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction};
+use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
 use super::tables::*;
 use super::{Replica, Role, lock_err};
@@ -325,7 +325,7 @@ impl Replica {
     /// Host: the last sequence of `site`'s log (0 when empty).
     pub fn log_head(&self, site: SiteId) -> Result<u64> {
         self.require_host()?;
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let log = txn.open_table(SITE_LOG)?;
         let last = log
             .range((site.0, 0)..=(site.0, u64::MAX))?
@@ -446,7 +446,7 @@ impl Replica {
 
     /// True when this replica holds the body of `id`.
     pub fn has_body(&self, id: &DocId) -> Result<bool> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let first = body_key(&id.0, 0);
         Ok(txn.open_table(BODIES)?.get(first.as_slice())?.is_some())
     }
@@ -455,7 +455,7 @@ impl Replica {
 
     /// Site: the host log sequence applied up to.
     pub fn pull_cursor(&self) -> Result<u64> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         Self::cursor_in(&txn)
     }
 

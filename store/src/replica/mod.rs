@@ -17,6 +17,7 @@
 
 mod announcements;
 mod authority_ops;
+mod backend;
 mod cache;
 mod documents;
 mod host_sync;
@@ -46,10 +47,11 @@ use zeroize::Zeroizing;
 
 pub use announcements::AnnouncementPass;
 pub use authority_ops::{DossierInfo, ImportReport, NewDossier};
+pub use backend::Durable;
 pub use documents::{DossierExport, ExportedDocument, NewDocument, ReadOutcome};
 pub use host_sync::{PullItem, PullReport};
 pub use quarantine::Quarantined;
-pub use sync::{Applied, BodyPiece, Change};
+pub use sync::{Applied, BodyPiece, Change, PushApplied};
 
 use crate::audit::{AuditEntry, ChainedEntry, GroupCommit, TraceAction, TraceActor};
 use crate::authority::{AuthorityRecord, Verified};
@@ -229,6 +231,8 @@ pub struct Replica {
     /// The local trace chain and its journal; always locked before a redb write transaction.
     chain: Mutex<TraceChain>,
     db: Database,
+    /// Waits for the syncs that commits inside `deferring_syncs` left to finish behind them.
+    durability: backend::Durability,
     dir: PathBuf,
     config: ReplicaConfig,
     keys: Keys,
@@ -400,7 +404,7 @@ impl Replica {
                 }
             },
         };
-        let db = Database::create(&db_path)?;
+        let (db, _) = open_database(&db_path, true)?;
         let txn = db.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
@@ -450,7 +454,7 @@ impl Replica {
                 dir.display()
             )));
         }
-        let db = Database::open(&db_path).map_err(|e| match e {
+        let (db, durability) = open_database(&db_path, false).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => Error::Storage(format!(
                 "the replica in {} is in use by another process (is carnet-syncd running?)",
                 dir.display()
@@ -529,6 +533,7 @@ impl Replica {
         let replica = Replica {
             chain,
             db,
+            durability,
             dir: dir.to_path_buf(),
             config,
             keys,
@@ -727,7 +732,7 @@ impl Replica {
 
     /// The value stored by `put_sealed` under `name`, if any.
     pub fn get_sealed(&self, name: &str) -> Result<Option<Zeroizing<Vec<u8>>>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let meta = txn.open_table(META)?;
         let row = meta.get(format!("sealed:{name}").as_str())?;
         match row {
@@ -793,7 +798,7 @@ impl Replica {
 
     /// Highest host record sequence this replica has admitted (its authority cache version).
     pub fn authority_version(&self) -> Result<u64> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let meta = txn.open_table(META)?;
         let v = meta.get(meta_key::AUTHORITY_VERSION)?;
         Ok(read_u64(v.as_ref().map(|g| g.value())))
@@ -858,7 +863,7 @@ impl Replica {
 
     /// The professionals registered here, by RPPS.
     pub fn professionals(&self) -> Result<Vec<Professional>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let pros = txn.open_table(PROS)?;
         let mut out = Vec::new();
         for row in pros.iter()? {
@@ -889,6 +894,49 @@ impl Replica {
         })
     }
 
+    /// A read transaction of what is on disk: it waits for the syncs that commits before it
+    /// left to finish behind them (`deferring_syncs`). Every read of a live replica begins
+    /// here, so nothing read from it, nor sent from it, can be lost by a crash.
+    fn begin_read(&self) -> Result<ReadTransaction> {
+        let txn = self.db.begin_read()?;
+        // The snapshot holds nothing committed after this point was issued.
+        self.durability.wait(self.durability.issued())?;
+        Ok(txn)
+    }
+
+    /// Runs `work` with the syncs of the commits it makes on this thread, in this replica,
+    /// left to finish behind them (see `backend`): the next transaction begins while the disk
+    /// works. What those commits did must not be acknowledged to anyone before
+    /// `wait_durable(durable_point())` returns; reads wait for it themselves.
+    pub fn deferring_syncs<T>(&self, work: impl FnOnce() -> T) -> T {
+        struct Restore(usize);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                DEFERRING.set(self.0);
+            }
+        }
+        let _restore = Restore(DEFERRING.replace(self.durability.id()));
+        work()
+    }
+
+    /// Where the file's operations issued so far end: every commit made before is on disk
+    /// once `wait_durable` returns for this point.
+    pub fn durable_point(&self) -> Durable {
+        self.durability.issued()
+    }
+
+    /// Whether everything up to `point` is on disk already (`wait_durable` would not wait).
+    pub fn is_durable(&self, point: Durable) -> Result<bool> {
+        Ok(self.durability.reached(point)?)
+    }
+
+    /// Waits until everything up to `point` is on disk. An error means a write or a sync of
+    /// the database file failed: what came after the last durable point is not on disk, and
+    /// the replica must be opened again.
+    pub fn wait_durable(&self, point: Durable) -> Result<()> {
+        Ok(self.durability.wait(point)?)
+    }
+
     /// A write transaction without the trace chain; its commit retires the shared read view.
     /// Every write of the replica begins here (or in `begin_write`, which holds one).
     fn begin_raw_write(&self) -> Result<RawWrite<'_>> {
@@ -900,7 +948,7 @@ impl Replica {
 
     /// A read snapshot and its generation counters (see `cache`).
     fn snapshot(&self) -> Result<(ReadTransaction, Generation)> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let generation = {
             let meta = txn.open_table(META)?;
             let get =
@@ -1178,7 +1226,7 @@ impl Replica {
     /// Trace entries, decrypted, optionally only those of one dossier, in chain order per origin.
     pub fn audit_entries(&self, ins: Option<&Ins>) -> Result<Vec<ChainedEntry>> {
         self.flush_traces()?;
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let table = txn.open_table(AUDIT)?;
         let mut out = Vec::new();
         for row in table.iter()? {
@@ -1228,7 +1276,7 @@ impl Replica {
     pub fn traces_after(&self, after: u64, limit: usize) -> Result<Vec<TraceRecord>> {
         self.flush_traces()?;
         let origin = self.config.site_id.0;
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let table = txn.open_table(AUDIT)?;
         let mut out = Vec::new();
         for row in table
@@ -1248,7 +1296,7 @@ impl Replica {
 
     /// Host: the last trace entry of `origin` held here.
     pub fn trace_mark(&self, origin: SiteId) -> Result<u64> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let heads = txn.open_table(AUDIT_HEADS)?;
         let row = heads.get(origin.0)?;
         Ok(match row {
@@ -1299,7 +1347,7 @@ impl Replica {
     /// Verifies every origin's trace chain. Returns `(origins, entries)` checked.
     pub fn verify_audit(&self) -> Result<(usize, u64)> {
         self.flush_traces()?;
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let table = txn.open_table(AUDIT)?;
         let heads = txn.open_table(AUDIT_HEADS)?;
         let mut origins: Vec<u32> = Vec::new();
@@ -1383,7 +1431,7 @@ impl Replica {
     }
 
     fn reload_matrix(&self) -> Result<()> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let table = txn.open_table(AUTHORITY)?;
         if let Some(Verified {
             record: AuthorityRecord::Matrix(m),
@@ -1452,8 +1500,13 @@ impl RawWrite<'_> {
     /// Commits, then retires the shared read view (even if the commit failed: what it left is
     /// read afresh).
     fn commit(self) -> Result<()> {
-        let committed = self.txn.commit();
-        self.replica.view.retire();
+        let RawWrite { replica, txn } = self;
+        let committed = if DEFERRING.get() == replica.durability.id() {
+            replica.durability.deferring(|| txn.commit())
+        } else {
+            txn.commit()
+        };
+        replica.view.retire();
         Ok(committed?)
     }
 
@@ -1506,6 +1559,30 @@ impl Writer<'_> {
         self.txn.abort()?;
         Ok(())
     }
+}
+
+thread_local! {
+    /// The replica (`Durability::id`) whose commits on this thread defer their syncs, or 0.
+    static DEFERRING: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Opens (or with `create`, creates) the database file over the write-behind backend.
+fn open_database(
+    path: &Path,
+    create: bool,
+) -> std::result::Result<(Database, backend::Durability), redb::DatabaseError> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .truncate(false)
+        .open(path)?;
+    let file = redb::backends::FileBackend::new(file)?;
+    let (backend, durability) = backend::WriteBehind::new(Box::new(file))?;
+    Ok((
+        redb::Builder::new().create_with_backend(backend)?,
+        durability,
+    ))
 }
 
 /// The oldest live epoch of the trace journal, as stored in `META`.

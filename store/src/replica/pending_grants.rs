@@ -6,7 +6,7 @@
 //! it (a revocation made later wins); it widens access only at the site that recorded it, and
 //! only for `PENDING_VALID`; the host decides, in the transaction that applies the push.
 
-use redb::{ReadTransaction, ReadableDatabase};
+use redb::ReadTransaction;
 use serde::{Deserialize, Serialize};
 
 use super::tables::*;
@@ -50,7 +50,7 @@ impl Replica {
         }
         let bi = self.blind(ins);
         let txn = self.begin_write()?;
-        self.who_is(&self.db.begin_read()?, rpps)?;
+        self.who_is(&self.begin_read()?, rpps)?;
         let now = self.now();
         {
             let mut table = txn.open_table(PENDING_GRANTS)?;

@@ -7,7 +7,7 @@
 //! is exactly one more than the last applied from that origin, so a replay is a no-op and a gap
 //! is refused, and the merge and the new high-water mark commit together.
 
-use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
+use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -61,6 +61,18 @@ pub enum Applied {
     Returned,
 }
 
+/// What `apply_pushed` did with a site's batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushApplied {
+    /// The origin's mark (last change applied) before the batch.
+    pub mark_before: u64,
+    /// One outcome per change, in order.
+    pub outcomes: Vec<Applied>,
+    /// The batch's documents (applied or duplicate, with a body) whose body is not stored
+    /// here, with the bytes of it kept so far.
+    pub lacking: Vec<(DocId, u64)>,
+}
+
 impl Replica {
     /// Local changes after `after`, in order, at most `limit`.
     pub fn outbox(&self, after: u64, limit: usize) -> Result<Vec<(u64, Change)>> {
@@ -109,7 +121,7 @@ impl Replica {
     /// The highest change sequence applied here from `origin` (what a site resumes pushing
     /// after).
     pub fn applied_mark(&self, origin: SiteId) -> Result<u64> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let mark = txn
             .open_table(APPLIED)?
             .get(origin.0)?
@@ -150,7 +162,7 @@ impl Replica {
 
     /// The highest outbox sequence this replica ever issued.
     pub fn outbox_issued(&self) -> Result<u64> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let last = txn
             .open_table(OUTBOX)?
             .last()?
@@ -160,7 +172,7 @@ impl Replica {
 
     /// The outbox is acknowledged (by the host) up to here.
     pub fn outbox_acked(&self) -> Result<u64> {
-        Self::outbox_acked_in(&self.db.begin_read()?)
+        Self::outbox_acked_in(&self.begin_read()?)
     }
 
     fn outbox_acked_in(txn: &redb::ReadTransaction) -> Result<u64> {
@@ -171,7 +183,7 @@ impl Replica {
 
     /// Host: every document returned to `site` so far (repeated at each session's start).
     pub fn returned_to(&self, site: SiteId) -> Result<Vec<DocId>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let prefix = site.0.to_be_bytes();
         let mut out = Vec::new();
         for row in txn.open_table(RETURNED)?.range(prefix.as_slice()..)? {
@@ -222,7 +234,7 @@ impl Replica {
     /// Number of entries waiting in the outbox.
     /// Pending outbox entries by kind (`document`, `professional`, `purge-receipt`, `pin`).
     pub fn outbox_by_kind(&self) -> Result<std::collections::BTreeMap<&'static str, u64>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let mut out = std::collections::BTreeMap::new();
         for row in txn.open_table(OUTBOX)?.iter()? {
             let (_, v) = row?;
@@ -239,7 +251,7 @@ impl Replica {
     }
 
     pub fn outbox_len(&self) -> Result<u64> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         Ok(txn.open_table(OUTBOX)?.len()?)
     }
 
@@ -285,15 +297,29 @@ impl Replica {
         changes: &[(u64, Change)],
         bodies: &[BodyPiece],
     ) -> Result<Vec<Applied>> {
+        Ok(self.apply_pushed(origin, changes, bodies)?.outcomes)
+    }
+
+    /// `apply_remote_batch_with_bodies`, answering as well what the host tells the site that
+    /// pushed the batch, read in the same transaction: the origin's mark before it, and the
+    /// bodies of its documents still lacking here. Inside `deferring_syncs`, nothing after the
+    /// commit waits for its sync.
+    pub fn apply_pushed(
+        &self,
+        origin: SiteId,
+        changes: &[(u64, Change)],
+        bodies: &[BodyPiece],
+    ) -> Result<PushApplied> {
         let inline = InlineBodies::new(bodies);
         if origin == self.config.site_id {
             return Err(Error::invalid("a replica does not apply its own changes"));
         }
         let txn = self.begin_write()?;
-        let mut last = txn
+        let mark_before = txn
             .open_table(APPLIED)?
             .get(origin.0)?
             .map_or(0, |v| v.value());
+        let mut last = mark_before;
         let mut outcomes = Vec::with_capacity(changes.len());
         let mut dossiers = ActiveDossiers::default();
         for (seq, change) in changes {
@@ -312,8 +338,29 @@ impl Replica {
             last = seq;
         }
         txn.open_table(APPLIED)?.insert(origin.0, last)?;
+        let documents: Vec<DocId> = changes
+            .iter()
+            .zip(&outcomes)
+            .filter_map(|((_, change), outcome)| match (change, outcome) {
+                (Change::Document(meta), Applied::Applied | Applied::Duplicate)
+                    if meta.facts.size > 0 =>
+                {
+                    Some(meta.facts.id)
+                }
+                _ => None,
+            })
+            .collect();
+        let lacking = Self::lacking_in(
+            &txn.open_table(BODIES)?,
+            Some(&txn.open_table(PARTIAL_PROGRESS)?),
+            &documents,
+        )?;
         txn.commit()?;
-        Ok(outcomes)
+        Ok(PushApplied {
+            mark_before,
+            outcomes,
+            lacking,
+        })
     }
 
     fn apply_one_in(
@@ -526,18 +573,26 @@ impl Replica {
     /// Of `ids`, the documents whose body this replica does not hold, with the bytes of each it
     /// keeps so far (one read transaction).
     pub fn bodies_lacking(&self, ids: &[DocId]) -> Result<Vec<(DocId, u64)>> {
-        let txn = self.db.begin_read()?;
-        let bodies = txn.open_table(BODIES)?;
+        let txn = self.begin_read()?;
         let progress = match txn.open_table(PARTIAL_PROGRESS) {
             Ok(t) => Some(t),
             // A replica created before resumable bodies: nothing is partial.
             Err(redb::TableError::TableDoesNotExist(_)) => None,
             Err(e) => return Err(e.into()),
         };
+        Self::lacking_in(&txn.open_table(BODIES)?, progress.as_ref(), ids)
+    }
+
+    /// `bodies_lacking`, in `bodies` and `progress` of one transaction.
+    fn lacking_in(
+        bodies: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        progress: Option<&impl ReadableTable<&'static [u8; 16], u64>>,
+        ids: &[DocId],
+    ) -> Result<Vec<(DocId, u64)>> {
         let mut out = Vec::new();
         for id in ids {
             if bodies.get(body_key(&id.0, 0).as_slice())?.is_none() {
-                let kept = match &progress {
+                let kept = match progress {
                     Some(t) => t.get(&id.0)?.map_or(0, |v| v.value()),
                     None => 0,
                 };
@@ -550,7 +605,7 @@ impl Replica {
     /// Bytes of `id`'s body received so far from a peer and durably kept (0 when none); a
     /// transfer cut short resumes from here.
     pub fn body_progress(&self, id: &DocId) -> Result<u64> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         match txn.open_table(PARTIAL_PROGRESS) {
             Ok(t) => Ok(t.get(&id.0)?.map_or(0, |v| v.value())),
             // A replica created before resumable bodies: nothing is partial.
@@ -716,7 +771,7 @@ impl Replica {
 
     /// Host: the bodies `site` owes, with the bytes of each already kept here.
     pub fn bodies_owed_by(&self, site: SiteId) -> Result<Vec<(DocId, u64)>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let owed = match txn.open_table(OWED_BODIES) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
@@ -744,7 +799,7 @@ impl Replica {
 
     /// Documents whose metadata is here but whose body is not yet.
     pub fn missing_bodies(&self) -> Result<Vec<DocId>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         txn.open_table(MISSING_BODIES)?
             .iter()?
             .map(|row| row.map(|(k, _)| DocId(*k.value())).map_err(Into::into))
@@ -754,7 +809,7 @@ impl Replica {
     /// At open: a replica made before `MISSING_BODIES` existed gets it, filled by one scan.
     pub(super) fn index_missing_bodies(&self) -> Result<()> {
         {
-            let txn = self.db.begin_read()?;
+            let txn = self.begin_read()?;
             match txn.open_table(MISSING_BODIES) {
                 Ok(_) => return Ok(()),
                 Err(redb::TableError::TableDoesNotExist(_)) => {}

@@ -599,8 +599,8 @@ fn a_sites_lease_can_be_set_and_holds_after_reopening() {
 
 /// Rows in the `AUDIT` table (entries still journaled are not there yet).
 fn in_table(r: &Replica) -> u64 {
-    use redb::{ReadableDatabase, ReadableTableMetadata};
-    let txn = r.db.begin_read().expect("read");
+    use redb::ReadableTableMetadata;
+    let txn = r.begin_read().expect("read");
     txn.open_table(AUDIT).expect("audit").len().expect("len")
 }
 
@@ -860,7 +860,7 @@ fn a_documents_own_unique_id_names_it_without_an_index_row() {
     let own = format!("urn:carnet:{id}");
     for r in [&site, &host] {
         assert_eq!(r.find_by_unique_id(&ins(), &own).ok(), Some(Some(id)));
-        let txn = r.db.begin_read().expect("read");
+        let txn = r.begin_read().expect("read");
         let rows = txn
             .open_table(UNIQUE_IDS)
             .expect("table")
@@ -1101,19 +1101,17 @@ fn every_write_retires_the_shared_read_view_so_no_read_misses_a_revocation() {
     assert!(read(&site, &id).is_err());
 }
 
-#[test]
-fn writes_begin_only_where_their_commit_retires_the_shared_read_view() {
-    // `RawWrite::commit` retires the view; a transaction begun on a live replica's database
-    // directly would commit around it and leave reads on an old snapshot (tests included).
-    fn scan(dir: &std::path::Path, found: &mut Vec<String>) {
+/// Lines of this crate's sources holding `needle`.
+fn source_lines_with(needle: &str) -> Vec<String> {
+    fn scan(dir: &std::path::Path, needle: &str, found: &mut Vec<String>) {
         for entry in std::fs::read_dir(dir).expect("dir") {
             let path = entry.expect("entry").path();
             if path.is_dir() {
-                scan(&path, found);
+                scan(&path, needle, found);
             } else if path.extension().is_some_and(|e| e == "rs") {
                 let text = std::fs::read_to_string(&path).expect("source");
                 for (n, line) in text.lines().enumerate() {
-                    if line.contains(&[".db.", "begin_write()"].concat()) {
+                    if line.contains(needle) {
                         found.push(format!("{}:{}", path.display(), n + 1));
                     }
                 }
@@ -1123,9 +1121,55 @@ fn writes_begin_only_where_their_commit_retires_the_shared_read_view() {
     let mut found = Vec::new();
     scan(
         &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+        needle,
         &mut found,
     );
+    found
+}
+
+#[test]
+fn writes_begin_only_where_their_commit_retires_the_shared_read_view() {
+    // `RawWrite::commit` retires the view; a transaction begun on a live replica's database
+    // directly would commit around it and leave reads on an old snapshot (tests included).
+    let found = source_lines_with(&[".db.", "begin_write()"].concat());
     assert_eq!(found.len(), 1, "only in begin_raw_write: {found:?}");
+}
+
+#[test]
+fn reads_begin_only_where_they_wait_for_deferred_syncs() {
+    // `Replica::begin_read` waits until what it reads is on disk; a read begun on the
+    // database directly could see, and send on, a commit that a crash then undoes.
+    let found = source_lines_with(&[".db.", "begin_read()"].concat());
+    assert_eq!(found.len(), 1, "only in Replica::begin_read: {found:?}");
+}
+
+#[test]
+fn only_commits_inside_deferring_syncs_leave_their_sync_behind() {
+    let (hd, host, _sd, _site) = host_and_site();
+    let before = host.durable_point();
+    write(&host, "waited for", b"one");
+    assert_eq!(
+        host.durable_point(),
+        before,
+        "a commit outside waits for its sync"
+    );
+    let id = host.deferring_syncs(|| write(&host, "left behind", b"two"));
+    let point = host.durable_point();
+    assert!(point > before, "the deferred sync is queued");
+    // The scope ends with the call: the next commit waits again.
+    write(&host, "waited for again", b"three");
+    host.wait_durable(host.durable_point()).expect("durable");
+    drop(host);
+    let host = Replica::open(hd.path(), &KeySource::File, clock()).expect("reopen");
+    let read = host
+        .read_document(
+            &Actor::Professional(doctor()),
+            &id,
+            AccessMode::Normal,
+            None,
+        )
+        .expect("kept");
+    assert_eq!(&read.body[..], b"two");
 }
 
 #[test]
@@ -1248,8 +1292,8 @@ fn a_scope_exit_purge_cut_by_a_crash_finishes_at_the_next_open() {
         "purged at open"
     );
     let left = {
-        use redb::{ReadableDatabase, ReadableTableMetadata};
-        let txn = site.db.begin_read().expect("read");
+        use redb::ReadableTableMetadata;
+        let txn = site.begin_read().expect("read");
         txn.open_table(PENDING_PURGES)
             .expect("t")
             .len()
@@ -1467,7 +1511,7 @@ fn missing_bodies_are_indexed_and_an_older_replica_gets_the_index_at_open() {
 
 /// Rows of document `id`'s body in `BODIES`: (chunks, tails).
 fn body_rows(r: &Replica, id: &DocId) -> (u64, u64) {
-    let txn = r.db.begin_read().expect("read");
+    let txn = r.begin_read().expect("read");
     let table = txn.open_table(BODIES).expect("table");
     let count = |first: &[u8], last: &[u8]| {
         table
