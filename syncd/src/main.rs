@@ -165,14 +165,21 @@ async fn host(
     let live = net::Live::new(service.changed.clone(), revoked);
     let api = tokio::spawn(local::serve(listener, Arc::new(service)));
     let timer = tokio::spawn(announcement_timer(replica.clone(), live.clone()));
-    let server = tokio::spawn(net::serve(endpoint.clone(), replica, live));
-    stop_signal().await;
+    let server = tokio::spawn(net::serve(endpoint.clone(), replica, live.clone()));
+    let storage_failed = tokio::select! {
+        () = stop_signal() => false,
+        () = live.storage_failure() => true,
+    };
     tracing::info!("stopping");
     endpoint.close(0u32.into(), b"host stopping");
     endpoint.wait_idle().await;
     server.abort();
     api.abort();
     timer.abort();
+    if storage_failed {
+        // A non-zero exit: systemd starts the daemon again, and redb recovers the file.
+        return Err("a write to the database file failed (see the log): restart the daemon".into());
+    }
     Ok(())
 }
 

@@ -76,6 +76,8 @@ pub struct Live {
     sites: std::sync::Mutex<std::collections::HashMap<usize, LiveSite>>,
     changed: Arc<tokio::sync::Notify>,
     revoked: Arc<Revoked>,
+    /// Notified when a write or sync of the host's database file failed.
+    storage_failed: tokio::sync::Notify,
 }
 
 #[derive(Debug)]
@@ -95,7 +97,14 @@ impl Live {
             sites: std::sync::Mutex::new(std::collections::HashMap::new()),
             changed,
             revoked,
+            storage_failed: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Resolves once a write or sync of the host's database file failed: nothing more can be
+    /// made durable until the daemon opens the replica again (redb recovers it), so it stops.
+    pub async fn storage_failure(&self) {
+        self.storage_failed.notified().await;
     }
 
     /// Something may have changed: a pass follows.
@@ -251,10 +260,15 @@ async fn host_stream(
             let durable = match after {
                 Some(point) if !replica.is_durable(point).unwrap_or(false) => {
                     let r = replica.clone();
-                    tokio::task::spawn_blocking(move || r.wait_durable(point))
-                        .await
-                        .map_err(net_err)
-                        .and_then(|waited| waited.map_err(Error::from))
+                    match tokio::task::spawn_blocking(move || r.wait_durable(point)).await {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(e)) => {
+                            tracing::error!(error = %e, "the database file failed: stopping");
+                            live.storage_failed.notify_one();
+                            Err(Error::from(e))
+                        }
+                        Err(e) => Err(net_err(e)),
+                    }
                 }
                 _ => Ok(()),
             };
@@ -323,23 +337,24 @@ async fn serve_host_stream(
         let bye = msgs.contains(&Msg::Bye);
         // A push may grow other sites' logs: they are poked.
         let pushed = msgs.iter().any(|m| matches!(m, Msg::Push { .. }));
-        let (r, s) = (replica.clone(), session.clone());
+        let (r, s, changed) = (replica.clone(), session.clone(), live.changed.clone());
         let handled = tokio::task::spawn_blocking(move || {
-            r.deferring_syncs(|| {
+            let handled = r.deferring_syncs(|| {
                 s.lock()
                     .map_err(|_| Error::Invalid("session lock poisoned".into()))?
                     .handle_all(&r, msgs)
-            })
-            .map(|msgs| Reply {
+            });
+            // Here, not after the await: this runs to the end even if the session is dropped.
+            if pushed {
+                changed.notify_one();
+            }
+            handled.map(|msgs| Reply {
                 after: Some(r.durable_point()),
                 msgs,
             })
         })
         .await
         .map_err(net_err)?;
-        if pushed {
-            live.changed.notify_one();
-        }
         let (reply, failed) = match handled {
             Ok(reply) => (reply, false),
             Err(e) => (error(e.to_string()), true),

@@ -234,7 +234,8 @@ impl TraceChain {
     }
 
     /// Starts a new epoch once every journaled record is committed in redb with `epoch`
-    /// stored: older frames are retired without touching the file.
+    /// stored, and that commit is on disk: older frames are retired without touching the file
+    /// (the next frames overwrite them).
     pub fn restart(&mut self, epoch: u32) {
         self.epoch = epoch;
         self.region ^= 1;

@@ -1165,7 +1165,7 @@ impl Replica {
                     let txn = self.begin_raw_write()?;
                     let moved = self.write_traces(&txn, &chain, &[])?;
                     txn.commit()?;
-                    moved.apply(&mut chain);
+                    moved.apply(&mut chain, &self.durability)?;
                 }
             }
         }
@@ -1456,12 +1456,17 @@ struct TracesWritten {
 }
 
 impl TracesWritten {
-    fn apply(self, chain: &mut TraceChain) {
+    /// Moves the chain in memory after the commit. When journaled entries moved into redb, the
+    /// journal region they were in is reused only once that commit is on disk (it may have
+    /// left its sync behind it, `deferring_syncs`): until then they exist only there.
+    fn apply(self, chain: &mut TraceChain, durability: &backend::Durability) -> Result<()> {
         chain.seq = self.seq;
         chain.prev = self.prev;
         if let Some(epoch) = self.new_epoch {
+            durability.wait(durability.issued())?;
             chain.restart(epoch);
         }
+        Ok(())
     }
 }
 
@@ -1550,8 +1555,7 @@ impl Writer<'_> {
         } = self;
         let written = replica.write_traces(&txn, &chain, &staged.into_inner())?;
         txn.commit()?;
-        written.apply(&mut chain);
-        Ok(())
+        written.apply(&mut chain, &replica.durability)
     }
 
     /// Abandons the transaction and its staged entries.

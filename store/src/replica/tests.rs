@@ -1173,6 +1173,32 @@ fn only_commits_inside_deferring_syncs_leave_their_sync_behind() {
 }
 
 #[test]
+fn a_deferred_commit_that_moves_the_trace_journal_is_durable_before_the_journal_is_reused() {
+    let (hd, host, _sd, _site) = host_and_site();
+    let actor = Actor::Professional(doctor());
+    let id = write(&host, "read first", b"body");
+    let traced = host.verify_audit().expect("verify").1;
+    // An audited read: its trace entry goes to the journal.
+    host.read_document(&actor, &id, AccessMode::Normal, None)
+        .expect("read");
+    // A write's commit moves the journaled entry into redb and retires the journal region:
+    // it may not be reused before that commit is on disk.
+    host.deferring_syncs(|| write(&host, "moves the journal", b"two"));
+    assert!(
+        host.is_durable(host.durable_point()).expect("durability"),
+        "the journal moved on before the commit that holds its entries was durable"
+    );
+    // The next reads journal into the retired region.
+    host.read_document(&actor, &id, AccessMode::Normal, None)
+        .expect("read");
+    drop(host);
+    let host = Replica::open(hd.path(), &KeySource::File, clock()).expect("reopen");
+    let (_, entries) = host.verify_audit().expect("the chain is whole");
+    // Both reads and the write.
+    assert!(entries >= traced + 3, "{entries} entries, {traced} before");
+}
+
+#[test]
 fn every_document_of_a_pushed_batch_reaches_the_other_sites_holding_its_dossier() {
     let (_hd, host, _sd, site) = host_and_site();
     // A second site where the treating doctor works too: the dossier is in its scope.
