@@ -130,6 +130,22 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     result
 }
 
+/// How often the host checks that its database file still takes writes.
+const STORAGE_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Resolves once a write or sync of the replica's database file failed (a deferred sync, seen
+/// by nobody waiting, included): nothing more can be made durable until the daemon opens the
+/// replica again, when redb recovers the file.
+async fn storage_failure(replica: &Replica) {
+    loop {
+        if let Some(failure) = replica.storage_failure() {
+            tracing::error!(error = %failure, "the database file failed: stopping");
+            return;
+        }
+        tokio::time::sleep(STORAGE_CHECK_EVERY).await;
+    }
+}
+
 /// Resolves when SIGTERM or SIGINT arrives.
 async fn stop_signal() {
     let term = async {
@@ -165,10 +181,10 @@ async fn host(
     let live = net::Live::new(service.changed.clone(), revoked);
     let api = tokio::spawn(local::serve(listener, Arc::new(service)));
     let timer = tokio::spawn(announcement_timer(replica.clone(), live.clone()));
-    let server = tokio::spawn(net::serve(endpoint.clone(), replica, live.clone()));
+    let server = tokio::spawn(net::serve(endpoint.clone(), replica.clone(), live));
     let storage_failed = tokio::select! {
         () = stop_signal() => false,
-        () = live.storage_failure() => true,
+        () = storage_failure(&replica) => true,
     };
     tracing::info!("stopping");
     endpoint.close(0u32.into(), b"host stopping");

@@ -76,8 +76,6 @@ pub struct Live {
     sites: std::sync::Mutex<std::collections::HashMap<usize, LiveSite>>,
     changed: Arc<tokio::sync::Notify>,
     revoked: Arc<Revoked>,
-    /// Notified when a write or sync of the host's database file failed.
-    storage_failed: tokio::sync::Notify,
 }
 
 #[derive(Debug)]
@@ -97,14 +95,7 @@ impl Live {
             sites: std::sync::Mutex::new(std::collections::HashMap::new()),
             changed,
             revoked,
-            storage_failed: tokio::sync::Notify::new(),
         })
-    }
-
-    /// Resolves once a write or sync of the host's database file failed: nothing more can be
-    /// made durable until the daemon opens the replica again (redb recovers it), so it stops.
-    pub async fn storage_failure(&self) {
-        self.storage_failed.notified().await;
     }
 
     /// Something may have changed: a pass follows.
@@ -262,11 +253,8 @@ async fn host_stream(
                     let r = replica.clone();
                     match tokio::task::spawn_blocking(move || r.wait_durable(point)).await {
                         Ok(Ok(())) => Ok(()),
-                        Ok(Err(e)) => {
-                            tracing::error!(error = %e, "the database file failed: stopping");
-                            live.storage_failed.notify_one();
-                            Err(Error::from(e))
-                        }
+                        // The daemon sees the replica's failure and stops (`main`).
+                        Ok(Err(e)) => Err(Error::from(e)),
                         Err(e) => Err(net_err(e)),
                     }
                 }

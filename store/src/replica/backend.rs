@@ -208,6 +208,11 @@ impl Durability {
         Durable(self.0.lock().issued)
     }
 
+    /// The first failure of the file, if any.
+    pub(super) fn failure(&self) -> Option<String> {
+        self.0.lock().check().err().map(|e| e.to_string())
+    }
+
     /// Whether everything up to `point` is on disk already.
     pub(super) fn reached(&self, point: Durable) -> io::Result<bool> {
         let queue = self.0.lock();

@@ -925,6 +925,12 @@ impl Replica {
         self.durability.issued()
     }
 
+    /// The failure of a write or sync of the database file, if one failed: nothing more can be
+    /// made durable until the replica is opened again (redb then recovers the file).
+    pub fn storage_failure(&self) -> Option<String> {
+        self.durability.failure()
+    }
+
     /// Whether everything up to `point` is on disk already (`wait_durable` would not wait).
     pub fn is_durable(&self, point: Durable) -> Result<bool> {
         Ok(self.durability.reached(point)?)
@@ -1456,14 +1462,17 @@ struct TracesWritten {
 }
 
 impl TracesWritten {
-    /// Moves the chain in memory after the commit. When journaled entries moved into redb, the
-    /// journal region they were in is reused only once that commit is on disk (it may have
-    /// left its sync behind it, `deferring_syncs`): until then they exist only there.
+    /// Moves the chain in memory after the commit, once that commit is on disk (it may have
+    /// left its sync behind it, `deferring_syncs`) if the chain moved: the next entries are
+    /// journaled on top of its head, and when journaled entries moved into redb, the journal
+    /// region they were in is written again. Until then they exist only there.
     fn apply(self, chain: &mut TraceChain, durability: &backend::Durability) -> Result<()> {
+        if self.seq != chain.seq || self.new_epoch.is_some() {
+            durability.wait(durability.issued())?;
+        }
         chain.seq = self.seq;
         chain.prev = self.prev;
         if let Some(epoch) = self.new_epoch {
-            durability.wait(durability.issued())?;
             chain.restart(epoch);
         }
         Ok(())

@@ -1173,11 +1173,18 @@ fn only_commits_inside_deferring_syncs_leave_their_sync_behind() {
 }
 
 #[test]
-fn a_deferred_commit_that_moves_the_trace_journal_is_durable_before_the_journal_is_reused() {
+fn a_deferred_commit_that_moves_the_trace_chain_or_journal_is_durable_when_it_returns() {
     let (hd, host, _sd, _site) = host_and_site();
     let actor = Actor::Professional(doctor());
     let id = write(&host, "read first", b"body");
     let traced = host.verify_audit().expect("verify").1;
+    // A write's trace entry moves the chain head; the next entries are journaled on top of it,
+    // so it too is on disk before the commit returns.
+    host.deferring_syncs(|| write(&host, "moves the head", b"one"));
+    assert!(
+        host.is_durable(host.durable_point()).expect("durability"),
+        "the chain head moved before the commit holding it was durable"
+    );
     // An audited read: its trace entry goes to the journal.
     host.read_document(&actor, &id, AccessMode::Normal, None)
         .expect("read");
@@ -1194,8 +1201,8 @@ fn a_deferred_commit_that_moves_the_trace_journal_is_durable_before_the_journal_
     drop(host);
     let host = Replica::open(hd.path(), &KeySource::File, clock()).expect("reopen");
     let (_, entries) = host.verify_audit().expect("the chain is whole");
-    // Both reads and the write.
-    assert!(entries >= traced + 3, "{entries} entries, {traced} before");
+    // Both reads and both writes.
+    assert!(entries >= traced + 4, "{entries} entries, {traced} before");
 }
 
 #[test]
