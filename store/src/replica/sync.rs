@@ -352,7 +352,7 @@ impl Replica {
             .collect();
         let lacking = Self::lacking_in(
             &txn.open_table(BODIES)?,
-            Some(&txn.open_table(PARTIAL_PROGRESS)?),
+            &txn.open_table(PARTIAL_PROGRESS)?,
             &documents,
         )?;
         txn.commit()?;
@@ -570,32 +570,17 @@ impl Replica {
             .collect())
     }
 
-    /// Of `ids`, the documents whose body this replica does not hold, with the bytes of each it
-    /// keeps so far (one read transaction).
-    pub fn bodies_lacking(&self, ids: &[DocId]) -> Result<Vec<(DocId, u64)>> {
-        let txn = self.begin_read()?;
-        let progress = match txn.open_table(PARTIAL_PROGRESS) {
-            Ok(t) => Some(t),
-            // A replica created before resumable bodies: nothing is partial.
-            Err(redb::TableError::TableDoesNotExist(_)) => None,
-            Err(e) => return Err(e.into()),
-        };
-        Self::lacking_in(&txn.open_table(BODIES)?, progress.as_ref(), ids)
-    }
-
-    /// `bodies_lacking`, in `bodies` and `progress` of one transaction.
+    /// Of `ids`, the documents whose body is not in `bodies`, with the bytes of each kept so
+    /// far in `progress` (tables of one transaction).
     fn lacking_in(
         bodies: &impl ReadableTable<&'static [u8], &'static [u8]>,
-        progress: Option<&impl ReadableTable<&'static [u8; 16], u64>>,
+        progress: &impl ReadableTable<&'static [u8; 16], u64>,
         ids: &[DocId],
     ) -> Result<Vec<(DocId, u64)>> {
         let mut out = Vec::new();
         for id in ids {
             if bodies.get(body_key(&id.0, 0).as_slice())?.is_none() {
-                let kept = match progress {
-                    Some(t) => t.get(&id.0)?.map_or(0, |v| v.value()),
-                    None => 0,
-                };
+                let kept = progress.get(&id.0)?.map_or(0, |v| v.value());
                 out.push((*id, kept));
             }
         }
