@@ -40,7 +40,7 @@ impl Op {
     fn touches(&self, range: &Range<u64>) -> bool {
         match self {
             Op::Write { offset, data } => {
-                *offset < range.end && range.start < offset + data.len() as u64
+                *offset < range.end && range.start < offset.saturating_add(data.len() as u64)
             }
             // A shorter or longer file changes what any read beyond its old end gets.
             Op::SetLen(_) => true,
