@@ -1178,23 +1178,22 @@ fn a_deferred_commit_that_moves_the_trace_chain_or_journal_is_durable_when_it_re
     let actor = Actor::Professional(doctor());
     let id = write(&host, "read first", b"body");
     let traced = host.verify_audit().expect("verify").1;
-    // A write's trace entry moves the chain head; the next entries are journaled on top of it,
-    // so it too is on disk before the commit returns.
-    host.deferring_syncs(|| write(&host, "moves the head", b"one"));
-    assert!(
-        host.is_durable(host.durable_point()).expect("durability"),
-        "the chain head moved before the commit holding it was durable"
-    );
+    // A deferred write, on disk when it returns, or `moved` went on without it.
+    let write_deferred = |title: &str, body: &[u8], moved: &str| {
+        host.deferring_syncs(|| write(&host, title, body));
+        assert!(
+            host.is_durable(host.durable_point()).expect("durability"),
+            "the {moved} moved on before the commit holding it was durable"
+        );
+    };
+    // A write's trace entry moves the chain head; the next entries are journaled on top of it.
+    write_deferred("moves the head", b"one", "chain head");
     // An audited read: its trace entry goes to the journal.
     host.read_document(&actor, &id, AccessMode::Normal, None)
         .expect("read");
     // A write's commit moves the journaled entry into redb and retires the journal region:
     // it may not be reused before that commit is on disk.
-    host.deferring_syncs(|| write(&host, "moves the journal", b"two"));
-    assert!(
-        host.is_durable(host.durable_point()).expect("durability"),
-        "the journal moved on before the commit that holds its entries was durable"
-    );
+    write_deferred("moves the journal", b"two", "journal");
     // The next reads journal into the retired region.
     host.read_document(&actor, &id, AccessMode::Normal, None)
         .expect("read");
