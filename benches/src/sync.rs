@@ -130,6 +130,7 @@ fn pair(dir: &Path) -> Res<Pair> {
     let ins = create_dossier(&host)?;
     host.set_grant(&ins, &pro.rpps, GrantState::Active, GrantBasis::Treating)?;
     let bundle = carnet_syncd::enrol::enrol(&host, "Bench", "750000001", &listen.to_string())?;
+    host.bind_professional(carnet_store::ids::SiteId(bundle.site_id), &pro.rpps, true)?;
     drop(host);
     carnet_syncd::config::Config {
         role: carnet_syncd::config::ConfigRole::Host,

@@ -54,10 +54,26 @@ pub enum Command {
     /// Sync with the host (site).
     #[command(subcommand)]
     Sync(SyncCmd),
-    /// Bring a dossier into this site's scope at the next sync (site).
-    Pin { ins: String },
-    /// Let a pinned dossier go at the next sync (site).
-    Unpin { ins: String },
+    /// Site: ask the host to bring a dossier into this site's scope (a request the host
+    /// decides). Host, with --site: accept that site's pin (an appointment with the holder's
+    /// consent is recorded).
+    Pin {
+        ins: String,
+        /// Host: the site whose pin is accepted.
+        #[arg(long)]
+        site: Option<u32>,
+    },
+    /// Site: let a pinned dossier go at the next sync. Host, with --site: refuse that site's
+    /// pin, or end an accepted one.
+    Unpin {
+        ins: String,
+        /// Host: the site whose pin is refused or ended.
+        #[arg(long)]
+        site: Option<u32>,
+    },
+    /// What sites asked for and the host has not decided yet: pins and consent given in
+    /// person (host).
+    Requests,
     /// Run the demonstration scenario in a temporary folder.
     Demo(DemoArgs),
 }
@@ -116,6 +132,30 @@ pub enum PkiCmd {
         host_address: String,
         #[arg(short, long)]
         output: PathBuf,
+        /// A professional (RPPS, registered at the host) who practises at the site; repeat for
+        /// several. Only the host binds professionals to sites.
+        #[arg(long = "pro")]
+        pros: Vec<String>,
+    },
+    /// Bind a professional (registered at the host) to a site: their grants bring dossiers
+    /// into its scope.
+    Bind {
+        #[arg(long)]
+        site: u32,
+        #[arg(long)]
+        rpps: String,
+    },
+    /// Unbind a professional from a site.
+    Unbind {
+        #[arg(long)]
+        site: u32,
+        #[arg(long)]
+        rpps: String,
+    },
+    /// The professionals bound to a site.
+    Pros {
+        #[arg(long)]
+        site: u32,
     },
     /// Revoke a site: its certificate is refused from now on.
     Revoke { site: u32 },

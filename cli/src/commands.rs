@@ -206,8 +206,9 @@ pub fn run(cli: &Cli) -> Result<Reply> {
         Command::Authority(c) => authority(cli, c),
         Command::Pki(c) => pki(cli, c),
         Command::Sync(c) => sync(cli, c),
-        Command::Pin { ins: text } => pin(cli, text, true),
-        Command::Unpin { ins: text } => pin(cli, text, false),
+        Command::Pin { ins: text, site } => pin(cli, text, true, *site),
+        Command::Unpin { ins: text, site } => pin(cli, text, false, *site),
+        Command::Requests => requests(cli),
         Command::Demo(a) => crate::demo::run(a),
     }
 }
@@ -449,23 +450,56 @@ fn sync(cli: &Cli, c: &SyncCmd) -> Result<Reply> {
     }
 }
 
-fn pin(cli: &Cli, text: &str, on: bool) -> Result<Reply> {
+fn pin(cli: &Cli, text: &str, on: bool, site: Option<u32>) -> Result<Reply> {
     let r = open(cli)?;
     let i = ins(text)?;
-    r.pin(&i, on)?;
-    Ok(Reply::new(
-        format!(
-            "{} {}: the host {} at the next sync",
-            if on { "pinned" } else { "unpinned" },
-            i.matricule(),
-            if on {
-                "sends it"
-            } else {
-                "takes it out of this site's scope"
-            }
+    r.pin(&i, on, site)?;
+    let human = match (site, on) {
+        (None, true) => format!(
+            "pin of {} asked: the host decides at the next sync, and sends the dossier once it accepts",
+            i.matricule()
         ),
-        json!({"ins": i.matricule(), "pinned": on}),
+        (None, false) => format!(
+            "unpinned {}: the host takes it out of this site's scope at the next sync",
+            i.matricule()
+        ),
+        (Some(s), true) => format!(
+            "pin of {} accepted for site {s}: the dossier enters its scope",
+            i.matricule()
+        ),
+        (Some(s), false) => format!("pin of {} refused or ended for site {s}", i.matricule()),
+    };
+    Ok(Reply::new(
+        human,
+        json!({"ins": i.matricule(), "pinned": on, "site": site}),
     ))
+}
+
+fn requests(cli: &Cli) -> Result<Reply> {
+    let r = open(cli)?;
+    let list = r.site_requests()?;
+    let mut human = format!(
+        "{:<8} {:<8} {:<16} {:<12} RECEIVED\n",
+        "KIND", "SITE", "INS", "RPPS"
+    );
+    for q in &list {
+        human += &format!(
+            "{:<8} {:<8} {:<16} {:<12} {}\n",
+            q.kind.as_str(),
+            q.site,
+            q.ins.matricule(),
+            q.rpps.as_ref().map_or("-", |r| r.as_str()),
+            format_rfc3339(q.at)
+        );
+    }
+    if list.is_empty() {
+        human = "no request waits for the host".into();
+    }
+    let json = list.iter().map(|q| {
+        json!({"kind": q.kind.as_str(), "site": q.site.0, "ins": q.ins.matricule(),
+               "rpps": q.rpps.as_ref().map(|r| r.as_str()), "at": q.at})
+    });
+    Ok(Reply::new(human.trim_end(), Value::Array(json.collect())))
 }
 
 fn write_private_file(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -497,8 +531,10 @@ fn pki(cli: &Cli, c: &PkiCmd) -> Result<Reply> {
             finess,
             host_address,
             output,
+            pros,
         } => {
-            let (site_id, name, bundle) = r.pki_enrol(name, finess, host_address)?;
+            let pros = pros.iter().map(|p| rpps(p)).collect::<Result<Vec<_>>>()?;
+            let (site_id, name, bundle) = r.pki_enrol(name, finess, host_address, pros)?;
             write_private_file(output, &bundle)?;
             Ok(Reply::new(
                 format!(
@@ -506,6 +542,34 @@ fn pki(cli: &Cli, c: &PkiCmd) -> Result<Reply> {
                     output.display()
                 ),
                 json!({"site_id": site_id, "name": name, "output": output.display().to_string()}),
+            ))
+        }
+        PkiCmd::Bind { site, rpps: text } | PkiCmd::Unbind { site, rpps: text } => {
+            let on = matches!(c, PkiCmd::Bind { .. });
+            let p = rpps(text)?;
+            r.bind_professional(*site, &p, on)?;
+            Ok(Reply::new(
+                format!(
+                    "professional {p} {} site {site}",
+                    if on { "bound to" } else { "unbound from" }
+                ),
+                json!({"site_id": site, "rpps": p.as_str(), "bound": on}),
+            ))
+        }
+        PkiCmd::Pros { site } => {
+            let list = r.site_professionals(*site)?;
+            let human = list
+                .iter()
+                .map(|p| p.as_str())
+                .collect::<Vec<_>>()
+                .join("\n");
+            Ok(Reply::new(
+                if human.is_empty() {
+                    format!("no professional is bound to site {site}")
+                } else {
+                    human
+                },
+                Value::Array(list.iter().map(|p| json!(p.as_str())).collect()),
             ))
         }
         PkiCmd::Revoke { site } => {

@@ -287,29 +287,66 @@ fn scenario(tmp: &Path, daemons: &mut Daemons) -> Result<(), Failure> {
         0,
     )?;
     step(&host, "", &["pki", "init"], 0)?;
-    let enrol = |name: &str, finess: &str, out: &str| -> Result<String, Failure> {
-        let bundle = files.join(out).display().to_string();
+    for (i, (rpps, profession)) in [
+        (DOCTOR, "medecin"),
+        (EMERGENCY_DOCTOR, "medecin"),
+        (PHARMACIST, "pharmacien"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
         step(
             &host,
-            "",
-            &[
-                "pki",
-                "enrol",
-                "--name",
-                name,
-                "--finess",
-                finess,
-                "--host-address",
-                &address,
-                "-o",
-                &bundle,
-            ],
+            if i == 0 {
+                "The host knows the professionals (the national RPPS directory)"
+            } else {
+                ""
+            },
+            &["pro", "add", "--rpps", rpps, "--profession", profession],
+            0,
+        )?;
+    }
+    let enrol = |name: &str, finess: &str, out: &str, pros: &[&str]| -> Result<String, Failure> {
+        let bundle = files.join(out).display().to_string();
+        let mut args = vec![
+            "pki",
+            "enrol",
+            "--name",
+            name,
+            "--finess",
+            finess,
+            "--host-address",
+            &address,
+            "-o",
+            &bundle,
+        ];
+        for p in pros {
+            args.extend(["--pro", p]);
+        }
+        step(
+            &host,
+            if pros.len() > 1 {
+                "Each site is enrolled with the professionals who practise there: only the host binds them"
+            } else {
+                ""
+            },
+            &args,
             0,
         )?;
         Ok(bundle)
     };
-    let clinic_bundle = enrol("Maison de santé de Murat", "150000001", "clinic.bundle")?;
-    let pharmacy_bundle = enrol("Pharmacie du Marché", "150000002", "pharmacy.bundle")?;
+    let clinic_bundle = enrol(
+        "Maison de santé de Murat",
+        "150000001",
+        "clinic.bundle",
+        &[DOCTOR, EMERGENCY_DOCTOR],
+    )?;
+    let pharmacy_bundle = enrol(
+        "Pharmacie du Marché",
+        "150000002",
+        "pharmacy.bundle",
+        &[PHARMACIST],
+    )?;
     step(
         &clinic,
         "A rural clinic and a pharmacy are created from their enrolment bundles",

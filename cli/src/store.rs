@@ -14,6 +14,7 @@ use carnet_store::model::{
 use carnet_store::policy::Action;
 use carnet_store::replica::{
     DossierExport, DossierInfo, ImportReport, NewDocument, NewDossier, ReadOutcome, ReplicaConfig,
+    SiteRequest,
 };
 use carnet_syncd::api::local::Handle;
 use carnet_syncd::api::{Request, Response, SyncStatus};
@@ -270,11 +271,29 @@ impl Store {
         expect!(self.call(Request::HostKey)?, HostKey)
     }
 
-    pub fn pin(&self, ins: &Ins, on: bool) -> Result<()> {
+    /// Site: asks for (or lets go) a dossier; host, with `site`: decides that site's pin.
+    pub fn pin(&self, ins: &Ins, on: bool, site: Option<u32>) -> Result<()> {
         self.done(Request::Pin {
             ins: ins.clone(),
             on,
+            site,
         })
+    }
+
+    pub fn bind_professional(&self, site: u32, rpps: &Rpps, on: bool) -> Result<()> {
+        self.done(Request::BindProfessional {
+            site,
+            rpps: rpps.clone(),
+            on,
+        })
+    }
+
+    pub fn site_professionals(&self, site: u32) -> Result<Vec<Rpps>> {
+        expect!(self.call(Request::SiteProfessionals { site })?, Bound)
+    }
+
+    pub fn site_requests(&self) -> Result<Vec<SiteRequest>> {
+        expect!(self.call(Request::SiteRequests)?, SiteRequests)
     }
 
     pub fn sync_status(&self) -> Result<SyncStatus> {
@@ -295,11 +314,13 @@ impl Store {
         name: &str,
         finess: &str,
         host_address: &str,
+        pros: Vec<Rpps>,
     ) -> Result<(u32, String, Vec<u8>)> {
         match self.call(Request::PkiEnrol {
             name: name.to_string(),
             finess: finess.to_string(),
             host_address: host_address.to_string(),
+            pros,
         })? {
             Response::Enrolled {
                 site_id,

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use carnet_store::audit::ChainedEntry;
 use carnet_store::authority::Bundle as AuthorityBundle;
-use carnet_store::ids::{DocId, Ins, Rpps};
+use carnet_store::ids::{DocId, Ins, Rpps, SiteId};
 use carnet_store::merge::DocumentMeta;
 use carnet_store::model::{
     AccessMode, Actor, EmergencyPrefs, GrantBasis, GrantState, Professional,
@@ -21,7 +21,7 @@ use carnet_store::model::{
 use carnet_store::policy::Action;
 use carnet_store::replica::{
     DossierExport, DossierInfo, ImportReport, KeySource, NewDocument, NewDossier, ReadOutcome,
-    Replica, ReplicaConfig,
+    Replica, ReplicaConfig, SiteRequest,
 };
 use carnet_store::time::Millis;
 use serde::{Deserialize, Serialize};
@@ -116,8 +116,21 @@ pub enum Request {
     ImportAuthority { bundle: AuthorityBundle },
     /// The host's public key this replica trusts.
     HostKey,
-    /// Brings a dossier into (or out of) this site's scope.
-    Pin { ins: Ins, on: bool },
+    /// At a site: asks the host to bring a dossier into this site's scope (or lets it go). At
+    /// the host, with `site`: accepts that site's pin (an appointment with the holder's consent
+    /// recorded), or refuses or ends it.
+    Pin {
+        ins: Ins,
+        on: bool,
+        #[serde(default)]
+        site: Option<u32>,
+    },
+    /// Host: binds a professional (registered at the host) to a site, or unbinds them.
+    BindProfessional { site: u32, rpps: Rpps, on: bool },
+    /// Host: the professionals bound to a site.
+    SiteProfessionals { site: u32 },
+    /// Host: what sites asked for (pins, consent given in person), not decided yet.
+    SiteRequests,
     /// Where sync stands.
     SyncStatus,
     /// Runs a sync round now and waits for it (site).
@@ -129,6 +142,9 @@ pub enum Request {
         name: String,
         finess: String,
         host_address: String,
+        /// Professionals (registered at the host) bound to the new site.
+        #[serde(default)]
+        pros: Vec<Rpps>,
     },
     /// Revokes a site (host); a running daemon refuses it from the next connection.
     PkiRevoke { site: u32 },
@@ -153,6 +169,8 @@ impl Request {
                 | Request::SyncStatus
                 | Request::SyncNow
                 | Request::PkiSites
+                | Request::SiteProfessionals { .. }
+                | Request::SiteRequests
         );
         let traced_read = matches!(
             self,
@@ -257,6 +275,10 @@ pub enum Response {
     },
     /// Sites known to the host.
     Sites(BTreeMap<u32, SiteRecord>),
+    /// Professionals bound to a site, by RPPS.
+    Bound(Vec<Rpps>),
+    /// Sites' requests waiting for the host.
+    SiteRequests(Vec<SiteRequest>),
 }
 
 /// An error as it crosses the socket: the store's own kinds, or a sync-layer message.
@@ -447,10 +469,33 @@ impl Service {
             Request::ExportAuthority => Response::Authority(r.export_authority()?),
             Request::ImportAuthority { bundle } => Response::Imported(r.import_authority(&bundle)?),
             Request::HostKey => Response::HostKey(r.host_key()?),
-            Request::Pin { ins, on } => {
-                r.pin(&ins, on)?;
+            Request::Pin { ins, on, site } => {
+                match (r.config().role, site) {
+                    (carnet_store::replica::Role::Site, None) => r.pin(&ins, on)?,
+                    (carnet_store::replica::Role::Host, Some(site)) => {
+                        r.decide_pin(SiteId(site), &ins, on)?
+                    }
+                    (carnet_store::replica::Role::Site, Some(_)) => {
+                        return Err(Error::Invalid(
+                            "--site is for the host: a site pins for itself".into(),
+                        ));
+                    }
+                    (carnet_store::replica::Role::Host, None) => {
+                        return Err(Error::Invalid(
+                            "at the host, name the site whose pin is decided (--site N)".into(),
+                        ));
+                    }
+                }
                 Response::Done
             }
+            Request::BindProfessional { site, rpps, on } => {
+                r.bind_professional(SiteId(site), &rpps, on)?;
+                Response::Done
+            }
+            Request::SiteProfessionals { site } => {
+                Response::Bound(r.site_professionals(SiteId(site))?)
+            }
+            Request::SiteRequests => Response::SiteRequests(r.site_requests()?),
             Request::SyncStatus => Response::SyncStatus(Box::new(self.status()?)),
             Request::SyncNow => {
                 return Err(Error::Invalid(
@@ -465,8 +510,22 @@ impl Service {
                 name,
                 finess,
                 host_address,
+                pros,
             } => {
+                // Every professional is checked before the site exists: all or nothing.
+                let registered = r.professionals()?;
+                if let Some(missing) = pros
+                    .iter()
+                    .find(|p| !registered.iter().any(|r| &r.rpps == *p))
+                {
+                    return Err(Error::Store(carnet_store::Error::NotFound(format!(
+                        "professional {missing} is not registered at the host (carnet pro add)"
+                    ))));
+                }
                 let b = enrol::enrol(r, &name, &finess, &host_address)?;
+                for rpps in &pros {
+                    r.bind_professional(SiteId(b.site_id), rpps, true)?;
+                }
                 Response::Enrolled {
                     site_id: b.site_id,
                     name: b.name.clone(),
@@ -605,6 +664,7 @@ mod tests {
         let pin = Request::Pin {
             ins: Ins::from_body("2840575123456").expect("ins"),
             on: true,
+            site: None,
         };
         for role in [Role::Site, Role::Host] {
             assert!(pin.may_change_what_syncs(role));

@@ -654,6 +654,8 @@ mod tests {
 
         // The site, created from its enrolment bundle.
         let bundle = enrol::enrol(host, "Clinique", "750000001", &addr.to_string()).expect("enrol");
+        host.bind_professional(SiteId(bundle.site_id), &doctor(), true)
+            .expect("bind");
         let site = crate::testkit::site_from_bundle(&tmp.path().join("enrolled"), &bundle);
         let site = Arc::new(site);
         let bounded = |f| tokio::time::timeout(Duration::from_secs(20), f);
@@ -738,6 +740,8 @@ mod tests {
         let (tmp, host, ins, addr) = (&served.tmp, &served.host, &served.ins, served.addr);
         let (endpoint, revoked, changed) = (&served.endpoint, &served.revoked, &served.changed);
         let bundle = enrol::enrol(host, "Clinique", "750000001", &addr.to_string()).expect("enrol");
+        host.bind_professional(SiteId(bundle.site_id), &doctor(), true)
+            .expect("bind");
         let site = Arc::new(crate::testkit::site_from_bundle(
             &tmp.path().join("enrolled"),
             &bundle,

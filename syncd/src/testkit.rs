@@ -92,6 +92,8 @@ pub fn host_and_site() -> (tempfile::TempDir, Replica, Replica, Ins) {
         host.host_key().expect("key"),
     );
     site.add_professional(&pro).expect("pro");
+    host.bind_professional(carnet_store::ids::SiteId(5), &doctor(), true)
+        .expect("bind");
     (tmp, host, site, ins)
 }
 

@@ -43,8 +43,8 @@ fn network() -> Network {
     host.ok(&["pki", "init"]);
     let ins = host.doctor_dossier();
     let sites = [
-        enrolled_site(&host, &address),
-        enrolled_site(&host, &address),
+        enrolled_site(&host, &address, &[DOCTOR]),
+        enrolled_site(&host, &address, &[DOCTOR]),
     ];
     for s in &sites {
         s.pro(DOCTOR, "medecin");
@@ -242,11 +242,15 @@ fn revocation_block_and_closure_reach_the_sites_within_one_sync() {
 }
 
 #[test]
-fn consent_given_in_person_at_a_site_works_at_once_and_the_host_confirms_it() {
+fn consent_given_in_person_at_a_site_works_at_once_and_becomes_a_grant_only_at_the_host() {
     let n = network();
     let ins = n.ins.clone();
     let site = &n.sites[0];
+    let site_id = n.host.json(&["pki", "list"])[0]["site_id"].to_string();
     site.pro(NURSE, "infirmier");
+    n.host.pro(NURSE, "infirmier");
+    n.host
+        .ok(&["pki", "bind", "--site", &site_id, "--rpps", NURSE]);
     let d = consultation(site, &ins, b"soins (synthetic)");
     site.fails(3, &["doc", "get", &d, "--as", NURSE]);
     // A site cannot declare a médecin traitant.
@@ -266,15 +270,25 @@ fn consent_given_in_person_at_a_site_works_at_once_and_the_host_confirms_it() {
     assert_eq!(pending["state"], "pending", "{pending}");
     assert_eq!(site.body(&d, NURSE), b"soins (synthetic)");
     sync_until_ok(site, Duration::from_secs(30));
-    let grants = n.host.json(&["grant", "list", "--dossier", &ins]);
-    let nurse = grants
-        .as_array()
-        .and_then(|g| g.iter().find(|g| g["rpps"] == NURSE).cloned());
+    let nurse_grant = |c: &Carnet| {
+        let grants = c.json(&["grant", "list", "--dossier", &ins]);
+        grants
+            .as_array()
+            .and_then(|g| g.iter().find(|g| g["rpps"] == NURSE).cloned())
+            .map(|g| (g["state"].clone(), g["basis"].clone()))
+    };
+    // At the host it is a request, never a grant by itself.
+    assert_eq!(nurse_grant(&n.host), None);
+    let requests = n.host.json(&["requests"]);
     assert_eq!(
-        nurse
-            .as_ref()
-            .map(|g| (g["state"].clone(), g["basis"].clone())),
-        Some(("active".into(), "consent".into())),
-        "{grants}"
+        (requests[0]["kind"].clone(), requests[0]["rpps"].clone()),
+        ("consent".into(), NURSE.into()),
+        "{requests}"
     );
+    // The holder's consent confirmed at the host becomes a signed grant at the site.
+    n.host
+        .ok(&["grant", "add", "--dossier", &ins, "--rpps", NURSE]);
+    assert_eq!(n.host.json(&["requests"]), serde_json::json!([]));
+    sync_until_ok(site, Duration::from_secs(30));
+    assert_eq!(nurse_grant(site), Some(("active".into(), "consent".into())));
 }

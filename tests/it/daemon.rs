@@ -94,6 +94,8 @@ fn an_enrolled_site_syncs_with_a_host_daemon_and_a_revoked_one_is_refused() {
             &address,
             "-o",
             out,
+            "--pro",
+            DOCTOR,
         ]);
     };
     let revoked_bundle = host.path("revoked.bundle").display().to_string();
@@ -134,11 +136,21 @@ fn an_enrolled_site_syncs_with_a_host_daemon_and_a_revoked_one_is_refused() {
     assert_ne!(refused.code, 0, "a revoked site synced");
 }
 
-/// Enrols a site at `host` (through its daemon if one runs) and creates it from the bundle.
-pub fn enrolled_site(host: &Carnet, address: &str) -> Carnet {
-    let bundle = host.path(&format!("site-{}.bundle", unique()));
-    let bundle = bundle.display().to_string();
-    host.ok(&[
+/// Enrols a site at `host` (through its daemon if one runs), with `pros` (registered at the
+/// host) bound to it, and creates it from the bundle.
+pub fn enrolled_site(host: &Carnet, address: &str, pros: &[&str]) -> Carnet {
+    enrolled_site_and_bundle(host, address, pros).0
+}
+
+/// `enrolled_site`, answering the bundle's path as well (it holds the site's certificate).
+pub fn enrolled_site_and_bundle(
+    host: &Carnet,
+    address: &str,
+    pros: &[&str],
+) -> (Carnet, std::path::PathBuf) {
+    let path = host.path(&format!("site-{}.bundle", unique()));
+    let bundle = path.display().to_string();
+    let mut args = vec![
         "pki",
         "enrol",
         "--name",
@@ -149,10 +161,14 @@ pub fn enrolled_site(host: &Carnet, address: &str) -> Carnet {
         address,
         "-o",
         &bundle,
-    ]);
+    ];
+    for p in pros {
+        args.extend(["--pro", p]);
+    }
+    host.ok(&args);
     let site = Carnet::empty();
     site.ok(&["init", "--role", "site", "--enrol", &bundle]);
-    site
+    (site, path)
 }
 
 /// `sync now` until it succeeds (the host daemon may still be binding), bounded.
@@ -235,7 +251,7 @@ fn while_the_daemon_runs_carnet_works_through_its_socket() {
     host.fails(4, &["dossier", "show", &ins_b()]);
     host.ok(&["keys", "rotate"]);
     assert_eq!(host.body(&id, DOCTOR), b"through the daemon (synthetic)");
-    let site = enrolled_site(&host, &address);
+    let site = enrolled_site(&host, &address, &[]);
     site.ok(&["sync", "now"]);
     // A revocation through the running daemon is refused from the next connection.
     host.ok(&["pki", "revoke", "1"]);
@@ -275,7 +291,7 @@ fn a_site_daemon_reports_its_link_in_sync_status() {
     let host = Carnet::empty();
     host.ok(&["init", "--role", "host", "--listen", &address]);
     host.ok(&["pki", "init"]);
-    let site = enrolled_site(&host, &address);
+    let site = enrolled_site(&host, &address, &[]);
     // Without a daemon, status says so.
     assert!(site.json(&["sync", "status"])["daemon"].is_null());
     let _host_daemon = start_daemon(&host);

@@ -36,7 +36,7 @@ fn link() -> Link {
     host.ok(&["pki", "init"]);
     let ins = host.doctor_dossier();
     let proxy = FaultProxy::start(listen.parse().expect("address"), Faults::default());
-    let site = enrolled_site(&host, &proxy.address.to_string());
+    let site = enrolled_site(&host, &proxy.address.to_string(), &[DOCTOR]);
     site.ok(&["pro", "add", "--rpps", DOCTOR, "--profession", "medecin"]);
     let daemon = start_daemon(&host);
     sync_until_ok(&site, Duration::from_secs(20));

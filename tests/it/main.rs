@@ -14,6 +14,8 @@
 //! - `daemon`: real `carnet-syncd` daemons, their local API, the demo.
 //! - `convergence`: a host and two site daemons: offline writes, conflicts, revocation, closure.
 //! - `faults`: the weak link, through `fault_proxy` (loss, delay, cuts).
+//! - `host_trusts_no_site`: a rogue site with a valid certificate (`rogue`, which speaks the wire
+//!   protocol itself) tries to get more than the host authorizes.
 
 mod support;
 
@@ -25,10 +27,12 @@ mod documents;
 mod export;
 mod fault_proxy;
 mod faults;
+mod host_trusts_no_site;
 mod keys;
 mod pki;
 mod policy_cli;
 mod purge;
 mod regressions;
+mod rogue;
 mod secrecy;
 mod tampering;

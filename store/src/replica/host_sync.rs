@@ -101,7 +101,7 @@ impl Replica {
 
     /// Sets or clears one reason for `bi` being in `site`'s scope; logs `Enter`/`Leave` when the
     /// dossier enters or leaves the scope.
-    fn set_scope(
+    pub(super) fn set_scope(
         &self,
         txn: &WriteTransaction,
         site: u32,
@@ -130,7 +130,31 @@ impl Replica {
         match (old, new) {
             (0, _) => self.log_append(txn, site, &LogItem::Enter(*bi)),
             (_, 0) => self.log_append(txn, site, &LogItem::Leave(*bi)),
+            // A grant or an accepted pin may let the site receive more of a dossier it held
+            // for another reason: all of it is sent again, as the host now decides it.
+            _ if new & !old & (scope_bit::GRANT | scope_bit::PINNED) != 0 => {
+                self.log_append(txn, site, &LogItem::Enter(*bi))
+            }
             _ => Ok(()),
+        }
+    }
+
+    /// The reasons `bi` is in `site`'s scope (`scope_bit`), 0 when it is not.
+    fn scope_bits(&self, txn: &WriteTransaction, site: u32, bi: &[u8; 32]) -> Result<u8> {
+        Ok(txn
+            .open_table(SCOPE)?
+            .get(site_key(site, bi).as_slice())?
+            .map_or(0, |v| v.value()))
+    }
+
+    /// Sets the grant reason of `bi` in `site`'s scope; when it was set already (another
+    /// professional's grant), the dossier is sent again all the same: the new professional may
+    /// read more of it.
+    fn grant_scope_widened(&self, txn: &WriteTransaction, site: u32, bi: &[u8; 32]) -> Result<()> {
+        if self.scope_bits(txn, site, bi)? & scope_bit::GRANT != 0 {
+            self.log_append(txn, site, &LogItem::Enter(*bi))
+        } else {
+            self.set_scope(txn, site, bi, scope_bit::GRANT, true)
         }
     }
 
@@ -227,6 +251,7 @@ impl Replica {
             Some(ins) => {
                 let bi = self.blind(ins);
                 if let AuthorityRecord::Grant(g) = record {
+                    self.consent_answered(txn, &bi, &g.rpps)?;
                     let mut sites = Vec::new();
                     let prefix = g.rpps.as_str().as_bytes().to_vec();
                     for row in txn.open_table(PRO_SITES)?.range(prefix.as_slice()..)? {
@@ -240,7 +265,11 @@ impl Replica {
                         sites.push(u32::from_be_bytes(site));
                     }
                     for site in sites {
-                        self.recompute_grant_scope(txn, site, &bi)?;
+                        if g.state == GrantState::Active {
+                            self.grant_scope_widened(txn, site, &bi)?;
+                        } else {
+                            self.recompute_grant_scope(txn, site, &bi)?;
+                        }
                     }
                 }
                 for site in self.sites_holding(txn, &bi)? {
@@ -277,48 +306,49 @@ impl Replica {
         let mut reverse = rpps.as_str().as_bytes().to_vec();
         reverse.extend_from_slice(&site.0.to_be_bytes());
         txn.open_table(PRO_SITES)?.insert(reverse.as_slice(), ())?;
-        let mut dossiers = Vec::new();
-        {
-            let authority = txn.open_table(AUTHORITY)?;
-            for row in authority.range([tag::GRANT].as_slice()..[tag::GRANT + 1].as_slice())? {
-                let (k, v) = row?;
-                let key = k.value();
-                if key.len() == 1 + 32 + rpps.as_str().len()
-                    && key.ends_with(rpps.as_str().as_bytes())
-                {
-                    let signed = self.open_signed(key, v.value())?;
-                    if let AuthorityRecord::Grant(g) = authority::decode(&signed)?.record
-                        && g.state == GrantState::Active
-                    {
-                        dossiers.push(self.blind(&g.ins));
-                    }
-                }
-            }
-        }
-        for bi in dossiers {
-            self.set_scope(txn, site.0, &bi, scope_bit::GRANT, true)?;
+        for bi in self.granted_dossiers(txn, rpps)? {
+            self.grant_scope_widened(txn, site.0, &bi)?;
         }
         Ok(())
     }
 
-    /// Host: a site pins or unpins a dossier. An unknown dossier is returned, not an error.
-    pub(super) fn pin_for_site(
+    /// Host: `rpps` no longer practises at `site`; the dossiers their grants brought into its
+    /// scope stay only for another reason.
+    pub(super) fn unregister_site_professional(
         &self,
         txn: &WriteTransaction,
         site: SiteId,
-        ins: &Ins,
-        on: bool,
-    ) -> Result<super::Applied> {
-        let bi = self.blind(ins);
-        let known = txn
-            .open_table(AUTHORITY)?
-            .get(subject_key(tag::DOSSIER, Some(&bi), None).as_slice())?
-            .is_some();
-        if !known {
-            return Ok(super::Applied::Returned);
+        rpps: &Rpps,
+    ) -> Result<()> {
+        txn.open_table(SITE_PROS)?
+            .remove(site_key(site.0, rpps.as_str().as_bytes()).as_slice())?;
+        let mut reverse = rpps.as_str().as_bytes().to_vec();
+        reverse.extend_from_slice(&site.0.to_be_bytes());
+        txn.open_table(PRO_SITES)?.remove(reverse.as_slice())?;
+        for bi in self.granted_dossiers(txn, rpps)? {
+            self.recompute_grant_scope(txn, site.0, &bi)?;
         }
-        self.set_scope(txn, site.0, &bi, scope_bit::PINNED, on)?;
-        Ok(super::Applied::Applied)
+        Ok(())
+    }
+
+    /// Host: the dossiers where `rpps` holds an active grant.
+    fn granted_dossiers(&self, txn: &WriteTransaction, rpps: &Rpps) -> Result<Vec<[u8; 32]>> {
+        let mut dossiers = Vec::new();
+        let authority = txn.open_table(AUTHORITY)?;
+        for row in authority.range([tag::GRANT].as_slice()..[tag::GRANT + 1].as_slice())? {
+            let (k, v) = row?;
+            let key = k.value();
+            if key.len() == 1 + 32 + rpps.as_str().len() && key.ends_with(rpps.as_str().as_bytes())
+            {
+                let signed = self.open_signed(key, v.value())?;
+                if let AuthorityRecord::Grant(g) = authority::decode(&signed)?.record
+                    && g.state == GrantState::Active
+                {
+                    dossiers.push(self.blind(&g.ins));
+                }
+            }
+        }
+        Ok(dossiers)
     }
 
     /// Host: `site`'s log after `after`, at most `limit` entries, as the site will apply it.
@@ -357,6 +387,15 @@ impl Replica {
             Ok(scope.get(site_key(site.0, bi).as_slice())?.is_some())
         };
         let authority = txn.open_table(AUTHORITY)?;
+        // What the site may receive of a dossier in its scope is decided here, again.
+        let mut view = self.site_view(&txn, site)?;
+        let grant_seen = |view: &super::site_view::SiteView, subject: &[u8]| {
+            subject.first() != Some(&tag::GRANT)
+                || std::str::from_utf8(subject.get(33..).unwrap_or_default())
+                    .ok()
+                    .and_then(|r| Rpps::parse(r).ok())
+                    .is_some_and(|r| view.sees_grant_of(&r))
+        };
         let signed_at = |subject: &[u8]| -> Result<Option<SignedRecord>> {
             match authority.get(subject)? {
                 Some(v) => Ok(Some(self.open_signed(subject, v.value())?)),
@@ -369,6 +408,7 @@ impl Replica {
                     // A document of a dossier purged since is simply gone.
                     if let Ok((stored, _, meta)) = self.load_doc(&txn, generation, &DocId(id))
                         && in_scope(&stored.dossier)?
+                        && self.site_sees_document(&txn, &mut view, &stored.dossier, &meta)?
                     {
                         out.push((seq, PullItem::Document(Box::new(meta))));
                     }
@@ -378,7 +418,9 @@ impl Replica {
                         subject.first(),
                         Some(&tag::DOSSIER) | Some(&tag::GRANT) | Some(&tag::EMERGENCY)
                     );
-                    if dossier_bound && !in_scope(subject.get(1..33).unwrap_or_default())? {
+                    if dossier_bound && !in_scope(subject.get(1..33).unwrap_or_default())?
+                        || !grant_seen(&view, &subject)
+                    {
                         continue;
                     }
                     if let Some(s) = signed_at(&subject)? {
@@ -398,14 +440,18 @@ impl Replica {
                         if !k.value().starts_with(&prefix) {
                             break;
                         }
-                        out.push((
-                            seq,
-                            PullItem::Authority(self.open_signed(k.value(), v.value())?),
-                        ));
+                        if grant_seen(&view, k.value()) {
+                            out.push((
+                                seq,
+                                PullItem::Authority(self.open_signed(k.value(), v.value())?),
+                            ));
+                        }
                     }
                     for id in self.dossier_doc_ids(&txn, &bi)? {
                         let (_, _, meta) = self.load_doc(&txn, generation, &id)?;
-                        out.push((seq, PullItem::Document(Box::new(meta))));
+                        if self.site_sees_document(&txn, &mut view, &bi, &meta)? {
+                            out.push((seq, PullItem::Document(Box::new(meta))));
+                        }
                     }
                 }
                 LogItem::Leave(bi) => {
@@ -429,11 +475,12 @@ impl Replica {
         self.require_host()?;
         let (txn, generation) = self.snapshot()?;
         let (stored, key, meta) = self.load_doc(&txn, generation, id)?;
-        if txn
+        let in_scope = txn
             .open_table(SCOPE)?
             .get(site_key(site.0, &stored.dossier).as_slice())?
-            .is_none()
-        {
+            .is_some();
+        let mut view = self.site_view(&txn, site)?;
+        if !in_scope || !self.site_sees_document(&txn, &mut view, &stored.dossier, &meta)? {
             return Err(Error::not_found(format!("no document {id} for this site")));
         }
         match self.get_body(&txn.open_table(BODIES)?, &key, &meta) {

@@ -24,6 +24,8 @@ mod host_sync;
 mod journal;
 mod pending_grants;
 mod quarantine;
+mod site_access;
+mod site_view;
 mod sync;
 pub mod tables;
 #[cfg(test)]
@@ -51,6 +53,7 @@ pub use backend::Durable;
 pub use documents::{DossierExport, ExportedDocument, NewDocument, ReadOutcome};
 pub use host_sync::{PullItem, PullReport};
 pub use quarantine::Quarantined;
+pub use site_access::{RequestKind, SiteRequest};
 pub use sync::{Applied, BodyPiece, Change, PushApplied};
 
 use crate::audit::{AuditEntry, ChainedEntry, GroupCommit, TraceAction, TraceActor};

@@ -1,20 +1,20 @@
 //! Pending grants (DOMAIN §5): consent the patient gives in person at a site. The site records
 //! it at once and uses it for that encounter (`PENDING_VALID`), traced; it is pushed to the
-//! host, which confirms it with a signed grant, or refuses it when the professional is blocked.
+//! host, which records it as a request (`site_access::request_consent`) until the holder's
+//! consent is confirmed there (`set_grant`).
 //!
 //! Invariants: a pending grant never outranks a block, nor any signed grant record issued after
 //! it (a revocation made later wins); it widens access only at the site that recorded it, and
-//! only for `PENDING_VALID`; the host decides, in the transaction that applies the push.
+//! only for `PENDING_VALID`; it never becomes a national grant by itself.
 
 use redb::ReadTransaction;
 use serde::{Deserialize, Serialize};
 
 use super::tables::*;
-use super::{Replica, Role, Writer};
-use crate::authority::{AuthorityRecord, Verified};
+use super::{Replica, Role};
 use crate::error::{Error, Result};
 use crate::ids::{Ins, Rpps};
-use crate::model::{DossierStatus, Grant, GrantBasis, GrantState};
+use crate::model::{DossierStatus, GrantState};
 use crate::time::Millis;
 
 /// How long a pending grant is usable at its site: one encounter.
@@ -120,62 +120,5 @@ impl Replica {
                 Some((GrantState::Blocked, _)) => false,
                 Some((_, issued_at)) => issued_at < pending.at,
             })
-    }
-
-    /// Host: decides on a pending grant pushed by a site, in the push's transaction: confirmed
-    /// by a signed grant unless the professional is blocked (or the dossier is not active).
-    pub(super) fn decide_pending_grant(
-        &self,
-        txn: &Writer<'_>,
-        ins: &Ins,
-        rpps: &Rpps,
-    ) -> Result<()> {
-        let bi = self.blind(ins);
-        let (head, current) = {
-            let table = txn.open_table(AUTHORITY)?;
-            let head = self.authority_get(&table, &subject_key(tag::DOSSIER, Some(&bi), None))?;
-            let grant = self.authority_get(
-                &table,
-                &subject_key(tag::GRANT, Some(&bi), Some(rpps.as_str())),
-            )?;
-            (head, grant)
-        };
-        let active = matches!(
-            head.map(|v| v.record),
-            Some(AuthorityRecord::Dossier(h)) if h.status == DossierStatus::Active
-        );
-        let state = match current {
-            Some(Verified {
-                record: AuthorityRecord::Grant(g),
-                ..
-            }) => Some(g.state),
-            _ => None,
-        };
-        let (what, why) = match (active, state) {
-            (false, _) => ("pending-grant-refused", "the dossier is not active"),
-            (true, Some(GrantState::Blocked)) => (
-                "pending-grant-refused",
-                "the professional is blocked by the holder",
-            ),
-            (true, Some(GrantState::Active)) => ("pending-grant-confirmed", "already granted"),
-            (true, _) => {
-                self.issue_in(
-                    txn,
-                    AuthorityRecord::Grant(Grant {
-                        ins: ins.clone(),
-                        rpps: rpps.clone(),
-                        state: GrantState::Active,
-                        basis: GrantBasis::Consent,
-                        issued_at: self.now(),
-                    }),
-                )?;
-                (
-                    "pending-grant-confirmed",
-                    "consent given in person at a site",
-                )
-            }
-        };
-        txn.trace(vec![self.admin_entry(what, Some(ins), Some(why))]);
-        Ok(())
     }
 }

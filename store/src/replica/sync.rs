@@ -33,14 +33,15 @@ pub enum Change {
         /// The receipt.
         receipt: super::PurgeReceipt,
     },
-    /// The site pins (or unpins) a dossier into its scope.
+    /// The site asks for a dossier in its scope (a request the host decides), or lets it go.
     Pin {
         /// The dossier.
         ins: crate::ids::Ins,
         /// Pin or unpin.
         on: bool,
     },
-    /// Consent given in person at the sending site: the host confirms or refuses it.
+    /// Consent given in person at the sending site: a request the host records, never a grant
+    /// by itself.
     PendingGrant {
         /// The dossier.
         ins: crate::ids::Ins,
@@ -411,7 +412,21 @@ impl Replica {
             }
             Change::Professional(pro) => {
                 if self.config.role == super::Role::Host {
-                    self.register_site_professional(txn, origin, &pro.rpps)?;
+                    // A site's say-so binds nobody (the host trusts no site): only the host
+                    // binds professionals to sites (`bind_professional`).
+                    let bound = self.is_bound(txn, origin, &pro.rpps)?;
+                    txn.trace(vec![self.admin_entry(
+                        "professional-declared",
+                        None,
+                        Some(&format!(
+                            "site {origin} declared a professional{}",
+                            if bound {
+                                " the host binds to it"
+                            } else {
+                                " the host does not bind to it: ignored"
+                            }
+                        )),
+                    )]);
                 }
                 Applied::Applied
             }
@@ -426,14 +441,14 @@ impl Replica {
             }
             Change::Pin { ins, on } => {
                 if self.config.role == super::Role::Host {
-                    self.pin_for_site(txn, origin, ins, *on)?
+                    self.request_pin(txn, origin, ins, *on)?
                 } else {
                     Applied::Applied
                 }
             }
             Change::PendingGrant { ins, rpps } => {
                 if self.config.role == super::Role::Host {
-                    self.decide_pending_grant(txn, ins, rpps)?;
+                    self.request_consent(txn, origin, ins, rpps)?;
                 }
                 Applied::Applied
             }

@@ -34,7 +34,8 @@ pub const AUDIT: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("audi
 pub const AUDIT_HEADS: TableDefinition<u32, &[u8]> = TableDefinition::new("audit_heads");
 /// Local changes not yet acknowledged by the host, in order (`OutboxItem`).
 pub const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
-/// Host: professionals registered at each site: site (u32 BE) ‖ RPPS.
+/// Host: the professionals the host binds to each site (never a site's say-so): site (u32 BE) ‖
+/// RPPS.
 pub const SITE_PROS: TableDefinition<&[u8], ()> = TableDefinition::new("site_pros");
 /// Host: the same pairs, RPPS first: RPPS ‖ site (u32 BE).
 pub const PRO_SITES: TableDefinition<&[u8], ()> = TableDefinition::new("pro_sites");
@@ -72,6 +73,10 @@ pub const ANNOUNCEMENTS: TableDefinition<&[u8; 16], i64> = TableDefinition::new(
 /// Bytes received so far of each body in `PARTIAL_BODIES`.
 pub const PARTIAL_PROGRESS: TableDefinition<&[u8; 16], u64> =
     TableDefinition::new("partial_progress");
+/// Host: what sites asked for and the host has not decided yet (`site_access`): a pin
+/// (`1 ‖ blind index ‖ site`) or consent given in person (`2 ‖ blind index ‖ RPPS ‖ site`) →
+/// sealed `SiteRequest` (registry key, bound to its row).
+pub const SITE_REQUESTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("site_requests");
 /// Per origin site, the highest change sequence applied here (exactly-once).
 pub const APPLIED: TableDefinition<u32, u64> = TableDefinition::new("applied");
 

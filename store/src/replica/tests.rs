@@ -94,6 +94,11 @@ fn host_and_site() -> (TempDir, Replica, TempDir, Replica) {
         .expect("grant");
     let site = init(&sd, Role::Site, Some(7));
     register(&site);
+    // Only the host binds professionals to a site.
+    for rpps in [doctor(), nurse()] {
+        host.bind_professional(SiteId(7), &rpps, true)
+            .expect("bind");
+    }
     site.import_authority(&host.export_authority().expect("export"))
         .expect("import");
     sync(&host, &site);
@@ -1020,8 +1025,21 @@ fn a_pinned_dossier_comes_to_the_site_and_leaves_when_unpinned() {
     site.pin(&tomorrow, true).expect("pin");
     sync(&host, &site);
     assert!(
+        site.dossier(&tomorrow).is_err(),
+        "a pin is a request: nothing comes before the host accepts it"
+    );
+    let requests = host.site_requests().expect("requests");
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_eq!(
+        (requests[0].kind, requests[0].site, &requests[0].ins),
+        (super::RequestKind::Pin, SiteId(7), &tomorrow)
+    );
+    host.decide_pin(SiteId(7), &tomorrow, true).expect("accept");
+    assert!(host.site_requests().expect("requests").is_empty());
+    sync(&host, &site);
+    assert!(
         site.dossier(&tomorrow).is_ok(),
-        "pinned: in the site's scope"
+        "pinned and accepted: in the site's scope"
     );
     site.pin(&tomorrow, false).expect("unpin");
     sync(&host, &site);
@@ -1211,6 +1229,8 @@ fn every_document_of_a_pushed_batch_reaches_the_other_sites_holding_its_dossier(
     let other_dir = TempDir::new().expect("tmp");
     let other = init(&other_dir, Role::Site, Some(8));
     register(&other);
+    host.bind_professional(SiteId(8), &doctor(), true)
+        .expect("bind");
     other
         .import_authority(&host.export_authority().expect("export"))
         .expect("import");
@@ -1420,7 +1440,7 @@ fn the_host_tells_the_patient_after_two_weeks_and_releases_after_a_month() {
 }
 
 #[test]
-fn a_pending_grant_works_at_once_at_its_site_and_the_host_confirms_or_refuses_it() {
+fn a_pending_grant_works_at_once_at_its_site_and_never_becomes_a_grant_by_itself() {
     use std::sync::atomic::Ordering;
     let (_dirs, now, host, site) = host_and_site_on_a_clock();
     let id = write(&site, "CR", b"for the nurse");
@@ -1443,7 +1463,7 @@ fn a_pending_grant_works_at_once_at_its_site_and_the_host_confirms_or_refuses_it
             .iter()
             .any(|c| c.entry.allowed && c.entry.outcome_reason.contains("pending grant"))
     );
-    // The host confirms it with a signed grant, which reaches the site.
+    // At the host it is a request, traced; no grant comes of it.
     sync(&host, &site);
     let granted = |r: &Replica| {
         r.dossier(&ins())
@@ -1452,15 +1472,27 @@ fn a_pending_grant_works_at_once_at_its_site_and_the_host_confirms_or_refuses_it
             .iter()
             .any(|g| g.rpps == nurse() && g.state == GrantState::Active)
     };
-    assert!(granted(&host) && granted(&site));
-    assert!(nurse_reads(&host));
+    assert!(!granted(&host) && !granted(&site));
+    assert!(!nurse_reads(&host));
+    let requests = host.site_requests().expect("requests");
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_eq!(
+        (requests[0].kind, requests[0].rpps.as_ref()),
+        (super::RequestKind::Consent, Some(&nurse()))
+    );
+    // The holder's consent confirmed at the host: a signed grant, which answers the request.
+    host.set_grant(&ins(), &nurse(), GrantState::Active, GrantBasis::Consent)
+        .expect("confirm");
+    assert!(host.site_requests().expect("requests").is_empty());
+    sync(&host, &site);
+    assert!(granted(&site));
     // A later revocation at the host wins over the pending grant made before it.
     now.fetch_add(1000, Ordering::SeqCst);
     host.set_grant(&ins(), &nurse(), GrantState::Revoked, GrantBasis::Consent)
         .expect("revoke");
     sync(&host, &site);
     assert!(!nurse_reads(&site));
-    // A block wins over a new pending grant, and the host refuses it.
+    // A block wins over a new pending grant, and the host refuses the request.
     now.fetch_add(1000, Ordering::SeqCst);
     host.set_grant(&ins(), &nurse(), GrantState::Blocked, GrantBasis::Consent)
         .expect("block");
@@ -1469,19 +1501,44 @@ fn a_pending_grant_works_at_once_at_its_site_and_the_host_confirms_or_refuses_it
         .expect("pending");
     assert!(!nurse_reads(&site), "a block wins");
     sync(&host, &site);
-    let state = host
-        .dossier(&ins())
-        .expect("dossier")
-        .grants
-        .into_iter()
-        .find(|g| g.rpps == nurse())
-        .map(|g| g.state);
-    assert_eq!(state, Some(GrantState::Blocked), "refused: still blocked");
+    assert!(host.site_requests().expect("requests").is_empty());
     assert!(
         host.audit_entries(Some(&ins()))
             .expect("audit")
             .iter()
-            .any(|c| c.entry.action == TraceAction::Admin("pending-grant-refused".into()))
+            .any(|c| c.entry.action == TraceAction::Admin("consent-refused".into()))
+    );
+}
+
+#[test]
+fn consent_for_a_professional_the_host_does_not_bind_to_the_site_is_refused() {
+    let (_hd, host, _sd, site) = host_and_site();
+    // The site registers a professional of its own choosing; the host never bound them.
+    let stranger = Rpps::parse("19999999999").expect("rpps");
+    site.add_professional(&Professional {
+        rpps: stranger.clone(),
+        profession: Profession::Medecin,
+        specialty: None,
+        name: None,
+    })
+    .expect("pro");
+    site.record_pending_grant(&ins(), &stranger)
+        .expect("pending");
+    sync(&host, &site);
+    assert!(host.site_requests().expect("requests").is_empty());
+    let trace = host.audit_entries(Some(&ins())).expect("audit");
+    assert!(
+        trace
+            .iter()
+            .any(|c| c.entry.action == TraceAction::Admin("consent-refused".into()))
+    );
+    assert!(
+        !host
+            .dossier(&ins())
+            .expect("dossier")
+            .grants
+            .iter()
+            .any(|g| g.rpps == stranger)
     );
 }
 

@@ -1,0 +1,122 @@
+//! A rogue site: the holder of one enrolled site's certificate (a stolen or misused pharmacy PC)
+//! who speaks the wire protocol directly instead of running `carnet-syncd`, so it can send
+//! whatever the host accepts on the wire. Each test here is an attack on a real host daemon;
+//! the host must decide every request again with its own rules (the host trusts no site).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use carnet_syncd::enrol::Bundle;
+use carnet_syncd::frame::{self, FrameDecoder};
+use carnet_syncd::session::Msg;
+
+/// A connection to the host made with an enrolled site's certificate, outside any daemon.
+pub struct Rogue {
+    rt: tokio::runtime::Runtime,
+    conn: quinn::Connection,
+    _endpoint: quinn::Endpoint,
+    /// The site id the certificate names.
+    pub site: u32,
+}
+
+impl std::fmt::Debug for Rogue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Rogue(site {})", self.site)
+    }
+}
+
+/// How long a rogue waits for the host before the test fails.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+impl Rogue {
+    /// Connects to the host named in the enrolment bundle at `bundle`, with its certificate.
+    pub fn connect(bundle: &Path) -> Rogue {
+        let bundle = Bundle::from_bytes(&std::fs::read(bundle).expect("bundle file"))
+            .expect("a valid enrolment bundle");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let host: SocketAddr = bundle.host_address.parse().expect("host address");
+        let (endpoint, conn) = rt.block_on(async {
+            let mut endpoint =
+                quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+            endpoint.set_default_client_config(
+                carnet_syncd::transport::client_config(&bundle.ca_cert_der, &bundle.identity)
+                    .expect("client config"),
+            );
+            // The host daemon may still be binding: try again until it answers, bounded.
+            let deadline = tokio::time::Instant::now() + PATIENCE;
+            loop {
+                let attempt = endpoint
+                    .connect(host, carnet_syncd::pki::HOST_NAME)
+                    .expect("connect");
+                match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+                    Ok(Ok(conn)) => break (endpoint, conn),
+                    _ if tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    other => panic!("the host never answered: {other:?}"),
+                }
+            }
+        });
+        Rogue {
+            rt,
+            conn,
+            _endpoint: endpoint,
+            site: bundle.site_id,
+        }
+    }
+
+    /// Sends `msgs` on a new stream, then `Bye`, and answers everything the host said until it
+    /// closed the stream (an `Error` reply included).
+    pub fn session(&self, msgs: Vec<Msg>) -> Vec<Msg> {
+        self.rt.block_on(async {
+            let (mut send, mut recv) = self.conn.open_bi().await.expect("stream");
+            for m in msgs.iter().chain([&Msg::Bye]) {
+                send.write_all(&frame::encode(m).expect("encode"))
+                    .await
+                    .expect("send");
+            }
+            let _ = send.finish();
+            let bytes = tokio::time::timeout(PATIENCE, recv.read_to_end(256 << 20))
+                .await
+                .expect("the host answered in time")
+                .unwrap_or_default();
+            let mut decoder = FrameDecoder::new();
+            decoder.push(&bytes);
+            let mut out = Vec::new();
+            while let Ok(Some(m)) = decoder.next_message::<Msg>() {
+                out.push(m);
+            }
+            out
+        })
+    }
+
+    /// A `Hello` as this site, with `cursor` and `outbox_acked`.
+    pub fn hello(&self, cursor: u64, outbox_acked: u64) -> Msg {
+        Msg::Hello {
+            site: self.site,
+            cursor,
+            outbox_acked,
+        }
+    }
+
+    /// Everything the host sends this site when it pulls its whole log from the start.
+    pub fn pull_all(&self) -> Vec<Msg> {
+        self.session(vec![self.hello(0, 0), Msg::Pull { after: 0 }])
+    }
+}
+
+/// The messages of kind `Pulled` flattened into their items.
+pub fn pulled_items(replies: &[Msg]) -> Vec<carnet_store::replica::PullItem> {
+    replies
+        .iter()
+        .filter_map(|m| match m {
+            Msg::Pulled { items, .. } => Some(items.iter().map(|(_, i)| i.clone())),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
