@@ -1,4 +1,4 @@
-//! The sync session between a site and the host, as a pure state machine (STYLE 1): it takes
+//! The sync session between a site and the host, as a pure state machine: it takes
 //! decoded messages and the replica, and returns the messages to send. No socket, runtime or
 //! clock in here; `net` drives it over a QUIC stream.
 //!

@@ -1,4 +1,4 @@
-//! The integration tests of Carnet: one binary (STYLE 11), each module a theme, every test
+//! The integration tests of Carnet: one binary, each module a theme, every test
 //! driving the real `carnet` binary in its own temporary folders.
 //!
 //! - `cli_basics`: init, data folder, passphrases, professionals, dossiers, grants, emergency

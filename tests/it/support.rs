@@ -4,7 +4,7 @@
 //!
 //! Every run clears `CARNET_DATA`, `CARNET_PASSPHRASE` and `CARNET_NEW_PASSPHRASE` from the
 //! environment (a developer's shell must not change the outcome) and checks that the binary did
-//! not panic: input from disk or from the user must never be a panic (STYLE 8).
+//! not panic: input from disk or from the user must never be a panic.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
