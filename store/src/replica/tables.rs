@@ -77,6 +77,9 @@ pub const PARTIAL_PROGRESS: TableDefinition<&[u8; 16], u64> =
 /// (`1 ‖ blind index ‖ site`) or consent given in person (`2 ‖ blind index ‖ RPPS ‖ site`) →
 /// sealed `SiteRequest` (registry key, bound to its row).
 pub const SITE_REQUESTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("site_requests");
+/// Host: the key each site chains its trace with (`site_traces`), sealed with the audit key and
+/// bound to the site.
+pub const SITE_CHAIN_KEYS: TableDefinition<u32, &[u8]> = TableDefinition::new("site_chain_keys");
 /// Per origin site, the highest change sequence applied here (exactly-once).
 pub const APPLIED: TableDefinition<u32, u64> = TableDefinition::new("applied");
 

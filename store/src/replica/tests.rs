@@ -995,6 +995,12 @@ fn a_sites_trace_reaches_the_host_once_and_in_order() {
     let records = site.traces_after(0, 100).expect("traces");
     assert!(records.len() >= 2);
     assert!(
+        host.apply_remote_traces(origin, &records).is_err(),
+        "no entry before the site's chain key"
+    );
+    host.admit_chain_key(origin, &site.trace_chain_key())
+        .expect("key");
+    assert!(
         host.apply_remote_traces(origin, &records[1..]).is_err(),
         "a gap is refused"
     );
@@ -1014,6 +1020,50 @@ fn a_sites_trace_reaches_the_host_once_and_in_order() {
         .filter(|c| c.entry.origin == origin)
         .count();
     assert_eq!(held, records.len());
+}
+
+#[test]
+fn the_host_checks_a_sites_trace_as_a_chain_and_refuses_a_rewritten_history() {
+    let (_hd, host, _sd, site) = host_and_site();
+    write(&site, "doc", b"1");
+    let origin = site.config().site_id;
+    let records = site.traces_after(0, 100).expect("traces");
+    host.admit_chain_key(origin, &site.trace_chain_key())
+        .expect("key");
+    let refusals = |host: &Replica| {
+        host.audit_entries(None)
+            .expect("audit")
+            .iter()
+            .filter(|c| c.entry.action == TraceAction::Admin("trace-refused".into()))
+            .count()
+    };
+    // An entry altered on the way (or by the site) does not chain: nothing is stored.
+    let mut forged = records.clone();
+    forged[1].entry.allowed = !forged[1].entry.allowed;
+    assert!(matches!(
+        host.apply_remote_traces(origin, &forged),
+        Err(Error::Integrity(_))
+    ));
+    assert_eq!(host.trace_mark(origin).ok(), Some(0));
+    assert_eq!(refusals(&host), 1, "the refusal is traced");
+    // The real chain is stored; sent again unchanged it is a no-op, rewritten it is refused.
+    let mark = host.apply_remote_traces(origin, &records).expect("apply");
+    assert_eq!(host.apply_remote_traces(origin, &records).ok(), Some(mark));
+    assert!(matches!(
+        host.apply_remote_traces(origin, &forged),
+        Err(Error::Integrity(_))
+    ));
+    assert_eq!(refusals(&host), 2);
+    // A site cannot present another chain key later (a history started again).
+    assert!(matches!(
+        host.admit_chain_key(origin, &[9; 32]),
+        Err(Error::Integrity(_))
+    ));
+    host.admit_chain_key(origin, &site.trace_chain_key())
+        .expect("the same key again");
+    // The host verifies the site's stored chain under its key.
+    let (_, entries) = host.verify_audit().expect("verifies");
+    assert!(entries >= records.len() as u64);
 }
 
 #[test]
