@@ -306,6 +306,16 @@ async fn announcement_timer(replica: Arc<Replica>, live: Arc<net::Live>) {
             Ok(Err(e)) => tracing::warn!(error = %e, "announcement timer"),
             _ => {}
         }
+        // Dossiers fetched for an emergency leave their site's scope when their time is over.
+        let r = replica.clone();
+        match tokio::task::spawn_blocking(move || r.expire_emergency_access()).await {
+            Ok(Ok(ended)) if ended > 0 => {
+                tracing::info!(ended, "emergency access ended");
+                live.changed();
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "emergency access timer"),
+            _ => {}
+        }
     }
 }
 

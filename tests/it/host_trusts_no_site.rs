@@ -329,3 +329,54 @@ fn a_site_can_neither_rewrite_nor_restart_its_trace_at_the_host() {
     // The honest site syncs on.
     sync_until_ok(&w.site, Duration::from_secs(30));
 }
+
+#[test]
+fn an_emergency_outside_the_scope_is_fetched_on_demand_decided_and_traced_at_the_host() {
+    let w = world();
+    w.host.pro(ER_DOCTOR, "medecin");
+    w.site.pro(ER_DOCTOR, "medecin");
+    let fetch = |reason: &str| {
+        w.site.run(&[
+            "emergency",
+            "fetch",
+            "--dossier",
+            &w.ins,
+            "--as",
+            ER_DOCTOR,
+            "--mode",
+            "break-glass",
+            "--reason",
+            reason,
+        ])
+    };
+    // Not bound to the site by the host: refused (exit 3), nothing comes.
+    assert_eq!(fetch("unconscious (synthetic)").code, 3);
+    assert!(!holds(&w.site, &w.ins));
+    // Bound: the host decides it, traces it, and the dossier comes for the emergency.
+    w.host
+        .ok(&["pki", "bind", "--site", &w.site_id, "--rpps", ER_DOCTOR]);
+    let o = fetch("unconscious (synthetic)");
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let body = w.site.ok(&[
+        "doc",
+        "get",
+        &w.doc,
+        "--as",
+        ER_DOCTOR,
+        "--mode",
+        "break-glass",
+        "--reason",
+        "unconscious (synthetic)",
+    ]);
+    assert_eq!(body.raw, b"written at the host (synthetic)");
+    w.site.fails(3, &["doc", "get", &w.doc, "--as", ER_DOCTOR]);
+    let emergencies = w.host.json(&["audit", "emergencies"]);
+    let at_host: Vec<_> = emergencies
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["site"] == 0 && e["ins"] == w.ins.as_str())
+        .map(|e| e["allowed"].clone())
+        .collect();
+    assert_eq!(at_host, [false, true], "{emergencies}");
+}

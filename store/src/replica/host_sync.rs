@@ -134,7 +134,9 @@ impl Replica {
             (_, 0) => self.log_append(txn, site, &LogItem::Leave(*bi)),
             // A grant or an accepted pin may let the site receive more of a dossier it held
             // for another reason: all of it is sent again, as the host now decides it.
-            _ if new & !old & (scope_bit::GRANT | scope_bit::PINNED) != 0 => {
+            _ if new & !old & (scope_bit::GRANT | scope_bit::PINNED | scope_bit::EMERGENCY)
+                != 0 =>
+            {
                 self.log_append(txn, site, &LogItem::Enter(*bi))
             }
             _ => Ok(()),

@@ -1067,6 +1067,107 @@ fn the_host_checks_a_sites_trace_as_a_chain_and_refuses_a_rewritten_history() {
 }
 
 #[test]
+fn an_emergency_fetch_is_decided_at_the_host_and_ends_by_itself() {
+    use std::sync::atomic::Ordering;
+    let (_dirs, now, host, site) = host_and_site_on_a_clock();
+    // A patient the site has never seen, a document the host holds.
+    let other = Ins::from_body("2900101123456").expect("ins");
+    host.create_dossier(new_dossier(other.clone()))
+        .expect("dossier");
+    let id = host
+        .put_document(
+            &Actor::Professional(doctor()),
+            AccessMode::Normal,
+            None,
+            &other,
+            doc("allergies", b"penicillin (synthetic)"),
+        )
+        .expect("host writes");
+    let break_glass = |r: &Replica| {
+        r.read_document(
+            &Actor::Professional(doctor()),
+            &id,
+            AccessMode::BreakGlass,
+            Some("unconscious"),
+        )
+    };
+    // Refused at the site without a reason, and with nothing to fetch for a normal read.
+    assert!(
+        site.request_emergency_fetch(&other, &doctor(), AccessMode::BreakGlass, " ")
+            .is_err()
+    );
+    assert!(
+        site.request_emergency_fetch(&other, &doctor(), AccessMode::Normal, "x")
+            .is_err()
+    );
+    // The holder opposed break-glass: the host refuses, traces it, and sends nothing.
+    host.update_emergency(&other, |p| p.btg_allowed = false)
+        .expect("oppose");
+    site.request_emergency_fetch(&other, &doctor(), AccessMode::BreakGlass, "unconscious")
+        .expect("asked");
+    sync(&host, &site);
+    assert!(site.dossier(&other).is_err(), "refused: nothing came");
+    let decided = |allowed: bool| {
+        host.audit_entries(Some(&other))
+            .expect("audit")
+            .iter()
+            .filter(|c| c.entry.mode == AccessMode::BreakGlass && c.entry.allowed == allowed)
+            .count()
+    };
+    assert_eq!(decided(false), 1);
+    // Allowed: the dossier comes, and the doctor breaks glass on it at the site.
+    host.update_emergency(&other, |p| p.btg_allowed = true)
+        .expect("allow");
+    site.request_emergency_fetch(&other, &doctor(), AccessMode::BreakGlass, "unconscious")
+        .expect("asked");
+    sync(&host, &site);
+    assert_eq!(decided(true), 1);
+    assert_eq!(
+        &break_glass(&site).expect("read").body[..],
+        b"penicillin (synthetic)"
+    );
+    assert!(
+        site.read_document(&Actor::Professional(nurse()), &id, AccessMode::Normal, None)
+            .is_err(),
+        "no grant: no normal read"
+    );
+    // A day later the emergency is over: the dossier leaves the site.
+    assert_eq!(host.expire_emergency_access().expect("timer"), 0);
+    now.fetch_add(super::EMERGENCY_VALID, Ordering::SeqCst);
+    site.import_authority(&host.export_authority().expect("export"))
+        .expect("fresh records");
+    assert_eq!(host.expire_emergency_access().expect("timer"), 1);
+    sync(&host, &site);
+    assert!(!site.has_dossier_key(&other).expect("key"), "purged");
+}
+
+#[test]
+fn an_emergency_fetch_for_a_professional_the_host_does_not_bind_is_refused() {
+    let (_hd, host, _sd, site) = host_and_site();
+    let other = Ins::from_body("2900101123456").expect("ins");
+    host.create_dossier(new_dossier(other.clone()))
+        .expect("dossier");
+    let stranger = Rpps::parse("19999999999").expect("rpps");
+    site.add_professional(&Professional {
+        rpps: stranger.clone(),
+        profession: Profession::Medecin,
+        specialty: None,
+        name: None,
+    })
+    .expect("pro");
+    site.request_emergency_fetch(&other, &stranger, AccessMode::Centre15, "call 15")
+        .expect("asked");
+    sync(&host, &site);
+    assert!(site.dossier(&other).is_err());
+    assert!(
+        host.audit_entries(Some(&other))
+            .expect("audit")
+            .iter()
+            .any(|c| c.entry.mode == AccessMode::Centre15 && !c.entry.allowed)
+    );
+}
+
+#[test]
 fn a_pinned_dossier_comes_to_the_site_and_leaves_when_unpinned() {
     let (_hd, host, _sd, site) = host_and_site();
     let tomorrow = Ins::from_body("1751299123456").expect("ins");
