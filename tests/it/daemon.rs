@@ -357,7 +357,7 @@ fn idle_host_and_site_daemons_use_almost_no_cpu() {
     let host = Carnet::empty();
     host.ok(&["init", "--role", "host", "--listen", &address]);
     host.ok(&["pki", "init"]);
-    let site = enrolled_site(&host, &address);
+    let site = enrolled_site(&host, &address, &[]);
     let host_daemon = start_daemon(&host);
     let site_daemon = start_daemon(&site);
     wait_for_socket(&host);
