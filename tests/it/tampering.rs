@@ -443,13 +443,13 @@ fn newer_format_asks_to_upgrade() {
     }
     let o = c.fails(5, &["pro", "list"]);
     assert!(o.stderr.contains("format version"), "{}", o.stderr);
-    // Back at version 1, nothing was lost and the refused commands wrote nothing.
+    // Back at its version, nothing was lost and the refused commands wrote nothing.
     let entries = {
         let db = c.db();
         let txn = db.begin_write().expect("write");
         txn.open_table(META)
             .expect("meta")
-            .insert(meta_key::FORMAT, 1u32.to_le_bytes().as_slice())
+            .insert(meta_key::FORMAT, FORMAT_VERSION.to_le_bytes().as_slice())
             .expect("insert");
         let n =
             redb::ReadableTableMetadata::len(&txn.open_table(AUDIT).expect("audit")).expect("len");
@@ -459,6 +459,70 @@ fn newer_format_asks_to_upgrade() {
     assert_eq!(c.json(&["audit", "verify"])["entries"], entries);
     assert_eq!(c.json(&["dossier", "show", &k.ins])["documents"], 2);
     assert_eq!(c.body(&k.consult, DOCTOR), CONSULT_BODY);
+}
+
+#[test]
+fn the_replicas_settings_and_counters_cannot_be_changed_or_put_back_without_the_key() {
+    let k = clinic();
+    let c = &k.host;
+    let says = "changed outside Carnet";
+    let read = |key: &str| -> Option<Vec<u8>> {
+        let db = c.db();
+        let txn = db.begin_read().expect("read");
+        let meta = txn.open_table(META).expect("meta");
+        meta.get(key).expect("get").map(|v| v.value().to_vec())
+    };
+    let write = |key: &str, value: Option<&[u8]>| {
+        let db = c.db();
+        let txn = db.begin_write().expect("write");
+        {
+            let mut meta = txn.open_table(META).expect("meta");
+            match value {
+                Some(v) => meta.insert(key, v).map(|_| ()),
+                None => meta.remove(key).map(|_| ()),
+            }
+            .expect("edit");
+        }
+        txn.commit().expect("commit");
+    };
+    // A counter moved (the lease's "current as of", the authority version), the keyring (its
+    // pinned host key) or the settings (role, site id, lease) edited: each is refused, exit 5.
+    for key in [
+        meta_key::AUTHORITY_AS_OF,
+        meta_key::AUTHORITY_VERSION,
+        meta_key::KEYRING,
+        meta_key::CONFIG,
+    ] {
+        let original = read(key);
+        let mut changed = original
+            .clone()
+            .unwrap_or_else(|| 9u64.to_le_bytes().to_vec());
+        if let Some(b) = changed.last_mut() {
+            *b ^= 1;
+        }
+        write(key, Some(&changed));
+        let o = c.run(&["dossier", "list"]);
+        assert_eq!(o.code, 5, "{key} changed, still opens: {}", o.stderr);
+        // The keyring and the settings are decoded before the check: edited so that they no
+        // longer decode (a malformed pinned key, a truncated setting), they are refused as
+        // damage, exit 5 all the same.
+        let counter = key == meta_key::AUTHORITY_AS_OF || key == meta_key::AUTHORITY_VERSION;
+        integrity(c, &["dossier", "list"], if counter { says } else { "" });
+        // Put back as it was, the replica opens again.
+        write(key, original.as_deref());
+        c.ok(&["dossier", "list"]);
+    }
+    // An older state put back whole: the authentication is the one of that older state only
+    // if the keyed hash comes with it; a hash removed is refused too.
+    let db = c.db();
+    let txn = db.begin_write().expect("write");
+    txn.open_table(META)
+        .expect("meta")
+        .remove("state_mac")
+        .expect("remove");
+    txn.commit().expect("commit");
+    drop(db);
+    integrity(c, &["dossier", "list"], says);
 }
 
 /// A site pinned to the host, and the host's bundle.

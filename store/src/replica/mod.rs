@@ -76,6 +76,12 @@ pub const DB_FILE: &str = "carnet.redb";
 pub const KEY_FILE: &str = "master.key";
 const KEY_FILE_NEW: &str = "master.key.new";
 const KEY_CHECK: &[u8] = b"carnet master key check";
+/// Associated data of the key check of a replica whose `meta` table is authenticated
+/// (`STATE_MAC`); a check sealed under the older `b"check"` marks a replica made before, which
+/// gets its authentication at its next open.
+const CHECK_STATE: &[u8] = b"check-state";
+/// The `meta` row holding the keyed hash of every other `meta` row (`state_mac`).
+const STATE_MAC: &str = "state_mac";
 
 /// The replica's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,6 +160,9 @@ struct Keys {
     audit: Key,
     /// Keys the trace chain hashes (derived from `audit`).
     chain: Key,
+    /// Keys `STATE_MAC`, the hash that authenticates the `meta` table (derived from
+    /// `registry`).
+    state: Key,
 }
 
 /// The master key, and the one it replaced while this process runs: a read snapshot taken
@@ -252,6 +261,8 @@ pub struct Replica {
     cache: cache::RegistryCache,
     /// The snapshot concurrent audited reads share until the next write commits.
     view: view::SharedView,
+    /// Set once `meta` was found intact at open (`check_state`); until then no commit is made.
+    state_verified: AtomicBool,
 }
 
 impl std::fmt::Debug for Replica {
@@ -386,7 +397,7 @@ impl Replica {
         };
         let keyring = Keyring {
             kind,
-            check: master.seal(b"check", KEY_CHECK)?,
+            check: master.seal(CHECK_STATE, KEY_CHECK)?,
             index: master.wrap(b"index", &index)?,
             registry: master.wrap(b"registry", &registry)?,
             audit: master.wrap(b"audit", &audit)?,
@@ -417,6 +428,8 @@ impl Replica {
             meta.insert(meta_key::FORMAT, FORMAT_VERSION.to_le_bytes().as_slice())?;
             meta.insert(meta_key::CONFIG, postcard::to_stdvec(&config)?.as_slice())?;
             meta.insert(meta_key::KEYRING, postcard::to_stdvec(&keyring)?.as_slice())?;
+            let mac = state_mac(&state_key(&registry), &meta)?;
+            meta.insert(STATE_MAC, mac.as_slice())?;
             // Create every table so read transactions never meet a missing one.
             txn.open_table(AUTHORITY)?;
             txn.open_table(DOSSIER_KEYS)?;
@@ -495,9 +508,13 @@ impl Replica {
         };
         debug_assert!(format <= FORMAT_VERSION);
         let master = Self::master_key(dir, source, &keyring)?;
+        // A replica whose check says so has its `meta` authenticated; an older one gets it now.
+        let state_authenticated = master.open(CHECK_STATE, &keyring.check).is_ok();
+        let registry = master.unwrap_key(b"registry", &keyring.registry)?;
         let keys = Keys {
             index: master.unwrap_key(b"index", &keyring.index)?,
-            registry: master.unwrap_key(b"registry", &keyring.registry)?,
+            state: state_key(&registry),
+            registry,
             audit: master.unwrap_key(b"audit", &keyring.audit)?,
             chain: master
                 .unwrap_key(b"audit", &keyring.audit)?
@@ -551,7 +568,9 @@ impl Replica {
             mover: Mutex::new(None),
             cache: cache::RegistryCache::default(),
             view: view::SharedView::default(),
+            state_verified: AtomicBool::new(false),
         };
+        replica.check_state(state_authenticated)?;
         replica.migrate(format)?;
         replica.reload_matrix()?;
         // Entries journaled before a stop or crash move into the table now.
@@ -562,6 +581,47 @@ impl Replica {
     }
 
     /// Brings a replica written in an older format to `FORMAT_VERSION`, in one transaction.
+    /// At open: the `meta` table (settings, keyring and pinned host key, lease, authority
+    /// versions, cursors, marks) must be what this replica last wrote: `STATE_MAC` is a hash of
+    /// every other row keyed under the master key, so a value changed or put back by someone
+    /// without the key is an integrity failure. A replica made before the authentication
+    /// (`authenticated` false) gets it here, its key check resealed to say so.
+    fn check_state(&self, authenticated: bool) -> Result<()> {
+        let stored_and_computed = {
+            let txn = self.begin_read()?;
+            let meta = txn.open_table(META)?;
+            let stored = meta.get(STATE_MAC)?.map(|v| v.value().to_vec());
+            (stored, state_mac(&self.keys.state, &meta)?)
+        };
+        match stored_and_computed {
+            (Some(stored), computed) if stored == computed => {
+                self.state_verified.store(true, Ordering::SeqCst);
+                return Ok(());
+            }
+            (Some(_), _) | (None, _) if authenticated => {
+                return Err(Error::integrity(
+                    "the replica's settings, keyring or counters (carnet.redb, table meta) were changed outside Carnet: restore the data folder from a backup",
+                ));
+            }
+            _ => {}
+        }
+        // A replica made before: seal its check anew (the commit writes its first STATE_MAC).
+        self.state_verified.store(true, Ordering::SeqCst);
+        let txn = self.begin_raw_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            let mut keyring: Keyring = postcard::from_bytes(
+                meta.get(meta_key::KEYRING)?
+                    .ok_or_else(|| Error::integrity("keyring missing"))?
+                    .value(),
+            )?;
+            let master = self.keys.master.read().map_err(lock_err)?;
+            keyring.check = master.current.seal(CHECK_STATE, KEY_CHECK)?;
+            meta.insert(meta_key::KEYRING, postcard::to_stdvec(&keyring)?.as_slice())?;
+        }
+        txn.commit()
+    }
+
     fn migrate(&self, format: u32) -> Result<()> {
         if format >= FORMAT_VERSION {
             return Ok(());
@@ -575,7 +635,9 @@ impl Replica {
     }
 
     fn master_key(dir: &Path, source: &KeySource, keyring: &Keyring) -> Result<Key> {
-        let opens = |k: &Key| k.open(b"check", &keyring.check).is_ok();
+        let opens = |k: &Key| {
+            k.open(CHECK_STATE, &keyring.check).is_ok() || k.open(b"check", &keyring.check).is_ok()
+        };
         match (&keyring.kind, source) {
             (KeyKind::File, _) => {
                 let key = read_key_file(&dir.join(KEY_FILE))?;
@@ -643,7 +705,7 @@ impl Replica {
                     .value(),
             )?;
             keyring.kind = kind;
-            keyring.check = new_master.seal(b"check", KEY_CHECK)?;
+            keyring.check = new_master.seal(CHECK_STATE, KEY_CHECK)?;
             keyring.index = new_master.wrap(b"index", &self.keys.index)?;
             keyring.registry = new_master.wrap(b"registry", &self.keys.registry)?;
             keyring.audit = new_master.wrap(b"audit", &self.keys.audit)?;
@@ -1490,6 +1552,25 @@ impl RawWrite<'_> {
     /// read afresh).
     fn commit(self) -> Result<()> {
         let RawWrite { replica, txn } = self;
+        if !replica.state_verified.load(Ordering::SeqCst) {
+            // Never authenticate a state that was not found intact at open (the drop of a
+            // replica refused at open would otherwise commit over the tampering).
+            return Err(Error::integrity(
+                "the replica's state was not verified: nothing is written",
+            ));
+        }
+        {
+            // `meta` stays authenticated: its hash is written only when a row changed, so a
+            // commit that left `meta` alone touches none of its pages.
+            let mut meta = txn.open_table(META)?;
+            let mac = state_mac(&replica.keys.state, &meta)?;
+            if meta
+                .get(STATE_MAC)?
+                .is_none_or(|v| v.value() != mac.as_slice())
+            {
+                meta.insert(STATE_MAC, mac.as_slice())?;
+            }
+        }
         let committed = if DEFERRING.get() == replica.durability.id() {
             replica.durability.deferring(|| txn.commit())
         } else {
@@ -1594,6 +1675,31 @@ fn stored_trace_row(r: &JournalRecord) -> Result<Vec<u8>> {
         hash: r.hash,
         sealed: r.sealed.clone(),
     })?)
+}
+
+/// The key of `STATE_MAC`, derived from the registry key (itself wrapped by the master key).
+fn state_key(registry: &Key) -> Key {
+    registry.derive("carnet 2026-12 replica state")
+}
+
+/// Keyed BLAKE3 of every `meta` row but `STATE_MAC`, in key order, each as its length-prefixed
+/// key and value.
+fn state_mac(
+    key: &Key,
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<[u8; 32]> {
+    let mut h = blake3::Hasher::new_keyed(key.expose());
+    for row in meta.iter()? {
+        let (k, v) = row?;
+        if k.value() == STATE_MAC {
+            continue;
+        }
+        for part in [k.value().as_bytes(), v.value()] {
+            h.update(&(part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+    }
+    Ok(*h.finalize().as_bytes())
 }
 
 fn trace_aad(origin: u32) -> Vec<u8> {

@@ -331,6 +331,75 @@ fn concurrent_audited_reads_are_all_traced() {
 }
 
 #[test]
+fn the_meta_table_is_authenticated_and_an_older_replica_gets_it_at_open() {
+    let d = TempDir::new().expect("tmp");
+    drop(init(&d, Role::Site, Some(3)));
+    let edit = |key: &str, value: Option<&[u8]>| {
+        let db = Database::open(d.path().join(DB_FILE)).expect("db");
+        let txn = db.begin_write().expect("txn");
+        {
+            let mut meta = txn.open_table(META).expect("meta");
+            match value {
+                Some(v) => meta.insert(key, v).map(|_| ()),
+                None => meta.remove(key).map(|_| ()),
+            }
+            .expect("edit");
+        }
+        txn.commit().expect("commit");
+    };
+    let open = || Replica::open(d.path(), &KeySource::File, clock());
+    let original = {
+        let db = Database::open(d.path().join(DB_FILE)).expect("db");
+        let txn = db.begin_read().expect("txn");
+        let meta = txn.open_table(META).expect("meta");
+        meta.get(meta_key::AUTHORITY_AS_OF)
+            .expect("get")
+            .map(|v| v.value().to_vec())
+    };
+    // The lease's "current as of" moved forward by someone without the key: refused.
+    edit(
+        meta_key::AUTHORITY_AS_OF,
+        Some(i64::MAX.to_le_bytes().as_slice()),
+    );
+    assert!(matches!(open(), Err(Error::Integrity(_))));
+    edit(meta_key::AUTHORITY_AS_OF, original.as_deref());
+    let r = open().expect("as it was");
+    // A replica made before the authentication: its check says so, and it has no hash yet.
+    {
+        let txn = r.begin_raw_write().expect("txn");
+        {
+            let mut meta = txn.open_table(META).expect("meta");
+            let mut keyring: Keyring = postcard::from_bytes(
+                meta.get(meta_key::KEYRING)
+                    .expect("get")
+                    .expect("keyring")
+                    .value(),
+            )
+            .expect("keyring");
+            keyring.check = r
+                .keys
+                .master
+                .read()
+                .expect("lock")
+                .current
+                .seal(b"check", KEY_CHECK)
+                .expect("seal");
+            meta.insert(
+                meta_key::KEYRING,
+                postcard::to_stdvec(&keyring).expect("enc").as_slice(),
+            )
+            .expect("insert");
+        }
+        txn.commit().expect("commit");
+    }
+    drop(r);
+    edit(STATE_MAC, None);
+    drop(open().expect("an older replica opens, and is authenticated from now on"));
+    edit(meta_key::PULL_CURSOR, Some(7u64.to_le_bytes().as_slice()));
+    assert!(matches!(open(), Err(Error::Integrity(_))));
+}
+
+#[test]
 fn newer_format_is_refused() {
     let d = TempDir::new().expect("tmp");
     drop(init(&d, Role::Site, None));
