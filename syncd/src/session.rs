@@ -436,8 +436,9 @@ impl HostSession {
                     return Err(Error::Invalid("protocol: body pieces too large".into()));
                 }
                 // Kept durably as they come, in one transaction: a cut transfer resumes from
-                // here.
-                let complete = replica.receive_body_pieces(&pieces)?;
+                // here. Only pieces of bodies this site owes are taken: any other ends the
+                // session, and nothing of the message is kept.
+                let complete = replica.receive_pieces_from(self.site, &pieces)?;
                 Ok(pieces
                     .iter()
                     .zip(complete)
@@ -1547,43 +1548,50 @@ mod resume_tests {
             host.bodies_owed_by(site.config().site_id).expect("owed"),
             vec![(fresh, 0)]
         );
+        let from = |site_id: u32, offset: u64, total: u64, bytes: Vec<u8>| {
+            host.receive_pieces_from(
+                SiteId(site_id),
+                &[BodyPiece {
+                    doc: fresh,
+                    offset,
+                    total,
+                    bytes,
+                }],
+            )
+            .map(|done| done == [true])
+        };
+        let owner = site.config().site_id.0;
+        assert!(from(owner, 0, n - 1, vec![9; 10]).is_err(), "wrong total");
+        assert!(from(owner, 10, n, vec![9; 10]).is_err(), "a gap");
         assert!(
-            host.receive_body_piece(&fresh, 0, n - 1, &[9; 10]).is_err(),
-            "wrong total"
-        );
-        assert!(
-            host.receive_body_piece(&fresh, 10, n, &[9; 10]).is_err(),
-            "a gap"
-        );
-        assert!(
-            host.receive_body_piece(&fresh, 0, n, &vec![9; n as usize + 1])
-                .is_err(),
+            from(owner, 0, n, vec![9; n as usize + 1]).is_err(),
             "past the end"
         );
         assert_eq!(host.body_progress(&fresh).expect("p"), 0, "nothing kept");
+        assert!(!from(owner, 0, n, vec![9; 1000]).expect("piece"));
         assert!(
-            !host
-                .receive_body_piece(&fresh, 0, n, &[9; 1000])
-                .expect("piece")
-        );
-        assert!(
-            !host
-                .receive_body_piece(&fresh, 0, n, &[9; 1000])
-                .expect("again"),
+            !from(owner, 0, n, vec![9; 1000]).expect("again"),
             "a repeat is ignored"
         );
         assert_eq!(host.body_progress(&fresh).expect("p"), 1000);
-        // Wrong bytes: the hash check fails at the end and the transfer starts over.
-        assert!(
-            host.receive_body_piece(&fresh, 1000, n, &vec![8; n as usize - 1000])
-                .is_err()
-        );
+        // Another site owes nothing of it: even the right bytes are refused, and nothing of
+        // what the owing site sent is lost.
+        let err = from(owner + 1, 1000, n, vec![9; n as usize - 1000]).expect_err("not owed");
+        assert!(err.to_string().contains("owes no body"), "{err}");
+        assert_eq!(host.body_progress(&fresh).expect("p"), 1000);
+        // The site takes pieces from the host only, and the host from a site only.
+        assert!(host.receive_body_piece(&fresh, 1000, n, &[9; 10]).is_err());
+        // Wrong bytes: the hash check fails at the end and the transfer starts over; the body
+        // is still owed by the site, which is asked for it again.
+        assert!(from(owner, 1000, n, vec![8; n as usize - 1000]).is_err());
         assert_eq!(host.body_progress(&fresh).expect("p"), 0);
         assert!(!host.has_body(&fresh).expect("has"));
-        assert!(
-            host.receive_body_piece(&fresh, 0, n, &vec![9; n as usize])
-                .expect("whole")
+        assert_eq!(
+            host.bodies_owed_by(site.config().site_id).expect("owed"),
+            vec![(fresh, 0)],
+            "a corrupt body resets the progress, never the debt"
         );
+        assert!(from(owner, 0, n, vec![9; n as usize]).expect("whole"));
         assert!(host.has_body(&fresh).expect("has"));
         // The body is no longer owed by the site.
         assert!(

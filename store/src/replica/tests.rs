@@ -143,8 +143,16 @@ fn sync(host: &Replica, site: &Replica) {
     }
     for id in host.missing_bodies().expect("missing") {
         if let Ok(body) = site.body_for_sync(&id) {
-            host.receive_body_piece(&id, 0, body.len() as u64, &body)
-                .expect("store body");
+            host.receive_pieces_from(
+                origin,
+                &[BodyPiece {
+                    doc: id,
+                    offset: 0,
+                    total: body.len() as u64,
+                    bytes: body.to_vec(),
+                }],
+            )
+            .expect("store body");
         }
     }
     let items = host
@@ -1779,5 +1787,106 @@ fn removing_a_body_never_takes_another_documents_chunks_or_tail() {
         body_rows(&site, &wide),
         (2, 0),
         "the other id's chunks stay"
+    );
+}
+
+/// One whole body as a single piece.
+fn whole(id: DocId, body: &[u8]) -> BodyPiece {
+    BodyPiece {
+        doc: id,
+        offset: 0,
+        total: body.len() as u64,
+        bytes: body.to_vec(),
+    }
+}
+
+#[test]
+fn the_host_takes_a_body_only_from_the_site_that_owes_it_and_a_bad_one_keeps_the_debt() {
+    let (_hd, host, _sd, site) = host_and_site();
+    let origin = site.config().site_id;
+    let body = b"the real body (synthetic)".to_vec();
+    let id = write(&site, "CR", &body);
+    // The metadata alone: the host records the body as owed by the site that wrote it.
+    for (seq, change) in site.outbox(0, usize::MAX).expect("outbox") {
+        host.apply_remote(origin, seq, &change).expect("apply");
+    }
+    assert_eq!(host.bodies_owed_by(origin).expect("owed"), vec![(id, 0)]);
+
+    // Another site, with the right bytes or bogus ones: refused, nothing kept, still owed.
+    let other = SiteId(origin.0 + 1);
+    for bytes in [body.clone(), vec![0; body.len()]] {
+        let err = host
+            .receive_pieces_from(other, &[whole(id, &bytes)])
+            .expect_err("another site owes nothing");
+        assert!(err.to_string().contains("owes no body"), "{err}");
+    }
+    assert!(!host.has_body(&id).expect("has"));
+    assert_eq!(host.bodies_owed_by(origin).expect("owed"), vec![(id, 0)]);
+    // The host never takes pieces outside a site's session.
+    assert!(host.receive_body_pieces(&[whole(id, &body)]).is_err());
+
+    // The owing site sends a corrupt body: the pieces go, the debt stays.
+    let half = body.len() / 2;
+    let mut piece = whole(id, &body[..half]);
+    piece.total = body.len() as u64;
+    assert_eq!(
+        host.receive_pieces_from(origin, &[piece]).expect("half"),
+        vec![false]
+    );
+    assert_eq!(host.body_progress(&id).expect("progress"), half as u64);
+    let mut bogus = whole(id, &vec![7; body.len() - half]);
+    bogus.offset = half as u64;
+    bogus.total = body.len() as u64;
+    assert!(matches!(
+        host.receive_pieces_from(origin, &[bogus]),
+        Err(Error::Integrity(_))
+    ));
+    assert_eq!(host.body_progress(&id).expect("progress"), 0);
+    assert!(!host.has_body(&id).expect("has"));
+    assert_eq!(
+        host.bodies_owed_by(origin).expect("owed"),
+        vec![(id, 0)],
+        "a corrupt body resets the progress, never the debt"
+    );
+
+    // A body the site does not owe (here: its debt cleared behind the host's back) is refused
+    // even from the site that wrote it.
+    let owed_row = {
+        let txn = host.begin_write().expect("write");
+        let mut k = id.0.to_vec();
+        k.extend_from_slice(&origin.0.to_be_bytes());
+        txn.open_table(OWED_BODIES)
+            .expect("owed")
+            .remove(k.as_slice())
+            .expect("remove");
+        txn.commit().expect("commit");
+        k
+    };
+    let err = host
+        .receive_pieces_from(origin, &[whole(id, &body)])
+        .expect_err("not owed");
+    assert!(err.to_string().contains("owes no body"), "{err}");
+    {
+        let txn = host.begin_write().expect("write");
+        txn.open_table(OWED_BODIES)
+            .expect("owed")
+            .insert(owed_row.as_slice(), ())
+            .expect("insert");
+        txn.commit().expect("commit");
+    }
+
+    // The real body from the site that owes it is stored, and the debt is settled.
+    assert_eq!(
+        host.receive_pieces_from(origin, &[whole(id, &body)])
+            .expect("whole"),
+        vec![true]
+    );
+    assert!(host.has_body(&id).expect("has"));
+    assert!(host.bodies_owed_by(origin).expect("owed").is_empty());
+    // Sent again after it is stored: nothing to do, and nothing refused.
+    assert_eq!(
+        host.receive_pieces_from(origin, &[whole(id, &body)])
+            .expect("again"),
+        vec![true]
     );
 }
