@@ -391,3 +391,72 @@ fn a_site_that_owes_no_body_cannot_send_one_nor_cancel_the_debt() {
     assert_eq!(owed(&honest), vec![]);
     assert_eq!(w.host.body(&doc.to_string(), DOCTOR), body);
 }
+
+#[test]
+fn a_heartbeat_taken_off_the_wire_does_not_renew_a_stale_sites_lease() {
+    let w = world();
+    // The site's doctor is bound by the host: the dossier comes, and the lease is renewed.
+    w.host
+        .ok(&["pki", "bind", "--site", &w.site_id, "--rpps", DOCTOR]);
+    sync_until_ok(&w.site, Duration::from_secs(30));
+    assert!(holds(&w.site, &w.ins));
+    let renewed = w.site.json(&["sync", "status"])["authority_as_of"].clone();
+    assert!(renewed.is_string(), "{renewed}");
+    // The holder revokes him; the site does not sync (its operator keeps it away from the
+    // host), so it does not learn of it.
+    w.host
+        .ok(&["grant", "revoke", "--dossier", &w.ins, "--rpps", DOCTOR]);
+    // With the site's certificate, a fresh heartbeat is one Hello away: claim the log head.
+    let rogue = Rogue::connect(&w.bundle);
+    let head = rogue
+        .session(vec![rogue.hello(0, 0)])
+        .into_iter()
+        .find_map(|m| match m {
+            Msg::Welcome { log_head, .. } => Some(log_head),
+            _ => None,
+        })
+        .expect("a Welcome");
+    let heartbeat = rogue
+        .session(vec![rogue.hello(head, 0)])
+        .into_iter()
+        .find_map(|m| match m {
+            Msg::Welcome { current, .. } => current,
+            _ => None,
+        })
+        .expect("a heartbeat for a site at its log head");
+    // Slipped into the stale site's replica as a bundle, in the old layout or the new one: the
+    // bundle is refused, and the lease does not move.
+    let host_key =
+        carnet_syncd::enrol::Bundle::from_bytes(&std::fs::read(&w.bundle).expect("bundle"))
+            .expect("enrolment bundle")
+            .host_key;
+    let layouts = [
+        postcard::to_stdvec(&(1u8, host_key, vec![heartbeat.clone()])).expect("encode"),
+        postcard::to_stdvec(&(
+            2u8,
+            host_key,
+            vec![heartbeat.clone()],
+            None::<carnet_store::authority::SignedRecord>,
+        ))
+        .expect("encode"),
+    ];
+    for (i, layout) in layouts.iter().enumerate() {
+        let mut bytes = carnet_store::authority::BUNDLE_MAGIC.to_vec();
+        bytes.extend_from_slice(layout);
+        let file = w.site.write(&format!("heartbeat-{i}"), &bytes);
+        let o = w.site.run(&["authority", "import", &file]);
+        assert_ne!(o.code, 0, "layout {i} imported: {}", o.stdout);
+        assert_eq!(
+            w.site.json(&["sync", "status"])["authority_as_of"],
+            renewed,
+            "layout {i} renewed the lease"
+        );
+    }
+    // Synced, the site learns of the revocation, purges the dossier, and is current again.
+    sync_until_ok(&w.site, Duration::from_secs(30));
+    assert!(
+        !holds(&w.site, &w.ins),
+        "revoked: the dossier left the site"
+    );
+    assert_ne!(w.site.json(&["sync", "status"])["authority_as_of"], renewed);
+}
