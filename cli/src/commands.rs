@@ -1288,13 +1288,19 @@ fn authority(cli: &Cli, c: &AuthorityCmd) -> Result<Reply> {
         AuthorityCmd::Export { output } => {
             let b = r.export_authority()?;
             write_file(output, &b.to_bytes()?)?;
+            let vouched = b.vouch.is_some();
             Ok(Reply::new(
                 format!(
-                    "{} signed record(s) written to {} (contains identities: transfer it securely)",
+                    "{} signed record(s) written to {}{} (contains identities: transfer it securely)",
                     b.records.len(),
-                    output.display()
+                    output.display(),
+                    if vouched {
+                        ", signed whole by the host"
+                    } else {
+                        ", relayed: not signed whole, it renews no lease"
+                    }
                 ),
-                json!({"records": b.records.len(), "output": output.display().to_string()}),
+                json!({"records": b.records.len(), "signed_whole": vouched, "output": output.display().to_string()}),
             ))
         }
         AuthorityCmd::Import { file } => {
@@ -1302,10 +1308,17 @@ fn authority(cli: &Cli, c: &AuthorityCmd) -> Result<Reply> {
             let rep = r.import_authority(&b)?;
             Ok(Reply::new(
                 format!(
-                    "imported: {} record(s) now in force, {} unchanged, {} dossier(s) purged after closure",
-                    rep.admitted, rep.unchanged, rep.purged
+                    "imported: {} record(s) now in force, {} unchanged, {} dossier(s) purged after closure{}",
+                    rep.admitted,
+                    rep.unchanged,
+                    rep.purged,
+                    if b.vouch.is_none() {
+                        "; the bundle is not signed whole by the host: the lease is not renewed"
+                    } else {
+                        ""
+                    }
                 ),
-                json!({"admitted": rep.admitted, "unchanged": rep.unchanged, "purged": rep.purged}),
+                json!({"admitted": rep.admitted, "unchanged": rep.unchanged, "purged": rep.purged, "lease_renewed": rep.lease_renewed}),
             ))
         }
         AuthorityCmd::Key => match r.host_key()? {

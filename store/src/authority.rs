@@ -8,16 +8,50 @@
 //! subject, only the highest `seq` it has verified, so an old record replayed cannot undo a
 //! revocation. Once admitted, records are kept sealed; the AEAD keeps them from being altered
 //! at rest, so they are not re-verified on every read.
+//!
+//! **Heartbeats and the lease (DOMAIN §5).** A site's authority cache is dated by the newest
+//! heartbeat it admitted; past its lease, normal reads stop. A heartbeat therefore says what it
+//! vouches for, and a site admits it only once it holds exactly that (`Covers`):
+//! - in a bundle, the heartbeat (`Bundle::vouch`) covers a digest of every record of the bundle
+//!   (`records_digest`): the bundle is signed as a whole, so a bundle with a record removed (a
+//!   revocation withheld) does not import at all;
+//! - in a sync session, the heartbeat names the site and the head of the site's change log on
+//!   the host. The host logs every record that concerns a site in the transaction that changes
+//!   it, and the site applies its log in order, each batch with its cursor in one transaction:
+//!   a site whose cursor is that head holds every record the host meant for it as of the
+//!   heartbeat, and one whose cursor is behind does not (it is not admitted). Naming the head
+//!   costs the host one lookup, so a round with nothing new stays one small round trip. A
+//!   digest of the records themselves cannot be checked that way: the log names things and
+//!   what travels is their state at pull time, filtered by the site's scope then, so a site
+//!   could not recompute it, and the host could only keep it for each site by redoing that
+//!   filtering at every change. A running digest of the log would detect a host log rewritten
+//!   at the same position (a host restored from a backup): that is rollback detection, left to
+//!   issue 18 item 6.
+//!
+//! Heartbeats are not transferable: one names its site, and one in a bundle covers exactly
+//! that bundle. Any signed time later than the local clock plus `MAX_SKEW` (a heartbeat, a
+//! grant's issue, a closure) is refused, so a heartbeat dated ahead cannot keep a lease alive.
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::ids::{Ins, Rpps};
+use crate::ids::{Ins, Rpps, SiteId};
 use crate::model::{DossierHead, EmergencyPrefs, Grant, HabilitationMatrix};
+use crate::time::Millis;
 
-/// Format version of the signed body; a newer one is refused with a clear error.
-pub const RECORD_FORMAT: u8 = 1;
+/// Format version of the signed body this build writes; a newer one is refused with a clear
+/// error. 2 brings `AuthorityRecord::Heartbeat`, which says what it vouches for.
+pub const RECORD_FORMAT: u8 = 2;
+/// The oldest format still read: format 1 records encode as format 2 ones do (sites keep them
+/// stored), except the format 1 heartbeat (`HeartbeatV1`), which vouches for nothing and never
+/// renews a lease.
+pub const RECORD_FORMAT_MIN: u8 = 1;
+/// Format of a bundle file this build writes and reads. 2: signed as a whole (`Bundle::vouch`).
+/// A format 1 bundle (records signed one by one) is refused: any record could be removed.
+pub const BUNDLE_FORMAT: u8 = 2;
+/// How far ahead of the local clock a signed time may be (clocks differ a little).
+pub const MAX_SKEW: Millis = 5 * 60 * 1000;
 
 /// Something the host decides.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,11 +69,11 @@ pub enum AuthorityRecord {
     },
     /// The habilitation matrix.
     Matrix(HabilitationMatrix),
-    /// The host vouches that the records it sent are current as of `at`: a site's authority
-    /// cache is as fresh as the latest heartbeat it verified (DOMAIN §5 lease).
-    Heartbeat {
+    /// A format 1 heartbeat ("current as of `at`", of nothing in particular): still decoded,
+    /// never admitted (it renews no lease).
+    HeartbeatV1 {
         /// When the host issued it.
-        at: crate::time::Millis,
+        at: Millis,
     },
     /// The host destroyed the dossier: it supersedes the head (same subject) and carries no
     /// identity, so sites that missed the closure still purge their copy.
@@ -47,7 +81,40 @@ pub enum AuthorityRecord {
         /// Dossier.
         ins: Ins,
         /// When the host purged it.
-        at: crate::time::Millis,
+        at: Millis,
+    },
+    /// The host vouches that what it covers is current as of its time: a site's authority
+    /// cache is as fresh as the latest heartbeat it admitted (DOMAIN §5 lease). Never stored.
+    Heartbeat(Heartbeat),
+}
+
+/// A heartbeat: when, and what it vouches for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// When the host signed it.
+    pub at: Millis,
+    /// What a site must hold for it to date its cache.
+    pub covers: Covers,
+}
+
+/// What a heartbeat vouches for (see the module documentation).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Covers {
+    /// Site `site`'s change log on the host, up to `log_head`: the site is current when its
+    /// pull cursor is `log_head`.
+    Log {
+        /// The site it was signed for.
+        site: SiteId,
+        /// The last sequence of that site's log when it was signed.
+        log_head: u64,
+    },
+    /// Exactly the records of a bundle: `count` records whose signed bytes, in order, digest to
+    /// `digest` (`records_digest`).
+    Records {
+        /// Number of records.
+        count: u64,
+        /// `records_digest` of them.
+        digest: [u8; 32],
     },
 }
 
@@ -74,7 +141,9 @@ impl AuthorityRecord {
             AuthorityRecord::Grant(g) => Subject::Grant(g.ins.clone(), g.rpps.clone()),
             AuthorityRecord::Emergency { ins, .. } => Subject::Emergency(ins.clone()),
             AuthorityRecord::Matrix(_) => Subject::Matrix,
-            AuthorityRecord::Heartbeat { .. } => Subject::Heartbeat,
+            AuthorityRecord::HeartbeatV1 { .. } | AuthorityRecord::Heartbeat(_) => {
+                Subject::Heartbeat
+            }
             AuthorityRecord::Purged { ins, .. } => Subject::Dossier(ins.clone()),
         }
     }
@@ -85,14 +154,68 @@ impl AuthorityRecord {
             AuthorityRecord::Dossier(h) => Some(&h.ins),
             AuthorityRecord::Grant(g) => Some(&g.ins),
             AuthorityRecord::Emergency { ins, .. } => Some(ins),
-            AuthorityRecord::Matrix(_) | AuthorityRecord::Heartbeat { .. } => None,
+            AuthorityRecord::Matrix(_)
+            | AuthorityRecord::HeartbeatV1 { .. }
+            | AuthorityRecord::Heartbeat(_) => None,
             AuthorityRecord::Purged { ins, .. } => Some(ins),
+        }
+    }
+
+    /// True for a heartbeat, of either format.
+    pub fn is_heartbeat(&self) -> bool {
+        matches!(
+            self,
+            AuthorityRecord::HeartbeatV1 { .. } | AuthorityRecord::Heartbeat(_)
+        )
+    }
+
+    /// The latest time the record states (an issue, a creation, a closure, a purge, a
+    /// heartbeat), if any.
+    pub fn latest_time(&self) -> Option<Millis> {
+        match self {
+            AuthorityRecord::Dossier(h) => Some(
+                h.closure
+                    .as_ref()
+                    .map_or(h.created_at, |c| c.at.max(h.created_at)),
+            ),
+            AuthorityRecord::Grant(g) => Some(g.issued_at),
+            AuthorityRecord::Emergency { .. } | AuthorityRecord::Matrix(_) => None,
+            AuthorityRecord::HeartbeatV1 { at } | AuthorityRecord::Purged { at, .. } => Some(*at),
+            AuthorityRecord::Heartbeat(h) => Some(h.at),
         }
     }
 }
 
+/// Refuses a record that states a time later than `now` plus `MAX_SKEW`: a clock ahead (the
+/// host's) or behind (this replica's) must not date a cache in the future, where its lease
+/// would not run.
+pub fn check_not_ahead(v: &Verified, now: Millis) -> Result<()> {
+    match v.record.latest_time() {
+        Some(t) if t > now.saturating_add(MAX_SKEW) => Err(Error::invalid(format!(
+            "a record signed by the host (sequence {}) is dated {} s ahead of this replica's clock, more than the {} s allowed: check the clocks of this replica and of the host; nothing was changed",
+            v.seq,
+            t.saturating_sub(now) / 1000,
+            MAX_SKEW / 1000
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The digest a bundle's heartbeat covers: BLAKE3 (derived key) over each record's signed body
+/// and signature, length-prefixed, in order.
+pub fn records_digest(records: &[SignedRecord]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key("carnet authority bundle records 2");
+    for r in records {
+        for part in [&r.body, &r.signature] {
+            h.update(&(part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+    }
+    *h.finalize().as_bytes()
+}
+
 /// A record as signed by the host: `body` is the postcard encoding of
-/// `(RECORD_FORMAT, seq, record)`, and `signature` signs `body`.
+/// `(format, seq, record)`, and `signature` signs `body`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignedRecord {
     /// Signed bytes.
@@ -131,11 +254,17 @@ pub fn verify(host: &VerifyingKey, signed: &SignedRecord) -> Result<Verified> {
 
 /// Decodes a record already verified (stored sealed after verification).
 pub fn decode(signed: &SignedRecord) -> Result<Verified> {
-    let (format, seq, record): (u8, u64, AuthorityRecord) = postcard::from_bytes(&signed.body)?;
-    if format != RECORD_FORMAT {
+    let format = signed.body.first().copied().unwrap_or(0);
+    if !(RECORD_FORMAT_MIN..=RECORD_FORMAT).contains(&format) {
         return Err(Error::invalid(format!(
-            "signed record format {format} is not supported by this version (expects {RECORD_FORMAT}): upgrade carnet"
+            "signed record format {format} is not supported by this version (expects {RECORD_FORMAT_MIN} to {RECORD_FORMAT}): upgrade carnet"
         )));
+    }
+    let (_, seq, record): (u8, u64, AuthorityRecord) = postcard::from_bytes(&signed.body)?;
+    if format < 2 && matches!(record, AuthorityRecord::Heartbeat(_)) {
+        return Err(Error::integrity(
+            "a format 1 signed record carries a format 2 heartbeat",
+        ));
     }
     Ok(Verified { seq, record })
 }
@@ -143,16 +272,29 @@ pub fn decode(signed: &SignedRecord) -> Result<Verified> {
 /// A file of signed records, for provisioning a site before sync exists.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Bundle {
-    /// Format version of the bundle.
+    /// Format version of the bundle (`BUNDLE_FORMAT`).
     pub format: u8,
     /// The host's Ed25519 public key.
     pub host_key: [u8; 32],
-    /// Records, any order.
+    /// Records, any order; never a heartbeat.
     pub records: Vec<SignedRecord>,
+    /// The host's heartbeat covering exactly `records` (`Covers::Records`): the bundle signed
+    /// as a whole. `None` in a bundle a site exported: it relays records and renews no lease.
+    pub vouch: Option<SignedRecord>,
 }
 
 /// Magic prefix of a bundle file.
 pub const BUNDLE_MAGIC: &[u8; 8] = b"CARNETAB";
+
+/// A bundle verified under the host key: its records, and the heartbeat that vouches for them
+/// all (if the host signed the bundle whole).
+#[derive(Debug, Clone)]
+pub struct VerifiedBundle {
+    /// Every record, verified, in the bundle's order.
+    pub records: Vec<Verified>,
+    /// The vouching heartbeat (its record, for its sequence, and the heartbeat itself).
+    pub vouch: Option<(Verified, Heartbeat)>,
+}
 
 impl Bundle {
     /// Encodes as a file: magic, then postcard.
@@ -170,15 +312,67 @@ impl Bundle {
         let rest = bytes
             .strip_prefix(BUNDLE_MAGIC.as_slice())
             .ok_or_else(|| Error::invalid("not a Carnet authority bundle (bad magic)"))?;
-        let b: Bundle = postcard::from_bytes(rest)
-            .map_err(|_| Error::integrity("the authority bundle is truncated or corrupted"))?;
-        if b.format != RECORD_FORMAT {
-            return Err(Error::invalid(format!(
-                "authority bundle format {} is not supported (expects {RECORD_FORMAT})",
-                b.format
-            )));
+        // The format comes first (a postcard u8 is one byte): checked before the rest, whose
+        // layout depends on it.
+        if let Some(&format) = rest.first() {
+            Self::check_format(format)?;
         }
-        Ok(b)
+        postcard::from_bytes(rest)
+            .map_err(|_| Error::integrity("the authority bundle is truncated or corrupted"))
+    }
+
+    fn check_format(format: u8) -> Result<()> {
+        match format {
+            BUNDLE_FORMAT => Ok(()),
+            1 => Err(Error::invalid(
+                "authority bundle format 1 is no longer accepted: its records are not signed as a whole, so one could have been removed; export a new bundle from the host",
+            )),
+            other => Err(Error::invalid(format!(
+                "authority bundle format {other} is not supported (expects {BUNDLE_FORMAT}): upgrade carnet"
+            ))),
+        }
+    }
+
+    /// Verifies every record under `host`, and the vouch over exactly those records. Refuses
+    /// the whole bundle when anything fails: a record that does not verify, a heartbeat among
+    /// the records, a vouch that does not verify or covers other records (one removed, added or
+    /// replaced).
+    pub fn verify(&self, host: &VerifyingKey) -> Result<VerifiedBundle> {
+        Self::check_format(self.format)?;
+        let records: Vec<Verified> = self
+            .records
+            .iter()
+            .map(|r| verify(host, r))
+            .collect::<Result<_>>()?;
+        if records.iter().any(|v| v.record.is_heartbeat()) {
+            return Err(Error::integrity(
+                "the authority bundle carries a heartbeat among its records (a heartbeat travels only as the bundle's vouch)",
+            ));
+        }
+        let vouch = match &self.vouch {
+            None => None,
+            Some(signed) => {
+                let v = verify(host, signed)?;
+                let AuthorityRecord::Heartbeat(hb) = &v.record else {
+                    return Err(Error::integrity(
+                        "the authority bundle's vouch is not a heartbeat",
+                    ));
+                };
+                let hb = hb.clone();
+                match hb.covers {
+                    Covers::Records { count, digest }
+                        if count == self.records.len() as u64
+                            && digest == records_digest(&self.records) => {}
+                    _ => {
+                        return Err(Error::integrity(
+                            "the authority bundle is incomplete or altered: its records are not the ones the host signed (a record removed, added or replaced)",
+                        ));
+                    }
+                }
+                Some((v, hb))
+            }
+        };
+        Ok(VerifiedBundle { records, vouch })
     }
 }
 
@@ -207,18 +401,189 @@ mod tests {
         assert!(verify(&key.verifying_key(), &bad).is_err());
     }
 
+    /// A bundle of `records` signed whole by `key` at `at`.
+    fn vouched(key: &SigningKey, records: Vec<SignedRecord>, at: Millis) -> Bundle {
+        let vouch = sign(
+            key,
+            9,
+            &AuthorityRecord::Heartbeat(Heartbeat {
+                at,
+                covers: Covers::Records {
+                    count: records.len() as u64,
+                    digest: records_digest(&records),
+                },
+            }),
+        )
+        .expect("sign");
+        Bundle {
+            format: BUNDLE_FORMAT,
+            host_key: key.verifying_key().to_bytes(),
+            records,
+            vouch: Some(vouch),
+        }
+    }
+
     #[test]
     fn bundle_round_trip_and_garbage() {
         let key = SigningKey::from_bytes(&[7u8; 32]);
         let rec = AuthorityRecord::Matrix(HabilitationMatrix::default_matrix());
-        let b = Bundle {
-            format: RECORD_FORMAT,
-            host_key: key.verifying_key().to_bytes(),
-            records: vec![sign(&key, 1, &rec).expect("sign")],
-        };
+        let b = vouched(&key, vec![sign(&key, 1, &rec).expect("sign")], 1);
         let bytes = b.to_bytes().expect("encode");
-        assert_eq!(Bundle::from_bytes(&bytes).expect("decode").records.len(), 1);
+        let back = Bundle::from_bytes(&bytes).expect("decode");
+        assert_eq!(back.records.len(), 1);
+        let v = back.verify(&key.verifying_key()).expect("verify");
+        assert_eq!(v.records.len(), 1);
+        assert!(v.vouch.is_some());
         assert!(Bundle::from_bytes(b"hello").is_err());
         assert!(Bundle::from_bytes(&bytes[..bytes.len() / 2]).is_err());
+    }
+
+    #[test]
+    fn a_bundle_is_signed_whole() {
+        let key = SigningKey::from_bytes(&[7u8; 32]);
+        let host = key.verifying_key();
+        let records: Vec<SignedRecord> = (1..=3)
+            .map(|seq| {
+                let mut m = HabilitationMatrix::default_matrix();
+                m.version = seq as u32;
+                sign(&key, seq, &AuthorityRecord::Matrix(m)).expect("sign")
+            })
+            .collect();
+        let good = vouched(&key, records.clone(), 1);
+        good.verify(&host).expect("whole");
+        let says = |b: &Bundle| b.verify(&host).expect_err("refused").to_string();
+        // A record removed (a revocation withheld), added, replaced or reordered.
+        for altered in [
+            vec![records[0].clone(), records[2].clone()],
+            vec![
+                records[0].clone(),
+                records[1].clone(),
+                records[2].clone(),
+                records[2].clone(),
+            ],
+            vec![records[0].clone(), records[0].clone(), records[2].clone()],
+            vec![records[2].clone(), records[1].clone(), records[0].clone()],
+        ] {
+            let mut b = good.clone();
+            b.records = altered;
+            assert!(says(&b).contains("incomplete or altered"), "{}", says(&b));
+        }
+        // A heartbeat smuggled among the records, even one the host signed.
+        let mut b = vouched(&key, records.clone(), 1);
+        b.records.push(good.vouch.clone().expect("vouch"));
+        assert!(
+            says(&b).contains("heartbeat among its records"),
+            "{}",
+            says(&b)
+        );
+        // A vouch that is not a heartbeat, or covers a site's log.
+        let mut b = good.clone();
+        b.vouch = Some(records[0].clone());
+        assert!(says(&b).contains("not a heartbeat"));
+        let mut b = good.clone();
+        b.vouch = Some(
+            sign(
+                &key,
+                9,
+                &AuthorityRecord::Heartbeat(Heartbeat {
+                    at: 1,
+                    covers: Covers::Log {
+                        site: SiteId(1),
+                        log_head: 3,
+                    },
+                }),
+            )
+            .expect("sign"),
+        );
+        assert!(says(&b).contains("incomplete or altered"));
+        // Another key's vouch.
+        let mut b = good.clone();
+        b.vouch = vouched(&SigningKey::from_bytes(&[8u8; 32]), records.clone(), 1).vouch;
+        assert!(says(&b).contains("does not verify"));
+        // Without a vouch (a site's export) the records verify, and nothing vouches for them.
+        let mut b = good;
+        b.vouch = None;
+        assert!(b.verify(&host).expect("records").vouch.is_none());
+    }
+
+    #[test]
+    fn old_formats_are_read_or_refused_clearly() {
+        let key = SigningKey::from_bytes(&[7u8; 32]);
+        // A format 1 grant or matrix (stored at sites) still decodes; a format 1 heartbeat
+        // decodes as what it is.
+        let old = |record: &AuthorityRecord| {
+            let body = postcard::to_stdvec(&(1u8, 4u64, record)).expect("encode");
+            let signature = key.sign(&body).to_bytes().to_vec();
+            SignedRecord { body, signature }
+        };
+        let m = AuthorityRecord::Matrix(HabilitationMatrix::default_matrix());
+        assert_eq!(
+            verify(&key.verifying_key(), &old(&m)).expect("v1").record,
+            m
+        );
+        let hb = AuthorityRecord::HeartbeatV1 { at: 5 };
+        assert_eq!(
+            verify(&key.verifying_key(), &old(&hb)).expect("v1").record,
+            hb
+        );
+        // A newer format is refused with "upgrade".
+        let body = postcard::to_stdvec(&(3u8, 4u64, &m)).expect("encode");
+        let signature = key.sign(&body).to_bytes().to_vec();
+        let err =
+            verify(&key.verifying_key(), &SignedRecord { body, signature }).expect_err("newer");
+        assert!(err.to_string().contains("upgrade carnet"), "{err}");
+        // A format 1 bundle is refused as such.
+        let mut bytes = BUNDLE_MAGIC.to_vec();
+        bytes.extend(
+            postcard::to_stdvec(&(
+                1u8,
+                key.verifying_key().to_bytes(),
+                Vec::<SignedRecord>::new(),
+            ))
+            .expect("encode"),
+        );
+        let err = Bundle::from_bytes(&bytes).expect_err("v1");
+        assert!(
+            err.to_string().contains("format 1 is no longer accepted"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_time_ahead_of_the_clock_is_refused() {
+        let now = 1_700_000_000_000;
+        let hb = |at| Verified {
+            seq: 1,
+            record: AuthorityRecord::Heartbeat(Heartbeat {
+                at,
+                covers: Covers::Log {
+                    site: SiteId(1),
+                    log_head: 0,
+                },
+            }),
+        };
+        check_not_ahead(&hb(now + MAX_SKEW), now).expect("within the skew");
+        let err = check_not_ahead(&hb(now + MAX_SKEW + 1), now).expect_err("ahead");
+        assert!(
+            err.to_string().contains("ahead of this replica's clock"),
+            "{err}"
+        );
+        let grant = |issued_at| Verified {
+            seq: 2,
+            record: AuthorityRecord::Grant(Grant {
+                ins: Ins::from_body("1840575123456").expect("ins"),
+                rpps: Rpps::parse("10000000001").expect("rpps"),
+                state: crate::model::GrantState::Active,
+                basis: crate::model::GrantBasis::Treating,
+                issued_at,
+            }),
+        };
+        check_not_ahead(&grant(now), now).expect("now");
+        assert!(check_not_ahead(&grant(now + 3_600_000), now).is_err());
+        let m = Verified {
+            seq: 3,
+            record: AuthorityRecord::Matrix(HabilitationMatrix::default_matrix()),
+        };
+        check_not_ahead(&m, now).expect("no time");
     }
 }

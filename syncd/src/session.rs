@@ -21,11 +21,13 @@
 //!
 //! Invariants: the host binds the session to the site id of the peer's certificate and refuses
 //! a `Hello` claiming another; every batch is bounded (`BATCH_MAX` items, `CHUNK_MAX` bytes);
-//! a message out of turn ends the session with an `Error`.
+//! a message out of turn ends the session with an `Error`; the host takes body pieces only for
+//! bodies the site owes; a heartbeat (in `Welcome` or ending a `Pulled`) names the site and its
+//! log head, and renews the site's lease only once its cursor is that head.
 
 use carnet_store::authority::SignedRecord;
 use carnet_store::ids::{DocId, SiteId};
-use carnet_store::replica::{Applied, BodyPiece, Change, PullItem, Replica, TraceRecord};
+use carnet_store::replica::{Applied, BodyPiece, Change, Lease, PullItem, Replica, TraceRecord};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -81,9 +83,9 @@ pub enum Msg {
         /// The last sequence of the site's log on the host (how far behind the site's cursor
         /// is).
         log_head: u64,
-        /// When the site's cursor is at `log_head`: the host's signed heartbeat (DOMAIN §5
-        /// lease), so a site with nothing to push needs no `Pull` (a round with nothing new
-        /// is one round trip).
+        /// When the site's cursor is at `log_head`: the host's signed heartbeat naming the site
+        /// and `log_head` (DOMAIN §5 lease), so a site with nothing to push needs no `Pull` (a
+        /// round with nothing new is one round trip).
         current: Option<SignedRecord>,
     },
     /// Site: trace entries, in chain order (sent first: every trace reaches the host).
@@ -422,7 +424,8 @@ impl HostSession {
                 // The site quarantined every return before acknowledging its outbox.
                 replica.forget_returned(self.site, outbox_acked)?;
                 let acked = replica.applied_mark(self.site)?;
-                let log_head = replica.log_head(self.site)?;
+                // When the site's cursor is the head of its log: a heartbeat naming both.
+                let (log_head, current) = replica.site_heartbeat(self.site, cursor)?;
                 let (traces_acked, traces_hash) = replica.trace_head_held(self.site)?;
                 Ok(vec![Msg::Welcome {
                     acked,
@@ -431,11 +434,7 @@ impl HostSession {
                     returned: replica.returned_to(self.site)?,
                     owed: replica.bodies_owed_by(self.site)?,
                     log_head,
-                    current: if cursor >= log_head {
-                        Some(replica.sign_heartbeat()?)
-                    } else {
-                        None
-                    },
+                    current,
                 }])
             }
             Msg::Push { changes, bodies } => self.apply_pushes(replica, vec![(changes, bodies)]),
@@ -446,8 +445,9 @@ impl HostSession {
                     return Err(Error::Invalid("protocol: body pieces too large".into()));
                 }
                 // Kept durably as they come, in one transaction: a cut transfer resumes from
-                // here.
-                let complete = replica.receive_body_pieces(&pieces)?;
+                // here. Only pieces of bodies this site owes are taken: any other ends the
+                // session, and nothing of the message is kept.
+                let complete = replica.receive_pieces_from(self.site, &pieces)?;
                 Ok(pieces
                     .iter()
                     .zip(complete)
@@ -456,29 +456,13 @@ impl HostSession {
                     .collect())
             }
             Msg::Pull { after } => {
-                let items = replica.pull(self.site, after, BATCH_MAX + 1)?;
-                let more = items.len() > BATCH_MAX;
-                // Never split one log entry (a dossier entering scope) across batches.
-                let mut items: Vec<(u64, PullItem)> = if more {
-                    // Never split one log entry (a dossier entering scope) across batches; an
-                    // entry larger than a batch goes whole, so the cursor always moves.
-                    let first = items[0].0;
-                    let cut = items[BATCH_MAX].0;
-                    let keep_to = if cut == first { first } else { cut - 1 };
-                    items.into_iter().filter(|(s, _)| *s <= keep_to).collect()
-                } else {
-                    items
-                };
-                if !more {
-                    // The site is now as current as the host: a heartbeat dates its cache
-                    // (DOMAIN §5 lease).
-                    let seq = items.last().map_or(after, |(s, _)| *s);
-                    items.push((seq, PullItem::Authority(replica.sign_heartbeat()?)));
-                }
-                let bodies = self.inline_bodies(replica, &items)?;
+                // At most `BATCH_MAX` items (never one log entry split across batches), then the
+                // heartbeat that says how far the batch goes (DOMAIN §5 lease).
+                let page = replica.pull_page(self.site, after, BATCH_MAX)?;
+                let bodies = self.inline_bodies(replica, &page.items)?;
                 Ok(vec![Msg::Pulled {
-                    items,
-                    more,
+                    items: page.items,
+                    more: page.more,
                     bodies,
                 }])
             }
@@ -843,12 +827,19 @@ impl SiteSession {
                 self.report.traces = traces_acked;
                 self.report.log_head = log_head;
                 if let Some(heartbeat) = current {
-                    // Current: the heartbeat dates the authority cache, as a pull's last does.
+                    // Current: the heartbeat dates the authority cache, as a pull's last does,
+                    // if it names this site and its cursor. One it cannot admit now (dated
+                    // ahead of this clock) makes the round pull, and the pull says why.
                     let cursor = replica.pull_cursor()?;
-                    let applied =
-                        replica.apply_pull(&[(cursor, PullItem::Authority(heartbeat))])?;
-                    self.report.pulled += applied.applied;
-                    self.current = true;
+                    match replica.apply_pull(&[(cursor, PullItem::Authority(heartbeat))]) {
+                        Ok(applied) => {
+                            self.report.pulled += applied.applied;
+                            self.current =
+                                matches!(applied.lease, Some(Lease::Renewed | Lease::Unchanged));
+                        }
+                        Err(carnet_store::Error::Invalid(_)) => {}
+                        Err(e) => return Err(e.into()),
+                    }
                 }
                 // Bodies a broken round left with the host, sent before anything new.
                 self.to_send = owed
@@ -1282,6 +1273,55 @@ mod tests {
     }
 
     #[test]
+    fn a_heartbeat_for_a_log_head_the_site_has_not_reached_renews_nothing() {
+        let (_t, host, site, ins) = host_and_site();
+        let site_id = site.config().site_id;
+        round(&host, &site);
+        let (as_of, _) = site.authority_freshness().expect("freshness");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        // A new record for the site: its log grows, the site has not pulled it.
+        host.update_emergency(&ins, |p| p.btg_allowed = false)
+            .expect("a new signed record for the dossier");
+        let head = host.log_head(site_id).expect("head");
+        assert!(head > site.pull_cursor().expect("cursor"));
+        // A Hello that claims the head (a lying or confused site) gets a heartbeat naming it...
+        let welcome = HostSession::new(site_id)
+            .handle(
+                &host,
+                Msg::Hello {
+                    site: site_id.0,
+                    cursor: head,
+                    outbox_acked: 0,
+                    chain_key: site.trace_chain_key(),
+                },
+            )
+            .expect("welcome");
+        assert!(
+            matches!(
+                &welcome[..],
+                [Msg::Welcome {
+                    current: Some(_),
+                    ..
+                }]
+            ),
+            "{welcome:?}"
+        );
+        // ...which a site whose cursor is behind does not admit: it pulls.
+        let mut s = SiteSession::new();
+        s.start(&site).expect("hello");
+        let answer = s.handle(&site, wire(&welcome[0])).expect("site");
+        assert!(
+            answer.iter().any(|m| matches!(m, Msg::Pull { .. })),
+            "{answer:?}"
+        );
+        assert_eq!(site.authority_freshness().expect("freshness").0, as_of);
+        // A whole round pulls the log to its head, and the last batch's heartbeat renews.
+        round(&host, &site);
+        assert!(site.authority_freshness().expect("freshness").0 > as_of);
+        assert_eq!(site.pull_cursor().expect("cursor"), head);
+    }
+
+    #[test]
     fn a_site_cannot_speak_for_another() {
         let (_t, host, site, _) = host_and_site();
         let mut h = HostSession::new(SiteId(site.config().site_id.0 + 1));
@@ -1582,43 +1622,50 @@ mod resume_tests {
             host.bodies_owed_by(site.config().site_id).expect("owed"),
             vec![(fresh, 0)]
         );
+        let from = |site_id: u32, offset: u64, total: u64, bytes: Vec<u8>| {
+            host.receive_pieces_from(
+                SiteId(site_id),
+                &[BodyPiece {
+                    doc: fresh,
+                    offset,
+                    total,
+                    bytes,
+                }],
+            )
+            .map(|done| done == [true])
+        };
+        let owner = site.config().site_id.0;
+        assert!(from(owner, 0, n - 1, vec![9; 10]).is_err(), "wrong total");
+        assert!(from(owner, 10, n, vec![9; 10]).is_err(), "a gap");
         assert!(
-            host.receive_body_piece(&fresh, 0, n - 1, &[9; 10]).is_err(),
-            "wrong total"
-        );
-        assert!(
-            host.receive_body_piece(&fresh, 10, n, &[9; 10]).is_err(),
-            "a gap"
-        );
-        assert!(
-            host.receive_body_piece(&fresh, 0, n, &vec![9; n as usize + 1])
-                .is_err(),
+            from(owner, 0, n, vec![9; n as usize + 1]).is_err(),
             "past the end"
         );
         assert_eq!(host.body_progress(&fresh).expect("p"), 0, "nothing kept");
+        assert!(!from(owner, 0, n, vec![9; 1000]).expect("piece"));
         assert!(
-            !host
-                .receive_body_piece(&fresh, 0, n, &[9; 1000])
-                .expect("piece")
-        );
-        assert!(
-            !host
-                .receive_body_piece(&fresh, 0, n, &[9; 1000])
-                .expect("again"),
+            !from(owner, 0, n, vec![9; 1000]).expect("again"),
             "a repeat is ignored"
         );
         assert_eq!(host.body_progress(&fresh).expect("p"), 1000);
-        // Wrong bytes: the hash check fails at the end and the transfer starts over.
-        assert!(
-            host.receive_body_piece(&fresh, 1000, n, &vec![8; n as usize - 1000])
-                .is_err()
-        );
+        // Another site owes nothing of it: even the right bytes are refused, and nothing of
+        // what the owing site sent is lost.
+        let err = from(owner + 1, 1000, n, vec![9; n as usize - 1000]).expect_err("not owed");
+        assert!(err.to_string().contains("owes no body"), "{err}");
+        assert_eq!(host.body_progress(&fresh).expect("p"), 1000);
+        // The site takes pieces from the host only, and the host from a site only.
+        assert!(host.receive_body_piece(&fresh, 1000, n, &[9; 10]).is_err());
+        // Wrong bytes: the hash check fails at the end and the transfer starts over; the body
+        // is still owed by the site, which is asked for it again.
+        assert!(from(owner, 1000, n, vec![8; n as usize - 1000]).is_err());
         assert_eq!(host.body_progress(&fresh).expect("p"), 0);
         assert!(!host.has_body(&fresh).expect("has"));
-        assert!(
-            host.receive_body_piece(&fresh, 0, n, &vec![9; n as usize])
-                .expect("whole")
+        assert_eq!(
+            host.bodies_owed_by(site.config().site_id).expect("owed"),
+            vec![(fresh, 0)],
+            "a corrupt body resets the progress, never the debt"
         );
+        assert!(from(owner, 0, n, vec![9; n as usize]).expect("whole"));
         assert!(host.has_body(&fresh).expect("has"));
         // The body is no longer owed by the site.
         assert!(

@@ -12,9 +12,14 @@ fn key_and_export_on_the_host() {
     assert_eq!(c.ok(&["authority", "key"]).stdout.trim(), key);
     let out = c.path("bundle");
     let o = c.ok(&["authority", "export", "-o", &out.display().to_string()]);
-    // One head, five grants, and the heartbeat of this export.
+    // One head and five grants, signed whole by the host (its heartbeat over them).
     assert!(
-        o.stdout.starts_with("7 signed record(s) written to"),
+        o.stdout.starts_with("6 signed record(s) written to"),
+        "{}",
+        o.stdout
+    );
+    assert!(
+        o.stdout.contains("signed whole by the host"),
         "{}",
         o.stdout
     );
@@ -27,7 +32,8 @@ fn key_and_export_on_the_host() {
         "--output",
         &out.display().to_string(),
     ]);
-    assert_eq!(j["records"], 7);
+    assert_eq!(j["records"], 6);
+    assert_eq!(j["signed_whole"], true);
     let o = c.fails(
         2,
         &[
@@ -64,7 +70,7 @@ fn a_site_works_from_the_hosts_records() {
     let j = site.json(&["authority", "import", &bundle]);
     assert_eq!(
         j,
-        serde_json::json!({"admitted": 7, "unchanged": 0, "purged": 0})
+        serde_json::json!({"admitted": 7, "unchanged": 0, "purged": 0, "lease_renewed": true})
     );
     let o = site.ok(&["authority", "import", &bundle]);
     assert_eq!(
@@ -303,4 +309,151 @@ fn a_site_refuses_another_hosts_records() {
     let o = pinned.fails(5, &["authority", "import", &smuggled]);
     assert!(o.stderr.contains("does not verify"), "{}", o.stderr);
     pinned.fails(4, &["dossier", "show", &ins_b()]);
+}
+
+/// When the site's authority cache was last vouched current by the host (its lease runs from
+/// there), as `carnet status` says.
+fn as_of(site: &Carnet) -> serde_json::Value {
+    site.json(&["sync", "status"])["authority_as_of"].clone()
+}
+
+/// The state of `rpps`'s grant on `ins` at `c`.
+fn grant_state(c: &Carnet, ins: &str, rpps: &str) -> Option<serde_json::Value> {
+    let grants = c.json(&["grant", "list", "--dossier", ins]);
+    grants
+        .as_array()
+        .and_then(|g| g.iter().find(|x| x["rpps"] == rpps))
+        .map(|x| x["state"].clone())
+}
+
+/// The host's bundle `name`, with the revocation of `rpps`'s grant taken out.
+fn withheld_revocation(host: &Carnet, name: &str, rpps: &str) -> carnet_store::authority::Bundle {
+    use carnet_store::authority::{AuthorityRecord, Bundle, decode};
+    let mut bundle = Bundle::from_bytes(&std::fs::read(host.export_authority(name)).expect("read"))
+        .expect("bundle");
+    let before = bundle.records.len();
+    bundle.records.retain(|r| {
+        !matches!(decode(r).map(|v| v.record),
+            Ok(AuthorityRecord::Grant(g)) if g.rpps.as_str() == rpps
+                && g.state == carnet_store::model::GrantState::Revoked)
+    });
+    assert_eq!(bundle.records.len() + 1, before, "one revocation taken out");
+    bundle
+}
+
+#[test]
+fn a_bundle_with_a_revocation_withheld_is_refused_whole() {
+    let k = clinic();
+    let host = &k.host;
+    let site = Carnet::site(36, Some(&host.host_key()));
+    site.ok(&[
+        "authority",
+        "import",
+        &host.export_authority("b1").display().to_string(),
+    ]);
+    let renewed = as_of(&site);
+    assert!(renewed.is_string(), "{renewed}");
+    host.ok(&["grant", "revoke", "--dossier", &k.ins, "--rpps", PHARMACIST]);
+    let bundle = withheld_revocation(host, "b2", PHARMACIST);
+    let file = site.write("withheld", &bundle.to_bytes().expect("encode"));
+    let o = site.fails(5, &["authority", "import", &file]);
+    assert!(o.stderr.contains("incomplete or altered"), "{}", o.stderr);
+    // Nothing changed: the lease runs from the last genuine bundle, the grant as it was.
+    assert_eq!(as_of(&site), renewed);
+    assert_eq!(
+        grant_state(&site, &k.ins, PHARMACIST),
+        Some("active".into())
+    );
+    // The genuine bundle brings the revocation and renews the lease.
+    let j = site.json(&[
+        "authority",
+        "import",
+        &host.path("b2").display().to_string(),
+    ]);
+    assert_eq!(j["lease_renewed"], true, "{j}");
+    assert_ne!(as_of(&site), renewed);
+    assert_eq!(
+        grant_state(&site, &k.ins, PHARMACIST),
+        Some("revoked".into())
+    );
+}
+
+#[test]
+fn a_bundle_not_signed_whole_relays_records_and_renews_no_lease() {
+    let k = clinic();
+    let host = &k.host;
+    let site = Carnet::site(37, Some(&host.host_key()));
+    site.ok(&[
+        "authority",
+        "import",
+        &host.export_authority("b1").display().to_string(),
+    ]);
+    let renewed = as_of(&site);
+    host.ok(&["grant", "revoke", "--dossier", &k.ins, "--rpps", PHARMACIST]);
+    // The host's vouch taken off as well: the records verify one by one, and vouch for nothing.
+    let mut bundle = withheld_revocation(host, "b2", PHARMACIST);
+    bundle.vouch = None;
+    let file = site.write("unvouched", &bundle.to_bytes().expect("encode"));
+    let o = site.ok(&["authority", "import", &file]);
+    assert!(
+        o.stdout
+            .contains("not signed whole by the host: the lease is not renewed"),
+        "{}",
+        o.stdout
+    );
+    assert_eq!(
+        site.json(&["authority", "import", &file])["lease_renewed"],
+        false
+    );
+    assert_eq!(as_of(&site), renewed);
+    // A site's own export is such a bundle.
+    let o = site.ok(&[
+        "authority",
+        "export",
+        "-o",
+        &site.path("relay").display().to_string(),
+    ]);
+    assert!(o.stdout.contains("not signed whole"), "{}", o.stdout);
+}
+
+#[test]
+fn a_bundle_dated_ahead_of_the_sites_clock_is_refused() {
+    use std::sync::Arc;
+    let k = clinic();
+    let site = Carnet::site(38, Some(&k.host.host_key()));
+    site.ok(&[
+        "authority",
+        "import",
+        &k.host.export_authority("b1").display().to_string(),
+    ]);
+    let renewed = as_of(&site);
+    // The host's clock a year ahead: its export is dated then (before, the site's lease would
+    // not have run for a year).
+    let ahead = {
+        let year = 365 * 24 * 3_600_000;
+        let clock: carnet_store::replica::Clock = Arc::new(move || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64)
+                + year
+        });
+        let host = carnet_store::replica::Replica::open(
+            &k.host.data,
+            &carnet_store::replica::KeySource::File,
+            clock,
+        )
+        .expect("open the host replica");
+        host.export_authority()
+            .expect("export")
+            .to_bytes()
+            .expect("encode")
+    };
+    let file = site.write("ahead", &ahead);
+    let o = site.fails(2, &["authority", "import", &file]);
+    assert!(
+        o.stderr.contains("ahead of this replica's clock"),
+        "{}",
+        o.stderr
+    );
+    assert_eq!(as_of(&site), renewed, "the lease did not move");
 }

@@ -30,6 +30,8 @@ struct World {
     site: Carnet,
     bundle: std::path::PathBuf,
     site_id: String,
+    /// Where the host listens (to enrol more sites).
+    address: String,
 }
 
 fn world() -> World {
@@ -58,6 +60,7 @@ fn world() -> World {
         site,
         bundle,
         site_id,
+        address,
     }
 }
 
@@ -285,6 +288,177 @@ fn writing_into_a_dossier_does_not_bring_the_rest_of_it() {
             .any(|i| matches!(i, PullItem::Document(m) if m.facts.id == host_doc)),
         "{items:?}"
     );
+}
+
+/// One whole body as a single piece.
+fn whole(doc: DocId, body: &[u8]) -> carnet_store::replica::BodyPiece {
+    carnet_store::replica::BodyPiece {
+        doc,
+        offset: 0,
+        total: body.len() as u64,
+        bytes: body.to_vec(),
+    }
+}
+
+/// What the host says a site owes, from its `Welcome`.
+fn owed(site: &Rogue) -> Vec<(DocId, u64)> {
+    site.session(vec![site.hello(0, 0)])
+        .into_iter()
+        .find_map(|m| match m {
+            Msg::Welcome { owed, .. } => Some(owed),
+            _ => None,
+        })
+        .expect("a Welcome")
+}
+
+#[test]
+fn a_site_that_owes_no_body_cannot_send_one_nor_cancel_the_debt() {
+    let w = world();
+    // An honest site, enrolled and bound to a nurse by the host, pushes a note without its
+    // body: the host records the body as owed by that site.
+    let (_honest_site, honest_bundle) = enrolled_site_and_bundle(&w.host, &w.address, &[]);
+    let honest_id = w.host.json(&["pki", "list"])[1]["site_id"].to_string();
+    w.host.pro(NURSE, "infirmier");
+    w.host
+        .ok(&["pki", "bind", "--site", &honest_id, "--rpps", NURSE]);
+    let honest = Rogue::connect(&honest_bundle);
+    let body = b"the nurse's note, as written (synthetic)";
+    let meta = forged_document(&w.ins, honest.site, NURSE, body);
+    let doc = meta.facts.id;
+    let replies = honest.session(vec![
+        honest.hello(0, 0),
+        Msg::Push {
+            changes: vec![(1, Change::Document(Box::new(meta)))],
+            bodies: vec![],
+        },
+    ]);
+    assert!(
+        replies
+            .iter()
+            .any(|m| matches!(m, Msg::PushAck { upto: 1, missing, .. } if missing == &[(doc, 0)])),
+        "{replies:?}"
+    );
+    assert_eq!(owed(&honest), vec![(doc, 0)]);
+
+    // The attacker's site owes nothing of it: a bogus complete body, or even the right bytes,
+    // is refused, and the body stays owed by the honest site.
+    let rogue = Rogue::connect(&w.bundle);
+    for bytes in [&b"a forged body, as long as the real"[..], &body[..]] {
+        let mut bytes = bytes.to_vec();
+        bytes.resize(body.len(), b'!');
+        let replies = rogue.session(vec![
+            rogue.hello(0, 0),
+            Msg::PutBodies(vec![whole(doc, &bytes)]),
+        ]);
+        assert!(
+            !replies.iter().any(|m| matches!(m, Msg::BodyStored { .. })),
+            "{replies:?}"
+        );
+        assert_eq!(owed(&honest), vec![(doc, 0)], "the debt was cancelled");
+        assert!(
+            replies
+                .iter()
+                .any(|m| matches!(m, Msg::Error(e) if e.contains("owes no body"))),
+            "{replies:?}"
+        );
+    }
+    w.host
+        .fails(4, &["doc", "get", &doc.to_string(), "--as", DOCTOR]);
+
+    // The owing site's own body fails its hash (damaged on the way): the pieces go, the debt
+    // stays, and it is asked again.
+    let replies = honest.session(vec![
+        honest.hello(0, 1),
+        Msg::PutBodies(vec![whole(doc, &vec![0; body.len()])]),
+    ]);
+    assert!(
+        !replies.iter().any(|m| matches!(m, Msg::BodyStored { .. })),
+        "{replies:?}"
+    );
+    assert_eq!(owed(&honest), vec![(doc, 0)]);
+
+    // The real body from the site that owes it is taken, and the host serves it.
+    let replies = honest.session(vec![
+        honest.hello(0, 1),
+        Msg::PutBodies(vec![whole(doc, body)]),
+    ]);
+    assert!(
+        replies
+            .iter()
+            .any(|m| matches!(m, Msg::BodyStored { doc: d } if *d == doc)),
+        "{replies:?}"
+    );
+    assert_eq!(owed(&honest), vec![]);
+    assert_eq!(w.host.body(&doc.to_string(), DOCTOR), body);
+}
+
+#[test]
+fn a_heartbeat_taken_off_the_wire_does_not_renew_a_stale_sites_lease() {
+    let w = world();
+    // The site's doctor is bound by the host: the dossier comes, and the lease is renewed.
+    w.host
+        .ok(&["pki", "bind", "--site", &w.site_id, "--rpps", DOCTOR]);
+    sync_until_ok(&w.site, Duration::from_secs(30));
+    assert!(holds(&w.site, &w.ins));
+    let renewed = w.site.json(&["sync", "status"])["authority_as_of"].clone();
+    assert!(renewed.is_string(), "{renewed}");
+    // The holder revokes him; the site does not sync (its operator keeps it away from the
+    // host), so it does not learn of it.
+    w.host
+        .ok(&["grant", "revoke", "--dossier", &w.ins, "--rpps", DOCTOR]);
+    // With the site's certificate, a fresh heartbeat is one Hello away: claim the log head.
+    let rogue = Rogue::connect(&w.bundle);
+    let head = rogue
+        .session(vec![rogue.hello(0, 0)])
+        .into_iter()
+        .find_map(|m| match m {
+            Msg::Welcome { log_head, .. } => Some(log_head),
+            _ => None,
+        })
+        .expect("a Welcome");
+    let heartbeat = rogue
+        .session(vec![rogue.hello(head, 0)])
+        .into_iter()
+        .find_map(|m| match m {
+            Msg::Welcome { current, .. } => current,
+            _ => None,
+        })
+        .expect("a heartbeat for a site at its log head");
+    // Slipped into the stale site's replica as a bundle, in the old layout or the new one: the
+    // bundle is refused, and the lease does not move.
+    let host_key =
+        carnet_syncd::enrol::Bundle::from_bytes(&std::fs::read(&w.bundle).expect("bundle"))
+            .expect("enrolment bundle")
+            .host_key;
+    let layouts = [
+        postcard::to_stdvec(&(1u8, host_key, vec![heartbeat.clone()])).expect("encode"),
+        postcard::to_stdvec(&(
+            2u8,
+            host_key,
+            vec![heartbeat.clone()],
+            None::<carnet_store::authority::SignedRecord>,
+        ))
+        .expect("encode"),
+    ];
+    for (i, layout) in layouts.iter().enumerate() {
+        let mut bytes = carnet_store::authority::BUNDLE_MAGIC.to_vec();
+        bytes.extend_from_slice(layout);
+        let file = w.site.write(&format!("heartbeat-{i}"), &bytes);
+        let o = w.site.run(&["authority", "import", &file]);
+        assert_ne!(o.code, 0, "layout {i} imported: {}", o.stdout);
+        assert_eq!(
+            w.site.json(&["sync", "status"])["authority_as_of"],
+            renewed,
+            "layout {i} renewed the lease"
+        );
+    }
+    // Synced, the site learns of the revocation, purges the dossier, and is current again.
+    sync_until_ok(&w.site, Duration::from_secs(30));
+    assert!(
+        !holds(&w.site, &w.ins),
+        "revoked: the dossier left the site"
+    );
+    assert_ne!(w.site.json(&["sync", "status"])["authority_as_of"], renewed);
 }
 
 #[test]

@@ -2,8 +2,11 @@
 //! exporting a bundle, reading dossier heads and grants, closure and purge.
 //!
 //! Invariants: a record is admitted only if its `seq` is higher than the one stored for its
-//! subject; a purge destroys the dossier's data key in its own durable commit before any row
-//! is deleted (crypto-shredding), then leaves a tombstone and a purge receipt.
+//! subject; a heartbeat moves the lease (`authority_as_of`) only when this replica holds what it
+//! covers (`admit_heartbeat`, see `authority`), and no signed time later than the local clock
+//! plus `MAX_SKEW` is admitted; a purge destroys the dossier's data key in its own durable
+//! commit before any row is deleted (crypto-shredding), then leaves a tombstone and a purge
+//! receipt.
 
 use ed25519_dalek::VerifyingKey;
 use redb::{ReadableTable, WriteTransaction};
@@ -11,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::tables::*;
 use super::{Replica, Role, lock_err};
-use crate::authority::{self, AuthorityRecord, Bundle, SignedRecord, Verified};
+use crate::authority::{self, AuthorityRecord, Bundle, Covers, Heartbeat, SignedRecord, Verified};
 use crate::crypto::{Key, aad};
 use crate::error::{Error, Result};
 use crate::ids::{Ins, InsKind, Rpps, SiteId};
@@ -29,6 +32,30 @@ pub struct ImportReport {
     pub unchanged: usize,
     /// Dossiers purged because the host closed them.
     pub purged: usize,
+    /// The bundle's heartbeat dates this replica's authority cache (its lease) from now on: the
+    /// host signed the bundle whole, and this replica holds every record of it. False for a
+    /// bundle a site exported (it vouches for nothing), or one older than the last heartbeat.
+    pub lease_renewed: bool,
+}
+
+/// What a heartbeat did to the lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lease {
+    /// It vouches for what this replica holds and is newer: the cache is current as of it.
+    Renewed,
+    /// It vouches for what this replica holds, and the cache was dated as late already.
+    Unchanged,
+    /// It vouches for something this replica does not hold (another site, a log head not
+    /// reached, records missing), or for nothing (a format 1 heartbeat): not admitted.
+    NotVouched,
+}
+
+/// What a heartbeat is checked against: where the site's pull stands, or a bundle's records.
+pub(super) enum Holding<'a> {
+    /// The site's pull cursor once the batch carrying the heartbeat is applied.
+    Cursor(u64),
+    /// The records of the bundle the heartbeat vouches for, admitted in this transaction.
+    Records(&'a [Verified]),
 }
 
 /// A dossier as this replica knows it.
@@ -102,7 +129,9 @@ impl Replica {
                 subject_key(tag::EMERGENCY, Some(&self.blind(ins)), None)
             }
             AuthorityRecord::Matrix(_) => subject_key(tag::MATRIX, None, None),
-            AuthorityRecord::Heartbeat { .. } => subject_key(tag::HEARTBEAT, None, None),
+            AuthorityRecord::HeartbeatV1 { .. } | AuthorityRecord::Heartbeat(_) => {
+                subject_key(tag::HEARTBEAT, None, None)
+            }
             AuthorityRecord::Purged { ins, .. } => {
                 subject_key(tag::DOSSIER, Some(&self.blind(ins)), None)
             }
@@ -119,21 +148,9 @@ impl Replica {
         signed: &SignedRecord,
         v: &Verified,
     ) -> Result<(bool, Option<(Ins, u64)>)> {
-        // A heartbeat is not kept: it only moves the cache's "current as of" forward.
-        if let AuthorityRecord::Heartbeat { at } = &v.record {
-            let at = (*at).max(0) as u64;
-            let meta = txn.open_table(META)?;
-            let as_of = super::read_u64(
-                meta.get(meta_key::AUTHORITY_AS_OF)?
-                    .as_ref()
-                    .map(|g| g.value()),
-            );
-            drop(meta);
-            if at <= as_of {
-                return Ok((false, None));
-            }
-            Self::bump_meta_u64(txn, meta_key::AUTHORITY_AS_OF, Some(at))?;
-            return Ok((true, None));
+        if v.record.is_heartbeat() {
+            // A heartbeat is never stored: `admit_heartbeat` checks what it covers.
+            return Ok((false, None));
         }
         if let Some(ins) = v.record.ins() {
             let tombstones = txn.open_table(TOMBSTONES)?;
@@ -197,6 +214,71 @@ impl Replica {
         Ok((true, purge))
     }
 
+    /// Admits a heartbeat (DOMAIN §5 lease): refused with an error when it is dated later
+    /// than the local clock plus `MAX_SKEW`; moves `authority_as_of` forward only when this
+    /// replica holds what it covers (`holding`): a site's log up to the head it names (and
+    /// this is that site), or every record of the bundle it vouches for.
+    pub(super) fn admit_heartbeat(
+        &self,
+        txn: &WriteTransaction,
+        v: &Verified,
+        holding: Holding<'_>,
+    ) -> Result<Lease> {
+        authority::check_not_ahead(v, self.now())?;
+        let AuthorityRecord::Heartbeat(Heartbeat { at, covers }) = &v.record else {
+            // A format 1 heartbeat vouches for nothing.
+            return Ok(Lease::NotVouched);
+        };
+        let holds = match (covers, holding) {
+            (Covers::Log { site, log_head }, Holding::Cursor(cursor)) => {
+                self.config.role == Role::Site
+                    && *site == self.config.site_id
+                    && *log_head == cursor
+            }
+            (Covers::Records { .. }, Holding::Records(records)) => self.holds_all(txn, records)?,
+            _ => false,
+        };
+        if !holds {
+            return Ok(Lease::NotVouched);
+        }
+        let at = (*at).max(0) as u64;
+        let as_of = {
+            let meta = txn.open_table(META)?;
+            let v = meta.get(meta_key::AUTHORITY_AS_OF)?;
+            super::read_u64(v.as_ref().map(|g| g.value()))
+        };
+        if at <= as_of {
+            return Ok(Lease::Unchanged);
+        }
+        Self::bump_meta_u64(txn, meta_key::AUTHORITY_AS_OF, Some(at))?;
+        Ok(Lease::Renewed)
+    }
+
+    /// True when every record of `records` is held in `txn` at its sequence or a later one, or
+    /// was superseded here by the purge of its dossier (a tombstone at least as new).
+    fn holds_all(&self, txn: &WriteTransaction, records: &[Verified]) -> Result<bool> {
+        let table = txn.open_table(AUTHORITY)?;
+        let tombstones = txn.open_table(TOMBSTONES)?;
+        for v in records {
+            if let Some(held) = self.authority_get(&table, &self.subject_of(&v.record))?
+                && held.seq >= v.seq
+            {
+                continue;
+            }
+            let purged_since = match v.record.ins() {
+                Some(ins) => match tombstones.get(&self.blind(ins))? {
+                    Some(t) => postcard::from_bytes::<PurgeReceipt>(t.value())?.cause_seq >= v.seq,
+                    None => false,
+                },
+                None => false,
+            };
+            if !purged_since {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     fn signing_key(&self) -> Result<&ed25519_dalek::SigningKey> {
         self.signing.as_ref().ok_or_else(|| {
             Error::invalid(
@@ -217,18 +299,27 @@ impl Replica {
         Ok(seq)
     }
 
-    /// Host: a heartbeat ("the records sent are current as of now") for a bundle or the end of
-    /// a pull. Not stored: it only dates the receiving site's cache.
-    pub fn sign_heartbeat(&self) -> Result<SignedRecord> {
+    /// Host: a heartbeat at `at` covering `covers`, signed with the authority sequence read in
+    /// `txn` (the snapshot what it covers was read from). Not stored: it only dates the
+    /// receiving site's cache.
+    pub(super) fn sign_heartbeat_in(
+        &self,
+        txn: &redb::ReadTransaction,
+        at: crate::time::Millis,
+        covers: Covers,
+    ) -> Result<SignedRecord> {
         let key = self.signing_key()?;
-        let txn = self.begin_read()?;
         let meta = txn.open_table(META)?;
         let seq = super::read_u64(
             meta.get(meta_key::AUTHORITY_SEQ)?
                 .as_ref()
                 .map(|g| g.value()),
         );
-        authority::sign(key, seq, &AuthorityRecord::Heartbeat { at: self.now() })
+        authority::sign(
+            key,
+            seq,
+            &AuthorityRecord::Heartbeat(Heartbeat { at, covers }),
+        )
     }
 
     /// Host: signs a record with the next sequence and admits it, inside `txn`.
@@ -462,11 +553,15 @@ impl Replica {
         inses.iter().map(|i| self.dossier(i)).collect()
     }
 
-    /// Exports every record held as a signed bundle; on the host, with a fresh heartbeat.
+    /// Exports every record held as a bundle. On the host the bundle is signed whole: a
+    /// heartbeat covering exactly these records, read in one snapshot (`Bundle::vouch`). A
+    /// site's export relays the records it holds and vouches for nothing.
     pub fn export_authority(&self) -> Result<Bundle> {
         let host_key = self.host_key()?.ok_or_else(|| {
             Error::invalid("this replica has no host key: nothing signed to export")
         })?;
+        // Read before the snapshot: everything committed before `at` is in it.
+        let at = self.now();
         let txn = self.begin_read()?;
         let table = txn.open_table(AUTHORITY)?;
         let mut records = Vec::new();
@@ -474,19 +569,30 @@ impl Replica {
             let (k, v) = row?;
             records.push(self.open_signed(k.value(), v.value())?);
         }
-        if self.signing.is_some() {
-            records.push(self.sign_heartbeat()?);
-        }
+        let vouch = match self.signing {
+            Some(_) => Some(self.sign_heartbeat_in(
+                &txn,
+                at,
+                Covers::Records {
+                    count: records.len() as u64,
+                    digest: authority::records_digest(&records),
+                },
+            )?),
+            None => None,
+        };
         Ok(Bundle {
-            format: authority::RECORD_FORMAT,
+            format: authority::BUNDLE_FORMAT,
             host_key,
             records,
+            vouch,
         })
     }
 
     /// Imports a bundle: every record must verify under the pinned host key (pinned from the
-    /// bundle at the first import when none was given at init). Any bad record refuses the whole
-    /// bundle and changes nothing.
+    /// bundle at the first import when none was given at init), and a bundle the host signed
+    /// whole must hold exactly the records it signed. Any bad record, a record removed or
+    /// added, or a signed time ahead of the local clock (`MAX_SKEW`) refuses the whole bundle
+    /// and changes nothing. The bundle's heartbeat renews the lease once every record is held.
     pub fn import_authority(&self, bundle: &Bundle) -> Result<ImportReport> {
         let bundle_key = VerifyingKey::from_bytes(&bundle.host_key)
             .map_err(|_| Error::integrity("the bundle's host key is malformed"))?;
@@ -502,17 +608,21 @@ impl Replica {
             Some(k) => k,
             None => bundle_key,
         };
-        let verified: Vec<Verified> = bundle
+        let verified = bundle.verify(&key)?;
+        let now = self.now();
+        for v in verified
             .records
             .iter()
-            .map(|r| authority::verify(&key, r))
-            .collect::<Result<_>>()?;
+            .chain(verified.vouch.iter().map(|(v, _)| v))
+        {
+            authority::check_not_ahead(v, now)?;
+        }
         let mut report = ImportReport::default();
         let mut purges = Vec::new();
         if pinned.is_none() {
             self.pin_host_key(&txn, key.to_bytes())?;
         }
-        for (signed, v) in bundle.records.iter().zip(&verified) {
+        for (signed, v) in bundle.records.iter().zip(&verified.records) {
             let (admitted, purge) = self.admit(&txn, signed, v)?;
             if admitted {
                 report.admitted += 1
@@ -520,6 +630,15 @@ impl Replica {
                 report.unchanged += 1
             }
             purges.extend(purge);
+        }
+        if let Some((v, _)) = &verified.vouch {
+            match self.admit_heartbeat(&txn, v, Holding::Records(&verified.records))? {
+                Lease::Renewed => {
+                    report.admitted += 1;
+                    report.lease_renewed = true;
+                }
+                Lease::Unchanged | Lease::NotVouched => report.unchanged += 1,
+            }
         }
         txn.trace(vec![self.admin_entry("authority-import", None, None)]);
         txn.commit()?;

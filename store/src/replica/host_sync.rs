@@ -10,18 +10,28 @@
 //! what `site_view` lets it have), one leaving as `Leave` (the site purges it). Entries name
 //! things; what travels is their state at pull time, decided for that site at pull time.
 //!
+//! Every batch a site pulls ends with the host's heartbeat, read in the snapshot the batch was
+//! read from: its sequence is the last log entry the batch covers (entries the site may no
+//! longer receive included, so the cursor passes them), and it names the site and its log
+//! head. The site is current, and its lease renewed, only when its cursor reaches that head
+//! (`authority`'s module documentation says why the head is what a heartbeat vouches for). A
+//! site whose cursor is the head is told so at `Hello` the same way (`site_heartbeat`), so a
+//! round with nothing new needs no pull.
+//!
 //! Invariants: the log of a site grows only, so a pull costs what changed for that site, not the
 //! size of the store; every host change that touches a dossier is logged in the same transaction
 //! as the change; a site applies a pulled batch and advances its cursor in one transaction, and
 //! applying the same batch twice changes nothing (merge and record admission are idempotent);
-//! signed records are verified under the pinned host key before use.
+//! signed records are verified under the pinned host key before use, and one dated ahead of the
+//! site's clock (`MAX_SKEW`) refuses the whole batch.
 
 use ed25519_dalek::VerifyingKey;
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
+use super::authority_ops::{Holding, Lease};
 use super::tables::*;
 use super::{Replica, Role, lock_err};
-use crate::authority::{self, AuthorityRecord, SignedRecord};
+use crate::authority::{self, AuthorityRecord, Covers, SignedRecord};
 use crate::error::{Error, Result};
 use crate::ids::{DocId, Ins, Rpps, SiteId};
 use crate::merge::DocumentMeta;
@@ -45,8 +55,22 @@ pub struct PullReport {
     pub applied: usize,
     /// Dossiers purged (closure or scope exit).
     pub purged: usize,
+    /// What the batch's heartbeat did to the lease (`None`: the batch carried none).
+    pub lease: Option<Lease>,
 }
 
+/// Pulled items with their log sequence.
+type PullItems = Vec<(u64, PullItem)>;
+
+/// One batch of a site's log, as the host sends it (`pull_page`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullPage {
+    /// Items with their log sequence, ending with the host's heartbeat (see the module
+    /// documentation).
+    pub items: Vec<(u64, PullItem)>,
+    /// The log goes on after this batch.
+    pub more: bool,
+}
 impl Replica {
     // ---- host ----
 
@@ -355,11 +379,13 @@ impl Replica {
         Ok(dossiers)
     }
 
-    /// Host: `site`'s log after `after`, at most `limit` entries, as the site will apply it.
     /// Host: the last sequence of `site`'s log (0 when empty).
     pub fn log_head(&self, site: SiteId) -> Result<u64> {
         self.require_host()?;
-        let txn = self.begin_read()?;
+        Self::log_head_in(&self.begin_read()?, site)
+    }
+
+    fn log_head_in(txn: &ReadTransaction, site: SiteId) -> Result<u64> {
         let log = txn.open_table(SITE_LOG)?;
         let last = log
             .range((site.0, 0)..=(site.0, u64::MAX))?
@@ -368,9 +394,67 @@ impl Replica {
         Ok(last.map_or(0, |(k, _)| k.value().1))
     }
 
+    /// Host: the head of `site`'s log and, when the site's `cursor` is at it, a heartbeat that
+    /// says so (`Covers::Log`), both read in one snapshot: the answer to a site's `Hello`. Costs
+    /// one lookup, whatever the site holds.
+    pub fn site_heartbeat(&self, site: SiteId, cursor: u64) -> Result<(u64, Option<SignedRecord>)> {
+        self.require_host()?;
+        // Read before the snapshot: everything committed before `at` is in it.
+        let at = self.now();
+        let txn = self.begin_read()?;
+        let log_head = Self::log_head_in(&txn, site)?;
+        let current = if cursor == log_head {
+            Some(self.sign_heartbeat_in(&txn, at, Covers::Log { site, log_head })?)
+        } else {
+            None
+        };
+        Ok((log_head, current))
+    }
+
+    /// Host: `site`'s log after `after`, at most `limit` entries, as the site will apply it
+    /// (without a heartbeat: `pull_page` is what a session sends).
     pub fn pull(&self, site: SiteId, after: u64, limit: usize) -> Result<Vec<(u64, PullItem)>> {
         self.require_host()?;
         let (txn, generation) = self.snapshot()?;
+        Ok(self.pull_in(&txn, generation, site, after, limit)?.0)
+    }
+
+    /// Host: one batch of `site`'s log after `after`: at most `max_items` items (an entry that
+    /// alone brings more, a dossier entering the scope, goes whole; an entry is never split),
+    /// then the heartbeat, read in the same snapshot. The heartbeat's sequence is the last entry
+    /// the batch covers, so the site's cursor passes the entries it no longer receives.
+    pub fn pull_page(&self, site: SiteId, after: u64, max_items: usize) -> Result<PullPage> {
+        self.require_host()?;
+        let at = self.now();
+        let (txn, generation) = self.snapshot()?;
+        let log_head = Self::log_head_in(&txn, site)?;
+        let (mut items, examined) =
+            self.pull_in(&txn, generation, site, after, max_items.saturating_add(1))?;
+        let covered = match (items.first(), items.get(max_items)) {
+            (Some(&(first, _)), Some(&(cut, _))) => {
+                let keep_to = if cut == first { first } else { cut - 1 };
+                items.retain(|(seq, _)| *seq <= keep_to);
+                keep_to
+            }
+            _ => examined.unwrap_or(after).max(after),
+        };
+        let heartbeat = self.sign_heartbeat_in(&txn, at, Covers::Log { site, log_head })?;
+        items.push((covered, PullItem::Authority(heartbeat)));
+        Ok(PullPage {
+            items,
+            more: covered < log_head,
+        })
+    }
+
+    /// `site`'s log after `after`, at most `limit` entries, in `txn`; with the last entry read.
+    fn pull_in(
+        &self,
+        txn: &ReadTransaction,
+        generation: super::Generation,
+        site: SiteId,
+        after: u64,
+        limit: usize,
+    ) -> Result<(PullItems, Option<u64>)> {
         let mut out = Vec::new();
         let entries: Vec<(u64, LogItem)> = {
             let log = txn.open_table(SITE_LOG)?;
@@ -384,6 +468,7 @@ impl Replica {
             }
             v
         };
+        let examined = entries.last().map(|(seq, _)| *seq);
         // Only what is in the site's scope *now* is sent: an entry logged before the dossier
         // left (or never reached) the scope is skipped.
         let scope = txn.open_table(SCOPE)?;
@@ -392,7 +477,7 @@ impl Replica {
         };
         let authority = txn.open_table(AUTHORITY)?;
         // What the site may receive of a dossier in its scope is decided here, again.
-        let mut view = self.site_view(&txn, site)?;
+        let mut view = self.site_view(txn, site)?;
         let grant_seen = |view: &super::site_view::SiteView, subject: &[u8]| {
             subject.first() != Some(&tag::GRANT)
                 || std::str::from_utf8(subject.get(33..).unwrap_or_default())
@@ -410,9 +495,9 @@ impl Replica {
             match entry {
                 LogItem::Document(id) => {
                     // A document of a dossier purged since is simply gone.
-                    if let Ok((stored, _, meta)) = self.load_doc(&txn, generation, &DocId(id))
+                    if let Ok((stored, _, meta)) = self.load_doc(txn, generation, &DocId(id))
                         && in_scope(&stored.dossier)?
-                        && self.site_sees_document(&txn, &mut view, &stored.dossier, &meta)?
+                        && self.site_sees_document(txn, &mut view, &stored.dossier, &meta)?
                     {
                         out.push((seq, PullItem::Document(Box::new(meta))));
                     }
@@ -451,9 +536,9 @@ impl Replica {
                             ));
                         }
                     }
-                    for id in self.dossier_doc_ids(&txn, &bi)? {
-                        let (_, _, meta) = self.load_doc(&txn, generation, &id)?;
-                        if self.site_sees_document(&txn, &mut view, &bi, &meta)? {
+                    for id in self.dossier_doc_ids(txn, &bi)? {
+                        let (_, _, meta) = self.load_doc(txn, generation, &id)?;
+                        if self.site_sees_document(txn, &mut view, &bi, &meta)? {
                             out.push((seq, PullItem::Document(Box::new(meta))));
                         }
                     }
@@ -467,7 +552,7 @@ impl Replica {
                 }
             }
         }
-        Ok(out)
+        Ok((out, examined))
     }
 
     /// Host: a body for `site`, only if its dossier is in that site's scope.
@@ -518,7 +603,9 @@ impl Replica {
 
     /// Site: applies a pulled batch (signed records verified under the pinned host key,
     /// documents merged, scope exits purged) and advances the cursor, in one transaction; then
-    /// purges what the batch closed or took out of scope.
+    /// purges what the batch closed or took out of scope. The batch's last heartbeat renews the
+    /// lease only when it names this site and the cursor the batch reaches (`PullReport::lease`).
+    /// A signed time ahead of this replica's clock refuses the whole batch.
     pub fn apply_pull(&self, items: &[(u64, PullItem)]) -> Result<PullReport> {
         self.apply_pull_with_bodies(items, &[])
     }
@@ -550,6 +637,8 @@ impl Replica {
             super::read_u64(v.as_ref().map(|g| g.value()))
         };
         let mut dossiers = super::sync::ActiveDossiers::default();
+        let now = self.now();
+        let mut heartbeat = None;
         for (seq, item) in items {
             if !matches!(item, PullItem::Document(_)) {
                 // A signed record or a scope exit may change what is active here.
@@ -558,6 +647,15 @@ impl Replica {
             match item {
                 PullItem::Authority(signed) => {
                     let v = authority::verify(&host_key, signed)?;
+                    // Dated ahead of this clock: the whole batch is refused.
+                    authority::check_not_ahead(&v, now)?;
+                    if v.record.is_heartbeat() {
+                        // Checked once the batch is applied, against the cursor it reaches.
+                        heartbeat = Some(v);
+                        report.applied += 1;
+                        cursor = cursor.max(*seq);
+                        continue;
+                    }
                     // The dossier (re-)entered the scope after a `Leave` in this batch: keep it.
                     if let AuthorityRecord::Dossier(h) = &v.record
                         && h.status == crate::model::DossierStatus::Active
@@ -588,6 +686,9 @@ impl Replica {
             cursor = cursor.max(*seq);
         }
         Self::bump_meta_u64(&txn, meta_key::PULL_CURSOR, Some(cursor))?;
+        if let Some(v) = heartbeat {
+            report.lease = Some(self.admit_heartbeat(&txn, &v, Holding::Cursor(cursor))?);
+        }
         txn.commit()?;
         self.reload_matrix()?;
         for (ins, cause) in purges {

@@ -50,11 +50,11 @@ pub use tables::PurgeReceipt;
 use zeroize::Zeroizing;
 
 pub use announcements::AnnouncementPass;
-pub use authority_ops::{DossierInfo, ImportReport, NewDossier};
+pub use authority_ops::{DossierInfo, ImportReport, Lease, NewDossier};
 pub use backend::Durable;
 pub use documents::{DossierExport, ExportedDocument, NewDocument, ReadOutcome};
 pub use emergency_fetch::EMERGENCY_VALID;
-pub use host_sync::{PullItem, PullReport};
+pub use host_sync::{PullItem, PullPage, PullReport};
 pub use quarantine::Quarantined;
 pub use site_access::{RequestKind, SiteRequest};
 pub use sync::{Applied, BodyPiece, Change, PushApplied};

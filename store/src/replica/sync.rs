@@ -650,8 +650,8 @@ impl Replica {
         }
     }
 
-    /// Keeps one piece of a body arriving from a peer, durably, so a cut transfer resumes
-    /// where it stopped. A piece must start where the kept bytes end (one already kept is
+    /// Site: keeps one piece of a body arriving from the host, durably, so a cut transfer
+    /// resumes where it stopped. A piece must start where the kept bytes end (one already kept is
     /// ignored); `total` must be the size in the metadata. Once the last piece is in, the body
     /// is checked against the content hash and stored, in the same transaction. Answers true
     /// when the body is complete (now or before).
@@ -675,17 +675,42 @@ impl Replica {
             .unwrap_or(false))
     }
 
-    /// `receive_body_piece` for several pieces (of one body or of several), in one
-    /// transaction: many small bodies cost one durable commit. A bad piece refuses the whole
-    /// batch; a body whose hash does not match is dropped (the rest of the batch is kept) and
-    /// reported as an error.
+    /// Site: `receive_body_piece` for several pieces (of one body or of several) from the host,
+    /// in one transaction: many small bodies cost one durable commit. A bad piece refuses the
+    /// whole batch; a body whose hash does not match is dropped (the rest of the batch is kept)
+    /// and reported as an error. The host takes pieces only from a site, with
+    /// `receive_pieces_from`.
     pub fn receive_body_pieces(&self, pieces: &[BodyPiece]) -> Result<Vec<bool>> {
+        if self.config.role == super::Role::Host {
+            return Err(Error::invalid(
+                "the host takes body pieces only from the site that owes the body (receive_pieces_from)",
+            ));
+        }
+        self.receive_pieces(None, pieces)
+    }
+
+    /// Host: `receive_body_pieces` for pieces `site` sent. A piece is taken only for a body
+    /// `site` owes: a document written in its name whose body the host recorded as owed by it
+    /// when it applied the metadata (`OWED_BODIES`); any other piece refuses the whole batch
+    /// and changes nothing (DOMAIN §5: the host trusts no site). A complete body that fails its
+    /// content hash is dropped with its kept pieces, and stays owed: the owing site is asked for
+    /// it again at its next `Welcome`, so a bogus body never cancels a debt.
+    pub fn receive_pieces_from(&self, site: SiteId, pieces: &[BodyPiece]) -> Result<Vec<bool>> {
+        if self.config.role != super::Role::Host {
+            return Err(Error::invalid(
+                "only the host takes body pieces from a site",
+            ));
+        }
+        self.receive_pieces(Some(site), pieces)
+    }
+
+    fn receive_pieces(&self, from: Option<SiteId>, pieces: &[BodyPiece]) -> Result<Vec<bool>> {
         let txn = self.begin_write()?;
         let (snap, generation) = self.snapshot()?;
         let mut complete = Vec::with_capacity(pieces.len());
         let mut corrupt = None;
         for p in pieces {
-            match self.receive_piece_in(&txn, &snap, generation, p)? {
+            match self.receive_piece_in(&txn, &snap, generation, from, p)? {
                 Piece::Kept => complete.push(false),
                 Piece::Complete => complete.push(true),
                 Piece::Corrupt => {
@@ -708,10 +733,17 @@ impl Replica {
         txn: &WriteTransaction,
         snap: &redb::ReadTransaction,
         generation: super::Generation,
+        from: Option<SiteId>,
         p: &BodyPiece,
     ) -> Result<Piece> {
         let (id, offset, total, bytes) = (&p.doc, p.offset, p.total, p.bytes.as_slice());
         let (_, key, meta) = self.load_doc(snap, generation, id)?;
+        if let Some(site) = from
+            && meta.facts.author_site != site
+        {
+            // Only the site a document was written at holds its body first-hand.
+            return Err(Self::owes_no_body(id));
+        }
         if txn
             .open_table(BODIES)?
             .get(body_key(&id.0, 0).as_slice())?
@@ -721,6 +753,14 @@ impl Replica {
             Self::forget_partial_body(txn, id)?;
             txn.open_table(MISSING_BODIES)?.remove(&id.0)?;
             return Ok(Piece::Complete);
+        }
+        if let Some(site) = from
+            && txn
+                .open_table(OWED_BODIES)?
+                .get(owed_key(&id.0, site.0).as_slice())?
+                .is_none()
+        {
+            return Err(Self::owes_no_body(id));
         }
         if total != meta.facts.size {
             return Err(Error::integrity(format!(
@@ -781,24 +821,39 @@ impl Replica {
             }
         }
         body.extend_from_slice(bytes);
-        Self::forget_partial_body(txn, id)?;
         if body.len() as u64 != meta.facts.size
             || *blake3::hash(&body).as_bytes() != meta.facts.content_hash
         {
-            // A corrupt transfer is dropped whole: the next one starts again from zero.
+            // A corrupt transfer is dropped whole and the next one starts again from zero; the
+            // body stays owed (host) or missing (site), so it is asked for again.
+            Self::reset_partial_body(txn, id)?;
             return Ok(Piece::Corrupt);
         }
+        Self::forget_partial_body(txn, id)?;
         self.put_body(&mut txn.open_table(BODIES)?, &key, id, &body)?;
         txn.open_table(MISSING_BODIES)?.remove(&id.0)?;
         Ok(Piece::Complete)
     }
 
-    /// Drops the kept pieces of `id`'s body, in `txn`.
-    pub(super) fn forget_partial_body(txn: &WriteTransaction, id: &DocId) -> Result<()> {
+    fn owes_no_body(id: &DocId) -> Error {
+        Error::invalid(format!(
+            "document {id}: this site owes no body for it (the host takes a body only from the site that wrote the document and has not sent it yet)"
+        ))
+    }
+
+    /// Drops the kept pieces of `id`'s body, in `txn`; what is owed stays.
+    fn reset_partial_body(txn: &WriteTransaction, id: &DocId) -> Result<()> {
         let (first, last) = (piece_key(&id.0, 0), piece_key(&id.0, u64::MAX));
         txn.open_table(PARTIAL_BODIES)?
             .retain_in(first.as_slice()..=last.as_slice(), |_, _| false)?;
         txn.open_table(PARTIAL_PROGRESS)?.remove(&id.0)?;
+        Ok(())
+    }
+
+    /// Drops the kept pieces of `id`'s body and every record of it being owed, in `txn`: the
+    /// body is stored, or its document is gone.
+    pub(super) fn forget_partial_body(txn: &WriteTransaction, id: &DocId) -> Result<()> {
+        Self::reset_partial_body(txn, id)?;
         let (first, last) = (owed_key(&id.0, 0), owed_key(&id.0, u32::MAX));
         txn.open_table(OWED_BODIES)?
             .retain_in(first.as_slice()..=last.as_slice(), |_, _| false)?;

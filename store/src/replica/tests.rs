@@ -8,6 +8,7 @@ use zeroize::Zeroizing;
 
 use super::*;
 use crate::audit::TraceAction;
+use crate::authority::{Covers, SignedRecord};
 use crate::ids::{DocId, Rpps};
 use crate::model::{
     AccessMode, DocClass, GrantBasis, GrantState, HolderKind, IdentityStatus, Profession, Sex,
@@ -143,8 +144,16 @@ fn sync(host: &Replica, site: &Replica) {
     }
     for id in host.missing_bodies().expect("missing") {
         if let Ok(body) = site.body_for_sync(&id) {
-            host.receive_body_piece(&id, 0, body.len() as u64, &body)
-                .expect("store body");
+            host.receive_pieces_from(
+                origin,
+                &[BodyPiece {
+                    doc: id,
+                    offset: 0,
+                    total: body.len() as u64,
+                    bytes: body.to_vec(),
+                }],
+            )
+            .expect("store body");
         }
     }
     let items = host
@@ -2000,4 +2009,383 @@ fn removing_a_body_never_takes_another_documents_chunks_or_tail() {
         (2, 0),
         "the other id's chunks stay"
     );
+}
+
+/// One whole body as a single piece.
+fn whole(id: DocId, body: &[u8]) -> BodyPiece {
+    BodyPiece {
+        doc: id,
+        offset: 0,
+        total: body.len() as u64,
+        bytes: body.to_vec(),
+    }
+}
+
+#[test]
+fn the_host_takes_a_body_only_from_the_site_that_owes_it_and_a_bad_one_keeps_the_debt() {
+    let (_hd, host, _sd, site) = host_and_site();
+    let origin = site.config().site_id;
+    let body = b"the real body (synthetic)".to_vec();
+    let id = write(&site, "CR", &body);
+    // The metadata alone: the host records the body as owed by the site that wrote it.
+    for (seq, change) in site.outbox(0, usize::MAX).expect("outbox") {
+        host.apply_remote(origin, seq, &change).expect("apply");
+    }
+    assert_eq!(host.bodies_owed_by(origin).expect("owed"), vec![(id, 0)]);
+
+    // Another site, with the right bytes or bogus ones: refused, nothing kept, still owed.
+    let other = SiteId(origin.0 + 1);
+    for bytes in [body.clone(), vec![0; body.len()]] {
+        let err = host
+            .receive_pieces_from(other, &[whole(id, &bytes)])
+            .expect_err("another site owes nothing");
+        assert!(err.to_string().contains("owes no body"), "{err}");
+    }
+    assert!(!host.has_body(&id).expect("has"));
+    assert_eq!(host.bodies_owed_by(origin).expect("owed"), vec![(id, 0)]);
+    // The host never takes pieces outside a site's session.
+    assert!(host.receive_body_pieces(&[whole(id, &body)]).is_err());
+
+    // The owing site sends a corrupt body: the pieces go, the debt stays.
+    let half = body.len() / 2;
+    let mut piece = whole(id, &body[..half]);
+    piece.total = body.len() as u64;
+    assert_eq!(
+        host.receive_pieces_from(origin, &[piece]).expect("half"),
+        vec![false]
+    );
+    assert_eq!(host.body_progress(&id).expect("progress"), half as u64);
+    let mut bogus = whole(id, &vec![7; body.len() - half]);
+    bogus.offset = half as u64;
+    bogus.total = body.len() as u64;
+    assert!(matches!(
+        host.receive_pieces_from(origin, &[bogus]),
+        Err(Error::Integrity(_))
+    ));
+    assert_eq!(host.body_progress(&id).expect("progress"), 0);
+    assert!(!host.has_body(&id).expect("has"));
+    assert_eq!(
+        host.bodies_owed_by(origin).expect("owed"),
+        vec![(id, 0)],
+        "a corrupt body resets the progress, never the debt"
+    );
+
+    // A body the site does not owe (here: its debt cleared behind the host's back) is refused
+    // even from the site that wrote it.
+    let owed_row = {
+        let txn = host.begin_write().expect("write");
+        let mut k = id.0.to_vec();
+        k.extend_from_slice(&origin.0.to_be_bytes());
+        txn.open_table(OWED_BODIES)
+            .expect("owed")
+            .remove(k.as_slice())
+            .expect("remove");
+        txn.commit().expect("commit");
+        k
+    };
+    let err = host
+        .receive_pieces_from(origin, &[whole(id, &body)])
+        .expect_err("not owed");
+    assert!(err.to_string().contains("owes no body"), "{err}");
+    {
+        let txn = host.begin_write().expect("write");
+        txn.open_table(OWED_BODIES)
+            .expect("owed")
+            .insert(owed_row.as_slice(), ())
+            .expect("insert");
+        txn.commit().expect("commit");
+    }
+
+    // The real body from the site that owes it is stored, and the debt is settled.
+    assert_eq!(
+        host.receive_pieces_from(origin, &[whole(id, &body)])
+            .expect("whole"),
+        vec![true]
+    );
+    assert!(host.has_body(&id).expect("has"));
+    assert!(host.bodies_owed_by(origin).expect("owed").is_empty());
+    // Sent again after it is stored: nothing to do, and nothing refused.
+    assert_eq!(
+        host.receive_pieces_from(origin, &[whole(id, &body)])
+            .expect("again"),
+        vec![true]
+    );
+}
+
+/// When the host last vouched the site's cache (its lease runs from there).
+fn as_of(r: &Replica) -> Millis {
+    r.authority_freshness().expect("freshness").0
+}
+
+/// Pulls `site`'s log from `host` in batches of at most `max` items, as a session does; the
+/// lease outcome of the last batch, and the number of batches.
+fn pull_pages(host: &Replica, site: &Replica, max: usize) -> (Option<Lease>, usize) {
+    for pages in 1..10_000 {
+        let page = host
+            .pull_page(
+                site.config().site_id,
+                site.pull_cursor().expect("cursor"),
+                max,
+            )
+            .expect("page");
+        let applied = site.apply_pull(&page.items).expect("apply");
+        if !page.more {
+            return (applied.lease, pages);
+        }
+    }
+    panic!("the pull never ended");
+}
+
+/// `host_and_site_on_a_clock`, with the host's clock `ahead` ms ahead of the site's.
+fn host_ahead_of_site(
+    ahead: i64,
+) -> (
+    (TempDir, TempDir),
+    Arc<std::sync::atomic::AtomicI64>,
+    Replica,
+    Replica,
+) {
+    use std::sync::atomic::Ordering;
+    let ((hd, sd), now, host, site) = host_and_site_on_a_clock();
+    drop(host);
+    let host = Replica::open(hd.path(), &KeySource::File, {
+        let now = now.clone();
+        Arc::new(move || now.load(Ordering::SeqCst) + ahead)
+    })
+    .expect("host");
+    ((hd, sd), now, host, site)
+}
+
+#[test]
+fn a_heartbeat_renews_the_lease_only_for_the_site_and_the_log_head_it_names() {
+    use std::sync::atomic::Ordering;
+    let (_dirs, now, host, site) = host_and_site_on_a_clock();
+    let site_id = site.config().site_id;
+    now.fetch_add(1000, Ordering::SeqCst);
+    assert_eq!(pull_pages(&host, &site, 1024).0, Some(Lease::Renewed));
+    let current = as_of(&site);
+    assert_eq!(current, now.load(Ordering::SeqCst));
+    assert_eq!(
+        site.pull_cursor().expect("cursor"),
+        host.log_head(site_id).expect("head")
+    );
+
+    // The host writes: the site's log grows, the site has not pulled it.
+    write(&host, "new at the host", b"body");
+    let cursor = site.pull_cursor().expect("cursor");
+    let head = host.log_head(site_id).expect("head");
+    assert!(head > cursor);
+    now.fetch_add(1000, Ordering::SeqCst);
+    let admit = |signed: SignedRecord| {
+        site.apply_pull(&[(cursor, PullItem::Authority(signed))])
+            .expect("apply")
+            .lease
+    };
+    // A heartbeat for the log head the site has not reached (as the host answers a Hello that
+    // claims it): not admitted, nothing moves.
+    let ahead_of_it = host
+        .site_heartbeat(site_id, head)
+        .expect("heartbeat")
+        .1
+        .expect("current at head");
+    assert_eq!(admit(ahead_of_it.clone()), Some(Lease::NotVouched));
+    // For another site, even naming this site's cursor.
+    let other = host
+        .sign_heartbeat_in(
+            &host.begin_read().expect("read"),
+            host.now(),
+            Covers::Log {
+                site: SiteId(site_id.0 + 1),
+                log_head: cursor,
+            },
+        )
+        .expect("sign");
+    assert_eq!(admit(other), Some(Lease::NotVouched));
+    // A format 1 heartbeat vouches for nothing.
+    let key = host.signing.as_ref().expect("host key");
+    let v1 = crate::authority::sign(key, 1, &AuthorityRecord::HeartbeatV1 { at: host.now() })
+        .expect("sign");
+    assert_eq!(admit(v1), Some(Lease::NotVouched));
+    // A heartbeat among a bundle's records: refused whole.
+    let mut bundle = host.export_authority().expect("export");
+    bundle.records.push(ahead_of_it);
+    let err = site
+        .import_authority(&bundle)
+        .expect_err("a heartbeat among records");
+    assert!(
+        err.to_string().contains("heartbeat among its records"),
+        "{err}"
+    );
+    assert_eq!(as_of(&site), current, "the lease did not move");
+    assert_eq!(site.pull_cursor().expect("cursor"), cursor);
+
+    // The site's own current heartbeat (its cursor is the head) is admitted once it pulled.
+    assert_eq!(pull_pages(&host, &site, 1024).0, Some(Lease::Renewed));
+    assert_eq!(as_of(&site), now.load(Ordering::SeqCst));
+    now.fetch_add(1000, Ordering::SeqCst);
+    let cursor = site.pull_cursor().expect("cursor");
+    let (log_head, hb) = host.site_heartbeat(site_id, cursor).expect("heartbeat");
+    assert_eq!(log_head, cursor);
+    assert_eq!(admit(hb.expect("current")), Some(Lease::Renewed));
+    assert_eq!(as_of(&site), now.load(Ordering::SeqCst));
+    // A site behind gets no heartbeat at Hello.
+    assert!(
+        host.site_heartbeat(site_id, cursor - 1)
+            .expect("hb")
+            .1
+            .is_none()
+    );
+}
+
+#[test]
+fn a_pull_passes_the_entries_a_site_no_longer_receives_and_ends_current() {
+    use std::sync::atomic::Ordering;
+    let (_dirs, now, host, site) = host_and_site_on_a_clock();
+    let site_id = site.config().site_id;
+    for i in 0..5 {
+        write(&host, &format!("doc {i}"), b"body");
+    }
+    // The dossier leaves the site's scope: what was logged for it is no longer sent.
+    for rpps in [doctor(), nurse()] {
+        host.bind_professional(site_id, &rpps, false)
+            .expect("unbind");
+    }
+    now.fetch_add(1000, Ordering::SeqCst);
+    let (lease, pages) = pull_pages(&host, &site, 2);
+    // Six entries (five documents, the scope exit), three read per batch: the first batch
+    // brings no item, and still moves the cursor past what it read.
+    assert_eq!(pages, 2);
+    assert_eq!(lease, Some(Lease::Renewed));
+    assert_eq!(
+        site.pull_cursor().expect("cursor"),
+        host.log_head(site_id).expect("head")
+    );
+    assert!(
+        !site.has_dossier_key(&ins()).expect("key"),
+        "purged on leaving the scope"
+    );
+}
+
+#[test]
+fn signed_times_ahead_of_the_clock_are_refused_and_change_nothing() {
+    use std::sync::atomic::Ordering;
+    // A host clock a year ahead: before, its heartbeat dated the site's cache a year ahead,
+    // and the lease did not run for a year.
+    let (_dirs, now, host, site) = host_ahead_of_site(365 * 24 * 3_600_000);
+    let site_id = site.config().site_id;
+    let before = (as_of(&site), site.pull_cursor().expect("cursor"));
+    host.set_grant(&ins(), &nurse(), GrantState::Active, GrantBasis::CareTeam)
+        .expect("grant");
+    let page = host.pull_page(site_id, before.1, 1024).expect("page");
+    let err = site.apply_pull(&page.items).expect_err("ahead");
+    assert!(
+        err.to_string().contains("ahead of this replica's clock"),
+        "{err}"
+    );
+    // The heartbeat a Hello gets, were the site current.
+    let head = host.log_head(site_id).expect("head");
+    let (_, hb) = host.site_heartbeat(site_id, head).expect("heartbeat");
+    assert!(
+        site.apply_pull(&[(head, PullItem::Authority(hb.expect("hb")))])
+            .is_err()
+    );
+    let err = site
+        .import_authority(&host.export_authority().expect("export"))
+        .expect_err("ahead");
+    assert!(
+        err.to_string().contains("ahead of this replica's clock"),
+        "{err}"
+    );
+    // Nothing changed: no grant, the same lease and cursor; and the lease runs out.
+    assert_eq!((as_of(&site), site.pull_cursor().expect("cursor")), before);
+    assert!(
+        !site
+            .dossier(&ins())
+            .expect("dossier")
+            .grants
+            .iter()
+            .any(|g| g.rpps == nurse())
+    );
+    now.fetch_add(73 * 3_600_000, Ordering::SeqCst);
+    assert!(
+        site.authority_freshness().expect("freshness").1,
+        "lease over"
+    );
+
+    // Within the skew, a host clock a little ahead is fine.
+    drop(host);
+    let (_dirs, _now, host, site) = host_ahead_of_site(crate::authority::MAX_SKEW - 1000);
+    let page = host
+        .pull_page(
+            site.config().site_id,
+            site.pull_cursor().expect("cursor"),
+            1024,
+        )
+        .expect("page");
+    assert_eq!(
+        site.apply_pull(&page.items).expect("apply").lease,
+        Some(Lease::Renewed)
+    );
+}
+
+#[test]
+fn a_bundle_imports_whole_or_not_at_all_and_only_a_whole_one_renews_the_lease() {
+    use std::sync::atomic::Ordering;
+    let (_dirs, now, host, site) = host_and_site_on_a_clock();
+    let nurse_state = |r: &Replica| {
+        r.dossier(&ins())
+            .expect("dossier")
+            .grants
+            .into_iter()
+            .find(|g| g.rpps == nurse())
+            .map(|g| g.state)
+    };
+    host.set_grant(&ins(), &nurse(), GrantState::Active, GrantBasis::CareTeam)
+        .expect("grant");
+    now.fetch_add(1000, Ordering::SeqCst);
+    let report = site
+        .import_authority(&host.export_authority().expect("export"))
+        .expect("import");
+    assert!(report.lease_renewed);
+    assert_eq!(nurse_state(&site), Some(GrantState::Active));
+    let renewed = as_of(&site);
+
+    // The host revokes the nurse; the bundle reaches the site with the revocation removed.
+    now.fetch_add(1000, Ordering::SeqCst);
+    host.set_grant(&ins(), &nurse(), GrantState::Revoked, GrantBasis::CareTeam)
+        .expect("revoke");
+    let genuine = host.export_authority().expect("export");
+    let mut withheld = genuine.clone();
+    withheld.records.retain(|r| {
+        !matches!(
+            crate::authority::decode(r).map(|v| v.record),
+            Ok(AuthorityRecord::Grant(g)) if g.state == GrantState::Revoked
+        )
+    });
+    assert_eq!(withheld.records.len() + 1, genuine.records.len());
+    let err = site.import_authority(&withheld).expect_err("incomplete");
+    assert!(matches!(err, Error::Integrity(_)), "{err}");
+    assert!(err.to_string().contains("incomplete or altered"), "{err}");
+    assert_eq!(as_of(&site), renewed, "nothing changed");
+    assert_eq!(nurse_state(&site), Some(GrantState::Active));
+    // Without the host's vouch it imports as relayed records, and renews no lease.
+    let mut unvouched = withheld.clone();
+    unvouched.vouch = None;
+    let report = site.import_authority(&unvouched).expect("relayed");
+    assert!(!report.lease_renewed);
+    assert_eq!(as_of(&site), renewed);
+    // Past the lease, such a bundle does not bring normal reads back.
+    now.fetch_add(73 * 3_600_000, Ordering::SeqCst);
+    assert!(site.authority_freshness().expect("f").1, "lease over");
+    site.import_authority(&unvouched).expect("relayed");
+    assert!(site.authority_freshness().expect("f").1, "still over");
+    // A whole bundle does, with the revocation.
+    let report = site
+        .import_authority(&host.export_authority().expect("export"))
+        .expect("whole");
+    assert!(report.lease_renewed);
+    assert!(!site.authority_freshness().expect("f").1);
+    assert_eq!(nurse_state(&site), Some(GrantState::Revoked));
+    // A site's own export relays records and vouches for nothing.
+    assert!(site.export_authority().expect("export").vouch.is_none());
 }
