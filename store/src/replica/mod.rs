@@ -23,6 +23,7 @@ mod documents;
 mod host_sync;
 mod journal;
 mod pending_grants;
+mod push_check;
 mod quarantine;
 mod site_access;
 mod site_view;
@@ -54,7 +55,7 @@ pub use documents::{DossierExport, ExportedDocument, NewDocument, ReadOutcome};
 pub use host_sync::{PullItem, PullReport};
 pub use quarantine::Quarantined;
 pub use site_access::{RequestKind, SiteRequest};
-pub use sync::{Applied, BodyPiece, Change, PushApplied};
+pub use sync::{Act, Applied, BodyPiece, Change, PushApplied};
 
 use crate::audit::{AuditEntry, ChainedEntry, GroupCommit, TraceAction, TraceActor};
 use crate::authority::{AuthorityRecord, Verified};
