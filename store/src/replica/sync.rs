@@ -647,6 +647,16 @@ impl Replica {
             }
         };
         let Some(key) = key else {
+            if let Some((origin, _)) = from_site {
+                let refusal = super::push_check::Refusal {
+                    actor: crate::audit::TraceActor::System,
+                    action: None,
+                    rule: 1,
+                    reason: "its dossier is not active at the host (closed, purged or unknown)"
+                        .into(),
+                };
+                txn.trace(vec![self.returned_entry(txn, origin, remote, refusal)?]);
+            }
             return Ok(Applied::Returned);
         };
         let id = remote.facts.id;

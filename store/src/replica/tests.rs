@@ -2116,3 +2116,84 @@ fn a_mask_the_host_lifted_may_come_back_from_a_site_that_had_not_seen_it() {
     m.update(site.config().site_id, |s| s.flags.masque_ps = true);
     assert_eq!(push_as(&host, &site, m, vec![]), Applied::Returned);
 }
+
+#[test]
+fn rows_one_to_three_return_what_a_site_pushes_and_the_host_says_why() {
+    let (_hd, host, _sd, site) = host_and_site();
+    let origin = site.config().site_id;
+    write(&site, "model", b"m");
+    let Some((_, Change::Document { meta, .. })) = site.outbox(0, 10).expect("outbox").pop() else {
+        panic!("a document");
+    };
+    let by = |n: u8, rpps: Rpps, profession| {
+        let mut facts = meta.facts.clone();
+        facts.id = DocId([n; 16]);
+        facts.unique_id = format!("urn:test:{n}");
+        facts.author = crate::model::Author::Professional { rpps, profession };
+        crate::merge::DocumentMeta::new(facts, origin, Default::default())
+    };
+    // Row 3: the holder blocked the nurse.
+    host.set_grant(&ins(), &nurse(), GrantState::Blocked, GrantBasis::Consent)
+        .expect("block");
+    let nurse_writes = by(1, nurse(), Profession::Infirmier);
+    assert_eq!(
+        push_as(&host, &site, nurse_writes, vec![]),
+        Applied::Returned
+    );
+    // Row 2: someone acting for an insurer, bound to the site by mistake.
+    let adviser = Rpps::parse("10000000006").expect("rpps");
+    host.add_professional(&Professional {
+        rpps: adviser.clone(),
+        profession: Profession::MedecinConseil,
+        specialty: None,
+        name: None,
+    })
+    .expect("pro");
+    host.bind_professional(origin, &adviser, true)
+        .expect("bind");
+    let adviser_writes = by(2, adviser, Profession::MedecinConseil);
+    assert_eq!(
+        push_as(&host, &site, adviser_writes, vec![]),
+        Applied::Returned
+    );
+    // Row 1: the dossier is closed; the doctor's document comes back too.
+    host.close_dossier(&ins(), "test").expect("close");
+    let doctor_writes = by(3, doctor(), Profession::Medecin);
+    assert_eq!(
+        push_as(&host, &site, doctor_writes, vec![]),
+        Applied::Returned
+    );
+    let rules: Vec<u8> = returned_traces(&host).iter().map(|e| e.rule).collect();
+    assert_eq!(rules, [3, 2, 1]);
+}
+
+#[test]
+fn a_change_from_a_site_of_an_earlier_build_is_its_authors() {
+    let (_hd, host, _sd, site) = host_and_site();
+    let id = write(&host, "at the host", b"h");
+    sync(&host, &site);
+    let origin = site.config().site_id;
+    let legacy = |f: fn(&mut crate::model::DocState)| {
+        let mut m = host_meta(&host, &id);
+        m.update(origin, f);
+        let seq = host.applied_mark(origin).expect("mark") + 1;
+        host.apply_remote(origin, seq, &Change::LegacyDocument(Box::new(m)))
+            .expect("apply")
+    };
+    // Its author, the treating doctor, bound to the site, may mask it.
+    assert_eq!(legacy(|s| s.flags.masque_ps = true), Applied::Applied);
+    // Nobody may archive it from a site.
+    assert_eq!(
+        legacy(|s| s.availability = Some(crate::model::Availability::Archived)),
+        Applied::Returned
+    );
+    // Unbound, the author is nobody there.
+    host.bind_professional(origin, &doctor(), false)
+        .expect("unbind");
+    assert_eq!(
+        legacy(|s| s.flags.invisible_patient = true),
+        Applied::Returned
+    );
+    let state = host_meta(&host, &id).state();
+    assert!(state.flags.masque_ps && !state.flags.invisible_patient);
+}
