@@ -193,9 +193,11 @@ impl Judged {
     }
 }
 
-/// How the trace names an actor the host resolved.
+/// How the trace names an actor the host resolved (an RPPS that is not one, as a site may send,
+/// is not copied into the trace).
 fn trace_actor(actor: &Actor, who: Option<&Who>) -> TraceActor {
     match (actor, who) {
+        (Actor::Professional(rpps), _) if Rpps::parse(rpps.as_str()).is_err() => TraceActor::System,
         (Actor::Professional(rpps), who) => TraceActor::Professional {
             rpps: rpps.clone(),
             profession: match who {

@@ -1861,13 +1861,17 @@ fn a_pushed_change_is_merged_only_if_an_act_the_host_allows_made_it() {
     };
     let stranger = Rpps::parse("19999999999").expect("rpps");
     let nurse = Actor::Professional(nurse());
+    // What a forged push may carry for an RPPS (it is not checked when decoded).
+    let bogus: Rpps =
+        postcard::from_bytes(&postcard::to_stdvec("not an RPPS").expect("encode")).expect("rpps");
     // No act, an act of another kind, a granted nurse (only the author deletes), a
-    // professional the host does not bind to the site, the system: all returned.
+    // professional the host does not bind to the site, no RPPS, the system: all returned.
     for acts in [
         vec![],
         vec![(nurse.clone(), Action::Mask)],
         vec![(nurse.clone(), Action::Delete)],
         vec![(Actor::Professional(stranger.clone()), Action::Delete)],
+        vec![(Actor::Professional(bogus), Action::Delete)],
         vec![(Actor::System, Action::Delete)],
     ] {
         assert_eq!(
@@ -1881,8 +1885,17 @@ fn a_pushed_change_is_merged_only_if_an_act_the_host_allows_made_it() {
         crate::model::Availability::Approved
     );
     let traced = returned_traces(&host);
-    assert_eq!(traced.len(), 5, "{traced:?}");
+    assert_eq!(traced.len(), 6, "{traced:?}");
     assert!(traced.iter().all(|e| e.doc == Some(id)));
+    assert!(
+        !format!("{traced:?}").contains("not an RPPS"),
+        "what is not an RPPS is not traced as one"
+    );
+    // More acts than any site sends for one document: returned, however good one of them is.
+    let flood = vec![(nurse.clone(), Action::Mask); 300];
+    let mut m = at_site();
+    m.update(origin, |s| s.flags.masque_ps = true);
+    assert_eq!(push_as(&host, &site, m, flood), Applied::Returned);
     assert!(
         traced
             .iter()
