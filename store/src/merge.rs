@@ -59,6 +59,11 @@ impl DocumentMeta {
         !self.versions.is_empty() && self.versions.iter().all(|(c, _)| c.is_sane())
     }
 
+    /// The surviving versions: each one's clock and state.
+    pub fn versions(&self) -> &[(VersionVector, DocState)] {
+        &self.versions
+    }
+
     /// Number of concurrent versions still standing (1 when there is no concurrency).
     pub fn concurrent_versions(&self) -> usize {
         self.versions.len()

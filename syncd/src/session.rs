@@ -216,20 +216,21 @@ fn inline_candidate<'a>(
     replica: &Replica,
     change: &'a Change,
 ) -> Option<&'a carnet_store::merge::DocumentMeta> {
-    let Change::Document(meta) = change else {
-        return None;
-    };
+    let meta = change.document()?;
     (meta.facts.author_site == replica.config().site_id
         && first_version(meta)
         && meta.facts.size > 0
         && meta.facts.size <= INLINE_MAX)
-        .then_some(&**meta)
+        .then_some(meta)
 }
 
 /// True for a document's first version (its body has not travelled anywhere yet, most likely).
 fn first_version(meta: &carnet_store::merge::DocumentMeta) -> bool {
     meta.clock().iter().map(|(_, n)| n).sum::<u64>() == 1
 }
+
+/// Why a document the host returned is in quarantine.
+const RETURNED: &str = "returned by the host: its dossier is closed or not held there, or the host's decision refused the change (its trace says why)";
 
 /// A push's changes and inline bodies.
 type Push = (Vec<(u64, Change)>, Vec<BodyPiece>);
@@ -339,7 +340,7 @@ impl HostSession {
                 all_changes[start..end].iter().zip(&outcomes[start..end])
             {
                 upto = upto.max(*seq);
-                let Change::Document(meta) = change else {
+                let Some(meta) = change.document() else {
                     continue;
                 };
                 if *outcome == Applied::Returned {
@@ -813,10 +814,7 @@ impl SiteSession {
                         "the host holds another trace history for this site (entry {traces_acked}): this replica's trace was altered or restored from an old copy; ask the host operator before syncing"
                     ))));
                 }
-                replica.quarantine_returned(
-                    &returned,
-                    "returned by the host: the dossier is closed or not held there",
-                )?;
+                replica.quarantine_returned(&returned, RETURNED)?;
                 // The host holds everything up to `acked`: those entries are done with.
                 if acked > 0 {
                     replica.ack_outbox(acked)?;
@@ -870,10 +868,7 @@ impl SiteSession {
             ) => {
                 if !returned.is_empty() {
                     // Kept before the outbox lets go of them.
-                    replica.quarantine_returned(
-                        &returned,
-                        "returned by the host: the dossier is closed or not held there",
-                    )?;
+                    replica.quarantine_returned(&returned, RETURNED)?;
                     self.report.returned += returned.len();
                 }
                 if self.in_flight.front() != Some(&Pushed::Push) || upto > self.push_sent {
@@ -1430,7 +1425,7 @@ mod tests {
         );
         // A read now adds a trace entry: it waits for the next round, behind nothing.
         let first = site.outbox(0, 1).expect("outbox")[0].1.clone();
-        let Change::Document(meta) = first else {
+        let Some(meta) = first.document() else {
             panic!("a document first")
         };
         site.read_document(&actor, &meta.facts.id, AccessMode::Normal, None)

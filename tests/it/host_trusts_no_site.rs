@@ -9,8 +9,11 @@ use std::time::Duration;
 use carnet_store::authority::AuthorityRecord;
 use carnet_store::ids::{DocId, Ins, Rpps, SiteId};
 use carnet_store::merge::DocumentMeta;
-use carnet_store::model::{Author, DocClass, DocState, DocumentFacts, Profession};
-use carnet_store::replica::{Change, PullItem};
+use carnet_store::model::{
+    Actor, Author, Availability, DocClass, DocState, DocumentFacts, Profession,
+};
+use carnet_store::policy::Action;
+use carnet_store::replica::{Act, Change, PullItem};
 use carnet_syncd::session::Msg;
 
 use crate::daemon::{
@@ -186,8 +189,15 @@ fn about_dossier(item: &PullItem, ins: &Ins) -> bool {
     }
 }
 
-/// A new document of `ins` written at `site` by `author`, as a rogue would forge it.
-fn forged_document(ins: &str, site: u32, author: &str, body: &[u8]) -> DocumentMeta {
+/// A new document of `ins` written at `site` by `author` as a `profession`, as a rogue would
+/// forge it.
+fn forged_document(
+    ins: &str,
+    site: u32,
+    author: &str,
+    profession: Profession,
+    body: &[u8],
+) -> DocumentMeta {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
@@ -203,7 +213,7 @@ fn forged_document(ins: &str, site: u32, author: &str, body: &[u8]) -> DocumentM
             title: "forged (synthetic)".into(),
             author: Author::Professional {
                 rpps: Rpps::parse(author).expect("rpps"),
-                profession: Profession::Medecin,
+                profession,
             },
             author_site: SiteId(site),
             created_at: now,
@@ -228,12 +238,12 @@ fn writing_into_a_dossier_does_not_bring_the_rest_of_it() {
         .ok(&["pki", "bind", "--site", &w.site_id, "--rpps", NURSE]);
     let rogue = Rogue::connect(&w.bundle);
     let body = b"a note (synthetic)";
-    let meta = forged_document(&w.ins, rogue.site, NURSE, body);
+    let meta = forged_document(&w.ins, rogue.site, NURSE, Profession::Infirmier, body);
     let own = meta.facts.id;
     let replies = rogue.session(vec![
         rogue.hello(0, 0),
         Msg::Push {
-            changes: vec![(1, Change::Document(Box::new(meta)))],
+            changes: vec![(1, written(meta))],
             bodies: vec![carnet_store::replica::BodyPiece {
                 doc: own,
                 offset: 0,
@@ -323,12 +333,12 @@ fn a_site_that_owes_no_body_cannot_send_one_nor_cancel_the_debt() {
         .ok(&["pki", "bind", "--site", &honest_id, "--rpps", NURSE]);
     let honest = Rogue::connect(&honest_bundle);
     let body = b"the nurse's note, as written (synthetic)";
-    let meta = forged_document(&w.ins, honest.site, NURSE, body);
+    let meta = forged_document(&w.ins, honest.site, NURSE, Profession::Infirmier, body);
     let doc = meta.facts.id;
     let replies = honest.session(vec![
         honest.hello(0, 0),
         Msg::Push {
-            changes: vec![(1, Change::Document(Box::new(meta)))],
+            changes: vec![(1, written(meta))],
             bodies: vec![],
         },
     ]);
@@ -553,4 +563,244 @@ fn an_emergency_outside_the_scope_is_fetched_on_demand_decided_and_traced_at_the
         .map(|e| e["allowed"].clone())
         .collect();
     assert_eq!(at_host, [false, true], "{emergencies}");
+}
+
+/// A new document as a site pushes it: written by its author.
+fn written(meta: DocumentMeta) -> Change {
+    let actor = match &meta.facts.author {
+        Author::Professional { rpps, .. } => Actor::Professional(rpps.clone()),
+        Author::Holder => Actor::Holder,
+        Author::Representative => Actor::Representative,
+    };
+    Change::Document {
+        meta: Box::new(meta),
+        acts: vec![Act {
+            actor,
+            action: Action::Write,
+        }],
+    }
+}
+
+/// A changed document as a site pushes it, with `rpps` as the one who did `action`.
+fn acted(meta: DocumentMeta, rpps: &str, action: Action) -> Change {
+    Change::Document {
+        meta: Box::new(meta),
+        acts: vec![Act {
+            actor: Actor::Professional(Rpps::parse(rpps).expect("rpps")),
+            action,
+        }],
+    }
+}
+
+/// `NURSE` registered at the host, bound to the world's site and granted on its dossier: the
+/// site legitimately holds the host's document. Answers the rogue and that document as it
+/// pulled it.
+fn nurse_holding_the_hosts_document(w: &World) -> (Rogue, DocumentMeta) {
+    w.host.pro(NURSE, "infirmier");
+    w.host
+        .ok(&["pki", "bind", "--site", &w.site_id, "--rpps", NURSE]);
+    w.host
+        .ok(&["grant", "add", "--dossier", &w.ins, "--rpps", NURSE]);
+    let rogue = Rogue::connect(&w.bundle);
+    let host_doc = DocId::parse(&w.doc).expect("id");
+    let meta = pulled_items(&rogue.pull_all())
+        .into_iter()
+        .find_map(|i| match i {
+            PullItem::Document(m) if m.facts.id == host_doc => Some(*m),
+            _ => None,
+        })
+        .expect("the nurse's site receives the host's document");
+    (rogue, meta)
+}
+
+/// Pushes `change` as the rogue's change `seq`; answers the documents the host returned.
+fn push(rogue: &Rogue, seq: u64, change: Change) -> Vec<DocId> {
+    let replies = rogue.session(vec![
+        rogue.hello(0, seq - 1),
+        Msg::Push {
+            changes: vec![(seq, change)],
+            bodies: vec![],
+        },
+    ]);
+    replies
+        .iter()
+        .find_map(|m| match m {
+            Msg::PushAck { upto, returned, .. } if *upto == seq => Some(returned.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no acknowledgement of change {seq}: {replies:?}"))
+}
+
+/// The host's document as `DOCTOR` lists it at the host (`None` when he does not see it).
+fn at_host(w: &World, id: &str) -> Option<serde_json::Value> {
+    w.host
+        .json(&["doc", "list", "--dossier", &w.ins, "--as", DOCTOR])
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|d| d["id"] == id)
+        .cloned()
+}
+
+#[test]
+fn a_site_cannot_delete_a_document_its_professional_could_not() {
+    let w = world();
+    let (rogue, mut meta) = nurse_holding_the_hosts_document(&w);
+    let id = meta.facts.id;
+    meta.update(SiteId(rogue.site), |s| {
+        s.availability = Some(Availability::Deleted)
+    });
+    // The nurse may read and mask it (an active grant), not delete it (only its author may).
+    let returned = push(&rogue, 1, acted(meta.clone(), NURSE, Action::Delete));
+    assert_eq!(returned, vec![id], "the deletion was not returned");
+    // Nor is a deletion that names no act, or its author (who does not practise at that site).
+    let mut bare = acted(meta.clone(), NURSE, Action::Delete);
+    if let Change::Document { acts, .. } = &mut bare {
+        acts.clear();
+    }
+    assert_eq!(push(&rogue, 2, bare), vec![id]);
+    assert_eq!(
+        push(&rogue, 3, acted(meta, DOCTOR, Action::Delete)),
+        vec![id]
+    );
+    let shown = at_host(&w, &w.doc).expect("still listed at the host");
+    assert_eq!(shown["availability"], "approved", "{shown}");
+    assert_eq!(
+        w.host.body(&w.doc, DOCTOR),
+        b"written at the host (synthetic)"
+    );
+    assert!(host_traced(&w.host, &w.ins, "returned to site") >= 3);
+}
+
+#[test]
+fn a_mask_in_the_name_of_a_professional_the_host_does_not_bind_there_is_returned() {
+    let w = world();
+    let (rogue, mut meta) = nurse_holding_the_hosts_document(&w);
+    let id = meta.facts.id;
+    meta.update(SiteId(rogue.site), |s| s.flags.masque_ps = true);
+    // The médecin traitant may mask anything, but he does not practise at that site; the
+    // stranger is nobody the host knows.
+    assert_eq!(
+        push(&rogue, 1, acted(meta.clone(), DOCTOR, Action::Mask)),
+        vec![id]
+    );
+    assert_eq!(
+        push(&rogue, 2, acted(meta.clone(), STRANGER, Action::Mask)),
+        vec![id]
+    );
+    let shown = at_host(&w, &w.doc).expect("listed");
+    assert_eq!(shown["confidentiality"], serde_json::json!([]), "{shown}");
+    assert!(host_traced(&w.host, &w.ins, "does not practise at that site") >= 1);
+    // The nurse the host binds there, granted, may mask it: that is merged.
+    assert!(push(&rogue, 3, acted(meta, NURSE, Action::Mask)).is_empty());
+    let shown = at_host(&w, &w.doc).expect("listed");
+    assert_eq!(shown["confidentiality"][0], "MASQUE_PS", "{shown}");
+}
+
+#[test]
+fn a_version_vector_that_advances_another_replicas_counter_is_refused() {
+    let w = world();
+    let (rogue, meta) = nurse_holding_the_hosts_document(&w);
+    let id = meta.facts.id;
+    // A mask the nurse may make, in a version claiming to have seen changes of the host, or
+    // of another site, that the host never made or received.
+    for (seq, other) in [(1, SiteId(0)), (2, SiteId(rogue.site + 1))] {
+        let mut forged = meta.clone();
+        forged.update(SiteId(rogue.site), |s| s.flags.masque_ps = true);
+        for _ in 0..1000 {
+            forged.update(other, |_| {});
+        }
+        assert_eq!(
+            push(&rogue, seq, acted(forged, NURSE, Action::Mask)),
+            vec![id]
+        );
+    }
+    let shown = at_host(&w, &w.doc).expect("listed");
+    assert_eq!(shown["confidentiality"], serde_json::json!([]), "{shown}");
+    assert!(host_traced(&w.host, &w.ins, "version vector") >= 2);
+    // The host's own later change still reaches the site.
+    w.host
+        .ok(&["doc", "hide-from-patient", &w.doc, "--as", DOCTOR]);
+    let now = pulled_items(&rogue.pull_all())
+        .into_iter()
+        .find_map(|i| match i {
+            PullItem::Document(m) if m.facts.id == id => Some(*m),
+            _ => None,
+        })
+        .expect("the document");
+    assert!(now.state().flags.invisible_patient, "{:?}", now.state());
+    // And the same mask with an honest version vector is merged.
+    let mut honest = now;
+    honest.update(SiteId(rogue.site), |s| s.flags.masque_ps = true);
+    assert!(push(&rogue, 3, acted(honest, NURSE, Action::Mask)).is_empty());
+    let shown = at_host(&w, &w.doc).expect("listed");
+    assert!(
+        shown["confidentiality"]
+            .as_array()
+            .expect("flags")
+            .contains(&"MASQUE_PS".into()),
+        "{shown}"
+    );
+}
+
+#[test]
+fn a_new_document_is_taken_only_from_an_author_the_host_binds_there_as_the_host_knows_him() {
+    let w = world();
+    // The nurse is bound to the site: he may feed the dossier (row 11), as a nurse.
+    w.host.pro(NURSE, "infirmier");
+    w.host
+        .ok(&["pki", "bind", "--site", &w.site_id, "--rpps", NURSE]);
+    let rogue = Rogue::connect(&w.bundle);
+    let body = b"a note (synthetic)";
+    let cases = [
+        // Nobody the host binds to the site.
+        forged_document(&w.ins, rogue.site, STRANGER, Profession::Medecin, body),
+        // A doctor of the dossier, who does not practise at that site.
+        forged_document(&w.ins, rogue.site, DOCTOR, Profession::Medecin, body),
+        // The nurse, claiming to be a doctor.
+        forged_document(&w.ins, rogue.site, NURSE, Profession::Medecin, body),
+    ];
+    for (seq, meta) in (1..).zip(cases) {
+        let id = meta.facts.id;
+        assert_eq!(push(&rogue, seq, written(meta)), vec![id], "case {seq}");
+        assert!(at_host(&w, &id.to_string()).is_none(), "case {seq}");
+    }
+    assert!(host_traced(&w.host, &w.ins, "returned to site") >= 3);
+    // The nurse as a nurse: taken.
+    let meta = forged_document(&w.ins, rogue.site, NURSE, Profession::Infirmier, body);
+    let id = meta.facts.id;
+    assert!(push(&rogue, 4, written(meta)).is_empty());
+    assert!(at_host(&w, &id.to_string()).is_some());
+}
+
+#[test]
+fn a_mask_by_a_bound_and_granted_professional_at_a_real_site_reaches_the_host() {
+    let w = world();
+    w.host.pro(NURSE, "infirmier");
+    w.host
+        .ok(&["pki", "bind", "--site", &w.site_id, "--rpps", NURSE]);
+    w.host
+        .ok(&["grant", "add", "--dossier", &w.ins, "--rpps", NURSE]);
+    w.site.pro(NURSE, "infirmier");
+    let _site_daemon = start_daemon(&w.site);
+    wait_for_socket(&w.site);
+    sync_until_ok(&w.site, Duration::from_secs(30));
+    assert_eq!(
+        w.site.body(&w.doc, NURSE),
+        b"written at the host (synthetic)"
+    );
+    // She may mask it; deleting it is refused at the site already.
+    w.site.ok(&["doc", "mask", &w.doc, "--as", NURSE]);
+    w.site.fails(3, &["doc", "delete", &w.doc, "--as", NURSE]);
+    let written_there = w
+        .site
+        .add_doc(&w.ins, NURSE, "10", CONSULTATION, "soins", b"n");
+    sync_until_ok(&w.site, Duration::from_secs(30));
+    let shown = at_host(&w, &w.doc).expect("listed");
+    assert_eq!(shown["confidentiality"][0], "MASQUE_PS", "{shown}");
+    assert!(at_host(&w, &written_there).is_some());
+    let status = w.site.json(&["sync", "status"]);
+    assert_eq!(status["quarantine"], serde_json::json!([]), "{status}");
+    assert_eq!(status["pending"], 0, "{status}");
+    assert_eq!(host_traced(&w.host, &w.ins, "returned to site"), 0);
 }

@@ -96,8 +96,19 @@ impl Replica {
         if !meta.state().flags.invisible_patient {
             return Ok(false);
         }
+        let before = meta.state().flags;
         meta.update(self.config.site_id, |s| s.flags.invisible_patient = false);
-        self.store_new_state(&txn, &stored, &key, &meta)?;
+        // The host's own change: stored and fanned out (no outbox, no act to decide).
+        self.put_meta(
+            &mut txn.open_table(DOCS)?,
+            &key,
+            &stored.dossier,
+            stored.rev + 1,
+            &meta,
+        )?;
+        self.host_document_changed(&txn, &stored.dossier, id, None)?;
+        // A site's version that has not seen the release may carry the flag back.
+        self.record_host_clears(&txn, before, &meta)?;
         txn.open_table(ANNOUNCEMENTS)?.remove(&id.0)?;
         let mut entry = self.admin_entry("announcement-released", Some(&meta.facts.ins), None);
         entry.doc = Some(*id);

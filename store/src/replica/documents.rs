@@ -10,6 +10,7 @@ use std::sync::Arc;
 use redb::{ReadTransaction, ReadableTable, Table, WriteTransaction};
 use zeroize::Zeroizing;
 
+use super::sync::Act;
 use super::tables::*;
 use super::{Generation, Replica, Role};
 use crate::audit::{AuditEntry, TraceAction, TraceActor};
@@ -440,16 +441,15 @@ impl Replica {
         Ok(last_queued.unwrap_or(0).max(acked) + 1)
     }
 
-    /// A document changed here: a site queues it for the host; the host logs it for the sites
-    /// whose scope holds its dossier.
-    /// Stores `meta` as the next revision of the document `stored`, and records the change
-    /// (outbox on a site, fan-out on the host), in `txn`.
+    /// Stores `meta` as the next revision of the document `stored`, and records the change,
+    /// made by `act` (outbox on a site, fan-out on the host), in `txn`.
     pub(super) fn store_new_state(
         &self,
         txn: &WriteTransaction,
         stored: &StoredDoc,
         key: &Key,
         meta: &DocumentMeta,
+        act: &Act,
     ) -> Result<()> {
         self.put_meta(
             &mut txn.open_table(DOCS)?,
@@ -458,12 +458,26 @@ impl Replica {
             stored.rev + 1,
             meta,
         )?;
-        self.record_change(txn, &stored.dossier, &meta.facts.id)
+        self.record_change(txn, &stored.dossier, &meta.facts.id, act)
     }
 
-    fn record_change(&self, txn: &WriteTransaction, bi: &[u8; 32], id: &DocId) -> Result<()> {
+    /// A document changed here by `act`: a site queues it, with the act, for the host (which
+    /// decides the act again); the host logs it for the sites whose scope holds its dossier.
+    fn record_change(
+        &self,
+        txn: &WriteTransaction,
+        bi: &[u8; 32],
+        id: &DocId,
+        act: &Act,
+    ) -> Result<()> {
         match self.config.role {
-            Role::Site => self.push_outbox(txn, OutboxItem::Document(id.0)),
+            Role::Site => {
+                let seq = Self::next_outbox_seq(txn)?;
+                let item = self.document_act_item(id, seq, act)?;
+                txn.open_table(OUTBOX)?
+                    .insert(seq, postcard::to_stdvec(&item)?.as_slice())?;
+                Ok(())
+            }
             Role::Host => self.host_document_changed(txn, bi, id, None),
         }
     }
@@ -591,8 +605,13 @@ impl Replica {
                     )?;
                 }
                 if self.config.role == Role::Site {
-                    let item = postcard::to_stdvec(&OutboxItem::Document(id.0))?;
-                    outbox.insert(first_seq + n as u64, item.as_slice())?;
+                    let seq = first_seq + n as u64;
+                    let act = Act {
+                        actor: actor.clone(),
+                        action: Action::Write,
+                    };
+                    let item = postcard::to_stdvec(&self.document_act_item(&id, seq, &act)?)?;
+                    outbox.insert(seq, item.as_slice())?;
                 } else {
                     fanout.push((bi, id));
                 }
@@ -861,8 +880,16 @@ impl Replica {
             txn.abort()?;
             return Err(self.deny_with_trace(vec![entry], &decision)?);
         }
+        let before = meta.state().flags;
         meta.update(self.config.site_id, change);
-        self.store_new_state(&txn, &stored, &key, &meta)?;
+        let act = Act {
+            actor: actor.clone(),
+            action,
+        };
+        self.store_new_state(&txn, &stored, &key, &meta, &act)?;
+        // An unmask at the host: a site's version that has not seen it may carry the mask back
+        // without an act (`push_check`).
+        self.record_host_clears(&txn, before, &meta)?;
         txn.trace(vec![entry]);
         txn.commit()?;
         Ok(meta)
@@ -942,8 +969,12 @@ impl Replica {
             let unique = self.unique_index(&stored.dossier, &new.facts.unique_id);
             uniques.insert(unique.as_slice(), &id.0)?;
         }
-        self.record_change(&txn, &stored.dossier, old_id)?;
-        self.record_change(&txn, &stored.dossier, &id)?;
+        let acted = |action| Act {
+            actor: actor.clone(),
+            action,
+        };
+        self.record_change(&txn, &stored.dossier, old_id, &acted(Action::Replace))?;
+        self.record_change(&txn, &stored.dossier, &id, &acted(Action::Write))?;
         entry.doc = Some(*old_id);
         txn.trace(vec![entry]);
         txn.commit()?;

@@ -24,6 +24,7 @@ mod emergency_fetch;
 mod host_sync;
 mod journal;
 mod pending_grants;
+mod push_check;
 mod quarantine;
 mod site_access;
 mod site_traces;
@@ -57,7 +58,7 @@ pub use emergency_fetch::EMERGENCY_VALID;
 pub use host_sync::{PullItem, PullPage, PullReport};
 pub use quarantine::Quarantined;
 pub use site_access::{RequestKind, SiteRequest};
-pub use sync::{Applied, BodyPiece, Change, PushApplied};
+pub use sync::{Act, Applied, BodyPiece, Change, PushApplied};
 
 use crate::audit::{AuditEntry, ChainedEntry, GroupCommit, TraceAction, TraceActor};
 use crate::authority::{AuthorityRecord, Verified};

@@ -92,7 +92,9 @@ impl Replica {
         let mut pending = Vec::new();
         for row in snap.open_table(OUTBOX)?.iter()? {
             let (k, v) = row?;
-            if let OutboxItem::Document(id) = postcard::from_bytes(v.value())? {
+            if let OutboxItem::Document(id) | OutboxItem::DocumentAct { id, .. } =
+                postcard::from_bytes(v.value())?
+            {
                 let in_dossier = snap
                     .open_table(DOCS)?
                     .get(&id)?

@@ -17,13 +17,57 @@ use crate::authority::AuthorityRecord;
 use crate::error::{Error, Result};
 use crate::ids::{DocId, SiteId};
 use crate::merge::DocumentMeta;
-use crate::model::DossierStatus;
+use crate::model::{Actor, Author, DossierStatus};
+use crate::policy::Action;
+
+/// Who did what to a document at the site that pushes it: the host decides it again with its
+/// own registry and records (DOMAIN §4; `push_check`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Act {
+    /// Who acted, as the site declared them (`--as`).
+    pub actor: Actor,
+    /// What they did: `Write`, `Replace`, `Mask`, `HideFromPatient`,
+    /// `HideFromRepresentatives` or `Delete`.
+    pub action: Action,
+}
+
+impl Act {
+    /// The acts a change recorded without them (an outbox entry of an earlier build, or a
+    /// `Change::LegacyDocument`) is taken for: the document's author, doing any of what a site
+    /// may do to a document. The host decides each one as it would the same act named
+    /// explicitly, so this grants nothing a site could not claim.
+    pub fn by_author(meta: &DocumentMeta) -> Vec<Act> {
+        let actor = match &meta.facts.author {
+            Author::Professional { rpps, .. } => Actor::Professional(rpps.clone()),
+            Author::Holder => Actor::Holder,
+            Author::Representative => Actor::Representative,
+        };
+        [
+            Action::Replace,
+            Action::Mask,
+            Action::HideFromPatient,
+            Action::HideFromRepresentatives,
+            Action::Delete,
+        ]
+        .into_iter()
+        .map(|action| Act {
+            actor: actor.clone(),
+            action,
+        })
+        .collect()
+    }
+}
 
 /// A change as it travels between replicas.
+///
+/// Variants are only ever added at the end (postcard names them by position): a host decodes
+/// what sites of an earlier build send.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Change {
-    /// A document's metadata (all of it: merge makes repeats harmless).
-    Document(Box<DocumentMeta>),
+    /// A document's metadata without its acts, as sites of an earlier build send it: the host
+    /// takes it as acted by the document's author (`Act::by_author`). This build sends
+    /// `Document`.
+    LegacyDocument(Box<DocumentMeta>),
     /// A professional registered at the sending site (it shapes the site's scope on the host).
     Professional(crate::model::Professional),
     /// The site purged a dossier and says so.
@@ -48,6 +92,16 @@ pub enum Change {
         /// The professional.
         rpps: crate::ids::Rpps,
     },
+    /// A document's metadata (all of it: merge makes repeats harmless), with the acts that made
+    /// what it carries: every act queued at the site for this document from this change on
+    /// (several local changes travel as one merged metadata). The host requires each change
+    /// of state it brings to be made by one of them, as the host decides it (`push_check`).
+    Document {
+        /// The metadata.
+        meta: Box<DocumentMeta>,
+        /// Who did what, oldest first, without repeats.
+        acts: Vec<Act>,
+    },
     /// A break-glass or centre 15 fetch of a dossier the site does not hold: the host decides
     /// it for the professional it binds to that site, and traces it.
     EmergencyFetch {
@@ -60,6 +114,16 @@ pub enum Change {
         /// The reason the professional stated.
         reason: String,
     },
+}
+
+impl Change {
+    /// The document this change carries, if it is one.
+    pub fn document(&self) -> Option<&DocumentMeta> {
+        match self {
+            Change::Document { meta, .. } | Change::LegacyDocument(meta) => Some(meta),
+            _ => None,
+        }
+    }
 }
 
 /// The result of `apply_remote`.
@@ -87,17 +151,69 @@ pub struct PushApplied {
 }
 
 impl Replica {
-    /// Local changes after `after`, in order, at most `limit`.
+    /// Local changes after `after`, in order, at most `limit`. A document's change carries its
+    /// current merged metadata and every act queued for it from that entry on, including those
+    /// queued after the `limit` entries returned (they are in the metadata too).
     pub fn outbox(&self, after: u64, limit: usize) -> Result<Vec<(u64, Change)>> {
         let (txn, generation) = self.snapshot()?;
         let outbox = txn.open_table(OUTBOX)?;
-        let mut out = Vec::new();
-        for row in outbox.range(after.saturating_add(1)..)?.take(limit) {
+        let mut rows = outbox.range(after.saturating_add(1)..)?;
+        let mut window: Vec<(u64, OutboxItem)> = Vec::new();
+        for row in rows.by_ref().take(limit) {
             let (k, v) = row?;
-            match postcard::from_bytes(v.value())? {
-                OutboxItem::Document(id) => {
-                    let (_, _, meta) = self.load_doc(&txn, generation, &DocId(id))?;
-                    out.push((k.value(), Change::Document(Box::new(meta))));
+            window.push((k.value(), postcard::from_bytes(v.value())?));
+        }
+        // The documents of the window, and the acts queued for each after the window.
+        let mut metas: std::collections::HashMap<[u8; 16], DocumentMeta> =
+            std::collections::HashMap::new();
+        for (_, item) in &window {
+            if let OutboxItem::Document(id) | OutboxItem::DocumentAct { id, .. } = item
+                && !metas.contains_key(id)
+            {
+                let (_, _, meta) = self.load_doc(&txn, generation, &DocId(*id))?;
+                metas.insert(*id, meta);
+            }
+        }
+        let mut later: std::collections::HashMap<[u8; 16], Vec<Act>> =
+            std::collections::HashMap::new();
+        if !metas.is_empty() {
+            // Only the ids are read here; an act is opened only for a document of the window.
+            for row in rows {
+                let (k, v) = row?;
+                let item: OutboxItem = postcard::from_bytes(v.value())?;
+                if let OutboxItem::Document(id) | OutboxItem::DocumentAct { id, .. } = &item
+                    && let Some(meta) = metas.get(id)
+                {
+                    let acts = self.queued_acts(k.value(), &item, meta)?;
+                    later.entry(*id).or_default().extend(acts);
+                }
+            }
+        }
+        // From the last entry back: each document entry takes the acts queued from it on.
+        let mut out = Vec::with_capacity(window.len());
+        for (seq, item) in window.into_iter().rev() {
+            match item {
+                OutboxItem::Document(id) | OutboxItem::DocumentAct { id, .. } => {
+                    let meta = metas.get(&id).ok_or_else(|| {
+                        Error::integrity("an outbox entry's document was not loaded")
+                    })?;
+                    let mut acts = self.queued_acts(seq, &item, meta)?;
+                    let from_here = later.entry(id).or_default();
+                    acts.append(from_here);
+                    let mut unique: Vec<Act> = Vec::with_capacity(acts.len());
+                    for act in acts {
+                        if !unique.contains(&act) {
+                            unique.push(act);
+                        }
+                    }
+                    from_here.clone_from(&unique);
+                    out.push((
+                        seq,
+                        Change::Document {
+                            meta: Box::new(meta.clone()),
+                            acts: unique,
+                        },
+                    ));
                 }
                 OutboxItem::PurgeReceipt {
                     sealed_ins,
@@ -111,25 +227,25 @@ impl Replica {
                     let ins = crate::ids::Ins::parse(
                         std::str::from_utf8(&plain).map_err(|_| Error::integrity("receipt"))?,
                     )?;
-                    out.push((k.value(), Change::PurgeReceipt { ins, receipt }));
+                    out.push((seq, Change::PurgeReceipt { ins, receipt }));
                 }
                 OutboxItem::Pin { sealed_ins, on } => {
                     let ins = self.open_pinned_ins(&sealed_ins)?;
-                    out.push((k.value(), Change::Pin { ins, on }));
+                    out.push((seq, Change::Pin { ins, on }));
                 }
                 OutboxItem::Professional(rpps) => {
                     let pro = self.who_is(&txn, &crate::ids::Rpps::parse(&rpps)?)?;
-                    out.push((k.value(), Change::Professional(pro)));
+                    out.push((seq, Change::Professional(pro)));
                 }
                 OutboxItem::PendingGrant { sealed_ins, rpps } => {
                     let ins = self.open_pending_ins(&sealed_ins)?;
                     let rpps = crate::ids::Rpps::parse(&rpps)?;
-                    out.push((k.value(), Change::PendingGrant { ins, rpps }));
+                    out.push((seq, Change::PendingGrant { ins, rpps }));
                 }
                 OutboxItem::EmergencyFetch { sealed } => {
                     let r = self.open_emergency_request(&sealed)?;
                     out.push((
-                        k.value(),
+                        seq,
                         Change::EmergencyFetch {
                             ins: r.ins,
                             rpps: r.rpps,
@@ -140,7 +256,36 @@ impl Replica {
                 }
             }
         }
+        out.reverse();
         Ok(out)
+    }
+
+    /// The acts an outbox entry of a document records: its own act, or for an entry of an
+    /// earlier build, the author's (`Act::by_author`).
+    fn queued_acts(&self, seq: u64, item: &OutboxItem, meta: &DocumentMeta) -> Result<Vec<Act>> {
+        match item {
+            OutboxItem::DocumentAct { id, sealed_act } => {
+                let plain = self
+                    .keys
+                    .registry
+                    .open(&act_aad(id, seq), sealed_act)
+                    .map_err(|_| Error::integrity("a queued act was altered"))?;
+                Ok(vec![postcard::from_bytes(&plain)?])
+            }
+            _ => Ok(Act::by_author(meta)),
+        }
+    }
+
+    /// The outbox entry recording `act` on document `id`, to be queued at `seq`.
+    pub(super) fn document_act_item(&self, id: &DocId, seq: u64, act: &Act) -> Result<OutboxItem> {
+        let sealed_act = self
+            .keys
+            .registry
+            .seal(&act_aad(&id.0, seq), &postcard::to_stdvec(act)?)?;
+        Ok(OutboxItem::DocumentAct {
+            id: id.0,
+            sealed_act,
+        })
     }
 
     /// The highest change sequence applied here from `origin` (what a site resumes pushing
@@ -264,7 +409,7 @@ impl Replica {
         for row in txn.open_table(OUTBOX)?.iter()? {
             let (_, v) = row?;
             let kind = match postcard::from_bytes::<OutboxItem>(v.value())? {
-                OutboxItem::Document(_) => "document",
+                OutboxItem::Document(_) | OutboxItem::DocumentAct { .. } => "document",
                 OutboxItem::Professional(_) => "professional",
                 OutboxItem::PurgeReceipt { .. } => "purge-receipt",
                 OutboxItem::Pin { .. } => "pin",
@@ -367,14 +512,14 @@ impl Replica {
         let documents: Vec<DocId> = changes
             .iter()
             .zip(&outcomes)
-            .filter_map(|((_, change), outcome)| match (change, outcome) {
-                (Change::Document(meta), Applied::Applied | Applied::Duplicate)
-                    if meta.facts.size > 0 =>
-                {
-                    Some(meta.facts.id)
-                }
-                _ => None,
-            })
+            .filter_map(
+                |((_, change), outcome)| match (change.document(), outcome) {
+                    (Some(meta), Applied::Applied | Applied::Duplicate) if meta.facts.size > 0 => {
+                        Some(meta.facts.id)
+                    }
+                    _ => None,
+                },
+            )
             .collect();
         let lacking = Self::lacking_in(
             &txn.open_table(BODIES)?,
@@ -397,13 +542,21 @@ impl Replica {
         bodies: &InlineBodies<'_>,
         dossiers: &mut ActiveDossiers,
     ) -> Result<Applied> {
-        if !matches!(change, Change::Document(_)) {
-            // It may change what is active here (a pending grant's decision).
+        if change.document().is_none() {
+            // It may change what is active here (a pending grant's decision) or a scope.
             dossiers.clear();
         }
         let outcome = match change {
-            Change::Document(remote) => {
-                let from_site = (self.config.role == super::Role::Host).then_some(origin);
+            Change::Document { meta: remote, .. } | Change::LegacyDocument(remote) => {
+                let legacy;
+                let acts: &[Act] = match change {
+                    Change::Document { acts, .. } => acts,
+                    _ => {
+                        legacy = Act::by_author(remote);
+                        &legacy
+                    }
+                };
+                let from_site = (self.config.role == super::Role::Host).then_some((origin, acts));
                 let body = bodies.for_doc(remote);
                 let outcome = self.merge_remote_document(txn, remote, from_site, body, dossiers)?;
                 if outcome == Applied::Returned && from_site.is_some() {
@@ -494,12 +647,14 @@ impl Replica {
 
     /// Merges a remote document's metadata in `txn`, or returns it when its dossier is not
     /// active here; `body`, checked against the metadata by the caller, is stored with it
-    /// when this replica lacks it.
+    /// when this replica lacks it. On the host, `from_site` names the site that pushed it and
+    /// the acts it recorded: the host decides the change again (`push_check`) and returns it,
+    /// traced, unless every change it brings is allowed.
     pub(super) fn merge_remote_document(
         &self,
-        txn: &WriteTransaction,
+        txn: &super::Writer<'_>,
         remote: &DocumentMeta,
-        from_site: Option<SiteId>,
+        from_site: Option<(SiteId, &[Act])>,
         body: Option<&[u8]>,
         dossiers: &mut ActiveDossiers,
     ) -> Result<Applied> {
@@ -528,11 +683,20 @@ impl Replica {
             }
         };
         let Some(key) = key else {
+            if let Some((origin, _)) = from_site {
+                let refusal = super::push_check::Refusal {
+                    actor: crate::audit::TraceActor::System,
+                    action: None,
+                    rule: 1,
+                    reason: "its dossier is not active at the host (closed, purged or unknown)"
+                        .into(),
+                };
+                txn.trace(vec![self.returned_entry(txn, origin, remote, refusal)?]);
+            }
             return Ok(Applied::Returned);
         };
         let id = remote.facts.id;
-        let mut docs = txn.open_table(DOCS)?;
-        let existing: Option<StoredDoc> = match docs.get(&id.0)? {
+        let existing: Option<StoredDoc> = match txn.open_table(DOCS)?.get(&id.0)? {
             Some(v) => Some(postcard::from_bytes(v.value())?),
             None => None,
         };
@@ -541,24 +705,48 @@ impl Replica {
                 if stored.dossier != bi {
                     return Err(Error::integrity("a document moved to another dossier"));
                 }
-                let mut mine = self.open_meta(&key, &id.0, &stored)?;
-                let before = mine.state();
+                let before = self.open_meta(&key, &id.0, &stored)?;
+                let mut mine = before.clone();
                 mine.merge(remote)?;
-                if from_site.is_some() && widens(&before, &mine.state()) {
-                    // Unmasking, unhiding or undeleting is the host's decision (DOMAIN §5): a
-                    // site's change that would do it is refused, and the host's state stays.
-                    return Ok(Applied::Returned);
+                if let Some((origin, acts)) = from_site {
+                    if widens(&before.state(), &mine.state()) {
+                        // Unmasking, unhiding or undeleting is the host's decision (DOMAIN §5):
+                        // a site's change that would do it is refused, and the host's state
+                        // stays.
+                        return Ok(Applied::Returned);
+                    }
+                    if let Some(refusal) = self.judge_pushed_change(
+                        txn,
+                        origin,
+                        &bi,
+                        &before,
+                        remote,
+                        &mine,
+                        acts,
+                        &mut dossiers.judged,
+                    )? {
+                        txn.trace(vec![self.returned_entry(txn, origin, remote, refusal)?]);
+                        return Ok(Applied::Returned);
+                    }
                 }
-                self.put_meta(&mut docs, &key, &bi, stored.rev + 1, &mine)?;
-            }
-            None if from_site.is_some_and(|site| remote.facts.author_site != site) => {
-                // A site writes in its own name only.
-                return Err(Error::invalid(
-                    "a site sent a new document written in another site's name",
-                ));
+                self.put_meta(&mut txn.open_table(DOCS)?, &key, &bi, stored.rev + 1, &mine)?;
             }
             None => {
-                self.put_meta(&mut docs, &key, &bi, 1, remote)?;
+                if let Some((origin, acts)) = from_site {
+                    if remote.facts.author_site != origin {
+                        // A site writes in its own name only.
+                        return Err(Error::invalid(
+                            "a site sent a new document written in another site's name",
+                        ));
+                    }
+                    if let Some(refusal) =
+                        self.judge_pushed_new(txn, origin, &bi, remote, acts, &mut dossiers.judged)?
+                    {
+                        txn.trace(vec![self.returned_entry(txn, origin, remote, refusal)?]);
+                        return Ok(Applied::Returned);
+                    }
+                }
+                self.put_meta(&mut txn.open_table(DOCS)?, &key, &bi, 1, remote)?;
                 match body {
                     Some(body) => {
                         self.put_body(&mut txn.open_table(BODIES)?, &key, &id, body)?;
@@ -954,6 +1142,11 @@ fn owed_key(id: &[u8; 16], site: u32) -> [u8; 20] {
     k
 }
 
+/// Associated data of a queued act: bound to its document and its outbox entry.
+fn act_aad(id: &[u8; 16], seq: u64) -> Vec<u8> {
+    crate::crypto::aad(&[b"outbox-act", id, &seq.to_le_bytes()])
+}
+
 /// Associated data of a kept body piece: bound to its document and offset.
 fn piece_aad(id: &[u8; 16], offset: u64) -> Vec<u8> {
     crate::crypto::aad(&[b"partial-body", id, &offset.to_le_bytes()])
@@ -978,6 +1171,8 @@ pub(super) struct ActiveDossiers {
     keys: std::collections::HashMap<[u8; 32], Option<crate::crypto::Key>>,
     /// Host: the sites holding a dossier, once the batch's origin wrote to it.
     holders: std::collections::HashMap<[u8; 32], Vec<u32>>,
+    /// Host: what deciding the origin's acts looked up (`push_check`).
+    judged: super::push_check::Judged,
 }
 
 impl ActiveDossiers {
@@ -985,6 +1180,7 @@ impl ActiveDossiers {
     pub(super) fn clear(&mut self) {
         self.keys.clear();
         self.holders.clear();
+        self.judged.clear();
     }
 }
 

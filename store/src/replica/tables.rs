@@ -83,6 +83,13 @@ pub const SITE_CHAIN_KEYS: TableDefinition<u32, &[u8]> = TableDefinition::new("s
 /// Host: until when a dossier stays in a site's scope for an emergency fetch the host allowed:
 /// `site (u32 BE) ‖ blind index` → Unix milliseconds.
 pub const EMERGENCY_SCOPES: TableDefinition<&[u8], i64> = TableDefinition::new("emergency_scopes");
+/// Host: the flags the host itself cleared on a document (an unmask, the announcement timer's
+/// release): document id → sealed `[u64; 3]` (registry key, bound to the id), for
+/// `MASQUE_PS`, `INVISIBLE_PATIENT` and `INVISIBLE_REPRESENTANTS_LEGAUX`, the host's own clock
+/// counter on the document at its latest clear of that flag (0: never cleared). A site's
+/// version that has not seen that clear may carry the flag again without an act
+/// (`push_check`).
+pub const HOST_CLEARS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("host_clears");
 /// Per origin site, the highest change sequence applied here (exactly-once).
 pub const APPLIED: TableDefinition<u32, u64> = TableDefinition::new("applied");
 
@@ -160,7 +167,9 @@ pub struct StoredTrace {
 /// latest merged state travels.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OutboxItem {
-    /// A document's metadata (and, when new, its body) changed.
+    /// A document's metadata (and, when new, its body) changed; written by builds before acts
+    /// were recorded (no longer written: see `DocumentAct`). Sent as acted by the document's
+    /// author (`Act::by_author`).
     Document([u8; 16]),
     /// A professional was registered at this site (by RPPS).
     Professional(String),
@@ -188,6 +197,15 @@ pub enum OutboxItem {
         sealed_ins: Vec<u8>,
         /// The professional.
         rpps: String,
+    },
+    /// A document changed by an act at this site: who did what (`sync::Act`, postcard, sealed
+    /// with the registry key and bound to the document and this entry's sequence).
+    DocumentAct {
+        /// The document.
+        id: [u8; 16],
+        /// The act, sealed.
+        #[serde(with = "serde_bytes")]
+        sealed_act: Vec<u8>,
     },
     /// A break-glass or centre 15 fetch of a dossier this site does not hold, for the host to
     /// decide; the request (INS, professional, mode, reason) is sealed (registry key).

@@ -287,7 +287,7 @@ fn bodies_for_sync_reads_the_bodies_held_in_one_go_and_skips_the_others() {
     let metas: Vec<&crate::merge::DocumentMeta> = changes
         .iter()
         .filter_map(|(_, c)| match c {
-            Change::Document(m) => Some(&**m),
+            Change::Document { meta, .. } => Some(&**meta),
             _ => None,
         })
         .collect();
@@ -1529,7 +1529,14 @@ fn a_site_cannot_unmask_or_write_in_another_sites_name() {
     forged.update(origin, |s| s.flags.masque_ps = false);
     let seq = host.applied_mark(origin).expect("mark") + 1;
     let outcome = host
-        .apply_remote(origin, seq, &Change::Document(Box::new(forged)))
+        .apply_remote(
+            origin,
+            seq,
+            &Change::Document {
+                meta: Box::new(forged),
+                acts: vec![],
+            },
+        )
         .expect("apply");
     assert_eq!(outcome, Applied::Returned);
     let at_host = metas(&host)
@@ -1543,8 +1550,15 @@ fn a_site_cannot_unmask_or_write_in_another_sites_name() {
     other.facts.id = DocId([9; 16]);
     other.facts.author_site = SiteId(999);
     assert!(
-        host.apply_remote(origin, seq + 1, &Change::Document(Box::new(other)))
-            .is_err()
+        host.apply_remote(
+            origin,
+            seq + 1,
+            &Change::Document {
+                meta: Box::new(other),
+                acts: vec![],
+            }
+        )
+        .is_err()
     );
 }
 
@@ -2388,4 +2402,419 @@ fn a_bundle_imports_whole_or_not_at_all_and_only_a_whole_one_renews_the_lease() 
     assert_eq!(nurse_state(&site), Some(GrantState::Revoked));
     // A site's own export relays records and vouches for nothing.
     assert!(site.export_authority().expect("export").vouch.is_none());
+}
+
+/// The host's copy of `id`.
+fn host_meta(host: &Replica, id: &DocId) -> crate::merge::DocumentMeta {
+    metas(host)
+        .into_iter()
+        .find(|m| m.facts.id == *id)
+        .expect("at the host")
+}
+
+/// Pushes `meta` with `acts` as `site`'s next change; answers what the host did with it.
+fn push_as(
+    host: &Replica,
+    site: &Replica,
+    meta: crate::merge::DocumentMeta,
+    acts: Vec<(Actor, Action)>,
+) -> Applied {
+    let origin = site.config().site_id;
+    let seq = host.applied_mark(origin).expect("mark") + 1;
+    let acts = acts
+        .into_iter()
+        .map(|(actor, action)| Act { actor, action })
+        .collect();
+    host.apply_remote(
+        origin,
+        seq,
+        &Change::Document {
+            meta: Box::new(meta),
+            acts,
+        },
+    )
+    .expect("apply")
+}
+
+/// The host's trace entries saying it returned something to a site.
+fn returned_traces(host: &Replica) -> Vec<crate::audit::AuditEntry> {
+    host.audit_entries(Some(&ins()))
+        .expect("audit")
+        .into_iter()
+        .map(|c| c.entry)
+        .filter(|e| !e.allowed && e.outcome_reason.starts_with("returned to site"))
+        .collect()
+}
+
+#[test]
+fn a_pushed_change_is_merged_only_if_an_act_the_host_allows_made_it() {
+    let (_hd, host, _sd, site) = host_and_site();
+    host.set_grant(&ins(), &nurse(), GrantState::Active, GrantBasis::CareTeam)
+        .expect("grant");
+    let id = write(&host, "at the host", b"h");
+    sync(&host, &site);
+    let origin = site.config().site_id;
+    let at_site = || {
+        metas(&site)
+            .into_iter()
+            .find(|m| m.facts.id == id)
+            .expect("at the site")
+    };
+    let deleted = || {
+        let mut m = at_site();
+        m.update(origin, |s| {
+            s.availability = Some(crate::model::Availability::Deleted)
+        });
+        m
+    };
+    let stranger = Rpps::parse("19999999999").expect("rpps");
+    let nurse = Actor::Professional(nurse());
+    // What a forged push may carry for an RPPS (it is not checked when decoded).
+    let bogus: Rpps =
+        postcard::from_bytes(&postcard::to_stdvec("not an RPPS").expect("encode")).expect("rpps");
+    // No act, an act of another kind, a granted nurse (only the author deletes), a
+    // professional the host does not bind to the site, no RPPS, the system: all returned.
+    for acts in [
+        vec![],
+        vec![(nurse.clone(), Action::Mask)],
+        vec![(nurse.clone(), Action::Delete)],
+        vec![(Actor::Professional(stranger.clone()), Action::Delete)],
+        vec![(Actor::Professional(bogus), Action::Delete)],
+        vec![(Actor::System, Action::Delete)],
+    ] {
+        assert_eq!(
+            push_as(&host, &site, deleted(), acts.clone()),
+            Applied::Returned,
+            "{acts:?}"
+        );
+    }
+    assert_eq!(
+        host_meta(&host, &id).state().availability(),
+        crate::model::Availability::Approved
+    );
+    let traced = returned_traces(&host);
+    assert_eq!(traced.len(), 6, "{traced:?}");
+    assert!(traced.iter().all(|e| e.doc == Some(id)));
+    assert!(
+        !format!("{traced:?}").contains("not an RPPS"),
+        "what is not an RPPS is not traced as one"
+    );
+    // More acts than any site sends for one document: returned, however good one of them is.
+    let flood = vec![(nurse.clone(), Action::Mask); 300];
+    let mut m = at_site();
+    m.update(origin, |s| s.flags.masque_ps = true);
+    assert_eq!(push_as(&host, &site, m, flood), Applied::Returned);
+    assert!(
+        traced
+            .iter()
+            .any(|e| e.rule == 6 && e.action == TraceAction::Access(Action::Delete))
+    );
+    // A mask needs an act too: the stranger's is not taken, the granted nurse's is.
+    let masked = || {
+        let mut m = at_site();
+        m.update(origin, |s| s.flags.masque_ps = true);
+        m
+    };
+    let stranger_masks = vec![(Actor::Professional(stranger), Action::Mask)];
+    assert_eq!(
+        push_as(&host, &site, masked(), stranger_masks),
+        Applied::Returned
+    );
+    assert!(!host_meta(&host, &id).state().flags.masque_ps);
+    assert_eq!(
+        push_as(&host, &site, masked(), vec![(nurse, Action::Mask)]),
+        Applied::Applied
+    );
+    assert!(host_meta(&host, &id).state().flags.masque_ps);
+    // The author, treating, deletes his own document: merged.
+    let mut m = host_meta(&host, &id);
+    m.update(origin, |s| {
+        s.availability = Some(crate::model::Availability::Deleted)
+    });
+    let doctor_deletes = vec![(Actor::Professional(doctor()), Action::Delete)];
+    assert_eq!(push_as(&host, &site, m, doctor_deletes), Applied::Applied);
+}
+
+#[test]
+fn a_site_may_advance_only_its_own_counter_of_a_version_vector() {
+    let (_hd, host, _sd, site) = host_and_site();
+    let id = write(&host, "at the host", b"h");
+    sync(&host, &site);
+    let origin = site.config().site_id;
+    let doctor_masks = || vec![(Actor::Professional(doctor()), Action::Mask)];
+    for other in [SiteId(8), host.config().site_id] {
+        let held = host_meta(&host, &id);
+        let mut m = held.clone();
+        m.update(origin, |s| s.flags.masque_ps = true);
+        m.update(other, |_| {});
+        assert_eq!(push_as(&host, &site, m, doctor_masks()), Applied::Returned);
+        assert_eq!(host_meta(&host, &id), held, "nothing of it merged");
+    }
+    assert!(
+        returned_traces(&host)
+            .iter()
+            .all(|e| e.outcome_reason.contains("version vector"))
+    );
+    // A new document's clock names its site only.
+    let new = write(&site, "new", b"n");
+    let Some((_, Change::Document { meta, acts })) = site.outbox(0, 10).expect("outbox").pop()
+    else {
+        panic!("a document");
+    };
+    assert_eq!(meta.facts.id, new);
+    let acts: Vec<(Actor, Action)> = acts.into_iter().map(|a| (a.actor, a.action)).collect();
+    let mut forged = (*meta).clone();
+    forged.update(SiteId(8), |_| {});
+    assert_eq!(
+        push_as(&host, &site, forged, acts.clone()),
+        Applied::Returned
+    );
+    // The same origin's honest changes are merged: the document, then a mask.
+    assert_eq!(push_as(&host, &site, *meta, acts), Applied::Applied);
+    site.update_document(&Actor::Professional(doctor()), &id, Action::Mask)
+        .expect("mask");
+    let Some((_, Change::Document { meta, acts })) = site.outbox(0, 10).expect("outbox").pop()
+    else {
+        panic!("a document");
+    };
+    let acts = acts.into_iter().map(|a| (a.actor, a.action)).collect();
+    assert_eq!(push_as(&host, &site, *meta, acts), Applied::Applied);
+    assert!(host_meta(&host, &id).state().flags.masque_ps);
+    assert_eq!(host_meta(&host, &id).clock().get(SiteId(8)), 0);
+}
+
+#[test]
+fn a_new_document_is_written_by_a_professional_the_host_binds_there_as_the_host_knows_him() {
+    let (_hd, host, _sd, site) = host_and_site();
+    let origin = site.config().site_id;
+    write(&site, "model", b"m");
+    let Some((_, Change::Document { meta, .. })) = site.outbox(0, 10).expect("outbox").pop() else {
+        panic!("a document");
+    };
+    let forge = |n: u8, author: crate::model::Author, class: &str| {
+        let mut facts = meta.facts.clone();
+        facts.id = DocId([n; 16]);
+        facts.unique_id = format!("urn:test:{n}");
+        facts.author = author;
+        facts.class = DocClass::parse(class).expect("class");
+        crate::merge::DocumentMeta::new(facts, origin, Default::default())
+    };
+    let pro = |rpps: Rpps, profession| crate::model::Author::Professional { rpps, profession };
+    let stranger = Rpps::parse("19999999999").expect("rpps");
+    for (n, author, class) in [
+        // Not bound to the site by the host.
+        (1, pro(stranger, Profession::Medecin), "10"),
+        // Bound, but claiming a profession the host's registry does not give him.
+        (2, pro(nurse(), Profession::Medecin), "10"),
+        // The holder may add patient documents only.
+        (3, crate::model::Author::Holder, "10"),
+    ] {
+        assert_eq!(
+            push_as(&host, &site, forge(n, author, class), vec![]),
+            Applied::Returned,
+            "{n}"
+        );
+        assert!(
+            host.list_documents(&Actor::Holder, &ins())
+                .expect("list")
+                .iter()
+                .all(|m| m.facts.id != DocId([n; 16]))
+        );
+    }
+    assert_eq!(returned_traces(&host).len(), 3);
+    // As the host knows them: the nurse as a nurse (row 11), the holder's own upload (the site
+    // holds the dossier for its treating doctor's grant).
+    for (n, author, class) in [
+        (4, pro(nurse(), Profession::Infirmier), "10"),
+        (5, crate::model::Author::Holder, "90"),
+    ] {
+        assert_eq!(
+            push_as(&host, &site, forge(n, author, class), vec![]),
+            Applied::Applied,
+            "{n}"
+        );
+    }
+    // A new document already deleted by someone else before it was pushed: the author did
+    // not do it, and the nurse (no grant) may not.
+    let mut deleted = forge(6, pro(nurse(), Profession::Infirmier), "10");
+    deleted.facts.author = pro(doctor(), Profession::Medecin);
+    deleted.update(origin, |s| {
+        s.availability = Some(crate::model::Availability::Deleted)
+    });
+    assert_eq!(
+        push_as(&host, &site, deleted.clone(), vec![]),
+        Applied::Applied,
+        "its author deletes his own"
+    );
+    let mut by_nurse = forge(7, pro(doctor(), Profession::Medecin), "10");
+    by_nurse.update(origin, |s| s.flags.invisible_patient = true);
+    by_nurse.facts.author = pro(nurse(), Profession::Infirmier);
+    let doctor_hides = vec![(Actor::Professional(doctor()), Action::HideFromPatient)];
+    assert_eq!(
+        push_as(&host, &site, by_nurse.clone(), doctor_hides),
+        Applied::Applied,
+        "the treating doctor hides it"
+    );
+}
+
+#[test]
+fn a_documents_entry_carries_every_act_queued_from_it_and_old_entries_their_author() {
+    let (_hd, _host, _sd, site) = host_and_site();
+    let doctor = Actor::Professional(doctor());
+    let id = write(&site, "one", b"1");
+    site.update_document(&doctor, &id, Action::Mask)
+        .expect("mask");
+    site.update_document(&doctor, &id, Action::Delete)
+        .expect("delete");
+    let acts_of = |change: &Change| match change {
+        Change::Document { acts, .. } => acts.iter().map(|a| a.action).collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    let all = site.outbox(0, 10).expect("outbox");
+    assert_eq!(
+        all.iter().map(|(_, c)| acts_of(c)).collect::<Vec<_>>(),
+        [
+            vec![Action::Write, Action::Mask, Action::Delete],
+            vec![Action::Mask, Action::Delete],
+            vec![Action::Delete]
+        ]
+    );
+    // The same, however many entries are asked for at once.
+    let first = site.outbox(0, 1).expect("outbox");
+    assert_eq!(
+        acts_of(&first[0].1),
+        [Action::Write, Action::Mask, Action::Delete]
+    );
+    let second = site.outbox(all[0].0, 1).expect("outbox");
+    assert_eq!(acts_of(&second[0].1), [Action::Mask, Action::Delete]);
+    // An entry queued by an earlier build names only the document: its author's acts.
+    {
+        let txn = site.begin_write().expect("txn");
+        site.push_outbox(&txn, OutboxItem::Document(id.0))
+            .expect("queue");
+        txn.commit().expect("commit");
+    }
+    let (_, last) = site.outbox(0, 10).expect("outbox").pop().expect("entry");
+    let Change::Document { acts, .. } = last else {
+        panic!("a document");
+    };
+    assert!(!acts.is_empty());
+    assert!(acts.iter().all(|a| a.actor == doctor));
+    assert!(acts.iter().any(|a| a.action == Action::Delete));
+    assert_eq!(
+        site.outbox_by_kind().expect("kinds").get("document"),
+        Some(&4)
+    );
+}
+
+#[test]
+fn a_mask_the_host_lifted_may_come_back_from_a_site_that_had_not_seen_it() {
+    let (_hd, host, _sd, site) = host_and_site();
+    let doctor = Actor::Professional(doctor());
+    let id = write(&host, "at the host", b"h");
+    host.update_document(&doctor, &id, Action::Mask)
+        .expect("mask");
+    sync(&host, &site);
+    // Concurrently: the host unmasks; the site, not knowing, hides the document from the
+    // patient (its version still masked, as it received it).
+    host.update_document(&doctor, &id, Action::Unmask)
+        .expect("unmask");
+    site.update_document(&doctor, &id, Action::HideFromPatient)
+        .expect("hide");
+    sync(&host, &site);
+    let state = host_meta(&host, &id).state();
+    assert!(
+        state.flags.invisible_patient && state.flags.masque_ps,
+        "merged: restrictive flags win on concurrency, {state:?}"
+    );
+    assert!(returned_traces(&host).is_empty());
+    // Once the site has seen the unmask, a mask without an act is returned.
+    host.update_document(&doctor, &id, Action::Unmask)
+        .expect("unmask");
+    sync(&host, &site);
+    let mut m = host_meta(&host, &id);
+    assert!(!m.state().flags.masque_ps);
+    m.update(site.config().site_id, |s| s.flags.masque_ps = true);
+    assert_eq!(push_as(&host, &site, m, vec![]), Applied::Returned);
+}
+
+#[test]
+fn rows_one_to_three_return_what_a_site_pushes_and_the_host_says_why() {
+    let (_hd, host, _sd, site) = host_and_site();
+    let origin = site.config().site_id;
+    write(&site, "model", b"m");
+    let Some((_, Change::Document { meta, .. })) = site.outbox(0, 10).expect("outbox").pop() else {
+        panic!("a document");
+    };
+    let by = |n: u8, rpps: Rpps, profession| {
+        let mut facts = meta.facts.clone();
+        facts.id = DocId([n; 16]);
+        facts.unique_id = format!("urn:test:{n}");
+        facts.author = crate::model::Author::Professional { rpps, profession };
+        crate::merge::DocumentMeta::new(facts, origin, Default::default())
+    };
+    // Row 3: the holder blocked the nurse.
+    host.set_grant(&ins(), &nurse(), GrantState::Blocked, GrantBasis::Consent)
+        .expect("block");
+    let nurse_writes = by(1, nurse(), Profession::Infirmier);
+    assert_eq!(
+        push_as(&host, &site, nurse_writes, vec![]),
+        Applied::Returned
+    );
+    // Row 2: someone acting for an insurer, bound to the site by mistake.
+    let adviser = Rpps::parse("10000000006").expect("rpps");
+    host.add_professional(&Professional {
+        rpps: adviser.clone(),
+        profession: Profession::MedecinConseil,
+        specialty: None,
+        name: None,
+    })
+    .expect("pro");
+    host.bind_professional(origin, &adviser, true)
+        .expect("bind");
+    let adviser_writes = by(2, adviser, Profession::MedecinConseil);
+    assert_eq!(
+        push_as(&host, &site, adviser_writes, vec![]),
+        Applied::Returned
+    );
+    // Row 1: the dossier is closed; the doctor's document comes back too.
+    host.close_dossier(&ins(), "test").expect("close");
+    let doctor_writes = by(3, doctor(), Profession::Medecin);
+    assert_eq!(
+        push_as(&host, &site, doctor_writes, vec![]),
+        Applied::Returned
+    );
+    let rules: Vec<u8> = returned_traces(&host).iter().map(|e| e.rule).collect();
+    assert_eq!(rules, [3, 2, 1]);
+}
+
+#[test]
+fn a_change_from_a_site_of_an_earlier_build_is_its_authors() {
+    let (_hd, host, _sd, site) = host_and_site();
+    let id = write(&host, "at the host", b"h");
+    sync(&host, &site);
+    let origin = site.config().site_id;
+    let legacy = |f: fn(&mut crate::model::DocState)| {
+        let mut m = host_meta(&host, &id);
+        m.update(origin, f);
+        let seq = host.applied_mark(origin).expect("mark") + 1;
+        host.apply_remote(origin, seq, &Change::LegacyDocument(Box::new(m)))
+            .expect("apply")
+    };
+    // Its author, the treating doctor, bound to the site, may mask it.
+    assert_eq!(legacy(|s| s.flags.masque_ps = true), Applied::Applied);
+    // Nobody may archive it from a site.
+    assert_eq!(
+        legacy(|s| s.availability = Some(crate::model::Availability::Archived)),
+        Applied::Returned
+    );
+    // Unbound, the author is nobody there.
+    host.bind_professional(origin, &doctor(), false)
+        .expect("unbind");
+    assert_eq!(
+        legacy(|s| s.flags.invisible_patient = true),
+        Applied::Returned
+    );
+    let state = host_meta(&host, &id).state();
+    assert!(state.flags.masque_ps && !state.flags.invisible_patient);
 }
