@@ -132,9 +132,31 @@ fn data_dir(cli: &Cli) -> Result<PathBuf> {
         .ok_or_else(|| Failure::Usage("no data folder: pass --data DIR or set CARNET_DATA".into()))
 }
 
-/// The replica of `--data`: through its daemon when one runs, else opened here.
+/// Warnings for stderr, whatever the command's outcome (`main` prints them).
+static WARNINGS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// The warnings gathered while running commands, for `main` to print.
+pub fn take_warnings() -> Vec<String> {
+    WARNINGS
+        .lock()
+        .map(|mut w| std::mem::take(&mut *w))
+        .unwrap_or_default()
+}
+
+fn warn(text: String) {
+    if let Ok(mut w) = WARNINGS.lock() {
+        w.push(text);
+    }
+}
+
+/// The replica of `--data`: through its daemon when one runs, else opened here (a data
+/// folder others could read is tightened, and said).
 fn open(cli: &Cli) -> Result<Store> {
-    Ok(Store(Handle::open(&data_dir(cli)?, &key_source())?))
+    let handle = Handle::open(&data_dir(cli)?, &key_source())?;
+    for fix in handle.folder_fixes() {
+        warn(fix);
+    }
+    Ok(Store(handle))
 }
 
 fn ins(text: &str) -> Result<Ins> {
@@ -169,8 +191,10 @@ fn read_file(path: &Path) -> Result<Vec<u8>> {
     fs::read(path).map_err(|e| Failure::File(format!("cannot read {}: {e}", path.display())))
 }
 
-fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    fs::write(path, bytes)
+/// Every file the CLI writes may hold patient data or keys: mode 0600, an existing file
+/// included (`carnet_store::files::write_private`).
+fn write_private_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    carnet_store::files::write_private(path, bytes)
         .map_err(|e| Failure::File(format!("cannot write {}: {e}", path.display())))
 }
 
@@ -500,20 +524,6 @@ fn requests(cli: &Cli) -> Result<Reply> {
                "rpps": q.rpps.as_ref().map(|r| r.as_str()), "at": q.at})
     });
     Ok(Reply::new(human.trim_end(), Value::Array(json.collect())))
-}
-
-fn write_private_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| Failure::File(format!("cannot write {}: {e}", path.display())))?;
-    f.write_all(bytes)
-        .map_err(|e| Failure::File(format!("cannot write {}: {e}", path.display())))
 }
 
 fn pki(cli: &Cli, c: &PkiCmd) -> Result<Reply> {
@@ -983,7 +993,7 @@ fn doc(cli: &Cli, c: &DocCmd) -> Result<Reply> {
             j["rule"] = json!(out.rule);
             match output {
                 Some(path) => {
-                    write_file(path, &out.body)?;
+                    write_private_file(path, &out.body)?;
                     Ok(Reply::new(
                         format!(
                             "{} ({} bytes) written to {} — traced, rule {}",
@@ -1225,7 +1235,7 @@ fn export(cli: &Cli, a: &ExportArgs) -> Result<Reply> {
     let e = r.export_dossier(&who, &i)?;
     let bundle = fhir::bundle(&e);
     let text = serde_json::to_vec_pretty(&bundle).map_err(|e| Failure::File(e.to_string()))?;
-    write_file(&a.output, &text)?;
+    write_private_file(&a.output, &text)?;
     Ok(Reply::new(
         format!(
             "FHIR R4 Bundle with {} document(s) and {} trace entries written to {}",
@@ -1242,7 +1252,7 @@ fn authority(cli: &Cli, c: &AuthorityCmd) -> Result<Reply> {
     match c {
         AuthorityCmd::Export { output } => {
             let b = r.export_authority()?;
-            write_file(output, &b.to_bytes()?)?;
+            write_private_file(output, &b.to_bytes()?)?;
             Ok(Reply::new(
                 format!(
                     "{} signed record(s) written to {} (contains identities: transfer it securely)",

@@ -94,6 +94,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         _ => KeySource::File,
     };
     let mut replica = Replica::open(&args.data, &key, system_clock())?;
+    for fix in replica.folder_fixes() {
+        tracing::warn!("{fix}");
+    }
     if let Some(hours) = config.lease_hours
         && replica.config().lease_ms != Some(i64::from(hours) * 3_600_000)
     {
@@ -210,7 +213,8 @@ async fn site(
     let service = Arc::new(service);
     let api = tokio::spawn(local::serve(listener, service.clone()));
     let inbox_dir = config.inbox_dir(data);
-    std::fs::create_dir_all(&inbox_dir)?;
+    // Documents arrive there: the owner's only, like the data folder.
+    carnet_store::files::private_dir(&inbox_dir)?;
     tracing::info!(site = %replica.config().site_id, host = ?config.host_address, "site syncing");
     // The inbox is scanned at start and whenever the file system reports a change in it.
     let (tx, mut events) = tokio::sync::mpsc::unbounded_channel::<()>();
