@@ -578,12 +578,15 @@ fn pki(cli: &Cli, c: &PkiCmd) -> Result<Reply> {
             if r.config()?.role != Role::Host {
                 return Err(Failure::Usage("the PKI lives on the national host".into()));
             }
+            if r.pki_host().is_ok() {
+                return Err(Failure::Usage("this host already has a PKI".into()));
+            }
             // The key is on disk in its folder before the host depends on it.
             let ca = carnet_syncd::pki::new_ca(now_millis().div_euclid(1000))?;
             carnet_syncd::enrol::write_ca_dir(dir, &ca)?;
             if let Err(e) = r.pki_init(Some(ca)) {
-                // Nothing uses this CA: leave no stray key behind.
-                let _ = fs::remove_dir_all(dir);
+                // Nothing uses this CA: leave no stray key behind (and nothing else is touched).
+                carnet_syncd::enrol::remove_ca_dir(dir);
                 return Err(e);
             }
             Ok(Reply::new(

@@ -756,6 +756,13 @@ pub fn write_ca_dir(dir: &Path, ca: &Identity) -> Result<()> {
     Ok(())
 }
 
+/// Removes what `write_ca_dir` wrote (the folder too, if nothing else is in it).
+pub fn remove_ca_dir(dir: &Path) {
+    let _ = std::fs::remove_file(dir.join(CA_KEY_FILE));
+    let _ = std::fs::remove_file(dir.join(CA_CERT_FILE));
+    let _ = std::fs::remove_dir(dir);
+}
+
 /// Reads an offline CA folder; a missing or damaged one is a clear error.
 pub fn read_ca_dir(dir: &Path) -> Result<Identity> {
     let read = |name: &str| {
