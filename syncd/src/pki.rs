@@ -225,7 +225,10 @@ mod der {
     }
 
     /// One element: its tag, its whole encoding, its contents, and what follows it.
-    pub fn element(input: &[u8]) -> Result<(u8, &[u8], &[u8], &[u8])> {
+    pub type Element<'a> = (u8, &'a [u8], &'a [u8], &'a [u8]);
+
+    /// Reads the element at the start of `input`.
+    pub fn element(input: &[u8]) -> Result<Element<'_>> {
         let (&tag, rest) = input.split_first().ok_or_else(malformed)?;
         if tag & 0x1f == 0x1f {
             return Err(malformed()); // high tag numbers: not in a certificate's fields read here
