@@ -986,4 +986,80 @@ mod tests {
                 .any(|w| w == offline.key_der.as_slice())
         );
     }
+
+    #[test]
+    fn certificates_close_to_expiry_are_reported() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicI64, Ordering};
+        const DAY_MS: i64 = 86_400_000;
+        let tmp = tempfile::tempdir().expect("tmp");
+        let offset = Arc::new(AtomicI64::new(0));
+        let clock: carnet_store::replica::Clock = {
+            let offset = offset.clone();
+            let system = carnet_store::replica::system_clock();
+            Arc::new(move || system() + offset.load(Ordering::SeqCst))
+        };
+        let init = |dir: &str, role: Role, site: Option<u32>, host_key: Option<[u8; 32]>| {
+            Replica::init(
+                &tmp.path().join(dir),
+                carnet_store::replica::InitOptions {
+                    role,
+                    name: dir.into(),
+                    site_id: site.map(carnet_store::ids::SiteId),
+                    key: carnet_store::replica::KeySource::File,
+                    host_key,
+                    lease_hours: None,
+                },
+                clock.clone(),
+            )
+            .expect("init")
+        };
+        let host = init("host", Role::Host, None, None);
+        init_host(&host).expect("pki");
+        let b = enrol(&host, "Clinique", "750000001", "127.0.0.1:4433").expect("enrol");
+        let site = init("site", Role::Site, Some(b.site_id), Some(b.host_key));
+        install_site(&site, &b).expect("install");
+        assert!(certificate_warnings(&host).expect("host").is_empty());
+        assert!(certificate_warnings(&site).expect("site").is_empty());
+        let days = site_certificate(&site).expect("status").expect("enrolled");
+        assert!((364..=365).contains(&days.days_left) && days.host_pinned);
+
+        // 340 days on: the site's certificate has 25 days left, on both sides.
+        offset.store(340 * DAY_MS, Ordering::SeqCst);
+        let w = certificate_warnings(&host).expect("host");
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("site 1") && w[0].contains("day(s) left"),
+            "{w:?}"
+        );
+        let w = certificate_warnings(&site).expect("site");
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("pki install"), "{w:?}");
+        assert!(site_certificate(&site).expect("s").expect("e").days_left < pki::RENEW_WITHIN_DAYS);
+        // Renewed and installed: quiet again.
+        let r = renew(&host, b.site_id, None, false, None).expect("renew");
+        install_renewal(&site, &r).expect("install");
+        assert!(certificate_warnings(&host).expect("host").is_empty());
+        assert!(certificate_warnings(&site).expect("site").is_empty());
+
+        // 720 days on: the host's certificate warns; the renewed site's has expired.
+        offset.store(720 * DAY_MS, Ordering::SeqCst);
+        let w = certificate_warnings(&host).expect("host");
+        assert!(
+            w.iter()
+                .any(|w| w.contains("host certificate") && w.contains("renew-host")),
+            "{w:?}"
+        );
+        assert!(
+            w.iter()
+                .any(|w| w.contains("site 1") && w.contains("expired")),
+            "{w:?}"
+        );
+        renew_host(&host, false, None).expect("renew host");
+        let w = certificate_warnings(&host).expect("host");
+        assert!(!w.iter().any(|w| w.contains("host certificate")), "{w:?}");
+        // A revoked site is not reported.
+        revoke(&host, b.site_id).expect("revoke");
+        assert!(certificate_warnings(&host).expect("host").is_empty());
+    }
 }
