@@ -5,8 +5,11 @@
 //! against raw redb inserts of the same bytes, batched and one per transaction; and audited
 //! reads per second with 1, 8 and 64 concurrent readers against the fsync rate.
 //! `carnet-bench sync` (module `sync`): sync between a host daemon and a site.
+//! `carnet-bench idle [--seconds N]` (module `idle`): the CPU and memory of a host and two site
+//! daemons with nothing to do.
 //! Everything runs in a temporary folder that is removed at the end.
 
+mod idle;
 mod sync;
 
 use std::io::Write;
@@ -41,6 +44,7 @@ fn main() {
     let result = match what.as_str() {
         "store" => store(),
         "sync" => sync::run(),
+        "idle" => idle::run(),
         // Only the initial sync, for profiling it alone.
         "sync-initial" => sync::initial_only(),
         // Only the batched ingest, for profiling it alone.
@@ -48,7 +52,7 @@ fn main() {
         // Only the 64-reader audited reads, for profiling them alone.
         "reads" => reads_only(),
         _ => {
-            eprintln!("usage: carnet-bench store|sync");
+            eprintln!("usage: carnet-bench store|sync|idle [--seconds N]");
             std::process::exit(2);
         }
     };

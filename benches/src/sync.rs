@@ -24,12 +24,12 @@ use crate::{
     DOC_BYTES, Res, create_dossier, doctor, new_doc, random_bytes, raw_redb_batched_seconds,
 };
 
-/// The host daemon, stopped when dropped.
-struct HostDaemon {
+/// A `carnet-syncd` daemon (the host here; `idle` runs sites too), stopped when dropped.
+pub(crate) struct Daemon {
     child: Child,
 }
 
-impl Drop for HostDaemon {
+impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = Command::new("kill")
             .arg("-TERM")
@@ -39,8 +39,8 @@ impl Drop for HostDaemon {
     }
 }
 
-impl HostDaemon {
-    fn start(dir: &Path) -> Res<HostDaemon> {
+impl Daemon {
+    pub(crate) fn start(dir: &Path) -> Res<Daemon> {
         let bin = std::env::current_exe()?.with_file_name("carnet-syncd");
         if !bin.exists() {
             return Err(format!(
@@ -61,15 +61,15 @@ impl HostDaemon {
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::os::unix::net::UnixStream::connect(&socket).is_err() {
             if Instant::now() > deadline {
-                return Err("the host daemon did not start".into());
+                return Err(format!("the daemon of {} did not start", dir.display()).into());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(HostDaemon { child })
+        Ok(Daemon { child })
     }
 
     /// CPU seconds the daemon used so far.
-    fn cpu_seconds(&self) -> f64 {
+    pub(crate) fn cpu_seconds(&self) -> f64 {
         crate::cpu_seconds_of(&self.child.id().to_string())
     }
 
@@ -79,7 +79,7 @@ impl HostDaemon {
     }
 
     /// Peak resident size since the last reset, in MiB.
-    fn peak_mib(&self) -> f64 {
+    pub(crate) fn peak_mib(&self) -> f64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default();
         status
@@ -96,12 +96,12 @@ struct Pair {
     site: Arc<Replica>,
     /// The site's connection to the host, kept open between rounds as the daemon keeps it.
     link: std::sync::Mutex<carnet_syncd::net::Link>,
-    host: HostDaemon,
+    host: Daemon,
     ins: Ins,
     runtime: tokio::runtime::Runtime,
 }
 
-fn free_port() -> Res<u16> {
+pub(crate) fn free_port() -> Res<u16> {
     Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
@@ -160,7 +160,7 @@ fn pair(dir: &Path) -> Res<Pair> {
             Arc::new(tokio::sync::Notify::new()),
         )),
         site,
-        host: HostDaemon::start(&host_dir)?,
+        host: Daemon::start(&host_dir)?,
         ins,
         runtime: tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

@@ -318,6 +318,20 @@ pub enum AllowOppose {
 
 #[derive(Debug, Subcommand)]
 pub enum EmergencyCmd {
+    /// Site, online: fetch a dossier this site does not hold for a break-glass or centre 15
+    /// access; the host decides and traces it, and the dossier stays here for 24 h.
+    Fetch {
+        #[arg(long)]
+        dossier: String,
+        /// RPPS of the professional (bound to this site by the host).
+        #[arg(long = "as")]
+        actor: String,
+        #[arg(long, value_enum)]
+        mode: ModeArg,
+        /// Why the patient cannot consent, or the regulation call.
+        #[arg(long)]
+        reason: String,
+    },
     /// Set emergency preferences (host); unspecified ones keep their value.
     Set {
         #[arg(long)]

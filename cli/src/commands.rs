@@ -1048,12 +1048,20 @@ fn grant(cli: &Cli, c: &GrantCmd) -> Result<Reply> {
 
 fn emergency(cli: &Cli, c: &EmergencyCmd) -> Result<Reply> {
     let r = open(cli)?;
-    let EmergencyCmd::Set {
-        dossier,
-        samu,
-        btg,
-        masked,
-    } = c;
+    let (dossier, samu, btg, masked) = match c {
+        EmergencyCmd::Fetch {
+            dossier,
+            actor,
+            mode: m,
+            reason,
+        } => return emergency_fetch(&r, dossier, actor, mode(*m), reason),
+        EmergencyCmd::Set {
+            dossier,
+            samu,
+            btg,
+            masked,
+        } => (dossier, samu, btg, masked),
+    };
     let i = ins(dossier)?;
     let allowed = |a: &Option<AllowOppose>| a.as_ref().map(|a| matches!(a, AllowOppose::Allow));
     let prefs = r.update_emergency(&i, allowed(samu), allowed(btg), allowed(masked))?;
@@ -1066,6 +1074,43 @@ fn emergency(cli: &Cli, c: &EmergencyCmd) -> Result<Reply> {
             allow_word(prefs.masked_in_emergency)
         ),
         json!({"ins": i.matricule(), "samu": prefs.samu_allowed, "btg": prefs.btg_allowed, "masked_in_emergency": prefs.masked_in_emergency}),
+    ))
+}
+
+/// Asks the host for a dossier for an emergency, syncs, and says whether it came.
+fn emergency_fetch(
+    r: &crate::store::Store,
+    dossier: &str,
+    actor: &str,
+    mode: AccessMode,
+    reason: &str,
+) -> Result<Reply> {
+    let i = ins(dossier)?;
+    let p = rpps(actor)?;
+    r.emergency_fetch(&i, &p, mode, reason)?;
+    if let Err(e) = r.sync_now() {
+        return Err(Failure::Usage(format!(
+            "the host could not be reached ({}): the request waits and goes at the next sync; offline, an emergency access is possible only on what this site holds",
+            match e {
+                Failure::Store(e) => e.to_string(),
+                Failure::Sync(e) => e.to_string(),
+                Failure::Usage(e) | Failure::File(e) => e,
+            }
+        )));
+    }
+    if r.dossier(&i).is_err() {
+        return Err(Failure::Store(Error::Denied {
+            rule: 0,
+            reason: "the host refused the emergency fetch (its trace of the dossier says why)"
+                .into(),
+        }));
+    }
+    Ok(Reply::new(
+        format!(
+            "the host allowed the emergency fetch: the dossier of {} is here for 24 h; read it with doc list/get in the same --mode, with a reason",
+            i.matricule()
+        ),
+        json!({"ins": i.matricule(), "fetched": true, "mode": mode.as_str()}),
     ))
 }
 

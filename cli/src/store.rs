@@ -282,6 +282,21 @@ impl Store {
         })
     }
 
+    pub fn emergency_fetch(
+        &self,
+        ins: &Ins,
+        rpps: &Rpps,
+        mode: AccessMode,
+        reason: &str,
+    ) -> Result<()> {
+        self.done(Request::EmergencyFetch {
+            ins: ins.clone(),
+            rpps: rpps.clone(),
+            mode,
+            reason: reason.to_string(),
+        })
+    }
+
     pub fn bind_professional(&self, site: u32, rpps: &Rpps, on: bool) -> Result<()> {
         self.done(Request::BindProfessional {
             site,

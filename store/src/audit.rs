@@ -149,6 +149,10 @@ pub fn verify_chain<'a>(
 pub const GROUP_COMMIT_MAX: usize = 4096;
 /// Longest a waiter sleeps before re-checking by itself.
 const PARK_MAX: std::time::Duration = std::time::Duration::from_millis(5);
+/// Longest the committer sleeps while nothing waits: every submission unparks it, so this is
+/// only a safety net (with `PARK_MAX` an idle daemon's committer woke 200 times a second, most
+/// of its CPU time).
+const PARK_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The committer stops waiting for more items once this many wait (see `gather`); the batch
 /// itself takes every item waiting, up to `GROUP_COMMIT_MAX`.
@@ -333,7 +337,11 @@ impl<T> GroupCommit<T> {
                 }
                 continue;
             }
-            std::thread::park_timeout(PARK_MAX);
+            // Nothing waits: whatever is queued from now on unparks this thread (`enqueue`, the
+            // first `poll`), and an unpark that comes before the park is not lost. Something
+            // waits but another leads: it hands on to this thread when done, and the short
+            // timeout covers a hand-on gone astray.
+            std::thread::park_timeout(if waiting == 0 { PARK_IDLE } else { PARK_MAX });
         }
         if let Ok(mut c) = self.committer.lock() {
             *c = None;

@@ -126,6 +126,14 @@ pub enum Request {
         #[serde(default)]
         site: Option<u32>,
     },
+    /// Site: asks the host for a dossier this site does not hold, for a break-glass or
+    /// centre 15 access by `rpps` (the host decides and traces it).
+    EmergencyFetch {
+        ins: Ins,
+        rpps: Rpps,
+        mode: AccessMode,
+        reason: String,
+    },
     /// Host: binds a professional (registered at the host) to a site, or unbinds them.
     BindProfessional { site: u32, rpps: Rpps, on: bool },
     /// Host: the professionals bound to a site.
@@ -553,6 +561,15 @@ impl Service {
                         ));
                     }
                 }
+                Response::Done
+            }
+            Request::EmergencyFetch {
+                ins,
+                rpps,
+                mode,
+                reason,
+            } => {
+                r.request_emergency_fetch(&ins, &rpps, mode, &reason)?;
                 Response::Done
             }
             Request::BindProfessional { site, rpps, on } => {

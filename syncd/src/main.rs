@@ -223,18 +223,9 @@ async fn site(
     // Documents arrive there: the owner's only, like the data folder.
     carnet_store::files::private_dir(&inbox_dir)?;
     tracing::info!(site = %replica.config().site_id, host = ?config.host_address, "site syncing");
-    // The inbox is scanned at start and whenever the file system reports a change in it.
-    let (tx, mut events) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
-            let _ = tx.send(());
-        }
-    })?;
-    notify::Watcher::watch(
-        &mut watcher,
-        &inbox_dir,
-        notify::RecursiveMode::NonRecursive,
-    )?;
+    // The inbox is scanned at start and whenever the file system reports a file that may
+    // complete a pair (never for the scan's own reads and moves: `inbox::starts_scan`).
+    let (_watcher, mut scans) = inbox::watch(&inbox_dir)?;
     ingest(&service, &inbox_dir).await;
     let every = Duration::from_secs(config.sync_every);
     let mut backoff = Duration::from_secs(1);
@@ -290,11 +281,8 @@ async fn site(
                     tokio::time::sleep(COALESCE).await;
                     break;
                 }
-                Some(()) = events.recv() => {
-                    // Coalesce a burst of events into one scan.
-                    while events.try_recv().is_ok() {}
-                    ingest(&service, &inbox_dir).await;
-                }
+                // A burst of events is one signal (the channel holds one).
+                Some(()) = scans.recv() => ingest(&service, &inbox_dir).await,
             }
         }
     }
@@ -335,6 +323,16 @@ async fn announcement_timer(replica: Arc<Replica>, live: Arc<net::Live>) {
                 live.changed();
             }
             Ok(Err(e)) => tracing::warn!(error = %e, "announcement timer"),
+            _ => {}
+        }
+        // Dossiers fetched for an emergency leave their site's scope when their time is over.
+        let r = replica.clone();
+        match tokio::task::spawn_blocking(move || r.expire_emergency_access()).await {
+            Ok(Ok(ended)) if ended > 0 => {
+                tracing::info!(ended, "emergency access ended");
+                live.changed();
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "emergency access timer"),
             _ => {}
         }
     }

@@ -345,7 +345,11 @@ async fn serve_host_stream(
         .map_err(net_err)?;
         let (reply, failed) = match handled {
             Ok(reply) => (reply, false),
-            Err(e) => (error(e.to_string()), true),
+            Err(e) => {
+                // The operator sees every refusal (errors carry ids, never patient data).
+                tracing::warn!(site = %site, error = %e, "session refused");
+                (error(e.to_string()), true)
+            }
         };
         if replies.send(reply).await.is_err() || failed || bye {
             break;

@@ -59,6 +59,9 @@ pub enum Msg {
         /// here, every returned document among them already in its quarantine): the host
         /// stops repeating those returns.
         outbox_acked: u64,
+        /// The key the site chains its trace with: the host checks every entry it receives
+        /// as a link of that chain, and refuses a site that presents another key later.
+        chain_key: [u8; 32],
     },
     /// Host: the last of the site's changes and trace entries it holds.
     Welcome {
@@ -66,6 +69,9 @@ pub enum Msg {
         acked: u64,
         /// Traces resume after this.
         traces_acked: u64,
+        /// The chain hash of entry `traces_acked` as the host holds it: the site checks it
+        /// against its own, so a history rewritten on either side is seen.
+        traces_hash: [u8; 32],
         /// Every document the host returned to this site: kept in quarantine before anything
         /// is acknowledged, so a lost `PushAck` loses nothing.
         returned: Vec<DocId>,
@@ -403,6 +409,7 @@ impl HostSession {
                 site,
                 cursor,
                 outbox_acked,
+                chain_key,
             } => {
                 if site != self.site.0 {
                     return Err(Error::Invalid(format!(
@@ -410,14 +417,17 @@ impl HostSession {
                         self.site
                     )));
                 }
+                replica.admit_chain_key(self.site, &chain_key)?;
                 self.greeted = true;
                 // The site quarantined every return before acknowledging its outbox.
                 replica.forget_returned(self.site, outbox_acked)?;
                 let acked = replica.applied_mark(self.site)?;
                 let log_head = replica.log_head(self.site)?;
+                let (traces_acked, traces_hash) = replica.trace_head_held(self.site)?;
                 Ok(vec![Msg::Welcome {
                     acked,
-                    traces_acked: replica.trace_mark(self.site)?,
+                    traces_acked,
+                    traces_hash,
                     returned: replica.returned_to(self.site)?,
                     owed: replica.bodies_owed_by(self.site)?,
                     log_head,
@@ -612,6 +622,7 @@ impl SiteSession {
             site: replica.config().site_id.0,
             cursor: replica.pull_cursor()?,
             outbox_acked: replica.outbox_acked()?,
+            chain_key: replica.trace_chain_key(),
         })
     }
 
@@ -800,6 +811,7 @@ impl SiteSession {
                 Msg::Welcome {
                     acked,
                     traces_acked,
+                    traces_hash,
                     returned,
                     owed,
                     log_head,
@@ -811,6 +823,11 @@ impl SiteSession {
                     return Err(Error::Invalid(
                         "the host holds changes this site never sent: was this replica restored from an old backup? Ask the host operator before syncing".into(),
                     ));
+                }
+                if traces_acked > 0 && replica.own_trace_hash(traces_acked)? != Some(traces_hash) {
+                    return Err(Error::Store(carnet_store::Error::Integrity(format!(
+                        "the host holds another trace history for this site (entry {traces_acked}): this replica's trace was altered or restored from an old copy; ask the host operator before syncing"
+                    ))));
                 }
                 replica.quarantine_returned(
                     &returned,
@@ -1316,12 +1333,30 @@ mod tests {
         let welcome = Msg::Welcome {
             acked: 1_000,
             traces_acked: 0,
+            traces_hash: [0; 32],
             returned: vec![],
             owed: vec![],
             log_head: 0,
             current: None,
         };
         assert!(s.handle(&site, welcome).is_err());
+        // A host holding another history of the site's trace than the site's own.
+        site.traces_after(0, 10).expect("flushed to the table");
+        let ours = site.own_trace_hash(1).expect("hash").expect("entry 1");
+        let welcome = |traces_hash| Msg::Welcome {
+            acked: 0,
+            traces_acked: 1,
+            traces_hash,
+            returned: vec![],
+            owed: vec![],
+            log_head: 0,
+            current: None,
+        };
+        assert!(matches!(
+            SiteSession::new().handle(&site, welcome([1; 32])),
+            Err(Error::Store(carnet_store::Error::Integrity(_)))
+        ));
+        assert!(SiteSession::new().handle(&site, welcome(ours)).is_ok());
     }
     #[test]
     fn the_trace_and_the_pushes_travel_in_one_window_and_are_acknowledged_in_order() {

@@ -286,3 +286,97 @@ fn writing_into_a_dossier_does_not_bring_the_rest_of_it() {
         "{items:?}"
     );
 }
+
+#[test]
+fn a_site_can_neither_rewrite_nor_restart_its_trace_at_the_host() {
+    let w = world();
+    // A traced request: the site's trace has entries to push.
+    w.site.ok(&["pin", &w.ins]);
+    sync_until_ok(&w.site, Duration::from_secs(30));
+    // The attacker holds the site's folder and key, and its certificate.
+    let (key, mut records) = {
+        let site = carnet_store::replica::Replica::open(
+            &w.site.data,
+            &carnet_store::replica::KeySource::File,
+            carnet_store::replica::system_clock(),
+        )
+        .expect("open the site's replica");
+        (
+            site.trace_chain_key(),
+            site.traces_after(0, 100).expect("traces"),
+        )
+    };
+    assert!(!records.is_empty());
+    let rogue = Rogue::connect(&w.bundle);
+    // Another chain key: a history started again is refused.
+    let replies = rogue.session(vec![rogue.hello(0, 0)]);
+    assert!(
+        matches!(replies.first(), Some(Msg::Error(e)) if e.contains("chain key")),
+        "{replies:?}"
+    );
+    // The real key, and an entry the host holds sent again with another content.
+    records[0].entry.allowed = !records[0].entry.allowed;
+    let replies = rogue.session(vec![
+        rogue.hello_with_key(0, 0, key),
+        Msg::Traces(vec![records[0].clone()]),
+    ]);
+    assert!(
+        replies
+            .iter()
+            .any(|m| matches!(m, Msg::Error(e) if e.contains("rewritten"))),
+        "{replies:?}"
+    );
+    // The honest site syncs on.
+    sync_until_ok(&w.site, Duration::from_secs(30));
+}
+
+#[test]
+fn an_emergency_outside_the_scope_is_fetched_on_demand_decided_and_traced_at_the_host() {
+    let w = world();
+    w.host.pro(ER_DOCTOR, "medecin");
+    w.site.pro(ER_DOCTOR, "medecin");
+    let fetch = |reason: &str| {
+        w.site.run(&[
+            "emergency",
+            "fetch",
+            "--dossier",
+            &w.ins,
+            "--as",
+            ER_DOCTOR,
+            "--mode",
+            "break-glass",
+            "--reason",
+            reason,
+        ])
+    };
+    // Not bound to the site by the host: refused (exit 3), nothing comes.
+    assert_eq!(fetch("unconscious (synthetic)").code, 3);
+    assert!(!holds(&w.site, &w.ins));
+    // Bound: the host decides it, traces it, and the dossier comes for the emergency.
+    w.host
+        .ok(&["pki", "bind", "--site", &w.site_id, "--rpps", ER_DOCTOR]);
+    let o = fetch("unconscious (synthetic)");
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let body = w.site.ok(&[
+        "doc",
+        "get",
+        &w.doc,
+        "--as",
+        ER_DOCTOR,
+        "--mode",
+        "break-glass",
+        "--reason",
+        "unconscious (synthetic)",
+    ]);
+    assert_eq!(body.raw, b"written at the host (synthetic)");
+    w.site.fails(3, &["doc", "get", &w.doc, "--as", ER_DOCTOR]);
+    let emergencies = w.host.json(&["audit", "emergencies"]);
+    let at_host: Vec<_> = emergencies
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["site"] == 0 && e["ins"] == w.ins.as_str())
+        .map(|e| e["allowed"].clone())
+        .collect();
+    assert_eq!(at_host, [false, true], "{emergencies}");
+}

@@ -26,6 +26,9 @@ impl std::fmt::Debug for Rogue {
     }
 }
 
+/// The trace chain key a rogue presents unless a test says otherwise.
+pub const ROGUE_CHAIN_KEY: [u8; 32] = [7; 32];
+
 /// How long a rogue waits for the host before the test fails.
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -91,12 +94,19 @@ impl Rogue {
         })
     }
 
-    /// A `Hello` as this site, with `cursor` and `outbox_acked`.
+    /// A `Hello` as this site, with `cursor` and `outbox_acked`, and a trace chain key of the
+    /// rogue's own (a fixed one: the host holds the first key a site presents).
     pub fn hello(&self, cursor: u64, outbox_acked: u64) -> Msg {
+        self.hello_with_key(cursor, outbox_acked, ROGUE_CHAIN_KEY)
+    }
+
+    /// A `Hello` presenting `chain_key`.
+    pub fn hello_with_key(&self, cursor: u64, outbox_acked: u64, chain_key: [u8; 32]) -> Msg {
         Msg::Hello {
             site: self.site,
             cursor,
             outbox_acked,
+            chain_key,
         }
     }
 

@@ -2,11 +2,13 @@
 //! *scope* and a *change log* per site (fan-out on write); a site pulls its log after its cursor
 //! and applies it.
 //!
-//! A site's scope is the dossiers where one of its professionals holds an active grant, or where
-//! it wrote a document. When a document or a signed record of a dossier changes on the host, an
-//! entry naming it is appended to the log of every site whose scope holds the dossier; a dossier
-//! entering a scope is logged as `Enter` (the site receives all of it), one leaving as `Leave`
-//! (the site purges it). Entries name things; what travels is their state at pull time.
+//! A site's scope is the dossiers where a professional the host binds to it holds an active
+//! grant, where it wrote a document, or that the host pinned for it (`site_access`). When a
+//! document or a signed record of a dossier changes on the host, an entry naming it is appended
+//! to the log of every site whose scope holds the dossier; a dossier entering a scope, or whose
+//! grant or pin now lets the site receive more of it, is logged as `Enter` (the site receives
+//! what `site_view` lets it have), one leaving as `Leave` (the site purges it). Entries name
+//! things; what travels is their state at pull time, decided for that site at pull time.
 //!
 //! Invariants: the log of a site grows only, so a pull costs what changed for that site, not the
 //! size of the store; every host change that touches a dossier is logged in the same transaction
@@ -132,7 +134,9 @@ impl Replica {
             (_, 0) => self.log_append(txn, site, &LogItem::Leave(*bi)),
             // A grant or an accepted pin may let the site receive more of a dossier it held
             // for another reason: all of it is sent again, as the host now decides it.
-            _ if new & !old & (scope_bit::GRANT | scope_bit::PINNED) != 0 => {
+            _ if new & !old & (scope_bit::GRANT | scope_bit::PINNED | scope_bit::EMERGENCY)
+                != 0 =>
+            {
                 self.log_append(txn, site, &LogItem::Enter(*bi))
             }
             _ => Ok(()),

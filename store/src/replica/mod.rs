@@ -20,11 +20,13 @@ mod authority_ops;
 mod backend;
 mod cache;
 mod documents;
+mod emergency_fetch;
 mod host_sync;
 mod journal;
 mod pending_grants;
 mod quarantine;
 mod site_access;
+mod site_traces;
 mod site_view;
 mod sync;
 pub mod tables;
@@ -51,6 +53,7 @@ pub use announcements::AnnouncementPass;
 pub use authority_ops::{DossierInfo, ImportReport, NewDossier};
 pub use backend::Durable;
 pub use documents::{DossierExport, ExportedDocument, NewDocument, ReadOutcome};
+pub use emergency_fetch::EMERGENCY_VALID;
 pub use host_sync::{PullItem, PullReport};
 pub use quarantine::Quarantined;
 pub use site_access::{RequestKind, SiteRequest};
@@ -1320,45 +1323,6 @@ impl Replica {
         })
     }
 
-    /// Host: stores another site's trace entries, in order and exactly once (a replay is
-    /// skipped, a gap refused), sealed with this replica's audit key. Returns the new mark.
-    pub fn apply_remote_traces(&self, origin: SiteId, records: &[TraceRecord]) -> Result<u64> {
-        if origin == self.config.site_id {
-            return Err(Error::invalid("a replica does not apply its own trace"));
-        }
-        let txn = self.begin_write()?;
-        let mut head: (u64, [u8; 32]) = match txn.open_table(AUDIT_HEADS)?.get(origin.0)? {
-            Some(v) => postcard::from_bytes(v.value())?,
-            None => (0, [0; 32]),
-        };
-        {
-            let mut table = txn.open_table(AUDIT)?;
-            for r in records {
-                if r.seq <= head.0 {
-                    continue;
-                }
-                if r.seq != head.0 + 1 || r.entry.origin != origin {
-                    return Err(Error::invalid(format!(
-                        "trace entry {} of site {origin} does not follow entry {}",
-                        r.seq, head.0
-                    )));
-                }
-                let bytes = Zeroizing::new(postcard::to_stdvec(&r.entry)?);
-                let sealed = self.keys.audit.seal(&trace_aad(origin.0), &bytes)?;
-                let row = postcard::to_stdvec(&StoredTrace {
-                    hash: r.hash,
-                    sealed,
-                })?;
-                table.insert((origin.0, r.seq), row.as_slice())?;
-                head = (r.seq, r.hash);
-            }
-        }
-        txn.open_table(AUDIT_HEADS)?
-            .insert(origin.0, postcard::to_stdvec(&head)?.as_slice())?;
-        txn.commit()?;
-        Ok(head.0)
-    }
-
     /// Verifies every origin's trace chain. Returns `(origins, entries)` checked.
     pub fn verify_audit(&self) -> Result<(usize, u64)> {
         self.flush_traces()?;
@@ -1400,9 +1364,17 @@ impl Replica {
                     decoded.iter().map(|(s, h, b)| (*s, *h, b.as_slice())),
                     head,
                 )?;
+            } else if let Some(key) = self.chain_key_of(&txn, SiteId(origin))? {
+                // The key the site gave with its trace: its chain verifies here too.
+                total += crate::audit::verify_chain(
+                    key.expose(),
+                    SiteId(origin),
+                    decoded.iter().map(|(s, h, b)| (*s, *h, b.as_slice())),
+                    head,
+                )?;
             } else {
-                // Another site's chain is keyed with that site's key: here, every entry opens
-                // (the AEAD) and none is missing, from 1 to the head.
+                // A chain stored before its site gave its key: here, every entry opens (the
+                // AEAD) and none is missing, from 1 to the head.
                 for (n, (seq, _, _)) in (1u64..).zip(&decoded) {
                     if *seq != n {
                         return Err(Error::integrity(format!(

@@ -4,7 +4,8 @@
 //! Invariants: a site receives the documents of a dossier only if one of its bound
 //! professionals may read the dossier (the table's read column, asked for the dossier: an
 //! active grant, not blocked, not acting for an insurer), or if the host pinned the dossier for
-//! it (`decide_pin`); otherwise only the documents it wrote itself. The site then enforces the
+//! it (`decide_pin`) or allowed an emergency fetch (`emergency_fetch`); otherwise only the
+//! documents it wrote itself. The site then enforces the
 //! table document by document, as it does offline. A body travels only with a document the
 //! site receives. It receives a grant record only when it names one of its bound professionals
 //! (who treats the patient elsewhere is none of its business), and the dossier head and
@@ -60,18 +61,18 @@ impl Replica {
     }
 
     /// True when one of the site's professionals may read the dossier `bi`, or the host
-    /// pinned it for the site.
+    /// pinned it for the site or allowed an emergency fetch of it.
     fn site_reads_dossier(
         &self,
         txn: &ReadTransaction,
         view: &SiteView,
         bi: &[u8; 32],
     ) -> Result<bool> {
-        let pinned = txn
+        let pinned_or_emergency = txn
             .open_table(SCOPE)?
             .get(site_key(view.site.0, bi).as_slice())?
-            .is_some_and(|v| v.value() & scope_bit::PINNED != 0);
-        if pinned {
+            .is_some_and(|v| v.value() & (scope_bit::PINNED | scope_bit::EMERGENCY) != 0);
+        if pinned_or_emergency {
             return Ok(true);
         }
         let authority = txn.open_table(AUTHORITY)?;

@@ -48,6 +48,18 @@ pub enum Change {
         /// The professional.
         rpps: crate::ids::Rpps,
     },
+    /// A break-glass or centre 15 fetch of a dossier the site does not hold: the host decides
+    /// it for the professional it binds to that site, and traces it.
+    EmergencyFetch {
+        /// The dossier.
+        ins: crate::ids::Ins,
+        /// The professional.
+        rpps: crate::ids::Rpps,
+        /// Break-glass or centre 15.
+        mode: crate::model::AccessMode,
+        /// The reason the professional stated.
+        reason: String,
+    },
 }
 
 /// The result of `apply_remote`.
@@ -113,6 +125,18 @@ impl Replica {
                     let ins = self.open_pending_ins(&sealed_ins)?;
                     let rpps = crate::ids::Rpps::parse(&rpps)?;
                     out.push((k.value(), Change::PendingGrant { ins, rpps }));
+                }
+                OutboxItem::EmergencyFetch { sealed } => {
+                    let r = self.open_emergency_request(&sealed)?;
+                    out.push((
+                        k.value(),
+                        Change::EmergencyFetch {
+                            ins: r.ins,
+                            rpps: r.rpps,
+                            mode: r.mode,
+                            reason: r.reason,
+                        },
+                    ));
                 }
             }
         }
@@ -245,6 +269,7 @@ impl Replica {
                 OutboxItem::PurgeReceipt { .. } => "purge-receipt",
                 OutboxItem::Pin { .. } => "pin",
                 OutboxItem::PendingGrant { .. } => "pending-grant",
+                OutboxItem::EmergencyFetch { .. } => "emergency-fetch",
             };
             *out.entry(kind).or_insert(0) += 1;
         }
@@ -449,6 +474,17 @@ impl Replica {
             Change::PendingGrant { ins, rpps } => {
                 if self.config.role == super::Role::Host {
                     self.request_consent(txn, origin, ins, rpps)?;
+                }
+                Applied::Applied
+            }
+            Change::EmergencyFetch {
+                ins,
+                rpps,
+                mode,
+                reason,
+            } => {
+                if self.config.role == super::Role::Host {
+                    self.decide_emergency_fetch(txn, origin, ins, rpps, *mode, reason)?;
                 }
                 Applied::Applied
             }

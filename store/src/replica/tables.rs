@@ -77,6 +77,12 @@ pub const PARTIAL_PROGRESS: TableDefinition<&[u8; 16], u64> =
 /// (`1 ‖ blind index ‖ site`) or consent given in person (`2 ‖ blind index ‖ RPPS ‖ site`) →
 /// sealed `SiteRequest` (registry key, bound to its row).
 pub const SITE_REQUESTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("site_requests");
+/// Host: the key each site chains its trace with (`site_traces`), sealed with the audit key and
+/// bound to the site.
+pub const SITE_CHAIN_KEYS: TableDefinition<u32, &[u8]> = TableDefinition::new("site_chain_keys");
+/// Host: until when a dossier stays in a site's scope for an emergency fetch the host allowed:
+/// `site (u32 BE) ‖ blind index` → Unix milliseconds.
+pub const EMERGENCY_SCOPES: TableDefinition<&[u8], i64> = TableDefinition::new("emergency_scopes");
 /// Per origin site, the highest change sequence applied here (exactly-once).
 pub const APPLIED: TableDefinition<u32, u64> = TableDefinition::new("applied");
 
@@ -183,6 +189,13 @@ pub enum OutboxItem {
         /// The professional.
         rpps: String,
     },
+    /// A break-glass or centre 15 fetch of a dossier this site does not hold, for the host to
+    /// decide; the request (INS, professional, mode, reason) is sealed (registry key).
+    EmergencyFetch {
+        /// `EmergencyRequest`, postcard, sealed.
+        #[serde(with = "serde_bytes")]
+        sealed: Vec<u8>,
+    },
 }
 
 /// Why a dossier is in a site's scope (bits of `SCOPE`).
@@ -191,8 +204,11 @@ pub mod scope_bit {
     pub const GRANT: u8 = 1;
     /// The site wrote a document in it.
     pub const WROTE: u8 = 2;
-    /// The site pinned it (e.g. tomorrow's patients of a mobile unit).
+    /// The host accepted the site's pin (e.g. tomorrow's patients of a mobile unit).
     pub const PINNED: u8 = 4;
+    /// The host allowed an emergency fetch by one of the site's professionals, for a while
+    /// (`EMERGENCY_SCOPES`).
+    pub const EMERGENCY: u8 = 8;
 }
 
 /// An entry of a site's change log on the host; what it names is read when the site pulls, so

@@ -995,6 +995,12 @@ fn a_sites_trace_reaches_the_host_once_and_in_order() {
     let records = site.traces_after(0, 100).expect("traces");
     assert!(records.len() >= 2);
     assert!(
+        host.apply_remote_traces(origin, &records).is_err(),
+        "no entry before the site's chain key"
+    );
+    host.admit_chain_key(origin, &site.trace_chain_key())
+        .expect("key");
+    assert!(
         host.apply_remote_traces(origin, &records[1..]).is_err(),
         "a gap is refused"
     );
@@ -1014,6 +1020,151 @@ fn a_sites_trace_reaches_the_host_once_and_in_order() {
         .filter(|c| c.entry.origin == origin)
         .count();
     assert_eq!(held, records.len());
+}
+
+#[test]
+fn the_host_checks_a_sites_trace_as_a_chain_and_refuses_a_rewritten_history() {
+    let (_hd, host, _sd, site) = host_and_site();
+    write(&site, "doc", b"1");
+    let origin = site.config().site_id;
+    let records = site.traces_after(0, 100).expect("traces");
+    host.admit_chain_key(origin, &site.trace_chain_key())
+        .expect("key");
+    let refusals = |host: &Replica| {
+        host.audit_entries(None)
+            .expect("audit")
+            .iter()
+            .filter(|c| c.entry.action == TraceAction::Admin("trace-refused".into()))
+            .count()
+    };
+    // An entry altered on the way (or by the site) does not chain: nothing is stored.
+    let mut forged = records.clone();
+    forged[1].entry.allowed = !forged[1].entry.allowed;
+    assert!(matches!(
+        host.apply_remote_traces(origin, &forged),
+        Err(Error::Integrity(_))
+    ));
+    assert_eq!(host.trace_mark(origin).ok(), Some(0));
+    assert_eq!(refusals(&host), 1, "the refusal is traced");
+    // The real chain is stored; sent again unchanged it is a no-op, rewritten it is refused.
+    let mark = host.apply_remote_traces(origin, &records).expect("apply");
+    assert_eq!(host.apply_remote_traces(origin, &records).ok(), Some(mark));
+    assert!(matches!(
+        host.apply_remote_traces(origin, &forged),
+        Err(Error::Integrity(_))
+    ));
+    assert_eq!(refusals(&host), 2);
+    // A site cannot present another chain key later (a history started again).
+    assert!(matches!(
+        host.admit_chain_key(origin, &[9; 32]),
+        Err(Error::Integrity(_))
+    ));
+    host.admit_chain_key(origin, &site.trace_chain_key())
+        .expect("the same key again");
+    // The host verifies the site's stored chain under its key.
+    let (_, entries) = host.verify_audit().expect("verifies");
+    assert!(entries >= records.len() as u64);
+}
+
+#[test]
+fn an_emergency_fetch_is_decided_at_the_host_and_ends_by_itself() {
+    use std::sync::atomic::Ordering;
+    let (_dirs, now, host, site) = host_and_site_on_a_clock();
+    // A patient the site has never seen, a document the host holds.
+    let other = Ins::from_body("2900101123456").expect("ins");
+    host.create_dossier(new_dossier(other.clone()))
+        .expect("dossier");
+    let id = host
+        .put_document(
+            &Actor::Professional(doctor()),
+            AccessMode::Normal,
+            None,
+            &other,
+            doc("allergies", b"penicillin (synthetic)"),
+        )
+        .expect("host writes");
+    let break_glass = |r: &Replica| {
+        r.read_document(
+            &Actor::Professional(doctor()),
+            &id,
+            AccessMode::BreakGlass,
+            Some("unconscious"),
+        )
+    };
+    // Refused at the site without a reason, and with nothing to fetch for a normal read.
+    assert!(
+        site.request_emergency_fetch(&other, &doctor(), AccessMode::BreakGlass, " ")
+            .is_err()
+    );
+    assert!(
+        site.request_emergency_fetch(&other, &doctor(), AccessMode::Normal, "x")
+            .is_err()
+    );
+    // The holder opposed break-glass: the host refuses, traces it, and sends nothing.
+    host.update_emergency(&other, |p| p.btg_allowed = false)
+        .expect("oppose");
+    site.request_emergency_fetch(&other, &doctor(), AccessMode::BreakGlass, "unconscious")
+        .expect("asked");
+    sync(&host, &site);
+    assert!(site.dossier(&other).is_err(), "refused: nothing came");
+    let decided = |allowed: bool| {
+        host.audit_entries(Some(&other))
+            .expect("audit")
+            .iter()
+            .filter(|c| c.entry.mode == AccessMode::BreakGlass && c.entry.allowed == allowed)
+            .count()
+    };
+    assert_eq!(decided(false), 1);
+    // Allowed: the dossier comes, and the doctor breaks glass on it at the site.
+    host.update_emergency(&other, |p| p.btg_allowed = true)
+        .expect("allow");
+    site.request_emergency_fetch(&other, &doctor(), AccessMode::BreakGlass, "unconscious")
+        .expect("asked");
+    sync(&host, &site);
+    assert_eq!(decided(true), 1);
+    assert_eq!(
+        &break_glass(&site).expect("read").body[..],
+        b"penicillin (synthetic)"
+    );
+    assert!(
+        site.read_document(&Actor::Professional(nurse()), &id, AccessMode::Normal, None)
+            .is_err(),
+        "no grant: no normal read"
+    );
+    // A day later the emergency is over: the dossier leaves the site.
+    assert_eq!(host.expire_emergency_access().expect("timer"), 0);
+    now.fetch_add(super::EMERGENCY_VALID, Ordering::SeqCst);
+    site.import_authority(&host.export_authority().expect("export"))
+        .expect("fresh records");
+    assert_eq!(host.expire_emergency_access().expect("timer"), 1);
+    sync(&host, &site);
+    assert!(!site.has_dossier_key(&other).expect("key"), "purged");
+}
+
+#[test]
+fn an_emergency_fetch_for_a_professional_the_host_does_not_bind_is_refused() {
+    let (_hd, host, _sd, site) = host_and_site();
+    let other = Ins::from_body("2900101123456").expect("ins");
+    host.create_dossier(new_dossier(other.clone()))
+        .expect("dossier");
+    let stranger = Rpps::parse("19999999999").expect("rpps");
+    site.add_professional(&Professional {
+        rpps: stranger.clone(),
+        profession: Profession::Medecin,
+        specialty: None,
+        name: None,
+    })
+    .expect("pro");
+    site.request_emergency_fetch(&other, &stranger, AccessMode::Centre15, "call 15")
+        .expect("asked");
+    sync(&host, &site);
+    assert!(site.dossier(&other).is_err());
+    assert!(
+        host.audit_entries(Some(&other))
+            .expect("audit")
+            .iter()
+            .any(|c| c.entry.mode == AccessMode::Centre15 && !c.entry.allowed)
+    );
 }
 
 #[test]

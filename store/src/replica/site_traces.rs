@@ -1,0 +1,225 @@
+//! The host's custody of each site's trace: the entries arrive in chain order and are checked as
+//! a chain on arrival, under the key the site chains them with (its *chain key*, which a site
+//! gives the host over the authenticated link, so that the host, and only it, can verify what
+//! the hashes stored at the site hide from someone holding the data folder).
+//!
+//! Invariants: a site's chain key, once held, never changes (a different key is an integrity
+//! failure, traced: a site cannot restart its history); an entry is stored only if its chain
+//! hash follows the entry before it under that key; an entry sent again is compared with the
+//! one held, and a difference (a rewritten history) is refused and traced, never skipped; the
+//! stored entries of a site verify from 1 to its head (`verify_audit`).
+
+use redb::ReadableTable;
+use zeroize::Zeroizing;
+
+use super::tables::*;
+use super::{Replica, TraceRecord, trace_aad};
+use crate::crypto::{Key, aad};
+use crate::error::{Error, Result};
+use crate::ids::SiteId;
+
+/// Associated data of a site's chain key, sealed at the host: bound to the site.
+fn chain_key_aad(site: SiteId) -> Vec<u8> {
+    aad(&[b"site-chain-key", &site.0.to_be_bytes()])
+}
+
+impl Replica {
+    /// Site: the key this site chains its trace with, for the host to verify it (sent over the
+    /// mutually authenticated link only).
+    pub fn trace_chain_key(&self) -> [u8; 32] {
+        *self.keys.chain.expose()
+    }
+
+    /// Host: the chain key of `site`, if it gave one.
+    fn site_chain_key(&self, txn: &impl ChainKeys, site: SiteId) -> Result<Option<Key>> {
+        let Some(sealed) = txn.sealed_chain_key(site)? else {
+            return Ok(None);
+        };
+        let plain = self
+            .keys
+            .audit
+            .open(&chain_key_aad(site), &sealed)
+            .map_err(|_| {
+                Error::integrity(format!("the chain key held for site {site} was altered"))
+            })?;
+        Ok(Some(Key::from_bytes(&plain)?))
+    }
+
+    /// Host: records the chain key `site` presents, or checks it against the one held. A
+    /// different key is refused, and the refusal traced.
+    pub fn admit_chain_key(&self, site: SiteId, key: &[u8; 32]) -> Result<()> {
+        if self.config.role != super::Role::Host {
+            return Err(Error::invalid("only the host keeps the sites' traces"));
+        }
+        {
+            let txn = self.begin_read()?;
+            if let Some(held) = self.site_chain_key(&txn, site)? {
+                if held.expose() == key {
+                    return Ok(());
+                }
+                drop(txn);
+                self.trace_refusal(site, "trace-key-mismatch")?;
+                return Err(Error::integrity(format!(
+                    "site {site} presented another trace chain key than the one the host holds: \
+                     its trace history cannot be checked; re-enrol the site or investigate"
+                )));
+            }
+        }
+        let txn = self.begin_write()?;
+        // Another session of the same site may have stored it meanwhile: the first one stands.
+        if self.site_chain_key(&*txn, site)?.is_none() {
+            let sealed = self.keys.audit.seal(&chain_key_aad(site), key)?;
+            txn.open_table(SITE_CHAIN_KEYS)?
+                .insert(site.0, sealed.as_slice())?;
+        }
+        txn.commit()
+    }
+
+    /// Host: a trace entry of the host that says a site's trace was refused (ids only).
+    fn trace_refusal(&self, site: SiteId, what: &str) -> Result<()> {
+        let txn = self.begin_write()?;
+        txn.trace(vec![self.admin_entry(
+            what,
+            None,
+            Some(&format!("site {site}")),
+        )]);
+        txn.commit()
+    }
+
+    /// Host: stores another site's trace entries, in order and exactly once, each checked as
+    /// the next link of the site's chain under its chain key; an entry already held is compared
+    /// with the one sent. Returns the new mark. A refusal changes nothing but the host's trace.
+    pub fn apply_remote_traces(&self, origin: SiteId, records: &[TraceRecord]) -> Result<u64> {
+        if origin == self.config.site_id {
+            return Err(Error::invalid("a replica does not apply its own trace"));
+        }
+        match self.store_remote_traces(origin, records) {
+            Err(Error::Integrity(why)) => {
+                self.trace_refusal(origin, "trace-refused")?;
+                Err(Error::Integrity(why))
+            }
+            other => other,
+        }
+    }
+
+    fn store_remote_traces(&self, origin: SiteId, records: &[TraceRecord]) -> Result<u64> {
+        let txn = self.begin_write()?;
+        let key = self.site_chain_key(&*txn, origin)?.ok_or_else(|| {
+            Error::invalid(format!(
+                "site {origin} sent trace entries before its chain key: nothing stored"
+            ))
+        })?;
+        let mut head: (u64, [u8; 32]) = match txn.open_table(AUDIT_HEADS)?.get(origin.0)? {
+            Some(v) => postcard::from_bytes(v.value())?,
+            None => (0, [0; 32]),
+        };
+        {
+            let mut table = txn.open_table(AUDIT)?;
+            for r in records {
+                let bytes = Zeroizing::new(postcard::to_stdvec(&r.entry)?);
+                if r.seq <= head.0 {
+                    // Sent again (a lost acknowledgement): it must be the entry held.
+                    let held = table
+                        .get((origin.0, r.seq))?
+                        .ok_or_else(|| {
+                            Error::integrity(format!(
+                                "trace entry {} of site {origin} is missing here",
+                                r.seq
+                            ))
+                        })?
+                        .value()
+                        .to_vec();
+                    let (hash, plain) = self.open_trace_row(origin.0, r.seq, &held)?;
+                    if hash != r.hash || *plain != *bytes {
+                        return Err(Error::integrity(format!(
+                            "site {origin} sent trace entry {} again, different from the one \
+                             the host holds: its history was rewritten",
+                            r.seq
+                        )));
+                    }
+                    continue;
+                }
+                if r.seq != head.0 + 1 || r.entry.origin != origin {
+                    return Err(Error::invalid(format!(
+                        "trace entry {} of site {origin} does not follow entry {}",
+                        r.seq, head.0
+                    )));
+                }
+                if crate::audit::chain_hash(key.expose(), &bytes, &head.1) != r.hash {
+                    return Err(Error::integrity(format!(
+                        "trace entry {} of site {origin} does not chain to entry {}",
+                        r.seq, head.0
+                    )));
+                }
+                let sealed = self.keys.audit.seal(&trace_aad(origin.0), &bytes)?;
+                let row = postcard::to_stdvec(&StoredTrace {
+                    hash: r.hash,
+                    sealed,
+                })?;
+                table.insert((origin.0, r.seq), row.as_slice())?;
+                head = (r.seq, r.hash);
+            }
+        }
+        txn.open_table(AUDIT_HEADS)?
+            .insert(origin.0, postcard::to_stdvec(&head)?.as_slice())?;
+        txn.commit()?;
+        Ok(head.0)
+    }
+
+    /// Host: the last entry of `origin`'s trace held here, and its chain hash (`(0, zeros)`
+    /// when none): the site checks it against its own.
+    pub fn trace_head_held(&self, origin: SiteId) -> Result<(u64, [u8; 32])> {
+        let txn = self.begin_read()?;
+        let heads = txn.open_table(AUDIT_HEADS)?;
+        let row = heads.get(origin.0)?;
+        Ok(match row {
+            Some(v) => postcard::from_bytes(v.value())?,
+            None => (0, [0; 32]),
+        })
+    }
+
+    /// Site: the chain hash of this site's own trace entry `seq`, if it holds it in its table
+    /// (an entry the host acknowledged was sent from there).
+    pub fn own_trace_hash(&self, seq: u64) -> Result<Option<[u8; 32]>> {
+        let txn = self.begin_read()?;
+        let table = txn.open_table(AUDIT)?;
+        let row = table.get((self.config.site_id.0, seq))?;
+        Ok(match row {
+            Some(v) => Some(postcard::from_bytes::<StoredTrace>(v.value())?.hash),
+            None => None,
+        })
+    }
+
+    /// Host: the chain key `origin` gave, to verify its stored chain (`verify_audit`).
+    pub(super) fn chain_key_of(
+        &self,
+        txn: &redb::ReadTransaction,
+        origin: SiteId,
+    ) -> Result<Option<Key>> {
+        self.site_chain_key(txn, origin)
+    }
+}
+
+/// Where a site's sealed chain key is read from: a read or a write transaction.
+trait ChainKeys {
+    fn sealed_chain_key(&self, site: SiteId) -> Result<Option<Vec<u8>>>;
+}
+
+impl ChainKeys for redb::ReadTransaction {
+    fn sealed_chain_key(&self, site: SiteId) -> Result<Option<Vec<u8>>> {
+        match self.open_table(SITE_CHAIN_KEYS) {
+            Ok(t) => Ok(t.get(site.0)?.map(|v| v.value().to_vec())),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl ChainKeys for redb::WriteTransaction {
+    fn sealed_chain_key(&self, site: SiteId) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .open_table(SITE_CHAIN_KEYS)?
+            .get(site.0)?
+            .map(|v| v.value().to_vec()))
+    }
+}
