@@ -221,10 +221,16 @@ fn raw_quic_seconds(bytes: usize) -> Res<f64> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let ca = pki::new_ca()?;
-    let (host, site) = (pki::issue_host(&ca)?, pki::issue_site(&ca, 1)?);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs() as i64;
+    let ca = pki::new_ca(now)?;
+    let (host, site) = (
+        pki::issue_host(&ca, now, None)?,
+        pki::issue_site(&ca, 1, now)?,
+    );
     let server = transport::server_config(&ca.cert_der, &host, Arc::default())?;
-    let client = transport::client_config(&ca.cert_der, &site)?;
+    let client = transport::client_config(&ca.cert_der, &site, None)?;
     runtime.block_on(async move {
         let endpoint = quinn::Endpoint::server(server, "127.0.0.1:0".parse()?)?;
         let addr = endpoint.local_addr()?;

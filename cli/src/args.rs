@@ -119,8 +119,14 @@ pub enum SyncCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum PkiCmd {
-    /// Create the national CA and the host's certificate.
-    Init,
+    /// Create the national CA (10 years) and the host's certificate (2 years).
+    Init {
+        /// Keep the CA's private key out of the host: write it (and the CA certificate) to
+        /// this new folder (0700, files 0600), to be kept offline; `enrol`, `renew` and
+        /// `renew-host` then need it.
+        #[arg(long)]
+        ca_dir: Option<PathBuf>,
+    },
     /// Enrol a site: writes its bundle (it holds a private key: hand it over securely).
     Enrol {
         #[arg(long)]
@@ -136,7 +142,40 @@ pub enum PkiCmd {
         /// several. Only the host binds professionals to sites.
         #[arg(long = "pro")]
         pros: Vec<String>,
+        /// The offline CA folder (`pki init --ca-dir`).
+        #[arg(long)]
+        ca_dir: Option<PathBuf>,
     },
+    /// Issue a site a new certificate (1 year, same site id, new key) in a renewal bundle;
+    /// its current certificate stays valid until it expires, so the site switches without a
+    /// gap (`pki install` at the site).
+    Renew {
+        site: u32,
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Where the site reaches the host, IP:PORT (default: as at its enrolment).
+        #[arg(long)]
+        host_address: Option<String>,
+        /// Refuse the site's earlier certificates at once (a key that may have leaked).
+        #[arg(long)]
+        retire_old: bool,
+        /// The offline CA folder (`pki init --ca-dir`).
+        #[arg(long)]
+        ca_dir: Option<PathBuf>,
+    },
+    /// Issue the host a new certificate (2 years) for the same TLS key, which sites pinned.
+    RenewHost {
+        /// A new TLS key: every site then refuses the host until it installs a renewal bundle
+        /// issued after this (`pki renew SITE`, then `pki install` at the site).
+        #[arg(long)]
+        new_key: bool,
+        /// The offline CA folder (`pki init --ca-dir`).
+        #[arg(long)]
+        ca_dir: Option<PathBuf>,
+    },
+    /// Site: install a renewal bundle: replaces this site's certificate and key (same site
+    /// id, host key and CA required).
+    Install { bundle: PathBuf },
     /// Bind a professional (registered at the host) to a site: their grants bring dossiers
     /// into its scope.
     Bind {
@@ -157,9 +196,9 @@ pub enum PkiCmd {
         #[arg(long)]
         site: u32,
     },
-    /// Revoke a site: its certificate is refused from now on.
+    /// Revoke a site: its certificates are refused from now on.
     Revoke { site: u32 },
-    /// List enrolled sites.
+    /// List enrolled sites, with the expiry of each one's certificate.
     List,
 }
 

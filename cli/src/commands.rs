@@ -132,9 +132,31 @@ fn data_dir(cli: &Cli) -> Result<PathBuf> {
         .ok_or_else(|| Failure::Usage("no data folder: pass --data DIR or set CARNET_DATA".into()))
 }
 
-/// The replica of `--data`: through its daemon when one runs, else opened here.
+/// Warnings for stderr, whatever the command's outcome (`main` prints them).
+static WARNINGS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// The warnings gathered while running commands, for `main` to print.
+pub fn take_warnings() -> Vec<String> {
+    WARNINGS
+        .lock()
+        .map(|mut w| std::mem::take(&mut *w))
+        .unwrap_or_default()
+}
+
+fn warn(text: String) {
+    if let Ok(mut w) = WARNINGS.lock() {
+        w.push(text);
+    }
+}
+
+/// The replica of `--data`: through its daemon when one runs, else opened here (a data
+/// folder others could read is tightened, and said).
 fn open(cli: &Cli) -> Result<Store> {
-    Ok(Store(Handle::open(&data_dir(cli)?, &key_source())?))
+    let handle = Handle::open(&data_dir(cli)?, &key_source())?;
+    for fix in handle.folder_fixes() {
+        warn(fix);
+    }
+    Ok(Store(handle))
 }
 
 fn ins(text: &str) -> Result<Ins> {
@@ -169,8 +191,10 @@ fn read_file(path: &Path) -> Result<Vec<u8>> {
     fs::read(path).map_err(|e| Failure::File(format!("cannot read {}: {e}", path.display())))
 }
 
-fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    fs::write(path, bytes)
+/// Every file the CLI writes may hold patient data or keys: mode 0600, an existing file
+/// included (`carnet_store::files::write_private`).
+fn write_private_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    carnet_store::files::write_private(path, bytes)
         .map_err(|e| Failure::File(format!("cannot write {}: {e}", path.display())))
 }
 
@@ -430,6 +454,28 @@ fn sync(cli: &Cli, c: &SyncCmd) -> Result<Reply> {
             for (id, at, reason) in &s.quarantine {
                 human += &format!("\n  {id} since {}: {reason}", format_rfc3339(*at));
             }
+            if let Some(c) = &s.certificate {
+                human += &format!(
+                    "\ncertificate: valid until {}{}",
+                    format_date(c.not_after),
+                    if c.host_pinned {
+                        ""
+                    } else {
+                        " (the host's key is not pinned: enrolled with an old bundle)"
+                    }
+                );
+                if c.days_left < 0 {
+                    human += "\nwarning: this site's certificate has EXPIRED: the host refuses it; ask the host for a renewal bundle (`carnet pki renew SITE -o BUNDLE`) and install it here (`carnet pki install BUNDLE`)";
+                } else if c.days_left < carnet_syncd::pki::RENEW_WITHIN_DAYS {
+                    human += &format!(
+                        "\nwarning: this site's certificate expires in {} day(s): ask the host for a renewal bundle (`carnet pki renew SITE -o BUNDLE`) and install it here (`carnet pki install BUNDLE`)",
+                        c.days_left
+                    );
+                }
+                if !c.host_pinned {
+                    human += "\nwarning: install a renewal bundle to pin the host's key";
+                }
+            }
             Ok(Reply::new(
                 human,
                 json!({"pending": s.pending, "pending_by_kind": s.pending_by_kind,
@@ -438,6 +484,10 @@ fn sync(cli: &Cli, c: &SyncCmd) -> Result<Reply> {
                        "conflicts": s.conflicts,
                        "authority_as_of": (s.authority_as_of > 0).then(|| format_rfc3339(s.authority_as_of)),
                        "lease_expired": s.lease_expired,
+                       "certificate": s.certificate.as_ref().map(|c| json!({
+                           "not_after": format_rfc3339(c.not_after), "days_left": c.days_left,
+                           "renew": c.days_left < carnet_syncd::pki::RENEW_WITHIN_DAYS,
+                           "host_pinned": c.host_pinned})),
                        "daemon": s.link.as_ref().map(|l| json!({
                            "connected": l.connected,
                            "last_sync": l.last_sync.map(format_rfc3339),
@@ -502,28 +552,49 @@ fn requests(cli: &Cli) -> Result<Reply> {
     Ok(Reply::new(human.trim_end(), Value::Array(json.collect())))
 }
 
-fn write_private_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| Failure::File(format!("cannot write {}: {e}", path.display())))?;
-    f.write_all(bytes)
-        .map_err(|e| Failure::File(format!("cannot write {}: {e}", path.display())))
+fn now_millis() -> i64 {
+    carnet_store::replica::system_clock()()
+}
+
+/// The offline CA of `--ca-dir`, if given.
+fn offline_ca(dir: &Option<PathBuf>) -> Result<Option<carnet_syncd::pki::Identity>> {
+    Ok(dir
+        .as_deref()
+        .map(carnet_syncd::enrol::read_ca_dir)
+        .transpose()?)
 }
 
 fn pki(cli: &Cli, c: &PkiCmd) -> Result<Reply> {
     let r = open(cli)?;
     match c {
-        PkiCmd::Init => {
-            r.pki_init()?;
+        PkiCmd::Init { ca_dir } => {
+            let Some(dir) = ca_dir else {
+                r.pki_init(None)?;
+                return Ok(Reply::new(
+                    "national CA (10 years) and host certificate (2 years) created; the CA key is kept in this replica",
+                    json!({"pki": true, "ca_offline": false}),
+                ));
+            };
+            if r.config()?.role != Role::Host {
+                return Err(Failure::Usage("the PKI lives on the national host".into()));
+            }
+            if r.pki_host().is_ok() {
+                return Err(Failure::Usage("this host already has a PKI".into()));
+            }
+            // The key is on disk in its folder before the host depends on it.
+            let ca = carnet_syncd::pki::new_ca(now_millis().div_euclid(1000))?;
+            carnet_syncd::enrol::write_ca_dir(dir, &ca)?;
+            if let Err(e) = r.pki_init(Some(ca)) {
+                // Nothing uses this CA: leave no stray key behind (and nothing else is touched).
+                carnet_syncd::enrol::remove_ca_dir(dir);
+                return Err(e);
+            }
             Ok(Reply::new(
-                "national CA and host certificate created",
-                json!({"pki": true}),
+                format!(
+                    "national CA (10 years) and host certificate (2 years) created; the CA key is in {} only: keep that folder offline (pki enrol, renew and renew-host need --ca-dir)",
+                    dir.display()
+                ),
+                json!({"pki": true, "ca_offline": true, "ca_dir": dir.display().to_string()}),
             ))
         }
         PkiCmd::Enrol {
@@ -532,9 +603,11 @@ fn pki(cli: &Cli, c: &PkiCmd) -> Result<Reply> {
             host_address,
             output,
             pros,
+            ca_dir,
         } => {
             let pros = pros.iter().map(|p| rpps(p)).collect::<Result<Vec<_>>>()?;
-            let (site_id, name, bundle) = r.pki_enrol(name, finess, host_address, pros)?;
+            let (site_id, name, bundle) =
+                r.pki_enrol(name, finess, host_address, pros, offline_ca(ca_dir)?)?;
             write_private_file(output, &bundle)?;
             Ok(Reply::new(
                 format!(
@@ -542,6 +615,59 @@ fn pki(cli: &Cli, c: &PkiCmd) -> Result<Reply> {
                     output.display()
                 ),
                 json!({"site_id": site_id, "name": name, "output": output.display().to_string()}),
+            ))
+        }
+        PkiCmd::Renew {
+            site,
+            output,
+            host_address,
+            retire_old,
+            ca_dir,
+        } => {
+            let (site_id, name, bundle) = r.pki_renew(
+                *site,
+                host_address.clone(),
+                *retire_old,
+                offline_ca(ca_dir)?,
+            )?;
+            write_private_file(output, &bundle)?;
+            Ok(Reply::new(
+                format!(
+                    "renewed the certificate of site {site_id} '{name}': bundle written to {} (it holds the site's new private key: hand it over securely; install it at the site with `carnet pki install`){}",
+                    output.display(),
+                    if *retire_old {
+                        "; its earlier certificates are refused from now on"
+                    } else {
+                        "; its current certificate stays valid until it expires"
+                    }
+                ),
+                json!({"site_id": site_id, "name": name, "output": output.display().to_string(),
+                       "retired_old": retire_old}),
+            ))
+        }
+        PkiCmd::RenewHost { new_key, ca_dir } => {
+            let not_after = r.pki_renew_host(*new_key, offline_ca(ca_dir)?)?;
+            Ok(Reply::new(
+                format!(
+                    "host certificate renewed, valid until {}{}",
+                    format_date(not_after),
+                    if *new_key {
+                        ": with a new TLS key, which no site pins yet — issue each site a renewal bundle (`pki renew SITE`) and install it there (`pki install`) before it can connect again"
+                    } else {
+                        ", for the same TLS key: sites accept it as they are"
+                    }
+                ),
+                json!({"not_after": format_rfc3339(not_after), "new_key": new_key}),
+            ))
+        }
+        PkiCmd::Install { bundle } => {
+            let not_after = r.pki_install(read_file(bundle)?)?;
+            Ok(Reply::new(
+                format!(
+                    "renewal installed: this site's certificate is valid until {}; the next connection to the host uses it (delete the bundle file)",
+                    format_date(not_after)
+                ),
+                json!({"not_after": format_rfc3339(not_after)}),
             ))
         }
         PkiCmd::Bind { site, rpps: text } | PkiCmd::Unbind { site, rpps: text } => {
@@ -581,18 +707,51 @@ fn pki(cli: &Cli, c: &PkiCmd) -> Result<Reply> {
         }
         PkiCmd::List => {
             let sites = r.pki_sites()?;
-            let mut human = format!("{:<8} {:<10} {:<8} NAME\n", "SITE", "FINESS", "STATE");
+            let host = r.pki_host()?;
+            let now = now_millis();
+            let days = |t: i64| (t - now).div_euclid(86_400_000);
+            let expiry = |t: i64| {
+                let d = days(t);
+                if d < 0 {
+                    format!("{} (EXPIRED)", format_date(t))
+                } else if d < carnet_syncd::pki::RENEW_WITHIN_DAYS {
+                    format!("{} ({d} days left: RENEW)", format_date(t))
+                } else {
+                    format_date(t)
+                }
+            };
+            let mut human = format!(
+                "CA valid until {}{}; host certificate until {}\n{:<8} {:<10} {:<8} {:<30} NAME\n",
+                expiry(host.ca_not_after),
+                if host.ca_offline {
+                    " (key offline)"
+                } else {
+                    ""
+                },
+                expiry(host.host_not_after),
+                "SITE",
+                "FINESS",
+                "STATE",
+                "CERTIFICATE UNTIL"
+            );
             for (id, s) in &sites {
                 human += &format!(
-                    "{:<8} {:<10} {:<8} {}\n",
+                    "{:<8} {:<10} {:<8} {:<30} {}\n",
                     id,
                     s.finess,
                     if s.revoked { "revoked" } else { "active" },
+                    s.current()
+                        .map_or_else(|| "-".to_string(), |c| expiry(c.not_after)),
                     s.name
                 );
             }
             let list = sites.iter().map(|(id, s)| {
-                json!({"site_id": id, "name": s.name, "finess": s.finess, "revoked": s.revoked})
+                let c = s.current();
+                json!({"site_id": id, "name": s.name, "finess": s.finess, "revoked": s.revoked,
+                       "certificate_not_after": c.map(|c| format_rfc3339(c.not_after)),
+                       "days_left": c.map(|c| days(c.not_after)),
+                       "renew": c.is_some_and(|c| !s.revoked && days(c.not_after) < carnet_syncd::pki::RENEW_WITHIN_DAYS),
+                       "certificates": s.certs.iter().filter(|c| !c.retired).count()})
             });
             Ok(Reply::new(human.trim_end(), Value::Array(list.collect())))
         }
@@ -1028,7 +1187,7 @@ fn doc(cli: &Cli, c: &DocCmd) -> Result<Reply> {
             j["rule"] = json!(out.rule);
             match output {
                 Some(path) => {
-                    write_file(path, &out.body)?;
+                    write_private_file(path, &out.body)?;
                     Ok(Reply::new(
                         format!(
                             "{} ({} bytes) written to {} — traced, rule {}",
@@ -1270,7 +1429,7 @@ fn export(cli: &Cli, a: &ExportArgs) -> Result<Reply> {
     let e = r.export_dossier(&who, &i)?;
     let bundle = fhir::bundle(&e);
     let text = serde_json::to_vec_pretty(&bundle).map_err(|e| Failure::File(e.to_string()))?;
-    write_file(&a.output, &text)?;
+    write_private_file(&a.output, &text)?;
     Ok(Reply::new(
         format!(
             "FHIR R4 Bundle with {} document(s) and {} trace entries written to {}",
@@ -1287,7 +1446,7 @@ fn authority(cli: &Cli, c: &AuthorityCmd) -> Result<Reply> {
     match c {
         AuthorityCmd::Export { output } => {
             let b = r.export_authority()?;
-            write_file(output, &b.to_bytes()?)?;
+            write_private_file(output, &b.to_bytes()?)?;
             let vouched = b.vouch.is_some();
             Ok(Reply::new(
                 format!(

@@ -205,7 +205,8 @@ fn free_port() -> Result<u16, Failure> {
 pub fn run(args: &DemoArgs) -> Result<Reply, Failure> {
     let tmp = std::env::temp_dir().join(format!("carnet-demo-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(file_err)?;
+    // Everything the demo writes is beneath a folder of the owner's only.
+    carnet_store::files::private_dir(&tmp).map_err(file_err)?;
     let result = {
         let mut daemons = Daemons::default();
         scenario(&tmp, &mut daemons)

@@ -22,7 +22,11 @@ fn main() {
 
 /// Runs a parsed command and prints its reply; returns the exit code.
 pub(crate) fn execute(cli: &args::Cli) -> i32 {
-    match commands::run(cli) {
+    let outcome = commands::run(cli);
+    for warning in commands::take_warnings() {
+        eprintln!("warning: {warning}");
+    }
+    match outcome {
         Ok(reply) => {
             let mut out = std::io::stdout().lock();
             let written = if let Some(raw) = &reply.raw_stdout {

@@ -16,9 +16,11 @@ use carnet_store::replica::{
     DossierExport, DossierInfo, ImportReport, NewDocument, NewDossier, ReadOutcome, ReplicaConfig,
     SiteRequest,
 };
+use carnet_store::time::Millis;
 use carnet_syncd::api::local::Handle;
-use carnet_syncd::api::{Request, Response, SyncStatus};
+use carnet_syncd::api::{PkiHostStatus, Request, Response, SyncStatus};
 use carnet_syncd::enrol::SiteRecord;
+use carnet_syncd::pki::Identity;
 use carnet_syncd::session::RoundReport;
 
 use crate::commands::Failure;
@@ -319,8 +321,8 @@ impl Store {
         expect!(self.call(Request::SyncNow)?, Synced)
     }
 
-    pub fn pki_init(&self) -> Result<()> {
-        self.done(Request::PkiInit)
+    pub fn pki_init(&self, offline_ca: Option<Identity>) -> Result<()> {
+        self.done(Request::PkiInit { offline_ca })
     }
 
     /// Enrols a site: answers its id, name and the bundle's bytes.
@@ -330,20 +332,51 @@ impl Store {
         finess: &str,
         host_address: &str,
         pros: Vec<Rpps>,
+        ca: Option<Identity>,
     ) -> Result<(u32, String, Vec<u8>)> {
-        match self.call(Request::PkiEnrol {
+        enrolled(self.call(Request::PkiEnrol {
             name: name.to_string(),
             finess: finess.to_string(),
             host_address: host_address.to_string(),
             pros,
-        })? {
-            Response::Enrolled {
-                site_id,
-                name,
-                bundle,
-            } => Ok((site_id, name, bundle)),
+            ca,
+        })?)
+    }
+
+    /// Renews a site's certificate: answers its id, name and the renewal bundle's bytes.
+    pub fn pki_renew(
+        &self,
+        site: u32,
+        host_address: Option<String>,
+        retire_old: bool,
+        ca: Option<Identity>,
+    ) -> Result<(u32, String, Vec<u8>)> {
+        enrolled(self.call(Request::PkiRenew {
+            site,
+            host_address,
+            retire_old,
+            ca,
+        })?)
+    }
+
+    /// Renews the host's certificate: answers the end of its validity.
+    pub fn pki_renew_host(&self, new_key: bool, ca: Option<Identity>) -> Result<Millis> {
+        match self.call(Request::PkiRenewHost { new_key, ca })? {
+            Response::Certificate { not_after } => Ok(not_after),
             other => Err(unexpected(&other)),
         }
+    }
+
+    /// Installs a renewal bundle at a site: answers the end of the new certificate's validity.
+    pub fn pki_install(&self, bundle: Vec<u8>) -> Result<Millis> {
+        match self.call(Request::PkiInstall { bundle })? {
+            Response::Certificate { not_after } => Ok(not_after),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub fn pki_host(&self) -> Result<PkiHostStatus> {
+        expect!(self.call(Request::PkiHost)?, PkiHost)
     }
 
     pub fn pki_revoke(&self, site: u32) -> Result<()> {
@@ -352,5 +385,16 @@ impl Store {
 
     pub fn pki_sites(&self) -> Result<BTreeMap<u32, SiteRecord>> {
         expect!(self.call(Request::PkiSites)?, Sites)
+    }
+}
+
+fn enrolled(response: Response) -> Result<(u32, String, Vec<u8>)> {
+    match response {
+        Response::Enrolled {
+            site_id,
+            name,
+            bundle,
+        } => Ok((site_id, name, bundle)),
+        other => Err(unexpected(&other)),
     }
 }

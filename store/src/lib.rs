@@ -11,6 +11,7 @@ pub mod clock;
 pub mod codec;
 pub mod crypto;
 pub mod error;
+pub mod files;
 pub mod ids;
 pub mod merge;
 pub mod model;

@@ -29,6 +29,7 @@ use zeroize::Zeroizing;
 
 use crate::enrol::{self, SiteRecord};
 use crate::error::{Error, Result};
+use crate::pki::Identity;
 use crate::session::RoundReport;
 use crate::transport::Revoked;
 
@@ -143,8 +144,12 @@ pub enum Request {
     SyncStatus,
     /// Runs a sync round now and waits for it (site).
     SyncNow,
-    /// Creates the national CA and host certificate (host).
-    PkiInit,
+    /// Creates the national CA and host certificate (host). With `offline_ca` (made and
+    /// written to its offline folder by the caller), the replica keeps only its certificate.
+    PkiInit {
+        #[serde(default)]
+        offline_ca: Option<Identity>,
+    },
     /// Enrols a site (host); answers the bundle's bytes.
     PkiEnrol {
         name: String,
@@ -153,7 +158,35 @@ pub enum Request {
         /// Professionals (registered at the host) bound to the new site.
         #[serde(default)]
         pros: Vec<Rpps>,
+        /// The offline CA, when the replica does not keep its key.
+        #[serde(default)]
+        ca: Option<Identity>,
     },
+    /// Issues a site a new certificate (host); answers the renewal bundle's bytes.
+    PkiRenew {
+        site: u32,
+        #[serde(default)]
+        host_address: Option<String>,
+        /// Refuse the site's earlier certificates at once.
+        #[serde(default)]
+        retire_old: bool,
+        #[serde(default)]
+        ca: Option<Identity>,
+    },
+    /// Issues the host a new certificate (host), for the same TLS key unless `new_key`.
+    PkiRenewHost {
+        #[serde(default)]
+        new_key: bool,
+        #[serde(default)]
+        ca: Option<Identity>,
+    },
+    /// Installs a renewal bundle (site).
+    PkiInstall {
+        #[serde(with = "carnet_store::codec::bytes")]
+        bundle: Vec<u8>,
+    },
+    /// The host's CA and certificate: their expiry, and whether the CA key is offline.
+    PkiHost,
     /// Revokes a site (host); a running daemon refuses it from the next connection.
     PkiRevoke { site: u32 },
     /// The sites known to the host.
@@ -177,6 +210,7 @@ impl Request {
                 | Request::SyncStatus
                 | Request::SyncNow
                 | Request::PkiSites
+                | Request::PkiHost
                 | Request::SiteProfessionals { .. }
                 | Request::SiteRequests
         );
@@ -217,6 +251,32 @@ pub struct SyncStatus {
     pub conflicts: usize,
     /// The daemon's view of the link; `None` when no daemon runs.
     pub link: Option<LinkState>,
+    /// This site's certificate; `None` if it was not enrolled.
+    #[serde(default)]
+    pub certificate: Option<CertificateStatus>,
+}
+
+/// A site's certificate, as `sync status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CertificateStatus {
+    /// End of validity.
+    pub not_after: Millis,
+    /// Whole days left (negative once expired).
+    pub days_left: i64,
+    /// The site accepts only the host TLS key its bundle pinned (false: enrolled with a
+    /// format 1 bundle; install a renewal bundle).
+    pub host_pinned: bool,
+}
+
+/// The host's CA and certificate.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PkiHostStatus {
+    /// End of the CA's validity.
+    pub ca_not_after: Millis,
+    /// End of the host certificate's validity.
+    pub host_not_after: Millis,
+    /// The CA key is kept offline (`pki init --ca-dir`).
+    pub ca_offline: bool,
 }
 
 /// The daemon's view of its link to the host.
@@ -283,6 +343,10 @@ pub enum Response {
     },
     /// Sites known to the host.
     Sites(BTreeMap<u32, SiteRecord>),
+    /// A certificate issued or installed: the end of its validity.
+    Certificate { not_after: Millis },
+    /// The host's PKI.
+    PkiHost(PkiHostStatus),
     /// Professionals bound to a site, by RPPS.
     Bound(Vec<Rpps>),
     /// Sites' requests waiting for the host.
@@ -337,6 +401,8 @@ pub struct Service {
     /// Notified after each request that may change the store, and (site) when the host pokes:
     /// the daemon then pokes live sites (host) or runs a round (site).
     pub changed: Arc<tokio::sync::Notify>,
+    /// The host's QUIC endpoint (daemon only): a renewed host certificate is served at once.
+    pub endpoint: Option<quinn::Endpoint>,
 }
 
 impl Service {
@@ -352,6 +418,7 @@ impl Service {
             revoked: None,
             link: None,
             changed,
+            endpoint: None,
         }
     }
 
@@ -519,8 +586,11 @@ impl Service {
                     "a sync round runs on the async side (Service::run)".into(),
                 ));
             }
-            Request::PkiInit => {
-                enrol::init_host(r)?;
+            Request::PkiInit { offline_ca } => {
+                match offline_ca {
+                    Some(ca) => enrol::init_host_with(r, &ca, false)?,
+                    None => enrol::init_host(r)?,
+                }
                 Response::Done
             }
             Request::PkiEnrol {
@@ -528,6 +598,7 @@ impl Service {
                 finess,
                 host_address,
                 pros,
+                ca,
             } => {
                 // Every professional is checked before the site exists: all or nothing.
                 let registered = r.professionals()?;
@@ -539,7 +610,7 @@ impl Service {
                         "professional {missing} is not registered at the host (carnet pro add)"
                     ))));
                 }
-                let b = enrol::enrol(r, &name, &finess, &host_address)?;
+                let b = enrol::enrol_with(r, &name, &finess, &host_address, ca.as_ref())?;
                 for rpps in &pros {
                     r.bind_professional(SiteId(b.site_id), rpps, true)?;
                 }
@@ -554,11 +625,57 @@ impl Service {
                 if let Some(revoked) = &self.revoked
                     && let Some(s) = enrol::sites(r)?.get(&site)
                 {
-                    revoked.add(s.fingerprint);
+                    for f in s.refused() {
+                        revoked.add(f);
+                    }
                 }
                 Response::Done
             }
             Request::PkiSites => Response::Sites(enrol::sites(r)?),
+            Request::PkiRenew {
+                site,
+                host_address,
+                retire_old,
+                ca,
+            } => {
+                let b = enrol::renew(r, site, host_address.as_deref(), retire_old, ca.as_ref())?;
+                // Retired certificates are refused at once, live connections included.
+                if let Some(revoked) = &self.revoked
+                    && let Some(s) = enrol::sites(r)?.get(&site)
+                {
+                    for f in s.refused() {
+                        revoked.add(f);
+                    }
+                }
+                Response::Enrolled {
+                    site_id: b.site_id,
+                    name: b.name.clone(),
+                    bundle: b.to_bytes()?,
+                }
+            }
+            Request::PkiRenewHost { new_key, ca } => {
+                let v = enrol::renew_host(r, new_key, ca.as_ref())?;
+                // A running host presents the new certificate from the next handshake on.
+                if let (Some(endpoint), Some(revoked)) = (&self.endpoint, &self.revoked) {
+                    let (ca, identity) = enrol::host_identity(r)?;
+                    endpoint.set_server_config(Some(crate::transport::server_config(
+                        &ca,
+                        &identity,
+                        revoked.clone(),
+                    )?));
+                }
+                Response::Certificate {
+                    not_after: v.not_after.saturating_mul(1000),
+                }
+            }
+            Request::PkiInstall { bundle } => {
+                let b = enrol::Bundle::from_bytes(&bundle)?;
+                let v = enrol::install_renewal(r, &b)?;
+                Response::Certificate {
+                    not_after: v.not_after.saturating_mul(1000),
+                }
+            }
+            Request::PkiHost => Response::PkiHost(enrol::host_status(r)?),
         })
     }
 
@@ -648,6 +765,7 @@ impl Service {
                 .collect(),
             conflicts: r.conflicts()?,
             link,
+            certificate: enrol::site_certificate(r)?,
         })
     }
 }

@@ -189,7 +189,7 @@ impl Config {
         if path.exists() {
             return Err(Error::Invalid(format!("{} already exists", path.display())));
         }
-        std::fs::write(&path, self.to_commented_toml())?;
+        carnet_store::files::write_private(&path, self.to_commented_toml().as_bytes())?;
         Ok(path)
     }
 }

@@ -1,14 +1,21 @@
 //! Enrolment: the host's register of sites and their certificates, and the bundle that
-//! carries a new site's identity to it.
+//! carries a site's identity to it (at enrolment, and at each renewal).
 //!
 //! Invariants: only a host replica with a PKI (`pki init`) enrols; site ids are assigned by the
-//! host, never reused; a revoked site stays revoked. The register and a site's TLS identity are
-//! stored sealed in the replica (`Replica::put_sealed`). A bundle holds a private key: it is
-//! written with mode 0600 and is for the site's installer only.
+//! host, never reused; a revoked site stays revoked, and so does a retired certificate. The
+//! register and a site's TLS identity are stored sealed in the replica (`Replica::put_sealed`),
+//! each beginning with its format byte. A bundle holds a private key: it is written with mode
+//! 0600 and is for the site's installer only. It pins the host's TLS key: a site accepts only
+//! a host certificate for that key (and chaining to the CA). A site installs a renewal bundle
+//! only for its own site id, host signing key and CA, and never an older certificate over a
+//! newer one. When the CA key is kept offline (`pki init --ca-dir`), the register holds only
+//! the CA certificate and every issuing takes the offline CA (`Ca`).
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use carnet_store::replica::{Replica, Role};
+use carnet_store::time::Millis;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -20,8 +27,33 @@ const HOST_PKI: &str = "host-pki";
 const SITE_TLS: &str = "site-tls";
 /// Magic prefix of a bundle file.
 const BUNDLE_MAGIC: &[u8; 8] = b"CARNETEN";
-/// Format version of bundles and stored records.
-const FORMAT: u8 = 1;
+/// Format version of bundles and of the host's register: 2 brought certificate lifetimes,
+/// renewal, the host key pin and the offline CA. A format 1 register is read and upgraded; a
+/// format 1 bundle is refused (its certificate has no real lifetime and it pins no host key).
+const FORMAT: u8 = 2;
+/// Format of a site's stored TLS identity (format 1 had no format byte: it began with the
+/// CA certificate's length, a varint of at least two bytes whose first is ≥ 0x80).
+const SITE_TLS_FORMAT: u8 = 2;
+/// The files of an offline CA folder (`pki init --ca-dir`).
+const CA_CERT_FILE: &str = "ca.cert.der";
+const CA_KEY_FILE: &str = "ca.key.der";
+
+fn ms(secs: i64) -> Millis {
+    secs.saturating_mul(1000)
+}
+
+/// One certificate issued to a site.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteCert {
+    /// Its fingerprint (`transport::fingerprint`).
+    pub fingerprint: [u8; 32],
+    /// Start of validity (Unix milliseconds).
+    pub not_before: Millis,
+    /// End of validity (Unix milliseconds).
+    pub not_after: Millis,
+    /// Refused although unexpired (`pki renew --retire-old`).
+    pub retired: bool,
+}
 
 /// A site known to the host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,23 +62,128 @@ pub struct SiteRecord {
     pub name: String,
     /// FINESS of the establishment.
     pub finess: String,
-    /// Revoked: its certificate is refused.
+    /// Revoked: all its certificates are refused.
     pub revoked: bool,
-    /// Fingerprint of its certificate (`transport::fingerprint`).
-    pub fingerprint: [u8; 32],
+    /// Its certificates, oldest first; each valid until it expires, is retired or the site is
+    /// revoked, so a site switches to a renewed one without a gap.
+    pub certs: Vec<SiteCert>,
+    /// Where the site reaches the host (from its enrolment; `None` for a site enrolled by a
+    /// format 1 register).
+    pub host_address: Option<String>,
+}
+
+impl SiteRecord {
+    /// The newest certificate.
+    pub fn current(&self) -> Option<&SiteCert> {
+        self.certs.last()
+    }
+
+    /// The fingerprints the host refuses: all of a revoked site, else the retired ones.
+    pub fn refused(&self) -> impl Iterator<Item = [u8; 32]> + '_ {
+        self.certs
+            .iter()
+            .filter(move |c| self.revoked || c.retired)
+            .map(|c| c.fingerprint)
+    }
+}
+
+/// Format 1 of a site record: one certificate, no lifetime recorded (rcgen's defaults, 1975 to
+/// 4096).
+#[derive(Deserialize)]
+struct SiteRecordV1 {
+    name: String,
+    finess: String,
+    revoked: bool,
+    fingerprint: [u8; 32],
 }
 
 /// The host's PKI register.
 #[derive(Clone, Serialize, Deserialize)]
 struct HostPki {
     format: u8,
-    ca: Identity,
+    /// The national CA certificate (DER).
+    ca_cert: Vec<u8>,
+    /// The CA's private key (PKCS#8 DER), unless kept offline.
+    ca_key: Option<Vec<u8>>,
     host: Identity,
     next_site: u32,
     sites: BTreeMap<u32, SiteRecord>,
 }
 
-/// What a new site needs to join: its identity, the CA, the host's keys and address.
+#[derive(Deserialize)]
+struct HostPkiV1 {
+    _format: u8,
+    ca: Identity,
+    host: Identity,
+    next_site: u32,
+    sites: BTreeMap<u32, SiteRecordV1>,
+}
+
+/// 1975-01-01 and 4096-01-01, the window rcgen gave certificates issued by format 1.
+const V1_NOT_BEFORE: i64 = 157_766_400;
+const V1_NOT_AFTER: i64 = 67_090_118_400;
+
+impl HostPki {
+    fn decode(raw: &[u8]) -> Result<HostPki> {
+        let damaged = || Error::Invalid("the stored PKI register is damaged".into());
+        match raw.first() {
+            Some(&FORMAT) => postcard::from_bytes(raw).map_err(|_| damaged()),
+            Some(1) => {
+                let v1: HostPkiV1 = postcard::from_bytes(raw).map_err(|_| damaged())?;
+                Ok(HostPki {
+                    format: FORMAT,
+                    ca_cert: v1.ca.cert_der,
+                    ca_key: Some(v1.ca.key_der),
+                    host: v1.host,
+                    next_site: v1.next_site,
+                    sites: v1
+                        .sites
+                        .into_iter()
+                        .map(|(id, s)| {
+                            let cert = SiteCert {
+                                fingerprint: s.fingerprint,
+                                not_before: ms(V1_NOT_BEFORE),
+                                not_after: ms(V1_NOT_AFTER),
+                                retired: false,
+                            };
+                            let record = SiteRecord {
+                                name: s.name,
+                                finess: s.finess,
+                                revoked: s.revoked,
+                                certs: vec![cert],
+                                host_address: None,
+                            };
+                            (id, record)
+                        })
+                        .collect(),
+                })
+            }
+            Some(f) => Err(Error::Invalid(format!(
+                "the stored PKI register has format {f}, newer than this build reads ({FORMAT}): upgrade carnet"
+            ))),
+            None => Err(damaged()),
+        }
+    }
+
+    /// The CA to issue with: the register's, or the offline one, which must be the same CA.
+    fn ca(&self, offline: Option<&Identity>) -> Result<Identity> {
+        match (&self.ca_key, offline) {
+            (Some(key), None) => Ok(Identity {
+                cert_der: self.ca_cert.clone(),
+                key_der: key.clone(),
+            }),
+            (None, Some(ca)) | (Some(_), Some(ca)) if ca.cert_der == self.ca_cert => Ok(ca.clone()),
+            (_, Some(_)) => Err(Error::Invalid(
+                "the CA in --ca-dir is not this host's national CA".into(),
+            )),
+            (None, None) => Err(Error::Invalid(
+                "this host keeps its CA key offline: pass --ca-dir DIR (the folder `pki init --ca-dir` wrote)".into(),
+            )),
+        }
+    }
+}
+
+/// What a site needs to join or renew: its identity, the CA, the host's keys and address.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct Bundle {
     format: u8,
@@ -64,6 +201,9 @@ pub struct Bundle {
     pub identity: Identity,
     /// The host's Ed25519 public key (signed records).
     pub host_key: [u8; 32],
+    /// The pin of the host's TLS key (`pki::key_pin`): the only host certificates the site
+    /// accepts are the CA's for this key.
+    pub host_tls_pin: [u8; 32],
 }
 
 impl std::fmt::Debug for Bundle {
@@ -85,17 +225,35 @@ impl Bundle {
         let rest = bytes
             .strip_prefix(BUNDLE_MAGIC.as_slice())
             .ok_or_else(|| Error::Invalid("not a Carnet enrolment bundle".into()))?;
+        match rest.first() {
+            Some(&FORMAT) => {}
+            Some(1) => {
+                return Err(Error::Invalid(
+                    "this enrolment bundle has format 1 (a certificate without a real lifetime, no host key pin): ask the host for a new one (`carnet pki renew SITE`, or `pki enrol` for a new site)".into(),
+                ));
+            }
+            Some(f) => {
+                return Err(Error::Invalid(format!(
+                    "enrolment bundle format {f} is not supported (expects {FORMAT}): upgrade carnet"
+                )));
+            }
+            None => {
+                return Err(Error::Invalid(
+                    "the enrolment bundle is truncated or damaged".into(),
+                ));
+            }
+        }
         let b: Bundle = postcard::from_bytes(rest)
             .map_err(|_| Error::Invalid("the enrolment bundle is truncated or damaged".into()))?;
-        if b.format != FORMAT {
-            return Err(Error::Invalid(format!(
-                "enrolment bundle format {} is not supported (expects {FORMAT})",
-                b.format
-            )));
-        }
-        // The material must at least make a TLS configuration.
-        crate::transport::client_config(&b.ca_cert_der, &b.identity)?;
+        // The material must at least make a TLS configuration, and its certificate be readable.
+        b.client_config()?;
+        pki::validity(&b.identity.cert_der)?;
         Ok(b)
+    }
+
+    /// The site's QUIC client configuration from this bundle.
+    pub fn client_config(&self) -> Result<quinn::ClientConfig> {
+        crate::transport::client_config(&self.ca_cert_der, &self.identity, Some(self.host_tls_pin))
     }
 }
 
@@ -108,14 +266,40 @@ pub struct SiteTls {
     pub identity: Identity,
     /// Where the host listens.
     pub host_address: String,
+    /// The pin of the host's TLS key; `None` for a site enrolled with a format 1 bundle, which
+    /// accepts any certificate of the CA for `carnet-host` until it installs a renewal.
+    pub host_tls_pin: Option<[u8; 32]>,
+}
+
+impl SiteTls {
+    /// The QUIC client configuration.
+    pub fn client_config(&self) -> Result<quinn::ClientConfig> {
+        crate::transport::client_config(&self.ca_cert_der, &self.identity, self.host_tls_pin)
+    }
+}
+
+/// Format 1 of the stored identity.
+#[derive(Deserialize)]
+struct SiteTlsV1 {
+    ca_cert_der: Vec<u8>,
+    identity: Identity,
+    host_address: String,
+}
+
+/// Format 2 as stored, after its format byte.
+#[derive(Serialize, Deserialize)]
+struct SiteTlsV2 {
+    ca_cert_der: Vec<u8>,
+    identity: Identity,
+    host_address: String,
+    host_tls_pin: Option<[u8; 32]>,
 }
 
 fn load_host_pki(replica: &Replica) -> Result<HostPki> {
     let raw = replica.get_sealed(HOST_PKI)?.ok_or_else(|| {
         Error::Invalid("this host has no PKI yet: run `carnet pki init` first".into())
     })?;
-    postcard::from_bytes(&raw)
-        .map_err(|_| Error::Invalid("the stored PKI register is damaged".into()))
+    HostPki::decode(&raw)
 }
 
 fn save_host_pki(replica: &Replica, pki: &HostPki) -> Result<()> {
@@ -125,21 +309,35 @@ fn save_host_pki(replica: &Replica, pki: &HostPki) -> Result<()> {
     Ok(replica.put_sealed(HOST_PKI, &bytes)?)
 }
 
-/// Host: creates the national CA and the host's certificate (once).
+/// Now, in Unix seconds, by the replica's clock.
+fn now_secs(replica: &Replica) -> i64 {
+    replica.now().div_euclid(1000)
+}
+
+/// Host: creates the national CA and the host's certificate (once), the CA key kept in the
+/// replica.
 pub fn init_host(replica: &Replica) -> Result<()> {
+    let ca = pki::new_ca(now_secs(replica))?;
+    init_host_with(replica, &ca, true)
+}
+
+/// Host: sets up the PKI with `ca` (made by `pki::new_ca`): its key is kept in the replica if
+/// `keep_key`, else only its certificate (the key stays in the offline folder the caller
+/// wrote first).
+pub fn init_host_with(replica: &Replica, ca: &Identity, keep_key: bool) -> Result<()> {
     if replica.config().role != Role::Host {
         return Err(Error::Invalid("the PKI lives on the national host".into()));
     }
     if replica.get_sealed(HOST_PKI)?.is_some() {
         return Err(Error::Invalid("this host already has a PKI".into()));
     }
-    let ca = pki::new_ca()?;
-    let host = pki::issue_host(&ca)?;
+    let host = pki::issue_host(ca, now_secs(replica), None)?;
     save_host_pki(
         replica,
         &HostPki {
             format: FORMAT,
-            ca,
+            ca_cert: ca.cert_der.clone(),
+            ca_key: keep_key.then(|| ca.key_der.clone()),
             host,
             next_site: 1,
             sites: BTreeMap::new(),
@@ -147,49 +345,168 @@ pub fn init_host(replica: &Replica) -> Result<()> {
     )
 }
 
-/// Host: enrols a new site and returns its bundle.
-pub fn enrol(replica: &Replica, name: &str, finess: &str, host_address: &str) -> Result<Bundle> {
-    let finess = carnet_store::ids::Finess::parse(finess)?;
-    if name.trim().is_empty() {
-        return Err(Error::Invalid("a site needs a name (--name)".into()));
-    }
+/// True if this host has a PKI whose CA key is kept offline.
+pub fn ca_is_offline(replica: &Replica) -> Result<bool> {
+    Ok(load_host_pki(replica)?.ca_key.is_none())
+}
+
+fn check_address(host_address: &str) -> Result<()> {
     if host_address.parse::<std::net::SocketAddr>().is_err() {
         return Err(Error::Invalid(format!(
             "'{host_address}' is not a host address (IP:PORT)"
         )));
     }
-    let host_key = replica
+    Ok(())
+}
+
+fn host_signing_key(replica: &Replica) -> Result<[u8; 32]> {
+    replica
         .host_key()?
-        .ok_or_else(|| Error::Invalid("this replica has no host signing key".into()))?;
-    let mut pki = load_host_pki(replica)?;
-    let site_id = pki.next_site;
-    let identity = pki::issue_site(&pki.ca, site_id)?;
-    pki.next_site = site_id
+        .ok_or_else(|| Error::Invalid("this replica has no host signing key".into()))
+}
+
+fn site_cert(identity: &Identity) -> Result<SiteCert> {
+    let v = pki::validity(&identity.cert_der)?;
+    Ok(SiteCert {
+        fingerprint: crate::transport::fingerprint(&identity.cert_der),
+        not_before: ms(v.not_before),
+        not_after: ms(v.not_after),
+        retired: false,
+    })
+}
+
+/// Host: enrols a new site and returns its bundle (CA key in the replica).
+pub fn enrol(replica: &Replica, name: &str, finess: &str, host_address: &str) -> Result<Bundle> {
+    enrol_with(replica, name, finess, host_address, None)
+}
+
+/// Host: enrols a new site and returns its bundle; `ca` is the offline CA, if its key is not
+/// in the replica.
+pub fn enrol_with(
+    replica: &Replica,
+    name: &str,
+    finess: &str,
+    host_address: &str,
+    ca: Option<&Identity>,
+) -> Result<Bundle> {
+    let finess = carnet_store::ids::Finess::parse(finess)?;
+    if name.trim().is_empty() {
+        return Err(Error::Invalid("a site needs a name (--name)".into()));
+    }
+    check_address(host_address)?;
+    let host_key = host_signing_key(replica)?;
+    let mut reg = load_host_pki(replica)?;
+    let ca = reg.ca(ca)?;
+    let site_id = reg.next_site;
+    let identity = pki::issue_site(&ca, site_id, now_secs(replica))?;
+    reg.next_site = site_id
         .checked_add(1)
         .ok_or_else(|| Error::Invalid("no site id left".into()))?;
-    pki.sites.insert(
+    reg.sites.insert(
         site_id,
         SiteRecord {
             name: name.trim().to_string(),
             finess: finess.to_string(),
             revoked: false,
-            fingerprint: crate::transport::fingerprint(&identity.cert_der),
+            certs: vec![site_cert(&identity)?],
+            host_address: Some(host_address.to_string()),
         },
     );
-    save_host_pki(replica, &pki)?;
+    save_host_pki(replica, &reg)?;
     Ok(Bundle {
         format: FORMAT,
         site_id,
         name: name.trim().to_string(),
         finess: finess.to_string(),
         host_address: host_address.to_string(),
-        ca_cert_der: pki.ca.cert_der.clone(),
+        ca_cert_der: reg.ca_cert.clone(),
         identity,
         host_key,
+        host_tls_pin: pki::key_pin(&reg.host.cert_der)?,
     })
 }
 
-/// Host: revokes a site; its certificate is refused from now on.
+/// Host: issues a site a new certificate (same site id, new key) and returns it in a fresh
+/// bundle. Its earlier certificates stay valid until they expire, unless `retire_old`: then
+/// they are refused from now on. The bundle goes to `host_address`, or where the site was told
+/// at its enrolment.
+pub fn renew(
+    replica: &Replica,
+    site_id: u32,
+    host_address: Option<&str>,
+    retire_old: bool,
+    ca: Option<&Identity>,
+) -> Result<Bundle> {
+    if let Some(a) = host_address {
+        check_address(a)?;
+    }
+    let host_key = host_signing_key(replica)?;
+    let mut reg = load_host_pki(replica)?;
+    let ca = reg.ca(ca)?;
+    let now = now_secs(replica);
+    let site = reg
+        .sites
+        .get_mut(&site_id)
+        .ok_or_else(|| Error::Invalid(format!("no enrolled site {site_id}")))?;
+    if site.revoked {
+        return Err(Error::Invalid(format!(
+            "site {site_id} is revoked: enrol it again (`pki enrol`) if it is to come back"
+        )));
+    }
+    let host_address = match (host_address, &site.host_address) {
+        (Some(a), _) => a.to_string(),
+        (None, Some(a)) => a.clone(),
+        (None, None) => {
+            return Err(Error::Invalid(format!(
+                "site {site_id} was enrolled before host addresses were recorded: pass --host-address IP:PORT"
+            )));
+        }
+    };
+    let identity = pki::issue_site(&ca, site_id, now)?;
+    // Expired certificates are forgotten (the handshake refuses them anyway).
+    site.certs.retain(|c| c.not_after >= ms(now));
+    if retire_old {
+        for c in &mut site.certs {
+            c.retired = true;
+        }
+    }
+    site.certs.push(site_cert(&identity)?);
+    site.host_address = Some(host_address.clone());
+    let bundle = Bundle {
+        format: FORMAT,
+        site_id,
+        name: site.name.clone(),
+        finess: site.finess.clone(),
+        host_address,
+        ca_cert_der: reg.ca_cert.clone(),
+        identity,
+        host_key,
+        host_tls_pin: pki::key_pin(&reg.host.cert_der)?,
+    };
+    save_host_pki(replica, &reg)?;
+    Ok(bundle)
+}
+
+/// Host: issues itself a new certificate, for the same TLS key (sites pinned it: nothing to do
+/// at the sites) or, with `new_key`, for a new one (each site then needs a renewal bundle,
+/// `pki renew SITE`, installed with `pki install`, before it connects again). Returns the
+/// new certificate's validity.
+pub fn renew_host(
+    replica: &Replica,
+    new_key: bool,
+    ca: Option<&Identity>,
+) -> Result<pki::Validity> {
+    let mut reg = load_host_pki(replica)?;
+    let ca = reg.ca(ca)?;
+    let key = (!new_key).then_some(reg.host.key_der.as_slice());
+    let host = pki::issue_host(&ca, now_secs(replica), key)?;
+    let v = pki::validity(&host.cert_der)?;
+    reg.host = host;
+    save_host_pki(replica, &reg)?;
+    Ok(v)
+}
+
+/// Host: revokes a site; its certificates are refused from now on.
 pub fn revoke(replica: &Replica, site_id: u32) -> Result<()> {
     let mut pki = load_host_pki(replica)?;
     let site = pki
@@ -200,28 +517,37 @@ pub fn revoke(replica: &Replica, site_id: u32) -> Result<()> {
     save_host_pki(replica, &pki)
 }
 
-/// Host: the revocation list to give the server configuration.
+/// Host: the revocation list to give the server configuration (revoked sites, retired
+/// certificates).
 pub fn revoked(replica: &Replica) -> Result<crate::transport::Revoked> {
     let list = crate::transport::Revoked::default();
-    for site in load_host_pki(replica)?.sites.values().filter(|s| s.revoked) {
-        list.add(site.fingerprint);
+    for site in load_host_pki(replica)?.sites.values() {
+        for f in site.refused() {
+            list.add(f);
+        }
     }
     Ok(list)
 }
 
-/// Host: the site a certificate fingerprint belongs to, if enrolled and not revoked.
+/// Host: the site a certificate fingerprint belongs to, if enrolled, not revoked and the
+/// certificate not retired.
 pub fn site_of(replica: &Replica, fingerprint: &[u8; 32]) -> Result<Option<u32>> {
     Ok(load_host_pki(replica)?
         .sites
         .iter()
-        .find(|(_, s)| !s.revoked && &s.fingerprint == fingerprint)
+        .find(|(_, s)| {
+            !s.revoked
+                && s.certs
+                    .iter()
+                    .any(|c| !c.retired && &c.fingerprint == fingerprint)
+        })
         .map(|(id, _)| *id))
 }
 
 /// Host: its CA certificate and its own identity, for the server configuration.
 pub fn host_identity(replica: &Replica) -> Result<(Vec<u8>, Identity)> {
     let pki = load_host_pki(replica)?;
-    Ok((pki.ca.cert_der, pki.host))
+    Ok((pki.ca_cert, pki.host))
 }
 
 /// Host: the enrolled sites.
@@ -229,20 +555,161 @@ pub fn sites(replica: &Replica) -> Result<BTreeMap<u32, SiteRecord>> {
     Ok(load_host_pki(replica)?.sites)
 }
 
+/// Host: its CA and certificate, for `pki list`.
+pub fn host_status(replica: &Replica) -> Result<crate::api::PkiHostStatus> {
+    let reg = load_host_pki(replica)?;
+    Ok(crate::api::PkiHostStatus {
+        ca_not_after: ms(pki::validity(&reg.ca_cert)?.not_after),
+        host_not_after: ms(pki::validity(&reg.host.cert_der)?.not_after),
+        ca_offline: reg.ca_key.is_none(),
+    })
+}
+
+/// Site: its certificate's expiry and whether it pins the host's key; `None` if not enrolled
+/// (or on the host).
+pub fn site_certificate(replica: &Replica) -> Result<Option<crate::api::CertificateStatus>> {
+    if replica.config().role != Role::Site || replica.get_sealed(SITE_TLS)?.is_none() {
+        return Ok(None);
+    }
+    let tls = site_tls(replica)?;
+    let v = pki::validity(&tls.identity.cert_der)?;
+    Ok(Some(crate::api::CertificateStatus {
+        not_after: ms(v.not_after),
+        days_left: v.days_left(now_secs(replica)),
+        host_pinned: tls.host_tls_pin.is_some(),
+    }))
+}
+
+/// What the daemon should log about certificates: those with less than
+/// `pki::RENEW_WITHIN_DAYS` left (host: the CA, its own, each active site's newest; site: its
+/// own), and a site that pins no host key. One sentence each; empty when all is well.
+pub fn certificate_warnings(replica: &Replica) -> Result<Vec<String>> {
+    let now = now_secs(replica);
+    let mut out = Vec::new();
+    let mut check = |what: String, not_after_secs: i64, fix: &str| {
+        let days = (not_after_secs - now).div_euclid(86_400);
+        if days < 0 {
+            out.push(format!(
+                "{what} expired on {}: {fix}",
+                carnet_store::time::format_date(ms(not_after_secs))
+            ));
+        } else if days < pki::RENEW_WITHIN_DAYS {
+            out.push(format!(
+                "{what} expires on {} ({days} day(s) left): {fix}",
+                carnet_store::time::format_date(ms(not_after_secs))
+            ));
+        }
+    };
+    match replica.config().role {
+        Role::Host => {
+            let Some(raw) = replica.get_sealed(HOST_PKI)? else {
+                return Ok(out);
+            };
+            let reg = HostPki::decode(&raw)?;
+            check(
+                "the national CA".into(),
+                pki::validity(&reg.ca_cert)?.not_after,
+                "a new CA means enrolling every site again",
+            );
+            check(
+                "the host certificate".into(),
+                pki::validity(&reg.host.cert_der)?.not_after,
+                "run `carnet pki renew-host`",
+            );
+            for (id, site) in reg.sites.iter().filter(|(_, s)| !s.revoked) {
+                if let Some(c) = site.current() {
+                    check(
+                        format!("the certificate of site {id} ({})", site.name),
+                        c.not_after.div_euclid(1000),
+                        &format!(
+                            "run `carnet pki renew {id} -o BUNDLE` and install it at the site"
+                        ),
+                    );
+                }
+            }
+        }
+        Role::Site => {
+            if replica.get_sealed(SITE_TLS)?.is_none() {
+                return Ok(out);
+            }
+            let tls = site_tls(replica)?;
+            check(
+                "this site's certificate".into(),
+                pki::validity(&tls.identity.cert_der)?.not_after,
+                "ask the host for a renewal bundle (`carnet pki renew`) and install it (`carnet pki install BUNDLE`)",
+            );
+            if tls.host_tls_pin.is_none() {
+                out.push("this site accepts any host certificate of the national CA (enrolled with a format 1 bundle): install a renewal bundle to pin the host's key".into());
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn save_site_tls(replica: &Replica, tls: &SiteTls) -> Result<()> {
+    let stored = SiteTlsV2 {
+        ca_cert_der: tls.ca_cert_der.clone(),
+        identity: tls.identity.clone(),
+        host_address: tls.host_address.clone(),
+        host_tls_pin: tls.host_tls_pin,
+    };
+    let mut bytes = zeroize::Zeroizing::new(vec![SITE_TLS_FORMAT]);
+    bytes.extend(postcard::to_stdvec(&stored).map_err(|e| Error::Invalid(e.to_string()))?);
+    Ok(replica.put_sealed(SITE_TLS, &bytes)?)
+}
+
 /// Site: stores the TLS identity of a bundle in a replica created from it.
 pub fn install_site(replica: &Replica, bundle: &Bundle) -> Result<()> {
     if replica.config().site_id.0 != bundle.site_id {
         return Err(Error::Invalid("the bundle is for another site id".into()));
     }
-    let tls = SiteTls {
-        ca_cert_der: bundle.ca_cert_der.clone(),
-        identity: bundle.identity.clone(),
-        host_address: bundle.host_address.clone(),
-    };
-    let bytes = zeroize::Zeroizing::new(
-        postcard::to_stdvec(&tls).map_err(|e| Error::Invalid(e.to_string()))?,
-    );
-    Ok(replica.put_sealed(SITE_TLS, &bytes)?)
+    save_site_tls(
+        replica,
+        &SiteTls {
+            ca_cert_der: bundle.ca_cert_der.clone(),
+            identity: bundle.identity.clone(),
+            host_address: bundle.host_address.clone(),
+            host_tls_pin: Some(bundle.host_tls_pin),
+        },
+    )
+}
+
+/// Site: replaces its TLS identity with a renewal bundle's. Refused unless the bundle is for
+/// this site id, this host signing key and this CA, and its certificate is not older than the
+/// installed one. Returns the new certificate's validity.
+pub fn install_renewal(replica: &Replica, bundle: &Bundle) -> Result<pki::Validity> {
+    if replica.config().role != Role::Site {
+        return Err(Error::Invalid(
+            "a bundle is installed at a site (`carnet pki install` on the site)".into(),
+        ));
+    }
+    let current = site_tls(replica)?;
+    if replica.config().site_id.0 != bundle.site_id {
+        return Err(Error::Invalid(format!(
+            "the bundle is for site {}, this is site {}",
+            bundle.site_id,
+            replica.config().site_id
+        )));
+    }
+    if replica.host_key()? != Some(bundle.host_key) {
+        return Err(Error::Invalid(
+            "the bundle names another host signing key than the one this site pinned".into(),
+        ));
+    }
+    if bundle.ca_cert_der != current.ca_cert_der {
+        return Err(Error::Invalid(
+            "the bundle's CA is not the national CA this site trusts".into(),
+        ));
+    }
+    let new = pki::validity(&bundle.identity.cert_der)?;
+    let old = pki::validity(&current.identity.cert_der)?;
+    if new.not_after < old.not_after {
+        return Err(Error::Invalid(
+            "the bundle's certificate is older than the one installed: nothing changed".into(),
+        ));
+    }
+    install_site(replica, bundle)?;
+    Ok(new)
 }
 
 /// Site: its installed TLS identity.
@@ -250,6 +717,349 @@ pub fn site_tls(replica: &Replica) -> Result<SiteTls> {
     let raw = replica
         .get_sealed(SITE_TLS)?
         .ok_or_else(|| Error::Invalid("this site was not enrolled (init --enrol BUNDLE)".into()))?;
-    postcard::from_bytes(&raw)
-        .map_err(|_| Error::Invalid("the stored TLS identity is damaged".into()))
+    let damaged = || Error::Invalid("the stored TLS identity is damaged".into());
+    match raw.split_first() {
+        Some((&SITE_TLS_FORMAT, rest)) => {
+            let v2: SiteTlsV2 = postcard::from_bytes(rest).map_err(|_| damaged())?;
+            Ok(SiteTls {
+                ca_cert_der: v2.ca_cert_der,
+                identity: v2.identity,
+                host_address: v2.host_address,
+                host_tls_pin: v2.host_tls_pin,
+            })
+        }
+        Some((&first, _)) if first >= 0x80 => {
+            let v1: SiteTlsV1 = postcard::from_bytes(&raw).map_err(|_| damaged())?;
+            Ok(SiteTls {
+                ca_cert_der: v1.ca_cert_der,
+                identity: v1.identity,
+                host_address: v1.host_address,
+                host_tls_pin: None,
+            })
+        }
+        _ => Err(damaged()),
+    }
+}
+
+/// Writes an offline CA folder: the folder 0700, the certificate and key 0600. Refuses a
+/// folder that already holds a CA key.
+pub fn write_ca_dir(dir: &Path, ca: &Identity) -> Result<()> {
+    if dir.join(CA_KEY_FILE).exists() {
+        return Err(Error::Invalid(format!(
+            "{} already holds a CA key: choose an empty folder",
+            dir.display()
+        )));
+    }
+    carnet_store::files::private_dir(dir)?;
+    carnet_store::files::write_private(&dir.join(CA_CERT_FILE), &ca.cert_der)?;
+    carnet_store::files::write_private(&dir.join(CA_KEY_FILE), &ca.key_der)?;
+    Ok(())
+}
+
+/// Removes what `write_ca_dir` wrote (the folder too, if nothing else is in it).
+pub fn remove_ca_dir(dir: &Path) {
+    let _ = std::fs::remove_file(dir.join(CA_KEY_FILE));
+    let _ = std::fs::remove_file(dir.join(CA_CERT_FILE));
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// Reads an offline CA folder; a missing or damaged one is a clear error.
+pub fn read_ca_dir(dir: &Path) -> Result<Identity> {
+    let read = |name: &str| {
+        std::fs::read(dir.join(name)).map_err(|e| {
+            Error::Invalid(format!(
+                "cannot read the offline CA in {}: {e}",
+                dir.join(name).display()
+            ))
+        })
+    };
+    let ca = Identity {
+        cert_der: read(CA_CERT_FILE)?,
+        key_der: read(CA_KEY_FILE)?,
+    };
+    pki::validity(&ca.cert_der)
+        .map_err(|_| Error::Invalid(format!("{} is not a CA certificate", CA_CERT_FILE)))?;
+    Ok(ca)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit;
+
+    fn host() -> (tempfile::TempDir, Replica) {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let host = testkit::init(&tmp.path().join("host"), Role::Host, None, None);
+        (tmp, host)
+    }
+
+    #[test]
+    fn a_format_1_register_is_read_and_upgraded() {
+        let (_tmp, host) = host();
+        let ca = pki::new_ca(now_secs(&host)).expect("ca");
+        let h = pki::issue_host(&ca, now_secs(&host), None).expect("host");
+        #[derive(Serialize)]
+        struct V1Site {
+            name: String,
+            finess: String,
+            revoked: bool,
+            fingerprint: [u8; 32],
+        }
+        #[derive(Serialize)]
+        struct V1 {
+            format: u8,
+            ca: Identity,
+            host: Identity,
+            next_site: u32,
+            sites: BTreeMap<u32, V1Site>,
+        }
+        let v1 = V1 {
+            format: 1,
+            ca,
+            host: h,
+            next_site: 2,
+            sites: [(
+                1,
+                V1Site {
+                    name: "Ancienne".into(),
+                    finess: "750000001".into(),
+                    revoked: false,
+                    fingerprint: [7; 32],
+                },
+            )]
+            .into(),
+        };
+        host.put_sealed(HOST_PKI, &postcard::to_stdvec(&v1).expect("v1"))
+            .expect("put");
+        let s = sites(&host).expect("sites");
+        assert_eq!(s[&1].current().map(|c| c.not_after), Some(ms(V1_NOT_AFTER)));
+        assert_eq!(site_of(&host, &[7; 32]).expect("of"), Some(1));
+        // Renewal needs the address format 1 did not record.
+        assert!(renew(&host, 1, None, false, None).is_err());
+        let b = renew(&host, 1, Some("127.0.0.1:4433"), false, None).expect("renew");
+        assert_eq!(b.site_id, 1);
+        assert_eq!(sites(&host).expect("sites")[&1].certs.len(), 2);
+        assert_eq!(site_of(&host, &[7; 32]).expect("of"), Some(1), "no gap");
+        host.put_sealed(HOST_PKI, &[9, 1, 2]).expect("put");
+        assert!(sites(&host).is_err());
+    }
+
+    #[test]
+    fn renewal_keeps_the_old_certificate_unless_retired() {
+        let (_tmp, host) = host();
+        init_host(&host).expect("pki");
+        let b1 = enrol(&host, "Clinique", "750000001", "127.0.0.1:4433").expect("enrol");
+        let f1 = crate::transport::fingerprint(&b1.identity.cert_der);
+        let b2 = renew(&host, b1.site_id, None, false, None).expect("renew");
+        let f2 = crate::transport::fingerprint(&b2.identity.cert_der);
+        assert_ne!(f1, f2);
+        assert_ne!(b1.identity.key_der, b2.identity.key_der, "a new key");
+        assert_eq!(b2.host_address, "127.0.0.1:4433");
+        assert_eq!(site_of(&host, &f1).expect("of"), Some(b1.site_id));
+        assert_eq!(site_of(&host, &f2).expect("of"), Some(b1.site_id));
+        let b3 = renew(&host, b1.site_id, None, true, None).expect("renew");
+        let f3 = crate::transport::fingerprint(&b3.identity.cert_der);
+        assert_eq!(site_of(&host, &f1).expect("of"), None);
+        assert_eq!(site_of(&host, &f2).expect("of"), None);
+        assert_eq!(site_of(&host, &f3).expect("of"), Some(b1.site_id));
+        let refused = revoked(&host).expect("revoked");
+        assert!(refused.has(&f1) && refused.has(&f2) && !refused.has(&f3));
+        assert!(renew(&host, 99, None, false, None).is_err());
+        revoke(&host, b1.site_id).expect("revoke");
+        assert!(revoked(&host).expect("revoked").has(&f3));
+        assert!(renew(&host, b1.site_id, None, false, None).is_err());
+    }
+
+    #[test]
+    fn a_site_installs_only_its_own_newer_renewal() {
+        let (tmp, host) = host();
+        init_host(&host).expect("pki");
+        let b1 = enrol(&host, "Clinique", "750000001", "127.0.0.1:4433").expect("enrol");
+        let other = enrol(&host, "Autre", "750000002", "127.0.0.1:4433").expect("enrol");
+        let site = testkit::site_from_bundle(&tmp.path().join("site"), &b1);
+        // Certificate times are in seconds: the renewal ends a second later.
+        std::thread::sleep(std::time::Duration::from_millis(1_100));
+        let b2 = renew(&host, b1.site_id, Some("127.0.0.1:5555"), false, None).expect("renew");
+        install_renewal(&site, &b2).expect("install");
+        let tls = site_tls(&site).expect("tls");
+        assert_eq!(tls.identity.cert_der, b2.identity.cert_der);
+        assert_eq!(tls.host_address, "127.0.0.1:5555");
+        // Another site's bundle, an older one, another host key or CA: refused, nothing changes.
+        assert!(install_renewal(&site, &other).is_err());
+        let mut older = b2.clone();
+        older.identity = b1.identity.clone();
+        assert!(install_renewal(&site, &older).is_err());
+        let mut wrong_key = b2.clone();
+        wrong_key.host_key = [3; 32];
+        assert!(install_renewal(&site, &wrong_key).is_err());
+        let mut wrong_ca = b2.clone();
+        wrong_ca.ca_cert_der = pki::new_ca(now_secs(&host)).expect("ca").cert_der;
+        assert!(install_renewal(&site, &wrong_ca).is_err());
+        assert_eq!(
+            site_tls(&site).expect("tls").identity.cert_der,
+            b2.identity.cert_der
+        );
+        assert!(install_renewal(&host, &b2).is_err(), "not at the host");
+    }
+
+    #[test]
+    fn a_format_1_site_identity_is_read_without_a_pin() {
+        let (tmp, host) = host();
+        init_host(&host).expect("pki");
+        let b = enrol(&host, "Clinique", "750000001", "127.0.0.1:4433").expect("enrol");
+        let site = testkit::site_from_bundle(&tmp.path().join("site"), &b);
+        #[derive(Serialize)]
+        struct V1<'a> {
+            ca_cert_der: &'a [u8],
+            identity: &'a Identity,
+            host_address: &'a str,
+        }
+        let v1 = postcard::to_stdvec(&V1 {
+            ca_cert_der: &b.ca_cert_der,
+            identity: &b.identity,
+            host_address: "127.0.0.1:4433",
+        })
+        .expect("v1");
+        site.put_sealed(SITE_TLS, &v1).expect("put");
+        let tls = site_tls(&site).expect("v1 reads");
+        assert_eq!(tls.host_tls_pin, None);
+        assert_eq!(tls.identity.cert_der, b.identity.cert_der);
+        // A renewal brings the pin.
+        let b2 = renew(&host, b.site_id, None, false, None).expect("renew");
+        install_renewal(&site, &b2).expect("install");
+        assert_eq!(
+            site_tls(&site).expect("tls").host_tls_pin,
+            Some(b2.host_tls_pin)
+        );
+        site.put_sealed(SITE_TLS, &[2, 0xff]).expect("put");
+        assert!(site_tls(&site).is_err());
+    }
+
+    #[test]
+    fn bundles_of_format_1_or_damaged_are_refused_clearly() {
+        let (_tmp, host) = host();
+        init_host(&host).expect("pki");
+        let b = enrol(&host, "Clinique", "750000001", "127.0.0.1:4433").expect("enrol");
+        let bytes = b.to_bytes().expect("bytes");
+        assert!(Bundle::from_bytes(&bytes).is_ok());
+        let mut v1 = bytes.clone();
+        v1[BUNDLE_MAGIC.len()] = 1;
+        let e = Bundle::from_bytes(&v1).expect_err("v1").to_string();
+        assert!(e.contains("format 1") && e.contains("pki renew"), "{e}");
+        let mut v3 = bytes.clone();
+        v3[BUNDLE_MAGIC.len()] = 3;
+        assert!(Bundle::from_bytes(&v3).is_err());
+        for cut in 0..bytes.len() {
+            assert!(Bundle::from_bytes(&bytes[..cut]).is_err());
+        }
+    }
+
+    #[test]
+    fn an_offline_ca_issues_and_the_replica_keeps_no_key() {
+        let (tmp, host) = host();
+        let ca = pki::new_ca(now_secs(&host)).expect("ca");
+        let dir = tmp.path().join("ca");
+        write_ca_dir(&dir, &ca).expect("write");
+        assert!(write_ca_dir(&dir, &ca).is_err(), "never over a CA key");
+        init_host_with(&host, &ca, false).expect("pki");
+        assert!(ca_is_offline(&host).expect("offline"));
+        let e = enrol(&host, "Clinique", "750000001", "127.0.0.1:4433").expect_err("no key");
+        assert!(e.to_string().contains("--ca-dir"), "{e}");
+        let offline = read_ca_dir(&dir).expect("read");
+        let b = enrol_with(
+            &host,
+            "Clinique",
+            "750000001",
+            "127.0.0.1:4433",
+            Some(&offline),
+        )
+        .expect("enrol");
+        let other = pki::new_ca(now_secs(&host)).expect("other");
+        assert!(renew(&host, b.site_id, None, false, Some(&other)).is_err());
+        renew(&host, b.site_id, None, false, Some(&offline)).expect("renew");
+        renew_host(&host, false, Some(&offline)).expect("renew host");
+        assert!(read_ca_dir(&tmp.path().join("nowhere")).is_err());
+        // The sealed register holds no private key of the CA.
+        let raw = host.get_sealed(HOST_PKI).expect("get").expect("some");
+        assert!(
+            !raw.windows(offline.key_der.len())
+                .any(|w| w == offline.key_der.as_slice())
+        );
+    }
+
+    #[test]
+    fn certificates_close_to_expiry_are_reported() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicI64, Ordering};
+        const DAY_MS: i64 = 86_400_000;
+        let tmp = tempfile::tempdir().expect("tmp");
+        let offset = Arc::new(AtomicI64::new(0));
+        let clock: carnet_store::replica::Clock = {
+            let offset = offset.clone();
+            let system = carnet_store::replica::system_clock();
+            Arc::new(move || system() + offset.load(Ordering::SeqCst))
+        };
+        let init = |dir: &str, role: Role, site: Option<u32>, host_key: Option<[u8; 32]>| {
+            Replica::init(
+                &tmp.path().join(dir),
+                carnet_store::replica::InitOptions {
+                    role,
+                    name: dir.into(),
+                    site_id: site.map(carnet_store::ids::SiteId),
+                    key: carnet_store::replica::KeySource::File,
+                    host_key,
+                    lease_hours: None,
+                },
+                clock.clone(),
+            )
+            .expect("init")
+        };
+        let host = init("host", Role::Host, None, None);
+        init_host(&host).expect("pki");
+        let b = enrol(&host, "Clinique", "750000001", "127.0.0.1:4433").expect("enrol");
+        let site = init("site", Role::Site, Some(b.site_id), Some(b.host_key));
+        install_site(&site, &b).expect("install");
+        assert!(certificate_warnings(&host).expect("host").is_empty());
+        assert!(certificate_warnings(&site).expect("site").is_empty());
+        let days = site_certificate(&site).expect("status").expect("enrolled");
+        assert!((364..=365).contains(&days.days_left) && days.host_pinned);
+
+        // 340 days on: the site's certificate has 25 days left, on both sides.
+        offset.store(340 * DAY_MS, Ordering::SeqCst);
+        let w = certificate_warnings(&host).expect("host");
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("site 1") && w[0].contains("day(s) left"),
+            "{w:?}"
+        );
+        let w = certificate_warnings(&site).expect("site");
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("pki install"), "{w:?}");
+        assert!(site_certificate(&site).expect("s").expect("e").days_left < pki::RENEW_WITHIN_DAYS);
+        // Renewed and installed: quiet again.
+        let r = renew(&host, b.site_id, None, false, None).expect("renew");
+        install_renewal(&site, &r).expect("install");
+        assert!(certificate_warnings(&host).expect("host").is_empty());
+        assert!(certificate_warnings(&site).expect("site").is_empty());
+
+        // 720 days on: the host's certificate warns; the renewed site's has expired.
+        offset.store(720 * DAY_MS, Ordering::SeqCst);
+        let w = certificate_warnings(&host).expect("host");
+        assert!(
+            w.iter()
+                .any(|w| w.contains("host certificate") && w.contains("renew-host")),
+            "{w:?}"
+        );
+        assert!(
+            w.iter()
+                .any(|w| w.contains("site 1") && w.contains("expired")),
+            "{w:?}"
+        );
+        renew_host(&host, false, None).expect("renew host");
+        let w = certificate_warnings(&host).expect("host");
+        assert!(!w.iter().any(|w| w.contains("host certificate")), "{w:?}");
+        // A revoked site is not reported.
+        revoke(&host, b.site_id).expect("revoke");
+        assert!(certificate_warnings(&host).expect("host").is_empty());
+    }
 }

@@ -18,6 +18,7 @@
 //! not seen). An idle inbox therefore costs nothing: no event, no scan.
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use carnet_store::ids::{DocId, Ins, Rpps};
@@ -236,17 +237,24 @@ fn move_pair(
     reason: Option<&str>,
 ) -> std::io::Result<()> {
     let dir = inbox.join(sub);
-    fs::create_dir_all(&dir)?;
+    carnet_store::files::private_dir(&dir)?;
     let doc_target = free_name(&dir, doc)?;
     let sidecar_target = PathBuf::from(format!("{}{SIDECAR_SUFFIX}", doc_target.display()));
     if let Some(reason) = reason {
-        fs::write(
-            format!("{}.error.txt", doc_target.display()),
-            format!("{reason}\n"),
+        carnet_store::files::write_private(
+            Path::new(&format!("{}.error.txt", doc_target.display())),
+            format!("{reason}\n").as_bytes(),
         )?;
     }
-    fs::rename(sidecar, sidecar_target)?;
-    fs::rename(doc, doc_target)?;
+    fs::rename(sidecar, &sidecar_target)?;
+    fs::rename(doc, &doc_target)?;
+    // Kept with patient data in them: the owner's only, whatever mode the producer gave.
+    for moved in [&sidecar_target, &doc_target] {
+        fs::set_permissions(
+            moved,
+            fs::Permissions::from_mode(carnet_store::files::FILE_MODE),
+        )?;
+    }
     Ok(())
 }
 

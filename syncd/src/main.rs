@@ -31,6 +31,8 @@ const COALESCE: Duration = Duration::from_millis(20);
 const BODY_RETRY: Duration = Duration::from_millis(250);
 /// How often the host runs the announcement timer.
 const ANNOUNCEMENT_EVERY: Duration = Duration::from_secs(3600);
+/// How often the daemon logs certificates close to expiry.
+const CERTIFICATE_CHECK_EVERY: Duration = Duration::from_secs(12 * 3600);
 /// Longest pause between attempts while the host is out of reach.
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
 
@@ -94,6 +96,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         _ => KeySource::File,
     };
     let mut replica = Replica::open(&args.data, &key, system_clock())?;
+    for fix in replica.folder_fixes() {
+        tracing::warn!("{fix}");
+    }
     if let Some(hours) = config.lease_hours
         && replica.config().lease_ms != Some(i64::from(hours) * 3_600_000)
     {
@@ -178,9 +183,12 @@ async fn host(
     let mut service = Service::new(replica.clone());
     // `carnet pki revoke` through the daemon refuses the site at once, live connection included.
     service.revoked = Some(revoked.clone());
+    // `carnet pki renew-host` through the daemon serves the new certificate at once.
+    service.endpoint = Some(endpoint.clone());
     let live = net::Live::new(service.changed.clone(), revoked);
     let api = tokio::spawn(local::serve(listener, Arc::new(service)));
     let timer = tokio::spawn(announcement_timer(replica.clone(), live.clone()));
+    let certificates = tokio::spawn(certificate_watch(replica.clone()));
     let server = tokio::spawn(net::serve(endpoint.clone(), replica.clone(), live));
     let storage_failed = tokio::select! {
         () = stop_signal() => false,
@@ -192,6 +200,7 @@ async fn host(
     server.abort();
     api.abort();
     timer.abort();
+    certificates.abort();
     if storage_failed {
         // A non-zero exit: systemd starts the daemon again, and redb recovers the file.
         return Err("a write to the database file failed (see the log): restart the daemon".into());
@@ -209,8 +218,10 @@ async fn site(
     service.link = Some(std::sync::Mutex::new(LinkState::default()));
     let service = Arc::new(service);
     let api = tokio::spawn(local::serve(listener, service.clone()));
+    let certificates = tokio::spawn(certificate_watch(replica.clone()));
     let inbox_dir = config.inbox_dir(data);
-    std::fs::create_dir_all(&inbox_dir)?;
+    // Documents arrive there: the owner's only, like the data folder.
+    carnet_store::files::private_dir(&inbox_dir)?;
     tracing::info!(site = %replica.config().site_id, host = ?config.host_address, "site syncing");
     // The inbox is scanned at start and whenever the file system reports a file that may
     // complete a pair (never for the scan's own reads and moves: `inbox::starts_scan`).
@@ -259,6 +270,7 @@ async fn site(
                 _ = &mut stop => {
                     tracing::info!("stopping");
                     api.abort();
+                    certificates.abort();
                     service.connection.lock().await.close().await;
                     return Ok(());
                 }
@@ -277,6 +289,25 @@ async fn site(
 }
 
 /// Host: the announcement timer (DOMAIN §3), at start and every `ANNOUNCEMENT_EVERY`.
+/// Logs, at start and twice a day, the certificates that expire within
+/// `pki::RENEW_WITHIN_DAYS` (or have expired), and a site that pins no host key.
+async fn certificate_watch(replica: Arc<Replica>) {
+    let mut every = tokio::time::interval(CERTIFICATE_CHECK_EVERY);
+    loop {
+        every.tick().await;
+        let r = replica.clone();
+        match tokio::task::spawn_blocking(move || enrol::certificate_warnings(&r)).await {
+            Ok(Ok(warnings)) => {
+                for w in warnings {
+                    tracing::warn!("{w}");
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "certificate check"),
+            Err(_) => {}
+        }
+    }
+}
+
 async fn announcement_timer(replica: Arc<Replica>, live: Arc<net::Live>) {
     let mut every = tokio::time::interval(ANNOUNCEMENT_EVERY);
     loop {

@@ -455,10 +455,7 @@ impl Link {
         .parse()
         .map_err(net_err)?;
         let mut endpoint = quinn::Endpoint::client(bind)?;
-        endpoint.set_default_client_config(crate::transport::client_config(
-            &tls.ca_cert_der,
-            &tls.identity,
-        )?);
+        endpoint.set_default_client_config(tls.client_config()?);
         let conn = tokio::time::timeout(
             IDLE_TIMEOUT,
             endpoint.connect(host, HOST_NAME).map_err(net_err)?,
@@ -700,10 +697,7 @@ mod tests {
         ] {
             let mut client =
                 quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client");
-            client.set_default_client_config(
-                crate::transport::client_config(&bundle.ca_cert_der, &bundle.identity)
-                    .expect("config"),
-            );
+            client.set_default_client_config(bundle.client_config().expect("config"));
             let conn = client
                 .connect(addr, HOST_NAME)
                 .expect("connect")

@@ -2,7 +2,9 @@
 //!
 //! Invariants: certificates are issued only by the CA key; a host certificate carries the name
 //! `HOST_NAME` and the server-auth usage, a site certificate the client-auth usage and the
-//! site id in its common name. Keys travel as PKCS#8 DER and are never logged.
+//! site id in its common name. Every certificate has a real lifetime (`CA_DAYS`, `HOST_DAYS`,
+//! `SITE_DAYS`) starting `SKEW_SECS` before it is issued, and never outlives the CA. Keys
+//! travel as PKCS#8 DER and are never logged.
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -13,6 +15,21 @@ use crate::error::{Error, Result};
 
 /// The name every site expects in the host's certificate.
 pub const HOST_NAME: &str = "carnet-host";
+
+/// Lifetime of the national CA, in days (10 years).
+pub const CA_DAYS: i64 = 3_652;
+/// Lifetime of the host's certificate, in days (2 years).
+pub const HOST_DAYS: i64 = 730;
+/// Lifetime of a site's certificate, in days (1 year).
+pub const SITE_DAYS: i64 = 365;
+/// A certificate is valid from this many seconds before it is issued, so a peer whose clock
+/// is a little behind accepts it.
+pub const SKEW_SECS: i64 = 300;
+/// A certificate with less than this many days left is reported (`pki list`, `sync status`,
+/// the daemon's log): renew it.
+pub const RENEW_WITHIN_DAYS: i64 = 30;
+
+const DAY_SECS: i64 = 86_400;
 
 /// A certificate and its private key, DER-encoded.
 #[derive(Clone, serde::Serialize, serde::Deserialize)]
@@ -44,20 +61,58 @@ fn ca_params() -> Result<CertificateParams> {
     Ok(params)
 }
 
-/// Creates the national CA.
-pub fn new_ca() -> Result<Identity> {
+fn datetime(secs: i64) -> Result<time::OffsetDateTime> {
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .map_err(|_| Error::Pki(format!("time {secs} is out of range")))
+}
+
+/// Sets the validity of `params`: from `now - SKEW_SECS` for `days`, but never past `cap`.
+fn set_validity(
+    params: &mut CertificateParams,
+    now: i64,
+    days: i64,
+    cap: Option<i64>,
+) -> Result<()> {
+    let end = now.saturating_add(days.saturating_mul(DAY_SECS));
+    let end = cap.map_or(end, |c| end.min(c));
+    if end <= now {
+        return Err(Error::Invalid(
+            "the national CA has expired: no certificate can be issued under it".into(),
+        ));
+    }
+    params.not_before = datetime(now - SKEW_SECS)?;
+    params.not_after = datetime(end)?;
+    Ok(())
+}
+
+/// Creates the national CA, valid `CA_DAYS` from `now` (Unix seconds).
+pub fn new_ca(now: i64) -> Result<Identity> {
     let key = KeyPair::generate().map_err(pki_err)?;
-    let cert = ca_params()?.self_signed(&key).map_err(pki_err)?;
+    let mut params = ca_params()?;
+    set_validity(&mut params, now, CA_DAYS, None)?;
+    let cert = params.self_signed(&key).map_err(pki_err)?;
     Ok(Identity {
         cert_der: cert.der().to_vec(),
         key_der: key.serialize_der(),
     })
 }
 
-fn issue(ca: &Identity, params: CertificateParams) -> Result<Identity> {
+/// Signs `params` with the CA for `key` (a new key when `None`).
+fn issue(
+    ca: &Identity,
+    mut params: CertificateParams,
+    now: i64,
+    days: i64,
+    key: Option<&[u8]>,
+) -> Result<Identity> {
+    let ca_end = validity(&ca.cert_der)?.not_after;
+    set_validity(&mut params, now, days, Some(ca_end))?;
     let ca_key = KeyPair::try_from(ca.key_der.as_slice()).map_err(pki_err)?;
     let issuer = Issuer::new(ca_params()?, ca_key);
-    let key = KeyPair::generate().map_err(pki_err)?;
+    let key = match key {
+        Some(der) => KeyPair::try_from(der).map_err(pki_err)?,
+        None => KeyPair::generate().map_err(pki_err)?,
+    };
     let cert = params.signed_by(&key, &issuer).map_err(pki_err)?;
     Ok(Identity {
         cert_der: cert.der().to_vec(),
@@ -65,22 +120,281 @@ fn issue(ca: &Identity, params: CertificateParams) -> Result<Identity> {
     })
 }
 
-/// Issues the host's certificate.
-pub fn issue_host(ca: &Identity) -> Result<Identity> {
+/// Issues the host's certificate, valid `HOST_DAYS` from `now`; with `key` (PKCS#8 DER), for
+/// that key (a renewal that keeps the key sites pinned), else for a new one.
+pub fn issue_host(ca: &Identity, now: i64, key: Option<&[u8]>) -> Result<Identity> {
     let mut params = CertificateParams::new(vec![HOST_NAME.to_string()]).map_err(pki_err)?;
     params
         .distinguished_name
         .push(DnType::CommonName, HOST_NAME);
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    issue(ca, params)
+    issue(ca, params, now, HOST_DAYS, key)
 }
 
-/// Issues a site's certificate; its common name carries the site id.
-pub fn issue_site(ca: &Identity, site_id: u32) -> Result<Identity> {
+/// Issues a site's certificate, valid `SITE_DAYS` from `now`, for a new key; its common name
+/// carries the site id.
+pub fn issue_site(ca: &Identity, site_id: u32, now: i64) -> Result<Identity> {
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(pki_err)?;
     params
         .distinguished_name
         .push(DnType::CommonName, format!("site-{site_id}"));
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    issue(ca, params)
+    issue(ca, params, now, SITE_DAYS, None)
+}
+
+/// A certificate's validity window, in Unix seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validity {
+    /// First second of validity.
+    pub not_before: i64,
+    /// Last second of validity.
+    pub not_after: i64,
+}
+
+impl Validity {
+    /// Whole days left at `now` (negative once expired).
+    pub fn days_left(&self, now: i64) -> i64 {
+        (self.not_after - now).div_euclid(DAY_SECS)
+    }
+}
+
+/// Reads the validity window of a DER certificate. Anything malformed is an error.
+pub fn validity(cert_der: &[u8]) -> Result<Validity> {
+    let tbs = tbs_fields(cert_der)?;
+    let (tag, _, window, _) = der::element(tbs.validity)?;
+    if tag != der::SEQUENCE {
+        return Err(der::malformed());
+    }
+    let (t1, _, nb, rest) = der::element(window)?;
+    let (t2, _, na, _) = der::element(rest)?;
+    Ok(Validity {
+        not_before: der::time(t1, nb)?,
+        not_after: der::time(t2, na)?,
+    })
+}
+
+/// The pin of a certificate's public key: BLAKE3 of its DER SubjectPublicKeyInfo. A new
+/// certificate for the same key has the same pin.
+pub fn key_pin(cert_der: &[u8]) -> Result<[u8; 32]> {
+    Ok(*blake3::hash(tbs_fields(cert_der)?.spki).as_bytes())
+}
+
+/// The TBS fields Carnet reads: the validity element and the whole SubjectPublicKeyInfo.
+struct Tbs<'a> {
+    validity: &'a [u8],
+    spki: &'a [u8],
+}
+
+fn tbs_fields(cert_der: &[u8]) -> Result<Tbs<'_>> {
+    let (tag, _, cert, _) = der::element(cert_der)?;
+    if tag != der::SEQUENCE {
+        return Err(der::malformed());
+    }
+    let (tag, _, tbs, _) = der::element(cert)?;
+    if tag != der::SEQUENCE {
+        return Err(der::malformed());
+    }
+    let mut rest = tbs;
+    let (tag, _, _, after) = der::element(rest)?;
+    if tag == 0xa0 {
+        rest = after; // [0] version
+    }
+    // serialNumber, signature, issuer
+    for _ in 0..3 {
+        rest = der::element(rest)?.3;
+    }
+    let (_, validity, _, after) = der::element(rest)?;
+    let after_subject = der::element(after)?.3;
+    let (tag, spki, _, _) = der::element(after_subject)?;
+    if tag != der::SEQUENCE {
+        return Err(der::malformed());
+    }
+    Ok(Tbs { validity, spki })
+}
+
+/// Just enough DER to read a certificate's validity and public key.
+mod der {
+    use crate::error::{Error, Result};
+
+    pub const SEQUENCE: u8 = 0x30;
+    const UTC_TIME: u8 = 0x17;
+    const GENERALIZED_TIME: u8 = 0x18;
+
+    pub fn malformed() -> Error {
+        Error::Pki("the certificate is malformed".into())
+    }
+
+    /// One element: its tag, its whole encoding, its contents, and what follows it.
+    pub type Element<'a> = (u8, &'a [u8], &'a [u8], &'a [u8]);
+
+    /// Reads the element at the start of `input`.
+    pub fn element(input: &[u8]) -> Result<Element<'_>> {
+        let (&tag, rest) = input.split_first().ok_or_else(malformed)?;
+        if tag & 0x1f == 0x1f {
+            return Err(malformed()); // high tag numbers: not in a certificate's fields read here
+        }
+        let (&first, rest) = rest.split_first().ok_or_else(malformed)?;
+        let (len, rest) = if first < 0x80 {
+            (usize::from(first), rest)
+        } else {
+            let n = usize::from(first & 0x7f);
+            if n == 0 || n > 4 || rest.len() < n {
+                return Err(malformed());
+            }
+            let len = rest[..n]
+                .iter()
+                .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
+            (len, &rest[n..])
+        };
+        if rest.len() < len {
+            return Err(malformed());
+        }
+        let header = input.len() - rest.len();
+        Ok((tag, &input[..header + len], &rest[..len], &rest[len..]))
+    }
+
+    /// A UTCTime (`YYMMDDHHMMSSZ`, years 1950–2049) or GeneralizedTime (`YYYYMMDDHHMMSSZ`), in
+    /// Unix seconds.
+    pub fn time(tag: u8, text: &[u8]) -> Result<i64> {
+        let digits = |b: &[u8]| -> Result<i64> {
+            if b.is_empty() || !b.iter().all(u8::is_ascii_digit) {
+                return Err(malformed());
+            }
+            Ok(b.iter()
+                .fold(0i64, |acc, &d| acc * 10 + i64::from(d - b'0')))
+        };
+        let (year, rest) = match (tag, text.len()) {
+            (UTC_TIME, 13) => {
+                let yy = digits(&text[..2])?;
+                (if yy >= 50 { 1900 + yy } else { 2000 + yy }, &text[2..])
+            }
+            (GENERALIZED_TIME, 15) => (digits(&text[..4])?, &text[4..]),
+            _ => return Err(malformed()),
+        };
+        if rest[10] != b'Z' {
+            return Err(malformed());
+        }
+        let date = format!(
+            "{year:04}-{:02}-{:02}",
+            digits(&rest[0..2])?,
+            digits(&rest[2..4])?
+        );
+        let (h, m, s) = (
+            digits(&rest[4..6])?,
+            digits(&rest[6..8])?,
+            digits(&rest[8..10])?,
+        );
+        if h > 23 || m > 59 || s > 60 {
+            return Err(malformed());
+        }
+        let midnight = carnet_store::time::parse_date(&date).map_err(|_| malformed())? / 1000;
+        Ok(midnight + h * 3600 + m * 60 + s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use x509_parser::prelude::{FromDer, X509Certificate};
+
+    /// 2026-11-23T10:00:00Z.
+    const NOW: i64 = 1_795_428_000;
+
+    /// The window as an independent parser reads it.
+    fn window(der: &[u8]) -> (i64, i64) {
+        let (_, cert) = X509Certificate::from_der(der).expect("x509");
+        let v = cert.validity();
+        (v.not_before.timestamp(), v.not_after.timestamp())
+    }
+
+    #[test]
+    fn certificates_have_real_lifetimes() {
+        let ca = new_ca(NOW).expect("ca");
+        let host = issue_host(&ca, NOW, None).expect("host");
+        let site = issue_site(&ca, 7, NOW).expect("site");
+        for (der, days) in [
+            (&ca.cert_der, CA_DAYS),
+            (&host.cert_der, HOST_DAYS),
+            (&site.cert_der, SITE_DAYS),
+        ] {
+            let (nb, na) = window(der);
+            assert_eq!(nb, NOW - SKEW_SECS);
+            assert_eq!(na, NOW + days * DAY_SECS);
+            // Our reader agrees with x509-parser.
+            assert_eq!(
+                validity(der).expect("validity"),
+                Validity {
+                    not_before: nb,
+                    not_after: na
+                }
+            );
+        }
+        assert_eq!(CA_DAYS / 365, 10);
+        assert_eq!(HOST_DAYS / 365, 2);
+        // Never past the CA: a site issued nine and a half years on ends with the CA.
+        let late = NOW + (CA_DAYS - 180) * DAY_SECS;
+        let site = issue_site(&ca, 8, late).expect("late site");
+        assert_eq!(window(&site.cert_der).1, NOW + CA_DAYS * DAY_SECS);
+        // None once the CA has expired.
+        let after = NOW + (CA_DAYS + 1) * DAY_SECS;
+        assert!(matches!(issue_site(&ca, 9, after), Err(Error::Invalid(_))));
+        assert_eq!(validity(&site.cert_der).expect("v").days_left(late), 180);
+    }
+
+    #[test]
+    fn a_renewed_host_certificate_keeps_its_key_pin() {
+        let ca = new_ca(NOW).expect("ca");
+        let host = issue_host(&ca, NOW, None).expect("host");
+        let renewed = issue_host(&ca, NOW + 400 * DAY_SECS, Some(&host.key_der)).expect("renewed");
+        assert_ne!(host.cert_der, renewed.cert_der);
+        assert_eq!(
+            key_pin(&host.cert_der).ok(),
+            key_pin(&renewed.cert_der).ok()
+        );
+        let other = issue_host(&ca, NOW, None).expect("other");
+        assert_ne!(key_pin(&host.cert_der).ok(), key_pin(&other.cert_der).ok());
+        // The pin is the SubjectPublicKeyInfo x509-parser finds.
+        let (_, cert) = X509Certificate::from_der(&host.cert_der).expect("x509");
+        assert_eq!(
+            key_pin(&host.cert_der).ok(),
+            Some(*blake3::hash(cert.public_key().raw).as_bytes())
+        );
+    }
+
+    #[test]
+    fn times_in_both_encodings() {
+        assert_eq!(der::time(0x17, b"491231235959Z").ok(), Some(2_524_607_999));
+        assert_eq!(der::time(0x17, b"500101000000Z").ok(), Some(-631_152_000));
+        assert_eq!(
+            der::time(0x18, b"40960101000000Z").ok(),
+            Some(67_090_118_400)
+        );
+        for bad in [
+            &b"4912312359Z"[..],
+            b"491331000000Z",
+            b"49123123595+Z",
+            b"491231235959X",
+        ] {
+            assert!(der::time(0x17, bad).is_err(), "{bad:?}");
+        }
+        assert!(der::time(0x04, b"491231235959Z").is_err());
+    }
+
+    #[test]
+    fn garbage_is_an_error_never_a_panic() {
+        let ca = new_ca(NOW).expect("ca");
+        let der = &ca.cert_der;
+        for cut in 0..der.len() {
+            let _ = validity(&der[..cut]);
+            let _ = key_pin(&der[..cut]);
+        }
+        for i in 0..der.len() {
+            let mut bad = der.clone();
+            bad[i] ^= 0xff;
+            let _ = validity(&bad);
+            let _ = key_pin(&bad);
+        }
+        assert!(validity(b"").is_err());
+        assert!(validity(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]).is_err());
+    }
 }

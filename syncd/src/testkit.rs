@@ -21,7 +21,7 @@ fn clock() -> carnet_store::replica::Clock {
     })
 }
 
-fn init(
+pub fn init(
     dir: &std::path::Path,
     role: Role,
     site: Option<u32>,

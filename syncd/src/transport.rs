@@ -1,18 +1,21 @@
 //! QUIC endpoints with mutual TLS 1.3 against the national CA, ALPN `carnet/1` (DESIGN §3).
 //!
-//! Invariants: the host accepts only clients whose certificate chains to the CA; a site
-//! accepts only a host whose certificate chains to the CA and names `HOST_NAME`; only TLS 1.3
-//! and the `carnet/1` protocol are offered.
+//! Invariants: the host accepts only clients whose certificate chains to the CA, is in its
+//! validity window and is not refused (revoked site, retired certificate); a site accepts only
+//! a host whose certificate chains to the CA, is in its validity window, names `HOST_NAME`
+//! and, once the site holds a pin (its bundle's), is for the pinned TLS key; only TLS 1.3 and
+//! the `carnet/1` protocol are offered.
 
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use rustls::client::danger::HandshakeSignatureValid;
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 
 use crate::error::{Error, Result};
 use crate::pki::Identity;
@@ -161,15 +164,84 @@ pub fn server_config(
     Ok(config)
 }
 
-/// A site's QUIC client configuration.
-pub fn client_config(ca_der: &[u8], site: &Identity) -> Result<quinn::ClientConfig> {
+/// The CA's verifier, plus the pin of the host's TLS key: another certificate the CA issued
+/// for `carnet-host` is refused.
+#[derive(Debug)]
+struct PinnedHost {
+    ca: Arc<WebPkiServerVerifier>,
+    pin: [u8; 32],
+}
+
+impl ServerCertVerifier for PinnedHost {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        let verified = self.ca.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        match crate::pki::key_pin(end_entity) {
+            Ok(pin) if pin == self.pin => Ok(verified),
+            _ => Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            )),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.ca.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.ca.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.ca.supported_verify_schemes()
+    }
+}
+
+/// A site's QUIC client configuration: a host certified by the CA and, with `host_pin`, for
+/// that TLS key only (`pki::key_pin`).
+pub fn client_config(
+    ca_der: &[u8],
+    site: &Identity,
+    host_pin: Option<[u8; 32]>,
+) -> Result<quinn::ClientConfig> {
     let (chain, key) = chain_and_key(site);
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(tls_err)?
-        .with_root_certificates(roots(ca_der)?)
-        .with_client_auth_cert(chain, key)
         .map_err(tls_err)?;
+    let builder = match host_pin {
+        Some(pin) => {
+            let ca = WebPkiServerVerifier::builder_with_provider(roots(ca_der)?, provider())
+                .build()
+                .map_err(tls_err)?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(PinnedHost { ca, pin }))
+        }
+        None => builder.with_root_certificates(roots(ca_der)?),
+    };
+    let mut tls = builder.with_client_auth_cert(chain, key).map_err(tls_err)?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let quic = QuicClientConfig::try_from(tls).map_err(tls_err)?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
@@ -183,6 +255,12 @@ mod tests {
     use crate::pki::{HOST_NAME, issue_host, issue_site, new_ca};
     use std::net::SocketAddr;
     use std::time::Duration;
+
+    fn now() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64)
+    }
 
     /// A host endpoint on 127.0.0.1 that echoes one message per accepted connection.
     fn echo_host(config: quinn::ServerConfig) -> (quinn::Endpoint, SocketAddr) {
@@ -228,17 +306,18 @@ mod tests {
 
     #[tokio::test]
     async fn mutual_tls_admits_enrolled_sites_only() {
-        let ca = new_ca().expect("ca");
-        let host = issue_host(&ca).expect("host cert");
+        let ca = new_ca(now()).expect("ca");
+        let host = issue_host(&ca, now(), None).expect("host cert");
         let revoked = Arc::new(Revoked::default());
         let (_endpoint, addr) =
             echo_host(server_config(&ca.cert_der, &host, revoked.clone()).expect("server"));
         let bounded = |f| tokio::time::timeout(Duration::from_secs(5), f);
 
         // A site enrolled by the national CA gets through.
-        let site = issue_site(&ca, 7).expect("site cert");
+        let site = issue_site(&ca, 7, now()).expect("site cert");
+        let pin = crate::pki::key_pin(&host.cert_der).ok();
         let reply = bounded(exchange(
-            client_config(&ca.cert_der, &site).expect("client"),
+            client_config(&ca.cert_der, &site, pin).expect("client"),
             addr,
         ))
         .await
@@ -246,17 +325,17 @@ mod tests {
         assert_eq!(reply.as_deref(), Ok(&b"hello"[..]));
 
         // A certificate from another CA is refused, whichever side it is on.
-        let rogue_ca = new_ca().expect("ca");
-        let rogue = issue_site(&rogue_ca, 7).expect("rogue cert");
+        let rogue_ca = new_ca(now()).expect("ca");
+        let rogue = issue_site(&rogue_ca, 7, now()).expect("rogue cert");
         let refused = bounded(exchange(
-            client_config(&ca.cert_der, &rogue).expect("client"),
+            client_config(&ca.cert_der, &rogue, pin).expect("client"),
             addr,
         ))
         .await
         .expect("in time");
         assert!(refused.is_err(), "a rogue site was admitted");
         let wrong_trust = bounded(exchange(
-            client_config(&rogue_ca.cert_der, &rogue).expect("client"),
+            client_config(&rogue_ca.cert_der, &rogue, None).expect("client"),
             addr,
         ))
         .await
@@ -269,8 +348,8 @@ mod tests {
 
     #[test]
     fn bad_material_is_a_clear_error() {
-        let ca = new_ca().expect("ca");
-        let mut host = issue_host(&ca).expect("host");
+        let ca = new_ca(now()).expect("ca");
+        let mut host = issue_host(&ca, now(), None).expect("host");
         host.key_der = vec![1, 2, 3];
         let revoked = Arc::new(Revoked::default());
         assert!(matches!(
@@ -281,5 +360,90 @@ mod tests {
             server_config(b"not a certificate", &host, revoked),
             Err(Error::Tls(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_site_refuses_another_host_certificate_of_the_ca() {
+        let ca = new_ca(now()).expect("ca");
+        let host = issue_host(&ca, now(), None).expect("host cert");
+        let pin = crate::pki::key_pin(&host.cert_der).expect("pin");
+        let site = issue_site(&ca, 7, now()).expect("site cert");
+        let bounded = |f| tokio::time::timeout(Duration::from_secs(5), f);
+        // A second certificate the CA issued for `carnet-host`, for another key.
+        let impostor = issue_host(&ca, now(), None).expect("impostor");
+        let (_e1, fake) =
+            echo_host(server_config(&ca.cert_der, &impostor, Arc::default()).expect("server"));
+        let refused = bounded(exchange(
+            client_config(&ca.cert_der, &site, Some(pin)).expect("client"),
+            fake,
+        ))
+        .await
+        .expect("in time");
+        assert!(refused.is_err(), "a pinned site accepted another host key");
+        // Without a pin (a site enrolled by a format 1 bundle), the CA alone decided.
+        let unpinned = bounded(exchange(
+            client_config(&ca.cert_der, &site, None).expect("client"),
+            fake,
+        ))
+        .await
+        .expect("in time");
+        assert!(unpinned.is_ok(), "{unpinned:?}");
+        // The real host, and its renewal for the same key, are accepted.
+        let renewed = issue_host(&ca, now(), Some(&host.key_der)).expect("renewed");
+        for h in [&host, &renewed] {
+            let (_e, addr) =
+                echo_host(server_config(&ca.cert_der, h, Arc::default()).expect("server"));
+            let ok = bounded(exchange(
+                client_config(&ca.cert_der, &site, Some(pin)).expect("client"),
+                addr,
+            ))
+            .await
+            .expect("in time");
+            assert_eq!(ok.as_deref(), Ok(&b"hello"[..]));
+        }
+    }
+
+    #[tokio::test]
+    async fn an_expired_certificate_is_refused_on_either_side() {
+        const DAY: i64 = 86_400;
+        let bounded = |f| tokio::time::timeout(Duration::from_secs(5), f);
+        // A CA made 800 days ago; a host certificate and a site certificate issued since.
+        let ca = new_ca(now() - 800 * DAY).expect("ca");
+        let host = issue_host(&ca, now(), None).expect("host");
+        let pin = crate::pki::key_pin(&host.cert_der).ok();
+        let site = issue_site(&ca, 7, now()).expect("site");
+        let (_e1, addr) =
+            echo_host(server_config(&ca.cert_der, &host, Arc::default()).expect("server"));
+        let ok = bounded(exchange(
+            client_config(&ca.cert_der, &site, pin).expect("client"),
+            addr,
+        ))
+        .await
+        .expect("in time");
+        assert!(ok.is_ok(), "{ok:?}");
+        // A site certificate issued 367 days ago expired yesterday: the host refuses it.
+        let stale_site = issue_site(&ca, 7, now() - 367 * DAY).expect("stale site");
+        let refused = bounded(exchange(
+            client_config(&ca.cert_der, &stale_site, pin).expect("client"),
+            addr,
+        ))
+        .await
+        .expect("in time");
+        assert!(refused.is_err(), "an expired site certificate was admitted");
+        // A host certificate issued 731 days ago expired yesterday: the site refuses it,
+        // although it is for the pinned key.
+        let stale_host = issue_host(&ca, now() - 731 * DAY, Some(&host.key_der)).expect("stale");
+        let (_e2, stale) =
+            echo_host(server_config(&ca.cert_der, &stale_host, Arc::default()).expect("server"));
+        let refused = bounded(exchange(
+            client_config(&ca.cert_der, &site, pin).expect("client"),
+            stale,
+        ))
+        .await
+        .expect("in time");
+        assert!(
+            refused.is_err(),
+            "a site accepted an expired host certificate"
+        );
     }
 }

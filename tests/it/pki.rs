@@ -1,9 +1,35 @@
-//! The national PKI through the CLI: `pki init`, `pki enrol`, `pki list`, `pki revoke`, and a
-//! site created from its enrolment bundle.
+//! The national PKI through the CLI: `pki init`, `pki enrol`, `pki list`, `pki revoke`, a
+//! site created from its enrolment bundle; certificate lifetimes; renewal of a site's and of
+//! the host's certificate over real daemons, and the host key pin; the offline CA.
 
 use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
 
+use crate::daemon::{enrolled_site_and_bundle, free_port, start_daemon, sync_until_ok};
 use crate::support::*;
+
+fn mode(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+fn enrol_args<'a>(name: &'a str, bundle: &'a str) -> Vec<&'a str> {
+    vec![
+        "pki",
+        "enrol",
+        "--name",
+        name,
+        "--finess",
+        "750000001",
+        "--host-address",
+        "127.0.0.1:4433",
+        "-o",
+        bundle,
+    ]
+}
 
 #[test]
 fn enrol_list_revoke_on_the_host() {
@@ -150,4 +176,169 @@ fn init_writes_the_daemon_settings() {
     bad.fails(2, &["init", "--role", "host", "--listen", "nowhere"]);
     bad.fails(2, &["init", "--role", "site", "--listen", "127.0.0.1:1"]);
     assert!(!bad.db_path().exists());
+}
+
+#[test]
+fn certificates_have_real_lifetimes_shown_where_they_are_used() {
+    let host = Carnet::host();
+    host.ok(&["pki", "init"]);
+    let bundle = host.path("site.bundle").display().to_string();
+    host.ok(&enrol_args("Clinique", &bundle));
+    let list = host.json(&["pki", "list"]);
+    let days = list[0]["days_left"].as_i64().expect("days_left");
+    assert!((364..=365).contains(&days), "{list}");
+    assert_eq!(list[0]["renew"], false);
+    let human = host.ok(&["pki", "list"]).stdout;
+    assert!(
+        human.contains("CA valid until") && human.contains("host certificate until"),
+        "{human}"
+    );
+    let site = Carnet::empty();
+    site.ok(&["init", "--role", "site", "--enrol", &bundle]);
+    let status = site.json(&["sync", "status"]);
+    let days = status["certificate"]["days_left"].as_i64().expect("days");
+    assert!((364..=365).contains(&days), "{status}");
+    assert_eq!(status["certificate"]["host_pinned"], true);
+    assert_eq!(status["certificate"]["renew"], false);
+    let human = site.ok(&["sync", "status"]).stdout;
+    assert!(human.contains("certificate: valid until"), "{human}");
+    assert!(!human.contains("warning"), "{human}");
+}
+
+#[test]
+fn old_foreign_and_misplaced_bundles_are_refused() {
+    let host = Carnet::host();
+    host.ok(&["pki", "init"]);
+    let bundle = host.path("one.bundle");
+    let b = bundle.display().to_string();
+    host.ok(&enrol_args("Clinique", &b));
+    let other = host.path("two.bundle").display().to_string();
+    host.ok(&enrol_args("Pharmacie", &other));
+    // A format 1 bundle: refused with the way out.
+    let mut bytes = std::fs::read(&bundle).expect("bundle");
+    bytes[8] = 1;
+    let v1 = host.write("v1.bundle", &bytes);
+    let fresh = Carnet::empty();
+    let o = fresh.fails(2, &["init", "--role", "site", "--enrol", &v1]);
+    assert!(o.stderr.contains("pki renew"), "{}", o.stderr);
+    assert!(!fresh.db_path().exists());
+    // Installing: not at the host, not another site's, not garbage.
+    host.fails(2, &["pki", "install", &b]);
+    let site = Carnet::empty();
+    site.ok(&["init", "--role", "site", "--enrol", &b]);
+    let o = site.fails(2, &["pki", "install", &other]);
+    assert!(o.stderr.contains("site"), "{}", o.stderr);
+    site.fails(2, &["pki", "install", &v1]);
+    let junk = host.write("junk.bundle", b"CARNETEN\x02garbage");
+    site.fails(2, &["pki", "install", &junk]);
+    // Renewing: an unknown site, a bad address, a revoked site.
+    let out = host.path("r.bundle").display().to_string();
+    host.fails(2, &["pki", "renew", "99", "-o", &out]);
+    host.fails(
+        2,
+        &["pki", "renew", "1", "-o", &out, "--host-address", "nowhere"],
+    );
+    host.ok(&["pki", "revoke", "2"]);
+    host.fails(2, &["pki", "renew", "2", "-o", &out]);
+    assert!(!host.path("r.bundle").exists());
+    // A site has no renewal of its own to issue.
+    site.fails(2, &["pki", "renew", "1", "-o", &out]);
+    site.fails(2, &["pki", "renew-host"]);
+}
+
+/// `sync now` fails (bounded retries are not wanted: the refusal is immediate).
+fn sync_refused(site: &Carnet) -> String {
+    let o = site.run(&["sync", "now"]);
+    assert_ne!(o.code, 0, "the round was admitted: {}", o.stdout);
+    o.stderr
+}
+
+#[test]
+fn renewals_over_real_daemons_without_a_gap_and_the_host_key_pinned() {
+    let address = format!("127.0.0.1:{}", free_port());
+    let host = Carnet::empty();
+    host.ok(&["init", "--role", "host", "--listen", &address]);
+    host.ok(&["pki", "init"]);
+    let (site, _) = enrolled_site_and_bundle(&host, &address, &[]);
+    let _host_daemon = start_daemon(&host);
+    sync_until_ok(&site, Duration::from_secs(20));
+
+    // A renewal: the current certificate keeps working until the new one is installed.
+    let r1 = host.path("r1.bundle").display().to_string();
+    host.ok(&["pki", "renew", "1", "-o", &r1]);
+    assert_eq!(mode(std::path::Path::new(&r1)), 0o600);
+    sync_until_ok(&site, Duration::from_secs(5));
+    site.ok(&["pki", "install", &r1]);
+    sync_until_ok(&site, Duration::from_secs(5));
+    assert_eq!(host.json(&["pki", "list"])[0]["certificates"], 2);
+
+    // A renewal that retires the earlier certificates: refused at once, until installed.
+    std::thread::sleep(Duration::from_millis(1_100));
+    let r2 = host.path("r2.bundle").display().to_string();
+    host.ok(&["pki", "renew", "1", "-o", &r2, "--retire-old"]);
+    sync_refused(&site);
+    site.ok(&["pki", "install", &r2]);
+    sync_until_ok(&site, Duration::from_secs(5));
+    // An older bundle does not go back over it.
+    let o = site.fails(2, &["pki", "install", &r1]);
+    assert!(o.stderr.contains("older"), "{}", o.stderr);
+    sync_until_ok(&site, Duration::from_secs(5));
+
+    // The host's certificate renewed for the same key: sites go on as they are.
+    host.ok(&["pki", "renew-host"]);
+    sync_until_ok(&site, Duration::from_secs(5));
+    // For a new key: a certificate of the same CA for `carnet-host`, which the site refuses…
+    host.ok(&["pki", "renew-host", "--new-key"]);
+    sync_refused(&site);
+    // …until it installs a renewal bundle that pins the new key.
+    let r3 = host.path("r3.bundle").display().to_string();
+    host.ok(&["pki", "renew", "1", "-o", &r3]);
+    site.ok(&["pki", "install", &r3]);
+    sync_until_ok(&site, Duration::from_secs(5));
+}
+
+#[test]
+fn the_ca_key_can_stay_offline() {
+    let host = Carnet::host();
+    let ca_dir = host.path("offline-ca");
+    let dir = ca_dir.display().to_string();
+    let j = host.json(&["pki", "init", "--ca-dir", &dir]);
+    assert_eq!(j["ca_offline"], true);
+    assert_eq!(mode(&ca_dir), 0o700);
+    for f in std::fs::read_dir(&ca_dir).expect("ca dir") {
+        let p = f.expect("entry").path();
+        assert_eq!(mode(&p), 0o600, "{}", p.display());
+    }
+    // A second init changes nothing, and touches no folder.
+    let again = host.path("again").display().to_string();
+    host.fails(2, &["pki", "init", "--ca-dir", &again]);
+    assert!(!host.path("again").exists());
+    let bundle = host.path("site.bundle").display().to_string();
+    let o = host.fails(2, &enrol_args("Clinique", &bundle));
+    assert!(o.stderr.contains("--ca-dir"), "{}", o.stderr);
+    let mut with_ca = enrol_args("Clinique", &bundle);
+    with_ca.extend(["--ca-dir", &dir]);
+    host.ok(&with_ca);
+    assert!(host.ok(&["pki", "list"]).stdout.contains("key offline"));
+    // Another CA's folder is not this host's CA.
+    let stranger = Carnet::host();
+    let other_dir = stranger.path("ca").display().to_string();
+    stranger.ok(&["pki", "init", "--ca-dir", &other_dir]);
+    let out = host.path("r.bundle").display().to_string();
+    host.fails(
+        2,
+        &["pki", "renew", "1", "-o", &out, "--ca-dir", &other_dir],
+    );
+    host.fails(2, &["pki", "renew", "1", "-o", &out]);
+    host.ok(&["pki", "renew", "1", "-o", &out, "--ca-dir", &dir]);
+    host.fails(2, &["pki", "renew-host"]);
+    host.ok(&["pki", "renew-host", "--ca-dir", &dir]);
+    host.fails(
+        2,
+        &["pki", "renew-host", "--ca-dir", "/nonexistent/carnet-ca"],
+    );
+    // The site made from the bundle works as any other.
+    let site = Carnet::empty();
+    site.ok(&["init", "--role", "site", "--enrol", &bundle]);
+    site.ok(&["pki", "install", &out]);
 }

@@ -45,10 +45,7 @@ impl Rogue {
         let (endpoint, conn) = rt.block_on(async {
             let mut endpoint =
                 quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
-            endpoint.set_default_client_config(
-                carnet_syncd::transport::client_config(&bundle.ca_cert_der, &bundle.identity)
-                    .expect("client config"),
-            );
+            endpoint.set_default_client_config(bundle.client_config().expect("client config"));
             // The host daemon may still be binding: try again until it answers, bounded.
             let deadline = tokio::time::Instant::now() + PATIENCE;
             loop {

@@ -161,3 +161,93 @@ fn no_plaintext_in_any_data_file() {
     assert_no_marker(&host.data, &ins);
     assert_eq!(host.body(&id, DOCTOR), big);
 }
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// Every file of a data folder is 0600 and the folder 0700; so is the only folder under it.
+fn assert_private_folder(dir: &Path) {
+    assert_eq!(mode(dir), 0o700, "data folder {}", dir.display());
+    let files = files_under(dir);
+    assert!(files.len() >= 4, "{files:?}");
+    for f in files {
+        assert_eq!(mode(&f), 0o600, "{}", f.display());
+    }
+}
+
+#[test]
+fn every_file_with_patient_data_or_keys_is_the_owners_only() {
+    let host = Carnet::host();
+    assert_private_folder(&host.data);
+    let ins = host.doctor_dossier();
+    let id = host.add_doc(&ins, DOCTOR, "10", CONSULTATION, "CR", b"secret body");
+    // Each output file is 0600, a new one and one that was there, readable by all, before.
+    let got = host.path("got.bin");
+    std::fs::write(&got, b"older and longer content").expect("write");
+    chmod(&got, 0o644);
+    let got_text = got.display().to_string();
+    host.ok(&["doc", "get", &id, "--as", DOCTOR, "-o", &got_text]);
+    assert_eq!(std::fs::read(&got).expect("read"), b"secret body");
+    let export = host.path("export.json").display().to_string();
+    host.ok(&[
+        "export",
+        "--dossier",
+        &ins,
+        "--as",
+        "patient",
+        "-o",
+        &export,
+    ]);
+    let records = host.export_authority("records.carnet");
+    host.ok(&["pki", "init"]);
+    let bundle = host.path("site.bundle").display().to_string();
+    host.ok(&[
+        "pki",
+        "enrol",
+        "--name",
+        "Clinique",
+        "--finess",
+        "750000001",
+        "--host-address",
+        "127.0.0.1:4433",
+        "-o",
+        &bundle,
+    ]);
+    for out in [
+        got.as_path(),
+        Path::new(&export),
+        &records,
+        Path::new(&bundle),
+    ] {
+        assert_eq!(mode(out), 0o600, "{}", out.display());
+    }
+    host.ok(&["keys", "rotate"]);
+    assert_private_folder(&host.data);
+    let site = Carnet::empty();
+    site.ok(&["init", "--role", "site", "--enrol", &bundle]);
+    assert_private_folder(&site.data);
+
+    // A folder made readable by others is tightened at the next open, and said.
+    chmod(&host.data, 0o755);
+    chmod(&host.db_path(), 0o644);
+    let o = host.ok(&["pro", "list"]);
+    assert!(
+        o.stderr.contains("warning") && o.stderr.contains("readable by others"),
+        "{}",
+        o.stderr
+    );
+    assert_private_folder(&host.data);
+    let o = host.ok(&["pro", "list"]);
+    assert!(!o.stderr.contains("warning"), "{}", o.stderr);
+}

@@ -264,6 +264,8 @@ pub struct Replica {
     view: view::SharedView,
     /// Set once `meta` was found intact at open (`check_state`); until then no commit is made.
     state_verified: AtomicBool,
+    /// What `open` tightened in a data folder others could read (`files::tighten_folder`).
+    folder_fixes: Vec<String>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -286,14 +288,8 @@ fn read_u64(bytes: Option<&[u8]>) -> u64 {
 }
 
 fn write_key_file(path: &Path, key: &Key) -> Result<()> {
-    let mut opts = fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(path)?;
+    let mut f = crate::files::open_private(path, true)?;
+    f.set_len(0)?;
     let hex: Zeroizing<String> =
         Zeroizing::new(key.expose().iter().map(|b| format!("{b:02x}")).collect());
     f.write_all(hex.as_bytes())?;
@@ -351,7 +347,8 @@ impl Replica {
         {
             return Err(Error::Key("the passphrase is empty".into()));
         }
-        fs::create_dir_all(dir)?;
+        // The data folder is the owner's only (0700); every file in it is 0600.
+        crate::files::private_dir(dir)?;
         let db_path = dir.join(DB_FILE);
         if db_path.exists() {
             return Err(Error::invalid(format!(
@@ -474,6 +471,8 @@ impl Replica {
                 dir.display()
             )));
         }
+        // A folder others can read is tightened before anything is read from it, and said.
+        let folder_fixes = crate::files::tighten_folder(dir);
         let (db, durability) = open_database(&db_path, false).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => Error::Storage(format!(
                 "the replica in {} is in use by another process (is carnet-syncd running?)",
@@ -570,6 +569,7 @@ impl Replica {
             cache: cache::RegistryCache::default(),
             view: view::SharedView::default(),
             state_verified: AtomicBool::new(false),
+            folder_fixes,
         };
         replica.check_state(state_authenticated)?;
         replica.migrate(format)?;
@@ -579,6 +579,12 @@ impl Replica {
         replica.resume_purges()?;
         replica.index_missing_bodies()?;
         Ok(replica)
+    }
+
+    /// What opening tightened in a data folder that others could read (modes set to 0700 and
+    /// 0600), one sentence each, for the caller to report; empty for a private folder.
+    pub fn folder_fixes(&self) -> &[String] {
+        &self.folder_fixes
     }
 
     /// Brings a replica written in an older format to `FORMAT_VERSION`, in one transaction.
@@ -1641,12 +1647,7 @@ fn open_database(
     path: &Path,
     create: bool,
 ) -> std::result::Result<(Database, backend::Durability), redb::DatabaseError> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(create)
-        .truncate(false)
-        .open(path)?;
+    let file = crate::files::open_private(path, create)?;
     let file = redb::backends::FileBackend::new(file)?;
     let (backend, durability) = backend::WriteBehind::new(Box::new(file))?;
     Ok((

@@ -61,6 +61,15 @@ impl Handle {
         Ok(Handle::InProcess(Arc::new(Service::new(Arc::new(replica)))))
     }
 
+    /// What opening the store here tightened in a data folder others could read (empty
+    /// through a daemon: it reported them in its log when it opened the store).
+    pub fn folder_fixes(&self) -> Vec<String> {
+        match self {
+            Handle::Daemon(_) => Vec::new(),
+            Handle::InProcess(service) => service.replica.folder_fixes().to_vec(),
+        }
+    }
+
     /// True when calls go through a daemon.
     pub fn via_daemon(&self) -> bool {
         matches!(self, Handle::Daemon(_))

@@ -1,0 +1,152 @@
+//! Private files: every file holding patient data or keys is written with mode 0600, in a
+//! folder of mode 0700 (the replica's owner only), whatever the process umask.
+//!
+//! Invariant: a file Carnet writes with patient data or keys goes through `write_private` or
+//! `open_private`; a folder it creates for them through `private_dir`. At open, a data folder
+//! that others can read is tightened and the fix reported (`tighten_folder`).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+/// Mode of a private file.
+pub const FILE_MODE: u32 = 0o600;
+/// Mode of a private folder.
+pub const DIR_MODE: u32 = 0o700;
+
+/// Creates `dir` (and missing parents) with mode 0700, and sets an existing one to 0700.
+pub fn private_dir(dir: &Path) -> io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE))
+}
+
+/// Opens `path` for reading and writing with mode 0600 (created when `create`); an existing
+/// regular file that others could read is set to 0600 first.
+pub fn open_private(path: &Path, create: bool) -> io::Result<File> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .truncate(false)
+        .mode(FILE_MODE)
+        .open(path)?;
+    restrict(&f)?;
+    Ok(f)
+}
+
+/// Sets an open regular file to mode 0600 if it allows more (a device such as `/dev/stdout`
+/// is left alone).
+fn restrict(f: &File) -> io::Result<()> {
+    let meta = f.metadata()?;
+    if meta.is_file() && meta.permissions().mode() & 0o777 != FILE_MODE {
+        f.set_permissions(fs::Permissions::from_mode(FILE_MODE))?;
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` with mode 0600: a new file is created so, an existing one is set
+/// to 0600 before anything is written into it.
+pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(FILE_MODE)
+        .open(path)?;
+    restrict(&f)?;
+    if f.metadata()?.is_file() {
+        f.set_len(0)?;
+    }
+    f.write_all(bytes)?;
+    f.flush()
+}
+
+/// Tightens a data folder that others may read: the folder itself to 0700, its regular files
+/// to 0600 and its direct subfolders to 0700. Returns one sentence per fix (or per fix that
+/// failed), for the caller to report.
+pub fn tighten_folder(dir: &Path) -> Vec<String> {
+    let mut report = Vec::new();
+    let mut fix = |path: &Path, mode: u32, what: &str| {
+        let Ok(meta) = fs::symlink_metadata(path) else {
+            return;
+        };
+        let old = meta.permissions().mode() & 0o777;
+        if old & 0o077 == 0 {
+            return;
+        }
+        match fs::set_permissions(path, fs::Permissions::from_mode(mode)) {
+            Ok(()) => report.push(format!(
+                "{what} {} was readable by others (mode {old:04o}): set to {mode:04o}",
+                path.display()
+            )),
+            Err(e) => report.push(format!(
+                "{what} {} is readable by others (mode {old:04o}) and could not be set to {mode:04o}: {e}",
+                path.display()
+            )),
+        }
+    };
+    fix(dir, DIR_MODE, "the data folder");
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_file() {
+                fix(&entry.path(), FILE_MODE, "the file");
+            } else if kind.is_dir() {
+                fix(&entry.path(), DIR_MODE, "the folder");
+            }
+        }
+    }
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(p: &Path) -> u32 {
+        fs::metadata(p).expect("meta").permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn private_files_and_folders_whatever_was_there() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = tmp.path().join("a/b");
+        private_dir(&dir).expect("dir");
+        assert_eq!(mode(&dir), 0o700);
+        let f = dir.join("out");
+        fs::write(&f, b"old, longer content").expect("write");
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o644)).expect("chmod");
+        write_private(&f, b"new").expect("write");
+        assert_eq!(mode(&f), 0o600);
+        assert_eq!(fs::read(&f).expect("read"), b"new");
+        let g = dir.join("db");
+        drop(open_private(&g, true).expect("create"));
+        assert_eq!(mode(&g), 0o600);
+    }
+
+    #[test]
+    fn a_loose_folder_is_tightened_and_reported() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = tmp.path();
+        fs::write(dir.join("carnet.redb"), b"x").expect("write");
+        fs::write(dir.join("private"), b"x").expect("write");
+        fs::create_dir(dir.join("inbox")).expect("mkdir");
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).expect("chmod");
+        fs::set_permissions(dir.join("carnet.redb"), fs::Permissions::from_mode(0o644))
+            .expect("chmod");
+        fs::set_permissions(dir.join("private"), fs::Permissions::from_mode(0o600)).expect("chmod");
+        fs::set_permissions(dir.join("inbox"), fs::Permissions::from_mode(0o755)).expect("chmod");
+        let report = tighten_folder(dir);
+        assert_eq!(report.len(), 3, "{report:?}");
+        assert_eq!(mode(dir), 0o700);
+        assert_eq!(mode(&dir.join("carnet.redb")), 0o600);
+        assert_eq!(mode(&dir.join("inbox")), 0o700);
+        assert!(tighten_folder(dir).is_empty());
+    }
+}
