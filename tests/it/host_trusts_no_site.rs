@@ -67,6 +67,17 @@ fn world() -> World {
     }
 }
 
+/// The key the site chains its trace with, read from its folder (no daemon may run on it).
+fn site_chain_key(site: &Carnet) -> [u8; 32] {
+    carnet_store::replica::Replica::open(
+        &site.data,
+        &carnet_store::replica::KeySource::File,
+        carnet_store::replica::system_clock(),
+    )
+    .expect("open the site's replica")
+    .trace_chain_key()
+}
+
 /// True when the site holds anything of the dossier `ins`.
 fn holds(site: &Carnet, ins: &str) -> bool {
     site.run(&["dossier", "show", ins]).code == 0
@@ -416,10 +427,12 @@ fn a_heartbeat_taken_off_the_wire_does_not_renew_a_stale_sites_lease() {
     // host), so it does not learn of it.
     w.host
         .ok(&["grant", "revoke", "--dossier", &w.ins, "--rpps", DOCTOR]);
-    // With the site's certificate, a fresh heartbeat is one Hello away: claim the log head.
+    // With the site's certificate (and the trace chain key from its folder), a fresh heartbeat
+    // is one Hello away: claim the log head.
+    let key = site_chain_key(&w.site);
     let rogue = Rogue::connect(&w.bundle);
     let head = rogue
-        .session(vec![rogue.hello(0, 0)])
+        .session(vec![rogue.hello_with_key(0, 0, key)])
         .into_iter()
         .find_map(|m| match m {
             Msg::Welcome { log_head, .. } => Some(log_head),
@@ -427,7 +440,7 @@ fn a_heartbeat_taken_off_the_wire_does_not_renew_a_stale_sites_lease() {
         })
         .expect("a Welcome");
     let heartbeat = rogue
-        .session(vec![rogue.hello(head, 0)])
+        .session(vec![rogue.hello_with_key(head, 0, key)])
         .into_iter()
         .find_map(|m| match m {
             Msg::Welcome { current, .. } => current,
@@ -478,18 +491,15 @@ fn a_site_can_neither_rewrite_nor_restart_its_trace_at_the_host() {
     w.site.ok(&["pin", &w.ins]);
     sync_until_ok(&w.site, Duration::from_secs(30));
     // The attacker holds the site's folder and key, and its certificate.
-    let (key, mut records) = {
-        let site = carnet_store::replica::Replica::open(
-            &w.site.data,
-            &carnet_store::replica::KeySource::File,
-            carnet_store::replica::system_clock(),
-        )
-        .expect("open the site's replica");
-        (
-            site.trace_chain_key(),
-            site.traces_after(0, 100).expect("traces"),
-        )
-    };
+    let key = site_chain_key(&w.site);
+    let mut records = carnet_store::replica::Replica::open(
+        &w.site.data,
+        &carnet_store::replica::KeySource::File,
+        carnet_store::replica::system_clock(),
+    )
+    .expect("open the site's replica")
+    .traces_after(0, 100)
+    .expect("traces");
     assert!(!records.is_empty());
     let rogue = Rogue::connect(&w.bundle);
     // Another chain key: a history started again is refused.
