@@ -39,31 +39,78 @@ struct Args {
     config: Option<PathBuf>,
 }
 
-fn parse_args() -> Result<Args, String> {
+/// The version line: the package version and the commit it was built from (`build.rs`).
+fn version() -> String {
+    format!(
+        "carnet-syncd {} (commit {})",
+        env!("CARGO_PKG_VERSION"),
+        env!("CARNET_GIT_COMMIT")
+    )
+}
+
+const USAGE: &str = "usage: carnet-syncd --data DIR [--config FILE]";
+
+fn help() -> String {
+    format!(
+        "{version}\n\
+         The Carnet sync daemon: owns the replica in DIR, serves `carnet` on DIR/carnet.sock, and\n\
+         syncs with the national host (a site) or serves the sites (the host).\n\n\
+         {USAGE}\n\n\
+         Options:\n  \
+           --data DIR       the replica's folder (or CARNET_DATA)\n  \
+           --config FILE    the settings (default DIR/carnet.toml)\n  \
+           -h, --help       this help\n  \
+           -V, --version    the version and the commit it was built from\n\n\
+         Environment: CARNET_DATA, CARNET_PASSPHRASE (a passphrase instead of DIR/master.key).\n\
+         Signals: SIGTERM or SIGINT stops after the round in flight.\n\
+         Exit status: 0 stopped cleanly, 1 failed (see the log), 2 bad arguments.\n",
+        version = version()
+    )
+}
+
+/// What the command line asks for.
+enum Invocation {
+    Run(Args),
+    /// Print this on stdout and exit 0.
+    Print(String),
+}
+
+fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Invocation, String> {
     let mut data = std::env::var_os("CARNET_DATA").map(PathBuf::from);
     let mut config = None;
-    let mut it = std::env::args().skip(1);
+    let mut it = args.into_iter();
     while let Some(a) = it.next() {
-        match a.as_str() {
-            "--data" => data = it.next().map(PathBuf::from),
-            "--config" => config = it.next().map(PathBuf::from),
-            "-h" | "--help" => {
-                return Err("usage: carnet-syncd --data DIR [--config FILE]".into());
-            }
-            other => {
-                return Err(format!(
-                    "unknown argument '{other}': carnet-syncd --data DIR [--config FILE]"
-                ));
-            }
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (a, None),
+        };
+        let mut value = |name: &str| {
+            inline
+                .clone()
+                .or_else(|| it.next())
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .ok_or_else(|| format!("{name} needs a value: {USAGE}"))
+        };
+        match flag.as_str() {
+            "--data" => data = Some(value("--data")?),
+            "--config" => config = Some(value("--config")?),
+            "-h" | "--help" => return Ok(Invocation::Print(help())),
+            "-V" | "--version" => return Ok(Invocation::Print(version() + "\n")),
+            other => return Err(format!("unknown argument '{other}': {USAGE}")),
         }
     }
     let data = data.ok_or("no data folder: pass --data DIR or set CARNET_DATA")?;
-    Ok(Args { data, config })
+    Ok(Invocation::Run(Args { data, config }))
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(a) => a,
+    let args = match parse_args(std::env::args().skip(1)) {
+        Ok(Invocation::Run(a)) => a,
+        Ok(Invocation::Print(text)) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
         Err(e) => {
             eprintln!("carnet-syncd: {e}");
             return ExitCode::from(2);
