@@ -7,7 +7,9 @@
 //! phase): it runs a round at once when something changes here or the host pokes it, and every
 //! `sync_every` seconds otherwise; while the host is out of reach it backs off with jitter.
 //! SIGTERM or Ctrl-C ends it after the round or transaction in flight, closes the connection,
-//! and removes the socket. Logs name sites, counts and errors, never patient data.
+//! and removes the socket. Under systemd (`Type=notify`) it says READY=1 once it serves,
+//! STOPPING=1 at SIGTERM, and feeds the watchdog (`systemd`). Logs name sites, counts and
+//! errors, never patient data.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,7 +19,9 @@ use std::time::Duration;
 use carnet_store::replica::{KeySource, Replica, system_clock};
 use carnet_syncd::api::{LinkState, Service, local};
 use carnet_syncd::config::{CONFIG_FILE, Config, ConfigRole};
+use carnet_syncd::systemd::{self, Notifier};
 use carnet_syncd::{enrol, inbox, net, transport};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 /// mimalloc keeps the memory it has taken from the system between transactions, where glibc's
 /// per-thread arenas gave it back and took it again for every page redb allocates: on the host,
@@ -61,7 +65,8 @@ fn help() -> String {
            --config FILE    the settings (default DIR/carnet.toml)\n  \
            -h, --help       this help\n  \
            -V, --version    the version and the commit it was built from\n\n\
-         Environment: CARNET_DATA, CARNET_PASSPHRASE (a passphrase instead of DIR/master.key).\n\
+         Environment: CARNET_DATA, CARNET_PASSPHRASE (a passphrase instead of DIR/master.key);\n\
+         under systemd (Type=notify), NOTIFY_SOCKET and WATCHDOG_USEC.\n\
          Signals: SIGTERM or SIGINT stops after the round in flight.\n\
          Exit status: 0 stopped cleanly, 1 failed (see the log), 2 bad arguments.\n",
         version = version()
@@ -162,11 +167,14 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .enable_all()
         .build()?;
     let data = args.data.clone();
+    // Under systemd (Type=notify): READY once serving, STOPPING at SIGTERM, and the watchdog.
+    let notifier = Arc::new(Notifier::from_env());
     let result = runtime.block_on(async move {
+        let stop = StopSignals::install()?;
         let listener = local::bind(&args.data)?;
         match config.role {
-            ConfigRole::Host => host(replica, &config, listener).await,
-            ConfigRole::Site => site(replica, &config, &args.data, listener).await,
+            ConfigRole::Host => host(replica, &config, listener, &notifier, stop).await,
+            ConfigRole::Site => site(replica, &config, &args.data, listener, &notifier, stop).await,
         }
     });
     committing.store(false, std::sync::atomic::Ordering::SeqCst);
@@ -193,19 +201,48 @@ async fn storage_failure(replica: &Replica) {
     }
 }
 
-/// Resolves when SIGTERM or SIGINT arrives.
-async fn stop_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Tells systemd the daemon serves (`READY=1`, with a status line), and from then on feeds its
+/// watchdog if it asked for one.
+fn ready(notifier: &Arc<Notifier>, status: &str) {
+    notifier.notify(&format!("READY=1\nSTATUS={status}"));
+    if let Some(every) = systemd::watchdog_interval().filter(|_| notifier.is_active()) {
+        tokio::spawn(watchdog(notifier.clone(), every));
+    }
+}
+
+/// Tells systemd the daemon is alive every `every` (half of `WATCHDOG_USEC`). It runs on the
+/// runtime that serves everything else: if the runtime stops turning, systemd stops hearing
+/// from it and restarts the service (`WatchdogSec` in the unit).
+async fn watchdog(notifier: Arc<Notifier>, every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        notifier.notify("WATCHDOG=1");
+    }
+}
+
+/// SIGTERM and SIGINT, caught from the start (before the first poll too: until a handler is
+/// installed, SIGTERM kills the process outright).
+struct StopSignals {
+    term: Signal,
+    int: Signal,
+}
+
+impl StopSignals {
+    fn install() -> std::io::Result<StopSignals> {
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Resolves when SIGTERM or SIGINT arrives.
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = term => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }
 
@@ -213,6 +250,8 @@ async fn host(
     replica: Arc<Replica>,
     config: &Config,
     listener: tokio::net::UnixListener,
+    notifier: &Arc<Notifier>,
+    mut stop: StopSignals,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let listen = config.listen.ok_or("carnet.toml: a host needs `listen`")?;
     let (ca, identity) = enrol::host_identity(&replica)?;
@@ -229,10 +268,16 @@ async fn host(
     let api = tokio::spawn(local::serve(listener, Arc::new(service)));
     let timer = tokio::spawn(announcement_timer(replica.clone(), live.clone()));
     let server = tokio::spawn(net::serve(endpoint.clone(), replica.clone(), live));
+    // The local socket and the QUIC endpoint are bound: `carnet` and the sites can reach us.
+    ready(
+        notifier,
+        &format!("host serving sites on {}", endpoint.local_addr()?),
+    );
     let storage_failed = tokio::select! {
-        () = stop_signal() => false,
+        () = stop.recv() => false,
         () = storage_failure(&replica) => true,
     };
+    notifier.notify("STOPPING=1");
     tracing::info!("stopping");
     endpoint.close(0u32.into(), b"host stopping");
     endpoint.wait_idle().await;
@@ -251,6 +296,8 @@ async fn site(
     config: &Config,
     data: &std::path::Path,
     listener: tokio::net::UnixListener,
+    notifier: &Arc<Notifier>,
+    mut stop: StopSignals,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let mut service = Service::new(replica.clone());
     service.link = Some(std::sync::Mutex::new(LinkState::default()));
@@ -262,14 +309,43 @@ async fn site(
     // The inbox is scanned at start and whenever the file system reports a file that may
     // complete a pair (never for the scan's own reads and moves: `inbox::starts_scan`).
     let (_watcher, mut scans) = inbox::watch(&inbox_dir)?;
+    // The local socket and the inbox watch are up; the host may be out of reach (a site works
+    // offline), so readiness does not wait for it.
+    ready(
+        notifier,
+        &format!(
+            "site {} syncing with {}",
+            replica.config().site_id,
+            config
+                .host_address
+                .map_or_else(|| "no host".to_string(), |a| a.to_string())
+        ),
+    );
     ingest(&service, &inbox_dir).await;
     let every = Duration::from_secs(config.sync_every);
     let mut backoff = Duration::from_secs(1);
     let mut body_retry = BODY_RETRY;
-    let stop = stop_signal();
-    tokio::pin!(stop);
     loop {
-        let (pause, connected) = match service.sync_round().await {
+        // SIGTERM during a round: systemd hears STOPPING=1 at once, the round ends, then the
+        // daemon stops.
+        let round = service.sync_round();
+        tokio::pin!(round);
+        let mut stopping = false;
+        let outcome = tokio::select! {
+            outcome = &mut round => outcome,
+            () = stop.recv() => {
+                notifier.notify("STOPPING=1");
+                tracing::info!("stopping after the round in flight");
+                stopping = true;
+                round.await
+            }
+        };
+        if stopping {
+            api.abort();
+            service.connection.lock().await.close().await;
+            return Ok(());
+        }
+        let (pause, connected) = match outcome {
             Ok(report) => {
                 if report.pulled > 1 || report.bodies > 0 || report.purged > 0 {
                     tracing::info!(
@@ -303,7 +379,8 @@ async fn site(
         tokio::pin!(next_round);
         loop {
             tokio::select! {
-                _ = &mut stop => {
+                () = stop.recv() => {
+                    notifier.notify("STOPPING=1");
                     tracing::info!("stopping");
                     api.abort();
                     service.connection.lock().await.close().await;
