@@ -376,7 +376,7 @@ fn sync(cli: &Cli, c: &SyncCmd) -> Result<Reply> {
             let link = match &s.link {
                 None => "no daemon running (carnet-syncd syncs in the background)".to_string(),
                 Some(l) => format!(
-                    "{} at the daemon's last round; last successful sync: {}{}",
+                    "{} at the daemon's last round; last successful sync: {}{}{}",
                     if l.connected {
                         "host reached"
                     } else {
@@ -387,6 +387,16 @@ fn sync(cli: &Cli, c: &SyncCmd) -> Result<Reply> {
                     l.last_error
                         .as_ref()
                         .map(|e| format!(" (last attempt: {e})"))
+                        .unwrap_or_default(),
+                    l.settings
+                        .as_ref()
+                        .map(|c| format!(
+                            "\ndaemon: {} connection(s) to the host since it started; a round every {} s, log level {}, inbox {}",
+                            l.connections,
+                            c.sync_every,
+                            c.log_level,
+                            c.inbox.display()
+                        ))
                         .unwrap_or_default()
                 ),
             };
@@ -441,7 +451,11 @@ fn sync(cli: &Cli, c: &SyncCmd) -> Result<Reply> {
                        "daemon": s.link.as_ref().map(|l| json!({
                            "connected": l.connected,
                            "last_sync": l.last_sync.map(format_rfc3339),
-                           "last_error": l.last_error})),
+                           "last_error": l.last_error,
+                           "connections": l.connections,
+                           "settings": l.settings.as_ref().map(|c| json!({
+                               "sync_every": c.sync_every, "log_level": c.log_level,
+                               "inbox": c.inbox.display().to_string()}))})),
                        "quarantine": s.quarantine.iter().map(|(id, at, reason)| json!({
                            "id": id.to_string(), "since": format_rfc3339(*at),
                            "reason": reason})).collect::<Vec<_>>()}),

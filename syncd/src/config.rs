@@ -124,6 +124,40 @@ impl Config {
         Ok(config)
     }
 
+    /// Reads `path` again for a running daemon (SIGHUP): answers the settings to run with — these
+    /// with `log_level`, `sync_every` and `inbox` taken from the file — and the names of the
+    /// settings the file changes that only a restart applies (`listen`, `host_address`,
+    /// `lease_hours`). An unreadable or invalid file, or one for the other role, is refused
+    /// whole: the caller keeps these settings.
+    pub fn reload(&self, path: &Path) -> Result<(Config, Vec<&'static str>)> {
+        let new = Config::load(path)?;
+        if new.role != self.role {
+            return Err(Error::Invalid(format!(
+                "{}: the role changed (a daemon keeps its role; restart it)",
+                path.display()
+            )));
+        }
+        let mut restart = Vec::new();
+        if new.listen != self.listen {
+            restart.push("listen");
+        }
+        if new.host_address != self.host_address {
+            restart.push("host_address");
+        }
+        if new.lease_hours != self.lease_hours {
+            restart.push("lease_hours");
+        }
+        Ok((
+            Config {
+                log_level: new.log_level,
+                sync_every: new.sync_every,
+                inbox: new.inbox,
+                ..self.clone()
+            },
+            restart,
+        ))
+    }
+
     /// The inbox folder, resolved against the data folder.
     pub fn inbox_dir(&self, data: &Path) -> PathBuf {
         if self.inbox.is_absolute() {
@@ -160,7 +194,8 @@ impl Config {
         };
         format!(
             "# Carnet daemon settings, read by `carnet-syncd --data DIR` (or --config FILE).\n\
-             # Written by `carnet init`; edit with care and restart the daemon.\n\n\
+             # Written by `carnet init`. After an edit, `systemctl reload carnet-syncd` (SIGHUP)\n\
+             # applies log_level, sync_every and inbox at once; the rest needs a restart.\n\n\
              # \"host\" (the national host) or \"site\" (clinic, pharmacy, mobile unit).\n\
              role = \"{role}\"\n\n\
              # Host: the address sites connect to (QUIC, UDP).\n{listen}\n\n\
@@ -224,6 +259,35 @@ mod tests {
         let text = host.to_commented_toml();
         assert_eq!(toml::from_str::<Config>(&text).expect("parse"), host);
         assert_eq!(site().inbox_dir(Path::new("/d")), Path::new("/d/inbox"));
+    }
+
+    #[test]
+    fn a_reload_takes_what_may_change_live_and_names_the_rest() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("c.toml");
+        let running = site();
+        let write = |text: &str| std::fs::write(&path, text).expect("write");
+        write(
+            "role = \"site\"\nhost_address = \"127.0.0.1:9\"\nsync_every = 2\n\
+             log_level = \"debug\"\ninbox = \"/var/spool/carnet\"\n",
+        );
+        let (now, restart) = running.reload(&path).expect("reloaded");
+        assert_eq!(now.sync_every, 2);
+        assert_eq!(now.log_level, "debug");
+        assert_eq!(now.inbox, Path::new("/var/spool/carnet"));
+        // The address and the lease stay as they run until a restart, and are named.
+        assert_eq!(now.host_address, running.host_address);
+        assert_eq!(now.lease_hours, Some(48));
+        assert_eq!(restart, ["host_address", "lease_hours"]);
+        // Refused whole: invalid, unreadable, or another role.
+        write("role = \"site\"\nhost_address = \"127.0.0.1:4433\"\nsync_every = 0\n");
+        assert!(running.reload(&path).is_err());
+        write("role = \"site\"\nhost_address = \"127.0.0.1:4433\"\nsync_every = \"often\"\n");
+        assert!(running.reload(&path).is_err());
+        write("role = \"host\"\nlisten = \"127.0.0.1:4433\"\n");
+        let err = running.reload(&path).expect_err("refused").to_string();
+        assert!(err.contains("role"), "{err}");
+        assert!(running.reload(&dir.path().join("gone.toml")).is_err());
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! `sync_every` seconds otherwise; while the host is out of reach it backs off with jitter.
 //! SIGTERM or Ctrl-C ends it after the round or transaction in flight, closes the connection,
 //! and removes the socket. Under systemd (`Type=notify`) it says READY=1 once it serves,
-//! STOPPING=1 at SIGTERM, and feeds the watchdog (`systemd`). Logs name sites, counts and
+//! STOPPING=1 at SIGTERM, and feeds the watchdog (`systemd`). SIGHUP reads `carnet.toml` again
+//! and applies the log level, and on a site `sync_every` and the inbox, with the connection
+//! to the host left open (`Config::reload`; a file refused leaves the settings in force). Logs name sites, counts and
 //! errors, never patient data.
 
 use std::path::PathBuf;
@@ -22,6 +24,9 @@ use carnet_syncd::config::{CONFIG_FILE, Config, ConfigRole};
 use carnet_syncd::systemd::{self, Notifier};
 use carnet_syncd::{enrol, inbox, net, transport};
 use tokio::signal::unix::{Signal, SignalKind, signal};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Registry, reload};
 
 /// mimalloc keeps the memory it has taken from the system between transactions, where glibc's
 /// per-thread arenas gave it back and took it again for every page redb allocates: on the host,
@@ -67,7 +72,8 @@ fn help() -> String {
            -V, --version    the version and the commit it was built from\n\n\
          Environment: CARNET_DATA, CARNET_PASSPHRASE (a passphrase instead of DIR/master.key);\n\
          under systemd (Type=notify), NOTIFY_SOCKET and WATCHDOG_USEC.\n\
-         Signals: SIGTERM or SIGINT stops after the round in flight.\n\
+         Signals: SIGTERM or SIGINT stops after the round in flight; SIGHUP reads carnet.toml\n\
+         again (log_level, sync_every, inbox; the connection to the host stays).\n\
          Exit status: 0 stopped cleanly, 1 failed (see the log), 2 bad arguments.\n",
         version = version()
     )
@@ -131,16 +137,83 @@ fn main() -> ExitCode {
     }
 }
 
+/// The log filter for `level` (the daemon's and the store's events; not its dependencies').
+fn log_filter(level: &str) -> EnvFilter {
+    EnvFilter::new(format!("carnet_syncd={level},carnet_store={level}"))
+}
+
+/// The logs on stderr; their level changes on a reload.
+struct Logs {
+    level: reload::Handle<EnvFilter, Registry>,
+}
+
+impl Logs {
+    /// Logs carry site ids, counts and errors; never names, INS or titles.
+    fn init(config: &Config) -> Logs {
+        let (filter, level) = reload::Layer::new(log_filter(&config.log_level));
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .init();
+        Logs { level }
+    }
+
+    fn set_level(&self, level: &str) {
+        if let Err(e) = self.level.reload(log_filter(level)) {
+            tracing::warn!(error = %e, "the log level could not change");
+        }
+    }
+}
+
+/// The settings in force and where they come from; SIGHUP reads them again.
+struct Settings {
+    path: PathBuf,
+    config: Config,
+    logs: Logs,
+    /// SIGHUP, caught from the start (uncaught, it would end the daemon).
+    hup: Signal,
+}
+
+impl Settings {
+    /// Waits for SIGHUP, reads `carnet.toml` again and applies the log level; answers the
+    /// settings now in force, which the caller applies further (a site's `sync_every` and
+    /// inbox). A file refused leaves every setting as it was, with a warning; systemd hears
+    /// RELOADING=1 then READY=1 either way.
+    async fn reloaded(&mut self, notifier: &Notifier) -> Option<Config> {
+        self.hup.recv().await;
+        notifier.notify("RELOADING=1");
+        let outcome = match self.config.reload(&self.path) {
+            Ok((config, restart)) => {
+                self.logs.set_level(&config.log_level);
+                for setting in restart {
+                    tracing::warn!(setting, "carnet.toml: this change needs a restart");
+                }
+                tracing::info!(
+                    log_level = %config.log_level,
+                    sync_every = config.sync_every,
+                    inbox = %config.inbox.display(),
+                    "carnet.toml reloaded"
+                );
+                self.config = config.clone();
+                Some(config)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "carnet.toml refused: the settings in force stay");
+                None
+            }
+        };
+        notifier.notify("READY=1");
+        outcome
+    }
+}
+
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let config = Config::load(&args.config.unwrap_or_else(|| args.data.join(CONFIG_FILE)))?;
-    // Logs carry site ids, counts and errors; never names, INS or titles.
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(format!(
-            "carnet_syncd={level},carnet_store={level}",
-            level = config.log_level
-        )))
-        .with_writer(std::io::stderr)
-        .init();
+    let path = args
+        .config
+        .clone()
+        .unwrap_or_else(|| args.data.join(CONFIG_FILE));
+    let config = Config::load(&path)?;
+    let logs = Logs::init(&config);
     let key = match std::env::var("CARNET_PASSPHRASE") {
         Ok(p) if !p.is_empty() => KeySource::Passphrase(zeroize::Zeroizing::new(p)),
         _ => KeySource::File,
@@ -171,10 +244,18 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let notifier = Arc::new(Notifier::from_env());
     let result = runtime.block_on(async move {
         let stop = StopSignals::install()?;
+        let settings = Settings {
+            path,
+            config,
+            logs,
+            hup: signal(SignalKind::hangup())?,
+        };
         let listener = local::bind(&args.data)?;
-        match config.role {
-            ConfigRole::Host => host(replica, &config, listener, &notifier, stop).await,
-            ConfigRole::Site => site(replica, &config, &args.data, listener, &notifier, stop).await,
+        match settings.config.role {
+            ConfigRole::Host => host(replica, settings, listener, &notifier, stop).await,
+            ConfigRole::Site => {
+                site(replica, settings, &args.data, listener, &notifier, stop).await
+            }
         }
     });
     committing.store(false, std::sync::atomic::Ordering::SeqCst);
@@ -248,12 +329,15 @@ impl StopSignals {
 
 async fn host(
     replica: Arc<Replica>,
-    config: &Config,
+    mut settings: Settings,
     listener: tokio::net::UnixListener,
     notifier: &Arc<Notifier>,
     mut stop: StopSignals,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let listen = config.listen.ok_or("carnet.toml: a host needs `listen`")?;
+    let listen = settings
+        .config
+        .listen
+        .ok_or("carnet.toml: a host needs `listen`")?;
     let (ca, identity) = enrol::host_identity(&replica)?;
     let revoked = Arc::new(enrol::revoked(&replica)?);
     let endpoint = quinn::Endpoint::server(
@@ -273,9 +357,13 @@ async fn host(
         notifier,
         &format!("host serving sites on {}", endpoint.local_addr()?),
     );
-    let storage_failed = tokio::select! {
-        () = stop.recv() => false,
-        () = storage_failure(&replica) => true,
+    let storage_failed = loop {
+        tokio::select! {
+            () = stop.recv() => break false,
+            () = storage_failure(&replica) => break true,
+            // Only the log level matters to a host.
+            _ = settings.reloaded(notifier) => {}
+        }
     };
     notifier.notify("STOPPING=1");
     tracing::info!("stopping");
@@ -293,22 +381,29 @@ async fn host(
 
 async fn site(
     replica: Arc<Replica>,
-    config: &Config,
+    mut settings: Settings,
     data: &std::path::Path,
     listener: tokio::net::UnixListener,
     notifier: &Arc<Notifier>,
     mut stop: StopSignals,
 ) -> Result<(), Box<dyn std::error::Error>> {
+    let config = settings.config.clone();
+    let mut inbox_dir = config.inbox_dir(data);
+    // `sync status` shows the settings in force (the inbox resolved).
     let mut service = Service::new(replica.clone());
-    service.link = Some(std::sync::Mutex::new(LinkState::default()));
+    service.link = Some(std::sync::Mutex::new(LinkState {
+        settings: Some(Config {
+            inbox: inbox_dir.clone(),
+            ..config.clone()
+        }),
+        ..LinkState::default()
+    }));
     let service = Arc::new(service);
     let api = tokio::spawn(local::serve(listener, service.clone()));
-    let inbox_dir = config.inbox_dir(data);
-    std::fs::create_dir_all(&inbox_dir)?;
     tracing::info!(site = %replica.config().site_id, host = ?config.host_address, "site syncing");
     // The inbox is scanned at start and whenever the file system reports a file that may
     // complete a pair (never for the scan's own reads and moves: `inbox::starts_scan`).
-    let (_watcher, mut scans) = inbox::watch(&inbox_dir)?;
+    let (mut _watcher, mut scans) = watch_inbox(&inbox_dir)?;
     // The local socket and the inbox watch are up; the host may be out of reach (a site works
     // offline), so readiness does not wait for it.
     ready(
@@ -322,7 +417,7 @@ async fn site(
         ),
     );
     ingest(&service, &inbox_dir).await;
-    let every = Duration::from_secs(config.sync_every);
+    let mut every = Duration::from_secs(config.sync_every);
     let mut backoff = Duration::from_secs(1);
     let mut body_retry = BODY_RETRY;
     loop {
@@ -345,7 +440,9 @@ async fn site(
             service.connection.lock().await.close().await;
             return Ok(());
         }
-        let (pause, connected) = match outcome {
+        let round_ended = tokio::time::Instant::now();
+        // (The pause, whether it is `every`, and whether the link holds.)
+        let (pause, regular, connected) = match outcome {
             Ok(report) => {
                 if report.pulled > 1 || report.bodies > 0 || report.purged > 0 {
                     tracing::info!(
@@ -361,10 +458,10 @@ async fn site(
                     // Their author is still sending them to the host.
                     let wait = body_retry;
                     body_retry = (body_retry * 2).min(every);
-                    (wait, true)
+                    (wait, false, true)
                 } else {
                     body_retry = BODY_RETRY;
-                    (every, true)
+                    (every, true, true)
                 }
             }
             Err(e) => {
@@ -372,7 +469,7 @@ async fn site(
                 let jitter = Duration::from_millis(u64::from(rand_jitter()) % 1000);
                 let wait = backoff + jitter;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
-                (wait, false)
+                (wait, false, false)
             }
         };
         let next_round = tokio::time::sleep(pause);
@@ -395,6 +492,37 @@ async fn site(
                 }
                 // A burst of events is one signal (the channel holds one).
                 Some(()) = scans.recv() => ingest(&service, &inbox_dir).await,
+                // SIGHUP: the connection stays; the next regular round keeps to the new
+                // interval, and a new inbox is watched (and scanned) from now on.
+                Some(config) = settings.reloaded(notifier) => {
+                    let new_dir = config.inbox_dir(data);
+                    if new_dir != inbox_dir {
+                        match watch_inbox(&new_dir) {
+                            Ok((watcher, new_scans)) => {
+                                (_watcher, scans, inbox_dir) = (watcher, new_scans, new_dir);
+                                ingest(&service, &inbox_dir).await;
+                            }
+                            // The new folder cannot be watched: the old one stays.
+                            Err(e) => tracing::warn!(
+                                inbox = %new_dir.display(),
+                                error = %e,
+                                "inbox not changed"
+                            ),
+                        }
+                    }
+                    every = Duration::from_secs(config.sync_every);
+                    if regular {
+                        next_round.as_mut().reset(round_ended + every);
+                    }
+                    if let Some(link) = &service.link
+                        && let Ok(mut l) = link.lock()
+                    {
+                        l.settings = Some(Config {
+                            inbox: inbox_dir.clone(),
+                            ..config
+                        });
+                    }
+                }
             }
         }
     }
@@ -429,6 +557,14 @@ async fn announcement_timer(replica: Arc<Replica>, live: Arc<net::Live>) {
             _ => {}
         }
     }
+}
+
+/// Creates the inbox folder if needed and watches it.
+fn watch_inbox(
+    dir: &std::path::Path,
+) -> std::io::Result<(notify::RecommendedWatcher, tokio::sync::mpsc::Receiver<()>)> {
+    std::fs::create_dir_all(dir)?;
+    inbox::watch(dir).map_err(std::io::Error::other)
 }
 
 /// One scan of the inbox, on the blocking side; what it stored starts a round.

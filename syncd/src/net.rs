@@ -404,6 +404,8 @@ pub struct Link {
     replica: Arc<Replica>,
     open: Option<(quinn::Endpoint, quinn::Connection)>,
     wake: Arc<tokio::sync::Notify>,
+    /// Connections opened so far.
+    opened: u64,
 }
 
 impl Link {
@@ -413,6 +415,7 @@ impl Link {
             replica,
             open: None,
             wake,
+            opened: 0,
         }
     }
 
@@ -421,6 +424,12 @@ impl Link {
         self.open
             .as_ref()
             .is_some_and(|(_, c)| c.close_reason().is_none())
+    }
+
+    /// Connections this link opened to the host so far (one while it holds; a reconnection
+    /// adds one).
+    pub fn connections(&self) -> u64 {
+        self.opened
     }
 
     /// UDP bytes sent and received on the open connection so far (handshake included).
@@ -468,6 +477,7 @@ impl Link {
         .map_err(net_err)?;
         tokio::spawn(listen_for_pokes(conn.clone(), self.wake.clone()));
         self.open = Some((endpoint, conn.clone()));
+        self.opened += 1;
         Ok((conn, true))
     }
 

@@ -6,7 +6,9 @@ use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::daemon::{Daemon, enrolled_site, free_port, stop, syncd_bin};
+use crate::daemon::{
+    Daemon, enrolled_site, free_port, stop, sync_until_ok, syncd_bin, wait_for_socket,
+};
 use crate::support::*;
 
 /// Starts `carnet-syncd` on a replica with `env` added (stopped when dropped).
@@ -168,4 +170,172 @@ fn syncd_speaks_systemds_notify_protocol_and_feeds_the_watchdog() {
         }
         assert_eq!(stop(&mut daemon), Some(0), "a clean stop");
     }
+}
+
+/// Starts `carnet-syncd` on a replica with its stderr in `DATA/../NAME.log` (outside the data
+/// folder: the daemon owns that one); answers the daemon and the log's path.
+fn start_logged(replica: &Carnet, env: &[(&str, &str)]) -> (Daemon, std::path::PathBuf) {
+    let log = replica.path(&format!("syncd-{}.log", unique()));
+    let file = std::fs::File::create(&log).expect("log file");
+    let child = Command::new(syncd_bin())
+        .arg("--data")
+        .arg(&replica.data)
+        .env_remove("CARNET_PASSPHRASE")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(file))
+        .spawn()
+        .expect("carnet-syncd starts");
+    (Daemon(child), log)
+}
+
+/// Waits (bounded) until `check` holds for the log's lines; answers them.
+fn wait_for_log(
+    log: &std::path::Path,
+    what: &str,
+    check: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let lines: Vec<String> = std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        if check(&lines) {
+            return lines;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the log never showed {what}:\n{}",
+            lines.join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits (bounded) until the site daemon's `sync status` satisfies `check`; answers it.
+fn wait_for_status(
+    site: &Carnet,
+    within: Duration,
+    what: &str,
+    mut check: impl FnMut(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let status = site.json(&["sync", "status"]);
+        if check(&status) {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "never {what}: {status}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn signal(daemon: &Daemon, name: &str) {
+    let sent = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(daemon.0.id().to_string())
+        .status()
+        .expect("kill runs");
+    assert!(sent.success(), "kill -{name}");
+}
+
+/// SIGHUP reloads `carnet.toml` — the log level, the interval between rounds, the inbox —
+/// while the site stays connected to the host (the daemon opened one connection, and it holds);
+/// a bad file is refused with a warning and the settings in force stay.
+#[test]
+fn sighup_reloads_the_settings_and_the_connection_holds() {
+    let address = format!("127.0.0.1:{}", free_port());
+    let host = Carnet::empty();
+    host.ok(&["init", "--role", "host", "--listen", &address]);
+    host.ok(&["pki", "init"]);
+    let site = enrolled_site(&host, &address, &[]);
+    let (_host_daemon, _) = start_logged(&host, &[]);
+    let (mut site_daemon, log) = start_logged(&site, &[]);
+    wait_for_socket(&site);
+    sync_until_ok(&site, Duration::from_secs(20));
+    let connected =
+        |s: &serde_json::Value| s["daemon"]["connected"] == true && s["daemon"]["connections"] == 1;
+    let status = wait_for_status(&site, Duration::from_secs(20), "connected", connected);
+    let settings = &status["daemon"]["settings"];
+    assert_eq!(settings["sync_every"], 10, "{status}");
+    assert_eq!(settings["log_level"], "info", "{status}");
+    let inbox = site.data.join("inbox").display().to_string();
+    assert_eq!(settings["inbox"], inbox.as_str(), "{status}");
+
+    // A round every second, debug logs, another inbox.
+    let toml = site.data.join("carnet.toml");
+    let text = std::fs::read_to_string(&toml).expect("carnet.toml");
+    let edited = text
+        .replace("sync_every = 10", "sync_every = 1")
+        .replace("log_level = \"info\"", "log_level = \"debug\"")
+        .replace("inbox = \"inbox\"", "inbox = \"arrivals\"");
+    assert_ne!(edited, text, "carnet.toml as `carnet init` writes it");
+    std::fs::write(&toml, &edited).expect("edit carnet.toml");
+    signal(&site_daemon, "HUP");
+    let status = wait_for_status(&site, Duration::from_secs(20), "the new settings", |s| {
+        s["daemon"]["settings"]["sync_every"] == 1
+    });
+    let settings = &status["daemon"]["settings"];
+    assert_eq!(settings["log_level"], "debug", "{status}");
+    let arrivals = site.data.join("arrivals");
+    assert_eq!(
+        settings["inbox"],
+        arrivals.display().to_string().as_str(),
+        "{status}"
+    );
+    wait_for_log(&log, "the reload", |lines| {
+        lines
+            .iter()
+            .any(|l| l.contains("carnet.toml reloaded") && l.contains("sync_every=1"))
+    });
+    // The new interval is kept at once (it was 10 s): two more rounds within 8 s.
+    let mut seen = vec![status["daemon"]["last_sync"].clone()];
+    wait_for_status(
+        &site,
+        Duration::from_secs(8),
+        "two rounds at the new interval",
+        |s| {
+            let last = &s["daemon"]["last_sync"];
+            if !seen.contains(last) {
+                seen.push(last.clone());
+            }
+            seen.len() >= 3
+        },
+    );
+    // The new inbox is watched: a pair dropped there is handled (here refused, with its
+    // reason).
+    std::fs::write(arrivals.join("note.txt"), b"synthetic").expect("document");
+    std::fs::write(arrivals.join("note.txt.carnet.json"), b"not json").expect("sidecar");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !arrivals.join("rejected/note.txt.error.txt").exists() {
+        assert!(Instant::now() < deadline, "the new inbox is not watched");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // A bad file: refused, with a warning; the settings in force stay.
+    std::fs::write(&toml, edited.replace("sync_every = 1", "sync_every = 0")).expect("edit");
+    signal(&site_daemon, "HUP");
+    wait_for_log(&log, "the refusal", |lines| {
+        lines.iter().any(|l| {
+            l.contains("WARN") && l.contains("carnet.toml refused") && l.contains("sync_every 0")
+        })
+    });
+    let status = site.json(&["sync", "status"]);
+    assert_eq!(status["daemon"]["settings"]["sync_every"], 1, "{status}");
+    assert_eq!(
+        status["daemon"]["settings"]["log_level"], "debug",
+        "{status}"
+    );
+
+    // All along, the one connection held: no reconnection.
+    let status = wait_for_status(&site, Duration::from_secs(20), "connected", connected);
+    assert_eq!(status["daemon"]["connections"], 1, "{status}");
+    assert_eq!(
+        stop(&mut site_daemon),
+        Some(0),
+        "SIGHUP did not end the daemon"
+    );
 }
