@@ -4,12 +4,29 @@
 //!
 //! Invariants: the host learns the site from the peer's certificate (its fingerprint in the
 //! register), never from what the peer says; a revoked site's connection is closed; every read
-//! is bounded by `IDLE_TIMEOUT`; a malformed frame or a protocol error ends that session with
-//! an `Error` message, not the server; store calls, which may sync to disk, run on the
-//! runtime's blocking side.
+//! is bounded by `IDLE_TIMEOUT`, and so is every write that makes no progress; a malformed
+//! frame or a protocol error ends that session with an `Error` message, not the server; store
+//! calls, which may sync to disk, run on the runtime's blocking side.
+//!
+//! Bounds: what a peer sends or fails to read cannot grow a daemon's memory without limit.
+//! - Reads: a stream's decoder holds at most one frame (`frame::FRAME_MAX`) and one read
+//!   (`READ_CHUNK`); quinn holds at most a stream's receive window per stream, and a peer may
+//!   open at most quinn's `max_concurrent_bidi_streams` (100) streams at once per connection.
+//! - Host: a stream's replies wait in a channel of `PUSH_WINDOW` batches, and the stream reads
+//!   no more messages while it is full; a write the site does not take for `IDLE_TIMEOUT`
+//!   ends the stream, so a stuck site pins nothing for long. A site has at most
+//!   `CONNECTIONS_PER_SITE` connections (a newer one closes the oldest), and at most one poke
+//!   in flight on each.
+//! - Site: the body pieces of a round's fetches wait in a channel of `FETCH_WINDOW` pieces;
+//!   a fetch whose piece does not fit stops reading its stream, so QUIC's flow control stops
+//!   the host (at most `FETCH_WINDOW` pieces queued, plus one held by each of the
+//!   `FETCH_WINDOW` fetches, `CHUNK_MAX` bytes each).
+//! - Not bounded here: the host answers a `GetBody` from the whole body in memory
+//!   (`HostSession`, up to `BODY_MAX`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use carnet_store::ids::SiteId;
@@ -23,9 +40,12 @@ use crate::pki::HOST_NAME;
 use crate::session::{HostSession, Msg, RoundReport, SiteSession};
 use crate::transport::Revoked;
 
-/// Longest wait for the peer's next bytes.
+/// Longest wait for the peer's next bytes, or for it to take the next bytes we write.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 const READ_CHUNK: usize = 64 * 1024;
+/// Connections one site may hold open at the host: one is the rule (a site's daemon keeps one
+/// link), a few more cover a reconnection while the old connection has not timed out yet.
+pub const CONNECTIONS_PER_SITE: usize = 4;
 
 fn net_err(e: impl std::fmt::Display) -> Error {
     Error::Io(std::io::Error::other(e.to_string()))
@@ -55,12 +75,19 @@ async fn next_message(
     }
 }
 
+/// Writes `msgs`; fails if the peer takes no byte for `IDLE_TIMEOUT` (a peer that stops
+/// reading keeps its connection alive with keep-alives, and would otherwise hold the stream,
+/// and what waits to be sent on it, for as long as it likes).
 async fn send(stream: &mut quinn::SendStream, msgs: &[Msg]) -> Result<()> {
     for m in msgs {
-        stream
-            .write_all(&frame::encode(m).map_err(|e| Error::Invalid(e.to_string()))?)
-            .await
-            .map_err(net_err)?;
+        let bytes = frame::encode(m).map_err(|e| Error::Invalid(e.to_string()))?;
+        let mut written = 0;
+        while written < bytes.len() {
+            written += tokio::time::timeout(IDLE_TIMEOUT, stream.write(&bytes[written..]))
+                .await
+                .map_err(|_| Error::Invalid("the peer stopped reading".into()))?
+                .map_err(net_err)?;
+        }
     }
     Ok(())
 }
@@ -85,6 +112,11 @@ struct LiveSite {
     conn: quinn::Connection,
     /// The log head this site was last told of (or had at connection).
     told: u64,
+    /// When it joined (the oldest of a site's connections goes first).
+    since: std::time::Instant,
+    /// A poke is on its way: no other is sent until it is done (a site that does not take its
+    /// pokes does not collect tasks at the host).
+    poking: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Live {
@@ -105,6 +137,21 @@ impl Live {
 
     fn join(&self, site: SiteId, fingerprint: [u8; 32], conn: &quinn::Connection, head: u64) {
         if let Ok(mut sites) = self.sites.lock() {
+            // At most `CONNECTIONS_PER_SITE`: the oldest of this site's goes.
+            let mut mine: Vec<(std::time::Instant, usize)> = sites
+                .iter()
+                .filter(|(_, l)| l.site == site)
+                .map(|(id, l)| (l.since, *id))
+                .collect();
+            mine.sort();
+            let excess = (mine.len() + 1).saturating_sub(CONNECTIONS_PER_SITE);
+            for (_, id) in mine.into_iter().take(excess) {
+                if let Some(old) = sites.remove(&id) {
+                    tracing::info!(site = %site, "an older connection of the site closed");
+                    old.conn
+                        .close(2u32.into(), b"replaced by a newer connection");
+                }
+            }
             sites.insert(
                 conn.stable_id(),
                 LiveSite {
@@ -112,6 +159,8 @@ impl Live {
                     fingerprint,
                     conn: conn.clone(),
                     told: head,
+                    since: std::time::Instant::now(),
+                    poking: Arc::default(),
                 },
             );
         }
@@ -154,18 +203,21 @@ impl Live {
             .await
             .unwrap_or_default();
             for (id, _, told, head) in heads {
-                let conn = match self.sites.lock() {
+                let (conn, poking) = match self.sites.lock() {
                     Ok(mut s) => match s.get_mut(&id) {
-                        Some(l) if head > told => {
+                        // (A poke still on its way: a later pass tells this head, or the site's
+                        // next regular round finds it.)
+                        Some(l) if head > told && !l.poking.swap(true, Ordering::AcqRel) => {
                             l.told = head;
-                            l.conn.clone()
+                            (l.conn.clone(), l.poking.clone())
                         }
                         _ => continue,
                     },
                     Err(_) => return,
                 };
                 tokio::spawn(async move {
-                    let _ = poke(&conn, head).await;
+                    let _ = tokio::time::timeout(IDLE_TIMEOUT, poke(&conn, head)).await;
+                    poking.store(false, Ordering::Release);
                 });
             }
         }
@@ -543,8 +595,11 @@ async fn round_on(conn: &quinn::Connection, replica: &Arc<Replica>) -> Result<Ro
     .await
     .map_err(net_err)??;
     send(&mut send_stream, &[hello]).await?;
-    // What the body streams receive, in the order each receives it.
-    let (pieces_tx, mut pieces) = tokio::sync::mpsc::unbounded_channel::<Result<Msg>>();
+    // What the body streams receive, in the order each receives it. Bounded: the round has at
+    // most `FETCH_WINDOW` fetches in flight, so this many pieces let each have one waiting
+    // while the session stores another; a fetch that finds it full stops reading its stream,
+    // and QUIC's flow control stops the host (a disk slower than the link grows nothing).
+    let (pieces_tx, mut pieces) = tokio::sync::mpsc::channel::<Result<Msg>>(PIECES_QUEUED);
     // The Hello.
     let mut round_trips = 1;
     let mut decoder = FrameDecoder::new();
@@ -583,12 +638,15 @@ async fn round_on(conn: &quinn::Connection, replica: &Arc<Replica>) -> Result<Ro
     Ok(report)
 }
 
+/// Body pieces a site's round keeps waiting for its session (see `round_on`).
+const PIECES_QUEUED: usize = crate::session::FETCH_WINDOW;
+
 /// Sends one `GetBody` on a new stream and hands on what comes back (`Body` pieces to the end
-/// of the body, or `NoBody`), then any error.
+/// of the body, or `NoBody`), then any error; reads no further while `to_session` is full.
 async fn fetch_body(
     conn: quinn::Connection,
     get: Msg,
-    to_session: tokio::sync::mpsc::UnboundedSender<Result<Msg>>,
+    to_session: tokio::sync::mpsc::Sender<Result<Msg>>,
 ) {
     let fetched = async {
         let (mut send_stream, mut recv) = conn.open_bi().await.map_err(net_err)?;
@@ -605,14 +663,14 @@ async fn fetch_body(
                 } => offset + bytes.len() as u64 >= *total,
                 _ => true,
             };
-            if to_session.send(Ok(msg)).is_err() || last {
+            if to_session.send(Ok(msg)).await.is_err() || last {
                 return Ok(());
             }
         }
         Err(Error::Invalid("a body stream ended before the body".into()))
     };
     if let Err(e) = fetched.await {
-        let _ = to_session.send(Err(e));
+        let _ = to_session.send(Err(e)).await;
     }
 }
 
@@ -746,6 +804,134 @@ mod tests {
         let refused = bounded(sync_round(site.clone())).await.expect("in time");
         assert!(refused.is_err(), "a revoked site synced");
         endpoint.close(0u32.into(), b"done");
+    }
+
+    /// A site whose session does not take the pieces of a body (a slow disk, a stuck task)
+    /// stops reading the body's stream, and QUIC's flow control stops the host: what it
+    /// received stays a small fraction of the body; once the pieces are taken, the rest comes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fetch_nobody_drains_stops_the_host_then_resumes() {
+        let served = serving_host();
+        let (tmp, host, ins, addr) = (&served.tmp, &served.host, &served.ins, served.addr);
+        let bundle = enrol::enrol(host, "Clinique", "750000001", &addr.to_string()).expect("enrol");
+        host.bind_professional(SiteId(bundle.site_id), &doctor(), true)
+            .expect("bind");
+        let site = Arc::new(crate::testkit::site_from_bundle(
+            &tmp.path().join("enrolled"),
+            &bundle,
+        ));
+        let size = 24 << 20;
+        let large: Vec<u8> = (0..size as u32).map(|i| (i % 251) as u8).collect();
+        let doc = host
+            .put_document(
+                &Actor::Professional(doctor()),
+                AccessMode::Normal,
+                None,
+                ins,
+                new_doc("large, at the host", large.clone()),
+            )
+            .expect("host writes");
+        let mut link = Link::new(site, Arc::new(tokio::sync::Notify::new()));
+        let (conn, _) = tokio::time::timeout(Duration::from_secs(20), link.connection())
+            .await
+            .expect("in time")
+            .expect("connected");
+        // Room for one piece, and nobody takes it.
+        let (tx, mut pieces) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(fetch_body(
+            conn.clone(),
+            Msg::GetBody { doc, offset: 0 },
+            tx,
+        ));
+        // Until the transfer has started, then stopped.
+        let received = || conn.stats().udp_rx.bytes;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let mut last = (received(), tokio::time::Instant::now());
+        loop {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the transfer never settled"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let now = received();
+            if now != last.0 {
+                last = (now, tokio::time::Instant::now());
+            } else if now > 1 << 20 && last.1.elapsed() > Duration::from_millis(500) {
+                break;
+            }
+        }
+        assert!(
+            last.0 < (size as u64) / 3,
+            "{} of {size} bytes received with nobody taking them",
+            last.0
+        );
+        // Taken: every piece arrives, in order.
+        let mut got = Vec::with_capacity(size);
+        while got.len() < size {
+            let piece = tokio::time::timeout(Duration::from_secs(20), pieces.recv())
+                .await
+                .expect("in time")
+                .expect("a piece")
+                .expect("no error");
+            let Msg::Body { offset, bytes, .. } = piece else {
+                panic!("not a piece: {}", piece.kind());
+            };
+            assert_eq!(offset, got.len() as u64);
+            got.extend_from_slice(&bytes);
+        }
+        assert!(got == large, "the body arrived whole");
+        link.close().await;
+        served.endpoint.close(0u32.into(), b"done");
+    }
+
+    /// A site (a valid certificate) opening connection after connection holds at most
+    /// `CONNECTIONS_PER_SITE` at the host: each one more closes its oldest.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_site_holds_a_bounded_number_of_connections() {
+        let served = serving_host();
+        let bundle = enrol::enrol(
+            &served.host,
+            "Clinique",
+            "750000001",
+            &served.addr.to_string(),
+        )
+        .expect("enrol");
+        let mut client =
+            quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client");
+        client.set_default_client_config(
+            crate::transport::client_config(&bundle.ca_cert_der, &bundle.identity).expect("config"),
+        );
+        let mut conns = Vec::new();
+        for _ in 0..CONNECTIONS_PER_SITE + 2 {
+            let conn = tokio::time::timeout(
+                Duration::from_secs(20),
+                client.connect(served.addr, HOST_NAME).expect("connect"),
+            )
+            .await
+            .expect("in time")
+            .expect("handshake");
+            // Admitted (among the live sites) once a stream of it is served, here a lone Bye.
+            let (mut tx, mut rx) = conn.open_bi().await.expect("stream");
+            send(&mut tx, &[Msg::Bye]).await.expect("send");
+            tx.finish().expect("finish");
+            let _ = tokio::time::timeout(Duration::from_secs(20), rx.read_to_end(1 << 20))
+                .await
+                .expect("in time");
+            conns.push(conn);
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while conns.iter().filter(|c| c.close_reason().is_some()).count() < 2 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "more than {CONNECTIONS_PER_SITE} connections held"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let open: Vec<bool> = conns.iter().map(|c| c.close_reason().is_none()).collect();
+        let mut expected = vec![false, false];
+        expected.extend(vec![true; CONNECTIONS_PER_SITE]);
+        assert_eq!(open, expected, "the oldest ones go");
+        served.endpoint.close(0u32.into(), b"done");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
