@@ -295,6 +295,7 @@ fn init(cli: &Cli, a: &InitArgs) -> Result<Reply> {
         host_address: bundle.as_ref().and_then(|b| b.host_address.parse().ok()),
         inbox: "inbox".into(),
         log_level: "info".into(),
+        log_format: Default::default(),
         sync_every: carnet_syncd::config::DEFAULT_SYNC_EVERY,
         lease_hours: match role {
             Role::Site => Some(

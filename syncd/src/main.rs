@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use carnet_store::replica::{KeySource, Replica, system_clock};
 use carnet_syncd::api::{LinkState, Service, local};
-use carnet_syncd::config::{CONFIG_FILE, Config, ConfigRole};
+use carnet_syncd::config::{CONFIG_FILE, Config, ConfigRole, LogFormat};
 use carnet_syncd::systemd::{self, Notifier};
 use carnet_syncd::{enrol, inbox, net, transport};
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -148,13 +148,27 @@ struct Logs {
 }
 
 impl Logs {
-    /// Logs carry site ids, counts and errors; never names, INS or titles.
+    /// Logs carry site ids, counts and errors; never names, INS or titles. As text, or one
+    /// JSON object per line (`log_format`): `timestamp`, `level`, `message`, the event's fields
+    /// (`site`, counts…) at the top level, and `target`.
     fn init(config: &Config) -> Logs {
         let (filter, level) = reload::Layer::new(log_filter(&config.log_level));
-        tracing_subscriber::registry()
-            .with(filter)
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-            .init();
+        let logs = tracing_subscriber::registry().with(filter);
+        match config.log_format {
+            LogFormat::Text => logs
+                .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+                .init(),
+            LogFormat::Json => logs
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .json()
+                        .flatten_event(true)
+                        .with_current_span(false)
+                        .with_span_list(false)
+                        .with_writer(std::io::stderr),
+                )
+                .init(),
+        }
         Logs { level }
     }
 

@@ -26,7 +26,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use carnet_store::ids::SiteId;
@@ -78,7 +78,8 @@ async fn next_message(
 /// Writes `msgs`; fails if the peer takes no byte for `IDLE_TIMEOUT` (a peer that stops
 /// reading keeps its connection alive with keep-alives, and would otherwise hold the stream,
 /// and what waits to be sent on it, for as long as it likes).
-async fn send(stream: &mut quinn::SendStream, msgs: &[Msg]) -> Result<()> {
+async fn send(stream: &mut quinn::SendStream, msgs: &[Msg]) -> Result<u64> {
+    let mut sent = 0;
     for m in msgs {
         let bytes = frame::encode(m).map_err(|e| Error::Invalid(e.to_string()))?;
         let mut written = 0;
@@ -88,8 +89,9 @@ async fn send(stream: &mut quinn::SendStream, msgs: &[Msg]) -> Result<()> {
                 .map_err(|_| Error::Invalid("the peer stopped reading".into()))?
                 .map_err(net_err)?;
         }
+        sent += bytes.len() as u64;
     }
-    Ok(())
+    Ok(sent)
 }
 
 /// The host's open connections to sites (the live phase). A connection stays open between a
@@ -248,7 +250,20 @@ async fn serve_connection(
     replica: Arc<Replica>,
     live: Arc<Live>,
 ) -> Result<()> {
-    let conn = incoming.await.map_err(net_err)?;
+    let remote = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(conn) => conn,
+        Err(e) => {
+            // A certificate the CA did not issue, or a revoked one, is refused here, by TLS
+            // (an alert about the certificate); a handshake that timed out ends here too.
+            if refused_certificate(&e) {
+                tracing::warn!(%remote, reason = %e, "certificate refused");
+            } else {
+                tracing::info!(%remote, error = %e, "handshake failed");
+            }
+            return Err(net_err(e));
+        }
+    };
     let certs = conn
         .peer_identity()
         .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
@@ -267,15 +282,31 @@ async fn serve_connection(
     .await
     .map_err(net_err)??;
     let Some((site, head)) = found else {
+        // (The first bytes of the fingerprint name the certificate; nothing else is known.)
+        let certificate: String = fingerprint[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        tracing::warn!(
+            %remote,
+            certificate,
+            reason = "not in the register of sites, or revoked",
+            "certificate refused"
+        );
         conn.close(1u32.into(), b"unknown or revoked site");
         return Err(Error::Invalid("unknown or revoked site".into()));
     };
     live.join(SiteId(site), fingerprint, &conn, head);
+    let since = std::time::Instant::now();
+    tracing::info!(site, %remote, "site connected");
+    let mut streams = 0u64;
     while let Ok((mut send_stream, mut recv)) = conn.accept_bi().await {
         if live.revoked.has(&fingerprint) {
+            tracing::warn!(site, "site revoked: connection closed");
             conn.close(1u32.into(), b"site revoked");
             break;
         }
+        streams += 1;
         let (replica, live) = (replica.clone(), live.clone());
         tokio::spawn(async move {
             let site = (SiteId(site), fingerprint);
@@ -283,7 +314,101 @@ async fn serve_connection(
         });
     }
     live.leave(&conn);
+    tracing::info!(
+        site,
+        %remote,
+        reason = %conn.close_reason().map_or_else(|| "-".to_string(), |r| r.to_string()),
+        streams,
+        connected_s = since.elapsed().as_secs(),
+        "site disconnected"
+    );
     Ok(())
+}
+
+/// True when the handshake failed on a TLS alert about the peer's certificate (bad, revoked,
+/// expired, unknown, from an unknown CA, or missing).
+fn refused_certificate(e: &quinn::ConnectionError) -> bool {
+    const TLS_ALERT: u64 = 0x100;
+    matches!(e, quinn::ConnectionError::TransportError(t)
+        if matches!(u64::from(t.code).checked_sub(TLS_ALERT), Some(42..=49 | 116)))
+}
+
+/// What one host stream carried, for its log line: counts and bytes, never contents.
+#[derive(Debug, Default)]
+struct StreamLog {
+    /// The stream began with a `Hello` (a round), else with a `GetBody` (a body stream).
+    round: AtomicBool,
+    changes_received: AtomicU64,
+    traces_received: AtomicU64,
+    bodies_received: AtomicU64,
+    items_pulled: AtomicU64,
+    bodies_sent: AtomicU64,
+    returned: AtomicU64,
+    bytes_received: AtomicU64,
+    bytes_sent: AtomicU64,
+}
+
+impl StreamLog {
+    fn add(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    fn received(&self, msg: &Msg) {
+        match msg {
+            Msg::Hello { .. } => self.round.store(true, Ordering::Relaxed),
+            Msg::Traces(t) => Self::add(&self.traces_received, t.len()),
+            Msg::Push { changes, bodies } => {
+                Self::add(&self.changes_received, changes.len());
+                Self::add(&self.bodies_received, bodies.len());
+            }
+            Msg::PutBodies(pieces) => Self::add(&self.bodies_received, pieces.len()),
+            _ => {}
+        }
+    }
+
+    fn sent(&self, msgs: &[Msg], bytes: u64) {
+        self.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
+        for msg in msgs {
+            match msg {
+                Msg::Pulled { items, bodies, .. } => {
+                    Self::add(&self.items_pulled, items.len());
+                    Self::add(&self.bodies_sent, bodies.len());
+                }
+                Msg::Body { .. } => Self::add(&self.bodies_sent, 1),
+                Msg::PushAck { returned, .. } => Self::add(&self.returned, returned.len()),
+                _ => {}
+            }
+        }
+    }
+
+    /// A round at info (the operator sees every site's rounds), a body stream at debug.
+    fn log(&self, site: SiteId, took: Duration) {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        if self.round.load(Ordering::Relaxed) {
+            tracing::info!(
+                site = site.0,
+                changes_received = n(&self.changes_received),
+                traces_received = n(&self.traces_received),
+                bodies_received = n(&self.bodies_received),
+                items_pulled = n(&self.items_pulled),
+                bodies_sent = n(&self.bodies_sent),
+                returned = n(&self.returned),
+                bytes_received = n(&self.bytes_received),
+                bytes_sent = n(&self.bytes_sent),
+                duration_ms = took.as_millis() as u64,
+                "round"
+            );
+        } else {
+            tracing::debug!(
+                site = site.0,
+                pieces_sent = n(&self.bodies_sent),
+                bytes_received = n(&self.bytes_received),
+                bytes_sent = n(&self.bytes_sent),
+                duration_ms = took.as_millis() as u64,
+                "body stream"
+            );
+        }
+    }
 }
 
 async fn host_stream(
@@ -297,7 +422,16 @@ async fn host_stream(
     // next messages are applied while the disk makes the last ones durable, and each reply
     // leaves, in order, once what was committed before it is on disk.
     let (replies, mut to_send) = tokio::sync::mpsc::channel(crate::session::PUSH_WINDOW);
-    let serve = serve_host_stream(recv, replica.clone(), (site, fingerprint), live, replies);
+    let started = std::time::Instant::now();
+    let stats = StreamLog::default();
+    let serve = serve_host_stream(
+        recv,
+        replica.clone(),
+        (site, fingerprint),
+        live,
+        replies,
+        &stats,
+    );
     let sender = async {
         while let Some(Reply { after, msgs }) = to_send.recv().await {
             let durable = match after {
@@ -316,6 +450,9 @@ async fn host_stream(
                 Ok(()) => send(send_stream, &msgs).await,
                 Err(e) => Err(e),
             };
+            if let Ok(bytes) = sent {
+                stats.sent(&msgs, bytes);
+            }
             if let Err(e) = sent {
                 let _ = send(send_stream, &[Msg::Error(e.to_string())]).await;
                 break;
@@ -325,14 +462,16 @@ async fn host_stream(
         let _ = send_stream.finish();
     };
     tokio::pin!(serve, sender);
-    tokio::select! {
+    let served = tokio::select! {
         served = &mut serve => {
             sender.await;
             served
         }
         // The sender stops first only on a failure, which it reported: the session ends.
         () = &mut sender => Ok(()),
-    }
+    };
+    stats.log(site, started.elapsed());
+    served
 }
 
 /// Replies to send, once everything up to `after` is on disk.
@@ -349,6 +488,7 @@ async fn serve_host_stream(
     (site, fingerprint): (SiteId, [u8; 32]),
     live: &Live,
     replies: tokio::sync::mpsc::Sender<Reply>,
+    stats: &StreamLog,
 ) -> Result<()> {
     let mut decoder = FrameDecoder::new();
     let session = Arc::new(std::sync::Mutex::new(HostSession::new(site)));
@@ -374,6 +514,10 @@ async fn serve_host_stream(
         if is_push(&msgs[0]) {
             more_pushes_at_hand(recv, &mut decoder, &mut msgs).await;
         }
+        msgs.iter().for_each(|m| stats.received(m));
+        stats
+            .bytes_received
+            .store(decoder.received(), Ordering::Relaxed);
         let bye = msgs.contains(&Msg::Bye);
         // A push may grow other sites' logs: they are poked.
         let pushed = msgs.iter().any(|m| matches!(m, Msg::Push { .. }));

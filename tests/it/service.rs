@@ -252,7 +252,7 @@ fn sighup_reloads_the_settings_and_the_connection_holds() {
     host.ok(&["init", "--role", "host", "--listen", &address]);
     host.ok(&["pki", "init"]);
     let site = enrolled_site(&host, &address, &[]);
-    let (_host_daemon, _) = start_logged(&host, &[]);
+    let (_host_daemon, host_log) = start_logged(&host, &[]);
     let (mut site_daemon, log) = start_logged(&site, &[]);
     wait_for_socket(&site);
     sync_until_ok(&site, Duration::from_secs(20));
@@ -330,12 +330,109 @@ fn sighup_reloads_the_settings_and_the_connection_holds() {
         "{status}"
     );
 
-    // All along, the one connection held: no reconnection.
+    // All along, the one connection held: no reconnection, and the host saw none.
     let status = wait_for_status(&site, Duration::from_secs(20), "connected", connected);
     assert_eq!(status["daemon"]["connections"], 1, "{status}");
+    let host_lines = std::fs::read_to_string(&host_log).expect("host log");
+    assert_eq!(
+        host_lines.matches("site connected").count(),
+        1,
+        "{host_lines}"
+    );
+    assert!(!host_lines.contains("site disconnected"), "{host_lines}");
     assert_eq!(
         stop(&mut site_daemon),
         Some(0),
         "SIGHUP did not end the daemon"
     );
+}
+
+/// `log_format = "json"`: every line the host writes is a JSON object, and the host logs each
+/// site's connection, round (site id, counts, bytes, duration) and disconnection, and the
+/// certificate it refuses — ids and counts, never patient data.
+#[test]
+fn the_host_logs_each_sites_connection_and_round_as_json() {
+    let address = format!("127.0.0.1:{}", free_port());
+    let host = Carnet::empty();
+    host.ok(&["init", "--role", "host", "--listen", &address]);
+    host.ok(&["pki", "init"]);
+    let ins = host.doctor_dossier();
+    let toml = host.data.join("carnet.toml");
+    let text = std::fs::read_to_string(&toml).expect("carnet.toml");
+    assert!(text.contains("log_format = \"text\""), "{text}");
+    std::fs::write(
+        &toml,
+        text.replace("log_format = \"text\"", "log_format = \"json\""),
+    )
+    .expect("edit");
+    let site = enrolled_site(&host, &address, &[DOCTOR]);
+    let revoked = enrolled_site(&host, &address, &[]);
+    host.ok(&["pki", "revoke", "2"]);
+    let (_host_daemon, log) = start_logged(&host, &[]);
+    // One round without a daemon at the site: a connection, a round, a disconnection.
+    let synced = sync_until_ok(&site, Duration::from_secs(20));
+    assert!(synced["pulled"].as_u64() > Some(0), "{synced}");
+    let refused = revoked.run(&["sync", "now"]);
+    assert_ne!(refused.code, 0, "a revoked site synced");
+
+    let events = |lines: &[String]| -> Vec<serde_json::Value> {
+        lines
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    };
+    let has = |lines: &[String], message: &str, site: Option<u64>| {
+        events(lines)
+            .iter()
+            .any(|e| e["message"] == message && site.is_none_or(|s| e["site"].as_u64() == Some(s)))
+    };
+    let lines = wait_for_log(
+        &log,
+        "connect, round, disconnect and the refusal",
+        |lines| {
+            has(lines, "site connected", Some(1))
+                && has(lines, "round", Some(1))
+                && has(lines, "site disconnected", Some(1))
+                && events(lines).iter().any(|e| e["level"] == "WARN")
+        },
+    );
+    let events = events(&lines);
+    for e in &events {
+        assert!(e["timestamp"].is_string() && e["level"].is_string(), "{e}");
+    }
+    let round = events
+        .iter()
+        .find(|e| e["message"] == "round" && e["site"] == 1)
+        .expect("a round");
+    assert_eq!(round["level"], "INFO", "{round}");
+    assert!(round["items_pulled"].as_u64() > Some(0), "{round}");
+    assert!(round["bytes_received"].as_u64() > Some(0), "{round}");
+    assert!(round["bytes_sent"].as_u64() > Some(0), "{round}");
+    assert!(round["duration_ms"].is_u64(), "{round}");
+    let connected = events
+        .iter()
+        .find(|e| e["message"] == "site connected")
+        .expect("connected");
+    assert!(
+        connected["remote"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("127.0.0.1:")),
+        "{connected}"
+    );
+    let refusal = events
+        .iter()
+        .find(|e| e["level"] == "WARN")
+        .expect("the refusal");
+    assert_eq!(refusal["message"], "certificate refused", "{refusal}");
+    assert!(
+        refusal["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("Revoked")),
+        "{refusal}"
+    );
+    // Ids and counts only: no INS, name or title of the dossier.
+    let all = lines.join("\n");
+    for secret in [ins.as_str(), "EXEMPLE", "Camille"] {
+        assert!(!all.contains(secret), "'{secret}' in the host's log");
+    }
 }
