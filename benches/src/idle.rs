@@ -31,6 +31,7 @@ fn settings(dir: &Path, role: ConfigRole, address: SocketAddr) -> Res<()> {
         host_address: (role == ConfigRole::Site).then_some(address),
         inbox: "inbox".into(),
         log_level: "info".into(),
+        log_format: Default::default(),
         sync_every: DEFAULT_SYNC_EVERY,
         lease_hours: None,
     }

@@ -138,6 +138,7 @@ fn pair(dir: &Path) -> Res<Pair> {
         host_address: None,
         inbox: "inbox".into(),
         log_level: "warn".into(),
+        log_format: Default::default(),
         sync_every: carnet_syncd::config::DEFAULT_SYNC_EVERY,
         lease_hours: None,
     }

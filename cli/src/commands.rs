@@ -319,6 +319,7 @@ fn init(cli: &Cli, a: &InitArgs) -> Result<Reply> {
         host_address: bundle.as_ref().and_then(|b| b.host_address.parse().ok()),
         inbox: "inbox".into(),
         log_level: "info".into(),
+        log_format: Default::default(),
         sync_every: carnet_syncd::config::DEFAULT_SYNC_EVERY,
         lease_hours: match role {
             Role::Site => Some(
@@ -400,7 +401,7 @@ fn sync(cli: &Cli, c: &SyncCmd) -> Result<Reply> {
             let link = match &s.link {
                 None => "no daemon running (carnet-syncd syncs in the background)".to_string(),
                 Some(l) => format!(
-                    "{} at the daemon's last round; last successful sync: {}{}",
+                    "{} at the daemon's last round; last successful sync: {}{}{}",
                     if l.connected {
                         "host reached"
                     } else {
@@ -411,6 +412,16 @@ fn sync(cli: &Cli, c: &SyncCmd) -> Result<Reply> {
                     l.last_error
                         .as_ref()
                         .map(|e| format!(" (last attempt: {e})"))
+                        .unwrap_or_default(),
+                    l.settings
+                        .as_ref()
+                        .map(|c| format!(
+                            "\ndaemon: {} connection(s) to the host since it started; a round every {} s, log level {}, inbox {}",
+                            l.connections,
+                            c.sync_every,
+                            c.log_level,
+                            c.inbox.display()
+                        ))
                         .unwrap_or_default()
                 ),
             };
@@ -491,7 +502,11 @@ fn sync(cli: &Cli, c: &SyncCmd) -> Result<Reply> {
                        "daemon": s.link.as_ref().map(|l| json!({
                            "connected": l.connected,
                            "last_sync": l.last_sync.map(format_rfc3339),
-                           "last_error": l.last_error})),
+                           "last_error": l.last_error,
+                           "connections": l.connections,
+                           "settings": l.settings.as_ref().map(|c| json!({
+                               "sync_every": c.sync_every, "log_level": c.log_level,
+                               "inbox": c.inbox.display().to_string()}))})),
                        "quarantine": s.quarantine.iter().map(|(id, at, reason)| json!({
                            "id": id.to_string(), "since": format_rfc3339(*at),
                            "reason": reason})).collect::<Vec<_>>()}),

@@ -279,7 +279,7 @@ pub struct PkiHostStatus {
     pub ca_offline: bool,
 }
 
-/// The daemon's view of its link to the host.
+/// The daemon's view of its link to the host, and the settings it runs with.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LinkState {
     /// Connected to the host: the last round succeeded and the connection is still open.
@@ -292,6 +292,13 @@ pub struct LinkState {
     pub traces_acked: u64,
     /// The last sequence of this site's log on the host, at the last round.
     pub log_head: u64,
+    /// QUIC connections the daemon opened to the host since it started (one while the link
+    /// holds; each reconnection adds one).
+    #[serde(default)]
+    pub connections: u64,
+    /// The settings in force: `carnet.toml` as the daemon loaded it, or reloaded it (SIGHUP).
+    #[serde(default)]
+    pub settings: Option<crate::config::Config>,
 }
 
 /// The answer to a `Request`.
@@ -434,6 +441,7 @@ impl Service {
             && let Ok(mut l) = link.lock()
         {
             l.connected = result.is_ok() && connection.is_open();
+            l.connections = connection.connections();
             match &result {
                 Ok(report) => {
                     l.traces_acked = report.traces;

@@ -24,6 +24,18 @@ pub enum ConfigRole {
     Site,
 }
 
+/// How the daemon writes its logs on stderr.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One line of text per event (a person reading the journal).
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `message` and the event's
+    /// fields (journald, Loki, jq).
+    Json,
+}
+
 /// The settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -42,6 +54,9 @@ pub struct Config {
     /// Log level: error, warn, info, debug or trace.
     #[serde(default = "default_log_level")]
     pub log_level: String,
+    /// Logs as text, or as one JSON object per line.
+    #[serde(default)]
+    pub log_format: LogFormat,
     /// Site: seconds between rounds while connected and nothing happens (changes on either
     /// side start a round at once).
     #[serde(default = "default_sync_every")]
@@ -124,6 +139,43 @@ impl Config {
         Ok(config)
     }
 
+    /// Reads `path` again for a running daemon (SIGHUP): answers the settings to run with — these
+    /// with `log_level`, `sync_every` and `inbox` taken from the file — and the names of the
+    /// settings the file changes that only a restart applies (`listen`, `host_address`,
+    /// `lease_hours`, `log_format`). An unreadable or invalid file, or one for the other role, is refused
+    /// whole: the caller keeps these settings.
+    pub fn reload(&self, path: &Path) -> Result<(Config, Vec<&'static str>)> {
+        let new = Config::load(path)?;
+        if new.role != self.role {
+            return Err(Error::Invalid(format!(
+                "{}: the role changed (a daemon keeps its role; restart it)",
+                path.display()
+            )));
+        }
+        let mut restart = Vec::new();
+        if new.listen != self.listen {
+            restart.push("listen");
+        }
+        if new.host_address != self.host_address {
+            restart.push("host_address");
+        }
+        if new.lease_hours != self.lease_hours {
+            restart.push("lease_hours");
+        }
+        if new.log_format != self.log_format {
+            restart.push("log_format");
+        }
+        Ok((
+            Config {
+                log_level: new.log_level,
+                sync_every: new.sync_every,
+                inbox: new.inbox,
+                ..self.clone()
+            },
+            restart,
+        ))
+    }
+
     /// The inbox folder, resolved against the data folder.
     pub fn inbox_dir(&self, data: &Path) -> PathBuf {
         if self.inbox.is_absolute() {
@@ -160,7 +212,8 @@ impl Config {
         };
         format!(
             "# Carnet daemon settings, read by `carnet-syncd --data DIR` (or --config FILE).\n\
-             # Written by `carnet init`; edit with care and restart the daemon.\n\n\
+             # Written by `carnet init`. After an edit, `systemctl reload carnet-syncd` (SIGHUP)\n\
+             # applies log_level, sync_every and inbox at once; the rest needs a restart.\n\n\
              # \"host\" (the national host) or \"site\" (clinic, pharmacy, mobile unit).\n\
              role = \"{role}\"\n\n\
              # Host: the address sites connect to (QUIC, UDP).\n{listen}\n\n\
@@ -170,6 +223,8 @@ impl Config {
              inbox = \"{}\"\n\n\
              # error, warn, info, debug or trace. Logs never carry patient data.\n\
              log_level = \"{}\"\n\n\
+             # \"text\", or \"json\": one JSON object per line (journald, Loki).\n\
+             log_format = \"{}\"\n\n\
              # Site: seconds between rounds while nothing happens. The connection to the host\n\
              # stays open; a change here, or one the host announces, starts a round at once.\n\
              sync_every = {}\n\n\
@@ -178,6 +233,10 @@ impl Config {
              {lease}\n",
             self.inbox.display(),
             self.log_level,
+            match self.log_format {
+                LogFormat::Text => "text",
+                LogFormat::Json => "json",
+            },
             self.sync_every
         )
     }
@@ -205,6 +264,7 @@ mod tests {
             host_address: Some("127.0.0.1:4433".parse().expect("addr")),
             inbox: default_inbox(),
             log_level: default_log_level(),
+            log_format: LogFormat::Json,
             sync_every: default_sync_every(),
             lease_hours: Some(48),
         }
@@ -224,6 +284,42 @@ mod tests {
         let text = host.to_commented_toml();
         assert_eq!(toml::from_str::<Config>(&text).expect("parse"), host);
         assert_eq!(site().inbox_dir(Path::new("/d")), Path::new("/d/inbox"));
+    }
+
+    #[test]
+    fn a_reload_takes_what_may_change_live_and_names_the_rest() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("c.toml");
+        let running = site();
+        let write = |text: &str| std::fs::write(&path, text).expect("write");
+        write(
+            "role = \"site\"\nhost_address = \"127.0.0.1:9\"\nsync_every = 2\n\
+             log_level = \"debug\"\ninbox = \"/var/spool/carnet\"\nlog_format = \"json\"\n",
+        );
+        let (now, restart) = running.reload(&path).expect("reloaded");
+        assert_eq!(now.sync_every, 2);
+        assert_eq!(now.log_level, "debug");
+        assert_eq!(now.inbox, Path::new("/var/spool/carnet"));
+        // The address and the lease stay as they run until a restart, and are named.
+        assert_eq!(now.host_address, running.host_address);
+        assert_eq!(now.lease_hours, Some(48));
+        assert_eq!(restart, ["host_address", "lease_hours"]);
+        write(
+            "role = \"site\"\nhost_address = \"127.0.0.1:4433\"\nlease_hours = 48\n\
+             log_format = \"text\"\n",
+        );
+        let (now, restart) = running.reload(&path).expect("reloaded");
+        assert_eq!(now.log_format, LogFormat::Json, "the format in force stays");
+        assert_eq!(restart, ["log_format"]);
+        // Refused whole: invalid, unreadable, or another role.
+        write("role = \"site\"\nhost_address = \"127.0.0.1:4433\"\nsync_every = 0\n");
+        assert!(running.reload(&path).is_err());
+        write("role = \"site\"\nhost_address = \"127.0.0.1:4433\"\nsync_every = \"often\"\n");
+        assert!(running.reload(&path).is_err());
+        write("role = \"host\"\nlisten = \"127.0.0.1:4433\"\n");
+        let err = running.reload(&path).expect_err("refused").to_string();
+        assert!(err.contains("role"), "{err}");
+        assert!(running.reload(&dir.path().join("gone.toml")).is_err());
     }
 
     #[test]
@@ -253,6 +349,10 @@ mod tests {
         check(
             "role = \"site\"\nhost_address = \"127.0.0.1:1\"\nsync_every = 0\n",
             "sync_every",
+        );
+        check(
+            "role = \"site\"\nhost_address = \"127.0.0.1:1\"\nlog_format = \"xml\"\n",
+            "log_format",
         );
         check(
             "role = \"site\"\nhost_address = \"127.0.0.1:1\"\nlease_hours = 0\n",

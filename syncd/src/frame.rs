@@ -61,6 +61,7 @@ pub fn encode<M: Serialize>(message: &M) -> Result<Vec<u8>, FrameError> {
 #[derive(Debug, Default)]
 pub struct FrameDecoder {
     buf: Vec<u8>,
+    received: u64,
 }
 
 impl FrameDecoder {
@@ -72,6 +73,12 @@ impl FrameDecoder {
     /// Appends bytes received from the peer.
     pub fn push(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
+        self.received += bytes.len() as u64;
+    }
+
+    /// Bytes pushed so far (for logs).
+    pub fn received(&self) -> u64 {
+        self.received
     }
 
     /// Bytes buffered and not yet decoded.

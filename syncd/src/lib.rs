@@ -3,7 +3,7 @@
 //! The daemon's settings (`config`), the wire framing (`frame`), the national PKI (`pki`), the
 //! QUIC endpoints with mutual TLS (`transport`), enrolment (`enrol`), the inbox (`inbox`), the
 //! sans-IO session core (`session`) and its QUIC driver (`net`), and the local API through
-//! which `carnet` reaches a replica (`api`).
+//! which `carnet` reaches a replica (`api`), and systemd's notify protocol (`systemd`).
 
 pub mod api;
 pub mod config;
@@ -14,6 +14,7 @@ pub mod inbox;
 pub mod net;
 pub mod pki;
 pub mod session;
+pub mod systemd;
 #[cfg(test)]
 mod testkit;
 pub mod transport;

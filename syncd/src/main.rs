@@ -7,7 +7,11 @@
 //! phase): it runs a round at once when something changes here or the host pokes it, and every
 //! `sync_every` seconds otherwise; while the host is out of reach it backs off with jitter.
 //! SIGTERM or Ctrl-C ends it after the round or transaction in flight, closes the connection,
-//! and removes the socket. Logs name sites, counts and errors, never patient data.
+//! and removes the socket. Under systemd (`Type=notify`) it says READY=1 once it serves,
+//! STOPPING=1 at SIGTERM, and feeds the watchdog (`systemd`). SIGHUP reads `carnet.toml` again
+//! and applies the log level, and on a site `sync_every` and the inbox, with the connection
+//! to the host left open (`Config::reload`; a file refused leaves the settings in force). Logs name sites, counts and
+//! errors, never patient data.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,8 +20,13 @@ use std::time::Duration;
 
 use carnet_store::replica::{KeySource, Replica, system_clock};
 use carnet_syncd::api::{LinkState, Service, local};
-use carnet_syncd::config::{CONFIG_FILE, Config, ConfigRole};
+use carnet_syncd::config::{CONFIG_FILE, Config, ConfigRole, LogFormat};
+use carnet_syncd::systemd::{self, Notifier};
 use carnet_syncd::{enrol, inbox, net, transport};
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Registry, reload};
 
 /// mimalloc keeps the memory it has taken from the system between transactions, where glibc's
 /// per-thread arenas gave it back and took it again for every page redb allocates: on the host,
@@ -41,31 +50,80 @@ struct Args {
     config: Option<PathBuf>,
 }
 
-fn parse_args() -> Result<Args, String> {
+/// The version line: the package version and the commit it was built from (`build.rs`).
+fn version() -> String {
+    format!(
+        "carnet-syncd {} (commit {})",
+        env!("CARGO_PKG_VERSION"),
+        env!("CARNET_GIT_COMMIT")
+    )
+}
+
+const USAGE: &str = "usage: carnet-syncd --data DIR [--config FILE]";
+
+fn help() -> String {
+    format!(
+        "{version}\n\
+         The Carnet sync daemon: owns the replica in DIR, serves `carnet` on DIR/carnet.sock, and\n\
+         syncs with the national host (a site) or serves the sites (the host).\n\n\
+         {USAGE}\n\n\
+         Options:\n  \
+           --data DIR       the replica's folder (or CARNET_DATA)\n  \
+           --config FILE    the settings (default DIR/carnet.toml)\n  \
+           -h, --help       this help\n  \
+           -V, --version    the version and the commit it was built from\n\n\
+         Environment: CARNET_DATA, CARNET_PASSPHRASE (a passphrase instead of DIR/master.key);\n\
+         under systemd (Type=notify), NOTIFY_SOCKET and WATCHDOG_USEC.\n\
+         Signals: SIGTERM or SIGINT stops after the round in flight; SIGHUP reads carnet.toml\n\
+         again (log_level, sync_every, inbox; the connection to the host stays).\n\
+         Exit status: 0 stopped cleanly, 1 failed (see the log), 2 bad arguments.\n",
+        version = version()
+    )
+}
+
+/// What the command line asks for.
+enum Invocation {
+    Run(Args),
+    /// Print this on stdout and exit 0.
+    Print(String),
+}
+
+fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Invocation, String> {
     let mut data = std::env::var_os("CARNET_DATA").map(PathBuf::from);
     let mut config = None;
-    let mut it = std::env::args().skip(1);
+    let mut it = args.into_iter();
     while let Some(a) = it.next() {
-        match a.as_str() {
-            "--data" => data = it.next().map(PathBuf::from),
-            "--config" => config = it.next().map(PathBuf::from),
-            "-h" | "--help" => {
-                return Err("usage: carnet-syncd --data DIR [--config FILE]".into());
-            }
-            other => {
-                return Err(format!(
-                    "unknown argument '{other}': carnet-syncd --data DIR [--config FILE]"
-                ));
-            }
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (a, None),
+        };
+        let mut value = |name: &str| {
+            inline
+                .clone()
+                .or_else(|| it.next())
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .ok_or_else(|| format!("{name} needs a value: {USAGE}"))
+        };
+        match flag.as_str() {
+            "--data" => data = Some(value("--data")?),
+            "--config" => config = Some(value("--config")?),
+            "-h" | "--help" => return Ok(Invocation::Print(help())),
+            "-V" | "--version" => return Ok(Invocation::Print(version() + "\n")),
+            other => return Err(format!("unknown argument '{other}': {USAGE}")),
         }
     }
     let data = data.ok_or("no data folder: pass --data DIR or set CARNET_DATA")?;
-    Ok(Args { data, config })
+    Ok(Invocation::Run(Args { data, config }))
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(a) => a,
+    let args = match parse_args(std::env::args().skip(1)) {
+        Ok(Invocation::Run(a)) => a,
+        Ok(Invocation::Print(text)) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
         Err(e) => {
             eprintln!("carnet-syncd: {e}");
             return ExitCode::from(2);
@@ -81,16 +139,97 @@ fn main() -> ExitCode {
     }
 }
 
+/// The log filter for `level` (the daemon's and the store's events; not its dependencies').
+fn log_filter(level: &str) -> EnvFilter {
+    EnvFilter::new(format!("carnet_syncd={level},carnet_store={level}"))
+}
+
+/// The logs on stderr; their level changes on a reload.
+struct Logs {
+    level: reload::Handle<EnvFilter, Registry>,
+}
+
+impl Logs {
+    /// Logs carry site ids, counts and errors; never names, INS or titles. As text, or one
+    /// JSON object per line (`log_format`): `timestamp`, `level`, `message`, the event's fields
+    /// (`site`, counts…) at the top level, and `target`.
+    fn init(config: &Config) -> Logs {
+        let (filter, level) = reload::Layer::new(log_filter(&config.log_level));
+        let logs = tracing_subscriber::registry().with(filter);
+        match config.log_format {
+            LogFormat::Text => logs
+                .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+                .init(),
+            LogFormat::Json => logs
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .json()
+                        .flatten_event(true)
+                        .with_current_span(false)
+                        .with_span_list(false)
+                        .with_writer(std::io::stderr),
+                )
+                .init(),
+        }
+        Logs { level }
+    }
+
+    fn set_level(&self, level: &str) {
+        if let Err(e) = self.level.reload(log_filter(level)) {
+            tracing::warn!(error = %e, "the log level could not change");
+        }
+    }
+}
+
+/// The settings in force and where they come from; SIGHUP reads them again.
+struct Settings {
+    path: PathBuf,
+    config: Config,
+    logs: Logs,
+    /// SIGHUP, caught from the start (uncaught, it would end the daemon).
+    hup: Signal,
+}
+
+impl Settings {
+    /// Waits for SIGHUP, reads `carnet.toml` again and applies the log level; answers the
+    /// settings now in force, which the caller applies further (a site's `sync_every` and
+    /// inbox). A file refused leaves every setting as it was, with a warning; systemd hears
+    /// RELOADING=1 then READY=1 either way.
+    async fn reloaded(&mut self, notifier: &Notifier) -> Option<Config> {
+        self.hup.recv().await;
+        notifier.notify("RELOADING=1");
+        let outcome = match self.config.reload(&self.path) {
+            Ok((config, restart)) => {
+                self.logs.set_level(&config.log_level);
+                for setting in restart {
+                    tracing::warn!(setting, "carnet.toml: this change needs a restart");
+                }
+                tracing::info!(
+                    log_level = %config.log_level,
+                    sync_every = config.sync_every,
+                    inbox = %config.inbox.display(),
+                    "carnet.toml reloaded"
+                );
+                self.config = config.clone();
+                Some(config)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "carnet.toml refused: the settings in force stay");
+                None
+            }
+        };
+        notifier.notify("READY=1");
+        outcome
+    }
+}
+
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let config = Config::load(&args.config.unwrap_or_else(|| args.data.join(CONFIG_FILE)))?;
-    // Logs carry site ids, counts and errors; never names, INS or titles.
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(format!(
-            "carnet_syncd={level},carnet_store={level}",
-            level = config.log_level
-        )))
-        .with_writer(std::io::stderr)
-        .init();
+    let path = args
+        .config
+        .clone()
+        .unwrap_or_else(|| args.data.join(CONFIG_FILE));
+    let config = Config::load(&path)?;
+    let logs = Logs::init(&config);
     let key = match std::env::var("CARNET_PASSPHRASE") {
         Ok(p) if !p.is_empty() => KeySource::Passphrase(zeroize::Zeroizing::new(p)),
         _ => KeySource::File,
@@ -120,11 +259,22 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .enable_all()
         .build()?;
     let data = args.data.clone();
+    // Under systemd (Type=notify): READY once serving, STOPPING at SIGTERM, and the watchdog.
+    let notifier = Arc::new(Notifier::from_env());
     let result = runtime.block_on(async move {
+        let stop = StopSignals::install()?;
+        let settings = Settings {
+            path,
+            config,
+            logs,
+            hup: signal(SignalKind::hangup())?,
+        };
         let listener = local::bind(&args.data)?;
-        match config.role {
-            ConfigRole::Host => host(replica, &config, listener).await,
-            ConfigRole::Site => site(replica, &config, &args.data, listener).await,
+        match settings.config.role {
+            ConfigRole::Host => host(replica, settings, listener, &notifier, stop).await,
+            ConfigRole::Site => {
+                site(replica, settings, &args.data, listener, &notifier, stop).await
+            }
         }
     });
     committing.store(false, std::sync::atomic::Ordering::SeqCst);
@@ -151,28 +301,62 @@ async fn storage_failure(replica: &Replica) {
     }
 }
 
-/// Resolves when SIGTERM or SIGINT arrives.
-async fn stop_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Tells systemd the daemon serves (`READY=1`, with a status line), and from then on feeds its
+/// watchdog if it asked for one.
+fn ready(notifier: &Arc<Notifier>, status: &str) {
+    notifier.notify(&format!("READY=1\nSTATUS={status}"));
+    if let Some(every) = systemd::watchdog_interval().filter(|_| notifier.is_active()) {
+        tokio::spawn(watchdog(notifier.clone(), every));
+    }
+}
+
+/// Tells systemd the daemon is alive every `every` (half of `WATCHDOG_USEC`). It runs on the
+/// runtime that serves everything else: if the runtime stops turning, systemd stops hearing
+/// from it and restarts the service (`WatchdogSec` in the unit).
+async fn watchdog(notifier: Arc<Notifier>, every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        notifier.notify("WATCHDOG=1");
+    }
+}
+
+/// SIGTERM and SIGINT, caught from the start (before the first poll too: until a handler is
+/// installed, SIGTERM kills the process outright).
+struct StopSignals {
+    term: Signal,
+    int: Signal,
+}
+
+impl StopSignals {
+    fn install() -> std::io::Result<StopSignals> {
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Resolves when SIGTERM or SIGINT arrives.
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = term => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }
 
 async fn host(
     replica: Arc<Replica>,
-    config: &Config,
+    mut settings: Settings,
     listener: tokio::net::UnixListener,
+    notifier: &Arc<Notifier>,
+    mut stop: StopSignals,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let listen = config.listen.ok_or("carnet.toml: a host needs `listen`")?;
+    let listen = settings
+        .config
+        .listen
+        .ok_or("carnet.toml: a host needs `listen`")?;
     let (ca, identity) = enrol::host_identity(&replica)?;
     let revoked = Arc::new(enrol::revoked(&replica)?);
     let endpoint = quinn::Endpoint::server(
@@ -190,10 +374,20 @@ async fn host(
     let timer = tokio::spawn(announcement_timer(replica.clone(), live.clone()));
     let certificates = tokio::spawn(certificate_watch(replica.clone()));
     let server = tokio::spawn(net::serve(endpoint.clone(), replica.clone(), live));
-    let storage_failed = tokio::select! {
-        () = stop_signal() => false,
-        () = storage_failure(&replica) => true,
+    // The local socket and the QUIC endpoint are bound: `carnet` and the sites can reach us.
+    ready(
+        notifier,
+        &format!("host serving sites on {}", endpoint.local_addr()?),
+    );
+    let storage_failed = loop {
+        tokio::select! {
+            () = stop.recv() => break false,
+            () = storage_failure(&replica) => break true,
+            // Only the log level matters to a host.
+            _ = settings.reloaded(notifier) => {}
+        }
     };
+    notifier.notify("STOPPING=1");
     tracing::info!("stopping");
     endpoint.close(0u32.into(), b"host stopping");
     endpoint.wait_idle().await;
@@ -210,30 +404,69 @@ async fn host(
 
 async fn site(
     replica: Arc<Replica>,
-    config: &Config,
+    mut settings: Settings,
     data: &std::path::Path,
     listener: tokio::net::UnixListener,
+    notifier: &Arc<Notifier>,
+    mut stop: StopSignals,
 ) -> Result<(), Box<dyn std::error::Error>> {
+    let config = settings.config.clone();
+    let mut inbox_dir = config.inbox_dir(data);
+    // `sync status` shows the settings in force (the inbox resolved).
     let mut service = Service::new(replica.clone());
-    service.link = Some(std::sync::Mutex::new(LinkState::default()));
+    service.link = Some(std::sync::Mutex::new(LinkState {
+        settings: Some(Config {
+            inbox: inbox_dir.clone(),
+            ..config.clone()
+        }),
+        ..LinkState::default()
+    }));
     let service = Arc::new(service);
     let api = tokio::spawn(local::serve(listener, service.clone()));
     let certificates = tokio::spawn(certificate_watch(replica.clone()));
-    let inbox_dir = config.inbox_dir(data);
-    // Documents arrive there: the owner's only, like the data folder.
-    carnet_store::files::private_dir(&inbox_dir)?;
     tracing::info!(site = %replica.config().site_id, host = ?config.host_address, "site syncing");
     // The inbox is scanned at start and whenever the file system reports a file that may
     // complete a pair (never for the scan's own reads and moves: `inbox::starts_scan`).
-    let (_watcher, mut scans) = inbox::watch(&inbox_dir)?;
+    let (mut _watcher, mut scans) = watch_inbox(&inbox_dir)?;
+    // The local socket and the inbox watch are up; the host may be out of reach (a site works
+    // offline), so readiness does not wait for it.
+    ready(
+        notifier,
+        &format!(
+            "site {} syncing with {}",
+            replica.config().site_id,
+            config
+                .host_address
+                .map_or_else(|| "no host".to_string(), |a| a.to_string())
+        ),
+    );
     ingest(&service, &inbox_dir).await;
-    let every = Duration::from_secs(config.sync_every);
+    let mut every = Duration::from_secs(config.sync_every);
     let mut backoff = Duration::from_secs(1);
     let mut body_retry = BODY_RETRY;
-    let stop = stop_signal();
-    tokio::pin!(stop);
     loop {
-        let (pause, connected) = match service.sync_round().await {
+        // SIGTERM during a round: systemd hears STOPPING=1 at once, the round ends, then the
+        // daemon stops.
+        let round = service.sync_round();
+        tokio::pin!(round);
+        let mut stopping = false;
+        let outcome = tokio::select! {
+            outcome = &mut round => outcome,
+            () = stop.recv() => {
+                notifier.notify("STOPPING=1");
+                tracing::info!("stopping after the round in flight");
+                stopping = true;
+                round.await
+            }
+        };
+        if stopping {
+            api.abort();
+            service.connection.lock().await.close().await;
+            return Ok(());
+        }
+        let round_ended = tokio::time::Instant::now();
+        // (The pause, whether it is `every`, and whether the link holds.)
+        let (pause, regular, connected) = match outcome {
             Ok(report) => {
                 if report.pulled > 1 || report.bodies > 0 || report.purged > 0 {
                     tracing::info!(
@@ -249,10 +482,10 @@ async fn site(
                     // Their author is still sending them to the host.
                     let wait = body_retry;
                     body_retry = (body_retry * 2).min(every);
-                    (wait, true)
+                    (wait, false, true)
                 } else {
                     body_retry = BODY_RETRY;
-                    (every, true)
+                    (every, true, true)
                 }
             }
             Err(e) => {
@@ -260,14 +493,15 @@ async fn site(
                 let jitter = Duration::from_millis(u64::from(rand_jitter()) % 1000);
                 let wait = backoff + jitter;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
-                (wait, false)
+                (wait, false, false)
             }
         };
         let next_round = tokio::time::sleep(pause);
         tokio::pin!(next_round);
         loop {
             tokio::select! {
-                _ = &mut stop => {
+                () = stop.recv() => {
+                    notifier.notify("STOPPING=1");
                     tracing::info!("stopping");
                     api.abort();
                     certificates.abort();
@@ -283,6 +517,37 @@ async fn site(
                 }
                 // A burst of events is one signal (the channel holds one).
                 Some(()) = scans.recv() => ingest(&service, &inbox_dir).await,
+                // SIGHUP: the connection stays; the next regular round keeps to the new
+                // interval, and a new inbox is watched (and scanned) from now on.
+                Some(config) = settings.reloaded(notifier) => {
+                    let new_dir = config.inbox_dir(data);
+                    if new_dir != inbox_dir {
+                        match watch_inbox(&new_dir) {
+                            Ok((watcher, new_scans)) => {
+                                (_watcher, scans, inbox_dir) = (watcher, new_scans, new_dir);
+                                ingest(&service, &inbox_dir).await;
+                            }
+                            // The new folder cannot be watched: the old one stays.
+                            Err(e) => tracing::warn!(
+                                inbox = %new_dir.display(),
+                                error = %e,
+                                "inbox not changed"
+                            ),
+                        }
+                    }
+                    every = Duration::from_secs(config.sync_every);
+                    if regular {
+                        next_round.as_mut().reset(round_ended + every);
+                    }
+                    if let Some(link) = &service.link
+                        && let Ok(mut l) = link.lock()
+                    {
+                        l.settings = Some(Config {
+                            inbox: inbox_dir.clone(),
+                            ..config
+                        });
+                    }
+                }
             }
         }
     }
@@ -336,6 +601,15 @@ async fn announcement_timer(replica: Arc<Replica>, live: Arc<net::Live>) {
             _ => {}
         }
     }
+}
+
+/// Creates the inbox folder if needed (the owner's only, like the data folder: documents
+/// arrive there) and watches it.
+fn watch_inbox(
+    dir: &std::path::Path,
+) -> std::io::Result<(notify::RecommendedWatcher, tokio::sync::mpsc::Receiver<()>)> {
+    carnet_store::files::private_dir(dir)?;
+    inbox::watch(dir).map_err(std::io::Error::other)
 }
 
 /// One scan of the inbox, on the blocking side; what it stored starts a round.

@@ -4,12 +4,29 @@
 //!
 //! Invariants: the host learns the site from the peer's certificate (its fingerprint in the
 //! register), never from what the peer says; a revoked site's connection is closed; every read
-//! is bounded by `IDLE_TIMEOUT`; a malformed frame or a protocol error ends that session with
-//! an `Error` message, not the server; store calls, which may sync to disk, run on the
-//! runtime's blocking side.
+//! is bounded by `IDLE_TIMEOUT`, and so is every write that makes no progress; a malformed
+//! frame or a protocol error ends that session with an `Error` message, not the server; store
+//! calls, which may sync to disk, run on the runtime's blocking side.
+//!
+//! Bounds: what a peer sends or fails to read cannot grow a daemon's memory without limit.
+//! - Reads: a stream's decoder holds at most one frame (`frame::FRAME_MAX`) and one read
+//!   (`READ_CHUNK`); quinn holds at most a stream's receive window per stream, and a peer may
+//!   open at most quinn's `max_concurrent_bidi_streams` (100) streams at once per connection.
+//! - Host: a stream's replies wait in a channel of `PUSH_WINDOW` batches, and the stream reads
+//!   no more messages while it is full; a write the site does not take for `IDLE_TIMEOUT`
+//!   ends the stream, so a stuck site pins nothing for long. A site has at most
+//!   `CONNECTIONS_PER_SITE` connections (a newer one closes the oldest), and at most one poke
+//!   in flight on each.
+//! - Site: the body pieces of a round's fetches wait in a channel of `FETCH_WINDOW` pieces;
+//!   a fetch whose piece does not fit stops reading its stream, so QUIC's flow control stops
+//!   the host (at most `FETCH_WINDOW` pieces queued, plus one held by each of the
+//!   `FETCH_WINDOW` fetches, `CHUNK_MAX` bytes each).
+//! - Not bounded here: the host answers a `GetBody` from the whole body in memory
+//!   (`HostSession`, up to `BODY_MAX`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use carnet_store::ids::SiteId;
@@ -23,9 +40,12 @@ use crate::pki::HOST_NAME;
 use crate::session::{HostSession, Msg, RoundReport, SiteSession};
 use crate::transport::Revoked;
 
-/// Longest wait for the peer's next bytes.
+/// Longest wait for the peer's next bytes, or for it to take the next bytes we write.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 const READ_CHUNK: usize = 64 * 1024;
+/// Connections one site may hold open at the host: one is the rule (a site's daemon keeps one
+/// link), a few more cover a reconnection while the old connection has not timed out yet.
+pub const CONNECTIONS_PER_SITE: usize = 4;
 
 fn net_err(e: impl std::fmt::Display) -> Error {
     Error::Io(std::io::Error::other(e.to_string()))
@@ -55,14 +75,23 @@ async fn next_message(
     }
 }
 
-async fn send(stream: &mut quinn::SendStream, msgs: &[Msg]) -> Result<()> {
+/// Writes `msgs`; fails if the peer takes no byte for `IDLE_TIMEOUT` (a peer that stops
+/// reading keeps its connection alive with keep-alives, and would otherwise hold the stream,
+/// and what waits to be sent on it, for as long as it likes).
+async fn send(stream: &mut quinn::SendStream, msgs: &[Msg]) -> Result<u64> {
+    let mut sent = 0;
     for m in msgs {
-        stream
-            .write_all(&frame::encode(m).map_err(|e| Error::Invalid(e.to_string()))?)
-            .await
-            .map_err(net_err)?;
+        let bytes = frame::encode(m).map_err(|e| Error::Invalid(e.to_string()))?;
+        let mut written = 0;
+        while written < bytes.len() {
+            written += tokio::time::timeout(IDLE_TIMEOUT, stream.write(&bytes[written..]))
+                .await
+                .map_err(|_| Error::Invalid("the peer stopped reading".into()))?
+                .map_err(net_err)?;
+        }
+        sent += bytes.len() as u64;
     }
-    Ok(())
+    Ok(sent)
 }
 
 /// The host's open connections to sites (the live phase). A connection stays open between a
@@ -85,6 +114,11 @@ struct LiveSite {
     conn: quinn::Connection,
     /// The log head this site was last told of (or had at connection).
     told: u64,
+    /// When it joined (the oldest of a site's connections goes first).
+    since: std::time::Instant,
+    /// A poke is on its way: no other is sent until it is done (a site that does not take its
+    /// pokes does not collect tasks at the host).
+    poking: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Live {
@@ -105,6 +139,21 @@ impl Live {
 
     fn join(&self, site: SiteId, fingerprint: [u8; 32], conn: &quinn::Connection, head: u64) {
         if let Ok(mut sites) = self.sites.lock() {
+            // At most `CONNECTIONS_PER_SITE`: the oldest of this site's goes.
+            let mut mine: Vec<(std::time::Instant, usize)> = sites
+                .iter()
+                .filter(|(_, l)| l.site == site)
+                .map(|(id, l)| (l.since, *id))
+                .collect();
+            mine.sort();
+            let excess = (mine.len() + 1).saturating_sub(CONNECTIONS_PER_SITE);
+            for (_, id) in mine.into_iter().take(excess) {
+                if let Some(old) = sites.remove(&id) {
+                    tracing::info!(site = %site, "an older connection of the site closed");
+                    old.conn
+                        .close(2u32.into(), b"replaced by a newer connection");
+                }
+            }
             sites.insert(
                 conn.stable_id(),
                 LiveSite {
@@ -112,6 +161,8 @@ impl Live {
                     fingerprint,
                     conn: conn.clone(),
                     told: head,
+                    since: std::time::Instant::now(),
+                    poking: Arc::default(),
                 },
             );
         }
@@ -154,18 +205,21 @@ impl Live {
             .await
             .unwrap_or_default();
             for (id, _, told, head) in heads {
-                let conn = match self.sites.lock() {
+                let (conn, poking) = match self.sites.lock() {
                     Ok(mut s) => match s.get_mut(&id) {
-                        Some(l) if head > told => {
+                        // (A poke still on its way: a later pass tells this head, or the site's
+                        // next regular round finds it.)
+                        Some(l) if head > told && !l.poking.swap(true, Ordering::AcqRel) => {
                             l.told = head;
-                            l.conn.clone()
+                            (l.conn.clone(), l.poking.clone())
                         }
                         _ => continue,
                     },
                     Err(_) => return,
                 };
                 tokio::spawn(async move {
-                    let _ = poke(&conn, head).await;
+                    let _ = tokio::time::timeout(IDLE_TIMEOUT, poke(&conn, head)).await;
+                    poking.store(false, Ordering::Release);
                 });
             }
         }
@@ -196,7 +250,20 @@ async fn serve_connection(
     replica: Arc<Replica>,
     live: Arc<Live>,
 ) -> Result<()> {
-    let conn = incoming.await.map_err(net_err)?;
+    let remote = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(conn) => conn,
+        Err(e) => {
+            // A certificate the CA did not issue, or a revoked one, is refused here, by TLS
+            // (an alert about the certificate); a handshake that timed out ends here too.
+            if refused_certificate(&e) {
+                tracing::warn!(%remote, reason = %e, "certificate refused");
+            } else {
+                tracing::info!(%remote, error = %e, "handshake failed");
+            }
+            return Err(net_err(e));
+        }
+    };
     let certs = conn
         .peer_identity()
         .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
@@ -215,15 +282,31 @@ async fn serve_connection(
     .await
     .map_err(net_err)??;
     let Some((site, head)) = found else {
+        // (The first bytes of the fingerprint name the certificate; nothing else is known.)
+        let certificate: String = fingerprint[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        tracing::warn!(
+            %remote,
+            certificate,
+            reason = "not in the register of sites, or revoked",
+            "certificate refused"
+        );
         conn.close(1u32.into(), b"unknown or revoked site");
         return Err(Error::Invalid("unknown or revoked site".into()));
     };
     live.join(SiteId(site), fingerprint, &conn, head);
+    let since = std::time::Instant::now();
+    tracing::info!(site, %remote, "site connected");
+    let mut streams = 0u64;
     while let Ok((mut send_stream, mut recv)) = conn.accept_bi().await {
         if live.revoked.has(&fingerprint) {
+            tracing::warn!(site, "site revoked: connection closed");
             conn.close(1u32.into(), b"site revoked");
             break;
         }
+        streams += 1;
         let (replica, live) = (replica.clone(), live.clone());
         tokio::spawn(async move {
             let site = (SiteId(site), fingerprint);
@@ -231,7 +314,101 @@ async fn serve_connection(
         });
     }
     live.leave(&conn);
+    tracing::info!(
+        site,
+        %remote,
+        reason = %conn.close_reason().map_or_else(|| "-".to_string(), |r| r.to_string()),
+        streams,
+        connected_s = since.elapsed().as_secs(),
+        "site disconnected"
+    );
     Ok(())
+}
+
+/// True when the handshake failed on a TLS alert about the peer's certificate (bad, revoked,
+/// expired, unknown, from an unknown CA, or missing).
+fn refused_certificate(e: &quinn::ConnectionError) -> bool {
+    const TLS_ALERT: u64 = 0x100;
+    matches!(e, quinn::ConnectionError::TransportError(t)
+        if matches!(u64::from(t.code).checked_sub(TLS_ALERT), Some(42..=49 | 116)))
+}
+
+/// What one host stream carried, for its log line: counts and bytes, never contents.
+#[derive(Debug, Default)]
+struct StreamLog {
+    /// The stream began with a `Hello` (a round), else with a `GetBody` (a body stream).
+    round: AtomicBool,
+    changes_received: AtomicU64,
+    traces_received: AtomicU64,
+    bodies_received: AtomicU64,
+    items_pulled: AtomicU64,
+    bodies_sent: AtomicU64,
+    returned: AtomicU64,
+    bytes_received: AtomicU64,
+    bytes_sent: AtomicU64,
+}
+
+impl StreamLog {
+    fn add(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    fn received(&self, msg: &Msg) {
+        match msg {
+            Msg::Hello { .. } => self.round.store(true, Ordering::Relaxed),
+            Msg::Traces(t) => Self::add(&self.traces_received, t.len()),
+            Msg::Push { changes, bodies } => {
+                Self::add(&self.changes_received, changes.len());
+                Self::add(&self.bodies_received, bodies.len());
+            }
+            Msg::PutBodies(pieces) => Self::add(&self.bodies_received, pieces.len()),
+            _ => {}
+        }
+    }
+
+    fn sent(&self, msgs: &[Msg], bytes: u64) {
+        self.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
+        for msg in msgs {
+            match msg {
+                Msg::Pulled { items, bodies, .. } => {
+                    Self::add(&self.items_pulled, items.len());
+                    Self::add(&self.bodies_sent, bodies.len());
+                }
+                Msg::Body { .. } => Self::add(&self.bodies_sent, 1),
+                Msg::PushAck { returned, .. } => Self::add(&self.returned, returned.len()),
+                _ => {}
+            }
+        }
+    }
+
+    /// A round at info (the operator sees every site's rounds), a body stream at debug.
+    fn log(&self, site: SiteId, took: Duration) {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        if self.round.load(Ordering::Relaxed) {
+            tracing::info!(
+                site = site.0,
+                changes_received = n(&self.changes_received),
+                traces_received = n(&self.traces_received),
+                bodies_received = n(&self.bodies_received),
+                items_pulled = n(&self.items_pulled),
+                bodies_sent = n(&self.bodies_sent),
+                returned = n(&self.returned),
+                bytes_received = n(&self.bytes_received),
+                bytes_sent = n(&self.bytes_sent),
+                duration_ms = took.as_millis() as u64,
+                "round"
+            );
+        } else {
+            tracing::debug!(
+                site = site.0,
+                pieces_sent = n(&self.bodies_sent),
+                bytes_received = n(&self.bytes_received),
+                bytes_sent = n(&self.bytes_sent),
+                duration_ms = took.as_millis() as u64,
+                "body stream"
+            );
+        }
+    }
 }
 
 async fn host_stream(
@@ -245,7 +422,16 @@ async fn host_stream(
     // next messages are applied while the disk makes the last ones durable, and each reply
     // leaves, in order, once what was committed before it is on disk.
     let (replies, mut to_send) = tokio::sync::mpsc::channel(crate::session::PUSH_WINDOW);
-    let serve = serve_host_stream(recv, replica.clone(), (site, fingerprint), live, replies);
+    let started = std::time::Instant::now();
+    let stats = StreamLog::default();
+    let serve = serve_host_stream(
+        recv,
+        replica.clone(),
+        (site, fingerprint),
+        live,
+        replies,
+        &stats,
+    );
     let sender = async {
         while let Some(Reply { after, msgs }) = to_send.recv().await {
             let durable = match after {
@@ -264,6 +450,9 @@ async fn host_stream(
                 Ok(()) => send(send_stream, &msgs).await,
                 Err(e) => Err(e),
             };
+            if let Ok(bytes) = sent {
+                stats.sent(&msgs, bytes);
+            }
             if let Err(e) = sent {
                 let _ = send(send_stream, &[Msg::Error(e.to_string())]).await;
                 break;
@@ -273,14 +462,16 @@ async fn host_stream(
         let _ = send_stream.finish();
     };
     tokio::pin!(serve, sender);
-    tokio::select! {
+    let served = tokio::select! {
         served = &mut serve => {
             sender.await;
             served
         }
         // The sender stops first only on a failure, which it reported: the session ends.
         () = &mut sender => Ok(()),
-    }
+    };
+    stats.log(site, started.elapsed());
+    served
 }
 
 /// Replies to send, once everything up to `after` is on disk.
@@ -297,6 +488,7 @@ async fn serve_host_stream(
     (site, fingerprint): (SiteId, [u8; 32]),
     live: &Live,
     replies: tokio::sync::mpsc::Sender<Reply>,
+    stats: &StreamLog,
 ) -> Result<()> {
     let mut decoder = FrameDecoder::new();
     let session = Arc::new(std::sync::Mutex::new(HostSession::new(site)));
@@ -322,6 +514,10 @@ async fn serve_host_stream(
         if is_push(&msgs[0]) {
             more_pushes_at_hand(recv, &mut decoder, &mut msgs).await;
         }
+        msgs.iter().for_each(|m| stats.received(m));
+        stats
+            .bytes_received
+            .store(decoder.received(), Ordering::Relaxed);
         let bye = msgs.contains(&Msg::Bye);
         // A push may grow other sites' logs: they are poked.
         let pushed = msgs.iter().any(|m| matches!(m, Msg::Push { .. }));
@@ -404,6 +600,8 @@ pub struct Link {
     replica: Arc<Replica>,
     open: Option<(quinn::Endpoint, quinn::Connection)>,
     wake: Arc<tokio::sync::Notify>,
+    /// Connections opened so far.
+    opened: u64,
 }
 
 impl Link {
@@ -413,6 +611,7 @@ impl Link {
             replica,
             open: None,
             wake,
+            opened: 0,
         }
     }
 
@@ -421,6 +620,12 @@ impl Link {
         self.open
             .as_ref()
             .is_some_and(|(_, c)| c.close_reason().is_none())
+    }
+
+    /// Connections this link opened to the host so far (one while it holds; a reconnection
+    /// adds one).
+    pub fn connections(&self) -> u64 {
+        self.opened
     }
 
     /// UDP bytes sent and received on the open connection so far (handshake included).
@@ -465,6 +670,7 @@ impl Link {
         .map_err(net_err)?;
         tokio::spawn(listen_for_pokes(conn.clone(), self.wake.clone()));
         self.open = Some((endpoint, conn.clone()));
+        self.opened += 1;
         Ok((conn, true))
     }
 
@@ -530,8 +736,11 @@ async fn round_on(conn: &quinn::Connection, replica: &Arc<Replica>) -> Result<Ro
     .await
     .map_err(net_err)??;
     send(&mut send_stream, &[hello]).await?;
-    // What the body streams receive, in the order each receives it.
-    let (pieces_tx, mut pieces) = tokio::sync::mpsc::unbounded_channel::<Result<Msg>>();
+    // What the body streams receive, in the order each receives it. Bounded: the round has at
+    // most `FETCH_WINDOW` fetches in flight, so this many pieces let each have one waiting
+    // while the session stores another; a fetch that finds it full stops reading its stream,
+    // and QUIC's flow control stops the host (a disk slower than the link grows nothing).
+    let (pieces_tx, mut pieces) = tokio::sync::mpsc::channel::<Result<Msg>>(PIECES_QUEUED);
     // The Hello.
     let mut round_trips = 1;
     let mut decoder = FrameDecoder::new();
@@ -570,12 +779,15 @@ async fn round_on(conn: &quinn::Connection, replica: &Arc<Replica>) -> Result<Ro
     Ok(report)
 }
 
+/// Body pieces a site's round keeps waiting for its session (see `round_on`).
+const PIECES_QUEUED: usize = crate::session::FETCH_WINDOW;
+
 /// Sends one `GetBody` on a new stream and hands on what comes back (`Body` pieces to the end
-/// of the body, or `NoBody`), then any error.
+/// of the body, or `NoBody`), then any error; reads no further while `to_session` is full.
 async fn fetch_body(
     conn: quinn::Connection,
     get: Msg,
-    to_session: tokio::sync::mpsc::UnboundedSender<Result<Msg>>,
+    to_session: tokio::sync::mpsc::Sender<Result<Msg>>,
 ) {
     let fetched = async {
         let (mut send_stream, mut recv) = conn.open_bi().await.map_err(net_err)?;
@@ -592,14 +804,14 @@ async fn fetch_body(
                 } => offset + bytes.len() as u64 >= *total,
                 _ => true,
             };
-            if to_session.send(Ok(msg)).is_err() || last {
+            if to_session.send(Ok(msg)).await.is_err() || last {
                 return Ok(());
             }
         }
         Err(Error::Invalid("a body stream ended before the body".into()))
     };
     if let Err(e) = fetched.await {
-        let _ = to_session.send(Err(e));
+        let _ = to_session.send(Err(e)).await;
     }
 }
 
@@ -730,6 +942,139 @@ mod tests {
         let refused = bounded(sync_round(site.clone())).await.expect("in time");
         assert!(refused.is_err(), "a revoked site synced");
         endpoint.close(0u32.into(), b"done");
+    }
+
+    /// A site whose session does not take the pieces of a body (a slow disk, a stuck task)
+    /// stops reading the body's stream, and QUIC's flow control stops the host: what it
+    /// received stays a small fraction of the body; once the pieces are taken, the rest comes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fetch_nobody_drains_stops_the_host_then_resumes() {
+        let served = serving_host();
+        let (tmp, host, ins, addr) = (&served.tmp, &served.host, &served.ins, served.addr);
+        let bundle = enrol::enrol(host, "Clinique", "750000001", &addr.to_string()).expect("enrol");
+        host.bind_professional(SiteId(bundle.site_id), &doctor(), true)
+            .expect("bind");
+        let site = Arc::new(crate::testkit::site_from_bundle(
+            &tmp.path().join("enrolled"),
+            &bundle,
+        ));
+        let size = 24 << 20;
+        let large: Vec<u8> = (0..size as u32).map(|i| (i % 251) as u8).collect();
+        let doc = host
+            .put_document(
+                &Actor::Professional(doctor()),
+                AccessMode::Normal,
+                None,
+                ins,
+                new_doc("large, at the host", large.clone()),
+            )
+            .expect("host writes");
+        let mut link = Link::new(site, Arc::new(tokio::sync::Notify::new()));
+        let (conn, _) = tokio::time::timeout(Duration::from_secs(20), link.connection())
+            .await
+            .expect("in time")
+            .expect("connected");
+        // Room for one piece, and nobody takes it.
+        let (tx, mut pieces) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(fetch_body(
+            conn.clone(),
+            Msg::GetBody { doc, offset: 0 },
+            tx,
+        ));
+        // Until the transfer has started, then stopped.
+        let received = || conn.stats().udp_rx.bytes;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let mut last = (received(), tokio::time::Instant::now());
+        loop {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the transfer never settled"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let now = received();
+            if now != last.0 {
+                last = (now, tokio::time::Instant::now());
+            } else if now > 1 << 20 && last.1.elapsed() > Duration::from_millis(500) {
+                break;
+            }
+        }
+        assert!(
+            last.0 < (size as u64) / 3,
+            "{} of {size} bytes received with nobody taking them",
+            last.0
+        );
+        // Taken: every piece arrives, in order.
+        let mut got = Vec::with_capacity(size);
+        while got.len() < size {
+            let piece = tokio::time::timeout(Duration::from_secs(20), pieces.recv())
+                .await
+                .expect("in time")
+                .expect("a piece")
+                .expect("no error");
+            let Msg::Body { offset, bytes, .. } = piece else {
+                panic!("not a piece: {}", piece.kind());
+            };
+            assert_eq!(offset, got.len() as u64);
+            got.extend_from_slice(&bytes);
+        }
+        assert!(got == large, "the body arrived whole");
+        link.close().await;
+        served.endpoint.close(0u32.into(), b"done");
+    }
+
+    /// A site (a valid certificate) opening connection after connection holds at most
+    /// `CONNECTIONS_PER_SITE` at the host: each one more closes its oldest.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_site_holds_a_bounded_number_of_connections() {
+        let served = serving_host();
+        let bundle = enrol::enrol(
+            &served.host,
+            "Clinique",
+            "750000001",
+            &served.addr.to_string(),
+        )
+        .expect("enrol");
+        let mut client =
+            quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client");
+        client.set_default_client_config(
+            crate::transport::client_config(
+                &bundle.ca_cert_der,
+                &bundle.identity,
+                Some(bundle.host_tls_pin),
+            )
+            .expect("config"),
+        );
+        let mut conns = Vec::new();
+        for _ in 0..CONNECTIONS_PER_SITE + 2 {
+            let conn = tokio::time::timeout(
+                Duration::from_secs(20),
+                client.connect(served.addr, HOST_NAME).expect("connect"),
+            )
+            .await
+            .expect("in time")
+            .expect("handshake");
+            // Admitted (among the live sites) once a stream of it is served, here a lone Bye.
+            let (mut tx, mut rx) = conn.open_bi().await.expect("stream");
+            send(&mut tx, &[Msg::Bye]).await.expect("send");
+            tx.finish().expect("finish");
+            let _ = tokio::time::timeout(Duration::from_secs(20), rx.read_to_end(1 << 20))
+                .await
+                .expect("in time");
+            conns.push(conn);
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while conns.iter().filter(|c| c.close_reason().is_some()).count() < 2 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "more than {CONNECTIONS_PER_SITE} connections held"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let open: Vec<bool> = conns.iter().map(|c| c.close_reason().is_none()).collect();
+        let mut expected = vec![false, false];
+        expected.extend(vec![true; CONNECTIONS_PER_SITE]);
+        assert_eq!(open, expected, "the oldest ones go");
+        served.endpoint.close(0u32.into(), b"done");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

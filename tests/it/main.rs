@@ -12,6 +12,8 @@
 //! - `export`: the holder's FHIR copy.
 //! - `authority`: signed host records on sites.
 //! - `daemon`: real `carnet-syncd` daemons, their local API, the demo.
+//! - `service`: `carnet-syncd` as a service: its command line, systemd's notify protocol and
+//!   watchdog, reloading its settings, its logs.
 //! - `convergence`: a host and two site daemons: offline writes, conflicts, revocation, closure.
 //! - `faults`: the weak link, through `fault_proxy` (loss, delay, cuts).
 //! - `host_trusts_no_site`: a rogue site with a valid certificate (`rogue`, which speaks the wire
@@ -35,4 +37,5 @@ mod purge;
 mod regressions;
 mod rogue;
 mod secrecy;
+mod service;
 mod tampering;

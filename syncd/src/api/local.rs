@@ -180,7 +180,9 @@ pub fn bind(dir: &Path) -> Result<tokio::net::UnixListener> {
     Ok(tokio::net::UnixListener::from_std(listener)?)
 }
 
-/// Serves the local API until the task is dropped.
+/// Serves the local API until the task is dropped. Connections are not counted: the socket
+/// is mode 0600, so only the replica's owner reaches it; each request body is read up to
+/// `MAX_REQUEST` bytes, and a larger one is refused unread.
 pub async fn serve(listener: tokio::net::UnixListener, service: Arc<Service>) {
     loop {
         let stream = match listener.accept().await {

@@ -1,0 +1,438 @@
+//! `carnet-syncd` as a service (issue 19 §1): its command line, systemd's notify protocol and
+//! watchdog, SIGHUP reloading `carnet.toml`, JSON logs and the host's per-site events. Real
+//! daemons on 127.0.0.1, every wait bounded.
+
+use std::os::unix::net::UnixDatagram;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::daemon::{
+    Daemon, enrolled_site, free_port, stop, sync_until_ok, syncd_bin, wait_for_socket,
+};
+use crate::support::*;
+
+/// Starts `carnet-syncd` on a replica with `env` added (stopped when dropped).
+fn start_daemon_with(replica: &Carnet, env: &[(&str, &str)]) -> Daemon {
+    let child = Command::new(syncd_bin())
+        .arg("--data")
+        .arg(&replica.data)
+        .env_remove("CARNET_PASSPHRASE")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("carnet-syncd starts");
+    Daemon(child)
+}
+
+/// `--version` and `--help` answer on stdout with status 0 (they were "unknown argument", 2):
+/// the version names the commit the binary was built from.
+#[test]
+fn syncd_answers_version_and_help() {
+    let run = |args: &[&str]| {
+        let out = Command::new(syncd_bin())
+            .args(args)
+            .env_remove("CARNET_DATA")
+            .output()
+            .expect("carnet-syncd runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for flag in ["--version", "-V"] {
+        let (code, stdout, stderr) = run(&[flag]);
+        assert_eq!(code, Some(0), "{flag}: {stderr}");
+        let line = stdout.trim();
+        let prefix = format!("carnet-syncd {} (commit ", env!("CARGO_PKG_VERSION"));
+        let commit = line
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("{flag}: '{line}'"));
+        assert!(
+            commit == "unknown"
+                || (commit.len() >= 7 && commit.chars().all(|c| c.is_ascii_hexdigit())),
+            "{flag}: commit '{commit}'"
+        );
+    }
+    for flag in ["--help", "-h"] {
+        let (code, stdout, stderr) = run(&[flag]);
+        assert_eq!(code, Some(0), "{flag}: {stderr}");
+        for expected in [
+            "usage: carnet-syncd --data DIR",
+            "--config FILE",
+            "--version",
+            "(commit ",
+        ] {
+            assert!(
+                stdout.contains(expected),
+                "{flag}: no '{expected}' in\n{stdout}"
+            );
+        }
+    }
+    // Mistakes stay usage errors (2), said on stderr.
+    let (code, _, stderr) = run(&["--verbose"]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("unknown argument '--verbose'"), "{stderr}");
+    let (code, _, stderr) = run(&["--data"]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("--data needs a value"), "{stderr}");
+    let (code, _, stderr) = run(&[]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("no data folder"), "{stderr}");
+}
+
+/// Datagrams a daemon sends to the `NOTIFY_SOCKET` a test bound, each as its lines.
+struct Notifications {
+    socket: UnixDatagram,
+    path: String,
+}
+
+impl Notifications {
+    fn bind(replica: &Carnet) -> Notifications {
+        let path = replica.path("notify.sock");
+        let socket = UnixDatagram::bind(&path).expect("bind the notify socket");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        Notifications {
+            socket,
+            path: path.display().to_string(),
+        }
+    }
+
+    /// The next datagram, within `within`.
+    fn next(&self, what: &str, within: Duration) -> Vec<String> {
+        let deadline = Instant::now() + within;
+        let mut buf = [0u8; 1024];
+        loop {
+            assert!(Instant::now() < deadline, "no {what} in {within:?}");
+            if let Ok(n) = self.socket.recv(&mut buf) {
+                return String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .map(str::to_string)
+                    .collect();
+            }
+        }
+    }
+}
+
+/// Under systemd (`Type=notify`): `READY=1` once the daemon serves (its socket answers then),
+/// `WATCHDOG=1` at half of `WATCHDOG_USEC`, and `STOPPING=1` at SIGTERM, on the datagram
+/// socket `NOTIFY_SOCKET` names — for a host and for a site.
+#[test]
+fn syncd_speaks_systemds_notify_protocol_and_feeds_the_watchdog() {
+    let address = format!("127.0.0.1:{}", free_port());
+    let host = Carnet::empty();
+    host.ok(&["init", "--role", "host", "--listen", &address]);
+    host.ok(&["pki", "init"]);
+    let site = enrolled_site(&host, &address, &[]);
+    let mut running = Vec::new();
+    for replica in [&host, &site] {
+        let notify = Notifications::bind(replica);
+        let daemon = start_daemon_with(
+            replica,
+            &[("NOTIFY_SOCKET", &notify.path), ("WATCHDOG_USEC", "200000")],
+        );
+        let ready = notify.next("READY=1", Duration::from_secs(20));
+        assert_eq!(ready[0], "READY=1", "{ready:?}");
+        assert!(ready.iter().any(|l| l.starts_with("STATUS=")), "{ready:?}");
+        // Ready means serving: the local socket answers at once.
+        assert!(
+            std::os::unix::net::UnixStream::connect(replica.data.join("carnet.sock")).is_ok(),
+            "READY=1 before the socket"
+        );
+        // Pings every 100 ms: two in a row, well inside a few seconds even on busy cores.
+        for _ in 0..2 {
+            assert_eq!(
+                notify.next("WATCHDOG=1", Duration::from_secs(5)),
+                ["WATCHDOG=1"]
+            );
+        }
+        running.push((daemon, notify));
+    }
+    // The site, then the host.
+    while let Some((mut daemon, notify)) = running.pop() {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(daemon.0.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let lines = notify.next("STOPPING=1", Duration::from_secs(15));
+            if lines.iter().any(|l| l == "STOPPING=1") {
+                break;
+            }
+            assert_eq!(lines, ["WATCHDOG=1"], "only pings before STOPPING=1");
+            assert!(Instant::now() < deadline, "no STOPPING=1");
+        }
+        assert_eq!(stop(&mut daemon), Some(0), "a clean stop");
+    }
+}
+
+/// Starts `carnet-syncd` on a replica with its stderr in `DATA/../NAME.log` (outside the data
+/// folder: the daemon owns that one); answers the daemon and the log's path.
+fn start_logged(replica: &Carnet, env: &[(&str, &str)]) -> (Daemon, std::path::PathBuf) {
+    let log = replica.path(&format!("syncd-{}.log", unique()));
+    let file = std::fs::File::create(&log).expect("log file");
+    let child = Command::new(syncd_bin())
+        .arg("--data")
+        .arg(&replica.data)
+        .env_remove("CARNET_PASSPHRASE")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(file))
+        .spawn()
+        .expect("carnet-syncd starts");
+    (Daemon(child), log)
+}
+
+/// Waits (bounded) until `check` holds for the log's lines; answers them.
+fn wait_for_log(
+    log: &std::path::Path,
+    what: &str,
+    check: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let lines: Vec<String> = std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        if check(&lines) {
+            return lines;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the log never showed {what}:\n{}",
+            lines.join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits (bounded) until the site daemon's `sync status` satisfies `check`; answers it.
+fn wait_for_status(
+    site: &Carnet,
+    within: Duration,
+    what: &str,
+    mut check: impl FnMut(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let status = site.json(&["sync", "status"]);
+        if check(&status) {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "never {what}: {status}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn signal(daemon: &Daemon, name: &str) {
+    let sent = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(daemon.0.id().to_string())
+        .status()
+        .expect("kill runs");
+    assert!(sent.success(), "kill -{name}");
+}
+
+/// SIGHUP reloads `carnet.toml` — the log level, the interval between rounds, the inbox —
+/// while the site stays connected to the host (the daemon opened one connection, and it holds);
+/// a bad file is refused with a warning and the settings in force stay.
+#[test]
+fn sighup_reloads_the_settings_and_the_connection_holds() {
+    let address = format!("127.0.0.1:{}", free_port());
+    let host = Carnet::empty();
+    host.ok(&["init", "--role", "host", "--listen", &address]);
+    host.ok(&["pki", "init"]);
+    let site = enrolled_site(&host, &address, &[]);
+    let (_host_daemon, host_log) = start_logged(&host, &[]);
+    let (mut site_daemon, log) = start_logged(&site, &[]);
+    wait_for_socket(&site);
+    sync_until_ok(&site, Duration::from_secs(20));
+    let connected =
+        |s: &serde_json::Value| s["daemon"]["connected"] == true && s["daemon"]["connections"] == 1;
+    let status = wait_for_status(&site, Duration::from_secs(20), "connected", connected);
+    let settings = &status["daemon"]["settings"];
+    assert_eq!(settings["sync_every"], 10, "{status}");
+    assert_eq!(settings["log_level"], "info", "{status}");
+    let inbox = site.data.join("inbox").display().to_string();
+    assert_eq!(settings["inbox"], inbox.as_str(), "{status}");
+
+    // A round every second, debug logs, another inbox.
+    let toml = site.data.join("carnet.toml");
+    let text = std::fs::read_to_string(&toml).expect("carnet.toml");
+    let edited = text
+        .replace("sync_every = 10", "sync_every = 1")
+        .replace("log_level = \"info\"", "log_level = \"debug\"")
+        .replace("inbox = \"inbox\"", "inbox = \"arrivals\"");
+    assert_ne!(edited, text, "carnet.toml as `carnet init` writes it");
+    std::fs::write(&toml, &edited).expect("edit carnet.toml");
+    signal(&site_daemon, "HUP");
+    let status = wait_for_status(&site, Duration::from_secs(20), "the new settings", |s| {
+        s["daemon"]["settings"]["sync_every"] == 1
+    });
+    let settings = &status["daemon"]["settings"];
+    assert_eq!(settings["log_level"], "debug", "{status}");
+    let arrivals = site.data.join("arrivals");
+    assert_eq!(
+        settings["inbox"],
+        arrivals.display().to_string().as_str(),
+        "{status}"
+    );
+    wait_for_log(&log, "the reload", |lines| {
+        lines
+            .iter()
+            .any(|l| l.contains("carnet.toml reloaded") && l.contains("sync_every=1"))
+    });
+    // The new interval is kept at once (it was 10 s): two more rounds within 8 s.
+    let mut seen = vec![status["daemon"]["last_sync"].clone()];
+    wait_for_status(
+        &site,
+        Duration::from_secs(8),
+        "two rounds at the new interval",
+        |s| {
+            let last = &s["daemon"]["last_sync"];
+            if !seen.contains(last) {
+                seen.push(last.clone());
+            }
+            seen.len() >= 3
+        },
+    );
+    // The new inbox is watched: a pair dropped there is handled (here refused, with its
+    // reason).
+    std::fs::write(arrivals.join("note.txt"), b"synthetic").expect("document");
+    std::fs::write(arrivals.join("note.txt.carnet.json"), b"not json").expect("sidecar");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !arrivals.join("rejected/note.txt.error.txt").exists() {
+        assert!(Instant::now() < deadline, "the new inbox is not watched");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // A bad file: refused, with a warning; the settings in force stay.
+    std::fs::write(&toml, edited.replace("sync_every = 1", "sync_every = 0")).expect("edit");
+    signal(&site_daemon, "HUP");
+    wait_for_log(&log, "the refusal", |lines| {
+        lines.iter().any(|l| {
+            l.contains("WARN") && l.contains("carnet.toml refused") && l.contains("sync_every 0")
+        })
+    });
+    let status = site.json(&["sync", "status"]);
+    assert_eq!(status["daemon"]["settings"]["sync_every"], 1, "{status}");
+    assert_eq!(
+        status["daemon"]["settings"]["log_level"], "debug",
+        "{status}"
+    );
+
+    // All along, the one connection held: no reconnection, and the host saw none.
+    let status = wait_for_status(&site, Duration::from_secs(20), "connected", connected);
+    assert_eq!(status["daemon"]["connections"], 1, "{status}");
+    let host_lines = std::fs::read_to_string(&host_log).expect("host log");
+    assert_eq!(
+        host_lines.matches("site connected").count(),
+        1,
+        "{host_lines}"
+    );
+    assert!(!host_lines.contains("site disconnected"), "{host_lines}");
+    assert_eq!(
+        stop(&mut site_daemon),
+        Some(0),
+        "SIGHUP did not end the daemon"
+    );
+}
+
+/// `log_format = "json"`: every line the host writes is a JSON object, and the host logs each
+/// site's connection, round (site id, counts, bytes, duration) and disconnection, and the
+/// certificate it refuses — ids and counts, never patient data.
+#[test]
+fn the_host_logs_each_sites_connection_and_round_as_json() {
+    let address = format!("127.0.0.1:{}", free_port());
+    let host = Carnet::empty();
+    host.ok(&["init", "--role", "host", "--listen", &address]);
+    host.ok(&["pki", "init"]);
+    let ins = host.doctor_dossier();
+    let toml = host.data.join("carnet.toml");
+    let text = std::fs::read_to_string(&toml).expect("carnet.toml");
+    assert!(text.contains("log_format = \"text\""), "{text}");
+    std::fs::write(
+        &toml,
+        text.replace("log_format = \"text\"", "log_format = \"json\""),
+    )
+    .expect("edit");
+    let site = enrolled_site(&host, &address, &[DOCTOR]);
+    let revoked = enrolled_site(&host, &address, &[]);
+    host.ok(&["pki", "revoke", "2"]);
+    let (_host_daemon, log) = start_logged(&host, &[]);
+    // One round without a daemon at the site: a connection, a round, a disconnection.
+    let synced = sync_until_ok(&site, Duration::from_secs(20));
+    assert!(synced["pulled"].as_u64() > Some(0), "{synced}");
+    let refused = revoked.run(&["sync", "now"]);
+    assert_ne!(refused.code, 0, "a revoked site synced");
+
+    let events = |lines: &[String]| -> Vec<serde_json::Value> {
+        lines
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    };
+    let has = |lines: &[String], message: &str, site: Option<u64>| {
+        events(lines)
+            .iter()
+            .any(|e| e["message"] == message && site.is_none_or(|s| e["site"].as_u64() == Some(s)))
+    };
+    let lines = wait_for_log(
+        &log,
+        "connect, round, disconnect and the refusal",
+        |lines| {
+            has(lines, "site connected", Some(1))
+                && has(lines, "round", Some(1))
+                && has(lines, "site disconnected", Some(1))
+                && events(lines).iter().any(|e| e["level"] == "WARN")
+        },
+    );
+    let events = events(&lines);
+    for e in &events {
+        assert!(e["timestamp"].is_string() && e["level"].is_string(), "{e}");
+    }
+    let round = events
+        .iter()
+        .find(|e| e["message"] == "round" && e["site"] == 1)
+        .expect("a round");
+    assert_eq!(round["level"], "INFO", "{round}");
+    assert!(round["items_pulled"].as_u64() > Some(0), "{round}");
+    assert!(round["bytes_received"].as_u64() > Some(0), "{round}");
+    assert!(round["bytes_sent"].as_u64() > Some(0), "{round}");
+    assert!(round["duration_ms"].is_u64(), "{round}");
+    let connected = events
+        .iter()
+        .find(|e| e["message"] == "site connected")
+        .expect("connected");
+    assert!(
+        connected["remote"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("127.0.0.1:")),
+        "{connected}"
+    );
+    let refusal = events
+        .iter()
+        .find(|e| e["level"] == "WARN")
+        .expect("the refusal");
+    assert_eq!(refusal["message"], "certificate refused", "{refusal}");
+    assert!(
+        refusal["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("Revoked")),
+        "{refusal}"
+    );
+    // Ids and counts only: no INS, name or title of the dossier.
+    let all = lines.join("\n");
+    for secret in [ins.as_str(), "EXEMPLE", "Camille"] {
+        assert!(!all.contains(secret), "'{secret}' in the host's log");
+    }
+}
