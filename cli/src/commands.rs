@@ -1014,7 +1014,7 @@ fn grant(cli: &Cli, c: &GrantCmd) -> Result<Reply> {
     };
     let (i, p) = (ins(&target.dossier)?, rpps(&target.rpps)?);
     if state == GrantState::Active && r.config()?.role == Role::Site {
-        // At a site, consent given in person: usable now, the host confirms or refuses.
+        // At a site, consent given in person: usable now; at the host a request, never a grant by itself.
         if basis != Some(GrantBasis::Consent) {
             return Err(Failure::Usage(
                 "at a site, `grant add` records the consent given in person (a pending grant); the médecin traitant and other bases are declared at the host".into(),
@@ -1023,7 +1023,7 @@ fn grant(cli: &Cli, c: &GrantCmd) -> Result<Reply> {
         r.pending_grant(&i, &p)?;
         return Ok(Reply::new(
             format!(
-                "pending grant of {p} on {}: usable here for this encounter (24 h); the host confirms or refuses it at the next sync",
+                "pending grant of {p} on {}: usable here for this encounter (24 h); at the next sync it reaches the host as a request, which becomes a grant only once the holder's consent is confirmed there",
                 i.matricule()
             ),
             json!({"ins": i.matricule(), "rpps": p.as_str(), "state": "pending"}),

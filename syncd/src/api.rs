@@ -65,7 +65,8 @@ pub enum Request {
         state: GrantState,
         basis: GrantBasis,
     },
-    /// Records consent given in person (site): a pending grant the host confirms or refuses.
+    /// Records consent given in person (site): a pending grant, usable there for one encounter; a
+    /// request at the host, never a grant by itself.
     PendingGrant { ins: Ins, rpps: Rpps },
     /// Changes emergency preferences (host); `None` keeps a setting.
     UpdateEmergency {
