@@ -125,7 +125,7 @@ fn parse_seconds() -> Res<u64> {
 
 pub fn run() -> Res<()> {
     let seconds = parse_seconds()?;
-    let tmp = tempfile::tempdir()?;
+    let tmp = crate::tmp::tempdir()?;
     let folders = network(tmp.path())?;
     println!(
         "carnet-bench idle — a host and two enrolled sites as carnet-syncd daemons on 127.0.0.1, \

@@ -11,6 +11,7 @@
 
 mod idle;
 mod sync;
+mod tmp;
 
 use std::io::Write;
 use std::path::Path;
@@ -321,7 +322,7 @@ fn audited_reads_async(
 }
 
 fn ingest_only() -> Res<()> {
-    let tmp = tempfile::tempdir()?;
+    let tmp = crate::tmp::tempdir()?;
     let (replica, ins) = setup_replica(&tmp.path().join("replica"))?;
     let (batched, _, _) = carnet_put(&replica, &ins)?;
     println!("carnet put, 1000 per transaction: {batched:.0}/s");
@@ -329,7 +330,7 @@ fn ingest_only() -> Res<()> {
 }
 
 fn reads_only() -> Res<()> {
-    let tmp = tempfile::tempdir()?;
+    let tmp = crate::tmp::tempdir()?;
     let (replica, ins) = setup_replica(&tmp.path().join("replica"))?;
     let (_, _, ids) = carnet_put(&replica, &ins)?;
     let (replica, ids) = (Arc::new(replica), Arc::new(ids));
@@ -378,7 +379,7 @@ fn verdict(ok: bool) -> &'static str {
 }
 
 fn store() -> Res<()> {
-    let tmp = tempfile::tempdir()?;
+    let tmp = crate::tmp::tempdir()?;
     println!("carnet-bench store — 4 KiB documents, temporary folder on the same disk\n");
     // The disk of a shared machine drifts: probe the fsync floor before and after, keep the
     // faster (stricter) of each kind.

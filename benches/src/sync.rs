@@ -280,7 +280,7 @@ fn mib(bytes: u64) -> String {
 
 /// Only the initial sync of 10,000 documents, for profiling it alone.
 pub fn initial_only() -> Res<()> {
-    let tmp = tempfile::tempdir()?;
+    let tmp = crate::tmp::tempdir()?;
     let p = pair(&tmp.path().join("p10k"))?;
     p.write(10_000, 1)?;
     let (host_cpu, site_cpu) = (p.host.cpu_seconds(), crate::cpu_seconds());
@@ -296,7 +296,7 @@ pub fn initial_only() -> Res<()> {
 }
 
 pub fn run() -> Res<()> {
-    let tmp = tempfile::tempdir()?;
+    let tmp = crate::tmp::tempdir()?;
     println!("carnet-bench sync — a host daemon and a site on 127.0.0.1, 4 KiB documents\n");
     const N: usize = 10_000;
     let bytes = N * DOC_BYTES;

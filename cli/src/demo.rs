@@ -128,7 +128,7 @@ impl Daemons {
             .with_file_name("carnet-syncd");
         if !bin.exists() {
             return Err(Failure::Usage(format!(
-                "{} is missing: build it first with `cargo build --release --workspace --bins`",
+                "{} is missing: build it first with `cargo build --release`",
                 bin.display()
             )));
         }
