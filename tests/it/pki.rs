@@ -272,8 +272,18 @@ fn renewals_over_real_daemons_without_a_gap_and_the_host_key_pinned() {
     sync_until_ok(&site, Duration::from_secs(5));
     assert_eq!(host.json(&["pki", "list"])[0]["certificates"], 2);
 
-    // A renewal that retires the earlier certificates: refused at once, until installed.
-    std::thread::sleep(Duration::from_millis(1_100));
+    // A renewal that retires the earlier certificates: refused at once, until installed. It is
+    // issued in a later second than the last (certificate times count seconds).
+    let issued = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    while std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        <= issued
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let r2 = host.path("r2.bundle").display().to_string();
     host.ok(&["pki", "renew", "1", "-o", &r2, "--retire-old"]);
     sync_refused(&site);
