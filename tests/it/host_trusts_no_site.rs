@@ -78,6 +78,12 @@ fn site_chain_key(site: &Carnet) -> [u8; 32] {
     .trace_chain_key()
 }
 
+/// Registers NURSE at the host and binds her to `site_id`.
+fn bind_nurse(host: &Carnet, site_id: &str) {
+    host.pro(NURSE, "infirmier");
+    host.ok(&["pki", "bind", "--site", site_id, "--rpps", NURSE]);
+}
+
 /// True when the site holds anything of the dossier `ins`.
 fn holds(site: &Carnet, ins: &str) -> bool {
     site.run(&["dossier", "show", ins]).code == 0
@@ -244,9 +250,7 @@ fn writing_into_a_dossier_does_not_bring_the_rest_of_it() {
     let w = world();
     // A professional of the site, bound by the host, with no grant on the dossier: he may feed
     // it (row 11), not read it.
-    w.host.pro(NURSE, "infirmier");
-    w.host
-        .ok(&["pki", "bind", "--site", &w.site_id, "--rpps", NURSE]);
+    bind_nurse(&w.host, &w.site_id);
     let rogue = Rogue::connect(&w.bundle);
     let body = b"a note (synthetic)";
     let meta = forged_document(&w.ins, rogue.site, NURSE, Profession::Infirmier, body);
@@ -339,9 +343,7 @@ fn a_site_that_owes_no_body_cannot_send_one_nor_cancel_the_debt() {
     // body: the host records the body as owed by that site.
     let (_honest_site, honest_bundle) = enrolled_site_and_bundle(&w.host, &w.address, &[]);
     let honest_id = w.host.json(&["pki", "list"])[1]["site_id"].to_string();
-    w.host.pro(NURSE, "infirmier");
-    w.host
-        .ok(&["pki", "bind", "--site", &honest_id, "--rpps", NURSE]);
+    bind_nurse(&w.host, &honest_id);
     let honest = Rogue::connect(&honest_bundle);
     let body = b"the nurse's note, as written (synthetic)";
     let meta = forged_document(&w.ins, honest.site, NURSE, Profession::Infirmier, body);
@@ -606,9 +608,7 @@ fn acted(meta: DocumentMeta, rpps: &str, action: Action) -> Change {
 /// site legitimately holds the host's document. Answers the rogue and that document as it
 /// pulled it.
 fn nurse_holding_the_hosts_document(w: &World) -> (Rogue, DocumentMeta) {
-    w.host.pro(NURSE, "infirmier");
-    w.host
-        .ok(&["pki", "bind", "--site", &w.site_id, "--rpps", NURSE]);
+    bind_nurse(&w.host, &w.site_id);
     w.host
         .ok(&["grant", "add", "--dossier", &w.ins, "--rpps", NURSE]);
     let rogue = Rogue::connect(&w.bundle);
@@ -757,9 +757,7 @@ fn a_version_vector_that_advances_another_replicas_counter_is_refused() {
 fn a_new_document_is_taken_only_from_an_author_the_host_binds_there_as_the_host_knows_him() {
     let w = world();
     // The nurse is bound to the site: he may feed the dossier (row 11), as a nurse.
-    w.host.pro(NURSE, "infirmier");
-    w.host
-        .ok(&["pki", "bind", "--site", &w.site_id, "--rpps", NURSE]);
+    bind_nurse(&w.host, &w.site_id);
     let rogue = Rogue::connect(&w.bundle);
     let body = b"a note (synthetic)";
     let cases = [
@@ -786,9 +784,7 @@ fn a_new_document_is_taken_only_from_an_author_the_host_binds_there_as_the_host_
 #[test]
 fn a_mask_by_a_bound_and_granted_professional_at_a_real_site_reaches_the_host() {
     let w = world();
-    w.host.pro(NURSE, "infirmier");
-    w.host
-        .ok(&["pki", "bind", "--site", &w.site_id, "--rpps", NURSE]);
+    bind_nurse(&w.host, &w.site_id);
     w.host
         .ok(&["grant", "add", "--dossier", &w.ins, "--rpps", NURSE]);
     w.site.pro(NURSE, "infirmier");
