@@ -74,8 +74,20 @@ pub enum Command {
     /// What sites asked for and the host has not decided yet: pins and consent given in
     /// person (host).
     Requests,
+    /// Host: every enrolled site as the host's daemon sees it — connected, last contact, how far
+    /// behind, lease, quarantine, pending requests, version, last error.
+    Sites {
+        #[command(subcommand)]
+        show: Option<SitesCmd>,
+    },
     /// Run the demonstration scenario in a temporary folder.
     Demo(DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SitesCmd {
+    /// Everything the host's daemon knows of one site.
+    Show { site: u32 },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

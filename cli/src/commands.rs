@@ -233,6 +233,7 @@ pub fn run(cli: &Cli) -> Result<Reply> {
         Command::Pin { ins: text, site } => pin(cli, text, true, *site),
         Command::Unpin { ins: text, site } => pin(cli, text, false, *site),
         Command::Requests => requests(cli),
+        Command::Sites { show } => sites(cli, show.as_ref()),
         Command::Demo(a) => crate::demo::run(a),
     }
 }
@@ -513,6 +514,133 @@ fn sync(cli: &Cli, c: &SyncCmd) -> Result<Reply> {
             ))
         }
     }
+}
+
+/// A site as `carnet sites --json` shows it (times in RFC 3339).
+fn site_overview_json(s: &carnet_syncd::fleet::SiteOverview) -> Value {
+    json!({"site": s.site, "name": s.name, "finess": s.finess, "revoked": s.revoked,
+           "connected": s.connected, "last_contact": s.last_contact.map(format_rfc3339),
+           "version": s.version, "log_head": s.log_head,
+           "changes_not_pulled": s.changes_not_pulled, "bodies_not_pulled": s.bodies_not_pulled,
+           "changes_not_pushed": s.changes_not_pushed, "traces_not_sent": s.traces_not_sent,
+           "bodies_owed": s.bodies_owed, "returned": s.returned,
+           "lease_until": s.lease_until.map(format_rfc3339),
+           "quarantine": s.quarantine, "conflicts": s.conflicts,
+           "pending_grants": s.pending_grants, "pending_pins": s.pending_pins,
+           "rounds": s.rounds, "bytes_received": s.bytes_received, "bytes_sent": s.bytes_sent,
+           "errors": s.errors,
+           "last_error": s.last_error.as_ref().map(|(at, e)| json!({
+               "at": format_rfc3339(*at), "error": e}))})
+}
+
+fn sites(cli: &Cli, show: Option<&SitesCmd>) -> Result<Reply> {
+    let r = open(cli)?;
+    let only = show.map(|SitesCmd::Show { site }| *site);
+    let sites = r.fleet(only)?;
+    let n = |v: Option<u64>| v.map_or_else(|| "?".to_string(), |n| n.to_string());
+    let when = |t: Option<i64>| t.map_or_else(|| "-".to_string(), format_rfc3339);
+    let human = match (only, sites.first()) {
+        (Some(_), Some(s)) => format!(
+            "site {} — {} (FINESS {}){}
+connected: {}
+last contact: {}
+version: {}
+changes not pulled: {} (log head {})
+bodies not pulled: {}
+changes not pushed: {}
+trace entries not sent: {}
+bodies owed to the host: {}
+returned, not yet confirmed: {}
+lease until: {}
+quarantine: {}
+conflicts: {}
+pending grants (consent in person): {}
+pending pins: {}
+rounds: {}, bytes received {}, sent {}
+errors: {}
+last error: {}",
+            s.site,
+            s.name,
+            s.finess,
+            if s.revoked { " — REVOKED" } else { "" },
+            if s.connected { "yes" } else { "no" },
+            when(s.last_contact),
+            s.version.as_deref().unwrap_or("?"),
+            n(s.changes_not_pulled),
+            s.log_head,
+            n(s.bodies_not_pulled),
+            n(s.changes_not_pushed),
+            n(s.traces_not_sent),
+            s.bodies_owed,
+            s.returned,
+            when(s.lease_until),
+            n(s.quarantine),
+            n(s.conflicts),
+            s.pending_grants,
+            s.pending_pins,
+            s.rounds,
+            s.bytes_received,
+            s.bytes_sent,
+            if s.errors.is_empty() {
+                "none".to_string()
+            } else {
+                s.errors
+                    .iter()
+                    .map(|(k, n)| format!("{k}: {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+            s.last_error.as_ref().map_or_else(
+                || "none".to_string(),
+                |(at, e)| format!("{} {e}", format_rfc3339(*at))
+            )
+        ),
+        _ => {
+            let mut t = format!(
+                "{:<6} {:<9} {:<20} {:<9} {:>7} {:>7} {:>7} {:<20} {:>5} {:<10} NAME
+",
+                "SITE",
+                "STATE",
+                "LAST CONTACT",
+                "VERSION",
+                "PULL",
+                "PUSH",
+                "TRACES",
+                "LEASE UNTIL",
+                "QUAR",
+                "ERRORS"
+            );
+            for s in &sites {
+                t += &format!(
+                    "{:<6} {:<9} {:<20} {:<9} {:>7} {:>7} {:>7} {:<20} {:>5} {:<10} {}
+",
+                    s.site,
+                    if s.revoked {
+                        "revoked"
+                    } else if s.connected {
+                        "connected"
+                    } else {
+                        "offline"
+                    },
+                    when(s.last_contact),
+                    s.version.as_deref().unwrap_or("?"),
+                    n(s.changes_not_pulled),
+                    n(s.changes_not_pushed),
+                    n(s.traces_not_sent),
+                    when(s.lease_until),
+                    n(s.quarantine),
+                    s.errors.values().sum::<u64>(),
+                    s.name
+                );
+            }
+            t.trim_end().to_string()
+        }
+    };
+    let json = match only {
+        Some(_) => sites.first().map_or(Value::Null, site_overview_json),
+        None => Value::Array(sites.iter().map(site_overview_json).collect()),
+    };
+    Ok(Reply::new(human, json))
 }
 
 fn pin(cli: &Cli, text: &str, on: bool, site: Option<u32>) -> Result<Reply> {

@@ -20,6 +20,7 @@ use carnet_store::time::Millis;
 use carnet_syncd::api::local::Handle;
 use carnet_syncd::api::{PkiHostStatus, Request, Response, SyncStatus};
 use carnet_syncd::enrol::SiteRecord;
+use carnet_syncd::fleet::SiteOverview;
 use carnet_syncd::pki::Identity;
 use carnet_syncd::session::RoundReport;
 
@@ -385,6 +386,10 @@ impl Store {
 
     pub fn pki_sites(&self) -> Result<BTreeMap<u32, SiteRecord>> {
         expect!(self.call(Request::PkiSites)?, Sites)
+    }
+
+    pub fn fleet(&self, site: Option<u32>) -> Result<Vec<SiteOverview>> {
+        expect!(self.call(Request::Fleet { site })?, Fleet)
     }
 }
 

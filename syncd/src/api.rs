@@ -192,6 +192,12 @@ pub enum Request {
     PkiRevoke { site: u32 },
     /// The sites known to the host.
     PkiSites,
+    /// Host (daemon only): every enrolled site as the operator sees it, or only `site`
+    /// (`carnet sites`).
+    Fleet {
+        #[serde(default)]
+        site: Option<u32>,
+    },
 }
 
 impl Request {
@@ -211,6 +217,7 @@ impl Request {
                 | Request::SyncStatus
                 | Request::SyncNow
                 | Request::PkiSites
+                | Request::Fleet { .. }
                 | Request::PkiHost
                 | Request::SiteProfessionals { .. }
                 | Request::SiteRequests
@@ -351,6 +358,8 @@ pub enum Response {
     },
     /// Sites known to the host.
     Sites(BTreeMap<u32, SiteRecord>),
+    /// Sites as the operator sees them.
+    Fleet(Vec<crate::fleet::SiteOverview>),
     /// A certificate issued or installed: the end of its validity.
     Certificate { not_after: Millis },
     /// The host's PKI.
@@ -411,6 +420,8 @@ pub struct Service {
     pub changed: Arc<tokio::sync::Notify>,
     /// The host's QUIC endpoint (daemon only): a renewed host certificate is served at once.
     pub endpoint: Option<quinn::Endpoint>,
+    /// Host: what the daemon saw of each site (daemon only).
+    pub fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 impl Service {
@@ -427,6 +438,7 @@ impl Service {
             link: None,
             changed,
             endpoint: None,
+            fleet: None,
         }
     }
 
@@ -641,6 +653,7 @@ impl Service {
                 Response::Done
             }
             Request::PkiSites => Response::Sites(enrol::sites(r)?),
+            Request::Fleet { site } => Response::Fleet(self.fleet(site)?),
             Request::PkiRenew {
                 site,
                 host_address,
@@ -733,7 +746,26 @@ impl Service {
         result
     }
 
-    fn status(&self) -> Result<SyncStatus> {
+    /// Host: the sites as the operator sees them; refused at a site, and without a daemon
+    /// (only a running daemon sees connections and rounds).
+    pub fn fleet(&self, site: Option<u32>) -> Result<Vec<crate::fleet::SiteOverview>> {
+        if self.replica.config().role != carnet_store::replica::Role::Host {
+            return Err(Error::Invalid(
+                "`carnet sites` runs at the host: a site sees its own link with `carnet sync status`"
+                    .into(),
+            ));
+        }
+        let fleet = self.fleet.as_ref().ok_or_else(|| {
+            Error::Invalid(
+                "no host daemon runs on this data folder: start carnet-syncd (only the daemon sees the sites connect); `carnet pki list` shows the register"
+                    .into(),
+            )
+        })?;
+        crate::fleet::overview(&self.replica, fleet, site)
+    }
+
+    /// Where sync stands (`carnet sync status`).
+    pub fn status(&self) -> Result<SyncStatus> {
         let r = &*self.replica;
         let (authority_as_of, lease_expired) = r.authority_freshness()?;
         let mut link = self

@@ -2,13 +2,15 @@
 //!
 //! The daemon's settings (`config`), the wire framing (`frame`), the national PKI (`pki`), the
 //! QUIC endpoints with mutual TLS (`transport`), enrolment (`enrol`), the inbox (`inbox`), the
-//! sans-IO session core (`session`) and its QUIC driver (`net`), and the local API through
+//! sans-IO session core (`session`) and its QUIC driver (`net`), the host's view of its sites
+//! (`fleet`), and the local API through
 //! which `carnet` reaches a replica (`api`), and systemd's notify protocol (`systemd`).
 
 pub mod api;
 pub mod config;
 pub mod enrol;
 pub mod error;
+pub mod fleet;
 pub mod frame;
 pub mod inbox;
 pub mod net;

@@ -370,6 +370,8 @@ async fn host(
     // `carnet pki renew-host` through the daemon serves the new certificate at once.
     service.endpoint = Some(endpoint.clone());
     let live = net::Live::new(service.changed.clone(), revoked);
+    // `carnet sites`: what the daemon sees of each site.
+    service.fleet = Some(live.fleet());
     let api = tokio::spawn(local::serve(listener, Arc::new(service)));
     let timer = tokio::spawn(announcement_timer(replica.clone(), live.clone()));
     let certificates = tokio::spawn(certificate_watch(replica.clone()));

@@ -35,6 +35,7 @@ use rustls_pki_types::CertificateDer;
 
 use crate::enrol::{self, SiteTls};
 use crate::error::{Error, Result};
+use crate::fleet::{Fleet, error_kind};
 use crate::frame::{self, FrameDecoder};
 use crate::pki::HOST_NAME;
 use crate::session::{HostSession, Msg, RoundReport, SiteSession};
@@ -105,6 +106,8 @@ pub struct Live {
     sites: std::sync::Mutex<std::collections::HashMap<usize, LiveSite>>,
     changed: Arc<tokio::sync::Notify>,
     revoked: Arc<Revoked>,
+    /// What the host saw of each site, for the operator (`fleet`).
+    fleet: Arc<Fleet>,
 }
 
 #[derive(Debug)]
@@ -129,7 +132,13 @@ impl Live {
             sites: std::sync::Mutex::new(std::collections::HashMap::new()),
             changed,
             revoked,
+            fleet: Arc::default(),
         })
+    }
+
+    /// What the host saw of each site since it started.
+    pub fn fleet(&self) -> Arc<Fleet> {
+        self.fleet.clone()
     }
 
     /// Something may have changed: a pass follows.
@@ -297,6 +306,7 @@ async fn serve_connection(
         return Err(Error::Invalid("unknown or revoked site".into()));
     };
     live.join(SiteId(site), fingerprint, &conn, head);
+    live.fleet.connected(SiteId(site), replica.now());
     let since = std::time::Instant::now();
     tracing::info!(site, %remote, "site connected");
     let mut streams = 0u64;
@@ -314,6 +324,7 @@ async fn serve_connection(
         });
     }
     live.leave(&conn);
+    live.fleet.disconnected(SiteId(site), replica.now());
     tracing::info!(
         site,
         %remote,
@@ -471,6 +482,13 @@ async fn host_stream(
         () = &mut sender => Ok(()),
     };
     stats.log(site, started.elapsed());
+    live.fleet.stream_ended(
+        site,
+        replica.now(),
+        stats.round.load(Ordering::Relaxed),
+        stats.bytes_received.load(Ordering::Relaxed),
+        stats.bytes_sent.load(Ordering::Relaxed),
+    );
     served
 }
 
@@ -501,6 +519,8 @@ async fn serve_host_stream(
             Ok(Some(m)) => m,
             Ok(None) => break,
             Err(e) => {
+                live.fleet
+                    .error(site, replica.now(), error_kind(&e), e.to_string());
                 let _ = replies.send(error(e.to_string())).await;
                 break;
             }
@@ -519,9 +539,19 @@ async fn serve_host_stream(
             .bytes_received
             .store(decoder.received(), Ordering::Relaxed);
         let bye = msgs.contains(&Msg::Bye);
+        // For the operator's view: where the site says it stands (kept once the session took it).
+        let hello = msgs.iter().find_map(|m| match m {
+            Msg::Hello { cursor, about, .. } => Some((*cursor, about.clone())),
+            _ => None,
+        });
+        let pull_after = msgs.iter().find_map(|m| match m {
+            Msg::Pull { after } => Some(*after),
+            _ => None,
+        });
         // A push may grow other sites' logs: they are poked.
         let pushed = msgs.iter().any(|m| matches!(m, Msg::Push { .. }));
         let (r, s, changed) = (replica.clone(), session.clone(), live.changed.clone());
+        let greeted = hello.is_some();
         let handled = tokio::task::spawn_blocking(move || {
             let handled = r.deferring_syncs(|| {
                 s.lock()
@@ -532,18 +562,41 @@ async fn serve_host_stream(
             if pushed {
                 changed.notify_one();
             }
-            handled.map(|msgs| Reply {
-                after: Some(r.durable_point()),
-                msgs,
+            let applied = greeted.then(|| r.applied_mark(site).unwrap_or(0));
+            handled.map(|msgs| {
+                (
+                    Reply {
+                        after: Some(r.durable_point()),
+                        msgs,
+                    },
+                    applied,
+                )
             })
         })
         .await
         .map_err(net_err)?;
+        let now = replica.now();
         let (reply, failed) = match handled {
-            Ok(reply) => (reply, false),
+            Ok((reply, applied)) => {
+                if let (Some((cursor, about)), Some(applied)) = (hello, applied) {
+                    live.fleet.hello(site, now, cursor, about, applied);
+                }
+                if let Some(after) = pull_after {
+                    live.fleet.cursor(site, now, after);
+                }
+                // The end of the last batch sent: the site's cursor once it applies it.
+                if let Some(to) = reply.msgs.iter().rev().find_map(|m| match m {
+                    Msg::Pulled { items, .. } => items.last().map(|(seq, _)| *seq),
+                    _ => None,
+                }) {
+                    live.fleet.cursor(site, now, to);
+                }
+                (reply, false)
+            }
             Err(e) => {
                 // The operator sees every refusal (errors carry ids, never patient data).
                 tracing::warn!(site = %site, error = %e, "session refused");
+                live.fleet.error(site, now, error_kind(&e), e.to_string());
                 (error(e.to_string()), true)
             }
         };

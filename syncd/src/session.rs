@@ -64,6 +64,9 @@ pub enum Msg {
         /// The key the site chains its trace with: the host checks every entry it receives
         /// as a link of that chain, and refuses a site that presents another key later.
         chain_key: [u8; 32],
+        /// What the site says of itself, for the operator's view (`fleet`): shown, never
+        /// trusted for a decision.
+        about: SiteAbout,
     },
     /// Host: the last of the site's changes and trace entries it holds.
     Welcome {
@@ -237,6 +240,65 @@ type Push = (Vec<(u64, Change)>, Vec<BodyPiece>);
 
 fn out_of_turn(what: &str) -> Error {
     Error::Invalid(format!("protocol: unexpected {what}"))
+}
+
+/// Longest `SiteAbout::version` the host takes.
+pub const VERSION_MAX: usize = 64;
+
+/// What a site says of itself in its `Hello`: its Carnet version and counts of what it holds
+/// back, as of the round's start. The host shows them to the operator (`carnet sites`,
+/// `/metrics`, the status page) and decides nothing from them: a site may lie about its own
+/// backlog, and fools only the operator's view of that site.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteAbout {
+    /// The site's Carnet version (`CARGO_PKG_VERSION`): at most `VERSION_MAX` bytes of ASCII
+    /// letters, digits and `.+-_` (anything else is refused, so it is safe in a page or a
+    /// metric label).
+    pub version: String,
+    /// The site's last trace entry (the host holds `traces_acked` of them).
+    pub trace_head: u64,
+    /// Changes in the site's outbox, not acknowledged by the host.
+    pub pending: u64,
+    /// Documents whose body the site has not received.
+    pub missing_bodies: u64,
+    /// Documents in the site's quarantine.
+    pub quarantine: u64,
+    /// Documents with concurrent replacements at the site.
+    pub conflicts: u64,
+    /// When the site's lease runs out (ms since the epoch), as it computes it; `None`: no
+    /// lease, or never confirmed by the host.
+    pub lease_until: Option<i64>,
+}
+
+impl SiteAbout {
+    /// What this replica says of itself.
+    pub fn of(replica: &Replica) -> Result<SiteAbout> {
+        let (as_of, _) = replica.authority_freshness()?;
+        Ok(SiteAbout {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            trace_head: replica.trace_head()?,
+            pending: replica.outbox_len()?,
+            missing_bodies: replica.missing_bodies()?.len() as u64,
+            quarantine: replica.quarantined()?.len() as u64,
+            conflicts: replica.conflicts()? as u64,
+            lease_until: replica
+                .config()
+                .lease_ms
+                .filter(|_| as_of > 0)
+                .map(|lease| as_of.saturating_add(lease)),
+        })
+    }
+
+    /// Refuses a version the host would not show as it is.
+    pub fn check(&self) -> Result<()> {
+        let fine = |c: char| c.is_ascii_alphanumeric() || ".+-_".contains(c);
+        if self.version.len() > VERSION_MAX || !self.version.chars().all(fine) {
+            return Err(Error::Invalid(format!(
+                "protocol: the Hello's version is not at most {VERSION_MAX} letters, digits or .+-_"
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// The host's side of one session, bound to the site of the peer's certificate.
@@ -413,6 +475,7 @@ impl HostSession {
                 cursor,
                 outbox_acked,
                 chain_key,
+                about,
             } => {
                 if site != self.site.0 {
                     return Err(Error::Invalid(format!(
@@ -420,6 +483,7 @@ impl HostSession {
                         self.site
                     )));
                 }
+                about.check()?;
                 replica.admit_chain_key(self.site, &chain_key)?;
                 self.greeted = true;
                 // The site quarantined every return before acknowledging its outbox.
@@ -608,6 +672,7 @@ impl SiteSession {
             cursor: replica.pull_cursor()?,
             outbox_acked: replica.outbox_acked()?,
             chain_key: replica.trace_chain_key(),
+            about: SiteAbout::of(replica)?,
         })
     }
 
@@ -1222,6 +1287,54 @@ mod tests {
         );
     }
 
+    /// A site says its version in its `Hello`; one the operator's table or page could not show
+    /// as it is (markup, control characters, a flood) is refused before anything is kept.
+    #[test]
+    fn a_hello_with_a_version_unfit_to_show_is_refused() {
+        let (_t, host, site, _ins) = host_and_site();
+        let hello = |version: &str| {
+            let Msg::Hello {
+                site: id,
+                cursor,
+                outbox_acked,
+                chain_key,
+                about,
+            } = SiteSession::new().start(&site).expect("hello")
+            else {
+                panic!("not a Hello");
+            };
+            assert_eq!(about.version, env!("CARGO_PKG_VERSION"));
+            Msg::Hello {
+                site: id,
+                cursor,
+                outbox_acked,
+                chain_key,
+                about: SiteAbout {
+                    version: version.into(),
+                    ..about
+                },
+            }
+        };
+        for bad in [
+            "<script>alert(1)</script>".to_string(),
+            "1.0\n# HELP fake".to_string(),
+            "1.0\"} 1\nfake{a=\"".to_string(),
+            "9".repeat(VERSION_MAX + 1),
+        ] {
+            let refused = HostSession::new(site.config().site_id).handle(&host, wire(&hello(&bad)));
+            assert!(
+                matches!(&refused, Err(e) if e.to_string().contains("version")),
+                "{bad}: {refused:?}"
+            );
+        }
+        let fine =
+            HostSession::new(site.config().site_id).handle(&host, wire(&hello("0.1.0-rc.1+abc")));
+        assert!(
+            matches!(&fine.as_deref(), Ok([Msg::Welcome { .. }])),
+            "{fine:?}"
+        );
+    }
+
     #[test]
     fn a_round_with_nothing_new_is_one_exchange_and_renews_the_lease() {
         let (_t, host, site, ins) = host_and_site();
@@ -1288,6 +1401,7 @@ mod tests {
                     cursor: head,
                     outbox_acked: 0,
                     chain_key: site.trace_chain_key(),
+                    about: SiteAbout::default(),
                 },
             )
             .expect("welcome");

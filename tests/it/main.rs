@@ -14,6 +14,7 @@
 //! - `daemon`: real `carnet-syncd` daemons, their local API, the demo.
 //! - `service`: `carnet-syncd` as a service: its command line, systemd's notify protocol and
 //!   watchdog, reloading its settings, its logs.
+//! - `operator`: what the operators see: `carnet sites` at the host, `/metrics`, the status page.
 //! - `convergence`: a host and two site daemons: offline writes, conflicts, revocation, closure.
 //! - `faults`: the weak link, through `fault_proxy` (loss, delay, cuts).
 //! - `host_trusts_no_site`: a rogue site with a valid certificate (`rogue`, which speaks the wire
@@ -31,6 +32,7 @@ mod fault_proxy;
 mod faults;
 mod host_trusts_no_site;
 mod keys;
+mod operator;
 mod pki;
 mod policy_cli;
 mod purge;

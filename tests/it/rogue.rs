@@ -107,6 +107,7 @@ impl Rogue {
             cursor,
             outbox_acked,
             chain_key,
+            about: carnet_syncd::session::SiteAbout::default(),
         }
     }
 

@@ -1,0 +1,243 @@
+//! The host's view of each site, for the national operator (`carnet sites`, `/metrics`, the
+//! status page): when it was last heard from, whether it is connected, how far behind it is,
+//! its lease, quarantine, pending requests, Carnet version and last error.
+//!
+//! Two sources, joined in `overview`: what the replica knows durably (the register of sites,
+//! each site's log head, the changes, trace entries and bodies the host holds from it, the
+//! requests it has not decided) and what the running daemon saw (`Fleet`, in memory: connections,
+//! rounds, bytes, errors, and the `SiteAbout` of the site's last `Hello`). After a restart of
+//! the host's daemon the in-memory part is empty until each site's next round.
+//!
+//! Invariants: a site enters `Fleet` only once its certificate has been matched to the
+//! register (`net`), so its size is bounded by the number of enrolled sites; what a site says
+//! of itself is only shown (it may lie about its own backlog), and its version string was
+//! checked by the session (`SiteAbout::check`); nothing here names a patient: ids and counts.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use carnet_store::ids::SiteId;
+use carnet_store::replica::{Replica, RequestKind};
+use carnet_store::time::Millis;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::session::SiteAbout;
+
+/// Most distinct error kinds counted per site (kinds are a fixed set; this only bounds it).
+const ERROR_KINDS_MAX: usize = 16;
+
+/// What the host's daemon saw of one site since it started.
+#[derive(Debug, Clone, Default)]
+struct Seen {
+    /// Connections open now.
+    connections: u64,
+    last_contact: Option<Millis>,
+    /// The site's last `Hello`: what it said of itself, and the host's applied mark then.
+    about: Option<(SiteAbout, u64)>,
+    /// The site's position in its log: its last `Hello`, `Pull`, or the end of the last batch
+    /// the host sent it.
+    cursor: Option<u64>,
+    rounds: u64,
+    bytes_received: u64,
+    bytes_sent: u64,
+    errors: BTreeMap<&'static str, u64>,
+    last_error: Option<(Millis, String)>,
+}
+
+/// The host daemon's in-memory record of each site (see the module doc).
+#[derive(Debug, Default)]
+pub struct Fleet {
+    sites: Mutex<HashMap<u32, Seen>>,
+}
+
+impl Fleet {
+    fn with(&self, site: SiteId, now: Millis, f: impl FnOnce(&mut Seen)) {
+        if let Ok(mut sites) = self.sites.lock() {
+            let seen = sites.entry(site.0).or_default();
+            seen.last_contact = Some(now);
+            f(seen);
+        }
+    }
+
+    /// A connection of `site` was admitted.
+    pub fn connected(&self, site: SiteId, now: Millis) {
+        self.with(site, now, |s| s.connections += 1);
+    }
+
+    /// A connection of `site` ended.
+    pub fn disconnected(&self, site: SiteId, now: Millis) {
+        self.with(site, now, |s| {
+            s.connections = s.connections.saturating_sub(1)
+        });
+    }
+
+    /// `site` began a round: what it said of itself, and the changes of it the host held then.
+    pub fn hello(&self, site: SiteId, now: Millis, cursor: u64, about: SiteAbout, applied: u64) {
+        self.with(site, now, |s| {
+            s.cursor = Some(cursor);
+            s.about = Some((about, applied));
+        });
+    }
+
+    /// `site` is at `cursor` in its log (it asked to pull after it, or was sent up to it).
+    pub fn cursor(&self, site: SiteId, now: Millis, cursor: u64) {
+        self.with(site, now, |s| s.cursor = Some(cursor));
+    }
+
+    /// A stream of `site` ended: one more round if it began with a `Hello`, and its bytes.
+    pub fn stream_ended(&self, site: SiteId, now: Millis, round: bool, received: u64, sent: u64) {
+        self.with(site, now, |s| {
+            s.rounds += u64::from(round);
+            s.bytes_received += received;
+            s.bytes_sent += sent;
+        });
+    }
+
+    /// The host refused something of `site` (`kind`: a word for metrics; `message`: ids only).
+    pub fn error(&self, site: SiteId, now: Millis, kind: &'static str, message: String) {
+        self.with(site, now, |s| {
+            if s.errors.len() < ERROR_KINDS_MAX || s.errors.contains_key(kind) {
+                *s.errors.entry(kind).or_default() += 1;
+            }
+            s.last_error = Some((now, message));
+        });
+    }
+
+    fn seen(&self) -> HashMap<u32, Seen> {
+        self.sites.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+/// One site as the operator sees it (`carnet sites`). `None`: not known since the host's
+/// daemon started (the site has not connected since).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteOverview {
+    /// Site id.
+    pub site: u32,
+    /// Name in the register.
+    pub name: String,
+    /// FINESS in the register.
+    pub finess: String,
+    /// Revoked: the host refuses it.
+    pub revoked: bool,
+    /// A connection of the site is open now.
+    pub connected: bool,
+    /// The last time the host heard from it.
+    pub last_contact: Option<Millis>,
+    /// Its Carnet version (its last `Hello`).
+    pub version: Option<String>,
+    /// The last sequence of its log at the host.
+    pub log_head: u64,
+    /// Entries of its log it has not pulled.
+    pub changes_not_pulled: Option<u64>,
+    /// Documents whose body it has not received (its last `Hello`).
+    pub bodies_not_pulled: Option<u64>,
+    /// Its changes the host has not received (its last `Hello`, less what the host applied
+    /// since).
+    pub changes_not_pushed: Option<u64>,
+    /// Its trace entries the host does not hold (its trace head at its last `Hello`, less
+    /// what the host holds now).
+    pub traces_not_sent: Option<u64>,
+    /// Bodies of its documents the host applied and does not hold whole yet.
+    pub bodies_owed: u64,
+    /// Documents the host returned to it, not yet confirmed in its quarantine.
+    pub returned: u64,
+    /// When its lease runs out (its last `Hello`).
+    pub lease_until: Option<Millis>,
+    /// Documents in its quarantine (its last `Hello`).
+    pub quarantine: Option<u64>,
+    /// Documents with concurrent replacements there (its last `Hello`).
+    pub conflicts: Option<u64>,
+    /// Consent given in person there, waiting for the host's decision.
+    pub pending_grants: u64,
+    /// Pins it asked for, waiting for the host's decision.
+    pub pending_pins: u64,
+    /// Rounds served since the host's daemon started.
+    pub rounds: u64,
+    /// Bytes received from it and sent to it on its streams since then.
+    pub bytes_received: u64,
+    /// See `bytes_received`.
+    pub bytes_sent: u64,
+    /// Errors by kind since then.
+    pub errors: BTreeMap<String, u64>,
+    /// The last one, and when.
+    pub last_error: Option<(Millis, String)>,
+}
+
+/// Every enrolled site (or only `only`), from the register, the replica and `fleet`.
+pub fn overview(replica: &Replica, fleet: &Fleet, only: Option<u32>) -> Result<Vec<SiteOverview>> {
+    let register = crate::enrol::sites(replica)?;
+    if let Some(site) = only
+        && !register.contains_key(&site)
+    {
+        return Err(Error::Store(carnet_store::Error::NotFound(format!(
+            "no enrolled site {site} (carnet pki list)"
+        ))));
+    }
+    let seen = fleet.seen();
+    let requests = replica.site_requests()?;
+    let mut out = Vec::new();
+    for (&id, record) in register
+        .iter()
+        .filter(|(id, _)| only.is_none_or(|o| o == **id))
+    {
+        let site = SiteId(id);
+        let s = seen.get(&id).cloned().unwrap_or_default();
+        let log_head = replica.log_head(site)?;
+        let (traces_held, _) = replica.trace_head_held(site)?;
+        let applied = replica.applied_mark(site)?;
+        let about = s.about.as_ref();
+        let pending = |kind: RequestKind| {
+            requests
+                .iter()
+                .filter(|r| r.site == site && r.kind == kind)
+                .count() as u64
+        };
+        out.push(SiteOverview {
+            site: id,
+            name: record.name.clone(),
+            finess: record.finess.clone(),
+            revoked: record.revoked,
+            connected: s.connections > 0 && !record.revoked,
+            last_contact: s.last_contact,
+            version: about.map(|(a, _)| a.version.clone()),
+            log_head,
+            changes_not_pulled: s.cursor.map(|c| log_head.saturating_sub(c)),
+            bodies_not_pulled: about.map(|(a, _)| a.missing_bodies),
+            changes_not_pushed: about
+                .map(|(a, then)| a.pending.saturating_sub(applied.saturating_sub(*then))),
+            traces_not_sent: about.map(|(a, _)| a.trace_head.saturating_sub(traces_held)),
+            bodies_owed: replica.bodies_owed_by(site)?.len() as u64,
+            returned: replica.returned_to(site)?.len() as u64,
+            lease_until: about.and_then(|(a, _)| a.lease_until),
+            quarantine: about.map(|(a, _)| a.quarantine),
+            conflicts: about.map(|(a, _)| a.conflicts),
+            pending_grants: pending(RequestKind::Consent),
+            pending_pins: pending(RequestKind::Pin),
+            rounds: s.rounds,
+            bytes_received: s.bytes_received,
+            bytes_sent: s.bytes_sent,
+            errors: s
+                .errors
+                .iter()
+                .map(|(k, n)| ((*k).to_string(), *n))
+                .collect(),
+            last_error: s.last_error.clone(),
+        });
+    }
+    Ok(out)
+}
+
+/// A word for an error's kind, for counters: `network` (a socket or the peer went away),
+/// `certificate` (PKI or TLS), `integrity` (the store found tampering), `store` (the store
+/// refused or failed), `refused` (a protocol or policy refusal).
+pub fn error_kind(e: &Error) -> &'static str {
+    match e {
+        Error::Io(_) => "network",
+        Error::Pki(_) | Error::Tls(_) => "certificate",
+        Error::Store(carnet_store::Error::Integrity(_)) => "integrity",
+        Error::Store(_) => "store",
+        Error::Invalid(_) => "refused",
+    }
+}
