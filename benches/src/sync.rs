@@ -141,6 +141,7 @@ fn pair(dir: &Path) -> Res<Pair> {
         log_format: Default::default(),
         sync_every: carnet_syncd::config::DEFAULT_SYNC_EVERY,
         lease_hours: None,
+        http: None,
     }
     .write_new(&host_dir)?;
     let site = Replica::init(

@@ -80,6 +80,9 @@ pub enum Command {
         #[command(subcommand)]
         show: Option<SitesCmd>,
     },
+    /// The daemon's status page: prints its address, with the token that opens it
+    /// (`[http] listen` in carnet.toml; the daemon must run).
+    Ui,
     /// Run the demonstration scenario in a temporary folder.
     Demo(DemoArgs),
 }

@@ -234,6 +234,7 @@ pub fn run(cli: &Cli) -> Result<Reply> {
         Command::Unpin { ins: text, site } => pin(cli, text, false, *site),
         Command::Requests => requests(cli),
         Command::Sites { show } => sites(cli, show.as_ref()),
+        Command::Ui => ui(cli),
         Command::Demo(a) => crate::demo::run(a),
     }
 }
@@ -329,6 +330,7 @@ fn init(cli: &Cli, a: &InitArgs) -> Result<Reply> {
             ),
             Role::Host => None,
         },
+        http: None,
     };
     let config_path = config.write_new(&dir)?;
     let c = r.config();
@@ -514,6 +516,40 @@ fn sync(cli: &Cli, c: &SyncCmd) -> Result<Reply> {
             ))
         }
     }
+}
+
+/// The status page's address, with its token: the daemon serves it on `[http] listen`.
+fn ui(cli: &Cli) -> Result<Reply> {
+    let dir = data_dir(cli)?;
+    let config = carnet_syncd::config::Config::load(&dir.join(carnet_syncd::config::CONFIG_FILE))?;
+    let Some(http) = config.http else {
+        return Err(Failure::Usage(format!(
+            "no status page: add to {}:\n[http]\nlisten = \"127.0.0.1:8780\"\nthen restart the daemon (systemctl restart carnet-syncd)",
+            dir.join(carnet_syncd::config::CONFIG_FILE).display()
+        )));
+    };
+    if std::os::unix::net::UnixStream::connect(carnet_syncd::api::socket_path(&dir)).is_err() {
+        return Err(Failure::Usage(
+            "no daemon runs on this data folder: the page is served by carnet-syncd (systemctl start carnet-syncd)".into(),
+        ));
+    }
+    let token = fs::read_to_string(carnet_syncd::http::token_path(&dir)).map_err(|e| {
+        Failure::File(format!(
+            "cannot read the page's token {}: {e} (the daemon makes it when it starts with [http]: restart it)",
+            carnet_syncd::http::token_path(&dir).display()
+        ))
+    })?;
+    let mut address = http.listen;
+    if address.ip().is_unspecified() {
+        address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let url = format!("http://{address}/?token={}", token.trim());
+    Ok(Reply::new(
+        format!(
+            "{url}\n(open it in a browser on this computer; metrics: http://{address}/metrics)"
+        ),
+        json!({"url": url, "metrics": format!("http://{address}/metrics")}),
+    ))
 }
 
 /// A site as `carnet sites --json` shows it (times in RFC 3339).

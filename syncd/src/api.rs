@@ -307,7 +307,28 @@ pub struct LinkState {
     /// The settings in force: `carnet.toml` as the daemon loaded it, or reloaded it (SIGHUP).
     #[serde(default)]
     pub settings: Option<crate::config::Config>,
+    /// Rounds that succeeded since the daemon started.
+    #[serde(default)]
+    pub rounds_ok: u64,
+    /// Rounds that failed since then.
+    #[serde(default)]
+    pub rounds_failed: u64,
+    /// UDP bytes sent to the host in successful rounds since then.
+    #[serde(default)]
+    pub bytes_sent: u64,
+    /// UDP bytes received from the host in successful rounds since then.
+    #[serde(default)]
+    pub bytes_received: u64,
+    /// Failed rounds by kind (`fleet::error_kind`).
+    #[serde(default)]
+    pub errors: BTreeMap<String, u64>,
+    /// The last `RECENT_ERRORS` failures, oldest first: when, kind, message (ids only).
+    #[serde(default)]
+    pub recent_errors: Vec<(Millis, String, String)>,
 }
+
+/// Failures a site daemon keeps for its status page.
+pub const RECENT_ERRORS: usize = 5;
 
 /// The answer to a `Request`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -461,8 +482,21 @@ impl Service {
                     l.log_head = report.log_head;
                     l.last_sync = Some(self.replica.now());
                     l.last_error = None;
+                    l.rounds_ok += 1;
+                    l.bytes_sent += report.wire_sent;
+                    l.bytes_received += report.wire_received;
                 }
-                Err(e) => l.last_error = Some(e.to_string()),
+                Err(e) => {
+                    let kind = crate::fleet::error_kind(e);
+                    l.last_error = Some(e.to_string());
+                    l.rounds_failed += 1;
+                    *l.errors.entry(kind.to_string()).or_default() += 1;
+                    if l.recent_errors.len() == RECENT_ERRORS {
+                        l.recent_errors.remove(0);
+                    }
+                    l.recent_errors
+                        .push((self.replica.now(), kind.to_string(), e.to_string()));
+                }
             }
         }
         result

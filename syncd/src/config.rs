@@ -67,6 +67,22 @@ pub struct Config {
     /// --lease-hours` said otherwise).
     #[serde(default)]
     pub lease_hours: Option<u32>,
+    /// The daemon's small HTTP listener (`GET /metrics`, the status page): off unless set.
+    #[serde(default)]
+    pub http: Option<HttpConfig>,
+}
+
+/// `[http]` in `carnet.toml`: where the daemon serves `/metrics` and its status page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address and port, `127.0.0.1:PORT` (a loopback address unless `allow_remote`).
+    pub listen: SocketAddr,
+    /// Serve on an address other machines reach. `/metrics` carries site ids and counts only,
+    /// and the page asks for its token, but both then cross the network in clear (no TLS):
+    /// prefer a loopback address behind a reverse proxy or an SSH tunnel.
+    #[serde(default)]
+    pub allow_remote: bool,
 }
 
 fn default_inbox() -> PathBuf {
@@ -120,6 +136,15 @@ impl Config {
                 self.sync_every
             )));
         }
+        if let Some(http) = &self.http
+            && !http.listen.ip().is_loopback()
+            && !http.allow_remote
+        {
+            return Err(Error::Invalid(format!(
+                "carnet.toml: [http] listen = \"{}\" is not a loopback address: use 127.0.0.1, or set allow_remote = true (the page and /metrics then cross the network without TLS)",
+                http.listen
+            )));
+        }
         if !["error", "warn", "info", "debug", "trace"].contains(&self.log_level.as_str()) {
             return Err(Error::Invalid(format!(
                 "carnet.toml: log_level '{}' is not one of error, warn, info, debug, trace",
@@ -164,6 +189,9 @@ impl Config {
         }
         if new.log_format != self.log_format {
             restart.push("log_format");
+        }
+        if new.http != self.http {
+            restart.push("http");
         }
         Ok((
             Config {
@@ -230,14 +258,29 @@ impl Config {
              sync_every = {}\n\n\
              # Site: hours the host's records stay good without news from the host (DOMAIN §5).\n\
              # Past it, normal reads are refused; break-glass still works, and is traced.\n\
-             {lease}\n",
+             {lease}\n{http}",
             self.inbox.display(),
             self.log_level,
             match self.log_format {
                 LogFormat::Text => "text",
                 LogFormat::Json => "json",
             },
-            self.sync_every
+            self.sync_every,
+            http = match &self.http {
+                Some(h) => format!(
+                    "\n[http]\nlisten = \"{}\"\n{}",
+                    h.listen,
+                    if h.allow_remote {
+                        "allow_remote = true\n"
+                    } else {
+                        ""
+                    }
+                ),
+                None => "\n# The status page (`carnet ui`) and Prometheus metrics (GET /metrics), off unless\n\
+                         # set; a loopback address unless allow_remote = true (no TLS: keep it local).\n\
+                         # [http]\n# listen = \"127.0.0.1:8780\"\n"
+                    .to_string(),
+            }
         )
     }
 
@@ -267,6 +310,7 @@ mod tests {
             log_format: LogFormat::Json,
             sync_every: default_sync_every(),
             lease_hours: Some(48),
+            http: None,
         }
     }
 
@@ -283,6 +327,15 @@ mod tests {
         host.lease_hours = None;
         let text = host.to_commented_toml();
         assert_eq!(toml::from_str::<Config>(&text).expect("parse"), host);
+        // With the HTTP listener, and without (its lines then commented out).
+        for allow_remote in [false, true] {
+            host.http = Some(HttpConfig {
+                listen: "127.0.0.1:8780".parse().expect("addr"),
+                allow_remote,
+            });
+            let text = host.to_commented_toml();
+            assert_eq!(toml::from_str::<Config>(&text).expect("parse"), host);
+        }
         assert_eq!(site().inbox_dir(Path::new("/d")), Path::new("/d/inbox"));
     }
 
@@ -362,6 +415,22 @@ mod tests {
             "role = \"host\"\nlisten = \"127.0.0.1:1\"\nlease_hours = 72\n",
             "lease_hours",
         );
+        check(
+            "role = \"host\"\nlisten = \"127.0.0.1:1\"\n[http]\nlisten = \"0.0.0.0:8780\"\n",
+            "allow_remote",
+        );
+        check(
+            "role = \"host\"\nlisten = \"127.0.0.1:1\"\n[http]\nlisten = \"127.0.0.1:8780\"\nport = 1\n",
+            "port",
+        );
+        // Allowed when asked for.
+        let p = dir.path().join("remote.toml");
+        std::fs::write(
+            &p,
+            "role = \"host\"\nlisten = \"127.0.0.1:1\"\n[http]\nlisten = \"0.0.0.0:8780\"\nallow_remote = true\n",
+        )
+        .expect("write");
+        assert!(Config::load(&p).is_ok());
         assert!(Config::load(&dir.path().join("missing.toml")).is_err());
     }
 }

@@ -3,8 +3,9 @@
 //! The daemon's settings (`config`), the wire framing (`frame`), the national PKI (`pki`), the
 //! QUIC endpoints with mutual TLS (`transport`), enrolment (`enrol`), the inbox (`inbox`), the
 //! sans-IO session core (`session`) and its QUIC driver (`net`), the host's view of its sites
-//! (`fleet`), and the local API through
-//! which `carnet` reaches a replica (`api`), and systemd's notify protocol (`systemd`).
+//! (`fleet`), the local API through which `carnet` reaches a replica (`api`), the HTTP
+//! listener (`http`) serving `/metrics` (`metrics`) and the status page (`status_page`), and
+//! systemd's notify protocol (`systemd`).
 
 pub mod api;
 pub mod config;
@@ -12,10 +13,13 @@ pub mod enrol;
 pub mod error;
 pub mod fleet;
 pub mod frame;
+pub mod http;
 pub mod inbox;
+pub mod metrics;
 pub mod net;
 pub mod pki;
 pub mod session;
+pub mod status_page;
 pub mod systemd;
 #[cfg(test)]
 mod testkit;

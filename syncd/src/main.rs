@@ -372,7 +372,9 @@ async fn host(
     let live = net::Live::new(service.changed.clone(), revoked);
     // `carnet sites`: what the daemon sees of each site.
     service.fleet = Some(live.fleet());
-    let api = tokio::spawn(local::serve(listener, Arc::new(service)));
+    let service = Arc::new(service);
+    let api = tokio::spawn(local::serve(listener, service.clone()));
+    let http = start_http(&settings.config, &service).await?;
     let timer = tokio::spawn(announcement_timer(replica.clone(), live.clone()));
     let certificates = tokio::spawn(certificate_watch(replica.clone()));
     let server = tokio::spawn(net::serve(endpoint.clone(), replica.clone(), live));
@@ -395,6 +397,9 @@ async fn host(
     endpoint.wait_idle().await;
     server.abort();
     api.abort();
+    if let Some(http) = http {
+        http.abort();
+    }
     timer.abort();
     certificates.abort();
     if storage_failed {
@@ -425,6 +430,8 @@ async fn site(
     }));
     let service = Arc::new(service);
     let api = tokio::spawn(local::serve(listener, service.clone()));
+    // Ends with the daemon (the runtime drops it).
+    let _http = start_http(&config, &service).await?;
     let certificates = tokio::spawn(certificate_watch(replica.clone()));
     tracing::info!(site = %replica.config().site_id, host = ?config.host_address, "site syncing");
     // The inbox is scanned at start and whenever the file system reports a file that may
@@ -553,6 +560,25 @@ async fn site(
             }
         }
     }
+}
+
+/// Starts the HTTP listener (`/metrics`, the status page) if `carnet.toml` has `[http]`; its
+/// token is made in the data folder at the first start.
+async fn start_http(
+    config: &Config,
+    service: &Arc<Service>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, Box<dyn std::error::Error>> {
+    let Some(settings) = &config.http else {
+        return Ok(None);
+    };
+    let token = carnet_syncd::http::token(service.replica.dir())?;
+    let listener = carnet_syncd::http::bind(settings).await?;
+    tracing::info!(address = %listener.local_addr()?, "status page and /metrics served");
+    Ok(Some(tokio::spawn(carnet_syncd::http::serve(
+        listener,
+        service.clone(),
+        token,
+    ))))
 }
 
 /// Host: the announcement timer (DOMAIN §3), at start and every `ANNOUNCEMENT_EVERY`.

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::daemon::{enrolled_site, free_port, start_daemon, stop, wait_for_socket};
+use crate::daemon::{enrolled_site, free_port, start_daemon, stop, sync_until_ok, wait_for_socket};
 use crate::support::*;
 
 /// Waits (bounded) until `check` holds for the host's `sites --json`; answers that site's entry.
@@ -142,4 +142,255 @@ fn sites_follow_connect_disconnect_and_revocation() {
         s["revoked"] == true && s["connected"] == false
     });
     assert_eq!(revoked["name"], "Clinique", "{revoked}");
+}
+
+/// Adds `[http] listen = "127.0.0.1:PORT"` to a replica's `carnet.toml`; answers the address.
+pub fn serve_http(replica: &Carnet) -> String {
+    let address = format!("127.0.0.1:{}", free_tcp_port());
+    let toml = replica.data.join("carnet.toml");
+    let mut text = std::fs::read_to_string(&toml).expect("carnet.toml");
+    text += &format!("\n[http]\nlisten = \"{address}\"\n");
+    std::fs::write(&toml, text).expect("carnet.toml");
+    address
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// `GET path` on `address` (HTTP/1.1, one request); answers the status code and the body,
+/// waiting (bounded) for the listener to be up.
+pub fn http_get(address: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut stream = loop {
+        match std::net::TcpStream::connect(address) {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "nothing listens on {address}: {e}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).expect("response");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a response head");
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("a status code");
+    // (hyper sends a whole body with Content-Length: no chunking to undo.)
+    (code, body.to_string())
+}
+
+/// One sample of a Prometheus text exposition: its metric name and labels.
+type SampleKey = (String, Vec<(String, String)>);
+
+/// A strict reader of the Prometheus text format (0.0.4) for what the daemon writes: `# HELP`
+/// and `# TYPE` once per family and before its samples, a known type, valid metric and label
+/// names, quoted and escaped label values, a float value, no sample twice. Panics at the
+/// first line that breaks a rule; answers the samples.
+pub fn parse_exposition(text: &str) -> std::collections::BTreeMap<SampleKey, f64> {
+    use std::collections::{BTreeMap, BTreeSet};
+    let name_ok = |n: &str| {
+        !n.is_empty()
+            && n.chars().enumerate().all(|(i, c)| {
+                c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit())
+            })
+    };
+    let mut helped = BTreeSet::new();
+    let mut typed = BTreeSet::new();
+    let mut samples = BTreeMap::new();
+    assert!(text.ends_with('\n'), "the exposition ends with a line feed");
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, _) = rest.split_once(' ').expect("HELP name text");
+            assert!(name_ok(name) && helped.insert(name.to_string()), "{line}");
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
+            assert!(
+                ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                "{line}"
+            );
+            assert!(name_ok(name) && typed.insert(name.to_string()), "{line}");
+            continue;
+        }
+        assert!(
+            !line.starts_with('#') && !line.is_empty(),
+            "stray line: '{line}'"
+        );
+        let (series, value) = line.rsplit_once(' ').expect("series value");
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v.parse().unwrap_or_else(|_| panic!("value of '{line}'")),
+        };
+        let (name, labels) = match series.split_once('{') {
+            None => (series, Vec::new()),
+            Some((name, rest)) => {
+                let mut rest = rest.strip_suffix('}').expect("labels end with }");
+                let mut labels = Vec::new();
+                while !rest.is_empty() {
+                    let (label, after) = rest.split_once("=\"").expect("label=\"value\"");
+                    assert!(name_ok(label), "label name in '{line}'");
+                    let mut value = String::new();
+                    let mut chars = after.char_indices();
+                    let end = loop {
+                        match chars.next() {
+                            Some((_, '\\')) => match chars.next() {
+                                Some((_, 'n')) => value.push('\n'),
+                                Some((_, c @ ('\\' | '"'))) => value.push(c),
+                                other => panic!("bad escape {other:?} in '{line}'"),
+                            },
+                            Some((i, '"')) => break i,
+                            Some((_, c)) => value.push(c),
+                            None => panic!("unterminated label value in '{line}'"),
+                        }
+                    };
+                    labels.push((label.to_string(), value));
+                    rest = &after[end + 1..];
+                    rest = rest.strip_prefix(',').unwrap_or(rest);
+                }
+                (name, labels)
+            }
+        };
+        assert!(name_ok(name), "metric name in '{line}'");
+        assert!(
+            typed.contains(name) && helped.contains(name),
+            "{name}: a sample before its # HELP and # TYPE"
+        );
+        assert!(
+            samples.insert((name.to_string(), labels), value).is_none(),
+            "the same sample twice: '{line}'"
+        );
+    }
+    samples
+}
+
+/// The value of `name` with `labels` in parsed samples.
+fn sample(
+    samples: &std::collections::BTreeMap<SampleKey, f64>,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<f64> {
+    let labels: Vec<(String, String)> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    samples.get(&(name.to_string(), labels)).copied()
+}
+
+/// `GET /metrics` on a site and on the host, read by a strict Prometheus text parser: the
+/// figures are those of `sync status` and `carnet sites --json`.
+#[test]
+fn metrics_parse_as_prometheus_text_and_match_status_and_sites() {
+    let (host, site, _ins) = host_and_site();
+    let host_http = serve_http(&host);
+    let site_http = serve_http(&site);
+    let _host_daemon = start_daemon(&host);
+    wait_for_socket(&host);
+    let _site_daemon = start_daemon(&site);
+    wait_for_socket(&site);
+    wait_for_site(&host, 1, "connected", |s| s["connected"] == true);
+    // A round through the site's daemon: its Hello says its lease, confirmed by the first.
+    sync_until_ok(&site, Duration::from_secs(20));
+    wait_for_site(&host, 1, "current, its lease known", |s| {
+        s["changes_not_pulled"] == 0 && s["lease_until"].is_string()
+    });
+    let (code, text) = http_get(&site_http, "/metrics");
+    assert_eq!(code, 200, "{text}");
+    let at_site = parse_exposition(&text);
+    let status = site.json(&["sync", "status"]);
+    let figure = |name: &str| sample(&at_site, name, &[]);
+    assert_eq!(figure("carnet_connected"), Some(1.0), "{text}");
+    assert_eq!(
+        figure("carnet_pending_changes"),
+        status["pending"].as_f64(),
+        "{text}"
+    );
+    assert_eq!(figure("carnet_conflicts"), status["conflicts"].as_f64());
+    assert_eq!(
+        figure("carnet_missing_bodies"),
+        status["missing_bodies"].as_f64()
+    );
+    assert_eq!(
+        figure("carnet_quarantine"),
+        status["quarantine"].as_array().map(|q| q.len() as f64)
+    );
+    assert_eq!(
+        figure("carnet_cursor_lag"),
+        status["cursor_lag"].as_f64(),
+        "{text}"
+    );
+    assert!(sample(&at_site, "carnet_rounds_total", &[("outcome", "ok")]) >= Some(1.0));
+    let lease = figure("carnet_lease_remaining_seconds").expect("lease remaining");
+    assert!(lease > 0.0 && lease <= 72.0 * 3600.0, "{lease}");
+    assert!(!text.contains(&host.json(&["dossier", "list"])[0]["ins"].to_string()));
+
+    let (code, text) = http_get(&host_http, "/metrics");
+    assert_eq!(code, 200, "{text}");
+    let at_host = parse_exposition(&text);
+    let sites = host.json(&["sites"]);
+    let one = &sites[0];
+    let per_site = |name: &str| sample(&at_host, name, &[("site", "1")]);
+    assert_eq!(sample(&at_host, "carnet_sites", &[]), Some(1.0));
+    assert_eq!(per_site("carnet_site_connected"), Some(1.0), "{text}");
+    assert_eq!(per_site("carnet_site_revoked"), Some(0.0));
+    assert_eq!(
+        per_site("carnet_site_changes_not_pulled"),
+        one["changes_not_pulled"].as_f64(),
+        "{text} {sites}"
+    );
+    assert_eq!(
+        per_site("carnet_site_traces_not_sent"),
+        one["traces_not_sent"].as_f64()
+    );
+    assert_eq!(
+        per_site("carnet_site_quarantine"),
+        one["quarantine"].as_f64()
+    );
+    assert_eq!(
+        per_site("carnet_site_pending_grants"),
+        one["pending_grants"].as_f64()
+    );
+    assert!(per_site("carnet_site_rounds_total") >= Some(1.0), "{text}");
+    assert!(
+        per_site("carnet_site_lease_remaining_seconds") > Some(0.0),
+        "{text}"
+    );
+
+    // The page asks for its token; /metrics does not; nothing else is served.
+    let url = site.json(&["ui"])["url"].as_str().expect("url").to_string();
+    let token = url.split("token=").nth(1).expect("token");
+    assert_eq!(http_get(&site_http, "/").0, 401);
+    assert_eq!(http_get(&site_http, "/?token=0000").0, 401);
+    let (code, page) = http_get(&site_http, &format!("/?token={token}"));
+    assert_eq!(code, 200, "{page}");
+    assert!(page.contains("Connecté au serveur national"), "{page}");
+    assert_eq!(http_get(&site_http, "/other").0, 404);
+    let mode = {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(site.data.join("ui.token"))
+            .expect("token file")
+            .permissions()
+            .mode()
+    };
+    assert_eq!(mode & 0o777, 0o600);
 }
