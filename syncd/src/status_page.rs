@@ -193,7 +193,7 @@ pub fn site(name: &str, s: &SyncStatus, lease_ms: Option<Millis>, now: Millis) -
             " ({})",
             s.pending_by_kind
                 .iter()
-                .map(|(k, n)| format!("{}: {n}", kind_fr(k)))
+                .map(|(k, n)| format!("{} : {n}", kind_fr(k)))
                 .collect::<Vec<_>>()
                 .join(", ")
         )

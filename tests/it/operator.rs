@@ -394,3 +394,190 @@ fn metrics_parse_as_prometheus_text_and_match_status_and_sites() {
     };
     assert_eq!(mode & 0o777, 0o600);
 }
+
+/// Runs Debian's `chromium` headless with `args` (bounded); answers its stdout. Fails, saying
+/// how to install it, when it is missing: the page is checked in a real browser or not at all.
+fn chromium(profile: &std::path::Path, args: &[&str]) -> String {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--hide-scrollbars",
+            "--window-size=1200,900",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "chromium could not run ({e}): the status page is tested in Debian's headless \
+                 chromium; install it with `apt-get install -y chromium` (.ci/run does when it is absent)"
+            )
+        });
+    let mut stdout = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut out);
+        out
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            assert!(status.success(), "chromium {args:?}: {status}");
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("chromium {args:?} did not finish in 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    reader.join().expect("stdout read")
+}
+
+/// The text of the element carrying `data-figure="NAME"` in `dom` (the first one after
+/// `after`, a marker), or its `data-value` when it has one.
+fn figure(dom: &str, after: &str, name: &str) -> String {
+    let start = dom
+        .find(after)
+        .unwrap_or_else(|| panic!("no {after} in the page"));
+    let dom = &dom[start..];
+    let at = dom
+        .find(&format!("data-figure=\"{name}\""))
+        .unwrap_or_else(|| panic!("no figure {name} in the page:\n{dom}"));
+    let rest = &dom[at..];
+    let tag_end = rest.find('>').expect("tag end");
+    if let Some(v) = rest[..tag_end].split("data-value=\"").nth(1) {
+        return v.split('"').next().unwrap_or_default().to_string();
+    }
+    let text = &rest[tag_end + 1..];
+    text[..text.find('<').expect("element end")]
+        .trim()
+        .to_string()
+}
+
+/// Saves a screenshot of `url` at `path`; checks it is a PNG of some size.
+fn screenshot(profile: &std::path::Path, url: &str, path: &std::path::Path) {
+    chromium(profile, &[&format!("--screenshot={}", path.display()), url]);
+    let png = std::fs::read(path).expect("the screenshot was written");
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000,
+        "{}",
+        png.len()
+    );
+}
+
+/// The status page in headless Chromium, against real daemons: the host's sites table, then
+/// a site's page once the host is out of reach, with changes waiting and its failures in
+/// plain French; the figures are those of `carnet sites` and `sync status`. Screenshots go to
+/// the target folder (`status-page-site.png`, `status-page-host.png`): the README shows one.
+#[test]
+fn the_status_page_in_chromium_shows_what_sync_status_says() {
+    let (host, site, ins) = host_and_site();
+    let host_http = serve_http(&host);
+    serve_http(&site);
+    let mut host_daemon = start_daemon(&host);
+    wait_for_socket(&host);
+    let _site_daemon = start_daemon(&site);
+    wait_for_socket(&site);
+    sync_until_ok(&site, Duration::from_secs(20));
+    let up = wait_for_site(&host, 1, "current, its lease known", |s| {
+        s["connected"] == true && s["changes_not_pulled"] == 0 && s["lease_until"].is_string()
+    });
+    let profile = tempfile::tempdir().expect("a browser profile");
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+
+    // The host: its sites table.
+    let url = host.json(&["ui"])["url"].as_str().expect("url").to_string();
+    assert!(
+        url.starts_with(&format!("http://{host_http}/?token=")),
+        "{url}"
+    );
+    let dom = chromium(profile.path(), &["--dump-dom", &url]);
+    assert!(dom.contains("serveur national"), "{dom}");
+    let row = "data-site=\"1\"";
+    assert_eq!(figure(&dom, row, "state"), "connecté");
+    assert_eq!(
+        figure(&dom, row, "changes_not_pulled"),
+        up["changes_not_pulled"].to_string()
+    );
+    assert_eq!(
+        figure(&dom, row, "traces_not_sent"),
+        up["traces_not_sent"].to_string()
+    );
+    assert_eq!(
+        figure(&dom, row, "quarantine"),
+        up["quarantine"].to_string()
+    );
+    assert_eq!(figure(&dom, "<body", "sites_connected"), "1");
+    screenshot(profile.path(), &url, &shots.join("status-page-host.png"));
+
+    // The site, the host gone: a round fails, and changes wait.
+    assert_eq!(stop(&mut host_daemon), Some(0));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while site.run(&["sync", "now"]).code == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the site still syncs with its host stopped"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    site.pro(NURSE, "infirmier");
+    site.pro(PHARMACIST, "pharmacien");
+    let doc = site.add_doc(
+        &ins,
+        DOCTOR,
+        "10",
+        CONSULTATION,
+        "CR",
+        b"offline (synthetic)",
+    );
+    let status = site.json(&["sync", "status"]);
+    assert_eq!(status["daemon"]["connected"], false, "{status}");
+    let url = site.json(&["ui"])["url"].as_str().expect("url").to_string();
+    let dom = chromium(profile.path(), &["--dump-dom", &url]);
+    let status = site.json(&["sync", "status"]);
+    assert!(dom.contains("Hors ligne"), "{dom}");
+    assert_eq!(figure(&dom, "<body", "connected"), "false");
+    for name in [
+        "pending",
+        "conflicts",
+        "missing_bodies",
+        "pending_traces",
+        "cursor_lag",
+    ] {
+        assert_eq!(
+            figure(&dom, "<body", name),
+            status[name].to_string(),
+            "{name}: {status}"
+        );
+    }
+    assert!(status["pending"].as_u64() >= Some(3), "{status}");
+    assert_eq!(
+        figure(&dom, "<body", "quarantine"),
+        status["quarantine"]
+            .as_array()
+            .map_or(0, Vec::len)
+            .to_string()
+    );
+    let lease_s: i64 = figure(&dom, "<body", "lease_remaining_s")
+        .parse()
+        .expect("seconds");
+    assert!(lease_s > 71 * 3600 && lease_s <= 72 * 3600, "{lease_s}");
+    assert!(
+        dom.contains("n'a pas pu être joint"),
+        "the failure in plain French:\n{dom}"
+    );
+    // Counts only: no title, body or identity of a patient.
+    for secret in ["offline (synthetic)", "EXEMPLE", "Camille", &ins, &doc] {
+        assert!(!dom.contains(secret), "the page shows '{secret}'");
+    }
+    screenshot(profile.path(), &url, &shots.join("status-page-site.png"));
+}
