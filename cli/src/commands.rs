@@ -577,24 +577,7 @@ fn sites(cli: &Cli, show: Option<&SitesCmd>) -> Result<Reply> {
     let when = |t: Option<i64>| t.map_or_else(|| "-".to_string(), format_rfc3339);
     let human = match (only, sites.first()) {
         (Some(_), Some(s)) => format!(
-            "site {} — {} (FINESS {}){}
-connected: {}
-last contact: {}
-version: {}
-changes not pulled: {} (log head {})
-bodies not pulled: {}
-changes not pushed: {}
-trace entries not sent: {}
-bodies owed to the host: {}
-returned, not yet confirmed: {}
-lease until: {}
-quarantine: {}
-conflicts: {}
-pending grants (consent in person): {}
-pending pins: {}
-rounds: {}, bytes received {}, sent {}
-errors: {}
-last error: {}",
+            "site {} — {} (FINESS {}){}\nconnected: {}\nlast contact: {}\nversion: {}\nchanges not pulled: {} (log head {})\nbodies not pulled: {}\nchanges not pushed: {}\ntrace entries not sent: {}\nbodies owed to the host: {}\nreturned, not yet confirmed: {}\nlease until: {}\nquarantine: {}\nconflicts: {}\npending grants (consent in person): {}\npending pins: {}\nrounds: {}, bytes received {}, sent {}\nerrors: {}\nlast error: {}",
             s.site,
             s.name,
             s.finess,
@@ -633,8 +616,7 @@ last error: {}",
         ),
         _ => {
             let mut t = format!(
-                "{:<6} {:<9} {:<20} {:<9} {:>7} {:>7} {:>7} {:<20} {:>5} {:<10} NAME
-",
+                "{:<6} {:<9} {:<24} {:<9} {:>7} {:>7} {:>7} {:<24} {:>5} {:>6} NAME\n",
                 "SITE",
                 "STATE",
                 "LAST CONTACT",
@@ -648,8 +630,7 @@ last error: {}",
             );
             for s in &sites {
                 t += &format!(
-                    "{:<6} {:<9} {:<20} {:<9} {:>7} {:>7} {:>7} {:<20} {:>5} {:<10} {}
-",
+                    "{:<6} {:<9} {:<24} {:<9} {:>7} {:>7} {:>7} {:<24} {:>5} {:>6} {}\n",
                     s.site,
                     if s.revoked {
                         "revoked"
