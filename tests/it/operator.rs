@@ -581,3 +581,79 @@ fn the_status_page_in_chromium_shows_what_sync_status_says() {
     }
     screenshot(profile.path(), &url, &shots.join("status-page-site.png"));
 }
+
+/// A rogue site (a valid certificate, speaking the wire itself) says its version is markup: the
+/// host refuses its Hello, keeps no version for it, and counts the refusal against it; neither
+/// `carnet sites`, `/metrics` nor the host's page carries what it sent.
+#[test]
+fn a_rogue_sites_version_never_reaches_the_operators_views() {
+    use carnet_syncd::session::{Msg, SiteAbout};
+    let address = format!("127.0.0.1:{}", free_port());
+    let host = Carnet::empty();
+    host.ok(&["init", "--role", "host", "--listen", &address]);
+    host.ok(&["pki", "init"]);
+    let (_site, bundle) = crate::daemon::enrolled_site_and_bundle(&host, &address, &[]);
+    let host_http = serve_http(&host);
+    let _daemon = start_daemon(&host);
+    wait_for_socket(&host);
+    let rogue = crate::rogue::Rogue::connect(&bundle);
+    let markup = "<script>alert(1)</script>";
+    let hello = |version: &str| Msg::Hello {
+        site: rogue.site,
+        cursor: 0,
+        outbox_acked: 0,
+        chain_key: crate::rogue::ROGUE_CHAIN_KEY,
+        about: SiteAbout {
+            version: version.into(),
+            quarantine: 7,
+            ..SiteAbout::default()
+        },
+    };
+    let replies = rogue.session(vec![hello(markup)]);
+    assert!(
+        matches!(&replies[..], [Msg::Error(e)] if e.contains("version")),
+        "{replies:?}"
+    );
+    let seen = wait_for_site(&host, u64::from(rogue.site), "refused", |s| {
+        s["errors"]["refused"] == 1
+    });
+    assert!(seen["version"].is_null(), "{seen}");
+    assert!(
+        seen["quarantine"].is_null(),
+        "nothing of the refused Hello is kept: {seen}"
+    );
+    assert!(
+        seen["last_error"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("version") && !e.contains('<')),
+        "{seen}"
+    );
+    let (_, metrics) = http_get(&host_http, "/metrics");
+    let samples = parse_exposition(&metrics);
+    assert_eq!(
+        sample(
+            &samples,
+            "carnet_site_errors_total",
+            &[("site", &rogue.site.to_string()), ("kind", "refused")]
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    let url = host.json(&["ui"])["url"].as_str().expect("url").to_string();
+    let token = url.split("token=").nth(1).expect("token");
+    let (_, page) = http_get(&host_http, &format!("/?token={token}"));
+    assert!(
+        !page.contains("<script") && !metrics.contains("<script"),
+        "{page}"
+    );
+    // A plain version is taken.
+    let replies = rogue.session(vec![hello("0.1.0")]);
+    assert!(
+        matches!(replies.first(), Some(Msg::Welcome { .. })),
+        "{replies:?}"
+    );
+    let seen = wait_for_site(&host, u64::from(rogue.site), "heard", |s| {
+        s["version"] == "0.1.0"
+    });
+    assert_eq!(seen["quarantine"], 7, "shown as the site says: {seen}");
+}
