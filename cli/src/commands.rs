@@ -507,6 +507,9 @@ fn sync(cli: &Cli, c: &SyncCmd) -> Result<Reply> {
                            "last_sync": l.last_sync.map(format_rfc3339),
                            "last_error": l.last_error,
                            "connections": l.connections,
+                           "rounds_ok": l.rounds_ok, "rounds_failed": l.rounds_failed,
+                           "bytes_sent": l.bytes_sent, "bytes_received": l.bytes_received,
+                           "errors": l.errors,
                            "settings": l.settings.as_ref().map(|c| json!({
                                "sync_every": c.sync_every, "log_level": c.log_level,
                                "inbox": c.inbox.display().to_string()}))})),

@@ -314,10 +314,36 @@ fn metrics_parse_as_prometheus_text_and_match_status_and_sites() {
     wait_for_site(&host, 1, "current, its lease known", |s| {
         s["changes_not_pulled"] == 0 && s["lease_until"].is_string()
     });
+    let before = site.json(&["sync", "status"]);
     let (code, text) = http_get(&site_http, "/metrics");
     assert_eq!(code, 200, "{text}");
     let at_site = parse_exposition(&text);
     let status = site.json(&["sync", "status"]);
+    // Counters: between the status read before and the one after (a round may run between).
+    for (name, labels, key) in [
+        ("carnet_rounds_total", [("outcome", "ok")], "rounds_ok"),
+        (
+            "carnet_rounds_total",
+            [("outcome", "failed")],
+            "rounds_failed",
+        ),
+        ("carnet_bytes_total", [("direction", "sent")], "bytes_sent"),
+        (
+            "carnet_bytes_total",
+            [("direction", "received")],
+            "bytes_received",
+        ),
+    ] {
+        let value = sample(&at_site, name, &labels).expect(name);
+        let (low, high) = (
+            before["daemon"][key].as_f64().expect(key),
+            status["daemon"][key].as_f64().expect(key),
+        );
+        assert!(
+            low <= value && value <= high,
+            "{name}{labels:?}: {low} <= {value} <= {high}"
+        );
+    }
     let figure = |name: &str| sample(&at_site, name, &[]);
     assert_eq!(figure("carnet_connected"), Some(1.0), "{text}");
     assert_eq!(
