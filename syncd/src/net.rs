@@ -52,6 +52,11 @@ fn net_err(e: impl std::fmt::Display) -> Error {
     Error::Io(std::io::Error::other(e.to_string()))
 }
 
+/// A wait on the peer that ran out: a network failure (counted as such, `fleet::error_kind`).
+fn timed_out(what: &str) -> Error {
+    Error::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, what))
+}
+
 /// Reads the next message, or `None` at the end of the stream.
 async fn next_message(
     recv: &mut quinn::RecvStream,
@@ -66,7 +71,7 @@ async fn next_message(
         }
         let chunk = tokio::time::timeout(IDLE_TIMEOUT, recv.read_chunk(READ_CHUNK, true))
             .await
-            .map_err(|_| Error::Invalid("the peer went silent".into()))?
+            .map_err(|_| timed_out("the peer went silent"))?
             .map_err(net_err)?;
         match chunk {
             Some(c) => decoder.push(&c.bytes),
@@ -87,7 +92,7 @@ async fn send(stream: &mut quinn::SendStream, msgs: &[Msg]) -> Result<u64> {
         while written < bytes.len() {
             written += tokio::time::timeout(IDLE_TIMEOUT, stream.write(&bytes[written..]))
                 .await
-                .map_err(|_| Error::Invalid("the peer stopped reading".into()))?
+                .map_err(|_| timed_out("the peer stopped reading"))?
                 .map_err(net_err)?;
         }
         sent += bytes.len() as u64;
@@ -719,7 +724,7 @@ impl Link {
             endpoint.connect(host, HOST_NAME).map_err(net_err)?,
         )
         .await
-        .map_err(|_| Error::Invalid("the host did not answer".into()))?
+        .map_err(|_| timed_out("the host did not answer"))?
         .map_err(net_err)?;
         tokio::spawn(listen_for_pokes(conn.clone(), self.wake.clone()));
         self.open = Some((endpoint, conn.clone()));
