@@ -233,8 +233,86 @@ pub fn run(cli: &Cli) -> Result<Reply> {
         Command::Pin { ins: text, site } => pin(cli, text, true, *site),
         Command::Unpin { ins: text, site } => pin(cli, text, false, *site),
         Command::Requests => requests(cli),
+        Command::Backup { output } => backup(cli, output),
+        Command::Restore { file, key_file } => restore(cli, file, key_file.as_deref()),
         Command::Demo(a) => crate::demo::run(a),
     }
+}
+
+fn backup(cli: &Cli, output: &Path) -> Result<Reply> {
+    let r = open(cli)?;
+    // The daemon, when one runs, writes the file: it gets a path that means the same there.
+    let dir = output.parent().filter(|p| !p.as_os_str().is_empty());
+    let folder = match dir {
+        Some(d) => fs::canonicalize(d)
+            .map_err(|e| Failure::File(format!("cannot write {}: {e}", output.display())))?,
+        None => std::env::current_dir().map_err(|e| Failure::File(e.to_string()))?,
+    };
+    let name = output
+        .file_name()
+        .ok_or_else(|| Failure::Usage(format!("{} is not a file name", output.display())))?;
+    let path = folder.join(name);
+    let info = r.backup(path.clone())?;
+    Ok(Reply::new(
+        format!(
+            "backup of {} {} taken at {}: {} bytes, {} tables, {} rows, written to {}\n\
+             The master key is not in it: keep master.key (or the passphrase) apart, you need it to restore.",
+            info.role.as_str(),
+            info.site_id,
+            format_rfc3339(info.taken_at),
+            info.bytes,
+            info.tables,
+            info.rows,
+            path.display()
+        ),
+        json!({
+            "site_id": info.site_id.0,
+            "role": info.role.as_str(),
+            "taken_at": format_rfc3339(info.taken_at),
+            "bytes": info.bytes,
+            "tables": info.tables,
+            "rows": info.rows,
+            "output": path.display().to_string(),
+        }),
+    ))
+}
+
+fn restore(cli: &Cli, file: &Path, key_file: Option<&Path>) -> Result<Reply> {
+    let dir = data_dir(cli)?;
+    let info = carnet_store::replica::backup::restore(
+        file,
+        &dir,
+        &key_source(),
+        key_file,
+        system_clock(),
+    )?;
+    let next = match info.role {
+        Role::Site => {
+            "start carnet-syncd (or run `carnet sync now`): its first round takes back what the host holds of this site; until then it records and serves nothing"
+        }
+        Role::Host => {
+            "a host restored from a backup is behind its sites: see the README (Operations)"
+        }
+    };
+    Ok(Reply::new(
+        format!(
+            "restored {} {} from the backup taken at {} into {} ({} tables, {} rows); trace verified.\n{next}",
+            info.role.as_str(),
+            info.site_id,
+            format_rfc3339(info.taken_at),
+            dir.display(),
+            info.tables,
+            info.rows
+        ),
+        json!({
+            "site_id": info.site_id.0,
+            "role": info.role.as_str(),
+            "taken_at": format_rfc3339(info.taken_at),
+            "tables": info.tables,
+            "rows": info.rows,
+            "data": dir.display().to_string(),
+        }),
+    ))
 }
 
 fn init(cli: &Cli, a: &InitArgs) -> Result<Reply> {

@@ -19,6 +19,7 @@ use carnet_store::model::{
     AccessMode, Actor, EmergencyPrefs, GrantBasis, GrantState, Professional,
 };
 use carnet_store::policy::Action;
+use carnet_store::replica::backup::BackupInfo;
 use carnet_store::replica::{
     DossierExport, DossierInfo, ImportReport, KeySource, NewDocument, NewDossier, ReadOutcome,
     Replica, ReplicaConfig, SiteRequest,
@@ -192,6 +193,9 @@ pub enum Request {
     PkiRevoke { site: u32 },
     /// The sites known to the host.
     PkiSites,
+    /// Writes a consistent copy of the replica (and its `carnet.toml`) to `path`, a file of
+    /// the caller's (written by whoever runs the request: the daemon, when one runs).
+    Backup { path: PathBuf },
 }
 
 impl Request {
@@ -214,6 +218,7 @@ impl Request {
                 | Request::PkiHost
                 | Request::SiteProfessionals { .. }
                 | Request::SiteRequests
+                | Request::Backup { .. }
         );
         let traced_read = matches!(
             self,
@@ -359,6 +364,8 @@ pub enum Response {
     Bound(Vec<Rpps>),
     /// Sites' requests waiting for the host.
     SiteRequests(Vec<SiteRequest>),
+    /// A backup written.
+    Backup(BackupInfo),
 }
 
 /// An error as it crosses the socket: the store's own kinds, or a sync-layer message.
@@ -589,6 +596,14 @@ impl Service {
                 Response::Bound(r.site_professionals(SiteId(site))?)
             }
             Request::SiteRequests => Response::SiteRequests(r.site_requests()?),
+            Request::Backup { path } => {
+                if !path.is_absolute() {
+                    return Err(Error::Invalid(
+                        "the backup path must be absolute (the daemon runs elsewhere)".into(),
+                    ));
+                }
+                Response::Backup(r.backup_to(&path, &[crate::config::CONFIG_FILE])?)
+            }
             Request::SyncStatus => Response::SyncStatus(Box::new(self.status()?)),
             Request::SyncNow => {
                 return Err(Error::Invalid(

@@ -172,6 +172,23 @@ pub enum Msg {
     },
     /// Either side: the session ends because of this.
     Error(String),
+    /// Site restored from a backup taken at `taken_at`, after its `Welcome`: send my trace
+    /// entries after `after` (the host records the restore at the first one of a session and
+    /// enters the site's scope in its log again; see `carnet_store::replica::restored`).
+    Restored {
+        /// When the backup was taken (the site's say-so: traced, decides nothing).
+        taken_at: i64,
+        /// The site's trace head: entries after it are wanted.
+        after: u64,
+    },
+    /// Host: the site's own trace entries it holds, after the `Restored`'s `after`, at most
+    /// `BATCH_MAX`; `more` while others follow.
+    OwnTraces {
+        /// Entries, in chain order.
+        records: Vec<TraceRecord>,
+        /// More follow: ask again after the last.
+        more: bool,
+    },
 }
 
 impl Msg {
@@ -194,6 +211,8 @@ impl Msg {
             Msg::Bye => "Bye",
             Msg::Poke { .. } => "Poke",
             Msg::Error(_) => "Error",
+            Msg::Restored { .. } => "Restored",
+            Msg::OwnTraces { .. } => "OwnTraces",
         }
     }
 }
@@ -244,6 +263,8 @@ fn out_of_turn(what: &str) -> Error {
 pub struct HostSession {
     site: SiteId,
     greeted: bool,
+    /// This session recorded the site's restore (`Msg::Restored`) already.
+    restore_recorded: bool,
     /// A stream opened by a `GetBody` carries only body fetches.
     bodies_only: bool,
 }
@@ -254,6 +275,7 @@ impl HostSession {
         HostSession {
             site,
             greeted: false,
+            restore_recorded: false,
             bodies_only: false,
         }
     }
@@ -483,8 +505,26 @@ impl HostSession {
                     })
                     .collect())
             }
+            Msg::Restored { taken_at, after } => {
+                if !self.restore_recorded {
+                    let dossiers = replica.record_site_restore(self.site, taken_at)?;
+                    tracing::warn!(
+                        site = self.site.0,
+                        backup_taken_at = %carnet_store::time::format_rfc3339(taken_at),
+                        dossiers,
+                        "site restored from a backup: its scope is sent again"
+                    );
+                    self.restore_recorded = true;
+                }
+                // Only this site's own entries (the session's site, from its certificate).
+                let records = replica.traces_of(self.site, after, BATCH_MAX)?;
+                let head = replica.trace_mark(self.site)?;
+                let more = records.last().is_some_and(|r| r.seq < head);
+                Ok(vec![Msg::OwnTraces { records, more }])
+            }
             Msg::Bye => Ok(vec![]),
             Msg::Poke { .. }
+            | Msg::OwnTraces { .. }
             | Msg::Welcome { .. }
             | Msg::TracesAck { .. }
             | Msg::PushAck { .. }
@@ -536,6 +576,8 @@ enum Pushed {
 #[derive(Debug, PartialEq, Eq)]
 enum SiteState {
     Greeting,
+    /// A restored replica taking back what the host holds of it (`Msg::Restored`).
+    Restoring,
     Pushing,
     /// Sending the bodies the host lacks (it recorded them as owed, with their metadata: a
     /// cut round resumes them from the Welcome).
@@ -572,7 +614,18 @@ pub struct SiteSession {
     current: bool,
     /// This round pushed changes (which may add to the site's log: a confirmed grant).
     pushed: bool,
+    /// A restored replica's catch-up: what the `Welcome` said the host holds of this site
+    /// (its last change, its trace head and that entry's hash) and when the backup was taken.
+    restoring: Option<Restoring>,
     report: RoundReport,
+}
+
+/// What a restored site's round catches up to (see `SiteSession::restoring`).
+#[derive(Debug, Clone, Copy)]
+struct Restoring {
+    host_changes: u64,
+    host_traces: (u64, [u8; 32]),
+    taken_at: i64,
 }
 
 impl Default for SiteSession {
@@ -597,6 +650,7 @@ impl SiteSession {
             to_fetch: Vec::new(),
             current: false,
             pushed: false,
+            restoring: None,
             report: RoundReport::default(),
         }
     }
@@ -803,13 +857,21 @@ impl SiteSession {
                     current,
                 },
             ) => {
-                if acked > replica.outbox_issued()? || traces_acked > replica.trace_head()? {
+                // A restored replica is expected to be behind the host (the host then sends its
+                // trace entries back, each checked as a link of this chain); any other is not.
+                let restored = replica.restore_mark()?;
+                if restored.is_none()
+                    && (acked > replica.outbox_issued()? || traces_acked > replica.trace_head()?)
+                {
                     // Acknowledging would drop changes or traces never sent.
                     return Err(Error::Invalid(
                         "the host holds changes this site never sent: was this replica restored from an old backup? Ask the host operator before syncing".into(),
                     ));
                 }
-                if traces_acked > 0 && replica.own_trace_hash(traces_acked)? != Some(traces_hash) {
+                if traces_acked > 0
+                    && traces_acked <= replica.trace_head()?
+                    && replica.own_trace_hash(traces_acked)? != Some(traces_hash)
+                {
                     return Err(Error::Store(carnet_store::Error::Integrity(format!(
                         "the host holds another trace history for this site (entry {traces_acked}): this replica's trace was altered or restored from an old copy; ask the host operator before syncing"
                     ))));
@@ -845,7 +907,52 @@ impl SiteSession {
                     .filter(|(d, _)| replica.body_for_sync(d).is_ok())
                     .collect();
                 self.to_send.reverse();
+                if let Some(mark) = restored {
+                    // Everything the host holds of this site comes back before anything goes.
+                    self.restoring = Some(Restoring {
+                        host_changes: acked,
+                        host_traces: (traces_acked, traces_hash),
+                        taken_at: mark.taken_at,
+                    });
+                    self.state = SiteState::Restoring;
+                    return Ok(vec![Msg::Restored {
+                        taken_at: mark.taken_at,
+                        after: replica.trace_head()?,
+                    }]);
+                }
                 self.traces_sent = traces_acked;
+                self.traces_until = replica.trace_head()?;
+                self.fill_pushes(replica)
+            }
+            (SiteState::Restoring, Msg::OwnTraces { records, more }) => {
+                let Some(restoring) = self.restoring else {
+                    return Err(out_of_turn("OwnTraces"));
+                };
+                let (host_head, _) = restoring.host_traces;
+                if records.len() > BATCH_MAX || records.iter().any(|r| r.seq > host_head) {
+                    return Err(Error::Invalid(
+                        "protocol: the host sent trace entries past the head its Welcome named"
+                            .into(),
+                    ));
+                }
+                let head = if records.is_empty() {
+                    replica.trace_head()?
+                } else {
+                    replica.restore_own_traces(&records)?
+                };
+                if more && !records.is_empty() && head < host_head {
+                    return Ok(vec![Msg::Restored {
+                        taken_at: restoring.taken_at,
+                        after: head,
+                    }]);
+                }
+                // Checks the chain ends where the host said, jumps the outbox mark past the
+                // host's, traces the restore and thaws the chain (one transaction).
+                replica.finish_restore(restoring.host_changes, restoring.host_traces)?;
+                self.restoring = None;
+                // The host entered this site's scope in its log again: pull it.
+                self.current = false;
+                self.traces_sent = host_head.min(replica.trace_head()?);
                 self.traces_until = replica.trace_head()?;
                 self.fill_pushes(replica)
             }
