@@ -1103,6 +1103,69 @@ mod tests {
     }
 
     #[test]
+    fn a_restored_site_takes_back_its_trace_page_by_page_and_its_documents_then_syncs_on() {
+        let (t, host, site, ins) = host_and_site();
+        let actor = Actor::Professional(doctor());
+        let put = |r: &Replica, title: &str| {
+            r.put_document(
+                &actor,
+                AccessMode::Normal,
+                None,
+                &ins,
+                new_doc(title, title.into()),
+            )
+            .expect("put")
+        };
+        // First contact: the dossier enters the site's scope.
+        round(&host, &site);
+        let before = put(&site, "before the backup (synthetic)");
+        round(&host, &site);
+        let file = t.path().join("site.backup");
+        site.backup_to(&file, &[]).expect("backup");
+        // After the backup: a document, and more trace entries than one page carries.
+        let after = put(&site, "after the backup (synthetic)");
+        for _ in 0..BATCH_MAX + 10 {
+            site.read_document(&actor, &before, AccessMode::Normal, None)
+                .expect("read");
+        }
+        round(&host, &site);
+        let origin = site.config().site_id;
+        let held = host.trace_head_held(origin).expect("held");
+        let key = t.path().join("kept-apart.key");
+        std::fs::copy(t.path().join("site/master.key"), &key).expect("key");
+        let dir = t.path().join("restored");
+        let clock = carnet_store::replica::system_clock();
+        carnet_store::replica::backup::restore(
+            &file,
+            &dir,
+            &carnet_store::replica::KeySource::File,
+            Some(&key),
+            clock.clone(),
+        )
+        .expect("restore");
+        let restored =
+            Replica::open(&dir, &carnet_store::replica::KeySource::File, clock).expect("open");
+        assert!(restored.trace_head().expect("head") + BATCH_MAX as u64 <= held.0);
+
+        let report = round(&host, &restored);
+        assert!(restored.restore_mark().expect("mark").is_none());
+        // Every entry the host held came back, and the restore's own entry went out.
+        assert_eq!(report.traces, held.0 + 1, "{report:?}");
+        assert_eq!(restored.trace_head().expect("head"), held.0 + 1);
+        let got = restored
+            .read_document(&actor, &after, AccessMode::Normal, None)
+            .expect("the document pushed after the backup is back");
+        assert_eq!(got.body.as_slice(), b"after the backup (synthetic)");
+        // It syncs on: a new change takes a sequence the host has not applied.
+        let new = put(&restored, "after the restore (synthetic)");
+        round(&host, &restored);
+        host.read_document(&actor, &new, AccessMode::Normal, None)
+            .expect("the host holds the new document");
+        restored.verify_audit().expect("the site's chain");
+        host.verify_audit().expect("the host's chains");
+    }
+
+    #[test]
     fn a_round_pushes_pulls_and_fetches_bodies() {
         let (_t, host, site, ins) = host_and_site();
         let actor = Actor::Professional(doctor());
