@@ -543,6 +543,13 @@ fn sync(cli: &Cli, c: &SyncCmd) -> Result<Reply> {
             for (id, at, reason) in &s.quarantine {
                 human += &format!("\n  {id} since {}: {reason}", format_rfc3339(*at));
             }
+            if let Some(m) = &s.restored {
+                human += &format!(
+                    "\nrestored on {} from a backup taken on {}: nothing is recorded or read until the next round with the host catches it up",
+                    format_rfc3339(m.restored_at),
+                    format_rfc3339(m.taken_at)
+                );
+            }
             if let Some(c) = &s.certificate {
                 human += &format!(
                     "\ncertificate: valid until {}{}",
@@ -573,6 +580,9 @@ fn sync(cli: &Cli, c: &SyncCmd) -> Result<Reply> {
                        "conflicts": s.conflicts,
                        "authority_as_of": (s.authority_as_of > 0).then(|| format_rfc3339(s.authority_as_of)),
                        "lease_expired": s.lease_expired,
+                       "restored": s.restored.as_ref().map(|m| json!({
+                           "taken_at": format_rfc3339(m.taken_at),
+                           "restored_at": format_rfc3339(m.restored_at)})),
                        "certificate": s.certificate.as_ref().map(|c| json!({
                            "not_after": format_rfc3339(c.not_after), "days_left": c.days_left,
                            "renew": c.days_left < carnet_syncd::pki::RENEW_WITHIN_DAYS,

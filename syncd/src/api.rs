@@ -260,6 +260,10 @@ pub struct SyncStatus {
     /// This site's certificate; `None` if it was not enrolled.
     #[serde(default)]
     pub certificate: Option<CertificateStatus>,
+    /// Restored from a backup and not caught up with the host yet (it records and serves
+    /// nothing until its next round).
+    #[serde(default)]
+    pub restored: Option<carnet_store::replica::RestoreMark>,
 }
 
 /// A site's certificate, as `sync status` shows it.
@@ -788,6 +792,7 @@ impl Service {
                 .map(|q| (q.meta.facts.id, q.at, q.reason))
                 .collect(),
             conflicts: r.conflicts()?,
+            restored: r.restore_mark()?,
             link,
             certificate: enrol::site_certificate(r)?,
         })

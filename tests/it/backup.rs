@@ -106,6 +106,8 @@ fn a_site_restored_from_a_backup_syncs_on_as_if_nothing_happened() {
         refused.stderr
     );
 
+    let waiting = restored.json(&["sync", "status"]);
+    assert!(waiting["restored"]["taken_at"].is_string(), "{waiting}");
     let _restored_daemon = start_site(&restored);
     sync_until_ok(&restored, Duration::from_secs(30));
     wait_for_log(&host_log, "the restore", |lines| {
@@ -115,7 +117,9 @@ fn a_site_restored_from_a_backup_syncs_on_as_if_nothing_happened() {
     });
     // The same site, not a new one.
     assert_eq!(sites(&host), enrolled);
-    assert_eq!(restored.json(&["sync", "status"])["pending"], 0);
+    let status = restored.json(&["sync", "status"]);
+    assert_eq!(status["pending"], 0, "{status}");
+    assert!(status["restored"].is_null(), "{status}");
     // What it pushed after the backup came back, with what was written during it.
     assert_eq!(
         restored.body(&after, DOCTOR),
@@ -189,6 +193,21 @@ fn a_damaged_altered_or_foreign_backup_is_refused_and_writes_nothing() {
             .collect();
         assert!(left.is_empty(), "{file}: {left:?}");
     }
+    // A replica protected by a passphrase takes it back from CARNET_PASSPHRASE, and only it.
+    let mut locked = Carnet::empty();
+    locked.set_env("CARNET_PASSPHRASE", "correct horse battery (synthetic)");
+    locked.ok(&["init", "--role", "site", "--site-id", "11"]);
+    let locked_backup = text(&locked.path("locked.backup"));
+    locked.ok(&["backup", "-o", &locked_backup]);
+    let mut target = Carnet::empty();
+    target.set_env("CARNET_PASSPHRASE", "wrong horse (synthetic)");
+    let o = target.fails_once(2, &["restore", &locked_backup]);
+    assert!(o.stderr.contains("wrong passphrase"), "{}", o.stderr);
+    assert!(!target.data.exists());
+    target.set_env("CARNET_PASSPHRASE", "correct horse battery (synthetic)");
+    target.ok(&["restore", &locked_backup]);
+    assert!(!target.data.join("master.key").exists());
+    target.ok(&["audit", "verify"]);
     // A folder holding anything is never restored over.
     let busy = Carnet::site(9, None);
     let o = busy.fails_once(2, &["restore", &backup, "--key-file", &key]);
