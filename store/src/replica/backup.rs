@@ -37,10 +37,7 @@ use std::fs::{self, File};
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use redb::{
-    Key, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle,
-    Value,
-};
+use redb::{Key, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle, Value};
 use serde::{Deserialize, Serialize};
 
 use super::tables::*;
@@ -318,7 +315,7 @@ impl Replica {
         };
         each_table(&mut dump)?;
         let (names, rows) = (dump.names, dump.rows);
-        for table in self.db.begin_read()?.list_tables()? {
+        for table in txn.list_tables()? {
             if !names.iter().any(|n| n == table.name()) {
                 return Err(Error::Storage(format!(
                     "the database holds a table this build does not back up ({}): nothing written",
