@@ -865,7 +865,7 @@ impl SiteSession {
                 {
                     // Acknowledging would drop changes or traces never sent.
                     return Err(Error::Invalid(
-                        "the host holds changes this site never sent: was this replica restored from an old backup? Ask the host operator before syncing".into(),
+                        "the host holds changes this site never sent: was this data folder put back from an old copy? (a backup brought back with `carnet restore` catches up by itself) Ask the host operator before syncing".into(),
                     ));
                 }
                 if traces_acked > 0
@@ -873,7 +873,7 @@ impl SiteSession {
                     && replica.own_trace_hash(traces_acked)? != Some(traces_hash)
                 {
                     return Err(Error::Store(carnet_store::Error::Integrity(format!(
-                        "the host holds another trace history for this site (entry {traces_acked}): this replica's trace was altered or restored from an old copy; ask the host operator before syncing"
+                        "the host holds another trace history for this site (entry {traces_acked}): this replica's trace was altered, or put back from an old copy without `carnet restore`; ask the host operator before syncing"
                     ))));
                 }
                 replica.quarantine_returned(&returned, RETURNED)?;
