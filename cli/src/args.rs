@@ -83,6 +83,23 @@ pub enum Command {
     /// The daemon's status page: prints its address, with the token that opens it
     /// (`[http] listen` in carnet.toml; the daemon must run).
     Ui,
+    /// Write a consistent copy of the replica (and its carnet.toml) to a file, while it runs
+    /// (through the daemon when one runs). The master key is not in it: keep it apart.
+    Backup {
+        /// The backup file (written 0600; replaced only once the new copy is complete).
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Bring a backup back into a new or empty data folder (--data). A site then catches up
+    /// with the host at its first sync before it records or serves anything.
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+        /// The replica's master key file, kept apart from the data (not needed with
+        /// CARNET_PASSPHRASE).
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+    },
     /// Run the demonstration scenario in a temporary folder.
     Demo(DemoArgs),
 }

@@ -235,8 +235,86 @@ pub fn run(cli: &Cli) -> Result<Reply> {
         Command::Requests => requests(cli),
         Command::Sites { show } => sites(cli, show.as_ref()),
         Command::Ui => ui(cli),
+        Command::Backup { output } => backup(cli, output),
+        Command::Restore { file, key_file } => restore(cli, file, key_file.as_deref()),
         Command::Demo(a) => crate::demo::run(a),
     }
+}
+
+fn backup(cli: &Cli, output: &Path) -> Result<Reply> {
+    let r = open(cli)?;
+    // The daemon, when one runs, writes the file: it gets a path that means the same there.
+    let dir = output.parent().filter(|p| !p.as_os_str().is_empty());
+    let folder = match dir {
+        Some(d) => fs::canonicalize(d)
+            .map_err(|e| Failure::File(format!("cannot write {}: {e}", output.display())))?,
+        None => std::env::current_dir().map_err(|e| Failure::File(e.to_string()))?,
+    };
+    let name = output
+        .file_name()
+        .ok_or_else(|| Failure::Usage(format!("{} is not a file name", output.display())))?;
+    let path = folder.join(name);
+    let info = r.backup(path.clone())?;
+    Ok(Reply::new(
+        format!(
+            "backup of {} {} taken at {}: {} bytes, {} tables, {} rows, written to {}\n\
+             The master key is not in it: keep master.key (or the passphrase) apart, you need it to restore.",
+            info.role.as_str(),
+            info.site_id,
+            format_rfc3339(info.taken_at),
+            info.bytes,
+            info.tables,
+            info.rows,
+            path.display()
+        ),
+        json!({
+            "site_id": info.site_id.0,
+            "role": info.role.as_str(),
+            "taken_at": format_rfc3339(info.taken_at),
+            "bytes": info.bytes,
+            "tables": info.tables,
+            "rows": info.rows,
+            "output": path.display().to_string(),
+        }),
+    ))
+}
+
+fn restore(cli: &Cli, file: &Path, key_file: Option<&Path>) -> Result<Reply> {
+    let dir = data_dir(cli)?;
+    let info = carnet_store::replica::backup::restore(
+        file,
+        &dir,
+        &key_source(),
+        key_file,
+        system_clock(),
+    )?;
+    let next = match info.role {
+        Role::Site => {
+            "start carnet-syncd (or run `carnet sync now`): its first round takes back what the host holds of this site; until then it records and serves nothing"
+        }
+        Role::Host => {
+            "a host restored from a backup is behind its sites: see the README (Operations)"
+        }
+    };
+    Ok(Reply::new(
+        format!(
+            "restored {} {} from the backup taken at {} into {} ({} tables, {} rows); trace verified.\n{next}",
+            info.role.as_str(),
+            info.site_id,
+            format_rfc3339(info.taken_at),
+            dir.display(),
+            info.tables,
+            info.rows
+        ),
+        json!({
+            "site_id": info.site_id.0,
+            "role": info.role.as_str(),
+            "taken_at": format_rfc3339(info.taken_at),
+            "tables": info.tables,
+            "rows": info.rows,
+            "data": dir.display().to_string(),
+        }),
+    ))
 }
 
 fn init(cli: &Cli, a: &InitArgs) -> Result<Reply> {
@@ -468,6 +546,13 @@ fn sync(cli: &Cli, c: &SyncCmd) -> Result<Reply> {
             for (id, at, reason) in &s.quarantine {
                 human += &format!("\n  {id} since {}: {reason}", format_rfc3339(*at));
             }
+            if let Some(m) = &s.restored {
+                human += &format!(
+                    "\nrestored on {} from a backup taken on {}: nothing is recorded or read until the next round with the host catches it up",
+                    format_rfc3339(m.restored_at),
+                    format_rfc3339(m.taken_at)
+                );
+            }
             if let Some(c) = &s.certificate {
                 human += &format!(
                     "\ncertificate: valid until {}{}",
@@ -498,6 +583,9 @@ fn sync(cli: &Cli, c: &SyncCmd) -> Result<Reply> {
                        "conflicts": s.conflicts,
                        "authority_as_of": (s.authority_as_of > 0).then(|| format_rfc3339(s.authority_as_of)),
                        "lease_expired": s.lease_expired,
+                       "restored": s.restored.as_ref().map(|m| json!({
+                           "taken_at": format_rfc3339(m.taken_at),
+                           "restored_at": format_rfc3339(m.restored_at)})),
                        "certificate": s.certificate.as_ref().map(|c| json!({
                            "not_after": format_rfc3339(c.not_after), "days_left": c.days_left,
                            "renew": c.days_left < carnet_syncd::pki::RENEW_WITHIN_DAYS,

@@ -12,6 +12,7 @@ use carnet_store::model::{
     AccessMode, Actor, EmergencyPrefs, GrantBasis, GrantState, Professional,
 };
 use carnet_store::policy::Action;
+use carnet_store::replica::backup::BackupInfo;
 use carnet_store::replica::{
     DossierExport, DossierInfo, ImportReport, NewDocument, NewDossier, ReadOutcome, ReplicaConfig,
     SiteRequest,
@@ -312,6 +313,10 @@ impl Store {
 
     pub fn site_requests(&self) -> Result<Vec<SiteRequest>> {
         expect!(self.call(Request::SiteRequests)?, SiteRequests)
+    }
+
+    pub fn backup(&self, path: std::path::PathBuf) -> Result<BackupInfo> {
+        expect!(self.call(Request::Backup { path })?, Backup)
     }
 
     pub fn sync_status(&self) -> Result<SyncStatus> {

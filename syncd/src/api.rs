@@ -19,6 +19,7 @@ use carnet_store::model::{
     AccessMode, Actor, EmergencyPrefs, GrantBasis, GrantState, Professional,
 };
 use carnet_store::policy::Action;
+use carnet_store::replica::backup::BackupInfo;
 use carnet_store::replica::{
     DossierExport, DossierInfo, ImportReport, KeySource, NewDocument, NewDossier, ReadOutcome,
     Replica, ReplicaConfig, SiteRequest,
@@ -198,6 +199,9 @@ pub enum Request {
         #[serde(default)]
         site: Option<u32>,
     },
+    /// Writes a consistent copy of the replica (and its `carnet.toml`) to `path`, a file of
+    /// the caller's (written by whoever runs the request: the daemon, when one runs).
+    Backup { path: PathBuf },
 }
 
 impl Request {
@@ -221,6 +225,7 @@ impl Request {
                 | Request::PkiHost
                 | Request::SiteProfessionals { .. }
                 | Request::SiteRequests
+                | Request::Backup { .. }
         );
         let traced_read = matches!(
             self,
@@ -262,6 +267,10 @@ pub struct SyncStatus {
     /// This site's certificate; `None` if it was not enrolled.
     #[serde(default)]
     pub certificate: Option<CertificateStatus>,
+    /// Restored from a backup and not caught up with the host yet (it records and serves
+    /// nothing until its next round).
+    #[serde(default)]
+    pub restored: Option<carnet_store::replica::RestoreMark>,
 }
 
 /// A site's certificate, as `sync status` shows it.
@@ -389,6 +398,8 @@ pub enum Response {
     Bound(Vec<Rpps>),
     /// Sites' requests waiting for the host.
     SiteRequests(Vec<SiteRequest>),
+    /// A backup written.
+    Backup(BackupInfo),
 }
 
 /// An error as it crosses the socket: the store's own kinds, or a sync-layer message.
@@ -635,6 +646,14 @@ impl Service {
                 Response::Bound(r.site_professionals(SiteId(site))?)
             }
             Request::SiteRequests => Response::SiteRequests(r.site_requests()?),
+            Request::Backup { path } => {
+                if !path.is_absolute() {
+                    return Err(Error::Invalid(
+                        "the backup path must be absolute (the daemon runs elsewhere)".into(),
+                    ));
+                }
+                Response::Backup(r.backup_to(&path, &[crate::config::CONFIG_FILE])?)
+            }
             Request::SyncStatus => Response::SyncStatus(Box::new(self.status()?)),
             Request::SyncNow => {
                 return Err(Error::Invalid(
@@ -839,6 +858,7 @@ impl Service {
                 .map(|q| (q.meta.facts.id, q.at, q.reason))
                 .collect(),
             conflicts: r.conflicts()?,
+            restored: r.restore_mark()?,
             link,
             certificate: enrol::site_certificate(r)?,
         })

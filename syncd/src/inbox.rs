@@ -135,6 +135,15 @@ fn is_temporary(name: &str) -> bool {
 /// each file-system event).
 pub fn process(replica: &Replica, inbox: &Path) -> std::io::Result<InboxReport> {
     let mut report = InboxReport::default();
+    if replica
+        .restore_mark()
+        .map_err(std::io::Error::other)?
+        .is_some()
+    {
+        // Restored, not caught up: it records nothing yet, so pairs wait where they are (the
+        // daemon scans again after the first round).
+        return Ok(report);
+    }
     let mut names: Vec<String> = fs::read_dir(inbox)?
         .filter_map(|e| e.ok())
         .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))

@@ -450,6 +450,8 @@ async fn site(
         ),
     );
     ingest(&service, &inbox_dir).await;
+    // A restored replica takes nothing from its inbox until its first round caught up.
+    let mut restoring = service.replica.restore_mark().ok().flatten().is_some();
     let mut every = Duration::from_secs(config.sync_every);
     let mut backoff = Duration::from_secs(1);
     let mut body_retry = BODY_RETRY;
@@ -487,6 +489,10 @@ async fn site(
                     );
                 }
                 backoff = Duration::from_secs(1);
+                if restoring {
+                    restoring = false;
+                    ingest(&service, &inbox_dir).await;
+                }
                 if report.bodies_waiting > 0 {
                     // Their author is still sending them to the host.
                     let wait = body_retry;

@@ -175,6 +175,23 @@ pub enum Msg {
     },
     /// Either side: the session ends because of this.
     Error(String),
+    /// Site restored from a backup taken at `taken_at`, after its `Welcome`: send my trace
+    /// entries after `after` (the host records the restore at the first one of a session and
+    /// enters the site's scope in its log again; see `carnet_store::replica::restored`).
+    Restored {
+        /// When the backup was taken (the site's say-so: traced, decides nothing).
+        taken_at: i64,
+        /// The site's trace head: entries after it are wanted.
+        after: u64,
+    },
+    /// Host: the site's own trace entries it holds, after the `Restored`'s `after`, at most
+    /// `BATCH_MAX`; `more` while others follow.
+    OwnTraces {
+        /// Entries, in chain order.
+        records: Vec<TraceRecord>,
+        /// More follow: ask again after the last.
+        more: bool,
+    },
 }
 
 impl Msg {
@@ -197,6 +214,8 @@ impl Msg {
             Msg::Bye => "Bye",
             Msg::Poke { .. } => "Poke",
             Msg::Error(_) => "Error",
+            Msg::Restored { .. } => "Restored",
+            Msg::OwnTraces { .. } => "OwnTraces",
         }
     }
 }
@@ -306,6 +325,8 @@ impl SiteAbout {
 pub struct HostSession {
     site: SiteId,
     greeted: bool,
+    /// This session recorded the site's restore (`Msg::Restored`) already.
+    restore_recorded: bool,
     /// A stream opened by a `GetBody` carries only body fetches.
     bodies_only: bool,
 }
@@ -316,6 +337,7 @@ impl HostSession {
         HostSession {
             site,
             greeted: false,
+            restore_recorded: false,
             bodies_only: false,
         }
     }
@@ -547,8 +569,26 @@ impl HostSession {
                     })
                     .collect())
             }
+            Msg::Restored { taken_at, after } => {
+                if !self.restore_recorded {
+                    let dossiers = replica.record_site_restore(self.site, taken_at)?;
+                    tracing::warn!(
+                        site = self.site.0,
+                        backup_taken_at = %carnet_store::time::format_rfc3339(taken_at),
+                        dossiers,
+                        "site restored from a backup: its scope is sent again"
+                    );
+                    self.restore_recorded = true;
+                }
+                // Only this site's own entries (the session's site, from its certificate).
+                let records = replica.traces_of(self.site, after, BATCH_MAX)?;
+                let head = replica.trace_mark(self.site)?;
+                let more = records.last().is_some_and(|r| r.seq < head);
+                Ok(vec![Msg::OwnTraces { records, more }])
+            }
             Msg::Bye => Ok(vec![]),
             Msg::Poke { .. }
+            | Msg::OwnTraces { .. }
             | Msg::Welcome { .. }
             | Msg::TracesAck { .. }
             | Msg::PushAck { .. }
@@ -600,6 +640,8 @@ enum Pushed {
 #[derive(Debug, PartialEq, Eq)]
 enum SiteState {
     Greeting,
+    /// A restored replica taking back what the host holds of it (`Msg::Restored`).
+    Restoring,
     Pushing,
     /// Sending the bodies the host lacks (it recorded them as owed, with their metadata: a
     /// cut round resumes them from the Welcome).
@@ -636,7 +678,18 @@ pub struct SiteSession {
     current: bool,
     /// This round pushed changes (which may add to the site's log: a confirmed grant).
     pushed: bool,
+    /// A restored replica's catch-up: what the `Welcome` said the host holds of this site
+    /// (its last change, its trace head and that entry's hash) and when the backup was taken.
+    restoring: Option<Restoring>,
     report: RoundReport,
+}
+
+/// What a restored site's round catches up to (see `SiteSession::restoring`).
+#[derive(Debug, Clone, Copy)]
+struct Restoring {
+    host_changes: u64,
+    host_traces: (u64, [u8; 32]),
+    taken_at: i64,
 }
 
 impl Default for SiteSession {
@@ -661,6 +714,7 @@ impl SiteSession {
             to_fetch: Vec::new(),
             current: false,
             pushed: false,
+            restoring: None,
             report: RoundReport::default(),
         }
     }
@@ -868,15 +922,23 @@ impl SiteSession {
                     current,
                 },
             ) => {
-                if acked > replica.outbox_issued()? || traces_acked > replica.trace_head()? {
+                // A restored replica is expected to be behind the host (the host then sends its
+                // trace entries back, each checked as a link of this chain); any other is not.
+                let restored = replica.restore_mark()?;
+                if restored.is_none()
+                    && (acked > replica.outbox_issued()? || traces_acked > replica.trace_head()?)
+                {
                     // Acknowledging would drop changes or traces never sent.
                     return Err(Error::Invalid(
-                        "the host holds changes this site never sent: was this replica restored from an old backup? Ask the host operator before syncing".into(),
+                        "the host holds changes this site never sent: was this data folder put back from an old copy? (a backup brought back with `carnet restore` catches up by itself) Ask the host operator before syncing".into(),
                     ));
                 }
-                if traces_acked > 0 && replica.own_trace_hash(traces_acked)? != Some(traces_hash) {
+                if traces_acked > 0
+                    && traces_acked <= replica.trace_head()?
+                    && replica.own_trace_hash(traces_acked)? != Some(traces_hash)
+                {
                     return Err(Error::Store(carnet_store::Error::Integrity(format!(
-                        "the host holds another trace history for this site (entry {traces_acked}): this replica's trace was altered or restored from an old copy; ask the host operator before syncing"
+                        "the host holds another trace history for this site (entry {traces_acked}): this replica's trace was altered, or put back from an old copy without `carnet restore`; ask the host operator before syncing"
                     ))));
                 }
                 replica.quarantine_returned(&returned, RETURNED)?;
@@ -910,7 +972,52 @@ impl SiteSession {
                     .filter(|(d, _)| replica.body_for_sync(d).is_ok())
                     .collect();
                 self.to_send.reverse();
+                if let Some(mark) = restored {
+                    // Everything the host holds of this site comes back before anything goes.
+                    self.restoring = Some(Restoring {
+                        host_changes: acked,
+                        host_traces: (traces_acked, traces_hash),
+                        taken_at: mark.taken_at,
+                    });
+                    self.state = SiteState::Restoring;
+                    return Ok(vec![Msg::Restored {
+                        taken_at: mark.taken_at,
+                        after: replica.trace_head()?,
+                    }]);
+                }
                 self.traces_sent = traces_acked;
+                self.traces_until = replica.trace_head()?;
+                self.fill_pushes(replica)
+            }
+            (SiteState::Restoring, Msg::OwnTraces { records, more }) => {
+                let Some(restoring) = self.restoring else {
+                    return Err(out_of_turn("OwnTraces"));
+                };
+                let (host_head, _) = restoring.host_traces;
+                if records.len() > BATCH_MAX || records.iter().any(|r| r.seq > host_head) {
+                    return Err(Error::Invalid(
+                        "protocol: the host sent trace entries past the head its Welcome named"
+                            .into(),
+                    ));
+                }
+                let head = if records.is_empty() {
+                    replica.trace_head()?
+                } else {
+                    replica.restore_own_traces(&records)?
+                };
+                if more && !records.is_empty() && head < host_head {
+                    return Ok(vec![Msg::Restored {
+                        taken_at: restoring.taken_at,
+                        after: head,
+                    }]);
+                }
+                // Checks the chain ends where the host said, jumps the outbox mark past the
+                // host's, traces the restore and thaws the chain (one transaction).
+                replica.finish_restore(restoring.host_changes, restoring.host_traces)?;
+                self.restoring = None;
+                // The host entered this site's scope in its log again: pull it.
+                self.current = false;
+                self.traces_sent = host_head.min(replica.trace_head()?);
                 self.traces_until = replica.trace_head()?;
                 self.fill_pushes(replica)
             }
@@ -1058,6 +1165,69 @@ mod tests {
         let mut d = crate::frame::FrameDecoder::new();
         d.push(&crate::frame::encode(m).expect("encode"));
         d.next_message().expect("decode").expect("one message")
+    }
+
+    #[test]
+    fn a_restored_site_takes_back_its_trace_page_by_page_and_its_documents_then_syncs_on() {
+        let (t, host, site, ins) = host_and_site();
+        let actor = Actor::Professional(doctor());
+        let put = |r: &Replica, title: &str| {
+            r.put_document(
+                &actor,
+                AccessMode::Normal,
+                None,
+                &ins,
+                new_doc(title, title.into()),
+            )
+            .expect("put")
+        };
+        // First contact: the dossier enters the site's scope.
+        round(&host, &site);
+        let before = put(&site, "before the backup (synthetic)");
+        round(&host, &site);
+        let file = t.path().join("site.backup");
+        site.backup_to(&file, &[]).expect("backup");
+        // After the backup: a document, and more trace entries than one page carries.
+        let after = put(&site, "after the backup (synthetic)");
+        for _ in 0..BATCH_MAX + 10 {
+            site.read_document(&actor, &before, AccessMode::Normal, None)
+                .expect("read");
+        }
+        round(&host, &site);
+        let origin = site.config().site_id;
+        let held = host.trace_head_held(origin).expect("held");
+        let key = t.path().join("kept-apart.key");
+        std::fs::copy(t.path().join("site/master.key"), &key).expect("key");
+        let dir = t.path().join("restored");
+        let clock = carnet_store::replica::system_clock();
+        carnet_store::replica::backup::restore(
+            &file,
+            &dir,
+            &carnet_store::replica::KeySource::File,
+            Some(&key),
+            clock.clone(),
+        )
+        .expect("restore");
+        let restored =
+            Replica::open(&dir, &carnet_store::replica::KeySource::File, clock).expect("open");
+        assert!(restored.trace_head().expect("head") + BATCH_MAX as u64 <= held.0);
+
+        let report = round(&host, &restored);
+        assert!(restored.restore_mark().expect("mark").is_none());
+        // Every entry the host held came back, and the restore's own entry went out.
+        assert_eq!(report.traces, held.0 + 1, "{report:?}");
+        assert_eq!(restored.trace_head().expect("head"), held.0 + 1);
+        let got = restored
+            .read_document(&actor, &after, AccessMode::Normal, None)
+            .expect("the document pushed after the backup is back");
+        assert_eq!(got.body.as_slice(), b"after the backup (synthetic)");
+        // It syncs on: a new change takes a sequence the host has not applied.
+        let new = put(&restored, "after the restore (synthetic)");
+        round(&host, &restored);
+        host.read_document(&actor, &new, AccessMode::Normal, None)
+            .expect("the host holds the new document");
+        restored.verify_audit().expect("the site's chain");
+        host.verify_audit().expect("the host's chains");
     }
 
     #[test]

@@ -25,7 +25,7 @@ struct Network {
 const QUIET_ROUNDS: &str = "sync_every = 600";
 
 /// Starts a site's daemon with `QUIET_ROUNDS`.
-fn start_site(site: &Carnet) -> Daemon {
+pub(crate) fn start_site(site: &Carnet) -> Daemon {
     let toml = site.data.join("carnet.toml");
     let text = std::fs::read_to_string(&toml).expect("carnet.toml");
     let text = text.replace("sync_every = 10", QUIET_ROUNDS);
@@ -68,7 +68,7 @@ fn network() -> Network {
 }
 
 /// Files a consultation report as `DOCTOR`; answers its id.
-fn consultation(at: &Carnet, ins: &str, text: &[u8]) -> String {
+pub(crate) fn consultation(at: &Carnet, ins: &str, text: &[u8]) -> String {
     at.add_doc(ins, DOCTOR, "10", CONSULTATION, "CR", text)
 }
 

@@ -810,3 +810,52 @@ fn a_mask_by_a_bound_and_granted_professional_at_a_real_site_reaches_the_host() 
     assert_eq!(status["pending"], 0, "{status}");
     assert_eq!(host_traced(&w.host, &w.ins, "returned to site"), 0);
 }
+
+#[test]
+fn a_site_that_says_it_was_restored_gets_back_only_its_own_trace_and_its_scope() {
+    let w = world();
+    // An honest site, DOCTOR bound to it: its trace (a read of the dossier) reaches the host.
+    let (honest, _) = enrolled_site_and_bundle(&w.host, &w.address, &[DOCTOR]);
+    honest.pro(DOCTOR, "medecin");
+    sync_until_ok(&honest, Duration::from_secs(20));
+    assert_eq!(
+        honest.body(&w.doc, DOCTOR),
+        b"written at the host (synthetic)"
+    );
+    sync_until_ok(&honest, Duration::from_secs(20));
+
+    // The attacker's site claims a restore: the host sends it the trace entries it holds of
+    // that site (the session's, from its certificate), and its scope again — nothing else.
+    let rogue = Rogue::connect(&w.bundle);
+    let replies = rogue.session(vec![
+        rogue.hello(0, 0),
+        Msg::Restored {
+            taken_at: 0,
+            after: 0,
+        },
+        Msg::Pull { after: 0 },
+    ]);
+    let own: Vec<_> = replies
+        .iter()
+        .filter_map(|m| match m {
+            Msg::OwnTraces { records, .. } => Some(records.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert!(
+        replies.iter().any(|m| matches!(m, Msg::OwnTraces { .. })),
+        "{replies:?}"
+    );
+    assert!(own.is_empty(), "another site's trace: {own:?}");
+    assert!(
+        !pulled_items(&replies)
+            .iter()
+            .any(|i| matches!(i, PullItem::Document(_))),
+        "a document it may not hold"
+    );
+    assert!(!holds(&w.site, &w.ins));
+    // The host traced the claim (ids only), and the honest site's chain still verifies there.
+    let verified = w.host.json(&["audit", "verify"]);
+    assert_eq!(verified["ok"], true, "{verified}");
+}

@@ -12,6 +12,8 @@
 //! - `export`: the holder's FHIR copy.
 //! - `authority`: signed host records on sites.
 //! - `daemon`: real `carnet-syncd` daemons, their local API, the demo.
+//! - `backup`: `carnet backup` while a daemon runs, `carnet restore`, the restored site's first
+//!   round through real daemons; damaged, altered and foreign backups refused.
 //! - `service`: `carnet-syncd` as a service: its command line, systemd's notify protocol and
 //!   watchdog, reloading its settings, its logs.
 //! - `operator`: what the operators see: `carnet sites` at the host, `/metrics`, the status page.
@@ -23,6 +25,7 @@
 mod support;
 
 mod authority;
+mod backup;
 mod cli_basics;
 mod convergence;
 mod daemon;

@@ -174,7 +174,7 @@ fn syncd_speaks_systemds_notify_protocol_and_feeds_the_watchdog() {
 
 /// Starts `carnet-syncd` on a replica with its stderr in `DATA/../NAME.log` (outside the data
 /// folder: the daemon owns that one); answers the daemon and the log's path.
-fn start_logged(replica: &Carnet, env: &[(&str, &str)]) -> (Daemon, std::path::PathBuf) {
+pub(crate) fn start_logged(replica: &Carnet, env: &[(&str, &str)]) -> (Daemon, std::path::PathBuf) {
     let log = replica.path(&format!("syncd-{}.log", unique()));
     let file = std::fs::File::create(&log).expect("log file");
     let child = Command::new(syncd_bin())
@@ -191,7 +191,7 @@ fn start_logged(replica: &Carnet, env: &[(&str, &str)]) -> (Daemon, std::path::P
 }
 
 /// Waits (bounded) until `check` holds for the log's lines; answers them.
-fn wait_for_log(
+pub(crate) fn wait_for_log(
     log: &std::path::Path,
     what: &str,
     check: impl Fn(&[String]) -> bool,

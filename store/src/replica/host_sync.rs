@@ -264,6 +264,47 @@ impl Replica {
         Ok(())
     }
 
+    /// Host: `site` says it was restored from a backup taken at `taken_at` (its say-so: it
+    /// only decides what the host traces and sends it again). Traces it, for the operator, and
+    /// enters every dossier of the site's scope in its log again, so the site's next pull
+    /// brings back everything it may hold, its own documents written after the backup among
+    /// them (`site_view` decides what, as for any pull). Answers the dossiers entered again.
+    pub fn record_site_restore(
+        &self,
+        site: SiteId,
+        taken_at: crate::time::Millis,
+    ) -> Result<usize> {
+        self.require_host()?;
+        let txn = self.begin_write()?;
+        let prefix = site.0.to_be_bytes();
+        let dossiers: Vec<[u8; 32]> = {
+            let scope = txn.open_table(SCOPE)?;
+            let mut out = Vec::new();
+            for row in scope.range(prefix.as_slice()..)? {
+                let (k, _) = row?;
+                let Some(bi) = k.value().strip_prefix(prefix.as_slice()) else {
+                    break;
+                };
+                out.push(bi.try_into().map_err(|_| Error::integrity("scope key"))?);
+            }
+            out
+        };
+        for bi in &dossiers {
+            self.log_append(&txn, site.0, &LogItem::Enter(*bi))?;
+        }
+        txn.trace(vec![self.admin_entry(
+            "site-restored",
+            None,
+            Some(&format!(
+                "site {site} was restored from a backup taken on {}; {} dossiers sent again",
+                crate::time::format_rfc3339(taken_at),
+                dossiers.len()
+            )),
+        )]);
+        txn.commit()?;
+        Ok(dossiers.len())
+    }
+
     /// Host: a signed record changed; logs it for the sites concerned and follows grants.
     pub(super) fn host_authority_changed(
         &self,

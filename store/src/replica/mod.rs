@@ -18,6 +18,7 @@
 mod announcements;
 mod authority_ops;
 mod backend;
+pub mod backup;
 mod cache;
 mod documents;
 mod emergency_fetch;
@@ -26,6 +27,7 @@ mod journal;
 mod pending_grants;
 mod push_check;
 mod quarantine;
+mod restored;
 mod site_access;
 mod site_traces;
 mod site_view;
@@ -57,6 +59,7 @@ pub use documents::{DossierExport, ExportedDocument, NewDocument, ReadOutcome};
 pub use emergency_fetch::EMERGENCY_VALID;
 pub use host_sync::{PullItem, PullPage, PullReport};
 pub use quarantine::Quarantined;
+pub use restored::RestoreMark;
 pub use site_access::{RequestKind, SiteRequest};
 pub use sync::{Act, Applied, BodyPiece, Change, PushApplied};
 
@@ -264,6 +267,9 @@ pub struct Replica {
     view: view::SharedView,
     /// Set once `meta` was found intact at open (`check_state`); until then no commit is made.
     state_verified: AtomicBool,
+    /// Restored from a backup and not caught up with the host yet (`restored`): no trace entry
+    /// is prepared, so nothing is recorded or read.
+    restoring: AtomicBool,
     /// What `open` tightened in a data folder others could read (`files::tighten_folder`).
     folder_fixes: Vec<String>,
 }
@@ -551,7 +557,10 @@ impl Replica {
                 None => (0, [0; 32]),
             }
         };
-        let epoch = journal_epoch(&db.begin_read()?.open_table(META)?)?;
+        let (epoch, restoring) = {
+            let meta = db.begin_read()?.open_table(META)?;
+            (journal_epoch(&meta)?, restored::is_marked(&meta)?)
+        };
         let chain = Mutex::new(TraceChain::open(dir, head, epoch)?);
         let replica = Replica {
             chain,
@@ -569,6 +578,7 @@ impl Replica {
             cache: cache::RegistryCache::default(),
             view: view::SharedView::default(),
             state_verified: AtomicBool::new(false),
+            restoring: AtomicBool::new(restoring),
             folder_fixes,
         };
         replica.check_state(state_authenticated)?;
@@ -576,7 +586,10 @@ impl Replica {
         replica.reload_matrix()?;
         // Entries journaled before a stop or crash move into the table now.
         replica.flush_traces()?;
-        replica.resume_purges()?;
+        if !restoring {
+            // A purge traces: a restored replica resumes them once it caught up.
+            replica.resume_purges()?;
+        }
         replica.index_missing_bodies()?;
         Ok(replica)
     }
@@ -1138,6 +1151,7 @@ impl Replica {
     /// Encodes and seals an entry: the costly part, done by each caller in parallel. The
     /// sealed bytes are bound to the origin; their place in the chain is bound by the chain hash.
     fn prepare_trace(&self, entry: &AuditEntry) -> Result<PreparedTrace> {
+        self.refuse_while_restoring()?;
         let bytes = Zeroizing::new(postcard::to_stdvec(entry)?);
         let sealed = self
             .keys
@@ -1274,6 +1288,7 @@ impl Replica {
         if !journaled && staged.is_empty() && !chain.stale_frame {
             return Ok(out);
         }
+
         let origin = self.config.site_id.0;
         let mut table = txn.open_table(AUDIT)?;
         for r in chain.journaled() {
@@ -1356,7 +1371,13 @@ impl Replica {
     /// This site's trace entries after `after` (at most `limit`), for pushing to the host.
     pub fn traces_after(&self, after: u64, limit: usize) -> Result<Vec<TraceRecord>> {
         self.flush_traces()?;
-        let origin = self.config.site_id.0;
+        self.traces_of(self.config.site_id, after, limit)
+    }
+
+    /// Host: the entries of `origin`'s trace held here after `after` (at most `limit`), for a
+    /// restored site taking its own trace back (`restored`).
+    pub fn traces_of(&self, origin: SiteId, after: u64, limit: usize) -> Result<Vec<TraceRecord>> {
+        let origin = origin.0;
         let txn = self.begin_read()?;
         let table = txn.open_table(AUDIT)?;
         let mut out = Vec::new();

@@ -2818,3 +2818,102 @@ fn a_change_from_a_site_of_an_earlier_build_is_its_authors() {
     let state = host_meta(&host, &id).state();
     assert!(state.flags.masque_ps && !state.flags.invisible_patient);
 }
+
+/// Sends `site`'s trace to the host, as a round does first.
+fn push_traces(host: &Replica, site: &Replica) {
+    let origin = site.config().site_id;
+    host.admit_chain_key(origin, &site.trace_chain_key())
+        .expect("chain key");
+    let records = site.traces_after(0, usize::MAX).expect("traces");
+    host.apply_remote_traces(origin, &records).expect("traces");
+}
+
+#[test]
+fn a_restored_site_records_nothing_until_it_took_back_the_chain_it_made() {
+    let (_hd, host, sd, site) = host_and_site();
+    let origin = site.config().site_id;
+    write(&site, "before", b"before (synthetic)");
+    push_traces(&host, &site);
+    sync(&host, &site);
+    let files = TempDir::new().expect("tmp");
+    let file = files.path().join("site.backup");
+    let taken = site.backup_to(&file, &[]).expect("backup");
+    assert_eq!((taken.site_id, taken.role), (origin, Role::Site));
+    assert_eq!(backup::inspect(&file).expect("inspect").site_id, origin);
+    // After the backup the site goes on, and the host takes it all.
+    let after = write(&site, "after", b"after (synthetic)");
+    write(&site, "after, again", b"after again (synthetic)");
+    push_traces(&host, &site);
+    sync(&host, &site);
+    let key = files.path().join("kept-apart.key");
+    fs::copy(sd.path().join(KEY_FILE), &key).expect("key");
+    let dir = files.path().join("restored");
+    backup::restore(&file, &dir, &KeySource::File, Some(&key), clock()).expect("restore");
+    let r = Replica::open(&dir, &KeySource::File, clock()).expect("open");
+    assert!(r.restore_mark().expect("mark").is_some());
+    let (head, queued) = (
+        r.trace_head().expect("head"),
+        r.outbox_len().expect("outbox"),
+    );
+    assert!(head < host.trace_mark(origin).expect("mark"));
+
+    // Nothing is recorded, nor read, and a refusal writes nothing.
+    let refused = r.put_document(
+        &Actor::Professional(doctor()),
+        AccessMode::Normal,
+        None,
+        &ins(),
+        doc("during the restore", b"x"),
+    );
+    assert!(matches!(refused, Err(Error::Invalid(_))), "{refused:?}");
+    assert!(
+        r.list_documents(&Actor::Professional(doctor()), &ins())
+            .is_err()
+    );
+    assert_eq!(r.trace_head().expect("head"), head);
+    assert_eq!(r.outbox_len().expect("outbox"), queued);
+
+    // The host's copy comes back only link by link under the site's own key: an entry
+    // altered, or one past a gap, is refused and nothing is stored.
+    let theirs = host.traces_of(origin, head, 1024).expect("host copy");
+    assert!(theirs.len() >= 2, "{theirs:?}");
+    let mut forged = theirs.clone();
+    forged[0].entry.allowed = !forged[0].entry.allowed;
+    assert!(matches!(
+        r.restore_own_traces(&forged),
+        Err(Error::Integrity(_))
+    ));
+    assert!(r.restore_own_traces(&theirs[1..]).is_err());
+    assert_eq!(r.trace_head().expect("head"), head);
+    let held = host.trace_head_held(origin).expect("held");
+    assert_eq!(
+        r.restore_own_traces(&theirs).expect("restore traces"),
+        held.0
+    );
+    // A host that names another end of the chain is not followed.
+    let acked = host.applied_mark(origin).expect("applied");
+    assert!(matches!(
+        r.finish_restore(acked, (held.0, [9; 32])),
+        Err(Error::Integrity(_))
+    ));
+    assert!(r.restore_mark().expect("mark").is_some());
+    r.finish_restore(acked, held).expect("finish");
+    assert!(r.restore_mark().expect("mark").is_none());
+    assert!(r.outbox_issued().expect("issued") >= acked);
+    r.verify_audit()
+        .expect("the chain verifies across the restore");
+
+    // It syncs on: the document pushed after the backup comes back, a new one goes out with
+    // a sequence the host has not seen, and the host's copy of its chain still verifies.
+    assert_eq!(
+        host.record_site_restore(origin, taken.taken_at)
+            .expect("record"),
+        1
+    );
+    let new = write(&r, "after the restore", b"new (synthetic)");
+    push_traces(&host, &r);
+    sync(&host, &r);
+    assert!(metas(&r).iter().any(|m| m.facts.id == after));
+    assert!(metas(&host).iter().any(|m| m.facts.id == new));
+    host.verify_audit().expect("host chains");
+}
