@@ -646,7 +646,7 @@ pub fn certificate_warnings(replica: &Replica) -> Result<Vec<String>> {
     Ok(out)
 }
 
-fn save_site_tls(replica: &Replica, tls: &SiteTls) -> Result<()> {
+pub(crate) fn save_site_tls(replica: &Replica, tls: &SiteTls) -> Result<()> {
     let stored = SiteTlsV2 {
         ca_cert_der: tls.ca_cert_der.clone(),
         identity: tls.identity.clone(),

@@ -36,7 +36,7 @@ use rustls_pki_types::CertificateDer;
 use crate::enrol::{self, SiteTls};
 use crate::error::{Error, Result};
 use crate::frame::{self, FrameDecoder};
-use crate::pki::HOST_NAME;
+use crate::pki::{HOST_NAME, Identity};
 use crate::session::{HostSession, Msg, RoundReport, SiteSession};
 use crate::transport::Revoked;
 
@@ -297,6 +297,8 @@ async fn serve_connection(
         return Err(Error::Invalid("unknown or revoked site".into()));
     };
     live.join(SiteId(site), fingerprint, &conn, head);
+    // The certificate the site's trace heads must be signed with (`HostSession`).
+    let certificate: Arc<[u8]> = Arc::from(leaf.as_ref());
     let since = std::time::Instant::now();
     tracing::info!(site, %remote, "site connected");
     let mut streams = 0u64;
@@ -307,9 +309,13 @@ async fn serve_connection(
             break;
         }
         streams += 1;
-        let (replica, live) = (replica.clone(), live.clone());
+        let (replica, live, certificate) = (replica.clone(), live.clone(), certificate.clone());
         tokio::spawn(async move {
-            let site = (SiteId(site), fingerprint);
+            let site = Peer {
+                site: SiteId(site),
+                fingerprint,
+                certificate,
+            };
             let _ = host_stream(&mut send_stream, &mut recv, replica, site, &live).await;
         });
     }
@@ -356,7 +362,7 @@ impl StreamLog {
     fn received(&self, msg: &Msg) {
         match msg {
             Msg::Hello { .. } => self.round.store(true, Ordering::Relaxed),
-            Msg::Traces(t) => Self::add(&self.traces_received, t.len()),
+            Msg::Traces { records, .. } => Self::add(&self.traces_received, records.len()),
             Msg::Push { changes, bodies } => {
                 Self::add(&self.changes_received, changes.len());
                 Self::add(&self.bodies_received, bodies.len());
@@ -411,27 +417,30 @@ impl StreamLog {
     }
 }
 
+/// The site at the other end of a connection, as its certificate says.
+struct Peer {
+    site: SiteId,
+    /// The certificate's fingerprint (`transport::fingerprint`): revocation.
+    fingerprint: [u8; 32],
+    /// The certificate (DER): what the site signs is checked against its key.
+    certificate: Arc<[u8]>,
+}
+
 async fn host_stream(
     send_stream: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
     replica: Arc<Replica>,
-    (site, fingerprint): (SiteId, [u8; 32]),
+    peer: Peer,
     live: &Live,
 ) -> Result<()> {
+    let site = peer.site;
     // The session's commits leave their syncs behind them (`Replica::deferring_syncs`): the
     // next messages are applied while the disk makes the last ones durable, and each reply
     // leaves, in order, once what was committed before it is on disk.
     let (replies, mut to_send) = tokio::sync::mpsc::channel(crate::session::PUSH_WINDOW);
     let started = std::time::Instant::now();
     let stats = StreamLog::default();
-    let serve = serve_host_stream(
-        recv,
-        replica.clone(),
-        (site, fingerprint),
-        live,
-        replies,
-        &stats,
-    );
+    let serve = serve_host_stream(recv, replica.clone(), peer, live, replies, &stats);
     let sender = async {
         while let Some(Reply { after, msgs }) = to_send.recv().await {
             let durable = match after {
@@ -485,13 +494,17 @@ struct Reply {
 async fn serve_host_stream(
     recv: &mut quinn::RecvStream,
     replica: Arc<Replica>,
-    (site, fingerprint): (SiteId, [u8; 32]),
+    peer: Peer,
     live: &Live,
     replies: tokio::sync::mpsc::Sender<Reply>,
     stats: &StreamLog,
 ) -> Result<()> {
     let mut decoder = FrameDecoder::new();
-    let session = Arc::new(std::sync::Mutex::new(HostSession::new(site)));
+    let (site, fingerprint) = (peer.site, peer.fingerprint);
+    let session = Arc::new(std::sync::Mutex::new(HostSession::new(
+        site,
+        peer.certificate.to_vec(),
+    )));
     let error = |e: String| Reply {
         after: None,
         msgs: vec![Msg::Error(e)],
@@ -556,7 +569,7 @@ async fn serve_host_stream(
 
 /// A message the site pushes in a window: a trace batch or a Push.
 fn is_push(msg: &Msg) -> bool {
-    matches!(msg, Msg::Push { .. } | Msg::Traces(_))
+    matches!(msg, Msg::Push { .. } | Msg::Traces { .. })
 }
 
 /// Adds to `msgs` the messages that have already arrived after a push (a trace batch or a
@@ -598,7 +611,8 @@ async fn more_pushes_at_hand(
 #[derive(Debug)]
 pub struct Link {
     replica: Arc<Replica>,
-    open: Option<(quinn::Endpoint, quinn::Connection)>,
+    /// The open connection, with the identity (certificate and key) it was made with.
+    open: Option<(quinn::Endpoint, quinn::Connection, Identity)>,
     wake: Arc<tokio::sync::Notify>,
     /// Connections opened so far.
     opened: u64,
@@ -619,7 +633,7 @@ impl Link {
     pub fn is_open(&self) -> bool {
         self.open
             .as_ref()
-            .is_some_and(|(_, c)| c.close_reason().is_none())
+            .is_some_and(|(_, c, _)| c.close_reason().is_none())
     }
 
     /// Connections this link opened to the host so far (one while it holds; a reconnection
@@ -630,18 +644,19 @@ impl Link {
 
     /// UDP bytes sent and received on the open connection so far (handshake included).
     pub fn wire_bytes(&self) -> (u64, u64) {
-        self.open.as_ref().map_or((0, 0), |(_, c)| {
+        self.open.as_ref().map_or((0, 0), |(_, c, _)| {
             let s = c.stats();
             (s.udp_tx.bytes, s.udp_rx.bytes)
         })
     }
 
-    /// The open connection, or a new one (and whether it is new).
-    async fn connection(&mut self) -> Result<(quinn::Connection, bool)> {
-        if let Some((_, conn)) = &self.open
+    /// The open connection, or a new one, with the identity it was made with (and whether it
+    /// is new).
+    async fn connection(&mut self) -> Result<(quinn::Connection, Identity, bool)> {
+        if let Some((_, conn, identity)) = &self.open
             && conn.close_reason().is_none()
         {
-            return Ok((conn.clone(), false));
+            return Ok((conn.clone(), identity.clone(), false));
         }
         self.close().await;
         let r = self.replica.clone();
@@ -669,16 +684,16 @@ impl Link {
         .map_err(|_| Error::Invalid("the host did not answer".into()))?
         .map_err(net_err)?;
         tokio::spawn(listen_for_pokes(conn.clone(), self.wake.clone()));
-        self.open = Some((endpoint, conn.clone()));
+        self.open = Some((endpoint, conn.clone(), tls.identity.clone()));
         self.opened += 1;
-        Ok((conn, true))
+        Ok((conn, tls.identity, true))
     }
 
     /// One sync round on the link (connecting first if needed). The connection stays open.
     pub async fn round(&mut self) -> Result<RoundReport> {
-        let (conn, fresh) = self.connection().await?;
+        let (conn, identity, fresh) = self.connection().await?;
         let before = if fresh { (0, 0) } else { self.wire_bytes() };
-        match round_on(&conn, &self.replica).await {
+        match round_on(&conn, &self.replica, identity).await {
             Ok(mut report) => {
                 let after = self.wire_bytes();
                 report.wire_sent = after.0 - before.0;
@@ -696,7 +711,7 @@ impl Link {
 
     /// Closes the connection cleanly, if open.
     pub async fn close(&mut self) {
-        if let Some((endpoint, conn)) = self.open.take() {
+        if let Some((endpoint, conn, _)) = self.open.take() {
             conn.close(0u32.into(), b"bye");
             let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
         }
@@ -724,9 +739,13 @@ pub async fn sync_round(replica: Arc<Replica>) -> Result<RoundReport> {
 
 /// One round on a new stream of `conn`; each body the round fetches comes on a stream of its
 /// own (`fetch_body`), so bodies travel side by side and none waits behind a large one.
-async fn round_on(conn: &quinn::Connection, replica: &Arc<Replica>) -> Result<RoundReport> {
+async fn round_on(
+    conn: &quinn::Connection,
+    replica: &Arc<Replica>,
+    identity: Identity,
+) -> Result<RoundReport> {
     let (mut send_stream, mut recv) = conn.open_bi().await.map_err(net_err)?;
-    let session = Arc::new(std::sync::Mutex::new(SiteSession::new()));
+    let session = Arc::new(std::sync::Mutex::new(SiteSession::new(identity)));
     let (r, s) = (replica.clone(), session.clone());
     let hello = tokio::task::spawn_blocking(move || {
         s.lock()
@@ -970,7 +989,7 @@ mod tests {
             )
             .expect("host writes");
         let mut link = Link::new(site, Arc::new(tokio::sync::Notify::new()));
-        let (conn, _) = tokio::time::timeout(Duration::from_secs(20), link.connection())
+        let (conn, _, _) = tokio::time::timeout(Duration::from_secs(20), link.connection())
             .await
             .expect("in time")
             .expect("connected");

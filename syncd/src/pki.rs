@@ -4,7 +4,8 @@
 //! `HOST_NAME` and the server-auth usage, a site certificate the client-auth usage and the
 //! site id in its common name. Every certificate has a real lifetime (`CA_DAYS`, `HOST_DAYS`,
 //! `SITE_DAYS`) starting `SKEW_SECS` before it is issued, and never outlives the CA. Keys
-//! travel as PKCS#8 DER and are never logged.
+//! travel as PKCS#8 DER and are never logged. A certificate's key also signs what its holder
+//! vouches for (`sign`, `verify`: ECDSA P-256, the only key type Carnet issues).
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -140,6 +141,50 @@ pub fn issue_site(ca: &Identity, site_id: u32, now: i64) -> Result<Identity> {
         .push(DnType::CommonName, format!("site-{site_id}"));
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     issue(ca, params, now, SITE_DAYS, None)
+}
+
+/// Signs `msg` with the key of `identity` (the key its certificate names).
+pub fn sign(identity: &Identity, msg: &[u8]) -> Result<Vec<u8>> {
+    use rcgen::SigningKey;
+    let key = KeyPair::try_from(identity.key_der.as_slice()).map_err(pki_err)?;
+    key.sign(msg).map_err(pki_err)
+}
+
+/// Checks that `signature` is the signature of `msg` by the key of the certificate
+/// `cert_der` (ECDSA P-256 with SHA-256, ASN.1 DER). Anything else is an error.
+pub fn verify(cert_der: &[u8], msg: &[u8], signature: &[u8]) -> Result<()> {
+    let point = p256_point(tbs_fields(cert_der)?.spki)?;
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, point)
+        .verify(msg, signature)
+        .map_err(|_| Error::Pki("the signature was not made by the certificate's key".into()))
+}
+
+/// The AlgorithmIdentifier of a P-256 public key (id-ecPublicKey, prime256v1), DER.
+const P256_ALGORITHM: &[u8] = &[
+    0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48,
+    0xce, 0x3d, 0x03, 0x01, 0x07,
+];
+
+/// The uncompressed point of a P-256 SubjectPublicKeyInfo (its whole DER element).
+fn p256_point(spki: &[u8]) -> Result<&[u8]> {
+    let not_p256 = || Error::Pki("the key is not a P-256 public key".into());
+    let (tag, _, fields, _) = der::element(spki)?;
+    if tag != der::SEQUENCE {
+        return Err(der::malformed());
+    }
+    let (_, algorithm, _, rest) = der::element(fields)?;
+    if algorithm != P256_ALGORITHM {
+        return Err(not_p256());
+    }
+    let (tag, _, bits, rest) = der::element(rest)?;
+    match bits.split_first() {
+        Some((0, point))
+            if tag == 0x03 && rest.is_empty() && point.len() == 65 && point[0] == 4 =>
+        {
+            Ok(point)
+        }
+        _ => Err(not_p256()),
+    }
 }
 
 /// A certificate's validity window, in Unix seconds.
@@ -359,6 +404,35 @@ mod tests {
             key_pin(&host.cert_der).ok(),
             Some(*blake3::hash(cert.public_key().raw).as_bytes())
         );
+    }
+
+    #[test]
+    fn a_certificate_key_signs_and_only_its_signatures_verify() {
+        let ca = new_ca(NOW).expect("ca");
+        let site = issue_site(&ca, 7, NOW).expect("site");
+        let other = issue_site(&ca, 8, NOW).expect("other");
+        let sig = sign(&site, b"head").expect("sign");
+        verify(&site.cert_der, b"head", &sig).expect("verifies");
+        assert!(
+            verify(&site.cert_der, b"head!", &sig).is_err(),
+            "another message"
+        );
+        assert!(
+            verify(&other.cert_der, b"head", &sig).is_err(),
+            "another key"
+        );
+        assert!(verify(&site.cert_der, b"head", &sig[1..]).is_err());
+        assert!(verify(&site.cert_der, b"head", b"").is_err());
+        // x509-parser reads the same point.
+        let (_, cert) = X509Certificate::from_der(&site.cert_der).expect("x509");
+        let spki = tbs_fields(&site.cert_der).expect("tbs").spki;
+        assert_eq!(
+            p256_point(spki).ok(),
+            Some(cert.public_key().subject_public_key.data.as_ref())
+        );
+        for cut in 0..spki.len() {
+            assert!(p256_point(&spki[..cut]).is_err());
+        }
     }
 
     #[test]

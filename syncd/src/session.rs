@@ -20,17 +20,25 @@
 //! next round where it stopped, and only the piece in flight is sent twice.
 //!
 //! Invariants: the host binds the session to the site id of the peer's certificate and refuses
-//! a `Hello` claiming another; every batch is bounded (`BATCH_MAX` items, `CHUNK_MAX` bytes);
+//! a `Hello` claiming another; every trace batch comes with the site's signature over its last
+//! entry (`SignedTraceHead`), made with the key of the certificate the site connects with, and
+//! the host checks it against that certificate before storing anything (a batch unsigned,
+//! signed for another head or by another key is refused, and the refusal traced); every
+//! batch is bounded (`BATCH_MAX` items, `CHUNK_MAX` bytes);
 //! a message out of turn ends the session with an `Error`; the host takes body pieces only for
 //! bodies the site owes; a heartbeat (in `Welcome` or ending a `Pulled`) names the site and its
 //! log head, and renews the site's lease only once its cursor is that head.
 
 use carnet_store::authority::SignedRecord;
 use carnet_store::ids::{DocId, SiteId};
-use carnet_store::replica::{Applied, BodyPiece, Change, Lease, PullItem, Replica, TraceRecord};
+use carnet_store::replica::{
+    Applied, BodyPiece, Change, Lease, PullItem, Replica, SignedTraceHead, TraceHeadEvidence,
+    TraceRecord,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::pki::{self, Identity};
 
 /// Most changes or pulled items in one message.
 pub const BATCH_MAX: usize = 1024;
@@ -88,8 +96,14 @@ pub enum Msg {
         /// round with nothing new is one round trip).
         current: Option<SignedRecord>,
     },
-    /// Site: trace entries, in chain order (sent first: every trace reaches the host).
-    Traces(Vec<TraceRecord>),
+    /// Site: trace entries, in chain order (sent first: every trace reaches the host), and the
+    /// site's signature over the last one (required with any entry).
+    Traces {
+        /// The entries.
+        records: Vec<TraceRecord>,
+        /// The head they end on, signed with the key of the site's certificate.
+        head: Option<SignedTraceHead>,
+    },
     /// Host: trace entries held up to `upto`.
     TracesAck {
         /// Highest entry held.
@@ -180,7 +194,7 @@ impl Msg {
         match self {
             Msg::Hello { .. } => "Hello",
             Msg::Welcome { .. } => "Welcome",
-            Msg::Traces(_) => "Traces",
+            Msg::Traces { .. } => "Traces",
             Msg::TracesAck { .. } => "TracesAck",
             Msg::Push { .. } => "Push",
             Msg::PushAck { .. } => "PushAck",
@@ -234,6 +248,8 @@ const RETURNED: &str = "returned by the host: its dossier is closed or not held 
 
 /// A push's changes and inline bodies.
 type Push = (Vec<(u64, Change)>, Vec<BodyPiece>);
+/// A trace batch and its signed head.
+type TraceBatch = (Vec<TraceRecord>, Option<SignedTraceHead>);
 
 fn out_of_turn(what: &str) -> Error {
     Error::Invalid(format!("protocol: unexpected {what}"))
@@ -243,16 +259,19 @@ fn out_of_turn(what: &str) -> Error {
 #[derive(Debug)]
 pub struct HostSession {
     site: SiteId,
+    /// The peer's certificate (DER): the key the site signs its trace heads with.
+    certificate: Vec<u8>,
     greeted: bool,
     /// A stream opened by a `GetBody` carries only body fetches.
     bodies_only: bool,
 }
 
 impl HostSession {
-    /// A session for `site` (from its certificate).
-    pub fn new(site: SiteId) -> Self {
+    /// A session for `site`, which connected with `certificate` (DER).
+    pub fn new(site: SiteId, certificate: Vec<u8>) -> Self {
         HostSession {
             site,
+            certificate,
             greeted: false,
             bodies_only: false,
         }
@@ -277,11 +296,11 @@ impl HostSession {
                     }
                     out.extend(self.apply_pushes(replica, pushes)?);
                 }
-                Msg::Traces(records) if in_session => {
-                    let mut batches = vec![records];
-                    while let Some(Msg::Traces(_)) = msgs.peek() {
-                        if let Some(Msg::Traces(records)) = msgs.next() {
-                            batches.push(records);
+                Msg::Traces { records, head } if in_session => {
+                    let mut batches = vec![(records, head)];
+                    while let Some(Msg::Traces { .. }) = msgs.peek() {
+                        if let Some(Msg::Traces { records, head }) = msgs.next() {
+                            batches.push((records, head));
                         }
                     }
                     out.extend(self.apply_traces(replica, batches)?);
@@ -292,25 +311,72 @@ impl HostSession {
         Ok(out)
     }
 
-    /// Stores trace batches in one transaction, all or nothing; answers a `TracesAck` for
-    /// each, up to its last entry.
-    fn apply_traces(
-        &mut self,
-        replica: &Replica,
-        batches: Vec<Vec<TraceRecord>>,
-    ) -> Result<Vec<Msg>> {
-        if batches.iter().any(|b| b.len() > BATCH_MAX) {
+    /// Stores trace batches in one transaction, all or nothing, once each batch's signed head
+    /// is checked; answers a `TracesAck` for each, up to its last entry.
+    fn apply_traces(&mut self, replica: &Replica, batches: Vec<TraceBatch>) -> Result<Vec<Msg>> {
+        if batches.iter().any(|(b, _)| b.len() > BATCH_MAX) {
             return Err(Error::Invalid("protocol: trace batch too large".into()));
         }
-        let lasts: Vec<Option<u64>> = batches.iter().map(|b| b.last().map(|r| r.seq)).collect();
-        let records: Vec<_> = batches.into_iter().flatten().collect();
-        let head = replica.apply_remote_traces(self.site, &records)?;
+        for (records, head) in &batches {
+            self.check_trace_head(replica, records, head.as_ref())?;
+        }
+        // The last batch with entries ends on the last entry: its head covers them all.
+        let signed = batches
+            .iter()
+            .rev()
+            .find(|(records, _)| !records.is_empty())
+            .and_then(|(_, head)| head.clone())
+            .map(|head| TraceHeadEvidence {
+                head,
+                signer: self.certificate.clone(),
+            });
+        let lasts: Vec<Option<u64>> = batches
+            .iter()
+            .map(|(b, _)| b.last().map(|r| r.seq))
+            .collect();
+        let records: Vec<_> = batches.into_iter().flat_map(|(b, _)| b).collect();
+        let head = replica.apply_remote_traces(self.site, &records, signed.as_ref())?;
         Ok(lasts
             .into_iter()
             .map(|last| Msg::TracesAck {
                 upto: last.map_or(head, |seq| seq.min(head)),
             })
             .collect())
+    }
+
+    /// Refuses a batch of trace entries unless `head` names its last entry and is signed, for
+    /// this site, by the key of the certificate this session runs under. A refusal is traced
+    /// at the host and ends the session (the site is told why).
+    fn check_trace_head(
+        &self,
+        replica: &Replica,
+        records: &[TraceRecord],
+        head: Option<&SignedTraceHead>,
+    ) -> Result<()> {
+        let Some(last) = records.last() else {
+            return Ok(());
+        };
+        let refused = match head {
+            None => Some("without a signed trace head"),
+            Some(h) if (h.seq, h.hash) != (last.seq, last.hash) => {
+                Some("with a signed trace head that is not their last entry")
+            }
+            Some(h) => pki::verify(
+                &self.certificate,
+                &SignedTraceHead::message(self.site, h.seq, &h.hash),
+                &h.signature,
+            )
+            .err()
+            .map(|_| "with a trace head this site's certificate key did not sign"),
+        };
+        let Some(why) = refused else {
+            return Ok(());
+        };
+        replica.trace_refusal(self.site, "trace-head-refused")?;
+        Err(Error::Store(carnet_store::Error::Integrity(format!(
+            "site {} sent trace entries up to {} {why}: nothing stored",
+            self.site, last.seq
+        ))))
     }
 
     /// Applies pushes in one transaction, all or nothing; answers a `PushAck` for each.
@@ -439,7 +505,7 @@ impl HostSession {
                 }])
             }
             Msg::Push { changes, bodies } => self.apply_pushes(replica, vec![(changes, bodies)]),
-            Msg::Traces(records) => self.apply_traces(replica, vec![records]),
+            Msg::Traces { records, head } => self.apply_traces(replica, vec![(records, head)]),
             Msg::PutBodies(pieces) => {
                 let bytes: usize = pieces.iter().map(|p| p.bytes.len()).sum();
                 if bytes > CHUNK_MAX || pieces.iter().any(|p| p.total > BODY_MAX) {
@@ -549,6 +615,9 @@ enum SiteState {
 #[derive(Debug)]
 pub struct SiteSession {
     state: SiteState,
+    /// The site's certificate and key, the ones its connection presents: they sign the head
+    /// of each trace batch.
+    signer: Identity,
     /// Bodies the host lacks, with the bytes of each it keeps.
     to_send: Vec<(DocId, u64)>,
     /// Bodies sent and not yet stored by the host, with the bytes sent.
@@ -575,17 +644,12 @@ pub struct SiteSession {
     report: RoundReport,
 }
 
-impl Default for SiteSession {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl SiteSession {
-    /// A new round.
-    pub fn new() -> Self {
+    /// A new round, on a connection made with `signer` (the site's certificate and key).
+    pub fn new(signer: Identity) -> Self {
         SiteSession {
             state: SiteState::Greeting,
+            signer,
             to_send: Vec::new(),
             sending: Vec::new(),
             queued: std::collections::VecDeque::new(),
@@ -657,7 +721,19 @@ impl SiteSession {
             return Ok(None);
         };
         self.traces_sent = last.seq;
-        Ok(Some(Msg::Traces(records)))
+        let site = replica.config().site_id;
+        let head = SignedTraceHead {
+            seq: last.seq,
+            hash: last.hash,
+            signature: pki::sign(
+                &self.signer,
+                &SignedTraceHead::message(site, last.seq, &last.hash),
+            )?,
+        };
+        Ok(Some(Msg::Traces {
+            records,
+            head: Some(head),
+        }))
     }
 
     /// The next Push: outbox entries after the last sent, with the bodies of the new documents
@@ -962,13 +1038,13 @@ impl SiteSession {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit::{doctor, host_and_site, new_doc};
+    use crate::testkit::{certificate, doctor, host_and_site, new_doc, signer};
     use carnet_store::model::{AccessMode, Actor};
 
     /// Runs one round in memory; every message goes through the frame codec, as on the wire.
     pub(super) fn round(host: &Replica, site: &Replica) -> RoundReport {
-        let mut s = SiteSession::new();
-        let mut h = HostSession::new(site.config().site_id);
+        let mut s = SiteSession::new(signer(site));
+        let mut h = HostSession::new(site.config().site_id, certificate(site));
         let mut to_host = vec![s.start(site).expect("start")];
         for _ in 0..10_000 {
             let mut to_site = Vec::new();
@@ -1077,8 +1153,8 @@ mod tests {
             })
             .collect();
         // A whole round, counting what crosses: pushes only, several in flight, no PutBodies.
-        let mut s = SiteSession::new();
-        let mut h = HostSession::new(site.config().site_id);
+        let mut s = SiteSession::new(signer(&site));
+        let mut h = HostSession::new(site.config().site_id, certificate(&site));
         let mut to_host = vec![s.start(&site).expect("start")];
         let (mut pushes, mut most_in_flight, mut put_bodies) = (0, 0, 0);
         for _ in 0..10_000 {
@@ -1157,8 +1233,8 @@ mod tests {
         host: &Replica,
         site: &Replica,
     ) -> std::collections::BTreeMap<&'static str, usize> {
-        let mut s = SiteSession::new();
-        let mut h = HostSession::new(site.config().site_id);
+        let mut s = SiteSession::new(signer(site));
+        let mut h = HostSession::new(site.config().site_id, certificate(site));
         let mut counts = std::collections::BTreeMap::new();
         let mut to_host = vec![s.start(site).expect("start")];
         for _ in 0..10_000 {
@@ -1228,8 +1304,8 @@ mod tests {
         round(&host, &site);
         let (as_of, _) = site.authority_freshness().expect("freshness");
         std::thread::sleep(std::time::Duration::from_millis(5));
-        let mut s = SiteSession::new();
-        let mut h = HostSession::new(site.config().site_id);
+        let mut s = SiteSession::new(signer(&site));
+        let mut h = HostSession::new(site.config().site_id, certificate(&site));
         let welcome = h
             .handle(&host, wire(&s.start(&site).expect("hello")))
             .expect("welcome");
@@ -1258,8 +1334,11 @@ mod tests {
         // Behind the host's log, or with something to push, the round goes on.
         host.update_emergency(&ins, |p| p.btg_allowed = false)
             .expect("a new signed record for the dossier");
-        let welcome = HostSession::new(site.config().site_id)
-            .handle(&host, SiteSession::new().start(&site).expect("hello"))
+        let welcome = HostSession::new(site.config().site_id, certificate(&site))
+            .handle(
+                &host,
+                SiteSession::new(signer(&site)).start(&site).expect("hello"),
+            )
             .expect("welcome");
         assert!(
             matches!(&welcome[..], [Msg::Welcome { current: None, .. }]),
@@ -1280,7 +1359,7 @@ mod tests {
         let head = host.log_head(site_id).expect("head");
         assert!(head > site.pull_cursor().expect("cursor"));
         // A Hello that claims the head (a lying or confused site) gets a heartbeat naming it...
-        let welcome = HostSession::new(site_id)
+        let welcome = HostSession::new(site_id, certificate(&site))
             .handle(
                 &host,
                 Msg::Hello {
@@ -1302,7 +1381,7 @@ mod tests {
             "{welcome:?}"
         );
         // ...which a site whose cursor is behind does not admit: it pulls.
-        let mut s = SiteSession::new();
+        let mut s = SiteSession::new(signer(&site));
         s.start(&site).expect("hello");
         let answer = s.handle(&site, wire(&welcome[0])).expect("site");
         assert!(
@@ -1319,16 +1398,16 @@ mod tests {
     #[test]
     fn a_site_cannot_speak_for_another() {
         let (_t, host, site, _) = host_and_site();
-        let mut h = HostSession::new(SiteId(site.config().site_id.0 + 1));
-        let hello = SiteSession::new().start(&site).expect("hello");
+        let mut h = HostSession::new(SiteId(site.config().site_id.0 + 1), certificate(&site));
+        let hello = SiteSession::new(signer(&site)).start(&site).expect("hello");
         assert!(h.handle(&host, hello).is_err());
-        let mut h = HostSession::new(site.config().site_id);
+        let mut h = HostSession::new(site.config().site_id, certificate(&site));
         assert!(
             h.handle(&host, Msg::Pull { after: 0 }).is_err(),
             "nothing before Hello"
         );
         // A stream that opens with a body fetch carries body fetches only.
-        let mut bodies = HostSession::new(site.config().site_id);
+        let mut bodies = HostSession::new(site.config().site_id, certificate(&site));
         let get = Msg::GetBody {
             doc: DocId([9; 16]),
             offset: 0,
@@ -1339,7 +1418,7 @@ mod tests {
         );
         assert!(
             matches!(
-                HostSession::new(site.config().site_id).handle(&host, get.clone()),
+                HostSession::new(site.config().site_id, certificate(&site)).handle(&host, get.clone()),
                 Err(e) if !e.to_string().contains("before Hello")
             ),
             "a GetBody opens a body stream"
@@ -1351,7 +1430,7 @@ mod tests {
                 .to_string()
                 .contains("body stream")
         );
-        let mut s = SiteSession::new();
+        let mut s = SiteSession::new(signer(&site));
         assert!(
             s.handle(
                 &site,
@@ -1364,7 +1443,7 @@ mod tests {
             .is_err()
         );
         // A host claiming more than the site ever sent (a replica restored from a backup).
-        let mut s = SiteSession::new();
+        let mut s = SiteSession::new(signer(&site));
         let welcome = Msg::Welcome {
             acked: 1_000,
             traces_acked: 0,
@@ -1388,10 +1467,14 @@ mod tests {
             current: None,
         };
         assert!(matches!(
-            SiteSession::new().handle(&site, welcome([1; 32])),
+            SiteSession::new(signer(&site)).handle(&site, welcome([1; 32])),
             Err(Error::Store(carnet_store::Error::Integrity(_)))
         ));
-        assert!(SiteSession::new().handle(&site, welcome(ours)).is_ok());
+        assert!(
+            SiteSession::new(signer(&site))
+                .handle(&site, welcome(ours))
+                .is_ok()
+        );
     }
     #[test]
     fn the_trace_and_the_pushes_travel_in_one_window_and_are_acknowledged_in_order() {
@@ -1405,7 +1488,10 @@ mod tests {
         site.put_documents(&actor, AccessMode::Normal, None, docs)
             .expect("writes");
         let site_id = site.config().site_id;
-        let (mut s, mut h) = (SiteSession::new(), HostSession::new(site_id));
+        let (mut s, mut h) = (
+            SiteSession::new(signer(&site)),
+            HostSession::new(site_id, certificate(&site)),
+        );
         let welcome = h
             .handle_all(&host, vec![wire(&s.start(&site).expect("hello"))])
             .expect("welcome");
@@ -1442,12 +1528,15 @@ mod tests {
         );
         // Acknowledgements out of turn are refused: of trace entries never sent, of a push
         // while a trace batch is the oldest in flight.
-        let (mut s, mut h) = (SiteSession::new(), HostSession::new(site_id));
+        let (mut s, mut h) = (
+            SiteSession::new(signer(&site)),
+            HostSession::new(site_id, certificate(&site)),
+        );
         let welcome = h
             .handle(&host, s.start(&site).expect("hello"))
             .expect("welcome");
         let window = s.handle(&site, welcome[0].clone()).expect("window");
-        assert!(matches!(&window[..], [Msg::Traces(_)]), "{window:?}");
+        assert!(matches!(&window[..], [Msg::Traces { .. }]), "{window:?}");
         let beyond = site.trace_head().expect("head") + 1;
         assert!(s.handle(&site, Msg::TracesAck { upto: beyond }).is_err());
         let push_ack = Msg::PushAck {
@@ -1456,6 +1545,93 @@ mod tests {
             returned: vec![],
         };
         assert!(s.handle(&site, push_ack).is_err());
+    }
+
+    #[test]
+    fn the_host_takes_trace_entries_only_under_a_head_the_sites_certificate_key_signed() {
+        let (_t, host, site, ins) = host_and_site();
+        round(&host, &site);
+        let actor = Actor::Professional(doctor());
+        site.put_document(
+            &actor,
+            AccessMode::Normal,
+            None,
+            &ins,
+            new_doc("t", b"x".to_vec()),
+        )
+        .expect("a traced write");
+        let site_id = site.config().site_id;
+        let held_before = host.trace_mark(site_id).expect("mark");
+        let records = site.traces_after(held_before, 100).expect("traces");
+        let last = records.last().expect("an entry").clone();
+        let me = signer(&site);
+        let sign = |who: &Identity, for_site: SiteId, seq: u64, hash: [u8; 32]| SignedTraceHead {
+            seq,
+            hash,
+            signature: pki::sign(who, &SignedTraceHead::message(for_site, seq, &hash))
+                .expect("sign"),
+        };
+        // Another certificate's key, of the same CA or not: the host checks against the
+        // certificate of the connection.
+        let now = host.now() / 1000;
+        let stranger =
+            pki::issue_site(&pki::new_ca(now).expect("ca"), site_id.0, now).expect("stranger");
+        let mut other_entry = last.hash;
+        other_entry[0] ^= 1;
+        let refusals = |host: &Replica| {
+            host.audit_entries(None)
+                .expect("audit")
+                .iter()
+                .filter(|c| c.entry.action.name() == "trace-head-refused")
+                .count()
+        };
+        let forged = [
+            None,
+            Some(sign(&me, SiteId(site_id.0 + 1), last.seq, last.hash)),
+            Some(sign(&stranger, site_id, last.seq, last.hash)),
+            Some(sign(&me, site_id, last.seq, other_entry)),
+            Some(sign(&me, site_id, last.seq + 1, last.hash)),
+        ];
+        for (i, head) in forged.into_iter().enumerate() {
+            let mut h = HostSession::new(site_id, certificate(&site));
+            h.handle(
+                &host,
+                SiteSession::new(me.clone()).start(&site).expect("hello"),
+            )
+            .expect("welcome");
+            let traces = Msg::Traces {
+                records: records.clone(),
+                head,
+            };
+            let refused = h.handle_all(&host, vec![wire(&traces)]);
+            assert!(
+                matches!(&refused, Err(Error::Store(carnet_store::Error::Integrity(e))) if e.contains("trace head")),
+                "forgery {i}: {refused:?}"
+            );
+            assert_eq!(
+                host.trace_mark(site_id).ok(),
+                Some(held_before),
+                "forgery {i}"
+            );
+            assert_eq!(refusals(&host), i + 1, "forgery {i} is traced");
+        }
+        let before = host.signed_trace_head(site_id).expect("read");
+        assert!(before.is_some_and(|b| b.head.seq == held_before));
+        // An honest round: the host keeps the head the site signed, with its certificate, and
+        // it verifies for anyone holding it.
+        round(&host, &site);
+        let held = host
+            .signed_trace_head(site_id)
+            .expect("read")
+            .expect("a signed head");
+        assert_eq!(held.head.seq, host.trace_mark(site_id).expect("mark"));
+        assert_eq!(held.signer, certificate(&site));
+        pki::verify(
+            &held.signer,
+            &SignedTraceHead::message(site_id, held.head.seq, &held.head.hash),
+            &held.head.signature,
+        )
+        .expect("the held head verifies");
     }
 
     #[test]
@@ -1473,14 +1649,17 @@ mod tests {
             )
             .expect("host writes");
         let site_id = site.config().site_id;
-        let mut h = HostSession::new(site_id);
+        let mut h = HostSession::new(site_id, certificate(&site));
         h.handle_all(&host, vec![Msg::GetBody { doc: id, offset: 0 }])
             .expect("a body stream");
         let push = Msg::Push {
             changes: vec![],
             bodies: vec![],
         };
-        let traces = Msg::Traces(vec![]);
+        let traces = Msg::Traces {
+            records: vec![],
+            head: None,
+        };
         assert!(h.handle_all(&host, vec![push]).is_err());
         assert!(h.handle_all(&host, vec![traces]).is_err());
     }
@@ -1490,15 +1669,15 @@ mod tests {
 mod resume_tests {
     use super::tests::round;
     use super::*;
-    use crate::testkit::{doctor, host_and_site, new_doc};
+    use crate::testkit::{certificate, doctor, host_and_site, new_doc, signer};
     use carnet_store::model::{AccessMode, Actor};
 
     /// A round whose link is cut once `cut_after` body pieces (`PutBodies` or `Body`) have been
     /// delivered: what was delivered is handled, the rest is lost. Answers the body bytes
     /// delivered.
     fn cut_round(host: &Replica, site: &Replica, cut_after: usize) -> u64 {
-        let mut s = SiteSession::new();
-        let mut h = HostSession::new(site.config().site_id);
+        let mut s = SiteSession::new(signer(site));
+        let mut h = HostSession::new(site.config().site_id, certificate(site));
         let mut to_host = vec![s.start(site).expect("start")];
         let (mut pieces, mut bytes) = (0, 0u64);
         for _ in 0..10_000 {
@@ -1674,7 +1853,7 @@ mod resume_tests {
 #[cfg(test)]
 mod quarantine_tests {
     use super::*;
-    use crate::testkit::{doctor, host_and_site, new_doc};
+    use crate::testkit::{certificate, doctor, host_and_site, new_doc, signer};
     use carnet_store::model::{AccessMode, Actor};
 
     use super::tests::round;
@@ -1749,8 +1928,8 @@ mod quarantine_tests {
         .expect("write");
         host.close_dossier(&ins, "closed").expect("close");
         // A round cut right after the host applied the push: its PushAck never arrives.
-        let mut s = SiteSession::new();
-        let mut h = HostSession::new(site.config().site_id);
+        let mut s = SiteSession::new(signer(&site));
+        let mut h = HostSession::new(site.config().site_id, certificate(&site));
         let mut to_host = vec![s.start(&site).expect("start")];
         'cut: for _ in 0..100 {
             let mut to_site = Vec::new();
@@ -1779,8 +1958,11 @@ mod quarantine_tests {
         // A site that has not acknowledged as far as the host applied keeps hearing of it.
         host.forget_returned(site_id, 0).expect("forget");
         assert_eq!(host.returned_to(site_id).expect("returned").len(), 1);
-        let welcome = HostSession::new(site_id)
-            .handle(&host, SiteSession::new().start(&site).expect("hello"))
+        let welcome = HostSession::new(site_id, certificate(&site))
+            .handle(
+                &host,
+                SiteSession::new(signer(&site)).start(&site).expect("hello"),
+            )
             .expect("welcome");
         assert!(
             matches!(&welcome[..], [Msg::Welcome { returned, .. }] if returned.is_empty()),
