@@ -1065,6 +1065,15 @@ fn pulled_records_are_verified() {
     assert!(matches!(site.apply_pull(&items), Err(Error::Integrity(_))));
 }
 
+/// How many refusals of a site's trace the host traced.
+fn trace_refusals(host: &Replica) -> usize {
+    host.audit_entries(None)
+        .expect("audit")
+        .iter()
+        .filter(|c| c.entry.action == TraceAction::Admin("trace-refused".into()))
+        .count()
+}
+
 /// The head of `records` as a site signs it; the store keeps it without checking the signature
 /// (the sync layer checks it against the site's certificate).
 fn signed(records: &[TraceRecord]) -> Option<TraceHeadEvidence> {
@@ -1087,13 +1096,6 @@ fn a_sites_trace_is_taken_only_with_a_signed_head_of_its_last_entry_which_the_ho
     assert!(records.len() >= 2);
     host.admit_chain_key(origin, &site.trace_chain_key())
         .expect("key");
-    let refusals = |host: &Replica| {
-        host.audit_entries(None)
-            .expect("audit")
-            .iter()
-            .filter(|c| c.entry.action == TraceAction::Admin("trace-refused".into()))
-            .count()
-    };
     // Unsigned, or signed for another entry than the last: refused, traced, nothing stored.
     assert!(matches!(
         host.apply_remote_traces(origin, &records, None),
@@ -1106,7 +1108,7 @@ fn a_sites_trace_is_taken_only_with_a_signed_head_of_its_last_entry_which_the_ho
     ));
     assert_eq!(host.trace_mark(origin).ok(), Some(0));
     assert_eq!(host.signed_trace_head(origin).ok(), Some(None));
-    assert_eq!(refusals(&host), 2);
+    assert_eq!(trace_refusals(&host), 2);
     // Signed: stored, and the signed head kept with its signer.
     host.apply_remote_traces(origin, &records[..1], other.as_ref())
         .expect("first entry");
@@ -1174,13 +1176,6 @@ fn the_host_checks_a_sites_trace_as_a_chain_and_refuses_a_rewritten_history() {
     let records = site.traces_after(0, 100).expect("traces");
     host.admit_chain_key(origin, &site.trace_chain_key())
         .expect("key");
-    let refusals = |host: &Replica| {
-        host.audit_entries(None)
-            .expect("audit")
-            .iter()
-            .filter(|c| c.entry.action == TraceAction::Admin("trace-refused".into()))
-            .count()
-    };
     // An entry altered on the way (or by the site) does not chain: nothing is stored.
     let mut forged = records.clone();
     forged[1].entry.allowed = !forged[1].entry.allowed;
@@ -1189,7 +1184,7 @@ fn the_host_checks_a_sites_trace_as_a_chain_and_refuses_a_rewritten_history() {
         Err(Error::Integrity(_))
     ));
     assert_eq!(host.trace_mark(origin).ok(), Some(0));
-    assert_eq!(refusals(&host), 1, "the refusal is traced");
+    assert_eq!(trace_refusals(&host), 1, "the refusal is traced");
     // The real chain is stored; sent again unchanged it is a no-op, rewritten it is refused.
     let mark = host
         .apply_remote_traces(origin, &records, signed(&records).as_ref())
@@ -1203,7 +1198,7 @@ fn the_host_checks_a_sites_trace_as_a_chain_and_refuses_a_rewritten_history() {
         host.apply_remote_traces(origin, &forged, signed(&forged).as_ref()),
         Err(Error::Integrity(_))
     ));
-    assert_eq!(refusals(&host), 2);
+    assert_eq!(trace_refusals(&host), 2);
     // A site cannot present another chain key later (a history started again).
     assert!(matches!(
         host.admit_chain_key(origin, &[9; 32]),
