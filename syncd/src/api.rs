@@ -162,6 +162,9 @@ pub enum Request {
         /// The offline CA, when the replica does not keep its key.
         #[serde(default)]
         ca: Option<Identity>,
+        /// The certificate's lifetime in days (default `pki::SITE_DAYS`).
+        #[serde(default)]
+        days: Option<i64>,
     },
     /// Issues a site a new certificate (host); answers the renewal bundle's bytes.
     PkiRenew {
@@ -192,6 +195,15 @@ pub enum Request {
     PkiRevoke { site: u32 },
     /// The sites known to the host.
     PkiSites,
+    /// Host: the renewals sites asked for over sync and have not used yet (signed or
+    /// waiting for the CA).
+    PkiRenewals,
+    /// Host: signs every renewal waiting for the CA; answers those signed.
+    PkiSignPending {
+        /// The offline CA, when the replica does not keep its key.
+        #[serde(default)]
+        ca: Option<Identity>,
+    },
 }
 
 impl Request {
@@ -211,6 +223,7 @@ impl Request {
                 | Request::SyncStatus
                 | Request::SyncNow
                 | Request::PkiSites
+                | Request::PkiRenewals
                 | Request::PkiHost
                 | Request::SiteProfessionals { .. }
                 | Request::SiteRequests
@@ -351,6 +364,8 @@ pub enum Response {
     },
     /// Sites known to the host.
     Sites(BTreeMap<u32, SiteRecord>),
+    /// Renewals asked for over sync.
+    Renewals(Vec<enrol::Renewal>),
     /// A certificate issued or installed: the end of its validity.
     Certificate { not_after: Millis },
     /// The host's PKI.
@@ -608,6 +623,7 @@ impl Service {
                 host_address,
                 pros,
                 ca,
+                days,
             } => {
                 // Every professional is checked before the site exists: all or nothing.
                 let registered = r.professionals()?;
@@ -619,7 +635,7 @@ impl Service {
                         "professional {missing} is not registered at the host (carnet pro add)"
                     ))));
                 }
-                let b = enrol::enrol_with(r, &name, &finess, &host_address, ca.as_ref())?;
+                let b = enrol::enrol_with(r, &name, &finess, &host_address, ca.as_ref(), days)?;
                 for rpps in &pros {
                     r.bind_professional(SiteId(b.site_id), rpps, true)?;
                 }
@@ -641,6 +657,10 @@ impl Service {
                 Response::Done
             }
             Request::PkiSites => Response::Sites(enrol::sites(r)?),
+            Request::PkiRenewals => Response::Renewals(enrol::renewals(r)?),
+            Request::PkiSignPending { ca } => {
+                Response::Renewals(enrol::sign_pending(r, ca.as_ref())?)
+            }
             Request::PkiRenew {
                 site,
                 host_address,

@@ -275,13 +275,19 @@ async fn serve_connection(
     let r = replica.clone();
     let found = tokio::task::spawn_blocking(move || -> Result<_> {
         Ok(match enrol::site_of(&r, &fingerprint)? {
-            Some(site) => Some((site, r.log_head(SiteId(site))?)),
+            // A certificate renewed over sync, used for the first time: the site's earlier
+            // ones are retired.
+            Some(site) => Some((
+                site,
+                r.log_head(SiteId(site))?,
+                enrol::first_use(&r, site, &fingerprint)?,
+            )),
             None => None,
         })
     })
     .await
     .map_err(net_err)??;
-    let Some((site, head)) = found else {
+    let Some((site, head, retired)) = found else {
         // (The first bytes of the fingerprint name the certificate; nothing else is known.)
         let certificate: String = fingerprint[..8]
             .iter()
@@ -296,6 +302,16 @@ async fn serve_connection(
         conn.close(1u32.into(), b"unknown or revoked site");
         return Err(Error::Invalid("unknown or revoked site".into()));
     };
+    if !retired.is_empty() {
+        tracing::info!(
+            site,
+            retired = retired.len(),
+            "site switched to its renewed certificate"
+        );
+    }
+    for f in retired {
+        live.revoked.add(f);
+    }
     live.join(SiteId(site), fingerprint, &conn, head);
     // The certificate the site's trace heads must be signed with (`HostSession`).
     let certificate: Arc<[u8]> = Arc::from(leaf.as_ref());
@@ -700,6 +716,10 @@ impl Link {
                 report.wire_received = after.1 - before.1;
                 // The handshake is one more wait.
                 report.round_trips += u64::from(fresh);
+                if report.renewed {
+                    // The next round connects with the certificate just installed.
+                    self.close().await;
+                }
                 Ok(report)
             }
             Err(e) => {

@@ -101,24 +101,35 @@ pub fn new_ca(now: i64) -> Result<Identity> {
 /// Signs `params` with the CA for `key` (a new key when `None`).
 fn issue(
     ca: &Identity,
-    mut params: CertificateParams,
+    params: CertificateParams,
     now: i64,
     days: i64,
     key: Option<&[u8]>,
 ) -> Result<Identity> {
-    let ca_end = validity(&ca.cert_der)?.not_after;
-    set_validity(&mut params, now, days, Some(ca_end))?;
-    let ca_key = KeyPair::try_from(ca.key_der.as_slice()).map_err(pki_err)?;
-    let issuer = Issuer::new(ca_params()?, ca_key);
     let key = match key {
         Some(der) => KeyPair::try_from(der).map_err(pki_err)?,
         None => KeyPair::generate().map_err(pki_err)?,
     };
-    let cert = params.signed_by(&key, &issuer).map_err(pki_err)?;
     Ok(Identity {
-        cert_der: cert.der().to_vec(),
+        cert_der: certify(ca, params, now, days, &key)?,
         key_der: key.serialize_der(),
     })
+}
+
+/// Signs `params` with the CA for the public key `public`: the certificate, DER.
+fn certify(
+    ca: &Identity,
+    mut params: CertificateParams,
+    now: i64,
+    days: i64,
+    public: &impl rcgen::PublicKeyData,
+) -> Result<Vec<u8>> {
+    let ca_end = validity(&ca.cert_der)?.not_after;
+    set_validity(&mut params, now, days, Some(ca_end))?;
+    let ca_key = KeyPair::try_from(ca.key_der.as_slice()).map_err(pki_err)?;
+    let issuer = Issuer::new(ca_params()?, ca_key);
+    let cert = params.signed_by(public, &issuer).map_err(pki_err)?;
+    Ok(cert.der().to_vec())
 }
 
 /// Issues the host's certificate, valid `HOST_DAYS` from `now`; with `key` (PKCS#8 DER), for
@@ -132,31 +143,114 @@ pub fn issue_host(ca: &Identity, now: i64, key: Option<&[u8]>) -> Result<Identit
     issue(ca, params, now, HOST_DAYS, key)
 }
 
-/// Issues a site's certificate, valid `SITE_DAYS` from `now`, for a new key; its common name
-/// carries the site id.
-pub fn issue_site(ca: &Identity, site_id: u32, now: i64) -> Result<Identity> {
+/// A site certificate's parameters: its common name carries the site id.
+fn site_params(site_id: u32) -> Result<CertificateParams> {
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(pki_err)?;
     params
         .distinguished_name
         .push(DnType::CommonName, format!("site-{site_id}"));
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    issue(ca, params, now, SITE_DAYS, None)
+    Ok(params)
+}
+
+/// Issues a site's certificate, valid `SITE_DAYS` from `now`, for a new key.
+pub fn issue_site(ca: &Identity, site_id: u32, now: i64) -> Result<Identity> {
+    issue_site_lasting(ca, site_id, now, SITE_DAYS)
+}
+
+/// Issues a site's certificate, valid `days` (1 to `SITE_DAYS`) from `now`, for a new key.
+pub fn issue_site_lasting(ca: &Identity, site_id: u32, now: i64, days: i64) -> Result<Identity> {
+    if !(1..=SITE_DAYS).contains(&days) {
+        return Err(Error::Invalid(format!(
+            "a site certificate lasts 1 to {SITE_DAYS} days, not {days}"
+        )));
+    }
+    issue(ca, site_params(site_id)?, now, days, None)
+}
+
+/// Issues a site's certificate, valid `SITE_DAYS` from `now`, for the public key `spki` (a
+/// P-256 SubjectPublicKeyInfo, DER) whose private key only the site holds (a renewal over
+/// the sync connection). Answers the certificate, DER.
+pub fn issue_site_for_key(ca: &Identity, site_id: u32, now: i64, spki: &[u8]) -> Result<Vec<u8>> {
+    let public = P256Public(p256_point(spki)?.to_vec());
+    certify(ca, site_params(site_id)?, now, SITE_DAYS, &public)
+}
+
+/// A P-256 public key, as rcgen certifies it: the uncompressed point.
+struct P256Public(Vec<u8>);
+
+impl rcgen::PublicKeyData for P256Public {
+    fn der_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        &rcgen::PKCS_ECDSA_P256_SHA256
+    }
+}
+
+/// A new P-256 key pair: its PKCS#8 DER (kept by the caller, sealed).
+pub fn new_key() -> Result<Vec<u8>> {
+    Ok(KeyPair::generate().map_err(pki_err)?.serialize_der())
+}
+
+/// The public key (SubjectPublicKeyInfo, DER) of a PKCS#8 key.
+pub fn public_key_of(key_der: &[u8]) -> Result<Vec<u8>> {
+    use rcgen::PublicKeyData;
+    Ok(KeyPair::try_from(key_der)
+        .map_err(pki_err)?
+        .subject_public_key_info())
+}
+
+/// The public key (SubjectPublicKeyInfo, DER) a certificate names.
+pub fn certificate_key(cert_der: &[u8]) -> Result<Vec<u8>> {
+    Ok(tbs_fields(cert_der)?.spki.to_vec())
 }
 
 /// Signs `msg` with the key of `identity` (the key its certificate names).
 pub fn sign(identity: &Identity, msg: &[u8]) -> Result<Vec<u8>> {
+    sign_with_key(&identity.key_der, msg)
+}
+
+/// Signs `msg` with a PKCS#8 key.
+pub fn sign_with_key(key_der: &[u8], msg: &[u8]) -> Result<Vec<u8>> {
     use rcgen::SigningKey;
-    let key = KeyPair::try_from(identity.key_der.as_slice()).map_err(pki_err)?;
+    let key = KeyPair::try_from(key_der).map_err(pki_err)?;
     key.sign(msg).map_err(pki_err)
 }
 
 /// Checks that `signature` is the signature of `msg` by the key of the certificate
 /// `cert_der` (ECDSA P-256 with SHA-256, ASN.1 DER). Anything else is an error.
 pub fn verify(cert_der: &[u8], msg: &[u8], signature: &[u8]) -> Result<()> {
-    let point = p256_point(tbs_fields(cert_der)?.spki)?;
+    verify_by_key(tbs_fields(cert_der)?.spki, msg, signature)
+}
+
+/// Checks that `signature` is the signature of `msg` by the public key `spki`
+/// (SubjectPublicKeyInfo, DER; P-256 only).
+pub fn verify_by_key(spki: &[u8], msg: &[u8], signature: &[u8]) -> Result<()> {
+    let point = p256_point(spki)?;
     ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, point)
         .verify(msg, signature)
         .map_err(|_| Error::Pki("the signature was not made by the certificate's key".into()))
+}
+
+/// Checks that the certificate `cert_der` was signed by the CA certificate `ca_der`'s key
+/// (ECDSA P-256 with SHA-256, as every Carnet CA signs).
+pub fn issued_by(cert_der: &[u8], ca_der: &[u8]) -> Result<()> {
+    let (tag, _, fields, _) = der::element(cert_der)?;
+    if tag != der::SEQUENCE {
+        return Err(der::malformed());
+    }
+    let (_, tbs, _, rest) = der::element(fields)?;
+    let (_, _, _, rest) = der::element(rest)?; // signatureAlgorithm
+    let (tag, _, bits, _) = der::element(rest)?;
+    match bits.split_first() {
+        Some((0, signature)) if tag == 0x03 => {
+            verify_by_key(tbs_fields(ca_der)?.spki, tbs, signature)
+                .map_err(|_| Error::Pki("the certificate was not issued by the national CA".into()))
+        }
+        _ => Err(der::malformed()),
+    }
 }
 
 /// The AlgorithmIdentifier of a P-256 public key (id-ecPublicKey, prime256v1), DER.
@@ -433,6 +527,37 @@ mod tests {
         for cut in 0..spki.len() {
             assert!(p256_point(&spki[..cut]).is_err());
         }
+    }
+
+    #[test]
+    fn a_site_certificate_is_issued_for_a_public_key_alone() {
+        let ca = new_ca(NOW).expect("ca");
+        let key = new_key().expect("key");
+        let spki = public_key_of(&key).expect("public");
+        let cert = issue_site_for_key(&ca, 7, NOW, &spki).expect("issued");
+        assert_eq!(certificate_key(&cert).ok(), Some(spki.clone()));
+        assert_eq!(window(&cert), (NOW - SKEW_SECS, NOW + SITE_DAYS * DAY_SECS));
+        let (_, parsed) = X509Certificate::from_der(&cert).expect("x509");
+        assert_eq!(
+            parsed
+                .subject()
+                .iter_common_name()
+                .next()
+                .and_then(|c| c.as_str().ok()),
+            Some("site-7")
+        );
+        // The key signs, the certificate verifies it.
+        let sig = sign_with_key(&key, b"m").expect("sign");
+        verify(&cert, b"m", &sig).expect("verifies");
+        verify_by_key(&spki, b"m", &sig).expect("verifies");
+        issued_by(&cert, &ca.cert_der).expect("by the CA");
+        let other = new_ca(NOW).expect("other");
+        assert!(issued_by(&cert, &other.cert_der).is_err());
+        assert!(issue_site_for_key(&ca, 7, NOW, b"not a key").is_err());
+        assert!(issue_site_lasting(&ca, 7, NOW, 0).is_err());
+        assert!(issue_site_lasting(&ca, 7, NOW, SITE_DAYS + 1).is_err());
+        let short = issue_site_lasting(&ca, 7, NOW, 20).expect("short");
+        assert_eq!(window(&short.cert_der).1, NOW + 20 * DAY_SECS);
     }
 
     #[test]

@@ -72,6 +72,9 @@ pub enum Msg {
         /// The key the site chains its trace with: the host checks every entry it receives
         /// as a link of that chain, and refuses a site that presents another key later.
         chain_key: [u8; 32],
+        /// When the site's certificate is within its renewal window: a certificate asked for
+        /// a new key pair the site made (`enrol::renewal_request`).
+        renewal: Option<crate::enrol::RenewalRequest>,
     },
     /// Host: the last of the site's changes and trace entries it holds.
     Welcome {
@@ -95,6 +98,9 @@ pub enum Msg {
         /// and `log_head` (DOMAIN §5 lease), so a site with nothing to push needs no `Pull` (a
         /// round with nothing new is one round trip).
         current: Option<SignedRecord>,
+        /// The certificate (DER) the CA issued for the key of the site's renewal request, once
+        /// signed; the site installs it and connects with it from then on.
+        renewed: Option<Vec<u8>>,
     },
     /// Site: trace entries, in chain order (sent first: every trace reaches the host), and the
     /// site's signature over the last one (required with any entry).
@@ -479,6 +485,7 @@ impl HostSession {
                 cursor,
                 outbox_acked,
                 chain_key,
+                renewal,
             } => {
                 if site != self.site.0 {
                     return Err(Error::Invalid(format!(
@@ -487,6 +494,14 @@ impl HostSession {
                     )));
                 }
                 replica.admit_chain_key(self.site, &chain_key)?;
+                // A renewal: only for this site, signed by its new key; signed at once when
+                // the CA key is here, else it waits for the operator.
+                let renewed = match renewal {
+                    Some(request) => {
+                        crate::enrol::request_renewal(replica, site, &self.certificate, &request)?
+                    }
+                    None => None,
+                };
                 self.greeted = true;
                 // The site quarantined every return before acknowledging its outbox.
                 replica.forget_returned(self.site, outbox_acked)?;
@@ -502,6 +517,7 @@ impl HostSession {
                     owed: replica.bodies_owed_by(self.site)?,
                     log_head,
                     current,
+                    renewed,
                 }])
             }
             Msg::Push { changes, bodies } => self.apply_pushes(replica, vec![(changes, bodies)]),
@@ -590,6 +606,8 @@ pub struct RoundReport {
     /// Times the site waited for the host: the QUIC handshake, then each batch of messages
     /// it sent (filled by `net`).
     pub round_trips: u64,
+    /// A renewed certificate was installed in this round: the next connection uses it.
+    pub renewed: bool,
 }
 
 /// A message of the push window, awaiting its acknowledgement.
@@ -672,6 +690,7 @@ impl SiteSession {
             cursor: replica.pull_cursor()?,
             outbox_acked: replica.outbox_acked()?,
             chain_key: replica.trace_chain_key(),
+            renewal: crate::enrol::renewal_request(replica)?,
         })
     }
 
@@ -877,6 +896,7 @@ impl SiteSession {
                     owed,
                     log_head,
                     current,
+                    renewed,
                 },
             ) => {
                 if acked > replica.outbox_issued()? || traces_acked > replica.trace_head()? {
@@ -889,6 +909,12 @@ impl SiteSession {
                     return Err(Error::Store(carnet_store::Error::Integrity(format!(
                         "the host holds another trace history for this site (entry {traces_acked}): this replica's trace was altered or restored from an old copy; ask the host operator before syncing"
                     ))));
+                }
+                if let Some(cert) = renewed {
+                    // Sealed with the key kept for it; this round's connection goes on with
+                    // the certificate it was opened with.
+                    crate::enrol::install_renewed(replica, &cert)?;
+                    self.report.renewed = true;
                 }
                 replica.quarantine_returned(&returned, RETURNED)?;
                 // The host holds everything up to `acked`: those entries are done with.
@@ -1367,6 +1393,7 @@ mod tests {
                     cursor: head,
                     outbox_acked: 0,
                     chain_key: site.trace_chain_key(),
+                    renewal: None,
                 },
             )
             .expect("welcome");
@@ -1452,6 +1479,7 @@ mod tests {
             owed: vec![],
             log_head: 0,
             current: None,
+            renewed: None,
         };
         assert!(s.handle(&site, welcome).is_err());
         // A host holding another history of the site's trace than the site's own.
@@ -1465,6 +1493,7 @@ mod tests {
             owed: vec![],
             log_head: 0,
             current: None,
+            renewed: None,
         };
         assert!(matches!(
             SiteSession::new(signer(&site)).handle(&site, welcome([1; 32])),

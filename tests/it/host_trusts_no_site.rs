@@ -907,3 +907,55 @@ fn a_mask_by_a_bound_and_granted_professional_at_a_real_site_reaches_the_host() 
     assert_eq!(status["pending"], 0, "{status}");
     assert_eq!(host_traced(&w.host, &w.ins, "returned to site"), 0);
 }
+
+#[test]
+fn a_site_may_renew_only_its_own_certificate_for_a_key_it_holds() {
+    let w = world();
+    let rogue = Rogue::connect(&w.bundle);
+    let key = carnet_syncd::pki::new_key().expect("key");
+    let public_key = carnet_syncd::pki::public_key_of(&key).expect("public key");
+    let request =
+        |site: u32, public_key: &[u8], signer: &[u8]| carnet_syncd::enrol::RenewalRequest {
+            site,
+            public_key: public_key.to_vec(),
+            proof: carnet_syncd::pki::sign_with_key(
+                signer,
+                &carnet_syncd::enrol::RenewalRequest::message(site, public_key),
+            )
+            .expect("sign"),
+        };
+    let hello = |renewal| Msg::Hello {
+        site: rogue.site,
+        cursor: 0,
+        outbox_acked: 0,
+        chain_key: crate::rogue::ROGUE_CHAIN_KEY,
+        renewal: Some(renewal),
+    };
+    // Another site's certificate, for a key the rogue holds; and a certificate for a key it
+    // does not hold (another site's public key, with a proof by its own key).
+    let victim = carnet_syncd::pki::public_key_of(
+        &carnet_syncd::enrol::Bundle::from_bytes(&std::fs::read(&w.bundle).expect("bundle"))
+            .expect("bundle")
+            .identity
+            .key_der,
+    )
+    .expect("key");
+    for (what, renewal) in [
+        ("another site", request(rogue.site + 1, &public_key, &key)),
+        ("a key it does not hold", request(rogue.site, &victim, &key)),
+        // Its own, for its own new key, but with a certificate a year from its end: a stolen
+        // certificate is not stretched by renewing it.
+        (
+            "a certificate not in its renewal window",
+            request(rogue.site, &public_key, &key),
+        ),
+    ] {
+        let replies = rogue.session(vec![hello(renewal)]);
+        assert!(
+            matches!(replies.first(), Some(Msg::Error(e)) if e.contains("renewal")),
+            "{what}: {replies:?}"
+        );
+    }
+    assert_eq!(w.host.json(&["pki", "renewals"]), serde_json::json!([]));
+    assert_eq!(w.host.json(&["pki", "list"])[0]["certificates"], 1);
+}

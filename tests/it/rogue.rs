@@ -113,6 +113,7 @@ impl Rogue {
             cursor,
             outbox_acked,
             chain_key,
+            renewal: None,
         }
     }
 
