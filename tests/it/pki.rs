@@ -423,3 +423,54 @@ fn a_site_renews_its_certificate_over_sync_signed_by_the_offline_ca() {
     sync_refused(&old);
     sync_until_ok(&site, Duration::from_secs(5));
 }
+
+#[test]
+fn a_site_daemon_renews_its_certificate_from_the_host_and_reconnects_with_it() {
+    let address = format!("127.0.0.1:{}", free_port());
+    let host = Carnet::empty();
+    host.ok(&["init", "--role", "host", "--listen", &address]);
+    host.ok(&["pki", "init"]);
+    let bundle = host.path("site.bundle").display().to_string();
+    host.ok(&[
+        "pki",
+        "enrol",
+        "--name",
+        "Antenne mobile",
+        "--finess",
+        "750000001",
+        "--host-address",
+        &address,
+        "-o",
+        &bundle,
+        "--days",
+        "20",
+    ]);
+    let site = Carnet::empty();
+    site.ok(&["init", "--role", "site", "--enrol", &bundle]);
+    let _host_daemon = start_daemon(&host);
+    crate::daemon::wait_for_socket(&host);
+    let _site_daemon = start_daemon(&site);
+    crate::daemon::wait_for_socket(&site);
+    // The CA key is at the host: signed in the first round, installed, and the daemon's next
+    // connection uses it, which retires the old one.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let renewed = site.json(&["sync", "status"])["certificate"]["days_left"]
+            .as_i64()
+            .is_some_and(|d| d >= 364);
+        let retired = host.json(&["pki", "list"])[0]["certificates"] == 1
+            && host.json(&["pki", "renewals"]) == serde_json::json!([]);
+        if renewed && retired {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not renewed: {} / {}",
+            site.json(&["sync", "status"]),
+            host.json(&["pki", "list"])
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The site goes on syncing with its new certificate.
+    sync_until_ok(&site, Duration::from_secs(10));
+}
