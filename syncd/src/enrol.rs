@@ -919,7 +919,7 @@ pub fn certificate_warnings(replica: &Replica) -> Result<Vec<String>> {
                         format!("the certificate of site {id} ({})", site.name),
                         c.not_after.div_euclid(1000),
                         &format!(
-                            "run `carnet pki renew {id} -o BUNDLE` and install it at the site"
+                            "the site asks for its renewal over sync (`carnet pki renewals`; with an offline CA, `pki renew --pending`), or run `carnet pki renew {id} -o BUNDLE` and install it at the site"
                         ),
                     );
                 }
@@ -933,7 +933,7 @@ pub fn certificate_warnings(replica: &Replica) -> Result<Vec<String>> {
             check(
                 "this site's certificate".into(),
                 pki::validity(&tls.identity.cert_der)?.not_after,
-                "ask the host for a renewal bundle (`carnet pki renew`) and install it (`carnet pki install BUNDLE`)",
+                "it is renewed over sync at the next round with the host (`carnet pki renewals` there; with an offline CA, `pki renew --pending`); otherwise ask for a renewal bundle and install it (`carnet pki install BUNDLE`)",
             );
             if tls.host_tls_pin.is_none() {
                 out.push("this site accepts any host certificate of the national CA (enrolled with a format 1 bundle): install a renewal bundle to pin the host's key".into());
