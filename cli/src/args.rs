@@ -177,14 +177,23 @@ pub enum PkiCmd {
         /// The offline CA folder (`pki init --ca-dir`).
         #[arg(long)]
         ca_dir: Option<PathBuf>,
+        /// The certificate's lifetime in days (1 to 365, default 365); the site asks for a
+        /// renewal over sync in the last third of it.
+        #[arg(long)]
+        days: Option<i64>,
     },
     /// Issue a site a new certificate (1 year, same site id, new key) in a renewal bundle;
     /// its current certificate stays valid until it expires, so the site switches without a
-    /// gap (`pki install` at the site).
+    /// gap (`pki install` at the site). With `--pending`: sign the renewals sites asked for
+    /// over sync and that wait for the offline CA (`pki renewals`).
     Renew {
-        site: u32,
-        #[arg(short, long)]
-        output: PathBuf,
+        #[arg(required_unless_present = "pending", conflicts_with = "pending")]
+        site: Option<u32>,
+        #[arg(short, long, required_unless_present = "pending")]
+        output: Option<PathBuf>,
+        /// Sign every renewal waiting for the CA (sites receive them at their next round).
+        #[arg(long)]
+        pending: bool,
         /// Where the site reaches the host, IP:PORT (default: as at its enrolment).
         #[arg(long)]
         host_address: Option<String>,
@@ -195,6 +204,8 @@ pub enum PkiCmd {
         #[arg(long)]
         ca_dir: Option<PathBuf>,
     },
+    /// The renewals sites asked for over sync: waiting for the CA, or signed and not yet used.
+    Renewals,
     /// Issue the host a new certificate (2 years) for the same TLS key, which sites pinned.
     RenewHost {
         /// A new TLS key: every site then refuses the host until it installs a renewal bundle

@@ -465,9 +465,14 @@ fn sync(cli: &Cli, c: &SyncCmd) -> Result<Reply> {
                     report.bodies,
                     report.purged,
                     report.returned
-                ),
+                ) + if report.renewed {
+                    "; a renewed certificate was installed: the next connection uses it"
+                } else {
+                    ""
+                },
                 json!({"pushed": report.pushed, "traces": report.traces, "pulled": report.pulled,
-                       "bodies": report.bodies, "purged": report.purged, "returned": report.returned}),
+                       "bodies": report.bodies, "purged": report.purged, "returned": report.returned,
+                       "renewed": report.renewed}),
             ))
         }
         SyncCmd::Status => {
@@ -855,10 +860,11 @@ fn pki(cli: &Cli, c: &PkiCmd) -> Result<Reply> {
             output,
             pros,
             ca_dir,
+            days,
         } => {
             let pros = pros.iter().map(|p| rpps(p)).collect::<Result<Vec<_>>>()?;
             let (site_id, name, bundle) =
-                r.pki_enrol(name, finess, host_address, pros, offline_ca(ca_dir)?)?;
+                r.pki_enrol(name, finess, host_address, pros, offline_ca(ca_dir)?, *days)?;
             write_private_file(output, &bundle)?;
             Ok(Reply::new(
                 format!(
@@ -869,12 +875,62 @@ fn pki(cli: &Cli, c: &PkiCmd) -> Result<Reply> {
             ))
         }
         PkiCmd::Renew {
+            pending: true,
+            ca_dir,
+            ..
+        } => {
+            let signed = r.pki_sign_pending(offline_ca(ca_dir)?)?;
+            let sites: Vec<u32> = signed.iter().map(|s| s.site).collect();
+            Ok(Reply::new(
+                if sites.is_empty() {
+                    "no renewal waits for the CA".to_string()
+                } else {
+                    format!(
+                        "signed the renewal of site(s) {}: each receives its certificate at its next round",
+                        sites
+                            .iter()
+                            .map(u32::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                },
+                json!({"signed": sites}),
+            ))
+        }
+        PkiCmd::Renewals => {
+            let renewals = r.pki_renewals()?;
+            let mut human = format!("{:<8} {:<26} {}\n", "SITE", "ASKED", "STATE");
+            for n in &renewals {
+                human += &format!(
+                    "{:<8} {:<26} {}\n",
+                    n.site,
+                    format_rfc3339(n.requested_at),
+                    if n.issued.is_some() {
+                        "signed, not used yet"
+                    } else {
+                        "waiting for the CA (pki renew --pending)"
+                    }
+                );
+            }
+            let list = renewals.iter().map(|n| {
+                json!({"site_id": n.site, "requested_at": format_rfc3339(n.requested_at),
+                       "signed": n.issued.is_some()})
+            });
+            Ok(Reply::new(human.trim_end(), Value::Array(list.collect())))
+        }
+        PkiCmd::Renew {
             site,
             output,
             host_address,
             retire_old,
             ca_dir,
+            pending: false,
         } => {
+            let (Some(site), Some(output)) = (site, output) else {
+                return Err(Failure::Usage(
+                    "pki renew needs SITE and --output (or --pending)".into(),
+                ));
+            };
             let (site_id, name, bundle) = r.pki_renew(
                 *site,
                 host_address.clone(),

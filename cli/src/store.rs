@@ -20,7 +20,7 @@ use carnet_store::replica::{
 use carnet_store::time::Millis;
 use carnet_syncd::api::local::Handle;
 use carnet_syncd::api::{PkiHostStatus, Request, Response, SyncStatus};
-use carnet_syncd::enrol::SiteRecord;
+use carnet_syncd::enrol::{Renewal, SiteRecord};
 use carnet_syncd::fleet::SiteOverview;
 use carnet_syncd::pki::Identity;
 use carnet_syncd::session::RoundReport;
@@ -339,6 +339,7 @@ impl Store {
         host_address: &str,
         pros: Vec<Rpps>,
         ca: Option<Identity>,
+        days: Option<i64>,
     ) -> Result<(u32, String, Vec<u8>)> {
         enrolled(self.call(Request::PkiEnrol {
             name: name.to_string(),
@@ -346,6 +347,7 @@ impl Store {
             host_address: host_address.to_string(),
             pros,
             ca,
+            days,
         })?)
     }
 
@@ -395,6 +397,16 @@ impl Store {
 
     pub fn fleet(&self, site: Option<u32>) -> Result<Vec<SiteOverview>> {
         expect!(self.call(Request::Fleet { site })?, Fleet)
+    }
+
+    /// Host: the renewals sites asked for over sync, not used yet.
+    pub fn pki_renewals(&self) -> Result<Vec<Renewal>> {
+        expect!(self.call(Request::PkiRenewals)?, Renewals)
+    }
+
+    /// Host: signs the renewals waiting for the CA; answers those signed.
+    pub fn pki_sign_pending(&self, ca: Option<Identity>) -> Result<Vec<Renewal>> {
+        expect!(self.call(Request::PkiSignPending { ca })?, Renewals)
     }
 }
 

@@ -163,6 +163,9 @@ pub enum Request {
         /// The offline CA, when the replica does not keep its key.
         #[serde(default)]
         ca: Option<Identity>,
+        /// The certificate's lifetime in days (default `pki::SITE_DAYS`).
+        #[serde(default)]
+        days: Option<i64>,
     },
     /// Issues a site a new certificate (host); answers the renewal bundle's bytes.
     PkiRenew {
@@ -202,6 +205,15 @@ pub enum Request {
     /// Writes a consistent copy of the replica (and its `carnet.toml`) to `path`, a file of
     /// the caller's (written by whoever runs the request: the daemon, when one runs).
     Backup { path: PathBuf },
+    /// Host: the renewals sites asked for over sync and have not used yet (signed or
+    /// waiting for the CA).
+    PkiRenewals,
+    /// Host: signs every renewal waiting for the CA; answers those signed.
+    PkiSignPending {
+        /// The offline CA, when the replica does not keep its key.
+        #[serde(default)]
+        ca: Option<Identity>,
+    },
 }
 
 impl Request {
@@ -222,6 +234,7 @@ impl Request {
                 | Request::SyncNow
                 | Request::PkiSites
                 | Request::Fleet { .. }
+                | Request::PkiRenewals
                 | Request::PkiHost
                 | Request::SiteProfessionals { .. }
                 | Request::SiteRequests
@@ -390,6 +403,8 @@ pub enum Response {
     Sites(BTreeMap<u32, SiteRecord>),
     /// Sites as the operator sees them.
     Fleet(Vec<crate::fleet::SiteOverview>),
+    /// Renewals asked for over sync.
+    Renewals(Vec<enrol::Renewal>),
     /// A certificate issued or installed: the end of its validity.
     Certificate { not_after: Millis },
     /// The host's PKI.
@@ -673,6 +688,7 @@ impl Service {
                 host_address,
                 pros,
                 ca,
+                days,
             } => {
                 // Every professional is checked before the site exists: all or nothing.
                 let registered = r.professionals()?;
@@ -684,7 +700,7 @@ impl Service {
                         "professional {missing} is not registered at the host (carnet pro add)"
                     ))));
                 }
-                let b = enrol::enrol_with(r, &name, &finess, &host_address, ca.as_ref())?;
+                let b = enrol::enrol_with(r, &name, &finess, &host_address, ca.as_ref(), days)?;
                 for rpps in &pros {
                     r.bind_professional(SiteId(b.site_id), rpps, true)?;
                 }
@@ -707,6 +723,10 @@ impl Service {
             }
             Request::PkiSites => Response::Sites(enrol::sites(r)?),
             Request::Fleet { site } => Response::Fleet(self.fleet(site)?),
+            Request::PkiRenewals => Response::Renewals(enrol::renewals(r)?),
+            Request::PkiSignPending { ca } => {
+                Response::Renewals(enrol::sign_pending(r, ca.as_ref())?)
+            }
             Request::PkiRenew {
                 site,
                 host_address,

@@ -34,6 +34,13 @@ const FORMAT: u8 = 2;
 /// Format of a site's stored TLS identity (format 1 had no format byte: it began with the
 /// CA certificate's length, a varint of at least two bytes whose first is ≥ 0x80).
 const SITE_TLS_FORMAT: u8 = 2;
+/// Name of the host's renewals asked for over sync (`Renewal`, postcard after a format byte).
+const HOST_RENEWALS: &str = "host-renewals";
+/// Format of the stored renewals.
+const RENEWALS_FORMAT: u8 = 1;
+/// Name of a site's next private key (PKCS#8): a renewal it asked for and has not installed
+/// yet; empty when none.
+const SITE_NEXT_KEY: &str = "site-tls-next";
 /// The files of an offline CA folder (`pki init --ca-dir`).
 const CA_CERT_FILE: &str = "ca.cert.der";
 const CA_KEY_FILE: &str = "ca.key.der";
@@ -366,9 +373,13 @@ fn host_signing_key(replica: &Replica) -> Result<[u8; 32]> {
 }
 
 fn site_cert(identity: &Identity) -> Result<SiteCert> {
-    let v = pki::validity(&identity.cert_der)?;
+    site_cert_of(&identity.cert_der)
+}
+
+fn site_cert_of(cert_der: &[u8]) -> Result<SiteCert> {
+    let v = pki::validity(cert_der)?;
     Ok(SiteCert {
-        fingerprint: crate::transport::fingerprint(&identity.cert_der),
+        fingerprint: crate::transport::fingerprint(cert_der),
         not_before: ms(v.not_before),
         not_after: ms(v.not_after),
         retired: false,
@@ -377,17 +388,18 @@ fn site_cert(identity: &Identity) -> Result<SiteCert> {
 
 /// Host: enrols a new site and returns its bundle (CA key in the replica).
 pub fn enrol(replica: &Replica, name: &str, finess: &str, host_address: &str) -> Result<Bundle> {
-    enrol_with(replica, name, finess, host_address, None)
+    enrol_with(replica, name, finess, host_address, None, None)
 }
 
 /// Host: enrols a new site and returns its bundle; `ca` is the offline CA, if its key is not
-/// in the replica.
+/// in the replica; `days`, the certificate's lifetime (`pki::SITE_DAYS` by default).
 pub fn enrol_with(
     replica: &Replica,
     name: &str,
     finess: &str,
     host_address: &str,
     ca: Option<&Identity>,
+    days: Option<i64>,
 ) -> Result<Bundle> {
     let finess = carnet_store::ids::Finess::parse(finess)?;
     if name.trim().is_empty() {
@@ -398,7 +410,12 @@ pub fn enrol_with(
     let mut reg = load_host_pki(replica)?;
     let ca = reg.ca(ca)?;
     let site_id = reg.next_site;
-    let identity = pki::issue_site(&ca, site_id, now_secs(replica))?;
+    let identity = pki::issue_site_lasting(
+        &ca,
+        site_id,
+        now_secs(replica),
+        days.unwrap_or(pki::SITE_DAYS),
+    )?;
     reg.next_site = site_id
         .checked_add(1)
         .ok_or_else(|| Error::Invalid("no site id left".into()))?;
@@ -485,6 +502,286 @@ pub fn renew(
     };
     save_host_pki(replica, &reg)?;
     Ok(bundle)
+}
+
+/// A site's request, in its `Hello`, for a certificate for a new key pair it generated: the
+/// public key, and a signature by that key over the site id and the key (a proof that the
+/// site holds the private key, which never leaves it).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewalRequest {
+    /// The site the certificate is for (must be the one the connection's certificate names).
+    pub site: u32,
+    /// The new public key (P-256 SubjectPublicKeyInfo, DER).
+    #[serde(with = "serde_bytes")]
+    pub public_key: Vec<u8>,
+    /// `RenewalRequest::message` signed with the new key.
+    #[serde(with = "serde_bytes")]
+    pub proof: Vec<u8>,
+}
+
+impl std::fmt::Debug for RenewalRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RenewalRequest(site {})", self.site)
+    }
+}
+
+impl RenewalRequest {
+    /// The bytes the new key signs: a context label, the site id, the public key.
+    pub fn message(site: u32, public_key: &[u8]) -> Vec<u8> {
+        let mut out = b"carnet renewal v1\0".to_vec();
+        out.extend_from_slice(&site.to_be_bytes());
+        out.extend_from_slice(public_key);
+        out
+    }
+}
+
+/// A renewal a site asked for over sync, as the host keeps it until the site first connects
+/// with the certificate issued for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Renewal {
+    /// The site.
+    pub site: u32,
+    /// The new public key (SubjectPublicKeyInfo, DER).
+    #[serde(with = "serde_bytes")]
+    pub public_key: Vec<u8>,
+    /// When it was asked for (Unix milliseconds).
+    pub requested_at: Millis,
+    /// The certificate the CA issued for it (DER), once signed: handed to the site in its next
+    /// `Welcome`.
+    pub issued: Option<Vec<u8>>,
+}
+
+fn load_renewals(replica: &Replica) -> Result<Vec<Renewal>> {
+    match replica.get_sealed(HOST_RENEWALS)? {
+        None => Ok(Vec::new()),
+        Some(raw) => match raw.split_first() {
+            Some((&RENEWALS_FORMAT, rest)) => postcard::from_bytes(rest)
+                .map_err(|_| Error::Invalid("the stored renewals are damaged".into())),
+            _ => Err(Error::Invalid("the stored renewals are damaged".into())),
+        },
+    }
+}
+
+fn save_renewals(replica: &Replica, renewals: &[Renewal]) -> Result<()> {
+    let mut bytes = vec![RENEWALS_FORMAT];
+    bytes.extend(postcard::to_stdvec(renewals).map_err(|e| Error::Invalid(e.to_string()))?);
+    Ok(replica.put_sealed(HOST_RENEWALS, &bytes)?)
+}
+
+/// Host: issues the certificate of `renewal` under `ca` and records it in the register (beside
+/// the site's current one, which stays valid until the new one is first used).
+fn issue_renewal(reg: &mut HostPki, ca: &Identity, renewal: &mut Renewal, now: i64) -> Result<()> {
+    let site = reg
+        .sites
+        .get_mut(&renewal.site)
+        .filter(|s| !s.revoked)
+        .ok_or_else(|| Error::Invalid(format!("no active site {}", renewal.site)))?;
+    let cert = pki::issue_site_for_key(ca, renewal.site, now, &renewal.public_key)?;
+    site.certs.retain(|c| c.not_after >= ms(now));
+    site.certs.push(site_cert_of(&cert)?);
+    renewal.issued = Some(cert);
+    Ok(())
+}
+
+/// Host: a renewal `site` asks for in its `Hello` (the session is bound to `site` by its
+/// certificate, `presented`). Refused, and traced, unless the request is for `site`, signed by
+/// the new key, and `presented` is within its renewal window (so a stolen certificate cannot
+/// be stretched past its end by renewing it again and again). Answers the certificate for that key when the CA has signed it: at once when the CA
+/// key is in the replica, else once the operator signs the waiting requests
+/// (`sign_pending`); until then the request waits (a request with another key replaces it).
+pub fn request_renewal(
+    replica: &Replica,
+    site: u32,
+    presented: &[u8],
+    request: &RenewalRequest,
+) -> Result<Option<Vec<u8>>> {
+    let refused = if request.site != site {
+        Some(format!(
+            "a renewal for site {} asked with the certificate of site {site}",
+            request.site
+        ))
+    } else if pki::verify_by_key(
+        &request.public_key,
+        &RenewalRequest::message(site, &request.public_key),
+        &request.proof,
+    )
+    .is_err()
+    {
+        Some(format!(
+            "a renewal for site {site} not signed by the key it names"
+        ))
+    } else if !in_renewal_window(pki::validity(presented)?, now_secs(replica)) {
+        Some(format!(
+            "a renewal for site {site} asked with a certificate not yet in its renewal window"
+        ))
+    } else {
+        None
+    };
+    if let Some(why) = refused {
+        replica.trace_refusal(carnet_store::ids::SiteId(site), "renewal-refused")?;
+        return Err(Error::Invalid(format!("{why}: refused")));
+    }
+    let mut renewals = load_renewals(replica)?;
+    let i = match renewals.iter().position(|r| r.site == site) {
+        Some(i) if renewals[i].public_key == request.public_key => i,
+        found => {
+            let renewal = Renewal {
+                site,
+                public_key: request.public_key.clone(),
+                requested_at: replica.now(),
+                issued: None,
+            };
+            match found {
+                Some(i) => renewals[i] = renewal,
+                None => renewals.push(renewal),
+            }
+            save_renewals(replica, &renewals)?;
+            renewals.iter().position(|r| r.site == site).unwrap_or(0)
+        }
+    };
+    if renewals[i].issued.is_none() {
+        let mut reg = load_host_pki(replica)?;
+        let Some(key) = reg.ca_key.clone() else {
+            return Ok(None); // The CA is offline: the request waits for `sign_pending`.
+        };
+        let ca = Identity {
+            cert_der: reg.ca_cert.clone(),
+            key_der: key,
+        };
+        issue_renewal(&mut reg, &ca, &mut renewals[i], now_secs(replica))?;
+        save_host_pki(replica, &reg)?;
+        save_renewals(replica, &renewals)?;
+    }
+    Ok(renewals[i].issued.clone())
+}
+
+/// Host: the renewals asked for over sync and not yet used by their site (signed or waiting
+/// for the CA).
+pub fn renewals(replica: &Replica) -> Result<Vec<Renewal>> {
+    load_renewals(replica)
+}
+
+/// Host: signs every renewal waiting for the CA (`ca`: the offline CA, if its key is not in
+/// the replica); each site receives its certificate at its next round. Answers the renewals
+/// signed.
+pub fn sign_pending(replica: &Replica, ca: Option<&Identity>) -> Result<Vec<Renewal>> {
+    let mut reg = load_host_pki(replica)?;
+    let ca = reg.ca(ca)?;
+    let mut renewals = load_renewals(replica)?;
+    let now = now_secs(replica);
+    let mut signed = Vec::new();
+    for r in renewals.iter_mut().filter(|r| r.issued.is_none()) {
+        if reg.sites.get(&r.site).is_some_and(|s| !s.revoked) {
+            issue_renewal(&mut reg, &ca, r, now)?;
+            signed.push(r.clone());
+        }
+    }
+    // A revoked site's request is dropped.
+    renewals.retain(|r| reg.sites.get(&r.site).is_some_and(|s| !s.revoked));
+    save_host_pki(replica, &reg)?;
+    save_renewals(replica, &renewals)?;
+    Ok(signed)
+}
+
+/// Host: `site` connected with the certificate `fingerprint`. If that is the certificate a
+/// renewal over sync issued, the site has switched to it: its earlier certificates are retired
+/// and the renewal is done. Answers the fingerprints now refused (for the live list).
+pub fn first_use(replica: &Replica, site: u32, fingerprint: &[u8; 32]) -> Result<Vec<[u8; 32]>> {
+    let mut renewals = load_renewals(replica)?;
+    let Some(i) = renewals.iter().position(|r| {
+        r.site == site
+            && r.issued
+                .as_ref()
+                .is_some_and(|c| crate::transport::fingerprint(c) == *fingerprint)
+    }) else {
+        return Ok(Vec::new());
+    };
+    let mut reg = load_host_pki(replica)?;
+    let mut retired = Vec::new();
+    if let Some(s) = reg.sites.get_mut(&site) {
+        for c in s.certs.iter_mut().filter(|c| &c.fingerprint != fingerprint) {
+            c.retired = true;
+            retired.push(c.fingerprint);
+        }
+    }
+    save_host_pki(replica, &reg)?;
+    renewals.remove(i);
+    save_renewals(replica, &renewals)?;
+    Ok(retired)
+}
+
+/// Site: true when a certificate valid `v` is within its renewal window at `now`: less than
+/// `pki::RENEW_WITHIN_DAYS` days or a third of its life left.
+fn in_renewal_window(v: pki::Validity, now: i64) -> bool {
+    let left = v.not_after - now;
+    v.days_left(now) < pki::RENEW_WITHIN_DAYS || left.saturating_mul(3) < v.not_after - v.not_before
+}
+
+/// Site: the renewal to ask for in this round's `Hello`: `None` unless the installed
+/// certificate is within its renewal window. The new key pair is made once and kept sealed
+/// until its certificate is installed, so every round asks for the same key.
+pub fn renewal_request(replica: &Replica) -> Result<Option<RenewalRequest>> {
+    if replica.config().role != Role::Site || replica.get_sealed(SITE_TLS)?.is_none() {
+        return Ok(None);
+    }
+    let tls = site_tls(replica)?;
+    if !in_renewal_window(pki::validity(&tls.identity.cert_der)?, now_secs(replica)) {
+        return Ok(None);
+    }
+    let current = pki::certificate_key(&tls.identity.cert_der)?;
+    let key = match replica.get_sealed(SITE_NEXT_KEY)? {
+        Some(k) if !k.is_empty() && pki::public_key_of(&k)? != current => k.to_vec(),
+        _ => {
+            let k = pki::new_key()?;
+            replica.put_sealed(SITE_NEXT_KEY, &k)?;
+            k
+        }
+    };
+    let public_key = pki::public_key_of(&key)?;
+    let site = replica.config().site_id.0;
+    let proof = pki::sign_with_key(&key, &RenewalRequest::message(site, &public_key))?;
+    Ok(Some(RenewalRequest {
+        site,
+        public_key,
+        proof,
+    }))
+}
+
+/// Site: installs the certificate the host issued for its renewal request, with the key kept
+/// for it: refused unless the CA issued it, for that key, and it ends after the installed one.
+/// The next connection uses it. Returns its validity.
+pub fn install_renewed(replica: &Replica, cert_der: &[u8]) -> Result<pki::Validity> {
+    let current = site_tls(replica)?;
+    let key = replica
+        .get_sealed(SITE_NEXT_KEY)?
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| {
+            Error::Invalid("the host sent a certificate this site did not ask for".into())
+        })?;
+    pki::issued_by(cert_der, &current.ca_cert_der)?;
+    if pki::certificate_key(cert_der)? != pki::public_key_of(&key)? {
+        return Err(Error::Invalid(
+            "the host sent a certificate for another key than the one this site asked for".into(),
+        ));
+    }
+    let new = pki::validity(cert_der)?;
+    if new.not_after <= pki::validity(&current.identity.cert_der)?.not_after {
+        return Err(Error::Invalid(
+            "the host sent a certificate no newer than the installed one".into(),
+        ));
+    }
+    save_site_tls(
+        replica,
+        &SiteTls {
+            identity: Identity {
+                cert_der: cert_der.to_vec(),
+                key_der: key.to_vec(),
+            },
+            ..current
+        },
+    )?;
+    replica.put_sealed(SITE_NEXT_KEY, &[])?;
+    Ok(new)
 }
 
 /// Host: issues itself a new certificate, for the same TLS key (sites pinned it: nothing to do
@@ -622,7 +919,7 @@ pub fn certificate_warnings(replica: &Replica) -> Result<Vec<String>> {
                         format!("the certificate of site {id} ({})", site.name),
                         c.not_after.div_euclid(1000),
                         &format!(
-                            "run `carnet pki renew {id} -o BUNDLE` and install it at the site"
+                            "the site asks for its renewal over sync (`carnet pki renewals`; with an offline CA, `pki renew --pending`), or run `carnet pki renew {id} -o BUNDLE` and install it at the site"
                         ),
                     );
                 }
@@ -636,7 +933,7 @@ pub fn certificate_warnings(replica: &Replica) -> Result<Vec<String>> {
             check(
                 "this site's certificate".into(),
                 pki::validity(&tls.identity.cert_der)?.not_after,
-                "ask the host for a renewal bundle (`carnet pki renew`) and install it (`carnet pki install BUNDLE`)",
+                "it is renewed over sync at the next round with the host (`carnet pki renewals` there; with an offline CA, `pki renew --pending`); otherwise ask for a renewal bundle and install it (`carnet pki install BUNDLE`)",
             );
             if tls.host_tls_pin.is_none() {
                 out.push("this site accepts any host certificate of the national CA (enrolled with a format 1 bundle): install a renewal bundle to pin the host's key".into());
@@ -646,7 +943,7 @@ pub fn certificate_warnings(replica: &Replica) -> Result<Vec<String>> {
     Ok(out)
 }
 
-fn save_site_tls(replica: &Replica, tls: &SiteTls) -> Result<()> {
+pub(crate) fn save_site_tls(replica: &Replica, tls: &SiteTls) -> Result<()> {
     let stored = SiteTlsV2 {
         ca_cert_der: tls.ca_cert_der.clone(),
         identity: tls.identity.clone(),
@@ -902,6 +1199,146 @@ mod tests {
         assert!(install_renewal(&host, &b2).is_err(), "not at the host");
     }
 
+    /// A host with a PKI (its CA key kept, unless `offline`) and a site enrolled with a
+    /// certificate of `days`, within its renewal window.
+    fn host_and_short_lived_site(
+        offline: Option<&Identity>,
+    ) -> (tempfile::TempDir, Replica, Replica, Bundle) {
+        let (tmp, host) = host();
+        match offline {
+            Some(ca) => init_host_with(&host, ca, false).expect("pki"),
+            None => init_host(&host).expect("pki"),
+        }
+        let b = enrol_with(
+            &host,
+            "Clinique",
+            "750000001",
+            "127.0.0.1:4433",
+            offline,
+            Some(20),
+        )
+        .expect("enrol");
+        let site = testkit::site_from_bundle(&tmp.path().join("site"), &b);
+        (tmp, host, site, b)
+    }
+
+    #[test]
+    fn a_site_renews_its_own_certificate_with_a_key_it_made() {
+        let (_tmp, host, site, b) = host_and_short_lived_site(None);
+        let old = crate::transport::fingerprint(&b.identity.cert_der);
+        let request = renewal_request(&site)
+            .expect("request")
+            .expect("in its window");
+        // Asked again before it is installed: the same key.
+        let again = renewal_request(&site).expect("request").expect("again");
+        assert_eq!(again.public_key, request.public_key);
+        let cert = request_renewal(&host, b.site_id, &b.identity.cert_der, &request)
+            .expect("asked")
+            .expect("signed at once: the CA key is here");
+        // The host never saw the private key: the certificate is for the site's new key.
+        assert_ne!(
+            pki::certificate_key(&cert).ok(),
+            pki::certificate_key(&b.identity.cert_der).ok()
+        );
+        let new = crate::transport::fingerprint(&cert);
+        assert_eq!(site_of(&host, &new).expect("of"), Some(b.site_id));
+        assert_eq!(site_of(&host, &old).expect("of"), Some(b.site_id), "no gap");
+        let v = install_renewed(&site, &cert).expect("installed");
+        assert!(v.days_left(now_secs(&site)) > 300);
+        assert_eq!(site_tls(&site).expect("tls").identity.cert_der, cert);
+        assert!(
+            renewal_request(&site).expect("request").is_none(),
+            "renewed"
+        );
+        assert!(
+            install_renewed(&site, &cert).is_err(),
+            "nothing asked for now"
+        );
+        // First used: the old certificate is retired.
+        assert!(first_use(&host, b.site_id, &old).expect("old").is_empty());
+        assert_eq!(first_use(&host, b.site_id, &new).expect("new"), vec![old]);
+        assert_eq!(site_of(&host, &old).expect("of"), None);
+        assert!(revoked(&host).expect("revoked").has(&old));
+        assert!(renewals(&host).expect("renewals").is_empty());
+    }
+
+    #[test]
+    fn with_the_ca_offline_a_renewal_waits_for_the_operator() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let ca = pki::new_ca(now).expect("ca");
+        let (_tmp, host, site, b) = host_and_short_lived_site(Some(&ca));
+        let request = renewal_request(&site)
+            .expect("request")
+            .expect("in its window");
+        assert_eq!(
+            request_renewal(&host, b.site_id, &b.identity.cert_der, &request).ok(),
+            Some(None)
+        );
+        let waiting = renewals(&host).expect("renewals");
+        assert_eq!(waiting.len(), 1);
+        assert!(waiting[0].issued.is_none());
+        assert!(sign_pending(&host, None).is_err(), "the CA is offline");
+        let other = pki::new_ca(now_secs(&host)).expect("other");
+        assert!(sign_pending(&host, Some(&other)).is_err(), "another CA");
+        let signed = sign_pending(&host, Some(&ca)).expect("signed");
+        assert_eq!(signed.len(), 1);
+        let cert = request_renewal(&host, b.site_id, &b.identity.cert_der, &request)
+            .expect("asked again")
+            .expect("signed now");
+        install_renewed(&site, &cert).expect("installed");
+    }
+
+    #[test]
+    fn a_renewal_is_only_for_the_asking_site_and_its_own_new_key() {
+        let (_tmp, host, site, b) = host_and_short_lived_site(None);
+        let other = enrol(&host, "Autre", "750000002", "127.0.0.1:4433").expect("other");
+        let request = renewal_request(&site)
+            .expect("request")
+            .expect("in its window");
+        let before = sites(&host).expect("sites");
+        // Asked with another site's certificate (the session is bound to that site).
+        assert!(request_renewal(&host, other.site_id, &other.identity.cert_der, &request).is_err());
+        // Naming another site.
+        let mut named = request.clone();
+        named.site = other.site_id;
+        assert!(request_renewal(&host, b.site_id, &b.identity.cert_der, &named).is_err());
+        // A key the proof was not made with (a certificate for a key the site does not hold).
+        let mut stolen = request.clone();
+        stolen.public_key = pki::certificate_key(&other.identity.cert_der).expect("key");
+        assert!(request_renewal(&host, b.site_id, &b.identity.cert_der, &stolen).is_err());
+        assert_eq!(sites(&host).expect("sites"), before, "nothing issued");
+        let refused = host
+            .audit_entries(None)
+            .expect("audit")
+            .iter()
+            .filter(|c| c.entry.action.name() == "renewal-refused")
+            .count();
+        assert_eq!(refused, 3);
+        assert!(renewals(&host).expect("renewals").is_empty());
+        // A certificate not yet in its renewal window (a year left) asks for nothing.
+        let key = pki::new_key().expect("key");
+        let public_key = pki::public_key_of(&key).expect("public");
+        let early = RenewalRequest {
+            site: other.site_id,
+            proof: pki::sign_with_key(&key, &RenewalRequest::message(other.site_id, &public_key))
+                .expect("proof"),
+            public_key,
+        };
+        assert!(request_renewal(&host, other.site_id, &other.identity.cert_der, &early).is_err());
+        // A certificate the site did not ask for, or from another CA: not installed.
+        let foreign = pki::new_ca(now_secs(&host)).expect("ca");
+        let forged =
+            pki::issue_site_for_key(&foreign, b.site_id, now_secs(&host), &request.public_key)
+                .expect("forged");
+        assert!(install_renewed(&site, &forged).is_err());
+        let cert = request_renewal(&host, b.site_id, &b.identity.cert_der, &request)
+            .expect("ok")
+            .expect("cert");
+        install_renewed(&site, &cert).expect("installed");
+    }
+
     #[test]
     fn a_format_1_site_identity_is_read_without_a_pin() {
         let (tmp, host) = host();
@@ -972,6 +1409,7 @@ mod tests {
             "750000001",
             "127.0.0.1:4433",
             Some(&offline),
+            None,
         )
         .expect("enrol");
         let other = pki::new_ca(now_secs(&host)).expect("other");

@@ -37,7 +37,7 @@ use crate::enrol::{self, SiteTls};
 use crate::error::{Error, Result};
 use crate::fleet::{Fleet, error_kind};
 use crate::frame::{self, FrameDecoder};
-use crate::pki::HOST_NAME;
+use crate::pki::{HOST_NAME, Identity};
 use crate::session::{HostSession, Msg, RoundReport, SiteSession};
 use crate::transport::Revoked;
 
@@ -289,13 +289,19 @@ async fn serve_connection(
     let r = replica.clone();
     let found = tokio::task::spawn_blocking(move || -> Result<_> {
         Ok(match enrol::site_of(&r, &fingerprint)? {
-            Some(site) => Some((site, r.log_head(SiteId(site))?)),
+            // A certificate renewed over sync, used for the first time: the site's earlier
+            // ones are retired.
+            Some(site) => Some((
+                site,
+                r.log_head(SiteId(site))?,
+                enrol::first_use(&r, site, &fingerprint)?,
+            )),
             None => None,
         })
     })
     .await
     .map_err(net_err)??;
-    let Some((site, head)) = found else {
+    let Some((site, head, retired)) = found else {
         // (The first bytes of the fingerprint name the certificate; nothing else is known.)
         let certificate: String = fingerprint[..8]
             .iter()
@@ -310,8 +316,20 @@ async fn serve_connection(
         conn.close(1u32.into(), b"unknown or revoked site");
         return Err(Error::Invalid("unknown or revoked site".into()));
     };
+    if !retired.is_empty() {
+        tracing::info!(
+            site,
+            retired = retired.len(),
+            "site switched to its renewed certificate"
+        );
+    }
+    for f in retired {
+        live.revoked.add(f);
+    }
     live.join(SiteId(site), fingerprint, &conn, head);
     live.fleet.connected(SiteId(site), replica.now());
+    // The certificate the site's trace heads must be signed with (`HostSession`).
+    let certificate: Arc<[u8]> = Arc::from(leaf.as_ref());
     let since = std::time::Instant::now();
     tracing::info!(site, %remote, "site connected");
     let mut streams = 0u64;
@@ -322,9 +340,13 @@ async fn serve_connection(
             break;
         }
         streams += 1;
-        let (replica, live) = (replica.clone(), live.clone());
+        let (replica, live, certificate) = (replica.clone(), live.clone(), certificate.clone());
         tokio::spawn(async move {
-            let site = (SiteId(site), fingerprint);
+            let site = Peer {
+                site: SiteId(site),
+                fingerprint,
+                certificate,
+            };
             let _ = host_stream(&mut send_stream, &mut recv, replica, site, &live).await;
         });
     }
@@ -372,7 +394,7 @@ impl StreamLog {
     fn received(&self, msg: &Msg) {
         match msg {
             Msg::Hello { .. } => self.round.store(true, Ordering::Relaxed),
-            Msg::Traces(t) => Self::add(&self.traces_received, t.len()),
+            Msg::Traces { records, .. } => Self::add(&self.traces_received, records.len()),
             Msg::Push { changes, bodies } => {
                 Self::add(&self.changes_received, changes.len());
                 Self::add(&self.bodies_received, bodies.len());
@@ -427,27 +449,30 @@ impl StreamLog {
     }
 }
 
+/// The site at the other end of a connection, as its certificate says.
+struct Peer {
+    site: SiteId,
+    /// The certificate's fingerprint (`transport::fingerprint`): revocation.
+    fingerprint: [u8; 32],
+    /// The certificate (DER): what the site signs is checked against its key.
+    certificate: Arc<[u8]>,
+}
+
 async fn host_stream(
     send_stream: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
     replica: Arc<Replica>,
-    (site, fingerprint): (SiteId, [u8; 32]),
+    peer: Peer,
     live: &Live,
 ) -> Result<()> {
+    let site = peer.site;
     // The session's commits leave their syncs behind them (`Replica::deferring_syncs`): the
     // next messages are applied while the disk makes the last ones durable, and each reply
     // leaves, in order, once what was committed before it is on disk.
     let (replies, mut to_send) = tokio::sync::mpsc::channel(crate::session::PUSH_WINDOW);
     let started = std::time::Instant::now();
     let stats = StreamLog::default();
-    let serve = serve_host_stream(
-        recv,
-        replica.clone(),
-        (site, fingerprint),
-        live,
-        replies,
-        &stats,
-    );
+    let serve = serve_host_stream(recv, replica.clone(), peer, live, replies, &stats);
     let sender = async {
         while let Some(Reply { after, msgs }) = to_send.recv().await {
             let durable = match after {
@@ -508,13 +533,17 @@ struct Reply {
 async fn serve_host_stream(
     recv: &mut quinn::RecvStream,
     replica: Arc<Replica>,
-    (site, fingerprint): (SiteId, [u8; 32]),
+    peer: Peer,
     live: &Live,
     replies: tokio::sync::mpsc::Sender<Reply>,
     stats: &StreamLog,
 ) -> Result<()> {
     let mut decoder = FrameDecoder::new();
-    let session = Arc::new(std::sync::Mutex::new(HostSession::new(site)));
+    let (site, fingerprint) = (peer.site, peer.fingerprint);
+    let session = Arc::new(std::sync::Mutex::new(HostSession::new(
+        site,
+        peer.certificate.to_vec(),
+    )));
     let error = |e: String| Reply {
         after: None,
         msgs: vec![Msg::Error(e)],
@@ -614,7 +643,7 @@ async fn serve_host_stream(
 
 /// A message the site pushes in a window: a trace batch or a Push.
 fn is_push(msg: &Msg) -> bool {
-    matches!(msg, Msg::Push { .. } | Msg::Traces(_))
+    matches!(msg, Msg::Push { .. } | Msg::Traces { .. })
 }
 
 /// Adds to `msgs` the messages that have already arrived after a push (a trace batch or a
@@ -656,7 +685,8 @@ async fn more_pushes_at_hand(
 #[derive(Debug)]
 pub struct Link {
     replica: Arc<Replica>,
-    open: Option<(quinn::Endpoint, quinn::Connection)>,
+    /// The open connection, with the identity (certificate and key) it was made with.
+    open: Option<(quinn::Endpoint, quinn::Connection, Identity)>,
     wake: Arc<tokio::sync::Notify>,
     /// Connections opened so far.
     opened: u64,
@@ -677,7 +707,7 @@ impl Link {
     pub fn is_open(&self) -> bool {
         self.open
             .as_ref()
-            .is_some_and(|(_, c)| c.close_reason().is_none())
+            .is_some_and(|(_, c, _)| c.close_reason().is_none())
     }
 
     /// Connections this link opened to the host so far (one while it holds; a reconnection
@@ -688,18 +718,19 @@ impl Link {
 
     /// UDP bytes sent and received on the open connection so far (handshake included).
     pub fn wire_bytes(&self) -> (u64, u64) {
-        self.open.as_ref().map_or((0, 0), |(_, c)| {
+        self.open.as_ref().map_or((0, 0), |(_, c, _)| {
             let s = c.stats();
             (s.udp_tx.bytes, s.udp_rx.bytes)
         })
     }
 
-    /// The open connection, or a new one (and whether it is new).
-    async fn connection(&mut self) -> Result<(quinn::Connection, bool)> {
-        if let Some((_, conn)) = &self.open
+    /// The open connection, or a new one, with the identity it was made with (and whether it
+    /// is new).
+    async fn connection(&mut self) -> Result<(quinn::Connection, Identity, bool)> {
+        if let Some((_, conn, identity)) = &self.open
             && conn.close_reason().is_none()
         {
-            return Ok((conn.clone(), false));
+            return Ok((conn.clone(), identity.clone(), false));
         }
         self.close().await;
         let r = self.replica.clone();
@@ -727,22 +758,26 @@ impl Link {
         .map_err(|_| timed_out("the host did not answer"))?
         .map_err(net_err)?;
         tokio::spawn(listen_for_pokes(conn.clone(), self.wake.clone()));
-        self.open = Some((endpoint, conn.clone()));
+        self.open = Some((endpoint, conn.clone(), tls.identity.clone()));
         self.opened += 1;
-        Ok((conn, true))
+        Ok((conn, tls.identity, true))
     }
 
     /// One sync round on the link (connecting first if needed). The connection stays open.
     pub async fn round(&mut self) -> Result<RoundReport> {
-        let (conn, fresh) = self.connection().await?;
+        let (conn, identity, fresh) = self.connection().await?;
         let before = if fresh { (0, 0) } else { self.wire_bytes() };
-        match round_on(&conn, &self.replica).await {
+        match round_on(&conn, &self.replica, identity).await {
             Ok(mut report) => {
                 let after = self.wire_bytes();
                 report.wire_sent = after.0 - before.0;
                 report.wire_received = after.1 - before.1;
                 // The handshake is one more wait.
                 report.round_trips += u64::from(fresh);
+                if report.renewed {
+                    // The next round connects with the certificate just installed.
+                    self.close().await;
+                }
                 Ok(report)
             }
             Err(e) => {
@@ -754,7 +789,7 @@ impl Link {
 
     /// Closes the connection cleanly, if open.
     pub async fn close(&mut self) {
-        if let Some((endpoint, conn)) = self.open.take() {
+        if let Some((endpoint, conn, _)) = self.open.take() {
             conn.close(0u32.into(), b"bye");
             let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
         }
@@ -782,9 +817,13 @@ pub async fn sync_round(replica: Arc<Replica>) -> Result<RoundReport> {
 
 /// One round on a new stream of `conn`; each body the round fetches comes on a stream of its
 /// own (`fetch_body`), so bodies travel side by side and none waits behind a large one.
-async fn round_on(conn: &quinn::Connection, replica: &Arc<Replica>) -> Result<RoundReport> {
+async fn round_on(
+    conn: &quinn::Connection,
+    replica: &Arc<Replica>,
+    identity: Identity,
+) -> Result<RoundReport> {
     let (mut send_stream, mut recv) = conn.open_bi().await.map_err(net_err)?;
-    let session = Arc::new(std::sync::Mutex::new(SiteSession::new()));
+    let session = Arc::new(std::sync::Mutex::new(SiteSession::new(identity)));
     let (r, s) = (replica.clone(), session.clone());
     let hello = tokio::task::spawn_blocking(move || {
         s.lock()
@@ -1028,7 +1067,7 @@ mod tests {
             )
             .expect("host writes");
         let mut link = Link::new(site, Arc::new(tokio::sync::Notify::new()));
-        let (conn, _) = tokio::time::timeout(Duration::from_secs(20), link.connection())
+        let (conn, _, _) = tokio::time::timeout(Duration::from_secs(20), link.connection())
             .await
             .expect("in time")
             .expect("connected");

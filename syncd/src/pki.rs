@@ -4,7 +4,8 @@
 //! `HOST_NAME` and the server-auth usage, a site certificate the client-auth usage and the
 //! site id in its common name. Every certificate has a real lifetime (`CA_DAYS`, `HOST_DAYS`,
 //! `SITE_DAYS`) starting `SKEW_SECS` before it is issued, and never outlives the CA. Keys
-//! travel as PKCS#8 DER and are never logged.
+//! travel as PKCS#8 DER and are never logged. A certificate's key also signs what its holder
+//! vouches for (`sign`, `verify`: ECDSA P-256, the only key type Carnet issues).
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -100,24 +101,35 @@ pub fn new_ca(now: i64) -> Result<Identity> {
 /// Signs `params` with the CA for `key` (a new key when `None`).
 fn issue(
     ca: &Identity,
-    mut params: CertificateParams,
+    params: CertificateParams,
     now: i64,
     days: i64,
     key: Option<&[u8]>,
 ) -> Result<Identity> {
-    let ca_end = validity(&ca.cert_der)?.not_after;
-    set_validity(&mut params, now, days, Some(ca_end))?;
-    let ca_key = KeyPair::try_from(ca.key_der.as_slice()).map_err(pki_err)?;
-    let issuer = Issuer::new(ca_params()?, ca_key);
     let key = match key {
         Some(der) => KeyPair::try_from(der).map_err(pki_err)?,
         None => KeyPair::generate().map_err(pki_err)?,
     };
-    let cert = params.signed_by(&key, &issuer).map_err(pki_err)?;
     Ok(Identity {
-        cert_der: cert.der().to_vec(),
+        cert_der: certify(ca, params, now, days, &key)?,
         key_der: key.serialize_der(),
     })
+}
+
+/// Signs `params` with the CA for the public key `public`: the certificate, DER.
+fn certify(
+    ca: &Identity,
+    mut params: CertificateParams,
+    now: i64,
+    days: i64,
+    public: &impl rcgen::PublicKeyData,
+) -> Result<Vec<u8>> {
+    let ca_end = validity(&ca.cert_der)?.not_after;
+    set_validity(&mut params, now, days, Some(ca_end))?;
+    let ca_key = KeyPair::try_from(ca.key_der.as_slice()).map_err(pki_err)?;
+    let issuer = Issuer::new(ca_params()?, ca_key);
+    let cert = params.signed_by(public, &issuer).map_err(pki_err)?;
+    Ok(cert.der().to_vec())
 }
 
 /// Issues the host's certificate, valid `HOST_DAYS` from `now`; with `key` (PKCS#8 DER), for
@@ -131,15 +143,142 @@ pub fn issue_host(ca: &Identity, now: i64, key: Option<&[u8]>) -> Result<Identit
     issue(ca, params, now, HOST_DAYS, key)
 }
 
-/// Issues a site's certificate, valid `SITE_DAYS` from `now`, for a new key; its common name
-/// carries the site id.
-pub fn issue_site(ca: &Identity, site_id: u32, now: i64) -> Result<Identity> {
+/// A site certificate's parameters: its common name carries the site id.
+fn site_params(site_id: u32) -> Result<CertificateParams> {
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(pki_err)?;
     params
         .distinguished_name
         .push(DnType::CommonName, format!("site-{site_id}"));
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    issue(ca, params, now, SITE_DAYS, None)
+    Ok(params)
+}
+
+/// Issues a site's certificate, valid `SITE_DAYS` from `now`, for a new key.
+pub fn issue_site(ca: &Identity, site_id: u32, now: i64) -> Result<Identity> {
+    issue_site_lasting(ca, site_id, now, SITE_DAYS)
+}
+
+/// Issues a site's certificate, valid `days` (1 to `SITE_DAYS`) from `now`, for a new key.
+pub fn issue_site_lasting(ca: &Identity, site_id: u32, now: i64, days: i64) -> Result<Identity> {
+    if !(1..=SITE_DAYS).contains(&days) {
+        return Err(Error::Invalid(format!(
+            "a site certificate lasts 1 to {SITE_DAYS} days, not {days}"
+        )));
+    }
+    issue(ca, site_params(site_id)?, now, days, None)
+}
+
+/// Issues a site's certificate, valid `SITE_DAYS` from `now`, for the public key `spki` (a
+/// P-256 SubjectPublicKeyInfo, DER) whose private key only the site holds (a renewal over
+/// the sync connection). Answers the certificate, DER.
+pub fn issue_site_for_key(ca: &Identity, site_id: u32, now: i64, spki: &[u8]) -> Result<Vec<u8>> {
+    let public = P256Public(p256_point(spki)?.to_vec());
+    certify(ca, site_params(site_id)?, now, SITE_DAYS, &public)
+}
+
+/// A P-256 public key, as rcgen certifies it: the uncompressed point.
+struct P256Public(Vec<u8>);
+
+impl rcgen::PublicKeyData for P256Public {
+    fn der_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        &rcgen::PKCS_ECDSA_P256_SHA256
+    }
+}
+
+/// A new P-256 key pair: its PKCS#8 DER (kept by the caller, sealed).
+pub fn new_key() -> Result<Vec<u8>> {
+    Ok(KeyPair::generate().map_err(pki_err)?.serialize_der())
+}
+
+/// The public key (SubjectPublicKeyInfo, DER) of a PKCS#8 key.
+pub fn public_key_of(key_der: &[u8]) -> Result<Vec<u8>> {
+    use rcgen::PublicKeyData;
+    Ok(KeyPair::try_from(key_der)
+        .map_err(pki_err)?
+        .subject_public_key_info())
+}
+
+/// The public key (SubjectPublicKeyInfo, DER) a certificate names.
+pub fn certificate_key(cert_der: &[u8]) -> Result<Vec<u8>> {
+    Ok(tbs_fields(cert_der)?.spki.to_vec())
+}
+
+/// Signs `msg` with the key of `identity` (the key its certificate names).
+pub fn sign(identity: &Identity, msg: &[u8]) -> Result<Vec<u8>> {
+    sign_with_key(&identity.key_der, msg)
+}
+
+/// Signs `msg` with a PKCS#8 key.
+pub fn sign_with_key(key_der: &[u8], msg: &[u8]) -> Result<Vec<u8>> {
+    use rcgen::SigningKey;
+    let key = KeyPair::try_from(key_der).map_err(pki_err)?;
+    key.sign(msg).map_err(pki_err)
+}
+
+/// Checks that `signature` is the signature of `msg` by the key of the certificate
+/// `cert_der` (ECDSA P-256 with SHA-256, ASN.1 DER). Anything else is an error.
+pub fn verify(cert_der: &[u8], msg: &[u8], signature: &[u8]) -> Result<()> {
+    verify_by_key(tbs_fields(cert_der)?.spki, msg, signature)
+}
+
+/// Checks that `signature` is the signature of `msg` by the public key `spki`
+/// (SubjectPublicKeyInfo, DER; P-256 only).
+pub fn verify_by_key(spki: &[u8], msg: &[u8], signature: &[u8]) -> Result<()> {
+    let point = p256_point(spki)?;
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, point)
+        .verify(msg, signature)
+        .map_err(|_| Error::Pki("the signature was not made by the certificate's key".into()))
+}
+
+/// Checks that the certificate `cert_der` was signed by the CA certificate `ca_der`'s key
+/// (ECDSA P-256 with SHA-256, as every Carnet CA signs).
+pub fn issued_by(cert_der: &[u8], ca_der: &[u8]) -> Result<()> {
+    let (tag, _, fields, _) = der::element(cert_der)?;
+    if tag != der::SEQUENCE {
+        return Err(der::malformed());
+    }
+    let (_, tbs, _, rest) = der::element(fields)?;
+    let (_, _, _, rest) = der::element(rest)?; // signatureAlgorithm
+    let (tag, _, bits, _) = der::element(rest)?;
+    match bits.split_first() {
+        Some((0, signature)) if tag == 0x03 => {
+            verify_by_key(tbs_fields(ca_der)?.spki, tbs, signature)
+                .map_err(|_| Error::Pki("the certificate was not issued by the national CA".into()))
+        }
+        _ => Err(der::malformed()),
+    }
+}
+
+/// The AlgorithmIdentifier of a P-256 public key (id-ecPublicKey, prime256v1), DER.
+const P256_ALGORITHM: &[u8] = &[
+    0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48,
+    0xce, 0x3d, 0x03, 0x01, 0x07,
+];
+
+/// The uncompressed point of a P-256 SubjectPublicKeyInfo (its whole DER element).
+fn p256_point(spki: &[u8]) -> Result<&[u8]> {
+    let not_p256 = || Error::Pki("the key is not a P-256 public key".into());
+    let (tag, _, fields, _) = der::element(spki)?;
+    if tag != der::SEQUENCE {
+        return Err(der::malformed());
+    }
+    let (_, algorithm, _, rest) = der::element(fields)?;
+    if algorithm != P256_ALGORITHM {
+        return Err(not_p256());
+    }
+    let (tag, _, bits, rest) = der::element(rest)?;
+    match bits.split_first() {
+        Some((0, point))
+            if tag == 0x03 && rest.is_empty() && point.len() == 65 && point[0] == 4 =>
+        {
+            Ok(point)
+        }
+        _ => Err(not_p256()),
+    }
 }
 
 /// A certificate's validity window, in Unix seconds.
@@ -359,6 +498,66 @@ mod tests {
             key_pin(&host.cert_der).ok(),
             Some(*blake3::hash(cert.public_key().raw).as_bytes())
         );
+    }
+
+    #[test]
+    fn a_certificate_key_signs_and_only_its_signatures_verify() {
+        let ca = new_ca(NOW).expect("ca");
+        let site = issue_site(&ca, 7, NOW).expect("site");
+        let other = issue_site(&ca, 8, NOW).expect("other");
+        let sig = sign(&site, b"head").expect("sign");
+        verify(&site.cert_der, b"head", &sig).expect("verifies");
+        assert!(
+            verify(&site.cert_der, b"head!", &sig).is_err(),
+            "another message"
+        );
+        assert!(
+            verify(&other.cert_der, b"head", &sig).is_err(),
+            "another key"
+        );
+        assert!(verify(&site.cert_der, b"head", &sig[1..]).is_err());
+        assert!(verify(&site.cert_der, b"head", b"").is_err());
+        // x509-parser reads the same point.
+        let (_, cert) = X509Certificate::from_der(&site.cert_der).expect("x509");
+        let spki = tbs_fields(&site.cert_der).expect("tbs").spki;
+        assert_eq!(
+            p256_point(spki).ok(),
+            Some(cert.public_key().subject_public_key.data.as_ref())
+        );
+        for cut in 0..spki.len() {
+            assert!(p256_point(&spki[..cut]).is_err());
+        }
+    }
+
+    #[test]
+    fn a_site_certificate_is_issued_for_a_public_key_alone() {
+        let ca = new_ca(NOW).expect("ca");
+        let key = new_key().expect("key");
+        let spki = public_key_of(&key).expect("public");
+        let cert = issue_site_for_key(&ca, 7, NOW, &spki).expect("issued");
+        assert_eq!(certificate_key(&cert).ok(), Some(spki.clone()));
+        assert_eq!(window(&cert), (NOW - SKEW_SECS, NOW + SITE_DAYS * DAY_SECS));
+        let (_, parsed) = X509Certificate::from_der(&cert).expect("x509");
+        assert_eq!(
+            parsed
+                .subject()
+                .iter_common_name()
+                .next()
+                .and_then(|c| c.as_str().ok()),
+            Some("site-7")
+        );
+        // The key signs, the certificate verifies it.
+        let sig = sign_with_key(&key, b"m").expect("sign");
+        verify(&cert, b"m", &sig).expect("verifies");
+        verify_by_key(&spki, b"m", &sig).expect("verifies");
+        issued_by(&cert, &ca.cert_der).expect("by the CA");
+        let other = new_ca(NOW).expect("other");
+        assert!(issued_by(&cert, &other.cert_der).is_err());
+        assert!(issue_site_for_key(&ca, 7, NOW, b"not a key").is_err());
+        assert!(issue_site_lasting(&ca, 7, NOW, 0).is_err());
+        assert!(issue_site_lasting(&ca, 7, NOW, SITE_DAYS + 1).is_err());
+        let short = issue_site_lasting(&ca, 7, NOW, 20).expect("short");
+        assert_eq!(window(&short.cert_der).1, NOW + 20 * DAY_SECS);
     }
 
     #[test]

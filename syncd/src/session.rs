@@ -20,17 +20,25 @@
 //! next round where it stopped, and only the piece in flight is sent twice.
 //!
 //! Invariants: the host binds the session to the site id of the peer's certificate and refuses
-//! a `Hello` claiming another; every batch is bounded (`BATCH_MAX` items, `CHUNK_MAX` bytes);
+//! a `Hello` claiming another; every trace batch comes with the site's signature over its last
+//! entry (`SignedTraceHead`), made with the key of the certificate the site connects with, and
+//! the host checks it against that certificate before storing anything (a batch unsigned,
+//! signed for another head or by another key is refused, and the refusal traced); every
+//! batch is bounded (`BATCH_MAX` items, `CHUNK_MAX` bytes);
 //! a message out of turn ends the session with an `Error`; the host takes body pieces only for
 //! bodies the site owes; a heartbeat (in `Welcome` or ending a `Pulled`) names the site and its
 //! log head, and renews the site's lease only once its cursor is that head.
 
 use carnet_store::authority::SignedRecord;
 use carnet_store::ids::{DocId, SiteId};
-use carnet_store::replica::{Applied, BodyPiece, Change, Lease, PullItem, Replica, TraceRecord};
+use carnet_store::replica::{
+    Applied, BodyPiece, Change, Lease, PullItem, Replica, SignedTraceHead, TraceHeadEvidence,
+    TraceRecord,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::pki::{self, Identity};
 
 /// Most changes or pulled items in one message.
 pub const BATCH_MAX: usize = 1024;
@@ -67,6 +75,9 @@ pub enum Msg {
         /// What the site says of itself, for the operator's view (`fleet`): shown, never
         /// trusted for a decision.
         about: SiteAbout,
+        /// When the site's certificate is within its renewal window: a certificate asked for
+        /// a new key pair the site made (`enrol::renewal_request`).
+        renewal: Option<crate::enrol::RenewalRequest>,
     },
     /// Host: the last of the site's changes and trace entries it holds.
     Welcome {
@@ -90,9 +101,18 @@ pub enum Msg {
         /// and `log_head` (DOMAIN §5 lease), so a site with nothing to push needs no `Pull` (a
         /// round with nothing new is one round trip).
         current: Option<SignedRecord>,
+        /// The certificate (DER) the CA issued for the key of the site's renewal request, once
+        /// signed; the site installs it and connects with it from then on.
+        renewed: Option<Vec<u8>>,
     },
-    /// Site: trace entries, in chain order (sent first: every trace reaches the host).
-    Traces(Vec<TraceRecord>),
+    /// Site: trace entries, in chain order (sent first: every trace reaches the host), and the
+    /// site's signature over the last one (required with any entry).
+    Traces {
+        /// The entries.
+        records: Vec<TraceRecord>,
+        /// The head they end on, signed with the key of the site's certificate.
+        head: Option<SignedTraceHead>,
+    },
     /// Host: trace entries held up to `upto`.
     TracesAck {
         /// Highest entry held.
@@ -200,7 +220,7 @@ impl Msg {
         match self {
             Msg::Hello { .. } => "Hello",
             Msg::Welcome { .. } => "Welcome",
-            Msg::Traces(_) => "Traces",
+            Msg::Traces { .. } => "Traces",
             Msg::TracesAck { .. } => "TracesAck",
             Msg::Push { .. } => "Push",
             Msg::PushAck { .. } => "PushAck",
@@ -256,6 +276,8 @@ const RETURNED: &str = "returned by the host: its dossier is closed or not held 
 
 /// A push's changes and inline bodies.
 type Push = (Vec<(u64, Change)>, Vec<BodyPiece>);
+/// A trace batch and its signed head.
+type TraceBatch = (Vec<TraceRecord>, Option<SignedTraceHead>);
 
 fn out_of_turn(what: &str) -> Error {
     Error::Invalid(format!("protocol: unexpected {what}"))
@@ -324,6 +346,8 @@ impl SiteAbout {
 #[derive(Debug)]
 pub struct HostSession {
     site: SiteId,
+    /// The peer's certificate (DER): the key the site signs its trace heads with.
+    certificate: Vec<u8>,
     greeted: bool,
     /// This session recorded the site's restore (`Msg::Restored`) already.
     restore_recorded: bool,
@@ -332,10 +356,11 @@ pub struct HostSession {
 }
 
 impl HostSession {
-    /// A session for `site` (from its certificate).
-    pub fn new(site: SiteId) -> Self {
+    /// A session for `site`, which connected with `certificate` (DER).
+    pub fn new(site: SiteId, certificate: Vec<u8>) -> Self {
         HostSession {
             site,
+            certificate,
             greeted: false,
             restore_recorded: false,
             bodies_only: false,
@@ -361,11 +386,11 @@ impl HostSession {
                     }
                     out.extend(self.apply_pushes(replica, pushes)?);
                 }
-                Msg::Traces(records) if in_session => {
-                    let mut batches = vec![records];
-                    while let Some(Msg::Traces(_)) = msgs.peek() {
-                        if let Some(Msg::Traces(records)) = msgs.next() {
-                            batches.push(records);
+                Msg::Traces { records, head } if in_session => {
+                    let mut batches = vec![(records, head)];
+                    while let Some(Msg::Traces { .. }) = msgs.peek() {
+                        if let Some(Msg::Traces { records, head }) = msgs.next() {
+                            batches.push((records, head));
                         }
                     }
                     out.extend(self.apply_traces(replica, batches)?);
@@ -376,25 +401,72 @@ impl HostSession {
         Ok(out)
     }
 
-    /// Stores trace batches in one transaction, all or nothing; answers a `TracesAck` for
-    /// each, up to its last entry.
-    fn apply_traces(
-        &mut self,
-        replica: &Replica,
-        batches: Vec<Vec<TraceRecord>>,
-    ) -> Result<Vec<Msg>> {
-        if batches.iter().any(|b| b.len() > BATCH_MAX) {
+    /// Stores trace batches in one transaction, all or nothing, once each batch's signed head
+    /// is checked; answers a `TracesAck` for each, up to its last entry.
+    fn apply_traces(&mut self, replica: &Replica, batches: Vec<TraceBatch>) -> Result<Vec<Msg>> {
+        if batches.iter().any(|(b, _)| b.len() > BATCH_MAX) {
             return Err(Error::Invalid("protocol: trace batch too large".into()));
         }
-        let lasts: Vec<Option<u64>> = batches.iter().map(|b| b.last().map(|r| r.seq)).collect();
-        let records: Vec<_> = batches.into_iter().flatten().collect();
-        let head = replica.apply_remote_traces(self.site, &records)?;
+        for (records, head) in &batches {
+            self.check_trace_head(replica, records, head.as_ref())?;
+        }
+        // The last batch with entries ends on the last entry: its head covers them all.
+        let signed = batches
+            .iter()
+            .rev()
+            .find(|(records, _)| !records.is_empty())
+            .and_then(|(_, head)| head.clone())
+            .map(|head| TraceHeadEvidence {
+                head,
+                signer: self.certificate.clone(),
+            });
+        let lasts: Vec<Option<u64>> = batches
+            .iter()
+            .map(|(b, _)| b.last().map(|r| r.seq))
+            .collect();
+        let records: Vec<_> = batches.into_iter().flat_map(|(b, _)| b).collect();
+        let head = replica.apply_remote_traces(self.site, &records, signed.as_ref())?;
         Ok(lasts
             .into_iter()
             .map(|last| Msg::TracesAck {
                 upto: last.map_or(head, |seq| seq.min(head)),
             })
             .collect())
+    }
+
+    /// Refuses a batch of trace entries unless `head` names its last entry and is signed, for
+    /// this site, by the key of the certificate this session runs under. A refusal is traced
+    /// at the host and ends the session (the site is told why).
+    fn check_trace_head(
+        &self,
+        replica: &Replica,
+        records: &[TraceRecord],
+        head: Option<&SignedTraceHead>,
+    ) -> Result<()> {
+        let Some(last) = records.last() else {
+            return Ok(());
+        };
+        let refused = match head {
+            None => Some("without a signed trace head"),
+            Some(h) if (h.seq, h.hash) != (last.seq, last.hash) => {
+                Some("with a signed trace head that is not their last entry")
+            }
+            Some(h) => pki::verify(
+                &self.certificate,
+                &SignedTraceHead::message(self.site, h.seq, &h.hash),
+                &h.signature,
+            )
+            .err()
+            .map(|_| "with a trace head this site's certificate key did not sign"),
+        };
+        let Some(why) = refused else {
+            return Ok(());
+        };
+        replica.trace_refusal(self.site, "trace-head-refused")?;
+        Err(Error::Store(carnet_store::Error::Integrity(format!(
+            "site {} sent trace entries up to {} {why}: nothing stored",
+            self.site, last.seq
+        ))))
     }
 
     /// Applies pushes in one transaction, all or nothing; answers a `PushAck` for each.
@@ -498,6 +570,7 @@ impl HostSession {
                 outbox_acked,
                 chain_key,
                 about,
+                renewal,
             } => {
                 if site != self.site.0 {
                     return Err(Error::Invalid(format!(
@@ -507,6 +580,14 @@ impl HostSession {
                 }
                 about.check()?;
                 replica.admit_chain_key(self.site, &chain_key)?;
+                // A renewal: only for this site, signed by its new key; signed at once when
+                // the CA key is here, else it waits for the operator.
+                let renewed = match renewal {
+                    Some(request) => {
+                        crate::enrol::request_renewal(replica, site, &self.certificate, &request)?
+                    }
+                    None => None,
+                };
                 self.greeted = true;
                 // The site quarantined every return before acknowledging its outbox.
                 replica.forget_returned(self.site, outbox_acked)?;
@@ -522,10 +603,11 @@ impl HostSession {
                     owed: replica.bodies_owed_by(self.site)?,
                     log_head,
                     current,
+                    renewed,
                 }])
             }
             Msg::Push { changes, bodies } => self.apply_pushes(replica, vec![(changes, bodies)]),
-            Msg::Traces(records) => self.apply_traces(replica, vec![records]),
+            Msg::Traces { records, head } => self.apply_traces(replica, vec![(records, head)]),
             Msg::PutBodies(pieces) => {
                 let bytes: usize = pieces.iter().map(|p| p.bytes.len()).sum();
                 if bytes > CHUNK_MAX || pieces.iter().any(|p| p.total > BODY_MAX) {
@@ -628,6 +710,8 @@ pub struct RoundReport {
     /// Times the site waited for the host: the QUIC handshake, then each batch of messages
     /// it sent (filled by `net`).
     pub round_trips: u64,
+    /// A renewed certificate was installed in this round: the next connection uses it.
+    pub renewed: bool,
 }
 
 /// A message of the push window, awaiting its acknowledgement.
@@ -655,6 +739,9 @@ enum SiteState {
 #[derive(Debug)]
 pub struct SiteSession {
     state: SiteState,
+    /// The site's certificate and key, the ones its connection presents: they sign the head
+    /// of each trace batch.
+    signer: Identity,
     /// Bodies the host lacks, with the bytes of each it keeps.
     to_send: Vec<(DocId, u64)>,
     /// Bodies sent and not yet stored by the host, with the bytes sent.
@@ -692,17 +779,12 @@ struct Restoring {
     taken_at: i64,
 }
 
-impl Default for SiteSession {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl SiteSession {
-    /// A new round.
-    pub fn new() -> Self {
+    /// A new round, on a connection made with `signer` (the site's certificate and key).
+    pub fn new(signer: Identity) -> Self {
         SiteSession {
             state: SiteState::Greeting,
+            signer,
             to_send: Vec::new(),
             sending: Vec::new(),
             queued: std::collections::VecDeque::new(),
@@ -727,6 +809,7 @@ impl SiteSession {
             outbox_acked: replica.outbox_acked()?,
             chain_key: replica.trace_chain_key(),
             about: SiteAbout::of(replica)?,
+            renewal: crate::enrol::renewal_request(replica)?,
         })
     }
 
@@ -776,7 +859,19 @@ impl SiteSession {
             return Ok(None);
         };
         self.traces_sent = last.seq;
-        Ok(Some(Msg::Traces(records)))
+        let site = replica.config().site_id;
+        let head = SignedTraceHead {
+            seq: last.seq,
+            hash: last.hash,
+            signature: pki::sign(
+                &self.signer,
+                &SignedTraceHead::message(site, last.seq, &last.hash),
+            )?,
+        };
+        Ok(Some(Msg::Traces {
+            records,
+            head: Some(head),
+        }))
     }
 
     /// The next Push: outbox entries after the last sent, with the bodies of the new documents
@@ -920,6 +1015,7 @@ impl SiteSession {
                     owed,
                     log_head,
                     current,
+                    renewed,
                 },
             ) => {
                 // A restored replica is expected to be behind the host (the host then sends its
@@ -940,6 +1036,12 @@ impl SiteSession {
                     return Err(Error::Store(carnet_store::Error::Integrity(format!(
                         "the host holds another trace history for this site (entry {traces_acked}): this replica's trace was altered, or put back from an old copy without `carnet restore`; ask the host operator before syncing"
                     ))));
+                }
+                if let Some(cert) = renewed {
+                    // Sealed with the key kept for it; this round's connection goes on with
+                    // the certificate it was opened with.
+                    crate::enrol::install_renewed(replica, &cert)?;
+                    self.report.renewed = true;
                 }
                 replica.quarantine_returned(&returned, RETURNED)?;
                 // The host holds everything up to `acked`: those entries are done with.
@@ -1134,13 +1236,13 @@ impl SiteSession {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit::{doctor, host_and_site, new_doc};
+    use crate::testkit::{certificate, doctor, host_and_site, new_doc, signer};
     use carnet_store::model::{AccessMode, Actor};
 
     /// Runs one round in memory; every message goes through the frame codec, as on the wire.
     pub(super) fn round(host: &Replica, site: &Replica) -> RoundReport {
-        let mut s = SiteSession::new();
-        let mut h = HostSession::new(site.config().site_id);
+        let mut s = SiteSession::new(signer(site));
+        let mut h = HostSession::new(site.config().site_id, certificate(site));
         let mut to_host = vec![s.start(site).expect("start")];
         for _ in 0..10_000 {
             let mut to_site = Vec::new();
@@ -1312,8 +1414,8 @@ mod tests {
             })
             .collect();
         // A whole round, counting what crosses: pushes only, several in flight, no PutBodies.
-        let mut s = SiteSession::new();
-        let mut h = HostSession::new(site.config().site_id);
+        let mut s = SiteSession::new(signer(&site));
+        let mut h = HostSession::new(site.config().site_id, certificate(&site));
         let mut to_host = vec![s.start(&site).expect("start")];
         let (mut pushes, mut most_in_flight, mut put_bodies) = (0, 0, 0);
         for _ in 0..10_000 {
@@ -1392,8 +1494,8 @@ mod tests {
         host: &Replica,
         site: &Replica,
     ) -> std::collections::BTreeMap<&'static str, usize> {
-        let mut s = SiteSession::new();
-        let mut h = HostSession::new(site.config().site_id);
+        let mut s = SiteSession::new(signer(site));
+        let mut h = HostSession::new(site.config().site_id, certificate(site));
         let mut counts = std::collections::BTreeMap::new();
         let mut to_host = vec![s.start(site).expect("start")];
         for _ in 0..10_000 {
@@ -1469,7 +1571,8 @@ mod tests {
                 outbox_acked,
                 chain_key,
                 about,
-            } = SiteSession::new().start(&site).expect("hello")
+                renewal,
+            } = SiteSession::new(signer(&site)).start(&site).expect("hello")
             else {
                 panic!("not a Hello");
             };
@@ -1483,6 +1586,7 @@ mod tests {
                     version: version.into(),
                     ..about
                 },
+                renewal,
             }
         };
         for bad in [
@@ -1491,14 +1595,15 @@ mod tests {
             "1.0\"} 1\nfake{a=\"".to_string(),
             "9".repeat(VERSION_MAX + 1),
         ] {
-            let refused = HostSession::new(site.config().site_id).handle(&host, wire(&hello(&bad)));
+            let refused = HostSession::new(site.config().site_id, certificate(&site))
+                .handle(&host, wire(&hello(&bad)));
             assert!(
                 matches!(&refused, Err(e) if e.to_string().contains("version")),
                 "{bad}: {refused:?}"
             );
         }
-        let fine =
-            HostSession::new(site.config().site_id).handle(&host, wire(&hello("0.1.0-rc.1+abc")));
+        let fine = HostSession::new(site.config().site_id, certificate(&site))
+            .handle(&host, wire(&hello("0.1.0-rc.1+abc")));
         assert!(
             matches!(&fine.as_deref(), Ok([Msg::Welcome { .. }])),
             "{fine:?}"
@@ -1511,8 +1616,8 @@ mod tests {
         round(&host, &site);
         let (as_of, _) = site.authority_freshness().expect("freshness");
         std::thread::sleep(std::time::Duration::from_millis(5));
-        let mut s = SiteSession::new();
-        let mut h = HostSession::new(site.config().site_id);
+        let mut s = SiteSession::new(signer(&site));
+        let mut h = HostSession::new(site.config().site_id, certificate(&site));
         let welcome = h
             .handle(&host, wire(&s.start(&site).expect("hello")))
             .expect("welcome");
@@ -1541,8 +1646,11 @@ mod tests {
         // Behind the host's log, or with something to push, the round goes on.
         host.update_emergency(&ins, |p| p.btg_allowed = false)
             .expect("a new signed record for the dossier");
-        let welcome = HostSession::new(site.config().site_id)
-            .handle(&host, SiteSession::new().start(&site).expect("hello"))
+        let welcome = HostSession::new(site.config().site_id, certificate(&site))
+            .handle(
+                &host,
+                SiteSession::new(signer(&site)).start(&site).expect("hello"),
+            )
             .expect("welcome");
         assert!(
             matches!(&welcome[..], [Msg::Welcome { current: None, .. }]),
@@ -1563,7 +1671,7 @@ mod tests {
         let head = host.log_head(site_id).expect("head");
         assert!(head > site.pull_cursor().expect("cursor"));
         // A Hello that claims the head (a lying or confused site) gets a heartbeat naming it...
-        let welcome = HostSession::new(site_id)
+        let welcome = HostSession::new(site_id, certificate(&site))
             .handle(
                 &host,
                 Msg::Hello {
@@ -1572,6 +1680,7 @@ mod tests {
                     outbox_acked: 0,
                     chain_key: site.trace_chain_key(),
                     about: SiteAbout::default(),
+                    renewal: None,
                 },
             )
             .expect("welcome");
@@ -1586,7 +1695,7 @@ mod tests {
             "{welcome:?}"
         );
         // ...which a site whose cursor is behind does not admit: it pulls.
-        let mut s = SiteSession::new();
+        let mut s = SiteSession::new(signer(&site));
         s.start(&site).expect("hello");
         let answer = s.handle(&site, wire(&welcome[0])).expect("site");
         assert!(
@@ -1603,16 +1712,16 @@ mod tests {
     #[test]
     fn a_site_cannot_speak_for_another() {
         let (_t, host, site, _) = host_and_site();
-        let mut h = HostSession::new(SiteId(site.config().site_id.0 + 1));
-        let hello = SiteSession::new().start(&site).expect("hello");
+        let mut h = HostSession::new(SiteId(site.config().site_id.0 + 1), certificate(&site));
+        let hello = SiteSession::new(signer(&site)).start(&site).expect("hello");
         assert!(h.handle(&host, hello).is_err());
-        let mut h = HostSession::new(site.config().site_id);
+        let mut h = HostSession::new(site.config().site_id, certificate(&site));
         assert!(
             h.handle(&host, Msg::Pull { after: 0 }).is_err(),
             "nothing before Hello"
         );
         // A stream that opens with a body fetch carries body fetches only.
-        let mut bodies = HostSession::new(site.config().site_id);
+        let mut bodies = HostSession::new(site.config().site_id, certificate(&site));
         let get = Msg::GetBody {
             doc: DocId([9; 16]),
             offset: 0,
@@ -1623,7 +1732,7 @@ mod tests {
         );
         assert!(
             matches!(
-                HostSession::new(site.config().site_id).handle(&host, get.clone()),
+                HostSession::new(site.config().site_id, certificate(&site)).handle(&host, get.clone()),
                 Err(e) if !e.to_string().contains("before Hello")
             ),
             "a GetBody opens a body stream"
@@ -1635,7 +1744,7 @@ mod tests {
                 .to_string()
                 .contains("body stream")
         );
-        let mut s = SiteSession::new();
+        let mut s = SiteSession::new(signer(&site));
         assert!(
             s.handle(
                 &site,
@@ -1648,7 +1757,7 @@ mod tests {
             .is_err()
         );
         // A host claiming more than the site ever sent (a replica restored from a backup).
-        let mut s = SiteSession::new();
+        let mut s = SiteSession::new(signer(&site));
         let welcome = Msg::Welcome {
             acked: 1_000,
             traces_acked: 0,
@@ -1657,6 +1766,7 @@ mod tests {
             owed: vec![],
             log_head: 0,
             current: None,
+            renewed: None,
         };
         assert!(s.handle(&site, welcome).is_err());
         // A host holding another history of the site's trace than the site's own.
@@ -1670,12 +1780,17 @@ mod tests {
             owed: vec![],
             log_head: 0,
             current: None,
+            renewed: None,
         };
         assert!(matches!(
-            SiteSession::new().handle(&site, welcome([1; 32])),
+            SiteSession::new(signer(&site)).handle(&site, welcome([1; 32])),
             Err(Error::Store(carnet_store::Error::Integrity(_)))
         ));
-        assert!(SiteSession::new().handle(&site, welcome(ours)).is_ok());
+        assert!(
+            SiteSession::new(signer(&site))
+                .handle(&site, welcome(ours))
+                .is_ok()
+        );
     }
     #[test]
     fn the_trace_and_the_pushes_travel_in_one_window_and_are_acknowledged_in_order() {
@@ -1689,7 +1804,10 @@ mod tests {
         site.put_documents(&actor, AccessMode::Normal, None, docs)
             .expect("writes");
         let site_id = site.config().site_id;
-        let (mut s, mut h) = (SiteSession::new(), HostSession::new(site_id));
+        let (mut s, mut h) = (
+            SiteSession::new(signer(&site)),
+            HostSession::new(site_id, certificate(&site)),
+        );
         let welcome = h
             .handle_all(&host, vec![wire(&s.start(&site).expect("hello"))])
             .expect("welcome");
@@ -1726,12 +1844,15 @@ mod tests {
         );
         // Acknowledgements out of turn are refused: of trace entries never sent, of a push
         // while a trace batch is the oldest in flight.
-        let (mut s, mut h) = (SiteSession::new(), HostSession::new(site_id));
+        let (mut s, mut h) = (
+            SiteSession::new(signer(&site)),
+            HostSession::new(site_id, certificate(&site)),
+        );
         let welcome = h
             .handle(&host, s.start(&site).expect("hello"))
             .expect("welcome");
         let window = s.handle(&site, welcome[0].clone()).expect("window");
-        assert!(matches!(&window[..], [Msg::Traces(_)]), "{window:?}");
+        assert!(matches!(&window[..], [Msg::Traces { .. }]), "{window:?}");
         let beyond = site.trace_head().expect("head") + 1;
         assert!(s.handle(&site, Msg::TracesAck { upto: beyond }).is_err());
         let push_ack = Msg::PushAck {
@@ -1740,6 +1861,93 @@ mod tests {
             returned: vec![],
         };
         assert!(s.handle(&site, push_ack).is_err());
+    }
+
+    #[test]
+    fn the_host_takes_trace_entries_only_under_a_head_the_sites_certificate_key_signed() {
+        let (_t, host, site, ins) = host_and_site();
+        round(&host, &site);
+        let actor = Actor::Professional(doctor());
+        site.put_document(
+            &actor,
+            AccessMode::Normal,
+            None,
+            &ins,
+            new_doc("t", b"x".to_vec()),
+        )
+        .expect("a traced write");
+        let site_id = site.config().site_id;
+        let held_before = host.trace_mark(site_id).expect("mark");
+        let records = site.traces_after(held_before, 100).expect("traces");
+        let last = records.last().expect("an entry").clone();
+        let me = signer(&site);
+        let sign = |who: &Identity, for_site: SiteId, seq: u64, hash: [u8; 32]| SignedTraceHead {
+            seq,
+            hash,
+            signature: pki::sign(who, &SignedTraceHead::message(for_site, seq, &hash))
+                .expect("sign"),
+        };
+        // Another certificate's key, of the same CA or not: the host checks against the
+        // certificate of the connection.
+        let now = host.now() / 1000;
+        let stranger =
+            pki::issue_site(&pki::new_ca(now).expect("ca"), site_id.0, now).expect("stranger");
+        let mut other_entry = last.hash;
+        other_entry[0] ^= 1;
+        let refusals = |host: &Replica| {
+            host.audit_entries(None)
+                .expect("audit")
+                .iter()
+                .filter(|c| c.entry.action.name() == "trace-head-refused")
+                .count()
+        };
+        let forged = [
+            None,
+            Some(sign(&me, SiteId(site_id.0 + 1), last.seq, last.hash)),
+            Some(sign(&stranger, site_id, last.seq, last.hash)),
+            Some(sign(&me, site_id, last.seq, other_entry)),
+            Some(sign(&me, site_id, last.seq + 1, last.hash)),
+        ];
+        for (i, head) in forged.into_iter().enumerate() {
+            let mut h = HostSession::new(site_id, certificate(&site));
+            h.handle(
+                &host,
+                SiteSession::new(me.clone()).start(&site).expect("hello"),
+            )
+            .expect("welcome");
+            let traces = Msg::Traces {
+                records: records.clone(),
+                head,
+            };
+            let refused = h.handle_all(&host, vec![wire(&traces)]);
+            assert!(
+                matches!(&refused, Err(Error::Store(carnet_store::Error::Integrity(e))) if e.contains("trace head")),
+                "forgery {i}: {refused:?}"
+            );
+            assert_eq!(
+                host.trace_mark(site_id).ok(),
+                Some(held_before),
+                "forgery {i}"
+            );
+            assert_eq!(refusals(&host), i + 1, "forgery {i} is traced");
+        }
+        let before = host.signed_trace_head(site_id).expect("read");
+        assert!(before.is_some_and(|b| b.head.seq == held_before));
+        // An honest round: the host keeps the head the site signed, with its certificate, and
+        // it verifies for anyone holding it.
+        round(&host, &site);
+        let held = host
+            .signed_trace_head(site_id)
+            .expect("read")
+            .expect("a signed head");
+        assert_eq!(held.head.seq, host.trace_mark(site_id).expect("mark"));
+        assert_eq!(held.signer, certificate(&site));
+        pki::verify(
+            &held.signer,
+            &SignedTraceHead::message(site_id, held.head.seq, &held.head.hash),
+            &held.head.signature,
+        )
+        .expect("the held head verifies");
     }
 
     #[test]
@@ -1757,14 +1965,17 @@ mod tests {
             )
             .expect("host writes");
         let site_id = site.config().site_id;
-        let mut h = HostSession::new(site_id);
+        let mut h = HostSession::new(site_id, certificate(&site));
         h.handle_all(&host, vec![Msg::GetBody { doc: id, offset: 0 }])
             .expect("a body stream");
         let push = Msg::Push {
             changes: vec![],
             bodies: vec![],
         };
-        let traces = Msg::Traces(vec![]);
+        let traces = Msg::Traces {
+            records: vec![],
+            head: None,
+        };
         assert!(h.handle_all(&host, vec![push]).is_err());
         assert!(h.handle_all(&host, vec![traces]).is_err());
     }
@@ -1774,15 +1985,15 @@ mod tests {
 mod resume_tests {
     use super::tests::round;
     use super::*;
-    use crate::testkit::{doctor, host_and_site, new_doc};
+    use crate::testkit::{certificate, doctor, host_and_site, new_doc, signer};
     use carnet_store::model::{AccessMode, Actor};
 
     /// A round whose link is cut once `cut_after` body pieces (`PutBodies` or `Body`) have been
     /// delivered: what was delivered is handled, the rest is lost. Answers the body bytes
     /// delivered.
     fn cut_round(host: &Replica, site: &Replica, cut_after: usize) -> u64 {
-        let mut s = SiteSession::new();
-        let mut h = HostSession::new(site.config().site_id);
+        let mut s = SiteSession::new(signer(site));
+        let mut h = HostSession::new(site.config().site_id, certificate(site));
         let mut to_host = vec![s.start(site).expect("start")];
         let (mut pieces, mut bytes) = (0, 0u64);
         for _ in 0..10_000 {
@@ -1958,7 +2169,7 @@ mod resume_tests {
 #[cfg(test)]
 mod quarantine_tests {
     use super::*;
-    use crate::testkit::{doctor, host_and_site, new_doc};
+    use crate::testkit::{certificate, doctor, host_and_site, new_doc, signer};
     use carnet_store::model::{AccessMode, Actor};
 
     use super::tests::round;
@@ -2033,8 +2244,8 @@ mod quarantine_tests {
         .expect("write");
         host.close_dossier(&ins, "closed").expect("close");
         // A round cut right after the host applied the push: its PushAck never arrives.
-        let mut s = SiteSession::new();
-        let mut h = HostSession::new(site.config().site_id);
+        let mut s = SiteSession::new(signer(&site));
+        let mut h = HostSession::new(site.config().site_id, certificate(&site));
         let mut to_host = vec![s.start(&site).expect("start")];
         'cut: for _ in 0..100 {
             let mut to_site = Vec::new();
@@ -2063,8 +2274,11 @@ mod quarantine_tests {
         // A site that has not acknowledged as far as the host applied keeps hearing of it.
         host.forget_returned(site_id, 0).expect("forget");
         assert_eq!(host.returned_to(site_id).expect("returned").len(), 1);
-        let welcome = HostSession::new(site_id)
-            .handle(&host, SiteSession::new().start(&site).expect("hello"))
+        let welcome = HostSession::new(site_id, certificate(&site))
+            .handle(
+                &host,
+                SiteSession::new(signer(&site)).start(&site).expect("hello"),
+            )
             .expect("welcome");
         assert!(
             matches!(&welcome[..], [Msg::Welcome { returned, .. }] if returned.is_empty()),

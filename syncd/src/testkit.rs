@@ -92,6 +92,7 @@ pub fn host_and_site() -> (tempfile::TempDir, Replica, Replica, Ins) {
         host.host_key().expect("key"),
     );
     site.add_professional(&pro).expect("pro");
+    install_test_identity(&site);
     host.bind_professional(carnet_store::ids::SiteId(5), &doctor(), true)
         .expect("bind");
     (tmp, host, site, ins)
@@ -109,4 +110,34 @@ pub fn site_from_bundle(dir: &std::path::Path, bundle: &crate::enrol::Bundle) ->
     })
     .expect("pro");
     site
+}
+
+/// Gives `site` a TLS identity for its site id, under a CA of its own (the in-memory sessions
+/// sign trace heads with it; no connection is made).
+fn install_test_identity(site: &Replica) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let ca = crate::pki::new_ca(now).expect("ca");
+    let identity = crate::pki::issue_site(&ca, site.config().site_id.0, now).expect("site");
+    crate::enrol::save_site_tls(
+        site,
+        &crate::enrol::SiteTls {
+            ca_cert_der: ca.cert_der,
+            identity,
+            host_address: "127.0.0.1:1".into(),
+            host_tls_pin: None,
+        },
+    )
+    .expect("identity");
+}
+
+/// The certificate and key `site` connects with.
+pub fn signer(site: &Replica) -> crate::pki::Identity {
+    crate::enrol::site_tls(site).expect("enrolled").identity
+}
+
+/// The certificate `site` connects with (DER).
+pub fn certificate(site: &Replica) -> Vec<u8> {
+    signer(site).cert_der
 }

@@ -514,7 +514,7 @@ fn a_site_can_neither_rewrite_nor_restart_its_trace_at_the_host() {
     records[0].entry.allowed = !records[0].entry.allowed;
     let replies = rogue.session(vec![
         rogue.hello_with_key(0, 0, key),
-        Msg::Traces(vec![records[0].clone()]),
+        rogue.traces(vec![records[0].clone()]),
     ]);
     assert!(
         replies
@@ -524,6 +524,103 @@ fn a_site_can_neither_rewrite_nor_restart_its_trace_at_the_host() {
     );
     // The honest site syncs on.
     sync_until_ok(&w.site, Duration::from_secs(30));
+}
+
+/// The trace entries of `site` not yet sent, and its chain key, read from its folder (no
+/// daemon may run on it).
+fn unsent_traces(site: &Carnet) -> (Vec<carnet_store::replica::TraceRecord>, [u8; 32]) {
+    let replica = carnet_store::replica::Replica::open(
+        &site.data,
+        &carnet_store::replica::KeySource::File,
+        carnet_store::replica::system_clock(),
+    )
+    .expect("open the site's replica");
+    let records = replica.traces_after(0, 100).expect("traces");
+    (records, replica.trace_chain_key())
+}
+
+#[test]
+fn the_host_keeps_a_sites_trace_only_under_a_head_that_site_signed() {
+    let mut w = world();
+    // A traced request, not synced: the site's trace has entries the host does not hold.
+    w.site.ok(&["pin", &w.ins]);
+    let (records, key) = unsent_traces(&w.site);
+    let last = records.last().map(|r| (r.seq, r.hash)).expect("an entry");
+    let rogue = Rogue::connect(&w.bundle);
+    let mut not_sent = last.1;
+    not_sent[0] ^= 1;
+    let attacks = [
+        (
+            "unsigned",
+            Msg::Traces {
+                records: records.clone(),
+                head: None,
+            },
+        ),
+        (
+            "signed as another site",
+            rogue.traces_signed(records.clone(), rogue.site + 1, last),
+        ),
+        (
+            "a signed head that is not the entries sent",
+            rogue.traces_signed(records.clone(), rogue.site, (last.0, not_sent)),
+        ),
+    ];
+    let held = |rogue: &Rogue| match rogue.session(vec![rogue.hello_with_key(0, 0, key)]).first() {
+        Some(Msg::Welcome { traces_acked, .. }) => *traces_acked,
+        other => panic!("no Welcome: {other:?}"),
+    };
+    for (what, traces) in attacks {
+        let replies = rogue.session(vec![rogue.hello_with_key(0, 0, key), traces]);
+        assert!(
+            replies
+                .iter()
+                .any(|m| matches!(m, Msg::Error(e) if e.contains("trace head"))),
+            "{what}: {replies:?}"
+        );
+        assert_eq!(held(&rogue), 0, "{what}: nothing stored");
+    }
+    // Signed by the site's certificate key over the last entry: kept.
+    let replies = rogue.session(vec![
+        rogue.hello_with_key(0, 0, key),
+        rogue.traces(records.clone()),
+    ]);
+    assert!(
+        replies
+            .iter()
+            .any(|m| matches!(m, Msg::TracesAck { upto } if *upto == last.0)),
+        "{replies:?}"
+    );
+    // The honest site syncs on: the head the host holds is its own.
+    sync_until_ok(&w.site, Duration::from_secs(30));
+    // The host traced each refusal, and keeps the head the site signed with its certificate.
+    drop(rogue);
+    crate::daemon::stop(&mut w._daemon);
+    let host = carnet_store::replica::Replica::open(
+        &w.host.data,
+        &carnet_store::replica::KeySource::File,
+        carnet_store::replica::system_clock(),
+    )
+    .expect("open the host's replica");
+    let refusals = host
+        .audit_entries(None)
+        .expect("audit")
+        .iter()
+        .filter(|c| c.entry.action.name() == "trace-head-refused")
+        .count();
+    assert_eq!(refusals, 3);
+    let site = SiteId(w.site_id.parse().expect("site id"));
+    let kept = host
+        .signed_trace_head(site)
+        .expect("read")
+        .expect("a signed head");
+    assert_eq!(
+        (kept.head.seq, kept.head.hash),
+        host.trace_head_held(site).expect("head")
+    );
+    let bundle = carnet_syncd::enrol::Bundle::from_bytes(&std::fs::read(&w.bundle).expect("read"))
+        .expect("bundle");
+    assert_eq!(kept.signer, bundle.identity.cert_der);
 }
 
 #[test]
@@ -858,4 +955,57 @@ fn a_site_that_says_it_was_restored_gets_back_only_its_own_trace_and_its_scope()
     // The host traced the claim (ids only), and the honest site's chain still verifies there.
     let verified = w.host.json(&["audit", "verify"]);
     assert_eq!(verified["ok"], true, "{verified}");
+}
+
+#[test]
+fn a_site_may_renew_only_its_own_certificate_for_a_key_it_holds() {
+    let w = world();
+    let rogue = Rogue::connect(&w.bundle);
+    let key = carnet_syncd::pki::new_key().expect("key");
+    let public_key = carnet_syncd::pki::public_key_of(&key).expect("public key");
+    let request =
+        |site: u32, public_key: &[u8], signer: &[u8]| carnet_syncd::enrol::RenewalRequest {
+            site,
+            public_key: public_key.to_vec(),
+            proof: carnet_syncd::pki::sign_with_key(
+                signer,
+                &carnet_syncd::enrol::RenewalRequest::message(site, public_key),
+            )
+            .expect("sign"),
+        };
+    let hello = |renewal| Msg::Hello {
+        site: rogue.site,
+        cursor: 0,
+        outbox_acked: 0,
+        chain_key: crate::rogue::ROGUE_CHAIN_KEY,
+        about: carnet_syncd::session::SiteAbout::default(),
+        renewal: Some(renewal),
+    };
+    // Another site's certificate, for a key the rogue holds; and a certificate for a key it
+    // does not hold (another site's public key, with a proof by its own key).
+    let victim = carnet_syncd::pki::public_key_of(
+        &carnet_syncd::enrol::Bundle::from_bytes(&std::fs::read(&w.bundle).expect("bundle"))
+            .expect("bundle")
+            .identity
+            .key_der,
+    )
+    .expect("key");
+    for (what, renewal) in [
+        ("another site", request(rogue.site + 1, &public_key, &key)),
+        ("a key it does not hold", request(rogue.site, &victim, &key)),
+        // Its own, for its own new key, but with a certificate a year from its end: a stolen
+        // certificate is not stretched by renewing it.
+        (
+            "a certificate not in its renewal window",
+            request(rogue.site, &public_key, &key),
+        ),
+    ] {
+        let replies = rogue.session(vec![hello(renewal)]);
+        assert!(
+            matches!(replies.first(), Some(Msg::Error(e)) if e.contains("renewal")),
+            "{what}: {replies:?}"
+        );
+    }
+    assert_eq!(w.host.json(&["pki", "renewals"]), serde_json::json!([]));
+    assert_eq!(w.host.json(&["pki", "list"])[0]["certificates"], 1);
 }

@@ -634,6 +634,7 @@ fn a_rogue_sites_version_never_reaches_the_operators_views() {
             quarantine: 7,
             ..SiteAbout::default()
         },
+        renewal: None,
     };
     let replies = rogue.session(vec![hello(markup)]);
     assert!(

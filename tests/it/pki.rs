@@ -352,3 +352,125 @@ fn the_ca_key_can_stay_offline() {
     site.ok(&["init", "--role", "site", "--enrol", &bundle]);
     site.ok(&["pki", "install", &out]);
 }
+
+/// Days left on the site's certificate, as `sync status` says.
+fn days_left(site: &Carnet) -> i64 {
+    site.json(&["sync", "status"])["certificate"]["days_left"]
+        .as_i64()
+        .expect("a certificate")
+}
+
+#[test]
+fn a_site_renews_its_certificate_over_sync_signed_by_the_offline_ca() {
+    let address = format!("127.0.0.1:{}", free_port());
+    let host = Carnet::empty();
+    host.ok(&["init", "--role", "host", "--listen", &address]);
+    let ca_dir = host.path("offline-ca").display().to_string();
+    host.ok(&["pki", "init", "--ca-dir", &ca_dir]);
+    let bundle = host.path("site.bundle").display().to_string();
+    // A certificate of 20 days: within its renewal window from the start.
+    host.ok(&[
+        "pki",
+        "enrol",
+        "--name",
+        "Antenne mobile",
+        "--finess",
+        "750000001",
+        "--host-address",
+        &address,
+        "-o",
+        &bundle,
+        "--days",
+        "20",
+        "--ca-dir",
+        &ca_dir,
+    ]);
+    let site = Carnet::empty();
+    site.ok(&["init", "--role", "site", "--enrol", &bundle]);
+    assert!(days_left(&site) <= 20);
+    let _host_daemon = start_daemon(&host);
+
+    // The round asks; the CA is offline: the request waits, listed at the host.
+    sync_until_ok(&site, Duration::from_secs(20));
+    let waiting = host.json(&["pki", "renewals"]);
+    assert_eq!(waiting[0]["site_id"], 1, "{waiting}");
+    assert_eq!(waiting[0]["signed"], false, "{waiting}");
+    assert!(days_left(&site) <= 20, "nothing installed yet");
+    // Asked again at the next round, for the same key: still one request.
+    sync_until_ok(&site, Duration::from_secs(5));
+    assert_eq!(
+        host.json(&["pki", "renewals"]).as_array().map(Vec::len),
+        Some(1)
+    );
+
+    // The operator signs what waits, with the offline CA.
+    host.fails(2, &["pki", "renew", "--pending"]);
+    let signed = host.json(&["pki", "renew", "--pending", "--ca-dir", &ca_dir]);
+    assert_eq!(signed["signed"], serde_json::json!([1]));
+    assert_eq!(host.json(&["pki", "list"])[0]["certificates"], 2);
+
+    // The next round brings the certificate; the site installs it (sealed) and the round
+    // after connects with it: the old one is then retired.
+    let report = sync_until_ok(&site, Duration::from_secs(5));
+    assert_eq!(report["renewed"], true, "{report}");
+    assert!(days_left(&site) >= 364);
+    sync_until_ok(&site, Duration::from_secs(5));
+    assert_eq!(host.json(&["pki", "list"])[0]["certificates"], 1);
+    assert_eq!(host.json(&["pki", "renewals"]), serde_json::json!([]));
+    // Whoever holds the old bundle is refused now.
+    let old = Carnet::empty();
+    old.ok(&["init", "--role", "site", "--enrol", &bundle]);
+    sync_refused(&old);
+    sync_until_ok(&site, Duration::from_secs(5));
+}
+
+#[test]
+fn a_site_daemon_renews_its_certificate_from_the_host_and_reconnects_with_it() {
+    let address = format!("127.0.0.1:{}", free_port());
+    let host = Carnet::empty();
+    host.ok(&["init", "--role", "host", "--listen", &address]);
+    host.ok(&["pki", "init"]);
+    let bundle = host.path("site.bundle").display().to_string();
+    host.ok(&[
+        "pki",
+        "enrol",
+        "--name",
+        "Antenne mobile",
+        "--finess",
+        "750000001",
+        "--host-address",
+        &address,
+        "-o",
+        &bundle,
+        "--days",
+        "20",
+    ]);
+    let site = Carnet::empty();
+    site.ok(&["init", "--role", "site", "--enrol", &bundle]);
+    let _host_daemon = start_daemon(&host);
+    crate::daemon::wait_for_socket(&host);
+    let _site_daemon = start_daemon(&site);
+    crate::daemon::wait_for_socket(&site);
+    // The CA key is at the host: signed in the first round, installed, and the daemon's next
+    // connection uses it, which retires the old one.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let renewed = site.json(&["sync", "status"])["certificate"]["days_left"]
+            .as_i64()
+            .is_some_and(|d| d >= 364);
+        let retired = host.json(&["pki", "list"])[0]["certificates"] == 1
+            && host.json(&["pki", "renewals"]) == serde_json::json!([]);
+        if renewed && retired {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not renewed: {} / {}",
+            site.json(&["sync", "status"]),
+            host.json(&["pki", "list"])
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The site goes on syncing with its new certificate.
+    sync_until_ok(&site, Duration::from_secs(10));
+}

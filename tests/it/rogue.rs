@@ -7,8 +7,11 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use carnet_store::ids::SiteId;
+use carnet_store::replica::{SignedTraceHead, TraceRecord};
 use carnet_syncd::enrol::Bundle;
 use carnet_syncd::frame::{self, FrameDecoder};
+use carnet_syncd::pki::Identity;
 use carnet_syncd::session::Msg;
 
 /// A connection to the host made with an enrolled site's certificate, outside any daemon.
@@ -18,6 +21,8 @@ pub struct Rogue {
     _endpoint: quinn::Endpoint,
     /// The site id the certificate names.
     pub site: u32,
+    /// The certificate and its key.
+    pub identity: Identity,
 }
 
 impl std::fmt::Debug for Rogue {
@@ -66,6 +71,7 @@ impl Rogue {
             conn,
             _endpoint: endpoint,
             site: bundle.site_id,
+            identity: bundle.identity,
         }
     }
 
@@ -108,7 +114,34 @@ impl Rogue {
             outbox_acked,
             chain_key,
             about: carnet_syncd::session::SiteAbout::default(),
+            renewal: None,
         }
+    }
+
+    /// `Traces` of `records` with a head this rogue signs with its certificate's key, as site
+    /// `as_site`, over the entry `(seq, hash)`.
+    pub fn traces_signed(
+        &self,
+        records: Vec<TraceRecord>,
+        as_site: u32,
+        (seq, hash): (u64, [u8; 32]),
+    ) -> Msg {
+        let message = SignedTraceHead::message(SiteId(as_site), seq, &hash);
+        let signature = carnet_syncd::pki::sign(&self.identity, &message).expect("sign");
+        Msg::Traces {
+            records,
+            head: Some(SignedTraceHead {
+                seq,
+                hash,
+                signature,
+            }),
+        }
+    }
+
+    /// `Traces` of `records` as an honest site sends them: signed as itself over the last.
+    pub fn traces(&self, records: Vec<TraceRecord>) -> Msg {
+        let last = records.last().map_or((0, [0; 32]), |r| (r.seq, r.hash));
+        self.traces_signed(records, self.site, last)
     }
 
     /// Everything the host sends this site when it pulls its whole log from the start.

@@ -61,6 +61,7 @@ pub use host_sync::{PullItem, PullPage, PullReport};
 pub use quarantine::Quarantined;
 pub use restored::RestoreMark;
 pub use site_access::{RequestKind, SiteRequest};
+pub use site_traces::{SignedTraceHead, TraceHeadEvidence};
 pub use sync::{Act, Applied, BodyPiece, Change, PushApplied};
 
 use crate::audit::{AuditEntry, ChainedEntry, GroupCommit, TraceAction, TraceActor};

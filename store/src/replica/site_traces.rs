@@ -8,6 +8,14 @@
 //! hash follows the entry before it under that key; an entry sent again is compared with the
 //! one held, and a difference (a rewritten history) is refused and traced, never skipped; the
 //! stored entries of a site verify from 1 to its head (`verify_audit`).
+//!
+//! Every batch of entries comes with the site's signature over its last entry
+//! (`SignedTraceHead`: the site id, that entry's sequence and chain hash), made with the key of
+//! the site's certificate. The sync layer checks the signature against the certificate of the
+//! connection; the store takes a batch only with a signed head naming its last entry, and
+//! keeps the newest signed head of each site with the certificate that signed it
+//! (`TraceHeadEvidence`), so the host's copy of a site's trace is vouched for by the site
+//! itself, not only by the host.
 
 use redb::ReadableTable;
 use zeroize::Zeroizing;
@@ -17,6 +25,41 @@ use super::{Replica, TraceRecord, trace_aad};
 use crate::crypto::{Key, aad};
 use crate::error::{Error, Result};
 use crate::ids::SiteId;
+
+/// A site's signature over the head of its trace: the last entry of a batch it sends.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SignedTraceHead {
+    /// Sequence of the entry signed.
+    pub seq: u64,
+    /// Its chain hash.
+    pub hash: [u8; 32],
+    /// The signature of `SignedTraceHead::message` by the site's certificate key (ECDSA P-256,
+    /// ASN.1 DER).
+    #[serde(with = "serde_bytes")]
+    pub signature: Vec<u8>,
+}
+
+impl SignedTraceHead {
+    /// The bytes a site signs: a context label, its site id, the sequence and the chain hash.
+    pub fn message(site: SiteId, seq: u64, hash: &[u8; 32]) -> Vec<u8> {
+        let mut out = b"carnet trace head v1\0".to_vec();
+        out.extend_from_slice(&site.0.to_be_bytes());
+        out.extend_from_slice(&seq.to_be_bytes());
+        out.extend_from_slice(hash);
+        out
+    }
+}
+
+/// What the host keeps of a site's newest signed head: the signature and the certificate
+/// (DER) whose key made it, so the head can be checked again later, by anyone holding the CA.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TraceHeadEvidence {
+    /// The signed head.
+    pub head: SignedTraceHead,
+    /// The certificate that signed it.
+    #[serde(with = "serde_bytes")]
+    pub signer: Vec<u8>,
+}
 
 /// Associated data of a site's chain key, sealed at the host: bound to the site.
 fn chain_key_aad(site: SiteId) -> Vec<u8> {
@@ -75,8 +118,9 @@ impl Replica {
         txn.commit()
     }
 
-    /// Host: a trace entry of the host that says a site's trace was refused (ids only).
-    fn trace_refusal(&self, site: SiteId, what: &str) -> Result<()> {
+    /// Host: a trace entry of the host that says a site's trace was refused (`what`: a short
+    /// reason; ids only).
+    pub fn trace_refusal(&self, site: SiteId, what: &str) -> Result<()> {
         let txn = self.begin_write()?;
         txn.trace(vec![self.admin_entry(
             what,
@@ -88,12 +132,20 @@ impl Replica {
 
     /// Host: stores another site's trace entries, in order and exactly once, each checked as
     /// the next link of the site's chain under its chain key; an entry already held is compared
-    /// with the one sent. Returns the new mark. A refusal changes nothing but the host's trace.
-    pub fn apply_remote_traces(&self, origin: SiteId, records: &[TraceRecord]) -> Result<u64> {
+    /// with the one sent. `signed` is the site's signed head of the last entry (its signature
+    /// checked by the caller against `signed.signer`): required with any entry, kept when it is
+    /// newer than the one held. Returns the new mark. A refusal changes nothing but the host's
+    /// trace.
+    pub fn apply_remote_traces(
+        &self,
+        origin: SiteId,
+        records: &[TraceRecord],
+        signed: Option<&TraceHeadEvidence>,
+    ) -> Result<u64> {
         if origin == self.config.site_id {
             return Err(Error::invalid("a replica does not apply its own trace"));
         }
-        match self.store_remote_traces(origin, records) {
+        match self.store_remote_traces(origin, records, signed) {
             Err(Error::Integrity(why)) => {
                 self.trace_refusal(origin, "trace-refused")?;
                 Err(Error::Integrity(why))
@@ -102,7 +154,29 @@ impl Replica {
         }
     }
 
-    fn store_remote_traces(&self, origin: SiteId, records: &[TraceRecord]) -> Result<u64> {
+    fn store_remote_traces(
+        &self,
+        origin: SiteId,
+        records: &[TraceRecord],
+        signed: Option<&TraceHeadEvidence>,
+    ) -> Result<u64> {
+        if let Some(last) = records.last() {
+            match signed {
+                None => {
+                    return Err(Error::integrity(format!(
+                        "site {origin} sent trace entries without signing their head: nothing \
+                         stored"
+                    )));
+                }
+                Some(s) if (s.head.seq, s.head.hash) != (last.seq, last.hash) => {
+                    return Err(Error::integrity(format!(
+                        "site {origin} signed another trace head than the entries it sent: \
+                         nothing stored"
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
         let txn = self.begin_write()?;
         let key = self.site_chain_key(&*txn, origin)?.ok_or_else(|| {
             Error::invalid(format!(
@@ -162,8 +236,39 @@ impl Replica {
         }
         txn.open_table(AUDIT_HEADS)?
             .insert(origin.0, postcard::to_stdvec(&head)?.as_slice())?;
+        if let Some(signed) = signed.filter(|s| s.head.seq == head.0) {
+            let mut heads = txn.open_table(SITE_SIGNED_HEADS)?;
+            let newer = match heads.get(origin.0)? {
+                Some(v) => {
+                    postcard::from_bytes::<TraceHeadEvidence>(v.value())?
+                        .head
+                        .seq
+                        < head.0
+                }
+                None => true,
+            };
+            if newer {
+                heads.insert(origin.0, postcard::to_stdvec(signed)?.as_slice())?;
+            }
+        }
         txn.commit()?;
         Ok(head.0)
+    }
+
+    /// Host: the newest head of `origin`'s trace that the site signed, with the certificate
+    /// that signed it (`None` before its first signed batch).
+    pub fn signed_trace_head(&self, origin: SiteId) -> Result<Option<TraceHeadEvidence>> {
+        let txn = self.begin_read()?;
+        let heads = match txn.open_table(SITE_SIGNED_HEADS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let row = heads.get(origin.0)?;
+        Ok(match row {
+            Some(v) => Some(postcard::from_bytes(v.value())?),
+            None => None,
+        })
     }
 
     /// Host: the last entry of `origin`'s trace held here, and its chain hash (`(0, zeros)`

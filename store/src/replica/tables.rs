@@ -80,6 +80,11 @@ pub const SITE_REQUESTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("s
 /// Host: the key each site chains its trace with (`site_traces`), sealed with the audit key and
 /// bound to the site.
 pub const SITE_CHAIN_KEYS: TableDefinition<u32, &[u8]> = TableDefinition::new("site_chain_keys");
+/// Host: the newest trace head each site signed (`site_traces::TraceHeadEvidence`, postcard):
+/// site id → the head, its signature and the signing certificate. In clear: it holds no
+/// patient data, and its signature is what makes it evidence.
+pub const SITE_SIGNED_HEADS: TableDefinition<u32, &[u8]> =
+    TableDefinition::new("site_signed_heads");
 /// Host: until when a dossier stays in a site's scope for an emergency fetch the host allowed:
 /// `site (u32 BE) ‖ blind index` → Unix milliseconds.
 pub const EMERGENCY_SCOPES: TableDefinition<&[u8], i64> = TableDefinition::new("emergency_scopes");

@@ -1065,6 +1065,69 @@ fn pulled_records_are_verified() {
     assert!(matches!(site.apply_pull(&items), Err(Error::Integrity(_))));
 }
 
+/// How many refusals of a site's trace the host traced.
+fn trace_refusals(host: &Replica) -> usize {
+    host.audit_entries(None)
+        .expect("audit")
+        .iter()
+        .filter(|c| c.entry.action == TraceAction::Admin("trace-refused".into()))
+        .count()
+}
+
+/// The head of `records` as a site signs it; the store keeps it without checking the signature
+/// (the sync layer checks it against the site's certificate).
+fn signed(records: &[TraceRecord]) -> Option<TraceHeadEvidence> {
+    records.last().map(|last| TraceHeadEvidence {
+        head: SignedTraceHead {
+            seq: last.seq,
+            hash: last.hash,
+            signature: vec![1; 64],
+        },
+        signer: b"certificate".to_vec(),
+    })
+}
+
+#[test]
+fn a_sites_trace_is_taken_only_with_a_signed_head_of_its_last_entry_which_the_host_keeps() {
+    let (_hd, host, _sd, site) = host_and_site();
+    write(&site, "doc", b"1");
+    let origin = site.config().site_id;
+    let records = site.traces_after(0, 100).expect("traces");
+    assert!(records.len() >= 2);
+    host.admit_chain_key(origin, &site.trace_chain_key())
+        .expect("key");
+    // Unsigned, or signed for another entry than the last: refused, traced, nothing stored.
+    assert!(matches!(
+        host.apply_remote_traces(origin, &records, None),
+        Err(Error::Integrity(_))
+    ));
+    let mut other = signed(&records[..1]);
+    assert!(matches!(
+        host.apply_remote_traces(origin, &records, other.as_ref()),
+        Err(Error::Integrity(_))
+    ));
+    assert_eq!(host.trace_mark(origin).ok(), Some(0));
+    assert_eq!(host.signed_trace_head(origin).ok(), Some(None));
+    assert_eq!(trace_refusals(&host), 2);
+    // Signed: stored, and the signed head kept with its signer.
+    host.apply_remote_traces(origin, &records[..1], other.as_ref())
+        .expect("first entry");
+    assert_eq!(host.signed_trace_head(origin).ok(), Some(other.clone()));
+    let last = signed(&records);
+    host.apply_remote_traces(origin, &records, last.as_ref())
+        .expect("the rest");
+    assert_eq!(host.signed_trace_head(origin).ok(), Some(last.clone()));
+    // An older head sent again (a resent batch) does not replace the newer one.
+    if let Some(o) = other.as_mut() {
+        o.signer = b"another".to_vec();
+    }
+    host.apply_remote_traces(origin, &records[..1], other.as_ref())
+        .expect("a resend");
+    assert_eq!(host.signed_trace_head(origin).ok(), Some(last));
+    // An empty batch needs no head.
+    assert!(host.apply_remote_traces(origin, &[], None).is_ok());
+}
+
 #[test]
 fn a_sites_trace_reaches_the_host_once_and_in_order() {
     let (_hd, host, _sd, site) = host_and_site();
@@ -1073,20 +1136,25 @@ fn a_sites_trace_reaches_the_host_once_and_in_order() {
     let records = site.traces_after(0, 100).expect("traces");
     assert!(records.len() >= 2);
     assert!(
-        host.apply_remote_traces(origin, &records).is_err(),
+        host.apply_remote_traces(origin, &records, signed(&records).as_ref())
+            .is_err(),
         "no entry before the site's chain key"
     );
     host.admit_chain_key(origin, &site.trace_chain_key())
         .expect("key");
     assert!(
-        host.apply_remote_traces(origin, &records[1..]).is_err(),
+        host.apply_remote_traces(origin, &records[1..], signed(&records[1..]).as_ref())
+            .is_err(),
         "a gap is refused"
     );
     assert_eq!(host.trace_mark(origin).ok(), Some(0));
-    let mark = host.apply_remote_traces(origin, &records).expect("apply");
+    let mark = host
+        .apply_remote_traces(origin, &records, signed(&records).as_ref())
+        .expect("apply");
     assert_eq!(mark, records.last().expect("last").seq);
     assert_eq!(
-        host.apply_remote_traces(origin, &records).ok(),
+        host.apply_remote_traces(origin, &records, signed(&records).as_ref())
+            .ok(),
         Some(mark),
         "a replay is a no-op"
     );
@@ -1108,30 +1176,29 @@ fn the_host_checks_a_sites_trace_as_a_chain_and_refuses_a_rewritten_history() {
     let records = site.traces_after(0, 100).expect("traces");
     host.admit_chain_key(origin, &site.trace_chain_key())
         .expect("key");
-    let refusals = |host: &Replica| {
-        host.audit_entries(None)
-            .expect("audit")
-            .iter()
-            .filter(|c| c.entry.action == TraceAction::Admin("trace-refused".into()))
-            .count()
-    };
     // An entry altered on the way (or by the site) does not chain: nothing is stored.
     let mut forged = records.clone();
     forged[1].entry.allowed = !forged[1].entry.allowed;
     assert!(matches!(
-        host.apply_remote_traces(origin, &forged),
+        host.apply_remote_traces(origin, &forged, signed(&forged).as_ref()),
         Err(Error::Integrity(_))
     ));
     assert_eq!(host.trace_mark(origin).ok(), Some(0));
-    assert_eq!(refusals(&host), 1, "the refusal is traced");
+    assert_eq!(trace_refusals(&host), 1, "the refusal is traced");
     // The real chain is stored; sent again unchanged it is a no-op, rewritten it is refused.
-    let mark = host.apply_remote_traces(origin, &records).expect("apply");
-    assert_eq!(host.apply_remote_traces(origin, &records).ok(), Some(mark));
+    let mark = host
+        .apply_remote_traces(origin, &records, signed(&records).as_ref())
+        .expect("apply");
+    assert_eq!(
+        host.apply_remote_traces(origin, &records, signed(&records).as_ref())
+            .ok(),
+        Some(mark)
+    );
     assert!(matches!(
-        host.apply_remote_traces(origin, &forged),
+        host.apply_remote_traces(origin, &forged, signed(&forged).as_ref()),
         Err(Error::Integrity(_))
     ));
-    assert_eq!(refusals(&host), 2);
+    assert_eq!(trace_refusals(&host), 2);
     // A site cannot present another chain key later (a history started again).
     assert!(matches!(
         host.admit_chain_key(origin, &[9; 32]),
@@ -2825,7 +2892,8 @@ fn push_traces(host: &Replica, site: &Replica) {
     host.admit_chain_key(origin, &site.trace_chain_key())
         .expect("chain key");
     let records = site.traces_after(0, usize::MAX).expect("traces");
-    host.apply_remote_traces(origin, &records).expect("traces");
+    host.apply_remote_traces(origin, &records, signed(&records).as_ref())
+        .expect("traces");
 }
 
 #[test]
