@@ -12,6 +12,7 @@ use ed25519_dalek::VerifyingKey;
 use redb::{ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
+use super::sync::Queued;
 use super::tables::*;
 use super::{Replica, Role, lock_err};
 use crate::authority::{self, AuthorityRecord, Bundle, Covers, Heartbeat, SignedRecord, Verified};
@@ -703,11 +704,12 @@ impl Replica {
         {
             let txn = self.begin_read()?;
             for row in txn.open_table(PENDING_PURGES)?.iter()? {
-                let (_, v) = row?;
+                let (k, v) = row?;
+                let (k, v) = (k.value(), v.value());
                 let plain = self
                     .keys
                     .registry
-                    .open(b"pending-purge", v.value())
+                    .open(&pending_purge_aad(k), v)
                     .map_err(|_| Error::integrity("a pending purge was altered"))?;
                 let ins = Ins::parse(
                     std::str::from_utf8(&plain).map_err(|_| Error::integrity("pending purge"))?,
@@ -795,17 +797,17 @@ impl Replica {
                 .insert(&bi, postcard::to_stdvec(&receipt)?.as_slice())?;
             if self.config.role == Role::Site && held {
                 // The host records that this site no longer holds the dossier.
-                let sealed_ins = self
-                    .keys
-                    .registry
-                    .seal(b"receipt-ins", ins.matricule().as_bytes())?;
-                self.push_outbox(
-                    &txn,
-                    OutboxItem::PurgeReceipt {
-                        sealed_ins,
+                self.push_outbox(&txn, |seq| {
+                    Ok(OutboxItem::PurgeReceipt {
+                        sealed_ins: self.seal_queued(
+                            seq,
+                            Queued::PurgeReceipt,
+                            &postcard::to_stdvec(&receipt)?,
+                            ins.matricule().as_bytes(),
+                        )?,
                         receipt,
-                    },
-                )?;
+                    })
+                })?;
             }
             txn.open_table(PENDING_PURGES)?.remove(&bi)?;
             txn.trace(vec![self.admin_entry("dossier-purged", Some(ins), None)]);

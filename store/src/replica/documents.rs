@@ -482,8 +482,15 @@ impl Replica {
         }
     }
 
-    pub(super) fn push_outbox(&self, txn: &WriteTransaction, item: OutboxItem) -> Result<()> {
+    /// Queues the entry `make` builds for the next outbox sequence (which it is given, so what
+    /// it seals is bound to that entry: see `seal_queued`).
+    pub(super) fn push_outbox(
+        &self,
+        txn: &WriteTransaction,
+        make: impl FnOnce(u64) -> Result<OutboxItem>,
+    ) -> Result<()> {
         let seq = Self::next_outbox_seq(txn)?;
+        let item = make(seq)?;
         txn.open_table(OUTBOX)?
             .insert(seq, postcard::to_stdvec(&item)?.as_slice())?;
         Ok(())

@@ -673,12 +673,13 @@ impl Replica {
                 }
                 PullItem::Leave(ins) => {
                     // Recorded with the cursor: a crash before the purge resumes it at open.
+                    let bi = self.blind(ins);
                     let sealed = self
                         .keys
                         .registry
-                        .seal(b"pending-purge", ins.matricule().as_bytes())?;
+                        .seal(&pending_purge_aad(&bi), ins.matricule().as_bytes())?;
                     txn.open_table(PENDING_PURGES)?
-                        .insert(&self.blind(ins), sealed.as_slice())?;
+                        .insert(&bi, sealed.as_slice())?;
                     purges.push((ins.clone(), 0));
                 }
             }

@@ -912,7 +912,9 @@ impl Replica {
             Self::registry_changed(&txn)?;
             drop(pros);
             if self.config.role == Role::Site {
-                self.push_outbox(&txn, OutboxItem::Professional(p.rpps.as_str().to_string()))?;
+                self.push_outbox(&txn, |_| {
+                    Ok(OutboxItem::Professional(p.rpps.as_str().to_string()))
+                })?;
             }
             txn.trace(vec![self.admin_entry(
                 "professional-registered",

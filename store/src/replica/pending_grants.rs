@@ -10,6 +10,7 @@
 use redb::ReadTransaction;
 use serde::{Deserialize, Serialize};
 
+use super::sync::Queued;
 use super::tables::*;
 use super::{Replica, Role};
 use crate::error::{Error, Result};
@@ -63,33 +64,23 @@ impl Replica {
                 postcard::to_stdvec(&Pending { at: now })?.as_slice(),
             )?;
         }
-        let sealed_ins = self
-            .keys
-            .registry
-            .seal(b"pending-grant-ins", ins.matricule().as_bytes())?;
-        self.push_outbox(
-            &txn,
-            OutboxItem::PendingGrant {
-                sealed_ins,
+        self.push_outbox(&txn, |seq| {
+            Ok(OutboxItem::PendingGrant {
+                sealed_ins: self.seal_queued(
+                    seq,
+                    Queued::PendingGrant,
+                    rpps.as_str().as_bytes(),
+                    ins.matricule().as_bytes(),
+                )?,
                 rpps: rpps.as_str().to_string(),
-            },
-        )?;
+            })
+        })?;
         txn.trace(vec![self.admin_entry(
             "pending-grant",
             Some(ins),
             Some("consent given in person"),
         )]);
         txn.commit()
-    }
-
-    /// Opens the INS of a queued pending grant.
-    pub(super) fn open_pending_ins(&self, sealed: &[u8]) -> Result<Ins> {
-        let plain = self
-            .keys
-            .registry
-            .open(b"pending-grant-ins", sealed)
-            .map_err(|_| Error::integrity("a queued pending grant was altered"))?;
-        Ins::parse(std::str::from_utf8(&plain).map_err(|_| Error::integrity("pending grant"))?)
     }
 
     /// Site: true when `rpps` holds a usable pending grant on dossier `bi`, given the signed

@@ -357,6 +357,11 @@ pub fn piece_key(id: &[u8; 16], offset: u64) -> [u8; 24] {
     k
 }
 
+/// Associated data of a `PENDING_PURGES` row: bound to its table and blind index.
+pub fn pending_purge_aad(bi: &[u8]) -> Vec<u8> {
+    crate::crypto::aad(&[b"pending_purges", bi])
+}
+
 /// Subject key in `AUTHORITY`: tag, then blind index, then RPPS for grants.
 pub fn subject_key(tag: u8, bi: Option<&[u8; 32]>, rpps: Option<&str>) -> Vec<u8> {
     let mut k = vec![tag];

@@ -1572,7 +1572,10 @@ fn a_scope_exit_purge_cut_by_a_crash_finishes_at_the_next_open() {
         let sealed = site
             .keys
             .registry
-            .seal(b"pending-purge", ins().matricule().as_bytes())
+            .seal(
+                &pending_purge_aad(&site.blind(&ins())),
+                ins().matricule().as_bytes(),
+            )
             .expect("seal");
         txn.open_table(PENDING_PURGES)
             .expect("table")
@@ -2690,7 +2693,7 @@ fn a_documents_entry_carries_every_act_queued_from_it_and_old_entries_their_auth
     // An entry queued by an earlier build names only the document: its author's acts.
     {
         let txn = site.begin_write().expect("txn");
-        site.push_outbox(&txn, OutboxItem::Document(id.0))
+        site.push_outbox(&txn, |_| Ok(OutboxItem::Document(id.0)))
             .expect("queue");
         txn.commit().expect("commit");
     }
@@ -2817,4 +2820,78 @@ fn a_change_from_a_site_of_an_earlier_build_is_its_authors() {
     );
     let state = host_meta(&host, &id).state();
     assert!(state.flags.masque_ps && !state.flags.invisible_patient);
+}
+
+/// Swaps the values of two rows of `table` in `r`'s file, as someone with write access to the
+/// data folder but not the key can (the replica is closed first, reopened after).
+fn swap_rows<K: redb::Key + 'static>(
+    dir: &TempDir,
+    table: redb::TableDefinition<K, &'static [u8]>,
+    a: K::SelfType<'_>,
+    b: K::SelfType<'_>,
+) where
+    for<'a> K::SelfType<'a>: Clone,
+{
+    let db = redb::Database::open(dir.path().join(DB_FILE)).expect("db");
+    let txn = db.begin_write().expect("txn");
+    {
+        let mut t = txn.open_table(table).expect("table");
+        let va = t
+            .get(a.clone())
+            .expect("get")
+            .expect("row a")
+            .value()
+            .to_vec();
+        let vb = t
+            .get(b.clone())
+            .expect("get")
+            .expect("row b")
+            .value()
+            .to_vec();
+        t.insert(a, vb.as_slice()).expect("insert");
+        t.insert(b, va.as_slice()).expect("insert");
+    }
+    txn.commit().expect("commit");
+}
+
+#[test]
+fn a_sealed_value_moved_to_another_row_does_not_open() {
+    let other = Ins::from_body("2840575123457").expect("ins");
+    // Two queued pins of two dossiers: swapped, each would pin the other's dossier.
+    let (_hd, _host, sd, site) = host_and_site();
+    let base = site.outbox_issued().expect("issued");
+    site.pin(&ins(), true).expect("pin");
+    site.pin(&other, true).expect("pin");
+    drop(site);
+    swap_rows(&sd, OUTBOX, base + 1, base + 2);
+    let site = Replica::open(sd.path(), &KeySource::File, clock()).expect("reopen");
+    let err = site
+        .outbox(base, 10)
+        .expect_err("a moved pin must not open");
+    assert!(matches!(err, Error::Integrity(_)), "{err}");
+    drop(site);
+    // Two pending purges: swapped, each would purge the other dossier.
+    let (_hd, _host, sd, site) = host_and_site();
+    {
+        let txn = site.begin_write().expect("txn");
+        let mut t = txn.open_table(PENDING_PURGES).expect("table");
+        for ins in [ins(), other.clone()] {
+            let bi = site.blind(&ins);
+            let sealed = site
+                .keys
+                .registry
+                .seal(&pending_purge_aad(&bi), ins.matricule().as_bytes())
+                .expect("seal");
+            t.insert(&bi, sealed.as_slice()).expect("insert");
+        }
+        drop(t);
+        txn.commit().expect("commit");
+    }
+    let (a, b) = (site.blind(&ins()), site.blind(&other));
+    drop(site);
+    swap_rows(&sd, PENDING_PURGES, &a, &b);
+    let Err(err) = Replica::open(sd.path(), &KeySource::File, clock()) else {
+        panic!("a moved pending purge must not open");
+    };
+    assert!(matches!(err, Error::Integrity(_)), "{err}");
 }
