@@ -661,7 +661,7 @@ impl Replica {
                         && h.status == crate::model::DossierStatus::Active
                     {
                         purges.retain(|(ins, cause)| !(*cause == 0 && ins == &h.ins));
-                        txn.open_table(PENDING_PURGES)?
+                        self.digested(&txn, PENDING_PURGES)?
                             .remove(&self.blind(&h.ins))?;
                     }
                     let (_, purge) = self.admit(&txn, signed, &v)?;
@@ -678,7 +678,7 @@ impl Replica {
                         .keys
                         .registry
                         .seal(&pending_purge_aad(&bi), ins.matricule().as_bytes())?;
-                    txn.open_table(PENDING_PURGES)?
+                    self.digested(&txn, PENDING_PURGES)?
                         .insert(&bi, sealed.as_slice())?;
                     purges.push((ins.clone(), 0));
                 }

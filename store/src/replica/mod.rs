@@ -26,6 +26,7 @@ mod journal;
 mod pending_grants;
 mod push_check;
 mod quarantine;
+mod row_digest;
 mod site_access;
 mod site_traces;
 mod site_view;
@@ -164,6 +165,8 @@ struct Keys {
     /// Keys `STATE_MAC`, the hash that authenticates the `meta` table (derived from
     /// `registry`).
     state: Key,
+    /// Keys the row digests of the guarded tables (`row_digest`, derived from `registry`).
+    rows: Key,
 }
 
 /// The master key, and the one it replaced while this process runs: a read snapshot taken
@@ -264,6 +267,8 @@ pub struct Replica {
     view: view::SharedView,
     /// Set once `meta` was found intact at open (`check_state`); until then no commit is made.
     state_verified: AtomicBool,
+    /// What the write transaction under way changed in the guarded tables (`row_digest`).
+    pending_digests: row_digest::PendingDigests,
     /// What `open` tightened in a data folder others could read (`files::tighten_folder`).
     folder_fixes: Vec<String>,
 }
@@ -426,6 +431,8 @@ impl Replica {
             meta.insert(meta_key::FORMAT, FORMAT_VERSION.to_le_bytes().as_slice())?;
             meta.insert(meta_key::CONFIG, postcard::to_stdvec(&config)?.as_slice())?;
             meta.insert(meta_key::KEYRING, postcard::to_stdvec(&keyring)?.as_slice())?;
+            // Every guarded table is empty: its digest is zero (`row_digest`).
+            meta.insert(meta_key::ROW_DIGESTS, [1u8].as_slice())?;
             let mac = state_mac(&state_key(&registry), &meta)?;
             meta.insert(STATE_MAC, mac.as_slice())?;
             // Create every table so read transactions never meet a missing one.
@@ -514,6 +521,7 @@ impl Replica {
         let keys = Keys {
             index: master.unwrap_key(b"index", &keyring.index)?,
             state: state_key(&registry),
+            rows: registry.derive("carnet 2026-12 row digests"),
             registry,
             audit: master.unwrap_key(b"audit", &keyring.audit)?,
             chain: master
@@ -569,9 +577,11 @@ impl Replica {
             cache: cache::RegistryCache::default(),
             view: view::SharedView::default(),
             state_verified: AtomicBool::new(false),
+            pending_digests: row_digest::PendingDigests::default(),
             folder_fixes,
         };
         replica.check_state(state_authenticated)?;
+        replica.check_rows()?;
         replica.migrate(format)?;
         replica.reload_matrix()?;
         // Entries journaled before a stop or crash move into the table now.
@@ -625,6 +635,53 @@ impl Replica {
             let master = self.keys.master.read().map_err(lock_err)?;
             keyring.check = master.current.seal(CHECK_STATE, KEY_CHECK)?;
             meta.insert(meta_key::KEYRING, postcard::to_stdvec(&keyring)?.as_slice())?;
+        }
+        txn.commit()
+    }
+
+    /// At open: the rows of every guarded table (`row_digest::GUARDED`) must be those this
+    /// replica last wrote: each table is summed again and compared with its digest in `meta`
+    /// (authenticated by `check_state`). A replica made before the digests gets them here.
+    fn check_rows(&self) -> Result<()> {
+        let (marked, stored, computed) = {
+            let txn = self.begin_read()?;
+            let meta = txn.open_table(META)?;
+            let marked = meta.get(meta_key::ROW_DIGESTS)?.is_some();
+            let mut stored = Vec::with_capacity(row_digest::GUARDED.len());
+            for name in row_digest::GUARDED {
+                let row = meta.get(row_digest::meta_row(name).as_str())?;
+                stored.push(row_digest::RowDigest::from_bytes(
+                    row.as_ref().map(|v| v.value()),
+                )?);
+            }
+            (
+                marked,
+                stored,
+                row_digest::all_digests(&self.keys.rows, &txn)?,
+            )
+        };
+        if marked {
+            for ((name, computed), stored) in computed.iter().zip(&stored) {
+                if computed != stored {
+                    // Nothing is written over it (the drop of the refused replica commits).
+                    self.state_verified.store(false, Ordering::SeqCst);
+                    return Err(Error::integrity(format!(
+                        "the rows of table {name} (carnet.redb) are not the ones this replica last wrote: a row was put back, removed or added outside Carnet; restore the data folder from a backup"
+                    )));
+                }
+            }
+            return Ok(());
+        }
+        let txn = self.begin_raw_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            for (name, digest) in computed {
+                meta.insert(
+                    row_digest::meta_row(name).as_str(),
+                    digest.to_bytes().as_slice(),
+                )?;
+            }
+            meta.insert(meta_key::ROW_DIGESTS, [1u8].as_slice())?;
         }
         txn.commit()
     }
@@ -722,7 +779,7 @@ impl Replica {
                     Some(serde_bytes::ByteBuf::from(new_master.wrap(b"signing", &k)?));
             }
             meta.insert(meta_key::KEYRING, postcard::to_stdvec(&keyring)?.as_slice())?;
-            let mut dk = txn.open_table(DOSSIER_KEYS)?;
+            let mut dk = self.digested(&txn, DOSSIER_KEYS)?;
             let rows: Vec<([u8; 32], Vec<u8>)> = dk
                 .iter()?
                 .map(|r| r.map(|(k, v)| (*k.value(), v.value().to_vec())))
@@ -903,7 +960,7 @@ impl Replica {
     pub fn add_professional(&self, p: &Professional) -> Result<()> {
         let txn = self.begin_write()?;
         {
-            let mut pros = txn.open_table(PROS)?;
+            let mut pros = self.digested(&txn, PROS)?;
             let sealed = self.keys.registry.seal(
                 &aad(&[b"pro", p.rpps.as_str().as_bytes()]),
                 &postcard::to_stdvec(p)?,
@@ -1023,10 +1080,10 @@ impl Replica {
     /// A write transaction without the trace chain; its commit retires the shared read view.
     /// Every write of the replica begins here (or in `begin_write`, which holds one).
     fn begin_raw_write(&self) -> Result<RawWrite<'_>> {
-        Ok(RawWrite {
-            replica: self,
-            txn: self.db.begin_write()?,
-        })
+        let txn = self.db.begin_write()?;
+        // The write lock is held: what is pending was left by a transaction that was dropped.
+        self.pending_digests.clear()?;
+        Ok(RawWrite { replica: self, txn })
     }
 
     /// A read snapshot and its generation counters (see `cache`).
@@ -1569,9 +1626,33 @@ impl RawWrite<'_> {
             ));
         }
         {
+            // The guarded tables' digests take this transaction's changes (`row_digest`).
+            let mut meta = txn.open_table(META)?;
+            for (table, change) in replica.pending_digests.take()? {
+                if change == row_digest::RowDigest::default() {
+                    continue;
+                }
+                let row = row_digest::meta_row(&table);
+                let mut digest = row_digest::RowDigest::from_bytes(
+                    meta.get(row.as_str())?.as_ref().map(|v| v.value()),
+                )?;
+                digest.add(change);
+                meta.insert(row.as_str(), digest.to_bytes().as_slice())?;
+            }
+            #[cfg(debug_assertions)]
+            for (name, computed) in row_digest::all_digests(&replica.keys.rows, &txn)? {
+                let stored = row_digest::RowDigest::from_bytes(
+                    meta.get(row_digest::meta_row(name).as_str())?
+                        .as_ref()
+                        .map(|v| v.value()),
+                )?;
+                assert_eq!(
+                    stored, computed,
+                    "a write to table {name} bypassed its digest (use Replica::digested)"
+                );
+            }
             // `meta` stays authenticated: its hash is written only when a row changed, so a
             // commit that left `meta` alone touches none of its pages.
-            let mut meta = txn.open_table(META)?;
             let mac = state_mac(&replica.keys.state, &meta)?;
             if meta
                 .get(STATE_MAC)?

@@ -54,7 +54,7 @@ impl Replica {
         self.who_is(&self.begin_read()?, rpps)?;
         let now = self.now();
         {
-            let mut table = txn.open_table(PENDING_GRANTS)?;
+            let mut table = self.digested(&txn, PENDING_GRANTS)?;
             // Encounters that ended are forgotten.
             table.retain(|_, v| {
                 postcard::from_bytes::<Pending>(v).is_ok_and(|p| now - p.at < PENDING_VALID)

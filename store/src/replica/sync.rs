@@ -774,7 +774,13 @@ impl Replica {
                         return Ok(Applied::Returned);
                     }
                 }
-                self.put_meta(&mut txn.open_table(DOCS)?, &key, &bi, stored.rev + 1, &mine)?;
+                self.put_meta(
+                    &mut self.digested(txn, DOCS)?,
+                    &key,
+                    &bi,
+                    stored.rev + 1,
+                    &mine,
+                )?;
             }
             None => {
                 if let Some((origin, acts)) = from_site {
@@ -791,7 +797,7 @@ impl Replica {
                         return Ok(Applied::Returned);
                     }
                 }
-                self.put_meta(&mut txn.open_table(DOCS)?, &key, &bi, 1, remote)?;
+                self.put_meta(&mut self.digested(txn, DOCS)?, &key, &bi, 1, remote)?;
                 match body {
                     Some(body) => {
                         self.put_body(&mut txn.open_table(BODIES)?, &key, &id, body)?;

@@ -114,6 +114,9 @@ pub mod meta_key {
     pub const PULL_CURSOR: &str = "pull_cursor";
     /// Epoch of the trace journal's live frames (u64 LE); see `journal`.
     pub const JOURNAL_EPOCH: &str = "journal_epoch";
+    /// Present (one byte, 1) once the guarded tables' digests are kept (`row_digest`): each in
+    /// `row_digest:<table>`, 32 bytes.
+    pub const ROW_DIGESTS: &str = "row_digests";
     /// Highest outbox sequence acknowledged (u64 LE): with the last queued entry, where the
     /// next sequence starts, so sequence numbers are never reused.
     pub const OUTBOX_ACKED: &str = "outbox_acked";

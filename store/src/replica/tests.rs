@@ -1577,7 +1577,7 @@ fn a_scope_exit_purge_cut_by_a_crash_finishes_at_the_next_open() {
                 ins().matricule().as_bytes(),
             )
             .expect("seal");
-        txn.open_table(PENDING_PURGES)
+        site.digested(&txn, PENDING_PURGES)
             .expect("table")
             .insert(&site.blind(&ins()), sealed.as_slice())
             .expect("insert");
@@ -2874,7 +2874,7 @@ fn a_sealed_value_moved_to_another_row_does_not_open() {
     let (_hd, _host, sd, site) = host_and_site();
     {
         let txn = site.begin_write().expect("txn");
-        let mut t = txn.open_table(PENDING_PURGES).expect("table");
+        let mut t = site.digested(&txn, PENDING_PURGES).expect("table");
         for ins in [ins(), other.clone()] {
             let bi = site.blind(&ins);
             let sealed = site
@@ -2894,4 +2894,107 @@ fn a_sealed_value_moved_to_another_row_does_not_open() {
         panic!("a moved pending purge must not open");
     };
     assert!(matches!(err, Error::Integrity(_)), "{err}");
+}
+
+/// Reads row `key` of `table` in the (closed) replica in `dir`.
+fn raw_row<K: redb::Key + 'static>(
+    dir: &TempDir,
+    table: redb::TableDefinition<K, &'static [u8]>,
+    key: K::SelfType<'_>,
+) -> Option<Vec<u8>> {
+    let db = redb::Database::open(dir.path().join(DB_FILE)).expect("db");
+    let txn = db.begin_read().expect("read");
+    let t = txn.open_table(table).expect("table");
+    t.get(key).expect("get").map(|v| v.value().to_vec())
+}
+
+/// Writes row `key` of `table` in the (closed) replica in `dir`, as someone with the data
+/// folder but not the key can.
+fn put_raw_row<K: redb::Key + 'static>(
+    dir: &TempDir,
+    table: redb::TableDefinition<K, &'static [u8]>,
+    key: K::SelfType<'_>,
+    value: &[u8],
+) {
+    let db = redb::Database::open(dir.path().join(DB_FILE)).expect("db");
+    let txn = db.begin_write().expect("txn");
+    txn.open_table(table)
+        .expect("table")
+        .insert(key, value)
+        .expect("insert");
+    txn.commit().expect("commit");
+}
+
+/// Opens `dir`, expecting an integrity failure that says `says`.
+fn refused_at_open(dir: &TempDir, says: &str) {
+    match Replica::open(dir.path(), &KeySource::File, clock()) {
+        Err(Error::Integrity(m)) => assert!(m.contains(says), "{m}"),
+        Err(e) => panic!("another error: {e}"),
+        Ok(_) => panic!("opened: the put-back row would be used"),
+    }
+}
+
+#[test]
+fn a_grant_put_back_after_its_revocation_is_detected_at_open() {
+    let (_hd, host, sd, site) = host_and_site();
+    host.set_grant(&ins(), &nurse(), GrantState::Active, GrantBasis::CareTeam)
+        .expect("grant");
+    sync(&host, &site);
+    let subject = subject_key(
+        tag::GRANT,
+        Some(&site.blind(&ins())),
+        Some(nurse().as_str()),
+    );
+    drop(site);
+    let active = raw_row(&sd, AUTHORITY, subject.as_slice()).expect("the active grant");
+    let site = Replica::open(sd.path(), &KeySource::File, clock()).expect("reopen");
+    host.set_grant(&ins(), &nurse(), GrantState::Revoked, GrantBasis::CareTeam)
+        .expect("revoke");
+    sync(&host, &site);
+    drop(site);
+    let revoked = raw_row(&sd, AUTHORITY, subject.as_slice()).expect("the revoked grant");
+    assert_ne!(active, revoked, "the revocation reached the site");
+    // The older sealed row still opens under its key and subject: only the digest sees it.
+    put_raw_row(&sd, AUTHORITY, subject.as_slice(), &active);
+    refused_at_open(&sd, "table authority");
+    // Put back as it was, the replica opens again.
+    put_raw_row(&sd, AUTHORITY, subject.as_slice(), &revoked);
+    Replica::open(sd.path(), &KeySource::File, clock()).expect("opens again");
+}
+
+#[test]
+fn a_document_put_back_to_an_older_revision_is_detected_at_open() {
+    let (_hd, host, sd, site) = host_and_site();
+    let id = write(&site, "CR", b"report");
+    drop(site);
+    let before = raw_row(&sd, DOCS, &id.0).expect("rev 1");
+    let site = Replica::open(sd.path(), &KeySource::File, clock()).expect("reopen");
+    site.update_document(&Actor::Professional(doctor()), &id, Action::Mask)
+        .expect("mask");
+    drop((site, host));
+    put_raw_row(&sd, DOCS, &id.0, &before);
+    refused_at_open(&sd, "table docs");
+}
+
+#[test]
+fn a_sealed_setting_put_back_is_detected_at_open() {
+    // As the host's PKI register (`put_sealed`) before a site's revocation.
+    let dir = TempDir::new().expect("tmp");
+    let host = init(&dir, Role::Host, None);
+    host.put_sealed("register", b"site 7 enrolled")
+        .expect("put");
+    drop(host);
+    let older = raw_row(&dir, META, "sealed:register").expect("row");
+    let host = Replica::open(dir.path(), &KeySource::File, clock()).expect("reopen");
+    host.put_sealed("register", b"site 7 revoked").expect("put");
+    drop(host);
+    let db = redb::Database::open(dir.path().join(DB_FILE)).expect("db");
+    let txn = db.begin_write().expect("txn");
+    txn.open_table(META)
+        .expect("meta")
+        .insert("sealed:register", older.as_slice())
+        .expect("insert");
+    txn.commit().expect("commit");
+    drop(db);
+    refused_at_open(&dir, "changed outside Carnet");
 }
