@@ -63,7 +63,7 @@ pub use sync::{Act, Applied, BodyPiece, Change, PushApplied};
 
 use crate::audit::{AuditEntry, ChainedEntry, GroupCommit, TraceAction, TraceActor};
 use crate::authority::{AuthorityRecord, Verified};
-use crate::crypto::{Key, aad};
+use crate::crypto::{KdfCost, Key, aad};
 use crate::error::{Error, Result};
 use crate::ids::{DocId, Ins, SiteId};
 use crate::model::{AccessMode, Actor, HabilitationMatrix, Professional};
@@ -132,7 +132,28 @@ pub enum KeySource {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 enum KeyKind {
     File,
-    Passphrase { salt: [u8; 16] },
+    /// Made before the Argon2id cost was stored: `KdfCost::LEGACY`.
+    Passphrase {
+        salt: [u8; 16],
+    },
+    /// A passphrase stretched at `cost` (new ones at `KdfCost::RECOMMENDED`).
+    PassphraseAt {
+        salt: [u8; 16],
+        cost: KdfCost,
+    },
+}
+
+impl KeyKind {
+    /// A fresh salt, and the master key `passphrase` gives with it at today's cost.
+    fn new_passphrase(passphrase: &str) -> Result<(Key, KeyKind)> {
+        let mut salt = [0u8; 16];
+        crate::crypto::random_bytes(&mut salt)?;
+        let cost = KdfCost::RECOMMENDED;
+        Ok((
+            Key::from_passphrase(passphrase, &salt, cost)?,
+            KeyKind::PassphraseAt { salt, cost },
+        ))
+    }
 }
 
 /// Replica keys wrapped by the master key; rotation re-wraps them and the dossier keys.
@@ -367,14 +388,7 @@ impl Replica {
                 write_key_file(&dir.join(KEY_FILE), &key)?;
                 (key, KeyKind::File)
             }
-            KeySource::Passphrase(p) => {
-                let mut salt = [0u8; 16];
-                crate::crypto::random_bytes(&mut salt)?;
-                (
-                    Key::from_passphrase(p, &salt)?,
-                    KeyKind::Passphrase { salt },
-                )
-            }
+            KeySource::Passphrase(p) => KeyKind::new_passphrase(p)?,
         };
         let site_id = match (opts.role, opts.site_id) {
             (Role::Host, _) => SiteId::HOST,
@@ -722,8 +736,15 @@ impl Replica {
                     dir.join(KEY_FILE).display()
                 )))
             }
-            (KeyKind::Passphrase { salt }, KeySource::Passphrase(p)) => {
-                let key = Key::from_passphrase(p, salt)?;
+            (
+                KeyKind::Passphrase { salt } | KeyKind::PassphraseAt { salt, .. },
+                KeySource::Passphrase(p),
+            ) => {
+                let cost = match &keyring.kind {
+                    KeyKind::PassphraseAt { cost, .. } => *cost,
+                    _ => KdfCost::LEGACY,
+                };
+                let key = Key::from_passphrase(p, salt, cost)?;
                 if opens(&key) {
                     Ok(key)
                 } else {
@@ -732,9 +753,11 @@ impl Replica {
                     ))
                 }
             }
-            (KeyKind::Passphrase { .. }, KeySource::File) => Err(Error::Key(
-                "this replica is protected by a passphrase: set CARNET_PASSPHRASE".into(),
-            )),
+            (KeyKind::Passphrase { .. } | KeyKind::PassphraseAt { .. }, KeySource::File) => {
+                Err(Error::Key(
+                    "this replica is protected by a passphrase: set CARNET_PASSPHRASE".into(),
+                ))
+            }
         }
     }
 
@@ -743,14 +766,7 @@ impl Replica {
     pub fn rotate_master_key(&self, new_source: &KeySource) -> Result<()> {
         let (new_master, kind) = match new_source {
             KeySource::File => (Key::random()?, KeyKind::File),
-            KeySource::Passphrase(p) => {
-                let mut salt = [0u8; 16];
-                crate::crypto::random_bytes(&mut salt)?;
-                (
-                    Key::from_passphrase(p, &salt)?,
-                    KeyKind::Passphrase { salt },
-                )
-            }
+            KeySource::Passphrase(p) => KeyKind::new_passphrase(p)?,
         };
         if matches!(kind, KeyKind::File) {
             // Written before the commit: if we crash after it, `open` finds the new key here.

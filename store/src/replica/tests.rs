@@ -2998,3 +2998,61 @@ fn a_sealed_setting_put_back_is_detected_at_open() {
     drop(db);
     refused_at_open(&dir, "changed outside Carnet");
 }
+
+#[test]
+fn a_passphrase_is_stretched_at_the_recommended_cost_and_older_replicas_still_open() {
+    let dir = TempDir::new().expect("tmp");
+    let pass = || KeySource::Passphrase(Zeroizing::new("correct horse".to_string()));
+    let r = Replica::init(
+        dir.path(),
+        InitOptions {
+            role: Role::Site,
+            name: "s".into(),
+            site_id: Some(SiteId(3)),
+            key: pass(),
+            host_key: None,
+            lease_hours: None,
+        },
+        clock(),
+    )
+    .expect("init");
+    let keyring = |r: &Replica| -> Keyring {
+        let txn = r.begin_read().expect("read");
+        let meta = txn.open_table(META).expect("meta");
+        let row = meta.get(meta_key::KEYRING).expect("get").expect("keyring");
+        postcard::from_bytes(row.value()).expect("decode")
+    };
+    let KeyKind::PassphraseAt { salt, cost } = keyring(&r).kind else {
+        panic!("the cost is stored with the salt");
+    };
+    assert_eq!(cost, KdfCost::RECOMMENDED);
+    // As a replica made before the cost was stored: its keys wrapped under the legacy cost.
+    let legacy = Key::from_passphrase("correct horse", &salt, KdfCost::LEGACY).expect("argon2");
+    {
+        let mut k = keyring(&r);
+        k.kind = KeyKind::Passphrase { salt };
+        k.check = legacy.seal(CHECK_STATE, KEY_CHECK).expect("seal");
+        k.index = legacy.wrap(b"index", &r.keys.index).expect("wrap");
+        k.registry = legacy.wrap(b"registry", &r.keys.registry).expect("wrap");
+        k.audit = legacy.wrap(b"audit", &r.keys.audit).expect("wrap");
+        let txn = r.begin_raw_write().expect("txn");
+        txn.open_table(META)
+            .expect("meta")
+            .insert(
+                meta_key::KEYRING,
+                postcard::to_stdvec(&k).expect("encode").as_slice(),
+            )
+            .expect("insert");
+        txn.commit().expect("commit");
+    }
+    drop(r);
+    let r = Replica::open(dir.path(), &pass(), clock()).expect("an older replica opens");
+    assert!(matches!(keyring(&r).kind, KeyKind::Passphrase { .. }));
+    // A rotation moves it to today's cost.
+    r.rotate_master_key(&pass()).expect("rotate");
+    assert!(
+        matches!(keyring(&r).kind, KeyKind::PassphraseAt { cost, .. } if cost == KdfCost::RECOMMENDED)
+    );
+    drop(r);
+    Replica::open(dir.path(), &pass(), clock()).expect("opens after rotation");
+}
