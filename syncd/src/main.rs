@@ -235,6 +235,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         _ => KeySource::File,
     };
     let mut replica = Replica::open(&args.data, &key, system_clock())?;
+    carnet_store::replica::check_high_water_from_env(&replica)?;
     for fix in replica.folder_fixes() {
         tracing::warn!("{fix}");
     }

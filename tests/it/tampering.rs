@@ -604,3 +604,32 @@ fn damaged_bundles_change_nothing() {
     assert!(j["admitted"].as_u64().is_some_and(|a| a > 0), "{j}");
     assert_eq!(site.json(&["dossier", "show", &k.ins])["status"], "active");
 }
+
+#[test]
+fn a_whole_data_folder_put_back_is_refused_with_a_high_water_mark_outside_it() {
+    let k = clinic();
+    let c = &k.host;
+    let mark = c.path("carnet.mark").display().to_string();
+    let hw = [("CARNET_HIGH_WATER", mark.as_str())];
+    assert_eq!(c.run_env(&hw, &["dossier", "list"]).code, 0);
+    let older = c.path("older");
+    let copy = |from: &std::path::Path, to: &std::path::Path| {
+        std::fs::create_dir_all(to).expect("dir");
+        for e in std::fs::read_dir(from).expect("dir") {
+            let e = e.expect("entry");
+            if e.file_type().expect("type").is_file() {
+                std::fs::copy(e.path(), to.join(e.file_name())).expect("copy");
+            }
+        }
+    };
+    copy(&c.data, &older);
+    let o = c.run_env(&hw, &["doc", "mask", &k.consult, "--as", DOCTOR]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    // The whole folder as it was before the mask: refused, exit 5, nothing used.
+    copy(&older, &c.data);
+    let o = c.run_env(&hw, &["doc", "list", "--dossier", &k.ins, "--as", DOCTOR]);
+    assert_eq!(o.code, 5, "{}", o.stderr);
+    assert!(o.stderr.contains("older copy"), "{}", o.stderr);
+    // Without the mark nothing can tell (the limit the threat model states).
+    c.ok(&["dossier", "list"]);
+}

@@ -21,6 +21,7 @@ mod backend;
 mod cache;
 mod documents;
 mod emergency_fetch;
+mod high_water;
 mod host_sync;
 mod journal;
 mod pending_grants;
@@ -56,6 +57,7 @@ pub use authority_ops::{DossierInfo, ImportReport, Lease, NewDossier};
 pub use backend::Durable;
 pub use documents::{DossierExport, ExportedDocument, NewDocument, ReadOutcome};
 pub use emergency_fetch::EMERGENCY_VALID;
+pub use high_water::{HIGH_WATER_ENV, check_high_water_from_env};
 pub use host_sync::{PullItem, PullPage, PullReport};
 pub use quarantine::Quarantined;
 pub use site_access::{RequestKind, SiteRequest};
@@ -292,6 +294,8 @@ pub struct Replica {
     pending_digests: row_digest::PendingDigests,
     /// What `open` tightened in a data folder others could read (`files::tighten_folder`).
     folder_fixes: Vec<String>,
+    /// The high-water mark file checked at open, raised again at a clean close (`high_water`).
+    high_water: Mutex<Option<PathBuf>>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -593,6 +597,7 @@ impl Replica {
             state_verified: AtomicBool::new(false),
             pending_digests: row_digest::PendingDigests::default(),
             folder_fixes,
+            high_water: Mutex::new(None),
         };
         replica.check_state(state_authenticated)?;
         replica.check_rows()?;
@@ -1602,6 +1607,7 @@ impl Drop for Replica {
     fn drop(&mut self) {
         // Best effort: the journal is durable anyway and is replayed at the next open.
         let _ = self.flush_traces();
+        self.raise_high_water_on_close();
         // The shared snapshot goes before the database it reads (fields drop after this).
         self.view.retire();
     }

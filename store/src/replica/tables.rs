@@ -117,6 +117,9 @@ pub mod meta_key {
     /// Present (one byte, 1) once the guarded tables' digests are kept (`row_digest`): each in
     /// `row_digest:<table>`, 32 bytes.
     pub const ROW_DIGESTS: &str = "row_digests";
+    /// The open epoch (u64 LE), raised at each open and clean close checked against a
+    /// high-water mark (`high_water`).
+    pub const OPEN_EPOCH: &str = "open_epoch";
     /// Highest outbox sequence acknowledged (u64 LE): with the last queued entry, where the
     /// next sequence starts, so sequence numbers are never reused.
     pub const OUTBOX_ACKED: &str = "outbox_acked";

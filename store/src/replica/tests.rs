@@ -3056,3 +3056,52 @@ fn a_passphrase_is_stretched_at_the_recommended_cost_and_older_replicas_still_op
     drop(r);
     Replica::open(dir.path(), &pass(), clock()).expect("opens after rotation");
 }
+
+/// Copies every file of the data folder `from` into `to` (a whole folder put back).
+fn copy_folder(from: &TempDir, to: &Path) {
+    for entry in std::fs::read_dir(from.path()).expect("dir") {
+        let entry = entry.expect("entry");
+        if entry.file_type().expect("type").is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+        }
+    }
+}
+
+#[test]
+fn a_whole_folder_put_back_is_refused_by_the_high_water_mark() {
+    let (_hd, _host, sd, site) = host_and_site();
+    let outside = TempDir::new().expect("tmp");
+    let mark = outside.path().join("carnet.mark");
+    site.check_high_water(&mark).expect("first use");
+    write(&site, "first", b"1");
+    drop(site);
+    let older = TempDir::new().expect("tmp");
+    copy_folder(&sd, older.path());
+    let site = Replica::open(sd.path(), &KeySource::File, clock()).expect("reopen");
+    site.check_high_water(&mark).expect("the same folder");
+    write(&site, "second", b"2");
+    drop(site);
+    // The older copy put back whole: consistent with itself, behind the mark.
+    let newer = TempDir::new().expect("tmp");
+    copy_folder(&sd, newer.path());
+    copy_folder(&older, sd.path());
+    let site = Replica::open(sd.path(), &KeySource::File, clock()).expect("opens");
+    match site.check_high_water(&mark) {
+        Err(Error::Integrity(m)) => assert!(m.contains("older copy"), "{m}"),
+        other => panic!("a rolled-back folder passed: {other:?}"),
+    }
+    // A sanctioned restore sets the mark to the restored folder.
+    site.reset_high_water(&mark).expect("reset");
+    drop(site);
+    let site = Replica::open(sd.path(), &KeySource::File, clock()).expect("reopen");
+    site.check_high_water(&mark)
+        .expect("the restored folder is the reference now");
+    drop(site);
+    // The mark is this replica's: another replica's mark file is refused.
+    let (_hd2, _host2, _sd2, other) = host_and_site();
+    assert!(matches!(
+        other.check_high_water(&mark),
+        Err(Error::Integrity(_))
+    ));
+    drop(newer);
+}
