@@ -144,3 +144,13 @@ pub fn check_high_water_from_env(replica: &Replica) -> Result<()> {
         _ => Ok(()),
     }
 }
+
+/// For a sanctioned restore: resets the mark `CARNET_HIGH_WATER` names, if set, to `replica`
+/// (opened with `Replica::open`, not through `check_high_water_from_env`, which would refuse the
+/// restored, older folder). Returns the new epoch, if a mark is kept.
+pub fn reset_high_water_from_env(replica: &Replica) -> Result<Option<u64>> {
+    match std::env::var_os(HIGH_WATER_ENV) {
+        Some(p) if !p.is_empty() => replica.reset_high_water(Path::new(&p)).map(Some),
+        _ => Ok(None),
+    }
+}

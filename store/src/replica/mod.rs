@@ -57,7 +57,7 @@ pub use authority_ops::{DossierInfo, ImportReport, Lease, NewDossier};
 pub use backend::Durable;
 pub use documents::{DossierExport, ExportedDocument, NewDocument, ReadOutcome};
 pub use emergency_fetch::EMERGENCY_VALID;
-pub use high_water::{HIGH_WATER_ENV, check_high_water_from_env};
+pub use high_water::{HIGH_WATER_ENV, check_high_water_from_env, reset_high_water_from_env};
 pub use host_sync::{PullItem, PullPage, PullReport};
 pub use quarantine::Quarantined;
 pub use site_access::{RequestKind, SiteRequest};
