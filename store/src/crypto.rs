@@ -25,6 +25,34 @@ use crate::error::{Error, Result};
 /// Bytes added by sealing: 24-byte nonce + 16-byte tag.
 pub const SEAL_OVERHEAD: usize = 40;
 
+/// The cost of an Argon2id derivation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KdfCost {
+    /// Memory, in KiB.
+    pub memory_kib: u32,
+    /// Passes over the memory.
+    pub passes: u32,
+    /// Lanes (degree of parallelism).
+    pub lanes: u32,
+}
+
+impl KdfCost {
+    /// RFC 9106's second recommended option (for when 2 GiB cannot be spent): 64 MiB, 3
+    /// passes, 4 lanes. What every new passphrase is stretched with.
+    pub const RECOMMENDED: KdfCost = KdfCost {
+        memory_kib: 64 * 1024,
+        passes: 3,
+        lanes: 4,
+    };
+    /// The cost of replicas and rotations made before the cost was stored: 19 MiB, 2 passes,
+    /// 1 lane (OWASP's minimum). Still opened; never used for a new passphrase.
+    pub const LEGACY: KdfCost = KdfCost {
+        memory_kib: 19 * 1024,
+        passes: 2,
+        lanes: 1,
+    };
+}
+
 /// A 256-bit secret key, wiped from memory on drop.
 #[derive(Clone)]
 pub struct Key(Zeroizing<[u8; 32]>);
@@ -71,12 +99,13 @@ impl Key {
         &self.0
     }
 
-    /// Derives a key from a passphrase with Argon2id (19 MiB, 2 passes: OWASP's baseline).
-    pub fn from_passphrase(passphrase: &str, salt: &[u8; 16]) -> Result<Self> {
+    /// Derives a key from a passphrase with Argon2id at `cost` (stored with the salt, so a
+    /// replica opens at the cost it was made with).
+    pub fn from_passphrase(passphrase: &str, salt: &[u8; 16], cost: KdfCost) -> Result<Self> {
         if passphrase.is_empty() {
             return Err(Error::Key("the passphrase is empty".into()));
         }
-        let params = argon2::Params::new(19 * 1024, 2, 1, Some(32))
+        let params = argon2::Params::new(cost.memory_kib, cost.passes, cost.lanes, Some(32))
             .map_err(|e| Error::Key(format!("argon2 parameters: {e}")))?;
         let argon =
             argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
@@ -273,11 +302,25 @@ mod tests {
     #[test]
     fn wrap_and_passphrase() {
         let salt = [9u8; 16];
-        let a = Key::from_passphrase("correct horse", &salt).expect("argon2");
-        let b = Key::from_passphrase("correct horse", &salt).expect("argon2");
-        let c = Key::from_passphrase("wrong horse", &salt).expect("argon2");
+        let cost = KdfCost::RECOMMENDED;
+        let a = Key::from_passphrase("correct horse", &salt, cost).expect("argon2");
+        let b = Key::from_passphrase("correct horse", &salt, cost).expect("argon2");
+        let c = Key::from_passphrase("wrong horse", &salt, cost).expect("argon2");
         assert_eq!(a.expose(), b.expose());
         assert_ne!(a.expose(), c.expose());
+        // The cost is part of the derivation: a replica opens only at the cost it stored.
+        let legacy = Key::from_passphrase("correct horse", &salt, KdfCost::LEGACY).expect("argon2");
+        assert_ne!(a.expose(), legacy.expose());
+        // The legacy cost is exactly the parameters older replicas were made with.
+        let mut old = [0u8; 32];
+        argon2::Argon2::new(
+            argon2::Algorithm::Argon2id,
+            argon2::Version::V0x13,
+            argon2::Params::new(19 * 1024, 2, 1, Some(32)).expect("params"),
+        )
+        .hash_password_into(b"correct horse", &salt, &mut old)
+        .expect("argon2");
+        assert_eq!(legacy.expose(), &old);
         let data = Key::random().expect("key");
         let w = a.wrap(b"d", &data).expect("wrap");
         assert_eq!(

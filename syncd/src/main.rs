@@ -72,7 +72,8 @@ fn help() -> String {
            --config FILE    the settings (default DIR/carnet.toml)\n  \
            -h, --help       this help\n  \
            -V, --version    the version and the commit it was built from\n\n\
-         Environment: CARNET_DATA, CARNET_PASSPHRASE (a passphrase instead of DIR/master.key);\n\
+         Environment: CARNET_DATA, CARNET_PASSPHRASE (a passphrase instead of DIR/master.key),\n\
+         CARNET_HIGH_WATER (a high-water mark file outside DIR, checked at start);\n\
          under systemd (Type=notify), NOTIFY_SOCKET and WATCHDOG_USEC.\n\
          Signals: SIGTERM or SIGINT stops after the round in flight; SIGHUP reads carnet.toml\n\
          again (log_level, sync_every, inbox; the connection to the host stays).\n\
@@ -235,6 +236,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         _ => KeySource::File,
     };
     let mut replica = Replica::open(&args.data, &key, system_clock())?;
+    carnet_store::replica::check_high_water_from_env(&replica)?;
     for fix in replica.folder_fixes() {
         tracing::warn!("{fix}");
     }

@@ -1,8 +1,9 @@
 //! Damage at rest and in transit: a byte flipped inside a stored body chunk, document record,
 //! trace entry or signed host record (by opening the redb file directly, while no carnet runs);
 //! a damaged authority bundle; a replica written by a newer format. Each is reported as what it
-//! is — exit 5 for integrity, 2 for a format to upgrade — without a panic, and damage to one
-//! dossier leaves another one readable.
+//! is — exit 5 for integrity, 2 for a format to upgrade — without a panic. Damage to a body or
+//! a trace leaves another dossier readable; a change to a guarded table (documents' metadata,
+//! signed records: `row_digest`) refuses the replica at open, naming the table.
 
 use carnet_store::replica::tables::{
     AUDIT, AUTHORITY, BODIES, DOCS, DOSSIER_DOCS, FORMAT_VERSION, META, body_key, meta_key,
@@ -200,7 +201,9 @@ fn altered_document_record() {
         }
         txn.commit().expect("commit");
     }
-    let says = format!("metadata of document {} was altered", t.k.consult);
+    // Any change to a guarded table is seen at open, before any row is used: the whole
+    // replica is refused, naming the table (the row's own seal would say the same of it).
+    let says = "the rows of table docs".to_string();
     integrity(c, &["doc", "get", &t.k.consult, "--as", DOCTOR], &says);
     integrity(
         c,
@@ -227,9 +230,7 @@ fn altered_document_record() {
         ],
         &says,
     );
-    // Other records of the same dossier are sealed apart.
-    assert_eq!(c.body(&t.k.prescription, DOCTOR), PRESCRIPTION_BODY);
-    t.b_still_readable();
+    integrity(c, &["doc", "get", &t.b_doc, "--as", DOCTOR], &says);
 }
 
 #[test]
@@ -337,7 +338,7 @@ fn altered_signed_authority_record() {
         }
         txn.commit().expect("commit");
     }
-    let says = "a stored signed record was altered";
+    let says = "the rows of table authority";
     integrity(c, &["doc", "get", &t.k.consult, "--as", DOCTOR], says);
     integrity(c, &["grant", "list", "--dossier", &t.k.ins], says);
     integrity(c, &["dossier", "show", &t.k.ins], says);
@@ -349,9 +350,8 @@ fn altered_signed_authority_record() {
         says,
     );
     assert!(!out.exists());
-    // Decisions that do not need that record still work; dossier B is untouched.
-    assert_eq!(c.body(&t.k.consult, "patient"), CONSULT_BODY);
-    t.b_still_readable();
+    // Refused whole: no decision is taken on a table found changed.
+    integrity(c, &["doc", "get", &t.b_doc, "--as", DOCTOR], says);
 }
 
 #[test]
@@ -377,12 +377,12 @@ fn altered_dossier_head() {
         }
         txn.commit().expect("commit");
     }
-    let says = "a stored signed record was altered";
+    let says = "the rows of table authority";
     integrity(c, &["doc", "get", &t.k.consult, "--as", "patient"], says);
     integrity(c, &["dossier", "show", &t.k.ins], says);
     let o = c.fails(5, &["dossier", "close", &t.k.ins, "--reason", "x"]);
     assert!(o.stderr.contains(says), "{}", o.stderr);
-    t.b_still_readable();
+    integrity(c, &["dossier", "show", &t.b], says);
 }
 
 #[test]
@@ -603,4 +603,33 @@ fn damaged_bundles_change_nothing() {
     let j = site.json(&["authority", "import", &file]);
     assert!(j["admitted"].as_u64().is_some_and(|a| a > 0), "{j}");
     assert_eq!(site.json(&["dossier", "show", &k.ins])["status"], "active");
+}
+
+#[test]
+fn a_whole_data_folder_put_back_is_refused_with_a_high_water_mark_outside_it() {
+    let k = clinic();
+    let c = &k.host;
+    let mark = c.path("carnet.mark").display().to_string();
+    let hw = [("CARNET_HIGH_WATER", mark.as_str())];
+    assert_eq!(c.run_env(&hw, &["dossier", "list"]).code, 0);
+    let older = c.path("older");
+    let copy = |from: &std::path::Path, to: &std::path::Path| {
+        std::fs::create_dir_all(to).expect("dir");
+        for e in std::fs::read_dir(from).expect("dir") {
+            let e = e.expect("entry");
+            if e.file_type().expect("type").is_file() {
+                std::fs::copy(e.path(), to.join(e.file_name())).expect("copy");
+            }
+        }
+    };
+    copy(&c.data, &older);
+    let o = c.run_env(&hw, &["doc", "mask", &k.consult, "--as", DOCTOR]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    // The whole folder as it was before the mask: refused, exit 5, nothing used.
+    copy(&older, &c.data);
+    let o = c.run_env(&hw, &["doc", "list", "--dossier", &k.ins, "--as", DOCTOR]);
+    assert_eq!(o.code, 5, "{}", o.stderr);
+    assert!(o.stderr.contains("older copy"), "{}", o.stderr);
+    // Without the mark nothing can tell (the limit the threat model states).
+    c.ok(&["dossier", "list"]);
 }

@@ -100,7 +100,7 @@ impl Replica {
         meta.update(self.config.site_id, |s| s.flags.invisible_patient = false);
         // The host's own change: stored and fanned out (no outbox, no act to decide).
         self.put_meta(
-            &mut txn.open_table(DOCS)?,
+            &mut self.digested(&txn, DOCS)?,
             &key,
             &stored.dossier,
             stored.rev + 1,

@@ -12,6 +12,7 @@ use ed25519_dalek::VerifyingKey;
 use redb::{ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
+use super::sync::Queued;
 use super::tables::*;
 use super::{Replica, Role, lock_err};
 use crate::authority::{self, AuthorityRecord, Bundle, Covers, Heartbeat, SignedRecord, Verified};
@@ -163,8 +164,8 @@ impl Replica {
             }
         }
         let subject = self.subject_of(&v.record);
-        let mut table = txn.open_table(AUTHORITY)?;
-        if let Some(old) = self.authority_get(&table, &subject)?
+        let mut table = self.digested(txn, AUTHORITY)?;
+        if let Some(old) = self.authority_get(&*table, &subject)?
             && old.seq >= v.seq
         {
             return Ok((false, None));
@@ -188,7 +189,7 @@ impl Replica {
             let bi = self.blind(&head.ins);
             match head.status {
                 DossierStatus::Active => {
-                    let mut keys = txn.open_table(DOSSIER_KEYS)?;
+                    let mut keys = self.digested(txn, DOSSIER_KEYS)?;
                     if keys.get(&bi)?.is_none() {
                         let k = Key::random()?;
                         keys.insert(
@@ -202,7 +203,7 @@ impl Replica {
                                 .as_slice(),
                         )?;
                     }
-                    txn.open_table(TOMBSTONES)?.remove(&bi)?;
+                    self.digested(txn, TOMBSTONES)?.remove(&bi)?;
                 }
                 DossierStatus::Closed | DossierStatus::Purged => {
                     if site {
@@ -703,11 +704,12 @@ impl Replica {
         {
             let txn = self.begin_read()?;
             for row in txn.open_table(PENDING_PURGES)?.iter()? {
-                let (_, v) = row?;
+                let (k, v) = row?;
+                let (k, v) = (k.value(), v.value());
                 let plain = self
                     .keys
                     .registry
-                    .open(b"pending-purge", v.value())
+                    .open(&pending_purge_aad(k), v)
                     .map_err(|_| Error::integrity("a pending purge was altered"))?;
                 let ins = Ins::parse(
                     std::str::from_utf8(&plain).map_err(|_| Error::integrity("pending purge"))?,
@@ -732,7 +734,7 @@ impl Replica {
             // Never lose a document the user was told is stored: keep it before the key goes.
             self.quarantine_pending(&txn, &bi)?;
         }
-        txn.open_table(DOSSIER_KEYS)?.remove(&bi)?;
+        self.digested(&txn, DOSSIER_KEYS)?.remove(&bi)?;
         Self::registry_changed(&txn)?;
         txn.trace(vec![self.admin_entry(
             "dossier-key-destroyed",
@@ -746,7 +748,7 @@ impl Replica {
         let ids = self.dossier_doc_ids(&self.begin_read()?, &bi)?;
         {
             let mut index = txn.open_table(DOSSIER_DOCS)?;
-            let mut docs = txn.open_table(DOCS)?;
+            let mut docs = self.digested(&txn, DOCS)?;
             let mut bodies = txn.open_table(BODIES)?;
             for doc in &ids {
                 let id = doc.0;
@@ -756,13 +758,13 @@ impl Replica {
                 Self::forget_partial_body(&txn, doc)?;
                 txn.open_table(MISSING_BODIES)?.remove(&id)?;
                 txn.open_table(ANNOUNCEMENTS)?.remove(&id)?;
-                txn.open_table(HOST_CLEARS)?.remove(&id)?;
+                self.digested(&txn, HOST_CLEARS)?.remove(&id)?;
             }
             txn.open_table(UNIQUE_IDS)?.retain_in(
                 bi.as_slice()..=unique_key(&bi, &[0xff; 32]).as_slice(),
                 |_, _| false,
             )?;
-            let mut auth = txn.open_table(AUTHORITY)?;
+            let mut auth = self.digested(&txn, AUTHORITY)?;
             for t in [tag::DOSSIER, tag::GRANT, tag::EMERGENCY] {
                 let prefix = subject_key(t, Some(&bi), None);
                 let keys: Vec<Vec<u8>> = auth
@@ -791,23 +793,23 @@ impl Replica {
                 at: self.now(),
                 cause_seq,
             };
-            txn.open_table(TOMBSTONES)?
+            self.digested(&txn, TOMBSTONES)?
                 .insert(&bi, postcard::to_stdvec(&receipt)?.as_slice())?;
             if self.config.role == Role::Site && held {
                 // The host records that this site no longer holds the dossier.
-                let sealed_ins = self
-                    .keys
-                    .registry
-                    .seal(b"receipt-ins", ins.matricule().as_bytes())?;
-                self.push_outbox(
-                    &txn,
-                    OutboxItem::PurgeReceipt {
-                        sealed_ins,
+                self.push_outbox(&txn, |seq| {
+                    Ok(OutboxItem::PurgeReceipt {
+                        sealed_ins: self.seal_queued(
+                            seq,
+                            Queued::PurgeReceipt,
+                            &postcard::to_stdvec(&receipt)?,
+                            ins.matricule().as_bytes(),
+                        )?,
                         receipt,
-                    },
-                )?;
+                    })
+                })?;
             }
-            txn.open_table(PENDING_PURGES)?.remove(&bi)?;
+            self.digested(&txn, PENDING_PURGES)?.remove(&bi)?;
             txn.trace(vec![self.admin_entry("dossier-purged", Some(ins), None)]);
         }
         txn.commit()?;

@@ -682,5 +682,8 @@ fn build(
     }
     replica.verify_audit()?;
     replica.mark_restored(header.taken_at)?;
+    // The one sanctioned rollback: the high-water mark outside the folder (when
+    // `CARNET_HIGH_WATER` names one) follows the restored replica.
+    super::high_water::reset_high_water_from_env(&replica)?;
     Ok(header.info(tables, rows))
 }

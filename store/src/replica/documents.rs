@@ -327,7 +327,7 @@ impl Replica {
     /// Seals and stores a document's metadata at revision `rev`.
     pub(super) fn put_meta(
         &self,
-        docs: &mut Table<'_, &'static [u8; 16], &'static [u8]>,
+        docs: &mut super::row_digest::Digested<'_, &'static [u8; 16]>,
         key: &Key,
         bi: &[u8; 32],
         rev: u64,
@@ -452,7 +452,7 @@ impl Replica {
         act: &Act,
     ) -> Result<()> {
         self.put_meta(
-            &mut txn.open_table(DOCS)?,
+            &mut self.digested(txn, DOCS)?,
             key,
             &stored.dossier,
             stored.rev + 1,
@@ -482,8 +482,15 @@ impl Replica {
         }
     }
 
-    pub(super) fn push_outbox(&self, txn: &WriteTransaction, item: OutboxItem) -> Result<()> {
+    /// Queues the entry `make` builds for the next outbox sequence (which it is given, so what
+    /// it seals is bound to that entry: see `seal_queued`).
+    pub(super) fn push_outbox(
+        &self,
+        txn: &WriteTransaction,
+        make: impl FnOnce(u64) -> Result<OutboxItem>,
+    ) -> Result<()> {
         let seq = Self::next_outbox_seq(txn)?;
+        let item = make(seq)?;
         txn.open_table(OUTBOX)?
             .insert(seq, postcard::to_stdvec(&item)?.as_slice())?;
         Ok(())
@@ -586,7 +593,7 @@ impl Replica {
         let now = self.now();
         let mut ids = Vec::with_capacity(plans.len());
         {
-            let mut docs = txn.open_table(DOCS)?;
+            let mut docs = self.digested(&txn, DOCS)?;
             let mut index = txn.open_table(DOSSIER_DOCS)?;
             let mut bodies = txn.open_table(BODIES)?;
             let mut uniques = txn.open_table(UNIQUE_IDS)?;
@@ -945,7 +952,7 @@ impl Replica {
             s.availability = s.availability.max(Some(Availability::Deprecated));
         });
         {
-            let mut docs = txn.open_table(DOCS)?;
+            let mut docs = self.digested(&txn, DOCS)?;
             self.put_meta(&mut docs, &key, &stored.dossier, stored.rev + 1, &old)?;
             self.put_meta(&mut docs, &key, &stored.dossier, 1, &new)?;
         }

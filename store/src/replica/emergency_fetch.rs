@@ -15,6 +15,7 @@
 use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
+use super::sync::Queued;
 use super::tables::*;
 use super::{Replica, Role, Writer};
 use crate::audit::{AuditEntry, TraceAction, TraceActor};
@@ -36,9 +37,6 @@ pub(super) struct EmergencyRequest {
     pub(super) mode: AccessMode,
     pub(super) reason: String,
 }
-
-/// Associated data of a queued emergency request.
-pub(super) const REQUEST_AAD: &[u8] = b"emergency-fetch";
 
 impl Replica {
     /// Site: asks the host for the dossier of `ins`, for `rpps` (registered here) reading it in
@@ -77,12 +75,17 @@ impl Replica {
             mode,
             reason: reason.to_string(),
         };
-        let sealed = self
-            .keys
-            .registry
-            .seal(REQUEST_AAD, &postcard::to_stdvec(&request)?)?;
         let txn = self.begin_write()?;
-        self.push_outbox(&txn, OutboxItem::EmergencyFetch { sealed })?;
+        self.push_outbox(&txn, |seq| {
+            Ok(OutboxItem::EmergencyFetch {
+                sealed: self.seal_queued(
+                    seq,
+                    Queued::EmergencyFetch,
+                    &[],
+                    &postcard::to_stdvec(&request)?,
+                )?,
+            })
+        })?;
         txn.trace(vec![AuditEntry {
             at: self.now(),
             origin: self.config.site_id,
@@ -105,12 +108,12 @@ impl Replica {
     }
 
     /// Opens a queued emergency request.
-    pub(super) fn open_emergency_request(&self, sealed: &[u8]) -> Result<EmergencyRequest> {
-        let plain = self
-            .keys
-            .registry
-            .open(REQUEST_AAD, sealed)
-            .map_err(|_| Error::integrity("a queued emergency request was altered"))?;
+    pub(super) fn open_emergency_request(
+        &self,
+        seq: u64,
+        sealed: &[u8],
+    ) -> Result<EmergencyRequest> {
+        let plain = self.open_queued(seq, Queued::EmergencyFetch, &[], sealed)?;
         Ok(postcard::from_bytes(&plain)?)
     }
 

@@ -702,7 +702,7 @@ impl Replica {
                         && h.status == crate::model::DossierStatus::Active
                     {
                         purges.retain(|(ins, cause)| !(*cause == 0 && ins == &h.ins));
-                        txn.open_table(PENDING_PURGES)?
+                        self.digested(&txn, PENDING_PURGES)?
                             .remove(&self.blind(&h.ins))?;
                     }
                     let (_, purge) = self.admit(&txn, signed, &v)?;
@@ -714,12 +714,13 @@ impl Replica {
                 }
                 PullItem::Leave(ins) => {
                     // Recorded with the cursor: a crash before the purge resumes it at open.
+                    let bi = self.blind(ins);
                     let sealed = self
                         .keys
                         .registry
-                        .seal(b"pending-purge", ins.matricule().as_bytes())?;
-                    txn.open_table(PENDING_PURGES)?
-                        .insert(&self.blind(ins), sealed.as_slice())?;
+                        .seal(&pending_purge_aad(&bi), ins.matricule().as_bytes())?;
+                    self.digested(&txn, PENDING_PURGES)?
+                        .insert(&bi, sealed.as_slice())?;
                     purges.push((ins.clone(), 0));
                 }
             }

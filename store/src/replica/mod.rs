@@ -22,12 +22,14 @@ pub mod backup;
 mod cache;
 mod documents;
 mod emergency_fetch;
+mod high_water;
 mod host_sync;
 mod journal;
 mod pending_grants;
 mod push_check;
 mod quarantine;
 mod restored;
+mod row_digest;
 mod site_access;
 mod site_traces;
 mod site_view;
@@ -57,6 +59,7 @@ pub use authority_ops::{DossierInfo, ImportReport, Lease, NewDossier};
 pub use backend::Durable;
 pub use documents::{DossierExport, ExportedDocument, NewDocument, ReadOutcome};
 pub use emergency_fetch::EMERGENCY_VALID;
+pub use high_water::{HIGH_WATER_ENV, check_high_water_from_env, reset_high_water_from_env};
 pub use host_sync::{PullItem, PullPage, PullReport};
 pub use quarantine::Quarantined;
 pub use restored::RestoreMark;
@@ -66,7 +69,7 @@ pub use sync::{Act, Applied, BodyPiece, Change, PushApplied};
 
 use crate::audit::{AuditEntry, ChainedEntry, GroupCommit, TraceAction, TraceActor};
 use crate::authority::{AuthorityRecord, Verified};
-use crate::crypto::{Key, aad};
+use crate::crypto::{KdfCost, Key, aad};
 use crate::error::{Error, Result};
 use crate::ids::{DocId, Ins, SiteId};
 use crate::model::{AccessMode, Actor, HabilitationMatrix, Professional};
@@ -135,7 +138,28 @@ pub enum KeySource {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 enum KeyKind {
     File,
-    Passphrase { salt: [u8; 16] },
+    /// Made before the Argon2id cost was stored: `KdfCost::LEGACY`.
+    Passphrase {
+        salt: [u8; 16],
+    },
+    /// A passphrase stretched at `cost` (new ones at `KdfCost::RECOMMENDED`).
+    PassphraseAt {
+        salt: [u8; 16],
+        cost: KdfCost,
+    },
+}
+
+impl KeyKind {
+    /// A fresh salt, and the master key `passphrase` gives with it at today's cost.
+    fn new_passphrase(passphrase: &str) -> Result<(Key, KeyKind)> {
+        let mut salt = [0u8; 16];
+        crate::crypto::random_bytes(&mut salt)?;
+        let cost = KdfCost::RECOMMENDED;
+        Ok((
+            Key::from_passphrase(passphrase, &salt, cost)?,
+            KeyKind::PassphraseAt { salt, cost },
+        ))
+    }
 }
 
 /// Replica keys wrapped by the master key; rotation re-wraps them and the dossier keys.
@@ -168,6 +192,8 @@ struct Keys {
     /// Keys `STATE_MAC`, the hash that authenticates the `meta` table (derived from
     /// `registry`).
     state: Key,
+    /// Keys the row digests of the guarded tables (`row_digest`, derived from `registry`).
+    rows: Key,
 }
 
 /// The master key, and the one it replaced while this process runs: a read snapshot taken
@@ -271,8 +297,12 @@ pub struct Replica {
     /// Restored from a backup and not caught up with the host yet (`restored`): no trace entry
     /// is prepared, so nothing is recorded or read.
     restoring: AtomicBool,
+    /// What the write transaction under way changed in the guarded tables (`row_digest`).
+    pending_digests: row_digest::PendingDigests,
     /// What `open` tightened in a data folder others could read (`files::tighten_folder`).
     folder_fixes: Vec<String>,
+    /// The high-water mark file checked at open, raised again at a clean close (`high_water`).
+    high_water: Mutex<Option<PathBuf>>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -369,14 +399,7 @@ impl Replica {
                 write_key_file(&dir.join(KEY_FILE), &key)?;
                 (key, KeyKind::File)
             }
-            KeySource::Passphrase(p) => {
-                let mut salt = [0u8; 16];
-                crate::crypto::random_bytes(&mut salt)?;
-                (
-                    Key::from_passphrase(p, &salt)?,
-                    KeyKind::Passphrase { salt },
-                )
-            }
+            KeySource::Passphrase(p) => KeyKind::new_passphrase(p)?,
         };
         let site_id = match (opts.role, opts.site_id) {
             (Role::Host, _) => SiteId::HOST,
@@ -433,6 +456,8 @@ impl Replica {
             meta.insert(meta_key::FORMAT, FORMAT_VERSION.to_le_bytes().as_slice())?;
             meta.insert(meta_key::CONFIG, postcard::to_stdvec(&config)?.as_slice())?;
             meta.insert(meta_key::KEYRING, postcard::to_stdvec(&keyring)?.as_slice())?;
+            // Every guarded table is empty: its digest is zero (`row_digest`).
+            meta.insert(meta_key::ROW_DIGESTS, [1u8].as_slice())?;
             let mac = state_mac(&state_key(&registry), &meta)?;
             meta.insert(STATE_MAC, mac.as_slice())?;
             // Create every table so read transactions never meet a missing one.
@@ -521,6 +546,7 @@ impl Replica {
         let keys = Keys {
             index: master.unwrap_key(b"index", &keyring.index)?,
             state: state_key(&registry),
+            rows: registry.derive("carnet 2026-12 row digests"),
             registry,
             audit: master.unwrap_key(b"audit", &keyring.audit)?,
             chain: master
@@ -580,9 +606,12 @@ impl Replica {
             view: view::SharedView::default(),
             state_verified: AtomicBool::new(false),
             restoring: AtomicBool::new(restoring),
+            pending_digests: row_digest::PendingDigests::default(),
             folder_fixes,
+            high_water: Mutex::new(None),
         };
         replica.check_state(state_authenticated)?;
+        replica.check_rows()?;
         replica.migrate(format)?;
         replica.reload_matrix()?;
         // Entries journaled before a stop or crash move into the table now.
@@ -643,6 +672,53 @@ impl Replica {
         txn.commit()
     }
 
+    /// At open: the rows of every guarded table (`row_digest::GUARDED`) must be those this
+    /// replica last wrote: each table is summed again and compared with its digest in `meta`
+    /// (authenticated by `check_state`). A replica made before the digests gets them here.
+    fn check_rows(&self) -> Result<()> {
+        let (marked, stored, computed) = {
+            let txn = self.begin_read()?;
+            let meta = txn.open_table(META)?;
+            let marked = meta.get(meta_key::ROW_DIGESTS)?.is_some();
+            let mut stored = Vec::with_capacity(row_digest::GUARDED.len());
+            for name in row_digest::GUARDED {
+                let row = meta.get(row_digest::meta_row(name).as_str())?;
+                stored.push(row_digest::RowDigest::from_bytes(
+                    row.as_ref().map(|v| v.value()),
+                )?);
+            }
+            (
+                marked,
+                stored,
+                row_digest::all_digests(&self.keys.rows, &txn)?,
+            )
+        };
+        if marked {
+            for ((name, computed), stored) in computed.iter().zip(&stored) {
+                if computed != stored {
+                    // Nothing is written over it (the drop of the refused replica commits).
+                    self.state_verified.store(false, Ordering::SeqCst);
+                    return Err(Error::integrity(format!(
+                        "the rows of table {name} (carnet.redb) are not the ones this replica last wrote: a row was put back, removed or added outside Carnet; restore the data folder from a backup"
+                    )));
+                }
+            }
+            return Ok(());
+        }
+        let txn = self.begin_raw_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            for (name, digest) in computed {
+                meta.insert(
+                    row_digest::meta_row(name).as_str(),
+                    digest.to_bytes().as_slice(),
+                )?;
+            }
+            meta.insert(meta_key::ROW_DIGESTS, [1u8].as_slice())?;
+        }
+        txn.commit()
+    }
+
     fn migrate(&self, format: u32) -> Result<()> {
         if format >= FORMAT_VERSION {
             return Ok(());
@@ -679,8 +755,15 @@ impl Replica {
                     dir.join(KEY_FILE).display()
                 )))
             }
-            (KeyKind::Passphrase { salt }, KeySource::Passphrase(p)) => {
-                let key = Key::from_passphrase(p, salt)?;
+            (
+                KeyKind::Passphrase { salt } | KeyKind::PassphraseAt { salt, .. },
+                KeySource::Passphrase(p),
+            ) => {
+                let cost = match &keyring.kind {
+                    KeyKind::PassphraseAt { cost, .. } => *cost,
+                    _ => KdfCost::LEGACY,
+                };
+                let key = Key::from_passphrase(p, salt, cost)?;
                 if opens(&key) {
                     Ok(key)
                 } else {
@@ -689,9 +772,11 @@ impl Replica {
                     ))
                 }
             }
-            (KeyKind::Passphrase { .. }, KeySource::File) => Err(Error::Key(
-                "this replica is protected by a passphrase: set CARNET_PASSPHRASE".into(),
-            )),
+            (KeyKind::Passphrase { .. } | KeyKind::PassphraseAt { .. }, KeySource::File) => {
+                Err(Error::Key(
+                    "this replica is protected by a passphrase: set CARNET_PASSPHRASE".into(),
+                ))
+            }
         }
     }
 
@@ -700,14 +785,7 @@ impl Replica {
     pub fn rotate_master_key(&self, new_source: &KeySource) -> Result<()> {
         let (new_master, kind) = match new_source {
             KeySource::File => (Key::random()?, KeyKind::File),
-            KeySource::Passphrase(p) => {
-                let mut salt = [0u8; 16];
-                crate::crypto::random_bytes(&mut salt)?;
-                (
-                    Key::from_passphrase(p, &salt)?,
-                    KeyKind::Passphrase { salt },
-                )
-            }
+            KeySource::Passphrase(p) => KeyKind::new_passphrase(p)?,
         };
         if matches!(kind, KeyKind::File) {
             // Written before the commit: if we crash after it, `open` finds the new key here.
@@ -736,7 +814,7 @@ impl Replica {
                     Some(serde_bytes::ByteBuf::from(new_master.wrap(b"signing", &k)?));
             }
             meta.insert(meta_key::KEYRING, postcard::to_stdvec(&keyring)?.as_slice())?;
-            let mut dk = txn.open_table(DOSSIER_KEYS)?;
+            let mut dk = self.digested(&txn, DOSSIER_KEYS)?;
             let rows: Vec<([u8; 32], Vec<u8>)> = dk
                 .iter()?
                 .map(|r| r.map(|(k, v)| (*k.value(), v.value().to_vec())))
@@ -917,7 +995,7 @@ impl Replica {
     pub fn add_professional(&self, p: &Professional) -> Result<()> {
         let txn = self.begin_write()?;
         {
-            let mut pros = txn.open_table(PROS)?;
+            let mut pros = self.digested(&txn, PROS)?;
             let sealed = self.keys.registry.seal(
                 &aad(&[b"pro", p.rpps.as_str().as_bytes()]),
                 &postcard::to_stdvec(p)?,
@@ -926,7 +1004,9 @@ impl Replica {
             Self::registry_changed(&txn)?;
             drop(pros);
             if self.config.role == Role::Site {
-                self.push_outbox(&txn, OutboxItem::Professional(p.rpps.as_str().to_string()))?;
+                self.push_outbox(&txn, |_| {
+                    Ok(OutboxItem::Professional(p.rpps.as_str().to_string()))
+                })?;
             }
             txn.trace(vec![self.admin_entry(
                 "professional-registered",
@@ -1035,10 +1115,10 @@ impl Replica {
     /// A write transaction without the trace chain; its commit retires the shared read view.
     /// Every write of the replica begins here (or in `begin_write`, which holds one).
     fn begin_raw_write(&self) -> Result<RawWrite<'_>> {
-        Ok(RawWrite {
-            replica: self,
-            txn: self.db.begin_write()?,
-        })
+        let txn = self.db.begin_write()?;
+        // The write lock is held: what is pending was left by a transaction that was dropped.
+        self.pending_digests.clear()?;
+        Ok(RawWrite { replica: self, txn })
     }
 
     /// A read snapshot and its generation counters (see `cache`).
@@ -1549,6 +1629,7 @@ impl Drop for Replica {
     fn drop(&mut self) {
         // Best effort: the journal is durable anyway and is replayed at the next open.
         let _ = self.flush_traces();
+        self.raise_high_water_on_close();
         // The shared snapshot goes before the database it reads (fields drop after this).
         self.view.retire();
     }
@@ -1589,9 +1670,33 @@ impl RawWrite<'_> {
             ));
         }
         {
+            // The guarded tables' digests take this transaction's changes (`row_digest`).
+            let mut meta = txn.open_table(META)?;
+            for (table, change) in replica.pending_digests.take()? {
+                if change == row_digest::RowDigest::default() {
+                    continue;
+                }
+                let row = row_digest::meta_row(&table);
+                let mut digest = row_digest::RowDigest::from_bytes(
+                    meta.get(row.as_str())?.as_ref().map(|v| v.value()),
+                )?;
+                digest.add(change);
+                meta.insert(row.as_str(), digest.to_bytes().as_slice())?;
+            }
+            #[cfg(debug_assertions)]
+            for (name, computed) in row_digest::all_digests(&replica.keys.rows, &txn)? {
+                let stored = row_digest::RowDigest::from_bytes(
+                    meta.get(row_digest::meta_row(name).as_str())?
+                        .as_ref()
+                        .map(|v| v.value()),
+                )?;
+                assert_eq!(
+                    stored, computed,
+                    "a write to table {name} bypassed its digest (use Replica::digested)"
+                );
+            }
             // `meta` stays authenticated: its hash is written only when a row changed, so a
             // commit that left `meta` alone touches none of its pages.
-            let mut meta = txn.open_table(META)?;
             let mac = state_mac(&replica.keys.state, &meta)?;
             if meta
                 .get(STATE_MAC)?

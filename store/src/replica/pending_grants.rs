@@ -10,6 +10,7 @@
 use redb::ReadTransaction;
 use serde::{Deserialize, Serialize};
 
+use super::sync::Queued;
 use super::tables::*;
 use super::{Replica, Role};
 use crate::error::{Error, Result};
@@ -53,7 +54,7 @@ impl Replica {
         self.who_is(&self.begin_read()?, rpps)?;
         let now = self.now();
         {
-            let mut table = txn.open_table(PENDING_GRANTS)?;
+            let mut table = self.digested(&txn, PENDING_GRANTS)?;
             // Encounters that ended are forgotten.
             table.retain(|_, v| {
                 postcard::from_bytes::<Pending>(v).is_ok_and(|p| now - p.at < PENDING_VALID)
@@ -63,33 +64,23 @@ impl Replica {
                 postcard::to_stdvec(&Pending { at: now })?.as_slice(),
             )?;
         }
-        let sealed_ins = self
-            .keys
-            .registry
-            .seal(b"pending-grant-ins", ins.matricule().as_bytes())?;
-        self.push_outbox(
-            &txn,
-            OutboxItem::PendingGrant {
-                sealed_ins,
+        self.push_outbox(&txn, |seq| {
+            Ok(OutboxItem::PendingGrant {
+                sealed_ins: self.seal_queued(
+                    seq,
+                    Queued::PendingGrant,
+                    rpps.as_str().as_bytes(),
+                    ins.matricule().as_bytes(),
+                )?,
                 rpps: rpps.as_str().to_string(),
-            },
-        )?;
+            })
+        })?;
         txn.trace(vec![self.admin_entry(
             "pending-grant",
             Some(ins),
             Some("consent given in person"),
         )]);
         txn.commit()
-    }
-
-    /// Opens the INS of a queued pending grant.
-    pub(super) fn open_pending_ins(&self, sealed: &[u8]) -> Result<Ins> {
-        let plain = self
-            .keys
-            .registry
-            .open(b"pending-grant-ins", sealed)
-            .map_err(|_| Error::integrity("a queued pending grant was altered"))?;
-        Ins::parse(std::str::from_utf8(&plain).map_err(|_| Error::integrity("pending grant"))?)
     }
 
     /// Site: true when `rpps` holds a usable pending grant on dossier `bi`, given the signed

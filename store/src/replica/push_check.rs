@@ -686,7 +686,7 @@ impl Replica {
             &aad(&[b"host-clears", &id.0]),
             &postcard::to_stdvec(&counters)?,
         )?;
-        txn.open_table(HOST_CLEARS)?
+        self.digested(txn, HOST_CLEARS)?
             .insert(&id.0, sealed.as_slice())?;
         Ok(())
     }

@@ -61,7 +61,7 @@ impl Replica {
             &aad(&[b"quarantine", &id.0]),
             &postcard::to_stdvec(&record)?,
         )?;
-        txn.open_table(QUARANTINE)?
+        self.digested(txn, QUARANTINE)?
             .insert(&id.0, sealed.as_slice())?;
         Ok(())
     }

@@ -169,7 +169,7 @@ impl Replica {
                 self.put_request(txn, &key, RequestKind::Pin, site, ins, None)?;
             }
         } else {
-            txn.open_table(SITE_REQUESTS)?.remove(key.as_slice())?;
+            self.digested(txn, SITE_REQUESTS)?.remove(key.as_slice())?;
             self.set_scope(txn, site.0, &bi, scope_bit::PINNED, false)?;
         }
         txn.trace(vec![self.admin_entry(
@@ -262,7 +262,7 @@ impl Replica {
             &aad(&[b"site-request", key]),
             &postcard::to_stdvec(&request)?,
         )?;
-        txn.open_table(SITE_REQUESTS)?
+        self.digested(txn, SITE_REQUESTS)?
             .insert(key, sealed.as_slice())?;
         Ok(())
     }
@@ -300,7 +300,7 @@ impl Replica {
         }
         let bi = self.blind(ins);
         let txn = self.begin_write()?;
-        txn.open_table(SITE_REQUESTS)?
+        self.digested(&txn, SITE_REQUESTS)?
             .remove(request_key(RequestKind::Pin, &bi, None, site).as_slice())?;
         self.set_scope(&txn, site.0, &bi, scope_bit::PINNED, accept)?;
         txn.trace(vec![self.admin_entry(
@@ -327,8 +327,8 @@ impl Replica {
         prefix.extend_from_slice(rpps.as_str().as_bytes());
         let mut end = prefix.clone();
         end.extend_from_slice(&[0xff; 4]);
-        txn.open_table(SITE_REQUESTS)?
-            .retain_in(prefix.as_slice()..=end.as_slice(), |_, _| false)?;
+        self.digested(txn, SITE_REQUESTS)?
+            .remove_in(&prefix, &end)?;
         Ok(())
     }
 }

@@ -112,7 +112,7 @@ impl Replica {
         // Another session of the same site may have stored it meanwhile: the first one stands.
         if self.site_chain_key(&*txn, site)?.is_none() {
             let sealed = self.keys.audit.seal(&chain_key_aad(site), key)?;
-            txn.open_table(SITE_CHAIN_KEYS)?
+            self.digested(&txn, SITE_CHAIN_KEYS)?
                 .insert(site.0, sealed.as_slice())?;
         }
         txn.commit()

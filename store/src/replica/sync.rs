@@ -219,18 +219,17 @@ impl Replica {
                     sealed_ins,
                     receipt,
                 } => {
-                    let plain = self
-                        .keys
-                        .registry
-                        .open(b"receipt-ins", &sealed_ins)
-                        .map_err(|_| Error::integrity("a queued purge receipt was altered"))?;
-                    let ins = crate::ids::Ins::parse(
-                        std::str::from_utf8(&plain).map_err(|_| Error::integrity("receipt"))?,
+                    let ins = self.open_queued_ins(
+                        seq,
+                        Queued::PurgeReceipt,
+                        &postcard::to_stdvec(&receipt)?,
+                        &sealed_ins,
                     )?;
                     out.push((seq, Change::PurgeReceipt { ins, receipt }));
                 }
                 OutboxItem::Pin { sealed_ins, on } => {
-                    let ins = self.open_pinned_ins(&sealed_ins)?;
+                    let ins =
+                        self.open_queued_ins(seq, Queued::Pin, &[u8::from(on)], &sealed_ins)?;
                     out.push((seq, Change::Pin { ins, on }));
                 }
                 OutboxItem::Professional(rpps) => {
@@ -238,12 +237,17 @@ impl Replica {
                     out.push((seq, Change::Professional(pro)));
                 }
                 OutboxItem::PendingGrant { sealed_ins, rpps } => {
-                    let ins = self.open_pending_ins(&sealed_ins)?;
+                    let ins = self.open_queued_ins(
+                        seq,
+                        Queued::PendingGrant,
+                        rpps.as_bytes(),
+                        &sealed_ins,
+                    )?;
                     let rpps = crate::ids::Rpps::parse(&rpps)?;
                     out.push((seq, Change::PendingGrant { ins, rpps }));
                 }
                 OutboxItem::EmergencyFetch { sealed } => {
-                    let r = self.open_emergency_request(&sealed)?;
+                    let r = self.open_emergency_request(seq, &sealed)?;
                     out.push((
                         seq,
                         Change::EmergencyFetch {
@@ -307,12 +311,18 @@ impl Replica {
                 "pinning is for sites: the host holds every dossier",
             ));
         }
-        let sealed_ins = self
-            .keys
-            .registry
-            .seal(b"pinned-ins", ins.matricule().as_bytes())?;
         let txn = self.begin_write()?;
-        self.push_outbox(&txn, OutboxItem::Pin { sealed_ins, on })?;
+        self.push_outbox(&txn, |seq| {
+            Ok(OutboxItem::Pin {
+                sealed_ins: self.seal_queued(
+                    seq,
+                    Queued::Pin,
+                    &[u8::from(on)],
+                    ins.matricule().as_bytes(),
+                )?,
+                on,
+            })
+        })?;
         txn.trace(vec![self.admin_entry(
             if on { "pin" } else { "unpin" },
             Some(ins),
@@ -321,13 +331,48 @@ impl Replica {
         txn.commit()
     }
 
-    fn open_pinned_ins(&self, sealed: &[u8]) -> Result<crate::ids::Ins> {
-        let plain = self
-            .keys
+    /// Seals `plain`, a part of the outbox entry queued at `seq`, bound to that entry: its
+    /// sequence, its kind and `clear` (the entry's fields stored beside it in clear), so it opens
+    /// in no other entry nor with other clear fields.
+    pub(super) fn seal_queued(
+        &self,
+        seq: u64,
+        kind: Queued,
+        clear: &[u8],
+        plain: &[u8],
+    ) -> Result<Vec<u8>> {
+        self.keys
             .registry
-            .open(b"pinned-ins", sealed)
-            .map_err(|_| Error::integrity("a queued pin was altered"))?;
-        crate::ids::Ins::parse(std::str::from_utf8(&plain).map_err(|_| Error::integrity("pin"))?)
+            .seal(&outbox_aad(seq, kind, clear), plain)
+    }
+
+    /// Opens what `seal_queued` sealed for the entry at `seq`.
+    pub(super) fn open_queued(
+        &self,
+        seq: u64,
+        kind: Queued,
+        clear: &[u8],
+        sealed: &[u8],
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+        self.keys
+            .registry
+            .open(&outbox_aad(seq, kind, clear), sealed)
+            .map_err(|_| Error::integrity(format!("a queued {} was altered", kind.label())))
+    }
+
+    /// Opens an INS sealed by `seal_queued`.
+    fn open_queued_ins(
+        &self,
+        seq: u64,
+        kind: Queued,
+        clear: &[u8],
+        sealed: &[u8],
+    ) -> Result<crate::ids::Ins> {
+        let plain = self.open_queued(seq, kind, clear, sealed)?;
+        crate::ids::Ins::parse(
+            std::str::from_utf8(&plain)
+                .map_err(|_| Error::integrity(format!("a queued {} is malformed", kind.label())))?,
+        )
     }
 
     /// The highest outbox sequence this replica ever issued.
@@ -729,7 +774,13 @@ impl Replica {
                         return Ok(Applied::Returned);
                     }
                 }
-                self.put_meta(&mut txn.open_table(DOCS)?, &key, &bi, stored.rev + 1, &mine)?;
+                self.put_meta(
+                    &mut self.digested(txn, DOCS)?,
+                    &key,
+                    &bi,
+                    stored.rev + 1,
+                    &mine,
+                )?;
             }
             None => {
                 if let Some((origin, acts)) = from_site {
@@ -746,7 +797,7 @@ impl Replica {
                         return Ok(Applied::Returned);
                     }
                 }
-                self.put_meta(&mut txn.open_table(DOCS)?, &key, &bi, 1, remote)?;
+                self.put_meta(&mut self.digested(txn, DOCS)?, &key, &bi, 1, remote)?;
                 match body {
                     Some(body) => {
                         self.put_body(&mut txn.open_table(BODIES)?, &key, &id, body)?;
@@ -1145,6 +1196,41 @@ fn owed_key(id: &[u8; 16], site: u32) -> [u8; 20] {
 /// Associated data of a queued act: bound to its document and its outbox entry.
 fn act_aad(id: &[u8; 16], seq: u64) -> Vec<u8> {
     crate::crypto::aad(&[b"outbox-act", id, &seq.to_le_bytes()])
+}
+
+/// The kinds of outbox entry with a sealed part (`Replica::seal_queued`).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Queued {
+    /// `OutboxItem::PurgeReceipt`: its INS, bound to the receipt.
+    PurgeReceipt,
+    /// `OutboxItem::Pin`: its INS, bound to pin or unpin.
+    Pin,
+    /// `OutboxItem::PendingGrant`: its INS, bound to the RPPS.
+    PendingGrant,
+    /// `OutboxItem::EmergencyFetch`: the whole request.
+    EmergencyFetch,
+}
+
+impl Queued {
+    fn label(self) -> &'static str {
+        match self {
+            Queued::PurgeReceipt => "purge receipt",
+            Queued::Pin => "pin",
+            Queued::PendingGrant => "pending grant",
+            Queued::EmergencyFetch => "emergency request",
+        }
+    }
+}
+
+/// Associated data of a sealed part of an outbox entry: the table, the entry's sequence, its
+/// kind and its fields kept in clear.
+fn outbox_aad(seq: u64, kind: Queued, clear: &[u8]) -> Vec<u8> {
+    crate::crypto::aad(&[
+        b"outbox",
+        &seq.to_le_bytes(),
+        kind.label().as_bytes(),
+        clear,
+    ])
 }
 
 /// Associated data of a kept body piece: bound to its document and offset.

@@ -119,6 +119,12 @@ pub mod meta_key {
     pub const PULL_CURSOR: &str = "pull_cursor";
     /// Epoch of the trace journal's live frames (u64 LE); see `journal`.
     pub const JOURNAL_EPOCH: &str = "journal_epoch";
+    /// Present (one byte, 1) once the guarded tables' digests are kept (`row_digest`): each in
+    /// `row_digest:<table>`, 32 bytes.
+    pub const ROW_DIGESTS: &str = "row_digests";
+    /// The open epoch (u64 LE), raised at each open and clean close checked against a
+    /// high-water mark (`high_water`).
+    pub const OPEN_EPOCH: &str = "open_epoch";
     /// Highest outbox sequence acknowledged (u64 LE): with the last queued entry, where the
     /// next sequence starts, so sequence numbers are never reused.
     pub const OUTBOX_ACKED: &str = "outbox_acked";
@@ -360,6 +366,11 @@ pub fn piece_key(id: &[u8; 16], offset: u64) -> [u8; 24] {
     k[..16].copy_from_slice(id);
     k[16..].copy_from_slice(&offset.to_be_bytes());
     k
+}
+
+/// Associated data of a `PENDING_PURGES` row: bound to its table and blind index.
+pub fn pending_purge_aad(bi: &[u8]) -> Vec<u8> {
+    crate::crypto::aad(&[b"pending_purges", bi])
 }
 
 /// Subject key in `AUTHORITY`: tag, then blind index, then RPPS for grants.

@@ -1639,9 +1639,12 @@ fn a_scope_exit_purge_cut_by_a_crash_finishes_at_the_next_open() {
         let sealed = site
             .keys
             .registry
-            .seal(b"pending-purge", ins().matricule().as_bytes())
+            .seal(
+                &pending_purge_aad(&site.blind(&ins())),
+                ins().matricule().as_bytes(),
+            )
             .expect("seal");
-        txn.open_table(PENDING_PURGES)
+        site.digested(&txn, PENDING_PURGES)
             .expect("table")
             .insert(&site.blind(&ins()), sealed.as_slice())
             .expect("insert");
@@ -2757,7 +2760,7 @@ fn a_documents_entry_carries_every_act_queued_from_it_and_old_entries_their_auth
     // An entry queued by an earlier build names only the document: its author's acts.
     {
         let txn = site.begin_write().expect("txn");
-        site.push_outbox(&txn, OutboxItem::Document(id.0))
+        site.push_outbox(&txn, |_| Ok(OutboxItem::Document(id.0)))
             .expect("queue");
         txn.commit().expect("commit");
     }
@@ -2984,4 +2987,288 @@ fn a_restored_site_records_nothing_until_it_took_back_the_chain_it_made() {
     assert!(metas(&r).iter().any(|m| m.facts.id == after));
     assert!(metas(&host).iter().any(|m| m.facts.id == new));
     host.verify_audit().expect("host chains");
+}
+
+/// Swaps the values of two rows of `table` in `r`'s file, as someone with write access to the
+/// data folder but not the key can (the replica is closed first, reopened after).
+fn swap_rows<K: redb::Key + 'static>(
+    dir: &TempDir,
+    table: redb::TableDefinition<K, &'static [u8]>,
+    a: K::SelfType<'_>,
+    b: K::SelfType<'_>,
+) where
+    for<'a> K::SelfType<'a>: Clone,
+{
+    let db = redb::Database::open(dir.path().join(DB_FILE)).expect("db");
+    let txn = db.begin_write().expect("txn");
+    {
+        let mut t = txn.open_table(table).expect("table");
+        let va = t
+            .get(a.clone())
+            .expect("get")
+            .expect("row a")
+            .value()
+            .to_vec();
+        let vb = t
+            .get(b.clone())
+            .expect("get")
+            .expect("row b")
+            .value()
+            .to_vec();
+        t.insert(a, vb.as_slice()).expect("insert");
+        t.insert(b, va.as_slice()).expect("insert");
+    }
+    txn.commit().expect("commit");
+}
+
+#[test]
+fn a_sealed_value_moved_to_another_row_does_not_open() {
+    let other = Ins::from_body("2840575123457").expect("ins");
+    // Two queued pins of two dossiers: swapped, each would pin the other's dossier.
+    let (_hd, _host, sd, site) = host_and_site();
+    let base = site.outbox_issued().expect("issued");
+    site.pin(&ins(), true).expect("pin");
+    site.pin(&other, true).expect("pin");
+    drop(site);
+    swap_rows(&sd, OUTBOX, base + 1, base + 2);
+    let site = Replica::open(sd.path(), &KeySource::File, clock()).expect("reopen");
+    let err = site
+        .outbox(base, 10)
+        .expect_err("a moved pin must not open");
+    assert!(matches!(err, Error::Integrity(_)), "{err}");
+    drop(site);
+    // Two pending purges: swapped, each would purge the other dossier.
+    let (_hd, _host, sd, site) = host_and_site();
+    {
+        let txn = site.begin_write().expect("txn");
+        let mut t = site.digested(&txn, PENDING_PURGES).expect("table");
+        for ins in [ins(), other.clone()] {
+            let bi = site.blind(&ins);
+            let sealed = site
+                .keys
+                .registry
+                .seal(&pending_purge_aad(&bi), ins.matricule().as_bytes())
+                .expect("seal");
+            t.insert(&bi, sealed.as_slice()).expect("insert");
+        }
+        drop(t);
+        txn.commit().expect("commit");
+    }
+    let (a, b) = (site.blind(&ins()), site.blind(&other));
+    drop(site);
+    swap_rows(&sd, PENDING_PURGES, &a, &b);
+    let Err(err) = Replica::open(sd.path(), &KeySource::File, clock()) else {
+        panic!("a moved pending purge must not open");
+    };
+    assert!(matches!(err, Error::Integrity(_)), "{err}");
+}
+
+/// Reads row `key` of `table` in the (closed) replica in `dir`.
+fn raw_row<K: redb::Key + 'static>(
+    dir: &TempDir,
+    table: redb::TableDefinition<K, &'static [u8]>,
+    key: K::SelfType<'_>,
+) -> Option<Vec<u8>> {
+    let db = redb::Database::open(dir.path().join(DB_FILE)).expect("db");
+    let txn = db.begin_read().expect("read");
+    let t = txn.open_table(table).expect("table");
+    t.get(key).expect("get").map(|v| v.value().to_vec())
+}
+
+/// Writes row `key` of `table` in the (closed) replica in `dir`, as someone with the data
+/// folder but not the key can.
+fn put_raw_row<K: redb::Key + 'static>(
+    dir: &TempDir,
+    table: redb::TableDefinition<K, &'static [u8]>,
+    key: K::SelfType<'_>,
+    value: &[u8],
+) {
+    let db = redb::Database::open(dir.path().join(DB_FILE)).expect("db");
+    let txn = db.begin_write().expect("txn");
+    txn.open_table(table)
+        .expect("table")
+        .insert(key, value)
+        .expect("insert");
+    txn.commit().expect("commit");
+}
+
+/// Opens `dir`, expecting an integrity failure that says `says`.
+fn refused_at_open(dir: &TempDir, says: &str) {
+    match Replica::open(dir.path(), &KeySource::File, clock()) {
+        Err(Error::Integrity(m)) => assert!(m.contains(says), "{m}"),
+        Err(e) => panic!("another error: {e}"),
+        Ok(_) => panic!("opened: the put-back row would be used"),
+    }
+}
+
+#[test]
+fn a_grant_put_back_after_its_revocation_is_detected_at_open() {
+    let (_hd, host, sd, site) = host_and_site();
+    host.set_grant(&ins(), &nurse(), GrantState::Active, GrantBasis::CareTeam)
+        .expect("grant");
+    sync(&host, &site);
+    let subject = subject_key(
+        tag::GRANT,
+        Some(&site.blind(&ins())),
+        Some(nurse().as_str()),
+    );
+    drop(site);
+    let active = raw_row(&sd, AUTHORITY, subject.as_slice()).expect("the active grant");
+    let site = Replica::open(sd.path(), &KeySource::File, clock()).expect("reopen");
+    host.set_grant(&ins(), &nurse(), GrantState::Revoked, GrantBasis::CareTeam)
+        .expect("revoke");
+    sync(&host, &site);
+    drop(site);
+    let revoked = raw_row(&sd, AUTHORITY, subject.as_slice()).expect("the revoked grant");
+    assert_ne!(active, revoked, "the revocation reached the site");
+    // The older sealed row still opens under its key and subject: only the digest sees it.
+    put_raw_row(&sd, AUTHORITY, subject.as_slice(), &active);
+    refused_at_open(&sd, "table authority");
+    // Put back as it was, the replica opens again.
+    put_raw_row(&sd, AUTHORITY, subject.as_slice(), &revoked);
+    Replica::open(sd.path(), &KeySource::File, clock()).expect("opens again");
+}
+
+#[test]
+fn a_document_put_back_to_an_older_revision_is_detected_at_open() {
+    let (_hd, host, sd, site) = host_and_site();
+    let id = write(&site, "CR", b"report");
+    drop(site);
+    let before = raw_row(&sd, DOCS, &id.0).expect("rev 1");
+    let site = Replica::open(sd.path(), &KeySource::File, clock()).expect("reopen");
+    site.update_document(&Actor::Professional(doctor()), &id, Action::Mask)
+        .expect("mask");
+    drop((site, host));
+    put_raw_row(&sd, DOCS, &id.0, &before);
+    refused_at_open(&sd, "table docs");
+}
+
+#[test]
+fn a_sealed_setting_put_back_is_detected_at_open() {
+    // As the host's PKI register (`put_sealed`) before a site's revocation.
+    let dir = TempDir::new().expect("tmp");
+    let host = init(&dir, Role::Host, None);
+    host.put_sealed("register", b"site 7 enrolled")
+        .expect("put");
+    drop(host);
+    let older = raw_row(&dir, META, "sealed:register").expect("row");
+    let host = Replica::open(dir.path(), &KeySource::File, clock()).expect("reopen");
+    host.put_sealed("register", b"site 7 revoked").expect("put");
+    drop(host);
+    let db = redb::Database::open(dir.path().join(DB_FILE)).expect("db");
+    let txn = db.begin_write().expect("txn");
+    txn.open_table(META)
+        .expect("meta")
+        .insert("sealed:register", older.as_slice())
+        .expect("insert");
+    txn.commit().expect("commit");
+    drop(db);
+    refused_at_open(&dir, "changed outside Carnet");
+}
+
+#[test]
+fn a_passphrase_is_stretched_at_the_recommended_cost_and_older_replicas_still_open() {
+    let dir = TempDir::new().expect("tmp");
+    let pass = || KeySource::Passphrase(Zeroizing::new("correct horse".to_string()));
+    let r = Replica::init(
+        dir.path(),
+        InitOptions {
+            role: Role::Site,
+            name: "s".into(),
+            site_id: Some(SiteId(3)),
+            key: pass(),
+            host_key: None,
+            lease_hours: None,
+        },
+        clock(),
+    )
+    .expect("init");
+    let keyring = |r: &Replica| -> Keyring {
+        let txn = r.begin_read().expect("read");
+        let meta = txn.open_table(META).expect("meta");
+        let row = meta.get(meta_key::KEYRING).expect("get").expect("keyring");
+        postcard::from_bytes(row.value()).expect("decode")
+    };
+    let KeyKind::PassphraseAt { salt, cost } = keyring(&r).kind else {
+        panic!("the cost is stored with the salt");
+    };
+    assert_eq!(cost, KdfCost::RECOMMENDED);
+    // As a replica made before the cost was stored: its keys wrapped under the legacy cost.
+    let legacy = Key::from_passphrase("correct horse", &salt, KdfCost::LEGACY).expect("argon2");
+    {
+        let mut k = keyring(&r);
+        k.kind = KeyKind::Passphrase { salt };
+        k.check = legacy.seal(CHECK_STATE, KEY_CHECK).expect("seal");
+        k.index = legacy.wrap(b"index", &r.keys.index).expect("wrap");
+        k.registry = legacy.wrap(b"registry", &r.keys.registry).expect("wrap");
+        k.audit = legacy.wrap(b"audit", &r.keys.audit).expect("wrap");
+        let txn = r.begin_raw_write().expect("txn");
+        txn.open_table(META)
+            .expect("meta")
+            .insert(
+                meta_key::KEYRING,
+                postcard::to_stdvec(&k).expect("encode").as_slice(),
+            )
+            .expect("insert");
+        txn.commit().expect("commit");
+    }
+    drop(r);
+    let r = Replica::open(dir.path(), &pass(), clock()).expect("an older replica opens");
+    assert!(matches!(keyring(&r).kind, KeyKind::Passphrase { .. }));
+    // A rotation moves it to today's cost.
+    r.rotate_master_key(&pass()).expect("rotate");
+    assert!(
+        matches!(keyring(&r).kind, KeyKind::PassphraseAt { cost, .. } if cost == KdfCost::RECOMMENDED)
+    );
+    drop(r);
+    Replica::open(dir.path(), &pass(), clock()).expect("opens after rotation");
+}
+
+/// Copies every file of the data folder `from` into `to` (a whole folder put back).
+fn copy_folder(from: &TempDir, to: &Path) {
+    for entry in std::fs::read_dir(from.path()).expect("dir") {
+        let entry = entry.expect("entry");
+        if entry.file_type().expect("type").is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+        }
+    }
+}
+
+#[test]
+fn a_whole_folder_put_back_is_refused_by_the_high_water_mark() {
+    let (_hd, _host, sd, site) = host_and_site();
+    let outside = TempDir::new().expect("tmp");
+    let mark = outside.path().join("carnet.mark");
+    site.check_high_water(&mark).expect("first use");
+    write(&site, "first", b"1");
+    drop(site);
+    let older = TempDir::new().expect("tmp");
+    copy_folder(&sd, older.path());
+    let site = Replica::open(sd.path(), &KeySource::File, clock()).expect("reopen");
+    site.check_high_water(&mark).expect("the same folder");
+    write(&site, "second", b"2");
+    drop(site);
+    // The older copy put back whole: consistent with itself, behind the mark.
+    let newer = TempDir::new().expect("tmp");
+    copy_folder(&sd, newer.path());
+    copy_folder(&older, sd.path());
+    let site = Replica::open(sd.path(), &KeySource::File, clock()).expect("opens");
+    match site.check_high_water(&mark) {
+        Err(Error::Integrity(m)) => assert!(m.contains("older copy"), "{m}"),
+        other => panic!("a rolled-back folder passed: {other:?}"),
+    }
+    // A sanctioned restore sets the mark to the restored folder.
+    site.reset_high_water(&mark).expect("reset");
+    drop(site);
+    let site = Replica::open(sd.path(), &KeySource::File, clock()).expect("reopen");
+    site.check_high_water(&mark)
+        .expect("the restored folder is the reference now");
+    drop(site);
+    // The mark is this replica's: another replica's mark file is refused.
+    let (_hd2, _host2, _sd2, other) = host_and_site();
+    assert!(matches!(
+        other.check_high_water(&mark),
+        Err(Error::Integrity(_))
+    ));
+    drop(newer);
 }

@@ -58,6 +58,7 @@ impl Handle {
             return Ok(Handle::Daemon(Client { socket }));
         }
         let replica = Replica::open(dir, key, carnet_store::replica::system_clock())?;
+        carnet_store::replica::check_high_water_from_env(&replica)?;
         Ok(Handle::InProcess(Arc::new(Service::new(Arc::new(replica)))))
     }
 
