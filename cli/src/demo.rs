@@ -579,7 +579,7 @@ fn scenario(tmp: &Path, daemons: &mut Daemons) -> Result<(), Failure> {
     )?;
     sync_now(
         &pharmacy,
-        "At its next sync the pharmacy purges its copy (and returns a receipt)",
+        "The host tells the connected pharmacy at once: at its next round (its daemon's, or this one) it purges its copy and returns a receipt",
     )?;
     step(
         &pharmacy,
