@@ -572,7 +572,7 @@ fn sync(cli: &Cli, c: &SyncCmd) -> Result<Reply> {
                     human += "\nwarning: this site's certificate has EXPIRED: the host refuses it; ask the host for a renewal bundle (`carnet pki renew SITE -o BUNDLE`) and install it here (`carnet pki install BUNDLE`)";
                 } else if c.days_left < carnet_syncd::pki::RENEW_WITHIN_DAYS {
                     human += &format!(
-                        "\nwarning: this site's certificate expires in {} day(s): ask the host for a renewal bundle (`carnet pki renew SITE -o BUNDLE`) and install it here (`carnet pki install BUNDLE`)",
+                        "\nwarning: this site's certificate expires in {} day(s): the daemon asks the host for a new one at each round (a host whose CA is kept offline signs it with `carnet pki renew --pending --ca-dir DIR`); without a link, install a renewal bundle (`carnet pki install BUNDLE`)",
                         c.days_left
                     );
                 }
