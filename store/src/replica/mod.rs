@@ -9,7 +9,7 @@
 //! - Lock order: the trace chain, then the redb write transaction (`Writer`).
 //! - Every access decision, allowed or denied, is traced.
 //! - Nothing in the file is patient data in clear (see `tables`).
-//! - The stored format version is checked on open; a newer one is refused.
+//! - The stored format version is checked on open; a newer or older one is refused.
 //!
 //! Submodules: `tables` (layout), `documents` (document actions), `authority_ops` (host
 //! records, import/export, closure and purge), `sync` (outbox and `apply_remote`), `cache`
@@ -480,7 +480,7 @@ impl Replica {
             )),
             other => Error::Storage(other.to_string()),
         })?;
-        let (format, config, keyring) = {
+        let (config, keyring) = {
             let txn = db.begin_read()?;
             let meta = txn.open_table(META)?;
             let get = |k: &str| -> Result<Vec<u8>> {
@@ -502,11 +502,15 @@ impl Replica {
                     "this replica was written by a newer Carnet (format {format}; this build reads up to {FORMAT_VERSION}): upgrade carnet"
                 )));
             }
+            if format < FORMAT_OLDEST {
+                return Err(Error::invalid(format!(
+                    "this replica was written by an earlier Carnet (format {format}; this build reads formats {FORMAT_OLDEST} to {FORMAT_VERSION}) and cannot be migrated: export its dossiers with that build and import them into a new replica"
+                )));
+            }
             let config: ReplicaConfig = postcard::from_bytes(&get(meta_key::CONFIG)?)?;
             let keyring: Keyring = postcard::from_bytes(&get(meta_key::KEYRING)?)?;
-            (format, config, keyring)
+            (config, keyring)
         };
-        debug_assert!(format <= FORMAT_VERSION);
         let master = Self::master_key(dir, source, &keyring)?;
         // A replica whose check says so has its `meta` authenticated; an older one gets it now.
         let state_authenticated = master.open(CHECK_STATE, &keyring.check).is_ok();
@@ -572,7 +576,6 @@ impl Replica {
             folder_fixes,
         };
         replica.check_state(state_authenticated)?;
-        replica.migrate(format)?;
         replica.reload_matrix()?;
         // Entries journaled before a stop or crash move into the table now.
         replica.flush_traces()?;
@@ -587,7 +590,6 @@ impl Replica {
         &self.folder_fixes
     }
 
-    /// Brings a replica written in an older format to `FORMAT_VERSION`, in one transaction.
     /// At open: the `meta` table (settings, keyring and pinned host key, lease, authority
     /// versions, cursors, marks) must be what this replica last wrote: `STATE_MAC` is a hash of
     /// every other row keyed under the master key, so a value changed or put back by someone
@@ -627,18 +629,6 @@ impl Replica {
             meta.insert(meta_key::KEYRING, postcard::to_stdvec(&keyring)?.as_slice())?;
         }
         txn.commit()
-    }
-
-    fn migrate(&self, format: u32) -> Result<()> {
-        if format >= FORMAT_VERSION {
-            return Ok(());
-        }
-        let txn = self.begin_raw_write()?;
-        // 1 → 2: body tails; bodies written before read as they are.
-        txn.open_table(META)?
-            .insert(meta_key::FORMAT, FORMAT_VERSION.to_le_bytes().as_slice())?;
-        txn.commit()?;
-        Ok(())
     }
 
     fn master_key(dir: &Path, source: &KeySource, keyring: &Keyring) -> Result<Key> {

@@ -119,13 +119,19 @@ pub mod meta_key {
     pub const OUTBOX_ACKED: &str = "outbox_acked";
 }
 
-/// The format this build writes. A newer stored format is refused; older ones migrate forward.
+/// The format this build writes. A newer stored format is refused, and so is an older one: the
+/// project has no deployed replica, and format 3 changed what bodies are (padded, see
+/// `padding`) and how rows are keyed, which no migration rewrites.
 ///
 /// - 1: bodies in `BODIES` only, in chunks of `CHUNK_PLAIN`.
 /// - 2: bodies are cut as `body_chunk_plan` says, a small last chunk kept as a tail
-///   (`body_tail_key`). A format 1 body still reads (the reader looks for a small last chunk as
-///   a tail, then as a chunk), so the migration only stores the new format.
-pub const FORMAT_VERSION: u32 = 2;
+///   (`body_tail_key`).
+/// - 3: bodies padded to their size bucket before they are cut, sealed metadata padded
+///   (`padding`).
+pub const FORMAT_VERSION: u32 = 3;
+
+/// The oldest format this build opens.
+pub const FORMAT_OLDEST: u32 = 3;
 
 /// Subject-key tags in `AUTHORITY`.
 pub mod tag {
@@ -299,23 +305,27 @@ pub const TAIL_PREFIX: u8 = 0xff;
 /// the rest smaller than all of them is the last chunk. That last chunk is a tail when
 /// page-sized chunks come before it (a 4 KiB body is 3,992 bytes in a 4 KiB page plus a
 /// 104-byte tail, where one sealed chunk would take an 8 KiB page); a body smaller than every
-/// fit is one chunk. An empty body has no chunk.
+/// fit is one chunk. An empty body has no chunk. `len` is the padded length
+/// (`padding::padded_body_len`).
 pub fn body_chunk_plan(len: usize) -> Vec<(usize, ChunkPlace)> {
     let mut plan = Vec::with_capacity(len / CHUNK_PLAIN + 2);
     let mut rest = len;
-    while let Some(&fit) = PAGE_FITS.iter().find(|&&fit| fit <= rest) {
-        plan.push((fit, ChunkPlace::Main));
-        rest -= fit;
-    }
-    if rest > 0 {
-        let place = if plan.is_empty() {
-            ChunkPlace::Main
-        } else {
-            ChunkPlace::Tail
-        };
-        plan.push((rest, place));
+    while rest > 0 {
+        let chunk = next_body_chunk(rest, plan.is_empty());
+        plan.push(chunk);
+        rest -= chunk.0;
     }
     plan
+}
+
+/// The next chunk of `body_chunk_plan` when `rest` bytes (more than 0) remain, `first` when no
+/// chunk came before; so a reader can walk a body without building its plan.
+pub fn next_body_chunk(rest: usize, first: bool) -> (usize, ChunkPlace) {
+    match PAGE_FITS.iter().find(|&&fit| fit <= rest) {
+        Some(&fit) => (fit, ChunkPlace::Main),
+        None if first => (rest, ChunkPlace::Main),
+        None => (rest, ChunkPlace::Tail),
+    }
 }
 
 /// `blind index ‖ document id`.
