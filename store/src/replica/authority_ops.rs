@@ -122,9 +122,11 @@ impl Replica {
             AuthorityRecord::Dossier(h) => {
                 subject_key(tag::DOSSIER, Some(&self.blind(&h.ins)), None)
             }
-            AuthorityRecord::Grant(g) => {
-                subject_key(tag::GRANT, Some(&self.blind(&g.ins)), Some(g.rpps.as_str()))
-            }
+            AuthorityRecord::Grant(g) => subject_key(
+                tag::GRANT,
+                Some(&self.blind(&g.ins)),
+                Some(&self.rpps_index(&g.rpps)),
+            ),
             AuthorityRecord::Emergency { ins, .. } => {
                 subject_key(tag::EMERGENCY, Some(&self.blind(ins)), None)
             }

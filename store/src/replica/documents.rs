@@ -150,14 +150,19 @@ impl Replica {
         };
         let (mut grant, mut pending_grant) = (None, false);
         if let Who::Professional { rpps, .. } = who {
-            let signed =
-                match get(subject_key(tag::GRANT, Some(bi), Some(rpps.as_str())))?.as_deref() {
-                    Some(Verified {
-                        record: AuthorityRecord::Grant(g),
-                        ..
-                    }) => Some((g.state, g.treating(), g.issued_at)),
-                    _ => None,
-                };
+            let signed = match get(subject_key(
+                tag::GRANT,
+                Some(bi),
+                Some(&self.rpps_index(rpps)),
+            ))?
+            .as_deref()
+            {
+                Some(Verified {
+                    record: AuthorityRecord::Grant(g),
+                    ..
+                }) => Some((g.state, g.treating(), g.issued_at)),
+                _ => None,
+            };
             grant = signed.map(|(state, treating, _)| (state, treating));
             if signed.is_none_or(|(state, ..)| state != GrantState::Active)
                 && self.pending_grant_applies(

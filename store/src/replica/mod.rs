@@ -824,6 +824,16 @@ impl Replica {
         self.keys.index.blind_index(ins.matricule().as_bytes())
     }
 
+    /// How a professional appears in table keys (`PROS`, grants' subject keys, the host's
+    /// site–professional tables, pending grants and requests): a keyed BLAKE3 of the RPPS under
+    /// the blind index key, tagged apart from INS and unique ids, so the file names no
+    /// professional in clear and two replicas' keys for one professional differ.
+    fn rpps_index(&self, rpps: &crate::ids::Rpps) -> [u8; 32] {
+        self.keys
+            .index
+            .tagged_index(b"rpps:", rpps.as_str().as_bytes())
+    }
+
     /// The document `unique_id` names in dossier `bi` (whose key is `key`, if held), if any. A
     /// document's own id (`urn:carnet:` and its document id, made when the producer gave none)
     /// is not indexed: the document id is unique already, so it names its document through
@@ -894,15 +904,16 @@ impl Replica {
         let txn = self.begin_write()?;
         {
             let mut pros = txn.open_table(PROS)?;
-            let sealed = self.keys.registry.seal(
-                &aad(&[b"pro", p.rpps.as_str().as_bytes()]),
-                &postcard::to_stdvec(p)?,
-            )?;
-            pros.insert(p.rpps.as_str(), sealed.as_slice())?;
+            let pro = self.rpps_index(&p.rpps);
+            let sealed = self
+                .keys
+                .registry
+                .seal(&pro_aad(&pro), &postcard::to_stdvec(p)?)?;
+            pros.insert(&pro, sealed.as_slice())?;
             Self::registry_changed(&txn)?;
             drop(pros);
             if self.config.role == Role::Site {
-                self.push_outbox(&txn, OutboxItem::Professional(p.rpps.as_str().to_string()))?;
+                self.push_outbox(&txn, OutboxItem::Professional(pro))?;
             }
             txn.trace(vec![self.admin_entry(
                 "professional-registered",
@@ -916,13 +927,19 @@ impl Replica {
 
     /// A professional registered here (for sending to the host).
     fn who_is(&self, txn: &ReadTransaction, rpps: &crate::ids::Rpps) -> Result<Professional> {
-        let pros = txn.open_table(PROS)?;
-        let row = pros.get(rpps.as_str())?;
-        match row {
-            Some(v) => self.open_professional(rpps.as_str(), v.value()),
-            None => Err(Error::not_found(format!(
-                "professional {rpps} is not registered here"
-            ))),
+        self.registered(&txn.open_table(PROS)?, &self.rpps_index(rpps))?
+            .ok_or_else(|| Error::not_found(format!("professional {rpps} is not registered here")))
+    }
+
+    /// The professional registered here under `rpps_index` `pro`, if any.
+    fn registered(
+        &self,
+        pros: &impl ReadableTable<&'static [u8; 32], &'static [u8]>,
+        pro: &[u8; 32],
+    ) -> Result<Option<Professional>> {
+        match pros.get(pro)? {
+            Some(v) => Ok(Some(self.open_professional(pro, v.value())?)),
+            None => Ok(None),
         }
     }
 
@@ -935,14 +952,12 @@ impl Replica {
             let (k, v) = row?;
             out.push(self.open_professional(k.value(), v.value())?);
         }
+        out.sort_by(|a: &Professional, b| a.rpps.cmp(&b.rpps));
         Ok(out)
     }
 
-    fn open_professional(&self, rpps: &str, sealed: &[u8]) -> Result<Professional> {
-        let plain = self
-            .keys
-            .registry
-            .open(&aad(&[b"pro", rpps.as_bytes()]), sealed)?;
+    fn open_professional(&self, pro: &[u8; 32], sealed: &[u8]) -> Result<Professional> {
+        let plain = self.keys.registry.open(&pro_aad(pro), sealed)?;
         Ok(postcard::from_bytes(&plain)?)
     }
 
@@ -1050,10 +1065,7 @@ impl Replica {
                 let found = self
                     .cache
                     .professional(generation.registry, rpps.as_str(), || {
-                        match txn.open_table(PROS)?.get(rpps.as_str())? {
-                            Some(v) => Ok(Some(self.open_professional(rpps.as_str(), v.value())?)),
-                            None => Ok(None),
-                        }
+                        self.registered(&txn.open_table(PROS)?, &self.rpps_index(rpps))
                     })?;
                 match found {
                     Some(p) => (
@@ -1724,4 +1736,9 @@ impl PreparedTrace {
             sealed: self.sealed,
         }
     }
+}
+
+/// Associated data of a professional's row in `PROS`: its key.
+fn pro_aad(pro: &[u8; 32]) -> Vec<u8> {
+    aad(&[b"pro", pro])
 }

@@ -27,9 +27,11 @@ struct Pending {
 }
 
 /// `blind index ‖ RPPS`.
-fn pending_key(bi: &[u8; 32], rpps: &Rpps) -> Vec<u8> {
-    let mut k = bi.to_vec();
-    k.extend_from_slice(rpps.as_str().as_bytes());
+/// `blind index ‖ rpps_index`.
+fn pending_key(bi: &[u8; 32], pro: &[u8; 32]) -> [u8; 64] {
+    let mut k = [0u8; 64];
+    k[..32].copy_from_slice(bi);
+    k[32..].copy_from_slice(pro);
     k
 }
 
@@ -59,7 +61,7 @@ impl Replica {
                 postcard::from_bytes::<Pending>(v).is_ok_and(|p| now - p.at < PENDING_VALID)
             })?;
             table.insert(
-                pending_key(&bi, rpps).as_slice(),
+                pending_key(&bi, &self.rpps_index(rpps)).as_slice(),
                 postcard::to_stdvec(&Pending { at: now })?.as_slice(),
             )?;
         }
@@ -71,7 +73,7 @@ impl Replica {
             &txn,
             OutboxItem::PendingGrant {
                 sealed_ins,
-                rpps: rpps.as_str().to_string(),
+                pro: self.rpps_index(rpps),
             },
         )?;
         txn.trace(vec![self.admin_entry(
@@ -109,7 +111,7 @@ impl Replica {
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
             Err(e) => return Err(e.into()),
         };
-        let Some(row) = table.get(pending_key(bi, rpps).as_slice())? else {
+        let Some(row) = table.get(pending_key(bi, &self.rpps_index(rpps)).as_slice())? else {
             return Ok(false);
         };
         let pending: Pending = postcard::from_bytes(row.value())?;

@@ -233,13 +233,13 @@ impl Replica {
                     let ins = self.open_pinned_ins(&sealed_ins)?;
                     out.push((seq, Change::Pin { ins, on }));
                 }
-                OutboxItem::Professional(rpps) => {
-                    let pro = self.who_is(&txn, &crate::ids::Rpps::parse(&rpps)?)?;
+                OutboxItem::Professional(pro) => {
+                    let pro = self.queued_professional(&txn, &pro)?;
                     out.push((seq, Change::Professional(pro)));
                 }
-                OutboxItem::PendingGrant { sealed_ins, rpps } => {
+                OutboxItem::PendingGrant { sealed_ins, pro } => {
                     let ins = self.open_pending_ins(&sealed_ins)?;
-                    let rpps = crate::ids::Rpps::parse(&rpps)?;
+                    let rpps = self.queued_professional(&txn, &pro)?.rpps;
                     out.push((seq, Change::PendingGrant { ins, rpps }));
                 }
                 OutboxItem::EmergencyFetch { sealed } => {
@@ -319,6 +319,17 @@ impl Replica {
             None,
         )]);
         txn.commit()
+    }
+
+    /// The professional an outbox entry names by `rpps_index` (registered here: entries are
+    /// queued only for registered professionals, and none is ever removed).
+    fn queued_professional(
+        &self,
+        txn: &redb::ReadTransaction,
+        pro: &[u8; 32],
+    ) -> Result<crate::model::Professional> {
+        self.registered(&txn.open_table(PROS)?, pro)?
+            .ok_or_else(|| Error::integrity("a queued change names an unregistered professional"))
     }
 
     fn open_pinned_ins(&self, sealed: &[u8]) -> Result<crate::ids::Ins> {

@@ -8,9 +8,12 @@
 use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 
+use crate::ids::SiteId;
+
 /// Settings and key material: format version, config, keyring, counters.
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-/// Signed host records by subject key (see `subject_key`), sealed with the registry key.
+/// Signed host records by subject key (see `subject_key`: a grant's names its professional by
+/// `rpps_index`), sealed with the registry key.
 pub const AUTHORITY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("authority");
 /// Each dossier's data key, wrapped by the master key, by blind index.
 pub const DOSSIER_KEYS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("dossier_keys");
@@ -26,8 +29,8 @@ pub const UNIQUE_IDS: TableDefinition<&[u8], &[u8; 16]> = TableDefinition::new("
 /// Body chunks, sealed with the dossier key, cut as `body_chunk_plan` says: document id ‖ chunk
 /// number (big-endian u32), or for a tail `TAIL_PREFIX` ‖ document id ‖ chunk number.
 pub const BODIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("bodies");
-/// Professionals registered at this site, sealed with the registry key, by RPPS.
-pub const PROS: TableDefinition<&str, &[u8]> = TableDefinition::new("professionals");
+/// Professionals registered at this site, sealed with the registry key, by `rpps_index`.
+pub const PROS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("professionals");
 /// Trace entries (`StoredTrace`) by (origin site, sequence).
 pub const AUDIT: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("audit");
 /// Head of each origin's trace chain: postcard `(last seq, last hash)`.
@@ -35,9 +38,9 @@ pub const AUDIT_HEADS: TableDefinition<u32, &[u8]> = TableDefinition::new("audit
 /// Local changes not yet acknowledged by the host, in order (`OutboxItem`).
 pub const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 /// Host: the professionals the host binds to each site (never a site's say-so): site (u32 BE) ‖
-/// RPPS.
+/// `rpps_index`.
 pub const SITE_PROS: TableDefinition<&[u8], ()> = TableDefinition::new("site_pros");
-/// Host: the same pairs, RPPS first: RPPS ‖ site (u32 BE).
+/// Host: the same pairs, professional first: `rpps_index` ‖ site (u32 BE).
 pub const PRO_SITES: TableDefinition<&[u8], ()> = TableDefinition::new("pro_sites");
 /// Host: each site's scope: site (u32 BE) ‖ blind index → why (`scope_bit`).
 pub const SCOPE: TableDefinition<&[u8], u8> = TableDefinition::new("scope");
@@ -66,7 +69,7 @@ pub const OWED_BODIES: TableDefinition<&[u8], ()> = TableDefinition::new("owed_b
 /// Documents whose metadata is here and whose body is not yet (the bodies a round fetches),
 /// kept with the metadata so that finding them costs nothing when there are none.
 pub const MISSING_BODIES: TableDefinition<&[u8; 16], ()> = TableDefinition::new("missing_bodies");
-/// Site: pending grants (consent given in person), `blind index ‖ RPPS` → when.
+/// Site: pending grants (consent given in person), `blind index ‖ rpps_index` → when.
 pub const PENDING_GRANTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pending_grants");
 /// Host: documents hidden from the patient whose patient was told (document id → when).
 pub const ANNOUNCEMENTS: TableDefinition<&[u8; 16], i64> = TableDefinition::new("announcements");
@@ -74,7 +77,8 @@ pub const ANNOUNCEMENTS: TableDefinition<&[u8; 16], i64> = TableDefinition::new(
 pub const PARTIAL_PROGRESS: TableDefinition<&[u8; 16], u64> =
     TableDefinition::new("partial_progress");
 /// Host: what sites asked for and the host has not decided yet (`site_access`): a pin
-/// (`1 ‖ blind index ‖ site`) or consent given in person (`2 ‖ blind index ‖ RPPS ‖ site`) →
+/// (`1 ‖ blind index ‖ site`) or consent given in person (`2 ‖ blind index ‖ rpps_index ‖
+/// site`) →
 /// sealed `SiteRequest` (registry key, bound to its row).
 pub const SITE_REQUESTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("site_requests");
 /// Host: the key each site chains its trace with (`site_traces`), sealed with the audit key and
@@ -137,7 +141,7 @@ pub const FORMAT_OLDEST: u32 = 3;
 pub mod tag {
     /// Dossier head.
     pub const DOSSIER: u8 = 1;
-    /// Grant (followed by blind index and RPPS).
+    /// Grant (followed by blind index and `rpps_index`).
     pub const GRANT: u8 = 2;
     /// Emergency preferences.
     pub const EMERGENCY: u8 = 3;
@@ -177,8 +181,8 @@ pub enum OutboxItem {
     /// were recorded (no longer written: see `DocumentAct`). Sent as acted by the document's
     /// author (`Act::by_author`).
     Document([u8; 16]),
-    /// A professional was registered at this site (by RPPS).
-    Professional(String),
+    /// A professional was registered at this site (by `rpps_index`: the record is in `PROS`).
+    Professional([u8; 32]),
     /// The site purged a dossier (closure or scope exit); the INS is sealed (registry key).
     PurgeReceipt {
         /// `Ins` matricule, sealed.
@@ -201,8 +205,8 @@ pub enum OutboxItem {
         /// `Ins` matricule, sealed.
         #[serde(with = "serde_bytes")]
         sealed_ins: Vec<u8>,
-        /// The professional.
-        rpps: String,
+        /// The professional, by `rpps_index` (registered in `PROS`).
+        pro: [u8; 32],
     },
     /// A document changed by an act at this site: who did what (`sync::Act`, postcard, sealed
     /// with the registry key and bound to the document and this entry's sequence).
@@ -253,6 +257,14 @@ pub enum LogItem {
 pub fn site_key(site: u32, rest: &[u8]) -> Vec<u8> {
     let mut k = site.to_be_bytes().to_vec();
     k.extend_from_slice(rest);
+    k
+}
+
+/// `rpps_index ‖ site (u32 BE)`: a key of `PRO_SITES`.
+pub fn pro_site_key(pro: &[u8; 32], site: SiteId) -> [u8; 36] {
+    let mut k = [0u8; 36];
+    k[..32].copy_from_slice(pro);
+    k[32..].copy_from_slice(&site.0.to_be_bytes());
     k
 }
 
@@ -367,14 +379,16 @@ pub fn piece_key(id: &[u8; 16], offset: u64) -> [u8; 24] {
     k
 }
 
-/// Subject key in `AUTHORITY`: tag, then blind index, then RPPS for grants.
-pub fn subject_key(tag: u8, bi: Option<&[u8; 32]>, rpps: Option<&str>) -> Vec<u8> {
-    let mut k = vec![tag];
+/// Subject key in `AUTHORITY`: tag, then blind index, then for grants the professional's
+/// `rpps_index`.
+pub fn subject_key(tag: u8, bi: Option<&[u8; 32]>, pro: Option<&[u8; 32]>) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + 32 + 32);
+    k.push(tag);
     if let Some(bi) = bi {
         k.extend_from_slice(bi);
     }
-    if let Some(r) = rpps {
-        k.extend_from_slice(r.as_bytes());
+    if let Some(pro) = pro {
+        k.extend_from_slice(pro);
     }
     k
 }

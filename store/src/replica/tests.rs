@@ -2842,3 +2842,74 @@ fn a_change_from_a_site_of_an_earlier_build_is_its_authors() {
     let state = host_meta(&host, &id).state();
     assert!(state.flags.masque_ps && !state.flags.invisible_patient);
 }
+
+/// Every file of a replica's data folder, read whole: what someone with a copy of the folder
+/// but not the key sees, every table's keys and values included.
+fn folder_bytes(dir: &TempDir) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    std::fs::read_dir(dir.path())
+        .expect("folder")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.is_file() && !p.ends_with(KEY_FILE))
+        .map(|p| {
+            let bytes = std::fs::read(&p).expect("read");
+            (p, bytes)
+        })
+        .collect()
+}
+
+fn assert_nowhere_in_clear(dir: &TempDir, what: &[(&str, Vec<u8>)]) {
+    let files = folder_bytes(dir);
+    assert!(files.iter().any(|(p, _)| p.ends_with(DB_FILE)), "{files:?}");
+    for (path, bytes) in &files {
+        for (name, needle) in what {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle.as_slice()),
+                "{name} in clear in {}",
+                path.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn no_rpps_nor_ins_in_clear_in_the_host_or_site_tables_of_grants_and_bindings() {
+    let (hd, host, sd, site) = host_and_site();
+    // Consent given in person to the nurse (a pending grant at the site, queued for the host
+    // and a request there), a pin, and a professional registered and not yet sent.
+    site.record_pending_grant(&ins(), &nurse())
+        .expect("pending grant");
+    site.pin(&ins(), true).expect("pin");
+    let third = Rpps::parse("10000000009").expect("rpps");
+    site.add_professional(&Professional {
+        rpps: third.clone(),
+        profession: Profession::Pharmacien,
+        specialty: None,
+        name: None,
+    })
+    .expect("pro");
+    let what = [
+        ("the doctor's RPPS", doctor().as_str().as_bytes().to_vec()),
+        ("the nurse's RPPS", nurse().as_str().as_bytes().to_vec()),
+        ("a third RPPS", third.as_str().as_bytes().to_vec()),
+        ("the INS", ins().matricule().as_bytes().to_vec()),
+        (
+            "the INS's body",
+            ins().matricule().as_bytes()[..13].to_vec(),
+        ),
+    ];
+    // Queued at the site, before the host has them.
+    assert_nowhere_in_clear(&sd, &what);
+    sync(&host, &site);
+    assert!(
+        host.site_requests().expect("requests").len() >= 2,
+        "the pin and the consent are requests at the host"
+    );
+    assert_nowhere_in_clear(&hd, &what);
+    assert_nowhere_in_clear(&sd, &what);
+    // Found through the keyed indexes, all the same.
+    assert_eq!(
+        host.site_professionals(SiteId(7)).expect("bound"),
+        vec![doctor(), nurse()]
+    );
+    assert_eq!(site.professionals().expect("pros").len(), 3);
+}
