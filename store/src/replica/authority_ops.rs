@@ -757,8 +757,9 @@ impl Replica {
                 super::documents::remove_body(&mut bodies, &id)?;
                 Self::forget_partial_body(&txn, doc)?;
                 txn.open_table(MISSING_BODIES)?.remove(&id)?;
-                txn.open_table(ANNOUNCEMENTS)?.remove(&id)?;
-                txn.open_table(HOST_CLEARS)?.remove(&id)?;
+                txn.open_table(ANNOUNCEMENTS)?
+                    .remove(&self.doc_index(doc))?;
+                txn.open_table(HOST_CLEARS)?.remove(&self.doc_index(doc))?;
             }
             txn.open_table(UNIQUE_IDS)?.retain_in(
                 bi.as_slice()..=unique_key(&bi, &[0xff; 32]).as_slice(),

@@ -834,6 +834,17 @@ impl Replica {
             .tagged_index(b"rpps:", rpps.as_str().as_bytes())
     }
 
+    /// How a document appears in the keys of the host's `ANNOUNCEMENTS` and `HOST_CLEARS`: the
+    /// first 16 bytes of a keyed BLAKE3 of its id (tagged as `rpps_index`), so those tables do
+    /// not name, by an id every replica shares, the documents hidden from a patient or
+    /// unmasked by the host, nor when they were written.
+    fn doc_index(&self, id: &DocId) -> [u8; 16] {
+        let full = self.keys.index.tagged_index(b"doc:", &id.0);
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&full[..16]);
+        out
+    }
+
     /// The document `unique_id` names in dossier `bi` (whose key is `key`, if held), if any. A
     /// document's own id (`urn:carnet:` and its document id, made when the producer gave none)
     /// is not indexed: the document id is unique already, so it names its document through

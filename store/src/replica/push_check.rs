@@ -641,7 +641,7 @@ impl Replica {
 
     /// The host's clock counter at its latest clear of each flag of `id` (0: never).
     fn host_clears(&self, txn: &WriteTransaction, id: &DocId) -> Result<[u64; 3]> {
-        match txn.open_table(HOST_CLEARS)?.get(&id.0)? {
+        match txn.open_table(HOST_CLEARS)?.get(&self.doc_index(id))? {
             Some(sealed) => {
                 let plain = self
                     .keys
@@ -684,7 +684,7 @@ impl Replica {
             &postcard::to_stdvec(&counters)?,
         )?;
         txn.open_table(HOST_CLEARS)?
-            .insert(&id.0, sealed.as_slice())?;
+            .insert(&self.doc_index(&id), sealed.as_slice())?;
         Ok(())
     }
 

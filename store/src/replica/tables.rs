@@ -71,7 +71,7 @@ pub const OWED_BODIES: TableDefinition<&[u8], ()> = TableDefinition::new("owed_b
 pub const MISSING_BODIES: TableDefinition<&[u8; 16], ()> = TableDefinition::new("missing_bodies");
 /// Site: pending grants (consent given in person), `blind index ‖ rpps_index` → when.
 pub const PENDING_GRANTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pending_grants");
-/// Host: documents hidden from the patient whose patient was told (document id → when).
+/// Host: documents hidden from the patient whose patient was told (`doc_index` → when).
 pub const ANNOUNCEMENTS: TableDefinition<&[u8; 16], i64> = TableDefinition::new("announcements");
 /// Bytes received so far of each body in `PARTIAL_BODIES`.
 pub const PARTIAL_PROGRESS: TableDefinition<&[u8; 16], u64> =
@@ -88,7 +88,7 @@ pub const SITE_CHAIN_KEYS: TableDefinition<u32, &[u8]> = TableDefinition::new("s
 /// `site (u32 BE) ‖ blind index` → Unix milliseconds.
 pub const EMERGENCY_SCOPES: TableDefinition<&[u8], i64> = TableDefinition::new("emergency_scopes");
 /// Host: the flags the host itself cleared on a document (an unmask, the announcement timer's
-/// release): document id → sealed `[u64; 3]` (registry key, bound to the id), for
+/// release): `doc_index` → sealed `[u64; 3]` (registry key, bound to the id), for
 /// `MASQUE_PS`, `INVISIBLE_PATIENT` and `INVISIBLE_REPRESENTANTS_LEGAUX`, the host's own clock
 /// counter on the document at its latest clear of that flag (0: never cleared). A site's
 /// version that has not seen that clear may carry the flag again without an act

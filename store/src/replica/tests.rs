@@ -1617,6 +1617,20 @@ fn host_and_site_on_a_clock() -> (
     ((hd, sd), now, host, site)
 }
 
+/// The keys of a table keyed by document (`doc_index`).
+fn keys_by_doc<V: redb::Value + 'static>(
+    r: &Replica,
+    table: redb::TableDefinition<&'static [u8; 16], V>,
+) -> Vec<[u8; 16]> {
+    let txn = r.begin_read().expect("read");
+    let table = txn.open_table(table).expect("table");
+    table
+        .iter()
+        .expect("iter")
+        .map(|row| *row.expect("row").0.value())
+        .collect()
+}
+
 #[test]
 fn the_host_tells_the_patient_after_two_weeks_and_releases_after_a_month() {
     use std::sync::atomic::Ordering;
@@ -1660,12 +1674,18 @@ fn the_host_tells_the_patient_after_two_weeks_and_releases_after_a_month() {
         "told once"
     );
     assert_eq!(admin(&host, "announcement-due"), 1);
+    // Remembered under the host's keyed index of the id, not the id every replica shares.
+    assert_eq!(keys_by_doc(&host, ANNOUNCEMENTS), vec![host.doc_index(&id)]);
+    assert_ne!(host.doc_index(&id), id.0);
+    assert_ne!(host.doc_index(&id), site.doc_index(&id), "per replica");
     assert!(!patient_reads(&host), "still hidden");
     // At a month it becomes visible, on the host and, after a sync, on the site.
     now.fetch_add(16 * 24 * 3_600_000, Ordering::SeqCst);
     let pass = host.run_announcement_timer().expect("pass");
     assert_eq!((pass.told, pass.released), (0, 1));
     assert_eq!(admin(&host, "announcement-released"), 1);
+    assert_eq!(keys_by_doc(&host, HOST_CLEARS), vec![host.doc_index(&id)]);
+    assert!(keys_by_doc(&host, ANNOUNCEMENTS).is_empty());
     assert!(patient_reads(&host));
     assert!(
         !patient_reads(&site),
