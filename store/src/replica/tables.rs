@@ -1,7 +1,9 @@
 //! The redb tables of a replica and the stored-row encodings.
 //!
-//! Invariant: no table holds an INS, a name or a title in clear. Dossiers are keyed by a keyed
-//! BLAKE3 blind index of the INS; every value with patient data is sealed (see `crypto`), with
+//! Invariant: no table holds an INS, an RPPS, a name or a title in clear. Dossiers are keyed by a
+//! keyed BLAKE3 blind index of the INS, professionals by `rpps_index` (the same under a tag);
+//! bodies and document metadata are padded to size buckets (`padding`) before sealing; every
+//! value with patient data is sealed (see `crypto`), with
 //! associated data naming the table and the row, so a sealed value moved to another row fails
 //! to open.
 
