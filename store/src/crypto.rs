@@ -217,6 +217,16 @@ impl Key {
     pub fn blind_index(&self, data: &[u8]) -> [u8; 32] {
         *blake3::keyed_hash(&self.0, data).as_bytes()
     }
+
+    /// `blind_index` of `tag ‖ data`, without building the concatenation: indexes of different
+    /// kinds of values under one key, kept apart by prefix-free tags.
+    pub fn tagged_index(&self, tag: &[u8], data: &[u8]) -> [u8; 32] {
+        *blake3::Hasher::new_keyed(&self.0)
+            .update(tag)
+            .update(data)
+            .finalize()
+            .as_bytes()
+    }
 }
 
 /// Builds associated data from labelled parts (length-prefixed so parts cannot run together).

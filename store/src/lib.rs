@@ -15,6 +15,7 @@ pub mod files;
 pub mod ids;
 pub mod merge;
 pub mod model;
+pub mod padding;
 pub mod policy;
 pub mod replica;
 pub mod time;

@@ -1,6 +1,6 @@
 //! No patient data in clear at rest: after a busy life (documents, replacement, masks, traces
 //! with reasons, a site fed by the host, a key rotation), no file under a data folder contains
-//! a known title, body, name, first name or INS.
+//! a known title, body, name, first name, INS or RPPS.
 
 use std::path::Path;
 
@@ -24,6 +24,11 @@ fn markers(ins: &str) -> Vec<String> {
         REASON_MARKER.to_string(),
         ins.to_string(),
         ins[..13].to_string(),
+        // Professionals: table keys name them by a keyed index, values hold them sealed.
+        DOCTOR.to_string(),
+        SPECIALIST.to_string(),
+        ER_DOCTOR.to_string(),
+        PHARMACIST.to_string(),
         format!(
             "{} {} {} {} {} {} {}",
             &ins[..1],

@@ -324,17 +324,22 @@ fn altered_signed_authority_record() {
         let txn = db.begin_write().expect("write");
         {
             let mut auth = txn.open_table(AUTHORITY).expect("authority");
-            // The médecin traitant's grant on dossier A.
-            let key = subject_key(tag::GRANT, Some(&bi), Some(DOCTOR));
-            let mut v = auth
-                .get(key.as_slice())
-                .expect("get")
-                .expect("the grant")
-                .value()
-                .to_vec();
-            let mid = v.len() / 2;
-            flip(&mut v, mid);
-            auth.insert(key.as_slice(), v.as_slice()).expect("insert");
+            // The grants on dossier A, the médecin traitant's among them (their keys name
+            // professionals by a keyed index, which needs the key to compute).
+            let prefix = subject_key(tag::GRANT, Some(&bi), None);
+            let grants: Vec<(Vec<u8>, Vec<u8>)> = auth
+                .range(prefix.as_slice()..)
+                .expect("range")
+                .map(|row| row.expect("row"))
+                .take_while(|(k, _)| k.value().starts_with(&prefix))
+                .map(|(k, v)| (k.value().to_vec(), v.value().to_vec()))
+                .collect();
+            assert!(!grants.is_empty(), "dossier A has grants");
+            for (key, mut v) in grants {
+                let mid = v.len() / 2;
+                flip(&mut v, mid);
+                auth.insert(key.as_slice(), v.as_slice()).expect("insert");
+            }
         }
         txn.commit().expect("commit");
     }

@@ -73,12 +73,17 @@ impl Replica {
     /// Traces, once, that the patient is told of the hidden document `id`.
     fn tell_patient(&self, id: &DocId) -> Result<bool> {
         let txn = self.begin_write()?;
-        if txn.open_table(ANNOUNCEMENTS)?.get(&id.0)?.is_some() {
+        if txn
+            .open_table(ANNOUNCEMENTS)?
+            .get(&self.doc_index(id))?
+            .is_some()
+        {
             return Ok(false);
         }
         let (snap, generation) = self.snapshot()?;
         let (_, _, meta) = self.load_doc(&snap, generation, id)?;
-        txn.open_table(ANNOUNCEMENTS)?.insert(&id.0, self.now())?;
+        txn.open_table(ANNOUNCEMENTS)?
+            .insert(&self.doc_index(id), self.now())?;
         let mut entry = self.admin_entry("announcement-due", Some(&meta.facts.ins), None);
         entry.doc = Some(*id);
         entry.outcome_reason =
@@ -109,7 +114,7 @@ impl Replica {
         self.host_document_changed(&txn, &stored.dossier, id, None)?;
         // A site's version that has not seen the release may carry the flag back.
         self.record_host_clears(&txn, before, &meta)?;
-        txn.open_table(ANNOUNCEMENTS)?.remove(&id.0)?;
+        txn.open_table(ANNOUNCEMENTS)?.remove(&self.doc_index(id))?;
         let mut entry = self.admin_entry("announcement-released", Some(&meta.facts.ins), None);
         entry.doc = Some(*id);
         entry.outcome_reason =

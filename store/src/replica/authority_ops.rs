@@ -123,9 +123,11 @@ impl Replica {
             AuthorityRecord::Dossier(h) => {
                 subject_key(tag::DOSSIER, Some(&self.blind(&h.ins)), None)
             }
-            AuthorityRecord::Grant(g) => {
-                subject_key(tag::GRANT, Some(&self.blind(&g.ins)), Some(g.rpps.as_str()))
-            }
+            AuthorityRecord::Grant(g) => subject_key(
+                tag::GRANT,
+                Some(&self.blind(&g.ins)),
+                Some(&self.rpps_index(&g.rpps)),
+            ),
             AuthorityRecord::Emergency { ins, .. } => {
                 subject_key(tag::EMERGENCY, Some(&self.blind(ins)), None)
             }
@@ -757,8 +759,10 @@ impl Replica {
                 super::documents::remove_body(&mut bodies, &id)?;
                 Self::forget_partial_body(&txn, doc)?;
                 txn.open_table(MISSING_BODIES)?.remove(&id)?;
-                txn.open_table(ANNOUNCEMENTS)?.remove(&id)?;
-                self.digested(&txn, HOST_CLEARS)?.remove(&id)?;
+                txn.open_table(ANNOUNCEMENTS)?
+                    .remove(&self.doc_index(doc))?;
+                self.digested(&txn, HOST_CLEARS)?
+                    .remove(&self.doc_index(doc))?;
             }
             txn.open_table(UNIQUE_IDS)?.retain_in(
                 bi.as_slice()..=unique_key(&bi, &[0xff; 32]).as_slice(),

@@ -23,6 +23,7 @@ use crate::model::{
     AccessMode, Actor, Author, Availability, DocClass, DocState, DocumentFacts, DossierHead,
     EmergencyPrefs, Flags, GrantState,
 };
+use crate::padding::{pad_meta, padded_body_len};
 use crate::policy::{self, Action, Decision, DocView, DossierView, Request, Who};
 use crate::time::Millis;
 
@@ -149,14 +150,19 @@ impl Replica {
         };
         let (mut grant, mut pending_grant) = (None, false);
         if let Who::Professional { rpps, .. } = who {
-            let signed =
-                match get(subject_key(tag::GRANT, Some(bi), Some(rpps.as_str())))?.as_deref() {
-                    Some(Verified {
-                        record: AuthorityRecord::Grant(g),
-                        ..
-                    }) => Some((g.state, g.treating(), g.issued_at)),
-                    _ => None,
-                };
+            let signed = match get(subject_key(
+                tag::GRANT,
+                Some(bi),
+                Some(&self.rpps_index(rpps)),
+            ))?
+            .as_deref()
+            {
+                Some(Verified {
+                    record: AuthorityRecord::Grant(g),
+                    ..
+                }) => Some((g.state, g.treating(), g.issued_at)),
+                _ => None,
+            };
             grant = signed.map(|(state, treating, _)| (state, treating));
             if signed.is_none_or(|(state, ..)| state != GrantState::Active)
                 && self.pending_grant_applies(
@@ -334,7 +340,7 @@ impl Replica {
         meta: &DocumentMeta,
     ) -> Result<()> {
         let id = meta.facts.id.0;
-        let sealed = key.seal(&meta_aad(&id, rev), &postcard::to_stdvec(meta)?)?;
+        let sealed = key.seal(&meta_aad(&id, rev), &pad_meta(postcard::to_stdvec(meta)?))?;
         let row = postcard::to_stdvec(&StoredDoc {
             dossier: *bi,
             rev,
@@ -344,7 +350,8 @@ impl Replica {
         Ok(())
     }
 
-    /// Seals and stores a body in chunks, cut as `body_chunk_plan` says.
+    /// Seals and stores a body in chunks, padded with zero bytes to its size bucket
+    /// (`padding::padded_body_len`) and cut as `body_chunk_plan` says.
     pub(super) fn put_body(
         &self,
         bodies: &mut Table<'_, &'static [u8], &'static [u8]>,
@@ -352,11 +359,26 @@ impl Replica {
         id: &DocId,
         body: &[u8],
     ) -> Result<()> {
-        let mut rest = body;
-        for (i, (len, place)) in body_chunk_plan(body.len()).into_iter().enumerate() {
+        let mut start = 0;
+        for (i, (len, place)) in body_chunk_plan(padded_body_len(body.len()))
+            .into_iter()
+            .enumerate()
+        {
             let n = u32::try_from(i).map_err(|_| Error::invalid("document too large"))?;
-            let (chunk, after) = rest.split_at(len);
-            rest = after;
+            let end = start + len;
+            // Chunks of the body itself are sealed from it where it lies; only the chunk where
+            // the body ends and those after it are copied, with their zero bytes of padding.
+            let padded_chunk;
+            let chunk = if end <= body.len() {
+                &body[start..end]
+            } else {
+                let mut buf = Zeroizing::new(vec![0u8; len]);
+                let held = body.get(start..).unwrap_or_default();
+                buf[..held.len()].copy_from_slice(held);
+                padded_chunk = buf;
+                &padded_chunk[..]
+            };
+            start = end;
             // Sealed straight into the space redb reserves for it (an error drops the
             // transaction, reserved space and all).
             let sealed_len = SEAL_OVERHEAD + chunk.len();
@@ -384,21 +406,16 @@ impl Replica {
         let size = usize::try_from(meta.facts.size).map_err(|_| Error::integrity("size"))?;
         // `size` comes from metadata that may have come from a peer: reserve only what the
         // chunks can bring, and let the vector grow with them.
-        let mut out = Zeroizing::new(Vec::with_capacity(size.min(CHUNK_PLAIN * 16)));
-        // Chunk by chunk until the size is reached (a chunk beyond it could not change what
-        // is returned: the size is checked below). A rest smaller than every page fit is a
-        // tail (format 2), or the last chunk of a format 1 body.
+        let padded = padded_body_len(size);
+        let mut out = Zeroizing::new(Vec::with_capacity(padded.min(CHUNK_PLAIN * 16)));
+        // Chunk by chunk, in the places `body_chunk_plan` gives the padded size (walked
+        // without building the plan: the size may come from a peer).
         let mut n = 0u32;
-        while out.len() < size {
-            let small_rest = n > 0 && size - out.len() < PAGE_FITS[PAGE_FITS.len() - 1];
-            let tail = if small_rest {
-                bodies.get(body_tail_key(&id.0, n).as_slice())?
-            } else {
-                None
-            };
-            let sealed = match tail {
-                Some(tail) => Some(tail),
-                None => bodies.get(body_key(&id.0, n).as_slice())?,
+        while out.len() < padded {
+            let (_, place) = next_body_chunk(padded - out.len(), n == 0);
+            let sealed = match place {
+                ChunkPlace::Main => bodies.get(body_key(&id.0, n).as_slice())?,
+                ChunkPlace::Tail => bodies.get(body_tail_key(&id.0, n).as_slice())?,
             };
             let Some(sealed) = sealed else {
                 if n == 0 {
@@ -420,11 +437,12 @@ impl Replica {
         // Each chunk authenticated under its document id and number, and the total size
         // matching, is the content: the content hash is checked where bodies arrive from
         // elsewhere (`receive_body_piece`), not again on every read.
-        if out.len() != size {
+        if out.len() != padded {
             return Err(Error::integrity(format!(
                 "body of document {id} is truncated or padded"
             )));
         }
+        out.truncate(size);
         Ok(out)
     }
 

@@ -143,7 +143,7 @@ impl Replica {
                 };
             let grant = match self.authority_get(
                 &table,
-                &subject_key(tag::GRANT, Some(&bi), Some(rpps.as_str())),
+                &subject_key(tag::GRANT, Some(&bi), Some(&self.rpps_index(rpps))),
             )? {
                 Some(Verified {
                     record: AuthorityRecord::Grant(g),
@@ -166,10 +166,7 @@ impl Replica {
             return Ok(());
         };
         let profession = if self.is_bound(txn, site, rpps)? {
-            txn.open_table(PROS)?
-                .get(rpps.as_str())?
-                .map(|v| self.open_professional(rpps.as_str(), v.value()))
-                .transpose()?
+            self.registered(&txn.open_table(PROS)?, &self.rpps_index(rpps))?
                 .map(|p| p.profession)
         } else {
             None

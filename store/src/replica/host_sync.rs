@@ -207,7 +207,7 @@ impl Replica {
                 if let AuthorityRecord::Grant(g) = authority::decode(&signed)?.record
                     && g.state == GrantState::Active
                     && site_pros
-                        .get(site_key(site, g.rpps.as_str().as_bytes()).as_slice())?
+                        .get(site_key(site, &self.rpps_index(&g.rpps)).as_slice())?
                         .is_some()
                 {
                     granted = true;
@@ -322,7 +322,7 @@ impl Replica {
                 if let AuthorityRecord::Grant(g) = record {
                     self.consent_answered(txn, &bi, &g.rpps)?;
                     let mut sites = Vec::new();
-                    let prefix = g.rpps.as_str().as_bytes().to_vec();
+                    let prefix = self.rpps_index(&g.rpps);
                     for row in txn.open_table(PRO_SITES)?.range(prefix.as_slice()..)? {
                         let (k, _) = row?;
                         let Some(site) = k.value().strip_prefix(prefix.as_slice()) else {
@@ -363,8 +363,9 @@ impl Replica {
         rpps: &Rpps,
     ) -> Result<()> {
         let new_site = !self.known_sites(txn)?.contains(&site.0);
+        let pro = self.rpps_index(rpps);
         txn.open_table(SITE_PROS)?
-            .insert(site_key(site.0, rpps.as_str().as_bytes()).as_slice(), ())?;
+            .insert(site_key(site.0, &pro).as_slice(), ())?;
         if new_site {
             // A site joining gets the records that concern every site (the matrix).
             let matrix = subject_key(tag::MATRIX, None, None);
@@ -372,9 +373,8 @@ impl Replica {
                 self.log_append(txn, site.0, &LogItem::Authority(matrix))?;
             }
         }
-        let mut reverse = rpps.as_str().as_bytes().to_vec();
-        reverse.extend_from_slice(&site.0.to_be_bytes());
-        txn.open_table(PRO_SITES)?.insert(reverse.as_slice(), ())?;
+        txn.open_table(PRO_SITES)?
+            .insert(pro_site_key(&pro, site).as_slice(), ())?;
         for bi in self.granted_dossiers(txn, rpps)? {
             self.grant_scope_widened(txn, site.0, &bi)?;
         }
@@ -389,11 +389,11 @@ impl Replica {
         site: SiteId,
         rpps: &Rpps,
     ) -> Result<()> {
+        let pro = self.rpps_index(rpps);
         txn.open_table(SITE_PROS)?
-            .remove(site_key(site.0, rpps.as_str().as_bytes()).as_slice())?;
-        let mut reverse = rpps.as_str().as_bytes().to_vec();
-        reverse.extend_from_slice(&site.0.to_be_bytes());
-        txn.open_table(PRO_SITES)?.remove(reverse.as_slice())?;
+            .remove(site_key(site.0, &pro).as_slice())?;
+        txn.open_table(PRO_SITES)?
+            .remove(pro_site_key(&pro, site).as_slice())?;
         for bi in self.granted_dossiers(txn, rpps)? {
             self.recompute_grant_scope(txn, site.0, &bi)?;
         }
@@ -403,12 +403,12 @@ impl Replica {
     /// Host: the dossiers where `rpps` holds an active grant.
     fn granted_dossiers(&self, txn: &WriteTransaction, rpps: &Rpps) -> Result<Vec<[u8; 32]>> {
         let mut dossiers = Vec::new();
+        let pro = self.rpps_index(rpps);
         let authority = txn.open_table(AUTHORITY)?;
         for row in authority.range([tag::GRANT].as_slice()..[tag::GRANT + 1].as_slice())? {
             let (k, v) = row?;
             let key = k.value();
-            if key.len() == 1 + 32 + rpps.as_str().len() && key.ends_with(rpps.as_str().as_bytes())
-            {
+            if key.len() == 1 + 32 + 32 && key.ends_with(&pro) {
                 let signed = self.open_signed(key, v.value())?;
                 if let AuthorityRecord::Grant(g) = authority::decode(&signed)?.record
                     && g.state == GrantState::Active
@@ -521,10 +521,10 @@ impl Replica {
         let mut view = self.site_view(txn, site)?;
         let grant_seen = |view: &super::site_view::SiteView, subject: &[u8]| {
             subject.first() != Some(&tag::GRANT)
-                || std::str::from_utf8(subject.get(33..).unwrap_or_default())
-                    .ok()
-                    .and_then(|r| Rpps::parse(r).ok())
-                    .is_some_and(|r| view.sees_grant_of(&r))
+                || subject
+                    .get(33..)
+                    .and_then(|pro| pro.try_into().ok())
+                    .is_some_and(|pro| view.sees_grant_of(pro))
         };
         let signed_at = |subject: &[u8]| -> Result<Option<SignedRecord>> {
             match authority.get(subject)? {

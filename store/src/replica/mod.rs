@@ -9,7 +9,7 @@
 //! - Lock order: the trace chain, then the redb write transaction (`Writer`).
 //! - Every access decision, allowed or denied, is traced.
 //! - Nothing in the file is patient data in clear (see `tables`).
-//! - The stored format version is checked on open; a newer one is refused.
+//! - The stored format version is checked on open; a newer or older one is refused.
 //!
 //! Submodules: `tables` (layout), `documents` (document actions), `authority_ops` (host
 //! records, import/export, closure and purge), `sync` (outbox and `apply_remote`), `cache`
@@ -512,7 +512,7 @@ impl Replica {
             )),
             other => Error::Storage(other.to_string()),
         })?;
-        let (format, config, keyring) = {
+        let (config, keyring) = {
             let txn = db.begin_read()?;
             let meta = txn.open_table(META)?;
             let get = |k: &str| -> Result<Vec<u8>> {
@@ -534,11 +534,15 @@ impl Replica {
                     "this replica was written by a newer Carnet (format {format}; this build reads up to {FORMAT_VERSION}): upgrade carnet"
                 )));
             }
+            if format < FORMAT_OLDEST {
+                return Err(Error::invalid(format!(
+                    "this replica was written by an earlier Carnet (format {format}; this build reads formats {FORMAT_OLDEST} to {FORMAT_VERSION}) and cannot be migrated: export its dossiers with that build and import them into a new replica"
+                )));
+            }
             let config: ReplicaConfig = postcard::from_bytes(&get(meta_key::CONFIG)?)?;
             let keyring: Keyring = postcard::from_bytes(&get(meta_key::KEYRING)?)?;
-            (format, config, keyring)
+            (config, keyring)
         };
-        debug_assert!(format <= FORMAT_VERSION);
         let master = Self::master_key(dir, source, &keyring)?;
         // A replica whose check says so has its `meta` authenticated; an older one gets it now.
         let state_authenticated = master.open(CHECK_STATE, &keyring.check).is_ok();
@@ -612,7 +616,6 @@ impl Replica {
         };
         replica.check_state(state_authenticated)?;
         replica.check_rows()?;
-        replica.migrate(format)?;
         replica.reload_matrix()?;
         // Entries journaled before a stop or crash move into the table now.
         replica.flush_traces()?;
@@ -630,7 +633,6 @@ impl Replica {
         &self.folder_fixes
     }
 
-    /// Brings a replica written in an older format to `FORMAT_VERSION`, in one transaction.
     /// At open: the `meta` table (settings, keyring and pinned host key, lease, authority
     /// versions, cursors, marks) must be what this replica last wrote: `STATE_MAC` is a hash of
     /// every other row keyed under the master key, so a value changed or put back by someone
@@ -717,18 +719,6 @@ impl Replica {
             meta.insert(meta_key::ROW_DIGESTS, [1u8].as_slice())?;
         }
         txn.commit()
-    }
-
-    fn migrate(&self, format: u32) -> Result<()> {
-        if format >= FORMAT_VERSION {
-            return Ok(());
-        }
-        let txn = self.begin_raw_write()?;
-        // 1 → 2: body tails; bodies written before read as they are.
-        txn.open_table(META)?
-            .insert(meta_key::FORMAT, FORMAT_VERSION.to_le_bytes().as_slice())?;
-        txn.commit()?;
-        Ok(())
     }
 
     fn master_key(dir: &Path, source: &KeySource, keyring: &Keyring) -> Result<Key> {
@@ -926,6 +916,27 @@ impl Replica {
         self.keys.index.blind_index(ins.matricule().as_bytes())
     }
 
+    /// How a professional appears in table keys (`PROS`, grants' subject keys, the host's
+    /// site–professional tables, pending grants and requests): a keyed BLAKE3 of the RPPS under
+    /// the blind index key, tagged apart from INS and unique ids, so the file names no
+    /// professional in clear and two replicas' keys for one professional differ.
+    fn rpps_index(&self, rpps: &crate::ids::Rpps) -> [u8; 32] {
+        self.keys
+            .index
+            .tagged_index(b"rpps:", rpps.as_str().as_bytes())
+    }
+
+    /// How a document appears in the keys of the host's `ANNOUNCEMENTS` and `HOST_CLEARS`: the
+    /// first 16 bytes of a keyed BLAKE3 of its id (tagged as `rpps_index`), so those tables do
+    /// not name, by an id every replica shares, the documents hidden from a patient or
+    /// unmasked by the host, nor when they were written.
+    fn doc_index(&self, id: &DocId) -> [u8; 16] {
+        let full = self.keys.index.tagged_index(b"doc:", &id.0);
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&full[..16]);
+        out
+    }
+
     /// The document `unique_id` names in dossier `bi` (whose key is `key`, if held), if any. A
     /// document's own id (`urn:carnet:` and its document id, made when the producer gave none)
     /// is not indexed: the document id is unique already, so it names its document through
@@ -996,17 +1007,16 @@ impl Replica {
         let txn = self.begin_write()?;
         {
             let mut pros = self.digested(&txn, PROS)?;
-            let sealed = self.keys.registry.seal(
-                &aad(&[b"pro", p.rpps.as_str().as_bytes()]),
-                &postcard::to_stdvec(p)?,
-            )?;
-            pros.insert(p.rpps.as_str(), sealed.as_slice())?;
+            let pro = self.rpps_index(&p.rpps);
+            let sealed = self
+                .keys
+                .registry
+                .seal(&pro_aad(&pro), &postcard::to_stdvec(p)?)?;
+            pros.insert(&pro, sealed.as_slice())?;
             Self::registry_changed(&txn)?;
             drop(pros);
             if self.config.role == Role::Site {
-                self.push_outbox(&txn, |_| {
-                    Ok(OutboxItem::Professional(p.rpps.as_str().to_string()))
-                })?;
+                self.push_outbox(&txn, |_| Ok(OutboxItem::Professional(pro)))?;
             }
             txn.trace(vec![self.admin_entry(
                 "professional-registered",
@@ -1020,13 +1030,19 @@ impl Replica {
 
     /// A professional registered here (for sending to the host).
     fn who_is(&self, txn: &ReadTransaction, rpps: &crate::ids::Rpps) -> Result<Professional> {
-        let pros = txn.open_table(PROS)?;
-        let row = pros.get(rpps.as_str())?;
-        match row {
-            Some(v) => self.open_professional(rpps.as_str(), v.value()),
-            None => Err(Error::not_found(format!(
-                "professional {rpps} is not registered here"
-            ))),
+        self.registered(&txn.open_table(PROS)?, &self.rpps_index(rpps))?
+            .ok_or_else(|| Error::not_found(format!("professional {rpps} is not registered here")))
+    }
+
+    /// The professional registered here under `rpps_index` `pro`, if any.
+    fn registered(
+        &self,
+        pros: &impl ReadableTable<&'static [u8; 32], &'static [u8]>,
+        pro: &[u8; 32],
+    ) -> Result<Option<Professional>> {
+        match pros.get(pro)? {
+            Some(v) => Ok(Some(self.open_professional(pro, v.value())?)),
+            None => Ok(None),
         }
     }
 
@@ -1039,14 +1055,12 @@ impl Replica {
             let (k, v) = row?;
             out.push(self.open_professional(k.value(), v.value())?);
         }
+        out.sort_by(|a: &Professional, b| a.rpps.cmp(&b.rpps));
         Ok(out)
     }
 
-    fn open_professional(&self, rpps: &str, sealed: &[u8]) -> Result<Professional> {
-        let plain = self
-            .keys
-            .registry
-            .open(&aad(&[b"pro", rpps.as_bytes()]), sealed)?;
+    fn open_professional(&self, pro: &[u8; 32], sealed: &[u8]) -> Result<Professional> {
+        let plain = self.keys.registry.open(&pro_aad(pro), sealed)?;
         Ok(postcard::from_bytes(&plain)?)
     }
 
@@ -1154,10 +1168,7 @@ impl Replica {
                 let found = self
                     .cache
                     .professional(generation.registry, rpps.as_str(), || {
-                        match txn.open_table(PROS)?.get(rpps.as_str())? {
-                            Some(v) => Ok(Some(self.open_professional(rpps.as_str(), v.value())?)),
-                            None => Ok(None),
-                        }
+                        self.registered(&txn.open_table(PROS)?, &self.rpps_index(rpps))
                     })?;
                 match found {
                     Some(p) => (
@@ -1861,4 +1872,9 @@ impl PreparedTrace {
             sealed: self.sealed,
         }
     }
+}
+
+/// Associated data of a professional's row in `PROS`: its key.
+fn pro_aad(pro: &[u8; 32]) -> Vec<u8> {
+    aad(&[b"pro", pro])
 }

@@ -28,9 +28,11 @@ struct Pending {
 }
 
 /// `blind index ‖ RPPS`.
-fn pending_key(bi: &[u8; 32], rpps: &Rpps) -> Vec<u8> {
-    let mut k = bi.to_vec();
-    k.extend_from_slice(rpps.as_str().as_bytes());
+/// `blind index ‖ rpps_index`.
+fn pending_key(bi: &[u8; 32], pro: &[u8; 32]) -> [u8; 64] {
+    let mut k = [0u8; 64];
+    k[..32].copy_from_slice(bi);
+    k[32..].copy_from_slice(pro);
     k
 }
 
@@ -60,19 +62,20 @@ impl Replica {
                 postcard::from_bytes::<Pending>(v).is_ok_and(|p| now - p.at < PENDING_VALID)
             })?;
             table.insert(
-                pending_key(&bi, rpps).as_slice(),
+                pending_key(&bi, &self.rpps_index(rpps)).as_slice(),
                 postcard::to_stdvec(&Pending { at: now })?.as_slice(),
             )?;
         }
+        let pro = self.rpps_index(rpps);
         self.push_outbox(&txn, |seq| {
             Ok(OutboxItem::PendingGrant {
                 sealed_ins: self.seal_queued(
                     seq,
                     Queued::PendingGrant,
-                    rpps.as_str().as_bytes(),
+                    &pro,
                     ins.matricule().as_bytes(),
                 )?,
-                rpps: rpps.as_str().to_string(),
+                pro,
             })
         })?;
         txn.trace(vec![self.admin_entry(
@@ -100,7 +103,7 @@ impl Replica {
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
             Err(e) => return Err(e.into()),
         };
-        let Some(row) = table.get(pending_key(bi, rpps).as_slice())? else {
+        let Some(row) = table.get(pending_key(bi, &self.rpps_index(rpps)).as_slice())? else {
             return Ok(false);
         };
         let pending: Pending = postcard::from_bytes(row.value())?;

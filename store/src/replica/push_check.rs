@@ -474,14 +474,11 @@ impl Replica {
                 } else if !self.is_bound(txn, origin, rpps)? {
                     Err("the professional does not practise at that site for the host")
                 } else {
-                    match txn.open_table(PROS)?.get(rpps.as_str())? {
-                        Some(sealed) => {
-                            let pro = self.open_professional(rpps.as_str(), sealed.value())?;
-                            Ok(Who::Professional {
-                                rpps: pro.rpps,
-                                profession: pro.profession,
-                            })
-                        }
+                    match self.registered(&txn.open_table(PROS)?, &self.rpps_index(rpps))? {
+                        Some(pro) => Ok(Who::Professional {
+                            rpps: pro.rpps,
+                            profession: pro.profession,
+                        }),
                         None => Err("the professional is not in the host's registry"),
                     }
                 };
@@ -552,7 +549,7 @@ impl Replica {
                 None => {
                     let grant = match self.authority_get(
                         &txn.open_table(AUTHORITY)?,
-                        &subject_key(tag::GRANT, Some(bi), Some(rpps.as_str())),
+                        &subject_key(tag::GRANT, Some(bi), Some(&self.rpps_index(rpps))),
                     )? {
                         Some(Verified {
                             record: AuthorityRecord::Grant(g),
@@ -644,7 +641,7 @@ impl Replica {
 
     /// The host's clock counter at its latest clear of each flag of `id` (0: never).
     fn host_clears(&self, txn: &WriteTransaction, id: &DocId) -> Result<[u64; 3]> {
-        match txn.open_table(HOST_CLEARS)?.get(&id.0)? {
+        match txn.open_table(HOST_CLEARS)?.get(&self.doc_index(id))? {
             Some(sealed) => {
                 let plain = self
                     .keys
@@ -687,7 +684,7 @@ impl Replica {
             &postcard::to_stdvec(&counters)?,
         )?;
         self.digested(txn, HOST_CLEARS)?
-            .insert(&id.0, sealed.as_slice())?;
+            .insert(&self.doc_index(&id), sealed.as_slice())?;
         Ok(())
     }
 

@@ -61,12 +61,12 @@ pub struct SiteRequest {
     pub at: Millis,
 }
 
-/// `kind ‖ blind index ‖ [RPPS] ‖ site`.
-fn request_key(kind: RequestKind, bi: &[u8; 32], rpps: Option<&Rpps>, site: SiteId) -> Vec<u8> {
+/// `kind ‖ blind index ‖ [rpps_index] ‖ site`.
+fn request_key(kind: RequestKind, bi: &[u8; 32], pro: Option<&[u8; 32]>, site: SiteId) -> Vec<u8> {
     let mut k = vec![kind.tag()];
     k.extend_from_slice(bi);
-    if let Some(r) = rpps {
-        k.extend_from_slice(r.as_str().as_bytes());
+    if let Some(pro) = pro {
+        k.extend_from_slice(pro);
     }
     k.extend_from_slice(&site.0.to_be_bytes());
     k
@@ -109,22 +109,32 @@ impl Replica {
         txn.commit()
     }
 
-    /// Host: the professionals bound to `site`.
+    /// Host: the professionals bound to `site`, by RPPS.
     pub fn site_professionals(&self, site: SiteId) -> Result<Vec<Rpps>> {
-        Self::bound_in(&self.begin_read()?, site)
+        let txn = self.begin_read()?;
+        let registry = txn.open_table(PROS)?;
+        let mut out = Vec::new();
+        for pro in Self::bound_in(&txn, site)? {
+            // Bound professionals are registered here (`bind_professional` checks it).
+            let pro = self
+                .registered(&registry, &pro)?
+                .ok_or_else(|| Error::integrity("a bound professional is not registered"))?;
+            out.push(pro.rpps);
+        }
+        out.sort();
+        Ok(out)
     }
 
-    /// The professionals bound to `site`, in the snapshot `txn`.
-    pub(super) fn bound_in(txn: &redb::ReadTransaction, site: SiteId) -> Result<Vec<Rpps>> {
+    /// The professionals bound to `site`, by `rpps_index`, in the snapshot `txn`.
+    pub(super) fn bound_in(txn: &redb::ReadTransaction, site: SiteId) -> Result<Vec<[u8; 32]>> {
         let prefix = site.0.to_be_bytes();
         let mut out = Vec::new();
         for row in txn.open_table(SITE_PROS)?.range(prefix.as_slice()..)? {
             let (k, _) = row?;
-            let Some(rpps) = k.value().strip_prefix(prefix.as_slice()) else {
+            let Some(pro) = k.value().strip_prefix(prefix.as_slice()) else {
                 break;
             };
-            let rpps = std::str::from_utf8(rpps).map_err(|_| Error::integrity("site key"))?;
-            out.push(Rpps::parse(rpps)?);
+            out.push(pro.try_into().map_err(|_| Error::integrity("site key"))?);
         }
         Ok(out)
     }
@@ -138,7 +148,7 @@ impl Replica {
     ) -> Result<bool> {
         Ok(txn
             .open_table(SITE_PROS)?
-            .get(site_key(site.0, rpps.as_str().as_bytes()).as_slice())?
+            .get(site_key(site.0, &self.rpps_index(rpps)).as_slice())?
             .is_some())
     }
 
@@ -198,7 +208,7 @@ impl Replica {
             let head = self.authority_get(&table, &subject_key(tag::DOSSIER, Some(&bi), None))?;
             let grant = self.authority_get(
                 &table,
-                &subject_key(tag::GRANT, Some(&bi), Some(rpps.as_str())),
+                &subject_key(tag::GRANT, Some(&bi), Some(&self.rpps_index(rpps))),
             )?;
             (head, grant)
         };
@@ -226,7 +236,12 @@ impl Replica {
             (Some(why), _) => ("consent-refused", why.to_string()),
             (None, Some(GrantState::Active)) => ("consent-received", "already granted".into()),
             (None, _) => {
-                let key = request_key(RequestKind::Consent, &bi, Some(rpps), site);
+                let key = request_key(
+                    RequestKind::Consent,
+                    &bi,
+                    Some(&self.rpps_index(rpps)),
+                    site,
+                );
                 self.put_request(txn, &key, RequestKind::Consent, site, ins, Some(rpps))?;
                 (
                     "consent-requested",
@@ -324,7 +339,7 @@ impl Replica {
     ) -> Result<()> {
         let mut prefix = vec![RequestKind::Consent.tag()];
         prefix.extend_from_slice(bi);
-        prefix.extend_from_slice(rpps.as_str().as_bytes());
+        prefix.extend_from_slice(&self.rpps_index(rpps));
         let mut end = prefix.clone();
         end.extend_from_slice(&[0xff; 4]);
         self.digested(txn, SITE_REQUESTS)?

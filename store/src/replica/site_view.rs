@@ -21,7 +21,7 @@ use super::Replica;
 use super::tables::*;
 use crate::authority::{AuthorityRecord, Verified};
 use crate::error::Result;
-use crate::ids::{Rpps, SiteId};
+use crate::ids::SiteId;
 use crate::merge::DocumentMeta;
 use crate::model::{AccessMode, EmergencyPrefs, HabilitationMatrix};
 use crate::policy::{self, Action, DossierView, Request, Who};
@@ -30,8 +30,9 @@ use crate::policy::{self, Action, DossierView, Request, Who};
 /// it has learned of each dossier so far.
 pub(super) struct SiteView {
     site: SiteId,
-    /// Bound professionals known to the host's registry, as the policy sees them.
-    pros: Vec<Who>,
+    /// Bound professionals known to the host's registry, as the policy sees them, with their
+    /// `rpps_index`.
+    pros: Vec<(Who, [u8; 32])>,
     matrix: Arc<HabilitationMatrix>,
     /// Whether the site receives all of a dossier (one of its professionals may read it).
     readable: HashMap<[u8; 32], bool>,
@@ -42,14 +43,14 @@ impl Replica {
     pub(super) fn site_view(&self, txn: &ReadTransaction, site: SiteId) -> Result<SiteView> {
         let registry = txn.open_table(PROS)?;
         let mut pros = Vec::new();
-        for rpps in Self::bound_in(txn, site)? {
+        for index in Self::bound_in(txn, site)? {
             // Bound professionals are registered here (`bind_professional` checks it).
-            if let Some(sealed) = registry.get(rpps.as_str())? {
-                let pro = self.open_professional(rpps.as_str(), sealed.value())?;
-                pros.push(Who::Professional {
+            if let Some(pro) = self.registered(&registry, &index)? {
+                let who = Who::Professional {
                     rpps: pro.rpps,
                     profession: pro.profession,
-                });
+                };
+                pros.push((who, index));
             }
         }
         Ok(SiteView {
@@ -83,14 +84,10 @@ impl Replica {
         else {
             return Ok(false);
         };
-        for who in &view.pros {
-            let Who::Professional { rpps, .. } = who else {
-                continue;
-            };
-            let grant = match self.authority_get(
-                &authority,
-                &subject_key(tag::GRANT, Some(bi), Some(rpps.as_str())),
-            )? {
+        for (who, pro) in &view.pros {
+            let grant = match self
+                .authority_get(&authority, &subject_key(tag::GRANT, Some(bi), Some(pro)))?
+            {
                 Some(Verified {
                     record: AuthorityRecord::Grant(g),
                     ..
@@ -143,10 +140,9 @@ impl Replica {
 }
 
 impl SiteView {
-    /// True when a grant to `rpps` concerns this site: one of its bound professionals.
-    pub(super) fn sees_grant_of(&self, rpps: &Rpps) -> bool {
-        self.pros
-            .iter()
-            .any(|w| matches!(w, Who::Professional { rpps: r, .. } if r == rpps))
+    /// True when a grant to the professional of `rpps_index` `pro` concerns this site: one of
+    /// its bound professionals.
+    pub(super) fn sees_grant_of(&self, pro: &[u8; 32]) -> bool {
+        self.pros.iter().any(|(_, p)| p == pro)
     }
 }

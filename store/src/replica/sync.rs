@@ -232,18 +232,13 @@ impl Replica {
                         self.open_queued_ins(seq, Queued::Pin, &[u8::from(on)], &sealed_ins)?;
                     out.push((seq, Change::Pin { ins, on }));
                 }
-                OutboxItem::Professional(rpps) => {
-                    let pro = self.who_is(&txn, &crate::ids::Rpps::parse(&rpps)?)?;
+                OutboxItem::Professional(pro) => {
+                    let pro = self.queued_professional(&txn, &pro)?;
                     out.push((seq, Change::Professional(pro)));
                 }
-                OutboxItem::PendingGrant { sealed_ins, rpps } => {
-                    let ins = self.open_queued_ins(
-                        seq,
-                        Queued::PendingGrant,
-                        rpps.as_bytes(),
-                        &sealed_ins,
-                    )?;
-                    let rpps = crate::ids::Rpps::parse(&rpps)?;
+                OutboxItem::PendingGrant { sealed_ins, pro } => {
+                    let ins = self.open_queued_ins(seq, Queued::PendingGrant, &pro, &sealed_ins)?;
+                    let rpps = self.queued_professional(&txn, &pro)?.rpps;
                     out.push((seq, Change::PendingGrant { ins, rpps }));
                 }
                 OutboxItem::EmergencyFetch { sealed } => {
@@ -329,6 +324,17 @@ impl Replica {
             None,
         )]);
         txn.commit()
+    }
+
+    /// The professional an outbox entry names by `rpps_index` (registered here: entries are
+    /// queued only for registered professionals, and none is ever removed).
+    fn queued_professional(
+        &self,
+        txn: &redb::ReadTransaction,
+        pro: &[u8; 32],
+    ) -> Result<crate::model::Professional> {
+        self.registered(&txn.open_table(PROS)?, pro)?
+            .ok_or_else(|| Error::integrity("a queued change names an unregistered professional"))
     }
 
     /// Seals `plain`, a part of the outbox entry queued at `seq`, bound to that entry: its

@@ -1,16 +1,21 @@
 //! The redb tables of a replica and the stored-row encodings.
 //!
-//! Invariant: no table holds an INS, a name or a title in clear. Dossiers are keyed by a keyed
-//! BLAKE3 blind index of the INS; every value with patient data is sealed (see `crypto`), with
+//! Invariant: no table holds an INS, an RPPS, a name or a title in clear. Dossiers are keyed by a
+//! keyed BLAKE3 blind index of the INS, professionals by `rpps_index` (the same under a tag);
+//! bodies and document metadata are padded to size buckets (`padding`) before sealing; every
+//! value with patient data is sealed (see `crypto`), with
 //! associated data naming the table and the row, so a sealed value moved to another row fails
 //! to open.
 
 use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 
+use crate::ids::SiteId;
+
 /// Settings and key material: format version, config, keyring, counters.
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-/// Signed host records by subject key (see `subject_key`), sealed with the registry key.
+/// Signed host records by subject key (see `subject_key`: a grant's names its professional by
+/// `rpps_index`), sealed with the registry key.
 pub const AUTHORITY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("authority");
 /// Each dossier's data key, wrapped by the master key, by blind index.
 pub const DOSSIER_KEYS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("dossier_keys");
@@ -26,8 +31,8 @@ pub const UNIQUE_IDS: TableDefinition<&[u8], &[u8; 16]> = TableDefinition::new("
 /// Body chunks, sealed with the dossier key, cut as `body_chunk_plan` says: document id ‖ chunk
 /// number (big-endian u32), or for a tail `TAIL_PREFIX` ‖ document id ‖ chunk number.
 pub const BODIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("bodies");
-/// Professionals registered at this site, sealed with the registry key, by RPPS.
-pub const PROS: TableDefinition<&str, &[u8]> = TableDefinition::new("professionals");
+/// Professionals registered at this site, sealed with the registry key, by `rpps_index`.
+pub const PROS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("professionals");
 /// Trace entries (`StoredTrace`) by (origin site, sequence).
 pub const AUDIT: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("audit");
 /// Head of each origin's trace chain: postcard `(last seq, last hash)`.
@@ -35,9 +40,9 @@ pub const AUDIT_HEADS: TableDefinition<u32, &[u8]> = TableDefinition::new("audit
 /// Local changes not yet acknowledged by the host, in order (`OutboxItem`).
 pub const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 /// Host: the professionals the host binds to each site (never a site's say-so): site (u32 BE) ‖
-/// RPPS.
+/// `rpps_index`.
 pub const SITE_PROS: TableDefinition<&[u8], ()> = TableDefinition::new("site_pros");
-/// Host: the same pairs, RPPS first: RPPS ‖ site (u32 BE).
+/// Host: the same pairs, professional first: `rpps_index` ‖ site (u32 BE).
 pub const PRO_SITES: TableDefinition<&[u8], ()> = TableDefinition::new("pro_sites");
 /// Host: each site's scope: site (u32 BE) ‖ blind index → why (`scope_bit`).
 pub const SCOPE: TableDefinition<&[u8], u8> = TableDefinition::new("scope");
@@ -66,15 +71,16 @@ pub const OWED_BODIES: TableDefinition<&[u8], ()> = TableDefinition::new("owed_b
 /// Documents whose metadata is here and whose body is not yet (the bodies a round fetches),
 /// kept with the metadata so that finding them costs nothing when there are none.
 pub const MISSING_BODIES: TableDefinition<&[u8; 16], ()> = TableDefinition::new("missing_bodies");
-/// Site: pending grants (consent given in person), `blind index ‖ RPPS` → when.
+/// Site: pending grants (consent given in person), `blind index ‖ rpps_index` → when.
 pub const PENDING_GRANTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pending_grants");
-/// Host: documents hidden from the patient whose patient was told (document id → when).
+/// Host: documents hidden from the patient whose patient was told (`doc_index` → when).
 pub const ANNOUNCEMENTS: TableDefinition<&[u8; 16], i64> = TableDefinition::new("announcements");
 /// Bytes received so far of each body in `PARTIAL_BODIES`.
 pub const PARTIAL_PROGRESS: TableDefinition<&[u8; 16], u64> =
     TableDefinition::new("partial_progress");
 /// Host: what sites asked for and the host has not decided yet (`site_access`): a pin
-/// (`1 ‖ blind index ‖ site`) or consent given in person (`2 ‖ blind index ‖ RPPS ‖ site`) →
+/// (`1 ‖ blind index ‖ site`) or consent given in person (`2 ‖ blind index ‖ rpps_index ‖
+/// site`) →
 /// sealed `SiteRequest` (registry key, bound to its row).
 pub const SITE_REQUESTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("site_requests");
 /// Host: the key each site chains its trace with (`site_traces`), sealed with the audit key and
@@ -89,7 +95,7 @@ pub const SITE_SIGNED_HEADS: TableDefinition<u32, &[u8]> =
 /// `site (u32 BE) ‖ blind index` → Unix milliseconds.
 pub const EMERGENCY_SCOPES: TableDefinition<&[u8], i64> = TableDefinition::new("emergency_scopes");
 /// Host: the flags the host itself cleared on a document (an unmask, the announcement timer's
-/// release): document id → sealed `[u64; 3]` (registry key, bound to the id), for
+/// release): `doc_index` → sealed `[u64; 3]` (registry key, bound to the id), for
 /// `MASQUE_PS`, `INVISIBLE_PATIENT` and `INVISIBLE_REPRESENTANTS_LEGAUX`, the host's own clock
 /// counter on the document at its latest clear of that flag (0: never cleared). A site's
 /// version that has not seen that clear may carry the flag again without an act
@@ -130,19 +136,25 @@ pub mod meta_key {
     pub const OUTBOX_ACKED: &str = "outbox_acked";
 }
 
-/// The format this build writes. A newer stored format is refused; older ones migrate forward.
+/// The format this build writes. A newer stored format is refused, and so is an older one: the
+/// project has no deployed replica, and format 3 changed what bodies are (padded, see
+/// `padding`) and how rows are keyed, which no migration rewrites.
 ///
 /// - 1: bodies in `BODIES` only, in chunks of `CHUNK_PLAIN`.
 /// - 2: bodies are cut as `body_chunk_plan` says, a small last chunk kept as a tail
-///   (`body_tail_key`). A format 1 body still reads (the reader looks for a small last chunk as
-///   a tail, then as a chunk), so the migration only stores the new format.
-pub const FORMAT_VERSION: u32 = 2;
+///   (`body_tail_key`).
+/// - 3: bodies padded to their size bucket before they are cut, sealed metadata padded
+///   (`padding`).
+pub const FORMAT_VERSION: u32 = 3;
+
+/// The oldest format this build opens.
+pub const FORMAT_OLDEST: u32 = 3;
 
 /// Subject-key tags in `AUTHORITY`.
 pub mod tag {
     /// Dossier head.
     pub const DOSSIER: u8 = 1;
-    /// Grant (followed by blind index and RPPS).
+    /// Grant (followed by blind index and `rpps_index`).
     pub const GRANT: u8 = 2;
     /// Emergency preferences.
     pub const EMERGENCY: u8 = 3;
@@ -182,8 +194,8 @@ pub enum OutboxItem {
     /// were recorded (no longer written: see `DocumentAct`). Sent as acted by the document's
     /// author (`Act::by_author`).
     Document([u8; 16]),
-    /// A professional was registered at this site (by RPPS).
-    Professional(String),
+    /// A professional was registered at this site (by `rpps_index`: the record is in `PROS`).
+    Professional([u8; 32]),
     /// The site purged a dossier (closure or scope exit); the INS is sealed (registry key).
     PurgeReceipt {
         /// `Ins` matricule, sealed.
@@ -206,8 +218,8 @@ pub enum OutboxItem {
         /// `Ins` matricule, sealed.
         #[serde(with = "serde_bytes")]
         sealed_ins: Vec<u8>,
-        /// The professional.
-        rpps: String,
+        /// The professional, by `rpps_index` (registered in `PROS`).
+        pro: [u8; 32],
     },
     /// A document changed by an act at this site: who did what (`sync::Act`, postcard, sealed
     /// with the registry key and bound to the document and this entry's sequence).
@@ -261,6 +273,14 @@ pub fn site_key(site: u32, rest: &[u8]) -> Vec<u8> {
     k
 }
 
+/// `rpps_index ‖ site (u32 BE)`: a key of `PRO_SITES`.
+pub fn pro_site_key(pro: &[u8; 32], site: SiteId) -> [u8; 36] {
+    let mut k = [0u8; 36];
+    k[..32].copy_from_slice(pro);
+    k[32..].copy_from_slice(&site.0.to_be_bytes());
+    k
+}
+
 /// A purge receipt, kept where a dossier was purged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PurgeReceipt {
@@ -310,23 +330,27 @@ pub const TAIL_PREFIX: u8 = 0xff;
 /// the rest smaller than all of them is the last chunk. That last chunk is a tail when
 /// page-sized chunks come before it (a 4 KiB body is 3,992 bytes in a 4 KiB page plus a
 /// 104-byte tail, where one sealed chunk would take an 8 KiB page); a body smaller than every
-/// fit is one chunk. An empty body has no chunk.
+/// fit is one chunk. An empty body has no chunk. `len` is the padded length
+/// (`padding::padded_body_len`).
 pub fn body_chunk_plan(len: usize) -> Vec<(usize, ChunkPlace)> {
     let mut plan = Vec::with_capacity(len / CHUNK_PLAIN + 2);
     let mut rest = len;
-    while let Some(&fit) = PAGE_FITS.iter().find(|&&fit| fit <= rest) {
-        plan.push((fit, ChunkPlace::Main));
-        rest -= fit;
-    }
-    if rest > 0 {
-        let place = if plan.is_empty() {
-            ChunkPlace::Main
-        } else {
-            ChunkPlace::Tail
-        };
-        plan.push((rest, place));
+    while rest > 0 {
+        let chunk = next_body_chunk(rest, plan.is_empty());
+        plan.push(chunk);
+        rest -= chunk.0;
     }
     plan
+}
+
+/// The next chunk of `body_chunk_plan` when `rest` bytes (more than 0) remain, `first` when no
+/// chunk came before; so a reader can walk a body without building its plan.
+pub fn next_body_chunk(rest: usize, first: bool) -> (usize, ChunkPlace) {
+    match PAGE_FITS.iter().find(|&&fit| fit <= rest) {
+        Some(&fit) => (fit, ChunkPlace::Main),
+        None if first => (rest, ChunkPlace::Main),
+        None => (rest, ChunkPlace::Tail),
+    }
 }
 
 /// `blind index ‖ document id`.
@@ -373,14 +397,16 @@ pub fn pending_purge_aad(bi: &[u8]) -> Vec<u8> {
     crate::crypto::aad(&[b"pending_purges", bi])
 }
 
-/// Subject key in `AUTHORITY`: tag, then blind index, then RPPS for grants.
-pub fn subject_key(tag: u8, bi: Option<&[u8; 32]>, rpps: Option<&str>) -> Vec<u8> {
-    let mut k = vec![tag];
+/// Subject key in `AUTHORITY`: tag, then blind index, then for grants the professional's
+/// `rpps_index`.
+pub fn subject_key(tag: u8, bi: Option<&[u8; 32]>, pro: Option<&[u8; 32]>) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + 32 + 32);
+    k.push(tag);
     if let Some(bi) = bi {
         k.extend_from_slice(bi);
     }
-    if let Some(r) = rpps {
-        k.extend_from_slice(r.as_bytes());
+    if let Some(pro) = pro {
+        k.extend_from_slice(pro);
     }
     k
 }

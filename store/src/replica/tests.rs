@@ -1687,6 +1687,20 @@ fn host_and_site_on_a_clock() -> (
     ((hd, sd), now, host, site)
 }
 
+/// The keys of a table keyed by document (`doc_index`).
+fn keys_by_doc<V: redb::Value + 'static>(
+    r: &Replica,
+    table: redb::TableDefinition<&'static [u8; 16], V>,
+) -> Vec<[u8; 16]> {
+    let txn = r.begin_read().expect("read");
+    let table = txn.open_table(table).expect("table");
+    table
+        .iter()
+        .expect("iter")
+        .map(|row| *row.expect("row").0.value())
+        .collect()
+}
+
 #[test]
 fn the_host_tells_the_patient_after_two_weeks_and_releases_after_a_month() {
     use std::sync::atomic::Ordering;
@@ -1730,12 +1744,18 @@ fn the_host_tells_the_patient_after_two_weeks_and_releases_after_a_month() {
         "told once"
     );
     assert_eq!(admin(&host, "announcement-due"), 1);
+    // Remembered under the host's keyed index of the id, not the id every replica shares.
+    assert_eq!(keys_by_doc(&host, ANNOUNCEMENTS), vec![host.doc_index(&id)]);
+    assert_ne!(host.doc_index(&id), id.0);
+    assert_ne!(host.doc_index(&id), site.doc_index(&id), "per replica");
     assert!(!patient_reads(&host), "still hidden");
     // At a month it becomes visible, on the host and, after a sync, on the site.
     now.fetch_add(16 * 24 * 3_600_000, Ordering::SeqCst);
     let pass = host.run_announcement_timer().expect("pass");
     assert_eq!((pass.told, pass.released), (0, 1));
     assert_eq!(admin(&host, "announcement-released"), 1);
+    assert_eq!(keys_by_doc(&host, HOST_CLEARS), vec![host.doc_index(&id)]);
+    assert!(keys_by_doc(&host, ANNOUNCEMENTS).is_empty());
     assert!(patient_reads(&host));
     assert!(
         !patient_reads(&site),
@@ -1951,7 +1971,7 @@ fn bodies_of_every_size_read_back_and_travel_and_their_tails_go_with_a_purge() {
     for (&n, id) in sizes.iter().zip(&ids) {
         assert_eq!(read_body(&site, id), pattern(n), "{n} bytes at the site");
         assert_eq!(read_body(&host, id), pattern(n), "{n} bytes at the host");
-        let plan = body_chunk_plan(n);
+        let plan = body_chunk_plan(crate::padding::padded_body_len(n));
         let tails = plan.iter().filter(|c| c.1 == ChunkPlace::Tail).count() as u64;
         let expect = (plan.len() as u64 - tails, tails);
         assert_eq!(body_rows(&site, id), expect, "{n} bytes at the site");
@@ -1987,62 +2007,86 @@ fn bodies_of_every_size_read_back_and_travel_and_their_tails_go_with_a_purge() {
 }
 
 #[test]
-fn a_format_1_replica_migrates_at_open_and_its_bodies_still_read() {
+fn a_replica_of_an_older_format_is_refused_and_left_as_it_was() {
     let (_hd, _host, sd, site) = host_and_site();
-    // 66,000: a last chunk of 568 bytes after a full one, read where format 1 kept it.
-    let sizes = [4_096, 66_000, 70_000, 150_000];
-    let ids: Vec<DocId> = sizes
-        .iter()
-        .map(|&n| write(&site, &format!("{n} bytes"), &pattern(n)))
-        .collect();
-    // As format 1 wrote them: chunks of 65,432 bytes and no tail.
-    {
-        let txn = site.begin_raw_write().expect("write");
-        let bi = site.blind(&ins());
-        let key = site
-            .dossier_key(&txn.open_table(DOSSIER_KEYS).expect("keys"), &bi)
-            .expect("key")
-            .expect("present");
-        {
-            let mut bodies = txn.open_table(BODIES).expect("bodies");
-            for (&n, id) in sizes.iter().zip(&ids) {
-                documents::remove_body(&mut bodies, &id.0).expect("remove");
-                for (i, chunk) in pattern(n).chunks(65_432).enumerate() {
-                    let sealed = key
-                        .seal(&super::documents::body_aad(&id.0, i as u32), chunk)
-                        .expect("seal");
-                    bodies
-                        .insert(body_key(&id.0, i as u32).as_slice(), sealed.as_slice())
-                        .expect("insert");
-                }
-            }
-        }
+    let id = write(&site, "kept", &pattern(5_000));
+    drop(site);
+    let set_format = |format: u32| {
+        let db = redb::Database::open(sd.path().join(DB_FILE)).expect("db");
+        let txn = db.begin_write().expect("write");
         txn.open_table(META)
             .expect("meta")
-            .insert(meta_key::FORMAT, 1u32.to_le_bytes().as_slice())
-            .expect("format 1");
+            .insert(meta_key::FORMAT, format.to_le_bytes().as_slice())
+            .expect("format");
         txn.commit().expect("commit");
-    }
-    drop(site);
+    };
+    set_format(2);
+    let err = Replica::open(sd.path(), &KeySource::File, clock()).expect_err("format 2");
+    assert!(
+        matches!(&err, Error::Invalid(m) if m.contains("earlier Carnet") && m.contains("format 2")),
+        "{err}"
+    );
+    // Refused before anything was written: put back at its format, it opens as it was.
+    set_format(FORMAT_VERSION);
     let site = Replica::open(sd.path(), &KeySource::File, clock()).expect("reopen");
-    let format = site
-        .db
-        .begin_read()
-        .expect("read")
-        .open_table(META)
-        .expect("meta")
-        .get(meta_key::FORMAT)
-        .expect("get")
-        .map(|v| v.value().to_vec());
-    assert_eq!(format, Some(FORMAT_VERSION.to_le_bytes().to_vec()));
-    for (&n, id) in sizes.iter().zip(&ids) {
-        assert_eq!(read_body(&site, id), pattern(n), "{n} bytes, format 1");
-        assert_eq!(body_rows(&site, id).1, 0);
+    assert_eq!(read_body(&site, &id), pattern(5_000));
+}
+
+/// The lengths of the rows of document `id` in `BODIES` and `DOCS`, in key order.
+fn sealed_lengths(r: &Replica, id: &DocId) -> (Vec<usize>, usize) {
+    let txn = r.begin_read().expect("read");
+    let bodies = txn.open_table(BODIES).expect("bodies");
+    let mut chunks = Vec::new();
+    for (first, last) in [
+        (
+            body_key(&id.0, 0).to_vec(),
+            body_key(&id.0, u32::MAX).to_vec(),
+        ),
+        (
+            body_tail_key(&id.0, 0).to_vec(),
+            body_tail_key(&id.0, u32::MAX).to_vec(),
+        ),
+    ] {
+        for row in bodies
+            .range(first.as_slice()..=last.as_slice())
+            .expect("range")
+        {
+            let (k, v) = row.expect("row");
+            if k.value().len() == first.len() {
+                chunks.push(v.value().len());
+            }
+        }
     }
-    // New bodies are cut the new way beside them.
-    let id = write(&site, "new", &pattern(4_096));
-    assert_eq!(body_rows(&site, &id), (1, 1));
-    assert_eq!(read_body(&site, &id), pattern(4_096));
+    let docs = txn.open_table(DOCS).expect("docs");
+    let meta = docs.get(&id.0).expect("get").expect("row").value().len();
+    (chunks, meta)
+}
+
+#[test]
+fn bodies_and_metadata_of_one_size_bucket_are_sealed_to_rows_of_equal_length() {
+    let (_hd, host, _sd, site) = host_and_site();
+    // 4,609 to 5,120 bytes share a bucket; so do short titles.
+    let a = write(&site, "a", &pattern(4_700));
+    let b = write(&site, "a longer title", &pattern(5_120));
+    // Trailing zero bytes in a body are its own: cut by size, not by value.
+    let zeros = write(&site, "zeros", &[0u8; 5_000]);
+    let other = write(&site, "other bucket", &pattern(5_121));
+    sync(&host, &site);
+    for r in [&site, &host] {
+        assert_eq!(sealed_lengths(r, &a), sealed_lengths(r, &b));
+        assert_eq!(sealed_lengths(r, &a), sealed_lengths(r, &zeros));
+        assert_ne!(sealed_lengths(r, &a).0, sealed_lengths(r, &other).0);
+        assert_eq!(read_body(r, &a), pattern(4_700));
+        assert_eq!(read_body(r, &b), pattern(5_120));
+        assert_eq!(read_body(r, &zeros), vec![0u8; 5_000]);
+        assert_eq!(read_body(r, &other), pattern(5_121));
+    }
+    let (chunks, _) = sealed_lengths(&site, &a);
+    let stored: usize = chunks
+        .iter()
+        .map(|c| c - crate::crypto::SEAL_OVERHEAD)
+        .sum();
+    assert_eq!(stored, 5_120, "padded to its bucket");
 }
 
 #[test]
@@ -3101,6 +3145,34 @@ fn refused_at_open(dir: &TempDir, says: &str) {
     }
 }
 
+/// Every file of a replica's data folder, read whole: what someone with a copy of the folder
+/// but not the key sees, every table's keys and values included.
+fn folder_bytes(dir: &TempDir) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    std::fs::read_dir(dir.path())
+        .expect("folder")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.is_file() && !p.ends_with(KEY_FILE))
+        .map(|p| {
+            let bytes = std::fs::read(&p).expect("read");
+            (p, bytes)
+        })
+        .collect()
+}
+
+fn assert_nowhere_in_clear(dir: &TempDir, what: &[(&str, Vec<u8>)]) {
+    let files = folder_bytes(dir);
+    assert!(files.iter().any(|(p, _)| p.ends_with(DB_FILE)), "{files:?}");
+    for (path, bytes) in &files {
+        for (name, needle) in what {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle.as_slice()),
+                "{name} in clear in {}",
+                path.display()
+            );
+        }
+    }
+}
+
 #[test]
 fn a_grant_put_back_after_its_revocation_is_detected_at_open() {
     let (_hd, host, sd, site) = host_and_site();
@@ -3110,7 +3182,7 @@ fn a_grant_put_back_after_its_revocation_is_detected_at_open() {
     let subject = subject_key(
         tag::GRANT,
         Some(&site.blind(&ins())),
-        Some(nurse().as_str()),
+        Some(&site.rpps_index(&nurse())),
     );
     drop(site);
     let active = raw_row(&sd, AUTHORITY, subject.as_slice()).expect("the active grant");
@@ -3271,4 +3343,47 @@ fn a_whole_folder_put_back_is_refused_by_the_high_water_mark() {
         Err(Error::Integrity(_))
     ));
     drop(newer);
+}
+
+#[test]
+fn no_rpps_nor_ins_in_clear_in_the_host_or_site_tables_of_grants_and_bindings() {
+    let (hd, host, sd, site) = host_and_site();
+    // Consent given in person to the nurse (a pending grant at the site, queued for the host
+    // and a request there), a pin, and a professional registered and not yet sent.
+    site.record_pending_grant(&ins(), &nurse())
+        .expect("pending grant");
+    site.pin(&ins(), true).expect("pin");
+    let third = Rpps::parse("10000000009").expect("rpps");
+    site.add_professional(&Professional {
+        rpps: third.clone(),
+        profession: Profession::Pharmacien,
+        specialty: None,
+        name: None,
+    })
+    .expect("pro");
+    let what = [
+        ("the doctor's RPPS", doctor().as_str().as_bytes().to_vec()),
+        ("the nurse's RPPS", nurse().as_str().as_bytes().to_vec()),
+        ("a third RPPS", third.as_str().as_bytes().to_vec()),
+        ("the INS", ins().matricule().as_bytes().to_vec()),
+        (
+            "the INS's body",
+            ins().matricule().as_bytes()[..13].to_vec(),
+        ),
+    ];
+    // Queued at the site, before the host has them.
+    assert_nowhere_in_clear(&sd, &what);
+    sync(&host, &site);
+    assert!(
+        host.site_requests().expect("requests").len() >= 2,
+        "the pin and the consent are requests at the host"
+    );
+    assert_nowhere_in_clear(&hd, &what);
+    assert_nowhere_in_clear(&sd, &what);
+    // Found through the keyed indexes, all the same.
+    assert_eq!(
+        host.site_professionals(SiteId(7)).expect("bound"),
+        vec![doctor(), nurse()]
+    );
+    assert_eq!(site.professionals().expect("pros").len(), 3);
 }
