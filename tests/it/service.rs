@@ -11,8 +11,9 @@ use crate::daemon::{
 };
 use crate::support::*;
 
-/// Starts `carnet-syncd` on a replica with `env` added (stopped when dropped).
-fn start_daemon_with(replica: &Carnet, env: &[(&str, &str)]) -> Daemon {
+/// Starts `carnet-syncd` on a replica with `env` added and its stderr to `stderr` (stopped
+/// when dropped).
+fn spawn_daemon(replica: &Carnet, env: &[(&str, &str)], stderr: Stdio) -> Daemon {
     let child = Command::new(syncd_bin())
         .arg("--data")
         .arg(&replica.data)
@@ -20,10 +21,15 @@ fn start_daemon_with(replica: &Carnet, env: &[(&str, &str)]) -> Daemon {
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("carnet-syncd starts");
     Daemon(child)
+}
+
+/// Starts `carnet-syncd` on a replica with `env` added, its stderr discarded.
+fn start_daemon_with(replica: &Carnet, env: &[(&str, &str)]) -> Daemon {
+    spawn_daemon(replica, env, Stdio::null())
 }
 
 /// `--version` and `--help` answer on stdout with status 0 (they were "unknown argument", 2):
@@ -177,17 +183,7 @@ fn syncd_speaks_systemds_notify_protocol_and_feeds_the_watchdog() {
 pub(crate) fn start_logged(replica: &Carnet, env: &[(&str, &str)]) -> (Daemon, std::path::PathBuf) {
     let log = replica.path(&format!("syncd-{}.log", unique()));
     let file = std::fs::File::create(&log).expect("log file");
-    let child = Command::new(syncd_bin())
-        .arg("--data")
-        .arg(&replica.data)
-        .env_remove("CARNET_PASSPHRASE")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(file))
-        .spawn()
-        .expect("carnet-syncd starts");
-    (Daemon(child), log)
+    (spawn_daemon(replica, env, Stdio::from(file)), log)
 }
 
 /// Waits (bounded) until `check` holds for the log's lines; answers them.
