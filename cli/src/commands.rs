@@ -538,7 +538,7 @@ fn sync(cli: &Cli, c: &SyncCmd) -> Result<Reply> {
                 s.conflicts,
                 when(s.authority_as_of),
                 if s.lease_expired {
-                    " (lease over: normal reads refused, break-glass only)"
+                    " (lease over: normal reads refused, break-glass only; check the clock if the last heartbeat is recent)"
                 } else {
                     ""
                 },

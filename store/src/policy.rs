@@ -140,8 +140,7 @@ pub struct DossierView<'a> {
     pub lease_expired: bool,
 }
 
-const LEASE_EXPIRED: &str =
-    "this site has not heard from the national host within its lease: only break-glass is possible";
+const LEASE_EXPIRED: &str = "this site has not heard from the national host within its lease (or its clock reads earlier than it did before): only break-glass is possible";
 
 /// The row that decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -432,3 +432,47 @@ fn the_host_logs_each_sites_connection_and_round_as_json() {
         assert!(!all.contains(secret), "'{secret}' in the host's log");
     }
 }
+
+/// A daemon killed (no clean close) with trace entries in its journal only, whose journal is
+/// then zeroed: with a high-water mark outside the folder, which the running daemon kept up
+/// with its trace head, the replica is refused (exit 5) instead of opening without them.
+#[test]
+fn a_trace_journal_zeroed_after_a_kill_is_refused_with_a_high_water_mark() {
+    let address = format!("127.0.0.1:{}", free_port());
+    let host = Carnet::empty();
+    host.ok(&["init", "--role", "host", "--listen", &address]);
+    host.ok(&["pki", "init"]);
+    host.standard_pros();
+    let ins = ins_a();
+    host.dossier(&ins, "DUPONT", "Camille Marie");
+    host.standard_grants(&ins);
+    let id = host.add_doc(&ins, DOCTOR, "10", CONSULTATION, "CR", CONSULT_BODY);
+    let mark = host.path("carnet.mark");
+    let mark_arg = mark.display().to_string();
+    let hw = [("CARNET_HIGH_WATER", mark_arg.as_str())];
+    let daemon = start_daemon_with(&host, &hw);
+    wait_for_socket(&host);
+    let modified = || std::fs::metadata(&mark).and_then(|m| m.modified()).ok();
+    let at_start = modified();
+    assert!(at_start.is_some(), "the daemon wrote the mark at start");
+    for _ in 0..3 {
+        assert_eq!(host.body(&id, DOCTOR), CONSULT_BODY);
+    }
+    // The running daemon writes its trace head into the mark (at most once a second).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while modified() == at_start {
+        assert!(Instant::now() < deadline, "the mark never took the reads");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(daemon);
+    let journal = host.data.join("trace.journal");
+    let len = std::fs::metadata(&journal).expect("journal").len();
+    std::fs::write(&journal, vec![0u8; len as usize]).expect("zero the journal");
+    let o = host.run_env(&hw, &["dossier", "list"]);
+    assert_eq!(o.code, 5, "{}", o.stderr);
+    assert!(
+        o.stderr.contains("trace entries were removed"),
+        "{}",
+        o.stderr
+    );
+}

@@ -254,6 +254,9 @@ impl Replica {
             return Ok(Lease::Unchanged);
         }
         Self::bump_meta_u64(txn, meta_key::AUTHORITY_AS_OF, Some(at))?;
+        // The host's time, signed, corrects a clock that once ran ahead (`lease_expired`).
+        txn.open_table(META)?
+            .insert(meta_key::CLOCK_SEEN, at.to_le_bytes().as_slice())?;
         Ok(Lease::Renewed)
     }
 

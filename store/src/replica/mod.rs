@@ -249,6 +249,9 @@ fn is_own_unique_id(id: &DocId, unique_id: &str) -> bool {
 /// DOMAIN §5's default lease: 72 hours.
 pub const DEFAULT_LEASE_HOURS: u32 = 72;
 
+/// How far the clock moves before a commit records it (`meta_key::CLOCK_SEEN`), in ms.
+const CLOCK_STEP: u64 = 60_000;
+
 /// Counters read from one snapshot: they key the registry cache and stamp traces.
 #[derive(Debug, Clone, Copy)]
 struct Generation {
@@ -258,6 +261,8 @@ struct Generation {
     authority_version: u64,
     /// Time of the latest host heartbeat verified.
     authority_as_of: Millis,
+    /// The latest local time a commit saw (`meta_key::CLOCK_SEEN`).
+    clock_seen: Millis,
 }
 
 /// A source of the current time, injected so tests and simulations control it.
@@ -301,8 +306,9 @@ pub struct Replica {
     pending_digests: row_digest::PendingDigests,
     /// What `open` tightened in a data folder others could read (`files::tighten_folder`).
     folder_fixes: Vec<String>,
-    /// The high-water mark file checked at open, raised again at a clean close (`high_water`).
-    high_water: Mutex<Option<PathBuf>>,
+    /// The high-water mark checked at open, kept up with the trace head while running and
+    /// raised again at a clean close (`high_water`).
+    high_water: Mutex<Option<high_water::MarkState>>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -862,11 +868,17 @@ impl Replica {
         &self.dir
     }
 
-    /// True when this site's authority cache is older than its lease.
+    /// True when this site's authority cache is older than its lease, or when the clock reads
+    /// earlier than a time this replica already saw (beyond the skew allowed to heartbeats): a
+    /// clock set back would otherwise keep an old heartbeat young.
     fn lease_expired(&self, generation: Generation) -> bool {
-        self.config
-            .lease_ms
-            .is_some_and(|lease| self.now().saturating_sub(generation.authority_as_of) > lease)
+        self.config.lease_ms.is_some_and(|lease| {
+            let now = self.now();
+            now < generation
+                .clock_seen
+                .saturating_sub(crate::authority::MAX_SKEW)
+                || now.saturating_sub(generation.authority_as_of) > lease
+        })
     }
 
     /// Current time from the injected clock.
@@ -1146,6 +1158,7 @@ impl Replica {
                 registry: get(meta_key::REGISTRY_GEN)?,
                 authority_version: get(meta_key::AUTHORITY_VERSION)?,
                 authority_as_of: get(meta_key::AUTHORITY_AS_OF)? as Millis,
+                clock_seen: get(meta_key::CLOCK_SEEN)? as Millis,
             }
         };
         Ok((txn, generation))
@@ -1284,6 +1297,8 @@ impl Replica {
                 }
                 None => std::thread::park_timeout(std::time::Duration::from_millis(100)),
             }
+            // A failure to write the mark leaves it behind, which is safe; tried again later.
+            let _ = self.mark_trace_head(high_water::TRACE_MARK_EVERY);
         }
         if let Ok(mut m) = self.mover.lock() {
             *m = None;
@@ -1705,6 +1720,15 @@ impl RawWrite<'_> {
                     stored, computed,
                     "a write to table {name} bypassed its digest (use Replica::digested)"
                 );
+            }
+            // The clock's progress, in coarse steps so most commits leave `meta` alone.
+            let now = replica.now();
+            let seen = read_u64(meta.get(meta_key::CLOCK_SEEN)?.as_ref().map(|v| v.value()));
+            if replica.config.lease_ms.is_some()
+                && now > 0
+                && now as u64 >= seen.saturating_add(CLOCK_STEP)
+            {
+                meta.insert(meta_key::CLOCK_SEEN, (now as u64).to_le_bytes().as_slice())?;
             }
             // `meta` stays authenticated: its hash is written only when a row changed, so a
             // commit that left `meta` alone touches none of its pages.

@@ -134,6 +134,9 @@ pub mod meta_key {
     /// Highest outbox sequence acknowledged (u64 LE): with the last queued entry, where the
     /// next sequence starts, so sequence numbers are never reused.
     pub const OUTBOX_ACKED: &str = "outbox_acked";
+    /// The latest local time a commit saw (i64 LE as u64), raised in steps of `CLOCK_STEP`: a
+    /// clock set back behind it by more than the skew ends the lease (`Replica::lease_expired`).
+    pub const CLOCK_SEEN: &str = "clock_seen";
 }
 
 /// The format this build writes. A newer stored format is refused, and so is an older one: the

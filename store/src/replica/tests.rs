@@ -680,6 +680,62 @@ fn a_sites_lease_can_be_set_and_holds_after_reopening() {
     assert!(matches!(err, Error::Denied { rule: 4, .. }), "{err}");
 }
 
+#[test]
+fn a_clock_set_back_ends_the_lease_until_the_host_vouches_again() {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    let now = Arc::new(AtomicI64::new(1_700_000_000_000));
+    let moving: Clock = {
+        let now = now.clone();
+        Arc::new(move || now.load(Ordering::SeqCst))
+    };
+    let (hd, host, sd, site) = host_and_site();
+    drop((host, site));
+    let site = Replica::open(sd.path(), &KeySource::File, moving.clone()).expect("reopen");
+    let host = Replica::open(hd.path(), &KeySource::File, moving).expect("host");
+    site.import_authority(&host.export_authority().expect("export"))
+        .expect("import");
+    let id = write(&site, "doc", b"body");
+    let actor = Actor::Professional(doctor());
+    // Two days on, within the 72-hour lease: the site commits, and so records the time.
+    now.fetch_add(48 * 3_600_000, Ordering::SeqCst);
+    write(&site, "two days later", b"2");
+    assert!(
+        site.read_document(&actor, &id, AccessMode::Normal, None)
+            .is_ok()
+    );
+    // The clock set back a day: the heartbeat looks a day old, but the site saw later times.
+    now.fetch_sub(24 * 3_600_000, Ordering::SeqCst);
+    let err = site
+        .read_document(&actor, &id, AccessMode::Normal, None)
+        .expect_err("a clock set back keeps no lease running");
+    assert!(matches!(err, Error::Denied { rule: 4, .. }), "{err}");
+    assert!(site.authority_freshness().expect("freshness").1);
+    assert!(
+        site.read_document(&actor, &id, AccessMode::BreakGlass, Some("unconscious"))
+            .is_ok()
+    );
+    // A few minutes back is within the skew a heartbeat is allowed, and reads go on.
+    now.fetch_add(24 * 3_600_000 - 4 * 60_000, Ordering::SeqCst);
+    assert!(
+        site.read_document(&actor, &id, AccessMode::Normal, None)
+            .is_ok()
+    );
+    // A clock once ahead (set back afterwards) is corrected by the host's signed time.
+    now.fetch_add(30 * 24 * 3_600_000, Ordering::SeqCst);
+    write(&site, "a month ahead by mistake", b"3");
+    now.fetch_sub(30 * 24 * 3_600_000, Ordering::SeqCst);
+    assert!(
+        site.read_document(&actor, &id, AccessMode::Normal, None)
+            .is_err()
+    );
+    site.import_authority(&host.export_authority().expect("export"))
+        .expect("import");
+    assert!(
+        site.read_document(&actor, &id, AccessMode::Normal, None)
+            .is_ok()
+    );
+}
+
 /// Rows in the `AUDIT` table (entries still journaled are not there yet).
 fn in_table(r: &Replica) -> u64 {
     use redb::ReadableTableMetadata;
@@ -3343,6 +3399,43 @@ fn a_whole_folder_put_back_is_refused_by_the_high_water_mark() {
         Err(Error::Integrity(_))
     ));
     drop(newer);
+}
+
+#[test]
+fn a_trace_cut_short_is_refused_by_the_high_water_mark() {
+    let (_hd, _host, sd, site) = host_and_site();
+    let outside = TempDir::new().expect("tmp");
+    let mark = outside.path().join("carnet.mark");
+    site.check_high_water(&mark).expect("first use");
+    let id = write(&site, "doc", b"body");
+    let actor = Actor::Professional(doctor());
+    for _ in 0..5 {
+        site.read_document(&actor, &id, AccessMode::Normal, None)
+            .expect("read");
+    }
+    // The running replica's mover writes the trace head into the mark.
+    site.mark_trace_head(std::time::Duration::ZERO)
+        .expect("mark");
+    // A power cut now: the reads' entries are in the journal only.
+    let image = crash_image(site.dir());
+    let intact = crash_image(site.dir());
+    // Someone zeroes the journal (what a crash before its sync would have left) ...
+    let journal = image.path().join(super::journal::JOURNAL_FILE);
+    let len = std::fs::metadata(&journal).expect("journal").len();
+    std::fs::write(&journal, vec![0u8; len as usize]).expect("zero");
+    let cut = Replica::open(image.path(), &KeySource::File, clock()).expect("opens");
+    match cut.check_high_water(&mark) {
+        Err(Error::Integrity(m)) => assert!(m.contains("trace entries were removed"), "{m}"),
+        other => panic!("a trace cut short passed: {other:?}"),
+    }
+    drop(cut);
+    // ... while the folder as the crash left it opens, its entries replayed from the journal.
+    let recovered = Replica::open(intact.path(), &KeySource::File, clock()).expect("recover");
+    recovered
+        .check_high_water(&mark)
+        .expect("the journal holds every entry the mark names");
+    recovered.verify_audit().expect("chain intact");
+    drop((site, sd));
 }
 
 #[test]

@@ -105,6 +105,7 @@ mod tests {
                 registry: 0,
                 authority_version: 0,
                 authority_as_of: 0,
+                clock_seen: 0,
             },
         })
     }
