@@ -638,3 +638,106 @@ fn a_whole_data_folder_put_back_is_refused_with_a_high_water_mark_outside_it() {
     // Without the mark nothing can tell (the limit the threat model states).
     c.ok(&["dossier", "list"]);
 }
+
+/// Every row of the byte-keyed table `name` (a table the caller names from `tables`), raw.
+fn raw_rows(c: &Carnet, name: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let def = redb::TableDefinition::<&[u8], &[u8]>::new(name);
+    let db = c.db();
+    let txn = db.begin_read().expect("read");
+    let table = txn.open_table(def).expect("table");
+    table
+        .iter()
+        .expect("iter")
+        .map(|r| {
+            let (k, v) = r.expect("row");
+            (k.value().to_vec(), v.value().to_vec())
+        })
+        .collect()
+}
+
+/// Puts `rows` back into the byte-keyed table `name`, over what it holds now (someone with the
+/// data folder and an older copy of it, without the key).
+fn put_back(c: &Carnet, name: &str, rows: &[(Vec<u8>, Vec<u8>)]) {
+    let def = redb::TableDefinition::<&[u8], &[u8]>::new(name);
+    let db = c.db();
+    let txn = db.begin_write().expect("write");
+    {
+        let mut table = txn.open_table(def).expect("table");
+        for (k, v) in rows {
+            table.insert(k.as_slice(), v.as_slice()).expect("insert");
+        }
+    }
+    txn.commit().expect("commit");
+}
+
+/// Rows from an older copy of the data folder, put back without the key: a grant before its
+/// revocation at a site, the host's PKI register before a site's revocation. Each was sealed by
+/// the replica itself and still opens; each is refused at open (exit 5) all the same.
+#[test]
+fn a_grant_or_a_revoked_site_put_back_from_an_older_copy_is_refused() {
+    let (k, site, bundle) = site_and_bundle();
+    let file = site.write("first.bundle", &bundle);
+    site.ok(&["authority", "import", &file]);
+    let granted = raw_rows(&site, "authority");
+    k.host
+        .ok(&["grant", "revoke", "--dossier", &k.ins, "--rpps", PHARMACIST]);
+    let file = k.host.export_authority("second.bundle");
+    site.ok(&["authority", "import", &file.display().to_string()]);
+    let grants = site.json(&["grant", "list", "--dossier", &k.ins]);
+    let pharmacist = grants
+        .as_array()
+        .and_then(|g| g.iter().find(|g| g["rpps"] == PHARMACIST))
+        .map(|g| g["state"].clone());
+    assert_eq!(
+        pharmacist,
+        Some(serde_json::json!("revoked")),
+        "the revocation was admitted: {grants}"
+    );
+    put_back(&site, "authority", &granted);
+    integrity(&site, &["grant", "list", "--dossier", &k.ins], "authority");
+
+    let host = &k.host;
+    host.ok(&["pki", "init"]);
+    let bundle = host.path("site.bundle").display().to_string();
+    host.ok(&[
+        "pki",
+        "enrol",
+        "--name",
+        "Officine",
+        "--finess",
+        "750000001",
+        "--host-address",
+        "127.0.0.1:4433",
+        "-o",
+        &bundle,
+    ]);
+    let before_revocation = raw_meta_sealed(host);
+    host.ok(&["pki", "revoke", "1"]);
+    assert_eq!(host.json(&["pki", "list"])[0]["revoked"], true);
+    let db = host.db();
+    let txn = db.begin_write().expect("write");
+    {
+        let mut meta = txn.open_table(META).expect("meta");
+        for (k, v) in &before_revocation {
+            meta.insert(k.as_str(), v.as_slice()).expect("insert");
+        }
+    }
+    txn.commit().expect("commit");
+    drop(db);
+    integrity(host, &["pki", "list"], "changed outside Carnet");
+}
+
+/// The sealed rows of `meta` (the sync layer's register and identities), raw.
+fn raw_meta_sealed(c: &Carnet) -> Vec<(String, Vec<u8>)> {
+    let db = c.db();
+    let txn = db.begin_read().expect("read");
+    let meta = txn.open_table(META).expect("meta");
+    meta.iter()
+        .expect("iter")
+        .map(|r| {
+            let (k, v) = r.expect("row");
+            (k.value().to_string(), v.value().to_vec())
+        })
+        .filter(|(k, _)| k.starts_with("sealed:"))
+        .collect()
+}
