@@ -230,7 +230,7 @@ impl Replica {
         }]);
         if decision.allow {
             let key = site_key(site.0, &bi);
-            txn.open_table(EMERGENCY_SCOPES)?
+            self.digested(txn, EMERGENCY_SCOPES)?
                 .insert(key.as_slice(), self.now() + EMERGENCY_VALID)?;
             self.set_scope(txn, site.0, &bi, scope_bit::EMERGENCY, true)?;
         }
@@ -273,7 +273,8 @@ impl Replica {
             let bi: [u8; 32] = bi
                 .try_into()
                 .map_err(|_| Error::integrity("an emergency scope key is malformed"))?;
-            txn.open_table(EMERGENCY_SCOPES)?.remove(key.as_slice())?;
+            self.digested(&txn, EMERGENCY_SCOPES)?
+                .remove(key.as_slice())?;
             self.set_scope(&txn, site, &bi, scope_bit::EMERGENCY, false)?;
         }
         txn.trace(vec![self.admin_entry(

@@ -136,13 +136,13 @@ impl Replica {
         on: bool,
     ) -> Result<()> {
         let key = site_key(site, bi);
-        let mut scope = txn.open_table(SCOPE)?;
+        let mut scope = self.digested(txn, SCOPE)?;
         let old = scope.get(key.as_slice())?.map_or(0, |v| v.value());
         let new = if on { old | bit } else { old & !bit };
         if new == old {
             return Ok(());
         }
-        let mut by_dossier = txn.open_table(SCOPE_SITES)?;
+        let mut by_dossier = self.digested(txn, SCOPE_SITES)?;
         let mut reverse = bi.to_vec();
         reverse.extend_from_slice(&site.to_be_bytes());
         if new == 0 {
@@ -364,7 +364,7 @@ impl Replica {
     ) -> Result<()> {
         let new_site = !self.known_sites(txn)?.contains(&site.0);
         let pro = self.rpps_index(rpps);
-        txn.open_table(SITE_PROS)?
+        self.digested(txn, SITE_PROS)?
             .insert(site_key(site.0, &pro).as_slice(), ())?;
         if new_site {
             // A site joining gets the records that concern every site (the matrix).
@@ -373,7 +373,7 @@ impl Replica {
                 self.log_append(txn, site.0, &LogItem::Authority(matrix))?;
             }
         }
-        txn.open_table(PRO_SITES)?
+        self.digested(txn, PRO_SITES)?
             .insert(pro_site_key(&pro, site).as_slice(), ())?;
         for bi in self.granted_dossiers(txn, rpps)? {
             self.grant_scope_widened(txn, site.0, &bi)?;
@@ -390,9 +390,9 @@ impl Replica {
         rpps: &Rpps,
     ) -> Result<()> {
         let pro = self.rpps_index(rpps);
-        txn.open_table(SITE_PROS)?
+        self.digested(txn, SITE_PROS)?
             .remove(site_key(site.0, &pro).as_slice())?;
-        txn.open_table(PRO_SITES)?
+        self.digested(txn, PRO_SITES)?
             .remove(pro_site_key(&pro, site).as_slice())?;
         for bi in self.granted_dossiers(txn, rpps)? {
             self.recompute_grant_scope(txn, site.0, &bi)?;

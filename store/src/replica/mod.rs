@@ -690,10 +690,13 @@ impl Replica {
             let marked = meta.get(meta_key::ROW_DIGESTS)?.is_some();
             let mut stored = Vec::with_capacity(row_digest::GUARDED.len());
             for name in row_digest::GUARDED {
+                // No digest row at all: a table guarded since this replica last wrote (a row
+                // removed from `meta` would not have passed `check_state`).
                 let row = meta.get(row_digest::meta_row(name).as_str())?;
-                stored.push(row_digest::RowDigest::from_bytes(
-                    row.as_ref().map(|v| v.value()),
-                )?);
+                stored.push(match row {
+                    Some(v) => Some(row_digest::RowDigest::from_bytes(Some(v.value()))?),
+                    None => None,
+                });
             }
             (
                 marked,
@@ -701,9 +704,10 @@ impl Replica {
                 row_digest::all_digests(&self.keys.rows, &txn)?,
             )
         };
+        let newly_guarded = stored.iter().any(Option::is_none);
         if marked {
             for ((name, computed), stored) in computed.iter().zip(&stored) {
-                if computed != stored {
+                if stored.is_some_and(|s| s != *computed) {
                     // Nothing is written over it (the drop of the refused replica commits).
                     self.state_verified.store(false, Ordering::SeqCst);
                     return Err(Error::integrity(format!(
@@ -711,7 +715,9 @@ impl Replica {
                     )));
                 }
             }
-            return Ok(());
+            if !newly_guarded {
+                return Ok(());
+            }
         }
         let txn = self.begin_raw_write()?;
         {

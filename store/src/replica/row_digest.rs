@@ -39,10 +39,11 @@ use crate::crypto::Key;
 use crate::error::{Error, Result};
 
 /// The tables whose rows are guarded against being put back: the signed records and the keys,
-/// tombstones and professionals that decide access, the documents' metadata, and the sealed
-/// rows of requests, purges, cleared flags, chain keys and quarantine. `all_digests` lists the
-/// same tables.
-pub(super) const GUARDED: [&str; 11] = [
+/// tombstones and professionals that decide access, the documents' metadata, the sealed rows
+/// of requests, purges, cleared flags, chain keys and quarantine, and at the host what decides
+/// what each site receives (the professionals bound to it, its scope and emergency fetches, the
+/// purge receipts it returned). `all_digests` lists the same tables.
+pub(super) const GUARDED: [&str; 17] = [
     "authority",
     "dossier_keys",
     "tombstones",
@@ -54,6 +55,12 @@ pub(super) const GUARDED: [&str; 11] = [
     "site_requests",
     "site_chain_keys",
     "quarantine",
+    "site_pros",
+    "pro_sites",
+    "scope",
+    "scope_sites",
+    "emergency_scopes",
+    "site_receipts",
 ];
 
 /// `meta` key of a guarded table's digest.
@@ -64,18 +71,18 @@ pub(super) fn meta_row(table: &str) -> String {
 /// A transaction that can sum a guarded table (read or write).
 pub(super) trait Sums {
     /// The digest of every row of `table` (an empty digest for a table not created yet).
-    fn digest_of<K: redb::Key + 'static>(
+    fn digest_of<K: redb::Key + 'static, V: redb::Value + 'static>(
         &self,
         key: &Key,
-        table: TableDefinition<'static, K, &'static [u8]>,
+        table: TableDefinition<'static, K, V>,
     ) -> Result<RowDigest>;
 }
 
 impl Sums for ReadTransaction {
-    fn digest_of<K: redb::Key + 'static>(
+    fn digest_of<K: redb::Key + 'static, V: redb::Value + 'static>(
         &self,
         key: &Key,
-        table: TableDefinition<'static, K, &'static [u8]>,
+        table: TableDefinition<'static, K, V>,
     ) -> Result<RowDigest> {
         match self.open_table(table) {
             Ok(t) => RowDigest::of_table(key, table.name(), &t),
@@ -86,17 +93,17 @@ impl Sums for ReadTransaction {
 }
 
 impl Sums for WriteTransaction {
-    fn digest_of<K: redb::Key + 'static>(
+    fn digest_of<K: redb::Key + 'static, V: redb::Value + 'static>(
         &self,
         key: &Key,
-        table: TableDefinition<'static, K, &'static [u8]>,
+        table: TableDefinition<'static, K, V>,
     ) -> Result<RowDigest> {
         RowDigest::of_table(key, table.name(), &self.open_table(table)?)
     }
 }
 
 /// The digest of every guarded table, as `txn` sees them, in the order of `GUARDED`.
-pub(super) fn all_digests(key: &Key, txn: &impl Sums) -> Result<[(&'static str, RowDigest); 11]> {
+pub(super) fn all_digests(key: &Key, txn: &impl Sums) -> Result<[(&'static str, RowDigest); 17]> {
     let sums = [
         txn.digest_of(key, AUTHORITY)?,
         txn.digest_of(key, DOSSIER_KEYS)?,
@@ -109,8 +116,14 @@ pub(super) fn all_digests(key: &Key, txn: &impl Sums) -> Result<[(&'static str, 
         txn.digest_of(key, SITE_REQUESTS)?,
         txn.digest_of(key, SITE_CHAIN_KEYS)?,
         txn.digest_of(key, QUARANTINE)?,
+        txn.digest_of(key, SITE_PROS)?,
+        txn.digest_of(key, PRO_SITES)?,
+        txn.digest_of(key, SCOPE)?,
+        txn.digest_of(key, SCOPE_SITES)?,
+        txn.digest_of(key, EMERGENCY_SCOPES)?,
+        txn.digest_of(key, SITE_RECEIPTS)?,
     ];
-    let mut out = [("", RowDigest::default()); 11];
+    let mut out = [("", RowDigest::default()); 17];
     for ((slot, name), sum) in out.iter_mut().zip(GUARDED).zip(sums) {
         *slot = (name, sum);
     }
@@ -182,10 +195,10 @@ impl RowDigest {
     }
 
     /// The digest of every row of `table`.
-    pub(super) fn of_table<K: redb::Key + 'static>(
+    pub(super) fn of_table<K: redb::Key + 'static, V: redb::Value + 'static>(
         key: &Key,
         name: &str,
-        table: &impl ReadableTable<K, &'static [u8]>,
+        table: &impl ReadableTable<K, V>,
     ) -> Result<RowDigest> {
         let mut d = RowDigest::default();
         for row in table.iter()? {
@@ -194,7 +207,7 @@ impl RowDigest {
                 key,
                 name,
                 K::as_bytes(&k.value()).as_ref(),
-                v.value(),
+                V::as_bytes(&v.value()).as_ref(),
             ));
         }
         Ok(d)
@@ -234,20 +247,20 @@ impl PendingDigests {
 
 /// A guarded table opened for writing: reads go to the redb table (`Deref`); writes go through
 /// `insert` and `remove`, which keep the table's digest.
-pub(super) struct Digested<'t, K: redb::Key + 'static> {
-    table: Table<'t, K, &'static [u8]>,
+pub(super) struct Digested<'t, K: redb::Key + 'static, V: redb::Value + 'static = &'static [u8]> {
+    table: Table<'t, K, V>,
     name: &'static str,
     replica: &'t Replica,
 }
 
-impl<'t, K: redb::Key + 'static> Deref for Digested<'t, K> {
-    type Target = Table<'t, K, &'static [u8]>;
+impl<'t, K: redb::Key + 'static, V: redb::Value + 'static> Deref for Digested<'t, K, V> {
+    type Target = Table<'t, K, V>;
     fn deref(&self) -> &Self::Target {
         &self.table
     }
 }
 
-impl<K: redb::Key + 'static> Digested<'_, K> {
+impl<K: redb::Key + 'static, V: redb::Value + 'static> Digested<'_, K, V> {
     fn hash(&self, k: &K::SelfType<'_>, v: &[u8]) -> RowDigest {
         RowDigest::row(
             &self.replica.keys.rows,
@@ -258,14 +271,17 @@ impl<K: redb::Key + 'static> Digested<'_, K> {
     }
 
     /// Inserts (or replaces) a row.
-    pub(super) fn insert<'k>(
+    pub(super) fn insert<'k, 'v>(
         &mut self,
         k: impl std::borrow::Borrow<K::SelfType<'k>>,
-        v: &[u8],
+        v: V::SelfType<'v>,
     ) -> Result<()> {
         let k = k.borrow();
-        let added = self.hash(k, v);
-        let old = self.table.insert(k, v)?.map(|g| g.value().to_vec());
+        let added = self.hash(k, V::as_bytes(&v).as_ref());
+        let old = self
+            .table
+            .insert(k, v)?
+            .map(|g| V::as_bytes(&g.value()).as_ref().to_vec());
         let removed = old.map(|o| self.hash(k, &o));
         self.replica
             .pending_digests
@@ -278,7 +294,10 @@ impl<K: redb::Key + 'static> Digested<'_, K> {
         k: impl std::borrow::Borrow<K::SelfType<'k>>,
     ) -> Result<bool> {
         let k = k.borrow();
-        let old = self.table.remove(k)?.map(|g| g.value().to_vec());
+        let old = self
+            .table
+            .remove(k)?
+            .map(|g| V::as_bytes(&g.value()).as_ref().to_vec());
         let removed = old.as_ref().map(|o| self.hash(k, o));
         self.replica
             .pending_digests
@@ -287,7 +306,7 @@ impl<K: redb::Key + 'static> Digested<'_, K> {
     }
 }
 
-impl Digested<'_, &'static [u8]> {
+impl<V: redb::Value + 'static> Digested<'_, &'static [u8], V> {
     /// Removes the rows whose key is in `first..=last`.
     pub(super) fn remove_in(&mut self, first: &[u8], last: &[u8]) -> Result<()> {
         let keys: Vec<Vec<u8>> = self
@@ -302,7 +321,10 @@ impl Digested<'_, &'static [u8]> {
     }
 
     /// Keeps only the rows for which `keep` is true.
-    pub(super) fn retain(&mut self, mut keep: impl FnMut(&[u8], &[u8]) -> bool) -> Result<()> {
+    pub(super) fn retain(
+        &mut self,
+        mut keep: impl FnMut(&[u8], V::SelfType<'_>) -> bool,
+    ) -> Result<()> {
         let mut gone = Vec::new();
         for row in self.table.iter()? {
             let (k, v) = row?;
@@ -319,11 +341,11 @@ impl Digested<'_, &'static [u8]> {
 
 impl Replica {
     /// Opens guarded `table` for writing in `txn` (the only way to write to it).
-    pub(super) fn digested<'t, K: redb::Key + 'static>(
+    pub(super) fn digested<'t, K: redb::Key + 'static, V: redb::Value + 'static>(
         &'t self,
         txn: &'t WriteTransaction,
-        table: TableDefinition<'static, K, &'static [u8]>,
-    ) -> Result<Digested<'t, K>> {
+        table: TableDefinition<'static, K, V>,
+    ) -> Result<Digested<'t, K, V>> {
         let name = GUARDED
             .iter()
             .copied()

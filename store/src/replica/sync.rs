@@ -663,7 +663,7 @@ impl Replica {
                 if self.config.role == super::Role::Host {
                     let mut key = self.blind(ins).to_vec();
                     key.extend_from_slice(&origin.0.to_be_bytes());
-                    txn.open_table(SITE_RECEIPTS)?
+                    self.digested(txn, SITE_RECEIPTS)?
                         .insert(key.as_slice(), postcard::to_stdvec(receipt)?.as_slice())?;
                 }
                 Applied::Applied

@@ -3258,6 +3258,57 @@ fn a_grant_put_back_after_its_revocation_is_detected_at_open() {
 }
 
 #[test]
+fn a_binding_or_a_scope_copied_to_another_site_at_the_host_is_detected_at_open() {
+    let (hd, host, _sd, _site) = host_and_site();
+    host.bind_professional(SiteId(7), &doctor(), true)
+        .expect("bind");
+    let (bound, scoped) = {
+        let txn = host.begin_read().expect("read");
+        let first = |t: redb::TableDefinition<&'static [u8], ()>| -> Vec<u8> {
+            let table = txn.open_table(t).expect("table");
+            let mut rows = table.iter().expect("iter");
+            rows.next().expect("a row").expect("row").0.value().to_vec()
+        };
+        let scope = txn.open_table(SCOPE).expect("scope");
+        let scoped = scope
+            .iter()
+            .expect("iter")
+            .next()
+            .expect("the doctor's dossier entered site 7's scope")
+            .expect("row");
+        (
+            first(SITE_PROS),
+            (scoped.0.value().to_vec(), scoped.1.value()),
+        )
+    };
+    drop(host);
+    // Site 7's binding and scope copied to site 8 (keys are site ‖ keyed index), without the key.
+    let to_site_8 = |key: &[u8]| [&8u32.to_be_bytes()[..], &key[4..]].concat();
+    let db = redb::Database::open(hd.path().join(DB_FILE)).expect("db");
+    let txn = db.begin_write().expect("txn");
+    txn.open_table(SITE_PROS)
+        .expect("table")
+        .insert(to_site_8(&bound).as_slice(), ())
+        .expect("insert");
+    txn.commit().expect("commit");
+    drop(db);
+    refused_at_open(&hd, "table site_pros");
+    let db = redb::Database::open(hd.path().join(DB_FILE)).expect("db");
+    let txn = db.begin_write().expect("txn");
+    txn.open_table(SITE_PROS)
+        .expect("table")
+        .remove(to_site_8(&bound).as_slice())
+        .expect("remove");
+    txn.open_table(SCOPE)
+        .expect("table")
+        .insert(to_site_8(&scoped.0).as_slice(), scoped.1)
+        .expect("insert");
+    txn.commit().expect("commit");
+    drop(db);
+    refused_at_open(&hd, "table scope");
+}
+
+#[test]
 fn a_document_put_back_to_an_older_revision_is_detected_at_open() {
     let (_hd, host, sd, site) = host_and_site();
     let id = write(&site, "CR", b"report");
