@@ -337,7 +337,7 @@ pub fn revoke(replica: &Replica, pin: [u8; 32], ca: Option<&Identity>) -> Result
 /// Site: the refusal when the host's key `pin` is revoked.
 fn revoked_error(pin: &[u8; 32]) -> Error {
     Error::Invalid(format!(
-        "the host's TLS key {} was revoked by the national CA: this site refuses it; it syncs again once the host serves a key it pins, or after it installs a renewal bundle (`carnet pki install`)",
+        "the host's TLS key {} was revoked by the national CA (after this connection was opened): the round stops, and the next connection refuses that key; this site syncs again once the host serves a key it pins, or after it installs a renewal bundle (`carnet pki install`)",
         &pin_hex(pin)[..16]
     ))
 }

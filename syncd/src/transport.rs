@@ -206,7 +206,7 @@ impl ServerCertVerifier for PinnedHost {
         let short = &crate::hostkey::pin_hex(&pin)[..16];
         if self.revoked.contains(&pin) {
             return Err(refused_host(format!(
-                "the host's TLS key {short} was revoked by the national CA: this site refuses it, even from a valid certificate; it syncs again once the host serves a key it pins, or after it installs a renewal bundle (`carnet pki install BUNDLE`)"
+                "the host's TLS key {short} was revoked by the national CA: refused at the handshake, even from a valid certificate; this site syncs again once the host serves a key it pins, or after it installs a renewal bundle (`carnet pki install BUNDLE`)"
             )));
         }
         let verified = self.ca.verify_server_cert(

@@ -408,7 +408,10 @@ fn a_host_key_revoked_by_the_ca_is_refused_at_connect_even_pinned_and_unexpired(
     let _thief_daemon = start_daemon(&thief);
     crate::daemon::wait_for_socket(&thief);
     let e = sync_refused(&site);
-    assert!(e.contains("revoked by the national CA"), "{e}");
+    assert!(
+        e.contains("revoked by the national CA") && e.contains("refused at the handshake"),
+        "{e}"
+    );
     drop(_thief_daemon);
     // The real host, on the key the site pins: syncing again.
     let _host_daemon = start_daemon(&host);
