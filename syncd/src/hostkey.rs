@@ -606,6 +606,47 @@ mod tests {
     }
 
     #[test]
+    fn the_welcome_carries_the_hand_over_and_a_site_session_takes_it_only_from_its_host() {
+        use crate::session::{HostSession, Msg, SiteSession};
+        let (_tmp, host, site, host_cert) = enrolled();
+        prepare_next(&host, None).expect("prepare");
+        let welcome = |site_session: &mut SiteSession| {
+            let hello = site_session.start(&site).expect("hello");
+            let mut h = HostSession::new(site.config().site_id, testkit::certificate(&site));
+            let mut replies = h.handle(&host, hello).expect("welcome");
+            assert_eq!(replies.len(), 1);
+            replies.remove(0)
+        };
+        let before = pins(&site);
+        // The Welcome as the host sends it, but on a connection to another key (a certificate
+        // the CA issued for `carnet-host`, which a site pinning both would admit): refused.
+        let other = enrol::load_host_pki(&host)
+            .expect("reg")
+            .ca(None)
+            .expect("ca");
+        let other = pki::issue_host(&other, now(), None)
+            .expect("other")
+            .cert_der;
+        let mut s = SiteSession::new(testkit::signer(&site), other);
+        let msg = welcome(&mut s);
+        assert!(matches!(
+            &msg,
+            Msg::Welcome {
+                hand_over: Some(_),
+                ..
+            }
+        ));
+        let e = s.handle(&site, msg).expect_err("refused");
+        assert!(e.to_string().contains("hand-over refused"), "{e}");
+        assert_eq!(pins(&site), before, "pins unchanged");
+        // On the connection to the pinned key: taken.
+        let mut s = SiteSession::new(testkit::signer(&site), host_cert);
+        let msg = welcome(&mut s);
+        s.handle(&site, msg).expect("taken");
+        assert_eq!(pins(&site).0.map(|p| p.list().len()), Some(2));
+    }
+
+    #[test]
     fn a_hand_over_not_signed_by_the_connection_key_changes_no_pin() {
         let (_tmp, host, site, host_cert) = enrolled();
         let host_id = enrol::host_identity(&host).expect("id").1;
