@@ -6,7 +6,8 @@
 //! register and a site's TLS identity are stored sealed in the replica (`Replica::put_sealed`),
 //! each beginning with its format byte. A bundle holds a private key: it is written with mode
 //! 0600 and is for the site's installer only. It pins the host's TLS key: a site accepts only
-//! a host certificate for that key (and chaining to the CA). A site installs a renewal bundle
+//! a host certificate for that key, or for a next key the host handed over to (`hostkey`),
+//! chaining to the CA and not revoked by it. A site installs a renewal bundle
 //! only for its own site id, host signing key and CA, and never an older certificate over a
 //! newer one. When the CA key is kept offline (`pki init --ca-dir`), the register holds only
 //! the CA certificate and every issuing takes the offline CA (`Ca`).
