@@ -232,7 +232,7 @@ fn raw_quic_seconds(bytes: usize) -> Res<f64> {
         pki::issue_site(&ca, 1, now)?,
     );
     let server = transport::server_config(&ca.cert_der, &host, Arc::default())?;
-    let client = transport::client_config(&ca.cert_der, &site, None)?;
+    let client = transport::client_config(&ca.cert_der, &site, None, &[])?;
     runtime.block_on(async move {
         let endpoint = quinn::Endpoint::server(server, "127.0.0.1:0".parse()?)?;
         let addr = endpoint.local_addr()?;

@@ -207,17 +207,37 @@ pub enum PkiCmd {
     /// The renewals sites asked for over sync: waiting for the CA, or signed and not yet used.
     Renewals,
     /// Issue the host a new certificate (2 years) for the same TLS key, which sites pinned.
+    /// With `--new-key`: prepare a new TLS key and announce it to the sites (signed by the
+    /// current key) without serving it; with `--switch`: serve the prepared key.
     RenewHost {
-        /// A new TLS key: every site then refuses the host until it installs a renewal bundle
-        /// issued after this (`pki renew SITE`, then `pki install` at the site).
-        #[arg(long)]
+        /// Prepare a new TLS key and its certificate; every site that syncs before the
+        /// switch pins it beside the current one.
+        #[arg(long, conflicts_with = "switch")]
         new_key: bool,
+        /// Serve the key prepared by `--new-key`: sites that took the hand-over go on; the
+        /// others need a renewal bundle (`pki renew SITE`, `pki install` at the site).
+        #[arg(long)]
+        switch: bool,
+        /// The offline CA folder (`pki init --ca-dir`).
+        #[arg(long, conflicts_with = "switch")]
+        ca_dir: Option<PathBuf>,
+    },
+    /// Revoke a host TLS key (by its pin, `pki list`): the CA signs the revocation, the host
+    /// carries it to every site at its next round, and the file (`-o`) installs at a site by
+    /// hand (`pki install FILE`). Not the key the host serves: switch first.
+    RevokeHost {
+        /// The pin of the key to revoke (64 hex digits).
+        #[arg(long)]
+        pin: String,
+        /// Also write the revocation to this file.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
         /// The offline CA folder (`pki init --ca-dir`).
         #[arg(long)]
         ca_dir: Option<PathBuf>,
     },
-    /// Site: install a renewal bundle: replaces this site's certificate and key (same site
-    /// id, host key and CA required).
+    /// Site: install a renewal bundle (replaces this site's certificate and key: same site id,
+    /// host key and CA required), or a host key revocation file (`pki revoke-host -o`).
     Install { bundle: PathBuf },
     /// Bind a professional (registered at the host) to a site: their grants bring dossiers
     /// into its scope.

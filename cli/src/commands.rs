@@ -19,7 +19,9 @@ use carnet_store::replica::{
     DossierInfo, InitOptions, KeySource, NewDocument, NewDossier, Replica, Role, system_clock,
 };
 use carnet_store::time::{format_date, format_rfc3339, parse_date};
+use carnet_syncd::api::Response;
 use carnet_syncd::api::local::Handle;
+use carnet_syncd::hostkey::pin_hex;
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
@@ -578,6 +580,10 @@ fn sync(cli: &Cli, c: &SyncCmd) -> Result<Reply> {
                 }
                 if !c.host_pinned {
                     human += "\nwarning: install a renewal bundle to pin the host's key";
+                } else if c.host_pins == 0 {
+                    human += "\nwarning: this site pins no host key (the national CA revoked the one it pinned): it cannot sync until it installs a renewal bundle (`carnet pki install BUNDLE`)";
+                } else if c.host_pins == 2 {
+                    human += "\nhost key: the host announced its next key; this site accepts both until its first round on the new one";
                 }
             }
             Ok(Reply::new(
@@ -594,7 +600,7 @@ fn sync(cli: &Cli, c: &SyncCmd) -> Result<Reply> {
                        "certificate": s.certificate.as_ref().map(|c| json!({
                            "not_after": format_rfc3339(c.not_after), "days_left": c.days_left,
                            "renew": c.days_left < carnet_syncd::pki::RENEW_WITHIN_DAYS,
-                           "host_pinned": c.host_pinned})),
+                           "host_pinned": c.host_pinned, "host_pins": c.host_pins})),
                        "daemon": s.link.as_ref().map(|l| json!({
                            "connected": l.connected,
                            "last_sync": l.last_sync.map(format_rfc3339),
@@ -952,31 +958,100 @@ fn pki(cli: &Cli, c: &PkiCmd) -> Result<Reply> {
                        "retired_old": retire_old}),
             ))
         }
-        PkiCmd::RenewHost { new_key, ca_dir } => {
-            let not_after = r.pki_renew_host(*new_key, offline_ca(ca_dir)?)?;
+        PkiCmd::RenewHost {
+            new_key,
+            switch,
+            ca_dir,
+        } => match r.pki_renew_host(*new_key, *switch, offline_ca(ca_dir)?)? {
+            Response::HostKeyPrepared { not_after, pin } => Ok(Reply::new(
+                format!(
+                    "new host TLS key {} prepared (certificate valid until {}), not served yet: every Welcome announces it, signed by the current key, and each site that syncs now pins it beside the current one. Once the sites have synced (`carnet sites`), run `carnet pki renew-host --switch`; a site that does not sync before the switch is refused and needs a renewal bundle (`pki renew SITE`, then `pki install` at the site)",
+                    pin_hex(&pin),
+                    format_date(not_after)
+                ),
+                json!({"not_after": format_rfc3339(not_after), "new_key": true,
+                       "next_pin": pin_hex(&pin), "switched": false}),
+            )),
+            Response::HostKeySwitched {
+                old,
+                new,
+                not_after,
+            } => Ok(Reply::new(
+                format!(
+                    "the host serves its new TLS key {} (certificate valid until {}): sites that took the hand-over go on, each dropping the old pin at its first round; a site that did not sync since `--new-key` is refused and needs a renewal bundle (`pki renew SITE`, then `pki install` at the site). To have the sites refuse the old key even from a valid certificate: `carnet pki revoke-host --pin {}`",
+                    pin_hex(&new),
+                    format_date(not_after),
+                    pin_hex(&old)
+                ),
+                json!({"not_after": format_rfc3339(not_after), "switched": true,
+                       "pin": pin_hex(&new), "old_pin": pin_hex(&old)}),
+            )),
+            Response::Certificate { not_after } => Ok(Reply::new(
+                format!(
+                    "host certificate renewed, valid until {}, for the same TLS key: sites accept it as they are",
+                    format_date(not_after)
+                ),
+                json!({"not_after": format_rfc3339(not_after), "new_key": false}),
+            )),
+            _ => Err(Failure::Usage("unexpected answer from the replica".into())),
+        },
+        PkiCmd::RevokeHost {
+            pin,
+            output,
+            ca_dir,
+        } => {
+            let pin = carnet_syncd::hostkey::parse_pin(pin)?;
+            let file = r.pki_revoke_host(pin, offline_ca(ca_dir)?)?;
+            if let Some(path) = output {
+                write_private_file(path, &file)?;
+            }
             Ok(Reply::new(
                 format!(
-                    "host certificate renewed, valid until {}{}",
-                    format_date(not_after),
-                    if *new_key {
-                        ": with a new TLS key, which no site pins yet — issue each site a renewal bundle (`pki renew SITE`) and install it there (`pki install`) before it can connect again"
-                    } else {
-                        ", for the same TLS key: sites accept it as they are"
-                    }
+                    "host key {} revoked by the national CA: the host carries the revocation to every site at its next round, and each refuses that key from then on{}. A site that pinned only that key cannot sync until it installs a renewal bundle",
+                    pin_hex(&pin),
+                    output.as_ref().map_or(String::new(), |p| format!(
+                        "; the revocation is also in {} (install it at a site with `carnet pki install`)",
+                        p.display()
+                    ))
                 ),
-                json!({"not_after": format_rfc3339(not_after), "new_key": new_key}),
+                json!({"pin": pin_hex(&pin), "revoked": true,
+                       "output": output.as_ref().map(|p| p.display().to_string())}),
             ))
         }
-        PkiCmd::Install { bundle } => {
-            let not_after = r.pki_install(read_file(bundle)?)?;
-            Ok(Reply::new(
+        PkiCmd::Install { bundle } => match r.pki_install(read_file(bundle)?)? {
+            Response::RevocationInstalled {
+                pin,
+                already,
+                no_pin_left,
+            } => Ok(Reply::new(
+                if already {
+                    format!(
+                        "host key {} was already revoked here: nothing changed",
+                        pin_hex(&pin)
+                    )
+                } else if no_pin_left {
+                    format!(
+                        "host key {} revoked: this site refuses it from now on. It was the only host key this site pinned: it cannot sync until it installs a renewal bundle from the host (`carnet pki install BUNDLE`)",
+                        pin_hex(&pin)
+                    )
+                } else {
+                    format!(
+                        "host key {} revoked: this site refuses it from now on",
+                        pin_hex(&pin)
+                    )
+                },
+                json!({"pin": pin_hex(&pin), "revoked": true, "already": already,
+                       "no_pin_left": no_pin_left}),
+            )),
+            Response::Certificate { not_after } => Ok(Reply::new(
                 format!(
                     "renewal installed: this site's certificate is valid until {}; the next connection to the host uses it (delete the bundle file)",
                     format_date(not_after)
                 ),
                 json!({"not_after": format_rfc3339(not_after)}),
-            ))
-        }
+            )),
+            _ => Err(Failure::Usage("unexpected answer from the replica".into())),
+        },
         PkiCmd::Bind { site, rpps: text } | PkiCmd::Unbind { site, rpps: text } => {
             let on = matches!(c, PkiCmd::Bind { .. });
             let p = rpps(text)?;
@@ -1028,7 +1103,7 @@ fn pki(cli: &Cli, c: &PkiCmd) -> Result<Reply> {
                 }
             };
             let mut human = format!(
-                "CA valid until {}{}; host certificate until {}\n{:<8} {:<10} {:<8} {:<30} NAME\n",
+                "CA valid until {}{}; host certificate until {}\nhost key pin {}{}{}\n{:<8} {:<10} {:<8} {:<30} NAME\n",
                 expiry(host.ca_not_after),
                 if host.ca_offline {
                     " (key offline)"
@@ -1036,6 +1111,15 @@ fn pki(cli: &Cli, c: &PkiCmd) -> Result<Reply> {
                     ""
                 },
                 expiry(host.host_not_after),
+                pin_hex(&host.host_pin),
+                host.next_pin.map_or(String::new(), |p| format!(
+                    "\nnext host key pin {} (announced; `pki renew-host --switch` serves it)",
+                    pin_hex(&p)
+                )),
+                host.revoked_pins
+                    .iter()
+                    .map(|p| format!("\nrevoked host key pin {}", pin_hex(p)))
+                    .collect::<String>(),
                 "SITE",
                 "FINESS",
                 "STATE",

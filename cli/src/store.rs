@@ -17,7 +17,6 @@ use carnet_store::replica::{
     DossierExport, DossierInfo, ImportReport, NewDocument, NewDossier, ReadOutcome, ReplicaConfig,
     SiteRequest,
 };
-use carnet_store::time::Millis;
 use carnet_syncd::api::local::Handle;
 use carnet_syncd::api::{PkiHostStatus, Request, Response, SyncStatus};
 use carnet_syncd::enrol::{Renewal, SiteRecord};
@@ -368,17 +367,39 @@ impl Store {
     }
 
     /// Renews the host's certificate: answers the end of its validity.
-    pub fn pki_renew_host(&self, new_key: bool, ca: Option<Identity>) -> Result<Millis> {
-        match self.call(Request::PkiRenewHost { new_key, ca })? {
-            Response::Certificate { not_after } => Ok(not_after),
+    /// Renews the host's certificate, prepares a new key (`new_key`) or switches to it
+    /// (`switch`): answers what was done (`Certificate`, `HostKeyPrepared`, `HostKeySwitched`).
+    pub fn pki_renew_host(
+        &self,
+        new_key: bool,
+        switch: bool,
+        ca: Option<Identity>,
+    ) -> Result<Response> {
+        match self.call(Request::PkiRenewHost {
+            new_key,
+            switch,
+            ca,
+        })? {
+            r @ (Response::Certificate { .. }
+            | Response::HostKeyPrepared { .. }
+            | Response::HostKeySwitched { .. }) => Ok(r),
             other => Err(unexpected(&other)),
         }
     }
 
-    /// Installs a renewal bundle at a site: answers the end of the new certificate's validity.
-    pub fn pki_install(&self, bundle: Vec<u8>) -> Result<Millis> {
+    /// Host: the CA revokes the host key `pin`; answers the revocation file's bytes.
+    pub fn pki_revoke_host(&self, pin: [u8; 32], ca: Option<Identity>) -> Result<Vec<u8>> {
+        match self.call(Request::PkiRevokeHost { pin, ca })? {
+            Response::HostKeyRevoked { file, .. } => Ok(file),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Installs a renewal bundle or a host key revocation at a site: answers what was done
+    /// (`Certificate`, `RevocationInstalled`).
+    pub fn pki_install(&self, bundle: Vec<u8>) -> Result<Response> {
         match self.call(Request::PkiInstall { bundle })? {
-            Response::Certificate { not_after } => Ok(not_after),
+            r @ (Response::Certificate { .. } | Response::RevocationInstalled { .. }) => Ok(r),
             other => Err(unexpected(&other)),
         }
     }

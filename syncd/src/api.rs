@@ -178,14 +178,24 @@ pub enum Request {
         #[serde(default)]
         ca: Option<Identity>,
     },
-    /// Issues the host a new certificate (host), for the same TLS key unless `new_key`.
+    /// Issues the host a new certificate (host) for the same TLS key; with `new_key`, prepares
+    /// a new key and announces it to the sites without serving it (`hostkey::prepare_next`);
+    /// with `switch`, serves the prepared key (`hostkey::switch`).
     PkiRenewHost {
         #[serde(default)]
         new_key: bool,
         #[serde(default)]
+        switch: bool,
+        #[serde(default)]
         ca: Option<Identity>,
     },
-    /// Installs a renewal bundle (site).
+    /// Host: the CA revokes a host TLS key (by its pin); answers the revocation file's bytes.
+    PkiRevokeHost {
+        pin: [u8; 32],
+        #[serde(default)]
+        ca: Option<Identity>,
+    },
+    /// Installs a renewal bundle, or a host key revocation file (site).
     PkiInstall {
         #[serde(with = "carnet_store::codec::bytes")]
         bundle: Vec<u8>,
@@ -293,9 +303,13 @@ pub struct CertificateStatus {
     pub not_after: Millis,
     /// Whole days left (negative once expired).
     pub days_left: i64,
-    /// The site accepts only the host TLS key its bundle pinned (false: enrolled with a
-    /// format 1 bundle; install a renewal bundle).
+    /// The site accepts only the host TLS keys it pinned (false: enrolled with a format 1
+    /// bundle; install a renewal bundle).
     pub host_pinned: bool,
+    /// How many host keys it pins: 2 while it holds a hand-over to the host's next key, 0
+    /// once the CA revoked the one it pinned (no sync until a renewal bundle is installed).
+    #[serde(default)]
+    pub host_pins: usize,
 }
 
 /// The host's CA and certificate.
@@ -307,6 +321,15 @@ pub struct PkiHostStatus {
     pub host_not_after: Millis,
     /// The CA key is kept offline (`pki init --ca-dir`).
     pub ca_offline: bool,
+    /// The pin of the TLS key the host serves (`pki::key_pin`).
+    #[serde(default)]
+    pub host_pin: [u8; 32],
+    /// The pin of the next key, prepared and announced, not served yet.
+    #[serde(default)]
+    pub next_pin: Option<[u8; 32]>,
+    /// The host keys the CA revoked, carried to the sites.
+    #[serde(default)]
+    pub revoked_pins: Vec<[u8; 32]>,
 }
 
 /// The daemon's view of its link to the host, and the settings it runs with.
@@ -407,6 +430,28 @@ pub enum Response {
     Renewals(Vec<enrol::Renewal>),
     /// A certificate issued or installed: the end of its validity.
     Certificate { not_after: Millis },
+    /// A new host key prepared and announced, not served yet: its certificate's end and pin.
+    HostKeyPrepared { not_after: Millis, pin: [u8; 32] },
+    /// The host serves its new key: the pins of the old and the new, the certificate's end.
+    HostKeySwitched {
+        old: [u8; 32],
+        new: [u8; 32],
+        not_after: Millis,
+    },
+    /// A host key revoked by the CA: the revocation file's bytes.
+    HostKeyRevoked {
+        pin: [u8; 32],
+        #[serde(with = "carnet_store::codec::bytes")]
+        file: Vec<u8>,
+    },
+    /// A site installed a host key revocation.
+    RevocationInstalled {
+        pin: [u8; 32],
+        /// It held it already: nothing changed.
+        already: bool,
+        /// No host key is pinned any more: no sync until a renewal bundle is installed.
+        no_pin_left: bool,
+    },
     /// The host's PKI.
     PkiHost(PkiHostStatus),
     /// Professionals bound to a site, by RPPS.
@@ -748,19 +793,54 @@ impl Service {
                     bundle: b.to_bytes()?,
                 }
             }
-            Request::PkiRenewHost { new_key, ca } => {
-                let v = enrol::renew_host(r, new_key, ca.as_ref())?;
-                // A running host presents the new certificate from the next handshake on.
-                if let (Some(endpoint), Some(revoked)) = (&self.endpoint, &self.revoked) {
-                    let (ca, identity) = enrol::host_identity(r)?;
-                    endpoint.set_server_config(Some(crate::transport::server_config(
-                        &ca,
-                        &identity,
-                        revoked.clone(),
-                    )?));
+            Request::PkiRenewHost {
+                new_key: true,
+                switch: true,
+                ..
+            } => {
+                return Err(Error::Invalid(
+                    "--new-key prepares a key, --switch serves the one prepared: one at a time"
+                        .into(),
+                ));
+            }
+            Request::PkiRenewHost {
+                new_key: true, ca, ..
+            } => {
+                let (v, pin) = crate::hostkey::prepare_next(r, ca.as_ref())?;
+                Response::HostKeyPrepared {
+                    not_after: v.not_after.saturating_mul(1000),
+                    pin,
                 }
+            }
+            Request::PkiRenewHost { switch: true, .. } => {
+                let done = crate::hostkey::switch(r)?;
+                self.serve_host_identity()?;
+                Response::HostKeySwitched {
+                    old: done.old,
+                    new: done.new,
+                    not_after: done.validity.not_after.saturating_mul(1000),
+                }
+            }
+            Request::PkiRenewHost { ca, .. } => {
+                let v = enrol::renew_host(r, ca.as_ref())?;
+                self.serve_host_identity()?;
                 Response::Certificate {
                     not_after: v.not_after.saturating_mul(1000),
+                }
+            }
+            Request::PkiRevokeHost { pin, ca } => {
+                let revocation = crate::hostkey::revoke(r, pin, ca.as_ref())?;
+                Response::HostKeyRevoked {
+                    pin,
+                    file: revocation.to_bytes()?,
+                }
+            }
+            Request::PkiInstall { bundle } if crate::hostkey::HostRevocation::is_file(&bundle) => {
+                let done = crate::hostkey::install_revocation(r, &bundle)?;
+                Response::RevocationInstalled {
+                    pin: done.pin,
+                    already: done.already,
+                    no_pin_left: done.no_pin_left,
                 }
             }
             Request::PkiInstall { bundle } => {
@@ -817,6 +897,20 @@ impl Service {
             self.changed.notify_one();
         }
         result
+    }
+
+    /// Host (daemon only): presents the host's certificate as the register holds it from the
+    /// next handshake on (a renewal, a switch to a new key).
+    fn serve_host_identity(&self) -> Result<()> {
+        if let (Some(endpoint), Some(revoked)) = (&self.endpoint, &self.revoked) {
+            let (ca, identity) = enrol::host_identity(&self.replica)?;
+            endpoint.set_server_config(Some(crate::transport::server_config(
+                &ca,
+                &identity,
+                revoked.clone(),
+            )?));
+        }
+        Ok(())
     }
 
     /// Host: the sites as the operator sees them; refused at a site, and without a daemon

@@ -6,7 +6,8 @@
 //! register and a site's TLS identity are stored sealed in the replica (`Replica::put_sealed`),
 //! each beginning with its format byte. A bundle holds a private key: it is written with mode
 //! 0600 and is for the site's installer only. It pins the host's TLS key: a site accepts only
-//! a host certificate for that key (and chaining to the CA). A site installs a renewal bundle
+//! a host certificate for that key, or for a next key the host handed over to (`hostkey`),
+//! chaining to the CA and not revoked by it. A site installs a renewal bundle
 //! only for its own site id, host signing key and CA, and never an older certificate over a
 //! newer one. When the CA key is kept offline (`pki init --ca-dir`), the register holds only
 //! the CA certificate and every issuing takes the offline CA (`Ca`).
@@ -23,17 +24,21 @@ use crate::pki::{self, Identity};
 
 /// Name of the host's register in the replica.
 const HOST_PKI: &str = "host-pki";
-/// Name of a site's TLS identity in the replica.
-const SITE_TLS: &str = "site-tls";
+/// Name of a site's TLS identity in the replica (with its host pins and revoked host keys).
+pub(crate) const SITE_TLS: &str = "site-tls";
 /// Magic prefix of a bundle file.
 const BUNDLE_MAGIC: &[u8; 8] = b"CARNETEN";
 /// Format version of bundles and of the host's register: 2 brought certificate lifetimes,
 /// renewal, the host key pin and the offline CA. A format 1 register is read and upgraded; a
 /// format 1 bundle is refused (its certificate has no real lifetime and it pins no host key).
 const FORMAT: u8 = 2;
-/// Format of a site's stored TLS identity (format 1 had no format byte: it began with the
-/// CA certificate's length, a varint of at least two bytes whose first is ≥ 0x80).
-const SITE_TLS_FORMAT: u8 = 2;
+/// Format of a site's stored TLS identity: 3 holds two host pins (current and next, a
+/// hand-over) and the revoked host keys; 2 held one pin (format 1 had no format byte: it
+/// began with the CA certificate's length, a varint of at least two bytes whose first is
+/// ≥ 0x80). Formats 1 and 2 are read.
+const SITE_TLS_FORMAT: u8 = 3;
+/// Format 2 of a site's stored TLS identity.
+const SITE_TLS_FORMAT_2: u8 = 2;
 /// Name of the host's renewals asked for over sync (`Renewal`, postcard after a format byte).
 const HOST_RENEWALS: &str = "host-renewals";
 /// Format of the stored renewals.
@@ -106,13 +111,14 @@ struct SiteRecordV1 {
 
 /// The host's PKI register.
 #[derive(Clone, Serialize, Deserialize)]
-struct HostPki {
+pub(crate) struct HostPki {
     format: u8,
     /// The national CA certificate (DER).
     ca_cert: Vec<u8>,
     /// The CA's private key (PKCS#8 DER), unless kept offline.
     ca_key: Option<Vec<u8>>,
-    host: Identity,
+    /// The certificate and key the host serves.
+    pub(crate) host: Identity,
     next_site: u32,
     sites: BTreeMap<u32, SiteRecord>,
 }
@@ -173,7 +179,7 @@ impl HostPki {
     }
 
     /// The CA to issue with: the register's, or the offline one, which must be the same CA.
-    fn ca(&self, offline: Option<&Identity>) -> Result<Identity> {
+    pub(crate) fn ca(&self, offline: Option<&Identity>) -> Result<Identity> {
         match (&self.ca_key, offline) {
             (Some(key), None) => Ok(Identity {
                 cert_der: self.ca_cert.clone(),
@@ -209,7 +215,7 @@ pub struct Bundle {
     /// The host's Ed25519 public key (signed records).
     pub host_key: [u8; 32],
     /// The pin of the host's TLS key (`pki::key_pin`): the only host certificates the site
-    /// accepts are the CA's for this key.
+    /// accepts are the CA's for this key (and for a next key the host hands over to).
     pub host_tls_pin: [u8; 32],
 }
 
@@ -260,11 +266,62 @@ impl Bundle {
 
     /// The site's QUIC client configuration from this bundle.
     pub fn client_config(&self) -> Result<quinn::ClientConfig> {
-        crate::transport::client_config(&self.ca_cert_der, &self.identity, Some(self.host_tls_pin))
+        crate::transport::client_config(
+            &self.ca_cert_der,
+            &self.identity,
+            Some(&[self.host_tls_pin]),
+            &[],
+        )
     }
 }
 
-/// A site's TLS identity, as installed from its bundle.
+/// The host TLS keys a site accepts: the one it pinned, and the next one the host handed over
+/// to (`hostkey::HandOver`). Both `None` (the pinned key revoked, no hand-over taken): the
+/// site accepts no host until it installs a renewal bundle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostPins {
+    /// The key pinned at enrolment (or by the last bundle, or the last hand-over completed).
+    pub current: Option<[u8; 32]>,
+    /// The key the host announced it will serve next.
+    pub next: Option<[u8; 32]>,
+}
+
+impl HostPins {
+    /// Pins `pin` alone.
+    pub fn only(pin: [u8; 32]) -> HostPins {
+        HostPins {
+            current: Some(pin),
+            next: None,
+        }
+    }
+
+    /// The pins held, current first.
+    pub fn list(&self) -> Vec<[u8; 32]> {
+        self.current
+            .iter()
+            .chain(self.next.iter())
+            .copied()
+            .collect()
+    }
+
+    /// True when no pin is left.
+    pub fn is_empty(&self) -> bool {
+        self.current.is_none() && self.next.is_none()
+    }
+
+    /// Drops `pin` wherever it is held.
+    pub fn remove(&mut self, pin: &[u8; 32]) {
+        if self.current.as_ref() == Some(pin) {
+            self.current = None;
+        }
+        if self.next.as_ref() == Some(pin) {
+            self.next = None;
+        }
+    }
+}
+
+/// A site's TLS identity, as installed from its bundle, with the host keys it trusts and
+/// those it refuses.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SiteTls {
     /// The national CA certificate.
@@ -273,15 +330,44 @@ pub struct SiteTls {
     pub identity: Identity,
     /// Where the host listens.
     pub host_address: String,
-    /// The pin of the host's TLS key; `None` for a site enrolled with a format 1 bundle, which
-    /// accepts any certificate of the CA for `carnet-host` until it installs a renewal.
-    pub host_tls_pin: Option<[u8; 32]>,
+    /// The pins of the host's TLS keys; `None` for a site enrolled with a format 1 bundle,
+    /// which accepts any certificate of the CA for `carnet-host` until it installs a renewal.
+    pub host_pins: Option<HostPins>,
+    /// Host keys the national CA revoked (`hostkey::HostRevocation`, checked when admitted):
+    /// refused at the handshake, pinned or not.
+    pub revoked_host_pins: Vec<[u8; 32]>,
 }
 
 impl SiteTls {
+    /// The identity `bundle` brings, pinning its host key. With `kept` (the identity installed
+    /// before): a hand-over it took to another key stays, and so do its revoked host keys.
+    fn from_bundle(bundle: &Bundle, kept: Option<SiteTls>) -> SiteTls {
+        let pin = bundle.host_tls_pin;
+        let (next, revoked_host_pins) = kept.map_or((None, Vec::new()), |k| {
+            let next = k.host_pins.and_then(|p| p.next).filter(|n| *n != pin);
+            (next, k.revoked_host_pins)
+        });
+        SiteTls {
+            ca_cert_der: bundle.ca_cert_der.clone(),
+            identity: bundle.identity.clone(),
+            host_address: bundle.host_address.clone(),
+            host_pins: Some(HostPins {
+                current: Some(pin),
+                next,
+            }),
+            revoked_host_pins,
+        }
+    }
+
     /// The QUIC client configuration.
     pub fn client_config(&self) -> Result<quinn::ClientConfig> {
-        crate::transport::client_config(&self.ca_cert_der, &self.identity, self.host_tls_pin)
+        let pins = self.host_pins.map(|p| p.list());
+        crate::transport::client_config(
+            &self.ca_cert_der,
+            &self.identity,
+            pins.as_deref(),
+            &self.revoked_host_pins,
+        )
     }
 }
 
@@ -294,7 +380,7 @@ struct SiteTlsV1 {
 }
 
 /// Format 2 as stored, after its format byte.
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct SiteTlsV2 {
     ca_cert_der: Vec<u8>,
     identity: Identity,
@@ -302,14 +388,14 @@ struct SiteTlsV2 {
     host_tls_pin: Option<[u8; 32]>,
 }
 
-fn load_host_pki(replica: &Replica) -> Result<HostPki> {
+pub(crate) fn load_host_pki(replica: &Replica) -> Result<HostPki> {
     let raw = replica.get_sealed(HOST_PKI)?.ok_or_else(|| {
         Error::Invalid("this host has no PKI yet: run `carnet pki init` first".into())
     })?;
     HostPki::decode(&raw)
 }
 
-fn save_host_pki(replica: &Replica, pki: &HostPki) -> Result<()> {
+pub(crate) fn save_host_pki(replica: &Replica, pki: &HostPki) -> Result<()> {
     let bytes = zeroize::Zeroizing::new(
         postcard::to_stdvec(pki).map_err(|e| Error::Invalid(e.to_string()))?,
     );
@@ -317,7 +403,7 @@ fn save_host_pki(replica: &Replica, pki: &HostPki) -> Result<()> {
 }
 
 /// Now, in Unix seconds, by the replica's clock.
-fn now_secs(replica: &Replica) -> i64 {
+pub(crate) fn now_secs(replica: &Replica) -> i64 {
     replica.now().div_euclid(1000)
 }
 
@@ -784,19 +870,13 @@ pub fn install_renewed(replica: &Replica, cert_der: &[u8]) -> Result<pki::Validi
     Ok(new)
 }
 
-/// Host: issues itself a new certificate, for the same TLS key (sites pinned it: nothing to do
-/// at the sites) or, with `new_key`, for a new one (each site then needs a renewal bundle,
-/// `pki renew SITE`, installed with `pki install`, before it connects again). Returns the
-/// new certificate's validity.
-pub fn renew_host(
-    replica: &Replica,
-    new_key: bool,
-    ca: Option<&Identity>,
-) -> Result<pki::Validity> {
+/// Host: issues itself a new certificate for the same TLS key (sites pinned it: nothing to do
+/// at the sites). A new key goes through a hand-over (`hostkey::prepare_next`, then
+/// `hostkey::switch`). Returns the new certificate's validity.
+pub fn renew_host(replica: &Replica, ca: Option<&Identity>) -> Result<pki::Validity> {
     let mut reg = load_host_pki(replica)?;
     let ca = reg.ca(ca)?;
-    let key = (!new_key).then_some(reg.host.key_der.as_slice());
-    let host = pki::issue_host(&ca, now_secs(replica), key)?;
+    let host = pki::issue_host(&ca, now_secs(replica), Some(&reg.host.key_der))?;
     let v = pki::validity(&host.cert_der)?;
     reg.host = host;
     save_host_pki(replica, &reg)?;
@@ -855,10 +935,14 @@ pub fn sites(replica: &Replica) -> Result<BTreeMap<u32, SiteRecord>> {
 /// Host: its CA and certificate, for `pki list`.
 pub fn host_status(replica: &Replica) -> Result<crate::api::PkiHostStatus> {
     let reg = load_host_pki(replica)?;
+    let (next_pin, revoked_pins) = crate::hostkey::host_key_state(replica)?;
     Ok(crate::api::PkiHostStatus {
         ca_not_after: ms(pki::validity(&reg.ca_cert)?.not_after),
         host_not_after: ms(pki::validity(&reg.host.cert_der)?.not_after),
         ca_offline: reg.ca_key.is_none(),
+        host_pin: pki::key_pin(&reg.host.cert_der)?,
+        next_pin,
+        revoked_pins,
     })
 }
 
@@ -873,7 +957,8 @@ pub fn site_certificate(replica: &Replica) -> Result<Option<crate::api::Certific
     Ok(Some(crate::api::CertificateStatus {
         not_after: ms(v.not_after),
         days_left: v.days_left(now_secs(replica)),
-        host_pinned: tls.host_tls_pin.is_some(),
+        host_pinned: tls.host_pins.is_some(),
+        host_pins: tls.host_pins.map_or(0, |p| p.list().len()),
     }))
 }
 
@@ -935,23 +1020,21 @@ pub fn certificate_warnings(replica: &Replica) -> Result<Vec<String>> {
                 pki::validity(&tls.identity.cert_der)?.not_after,
                 "it is renewed over sync at the next round with the host (`carnet pki renewals` there; with an offline CA, `pki renew --pending`); otherwise ask for a renewal bundle and install it (`carnet pki install BUNDLE`)",
             );
-            if tls.host_tls_pin.is_none() {
-                out.push("this site accepts any host certificate of the national CA (enrolled with a format 1 bundle): install a renewal bundle to pin the host's key".into());
+            match tls.host_pins {
+                None => out.push("this site accepts any host certificate of the national CA (enrolled with a format 1 bundle): install a renewal bundle to pin the host's key".into()),
+                Some(p) if p.is_empty() => out.push("this site pins no host key (the national CA revoked the one it pinned): it cannot sync until it installs a renewal bundle (`carnet pki install BUNDLE`)".into()),
+                Some(_) => {}
             }
         }
     }
     Ok(out)
 }
 
+/// Stores a site's TLS identity (format 3), pins and revoked host keys in one sealed `meta`
+/// row: one write, authenticated with the rest of `meta`.
 pub(crate) fn save_site_tls(replica: &Replica, tls: &SiteTls) -> Result<()> {
-    let stored = SiteTlsV2 {
-        ca_cert_der: tls.ca_cert_der.clone(),
-        identity: tls.identity.clone(),
-        host_address: tls.host_address.clone(),
-        host_tls_pin: tls.host_tls_pin,
-    };
     let mut bytes = zeroize::Zeroizing::new(vec![SITE_TLS_FORMAT]);
-    bytes.extend(postcard::to_stdvec(&stored).map_err(|e| Error::Invalid(e.to_string()))?);
+    bytes.extend(postcard::to_stdvec(tls).map_err(|e| Error::Invalid(e.to_string()))?);
     Ok(replica.put_sealed(SITE_TLS, &bytes)?)
 }
 
@@ -960,15 +1043,7 @@ pub fn install_site(replica: &Replica, bundle: &Bundle) -> Result<()> {
     if replica.config().site_id.0 != bundle.site_id {
         return Err(Error::Invalid("the bundle is for another site id".into()));
     }
-    save_site_tls(
-        replica,
-        &SiteTls {
-            ca_cert_der: bundle.ca_cert_der.clone(),
-            identity: bundle.identity.clone(),
-            host_address: bundle.host_address.clone(),
-            host_tls_pin: Some(bundle.host_tls_pin),
-        },
-    )
+    save_site_tls(replica, &SiteTls::from_bundle(bundle, None))
 }
 
 /// Site: replaces its TLS identity with a renewal bundle's. Refused unless the bundle is for
@@ -1005,7 +1080,12 @@ pub fn install_renewal(replica: &Replica, bundle: &Bundle) -> Result<pki::Validi
             "the bundle's certificate is older than the one installed: nothing changed".into(),
         ));
     }
-    install_site(replica, bundle)?;
+    if current.revoked_host_pins.contains(&bundle.host_tls_pin) {
+        return Err(Error::Invalid(
+            "the bundle pins a host key the national CA revoked: ask the host for a bundle issued after its switch to a new key".into(),
+        ));
+    }
+    save_site_tls(replica, &SiteTls::from_bundle(bundle, Some(current)))?;
     Ok(new)
 }
 
@@ -1016,13 +1096,15 @@ pub fn site_tls(replica: &Replica) -> Result<SiteTls> {
         .ok_or_else(|| Error::Invalid("this site was not enrolled (init --enrol BUNDLE)".into()))?;
     let damaged = || Error::Invalid("the stored TLS identity is damaged".into());
     match raw.split_first() {
-        Some((&SITE_TLS_FORMAT, rest)) => {
+        Some((&SITE_TLS_FORMAT, rest)) => postcard::from_bytes(rest).map_err(|_| damaged()),
+        Some((&SITE_TLS_FORMAT_2, rest)) => {
             let v2: SiteTlsV2 = postcard::from_bytes(rest).map_err(|_| damaged())?;
             Ok(SiteTls {
                 ca_cert_der: v2.ca_cert_der,
                 identity: v2.identity,
                 host_address: v2.host_address,
-                host_tls_pin: v2.host_tls_pin,
+                host_pins: v2.host_tls_pin.map(HostPins::only),
+                revoked_host_pins: Vec::new(),
             })
         }
         Some((&first, _)) if first >= 0x80 => {
@@ -1031,7 +1113,8 @@ pub fn site_tls(replica: &Replica) -> Result<SiteTls> {
                 ca_cert_der: v1.ca_cert_der,
                 identity: v1.identity,
                 host_address: v1.host_address,
-                host_tls_pin: None,
+                host_pins: None,
+                revoked_host_pins: Vec::new(),
             })
         }
         _ => Err(damaged()),
@@ -1359,17 +1442,41 @@ mod tests {
         .expect("v1");
         site.put_sealed(SITE_TLS, &v1).expect("put");
         let tls = site_tls(&site).expect("v1 reads");
-        assert_eq!(tls.host_tls_pin, None);
+        assert_eq!(tls.host_pins, None);
         assert_eq!(tls.identity.cert_der, b.identity.cert_der);
         // A renewal brings the pin.
         let b2 = renew(&host, b.site_id, None, false, None).expect("renew");
         install_renewal(&site, &b2).expect("install");
         assert_eq!(
-            site_tls(&site).expect("tls").host_tls_pin,
-            Some(b2.host_tls_pin)
+            site_tls(&site).expect("tls").host_pins,
+            Some(HostPins::only(b2.host_tls_pin))
         );
-        site.put_sealed(SITE_TLS, &[2, 0xff]).expect("put");
-        assert!(site_tls(&site).is_err());
+        // Format 2 (one pin) reads as that pin alone.
+        #[derive(Serialize)]
+        struct V2<'a> {
+            ca_cert_der: &'a [u8],
+            identity: &'a Identity,
+            host_address: &'a str,
+            host_tls_pin: Option<[u8; 32]>,
+        }
+        let mut v2 = vec![2u8];
+        v2.extend(
+            postcard::to_stdvec(&V2 {
+                ca_cert_der: &b2.ca_cert_der,
+                identity: &b2.identity,
+                host_address: "127.0.0.1:4433",
+                host_tls_pin: Some([4; 32]),
+            })
+            .expect("v2"),
+        );
+        site.put_sealed(SITE_TLS, &v2).expect("put");
+        let tls = site_tls(&site).expect("v2 reads");
+        assert_eq!(tls.host_pins, Some(HostPins::only([4; 32])));
+        assert!(tls.revoked_host_pins.is_empty());
+        for bad in [&[2u8, 0xff][..], &[3, 0xff]] {
+            site.put_sealed(SITE_TLS, bad).expect("put");
+            assert!(site_tls(&site).is_err());
+        }
     }
 
     #[test]
@@ -1415,7 +1522,7 @@ mod tests {
         let other = pki::new_ca(now_secs(&host)).expect("other");
         assert!(renew(&host, b.site_id, None, false, Some(&other)).is_err());
         renew(&host, b.site_id, None, false, Some(&offline)).expect("renew");
-        renew_host(&host, false, Some(&offline)).expect("renew host");
+        renew_host(&host, Some(&offline)).expect("renew host");
         assert!(read_ca_dir(&tmp.path().join("nowhere")).is_err());
         // The sealed register holds no private key of the CA.
         let raw = host.get_sealed(HOST_PKI).expect("get").expect("some");
@@ -1493,7 +1600,7 @@ mod tests {
                 .any(|w| w.contains("site 1") && w.contains("expired")),
             "{w:?}"
         );
-        renew_host(&host, false, None).expect("renew host");
+        renew_host(&host, None).expect("renew host");
         let w = certificate_warnings(&host).expect("host");
         assert!(!w.iter().any(|w| w.contains("host certificate")), "{w:?}");
         // A revoked site is not reported.

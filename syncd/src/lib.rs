@@ -1,7 +1,8 @@
 //! `carnet-syncd`: reconciles replicas with the national host (DESIGN §3).
 //!
 //! The daemon's settings (`config`), the wire framing (`frame`), the national PKI (`pki`), the
-//! QUIC endpoints with mutual TLS (`transport`), enrolment (`enrol`), the inbox (`inbox`), the
+//! QUIC endpoints with mutual TLS (`transport`), enrolment (`enrol`), the host key's hand-over
+//! and revocation (`hostkey`), the inbox (`inbox`), the
 //! sans-IO session core (`session`) and its QUIC driver (`net`), the host's view of its sites
 //! (`fleet`), the local API through which `carnet` reaches a replica (`api`), the HTTP
 //! listener (`http`) serving `/metrics` (`metrics`) and the status page (`status_page`), and
@@ -13,6 +14,7 @@ pub mod enrol;
 pub mod error;
 pub mod fleet;
 pub mod frame;
+pub mod hostkey;
 pub mod http;
 pub mod inbox;
 pub mod metrics;

@@ -278,14 +278,8 @@ async fn serve_connection(
             return Err(net_err(e));
         }
     };
-    let certs = conn
-        .peer_identity()
-        .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
-        .ok_or_else(|| Error::Invalid("the peer presented no certificate".into()))?;
-    let leaf = certs
-        .first()
-        .ok_or_else(|| Error::Invalid("empty certificate chain".into()))?;
-    let fingerprint = crate::transport::fingerprint(leaf);
+    let leaf = peer_certificate(&conn)?;
+    let fingerprint = crate::transport::fingerprint(&leaf);
     let r = replica.clone();
     let found = tokio::task::spawn_blocking(move || -> Result<_> {
         Ok(match enrol::site_of(&r, &fingerprint)? {
@@ -365,6 +359,14 @@ async fn serve_connection(
 
 /// True when the handshake failed on a TLS alert about the peer's certificate (bad, revoked,
 /// expired, unknown, from an unknown CA, or missing).
+/// The certificate (DER) the peer presented in the handshake, which the TLS layer checked.
+fn peer_certificate(conn: &quinn::Connection) -> Result<CertificateDer<'static>> {
+    conn.peer_identity()
+        .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .and_then(|certs| certs.first().cloned())
+        .ok_or_else(|| Error::Invalid("the peer presented no certificate".into()))
+}
+
 fn refused_certificate(e: &quinn::ConnectionError) -> bool {
     const TLS_ALERT: u64 = 0x100;
     matches!(e, quinn::ConnectionError::TransportError(t)
@@ -823,7 +825,11 @@ async fn round_on(
     identity: Identity,
 ) -> Result<RoundReport> {
     let (mut send_stream, mut recv) = conn.open_bi().await.map_err(net_err)?;
-    let session = Arc::new(std::sync::Mutex::new(SiteSession::new(identity)));
+    let host_certificate = peer_certificate(conn)?.to_vec();
+    let session = Arc::new(std::sync::Mutex::new(SiteSession::new(
+        identity,
+        host_certificate,
+    )));
     let (r, s) = (replica.clone(), session.clone());
     let hello = tokio::task::spawn_blocking(move || {
         s.lock()
@@ -1137,7 +1143,8 @@ mod tests {
             crate::transport::client_config(
                 &bundle.ca_cert_der,
                 &bundle.identity,
-                Some(bundle.host_tls_pin),
+                Some(&[bundle.host_tls_pin]),
+                &[],
             )
             .expect("config"),
         );

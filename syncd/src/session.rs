@@ -104,6 +104,12 @@ pub enum Msg {
         /// The certificate (DER) the CA issued for the key of the site's renewal request, once
         /// signed; the site installs it and connects with it from then on.
         renewed: Option<Vec<u8>>,
+        /// While the host has a new TLS key prepared: its current key names the next one
+        /// (`hostkey::HandOver`); a site takes it as its second pin.
+        hand_over: Option<crate::hostkey::HandOver>,
+        /// The host keys the national CA revoked, as the host holds them (at most
+        /// `hostkey::REVOCATIONS_MAX`): a site refuses each from then on.
+        host_revocations: Vec<crate::hostkey::HostRevocation>,
     },
     /// Site: trace entries, in chain order (sent first: every trace reaches the host), and the
     /// site's signature over the last one (required with any entry).
@@ -595,6 +601,7 @@ impl HostSession {
                 // When the site's cursor is the head of its log: a heartbeat naming both.
                 let (log_head, current) = replica.site_heartbeat(self.site, cursor)?;
                 let (traces_acked, traces_hash) = replica.trace_head_held(self.site)?;
+                let (hand_over, host_revocations) = crate::hostkey::announced(replica)?;
                 Ok(vec![Msg::Welcome {
                     acked,
                     traces_acked,
@@ -604,6 +611,8 @@ impl HostSession {
                     log_head,
                     current,
                     renewed,
+                    hand_over,
+                    host_revocations,
                 }])
             }
             Msg::Push { changes, bodies } => self.apply_pushes(replica, vec![(changes, bodies)]),
@@ -742,6 +751,9 @@ pub struct SiteSession {
     /// The site's certificate and key, the ones its connection presents: they sign the head
     /// of each trace batch.
     signer: Identity,
+    /// The certificate the host presented on this connection (DER), which the TLS handshake
+    /// checked against the site's pins: a hand-over must be signed by its key.
+    host_certificate: Vec<u8>,
     /// Bodies the host lacks, with the bytes of each it keeps.
     to_send: Vec<(DocId, u64)>,
     /// Bodies sent and not yet stored by the host, with the bytes sent.
@@ -780,11 +792,13 @@ struct Restoring {
 }
 
 impl SiteSession {
-    /// A new round, on a connection made with `signer` (the site's certificate and key).
-    pub fn new(signer: Identity) -> Self {
+    /// A new round, on a connection made with `signer` (the site's certificate and key) to
+    /// the host that presented `host_certificate` (DER).
+    pub fn new(signer: Identity, host_certificate: Vec<u8>) -> Self {
         SiteSession {
             state: SiteState::Greeting,
             signer,
+            host_certificate,
             to_send: Vec::new(),
             sending: Vec::new(),
             queued: std::collections::VecDeque::new(),
@@ -1016,8 +1030,17 @@ impl SiteSession {
                     log_head,
                     current,
                     renewed,
+                    hand_over,
+                    host_revocations,
                 },
             ) => {
+                // The host's keys first: a revoked key ends the round before anything else.
+                crate::hostkey::on_welcome(
+                    replica,
+                    &self.host_certificate,
+                    hand_over.as_ref(),
+                    &host_revocations,
+                )?;
                 // A restored replica is expected to be behind the host (the host then sends its
                 // trace entries back, each checked as a link of this chain); any other is not.
                 let restored = replica.restore_mark()?;
@@ -1241,7 +1264,7 @@ mod tests {
 
     /// Runs one round in memory; every message goes through the frame codec, as on the wire.
     pub(super) fn round(host: &Replica, site: &Replica) -> RoundReport {
-        let mut s = SiteSession::new(signer(site));
+        let mut s = SiteSession::new(signer(site), Vec::new());
         let mut h = HostSession::new(site.config().site_id, certificate(site));
         let mut to_host = vec![s.start(site).expect("start")];
         for _ in 0..10_000 {
@@ -1414,7 +1437,7 @@ mod tests {
             })
             .collect();
         // A whole round, counting what crosses: pushes only, several in flight, no PutBodies.
-        let mut s = SiteSession::new(signer(&site));
+        let mut s = SiteSession::new(signer(&site), Vec::new());
         let mut h = HostSession::new(site.config().site_id, certificate(&site));
         let mut to_host = vec![s.start(&site).expect("start")];
         let (mut pushes, mut most_in_flight, mut put_bodies) = (0, 0, 0);
@@ -1494,7 +1517,7 @@ mod tests {
         host: &Replica,
         site: &Replica,
     ) -> std::collections::BTreeMap<&'static str, usize> {
-        let mut s = SiteSession::new(signer(site));
+        let mut s = SiteSession::new(signer(site), Vec::new());
         let mut h = HostSession::new(site.config().site_id, certificate(site));
         let mut counts = std::collections::BTreeMap::new();
         let mut to_host = vec![s.start(site).expect("start")];
@@ -1572,7 +1595,9 @@ mod tests {
                 chain_key,
                 about,
                 renewal,
-            } = SiteSession::new(signer(&site)).start(&site).expect("hello")
+            } = SiteSession::new(signer(&site), Vec::new())
+                .start(&site)
+                .expect("hello")
             else {
                 panic!("not a Hello");
             };
@@ -1616,7 +1641,7 @@ mod tests {
         round(&host, &site);
         let (as_of, _) = site.authority_freshness().expect("freshness");
         std::thread::sleep(std::time::Duration::from_millis(5));
-        let mut s = SiteSession::new(signer(&site));
+        let mut s = SiteSession::new(signer(&site), Vec::new());
         let mut h = HostSession::new(site.config().site_id, certificate(&site));
         let welcome = h
             .handle(&host, wire(&s.start(&site).expect("hello")))
@@ -1649,7 +1674,9 @@ mod tests {
         let welcome = HostSession::new(site.config().site_id, certificate(&site))
             .handle(
                 &host,
-                SiteSession::new(signer(&site)).start(&site).expect("hello"),
+                SiteSession::new(signer(&site), Vec::new())
+                    .start(&site)
+                    .expect("hello"),
             )
             .expect("welcome");
         assert!(
@@ -1695,7 +1722,7 @@ mod tests {
             "{welcome:?}"
         );
         // ...which a site whose cursor is behind does not admit: it pulls.
-        let mut s = SiteSession::new(signer(&site));
+        let mut s = SiteSession::new(signer(&site), Vec::new());
         s.start(&site).expect("hello");
         let answer = s.handle(&site, wire(&welcome[0])).expect("site");
         assert!(
@@ -1713,7 +1740,9 @@ mod tests {
     fn a_site_cannot_speak_for_another() {
         let (_t, host, site, _) = host_and_site();
         let mut h = HostSession::new(SiteId(site.config().site_id.0 + 1), certificate(&site));
-        let hello = SiteSession::new(signer(&site)).start(&site).expect("hello");
+        let hello = SiteSession::new(signer(&site), Vec::new())
+            .start(&site)
+            .expect("hello");
         assert!(h.handle(&host, hello).is_err());
         let mut h = HostSession::new(site.config().site_id, certificate(&site));
         assert!(
@@ -1744,7 +1773,7 @@ mod tests {
                 .to_string()
                 .contains("body stream")
         );
-        let mut s = SiteSession::new(signer(&site));
+        let mut s = SiteSession::new(signer(&site), Vec::new());
         assert!(
             s.handle(
                 &site,
@@ -1757,7 +1786,7 @@ mod tests {
             .is_err()
         );
         // A host claiming more than the site ever sent (a replica restored from a backup).
-        let mut s = SiteSession::new(signer(&site));
+        let mut s = SiteSession::new(signer(&site), Vec::new());
         let welcome = Msg::Welcome {
             acked: 1_000,
             traces_acked: 0,
@@ -1767,6 +1796,8 @@ mod tests {
             log_head: 0,
             current: None,
             renewed: None,
+            hand_over: None,
+            host_revocations: vec![],
         };
         assert!(s.handle(&site, welcome).is_err());
         // A host holding another history of the site's trace than the site's own.
@@ -1781,13 +1812,15 @@ mod tests {
             log_head: 0,
             current: None,
             renewed: None,
+            hand_over: None,
+            host_revocations: vec![],
         };
         assert!(matches!(
-            SiteSession::new(signer(&site)).handle(&site, welcome([1; 32])),
+            SiteSession::new(signer(&site), Vec::new()).handle(&site, welcome([1; 32])),
             Err(Error::Store(carnet_store::Error::Integrity(_)))
         ));
         assert!(
-            SiteSession::new(signer(&site))
+            SiteSession::new(signer(&site), Vec::new())
                 .handle(&site, welcome(ours))
                 .is_ok()
         );
@@ -1805,7 +1838,7 @@ mod tests {
             .expect("writes");
         let site_id = site.config().site_id;
         let (mut s, mut h) = (
-            SiteSession::new(signer(&site)),
+            SiteSession::new(signer(&site), Vec::new()),
             HostSession::new(site_id, certificate(&site)),
         );
         let welcome = h
@@ -1845,7 +1878,7 @@ mod tests {
         // Acknowledgements out of turn are refused: of trace entries never sent, of a push
         // while a trace batch is the oldest in flight.
         let (mut s, mut h) = (
-            SiteSession::new(signer(&site)),
+            SiteSession::new(signer(&site), Vec::new()),
             HostSession::new(site_id, certificate(&site)),
         );
         let welcome = h
@@ -1912,7 +1945,9 @@ mod tests {
             let mut h = HostSession::new(site_id, certificate(&site));
             h.handle(
                 &host,
-                SiteSession::new(me.clone()).start(&site).expect("hello"),
+                SiteSession::new(me.clone(), Vec::new())
+                    .start(&site)
+                    .expect("hello"),
             )
             .expect("welcome");
             let traces = Msg::Traces {
@@ -1992,7 +2027,7 @@ mod resume_tests {
     /// delivered: what was delivered is handled, the rest is lost. Answers the body bytes
     /// delivered.
     fn cut_round(host: &Replica, site: &Replica, cut_after: usize) -> u64 {
-        let mut s = SiteSession::new(signer(site));
+        let mut s = SiteSession::new(signer(site), Vec::new());
         let mut h = HostSession::new(site.config().site_id, certificate(site));
         let mut to_host = vec![s.start(site).expect("start")];
         let (mut pieces, mut bytes) = (0, 0u64);
@@ -2244,7 +2279,7 @@ mod quarantine_tests {
         .expect("write");
         host.close_dossier(&ins, "closed").expect("close");
         // A round cut right after the host applied the push: its PushAck never arrives.
-        let mut s = SiteSession::new(signer(&site));
+        let mut s = SiteSession::new(signer(&site), Vec::new());
         let mut h = HostSession::new(site.config().site_id, certificate(&site));
         let mut to_host = vec![s.start(&site).expect("start")];
         'cut: for _ in 0..100 {
@@ -2277,7 +2312,9 @@ mod quarantine_tests {
         let welcome = HostSession::new(site_id, certificate(&site))
             .handle(
                 &host,
-                SiteSession::new(signer(&site)).start(&site).expect("hello"),
+                SiteSession::new(signer(&site), Vec::new())
+                    .start(&site)
+                    .expect("hello"),
             )
             .expect("welcome");
         assert!(

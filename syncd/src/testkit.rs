@@ -112,12 +112,17 @@ pub fn site_from_bundle(dir: &std::path::Path, bundle: &crate::enrol::Bundle) ->
     site
 }
 
+/// Now, in Unix seconds, by the system clock.
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 /// Gives `site` a TLS identity for its site id, under a CA of its own (the in-memory sessions
 /// sign trace heads with it; no connection is made).
 fn install_test_identity(site: &Replica) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
+    let now = now_secs();
     let ca = crate::pki::new_ca(now).expect("ca");
     let identity = crate::pki::issue_site(&ca, site.config().site_id.0, now).expect("site");
     crate::enrol::save_site_tls(
@@ -126,7 +131,8 @@ fn install_test_identity(site: &Replica) {
             ca_cert_der: ca.cert_der,
             identity,
             host_address: "127.0.0.1:1".into(),
-            host_tls_pin: None,
+            host_pins: None,
+            revoked_host_pins: Vec::new(),
         },
     )
     .expect("identity");

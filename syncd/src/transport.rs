@@ -2,8 +2,9 @@
 //!
 //! Invariants: the host accepts only clients whose certificate chains to the CA, is in its
 //! validity window and is not refused (revoked site, retired certificate); a site accepts only
-//! a host whose certificate chains to the CA, is in its validity window, names `HOST_NAME`
-//! and, once the site holds a pin (its bundle's), is for the pinned TLS key; only TLS 1.3 and
+//! a host whose certificate chains to the CA, is in its validity window, names `HOST_NAME`,
+//! is not for a host key the CA revoked (`hostkey::HostRevocation`), and, once the site holds
+//! pins (its bundle's, a hand-over's), is for one of the pinned TLS keys; only TLS 1.3 and
 //! the `carnet/1` protocol are offered.
 
 use std::collections::HashSet;
@@ -164,12 +165,30 @@ pub fn server_config(
     Ok(config)
 }
 
-/// The CA's verifier, plus the pin of the host's TLS key: another certificate the CA issued
-/// for `carnet-host` is refused.
+/// The CA's verifier, plus the pins of the host's TLS keys (`None`: a format 1 site, which
+/// pins none) and the host keys the CA revoked: another certificate the CA issued for
+/// `carnet-host` is refused, with an error that says why and what to do.
 #[derive(Debug)]
 struct PinnedHost {
     ca: Arc<WebPkiServerVerifier>,
-    pin: [u8; 32],
+    pins: Option<Vec<[u8; 32]>>,
+    revoked: Vec<[u8; 32]>,
+}
+
+/// A refusal of the host's certificate that the site's operator reads (in `sync now`, the
+/// daemon's log).
+fn refused_host(why: String) -> rustls::Error {
+    #[derive(Debug)]
+    struct Why(String);
+    impl std::fmt::Display for Why {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(&self.0)
+        }
+    }
+    impl std::error::Error for Why {}
+    rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+        Arc::new(Why(why)),
+    )))
 }
 
 impl ServerCertVerifier for PinnedHost {
@@ -181,6 +200,15 @@ impl ServerCertVerifier for PinnedHost {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        let pin = crate::pki::key_pin(end_entity).map_err(|_| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
+        })?;
+        let short = &crate::hostkey::pin_hex(&pin)[..16];
+        if self.revoked.contains(&pin) {
+            return Err(refused_host(format!(
+                "the host's TLS key {short} was revoked by the national CA: refused at the handshake, even from a valid certificate; this site syncs again once the host serves a key it pins, or after it installs a renewal bundle (`carnet pki install BUNDLE`)"
+            )));
+        }
         let verified = self.ca.verify_server_cert(
             end_entity,
             intermediates,
@@ -188,11 +216,15 @@ impl ServerCertVerifier for PinnedHost {
             ocsp_response,
             now,
         )?;
-        match crate::pki::key_pin(end_entity) {
-            Ok(pin) if pin == self.pin => Ok(verified),
-            _ => Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
-            )),
+        match &self.pins {
+            None => Ok(verified),
+            Some(pins) if pins.contains(&pin) => Ok(verified),
+            Some(pins) if pins.is_empty() => Err(refused_host(format!(
+                "this site pins no host key (the national CA revoked the one it pinned) and refuses the host's key {short}: install a renewal bundle from the host (`carnet pki renew SITE` there, `carnet pki install BUNDLE` here)"
+            ))),
+            Some(_) => Err(refused_host(format!(
+                "the host presents a TLS key this site does not pin ({short}): if the host switched to a new key while this site was not syncing, install a renewal bundle from the host (`carnet pki renew SITE` there, `carnet pki install BUNDLE` here)"
+            ))),
         }
     }
 
@@ -219,28 +251,29 @@ impl ServerCertVerifier for PinnedHost {
     }
 }
 
-/// A site's QUIC client configuration: a host certified by the CA and, with `host_pin`, for
-/// that TLS key only (`pki::key_pin`).
+/// A site's QUIC client configuration: a host certified by the CA, not for a key in
+/// `revoked_pins`, and, with `host_pins`, for one of those TLS keys only (`pki::key_pin`; an
+/// empty list accepts no host).
 pub fn client_config(
     ca_der: &[u8],
     site: &Identity,
-    host_pin: Option<[u8; 32]>,
+    host_pins: Option<&[[u8; 32]]>,
+    revoked_pins: &[[u8; 32]],
 ) -> Result<quinn::ClientConfig> {
     let (chain, key) = chain_and_key(site);
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls_err)?;
-    let builder = match host_pin {
-        Some(pin) => {
-            let ca = WebPkiServerVerifier::builder_with_provider(roots(ca_der)?, provider())
-                .build()
-                .map_err(tls_err)?;
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(PinnedHost { ca, pin }))
-        }
-        None => builder.with_root_certificates(roots(ca_der)?),
-    };
+    let ca = WebPkiServerVerifier::builder_with_provider(roots(ca_der)?, provider())
+        .build()
+        .map_err(tls_err)?;
+    let builder = builder
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedHost {
+            ca,
+            pins: host_pins.map(<[_]>::to_vec),
+            revoked: revoked_pins.to_vec(),
+        }));
     let mut tls = builder.with_client_auth_cert(chain, key).map_err(tls_err)?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let quic = QuicClientConfig::try_from(tls).map_err(tls_err)?;
@@ -256,11 +289,7 @@ mod tests {
     use std::net::SocketAddr;
     use std::time::Duration;
 
-    fn now() -> i64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64)
-    }
+    use crate::testkit::now_secs as now;
 
     /// A host endpoint on 127.0.0.1 that echoes one message per accepted connection.
     fn echo_host(config: quinn::ServerConfig) -> (quinn::Endpoint, SocketAddr) {
@@ -315,9 +344,10 @@ mod tests {
 
         // A site enrolled by the national CA gets through.
         let site = issue_site(&ca, 7, now()).expect("site cert");
-        let pin = crate::pki::key_pin(&host.cert_der).ok();
+        let pin = [crate::pki::key_pin(&host.cert_der).expect("pin")];
+        let pin = Some(&pin[..]);
         let reply = bounded(exchange(
-            client_config(&ca.cert_der, &site, pin).expect("client"),
+            client_config(&ca.cert_der, &site, pin, &[]).expect("client"),
             addr,
         ))
         .await
@@ -328,14 +358,14 @@ mod tests {
         let rogue_ca = new_ca(now()).expect("ca");
         let rogue = issue_site(&rogue_ca, 7, now()).expect("rogue cert");
         let refused = bounded(exchange(
-            client_config(&ca.cert_der, &rogue, pin).expect("client"),
+            client_config(&ca.cert_der, &rogue, pin, &[]).expect("client"),
             addr,
         ))
         .await
         .expect("in time");
         assert!(refused.is_err(), "a rogue site was admitted");
         let wrong_trust = bounded(exchange(
-            client_config(&rogue_ca.cert_der, &rogue, None).expect("client"),
+            client_config(&rogue_ca.cert_der, &rogue, None, &[]).expect("client"),
             addr,
         ))
         .await
@@ -374,7 +404,7 @@ mod tests {
         let (_e1, fake) =
             echo_host(server_config(&ca.cert_der, &impostor, Arc::default()).expect("server"));
         let refused = bounded(exchange(
-            client_config(&ca.cert_der, &site, Some(pin)).expect("client"),
+            client_config(&ca.cert_der, &site, Some(&[pin]), &[]).expect("client"),
             fake,
         ))
         .await
@@ -382,7 +412,7 @@ mod tests {
         assert!(refused.is_err(), "a pinned site accepted another host key");
         // Without a pin (a site enrolled by a format 1 bundle), the CA alone decided.
         let unpinned = bounded(exchange(
-            client_config(&ca.cert_der, &site, None).expect("client"),
+            client_config(&ca.cert_der, &site, None, &[]).expect("client"),
             fake,
         ))
         .await
@@ -394,7 +424,7 @@ mod tests {
             let (_e, addr) =
                 echo_host(server_config(&ca.cert_der, h, Arc::default()).expect("server"));
             let ok = bounded(exchange(
-                client_config(&ca.cert_der, &site, Some(pin)).expect("client"),
+                client_config(&ca.cert_der, &site, Some(&[pin]), &[]).expect("client"),
                 addr,
             ))
             .await
@@ -410,12 +440,13 @@ mod tests {
         // A CA made 800 days ago; a host certificate and a site certificate issued since.
         let ca = new_ca(now() - 800 * DAY).expect("ca");
         let host = issue_host(&ca, now(), None).expect("host");
-        let pin = crate::pki::key_pin(&host.cert_der).ok();
+        let pin = [crate::pki::key_pin(&host.cert_der).expect("pin")];
+        let pin = Some(&pin[..]);
         let site = issue_site(&ca, 7, now()).expect("site");
         let (_e1, addr) =
             echo_host(server_config(&ca.cert_der, &host, Arc::default()).expect("server"));
         let ok = bounded(exchange(
-            client_config(&ca.cert_der, &site, pin).expect("client"),
+            client_config(&ca.cert_der, &site, pin, &[]).expect("client"),
             addr,
         ))
         .await
@@ -424,7 +455,7 @@ mod tests {
         // A site certificate issued 367 days ago expired yesterday: the host refuses it.
         let stale_site = issue_site(&ca, 7, now() - 367 * DAY).expect("stale site");
         let refused = bounded(exchange(
-            client_config(&ca.cert_der, &stale_site, pin).expect("client"),
+            client_config(&ca.cert_der, &stale_site, pin, &[]).expect("client"),
             addr,
         ))
         .await
@@ -436,7 +467,7 @@ mod tests {
         let (_e2, stale) =
             echo_host(server_config(&ca.cert_der, &stale_host, Arc::default()).expect("server"));
         let refused = bounded(exchange(
-            client_config(&ca.cert_der, &site, pin).expect("client"),
+            client_config(&ca.cert_der, &site, pin, &[]).expect("client"),
             stale,
         ))
         .await
@@ -445,5 +476,53 @@ mod tests {
             refused.is_err(),
             "a site accepted an expired host certificate"
         );
+    }
+
+    #[tokio::test]
+    async fn a_site_accepts_either_pin_and_refuses_a_revoked_host_key_clearly() {
+        let ca = new_ca(now()).expect("ca");
+        let host = issue_host(&ca, now(), None).expect("host");
+        let next = issue_host(&ca, now(), None).expect("next");
+        let pin = crate::pki::key_pin(&host.cert_der).expect("pin");
+        let next_pin = crate::pki::key_pin(&next.cert_der).expect("pin");
+        let site = issue_site(&ca, 7, now()).expect("site");
+        let (_e1, old_addr) =
+            echo_host(server_config(&ca.cert_der, &host, Arc::default()).expect("server"));
+        let (_e2, new_addr) =
+            echo_host(server_config(&ca.cert_der, &next, Arc::default()).expect("server"));
+        // One exchange with the host at `addr`, as a site pinning `pins` and refusing `revoked`.
+        let reach = |addr, pins: Option<&[[u8; 32]]>, revoked: &[[u8; 32]]| {
+            let client = client_config(&ca.cert_der, &site, pins, revoked).expect("client");
+            tokio::time::timeout(Duration::from_secs(5), exchange(client, addr))
+        };
+        // Holding both pins (a hand-over taken): either key is accepted.
+        for addr in [old_addr, new_addr] {
+            let ok = reach(addr, Some(&[pin, next_pin]), &[])
+                .await
+                .expect("in time");
+            assert_eq!(ok.as_deref(), Ok(&b"hello"[..]));
+        }
+        // The old key revoked: refused although pinned, CA-issued and unexpired, and the
+        // error says so; the next key still works.
+        let refused = reach(old_addr, Some(&[pin, next_pin]), &[pin]).await;
+        let e = refused
+            .expect("in time")
+            .expect_err("a revoked key was accepted");
+        assert!(e.contains("revoked by the national CA"), "{e}");
+        let ok = reach(new_addr, Some(&[next_pin]), &[pin]).await;
+        assert!(ok.expect("in time").is_ok());
+        // Revoked applies to a site that pins nothing (format 1) too.
+        let refused = reach(old_addr, None, &[pin]).await.expect("in time");
+        assert!(refused.is_err(), "an unpinned site accepted a revoked key");
+        // A key not pinned: refused, and told to install a renewal bundle; no pin left:
+        // nothing is accepted.
+        let e = reach(new_addr, Some(&[pin]), &[]).await.expect("in time");
+        let e = e.expect_err("refused");
+        assert!(
+            e.contains("does not pin") && e.contains("pki install"),
+            "{e}"
+        );
+        let e = reach(new_addr, Some(&[]), &[pin]).await.expect("in time");
+        assert!(e.expect_err("refused").contains("pins no host key"));
     }
 }

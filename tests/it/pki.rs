@@ -1,6 +1,7 @@
 //! The national PKI through the CLI: `pki init`, `pki enrol`, `pki list`, `pki revoke`, a
 //! site created from its enrolment bundle; certificate lifetimes; renewal of a site's and of
-//! the host's certificate over real daemons, and the host key pin; the offline CA.
+//! the host's certificate over real daemons, and the host key pin; the hand-over to a new
+//! host key and the revocation of a host key at the sites; the offline CA.
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
@@ -255,10 +256,7 @@ fn sync_refused(site: &Carnet) -> String {
 
 #[test]
 fn renewals_over_real_daemons_without_a_gap_and_the_host_key_pinned() {
-    let address = format!("127.0.0.1:{}", free_port());
-    let host = Carnet::empty();
-    host.ok(&["init", "--role", "host", "--listen", &address]);
-    host.ok(&["pki", "init"]);
+    let (host, address) = listening_host();
     let (site, _) = enrolled_site_and_bundle(&host, &address, &[]);
     let _host_daemon = start_daemon(&host);
     sync_until_ok(&site, Duration::from_secs(20));
@@ -297,14 +295,201 @@ fn renewals_over_real_daemons_without_a_gap_and_the_host_key_pinned() {
     // The host's certificate renewed for the same key: sites go on as they are.
     host.ok(&["pki", "renew-host"]);
     sync_until_ok(&site, Duration::from_secs(5));
-    // For a new key: a certificate of the same CA for `carnet-host`, which the site refuses…
-    host.ok(&["pki", "renew-host", "--new-key"]);
-    sync_refused(&site);
-    // …until it installs a renewal bundle that pins the new key.
-    let r3 = host.path("r3.bundle").display().to_string();
-    host.ok(&["pki", "renew", "1", "-o", &r3]);
-    site.ok(&["pki", "install", &r3]);
+}
+
+/// A number `sync status` says of the site's certificate (`days_left`, `host_pins`).
+fn certificate(site: &Carnet, field: &str) -> i64 {
+    site.json(&["sync", "status"])["certificate"][field]
+        .as_i64()
+        .expect("a certificate")
+}
+
+/// How many host keys the site pins.
+fn host_pins(site: &Carnet) -> i64 {
+    certificate(site, "host_pins")
+}
+
+/// A host replica with a PKI (its CA key kept) that listens on a free port, and the address.
+fn listening_host() -> (Carnet, String) {
+    let address = format!("127.0.0.1:{}", free_port());
+    let host = Carnet::empty();
+    host.ok(&["init", "--role", "host", "--listen", &address]);
+    host.ok(&["pki", "init"]);
+    (host, address)
+}
+
+#[test]
+fn a_new_host_key_is_handed_over_to_the_sites_that_sync_before_the_switch() {
+    let (host, address) = listening_host();
+    let (site, _) = enrolled_site_and_bundle(&host, &address, &[]);
+    let (late, _) = enrolled_site_and_bundle(&host, &address, &[]);
+    let _host_daemon = start_daemon(&host);
+    sync_until_ok(&site, Duration::from_secs(20));
+    sync_until_ok(&late, Duration::from_secs(5));
+    assert_eq!(host_pins(&site), 1);
+
+    // The host prepares a new key and announces it, signed by the key it still serves.
+    let prepared = host.json(&["pki", "renew-host", "--new-key"]);
+    let next = prepared["next_pin"].as_str().expect("next pin").to_string();
+    assert_eq!(prepared["switched"], false);
+    assert!(
+        host.ok(&["pki", "list"]).stdout.contains(&next),
+        "pki list shows the announced key"
+    );
+    // The site syncs during the announcement: it pins the next key beside the current one.
     sync_until_ok(&site, Duration::from_secs(5));
+    assert_eq!(host_pins(&site), 2);
+    // `late` does not sync now.
+
+    // The switch: the running host serves the new key at once.
+    let switched = host.json(&["pki", "renew-host", "--switch"]);
+    assert_eq!(switched["pin"], next.as_str());
+    // The site goes on without any bundle, and its first round on the new key drops the old
+    // pin.
+    sync_until_ok(&site, Duration::from_secs(5));
+    assert_eq!(host_pins(&site), 1);
+    sync_until_ok(&site, Duration::from_secs(5));
+    // The site that missed the announcement is refused, and told to install a bundle.
+    let e = sync_refused(&late);
+    assert!(
+        e.contains("does not pin") && e.contains("pki install"),
+        "{e}"
+    );
+    let bundle = host.path("late.bundle").display().to_string();
+    host.ok(&["pki", "renew", "2", "-o", &bundle]);
+    late.ok(&["pki", "install", &bundle]);
+    sync_until_ok(&late, Duration::from_secs(5));
+    // Nothing prepared now: a second switch is refused.
+    let o = host.fails(2, &["pki", "renew-host", "--switch"]);
+    assert!(o.stderr.contains("--new-key"), "{}", o.stderr);
+}
+
+/// Copies a stopped replica's data folder (a host's TLS key leaves with it).
+fn copy_replica(from: &Carnet) -> Carnet {
+    let to = Carnet::empty();
+    std::fs::create_dir_all(&to.data).expect("data folder");
+    for f in std::fs::read_dir(&from.data).expect("data folder") {
+        let f = f.expect("entry");
+        if f.file_type().expect("type").is_file() {
+            std::fs::copy(f.path(), to.data.join(f.file_name())).expect("copy");
+        }
+    }
+    to
+}
+
+#[test]
+fn a_host_key_revoked_by_the_ca_is_refused_at_connect_even_pinned_and_unexpired() {
+    let (host, address) = listening_host();
+    let (site, _) = enrolled_site_and_bundle(&host, &address, &[]);
+    let mut host_daemon = start_daemon(&host);
+    sync_until_ok(&site, Duration::from_secs(20));
+    // A new key prepared and taken by the site: it pins both.
+    let next = host.json(&["pki", "renew-host", "--new-key"])["next_pin"]
+        .as_str()
+        .expect("pin")
+        .to_string();
+    sync_until_ok(&site, Duration::from_secs(5));
+    assert_eq!(host_pins(&site), 2);
+    // The next key leaks (here: a copy of the host's folder), and the thief serves it: a
+    // certificate of the national CA, unexpired, for a key the site pinned.
+    crate::daemon::stop(&mut host_daemon);
+    let thief = copy_replica(&host);
+    thief.ok(&["pki", "renew-host", "--switch"]);
+    // The CA revokes it; the host carries the revocation in its next Welcome.
+    let mut host_daemon = start_daemon(&host);
+    crate::daemon::wait_for_socket(&host);
+    host.ok(&["pki", "revoke-host", "--pin", &next]);
+    let o = host.fails(2, &["pki", "revoke-host", "--pin", &"0".repeat(63)]);
+    assert!(o.stderr.contains("pin"), "{}", o.stderr);
+    sync_until_ok(&site, Duration::from_secs(5));
+    assert_eq!(host_pins(&site), 1, "the revoked pin is gone");
+    // The thief serves the revoked key: refused at the handshake, with the reason.
+    crate::daemon::stop(&mut host_daemon);
+    let _thief_daemon = start_daemon(&thief);
+    crate::daemon::wait_for_socket(&thief);
+    let e = sync_refused(&site);
+    assert!(
+        e.contains("revoked by the national CA") && e.contains("refused at the handshake"),
+        "{e}"
+    );
+    drop(_thief_daemon);
+    // The real host, on the key the site pins: syncing again.
+    let _host_daemon = start_daemon(&host);
+    sync_until_ok(&site, Duration::from_secs(20));
+}
+
+#[test]
+fn a_revocation_file_installs_at_a_site_only_if_the_national_ca_signed_it() {
+    let host = Carnet::host();
+    let ca_dir = host.path("offline-ca").display().to_string();
+    host.ok(&["pki", "init", "--ca-dir", &ca_dir]);
+    let bundle = host.path("site.bundle").display().to_string();
+    let mut args = enrol_args("Clinique", &bundle);
+    args.extend(["--ca-dir", &ca_dir]);
+    host.ok(&args);
+    let site = Carnet::empty();
+    site.ok(&["init", "--role", "site", "--enrol", &bundle]);
+    let list = host.ok(&["pki", "list"]).stdout;
+    let pin = list
+        .lines()
+        .find_map(|l| l.strip_prefix("host key pin "))
+        .expect("pki list shows the pin")
+        .to_string();
+    // The key the host serves is not revoked (switch first); the CA is offline.
+    let file = host.path("revoked.hr").display().to_string();
+    let revoke = [
+        "pki",
+        "revoke-host",
+        "--pin",
+        &pin,
+        "-o",
+        &file,
+        "--ca-dir",
+        &ca_dir,
+    ];
+    let o = host.fails(2, &revoke);
+    assert!(o.stderr.contains("--switch"), "{}", o.stderr);
+    // Another CA's revocation of this host's key (a stranger host signing it): refused at the
+    // site, nothing changes.
+    let stranger = Carnet::host();
+    stranger.ok(&["pki", "init"]);
+    let forged = stranger.path("forged.hr").display().to_string();
+    stranger.ok(&["pki", "revoke-host", "--pin", &pin, "-o", &forged]);
+    let o = site.fails(2, &["pki", "install", &forged]);
+    assert!(o.stderr.contains("national CA"), "{}", o.stderr);
+    assert_eq!(host_pins(&site), 1);
+    // The host's CA revokes a key it no longer serves: after a hand-over and a switch.
+    host.ok(&["pki", "renew-host", "--new-key", "--ca-dir", &ca_dir]);
+    host.ok(&["pki", "renew-host", "--switch"]);
+    let j = host.json(&revoke);
+    assert_eq!(j["revoked"], true);
+    assert_eq!(mode(std::path::Path::new(&file)), 0o600);
+    assert!(
+        host.ok(&["pki", "list"])
+            .stdout
+            .contains("revoked host key pin"),
+        "listed"
+    );
+    // The site (which never synced: it pins the old key only) installs it by hand: it pins
+    // nothing now, and is told so.
+    let j = site.json(&["pki", "install", &file]);
+    assert_eq!(j["no_pin_left"], true);
+    let human = site.ok(&["pki", "install", &file]).stdout;
+    assert!(human.contains("already"), "{human}");
+    assert_eq!(host_pins(&site), 0);
+    let status = site.ok(&["sync", "status"]).stdout;
+    assert!(status.contains("pins no host key"), "{status}");
+    // A bundle that pins the revoked key is refused; one issued after the switch installs.
+    let o = site.fails(2, &["pki", "install", &bundle]);
+    assert!(o.stderr.contains("revoked"), "{}", o.stderr);
+    let r = host.path("r.bundle").display().to_string();
+    host.ok(&["pki", "renew", "1", "-o", &r, "--ca-dir", &ca_dir]);
+    site.ok(&["pki", "install", &r]);
+    assert_eq!(host_pins(&site), 1);
+    // Garbage is no revocation.
+    let junk = host.write("junk.hr", b"CARNETHRgarbage");
+    site.fails(2, &["pki", "install", &junk]);
+    host.fails(2, &["pki", "install", &file]);
 }
 
 #[test]
@@ -353,11 +538,9 @@ fn the_ca_key_can_stay_offline() {
     site.ok(&["pki", "install", &out]);
 }
 
-/// Days left on the site's certificate, as `sync status` says.
+/// Days left on the site's certificate.
 fn days_left(site: &Carnet) -> i64 {
-    site.json(&["sync", "status"])["certificate"]["days_left"]
-        .as_i64()
-        .expect("a certificate")
+    certificate(site, "days_left")
 }
 
 #[test]
@@ -426,10 +609,7 @@ fn a_site_renews_its_certificate_over_sync_signed_by_the_offline_ca() {
 
 #[test]
 fn a_site_daemon_renews_its_certificate_from_the_host_and_reconnects_with_it() {
-    let address = format!("127.0.0.1:{}", free_port());
-    let host = Carnet::empty();
-    host.ok(&["init", "--role", "host", "--listen", &address]);
-    host.ok(&["pki", "init"]);
+    let (host, address) = listening_host();
     let bundle = host.path("site.bundle").display().to_string();
     host.ok(&[
         "pki",
