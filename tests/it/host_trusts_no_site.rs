@@ -203,6 +203,7 @@ fn about_dossier(item: &PullItem, ins: &Ins) -> bool {
             carnet_store::authority::decode(s).is_ok_and(|v| v.record.ins() == Some(ins))
         }
         PullItem::Leave(_) => false,
+        PullItem::Withdraw { ins: of, .. } => of == ins,
     }
 }
 
@@ -878,16 +879,23 @@ fn a_new_document_is_taken_only_from_an_author_the_host_binds_there_as_the_host_
     assert!(at_host(&w, &id.to_string()).is_some());
 }
 
-#[test]
-fn a_mask_by_a_bound_and_granted_professional_at_a_real_site_reaches_the_host() {
-    let w = world();
+/// `NURSE` bound to the world's site by the host, granted on its dossier and registered at the
+/// site, whose daemon runs and has synced once. Answers the site's daemon.
+fn nurse_at_a_running_site(w: &World) -> Daemon {
     bind_nurse(&w.host, &w.site_id);
     w.host
         .ok(&["grant", "add", "--dossier", &w.ins, "--rpps", NURSE]);
     w.site.pro(NURSE, "infirmier");
-    let _site_daemon = start_daemon(&w.site);
+    let daemon = start_daemon(&w.site);
     wait_for_socket(&w.site);
     sync_until_ok(&w.site, Duration::from_secs(30));
+    daemon
+}
+
+#[test]
+fn a_mask_by_a_bound_and_granted_professional_at_a_real_site_reaches_the_host() {
+    let w = world();
+    let _site_daemon = nurse_at_a_running_site(&w);
     assert_eq!(
         w.site.body(&w.doc, NURSE),
         b"written at the host (synthetic)"
@@ -906,6 +914,59 @@ fn a_mask_by_a_bound_and_granted_professional_at_a_real_site_reaches_the_host() 
     assert_eq!(status["quarantine"], serde_json::json!([]), "{status}");
     assert_eq!(status["pending"], 0, "{status}");
     assert_eq!(host_traced(&w.host, &w.ins, "returned to site"), 0);
+}
+
+#[test]
+fn a_revoked_grant_takes_the_others_documents_back_from_a_site_that_wrote_in_the_dossier() {
+    let w = world();
+    let _site_daemon = nurse_at_a_running_site(&w);
+    // A second document of the host's, whose body the site fetches on its own.
+    let big = vec![b'x'; 200_000];
+    let second = w
+        .host
+        .add_doc(&w.ins, DOCTOR, "10", CONSULTATION, "CR 2", &big);
+    let own = w
+        .site
+        .add_doc(&w.ins, NURSE, "10", CONSULTATION, "soins", b"n (synthetic)");
+    sync_until_ok(&w.site, Duration::from_secs(30));
+    sync_until_ok(&w.site, Duration::from_secs(30));
+    assert_eq!(
+        w.site.body(&w.doc, NURSE),
+        b"written at the host (synthetic)"
+    );
+    assert_eq!(w.site.body(&second, NURSE), big);
+    assert!(
+        at_host(&w, &own).is_some(),
+        "the site's own document reached the host"
+    );
+    // The grant ends; the site wrote in the dossier, so it stays in its scope.
+    w.host
+        .ok(&["grant", "revoke", "--dossier", &w.ins, "--rpps", NURSE]);
+    let report = sync_until_ok(&w.site, Duration::from_secs(30));
+    assert!(
+        holds(&w.site, &w.ins),
+        "the dossier stays: the site wrote in it"
+    );
+    for id in [&w.doc, &second] {
+        let o = w.site.fails(4, &["doc", "get", id, "--as", NURSE]);
+        assert!(o.stderr.contains("no document"), "{id}: {}", o.stderr);
+    }
+    assert_eq!(w.site.body(&own, NURSE), b"n (synthetic)");
+    let traced = w.site.audit(&w.ins);
+    assert!(
+        traced
+            .iter()
+            .any(|e| e.to_string().contains("documents-withdrawn")),
+        "{traced:?}; {report}"
+    );
+    assert_eq!(w.site.json(&["audit", "verify"])["ok"], true);
+    assert_eq!(w.host.json(&["audit", "verify"])["ok"], true);
+    // Granted again: the host's documents come back.
+    w.host
+        .ok(&["grant", "add", "--dossier", &w.ins, "--rpps", NURSE]);
+    sync_until_ok(&w.site, Duration::from_secs(30));
+    sync_until_ok(&w.site, Duration::from_secs(30));
+    assert_eq!(w.site.body(&second, NURSE), big);
 }
 
 #[test]
