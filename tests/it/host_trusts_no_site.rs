@@ -710,14 +710,7 @@ fn nurse_holding_the_hosts_document(w: &World) -> (Rogue, DocumentMeta) {
     w.host
         .ok(&["grant", "add", "--dossier", &w.ins, "--rpps", NURSE]);
     let rogue = Rogue::connect(&w.bundle);
-    let host_doc = DocId::parse(&w.doc).expect("id");
-    let meta = pulled_items(&rogue.pull_all())
-        .into_iter()
-        .find_map(|i| match i {
-            PullItem::Document(m) if m.facts.id == host_doc => Some(*m),
-            _ => None,
-        })
-        .expect("the nurse's site receives the host's document");
+    let meta = pulled_host_document(w, &rogue);
     (rogue, meta)
 }
 
@@ -849,6 +842,64 @@ fn a_version_vector_that_advances_another_replicas_counter_is_refused() {
             .contains(&"MASQUE_PS".into()),
         "{shown}"
     );
+}
+
+/// The host's document as the rogue pulls it now.
+fn pulled_host_document(w: &World, rogue: &Rogue) -> DocumentMeta {
+    let id = DocId::parse(&w.doc).expect("id");
+    pulled_items(&rogue.pull_all())
+        .into_iter()
+        .find_map(|i| match i {
+            PullItem::Document(m) if m.facts.id == id => Some(*m),
+            _ => None,
+        })
+        .expect("the host's document")
+}
+
+#[test]
+fn a_mask_the_host_lifted_does_not_come_back_without_an_act_that_may_mask() {
+    let w = world();
+    let (rogue, _) = nurse_holding_the_hosts_document(&w);
+    w.host.ok(&["doc", "mask", &w.doc, "--as", DOCTOR]);
+    let masked = pulled_host_document(&w, &rogue);
+    assert!(masked.state().flags.masque_ps);
+    w.host.ok(&["doc", "unmask", &w.doc, "--as", DOCTOR]);
+    // The rogue pushes a version that "has not seen" the unmask, still masked: with no act,
+    // in the name of the doctor (who does not practise there) or of a stranger.
+    let stale = || {
+        let mut m = masked.clone();
+        m.update(SiteId(rogue.site), |_| {});
+        m
+    };
+    let mut bare = acted(stale(), NURSE, Action::HideFromPatient);
+    if let Change::Document { acts, .. } = &mut bare {
+        acts.clear();
+    }
+    let id = masked.facts.id;
+    assert_eq!(push(&rogue, 1, bare), vec![id]);
+    assert_eq!(
+        push(&rogue, 2, acted(stale(), DOCTOR, Action::HideFromPatient)),
+        vec![id]
+    );
+    assert_eq!(
+        push(&rogue, 3, acted(stale(), STRANGER, Action::Mask)),
+        vec![id]
+    );
+    let shown = at_host(&w, &w.doc).expect("listed");
+    assert_eq!(shown["confidentiality"], serde_json::json!([]), "{shown}");
+    assert!(host_traced(&w.host, &w.ins, "returned to site") >= 3);
+    // The nurse, granted, may mask: the same version in her name is her mask, merged; and
+    // after a second unmask, seen this time, her mask with its act is merged too.
+    assert!(push(&rogue, 4, acted(stale(), NURSE, Action::HideFromPatient)).is_empty());
+    let shown = at_host(&w, &w.doc).expect("listed");
+    assert_eq!(shown["confidentiality"][0], "MASQUE_PS", "{shown}");
+    w.host.ok(&["doc", "unmask", &w.doc, "--as", DOCTOR]);
+    let mut seen = pulled_host_document(&w, &rogue);
+    assert!(!seen.state().flags.masque_ps);
+    seen.update(SiteId(rogue.site), |s| s.flags.masque_ps = true);
+    assert!(push(&rogue, 5, acted(seen, NURSE, Action::Mask)).is_empty());
+    let shown = at_host(&w, &w.doc).expect("listed");
+    assert_eq!(shown["confidentiality"][0], "MASQUE_PS", "{shown}");
 }
 
 #[test]
