@@ -7,7 +7,9 @@
 //! document or a signed record of a dossier changes on the host, an entry naming it is appended
 //! to the log of every site whose scope holds the dossier; a dossier entering a scope, or whose
 //! grant or pin now lets the site receive more of it, is logged as `Enter` (the site receives
-//! what `site_view` lets it have), one leaving as `Leave` (the site purges it). Entries name
+//! what `site_view` lets it have), one leaving as `Leave` (the site purges it), one that stays
+//! when a reason other than the site's own writing ended as `Withdraw` (the site deletes what
+//! it may no longer hold: `withdrawal`). Entries name
 //! things; what travels is their state at pull time, decided for that site at pull time.
 //!
 //! Every batch a site pulls ends with the host's heartbeat, read in the snapshot the batch was
