@@ -460,12 +460,13 @@ fn sync(cli: &Cli, c: &SyncCmd) -> Result<Reply> {
             let report = report?;
             Ok(Reply::new(
                 format!(
-                    "synced: the host holds this site's changes up to #{} and {} of its trace entries; pulled {} item(s), {} body(ies) received, {} dossier(s) purged, {} document(s) returned to quarantine",
+                    "synced: the host holds this site's changes up to #{} and {} of its trace entries; pulled {} item(s), {} body(ies) received, {} dossier(s) purged, {} document(s) withdrawn, {} document(s) returned to quarantine",
                     report.pushed,
                     report.traces,
                     report.pulled,
                     report.bodies,
                     report.purged,
+                    report.withdrawn,
                     report.returned
                 ) + if report.renewed {
                     "; a renewed certificate was installed: the next connection uses it"
@@ -473,7 +474,8 @@ fn sync(cli: &Cli, c: &SyncCmd) -> Result<Reply> {
                     ""
                 },
                 json!({"pushed": report.pushed, "traces": report.traces, "pulled": report.pulled,
-                       "bodies": report.bodies, "purged": report.purged, "returned": report.returned,
+                       "bodies": report.bodies, "purged": report.purged, "withdrawn": report.withdrawn,
+                       "returned": report.returned,
                        "renewed": report.renewed}),
             ))
         }

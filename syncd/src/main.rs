@@ -481,11 +481,16 @@ async fn site(
         // (The pause, whether it is `every`, and whether the link holds.)
         let (pause, regular, connected) = match outcome {
             Ok(report) => {
-                if report.pulled > 1 || report.bodies > 0 || report.purged > 0 {
+                if report.pulled > 1
+                    || report.bodies > 0
+                    || report.purged > 0
+                    || report.withdrawn > 0
+                {
                     tracing::info!(
                         pulled = report.pulled,
                         bodies = report.bodies,
                         purged = report.purged,
+                        withdrawn = report.withdrawn,
                         returned = report.returned,
                         "synced"
                     );

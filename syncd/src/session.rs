@@ -703,6 +703,9 @@ pub struct RoundReport {
     pub pulled: usize,
     /// Dossiers purged on the way.
     pub purged: usize,
+    /// Documents the host withdrew (the site may no longer hold them), deleted on the way.
+    #[serde(default)]
+    pub withdrawn: usize,
     /// Bodies received.
     pub bodies: usize,
     /// Bodies the host did not hold yet (their author is still sending them): ask again soon.
@@ -1215,6 +1218,7 @@ impl SiteSession {
                 self.report.bodies += bodies.len();
                 self.report.pulled += applied.applied;
                 self.report.purged += applied.purged;
+                self.report.withdrawn += applied.withdrawn;
                 if more {
                     return Ok(vec![Msg::Pull {
                         after: replica.pull_cursor()?,

@@ -203,6 +203,7 @@ fn about_dossier(item: &PullItem, ins: &Ins) -> bool {
             carnet_store::authority::decode(s).is_ok_and(|v| v.record.ins() == Some(ins))
         }
         PullItem::Leave(_) => false,
+        PullItem::Withdraw { ins: of, .. } => of == ins,
     }
 }
 
@@ -709,14 +710,7 @@ fn nurse_holding_the_hosts_document(w: &World) -> (Rogue, DocumentMeta) {
     w.host
         .ok(&["grant", "add", "--dossier", &w.ins, "--rpps", NURSE]);
     let rogue = Rogue::connect(&w.bundle);
-    let host_doc = DocId::parse(&w.doc).expect("id");
-    let meta = pulled_items(&rogue.pull_all())
-        .into_iter()
-        .find_map(|i| match i {
-            PullItem::Document(m) if m.facts.id == host_doc => Some(*m),
-            _ => None,
-        })
-        .expect("the nurse's site receives the host's document");
+    let meta = pulled_host_document(w, &rogue);
     (rogue, meta)
 }
 
@@ -850,6 +844,64 @@ fn a_version_vector_that_advances_another_replicas_counter_is_refused() {
     );
 }
 
+/// The host's document as the rogue pulls it now.
+fn pulled_host_document(w: &World, rogue: &Rogue) -> DocumentMeta {
+    let id = DocId::parse(&w.doc).expect("id");
+    pulled_items(&rogue.pull_all())
+        .into_iter()
+        .find_map(|i| match i {
+            PullItem::Document(m) if m.facts.id == id => Some(*m),
+            _ => None,
+        })
+        .expect("the host's document")
+}
+
+#[test]
+fn a_mask_the_host_lifted_does_not_come_back_without_an_act_that_may_mask() {
+    let w = world();
+    let (rogue, _) = nurse_holding_the_hosts_document(&w);
+    w.host.ok(&["doc", "mask", &w.doc, "--as", DOCTOR]);
+    let masked = pulled_host_document(&w, &rogue);
+    assert!(masked.state().flags.masque_ps);
+    w.host.ok(&["doc", "unmask", &w.doc, "--as", DOCTOR]);
+    // The rogue pushes a version that "has not seen" the unmask, still masked: with no act,
+    // in the name of the doctor (who does not practise there) or of a stranger.
+    let stale = || {
+        let mut m = masked.clone();
+        m.update(SiteId(rogue.site), |_| {});
+        m
+    };
+    let mut bare = acted(stale(), NURSE, Action::HideFromPatient);
+    if let Change::Document { acts, .. } = &mut bare {
+        acts.clear();
+    }
+    let id = masked.facts.id;
+    assert_eq!(push(&rogue, 1, bare), vec![id]);
+    assert_eq!(
+        push(&rogue, 2, acted(stale(), DOCTOR, Action::HideFromPatient)),
+        vec![id]
+    );
+    assert_eq!(
+        push(&rogue, 3, acted(stale(), STRANGER, Action::Mask)),
+        vec![id]
+    );
+    let shown = at_host(&w, &w.doc).expect("listed");
+    assert_eq!(shown["confidentiality"], serde_json::json!([]), "{shown}");
+    assert!(host_traced(&w.host, &w.ins, "returned to site") >= 3);
+    // The nurse, granted, may mask: the same version in her name is her mask, merged; and
+    // after a second unmask, seen this time, her mask with its act is merged too.
+    assert!(push(&rogue, 4, acted(stale(), NURSE, Action::HideFromPatient)).is_empty());
+    let shown = at_host(&w, &w.doc).expect("listed");
+    assert_eq!(shown["confidentiality"][0], "MASQUE_PS", "{shown}");
+    w.host.ok(&["doc", "unmask", &w.doc, "--as", DOCTOR]);
+    let mut seen = pulled_host_document(&w, &rogue);
+    assert!(!seen.state().flags.masque_ps);
+    seen.update(SiteId(rogue.site), |s| s.flags.masque_ps = true);
+    assert!(push(&rogue, 5, acted(seen, NURSE, Action::Mask)).is_empty());
+    let shown = at_host(&w, &w.doc).expect("listed");
+    assert_eq!(shown["confidentiality"][0], "MASQUE_PS", "{shown}");
+}
+
 #[test]
 fn a_new_document_is_taken_only_from_an_author_the_host_binds_there_as_the_host_knows_him() {
     let w = world();
@@ -878,16 +930,23 @@ fn a_new_document_is_taken_only_from_an_author_the_host_binds_there_as_the_host_
     assert!(at_host(&w, &id.to_string()).is_some());
 }
 
-#[test]
-fn a_mask_by_a_bound_and_granted_professional_at_a_real_site_reaches_the_host() {
-    let w = world();
+/// `NURSE` bound to the world's site by the host, granted on its dossier and registered at the
+/// site, whose daemon runs and has synced once. Answers the site's daemon.
+fn nurse_at_a_running_site(w: &World) -> Daemon {
     bind_nurse(&w.host, &w.site_id);
     w.host
         .ok(&["grant", "add", "--dossier", &w.ins, "--rpps", NURSE]);
     w.site.pro(NURSE, "infirmier");
-    let _site_daemon = start_daemon(&w.site);
+    let daemon = start_daemon(&w.site);
     wait_for_socket(&w.site);
     sync_until_ok(&w.site, Duration::from_secs(30));
+    daemon
+}
+
+#[test]
+fn a_mask_by_a_bound_and_granted_professional_at_a_real_site_reaches_the_host() {
+    let w = world();
+    let _site_daemon = nurse_at_a_running_site(&w);
     assert_eq!(
         w.site.body(&w.doc, NURSE),
         b"written at the host (synthetic)"
@@ -906,6 +965,59 @@ fn a_mask_by_a_bound_and_granted_professional_at_a_real_site_reaches_the_host() 
     assert_eq!(status["quarantine"], serde_json::json!([]), "{status}");
     assert_eq!(status["pending"], 0, "{status}");
     assert_eq!(host_traced(&w.host, &w.ins, "returned to site"), 0);
+}
+
+#[test]
+fn a_revoked_grant_takes_the_others_documents_back_from_a_site_that_wrote_in_the_dossier() {
+    let w = world();
+    let _site_daemon = nurse_at_a_running_site(&w);
+    // A second document of the host's, whose body the site fetches on its own.
+    let big = vec![b'x'; 200_000];
+    let second = w
+        .host
+        .add_doc(&w.ins, DOCTOR, "10", CONSULTATION, "CR 2", &big);
+    let own = w
+        .site
+        .add_doc(&w.ins, NURSE, "10", CONSULTATION, "soins", b"n (synthetic)");
+    sync_until_ok(&w.site, Duration::from_secs(30));
+    sync_until_ok(&w.site, Duration::from_secs(30));
+    assert_eq!(
+        w.site.body(&w.doc, NURSE),
+        b"written at the host (synthetic)"
+    );
+    assert_eq!(w.site.body(&second, NURSE), big);
+    assert!(
+        at_host(&w, &own).is_some(),
+        "the site's own document reached the host"
+    );
+    // The grant ends; the site wrote in the dossier, so it stays in its scope.
+    w.host
+        .ok(&["grant", "revoke", "--dossier", &w.ins, "--rpps", NURSE]);
+    let report = sync_until_ok(&w.site, Duration::from_secs(30));
+    assert!(
+        holds(&w.site, &w.ins),
+        "the dossier stays: the site wrote in it"
+    );
+    for id in [&w.doc, &second] {
+        let o = w.site.fails(4, &["doc", "get", id, "--as", NURSE]);
+        assert!(o.stderr.contains("no document"), "{id}: {}", o.stderr);
+    }
+    assert_eq!(w.site.body(&own, NURSE), b"n (synthetic)");
+    let traced = w.site.audit(&w.ins);
+    assert!(
+        traced
+            .iter()
+            .any(|e| e.to_string().contains("documents-withdrawn")),
+        "{traced:?}; {report}"
+    );
+    assert_eq!(w.site.json(&["audit", "verify"])["ok"], true);
+    assert_eq!(w.host.json(&["audit", "verify"])["ok"], true);
+    // Granted again: the host's documents come back.
+    w.host
+        .ok(&["grant", "add", "--dossier", &w.ins, "--rpps", NURSE]);
+    sync_until_ok(&w.site, Duration::from_secs(30));
+    sync_until_ok(&w.site, Duration::from_secs(30));
+    assert_eq!(w.site.body(&second, NURSE), big);
 }
 
 #[test]

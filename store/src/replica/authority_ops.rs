@@ -752,20 +752,8 @@ impl Replica {
         // The write lock is held: this snapshot is what `txn` starts from.
         let ids = self.dossier_doc_ids(&self.begin_read()?, &bi)?;
         {
-            let mut index = txn.open_table(DOSSIER_DOCS)?;
-            let mut docs = self.digested(&txn, DOCS)?;
-            let mut bodies = txn.open_table(BODIES)?;
             for doc in &ids {
-                let id = doc.0;
-                index.remove(dossier_doc_key(&bi, &id).as_slice())?;
-                docs.remove(&id)?;
-                super::documents::remove_body(&mut bodies, &id)?;
-                Self::forget_partial_body(&txn, doc)?;
-                txn.open_table(MISSING_BODIES)?.remove(&id)?;
-                txn.open_table(ANNOUNCEMENTS)?
-                    .remove(&self.doc_index(doc))?;
-                self.digested(&txn, HOST_CLEARS)?
-                    .remove(&self.doc_index(doc))?;
+                self.forget_document(&txn, &bi, doc)?;
             }
             txn.open_table(UNIQUE_IDS)?.retain_in(
                 bi.as_slice()..=unique_key(&bi, &[0xff; 32]).as_slice(),

@@ -275,6 +275,33 @@ impl Replica {
         Ok(meta)
     }
 
+    /// Removes document `id` of dossier `bi` and every row indexed by its id, in `txn`: its
+    /// metadata and place in the dossier index, its body (tail included), the pieces kept of
+    /// a body still arriving and what was owed of it, its missing-body mark, and on the host
+    /// its announcement and the flags the host cleared. Not its unique id (`UNIQUE_IDS` is
+    /// keyed by the dossier: a purge drops the dossier's range, a withdrawal the one row) nor
+    /// a quarantined copy. The one way a document leaves a replica: a purge and a withdrawal
+    /// both go through it.
+    pub(super) fn forget_document(
+        &self,
+        txn: &WriteTransaction,
+        bi: &[u8; 32],
+        doc: &DocId,
+    ) -> Result<()> {
+        let id = doc.0;
+        txn.open_table(DOSSIER_DOCS)?
+            .remove(dossier_doc_key(bi, &id).as_slice())?;
+        self.digested(txn, DOCS)?.remove(&id)?;
+        remove_body(&mut txn.open_table(BODIES)?, &id)?;
+        Self::forget_partial_body(txn, doc)?;
+        txn.open_table(MISSING_BODIES)?.remove(&id)?;
+        txn.open_table(ANNOUNCEMENTS)?
+            .remove(&self.doc_index(doc))?;
+        self.digested(txn, HOST_CLEARS)?
+            .remove(&self.doc_index(doc))?;
+        Ok(())
+    }
+
     /// The ids of a dossier's documents, from the dossier index.
     pub(super) fn dossier_doc_ids(
         &self,

@@ -10,7 +10,8 @@
 //! Invariants: nothing of a dossier reaches a site for an emergency unless the host allowed the
 //! request; offline, a site can only break glass on what it already holds; the emergency reason
 //! of a dossier's scope ends by itself (`expire_emergency_access`), and the dossier then leaves
-//! the site unless another reason keeps it.
+//! the site unless another reason keeps it; when only the site's own writing keeps it, the
+//! documents the emergency brought are withdrawn (`withdrawal`).
 
 use redb::ReadableTable;
 use serde::{Deserialize, Serialize};

@@ -7,7 +7,9 @@
 //! document or a signed record of a dossier changes on the host, an entry naming it is appended
 //! to the log of every site whose scope holds the dossier; a dossier entering a scope, or whose
 //! grant or pin now lets the site receive more of it, is logged as `Enter` (the site receives
-//! what `site_view` lets it have), one leaving as `Leave` (the site purges it). Entries name
+//! what `site_view` lets it have), one leaving as `Leave` (the site purges it), one that stays
+//! when a reason other than the site's own writing ended as `Withdraw` (the site deletes what
+//! it may no longer hold: `withdrawal`). Entries name
 //! things; what travels is their state at pull time, decided for that site at pull time.
 //!
 //! Every batch a site pulls ends with the host's heartbeat, read in the snapshot the batch was
@@ -46,6 +48,14 @@ pub enum PullItem {
     Document(Box<DocumentMeta>),
     /// The dossier left the site's scope: purge it.
     Leave(Ins),
+    /// The dossier stays in the site's scope, but these documents of it are no longer the
+    /// site's to hold: delete them (`withdrawal`).
+    Withdraw {
+        /// The dossier.
+        ins: Ins,
+        /// Its documents the site may no longer hold, as the host decides at pull time.
+        docs: Vec<DocId>,
+    },
 }
 
 /// What `apply_pull` did.
@@ -55,6 +65,8 @@ pub struct PullReport {
     pub applied: usize,
     /// Dossiers purged (closure or scope exit).
     pub purged: usize,
+    /// Documents deleted because the host withdrew them (`PullItem::Withdraw`).
+    pub withdrawn: usize,
     /// What the batch's heartbeat did to the lease (`None`: the batch carried none).
     pub lease: Option<Lease>,
 }
@@ -163,8 +175,25 @@ impl Replica {
             {
                 self.log_append(txn, site, &LogItem::Enter(*bi))
             }
+            // One of them ended while the dossier stays (the site wrote in it): what it may no
+            // longer hold is withdrawn, as the host decides when the site pulls.
+            _ if old & !new & (scope_bit::GRANT | scope_bit::PINNED | scope_bit::EMERGENCY)
+                != 0 =>
+            {
+                self.log_withdrawal(txn, site, bi)
+            }
             _ => Ok(()),
         }
+    }
+
+    /// Logs for `site` a withdrawal of what it may no longer hold of `bi` (`withdrawal`).
+    pub(super) fn log_withdrawal(
+        &self,
+        txn: &WriteTransaction,
+        site: u32,
+        bi: &[u8; 32],
+    ) -> Result<()> {
+        self.log_append(txn, site, &LogItem::Withdraw(*bi))
     }
 
     /// The reasons `bi` is in `site`'s scope (`scope_bit`), 0 when it is not.
@@ -591,6 +620,16 @@ impl Replica {
                         out.push((seq, PullItem::Leave(ins)));
                     }
                 }
+                LogItem::Withdraw(bi) if !in_scope(&bi)? => {}
+                LogItem::Withdraw(bi) => {
+                    let docs = self.withdrawn_from(txn, generation, &mut view, &bi)?;
+                    if !docs.is_empty()
+                        && let Some(s) = signed_at(&subject_key(tag::DOSSIER, Some(&bi), None))?
+                        && let Some(ins) = authority::decode(&s)?.record.ins().cloned()
+                    {
+                        out.push((seq, PullItem::Withdraw { ins, docs }));
+                    }
+                }
             }
         }
         Ok((out, examined))
@@ -722,6 +761,9 @@ impl Replica {
                     self.digested(&txn, PENDING_PURGES)?
                         .insert(&bi, sealed.as_slice())?;
                     purges.push((ins.clone(), 0));
+                }
+                PullItem::Withdraw { ins, docs } => {
+                    report.withdrawn += self.withdraw_documents(&txn, ins, docs)?;
                 }
             }
             report.applied += 1;

@@ -38,6 +38,7 @@ pub mod tables;
 #[cfg(test)]
 mod tests;
 mod view;
+mod withdrawal;
 
 use std::cell::RefCell;
 use std::fs;

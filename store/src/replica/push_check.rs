@@ -19,9 +19,12 @@
 //!   host, so a pushed clock may be ahead of the host's only in the origin's own counter, and a
 //!   new document's clock names the origin only. A forged clock is returned, never merged: merged,
 //!   it would make the host drop other sites' later changes as already seen.
-//! - One exception, by design of the merge (restrictive flags win on concurrency): a flag the
-//!   host itself cleared (`HOST_CLEARS`) may come back without an act in a version that has not
-//!   seen that clear, as it would from any site that worked on the document meanwhile.
+//! - A flag the host itself cleared (`HOST_CLEARS`: an unmask, a release) that comes back in a
+//!   version that has not seen that clear (the merge lets restrictive flags win on
+//!   concurrency) is decided as the act it is: a mask or a hiding by one of the actors the push
+//!   names, whatever act the site recorded (a site that hid a document while the host unmasked
+//!   it carries the older mask along). None allowed: the change is returned and the host's
+//!   clear stands.
 //! - Widening changes never get here: `widens` returns them first.
 
 use std::collections::HashMap;
@@ -262,11 +265,25 @@ impl Replica {
             type_code: &before.facts.type_code,
         };
         for narrowed in narrowing(&state, &merged.state()) {
-            if let Some(flag) = narrowed.flag()
-                && self.reasserted(txn, &before.facts.id, flag, merged)?
-            {
-                continue;
-            }
+            // A flag the host cleared, set again by a version that has not seen the clear, is
+            // the doing of whoever made that version: decided as that act (a mask, a hiding)
+            // by each actor the push names, whatever act the site recorded.
+            let as_acts_of_each;
+            let acts = match (narrowed.flag(), narrowed.action()) {
+                (Some(flag), Some(action))
+                    if self.not_seeing_the_clear(txn, &before.facts.id, flag, merged)? =>
+                {
+                    as_acts_of_each = acts
+                        .iter()
+                        .map(|a| Act {
+                            actor: a.actor.clone(),
+                            action,
+                        })
+                        .collect::<Vec<_>>();
+                    &as_acts_of_each
+                }
+                _ => acts,
+            };
             let refused = self.covered(
                 txn,
                 origin,
@@ -619,8 +636,8 @@ impl Replica {
 
     /// True when flag `flag` of `merged` is set only in versions that have not seen the host's
     /// latest clear of it (`HOST_CLEARS`): what a site that worked on the document meanwhile
-    /// carries, as the merge wants (restrictive flags win on concurrency).
-    fn reasserted(
+    /// carries back, the merge letting restrictive flags win on concurrency.
+    fn not_seeing_the_clear(
         &self,
         txn: &WriteTransaction,
         id: &DocId,

@@ -130,6 +130,17 @@ impl Replica {
         if meta.facts.author_site == view.site {
             return Ok(true);
         }
+        self.site_receives_whole(txn, view, bi)
+    }
+
+    /// True when the site of `view` receives every document of the dossier `bi`, not only
+    /// those it wrote (`site_reads_dossier`, asked once per dossier and view).
+    pub(super) fn site_receives_whole(
+        &self,
+        txn: &ReadTransaction,
+        view: &mut SiteView,
+        bi: &[u8; 32],
+    ) -> Result<bool> {
         if let Some(&readable) = view.readable.get(bi) {
             return Ok(readable);
         }

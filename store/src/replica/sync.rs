@@ -614,6 +614,10 @@ impl Replica {
                     txn.open_table(RETURNED)?
                         .insert(site_key(origin.0, &remote.facts.id.0).as_slice(), ())?;
                 }
+                if from_site.is_some() {
+                    let bi = self.blind(&remote.facts.ins);
+                    self.withdraw_after_push(txn, origin, &bi, remote.facts.author_site)?;
+                }
                 if outcome == Applied::Applied && self.config.role == super::Role::Host {
                     let bi = self.blind(&remote.facts.ins);
                     self.host_pushed_document(

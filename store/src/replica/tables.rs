@@ -98,8 +98,8 @@ pub const EMERGENCY_SCOPES: TableDefinition<&[u8], i64> = TableDefinition::new("
 /// release): `doc_index` → sealed `[u64; 3]` (registry key, bound to the id), for
 /// `MASQUE_PS`, `INVISIBLE_PATIENT` and `INVISIBLE_REPRESENTANTS_LEGAUX`, the host's own clock
 /// counter on the document at its latest clear of that flag (0: never cleared). A site's
-/// version that has not seen that clear may carry the flag again without an act
-/// (`push_check`).
+/// version that has not seen that clear and carries the flag again is decided as a mask or a
+/// hiding by the actors its push names (`push_check`).
 pub const HOST_CLEARS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("host_clears");
 /// Per origin site, the highest change sequence applied here (exactly-once).
 pub const APPLIED: TableDefinition<u32, u64> = TableDefinition::new("applied");
@@ -267,6 +267,9 @@ pub enum LogItem {
     Enter([u8; 32]),
     /// A dossier left the site's scope: the site purges it.
     Leave([u8; 32]),
+    /// A reason the site held a dossier's documents ended while the dossier stays in its scope:
+    /// the site deletes the documents it may no longer hold (`withdrawal`).
+    Withdraw([u8; 32]),
 }
 
 /// `site (u32 BE) ‖ rest`.

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use redb::ReadableTableMetadata;
 use tempfile::TempDir;
 use zeroize::Zeroizing;
 
@@ -1434,6 +1435,7 @@ fn out_of_scope_means_nothing_is_served_even_on_request() {
             .map(|v| v.record.ins() == Some(&other))
             .unwrap_or(false),
         PullItem::Leave(_) => false,
+        PullItem::Withdraw { ins, .. } => ins == &other,
     });
     assert!(
         !leaks,
@@ -2878,15 +2880,16 @@ fn a_documents_entry_carries_every_act_queued_from_it_and_old_entries_their_auth
 }
 
 #[test]
-fn a_mask_the_host_lifted_may_come_back_from_a_site_that_had_not_seen_it() {
+fn a_mask_the_host_lifted_comes_back_only_as_a_mask_by_someone_who_may_mask() {
     let (_hd, host, _sd, site) = host_and_site();
     let doctor = Actor::Professional(doctor());
     let id = write(&host, "at the host", b"h");
     host.update_document(&doctor, &id, Action::Mask)
         .expect("mask");
     sync(&host, &site);
-    // Concurrently: the host unmasks; the site, not knowing, hides the document from the
-    // patient (its version still masked, as it received it).
+    // Concurrently: the host unmasks; the site's doctor (who may mask), not knowing, hides
+    // the document from the patient, his version still masked as he received it: that is
+    // his mask too, and the merge keeps it (restrictive flags win on concurrency).
     host.update_document(&doctor, &id, Action::Unmask)
         .expect("unmask");
     site.update_document(&doctor, &id, Action::HideFromPatient)
@@ -2906,6 +2909,32 @@ fn a_mask_the_host_lifted_may_come_back_from_a_site_that_had_not_seen_it() {
     assert!(!m.state().flags.masque_ps);
     m.update(site.config().site_id, |s| s.flags.masque_ps = true);
     assert_eq!(push_as(&host, &site, m, vec![]), Applied::Returned);
+    // Masked and unmasked at the host again; a version that has not seen this unmask carries
+    // the mask back with no act, or with the act of someone who may not mask (the nurse,
+    // bound there, holds no grant): each is returned, and the host's unmask stands.
+    host.update_document(&doctor, &id, Action::Mask)
+        .expect("mask");
+    let stale = host_meta(&host, &id);
+    host.update_document(&doctor, &id, Action::Unmask)
+        .expect("unmask");
+    let returned_before = returned_traces(&host).len();
+    let with_acts = |acts: Vec<(Actor, Action)>| {
+        let mut m = stale.clone();
+        m.update(site.config().site_id, |_| {});
+        push_as(&host, &site, m, acts)
+    };
+    let nurse = Actor::Professional(nurse());
+    for acts in [vec![], vec![(nurse, Action::HideFromPatient)]] {
+        assert_eq!(with_acts(acts), Applied::Returned);
+        assert!(!host_meta(&host, &id).state().flags.masque_ps);
+    }
+    assert_eq!(returned_traces(&host).len(), returned_before + 2);
+    // The same version with the doctor's act: his mask, merged.
+    assert_eq!(
+        with_acts(vec![(doctor, Action::HideFromPatient)]),
+        Applied::Applied
+    );
+    assert!(host_meta(&host, &id).state().flags.masque_ps);
 }
 
 #[test]
@@ -3530,4 +3559,142 @@ fn no_rpps_nor_ins_in_clear_in_the_host_or_site_tables_of_grants_and_bindings() 
         vec![doctor(), nurse()]
     );
     assert_eq!(site.professionals().expect("pros").len(), 3);
+}
+
+/// Trace entries of `r` whose action is the admin act `what`.
+fn admin_traced(r: &Replica, what: &str) -> Vec<crate::audit::AuditEntry> {
+    r.audit_entries(None)
+        .expect("trace")
+        .into_iter()
+        .map(|e| e.entry)
+        .filter(|e| e.action == TraceAction::Admin(what.into()))
+        .collect()
+}
+
+/// True when `site` holds anything of document `id`: its metadata, body, or a mark of it.
+fn holds_document(site: &Replica, id: &DocId) -> bool {
+    let txn = site.begin_read().expect("read");
+    let docs = txn
+        .open_table(DOCS)
+        .expect("docs")
+        .get(&id.0)
+        .expect("get")
+        .is_some();
+    docs || site.has_body(id).expect("body") || site.missing_bodies().expect("missing").contains(id)
+}
+
+#[test]
+fn a_professional_unbound_from_the_site_takes_the_others_documents_with_him() {
+    let (_hd, host, _sd, site) = host_and_site();
+    let doctor_actor = Actor::Professional(doctor());
+    let mut from_host = doc("at the host", b"written at the host");
+    from_host.unique_id = Some("urn:oid:1.2.3.4.5".into());
+    let at_host = host
+        .put_document(&doctor_actor, AccessMode::Normal, None, &ins(), from_host)
+        .expect("host writes");
+    let second = write(&host, "second at the host", b"second");
+    let own = write(&site, "written at the site", b"own");
+    sync(&host, &site);
+    for id in [&at_host, &second, &own] {
+        assert!(
+            holds_document(&site, id),
+            "the site holds {id} while its doctor treats"
+        );
+    }
+    // The site is to mask one of the host's documents; that change waits in its outbox when
+    // the host unbinds the doctor (the nurse has no grant: only the site's writing keeps the
+    // dossier in its scope).
+    site.update_document(&doctor_actor, &second, Action::Mask)
+        .expect("mask at the site");
+    host.bind_professional(SiteId(7), &doctor(), false)
+        .expect("unbind");
+    let items = host
+        .pull(SiteId(7), site.pull_cursor().expect("cursor"), usize::MAX)
+        .expect("pull");
+    assert!(
+        items
+            .iter()
+            .any(|(_, i)| matches!(i, PullItem::Withdraw { ins: of, docs }
+            if of == &ins() && docs.contains(&at_host) && docs.contains(&second)
+                && !docs.contains(&own))),
+        "{items:?}"
+    );
+    let report = site.apply_pull(&items).expect("apply");
+    assert_eq!(report.withdrawn, 1, "the masked one waits for its push");
+    assert!(!holds_document(&site, &at_host), "withdrawn");
+    assert!(
+        holds_document(&site, &second),
+        "kept until its change is pushed"
+    );
+    assert!(holds_document(&site, &own), "a site keeps what it wrote");
+    assert!(
+        site.dossier(&ins()).is_ok(),
+        "the dossier stays in the scope"
+    );
+    let unique_rows = site
+        .begin_read()
+        .expect("read")
+        .open_table(UNIQUE_IDS)
+        .expect("uniques")
+        .len()
+        .expect("len");
+    assert_eq!(
+        unique_rows, 0,
+        "the withdrawn document's unique id went with it"
+    );
+    // The next round pushes the mask (the host returns it: the doctor no longer practises
+    // there) and withdraws the rest.
+    sync(&host, &site);
+    assert!(!holds_document(&site, &second), "withdrawn after its push");
+    assert!(holds_document(&site, &own));
+    assert_eq!(
+        site.read_document(&doctor_actor, &own, AccessMode::Normal, None)
+            .expect("read own")
+            .body
+            .as_slice(),
+        b"own"
+    );
+    let traced = admin_traced(&site, "documents-withdrawn");
+    assert!(!traced.is_empty(), "the withdrawal is traced");
+    assert!(
+        traced
+            .iter()
+            .all(|e| e.ins.as_deref() == Some(ins().matricule()))
+    );
+    site.verify_audit().expect("the site's trace is whole");
+    host.verify_audit().expect("the host's trace is whole");
+    // Bound again: the host's documents come back.
+    host.bind_professional(SiteId(7), &doctor(), true)
+        .expect("bind");
+    sync(&host, &site);
+    assert!(holds_document(&site, &at_host) && holds_document(&site, &second));
+}
+
+#[test]
+fn a_right_back_before_the_pull_withdraws_nothing_and_an_ended_pin_withdraws_the_rest() {
+    let (_hd, host, _sd, site) = host_and_site();
+    let at_host = write(&host, "at the host", b"h");
+    write(&site, "at the site", b"s");
+    sync(&host, &site);
+    // Unbound and bound again before the site pulls: its rights are whole again.
+    host.bind_professional(SiteId(7), &doctor(), false)
+        .expect("unbind");
+    host.bind_professional(SiteId(7), &doctor(), true)
+        .expect("bind");
+    sync(&host, &site);
+    assert!(holds_document(&site, &at_host));
+    // A pin the host accepted, then the doctor unbound: the pin keeps the dossier whole; the
+    // pin ended, the host's document is withdrawn.
+    site.pin(&ins(), true).expect("pin");
+    sync(&host, &site);
+    host.decide_pin(SiteId(7), &ins(), true).expect("accept");
+    host.bind_professional(SiteId(7), &doctor(), false)
+        .expect("unbind");
+    sync(&host, &site);
+    assert!(holds_document(&site, &at_host), "still pinned");
+    host.decide_pin(SiteId(7), &ins(), false)
+        .expect("end the pin");
+    sync(&host, &site);
+    assert!(!holds_document(&site, &at_host), "the pin ended: withdrawn");
+    assert!(site.dossier(&ins()).is_ok());
 }
