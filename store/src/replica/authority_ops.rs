@@ -753,16 +753,14 @@ impl Replica {
             let mut docs = self.digested(&txn, DOCS)?;
             let mut bodies = txn.open_table(BODIES)?;
             for doc in &ids {
-                let id = doc.0;
-                index.remove(dossier_doc_key(&bi, &id).as_slice())?;
-                docs.remove(&id)?;
-                super::documents::remove_body(&mut bodies, &id)?;
-                Self::forget_partial_body(&txn, doc)?;
-                txn.open_table(MISSING_BODIES)?.remove(&id)?;
-                txn.open_table(ANNOUNCEMENTS)?
-                    .remove(&self.doc_index(doc))?;
-                self.digested(&txn, HOST_CLEARS)?
-                    .remove(&self.doc_index(doc))?;
+                let stored = self.stored_id(doc);
+                index.remove(dossier_doc_key(&bi, &stored).as_slice())?;
+                docs.remove(&stored)?;
+                super::documents::remove_body(&mut bodies, &stored)?;
+                self.forget_partial_body(&txn, doc)?;
+                txn.open_table(MISSING_BODIES)?.remove(&stored)?;
+                txn.open_table(ANNOUNCEMENTS)?.remove(&stored)?;
+                self.digested(&txn, HOST_CLEARS)?.remove(&stored)?;
             }
             txn.open_table(UNIQUE_IDS)?.retain_in(
                 bi.as_slice()..=unique_key(&bi, &[0xff; 32]).as_slice(),
