@@ -233,7 +233,8 @@ impl fmt::Display for SiteId {
 
 /// A document identifier minted offline, unique without coordination: 6 bytes of the minting
 /// time (Unix milliseconds, big-endian) then 10 random bytes, so 2^80 ids per millisecond
-/// (ULID-like). Time order keeps the B-tree inserts of new documents appends.
+/// (ULID-like), so ids sort in the order they were minted. Replicas never store an id in clear
+/// (`replica::doc_map` keys it), so their tables keep neither that order nor the time.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct DocId(pub [u8; 16]);
 

@@ -12,12 +12,12 @@ use std::time::Duration;
 
 /// The host (daemon running), its address, and two enrolled sites with their daemons, each
 /// with `DOCTOR` registered and synced once: the dossier of `ins` is in both scopes.
-struct Network {
-    host: Carnet,
-    host_daemon: Daemon,
-    sites: [Carnet; 2],
-    site_daemons: [Daemon; 2],
-    ins: String,
+pub(crate) struct Network {
+    pub(crate) host: Carnet,
+    pub(crate) host_daemon: Daemon,
+    pub(crate) sites: [Carnet; 2],
+    pub(crate) site_daemons: [Daemon; 2],
+    pub(crate) ins: String,
 }
 
 /// The sites' rounds while nothing happens: far apart, so only the live phase (or `sync now`)
@@ -36,7 +36,7 @@ pub(crate) fn start_site(site: &Carnet) -> Daemon {
     daemon
 }
 
-fn network() -> Network {
+pub(crate) fn network() -> Network {
     let address = format!("127.0.0.1:{}", free_port());
     let host = Carnet::empty();
     host.ok(&["init", "--role", "host", "--listen", &address]);
@@ -73,7 +73,7 @@ pub(crate) fn consultation(at: &Carnet, ins: &str, text: &[u8]) -> String {
 }
 
 /// Syncs both sites twice (each sees what the other pushed).
-fn sync_all(n: &Network) {
+pub(crate) fn sync_all(n: &Network) {
     for _ in 0..2 {
         for s in &n.sites {
             sync_until_ok(s, Duration::from_secs(30));

@@ -42,21 +42,6 @@ fn rows(c: &Carnet) -> Rows {
     }
 }
 
-/// The blind index of the dossier holding `doc`.
-fn dossier_of(c: &Carnet, doc: &str) -> [u8; 32] {
-    let id = doc_id_bytes(doc);
-    let db = c.db();
-    let txn = db.begin_read().expect("read");
-    let index = txn.open_table(DOSSIER_DOCS).expect("dossier_docs");
-    let found = index
-        .iter()
-        .expect("iter")
-        .map(|r| r.expect("row").0.value().to_vec())
-        .find(|k| k[32..] == id)
-        .expect("document indexed");
-    found[..32].try_into().expect("32 bytes")
-}
-
 #[test]
 fn a_closed_dossier_refuses_everything() {
     let k = clinic();
@@ -189,8 +174,8 @@ fn host_purge_leaves_other_dossiers_alone() {
     c.dossier(&b, "MARTIN", "Louis");
     c.standard_grants(&b);
     let b_doc = c.add_doc(&b, DOCTOR, "10", CONSULTATION, "CR B", b"B (synthetic)");
-    let bi_a = dossier_of(c, &k.consult);
-    let bi_b = dossier_of(c, &b_doc);
+    let bi_a = c.dossier_of(&k.consult);
+    let bi_b = c.dossier_of(&b_doc);
     c.ok(&["dossier", "close", &k.ins, "--reason", "x"]);
     c.ok(&["dossier", "purge", &k.ins]);
     let r = rows(c);
@@ -258,7 +243,7 @@ fn a_site_purges_its_copy_when_it_imports_the_closure() {
     );
 
     for (s, (a_doc, b_doc)) in sites.iter().zip(&site_docs) {
-        let bi_b = dossier_of(s, b_doc);
+        let bi_b = s.dossier_of(b_doc);
         let r = rows(s);
         assert_eq!(r.keys, vec![bi_b], "only dossier B keeps a key");
         assert_eq!((r.docs, r.index, r.bodies), (1, 1, 1), "{r:?}");

@@ -1,6 +1,8 @@
 //! No patient data in clear at rest: after a busy life (documents, replacement, masks, traces
 //! with reasons, a site fed by the host, a key rotation), no file under a data folder contains
-//! a known title, body, name, first name, INS or RPPS.
+//! a known title, body, name, first name, INS or RPPS; and after documents travel between a
+//! host and two sites through their daemons, no `carnet.redb` holds a document id or its
+//! creation time.
 
 use std::path::Path;
 
@@ -255,4 +257,50 @@ fn every_file_with_patient_data_or_keys_is_the_owners_only() {
     assert_private_folder(&host.data);
     let o = host.ok(&["pro", "list"]);
     assert!(!o.stderr.contains("warning"), "{}", o.stderr);
+}
+
+#[test]
+fn no_replica_holds_a_document_id_or_its_time_after_syncing_through_the_daemons() {
+    use crate::convergence::{network, sync_all};
+    use crate::daemon::stop;
+    let mut n = network();
+    let ins = n.ins.clone();
+    // Bodies of one chunk and of several chunks with a tail, written at each replica.
+    let big: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+    let small = b"consultation (synthetic)".to_vec();
+    let written = [
+        (
+            n.host.add_doc(&ins, DOCTOR, "10", CONSULTATION, "CR", &big),
+            &big,
+        ),
+        (
+            n.sites[0].add_doc(&ins, DOCTOR, "10", CONSULTATION, "CR", &small),
+            &small,
+        ),
+        (
+            n.sites[1].add_doc(&ins, DOCTOR, "10", CONSULTATION, "CR", &big),
+            &big,
+        ),
+    ];
+    sync_all(&n);
+    for place in [&n.host, &n.sites[0], &n.sites[1]] {
+        for (id, body) in &written {
+            assert_eq!(&place.body(id, DOCTOR), *body, "{id} travelled whole");
+        }
+    }
+    for d in n.site_daemons.iter_mut().chain([&mut n.host_daemon]) {
+        assert_eq!(stop(d), Some(0));
+    }
+    for place in [&n.host, &n.sites[0], &n.sites[1]] {
+        let bytes = std::fs::read(place.db_path()).expect("read carnet.redb");
+        for (id, _) in &written {
+            // The first 6 bytes are the creation time; the whole id begins with them.
+            let time = &doc_id_bytes(id)[..6];
+            assert!(
+                !contains(&bytes, time),
+                "document {id} (or its time) in {}",
+                place.db_path().display()
+            );
+        }
+    }
 }

@@ -425,6 +425,36 @@ impl Carnet {
     pub fn db(&self) -> redb::Database {
         redb::Database::open(self.db_path()).expect("open the replica's redb file")
     }
+
+    /// How document `doc` (hex) is stored in this replica's tables (`doc_map`), read with its
+    /// key file while no carnet runs.
+    pub fn stored_doc_id(&self, doc: &str) -> [u8; 16] {
+        let replica = carnet_store::replica::Replica::open(
+            &self.data,
+            &carnet_store::replica::KeySource::File,
+            carnet_store::replica::system_clock(),
+        )
+        .expect("open the replica");
+        replica.stored_id(&carnet_store::ids::DocId(doc_id_bytes(doc)))
+    }
+
+    /// The blind index of the dossier holding `doc`, read from the dossier index.
+    pub fn dossier_of(&self, doc: &str) -> [u8; 32] {
+        use redb::{ReadableDatabase, ReadableTable};
+        let stored = self.stored_doc_id(doc);
+        let db = self.db();
+        let txn = db.begin_read().expect("read");
+        let index = txn
+            .open_table(carnet_store::replica::tables::DOSSIER_DOCS)
+            .expect("dossier_docs");
+        let found = index
+            .iter()
+            .expect("iter")
+            .map(|r| r.expect("row").0.value().to_vec())
+            .find(|k| k[32..] == stored)
+            .unwrap_or_else(|| panic!("document {doc} is in no dossier"));
+        found[..32].try_into().expect("32 bytes")
+    }
 }
 
 /// A counter for unique file names within a test process.

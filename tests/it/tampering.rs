@@ -6,7 +6,7 @@
 //! signed records: `row_digest`) refuses the replica at open, naming the table.
 
 use carnet_store::replica::tables::{
-    AUDIT, AUTHORITY, BODIES, DOCS, DOSSIER_DOCS, FORMAT_VERSION, META, body_key, meta_key,
+    AUDIT, AUTHORITY, BODIES, ChunkPlace, DOCS, FORMAT_VERSION, META, body_key, meta_key,
     subject_key, tag,
 };
 use redb::{ReadableDatabase, ReadableTable};
@@ -68,22 +68,6 @@ fn integrity(c: &Carnet, args: &[&str], says: &str) {
     assert_eq!(c.run(&j).json()["error"]["kind"], "integrity");
 }
 
-/// The blind index of the dossier holding `doc`, read from the dossier index.
-fn dossier_of(c: &Carnet, doc: &str) -> [u8; 32] {
-    let id = doc_id_bytes(doc);
-    let db = c.db();
-    let txn = db.begin_read().expect("read");
-    let index = txn.open_table(DOSSIER_DOCS).expect("dossier_docs");
-    for row in index.iter().expect("iter") {
-        let (k, _) = row.expect("row");
-        let k = k.value();
-        if k[32..] == id {
-            return k[..32].try_into().expect("32 bytes");
-        }
-    }
-    panic!("document {doc} is in no dossier");
-}
-
 fn flip(v: &mut [u8], at: usize) {
     v[at] ^= 0x40;
 }
@@ -93,12 +77,13 @@ fn altered_body_chunk() {
     let t = two();
     let c = &t.k.host;
     assert_eq!(c.body(&t.scan, DOCTOR), t.scan_body);
+    let scan = c.stored_doc_id(&t.scan);
     {
         let db = c.db();
         let txn = db.begin_write().expect("write");
         {
             let mut bodies = txn.open_table(BODIES).expect("bodies");
-            let key = body_key(&doc_id_bytes(&t.scan), 1);
+            let key = body_key(&scan, ChunkPlace::Main, 1);
             let mut v = bodies
                 .get(key.as_slice())
                 .expect("get")
@@ -163,13 +148,14 @@ fn altered_body_chunk() {
 fn a_body_chunk_moved_to_another_document_does_not_open() {
     let t = two();
     let c = &t.k.host;
+    let scan = c.stored_doc_id(&t.scan);
     {
         let db = c.db();
         let txn = db.begin_write().expect("write");
         {
             let mut bodies = txn.open_table(BODIES).expect("bodies");
-            let from = body_key(&doc_id_bytes(&t.scan), 2);
-            let to = body_key(&doc_id_bytes(&t.scan), 1);
+            let from = body_key(&scan, ChunkPlace::Main, 2);
+            let to = body_key(&scan, ChunkPlace::Main, 1);
             let v = bodies
                 .get(from.as_slice())
                 .expect("get")
@@ -188,12 +174,12 @@ fn a_body_chunk_moved_to_another_document_does_not_open() {
 fn altered_document_record() {
     let t = two();
     let c = &t.k.host;
+    let id = c.stored_doc_id(&t.k.consult);
     {
         let db = c.db();
         let txn = db.begin_write().expect("write");
         {
             let mut docs = txn.open_table(DOCS).expect("docs");
-            let id = doc_id_bytes(&t.k.consult);
             let mut v = docs.get(&id).expect("get").expect("row").value().to_vec();
             let last = v.len() - 1;
             flip(&mut v, last);
@@ -318,7 +304,7 @@ fn removed_trace_entry() {
 fn altered_signed_authority_record() {
     let t = two();
     let c = &t.k.host;
-    let bi = dossier_of(c, &t.k.consult);
+    let bi = c.dossier_of(&t.k.consult);
     {
         let db = c.db();
         let txn = db.begin_write().expect("write");
@@ -363,7 +349,7 @@ fn altered_signed_authority_record() {
 fn altered_dossier_head() {
     let t = two();
     let c = &t.k.host;
-    let bi = dossier_of(c, &t.k.consult);
+    let bi = c.dossier_of(&t.k.consult);
     {
         let db = c.db();
         let txn = db.begin_write().expect("write");

@@ -41,11 +41,13 @@ impl Replica {
         let now = self.now();
         let due: Vec<(DocId, Millis)> = {
             let (txn, generation) = self.snapshot()?;
-            let ids: Vec<DocId> = txn
+            let mut ids: Vec<DocId> = txn
                 .open_table(DOCS)?
                 .iter()?
-                .map(|row| row.map(|(k, _)| DocId(*k.value())))
+                .map(|row| row.map(|(k, _)| self.doc_id(k.value())))
                 .collect::<std::result::Result<_, _>>()?;
+            // Oldest first (`DOCS` is keyed by stored ids, in no useful order).
+            ids.sort_unstable();
             let mut due = Vec::new();
             for id in ids {
                 let Ok((_, _, meta)) = self.load_doc(&txn, generation, &id) else {
@@ -75,7 +77,7 @@ impl Replica {
         let txn = self.begin_write()?;
         if txn
             .open_table(ANNOUNCEMENTS)?
-            .get(&self.doc_index(id))?
+            .get(&self.stored_id(id))?
             .is_some()
         {
             return Ok(false);
@@ -83,7 +85,7 @@ impl Replica {
         let (snap, generation) = self.snapshot()?;
         let (_, _, meta) = self.load_doc(&snap, generation, id)?;
         txn.open_table(ANNOUNCEMENTS)?
-            .insert(&self.doc_index(id), self.now())?;
+            .insert(&self.stored_id(id), self.now())?;
         let mut entry = self.admin_entry("announcement-due", Some(&meta.facts.ins), None);
         entry.doc = Some(*id);
         entry.outcome_reason =
@@ -114,7 +116,7 @@ impl Replica {
         self.host_document_changed(&txn, &stored.dossier, id, None)?;
         // A site's version that has not seen the release may carry the flag back.
         self.record_host_clears(&txn, before, &meta)?;
-        txn.open_table(ANNOUNCEMENTS)?.remove(&self.doc_index(id))?;
+        txn.open_table(ANNOUNCEMENTS)?.remove(&self.stored_id(id))?;
         let mut entry = self.admin_entry("announcement-released", Some(&meta.facts.ins), None);
         entry.doc = Some(*id);
         entry.outcome_reason =

@@ -153,14 +153,14 @@ impl Header {
 /// Visits every table of the database, each with its types (redb opens a table only with the
 /// types it was created with). *Invariant:* lists every `TableDefinition` of `tables`; a
 /// backup checks the database holds no other.
-trait Tables {
+pub(super) trait Tables {
     fn table<K: Key + 'static, V: Value + 'static>(
         &mut self,
         def: TableDefinition<K, V>,
     ) -> Result<()>;
 }
 
-fn each_table(v: &mut impl Tables) -> Result<()> {
+pub(super) fn each_table(v: &mut impl Tables) -> Result<()> {
     v.table(META)?;
     v.table(AUTHORITY)?;
     v.table(DOSSIER_KEYS)?;

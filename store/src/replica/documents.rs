@@ -288,21 +288,20 @@ impl Replica {
         bi: &[u8; 32],
         doc: &DocId,
     ) -> Result<()> {
-        let id = doc.0;
+        let stored = self.stored_id(doc);
         txn.open_table(DOSSIER_DOCS)?
-            .remove(dossier_doc_key(bi, &id).as_slice())?;
-        self.digested(txn, DOCS)?.remove(&id)?;
-        remove_body(&mut txn.open_table(BODIES)?, &id)?;
-        Self::forget_partial_body(txn, doc)?;
-        txn.open_table(MISSING_BODIES)?.remove(&id)?;
-        txn.open_table(ANNOUNCEMENTS)?
-            .remove(&self.doc_index(doc))?;
-        self.digested(txn, HOST_CLEARS)?
-            .remove(&self.doc_index(doc))?;
+            .remove(dossier_doc_key(bi, &stored).as_slice())?;
+        self.digested(txn, DOCS)?.remove(&stored)?;
+        remove_body(&mut txn.open_table(BODIES)?, &stored)?;
+        self.forget_partial_body(txn, doc)?;
+        txn.open_table(MISSING_BODIES)?.remove(&stored)?;
+        txn.open_table(ANNOUNCEMENTS)?.remove(&stored)?;
+        self.digested(txn, HOST_CLEARS)?.remove(&stored)?;
         Ok(())
     }
 
-    /// The ids of a dossier's documents, from the dossier index.
+    /// The ids of a dossier's documents, from the dossier index, in id order (which is the
+    /// order they were minted in: the index, keyed by stored ids, has no useful order).
     pub(super) fn dossier_doc_ids(
         &self,
         txn: &ReadTransaction,
@@ -311,14 +310,18 @@ impl Replica {
         let mut ids = Vec::new();
         for row in txn.open_table(DOSSIER_DOCS)?.range(bi.as_slice()..)? {
             let (k, _) = row?;
-            let Some(id) = k.value().strip_prefix(bi.as_slice()) else {
+            let Some(stored) = k.value().strip_prefix(bi.as_slice()) else {
                 break;
             };
-            ids.push(DocId(
-                id.try_into()
-                    .map_err(|_| Error::integrity("bad index key"))?,
-            ));
+            ids.push(
+                self.doc_id(
+                    stored
+                        .try_into()
+                        .map_err(|_| Error::integrity("bad index key"))?,
+                ),
+            );
         }
+        ids.sort_unstable();
         Ok(ids)
     }
 
@@ -340,7 +343,7 @@ impl Replica {
         generation: Generation,
         id: &DocId,
     ) -> Result<(StoredDoc, Key, DocumentMeta)> {
-        let stored: StoredDoc = match docs.get(&id.0)? {
+        let stored: StoredDoc = match docs.get(&self.stored_id(id))? {
             Some(v) => postcard::from_bytes(v.value())?,
             None => {
                 return Err(Error::not_found(format!(
@@ -373,7 +376,7 @@ impl Replica {
             rev,
             sealed,
         })?;
-        docs.insert(&id, row.as_slice())?;
+        docs.insert(&self.stored_id(&meta.facts.id), row.as_slice())?;
         Ok(())
     }
 
@@ -386,6 +389,7 @@ impl Replica {
         id: &DocId,
         body: &[u8],
     ) -> Result<()> {
+        let stored = self.stored_id(id);
         let mut start = 0;
         for (i, (len, place)) in body_chunk_plan(padded_body_len(body.len()))
             .into_iter()
@@ -409,14 +413,8 @@ impl Replica {
             // Sealed straight into the space redb reserves for it (an error drops the
             // transaction, reserved space and all).
             let sealed_len = SEAL_OVERHEAD + chunk.len();
-            let mut slot = match place {
-                ChunkPlace::Main => {
-                    bodies.insert_reserve(body_key(&id.0, n).as_slice(), sealed_len)?
-                }
-                ChunkPlace::Tail => {
-                    bodies.insert_reserve(body_tail_key(&id.0, n).as_slice(), sealed_len)?
-                }
-            };
+            let mut slot =
+                bodies.insert_reserve(body_key(&stored, place, n).as_slice(), sealed_len)?;
             key.seal_into(&body_aad(&id.0, n), chunk, slot.as_mut())?;
         }
         Ok(())
@@ -430,6 +428,7 @@ impl Replica {
         meta: &DocumentMeta,
     ) -> Result<Zeroizing<Vec<u8>>> {
         let id = meta.facts.id;
+        let stored = self.stored_id(&id);
         let size = usize::try_from(meta.facts.size).map_err(|_| Error::integrity("size"))?;
         // `size` comes from metadata that may have come from a peer: reserve only what the
         // chunks can bring, and let the vector grow with them.
@@ -440,10 +439,7 @@ impl Replica {
         let mut n = 0u32;
         while out.len() < padded {
             let (_, place) = next_body_chunk(padded - out.len(), n == 0);
-            let sealed = match place {
-                ChunkPlace::Main => bodies.get(body_key(&id.0, n).as_slice())?,
-                ChunkPlace::Tail => bodies.get(body_tail_key(&id.0, n).as_slice())?,
-            };
+            let sealed = bodies.get(body_key(&stored, place, n).as_slice())?;
             let Some(sealed) = sealed else {
                 if n == 0 {
                     break;
@@ -649,11 +645,11 @@ impl Replica {
                 let meta = self.new_meta(id, &ins, &author, now, mask_default, None, &d);
                 self.put_meta(&mut docs, &key, &bi, 1, &meta)?;
                 self.put_body(&mut bodies, &key, &id, &d.body)?;
-                index.insert(dossier_doc_key(&bi, &id.0).as_slice(), ())?;
+                index.insert(dossier_doc_key(&bi, &self.stored_id(&id)).as_slice(), ())?;
                 if !super::is_own_unique_id(&id, &meta.facts.unique_id) {
                     uniques.insert(
                         self.unique_index(&bi, &meta.facts.unique_id).as_slice(),
-                        &id.0,
+                        &self.stored_id(&id),
                     )?;
                 }
                 if self.config.role == Role::Site {
@@ -1002,8 +998,10 @@ impl Replica {
             self.put_meta(&mut docs, &key, &stored.dossier, 1, &new)?;
         }
         self.put_body(&mut txn.open_table(BODIES)?, &key, &id, &doc.body)?;
-        txn.open_table(DOSSIER_DOCS)?
-            .insert(dossier_doc_key(&stored.dossier, &id.0).as_slice(), ())?;
+        txn.open_table(DOSSIER_DOCS)?.insert(
+            dossier_doc_key(&stored.dossier, &self.stored_id(&id)).as_slice(),
+            (),
+        )?;
         if !super::is_own_unique_id(&id, &new.facts.unique_id) {
             let mut uniques = txn.open_table(UNIQUE_IDS)?;
             let taken = self.unique_owner(
@@ -1019,7 +1017,7 @@ impl Replica {
                 )));
             }
             let unique = self.unique_index(&stored.dossier, &new.facts.unique_id);
-            uniques.insert(unique.as_slice(), &id.0)?;
+            uniques.insert(unique.as_slice(), &self.stored_id(&id))?;
         }
         let acted = |action| Act {
             actor: actor.clone(),
@@ -1055,7 +1053,7 @@ impl Replica {
         let ids = txn
             .open_table(DOCS)?
             .iter()?
-            .map(|row| row.map(|(k, _)| DocId(*k.value())))
+            .map(|row| row.map(|(k, _)| self.doc_id(k.value())))
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let mut n = 0;
         for id in ids {
@@ -1141,21 +1139,19 @@ fn meta_aad(id: &[u8; 16], rev: u64) -> Vec<u8> {
     aad(&[b"meta", id, &rev.to_le_bytes()])
 }
 
-/// Removes every chunk of document `id`, its tail included. A chunk key is 20 bytes and a tail
-/// key 21, and only keys of the right length go: an id chosen by a peer (one starting with
-/// `TAIL_PREFIX`) can put its chunks' range over other documents' tails, or the reverse.
+/// Removes every chunk of the document stored as `stored` (`doc_map`), its tail included: the
+/// keys of each place that start with its place and stored id (`body_key`), nothing else.
 pub(super) fn remove_body(
     bodies: &mut Table<'_, &'static [u8], &'static [u8]>,
-    id: &[u8; 16],
+    stored: &[u8; 16],
 ) -> Result<()> {
-    let (first, last) = (body_key(id, 0), body_key(id, u32::MAX));
-    bodies.retain_in(first.as_slice()..=last.as_slice(), |k, _| {
-        k.len() != first.len()
-    })?;
-    let (first, last) = (body_tail_key(id, 0), body_tail_key(id, u32::MAX));
-    bodies.retain_in(first.as_slice()..=last.as_slice(), |k, _| {
-        k.len() != first.len()
-    })?;
+    for place in [ChunkPlace::Main, ChunkPlace::Tail] {
+        let (first, last) = (
+            body_key(stored, place, 0),
+            body_key(stored, place, u32::MAX),
+        );
+        bodies.retain_in(first.as_slice()..=last.as_slice(), |_, _| false)?;
+    }
     Ok(())
 }
 

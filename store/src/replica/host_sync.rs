@@ -95,15 +95,33 @@ impl Replica {
         }
     }
 
+    /// Appends `item` to `site`'s log, sealed (registry key) and bound to its place.
     fn log_append(&self, txn: &WriteTransaction, site: u32, item: &LogItem) -> Result<()> {
         let mut log = txn.open_table(SITE_LOG)?;
-        let last = log
+        let seq = log
             .range((site, 0)..=(site, u64::MAX))?
             .next_back()
             .transpose()?
-            .map_or(0, |(k, _)| k.value().1);
-        log.insert((site, last + 1), postcard::to_stdvec(item)?.as_slice())?;
+            .map_or(0, |(k, _)| k.value().1)
+            + 1;
+        let sealed = self
+            .keys
+            .registry
+            .seal(&site_log_aad(site, seq), &postcard::to_stdvec(item)?)?;
+        log.insert((site, seq), sealed.as_slice())?;
         Ok(())
+    }
+
+    /// Opens an entry of `site`'s log sealed by `log_append`.
+    fn open_log_item(&self, site: u32, seq: u64, sealed: &[u8]) -> Result<LogItem> {
+        let plain = self
+            .keys
+            .registry
+            .open(&site_log_aad(site, seq), sealed)
+            .map_err(|_| {
+                Error::integrity(format!("entry {seq} of site {site}'s log was altered"))
+            })?;
+        Ok(postcard::from_bytes(&plain)?)
     }
 
     fn sites_holding(&self, txn: &WriteTransaction, bi: &[u8; 32]) -> Result<Vec<u32>> {
@@ -534,7 +552,8 @@ impl Replica {
                 .take(limit)
             {
                 let (k, val) = row?;
-                v.push((k.value().1, postcard::from_bytes(val.value())?));
+                let seq = k.value().1;
+                v.push((seq, self.open_log_item(site.0, seq, val.value())?));
             }
             v
         };
@@ -663,7 +682,7 @@ impl Replica {
     /// True when this replica holds the body of `id`.
     pub fn has_body(&self, id: &DocId) -> Result<bool> {
         let txn = self.begin_read()?;
-        let first = body_key(&id.0, 0);
+        let first = first_body_key(&self.stored_id(id));
         Ok(txn.open_table(BODIES)?.get(first.as_slice())?.is_some())
     }
 

@@ -20,6 +20,7 @@ mod authority_ops;
 mod backend;
 pub mod backup;
 mod cache;
+pub mod doc_map;
 mod documents;
 mod emergency_fetch;
 mod high_water;
@@ -186,6 +187,8 @@ struct Keys {
     /// first, then this lock.
     master: RwLock<MasterKeys>,
     index: Key,
+    /// How document ids are stored in the tables (derived from `index`, see `doc_map`).
+    docs: doc_map::DocMap,
     registry: Key,
     audit: Key,
     /// Keys the trace chain hashes (derived from `audit`).
@@ -554,8 +557,10 @@ impl Replica {
         // A replica whose check says so has its `meta` authenticated; an older one gets it now.
         let state_authenticated = master.open(CHECK_STATE, &keyring.check).is_ok();
         let registry = master.unwrap_key(b"registry", &keyring.registry)?;
+        let index = master.unwrap_key(b"index", &keyring.index)?;
         let keys = Keys {
-            index: master.unwrap_key(b"index", &keyring.index)?,
+            docs: doc_map::DocMap::new(&index),
+            index,
             state: state_key(&registry),
             rows: registry.derive("carnet 2026-12 row digests"),
             registry,
@@ -945,15 +950,15 @@ impl Replica {
             .tagged_index(b"rpps:", rpps.as_str().as_bytes())
     }
 
-    /// How a document appears in the keys of the host's `ANNOUNCEMENTS` and `HOST_CLEARS`: the
-    /// first 16 bytes of a keyed BLAKE3 of its id (tagged as `rpps_index`), so those tables do
-    /// not name, by an id every replica shares, the documents hidden from a patient or
-    /// unmasked by the host, nor when they were written.
-    fn doc_index(&self, id: &DocId) -> [u8; 16] {
-        let full = self.keys.index.tagged_index(b"doc:", &id.0);
-        let mut out = [0u8; 16];
-        out.copy_from_slice(&full[..16]);
-        out
+    /// How a document appears in this replica's tables (`doc_map`): never its id in clear. Public
+    /// for tools and tests that read the tables without the replica.
+    pub fn stored_id(&self, id: &DocId) -> [u8; 16] {
+        self.keys.docs.stored(id)
+    }
+
+    /// The document whose stored form (`stored_id`) is `stored`.
+    fn doc_id(&self, stored: &[u8; 16]) -> DocId {
+        self.keys.docs.id(stored)
     }
 
     /// The document `unique_id` names in dossier `bi` (whose key is `key`, if held), if any. A
@@ -973,7 +978,7 @@ impl Replica {
             .and_then(|hex| DocId::parse(hex).ok())
             .filter(|id| is_own_unique_id(id, unique_id))
             && let Some(key) = key
-            && let Some(row) = docs.get(&id.0)?
+            && let Some(row) = docs.get(&self.stored_id(&id))?
         {
             let stored: StoredDoc = postcard::from_bytes(row.value())?;
             if stored.dossier == *bi
@@ -983,7 +988,7 @@ impl Replica {
             }
         }
         let k = self.unique_index(bi, unique_id);
-        Ok(uniques.get(k.as_slice())?.map(|v| DocId(*v.value())))
+        Ok(uniques.get(k.as_slice())?.map(|v| self.doc_id(v.value())))
     }
 
     /// The `UNIQUE_IDS` key of a producer's unique id in a dossier.

@@ -619,7 +619,7 @@ impl Replica {
     ) -> Result<Option<DocumentMeta>> {
         let Some(row) = txn
             .open_table(DOCS)?
-            .get(&id.0)?
+            .get(&self.stored_id(id))?
             .map(|v| v.value().to_vec())
         else {
             return Ok(None);
@@ -658,7 +658,7 @@ impl Replica {
 
     /// The host's clock counter at its latest clear of each flag of `id` (0: never).
     fn host_clears(&self, txn: &WriteTransaction, id: &DocId) -> Result<[u64; 3]> {
-        match txn.open_table(HOST_CLEARS)?.get(&self.doc_index(id))? {
+        match txn.open_table(HOST_CLEARS)?.get(&self.stored_id(id))? {
             Some(sealed) => {
                 let plain = self
                     .keys
@@ -701,7 +701,7 @@ impl Replica {
             &postcard::to_stdvec(&counters)?,
         )?;
         self.digested(txn, HOST_CLEARS)?
-            .insert(&self.doc_index(&id), sealed.as_slice())?;
+            .insert(&self.stored_id(&id), sealed.as_slice())?;
         Ok(())
     }
 

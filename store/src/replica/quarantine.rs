@@ -62,7 +62,7 @@ impl Replica {
             &postcard::to_stdvec(&record)?,
         )?;
         self.digested(txn, QUARANTINE)?
-            .insert(&id.0, sealed.as_slice())?;
+            .insert(&self.stored_id(id), sealed.as_slice())?;
         Ok(())
     }
 
@@ -72,8 +72,9 @@ impl Replica {
         let txn = self.begin_write()?;
         let (snap, generation) = self.snapshot()?;
         for id in ids {
-            let kept = txn.open_table(QUARANTINE)?.get(&id.0)?.is_some();
-            let held = snap.open_table(DOCS)?.get(&id.0)?.is_some();
+            let stored = self.stored_id(id);
+            let kept = txn.open_table(QUARANTINE)?.get(&stored)?.is_some();
+            let held = snap.open_table(DOCS)?.get(&stored)?.is_some();
             if !kept && held {
                 self.quarantine_in(&txn, &snap, generation, id, reason)?;
             }
@@ -92,17 +93,17 @@ impl Replica {
         let mut pending = Vec::new();
         for row in snap.open_table(OUTBOX)?.iter()? {
             let (k, v) = row?;
-            if let OutboxItem::Document(id) | OutboxItem::DocumentAct { id, .. } =
+            if let OutboxItem::Document(stored) | OutboxItem::DocumentAct { id: stored, .. } =
                 postcard::from_bytes(v.value())?
             {
                 let in_dossier = snap
                     .open_table(DOCS)?
-                    .get(&id)?
+                    .get(&stored)?
                     .map(|row| postcard::from_bytes::<StoredDoc>(row.value()))
                     .transpose()?
                     .is_some_and(|stored| &stored.dossier == bi);
                 if in_dossier {
-                    pending.push((k.value(), DocId(id)));
+                    pending.push((k.value(), self.doc_id(&stored)));
                 }
             }
         }
@@ -122,18 +123,20 @@ impl Replica {
         Ok(pending.len())
     }
 
-    /// The quarantined documents.
+    /// The quarantined documents, in id order.
     pub fn quarantined(&self) -> Result<Vec<Quarantined>> {
         let (txn, _) = self.snapshot()?;
         let key = self.quarantine_key();
-        let mut out = Vec::new();
+        let mut out: Vec<Quarantined> = Vec::new();
         for row in txn.open_table(QUARANTINE)?.iter()? {
             let (k, v) = row?;
+            let id = self.doc_id(k.value());
             let plain = key
-                .open(&aad(&[b"quarantine", k.value()]), v.value())
+                .open(&aad(&[b"quarantine", &id.0]), v.value())
                 .map_err(|_| Error::integrity("a quarantined document was altered"))?;
             out.push(postcard::from_bytes(&plain)?);
         }
+        out.sort_unstable_by_key(|q| q.meta.facts.id);
         Ok(out)
     }
 }

@@ -170,7 +170,7 @@ impl Replica {
             if let OutboxItem::Document(id) | OutboxItem::DocumentAct { id, .. } = item
                 && !metas.contains_key(id)
             {
-                let (_, _, meta) = self.load_doc(&txn, generation, &DocId(*id))?;
+                let (_, _, meta) = self.load_doc(&txn, generation, &self.doc_id(id))?;
                 metas.insert(*id, meta);
             }
         }
@@ -267,7 +267,7 @@ impl Replica {
                 let plain = self
                     .keys
                     .registry
-                    .open(&act_aad(id, seq), sealed_act)
+                    .open(&act_aad(&self.doc_id(id).0, seq), sealed_act)
                     .map_err(|_| Error::integrity("a queued act was altered"))?;
                 Ok(vec![postcard::from_bytes(&plain)?])
             }
@@ -282,7 +282,7 @@ impl Replica {
             .registry
             .seal(&act_aad(&id.0, seq), &postcard::to_stdvec(act)?)?;
         Ok(OutboxItem::DocumentAct {
-            id: id.0,
+            id: self.stored_id(id),
             sealed_act,
         })
     }
@@ -402,21 +402,26 @@ impl Replica {
         Ok(super::read_u64(acked.as_ref().map(|g| g.value())))
     }
 
-    /// Host: every document returned to `site` so far (repeated at each session's start).
+    /// Host: every document returned to `site` so far (repeated at each session's start), in
+    /// id order.
     pub fn returned_to(&self, site: SiteId) -> Result<Vec<DocId>> {
         let txn = self.begin_read()?;
         let prefix = site.0.to_be_bytes();
         let mut out = Vec::new();
         for row in txn.open_table(RETURNED)?.range(prefix.as_slice()..)? {
             let (k, _) = row?;
-            let Some(id) = k.value().strip_prefix(prefix.as_slice()) else {
+            let Some(stored) = k.value().strip_prefix(prefix.as_slice()) else {
                 break;
             };
-            out.push(DocId(
-                id.try_into()
-                    .map_err(|_| Error::integrity("returned key"))?,
-            ));
+            out.push(
+                self.doc_id(
+                    stored
+                        .try_into()
+                        .map_err(|_| Error::integrity("returned key"))?,
+                ),
+            );
         }
+        out.sort_unstable();
         Ok(out)
     }
 
@@ -572,7 +577,7 @@ impl Replica {
                 },
             )
             .collect();
-        let lacking = Self::lacking_in(
+        let lacking = self.lacking_in(
             &txn.open_table(BODIES)?,
             &txn.open_table(PARTIAL_PROGRESS)?,
             &documents,
@@ -610,9 +615,10 @@ impl Replica {
                 let from_site = (self.config.role == super::Role::Host).then_some((origin, acts));
                 let body = bodies.for_doc(remote);
                 let outcome = self.merge_remote_document(txn, remote, from_site, body, dossiers)?;
+                let stored = self.stored_id(&remote.facts.id);
                 if outcome == Applied::Returned && from_site.is_some() {
                     txn.open_table(RETURNED)?
-                        .insert(site_key(origin.0, &remote.facts.id.0).as_slice(), ())?;
+                        .insert(site_key(origin.0, &stored).as_slice(), ())?;
                 }
                 if from_site.is_some() {
                     let bi = self.blind(&remote.facts.ins);
@@ -627,18 +633,17 @@ impl Replica {
                         origin,
                         &mut dossiers.holders,
                     )?;
-                    let id = remote.facts.id.0;
                     if remote.facts.size > 0
                         && body.is_none()
                         && txn
                             .open_table(BODIES)?
-                            .get(body_key(&id, 0).as_slice())?
+                            .get(first_body_key(&stored).as_slice())?
                             .is_none()
                     {
                         // In the same transaction as the metadata: the body is asked for at
                         // every Welcome until it is stored, whatever happens to this round.
                         txn.open_table(OWED_BODIES)?
-                            .insert(owed_key(&id, origin.0).as_slice(), ())?;
+                            .insert(owed_key(&stored, origin.0).as_slice(), ())?;
                     }
                 }
                 outcome
@@ -751,7 +756,8 @@ impl Replica {
             return Ok(Applied::Returned);
         };
         let id = remote.facts.id;
-        let existing: Option<StoredDoc> = match txn.open_table(DOCS)?.get(&id.0)? {
+        let stored_id = self.stored_id(&id);
+        let existing: Option<StoredDoc> = match txn.open_table(DOCS)?.get(&stored_id)? {
             Some(v) => Some(postcard::from_bytes(v.value())?),
             None => None,
         };
@@ -813,18 +819,18 @@ impl Replica {
                         self.put_body(&mut txn.open_table(BODIES)?, &key, &id, body)?;
                     }
                     None if remote.facts.size > 0 => {
-                        txn.open_table(MISSING_BODIES)?.insert(&id.0, ())?;
+                        txn.open_table(MISSING_BODIES)?.insert(&stored_id, ())?;
                     }
                     None => {}
                 }
                 txn.open_table(DOSSIER_DOCS)?
-                    .insert(dossier_doc_key(&bi, &id.0).as_slice(), ())?;
+                    .insert(dossier_doc_key(&bi, &stored_id).as_slice(), ())?;
                 // The first document that arrives with a unique id is the one it names here.
                 if !super::is_own_unique_id(&id, &remote.facts.unique_id) {
                     let unique = self.unique_index(&bi, &remote.facts.unique_id);
                     let mut uniques = txn.open_table(UNIQUE_IDS)?;
                     if uniques.get(unique.as_slice())?.is_none() {
-                        uniques.insert(unique.as_slice(), &id.0)?;
+                        uniques.insert(unique.as_slice(), &stored_id)?;
                     }
                 }
                 return Ok(Applied::Applied);
@@ -832,12 +838,12 @@ impl Replica {
         }
         if let Some(body) = body {
             let mut bodies = txn.open_table(BODIES)?;
-            if bodies.get(body_key(&id.0, 0).as_slice())?.is_none() {
+            if bodies.get(first_body_key(&stored_id).as_slice())?.is_none() {
                 self.put_body(&mut bodies, &key, &id, body)?;
                 drop(bodies);
-                txn.open_table(MISSING_BODIES)?.remove(&id.0)?;
+                txn.open_table(MISSING_BODIES)?.remove(&stored_id)?;
                 // Pieces kept of an earlier transfer, and what was owed, are done with.
-                Self::forget_partial_body(txn, &id)?;
+                self.forget_partial_body(txn, &id)?;
             }
         }
         Ok(Applied::Applied)
@@ -873,14 +879,16 @@ impl Replica {
     /// Of `ids`, the documents whose body is not in `bodies`, with the bytes of each kept so
     /// far in `progress` (tables of one transaction).
     fn lacking_in(
+        &self,
         bodies: &impl ReadableTable<&'static [u8], &'static [u8]>,
         progress: &impl ReadableTable<&'static [u8; 16], u64>,
         ids: &[DocId],
     ) -> Result<Vec<(DocId, u64)>> {
         let mut out = Vec::new();
         for id in ids {
-            if bodies.get(body_key(&id.0, 0).as_slice())?.is_none() {
-                let kept = progress.get(&id.0)?.map_or(0, |v| v.value());
+            let stored = self.stored_id(id);
+            if bodies.get(first_body_key(&stored).as_slice())?.is_none() {
+                let kept = progress.get(&stored)?.map_or(0, |v| v.value());
                 out.push((*id, kept));
             }
         }
@@ -892,7 +900,7 @@ impl Replica {
     pub fn body_progress(&self, id: &DocId) -> Result<u64> {
         let txn = self.begin_read()?;
         match txn.open_table(PARTIAL_PROGRESS) {
-            Ok(t) => Ok(t.get(&id.0)?.map_or(0, |v| v.value())),
+            Ok(t) => Ok(t.get(&self.stored_id(id))?.map_or(0, |v| v.value())),
             // A replica created before resumable bodies: nothing is partial.
             Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
             Err(e) => Err(e.into()),
@@ -986,6 +994,7 @@ impl Replica {
         p: &BodyPiece,
     ) -> Result<Piece> {
         let (id, offset, total, bytes) = (&p.doc, p.offset, p.total, p.bytes.as_slice());
+        let stored = self.stored_id(id);
         let (_, key, meta) = self.load_doc(snap, generation, id)?;
         if let Some(site) = from
             && meta.facts.author_site != site
@@ -995,18 +1004,18 @@ impl Replica {
         }
         if txn
             .open_table(BODIES)?
-            .get(body_key(&id.0, 0).as_slice())?
+            .get(first_body_key(&stored).as_slice())?
             .is_some()
         {
             // Held already (another site sent it): nothing is owed or partial any more.
-            Self::forget_partial_body(txn, id)?;
-            txn.open_table(MISSING_BODIES)?.remove(&id.0)?;
+            self.forget_partial_body(txn, id)?;
+            txn.open_table(MISSING_BODIES)?.remove(&stored)?;
             return Ok(Piece::Complete);
         }
         if let Some(site) = from
             && txn
                 .open_table(OWED_BODIES)?
-                .get(owed_key(&id.0, site.0).as_slice())?
+                .get(owed_key(&stored, site.0).as_slice())?
                 .is_none()
         {
             return Err(Self::owes_no_body(id));
@@ -1019,7 +1028,7 @@ impl Replica {
         }
         let kept = txn
             .open_table(PARTIAL_PROGRESS)?
-            .get(&id.0)?
+            .get(&stored)?
             .map_or(0, |v| v.value());
         let end = offset
             .checked_add(bytes.len() as u64)
@@ -1039,8 +1048,8 @@ impl Replica {
         if end < total {
             let sealed = key.seal(&piece_aad(&id.0, offset), bytes)?;
             txn.open_table(PARTIAL_BODIES)?
-                .insert(piece_key(&id.0, offset).as_slice(), sealed.as_slice())?;
-            txn.open_table(PARTIAL_PROGRESS)?.insert(&id.0, end)?;
+                .insert(piece_key(&stored, offset).as_slice(), sealed.as_slice())?;
+            txn.open_table(PARTIAL_PROGRESS)?.insert(&stored, end)?;
             return Ok(Piece::Kept);
         }
         // The last piece: the kept ones, then this one, make the body.
@@ -1049,7 +1058,7 @@ impl Replica {
         ));
         {
             let pieces = txn.open_table(PARTIAL_BODIES)?;
-            let (first, last) = (piece_key(&id.0, 0), piece_key(&id.0, u64::MAX));
+            let (first, last) = (piece_key(&stored, 0), piece_key(&stored, u64::MAX));
             for row in pieces.range(first.as_slice()..=last.as_slice())? {
                 let (k, v) = row?;
                 let at = k
@@ -1075,12 +1084,12 @@ impl Replica {
         {
             // A corrupt transfer is dropped whole and the next one starts again from zero; the
             // body stays owed (host) or missing (site), so it is asked for again.
-            Self::reset_partial_body(txn, id)?;
+            self.reset_partial_body(txn, id)?;
             return Ok(Piece::Corrupt);
         }
-        Self::forget_partial_body(txn, id)?;
+        self.forget_partial_body(txn, id)?;
         self.put_body(&mut txn.open_table(BODIES)?, &key, id, &body)?;
-        txn.open_table(MISSING_BODIES)?.remove(&id.0)?;
+        txn.open_table(MISSING_BODIES)?.remove(&stored)?;
         Ok(Piece::Complete)
     }
 
@@ -1091,25 +1100,27 @@ impl Replica {
     }
 
     /// Drops the kept pieces of `id`'s body, in `txn`; what is owed stays.
-    fn reset_partial_body(txn: &WriteTransaction, id: &DocId) -> Result<()> {
-        let (first, last) = (piece_key(&id.0, 0), piece_key(&id.0, u64::MAX));
+    fn reset_partial_body(&self, txn: &WriteTransaction, id: &DocId) -> Result<()> {
+        let stored = self.stored_id(id);
+        let (first, last) = (piece_key(&stored, 0), piece_key(&stored, u64::MAX));
         txn.open_table(PARTIAL_BODIES)?
             .retain_in(first.as_slice()..=last.as_slice(), |_, _| false)?;
-        txn.open_table(PARTIAL_PROGRESS)?.remove(&id.0)?;
+        txn.open_table(PARTIAL_PROGRESS)?.remove(&stored)?;
         Ok(())
     }
 
     /// Drops the kept pieces of `id`'s body and every record of it being owed, in `txn`: the
     /// body is stored, or its document is gone.
-    pub(super) fn forget_partial_body(txn: &WriteTransaction, id: &DocId) -> Result<()> {
-        Self::reset_partial_body(txn, id)?;
-        let (first, last) = (owed_key(&id.0, 0), owed_key(&id.0, u32::MAX));
+    pub(super) fn forget_partial_body(&self, txn: &WriteTransaction, id: &DocId) -> Result<()> {
+        self.reset_partial_body(txn, id)?;
+        let stored = self.stored_id(id);
+        let (first, last) = (owed_key(&stored, 0), owed_key(&stored, u32::MAX));
         txn.open_table(OWED_BODIES)?
             .retain_in(first.as_slice()..=last.as_slice(), |_, _| false)?;
         Ok(())
     }
 
-    /// Host: the bodies `site` owes, with the bytes of each already kept here.
+    /// Host: the bodies `site` owes, with the bytes of each already kept here, in id order.
     pub fn bodies_owed_by(&self, site: SiteId) -> Result<Vec<(DocId, u64)>> {
         let txn = self.begin_read()?;
         let owed = match txn.open_table(OWED_BODIES) {
@@ -1122,7 +1133,7 @@ impl Replica {
         for row in owed.iter()? {
             let (k, _) = row?;
             let k = k.value();
-            let (Some(id), Some(by)) = (
+            let (Some(stored), Some(by)) = (
                 k.get(..16).and_then(|b| <[u8; 16]>::try_from(b).ok()),
                 k.get(16..20)
                     .and_then(|b| b.try_into().ok())
@@ -1131,19 +1142,24 @@ impl Replica {
                 return Err(Error::integrity("an owed-body key is malformed"));
             };
             if by == site.0 {
-                out.push((DocId(id), progress.get(&id)?.map_or(0, |v| v.value())));
+                let kept = progress.get(&stored)?.map_or(0, |v| v.value());
+                out.push((self.doc_id(&stored), kept));
             }
         }
+        out.sort_unstable();
         Ok(out)
     }
 
-    /// Documents whose metadata is here but whose body is not yet.
+    /// Documents whose metadata is here but whose body is not yet, in id order.
     pub fn missing_bodies(&self) -> Result<Vec<DocId>> {
         let txn = self.begin_read()?;
-        txn.open_table(MISSING_BODIES)?
+        let mut ids = txn
+            .open_table(MISSING_BODIES)?
             .iter()?
-            .map(|row| row.map(|(k, _)| DocId(*k.value())).map_err(Into::into))
-            .collect()
+            .map(|row| row.map(|(k, _)| self.doc_id(k.value())))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        ids.sort_unstable();
+        Ok(ids)
     }
 
     /// At open: a replica made before `MISSING_BODIES` existed gets it, filled by one scan.
@@ -1163,9 +1179,9 @@ impl Replica {
             let mut missing = txn.open_table(MISSING_BODIES)?;
             for row in docs.iter()? {
                 let (k, _) = row?;
-                let id = *k.value();
-                if bodies.get(body_key(&id, 0).as_slice())?.is_none() {
-                    missing.insert(&id, ())?;
+                let stored = *k.value();
+                if bodies.get(first_body_key(&stored).as_slice())?.is_none() {
+                    missing.insert(&stored, ())?;
                 }
             }
         }
@@ -1195,15 +1211,16 @@ enum Piece {
     Corrupt,
 }
 
-/// `document id ‖ site`.
-fn owed_key(id: &[u8; 16], site: u32) -> [u8; 20] {
+/// `stored document id ‖ site`.
+fn owed_key(stored: &[u8; 16], site: u32) -> [u8; 20] {
     let mut k = [0u8; 20];
-    k[..16].copy_from_slice(id);
+    k[..16].copy_from_slice(stored);
     k[16..].copy_from_slice(&site.to_be_bytes());
     k
 }
 
-/// Associated data of a queued act: bound to its document and its outbox entry.
+/// Associated data of a queued act: bound to its document (the id, not its stored form) and its
+/// outbox entry.
 fn act_aad(id: &[u8; 16], seq: u64) -> Vec<u8> {
     crate::crypto::aad(&[b"outbox-act", id, &seq.to_le_bytes()])
 }
@@ -1243,7 +1260,7 @@ fn outbox_aad(seq: u64, kind: Queued, clear: &[u8]) -> Vec<u8> {
     ])
 }
 
-/// Associated data of a kept body piece: bound to its document and offset.
+/// Associated data of a kept body piece: bound to its document (the id) and offset.
 fn piece_aad(id: &[u8; 16], offset: u64) -> Vec<u8> {
     crate::crypto::aad(&[b"partial-body", id, &offset.to_le_bytes()])
 }

@@ -1,7 +1,8 @@
 //! The redb tables of a replica and the stored-row encodings.
 //!
-//! Invariant: no table holds an INS, an RPPS, a name or a title in clear. Dossiers are keyed by a
-//! keyed BLAKE3 blind index of the INS, professionals by `rpps_index` (the same under a tag);
+//! Invariant: no table holds an INS, an RPPS, a document id, a name or a title in clear. Dossiers
+//! are keyed by a keyed BLAKE3 blind index of the INS, professionals by `rpps_index` (the same
+//! under a tag), documents by their stored id (`doc_map`: a keyed permutation of the id);
 //! bodies and document metadata are padded to size buckets (`padding`) before sealing; every
 //! value with patient data is sealed (see `crypto`), with
 //! associated data naming the table and the row, so a sealed value moved to another row fails
@@ -21,15 +22,16 @@ pub const AUTHORITY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("autho
 pub const DOSSIER_KEYS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("dossier_keys");
 /// Purge receipts of dossiers purged here, by blind index.
 pub const TOMBSTONES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("tombstones");
-/// Document metadata (`StoredDoc`), by document id.
+/// Document metadata (`StoredDoc`), by stored document id (`doc_map`).
 pub const DOCS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("docs");
-/// Index of a dossier's documents: blind index ‖ document id.
+/// Index of a dossier's documents: blind index ‖ stored document id (in no useful order: a
+/// listing sorts what it decoded).
 pub const DOSSIER_DOCS: TableDefinition<&[u8], ()> = TableDefinition::new("dossier_docs");
-/// Producers' unique ids: blind index ‖ keyed hash of the unique id → document id, so a
+/// Producers' unique ids: blind index ‖ keyed hash of the unique id → stored document id, so a
 /// document sent twice is recognised (and a dossier's entries go with it at purge).
 pub const UNIQUE_IDS: TableDefinition<&[u8], &[u8; 16]> = TableDefinition::new("unique_ids");
-/// Body chunks, sealed with the dossier key, cut as `body_chunk_plan` says: document id ‖ chunk
-/// number (big-endian u32), or for a tail `TAIL_PREFIX` ‖ document id ‖ chunk number.
+/// Body chunks, sealed with the dossier key, cut as `body_chunk_plan` says: the chunk's place
+/// (`ChunkPlace::kind`) ‖ stored document id ‖ chunk number (big-endian u32); see `body_key`.
 pub const BODIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("bodies");
 /// Professionals registered at this site, sealed with the registry key, by `rpps_index`.
 pub const PROS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("professionals");
@@ -48,9 +50,11 @@ pub const PRO_SITES: TableDefinition<&[u8], ()> = TableDefinition::new("pro_site
 pub const SCOPE: TableDefinition<&[u8], u8> = TableDefinition::new("scope");
 /// Host: the sites whose scope holds a dossier: blind index ‖ site (u32 BE).
 pub const SCOPE_SITES: TableDefinition<&[u8], ()> = TableDefinition::new("scope_sites");
-/// Host: each site's change log (fan-out on write): (site, seq) → `LogItem`.
+/// Host: each site's change log (fan-out on write): (site, seq) → `LogItem`, sealed with the
+/// registry key and bound to its site and sequence (`site_log_aad`), so the log says how many
+/// entries a site got, not which dossiers or documents.
 pub const SITE_LOG: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("site_log");
-/// Host: documents returned to a site (site u32 BE ‖ doc id), repeated at each of its
+/// Host: documents returned to a site (site u32 BE ‖ stored document id), repeated at each of its
 /// `Welcome`s so a lost acknowledgement cannot lose them.
 pub const RETURNED: TableDefinition<&[u8], ()> = TableDefinition::new("returned");
 /// Host: purge receipts returned by sites: blind index ‖ site (u32 BE) → `PurgeReceipt`.
@@ -59,23 +63,25 @@ pub const SITE_RECEIPTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("s
 /// cleared by the purge (resumed at open): blind index → sealed INS.
 pub const PENDING_PURGES: TableDefinition<&[u8; 32], &[u8]> =
     TableDefinition::new("pending_purges");
-/// Site: documents the host will not take, kept (sealed with the quarantine key) by doc id.
+/// Site: documents the host will not take, kept (sealed with the quarantine key) by stored
+/// document id.
 pub const QUARANTINE: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("quarantine");
-/// Pieces of bodies still arriving from a peer: `document id ‖ offset (u64 BE)` → the piece,
+/// Pieces of bodies still arriving from a peer: `stored document id ‖ offset (u64 BE)` → the piece,
 /// sealed under the dossier key. Moved into `BODIES` once the body is complete and checked.
 pub const PARTIAL_BODIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("partial_bodies");
 /// Host: bodies a site owes (it pushed the document, the body has not come in whole yet):
-/// `document id ‖ site (u32 BE)`. Told to the site at each `Welcome`, so a body survives any
+/// `stored document id ‖ site (u32 BE)`. Told to the site at each `Welcome`, so a body survives any
 /// broken round; dropped once the body is stored.
 pub const OWED_BODIES: TableDefinition<&[u8], ()> = TableDefinition::new("owed_bodies");
 /// Documents whose metadata is here and whose body is not yet (the bodies a round fetches),
-/// kept with the metadata so that finding them costs nothing when there are none.
+/// kept with the metadata so that finding them costs nothing when there are none; by stored
+/// document id.
 pub const MISSING_BODIES: TableDefinition<&[u8; 16], ()> = TableDefinition::new("missing_bodies");
 /// Site: pending grants (consent given in person), `blind index ‖ rpps_index` → when.
 pub const PENDING_GRANTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pending_grants");
-/// Host: documents hidden from the patient whose patient was told (`doc_index` → when).
+/// Host: documents hidden from the patient whose patient was told (stored document id → when).
 pub const ANNOUNCEMENTS: TableDefinition<&[u8; 16], i64> = TableDefinition::new("announcements");
-/// Bytes received so far of each body in `PARTIAL_BODIES`.
+/// Bytes received so far of each body in `PARTIAL_BODIES`, by stored document id.
 pub const PARTIAL_PROGRESS: TableDefinition<&[u8; 16], u64> =
     TableDefinition::new("partial_progress");
 /// Host: what sites asked for and the host has not decided yet (`site_access`): a pin
@@ -95,7 +101,7 @@ pub const SITE_SIGNED_HEADS: TableDefinition<u32, &[u8]> =
 /// `site (u32 BE) ‖ blind index` → Unix milliseconds.
 pub const EMERGENCY_SCOPES: TableDefinition<&[u8], i64> = TableDefinition::new("emergency_scopes");
 /// Host: the flags the host itself cleared on a document (an unmask, the announcement timer's
-/// release): `doc_index` → sealed `[u64; 3]` (registry key, bound to the id), for
+/// release): stored document id → sealed `[u64; 3]` (registry key, bound to the id), for
 /// `MASQUE_PS`, `INVISIBLE_PATIENT` and `INVISIBLE_REPRESENTANTS_LEGAUX`, the host's own clock
 /// counter on the document at its latest clear of that flag (0: never cleared). A site's
 /// version that has not seen that clear and carries the flag again is decided as a mask or a
@@ -140,18 +146,20 @@ pub mod meta_key {
 }
 
 /// The format this build writes. A newer stored format is refused, and so is an older one: the
-/// project has no deployed replica, and format 3 changed what bodies are (padded, see
-/// `padding`) and how rows are keyed, which no migration rewrites.
+/// project has no deployed replica, and format 4 changed how every row naming a document is
+/// keyed, which no migration rewrites.
 ///
 /// - 1: bodies in `BODIES` only, in chunks of `CHUNK_PLAIN`.
 /// - 2: bodies are cut as `body_chunk_plan` says, a small last chunk kept as a tail
 ///   (`body_tail_key`).
 /// - 3: bodies padded to their size bucket before they are cut, sealed metadata padded
 ///   (`padding`).
-pub const FORMAT_VERSION: u32 = 3;
+/// - 4: document ids stored only in their keyed form (`doc_map`) in every key and clear value;
+///   body chunk keys start with their place (`body_key`); `SITE_LOG` values sealed.
+pub const FORMAT_VERSION: u32 = 4;
 
 /// The oldest format this build opens.
-pub const FORMAT_OLDEST: u32 = 3;
+pub const FORMAT_OLDEST: u32 = 4;
 
 /// Subject-key tags in `AUTHORITY`.
 pub mod tag {
@@ -193,9 +201,9 @@ pub struct StoredTrace {
 /// latest merged state travels.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OutboxItem {
-    /// A document's metadata (and, when new, its body) changed; written by builds before acts
-    /// were recorded (no longer written: see `DocumentAct`). Sent as acted by the document's
-    /// author (`Act::by_author`).
+    /// A document's metadata (and, when new, its body) changed, by its stored id (`doc_map`);
+    /// written by builds before acts were recorded (no longer written: see `DocumentAct`). Sent
+    /// as acted by the document's author (`Act::by_author`).
     Document([u8; 16]),
     /// A professional was registered at this site (by `rpps_index`: the record is in `PROS`).
     Professional([u8; 32]),
@@ -227,7 +235,7 @@ pub enum OutboxItem {
     /// A document changed by an act at this site: who did what (`sync::Act`, postcard, sealed
     /// with the registry key and bound to the document and this entry's sequence).
     DocumentAct {
-        /// The document.
+        /// The document, by its stored id (`doc_map`).
         id: [u8; 16],
         /// The act, sealed.
         #[serde(with = "serde_bytes")]
@@ -256,7 +264,7 @@ pub mod scope_bit {
 }
 
 /// An entry of a site's change log on the host; what it names is read when the site pulls, so
-/// the current state travels.
+/// the current state travels. Stored sealed (`SITE_LOG`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LogItem {
     /// A document changed.
@@ -299,7 +307,7 @@ pub struct PurgeReceipt {
 }
 
 /// Plaintext bytes per body chunk: the sealed chunk (plus 40 bytes of nonce and tag), its
-/// 20-byte key and its leaf's 12 bytes of header and lengths stay under 64 KiB, since redb rounds
+/// 21-byte key and its leaf's 12 bytes of header and lengths stay under 64 KiB, since redb rounds
 /// a leaf up to a power of two.
 pub const CHUNK_PLAIN: usize = 65_536 - 40 - 64;
 
@@ -313,22 +321,27 @@ pub const PAGE_FITS: [usize; 5] = [
     4_096 - 40 - 64,
 ];
 
-/// Where a body chunk is stored in `BODIES`.
+/// Where a body chunk is stored in `BODIES`: its first key byte (`kind`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChunkPlace {
-    /// Under `body_key`, beside the document's other chunks.
+    /// Among every document's chunks (keys starting with 0).
     Main,
-    /// Under `body_tail_key`, among the tails.
+    /// Among the tails (keys starting with 1).
     Tail,
 }
 
-/// First byte of a tail's key. Document ids minted by Carnet start with the top byte of a
-/// millisecond time (0x01 until 2039), so tails sort after their chunks and never share a leaf
-/// page with a page-sized chunk, which redb would then round up to twice the page. A tail key
-/// is 21 bytes and a chunk key 20, so the two never meet even for an id starting with 0xff
-/// (sent by a peer): it is only stored less tightly, and ranges over keys check their length
-/// (`remove_body`).
-pub const TAIL_PREFIX: u8 = 0xff;
+impl ChunkPlace {
+    /// The first byte of the keys of chunks stored here. Every chunk key sorts before every
+    /// tail key, whatever the ids, so a tail never shares a leaf page with a page-sized chunk
+    /// (redb would then round that leaf up to twice the page). Keys hold stored ids, which are
+    /// keyed permutations of the ids (`doc_map`): the layout depends on nothing in them.
+    pub fn kind(self) -> u8 {
+        match self {
+            ChunkPlace::Main => 0,
+            ChunkPlace::Tail => 1,
+        }
+    }
+}
 
 /// How a body of `len` bytes is cut, chunk by chunk in order: `(plaintext bytes, place)`.
 ///
@@ -359,11 +372,11 @@ pub fn next_body_chunk(rest: usize, first: bool) -> (usize, ChunkPlace) {
     }
 }
 
-/// `blind index ‖ document id`.
-pub fn dossier_doc_key(bi: &[u8; 32], id: &[u8; 16]) -> [u8; 48] {
+/// `blind index ‖ stored document id`.
+pub fn dossier_doc_key(bi: &[u8; 32], stored: &[u8; 16]) -> [u8; 48] {
     let mut k = [0u8; 48];
     k[..32].copy_from_slice(bi);
-    k[32..].copy_from_slice(id);
+    k[32..].copy_from_slice(stored);
     k
 }
 
@@ -375,27 +388,32 @@ pub fn unique_key(bi: &[u8; 32], uid_hash: &[u8; 32]) -> [u8; 64] {
     k
 }
 
-/// `document id ‖ chunk` (big-endian, so chunks sort in order).
-pub fn body_key(id: &[u8; 16], chunk: u32) -> [u8; 20] {
-    let mut k = [0u8; 20];
-    k[..16].copy_from_slice(id);
-    k[16..].copy_from_slice(&chunk.to_be_bytes());
+/// `place ‖ stored document id ‖ chunk` (big-endian, so a body's chunks sort in order): the key
+/// of a body chunk. Every key of a place and document has the same 17-byte prefix, so a range
+/// over one body's keys holds nothing else.
+pub fn body_key(stored: &[u8; 16], place: ChunkPlace, chunk: u32) -> [u8; 21] {
+    let mut k = [place.kind(); 21];
+    k[1..17].copy_from_slice(stored);
+    k[17..].copy_from_slice(&chunk.to_be_bytes());
     k
 }
 
-/// `TAIL_PREFIX ‖ document id ‖ chunk`: the key of a body's tail.
-pub fn body_tail_key(id: &[u8; 16], chunk: u32) -> [u8; 21] {
-    let mut k = [TAIL_PREFIX; 21];
-    k[1..].copy_from_slice(&body_key(id, chunk));
-    k
+/// The key of a body's first chunk (always `Main`): present exactly when the body is stored.
+pub fn first_body_key(stored: &[u8; 16]) -> [u8; 21] {
+    body_key(stored, ChunkPlace::Main, 0)
 }
 
-/// `document id ‖ offset` (big-endian, so pieces sort in order).
-pub fn piece_key(id: &[u8; 16], offset: u64) -> [u8; 24] {
+/// `stored document id ‖ offset` (big-endian, so pieces sort in order).
+pub fn piece_key(stored: &[u8; 16], offset: u64) -> [u8; 24] {
     let mut k = [0u8; 24];
-    k[..16].copy_from_slice(id);
+    k[..16].copy_from_slice(stored);
     k[16..].copy_from_slice(&offset.to_be_bytes());
     k
+}
+
+/// Associated data of a `SITE_LOG` row: bound to its table, site and sequence.
+pub fn site_log_aad(site: u32, seq: u64) -> Vec<u8> {
+    crate::crypto::aad(&[b"site_log", &site.to_le_bytes(), &seq.to_le_bytes()])
 }
 
 /// Associated data of a `PENDING_PURGES` row: bound to its table and blind index.

@@ -1576,19 +1576,25 @@ fn a_deferred_commit_that_moves_the_trace_chain_or_journal_is_durable_when_it_re
     assert!(entries >= traced + 4, "{entries} entries, {traced} before");
 }
 
-#[test]
-fn every_document_of_a_pushed_batch_reaches_the_other_sites_holding_its_dossier() {
-    let (_hd, host, _sd, site) = host_and_site();
-    // A second site where the treating doctor works too: the dossier is in its scope.
-    let other_dir = TempDir::new().expect("tmp");
-    let other = init(&other_dir, Role::Site, Some(8));
+/// A second site (8) where the treating doctor works too, synced once: the dossier is in its
+/// scope.
+fn second_site(host: &Replica) -> (TempDir, Replica) {
+    let dir = TempDir::new().expect("tmp");
+    let other = init(&dir, Role::Site, Some(8));
     register(&other);
     host.bind_professional(SiteId(8), &doctor(), true)
         .expect("bind");
     other
         .import_authority(&host.export_authority().expect("export"))
         .expect("import");
-    sync(&host, &other);
+    sync(host, &other);
+    (dir, other)
+}
+
+#[test]
+fn every_document_of_a_pushed_batch_reaches_the_other_sites_holding_its_dossier() {
+    let (_hd, host, _sd, site) = host_and_site();
+    let (_other_dir, other) = second_site(&host);
     let other_id = other.config().site_id;
     let head = host.log_head(other_id).expect("head");
     let ids = [write(&site, "one", b"1"), write(&site, "two", b"2")];
@@ -1745,7 +1751,7 @@ fn host_and_site_on_a_clock() -> (
     ((hd, sd), now, host, site)
 }
 
-/// The keys of a table keyed by document (`doc_index`).
+/// The keys of a table keyed by stored document id (`doc_map`).
 fn keys_by_doc<V: redb::Value + 'static>(
     r: &Replica,
     table: redb::TableDefinition<&'static [u8; 16], V>,
@@ -1802,17 +1808,17 @@ fn the_host_tells_the_patient_after_two_weeks_and_releases_after_a_month() {
         "told once"
     );
     assert_eq!(admin(&host, "announcement-due"), 1);
-    // Remembered under the host's keyed index of the id, not the id every replica shares.
-    assert_eq!(keys_by_doc(&host, ANNOUNCEMENTS), vec![host.doc_index(&id)]);
-    assert_ne!(host.doc_index(&id), id.0);
-    assert_ne!(host.doc_index(&id), site.doc_index(&id), "per replica");
+    // Remembered under the host's stored form of the id, not the id every replica shares.
+    assert_eq!(keys_by_doc(&host, ANNOUNCEMENTS), vec![host.stored_id(&id)]);
+    assert_ne!(host.stored_id(&id), id.0);
+    assert_ne!(host.stored_id(&id), site.stored_id(&id), "per replica");
     assert!(!patient_reads(&host), "still hidden");
     // At a month it becomes visible, on the host and, after a sync, on the site.
     now.fetch_add(16 * 24 * 3_600_000, Ordering::SeqCst);
     let pass = host.run_announcement_timer().expect("pass");
     assert_eq!((pass.told, pass.released), (0, 1));
     assert_eq!(admin(&host, "announcement-released"), 1);
-    assert_eq!(keys_by_doc(&host, HOST_CLEARS), vec![host.doc_index(&id)]);
+    assert_eq!(keys_by_doc(&host, HOST_CLEARS), vec![host.stored_id(&id)]);
     assert!(keys_by_doc(&host, ANNOUNCEMENTS).is_empty());
     assert!(patient_reads(&host));
     assert!(
@@ -1993,17 +1999,18 @@ fn missing_bodies_are_indexed_and_an_older_replica_gets_the_index_at_open() {
 fn body_rows(r: &Replica, id: &DocId) -> (u64, u64) {
     let txn = r.begin_read().expect("read");
     let table = txn.open_table(BODIES).expect("table");
-    let count = |first: &[u8], last: &[u8]| {
+    let stored = r.stored_id(id);
+    let count = |place| {
+        let (first, last) = (
+            body_key(&stored, place, 0),
+            body_key(&stored, place, u32::MAX),
+        );
         table
-            .range(first..=last)
+            .range(first.as_slice()..=last.as_slice())
             .expect("range")
-            .filter(|row| row.as_ref().map(|(k, _)| k.value().len()).ok() == Some(first.len()))
             .count() as u64
     };
-    (
-        count(&body_key(&id.0, 0), &body_key(&id.0, u32::MAX)),
-        count(&body_tail_key(&id.0, 0), &body_tail_key(&id.0, u32::MAX)),
-    )
+    (count(ChunkPlace::Main), count(ChunkPlace::Tail))
 }
 
 fn pattern(len: usize) -> Vec<u8> {
@@ -2042,7 +2049,7 @@ fn bodies_of_every_size_read_back_and_travel_and_their_tails_go_with_a_purge() {
         let txn = site.begin_raw_write().expect("write");
         txn.open_table(BODIES)
             .expect("bodies")
-            .remove(body_tail_key(&ids[4].0, 1).as_slice())
+            .remove(body_key(&site.stored_id(&ids[4]), ChunkPlace::Tail, 1).as_slice())
             .expect("remove");
         txn.commit().expect("commit");
     }
@@ -2095,28 +2102,21 @@ fn sealed_lengths(r: &Replica, id: &DocId) -> (Vec<usize>, usize) {
     let txn = r.begin_read().expect("read");
     let bodies = txn.open_table(BODIES).expect("bodies");
     let mut chunks = Vec::new();
-    for (first, last) in [
-        (
-            body_key(&id.0, 0).to_vec(),
-            body_key(&id.0, u32::MAX).to_vec(),
-        ),
-        (
-            body_tail_key(&id.0, 0).to_vec(),
-            body_tail_key(&id.0, u32::MAX).to_vec(),
-        ),
-    ] {
+    let stored = r.stored_id(id);
+    for place in [ChunkPlace::Main, ChunkPlace::Tail] {
+        let (first, last) = (
+            body_key(&stored, place, 0),
+            body_key(&stored, place, u32::MAX),
+        );
         for row in bodies
             .range(first.as_slice()..=last.as_slice())
             .expect("range")
         {
-            let (k, v) = row.expect("row");
-            if k.value().len() == first.len() {
-                chunks.push(v.value().len());
-            }
+            chunks.push(row.expect("row").1.value().len());
         }
     }
     let docs = txn.open_table(DOCS).expect("docs");
-    let meta = docs.get(&id.0).expect("get").expect("row").value().len();
+    let meta = docs.get(&stored).expect("get").expect("row").value().len();
     (chunks, meta)
 }
 
@@ -2152,48 +2152,48 @@ fn removing_a_body_never_takes_another_documents_chunks_or_tail() {
     let (_hd, _host, _sd, site) = host_and_site();
     let victim = write(&site, "4 KiB", &pattern(4_096));
     assert_eq!(body_rows(&site, &victim), (1, 1));
-    // An id a peer could choose: its chunks' key range holds the victim's tail key.
-    let mut shadow = [TAIL_PREFIX; 16];
-    shadow[1..].copy_from_slice(&victim.0[..15]);
-    // An id starting with 0xff, with two chunks, inside the tail range of `under`.
-    let wide = DocId([
-        TAIL_PREFIX,
-        1,
-        2,
-        3,
-        4,
-        5,
-        6,
-        7,
-        8,
-        9,
-        10,
-        11,
-        12,
-        13,
-        14,
-        15,
-    ]);
-    let mut under = [0u8; 16];
-    under[..15].copy_from_slice(&wide.0[1..]);
+    // The stored ids just before and just after the victim's, each with two chunks and a
+    // tail: their keys are the victim's nearest neighbours in both places.
+    let stored = u128::from_be_bytes(site.stored_id(&victim));
+    let [before, after] =
+        [stored.wrapping_sub(1), stored.wrapping_add(1)].map(|n| site.doc_id(&n.to_be_bytes()));
     let txn = site.begin_raw_write().expect("write");
     {
         let mut bodies = txn.open_table(BODIES).expect("bodies");
-        for n in 0..2 {
-            bodies
-                .insert(body_key(&wide.0, n).as_slice(), b"sealed".as_slice())
-                .expect("insert");
+        for id in [before, after] {
+            let stored = site.stored_id(&id);
+            for (place, n) in [
+                (ChunkPlace::Main, 0),
+                (ChunkPlace::Main, 1),
+                (ChunkPlace::Tail, 2),
+            ] {
+                bodies
+                    .insert(body_key(&stored, place, n).as_slice(), b"sealed".as_slice())
+                    .expect("insert");
+            }
         }
-        documents::remove_body(&mut bodies, &shadow).expect("remove");
-        documents::remove_body(&mut bodies, &under).expect("remove");
+        documents::remove_body(&mut bodies, &site.stored_id(&before)).expect("remove");
     }
     txn.commit().expect("commit");
-    assert_eq!(body_rows(&site, &victim), (1, 1), "the victim's tail stays");
-    assert_eq!(read_body(&site, &victim), pattern(4_096));
+    assert_eq!(body_rows(&site, &before), (0, 0), "removed, tail and all");
     assert_eq!(
-        body_rows(&site, &wide),
-        (2, 0),
-        "the other id's chunks stay"
+        body_rows(&site, &victim),
+        (1, 1),
+        "the victim's chunk and tail stay"
+    );
+    assert_eq!(read_body(&site, &victim), pattern(4_096));
+    let txn = site.begin_raw_write().expect("write");
+    documents::remove_body(
+        &mut txn.open_table(BODIES).expect("bodies"),
+        &site.stored_id(&victim),
+    )
+    .expect("remove");
+    txn.commit().expect("commit");
+    assert_eq!(body_rows(&site, &victim), (0, 0));
+    assert_eq!(
+        body_rows(&site, &after),
+        (2, 1),
+        "the next document's rows stay"
     );
 }
 
@@ -2260,7 +2260,7 @@ fn the_host_takes_a_body_only_from_the_site_that_owes_it_and_a_bad_one_keeps_the
     // even from the site that wrote it.
     let owed_row = {
         let txn = host.begin_write().expect("write");
-        let mut k = id.0.to_vec();
+        let mut k = host.stored_id(&id).to_vec();
         k.extend_from_slice(&origin.0.to_be_bytes());
         txn.open_table(OWED_BODIES)
             .expect("owed")
@@ -2862,7 +2862,7 @@ fn a_documents_entry_carries_every_act_queued_from_it_and_old_entries_their_auth
     // An entry queued by an earlier build names only the document: its author's acts.
     {
         let txn = site.begin_write().expect("txn");
-        site.push_outbox(&txn, |_| Ok(OutboxItem::Document(id.0)))
+        site.push_outbox(&txn, |_| Ok(OutboxItem::Document(site.stored_id(&id))))
             .expect("queue");
         txn.commit().expect("commit");
     }
@@ -3341,13 +3341,14 @@ fn a_binding_or_a_scope_copied_to_another_site_at_the_host_is_detected_at_open()
 fn a_document_put_back_to_an_older_revision_is_detected_at_open() {
     let (_hd, host, sd, site) = host_and_site();
     let id = write(&site, "CR", b"report");
+    let stored = site.stored_id(&id);
     drop(site);
-    let before = raw_row(&sd, DOCS, &id.0).expect("rev 1");
+    let before = raw_row(&sd, DOCS, &stored).expect("rev 1");
     let site = Replica::open(sd.path(), &KeySource::File, clock()).expect("reopen");
     site.update_document(&Actor::Professional(doctor()), &id, Action::Mask)
         .expect("mask");
     drop((site, host));
-    put_raw_row(&sd, DOCS, &id.0, &before);
+    put_raw_row(&sd, DOCS, &stored, &before);
     refused_at_open(&sd, "table docs");
 }
 
@@ -3577,7 +3578,7 @@ fn holds_document(site: &Replica, id: &DocId) -> bool {
     let docs = txn
         .open_table(DOCS)
         .expect("docs")
-        .get(&id.0)
+        .get(&site.stored_id(id))
         .expect("get")
         .is_some();
     docs || site.has_body(id).expect("body") || site.missing_bodies().expect("missing").contains(id)
@@ -3697,4 +3698,198 @@ fn a_right_back_before_the_pull_withdraws_nothing_and_an_ended_pin_withdraws_the
     sync(&host, &site);
     assert!(!holds_document(&site, &at_host), "the pin ended: withdrawn");
     assert!(site.dossier(&ins()).is_ok());
+}
+
+/// Rows read raw: table name → each row's key and value, as stored.
+type RawRows = std::collections::BTreeMap<String, Vec<(Vec<u8>, Vec<u8>)>>;
+
+/// Every row of every table of the database in `dir`, read raw with redb (no key): table name
+/// → its rows' keys and values, as stored.
+fn raw_rows(dir: &std::path::Path) -> RawRows {
+    use redb::{ReadableDatabase, ReadableTable, TableHandle};
+    struct Rows<'a> {
+        txn: &'a redb::ReadTransaction,
+        out: RawRows,
+    }
+    impl backup::Tables for Rows<'_> {
+        fn table<K: redb::Key + 'static, V: redb::Value + 'static>(
+            &mut self,
+            def: redb::TableDefinition<K, V>,
+        ) -> Result<()> {
+            let table = match self.txn.open_table(def) {
+                Ok(t) => t,
+                // Created lazily (only where it is used): nothing in it.
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            };
+            let rows = self.out.entry(def.name().to_string()).or_default();
+            for row in table.iter()? {
+                let (k, v) = row?;
+                rows.push((
+                    K::as_bytes(&k.value()).as_ref().to_vec(),
+                    V::as_bytes(&v.value()).as_ref().to_vec(),
+                ));
+            }
+            Ok(())
+        }
+    }
+    let db = redb::Database::open(dir.join(DB_FILE)).expect("db");
+    let txn = db.begin_read().expect("read");
+    let mut rows = Rows {
+        txn: &txn,
+        out: Default::default(),
+    };
+    backup::each_table(&mut rows).expect("every table");
+    let names: Vec<String> = txn
+        .list_tables()
+        .expect("tables")
+        .map(|t| t.name().to_string())
+        .collect();
+    assert!(
+        names.iter().all(|n| rows.out.contains_key(n)),
+        "a table the scan does not list: {names:?}"
+    );
+    rows.out
+}
+
+/// Where, in `rows`, one of `ids` or the first 6 bytes of one (its creation time) shows:
+/// `table (key|value)` for each such row.
+fn id_leaks(rows: &RawRows, ids: &[DocId]) -> Vec<String> {
+    let holds = |bytes: &[u8], needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    let mut out = Vec::new();
+    for (table, rows) in rows {
+        for (k, v) in rows {
+            for (part, bytes) in [("key", k), ("value", v)] {
+                if ids.iter().any(|id| holds(bytes, &id.0[..6])) {
+                    out.push(format!("{table} ({part})"));
+                }
+            }
+        }
+    }
+    out.dedup();
+    out
+}
+
+#[test]
+fn no_table_of_a_site_or_the_host_holds_a_document_id_or_its_time() {
+    let (hd, host, sd, site) = host_and_site();
+    let origin = site.config().site_id;
+    // A second site holding the dossier: the host logs the first site's documents for it.
+    let (od, other) = second_site(&host);
+    // A second dossier, closed at the host before the site's document in it arrives.
+    let closing = Ins::from_body("2840575123456").expect("ins");
+    host.create_dossier(new_dossier(closing.clone()))
+        .expect("dossier");
+    host.set_grant(
+        &closing,
+        &doctor(),
+        GrantState::Active,
+        GrantBasis::Treating,
+    )
+    .expect("grant");
+    sync(&host, &site);
+    let actor = Actor::Professional(doctor());
+    let tail = write(&site, "a body with a tail", &pattern(4_096));
+    let mut producer = doc("producer's id", &pattern(9_000));
+    producer.unique_id = Some("1.2.250.1.999^4242".into());
+    let unique = site
+        .put_document(&actor, AccessMode::Normal, None, &ins(), producer)
+        .expect("put");
+    let returned = site
+        .put_document(
+            &actor,
+            AccessMode::Normal,
+            None,
+            &closing,
+            doc("returned", b"closed meanwhile"),
+        )
+        .expect("put");
+    host.close_dossier(&closing, "holder's request")
+        .expect("close");
+    // The site's changes reach the host without their bodies (owed), and stay queued here.
+    let changes = site.outbox(0, usize::MAX).expect("outbox");
+    host.apply_remote_batch(origin, &changes).expect("push");
+    assert_eq!(host.returned_to(origin).expect("returned"), vec![returned]);
+    site.quarantine_returned(&[returned], "returned")
+        .expect("quarantine");
+    let body = site.body_for_sync(&tail).expect("body");
+    host.receive_pieces_from(
+        origin,
+        &[BodyPiece {
+            doc: tail,
+            offset: 0,
+            total: body.len() as u64,
+            bytes: body[..1_000].to_vec(),
+        }],
+    )
+    .expect("a piece kept");
+    // A document of the host reaches the site without its body, and half of it arrives.
+    let from_host = write(&host, "from the host", &pattern(10_000));
+    let items = host
+        .pull(origin, site.pull_cursor().expect("cursor"), usize::MAX)
+        .expect("pull");
+    site.apply_pull(&items).expect("apply");
+    let body = host.body_for_sync(&from_host).expect("body");
+    site.receive_body_piece(&from_host, 0, body.len() as u64, &body[..4_000])
+        .expect("a piece kept");
+    let forms: Vec<[[u8; 16]; 3]> = [tail, unique]
+        .iter()
+        .map(|id| [site.stored_id(id), host.stored_id(id), other.stored_id(id)])
+        .collect();
+    drop((host, site, other));
+
+    let ids = [tail, unique, returned, from_host];
+    let (site_rows, host_rows) = (raw_rows(sd.path()), raw_rows(hd.path()));
+    let filled = |rows: &RawRows, tables: &[&str]| {
+        for t in tables {
+            assert!(rows.get(*t).is_some_and(|r| !r.is_empty()), "{t} is empty");
+        }
+    };
+    filled(
+        &site_rows,
+        &[
+            "docs",
+            "dossier_docs",
+            "bodies",
+            "unique_ids",
+            "missing_bodies",
+            "partial_bodies",
+            "partial_progress",
+            "quarantine",
+            "outbox",
+        ],
+    );
+    filled(
+        &host_rows,
+        &[
+            "docs",
+            "dossier_docs",
+            "bodies",
+            "unique_ids",
+            "owed_bodies",
+            "returned",
+            "site_log",
+            "partial_bodies",
+            "partial_progress",
+        ],
+    );
+    for (who, rows) in [
+        ("site", &site_rows),
+        ("host", &host_rows),
+        ("other site", &raw_rows(od.path())),
+    ] {
+        assert_eq!(id_leaks(rows, &ids), Vec::<String>::new(), "at the {who}");
+    }
+    // The same document is stored otherwise in each replica, and two replicas holding the same
+    // documents share no stored id.
+    for [at_site, at_host, at_other] in forms {
+        assert!(at_site != at_host && at_site != at_other && at_host != at_other);
+    }
+    let keys = |rows: &RawRows| {
+        rows["docs"]
+            .iter()
+            .map(|(k, _)| k.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    assert!(keys(&site_rows).is_disjoint(&keys(&host_rows)));
 }

@@ -96,7 +96,8 @@ impl Replica {
         let waiting = Self::documents_in_outbox(txn)?;
         let (mut deleted, mut kept) = (0, 0);
         for id in docs {
-            let stored: StoredDoc = match txn.open_table(DOCS)?.get(&id.0)? {
+            let stored_id = self.stored_id(id);
+            let stored: StoredDoc = match txn.open_table(DOCS)?.get(&stored_id)? {
                 Some(row) => postcard::from_bytes(row.value())?,
                 None => continue,
             };
@@ -104,7 +105,7 @@ impl Replica {
                 continue;
             }
             let meta = self.open_meta(&key, &id.0, &stored)?;
-            if meta.facts.author_site == self.config.site_id || waiting.contains(&id.0) {
+            if meta.facts.author_site == self.config.site_id || waiting.contains(&stored_id) {
                 kept += 1;
                 continue;
             }
@@ -113,13 +114,13 @@ impl Replica {
                 let mut uniques = txn.open_table(UNIQUE_IDS)?;
                 if uniques
                     .get(unique.as_slice())?
-                    .is_some_and(|v| v.value() == &id.0)
+                    .is_some_and(|v| v.value() == &stored_id)
                 {
                     uniques.remove(unique.as_slice())?;
                 }
             }
             self.forget_document(txn, &bi, id)?;
-            self.digested(txn, QUARANTINE)?.remove(&id.0)?;
+            self.digested(txn, QUARANTINE)?.remove(&stored_id)?;
             deleted += 1;
         }
         txn.trace(vec![self.admin_entry(
@@ -133,7 +134,7 @@ impl Replica {
         Ok(deleted)
     }
 
-    /// The documents with an entry in the outbox.
+    /// The documents with an entry in the outbox, by stored id.
     fn documents_in_outbox(txn: &WriteTransaction) -> Result<HashSet<[u8; 16]>> {
         let mut out = HashSet::new();
         for row in txn.open_table(OUTBOX)?.iter()? {
