@@ -19,7 +19,7 @@ pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 pub const AUTHORITY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("authority");
 /// Each dossier's data key, wrapped by the master key, by blind index.
 pub const DOSSIER_KEYS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("dossier_keys");
-/// Purge receipts of dossiers purged here, by blind index.
+/// Purge receipts of dossiers purged here, by blind index (`Tombstone`).
 pub const TOMBSTONES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("tombstones");
 /// Document metadata (`StoredDoc`), by document id.
 pub const DOCS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("docs");
@@ -134,6 +134,9 @@ pub mod meta_key {
     /// Highest outbox sequence acknowledged (u64 LE): with the last queued entry, where the
     /// next sequence starts, so sequence numbers are never reused.
     pub const OUTBOX_ACKED: &str = "outbox_acked";
+    /// The key the local trace chain is hashed with, wrapped by the master key; written by a
+    /// full rotation (`rekey`), before which the chain key is derived from the audit key.
+    pub const CHAIN_KEY: &str = "chain_key";
 }
 
 /// The format this build writes. A newer stored format is refused, and so is an older one: the
@@ -290,6 +293,23 @@ pub struct PurgeReceipt {
     /// `Purged` record for a site that missed the closure). Records of that dossier with a
     /// sequence at or below it are refused, so a replayed old bundle cannot bring it back.
     pub cause_seq: u64,
+}
+
+/// A `TOMBSTONES` row: the purge receipt, and the dossier's INS sealed with the registry key
+/// (`tombstone_aad`), so that a full rotation (`rekey`) can compute the row's blind index under
+/// the new index key: nothing else names a dossier purged at a site.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tombstone {
+    /// The receipt.
+    pub receipt: PurgeReceipt,
+    /// `Ins` matricule, sealed.
+    #[serde(with = "serde_bytes")]
+    pub sealed_ins: Vec<u8>,
+}
+
+/// Associated data of a tombstone's sealed INS: bound to its table and blind index.
+pub fn tombstone_aad(bi: &[u8]) -> Vec<u8> {
+    crate::crypto::aad(&[b"tombstones", bi])
 }
 
 /// Plaintext bytes per body chunk: the sealed chunk (plus 40 bytes of nonce and tag), its
