@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::daemon::{enrolled_site, free_port, start_daemon, stop, sync_until_ok, wait_for_socket};
+use crate::daemon::{host_and_two_sites, start_daemon, stop, sync_until_ok, wait_for_socket};
 use crate::support::*;
 
 /// Everything a replica holds is still readable.
@@ -167,18 +167,7 @@ fn doc_ids(c: &Carnet, ins: &str) -> Vec<String> {
 
 #[test]
 fn a_full_rotation_between_two_runs_of_the_site_daemon() {
-    let address = format!("127.0.0.1:{}", free_port());
-    let host = Carnet::empty();
-    host.ok(&["init", "--role", "host", "--listen", &address]);
-    host.ok(&["pki", "init"]);
-    let ins = host.doctor_dossier();
-    let (site, other) = (
-        enrolled_site(&host, &address, &[DOCTOR]),
-        enrolled_site(&host, &address, &[DOCTOR]),
-    );
-    for s in [&site, &other] {
-        s.ok(&["pro", "add", "--rpps", DOCTOR, "--profession", "medecin"]);
-    }
+    let (host, ins, [site, other]) = host_and_two_sites();
     let _host_daemon = start_daemon(&host);
     sync_until_ok(&site, Duration::from_secs(20));
 

@@ -514,26 +514,24 @@ impl Rekey<'_> {
         ))
     }
 
+    /// The new index of `old` in `map`, which names `what`.
+    fn new_index(
+        map: &HashMap<[u8; 32], [u8; 32]>,
+        (table, what): (&str, &str),
+        old: &[u8],
+    ) -> Result<[u8; 32]> {
+        <[u8; 32]>::try_from(old)
+            .ok()
+            .and_then(|old| map.get(&old).copied())
+            .ok_or_else(|| Self::unknown(table, what))
+    }
+
     fn dossier(&self, table: &str, old: &[u8]) -> Result<[u8; 32]> {
-        let old: [u8; 32] = old
-            .try_into()
-            .map_err(|_| Self::unknown(table, "a dossier"))?;
-        self.maps
-            .dossiers
-            .get(&old)
-            .copied()
-            .ok_or_else(|| Self::unknown(table, "a dossier"))
+        Self::new_index(&self.maps.dossiers, (table, "a dossier"), old)
     }
 
     fn pro(&self, table: &str, old: &[u8]) -> Result<[u8; 32]> {
-        let old: [u8; 32] = old
-            .try_into()
-            .map_err(|_| Self::unknown(table, "a professional"))?;
-        self.maps
-            .pros
-            .get(&old)
-            .copied()
-            .ok_or_else(|| Self::unknown(table, "a professional"))
+        Self::new_index(&self.maps.pros, (table, "a professional"), old)
     }
 
     /// (old data key, new data key) of the dossier `old_bi`.
