@@ -3775,3 +3775,35 @@ fn a_full_rotation_stopped_after_its_commit_point_opens_with_the_new_key() {
     );
     assert_eq!(before, answers(&site, &ids));
 }
+
+#[test]
+fn a_full_rotation_carries_the_high_water_mark_even_when_it_stops_after_its_commit_point() {
+    let (_hd, _host, sd, site) = host_and_site();
+    let outside = TempDir::new().expect("tmp");
+    let mark = outside.path().join("carnet.mark");
+    site.check_high_water(&mark).expect("first use");
+    write(&site, "first", b"1");
+    let older = TempDir::new().expect("tmp");
+    let (site, _) = site.rotate_full(&KeySource::File).expect("rotate");
+    // The rotated folder opens under the mark, now sealed under its new key.
+    drop(site);
+    copy_folder(&sd, older.path());
+    let site = Replica::open(sd.path(), &KeySource::File, clock()).expect("reopen");
+    site.check_high_water(&mark).expect("the rotated folder");
+    // Stopped after the database moved into place, before the mark did: the new mark is taken.
+    site.stage_rekey(&KeySource::File).expect("staged");
+    std::fs::rename(sd.path().join(REKEY_FILE), sd.path().join(DB_FILE)).expect("move");
+    drop(site);
+    let site = Replica::open(sd.path(), &KeySource::File, clock()).expect("new key");
+    site.check_high_water(&mark)
+        .expect("the successor mark is taken");
+    assert!(!super::high_water::rekeyed_mark(&mark).exists());
+    drop(site);
+    // And an older copy of the rotated folder is still refused by it.
+    copy_folder(&older, sd.path());
+    let site = Replica::open(sd.path(), &KeySource::File, clock()).expect("opens");
+    assert!(matches!(
+        site.check_high_water(&mark),
+        Err(Error::Integrity(_))
+    ));
+}
