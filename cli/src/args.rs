@@ -521,7 +521,13 @@ pub enum AuditCmd {
 #[derive(Debug, Subcommand)]
 pub enum KeysCmd {
     /// Re-wrap every key under a new master key (new key file, or CARNET_NEW_PASSPHRASE).
-    Rotate,
+    Rotate {
+        /// Replace every key, not only the master key: new index, registry, audit and dossier
+        /// keys, every sealed value sealed again, in a new database file. After a leak: the old
+        /// master key then opens nothing in this folder. The daemon must be stopped.
+        #[arg(long)]
+        full: bool,
+    },
 }
 
 #[derive(Debug, Args)]

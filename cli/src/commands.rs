@@ -227,7 +227,8 @@ pub fn run(cli: &Cli) -> Result<Reply> {
         Command::Emergency(c) => emergency(cli, c),
         Command::Doc(c) => doc(cli, c),
         Command::Audit(c) => audit(cli, c),
-        Command::Keys(KeysCmd::Rotate) => rotate(cli),
+        Command::Keys(KeysCmd::Rotate { full: false }) => rotate(cli),
+        Command::Keys(KeysCmd::Rotate { full: true }) => rotate_full(cli),
         Command::Export(a) => export(cli, a),
         Command::Authority(c) => authority(cli, c),
         Command::Pki(c) => pki(cli, c),
@@ -1792,8 +1793,9 @@ fn audit(cli: &Cli, c: &AuditCmd) -> Result<Reply> {
     }
 }
 
-fn rotate(cli: &Cli) -> Result<Reply> {
-    let r = open(cli)?;
+/// The passphrase a rotation moves to (`CARNET_NEW_PASSPHRASE`), if set, and what the new key
+/// is, for people.
+fn new_passphrase() -> (Option<String>, &'static str) {
     let new = std::env::var("CARNET_NEW_PASSPHRASE")
         .ok()
         .filter(|p| !p.is_empty());
@@ -1803,10 +1805,54 @@ fn rotate(cli: &Cli) -> Result<Reply> {
             "the passphrase in CARNET_NEW_PASSPHRASE (use it as CARNET_PASSPHRASE from now on)"
         }
     };
+    (new, desc)
+}
+
+fn rotate(cli: &Cli) -> Result<Reply> {
+    let r = open(cli)?;
+    let (new, desc) = new_passphrase();
     r.rotate_master_key(new)?;
     Ok(Reply::new(
         format!("master key rotated: every data key re-wrapped under {desc}"),
         json!({"rotated": true}),
+    ))
+}
+
+/// `keys rotate --full`: run here, never through the daemon, which holds the database file a
+/// full rotation replaces.
+fn rotate_full(cli: &Cli) -> Result<Reply> {
+    let dir = data_dir(cli)?;
+    if carnet_syncd::api::local::daemon_answers(&dir) {
+        return Err(Failure::Usage(
+            "carnet-syncd is running on this replica: stop it (e.g. systemctl stop carnet-syncd), run `carnet keys rotate --full`, then start it again".into(),
+        ));
+    }
+    let (new, desc) = new_passphrase();
+    let new_source = match new {
+        Some(p) => KeySource::Passphrase(Zeroizing::new(p)),
+        None => KeySource::File,
+    };
+    let report = carnet_store::replica::rekey::rotate_full(
+        &dir,
+        &key_source(),
+        &new_source,
+        system_clock(),
+    )?;
+    Ok(Reply::new(
+        format!(
+            "every key replaced: {} dossier key(s), {} document(s), {} body chunk(s), {} signed record(s), {} professional(s), {} trace entries sealed again ({} rows in {} tables, new index, registry and audit keys); the master key is now {desc}.\n\
+             The trace chain key and the site's certificates are kept.\n\
+             Copies and backups taken before still open with the old key: after a leak, take a new backup (carnet backup) and destroy the old ones.",
+            report.dossiers,
+            report.documents,
+            report.body_chunks,
+            report.signed_records,
+            report.professionals,
+            report.traces,
+            report.rows,
+            report.tables,
+        ),
+        json!({"rotated": true, "full": true, "report": report}),
     ))
 }
 

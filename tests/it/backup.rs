@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::convergence::{consultation, start_site};
-use crate::daemon::{enrolled_site, free_port, stop, sync_until_ok};
+use crate::daemon::{host_and_two_sites, stop, sync_until_ok};
 use crate::service::{start_logged, wait_for_log};
 use crate::support::*;
 
@@ -29,18 +29,7 @@ fn text(p: &Path) -> String {
 
 #[test]
 fn a_site_restored_from_a_backup_syncs_on_as_if_nothing_happened() {
-    let address = format!("127.0.0.1:{}", free_port());
-    let host = Carnet::empty();
-    host.ok(&["init", "--role", "host", "--listen", &address]);
-    host.ok(&["pki", "init"]);
-    let ins = host.doctor_dossier();
-    let (a, b) = (
-        enrolled_site(&host, &address, &[DOCTOR]),
-        enrolled_site(&host, &address, &[DOCTOR]),
-    );
-    for s in [&a, &b] {
-        s.pro(DOCTOR, "medecin");
-    }
+    let (host, ins, [a, b]) = host_and_two_sites();
     let (_host_daemon, host_log) = start_logged(&host, &[]);
     let mut a_daemon = start_site(&a);
     let _b_daemon = start_site(&b);

@@ -171,6 +171,24 @@ pub fn enrolled_site_and_bundle(
     (site, path)
 }
 
+/// A host on 127.0.0.1 (not started) with `DOCTOR` treating the dossier of `ins_a()`, and two
+/// sites enrolled with `DOCTOR` bound and registered. Answers (host, INS, sites).
+pub fn host_and_two_sites() -> (Carnet, String, [Carnet; 2]) {
+    let address = format!("127.0.0.1:{}", free_port());
+    let host = Carnet::empty();
+    host.ok(&["init", "--role", "host", "--listen", &address]);
+    host.ok(&["pki", "init"]);
+    let ins = host.doctor_dossier();
+    let sites = [
+        enrolled_site(&host, &address, &[DOCTOR]),
+        enrolled_site(&host, &address, &[DOCTOR]),
+    ];
+    for s in &sites {
+        s.pro(DOCTOR, "medecin");
+    }
+    (host, ins, sites)
+}
+
 /// `sync now` until it succeeds (the host daemon may still be binding), bounded.
 pub fn sync_until_ok(site: &Carnet, within: Duration) -> serde_json::Value {
     let deadline = Instant::now() + within;

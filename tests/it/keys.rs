@@ -1,6 +1,10 @@
 //! `keys rotate`: every key is re-wrapped under a new master key; the old one stops opening
-//! the replica, the new one opens everything.
+//! the replica, the new one opens everything. `keys rotate --full`: every key replaced, through
+//! real daemons.
 
+use std::time::{Duration, Instant};
+
+use crate::daemon::{host_and_two_sites, start_daemon, stop, sync_until_ok, wait_for_socket};
 use crate::support::*;
 
 /// Everything a replica holds is still readable.
@@ -138,4 +142,105 @@ fn rotate_from_a_key_file_to_a_passphrase() {
     c.set_env("CARNET_PASSPHRASE", "from now on");
     assert_eq!(c.body(&k.consult, DOCTOR), CONSULT_BODY);
     assert_eq!(c.json(&["audit", "verify"])["ok"], true);
+}
+
+/// Waits (bounded) until `check` holds, `what` naming it for the failure message.
+fn until(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The ids of the documents of `ins` that `c` lists for `DOCTOR`.
+fn doc_ids(c: &Carnet, ins: &str) -> Vec<String> {
+    c.json(&["doc", "list", "--dossier", ins, "--as", DOCTOR])
+        .as_array()
+        .map(|docs| {
+            docs.iter()
+                .filter_map(|d| d["id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_full_rotation_between_two_runs_of_the_site_daemon() {
+    let (host, ins, [site, other]) = host_and_two_sites();
+    let _host_daemon = start_daemon(&host);
+    sync_until_ok(&site, Duration::from_secs(20));
+
+    // The site writes and syncs through its daemon; the other site receives the document.
+    let mut daemon = start_daemon(&site);
+    wait_for_socket(&site);
+    let before = site.add_doc(
+        &ins,
+        DOCTOR,
+        "10",
+        CONSULTATION,
+        "CR",
+        b"before (synthetic)",
+    );
+    until(
+        "the other site receives it",
+        Duration::from_secs(30),
+        || {
+            sync_until_ok(&other, Duration::from_secs(20));
+            doc_ids(&other, &ins).contains(&before)
+        },
+    );
+
+    // Refused while the daemon holds the replica, and nothing changes.
+    let key_file = site.data.join("master.key");
+    let old_key = std::fs::read(&key_file).expect("key file");
+    let o = site.fails(2, &["keys", "rotate", "--full"]);
+    assert!(o.stderr.contains("carnet-syncd is running"), "{}", o.stderr);
+    assert_eq!(std::fs::read(&key_file).expect("key file"), old_key);
+    assert!(!site.data.join("carnet.redb.rekey").exists());
+    assert_eq!(site.body(&before, DOCTOR), b"before (synthetic)");
+
+    assert_eq!(
+        stop(&mut daemon),
+        Some(0),
+        "the site daemon stopped cleanly"
+    );
+    let o = site.ok(&["keys", "rotate", "--full"]);
+    assert!(o.stdout.contains("every key replaced"), "{}", o.stdout);
+    assert!(o.stdout.contains("take a new backup"), "{}", o.stdout);
+    assert_ne!(std::fs::read(&key_file).expect("key file"), old_key);
+    assert_eq!(site.body(&before, DOCTOR), b"before (synthetic)");
+    assert_eq!(site.json(&["audit", "verify"])["ok"], true);
+
+    // The daemon again: a new write reaches the host and the other site, and the host, which
+    // keeps the site's chain key, takes and checks the site's chain after the rotation.
+    let _daemon = start_daemon(&site);
+    wait_for_socket(&site);
+    let after = site.add_doc(
+        &ins,
+        DOCTOR,
+        "10",
+        CONSULTATION,
+        "CR 2",
+        b"after (synthetic)",
+    );
+    until(
+        "the other site receives the new document",
+        Duration::from_secs(30),
+        || {
+            sync_until_ok(&other, Duration::from_secs(20));
+            doc_ids(&other, &ins).contains(&after)
+        },
+    );
+    assert_eq!(other.body(&after, DOCTOR), b"after (synthetic)");
+    until(
+        "the host holds the site's trace of it",
+        Duration::from_secs(30),
+        || {
+            host.audit(&ins)
+                .iter()
+                .any(|e| e["doc"] == after.as_str() && e["action"] == "write")
+        },
+    );
+    assert_eq!(host.json(&["audit", "verify"])["ok"], true);
 }

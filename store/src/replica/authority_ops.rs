@@ -159,7 +159,7 @@ impl Replica {
             let tombstones = txn.open_table(TOMBSTONES)?;
             let row = tombstones.get(&self.blind(ins))?;
             if let Some(t) = row {
-                let receipt: PurgeReceipt = postcard::from_bytes(t.value())?;
+                let receipt = postcard::from_bytes::<Tombstone>(t.value())?.receipt;
                 if receipt.cause_seq >= v.seq {
                     return Ok((false, None));
                 }
@@ -273,7 +273,12 @@ impl Replica {
             }
             let purged_since = match v.record.ins() {
                 Some(ins) => match tombstones.get(&self.blind(ins))? {
-                    Some(t) => postcard::from_bytes::<PurgeReceipt>(t.value())?.cause_seq >= v.seq,
+                    Some(t) => {
+                        postcard::from_bytes::<Tombstone>(t.value())?
+                            .receipt
+                            .cause_seq
+                            >= v.seq
+                    }
                     None => false,
                 },
                 None => false,
@@ -788,8 +793,15 @@ impl Replica {
                 at: self.now(),
                 cause_seq,
             };
+            let tombstone = Tombstone {
+                receipt,
+                sealed_ins: self
+                    .keys
+                    .registry
+                    .seal(&tombstone_aad(&bi), ins.matricule().as_bytes())?,
+            };
             self.digested(&txn, TOMBSTONES)?
-                .insert(&bi, postcard::to_stdvec(&receipt)?.as_slice())?;
+                .insert(&bi, postcard::to_stdvec(&tombstone)?.as_slice())?;
             if self.config.role == Role::Site && held {
                 // The host records that this site no longer holds the dossier.
                 self.push_outbox(&txn, |seq| {
@@ -838,7 +850,7 @@ impl Replica {
         let t = txn.open_table(TOMBSTONES)?;
         let row = t.get(&self.blind(ins))?;
         match row {
-            Some(v) => Ok(Some(postcard::from_bytes(v.value())?)),
+            Some(v) => Ok(Some(postcard::from_bytes::<Tombstone>(v.value())?.receipt)),
             None => Ok(None),
         }
     }

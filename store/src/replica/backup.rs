@@ -190,6 +190,7 @@ pub(super) fn each_table(v: &mut impl Tables) -> Result<()> {
     v.table(PARTIAL_PROGRESS)?;
     v.table(SITE_REQUESTS)?;
     v.table(SITE_CHAIN_KEYS)?;
+    v.table(SITE_SIGNED_HEADS)?;
     v.table(EMERGENCY_SCOPES)?;
     v.table(HOST_CLEARS)?;
     v.table(APPLIED)?;
@@ -371,7 +372,7 @@ impl Replica {
 }
 
 /// A path beside `path`: `.NAME.WHAT-RANDOM`.
-fn sibling(path: &Path, what: &str) -> Result<PathBuf> {
+pub(super) fn sibling(path: &Path, what: &str) -> Result<PathBuf> {
     let name = path
         .file_name()
         .ok_or_else(|| Error::invalid(format!("{} is not a file name", path.display())))?
@@ -511,7 +512,7 @@ impl<R: Read> Tables for Load<'_, R> {
 }
 
 /// A fixed-width type's bytes must have its width (redb's `from_bytes` assumes it).
-fn check_width<T: Value>(bytes: &[u8]) -> Result<()> {
+pub(super) fn check_width<T: Value>(bytes: &[u8]) -> Result<()> {
     match T::fixed_width() {
         Some(w) if w != bytes.len() => Err(Error::integrity("the backup's content is malformed")),
         _ => Ok(()),

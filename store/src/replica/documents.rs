@@ -1135,7 +1135,7 @@ fn validate_new(d: &NewDocument) -> Result<()> {
     Ok(())
 }
 
-fn meta_aad(id: &[u8; 16], rev: u64) -> Vec<u8> {
+pub(super) fn meta_aad(id: &[u8; 16], rev: u64) -> Vec<u8> {
     aad(&[b"meta", id, &rev.to_le_bytes()])
 }
 

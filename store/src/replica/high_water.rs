@@ -34,7 +34,7 @@ use redb::ReadableTable;
 
 use super::tables::*;
 use super::{Replica, lock_err, read_u64};
-use crate::crypto::aad;
+use crate::crypto::{Key, aad};
 use crate::error::{Error, Result};
 
 /// How often, at most, a running replica writes its trace head into the mark.
@@ -42,15 +42,15 @@ pub const TRACE_MARK_EVERY: Duration = Duration::from_secs(1);
 
 /// What a mark file holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Mark {
+pub(super) struct Mark {
     /// The highest open epoch the replica reached.
-    epoch: u64,
+    pub(super) epoch: u64,
     /// The last sequence of the replica's own trace made durable.
-    trace_seq: u64,
+    pub(super) trace_seq: u64,
 }
 
 impl Mark {
-    fn to_bytes(self) -> [u8; 16] {
+    pub(super) fn to_bytes(self) -> [u8; 16] {
         let mut b = [0u8; 16];
         b[..8].copy_from_slice(&self.epoch.to_le_bytes());
         b[8..].copy_from_slice(&self.trace_seq.to_le_bytes());
@@ -75,17 +75,26 @@ pub(super) struct MarkState {
     at: Instant,
 }
 
+impl MarkState {
+    /// The mark file.
+    pub(super) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
 impl Replica {
-    fn mark_key(&self) -> crate::crypto::Key {
-        self.keys.registry.derive("carnet 2026-12 high-water mark")
+    fn mark_key(&self) -> Key {
+        mark_key(&self.keys.registry)
     }
 
     fn mark_aad(&self) -> Vec<u8> {
-        aad(&[
-            b"high-water",
-            &self.config.site_id.0.to_le_bytes(),
-            &self.config.created_at.to_le_bytes(),
-        ])
+        mark_aad(&self.config)
+    }
+
+    /// The last sequence of this replica's own trace made durable, for a mark written by a
+    /// full rotation (`rekey`).
+    pub(super) fn trace_head_for_mark(&self) -> Result<u64> {
+        self.own_trace_head()
     }
 
     /// The folder's open epoch (`meta`).
@@ -101,13 +110,26 @@ impl Replica {
         Ok(self.chain.lock().map_err(lock_err)?.seq)
     }
 
-    /// The mark in the file at `path`, if there is one.
+    /// The mark in the file at `path`, if there is one. A mark this replica's key does not
+    /// open may be the one a full rotation (`rekey`) replaced: its successor, written beside it
+    /// (`rekeyed_mark`) before the new database moved into place, is taken instead.
     fn read_mark(&self, path: &Path) -> Result<Option<Mark>> {
         let sealed = match std::fs::read(path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e.into()),
         };
+        let next = rekeyed_mark(path);
+        if self.mark_key().open(&self.mark_aad(), &sealed).is_err()
+            && let Ok(successor) = std::fs::read(&next)
+            && self.mark_key().open(&self.mark_aad(), &successor).is_ok()
+        {
+            std::fs::rename(&next, path)?;
+            if let Some(dir) = path.parent() {
+                super::sync_dir(dir);
+            }
+            return self.read_mark(path);
+        }
         let plain = self
             .mark_key()
             .open(&self.mark_aad(), &sealed)
@@ -235,14 +257,41 @@ impl Replica {
     }
 }
 
+/// The key a replica's mark is sealed with, derived from its registry key.
+pub(super) fn mark_key(registry: &Key) -> Key {
+    registry.derive("carnet 2026-12 high-water mark")
+}
+
+/// The associated data of a replica's mark: bound to the replica.
+pub(super) fn mark_aad(config: &super::ReplicaConfig) -> Vec<u8> {
+    aad(&[
+        b"high-water",
+        &config.site_id.0.to_le_bytes(),
+        &config.created_at.to_le_bytes(),
+    ])
+}
+
+/// Where a full rotation writes the mark sealed under its new key, before the new database
+/// moves into place (`read_mark` takes it once that key is the replica's).
+pub(super) fn rekeyed_mark(mark: &Path) -> PathBuf {
+    mark.with_extension("rekey")
+}
+
+/// The mark file `CARNET_HIGH_WATER` names, if set.
+pub(super) fn mark_from_env() -> Option<PathBuf> {
+    std::env::var_os(HIGH_WATER_ENV)
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+}
+
 /// The environment variable naming the mark file (outside the data folder).
 pub const HIGH_WATER_ENV: &str = "CARNET_HIGH_WATER";
 
 /// At the edges (CLI, daemon): checks and raises the mark `CARNET_HIGH_WATER` names, if set.
 pub fn check_high_water_from_env(replica: &Replica) -> Result<()> {
-    match std::env::var_os(HIGH_WATER_ENV) {
-        Some(p) if !p.is_empty() => replica.check_high_water(Path::new(&p)),
-        _ => Ok(()),
+    match mark_from_env() {
+        Some(p) => replica.check_high_water(&p),
+        None => Ok(()),
     }
 }
 
@@ -250,8 +299,8 @@ pub fn check_high_water_from_env(replica: &Replica) -> Result<()> {
 /// (opened with `Replica::open`, not through `check_high_water_from_env`, which would refuse the
 /// restored, older folder). Returns the new epoch, if a mark is kept.
 pub fn reset_high_water_from_env(replica: &Replica) -> Result<Option<u64>> {
-    match std::env::var_os(HIGH_WATER_ENV) {
-        Some(p) if !p.is_empty() => replica.reset_high_water(Path::new(&p)).map(Some),
-        _ => Ok(None),
+    match mark_from_env() {
+        Some(p) => replica.reset_high_water(&p).map(Some),
+        None => Ok(None),
     }
 }

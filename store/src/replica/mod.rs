@@ -29,6 +29,7 @@ mod journal;
 mod pending_grants;
 mod push_check;
 mod quarantine;
+pub mod rekey;
 mod restored;
 mod row_digest;
 mod site_access;
@@ -92,6 +93,8 @@ const KEY_CHECK: &[u8] = b"carnet master key check";
 const CHECK_STATE: &[u8] = b"check-state";
 /// The `meta` row holding the keyed hash of every other `meta` row (`state_mac`).
 const STATE_MAC: &str = "state_mac";
+/// Associated data of the trace chain key wrapped in `meta` (`meta_key::CHAIN_KEY`).
+const CHAIN_KEY_AAD: &[u8] = b"chain";
 
 /// The replica's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -191,7 +194,8 @@ struct Keys {
     docs: doc_map::DocMap,
     registry: Key,
     audit: Key,
-    /// Keys the trace chain hashes (derived from `audit`).
+    /// Keys the trace chain hashes: derived from `audit`, or after a full rotation
+    /// (`rekey`) its own key, wrapped in `meta` (`CHAIN_KEY`), since the host holds it.
     chain: Key,
     /// Keys `STATE_MAC`, the hash that authenticates the `meta` table (derived from
     /// `registry`).
@@ -522,7 +526,10 @@ impl Replica {
             )),
             other => Error::Storage(other.to_string()),
         })?;
-        let (config, keyring) = {
+        // Holding the live database: no rotation runs, so a re-keyed file beside it is a
+        // leftover of one that stopped before its commit point.
+        rekey::remove_leftover(dir)?;
+        let (config, keyring, wrapped_chain) = {
             let txn = db.begin_read()?;
             let meta = txn.open_table(META)?;
             let get = |k: &str| -> Result<Vec<u8>> {
@@ -551,23 +558,28 @@ impl Replica {
             }
             let config: ReplicaConfig = postcard::from_bytes(&get(meta_key::CONFIG)?)?;
             let keyring: Keyring = postcard::from_bytes(&get(meta_key::KEYRING)?)?;
-            (config, keyring)
+            let chain = meta.get(meta_key::CHAIN_KEY)?.map(|v| v.value().to_vec());
+            (config, keyring, chain)
         };
         let master = Self::master_key(dir, source, &keyring)?;
         // A replica whose check says so has its `meta` authenticated; an older one gets it now.
         let state_authenticated = master.open(CHECK_STATE, &keyring.check).is_ok();
         let registry = master.unwrap_key(b"registry", &keyring.registry)?;
         let index = master.unwrap_key(b"index", &keyring.index)?;
+        let audit = master.unwrap_key(b"audit", &keyring.audit)?;
         let keys = Keys {
             docs: doc_map::DocMap::new(&index),
             index,
             state: state_key(&registry),
-            rows: registry.derive("carnet 2026-12 row digests"),
+            rows: rows_key(&registry),
             registry,
-            audit: master.unwrap_key(b"audit", &keyring.audit)?,
-            chain: master
-                .unwrap_key(b"audit", &keyring.audit)?
-                .derive("carnet 2026-11 trace chain hash"),
+            // Derived from the audit key until a full rotation replaces that key; kept on its
+            // own from then on, since the host checks this replica's chain under it.
+            chain: match &wrapped_chain {
+                Some(w) => master.unwrap_key(CHAIN_KEY_AAD, w)?,
+                None => audit.derive("carnet 2026-11 trace chain hash"),
+            },
+            audit,
             master: RwLock::new(MasterKeys {
                 current: master,
                 previous: None,
@@ -745,11 +757,14 @@ impl Replica {
         };
         match (&keyring.kind, source) {
             (KeyKind::File, _) => {
-                let key = read_key_file(&dir.join(KEY_FILE))?;
-                if opens(&key) {
-                    return Ok(key);
+                let current = read_key_file(&dir.join(KEY_FILE));
+                if let Ok(key) = &current
+                    && opens(key)
+                {
+                    return current;
                 }
-                // A rotation that committed but did not finish renaming the new key file.
+                // A rotation that committed but did not finish renaming the new key file (from
+                // a passphrase, there was no key file before).
                 let new_path = dir.join(KEY_FILE_NEW);
                 if let Ok(new) = read_key_file(&new_path)
                     && opens(&new)
@@ -758,6 +773,7 @@ impl Replica {
                     sync_dir(dir);
                     return Ok(new);
                 }
+                current?;
                 Err(Error::Key(format!(
                     "the key file {} does not open this replica (wrong or damaged key file)",
                     dir.join(KEY_FILE).display()
@@ -789,7 +805,7 @@ impl Replica {
     }
 
     /// Re-wraps every data key and replica key under a new master key (the old one stops
-    /// working). Documents are not re-encrypted: only keys are.
+    /// working). Documents are not re-encrypted: only keys are (`rekey` replaces them all).
     pub fn rotate_master_key(&self, new_source: &KeySource) -> Result<()> {
         let (new_master, kind) = match new_source {
             KeySource::File => (Key::random()?, KeyKind::File),
@@ -822,6 +838,10 @@ impl Replica {
                     Some(serde_bytes::ByteBuf::from(new_master.wrap(b"signing", &k)?));
             }
             meta.insert(meta_key::KEYRING, postcard::to_stdvec(&keyring)?.as_slice())?;
+            if meta.get(meta_key::CHAIN_KEY)?.is_some() {
+                let wrapped = new_master.wrap(CHAIN_KEY_AAD, &self.keys.chain)?;
+                meta.insert(meta_key::CHAIN_KEY, wrapped.as_slice())?;
+            }
             let mut dk = self.digested(&txn, DOSSIER_KEYS)?;
             let rows: Vec<([u8; 32], Vec<u8>)> = dk
                 .iter()?
@@ -937,7 +957,7 @@ impl Replica {
     }
 
     fn blind(&self, ins: &Ins) -> [u8; 32] {
-        self.keys.index.blind_index(ins.matricule().as_bytes())
+        ins_index(&self.keys.index, ins)
     }
 
     /// How a professional appears in table keys (`PROS`, grants' subject keys, the host's
@@ -945,9 +965,7 @@ impl Replica {
     /// the blind index key, tagged apart from INS and unique ids, so the file names no
     /// professional in clear and two replicas' keys for one professional differ.
     fn rpps_index(&self, rpps: &crate::ids::Rpps) -> [u8; 32] {
-        self.keys
-            .index
-            .tagged_index(b"rpps:", rpps.as_str().as_bytes())
+        rpps_index_under(&self.keys.index, rpps)
     }
 
     /// How a document appears in this replica's tables (`doc_map`): never its id in clear. Public
@@ -993,9 +1011,7 @@ impl Replica {
 
     /// The `UNIQUE_IDS` key of a producer's unique id in a dossier.
     fn unique_index(&self, bi: &[u8; 32], unique_id: &str) -> [u8; 64] {
-        let mut tagged = b"unique-id:".to_vec();
-        tagged.extend_from_slice(unique_id.as_bytes());
-        unique_key(bi, &self.keys.index.blind_index(&tagged))
+        unique_index_under(&self.keys.index, bi, unique_id)
     }
 
     /// Highest host record sequence this replica has admitted (its authority cache version).
@@ -1858,6 +1874,11 @@ fn state_key(registry: &Key) -> Key {
     registry.derive("carnet 2026-12 replica state")
 }
 
+/// The key of the row digests (`row_digest`), derived from the registry key.
+fn rows_key(registry: &Key) -> Key {
+    registry.derive("carnet 2026-12 row digests")
+}
+
 /// Keyed BLAKE3 of every `meta` row but `STATE_MAC`, in key order, each as its length-prefixed
 /// key and value.
 fn state_mac(
@@ -1876,6 +1897,23 @@ fn state_mac(
         }
     }
     Ok(*h.finalize().as_bytes())
+}
+
+/// The blind index of an INS under the index key `index` (`Replica::blind`).
+fn ins_index(index: &Key, ins: &Ins) -> [u8; 32] {
+    index.blind_index(ins.matricule().as_bytes())
+}
+
+/// `Replica::rpps_index` under the index key `index`.
+fn rpps_index_under(index: &Key, rpps: &crate::ids::Rpps) -> [u8; 32] {
+    index.tagged_index(b"rpps:", rpps.as_str().as_bytes())
+}
+
+/// `Replica::unique_index` under the index key `index`.
+fn unique_index_under(index: &Key, bi: &[u8; 32], unique_id: &str) -> [u8; 64] {
+    let mut tagged = b"unique-id:".to_vec();
+    tagged.extend_from_slice(unique_id.as_bytes());
+    unique_key(bi, &index.blind_index(&tagged))
 }
 
 fn trace_aad(origin: u32) -> Vec<u8> {

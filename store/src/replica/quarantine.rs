@@ -33,7 +33,7 @@ pub struct Quarantined {
 
 impl Replica {
     fn quarantine_key(&self) -> crate::crypto::Key {
-        self.keys.registry.derive("carnet 2026-11 quarantine")
+        quarantine_key(&self.keys.registry)
     }
 
     /// Copies a document into the quarantine inside `txn`, reading it from `snap` (taken under
@@ -139,4 +139,9 @@ impl Replica {
         out.sort_unstable_by_key(|q| q.meta.facts.id);
         Ok(out)
     }
+}
+
+/// The key quarantined documents are sealed with, derived from the registry key.
+pub(super) fn quarantine_key(registry: &crate::crypto::Key) -> crate::crypto::Key {
+    registry.derive("carnet 2026-11 quarantine")
 }

@@ -62,7 +62,7 @@ pub struct TraceHeadEvidence {
 }
 
 /// Associated data of a site's chain key, sealed at the host: bound to the site.
-fn chain_key_aad(site: SiteId) -> Vec<u8> {
+pub(super) fn chain_key_aad(site: SiteId) -> Vec<u8> {
     aad(&[b"site-chain-key", &site.0.to_be_bytes()])
 }
 

@@ -1221,7 +1221,7 @@ fn owed_key(stored: &[u8; 16], site: u32) -> [u8; 20] {
 
 /// Associated data of a queued act: bound to its document (the id, not its stored form) and its
 /// outbox entry.
-fn act_aad(id: &[u8; 16], seq: u64) -> Vec<u8> {
+pub(super) fn act_aad(id: &[u8; 16], seq: u64) -> Vec<u8> {
     crate::crypto::aad(&[b"outbox-act", id, &seq.to_le_bytes()])
 }
 
@@ -1251,7 +1251,7 @@ impl Queued {
 
 /// Associated data of a sealed part of an outbox entry: the table, the entry's sequence, its
 /// kind and its fields kept in clear.
-fn outbox_aad(seq: u64, kind: Queued, clear: &[u8]) -> Vec<u8> {
+pub(super) fn outbox_aad(seq: u64, kind: Queued, clear: &[u8]) -> Vec<u8> {
     crate::crypto::aad(&[
         b"outbox",
         &seq.to_le_bytes(),
@@ -1261,7 +1261,7 @@ fn outbox_aad(seq: u64, kind: Queued, clear: &[u8]) -> Vec<u8> {
 }
 
 /// Associated data of a kept body piece: bound to its document (the id) and offset.
-fn piece_aad(id: &[u8; 16], offset: u64) -> Vec<u8> {
+pub(super) fn piece_aad(id: &[u8; 16], offset: u64) -> Vec<u8> {
     crate::crypto::aad(&[b"partial-body", id, &offset.to_le_bytes()])
 }
 

@@ -20,7 +20,7 @@ pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 pub const AUTHORITY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("authority");
 /// Each dossier's data key, wrapped by the master key, by blind index.
 pub const DOSSIER_KEYS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("dossier_keys");
-/// Purge receipts of dossiers purged here, by blind index.
+/// Purge receipts of dossiers purged here, by blind index (`Tombstone`).
 pub const TOMBSTONES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("tombstones");
 /// Document metadata (`StoredDoc`), by stored document id (`doc_map`).
 pub const DOCS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("docs");
@@ -143,6 +143,9 @@ pub mod meta_key {
     /// The latest local time a commit saw (i64 LE as u64), raised in steps of `CLOCK_STEP`: a
     /// clock set back behind it by more than the skew ends the lease (`Replica::lease_expired`).
     pub const CLOCK_SEEN: &str = "clock_seen";
+    /// The key the local trace chain is hashed with, wrapped by the master key; written by a
+    /// full rotation (`rekey`), before which the chain key is derived from the audit key.
+    pub const CHAIN_KEY: &str = "chain_key";
 }
 
 /// The format this build writes. A newer stored format is refused, and so is an older one: the
@@ -304,6 +307,23 @@ pub struct PurgeReceipt {
     /// `Purged` record for a site that missed the closure). Records of that dossier with a
     /// sequence at or below it are refused, so a replayed old bundle cannot bring it back.
     pub cause_seq: u64,
+}
+
+/// A `TOMBSTONES` row: the purge receipt, and the dossier's INS sealed with the registry key
+/// (`tombstone_aad`), so that a full rotation (`rekey`) can compute the row's blind index under
+/// the new index key: nothing else names a dossier purged at a site.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tombstone {
+    /// The receipt.
+    pub receipt: PurgeReceipt,
+    /// `Ins` matricule, sealed.
+    #[serde(with = "serde_bytes")]
+    pub sealed_ins: Vec<u8>,
+}
+
+/// Associated data of a tombstone's sealed INS: bound to its table and blind index.
+pub fn tombstone_aad(bi: &[u8]) -> Vec<u8> {
+    crate::crypto::aad(&[b"tombstones", bi])
 }
 
 /// Plaintext bytes per body chunk: the sealed chunk (plus 40 bytes of nonce and tag), its

@@ -3893,3 +3893,432 @@ fn no_table_of_a_site_or_the_host_holds_a_document_id_or_its_time() {
     };
     assert!(keys(&site_rows).is_disjoint(&keys(&host_rows)));
 }
+
+// ---- full rotation (`rekey`) ----
+
+use super::rekey::REKEY_FILE;
+
+fn gone() -> Ins {
+    Ins::from_body("2900101123456").expect("ins")
+}
+
+fn pinned() -> Ins {
+    Ins::from_body("1751299123456").expect("ins")
+}
+
+/// A host and a site holding between them a row of each kind a full rotation re-keys:
+/// documents with bodies and a producer's unique id, a flag the host cleared, a dossier closed
+/// and purged on both (tombstones, the host's `Purged` record, a purge receipt), a pin waiting
+/// at the host, and at the site a quarantined document and queued changes of every kind (acts,
+/// pin, in-person consent, emergency fetch).
+fn a_full_house() -> (TempDir, Replica, TempDir, Replica, Vec<DocId>) {
+    let (hd, host, sd, site) = host_and_site();
+    let doctor_acts = Actor::Professional(doctor());
+    host.create_dossier(new_dossier(gone())).expect("dossier");
+    host.set_grant(&gone(), &doctor(), GrantState::Active, GrantBasis::Treating)
+        .expect("grant");
+    let mut with_unique = doc("lab results", b"potassium 4.1 (synthetic)");
+    with_unique.unique_id = Some("urn:oid:1.2.250.1.999.1".into());
+    let ids = vec![
+        write(&site, "consultation", b"first body (synthetic)"),
+        site.put_document(&doctor_acts, AccessMode::Normal, None, &ins(), with_unique)
+            .expect("put"),
+        write(&site, "to quarantine", b"returned body (synthetic)"),
+    ];
+    site.pin(&pinned(), true).expect("pin");
+    sync(&host, &site);
+    host.update_document(&doctor_acts, &ids[0], Action::Mask)
+        .expect("mask");
+    host.update_document(&doctor_acts, &ids[0], Action::Unmask)
+        .expect("unmask");
+    host.close_dossier(&gone(), "holder's request")
+        .expect("close");
+    host.purge_dossier(&gone()).expect("purge");
+    sync(&host, &site);
+    assert!(site.purge_receipt(&gone()).expect("receipt").is_some());
+    site.quarantine_returned(&ids[2..], "returned by the host")
+        .expect("quarantine");
+    site.update_document(&doctor_acts, &ids[1], Action::Mask)
+        .expect("queued act");
+    site.pin(&gone(), true).expect("queued pin");
+    site.record_pending_grant(&ins(), &nurse())
+        .expect("pending grant");
+    site.request_emergency_fetch(
+        &pinned(),
+        &doctor(),
+        AccessMode::BreakGlass,
+        "unconscious (synthetic)",
+    )
+    .expect("emergency fetch");
+    (hd, host, sd, site, ids)
+}
+
+/// Everything a replica answers, to compare before and after a rotation (the listing this
+/// makes is traced: the trace is compared without listings).
+fn answers(r: &Replica, ids: &[DocId]) -> String {
+    let doctor_acts = Actor::Professional(doctor());
+    let listing = TraceAction::Access(Action::List);
+    let mut out = format!(
+        "{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n",
+        r.list_documents(&doctor_acts, &ins()).expect("list"),
+        r.dossiers().expect("dossiers"),
+        r.professionals().expect("pros"),
+        r.outbox(0, usize::MAX).expect("outbox"),
+        r.quarantined().expect("quarantine"),
+        r.verify_audit().expect("trace").0,
+        r.audit_entries(None)
+            .expect("entries")
+            .into_iter()
+            .filter(|e| e.entry.action != listing)
+            .collect::<Vec<_>>(),
+        r.purge_receipt(&gone()).expect("receipt"),
+        r.authority_version().expect("version"),
+        r.trace_chain_key(),
+    );
+    for id in ids {
+        let body = r.body_for_sync(id).map(|b| b.to_vec()).ok();
+        out.push_str(&format!("{id:?} {body:?}\n"));
+    }
+    if r.config().role == Role::Host {
+        let site = SiteId(7);
+        out.push_str(&format!(
+            "{:?}\n{:?}\n{:?}\n{:?}\n",
+            r.pull(site, 0, usize::MAX).expect("log"),
+            r.site_requests().expect("requests"),
+            r.site_professionals(site).expect("bound"),
+            r.site_purge_receipts(&gone()).expect("receipts"),
+        ));
+    }
+    out
+}
+
+#[test]
+fn after_a_full_rotation_everything_reads_the_same() {
+    let (hd, host, sd, site, ids) = a_full_house();
+    let before = (answers(&host, &ids), answers(&site, &ids));
+    let (host, report) = host.rotate_full(&KeySource::File).expect("host");
+    assert_eq!((report.dossiers, report.documents), (1, 3), "{report:?}");
+    assert!(report.body_chunks >= 3 && report.traces > 10, "{report:?}");
+    let (site, report) = site.rotate_full(&KeySource::File).expect("site");
+    assert_eq!(report.documents, 3, "{report:?}");
+    assert_eq!(before, (answers(&host, &ids), answers(&site, &ids)));
+    // Reopened from disk, and still syncing: the queued changes reach the host, which writes
+    // back into the site's scope.
+    drop((host, site));
+    let host = Replica::open(hd.path(), &KeySource::File, clock()).expect("host");
+    let site = Replica::open(sd.path(), &KeySource::File, clock()).expect("site");
+    assert_eq!(before, (answers(&host, &ids), answers(&site, &ids)));
+    let new = write(&site, "after the rotation", b"new body (synthetic)");
+    sync(&host, &site);
+    assert_eq!(site.outbox_len().expect("outbox"), 0);
+    let requests = host.site_requests().expect("requests");
+    assert!(requests.iter().any(|r| r.ins == gone()), "{requests:?}");
+    assert_eq!(
+        &host.body_for_sync(&new).expect("body")[..],
+        b"new body (synthetic)"
+    );
+    host.update_document(&Actor::Professional(doctor()), &new, Action::Mask)
+        .expect("mask at the host");
+    sync(&host, &site);
+    let metas = metas(&site);
+    assert!(
+        metas
+            .iter()
+            .any(|m| m.facts.id == new && m.state().flags.masque_ps),
+        "the host's change reached the site"
+    );
+    host.verify_audit().expect("host trace");
+    site.verify_audit().expect("site trace");
+}
+
+/// What an old copy's keys still open in the database file at `dir`, opened raw (no Carnet).
+struct OldKeys {
+    index: Key,
+    registry: Key,
+    audit: Key,
+    data: Vec<Key>,
+    /// The documents' stored ids under the old index key.
+    stored_ids: Vec<[u8; 16]>,
+}
+
+impl OldKeys {
+    fn of(r: &Replica) -> OldKeys {
+        let master = r.keys.master.read().expect("lock");
+        let txn = r.begin_read().expect("read");
+        let data = txn
+            .open_table(DOSSIER_KEYS)
+            .expect("keys")
+            .iter()
+            .expect("iter")
+            .map(|row| {
+                let (k, v) = row.expect("row");
+                master
+                    .unwrap_key(&aad(&[b"dossier-key", k.value()]), v.value())
+                    .expect("unwrap")
+            })
+            .collect();
+        let stored_ids = txn
+            .open_table(DOCS)
+            .expect("docs")
+            .iter()
+            .expect("iter")
+            .map(|row| *row.expect("row").0.value())
+            .collect();
+        OldKeys {
+            stored_ids,
+            index: r.keys.index.clone(),
+            registry: r.keys.registry.clone(),
+            audit: r.keys.audit.clone(),
+            data,
+        }
+    }
+
+    /// How many rows, per table, open with these keys (with the associated data the code gives
+    /// that row) or carry the blind index of a known INS under the old index key.
+    fn still_open(&self, dir: &std::path::Path) -> Vec<(&'static str, usize)> {
+        let db = redb::Database::open(dir.join(DB_FILE)).expect("raw open");
+        let txn = db.begin_read().expect("read");
+        let any_data_key =
+            |a: &[u8], sealed: &[u8]| self.data.iter().any(|k| k.open(a, sealed).is_ok());
+        let old_bi = ins_index(&self.index, &ins());
+        // Rows name documents by their stored id under the old index key.
+        let doc_map = super::doc_map::DocMap::new(&self.index);
+        let id_of = |stored: &[u8]| doc_map.id(stored.try_into().expect("a stored id")).0;
+        let mut docs = 0;
+        for row in txn.open_table(DOCS).expect("docs").iter().expect("iter") {
+            let (k, v) = row.expect("row");
+            let stored: StoredDoc = postcard::from_bytes(v.value()).expect("doc");
+            if any_data_key(
+                &super::documents::meta_aad(&id_of(k.value()), stored.rev),
+                &stored.sealed,
+            ) || stored.dossier == old_bi
+                || self.stored_ids.contains(k.value())
+            {
+                docs += 1;
+            }
+        }
+        let mut bodies = 0;
+        for row in txn
+            .open_table(BODIES)
+            .expect("bodies")
+            .iter()
+            .expect("iter")
+        {
+            let (k, v) = row.expect("row");
+            let id = id_of(&k.value()[1..17]);
+            let chunk = u32::from_be_bytes(k.value()[17..].try_into().expect("chunk"));
+            if any_data_key(&super::documents::body_aad(&id, chunk), v.value()) {
+                bodies += 1;
+            }
+        }
+        let mut authority = 0;
+        for row in txn
+            .open_table(AUTHORITY)
+            .expect("auth")
+            .iter()
+            .expect("iter")
+        {
+            let (k, v) = row.expect("row");
+            if self
+                .registry
+                .open(&aad(&[b"authority", k.value()]), v.value())
+                .is_ok()
+                || k.value().windows(32).any(|w| w == old_bi)
+            {
+                authority += 1;
+            }
+        }
+        let mut keyed = 0;
+        for row in txn
+            .open_table(DOSSIER_KEYS)
+            .expect("keys")
+            .iter()
+            .expect("iter")
+        {
+            if *row.expect("row").0.value() == old_bi {
+                keyed += 1;
+            }
+        }
+        let mut pros = 0;
+        for row in txn.open_table(PROS).expect("pros").iter().expect("iter") {
+            let (k, v) = row.expect("row");
+            if self.registry.open(&pro_aad(k.value()), v.value()).is_ok()
+                || *k.value() == rpps_index_under(&self.index, &doctor())
+            {
+                pros += 1;
+            }
+        }
+        let mut traces = 0;
+        for row in txn.open_table(AUDIT).expect("audit").iter().expect("iter") {
+            let (k, v) = row.expect("row");
+            let stored: StoredTrace = postcard::from_bytes(v.value()).expect("trace");
+            if self
+                .audit
+                .open(&trace_aad(k.value().0), &stored.sealed)
+                .is_ok()
+            {
+                traces += 1;
+            }
+        }
+        let mut outbox = 0;
+        for row in txn
+            .open_table(OUTBOX)
+            .expect("outbox")
+            .iter()
+            .expect("iter")
+        {
+            let (k, v) = row.expect("row");
+            if let OutboxItem::DocumentAct { id, sealed_act } =
+                postcard::from_bytes(v.value()).expect("item")
+                && self
+                    .registry
+                    .open(&super::sync::act_aad(&id_of(&id), k.value()), &sealed_act)
+                    .is_ok()
+            {
+                outbox += 1;
+            }
+        }
+        let mut quarantine = 0;
+        for row in txn.open_table(QUARANTINE).expect("q").iter().expect("iter") {
+            let (k, v) = row.expect("row");
+            if super::quarantine::quarantine_key(&self.registry)
+                .open(&aad(&[b"quarantine", &id_of(k.value())]), v.value())
+                .is_ok()
+            {
+                quarantine += 1;
+            }
+        }
+        let mut settings = 0;
+        for row in txn.open_table(META).expect("meta").iter().expect("iter") {
+            let (k, v) = row.expect("row");
+            if let Some(name) = k.value().strip_prefix("sealed:")
+                && self
+                    .registry
+                    .open(&aad(&[b"sealed", name.as_bytes()]), v.value())
+                    .is_ok()
+            {
+                settings += 1;
+            }
+        }
+        vec![
+            ("docs", docs),
+            ("bodies", bodies),
+            ("authority", authority),
+            ("dossier_keys", keyed),
+            ("professionals", pros),
+            ("audit", traces),
+            ("outbox", outbox),
+            ("quarantine", quarantine),
+            ("meta sealed:", settings),
+        ]
+    }
+}
+
+#[test]
+fn after_a_full_rotation_the_old_keys_open_nothing_and_a_plain_one_does_not_do_that() {
+    let (_hd, host, sd, site, _ids) = a_full_house();
+    drop(host);
+    site.put_sealed("identity", b"a site's TLS identity (synthetic)")
+        .expect("sealed setting");
+    let old = OldKeys::of(&site);
+
+    // A plain rotation: the old keys still open every table's rows (so this check can fail).
+    site.rotate_master_key(&KeySource::File).expect("plain");
+    drop(site);
+    let opened = old.still_open(sd.path());
+    assert!(opened.iter().all(|(_, n)| *n > 0), "{opened:?}");
+
+    let site = Replica::open(sd.path(), &KeySource::File, clock()).expect("open");
+    let (site, _) = site.rotate_full(&KeySource::File).expect("full");
+    assert_eq!(
+        &site.get_sealed("identity").expect("setting").expect("kept")[..],
+        b"a site's TLS identity (synthetic)"
+    );
+    drop(site);
+    let opened = old.still_open(sd.path());
+    assert!(opened.iter().all(|(_, n)| *n == 0), "{opened:?}");
+    assert!(
+        !sd.path().join(REKEY_FILE).exists() && !sd.path().join(KEY_FILE_NEW).exists(),
+        "nothing staged is left"
+    );
+}
+
+#[test]
+fn a_full_rotation_stopped_before_its_commit_point_leaves_the_old_replica() {
+    let (_hd, _host, sd, site, ids) = a_full_house();
+    let before = answers(&site, &ids);
+    let old_key = std::fs::read(sd.path().join(KEY_FILE)).expect("key");
+    // Staged, then the process dies before the database moves into place.
+    site.stage_rekey(&KeySource::File).expect("staged");
+    assert!(sd.path().join(REKEY_FILE).exists() && sd.path().join(KEY_FILE_NEW).exists());
+    drop(site);
+    let site = Replica::open(sd.path(), &KeySource::File, clock()).expect("old key opens");
+    assert_eq!(
+        std::fs::read(sd.path().join(KEY_FILE)).expect("key"),
+        old_key
+    );
+    assert!(
+        !sd.path().join(REKEY_FILE).exists(),
+        "the half-done database is removed at open"
+    );
+    assert_eq!(before, answers(&site, &ids));
+    // A rotation refused midway (here: the replica restoring) changes nothing either.
+    site.mark_restored(clock()()).expect("mark");
+    let err = site.rotate_full(&KeySource::File).expect_err("restoring");
+    assert!(matches!(err, Error::Invalid(_)), "{err}");
+    assert!(!sd.path().join(REKEY_FILE).exists());
+    let site = Replica::open(sd.path(), &KeySource::File, clock()).expect("old key opens");
+    assert_eq!(
+        std::fs::read(sd.path().join(KEY_FILE)).expect("key"),
+        old_key
+    );
+    site.verify_audit().expect("trace");
+}
+
+#[test]
+fn a_full_rotation_stopped_after_its_commit_point_opens_with_the_new_key() {
+    let (_hd, _host, sd, site, ids) = a_full_house();
+    let before = answers(&site, &ids);
+    site.stage_rekey(&KeySource::File).expect("staged");
+    // The database moved into place; the process dies before the key file follows.
+    std::fs::rename(sd.path().join(REKEY_FILE), sd.path().join(DB_FILE)).expect("move");
+    drop(site);
+    let site = Replica::open(sd.path(), &KeySource::File, clock()).expect("new key opens");
+    assert!(
+        !sd.path().join(KEY_FILE_NEW).exists(),
+        "the new key is in place"
+    );
+    assert_eq!(before, answers(&site, &ids));
+}
+
+#[test]
+fn a_full_rotation_carries_the_high_water_mark_even_when_it_stops_after_its_commit_point() {
+    let (_hd, _host, sd, site) = host_and_site();
+    let outside = TempDir::new().expect("tmp");
+    let mark = outside.path().join("carnet.mark");
+    site.check_high_water(&mark).expect("first use");
+    write(&site, "first", b"1");
+    let older = TempDir::new().expect("tmp");
+    let (site, _) = site.rotate_full(&KeySource::File).expect("rotate");
+    // The rotated folder opens under the mark, now sealed under its new key.
+    drop(site);
+    copy_folder(&sd, older.path());
+    let site = Replica::open(sd.path(), &KeySource::File, clock()).expect("reopen");
+    site.check_high_water(&mark).expect("the rotated folder");
+    // Stopped after the database moved into place, before the mark did: the new mark is taken.
+    site.stage_rekey(&KeySource::File).expect("staged");
+    std::fs::rename(sd.path().join(REKEY_FILE), sd.path().join(DB_FILE)).expect("move");
+    drop(site);
+    let site = Replica::open(sd.path(), &KeySource::File, clock()).expect("new key");
+    site.check_high_water(&mark)
+        .expect("the successor mark is taken");
+    assert!(!super::high_water::rekeyed_mark(&mark).exists());
+    drop(site);
+    // And an older copy of the rotated folder is still refused by it.
+    copy_folder(&older, sd.path());
+    let site = Replica::open(sd.path(), &KeySource::File, clock()).expect("opens");
+    assert!(matches!(
+        site.check_high_water(&mark),
+        Err(Error::Integrity(_))
+    ));
+}

@@ -53,9 +53,10 @@ impl Handle {
     /// Reaches the replica in `dir`: through its daemon if one answers on the socket, else by
     /// opening the store with `key`.
     pub fn open(dir: &Path, key: &KeySource) -> Result<Handle> {
-        let socket = socket_path(dir);
-        if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
-            return Ok(Handle::Daemon(Client { socket }));
+        if daemon_answers(dir) {
+            return Ok(Handle::Daemon(Client {
+                socket: socket_path(dir),
+            }));
         }
         let replica = Replica::open(dir, key, carnet_store::replica::system_clock())?;
         carnet_store::replica::check_high_water_from_env(&replica)?;
@@ -86,6 +87,11 @@ impl Handle {
             },
         }
     }
+}
+
+/// True when a daemon answers on the socket of the replica in `dir`.
+pub fn daemon_answers(dir: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(socket_path(dir)).is_ok()
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
