@@ -151,13 +151,19 @@ pub enum SyncCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum PkiCmd {
-    /// Create the national CA (10 years) and the host's certificate (2 years).
+    /// Create the national CA (10 years) and the host's certificate (2 years). Where the CA's
+    /// private key lives is chosen here, once: `--ca-dir DIR` or `--ca-in-replica`.
     Init {
         /// Keep the CA's private key out of the host: write it (and the CA certificate) to
-        /// this new folder (0700, files 0600), to be kept offline; `enrol`, `renew` and
-        /// `renew-host` then need it.
+        /// this new folder (0700, files 0600), to be kept offline; `enrol`, `renew`,
+        /// `renew-host` and `revoke-host` then need it.
         #[arg(long)]
         ca_dir: Option<PathBuf>,
+        /// Keep the CA's private key in the host replica, where the running host uses it to
+        /// renew sites' certificates without a person: for a test or a demonstration, not for
+        /// a national host.
+        #[arg(long, conflicts_with = "ca_dir")]
+        ca_in_replica: bool,
     },
     /// Enrol a site: writes its bundle (it holds a private key: hand it over securely).
     Enrol {

@@ -832,11 +832,19 @@ fn offline_ca(dir: &Option<PathBuf>) -> Result<Option<carnet_syncd::pki::Identit
 fn pki(cli: &Cli, c: &PkiCmd) -> Result<Reply> {
     let r = open(cli)?;
     match c {
-        PkiCmd::Init { ca_dir } => {
+        PkiCmd::Init {
+            ca_dir,
+            ca_in_replica,
+        } => {
             let Some(dir) = ca_dir else {
+                if !*ca_in_replica {
+                    return Err(Failure::Usage(
+                        "say where the CA's private key is to live: `--ca-dir DIR`, a new folder to keep offline (a national host), or `--ca-in-replica`, kept in this replica where the running host renews sites' certificates without a person (tests, demonstrations)".into(),
+                    ));
+                }
                 r.pki_init(None)?;
                 return Ok(Reply::new(
-                    "national CA (10 years) and host certificate (2 years) created; the CA key is kept in this replica",
+                    "national CA (10 years) and host certificate (2 years) created; warning: the CA key is kept in this replica, where the running host signs renewals without a person (for a test or a demonstration: a national host uses `pki init --ca-dir`)",
                     json!({"pki": true, "ca_offline": false}),
                 ));
             };

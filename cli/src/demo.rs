@@ -287,7 +287,10 @@ fn scenario(tmp: &Path, daemons: &mut Daemons) -> Result<(), Failure> {
         ],
         0,
     )?;
-    step(&host, "", &["pki", "init"], 0)?;
+    // The CA key goes to its own folder, as on a national host (kept offline there): every
+    // certificate the demo issues passes `--ca-dir`.
+    let ca_dir = files.join("national-ca").display().to_string();
+    step(&host, "", &["pki", "init", "--ca-dir", &ca_dir], 0)?;
     for (i, (rpps, profession)) in [
         (DOCTOR, "medecin"),
         (EMERGENCY_DOCTOR, "medecin"),
@@ -320,6 +323,8 @@ fn scenario(tmp: &Path, daemons: &mut Daemons) -> Result<(), Failure> {
             &address,
             "-o",
             &bundle,
+            "--ca-dir",
+            &ca_dir,
         ];
         for p in pros {
             args.extend(["--pro", p]);

@@ -327,7 +327,11 @@ impl Store {
     }
 
     pub fn pki_init(&self, offline_ca: Option<Identity>) -> Result<()> {
-        self.done(Request::PkiInit { offline_ca })
+        let ca_in_replica = offline_ca.is_none();
+        self.done(Request::PkiInit {
+            offline_ca,
+            ca_in_replica,
+        })
     }
 
     /// Enrols a site: answers its id, name and the bundle's bytes.

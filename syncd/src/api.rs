@@ -147,10 +147,13 @@ pub enum Request {
     /// Runs a sync round now and waits for it (site).
     SyncNow,
     /// Creates the national CA and host certificate (host). With `offline_ca` (made and
-    /// written to its offline folder by the caller), the replica keeps only its certificate.
+    /// written to its offline folder by the caller), the replica keeps only its certificate;
+    /// without it, `ca_in_replica` must say that the replica is to keep the CA key.
     PkiInit {
         #[serde(default)]
         offline_ca: Option<Identity>,
+        #[serde(default)]
+        ca_in_replica: bool,
     },
     /// Enrols a site (host); answers the bundle's bytes.
     PkiEnrol {
@@ -720,10 +723,18 @@ impl Service {
                     "a sync round runs on the async side (Service::run)".into(),
                 ));
             }
-            Request::PkiInit { offline_ca } => {
+            Request::PkiInit {
+                offline_ca,
+                ca_in_replica,
+            } => {
                 match offline_ca {
                     Some(ca) => enrol::init_host_with(r, &ca, false)?,
-                    None => enrol::init_host(r)?,
+                    None if ca_in_replica => enrol::init_host(r)?,
+                    None => {
+                        return Err(Error::Invalid(
+                            "pki_init: give the offline CA (`offline_ca`), or say `ca_in_replica: true` to keep the CA key in this replica".into(),
+                        ));
+                    }
                 }
                 Response::Done
             }

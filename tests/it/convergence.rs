@@ -40,7 +40,7 @@ pub(crate) fn network() -> Network {
     let address = format!("127.0.0.1:{}", free_port());
     let host = Carnet::empty();
     host.ok(&["init", "--role", "host", "--listen", &address]);
-    host.ok(&["pki", "init"]);
+    host.ok(&["pki", "init", "--ca-in-replica"]);
     let ins = host.doctor_dossier();
     let sites = [
         enrolled_site(&host, &address, &[DOCTOR]),

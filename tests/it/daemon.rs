@@ -56,7 +56,7 @@ fn an_enrolled_site_syncs_with_a_host_daemon_and_a_revoked_one_is_refused() {
     let address = format!("127.0.0.1:{port}");
     let host = Carnet::empty();
     host.ok(&["init", "--role", "host", "--listen", &address]);
-    host.ok(&["pki", "init"]);
+    host.ok(&["pki", "init", "--ca-in-replica"]);
     let ins = host.doctor_dossier();
     let body = host.write("report.txt", b"written at the host (synthetic)");
     let id = host
@@ -177,7 +177,7 @@ pub fn host_and_two_sites() -> (Carnet, String, [Carnet; 2]) {
     let address = format!("127.0.0.1:{}", free_port());
     let host = Carnet::empty();
     host.ok(&["init", "--role", "host", "--listen", &address]);
-    host.ok(&["pki", "init"]);
+    host.ok(&["pki", "init", "--ca-in-replica"]);
     let ins = host.doctor_dossier();
     let sites = [
         enrolled_site(&host, &address, &[DOCTOR]),
@@ -238,7 +238,7 @@ fn while_the_daemon_runs_carnet_works_through_its_socket() {
     let address = format!("127.0.0.1:{port}");
     let host = Carnet::empty();
     host.ok(&["init", "--role", "host", "--listen", &address]);
-    host.ok(&["pki", "init"]);
+    host.ok(&["pki", "init", "--ca-in-replica"]);
     let mut daemon = start_daemon(&host);
     wait_for_socket(&host);
     let socket = host.data.join("carnet.sock");
@@ -308,7 +308,7 @@ fn a_site_daemon_reports_its_link_in_sync_status() {
     let address = format!("127.0.0.1:{port}");
     let host = Carnet::empty();
     host.ok(&["init", "--role", "host", "--listen", &address]);
-    host.ok(&["pki", "init"]);
+    host.ok(&["pki", "init", "--ca-in-replica"]);
     let site = enrolled_site(&host, &address, &[]);
     // Without a daemon, status says so.
     assert!(site.json(&["sync", "status"])["daemon"].is_null());
@@ -375,7 +375,7 @@ fn idle_host_and_site_daemons_use_almost_no_cpu() {
     let address = format!("127.0.0.1:{}", free_port());
     let host = Carnet::empty();
     host.ok(&["init", "--role", "host", "--listen", &address]);
-    host.ok(&["pki", "init"]);
+    host.ok(&["pki", "init", "--ca-in-replica"]);
     let site = enrolled_site(&host, &address, &[]);
     let host_daemon = start_daemon(&host);
     let site_daemon = start_daemon(&site);

@@ -33,7 +33,7 @@ fn link() -> Link {
     let listen = format!("127.0.0.1:{}", free_port());
     let host = Carnet::empty();
     host.ok(&["init", "--role", "host", "--listen", &listen]);
-    host.ok(&["pki", "init"]);
+    host.ok(&["pki", "init", "--ca-in-replica"]);
     let ins = host.doctor_dossier();
     let proxy = FaultProxy::start(listen.parse().expect("address"), Faults::default());
     let site = enrolled_site(&host, &proxy.address.to_string(), &[DOCTOR]);

@@ -41,7 +41,7 @@ fn world() -> World {
     let address = format!("127.0.0.1:{}", free_port());
     let host = Carnet::empty();
     host.ok(&["init", "--role", "host", "--listen", &address]);
-    host.ok(&["pki", "init"]);
+    host.ok(&["pki", "init", "--ca-in-replica"]);
     let ins = host.doctor_dossier();
     let doc = host.add_doc(
         &ins,

@@ -39,7 +39,7 @@ pub fn host_and_site() -> (Carnet, Carnet, String) {
     let address = format!("127.0.0.1:{}", free_port());
     let host = Carnet::empty();
     host.ok(&["init", "--role", "host", "--listen", &address]);
-    host.ok(&["pki", "init"]);
+    host.ok(&["pki", "init", "--ca-in-replica"]);
     let ins = host.doctor_dossier();
     host.pro(NURSE, "infirmier");
     let site = enrolled_site(&host, &address, &[DOCTOR]);
@@ -617,7 +617,7 @@ fn a_rogue_sites_version_never_reaches_the_operators_views() {
     let address = format!("127.0.0.1:{}", free_port());
     let host = Carnet::empty();
     host.ok(&["init", "--role", "host", "--listen", &address]);
-    host.ok(&["pki", "init"]);
+    host.ok(&["pki", "init", "--ca-in-replica"]);
     let (_site, bundle) = crate::daemon::enrolled_site_and_bundle(&host, &address, &[]);
     let host_http = serve_http(&host);
     let _daemon = start_daemon(&host);

@@ -50,8 +50,19 @@ fn enrol_list_revoke_on_the_host() {
     ];
     let o = host.fails(2, &enrol);
     assert!(o.stderr.contains("pki init"), "{}", o.stderr);
-    host.ok(&["pki", "init"]);
-    host.fails(2, &["pki", "init"]);
+    // Where the CA key lives is a choice made out loud: neither option is refused, and
+    // keeping it in the replica says what that means.
+    let o = host.fails(2, &["pki", "init"]);
+    assert!(o.stderr.contains("--ca-dir"), "{}", o.stderr);
+    let o = host.fails(2, &enrol);
+    assert!(
+        o.stderr.contains("pki init"),
+        "nothing was created: {}",
+        o.stderr
+    );
+    let o = host.ok(&["pki", "init", "--ca-in-replica"]);
+    assert!(o.stdout.contains("warning"), "{}", o.stdout);
+    host.fails(2, &["pki", "init", "--ca-in-replica"]);
     let j = host.json(&enrol);
     assert_eq!(j["site_id"], 1);
     let mode = std::fs::metadata(&bundle)
@@ -81,7 +92,7 @@ fn enrol_list_revoke_on_the_host() {
 #[test]
 fn a_site_is_created_from_its_bundle() {
     let host = Carnet::host();
-    host.ok(&["pki", "init"]);
+    host.ok(&["pki", "init", "--ca-in-replica"]);
     let bundle = host.path("site.bundle").display().to_string();
     host.ok(&[
         "pki",
@@ -104,13 +115,13 @@ fn a_site_is_created_from_its_bundle() {
     let records = host.export_authority("records").display().to_string();
     site.ok(&["authority", "import", &records]);
     // Sites have no PKI of their own.
-    site.fails(2, &["pki", "init"]);
+    site.fails(2, &["pki", "init", "--ca-in-replica"]);
 }
 
 #[test]
 fn a_damaged_bundle_creates_nothing() {
     let host = Carnet::host();
-    host.ok(&["pki", "init"]);
+    host.ok(&["pki", "init", "--ca-in-replica"]);
     let bundle = host.path("site.bundle");
     host.ok(&[
         "pki",
@@ -155,7 +166,7 @@ fn init_writes_the_daemon_settings() {
     let text = std::fs::read_to_string(host.data.join("carnet.toml")).expect("carnet.toml");
     assert!(text.contains("role = \"host\""), "{text}");
     assert!(text.contains("listen = \"127.0.0.1:5999\""), "{text}");
-    host.ok(&["pki", "init"]);
+    host.ok(&["pki", "init", "--ca-in-replica"]);
     let bundle = host.path("b").display().to_string();
     host.ok(&[
         "pki",
@@ -182,7 +193,7 @@ fn init_writes_the_daemon_settings() {
 #[test]
 fn certificates_have_real_lifetimes_shown_where_they_are_used() {
     let host = Carnet::host();
-    host.ok(&["pki", "init"]);
+    host.ok(&["pki", "init", "--ca-in-replica"]);
     let bundle = host.path("site.bundle").display().to_string();
     host.ok(&enrol_args("Clinique", &bundle));
     let list = host.json(&["pki", "list"]);
@@ -209,7 +220,7 @@ fn certificates_have_real_lifetimes_shown_where_they_are_used() {
 #[test]
 fn old_foreign_and_misplaced_bundles_are_refused() {
     let host = Carnet::host();
-    host.ok(&["pki", "init"]);
+    host.ok(&["pki", "init", "--ca-in-replica"]);
     let bundle = host.path("one.bundle");
     let b = bundle.display().to_string();
     host.ok(&enrol_args("Clinique", &b));
@@ -314,7 +325,7 @@ fn listening_host() -> (Carnet, String) {
     let address = format!("127.0.0.1:{}", free_port());
     let host = Carnet::empty();
     host.ok(&["init", "--role", "host", "--listen", &address]);
-    host.ok(&["pki", "init"]);
+    host.ok(&["pki", "init", "--ca-in-replica"]);
     (host, address)
 }
 
@@ -452,7 +463,7 @@ fn a_revocation_file_installs_at_a_site_only_if_the_national_ca_signed_it() {
     // Another CA's revocation of this host's key (a stranger host signing it): refused at the
     // site, nothing changes.
     let stranger = Carnet::host();
-    stranger.ok(&["pki", "init"]);
+    stranger.ok(&["pki", "init", "--ca-in-replica"]);
     let forged = stranger.path("forged.hr").display().to_string();
     stranger.ok(&["pki", "revoke-host", "--pin", &pin, "-o", &forged]);
     let o = site.fails(2, &["pki", "install", &forged]);

@@ -217,7 +217,7 @@ fn every_file_with_patient_data_or_keys_is_the_owners_only() {
         &export,
     ]);
     let records = host.export_authority("records.carnet");
-    host.ok(&["pki", "init"]);
+    host.ok(&["pki", "init", "--ca-in-replica"]);
     let bundle = host.path("site.bundle").display().to_string();
     host.ok(&[
         "pki",

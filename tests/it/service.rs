@@ -133,7 +133,7 @@ fn syncd_speaks_systemds_notify_protocol_and_feeds_the_watchdog() {
     let address = format!("127.0.0.1:{}", free_port());
     let host = Carnet::empty();
     host.ok(&["init", "--role", "host", "--listen", &address]);
-    host.ok(&["pki", "init"]);
+    host.ok(&["pki", "init", "--ca-in-replica"]);
     let site = enrolled_site(&host, &address, &[]);
     let mut running = Vec::new();
     for replica in [&host, &site] {
@@ -246,7 +246,7 @@ fn sighup_reloads_the_settings_and_the_connection_holds() {
     let address = format!("127.0.0.1:{}", free_port());
     let host = Carnet::empty();
     host.ok(&["init", "--role", "host", "--listen", &address]);
-    host.ok(&["pki", "init"]);
+    host.ok(&["pki", "init", "--ca-in-replica"]);
     let site = enrolled_site(&host, &address, &[]);
     let (_host_daemon, host_log) = start_logged(&host, &[]);
     let (mut site_daemon, log) = start_logged(&site, &[]);
@@ -351,7 +351,7 @@ fn the_host_logs_each_sites_connection_and_round_as_json() {
     let address = format!("127.0.0.1:{}", free_port());
     let host = Carnet::empty();
     host.ok(&["init", "--role", "host", "--listen", &address]);
-    host.ok(&["pki", "init"]);
+    host.ok(&["pki", "init", "--ca-in-replica"]);
     let ins = host.doctor_dossier();
     let toml = host.data.join("carnet.toml");
     let text = std::fs::read_to_string(&toml).expect("carnet.toml");
@@ -441,7 +441,7 @@ fn a_trace_journal_zeroed_after_a_kill_is_refused_with_a_high_water_mark() {
     let address = format!("127.0.0.1:{}", free_port());
     let host = Carnet::empty();
     host.ok(&["init", "--role", "host", "--listen", &address]);
-    host.ok(&["pki", "init"]);
+    host.ok(&["pki", "init", "--ca-in-replica"]);
     host.standard_pros();
     let ins = ins_a();
     host.dossier(&ins, "DUPONT", "Camille Marie");

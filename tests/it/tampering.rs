@@ -683,7 +683,7 @@ fn a_grant_or_a_revoked_site_put_back_from_an_older_copy_is_refused() {
     integrity(&site, &["grant", "list", "--dossier", &k.ins], "authority");
 
     let host = &k.host;
-    host.ok(&["pki", "init"]);
+    host.ok(&["pki", "init", "--ca-in-replica"]);
     let bundle = host.path("site.bundle").display().to_string();
     host.ok(&[
         "pki",
