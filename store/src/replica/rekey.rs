@@ -49,7 +49,7 @@ use serde::{Deserialize, Serialize};
 use super::backup::{Tables, check_width, each_table};
 use super::doc_map::DocMap;
 use super::documents::{body_aad, meta_aad};
-use super::high_water::{Mark, mark_aad, mark_key, rekeyed_mark};
+use super::high_water::{Mark, mark_aad, mark_from_env, mark_key, rekeyed_mark};
 use super::quarantine::quarantine_key;
 use super::site_traces::chain_key_aad;
 use super::sync::{Queued, act_aad, outbox_aad, piece_aad};
@@ -135,6 +135,12 @@ impl Replica {
             return Err(Error::invalid(
                 "this replica is restoring from a backup: let its first round with the host finish (carnet sync now), then rotate",
             ));
+        }
+        // A mark the environment names is checked (and so kept) even by a caller that opened
+        // the replica without it: the rotation must write its successor.
+        let unchecked = self.high_water.lock().map_err(lock_err)?.is_none();
+        if unchecked && let Some(path) = mark_from_env() {
+            self.check_high_water(&path)?;
         }
         self.flush_traces()?;
         let (master, kind) = match new_source {
