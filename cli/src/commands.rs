@@ -1535,7 +1535,7 @@ pub fn doc_json(m: &DocumentMeta) -> Value {
         "size": f.size, "content_hash": hex(&f.content_hash),
         "confidentiality": s.flags.codes(), "availability": s.availability().as_str(),
         "replaces": f.replaces.map(|r| r.to_string()),
-        "replaced_by": s.successors.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+        "replaced_by": s.successors.keys().map(|d| d.to_string()).collect::<Vec<_>>(),
         "conflict": m.has_replacement_conflict(),
     })
 }

@@ -69,9 +69,17 @@ impl DocumentMeta {
         self.versions.len()
     }
 
-    /// True when two or more documents replace this one: a conflict to show to people.
+    /// True when replacements of this one were made concurrently: a conflict to show to
+    /// people (`DocState::has_replacement_conflict`).
     pub fn has_replacement_conflict(&self) -> bool {
-        self.state().successors.len() > 1
+        self.state().has_replacement_conflict()
+    }
+
+    /// The version vector the next local change at `site` (`update`) will carry.
+    pub fn next_clock(&self, site: SiteId) -> VersionVector {
+        let mut clock = self.clock();
+        clock.bump(site);
+        clock
     }
 
     /// Applies a local change at `site`: the new version dominates every surviving one.
@@ -181,9 +189,12 @@ mod tests {
                 Op::Avail(a) => replicas[*at].update(site, |s| {
                     s.availability = Some(Availability::ALL[*a as usize])
                 }),
-                Op::Replace(n) => replicas[*at].update(site, |s| {
-                    s.successors.insert(DocId([*n; 16]));
-                }),
+                Op::Replace(n) => {
+                    let recorded_at = replicas[*at].next_clock(site);
+                    replicas[*at].update(site, |s| {
+                        s.successors.entry(DocId([*n; 16])).or_insert(recorded_at);
+                    })
+                }
                 Op::Sync(i, j) => {
                     let other = replicas[*j].clone();
                     replicas[*i].merge(&other).expect("same facts");
@@ -263,15 +274,43 @@ mod tests {
         let base = DocumentMeta::new(facts(), SiteId(0), DocState::default());
         let mut a = base.clone();
         let mut b = base;
-        a.update(SiteId(1), |s| {
-            s.successors.insert(DocId([1; 16]));
-        });
-        b.update(SiteId(2), |s| {
-            s.successors.insert(DocId([2; 16]));
-        });
-        let m = merged(&a, &b);
+        replace(&mut a, SiteId(1), 1);
+        replace(&mut b, SiteId(2), 2);
+        let mut m = merged(&a, &b);
         assert!(m.has_replacement_conflict());
         assert_eq!(m.state().successors.len(), 2);
+        // A later change that has seen both (a mask) leaves one version: still a conflict.
+        m.update(SiteId(1), |s| s.flags.masque_ps = true);
+        assert_eq!(m.concurrent_versions(), 1);
+        assert!(m.has_replacement_conflict(), "only a resolution ends it");
+    }
+
+    /// Records at `site` that document `[n; 16]` replaces `m`, as `replace_document` does.
+    fn replace(m: &mut DocumentMeta, site: SiteId, n: u8) {
+        let recorded_at = m.next_clock(site);
+        m.update(site, |s| {
+            s.successors.insert(DocId([n; 16]), recorded_at);
+        });
+    }
+
+    #[test]
+    fn replacements_one_after_the_other_are_not_a_conflict() {
+        let base = DocumentMeta::new(facts(), SiteId(0), DocState::default());
+        // Twice at one site.
+        let mut a = base.clone();
+        replace(&mut a, SiteId(1), 1);
+        replace(&mut a, SiteId(1), 2);
+        assert_eq!(a.state().successors.len(), 2);
+        assert!(!a.has_replacement_conflict());
+        // At one site, then at another that had received the first.
+        let mut b = base.clone();
+        replace(&mut b, SiteId(1), 1);
+        let mut c = base;
+        c.merge(&b).expect("same facts");
+        replace(&mut c, SiteId(2), 2);
+        let m = merged(&b, &c);
+        assert!(!m.has_replacement_conflict(), "{m:?}");
+        assert!(!merged(&c, &b).has_replacement_conflict());
     }
 
     #[test]

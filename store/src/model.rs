@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::clock::{Causality, VersionVector};
 use crate::error::{Error, Result};
 use crate::ids::{DocId, Ins, InsKind, Rpps, SiteId};
 use crate::time::Millis;
@@ -398,8 +399,42 @@ pub struct DocState {
     pub flags: Flags,
     /// Availability.
     pub availability: Option<Availability>,
-    /// Documents that replace this one (more than one is a conflict).
-    pub successors: BTreeSet<DocId>,
+    /// Documents that replace this one, each with the version vector of the change that
+    /// recorded it (`DocumentMeta::next_clock`). Two replacements are a conflict when neither
+    /// change had seen the other (`has_replacement_conflict`); one made after another is not.
+    /// Encoded as a list of pairs, so formats whose map keys are strings (JSON) carry it.
+    #[serde(with = "successor_pairs")]
+    pub successors: BTreeMap<DocId, VersionVector>,
+}
+
+/// `DocState::successors` as a sequence of `(id, clock)` pairs.
+mod successor_pairs {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::clock::VersionVector;
+    use crate::ids::DocId;
+
+    pub fn serialize<S: Serializer>(
+        map: &BTreeMap<DocId, VersionVector>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(map.iter())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<BTreeMap<DocId, VersionVector>, D::Error> {
+        let pairs = Vec::<(DocId, VersionVector)>::deserialize(deserializer)?;
+        let mut map = BTreeMap::new();
+        for (id, clock) in pairs {
+            if map.insert(id, clock).is_some() {
+                return Err(serde::de::Error::custom("a replacement listed twice"));
+            }
+        }
+        Ok(map)
+    }
 }
 
 impl DocState {
@@ -414,9 +449,36 @@ impl DocState {
         DocState {
             flags: self.flags.join(other.flags),
             availability: self.availability.max(other.availability),
-            successors: self.successors.union(&other.successors).copied().collect(),
+            successors: join_successors(&self.successors, &other.successors),
         }
     }
+
+    /// True when two of the replacements were recorded by changes that had not seen each
+    /// other (concurrent version vectors, or a single one claimed for two): a conflict to show
+    /// to people. Replacements made one after the other, wherever, are not.
+    pub fn has_replacement_conflict(&self) -> bool {
+        let clocks: Vec<&VersionVector> = self.successors.values().collect();
+        clocks.iter().enumerate().any(|(i, a)| {
+            clocks[i + 1..]
+                .iter()
+                .any(|b| matches!(a.compare(b), Causality::Concurrent | Causality::Equal))
+        })
+    }
+}
+
+/// The union of two successor maps; a successor in both keeps the merge of its two clocks
+/// (the same change everywhere, so the same clock, unless a peer forged one).
+fn join_successors(
+    a: &BTreeMap<DocId, VersionVector>,
+    b: &BTreeMap<DocId, VersionVector>,
+) -> BTreeMap<DocId, VersionVector> {
+    let mut out = a.clone();
+    for (id, clock) in b {
+        out.entry(*id)
+            .and_modify(|c| c.merge(clock))
+            .or_insert_with(|| clock.clone());
+    }
+    out
 }
 
 /// Which type codes a profession may read (the habilitation matrix, DOMAIN §4), versioned.

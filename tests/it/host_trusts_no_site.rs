@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use carnet_store::authority::AuthorityRecord;
+use carnet_store::clock::VersionVector;
 use carnet_store::ids::{DocId, Ins, Rpps, SiteId};
 use carnet_store::merge::DocumentMeta;
 use carnet_store::model::{
@@ -842,6 +843,60 @@ fn a_version_vector_that_advances_another_replicas_counter_is_refused() {
             .contains(&"MASQUE_PS".into()),
         "{shown}"
     );
+}
+
+#[test]
+fn a_site_can_neither_hide_nor_make_up_a_conflict_with_the_clocks_of_its_replacements() {
+    let w = world();
+    bind_nurse(&w.host, &w.site_id);
+    let rogue = Rogue::connect(&w.bundle);
+    let site = SiteId(rogue.site);
+    let own = forged_document(&w.ins, rogue.site, NURSE, Profession::Infirmier, b"n");
+    let id = own.facts.id;
+    assert!(push(&rogue, 1, written(own.clone())).is_empty());
+    let later = |n: u8| DocId([n; 16]);
+    // The nurse replaces her own document (she may): recorded at a version vector her version
+    // has not reached, or twice by one change.
+    let replaced = |base: &DocumentMeta, successors: Vec<(DocId, VersionVector)>| {
+        let mut m = base.clone();
+        m.update(site, |s| {
+            s.successors.extend(successors);
+            s.availability = Some(Availability::Deprecated);
+        });
+        m
+    };
+    let at = own.next_clock(site);
+    let mut ahead = at.clone();
+    for _ in 0..5 {
+        ahead.bump(site);
+    }
+    let forged = replaced(&own, vec![(later(1), ahead)]);
+    assert_eq!(
+        push(&rogue, 2, acted(forged, NURSE, Action::Replace)),
+        vec![id]
+    );
+    let twice = replaced(&own, vec![(later(1), at.clone()), (later(2), at.clone())]);
+    assert_eq!(
+        push(&rogue, 3, acted(twice, NURSE, Action::Replace)),
+        vec![id]
+    );
+    assert!(host_traced(&w.host, &w.ins, "is recorded at") >= 1);
+    assert!(host_traced(&w.host, &w.ins, "by one change") >= 1);
+    let shown = at_host(&w, &id.to_string()).expect("listed");
+    assert_eq!(shown["replaced_by"], serde_json::json!([]), "{shown}");
+    // Honest clocks are taken, and a replacement after another is no conflict.
+    let first = replaced(&own, vec![(later(1), at)]);
+    let second_at = first.next_clock(site);
+    let second = replaced(&first, vec![(later(2), second_at)]);
+    assert!(push(&rogue, 4, acted(first, NURSE, Action::Replace)).is_empty());
+    assert!(push(&rogue, 5, acted(second, NURSE, Action::Replace)).is_empty());
+    let shown = at_host(&w, &id.to_string()).expect("listed");
+    assert_eq!(
+        shown["replaced_by"].as_array().map(Vec::len),
+        Some(2),
+        "{shown}"
+    );
+    assert_eq!(shown["conflict"], false, "{shown}");
 }
 
 /// The host's document as the rogue pulls it now.

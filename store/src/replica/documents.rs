@@ -988,8 +988,9 @@ impl Replica {
         // A replacement keeps at least the confidentiality of what it replaces.
         let inherited = old.state().flags;
         new.update(self.config.site_id, |s| s.flags = s.flags.join(inherited));
+        let recorded_at = old.next_clock(self.config.site_id);
         old.update(self.config.site_id, |s| {
-            s.successors.insert(id);
+            s.successors.insert(id, recorded_at);
             s.availability = s.availability.max(Some(Availability::Deprecated));
         });
         {

@@ -141,10 +141,48 @@ pub(super) fn narrowing(before: &DocState, after: &DocState) -> Vec<Narrowed> {
             Availability::Deprecated | Availability::Approved => Narrowed::Deprecated,
         });
     }
-    if !after.successors.is_subset(&before.successors) {
+    if after
+        .successors
+        .keys()
+        .any(|id| !before.successors.contains_key(id))
+    {
         out.push(Narrowed::Replaced);
     }
     out
+}
+
+/// Why a pushed document's successors are forged, if they are: a successor recorded at a
+/// version vector the version carrying it has not reached, one the host knows recorded at
+/// another, or two recorded by one change (one change records one replacement). Each would let
+/// a site hide a conflict or make one up by choosing the clocks that decide it
+/// (`DocState::has_replacement_conflict`).
+fn forged_successor_clock(known: Option<&DocState>, remote: &DocumentMeta) -> Option<String> {
+    use crate::clock::Causality;
+    for (clock, state) in remote.versions() {
+        let clocks: Vec<_> = state.successors.values().collect();
+        if clocks
+            .iter()
+            .enumerate()
+            .any(|(i, a)| clocks[i + 1..].contains(a))
+        {
+            return Some("two replacements are recorded by one change".into());
+        }
+        for (id, at) in &state.successors {
+            if !matches!(at.compare(clock), Causality::Before | Causality::Equal) {
+                return Some(format!(
+                    "replacement {id} is recorded at a version vector its version has not reached"
+                ));
+            }
+            if let Some(host_at) = known.and_then(|k| k.successors.get(id))
+                && host_at != at
+            {
+                return Some(format!(
+                    "replacement {id} is recorded at another version vector than the host's"
+                ));
+            }
+        }
+    }
+    None
 }
 
 /// Why the host returns a pushed document.
@@ -259,6 +297,14 @@ impl Replica {
             )));
         }
         let state = before.state();
+        if let Some(reason) = forged_successor_clock(Some(&state), remote) {
+            return Ok(Some(Refusal::new(
+                TraceActor::System,
+                Some(Action::Replace),
+                0,
+                reason,
+            )));
+        }
         let doc = DocView {
             author: &before.facts.author,
             flags: state.flags,
@@ -323,6 +369,14 @@ impl Replica {
                 format!(
                     "a new document's version vector names replica {site}: only the site that wrote it can have changed it"
                 ),
+            )));
+        }
+        if let Some(reason) = forged_successor_clock(None, remote) {
+            return Ok(Some(Refusal::new(
+                TraceActor::System,
+                Some(Action::Replace),
+                0,
+                reason,
             )));
         }
         let facts = &remote.facts;
@@ -752,7 +806,7 @@ fn too_many_acts() -> Refusal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeSet;
+    use std::collections::BTreeMap;
 
     fn state(f: impl FnOnce(&mut DocState)) -> DocState {
         let mut s = DocState::default();
@@ -798,7 +852,7 @@ mod tests {
             ),
             (
                 state(|s| {
-                    s.successors.insert(DocId([1; 16]));
+                    s.successors.insert(DocId([1; 16]), Default::default());
                 }),
                 vec![Some(Action::Replace)],
             ),
@@ -812,7 +866,7 @@ mod tests {
     fn a_replacement_needs_replace_for_its_successor_and_its_deprecation() {
         let before = DocState::default();
         let after = state(|s| {
-            s.successors.insert(DocId([1; 16]));
+            s.successors.insert(DocId([1; 16]), Default::default());
             s.availability = Some(Availability::Deprecated);
         });
         assert_eq!(
@@ -826,13 +880,16 @@ mod tests {
         let before = state(|s| {
             s.flags.masque_ps = true;
             s.availability = Some(Availability::Deprecated);
-            s.successors = BTreeSet::from([DocId([1; 16])]);
+            s.successors = BTreeMap::from([(DocId([1; 16]), Default::default())]);
         });
         // The same restrictions again, and a deletion and a second successor on top.
         let after = state(|s| {
             s.flags.masque_ps = true;
             s.availability = Some(Availability::Deleted);
-            s.successors = BTreeSet::from([DocId([1; 16]), DocId([2; 16])]);
+            s.successors = BTreeMap::from([
+                (DocId([1; 16]), Default::default()),
+                (DocId([2; 16]), Default::default()),
+            ]);
         });
         assert_eq!(
             narrowing(&before, &after),

@@ -240,7 +240,44 @@ fn a_site_and_the_host_converge_through_push_and_pull() {
         .find(|m| m.facts.id == b)
         .expect("old");
     assert!(old.has_replacement_conflict());
-    assert_eq!(old.state().successors, [r1, r2].into_iter().collect());
+    assert_eq!(
+        old.state().successors.keys().copied().collect::<Vec<_>>(),
+        {
+            let mut both = vec![r1, r2];
+            both.sort();
+            both
+        }
+    );
+    assert_eq!(
+        (
+            host.conflicts().expect("host"),
+            site.conflicts().expect("site")
+        ),
+        (1, 1)
+    );
+
+    // Replaced once more at the site, after both: a replacement, not a new conflict.
+    let c = write(&site, "c", b"c");
+    let c1 = site
+        .replace_document(&actor, &c, doc("c v2", b"c2"))
+        .expect("replace");
+    let c2 = site
+        .replace_document(&actor, &c, doc("c v3", b"c3"))
+        .expect("replace again");
+    sync(&host, &site);
+    let replaced = metas(&host)
+        .into_iter()
+        .find(|m| m.facts.id == c)
+        .expect("c at the host");
+    assert_eq!(replaced.state().successors.len(), 2, "{c1} and {c2}");
+    assert!(!replaced.has_replacement_conflict());
+    assert_eq!(
+        (
+            host.conflicts().expect("host"),
+            site.conflicts().expect("site")
+        ),
+        (1, 1)
+    );
 }
 
 #[test]
