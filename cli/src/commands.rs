@@ -540,7 +540,15 @@ fn sync(cli: &Cli, c: &SyncCmd) -> Result<Reply> {
                 s.cursor_lag
                     .map(|n| format!(" ({n} entries behind the host at the last round)"))
                     .unwrap_or_default(),
-                s.conflicts,
+                if s.conflicts.is_empty() {
+                    "none".to_string()
+                } else {
+                    s.conflicts
+                        .iter()
+                        .map(|d| d.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
                 when(s.authority_as_of),
                 if s.lease_expired {
                     " (lease over: normal reads refused, break-glass only; check the clock if the last heartbeat is recent)"
@@ -594,7 +602,7 @@ fn sync(cli: &Cli, c: &SyncCmd) -> Result<Reply> {
                 json!({"pending": s.pending, "pending_by_kind": s.pending_by_kind,
                        "pending_traces": s.pending_traces, "cursor_lag": s.cursor_lag,
                        "missing_bodies": s.missing_bodies, "cursor": s.cursor,
-                       "conflicts": s.conflicts,
+                       "conflicts": s.conflicts.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
                        "authority_as_of": (s.authority_as_of > 0).then(|| format_rfc3339(s.authority_as_of)),
                        "lease_expired": s.lease_expired,
                        "restored": s.restored.as_ref().map(|m| json!({

@@ -286,8 +286,8 @@ pub struct SyncStatus {
     pub cursor_lag: Option<u64>,
     /// Quarantined documents: id, since, why (bodies stay in the store).
     pub quarantine: Vec<(DocId, Millis, String)>,
-    /// Documents with concurrent replacements.
-    pub conflicts: usize,
+    /// Documents with concurrent replacements, in id order (`Replica::conflicted`).
+    pub conflicts: Vec<DocId>,
     /// The daemon's view of the link; `None` when no daemon runs.
     pub link: Option<LinkState>,
     /// This site's certificate; `None` if it was not enrolled.
@@ -982,7 +982,7 @@ impl Service {
                 .into_iter()
                 .map(|q| (q.meta.facts.id, q.at, q.reason))
                 .collect(),
-            conflicts: r.conflicts()?,
+            conflicts: r.conflicted()?,
             restored: r.restore_mark()?,
             link,
             certificate: enrol::site_certificate(r)?,

@@ -154,7 +154,7 @@ pub fn site(status: &SyncStatus, lease_ms: Option<Millis>, now: Millis) -> Strin
     e.gauge(
         "carnet_conflicts",
         "Documents with concurrent replacements.",
-        Some(status.conflicts as f64),
+        Some(status.conflicts.len() as f64),
     );
     e.gauge(
         "carnet_quarantine",

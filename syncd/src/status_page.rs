@@ -223,7 +223,7 @@ pub fn site(name: &str, s: &SyncStatus, lease_ms: Option<Millis>, now: Millis) -
             (
                 "Conflits",
                 Some("conflicts"),
-                s.conflicts.to_string(),
+                s.conflicts.len().to_string(),
                 "un même document remplacé à deux endroits : les deux versions sont gardées, à départager".into(),
             ),
         ],

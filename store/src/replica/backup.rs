@@ -185,6 +185,7 @@ pub(super) fn each_table(v: &mut impl Tables) -> Result<()> {
     v.table(PARTIAL_BODIES)?;
     v.table(OWED_BODIES)?;
     v.table(MISSING_BODIES)?;
+    v.table(CONFLICTS)?;
     v.table(PENDING_GRANTS)?;
     v.table(ANNOUNCEMENTS)?;
     v.table(PARTIAL_PROGRESS)?;

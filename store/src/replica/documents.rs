@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use redb::{ReadTransaction, ReadableTable, Table, WriteTransaction};
+use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
 use zeroize::Zeroizing;
 
 use super::sync::Act;
@@ -295,6 +295,7 @@ impl Replica {
         remove_body(&mut txn.open_table(BODIES)?, &stored)?;
         self.forget_partial_body(txn, doc)?;
         txn.open_table(MISSING_BODIES)?.remove(&stored)?;
+        txn.open_table(CONFLICTS)?.remove(&stored)?;
         txn.open_table(ANNOUNCEMENTS)?.remove(&stored)?;
         self.digested(txn, HOST_CLEARS)?.remove(&stored)?;
         Ok(())
@@ -376,7 +377,15 @@ impl Replica {
             rev,
             sealed,
         })?;
-        docs.insert(&self.stored_id(&meta.facts.id), row.as_slice())?;
+        let stored = self.stored_id(&meta.facts.id);
+        docs.insert(&stored, row.as_slice())?;
+        // Successors only grow: a document with fewer than two was never in the index.
+        let state = meta.state();
+        if state.has_replacement_conflict() {
+            docs.txn().open_table(CONFLICTS)?.insert(&stored, ())?;
+        } else if state.successors.len() > 1 {
+            docs.txn().open_table(CONFLICTS)?.remove(&stored)?;
+        }
         Ok(())
     }
 
@@ -1048,23 +1057,32 @@ impl Replica {
     }
 
     /// How many documents carry concurrent replacements (both kept and reported as a
-    /// conflict), for `carnet sync status`.
+    /// conflict), for `carnet sync status` and each `Hello`: read from the index, nothing
+    /// opened.
     pub fn conflicts(&self) -> Result<usize> {
-        let (txn, generation) = self.snapshot()?;
-        let ids = txn
-            .open_table(DOCS)?
-            .iter()?
-            .map(|row| row.map(|(k, _)| self.doc_id(k.value())))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        let mut n = 0;
-        for id in ids {
-            match self.load_doc(&txn, generation, &id) {
-                Ok((_, _, meta)) if meta.has_replacement_conflict() => n += 1,
-                Ok(_) | Err(Error::NotFound(_)) => {}
-                Err(e) => return Err(e),
-            }
+        let txn = self.begin_read()?;
+        match txn.open_table(CONFLICTS) {
+            Ok(t) => Ok(usize::try_from(t.len()?).unwrap_or(usize::MAX)),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+            Err(e) => Err(e.into()),
         }
-        Ok(n)
+    }
+
+    /// The documents carrying concurrent replacements, in id order: read from the index and
+    /// the ids' stored form, nothing opened.
+    pub fn conflicted(&self) -> Result<Vec<DocId>> {
+        let txn = self.begin_read()?;
+        let table = match txn.open_table(CONFLICTS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut ids = Vec::new();
+        for row in table.iter()? {
+            ids.push(self.doc_id(row?.0.value()));
+        }
+        ids.sort();
+        Ok(ids)
     }
 
     /// The holder's (or a legal representative's) full copy of the dossier.

@@ -493,6 +493,7 @@ impl Replica {
             txn.open_table(ANNOUNCEMENTS)?;
             txn.open_table(PENDING_GRANTS)?;
             txn.open_table(MISSING_BODIES)?;
+            txn.open_table(CONFLICTS)?;
             txn.open_table(SITE_RECEIPTS)?;
             txn.open_table(RETURNED)?;
             txn.open_table(PENDING_PURGES)?;

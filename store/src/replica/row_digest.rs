@@ -251,6 +251,14 @@ pub(super) struct Digested<'t, K: redb::Key + 'static, V: redb::Value + 'static 
     table: Table<'t, K, V>,
     name: &'static str,
     replica: &'t Replica,
+    txn: &'t WriteTransaction,
+}
+
+impl<'t, K: redb::Key + 'static, V: redb::Value + 'static> Digested<'t, K, V> {
+    /// The write transaction the table was opened in, for the indexes kept beside it.
+    pub(super) fn txn(&self) -> &'t WriteTransaction {
+        self.txn
+    }
 }
 
 impl<'t, K: redb::Key + 'static, V: redb::Value + 'static> Deref for Digested<'t, K, V> {
@@ -355,6 +363,7 @@ impl Replica {
             table: txn.open_table(table)?,
             name,
             replica: self,
+            txn,
         })
     }
 }

@@ -81,6 +81,10 @@ pub const MISSING_BODIES: TableDefinition<&[u8; 16], ()> = TableDefinition::new(
 pub const PENDING_GRANTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pending_grants");
 /// Host: documents hidden from the patient whose patient was told (stored document id → when).
 pub const ANNOUNCEMENTS: TableDefinition<&[u8; 16], i64> = TableDefinition::new("announcements");
+/// Documents whose replacements conflict (`DocState::has_replacement_conflict`), by stored
+/// document id: kept by every metadata write (`Replica::put_meta`), so counting and listing
+/// them (`sync status`, every `Hello`) opens no sealed row.
+pub const CONFLICTS: TableDefinition<&[u8; 16], ()> = TableDefinition::new("conflicts");
 /// Bytes received so far of each body in `PARTIAL_BODIES`, by stored document id.
 pub const PARTIAL_PROGRESS: TableDefinition<&[u8; 16], u64> =
     TableDefinition::new("partial_progress");

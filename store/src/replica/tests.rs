@@ -278,6 +278,39 @@ fn a_site_and_the_host_converge_through_push_and_pull() {
         ),
         (1, 1)
     );
+    assert_eq!(site.conflicted().expect("listed"), vec![b]);
+    assert_eq!(host.conflicted().expect("listed"), vec![b]);
+
+    // Counting and naming them opens no sealed row: with another document's metadata
+    // damaged, both still answer (and reading that document does not).
+    let stored = site.stored_id(&c);
+    let original = {
+        let txn = site.begin_read().expect("read");
+        let row = txn
+            .open_table(DOCS)
+            .expect("docs")
+            .get(&stored)
+            .expect("get");
+        row.expect("c's row").value().to_vec()
+    };
+    let put = |value: &[u8]| {
+        let txn = site.begin_raw_write().expect("write");
+        site.digested(&txn, DOCS)
+            .expect("docs")
+            .insert(&stored, value)
+            .expect("insert");
+        txn.commit().expect("commit");
+    };
+    let mut damaged: StoredDoc = postcard::from_bytes(&original).expect("row");
+    damaged.sealed[0] ^= 1;
+    put(&postcard::to_stdvec(&damaged).expect("row"));
+    assert!(
+        site.read_document(&actor, &c, AccessMode::Normal, None)
+            .is_err()
+    );
+    assert_eq!(site.conflicts().expect("counted"), 1);
+    assert_eq!(site.conflicted().expect("named"), vec![b]);
+    put(&original);
 }
 
 #[test]
