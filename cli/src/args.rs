@@ -74,6 +74,9 @@ pub enum Command {
     /// What sites asked for and the host has not decided yet: pins and consent given in
     /// person (host).
     Requests,
+    /// Documents replaced twice by changes that had not seen each other.
+    #[command(subcommand)]
+    Conflicts(ConflictsCmd),
     /// Host: every enrolled site as the host's daemon sees it — connected, last contact, how far
     /// behind, lease, quarantine, pending requests, version, last error.
     Sites {
@@ -102,6 +105,17 @@ pub enum Command {
     },
     /// Run the demonstration scenario in a temporary folder.
     Demo(DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConflictsCmd {
+    /// Each document in conflict with its branches: the replacing documents, who wrote each,
+    /// at which site, when. Opens only those documents.
+    List {
+        /// Only the conflicts of this dossier (INS).
+        #[arg(long)]
+        dossier: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

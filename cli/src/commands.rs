@@ -236,6 +236,7 @@ pub fn run(cli: &Cli) -> Result<Reply> {
         Command::Pin { ins: text, site } => pin(cli, text, true, *site),
         Command::Unpin { ins: text, site } => pin(cli, text, false, *site),
         Command::Requests => requests(cli),
+        Command::Conflicts(ConflictsCmd::List { dossier }) => conflicts(cli, dossier.as_deref()),
         Command::Sites { show } => sites(cli, show.as_ref()),
         Command::Ui => ui(cli),
         Command::Backup { output } => backup(cli, output),
@@ -821,6 +822,40 @@ fn requests(cli: &Cli) -> Result<Reply> {
     let json = list.iter().map(|q| {
         json!({"kind": q.kind.as_str(), "site": q.site.0, "ins": q.ins.matricule(),
                "rpps": q.rpps.as_ref().map(|r| r.as_str()), "at": q.at})
+    });
+    Ok(Reply::new(human.trim_end(), Value::Array(json.collect())))
+}
+
+fn conflicts(cli: &Cli, dossier: Option<&str>) -> Result<Reply> {
+    let r = open(cli)?;
+    let list = r.conflicts(dossier.map(ins).transpose()?)?;
+    let mut human = String::new();
+    for c in &list {
+        human += &format!("{} is replaced by {} documents:\n", c.doc, c.branches.len());
+        for b in &c.branches {
+            human += &match &b.written {
+                Some((author, site, at)) => format!(
+                    "  {}  by {} at site {}, {}\n",
+                    b.doc,
+                    author_str(author),
+                    site.0,
+                    format_rfc3339(*at)
+                ),
+                None => format!("  {}  (not held here yet)\n", b.doc),
+            };
+        }
+    }
+    if list.is_empty() {
+        human = "no conflict".into();
+    }
+    let json = list.iter().map(|c| {
+        json!({"doc": c.doc.to_string(), "branches": c.branches.iter().map(|b| {
+            let (author, site, at) = match &b.written {
+                Some((a, s, t)) => (Some(author_str(a)), Some(s.0), Some(format_rfc3339(*t))),
+                None => (None, None, None),
+            };
+            json!({"doc": b.doc.to_string(), "author": author, "site": site, "written": at})
+        }).collect::<Vec<_>>()})
     });
     Ok(Reply::new(human.trim_end(), Value::Array(json.collect())))
 }

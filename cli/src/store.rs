@@ -14,8 +14,8 @@ use carnet_store::model::{
 use carnet_store::policy::Action;
 use carnet_store::replica::backup::BackupInfo;
 use carnet_store::replica::{
-    DossierExport, DossierInfo, ImportReport, NewDocument, NewDossier, ReadOutcome, ReplicaConfig,
-    SiteRequest,
+    Conflict, DossierExport, DossierInfo, ImportReport, NewDocument, NewDossier, ReadOutcome,
+    ReplicaConfig, SiteRequest,
 };
 use carnet_syncd::api::local::Handle;
 use carnet_syncd::api::{PkiHostStatus, Request, Response, SyncStatus};
@@ -312,6 +312,11 @@ impl Store {
 
     pub fn site_requests(&self) -> Result<Vec<SiteRequest>> {
         expect!(self.call(Request::SiteRequests)?, SiteRequests)
+    }
+
+    /// The documents in conflict (of `dossier` only, if given), with their branches.
+    pub fn conflicts(&self, dossier: Option<Ins>) -> Result<Vec<Conflict>> {
+        expect!(self.call(Request::Conflicts { dossier })?, Conflicts)
     }
 
     pub fn backup(&self, path: std::path::PathBuf) -> Result<BackupInfo> {

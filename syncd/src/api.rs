@@ -21,8 +21,8 @@ use carnet_store::model::{
 use carnet_store::policy::Action;
 use carnet_store::replica::backup::BackupInfo;
 use carnet_store::replica::{
-    DossierExport, DossierInfo, ImportReport, KeySource, NewDocument, NewDossier, ReadOutcome,
-    Replica, ReplicaConfig, SiteRequest,
+    Conflict, DossierExport, DossierInfo, ImportReport, KeySource, NewDocument, NewDossier,
+    ReadOutcome, Replica, ReplicaConfig, SiteRequest,
 };
 use carnet_store::time::Millis;
 use serde::{Deserialize, Serialize};
@@ -142,6 +142,8 @@ pub enum Request {
     SiteProfessionals { site: u32 },
     /// Host: what sites asked for (pins, consent given in person), not decided yet.
     SiteRequests,
+    /// The documents in conflict (of one dossier, if given), with their branches.
+    Conflicts { dossier: Option<Ins> },
     /// Where sync stands.
     SyncStatus,
     /// Runs a sync round now and waits for it (site).
@@ -251,6 +253,7 @@ impl Request {
                 | Request::PkiHost
                 | Request::SiteProfessionals { .. }
                 | Request::SiteRequests
+                | Request::Conflicts { .. }
                 | Request::Backup { .. }
         );
         let traced_read = matches!(
@@ -461,6 +464,8 @@ pub enum Response {
     Bound(Vec<Rpps>),
     /// Sites' requests waiting for the host.
     SiteRequests(Vec<SiteRequest>),
+    /// Documents in conflict.
+    Conflicts(Vec<Conflict>),
     /// A backup written.
     Backup(BackupInfo),
 }
@@ -709,6 +714,9 @@ impl Service {
                 Response::Bound(r.site_professionals(SiteId(site))?)
             }
             Request::SiteRequests => Response::SiteRequests(r.site_requests()?),
+            Request::Conflicts { dossier } => {
+                Response::Conflicts(r.conflict_branches(dossier.as_ref())?)
+            }
             Request::Backup { path } => {
                 if !path.is_absolute() {
                     return Err(Error::Invalid(

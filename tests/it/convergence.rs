@@ -150,6 +150,36 @@ fn offline_writes_converge_restrictions_win_and_double_replacements_are_reported
         );
         assert_eq!(status["pending"], 0, "{status}");
     }
+    // Each replica shows the conflict's branches, who replaced it and where: through its
+    // daemon at a site, the host with its daemon too.
+    for place in [&n.host, &n.sites[0], &n.sites[1]] {
+        let list = place.json(&["conflicts", "list", "--dossier", &ins]);
+        assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+        assert_eq!(list[0]["doc"], d.as_str());
+        let branches = list[0]["branches"].as_array().expect("branches");
+        let mut ids: Vec<&str> = branches
+            .iter()
+            .map(|b| b["doc"].as_str().expect("doc"))
+            .collect();
+        ids.sort();
+        let mut expect = vec![d1.as_str(), d2.as_str()];
+        expect.sort();
+        assert_eq!(ids, expect, "{list}");
+        assert!(
+            branches
+                .iter()
+                .all(|b| b["author"].as_str().is_some_and(|a| a.contains(DOCTOR))),
+            "{list}"
+        );
+        assert_ne!(branches[0]["site"], branches[1]["site"], "{list}");
+        let text = place.ok(&["conflicts", "list"]).stdout;
+        assert!(
+            text.contains(&d) && text.contains(&d1) && text.contains(&d2),
+            "{text}"
+        );
+    }
+    let other = n.sites[0].json(&["conflicts", "list", "--dossier", &ins_b()]);
+    assert_eq!(other, serde_json::json!([]));
 }
 
 /// Polls `what` until it holds, for at most `within`.

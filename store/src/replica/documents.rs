@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
+use redb::{ReadTransaction, ReadableTable, Table, WriteTransaction};
 use zeroize::Zeroizing;
 
 use super::sync::Act;
@@ -1054,35 +1054,6 @@ impl Replica {
             (&bi, key.as_ref()),
             unique_id,
         )
-    }
-
-    /// How many documents carry concurrent replacements (both kept and reported as a
-    /// conflict), for `carnet sync status` and each `Hello`: read from the index, nothing
-    /// opened.
-    pub fn conflicts(&self) -> Result<usize> {
-        let txn = self.begin_read()?;
-        match txn.open_table(CONFLICTS) {
-            Ok(t) => Ok(usize::try_from(t.len()?).unwrap_or(usize::MAX)),
-            Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// The documents carrying concurrent replacements, in id order: read from the index and
-    /// the ids' stored form, nothing opened.
-    pub fn conflicted(&self) -> Result<Vec<DocId>> {
-        let txn = self.begin_read()?;
-        let table = match txn.open_table(CONFLICTS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
-        let mut ids = Vec::new();
-        for row in table.iter()? {
-            ids.push(self.doc_id(row?.0.value()));
-        }
-        ids.sort();
-        Ok(ids)
     }
 
     /// The holder's (or a legal representative's) full copy of the dossier.
