@@ -116,6 +116,18 @@ pub enum ConflictsCmd {
         #[arg(long)]
         dossier: Option<String>,
     },
+    /// Keep one branch of a document in conflict: a choice decided as a replacement of that
+    /// document, traced, and sent to the host; every replica converges to it.
+    Resolve {
+        /// The document in conflict.
+        doc: String,
+        /// The replacement to keep (one of its branches).
+        #[arg(long)]
+        keep: String,
+        /// Who decides (RPPS).
+        #[arg(long = "as")]
+        actor: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

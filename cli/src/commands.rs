@@ -237,6 +237,21 @@ pub fn run(cli: &Cli) -> Result<Reply> {
         Command::Unpin { ins: text, site } => pin(cli, text, false, *site),
         Command::Requests => requests(cli),
         Command::Conflicts(ConflictsCmd::List { dossier }) => conflicts(cli, dossier.as_deref()),
+        Command::Conflicts(ConflictsCmd::Resolve {
+            doc,
+            keep,
+            actor: by,
+        }) => {
+            let r = open(cli)?;
+            let (doc, keep) = (DocId::parse(doc)?, DocId::parse(keep)?);
+            r.resolve_conflict(&actor(by)?, &doc, &keep)?;
+            Ok(Reply::new(
+                format!(
+                    "{doc}: {keep} kept; the choice reaches the other replicas with the next sync"
+                ),
+                json!({"doc": doc.to_string(), "kept": keep.to_string()}),
+            ))
+        }
         Command::Sites { show } => sites(cli, show.as_ref()),
         Command::Ui => ui(cli),
         Command::Backup { output } => backup(cli, output),
@@ -1580,6 +1595,8 @@ pub fn doc_json(m: &DocumentMeta) -> Value {
         "replaces": f.replaces.map(|r| r.to_string()),
         "replaced_by": s.successors.keys().map(|d| d.to_string()).collect::<Vec<_>>(),
         "conflict": m.has_replacement_conflict(),
+        "kept": s.kept().map(|d| d.to_string()),
+        "resolutions": s.resolutions.keys().map(|d| d.to_string()).collect::<Vec<_>>(),
     })
 }
 

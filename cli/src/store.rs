@@ -314,6 +314,15 @@ impl Store {
         expect!(self.call(Request::SiteRequests)?, SiteRequests)
     }
 
+    /// Keeps `keep`, one branch of `doc` in conflict, as `actor`.
+    pub fn resolve_conflict(&self, actor: &Actor, doc: &DocId, keep: &DocId) -> Result<()> {
+        self.done(Request::ResolveConflict {
+            actor: actor.clone(),
+            doc: *doc,
+            keep: *keep,
+        })
+    }
+
     /// The documents in conflict (of `dossier` only, if given), with their branches.
     pub fn conflicts(&self, dossier: Option<Ins>) -> Result<Vec<Conflict>> {
         expect!(self.call(Request::Conflicts { dossier })?, Conflicts)

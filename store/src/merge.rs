@@ -293,6 +293,49 @@ mod tests {
         });
     }
 
+    /// Records at `site` that replacement `[n; 16]` of `m` is kept.
+    fn resolve(m: &mut DocumentMeta, site: SiteId, n: u8) {
+        let recorded_at = m.next_clock(site);
+        m.update(site, |s| {
+            s.resolutions.insert(DocId([n; 16]), recorded_at);
+        });
+    }
+
+    #[test]
+    fn a_resolution_ends_the_conflict_it_saw_and_concurrent_ones_converge() {
+        let base = DocumentMeta::new(facts(), SiteId(0), DocState::default());
+        let (mut a, mut b) = (base.clone(), base);
+        replace(&mut a, SiteId(1), 1);
+        replace(&mut b, SiteId(2), 2);
+        let m = merged(&a, &b);
+        assert!(m.has_replacement_conflict());
+        // Two replicas that saw both resolve it differently, concurrently.
+        let (mut r1, mut r2) = (m.clone(), m.clone());
+        resolve(&mut r1, SiteId(1), 1);
+        resolve(&mut r2, SiteId(2), 2);
+        assert!(!r1.has_replacement_conflict() && !r2.has_replacement_conflict());
+        assert_eq!(r1.state().kept(), Some(DocId([1; 16])));
+        let (x, y) = (merged(&r1, &r2), merged(&r2, &r1));
+        assert_eq!(x, y);
+        assert!(!x.has_replacement_conflict());
+        assert_eq!(
+            x.state().kept(),
+            Some(DocId([2; 16])),
+            "the greatest id stands"
+        );
+        assert_eq!(x.state().resolutions.len(), 2, "both are shown");
+        // A later resolution wins over both, whatever it keeps.
+        let mut later = x.clone();
+        resolve(&mut later, SiteId(0), 1);
+        assert_eq!(later.state().kept(), Some(DocId([1; 16])));
+        // A resolution does not end a conflict with a replacement it had not seen (made
+        // elsewhere, concurrently with the first two).
+        let mut c = DocumentMeta::new(facts(), SiteId(0), DocState::default());
+        replace(&mut c, SiteId(3), 3);
+        let reopened = merged(&r1, &c);
+        assert!(reopened.has_replacement_conflict());
+    }
+
     #[test]
     fn replacements_one_after_the_other_are_not_a_conflict() {
         let base = DocumentMeta::new(facts(), SiteId(0), DocState::default());

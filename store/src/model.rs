@@ -405,6 +405,12 @@ pub struct DocState {
     /// Encoded as a list of pairs, so formats whose map keys are strings (JSON) carry it.
     #[serde(with = "successor_pairs")]
     pub successors: BTreeMap<DocId, VersionVector>,
+    /// Resolutions of a conflict: the replacement a person chose to keep, with the version
+    /// vector of the change that recorded the choice. A resolution ends the conflict between
+    /// the replacements its change had seen; of concurrent resolutions, the one keeping the
+    /// greatest id stands (`kept`), and all are shown.
+    #[serde(with = "successor_pairs")]
+    pub resolutions: BTreeMap<DocId, VersionVector>,
 }
 
 /// `DocState::successors` as a sequence of `(id, clock)` pairs.
@@ -450,19 +456,41 @@ impl DocState {
             flags: self.flags.join(other.flags),
             availability: self.availability.max(other.availability),
             successors: join_successors(&self.successors, &other.successors),
+            resolutions: join_successors(&self.resolutions, &other.resolutions),
         }
     }
 
     /// True when two of the replacements were recorded by changes that had not seen each
     /// other (concurrent version vectors, or a single one claimed for two): a conflict to show
     /// to people. Replacements made one after the other, wherever, are not.
+    /// A resolution recorded after both replacements (`resolutions`) ends their conflict.
     pub fn has_replacement_conflict(&self) -> bool {
         let clocks: Vec<&VersionVector> = self.successors.values().collect();
+        let resolved = |a: &VersionVector, b: &VersionVector| {
+            self.resolutions
+                .values()
+                .any(|r| r.compare(a) == Causality::After && r.compare(b) == Causality::After)
+        };
         clocks.iter().enumerate().any(|(i, a)| {
-            clocks[i + 1..]
-                .iter()
-                .any(|b| matches!(a.compare(b), Causality::Concurrent | Causality::Equal))
+            clocks[i + 1..].iter().any(|b| {
+                matches!(a.compare(b), Causality::Concurrent | Causality::Equal) && !resolved(a, b)
+            })
         })
+    }
+
+    /// The replacement kept by the standing resolution: of the resolutions no other one was
+    /// recorded after, the one keeping the greatest id (every replica picks the same).
+    pub fn kept(&self) -> Option<DocId> {
+        self.resolutions
+            .iter()
+            .filter(|(_, r)| {
+                !self
+                    .resolutions
+                    .values()
+                    .any(|o| o.compare(r) == Causality::After)
+            })
+            .map(|(id, _)| *id)
+            .max()
     }
 }
 

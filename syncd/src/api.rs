@@ -93,6 +93,12 @@ pub enum Request {
     },
     /// The documents of a dossier the actor may read.
     ListDocuments { actor: Actor, ins: Ins },
+    /// Keeps one branch of a document in conflict (`Replica::resolve_conflict`).
+    ResolveConflict {
+        actor: Actor,
+        doc: DocId,
+        keep: DocId,
+    },
     /// Masks, unmasks, hides or deletes a document.
     UpdateDocument {
         actor: Actor,
@@ -650,6 +656,10 @@ impl Service {
             )?)),
             Request::ListDocuments { actor, ins } => {
                 Response::Documents(r.list_documents(&actor, &ins)?)
+            }
+            Request::ResolveConflict { actor, doc, keep } => {
+                r.resolve_conflict(&actor, &doc, &keep)?;
+                Response::Done
             }
             Request::UpdateDocument { actor, id, action } => {
                 Response::Document(Box::new(r.update_document(&actor, &id, action)?))

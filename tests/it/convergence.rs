@@ -180,6 +180,30 @@ fn offline_writes_converge_restrictions_win_and_double_replacements_are_reported
     }
     let other = n.sites[0].json(&["conflicts", "list", "--dossier", &ins_b()]);
     assert_eq!(other, serde_json::json!([]));
+
+    // A doctor at site A keeps B's replacement (not a branch: refused); every replica follows.
+    n.sites[0].fails(
+        2,
+        &["conflicts", "resolve", &d, "--keep", &x, "--as", DOCTOR],
+    );
+    n.sites[0].ok(&["conflicts", "resolve", &d, "--keep", &d2, "--as", DOCTOR]);
+    sync_all(&n);
+    for place in [&n.host, &n.sites[0], &n.sites[1]] {
+        assert_eq!(
+            place.json(&["conflicts", "list"]),
+            serde_json::json!([]),
+            "resolved everywhere"
+        );
+        let orig = &docs(place, &ins)[d.as_str()];
+        assert_eq!(orig["kept"], d2.as_str(), "{orig}");
+        assert_eq!(orig["conflict"], false, "{orig}");
+    }
+    let status = n.sites[1].json(&["sync", "status"]);
+    assert_eq!(status["conflicts"], serde_json::json!([]), "{status}");
+    n.sites[1].fails(
+        2,
+        &["conflicts", "resolve", &d, "--keep", &d1, "--as", DOCTOR],
+    );
 }
 
 /// Polls `what` until it holds, for at most `within`.

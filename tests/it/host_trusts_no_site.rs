@@ -889,7 +889,7 @@ fn a_site_can_neither_hide_nor_make_up_a_conflict_with_the_clocks_of_its_replace
     let second_at = first.next_clock(site);
     let second = replaced(&first, vec![(later(2), second_at)]);
     assert!(push(&rogue, 4, acted(first, NURSE, Action::Replace)).is_empty());
-    assert!(push(&rogue, 5, acted(second, NURSE, Action::Replace)).is_empty());
+    assert!(push(&rogue, 5, acted(second.clone(), NURSE, Action::Replace)).is_empty());
     let shown = at_host(&w, &id.to_string()).expect("listed");
     assert_eq!(
         shown["replaced_by"].as_array().map(Vec::len),
@@ -897,6 +897,19 @@ fn a_site_can_neither_hide_nor_make_up_a_conflict_with_the_clocks_of_its_replace
         "{shown}"
     );
     assert_eq!(shown["conflict"], false, "{shown}");
+    // A resolution keeps one of the document's replacements, or is returned.
+    let at = second.next_clock(site);
+    let mut bogus = second;
+    bogus.update(site, |s| {
+        s.resolutions.insert(later(9), at);
+    });
+    assert_eq!(
+        push(&rogue, 6, acted(bogus, NURSE, Action::Replace)),
+        vec![id]
+    );
+    assert!(host_traced(&w.host, &w.ins, "does not replace it") >= 1);
+    let shown = at_host(&w, &id.to_string()).expect("listed");
+    assert_eq!(shown["resolutions"], serde_json::json!([]), "{shown}");
 }
 
 /// The host's document as the rogue pulls it now.

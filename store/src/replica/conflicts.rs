@@ -7,16 +7,21 @@
 //!   opens no sealed row: `sync status` and every `Hello` read it.
 //! - Listing branches opens only the documents in conflict and their replacements, and
 //!   filters by dossier on the blind index before opening anything.
+//! - A resolution (`resolve_conflict`) is a change of the replaced document, decided as a
+//!   replacement of it (`Action::Replace`) by the table, traced, and pushed like any change:
+//!   it merges (`DocState::resolutions`), so every replica converges to the same kept branch.
 
 use redb::{ReadableTable, ReadableTableMetadata};
 use serde::{Deserialize, Serialize};
 
 use super::Replica;
+use super::sync::Act;
 use super::tables::*;
 use crate::clock::VersionVector;
 use crate::error::{Error, Result};
 use crate::ids::{DocId, Ins, SiteId};
-use crate::model::Author;
+use crate::model::{AccessMode, Actor, Author};
+use crate::policy::Action;
 use crate::time::Millis;
 
 /// A document in conflict and the replacements that make it one.
@@ -26,6 +31,57 @@ pub struct Conflict {
     pub doc: DocId,
     /// Each replacement, in id order.
     pub branches: Vec<Branch>,
+}
+
+impl Replica {
+    /// Records that `actor` keeps `keep`, one of the replacements of `doc` in conflict: decided
+    /// as a replacement of `doc` (the table's row for `Replace`), traced, and sent to the host
+    /// like any change. Refused when `doc` is not in conflict or `keep` does not replace it.
+    pub fn resolve_conflict(&self, actor: &Actor, doc: &DocId, keep: &DocId) -> Result<()> {
+        let txn = self.begin_write()?;
+        let (snap, generation) = self.snapshot()?;
+        let (who, tactor) = self.who(&snap, generation, actor)?;
+        let (stored, key, mut meta) = self.load_doc(&snap, generation, doc)?;
+        let state = meta.state();
+        if !state.has_replacement_conflict() {
+            return Err(Error::invalid(format!(
+                "document {doc} is not in conflict (carnet conflicts list shows those that are)"
+            )));
+        }
+        if !state.successors.contains_key(keep) {
+            return Err(Error::invalid(format!(
+                "document {keep} does not replace {doc}: keep one of its branches (carnet conflicts list)"
+            )));
+        }
+        let ctx = self.context(&snap, generation, &stored.dossier, &who)?;
+        let (decision, mut entry) = self.decide(
+            &ctx,
+            &who,
+            &tactor,
+            Action::Replace,
+            AccessMode::Normal,
+            None,
+            Some(&meta),
+            None,
+        )?;
+        if !decision.allow {
+            txn.abort()?;
+            return Err(self.deny_with_trace(vec![entry], &decision)?);
+        }
+        let recorded_at = meta.next_clock(self.config.site_id);
+        meta.update(self.config.site_id, |s| {
+            s.resolutions.insert(*keep, recorded_at);
+        });
+        let act = Act {
+            actor: actor.clone(),
+            action: Action::Replace,
+        };
+        self.store_new_state(&txn, &stored, &key, &meta, &act)?;
+        entry.doc = Some(*doc);
+        txn.trace(vec![entry]);
+        txn.commit()?;
+        Ok(())
+    }
 }
 
 /// One replacement of a document in conflict.

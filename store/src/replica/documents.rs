@@ -92,7 +92,7 @@ pub struct DossierExport {
 }
 
 /// What the policy needs to know about a dossier and the actor's rights on it.
-struct Context {
+pub(super) struct Context {
     /// The dossier head (shared with the cache, not copied).
     head: Arc<DossierHead>,
     emergency: EmergencyPrefs,
@@ -110,7 +110,7 @@ impl Context {
 }
 
 impl Replica {
-    fn context(
+    pub(super) fn context(
         &self,
         txn: &ReadTransaction,
         generation: Generation,
@@ -187,7 +187,7 @@ impl Replica {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn decide(
+    pub(super) fn decide(
         &self,
         ctx: &Context,
         who: &Who,
@@ -547,7 +547,7 @@ impl Replica {
     }
 
     /// Commits denial traces in their own transaction, then returns the denial.
-    fn deny_with_trace(&self, entries: Vec<AuditEntry>, d: &Decision) -> Result<Error> {
+    pub(super) fn deny_with_trace(&self, entries: Vec<AuditEntry>, d: &Decision) -> Result<Error> {
         let txn = self.begin_write()?;
         txn.trace(entries);
         txn.commit()?;

@@ -145,41 +145,68 @@ pub(super) fn narrowing(before: &DocState, after: &DocState) -> Vec<Narrowed> {
         .successors
         .keys()
         .any(|id| !before.successors.contains_key(id))
+        || after
+            .resolutions
+            .keys()
+            .any(|id| !before.resolutions.contains_key(id))
     {
         out.push(Narrowed::Replaced);
     }
     out
 }
 
-/// Why a pushed document's successors are forged, if they are: a successor recorded at a
-/// version vector the version carrying it has not reached, one the host knows recorded at
-/// another, or two recorded by one change (one change records one replacement). Each would let
-/// a site hide a conflict or make one up by choosing the clocks that decide it
+/// Why a pushed document's successors or resolutions are forged, if they are: one recorded at
+/// a version vector the version carrying it has not reached, one the host knows recorded at
+/// another, two recorded by one change (one change records one replacement or one choice), or
+/// a resolution keeping a document that does not replace this one. Each would let a site hide
+/// a conflict, make one up or end one by choosing the clocks that decide it
 /// (`DocState::has_replacement_conflict`).
 fn forged_successor_clock(known: Option<&DocState>, remote: &DocumentMeta) -> Option<String> {
     use crate::clock::Causality;
     for (clock, state) in remote.versions() {
-        let clocks: Vec<_> = state.successors.values().collect();
-        if clocks
-            .iter()
-            .enumerate()
-            .any(|(i, a)| clocks[i + 1..].contains(a))
-        {
-            return Some("two replacements are recorded by one change".into());
-        }
-        for (id, at) in &state.successors {
-            if !matches!(at.compare(clock), Causality::Before | Causality::Equal) {
-                return Some(format!(
-                    "replacement {id} is recorded at a version vector its version has not reached"
-                ));
-            }
-            if let Some(host_at) = known.and_then(|k| k.successors.get(id))
-                && host_at != at
+        for (what, map, known_map) in [
+            (
+                "replacement",
+                &state.successors,
+                known.map(|k| &k.successors),
+            ),
+            (
+                "resolution",
+                &state.resolutions,
+                known.map(|k| &k.resolutions),
+            ),
+        ] {
+            let clocks: Vec<_> = map.values().collect();
+            if clocks
+                .iter()
+                .enumerate()
+                .any(|(i, a)| clocks[i + 1..].contains(a))
             {
-                return Some(format!(
-                    "replacement {id} is recorded at another version vector than the host's"
-                ));
+                return Some(format!("two of its {what}s are recorded by one change"));
             }
+            for (id, at) in map {
+                if !matches!(at.compare(clock), Causality::Before | Causality::Equal) {
+                    return Some(format!(
+                        "{what} {id} is recorded at a version vector its version has not reached"
+                    ));
+                }
+                if let Some(host_at) = known_map.and_then(|k| k.get(id))
+                    && host_at != at
+                {
+                    return Some(format!(
+                        "{what} {id} is recorded at another version vector than the host's"
+                    ));
+                }
+            }
+        }
+        if let Some(kept) = state
+            .resolutions
+            .keys()
+            .find(|k| !state.successors.contains_key(k))
+        {
+            return Some(format!(
+                "a resolution keeps {kept}, which does not replace it"
+            ));
         }
     }
     None
