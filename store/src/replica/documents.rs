@@ -1057,8 +1057,11 @@ impl Replica {
     }
 
     /// The holder's (or a legal representative's) full copy of the dossier.
+    ///
+    /// It holds no document hidden from them and no trace entry about one (DOMAIN §3: until
+    /// the announcement consultation releases it), whatever the entry says.
     pub fn export_dossier(&self, actor: &Actor, ins: &Ins) -> Result<DossierExport> {
-        let (documents, head) = {
+        let (documents, head, hidden) = {
             let (txn, generation) = self.snapshot()?;
             let (who, tactor) = self.who(&txn, generation, actor)?;
             let bi = self.blind(ins);
@@ -1083,12 +1086,27 @@ impl Replica {
                 let body = self.get_body(&bodies, &key, &meta)?;
                 out.push(ExportedDocument { meta, body });
             }
-            (out, ctx.head().clone())
+            let mut hidden = std::collections::HashSet::new();
+            for id in self.dossier_doc_ids(&txn, &bi)? {
+                let flags = self.load_doc(&txn, generation, &id)?.2.state().flags;
+                let hides = match who {
+                    Who::Holder => flags.invisible_patient,
+                    Who::Representative => {
+                        flags.invisible_patient || flags.invisible_representatives
+                    }
+                    _ => false,
+                };
+                if hides {
+                    hidden.insert(id);
+                }
+            }
+            (out, ctx.head().clone(), hidden)
         };
         let traces = self
             .audit_entries(Some(ins))?
             .into_iter()
             .map(|c| c.entry)
+            .filter(|e| e.doc.is_none_or(|d| !hidden.contains(&d)))
             .collect();
         Ok(DossierExport {
             head,

@@ -1883,6 +1883,18 @@ fn the_host_tells_the_patient_after_two_weeks_and_releases_after_a_month() {
     assert_ne!(host.stored_id(&id), id.0);
     assert_ne!(host.stored_id(&id), site.stored_id(&id), "per replica");
     assert!(!patient_reads(&host), "still hidden");
+    // The holder's export holds neither the document nor any trace entry about it; another
+    // document and the entries about it are there.
+    let visible = write(&host, "visible", b"seen");
+    let exported = |r: &Replica| {
+        let e = r.export_dossier(&Actor::Holder, &ins()).expect("export");
+        let docs: Vec<DocId> = e.documents.iter().map(|d| d.meta.facts.id).collect();
+        let traced: Vec<DocId> = e.traces.iter().filter_map(|t| t.doc).collect();
+        (docs, traced)
+    };
+    let (docs, traced) = exported(&host);
+    assert!(docs.contains(&visible) && traced.contains(&visible));
+    assert!(!docs.contains(&id) && !traced.contains(&id), "{traced:?}");
     // At a month it becomes visible, on the host and, after a sync, on the site.
     now.fetch_add(16 * 24 * 3_600_000, Ordering::SeqCst);
     let pass = host.run_announcement_timer().expect("pass");
@@ -1891,6 +1903,11 @@ fn the_host_tells_the_patient_after_two_weeks_and_releases_after_a_month() {
     assert_eq!(keys_by_doc(&host, HOST_CLEARS), vec![host.stored_id(&id)]);
     assert!(keys_by_doc(&host, ANNOUNCEMENTS).is_empty());
     assert!(patient_reads(&host));
+    let (docs, traced) = exported(&host);
+    assert!(
+        docs.contains(&id) && traced.contains(&id),
+        "released: {traced:?}"
+    );
     assert!(
         !patient_reads(&site),
         "the site keeps it hidden until the host says otherwise"
