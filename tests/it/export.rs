@@ -140,12 +140,23 @@ fn the_holder_exports_a_fhir_bundle() {
     );
 
     let events = resources(&bundle, "AuditEvent");
-    let traces = c.audit(&k.ins).len();
+    let all = c.audit(&k.ins);
+    let about_hidden = all.iter().filter(|e| e["doc"] == hidden.as_str()).count();
+    assert!(
+        about_hidden > 0,
+        "the hidden document was written and hidden"
+    );
     assert_eq!(j["traces"], events.len());
     assert_eq!(
         events.len(),
-        traces,
-        "every trace entry, the export's own included"
+        all.len() - about_hidden,
+        "every trace entry but those about the document hidden from the patient, the export's own included"
+    );
+    assert!(
+        !serde_json::to_string(&bundle)
+            .expect("json")
+            .contains(hidden.as_str()),
+        "nothing in the copy names the hidden document"
     );
     assert!(
         events
