@@ -4,7 +4,7 @@
 //! other replicas as they happen, with nobody asking for a sync.
 
 use crate::daemon::{
-    Daemon, enrolled_site, free_port, start_daemon, stop, sync_until_ok, wait_for_socket,
+    Daemon, host_and_two_sites, start_daemon, stop, sync_until_ok, wait_for_socket,
 };
 use crate::support::*;
 
@@ -37,18 +37,7 @@ pub(crate) fn start_site(site: &Carnet) -> Daemon {
 }
 
 pub(crate) fn network() -> Network {
-    let address = format!("127.0.0.1:{}", free_port());
-    let host = Carnet::empty();
-    host.ok(&["init", "--role", "host", "--listen", &address]);
-    host.ok(&["pki", "init", "--ca-in-replica"]);
-    let ins = host.doctor_dossier();
-    let sites = [
-        enrolled_site(&host, &address, &[DOCTOR]),
-        enrolled_site(&host, &address, &[DOCTOR]),
-    ];
-    for s in &sites {
-        s.pro(DOCTOR, "medecin");
-    }
+    let (host, ins, sites) = host_and_two_sites();
     let host_daemon = start_daemon(&host);
     let site_daemons = [start_site(&sites[0]), start_site(&sites[1])];
     for s in &sites {
