@@ -62,9 +62,10 @@ pub(super) enum Holding<'a> {
 /// A dossier as this replica knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DossierInfo {
-    /// The signed head.
+    /// The signed head (or, for a dossier opened here that the host has not answered yet,
+    /// the head this site gave it: see `local`).
     pub head: DossierHead,
-    /// Host sequence of the head.
+    /// Host sequence of the head (0 for a dossier opened here, not yet answered).
     pub head_seq: u64,
     /// Emergency preferences (defaults when the host issued none).
     pub emergency: EmergencyPrefs,
@@ -74,6 +75,9 @@ pub struct DossierInfo {
     pub documents: usize,
     /// Host: the sites that purged their copy, with their receipts.
     pub purge_receipts: Vec<(SiteId, super::PurgeReceipt)>,
+    /// Site: the dossier was opened here and the host has not answered yet.
+    #[serde(default)]
+    pub local: Option<super::LocalDossierState>,
 }
 
 /// What `create_dossier` needs.
@@ -189,22 +193,11 @@ impl Replica {
         }
         if let AuthorityRecord::Dossier(head) = &v.record {
             let bi = self.blind(&head.ins);
+            // The host answered for a dossier this site opened (`local_dossiers`).
+            self.host_answered(txn, &bi, &head.ins)?;
             match head.status {
                 DossierStatus::Active => {
-                    let mut keys = self.digested(txn, DOSSIER_KEYS)?;
-                    if keys.get(&bi)?.is_none() {
-                        let k = Key::random()?;
-                        keys.insert(
-                            &bi,
-                            self.keys
-                                .master
-                                .read()
-                                .map_err(lock_err)?
-                                .current
-                                .wrap(&aad(&[b"dossier-key", &bi]), &k)?
-                                .as_slice(),
-                        )?;
-                    }
+                    self.ensure_dossier_key(txn, &bi)?;
                     self.digested(txn, TOMBSTONES)?.remove(&bi)?;
                 }
                 DossierStatus::Closed | DossierStatus::Purged => {
@@ -215,6 +208,25 @@ impl Replica {
             }
         }
         Ok((true, purge))
+    }
+
+    /// Gives dossier `bi` a data key here, unless it has one.
+    pub(super) fn ensure_dossier_key(&self, txn: &WriteTransaction, bi: &[u8; 32]) -> Result<()> {
+        let mut keys = self.digested(txn, DOSSIER_KEYS)?;
+        if keys.get(bi)?.is_none() {
+            let k = Key::random()?;
+            keys.insert(
+                bi,
+                self.keys
+                    .master
+                    .read()
+                    .map_err(lock_err)?
+                    .current
+                    .wrap(&aad(&[b"dossier-key", bi]), &k)?
+                    .as_slice(),
+            )?;
+        }
+        Ok(())
     }
 
     /// Admits a heartbeat (DOMAIN §5 lease): refused with an error when it is dated later
@@ -370,7 +382,11 @@ impl Replica {
             None if txn.open_table(TOMBSTONES)?.get(&self.blind(ins))?.is_some() => {
                 Err(Error::not_found("this dossier was closed and purged here"))
             }
-            None => Err(Self::no_dossier()),
+            // A dossier opened here that the host has not answered yet.
+            None => match self.local_head(&txn, &self.blind(ins))? {
+                Some(h) => Ok((h, 0)),
+                None => Err(Self::no_dossier()),
+            },
         }
     }
 
@@ -391,6 +407,17 @@ impl Replica {
                 "this INS had a dossier that was closed and purged: creating a new one for it is not supported yet",
             ));
         }
+        let head = self.new_head(d)?;
+        self.issue(
+            AuthorityRecord::Dossier(head.clone()),
+            "dossier-create",
+            None,
+        )?;
+        Ok(head)
+    }
+
+    /// The head of a new dossier, active from now, once what it says holds together.
+    pub(super) fn new_head(&self, d: NewDossier) -> Result<DossierHead> {
         crate::time::parse_date(&d.identity.birth_date)?;
         if d.identity.birth_name.trim().is_empty() || d.identity.first_names.trim().is_empty() {
             return Err(Error::invalid("birth name and first names are required"));
@@ -400,7 +427,7 @@ impl Replica {
                 "an adult holder has no legal representatives: use --holder minor or protected-adult",
             ));
         }
-        let head = DossierHead {
+        Ok(DossierHead {
             ins: d.ins,
             ins_kind: d.ins_kind,
             identity: d.identity,
@@ -410,13 +437,18 @@ impl Replica {
             mask_new_by_default: d.mask_new_by_default,
             created_at: self.now(),
             closure: None,
-        };
-        self.issue(
-            AuthorityRecord::Dossier(head.clone()),
-            "dossier-create",
-            None,
-        )?;
-        Ok(head)
+        })
+    }
+
+    /// The signed record under `bi`'s dossier subject in `table` (a head, or a `Purged`).
+    pub(super) fn dossier_record(
+        &self,
+        table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        bi: &[u8; 32],
+    ) -> Result<Option<AuthorityRecord>> {
+        Ok(self
+            .authority_get(table, &subject_key(tag::DOSSIER, Some(bi), None))?
+            .map(|v| v.record))
     }
 
     /// Host: closes a dossier (the holder's request). Its documents are archived on the host
@@ -535,6 +567,10 @@ impl Replica {
             Role::Host => self.site_purge_receipts(ins)?,
             Role::Site => Vec::new(),
         };
+        let local = match self.config.role {
+            Role::Site if head_seq == 0 => self.local_dossier_state(ins)?,
+            _ => None,
+        };
         Ok(DossierInfo {
             head,
             head_seq,
@@ -542,6 +578,7 @@ impl Replica {
             grants,
             documents,
             purge_receipts,
+            local,
         })
     }
 
@@ -561,7 +598,15 @@ impl Replica {
             }
             out
         };
-        inses.iter().map(|i| self.dossier(i)).collect()
+        let local = match self.config.role {
+            Role::Site => self.local_dossiers()?,
+            Role::Host => Vec::new(),
+        };
+        inses
+            .iter()
+            .chain(&local)
+            .map(|i| self.dossier(i))
+            .collect()
     }
 
     /// Exports every record held as a bundle. On the host the bundle is signed whole: a

@@ -181,6 +181,8 @@ pub(super) fn each_table(v: &mut impl Tables) -> Result<()> {
     v.table(RETURNED)?;
     v.table(SITE_RECEIPTS)?;
     v.table(PENDING_PURGES)?;
+    v.table(LOCAL_DOSSIERS)?;
+    v.table(HELD)?;
     v.table(QUARANTINE)?;
     v.table(PARTIAL_BODIES)?;
     v.table(OWED_BODIES)?;

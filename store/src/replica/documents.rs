@@ -135,7 +135,8 @@ impl Replica {
                                 record: AuthorityRecord::Dossier(h),
                                 ..
                             }) => Some(h),
-                            _ => None,
+                            // A dossier opened here that the host has not answered yet.
+                            _ => self.local_head(txn, bi)?,
                         },
                     )
                 },
@@ -523,9 +524,8 @@ impl Replica {
         match self.config.role {
             Role::Site => {
                 let seq = Self::next_outbox_seq(txn)?;
-                let item = self.document_act_item(id, seq, act)?;
-                txn.open_table(OUTBOX)?
-                    .insert(seq, postcard::to_stdvec(&item)?.as_slice())?;
+                let mut outbox = txn.open_table(OUTBOX)?;
+                self.queue_document_act(txn, bi, id, act, &mut outbox, seq)?;
                 Ok(())
             }
             Role::Host => self.host_document_changed(txn, bi, id, None),
@@ -647,10 +647,10 @@ impl Replica {
             let mut index = txn.open_table(DOSSIER_DOCS)?;
             let mut bodies = txn.open_table(BODIES)?;
             let mut uniques = txn.open_table(UNIQUE_IDS)?;
-            let first_seq = Self::next_outbox_seq(&txn)?;
+            let mut next_seq = Self::next_outbox_seq(&txn)?;
             let mut outbox = txn.open_table(OUTBOX)?;
             let mut fanout = Vec::new();
-            for (n, (bi, key, id, mask_default, ins, d)) in plans.into_iter().enumerate() {
+            for (bi, key, id, mask_default, ins, d) in plans {
                 let meta = self.new_meta(id, &ins, &author, now, mask_default, None, &d);
                 self.put_meta(&mut docs, &key, &bi, 1, &meta)?;
                 self.put_body(&mut bodies, &key, &id, &d.body)?;
@@ -662,13 +662,13 @@ impl Replica {
                     )?;
                 }
                 if self.config.role == Role::Site {
-                    let seq = first_seq + n as u64;
                     let act = Act {
                         actor: actor.clone(),
                         action: Action::Write,
                     };
-                    let item = postcard::to_stdvec(&self.document_act_item(&id, seq, &act)?)?;
-                    outbox.insert(seq, item.as_slice())?;
+                    if self.queue_document_act(&txn, &bi, &id, &act, &mut outbox, next_seq)? {
+                        next_seq += 1;
+                    }
                 } else {
                     fanout.push((bi, id));
                 }

@@ -10,7 +10,6 @@
 use redb::ReadTransaction;
 use serde::{Deserialize, Serialize};
 
-use super::sync::Queued;
 use super::tables::*;
 use super::{Replica, Role};
 use crate::error::{Error, Result};
@@ -54,36 +53,39 @@ impl Replica {
         let bi = self.blind(ins);
         let txn = self.begin_write()?;
         self.who_is(&self.begin_read()?, rpps)?;
-        let now = self.now();
-        {
-            let mut table = self.digested(&txn, PENDING_GRANTS)?;
-            // Encounters that ended are forgotten.
-            table.retain(|_, v| {
-                postcard::from_bytes::<Pending>(v).is_ok_and(|p| now - p.at < PENDING_VALID)
-            })?;
-            table.insert(
-                pending_key(&bi, &self.rpps_index(rpps)).as_slice(),
-                postcard::to_stdvec(&Pending { at: now })?.as_slice(),
-            )?;
-        }
-        let pro = self.rpps_index(rpps);
-        self.push_outbox(&txn, |seq| {
-            Ok(OutboxItem::PendingGrant {
-                sealed_ins: self.seal_queued(
-                    seq,
-                    Queued::PendingGrant,
-                    &pro,
-                    ins.matricule().as_bytes(),
-                )?,
-                pro,
-            })
-        })?;
+        self.put_pending_grant(&txn, &bi, rpps)?;
+        self.queue_or_hold(
+            &txn,
+            &bi,
+            ins,
+            super::local_dossiers::Held::PendingGrant { rpps: rpps.clone() },
+        )?;
         txn.trace(vec![self.admin_entry(
             "pending-grant",
             Some(ins),
             Some("consent given in person"),
         )]);
         txn.commit()
+    }
+
+    /// Site: records in `txn` that `rpps` holds a pending grant on `bi` from now.
+    pub(super) fn put_pending_grant(
+        &self,
+        txn: &redb::WriteTransaction,
+        bi: &[u8; 32],
+        rpps: &Rpps,
+    ) -> Result<()> {
+        let now = self.now();
+        let mut table = self.digested(txn, PENDING_GRANTS)?;
+        // Encounters that ended are forgotten.
+        table.retain(|_, v| {
+            postcard::from_bytes::<Pending>(v).is_ok_and(|p| now - p.at < PENDING_VALID)
+        })?;
+        table.insert(
+            pending_key(bi, &self.rpps_index(rpps)).as_slice(),
+            postcard::to_stdvec(&Pending { at: now })?.as_slice(),
+        )?;
+        Ok(())
     }
 
     /// Site: true when `rpps` holds a usable pending grant on dossier `bi`, given the signed

@@ -50,6 +50,7 @@ use super::backup::{Tables, check_width, each_table};
 use super::doc_map::DocMap;
 use super::documents::{body_aad, meta_aad};
 use super::high_water::{Mark, mark_aad, mark_from_env, mark_key, rekeyed_mark};
+use super::local_dossiers::{held_aad, local_aad};
 use super::quarantine::quarantine_key;
 use super::site_traces::chain_key_aad;
 use super::sync::{Queued, act_aad, outbox_aad, piece_aad};
@@ -373,6 +374,14 @@ impl Maps {
                 .map_err(|_| Error::integrity("a tombstone was altered"))?;
             maps.ins(old, new, &ins_from(&plain)?);
         }
+        for row in src.open_table(LOCAL_DOSSIERS)?.iter()? {
+            let (k, v) = row?;
+            let plain = registry
+                .open(&local_aad(k.value()), v.value())
+                .map_err(|_| Error::integrity("a dossier opened here was altered"))?;
+            let proposal: super::Proposal = postcard::from_bytes(&plain)?;
+            maps.ins(old, new, &proposal.head.ins);
+        }
         for row in src.open_table(PENDING_PURGES)?.iter()? {
             let (k, v) = row?;
             let plain = registry
@@ -504,6 +513,8 @@ impl Rekey<'_> {
             }
             "site_log" => self.site_log(k, v)?,
             "pending_purges" => self.pending_purges(k, v)?,
+            "local_dossiers" => self.local_dossiers(k, v)?,
+            "held" => self.held(k, v)?,
             "quarantine" => self.quarantine(k, v)?,
             "partial_bodies" => self.partial_bodies(k, v)?,
             "pending_grants" => (self.remap(table, k, &[Dossier, Pro])?, v.to_vec()),
@@ -850,6 +861,9 @@ impl Rekey<'_> {
             OutboxItem::EmergencyFetch { sealed } => OutboxItem::EmergencyFetch {
                 sealed: queued(Queued::EmergencyFetch, &[], &[], &sealed)?,
             },
+            OutboxItem::DossierProposal { sealed } => OutboxItem::DossierProposal {
+                sealed: queued(Queued::DossierProposal, &[], &[], &sealed)?,
+            },
         };
         Ok((k.to_vec(), postcard::to_stdvec(&item)?))
     }
@@ -895,6 +909,33 @@ impl Rekey<'_> {
             v,
         )?;
         Ok((bi.to_vec(), v))
+    }
+
+    fn local_dossiers(&mut self, k: &[u8], v: &[u8]) -> Result<Row> {
+        let bi = self.dossier("local_dossiers", k)?;
+        let old_bi: [u8; 32] = k
+            .try_into()
+            .map_err(|_| Error::integrity("table local_dossiers: a key"))?;
+        let v = Self::reseal(
+            "local_dossiers",
+            (&self.old.keys.registry, &local_aad(&old_bi)),
+            (&self.new.registry, &local_aad(&bi)),
+            v,
+        )?;
+        Ok((bi.to_vec(), v))
+    }
+
+    /// `held`: keyed by dossier and counter, sealed bound to the key; what it holds (a
+    /// document id, an act, an RPPS) names nothing by index.
+    fn held(&mut self, k: &[u8], v: &[u8]) -> Result<Row> {
+        let key = self.remap("held", k, &[Dossier, Same(8)])?;
+        let v = Self::reseal(
+            "held",
+            (&self.old.keys.registry, &held_aad(k)),
+            (&self.new.registry, &held_aad(&key)),
+            v,
+        )?;
+        Ok((key, v))
     }
 
     fn quarantine(&mut self, k: &[u8], v: &[u8]) -> Result<Row> {

@@ -43,7 +43,7 @@ use crate::error::{Error, Result};
 /// of requests, purges, cleared flags, chain keys and quarantine, and at the host what decides
 /// what each site receives (the professionals bound to it, its scope and emergency fetches, the
 /// purge receipts it returned). `all_digests` lists the same tables.
-pub(super) const GUARDED: [&str; 17] = [
+pub(super) const GUARDED: [&str; 18] = [
     "authority",
     "dossier_keys",
     "tombstones",
@@ -61,6 +61,7 @@ pub(super) const GUARDED: [&str; 17] = [
     "scope_sites",
     "emergency_scopes",
     "site_receipts",
+    "local_dossiers",
 ];
 
 /// `meta` key of a guarded table's digest.
@@ -103,7 +104,7 @@ impl Sums for WriteTransaction {
 }
 
 /// The digest of every guarded table, as `txn` sees them, in the order of `GUARDED`.
-pub(super) fn all_digests(key: &Key, txn: &impl Sums) -> Result<[(&'static str, RowDigest); 17]> {
+pub(super) fn all_digests(key: &Key, txn: &impl Sums) -> Result<[(&'static str, RowDigest); 18]> {
     let sums = [
         txn.digest_of(key, AUTHORITY)?,
         txn.digest_of(key, DOSSIER_KEYS)?,
@@ -122,8 +123,9 @@ pub(super) fn all_digests(key: &Key, txn: &impl Sums) -> Result<[(&'static str, 
         txn.digest_of(key, SCOPE_SITES)?,
         txn.digest_of(key, EMERGENCY_SCOPES)?,
         txn.digest_of(key, SITE_RECEIPTS)?,
+        txn.digest_of(key, LOCAL_DOSSIERS)?,
     ];
-    let mut out = [("", RowDigest::default()); 17];
+    let mut out = [("", RowDigest::default()); 18];
     for ((slot, name), sum) in out.iter_mut().zip(GUARDED).zip(sums) {
         *slot = (name, sum);
     }

@@ -114,6 +114,9 @@ pub enum Change {
         /// The reason the professional stated.
         reason: String,
     },
+    /// A dossier opened at the sending site, with a qualified identity: the host adopts it,
+    /// merges it into the dossier it has for that INS, or refuses it (`local_dossiers`).
+    DossierProposal(Box<super::local_dossiers::Proposal>),
 }
 
 impl Change {
@@ -240,6 +243,10 @@ impl Replica {
                     let ins = self.open_queued_ins(seq, Queued::PendingGrant, &pro, &sealed_ins)?;
                     let rpps = self.queued_professional(&txn, &pro)?.rpps;
                     out.push((seq, Change::PendingGrant { ins, rpps }));
+                }
+                OutboxItem::DossierProposal { sealed } => {
+                    let proposal = self.open_proposal(seq, &sealed)?;
+                    out.push((seq, Change::DossierProposal(Box::new(proposal))));
                 }
                 OutboxItem::EmergencyFetch { sealed } => {
                     let r = self.open_emergency_request(seq, &sealed)?;
@@ -471,6 +478,7 @@ impl Replica {
                 OutboxItem::Pin { .. } => "pin",
                 OutboxItem::PendingGrant { .. } => "pending-grant",
                 OutboxItem::EmergencyFetch { .. } => "emergency-fetch",
+                OutboxItem::DossierProposal { .. } => "dossier-proposal",
             };
             *out.entry(kind).or_insert(0) += 1;
         }
@@ -701,6 +709,11 @@ impl Replica {
                 }
                 Applied::Applied
             }
+            Change::DossierProposal(proposal) => match self.config.role {
+                super::Role::Host => self.decide_proposal(txn, origin, proposal)?,
+                // Only the host decides a dossier's existence.
+                super::Role::Site => Applied::Returned,
+            },
         };
         Ok(outcome)
     }
@@ -1236,6 +1249,8 @@ pub(super) enum Queued {
     PendingGrant,
     /// `OutboxItem::EmergencyFetch`: the whole request.
     EmergencyFetch,
+    /// `OutboxItem::DossierProposal`: the whole proposal.
+    DossierProposal,
 }
 
 impl Queued {
@@ -1245,6 +1260,7 @@ impl Queued {
             Queued::Pin => "pin",
             Queued::PendingGrant => "pending grant",
             Queued::EmergencyFetch => "emergency request",
+            Queued::DossierProposal => "dossier proposal",
         }
     }
 }

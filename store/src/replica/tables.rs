@@ -111,6 +111,14 @@ pub const EMERGENCY_SCOPES: TableDefinition<&[u8], i64> = TableDefinition::new("
 /// version that has not seen that clear and carries the flag again is decided as a mask or a
 /// hiding by the actors its push names (`push_check`).
 pub const HOST_CLEARS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("host_clears");
+/// Site: dossiers opened here that the host has not answered yet (`local_dossiers`): blind
+/// index → sealed `LocalDossier` (registry key, bound to the blind index).
+pub const LOCAL_DOSSIERS: TableDefinition<&[u8; 32], &[u8]> =
+    TableDefinition::new("local_dossiers");
+/// Site: changes of a dossier whose identity is still provisional, held back from the outbox
+/// until it is qualified (`local_dossiers`): `blind index ‖ counter (u64 BE)` → sealed `Held`
+/// (registry key, bound to its row).
+pub const HELD: TableDefinition<&[u8], &[u8]> = TableDefinition::new("held");
 /// Per origin site, the highest change sequence applied here (exactly-once).
 pub const APPLIED: TableDefinition<u32, u64> = TableDefinition::new("applied");
 
@@ -166,10 +174,12 @@ pub mod meta_key {
 /// - 5: a document's successors carry the version vector of the change that recorded each
 ///   (`DocState::successors`), in sealed metadata and in the outbox's acts.
 /// - 6: a document's state records the resolutions of its conflicts (`DocState::resolutions`).
-pub const FORMAT_VERSION: u32 = 6;
+/// - 7: a site keeps the dossiers it opened (`LOCAL_DOSSIERS`) and the changes it holds back
+///   for a provisional identity (`HELD`).
+pub const FORMAT_VERSION: u32 = 7;
 
 /// The oldest format this build opens.
-pub const FORMAT_OLDEST: u32 = 6;
+pub const FORMAT_OLDEST: u32 = 7;
 
 /// Subject-key tags in `AUTHORITY`.
 pub mod tag {
@@ -255,6 +265,14 @@ pub enum OutboxItem {
     /// decide; the request (INS, professional, mode, reason) is sealed (registry key).
     EmergencyFetch {
         /// `EmergencyRequest`, postcard, sealed.
+        #[serde(with = "serde_bytes")]
+        sealed: Vec<u8>,
+    },
+    /// A dossier opened at this site, proposed to the host (which adopts it, merges it into
+    /// the one it has, or refuses it); the proposal (`local_dossiers::Proposal`) is sealed
+    /// (registry key).
+    DossierProposal {
+        /// `Proposal`, postcard, sealed.
         #[serde(with = "serde_bytes")]
         sealed: Vec<u8>,
     },

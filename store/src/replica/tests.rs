@@ -4409,3 +4409,239 @@ fn a_full_rotation_carries_the_high_water_mark_even_when_it_stops_after_its_comm
         Err(Error::Integrity(_))
     ));
 }
+
+// ---- dossiers opened at a site (`local_dossiers`) ----
+
+fn walk_in() -> Ins {
+    Ins::from_body("2900101123456").expect("ins")
+}
+
+fn write_as(r: &Replica, rpps: &Rpps, ins: &Ins, title: &str) -> DocId {
+    r.put_document(
+        &Actor::Professional(rpps.clone()),
+        AccessMode::Normal,
+        None,
+        ins,
+        doc(title, title.as_bytes()),
+    )
+    .expect("put")
+}
+
+fn provisional(ins: Ins) -> NewDossier {
+    let mut d = new_dossier(ins);
+    d.identity.status = IdentityStatus::Provisional;
+    d
+}
+
+fn host_titles(host: &Replica, ins: &Ins) -> Vec<String> {
+    let mut titles: Vec<String> = host
+        .list_documents(&Actor::Holder, ins)
+        .expect("list")
+        .into_iter()
+        .map(|m| m.facts.title)
+        .collect();
+    titles.sort();
+    titles
+}
+
+#[test]
+fn a_dossier_opened_at_a_site_is_usable_at_once_and_the_host_adopts_it() {
+    let (_hd, host, _sd, site) = host_and_site();
+    let creator = Actor::Professional(doctor());
+    site.open_dossier_here(new_dossier(walk_in()), &creator)
+        .expect("open here");
+    // Another professional of the site writes; the creator reads it (this encounter).
+    let note = write_as(&site, &nurse(), &walk_in(), "nurse's note");
+    write_as(&site, &doctor(), &walk_in(), "doctor's note");
+    let read = site
+        .read_document(&creator, &note, AccessMode::Normal, None)
+        .expect("the creator reads what the site wrote");
+    assert_eq!(read.meta.facts.title, "nurse's note");
+    let info = site.dossier(&walk_in()).expect("dossier");
+    assert_eq!(info.head_seq, 0);
+    assert_eq!(info.local.as_ref().map(|l| l.held), Some(0));
+    assert!(
+        host.dossier(&walk_in()).is_err(),
+        "the host knows nothing yet"
+    );
+
+    sync(&host, &site);
+    let adopted = host.dossier(&walk_in()).expect("the host adopted it");
+    assert_eq!(adopted.head.identity, identity());
+    assert_eq!(
+        host_titles(&host, &walk_in()),
+        ["doctor's note", "nurse's note"]
+    );
+    let here = site.dossier(&walk_in()).expect("dossier");
+    assert!(here.local.is_none(), "the signed head took over");
+    assert_eq!(here.head_seq, adopted.head_seq);
+    assert_eq!(here.documents, 2, "nothing lost, nothing doubled");
+    assert!(
+        site.audit_entries(None)
+            .expect("trace")
+            .iter()
+            .any(|c| matches!(&c.entry.action, crate::audit::TraceAction::Admin(a) if a == "dossier-opened-here")),
+        "the opening is traced"
+    );
+}
+
+#[test]
+fn a_provisional_identity_keeps_everything_at_the_site_until_it_is_qualified() {
+    let (_hd, host, _sd, site) = host_and_site();
+    site.open_dossier_here(provisional(walk_in()), &Actor::Professional(doctor()))
+        .expect("open here");
+    write_as(&site, &doctor(), &walk_in(), "first aid");
+    let kinds = site.outbox_by_kind().expect("outbox");
+    assert!(
+        !kinds.contains_key("document") && !kinds.contains_key("dossier-proposal"),
+        "nothing of a provisional identity is queued: {kinds:?}"
+    );
+    let held = site
+        .dossier(&walk_in())
+        .expect("dossier")
+        .local
+        .expect("local");
+    assert_eq!(
+        held.held, 3,
+        "proposal, the creator's pending grant, the document"
+    );
+    sync(&host, &site);
+    assert!(
+        host.dossier(&walk_in()).is_err(),
+        "nothing reached the host"
+    );
+
+    assert!(
+        site.qualify_dossier(&walk_in(), &Rpps::parse("10000000099").expect("rpps"))
+            .is_err(),
+        "only a professional registered here qualifies an identity"
+    );
+    site.qualify_dossier(&walk_in(), &doctor())
+        .expect("qualify");
+    assert!(site.qualify_dossier(&walk_in(), &doctor()).is_err(), "once");
+    assert_eq!(
+        site.dossier(&walk_in()).expect("d").local.map(|l| l.held),
+        Some(0)
+    );
+    sync(&host, &site);
+    let adopted = host.dossier(&walk_in()).expect("adopted");
+    assert_eq!(adopted.head.identity.status, IdentityStatus::Qualified);
+    assert_eq!(host_titles(&host, &walk_in()), ["first aid"]);
+}
+
+#[test]
+fn two_sites_opening_the_same_ins_converge_to_one_dossier_whatever_the_order() {
+    for a_first in [true, false] {
+        let (_hd, host, _sd, a) = host_and_site();
+        let (_od, b) = second_site(&host);
+        a.open_dossier_here(new_dossier(walk_in()), &Actor::Professional(doctor()))
+            .expect("a opens");
+        let mut other_traits = new_dossier(walk_in());
+        other_traits.identity.first_names = "Alexandre".into();
+        b.open_dossier_here(other_traits, &Actor::Professional(doctor()))
+            .expect("b opens");
+        write_as(&a, &doctor(), &walk_in(), "seen at a");
+        write_as(&b, &doctor(), &walk_in(), "seen at b");
+        let (first, second) = if a_first { (&a, &b) } else { (&b, &a) };
+        sync(&host, first);
+        sync(&host, second);
+        sync(&host, first);
+        let one = host.dossier(&walk_in()).expect("one dossier");
+        assert_eq!(host_titles(&host, &walk_in()), ["seen at a", "seen at b"]);
+        for site in [&a, &b] {
+            let here = site.dossier(&walk_in()).expect("dossier");
+            assert!(here.local.is_none());
+            assert_eq!(here.head, one.head, "every site ends with the host's head");
+        }
+        let expected = if a_first { "Alex" } else { "Alexandre" };
+        assert_eq!(
+            one.head.identity.first_names, expected,
+            "the first proposal adopted"
+        );
+    }
+}
+
+#[test]
+fn the_host_refuses_a_proposal_it_cannot_take_and_the_site_keeps_what_it_wrote() {
+    let (_hd, host, _sd, site) = host_and_site();
+    // The host closed the dossier for that INS; the site did not hold it.
+    host.create_dossier(new_dossier(walk_in()))
+        .expect("host dossier");
+    host.close_dossier(&walk_in(), "holder's request")
+        .expect("close");
+    site.open_dossier_here(new_dossier(walk_in()), &Actor::Professional(doctor()))
+        .expect("open here");
+    let id = write_as(&site, &doctor(), &walk_in(), "written meanwhile");
+    let origin = site.config().site_id;
+    let changes = site.outbox(0, usize::MAX).expect("outbox");
+    let mut returned = Vec::new();
+    for (seq, change) in &changes {
+        if host.apply_remote(origin, *seq, change).expect("apply") == Applied::Returned
+            && let Some(meta) = change.document()
+        {
+            returned.push(meta.facts.id);
+        }
+    }
+    assert_eq!(returned, [id]);
+    site.quarantine_returned(&returned, "returned")
+        .expect("quarantine");
+    site.ack_outbox(changes.last().expect("changes").0)
+        .expect("ack");
+    let items = host
+        .pull(origin, site.pull_cursor().expect("cursor"), usize::MAX)
+        .expect("pull");
+    site.apply_pull(&items).expect("apply pull");
+    assert!(
+        site.dossier(&walk_in()).is_err(),
+        "the closure reached the site"
+    );
+    let kept = site.quarantined().expect("quarantine");
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].meta.facts.id, id);
+    assert_eq!(
+        host.dossier(&walk_in()).expect("closed dossier").documents,
+        0,
+        "the host took nothing into a closed dossier"
+    );
+}
+
+#[test]
+fn a_rogue_site_cannot_make_the_host_adopt_what_it_may_not_open() {
+    let (_hd, host, _sd, site) = host_and_site();
+    let origin = site.config().site_id;
+    let stranger = Rpps::parse("10000000099").expect("rpps");
+    let mut prov = new_dossier(walk_in());
+    prov.identity.status = IdentityStatus::Provisional;
+    let cases = [
+        // A creator the host does not bind to that site.
+        (identity(), Actor::Professional(stranger)),
+        // A provisional identity is never shared.
+        (prov.identity.clone(), Actor::Professional(doctor())),
+        // An identity without names.
+        (
+            crate::model::Identity {
+                birth_name: " ".into(),
+                ..identity()
+            },
+            Actor::Professional(doctor()),
+        ),
+    ];
+    let mut seq = site.outbox_issued().expect("issued");
+    for (identity, creator) in cases {
+        seq += 1;
+        let mut head = host_head_like(&host);
+        head.identity = identity;
+        let change =
+            crate::replica::sync::Change::DossierProposal(Box::new(Proposal { head, creator }));
+        assert_eq!(
+            host.apply_remote(origin, seq, &change).expect("apply"),
+            Applied::Returned
+        );
+        assert!(host.dossier(&walk_in()).is_err(), "nothing adopted");
+    }
+}
+
+/// A head for `walk_in` as a site would propose it.
+fn host_head_like(host: &Replica) -> crate::model::DossierHead {
+    host.new_head(new_dossier(walk_in())).expect("head")
+}
