@@ -317,8 +317,17 @@ pub enum ProCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum DossierCmd {
-    /// Create a dossier (host).
+    /// Create a dossier: at the host; or at a site, opened there by a professional registered
+    /// here or the holder (--as), usable at once and proposed to the host.
     Create(CreateDossierArgs),
+    /// Site: the identity of a dossier opened here was checked against an ID document and
+    /// INSi; what was held for it goes to the host.
+    Qualify {
+        ins: String,
+        /// RPPS of the professional who checked it.
+        #[arg(long = "as")]
+        actor: String,
+    },
     /// Show a dossier: identity, status, grants, emergency preferences.
     Show { ins: String },
     /// List dossiers held here.
@@ -365,6 +374,9 @@ pub struct CreateDossierArgs {
     /// Mask every new document by default.
     #[arg(long)]
     pub mask_new_by_default: bool,
+    /// At a site: who opens it (an RPPS registered here, or 'holder').
+    #[arg(long = "as")]
+    pub actor: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -580,6 +580,13 @@ fn sync(cli: &Cli, c: &SyncCmd) -> Result<Reply> {
             for (id, at, reason) in &s.quarantine {
                 human += &format!("\n  {id} since {}: {reason}", format_rfc3339(*at));
             }
+            for (ins, n) in &s.held {
+                human += &format!(
+                    "\nheld here: {n} change(s) of dossier {}: its identity is provisional (only a qualified identity is shared); check it, then `carnet dossier qualify {} --as RPPS`",
+                    ins.matricule(),
+                    ins.matricule()
+                );
+            }
             if let Some(m) = &s.restored {
                 human += &format!(
                     "\nrestored on {} from a backup taken on {}: nothing is recorded or read until the next round with the host catches it up",
@@ -619,6 +626,8 @@ fn sync(cli: &Cli, c: &SyncCmd) -> Result<Reply> {
                        "pending_traces": s.pending_traces, "cursor_lag": s.cursor_lag,
                        "missing_bodies": s.missing_bodies, "cursor": s.cursor,
                        "conflicts": s.conflicts.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+                       "held": s.held.iter().map(|(i, n)| json!({"ins": i.matricule(), "changes": n,
+                           "reason": "identity provisional"})).collect::<Vec<_>>(),
                        "authority_as_of": (s.authority_as_of > 0).then(|| format_rfc3339(s.authority_as_of)),
                        "lease_expired": s.lease_expired,
                        "restored": s.restored.as_ref().map(|m| json!({
@@ -1283,6 +1292,37 @@ fn dossier_json(d: &DossierInfo) -> Value {
         "documents": d.documents, "authority_seq": d.head_seq,
         "purge_receipts": d.purge_receipts.iter().map(|(site, r)| json!({
             "site": site.0, "at": format_rfc3339(r.at)})).collect::<Vec<_>>(),
+        "opened_here": d.local.as_ref().map(|l| json!({
+            "creator": actor_name(&l.creator), "held": l.held})),
+    })
+}
+
+/// How an actor is written on the command line (`--as`).
+fn actor_name(a: &Actor) -> String {
+    match a {
+        Actor::Professional(rpps) => rpps.to_string(),
+        Actor::Holder => "holder".into(),
+        Actor::Representative => "representative".into(),
+        Actor::System => "system".into(),
+    }
+}
+
+/// What `dossier show` and `dossier list` say of a dossier opened here that the host has not
+/// answered yet.
+fn opened_here(d: &DossierInfo) -> Option<String> {
+    let l = d.local.as_ref()?;
+    Some(if l.held > 0 {
+        format!(
+            "opened here by {}; identity provisional: {} change(s) held here until `carnet dossier qualify {} --as RPPS`",
+            actor_name(&l.creator),
+            l.held,
+            d.head.ins.matricule()
+        )
+    } else {
+        format!(
+            "opened here by {}; proposed to the host, which has not answered yet",
+            actor_name(&l.creator)
+        )
     })
 }
 
@@ -1313,10 +1353,23 @@ fn dossier(cli: &Cli, c: &DossierCmd) -> Result<Reply> {
                 representatives: a.representative.clone(),
                 mask_new_by_default: a.mask_new_by_default,
             };
-            let info = r.create_dossier(d)?;
+            let creator = a.actor.as_deref().map(actor).transpose()?;
+            let info = r.create_dossier(d, creator)?;
+            let mut human = format!("created dossier {}", info.head.ins.matricule());
+            if let Some(note) = opened_here(&info) {
+                human += &format!(": {note}");
+            }
+            Ok(Reply::new(human, dossier_json(&info)))
+        }
+        DossierCmd::Qualify { ins: text, actor } => {
+            let i = ins(text)?;
+            r.qualify_dossier(&i, &rpps(actor)?)?;
             Ok(Reply::new(
-                format!("created dossier {}", info.head.ins.matricule()),
-                dossier_json(&info),
+                format!(
+                    "identity of dossier {} qualified: what was held for it goes to the host at the next sync",
+                    i.matricule()
+                ),
+                json!({"ins": i.matricule(), "identity_status": "qualified"}),
             ))
         }
         DossierCmd::Show { ins: text } => {
@@ -1373,6 +1426,9 @@ fn dossier(cli: &Cli, c: &DossierCmd) -> Result<Reply> {
                     format_rfc3339(r.at)
                 );
             }
+            if let Some(note) = opened_here(&d) {
+                human += &format!("\n  {note}");
+            }
             Ok(Reply::new(human, dossier_json(&d)))
         }
         DossierCmd::List => {
@@ -1380,12 +1436,17 @@ fn dossier(cli: &Cli, c: &DossierCmd) -> Result<Reply> {
             let mut human = format!("{:<16} {:<8} {:<5} NAME\n", "INS", "STATUS", "DOCS");
             for d in &all {
                 human += &format!(
-                    "{:<16} {:<8} {:<5} {} {}\n",
+                    "{:<16} {:<8} {:<5} {} {}{}\n",
                     d.head.ins.matricule(),
                     d.head.status.as_str(),
                     d.documents,
                     d.head.identity.birth_name,
-                    d.head.identity.first_names
+                    d.head.identity.first_names,
+                    match &d.local {
+                        Some(l) if l.held > 0 => " (opened here, identity provisional: held)",
+                        Some(_) => " (opened here, waiting for the host)",
+                        None => "",
+                    }
                 );
             }
             Ok(Reply::new(

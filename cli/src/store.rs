@@ -79,9 +79,24 @@ impl Store {
         expect!(self.call(Request::Professionals)?, Professionals)
     }
 
-    /// Creates a dossier and answers it as stored.
-    pub fn create_dossier(&self, dossier: NewDossier) -> Result<DossierInfo> {
-        expect!(self.call(Request::CreateDossier { dossier })?, Dossier).map(|d| *d)
+    /// Creates a dossier (at a site, opened there by `creator`) and answers it as stored.
+    pub fn create_dossier(
+        &self,
+        dossier: NewDossier,
+        creator: Option<Actor>,
+    ) -> Result<DossierInfo> {
+        expect!(
+            self.call(Request::CreateDossier { dossier, creator })?,
+            Dossier
+        )
+        .map(|d| *d)
+    }
+
+    pub fn qualify_dossier(&self, ins: &Ins, rpps: &Rpps) -> Result<()> {
+        self.done(Request::QualifyDossier {
+            ins: ins.clone(),
+            rpps: rpps.clone(),
+        })
     }
 
     pub fn dossier(&self, ins: &Ins) -> Result<DossierInfo> {

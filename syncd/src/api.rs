@@ -49,8 +49,15 @@ pub enum Request {
     AddProfessional { professional: Professional },
     /// The professionals registered here.
     Professionals,
-    /// Creates a dossier (host).
-    CreateDossier { dossier: NewDossier },
+    /// Creates a dossier: at the host directly (`creator` is `None`); at a site, opened there
+    /// by `creator` (`Replica::open_dossier_here`).
+    CreateDossier {
+        dossier: NewDossier,
+        #[serde(default)]
+        creator: Option<Actor>,
+    },
+    /// Site: the identity of a dossier opened here was checked.
+    QualifyDossier { ins: Ins, rpps: Rpps },
     /// One dossier.
     Dossier { ins: Ins },
     /// Every dossier of this replica.
@@ -297,6 +304,10 @@ pub struct SyncStatus {
     pub quarantine: Vec<(DocId, Millis, String)>,
     /// Documents with concurrent replacements, in id order (`Replica::conflicted`).
     pub conflicts: Vec<DocId>,
+    /// Dossiers opened here whose changes are held back until their identity is qualified,
+    /// with how many (`Replica::held_back`).
+    #[serde(default)]
+    pub held: Vec<(Ins, usize)>,
     /// The daemon's view of the link; `None` when no daemon runs.
     pub link: Option<LinkState>,
     /// This site's certificate; `None` if it was not enrolled.
@@ -597,9 +608,16 @@ impl Service {
                 Response::Done
             }
             Request::Professionals => Response::Professionals(r.professionals()?),
-            Request::CreateDossier { dossier } => {
-                let head = r.create_dossier(dossier)?;
+            Request::CreateDossier { dossier, creator } => {
+                let head = match creator {
+                    Some(creator) => r.open_dossier_here(dossier, &creator)?,
+                    None => r.create_dossier(dossier)?,
+                };
                 Response::Dossier(Box::new(r.dossier(&head.ins)?))
+            }
+            Request::QualifyDossier { ins, rpps } => {
+                r.qualify_dossier(&ins, &rpps)?;
+                Response::Done
             }
             Request::Dossier { ins } => Response::Dossier(Box::new(r.dossier(&ins)?)),
             Request::Dossiers => Response::Dossiers(r.dossiers()?),
@@ -1001,6 +1019,7 @@ impl Service {
                 .map(|q| (q.meta.facts.id, q.at, q.reason))
                 .collect(),
             conflicts: r.conflicted()?,
+            held: r.held_back()?,
             restored: r.restore_mark()?,
             link,
             certificate: enrol::site_certificate(r)?,

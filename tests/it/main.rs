@@ -18,6 +18,8 @@
 //!   watchdog, reloading its settings, its logs.
 //! - `operator`: what the operators see: `carnet sites` at the host, `/metrics`, the status page.
 //! - `convergence`: a host and two site daemons: offline writes, conflicts, revocation, closure.
+//! - `opened_here`: dossiers opened at a site, held for a provisional identity, adopted or
+//!   merged by the host.
 //! - `faults`: the weak link, through `fault_proxy` (loss, delay, cuts).
 //! - `host_trusts_no_site`: a rogue site with a valid certificate (`rogue`, which speaks the wire
 //!   protocol itself) tries to get more than the host authorizes.
@@ -35,6 +37,7 @@ mod fault_proxy;
 mod faults;
 mod host_trusts_no_site;
 mod keys;
+mod opened_here;
 mod operator;
 mod pki;
 mod policy_cli;

@@ -398,6 +398,11 @@ impl Replica {
 
     /// Host: creates a dossier. Refused if one exists for this INS.
     pub fn create_dossier(&self, d: NewDossier) -> Result<DossierHead> {
+        if self.config.role == Role::Site {
+            return Err(Error::invalid(
+                "at a site, a dossier is opened by someone: add --as RPPS (a professional registered here) or --as holder; the host adopts it at the next sync",
+            ));
+        }
         self.signing_key()?;
         if self.head(&d.ins).is_ok() {
             return Err(Error::invalid("a dossier already exists for this INS"));

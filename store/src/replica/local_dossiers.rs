@@ -196,6 +196,19 @@ impl Replica {
         }))
     }
 
+    /// Site: the dossiers whose changes are held back (provisional identity), with how many.
+    pub fn held_back(&self) -> Result<Vec<(Ins, usize)>> {
+        let mut out = Vec::new();
+        for ins in self.local_dossiers()? {
+            if let Some(state) = self.local_dossier_state(&ins)?
+                && state.held > 0
+            {
+                out.push((ins, state.held));
+            }
+        }
+        Ok(out)
+    }
+
     /// Site: the INS of every dossier opened here that the host has not answered yet.
     pub fn local_dossiers(&self) -> Result<Vec<Ins>> {
         let txn = self.begin_read()?;
