@@ -1189,3 +1189,67 @@ fn a_site_may_renew_only_its_own_certificate_for_a_key_it_holds() {
     assert_eq!(w.host.json(&["pki", "renewals"]), serde_json::json!([]));
     assert_eq!(w.host.json(&["pki", "list"])[0]["certificates"], 1);
 }
+
+/// A dossier for `ins_b()` as a site proposes one, with `status` identity, opened by `creator`.
+fn proposal(
+    creator: &str,
+    status: carnet_store::model::IdentityStatus,
+) -> carnet_store::replica::Proposal {
+    use carnet_store::ids::InsKind;
+    use carnet_store::model::{DossierHead, DossierStatus, HolderKind, Identity, Sex};
+    carnet_store::replica::Proposal {
+        head: DossierHead {
+            ins: Ins::parse(&ins_b()).expect("ins"),
+            ins_kind: InsKind::TestNir,
+            identity: Identity {
+                birth_name: "VALLEE".into(),
+                first_names: "Jean".into(),
+                birth_date: "1990-01-01".into(),
+                sex: Sex::Male,
+                birthplace: None,
+                status,
+            },
+            holder: HolderKind::Adult,
+            representatives: vec![],
+            status: DossierStatus::Active,
+            mask_new_by_default: false,
+            created_at: 1_700_000_000_000,
+            closure: None,
+        },
+        creator: Actor::Professional(Rpps::parse(creator).expect("rpps")),
+    }
+}
+
+#[test]
+fn a_site_opens_a_dossier_only_for_a_professional_the_host_binds_there_and_a_qualified_identity() {
+    use carnet_store::model::IdentityStatus::{Provisional, Qualified};
+    let w = world();
+    bind_nurse(&w.host, &w.site_id);
+    let rogue = Rogue::connect(&w.bundle);
+    let b = ins_b();
+    let cases = [
+        // A doctor who does not practise at that site.
+        proposal(DOCTOR, Qualified),
+        // Someone the host does not know.
+        proposal(STRANGER, Qualified),
+        // The nurse, for an identity nobody checked.
+        proposal(NURSE, Provisional),
+    ];
+    for (seq, p) in (1..).zip(cases) {
+        push(&rogue, seq, Change::DossierProposal(Box::new(p)));
+        assert_eq!(
+            w.host.run(&["dossier", "show", &b]).code,
+            4,
+            "case {seq}: nothing adopted"
+        );
+    }
+    assert_eq!(host_traced(&w.host, &b, "dossier-proposal-refused"), 3);
+    // The nurse, bound there, for a qualified identity: adopted.
+    push(
+        &rogue,
+        4,
+        Change::DossierProposal(Box::new(proposal(NURSE, Qualified))),
+    );
+    let adopted = w.host.json(&["dossier", "show", &b]);
+    assert_eq!(adopted["first_names"], "Jean", "{adopted}");
+}
