@@ -4645,3 +4645,22 @@ fn a_rogue_site_cannot_make_the_host_adopt_what_it_may_not_open() {
 fn host_head_like(host: &Replica) -> crate::model::DossierHead {
     host.new_head(new_dossier(walk_in())).expect("head")
 }
+
+#[test]
+fn a_full_rotation_keeps_a_dossier_opened_here_and_what_it_holds_back() {
+    let (_hd, host, sd, site) = host_and_site();
+    site.open_dossier_here(provisional(walk_in()), &Actor::Professional(doctor()))
+        .expect("open here");
+    let id = write_as(&site, &doctor(), &walk_in(), "before the rotation");
+    let (site, _) = site.rotate_full(&KeySource::File).expect("rotate");
+    let site = {
+        drop(site);
+        Replica::open(sd.path(), &KeySource::File, clock()).expect("open")
+    };
+    let state = site.dossier(&walk_in()).expect("dossier").local.expect("local");
+    assert_eq!(state.held, 3);
+    site.qualify_dossier(&walk_in(), &doctor()).expect("qualify");
+    sync(&host, &site);
+    assert_eq!(host_titles(&host, &walk_in()), ["before the rotation"]);
+    assert!(host.has_body(&id).expect("body"));
+}
