@@ -1,11 +1,13 @@
-//! The demonstration (README's first command): a national host and two sites — a rural clinic
-//! and a pharmacy — as real `carnet-syncd` daemons on 127.0.0.1, in a temporary folder. Each
-//! step is the real `carnet` command (run in-process; while a replica's daemon runs, it goes
-//! through the daemon's socket), narrated: the clinic writes while cut off from the host, the
-//! link returns and it converges, the pharmacy receives the dossier it has a grant for, the
-//! patient revokes the pharmacy and its copy is purged, a break-glass read at the clinic reaches
-//! the host's emergency list. The daemons are stopped and the folder removed at the end, on
-//! success or failure.
+//! The demonstration (README's first command): a national host and three sites — a rural
+//! clinic, a pharmacy and a mobile emergency unit — as real `carnet-syncd` daemons on 127.0.0.1,
+//! in a temporary folder. Each step is the real `carnet` command (run in-process; while a
+//! replica's daemon runs, it goes through the daemon's socket), narrated: the clinic writes while
+//! cut off from the host, the link returns and it converges, the pharmacy receives the dossier it
+//! has a grant for, the patient revokes the pharmacy and its copy is purged, a break-glass read
+//! at the clinic reaches the host's emergency list; the mobile unit, out of reach, opens a
+//! dossier for a patient it does not know, reads it by break-glass and writes its report, and
+//! when it reconnects the host merges it into the dossier it holds. The daemons are stopped and
+//! the folder removed at the end, on success or failure.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -20,10 +22,17 @@ use crate::commands::{Failure, Reply};
 const DOCTOR: &str = "10000000001";
 const PHARMACIST: &str = "10000000002";
 const EMERGENCY_DOCTOR: &str = "10000000003";
+const SMUR_DOCTOR: &str = "10000000004";
+const SMUR_NURSE: &str = "10000000005";
 
 /// A synthetic test INS (body 2 84 05 75 123 456, key computed).
 fn demo_ins() -> Result<String, Failure> {
-    Ok(carnet_store::ids::Ins::from_body("2840575123456")?
+    ins_of("2840575123456")
+}
+
+/// The INS of the 13-digit body `body`, its key computed.
+fn ins_of(body: &str) -> Result<String, Failure> {
+    Ok(carnet_store::ids::Ins::from_body(body)?
         .matricule()
         .to_string())
 }
@@ -242,6 +251,12 @@ fn scenario(tmp: &Path, daemons: &mut Daemons) -> Result<(), Failure> {
         name: "pharmacy",
         dir: tmp.join("pharmacy"),
     };
+    let unit = Place {
+        name: "mobile unit",
+        dir: tmp.join("smur"),
+    };
+    let walker = ins_of("1670315123456")?;
+    let walker = walker.as_str();
     let ins = demo_ins()?;
     let ins = ins.as_str();
     let files = tmp.join("files");
@@ -265,14 +280,22 @@ fn scenario(tmp: &Path, daemons: &mut Daemons) -> Result<(), Failure> {
         "ordonnance.txt",
         "Amoxicilline 1 g, 3 fois par jour, 6 jours. (synthetic)",
     )?;
+    let vitals = write(
+        "constantes.txt",
+        "Constantes sur place: TA 9/6, FC 112, SpO2 91 %. (synthetic)",
+    )?;
+    let intervention = write(
+        "intervention.txt",
+        "Chute en randonnée, traumatisme crânien, transporté à Murat. (synthetic)",
+    )?;
     let address = format!("127.0.0.1:{}", free_port()?);
     println!(
-        "Carnet demo — a national host and two sites on this machine, in {}",
+        "Carnet demo — a national host and three sites on this machine, in {}",
         tmp.display()
     );
     println!("Everything below is synthetic data; each step is the real `carnet` command.");
 
-    println!("\n## Setting up: the host, its PKI, two enrolled sites");
+    println!("\n## Setting up: the host, its PKI, three enrolled sites");
     step(
         &host,
         "The national host: it creates dossiers, signs its decisions, serves sync",
@@ -295,6 +318,8 @@ fn scenario(tmp: &Path, daemons: &mut Daemons) -> Result<(), Failure> {
         (DOCTOR, "medecin"),
         (EMERGENCY_DOCTOR, "medecin"),
         (PHARMACIST, "pharmacien"),
+        (SMUR_DOCTOR, "medecin"),
+        (SMUR_NURSE, "infirmier"),
     ]
     .into_iter()
     .enumerate()
@@ -353,9 +378,15 @@ fn scenario(tmp: &Path, daemons: &mut Daemons) -> Result<(), Failure> {
         "pharmacy.bundle",
         &[PHARMACIST],
     )?;
+    let unit_bundle = enrol(
+        "SMUR du Cantal",
+        "150000003",
+        "smur.bundle",
+        &[SMUR_DOCTOR, SMUR_NURSE],
+    )?;
     step(
         &clinic,
-        "A rural clinic and a pharmacy are created from their enrolment bundles",
+        "A rural clinic, a pharmacy and a mobile emergency unit are created from their enrolment bundles",
         &["init", "--role", "site", "--enrol", &clinic_bundle],
         0,
     )?;
@@ -363,6 +394,12 @@ fn scenario(tmp: &Path, daemons: &mut Daemons) -> Result<(), Failure> {
         &pharmacy,
         "",
         &["init", "--role", "site", "--enrol", &pharmacy_bundle],
+        0,
+    )?;
+    step(
+        &unit,
+        "",
+        &["init", "--role", "site", "--enrol", &unit_bundle],
         0,
     )?;
     step(
@@ -452,6 +489,42 @@ fn scenario(tmp: &Path, daemons: &mut Daemons) -> Result<(), Failure> {
         &host,
         "",
         &["grant", "add", "--dossier", ins, "--rpps", PHARMACIST],
+        0,
+    )?;
+    step(
+        &host,
+        "The host also holds the dossier of a hiker, Dr Martin his médecin traitant; no site holds it",
+        &[
+            "dossier",
+            "create",
+            "--ins",
+            walker,
+            "--ins-kind",
+            "demo",
+            "--birth-name",
+            "RANDONNEUR",
+            "--first-names",
+            "Paul",
+            "--birth-date",
+            "1967-03-15",
+            "--sex",
+            "M",
+            "--qualified",
+        ],
+        0,
+    )?;
+    step(
+        &host,
+        "",
+        &[
+            "grant",
+            "add",
+            "--dossier",
+            walker,
+            "--rpps",
+            DOCTOR,
+            "--treating",
+        ],
         0,
     )?;
 
@@ -633,17 +706,163 @@ fn scenario(tmp: &Path, daemons: &mut Daemons) -> Result<(), Failure> {
         0,
     )?;
 
+    println!("\n## The mobile unit, in a valley out of reach, picks up a patient it does not know");
+    for (rpps, name) in [(SMUR_DOCTOR, "Dr Petit"), (SMUR_NURSE, "M. Roux")] {
+        let profession = if rpps == SMUR_DOCTOR {
+            "medecin"
+        } else {
+            "infirmier"
+        };
+        step(
+            &unit,
+            if rpps == SMUR_DOCTOR {
+                "The unit registers its crew (no daemon runs: `carnet` opens its store)"
+            } else {
+                ""
+            },
+            &[
+                "pro",
+                "add",
+                "--rpps",
+                rpps,
+                "--profession",
+                profession,
+                "--name",
+                name,
+            ],
+            0,
+        )?;
+    }
+    step(
+        &unit,
+        "Dr Petit opens a dossier from the ID card in the patient's wallet: provisional until checked",
+        &[
+            "dossier",
+            "create",
+            "--ins",
+            walker,
+            "--ins-kind",
+            "demo",
+            "--birth-name",
+            "RANDONNEUR",
+            "--first-names",
+            "Paul",
+            "--birth-date",
+            "1967-03-15",
+            "--sex",
+            "M",
+            "--as",
+            SMUR_DOCTOR,
+        ],
+        0,
+    )?;
+    let vitals_id = step(
+        &unit,
+        "The nurse records the vitals",
+        &[
+            "doc",
+            "add",
+            "--dossier",
+            walker,
+            "--as",
+            SMUR_NURSE,
+            "--class",
+            "45",
+            "--type",
+            "15507-7",
+            "--title",
+            "Constantes sur place",
+            &vitals,
+        ],
+        0,
+    )?;
+    let vitals_id = vitals_id.trim().to_string();
+    step(
+        &unit,
+        "The patient cannot consent: Dr Petit reads by break-glass, decided offline from the unit's cache",
+        &[
+            "doc",
+            "get",
+            &vitals_id,
+            "--as",
+            SMUR_DOCTOR,
+            "--mode",
+            "break-glass",
+            "--reason",
+            "patient inconscient après une chute",
+        ],
+        0,
+    )?;
+    step(
+        &unit,
+        "…and writes the intervention report",
+        &[
+            "doc",
+            "add",
+            "--dossier",
+            walker,
+            "--as",
+            SMUR_DOCTOR,
+            "--class",
+            "10",
+            "--type",
+            "15507-7",
+            "--title",
+            "Intervention SMUR",
+            &intervention,
+        ],
+        0,
+    )?;
+    step(
+        &unit,
+        "Nothing of a provisional identity leaves the unit",
+        &["sync", "status"],
+        0,
+    )?;
+    step(
+        &unit,
+        "At the hospital the identity is checked (ID document, INSi)",
+        &["dossier", "qualify", walker, "--as", SMUR_DOCTOR],
+        0,
+    )?;
+    daemons.start(&unit, &logs)?;
+    sync_now(
+        &unit,
+        "Back in reach, the unit syncs: the host merges its dossier into the one it holds",
+    )?;
+    step(
+        &host,
+        "One dossier at the host, with the unit's documents",
+        &["dossier", "show", walker],
+        0,
+    )?;
+    step(
+        &host,
+        "Its trace: the unit's opening, qualification and break-glass, and the host's merge",
+        &["audit", "show", "--dossier", walker],
+        0,
+    )?;
+    step(
+        &host,
+        "The break-glass decided offline is on the host's emergency list",
+        &["audit", "emergencies"],
+        0,
+    )?;
+
     println!("\n# Nothing in any data folder is readable without its key:");
     let markers = [
         "EXEMPLE",
         "Camille",
+        "RANDONNEUR",
+        "randonnée",
+        walker,
         ins,
         "Sérologie",
         "CR de biologie",
         "Amoxicilline",
     ];
     let mut found = Vec::new();
-    for place in [&host, &clinic, &pharmacy] {
+    for place in [&host, &clinic, &pharmacy, &unit] {
         for path in regular_files(&place.dir)? {
             let bytes = std::fs::read(&path).map_err(file_err)?;
             for m in markers {
@@ -654,7 +873,7 @@ fn scenario(tmp: &Path, daemons: &mut Daemons) -> Result<(), Failure> {
         }
     }
     println!(
-        "    searched every file of the three replicas for the name, first name, INS, titles and texts: {}",
+        "    searched every file of the four replicas for the names, first names, INS, titles and texts: {}",
         if found.is_empty() {
             "none found".to_string()
         } else {

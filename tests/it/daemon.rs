@@ -417,7 +417,9 @@ fn the_demo_runs_host_and_two_site_daemons_and_cleans_up() {
         "The prescription is gone from the pharmacy",
         "no document",
         "bris_de_glace ALLOW",
-        "searched every file of the three replicas",
+        "dossier-proposal-merged",
+        "(decided offline)",
+        "searched every file of the four replicas",
         "none found",
         "daemons stopped and temporary data removed",
     ] {

@@ -4657,9 +4657,14 @@ fn a_full_rotation_keeps_a_dossier_opened_here_and_what_it_holds_back() {
         drop(site);
         Replica::open(sd.path(), &KeySource::File, clock()).expect("open")
     };
-    let state = site.dossier(&walk_in()).expect("dossier").local.expect("local");
+    let state = site
+        .dossier(&walk_in())
+        .expect("dossier")
+        .local
+        .expect("local");
     assert_eq!(state.held, 3);
-    site.qualify_dossier(&walk_in(), &doctor()).expect("qualify");
+    site.qualify_dossier(&walk_in(), &doctor())
+        .expect("qualify");
     sync(&host, &site);
     assert_eq!(host_titles(&host, &walk_in()), ["before the rotation"]);
     assert!(host.has_body(&id).expect("body"));
