@@ -100,12 +100,14 @@ fn two_sites_opening_the_same_unknown_ins_converge_to_one_dossier() {
     open_here(&n.sites[1], &b, "Jean Paul", true);
     let x = consultation(&n.sites[0], &b, b"seen at A (synthetic)");
     let y = consultation(&n.sites[1], &b, b"seen at B (synthetic)");
-    // B reaches the host first: its dossier is adopted, A's merged into it.
-    sync_until_ok(&n.sites[1], Duration::from_secs(30));
-    sync_until_ok(&n.sites[0], Duration::from_secs(30));
-    sync_until_ok(&n.sites[1], Duration::from_secs(30));
+    // Connected sites push as they write: whichever reaches the host first is adopted, the
+    // other merged into it (the store's tests drive both orders).
+    for s in [&n.sites[1], &n.sites[0], &n.sites[1]] {
+        sync_until_ok(s, Duration::from_secs(30));
+    }
     let host = n.host.json(&["dossier", "show", &b]);
-    assert_eq!(host["first_names"], "Jean Paul", "{host}");
+    let adopted = host["first_names"].clone();
+    assert!(adopted == "Jean" || adopted == "Jean Paul", "{host}");
     assert_eq!(host["documents"], 2);
     assert_eq!(
         n.host
@@ -116,7 +118,7 @@ fn two_sites_opening_the_same_unknown_ins_converge_to_one_dossier() {
     );
     for (site, own) in [(&n.sites[0], &x), (&n.sites[1], &y)] {
         let here = site.json(&["dossier", "show", &b]);
-        assert_eq!(here["first_names"], "Jean Paul", "the host's head: {here}");
+        assert_eq!(here["first_names"], adopted, "the host's head: {here}");
         assert!(here["opened_here"].is_null());
         assert!(!site.body(own, DOCTOR).is_empty());
     }

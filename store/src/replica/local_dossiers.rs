@@ -98,6 +98,7 @@ impl Replica {
             .dossier_record(&snap.open_table(AUTHORITY)?, &bi)?
             .is_some()
             || txn.open_table(TOMBSTONES)?.get(&bi)?.is_some()
+            || self.local_in(&*txn, &bi)?.is_some()
         {
             return Err(Error::invalid(
                 "this site already holds a dossier for this INS (or held one that was purged here)",

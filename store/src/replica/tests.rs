@@ -4450,6 +4450,16 @@ fn a_dossier_opened_at_a_site_is_usable_at_once_and_the_host_adopts_it() {
     let creator = Actor::Professional(doctor());
     site.open_dossier_here(new_dossier(walk_in()), &creator)
         .expect("open here");
+    assert!(
+        site.open_dossier_here(new_dossier(walk_in()), &creator)
+            .is_err(),
+        "opened once"
+    );
+    assert!(
+        site.open_dossier_here(new_dossier(ins()), &creator)
+            .is_err(),
+        "not over a dossier the host signed"
+    );
     // Another professional of the site writes; the creator reads it (this encounter).
     let note = write_as(&site, &nurse(), &walk_in(), "nurse's note");
     write_as(&site, &doctor(), &walk_in(), "doctor's note");
