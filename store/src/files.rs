@@ -3,7 +3,11 @@
 //!
 //! Invariant: a file Carnet writes with patient data or keys goes through `write_private` or
 //! `open_private`; a folder it creates for them through `private_dir`. At open, a data folder
-//! that others can read is tightened and the fix reported (`tighten_folder`).
+//! that others can read is tightened and the fix reported (`tighten_folder`). The files of a
+//! data folder are its own: a symbolic link or anything but a regular file in their place is
+//! refused before it is opened (`own_files`), and a small file is read only up to its bound
+//! (`read_bounded`), so a key file linked to `/dev/zero` neither follows the link nor fills
+//! memory.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -63,6 +67,61 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     }
     f.write_all(bytes)?;
     f.flush()
+}
+
+/// Checks that each of `names` in `dir` that exists is a regular file, not a symbolic link (nor
+/// a device, a pipe or a folder); names the first that is not.
+pub fn own_files(dir: &Path, names: &[&str]) -> io::Result<()> {
+    for name in names {
+        let path = dir.join(name);
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_file() => {}
+            Ok(meta) => {
+                let what = if meta.file_type().is_symlink() {
+                    "a symbolic link"
+                } else {
+                    "not a regular file"
+                };
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{} is {what}: Carnet opens only its own regular files in a data folder (put the real file back, from a backup if need be)",
+                        path.display()
+                    ),
+                ));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Reads `path`, a regular file of at most `max` bytes, without following a symbolic link.
+pub fn read_bounded(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() || meta.len() > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} is not a regular file of at most {max} bytes",
+                path.display()
+            ),
+        ));
+    }
+    let mut out = Vec::with_capacity(meta.len() as usize);
+    io::Read::read_to_end(&mut io::Read::take(f, max + 1), &mut out)?;
+    if out.len() as u64 > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} grew past {max} bytes while read", path.display()),
+        ));
+    }
+    Ok(out)
 }
 
 /// Tightens a data folder that others may read: the folder itself to 0700, its regular files
@@ -148,5 +207,22 @@ mod tests {
         assert_eq!(mode(&dir.join("carnet.redb")), 0o600);
         assert_eq!(mode(&dir.join("inbox")), 0o700);
         assert!(tighten_folder(dir).is_empty());
+    }
+
+    #[test]
+    fn bounded_reads_refuse_links_and_oversized_files() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let small = dir.path().join("small");
+        fs::write(&small, b"0123456789").expect("write");
+        assert_eq!(read_bounded(&small, 10).expect("read"), b"0123456789");
+        assert!(read_bounded(&small, 9).is_err(), "one byte too many");
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&small, &link).expect("link");
+        assert!(read_bounded(&link, 10).is_err(), "a link is not followed");
+        assert!(own_files(dir.path(), &["small", "absent"]).is_ok());
+        let err = own_files(dir.path(), &["small", "link"]).expect_err("link");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        std::os::unix::fs::symlink("/dev/zero", dir.path().join("zero")).expect("link");
+        assert!(read_bounded(&dir.path().join("zero"), 1 << 20).is_err());
     }
 }

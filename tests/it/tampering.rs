@@ -727,3 +727,55 @@ fn raw_meta_sealed(c: &Carnet) -> Vec<(String, Vec<u8>)> {
         .filter(|(k, _)| k.starts_with("sealed:"))
         .collect()
 }
+
+#[test]
+fn a_damaged_database_is_an_integrity_failure_that_says_to_restore() {
+    let c = Carnet::host();
+    c.dossier(&ins_a(), "EXEMPLE", "Camille");
+    let db = c.db_path();
+    let whole = std::fs::read(&db).expect("db");
+    // Cut in half, then every page altered past the header.
+    std::fs::write(&db, &whole[..whole.len() / 2]).expect("truncate");
+    integrity(&c, &["dossier", "list"], "restore the data folder");
+    let mut damaged = whole.clone();
+    for at in (4096..damaged.len()).step_by(97) {
+        flip(&mut damaged, at);
+    }
+    std::fs::write(&db, &damaged).expect("damage");
+    let o = c.fails(5, &["dossier", "list"]);
+    assert!(o.stderr.contains("is damaged"), "{}", o.stderr);
+    assert!(!o.stderr.contains("panicked"), "{}", o.stderr);
+    // Put back, it opens as before: nothing was changed.
+    std::fs::write(&db, &whole).expect("restore");
+    assert_eq!(c.json(&["dossier", "list"])[0]["ins"], ins_a().as_str());
+}
+
+#[test]
+fn the_data_folder_follows_no_link_and_reads_no_endless_file() {
+    let c = Carnet::host();
+    c.dossier(&ins_a(), "EXEMPLE", "Camille");
+    let key = c.data.join("master.key");
+    let kept = c.path("master.key.kept");
+    std::fs::rename(&key, &kept).expect("move the key");
+    // A key file linked to an endless device: refused at once, nothing read from it.
+    std::os::unix::fs::symlink("/dev/zero", &key).expect("link");
+    integrity(&c, &["dossier", "list"], "symbolic link");
+    std::fs::remove_file(&key).expect("unlink");
+    std::fs::rename(&kept, &key).expect("key back");
+
+    // The trace journal linked to a file outside the folder: refused, the target untouched.
+    let journal = c.data.join("trace.journal");
+    let outside = c.path("elsewhere.txt");
+    std::fs::write(&outside, b"not Carnet's (synthetic)").expect("outside");
+    let saved = c.path("trace.journal.kept");
+    std::fs::rename(&journal, &saved).expect("move the journal");
+    std::os::unix::fs::symlink(&outside, &journal).expect("link");
+    integrity(&c, &["dossier", "list"], "symbolic link");
+    assert_eq!(
+        std::fs::read(&outside).expect("outside"),
+        b"not Carnet's (synthetic)"
+    );
+    std::fs::remove_file(&journal).expect("unlink");
+    std::fs::rename(&saved, &journal).expect("journal back");
+    assert_eq!(c.json(&["dossier", "list"])[0]["ins"], ins_a().as_str());
+}

@@ -112,9 +112,18 @@ impl TraceChain {
         opts.read(true).write(true).create(true).truncate(false);
         {
             use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
+            // Never a link out of the data folder (`files::own_files` says so at open too).
+            opts.mode(0o600).custom_flags(libc::O_NOFOLLOW);
         }
         let mut file = opts.open(&path)?;
+        let len = file.metadata()?.len();
+        if !file.metadata()?.is_file() || len > 2 * JOURNAL_BYTES {
+            return Err(Error::integrity(format!(
+                "the trace journal {} is not the file Carnet wrote ({len} bytes; at most {}): restore the data folder from your last backup",
+                path.display(),
+                2 * JOURNAL_BYTES
+            )));
+        }
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
         if (bytes.len() as u64) < 2 * JOURNAL_BYTES {

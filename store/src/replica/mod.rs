@@ -353,15 +353,18 @@ fn write_key_file(path: &Path, key: &Key) -> Result<()> {
     Ok(())
 }
 
+/// The most a key file holds: 64 hex digits, a line end, and room for stray spaces.
+const KEY_FILE_MAX: u64 = 256;
+
 fn read_key_file(path: &Path) -> Result<Key> {
-    let text = Zeroizing::new(fs::read_to_string(path).map_err(|e| {
+    let bytes = Zeroizing::new(crate::files::read_bounded(path, KEY_FILE_MAX).map_err(|e| {
         Error::Key(format!(
             "cannot read the key file {}: {e} (restore it from your backup, or set CARNET_PASSPHRASE if this replica uses a passphrase)",
             path.display()
         ))
     })?);
-    let t = text.trim();
     let bad = || Error::Key(format!("the key file {} is malformed", path.display()));
+    let t = std::str::from_utf8(&bytes).map_err(|_| bad())?.trim();
     if t.len() != 64 {
         return Err(bad());
     }
@@ -524,15 +527,12 @@ impl Replica {
                 dir.display()
             )));
         }
+        // The folder's files are its own: no link is followed out of it.
+        crate::files::own_files(dir, &[DB_FILE, KEY_FILE, journal::JOURNAL_FILE])
+            .map_err(|e| Error::integrity(e.to_string()))?;
         // A folder others can read is tightened before anything is read from it, and said.
         let folder_fixes = crate::files::tighten_folder(dir);
-        let (db, durability) = open_database(&db_path, false).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => Error::Storage(format!(
-                "the replica in {} is in use by another process (is carnet-syncd running?)",
-                dir.display()
-            )),
-            other => Error::Storage(other.to_string()),
-        })?;
+        let (db, durability) = open_database_checked(&db_path, dir)?;
         // Holding the live database: no rotation runs, so a re-keyed file beside it is a
         // leftover of one that stopped before its commit point.
         rekey::remove_leftover(dir)?;
@@ -1851,6 +1851,40 @@ fn open_database(
         redb::Builder::new().create_with_backend(backend)?,
         durability,
     ))
+}
+
+/// Opens an existing replica's database; a damaged file (truncated, pages altered) is an
+/// integrity error saying what to do, never a panic: redb may panic on a file it did not write
+/// that way, so the open runs under `catch_unwind`, with the panic message kept off the
+/// terminal (the error says it all).
+fn open_database_checked(db_path: &Path, dir: &Path) -> Result<(Database, backend::Durability)> {
+    let damaged = |detail: &str| {
+        Error::integrity(format!(
+            "the replica's database {} is damaged ({detail}): nothing was changed; restore the data folder from your last backup (`carnet restore BACKUP`), or ask the host operator to enrol this site again",
+            db_path.display()
+        ))
+    };
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let opened = std::panic::catch_unwind(|| open_database(db_path, false));
+    std::panic::set_hook(hook);
+    match opened {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => Err(Error::Storage(format!(
+            "the replica in {} is in use by another process (is carnet-syncd running?)",
+            dir.display()
+        ))),
+        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(detail)))) => {
+            Err(damaged(&detail))
+        }
+        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(e))))
+            if e.kind() == std::io::ErrorKind::UnexpectedEof =>
+        {
+            Err(damaged("it ends too early"))
+        }
+        Ok(Err(other)) => Err(Error::Storage(other.to_string())),
+        Err(_) => Err(damaged("its pages do not hold together")),
+    }
 }
 
 /// The oldest live epoch of the trace journal, as stored in `META`.
