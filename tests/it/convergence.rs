@@ -339,3 +339,24 @@ fn consent_given_in_person_at_a_site_works_at_once_and_becomes_a_grant_only_at_t
     sync_until_ok(site, Duration::from_secs(30));
     assert_eq!(nurse_grant(site), Some(("active".into(), "consent".into())));
 }
+
+#[test]
+fn after_the_host_restarts_the_first_sync_reconnects() {
+    let mut n = network();
+    for graceful in [true, false] {
+        if graceful {
+            assert_eq!(stop(&mut n.host_daemon), Some(0));
+        } else {
+            // A crash: the host says nothing to the sites.
+            n.host_daemon.0.kill().expect("kill");
+            n.host_daemon.0.wait().expect("wait");
+        }
+        n.host_daemon = start_daemon(&n.host);
+        wait_for_socket(&n.host);
+        // The host is up again: the sites' first `sync now` works, without a second try.
+        for s in &n.sites {
+            let o = s.run(&["--json", "sync", "now"]);
+            assert_eq!(o.code, 0, "{}", o.stderr);
+        }
+    }
+}
