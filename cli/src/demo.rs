@@ -76,7 +76,7 @@ fn show(
         })
         .collect();
     println!("[{}] $ carnet {}", place.name, shown.join(" "));
-    for line in text.lines() {
+    for line in crate::terminal::printable(&text).lines() {
         println!("    {line}");
     }
     if code != expect_exit {

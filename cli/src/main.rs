@@ -9,6 +9,7 @@ mod demo;
 mod fhir;
 mod progress;
 mod store;
+mod terminal;
 
 use std::io::Write;
 
@@ -24,7 +25,7 @@ fn main() {
 pub(crate) fn execute(cli: &args::Cli) -> i32 {
     let outcome = commands::run(cli);
     for warning in commands::take_warnings() {
-        eprintln!("warning: {warning}");
+        eprintln!("warning: {}", terminal::printable(&warning));
     }
     match outcome {
         Ok(reply) => {
@@ -36,7 +37,7 @@ pub(crate) fn execute(cli: &args::Cli) -> i32 {
             } else if reply.human.is_empty() {
                 Ok(())
             } else {
-                writeln!(out, "{}", reply.human)
+                writeln!(out, "{}", terminal::printable(&reply.human))
             };
             match written.and_then(|_| out.flush()) {
                 Ok(()) => 0,
@@ -53,7 +54,7 @@ pub(crate) fn execute(cli: &args::Cli) -> i32 {
                     json!({"error": {"kind": f.kind(), "message": f.message(), "exit_code": f.exit_code()}})
                 );
             }
-            eprintln!("error: {}", f.message());
+            eprintln!("error: {}", terminal::printable(&f.message()));
             f.exit_code()
         }
     }
