@@ -144,12 +144,47 @@ pub fn process(replica: &Replica, inbox: &Path) -> std::io::Result<InboxReport> 
         // daemon scans again after the first round).
         return Ok(report);
     }
-    let mut names: Vec<String> = fs::read_dir(inbox)?
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-        .filter_map(|e| e.file_name().into_string().ok())
-        .collect();
+    let mut names: Vec<String> = Vec::new();
+    for entry in fs::read_dir(inbox)?.filter_map(|e| e.ok()) {
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_dir() {
+            continue;
+        }
+        let reason = match entry.file_name().into_string() {
+            Err(_) => "its name is not valid UTF-8: drop it again under a UTF-8 name",
+            Ok(name) if is_temporary(&name) => continue,
+            Ok(_) if !kind.is_file() => {
+                "it is not a regular file (a symbolic link, a device or a pipe): the inbox takes the document itself, not a link to it"
+            }
+            Ok(name)
+                if name.ends_with(SIDECAR_SUFFIX)
+                    && name[..name.len() - SIDECAR_SUFFIX.len()].ends_with(SIDECAR_SUFFIX) =>
+            {
+                "a sidecar of a sidecar: a document's sidecar is NAME.carnet.json beside NAME"
+            }
+            Ok(name) => {
+                names.push(name);
+                continue;
+            }
+        };
+        reject_alone(inbox, &entry.path(), reason)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        report.rejected.push((name, reason.into()));
+    }
     names.sort();
+    // The sidecar of a document rejected above has no document to wait for.
+    let alone: Vec<String> = report.rejected.iter().map(|(n, _)| n.clone()).collect();
+    for name in &alone {
+        let sidecar = format!("{name}{SIDECAR_SUFFIX}");
+        if let Some(at) = names.iter().position(|n| *n == sidecar) {
+            names.remove(at);
+            let reason = "its document was rejected (see the document's error file)";
+            reject_alone(inbox, &inbox.join(&sidecar), reason)?;
+            report.rejected.push((sidecar, reason.into()));
+        }
+    }
     for sidecar_name in names
         .iter()
         .filter(|n| n.ends_with(SIDECAR_SUFFIX) && !is_temporary(n))
@@ -261,6 +296,27 @@ fn move_pair(
     for moved in [&sidecar_target, &doc_target] {
         fs::set_permissions(
             moved,
+            fs::Permissions::from_mode(carnet_store::files::FILE_MODE),
+        )?;
+    }
+    Ok(())
+}
+
+/// Moves one file that can never be part of a pair into `inbox/rejected/`, under a UTF-8 name
+/// and never over an existing file, with the reason beside it. A link is moved as a link: what
+/// it points to is never read.
+fn reject_alone(inbox: &Path, file: &Path, reason: &str) -> std::io::Result<()> {
+    let dir = inbox.join("rejected");
+    carnet_store::files::private_dir(&dir)?;
+    let target = free_name(&dir, file)?;
+    carnet_store::files::write_private(
+        Path::new(&format!("{}.error.txt", target.display())),
+        format!("{reason}\n").as_bytes(),
+    )?;
+    fs::rename(file, &target)?;
+    if fs::symlink_metadata(&target)?.is_file() {
+        fs::set_permissions(
+            &target,
             fs::Permissions::from_mode(carnet_store::files::FILE_MODE),
         )?;
     }
@@ -441,6 +497,66 @@ mod tests {
         assert!(reason("c.txt").contains("denied"));
         assert!(inbox.path().join("rejected/a.txt").exists());
         assert_eq!(documents(&r), 0);
+    }
+
+    #[test]
+    fn what_can_never_pair_is_rejected_with_its_reason_and_nothing_is_followed() {
+        use std::os::unix::ffi::OsStrExt;
+        let (data, inbox, outside) = (
+            tempfile::tempdir().expect("tmp"),
+            tempfile::tempdir().expect("tmp"),
+            tempfile::tempdir().expect("tmp"),
+        );
+        let r = replica(data.path());
+        let target = outside.path().join("secret.txt");
+        fs::write(&target, "not for the inbox (synthetic)").expect("target");
+        std::os::unix::fs::symlink(&target, inbox.path().join("linked.txt")).expect("link");
+        fs::write(
+            inbox.path().join(format!("linked.txt{SIDECAR_SUFFIX}")),
+            sidecar("urn:test:7"),
+        )
+        .expect("sc");
+        let raw = std::ffi::OsStr::from_bytes(b"caf\xe9.txt");
+        fs::write(inbox.path().join(raw), "x").expect("non-UTF-8 name");
+        fs::write(
+            inbox
+                .path()
+                .join(format!("g.txt{SIDECAR_SUFFIX}{SIDECAR_SUFFIX}")),
+            "{}",
+        )
+        .expect("sidecar of a sidecar");
+        let report = process(&r, inbox.path()).expect("scan");
+        assert_eq!(report.rejected.len(), 4, "{report:?}");
+        assert!(report.stored.is_empty());
+        let left: Vec<_> = fs::read_dir(inbox.path())
+            .expect("inbox")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_ok_and(|t| !t.is_dir()))
+            .collect();
+        assert!(left.is_empty(), "nothing stays behind: {left:?}");
+        let errors = fs::read_dir(inbox.path().join("rejected"))
+            .expect("rejected")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".error.txt"))
+            .count();
+        assert_eq!(errors, 4, "each with its reason");
+        assert_eq!(
+            fs::read_to_string(&target).expect("target"),
+            "not for the inbox (synthetic)"
+        );
+        assert!(
+            fs::symlink_metadata(inbox.path().join("rejected/linked.txt"))
+                .expect("moved")
+                .file_type()
+                .is_symlink(),
+            "the link moved as a link"
+        );
+        assert_eq!(documents(&r), 0);
+        // A second scan finds nothing to do.
+        assert_eq!(
+            process(&r, inbox.path()).expect("scan"),
+            InboxReport::default()
+        );
     }
 
     #[test]
