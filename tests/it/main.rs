@@ -39,6 +39,7 @@ mod operator;
 mod pki;
 mod policy_cli;
 mod purge;
+mod quarantine;
 mod regressions;
 mod rogue;
 mod secrecy;
