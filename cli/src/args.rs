@@ -77,6 +77,10 @@ pub enum Command {
     /// Documents replaced twice by changes that had not seen each other.
     #[command(subcommand)]
     Conflicts(ConflictsCmd),
+    /// Documents written here that the host would not take, kept: see them, read them (their
+    /// author), send them again into an open dossier.
+    #[command(subcommand)]
+    Quarantine(QuarantineCmd),
     /// Host: every enrolled site as the host's daemon sees it — connected, last contact, how far
     /// behind, lease, quarantine, pending requests, version, last error.
     Sites {
@@ -125,6 +129,35 @@ pub enum ConflictsCmd {
         #[arg(long)]
         keep: String,
         /// Who decides (RPPS).
+        #[arg(long = "as")]
+        actor: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QuarantineCmd {
+    /// Each quarantined document: its quarantine id, dossier, author, class and type, since
+    /// when, why, and what became of it. Opens no body.
+    List,
+    /// One quarantined document. Opens no body.
+    Show { id: String },
+    /// Writes a quarantined document's body: for its author (`--as RPPS`), or the host
+    /// operator (no `--as`, at the host). Traced, allowed or not.
+    Get {
+        id: String,
+        #[arg(long = "as")]
+        actor: Option<String>,
+        /// Write the body to this file (default: stdout).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Sends a quarantined document again, as a new document of the open dossier INS, as its
+    /// author: decided like any write here, and again by the host. Traced; the quarantined
+    /// copy stays, showing what became of it.
+    Refile {
+        id: String,
+        #[arg(long)]
+        dossier: String,
         #[arg(long = "as")]
         actor: String,
     },

@@ -16,7 +16,8 @@ use carnet_store::model::{
 };
 use carnet_store::policy::Action;
 use carnet_store::replica::{
-    DossierInfo, InitOptions, KeySource, NewDocument, NewDossier, Replica, Role, system_clock,
+    DossierInfo, InitOptions, KeySource, NewDocument, NewDossier, QuarantineEntry, QuarantineState,
+    Replica, Role, system_clock,
 };
 use carnet_store::time::{format_date, format_rfc3339, parse_date};
 use carnet_syncd::api::Response;
@@ -237,6 +238,7 @@ pub fn run(cli: &Cli) -> Result<Reply> {
         Command::Unpin { ins: text, site } => pin(cli, text, false, *site),
         Command::Requests => requests(cli),
         Command::Conflicts(ConflictsCmd::List { dossier }) => conflicts(cli, dossier.as_deref()),
+        Command::Quarantine(c) => quarantine(cli, c),
         Command::Conflicts(ConflictsCmd::Resolve {
             doc,
             keep,
@@ -882,6 +884,157 @@ fn conflicts(cli: &Cli, dossier: Option<&str>) -> Result<Reply> {
         }).collect::<Vec<_>>()})
     });
     Ok(Reply::new(human.trim_end(), Value::Array(json.collect())))
+}
+
+/// A body read: written to `output` (the reply names the document's `title` and adds `note`),
+/// or to stdout, raw or in JSON.
+fn body_reply(
+    cli: &Cli,
+    output: Option<&Path>,
+    body: Zeroizing<Vec<u8>>,
+    mut j: Value,
+    (title, note): (&str, &str),
+) -> Result<Reply> {
+    match output {
+        Some(path) => {
+            write_private_file(path, &body)?;
+            Ok(Reply::new(
+                format!(
+                    "{title} ({} bytes) written to {} — {note}",
+                    body.len(),
+                    path.display()
+                ),
+                j,
+            ))
+        }
+        None if cli.json => {
+            j["body_base64"] = json!(base64::engine::general_purpose::STANDARD.encode(&body));
+            Ok(Reply::new(String::new(), j))
+        }
+        None => Ok(Reply {
+            human: String::new(),
+            json: j,
+            raw_stdout: Some(body),
+        }),
+    }
+}
+
+fn quarantine(cli: &Cli, c: &QuarantineCmd) -> Result<Reply> {
+    let r = open(cli)?;
+    match c {
+        QuarantineCmd::List => {
+            let list = r.quarantined()?;
+            let human = if list.is_empty() {
+                "no quarantined document".to_string()
+            } else {
+                list.iter()
+                    .map(quarantine_line)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            Ok(Reply::new(
+                human,
+                Value::Array(list.iter().map(quarantine_json).collect()),
+            ))
+        }
+        QuarantineCmd::Show { id } => {
+            let q = r.quarantined_one(&DocId::parse(id)?)?;
+            let f = &q.record.meta.facts;
+            let human = format!(
+                "{}\ntitle: {}\nformat: {}, {} bytes\nwritten: {}",
+                quarantine_line(&q),
+                f.title,
+                f.format,
+                f.size,
+                format_rfc3339(f.created_at)
+            );
+            Ok(Reply::new(human, quarantine_json(&q)))
+        }
+        QuarantineCmd::Get {
+            id,
+            actor: by,
+            output,
+        } => {
+            let by = by
+                .as_deref()
+                .map(actor)
+                .transpose()?
+                .unwrap_or(Actor::System);
+            let id = DocId::parse(id)?;
+            let body = r.quarantined_body(&by, &id)?;
+            let q = r.quarantined_one(&id)?;
+            let title = q.record.meta.facts.title.clone();
+            let j = quarantine_json(&q);
+            body_reply(
+                cli,
+                output.as_deref(),
+                body,
+                j,
+                (&title, "quarantined, traced"),
+            )
+        }
+        QuarantineCmd::Refile {
+            id,
+            dossier,
+            actor: by,
+        } => {
+            let id = DocId::parse(id)?;
+            let new = r.refile_quarantined(&actor(by)?, &id, &ins(dossier)?)?;
+            Ok(Reply::new(
+                format!(
+                    "{id} refiled as {new}: the host decides at the next sync; `carnet quarantine show {id}` follows it"
+                ),
+                json!({"id": id.to_string(), "refiled_as": new.to_string()}),
+            ))
+        }
+    }
+}
+
+/// What a quarantined document became, in words.
+fn quarantine_state_words(q: &QuarantineEntry) -> String {
+    let refiled = q.record.refiled.as_ref();
+    let doc = refiled.map(|r| r.doc.to_string()).unwrap_or_default();
+    match q.state {
+        QuarantineState::Held => "held".into(),
+        QuarantineState::Waiting => format!("refiled as {doc}, waiting for the host"),
+        QuarantineState::Taken => format!("refiled as {doc}, taken by the host"),
+        QuarantineState::Returned => {
+            format!("refiled as {doc}, refused by the host: {doc} is in quarantine")
+        }
+    }
+}
+
+fn quarantine_line(q: &QuarantineEntry) -> String {
+    let f = &q.record.meta.facts;
+    format!(
+        "{}  dossier {}  by {}  class {} type {}  since {}\n  why: {}\n  state: {}{}",
+        q.id,
+        f.ins.matricule(),
+        author_str(&f.author),
+        f.class.code(),
+        f.type_code,
+        format_rfc3339(q.record.at),
+        q.record.reason,
+        quarantine_state_words(q),
+        q.record
+            .refile_of
+            .map(|o| format!("\n  refiles {o}"))
+            .unwrap_or_default()
+    )
+}
+
+fn quarantine_json(q: &QuarantineEntry) -> Value {
+    let f = &q.record.meta.facts;
+    json!({
+        "id": q.id.to_string(), "dossier": f.ins.matricule(), "author": author_str(&f.author),
+        "site": f.author_site.0, "class": f.class.code(), "type": f.type_code, "title": f.title,
+        "written": format_rfc3339(f.created_at), "since": format_rfc3339(q.record.at),
+        "reason": q.record.reason, "state": q.state.as_str(),
+        "refiled": q.record.refiled.as_ref().map(|r| json!({
+            "doc": r.doc.to_string(), "dossier": r.ins.matricule(), "at": format_rfc3339(r.at),
+        })),
+        "refile_of": q.record.refile_of.map(|o| o.to_string()),
+    })
 }
 
 fn now_millis() -> i64 {
@@ -1708,31 +1861,9 @@ fn doc(cli: &Cli, c: &DocCmd) -> Result<Reply> {
             )?;
             let mut j = doc_json(&out.meta);
             j["rule"] = json!(out.rule);
-            match output {
-                Some(path) => {
-                    write_private_file(path, &out.body)?;
-                    Ok(Reply::new(
-                        format!(
-                            "{} ({} bytes) written to {} — traced, rule {}",
-                            out.meta.facts.title,
-                            out.body.len(),
-                            path.display(),
-                            out.rule
-                        ),
-                        j,
-                    ))
-                }
-                None if cli.json => {
-                    j["body_base64"] =
-                        json!(base64::engine::general_purpose::STANDARD.encode(&out.body));
-                    Ok(Reply::new(String::new(), j))
-                }
-                None => Ok(Reply {
-                    human: String::new(),
-                    json: j,
-                    raw_stdout: Some(out.body),
-                }),
-            }
+            let traced = format!("traced, rule {}", out.rule);
+            let title = out.meta.facts.title.clone();
+            body_reply(cli, output.as_deref(), out.body, j, (&title, &traced))
         }
         DocCmd::List {
             dossier,

@@ -14,8 +14,8 @@ use carnet_store::model::{
 use carnet_store::policy::Action;
 use carnet_store::replica::backup::BackupInfo;
 use carnet_store::replica::{
-    Conflict, DossierExport, DossierInfo, ImportReport, NewDocument, NewDossier, ReadOutcome,
-    ReplicaConfig, SiteRequest,
+    Conflict, DossierExport, DossierInfo, ImportReport, NewDocument, NewDossier, QuarantineEntry,
+    ReadOutcome, ReplicaConfig, SiteRequest,
 };
 use carnet_syncd::api::local::Handle;
 use carnet_syncd::api::{PkiHostStatus, Request, Response, SyncStatus};
@@ -23,6 +23,8 @@ use carnet_syncd::enrol::{Renewal, SiteRecord};
 use carnet_syncd::fleet::SiteOverview;
 use carnet_syncd::pki::Identity;
 use carnet_syncd::session::RoundReport;
+
+use zeroize::Zeroizing;
 
 use crate::commands::Failure;
 
@@ -336,6 +338,38 @@ impl Store {
             doc: *doc,
             keep: *keep,
         })
+    }
+
+    /// The quarantined documents, with what became of each.
+    pub fn quarantined(&self) -> Result<Vec<QuarantineEntry>> {
+        expect!(self.call(Request::Quarantine)?, Quarantine)
+    }
+
+    pub fn quarantined_one(&self, id: &DocId) -> Result<QuarantineEntry> {
+        expect!(self.call(Request::QuarantineShow { id: *id })?, Quarantined).map(|q| *q)
+    }
+
+    /// A quarantined document's body, read as `actor` (traced).
+    pub fn quarantined_body(&self, actor: &Actor, id: &DocId) -> Result<Zeroizing<Vec<u8>>> {
+        match self.call(Request::QuarantineBody {
+            actor: actor.clone(),
+            id: *id,
+        })? {
+            Response::QuarantinedBody { body } => Ok(body),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Sends a quarantined document again into `ins`, as `actor`; answers the new id.
+    pub fn refile_quarantined(&self, actor: &Actor, id: &DocId, ins: &Ins) -> Result<DocId> {
+        expect!(
+            self.call(Request::QuarantineRefile {
+                actor: actor.clone(),
+                id: *id,
+                ins: ins.clone(),
+            })?,
+            DocId
+        )
     }
 
     /// The documents in conflict (of `dossier` only, if given), with their branches.

@@ -22,7 +22,7 @@ use carnet_store::policy::Action;
 use carnet_store::replica::backup::BackupInfo;
 use carnet_store::replica::{
     Conflict, DossierExport, DossierInfo, ImportReport, KeySource, NewDocument, NewDossier,
-    ReadOutcome, Replica, ReplicaConfig, SiteRequest,
+    QuarantineEntry, ReadOutcome, Replica, ReplicaConfig, SiteRequest,
 };
 use carnet_store::time::Millis;
 use serde::{Deserialize, Serialize};
@@ -100,6 +100,14 @@ pub enum Request {
     },
     /// The documents of a dossier the actor may read.
     ListDocuments { actor: Actor, ins: Ins },
+    /// The quarantined documents, with what became of each (no body opened).
+    Quarantine,
+    /// One quarantined document (no body opened).
+    QuarantineShow { id: DocId },
+    /// The body of a quarantined document, for its author or the host operator; traced.
+    QuarantineBody { actor: Actor, id: DocId },
+    /// Sends a quarantined document again into the dossier `ins`; answers the new id.
+    QuarantineRefile { actor: Actor, id: DocId, ins: Ins },
     /// Keeps one branch of a document in conflict (`Replica::resolve_conflict`).
     ResolveConflict {
         actor: Actor,
@@ -267,6 +275,8 @@ impl Request {
                 | Request::SiteProfessionals { .. }
                 | Request::SiteRequests
                 | Request::Conflicts { .. }
+                | Request::Quarantine
+                | Request::QuarantineShow { .. }
                 | Request::Backup { .. }
         );
         let traced_read = matches!(
@@ -275,6 +285,7 @@ impl Request {
                 | Request::ReadDocument { .. }
                 | Request::ListDocuments { .. }
                 | Request::ExportDossier { .. }
+                | Request::QuarantineBody { .. }
         );
         !looks && (!traced_read || role == carnet_store::replica::Role::Site)
     }
@@ -483,6 +494,15 @@ pub enum Response {
     SiteRequests(Vec<SiteRequest>),
     /// Documents in conflict.
     Conflicts(Vec<Conflict>),
+    /// Quarantined documents.
+    Quarantine(Vec<QuarantineEntry>),
+    /// One quarantined document.
+    Quarantined(Box<QuarantineEntry>),
+    /// A quarantined document's body.
+    QuarantinedBody {
+        #[serde(with = "carnet_store::codec::secret_bytes")]
+        body: Zeroizing<Vec<u8>>,
+    },
     /// A backup written.
     Backup(BackupInfo),
 }
@@ -674,6 +694,16 @@ impl Service {
             )?)),
             Request::ListDocuments { actor, ins } => {
                 Response::Documents(r.list_documents(&actor, &ins)?)
+            }
+            Request::Quarantine => Response::Quarantine(r.quarantined()?),
+            Request::QuarantineShow { id } => {
+                Response::Quarantined(Box::new(r.quarantined_one(&id)?))
+            }
+            Request::QuarantineBody { actor, id } => Response::QuarantinedBody {
+                body: r.quarantined_body(&actor, &id)?,
+            },
+            Request::QuarantineRefile { actor, id, ins } => {
+                Response::DocId(r.refile_quarantined(&actor, &id, &ins)?)
             }
             Request::ResolveConflict { actor, doc, keep } => {
                 r.resolve_conflict(&actor, &doc, &keep)?;
@@ -1016,7 +1046,7 @@ impl Service {
             quarantine: r
                 .quarantined()?
                 .into_iter()
-                .map(|q| (q.meta.facts.id, q.at, q.reason))
+                .map(|q| (q.id, q.record.at, q.record.reason))
                 .collect(),
             conflicts: r.conflicted()?,
             held: r.held_back()?,

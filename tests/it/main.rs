@@ -42,6 +42,7 @@ mod operator;
 mod pki;
 mod policy_cli;
 mod purge;
+mod quarantine;
 mod regressions;
 mod rogue;
 mod secrecy;

@@ -578,6 +578,20 @@ impl Replica {
         reason: Option<&str>,
         new_docs: Vec<(Ins, NewDocument)>,
     ) -> Result<Vec<DocId>> {
+        self.put_documents_then(actor, mode, reason, new_docs, |_, _| Ok(Vec::new()))
+    }
+
+    /// `put_documents`, running `then` in the same transaction once the documents are written
+    /// (with their ids); the trace entries it answers are committed with the write, and its
+    /// error aborts everything.
+    pub(super) fn put_documents_then(
+        &self,
+        actor: &Actor,
+        mode: AccessMode,
+        reason: Option<&str>,
+        new_docs: Vec<(Ins, NewDocument)>,
+        then: impl FnOnce(&WriteTransaction, &[DocId]) -> Result<Vec<AuditEntry>>,
+    ) -> Result<Vec<DocId>> {
         let txn = self.begin_write()?;
         // Holding the write lock, a snapshot taken now sees exactly what `txn` starts from.
         let (snap, generation) = self.snapshot()?;
@@ -679,6 +693,7 @@ impl Replica {
                 self.host_document_changed(&txn, bi, id, None)?;
             }
         }
+        entries.extend(then(&txn, &ids)?);
         txn.trace(entries);
         txn.commit()?;
         Ok(ids)

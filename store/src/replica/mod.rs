@@ -68,7 +68,7 @@ pub use emergency_fetch::EMERGENCY_VALID;
 pub use high_water::{HIGH_WATER_ENV, check_high_water_from_env, reset_high_water_from_env};
 pub use host_sync::{PullItem, PullPage, PullReport};
 pub use local_dossiers::{LocalDossierState, Proposal};
-pub use quarantine::Quarantined;
+pub use quarantine::{QuarantineEntry, QuarantineState, Quarantined, Refiling};
 pub use restored::RestoreMark;
 pub use site_access::{RequestKind, SiteRequest};
 pub use site_traces::{SignedTraceHead, TraceHeadEvidence};

@@ -51,7 +51,7 @@ use super::doc_map::DocMap;
 use super::documents::{body_aad, meta_aad};
 use super::high_water::{Mark, mark_aad, mark_from_env, mark_key, rekeyed_mark};
 use super::local_dossiers::{held_aad, local_aad};
-use super::quarantine::quarantine_key;
+use super::quarantine::reseal_quarantine_row;
 use super::site_traces::chain_key_aad;
 use super::sync::{Queued, act_aad, outbox_aad, piece_aad};
 use super::tables::*;
@@ -940,13 +940,7 @@ impl Rekey<'_> {
 
     fn quarantine(&mut self, k: &[u8], v: &[u8]) -> Result<Row> {
         let (id, key) = self.doc("quarantine", k)?;
-        let a = aad(&[b"quarantine", &id.0]);
-        let v = Self::reseal(
-            "quarantine",
-            (&quarantine_key(&self.old.keys.registry), &a),
-            (&quarantine_key(&self.new.registry), &a),
-            v,
-        )?;
+        let v = reseal_quarantine_row(&self.old.keys.registry, &self.new.registry, &id, v)?;
         Ok((key.to_vec(), v))
     }
 

@@ -10,6 +10,7 @@ use zeroize::Zeroizing;
 use super::*;
 use crate::audit::TraceAction;
 use crate::authority::{Covers, SignedRecord};
+use crate::error::Error;
 use crate::ids::{DocId, Rpps};
 use crate::model::{
     AccessMode, DocClass, GrantBasis, GrantState, HolderKind, IdentityStatus, Profession, Sex,
@@ -4268,9 +4269,13 @@ impl OldKeys {
         let mut quarantine = 0;
         for row in txn.open_table(QUARANTINE).expect("q").iter().expect("iter") {
             let (k, v) = row.expect("row");
-            if super::quarantine::quarantine_key(&self.registry)
-                .open(&aad(&[b"quarantine", &id_of(k.value())]), v.value())
-                .is_ok()
+            if super::quarantine::reseal_quarantine_row(
+                &self.registry,
+                &self.registry,
+                &DocId(id_of(k.value())),
+                v.value(),
+            )
+            .is_ok()
             {
                 quarantine += 1;
             }
@@ -4607,7 +4612,7 @@ fn the_host_refuses_a_proposal_it_cannot_take_and_the_site_keeps_what_it_wrote()
     );
     let kept = site.quarantined().expect("quarantine");
     assert_eq!(kept.len(), 1);
-    assert_eq!(kept[0].meta.facts.id, id);
+    assert_eq!(kept[0].record.meta.facts.id, id);
     assert_eq!(
         host.dossier(&walk_in()).expect("closed dossier").documents,
         0,
@@ -4678,4 +4683,127 @@ fn a_full_rotation_keeps_a_dossier_opened_here_and_what_it_holds_back() {
     sync(&host, &site);
     assert_eq!(host_titles(&host, &walk_in()), ["before the rotation"]);
     assert!(host.has_body(&id).expect("body"));
+}
+/// A dossier closed at the host while the site's document in it waits: the document lands in
+/// the site's quarantine, and the quarantine's id of it.
+fn quarantined_at_site() -> (TempDir, Replica, TempDir, Replica, Ins, DocId) {
+    let (hd, host, sd, site) = host_and_site();
+    let closing = Ins::from_body("2840575123456").expect("ins");
+    host.create_dossier(new_dossier(closing.clone()))
+        .expect("dossier");
+    host.set_grant(
+        &closing,
+        &doctor(),
+        GrantState::Active,
+        GrantBasis::Treating,
+    )
+    .expect("grant");
+    sync(&host, &site);
+    let late = site
+        .put_document(
+            &Actor::Professional(doctor()),
+            AccessMode::Normal,
+            None,
+            &closing,
+            doc("late", b"late body (synthetic)"),
+        )
+        .expect("put");
+    host.close_dossier(&closing, "holder's request")
+        .expect("close");
+    site.import_authority(&host.export_authority().expect("export"))
+        .expect("import");
+    (hd, host, sd, site, closing, late)
+}
+
+#[test]
+fn a_quarantined_document_is_listed_without_its_body_and_read_by_its_author_alone() {
+    let (_hd, _host, _sd, site, closing, late) = quarantined_at_site();
+    let listed = site.quarantined().expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, late);
+    assert_eq!(listed[0].state, QuarantineState::Held);
+    assert_eq!(listed[0].record.meta.facts.ins, closing);
+    assert!(listed[0].record.reason.contains("closed"), "{listed:?}");
+    // Someone with the data folder but not the key sees neither the body nor the metadata.
+    let db = site.begin_read().expect("read");
+    for row in db
+        .open_table(QUARANTINE)
+        .expect("table")
+        .iter()
+        .expect("iter")
+    {
+        let (_, v) = row.expect("row");
+        let v = v.value();
+        assert!(!v.windows(9).any(|w| w == b"late body"), "body in clear");
+        assert!(!v.windows(4).any(|w| w == b"late"), "title in clear");
+    }
+    drop(db);
+    // Its author reads it; another professional registered here, an unknown one and the
+    // site's own operator are refused; each attempt is traced on the (purged) dossier.
+    assert_eq!(
+        *site
+            .quarantined_body(&Actor::Professional(doctor()), &late)
+            .expect("author"),
+        b"late body (synthetic)"
+    );
+    let stranger = Rpps::parse("19999999999").expect("rpps");
+    for who in [
+        Actor::Professional(nurse()),
+        Actor::Professional(stranger),
+        Actor::System,
+        Actor::Holder,
+    ] {
+        let refused = site.quarantined_body(&who, &late);
+        assert!(matches!(refused, Err(Error::Denied { .. })), "{who:?}");
+    }
+    let reads: Vec<bool> = site
+        .audit_entries(Some(&closing))
+        .expect("trace")
+        .into_iter()
+        .filter(|e| {
+            e.entry.doc == Some(late) && e.entry.action == TraceAction::Access(Action::Read)
+        })
+        .map(|e| e.entry.allowed)
+        .collect();
+    assert_eq!(reads, vec![true, false, false, false, false]);
+    assert!(matches!(
+        site.quarantined_body(&Actor::Professional(doctor()), &DocId([7; 16])),
+        Err(Error::NotFound(_))
+    ));
+}
+
+#[test]
+fn a_refiled_document_is_taken_by_the_host_and_the_quarantine_keeps_it_marked() {
+    let (_hd, host, _sd, site, _closing, late) = quarantined_at_site();
+    let nurse_refile = site.refile_quarantined(&Actor::Professional(nurse()), &late, &ins());
+    assert!(matches!(nurse_refile, Err(Error::Denied { .. })));
+    assert_eq!(
+        site.quarantined_one(&late).expect("show").state,
+        QuarantineState::Held,
+        "a refused refiling changes nothing"
+    );
+    let new = site
+        .refile_quarantined(&Actor::Professional(doctor()), &late, &ins())
+        .expect("refile");
+    assert_ne!(new, late);
+    let shown = site.quarantined_one(&late).expect("show");
+    assert_eq!(shown.state, QuarantineState::Waiting);
+    assert_eq!(shown.record.refiled.as_ref().map(|r| r.doc), Some(new));
+    assert!(matches!(
+        site.refile_quarantined(&Actor::Professional(doctor()), &late, &ins()),
+        Err(Error::Invalid(_))
+    ));
+    sync(&host, &site);
+    assert_eq!(
+        site.quarantined_one(&late).expect("show").state,
+        QuarantineState::Taken
+    );
+    assert_eq!(read_body(&host, &new), b"late body (synthetic)");
+    // Kept, never dropped, and still readable by its author.
+    assert_eq!(
+        *site
+            .quarantined_body(&Actor::Professional(doctor()), &late)
+            .expect("author"),
+        b"late body (synthetic)"
+    );
 }
