@@ -681,7 +681,7 @@ fn written(meta: DocumentMeta) -> Change {
     let actor = match &meta.facts.author {
         Author::Professional { rpps, .. } => Actor::Professional(rpps.clone()),
         Author::Holder => Actor::Holder,
-        Author::Representative => Actor::Representative,
+        Author::Representative(id) => Actor::Representative(*id),
     };
     Change::Document {
         meta: Box::new(meta),
