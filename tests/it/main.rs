@@ -40,6 +40,7 @@ mod pki;
 mod policy_cli;
 mod purge;
 mod regressions;
+mod representatives;
 mod rogue;
 mod secrecy;
 mod service;
