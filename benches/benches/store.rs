@@ -31,6 +31,7 @@ fn benches(c: &mut Criterion) {
     let view = DossierView {
         status: DossierStatus::Active,
         holder: HolderKind::Adult,
+        representatives: &[],
         grant: Some((carnet_store::model::GrantState::Active, false)),
         emergency: EmergencyPrefs::default(),
         matrix: &matrix,

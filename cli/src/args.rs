@@ -373,6 +373,29 @@ pub enum DossierCmd {
     },
     /// Destroy a closed dossier: its key first, then its rows (host).
     Purge { ins: String },
+    /// Record or end a legal representative of the holder (host).
+    #[command(subcommand)]
+    Representative(RepresentativeCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RepresentativeCmd {
+    /// Record a legal representative; prints their id (R1, R2, …), what `--as
+    /// representative:ID` names.
+    Add {
+        ins: String,
+        #[arg(long)]
+        name: String,
+        /// Relationship to the holder (e.g. mother, guardian).
+        #[arg(long, default_value = "legal representative")]
+        relationship: String,
+    },
+    /// End a legal representative: from then on, their id has no access.
+    Remove {
+        ins: String,
+        /// Their id, e.g. R1.
+        id: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -398,7 +421,8 @@ pub struct CreateDossierArgs {
     /// adult, minor or protected-adult.
     #[arg(long, default_value = "adult")]
     pub holder: String,
-    /// A legal representative (repeatable).
+    /// A legal representative, `NAME` or `NAME:RELATIONSHIP` (repeatable); the host gives
+    /// them ids R1, R2, … in this order.
     #[arg(long)]
     pub representative: Vec<String>,
     /// The identity was checked against an ID document and INSi.
@@ -523,7 +547,7 @@ pub enum DocCmd {
     Add {
         #[arg(long)]
         dossier: String,
-        /// RPPS of a professional, `patient`, or `representative`.
+        /// RPPS of a professional, `patient`, or `representative:ID` (e.g. `representative:R1`).
         #[arg(long = "as")]
         actor: String,
         #[arg(long, value_enum, default_value = "normal")]
@@ -611,7 +635,7 @@ pub enum KeysCmd {
 pub struct ExportArgs {
     #[arg(long)]
     pub dossier: String,
-    /// `patient` or `representative`.
+    /// `patient` or `representative:ID` (e.g. `representative:R1`).
     #[arg(long = "as")]
     pub actor: String,
     #[arg(short, long)]

@@ -8,16 +8,16 @@ use base64::Engine;
 use carnet_store::Error;
 use carnet_store::audit::TraceActor;
 use carnet_store::authority::Bundle;
-use carnet_store::ids::{DocId, Ins, InsKind, Rpps, SiteId};
+use carnet_store::ids::{DocId, Ins, InsKind, RepresentativeId, Rpps, SiteId};
 use carnet_store::merge::DocumentMeta;
 use carnet_store::model::{
     AccessMode, Actor, Author, DocClass, GrantBasis, GrantState, HolderKind, Identity,
-    IdentityStatus, Profession, Professional, Sex,
+    IdentityStatus, Profession, Professional, Representative, Sex,
 };
 use carnet_store::policy::Action;
 use carnet_store::replica::{
-    DossierInfo, InitOptions, KeySource, NewDocument, NewDossier, QuarantineEntry, QuarantineState,
-    Replica, Role, system_clock,
+    DossierInfo, InitOptions, KeySource, NewDocument, NewDossier, NewRepresentative,
+    QuarantineEntry, QuarantineState, Replica, Role, system_clock,
 };
 use carnet_store::time::{format_date, format_rfc3339, parse_date};
 use carnet_syncd::api::Response;
@@ -170,16 +170,42 @@ fn rpps(text: &str) -> Result<Rpps> {
     Ok(Rpps::parse(text)?)
 }
 
+/// The `--as` forms: an RPPS, `patient`, or `representative:ID` (the id the host recorded
+/// in the dossier head, shown by `dossier show`).
 fn actor(text: &str) -> Result<Actor> {
+    const FORMS: &str = "expected an 11-digit RPPS, 'patient' or 'representative:ID' (the representative's id in the dossier, e.g. representative:R1; see `carnet dossier show`)";
     match text.trim() {
         "patient" | "holder" => Ok(Actor::Holder),
-        "representative" => Ok(Actor::Representative),
-        other => Rpps::parse(other).map(Actor::Professional).map_err(|_| {
-            Failure::Usage(format!(
-                "--as '{other}': expected an 11-digit RPPS, 'patient' or 'representative'"
-            ))
-        }),
+        "representative" => Err(Failure::Usage(format!(
+            "--as representative: name which one, {FORMS}"
+        ))),
+        other => match other.strip_prefix("representative:") {
+            Some(id) => RepresentativeId::parse(id)
+                .map(Actor::Representative)
+                .map_err(|e| Failure::Usage(format!("--as '{other}': {e}; {FORMS}"))),
+            None => Rpps::parse(other)
+                .map(Actor::Professional)
+                .map_err(|_| Failure::Usage(format!("--as '{other}': {FORMS}"))),
+        },
     }
+}
+
+/// `--representative NAME` or `NAME:RELATIONSHIP`.
+fn new_representative(text: &str) -> NewRepresentative {
+    let (name, relationship) = text
+        .split_once(':')
+        .unwrap_or((text, NewRepresentative::DEFAULT_RELATIONSHIP));
+    NewRepresentative {
+        name: name.to_string(),
+        relationship: relationship.to_string(),
+    }
+}
+
+fn representative_json(r: &Representative) -> Value {
+    json!({
+        "id": r.id.to_string(), "name": r.name, "relationship": r.relationship,
+        "since": format_rfc3339(r.since), "ended": r.ended.map(format_rfc3339),
+    })
 }
 
 fn mode(m: ModeArg) -> AccessMode {
@@ -1436,7 +1462,8 @@ fn dossier_json(d: &DossierInfo) -> Value {
         "birth_name": h.identity.birth_name, "first_names": h.identity.first_names,
         "birth_date": h.identity.birth_date, "sex": h.identity.sex.as_str(),
         "birthplace": h.identity.birthplace, "identity_status": h.identity.status.as_str(),
-        "holder": h.holder.as_str(), "representatives": h.representatives,
+        "holder": h.holder.as_str(),
+        "representatives": h.representatives.iter().map(representative_json).collect::<Vec<_>>(),
         "status": h.status.as_str(), "mask_new_by_default": h.mask_new_by_default,
         "closure": h.closure.as_ref().map(|c| json!({"at": format_rfc3339(c.at), "reason": c.reason})),
         "emergency": {"samu": d.emergency.samu_allowed, "btg": d.emergency.btg_allowed,
@@ -1455,7 +1482,7 @@ fn actor_name(a: &Actor) -> String {
     match a {
         Actor::Professional(rpps) => rpps.to_string(),
         Actor::Holder => "holder".into(),
-        Actor::Representative => "representative".into(),
+        Actor::Representative(id) => format!("representative:{id}"),
         Actor::System => "system".into(),
     }
 }
@@ -1503,7 +1530,11 @@ fn dossier(cli: &Cli, c: &DossierCmd) -> Result<Reply> {
                     },
                 },
                 holder: HolderKind::parse(&a.holder)?,
-                representatives: a.representative.clone(),
+                representatives: a
+                    .representative
+                    .iter()
+                    .map(|r| new_representative(r))
+                    .collect(),
                 mask_new_by_default: a.mask_new_by_default,
             };
             let creator = a.actor.as_deref().map(actor).transpose()?;
@@ -1546,7 +1577,22 @@ fn dossier(cli: &Cli, c: &DossierCmd) -> Result<Reply> {
                 if h.representatives.is_empty() {
                     String::new()
                 } else {
-                    format!(" (representatives: {})", h.representatives.join(", "))
+                    let each: Vec<String> = h
+                        .representatives
+                        .iter()
+                        .map(|r| {
+                            format!(
+                                "{} {} ({}{})",
+                                r.id,
+                                r.name,
+                                r.relationship,
+                                r.ended
+                                    .map(|at| format!(", ended {}", format_date(at)))
+                                    .unwrap_or_default()
+                            )
+                        })
+                        .collect();
+                    format!(" (representatives: {})", each.join(", "))
                 },
                 h.status.as_str(),
                 h.closure
@@ -1605,6 +1651,43 @@ fn dossier(cli: &Cli, c: &DossierCmd) -> Result<Reply> {
             Ok(Reply::new(
                 human.trim_end(),
                 Value::Array(all.iter().map(dossier_json).collect()),
+            ))
+        }
+        DossierCmd::Representative(RepresentativeCmd::Add {
+            ins: text,
+            name,
+            relationship,
+        }) => {
+            let info = r.add_representative(
+                &ins(text)?,
+                NewRepresentative {
+                    name: name.clone(),
+                    relationship: relationship.clone(),
+                },
+            )?;
+            let id = info
+                .head
+                .representatives
+                .last()
+                .map(|r| r.id.to_string())
+                .unwrap_or_default();
+            Ok(Reply::new(
+                format!(
+                    "recorded legal representative {id} of dossier {} (act as --as representative:{id})",
+                    info.head.ins.matricule()
+                ),
+                dossier_json(&info),
+            ))
+        }
+        DossierCmd::Representative(RepresentativeCmd::Remove { ins: text, id }) => {
+            let id = RepresentativeId::parse(id)?;
+            let info = r.remove_representative(&ins(text)?, id)?;
+            Ok(Reply::new(
+                format!(
+                    "ended legal representative {id} of dossier {}: no access from now on",
+                    info.head.ins.matricule()
+                ),
+                dossier_json(&info),
             ))
         }
         DossierCmd::Close { ins: text, reason } => {
@@ -1792,7 +1875,7 @@ fn author_str(a: &Author) -> String {
     match a {
         Author::Professional { rpps, profession } => format!("{rpps} ({})", profession.as_str()),
         Author::Holder => "patient".into(),
-        Author::Representative => "representative".into(),
+        Author::Representative(id) => format!("representative {id}"),
     }
 }
 
@@ -1957,7 +2040,7 @@ fn trace_actor(a: &TraceActor) -> String {
             )
         }
         TraceActor::Holder => "patient".into(),
-        TraceActor::Representative => "representative".into(),
+        TraceActor::Representative(id) => format!("representative {id}"),
         TraceActor::System => "system".into(),
     }
 }
@@ -2122,7 +2205,7 @@ fn export(cli: &Cli, a: &ExportArgs) -> Result<Reply> {
     let who = actor(&a.actor)?;
     if matches!(who, Actor::Professional(_)) {
         return Err(Failure::Usage(
-            "the full copy is the holder's: use --as patient (or representative)".into(),
+            "the full copy is the holder's: use --as patient (or representative:ID)".into(),
         ));
     }
     let e = r.export_dossier(&who, &i)?;

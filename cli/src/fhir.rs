@@ -64,7 +64,10 @@ fn document_reference(m: &DocumentMeta, body: &[u8], patient: &str) -> Value {
             "display": format!("{} ({rpps})", profession.as_str()),
         }),
         Author::Holder => json!({"reference": format!("urn:uuid:{patient}")}),
-        Author::Representative => json!({"display": "legal representative"}),
+        Author::Representative(id) => json!({
+            "identifier": {"value": id.to_string()},
+            "display": format!("legal representative {id}"),
+        }),
     };
     json!({
         "fullUrl": format!("urn:uuid:doc-{}", f.id),
@@ -99,7 +102,10 @@ fn audit_event(n: usize, t: &AuditEntry, patient: &str) -> Value {
             "display": profession.map(|p| p.as_str()).unwrap_or("professional"),
         }),
         TraceActor::Holder => json!({"reference": format!("urn:uuid:{patient}")}),
-        TraceActor::Representative => json!({"display": "legal representative"}),
+        TraceActor::Representative(id) => json!({
+            "identifier": {"value": id.to_string()},
+            "display": format!("legal representative {id}"),
+        }),
         TraceActor::System => json!({"display": "system"}),
     };
     let mut entity = vec![json!({"what": {"reference": format!("urn:uuid:{patient}")}})];

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use carnet_store::audit::ChainedEntry;
 use carnet_store::authority::Bundle;
-use carnet_store::ids::{DocId, Ins, Rpps};
+use carnet_store::ids::{DocId, Ins, RepresentativeId, Rpps};
 use carnet_store::merge::DocumentMeta;
 use carnet_store::model::{
     AccessMode, Actor, EmergencyPrefs, GrantBasis, GrantState, Professional,
@@ -14,8 +14,8 @@ use carnet_store::model::{
 use carnet_store::policy::Action;
 use carnet_store::replica::backup::BackupInfo;
 use carnet_store::replica::{
-    Conflict, DossierExport, DossierInfo, ImportReport, NewDocument, NewDossier, QuarantineEntry,
-    ReadOutcome, ReplicaConfig, SiteRequest,
+    Conflict, DossierExport, DossierInfo, ImportReport, NewDocument, NewDossier, NewRepresentative,
+    QuarantineEntry, ReadOutcome, ReplicaConfig, SiteRequest,
 };
 use carnet_syncd::api::local::Handle;
 use carnet_syncd::api::{PkiHostStatus, Request, Response, SyncStatus};
@@ -114,6 +114,34 @@ impl Store {
             ins: ins.clone(),
             reason: reason.to_string(),
         })
+    }
+
+    /// Records a legal representative (host) and answers the dossier as stored.
+    pub fn add_representative(
+        &self,
+        ins: &Ins,
+        representative: NewRepresentative,
+    ) -> Result<DossierInfo> {
+        expect!(
+            self.call(Request::AddRepresentative {
+                ins: ins.clone(),
+                representative,
+            })?,
+            Dossier
+        )
+        .map(|d| *d)
+    }
+
+    /// Ends a legal representative (host) and answers the dossier as stored.
+    pub fn remove_representative(&self, ins: &Ins, id: RepresentativeId) -> Result<DossierInfo> {
+        expect!(
+            self.call(Request::RemoveRepresentative {
+                ins: ins.clone(),
+                id,
+            })?,
+            Dossier
+        )
+        .map(|d| *d)
     }
 
     pub fn purge_dossier(&self, ins: &Ins) -> Result<()> {

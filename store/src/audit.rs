@@ -18,7 +18,7 @@ use std::thread::Thread;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::ids::{DocId, Rpps, SiteId};
+use crate::ids::{DocId, RepresentativeId, Rpps, SiteId};
 use crate::model::{AccessMode, Profession};
 use crate::policy::Action;
 use crate::time::Millis;
@@ -35,8 +35,9 @@ pub enum TraceActor {
     },
     /// The holder.
     Holder,
-    /// A legal representative.
-    Representative,
+    /// A legal representative, by the id the act named (recorded in the dossier head or not:
+    /// a denied claim is traced with the id claimed).
+    Representative(RepresentativeId),
     /// The system or the host operator.
     System,
 }

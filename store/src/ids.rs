@@ -214,6 +214,46 @@ impl Finess {
     }
 }
 
+/// A legal representative of one dossier, as the host recorded them in its signed head:
+/// `R1`, `R2`, … in the order recorded. Unique within the dossier and never reused there (a
+/// representative removed keeps their id, marked ended), so a trace entry naming one stays
+/// true.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RepresentativeId(pub u16);
+
+impl RepresentativeId {
+    /// Parses `R` (or `r`) followed by a number from 1 to 65535, as `Display` writes it.
+    pub fn parse(text: &str) -> Result<Self> {
+        let t = text.trim();
+        let err = || {
+            Error::invalid(format!(
+                "invalid representative id '{t}': expected R followed by a number, e.g. R1"
+            ))
+        };
+        let digits = t
+            .strip_prefix('R')
+            .or_else(|| t.strip_prefix('r'))
+            .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+            .ok_or_else(err)?;
+        match digits.parse::<u16>() {
+            Ok(n) if n > 0 => Ok(RepresentativeId(n)),
+            _ => Err(err()),
+        }
+    }
+}
+
+impl fmt::Display for RepresentativeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "R{}", self.0)
+    }
+}
+
+impl fmt::Debug for RepresentativeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RepresentativeId(R{})", self.0)
+    }
+}
+
 /// A replica's identity in version vectors and trace chains. The host is site 0.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
@@ -281,6 +321,28 @@ impl fmt::Debug for DocId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn representative_ids_parse_as_they_display() {
+        for (text, n) in [("R1", 1), ("r7", 7), (" R12 ", 12), ("R65535", 65535)] {
+            let id = RepresentativeId::parse(text).expect(text);
+            assert_eq!(id, RepresentativeId(n));
+            assert_eq!(RepresentativeId::parse(&id.to_string()).ok(), Some(id));
+        }
+        for text in [
+            "",
+            "R",
+            "R0",
+            "1",
+            "R-1",
+            "R1x",
+            "RR1",
+            "R65536",
+            "representative",
+        ] {
+            assert!(RepresentativeId::parse(text).is_err(), "{text}");
+        }
+    }
 
     #[test]
     fn ins_key_is_checked() {

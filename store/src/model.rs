@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::{Causality, VersionVector};
 use crate::error::{Error, Result};
-use crate::ids::{DocId, Ins, InsKind, Rpps, SiteId};
+use crate::ids::{DocId, Ins, InsKind, RepresentativeId, Rpps, SiteId};
 use crate::time::Millis;
 
 macro_rules! named_enum {
@@ -166,8 +166,9 @@ pub struct DossierHead {
     pub identity: Identity,
     /// Holder kind.
     pub holder: HolderKind,
-    /// Names of the legal representatives (minor or protected adult).
-    pub representatives: Vec<String>,
+    /// The legal representatives (minor or protected adult) ever recorded, in the order of
+    /// their ids; one removed stays, marked ended.
+    pub representatives: Vec<Representative>,
     /// Lifecycle.
     pub status: DossierStatus,
     /// Holder chose "mask every new document by default".
@@ -176,6 +177,49 @@ pub struct DossierHead {
     pub created_at: Millis,
     /// Closure time and reason, when closed.
     pub closure: Option<Closure>,
+}
+
+/// The age at which a minor's legal representatives lose access (DOMAIN §1, §4 row 10).
+pub const AGE_OF_MAJORITY: i64 = 18;
+
+/// A legal representative, a person the host recorded in the signed dossier head.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Representative {
+    /// Their id in this dossier (`R1`, …), what `--as representative:ID` names.
+    pub id: RepresentativeId,
+    /// Name.
+    pub name: String,
+    /// Relationship to the holder (e.g. mother, guardian).
+    pub relationship: String,
+    /// When the host recorded them.
+    pub since: Millis,
+    /// When the host removed them; they have no access from then on.
+    pub ended: Option<Millis>,
+}
+
+impl DossierHead {
+    /// The holder's kind for access decisions at `now`: a minor is an adult from the start of
+    /// their 18th birthday (UTC calendar, `time::years_completed`), decided from the birth date
+    /// of this head alone, whether or not the host has signed a new head since. A birth date
+    /// that cannot be read counts as an adult's: the restriction wins.
+    pub fn holder_at(&self, now: Millis) -> HolderKind {
+        match self.holder {
+            HolderKind::Minor => {
+                match crate::time::years_completed(&self.identity.birth_date, now) {
+                    Ok(years) if years < AGE_OF_MAJORITY => HolderKind::Minor,
+                    _ => HolderKind::Adult,
+                }
+            }
+            kind => kind,
+        }
+    }
+
+    /// The representative `id`, if recorded here and not ended.
+    pub fn current_representative(&self, id: RepresentativeId) -> Option<&Representative> {
+        self.representatives
+            .iter()
+            .find(|r| r.id == id && r.ended.is_none())
+    }
 }
 
 /// Why and when a dossier was closed.
@@ -353,8 +397,8 @@ pub enum Author {
     },
     /// The holder (class 90 uploads).
     Holder,
-    /// A legal representative acting as the holder.
-    Representative,
+    /// A legal representative acting as the holder, by their id in the dossier head.
+    Representative(RepresentativeId),
 }
 
 /// The immutable facts of a document, fixed at creation (XDS.b metadata as used by the DMP).
@@ -593,8 +637,8 @@ pub enum Actor {
     Professional(Rpps),
     /// The holder of the dossier.
     Holder,
-    /// A legal representative of the holder.
-    Representative,
+    /// A legal representative of the holder, by their id in the dossier head.
+    Representative(RepresentativeId),
     /// The replica itself or the host operator (administrative actions).
     System,
 }

@@ -6,10 +6,10 @@
 //! clock; every outcome names its row and a reason a person can read; the caller traces every
 //! decision, allowed or denied.
 
-use crate::ids::Rpps;
+use crate::ids::{RepresentativeId, Rpps};
 use crate::model::{
     AccessMode, Author, DocClass, DossierStatus, EmergencyPrefs, Flags, GrantState,
-    HabilitationMatrix, HolderKind, Profession,
+    HabilitationMatrix, HolderKind, Profession, Representative,
 };
 
 /// What the actor wants to do.
@@ -90,8 +90,9 @@ pub enum Who {
     Unidentified,
     /// The holder.
     Holder,
-    /// A legal representative.
-    Representative,
+    /// Claims to be the legal representative of this id; row 10 only if the dossier head
+    /// records them (`DossierView::representatives`), row 12 otherwise.
+    Representative(RepresentativeId),
 }
 
 /// The document concerned, for document actions.
@@ -127,8 +128,11 @@ pub struct Request<'a> {
 pub struct DossierView<'a> {
     /// Lifecycle.
     pub status: DossierStatus,
-    /// Holder kind.
+    /// Holder kind at the time of the request (`DossierHead::holder_at`): a minor who has
+    /// turned 18 is an adult here, whatever the signed head still says.
     pub holder: HolderKind,
+    /// The representatives the signed head records (ended ones included).
+    pub representatives: &'a [Representative],
     /// The actor's grant on this dossier, if any: its state and whether it is "treating".
     pub grant: Option<(GrantState, bool)>,
     /// Emergency preferences.
@@ -319,9 +323,22 @@ pub fn decide(req: &Request<'_>, view: &DossierView<'_>) -> Decision {
             }
         }
         Who::Holder => holder_row(req, 9, lease_blocks),
-        Who::Representative => {
+        Who::Representative(id) => {
+            if !view
+                .representatives
+                .iter()
+                .any(|r| r.id == *id && r.ended.is_none())
+            {
+                return deny(
+                    12,
+                    "no such legal representative recorded for this dossier (or no longer)",
+                );
+            }
             if view.holder == HolderKind::Adult {
-                return deny(12, "an adult holder has no legal representative");
+                return deny(
+                    12,
+                    "the holder is an adult (18 or over): legal representatives have no access",
+                );
             }
             holder_row(req, 10, lease_blocks)
         }
@@ -334,7 +351,7 @@ pub fn decide(req: &Request<'_>, view: &DossierView<'_>) -> Decision {
 fn holder_row(req: &Request<'_>, row: u8, lease_blocks: bool) -> Decision {
     let doc = req.doc;
     let own_upload =
-        doc.is_some_and(|d| matches!(d.author, Author::Holder | Author::Representative));
+        doc.is_some_and(|d| matches!(d.author, Author::Holder | Author::Representative(_)));
     if req.mode != AccessMode::Normal {
         return deny(row, "emergency modes are for professionals");
     }
@@ -398,6 +415,23 @@ mod tests {
         grant: Option<(GrantState, bool)>,
         emergency: EmergencyPrefs,
         lease_expired: bool,
+        representatives: Vec<Representative>,
+    }
+
+    /// The head of the cases records R1 (current) and R2 (ended).
+    fn recorded() -> Vec<Representative> {
+        let rep = |n, ended| Representative {
+            id: RepresentativeId(n),
+            name: format!("Representative {n}"),
+            relationship: "parent".into(),
+            since: 0,
+            ended,
+        };
+        vec![rep(1, None), rep(2, Some(1))]
+    }
+
+    fn representative(n: u16) -> Who {
+        Who::Representative(RepresentativeId(n))
     }
 
     fn base(who: Who, action: Action) -> Case {
@@ -418,6 +452,7 @@ mod tests {
             grant: None,
             emergency: EmergencyPrefs::default(),
             lease_expired: false,
+            representatives: recorded(),
         }
     }
 
@@ -467,6 +502,7 @@ mod tests {
         let view = DossierView {
             status: case.status,
             holder: case.holder,
+            representatives: &case.representatives,
             grant: case.grant,
             emergency: case.emergency,
             matrix: &matrix,
@@ -681,16 +717,99 @@ mod tests {
 
     #[test]
     fn row_10_legal_representative() {
-        let mut c = base(Who::Representative, Action::Read);
-        c.holder = HolderKind::Minor;
-        check(c, true, 10);
-        let mut c = base(Who::Representative, Action::Read);
+        for holder in [HolderKind::Minor, HolderKind::ProtectedAdult] {
+            let mut c = base(representative(1), Action::Read);
+            c.holder = holder;
+            check(c, true, 10);
+        }
+        let mut c = base(representative(1), Action::Read);
         c.holder = HolderKind::Minor;
         c.flags.invisible_representatives = true;
         check(c, false, 10);
-        let mut c = base(Who::Representative, Action::Read);
+        let mut c = base(representative(1), Action::Read);
         c.holder = HolderKind::Adult;
         check(c, false, 12);
+    }
+
+    #[test]
+    fn a_representative_the_head_does_not_record_is_anyone_else() {
+        // R2 was removed, R3 never recorded: row 12 for every action, even on a minor.
+        for n in [2, 3] {
+            for action in [Action::Read, Action::List, Action::Export, Action::Write] {
+                let mut c = base(representative(n), action);
+                c.holder = HolderKind::Minor;
+                c.new_class = Some(90);
+                check(c, false, 12);
+            }
+        }
+        let mut c = base(representative(1), Action::Write);
+        c.holder = HolderKind::Minor;
+        c.new_class = Some(90);
+        check(c, true, 10);
+    }
+
+    /// The holder kind of a head signed with `kind` at `now` (at its first or last
+    /// millisecond), as the site decides it (`DossierHead::holder_at`).
+    fn holder_at(
+        kind: HolderKind,
+        birth_date: &str,
+        now: &str,
+        last_ms_of_day: bool,
+    ) -> HolderKind {
+        let head = crate::model::DossierHead {
+            ins: crate::ids::Ins::from_body("1840575123456").expect("ins"),
+            ins_kind: crate::ids::InsKind::TestNir,
+            identity: crate::model::Identity {
+                birth_name: "TEST".into(),
+                first_names: "Camille".into(),
+                birth_date: birth_date.into(),
+                sex: crate::model::Sex::Female,
+                birthplace: None,
+                status: crate::model::IdentityStatus::Qualified,
+            },
+            holder: kind,
+            representatives: recorded(),
+            status: DossierStatus::Active,
+            mask_new_by_default: false,
+            created_at: 0,
+            closure: None,
+        };
+        let midnight = crate::time::parse_date(now).expect("date");
+        head.holder_at(midnight + if last_ms_of_day { 86_399_999 } else { 0 })
+    }
+
+    #[test]
+    fn a_minors_representatives_lose_access_at_the_18th_birthday() {
+        for (birth, now, last_ms, allowed) in [
+            ("2008-06-15", "2026-06-14", true, true),
+            ("2008-06-15", "2026-06-15", false, false),
+            ("2008-06-15", "2031-01-01", false, false),
+            // Born on 29 February: of age on 1 March of a common year, not on 28 February.
+            ("2008-02-29", "2026-02-28", true, true),
+            ("2008-02-29", "2026-03-01", false, false),
+            // ... and on 29 February itself when the 18th birthday falls in a leap year.
+            ("2012-02-29", "2030-02-28", true, true),
+            ("2014-02-28", "2032-02-28", false, false),
+            ("2014-03-01", "2032-02-29", true, true),
+        ] {
+            for action in [Action::Read, Action::List, Action::Export] {
+                let mut c = base(representative(1), action);
+                c.holder = holder_at(HolderKind::Minor, birth, now, last_ms);
+                check(c, allowed, if allowed { 10 } else { 12 });
+            }
+        }
+    }
+
+    #[test]
+    fn a_protected_adults_representatives_keep_access_past_18() {
+        let mut c = base(representative(1), Action::Read);
+        c.holder = holder_at(
+            HolderKind::ProtectedAdult,
+            "1950-01-01",
+            "2026-01-01",
+            false,
+        );
+        check(c, true, 10);
     }
 
     #[test]

@@ -64,6 +64,16 @@ pub fn parse_date(text: &str) -> Result<Millis> {
     Ok(days_from_civil(y, m, d) * MS_PER_DAY)
 }
 
+/// The years a person born on `birth_date` (`YYYY-MM-DD`) has completed at `now`, on the UTC
+/// calendar: a year is completed at the start of the birthday. Someone born on 29 February
+/// completes a year on 1 March when the year has no 29 February (the birthday has not come
+/// while 28 February lasts). Negative when `now` is before the birth year's birthday.
+pub fn years_completed(birth_date: &str, now: Millis) -> Result<i64> {
+    let (by, bm, bd) = civil_from_days(parse_date(birth_date)?.div_euclid(MS_PER_DAY));
+    let (y, m, d) = civil_from_days(now.div_euclid(MS_PER_DAY));
+    Ok(y - by - i64::from((m, d) < (bm, bd)))
+}
+
 /// Formats as `YYYY-MM-DD`.
 pub fn format_date(ms: Millis) -> String {
     let (y, m, d) = civil_from_days(ms.div_euclid(MS_PER_DAY));
@@ -103,6 +113,41 @@ mod tests {
             format_rfc3339(1_000 * 86_400 + 3_723_004),
             "1970-01-02T01:02:03.004Z"
         );
+    }
+
+    fn at(date: &str, hms_ms: i64) -> Millis {
+        parse_date(date).expect("valid date") + hms_ms
+    }
+
+    #[test]
+    fn years_complete_at_the_start_of_the_birthday() {
+        let last_ms = MS_PER_DAY - 1;
+        for (birth, now, years) in [
+            ("2008-06-15", at("2026-06-14", last_ms), 17),
+            ("2008-06-15", at("2026-06-15", 0), 18),
+            ("2008-06-15", at("2026-06-16", 0), 18),
+            ("2008-12-31", at("2026-12-31", last_ms), 18),
+            ("2008-12-31", at("2027-01-01", 0), 18),
+            ("2009-01-01", at("2026-12-31", last_ms), 17),
+            // 29 February: 28 February is not yet the birthday of a common year, 1 March is.
+            ("2008-02-29", at("2026-02-28", last_ms), 17),
+            ("2008-02-29", at("2026-03-01", 0), 18),
+            // In a leap year the birthday is the day itself.
+            ("2012-02-29", at("2030-02-28", last_ms), 17),
+            ("2012-02-29", at("2030-03-01", 0), 18),
+            ("2012-02-29", at("2032-02-28", last_ms), 19),
+            ("2012-02-29", at("2032-02-29", 0), 20),
+            // 28 February and 1 March births are not moved by a leap year.
+            ("2008-02-28", at("2026-02-28", 0), 18),
+            ("2008-03-01", at("2026-02-28", last_ms), 17),
+            ("2008-03-01", at("2026-03-01", 0), 18),
+            // Before the epoch, and before the birth.
+            ("1950-07-01", at("1968-07-01", 0), 18),
+            ("2026-05-01", at("2026-04-30", 0), -1),
+        ] {
+            assert_eq!(years_completed(birth, now).ok(), Some(years), "{birth}");
+        }
+        assert!(years_completed("2008-02-30", 0).is_err());
     }
 
     #[test]

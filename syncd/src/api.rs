@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use carnet_store::audit::ChainedEntry;
 use carnet_store::authority::Bundle as AuthorityBundle;
-use carnet_store::ids::{DocId, Ins, Rpps, SiteId};
+use carnet_store::ids::{DocId, Ins, RepresentativeId, Rpps, SiteId};
 use carnet_store::merge::DocumentMeta;
 use carnet_store::model::{
     AccessMode, Actor, EmergencyPrefs, GrantBasis, GrantState, Professional,
@@ -22,7 +22,7 @@ use carnet_store::policy::Action;
 use carnet_store::replica::backup::BackupInfo;
 use carnet_store::replica::{
     Conflict, DossierExport, DossierInfo, ImportReport, KeySource, NewDocument, NewDossier,
-    QuarantineEntry, ReadOutcome, Replica, ReplicaConfig, SiteRequest,
+    NewRepresentative, QuarantineEntry, ReadOutcome, Replica, ReplicaConfig, SiteRequest,
 };
 use carnet_store::time::Millis;
 use serde::{Deserialize, Serialize};
@@ -64,6 +64,13 @@ pub enum Request {
     Dossiers,
     /// Closes a dossier (host).
     CloseDossier { ins: Ins, reason: String },
+    /// Records a legal representative of the holder (host): a new signed head.
+    AddRepresentative {
+        ins: Ins,
+        representative: NewRepresentative,
+    },
+    /// Ends a legal representative (host): a new signed head.
+    RemoveRepresentative { ins: Ins, id: RepresentativeId },
     /// Purges a closed dossier.
     PurgeDossier { ins: Ins },
     /// Sets a grant (host).
@@ -644,6 +651,17 @@ impl Service {
             Request::CloseDossier { ins, reason } => {
                 r.close_dossier(&ins, &reason)?;
                 Response::Done
+            }
+            Request::AddRepresentative {
+                ins,
+                representative,
+            } => {
+                r.add_representative(&ins, representative)?;
+                Response::Dossier(Box::new(r.dossier(&ins)?))
+            }
+            Request::RemoveRepresentative { ins, id } => {
+                r.remove_representative(&ins, id)?;
+                Response::Dossier(Box::new(r.dossier(&ins)?))
             }
             Request::PurgeDossier { ins } => {
                 r.purge_dossier(&ins)?;

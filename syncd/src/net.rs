@@ -766,8 +766,34 @@ impl Link {
     }
 
     /// One sync round on the link (connecting first if needed). The connection stays open.
+    /// A round that fails on the network over a connection opened earlier is tried once more
+    /// on a new one: the host may have restarted meanwhile and forgotten that connection (a
+    /// round is safe to repeat: what was applied is applied once).
     pub async fn round(&mut self) -> Result<RoundReport> {
-        let (conn, identity, fresh) = self.connection().await?;
+        match self.round_once().await {
+            (Err(Error::Io(e)), false) => {
+                tracing::info!(error = %e, "the connection to the host broke: reconnecting");
+                self.round_once().await.0
+            }
+            (outcome, _) => outcome,
+        }
+    }
+
+    /// One round, and whether it ran on a connection opened for it.
+    async fn round_once(&mut self) -> (Result<RoundReport>, bool) {
+        let (conn, identity, fresh) = match self.connection().await {
+            Ok(c) => c,
+            Err(e) => return (Err(e), true),
+        };
+        (self.round_on_connection(conn, identity, fresh).await, fresh)
+    }
+
+    async fn round_on_connection(
+        &mut self,
+        conn: quinn::Connection,
+        identity: Identity,
+        fresh: bool,
+    ) -> Result<RoundReport> {
         let before = if fresh { (0, 0) } else { self.wire_bytes() };
         match round_on(&conn, &self.replica, identity).await {
             Ok(mut report) => {

@@ -315,7 +315,8 @@ fn dossier_create_show_list() {
     assert_eq!(j["ins_oid"], "1.2.250.1.213.1.4.10");
     assert_eq!(j["identity_status"], "provisional");
     assert_eq!(j["holder"], "minor");
-    assert_eq!(j["representatives"], serde_json::json!(["Mme MARTIN"]));
+    assert_eq!(j["representatives"][0]["id"], "R1");
+    assert_eq!(j["representatives"][0]["name"], "Mme MARTIN");
     assert_eq!(j["mask_new_by_default"], true);
     assert_eq!(j["status"], "active");
     assert_eq!(j["documents"], 0);

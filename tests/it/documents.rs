@@ -395,7 +395,7 @@ fn hide_from_patient_and_representatives() {
         "--first-names",
         "Lea",
         "--birth-date",
-        "2009-03-04",
+        "2015-03-04",
         "--sex",
         "F",
         "--holder",
@@ -428,14 +428,17 @@ fn hide_from_patient_and_representatives() {
         "Ordonnance",
         b"vaccin (synthetic)",
     );
-    assert_eq!(c.body(&act, "representative"), b"contraception (synthetic)");
+    assert_eq!(
+        c.body(&act, "representative:R1"),
+        b"contraception (synthetic)"
+    );
     let j = c.json(&["doc", "hide-from-representatives", &act, "--as", DOCTOR]);
     assert_eq!(
         j["confidentiality"],
         serde_json::json!(["INVISIBLE_REPRESENTANTS_LEGAUX"])
     );
-    c.fails(3, &["doc", "get", &act, "--as", "representative"]);
-    assert_eq!(c.body(&other, "representative"), b"vaccin (synthetic)");
+    c.fails(3, &["doc", "get", &act, "--as", "representative:R1"]);
+    assert_eq!(c.body(&other, "representative:R1"), b"vaccin (synthetic)");
     assert_eq!(
         c.body(&act, "patient"),
         b"contraception (synthetic)",
@@ -444,7 +447,7 @@ fn hide_from_patient_and_representatives() {
     // An adult's dossier has no representative.
     c.fails(
         3,
-        &["doc", "get", &k.prescription, "--as", "representative"],
+        &["doc", "get", &k.prescription, "--as", "representative:R1"],
     );
 }
 

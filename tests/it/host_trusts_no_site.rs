@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use carnet_store::authority::AuthorityRecord;
 use carnet_store::clock::VersionVector;
-use carnet_store::ids::{DocId, Ins, Rpps, SiteId};
+use carnet_store::ids::{DocId, Ins, RepresentativeId, Rpps, SiteId};
 use carnet_store::merge::DocumentMeta;
 use carnet_store::model::{
     Actor, Author, Availability, DocClass, DocState, DocumentFacts, Profession,
@@ -681,7 +681,7 @@ fn written(meta: DocumentMeta) -> Change {
     let actor = match &meta.facts.author {
         Author::Professional { rpps, .. } => Actor::Professional(rpps.clone()),
         Author::Holder => Actor::Holder,
-        Author::Representative => Actor::Representative,
+        Author::Representative(id) => Actor::Representative(*id),
     };
     Change::Document {
         meta: Box::new(meta),
@@ -996,6 +996,63 @@ fn a_new_document_is_taken_only_from_an_author_the_host_binds_there_as_the_host_
     let id = meta.facts.id;
     assert!(push(&rogue, 4, written(meta)).is_empty());
     assert!(at_host(&w, &id.to_string()).is_some());
+}
+
+#[test]
+fn a_document_in_the_name_of_a_representative_the_host_does_not_record_is_returned() {
+    let w = world();
+    // A minor's dossier the site may hold (the nurse it binds there is granted on it), with
+    // one representative, R1.
+    let minor = ins_b();
+    w.host.ok(&[
+        "dossier",
+        "create",
+        "--ins",
+        &minor,
+        "--birth-name",
+        "EXEMPLE",
+        "--first-names",
+        "Louis",
+        "--birth-date",
+        "2015-03-04",
+        "--sex",
+        "M",
+        "--holder",
+        "minor",
+        "--representative",
+        "Mme EXEMPLE:mother",
+        "--qualified",
+    ]);
+    bind_nurse(&w.host, &w.site_id);
+    w.host
+        .ok(&["grant", "add", "--dossier", &minor, "--rpps", NURSE]);
+    let rogue = Rogue::connect(&w.bundle);
+    let by = |n: u16| {
+        let mut meta = forged_document(&minor, rogue.site, NURSE, Profession::Infirmier, b"x");
+        meta.facts.author = Author::Representative(RepresentativeId(n));
+        meta.facts.class = DocClass::PATIENT;
+        meta.facts.type_code = "DOCPAT01".into();
+        meta
+    };
+    let listed = |id: DocId| {
+        w.host
+            .json(&["doc", "list", "--dossier", &minor, "--as", "patient"])
+            .as_array()
+            .expect("list")
+            .iter()
+            .any(|d| d["id"] == id.to_string())
+    };
+    // R9 is nobody the host recorded: returned, and traced at the host with the id claimed.
+    let forged = by(9);
+    let id = forged.facts.id;
+    assert_eq!(push(&rogue, 1, written(forged)), vec![id]);
+    assert!(!listed(id));
+    assert!(host_traced(&w.host, &minor, "representative R9") >= 1);
+    // R1 is: a patient document in their name is taken (row 10).
+    let recorded = by(1);
+    let id = recorded.facts.id;
+    assert!(push(&rogue, 2, written(recorded)).is_empty());
+    assert!(listed(id));
 }
 
 /// `NURSE` bound to the world's site by the host, granted on its dossier and registered at the

@@ -44,6 +44,7 @@ mod policy_cli;
 mod purge;
 mod quarantine;
 mod regressions;
+mod representatives;
 mod rogue;
 mod secrecy;
 mod service;

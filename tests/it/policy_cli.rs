@@ -113,7 +113,13 @@ fn check(c: &Carnet, ins: &str, r: Read<'_>, (allowed, rule): Expect) {
     } else {
         "patient"
     };
-    if who != "representative" {
+    if who.starts_with("representative:") {
+        assert_eq!(
+            t["actor"].as_str(),
+            Some(who.replace(':', " ").as_str()),
+            "{case}: {t}"
+        );
+    } else {
         assert!(
             t["actor"]
                 .as_str()
@@ -162,7 +168,7 @@ fn decision_table_for_reads() {
         (read(INSURER_DOCTOR, prescription, PRESCRIPTION_BODY, "break-glass", why), (false, 2)),
         (read("patient", masked, LAB_BODY, "normal", None), (true, 9)),
         (read("patient", consult, CONSULT_BODY, "break-glass", why), (false, 9)),
-        (read("representative", consult, CONSULT_BODY, "normal", None), (false, 12)),
+        (read("representative:R1", consult, CONSULT_BODY, "normal", None), (false, 12)),
     ];
     for &(r, expect) in cases {
         check(c, ins, r, expect);

@@ -12,6 +12,7 @@ use ed25519_dalek::VerifyingKey;
 use redb::{ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
+use super::representatives::NewRepresentative;
 use super::sync::Queued;
 use super::tables::*;
 use super::{Replica, Role, lock_err};
@@ -91,8 +92,8 @@ pub struct NewDossier {
     pub identity: Identity,
     /// Holder kind.
     pub holder: HolderKind,
-    /// Legal representatives.
-    pub representatives: Vec<String>,
+    /// Legal representatives; the host gives them their ids (`R1`, …).
+    pub representatives: Vec<NewRepresentative>,
     /// Mask every new document by default.
     pub mask_new_by_default: bool,
 }
@@ -302,7 +303,7 @@ impl Replica {
         Ok(true)
     }
 
-    fn signing_key(&self) -> Result<&ed25519_dalek::SigningKey> {
+    pub(super) fn signing_key(&self) -> Result<&ed25519_dalek::SigningKey> {
         self.signing.as_ref().ok_or_else(|| {
             Error::invalid(
                 "only the national host decides this: run it on the host replica, and bring the result here with `carnet authority import`",
@@ -311,7 +312,12 @@ impl Replica {
     }
 
     /// Host: signs a new record and puts it in force, with a trace entry.
-    fn issue(&self, record: AuthorityRecord, what: &str, reason: Option<&str>) -> Result<u64> {
+    pub(super) fn issue(
+        &self,
+        record: AuthorityRecord,
+        what: &str,
+        reason: Option<&str>,
+    ) -> Result<u64> {
         let txn = self.begin_write()?;
         let seq = self.issue_in(&txn, record.clone())?;
         txn.trace(vec![self.admin_entry(what, record.ins(), reason)]);
@@ -427,22 +433,20 @@ impl Replica {
         if d.identity.birth_name.trim().is_empty() || d.identity.first_names.trim().is_empty() {
             return Err(Error::invalid("birth name and first names are required"));
         }
-        if d.holder == HolderKind::Adult && !d.representatives.is_empty() {
-            return Err(Error::invalid(
-                "an adult holder has no legal representatives: use --holder minor or protected-adult",
-            ));
-        }
-        Ok(DossierHead {
+        let now = self.now();
+        let mut head = DossierHead {
             ins: d.ins,
             ins_kind: d.ins_kind,
             identity: d.identity,
             holder: d.holder,
-            representatives: d.representatives,
+            representatives: Vec::new(),
             status: DossierStatus::Active,
             mask_new_by_default: d.mask_new_by_default,
-            created_at: self.now(),
+            created_at: now,
             closure: None,
-        })
+        };
+        super::representatives::record(&mut head, &d.representatives, now)?;
+        Ok(head)
     }
 
     /// The signed record under `bi`'s dossier subject in `table` (a head, or a `Purged`).

@@ -217,7 +217,8 @@ impl Replica {
             },
             &DossierView {
                 status: ctx.head().status,
-                holder: ctx.head().holder,
+                holder: ctx.head().holder_at(self.now()),
+                representatives: &ctx.head().representatives,
                 grant: ctx.grant,
                 emergency: ctx.emergency,
                 matrix: &matrix,
@@ -1106,7 +1107,7 @@ impl Replica {
                 let flags = self.load_doc(&txn, generation, &id)?.2.state().flags;
                 let hides = match who {
                     Who::Holder => flags.invisible_patient,
-                    Who::Representative => {
+                    Who::Representative(_) => {
                         flags.invisible_patient || flags.invisible_representatives
                     }
                     _ => false,
@@ -1131,15 +1132,16 @@ impl Replica {
     }
 }
 
-/// The author recorded for a document written by `who`.
+/// The author recorded for a document written by `who`, once the table allowed it (row 12,
+/// `Who::Unidentified`, never writes; it would be recorded as the holder's).
 fn author_of(who: &Who) -> Author {
     match who {
         Who::Professional { rpps, profession } => Author::Professional {
             rpps: rpps.clone(),
             profession: *profession,
         },
-        Who::Holder => Author::Holder,
-        _ => Author::Representative,
+        Who::Representative(id) => Author::Representative(*id),
+        Who::Holder | Who::Unidentified => Author::Holder,
     }
 }
 

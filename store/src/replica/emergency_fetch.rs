@@ -191,6 +191,7 @@ impl Replica {
                     &DossierView {
                         status: head.status,
                         holder: head.holder,
+                        representatives: &head.representatives,
                         grant,
                         emergency,
                         matrix: &matrix,

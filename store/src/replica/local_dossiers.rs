@@ -440,9 +440,10 @@ impl Replica {
             )]);
             Ok(super::Applied::Returned)
         };
-        if let Err(why) = self.proposal_holds(txn, site, proposal) {
-            return refuse(&why);
-        }
+        let fresh = match self.proposal_holds(txn, site, proposal) {
+            Ok(fresh) => fresh,
+            Err(why) => return refuse(&why),
+        };
         let existing = self.dossier_record(&txn.open_table(AUTHORITY)?, &bi)?;
         let purged =
             txn.open_table(TOMBSTONES)?.get(&bi)?.is_some() || self.site_receipts_in(txn, &bi)?;
@@ -474,8 +475,9 @@ impl Replica {
             Some(_) => refuse("the dossier for this INS was closed and purged"),
             None if purged => refuse("the dossier for this INS was closed and purged"),
             None => {
-                let mut adopted = head.clone();
-                adopted.created_at = head.created_at.min(self.now());
+                // As the host would have created it, dated when the site opened it.
+                let mut adopted = fresh;
+                adopted.created_at = head.created_at.min(adopted.created_at);
                 self.issue_in(txn, AuthorityRecord::Dossier(adopted))?;
                 self.set_scope(txn, site.0, &bi, scope_bit::WROTE, true)?;
                 txn.trace(vec![self.admin_entry(
@@ -488,14 +490,14 @@ impl Replica {
         }
     }
 
-    /// Why a proposal cannot be taken, if it cannot: the host decides it again with its own
-    /// registry (the host trusts no site).
+    /// The head the host would create for a proposal, or why it cannot be taken: the host
+    /// decides it again with its own registry (the host trusts no site).
     fn proposal_holds(
         &self,
         txn: &WriteTransaction,
         site: SiteId,
         proposal: &Proposal,
-    ) -> std::result::Result<(), String> {
+    ) -> std::result::Result<DossierHead, String> {
         let head = &proposal.head;
         match &proposal.creator {
             Actor::Professional(rpps) => match self.is_bound(txn, site, rpps) {
@@ -521,10 +523,18 @@ impl Replica {
             ins_kind: head.ins_kind,
             identity: head.identity.clone(),
             holder: head.holder,
-            representatives: head.representatives.clone(),
+            representatives: head
+                .representatives
+                .iter()
+                .filter(|r| r.ended.is_none())
+                .map(|r| super::NewRepresentative {
+                    name: r.name.clone(),
+                    relationship: r.relationship.clone(),
+                })
+                .collect(),
             mask_new_by_default: head.mask_new_by_default,
         };
-        self.new_head(fresh).map(|_| ()).map_err(|e| e.to_string())
+        self.new_head(fresh).map_err(|e| e.to_string())
     }
 
     /// Host: true when a site returned a purge receipt for `bi` (the host purged it).

@@ -32,6 +32,7 @@ mod pending_grants;
 mod push_check;
 mod quarantine;
 pub mod rekey;
+mod representatives;
 mod restored;
 mod row_digest;
 mod site_access;
@@ -69,6 +70,7 @@ pub use high_water::{HIGH_WATER_ENV, check_high_water_from_env, reset_high_water
 pub use host_sync::{PullItem, PullPage, PullReport};
 pub use local_dossiers::{LocalDossierState, Proposal};
 pub use quarantine::{QuarantineEntry, QuarantineState, Quarantined, Refiling};
+pub use representatives::NewRepresentative;
 pub use restored::RestoreMark;
 pub use site_access::{RequestKind, SiteRequest};
 pub use site_traces::{SignedTraceHead, TraceHeadEvidence};
@@ -1239,7 +1241,9 @@ impl Replica {
                 }
             }
             Actor::Holder => (Who::Holder, TraceActor::Holder),
-            Actor::Representative => (Who::Representative, TraceActor::Representative),
+            Actor::Representative(id) => {
+                (Who::Representative(*id), TraceActor::Representative(*id))
+            }
             Actor::System => (Who::Unidentified, TraceActor::System),
         })
     }

@@ -42,8 +42,8 @@ use crate::error::{Error, Result};
 use crate::ids::{DocId, Rpps, SiteId};
 use crate::merge::DocumentMeta;
 use crate::model::{
-    AccessMode, Actor, Author, Availability, DocClass, DocState, DossierStatus, EmergencyPrefs,
-    Flags, GrantState, HabilitationMatrix, HolderKind,
+    AccessMode, Actor, Author, Availability, DocClass, DocState, DossierHead, DossierStatus,
+    EmergencyPrefs, Flags, GrantState, HabilitationMatrix, HolderKind,
 };
 use crate::policy::{self, Action, Decision, DocView, DossierView, Request, Who};
 
@@ -243,8 +243,8 @@ type GrantView = (GrantState, bool);
 /// caches by any item that may change a dossier's status or a scope.
 #[derive(Default)]
 pub(super) struct Judged {
-    /// Dossier heads: status and holder kind (`None`: not held).
-    heads: HashMap<[u8; 32], Option<(DossierStatus, HolderKind)>>,
+    /// Dossier heads (`None`: not held).
+    heads: HashMap<[u8; 32], Option<Arc<DossierHead>>>,
     /// Grants: state and whether treating (`None`: no grant).
     grants: HashMap<([u8; 32], Rpps), Option<GrantView>>,
     /// Professionals named by the origin, as the host resolves them there.
@@ -274,7 +274,7 @@ fn trace_actor(actor: &Actor, who: Option<&Who>) -> TraceActor {
             },
         },
         (Actor::Holder, _) => TraceActor::Holder,
-        (Actor::Representative, _) => TraceActor::Representative,
+        (Actor::Representative(id), _) => TraceActor::Representative(*id),
         (Actor::System, _) => TraceActor::System,
     }
 }
@@ -284,7 +284,7 @@ fn author_actor(author: &Author) -> Actor {
     match author {
         Author::Professional { rpps, .. } => Actor::Professional(rpps.clone()),
         Author::Holder => Actor::Holder,
-        Author::Representative => Actor::Representative,
+        Author::Representative(id) => Actor::Representative(*id),
     }
 }
 
@@ -583,7 +583,7 @@ impl Replica {
                 judged.pros.insert((origin, rpps.clone()), resolved.clone());
                 Ok(resolved)
             }
-            Actor::Holder | Actor::Representative => {
+            Actor::Holder | Actor::Representative(_) => {
                 let bits = match judged.scope.get(&(origin, *bi)) {
                     Some(bits) => *bits,
                     None => {
@@ -600,10 +600,11 @@ impl Replica {
                         "the holder acts at a site only where the host lets that site hold the dossier",
                     ));
                 }
-                Ok(Ok(if *actor == Actor::Holder {
-                    Who::Holder
-                } else {
-                    Who::Representative
+                // A representative is then judged by the table against the host's head: one it
+                // does not record (or no longer, or no longer for a holder of age) is row 12.
+                Ok(Ok(match actor {
+                    Actor::Representative(id) => Who::Representative(*id),
+                    _ => Who::Holder,
                 }))
             }
             Actor::System => Ok(Err("an act at a site names a person")),
@@ -623,7 +624,7 @@ impl Replica {
         judged: &mut Judged,
     ) -> Result<Decision> {
         let head = match judged.heads.get(bi) {
-            Some(head) => *head,
+            Some(head) => head.clone(),
             None => {
                 let head = match self.authority_get(
                     &txn.open_table(AUTHORITY)?,
@@ -632,15 +633,23 @@ impl Replica {
                     Some(Verified {
                         record: AuthorityRecord::Dossier(h),
                         ..
-                    }) => Some((h.status, h.holder)),
+                    }) => Some(Arc::new(h)),
                     _ => None,
                 };
-                judged.heads.insert(*bi, head);
+                judged.heads.insert(*bi, head.clone());
                 head
             }
         };
-        // Not held, or purged: as row 1 says of a dossier that is not active.
-        let (status, holder) = head.unwrap_or((DossierStatus::Purged, HolderKind::Adult));
+        // Not held, or purged: as row 1 says of a dossier that is not active. A minor's
+        // representatives are judged by the host's clock: the act carries no time of its own.
+        let (status, holder, representatives) = match &head {
+            Some(h) => (
+                h.status,
+                h.holder_at(self.now()),
+                h.representatives.as_slice(),
+            ),
+            None => (DossierStatus::Purged, HolderKind::Adult, &[][..]),
+        };
         let grant = match who {
             Who::Professional { rpps, .. } => match judged.grants.get(&(*bi, rpps.clone())) {
                 Some(grant) => *grant,
@@ -681,6 +690,7 @@ impl Replica {
             &DossierView {
                 status,
                 holder,
+                representatives,
                 grant,
                 // Normal mode never consults them.
                 emergency: EmergencyPrefs::default(),

@@ -106,6 +106,7 @@ impl Replica {
                 &DossierView {
                     status: head.status,
                     holder: head.holder,
+                    representatives: &head.representatives,
                     grant,
                     emergency: EmergencyPrefs::default(),
                     matrix: &view.matrix,

@@ -40,7 +40,7 @@ impl Act {
         let actor = match &meta.facts.author {
             Author::Professional { rpps, .. } => Actor::Professional(rpps.clone()),
             Author::Holder => Actor::Holder,
-            Author::Representative => Actor::Representative,
+            Author::Representative(id) => Actor::Representative(*id),
         };
         [
             Action::Replace,

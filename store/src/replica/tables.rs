@@ -162,7 +162,8 @@ pub mod meta_key {
 
 /// The format this build writes. A newer stored format is refused, and so is an older one: the
 /// project has no deployed replica, and format 4 changed how every row naming a document is
-/// keyed, and formats 5 and 6 how a document's replacements and their resolutions are recorded, which no migration rewrites.
+/// keyed, formats 5 and 6 how a document's replacements and their resolutions are recorded, and format 7
+/// how a representative is named, which no migration rewrites.
 ///
 /// - 1: bodies in `BODIES` only, in chunks of `CHUNK_PLAIN`.
 /// - 2: bodies are cut as `body_chunk_plan` says, a small last chunk kept as a tail
@@ -175,7 +176,9 @@ pub mod meta_key {
 ///   (`DocState::successors`), in sealed metadata and in the outbox's acts.
 /// - 6: a document's state records the resolutions of its conflicts (`DocState::resolutions`).
 /// - 7: a site keeps the dossiers it opened (`LOCAL_DOSSIERS`) and the changes it holds back
-///   for a provisional identity (`HELD`).
+///   for a provisional identity (`HELD`); a legal representative is a recorded person with an
+///   id (`Representative` in the dossier head); trace entries (`TraceActor`), document authors
+///   (`Author`) and acts (`Actor`) name that id.
 pub const FORMAT_VERSION: u32 = 7;
 
 /// The oldest format this build opens.
