@@ -149,7 +149,7 @@ impl Replica {
                 Some(Verified {
                     record: AuthorityRecord::Grant(g),
                     ..
-                }) => Some((g.state, g.treating())),
+                }) => Some(g.for_decision(self.now())),
                 _ => None,
             };
             let emergency =
@@ -192,6 +192,8 @@ impl Replica {
                         status: head.status,
                         holder: head.holder,
                         grant,
+                        // An ended grant is given as revoked; only the wording of a refusal differs.
+                        grant_ended: false,
                         emergency,
                         matrix: &matrix,
                         lease_expired: false,

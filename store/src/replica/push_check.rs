@@ -652,7 +652,7 @@ impl Replica {
                         Some(Verified {
                             record: AuthorityRecord::Grant(g),
                             ..
-                        }) => Some((g.state, g.treating())),
+                        }) => Some(g.for_decision(self.now())),
                         _ => None,
                     };
                     judged.grants.insert((*bi, rpps.clone()), grant);
@@ -682,6 +682,8 @@ impl Replica {
                 status,
                 holder,
                 grant,
+                // An ended grant is given as revoked; only the wording of a refusal differs.
+                grant_ended: false,
                 // Normal mode never consults them.
                 emergency: EmergencyPrefs::default(),
                 matrix: &matrix,

@@ -154,7 +154,8 @@ pub mod meta_key {
 
 /// The format this build writes. A newer stored format is refused, and so is an older one: the
 /// project has no deployed replica, and format 4 changed how every row naming a document is
-/// keyed, and formats 5 and 6 how a document's replacements and their resolutions are recorded, which no migration rewrites.
+/// keyed, formats 5 and 6 how a document's replacements and their resolutions are recorded, and format 7
+/// how grants are signed, which no migration rewrites.
 ///
 /// - 1: bodies in `BODIES` only, in chunks of `CHUNK_PLAIN`.
 /// - 2: bodies are cut as `body_chunk_plan` says, a small last chunk kept as a tail
@@ -166,10 +167,12 @@ pub mod meta_key {
 /// - 5: a document's successors carry the version vector of the change that recorded each
 ///   (`DocState::successors`), in sealed metadata and in the outbox's acts.
 /// - 6: a document's state records the resolutions of its conflicts (`DocState::resolutions`).
-pub const FORMAT_VERSION: u32 = 6;
+/// - 7: the signed records held are of record format 3 (`authority::RECORD_FORMAT`): a grant
+///   carries its end (`Grant::until`) and may designate the médecin traitant.
+pub const FORMAT_VERSION: u32 = 7;
 
 /// The oldest format this build opens.
-pub const FORMAT_OLDEST: u32 = 6;
+pub const FORMAT_OLDEST: u32 = 7;
 
 /// Subject-key tags in `AUTHORITY`.
 pub mod tag {
