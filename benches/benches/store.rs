@@ -33,6 +33,7 @@ fn benches(c: &mut Criterion) {
         holder: HolderKind::Adult,
         representatives: &[],
         grant: Some((carnet_store::model::GrantState::Active, false)),
+        grant_ended: false,
         emergency: EmergencyPrefs::default(),
         matrix: &matrix,
         lease_expired: false,

@@ -68,6 +68,7 @@ fn network(dir: &Path) -> Res<[std::path::PathBuf; 3]> {
         &pro.rpps,
         carnet_store::model::GrantState::Active,
         carnet_store::model::GrantBasis::Treating,
+        None,
     )?;
     settings(&folders[0], ConfigRole::Host, address)?;
     for site_dir in &folders[1..] {

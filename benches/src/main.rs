@@ -180,7 +180,13 @@ fn setup_replica(dir: &Path) -> Res<(Replica, Ins)> {
         name: None,
     })?;
     let ins = create_dossier(&r)?;
-    r.set_grant(&ins, &doctor()?, GrantState::Active, GrantBasis::Treating)?;
+    r.set_grant(
+        &ins,
+        &doctor()?,
+        GrantState::Active,
+        GrantBasis::Treating,
+        None,
+    )?;
     Ok((r, ins))
 }
 

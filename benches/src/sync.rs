@@ -128,7 +128,13 @@ fn pair(dir: &Path) -> Res<Pair> {
     };
     host.add_professional(&pro)?;
     let ins = create_dossier(&host)?;
-    host.set_grant(&ins, &pro.rpps, GrantState::Active, GrantBasis::Treating)?;
+    host.set_grant(
+        &ins,
+        &pro.rpps,
+        GrantState::Active,
+        GrantBasis::Treating,
+        None,
+    )?;
     let bundle = carnet_syncd::enrol::enrol(&host, "Bench", "750000001", &listen.to_string())?;
     host.bind_professional(carnet_store::ids::SiteId(bundle.site_id), &pro.rpps, true)?;
     drop(host);

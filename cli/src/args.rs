@@ -361,10 +361,21 @@ pub enum DossierCmd {
         #[arg(long = "as")]
         actor: String,
     },
-    /// Show a dossier: identity, status, grants, emergency preferences.
-    Show { ins: String },
-    /// List dossiers held here.
-    List,
+    /// Show a dossier: identity, status, grants, emergency preferences (decided and traced).
+    Show {
+        ins: String,
+        /// Who reads: an RPPS, `holder` or `representative`. Without it, the host's operator
+        /// (at the host only).
+        #[arg(long = "as")]
+        actor: Option<String>,
+    },
+    /// List the dossiers held here (with --as: those that person may see).
+    List {
+        /// Who reads: an RPPS, `holder` or `representative`. Without it, the host's operator
+        /// (at the host only).
+        #[arg(long = "as")]
+        actor: Option<String>,
+    },
     /// Close a dossier at the holder's request (host).
     Close {
         ins: String,
@@ -450,12 +461,20 @@ pub enum GrantCmd {
     Add {
         #[command(flatten)]
         target: GrantTarget,
-        /// Médecin traitant, or the same rights (same as --basis treating).
+        /// Designate the dossier's médecin traitant (same as --basis medecin-traitant): one per
+        /// dossier; the previous one keeps the same rights (basis treating).
+        #[arg(long, conflicts_with = "treating")]
+        medecin_traitant: bool,
+        /// The same rights as the médecin traitant (same as --basis treating).
         #[arg(long)]
         treating: bool,
-        /// treating, care-team or consent.
+        /// medecin-traitant, treating, care-team or consent.
         #[arg(long, default_value = "consent")]
         basis: String,
+        /// When the grant ends: a date YYYY-MM-DD (the grant runs through that day, UTC) or
+        /// an RFC 3339 time. Refused in the past, and for the médecin traitant.
+        #[arg(long)]
+        until: Option<String>,
     },
     /// Revoke a grant (host).
     Revoke {
@@ -607,10 +626,15 @@ pub struct DocActionArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCmd {
-    /// Show a dossier's trace.
+    /// Show a dossier's trace: whole to the holder, representatives and the médecin traitant;
+    /// their own entries to other professionals (decided and traced).
     Show {
         #[arg(long)]
         dossier: String,
+        /// Who reads: an RPPS, `holder` or `representative`. Without it, the host's operator
+        /// (at the host only).
+        #[arg(long = "as")]
+        actor: Option<String>,
     },
     /// Verify every trace chain.
     Verify,

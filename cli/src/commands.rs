@@ -19,7 +19,7 @@ use carnet_store::replica::{
     DossierInfo, InitOptions, KeySource, NewDocument, NewDossier, NewRepresentative,
     QuarantineEntry, QuarantineState, Replica, Role, system_clock,
 };
-use carnet_store::time::{format_date, format_rfc3339, parse_date};
+use carnet_store::time::{Millis, format_date, format_rfc3339, parse_date, parse_rfc3339};
 use carnet_syncd::api::Response;
 use carnet_syncd::api::local::Handle;
 use carnet_syncd::hostkey::pin_hex;
@@ -1556,8 +1556,11 @@ fn dossier(cli: &Cli, c: &DossierCmd) -> Result<Reply> {
                 json!({"ins": i.matricule(), "identity_status": "qualified"}),
             ))
         }
-        DossierCmd::Show { ins: text } => {
-            let d = r.dossier(&ins(text)?)?;
+        DossierCmd::Show {
+            ins: text,
+            actor: who,
+        } => {
+            let d = r.show_dossier(&ins(text)?, who.as_deref().map(actor).transpose()?)?;
             let h = &d.head;
             let mut human = format!(
                 "dossier {} ({})\n  identity: {} {}, born {}, sex {}{} [{}]\n  holder: {}{}\n  status: {}{}\n  emergency: centre 15 {}, break-glass {}, masked documents in emergency {}\n  documents here: {}\n  grants:",
@@ -1609,14 +1612,13 @@ fn dossier(cli: &Cli, c: &DossierCmd) -> Result<Reply> {
             }
             for g in &d.grants {
                 human += &format!(
-                    "\n    {} {}{}",
+                    "\n    {} {} ({}){}",
                     g.rpps,
                     g.state.as_str(),
-                    if g.treating() {
-                        " (médecin traitant)"
-                    } else {
-                        ""
-                    }
+                    basis_words(g),
+                    g.until
+                        .map(|u| format!(" until {}", format_rfc3339(u)))
+                        .unwrap_or_default()
                 );
             }
             for (site, r) in &d.purge_receipts {
@@ -1630,8 +1632,8 @@ fn dossier(cli: &Cli, c: &DossierCmd) -> Result<Reply> {
             }
             Ok(Reply::new(human, dossier_json(&d)))
         }
-        DossierCmd::List => {
-            let all = r.dossiers()?;
+        DossierCmd::List { actor: who } => {
+            let all = r.list_dossiers(who.as_deref().map(actor).transpose()?)?;
             let mut human = format!("{:<16} {:<8} {:<5} NAME\n", "INS", "STATUS", "DOCS");
             for d in &all {
                 human += &format!(
@@ -1714,7 +1716,29 @@ fn dossier(cli: &Cli, c: &DossierCmd) -> Result<Reply> {
 
 fn grant_json(g: &carnet_store::model::Grant) -> Value {
     json!({"ins": g.ins.matricule(), "rpps": g.rpps.as_str(), "state": g.state.as_str(),
-           "basis": g.basis.as_str(), "treating": g.treating()})
+           "basis": g.basis.as_str(), "treating": g.treating(),
+           "medecin_traitant": g.medecin_traitant(),
+           "until": g.until.map(format_rfc3339)})
+}
+
+/// How `grant list`, `grant add` and `dossier show` name a grant's basis.
+fn basis_words(g: &carnet_store::model::Grant) -> &'static str {
+    match g.basis {
+        GrantBasis::MedecinTraitant => "médecin traitant",
+        GrantBasis::Treating => "same rights as the médecin traitant",
+        other => other.as_str(),
+    }
+}
+
+/// `--until`: a date is the end of that day (UTC), i.e. the grant runs through it; otherwise an
+/// RFC 3339 time.
+fn grant_end(text: &str) -> Result<Millis> {
+    const DAY: Millis = 86_400_000;
+    if text.trim().len() == 10 {
+        Ok(parse_date(text)? + DAY)
+    } else {
+        Ok(parse_rfc3339(text)?)
+    }
 }
 
 fn grant(cli: &Cli, c: &GrantCmd) -> Result<Reply> {
@@ -1722,44 +1746,50 @@ fn grant(cli: &Cli, c: &GrantCmd) -> Result<Reply> {
     let (target, state, basis) = match c {
         GrantCmd::Add {
             target,
+            medecin_traitant,
             treating,
             basis,
+            until,
         } => {
-            let basis = if *treating {
+            let basis = if *medecin_traitant {
+                GrantBasis::MedecinTraitant
+            } else if *treating {
                 GrantBasis::Treating
             } else {
                 GrantBasis::parse(basis)?
             };
-            (target, GrantState::Active, Some(basis))
+            let until = until.as_deref().map(grant_end).transpose()?;
+            (target, GrantState::Active, Some((basis, until)))
         }
         GrantCmd::Revoke { target } => (target, GrantState::Revoked, None),
         GrantCmd::Block { target } => (target, GrantState::Blocked, None),
         GrantCmd::List { dossier } => {
-            let d = r.dossier(&ins(dossier)?)?;
-            let mut human = format!("{:<12} {:<8} BASIS\n", "RPPS", "STATE");
-            for g in &d.grants {
+            let grants = r.grants(&ins(dossier)?)?;
+            let mut human = format!("{:<12} {:<8} {:<25} BASIS\n", "RPPS", "STATE", "UNTIL");
+            for g in &grants {
                 human += &format!(
-                    "{:<12} {:<8} {}\n",
+                    "{:<12} {:<8} {:<25} {}\n",
                     g.rpps,
                     g.state.as_str(),
-                    g.basis.as_str()
+                    g.until.map_or("-".to_string(), format_rfc3339),
+                    basis_words(g)
                 );
             }
-            if d.grants.is_empty() {
+            if grants.is_empty() {
                 human += "(no grant)";
             }
             return Ok(Reply::new(
                 human.trim_end(),
-                Value::Array(d.grants.iter().map(grant_json).collect()),
+                Value::Array(grants.iter().map(grant_json).collect()),
             ));
         }
     };
     let (i, p) = (ins(&target.dossier)?, rpps(&target.rpps)?);
     if state == GrantState::Active && r.config()?.role == Role::Site {
         // At a site, consent given in person: usable now; at the host a request, never a grant by itself.
-        if basis != Some(GrantBasis::Consent) {
+        if basis != Some((GrantBasis::Consent, None)) {
             return Err(Failure::Usage(
-                "at a site, `grant add` records the consent given in person (a pending grant); the médecin traitant and other bases are declared at the host".into(),
+                "at a site, `grant add` records the consent given in person (a pending grant, with no end); the médecin traitant, other bases and ends (--until) are declared at the host".into(),
             ));
         }
         r.pending_grant(&i, &p)?;
@@ -1772,32 +1802,31 @@ fn grant(cli: &Cli, c: &GrantCmd) -> Result<Reply> {
         ));
     }
     // A revocation or block keeps the basis it ends, for the record.
-    let basis = match basis {
+    let (basis, until) = match basis {
         Some(b) => b,
-        None => r
-            .dossier(&i)?
-            .grants
-            .iter()
-            .find(|g| g.rpps == p)
-            .map_or(GrantBasis::Consent, |g| g.basis),
+        None => (
+            r.grants(&i)?
+                .iter()
+                .find(|g| g.rpps == p)
+                .map_or(GrantBasis::Consent, |g| g.basis),
+            None,
+        ),
     };
-    r.set_grant(&i, &p, state, basis)?;
+    r.set_grant(&i, &p, state, basis, until)?;
     let g = r
-        .dossier(&i)?
-        .grants
+        .grants(&i)?
         .into_iter()
         .find(|g| g.rpps == p)
         .ok_or_else(|| Failure::Store(Error::NotFound("grant".into())))?;
     Ok(Reply::new(
         format!(
-            "grant of {p} on {}: {} ({})",
+            "grant of {p} on {}: {} ({}){}",
             i.matricule(),
             state.as_str(),
-            if g.treating() {
-                "médecin traitant"
-            } else {
-                basis.as_str()
-            }
+            basis_words(&g),
+            g.until
+                .map(|u| format!(", until {}", format_rfc3339(u)))
+                .unwrap_or_default()
         ),
         grant_json(&g),
     ))
@@ -1855,7 +1884,7 @@ fn emergency_fetch(
             }
         )));
     }
-    if r.dossier(&i).is_err() {
+    if r.grants(&i).is_err() {
         return Err(Failure::Store(Error::Denied {
             rule: 0,
             reason: "the host refused the emergency fetch (its trace of the dossier says why)"
@@ -2048,9 +2077,12 @@ fn trace_actor(a: &TraceActor) -> String {
 fn audit(cli: &Cli, c: &AuditCmd) -> Result<Reply> {
     let r = open(cli)?;
     match c {
-        AuditCmd::Show { dossier } => {
+        AuditCmd::Show {
+            dossier,
+            actor: who,
+        } => {
             let i = ins(dossier)?;
-            let entries = r.audit_entries(Some(&i))?;
+            let entries = r.read_trace(&i, who.as_deref().map(actor).transpose()?)?;
             let mut human = String::new();
             let mut list = Vec::new();
             for c in &entries {

@@ -481,7 +481,7 @@ fn scenario(tmp: &Path, daemons: &mut Daemons) -> Result<(), Failure> {
             ins,
             "--rpps",
             DOCTOR,
-            "--treating",
+            "--medecin-traitant",
         ],
         0,
     )?;

@@ -9,7 +9,7 @@ use carnet_store::authority::Bundle;
 use carnet_store::ids::{DocId, Ins, RepresentativeId, Rpps};
 use carnet_store::merge::DocumentMeta;
 use carnet_store::model::{
-    AccessMode, Actor, EmergencyPrefs, GrantBasis, GrantState, Professional,
+    AccessMode, Actor, EmergencyPrefs, Grant, GrantBasis, GrantState, Professional,
 };
 use carnet_store::policy::Action;
 use carnet_store::replica::backup::BackupInfo;
@@ -17,6 +17,7 @@ use carnet_store::replica::{
     Conflict, DossierExport, DossierInfo, ImportReport, NewDocument, NewDossier, NewRepresentative,
     QuarantineEntry, ReadOutcome, ReplicaConfig, SiteRequest,
 };
+use carnet_store::time::Millis;
 use carnet_syncd::api::local::Handle;
 use carnet_syncd::api::{PkiHostStatus, Request, Response, SyncStatus};
 use carnet_syncd::enrol::{Renewal, SiteRecord};
@@ -101,12 +102,37 @@ impl Store {
         })
     }
 
-    pub fn dossier(&self, ins: &Ins) -> Result<DossierInfo> {
-        expect!(self.call(Request::Dossier { ins: ins.clone() })?, Dossier).map(|d| *d)
+    /// One dossier as `actor` may see it (`None`: the host's operator).
+    pub fn show_dossier(&self, ins: &Ins, actor: Option<Actor>) -> Result<DossierInfo> {
+        expect!(
+            self.call(Request::Dossier {
+                ins: ins.clone(),
+                actor
+            })?,
+            Dossier
+        )
+        .map(|d| *d)
     }
 
-    pub fn dossiers(&self) -> Result<Vec<DossierInfo>> {
-        expect!(self.call(Request::Dossiers)?, Dossiers)
+    /// The dossiers `actor` may see (`None`: the host's operator).
+    pub fn list_dossiers(&self, actor: Option<Actor>) -> Result<Vec<DossierInfo>> {
+        expect!(self.call(Request::Dossiers { actor })?, Dossiers)
+    }
+
+    /// A dossier's grants, revocations and blocks.
+    pub fn grants(&self, ins: &Ins) -> Result<Vec<Grant>> {
+        expect!(self.call(Request::Grants { ins: ins.clone() })?, Grants)
+    }
+
+    /// A dossier's trace as `actor` may read it (`None`: the host's operator).
+    pub fn read_trace(&self, ins: &Ins, actor: Option<Actor>) -> Result<Vec<ChainedEntry>> {
+        expect!(
+            self.call(Request::ReadTrace {
+                ins: ins.clone(),
+                actor
+            })?,
+            Audit
+        )
     }
 
     pub fn close_dossier(&self, ins: &Ins, reason: &str) -> Result<()> {
@@ -154,12 +180,14 @@ impl Store {
         rpps: &Rpps,
         state: GrantState,
         basis: GrantBasis,
+        until: Option<Millis>,
     ) -> Result<()> {
         self.done(Request::SetGrant {
             ins: ins.clone(),
             rpps: rpps.clone(),
             state,
             basis,
+            until,
         })
     }
 

@@ -40,13 +40,14 @@ use crate::ids::{Ins, Rpps, SiteId};
 use crate::model::{DossierHead, EmergencyPrefs, Grant, HabilitationMatrix};
 use crate::time::Millis;
 
-/// Format version of the signed body this build writes; a newer one is refused with a clear
-/// error. 2 brings `AuthorityRecord::Heartbeat`, which says what it vouches for.
-pub const RECORD_FORMAT: u8 = 2;
-/// The oldest format still read: format 1 records encode as format 2 ones do (sites keep them
-/// stored), except the format 1 heartbeat (`HeartbeatV1`), which vouches for nothing and never
-/// renews a lease.
-pub const RECORD_FORMAT_MIN: u8 = 1;
+/// Format version of the signed body this build writes; another one is refused with a clear
+/// error. 2 brought `AuthorityRecord::Heartbeat`, which says what it vouches for; 3 gives a
+/// grant its end (`Grant::until`) and the basis `medecin-traitant`.
+pub const RECORD_FORMAT: u8 = 3;
+/// The oldest format still read. Format 1 and 2 grants do not decode as format 3 ones (postcard
+/// is positional, and a grant now ends with `until`), and the project has no deployed replica:
+/// they are refused, and a site is provisioned again from a host of this build.
+pub const RECORD_FORMAT_MIN: u8 = 3;
 /// Format of a bundle file this build writes and reads. 2: signed as a whole (`Bundle::vouch`).
 /// A format 1 bundle (records signed one by one) is refused: any record could be removed.
 pub const BUNDLE_FORMAT: u8 = 2;
@@ -69,8 +70,9 @@ pub enum AuthorityRecord {
     },
     /// The habilitation matrix.
     Matrix(HabilitationMatrix),
-    /// A format 1 heartbeat ("current as of `at`", of nothing in particular): still decoded,
-    /// never admitted (it renews no lease).
+    /// The format 1 heartbeat ("current as of `at`", of nothing in particular). Kept so that
+    /// the variants after it keep their position; never signed by this build, and never
+    /// admitted (it renews no lease).
     HeartbeatV1 {
         /// When the host issued it.
         at: Millis,
@@ -261,11 +263,6 @@ pub fn decode(signed: &SignedRecord) -> Result<Verified> {
         )));
     }
     let (_, seq, record): (u8, u64, AuthorityRecord) = postcard::from_bytes(&signed.body)?;
-    if format < 2 && matches!(record, AuthorityRecord::Heartbeat(_)) {
-        return Err(Error::integrity(
-            "a format 1 signed record carries a format 2 heartbeat",
-        ));
-    }
     Ok(Verified { seq, record })
 }
 
@@ -509,29 +506,24 @@ mod tests {
     #[test]
     fn old_formats_are_read_or_refused_clearly() {
         let key = SigningKey::from_bytes(&[7u8; 32]);
-        // A format 1 grant or matrix (stored at sites) still decodes; a format 1 heartbeat
-        // decodes as what it is.
-        let old = |record: &AuthorityRecord| {
-            let body = postcard::to_stdvec(&(1u8, 4u64, record)).expect("encode");
+        // Format 1 and 2 records (grants without an end) are refused, as is a newer format:
+        // each with "upgrade".
+        let signed_as = |format: u8, record: &AuthorityRecord| {
+            let body = postcard::to_stdvec(&(format, 4u64, record)).expect("encode");
             let signature = key.sign(&body).to_bytes().to_vec();
             SignedRecord { body, signature }
         };
         let m = AuthorityRecord::Matrix(HabilitationMatrix::default_matrix());
         assert_eq!(
-            verify(&key.verifying_key(), &old(&m)).expect("v1").record,
+            verify(&key.verifying_key(), &signed_as(RECORD_FORMAT, &m))
+                .expect("current")
+                .record,
             m
         );
-        let hb = AuthorityRecord::HeartbeatV1 { at: 5 };
-        assert_eq!(
-            verify(&key.verifying_key(), &old(&hb)).expect("v1").record,
-            hb
-        );
-        // A newer format is refused with "upgrade".
-        let body = postcard::to_stdvec(&(3u8, 4u64, &m)).expect("encode");
-        let signature = key.sign(&body).to_bytes().to_vec();
-        let err =
-            verify(&key.verifying_key(), &SignedRecord { body, signature }).expect_err("newer");
-        assert!(err.to_string().contains("upgrade carnet"), "{err}");
+        for format in [1u8, 2, 4] {
+            let err = verify(&key.verifying_key(), &signed_as(format, &m)).expect_err("other");
+            assert!(err.to_string().contains("upgrade carnet"), "{err}");
+        }
         // A format 1 bundle is refused as such.
         let mut bytes = BUNDLE_MAGIC.to_vec();
         bytes.extend(
@@ -576,6 +568,7 @@ mod tests {
                 state: crate::model::GrantState::Active,
                 basis: crate::model::GrantBasis::Treating,
                 issued_at,
+                until: None,
             }),
         };
         check_not_ahead(&grant(now), now).expect("now");

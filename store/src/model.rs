@@ -256,24 +256,63 @@ pub struct Grant {
     pub basis: GrantBasis,
     /// When the host issued this state.
     pub issued_at: Millis,
+    /// When an active grant ends (DOMAIN §5): from this instant on, by the clock of the replica
+    /// deciding, it is no longer active. `None`: until revoked.
+    pub until: Option<Millis>,
 }
 
 impl Grant {
-    /// An active grant with the médecin traitant's rights (row 4).
+    /// An active grant with the médecin traitant's rights (row 4): the médecin traitant, or a
+    /// professional given the same rights. Its end is not looked at: see `state_at`.
     pub fn treating(&self) -> bool {
-        self.state == GrantState::Active && self.basis == GrantBasis::Treating
+        self.state == GrantState::Active
+            && matches!(
+                self.basis,
+                GrantBasis::MedecinTraitant | GrantBasis::Treating
+            )
+    }
+
+    /// This grant designates the dossier's médecin traitant (at most one per dossier, and it
+    /// has no end).
+    pub fn medecin_traitant(&self) -> bool {
+        self.state == GrantState::Active && self.basis == GrantBasis::MedecinTraitant
+    }
+
+    /// When this active grant ended, if `now` is past its end.
+    pub fn ended(&self, now: Millis) -> Option<Millis> {
+        self.until
+            .filter(|until| self.state == GrantState::Active && now >= *until)
+    }
+
+    /// The state in force at `now`, and since when: an active grant whose end has passed is
+    /// as if revoked at its end.
+    pub fn state_at(&self, now: Millis) -> (GrantState, Millis) {
+        match self.ended(now) {
+            Some(until) => (GrantState::Revoked, until),
+            None => (self.state, self.issued_at),
+        }
+    }
+
+    /// What the access decision sees of this grant at `now` (`DossierView::grant`).
+    pub fn for_decision(&self, now: Millis) -> (GrantState, bool) {
+        match self.ended(now) {
+            Some(_) => (GrantState::Revoked, false),
+            None => (self.state, self.treating()),
+        }
     }
 }
 
 named_enum!(
     /// The basis of a grant.
     GrantBasis {
-        /// Médecin traitant, or one given the same rights by the holder (row 4).
+        /// Given the same rights as the médecin traitant by the holder (row 4).
         Treating = "treating",
         /// Member of the care team (équipe de soins) around the holder.
         CareTeam = "care-team",
         /// The holder's consent to this professional.
         Consent = "consent",
+        /// The médecin traitant the holder designated: one per dossier at most (row 4).
+        MedecinTraitant = "medecin-traitant",
     }
 );
 

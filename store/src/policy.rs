@@ -35,6 +35,10 @@ pub enum Action {
     Delete,
     /// The holder's full copy of the dossier.
     Export,
+    /// See the dossier's head, grants and emergency preferences (`dossier show`, `list`).
+    ShowDossier,
+    /// Read the dossier's trace (`audit show`, DOMAIN §6).
+    ReadTrace,
 }
 
 impl Action {
@@ -51,12 +55,18 @@ impl Action {
             Action::HideFromRepresentatives => "hide-from-representatives",
             Action::Delete => "delete",
             Action::Export => "export",
+            Action::ShowDossier => "show-dossier",
+            Action::ReadTrace => "read-trace",
         }
     }
 
     fn column(self) -> Column {
         match self {
-            Action::Read | Action::List | Action::Export => Column::Read,
+            Action::Read
+            | Action::List
+            | Action::Export
+            | Action::ShowDossier
+            | Action::ReadTrace => Column::Read,
             Action::Write | Action::Replace => Column::Write,
             Action::Mask | Action::HideFromPatient | Action::HideFromRepresentatives => {
                 Column::Mask
@@ -133,8 +143,12 @@ pub struct DossierView<'a> {
     pub holder: HolderKind,
     /// The representatives the signed head records (ended ones included).
     pub representatives: &'a [Representative],
-    /// The actor's grant on this dossier, if any: its state and whether it is "treating".
+    /// The actor's grant on this dossier, if any: its state and whether it is "treating" (the
+    /// médecin traitant or the same rights). A grant whose end has passed is given as revoked.
     pub grant: Option<(GrantState, bool)>,
+    /// The actor's grant was active but its end (`Grant::until`) has passed, by the clock of
+    /// the replica deciding: the refusal says so.
+    pub grant_ended: bool,
     /// Emergency preferences.
     pub emergency: EmergencyPrefs,
     /// Habilitation matrix.
@@ -145,6 +159,16 @@ pub struct DossierView<'a> {
 }
 
 const LEASE_EXPIRED: &str = "this site has not heard from the national host within its lease (or its clock reads earlier than it did before): only break-glass is possible";
+
+const OWN_TRACE: &str = "the entries where this professional is the actor, not the others";
+
+/// Whether an allowed `ShowDossier` or `ReadTrace` opens everything (the dossier's grants, its
+/// whole trace): the médecin traitant and those with the same rights (row 4), the holder (9)
+/// and representatives (10), as DOMAIN §6 says. Otherwise a professional sees the dossier with
+/// their own grant only (row 6), and their own trace entries only (rows 6 and 11).
+pub fn opens_whole_dossier(d: &Decision) -> bool {
+    d.allow && matches!(d.rule.0, 4 | 9 | 10)
+}
 
 /// The row that decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -254,6 +278,11 @@ pub fn decide(req: &Request<'_>, view: &DossierView<'_>) -> Decision {
                         return deny(6, LEASE_EXPIRED);
                     }
                     return match column {
+                        Column::Read if req.action == Action::ReadTrace => allow(6, OWN_TRACE),
+                        Column::Read if req.action == Action::ShowDossier => allow(
+                            6,
+                            "active grant: the dossier and this grant, not the others",
+                        ),
                         Column::Read => match doc {
                             Some(d) if d.flags.masque_ps => {
                                 deny(6, "the document is masked from professionals")
@@ -319,6 +348,8 @@ pub fn decide(req: &Request<'_>, view: &DossierView<'_>) -> Decision {
             // Row 11: any other identified professional may feed the dossier.
             match req.action {
                 Action::Write => allow(11, "feeding the dossier needs no consent"),
+                Action::ReadTrace => allow(11, OWN_TRACE),
+                _ if view.grant_ended => deny(11, "the grant for this dossier has ended"),
                 _ => deny(11, "no grant for this dossier"),
             }
         }
@@ -413,6 +444,7 @@ mod tests {
         status: DossierStatus,
         holder: HolderKind,
         grant: Option<(GrantState, bool)>,
+        grant_ended: bool,
         emergency: EmergencyPrefs,
         lease_expired: bool,
         representatives: Vec<Representative>,
@@ -450,6 +482,7 @@ mod tests {
             status: DossierStatus::Active,
             holder: HolderKind::Adult,
             grant: None,
+            grant_ended: false,
             emergency: EmergencyPrefs::default(),
             lease_expired: false,
             representatives: recorded(),
@@ -504,6 +537,7 @@ mod tests {
             holder: case.holder,
             representatives: &case.representatives,
             grant: case.grant,
+            grant_ended: case.grant_ended,
             emergency: case.emergency,
             matrix: &matrix,
             lease_expired: case.lease_expired,
@@ -817,6 +851,97 @@ mod tests {
         check(base(doctor(), Action::Write), true, 11);
         check(base(doctor(), Action::Read), false, 11);
         check(base(doctor(), Action::Replace), false, 11);
+    }
+
+    #[test]
+    fn a_grant_past_its_end_is_no_grant_but_break_glass_remains() {
+        let grant = crate::model::Grant {
+            ins: crate::ids::Ins::from_body("1840575123456").expect("ins"),
+            rpps: rpps(2),
+            state: GrantState::Active,
+            basis: crate::model::GrantBasis::Treating,
+            issued_at: 1_000,
+            until: Some(5_000),
+        };
+        let at = |now: i64| {
+            let mut c = base(doctor(), Action::Read);
+            c.grant = Some(grant.for_decision(now));
+            c.grant_ended = grant.ended(now).is_some();
+            c
+        };
+        check(at(4_999), true, 4);
+        let ended = at(5_000);
+        assert!(ended.grant_ended);
+        check(ended, false, 11);
+        let mut c = at(9_000);
+        c.mode = AccessMode::BreakGlass;
+        c.reason = Some("unconscious");
+        check(c, true, 7);
+        let mut c = at(9_000);
+        c.action = Action::Write;
+        check(c, true, 11);
+        assert_eq!(grant.state_at(9_000), (GrantState::Revoked, 5_000));
+        assert_eq!(grant.state_at(4_000), (GrantState::Active, 1_000));
+    }
+
+    #[test]
+    fn the_dossier_and_its_trace_are_whole_for_rows_4_9_10_own_for_other_professionals() {
+        let whole = |c: Case, row: u8| {
+            let action = c.action;
+            let matrix = HabilitationMatrix::default_matrix();
+            let d = decide(
+                &Request {
+                    who: &c.who,
+                    action,
+                    mode: c.mode,
+                    reason: None,
+                    doc: None,
+                    new_class: None,
+                },
+                &DossierView {
+                    status: c.status,
+                    holder: c.holder,
+                    grant: c.grant,
+                    grant_ended: c.grant_ended,
+                    representatives: &c.representatives,
+                    emergency: c.emergency,
+                    matrix: &matrix,
+                    lease_expired: c.lease_expired,
+                },
+            );
+            assert_eq!(d.rule.0, row, "{action:?}: {}", d.reason);
+            (d.allow, opens_whole_dossier(&d))
+        };
+        for action in [Action::ShowDossier, Action::ReadTrace] {
+            let mut c = base(doctor(), action);
+            c.author = None;
+            c.grant = Some((GrantState::Active, true));
+            assert_eq!(whole(c, 4), (true, true));
+            let mut c = base(pharmacist(), action);
+            c.author = None;
+            c.grant = Some((GrantState::Active, false));
+            assert_eq!(whole(c, 6), (true, false));
+            let mut c = base(Who::Holder, action);
+            c.author = None;
+            assert_eq!(whole(c, 9), (true, true));
+            let mut c = base(representative(1), action);
+            c.author = None;
+            c.holder = HolderKind::Minor;
+            assert_eq!(whole(c, 10), (true, true));
+            let mut c = base(doctor(), action);
+            c.author = None;
+            c.grant = Some((GrantState::Blocked, false));
+            assert_eq!(whole(c, 3), (false, false));
+            let c = base(Who::Unidentified, action);
+            assert_eq!(whole(c, 12), (false, false));
+        }
+        // Without a grant: the own trace entries, not the dossier.
+        let mut c = base(doctor(), Action::ReadTrace);
+        c.author = None;
+        assert_eq!(whole(c, 11), (true, false));
+        let mut c = base(doctor(), Action::ShowDossier);
+        c.author = None;
+        assert_eq!(whole(c, 11), (false, false));
     }
 
     #[test]

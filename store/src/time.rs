@@ -74,6 +74,57 @@ pub fn years_completed(birth_date: &str, now: Millis) -> Result<i64> {
     Ok(y - by - i64::from((m, d) < (bm, bd)))
 }
 
+/// Parses an RFC 3339 time, `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`, strictly (a `T` or
+/// `t` between date and time, seconds required, an offset required; leap seconds refused).
+/// Fractions finer than a millisecond are truncated.
+pub fn parse_rfc3339(text: &str) -> Result<Millis> {
+    let err = || {
+        Error::invalid(format!(
+            "invalid time '{text}': expected RFC 3339, e.g. 2026-12-31T18:00:00Z or 2026-12-31T19:00:00+01:00"
+        ))
+    };
+    let two_digits = |t: &str, max: i64| -> Result<i64> {
+        match t.parse::<i64>() {
+            Ok(v) if t.len() == 2 && t.bytes().all(|b| b.is_ascii_digit()) && v <= max => Ok(v),
+            _ => Err(err()),
+        }
+    };
+    let text = text.trim();
+    let (date, rest) = text
+        .split_once(['T', 't'])
+        .filter(|(d, _)| d.len() == 10)
+        .ok_or_else(err)?;
+    let day = parse_date(date).map_err(|_| err())?;
+    let (clock, offset_ms) = if let Some(clock) = rest.strip_suffix(['Z', 'z']) {
+        (clock, 0)
+    } else {
+        let at = rest.rfind(['+', '-']).ok_or_else(err)?;
+        let (clock, offset) = rest.split_at(at);
+        let sign = if offset.starts_with('-') { -1 } else { 1 };
+        let (h, m) = offset[1..].split_once(':').ok_or_else(err)?;
+        (
+            clock,
+            sign * (two_digits(h, 23)? * 3_600_000 + two_digits(m, 59)? * 60_000),
+        )
+    };
+    let (hms, fraction) = match clock.split_once('.') {
+        Some((hms, f)) if !f.is_empty() && f.bytes().all(|b| b.is_ascii_digit()) => (hms, f),
+        Some(_) => return Err(err()),
+        None => (clock, ""),
+    };
+    let parts: Vec<&str> = hms.split(':').collect();
+    let [h, m, sec] = parts.as_slice() else {
+        return Err(err());
+    };
+    let millis: i64 = format!("{fraction:0<3}")[..3].parse().map_err(|_| err())?;
+    Ok(day
+        + two_digits(h, 23)? * 3_600_000
+        + two_digits(m, 59)? * 60_000
+        + two_digits(sec, 59)? * 1000
+        + millis
+        - offset_ms)
+}
+
 /// Formats as `YYYY-MM-DD`.
 pub fn format_date(ms: Millis) -> String {
     let (y, m, d) = civil_from_days(ms.div_euclid(MS_PER_DAY));
@@ -148,6 +199,36 @@ mod tests {
             assert_eq!(years_completed(birth, now).ok(), Some(years), "{birth}");
         }
         assert!(years_completed("2008-02-30", 0).is_err());
+    }
+
+    #[test]
+    fn rfc3339_times_parse_strictly() {
+        let day = parse_date("2026-12-31").expect("date");
+        assert_eq!(parse_rfc3339("2026-12-31T00:00:00Z").ok(), Some(day));
+        assert_eq!(
+            parse_rfc3339("2026-12-31T19:30:05.25+01:00").ok(),
+            Some(day + 18 * 3_600_000 + 30 * 60_000 + 5_250)
+        );
+        assert_eq!(parse_rfc3339("2026-12-30T23:00:00-01:00").ok(), Some(day));
+        let t = parse_rfc3339("2026-11-23T05:18:54.123Z").expect("time");
+        assert_eq!(format_rfc3339(t), "2026-11-23T05:18:54.123Z");
+        for text in [
+            "2026-12-31",
+            "2026-12-31T10:00Z",
+            "2026-12-31T10:00:00",
+            "2026-12-31 10:00:00Z",
+            "2026-12-31T24:00:00Z",
+            "2026-12-31T10:60:00Z",
+            "2026-12-31T10:00:60Z",
+            "2026-12-31T10:00:00.Z",
+            "2026-12-31T10:00:00+1:00",
+            "2026-12-31T10:00:00+01:60",
+            "2026-02-30T10:00:00Z",
+            "2026-12-31T+1:00:00Z",
+            "x",
+        ] {
+            assert!(parse_rfc3339(text).is_err(), "{text}");
+        }
     }
 
     #[test]

@@ -16,13 +16,13 @@ use carnet_store::authority::Bundle as AuthorityBundle;
 use carnet_store::ids::{DocId, Ins, RepresentativeId, Rpps, SiteId};
 use carnet_store::merge::DocumentMeta;
 use carnet_store::model::{
-    AccessMode, Actor, EmergencyPrefs, GrantBasis, GrantState, Professional,
+    AccessMode, Actor, EmergencyPrefs, Grant, GrantBasis, GrantState, Professional,
 };
 use carnet_store::policy::Action;
 use carnet_store::replica::backup::BackupInfo;
 use carnet_store::replica::{
     Conflict, DossierExport, DossierInfo, ImportReport, KeySource, NewDocument, NewDossier,
-    NewRepresentative, QuarantineEntry, ReadOutcome, Replica, ReplicaConfig, SiteRequest,
+    NewRepresentative, QuarantineEntry, ReadOutcome, Reader, Replica, ReplicaConfig, SiteRequest,
 };
 use carnet_store::time::Millis;
 use serde::{Deserialize, Serialize};
@@ -59,9 +59,15 @@ pub enum Request {
     /// Site: the identity of a dossier opened here was checked.
     QualifyDossier { ins: Ins, rpps: Rpps },
     /// One dossier.
-    Dossier { ins: Ins },
-    /// Every dossier of this replica.
-    Dossiers,
+    /// `actor` (`None`: the host's operator, traced; refused at a site) sees one dossier, as
+    /// the access decision lets them (`Replica::show_dossier`).
+    Dossier { ins: Ins, actor: Option<Actor> },
+    /// The dossiers of this replica `actor` may see (`None`: the host's operator).
+    Dossiers { actor: Option<Actor> },
+    /// A dossier's grants, revocations and blocks (`grant list`).
+    Grants { ins: Ins },
+    /// A dossier's trace as `actor` may read it (`None`: the host's operator).
+    ReadTrace { ins: Ins, actor: Option<Actor> },
     /// Closes a dossier (host).
     CloseDossier { ins: Ins, reason: String },
     /// Records a legal representative of the holder (host): a new signed head.
@@ -79,6 +85,8 @@ pub enum Request {
         rpps: Rpps,
         state: GrantState,
         basis: GrantBasis,
+        /// When the grant ends (`Grant::until`), if it does.
+        until: Option<Millis>,
     },
     /// Records consent given in person (site): a pending grant, usable there for one encounter; a
     /// request at the host, never a grant by itself.
@@ -268,7 +276,7 @@ impl Request {
             self,
             Request::Config
                 | Request::Professionals
-                | Request::Dossiers
+                | Request::Grants { .. }
                 | Request::VerifyAudit
                 | Request::AuditEntries { .. }
                 | Request::ExportAuthority
@@ -289,6 +297,8 @@ impl Request {
         let traced_read = matches!(
             self,
             Request::Dossier { .. }
+                | Request::Dossiers { .. }
+                | Request::ReadTrace { .. }
                 | Request::ReadDocument { .. }
                 | Request::ListDocuments { .. }
                 | Request::ExportDossier { .. }
@@ -430,6 +440,8 @@ pub enum Response {
     Dossier(Box<DossierInfo>),
     /// Dossiers.
     Dossiers(Vec<DossierInfo>),
+    /// A dossier's grants.
+    Grants(Vec<Grant>),
     /// Emergency preferences now in force.
     Emergency(EmergencyPrefs),
     /// A new document's id.
@@ -646,8 +658,14 @@ impl Service {
                 r.qualify_dossier(&ins, &rpps)?;
                 Response::Done
             }
-            Request::Dossier { ins } => Response::Dossier(Box::new(r.dossier(&ins)?)),
-            Request::Dossiers => Response::Dossiers(r.dossiers()?),
+            Request::Dossier { ins, actor } => {
+                Response::Dossier(Box::new(r.show_dossier(reader(&actor), &ins)?))
+            }
+            Request::Dossiers { actor } => Response::Dossiers(r.list_dossiers(reader(&actor))?),
+            Request::Grants { ins } => Response::Grants(r.dossier(&ins)?.grants),
+            Request::ReadTrace { ins, actor } => {
+                Response::Audit(r.read_trace(reader(&actor), &ins)?)
+            }
             Request::CloseDossier { ins, reason } => {
                 r.close_dossier(&ins, &reason)?;
                 Response::Done
@@ -672,8 +690,9 @@ impl Service {
                 rpps,
                 state,
                 basis,
+                until,
             } => {
-                r.set_grant(&ins, &rpps, state, basis)?;
+                r.set_grant(&ins, &rpps, state, basis, until)?;
                 Response::Done
             }
             Request::PendingGrant { ins, rpps } => {
@@ -1076,6 +1095,11 @@ impl Service {
 }
 
 /// Where the daemon of the replica in `dir` listens.
+/// A request's actor as a reader: `None` is the host's operator.
+fn reader(actor: &Option<Actor>) -> Reader<'_> {
+    actor.as_ref().map_or(Reader::Operator, Reader::Person)
+}
+
 pub fn socket_path(dir: &Path) -> PathBuf {
     dir.join(SOCKET_FILE)
 }

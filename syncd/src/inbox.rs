@@ -396,8 +396,14 @@ mod tests {
             mask_new_by_default: false,
         })
         .expect("dossier");
-        r.set_grant(&ins(), &rpps, GrantState::Active, GrantBasis::Treating)
-            .expect("grant");
+        r.set_grant(
+            &ins(),
+            &rpps,
+            GrantState::Active,
+            GrantBasis::Treating,
+            None,
+        )
+        .expect("grant");
         r
     }
 

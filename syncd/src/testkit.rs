@@ -83,8 +83,14 @@ pub fn host_and_site() -> (tempfile::TempDir, Replica, Replica, Ins) {
         mask_new_by_default: false,
     })
     .expect("dossier");
-    host.set_grant(&ins, &doctor(), GrantState::Active, GrantBasis::Treating)
-        .expect("grant");
+    host.set_grant(
+        &ins,
+        &doctor(),
+        GrantState::Active,
+        GrantBasis::Treating,
+        None,
+    )
+    .expect("grant");
     let site = init(
         &tmp.path().join("site"),
         Role::Site,

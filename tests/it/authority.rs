@@ -78,7 +78,7 @@ fn a_site_works_from_the_hosts_records() {
         "imported: 0 record(s) now in force, 7 unchanged, 0 dossier(s) purged after closure"
     );
 
-    let show = site.json(&["dossier", "show", &k.ins]);
+    let show = site.json(&["dossier", "show", &k.ins, "--as", "holder"]);
     assert_eq!(show["birth_name"], "DUPONT");
     assert_eq!(show["status"], "active");
     assert_eq!(
@@ -149,7 +149,7 @@ fn a_site_works_from_the_hosts_records() {
     );
     // Decisions at a site are flagged as decided offline, with the authority version used.
     let t = site
-        .audit(&k.ins)
+        .audit_as(&k.ins, "holder")
         .into_iter()
         .rev()
         .find(|e| e["action"] == "read")
@@ -278,7 +278,10 @@ fn a_site_refuses_another_hosts_records() {
     let pinned = Carnet::site(33, Some(&k.host.host_key()));
     let o = pinned.fails(5, &["authority", "import", &foreign]);
     assert!(o.stderr.contains("different host"), "{}", o.stderr);
-    assert_eq!(pinned.json(&["dossier", "list"]), serde_json::json!([]));
+    assert_eq!(
+        pinned.json(&["dossier", "list", "--as", "holder"]),
+        serde_json::json!([])
+    );
     assert_eq!(pinned.host_key(), k.host.host_key());
     pinned.ok(&["authority", "import", &genuine]);
 
@@ -289,10 +292,10 @@ fn a_site_refuses_another_hosts_records() {
     let o = unpinned.fails(5, &["authority", "import", &foreign]);
     assert!(o.stderr.contains("different host"), "{}", o.stderr);
     for s in [&pinned, &unpinned] {
-        let list = s.json(&["dossier", "list"]);
+        let list = s.json(&["dossier", "list", "--as", "holder"]);
         assert_eq!(list.as_array().map(Vec::len), Some(1));
         assert_eq!(list[0]["ins"], k.ins.as_str());
-        s.fails(4, &["dossier", "show", &ins_b()]);
+        s.fails(4, &["dossier", "show", &ins_b(), "--as", "holder"]);
     }
 
     // A host trusts only itself.
@@ -308,7 +311,7 @@ fn a_site_refuses_another_hosts_records() {
     let smuggled = pinned.write("smuggled", &bytes);
     let o = pinned.fails(5, &["authority", "import", &smuggled]);
     assert!(o.stderr.contains("does not verify"), "{}", o.stderr);
-    pinned.fails(4, &["dossier", "show", &ins_b()]);
+    pinned.fails(4, &["dossier", "show", &ins_b(), "--as", "holder"]);
 }
 
 /// When the site's authority cache was last vouched current by the host (its lease runs from

@@ -437,7 +437,10 @@ fn dossier_create_refusals() {
     let site = Carnet::site(7, None);
     let o = site.fails(2, &args);
     assert!(o.stderr.contains("host"), "{}", o.stderr);
-    assert_eq!(site.json(&["dossier", "list"]), serde_json::json!([]));
+    assert_eq!(
+        site.json(&["dossier", "list", "--as", "holder"]),
+        serde_json::json!([])
+    );
 
     let o = c.fails(4, &["dossier", "show", &ins_b()]);
     assert!(o.stderr.contains("no such dossier"), "{}", o.stderr);
@@ -525,7 +528,7 @@ fn grants_add_revoke_block_list() {
         &a,
         "--rpps",
         DOCTOR,
-        "--treating",
+        "--medecin-traitant",
     ]);
     assert_eq!(
         o.stdout.trim(),
@@ -534,7 +537,8 @@ fn grants_add_revoke_block_list() {
     let j = c.json(&["grant", "add", "--dossier", &a, "--rpps", PHARMACIST]);
     assert_eq!(
         j,
-        serde_json::json!({"ins": a, "rpps": PHARMACIST, "state": "active", "basis": "consent", "treating": false})
+        serde_json::json!({"ins": a, "rpps": PHARMACIST, "state": "active", "basis": "consent",
+                           "treating": false, "medecin_traitant": false, "until": null})
     );
     let j = c.json(&[
         "grant",
@@ -618,9 +622,9 @@ fn grants_add_revoke_block_list() {
         "{human}"
     );
     assert!(
-        human
-            .lines()
-            .any(|l| l.starts_with(DOCTOR) && l.contains("active") && l.ends_with("treating")),
+        human.lines().any(|l| l.starts_with(DOCTOR)
+            && l.contains("active")
+            && l.ends_with("médecin traitant")),
         "{human}"
     );
     let show = c.ok(&["dossier", "show", &a]).stdout;
@@ -770,12 +774,14 @@ fn audit_show_and_verify() {
 
     let other = Carnet::host();
     other.dossier(&ins_b(), "MARTIN", "Louis");
-    assert_eq!(
-        other
-            .ok(&["audit", "show", "--dossier", &ins_a()])
-            .stdout
-            .trim(),
-        "(no trace entry for this dossier)"
-    );
+    // The operator's reading is traced: it is the one entry of a dossier never held here.
+    let shown = other.json(&["audit", "show", "--dossier", &ins_a()]);
+    let actions: Vec<&str> = shown
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert_eq!(actions, vec!["operator-audit-show"]);
     other.fails(2, &["audit", "show", "--dossier", "123"]);
 }

@@ -43,8 +43,8 @@ pub(crate) fn network() -> Network {
     for s in &sites {
         sync_until_ok(s, Duration::from_secs(20));
         assert!(
-            s.json(&["dossier", "show", &ins])["head"].is_object()
-                || s.ok(&["dossier", "show", &ins]).code == 0
+            s.json(&["dossier", "show", &ins, "--as", "holder"])["head"].is_object()
+                || s.ok(&["dossier", "show", &ins, "--as", "holder"]).code == 0
         );
     }
     Network {
@@ -257,13 +257,23 @@ fn revocation_block_and_closure_reach_the_sites_within_one_sync() {
     }
     // Site B goes offline.
     assert_eq!(stop(&mut n.site_daemons[1]), Some(0));
-    // Blocked at the host: one sync (the live one, or this) and site A purges and refuses.
+    // Blocked at the host (once another médecin traitant is designated): one sync (the live
+    // one, or this) and site A purges and refuses.
+    n.host.ok(&[
+        "grant",
+        "add",
+        "--dossier",
+        &ins,
+        "--rpps",
+        STRANGER,
+        "--medecin-traitant",
+    ]);
     n.host
         .ok(&["grant", "block", "--dossier", &ins, "--rpps", DOCTOR]);
     sync_until_ok(&n.sites[0], Duration::from_secs(30));
     let refused = n.sites[0].run(&["doc", "get", &d, "--as", DOCTOR]);
     assert!(refused.code == 3 || refused.code == 4, "{refused:?}");
-    let shown = n.sites[0].run(&["dossier", "show", &ins]);
+    let shown = n.sites[0].run(&["dossier", "show", &ins, "--as", "holder"]);
     assert_eq!(shown.code, 4, "purged at A: {shown:?}");
     // Site B, offline, writes for the dossier; the host closes it; when B's link returns it
     // purges its copy (with a receipt) and its new document is kept in quarantine.

@@ -41,7 +41,7 @@ fn link() -> Link {
     let daemon = start_daemon(&host);
     sync_until_ok(&site, Duration::from_secs(20));
     assert!(
-        site.json(&["dossier", "list"])
+        site.json(&["dossier", "list", "--as", "holder"])
             .as_array()
             .is_some_and(|a| a.len() == 1)
     );

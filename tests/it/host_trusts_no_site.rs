@@ -87,7 +87,7 @@ fn bind_nurse(host: &Carnet, site_id: &str) {
 
 /// True when the site holds anything of the dossier `ins`.
 fn holds(site: &Carnet, ins: &str) -> bool {
-    site.run(&["dossier", "show", ins]).code == 0
+    site.run(&["dossier", "show", ins, "--as", "holder"]).code == 0
 }
 
 /// Trace entries of the dossier `ins` at the host that mention `what`.
@@ -194,6 +194,80 @@ fn a_pending_grant_never_becomes_a_national_grant_by_itself() {
     // Nothing of the dossier is sent to the site for it.
     let items = pulled_items(&rogue.pull_all());
     assert!(!items.iter().any(|i| about_dossier(i, &ins)), "{items:?}");
+}
+
+#[test]
+fn consent_given_in_person_never_makes_nor_unmakes_the_medecin_traitant() {
+    let w = world();
+    bind_nurse(&w.host, &w.site_id);
+    let rogue = Rogue::connect(&w.bundle);
+    let ins = Ins::parse(&w.ins).expect("ins");
+    // A pending grant for the médecin traitant himself, and one for the nurse.
+    let replies = rogue.session(vec![
+        rogue.hello(0, 0),
+        Msg::Push {
+            changes: vec![
+                (
+                    1,
+                    Change::PendingGrant {
+                        ins: ins.clone(),
+                        rpps: Rpps::parse(DOCTOR).expect("rpps"),
+                    },
+                ),
+                (
+                    2,
+                    Change::PendingGrant {
+                        ins: ins.clone(),
+                        rpps: Rpps::parse(NURSE).expect("rpps"),
+                    },
+                ),
+            ],
+            bodies: vec![],
+        },
+    ]);
+    assert!(
+        replies
+            .iter()
+            .any(|m| matches!(m, Msg::PushAck { upto: 2, .. })),
+        "{replies:?}"
+    );
+    let medecin_traitant = || {
+        w.host
+            .json(&["grant", "list", "--dossier", &w.ins])
+            .as_array()
+            .expect("grants")
+            .iter()
+            .filter(|g| g["medecin_traitant"] == true)
+            .map(|g| g["rpps"].as_str().unwrap_or("?").to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(medecin_traitant(), vec![DOCTOR.to_string()]);
+    // The nurse's consent confirmed at the host is a consent grant, never a designation.
+    let nurse = w
+        .host
+        .json(&["grant", "add", "--dossier", &w.ins, "--rpps", NURSE]);
+    assert_eq!(nurse["basis"], "consent", "{nurse}");
+    // Confirming a consent for the médecin traitant would demote him: refused.
+    w.host
+        .fails(3, &["grant", "add", "--dossier", &w.ins, "--rpps", DOCTOR]);
+    assert_eq!(medecin_traitant(), vec![DOCTOR.to_string()]);
+    // Nothing the site pulls names another médecin traitant.
+    let grants: Vec<_> =
+        pulled_items(&rogue.pull_all())
+            .into_iter()
+            .filter_map(|i| match i {
+                PullItem::Authority(signed) => carnet_store::authority::decode(&signed)
+                    .ok()
+                    .and_then(|v| match v.record {
+                        carnet_store::authority::AuthorityRecord::Grant(g) => Some(g),
+                        _ => None,
+                    }),
+                _ => None,
+            })
+            .filter(|g| g.medecin_traitant())
+            .map(|g| g.rpps.as_str().to_string())
+            .collect();
+    assert!(grants.iter().all(|r| r == DOCTOR), "{grants:?}");
 }
 
 /// True when a pulled item carries something of the dossier `ins`.
@@ -427,8 +501,17 @@ fn a_heartbeat_taken_off_the_wire_does_not_renew_a_stale_sites_lease() {
     assert!(holds(&w.site, &w.ins));
     let renewed = w.site.json(&["sync", "status"])["authority_as_of"].clone();
     assert!(renewed.is_string(), "{renewed}");
-    // The holder revokes him; the site does not sync (its operator keeps it away from the
-    // host), so it does not learn of it.
+    // The holder designates another médecin traitant and revokes him; the site does not sync
+    // (its operator keeps it away from the host), so it does not learn of it.
+    w.host.ok(&[
+        "grant",
+        "add",
+        "--dossier",
+        &w.ins,
+        "--rpps",
+        STRANGER,
+        "--medecin-traitant",
+    ]);
     w.host
         .ok(&["grant", "revoke", "--dossier", &w.ins, "--rpps", DOCTOR]);
     // With the site's certificate (and the trace chain key from its folder), a fresh heartbeat
@@ -1128,7 +1211,7 @@ fn a_revoked_grant_takes_the_others_documents_back_from_a_site_that_wrote_in_the
         assert!(o.stderr.contains("no document"), "{id}: {}", o.stderr);
     }
     assert_eq!(w.site.body(&own, NURSE), b"n (synthetic)");
-    let traced = w.site.audit(&w.ins);
+    let traced = w.site.audit_as(&w.ins, "holder");
     assert!(
         traced
             .iter()

@@ -4,10 +4,12 @@
 //! - `cli_basics`: init, data folder, passphrases, professionals, dossiers, grants, emergency
 //!   preferences, the trace.
 //! - `documents`: document commands, bytes in and out, metadata.
+//! - `grants`: the one médecin traitant of a dossier; grants that end, at an offline site.
 //! - `policy_cli`: the access decision table of DOMAIN §4, end to end, with its traces.
 //! - `secrecy`: no patient data in clear in any file of a data folder.
 //! - `tampering`: damage at rest (redb edited directly) and in transit (bundles), format versions.
 //! - `purge`: closure, host purge, site purge on import.
+//! - `reads`: `dossier show`, `dossier list`, `audit show` as a person (`--as`), decided and traced.
 //! - `keys`: master key rotation.
 //! - `export`: the holder's FHIR copy.
 //! - `authority`: signed host records on sites.
@@ -35,6 +37,7 @@ mod documents;
 mod export;
 mod fault_proxy;
 mod faults;
+mod grants;
 mod host_trusts_no_site;
 mod keys;
 mod opened_here;
@@ -43,6 +46,7 @@ mod pki;
 mod policy_cli;
 mod purge;
 mod quarantine;
+mod reads;
 mod regressions;
 mod representatives;
 mod rogue;

@@ -73,7 +73,7 @@ fn a_site_cut_off_opens_a_dossier_holds_it_until_qualified_and_the_host_merges_i
         1,
         "merged into the host's dossier"
     );
-    let here = site.json(&["dossier", "show", &b]);
+    let here = site.json(&["dossier", "show", &b, "--as", DOCTOR]);
     assert!(here["opened_here"].is_null(), "{here}");
     assert!(here["authority_seq"].as_u64() > Some(0), "{here}");
     assert_eq!(here["first_names"], "Jean");
@@ -117,7 +117,7 @@ fn two_sites_opening_the_same_unknown_ins_converge_to_one_dossier() {
         Some(1)
     );
     for (site, own) in [(&n.sites[0], &x), (&n.sites[1], &y)] {
-        let here = site.json(&["dossier", "show", &b]);
+        let here = site.json(&["dossier", "show", &b, "--as", DOCTOR]);
         assert_eq!(here["first_names"], adopted, "the host's head: {here}");
         assert!(here["opened_here"].is_null());
         assert!(!site.body(own, DOCTOR).is_empty());

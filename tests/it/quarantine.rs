@@ -58,7 +58,7 @@ fn a_quarantined_document_is_read_by_its_author_alone_and_refiled_into_an_open_d
     let site = &n.sites[1];
     site.pro(NURSE, "infirmier");
     for d in [&open, &closing] {
-        site.ok(&["dossier", "show", d]);
+        site.ok(&["dossier", "show", d, "--as", DOCTOR]);
     }
 
     // Offline, the site writes two documents; the host closes their dossier meanwhile.
@@ -124,7 +124,10 @@ fn a_quarantined_document_is_read_by_its_author_alone_and_refiled_into_an_open_d
         );
     }
     site.fails(3, &["quarantine", "get", &late]);
-    let reads: Vec<(String, bool)> = site
+    // The dossier is purged at the site: its trace is read at the host, once the site synced.
+    sync_until_ok(site, Duration::from_secs(30));
+    let reads: Vec<(String, bool)> = n
+        .host
         .audit(&closed)
         .iter()
         .filter(|e| e["doc"] == late.as_str() && e["action"] == "read")
@@ -193,8 +196,10 @@ fn a_quarantined_document_is_read_by_its_author_alone_and_refiled_into_an_open_d
             DOCTOR,
         ],
     );
+    sync_until_ok(site, Duration::from_secs(30));
     assert!(
-        site.audit(&closed)
+        n.host
+            .audit(&closed)
             .iter()
             .any(|e| e["doc"] == late.as_str() && e["action"] == "quarantine-refile"),
         "the refiling is traced on the document's dossier"

@@ -39,7 +39,7 @@ fn replaying_an_old_bundle_does_not_resurrect_a_purged_dossier() {
     assert_eq!(site.json(&["authority", "import", &closure])["purged"], 1);
     // The bundle from before the closure, replayed.
     site.json(&["authority", "import", &old]);
-    let o = site.run(&["dossier", "show", &k.ins]);
+    let o = site.run(&["dossier", "show", &k.ins, "--as", "holder"]);
     assert_ne!(o.code, 0, "the purged dossier is back: {}", o.stdout);
     let f = site.write("n", b"n");
     let o = site.run(&[

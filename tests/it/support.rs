@@ -333,7 +333,7 @@ impl Carnet {
         ]);
     }
 
-    /// The standard grants on a dossier (host): DOCTOR treating; PHARMACIST, NURSE,
+    /// The standard grants on a dossier (host): DOCTOR its médecin traitant; PHARMACIST, NURSE,
     /// SPECIALIST and INSURER_DOCTOR active.
     pub fn standard_grants(&self, ins: &str) {
         self.ok(&[
@@ -343,7 +343,7 @@ impl Carnet {
             ins,
             "--rpps",
             DOCTOR,
-            "--treating",
+            "--medecin-traitant",
         ]);
         for r in [PHARMACIST, NURSE, SPECIALIST, INSURER_DOCTOR] {
             self.ok(&["grant", "add", "--dossier", ins, "--rpps", r]);
@@ -396,7 +396,7 @@ impl Carnet {
             &ins,
             "--rpps",
             DOCTOR,
-            "--treating",
+            "--medecin-traitant",
         ]);
         ins
     }
@@ -406,9 +406,18 @@ impl Carnet {
         self.ok(&["doc", "get", id, "--as", actor]).raw
     }
 
-    /// The dossier's trace, as JSON entries.
+    /// The dossier's trace as the host's operator reads it, as JSON entries (host only).
     pub fn audit(&self, ins: &str) -> Vec<Value> {
         self.json(&["audit", "show", "--dossier", ins])
+            .as_array()
+            .expect("audit entries")
+            .clone()
+    }
+
+    /// The dossier's trace as `who` (an RPPS, `holder` or `representative`) may read it: the
+    /// way at a site, where every reader is a person.
+    pub fn audit_as(&self, ins: &str, who: &str) -> Vec<Value> {
+        self.json(&["audit", "show", "--dossier", ins, "--as", who])
             .as_array()
             .expect("audit entries")
             .clone()

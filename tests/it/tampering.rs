@@ -585,7 +585,10 @@ fn damaged_bundles_change_nothing() {
 
     // Nothing changed: no dossier, no pinned key on the unpinned site, an intact trace.
     for s in [&site, &unpinned] {
-        assert_eq!(s.json(&["dossier", "list"]), serde_json::json!([]));
+        assert_eq!(
+            s.json(&["dossier", "list", "--as", "holder"]),
+            serde_json::json!([])
+        );
         assert_eq!(s.json(&["audit", "verify"])["ok"], true);
     }
     unpinned.fails(4, &["authority", "key"]);
@@ -593,7 +596,10 @@ fn damaged_bundles_change_nothing() {
     let file = site.write("good", &good);
     let j = site.json(&["authority", "import", &file]);
     assert!(j["admitted"].as_u64().is_some_and(|a| a > 0), "{j}");
-    assert_eq!(site.json(&["dossier", "show", &k.ins])["status"], "active");
+    assert_eq!(
+        site.json(&["dossier", "show", &k.ins, "--as", "holder"])["status"],
+        "active"
+    );
 }
 
 #[test]

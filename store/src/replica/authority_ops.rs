@@ -19,10 +19,10 @@ use super::{Replica, Role, lock_err};
 use crate::authority::{self, AuthorityRecord, Bundle, Covers, Heartbeat, SignedRecord, Verified};
 use crate::crypto::{Key, aad};
 use crate::error::{Error, Result};
-use crate::ids::{Ins, InsKind, Rpps, SiteId};
+use crate::ids::{Ins, InsKind, SiteId};
 use crate::model::{
-    Closure, DossierHead, DossierStatus, EmergencyPrefs, Grant, GrantBasis, GrantState,
-    HabilitationMatrix, HolderKind, Identity,
+    Closure, DossierHead, DossierStatus, EmergencyPrefs, Grant, HabilitationMatrix, HolderKind,
+    Identity,
 };
 
 /// What `import_authority` did.
@@ -484,36 +484,6 @@ impl Replica {
         Ok(())
     }
 
-    /// Host: sets a professional's grant on a dossier.
-    pub fn set_grant(
-        &self,
-        ins: &Ins,
-        rpps: &Rpps,
-        state: GrantState,
-        basis: GrantBasis,
-    ) -> Result<()> {
-        self.signing_key()?;
-        let (head, _) = self.head(ins)?;
-        if head.status != DossierStatus::Active {
-            return Err(Error::invalid(
-                "the dossier is closed: grants cannot change",
-            ));
-        }
-        let grant = Grant {
-            ins: ins.clone(),
-            rpps: rpps.clone(),
-            state,
-            basis,
-            issued_at: self.now(),
-        };
-        self.issue(
-            AuthorityRecord::Grant(grant),
-            &format!("grant-{}", state.as_str()),
-            None,
-        )?;
-        Ok(())
-    }
-
     /// Host: changes a dossier's emergency preferences; returns them as now in force.
     pub fn update_emergency(
         &self,
@@ -558,18 +528,7 @@ impl Replica {
                 }) => prefs,
                 _ => EmergencyPrefs::default(),
             };
-        let prefix = subject_key(tag::GRANT, Some(&bi), None);
-        let mut grants = Vec::new();
-        for row in table.range(prefix.as_slice()..)? {
-            let (k, v) = row?;
-            if !k.value().starts_with(&prefix) {
-                break;
-            }
-            let signed = self.open_signed(k.value(), v.value())?;
-            if let AuthorityRecord::Grant(g) = authority::decode(&signed)?.record {
-                grants.push(g);
-            }
-        }
+        let grants = self.grants_in(&table, &bi)?;
         let documents = self.dossier_doc_ids(&txn, &bi)?.len();
         drop((table, txn));
         let purge_receipts = match self.config.role {

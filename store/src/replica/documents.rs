@@ -97,6 +97,8 @@ pub(super) struct Context {
     head: Arc<DossierHead>,
     emergency: EmergencyPrefs,
     grant: Option<(GrantState, bool)>,
+    /// The actor's signed grant ended then (`Grant::until`, by this replica's clock).
+    grant_ended: Option<Millis>,
     /// The grant in force is a pending one (consent given in person here).
     pending_grant: bool,
     authority_version: u64,
@@ -149,8 +151,9 @@ impl Replica {
             }) => *prefs,
             _ => EmergencyPrefs::default(),
         };
-        let (mut grant, mut pending_grant) = (None, false);
+        let (mut grant, mut pending_grant, mut grant_ended) = (None, false, None);
         if let Who::Professional { rpps, .. } = who {
+            let now = self.now();
             let signed = match get(subject_key(
                 tag::GRANT,
                 Some(bi),
@@ -161,26 +164,29 @@ impl Replica {
                 Some(Verified {
                     record: AuthorityRecord::Grant(g),
                     ..
-                }) => Some((g.state, g.treating(), g.issued_at)),
+                }) => Some((g.for_decision(now), g.state_at(now), g.ended(now))),
                 _ => None,
             };
-            grant = signed.map(|(state, treating, _)| (state, treating));
-            if signed.is_none_or(|(state, ..)| state != GrantState::Active)
+            grant = signed.map(|(decided, ..)| decided);
+            grant_ended = signed.and_then(|(.., ended)| ended);
+            if signed.is_none_or(|((state, _), ..)| state != GrantState::Active)
                 && self.pending_grant_applies(
                     txn,
                     bi,
                     rpps,
-                    signed.map(|(state, _, at)| (state, at)),
+                    signed.map(|(_, state_at, _)| state_at),
                 )?
             {
                 grant = Some((GrantState::Active, false));
                 pending_grant = true;
+                grant_ended = None;
             }
         }
         Ok(Context {
             head,
             emergency,
             grant,
+            grant_ended,
             pending_grant,
             authority_version: generation.authority_version,
             lease_expired: self.lease_expired(generation),
@@ -220,6 +226,7 @@ impl Replica {
                 holder: ctx.head().holder_at(self.now()),
                 representatives: &ctx.head().representatives,
                 grant: ctx.grant,
+                grant_ended: ctx.grant_ended.is_some(),
                 emergency: ctx.emergency,
                 matrix: &matrix,
                 lease_expired: ctx.lease_expired,
@@ -235,13 +242,17 @@ impl Replica {
             mode,
             allowed: decision.allow,
             rule: decision.rule.0,
-            outcome_reason: if ctx.pending_grant {
-                format!(
+            outcome_reason: match ctx.grant_ended {
+                _ if ctx.pending_grant => format!(
                     "{} (on a pending grant: consent given in person, not yet confirmed by the host)",
                     decision.reason
-                )
-            } else {
-                decision.reason.to_string()
+                ),
+                Some(until) if !decision.allow => format!(
+                    "{} (the grant ended on {})",
+                    decision.reason,
+                    crate::time::format_rfc3339(until)
+                ),
+                _ => decision.reason.to_string(),
             },
             stated_reason: reason.filter(|r| !r.trim().is_empty()).map(str::to_string),
             decided_offline: self.config.role == Role::Site,
@@ -250,7 +261,7 @@ impl Replica {
         Ok((decision, entry))
     }
 
-    fn denied(d: &Decision) -> Error {
+    pub(super) fn denied(d: &Decision) -> Error {
         Error::Denied {
             rule: d.rule.0,
             reason: d.reason.to_string(),
@@ -1102,20 +1113,7 @@ impl Replica {
                 let body = self.get_body(&bodies, &key, &meta)?;
                 out.push(ExportedDocument { meta, body });
             }
-            let mut hidden = std::collections::HashSet::new();
-            for id in self.dossier_doc_ids(&txn, &bi)? {
-                let flags = self.load_doc(&txn, generation, &id)?.2.state().flags;
-                let hides = match who {
-                    Who::Holder => flags.invisible_patient,
-                    Who::Representative(_) => {
-                        flags.invisible_patient || flags.invisible_representatives
-                    }
-                    _ => false,
-                };
-                if hides {
-                    hidden.insert(id);
-                }
-            }
+            let hidden = self.hidden_from(&txn, generation, &bi, &who)?;
             (out, ctx.head().clone(), hidden)
         };
         let traces = self
@@ -1129,6 +1127,39 @@ impl Replica {
             documents,
             traces,
         })
+    }
+}
+
+impl Replica {
+    /// The documents of dossier `bi` hidden from `who` (DOMAIN §3): from the holder those
+    /// `INVISIBLE_PATIENT`, from a representative those too and those
+    /// `INVISIBLE_REPRESENTANTS_LEGAUX`; none from a professional. Neither they nor any trace
+    /// entry about them may reach that person.
+    pub(super) fn hidden_from(
+        &self,
+        txn: &ReadTransaction,
+        generation: Generation,
+        bi: &[u8; 32],
+        who: &Who,
+    ) -> Result<std::collections::HashSet<DocId>> {
+        let mut hidden = std::collections::HashSet::new();
+        if matches!(who, Who::Professional { .. } | Who::Unidentified) {
+            return Ok(hidden);
+        }
+        for id in self.dossier_doc_ids(txn, bi)? {
+            let flags = self.load_doc(txn, generation, &id)?.2.state().flags;
+            let hides = match who {
+                Who::Holder => flags.invisible_patient,
+                Who::Representative(_) => {
+                    flags.invisible_patient || flags.invisible_representatives
+                }
+                _ => false,
+            };
+            if hides {
+                hidden.insert(id);
+            }
+        }
+        Ok(hidden)
     }
 }
 

@@ -661,7 +661,7 @@ impl Replica {
                         Some(Verified {
                             record: AuthorityRecord::Grant(g),
                             ..
-                        }) => Some((g.state, g.treating())),
+                        }) => Some(g.for_decision(self.now())),
                         _ => None,
                     };
                     judged.grants.insert((*bi, rpps.clone()), grant);
@@ -692,6 +692,8 @@ impl Replica {
                 holder,
                 representatives,
                 grant,
+                // An ended grant is given as revoked; only the wording of a refusal differs.
+                grant_ended: false,
                 // Normal mode never consults them.
                 emergency: EmergencyPrefs::default(),
                 matrix: &matrix,

@@ -91,7 +91,7 @@ impl Replica {
                 Some(Verified {
                     record: AuthorityRecord::Grant(g),
                     ..
-                }) => Some((g.state, g.treating())),
+                }) => Some(g.for_decision(self.now())),
                 _ => None,
             };
             let decision = policy::decide(
@@ -108,6 +108,8 @@ impl Replica {
                     holder: head.holder,
                     representatives: &head.representatives,
                     grant,
+                    // An ended grant is given as revoked; only the wording of a refusal differs.
+                    grant_ended: false,
                     emergency: EmergencyPrefs::default(),
                     matrix: &view.matrix,
                     lease_expired: false,

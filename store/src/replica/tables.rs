@@ -163,7 +163,7 @@ pub mod meta_key {
 /// The format this build writes. A newer stored format is refused, and so is an older one: the
 /// project has no deployed replica, and format 4 changed how every row naming a document is
 /// keyed, formats 5 and 6 how a document's replacements and their resolutions are recorded, and format 7
-/// how a representative is named, which no migration rewrites.
+/// how a representative is named and how grants are signed, which no migration rewrites.
 ///
 /// - 1: bodies in `BODIES` only, in chunks of `CHUNK_PLAIN`.
 /// - 2: bodies are cut as `body_chunk_plan` says, a small last chunk kept as a tail
@@ -179,6 +179,8 @@ pub mod meta_key {
 ///   for a provisional identity (`HELD`); a legal representative is a recorded person with an
 ///   id (`Representative` in the dossier head); trace entries (`TraceActor`), document authors
 ///   (`Author`) and acts (`Actor`) name that id.
+///   The signed records held are of record format 3 (`authority::RECORD_FORMAT`): a grant
+///   carries its end (`Grant::until`) and may designate the médecin traitant.
 pub const FORMAT_VERSION: u32 = 7;
 
 /// The oldest format this build opens.

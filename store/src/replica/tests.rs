@@ -93,8 +93,14 @@ fn host_and_site() -> (TempDir, Replica, TempDir, Replica) {
     let host = init(&hd, Role::Host, None);
     register(&host);
     host.create_dossier(new_dossier(ins())).expect("dossier");
-    host.set_grant(&ins(), &doctor(), GrantState::Active, GrantBasis::Treating)
-        .expect("grant");
+    host.set_grant(
+        &ins(),
+        &doctor(),
+        GrantState::Active,
+        GrantBasis::Treating,
+        None,
+    )
+    .expect("grant");
     let site = init(&sd, Role::Site, Some(7));
     register(&site);
     // Only the host binds professionals to a site.
@@ -519,8 +525,14 @@ fn rotation_rewraps_keys_and_passphrases_are_checked() {
     .expect("init");
     register(&host);
     host.create_dossier(new_dossier(ins())).expect("dossier");
-    host.set_grant(&ins(), &doctor(), GrantState::Active, GrantBasis::Treating)
-        .expect("grant");
+    host.set_grant(
+        &ins(),
+        &doctor(),
+        GrantState::Active,
+        GrantBasis::Treating,
+        None,
+    )
+    .expect("grant");
     let id = write(&host, "doc", b"body");
     host.rotate_master_key(&pass("second")).expect("rotate");
     drop(host);
@@ -1136,8 +1148,14 @@ fn a_site_receives_what_enters_its_scope_and_purges_what_leaves_it() {
         .expect("host writes");
     sync(&host, &site);
     assert!(site.dossier(&other).is_err(), "not in the site's scope yet");
-    host.set_grant(&other, &nurse(), GrantState::Active, GrantBasis::CareTeam)
-        .expect("grant");
+    host.set_grant(
+        &other,
+        &nurse(),
+        GrantState::Active,
+        GrantBasis::CareTeam,
+        None,
+    )
+    .expect("grant");
     sync(&host, &site);
     assert_eq!(
         &site
@@ -1154,8 +1172,14 @@ fn a_site_receives_what_enters_its_scope_and_purges_what_leaves_it() {
             .is_empty()
     );
     // The grant is revoked: the dossier leaves the scope and the site purges it.
-    host.set_grant(&other, &nurse(), GrantState::Revoked, GrantBasis::CareTeam)
-        .expect("revoke");
+    host.set_grant(
+        &other,
+        &nurse(),
+        GrantState::Revoked,
+        GrantBasis::CareTeam,
+        None,
+    )
+    .expect("revoke");
     sync(&host, &site);
     assert!(!site.has_dossier_key(&other).expect("key"));
     assert!(
@@ -1486,10 +1510,22 @@ fn out_of_scope_means_nothing_is_served_even_on_request() {
     host.create_dossier(new_dossier(other.clone()))
         .expect("dossier");
     // In and out of scope before the site ever pulls: nothing of it is sent.
-    host.set_grant(&other, &nurse(), GrantState::Active, GrantBasis::CareTeam)
-        .expect("grant");
-    host.set_grant(&other, &nurse(), GrantState::Revoked, GrantBasis::CareTeam)
-        .expect("revoke");
+    host.set_grant(
+        &other,
+        &nurse(),
+        GrantState::Active,
+        GrantBasis::CareTeam,
+        None,
+    )
+    .expect("grant");
+    host.set_grant(
+        &other,
+        &nurse(),
+        GrantState::Revoked,
+        GrantBasis::CareTeam,
+        None,
+    )
+    .expect("revoke");
     let later = host
         .put_document(
             &Actor::Professional(doctor()),
@@ -1527,18 +1563,36 @@ fn every_write_retires_the_shared_read_view_so_no_read_misses_a_revocation() {
     read(&host, &id).expect("allowed");
     assert!(Arc::ptr_eq(&view, &host.shared_view().expect("view")));
     // The holder blocks the doctor (row 3: even the author is refused).
-    host.set_grant(&ins(), &doctor(), GrantState::Blocked, GrantBasis::Treating)
-        .expect("block");
+    host.set_grant(
+        &ins(),
+        &doctor(),
+        GrantState::Blocked,
+        GrantBasis::Treating,
+        None,
+    )
+    .expect("block");
     assert!(!Arc::ptr_eq(&view, &host.shared_view().expect("view")));
     assert!(matches!(read(&host, &id), Err(Error::Denied { .. })));
     // At a site, the block arrives with a sync: the read after it is refused too.
-    host.set_grant(&ins(), &doctor(), GrantState::Active, GrantBasis::Treating)
-        .expect("grant again");
+    host.set_grant(
+        &ins(),
+        &doctor(),
+        GrantState::Active,
+        GrantBasis::Treating,
+        None,
+    )
+    .expect("grant again");
     sync(&host, &site);
     read(&site, &id).expect("allowed at the site");
     let view = site.shared_view().expect("view");
-    host.set_grant(&ins(), &doctor(), GrantState::Blocked, GrantBasis::Treating)
-        .expect("block");
+    host.set_grant(
+        &ins(),
+        &doctor(),
+        GrantState::Blocked,
+        GrantBasis::Treating,
+        None,
+    )
+    .expect("block");
     sync(&host, &site);
     assert!(!Arc::ptr_eq(&view, &site.shared_view().expect("view")));
     assert!(read(&site, &id).is_err());
@@ -1687,10 +1741,22 @@ fn every_document_of_a_pushed_batch_reaches_the_other_sites_holding_its_dossier(
 #[test]
 fn a_leave_then_enter_in_one_batch_keeps_the_dossier() {
     let (_hd, host, _sd, site) = host_and_site();
-    host.set_grant(&ins(), &doctor(), GrantState::Revoked, GrantBasis::Treating)
-        .expect("revoke");
-    host.set_grant(&ins(), &doctor(), GrantState::Active, GrantBasis::Treating)
-        .expect("grant again");
+    host.set_grant(
+        &ins(),
+        &doctor(),
+        GrantState::Revoked,
+        GrantBasis::Treating,
+        None,
+    )
+    .expect("revoke");
+    host.set_grant(
+        &ins(),
+        &doctor(),
+        GrantState::Active,
+        GrantBasis::Treating,
+        None,
+    )
+    .expect("grant again");
     sync(&host, &site);
     assert!(site.has_dossier_key(&ins()).expect("key"), "still held");
     let id = host
@@ -1966,21 +2032,39 @@ fn a_pending_grant_works_at_once_at_its_site_and_never_becomes_a_grant_by_itself
         (super::RequestKind::Consent, Some(&nurse()))
     );
     // The holder's consent confirmed at the host: a signed grant, which answers the request.
-    host.set_grant(&ins(), &nurse(), GrantState::Active, GrantBasis::Consent)
-        .expect("confirm");
+    host.set_grant(
+        &ins(),
+        &nurse(),
+        GrantState::Active,
+        GrantBasis::Consent,
+        None,
+    )
+    .expect("confirm");
     assert!(host.site_requests().expect("requests").is_empty());
     sync(&host, &site);
     assert!(granted(&site));
     // A later revocation at the host wins over the pending grant made before it.
     now.fetch_add(1000, Ordering::SeqCst);
-    host.set_grant(&ins(), &nurse(), GrantState::Revoked, GrantBasis::Consent)
-        .expect("revoke");
+    host.set_grant(
+        &ins(),
+        &nurse(),
+        GrantState::Revoked,
+        GrantBasis::Consent,
+        None,
+    )
+    .expect("revoke");
     sync(&host, &site);
     assert!(!nurse_reads(&site));
     // A block wins over a new pending grant, and the host refuses the request.
     now.fetch_add(1000, Ordering::SeqCst);
-    host.set_grant(&ins(), &nurse(), GrantState::Blocked, GrantBasis::Consent)
-        .expect("block");
+    host.set_grant(
+        &ins(),
+        &nurse(),
+        GrantState::Blocked,
+        GrantBasis::Consent,
+        None,
+    )
+    .expect("block");
     sync(&host, &site);
     site.record_pending_grant(&ins(), &nurse())
         .expect("pending");
@@ -2548,8 +2632,14 @@ fn signed_times_ahead_of_the_clock_are_refused_and_change_nothing() {
     let (_dirs, now, host, site) = host_ahead_of_site(365 * 24 * 3_600_000);
     let site_id = site.config().site_id;
     let before = (as_of(&site), site.pull_cursor().expect("cursor"));
-    host.set_grant(&ins(), &nurse(), GrantState::Active, GrantBasis::CareTeam)
-        .expect("grant");
+    host.set_grant(
+        &ins(),
+        &nurse(),
+        GrantState::Active,
+        GrantBasis::CareTeam,
+        None,
+    )
+    .expect("grant");
     let page = host.pull_page(site_id, before.1, 1024).expect("page");
     let err = site.apply_pull(&page.items).expect_err("ahead");
     assert!(
@@ -2614,8 +2704,14 @@ fn a_bundle_imports_whole_or_not_at_all_and_only_a_whole_one_renews_the_lease() 
             .find(|g| g.rpps == nurse())
             .map(|g| g.state)
     };
-    host.set_grant(&ins(), &nurse(), GrantState::Active, GrantBasis::CareTeam)
-        .expect("grant");
+    host.set_grant(
+        &ins(),
+        &nurse(),
+        GrantState::Active,
+        GrantBasis::CareTeam,
+        None,
+    )
+    .expect("grant");
     now.fetch_add(1000, Ordering::SeqCst);
     let report = site
         .import_authority(&host.export_authority().expect("export"))
@@ -2626,8 +2722,14 @@ fn a_bundle_imports_whole_or_not_at_all_and_only_a_whole_one_renews_the_lease() 
 
     // The host revokes the nurse; the bundle reaches the site with the revocation removed.
     now.fetch_add(1000, Ordering::SeqCst);
-    host.set_grant(&ins(), &nurse(), GrantState::Revoked, GrantBasis::CareTeam)
-        .expect("revoke");
+    host.set_grant(
+        &ins(),
+        &nurse(),
+        GrantState::Revoked,
+        GrantBasis::CareTeam,
+        None,
+    )
+    .expect("revoke");
     let genuine = host.export_authority().expect("export");
     let mut withheld = genuine.clone();
     withheld.records.retain(|r| {
@@ -2709,8 +2811,14 @@ fn returned_traces(host: &Replica) -> Vec<crate::audit::AuditEntry> {
 #[test]
 fn a_pushed_change_is_merged_only_if_an_act_the_host_allows_made_it() {
     let (_hd, host, _sd, site) = host_and_site();
-    host.set_grant(&ins(), &nurse(), GrantState::Active, GrantBasis::CareTeam)
-        .expect("grant");
+    host.set_grant(
+        &ins(),
+        &nurse(),
+        GrantState::Active,
+        GrantBasis::CareTeam,
+        None,
+    )
+    .expect("grant");
     let id = write(&host, "at the host", b"h");
     sync(&host, &site);
     let origin = site.config().site_id;
@@ -3041,8 +3149,14 @@ fn rows_one_to_three_return_what_a_site_pushes_and_the_host_says_why() {
         crate::merge::DocumentMeta::new(facts, origin, Default::default())
     };
     // Row 3: the holder blocked the nurse.
-    host.set_grant(&ins(), &nurse(), GrantState::Blocked, GrantBasis::Consent)
-        .expect("block");
+    host.set_grant(
+        &ins(),
+        &nurse(),
+        GrantState::Blocked,
+        GrantBasis::Consent,
+        None,
+    )
+    .expect("block");
     let nurse_writes = by(1, nurse(), Profession::Infirmier);
     assert_eq!(
         push_as(&host, &site, nurse_writes, vec![]),
@@ -3349,8 +3463,14 @@ fn assert_nowhere_in_clear(dir: &TempDir, what: &[(&str, Vec<u8>)]) {
 #[test]
 fn a_grant_put_back_after_its_revocation_is_detected_at_open() {
     let (_hd, host, sd, site) = host_and_site();
-    host.set_grant(&ins(), &nurse(), GrantState::Active, GrantBasis::CareTeam)
-        .expect("grant");
+    host.set_grant(
+        &ins(),
+        &nurse(),
+        GrantState::Active,
+        GrantBasis::CareTeam,
+        None,
+    )
+    .expect("grant");
     sync(&host, &site);
     let subject = subject_key(
         tag::GRANT,
@@ -3360,8 +3480,14 @@ fn a_grant_put_back_after_its_revocation_is_detected_at_open() {
     drop(site);
     let active = raw_row(&sd, AUTHORITY, subject.as_slice()).expect("the active grant");
     let site = Replica::open(sd.path(), &KeySource::File, clock()).expect("reopen");
-    host.set_grant(&ins(), &nurse(), GrantState::Revoked, GrantBasis::CareTeam)
-        .expect("revoke");
+    host.set_grant(
+        &ins(),
+        &nurse(),
+        GrantState::Revoked,
+        GrantBasis::CareTeam,
+        None,
+    )
+    .expect("revoke");
     sync(&host, &site);
     drop(site);
     let revoked = raw_row(&sd, AUTHORITY, subject.as_slice()).expect("the revoked grant");
@@ -3873,6 +3999,7 @@ fn no_table_of_a_site_or_the_host_holds_a_document_id_or_its_time() {
         &doctor(),
         GrantState::Active,
         GrantBasis::Treating,
+        None,
     )
     .expect("grant");
     sync(&host, &site);
@@ -4003,8 +4130,14 @@ fn a_full_house() -> (TempDir, Replica, TempDir, Replica, Vec<DocId>) {
     let (hd, host, sd, site) = host_and_site();
     let doctor_acts = Actor::Professional(doctor());
     host.create_dossier(new_dossier(gone())).expect("dossier");
-    host.set_grant(&gone(), &doctor(), GrantState::Active, GrantBasis::Treating)
-        .expect("grant");
+    host.set_grant(
+        &gone(),
+        &doctor(),
+        GrantState::Active,
+        GrantBasis::Treating,
+        None,
+    )
+    .expect("grant");
     let mut with_unique = doc("lab results", b"potassium 4.1 (synthetic)");
     with_unique.unique_id = Some("urn:oid:1.2.250.1.999.1".into());
     let ids = vec![
@@ -4696,6 +4829,7 @@ fn quarantined_at_site() -> (TempDir, Replica, TempDir, Replica, Ins, DocId) {
         &doctor(),
         GrantState::Active,
         GrantBasis::Treating,
+        None,
     )
     .expect("grant");
     sync(&host, &site);
@@ -4806,4 +4940,158 @@ fn a_refiled_document_is_taken_by_the_host_and_the_quarantine_keeps_it_marked() 
             .expect("author"),
         b"late body (synthetic)"
     );
+}
+
+#[test]
+fn a_grant_ends_at_an_offline_site_by_its_clock_and_break_glass_remains() {
+    use std::sync::atomic::Ordering;
+    let (_dirs, now, host, site) = host_and_site_on_a_clock();
+    let id = write(&site, "CR", b"for the nurse (synthetic)");
+    let hour = 3_600_000;
+    let start = now.load(Ordering::SeqCst);
+    // An end must be in the future, and belongs to an active grant that is not the médecin
+    // traitant's designation.
+    for (state, basis, until) in [
+        (GrantState::Active, GrantBasis::CareTeam, start),
+        (GrantState::Revoked, GrantBasis::CareTeam, start + hour),
+        (
+            GrantState::Active,
+            GrantBasis::MedecinTraitant,
+            start + hour,
+        ),
+    ] {
+        assert!(matches!(
+            host.set_grant(&ins(), &nurse(), state, basis, Some(until)),
+            Err(Error::Invalid(_))
+        ));
+    }
+    host.set_grant(
+        &ins(),
+        &nurse(),
+        GrantState::Active,
+        GrantBasis::CareTeam,
+        Some(start + hour),
+    )
+    .expect("grant until");
+    sync(&host, &site);
+    let nurse_reads =
+        |mode, reason| site.read_document(&Actor::Professional(nurse()), &id, mode, reason);
+    nurse_reads(AccessMode::Normal, None).expect("before its end");
+    // The site hears nothing more from the host; its clock passes the end (not its lease).
+    now.fetch_add(2 * hour, Ordering::SeqCst);
+    let err = nurse_reads(AccessMode::Normal, None).expect_err("ended");
+    assert!(
+        matches!(&err, Error::Denied { rule: 11, reason } if reason.contains("ended")),
+        "{err}"
+    );
+    let traced = site.audit_entries(Some(&ins())).expect("audit");
+    let last = &traced.last().expect("traced").entry;
+    assert!(!last.allowed);
+    assert!(
+        last.outcome_reason.contains(&format!(
+            "the grant ended on {}",
+            crate::time::format_rfc3339(start + hour)
+        )),
+        "{}",
+        last.outcome_reason
+    );
+    nurse_reads(AccessMode::BreakGlass, Some("unconscious")).expect("break-glass");
+    // The host's records say the same: the grant is still "active, until" (nothing was
+    // re-issued), and the host decides from it the same way.
+    let g = host
+        .dossier(&ins())
+        .expect("dossier")
+        .grants
+        .into_iter()
+        .find(|g| g.rpps == nurse())
+        .expect("grant");
+    assert_eq!((g.state, g.until), (GrantState::Active, Some(start + hour)));
+    assert!(
+        host.read_document(&Actor::Professional(nurse()), &id, AccessMode::Normal, None)
+            .is_err()
+    );
+}
+
+#[test]
+fn a_dossier_has_one_medecin_traitant_who_stays_until_another_is_designated() {
+    let (_hd, host, _sd, site) = host_and_site();
+    // The doctor has the same rights as a médecin traitant, and is not one.
+    assert_eq!(host.medecin_traitant(&ins()).expect("mt"), None);
+    host.set_grant(
+        &ins(),
+        &doctor(),
+        GrantState::Active,
+        GrantBasis::MedecinTraitant,
+        None,
+    )
+    .expect("designate");
+    let mt = |r: &Replica| r.medecin_traitant(&ins()).expect("mt").map(|g| g.rpps);
+    assert_eq!(mt(&host), Some(doctor()));
+    // Revoking, blocking or re-basing the médecin traitant is refused, and traced.
+    for (state, basis) in [
+        (GrantState::Revoked, GrantBasis::MedecinTraitant),
+        (GrantState::Revoked, GrantBasis::Treating),
+        (GrantState::Blocked, GrantBasis::Treating),
+        (GrantState::Active, GrantBasis::Consent),
+    ] {
+        let err = host
+            .set_grant(&ins(), &doctor(), state, basis, None)
+            .expect_err("the médecin traitant stays");
+        assert!(
+            matches!(&err, Error::Denied { rule: 4, .. } | Error::Invalid(_)),
+            "{err}"
+        );
+    }
+    let err = host
+        .set_grant(
+            &ins(),
+            &doctor(),
+            GrantState::Blocked,
+            GrantBasis::Treating,
+            None,
+        )
+        .expect_err("refused");
+    assert!(
+        err.to_string()
+            .contains("designate another médecin traitant first"),
+        "{err}"
+    );
+    assert!(
+        host.audit_entries(Some(&ins()))
+            .expect("audit")
+            .iter()
+            .any(|c| !c.entry.allowed
+                && c.entry.action == TraceAction::Admin("grant-refused".into()))
+    );
+    assert_eq!(mt(&host), Some(doctor()));
+    // Designating the nurse: the doctor keeps the same rights, and is no longer the one.
+    host.set_grant(
+        &ins(),
+        &nurse(),
+        GrantState::Active,
+        GrantBasis::MedecinTraitant,
+        None,
+    )
+    .expect("designate another");
+    let grants = host.dossier(&ins()).expect("dossier").grants;
+    assert_eq!(grants.iter().filter(|g| g.medecin_traitant()).count(), 1);
+    let doctor_grant = grants.iter().find(|g| g.rpps == doctor()).expect("doctor");
+    assert_eq!(
+        (doctor_grant.state, doctor_grant.basis),
+        (GrantState::Active, GrantBasis::Treating)
+    );
+    assert_eq!(mt(&host), Some(nurse()));
+    // Now the doctor may be revoked; the site holds the same, signed.
+    host.set_grant(
+        &ins(),
+        &doctor(),
+        GrantState::Revoked,
+        GrantBasis::Treating,
+        None,
+    )
+    .expect("revoke the former one");
+    sync(&host, &site);
+    assert_eq!(mt(&site), Some(nurse()));
+    let at_site = site.dossier(&ins()).expect("dossier").grants;
+    assert_eq!(at_site.iter().filter(|g| g.medecin_traitant()).count(), 1);
 }

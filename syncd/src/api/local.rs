@@ -347,7 +347,7 @@ mod tests {
         }
         // The store's own error kinds come back as they are.
         let ins = carnet_store::ids::Ins::from_body("2840575123456").expect("ins");
-        match client.call(&Request::Dossier { ins }) {
+        match client.call(&Request::Dossier { ins, actor: None }) {
             Err(Error::Store(carnet_store::Error::NotFound(_))) => {}
             other => panic!("unexpected {other:?}"),
         }
