@@ -14,8 +14,8 @@ use carnet_store::model::{
 use carnet_store::policy::Action;
 use carnet_store::replica::backup::BackupInfo;
 use carnet_store::replica::{
-    Conflict, DossierExport, DossierInfo, ImportReport, NewDocument, NewDossier, ReadOutcome,
-    ReplicaConfig, SiteRequest,
+    Conflict, DossierExport, DossierInfo, Emergency, ImportReport, NewDocument, NewDossier,
+    ReadOutcome, ReplicaConfig, SiteRequest,
 };
 use carnet_syncd::api::local::Handle;
 use carnet_syncd::api::{PkiHostStatus, Request, Response, SyncStatus};
@@ -320,6 +320,28 @@ impl Store {
             actor: actor.clone(),
             doc: *doc,
             keep: *keep,
+        })
+    }
+
+    /// Host: the emergencies judged there (`pending`: only those not reviewed).
+    pub fn emergencies(&self, pending: bool) -> Result<Vec<Emergency>> {
+        expect!(self.call(Request::Emergencies { pending })?, Emergencies)
+    }
+
+    /// Host: records `by`'s review of emergency `id`.
+    pub fn review_emergency(&self, id: u64, by: &str, note: &str) -> Result<Emergency> {
+        let mut list = expect!(
+            self.call(Request::ReviewEmergency {
+                id,
+                by: by.to_string(),
+                note: note.to_string(),
+            })?,
+            Emergencies
+        )?;
+        list.pop().ok_or_else(|| {
+            Failure::Sync(carnet_syncd::Error::Invalid(
+                "the daemon answered no emergency".into(),
+            ))
         })
     }
 

@@ -19,6 +19,8 @@
 //! - `operator`: what the operators see: `carnet sites` at the host, `/metrics`, the status page.
 //! - `convergence`: a host and two site daemons: offline writes, conflicts, revocation, closure.
 //! - `faults`: the weak link, through `fault_proxy` (loss, delay, cuts).
+//! - `emergencies`: the host's review of break-glass and centre 15 accesses, through two daemons
+//!   and a rogue site.
 //! - `host_trusts_no_site`: a rogue site with a valid certificate (`rogue`, which speaks the wire
 //!   protocol itself) tries to get more than the host authorizes.
 
@@ -30,6 +32,7 @@ mod cli_basics;
 mod convergence;
 mod daemon;
 mod documents;
+mod emergencies;
 mod export;
 mod fault_proxy;
 mod faults;

@@ -23,6 +23,7 @@ mod cache;
 mod conflicts;
 pub mod doc_map;
 mod documents;
+mod emergencies;
 mod emergency_fetch;
 mod high_water;
 mod host_sync;
@@ -63,6 +64,7 @@ pub use authority_ops::{DossierInfo, ImportReport, Lease, NewDossier};
 pub use backend::Durable;
 pub use conflicts::{Branch, Conflict};
 pub use documents::{DossierExport, ExportedDocument, NewDocument, ReadOutcome};
+pub use emergencies::{Emergency, Review};
 pub use emergency_fetch::EMERGENCY_VALID;
 pub use high_water::{HIGH_WATER_ENV, check_high_water_from_env, reset_high_water_from_env};
 pub use host_sync::{PullItem, PullPage, PullReport};
@@ -1370,10 +1372,17 @@ impl Replica {
     }
 
     /// Makes `entry` durable, sharing one journal sync with concurrent callers.
+    /// At the host, an emergency access is then indexed for its review (`emergencies`).
     fn trace_durably(&self, entry: AuditEntry) -> Result<()> {
         let prepared = self.prepare_trace(&entry)?;
         self.audit_commit
-            .submit(prepared, &|batch| self.commit_traces(batch))
+            .submit(prepared, &|batch| self.commit_traces(batch))?;
+        if self.config.role == Role::Host && emergencies::is_emergency(&entry) {
+            let txn = self.begin_write()?;
+            self.index_own_emergencies(&txn, std::slice::from_ref(&entry))?;
+            txn.commit()?;
+        }
+        Ok(())
     }
 
     /// The group commit of traces: chains the batch and makes it durable in the journal. When
@@ -1818,7 +1827,9 @@ impl Writer<'_> {
             txn,
             staged,
         } = self;
-        let written = replica.write_traces(&txn, &chain, &staged.into_inner())?;
+        let staged = staged.into_inner();
+        replica.index_own_emergencies(&txn, &staged)?;
+        let written = replica.write_traces(&txn, &chain, &staged)?;
         txn.commit()?;
         written.apply(&mut chain, &replica.durability)
     }

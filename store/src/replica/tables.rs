@@ -111,6 +111,17 @@ pub const EMERGENCY_SCOPES: TableDefinition<&[u8], i64> = TableDefinition::new("
 /// version that has not seen that clear and carries the flag again is decided as a mask or a
 /// hiding by the actors its push names (`push_check`).
 pub const HOST_CLEARS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("host_clears");
+/// Host: the dossier heads, grants and emergency preferences it issued, each kept with the
+/// host's time of issue (`emergencies`): `subject key ‖ seq (u64 BE)` → sealed
+/// `(time, record)` (registry key, bound to the row's key).
+pub const AUTHORITY_HISTORY: TableDefinition<&[u8], &[u8]> =
+    TableDefinition::new("authority_history");
+/// Host: the emergencies it judged (`emergencies::IndexRow`, postcard): id → the dossier's
+/// blind index and the review flag in clear, the rest sealed with the audit key, bound to the id.
+pub const EMERGENCIES: TableDefinition<u64, &[u8]> = TableDefinition::new("emergencies");
+/// Host: per site, its last contact whose trace the host held whole (postcard: trace head and
+/// host time). In clear: no patient data.
+pub const TRACE_CONTACTS: TableDefinition<u32, &[u8]> = TableDefinition::new("trace_contacts");
 /// Per origin site, the highest change sequence applied here (exactly-once).
 pub const APPLIED: TableDefinition<u32, u64> = TableDefinition::new("applied");
 
