@@ -638,9 +638,22 @@ pub enum AuditCmd {
     },
     /// Verify every trace chain.
     Verify,
-    /// Break-glass and centre 15 accesses, from every site, for notifying the holder and the
-    /// médecin traitant.
-    Emergencies,
+    /// Host: break-glass and centre 15 accesses from every site, each judged again by the host
+    /// against what was in force at the time (conforming or not), and whether reviewed.
+    Emergencies {
+        /// Only those not reviewed yet.
+        #[arg(long)]
+        pending: bool,
+    },
+    /// Host: records the review of an emergency (`audit emergencies` gives its id), traced.
+    Review {
+        id: u64,
+        #[arg(long)]
+        note: String,
+        /// `operator:NAME` or `dpo:NAME`.
+        #[arg(long = "as")]
+        actor: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -2074,6 +2074,22 @@ fn trace_actor(a: &TraceActor) -> String {
     }
 }
 
+/// An emergency as `audit emergencies --json` shows it.
+fn emergency_json(e: &carnet_store::replica::Emergency) -> Value {
+    json!({
+        "id": e.id, "at": format_rfc3339(e.at), "judged_at": format_rfc3339(e.judged_at),
+        "site": e.site.0, "trace_seq": e.trace_seq, "actor": trace_actor(&e.actor),
+        "action": e.action, "mode": e.mode.as_str(), "ins": e.ins,
+        "doc": e.doc.map(|d| d.to_string()), "reason": e.stated_reason,
+        "decided_offline": e.decided_offline, "authority_version": e.claimed_authority_version,
+        "allowed": e.allowed, "conforming": e.conforming, "rule": e.rule, "finding": e.finding,
+        "reviewed": e.review.is_some(),
+        "review": e.review.as_ref().map(|r| json!({
+            "at": format_rfc3339(r.at), "by": r.by, "note": r.note,
+        })),
+    })
+}
+
 fn audit(cli: &Cli, c: &AuditCmd) -> Result<Reply> {
     let r = open(cli)?;
     match c {
@@ -2120,22 +2136,19 @@ fn audit(cli: &Cli, c: &AuditCmd) -> Result<Reply> {
             }
             Ok(Reply::new(human.trim_end(), Value::Array(list)))
         }
-        AuditCmd::Emergencies => {
+        AuditCmd::Emergencies { pending } => {
+            let list = r.emergencies(*pending)?;
             let mut human = String::new();
-            let mut list = Vec::new();
-            for c in r.audit_entries(None)? {
-                let e = &c.entry;
-                if e.mode == AccessMode::Normal {
-                    continue;
-                }
+            for e in &list {
                 human += &format!(
-                    "{} site {} {} {} {} dossier {}{}{}\n",
+                    "#{} {} site {} {} {} {} dossier {}{}{} — {}{}\n",
+                    e.id,
                     format_rfc3339(e.at),
-                    e.origin,
+                    e.site,
                     trace_actor(&e.actor),
                     e.mode.as_str(),
                     if e.allowed { "ALLOW" } else { "DENY" },
-                    e.ins.as_deref().unwrap_or("-"),
+                    e.ins,
                     e.stated_reason
                         .as_ref()
                         .map(|s| format!(" reason: \"{s}\""))
@@ -2145,18 +2158,29 @@ fn audit(cli: &Cli, c: &AuditCmd) -> Result<Reply> {
                     } else {
                         ""
                     },
+                    e.finding,
+                    match &e.review {
+                        Some(r) => format!(" — reviewed by {}: \"{}\"", r.by, r.note),
+                        None => " — pending review".into(),
+                    },
                 );
-                list.push(json!({
-                    "at": format_rfc3339(e.at), "site": e.origin.0, "actor": trace_actor(&e.actor),
-                    "mode": e.mode.as_str(), "allowed": e.allowed, "ins": e.ins,
-                    "doc": e.doc.map(|d| d.to_string()), "reason": e.stated_reason,
-                    "decided_offline": e.decided_offline,
-                }));
             }
             if list.is_empty() {
-                human = "(no emergency access)".into();
+                human = if *pending {
+                    "(no emergency access pending review)".into()
+                } else {
+                    "(no emergency access)".into()
+                };
             }
-            Ok(Reply::new(human.trim_end(), Value::Array(list)))
+            let json = list.iter().map(emergency_json).collect();
+            Ok(Reply::new(human.trim_end(), Value::Array(json)))
+        }
+        AuditCmd::Review { id, note, actor } => {
+            let e = r.review_emergency(*id, actor, note)?;
+            Ok(Reply::new(
+                format!("emergency #{} reviewed ({})", e.id, e.finding),
+                emergency_json(&e),
+            ))
         }
         AuditCmd::Verify => {
             let (origins, entries) = r.verify_audit()?;

@@ -14,8 +14,8 @@ use carnet_store::model::{
 use carnet_store::policy::Action;
 use carnet_store::replica::backup::BackupInfo;
 use carnet_store::replica::{
-    Conflict, DossierExport, DossierInfo, ImportReport, NewDocument, NewDossier, NewRepresentative,
-    QuarantineEntry, ReadOutcome, ReplicaConfig, SiteRequest,
+    Conflict, DossierExport, DossierInfo, Emergency, ImportReport, NewDocument, NewDossier,
+    NewRepresentative, QuarantineEntry, ReadOutcome, ReplicaConfig, SiteRequest,
 };
 use carnet_store::time::Millis;
 use carnet_syncd::api::local::Handle;
@@ -299,13 +299,6 @@ impl Store {
         )
     }
 
-    pub fn audit_entries(&self, ins: Option<&Ins>) -> Result<Vec<ChainedEntry>> {
-        expect!(
-            self.call(Request::AuditEntries { ins: ins.cloned() })?,
-            Audit
-        )
-    }
-
     /// Checks every chain: answers (chains, entries).
     pub fn verify_audit(&self) -> Result<(usize, u64)> {
         match self.call(Request::VerifyAudit)? {
@@ -426,6 +419,28 @@ impl Store {
             })?,
             DocId
         )
+    }
+
+    /// Host: the emergencies judged there (`pending`: only those not reviewed).
+    pub fn emergencies(&self, pending: bool) -> Result<Vec<Emergency>> {
+        expect!(self.call(Request::Emergencies { pending })?, Emergencies)
+    }
+
+    /// Host: records `by`'s review of emergency `id`.
+    pub fn review_emergency(&self, id: u64, by: &str, note: &str) -> Result<Emergency> {
+        let mut list = expect!(
+            self.call(Request::ReviewEmergency {
+                id,
+                by: by.to_string(),
+                note: note.to_string(),
+            })?,
+            Emergencies
+        )?;
+        list.pop().ok_or_else(|| {
+            Failure::Sync(carnet_syncd::Error::Invalid(
+                "the daemon answered no emergency".into(),
+            ))
+        })
     }
 
     /// The documents in conflict (of `dossier` only, if given), with their branches.

@@ -21,8 +21,9 @@ use carnet_store::model::{
 use carnet_store::policy::Action;
 use carnet_store::replica::backup::BackupInfo;
 use carnet_store::replica::{
-    Conflict, DossierExport, DossierInfo, ImportReport, KeySource, NewDocument, NewDossier,
-    NewRepresentative, QuarantineEntry, ReadOutcome, Reader, Replica, ReplicaConfig, SiteRequest,
+    Conflict, DossierExport, DossierInfo, Emergency, ImportReport, KeySource, NewDocument,
+    NewDossier, NewRepresentative, QuarantineEntry, ReadOutcome, Reader, Replica, ReplicaConfig,
+    SiteRequest,
 };
 use carnet_store::time::Millis;
 use serde::{Deserialize, Serialize};
@@ -180,6 +181,14 @@ pub enum Request {
     SiteRequests,
     /// The documents in conflict (of one dossier, if given), with their branches.
     Conflicts { dossier: Option<Ins> },
+    /// Host: the emergencies it judged (`Replica::emergencies`); with `pending`, only those
+    /// not reviewed.
+    Emergencies {
+        #[serde(default)]
+        pending: bool,
+    },
+    /// Host: records a review of emergency `id` by `by` (`operator:NAME` or `dpo:NAME`).
+    ReviewEmergency { id: u64, by: String, note: String },
     /// Where sync stands.
     SyncStatus,
     /// Runs a sync round now and waits for it (site).
@@ -292,6 +301,7 @@ impl Request {
                 | Request::Conflicts { .. }
                 | Request::Quarantine
                 | Request::QuarantineShow { .. }
+                | Request::Emergencies { .. }
                 | Request::Backup { .. }
         );
         let traced_read = matches!(
@@ -522,6 +532,8 @@ pub enum Response {
         #[serde(with = "carnet_store::codec::secret_bytes")]
         body: Zeroizing<Vec<u8>>,
     },
+    /// Emergencies as the host judged them.
+    Emergencies(Vec<Emergency>),
     /// A backup written.
     Backup(BackupInfo),
 }
@@ -811,6 +823,10 @@ impl Service {
             Request::SiteRequests => Response::SiteRequests(r.site_requests()?),
             Request::Conflicts { dossier } => {
                 Response::Conflicts(r.conflict_branches(dossier.as_ref())?)
+            }
+            Request::Emergencies { pending } => Response::Emergencies(r.emergencies(pending)?),
+            Request::ReviewEmergency { id, by, note } => {
+                Response::Emergencies(vec![r.review_emergency(id, &by, &note)?])
             }
             Request::Backup { path } => {
                 if !path.is_absolute() {

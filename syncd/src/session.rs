@@ -35,6 +35,7 @@ use carnet_store::replica::{
     Applied, BodyPiece, Change, Lease, PullItem, Replica, SignedTraceHead, TraceHeadEvidence,
     TraceRecord,
 };
+use carnet_store::time::Millis;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -359,6 +360,9 @@ pub struct HostSession {
     restore_recorded: bool,
     /// A stream opened by a `GetBody` carries only body fetches.
     bodies_only: bool,
+    /// The trace head the site said it had at its `Hello`, and the host's time then, until
+    /// the host holds that much (then recorded: `Replica::record_trace_contact`).
+    trace_contact: Option<(u64, Millis)>,
 }
 
 impl HostSession {
@@ -370,7 +374,21 @@ impl HostSession {
             greeted: false,
             restore_recorded: false,
             bodies_only: false,
+            trace_contact: None,
         }
+    }
+
+    /// Records the site's contact once the host holds the trace it announced at its `Hello`:
+    /// its later entries were made after that `Hello` (the host's review of emergencies dates
+    /// them from it).
+    fn note_trace_contact(&mut self, replica: &Replica, held: u64) -> Result<()> {
+        if let Some((head, at)) = self.trace_contact
+            && held >= head
+        {
+            replica.record_trace_contact(self.site, head, at)?;
+            self.trace_contact = None;
+        }
+        Ok(())
     }
 
     /// Handles messages that arrived together, in order: consecutive pushes are applied in one
@@ -432,6 +450,7 @@ impl HostSession {
             .collect();
         let records: Vec<_> = batches.into_iter().flat_map(|(b, _)| b).collect();
         let head = replica.apply_remote_traces(self.site, &records, signed.as_ref())?;
+        self.note_trace_contact(replica, head)?;
         Ok(lasts
             .into_iter()
             .map(|last| Msg::TracesAck {
@@ -601,6 +620,8 @@ impl HostSession {
                 // When the site's cursor is the head of its log: a heartbeat naming both.
                 let (log_head, current) = replica.site_heartbeat(self.site, cursor)?;
                 let (traces_acked, traces_hash) = replica.trace_head_held(self.site)?;
+                self.trace_contact = Some((about.trace_head, replica.now()));
+                self.note_trace_contact(replica, traces_acked)?;
                 let (hand_over, host_revocations) = crate::hostkey::announced(replica)?;
                 Ok(vec![Msg::Welcome {
                     acked,

@@ -23,6 +23,8 @@
 //! - `opened_here`: dossiers opened at a site, held for a provisional identity, adopted or
 //!   merged by the host.
 //! - `faults`: the weak link, through `fault_proxy` (loss, delay, cuts).
+//! - `emergencies`: the host's review of break-glass and centre 15 accesses, through two daemons
+//!   and a rogue site.
 //! - `host_trusts_no_site`: a rogue site with a valid certificate (`rogue`, which speaks the wire
 //!   protocol itself) tries to get more than the host authorizes.
 
@@ -34,6 +36,7 @@ mod cli_basics;
 mod convergence;
 mod daemon;
 mod documents;
+mod emergencies;
 mod export;
 mod fault_proxy;
 mod faults;

@@ -365,6 +365,7 @@ impl Replica {
                 record: record.clone(),
             },
         )?;
+        self.keep_history(txn, &subject, seq, &record)?;
         self.host_authority_changed(txn, &record, &subject)?;
         Ok(seq)
     }
@@ -788,6 +789,9 @@ impl Replica {
                 for k in keys {
                     auth.remove(k.as_slice())?;
                 }
+            }
+            if self.config.role == Role::Host {
+                self.forget_emergencies(&txn, &bi)?;
             }
             if self.signing.is_some() {
                 // The host replaces the head by a signed `Purged` record in the same commit, so

@@ -197,6 +197,9 @@ pub(super) fn each_table(v: &mut impl Tables) -> Result<()> {
     v.table(EMERGENCY_SCOPES)?;
     v.table(HOST_CLEARS)?;
     v.table(APPLIED)?;
+    v.table(AUTHORITY_HISTORY)?;
+    v.table(EMERGENCIES)?;
+    v.table(TRACE_CONTACTS)?;
     Ok(())
 }
 

@@ -760,10 +760,11 @@ impl Replica {
         mode: AccessMode,
         reason: Option<&str>,
     ) -> Result<ReadOutcome> {
-        let (trace, allowed) = self.prepare_read(actor, id, mode, reason)?;
+        let (trace, entry, allowed) = self.prepare_read(actor, id, mode, reason)?;
         let outcome = allowed.and_then(|a| self.open_read(a));
         self.audit_commit
             .submit(trace, &|batch| self.commit_traces(batch))?;
+        self.index_host_emergency(&entry)?;
         outcome
     }
 
@@ -778,12 +779,13 @@ impl Replica {
         mode: AccessMode,
         reason: Option<&str>,
     ) -> Result<ReadOutcome> {
-        let (trace, allowed) = self.prepare_read(actor, id, mode, reason)?;
+        let (trace, entry, allowed) = self.prepare_read(actor, id, mode, reason)?;
         let commit = |batch| self.commit_traces(batch);
         let mut durable = self.audit_commit.submit_async(trace, &commit);
         durable.enqueue()?;
         let outcome = allowed.and_then(|a| self.open_read(a));
         durable.await?;
+        self.index_host_emergency(&entry)?;
         outcome
     }
 
@@ -803,7 +805,7 @@ impl Replica {
         id: &DocId,
         mode: AccessMode,
         reason: Option<&str>,
-    ) -> Result<(super::PreparedTrace, Result<AllowedRead>)> {
+    ) -> Result<(super::PreparedTrace, AuditEntry, Result<AllowedRead>)> {
         let view = self.shared_view()?;
         let (txn, generation) = (&view.txn, view.generation);
         let (who, tactor) = self.who(txn, generation, actor)?;
@@ -826,7 +828,7 @@ impl Replica {
         )?;
         let trace = self.prepare_trace(&entry)?;
         if !decision.allow {
-            return Ok((trace, Err(Self::denied(&decision))));
+            return Ok((trace, entry, Err(Self::denied(&decision))));
         }
         let allowed = AllowedRead {
             view,
@@ -834,7 +836,7 @@ impl Replica {
             meta,
             rule: decision.rule.0,
         };
-        Ok((trace, Ok(allowed)))
+        Ok((trace, entry, Ok(allowed)))
     }
 
     /// Opens the body of an allowed read, from the snapshot it was decided on.

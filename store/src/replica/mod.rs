@@ -24,6 +24,7 @@ mod conflicts;
 pub mod doc_map;
 mod documents;
 mod dossier_reads;
+mod emergencies;
 mod emergency_fetch;
 mod grants;
 mod high_water;
@@ -68,6 +69,7 @@ pub use backend::Durable;
 pub use conflicts::{Branch, Conflict};
 pub use documents::{DossierExport, ExportedDocument, NewDocument, ReadOutcome};
 pub use dossier_reads::Reader;
+pub use emergencies::{Emergency, Review};
 pub use emergency_fetch::EMERGENCY_VALID;
 pub use high_water::{HIGH_WATER_ENV, check_high_water_from_env, reset_high_water_from_env};
 pub use host_sync::{PullItem, PullPage, PullReport};
@@ -1381,10 +1383,23 @@ impl Replica {
     }
 
     /// Makes `entry` durable, sharing one journal sync with concurrent callers.
+    /// At the host, an emergency access is then indexed for its review (`emergencies`).
     fn trace_durably(&self, entry: AuditEntry) -> Result<()> {
         let prepared = self.prepare_trace(&entry)?;
         self.audit_commit
-            .submit(prepared, &|batch| self.commit_traces(batch))
+            .submit(prepared, &|batch| self.commit_traces(batch))?;
+        self.index_host_emergency(&entry)
+    }
+
+    /// At the host, indexes a durable trace entry of an emergency access for its review
+    /// (`emergencies`); nothing otherwise.
+    fn index_host_emergency(&self, entry: &AuditEntry) -> Result<()> {
+        if self.config.role == Role::Host && emergencies::is_emergency(entry) {
+            let txn = self.begin_write()?;
+            self.index_own_emergencies(&txn, std::slice::from_ref(entry))?;
+            txn.commit()?;
+        }
+        Ok(())
     }
 
     /// The group commit of traces: chains the batch and makes it durable in the journal. When
@@ -1829,7 +1844,9 @@ impl Writer<'_> {
             txn,
             staged,
         } = self;
-        let written = replica.write_traces(&txn, &chain, &staged.into_inner())?;
+        let staged = staged.into_inner();
+        replica.index_own_emergencies(&txn, &staged)?;
+        let written = replica.write_traces(&txn, &chain, &staged)?;
         txn.commit()?;
         written.apply(&mut chain, &replica.durability)
     }

@@ -526,8 +526,12 @@ impl Rekey<'_> {
             "site_requests" => self.site_requests(k, v)?,
             "site_chain_keys" => self.site_chain_keys(k, v)?,
             "host_clears" => self.host_clears(k, v)?,
+            "authority_history" => self.authority_history(k, v)?,
+            "emergencies" => self.emergencies(k, v)?,
             // Nothing keyed, nothing sealed: sequences, heads.
-            "audit_heads" | "applied" | "site_signed_heads" => (k.to_vec(), v.to_vec()),
+            "audit_heads" | "applied" | "site_signed_heads" | "trace_contacts" => {
+                (k.to_vec(), v.to_vec())
+            }
             other => {
                 return Err(Error::Storage(format!(
                     "table {other} has no re-keying rule in this build: nothing was changed"
@@ -998,5 +1002,37 @@ impl Rekey<'_> {
             v,
         )?;
         Ok((key.to_vec(), v))
+    }
+
+    fn authority_history(&mut self, k: &[u8], v: &[u8]) -> Result<Row> {
+        let table = "authority_history";
+        if k.len() < 9 {
+            return Err(Error::integrity(format!("table {table}: a malformed key")));
+        }
+        let (subject, seq) = k.split_at(k.len() - 8);
+        let mut key = self.subject(table, subject)?;
+        key.extend_from_slice(seq);
+        let v = Self::reseal(
+            table,
+            (&self.old.keys.registry, &super::emergencies::history_aad(k)),
+            (&self.new.registry, &super::emergencies::history_aad(&key)),
+            v,
+        )?;
+        Ok((key, v))
+    }
+
+    fn emergencies(&mut self, k: &[u8], v: &[u8]) -> Result<Row> {
+        let table = "emergencies";
+        let id = <u64 as Value>::from_bytes(k);
+        let mut row: super::emergencies::IndexRow = postcard::from_bytes(v)?;
+        row.bi = self.dossier(table, &row.bi)?;
+        let a = super::emergencies::emergency_aad(id);
+        row.sealed = Self::reseal(
+            table,
+            (&self.old.keys.audit, &a),
+            (&self.new.audit, &a),
+            &row.sealed,
+        )?;
+        Ok((k.to_vec(), postcard::to_stdvec(&row)?))
     }
 }

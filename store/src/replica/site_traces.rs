@@ -177,6 +177,16 @@ impl Replica {
                 Some(_) => {}
             }
         }
+        // Emergencies among the new entries are judged on a snapshot first, then indexed in
+        // the transaction that stores them (`emergencies`).
+        let held = self.trace_head_held(origin)?.0;
+        let judged = self.judge_site_emergencies(
+            origin,
+            records
+                .iter()
+                .filter(|r| r.seq > held && r.entry.origin == origin)
+                .map(|r| (r.seq, &r.entry)),
+        )?;
         let txn = self.begin_write()?;
         let key = self.site_chain_key(&*txn, origin)?.ok_or_else(|| {
             Error::invalid(format!(
@@ -187,6 +197,7 @@ impl Replica {
             Some(v) => postcard::from_bytes(v.value())?,
             None => (0, [0; 32]),
         };
+        let held_before = head;
         {
             let mut table = txn.open_table(AUDIT)?;
             for r in records {
@@ -236,6 +247,8 @@ impl Replica {
         }
         txn.open_table(AUDIT_HEADS)?
             .insert(origin.0, postcard::to_stdvec(&head)?.as_slice())?;
+        let first = held_before.0;
+        self.store_judged(&txn, judged, |seq| seq > first && seq <= head.0)?;
         if let Some(signed) = signed.filter(|s| s.head.seq == head.0) {
             let mut heads = txn.open_table(SITE_SIGNED_HEADS)?;
             let newer = match heads.get(origin.0)? {

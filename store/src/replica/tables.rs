@@ -119,6 +119,17 @@ pub const LOCAL_DOSSIERS: TableDefinition<&[u8; 32], &[u8]> =
 /// until it is qualified (`local_dossiers`): `blind index ‖ counter (u64 BE)` → sealed `Held`
 /// (registry key, bound to its row).
 pub const HELD: TableDefinition<&[u8], &[u8]> = TableDefinition::new("held");
+/// Host: the dossier heads, grants and emergency preferences it issued, each kept with the
+/// host's time of issue (`emergencies`): `subject key ‖ seq (u64 BE)` → sealed
+/// `(time, record)` (registry key, bound to the row's key).
+pub const AUTHORITY_HISTORY: TableDefinition<&[u8], &[u8]> =
+    TableDefinition::new("authority_history");
+/// Host: the emergencies it judged (`emergencies::IndexRow`, postcard): id → the dossier's
+/// blind index and the review flag in clear, the rest sealed with the audit key, bound to the id.
+pub const EMERGENCIES: TableDefinition<u64, &[u8]> = TableDefinition::new("emergencies");
+/// Host: per site, its last contact whose trace the host held whole (postcard: trace head and
+/// host time). In clear: no patient data.
+pub const TRACE_CONTACTS: TableDefinition<u32, &[u8]> = TableDefinition::new("trace_contacts");
 /// Per origin site, the highest change sequence applied here (exactly-once).
 pub const APPLIED: TableDefinition<u32, u64> = TableDefinition::new("applied");
 
