@@ -60,9 +60,19 @@ impl InsKind {
 }
 
 /// A patient's national health identifier: a 15-character matricule (13 + a 2-digit key).
+/// Decoding one (the local API, a peer, a stored record) goes through `Ins::parse` too.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String")]
 pub struct Ins {
     matricule: String,
+}
+
+impl TryFrom<String> for Ins {
+    type Error = Error;
+
+    fn try_from(text: String) -> Result<Self> {
+        Ins::parse(&text)
+    }
 }
 
 impl Ins {
@@ -84,9 +94,14 @@ impl Ins {
         }
         let (body, key) = matricule.split_at(13);
         let expected = Self::key_of(body)?;
+        // Two digits, nothing else (`u8::from_str` would take "+7" for 07: two matricules
+        // for one patient).
         let given: u8 = key
-            .parse()
-            .map_err(|_| Error::invalid("invalid INS: the last two characters must be digits"))?;
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| key.parse().ok())
+            .flatten()
+            .ok_or_else(|| Error::invalid("invalid INS: the last two characters must be digits"))?;
         if given != expected {
             return Err(Error::invalid(format!(
                 "invalid INS: wrong key {given:02} (check the number as written on the card)"
@@ -391,5 +406,28 @@ mod tests {
         assert_eq!(DocId::parse(&id.to_string()).ok(), Some(id));
         assert!(DocId::parse("zz").is_err());
         assert!(DocId::parse(&"g".repeat(32)).is_err());
+    }
+
+    #[test]
+    fn an_ins_key_is_two_digits_and_decoding_checks_it_too() {
+        // A body whose key is below 10: "0K" could be written "+K".
+        let good = (0..1000)
+            .map(|n| Ins::from_body(&format!("2840575123{n:03}")).expect("ins"))
+            .find(|i| i.matricule().as_bytes()[13] == b'0')
+            .expect("a key below 10");
+        let m = good.matricule().to_string();
+        let plus = format!("{}+{}", &m[..13], &m[14..]);
+        assert!(Ins::parse(&plus).is_err(), "{plus}");
+        assert_eq!(Ins::parse(&m).expect("as written"), good);
+        for bad in [
+            "../../etc/passwd",
+            "\u{1b}[2J284057512",
+            &format!("{}00", &m[..13]),
+        ] {
+            let wire = postcard::to_stdvec(&bad.to_string()).expect("encode");
+            assert!(postcard::from_bytes::<Ins>(&wire).is_err(), "{bad}");
+        }
+        let wire = postcard::to_stdvec(&good).expect("encode");
+        assert_eq!(postcard::from_bytes::<Ins>(&wire).expect("decode"), good);
     }
 }
