@@ -62,9 +62,15 @@ impl InsKind {
 /// A patient's national health identifier: a 15-character matricule (13 + a 2-digit key).
 /// Decoding one (the local API, a peer, a stored record) goes through `Ins::parse` too.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String")]
+#[serde(try_from = "String", into = "String")]
 pub struct Ins {
     matricule: String,
+}
+
+impl From<Ins> for String {
+    fn from(ins: Ins) -> String {
+        ins.matricule
+    }
 }
 
 impl TryFrom<String> for Ins {
