@@ -32,8 +32,8 @@
 use carnet_store::authority::SignedRecord;
 use carnet_store::ids::{DocId, SiteId};
 use carnet_store::replica::{
-    Applied, BodyPiece, Change, Lease, PullItem, Replica, SignedTraceHead, TraceHeadEvidence,
-    TraceRecord,
+    Applied, BodyPiece, Change, Lease, PullItem, Replica, Returned, SignedTraceHead,
+    TraceHeadEvidence, TraceRecord,
 };
 use carnet_store::time::Millis;
 use serde::{Deserialize, Serialize};
@@ -89,9 +89,9 @@ pub enum Msg {
         /// The chain hash of entry `traces_acked` as the host holds it: the site checks it
         /// against its own, so a history rewritten on either side is seen.
         traces_hash: [u8; 32],
-        /// Every document the host returned to this site: kept in quarantine before anything
-        /// is acknowledged, so a lost `PushAck` loses nothing.
-        returned: Vec<DocId>,
+        /// Everything the host returned to this site, with why: kept in quarantine before
+        /// anything is acknowledged, so a lost `PushAck` loses nothing.
+        returned: Vec<Returned>,
         /// Bodies of documents the host applied from this site but does not hold whole yet,
         /// with the bytes of each it keeps: sent (from there) before new changes.
         owed: Vec<(DocId, u64)>,
@@ -141,9 +141,9 @@ pub enum Msg {
         /// Documents whose body the host lacks, with the bytes of each it already keeps (the
         /// site sends from there).
         missing: Vec<(DocId, u64)>,
-        /// Documents the host will not take (dossier closed or not held): the site keeps them
-        /// in quarantine.
-        returned: Vec<DocId>,
+        /// The changes of this push the host will not take, with why: the site keeps what
+        /// they wrote in quarantine.
+        returned: Vec<Returned>,
     },
     /// Site: pieces of bodies the host lacks, at most `CHUNK_MAX` bytes in all (many small
     /// bodies travel, and are stored, together).
@@ -277,9 +277,6 @@ fn inline_candidate<'a>(
 fn first_version(meta: &carnet_store::merge::DocumentMeta) -> bool {
     meta.clock().iter().map(|(_, n)| n).sum::<u64>() == 1
 }
-
-/// Why a document the host returned is in quarantine.
-const RETURNED: &str = "returned by the host: its dossier is closed or not held there, or the host's decision refused the change (its trace says why)";
 
 /// A push's changes and inline bodies.
 type Push = (Vec<(u64, Change)>, Vec<BodyPiece>);
@@ -513,20 +510,28 @@ impl HostSession {
         let applied = replica.apply_pushed(self.site, &all_changes, &all_bodies)?;
         let (mut upto, outcomes) = (applied.mark_before, applied.outcomes);
         let lacking: std::collections::HashMap<DocId, u64> = applied.lacking.into_iter().collect();
+        let mut returns: std::collections::HashMap<usize, Returned> =
+            applied.returned.into_iter().collect();
         let mut acks = Vec::with_capacity(ends.len());
         let mut start = 0;
         for end in ends {
             let (mut missing, mut returned) = (Vec::new(), Vec::new());
-            for ((seq, change), outcome) in
-                all_changes[start..end].iter().zip(&outcomes[start..end])
+            for (i, ((seq, change), outcome)) in all_changes[start..end]
+                .iter()
+                .zip(&outcomes[start..end])
+                .enumerate()
             {
                 upto = upto.max(*seq);
+                if let Some(r) = returns.remove(&(start + i)) {
+                    returned.push(r);
+                    continue;
+                }
                 let Some(meta) = change.document() else {
                     continue;
                 };
-                if *outcome == Applied::Returned {
-                    returned.push(meta.facts.id);
-                } else if let Some(kept) = lacking.get(&meta.facts.id) {
+                if *outcome != Applied::Returned
+                    && let Some(kept) = lacking.get(&meta.facts.id)
+                {
                     missing.push((meta.facts.id, *kept));
                 }
             }
@@ -1090,7 +1095,7 @@ impl SiteSession {
                     crate::enrol::install_renewed(replica, &cert)?;
                     self.report.renewed = true;
                 }
-                replica.quarantine_returned(&returned, RETURNED)?;
+                replica.quarantine_returned(&returned)?;
                 // The host holds everything up to `acked`: those entries are done with.
                 if acked > 0 {
                     replica.ack_outbox(acked)?;
@@ -1189,7 +1194,7 @@ impl SiteSession {
             ) => {
                 if !returned.is_empty() {
                     // Kept before the outbox lets go of them.
-                    replica.quarantine_returned(&returned, RETURNED)?;
+                    replica.quarantine_returned(&returned)?;
                     self.report.returned += returned.len();
                 }
                 if self.in_flight.front() != Some(&Pushed::Push) || upto > self.push_sent {

@@ -14,7 +14,7 @@ use carnet_store::model::{
     Actor, Author, Availability, DocClass, DocState, DocumentFacts, Profession,
 };
 use carnet_store::policy::Action;
-use carnet_store::replica::{Act, Change, PullItem};
+use carnet_store::replica::{Act, Change, PullItem, Returned};
 use carnet_syncd::session::Msg;
 
 use crate::daemon::{
@@ -810,7 +810,18 @@ fn push(rogue: &Rogue, seq: u64, change: Change) -> Vec<DocId> {
     replies
         .iter()
         .find_map(|m| match m {
-            Msg::PushAck { upto, returned, .. } if *upto == seq => Some(returned.clone()),
+            Msg::PushAck { upto, returned, .. } if *upto == seq => Some(
+                returned
+                    .iter()
+                    .filter_map(|r| match r {
+                        Returned::Document { id, reason } => {
+                            assert!(!reason.is_empty(), "a return says why");
+                            Some(*id)
+                        }
+                        Returned::Dossier { .. } => None,
+                    })
+                    .collect(),
+            ),
             _ => None,
         })
         .unwrap_or_else(|| panic!("no acknowledgement of change {seq}: {replies:?}"))

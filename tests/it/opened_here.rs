@@ -123,3 +123,55 @@ fn two_sites_opening_the_same_unknown_ins_converge_to_one_dossier() {
         assert!(!site.body(own, DOCTOR).is_empty());
     }
 }
+
+#[test]
+fn a_dossier_the_host_refuses_leaves_its_site_and_what_was_written_waits_in_quarantine_with_why() {
+    let mut n = network();
+    let site = &n.sites[0];
+    // Cut off, the site opens a dossier as DOCTOR, whom the host meanwhile unbinds.
+    assert_eq!(stop(&mut n.host_daemon), Some(0));
+    for enrolled in n.host.json(&["pki", "list"]).as_array().expect("sites") {
+        let id = enrolled["site_id"].to_string();
+        n.host
+            .ok(&["pki", "unbind", "--site", &id, "--rpps", DOCTOR]);
+    }
+    let b = ins_b();
+    open_here(site, &b, "Jean", true);
+    let note = consultation(site, &b, b"written before the host answered (synthetic)");
+    n.host_daemon = start_daemon(&n.host);
+    wait_for_socket(&n.host);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while site.run(&["dossier", "show", &b, "--as", DOCTOR]).code == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the site still holds the refused dossier"
+        );
+        sync_until_ok(site, Duration::from_secs(30));
+    }
+    assert_ne!(
+        n.host.run(&["dossier", "show", &b]).code,
+        0,
+        "nothing adopted"
+    );
+    let kept = site.json(&["quarantine", "show", &note]);
+    let reason = kept["reason"].as_str().expect("reason");
+    assert!(
+        reason.contains("did not take the dossier opened here")
+            && reason.contains("not a professional the host binds"),
+        "{kept}"
+    );
+    assert!(
+        site.json(&["sync", "status"])["held"]
+            .as_array()
+            .is_none_or(|h| h.is_empty())
+    );
+    // The site's own account of it reaches the host.
+    sync_until_ok(site, Duration::from_secs(30));
+    assert!(
+        n.host
+            .audit(&b)
+            .iter()
+            .any(|e| e["action"] == "dossier-refused-by-host"),
+        "the site traced the drop"
+    );
+}

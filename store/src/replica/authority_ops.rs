@@ -756,7 +756,11 @@ impl Replica {
         let held = txn.open_table(DOSSIER_KEYS)?.get(&bi)?.is_some();
         if held && self.config.role == Role::Site {
             // Never lose a document the user was told is stored: keep it before the key goes.
-            self.quarantine_pending(&txn, &bi)?;
+            self.quarantine_pending(
+                &txn,
+                &bi,
+                "the dossier was closed before the host received it",
+            )?;
         }
         self.digested(&txn, DOSSIER_KEYS)?.remove(&bi)?;
         Self::registry_changed(&txn)?;

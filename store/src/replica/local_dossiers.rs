@@ -438,7 +438,12 @@ impl Replica {
                 Some(&head.ins),
                 Some(&format!("site {site}: {why}")),
             )]);
-            Ok(super::Applied::Returned)
+            self.return_dossier(
+                txn,
+                site,
+                &head.ins,
+                &format!("the host did not take the dossier opened here: {why}"),
+            )
         };
         let fresh = match self.proposal_holds(txn, site, proposal) {
             Ok(fresh) => fresh,

@@ -159,28 +159,13 @@ impl Replica {
         Ok(())
     }
 
-    /// Site: quarantines documents the host returned (those already kept, or no longer held
-    /// here, are skipped: the call is idempotent).
-    pub fn quarantine_returned(&self, ids: &[DocId], reason: &str) -> Result<()> {
-        let txn = self.begin_write()?;
-        let (snap, generation) = self.snapshot()?;
-        for id in ids {
-            let stored = self.stored_id(id);
-            let kept = txn.open_table(QUARANTINE)?.get(&stored)?.is_some();
-            let held = snap.open_table(DOCS)?.get(&stored)?.is_some();
-            if !kept && held {
-                self.quarantine_in(&txn, &snap, generation, id, reason)?;
-            }
-        }
-        txn.commit()
-    }
-
-    /// Documents of the dossier `bi` still waiting in the outbox go to the quarantine and leave
-    /// the outbox (before a purge destroys them), inside `txn`.
+    /// Documents of the dossier `bi` still waiting in the outbox go to the quarantine with
+    /// `reason` and leave the outbox (before a purge destroys them), inside `txn`.
     pub(super) fn quarantine_pending(
         &self,
         txn: &WriteTransaction,
         bi: &[u8; 32],
+        reason: &str,
     ) -> Result<usize> {
         let (snap, generation) = self.snapshot()?;
         let mut pending = Vec::new();
@@ -201,13 +186,7 @@ impl Replica {
             }
         }
         for (_, id) in &pending {
-            self.quarantine_in(
-                txn,
-                &snap,
-                generation,
-                id,
-                "the dossier was closed before the host received it",
-            )?;
+            self.quarantine_in(txn, &snap, generation, id, reason)?;
         }
         let mut outbox = txn.open_table(OUTBOX)?;
         for (seq, _) in &pending {

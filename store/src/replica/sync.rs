@@ -151,6 +151,8 @@ pub struct PushApplied {
     /// The batch's documents (applied or duplicate, with a body) whose body is not stored
     /// here, with the bytes of it kept so far.
     pub lacking: Vec<(DocId, u64)>,
+    /// What the host returned among the batch's changes: the change's index, and why.
+    pub returned: Vec<(usize, super::Returned)>,
 }
 
 impl Replica {
@@ -409,61 +411,6 @@ impl Replica {
         Ok(super::read_u64(acked.as_ref().map(|g| g.value())))
     }
 
-    /// Host: every document returned to `site` so far (repeated at each session's start), in
-    /// id order.
-    pub fn returned_to(&self, site: SiteId) -> Result<Vec<DocId>> {
-        let txn = self.begin_read()?;
-        let prefix = site.0.to_be_bytes();
-        let mut out = Vec::new();
-        for row in txn.open_table(RETURNED)?.range(prefix.as_slice()..)? {
-            let (k, _) = row?;
-            let Some(stored) = k.value().strip_prefix(prefix.as_slice()) else {
-                break;
-            };
-            out.push(
-                self.doc_id(
-                    stored
-                        .try_into()
-                        .map_err(|_| Error::integrity("returned key"))?,
-                ),
-            );
-        }
-        out.sort_unstable();
-        Ok(out)
-    }
-
-    /// Host: forgets the documents returned to `site` once the site says it holds them in
-    /// quarantine: it acknowledged its outbox up to `outbox_acked`, at or past every change the
-    /// host applied from it (checked in the same transaction, so a push applied meanwhile keeps
-    /// its returns). Writes only when there is something to forget.
-    pub fn forget_returned(&self, site: SiteId, outbox_acked: u64) -> Result<()> {
-        if self.returned_to(site)?.is_empty() {
-            return Ok(());
-        }
-        let txn = self.begin_write()?;
-        let applied = txn
-            .open_table(APPLIED)?
-            .get(site.0)?
-            .map_or(0, |v| v.value());
-        if outbox_acked < applied {
-            return Ok(());
-        }
-        {
-            let prefix = site.0.to_be_bytes();
-            let mut table = txn.open_table(RETURNED)?;
-            let keys: Vec<Vec<u8>> = table
-                .range(prefix.as_slice()..)?
-                .map(|row| row.map(|(k, _)| k.value().to_vec()))
-                .take_while(|k| k.as_ref().map_or(true, |k| k.starts_with(&prefix)))
-                .collect::<std::result::Result<_, _>>()?;
-            for k in keys {
-                table.remove(k.as_slice())?;
-            }
-        }
-        txn.commit()?;
-        Ok(())
-    }
-
     /// Number of entries waiting in the outbox.
     /// Pending outbox entries by kind (`document`, `professional`, `purge-receipt`, `pin`).
     pub fn outbox_by_kind(&self) -> Result<std::collections::BTreeMap<&'static str, u64>> {
@@ -573,6 +520,14 @@ impl Replica {
             last = seq;
         }
         txn.open_table(APPLIED)?.insert(origin.0, last)?;
+        let mut returned = Vec::new();
+        for (i, ((_, change), outcome)) in changes.iter().zip(&outcomes).enumerate() {
+            if *outcome == Applied::Returned
+                && let Some(r) = self.returned_for(&txn, origin, change)?
+            {
+                returned.push((i, r));
+            }
+        }
         let documents: Vec<DocId> = changes
             .iter()
             .zip(&outcomes)
@@ -595,6 +550,7 @@ impl Replica {
             mark_before,
             outcomes,
             lacking,
+            returned,
         })
     }
 
@@ -624,10 +580,6 @@ impl Replica {
                 let body = bodies.for_doc(remote);
                 let outcome = self.merge_remote_document(txn, remote, from_site, body, dossiers)?;
                 let stored = self.stored_id(&remote.facts.id);
-                if outcome == Applied::Returned && from_site.is_some() {
-                    txn.open_table(RETURNED)?
-                        .insert(site_key(origin.0, &stored).as_slice(), ())?;
-                }
                 if from_site.is_some() {
                     let bi = self.blind(&remote.facts.ins);
                     self.withdraw_after_push(txn, origin, &bi, remote.facts.author_site)?;
@@ -764,7 +716,7 @@ impl Replica {
                     reason: "its dossier is not active at the host (closed, purged or unknown)"
                         .into(),
                 };
-                txn.trace(vec![self.returned_entry(txn, origin, remote, refusal)?]);
+                return self.return_document(txn, origin, remote, refusal);
             }
             return Ok(Applied::Returned);
         };
@@ -787,7 +739,13 @@ impl Replica {
                         // Unmasking, unhiding or undeleting is the host's decision (DOMAIN §5):
                         // a site's change that would do it is refused, and the host's state
                         // stays.
-                        return Ok(Applied::Returned);
+                        let refusal = super::push_check::Refusal {
+                            actor: crate::audit::TraceActor::System,
+                            action: None,
+                            rule: 0,
+                            reason: "it would unmask, unhide or undelete a document, which only the host decides".into(),
+                        };
+                        return self.return_document(txn, origin, remote, refusal);
                     }
                     if let Some(refusal) = self.judge_pushed_change(
                         txn,
@@ -799,8 +757,7 @@ impl Replica {
                         acts,
                         &mut dossiers.judged,
                     )? {
-                        txn.trace(vec![self.returned_entry(txn, origin, remote, refusal)?]);
-                        return Ok(Applied::Returned);
+                        return self.return_document(txn, origin, remote, refusal);
                     }
                 }
                 self.put_meta(
@@ -822,8 +779,7 @@ impl Replica {
                     if let Some(refusal) =
                         self.judge_pushed_new(txn, origin, &bi, remote, acts, &mut dossiers.judged)?
                     {
-                        txn.trace(vec![self.returned_entry(txn, origin, remote, refusal)?]);
-                        return Ok(Applied::Returned);
+                        return self.return_document(txn, origin, remote, refusal);
                     }
                 }
                 self.put_meta(&mut self.digested(txn, DOCS)?, &key, &bi, 1, remote)?;

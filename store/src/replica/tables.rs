@@ -54,9 +54,11 @@ pub const SCOPE_SITES: TableDefinition<&[u8], ()> = TableDefinition::new("scope_
 /// registry key and bound to its site and sequence (`site_log_aad`), so the log says how many
 /// entries a site got, not which dossiers or documents.
 pub const SITE_LOG: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("site_log");
-/// Host: documents returned to a site (site u32 BE ‖ stored document id), repeated at each of its
-/// `Welcome`s so a lost acknowledgement cannot lose them.
-pub const RETURNED: TableDefinition<&[u8], ()> = TableDefinition::new("returned");
+/// Host: what was returned to a site, repeated at each of its `Welcome`s so a lost
+/// acknowledgement cannot lose it: a document (site u32 BE ‖ stored document id → why, in
+/// words), or a dossier the site opened (site u32 BE ‖ blind index → its INS and why, sealed
+/// with the registry key and bound to the key).
+pub const RETURNED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("returned");
 /// Host: purge receipts returned by sites: blind index ‖ site (u32 BE) → `PurgeReceipt`.
 pub const SITE_RECEIPTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("site_receipts");
 /// Site: dossiers to purge after leaving the scope, recorded with the pull that said so and
@@ -192,10 +194,12 @@ pub mod meta_key {
 ///   (`Author`) and acts (`Actor`) name that id.
 ///   The signed records held are of record format 3 (`authority::RECORD_FORMAT`): a grant
 ///   carries its end (`Grant::until`) and may designate the médecin traitant.
-pub const FORMAT_VERSION: u32 = 7;
+/// - 8: the host keeps why it returned each change to a site (`RETURNED` rows carry the reason,
+///   and a refused dossier proposal has a row of its own).
+pub const FORMAT_VERSION: u32 = 8;
 
 /// The oldest format this build opens.
-pub const FORMAT_OLDEST: u32 = 7;
+pub const FORMAT_OLDEST: u32 = 8;
 
 /// Subject-key tags in `AUTHORITY`.
 pub mod tag {

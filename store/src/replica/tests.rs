@@ -4024,9 +4024,13 @@ fn no_table_of_a_site_or_the_host_holds_a_document_id_or_its_time() {
     // The site's changes reach the host without their bodies (owed), and stay queued here.
     let changes = site.outbox(0, usize::MAX).expect("outbox");
     host.apply_remote_batch(origin, &changes).expect("push");
-    assert_eq!(host.returned_to(origin).expect("returned"), vec![returned]);
-    site.quarantine_returned(&[returned], "returned")
-        .expect("quarantine");
+    let returns = host.returned_to(origin).expect("returned");
+    assert!(
+        matches!(&returns[..], [Returned::Document { id, reason }]
+            if *id == returned && reason.contains("not active at the host")),
+        "{returns:?}"
+    );
+    site.quarantine_returned(&returns).expect("quarantine");
     let body = site.body_for_sync(&tail).expect("body");
     host.receive_pieces_from(
         origin,
@@ -4157,8 +4161,14 @@ fn a_full_house() -> (TempDir, Replica, TempDir, Replica, Vec<DocId>) {
     host.purge_dossier(&gone()).expect("purge");
     sync(&host, &site);
     assert!(site.purge_receipt(&gone()).expect("receipt").is_some());
-    site.quarantine_returned(&ids[2..], "returned by the host")
-        .expect("quarantine");
+    let returns: Vec<Returned> = ids[2..]
+        .iter()
+        .map(|&id| Returned::Document {
+            id,
+            reason: "refused (synthetic)".into(),
+        })
+        .collect();
+    site.quarantine_returned(&returns).expect("quarantine");
     site.update_document(&doctor_acts, &ids[1], Action::Mask)
         .expect("queued act");
     site.pin(&gone(), true).expect("queued pin");
@@ -4731,7 +4741,7 @@ fn the_host_refuses_a_proposal_it_cannot_take_and_the_site_keeps_what_it_wrote()
         }
     }
     assert_eq!(returned, [id]);
-    site.quarantine_returned(&returned, "returned")
+    site.quarantine_returned(&host.returned_to(origin).expect("returned"))
         .expect("quarantine");
     site.ack_outbox(changes.last().expect("changes").0)
         .expect("ack");
@@ -4743,14 +4753,74 @@ fn the_host_refuses_a_proposal_it_cannot_take_and_the_site_keeps_what_it_wrote()
         site.dossier(&walk_in()).is_err(),
         "the closure reached the site"
     );
-    let kept = site.quarantined().expect("quarantine");
-    assert_eq!(kept.len(), 1);
-    assert_eq!(kept[0].record.meta.facts.id, id);
+    kept_alone(&site, id, "the dossier for this INS is closed");
     assert_eq!(
         host.dossier(&walk_in()).expect("closed dossier").documents,
         0,
         "the host took nothing into a closed dossier"
     );
+}
+
+/// Asserts that `id` is the one document in `site`'s quarantine, kept for a reason saying `why`.
+fn kept_alone(site: &Replica, id: DocId, why: &str) {
+    let kept = site.quarantined().expect("quarantine");
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].record.meta.facts.id, id);
+    assert!(
+        kept[0].record.reason.contains(why),
+        "the site is told why: {}",
+        kept[0].record.reason
+    );
+}
+
+#[test]
+fn a_dossier_the_host_refuses_is_dropped_at_its_site_with_what_it_held_kept_in_quarantine() {
+    let (_hd, host, _sd, site) = host_and_site();
+    write(&host, "held in a signed dossier", b"synthetic");
+    sync(&host, &site);
+    let origin = site.config().site_id;
+    // The host unbinds the creator before the proposal reaches it.
+    host.bind_professional(origin, &doctor(), false)
+        .expect("unbind");
+    site.open_dossier_here(new_dossier(walk_in()), &Actor::Professional(doctor()))
+        .expect("open here");
+    let id = write_as(&site, &doctor(), &walk_in(), "written before the refusal");
+    let changes = site
+        .outbox(site.outbox_acked().expect("acked"), usize::MAX)
+        .expect("outbox");
+    let applied = host.apply_pushed(origin, &changes, &[]).expect("push");
+    let returned: Vec<Returned> = applied.returned.into_iter().map(|(_, r)| r).collect();
+    let refused = returned
+        .iter()
+        .find(|r| matches!(r, Returned::Dossier { .. }))
+        .expect("the dossier is returned")
+        .clone();
+    site.quarantine_returned(&returned).expect("returned");
+    site.ack_outbox(changes.last().expect("changes").0)
+        .expect("ack");
+    assert!(site.local_dossiers().expect("local").is_empty());
+    assert!(site.dossier(&walk_in()).is_err(), "the dossier is gone");
+    kept_alone(&site, id, "not a professional the host binds");
+    assert_eq!(site.outbox_by_kind().expect("outbox").get("document"), None);
+    site.verify_audit().expect("the site's trace verifies");
+    // Told again (a repeated Welcome): nothing changes.
+    site.quarantine_returned(&[refused]).expect("again");
+    assert_eq!(site.quarantined().expect("quarantine").len(), 1);
+    // A return can never take away a dossier the host signed.
+    let held = site.dossier(&ins()).expect("signed dossier").documents;
+    assert!(held > 0);
+    let signed = Returned::Dossier {
+        ins: ins(),
+        reason: "forged".into(),
+    };
+    site.quarantine_returned(&[signed]).expect("returned");
+    assert_eq!(
+        site.dossier(&ins())
+            .expect("a signed dossier stays")
+            .documents,
+        held
+    );
+    assert_eq!(site.quarantined().expect("quarantine").len(), 1);
 }
 
 #[test]
@@ -4786,6 +4856,12 @@ fn a_rogue_site_cannot_make_the_host_adopt_what_it_may_not_open() {
             Applied::Returned
         );
         assert!(host.dossier(&walk_in()).is_err(), "nothing adopted");
+        let returns = host.returned_to(origin).expect("returned");
+        assert!(
+            matches!(&returns[..], [Returned::Dossier { ins, reason }]
+                if *ins == walk_in() && reason.contains("did not take the dossier")),
+            "the site is told: {returns:?}"
+        );
     }
 }
 
