@@ -486,10 +486,15 @@ pub enum GrantCmd {
         #[command(flatten)]
         target: GrantTarget,
     },
-    /// List a dossier's grants.
+    /// List a dossier's grants, as a person may see them (decided and traced): the holder,
+    /// representatives and the médecin traitant see all, a professional their own grant.
     List {
         #[arg(long)]
         dossier: String,
+        /// Who reads: an RPPS, `holder` or `representative:ID`. Without it, the host's
+        /// operator (at the host only).
+        #[arg(long = "as")]
+        actor: Option<String>,
     },
 }
 

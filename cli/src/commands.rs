@@ -1763,8 +1763,11 @@ fn grant(cli: &Cli, c: &GrantCmd) -> Result<Reply> {
         }
         GrantCmd::Revoke { target } => (target, GrantState::Revoked, None),
         GrantCmd::Block { target } => (target, GrantState::Blocked, None),
-        GrantCmd::List { dossier } => {
-            let grants = r.grants(&ins(dossier)?)?;
+        GrantCmd::List {
+            dossier,
+            actor: who,
+        } => {
+            let grants = r.grants(&ins(dossier)?, who.as_deref().map(actor).transpose()?)?;
             let mut human = format!("{:<12} {:<8} {:<25} BASIS\n", "RPPS", "STATE", "UNTIL");
             for g in &grants {
                 human += &format!(
@@ -1801,23 +1804,9 @@ fn grant(cli: &Cli, c: &GrantCmd) -> Result<Reply> {
             json!({"ins": i.matricule(), "rpps": p.as_str(), "state": "pending"}),
         ));
     }
-    // A revocation or block keeps the basis it ends, for the record.
-    let (basis, until) = match basis {
-        Some(b) => b,
-        None => (
-            r.grants(&i)?
-                .iter()
-                .find(|g| g.rpps == p)
-                .map_or(GrantBasis::Consent, |g| g.basis),
-            None,
-        ),
-    };
-    r.set_grant(&i, &p, state, basis, until)?;
-    let g = r
-        .grants(&i)?
-        .into_iter()
-        .find(|g| g.rpps == p)
-        .ok_or_else(|| Failure::Store(Error::NotFound("grant".into())))?;
+    // A revocation or block keeps the basis it ends (`None`), for the record.
+    let (basis, until) = basis.map_or((None, None), |(b, until)| (Some(b), until));
+    let g = r.set_grant(&i, &p, state, basis, until)?;
     Ok(Reply::new(
         format!(
             "grant of {p} on {}: {} ({}){}",
@@ -1884,7 +1873,7 @@ fn emergency_fetch(
             }
         )));
     }
-    if r.grants(&i).is_err() {
+    if !r.holds_dossier(&i)? {
         return Err(Failure::Store(Error::Denied {
             rule: 0,
             reason: "the host refused the emergency fetch (its trace of the dossier says why)"

@@ -119,9 +119,24 @@ impl Store {
         expect!(self.call(Request::Dossiers { actor })?, Dossiers)
     }
 
-    /// A dossier's grants, revocations and blocks.
-    pub fn grants(&self, ins: &Ins) -> Result<Vec<Grant>> {
-        expect!(self.call(Request::Grants { ins: ins.clone() })?, Grants)
+    /// A dossier's grants, revocations and blocks as `actor` may see them (`None`: the host's
+    /// operator).
+    pub fn grants(&self, ins: &Ins, actor: Option<Actor>) -> Result<Vec<Grant>> {
+        expect!(
+            self.call(Request::Grants {
+                ins: ins.clone(),
+                actor
+            })?,
+            Grants
+        )
+    }
+
+    /// Whether this replica holds dossier `ins`.
+    pub fn holds_dossier(&self, ins: &Ins) -> Result<bool> {
+        expect!(
+            self.call(Request::HoldsDossier { ins: ins.clone() })?,
+            Holds
+        )
     }
 
     /// A dossier's trace as `actor` may read it (`None`: the host's operator).
@@ -179,16 +194,21 @@ impl Store {
         ins: &Ins,
         rpps: &Rpps,
         state: GrantState,
-        basis: GrantBasis,
+        basis: Option<GrantBasis>,
         until: Option<Millis>,
-    ) -> Result<()> {
-        self.done(Request::SetGrant {
-            ins: ins.clone(),
-            rpps: rpps.clone(),
-            state,
-            basis,
-            until,
-        })
+    ) -> Result<Grant> {
+        let mut set = expect!(
+            self.call(Request::SetGrant {
+                ins: ins.clone(),
+                rpps: rpps.clone(),
+                state,
+                basis,
+                until,
+            })?,
+            Grants
+        )?;
+        set.pop()
+            .ok_or_else(|| carnet_store::Error::NotFound("grant".into()).into())
     }
 
     pub fn pending_grant(&self, ins: &Ins, rpps: &Rpps) -> Result<()> {

@@ -65,8 +65,11 @@ pub enum Request {
     Dossier { ins: Ins, actor: Option<Actor> },
     /// The dossiers of this replica `actor` may see (`None`: the host's operator).
     Dossiers { actor: Option<Actor> },
-    /// A dossier's grants, revocations and blocks (`grant list`).
-    Grants { ins: Ins },
+    /// A dossier's grants, revocations and blocks as `actor` may see them (`grant list`;
+    /// `None`: the host's operator, traced; refused at a site).
+    Grants { ins: Ins, actor: Option<Actor> },
+    /// Whether this replica holds dossier `ins` (its data key): says nothing of its content.
+    HoldsDossier { ins: Ins },
     /// A dossier's trace as `actor` may read it (`None`: the host's operator).
     ReadTrace { ins: Ins, actor: Option<Actor> },
     /// Closes a dossier (host).
@@ -80,12 +83,14 @@ pub enum Request {
     RemoveRepresentative { ins: Ins, id: RepresentativeId },
     /// Purges a closed dossier.
     PurgeDossier { ins: Ins },
-    /// Sets a grant (host).
+    /// Sets a grant (host); answers it as now recorded.
     SetGrant {
         ins: Ins,
         rpps: Rpps,
         state: GrantState,
-        basis: GrantBasis,
+        /// `None` keeps the basis of the grant it changes (a revocation or block records the
+        /// basis it ends).
+        basis: Option<GrantBasis>,
         /// When the grant ends (`Grant::until`), if it does.
         until: Option<Millis>,
     },
@@ -285,7 +290,7 @@ impl Request {
             self,
             Request::Config
                 | Request::Professionals
-                | Request::Grants { .. }
+                | Request::HoldsDossier { .. }
                 | Request::VerifyAudit
                 | Request::AuditEntries { .. }
                 | Request::ExportAuthority
@@ -452,6 +457,8 @@ pub enum Response {
     Dossiers(Vec<DossierInfo>),
     /// A dossier's grants.
     Grants(Vec<Grant>),
+    /// Whether a dossier is held here.
+    Holds(bool),
     /// Emergency preferences now in force.
     Emergency(EmergencyPrefs),
     /// A new document's id.
@@ -674,7 +681,10 @@ impl Service {
                 Response::Dossier(Box::new(r.show_dossier(reader(&actor), &ins)?))
             }
             Request::Dossiers { actor } => Response::Dossiers(r.list_dossiers(reader(&actor))?),
-            Request::Grants { ins } => Response::Grants(r.dossier(&ins)?.grants),
+            Request::Grants { ins, actor } => {
+                Response::Grants(r.list_grants(reader(&actor), &ins)?)
+            }
+            Request::HoldsDossier { ins } => Response::Holds(r.has_dossier_key(&ins)?),
             Request::ReadTrace { ins, actor } => {
                 Response::Audit(r.read_trace(reader(&actor), &ins)?)
             }
@@ -704,8 +714,18 @@ impl Service {
                 basis,
                 until,
             } => {
+                let held = |r: &Replica| -> carnet_store::Result<Option<Grant>> {
+                    Ok(r.dossier(&ins)?.grants.into_iter().find(|g| g.rpps == rpps))
+                };
+                // A revocation or block keeps the basis it ends, for the record.
+                let basis = match basis {
+                    Some(b) => b,
+                    None => held(r)?.map_or(GrantBasis::Consent, |g| g.basis),
+                };
                 r.set_grant(&ins, &rpps, state, basis, until)?;
-                Response::Done
+                let grant =
+                    held(r)?.ok_or_else(|| carnet_store::Error::NotFound("grant".into()))?;
+                Response::Grants(vec![grant])
             }
             Request::PendingGrant { ins, rpps } => {
                 r.record_pending_grant(&ins, &rpps)?;

@@ -246,7 +246,7 @@ fn revocations_and_blocks_reach_the_site() {
     assert_eq!(j["admitted"], 0, "{j}");
     site.fails(3, &["doc", "get", &id, "--as", PHARMACIST]);
     site.fails(3, &["doc", "get", &id, "--as", NURSE]);
-    let grants = site.json(&["grant", "list", "--dossier", &k.ins]);
+    let grants = site.json(&["grant", "list", "--dossier", &k.ins, "--as", "holder"]);
     let state = |r: &str| {
         grants
             .as_array()
@@ -322,7 +322,7 @@ fn as_of(site: &Carnet) -> serde_json::Value {
 
 /// The state of `rpps`'s grant on `ins` at `c`.
 fn grant_state(c: &Carnet, ins: &str, rpps: &str) -> Option<serde_json::Value> {
-    let grants = c.json(&["grant", "list", "--dossier", ins]);
+    let grants = c.json(&["grant", "list", "--dossier", ins, "--as", "holder"]);
     grants
         .as_array()
         .and_then(|g| g.iter().find(|x| x["rpps"] == rpps))

@@ -328,7 +328,7 @@ fn consent_given_in_person_at_a_site_works_at_once_and_becomes_a_grant_only_at_t
     assert_eq!(site.body(&d, NURSE), b"soins (synthetic)");
     sync_until_ok(site, Duration::from_secs(30));
     let nurse_grant = |c: &Carnet| {
-        let grants = c.json(&["grant", "list", "--dossier", &ins]);
+        let grants = c.json(&["grant", "list", "--dossier", &ins, "--as", "holder"]);
         grants
             .as_array()
             .and_then(|g| g.iter().find(|g| g["rpps"] == NURSE).cloned())

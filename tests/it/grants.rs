@@ -8,7 +8,7 @@ use crate::support::*;
 
 /// The grant of `rpps` in `grant list --dossier ins`.
 fn grant_of(c: &Carnet, ins: &str, rpps: &str) -> serde_json::Value {
-    c.json(&["grant", "list", "--dossier", ins])
+    c.json(&["grant", "list", "--dossier", ins, "--as", "holder"])
         .as_array()
         .and_then(|l| l.iter().find(|g| g["rpps"] == rpps).cloned())
         .unwrap_or_default()
@@ -83,7 +83,7 @@ fn the_medecin_traitant_is_one_and_stays_until_the_holder_designates_another() {
             &serde_json::Value::Bool(false)
         )
     );
-    let list = c.json(&["grant", "list", "--dossier", &ins]);
+    let list = c.json(&["grant", "list", "--dossier", &ins, "--as", "holder"]);
     let designated: Vec<_> = list
         .as_array()
         .expect("grants")
@@ -92,7 +92,9 @@ fn the_medecin_traitant_is_one_and_stays_until_the_holder_designates_another() {
         .map(|g| g["rpps"].clone())
         .collect();
     assert_eq!(designated, vec![serde_json::json!(SPECIALIST)]);
-    let human = c.ok(&["grant", "list", "--dossier", &ins]).stdout;
+    let human = c
+        .ok(&["grant", "list", "--dossier", &ins, "--as", "holder"])
+        .stdout;
     assert!(
         human
             .lines()
@@ -145,7 +147,9 @@ fn an_end_is_parsed_strictly_and_never_in_the_past() {
         grant_of(&c, &ins, NURSE)["until"],
         "2999-01-02T00:00:00.000Z"
     );
-    let human = c.ok(&["grant", "list", "--dossier", &ins]).stdout;
+    let human = c
+        .ok(&["grant", "list", "--dossier", &ins, "--as", "holder"])
+        .stdout;
     assert!(
         human
             .lines()

@@ -13,6 +13,15 @@ fn actors(entries: &[Value]) -> Vec<String> {
         .collect()
 }
 
+/// True when `trace` holds an `action` by `who`, allowed or not as `allowed` says.
+fn traced(trace: &[Value], action: &str, who: &str, allowed: bool) -> bool {
+    trace.iter().any(|e| {
+        e["action"] == action
+            && e["allowed"] == allowed
+            && e["actor"].as_str().is_some_and(|a| a.contains(who))
+    })
+}
+
 fn grant_rpps(dossier: &Value) -> Vec<String> {
     dossier["grants"]
         .as_array()
@@ -48,13 +57,7 @@ fn the_trace_is_whole_for_the_holder_and_the_medecin_traitant_and_own_for_the_ot
     }
     // Every read is traced, allowed or denied; so is the operator's.
     let trace = c.audit(&k.ins);
-    let read_trace = |who: &str, allowed: bool| {
-        trace.iter().any(|e| {
-            e["action"] == "read-trace"
-                && e["allowed"] == allowed
-                && e["actor"].as_str().is_some_and(|a| a.contains(who))
-        })
-    };
+    let read_trace = |who: &str, allowed: bool| traced(&trace, "read-trace", who, allowed);
     assert!(read_trace(DOCTOR, true) && read_trace(SPECIALIST, true));
     assert!(read_trace(INSURER_DOCTOR, false) && read_trace(STRANGER, false));
     assert!(
@@ -121,4 +124,39 @@ fn at_a_site_every_reader_is_a_person() {
         site.json(&["dossier", "list", "--as", "holder"]),
         serde_json::json!([])
     );
+}
+
+#[test]
+fn a_grant_list_is_decided_and_traced_like_the_dossier_it_belongs_to() {
+    let k = clinic();
+    let c = &k.host;
+    let listed = |who: &str| -> Vec<String> {
+        c.json(&["grant", "list", "--dossier", &k.ins, "--as", who])
+            .as_array()
+            .expect("grants")
+            .iter()
+            .map(|g| g["rpps"].as_str().unwrap_or("?").to_string())
+            .collect()
+    };
+    assert_eq!(listed("holder").len(), 5);
+    assert_eq!(
+        listed(DOCTOR).len(),
+        5,
+        "the médecin traitant sees them all"
+    );
+    assert_eq!(listed(PHARMACIST), vec![PHARMACIST.to_string()]);
+    for who in [INSURER_DOCTOR, STRANGER] {
+        c.fails(3, &["grant", "list", "--dossier", &k.ins, "--as", who]);
+    }
+    // The operator reads at the host, traced.
+    assert_eq!(
+        c.json(&["grant", "list", "--dossier", &k.ins])
+            .as_array()
+            .map(Vec::len),
+        Some(5)
+    );
+    let trace = c.audit(&k.ins);
+    let decided = |who: &str, allowed: bool| traced(&trace, "show-dossier", who, allowed);
+    assert!(decided(PHARMACIST, true) && decided(STRANGER, false));
+    assert!(trace.iter().any(|e| e["action"] == "operator-grant-list"));
 }

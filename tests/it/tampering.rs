@@ -675,7 +675,7 @@ fn a_grant_or_a_revoked_site_put_back_from_an_older_copy_is_refused() {
         .ok(&["grant", "revoke", "--dossier", &k.ins, "--rpps", PHARMACIST]);
     let file = k.host.export_authority("second.bundle");
     site.ok(&["authority", "import", &file.display().to_string()]);
-    let grants = site.json(&["grant", "list", "--dossier", &k.ins]);
+    let grants = site.json(&["grant", "list", "--dossier", &k.ins, "--as", "holder"]);
     let pharmacist = grants
         .as_array()
         .and_then(|g| g.iter().find(|g| g["rpps"] == PHARMACIST))
@@ -686,7 +686,11 @@ fn a_grant_or_a_revoked_site_put_back_from_an_older_copy_is_refused() {
         "the revocation was admitted: {grants}"
     );
     put_back(&site, "authority", &granted);
-    integrity(&site, &["grant", "list", "--dossier", &k.ins], "authority");
+    integrity(
+        &site,
+        &["grant", "list", "--dossier", &k.ins, "--as", "holder"],
+        "authority",
+    );
 
     let host = &k.host;
     host.ok(&["pki", "init", "--ca-in-replica"]);

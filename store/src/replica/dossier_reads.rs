@@ -1,4 +1,5 @@
-//! Reading a dossier as a person: its head and grants (`dossier show`, `dossier list`) and its
+//! Reading a dossier as a person: its head and grants (`dossier show`, `dossier list`, `grant
+//! list`) and its
 //! trace (`audit show`), DOMAIN §6: the holder, the médecin traitant and the actor read the
 //! trace.
 //!
@@ -17,7 +18,7 @@ use super::{Replica, Role};
 use crate::audit::{ChainedEntry, TraceActor};
 use crate::error::{Error, Result};
 use crate::ids::Ins;
-use crate::model::{AccessMode, Actor};
+use crate::model::{AccessMode, Actor, Grant};
 use crate::policy::{self, Action, Decision, Who};
 
 /// Who reads: a person the decision judges, or the host's operator.
@@ -87,9 +88,20 @@ impl Replica {
 
     /// A dossier's head, grants and preferences, as `reader` may see them.
     pub fn show_dossier(&self, reader: Reader<'_>, ins: &Ins) -> Result<DossierInfo> {
+        self.read_dossier(reader, ins, "dossier show")
+    }
+
+    /// A dossier's grants, revocations and blocks, as `reader` may see them (`grant list`).
+    pub fn list_grants(&self, reader: Reader<'_>, ins: &Ins) -> Result<Vec<Grant>> {
+        Ok(self.read_dossier(reader, ins, "grant list")?.grants)
+    }
+
+    /// Dossier `ins` as `reader` may see it, read for `command` (what the operator's trace
+    /// entry names).
+    fn read_dossier(&self, reader: Reader<'_>, ins: &Ins, command: &str) -> Result<DossierInfo> {
         match reader {
             Reader::Operator => {
-                self.operator_reads("dossier show", Some(ins))?;
+                self.operator_reads(command, Some(ins))?;
                 self.dossier(ins)
             }
             Reader::Person(actor) => {
