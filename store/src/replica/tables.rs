@@ -190,12 +190,15 @@ pub mod meta_key {
 ///   for a provisional identity (`HELD`); a legal representative is a recorded person with an
 ///   id (`Representative` in the dossier head); trace entries (`TraceActor`), document authors
 ///   (`Author`) and acts (`Actor`) name that id.
-///   The signed records held are of record format 3 (`authority::RECORD_FORMAT`): a grant
-///   carries its end (`Grant::until`) and may designate the médecin traitant.
-pub const FORMAT_VERSION: u32 = 7;
+///   The signed records held are of record format 3: a grant carries its end
+///   (`Grant::until`) and may designate the médecin traitant.
+/// - 8: the signed records held are of record format 4 (`authority::RECORD_FORMAT`): a
+///   closure records whether the holder asked the dossier's deletion
+///   (`Closure::deletion_requested`).
+pub const FORMAT_VERSION: u32 = 8;
 
 /// The oldest format this build opens.
-pub const FORMAT_OLDEST: u32 = 7;
+pub const FORMAT_OLDEST: u32 = 8;
 
 /// Subject-key tags in `AUTHORITY`.
 pub mod tag {
