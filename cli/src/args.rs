@@ -376,13 +376,25 @@ pub enum DossierCmd {
         #[arg(long = "as")]
         actor: Option<String>,
     },
-    /// Close a dossier at the holder's request (host).
+    /// Close a dossier at the holder's request (host): archived ten years, then purged.
     Close {
         ins: String,
         #[arg(long)]
         reason: String,
+        /// The holder asks that it be deleted rather than archived: it may be purged at once.
+        #[arg(long)]
+        deletion_requested: bool,
     },
-    /// Destroy a closed dossier: its key first, then its rows (host).
+    /// The holder of a closed dossier asks its deletion (host): it may then be purged at once.
+    RequestDeletion { ins: String },
+    /// Reopen a closed dossier (host): the archive comes back, sites receive it again.
+    Reopen {
+        ins: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Destroy a closed dossier, its key first, then its rows (host): once its ten years of
+    /// archiving are over, or the holder asked its deletion; refused before (exit 3).
     Purge { ins: String },
     /// Record or end a legal representative of the holder (host).
     #[command(subcommand)]

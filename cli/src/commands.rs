@@ -11,7 +11,7 @@ use carnet_store::authority::Bundle;
 use carnet_store::ids::{DocId, Ins, InsKind, RepresentativeId, Rpps, SiteId};
 use carnet_store::merge::DocumentMeta;
 use carnet_store::model::{
-    AccessMode, Actor, Author, DocClass, GrantBasis, GrantState, HolderKind, Identity,
+    AccessMode, Actor, Author, Closure, DocClass, GrantBasis, GrantState, HolderKind, Identity,
     IdentityStatus, Profession, Professional, Representative, Sex,
 };
 use carnet_store::policy::Action;
@@ -1465,7 +1465,7 @@ fn dossier_json(d: &DossierInfo) -> Value {
         "holder": h.holder.as_str(),
         "representatives": h.representatives.iter().map(representative_json).collect::<Vec<_>>(),
         "status": h.status.as_str(), "mask_new_by_default": h.mask_new_by_default,
-        "closure": h.closure.as_ref().map(|c| json!({"at": format_rfc3339(c.at), "reason": c.reason})),
+        "closure": h.closure.as_ref().map(closure_json),
         "emergency": {"samu": d.emergency.samu_allowed, "btg": d.emergency.btg_allowed,
                       "masked_in_emergency": d.emergency.masked_in_emergency},
         "grants": d.grants.iter().map(grant_json).collect::<Vec<_>>(),
@@ -1475,6 +1475,28 @@ fn dossier_json(d: &DossierInfo) -> Value {
         "opened_here": d.local.as_ref().map(|l| json!({
             "creator": actor_name(&l.creator), "held": l.held})),
     })
+}
+
+fn closure_json(c: &Closure) -> Value {
+    json!({"at": format_rfc3339(c.at), "reason": c.reason,
+           "retention_ends": format_rfc3339(c.retention_ends()),
+           "deletion_requested": c.deletion_requested.map(format_rfc3339)})
+}
+
+/// What `dossier show` and `dossier close` say of a closure: when, why, and until when the
+/// dossier is archived (or that its holder asked its deletion).
+fn closure_words(c: Option<&Closure>) -> String {
+    let Some(c) = c else {
+        return String::new();
+    };
+    let keep = match c.deletion_requested {
+        Some(at) => format!(
+            "the holder asked its deletion on {}: it may be purged now",
+            format_date(at)
+        ),
+        None => format!("archived until {}", format_date(c.retention_ends())),
+    };
+    format!(" on {} ({}; {keep})", format_date(c.at), c.reason)
 }
 
 /// How an actor is written on the command line (`--as`).
@@ -1598,10 +1620,7 @@ fn dossier(cli: &Cli, c: &DossierCmd) -> Result<Reply> {
                     format!(" (representatives: {})", each.join(", "))
                 },
                 h.status.as_str(),
-                h.closure
-                    .as_ref()
-                    .map(|c| format!(" on {} ({})", format_date(c.at), c.reason))
-                    .unwrap_or_default(),
+                closure_words(h.closure.as_ref()),
                 allow_word(d.emergency.samu_allowed),
                 allow_word(d.emergency.btg_allowed),
                 allow_word(d.emergency.masked_in_emergency),
@@ -1692,15 +1711,41 @@ fn dossier(cli: &Cli, c: &DossierCmd) -> Result<Reply> {
                 dossier_json(&info),
             ))
         }
-        DossierCmd::Close { ins: text, reason } => {
+        DossierCmd::Close {
+            ins: text,
+            reason,
+            deletion_requested,
+        } => {
             let i = ins(text)?;
-            r.close_dossier(&i, reason)?;
+            let info = r.close_dossier(&i, reason, *deletion_requested)?;
             Ok(Reply::new(
                 format!(
-                    "closed dossier {}: archived here, sites purge their copy on import",
-                    i.matricule()
+                    "closed dossier {}{}; sites purge their copy when they receive the closure",
+                    i.matricule(),
+                    closure_words(info.head.closure.as_ref())
                 ),
-                json!({"ins": i.matricule(), "status": "closed"}),
+                dossier_json(&info),
+            ))
+        }
+        DossierCmd::RequestDeletion { ins: text } => {
+            let info = r.request_deletion(&ins(text)?)?;
+            Ok(Reply::new(
+                format!(
+                    "dossier {} closed{}",
+                    info.head.ins.matricule(),
+                    closure_words(info.head.closure.as_ref())
+                ),
+                dossier_json(&info),
+            ))
+        }
+        DossierCmd::Reopen { ins: text, reason } => {
+            let info = r.reopen_dossier(&ins(text)?, reason)?;
+            Ok(Reply::new(
+                format!(
+                    "reopened dossier {}: active again with its documents and grants; sites that held it receive it again at their next sync",
+                    info.head.ins.matricule()
+                ),
+                dossier_json(&info),
             ))
         }
         DossierCmd::Purge { ins: text } => {

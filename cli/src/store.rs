@@ -150,11 +150,43 @@ impl Store {
         )
     }
 
-    pub fn close_dossier(&self, ins: &Ins, reason: &str) -> Result<()> {
-        self.done(Request::CloseDossier {
-            ins: ins.clone(),
-            reason: reason.to_string(),
-        })
+    /// Closes a dossier (host); answers the dossier.
+    pub fn close_dossier(
+        &self,
+        ins: &Ins,
+        reason: &str,
+        deletion_requested: bool,
+    ) -> Result<DossierInfo> {
+        expect!(
+            self.call(Request::CloseDossier {
+                ins: ins.clone(),
+                reason: reason.to_string(),
+                deletion_requested,
+            })?,
+            Dossier
+        )
+        .map(|d| *d)
+    }
+
+    /// Records the holder's deletion request on a closed dossier (host); answers the dossier.
+    pub fn request_deletion(&self, ins: &Ins) -> Result<DossierInfo> {
+        expect!(
+            self.call(Request::RequestDeletion { ins: ins.clone() })?,
+            Dossier
+        )
+        .map(|d| *d)
+    }
+
+    /// Reopens a closed dossier (host); answers the dossier.
+    pub fn reopen_dossier(&self, ins: &Ins, reason: &str) -> Result<DossierInfo> {
+        expect!(
+            self.call(Request::ReopenDossier {
+                ins: ins.clone(),
+                reason: reason.to_string(),
+            })?,
+            Dossier
+        )
+        .map(|d| *d)
     }
 
     /// Records a legal representative (host) and answers the dossier as stored.

@@ -42,12 +42,14 @@ use crate::time::Millis;
 
 /// Format version of the signed body this build writes; another one is refused with a clear
 /// error. 2 brought `AuthorityRecord::Heartbeat`, which says what it vouches for; 3 gives a
-/// grant its end (`Grant::until`) and the basis `medecin-traitant`.
-pub const RECORD_FORMAT: u8 = 3;
-/// The oldest format still read. Format 1 and 2 grants do not decode as format 3 ones (postcard
-/// is positional, and a grant now ends with `until`), and the project has no deployed replica:
-/// they are refused, and a site is provisioned again from a host of this build.
-pub const RECORD_FORMAT_MIN: u8 = 3;
+/// grant its end (`Grant::until`) and the basis `medecin-traitant`; 4 records in a closure
+/// whether the holder asked the dossier's deletion (`Closure::deletion_requested`).
+pub const RECORD_FORMAT: u8 = 4;
+/// The oldest format still read. Older heads and grants do not decode as format 4 ones
+/// (postcard is positional: a grant ends with `until`, a closure with `deletion_requested`),
+/// and the project has no deployed replica: they are refused, and a site is provisioned again
+/// from a host of this build.
+pub const RECORD_FORMAT_MIN: u8 = 4;
 /// Format of a bundle file this build writes and reads. 2: signed as a whole (`Bundle::vouch`).
 /// A format 1 bundle (records signed one by one) is refused: any record could be removed.
 pub const BUNDLE_FORMAT: u8 = 2;
@@ -506,8 +508,8 @@ mod tests {
     #[test]
     fn old_formats_are_read_or_refused_clearly() {
         let key = SigningKey::from_bytes(&[7u8; 32]);
-        // Format 1 and 2 records (grants without an end) are refused, as is a newer format:
-        // each with "upgrade".
+        // Format 1 to 3 records (grants without an end, closures without the deletion request)
+        // are refused, as is a newer format: each with "upgrade".
         let signed_as = |format: u8, record: &AuthorityRecord| {
             let body = postcard::to_stdvec(&(format, 4u64, record)).expect("encode");
             let signature = key.sign(&body).to_bytes().to_vec();
@@ -520,7 +522,7 @@ mod tests {
                 .record,
             m
         );
-        for format in [1u8, 2, 4] {
+        for format in [1u8, 2, 3, 5] {
             let err = verify(&key.verifying_key(), &signed_as(format, &m)).expect_err("other");
             assert!(err.to_string().contains("upgrade carnet"), "{err}");
         }

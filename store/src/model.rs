@@ -222,13 +222,34 @@ impl DossierHead {
     }
 }
 
-/// Why and when a dossier was closed.
+/// Why and when a dossier was closed, and whether its holder asked that it be deleted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Closure {
     /// Time of the closure.
     pub at: Millis,
     /// Reason given by the holder or the host.
     pub reason: String,
+    /// When the holder asked that the dossier be deleted rather than archived for
+    /// `RETENTION_YEARS` (DOMAIN §6: an early deletion is carried out within three months);
+    /// `None`: archived until the retention ends.
+    pub deletion_requested: Option<Millis>,
+}
+
+/// How long the host keeps a closed dossier archived before it may be purged (DOMAIN §6).
+pub const RETENTION_YEARS: i64 = 10;
+
+impl Closure {
+    /// When the retention of a dossier closed at `at` ends: the same instant, `RETENTION_YEARS`
+    /// calendar years later (UTC).
+    pub fn retention_ends(&self) -> Millis {
+        crate::time::add_years(self.at, RETENTION_YEARS)
+    }
+
+    /// True when the host may purge the dossier at `now`: the holder asked its deletion, or
+    /// the retention has ended.
+    pub fn purge_allowed(&self, now: Millis) -> bool {
+        self.deletion_requested.is_some() || now >= self.retention_ends()
+    }
 }
 
 named_enum!(

@@ -74,6 +74,20 @@ pub fn years_completed(birth_date: &str, now: Millis) -> Result<i64> {
     Ok(y - by - i64::from((m, d) < (bm, bd)))
 }
 
+/// The same instant `years` calendar years after `ms` (UTC); a 29 February with no 29 February
+/// in the target year becomes 1 March (as `years_completed` counts a birthday).
+pub fn add_years(ms: Millis, years: i64) -> Millis {
+    let day = ms.div_euclid(MS_PER_DAY);
+    let (y, m, d) = civil_from_days(day);
+    let y = y + years;
+    let (m, d) = if d > days_in_month(y, m) {
+        (m + 1, 1)
+    } else {
+        (m, d)
+    };
+    days_from_civil(y, m, d) * MS_PER_DAY + ms.rem_euclid(MS_PER_DAY)
+}
+
 /// Parses an RFC 3339 time, `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`, strictly (a `T` or
 /// `t` between date and time, seconds required, an offset required; leap seconds refused).
 /// Fractions finer than a millisecond are truncated.
@@ -199,6 +213,22 @@ mod tests {
             assert_eq!(years_completed(birth, now).ok(), Some(years), "{birth}");
         }
         assert!(years_completed("2008-02-30", 0).is_err());
+    }
+
+    #[test]
+    fn years_are_added_on_the_calendar() {
+        for (from, years, to) in [
+            (
+                at("2026-12-03", 45_296_007),
+                10,
+                at("2036-12-03", 45_296_007),
+            ),
+            (at("2028-02-29", 3_600_000), 10, at("2038-03-01", 3_600_000)),
+            (at("2028-02-29", 0), 4, at("2032-02-29", 0)),
+            (at("1965-07-01", 0), 10, at("1975-07-01", 0)),
+        ] {
+            assert_eq!(format_rfc3339(add_years(from, years)), format_rfc3339(to));
+        }
     }
 
     #[test]

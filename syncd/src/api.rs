@@ -72,8 +72,19 @@ pub enum Request {
     HoldsDossier { ins: Ins },
     /// A dossier's trace as `actor` may read it (`None`: the host's operator).
     ReadTrace { ins: Ins, actor: Option<Actor> },
-    /// Closes a dossier (host).
-    CloseDossier { ins: Ins, reason: String },
+    /// Closes a dossier (host); `deletion_requested`: the holder asked its deletion rather
+    /// than its archiving (`Replica::close_dossier`). Answers the dossier.
+    CloseDossier {
+        ins: Ins,
+        reason: String,
+        #[serde(default)]
+        deletion_requested: bool,
+    },
+    /// The holder of a closed dossier asks its deletion (host): the closed head signed again
+    /// with the request; answers the dossier.
+    RequestDeletion { ins: Ins },
+    /// Reopens a closed dossier (host): a new active head; answers the dossier.
+    ReopenDossier { ins: Ins, reason: String },
     /// Records a legal representative of the holder (host): a new signed head.
     AddRepresentative {
         ins: Ins,
@@ -688,9 +699,21 @@ impl Service {
             Request::ReadTrace { ins, actor } => {
                 Response::Audit(r.read_trace(reader(&actor), &ins)?)
             }
-            Request::CloseDossier { ins, reason } => {
-                r.close_dossier(&ins, &reason)?;
-                Response::Done
+            Request::CloseDossier {
+                ins,
+                reason,
+                deletion_requested,
+            } => {
+                r.close_dossier(&ins, &reason, deletion_requested)?;
+                Response::Dossier(Box::new(r.dossier(&ins)?))
+            }
+            Request::RequestDeletion { ins } => {
+                r.request_deletion(&ins)?;
+                Response::Dossier(Box::new(r.dossier(&ins)?))
+            }
+            Request::ReopenDossier { ins, reason } => {
+                r.reopen_dossier(&ins, &reason)?;
+                Response::Dossier(Box::new(r.dossier(&ins)?))
             }
             Request::AddRepresentative {
                 ins,

@@ -2252,7 +2252,7 @@ mod quarantine_tests {
             new_doc("written offline", b"offline body".to_vec()),
         )
         .expect("write");
-        host.close_dossier(&ins, "the holder closed it")
+        host.close_dossier(&ins, "the holder closed it", false)
             .expect("close");
         let report = round(&host, &site);
         assert_eq!(report.returned, 1, "{report:?}");
@@ -2289,7 +2289,7 @@ mod quarantine_tests {
             new_doc("pending", b"pending body".to_vec()),
         )
         .expect("write");
-        host.close_dossier(&ins, "closed").expect("close");
+        host.close_dossier(&ins, "closed", false).expect("close");
         site.import_authority(&host.export_authority().expect("export"))
             .expect("import");
         let kept = site.quarantined().expect("quarantine");
@@ -2317,7 +2317,7 @@ mod quarantine_tests {
             new_doc("offline", b"kept".to_vec()),
         )
         .expect("write");
-        host.close_dossier(&ins, "closed").expect("close");
+        host.close_dossier(&ins, "closed", false).expect("close");
         // A round cut right after the host applied the push: its PushAck never arrives.
         let mut s = SiteSession::new(signer(&site), Vec::new());
         let mut h = HostSession::new(site.config().site_id, certificate(&site));

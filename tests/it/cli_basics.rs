@@ -495,8 +495,37 @@ fn dossier_close_and_purge() {
     );
     assert!(o.stderr.contains("closed"), "{}", o.stderr);
 
+    // Archived ten years: purging before is refused, until the holder asks the deletion.
+    let o = c.fails(3, &["dossier", "purge", &k.ins]);
+    let until = s["closure"]["retention_ends"]
+        .as_str()
+        .and_then(|t| t.get(..10))
+        .expect("retention end");
+    assert!(
+        o.stderr.contains(&format!("archived until {until}"))
+            && o.stderr.contains("request-deletion"),
+        "{}",
+        o.stderr
+    );
+    assert_eq!(s["closure"]["deletion_requested"], serde_json::Value::Null);
+    assert_eq!(
+        c.json(&["dossier", "show", &k.ins])["documents"],
+        s["documents"],
+        "a refused purge destroyed nothing"
+    );
+    let j = c.json(&["dossier", "request-deletion", &k.ins]);
+    assert_eq!(j["status"], "closed");
+    assert!(j["closure"]["deletion_requested"].is_string(), "{j}");
+    assert!(
+        c.ok(&["dossier", "show", &k.ins])
+            .stdout
+            .contains("the holder asked its deletion on ")
+    );
     let j = c.json(&["dossier", "purge", &k.ins]);
     assert_eq!(j, serde_json::json!({"ins": k.ins, "status": "purged"}));
+    let o = c.fails(3, &["dossier", "reopen", &k.ins, "--reason", "x"]);
+    assert!(o.stderr.contains("was purged"), "{}", o.stderr);
+    c.fails(3, &["dossier", "request-deletion", &k.ins]);
     c.fails(4, &["dossier", "show", &k.ins]);
     c.fails(4, &["dossier", "purge", &k.ins]);
     assert_eq!(c.json(&["dossier", "list"]), serde_json::json!([]));

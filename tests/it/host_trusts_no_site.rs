@@ -1404,3 +1404,57 @@ fn a_site_opens_a_dossier_only_for_a_professional_the_host_binds_there_and_a_qua
     let adopted = w.host.json(&["dossier", "show", &b]);
     assert_eq!(adopted["first_names"], "Jean", "{adopted}");
 }
+
+#[test]
+fn a_site_can_neither_reopen_a_closed_dossier_nor_write_into_it() {
+    let w = world();
+    bind_nurse(&w.host, &w.site_id);
+    w.host.ok(&[
+        "dossier",
+        "close",
+        &w.ins,
+        "--reason",
+        "demande du titulaire",
+    ]);
+    let closed = w.host.json(&["dossier", "show", &w.ins]);
+    assert_eq!(closed["status"], "closed");
+    let rogue = Rogue::connect(&w.bundle);
+    // The dossier proposed again as an active one, by a professional the host binds there.
+    let mut reopening = proposal(NURSE, carnet_store::model::IdentityStatus::Qualified);
+    reopening.head.ins = Ins::parse(&w.ins).expect("ins");
+    push(&rogue, 1, Change::DossierProposal(Box::new(reopening)));
+    // A document written into it.
+    let body = b"written into a closed dossier (synthetic)";
+    let meta = forged_document(&w.ins, rogue.site, NURSE, Profession::Infirmier, body);
+    let forged = meta.facts.id;
+    assert_eq!(push(&rogue, 2, written(meta)), vec![forged], "not returned");
+    let still = w.host.json(&["dossier", "show", &w.ins]);
+    assert_eq!(still["status"], "closed", "{still}");
+    assert_eq!(still["authority_seq"], closed["authority_seq"], "{still}");
+    assert_eq!(still["documents"], closed["documents"], "{still}");
+    assert_eq!(host_traced(&w.host, &w.ins, "dossier-proposal-refused"), 1);
+
+    // The host reopens it (the legitimate way): the forged document is not in it, and the
+    // site, in whose scope the refused proposal left the dossier, receives its closure undone
+    // but nothing its professionals may not read.
+    w.host.ok(&[
+        "dossier",
+        "reopen",
+        &w.ins,
+        "--reason",
+        "demande du titulaire",
+    ]);
+    assert_eq!(at_host(&w, &forged.to_string()), None);
+    assert_eq!(
+        w.host.body(&w.doc, DOCTOR),
+        b"written at the host (synthetic)"
+    );
+    let items = pulled_items(&rogue.pull_all());
+    let host_doc = DocId::parse(&w.doc).expect("id");
+    assert!(
+        !items
+            .iter()
+            .any(|i| matches!(i, PullItem::Document(m) if m.facts.id == host_doc)),
+        "reopening brought the host's document to a site with no grant: {items:?}"
+    );
+}

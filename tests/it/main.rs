@@ -9,6 +9,8 @@
 //! - `secrecy`: no patient data in clear in any file of a data folder.
 //! - `tampering`: damage at rest (redb edited directly) and in transit (bundles), format versions.
 //! - `purge`: closure, host purge, site purge on import.
+//! - `retention`: ten years of archiving before a purge, the holder's deletion request, and
+//!   reopening, through a host and two site daemons.
 //! - `reads`: `dossier show`, `dossier list`, `audit show` as a person (`--as`), decided and traced.
 //! - `keys`: master key rotation.
 //! - `export`: the holder's FHIR copy.
@@ -52,6 +54,7 @@ mod quarantine;
 mod reads;
 mod regressions;
 mod representatives;
+mod retention;
 mod rogue;
 mod secrecy;
 mod service;

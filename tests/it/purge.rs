@@ -124,6 +124,7 @@ fn host_purge_destroys_the_key_and_the_rows() {
         &k.ins,
         "--reason",
         "demande du titulaire",
+        "--deletion-requested",
     ]);
     let o = c.ok(&["dossier", "purge", &k.ins]);
     assert!(
@@ -176,7 +177,14 @@ fn host_purge_leaves_other_dossiers_alone() {
     let b_doc = c.add_doc(&b, DOCTOR, "10", CONSULTATION, "CR B", b"B (synthetic)");
     let bi_a = c.dossier_of(&k.consult);
     let bi_b = c.dossier_of(&b_doc);
-    c.ok(&["dossier", "close", &k.ins, "--reason", "x"]);
+    c.ok(&[
+        "dossier",
+        "close",
+        &k.ins,
+        "--reason",
+        "x",
+        "--deletion-requested",
+    ]);
     c.ok(&["dossier", "purge", &k.ins]);
     let r = rows(c);
     assert_eq!(r.keys, vec![bi_b]);

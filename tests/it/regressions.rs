@@ -90,6 +90,7 @@ fn a_site_that_missed_the_closure_still_purges_after_the_host_purged() {
         &k.ins,
         "--reason",
         "suppression anticipee",
+        "--deletion-requested",
     ]);
     host.ok(&["dossier", "purge", &k.ins]);
     let j = site.json(&[
@@ -142,7 +143,14 @@ fn purge_receipts_name_the_closure_that_ended_the_dossier() {
         "import",
         &host.export_authority("b1").display().to_string(),
     ]);
-    host.ok(&["dossier", "close", &k.ins, "--reason", "x"]);
+    host.ok(&[
+        "dossier",
+        "close",
+        &k.ins,
+        "--reason",
+        "x",
+        "--deletion-requested",
+    ]);
     let closure_seq = host.json(&["dossier", "show", &k.ins])["authority_seq"]
         .as_u64()
         .expect("seq");

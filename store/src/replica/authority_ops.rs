@@ -462,8 +462,10 @@ impl Replica {
     }
 
     /// Host: closes a dossier (the holder's request). Its documents are archived on the host
-    /// and every access is refused; sites purge their copy when they receive the closure.
-    pub fn close_dossier(&self, ins: &Ins, reason: &str) -> Result<()> {
+    /// and every access is refused; sites purge their copy when they receive the closure. With
+    /// `deletion_requested`, the holder asked that it be deleted rather than archived: the host
+    /// may purge it at once (`purge_dossier`).
+    pub fn close_dossier(&self, ins: &Ins, reason: &str, deletion_requested: bool) -> Result<()> {
         self.signing_key()?;
         if reason.trim().is_empty() {
             return Err(Error::invalid("a closure needs a reason (--reason)"));
@@ -472,10 +474,12 @@ impl Replica {
         if head.status != DossierStatus::Active {
             return Err(Error::invalid("this dossier is already closed"));
         }
+        let now = self.now();
         head.status = DossierStatus::Closed;
         head.closure = Some(Closure {
-            at: self.now(),
+            at: now,
             reason: reason.to_string(),
+            deletion_requested: deletion_requested.then_some(now),
         });
         self.issue(
             AuthorityRecord::Dossier(head),
@@ -483,6 +487,89 @@ impl Replica {
             Some(reason),
         )?;
         Ok(())
+    }
+
+    /// Host: the holder of a closed dossier asks that it be deleted rather than archived until
+    /// its retention ends: the closed head is signed again with the time of the request, and the
+    /// host may purge the dossier at once. Only while closed (not for an active dossier, nor a
+    /// purged one); asking twice keeps the first request.
+    pub fn request_deletion(&self, ins: &Ins) -> Result<Closure> {
+        self.signing_key()?;
+        let txn = self.begin_write()?;
+        let mut head = self.ended_head(&txn, ins, "ask its deletion")?;
+        let Some(closure) = head.closure.as_mut() else {
+            return Err(Error::integrity("a closed dossier head has no closure"));
+        };
+        if closure.deletion_requested.is_some() {
+            return Ok(closure.clone());
+        }
+        closure.deletion_requested = Some(self.now());
+        let closure = closure.clone();
+        self.issue_in(&txn, AuthorityRecord::Dossier(head))?;
+        txn.trace(vec![self.admin_entry(
+            "dossier-deletion-requested",
+            Some(ins),
+            None,
+        )]);
+        txn.commit()?;
+        Ok(closure)
+    }
+
+    /// Host: reopens a closed dossier (DOMAIN §6: reopening brings the archive back). A new
+    /// active head, with a higher sequence than the closure, is signed; the host kept the
+    /// dossier's key, documents and grants while it was closed, and every site whose scope
+    /// holds the dossier receives it again whole at its next pull (`LogItem::Enter`). The purge
+    /// receipts sites returned for the closure are dropped with it: they answer a closure no
+    /// longer in force. A purged dossier cannot be reopened: its key is destroyed.
+    pub fn reopen_dossier(&self, ins: &Ins, reason: &str) -> Result<DossierHead> {
+        self.signing_key()?;
+        if reason.trim().is_empty() {
+            return Err(Error::invalid(
+                "reopening a dossier needs a reason (--reason)",
+            ));
+        }
+        let txn = self.begin_write()?;
+        let mut head = self.ended_head(&txn, ins, "reopen it")?;
+        head.status = DossierStatus::Active;
+        head.closure = None;
+        let bi = self.blind(ins);
+        self.issue_in(&txn, AuthorityRecord::Dossier(head.clone()))?;
+        self.host_dossier_reopened(&txn, &bi)?;
+        txn.trace(vec![self.admin_entry(
+            "dossier-reopen",
+            Some(ins),
+            Some(reason),
+        )]);
+        txn.commit()?;
+        Ok(head)
+    }
+
+    /// Host: the head of a closed dossier, for an act that needs one (`act`: what the caller
+    /// does, for the message). An active dossier is refused as invalid input; a purged one as
+    /// denied (DOMAIN §4 row 1: nothing is left of it to act on).
+    fn ended_head(&self, txn: &WriteTransaction, ins: &Ins, act: &str) -> Result<DossierHead> {
+        let purged = || Error::Denied {
+            rule: 1,
+            reason: format!(
+                "dossier {} was purged: its key and documents are destroyed, so nobody can {act}",
+                ins.matricule()
+            ),
+        };
+        let bi = self.blind(ins);
+        match self.dossier_record(&txn.open_table(AUTHORITY)?, &bi)? {
+            Some(AuthorityRecord::Dossier(head)) => match head.status {
+                DossierStatus::Closed => Ok(head),
+                DossierStatus::Purged => Err(purged()),
+                DossierStatus::Active => Err(Error::invalid(format!(
+                    "dossier {} is not closed: only a closed dossier can {act}",
+                    ins.matricule()
+                ))),
+            },
+            Some(AuthorityRecord::Purged { .. }) => Err(purged()),
+            Some(_) => Err(Error::integrity("a dossier record has the wrong kind")),
+            None if txn.open_table(TOMBSTONES)?.get(&bi)?.is_some() => Err(purged()),
+            None => Err(Self::no_dossier()),
+        }
     }
 
     /// Host: changes a dossier's emergency preferences; returns them as now in force.
@@ -691,13 +778,36 @@ impl Replica {
         Ok(())
     }
 
-    /// Host: purges a closed dossier (end of retention, or an early deletion request), then
-    /// publishes a signed `Purged` record so that sites that missed the closure purge too.
+    /// Host: purges a closed dossier, then publishes a signed `Purged` record so that sites
+    /// that missed the closure purge too. Only once the retention has ended (`RETENTION_YEARS`
+    /// after the closure, by this replica's clock) or when the signed closure records the
+    /// holder's deletion request (DOMAIN §6); before that it is refused (denied, traced) with
+    /// the date the retention ends, and nothing changes.
     pub fn purge_dossier(&self, ins: &Ins) -> Result<()> {
         self.signing_key()?;
         let (head, seq) = self.head(ins)?;
         if head.status == DossierStatus::Active {
             return Err(Error::invalid("close the dossier before purging it"));
+        }
+        let closure = head
+            .closure
+            .as_ref()
+            .ok_or_else(|| Error::integrity("a closed dossier head has no closure"))?;
+        if !closure.purge_allowed(self.now()) {
+            let reason = format!(
+                "dossier {} was closed on {} and is archived until {} ({} years): it may be purged before then only if the holder asks its deletion (`carnet dossier request-deletion`)",
+                ins.matricule(),
+                crate::time::format_date(closure.at),
+                crate::time::format_date(closure.retention_ends()),
+                crate::model::RETENTION_YEARS,
+            );
+            let mut refused = self.admin_entry("dossier-purge-refused", Some(ins), None);
+            refused.allowed = false;
+            refused.outcome_reason = reason.clone();
+            let txn = self.begin_write()?;
+            txn.trace(vec![refused]);
+            txn.commit()?;
+            return Err(Error::Denied { rule: 0, reason });
         }
         self.purge_rows(ins, seq)?;
         Ok(())

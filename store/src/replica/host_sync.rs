@@ -311,6 +311,31 @@ impl Replica {
         Ok(())
     }
 
+    /// Host: dossier `bi` was reopened (its new active head issued in `txn`). Every site whose
+    /// scope holds it receives it whole again, as a dossier entering the scope (`Enter`): the
+    /// sites purged their copy at the closure, and the log entries since named a closed
+    /// dossier. The purge receipts they returned answer a closure no longer in force: dropped.
+    pub(super) fn host_dossier_reopened(
+        &self,
+        txn: &WriteTransaction,
+        bi: &[u8; 32],
+    ) -> Result<()> {
+        self.require_host()?;
+        for site in self.sites_holding(txn, bi)? {
+            self.log_append(txn, site, &LogItem::Enter(*bi))?;
+        }
+        let mut receipts = self.digested(txn, SITE_RECEIPTS)?;
+        let answered: Vec<Vec<u8>> = receipts
+            .range(bi.as_slice()..)?
+            .map(|r| r.map(|(k, _)| k.value().to_vec()))
+            .take_while(|k| k.as_ref().map_or(true, |k| k.starts_with(bi)))
+            .collect::<std::result::Result<_, _>>()?;
+        for key in answered {
+            receipts.remove(key.as_slice())?;
+        }
+        Ok(())
+    }
+
     /// Host: `site` says it was restored from a backup taken at `taken_at` (its say-so: it
     /// only decides what the host traces and sends it again). Traces it, for the operator, and
     /// enters every dossier of the site's scope in its log again, so the site's next pull
@@ -763,7 +788,15 @@ impl Replica {
                         self.digested(&txn, PENDING_PURGES)?
                             .remove(&self.blind(&h.ins))?;
                     }
-                    let (_, purge) = self.admit(&txn, signed, &v)?;
+                    let (admitted, purge) = self.admit(&txn, signed, &v)?;
+                    // A newer active head (a reopening) supersedes a closure earlier in the
+                    // batch: the dossier is not purged for it.
+                    if admitted
+                        && let AuthorityRecord::Dossier(h) = &v.record
+                        && h.status == crate::model::DossierStatus::Active
+                    {
+                        purges.retain(|(ins, cause)| !(ins == &h.ins && *cause < v.seq));
+                    }
                     purges.extend(purge);
                 }
                 PullItem::Document(meta) => {

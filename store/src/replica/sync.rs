@@ -13,9 +13,9 @@ use zeroize::Zeroizing;
 
 use super::Replica;
 use super::tables::*;
-use crate::authority::AuthorityRecord;
+use crate::authority::{AuthorityRecord, Verified};
 use crate::error::{Error, Result};
-use crate::ids::{DocId, SiteId};
+use crate::ids::{DocId, Ins, SiteId};
 use crate::merge::DocumentMeta;
 use crate::model::{Actor, Author, DossierStatus};
 use crate::policy::Action;
@@ -629,7 +629,9 @@ impl Replica {
                 Applied::Applied
             }
             Change::PurgeReceipt { ins, receipt } => {
-                if self.config.role == super::Role::Host {
+                if self.config.role == super::Role::Host
+                    && !self.receipt_outdated(txn, ins, receipt)?
+                {
                     let mut key = self.blind(ins).to_vec();
                     key.extend_from_slice(&origin.0.to_be_bytes());
                     self.digested(txn, SITE_RECEIPTS)?
@@ -668,6 +670,30 @@ impl Replica {
             },
         };
         Ok(outcome)
+    }
+
+    /// Host: true when `receipt` answers a closure the host has since undone (the dossier was
+    /// reopened after the record that caused the purge): the site receives the dossier again,
+    /// and the receipt is not kept as if it had purged the reopened one.
+    fn receipt_outdated(
+        &self,
+        txn: &WriteTransaction,
+        ins: &Ins,
+        receipt: &super::PurgeReceipt,
+    ) -> Result<bool> {
+        if receipt.cause_seq == 0 {
+            // A scope exit: the dossier stays active at the host.
+            return Ok(false);
+        }
+        let head = self.authority_get(
+            &txn.open_table(AUTHORITY)?,
+            &subject_key(tag::DOSSIER, Some(&self.blind(ins)), None),
+        )?;
+        Ok(matches!(
+            head,
+            Some(Verified { seq, record: AuthorityRecord::Dossier(h) })
+                if h.status == DossierStatus::Active && seq > receipt.cause_seq
+        ))
     }
 
     /// Merges a remote document's metadata in `txn`, or returns it when its dossier is not

@@ -192,10 +192,12 @@ pub mod meta_key {
 ///   for a provisional identity (`HELD`); a legal representative is a recorded person with an
 ///   id (`Representative` in the dossier head); trace entries (`TraceActor`), document authors
 ///   (`Author`) and acts (`Actor`) name that id.
-///   The signed records held are of record format 3 (`authority::RECORD_FORMAT`): a grant
-///   carries its end (`Grant::until`) and may designate the médecin traitant.
-/// - 8: the host keeps why it returned each change to a site (`RETURNED` rows carry the reason,
-///   and a refused dossier proposal has a row of its own).
+///   The signed records held are of record format 3: a grant carries its end
+///   (`Grant::until`) and may designate the médecin traitant.
+/// - 8: the signed records held are of record format 4 (`authority::RECORD_FORMAT`): a
+///   closure records whether the holder asked the dossier's deletion
+///   (`Closure::deletion_requested`); the host keeps why it returned each change to a site
+///   (`RETURNED` rows carry the reason, and a refused dossier proposal has a row of its own).
 pub const FORMAT_VERSION: u32 = 8;
 
 /// The oldest format this build opens.

@@ -13,7 +13,8 @@ use crate::authority::{Covers, SignedRecord};
 use crate::error::Error;
 use crate::ids::{DocId, Rpps};
 use crate::model::{
-    AccessMode, DocClass, GrantBasis, GrantState, HolderKind, IdentityStatus, Profession, Sex,
+    AccessMode, DocClass, DossierStatus, GrantBasis, GrantState, HolderKind, IdentityStatus,
+    Profession, Sex,
 };
 use crate::policy::Action;
 
@@ -571,7 +572,7 @@ fn rotation_rewraps_keys_and_passphrases_are_checked() {
 fn closure_on_a_site_purges_and_leaves_a_receipt() {
     let (_hd, host, _sd, site) = host_and_site();
     let id = write(&site, "doc", b"secret body");
-    host.close_dossier(&ins(), "holder's request")
+    host.close_dossier(&ins(), "holder's request", true)
         .expect("close");
     let report = site
         .import_authority(&host.export_authority().expect("export"))
@@ -626,7 +627,7 @@ fn a_denied_batch_writes_nothing_but_traces() {
 fn a_returned_change_does_not_block_the_stream() {
     let (_hd, host, _sd, site) = host_and_site();
     write(&site, "before closure", b"1");
-    host.close_dossier(&ins(), "holder's request")
+    host.close_dossier(&ins(), "holder's request", false)
         .expect("close");
     write(&site, "written offline after the closure", b"2");
     let changes = site.outbox(0, 10).expect("outbox");
@@ -648,7 +649,7 @@ fn a_returned_change_does_not_block_the_stream() {
 fn an_interrupted_site_purge_finishes_at_the_next_open() {
     let (_hd, host, sd, site) = host_and_site();
     let id = write(&site, "doc", b"secret body");
-    host.close_dossier(&ins(), "holder's request")
+    host.close_dossier(&ins(), "holder's request", false)
         .expect("close");
     // Admit the closure as an import would, then "crash" before the purge.
     let bundle = host.export_authority().expect("export");
@@ -672,7 +673,7 @@ fn an_interrupted_site_purge_finishes_at_the_next_open() {
 #[test]
 fn a_purged_ins_cannot_be_recreated_by_accident() {
     let (_hd, host, _sd, _site) = host_and_site();
-    host.close_dossier(&ins(), "holder's request")
+    host.close_dossier(&ins(), "holder's request", true)
         .expect("close");
     host.purge_dossier(&ins()).expect("purge");
     let again = host.create_dossier(new_dossier(ins()));
@@ -1054,7 +1055,7 @@ fn a_producers_unique_id_is_recognised_and_not_reused() {
     );
     let again = host.put_document(&actor, AccessMode::Normal, None, &ins(), d);
     assert!(matches!(again, Err(Error::Invalid(_))), "{again:?}");
-    host.close_dossier(&ins(), "x").expect("close");
+    host.close_dossier(&ins(), "x", true).expect("close");
     host.purge_dossier(&ins()).expect("purge");
     assert_eq!(
         host.find_by_unique_id(&ins(), "urn:oid:1.2.3.4.5").ok(),
@@ -2234,7 +2235,7 @@ fn bodies_of_every_size_read_back_and_travel_and_their_tails_go_with_a_purge() {
         )
         .expect_err("damaged");
     assert!(matches!(err, Error::Integrity(_)), "{err}");
-    host.close_dossier(&ins(), "holder's request")
+    host.close_dossier(&ins(), "holder's request", false)
         .expect("close");
     site.import_authority(&host.export_authority().expect("export"))
         .expect("import");
@@ -3179,7 +3180,7 @@ fn rows_one_to_three_return_what_a_site_pushes_and_the_host_says_why() {
         Applied::Returned
     );
     // Row 1: the dossier is closed; the doctor's document comes back too.
-    host.close_dossier(&ins(), "test").expect("close");
+    host.close_dossier(&ins(), "test", false).expect("close");
     let doctor_writes = by(3, doctor(), Profession::Medecin);
     assert_eq!(
         push_as(&host, &site, doctor_writes, vec![]),
@@ -4019,7 +4020,7 @@ fn no_table_of_a_site_or_the_host_holds_a_document_id_or_its_time() {
             doc("returned", b"closed meanwhile"),
         )
         .expect("put");
-    host.close_dossier(&closing, "holder's request")
+    host.close_dossier(&closing, "holder's request", false)
         .expect("close");
     // The site's changes reach the host without their bodies (owed), and stay queued here.
     let changes = site.outbox(0, usize::MAX).expect("outbox");
@@ -4156,7 +4157,7 @@ fn a_full_house() -> (TempDir, Replica, TempDir, Replica, Vec<DocId>) {
         .expect("mask");
     host.update_document(&doctor_acts, &ids[0], Action::Unmask)
         .expect("unmask");
-    host.close_dossier(&gone(), "holder's request")
+    host.close_dossier(&gone(), "holder's request", true)
         .expect("close");
     host.purge_dossier(&gone()).expect("purge");
     sync(&host, &site);
@@ -4725,7 +4726,7 @@ fn the_host_refuses_a_proposal_it_cannot_take_and_the_site_keeps_what_it_wrote()
     // The host closed the dossier for that INS; the site did not hold it.
     host.create_dossier(new_dossier(walk_in()))
         .expect("host dossier");
-    host.close_dossier(&walk_in(), "holder's request")
+    host.close_dossier(&walk_in(), "holder's request", false)
         .expect("close");
     site.open_dossier_here(new_dossier(walk_in()), &Actor::Professional(doctor()))
         .expect("open here");
@@ -4918,7 +4919,7 @@ fn quarantined_at_site() -> (TempDir, Replica, TempDir, Replica, Ins, DocId) {
             doc("late", b"late body (synthetic)"),
         )
         .expect("put");
-    host.close_dossier(&closing, "holder's request")
+    host.close_dossier(&closing, "holder's request", false)
         .expect("close");
     site.import_authority(&host.export_authority().expect("export"))
         .expect("import");
@@ -5170,4 +5171,309 @@ fn a_dossier_has_one_medecin_traitant_who_stays_until_another_is_designated() {
     assert_eq!(mt(&site), Some(nurse()));
     let at_site = site.dossier(&ins()).expect("dossier").grants;
     assert_eq!(at_site.iter().filter(|g| g.medecin_traitant()).count(), 1);
+}
+
+/// A clock the test moves, from the fixed `clock()` time.
+fn moving_clock() -> (Arc<std::sync::atomic::AtomicI64>, Clock) {
+    let now = Arc::new(std::sync::atomic::AtomicI64::new(1_700_000_000_000));
+    let read = now.clone();
+    (
+        now,
+        Arc::new(move || read.load(std::sync::atomic::Ordering::SeqCst)),
+    )
+}
+
+/// The dossier's signed head as the host holds it now.
+fn signed_head(host: &Replica) -> SignedRecord {
+    let bundle = host.export_authority().expect("export");
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&bundle.host_key).expect("key");
+    bundle
+        .records
+        .into_iter()
+        .find(|r| {
+            matches!(
+                crate::authority::verify(&key, r).map(|v| v.record),
+                Ok(crate::authority::AuthorityRecord::Dossier(h)) if h.ins == ins()
+            )
+        })
+        .expect("head")
+}
+
+#[test]
+fn a_closed_dossier_is_purged_only_after_ten_years() {
+    use std::sync::atomic::Ordering;
+    let (hd, host, _sd, site) = host_and_site();
+    let id = write(&site, "doc", b"archived body");
+    sync(&host, &site);
+    drop(host);
+    let (now, moving) = moving_clock();
+    let host = Replica::open(hd.path(), &KeySource::File, moving).expect("host");
+    host.close_dossier(&ins(), "holder's request", false)
+        .expect("close");
+    let closure = host
+        .dossier(&ins())
+        .expect("dossier")
+        .head
+        .closure
+        .expect("closure");
+    assert_eq!(closure.deletion_requested, None);
+    // 2023-11-14 plus ten calendar years.
+    assert_eq!(
+        crate::time::format_date(closure.retention_ends()),
+        "2033-11-14"
+    );
+    let refused = |host: &Replica| {
+        let err = host
+            .purge_dossier(&ins())
+            .expect_err("within the retention");
+        assert!(
+            matches!(&err, Error::Denied { reason, .. } if reason.contains("archived until 2033-11-14")),
+            "{err}"
+        );
+        assert!(host.has_dossier_key(&ins()).expect("key"), "nothing purged");
+        assert_eq!(host.dossier(&ins()).expect("kept").documents, 1);
+    };
+    refused(&host);
+    let last = host
+        .audit_entries(None)
+        .expect("audit")
+        .pop()
+        .expect("entry");
+    assert_eq!(
+        (last.entry.action, last.entry.allowed),
+        (TraceAction::Admin("dossier-purge-refused".into()), false)
+    );
+    // A millisecond before the retention ends, still refused; at its end, purged.
+    now.store(closure.retention_ends() - 1, Ordering::SeqCst);
+    refused(&host);
+    now.store(closure.retention_ends(), Ordering::SeqCst);
+    host.purge_dossier(&ins()).expect("retention over");
+    assert!(!host.has_dossier_key(&ins()).expect("key"));
+    assert!(host.body_for_sync(&id).is_err());
+}
+
+#[test]
+fn the_holders_deletion_request_allows_the_purge_at_once() {
+    let (_hd, host, _sd, _site) = host_and_site();
+    // Asked at the closure.
+    host.close_dossier(&ins(), "holder's request", true)
+        .expect("close");
+    let closure = host.dossier(&ins()).expect("dossier").head.closure;
+    assert_eq!(closure.and_then(|c| c.deletion_requested), Some(clock()()));
+    host.purge_dossier(&ins()).expect("purged at once");
+    // Nothing is left to ask the deletion of, or to reopen.
+    for err in [
+        host.request_deletion(&ins())
+            .map(|_| ())
+            .expect_err("purged"),
+        host.reopen_dossier(&ins(), "x")
+            .map(|_| ())
+            .expect_err("purged"),
+    ] {
+        assert!(
+            matches!(&err, Error::Denied { rule: 1, reason } if reason.contains("was purged")),
+            "{err}"
+        );
+    }
+
+    // Asked after the closure: only while closed.
+    let other = Ins::from_body("2840575123456").expect("ins");
+    host.create_dossier(new_dossier(other.clone()))
+        .expect("dossier");
+    let err = host.request_deletion(&other).expect_err("active");
+    assert!(
+        matches!(&err, Error::Invalid(m) if m.contains("not closed")),
+        "{err}"
+    );
+    host.close_dossier(&other, "holder's request", false)
+        .expect("close");
+    assert!(matches!(
+        host.purge_dossier(&other),
+        Err(Error::Denied { .. })
+    ));
+    let closure = host.request_deletion(&other).expect("asked");
+    assert_eq!(closure.deletion_requested, Some(clock()()));
+    // The closed head is signed again with the request.
+    assert_eq!(
+        host.dossier(&other).expect("dossier").head.closure,
+        Some(closure)
+    );
+    host.purge_dossier(&other).expect("purged at once");
+    assert!(!host.has_dossier_key(&other).expect("key"));
+    // A site cannot decide any of it.
+    let (_hd, _host, _sd, site) = host_and_site();
+    assert!(site.request_deletion(&ins()).is_err());
+    assert!(site.reopen_dossier(&ins(), "x").is_err());
+}
+
+#[test]
+fn reopening_brings_the_archive_back_to_the_host_and_the_site() {
+    let (_hd, host, _sd, site) = host_and_site();
+    let doctor_actor = Actor::Professional(doctor());
+    let id = write(&site, "doc", b"archived body");
+    sync(&host, &site);
+    let active_head = signed_head(&host);
+    let err = host.reopen_dossier(&ins(), "x").expect_err("active");
+    assert!(
+        matches!(&err, Error::Invalid(m) if m.contains("not closed")),
+        "{err}"
+    );
+    host.close_dossier(&ins(), "holder's request", false)
+        .expect("close");
+    let closed_head = signed_head(&host);
+    assert!(
+        host.reopen_dossier(&ins(), " ").is_err(),
+        "a reason is needed"
+    );
+    // The site purges at its next round and returns its receipt.
+    sync(&host, &site);
+    assert!(!site.has_dossier_key(&ins()).expect("key"));
+    sync(&host, &site);
+    assert_eq!(host.site_purge_receipts(&ins()).expect("receipts").len(), 1);
+    // A replayed active head from before the closure does not undo it at the site.
+    let cursor = site.pull_cursor().expect("cursor");
+    site.apply_pull(&[(cursor, PullItem::Authority(active_head))])
+        .expect("apply");
+    assert!(!site.has_dossier_key(&ins()).expect("key"));
+    assert!(site.purge_receipt(&ins()).expect("receipt").is_some());
+    // Nor does an active head the host did not sign.
+    let forger = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]);
+    let mut forged = host.dossier(&ins()).expect("dossier").head;
+    forged.status = DossierStatus::Active;
+    forged.closure = None;
+    let forged = crate::authority::sign(
+        &forger,
+        1_000,
+        &crate::authority::AuthorityRecord::Dossier(forged),
+    )
+    .expect("sign");
+    assert!(matches!(
+        site.apply_pull(&[(cursor, PullItem::Authority(forged))]),
+        Err(Error::Integrity(_))
+    ));
+    assert!(!site.has_dossier_key(&ins()).expect("key"));
+
+    // The host kept the key, the documents and the grants: reopening brings them back.
+    let head = host
+        .reopen_dossier(&ins(), "holder's request")
+        .expect("reopen");
+    assert_eq!((head.status, head.closure), (DossierStatus::Active, None));
+    let last = host
+        .audit_entries(None)
+        .expect("audit")
+        .pop()
+        .expect("entry");
+    assert_eq!(
+        last.entry.action,
+        TraceAction::Admin("dossier-reopen".into())
+    );
+    assert!(
+        host.site_purge_receipts(&ins())
+            .expect("receipts")
+            .is_empty(),
+        "the receipts answered the closure"
+    );
+    assert_eq!(
+        &host
+            .read_document(&doctor_actor, &id, AccessMode::Normal, None)
+            .expect("read at the host")
+            .body[..],
+        b"archived body"
+    );
+    // The access rules hold as before: a stranger is still denied.
+    let stranger = Actor::Professional(Rpps::parse("19999999999").expect("rpps"));
+    assert!(matches!(
+        host.read_document(&stranger, &id, AccessMode::Normal, None),
+        Err(Error::Denied { .. })
+    ));
+    let err = host.reopen_dossier(&ins(), "again").expect_err("active");
+    assert!(matches!(err, Error::Invalid(_)), "{err}");
+
+    // The site receives it whole at its next round: head, grants, documents, body.
+    sync(&host, &site);
+    assert!(site.has_dossier_key(&ins()).expect("key"));
+    assert_eq!(site.purge_receipt(&ins()).expect("receipt"), None);
+    let info = site.dossier(&ins()).expect("dossier back");
+    assert_eq!(info.head.status, DossierStatus::Active);
+    assert!(info.grants.iter().any(|g| g.rpps == doctor()));
+    assert_eq!(
+        &site
+            .read_document(&doctor_actor, &id, AccessMode::Normal, None)
+            .expect("read at the site")
+            .body[..],
+        b"archived body"
+    );
+    // The closure replayed after the reopening is older: it purges nothing.
+    let cursor = site.pull_cursor().expect("cursor");
+    let report = site
+        .apply_pull(&[(cursor, PullItem::Authority(closed_head))])
+        .expect("apply");
+    assert_eq!(report.purged, 0);
+    assert!(site.has_dossier_key(&ins()).expect("key"));
+    // A new closure purges it again, with a new receipt.
+    host.close_dossier(&ins(), "closed again", false)
+        .expect("close");
+    sync(&host, &site);
+    assert!(!site.has_dossier_key(&ins()).expect("key"));
+    sync(&host, &site);
+    assert_eq!(host.site_purge_receipts(&ins()).expect("receipts").len(), 1);
+}
+
+#[test]
+fn a_receipt_for_an_undone_closure_is_not_kept() {
+    let (_hd, host, _sd, site) = host_and_site();
+    write(&site, "doc", b"body");
+    sync(&host, &site);
+    host.close_dossier(&ins(), "holder's request", false)
+        .expect("close");
+    // The site purges, but its receipt reaches the host only after the reopening.
+    let items = host
+        .pull(
+            site.config().site_id,
+            site.pull_cursor().expect("cursor"),
+            usize::MAX,
+        )
+        .expect("pull");
+    site.apply_pull(&items).expect("apply");
+    assert!(!site.has_dossier_key(&ins()).expect("key"));
+    host.reopen_dossier(&ins(), "holder's request")
+        .expect("reopen");
+    sync(&host, &site);
+    assert!(
+        host.site_purge_receipts(&ins())
+            .expect("receipts")
+            .is_empty()
+    );
+    assert!(site.has_dossier_key(&ins()).expect("key"));
+    assert_eq!(metas(&site).len(), 1);
+}
+
+#[test]
+fn a_closure_and_its_reopening_in_one_batch_purge_nothing() {
+    let (_hd, host, _sd, site) = host_and_site();
+    let id = write(&site, "doc", b"body");
+    sync(&host, &site);
+    let cursor = site.pull_cursor().expect("cursor");
+    host.close_dossier(&ins(), "holder's request", false)
+        .expect("close");
+    let closed = signed_head(&host);
+    host.reopen_dossier(&ins(), "holder's request")
+        .expect("reopen");
+    let reopened = signed_head(&host);
+    let report = site
+        .apply_pull(&[
+            (cursor + 1, PullItem::Authority(closed)),
+            (cursor + 2, PullItem::Authority(reopened)),
+        ])
+        .expect("apply");
+    assert_eq!(report.purged, 0);
+    assert!(
+        site.read_document(
+            &Actor::Professional(doctor()),
+            &id,
+            AccessMode::Normal,
+            None
+        )
+        .is_ok()
+    );
 }
