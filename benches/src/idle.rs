@@ -34,6 +34,7 @@ fn settings(dir: &Path, role: ConfigRole, address: SocketAddr) -> Res<()> {
         log_format: Default::default(),
         sync_every: DEFAULT_SYNC_EVERY,
         lease_hours: None,
+        notification_spool: None,
         http: None,
     }
     .write_new(dir)?;

@@ -147,6 +147,7 @@ fn pair(dir: &Path) -> Res<Pair> {
         log_format: Default::default(),
         sync_every: carnet_syncd::config::DEFAULT_SYNC_EVERY,
         lease_hours: None,
+        notification_spool: None,
         http: None,
     }
     .write_new(&host_dir)?;

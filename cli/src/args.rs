@@ -77,6 +77,10 @@ pub enum Command {
     /// Documents replaced twice by changes that had not seen each other.
     #[command(subcommand)]
     Conflicts(ConflictsCmd),
+    /// Host: what the holder (or representatives) and the médecin traitant are told: emergency
+    /// accesses, a professional's first access, a document announced after being hidden.
+    #[command(subcommand)]
+    Notifications(NotificationsCmd),
     /// Documents written here that the host would not take, kept: see them, read them (their
     /// author), send them again into an open dossier.
     #[command(subcommand)]
@@ -131,6 +135,17 @@ pub enum ConflictsCmd {
         /// Who decides (RPPS).
         #[arg(long = "as")]
         actor: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NotificationsCmd {
+    /// Each notification: id, what, dossier, to whom, when, from which site (an operator read,
+    /// traced).
+    List {
+        /// Only the notifications of this dossier (INS).
+        #[arg(long)]
+        dossier: Option<String>,
     },
 }
 

@@ -17,7 +17,7 @@ use carnet_store::model::{
 use carnet_store::policy::Action;
 use carnet_store::replica::{
     DossierInfo, InitOptions, KeySource, NewDocument, NewDossier, NewRepresentative,
-    QuarantineEntry, QuarantineState, Replica, Role, system_clock,
+    NotificationKind, QuarantineEntry, QuarantineState, Recipient, Replica, Role, system_clock,
 };
 use carnet_store::time::{Millis, format_date, format_rfc3339, parse_date, parse_rfc3339};
 use carnet_syncd::api::Response;
@@ -265,6 +265,9 @@ pub fn run(cli: &Cli) -> Result<Reply> {
         Command::Requests => requests(cli),
         Command::Conflicts(ConflictsCmd::List { dossier }) => conflicts(cli, dossier.as_deref()),
         Command::Quarantine(c) => quarantine(cli, c),
+        Command::Notifications(NotificationsCmd::List { dossier }) => {
+            notifications(cli, dossier.as_deref())
+        }
         Command::Conflicts(ConflictsCmd::Resolve {
             doc,
             keep,
@@ -455,6 +458,7 @@ fn init(cli: &Cli, a: &InitArgs) -> Result<Reply> {
             ),
             Role::Host => None,
         },
+        notification_spool: None,
         http: None,
     };
     let config_path = config.write_new(&dir)?;
@@ -876,6 +880,48 @@ fn requests(cli: &Cli) -> Result<Reply> {
                "rpps": q.rpps.as_ref().map(|r| r.as_str()), "at": q.at})
     });
     Ok(Reply::new(human.trim_end(), Value::Array(json.collect())))
+}
+
+fn notifications(cli: &Cli, dossier: Option<&str>) -> Result<Reply> {
+    let r = open(cli)?;
+    let list = r.notifications(dossier.map(ins).transpose()?)?;
+    let mut human = String::new();
+    for n in &list {
+        let what = match &n.kind {
+            NotificationKind::EmergencyAccess { mode, emergency } => {
+                format!("{} access (emergency #{emergency})", mode.as_str())
+            }
+            NotificationKind::FirstAccess { rpps } => {
+                format!("first access by {}", rpps.as_str())
+            }
+            NotificationKind::DocumentAnnounced { doc } => format!("document {doc} announced"),
+        };
+        let to: Vec<String> = n
+            .recipients
+            .iter()
+            .map(|r| match r {
+                Recipient::Holder => "the holder".to_string(),
+                Recipient::Representative(id) => format!("representative {id}"),
+                Recipient::MedecinTraitant(rpps) => format!("médecin traitant {}", rpps.as_str()),
+            })
+            .collect();
+        human += &format!(
+            "#{} {} site {} dossier {} — {what} — to {}\n",
+            n.id,
+            format_rfc3339(n.at),
+            n.site,
+            n.ins.matricule(),
+            to.join(", "),
+        );
+    }
+    if list.is_empty() {
+        human = "(no notification)".into();
+    }
+    let json = list
+        .iter()
+        .map(carnet_syncd::spool::notification_json)
+        .collect();
+    Ok(Reply::new(human.trim_end(), Value::Array(json)))
 }
 
 fn conflicts(cli: &Cli, dossier: Option<&str>) -> Result<Reply> {

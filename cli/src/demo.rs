@@ -6,8 +6,9 @@
 //! has a grant for, the patient revokes the pharmacy and its copy is purged, a break-glass read
 //! at the clinic reaches the host's emergency list; the mobile unit, out of reach, opens a
 //! dossier for a patient it does not know, reads it by break-glass and writes its report, and
-//! when it reconnects the host merges it into the dossier it holds. The daemons are stopped and
-//! the folder removed at the end, on success or failure.
+//! when it reconnects the host merges it into the dossier it holds and notifies the patient's
+//! médecin traitant. The daemons are stopped and the folder removed at the end, on success or
+//! failure.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -523,7 +524,7 @@ fn scenario(tmp: &Path, daemons: &mut Daemons) -> Result<(), Failure> {
             walker,
             "--rpps",
             DOCTOR,
-            "--treating",
+            "--medecin-traitant",
         ],
         0,
     )?;
@@ -848,6 +849,21 @@ fn scenario(tmp: &Path, daemons: &mut Daemons) -> Result<(), Failure> {
         &["audit", "emergencies"],
         0,
     )?;
+    let told = step(
+        &host,
+        "The host notifies the hiker and Dr Martin, his médecin traitant, of the break-glass",
+        &["notifications", "list", "--dossier", walker],
+        0,
+    )?;
+    let to_martin = format!("médecin traitant {DOCTOR}");
+    if !told
+        .lines()
+        .any(|l| l.contains("bris_de_glace") && l.contains(&to_martin))
+    {
+        return Err(Failure::Usage(
+            "the break-glass of the mobile unit was not notified to the médecin traitant".into(),
+        ));
+    }
 
     println!("\n# Nothing in any data folder is readable without its key:");
     let markers = [

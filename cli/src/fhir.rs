@@ -1,6 +1,6 @@
 //! The holder's full copy as a FHIR R4 Bundle (type `collection`): one Patient, one
 //! DocumentReference per document with its body as a base64 attachment, one AuditEvent per
-//! trace entry.
+//! trace entry, one Communication per notification the host sent the requester.
 //!
 //! Invariant: this is a pure function of a `DossierExport`; the store decided what is in it.
 
@@ -8,7 +8,7 @@ use base64::Engine;
 use carnet_store::audit::{AuditEntry, TraceActor};
 use carnet_store::merge::DocumentMeta;
 use carnet_store::model::{Author, Availability, Sex};
-use carnet_store::replica::DossierExport;
+use carnet_store::replica::{DossierExport, Notification};
 use carnet_store::time::format_rfc3339;
 use serde_json::{Value, json};
 
@@ -41,6 +41,9 @@ pub fn bundle(e: &DossierExport) -> Value {
     }
     for (n, t) in e.traces.iter().enumerate() {
         entries.push(audit_event(n, t, patient_id));
+    }
+    for n in &e.notifications {
+        entries.push(communication(n, patient_id));
     }
     json!({
         "resourceType": "Bundle",
@@ -91,6 +94,22 @@ fn document_reference(m: &DocumentMeta, body: &[u8], patient: &str) -> Value {
                 "creation": format_rfc3339(f.created_at),
             }}],
             "context": {"period": {"start": format_rfc3339(f.service_start)}},
+        }
+    })
+}
+
+/// A notification as sent: to the patient, about the patient, its text as the payload.
+fn communication(n: &Notification, patient: &str) -> Value {
+    json!({
+        "fullUrl": format!("urn:uuid:notification-{}", n.id),
+        "resource": {
+            "resourceType": "Communication",
+            "id": format!("notification-{}", n.id),
+            "status": "completed",
+            "category": [{"coding": [{"system": "urn:carnet:notification", "code": n.kind.name()}]}],
+            "subject": {"reference": format!("urn:uuid:{patient}")},
+            "sent": format_rfc3339(n.at),
+            "payload": [{"contentString": n.patient_text()}],
         }
     })
 }

@@ -15,7 +15,7 @@ use carnet_store::policy::Action;
 use carnet_store::replica::backup::BackupInfo;
 use carnet_store::replica::{
     Conflict, DossierExport, DossierInfo, Emergency, ImportReport, NewDocument, NewDossier,
-    NewRepresentative, QuarantineEntry, ReadOutcome, ReplicaConfig, SiteRequest,
+    NewRepresentative, Notification, QuarantineEntry, ReadOutcome, ReplicaConfig, SiteRequest,
 };
 use carnet_store::time::Millis;
 use carnet_syncd::api::local::Handle;
@@ -493,6 +493,14 @@ impl Store {
                 "the daemon answered no emergency".into(),
             ))
         })
+    }
+
+    /// Host: its notifications (of `dossier` only, if given); traced.
+    pub fn notifications(&self, dossier: Option<Ins>) -> Result<Vec<Notification>> {
+        expect!(
+            self.call(Request::Notifications { dossier })?,
+            Notifications
+        )
     }
 
     /// The documents in conflict (of `dossier` only, if given), with their branches.

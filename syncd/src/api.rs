@@ -22,8 +22,8 @@ use carnet_store::policy::Action;
 use carnet_store::replica::backup::BackupInfo;
 use carnet_store::replica::{
     Conflict, DossierExport, DossierInfo, Emergency, ImportReport, KeySource, NewDocument,
-    NewDossier, NewRepresentative, QuarantineEntry, ReadOutcome, Reader, Replica, ReplicaConfig,
-    SiteRequest,
+    NewDossier, NewRepresentative, Notification, QuarantineEntry, ReadOutcome, Reader, Replica,
+    ReplicaConfig, SiteRequest,
 };
 use carnet_store::time::Millis;
 use serde::{Deserialize, Serialize};
@@ -205,6 +205,11 @@ pub enum Request {
     },
     /// Host: records a review of emergency `id` by `by` (`operator:NAME` or `dpo:NAME`).
     ReviewEmergency { id: u64, by: String, note: String },
+    /// Host: its notifications (of one dossier, if given); an operator read, traced.
+    Notifications {
+        #[serde(default)]
+        dossier: Option<Ins>,
+    },
     /// Where sync stands.
     SyncStatus,
     /// Runs a sync round now and waits for it (site).
@@ -329,6 +334,7 @@ impl Request {
                 | Request::ListDocuments { .. }
                 | Request::ExportDossier { .. }
                 | Request::QuarantineBody { .. }
+                | Request::Notifications { .. }
         );
         !looks && (!traced_read || role == carnet_store::replica::Role::Site)
     }
@@ -552,6 +558,8 @@ pub enum Response {
     },
     /// Emergencies as the host judged them.
     Emergencies(Vec<Emergency>),
+    /// The host's notifications.
+    Notifications(Vec<Notification>),
     /// A backup written.
     Backup(BackupInfo),
 }
@@ -870,6 +878,9 @@ impl Service {
             Request::Emergencies { pending } => Response::Emergencies(r.emergencies(pending)?),
             Request::ReviewEmergency { id, by, note } => {
                 Response::Emergencies(vec![r.review_emergency(id, &by, &note)?])
+            }
+            Request::Notifications { dossier } => {
+                Response::Notifications(r.notifications(dossier.as_ref())?)
             }
             Request::Backup { path } => {
                 if !path.is_absolute() {

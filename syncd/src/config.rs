@@ -67,6 +67,10 @@ pub struct Config {
     /// --lease-hours` said otherwise).
     #[serde(default)]
     pub lease_hours: Option<u32>,
+    /// Host: the folder where the daemon writes one JSON file per notification for a
+    /// messaging gateway (`spool`), relative to the data folder unless absolute: off unless set.
+    #[serde(default)]
+    pub notification_spool: Option<PathBuf>,
     /// The daemon's small HTTP listener (`GET /metrics`, the status page): off unless set.
     #[serde(default)]
     pub http: Option<HttpConfig>,
@@ -129,6 +133,12 @@ impl Config {
                 )));
             }
             _ => {}
+        }
+        if self.role == ConfigRole::Site && self.notification_spool.is_some() {
+            return Err(Error::Invalid(
+                "carnet.toml: notification_spool is for the host (it makes the notifications)"
+                    .into(),
+            ));
         }
         if !(1..=86_400).contains(&self.sync_every) {
             return Err(Error::Invalid(format!(
@@ -193,6 +203,9 @@ impl Config {
         if new.http != self.http {
             restart.push("http");
         }
+        if new.notification_spool != self.notification_spool {
+            restart.push("notification_spool");
+        }
         Ok((
             Config {
                 log_level: new.log_level,
@@ -211,6 +224,16 @@ impl Config {
         } else {
             data.join(&self.inbox)
         }
+    }
+
+    /// The notification spool folder, if set, resolved against the data folder.
+    pub fn spool_dir(&self, data: &Path) -> Option<PathBuf> {
+        let dir = self.notification_spool.as_ref()?;
+        Some(if dir.is_absolute() {
+            dir.clone()
+        } else {
+            data.join(dir)
+        })
     }
 
     /// The commented file `carnet init` writes.
@@ -258,7 +281,10 @@ impl Config {
              sync_every = {}\n\n\
              # Site: hours the host's records stay good without news from the host (DOMAIN §5).\n\
              # Past it, normal reads are refused; break-glass still works, and is traced.\n\
-             {lease}\n{http}",
+             {lease}\n\n\
+             # Host: a folder for a messaging gateway, one JSON file per notification (mode\n\
+             # 0600; holds the dossier's INS), created 0700 if missing. Off unless set.\n\
+             {spool}\n{http}",
             self.inbox.display(),
             self.log_level,
             match self.log_format {
@@ -266,6 +292,10 @@ impl Config {
                 LogFormat::Json => "json",
             },
             self.sync_every,
+            spool = match &self.notification_spool {
+                Some(dir) => format!("notification_spool = \"{}\"", dir.display()),
+                None => "# notification_spool = \"/var/spool/carnet\"".to_string(),
+            },
             http = match &self.http {
                 Some(h) => format!(
                     "\n[http]\nlisten = \"{}\"\n{}",
@@ -310,6 +340,7 @@ mod tests {
             log_format: LogFormat::Json,
             sync_every: default_sync_every(),
             lease_hours: Some(48),
+            notification_spool: None,
             http: None,
         }
     }

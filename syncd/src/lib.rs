@@ -5,8 +5,8 @@
 //! and revocation (`hostkey`), the inbox (`inbox`), the
 //! sans-IO session core (`session`) and its QUIC driver (`net`), the host's view of its sites
 //! (`fleet`), the local API through which `carnet` reaches a replica (`api`), the HTTP
-//! listener (`http`) serving `/metrics` (`metrics`) and the status page (`status_page`), and
-//! systemd's notify protocol (`systemd`).
+//! listener (`http`) serving `/metrics` (`metrics`) and the status page (`status_page`), the
+//! notification spool (`spool`), and systemd's notify protocol (`systemd`).
 
 pub mod api;
 pub mod config;
@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod net;
 pub mod pki;
 pub mod session;
+pub mod spool;
 pub mod status_page;
 pub mod systemd;
 #[cfg(test)]

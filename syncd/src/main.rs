@@ -40,6 +40,8 @@ const COALESCE: Duration = Duration::from_millis(20);
 const BODY_RETRY: Duration = Duration::from_millis(250);
 /// How often the host runs the announcement timer.
 const ANNOUNCEMENT_EVERY: Duration = Duration::from_secs(3600);
+/// How often the host looks for notifications to spool (`notification_spool`).
+const SPOOL_EVERY: Duration = Duration::from_secs(1);
 /// How often the daemon logs certificates close to expiry.
 const CERTIFICATE_CHECK_EVERY: Duration = Duration::from_secs(12 * 3600);
 /// Longest pause between attempts while the host is out of reach.
@@ -273,7 +275,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         };
         let listener = local::bind(&args.data)?;
         match settings.config.role {
-            ConfigRole::Host => host(replica, settings, listener, &notifier, stop).await,
+            ConfigRole::Host => {
+                host(replica, settings, &args.data, listener, &notifier, stop).await
+            }
             ConfigRole::Site => {
                 site(replica, settings, &args.data, listener, &notifier, stop).await
             }
@@ -351,6 +355,7 @@ impl StopSignals {
 async fn host(
     replica: Arc<Replica>,
     mut settings: Settings,
+    data: &std::path::Path,
     listener: tokio::net::UnixListener,
     notifier: &Arc<Notifier>,
     mut stop: StopSignals,
@@ -379,6 +384,10 @@ async fn host(
     let http = start_http(&settings.config, &service).await?;
     let timer = tokio::spawn(announcement_timer(replica.clone(), live.clone()));
     let certificates = tokio::spawn(certificate_watch(replica.clone()));
+    let spool = settings
+        .config
+        .spool_dir(data)
+        .map(|dir| tokio::spawn(notification_spool(replica.clone(), dir)));
     let server = tokio::spawn(net::serve(endpoint.clone(), replica.clone(), live));
     // The local socket and the QUIC endpoint are bound: `carnet` and the sites can reach us.
     ready(
@@ -404,6 +413,9 @@ async fn host(
     }
     timer.abort();
     certificates.abort();
+    if let Some(spool) = spool {
+        spool.abort();
+    }
     if storage_failed {
         // A non-zero exit: systemd starts the daemon again, and redb recovers the file.
         return Err("a write to the database file failed (see the log): restart the daemon".into());
@@ -609,6 +621,34 @@ async fn certificate_watch(replica: Arc<Replica>) {
                 }
             }
             Ok(Err(e)) => tracing::warn!(error = %e, "certificate check"),
+            Err(_) => {}
+        }
+    }
+}
+
+/// Host: writes new notifications to the spool folder every `SPOOL_EVERY`; a spool that cannot
+/// be written is logged and tried again at the next pass (`spool`).
+async fn notification_spool(replica: Arc<Replica>, dir: std::path::PathBuf) {
+    let mut every = tokio::time::interval(SPOOL_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        every.tick().await;
+        let (r, d) = (replica.clone(), dir.clone());
+        match tokio::task::spawn_blocking(move || carnet_syncd::spool::spool_pass(&r, &d)).await {
+            Ok(Ok(written)) => {
+                if written > 0 {
+                    tracing::info!(written, "notifications spooled");
+                }
+                failing = false;
+            }
+            Ok(Err(e)) => {
+                // Once per outage, not every second.
+                if !failing {
+                    tracing::warn!(error = %e, "notification spool");
+                }
+                failing = true;
+            }
             Err(_) => {}
         }
     }

@@ -153,3 +153,12 @@ pub fn signer(site: &Replica) -> crate::pki::Identity {
 pub fn certificate(site: &Replica) -> Vec<u8> {
     signer(site).cert_der
 }
+
+/// A host whose treating doctor listed the dossier's documents there: one notification (his
+/// first access), not spooled yet.
+pub fn host_with_notification() -> (tempfile::TempDir, Replica) {
+    let (tmp, host, _site, ins) = host_and_site();
+    host.list_documents(&carnet_store::model::Actor::Professional(doctor()), &ins)
+        .expect("list");
+    (tmp, host)
+}

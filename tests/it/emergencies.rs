@@ -22,7 +22,7 @@ use crate::support::*;
 /// A host listening on 127.0.0.1 (not started) with `DOCTOR` treating the dossier of `ins_a()`
 /// and a consultation in it; a site enrolled with `DOCTOR` and `ER_DOCTOR` bound and
 /// registered. Answers (host, address, INS, document, site, its enrolment bundle).
-fn host_and_site() -> (Carnet, String, String, String, Carnet, std::path::PathBuf) {
+pub(crate) fn host_and_site() -> (Carnet, String, String, String, Carnet, std::path::PathBuf) {
     let address = format!("127.0.0.1:{}", free_port());
     let host = Carnet::empty();
     host.ok(&["init", "--role", "host", "--listen", &address]);
@@ -51,7 +51,7 @@ fn emergencies_of(host: &Carnet, site: u64, pending: bool) -> Vec<Value> {
         .collect()
 }
 
-fn break_glass(site: &Carnet, doc: &str, reason: &str) -> Vec<u8> {
+pub(crate) fn break_glass(site: &Carnet, doc: &str, reason: &str) -> Vec<u8> {
     site.ok(&[
         "doc",
         "get",

@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use crate::support::*;
 
-fn resources<'a>(bundle: &'a Value, kind: &str) -> Vec<&'a Value> {
+pub(crate) fn resources<'a>(bundle: &'a Value, kind: &str) -> Vec<&'a Value> {
     bundle["entry"]
         .as_array()
         .expect("entries")

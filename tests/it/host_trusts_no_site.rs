@@ -799,7 +799,7 @@ fn nurse_holding_the_hosts_document(w: &World) -> (Rogue, DocumentMeta) {
 }
 
 /// Pushes `change` as the rogue's change `seq`; answers the documents the host returned.
-fn push(rogue: &Rogue, seq: u64, change: Change) -> Vec<DocId> {
+pub(crate) fn push(rogue: &Rogue, seq: u64, change: Change) -> Vec<DocId> {
     let replies = rogue.session(vec![
         rogue.hello(0, seq - 1),
         Msg::Push {

@@ -45,6 +45,7 @@ mod faults;
 mod grants;
 mod host_trusts_no_site;
 mod keys;
+mod notifications;
 mod opened_here;
 mod operator;
 mod pki;

@@ -117,6 +117,7 @@ impl Replica {
         // A site's version that has not seen the release may carry the flag back.
         self.record_host_clears(&txn, before, &meta)?;
         txn.open_table(ANNOUNCEMENTS)?.remove(&self.stored_id(id))?;
+        self.notify_announced(&txn, &meta.facts.ins, *id)?;
         let mut entry = self.admin_entry("announcement-released", Some(&meta.facts.ins), None);
         entry.doc = Some(*id);
         entry.outcome_reason =

@@ -906,6 +906,7 @@ impl Replica {
             }
             if self.config.role == Role::Host {
                 self.forget_emergencies(&txn, &bi)?;
+                self.forget_notifications(&txn, &bi)?;
             }
             if self.signing.is_some() {
                 // The host replaces the head by a signed `Purged` record in the same commit, so

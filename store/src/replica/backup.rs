@@ -200,6 +200,9 @@ pub(super) fn each_table(v: &mut impl Tables) -> Result<()> {
     v.table(AUTHORITY_HISTORY)?;
     v.table(EMERGENCIES)?;
     v.table(TRACE_CONTACTS)?;
+    v.table(NOTIFICATIONS)?;
+    v.table(HELD_NOTIFICATIONS)?;
+    v.table(FIRST_ACCESSES)?;
     Ok(())
 }
 

@@ -89,6 +89,9 @@ pub struct DossierExport {
     pub documents: Vec<ExportedDocument>,
     /// Trace entries of the dossier.
     pub traces: Vec<AuditEntry>,
+    /// The host's notifications to the requester (`notifications`); none at a site.
+    #[serde(default)]
+    pub notifications: Vec<super::Notification>,
 }
 
 /// What the policy needs to know about a dossier and the actor's rights on it.
@@ -764,7 +767,7 @@ impl Replica {
         let outcome = allowed.and_then(|a| self.open_read(a));
         self.audit_commit
             .submit(trace, &|batch| self.commit_traces(batch))?;
-        self.index_host_emergency(&entry)?;
+        self.index_host_entry(&entry)?;
         outcome
     }
 
@@ -785,7 +788,7 @@ impl Replica {
         durable.enqueue()?;
         let outcome = allowed.and_then(|a| self.open_read(a));
         durable.await?;
-        self.index_host_emergency(&entry)?;
+        self.index_host_entry(&entry)?;
         outcome
     }
 
@@ -1090,7 +1093,7 @@ impl Replica {
     /// It holds no document hidden from them and no trace entry about one (DOMAIN §3: until
     /// the announcement consultation releases it), whatever the entry says.
     pub fn export_dossier(&self, actor: &Actor, ins: &Ins) -> Result<DossierExport> {
-        let (documents, head, hidden) = {
+        let (documents, head, hidden, notifications) = {
             let (txn, generation) = self.snapshot()?;
             let (who, tactor) = self.who(&txn, generation, actor)?;
             let bi = self.blind(ins);
@@ -1116,7 +1119,8 @@ impl Replica {
                 out.push(ExportedDocument { meta, body });
             }
             let hidden = self.hidden_from(&txn, generation, &bi, &who)?;
-            (out, ctx.head().clone(), hidden)
+            let notifications = self.notifications_for(&txn, &bi, &who, &hidden)?;
+            (out, ctx.head().clone(), hidden, notifications)
         };
         let traces = self
             .audit_entries(Some(ins))?
@@ -1128,6 +1132,7 @@ impl Replica {
             head,
             documents,
             traces,
+            notifications,
         })
     }
 }

@@ -32,7 +32,7 @@ pub enum Reader<'a> {
 
 impl Replica {
     /// The operator reads at the host only; the read is traced.
-    fn operator_reads(&self, command: &str, ins: Option<&Ins>) -> Result<()> {
+    pub(super) fn operator_reads(&self, command: &str, ins: Option<&Ins>) -> Result<()> {
         if self.config.role != Role::Host {
             return Err(Error::invalid(format!(
                 "at a site, `{command}` is done as a person: add --as RPPS, --as holder or --as representative"

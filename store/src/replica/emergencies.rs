@@ -446,7 +446,8 @@ impl Replica {
         let bi = Ins::parse(&e.ins).map(|i| self.blind(&i))?;
         let row = self.seal_emergency(&e, bi)?;
         table.insert(id, row.as_slice())?;
-        Ok(())
+        drop(table);
+        self.notify_emergency(txn, &e)
     }
 
     fn seal_emergency(&self, e: &Emergency, bi: [u8; 32]) -> Result<Vec<u8>> {

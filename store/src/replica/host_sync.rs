@@ -184,7 +184,11 @@ impl Replica {
         }
         drop((scope, by_dossier));
         match (old, new) {
-            (0, _) => self.log_append(txn, site, &LogItem::Enter(*bi)),
+            (0, _) => {
+                // What the site traced about it before it entered is told now.
+                self.release_held_notifications(txn, site, bi)?;
+                self.log_append(txn, site, &LogItem::Enter(*bi))
+            }
             (_, 0) => self.log_append(txn, site, &LogItem::Leave(*bi)),
             // A grant or an accepted pin may let the site receive more of a dossier it held
             // for another reason: all of it is sent again, as the host now decides it.

@@ -31,6 +31,7 @@ mod high_water;
 mod host_sync;
 mod journal;
 mod local_dossiers;
+mod notifications;
 mod pending_grants;
 mod push_check;
 mod quarantine;
@@ -75,6 +76,7 @@ pub use emergency_fetch::EMERGENCY_VALID;
 pub use high_water::{HIGH_WATER_ENV, check_high_water_from_env, reset_high_water_from_env};
 pub use host_sync::{PullItem, PullPage, PullReport};
 pub use local_dossiers::{LocalDossierState, Proposal};
+pub use notifications::{Notification, NotificationKind, Recipient};
 pub use quarantine::{QuarantineEntry, QuarantineState, Quarantined, Refiling};
 pub use representatives::NewRepresentative;
 pub use restored::RestoreMark;
@@ -1385,20 +1387,27 @@ impl Replica {
     }
 
     /// Makes `entry` durable, sharing one journal sync with concurrent callers.
-    /// At the host, an emergency access is then indexed for its review (`emergencies`).
+    /// At the host, an emergency access is then indexed for its review (`emergencies`), and a
+    /// professional's first access to the dossier notified (`notifications`).
     fn trace_durably(&self, entry: AuditEntry) -> Result<()> {
         let prepared = self.prepare_trace(&entry)?;
         self.audit_commit
             .submit(prepared, &|batch| self.commit_traces(batch))?;
-        self.index_host_emergency(&entry)
+        self.index_host_entry(&entry)
     }
 
     /// At the host, indexes a durable trace entry of an emergency access for its review
-    /// (`emergencies`); nothing otherwise.
-    fn index_host_emergency(&self, entry: &AuditEntry) -> Result<()> {
-        if self.config.role == Role::Host && emergencies::is_emergency(entry) {
+    /// (`emergencies`) and notifies a first access (`notifications`); nothing otherwise (no
+    /// write transaction for an access already known).
+    fn index_host_entry(&self, entry: &AuditEntry) -> Result<()> {
+        if self.config.role != Role::Host {
+            return Ok(());
+        }
+        if emergencies::is_emergency(entry) || self.may_be_first_access(entry)? {
             let txn = self.begin_write()?;
-            self.index_own_emergencies(&txn, std::slice::from_ref(entry))?;
+            let entries = std::slice::from_ref(entry);
+            self.index_own_emergencies(&txn, entries)?;
+            self.notify_first_accesses(&txn, self.config.site_id, entries.iter())?;
             txn.commit()?;
         }
         Ok(())
@@ -1848,6 +1857,7 @@ impl Writer<'_> {
         } = self;
         let staged = staged.into_inner();
         replica.index_own_emergencies(&txn, &staged)?;
+        replica.notify_first_accesses(&txn, replica.config.site_id, staged.iter())?;
         let written = replica.write_traces(&txn, &chain, &staged)?;
         txn.commit()?;
         written.apply(&mut chain, &replica.durability)

@@ -528,6 +528,9 @@ impl Rekey<'_> {
             "host_clears" => self.host_clears(k, v)?,
             "authority_history" => self.authority_history(k, v)?,
             "emergencies" => self.emergencies(k, v)?,
+            "notifications" => self.notifications(k, v)?,
+            "held_notifications" => self.held_notifications(k, v)?,
+            "first_accesses" => (self.remap(table, k, &[Dossier, Pro])?, v.to_vec()),
             // Nothing keyed, nothing sealed: sequences, heads.
             "audit_heads" | "applied" | "site_signed_heads" | "trace_contacts" => {
                 (k.to_vec(), v.to_vec())
@@ -666,7 +669,8 @@ impl Rekey<'_> {
             | meta_key::AUTHORITY_AS_OF
             | meta_key::PULL_CURSOR
             | meta_key::OUTBOX_ACKED
-            | meta_key::CLOCK_SEEN => Ok(Some((k.to_vec(), v.to_vec()))),
+            | meta_key::CLOCK_SEEN
+            | meta_key::NOTIFICATIONS_SPOOLED => Ok(Some((k.to_vec(), v.to_vec()))),
             // The journal starts empty: its epoch moves past both live ones.
             meta_key::JOURNAL_EPOCH => bumped(2),
             meta_key::OPEN_EPOCH => bumped(1),
@@ -1025,14 +1029,52 @@ impl Rekey<'_> {
         let table = "emergencies";
         let id = <u64 as Value>::from_bytes(k);
         let mut row: super::emergencies::IndexRow = postcard::from_bytes(v)?;
-        row.bi = self.dossier(table, &row.bi)?;
         let a = super::emergencies::emergency_aad(id);
-        row.sealed = Self::reseal(
-            table,
-            (&self.old.keys.audit, &a),
-            (&self.new.audit, &a),
-            &row.sealed,
-        )?;
+        self.blind_row(table, &a, &mut row.bi, &mut row.sealed)?;
         Ok((k.to_vec(), postcard::to_stdvec(&row)?))
+    }
+
+    /// A row keyed by id with a dossier's blind index in clear and a value sealed with the
+    /// audit key under `a` (`emergencies`, `notifications`): both re-keyed in place.
+    fn blind_row(
+        &mut self,
+        table: &str,
+        a: &[u8],
+        bi: &mut [u8; 32],
+        sealed: &mut Vec<u8>,
+    ) -> Result<()> {
+        *bi = self.dossier(table, bi)?;
+        *sealed = Self::reseal(
+            table,
+            (&self.old.keys.audit, a),
+            (&self.new.audit, a),
+            sealed,
+        )?;
+        Ok(())
+    }
+
+    fn notifications(&mut self, k: &[u8], v: &[u8]) -> Result<Row> {
+        let table = "notifications";
+        let id = <u64 as Value>::from_bytes(k);
+        let mut row: super::notifications::NotificationRow = postcard::from_bytes(v)?;
+        let a = super::notifications::notification_aad(id);
+        self.blind_row(table, &a, &mut row.bi, &mut row.sealed)?;
+        Ok((k.to_vec(), postcard::to_stdvec(&row)?))
+    }
+
+    /// `held_notifications`: keyed by dossier, site and counter, sealed bound to the key.
+    fn held_notifications(&mut self, k: &[u8], v: &[u8]) -> Result<Row> {
+        let table = "held_notifications";
+        let key = self.remap(table, k, &[Dossier, Same(12)])?;
+        let v = Self::reseal(
+            table,
+            (
+                &self.old.keys.audit,
+                &super::notifications::held_event_aad(k),
+            ),
+            (&self.new.audit, &super::notifications::held_event_aad(&key)),
+            v,
+        )?;
+        Ok((key, v))
     }
 }

@@ -132,6 +132,17 @@ pub const EMERGENCIES: TableDefinition<u64, &[u8]> = TableDefinition::new("emerg
 /// Host: per site, its last contact whose trace the host held whole (postcard: trace head and
 /// host time). In clear: no patient data.
 pub const TRACE_CONTACTS: TableDefinition<u32, &[u8]> = TableDefinition::new("trace_contacts");
+/// Host: its notifications (`notifications::NotificationRow`, postcard): id → the dossier's
+/// blind index in clear, the rest sealed with the audit key, bound to the id.
+pub const NOTIFICATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("notifications");
+/// Host: events a site traced about a dossier outside its scope, waiting for it to enter:
+/// `blind index ‖ site (u32 BE) ‖ counter (u64 BE)` → sealed event (audit key, bound to the
+/// key).
+pub const HELD_NOTIFICATIONS: TableDefinition<&[u8], &[u8]> =
+    TableDefinition::new("held_notifications");
+/// Host: the professionals whose access to a dossier it learnt of (their first was notified):
+/// `blind index ‖ rpps_index`.
+pub const FIRST_ACCESSES: TableDefinition<&[u8], ()> = TableDefinition::new("first_accesses");
 /// Per origin site, the highest change sequence applied here (exactly-once).
 pub const APPLIED: TableDefinition<u32, u64> = TableDefinition::new("applied");
 
@@ -171,6 +182,8 @@ pub mod meta_key {
     /// The key the local trace chain is hashed with, wrapped by the master key; written by a
     /// full rotation (`rekey`), before which the chain key is derived from the audit key.
     pub const CHAIN_KEY: &str = "chain_key";
+    /// Host: the highest notification id written to the spool (u64 LE).
+    pub const NOTIFICATIONS_SPOOLED: &str = "notifications_spooled";
 }
 
 /// The format this build writes. A newer stored format is refused, and so is an older one: the
@@ -197,7 +210,9 @@ pub mod meta_key {
 /// - 8: the signed records held are of record format 4 (`authority::RECORD_FORMAT`): a
 ///   closure records whether the holder asked the dossier's deletion
 ///   (`Closure::deletion_requested`); the host keeps why it returned each change to a site
-///   (`RETURNED` rows carry the reason, and a refused dossier proposal has a row of its own).
+///   (`RETURNED` rows carry the reason, and a refused dossier proposal has a row of its own);
+///   the host keeps the notifications it makes (`NOTIFICATIONS`, `HELD_NOTIFICATIONS`,
+///   `FIRST_ACCESSES`).
 pub const FORMAT_VERSION: u32 = 8;
 
 /// The oldest format this build opens.

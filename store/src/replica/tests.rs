@@ -5477,3 +5477,223 @@ fn a_closure_and_its_reopening_in_one_batch_purge_nothing() {
         .is_ok()
     );
 }
+
+// ---- notifications ----
+
+/// The host's notifications, read as its operator.
+fn notified(host: &Replica) -> Vec<Notification> {
+    host.notifications(None).expect("notifications")
+}
+
+fn kinds(list: &[Notification]) -> Vec<&'static str> {
+    list.iter().map(|n| n.kind.name()).collect()
+}
+
+fn table_len<K: redb::Key + 'static, V: redb::Value + 'static>(
+    r: &Replica,
+    table: redb::TableDefinition<K, V>,
+) -> u64 {
+    let txn = r.begin_read().expect("read");
+    match txn.open_table(table) {
+        Ok(t) => t.len().expect("len"),
+        Err(redb::TableError::TableDoesNotExist(_)) => 0,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn an_offline_break_glass_read_tells_the_holder_and_the_medecin_traitant_once() {
+    let (_hd, host, _sd, site) = host_and_site();
+    host.set_grant(
+        &ins(),
+        &doctor(),
+        GrantState::Active,
+        GrantBasis::MedecinTraitant,
+        None,
+    )
+    .expect("médecin traitant");
+    // The doctor writes at the host: his first access, told to the holder only.
+    let id = write(&host, "compte rendu", b"cr");
+    let first = notified(&host);
+    assert_eq!(kinds(&first), ["first_access"]);
+    assert_eq!(first[0].recipients, [Recipient::Holder]);
+    assert_eq!(
+        first[0].kind,
+        NotificationKind::FirstAccess { rpps: doctor() }
+    );
+    // Again: not a first access any more.
+    write(&host, "second", b"2");
+    assert_eq!(notified(&host).len(), 1);
+    sync(&host, &site);
+    // The nurse reads by break-glass at the site, offline; the trace reaches the host twice.
+    site.read_document(
+        &Actor::Professional(nurse()),
+        &id,
+        AccessMode::BreakGlass,
+        Some("unconscious"),
+    )
+    .expect("break-glass");
+    assert!(
+        site.notifications(None).is_err(),
+        "a site neither makes nor lists notifications"
+    );
+    assert_eq!(table_len(&site, NOTIFICATIONS), 0);
+    push_traces(&host, &site);
+    push_traces(&host, &site);
+    let list = notified(&host);
+    assert_eq!(kinds(&list), ["first_access", "emergency_access"], "once");
+    let e = &list[1];
+    assert_eq!(e.site, site.config().site_id);
+    assert_eq!(e.doc, Some(id));
+    assert_eq!(
+        e.recipients,
+        [Recipient::Holder, Recipient::MedecinTraitant(doctor())]
+    );
+    let emergency = host.emergencies(false).expect("emergencies");
+    assert_eq!(
+        e.kind,
+        NotificationKind::EmergencyAccess {
+            mode: AccessMode::BreakGlass,
+            emergency: emergency[0].id
+        }
+    );
+    // The nurse's break-glass counted as her access: her next read is no first access.
+    assert_eq!(table_len(&host, FIRST_ACCESSES), 2);
+    // A restart changes nothing; listing is traced as the operator's read.
+    drop(host);
+    let host = Replica::open(_hd.path(), &KeySource::File, clock()).expect("reopen");
+    push_traces(&host, &site);
+    assert_eq!(notified(&host).len(), 2);
+    assert!(!admin_traced(&host, "operator-notifications-list").is_empty());
+    // The holder's export carries both; the spool takes them once.
+    let export = host.export_dossier(&Actor::Holder, &ins()).expect("export");
+    assert_eq!(export.notifications.len(), 2);
+    assert_eq!(host.notifications_to_spool().expect("spool").len(), 2);
+    host.mark_notifications_spooled(2).expect("mark");
+    host.mark_notifications_spooled(1).expect("never lowered");
+    assert!(host.notifications_to_spool().expect("spool").is_empty());
+    // A full rotation keeps them, the spool's mark and the first accesses.
+    let (host, _) = host.rotate_full(&KeySource::File).expect("rotate");
+    assert_eq!(notified(&host).len(), 2);
+    assert!(host.notifications_to_spool().expect("spool").is_empty());
+    write(&host, "third", b"3");
+    assert_eq!(notified(&host).len(), 2, "the doctor's access is known");
+}
+
+#[test]
+fn a_minors_representatives_are_told_instead_of_the_holder_and_read_it_in_their_export() {
+    let (_hd, host, _sd, _site) = host_and_site();
+    let mut d = new_dossier(walk_in());
+    d.holder = HolderKind::Minor;
+    d.identity.birth_date = "2020-01-01".into();
+    d.representatives = vec![NewRepresentative {
+        name: "Parent".into(),
+        relationship: "mother".into(),
+    }];
+    host.create_dossier(d).expect("minor's dossier");
+    write_as(&host, &nurse(), &walk_in(), "vaccination");
+    let list = host.notifications(Some(&walk_in())).expect("list");
+    assert_eq!(kinds(&list), ["first_access"]);
+    let r1 = crate::ids::RepresentativeId(1);
+    assert_eq!(list[0].recipients, [Recipient::Representative(r1)]);
+    assert!(host.notifications(Some(&ins())).expect("other").is_empty());
+    let export = host
+        .export_dossier(&Actor::Representative(r1), &walk_in())
+        .expect("export");
+    assert_eq!(export.notifications, list);
+}
+
+#[test]
+fn a_document_announced_is_told_once_and_nothing_about_a_hidden_one_is_exported() {
+    use std::sync::atomic::Ordering;
+    let (_dirs, now, host, site) = host_and_site_on_a_clock();
+    let id = write(&site, "résultat", b"to be announced");
+    site.update_document(&Actor::Professional(doctor()), &id, Action::HideFromPatient)
+        .expect("hide");
+    sync(&host, &site);
+    // A break-glass read of the hidden document at the host: told, but not in the holder's
+    // export while the document is hidden.
+    host.read_document(
+        &Actor::Professional(nurse()),
+        &id,
+        AccessMode::BreakGlass,
+        Some("unconscious"),
+    )
+    .expect("break-glass");
+    assert_eq!(kinds(&notified(&host)), ["emergency_access"]);
+    let exported = |r: &Replica| {
+        r.export_dossier(&Actor::Holder, &ins())
+            .expect("export")
+            .notifications
+    };
+    assert!(exported(&host).is_empty(), "about a hidden document");
+    now.fetch_add(15 * 24 * 3_600_000, Ordering::SeqCst);
+    host.run_announcement_timer().expect("told");
+    assert_eq!(notified(&host).len(), 1, "told is not announced");
+    now.fetch_add(16 * 24 * 3_600_000, Ordering::SeqCst);
+    host.run_announcement_timer().expect("released");
+    host.run_announcement_timer().expect("again");
+    let list = notified(&host);
+    assert_eq!(kinds(&list), ["emergency_access", "document_announced"]);
+    assert_eq!(
+        list[1].kind,
+        NotificationKind::DocumentAnnounced { doc: id }
+    );
+    assert_eq!(list[1].recipients, [Recipient::Holder]);
+    assert_eq!(exported(&host), list, "visible now: both exported");
+}
+
+#[test]
+fn what_a_site_traced_outside_its_scope_is_told_only_once_the_dossier_enters_it() {
+    let (_hd, host, _sd, site) = host_and_site();
+    // A dossier the host holds and the site does not: the site opens its own for that INS.
+    host.create_dossier(new_dossier(walk_in())).expect("host's");
+    site.open_dossier_here(new_dossier(walk_in()), &Actor::Professional(doctor()))
+        .expect("open here");
+    let id = write_as(&site, &nurse(), &walk_in(), "first aid");
+    site.read_document(
+        &Actor::Professional(doctor()),
+        &id,
+        AccessMode::BreakGlass,
+        Some("unconscious"),
+    )
+    .expect("break-glass");
+    // Its trace arrives first: outside its scope, nothing is told.
+    push_traces(&host, &site);
+    assert!(notified(&host).is_empty());
+    assert!(table_len(&host, HELD_NOTIFICATIONS) > 0);
+    // A full rotation re-keys what is held.
+    let (host, _) = host.rotate_full(&KeySource::File).expect("rotate");
+    // Then its push: the host merges the dossier, which enters the site's scope.
+    sync(&host, &site);
+    let list = host.notifications(Some(&walk_in())).expect("list");
+    // In the order the site traced them, the emergencies of a batch first.
+    assert_eq!(
+        kinds(&list),
+        ["emergency_access", "first_access"],
+        "{list:?}"
+    );
+    assert_eq!(
+        list[1].kind,
+        NotificationKind::FirstAccess { rpps: nurse() }
+    );
+    assert_eq!(table_len(&host, HELD_NOTIFICATIONS), 0);
+    sync(&host, &site);
+    assert_eq!(notified(&host).len(), 2);
+}
+
+#[test]
+fn a_purge_drops_the_notifications_of_the_dossier_and_its_first_accesses() {
+    let (_hd, host, _sd, _site) = host_and_site();
+    host.create_dossier(new_dossier(walk_in())).expect("other");
+    write(&host, "cr", b"cr");
+    write_as(&host, &doctor(), &walk_in(), "cr");
+    assert_eq!(notified(&host).len(), 2);
+    host.close_dossier(&ins(), "holder's request", true)
+        .expect("close");
+    host.purge_dossier(&ins()).expect("purge");
+    let left = notified(&host);
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].ins, walk_in());
+    assert_eq!(table_len(&host, FIRST_ACCESSES), 1);
+}
