@@ -43,14 +43,46 @@ fn days_in_month(y: i64, m: u32) -> u32 {
     }
 }
 
-/// Parses `YYYY-MM-DD` and returns the Unix milliseconds of its midnight UTC.
+/// The first year a date in Carnet may fall in: no one alive was born before it.
+pub const FIRST_YEAR: i64 = 1870;
+/// The last year a date in Carnet may fall in: no care, grant or record is dated after it.
+pub const LAST_YEAR: i64 = 2199;
+
+/// Refuses an instant outside the years `FIRST_YEAR` to `LAST_YEAR` (a typo, a clock gone
+/// wrong or a value crafted to overflow what is computed from it); `what` names it.
+pub fn check_plausible(ms: Millis, what: &str) -> Result<Millis> {
+    let first = days_from_civil(FIRST_YEAR, 1, 1) * MS_PER_DAY;
+    let after = days_from_civil(LAST_YEAR + 1, 1, 1) * MS_PER_DAY;
+    if (first..after).contains(&ms) {
+        Ok(ms)
+    } else {
+        Err(Error::invalid(format!(
+            "{what} is out of range: Carnet takes dates from {FIRST_YEAR} to {LAST_YEAR}"
+        )))
+    }
+}
+
+/// Parses `YYYY-MM-DD` and returns the Unix milliseconds of its midnight UTC; the year is four
+/// digits from `FIRST_YEAR` to `LAST_YEAR`.
 pub fn parse_date(text: &str) -> Result<Millis> {
+    check_plausible(parse_calendar_date(text)?, &format!("the date '{text}'"))
+}
+
+/// Parses `YYYY-MM-DD`, any four-digit year (a certificate's validity may end in 9999), to the
+/// Unix milliseconds of its midnight UTC. Dates a person gives go through `parse_date`.
+pub fn parse_calendar_date(text: &str) -> Result<Millis> {
     let err = || Error::invalid(format!("invalid date '{text}': expected YYYY-MM-DD"));
     let parts: Vec<&str> = text.trim().split('-').collect();
     let [y, m, d] = parts.as_slice() else {
         return Err(err());
     };
     if y.len() != 4 || m.len() != 2 || d.len() != 2 {
+        return Err(err());
+    }
+    if ![y, m, d]
+        .iter()
+        .all(|p| p.bytes().all(|b| b.is_ascii_digit()))
+    {
         return Err(err());
     }
     let (y, m, d): (i64, u32, u32) = (
@@ -108,7 +140,7 @@ pub fn parse_rfc3339(text: &str) -> Result<Millis> {
         .split_once(['T', 't'])
         .filter(|(d, _)| d.len() == 10)
         .ok_or_else(err)?;
-    let day = parse_date(date).map_err(|_| err())?;
+    let day = parse_calendar_date(date).map_err(|_| err())?;
     let (clock, offset_ms) = if let Some(clock) = rest.strip_suffix(['Z', 'z']) {
         (clock, 0)
     } else {
@@ -131,12 +163,14 @@ pub fn parse_rfc3339(text: &str) -> Result<Millis> {
         return Err(err());
     };
     let millis: i64 = format!("{fraction:0<3}")[..3].parse().map_err(|_| err())?;
-    Ok(day
-        + two_digits(h, 23)? * 3_600_000
-        + two_digits(m, 59)? * 60_000
-        + two_digits(sec, 59)? * 1000
-        + millis
-        - offset_ms)
+    check_plausible(
+        day + two_digits(h, 23)? * 3_600_000
+            + two_digits(m, 59)? * 60_000
+            + two_digits(sec, 59)? * 1000
+            + millis
+            - offset_ms,
+        &format!("the time '{text}'"),
+    )
 }
 
 /// Formats as `YYYY-MM-DD`.
@@ -270,8 +304,17 @@ mod tests {
             "26-01-01",
             "2026/01/01",
             "x",
+            "+026-01-01",
+            "0000-01-01",
+            "1869-12-31",
+            "2200-01-01",
+            "9999-12-31",
         ] {
             assert!(parse_date(text).is_err(), "{text}");
         }
+        assert!(parse_date("1870-01-01").is_ok() && parse_date("2199-12-31").is_ok());
+        assert!(parse_rfc3339("2199-12-31T23:30:00-01:00").is_err());
+        assert!(check_plausible(i64::MAX, "an end").is_err());
+        assert!(check_plausible(i64::MIN, "a start").is_err());
     }
 }

@@ -426,7 +426,8 @@ mod der {
         if h > 23 || m > 59 || s > 60 {
             return Err(malformed());
         }
-        let midnight = carnet_store::time::parse_date(&date).map_err(|_| malformed())? / 1000;
+        let midnight =
+            carnet_store::time::parse_calendar_date(&date).map_err(|_| malformed())? / 1000;
         Ok(midnight + h * 3600 + m * 60 + s)
     }
 }

@@ -1190,6 +1190,14 @@ fn validate_new(d: &NewDocument) -> Result<()> {
     if d.type_code.trim().is_empty() {
         return Err(Error::invalid("a document needs a type code (--type)"));
     }
+    for (at, what) in [
+        (d.service_start, "the service start"),
+        (d.service_end, "the service end"),
+    ] {
+        if let Some(at) = at {
+            crate::time::check_plausible(at, what)?;
+        }
+    }
     if let (Some(s), Some(e)) = (d.service_start, d.service_end)
         && e < s
     {

@@ -82,6 +82,7 @@ impl Replica {
         let now = self.now();
         let designates = basis == GrantBasis::MedecinTraitant && state == GrantState::Active;
         if let Some(until) = until {
+            crate::time::check_plausible(until, "the end of the grant")?;
             if state != GrantState::Active {
                 return Err(Error::invalid("only an active grant has an end (--until)"));
             }

@@ -5697,3 +5697,40 @@ fn a_purge_drops_the_notifications_of_the_dossier_and_its_first_accesses() {
     assert_eq!(left[0].ins, walk_in());
     assert_eq!(table_len(&host, FIRST_ACCESSES), 1);
 }
+
+#[test]
+fn a_document_or_a_grant_dated_outside_living_memory_is_refused_and_changes_nothing() {
+    let (_hd, r, _sd, _site) = host_and_site();
+    let before = r.dossier(&ins()).expect("dossier").documents;
+    for (start, end) in [
+        (Some(i64::MIN), None),
+        (Some(-10_000_000_000_000), None),
+        (None, Some(i64::MAX)),
+        (Some(0), Some(8_000_000_000_000)),
+    ] {
+        let mut d = doc("dated wrongly", b"synthetic");
+        d.service_start = start;
+        d.service_end = end;
+        let e = r
+            .put_document(
+                &Actor::Professional(doctor()),
+                AccessMode::Normal,
+                None,
+                &ins(),
+                d,
+            )
+            .expect_err("refused");
+        assert!(e.to_string().contains("out of range"), "{e}");
+    }
+    assert_eq!(r.dossier(&ins()).expect("dossier").documents, before);
+    let e = r
+        .set_grant(
+            &ins(),
+            &nurse(),
+            GrantState::Active,
+            GrantBasis::Consent,
+            Some(i64::MAX),
+        )
+        .expect_err("refused");
+    assert!(e.to_string().contains("out of range"), "{e}");
+}
