@@ -418,50 +418,16 @@ fn init(cli: &Cli, a: &InitArgs) -> Result<Reply> {
         ),
         KeySource::Passphrase(_) => "passphrase from CARNET_PASSPHRASE".to_string(),
     };
-    let r = Replica::init(
-        &dir,
-        InitOptions {
-            role,
-            name: bundle
-                .as_ref()
-                .map(|b| b.name.clone())
-                .or_else(|| a.name.clone())
-                .unwrap_or_else(|| role.as_str().to_string()),
-            site_id: bundle
-                .as_ref()
-                .map(|b| SiteId(b.site_id))
-                .or(a.site_id.map(SiteId)),
-            key: source,
-            host_key,
-            lease_hours: a.lease_hours,
-        },
-        system_clock(),
-    )?;
-    if let Some(b) = &bundle {
-        carnet_syncd::enrol::install_site(&r, b)?;
-    }
-    let config = carnet_syncd::config::Config {
-        role: match role {
-            Role::Host => carnet_syncd::config::ConfigRole::Host,
-            Role::Site => carnet_syncd::config::ConfigRole::Site,
-        },
-        listen,
-        host_address: bundle.as_ref().and_then(|b| b.host_address.parse().ok()),
-        inbox: "inbox".into(),
-        log_level: "info".into(),
-        log_format: Default::default(),
-        sync_every: carnet_syncd::config::DEFAULT_SYNC_EVERY,
-        lease_hours: match role {
-            Role::Site => Some(
-                a.lease_hours
-                    .unwrap_or(carnet_store::replica::DEFAULT_LEASE_HOURS),
-            ),
-            Role::Host => None,
-        },
-        notification_spool: None,
-        http: None,
-    };
-    let config_path = config.write_new(&dir)?;
+    // Everything this init writes goes again if a step fails (a full disk): nothing is left
+    // that would block the next `init`.
+    let fresh: Vec<PathBuf> = carnet_store::replica::DATA_FILES
+        .iter()
+        .chain([&carnet_syncd::config::CONFIG_FILE])
+        .map(|f| dir.join(f))
+        .filter(|p| !p.exists())
+        .collect();
+    let made = init_in(&dir, a, role, listen, bundle.as_ref(), host_key, source);
+    let (r, config_path) = made.inspect_err(|_| carnet_store::replica::remove_created(&fresh))?;
     let c = r.config();
     let host_key = r.host_key()?.map(|k| hex(&k));
     Ok(Reply::new(
@@ -488,6 +454,59 @@ fn init(cli: &Cli, a: &InitArgs) -> Result<Reply> {
                "data": dir.display().to_string(), "host_key": host_key,
                "enrolled": bundle.is_some()}),
     ))
+}
+
+/// The writing part of `init`: the replica, the site's enrolment, `carnet.toml`.
+fn init_in(
+    dir: &Path,
+    a: &InitArgs,
+    role: Role,
+    listen: Option<std::net::SocketAddr>,
+    bundle: Option<&carnet_syncd::enrol::Bundle>,
+    host_key: Option<[u8; 32]>,
+    source: KeySource,
+) -> Result<(Replica, PathBuf)> {
+    let r = Replica::init(
+        dir,
+        InitOptions {
+            role,
+            name: bundle
+                .map(|b| b.name.clone())
+                .or_else(|| a.name.clone())
+                .unwrap_or_else(|| role.as_str().to_string()),
+            site_id: bundle.map(|b| SiteId(b.site_id)).or(a.site_id.map(SiteId)),
+            key: source,
+            host_key,
+            lease_hours: a.lease_hours,
+        },
+        system_clock(),
+    )?;
+    if let Some(b) = bundle {
+        carnet_syncd::enrol::install_site(&r, b)?;
+    }
+    let config = carnet_syncd::config::Config {
+        role: match role {
+            Role::Host => carnet_syncd::config::ConfigRole::Host,
+            Role::Site => carnet_syncd::config::ConfigRole::Site,
+        },
+        listen,
+        host_address: bundle.and_then(|b| b.host_address.parse().ok()),
+        inbox: "inbox".into(),
+        log_level: "info".into(),
+        log_format: Default::default(),
+        sync_every: carnet_syncd::config::DEFAULT_SYNC_EVERY,
+        lease_hours: match role {
+            Role::Site => Some(
+                a.lease_hours
+                    .unwrap_or(carnet_store::replica::DEFAULT_LEASE_HOURS),
+            ),
+            Role::Host => None,
+        },
+        notification_spool: None,
+        http: None,
+    };
+    let config_path = config.write_new(dir)?;
+    Ok((r, config_path))
 }
 
 fn sync(cli: &Cli, c: &SyncCmd) -> Result<Reply> {

@@ -814,3 +814,25 @@ fn audit_show_and_verify() {
     assert_eq!(actions, vec!["operator-audit-show"]);
     other.fails(2, &["audit", "show", "--dossier", "123"]);
 }
+
+#[test]
+fn an_init_that_runs_out_of_disk_leaves_nothing_behind_and_a_new_init_works() {
+    let c = Carnet::empty();
+    // A full disk, emulated: files may not grow past 16 KiB (a write past it fails with EFBIG;
+    // the signal that would kill the process is ignored).
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("trap '' XFSZ; ulimit -f 32; exec \"$0\" --data \"$1\" init --role host")
+        .arg(bin())
+        .arg(&c.data)
+        .env_remove("CARNET_PASSPHRASE")
+        .output()
+        .expect("sh runs");
+    assert_ne!(out.status.code(), Some(0), "the init cannot succeed");
+    let left: Vec<_> = std::fs::read_dir(&c.data)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "a failed init leaves nothing: {left:?}");
+    c.ok(&["init", "--role", "host"]);
+    c.ok(&["dossier", "list"]);
+}

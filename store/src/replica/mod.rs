@@ -100,6 +100,17 @@ use tables::*;
 pub const DB_FILE: &str = "carnet.redb";
 /// File name of the master key inside the data folder (mode 0600).
 pub const KEY_FILE: &str = "master.key";
+/// The files a replica keeps in its data folder.
+pub const DATA_FILES: [&str; 3] = [DB_FILE, KEY_FILE, journal::JOURNAL_FILE];
+
+/// Removes the files of `fresh` that exist now: what a failed creation wrote (they did not
+/// exist before it), so that it leaves nothing that blocks the next attempt. Best effort: the
+/// caller reports the failure that brought it here.
+pub fn remove_created(fresh: &[std::path::PathBuf]) {
+    for path in fresh.iter().filter(|p| p.exists()) {
+        let _ = std::fs::remove_file(path);
+    }
+}
 const KEY_FILE_NEW: &str = "master.key.new";
 const KEY_CHECK: &[u8] = b"carnet master key check";
 /// Associated data of the key check of a replica whose `meta` table is authenticated
@@ -394,8 +405,18 @@ fn sync_dir(dir: &Path) {
 }
 
 impl Replica {
-    /// Creates a new replica in `dir` (created if missing). Fails if one exists there.
+    /// Creates a new replica in `dir` (created if missing). Fails if one exists there; a
+    /// creation that fails midway (a full disk) removes the files it wrote.
     pub fn init(dir: &Path, opts: InitOptions, clock: Clock) -> Result<Replica> {
+        let fresh: Vec<std::path::PathBuf> = DATA_FILES
+            .iter()
+            .map(|f| dir.join(f))
+            .filter(|p| !p.exists())
+            .collect();
+        Self::create(dir, opts, clock).inspect_err(|_| remove_created(&fresh))
+    }
+
+    fn create(dir: &Path, opts: InitOptions, clock: Clock) -> Result<Replica> {
         // Check every input before anything is written.
         if let Some(k) = &opts.host_key {
             VerifyingKey::from_bytes(k).map_err(|_| {
