@@ -64,12 +64,23 @@ storage_from!(
     redb::Error,
     redb::DatabaseError,
     redb::TransactionError,
-    redb::TableError,
     redb::StorageError,
     redb::CommitError,
     redb::SetDurabilityError,
     std::io::Error
 );
+
+impl From<redb::TableError> for Error {
+    fn from(e: redb::TableError) -> Self {
+        match e {
+            // Every table a replica reads exists from its init on: one missing was removed.
+            redb::TableError::TableDoesNotExist(name) => Error::Integrity(format!(
+                "table {name} is missing from carnet.redb (removed outside Carnet): restore the data folder from your last backup"
+            )),
+            e => Error::Storage(e.to_string()),
+        }
+    }
+}
 
 impl From<postcard::Error> for Error {
     fn from(e: postcard::Error) -> Self {

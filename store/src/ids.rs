@@ -175,8 +175,33 @@ impl fmt::Debug for Ins {
 macro_rules! digit_id {
     ($name:ident, $len:expr, $what:expr) => {
         #[doc = concat!("A ", $what, " (", stringify!($len), " characters).")]
+        #[doc = ""]
+        #[doc = "Decoding one (the local API, an inbox sidecar, a peer, a bundle, a stored record) goes through `parse` too."]
         #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
         pub struct $name(String);
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = Error;
+
+            fn try_from(text: String) -> Result<Self> {
+                let parsed = $name::parse(&text)?;
+                // Only the exact form `parse` gives: what was signed or sealed stays the same
+                // bytes when decoded and encoded again.
+                if parsed.0 != text {
+                    return Err(Error::invalid(format!(
+                        concat!("invalid ", $what, ": written with spaces or in lower case")
+                    )));
+                }
+                Ok(parsed)
+            }
+        }
 
         impl $name {
             /// Returns the identifier as written.
@@ -435,5 +460,30 @@ mod tests {
         }
         let wire = postcard::to_stdvec(&good).expect("encode");
         assert_eq!(postcard::from_bytes::<Ins>(&wire).expect("decode"), good);
+    }
+
+    #[test]
+    fn an_rpps_or_finess_decoded_from_json_or_postcard_is_parsed() {
+        for bad in [
+            "abc",
+            "",
+            "1234567890",
+            "123456789012",
+            "../\u{1b}[31m",
+            " 10000000001",
+        ] {
+            let json = format!("\"{bad}\"");
+            assert!(serde_json::from_str::<Rpps>(&json).is_err(), "{bad}");
+            let wire = postcard::to_stdvec(&bad.to_string()).expect("encode");
+            assert!(postcard::from_bytes::<Rpps>(&wire).is_err(), "{bad}");
+        }
+        let rpps = Rpps::parse("10000000001").expect("rpps");
+        let json = serde_json::to_string(&rpps).expect("encode");
+        assert_eq!(json, "\"10000000001\"");
+        assert_eq!(serde_json::from_str::<Rpps>(&json).expect("decode"), rpps);
+        let wire = postcard::to_stdvec(&rpps).expect("encode");
+        assert_eq!(postcard::from_bytes::<Rpps>(&wire).expect("decode"), rpps);
+        assert!(serde_json::from_str::<Finess>("\"2a0000001\"").is_err());
+        assert!(serde_json::from_str::<Finess>("\"2A0000001\"").is_ok());
     }
 }

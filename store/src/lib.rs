@@ -18,6 +18,7 @@ pub mod model;
 pub mod padding;
 pub mod policy;
 pub mod replica;
+pub mod text;
 pub mod time;
 
 pub use error::{Error, Result};

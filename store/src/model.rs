@@ -133,6 +133,37 @@ pub struct Identity {
     pub status: IdentityStatus,
 }
 
+/// Longest name (birth name, first names, a professional's name), in characters.
+pub const NAME_CHARS_MAX: usize = 200;
+
+impl Identity {
+    /// Refuses traits no one has: a name empty, too long or with formatting characters
+    /// (`text`), a birth date not a date Carnet takes, a birthplace not a 5-character code.
+    pub fn check(&self) -> Result<()> {
+        crate::time::parse_date(&self.birth_date)?;
+        crate::text::required_line(&self.birth_name, "the birth name", NAME_CHARS_MAX)?;
+        crate::text::required_line(&self.first_names, "the first names", NAME_CHARS_MAX)?;
+        if let Some(place) = &self.birthplace {
+            crate::text::code(place, "the birthplace (INSEE code)", 5)?;
+        }
+        Ok(())
+    }
+}
+
+impl Professional {
+    /// Refuses a name or specialty too long or with formatting characters (`text`); the RPPS
+    /// was parsed when the value was made.
+    pub fn check(&self) -> Result<()> {
+        if let Some(name) = &self.name {
+            crate::text::line(name, "the professional's name", NAME_CHARS_MAX)?;
+        }
+        if let Some(specialty) = &self.specialty {
+            crate::text::line(specialty, "the specialty", NAME_CHARS_MAX)?;
+        }
+        Ok(())
+    }
+}
+
 /// Emergency preferences of the holder (DOMAIN §4 rows 7–8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EmergencyPrefs {
@@ -494,6 +525,36 @@ pub struct DocumentFacts {
     pub size: u64,
     /// For a replacement, the document it replaces.
     pub replaces: Option<DocId>,
+}
+
+/// Longest title, in characters.
+pub const TITLE_CHARS_MAX: usize = 512;
+/// Longest type code, in bytes.
+pub const TYPE_CODE_MAX: usize = 64;
+/// Longest MIME type, in characters.
+pub const FORMAT_CHARS_MAX: usize = 127;
+/// Longest producer's unique id, in characters.
+pub const UNIQUE_ID_CHARS_MAX: usize = 256;
+
+impl DocumentFacts {
+    /// Refuses facts no writer of Carnet makes, whoever sends them (`text`): a title, type,
+    /// format or unique id empty, too long or with formatting characters, a date outside the
+    /// years Carnet takes, an act ending before it starts.
+    pub fn check(&self) -> Result<()> {
+        crate::text::required_line(&self.title, "the title", TITLE_CHARS_MAX)?;
+        crate::text::code(&self.type_code, "the type code", TYPE_CODE_MAX)?;
+        crate::text::required_line(&self.format, "the format", FORMAT_CHARS_MAX)?;
+        crate::text::required_line(&self.unique_id, "the unique id", UNIQUE_ID_CHARS_MAX)?;
+        crate::time::check_plausible(self.created_at, "the creation time")?;
+        crate::time::check_plausible(self.service_start, "the service start")?;
+        if let Some(end) = self.service_end {
+            crate::time::check_plausible(end, "the service end")?;
+            if end < self.service_start {
+                return Err(Error::invalid("the service end is before its start"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The mutable state of a document: what masking, deletion and replacement change.

@@ -357,8 +357,51 @@ async fn serve_connection(
     Ok(())
 }
 
-/// True when the handshake failed on a TLS alert about the peer's certificate (bad, revoked,
-/// expired, unknown, from an unknown CA, or missing).
+/// What the advice to a refused site says to do.
+const ENROL_AGAIN: &str = "ask the national operator to enrol this site again (`carnet pki enrol` at the host) and set it up from the new bundle";
+
+/// A security refusal in how a site's connection to the host ended, told as what happened and
+/// what to do: the host refused this site's certificate (revoked, or not issued by the CA it
+/// trusts), or this site refused the host's (not issued by the CA this site was enrolled
+/// under). `None` for anything else (a network failure, retried as usual). The site's daemon
+/// logs it at warn with every failed round.
+fn refusal(e: &quinn::ConnectionError) -> Option<Error> {
+    const TLS_ALERT: u64 = 0x100;
+    let said = match e {
+        quinn::ConnectionError::ConnectionClosed(c) => {
+            match u64::from(c.error_code).checked_sub(TLS_ALERT) {
+                Some(44) => format!(
+                    "the host refused this site's certificate: the national host revoked this site; {ENROL_AGAIN}"
+                ),
+                Some(42 | 43 | 45 | 46 | 48 | 49 | 116) => format!(
+                    "the host refused this site's certificate: it is not issued by the national CA the host trusts, or it expired; {ENROL_AGAIN}"
+                ),
+                _ => return None,
+            }
+        }
+        quinn::ConnectionError::ApplicationClosed(c)
+            if [&b"unknown or revoked site"[..], b"site revoked"].contains(&c.reason.as_ref()) =>
+        {
+            format!(
+                "the host refused this site: it is revoked, or not in the host's register of sites; {ENROL_AGAIN}"
+            )
+        }
+        // (Another CA of the same name: the host's certificate names the issuer this site
+        // knows, and its signature fails.)
+        quinn::ConnectionError::TransportError(t)
+            if ["UnknownIssuer", "BadSignature"]
+                .iter()
+                .any(|why| t.reason.contains(why)) =>
+        {
+            format!(
+                "this site refused the host's certificate: the host at this address is not certified by the national CA this site was enrolled under; check `host_address` in carnet.toml, or {ENROL_AGAIN}"
+            )
+        }
+        _ => return None,
+    };
+    Some(Error::Invalid(said))
+}
+
 /// The certificate (DER) the peer presented in the handshake, which the TLS layer checked.
 fn peer_certificate(conn: &quinn::Connection) -> Result<CertificateDer<'static>> {
     conn.peer_identity()
@@ -367,10 +410,34 @@ fn peer_certificate(conn: &quinn::Connection) -> Result<CertificateDer<'static>>
         .ok_or_else(|| Error::Invalid("the peer presented no certificate".into()))
 }
 
+/// How long a round that failed on a fresh connection waits for the host's reason to close
+/// it: a refusal of this site's certificate comes right after the handshake, which the site
+/// saw complete.
+const REFUSAL_WAIT: Duration = Duration::from_millis(500);
+
+/// The security refusal that closed `conn` (`refusal`), if any.
+async fn refused(conn: &quinn::Connection, fresh: bool) -> Option<Error> {
+    let reason = match conn.close_reason() {
+        Some(reason) => reason,
+        None if fresh => tokio::time::timeout(REFUSAL_WAIT, conn.closed())
+            .await
+            .ok()?,
+        None => return None,
+    };
+    refusal(&reason)
+}
+
+/// True when the handshake failed on a TLS alert about a certificate: the peer's (bad,
+/// revoked, expired, unknown, from an unknown CA, or missing), or this host's, refused by the
+/// peer (a handshake failure, or a signature that does not verify under the peer's CA).
 fn refused_certificate(e: &quinn::ConnectionError) -> bool {
     const TLS_ALERT: u64 = 0x100;
-    matches!(e, quinn::ConnectionError::TransportError(t)
-        if matches!(u64::from(t.code).checked_sub(TLS_ALERT), Some(42..=49 | 116)))
+    let code = match e {
+        quinn::ConnectionError::TransportError(t) => u64::from(t.code),
+        quinn::ConnectionError::ConnectionClosed(c) => u64::from(c.error_code),
+        _ => return false,
+    };
+    matches!(code.checked_sub(TLS_ALERT), Some(40..=51 | 116))
 }
 
 /// What one host stream carried, for its log line: counts and bytes, never contents.
@@ -758,7 +825,7 @@ impl Link {
         )
         .await
         .map_err(|_| timed_out("the host did not answer"))?
-        .map_err(net_err)?;
+        .map_err(|e| refusal(&e).unwrap_or_else(|| net_err(e)))?;
         tokio::spawn(listen_for_pokes(conn.clone(), self.wake.clone()));
         self.open = Some((endpoint, conn.clone(), tls.identity.clone()));
         self.opened += 1;
@@ -809,6 +876,9 @@ impl Link {
                 Ok(report)
             }
             Err(e) => {
+                // A connection the host closed on a security refusal: said as such (and, not
+                // being a network failure, not retried).
+                let e = refused(&conn, fresh).await.unwrap_or(e);
                 self.close().await;
                 Err(e)
             }

@@ -38,16 +38,102 @@ impl Drop for Daemon {
 
 /// Starts `carnet-syncd` on a replica (stopped when the returned value is dropped).
 pub fn start_daemon(replica: &Carnet) -> Daemon {
+    spawn_daemon(replica, Stdio::null())
+}
+
+/// `start_daemon`, with what it logs (stderr) written to `log`.
+pub fn start_daemon_logging(replica: &Carnet, log: &std::path::Path) -> Daemon {
+    spawn_daemon(
+        replica,
+        std::fs::File::create(log).expect("log file").into(),
+    )
+}
+
+fn spawn_daemon(replica: &Carnet, stderr: Stdio) -> Daemon {
     let child = Command::new(syncd_bin())
         .arg("--data")
         .arg(&replica.data)
         .env_remove("CARNET_PASSPHRASE")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("carnet-syncd starts");
     Daemon(child)
+}
+
+/// The warnings in the log at `log` that say `what`, waiting (bounded) for `at_least` of them.
+fn warnings(log: &std::path::Path, what: &str, at_least: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let found: Vec<String> = text
+            .lines()
+            .filter(|l| l.contains("WARN") && l.contains(what))
+            .map(str::to_string)
+            .collect();
+        if found.len() >= at_least || Instant::now() > deadline {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn each_security_refusal_is_logged_at_the_host_and_explained_to_the_site_with_what_to_do() {
+    let address = format!("127.0.0.1:{}", free_port());
+    let host = Carnet::empty();
+    host.ok(&["init", "--role", "host", "--listen", &address]);
+    host.ok(&["pki", "init", "--ca-in-replica"]);
+    // Site 1, revoked; site 2, in good standing; a site of another national CA, told this
+    // host's address.
+    let (revoked, _) = enrolled_site_and_bundle(&host, &address, &[]);
+    host.ok(&["pki", "revoke", "1"]);
+    let (honest, honest_bundle) = enrolled_site_and_bundle(&host, &address, &[]);
+    let other = Carnet::empty();
+    other.ok(&[
+        "init",
+        "--role",
+        "host",
+        "--listen",
+        &format!("127.0.0.1:{}", free_port()),
+    ]);
+    other.ok(&["pki", "init", "--ca-in-replica"]);
+    let (foreign, _) = enrolled_site_and_bundle(&other, &address, &[]);
+    let log = host.path("syncd.log");
+    let _daemon = start_daemon_logging(&host, &log);
+    sync_until_ok(&honest, Duration::from_secs(20));
+
+    let o = revoked.run(&["sync", "now"]);
+    assert_ne!(o.code, 0, "a revoked site synced");
+    assert!(o.stderr.contains("revoked"), "{}", o.stderr);
+    assert!(o.stderr.contains("enrol"), "{}", o.stderr);
+    assert!(!warnings(&log, "certificate refused", 1).is_empty());
+
+    let o = foreign.run(&["sync", "now"]);
+    assert_ne!(o.code, 0, "a site of another CA synced");
+    assert!(o.stderr.contains("national CA"), "{}", o.stderr);
+    assert!(o.stderr.contains("enrol"), "{}", o.stderr);
+    assert!(
+        warnings(&log, "certificate refused", 2).len() >= 2,
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+
+    // A Hello that claims another site's id, with this site's valid certificate.
+    let rogue = crate::rogue::Rogue::connect(&honest_bundle);
+    let mut hello = rogue.hello(0, 0);
+    if let carnet_syncd::session::Msg::Hello { site, .. } = &mut hello {
+        *site = 1;
+    }
+    let replies = rogue.session(vec![hello]);
+    assert!(
+        replies.iter().any(
+            |m| matches!(m, carnet_syncd::session::Msg::Error(e) if e.contains("claims site 1"))
+        ),
+        "{replies:?}"
+    );
+    assert!(!warnings(&log, "claims site 1", 1).is_empty());
 }
 
 #[test]

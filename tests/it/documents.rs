@@ -699,33 +699,56 @@ fn unmask_is_the_hosts_decision() {
 #[test]
 fn titles_names_and_errors_reach_the_terminal_shown_not_obeyed() {
     let k = clinic();
+    // Text that would rewrite the terminal is refused where it enters, and the error does not
+    // repeat it.
     let title = "CR \u{1b}[2J\u{1b}]0;owned\u{7} \u{202e}fdp.exe";
-    let id = k
-        .host
-        .add_doc(&k.ins, DOCTOR, "10", CONSULTATION, title, b"synthetic");
-    let shown = k
-        .host
-        .ok(&["doc", "list", "--dossier", &k.ins, "--as", DOCTOR]);
-    for text in [&shown.stdout, &shown.stderr] {
-        assert!(
-            !text.contains('\u{1b}') && !text.contains('\u{202e}') && !text.contains('\u{7}'),
-            "{text:?}"
-        );
-    }
-    assert!(shown.stdout.contains("\\u{1b}[2J"), "{}", shown.stdout);
-    // The JSON keeps the title as it is, for programs.
+    let file = k.host.write("body-escapes", b"synthetic");
+    let o = k.host.fails(
+        2,
+        &[
+            "doc",
+            "add",
+            "--dossier",
+            &k.ins,
+            "--as",
+            DOCTOR,
+            "--class",
+            "10",
+            "--type",
+            CONSULTATION,
+            "--title",
+            title,
+            "--format",
+            "text/plain",
+            &file,
+        ],
+    );
+    assert!(o.stderr.contains("the title holds control"), "{}", o.stderr);
+    assert!(
+        !o.stderr.contains('\u{1b}') && !o.stderr.contains('\u{202e}'),
+        "{:?}",
+        o.stderr
+    );
     let listed = k
         .host
         .json(&["doc", "list", "--dossier", &k.ins, "--as", DOCTOR]);
-    let found = listed
-        .as_array()
-        .expect("list")
-        .iter()
-        .find(|d| d["id"] == id.as_str())
-        .expect("listed")
-        .clone();
-    assert_eq!(found["title"], title);
-    // An error quoting what the user typed.
+    assert!(!listed.to_string().contains("fdp.exe"), "{listed}");
+    // So is a professional's name.
+    let o = k.host.fails(
+        2,
+        &[
+            "pro",
+            "add",
+            "--rpps",
+            "10000000009",
+            "--profession",
+            "medecin",
+            "--name",
+            "Dr \u{1b}[31mRouge",
+        ],
+    );
+    assert!(o.stderr.contains("name"), "{}", o.stderr);
+    // An error quoting what the user typed is shown, not obeyed.
     let bad = k.host.fails(2, &["dossier", "show", "\u{1b}[31m12"]);
     assert!(!bad.stderr.contains('\u{1b}'), "{:?}", bad.stderr);
 }

@@ -1093,6 +1093,34 @@ fn a_new_document_is_taken_only_from_an_author_the_host_binds_there_as_the_host_
 }
 
 #[test]
+fn metadata_no_writer_of_carnet_makes_is_returned_whoever_the_author() {
+    let w = world();
+    bind_nurse(&w.host, &w.site_id);
+    let rogue = Rogue::connect(&w.bundle);
+    let body = b"a note (synthetic)";
+    let cases: [fn(&mut DocumentFacts); 5] = [
+        |f| f.service_start = 253_402_214_400_000, // 9999-12-31
+        |f| f.created_at = -4_000_000_000_000,     // 1843
+        |f| f.title = "Compte rendu \u{1b}]0;pwned\u{7}".into(),
+        |f| f.type_code = "11488-4 \u{202e}".into(),
+        |f| f.title = "x".repeat(10_000),
+    ];
+    for (seq, forge) in (1..).zip(cases) {
+        let mut meta = forged_document(&w.ins, rogue.site, NURSE, Profession::Infirmier, body);
+        forge(&mut meta.facts);
+        let id = meta.facts.id;
+        assert_eq!(push(&rogue, seq, written(meta)), vec![id], "case {seq}");
+        assert!(at_host(&w, &id.to_string()).is_none(), "case {seq}");
+    }
+    assert!(host_traced(&w.host, &w.ins, "its metadata") >= 5);
+    // The same author with plain metadata: taken.
+    let meta = forged_document(&w.ins, rogue.site, NURSE, Profession::Infirmier, body);
+    let id = meta.facts.id;
+    assert!(push(&rogue, 6, written(meta)).is_empty());
+    assert!(at_host(&w, &id.to_string()).is_some());
+}
+
+#[test]
 fn a_document_in_the_name_of_a_representative_the_host_does_not_record_is_returned() {
     let w = world();
     // A minor's dossier the site may hold (the nurse it binds there is granted on it), with

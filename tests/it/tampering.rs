@@ -6,8 +6,8 @@
 //! signed records: `row_digest`) refuses the replica at open, naming the table.
 
 use carnet_store::replica::tables::{
-    AUDIT, AUTHORITY, BODIES, ChunkPlace, DOCS, FORMAT_VERSION, META, body_key, meta_key,
-    subject_key, tag,
+    AUDIT, AUTHORITY, BODIES, ChunkPlace, DOCS, FORMAT_VERSION, META, StoredTrace, body_key,
+    meta_key, subject_key, tag,
 };
 use redb::{ReadableDatabase, ReadableTable};
 
@@ -298,6 +298,74 @@ fn removed_trace_entry() {
     let o = c.fails(5, &["audit", "verify"]);
     assert!(o.stderr.contains("entry 5 is missing"), "{}", o.stderr);
     t.b_still_readable();
+}
+
+#[test]
+fn a_trace_removed_whole_with_its_head_is_seen_and_numbering_does_not_start_again() {
+    let t = two();
+    let c = &t.k.host;
+    c.ok(&["audit", "verify"]);
+    {
+        let db = c.db();
+        let txn = db.begin_write().expect("write");
+        let heads = redb::TableDefinition::<u32, &[u8]>::new("audit_heads");
+        txn.open_table(AUDIT)
+            .expect("audit")
+            .retain(|_, _| false)
+            .expect("rows");
+        txn.open_table(heads)
+            .expect("heads")
+            .retain(|_, _| false)
+            .expect("heads");
+        txn.commit().expect("commit");
+    }
+    integrity(c, &["audit", "verify"], "trace was cut");
+    let o = c.fails(5, &["audit", "show", "--dossier", &t.b]);
+    assert!(o.stderr.contains("restore"), "{}", o.stderr);
+    // The table itself removed (opening makes it again, empty): seen as well.
+    {
+        let db = c.db();
+        let txn = db.begin_write().expect("write");
+        txn.delete_table(AUDIT).expect("audit");
+        txn.commit().expect("commit");
+    }
+    integrity(c, &["audit", "verify"], "trace was cut");
+    // The last entries alone, with the head moved back to match: seen too.
+    let t = two();
+    let c = &t.k.host;
+    {
+        let db = c.db();
+        let txn = db.begin_write().expect("write");
+        let heads = redb::TableDefinition::<u32, &[u8]>::new("audit_heads");
+        let (last, kept) = {
+            let mut audit = txn.open_table(AUDIT).expect("audit");
+            let last = audit.last().expect("last").expect("an entry").0.value().1;
+            for seq in last - 2..=last {
+                audit.remove((0, seq)).expect("remove");
+            }
+            let kept = audit
+                .get((0, last - 3))
+                .expect("get")
+                .expect("kept")
+                .value()
+                .to_vec();
+            (last, kept)
+        };
+        let hash = postcard::from_bytes::<StoredTrace>(&kept)
+            .expect("row")
+            .hash;
+        txn.open_table(heads)
+            .expect("heads")
+            .insert(
+                0,
+                postcard::to_stdvec(&(last - 3, hash))
+                    .expect("head")
+                    .as_slice(),
+            )
+            .expect("insert");
+        txn.commit().expect("commit");
+    }
+    integrity(c, &["audit", "verify"], "trace was cut");
 }
 
 #[test]

@@ -430,10 +430,10 @@ impl Replica {
 
     /// The head of a new dossier, active from now, once what it says holds together.
     pub(super) fn new_head(&self, d: NewDossier) -> Result<DossierHead> {
-        crate::time::parse_date(&d.identity.birth_date)?;
         if d.identity.birth_name.trim().is_empty() || d.identity.first_names.trim().is_empty() {
             return Err(Error::invalid("birth name and first names are required"));
         }
+        d.identity.check()?;
         let now = self.now();
         let mut head = DossierHead {
             ins: d.ins,

@@ -203,6 +203,7 @@ pub(super) fn each_table(v: &mut impl Tables) -> Result<()> {
     v.table(NOTIFICATIONS)?;
     v.table(HELD_NOTIFICATIONS)?;
     v.table(FIRST_ACCESSES)?;
+    v.table(OUTBOX_HELD)?;
     Ok(())
 }
 

@@ -26,6 +26,7 @@ use crate::model::{
 use crate::padding::{pad_meta, padded_body_len};
 use crate::policy::{self, Action, Decision, DocView, DossierView, Request, Who};
 use crate::time::Millis;
+use crate::{model, text};
 
 /// A document to write.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -1189,6 +1190,13 @@ fn validate_new(d: &NewDocument) -> Result<()> {
     }
     if d.type_code.trim().is_empty() {
         return Err(Error::invalid("a document needs a type code (--type)"));
+    }
+    // The rules `DocumentFacts::check` applies to what a site pushes.
+    text::line(&d.title, "the title", model::TITLE_CHARS_MAX)?;
+    text::code(&d.type_code, "the type code", model::TYPE_CODE_MAX)?;
+    text::required_line(&d.format, "the format", model::FORMAT_CHARS_MAX)?;
+    if let Some(unique_id) = &d.unique_id {
+        text::required_line(unique_id, "the unique id", model::UNIQUE_ID_CHARS_MAX)?;
     }
     for (at, what) in [
         (d.service_start, "the service start"),

@@ -49,6 +49,7 @@ pub mod tables;
 mod tests;
 mod view;
 mod withdrawal;
+mod withheld;
 
 use std::cell::RefCell;
 use std::fs;
@@ -84,6 +85,7 @@ pub use returns::{REASON_MAX, Returned};
 pub use site_access::{RequestKind, SiteRequest};
 pub use site_traces::{SignedTraceHead, TraceHeadEvidence};
 pub use sync::{Act, Applied, BodyPiece, Change, PushApplied};
+pub use withheld::HeldChange;
 
 use crate::audit::{AuditEntry, ChainedEntry, GroupCommit, TraceAction, TraceActor};
 use crate::authority::{AuthorityRecord, Verified};
@@ -543,6 +545,7 @@ impl Replica {
             txn.open_table(AUDIT)?;
             txn.open_table(AUDIT_HEADS)?;
             txn.open_table(OUTBOX)?;
+            txn.open_table(OUTBOX_HELD)?;
             txn.open_table(APPLIED)?;
         }
         txn.commit()?;
@@ -680,8 +683,10 @@ impl Replica {
         replica.check_state(state_authenticated)?;
         replica.check_rows()?;
         replica.reload_matrix()?;
-        // Entries journaled before a stop or crash move into the table now.
+        // Entries journaled before a stop or crash move into the table now; then the trace
+        // must reach its anchor.
         replica.flush_traces()?;
+        replica.check_trace_anchor()?;
         if !restoring {
             // A purge traces: a restored replica resumes them once it caught up.
             replica.resume_purges()?;
@@ -1083,6 +1088,7 @@ impl Replica {
 
     /// Registers (or updates) a professional at this site.
     pub fn add_professional(&self, p: &Professional) -> Result<()> {
+        p.check()?;
         let txn = self.begin_write()?;
         {
             let mut pros = self.digested(&txn, PROS)?;
@@ -1389,10 +1395,7 @@ impl Replica {
                 }
             }
             if let Some(last) = sealed.records.last() {
-                txn.open_table(AUDIT_HEADS)?.insert(
-                    origin,
-                    postcard::to_stdvec(&(last.seq, last.hash))?.as_slice(),
-                )?;
+                self.set_own_trace_head(&txn, (last.seq, last.hash))?;
             }
             // Even an empty epoch is retired, so the live ones stay the stored one and the next.
             set_journal_epoch(&txn, sealed.epoch.wrapping_add(1))?;
@@ -1498,16 +1501,68 @@ impl Replica {
             out.prev = r.hash;
             table.insert((origin, out.seq), stored_trace_row(&r)?.as_slice())?;
         }
-        txn.open_table(AUDIT_HEADS)?.insert(
-            origin,
-            postcard::to_stdvec(&(out.seq, out.prev))?.as_slice(),
-        )?;
+        self.set_own_trace_head(txn, (out.seq, out.prev))?;
         if journaled || chain.stale_frame {
             let epoch = chain.epoch.wrapping_add(1);
             set_journal_epoch(txn, epoch)?;
             out.new_epoch = Some(epoch);
         }
         Ok(out)
+    }
+
+    /// Records this replica's own trace head in `AUDIT_HEADS` and, as its anchor, in `meta`
+    /// (`meta_key::TRACE_ANCHOR`), which `STATE_MAC` authenticates.
+    fn set_own_trace_head(&self, txn: &WriteTransaction, head: (u64, [u8; 32])) -> Result<()> {
+        let bytes = postcard::to_stdvec(&head)?;
+        txn.open_table(AUDIT_HEADS)?
+            .insert(self.config.site_id.0, bytes.as_slice())?;
+        txn.open_table(META)?
+            .insert(meta_key::TRACE_ANCHOR, bytes.as_slice())?;
+        Ok(())
+    }
+
+    /// This replica's own trace must still reach its anchor (`meta_key::TRACE_ANCHOR`): the
+    /// entry the anchor names is there with the hash it names, so entries removed from the
+    /// end, or the whole trace with its head, are an integrity failure rather than a chain
+    /// that starts again at 1. A replica made before the anchor gets it here from its head.
+    fn check_trace_anchor(&self) -> Result<()> {
+        let own = self.config.site_id.0;
+        let (anchor, head) = {
+            let txn = self.begin_read()?;
+            let anchor = txn.open_table(META)?.get(meta_key::TRACE_ANCHOR)?;
+            let anchor: Option<(u64, [u8; 32])> = anchor
+                .map(|v| postcard::from_bytes(v.value()))
+                .transpose()?;
+            let head = txn.open_table(AUDIT_HEADS)?.get(own)?;
+            let head: Option<(u64, [u8; 32])> =
+                head.map(|v| postcard::from_bytes(v.value())).transpose()?;
+            (anchor, head)
+        };
+        let Some((at, hash)) = anchor else {
+            if let Some(head) = head {
+                let txn = self.begin_raw_write()?;
+                self.set_own_trace_head(&txn, head)?;
+                txn.commit()?;
+            }
+            return Ok(());
+        };
+        let (last, last_hash) = head.unwrap_or((0, [0; 32]));
+        let reaches = match last.cmp(&at) {
+            std::cmp::Ordering::Equal => last_hash == hash,
+            std::cmp::Ordering::Greater => self.own_trace_hash(at)? == Some(hash),
+            std::cmp::Ordering::Less => false,
+        };
+        if reaches || at == 0 {
+            return Ok(());
+        }
+        Err(Error::integrity(format!(
+            "this replica's trace was cut or rewritten outside Carnet (carnet.redb, table audit): it had reached entry {at}, and {} — restore the data folder from your last backup",
+            if last < at {
+                format!("its last entry now is {last}")
+            } else {
+                format!("entry {at} is not the one it recorded")
+            }
+        )))
     }
 
     /// Moves journaled trace entries into the `AUDIT` table.
@@ -1606,6 +1661,7 @@ impl Replica {
     /// Verifies every origin's trace chain. Returns `(origins, entries)` checked.
     pub fn verify_audit(&self) -> Result<(usize, u64)> {
         self.flush_traces()?;
+        self.check_trace_anchor()?;
         let txn = self.begin_read()?;
         let table = txn.open_table(AUDIT)?;
         let heads = txn.open_table(AUDIT_HEADS)?;

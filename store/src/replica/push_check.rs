@@ -261,11 +261,9 @@ impl Judged {
     }
 }
 
-/// How the trace names an actor the host resolved (an RPPS that is not one, as a site may send,
-/// is not copied into the trace).
+/// How the trace names an actor the host resolved (an RPPS is one: it was parsed when decoded).
 fn trace_actor(actor: &Actor, who: Option<&Who>) -> TraceActor {
     match (actor, who) {
-        (Actor::Professional(rpps), _) if Rpps::parse(rpps.as_str()).is_err() => TraceActor::System,
         (Actor::Professional(rpps), who) => TraceActor::Professional {
             rpps: rpps.clone(),
             profession: match who {
@@ -407,6 +405,14 @@ impl Replica {
             )));
         }
         let facts = &remote.facts;
+        if let Err(why) = facts.check() {
+            return Ok(Some(Refusal::new(
+                TraceActor::System,
+                Some(Action::Write),
+                0,
+                format!("its metadata: {why}"),
+            )));
+        }
         let author = author_actor(&facts.author);
         let who = match self.resolve(txn, origin, bi, &author, judged)? {
             Ok(who) => who,

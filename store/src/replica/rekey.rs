@@ -535,6 +535,9 @@ impl Rekey<'_> {
             "audit_heads" | "applied" | "site_signed_heads" | "trace_contacts" => {
                 (k.to_vec(), v.to_vec())
             }
+            // Entries held back because they could not be read: kept as they were, for
+            // whoever investigates (their seals were the problem, or their values).
+            "outbox_held" => (k.to_vec(), v.to_vec()),
             other => {
                 return Err(Error::Storage(format!(
                     "table {other} has no re-keying rule in this build: nothing was changed"
@@ -670,7 +673,8 @@ impl Rekey<'_> {
             | meta_key::PULL_CURSOR
             | meta_key::OUTBOX_ACKED
             | meta_key::CLOCK_SEEN
-            | meta_key::NOTIFICATIONS_SPOOLED => Ok(Some((k.to_vec(), v.to_vec()))),
+            | meta_key::NOTIFICATIONS_SPOOLED
+            | meta_key::TRACE_ANCHOR => Ok(Some((k.to_vec(), v.to_vec()))),
             // The journal starts empty: its epoch moves past both live ones.
             meta_key::JOURNAL_EPOCH => bumped(2),
             meta_key::OPEN_EPOCH => bumped(1),
@@ -872,6 +876,7 @@ impl Rekey<'_> {
             OutboxItem::DossierProposal { sealed } => OutboxItem::DossierProposal {
                 sealed: queued(Queued::DossierProposal, &[], &[], &sealed)?,
             },
+            OutboxItem::Withheld => OutboxItem::Withheld,
         };
         Ok((k.to_vec(), postcard::to_stdvec(&item)?))
     }

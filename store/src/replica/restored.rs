@@ -137,8 +137,7 @@ impl Replica {
                 (seq, prev) = (r.seq, r.hash);
             }
         }
-        txn.open_table(AUDIT_HEADS)?
-            .insert(origin.0, postcard::to_stdvec(&(seq, prev))?.as_slice())?;
+        self.set_own_trace_head(&txn, (seq, prev))?;
         txn.commit()?;
         TracesWritten {
             seq,

@@ -117,7 +117,13 @@ pub enum Change {
     /// A dossier opened at the sending site, with a qualified identity: the host adopts it,
     /// merges it into the dossier it has for that INS, or refuses it (`local_dossiers`).
     DossierProposal(Box<super::local_dossiers::Proposal>),
+    /// The site held back the change it queued under this sequence: it could not read it
+    /// (`withheld`). Nothing to apply; it keeps the sequence numbers contiguous.
+    Withheld,
 }
+
+/// A result, or the outbox entry that could not be read and why.
+type Unreadable<T> = std::result::Result<T, (u64, Error)>;
 
 impl Change {
     /// The document this change carries, if it is one.
@@ -159,23 +165,51 @@ impl Replica {
     /// Local changes after `after`, in order, at most `limit`. A document's change carries its
     /// current merged metadata and every act queued for it from that entry on, including those
     /// queued after the `limit` entries returned (they are in the metadata too).
+    ///
+    /// An entry that cannot be read (a value stored by an earlier build that this one refuses,
+    /// a damaged row) never stops sync: it is held back (`withheld`) with why, and a
+    /// `Change::Withheld` travels in its place.
     pub fn outbox(&self, after: u64, limit: usize) -> Result<Vec<(u64, Change)>> {
+        loop {
+            match self.outbox_window(after, limit)? {
+                Ok(window) => return Ok(window),
+                Err((seq, why)) => self.withhold(seq, why)?,
+            }
+        }
+    }
+
+    /// `outbox`, or the first entry of the window that cannot be read, and why.
+    fn outbox_window(&self, after: u64, limit: usize) -> Result<Unreadable<Vec<(u64, Change)>>> {
+        /// The entry at `seq` is unreadable when `$e` fails other than on storage.
+        macro_rules! entry {
+            ($seq:expr, $e:expr) => {
+                match $e {
+                    Ok(v) => v,
+                    Err(e @ Error::Storage(_)) => return Err(e),
+                    Err(e) => return Ok(Err(($seq, e))),
+                }
+            };
+        }
         let (txn, generation) = self.snapshot()?;
         let outbox = txn.open_table(OUTBOX)?;
         let mut rows = outbox.range(after.saturating_add(1)..)?;
         let mut window: Vec<(u64, OutboxItem)> = Vec::new();
         for row in rows.by_ref().take(limit) {
             let (k, v) = row?;
-            window.push((k.value(), postcard::from_bytes(v.value())?));
+            let seq = k.value();
+            window.push((
+                seq,
+                entry!(seq, postcard::from_bytes(v.value()).map_err(Error::from)),
+            ));
         }
         // The documents of the window, and the acts queued for each after the window.
         let mut metas: std::collections::HashMap<[u8; 16], DocumentMeta> =
             std::collections::HashMap::new();
-        for (_, item) in &window {
+        for (seq, item) in &window {
             if let OutboxItem::Document(id) | OutboxItem::DocumentAct { id, .. } = item
                 && !metas.contains_key(id)
             {
-                let (_, _, meta) = self.load_doc(&txn, generation, &self.doc_id(id))?;
+                let (_, _, meta) = entry!(*seq, self.load_doc(&txn, generation, &self.doc_id(id)));
                 metas.insert(*id, meta);
             }
         }
@@ -183,14 +217,21 @@ impl Replica {
             std::collections::HashMap::new();
         if !metas.is_empty() {
             // Only the ids are read here; an act is opened only for a document of the window.
+            // An entry after the window that cannot be read is held back when the window
+            // reaches it; until then its acts are not sent.
             for row in rows {
                 let (k, v) = row?;
-                let item: OutboxItem = postcard::from_bytes(v.value())?;
+                let Ok(item) = postcard::from_bytes::<OutboxItem>(v.value()) else {
+                    continue;
+                };
                 if let OutboxItem::Document(id) | OutboxItem::DocumentAct { id, .. } = &item
                     && let Some(meta) = metas.get(id)
                 {
-                    let acts = self.queued_acts(k.value(), &item, meta)?;
-                    later.entry(*id).or_default().extend(acts);
+                    match self.queued_acts(k.value(), &item, meta) {
+                        Ok(acts) => later.entry(*id).or_default().extend(acts),
+                        Err(e @ Error::Storage(_)) => return Err(e),
+                        Err(_) => {}
+                    }
                 }
             }
         }
@@ -202,7 +243,7 @@ impl Replica {
                     let meta = metas.get(&id).ok_or_else(|| {
                         Error::integrity("an outbox entry's document was not loaded")
                     })?;
-                    let mut acts = self.queued_acts(seq, &item, meta)?;
+                    let mut acts = entry!(seq, self.queued_acts(seq, &item, meta));
                     let from_here = later.entry(id).or_default();
                     acts.append(from_here);
                     let mut unique: Vec<Act> = Vec::with_capacity(acts.len());
@@ -224,34 +265,42 @@ impl Replica {
                     sealed_ins,
                     receipt,
                 } => {
-                    let ins = self.open_queued_ins(
+                    let ins = entry!(
                         seq,
-                        Queued::PurgeReceipt,
-                        &postcard::to_stdvec(&receipt)?,
-                        &sealed_ins,
-                    )?;
+                        self.open_queued_ins(
+                            seq,
+                            Queued::PurgeReceipt,
+                            &postcard::to_stdvec(&receipt)?,
+                            &sealed_ins,
+                        )
+                    );
                     out.push((seq, Change::PurgeReceipt { ins, receipt }));
                 }
                 OutboxItem::Pin { sealed_ins, on } => {
-                    let ins =
-                        self.open_queued_ins(seq, Queued::Pin, &[u8::from(on)], &sealed_ins)?;
+                    let ins = entry!(
+                        seq,
+                        self.open_queued_ins(seq, Queued::Pin, &[u8::from(on)], &sealed_ins)
+                    );
                     out.push((seq, Change::Pin { ins, on }));
                 }
                 OutboxItem::Professional(pro) => {
-                    let pro = self.queued_professional(&txn, &pro)?;
+                    let pro = entry!(seq, self.queued_professional(&txn, &pro));
                     out.push((seq, Change::Professional(pro)));
                 }
                 OutboxItem::PendingGrant { sealed_ins, pro } => {
-                    let ins = self.open_queued_ins(seq, Queued::PendingGrant, &pro, &sealed_ins)?;
-                    let rpps = self.queued_professional(&txn, &pro)?.rpps;
+                    let ins = entry!(
+                        seq,
+                        self.open_queued_ins(seq, Queued::PendingGrant, &pro, &sealed_ins)
+                    );
+                    let rpps = entry!(seq, self.queued_professional(&txn, &pro)).rpps;
                     out.push((seq, Change::PendingGrant { ins, rpps }));
                 }
                 OutboxItem::DossierProposal { sealed } => {
-                    let proposal = self.open_proposal(seq, &sealed)?;
+                    let proposal = entry!(seq, self.open_proposal(seq, &sealed));
                     out.push((seq, Change::DossierProposal(Box::new(proposal))));
                 }
                 OutboxItem::EmergencyFetch { sealed } => {
-                    let r = self.open_emergency_request(seq, &sealed)?;
+                    let r = entry!(seq, self.open_emergency_request(seq, &sealed));
                     out.push((
                         seq,
                         Change::EmergencyFetch {
@@ -262,10 +311,11 @@ impl Replica {
                         },
                     ));
                 }
+                OutboxItem::Withheld => out.push((seq, Change::Withheld)),
             }
         }
         out.reverse();
-        Ok(out)
+        Ok(Ok(out))
     }
 
     /// The acts an outbox entry of a document records: its own act, or for an entry of an
@@ -426,6 +476,7 @@ impl Replica {
                 OutboxItem::PendingGrant { .. } => "pending-grant",
                 OutboxItem::EmergencyFetch { .. } => "emergency-fetch",
                 OutboxItem::DossierProposal { .. } => "dossier-proposal",
+                OutboxItem::Withheld => "withheld",
             };
             *out.entry(kind).or_insert(0) += 1;
         }
@@ -668,6 +719,18 @@ impl Replica {
                 // Only the host decides a dossier's existence.
                 super::Role::Site => Applied::Returned,
             },
+            Change::Withheld => {
+                if self.config.role == super::Role::Host {
+                    txn.trace(vec![self.admin_entry(
+                        "change-withheld-by-site",
+                        None,
+                        Some(&format!(
+                            "site {origin} held back a change it could not read: nothing applied"
+                        )),
+                    )]);
+                }
+                Applied::Applied
+            }
         };
         Ok(outcome)
     }

@@ -143,6 +143,10 @@ pub const HELD_NOTIFICATIONS: TableDefinition<&[u8], &[u8]> =
 /// Host: the professionals whose access to a dossier it learnt of (their first was notified):
 /// `blind index ‖ rpps_index`.
 pub const FIRST_ACCESSES: TableDefinition<&[u8], ()> = TableDefinition::new("first_accesses");
+/// Site: the outbox entries it could not read, held back (`withheld`): sequence →
+/// `withheld::HeldChange` (postcard). In clear: why (a message about a field, never its value)
+/// and the entry as it was in `OUTBOX`, whose own seals and blind indexes stay as they were.
+pub const OUTBOX_HELD: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox_held");
 /// Per origin site, the highest change sequence applied here (exactly-once).
 pub const APPLIED: TableDefinition<u32, u64> = TableDefinition::new("applied");
 
@@ -184,6 +188,11 @@ pub mod meta_key {
     pub const CHAIN_KEY: &str = "chain_key";
     /// Host: the highest notification id written to the spool (u64 LE).
     pub const NOTIFICATIONS_SPOOLED: &str = "notifications_spooled";
+    /// This replica's own trace head (postcard `(sequence, chain hash)`) as of the last move of
+    /// its entries into `AUDIT`, written with `AUDIT_HEADS` (`Replica::set_own_trace_head`):
+    /// `meta` is authenticated, so a trace removed whole, rows and head, is seen at open
+    /// (`Replica::check_trace_anchor`).
+    pub const TRACE_ANCHOR: &str = "trace_anchor";
 }
 
 /// The format this build writes. A newer stored format is refused, and so is an older one: the
@@ -313,6 +322,9 @@ pub enum OutboxItem {
         #[serde(with = "serde_bytes")]
         sealed: Vec<u8>,
     },
+    /// An entry this site could not read, held back (`OUTBOX_HELD` keeps it with why); sent
+    /// as `Change::Withheld`.
+    Withheld,
 }
 
 /// Why a dossier is in a site's scope (bits of `SCOPE`).

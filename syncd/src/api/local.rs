@@ -352,18 +352,36 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         // Garbage is answered with an error and the daemon goes on serving.
-        let raw = {
+        let post = |body: &str| {
             use std::io::{Read, Write};
             let mut s =
                 std::os::unix::net::UnixStream::connect(socket_path(tmp.path())).expect("connect");
-            s.write_all(b"POST /v1/call HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\nConnection: close\r\n\r\n{\"op\":1")
-                .expect("write");
+            write!(
+                s,
+                "POST /v1/call HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .expect("write");
             let mut out = Vec::new();
             s.read_to_end(&mut out).expect("read");
             String::from_utf8_lossy(&out).into_owned()
         };
+        let raw = post("{\"op\":1");
         assert!(raw.starts_with("HTTP/1.1 400"), "{raw}");
         assert!(raw.contains("malformed request"), "{raw}");
+        // Ids and text go through the same parsing types as on the command line: an RPPS that
+        // is not 11 digits, a name that would rewrite a terminal.
+        for (rpps, name) in [
+            ("../\\u001b[2J", "null"),
+            ("1000000000x", "null"),
+            ("10000000002", "\"Dr \\u001b[31mRouge\""),
+        ] {
+            let raw = post(&format!(
+                "{{\"op\":\"add_professional\",\"professional\":{{\"rpps\":\"{rpps}\",\"profession\":\"Medecin\",\"specialty\":null,\"name\":{name}}}}}"
+            ));
+            assert!(raw.starts_with("HTTP/1.1 4"), "{raw}");
+            assert!(raw.contains("RPPS") || raw.contains("name"), "{raw}");
+        }
         match client.call(&Request::Professionals) {
             Ok(Response::Professionals(list)) => assert_eq!(list.len(), 1),
             other => panic!("unexpected {other:?}"),
