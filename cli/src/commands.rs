@@ -638,6 +638,12 @@ fn sync(cli: &Cli, c: &SyncCmd) -> Result<Reply> {
                     ins.matricule()
                 );
             }
+            for (seq, at, reason) in &s.withheld {
+                human += &format!(
+                    "\nheld back since {}: change {seq} of this site could not be read and was not sent ({reason}); it is kept, and the rest syncs; register or write again what it was",
+                    format_rfc3339(*at)
+                );
+            }
             if let Some(m) = &s.restored {
                 human += &format!(
                     "\nrestored on {} from a backup taken on {}: nothing is recorded or read until the next round with the host catches it up",
@@ -679,6 +685,8 @@ fn sync(cli: &Cli, c: &SyncCmd) -> Result<Reply> {
                        "conflicts": s.conflicts.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
                        "held": s.held.iter().map(|(i, n)| json!({"ins": i.matricule(), "changes": n,
                            "reason": "identity provisional"})).collect::<Vec<_>>(),
+                       "withheld": s.withheld.iter().map(|(seq, at, why)| json!({"change": seq,
+                           "since": format_rfc3339(*at), "reason": why})).collect::<Vec<_>>(),
                        "authority_as_of": (s.authority_as_of > 0).then(|| format_rfc3339(s.authority_as_of)),
                        "lease_expired": s.lease_expired,
                        "restored": s.restored.as_ref().map(|m| json!({

@@ -368,6 +368,10 @@ pub struct SyncStatus {
     /// with how many (`Replica::held_back`).
     #[serde(default)]
     pub held: Vec<(Ins, usize)>,
+    /// Outbox entries this site could not read, held back and never sent: sequence, since,
+    /// why (`Replica::withheld`).
+    #[serde(default)]
+    pub withheld: Vec<(u64, Millis, String)>,
     /// The daemon's view of the link; `None` when no daemon runs.
     pub link: Option<LinkState>,
     /// This site's certificate; `None` if it was not enrolled.
@@ -1157,6 +1161,11 @@ impl Service {
                 .collect(),
             conflicts: r.conflicted()?,
             held: r.held_back()?,
+            withheld: r
+                .withheld()?
+                .into_iter()
+                .map(|(seq, h)| (seq, h.at, h.reason))
+                .collect(),
             restored: r.restore_mark()?,
             link,
             certificate: enrol::site_certificate(r)?,

@@ -1386,6 +1386,66 @@ mod tests {
     }
 
     #[test]
+    fn an_unreadable_outbox_entry_is_held_back_shown_in_the_status_and_the_rest_syncs() {
+        let (_t, host, site, ins) = host_and_site();
+        round(&host, &site);
+        let actor = Actor::Professional(doctor());
+        let first = site
+            .put_document(
+                &actor,
+                AccessMode::Normal,
+                None,
+                &ins,
+                new_doc("one", b"1".to_vec()),
+            )
+            .expect("put");
+        let second = site
+            .put_document(
+                &actor,
+                AccessMode::Normal,
+                None,
+                &ins,
+                new_doc("two", b"2".to_vec()),
+            )
+            .expect("put");
+        // The first entry damaged at rest, as a disk or an older build could leave it.
+        let dir = site.dir().to_path_buf();
+        let first_seq = site.outbox(0, 10).expect("outbox")[0].0;
+        drop(site);
+        {
+            let db = redb::Database::open(dir.join("carnet.redb")).expect("db");
+            let txn = db.begin_write().expect("txn");
+            txn.open_table(carnet_store::replica::tables::OUTBOX)
+                .expect("outbox")
+                .insert(first_seq, [0xff_u8, 0xff, 0xff].as_slice())
+                .expect("damage");
+            txn.commit().expect("commit");
+        }
+        let site = Replica::open(
+            &dir,
+            &carnet_store::replica::KeySource::File,
+            crate::testkit::clock(),
+        )
+        .expect("reopen");
+        round(&host, &site);
+        assert!(
+            host.read_document(&actor, &second, AccessMode::Normal, None)
+                .is_ok()
+        );
+        assert!(
+            host.read_document(&actor, &first, AccessMode::Normal, None)
+                .is_err()
+        );
+        let status = crate::api::Service::new(std::sync::Arc::new(site))
+            .status()
+            .expect("status");
+        assert_eq!(status.pending, 0, "{status:?}");
+        assert_eq!(status.withheld.len(), 1, "{status:?}");
+        assert_eq!(status.withheld[0].0, first_seq);
+        assert!(status.withheld[0].2.contains("undecodable"), "{status:?}");
+    }
+
+    #[test]
     fn a_round_pushes_pulls_and_fetches_bodies() {
         let (_t, host, site, ins) = host_and_site();
         let actor = Actor::Professional(doctor());

@@ -13,7 +13,7 @@ pub fn doctor() -> Rpps {
     Rpps::parse("10000000001").expect("rpps")
 }
 
-fn clock() -> carnet_store::replica::Clock {
+pub fn clock() -> carnet_store::replica::Clock {
     Arc::new(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

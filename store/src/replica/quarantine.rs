@@ -169,20 +169,15 @@ impl Replica {
     ) -> Result<usize> {
         let (snap, generation) = self.snapshot()?;
         let mut pending = Vec::new();
-        for row in snap.open_table(OUTBOX)?.iter()? {
-            let (k, v) = row?;
-            if let OutboxItem::Document(stored) | OutboxItem::DocumentAct { id: stored, .. } =
-                postcard::from_bytes(v.value())?
-            {
-                let in_dossier = snap
-                    .open_table(DOCS)?
-                    .get(&stored)?
-                    .map(|row| postcard::from_bytes::<StoredDoc>(row.value()))
-                    .transpose()?
-                    .is_some_and(|stored| &stored.dossier == bi);
-                if in_dossier {
-                    pending.push((k.value(), self.doc_id(&stored)));
-                }
+        let docs = snap.open_table(DOCS)?;
+        for (seq, stored) in super::withheld::queued_documents(&snap.open_table(OUTBOX)?)? {
+            let in_dossier = docs
+                .get(&stored)?
+                .map(|row| postcard::from_bytes::<StoredDoc>(row.value()))
+                .transpose()?
+                .is_some_and(|stored| &stored.dossier == bi);
+            if in_dossier {
+                pending.push((seq, self.doc_id(&stored)));
             }
         }
         for (_, id) in &pending {
@@ -373,16 +368,10 @@ impl Replica {
 
     /// The stored ids of the documents whose changes wait in the outbox.
     fn outbox_documents(&self, txn: &ReadTransaction) -> Result<Vec<[u8; 16]>> {
-        let mut out = Vec::new();
-        for row in txn.open_table(OUTBOX)?.iter()? {
-            let (_, v) = row?;
-            if let OutboxItem::Document(stored) | OutboxItem::DocumentAct { id: stored, .. } =
-                postcard::from_bytes(v.value())?
-            {
-                out.push(stored);
-            }
-        }
-        Ok(out)
+        Ok(super::withheld::queued_documents(&txn.open_table(OUTBOX)?)?
+            .into_iter()
+            .map(|(_, stored)| stored)
+            .collect())
     }
 
     fn entry_of(

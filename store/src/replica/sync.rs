@@ -468,7 +468,12 @@ impl Replica {
         let mut out = std::collections::BTreeMap::new();
         for row in txn.open_table(OUTBOX)?.iter()? {
             let (_, v) = row?;
-            let kind = match postcard::from_bytes::<OutboxItem>(v.value())? {
+            let Ok(item) = postcard::from_bytes::<OutboxItem>(v.value()) else {
+                // Held back when its turn to be sent comes (`withheld`).
+                *out.entry("unreadable").or_insert(0) += 1;
+                continue;
+            };
+            let kind = match item {
                 OutboxItem::Document(_) | OutboxItem::DocumentAct { .. } => "document",
                 OutboxItem::Professional(_) => "professional",
                 OutboxItem::PurgeReceipt { .. } => "purge-receipt",

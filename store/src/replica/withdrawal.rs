@@ -136,15 +136,9 @@ impl Replica {
 
     /// The documents with an entry in the outbox, by stored id.
     fn documents_in_outbox(txn: &WriteTransaction) -> Result<HashSet<[u8; 16]>> {
-        let mut out = HashSet::new();
-        for row in txn.open_table(OUTBOX)?.iter()? {
-            let (_, v) = row?;
-            if let OutboxItem::Document(id) | OutboxItem::DocumentAct { id, .. } =
-                postcard::from_bytes(v.value())?
-            {
-                out.insert(id);
-            }
-        }
-        Ok(out)
+        Ok(super::withheld::queued_documents(&txn.open_table(OUTBOX)?)?
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect())
     }
 }

@@ -35,6 +35,23 @@ pub struct HeldChange {
     pub entry: Vec<u8>,
 }
 
+/// The outbox entries that name a document: their sequence and the document's stored id. An
+/// entry that does not decode is skipped: it is held back when its turn to be sent comes.
+pub(super) fn queued_documents(
+    outbox: &impl ReadableTable<u64, &'static [u8]>,
+) -> Result<Vec<(u64, [u8; 16])>> {
+    let mut out = Vec::new();
+    for row in outbox.iter()? {
+        let (k, v) = row?;
+        if let Ok(OutboxItem::Document(id) | OutboxItem::DocumentAct { id, .. }) =
+            postcard::from_bytes(v.value())
+        {
+            out.push((k.value(), id));
+        }
+    }
+    Ok(out)
+}
+
 impl Replica {
     /// Holds back the outbox entry at `seq`, which could not be read (`why`).
     pub(super) fn withhold(&self, seq: u64, why: Error) -> Result<()> {
