@@ -7,9 +7,12 @@
 //! `carnet-bench sync` (module `sync`): sync between a host daemon and a site.
 //! `carnet-bench idle [--seconds N]` (module `idle`): the CPU and memory of a host and two site
 //! daemons with nothing to do.
+//! `carnet-bench sim [--seeds N]` (module `sim`): seeded worlds of the simulator (`carnet-sim`),
+//! seeds per second and the failing seeds.
 //! Everything runs in a temporary folder that is removed at the end.
 
 mod idle;
+mod sim;
 mod sync;
 mod tmp;
 
@@ -46,6 +49,7 @@ fn main() {
         "store" => store(),
         "sync" => sync::run(),
         "idle" => idle::run(),
+        "sim" => sim::run(),
         // Only the initial sync, for profiling it alone.
         "sync-initial" => sync::initial_only(),
         // Only the batched ingest, for profiling it alone.
@@ -53,7 +57,9 @@ fn main() {
         // Only the 64-reader audited reads, for profiling them alone.
         "reads" => reads_only(),
         _ => {
-            eprintln!("usage: carnet-bench store|sync|idle [--seconds N]");
+            eprintln!(
+                "usage: carnet-bench store|sync|idle [--seconds N]|sim [--seeds N] [--first S]"
+            );
             std::process::exit(2);
         }
     };

@@ -3,7 +3,8 @@
 //! The daemon's settings (`config`), the wire framing (`frame`), the national PKI (`pki`), the
 //! QUIC endpoints with mutual TLS (`transport`), enrolment (`enrol`), the host key's hand-over
 //! and revocation (`hostkey`), the inbox (`inbox`), the
-//! sans-IO session core (`session`) and its QUIC driver (`net`), the host's view of its sites
+//! sans-IO session core (`session`) and its QUIC driver (`net`), a site's round timers
+//! (`schedule`), the host's view of its sites
 //! (`fleet`), the local API through which `carnet` reaches a replica (`api`), the HTTP
 //! listener (`http`) serving `/metrics` (`metrics`) and the status page (`status_page`), the
 //! notification spool (`spool`), and systemd's notify protocol (`systemd`).
@@ -20,6 +21,7 @@ pub mod inbox;
 pub mod metrics;
 pub mod net;
 pub mod pki;
+pub mod schedule;
 pub mod session;
 pub mod spool;
 pub mod status_page;

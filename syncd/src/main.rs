@@ -21,6 +21,7 @@ use std::time::Duration;
 use carnet_store::replica::{KeySource, Replica, system_clock};
 use carnet_syncd::api::{LinkState, Service, local};
 use carnet_syncd::config::{CONFIG_FILE, Config, ConfigRole, LogFormat};
+use carnet_syncd::schedule::{self, Next, RoundTimer};
 use carnet_syncd::systemd::{self, Notifier};
 use carnet_syncd::{enrol, inbox, net, transport};
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -34,18 +35,12 @@ use tracing_subscriber::{EnvFilter, Registry, reload};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// A burst of changes (a clinic filing a batch) within this pause goes in one round.
-const COALESCE: Duration = Duration::from_millis(20);
-/// First pause before asking again for bodies the host did not hold yet (doubling).
-const BODY_RETRY: Duration = Duration::from_millis(250);
 /// How often the host runs the announcement timer.
 const ANNOUNCEMENT_EVERY: Duration = Duration::from_secs(3600);
 /// How often the host looks for notifications to spool (`notification_spool`).
 const SPOOL_EVERY: Duration = Duration::from_secs(1);
 /// How often the daemon logs certificates close to expiry.
 const CERTIFICATE_CHECK_EVERY: Duration = Duration::from_secs(12 * 3600);
-/// Longest pause between attempts while the host is out of reach.
-const BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 struct Args {
     data: PathBuf,
@@ -466,9 +461,7 @@ async fn site(
     ingest(&service, &inbox_dir).await;
     // A restored replica takes nothing from its inbox until its first round caught up.
     let mut restoring = service.replica.restore_mark().ok().flatten().is_some();
-    let mut every = Duration::from_secs(config.sync_every);
-    let mut backoff = Duration::from_secs(1);
-    let mut body_retry = BODY_RETRY;
+    let mut timer = RoundTimer::new(Duration::from_secs(config.sync_every));
     loop {
         // SIGTERM during a round: systemd hears STOPPING=1 at once, the round ends, then the
         // daemon stops.
@@ -490,8 +483,11 @@ async fn site(
             return Ok(());
         }
         let round_ended = tokio::time::Instant::now();
-        // (The pause, whether it is `every`, and whether the link holds.)
-        let (pause, regular, connected) = match outcome {
+        let Next {
+            pause,
+            regular,
+            connected,
+        } = match outcome {
             Ok(report) => {
                 if report.pulled > 1
                     || report.bodies > 0
@@ -507,27 +503,15 @@ async fn site(
                         "synced"
                     );
                 }
-                backoff = Duration::from_secs(1);
                 if restoring {
                     restoring = false;
                     ingest(&service, &inbox_dir).await;
                 }
-                if report.bodies_waiting > 0 {
-                    // Their author is still sending them to the host.
-                    let wait = body_retry;
-                    body_retry = (body_retry * 2).min(every);
-                    (wait, false, true)
-                } else {
-                    body_retry = BODY_RETRY;
-                    (every, true, true)
-                }
+                timer.succeeded(report.bodies_waiting > 0)
             }
             Err(e) => {
-                tracing::warn!(error = %e, retry_in_s = backoff.as_secs(), "sync failed");
-                let jitter = Duration::from_millis(u64::from(rand_jitter()) % 1000);
-                let wait = backoff + jitter;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-                (wait, false, false)
+                tracing::warn!(error = %e, retry_in_s = timer.backoff().as_secs(), "sync failed");
+                timer.failed(Duration::from_millis(u64::from(rand_jitter()) % 1000))
             }
         };
         let next_round = tokio::time::sleep(pause);
@@ -546,7 +530,7 @@ async fn site(
                 // A change here or a poke from the host, while connected (when the host is out
                 // of reach, the backoff decides).
                 _ = service.changed.notified(), if connected => {
-                    tokio::time::sleep(COALESCE).await;
+                    tokio::time::sleep(schedule::COALESCE).await;
                     break;
                 }
                 // A burst of events is one signal (the channel holds one).
@@ -569,9 +553,9 @@ async fn site(
                             ),
                         }
                     }
-                    every = Duration::from_secs(config.sync_every);
+                    timer.set_every(Duration::from_secs(config.sync_every));
                     if regular {
-                        next_round.as_mut().reset(round_ended + every);
+                        next_round.as_mut().reset(round_ended + timer.every());
                     }
                     if let Some(link) = &service.link
                         && let Ok(mut l) = link.lock()

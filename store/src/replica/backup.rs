@@ -637,7 +637,7 @@ fn build(
     };
     let (mut tables, mut rows) = (0, 0);
     {
-        let (db, _) = super::open_database(&staging.join(DB_FILE), true)?;
+        let (db, _) = super::open_database(super::DbStore::File(staging.join(DB_FILE)), true)?;
         let txn = db.begin_write()?;
         loop {
             match records.u8()? {

@@ -60,7 +60,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction};
+use redb::{
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, StorageBackend, WriteTransaction,
+};
 
 use serde::{Deserialize, Serialize};
 pub use tables::PurgeReceipt;
@@ -415,10 +417,36 @@ impl Replica {
             .map(|f| dir.join(f))
             .filter(|p| !p.exists())
             .collect();
-        Self::create(dir, opts, clock).inspect_err(|_| remove_created(&fresh))
+        Self::create(dir, None, opts, clock).inspect_err(|_| remove_created(&fresh))
     }
 
-    fn create(dir: &Path, opts: InitOptions, clock: Clock) -> Result<Replica> {
+    /// `init` with the database on `backend` (a simulated disk: `carnet-sim`) instead of
+    /// `carnet.redb`; the key file and the trace journal are still files in `dir`. Fails if
+    /// `backend` holds anything already. Each handle `backend` clones to must reach the same
+    /// storage.
+    pub fn init_with_backend<B: StorageBackend + Clone>(
+        dir: &Path,
+        backend: B,
+        opts: InitOptions,
+        clock: Clock,
+    ) -> Result<Replica> {
+        let fresh: Vec<std::path::PathBuf> = [KEY_FILE, journal::JOURNAL_FILE]
+            .iter()
+            .map(|f| dir.join(f))
+            .filter(|p| !p.exists())
+            .collect();
+        let handle = || -> Box<dyn StorageBackend> { Box::new(backend.clone()) };
+        Self::create(dir, Some(&handle), opts, clock).inspect_err(|_| remove_created(&fresh))
+    }
+
+    /// Creates the replica; its database on a new handle of `backend` each time one is
+    /// needed, or in `carnet.redb`.
+    fn create(
+        dir: &Path,
+        backend: Option<&dyn Fn() -> Box<dyn StorageBackend>>,
+        opts: InitOptions,
+        clock: Clock,
+    ) -> Result<Replica> {
         // Check every input before anything is written.
         if let Some(k) = &opts.host_key {
             VerifyingKey::from_bytes(k).map_err(|_| {
@@ -442,7 +470,11 @@ impl Replica {
         // The data folder is the owner's only (0700); every file in it is 0600.
         crate::files::private_dir(dir)?;
         let db_path = dir.join(DB_FILE);
-        if db_path.exists() {
+        let occupied = match backend {
+            Some(handle) => handle().len()? > 0,
+            None => db_path.exists(),
+        };
+        if occupied {
             return Err(Error::invalid(format!(
                 "a replica already exists in {}: use another --data folder",
                 dir.display()
@@ -504,7 +536,11 @@ impl Replica {
                 }
             },
         };
-        let (db, _) = open_database(&db_path, true)?;
+        let store = match backend {
+            Some(handle) => DbStore::Backend(handle()),
+            None => DbStore::File(db_path.clone()),
+        };
+        let (db, _) = open_database(store, true)?;
         let txn = db.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
@@ -550,7 +586,10 @@ impl Replica {
         }
         txn.commit()?;
         drop(db);
-        Replica::open(dir, &opts.key, clock)
+        match backend {
+            Some(handle) => Self::open_in(dir, DbStore::Backend(handle()), &opts.key, clock),
+            None => Replica::open(dir, &opts.key, clock),
+        }
     }
 
     /// Opens the replica in `dir` with its master key.
@@ -562,12 +601,28 @@ impl Replica {
                 dir.display()
             )));
         }
+        Self::open_in(dir, DbStore::File(db_path), source, clock)
+    }
+
+    /// `open` with the database on `backend` (see `init_with_backend`); the key file and the
+    /// trace journal are read from `dir`. Backups and key rotations work on `carnet.redb`
+    /// only.
+    pub fn open_with_backend(
+        dir: &Path,
+        backend: impl StorageBackend,
+        source: &KeySource,
+        clock: Clock,
+    ) -> Result<Replica> {
+        Self::open_in(dir, DbStore::Backend(Box::new(backend)), source, clock)
+    }
+
+    fn open_in(dir: &Path, store: DbStore, source: &KeySource, clock: Clock) -> Result<Replica> {
         // The folder's files are its own: no link is followed out of it.
         crate::files::own_files(dir, &[DB_FILE, KEY_FILE, journal::JOURNAL_FILE])
             .map_err(|e| Error::integrity(e.to_string()))?;
         // A folder others can read is tightened before anything is read from it, and said.
         let folder_fixes = crate::files::tighten_folder(dir);
-        let (db, durability) = open_database_checked(&db_path, dir)?;
+        let (db, durability) = open_database_checked(store, dir)?;
         // Holding the live database: no rotation runs, so a re-keyed file beside it is a
         // leftover of one that stopped before its commit point.
         rekey::remove_leftover(dir)?;
@@ -1953,13 +2008,35 @@ thread_local! {
 }
 
 /// Opens (or with `create`, creates) the database file over the write-behind backend.
+/// Where a replica's database lives.
+enum DbStore {
+    /// Its file (`carnet.redb` in the data folder, or a staging copy).
+    File(PathBuf),
+    /// Any redb backend (a simulated disk).
+    Backend(Box<dyn StorageBackend>),
+}
+
+impl DbStore {
+    fn describe(&self) -> String {
+        match self {
+            DbStore::File(path) => path.display().to_string(),
+            DbStore::Backend(_) => "(on its storage backend)".into(),
+        }
+    }
+}
+
 fn open_database(
-    path: &Path,
+    store: DbStore,
     create: bool,
 ) -> std::result::Result<(Database, backend::Durability), redb::DatabaseError> {
-    let file = crate::files::open_private(path, create)?;
-    let file = redb::backends::FileBackend::new(file)?;
-    let (backend, durability) = backend::WriteBehind::new(Box::new(file))?;
+    let file: Box<dyn StorageBackend> = match store {
+        DbStore::File(path) => {
+            let file = crate::files::open_private(&path, create)?;
+            Box::new(redb::backends::FileBackend::new(file)?)
+        }
+        DbStore::Backend(b) => b,
+    };
+    let (backend, durability) = backend::WriteBehind::new(file)?;
     Ok((
         redb::Builder::new().create_with_backend(backend)?,
         durability,
@@ -1970,16 +2047,17 @@ fn open_database(
 /// integrity error saying what to do, never a panic: redb may panic on a file it did not write
 /// that way, so the open runs under `catch_unwind`, with the panic message kept off the
 /// terminal (the error says it all).
-fn open_database_checked(db_path: &Path, dir: &Path) -> Result<(Database, backend::Durability)> {
+fn open_database_checked(store: DbStore, dir: &Path) -> Result<(Database, backend::Durability)> {
+    let described = store.describe();
     let damaged = |detail: &str| {
         Error::integrity(format!(
-            "the replica's database {} is damaged ({detail}): nothing was changed; restore the data folder from your last backup (`carnet restore BACKUP`), or ask the host operator to enrol this site again",
-            db_path.display()
+            "the replica's database {described} is damaged ({detail}): nothing was changed; restore the data folder from your last backup (`carnet restore BACKUP`), or ask the host operator to enrol this site again",
         ))
     };
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
-    let opened = std::panic::catch_unwind(|| open_database(db_path, false));
+    let opened =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| open_database(store, false)));
     std::panic::set_hook(hook);
     match opened {
         Ok(Ok(db)) => Ok(db),

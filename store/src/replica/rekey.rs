@@ -231,7 +231,7 @@ impl Replica {
     fn write_rekeyed(&self, path: &Path, new: &NewKeys) -> Result<RekeyReport> {
         let src = self.begin_read()?;
         let maps = Maps::collect(self, &src, new)?;
-        let (db, _) = open_database(path, true)?;
+        let (db, _) = open_database(super::DbStore::File(path.to_path_buf()), true)?;
         let dst = db.begin_write()?;
         let mut walk = Rekey {
             old: self,

@@ -1,0 +1,57 @@
+//! `carnet-sim`: a deterministic simulation of one Carnet host and 2–8 sites in one thread,
+//! on virtual time, driven by a seed (issue 13, section 2).
+//!
+//! The real session core (`carnet_syncd::session`) and the real replica
+//! (`carnet_store::replica`) run unchanged; the simulator supplies what is around them: the
+//! clock of each node (`node`), the disk under each database (`disk`, which loses un-synced
+//! writes at a power cut, tears pages, fails with ENOSPC or EIO), the network between each
+//! site and the host (`link`: delays, interleaved streams, losses that cut a round, a stream
+//! delivered twice, partitions), and the operations and faults at random (`world`). After the
+//! world heals, `check` verifies the invariants.
+//!
+//! A seed replays the same schedule: the same operations, faults and deliveries at the same
+//! virtual times. What the product draws from the operating system (keys, document ids,
+//! nonces) differs between runs; the simulator never decides on those values.
+//!
+//! `run(seed)` is one world; `CARNET_SIM_SEED=N cargo test -p carnet-sim` replays seed N, and
+//! `carnet-bench sim --seeds N` runs many.
+
+pub mod check;
+pub mod disk;
+pub mod link;
+pub mod node;
+pub mod rng;
+pub mod world;
+
+pub use world::{Options, Stats};
+
+/// A seed whose world broke an invariant (or whose simulation could not run).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The seed, to replay it.
+    pub seed: u64,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "seed {}: {} (replay: CARNET_SIM_SEED={} cargo test -p carnet-sim)",
+            self.seed, self.message, self.seed
+        )
+    }
+}
+
+/// Runs the world of `seed` to its checks; answers what happened in it.
+pub fn run(seed: u64, opts: Options) -> Result<Stats, Failure> {
+    let fail = |message| Failure { seed, message };
+    let started = std::time::Instant::now();
+    let mut world = world::World::new(seed, opts).map_err(fail)?;
+    if std::env::var_os("CARNET_SIM_TRACE").is_some() {
+        eprintln!("world of seed {seed} made in {:?}", started.elapsed());
+    }
+    world.run().map_err(fail)?;
+    Ok(world.stats)
+}

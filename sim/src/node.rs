@@ -1,0 +1,123 @@
+//! One simulated node: a replica (the host's or a site's) on a simulated disk, with its own
+//! clock, that can crash, lose power and restart.
+//!
+//! What lives where: the database is on a `SimDisk`; the key file and the trace journal are
+//! real files in the node's folder (a tmpfs when there is one). A crash stops the process:
+//! the disk takes no more writes, then it keeps everything written (the kernel's page cache
+//! survives the process) or, at a power cut, only what the replica synced (`SimDisk`). The
+//! journal and the key file are written with their own syncs and are kept whole either way:
+//! the simulation cuts power under redb, not under those files.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use carnet_store::ids::SiteId;
+use carnet_store::replica::{Clock, InitOptions, KeySource, Replica};
+
+use crate::disk::SimDisk;
+use crate::rng::Rng;
+
+/// A node of the simulated world.
+#[derive(Debug)]
+pub struct Node {
+    /// `host` or `site N`, for messages.
+    pub name: String,
+    /// The site id (0 for the host).
+    pub site: SiteId,
+    /// Its data folder (key file, trace journal).
+    pub dir: PathBuf,
+    /// Its database's disk.
+    pub disk: SimDisk,
+    /// Its clock, in Unix milliseconds: the simulator advances it.
+    pub clock: Arc<AtomicU64>,
+    /// The open replica; `None` while the node is down.
+    replica: Option<Replica>,
+    /// When a node that is down comes back.
+    pub up_at: u64,
+    /// Crashes so far (power cuts included).
+    pub crashes: u64,
+    /// Power cuts so far.
+    pub power_cuts: u64,
+}
+
+fn clock_of(time: &Arc<AtomicU64>) -> Clock {
+    let time = time.clone();
+    Arc::new(move || time.load(Ordering::SeqCst) as i64)
+}
+
+impl Node {
+    /// A new replica in `dir` on a fresh disk.
+    pub fn init(name: String, dir: PathBuf, opts: InitOptions, now: u64) -> Result<Node, String> {
+        let disk = SimDisk::new();
+        let clock = Arc::new(AtomicU64::new(now));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{name}: folder: {e}"))?;
+        let replica = Replica::init_with_backend(&dir, disk.clone(), opts, clock_of(&clock))
+            .map_err(|e| format!("{name}: init: {e}"))?;
+        Ok(Node {
+            name,
+            site: replica.config().site_id,
+            dir,
+            disk,
+            clock,
+            replica: Some(replica),
+            up_at: 0,
+            crashes: 0,
+            power_cuts: 0,
+        })
+    }
+
+    /// The replica, if the node is up.
+    pub fn replica(&self) -> Option<&Replica> {
+        self.replica.as_ref()
+    }
+
+    /// The replica, or an error naming the node (for the checks, once every node is up).
+    pub fn up(&self) -> Result<&Replica, String> {
+        self.replica
+            .as_ref()
+            .ok_or_else(|| format!("{} is down", self.name))
+    }
+
+    /// Sets the node's clock: world time plus its skew.
+    pub fn set_time(&self, millis: u64) {
+        self.clock.store(millis, Ordering::SeqCst);
+    }
+
+    /// Stops the process at once (no clean close: the disk takes no more writes first); with
+    /// `power`, the disk also loses what was not synced. The node comes back at `up_at`.
+    pub fn crash(&mut self, power: bool, up_at: u64, rng: &mut Rng) {
+        self.disk.halt();
+        self.replica = None;
+        if power {
+            self.disk.power_cut(rng);
+            self.power_cuts += 1;
+        } else {
+            self.disk.restart();
+        }
+        self.crashes += 1;
+        self.up_at = up_at;
+    }
+
+    /// Opens the replica again from its folder and disk, if down.
+    pub fn restart(&mut self) -> Result<(), String> {
+        if self.replica.is_some() {
+            return Ok(());
+        }
+        let replica = Replica::open_with_backend(
+            &self.dir,
+            self.disk.clone(),
+            &KeySource::File,
+            clock_of(&self.clock),
+        )
+        .map_err(|e| format!("{} does not open after a crash: {e}", self.name))?;
+        self.replica = Some(replica);
+        Ok(())
+    }
+
+    /// True if the node is up and its disk failed under it: the daemon would stop on the
+    /// storage failure.
+    pub fn disk_failed(&self) -> bool {
+        self.replica.is_some() && self.disk.fired().is_some()
+    }
+}
