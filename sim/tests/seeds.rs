@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 const SEEDS: u64 = 300;
 /// Seeds that find a defect not fixed yet, with what they find: skipped by the CI run,
 /// replayed (and expected to fail, until the fix) by `known_defects_still_fail`.
-const KNOWN: &[(u64, &str)] = &[(65, BODY_REFUSED), (207, BODY_REFUSED)];
+const KNOWN: &[(u64, &str)] = &[(65, BODY_NOT_WITHDRAWN)];
 
-/// The defect seeds 65 and 207 find.
-const BODY_REFUSED: &str = "a site holds the metadata of a document written elsewhere \
-     without its body, and the host no longer sends it that body (seed 65: the site replaced \
-     the document, so its own writing keeps the dossier in its scope, then the grants that let \
-     it receive the whole dossier ended) while nothing withdrew the metadata: every later \
-     round of that site fails on its GetBody";
+/// The defect seed 65 finds.
+const BODY_NOT_WITHDRAWN: &str = "a site keeps the metadata of a document written elsewhere \
+     whose body the host no longer sends it (the site replaced the document, so its own \
+     writing keeps the dossier in its scope, then the grants that let it receive the whole \
+     dossier ended), and nothing withdraws that metadata: its rounds go on (the host answers \
+     `NoBody`), but the body stays missing there";
 /// The test stops starting seeds after this long (a loaded machine runs fewer; it says so).
 const BUDGET: Duration = Duration::from_secs(75);
 
