@@ -168,8 +168,13 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Invalid(format!("cannot read {}: {e}", path.display())))?;
-        let config: Config = toml::from_str(&text)
-            .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates the text of a configuration file (`origin` names it in errors).
+    pub fn parse(text: &str, origin: &Path) -> Result<Config> {
+        let config: Config = toml::from_str(text)
+            .map_err(|e| Error::Invalid(format!("{}: {e}", origin.display())))?;
         config.validate()?;
         Ok(config)
     }
