@@ -2,7 +2,9 @@
 //! folder and read by `carnet-syncd`.
 //!
 //! Invariants: a loaded configuration is valid for its role (a host has a listen address, a
-//! site a host address); unknown keys and malformed values are refused with the line at fault.
+//! site a host address); unknown keys and malformed values are refused with the line at fault;
+//! the file written (`to_commented_toml`) loads as the settings it was written from, whatever
+//! the paths hold (strings are quoted and escaped as TOML).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,6 +15,11 @@ use crate::error::{Error, Result};
 
 /// File name inside the data folder.
 pub const CONFIG_FILE: &str = "carnet.toml";
+
+/// `text` as a TOML string, quoted and escaped (a path may hold `"`, `\` or a line break).
+fn toml_string(text: &str) -> String {
+    toml::Value::String(text.to_string()).to_string()
+}
 
 /// The daemon's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,8 +175,13 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Invalid(format!("cannot read {}: {e}", path.display())))?;
-        let config: Config = toml::from_str(&text)
-            .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates the text of a configuration file (`origin` names it in errors).
+    pub fn parse(text: &str, origin: &Path) -> Result<Config> {
+        let config: Config = toml::from_str(text)
+            .map_err(|e| Error::Invalid(format!("{}: {e}", origin.display())))?;
         config.validate()?;
         Ok(config)
     }
@@ -271,7 +283,7 @@ impl Config {
              # Site: the host's address, from the enrolment bundle.\n{host}\n\n\
              # Folder watched for documents and their .carnet.json sidecars (relative to the\n\
              # data folder unless absolute).\n\
-             inbox = \"{}\"\n\n\
+             inbox = {}\n\n\
              # error, warn, info, debug or trace. Logs never carry patient data.\n\
              log_level = \"{}\"\n\n\
              # \"text\", or \"json\": one JSON object per line (journald, Loki).\n\
@@ -285,7 +297,7 @@ impl Config {
              # Host: a folder for a messaging gateway, one JSON file per notification (mode\n\
              # 0600; holds the dossier's INS), created 0700 if missing. Off unless set.\n\
              {spool}\n{http}",
-            self.inbox.display(),
+            toml_string(&self.inbox.to_string_lossy()),
             self.log_level,
             match self.log_format {
                 LogFormat::Text => "text",
@@ -293,7 +305,7 @@ impl Config {
             },
             self.sync_every,
             spool = match &self.notification_spool {
-                Some(dir) => format!("notification_spool = \"{}\"", dir.display()),
+                Some(dir) => format!("notification_spool = {}", toml_string(&dir.to_string_lossy())),
                 None => "# notification_spool = \"/var/spool/carnet\"".to_string(),
             },
             http = match &self.http {
@@ -368,6 +380,25 @@ mod tests {
             assert_eq!(toml::from_str::<Config>(&text).expect("parse"), host);
         }
         assert_eq!(site().inbox_dir(Path::new("/d")), Path::new("/d/inbox"));
+    }
+
+    #[test]
+    fn paths_are_written_as_toml_strings() {
+        // A plain path as before (scripts edit that line).
+        assert!(site().to_commented_toml().contains("\ninbox = \"inbox\"\n"));
+        // Quotes, backslashes and line breaks cannot end the string or add a key.
+        let mut odd = site();
+        odd.inbox = "in\"box\\\nlog_level = \"trace".into();
+        let mut host = odd.clone();
+        host.role = ConfigRole::Host;
+        host.host_address = None;
+        host.listen = Some("127.0.0.1:5000".parse().expect("addr"));
+        host.lease_hours = None;
+        host.notification_spool = Some("spool\"'\\".into());
+        for config in [odd, host] {
+            let text = config.to_commented_toml();
+            assert_eq!(toml::from_str::<Config>(&text).expect("parse"), config);
+        }
     }
 
     #[test]

@@ -228,19 +228,51 @@ fn ingest(replica: &Replica, doc: &Path, sidecar: &Path) -> Result<Ingested, Str
         ));
     }
     let text = fs::read(sidecar).map_err(|e| format!("cannot read the sidecar: {e}"))?;
-    let meta: Sidecar =
-        serde_json::from_slice(&text).map_err(|e| format!("the sidecar is not valid: {e}"))?;
-    let ins = Ins::parse(&meta.ins).map_err(|e| e.to_string())?;
-    let rpps = Rpps::parse(&meta.author_rpps).map_err(|e| e.to_string())?;
-    if meta.unique_id.trim().is_empty() {
-        return Err("the sidecar needs a unique_id".into());
-    }
+    let Filing {
+        ins,
+        author,
+        mut document,
+    } = read_sidecar(&text)?;
+    let unique_id = document.unique_id.as_deref().unwrap_or_default();
     if replica
-        .find_by_unique_id(&ins, &meta.unique_id)
+        .find_by_unique_id(&ins, unique_id)
         .map_err(|e| e.to_string())?
         .is_some()
     {
         return Ok(Ingested::AlreadyStored);
+    }
+    document.body = fs::read(doc).map_err(|e| format!("cannot read the document: {e}"))?;
+    file(
+        replica,
+        Filing {
+            ins,
+            author,
+            document,
+        },
+    )
+    .map(Ingested::Stored)
+}
+
+/// What a sidecar says, parsed and checked: the document to store, with an empty body.
+#[derive(Debug)]
+pub struct Filing {
+    /// The holder's dossier.
+    pub ins: Ins,
+    /// The professional who files it.
+    pub author: Rpps,
+    /// The document, its body still empty (it is the file beside the sidecar).
+    pub document: NewDocument,
+}
+
+/// Parses a sidecar's bytes and checks every value in it (the reason, when refused, is written
+/// beside the pair in `rejected/`). Reads nothing else.
+pub fn read_sidecar(text: &[u8]) -> Result<Filing, String> {
+    let meta: Sidecar =
+        serde_json::from_slice(text).map_err(|e| format!("the sidecar is not valid: {e}"))?;
+    let ins = Ins::parse(&meta.ins).map_err(|e| e.to_string())?;
+    let author = Rpps::parse(&meta.author_rpps).map_err(|e| e.to_string())?;
+    if meta.unique_id.trim().is_empty() {
+        return Err("the sidecar needs a unique_id".into());
     }
     let service_start = meta
         .service_start
@@ -248,26 +280,33 @@ fn ingest(replica: &Replica, doc: &Path, sidecar: &Path) -> Result<Ingested, Str
         .map(carnet_store::time::parse_date)
         .transpose()
         .map_err(|e| e.to_string())?;
-    let body = fs::read(doc).map_err(|e| format!("cannot read the document: {e}"))?;
-    let new = NewDocument {
+    let document = NewDocument {
         class: DocClass::parse(&meta.class).map_err(|e| e.to_string())?,
         type_code: meta.type_code,
         title: meta.title,
         format: meta.format.unwrap_or_else(|| "application/pdf".into()),
-        body,
+        body: Vec::new(),
         unique_id: Some(meta.unique_id),
         service_start,
         service_end: None,
     };
+    Ok(Filing {
+        ins,
+        author,
+        document,
+    })
+}
+
+/// Stores a filing in one transaction, as its author would.
+pub fn file(replica: &Replica, filing: Filing) -> Result<DocId, String> {
     replica
         .put_document(
-            &Actor::Professional(rpps),
+            &Actor::Professional(filing.author),
             AccessMode::Normal,
             None,
-            &ins,
-            new,
+            &filing.ins,
+            filing.document,
         )
-        .map(Ingested::Stored)
         .map_err(|e| e.to_string())
 }
 

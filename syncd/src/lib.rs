@@ -15,6 +15,8 @@ pub mod enrol;
 pub mod error;
 pub mod fleet;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hostkey;
 pub mod http;
 pub mod inbox;
@@ -26,7 +28,7 @@ pub mod session;
 pub mod spool;
 pub mod status_page;
 pub mod systemd;
-#[cfg(test)]
+#[cfg_attr(not(test), allow(dead_code))]
 mod testkit;
 pub mod transport;
 

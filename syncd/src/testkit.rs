@@ -1,4 +1,6 @@
 //! Test helpers: a host and an enrolled site replica with one dossier and a treating doctor.
+//! Compiled outside tests too, for the fuzz targets' fixture (`fuzzing`); the helpers that
+//! make temporary folders (`tempfile`, a dev-dependency) are test-only.
 
 use std::sync::Arc;
 
@@ -55,19 +57,14 @@ pub fn new_doc(title: &str, body: Vec<u8>) -> NewDocument {
     }
 }
 
-/// A host (dossier, doctor treating) and a site registering the doctor, pinned to the host.
-pub fn host_and_site() -> (tempfile::TempDir, Replica, Replica, Ins) {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let host = init(&tmp.path().join("host"), Role::Host, None, None);
-    let pro = Professional {
-        rpps: doctor(),
-        profession: Profession::Medecin,
-        specialty: None,
-        name: None,
-    };
-    host.add_professional(&pro).expect("pro");
-    let ins = Ins::from_body("2840575123456").expect("ins");
-    host.create_dossier(NewDossier {
+/// The INS of the fixture's dossier.
+pub fn ins() -> Ins {
+    Ins::from_body("2840575123456").expect("ins")
+}
+
+/// A dossier for `ins`, of a synthetic adult.
+pub fn new_dossier(ins: &Ins) -> NewDossier {
+    NewDossier {
         ins: ins.clone(),
         ins_kind: InsKind::TestNir,
         identity: Identity {
@@ -81,8 +78,29 @@ pub fn host_and_site() -> (tempfile::TempDir, Replica, Replica, Ins) {
         holder: HolderKind::Adult,
         representatives: vec![],
         mask_new_by_default: false,
-    })
-    .expect("dossier");
+    }
+}
+
+/// A host (dossier, doctor treating) and a site registering the doctor, pinned to the host.
+#[cfg(test)]
+pub fn host_and_site() -> (tempfile::TempDir, Replica, Replica, Ins) {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (host, site, ins) = host_and_site_in(tmp.path());
+    (tmp, host, site, ins)
+}
+
+/// `host_and_site` in `dir/host` and `dir/site`.
+pub fn host_and_site_in(dir: &std::path::Path) -> (Replica, Replica, Ins) {
+    let host = init(&dir.join("host"), Role::Host, None, None);
+    let pro = Professional {
+        rpps: doctor(),
+        profession: Profession::Medecin,
+        specialty: None,
+        name: None,
+    };
+    host.add_professional(&pro).expect("pro");
+    let ins = ins();
+    host.create_dossier(new_dossier(&ins)).expect("dossier");
     host.set_grant(
         &ins,
         &doctor(),
@@ -92,7 +110,7 @@ pub fn host_and_site() -> (tempfile::TempDir, Replica, Replica, Ins) {
     )
     .expect("grant");
     let site = init(
-        &tmp.path().join("site"),
+        &dir.join("site"),
         Role::Site,
         Some(5),
         host.host_key().expect("key"),
@@ -101,7 +119,7 @@ pub fn host_and_site() -> (tempfile::TempDir, Replica, Replica, Ins) {
     install_test_identity(&site);
     host.bind_professional(carnet_store::ids::SiteId(5), &doctor(), true)
         .expect("bind");
-    (tmp, host, site, ins)
+    (host, site, ins)
 }
 
 /// A site replica created from an enrolment bundle, with the doctor registered.
@@ -156,6 +174,7 @@ pub fn certificate(site: &Replica) -> Vec<u8> {
 
 /// A host whose treating doctor listed the dossier's documents there: one notification (his
 /// first access), not spooled yet.
+#[cfg(test)]
 pub fn host_with_notification() -> (tempfile::TempDir, Replica) {
     let (tmp, host, _site, ins) = host_and_site();
     host.list_documents(&carnet_store::model::Actor::Professional(doctor()), &ins)
