@@ -419,11 +419,21 @@ impl World {
         Ok(())
     }
 
+    /// Starts the nodes due up. A start whose disk fails under it (a fault armed while the
+    /// node was down fires as it opens) fails as the daemon would, and is tried again later,
+    /// after a power cut if that was the fault; any other failure to open is a defect.
     fn restart_due(&mut self) -> Result<(), String> {
-        let now = self.now;
-        for node in &mut self.nodes {
-            if node.replica().is_none() && node.up_at <= now {
-                node.restart()?;
+        for i in 0..self.nodes.len() {
+            let node = &mut self.nodes[i];
+            if node.replica().is_some() || node.up_at > self.now {
+                continue;
+            }
+            if let Err(e) = node.restart() {
+                let Some(fault) = node.disk.fired() else {
+                    return Err(e);
+                };
+                self.note(|| format!("{e} (its disk failed: {fault:?})"));
+                self.crash(i, fault == Fault::PowerCut);
             }
         }
         Ok(())
