@@ -160,7 +160,8 @@ impl Replica {
     }
 
     /// Documents of the dossier `bi` still waiting in the outbox go to the quarantine with
-    /// `reason` and leave the outbox (before a purge destroys them), inside `txn`.
+    /// `reason` (before a purge destroys them), inside `txn`; their outbox entries become
+    /// `OutboxItem::Quarantined`, so that the host still receives every sequence number.
     pub(super) fn quarantine_pending(
         &self,
         txn: &WriteTransaction,
@@ -184,8 +185,9 @@ impl Replica {
             self.quarantine_in(txn, &snap, generation, id, reason)?;
         }
         let mut outbox = txn.open_table(OUTBOX)?;
+        let placeholder = postcard::to_stdvec(&OutboxItem::Quarantined)?;
         for (seq, _) in &pending {
-            outbox.remove(*seq)?;
+            outbox.insert(*seq, placeholder.as_slice())?;
         }
         Ok(pending.len())
     }

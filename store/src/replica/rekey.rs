@@ -877,6 +877,7 @@ impl Rekey<'_> {
                 sealed: queued(Queued::DossierProposal, &[], &[], &sealed)?,
             },
             OutboxItem::Withheld => OutboxItem::Withheld,
+            OutboxItem::Quarantined => OutboxItem::Quarantined,
         };
         Ok((k.to_vec(), postcard::to_stdvec(&item)?))
     }

@@ -120,6 +120,10 @@ pub enum Change {
     /// The site held back the change it queued under this sequence: it could not read it
     /// (`withheld`). Nothing to apply; it keeps the sequence numbers contiguous.
     Withheld,
+    /// The site put the document it queued under this sequence in its quarantine before
+    /// sending it (its dossier was closed or refused meanwhile). Nothing to apply; it keeps the
+    /// sequence numbers contiguous.
+    Quarantined,
 }
 
 /// A result, or the outbox entry that could not be read and why.
@@ -312,6 +316,7 @@ impl Replica {
                     ));
                 }
                 OutboxItem::Withheld => out.push((seq, Change::Withheld)),
+                OutboxItem::Quarantined => out.push((seq, Change::Quarantined)),
             }
         }
         out.reverse();
@@ -482,6 +487,7 @@ impl Replica {
                 OutboxItem::EmergencyFetch { .. } => "emergency-fetch",
                 OutboxItem::DossierProposal { .. } => "dossier-proposal",
                 OutboxItem::Withheld => "withheld",
+                OutboxItem::Quarantined => "quarantined",
             };
             *out.entry(kind).or_insert(0) += 1;
         }
@@ -731,6 +737,18 @@ impl Replica {
                         None,
                         Some(&format!(
                             "site {origin} held back a change it could not read: nothing applied"
+                        )),
+                    )]);
+                }
+                Applied::Applied
+            }
+            Change::Quarantined => {
+                if self.config.role == super::Role::Host {
+                    txn.trace(vec![self.admin_entry(
+                        "change-quarantined-by-site",
+                        None,
+                        Some(&format!(
+                            "site {origin} kept a document it had queued in its quarantine (its dossier was closed or refused before the host received it): nothing applied"
                         )),
                     )]);
                 }

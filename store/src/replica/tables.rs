@@ -325,6 +325,9 @@ pub enum OutboxItem {
     /// An entry this site could not read, held back (`OUTBOX_HELD` keeps it with why); sent
     /// as `Change::Withheld`.
     Withheld,
+    /// A document entry whose document went to the quarantine before it was sent (`QUARANTINE`
+    /// keeps it); sent as `Change::Quarantined`.
+    Quarantined,
 }
 
 /// Why a dossier is in a site's scope (bits of `SCOPE`).

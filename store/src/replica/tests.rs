@@ -4931,6 +4931,48 @@ fn quarantined_at_site() -> (TempDir, Replica, TempDir, Replica, Ins, DocId) {
 }
 
 #[test]
+fn a_document_quarantined_before_it_was_sent_keeps_its_place_in_the_outbox() {
+    let (_hd, host, _sd, site, _closing, late) = quarantined_at_site();
+    // Written after the one the closure quarantined: its change comes after it.
+    let after = site
+        .put_document(
+            &Actor::Professional(doctor()),
+            AccessMode::Normal,
+            None,
+            &ins(),
+            doc("after the closure", b"after (synthetic)"),
+        )
+        .expect("put");
+    let changes = site.outbox(0, usize::MAX).expect("outbox");
+    let seqs: Vec<u64> = changes.iter().map(|(seq, _)| *seq).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "contiguous: {seqs:?}"
+    );
+    assert!(
+        changes.contains(&(seqs[0], Change::Quarantined)),
+        "{changes:?}"
+    );
+    // The host takes the batch whole: no gap where the quarantined document was.
+    host.apply_remote_batch(site.config().site_id, &changes)
+        .expect("no gap in the site's changes");
+    assert!(host_titles(&host, &ins()).contains(&"after the closure".to_string()));
+    assert!(!host_titles(&host, &ins()).contains(&"late".to_string()));
+    let quarantined = host
+        .audit_entries(None)
+        .expect("trace")
+        .iter()
+        .filter(|c| c.entry.action == TraceAction::Admin("change-quarantined-by-site".into()))
+        .count();
+    assert_eq!(quarantined, 1, "the host traces the quarantined change");
+    // The site lets go of the placeholder once acknowledged; the quarantine keeps the document.
+    site.ack_outbox(*seqs.last().expect("seq")).expect("ack");
+    assert_eq!(site.outbox_len().expect("outbox"), 0);
+    assert_eq!(site.quarantined().expect("list")[0].id, late);
+    assert!(host.has_body(&after).is_ok());
+}
+
+#[test]
 fn a_quarantined_document_is_listed_without_its_body_and_read_by_its_author_alone() {
     let (_hd, _host, _sd, site, closing, late) = quarantined_at_site();
     let listed = site.quarantined().expect("list");
