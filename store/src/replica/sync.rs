@@ -582,9 +582,12 @@ impl Replica {
             last = seq;
         }
         txn.open_table(APPLIED)?.insert(origin.0, last)?;
+        // A duplicate is answered as its first delivery was: a change the host returned then
+        // (on a stale copy of the session, whose answer went nowhere) is returned again, or
+        // the site would let go of it without keeping it.
         let mut returned = Vec::new();
         for (i, ((_, change), outcome)) in changes.iter().zip(&outcomes).enumerate() {
-            if *outcome == Applied::Returned
+            if matches!(outcome, Applied::Returned | Applied::Duplicate)
                 && let Some(r) = self.returned_for(&txn, origin, change)?
             {
                 returned.push((i, r));
@@ -603,6 +606,7 @@ impl Replica {
             )
             .collect();
         let lacking = self.lacking_in(
+            &txn.open_table(DOCS)?,
             &txn.open_table(BODIES)?,
             &txn.open_table(PARTIAL_PROGRESS)?,
             &documents,
@@ -957,10 +961,12 @@ impl Replica {
             .collect())
     }
 
-    /// Of `ids`, the documents whose body is not in `bodies`, with the bytes of each kept so
-    /// far in `progress` (tables of one transaction).
+    /// Of `ids`, the documents held in `docs` whose body is not in `bodies`, with the bytes of
+    /// each kept so far in `progress` (tables of one transaction). A document not held here
+    /// (returned, or purged with its dossier) lacks nothing: its body would be refused.
     fn lacking_in(
         &self,
+        docs: &impl ReadableTable<&'static [u8; 16], &'static [u8]>,
         bodies: &impl ReadableTable<&'static [u8], &'static [u8]>,
         progress: &impl ReadableTable<&'static [u8; 16], u64>,
         ids: &[DocId],
@@ -968,7 +974,9 @@ impl Replica {
         let mut out = Vec::new();
         for id in ids {
             let stored = self.stored_id(id);
-            if bodies.get(first_body_key(&stored).as_slice())?.is_none() {
+            if docs.get(&stored)?.is_some()
+                && bodies.get(first_body_key(&stored).as_slice())?.is_none()
+            {
                 let kept = progress.get(&stored)?.map_or(0, |v| v.value());
                 out.push((*id, kept));
             }

@@ -4973,6 +4973,37 @@ fn a_document_quarantined_before_it_was_sent_keeps_its_place_in_the_outbox() {
 }
 
 #[test]
+fn a_returned_change_delivered_again_is_returned_again_and_no_body_is_asked_for() {
+    let (_hd, host, _sd, site) = host_and_site();
+    let late = site
+        .put_document(
+            &Actor::Professional(doctor()),
+            AccessMode::Normal,
+            None,
+            &ins(),
+            doc("late", b"late body (synthetic)"),
+        )
+        .expect("put");
+    host.close_dossier(&ins(), "holder's request", false)
+        .expect("close");
+    let origin = site.config().site_id;
+    let changes = site.outbox(0, usize::MAX).expect("outbox");
+    // A stale copy of the session reaches the host first; its answer goes nowhere.
+    let first = host.apply_pushed(origin, &changes, &[]).expect("first");
+    assert_eq!(first.outcomes, [Applied::Returned]);
+    assert_eq!(first.returned.len(), 1);
+    // The live session's push is a duplicate: answered as the first delivery was.
+    let again = host.apply_pushed(origin, &changes, &[]).expect("again");
+    assert_eq!(again.outcomes, [Applied::Duplicate]);
+    assert!(
+        matches!(&again.returned[..], [(0, Returned::Document { id, .. })] if *id == late),
+        "{:?}",
+        again.returned
+    );
+    assert!(again.lacking.is_empty(), "{:?}", again.lacking);
+}
+
+#[test]
 fn a_quarantined_document_is_listed_without_its_body_and_read_by_its_author_alone() {
     let (_hd, _host, _sd, site, closing, late) = quarantined_at_site();
     let listed = site.quarantined().expect("list");
