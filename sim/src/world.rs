@@ -924,9 +924,21 @@ impl World {
         if cursor != log {
             return Ok(Some(format!("its cursor is at {cursor} of {log}")));
         }
-        let missing = s.missing_bodies().map_err(e)?.len();
-        if missing > 0 {
-            return Ok(Some(format!("{missing} bodies missing")));
+        let missing = s.missing_bodies().map_err(e)?;
+        if !missing.is_empty() {
+            let at_host: Vec<String> = missing
+                .iter()
+                .map(|id| match host.has_body(id) {
+                    Ok(true) => format!("{id} (the host holds it)"),
+                    Ok(false) => format!("{id} (the host lacks it too)"),
+                    Err(err) => format!("{id} (at the host: {err})"),
+                })
+                .collect();
+            return Ok(Some(format!(
+                "{} bodies missing: {}",
+                missing.len(),
+                at_host.join(", ")
+            )));
         }
         Ok(None)
     }

@@ -6,16 +6,6 @@ use std::time::{Duration, Instant};
 
 /// Seeds CI runs.
 const SEEDS: u64 = 300;
-/// Seeds that find a defect not fixed yet, with what they find: skipped by the CI run,
-/// replayed (and expected to fail, until the fix) by `known_defects_still_fail`.
-const KNOWN: &[(u64, &str)] = &[(65, BODY_NOT_WITHDRAWN)];
-
-/// The defect seed 65 finds.
-const BODY_NOT_WITHDRAWN: &str = "a site keeps the metadata of a document written elsewhere \
-     whose body the host no longer sends it (the site replaced the document, so its own \
-     writing keeps the dossier in its scope, then the grants that let it receive the whole \
-     dossier ended), and nothing withdraws that metadata: its rounds go on (the host answers \
-     `NoBody`), but the body stays missing there";
 /// The test stops starting seeds after this long (a loaded machine runs fewer; it says so).
 const BUDGET: Duration = Duration::from_secs(75);
 
@@ -42,9 +32,6 @@ fn seeded_worlds_heal_and_keep_every_invariant() {
         if started.elapsed() > budget {
             break;
         }
-        if KNOWN.iter().any(|(known, _)| *known == seed) {
-            continue;
-        }
         if let Err(f) = carnet_sim::run(seed, carnet_sim::Options::default()) {
             eprintln!("{f}");
             failures.push(f);
@@ -64,16 +51,4 @@ fn seeded_worlds_heal_and_keep_every_invariant() {
         failures.len(),
         failures[0]
     );
-}
-
-/// The known defects (`KNOWN`) are still there: when one is fixed, this fails, and its seed
-/// goes back into the CI run.
-#[test]
-fn known_defects_still_fail() {
-    for (seed, what) in KNOWN {
-        assert!(
-            carnet_sim::run(*seed, carnet_sim::Options::default()).is_err(),
-            "seed {seed} passes now: remove it from KNOWN ({what})"
-        );
-    }
 }

@@ -596,6 +596,8 @@ impl Replica {
         let authority = txn.open_table(AUTHORITY)?;
         // What the site may receive of a dossier in its scope is decided here, again.
         let mut view = self.site_view(txn, site)?;
+        // Dossiers this batch tells the site to leave.
+        let mut left = std::collections::HashSet::new();
         let grant_seen = |view: &super::site_view::SiteView, subject: &[u8]| {
             subject.first() != Some(&tag::GRANT)
                 || subject
@@ -660,12 +662,25 @@ impl Replica {
                             out.push((seq, PullItem::Document(Box::new(meta))));
                         }
                     }
+                    // Back after a `Leave` of this batch: the site keeps the dossier instead of
+                    // purging it (`apply_pull`), so what it held then and may no longer hold
+                    // is withdrawn here.
+                    if left.contains(&bi)
+                        && let Some(s) = signed_at(&subject_key(tag::DOSSIER, Some(&bi), None))?
+                        && let Some(ins) = authority::decode(&s)?.record.ins().cloned()
+                    {
+                        let docs = self.withdrawn_from(txn, generation, &mut view, &bi)?;
+                        if !docs.is_empty() {
+                            out.push((seq, PullItem::Withdraw { ins, docs }));
+                        }
+                    }
                 }
                 LogItem::Leave(bi) => {
                     if let Some(s) = signed_at(&subject_key(tag::DOSSIER, Some(&bi), None))?
                         && let Some(ins) = authority::decode(&s)?.record.ins().cloned()
                     {
                         out.push((seq, PullItem::Leave(ins)));
+                        left.insert(bi);
                     }
                 }
                 LogItem::Withdraw(bi) if !in_scope(&bi)? => {}

@@ -3891,6 +3891,52 @@ fn a_professional_unbound_from_the_site_takes_the_others_documents_with_him() {
 }
 
 #[test]
+fn a_dossier_back_in_scope_by_the_sites_writing_alone_loses_what_the_site_held_before() {
+    let (_hd, host, _sd, site) = host_and_site();
+    let at_host = write(&host, "at the host", b"h");
+    sync(&host, &site);
+    assert!(holds_document(&site, &at_host));
+    // The grant ends: the dossier leaves the site's scope. Before the site hears of it, its
+    // doctor adds a document (row 11: adding needs no consent), which brings the dossier back
+    // into its scope, for what the site wrote only.
+    host.set_grant(
+        &ins(),
+        &doctor(),
+        GrantState::Revoked,
+        GrantBasis::Treating,
+        None,
+    )
+    .expect("revoke");
+    let own = write(&site, "at the site", b"s");
+    let origin = site.config().site_id;
+    let changes = site.outbox(0, usize::MAX).expect("outbox");
+    let pushed = host.apply_pushed(origin, &changes, &[]).expect("push");
+    assert_eq!(pushed.outcomes, [Applied::Applied]);
+    site.ack_outbox(changes.last().expect("change").0)
+        .expect("ack");
+    let items = host
+        .pull(origin, site.pull_cursor().expect("cursor"), usize::MAX)
+        .expect("pull");
+    let leave = items
+        .iter()
+        .position(|(_, i)| matches!(i, PullItem::Leave(_)));
+    let withdraw = items.iter().position(|(_, i)| {
+        matches!(i, PullItem::Withdraw { docs, .. } if docs.contains(&at_host) && !docs.contains(&own))
+    });
+    assert!(
+        matches!((leave, withdraw), (Some(l), Some(w)) if l < w),
+        "{items:?}"
+    );
+    site.apply_pull(&items).expect("apply");
+    assert!(site.dossier(&ins()).is_ok(), "kept, not purged");
+    assert!(holds_document(&site, &own), "a site keeps what it wrote");
+    assert!(
+        !holds_document(&site, &at_host),
+        "what the site may no longer hold is gone"
+    );
+}
+
+#[test]
 fn a_right_back_before_the_pull_withdraws_nothing_and_an_ended_pin_withdraws_the_rest() {
     let (_hd, host, _sd, site) = host_and_site();
     let at_host = write(&host, "at the host", b"h");

@@ -11,6 +11,10 @@
 //!   cursor acknowledges it. What is withdrawn is decided when the site pulls, with the same
 //!   decision that chooses what a pull sends (`site_view`): every document of the dossier the
 //!   site would not receive now. A right back by then withdraws nothing.
+//! - A dossier that left the scope and came back before the site pulled (its rights ended,
+//!   then the site wrote in it) is not purged at the site (`apply_pull` keeps a dossier whose
+//!   `Leave` and re-entry arrive in one batch): the re-entry then carries a withdrawal too
+//!   (`pull_in`), so the site keeps only what it may hold now.
 //! - A site never deletes a document it wrote, nor one whose change still waits in its outbox
 //!   (that change is pushed first; the host, finding the site no longer holds the document,
 //!   logs the withdrawal again: `withdraw_after_push`), nor one of another dossier than the
