@@ -8,7 +8,9 @@
 //!
 //! Invariants: a pair is stored before it is moved, and recognised by its producer's
 //! `unique_id` when seen again, so a crash between the two, or the same pair dropped twice,
-//! stores it once. Bad input never panics: it lands in `rejected/` with the reason.
+//! stores it once. Bad input never panics: it lands in `rejected/` with the reason. A pair the
+//! replica cannot store because its storage failed (a full disk) is not bad input: it stays
+//! where it is (`InboxReport::waiting`) and the daemon tries it again after its next round.
 //!
 //! The daemon scans at start-up and when `watch` signals. *Invariant:* a scan causes no event
 //! that signals another: only a file created, moved in, closed after writing or written to
@@ -65,6 +67,9 @@ pub struct InboxReport {
     pub duplicates: Vec<String>,
     /// Pairs refused, with the reason written beside them.
     pub rejected: Vec<(String, String)>,
+    /// Pairs left where they are because the replica could not store them now (its storage
+    /// failed: a full disk, an I/O error), with why; the next scan tries them again.
+    pub waiting: Vec<(String, String)>,
 }
 
 /// Whether a file-system event in the inbox can mean a new or completed pair, so it is worth
@@ -204,6 +209,7 @@ pub fn process(replica: &Replica, inbox: &Path) -> std::io::Result<InboxReport> 
                 move_pair(inbox, "done", &doc_path, &sidecar_path, None)?;
                 report.duplicates.push(doc_name.to_string());
             }
+            Ok(Ingested::Later(why)) => report.waiting.push((doc_name.to_string(), why)),
             Err(reason) => {
                 move_pair(inbox, "rejected", &doc_path, &sidecar_path, Some(&reason))?;
                 report.rejected.push((doc_name.to_string(), reason));
@@ -216,6 +222,17 @@ pub fn process(replica: &Replica, inbox: &Path) -> std::io::Result<InboxReport> 
 enum Ingested {
     Stored(DocId),
     AlreadyStored,
+    /// Not stored, through no fault of the pair: the replica's storage failed.
+    Later(String),
+}
+
+/// What to do with a pair whose storing failed with `e`: try again later when the storage
+/// failed (nothing wrong with the pair), refuse it otherwise.
+fn storing_failed(e: carnet_store::Error) -> Result<Ingested, String> {
+    match e {
+        carnet_store::Error::Storage(_) => Ok(Ingested::Later(e.to_string())),
+        e => Err(e.to_string()),
+    }
 }
 
 fn ingest(replica: &Replica, doc: &Path, sidecar: &Path) -> Result<Ingested, String> {
@@ -234,23 +251,23 @@ fn ingest(replica: &Replica, doc: &Path, sidecar: &Path) -> Result<Ingested, Str
         mut document,
     } = read_sidecar(&text)?;
     let unique_id = document.unique_id.as_deref().unwrap_or_default();
-    if replica
-        .find_by_unique_id(&ins, unique_id)
-        .map_err(|e| e.to_string())?
-        .is_some()
-    {
-        return Ok(Ingested::AlreadyStored);
+    match replica.find_by_unique_id(&ins, unique_id) {
+        Ok(Some(_)) => return Ok(Ingested::AlreadyStored),
+        Ok(None) => {}
+        Err(e) => return storing_failed(e),
     }
     document.body = fs::read(doc).map_err(|e| format!("cannot read the document: {e}"))?;
-    file(
+    match store(
         replica,
         Filing {
             ins,
             author,
             document,
         },
-    )
-    .map(Ingested::Stored)
+    ) {
+        Ok(id) => Ok(Ingested::Stored(id)),
+        Err(e) => storing_failed(e),
+    }
 }
 
 /// What a sidecar says, parsed and checked: the document to store, with an empty body.
@@ -299,15 +316,17 @@ pub fn read_sidecar(text: &[u8]) -> Result<Filing, String> {
 
 /// Stores a filing in one transaction, as its author would.
 pub fn file(replica: &Replica, filing: Filing) -> Result<DocId, String> {
-    replica
-        .put_document(
-            &Actor::Professional(filing.author),
-            AccessMode::Normal,
-            None,
-            &filing.ins,
-            filing.document,
-        )
-        .map_err(|e| e.to_string())
+    store(replica, filing).map_err(|e| e.to_string())
+}
+
+fn store(replica: &Replica, filing: Filing) -> carnet_store::Result<DocId> {
+    replica.put_document(
+        &Actor::Professional(filing.author),
+        AccessMode::Normal,
+        None,
+        &filing.ins,
+        filing.document,
+    )
 }
 
 /// Moves both files into `inbox/sub/`, never over an existing file; writes the reason beside
@@ -396,21 +415,28 @@ mod tests {
         Ins::from_body("2840575123456").expect("ins")
     }
 
+    fn clock() -> carnet_store::replica::Clock {
+        Arc::new(|| 1_700_000_000_000)
+    }
+
+    fn host_options() -> InitOptions {
+        InitOptions {
+            role: Role::Host,
+            name: "h".into(),
+            site_id: None,
+            key: KeySource::File,
+            host_key: None,
+            lease_hours: None,
+        }
+    }
+
     fn replica(dir: &Path) -> Replica {
-        let clock: carnet_store::replica::Clock = Arc::new(|| 1_700_000_000_000);
-        let r = Replica::init(
-            dir,
-            InitOptions {
-                role: Role::Host,
-                name: "h".into(),
-                site_id: None,
-                key: KeySource::File,
-                host_key: None,
-                lease_hours: None,
-            },
-            clock,
-        )
-        .expect("init");
+        let r = Replica::init(dir, host_options(), clock()).expect("init");
+        with_a_dossier(r)
+    }
+
+    /// Registers the doctor and creates the dossier, with the doctor granted.
+    fn with_a_dossier(r: Replica) -> Replica {
         let rpps = Rpps::parse(DOCTOR).expect("rpps");
         r.add_professional(&Professional {
             rpps: rpps.clone(),
@@ -467,6 +493,67 @@ mod tests {
         )
         .expect("list")
         .len()
+    }
+
+    /// A disk in memory that can be made full: every write then fails with ENOSPC.
+    #[derive(Debug, Clone, Default)]
+    struct FillableDisk {
+        inner: Arc<redb::backends::InMemoryBackend>,
+        full: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl redb::StorageBackend for FillableDisk {
+        fn len(&self) -> std::io::Result<u64> {
+            self.inner.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+            self.inner.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.inner.set_len(len)
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            self.inner.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            if self.full.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(std::io::Error::from_raw_os_error(28));
+            }
+            self.inner.write(offset, data)
+        }
+    }
+
+    #[test]
+    fn a_pair_the_replica_cannot_store_for_a_full_disk_waits_in_place_and_is_stored_later() {
+        let (data, inbox) = (
+            tempfile::tempdir().expect("tmp"),
+            tempfile::tempdir().expect("tmp"),
+        );
+        let disk = FillableDisk::default();
+        let r = with_a_dossier(
+            Replica::init_with_backend(data.path(), disk.clone(), host_options(), clock())
+                .expect("init"),
+        );
+        disk.full.store(true, std::sync::atomic::Ordering::SeqCst);
+        drop_pair(
+            inbox.path(),
+            "cr.txt",
+            "synthetic",
+            &sidecar("urn:test:full"),
+        );
+        let report = process(&r, inbox.path()).expect("scan");
+        assert_eq!(report.waiting.len(), 1, "{report:?}");
+        assert!(report.rejected.is_empty() && report.stored.is_empty());
+        assert!(inbox.path().join("cr.txt").exists(), "left in place");
+        assert!(!inbox.path().join("rejected").exists(), "not rejected");
+        // Space freed, the daemon started again: the pair is stored.
+        drop(r);
+        disk.full.store(false, std::sync::atomic::Ordering::SeqCst);
+        let r = Replica::open_with_backend(data.path(), disk.clone(), &KeySource::File, clock())
+            .expect("open");
+        let report = process(&r, inbox.path()).expect("scan");
+        assert_eq!(report.stored.len(), 1, "{report:?}");
+        assert_eq!(documents(&r), 1);
     }
 
     #[test]

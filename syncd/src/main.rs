@@ -458,7 +458,7 @@ async fn site(
                 .map_or_else(|| "no host".to_string(), |a| a.to_string())
         ),
     );
-    ingest(&service, &inbox_dir).await;
+    let mut inbox_waiting = ingest(&service, &inbox_dir).await;
     // A restored replica takes nothing from its inbox until its first round caught up.
     let mut restoring = service.replica.restore_mark().ok().flatten().is_some();
     let mut timer = RoundTimer::new(Duration::from_secs(config.sync_every));
@@ -483,6 +483,9 @@ async fn site(
             return Ok(());
         }
         let round_ended = tokio::time::Instant::now();
+        if inbox_waiting {
+            inbox_waiting = ingest(&service, &inbox_dir).await;
+        }
         let Next {
             pause,
             regular,
@@ -505,7 +508,7 @@ async fn site(
                 }
                 if restoring {
                     restoring = false;
-                    ingest(&service, &inbox_dir).await;
+                    inbox_waiting = ingest(&service, &inbox_dir).await;
                 }
                 timer.succeeded(report.bodies_waiting > 0)
             }
@@ -534,7 +537,7 @@ async fn site(
                     break;
                 }
                 // A burst of events is one signal (the channel holds one).
-                Some(()) = scans.recv() => ingest(&service, &inbox_dir).await,
+                Some(()) = scans.recv() => inbox_waiting = ingest(&service, &inbox_dir).await,
                 // SIGHUP: the connection stays; the next regular round keeps to the new
                 // interval, and a new inbox is watched (and scanned) from now on.
                 Some(config) = settings.reloaded(notifier) => {
@@ -543,7 +546,7 @@ async fn site(
                         match watch_inbox(&new_dir) {
                             Ok((watcher, new_scans)) => {
                                 (_watcher, scans, inbox_dir) = (watcher, new_scans, new_dir);
-                                ingest(&service, &inbox_dir).await;
+                                inbox_waiting = ingest(&service, &inbox_dir).await;
                             }
                             // The new folder cannot be watched: the old one stays.
                             Err(e) => tracing::warn!(
@@ -677,8 +680,10 @@ fn watch_inbox(
     inbox::watch(dir).map_err(std::io::Error::other)
 }
 
-/// One scan of the inbox, on the blocking side; what it stored starts a round.
-async fn ingest(service: &Service, inbox_dir: &std::path::Path) {
+/// One scan of the inbox, on the blocking side; what it stored starts a round. True when it
+/// left pairs waiting (the replica's storage failed): the daemon scans again after the next
+/// round.
+async fn ingest(service: &Service, inbox_dir: &std::path::Path) -> bool {
     let (r, dir) = (service.replica.clone(), inbox_dir.to_path_buf());
     match tokio::task::spawn_blocking(move || inbox::process(&r, &dir)).await {
         Ok(Ok(report)) if report != inbox::InboxReport::default() => {
@@ -686,14 +691,23 @@ async fn ingest(service: &Service, inbox_dir: &std::path::Path) {
                 stored = report.stored.len(),
                 duplicates = report.duplicates.len(),
                 rejected = report.rejected.len(),
+                waiting = report.waiting.len(),
                 "inbox"
             );
+            // File names may name patients: only the reason is logged.
+            for (_, why) in &report.waiting {
+                tracing::warn!(error = %why, "inbox: a pair left in place, tried again after the next round");
+            }
             if !report.stored.is_empty() {
                 service.changed.notify_one();
             }
+            !report.waiting.is_empty()
         }
-        Ok(Err(e)) => tracing::warn!(error = %e, "inbox"),
-        _ => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "inbox");
+            false
+        }
+        _ => false,
     }
 }
 
