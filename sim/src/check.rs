@@ -9,8 +9,11 @@
 //! 3. Convergence: each site holds exactly the dossiers the host puts in its scope (active,
 //!    with a grant to a professional bound to the site), with the same head, grants and
 //!    documents as the host.
-//! 4. No plaintext: no synthetic title, body or name in any file of the world's folder nor on
-//!    any node's disk.
+//! 4. The inboxes: every pair dropped was taken (stored, known as stored, or rejected for
+//!    what it says; a pair the storage failed on waits, and healing scans it again).
+//! 5. No plaintext: no synthetic title, body or name in any file of the world's folder nor on
+//!    any node's disk, the inboxes aside (what the clinic's software drops is its own, in
+//!    clear).
 
 use carnet_store::model::{DossierStatus, GrantState};
 
@@ -21,10 +24,11 @@ type Check = fn(&World) -> Result<(), String>;
 
 /// Runs every check; the first failure says what and where.
 pub fn all(world: &World) -> Result<(), String> {
-    let checks: [(&str, Check); 4] = [
+    let checks: [(&str, Check); 5] = [
         ("traces", traces),
         ("acknowledged writes", acknowledged_writes),
         ("convergence", convergence),
+        ("inboxes", inboxes),
         ("plaintext", plaintext),
     ];
     for (name, check) in checks {
@@ -121,7 +125,24 @@ fn convergence(world: &World) -> Result<(), String> {
     // still hold.
     let wrote = |node: usize, d: usize| world.model.changed.contains(&(node, d));
     for (d, ins) in world.model.dossiers.iter().enumerate() {
-        let at_host = host.dossier(ins).map_err(err("host: dossier"))?;
+        let at_host = match host.dossier(ins) {
+            Ok(info) => info,
+            // Opened at a site, and not taken by the host: no site holds it any more.
+            Err(carnet_store::Error::NotFound(_))
+                if world.model.opened.iter().any(|(_, o)| *o == d) =>
+            {
+                for node in &world.nodes[1..] {
+                    if node.up()?.dossier(ins).is_ok() {
+                        return Err(format!(
+                            "{}: holds dossier {d}, opened at a site, which the host does not",
+                            node.name
+                        ));
+                    }
+                }
+                continue;
+            }
+            Err(e) => return Err(format!("host: dossier {d}: {e}")),
+        };
         let active = at_host.head.status == DossierStatus::Active;
         for (i, node) in world.nodes.iter().enumerate().skip(1) {
             let site = node.up()?;
@@ -263,9 +284,30 @@ fn files_under(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) -> std:
     Ok(())
 }
 
+fn inboxes(world: &World) -> Result<(), String> {
+    for node in &world.nodes[1..] {
+        let inbox = node.dir.join("inbox");
+        let Ok(entries) = std::fs::read_dir(&inbox) else {
+            continue;
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| format!("{}: inbox: {e}", node.name))?;
+            if !entry.path().is_dir() {
+                return Err(format!(
+                    "{}: {} is still in its inbox after healing",
+                    node.name,
+                    entry.file_name().to_string_lossy()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn plaintext(world: &World) -> Result<(), String> {
     let mut files = Vec::new();
     files_under(world.root(), &mut files).map_err(|e| format!("world folder: {e}"))?;
+    files.retain(|f| !f.components().any(|c| c.as_os_str() == "inbox"));
     let mut places: Vec<(String, Vec<u8>)> = Vec::new();
     for f in files {
         let bytes = std::fs::read(&f).map_err(|e| format!("{}: {e}", f.display()))?;

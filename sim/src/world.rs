@@ -1,8 +1,10 @@
 //! A simulated world: one host and 2–8 sites, driven by one seed on virtual time.
 //!
 //! Each step advances time and does one thing the seed picks: an operation at a node (a
-//! document written, read, masked or replaced at a site or the host; a grant, a revocation or
-//! a closure at the host), a message delivered on a round in flight, a round started, a node
+//! document written, read, masked or replaced at a site or the host; a dossier opened at a
+//! site, for a new patient or one the host has, its identity qualified now or later; a pair
+//! dropped into a site's inbox, now and then twice, and the inbox scanned; a grant, a
+//! revocation or a closure at the host), a message delivered on a round in flight, a round started, a node
 //! crashed (between rounds or in the middle of one) or its power cut, a disk fault armed
 //! (ENOSPC, EIO, a power cut at a coming write), a duplicated delivery, a site cut off from
 //! the host or brought back. Sites run their rounds as the daemon does: after a change here
@@ -93,6 +95,26 @@ pub struct Model {
     /// (node, dossier): the node changed a document of the dossier (wrote, replaced or masked
     /// one): a site keeps such a dossier in its scope, with what it may still hold.
     pub changed: BTreeSet<(usize, usize)>,
+    /// (node, dossier): dossiers opened at a site (`open_dossier_here`).
+    pub opened: BTreeSet<(usize, usize)>,
+    /// Of those, the ones whose identity is still provisional (held at the site), with the
+    /// professional who opened it.
+    pub provisional: BTreeMap<(usize, usize), usize>,
+    /// Pairs dropped into a site's inbox.
+    pub dropped: Vec<Dropped>,
+}
+
+/// A document and its sidecar dropped into a site's inbox by the clinic's software.
+#[derive(Debug, Clone)]
+pub struct Dropped {
+    /// The site.
+    pub node: usize,
+    /// The dossier the sidecar names.
+    pub dossier: usize,
+    /// The professional the sidecar names.
+    pub author: usize,
+    /// The producer's unique id.
+    pub unique_id: String,
 }
 
 /// Counts of what happened, for the report.
@@ -205,6 +227,25 @@ fn synthetic_ins(seed: u64, i: usize) -> Result<Ins, String> {
     Ins::from_body(&body).map_err(|e| format!("ins {body}: {e}"))
 }
 
+/// Dossier `i` of the world, with a marked name.
+fn new_dossier(ins: &Ins, i: usize, status: IdentityStatus) -> NewDossier {
+    NewDossier {
+        ins: ins.clone(),
+        ins_kind: InsKind::TestNir,
+        identity: Identity {
+            birth_name: format!("SIMNAME{i}"),
+            first_names: "Alex".into(),
+            birth_date: "1984-05-07".into(),
+            sex: Sex::Female,
+            birthplace: None,
+            status,
+        },
+        holder: HolderKind::Adult,
+        representatives: vec![],
+        mask_new_by_default: false,
+    }
+}
+
 fn professional(i: usize) -> Result<Rpps, String> {
     Rpps::parse(&format!("1000000{:04}", i + 1)).map_err(|e| e.to_string())
 }
@@ -258,22 +299,8 @@ impl World {
         }
         for i in 0..opts.dossiers {
             let ins = synthetic_ins(seed, i)?;
-            h.create_dossier(NewDossier {
-                ins: ins.clone(),
-                ins_kind: InsKind::TestNir,
-                identity: Identity {
-                    birth_name: format!("SIMNAME{i}"),
-                    first_names: "Alex".into(),
-                    birth_date: "1984-05-07".into(),
-                    sex: Sex::Female,
-                    birthplace: None,
-                    status: IdentityStatus::Qualified,
-                },
-                holder: HolderKind::Adult,
-                representatives: vec![],
-                mask_new_by_default: false,
-            })
-            .map_err(|e| format!("dossier: {e}"))?;
+            h.create_dossier(new_dossier(&ins, i, IdentityStatus::Qualified))
+                .map_err(|e| format!("dossier: {e}"))?;
             model.dossiers.push(ins);
         }
         // Each dossier starts with some professionals granted.
@@ -507,8 +534,184 @@ impl World {
         let Some(p) = self.rng.index(bound.len()).map(|i| bound[i]) else {
             return Ok(());
         };
-        self.act(site, p)?;
+        match self.rng.below(16) {
+            0 => self.open_here(site, p)?,
+            1 => self.drop_in_inbox(site, p)?,
+            2 => self.qualify_one(site)?,
+            _ => self.act(site, p)?,
+        }
         self.changed(site);
+        Ok(())
+    }
+
+    /// Professional `p` opens a dossier at `site`: mostly for a patient the host has no
+    /// dossier for, sometimes for one it has (the host merges the two, or returns what the
+    /// site wrote if it closed its own); sometimes with an identity not checked yet (held at
+    /// the site until qualified).
+    fn open_here(&mut self, site: usize, p: usize) -> Result<(), String> {
+        let known = self.model.dossiers.len();
+        let d = if self.rng.chance(250) {
+            self.rng.below(known as u64) as usize
+        } else {
+            known
+        };
+        let qualified = !self.rng.chance(250);
+        let ins = match self.model.dossiers.get(d) {
+            Some(ins) => ins.clone(),
+            None => synthetic_ins(self.seed, d)?,
+        };
+        let status = if qualified {
+            IdentityStatus::Qualified
+        } else {
+            IdentityStatus::Provisional
+        };
+        let actor = Actor::Professional(self.model.professionals[p].clone());
+        let name = self.nodes[site].name.clone();
+        let Some(replica) = self.nodes[site].replica() else {
+            return Ok(());
+        };
+        match replica.open_dossier_here(new_dossier(&ins, d, status), &actor) {
+            Ok(_) => {
+                self.note(|| {
+                    format!(
+                        "{name}: professional {p} opened dossier {d} here (qualified: {qualified})"
+                    )
+                });
+                if d == known {
+                    self.model.dossiers.push(ins);
+                }
+                self.model.opened.insert((site, d));
+                self.model.changed.insert((site, d));
+                if !qualified {
+                    self.model.provisional.insert((site, d), p);
+                }
+                Ok(())
+            }
+            Err(e) => expected(&name, "open a dossier", &e),
+        }
+    }
+
+    /// One dossier opened at `site` with a provisional identity has it checked now.
+    fn qualify_one(&mut self, site: usize) -> Result<(), String> {
+        let Some((&(_, d), &p)) = self
+            .model
+            .provisional
+            .range((site, 0)..(site + 1, 0))
+            .next()
+        else {
+            return Ok(());
+        };
+        self.qualify(site, d, p)
+    }
+
+    fn qualify(&mut self, site: usize, d: usize, p: usize) -> Result<(), String> {
+        let name = self.nodes[site].name.clone();
+        let Some(replica) = self.nodes[site].replica() else {
+            return Ok(());
+        };
+        let (ins, rpps) = (&self.model.dossiers[d], &self.model.professionals[p]);
+        match replica.qualify_dossier(ins, rpps) {
+            Ok(()) => {
+                self.note(|| format!("{name}: dossier {d} qualified"));
+                self.model.provisional.remove(&(site, d));
+                Ok(())
+            }
+            // Dropped meanwhile (the host's answer came for that INS): nothing to qualify.
+            Err(carnet_store::Error::NotFound(_)) | Err(carnet_store::Error::Invalid(_)) => {
+                self.model.provisional.remove(&(site, d));
+                Ok(())
+            }
+            Err(e) => expected(&name, "qualify", &e),
+        }
+    }
+
+    /// The clinic's software drops a document and its sidecar into `site`'s inbox (now and
+    /// then one dropped before, again), and the daemon scans it.
+    fn drop_in_inbox(&mut self, site: usize, p: usize) -> Result<(), String> {
+        let earlier = self.model.dropped.iter().rfind(|x| x.node == site).cloned();
+        let again = earlier.is_some() && self.rng.chance(150);
+        let pair = match earlier {
+            Some(earlier) if again => earlier,
+            _ => {
+                let n = self.stats.writes;
+                self.stats.writes += 1;
+                Dropped {
+                    node: site,
+                    dossier: self.rng.below(self.model.dossiers.len() as u64) as usize,
+                    author: p,
+                    unique_id: format!("urn:sim:{}:{n}", self.seed),
+                }
+            }
+        };
+        let inbox = self.nodes[site].dir.join("inbox");
+        let file = pair.unique_id.replace(':', "-");
+        let sidecar = serde_json::json!({
+            "ins": self.model.dossiers[pair.dossier].matricule(),
+            "author_rpps": self.model.professionals[pair.author].as_str(),
+            "class": "10",
+            "type": "11488-4",
+            "title": format!("SIMTITLE {}", pair.unique_id),
+            "unique_id": pair.unique_id,
+            "format": "text/plain",
+        });
+        let write = || -> std::io::Result<()> {
+            std::fs::create_dir_all(&inbox)?;
+            std::fs::write(inbox.join(&file), format!("SIMBODY {}", pair.unique_id))?;
+            std::fs::write(
+                inbox.join(format!("{file}{}", carnet_syncd::inbox::SIDECAR_SUFFIX)),
+                sidecar.to_string(),
+            )
+        };
+        write().map_err(|e| format!("inbox: {e}"))?;
+        self.note(|| {
+            format!(
+                "{}: {} dropped in its inbox",
+                self.nodes[site].name, pair.unique_id
+            )
+        });
+        if !again {
+            self.model.dropped.push(pair);
+        }
+        self.scan_inbox(site)
+    }
+
+    /// `site`'s daemon scans its inbox: what it stores is an acknowledged write.
+    fn scan_inbox(&mut self, site: usize) -> Result<(), String> {
+        let name = self.nodes[site].name.clone();
+        let inbox = self.nodes[site].dir.join("inbox");
+        let Some(replica) = self.nodes[site].replica() else {
+            return Ok(());
+        };
+        if !inbox.is_dir() {
+            return Ok(());
+        }
+        let report = carnet_syncd::inbox::process(replica, &inbox)
+            .map_err(|e| format!("{name}: inbox: {e}"))?;
+        for (_, reason) in &report.rejected {
+            if reason.starts_with("storage error") {
+                return Err(format!(
+                    "{name}: the inbox rejected a pair for a failure of its own storage: {reason}"
+                ));
+            }
+        }
+        for (file, id) in report.stored {
+            let Some(pair) = self
+                .model
+                .dropped
+                .iter()
+                .find(|x| x.node == site && x.unique_id.replace(':', "-") == file)
+            else {
+                return Err(format!("{name}: the inbox stored {file}, never dropped"));
+            };
+            self.note(|| format!("{name}: inbox stored {id} in dossier {}", pair.dossier));
+            self.model.changed.insert((site, pair.dossier));
+            self.model.written.push(Written {
+                id,
+                dossier: pair.dossier,
+                node: site,
+                author: pair.author,
+            });
+        }
         Ok(())
     }
 
@@ -843,6 +1046,19 @@ impl World {
         self.advance(IDLE_TIMEOUT);
         for node in &mut self.nodes {
             node.restart()?;
+        }
+        // Identities checked at last, and the inboxes scanned as each daemon does at start.
+        let provisional: Vec<((usize, usize), usize)> = self
+            .model
+            .provisional
+            .iter()
+            .map(|(k, p)| (*k, *p))
+            .collect();
+        for ((site, d), p) in provisional {
+            self.qualify(site, d, p)?;
+        }
+        for site in sites.iter().copied() {
+            self.scan_inbox(site)?;
         }
         for pass in 0..12 {
             let mut behind = Vec::new();
