@@ -9,9 +9,11 @@
 //! delivered twice, partitions), and the operations and faults at random (`world`). After the
 //! world heals, `check` verifies the invariants.
 //!
-//! A seed replays the same schedule: the same operations, faults and deliveries at the same
-//! virtual times. What the product draws from the operating system (keys, document ids,
-//! nonces) differs between runs; the simulator never decides on those values.
+//! A seed replays the same world: the same operations, faults and deliveries at the same
+//! virtual times, and the same keys, document ids and nonces (the thread's randomness is
+//! seeded while the world lives: `carnet_store::crypto::seed_thread_for_simulation`). Only
+//! the certificates' keys (made by rcgen) still come from the operating system; nothing
+//! decides on their bytes.
 //!
 //! `run(seed)` is one world; `CARNET_SIM_SEED=N cargo test -p carnet-sim` replays seed N, and
 //! `carnet-bench sim --seeds N` runs many.

@@ -181,6 +181,26 @@ pub struct World {
     opts: Options,
     /// `CARNET_SIM_TRACE` is set: say what happens.
     verbose: bool,
+    /// The thread's randomness is the seed's while the world lives (dropped last).
+    _seeded: SeededThread,
+}
+
+/// Seeds this thread's randomness (keys, nonces, document ids) while it lives, so that a seed
+/// replays byte for byte (`carnet_store::crypto::seed_thread_for_simulation`).
+#[derive(Debug)]
+struct SeededThread;
+
+impl SeededThread {
+    fn new(seed: u64) -> SeededThread {
+        carnet_store::crypto::seed_thread_for_simulation(Some(seed));
+        SeededThread
+    }
+}
+
+impl Drop for SeededThread {
+    fn drop(&mut self) {
+        carnet_store::crypto::seed_thread_for_simulation(None);
+    }
 }
 
 impl Drop for World {
@@ -263,6 +283,7 @@ impl World {
     /// Builds the world of `seed`: the host with its PKI, professionals and dossiers, and
     /// 2–8 enrolled sites, each with some professionals bound to it.
     pub fn new(seed: u64, opts: Options) -> Result<World, String> {
+        let seeded = SeededThread::new(seed);
         let mut rng = Rng::new(seed);
         let root = world_folder(seed)?;
         let sites = rng.between(2, 8) as usize;
@@ -381,6 +402,7 @@ impl World {
             root,
             opts,
             verbose: std::env::var_os("CARNET_SIM_TRACE").is_some(),
+            _seeded: seeded,
         };
         world.set_clocks();
         Ok(world)

@@ -63,9 +63,39 @@ impl std::fmt::Debug for Key {
     }
 }
 
+std::thread_local! {
+    /// This thread's randomness, when a simulation seeded it (`seed_thread_for_simulation`).
+    static SIMULATED: std::cell::RefCell<Option<rand::rngs::StdRng>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Fills `buf` from this thread's seeded generator, if a simulation seeded it.
+fn simulated(buf: &mut [u8]) -> bool {
+    use rand::RngCore;
+    SIMULATED.with(|s| {
+        s.borrow_mut()
+            .as_mut()
+            .map(|rng| rng.fill_bytes(buf))
+            .is_some()
+    })
+}
+
+/// **For the simulator only** (`carnet-sim`): from now on, the randomness this thread draws
+/// (keys, salts, nonces, document ids) comes from a generator seeded with `seed`, so that a
+/// simulated world replays byte for byte; `None` gives the thread back to the OS. Keys drawn
+/// so are predictable: nothing but a simulation may call this.
+#[doc(hidden)]
+pub fn seed_thread_for_simulation(seed: Option<u64>) {
+    use rand::SeedableRng;
+    SIMULATED.with(|s| *s.borrow_mut() = seed.map(rand::rngs::StdRng::seed_from_u64));
+}
+
 /// Fills `buf` from the OS random source (for keys and salts).
 pub fn random_bytes(buf: &mut [u8]) -> Result<()> {
     use rand::RngCore;
+    if simulated(buf) {
+        return Ok(());
+    }
     rand::rngs::OsRng
         .try_fill_bytes(buf)
         .map_err(|e| Error::Storage(format!("no OS randomness: {e}")))
@@ -75,6 +105,9 @@ pub fn random_bytes(buf: &mut [u8]) -> Result<()> {
 /// for nonces and document ids, where a system call per value would dominate the cost.
 pub fn fast_random_bytes(buf: &mut [u8]) {
     use rand::RngCore;
+    if simulated(buf) {
+        return;
+    }
     rand::thread_rng().fill_bytes(buf);
 }
 
