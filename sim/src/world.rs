@@ -87,9 +87,13 @@ pub struct Model {
     pub bound: Vec<Vec<usize>>,
     /// Documents acknowledged as written.
     pub written: Vec<Written>,
-    /// Revocations in force: (dossier, professional) → per site, the sequence of that site's
-    /// host log at which the revocation was there.
-    pub revoked: BTreeMap<(usize, usize), Vec<(usize, u64)>>,
+    /// Revocations in force: (dossier, professional) → when the host signed it (its clock),
+    /// and per site, the sequence of that site's host log at which the revocation was there.
+    pub revoked: BTreeMap<(usize, usize), (u64, Vec<(usize, u64)>)>,
+    /// Consent given in person at a site (a pending grant, made when a professional opens a
+    /// dossier there): (site, dossier, professional) → when, by the site's clock. It is
+    /// usable there over a revocation the host signed before it (DOMAIN §5).
+    pub consented: BTreeMap<(usize, usize, usize), u64>,
     /// Dossiers closed at the host.
     pub closed: BTreeSet<usize>,
     /// (node, dossier): the node changed a document of the dossier (wrote, replaced or masked
@@ -603,6 +607,8 @@ impl World {
                     self.model.dossiers.push(ins);
                 }
                 self.model.opened.insert((site, d));
+                let at = self.now + self.skew[site];
+                self.model.consented.insert((site, d, p), at);
                 self.model.changed.insert((site, d));
                 if !qualified {
                     self.model.provisional.insert((site, d), p);
@@ -802,7 +808,8 @@ impl World {
                 .map_err(|e| format!("log head: {e}"))?;
             at.push((site, seq));
         }
-        self.model.revoked.insert((d, p), at);
+        let signed_at = self.now + self.skew[0];
+        self.model.revoked.insert((d, p), (signed_at, at));
         Ok(())
     }
 
@@ -847,15 +854,21 @@ impl World {
                 self.stats.reads += 1;
                 // A revocation that reached this site forbids the read (of a document the
                 // professional did not write: an author keeps reading their own, DOMAIN §4
-                // row 5).
+                // row 5), unless consent given in person here since outranks it (§5).
                 let must_refuse = node != 0
                     && w.author != p
                     && match self.model.revoked.get(&(w.dossier, p)) {
-                        Some(at) => {
+                        Some((signed_at, at)) => {
                             let cursor = replica
                                 .pull_cursor()
                                 .map_err(|e| format!("{name}: cursor: {e}"))?;
-                            at.iter().any(|(s, seq)| *s == node && cursor >= *seq)
+                            let consented_since = self
+                                .model
+                                .consented
+                                .get(&(node, w.dossier, p))
+                                .is_some_and(|when| signed_at < when);
+                            !consented_since
+                                && at.iter().any(|(s, seq)| *s == node && cursor >= *seq)
                         }
                         None => false,
                     };
