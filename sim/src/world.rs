@@ -40,7 +40,7 @@ pub const EPOCH: u64 = 1_796_083_200_000;
 /// A site's regular round (the daemon's `sync_every`, 10 s).
 pub const EVERY: u64 = 10_000;
 /// A round that has not ended after this long is given up (the driver's idle timeout).
-pub const IDLE_TIMEOUT: u64 = 30_000;
+pub const IDLE_TIMEOUT: u64 = schedule::IDLE_TIMEOUT.as_millis() as u64;
 /// Marks every synthetic value the simulation writes (titles, bodies, names): none may be
 /// found in clear in any file or disk of the world.
 pub const MARKERS: [&str; 3] = ["SIMTITLE", "SIMBODY", "SIMNAME"];

@@ -21,7 +21,7 @@ use std::time::Duration;
 use carnet_store::replica::{KeySource, Replica, system_clock};
 use carnet_syncd::api::{LinkState, Service, local};
 use carnet_syncd::config::{CONFIG_FILE, Config, ConfigRole, LogFormat};
-use carnet_syncd::schedule::{self, Next, RoundTimer};
+use carnet_syncd::schedule::{self, LeaseEvent, LeaseWatch, Next, RoundTimer};
 use carnet_syncd::systemd::{self, Notifier};
 use carnet_syncd::{enrol, inbox, net, transport};
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -462,6 +462,7 @@ async fn site(
     // A restored replica takes nothing from its inbox until its first round caught up.
     let mut restoring = service.replica.restore_mark().ok().flatten().is_some();
     let mut timer = RoundTimer::new(Duration::from_secs(config.sync_every));
+    let mut lease = LeaseWatch::new(replica.config().lease_ms.unwrap_or(0));
     loop {
         // SIGTERM during a round: systemd hears STOPPING=1 at once, the round ends, then the
         // daemon stops.
@@ -483,6 +484,7 @@ async fn site(
             return Ok(());
         }
         let round_ended = tokio::time::Instant::now();
+        watch_lease(&service.replica, &mut lease);
         if inbox_waiting {
             inbox_waiting = ingest(&service, &inbox_dir).await;
         }
@@ -678,6 +680,30 @@ fn watch_inbox(
 ) -> std::io::Result<(notify::RecommendedWatcher, tokio::sync::mpsc::Receiver<()>)> {
     carnet_store::files::private_dir(dir)?;
     inbox::watch(dir).map_err(std::io::Error::other)
+}
+
+/// Says, once each, that the site's lease is ending, has ended, or was renewed after either
+/// (`schedule::LeaseWatch`): in the log, for the site's IT staff.
+fn watch_lease(replica: &Replica, watch: &mut LeaseWatch) {
+    let Some(lease) = replica.config().lease_ms else {
+        return;
+    };
+    let Ok((as_of, expired)) = replica.authority_freshness() else {
+        return;
+    };
+    let now = replica.now();
+    let ends_at = (as_of > 0).then(|| if expired { now } else { as_of + lease });
+    match watch.observe(now, ends_at) {
+        Some(LeaseEvent::Ending { left }) => tracing::warn!(
+            left_h = left.as_secs() / 3600,
+            "the lease ends soon: without news from the national host, normal reads will be refused (break-glass only); restore the link"
+        ),
+        Some(LeaseEvent::Ended) => tracing::error!(
+            "the lease has ended: normal reads are refused, break-glass only (traced), until the national host is reached"
+        ),
+        Some(LeaseEvent::Renewed) => tracing::info!("the lease is renewed"),
+        None => {}
+    }
 }
 
 /// One scan of the inbox, on the blocking side; what it stored starts a round. True when it

@@ -38,11 +38,10 @@ use crate::error::{Error, Result};
 use crate::fleet::{Fleet, error_kind};
 use crate::frame::{self, FrameDecoder};
 use crate::pki::{HOST_NAME, Identity};
+use crate::schedule::IDLE_TIMEOUT;
 use crate::session::{HostSession, Msg, RoundReport, SiteSession};
 use crate::transport::Revoked;
 
-/// Longest wait for the peer's next bytes, or for it to take the next bytes we write.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 const READ_CHUNK: usize = 64 * 1024;
 /// Connections one site may hold open at the host: one is the rule (a site's daemon keeps one
 /// link), a few more cover a reconnection while the old connection has not timed out yet.

@@ -8,9 +8,18 @@
 //! starting at `BACKOFF_FIRST` and doubling up to `BACKOFF_MAX`; a round that ends well resets
 //! both. A change here or a poke from the host (while connected) starts a round after
 //! `COALESCE`.
+//!
+//! The site's lease (DOMAIN §5) is watched the same way (`LeaseWatch`): given the time and
+//! when the lease ends, it says once that the end is near (a sixth of the lease before: 12 h
+//! of the default 72 h), once that it has come (normal reads refused), and once that a
+//! heartbeat renewed it after either.
 
 use std::time::Duration;
 
+/// Longest wait for the peer's next bytes, or for it to take the next bytes written: `net`
+/// bounds each read and write of a round by it, and the simulator gives up a quiet round
+/// after it.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// A burst of changes (a clinic filing a batch) within this pause goes in one round.
 pub const COALESCE: Duration = Duration::from_millis(20);
 /// First pause before asking again for bodies the host did not hold yet (doubling).
@@ -19,6 +28,67 @@ pub const BODY_RETRY: Duration = Duration::from_millis(250);
 pub const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 /// Longest pause between attempts while the host is out of reach.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// What a site's lease calls for, each said once as it happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseEvent {
+    /// The lease ends within a sixth of its length: in `left`, normal reads are refused
+    /// unless the host is reached.
+    Ending {
+        /// Time left.
+        left: Duration,
+    },
+    /// The lease has ended: normal reads are refused, break-glass only.
+    Ended,
+    /// A heartbeat from the host renewed the lease after it was ending or had ended.
+    Renewed,
+}
+
+/// Watches a site's lease (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseWatch {
+    /// How long before the end it is said to be near, in milliseconds.
+    warning: i64,
+    said: Option<LeaseEvent>,
+}
+
+impl LeaseWatch {
+    /// A watch of a lease `lease_ms` long that has said nothing yet.
+    pub fn new(lease_ms: i64) -> LeaseWatch {
+        LeaseWatch {
+            warning: lease_ms / 6,
+            said: None,
+        }
+    }
+
+    /// At `now` (Unix milliseconds), the lease ending at `ends_at` (`None`: no lease, or no
+    /// heartbeat received yet): what is to be said now, if anything.
+    pub fn observe(&mut self, now: i64, ends_at: Option<i64>) -> Option<LeaseEvent> {
+        let ends_at = ends_at?;
+        let left = ends_at.saturating_sub(now);
+        let event = if left <= 0 {
+            Some(LeaseEvent::Ended)
+        } else if left <= self.warning {
+            Some(LeaseEvent::Ending {
+                left: Duration::from_millis(left.unsigned_abs()),
+            })
+        } else {
+            None
+        };
+        let say = match (self.said, event) {
+            (None, None) => None,
+            (Some(LeaseEvent::Renewed), None) => None,
+            (Some(_), None) => Some(LeaseEvent::Renewed),
+            (Some(LeaseEvent::Ending { .. }), Some(LeaseEvent::Ending { .. })) => None,
+            (Some(LeaseEvent::Ended), Some(LeaseEvent::Ended)) => None,
+            (_, Some(e)) => Some(e),
+        };
+        if say.is_some() {
+            self.said = say;
+        }
+        say
+    }
+}
 
 /// What follows a round.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,6 +194,40 @@ mod tests {
             }
         );
         assert_eq!(t.failed(Duration::ZERO).pause, BACKOFF_FIRST);
+    }
+
+    #[test]
+    fn the_lease_end_is_said_once_as_it_nears_once_as_it_comes_and_once_when_renewed() {
+        const H: i64 = 3_600_000;
+        let mut w = LeaseWatch::new(72 * H);
+        let ends = Some(72 * H);
+        assert_eq!(w.observe(0, None), None, "no heartbeat yet");
+        assert_eq!(w.observe(0, ends), None, "72 h left");
+        assert_eq!(
+            w.observe(61 * H, ends),
+            Some(LeaseEvent::Ending {
+                left: Duration::from_secs(11 * 3600)
+            })
+        );
+        assert_eq!(w.observe(62 * H, ends), None, "said once");
+        assert_eq!(w.observe(72 * H, ends), Some(LeaseEvent::Ended));
+        assert_eq!(w.observe(80 * H, ends), None, "said once");
+        // A heartbeat at last: the lease runs 72 h from it.
+        assert_eq!(w.observe(81 * H, Some(153 * H)), Some(LeaseEvent::Renewed));
+        assert_eq!(w.observe(82 * H, Some(153 * H)), None);
+        // Renewed while only ending.
+        assert!(matches!(
+            w.observe(142 * H, Some(153 * H)),
+            Some(LeaseEvent::Ending { .. })
+        ));
+        assert_eq!(w.observe(143 * H, Some(215 * H)), Some(LeaseEvent::Renewed));
+        // A one-hour lease is said to end ten minutes before.
+        let mut short = LeaseWatch::new(H);
+        assert_eq!(short.observe(0, Some(H)), None);
+        assert!(matches!(
+            short.observe(H - H / 6, Some(H)),
+            Some(LeaseEvent::Ending { .. })
+        ));
     }
 
     #[test]
