@@ -87,9 +87,8 @@ pub struct Model {
     pub bound: Vec<Vec<usize>>,
     /// Documents acknowledged as written.
     pub written: Vec<Written>,
-    /// Revocations in force: (dossier, professional) → when the host signed it (its clock),
-    /// and per site, the sequence of that site's host log at which the revocation was there.
-    pub revoked: BTreeMap<(usize, usize), (u64, Vec<(usize, u64)>)>,
+    /// Revocations in force, by (dossier, professional).
+    pub revoked: BTreeMap<(usize, usize), Revocation>,
     /// Consent given in person at a site (a pending grant, made when a professional opens a
     /// dossier there): (site, dossier, professional) → when, by the site's clock. It is
     /// usable there over a revocation the host signed before it (DOMAIN §5).
@@ -106,6 +105,15 @@ pub struct Model {
     pub provisional: BTreeMap<(usize, usize), usize>,
     /// Pairs dropped into a site's inbox.
     pub dropped: Vec<Dropped>,
+}
+
+/// A revocation in force.
+#[derive(Debug, Clone)]
+pub struct Revocation {
+    /// When the host signed it, by its clock.
+    pub signed_at: u64,
+    /// Per site, the sequence of that site's host log at which the revocation was there.
+    pub in_log: Vec<(usize, u64)>,
 }
 
 /// A document and its sidecar dropped into a site's inbox by the clinic's software.
@@ -809,7 +817,13 @@ impl World {
             at.push((site, seq));
         }
         let signed_at = self.now + self.skew[0];
-        self.model.revoked.insert((d, p), (signed_at, at));
+        self.model.revoked.insert(
+            (d, p),
+            Revocation {
+                signed_at,
+                in_log: at,
+            },
+        );
         Ok(())
     }
 
@@ -858,7 +872,7 @@ impl World {
                 let must_refuse = node != 0
                     && w.author != p
                     && match self.model.revoked.get(&(w.dossier, p)) {
-                        Some((signed_at, at)) => {
+                        Some(Revocation { signed_at, in_log }) => {
                             let cursor = replica
                                 .pull_cursor()
                                 .map_err(|e| format!("{name}: cursor: {e}"))?;
@@ -868,7 +882,7 @@ impl World {
                                 .get(&(node, w.dossier, p))
                                 .is_some_and(|when| signed_at < when);
                             !consented_since
-                                && at.iter().any(|(s, seq)| *s == node && cursor >= *seq)
+                                && in_log.iter().any(|(s, seq)| *s == node && cursor >= *seq)
                         }
                         None => false,
                     };
