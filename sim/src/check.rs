@@ -315,6 +315,7 @@ fn plaintext(world: &World) -> Result<(), String> {
     }
     for node in &world.nodes {
         places.push((format!("{}'s disk", node.name), node.disk.contents()));
+        places.push((format!("{}'s journal", node.name), node.journal.contents()));
         if std::env::var_os("CARNET_SIM_TRACE").is_some() {
             eprintln!(
                 "{}'s disk: {} bytes",

@@ -185,8 +185,15 @@ impl redb::StorageBackend for SimDisk {
     fn sync_data(&self) -> io::Result<()> {
         let mut s = self.state();
         Self::check(&s)?;
-        s.durable = s.current.clone();
-        s.unsynced.clear();
+        // What was written since the last sync reaches the platter (not a copy of the whole
+        // disk: a journal syncs each small frame of a 16 MiB file).
+        let unsynced = std::mem::take(&mut s.unsynced);
+        for op in unsynced {
+            match op {
+                Unsynced::SetLen(len) => s.durable.resize(len as usize, 0),
+                Unsynced::Write { offset, data } => write_at(&mut s.durable, offset, &data),
+            }
+        }
         Ok(())
     }
 

@@ -3,8 +3,8 @@
 //!
 //! The real session core (`carnet_syncd::session`) and the real replica
 //! (`carnet_store::replica`) run unchanged; the simulator supplies what is around them: the
-//! clock of each node (`node`), the disk under each database (`disk`, which loses un-synced
-//! writes at a power cut, tears pages, fails with ENOSPC or EIO), the network between each
+//! clock of each node (`node`), the disks under each database and trace journal (`disk`,
+//! which loses un-synced writes at a power cut, tears pages, fails with ENOSPC or EIO), the network between each
 //! site and the host (`link`: delays, interleaved streams, losses that cut a round, a stream
 //! delivered twice, partitions), and the operations and faults at random (`world`). After the
 //! world heals, `check` verifies the invariants.

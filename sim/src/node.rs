@@ -1,12 +1,11 @@
 //! One simulated node: a replica (the host's or a site's) on a simulated disk, with its own
 //! clock, that can crash, lose power and restart.
 //!
-//! What lives where: the database is on a `SimDisk`; the key file and the trace journal are
-//! real files in the node's folder (a tmpfs when there is one). A crash stops the process:
-//! the disk takes no more writes, then it keeps everything written (the kernel's page cache
-//! survives the process) or, at a power cut, only what the replica synced (`SimDisk`). The
-//! journal and the key file are written with their own syncs and are kept whole either way:
-//! the simulation cuts power under redb, not under those files.
+//! What lives where: the database and the trace journal are each on a `SimDisk`; the key file
+//! is a real file in the node's folder (a tmpfs when there is one), written once at init and
+//! synced. A crash stops the process: the disks take no more writes, then they keep
+//! everything written (the kernel's page cache survives the process) or, at a power cut, only
+//! what the replica synced (`SimDisk`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,6 +28,8 @@ pub struct Node {
     pub dir: PathBuf,
     /// Its database's disk.
     pub disk: SimDisk,
+    /// Its trace journal's disk.
+    pub journal: SimDisk,
     /// Its clock, in Unix milliseconds: the simulator advances it.
     pub clock: Arc<AtomicU64>,
     /// The open replica; `None` while the node is down.
@@ -49,16 +50,18 @@ fn clock_of(time: &Arc<AtomicU64>) -> Clock {
 impl Node {
     /// A new replica in `dir` on a fresh disk.
     pub fn init(name: String, dir: PathBuf, opts: InitOptions, now: u64) -> Result<Node, String> {
-        let disk = SimDisk::new();
+        let (disk, journal) = (SimDisk::new(), SimDisk::new());
         let clock = Arc::new(AtomicU64::new(now));
         std::fs::create_dir_all(&dir).map_err(|e| format!("{name}: folder: {e}"))?;
-        let replica = Replica::init_with_backend(&dir, disk.clone(), opts, clock_of(&clock))
-            .map_err(|e| format!("{name}: init: {e}"))?;
+        let replica =
+            Replica::init_with_backend(&dir, disk.clone(), journal.clone(), opts, clock_of(&clock))
+                .map_err(|e| format!("{name}: init: {e}"))?;
         Ok(Node {
             name,
             site: replica.config().site_id,
             dir,
             disk,
+            journal,
             clock,
             replica: Some(replica),
             up_at: 0,
@@ -88,12 +91,15 @@ impl Node {
     /// `power`, the disk also loses what was not synced. The node comes back at `up_at`.
     pub fn crash(&mut self, power: bool, up_at: u64, rng: &mut Rng) {
         self.disk.halt();
+        self.journal.halt();
         self.replica = None;
         if power {
             self.disk.power_cut(rng);
+            self.journal.power_cut(rng);
             self.power_cuts += 1;
         } else {
             self.disk.restart();
+            self.journal.restart();
         }
         self.crashes += 1;
         self.up_at = up_at;
@@ -107,6 +113,7 @@ impl Node {
         let replica = Replica::open_with_backend(
             &self.dir,
             self.disk.clone(),
+            self.journal.clone(),
             &KeySource::File,
             clock_of(&self.clock),
         )
@@ -118,6 +125,11 @@ impl Node {
     /// True if the node is up and its disk failed under it: the daemon would stop on the
     /// storage failure.
     pub fn disk_failed(&self) -> bool {
-        self.replica.is_some() && self.disk.fired().is_some()
+        self.replica.is_some() && self.fault().is_some()
+    }
+
+    /// The fault that fired on either disk since the last restart, if any.
+    pub fn fault(&self) -> Option<crate::disk::Fault> {
+        self.disk.fired().or(self.journal.fired())
     }
 }

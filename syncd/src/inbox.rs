@@ -529,10 +529,16 @@ mod tests {
             tempfile::tempdir().expect("tmp"),
             tempfile::tempdir().expect("tmp"),
         );
-        let disk = FillableDisk::default();
+        let (disk, journal) = (FillableDisk::default(), FillableDisk::default());
         let r = with_a_dossier(
-            Replica::init_with_backend(data.path(), disk.clone(), host_options(), clock())
-                .expect("init"),
+            Replica::init_with_backend(
+                data.path(),
+                disk.clone(),
+                journal.clone(),
+                host_options(),
+                clock(),
+            )
+            .expect("init"),
         );
         disk.full.store(true, std::sync::atomic::Ordering::SeqCst);
         drop_pair(
@@ -549,8 +555,14 @@ mod tests {
         // Space freed, the daemon started again: the pair is stored.
         drop(r);
         disk.full.store(false, std::sync::atomic::Ordering::SeqCst);
-        let r = Replica::open_with_backend(data.path(), disk.clone(), &KeySource::File, clock())
-            .expect("open");
+        let r = Replica::open_with_backend(
+            data.path(),
+            disk.clone(),
+            journal.clone(),
+            &KeySource::File,
+            clock(),
+        )
+        .expect("open");
         let report = process(&r, inbox.path()).expect("scan");
         assert_eq!(report.stored.len(), 1, "{report:?}");
         assert_eq!(documents(&r), 1);

@@ -23,11 +23,16 @@
 //! check and share the first one's epoch: a frame cut short by a crash was never acknowledged.
 //! Records already in `AUDIT` (sequence at or below its head) are skipped, so replaying a
 //! journal is harmless; a move repeated by two writers inserts the same rows twice.
+//!
+//! The journal is read and written through a redb `StorageBackend`: the file itself
+//! (`JournalFile`), or, in the simulator, a simulated disk that loses what was not synced at
+//! a power cut and fails writes on demand (`TraceChain::open_on`).
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+
+use redb::StorageBackend;
 
 use serde::{Deserialize, Serialize};
 
@@ -85,7 +90,33 @@ pub struct TraceChain {
     region: u64,
     /// Where the next frame goes in the region.
     offset: u64,
-    file: File,
+    file: Box<dyn StorageBackend>,
+}
+
+/// The journal file as a storage backend.
+#[derive(Debug)]
+struct JournalFile(File);
+
+impl StorageBackend for JournalFile {
+    fn len(&self) -> std::io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        self.0.read_exact_at(out, offset)
+    }
+
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.0.set_len(len)
+    }
+
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.0.sync_data()
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.0.write_all_at(data, offset)
+    }
 }
 
 fn frame_hash(epoch: u32, payload: &[u8]) -> [u8; 32] {
@@ -115,23 +146,41 @@ impl TraceChain {
             // Never a link out of the data folder (`files::own_files` says so at open too).
             opts.mode(0o600).custom_flags(libc::O_NOFOLLOW);
         }
-        let mut file = opts.open(&path)?;
-        let len = file.metadata()?.len();
-        if !file.metadata()?.is_file() || len > 2 * JOURNAL_BYTES {
+        let file = opts.open(&path)?;
+        if !file.metadata()?.is_file() {
             return Err(Error::integrity(format!(
-                "the trace journal {} is not the file Carnet wrote ({len} bytes; at most {}): restore the data folder from your last backup",
+                "the trace journal {} is not a file: restore the data folder from your last backup",
                 path.display(),
+            )));
+        }
+        Self::open_on(Box::new(JournalFile(file)), head, epoch).map_err(|e| match e {
+            Error::Integrity(why) => Error::integrity(format!("{why} ({})", path.display())),
+            e => e,
+        })
+    }
+
+    /// `open`, on `file`: the journal file, or a simulated disk.
+    pub fn open_on(
+        file: Box<dyn StorageBackend>,
+        head: (u64, [u8; 32]),
+        epoch: u32,
+    ) -> Result<TraceChain> {
+        let len = file.len()?;
+        if len > 2 * JOURNAL_BYTES {
+            return Err(Error::integrity(format!(
+                "the trace journal is not the file Carnet wrote ({len} bytes; at most {}): restore the data folder from your last backup",
                 2 * JOURNAL_BYTES
             )));
         }
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)?;
-        if (bytes.len() as u64) < 2 * JOURNAL_BYTES {
+        let mut bytes = vec![0u8; len as usize];
+        file.read(0, &mut bytes)?;
+        if len < 2 * JOURNAL_BYTES {
             // Real zeros, not a sparse file: later in-place writes change no metadata. (A
             // journal of one region, from an earlier version, grows its second here.)
-            let zeros = vec![0u8; (2 * JOURNAL_BYTES - bytes.len() as u64) as usize];
-            file.write_all(&zeros)?;
-            file.sync_all()?;
+            let zeros = vec![0u8; (2 * JOURNAL_BYTES - len) as usize];
+            file.set_len(2 * JOURNAL_BYTES)?;
+            file.write(len, &zeros)?;
+            file.sync_data()?;
         }
         let live = |e: u32| e == epoch || e == epoch.wrapping_add(1);
         let mut regions: Vec<Region> = (0..2u64)
@@ -207,7 +256,7 @@ impl TraceChain {
         }
         let written = self
             .file
-            .write_all_at(&frame, self.region * JOURNAL_BYTES + self.offset)
+            .write(self.region * JOURNAL_BYTES + self.offset, &frame)
             .and_then(|()| self.file.sync_data());
         if let Err(e) = written {
             self.stale_frame = true;

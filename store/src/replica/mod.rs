@@ -420,13 +420,14 @@ impl Replica {
         Self::create(dir, None, opts, clock).inspect_err(|_| remove_created(&fresh))
     }
 
-    /// `init` with the database on `backend` (a simulated disk: `carnet-sim`) instead of
-    /// `carnet.redb`; the key file and the trace journal are still files in `dir`. Fails if
-    /// `backend` holds anything already. Each handle `backend` clones to must reach the same
-    /// storage.
+    /// `init` with the database on `backend` and the trace journal on `journal` (simulated
+    /// disks: `carnet-sim`) instead of `carnet.redb` and `trace.journal`; the key file is still
+    /// a file in `dir`. Fails if `backend` holds anything already. Each handle `backend` and
+    /// `journal` clone to must reach the same storage.
     pub fn init_with_backend<B: StorageBackend + Clone>(
         dir: &Path,
         backend: B,
+        journal: B,
         opts: InitOptions,
         clock: Clock,
     ) -> Result<Replica> {
@@ -435,15 +436,15 @@ impl Replica {
             .map(|f| dir.join(f))
             .filter(|p| !p.exists())
             .collect();
-        let handle = || -> Box<dyn StorageBackend> { Box::new(backend.clone()) };
+        let handle = || -> Backends { (Box::new(backend.clone()), Box::new(journal.clone())) };
         Self::create(dir, Some(&handle), opts, clock).inspect_err(|_| remove_created(&fresh))
     }
 
-    /// Creates the replica; its database on a new handle of `backend` each time one is
-    /// needed, or in `carnet.redb`.
+    /// Creates the replica; its database and journal on new handles of `backend` each time
+    /// they are needed, or in `carnet.redb` and `trace.journal`.
     fn create(
         dir: &Path,
-        backend: Option<&dyn Fn() -> Box<dyn StorageBackend>>,
+        backend: Option<&dyn Fn() -> Backends>,
         opts: InitOptions,
         clock: Clock,
     ) -> Result<Replica> {
@@ -471,7 +472,7 @@ impl Replica {
         crate::files::private_dir(dir)?;
         let db_path = dir.join(DB_FILE);
         let occupied = match backend {
-            Some(handle) => handle().len()? > 0,
+            Some(handle) => handle().0.len()? > 0,
             None => db_path.exists(),
         };
         if occupied {
@@ -537,7 +538,7 @@ impl Replica {
             },
         };
         let store = match backend {
-            Some(handle) => DbStore::Backend(handle()),
+            Some(handle) => DbStore::Backend(handle().0),
             None => DbStore::File(db_path.clone()),
         };
         let (db, _) = open_database(store, true)?;
@@ -587,7 +588,10 @@ impl Replica {
         txn.commit()?;
         drop(db);
         match backend {
-            Some(handle) => Self::open_in(dir, DbStore::Backend(handle()), &opts.key, clock),
+            Some(handle) => {
+                let (db, journal) = handle();
+                Self::open_in(dir, DbStore::Backend(db), Some(journal), &opts.key, clock)
+            }
             None => Replica::open(dir, &opts.key, clock),
         }
     }
@@ -601,22 +605,36 @@ impl Replica {
                 dir.display()
             )));
         }
-        Self::open_in(dir, DbStore::File(db_path), source, clock)
+        Self::open_in(dir, DbStore::File(db_path), None, source, clock)
     }
 
-    /// `open` with the database on `backend` (see `init_with_backend`); the key file and the
-    /// trace journal are read from `dir`. Backups and key rotations work on `carnet.redb`
-    /// only.
+    /// `open` with the database on `backend` and the trace journal on `journal` (see
+    /// `init_with_backend`); the key file is read from `dir`. Backups and key rotations work
+    /// on `carnet.redb` only.
     pub fn open_with_backend(
         dir: &Path,
         backend: impl StorageBackend,
+        journal: impl StorageBackend,
         source: &KeySource,
         clock: Clock,
     ) -> Result<Replica> {
-        Self::open_in(dir, DbStore::Backend(Box::new(backend)), source, clock)
+        Self::open_in(
+            dir,
+            DbStore::Backend(Box::new(backend)),
+            Some(Box::new(journal)),
+            source,
+            clock,
+        )
     }
 
-    fn open_in(dir: &Path, store: DbStore, source: &KeySource, clock: Clock) -> Result<Replica> {
+    /// Opens the replica on `store`, its journal on `journal` or in `dir`.
+    fn open_in(
+        dir: &Path,
+        store: DbStore,
+        journal: Option<Box<dyn StorageBackend>>,
+        source: &KeySource,
+        clock: Clock,
+    ) -> Result<Replica> {
         // The folder's files are its own: no link is followed out of it.
         crate::files::own_files(dir, &[DB_FILE, KEY_FILE, journal::JOURNAL_FILE])
             .map_err(|e| Error::integrity(e.to_string()))?;
@@ -713,7 +731,10 @@ impl Replica {
             let meta = db.begin_read()?.open_table(META)?;
             (journal_epoch(&meta)?, restored::is_marked(&meta)?)
         };
-        let chain = Mutex::new(TraceChain::open(dir, head, epoch)?);
+        let chain = Mutex::new(match journal {
+            Some(on) => TraceChain::open_on(on, head, epoch)?,
+            None => TraceChain::open(dir, head, epoch)?,
+        });
         let replica = Replica {
             chain,
             db,
@@ -2009,6 +2030,9 @@ thread_local! {
 
 /// Opens (or with `create`, creates) the database file over the write-behind backend.
 /// Where a replica's database lives.
+/// A database and a trace journal on storage backends (`init_with_backend`).
+type Backends = (Box<dyn StorageBackend>, Box<dyn StorageBackend>);
+
 enum DbStore {
     /// Its file (`carnet.redb` in the data folder, or a staging copy).
     File(PathBuf),
