@@ -35,6 +35,7 @@ fn settings(dir: &Path, role: ConfigRole, address: SocketAddr) -> Res<()> {
         sync_every: DEFAULT_SYNC_EVERY,
         lease_hours: None,
         notification_spool: None,
+        cache_mib: carnet_store::replica::DEFAULT_CACHE_MIB,
         http: None,
     }
     .write_new(dir)?;

@@ -148,6 +148,7 @@ fn pair(dir: &Path) -> Res<Pair> {
         sync_every: carnet_syncd::config::DEFAULT_SYNC_EVERY,
         lease_hours: None,
         notification_spool: None,
+        cache_mib: carnet_store::replica::DEFAULT_CACHE_MIB,
         http: None,
     }
     .write_new(&host_dir)?;

@@ -495,6 +495,7 @@ fn init_in(
         log_level: "info".into(),
         log_format: Default::default(),
         sync_every: carnet_syncd::config::DEFAULT_SYNC_EVERY,
+        cache_mib: carnet_store::replica::DEFAULT_CACHE_MIB,
         lease_hours: match role {
             Role::Site => Some(
                 a.lease_hours

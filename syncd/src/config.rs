@@ -78,6 +78,10 @@ pub struct Config {
     /// messaging gateway (`spool`), relative to the data folder unless absolute: off unless set.
     #[serde(default)]
     pub notification_spool: Option<PathBuf>,
+    /// The replica's page cache in MiB (`Replica::open_with_cache`): with the daemon's own
+    /// buffers, what bounds its memory whatever the replica stores.
+    #[serde(default = "default_cache_mib")]
+    pub cache_mib: usize,
     /// The daemon's small HTTP listener (`GET /metrics`, the status page): off unless set.
     #[serde(default)]
     pub http: Option<HttpConfig>,
@@ -109,6 +113,10 @@ pub const DEFAULT_SYNC_EVERY: u64 = 10;
 
 fn default_sync_every() -> u64 {
     DEFAULT_SYNC_EVERY
+}
+
+fn default_cache_mib() -> usize {
+    carnet_store::replica::DEFAULT_CACHE_MIB
 }
 
 impl Config {
@@ -146,6 +154,12 @@ impl Config {
                 "carnet.toml: notification_spool is for the host (it makes the notifications)"
                     .into(),
             ));
+        }
+        if !(8..=65_536).contains(&self.cache_mib) {
+            return Err(Error::Invalid(format!(
+                "carnet.toml: cache_mib {} is not between 8 and 65536 (MiB)",
+                self.cache_mib
+            )));
         }
         if !(1..=86_400).contains(&self.sync_every) {
             return Err(Error::Invalid(format!(
@@ -217,6 +231,9 @@ impl Config {
         }
         if new.notification_spool != self.notification_spool {
             restart.push("notification_spool");
+        }
+        if new.cache_mib != self.cache_mib {
+            restart.push("cache_mib");
         }
         Ok((
             Config {
@@ -291,6 +308,9 @@ impl Config {
              # Site: seconds between rounds while nothing happens. The connection to the host\n\
              # stays open; a change here, or one the host announces, starts a round at once.\n\
              sync_every = {}\n\n\
+             # MiB of the database kept in memory: what bounds the daemon's memory, whatever\n\
+             # the replica stores (a host serving many sites may give it more).\n\
+             cache_mib = {}\n\n\
              # Site: hours the host's records stay good without news from the host (DOMAIN §5).\n\
              # Past it, normal reads are refused; break-glass still works, and is traced.\n\
              {lease}\n\n\
@@ -304,6 +324,7 @@ impl Config {
                 LogFormat::Json => "json",
             },
             self.sync_every,
+            self.cache_mib,
             spool = match &self.notification_spool {
                 Some(dir) => format!("notification_spool = {}", toml_string(&dir.to_string_lossy())),
                 None => "# notification_spool = \"/var/spool/carnet\"".to_string(),
@@ -353,6 +374,7 @@ mod tests {
             sync_every: default_sync_every(),
             lease_hours: Some(48),
             notification_spool: None,
+            cache_mib: default_cache_mib(),
             http: None,
         }
     }
@@ -368,6 +390,7 @@ mod tests {
         host.host_address = None;
         host.listen = Some("127.0.0.1:5000".parse().expect("addr"));
         host.lease_hours = None;
+        host.cache_mib = 256;
         let text = host.to_commented_toml();
         assert_eq!(toml::from_str::<Config>(&text).expect("parse"), host);
         // With the HTTP listener, and without (its lines then commented out).
@@ -426,7 +449,18 @@ mod tests {
         let (now, restart) = running.reload(&path).expect("reloaded");
         assert_eq!(now.log_format, LogFormat::Json, "the format in force stays");
         assert_eq!(restart, ["log_format"]);
+        write(
+            "role = \"site\"\nhost_address = \"127.0.0.1:4433\"\nlease_hours = 48\nlog_format = \"json\"\ncache_mib = 512\n",
+        );
+        let (now, restart) = running.reload(&path).expect("reloaded");
+        assert_eq!(now.cache_mib, running.cache_mib, "the cache in force stays");
+        assert_eq!(restart, ["cache_mib"]);
         // Refused whole: invalid, unreadable, or another role.
+        write("role = \"site\"\nhost_address = \"127.0.0.1:4433\"\ncache_mib = 4\n");
+        assert!(
+            running.reload(&path).is_err(),
+            "a cache too small to work in"
+        );
         write("role = \"site\"\nhost_address = \"127.0.0.1:4433\"\nsync_every = 0\n");
         assert!(running.reload(&path).is_err());
         write("role = \"site\"\nhost_address = \"127.0.0.1:4433\"\nsync_every = \"often\"\n");

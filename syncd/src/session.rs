@@ -324,7 +324,7 @@ impl SiteAbout {
             trace_head: replica.trace_head()?,
             pending: replica.outbox_len()?,
             missing_bodies: replica.missing_bodies()?.len() as u64,
-            quarantine: replica.quarantined()?.len() as u64,
+            quarantine: replica.quarantine_len()?,
             conflicts: replica.conflicts()? as u64,
             lease_until: replica
                 .config()

@@ -6,9 +6,10 @@
 //! Invariants: only the host releases (a site keeps a document hidden until the host says
 //! otherwise); each step happens once per document (`ANNOUNCEMENTS` remembers the telling; a
 //! released document no longer carries the flag); a release is an ordinary metadata change,
-//! traced and fanned out to the sites like any other.
+//! traced and fanned out to the sites like any other; a pass costs the documents due, not the
+//! store (`HIDDEN_DOCS`, kept by `put_meta`, is its queue; the sealed metadata decides).
 
-use redb::ReadableTable;
+use redb::{ReadableTable, WriteTransaction};
 
 use super::tables::*;
 use super::{Replica, Role};
@@ -31,8 +32,9 @@ pub struct AnnouncementPass {
 }
 
 impl Replica {
-    /// Host: one pass of the announcement timer over every hidden document. Runs at the
-    /// daemon's start and every hour; a site answers an empty pass.
+    /// Host: one pass of the announcement timer over the documents hidden from their patient
+    /// (`HIDDEN_DOCS`): it opens only those due to be told or released. Runs at the daemon's
+    /// start and every hour; a site answers an empty pass.
     pub fn run_announcement_timer(&self) -> Result<AnnouncementPass> {
         let mut pass = AnnouncementPass::default();
         if self.config.role != Role::Host {
@@ -41,15 +43,18 @@ impl Replica {
         let now = self.now();
         let due: Vec<(DocId, Millis)> = {
             let (txn, generation) = self.snapshot()?;
-            let mut ids: Vec<DocId> = txn
-                .open_table(DOCS)?
-                .iter()?
-                .map(|row| row.map(|(k, _)| self.doc_id(k.value())))
-                .collect::<std::result::Result<_, _>>()?;
-            // Oldest first (`DOCS` is keyed by stored ids, in no useful order).
-            ids.sort_unstable();
+            let told = txn.open_table(ANNOUNCEMENTS)?;
             let mut due = Vec::new();
-            for id in ids {
+            // The queue names the documents to open; their sealed metadata decides.
+            for row in txn.open_table(HIDDEN_DOCS)?.iter()? {
+                let (stored, filed) = row?;
+                let age = now - filed.value();
+                let nothing_to_do = age < TELL_AFTER
+                    || (age < RELEASE_AFTER && told.get(stored.value())?.is_some());
+                if nothing_to_do {
+                    continue;
+                }
+                let id = self.doc_id(stored.value());
                 let Ok((_, _, meta)) = self.load_doc(&txn, generation, &id) else {
                     continue;
                 };
@@ -58,6 +63,8 @@ impl Replica {
                     due.push((id, meta.facts.created_at));
                 }
             }
+            // Oldest first (the queue is keyed by stored ids, in no useful order).
+            due.sort_unstable();
             due
         };
         for (id, filed) in due {
@@ -125,5 +132,26 @@ impl Replica {
         txn.trace(vec![entry]);
         txn.commit()?;
         Ok(true)
+    }
+
+    /// At open, in `txn`: a host made before `HIDDEN_DOCS` existed gets it, filled by one pass
+    /// over its documents (a site keeps it empty). Written directly: the caller sums the table.
+    pub(super) fn fill_hidden_docs(&self, txn: &WriteTransaction) -> Result<()> {
+        if self.config.role != Role::Host {
+            return Ok(());
+        }
+        let (snap, generation) = self.snapshot()?;
+        let mut hidden = txn.open_table(HIDDEN_DOCS)?;
+        for row in snap.open_table(DOCS)?.iter()? {
+            let id = self.doc_id(row?.0.value());
+            // A document of a purged dossier has nothing to announce.
+            let Ok((_, _, meta)) = self.load_doc(&snap, generation, &id) else {
+                continue;
+            };
+            if meta.state().flags.invisible_patient {
+                hidden.insert(&self.stored_id(&id), meta.facts.created_at)?;
+            }
+        }
+        Ok(())
     }
 }

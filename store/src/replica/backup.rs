@@ -190,6 +190,7 @@ pub(super) fn each_table(v: &mut impl Tables) -> Result<()> {
     v.table(CONFLICTS)?;
     v.table(PENDING_GRANTS)?;
     v.table(ANNOUNCEMENTS)?;
+    v.table(HIDDEN_DOCS)?;
     v.table(PARTIAL_PROGRESS)?;
     v.table(SITE_REQUESTS)?;
     v.table(SITE_CHAIN_KEYS)?;
@@ -199,6 +200,8 @@ pub(super) fn each_table(v: &mut impl Tables) -> Result<()> {
     v.table(APPLIED)?;
     v.table(AUTHORITY_HISTORY)?;
     v.table(EMERGENCIES)?;
+    v.table(PENDING_EMERGENCIES)?;
+    v.table(DOSSIER_EMERGENCIES)?;
     v.table(TRACE_CONTACTS)?;
     v.table(NOTIFICATIONS)?;
     v.table(HELD_NOTIFICATIONS)?;
@@ -637,7 +640,11 @@ fn build(
     };
     let (mut tables, mut rows) = (0, 0);
     {
-        let (db, _) = super::open_database(super::DbStore::File(staging.join(DB_FILE)), true)?;
+        let (db, _) = super::open_database(
+            super::DbStore::File(staging.join(DB_FILE)),
+            true,
+            super::DEFAULT_CACHE_MIB,
+        )?;
         let txn = db.begin_write()?;
         loop {
             match records.u8()? {

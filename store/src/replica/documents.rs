@@ -295,7 +295,7 @@ impl Replica {
     /// Removes document `id` of dossier `bi` and every row indexed by its id, in `txn`: its
     /// metadata and place in the dossier index, its body (tail included), the pieces kept of
     /// a body still arriving and what was owed of it, its missing-body mark, and on the host
-    /// its announcement and the flags the host cleared. Not its unique id (`UNIQUE_IDS` is
+    /// its announcement, its place in the announcement queue and the flags the host cleared. Not its unique id (`UNIQUE_IDS` is
     /// keyed by the dossier: a purge drops the dossier's range, a withdrawal the one row) nor
     /// a quarantined copy. The one way a document leaves a replica: a purge and a withdrawal
     /// both go through it.
@@ -314,6 +314,7 @@ impl Replica {
         txn.open_table(MISSING_BODIES)?.remove(&stored)?;
         txn.open_table(CONFLICTS)?.remove(&stored)?;
         txn.open_table(ANNOUNCEMENTS)?.remove(&stored)?;
+        self.digested(txn, HIDDEN_DOCS)?.remove(&stored)?;
         self.digested(txn, HOST_CLEARS)?.remove(&stored)?;
         Ok(())
     }
@@ -402,6 +403,15 @@ impl Replica {
             docs.txn().open_table(CONFLICTS)?.insert(&stored, ())?;
         } else if state.successors.len() > 1 {
             docs.txn().open_table(CONFLICTS)?.remove(&stored)?;
+        }
+        // The announcement timer's queue: the host's alone (a site never releases).
+        if self.config.role == Role::Host {
+            let mut hidden = self.digested(docs.txn(), HIDDEN_DOCS)?;
+            if state.flags.invisible_patient {
+                hidden.insert(&stored, meta.facts.created_at)?;
+            } else {
+                hidden.remove(&stored)?;
+            }
         }
         Ok(())
     }

@@ -119,6 +119,22 @@ struct TraceContact {
     at: Millis,
 }
 
+/// Key of `DOSSIER_EMERGENCIES`: the dossier's blind index, then the emergency's id.
+fn dossier_emergency_key(bi: &[u8; 32], id: u64) -> Vec<u8> {
+    let mut key = bi.to_vec();
+    key.extend_from_slice(&id.to_be_bytes());
+    key
+}
+
+/// The emergency id at the end of a `DOSSIER_EMERGENCIES` key.
+fn emergency_id_of(key: &[u8]) -> Result<u64> {
+    key.len()
+        .checked_sub(8)
+        .and_then(|at| key[at..].try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| Error::integrity("a key of the emergencies' dossier index is cut short"))
+}
+
 /// Associated data of an index row.
 pub(super) fn emergency_aad(id: u64) -> Vec<u8> {
     aad(&[b"emergency", &id.to_be_bytes()])
@@ -437,7 +453,7 @@ impl Replica {
     }
 
     fn index_emergency(&self, txn: &WriteTransaction, mut e: Emergency) -> Result<()> {
-        let mut table = txn.open_table(EMERGENCIES)?;
+        let mut table = self.digested(txn, EMERGENCIES)?;
         let id = match table.last()? {
             Some((k, _)) => k.value() + 1,
             None => 1,
@@ -447,6 +463,11 @@ impl Replica {
         let row = self.seal_emergency(&e, bi)?;
         table.insert(id, row.as_slice())?;
         drop(table);
+        if e.review.is_none() {
+            self.digested(txn, PENDING_EMERGENCIES)?.insert(id, ())?;
+        }
+        self.digested(txn, DOSSIER_EMERGENCIES)?
+            .insert(dossier_emergency_key(&bi, id).as_slice(), ())?;
         self.notify_emergency(txn, &e)
     }
 
@@ -493,11 +514,18 @@ impl Replica {
             Err(e) => return Err(e.into()),
         };
         let mut out = Vec::new();
+        if pending {
+            for row in txn.open_table(PENDING_EMERGENCIES)?.iter()? {
+                let id = row?.0.value();
+                let found = table.get(id)?.ok_or_else(|| {
+                    Error::integrity(format!("emergency {id} is pending but not in the index"))
+                })?;
+                out.push(self.open_emergency(id, found.value())?.1);
+            }
+            return Ok(out);
+        }
         for row in table.iter()? {
             let (k, v) = row?;
-            if pending && postcard::from_bytes::<IndexRow>(v.value())?.reviewed {
-                continue;
-            }
             out.push(self.open_emergency(k.value(), v.value())?.1);
         }
         Ok(out)
@@ -538,7 +566,9 @@ impl Replica {
             note: note.to_string(),
         });
         let sealed = self.seal_emergency(&e, row.bi)?;
-        txn.open_table(EMERGENCIES)?.insert(id, sealed.as_slice())?;
+        self.digested(&txn, EMERGENCIES)?
+            .insert(id, sealed.as_slice())?;
+        self.digested(&txn, PENDING_EMERGENCIES)?.remove(id)?;
         let ins = Ins::parse(&e.ins).ok();
         txn.trace(vec![self.admin_entry(
             "emergency-reviewed",
@@ -559,9 +589,48 @@ impl Replica {
             end.extend_from_slice(&[0xff; 41]);
             history.retain_in(prefix.as_slice()..end.as_slice(), |_, _| false)?;
         }
-        let mut index = txn.open_table(EMERGENCIES)?;
-        index
-            .retain(|_, v| postcard::from_bytes::<IndexRow>(v).map_or(true, |row| row.bi != *bi))?;
+        let (first, last) = (
+            dossier_emergency_key(bi, 0),
+            dossier_emergency_key(bi, u64::MAX),
+        );
+        let ids: Vec<u64> = txn
+            .open_table(DOSSIER_EMERGENCIES)?
+            .range(first.as_slice()..=last.as_slice())?
+            .map(|row| emergency_id_of(row?.0.value()))
+            .collect::<Result<_>>()?;
+        let (mut index, mut pending) = (
+            self.digested(txn, EMERGENCIES)?,
+            self.digested(txn, PENDING_EMERGENCIES)?,
+        );
+        for id in ids {
+            index.remove(id)?;
+            pending.remove(id)?;
+        }
+        self.digested(txn, DOSSIER_EMERGENCIES)?
+            .remove_in(&first, &last)?;
+        Ok(())
+    }
+
+    /// At open, in `txn`: a host made before `PENDING_EMERGENCIES` and `DOSSIER_EMERGENCIES`
+    /// existed gets them, from the clear part of each index row (nothing is opened). Written
+    /// directly: the caller sums the tables.
+    pub(super) fn fill_emergency_indexes(&self, txn: &WriteTransaction) -> Result<()> {
+        let rows: Vec<(u64, IndexRow)> = txn
+            .open_table(EMERGENCIES)?
+            .iter()?
+            .map(|row| {
+                let (k, v) = row?;
+                Ok((k.value(), postcard::from_bytes::<IndexRow>(v.value())?))
+            })
+            .collect::<Result<_>>()?;
+        let mut pending = txn.open_table(PENDING_EMERGENCIES)?;
+        let mut by_dossier = txn.open_table(DOSSIER_EMERGENCIES)?;
+        for (id, row) in rows {
+            if !row.reviewed {
+                pending.insert(id, ())?;
+            }
+            by_dossier.insert(dossier_emergency_key(&row.bi, id).as_slice(), ())?;
+        }
         Ok(())
     }
 }

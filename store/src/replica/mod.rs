@@ -102,6 +102,9 @@ use tables::*;
 
 /// File name of the database inside the data folder.
 pub const DB_FILE: &str = "carnet.redb";
+/// The database's page cache unless `carnet.toml` says otherwise (`cache_mib`), in MiB: what
+/// the replica keeps of its file in memory, so its memory does not grow with what it stores.
+pub const DEFAULT_CACHE_MIB: usize = 64;
 /// File name of the master key inside the data folder (mode 0600).
 pub const KEY_FILE: &str = "master.key";
 /// The files a replica keeps in its data folder.
@@ -541,7 +544,7 @@ impl Replica {
             Some(handle) => DbStore::Backend(handle().0),
             None => DbStore::File(db_path.clone()),
         };
-        let (db, _) = open_database(store, true)?;
+        let (db, _) = open_database(store, true, DEFAULT_CACHE_MIB)?;
         let txn = db.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
@@ -569,6 +572,9 @@ impl Replica {
             txn.open_table(PARTIAL_PROGRESS)?;
             txn.open_table(OWED_BODIES)?;
             txn.open_table(ANNOUNCEMENTS)?;
+            txn.open_table(HIDDEN_DOCS)?;
+            txn.open_table(PENDING_EMERGENCIES)?;
+            txn.open_table(DOSSIER_EMERGENCIES)?;
             txn.open_table(PENDING_GRANTS)?;
             txn.open_table(LOCAL_DOSSIERS)?;
             txn.open_table(HELD)?;
@@ -590,14 +596,32 @@ impl Replica {
         match backend {
             Some(handle) => {
                 let (db, journal) = handle();
-                Self::open_in(dir, DbStore::Backend(db), Some(journal), &opts.key, clock)
+                Self::open_in(
+                    dir,
+                    DbStore::Backend(db),
+                    Some(journal),
+                    &opts.key,
+                    clock,
+                    DEFAULT_CACHE_MIB,
+                )
             }
             None => Replica::open(dir, &opts.key, clock),
         }
     }
 
-    /// Opens the replica in `dir` with its master key.
+    /// Opens the replica in `dir` with its master key, its page cache at `DEFAULT_CACHE_MIB`.
     pub fn open(dir: &Path, source: &KeySource, clock: Clock) -> Result<Replica> {
+        Self::open_with_cache(dir, source, clock, DEFAULT_CACHE_MIB)
+    }
+
+    /// `open` with a page cache of `cache_mib` MiB (`cache_mib` in `carnet.toml`): with the
+    /// trace journal's buffers, what bounds the replica's memory, whatever it stores.
+    pub fn open_with_cache(
+        dir: &Path,
+        source: &KeySource,
+        clock: Clock,
+        cache_mib: usize,
+    ) -> Result<Replica> {
         let db_path = dir.join(DB_FILE);
         if !db_path.exists() {
             return Err(Error::not_found(format!(
@@ -605,7 +629,7 @@ impl Replica {
                 dir.display()
             )));
         }
-        Self::open_in(dir, DbStore::File(db_path), None, source, clock)
+        Self::open_in(dir, DbStore::File(db_path), None, source, clock, cache_mib)
     }
 
     /// `open` with the database on `backend` and the trace journal on `journal` (see
@@ -624,6 +648,7 @@ impl Replica {
             Some(Box::new(journal)),
             source,
             clock,
+            DEFAULT_CACHE_MIB,
         )
     }
 
@@ -634,13 +659,14 @@ impl Replica {
         journal: Option<Box<dyn StorageBackend>>,
         source: &KeySource,
         clock: Clock,
+        cache_mib: usize,
     ) -> Result<Replica> {
         // The folder's files are its own: no link is followed out of it.
         crate::files::own_files(dir, &[DB_FILE, KEY_FILE, journal::JOURNAL_FILE])
             .map_err(|e| Error::integrity(e.to_string()))?;
         // A folder others can read is tightened before anything is read from it, and said.
         let folder_fixes = crate::files::tighten_folder(dir);
-        let (db, durability) = open_database_checked(store, dir)?;
+        let (db, durability) = open_database_checked(store, dir, cache_mib)?;
         // Holding the live database: no rotation runs, so a re-keyed file beside it is a
         // leftover of one that stopped before its commit point.
         rekey::remove_leftover(dir)?;
@@ -859,6 +885,21 @@ impl Replica {
         }
         let txn = self.begin_raw_write()?;
         {
+            // An index guarded since this replica last wrote was made by this build: filled
+            // now, from what it indexes, in the transaction that stores its first digest.
+            let newly = |table: &str| {
+                computed
+                    .iter()
+                    .zip(&stored)
+                    .any(|((name, _), stored)| *name == table && stored.is_none())
+            };
+            if newly("hidden_docs") {
+                self.fill_hidden_docs(&txn)?;
+            }
+            if newly("pending_emergencies") {
+                self.fill_emergency_indexes(&txn)?;
+            }
+            let computed = row_digest::all_digests(&self.keys.rows, &*txn)?;
             let mut meta = txn.open_table(META)?;
             for (name, digest) in computed {
                 meta.insert(
@@ -2052,6 +2093,7 @@ impl DbStore {
 fn open_database(
     store: DbStore,
     create: bool,
+    cache_mib: usize,
 ) -> std::result::Result<(Database, backend::Durability), redb::DatabaseError> {
     let file: Box<dyn StorageBackend> = match store {
         DbStore::File(path) => {
@@ -2062,7 +2104,9 @@ fn open_database(
     };
     let (backend, durability) = backend::WriteBehind::new(file)?;
     Ok((
-        redb::Builder::new().create_with_backend(backend)?,
+        redb::Builder::new()
+            .set_cache_size(cache_mib.saturating_mul(1 << 20))
+            .create_with_backend(backend)?,
         durability,
     ))
 }
@@ -2071,7 +2115,11 @@ fn open_database(
 /// integrity error saying what to do, never a panic: redb may panic on a file it did not write
 /// that way, so the open runs under `catch_unwind`, with the panic message kept off the
 /// terminal (the error says it all).
-fn open_database_checked(store: DbStore, dir: &Path) -> Result<(Database, backend::Durability)> {
+fn open_database_checked(
+    store: DbStore,
+    dir: &Path,
+    cache_mib: usize,
+) -> Result<(Database, backend::Durability)> {
     let described = store.describe();
     let damaged = |detail: &str| {
         Error::integrity(format!(
@@ -2080,8 +2128,9 @@ fn open_database_checked(store: DbStore, dir: &Path) -> Result<(Database, backen
     };
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
-    let opened =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| open_database(store, false)));
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        open_database(store, false, cache_mib)
+    }));
     std::panic::set_hook(hook);
     match opened {
         Ok(Ok(db)) => Ok(db),

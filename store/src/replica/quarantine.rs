@@ -26,7 +26,7 @@
 //!   outbox, taken once the host acknowledged it, returned when the host refused it (the
 //!   refiled copy is then in quarantine itself, under its own id, noting what it refiles).
 
-use redb::{ReadTransaction, ReadableTable, WriteTransaction};
+use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -190,6 +190,12 @@ impl Replica {
             outbox.insert(*seq, placeholder.as_slice())?;
         }
         Ok(pending.len())
+    }
+
+    /// How many documents are in quarantine, for `carnet sync status` and each `Hello`: the
+    /// table's length, nothing opened.
+    pub fn quarantine_len(&self) -> Result<u64> {
+        Ok(self.begin_read()?.open_table(QUARANTINE)?.len()?)
     }
 
     /// The quarantined documents, in id order, with what became of each. Opens no body.

@@ -231,7 +231,11 @@ impl Replica {
     fn write_rekeyed(&self, path: &Path, new: &NewKeys) -> Result<RekeyReport> {
         let src = self.begin_read()?;
         let maps = Maps::collect(self, &src, new)?;
-        let (db, _) = open_database(super::DbStore::File(path.to_path_buf()), true)?;
+        let (db, _) = open_database(
+            super::DbStore::File(path.to_path_buf()),
+            true,
+            super::DEFAULT_CACHE_MIB,
+        )?;
         let dst = db.begin_write()?;
         let mut walk = Rekey {
             old: self,
@@ -518,9 +522,8 @@ impl Rekey<'_> {
             "quarantine" => self.quarantine(k, v)?,
             "partial_bodies" => self.partial_bodies(k, v)?,
             "pending_grants" => (self.remap(table, k, &[Dossier, Pro])?, v.to_vec()),
-            "announcements" | "missing_bodies" | "partial_progress" | "conflicts" => {
-                (self.remap(table, k, &[Doc])?, v.to_vec())
-            }
+            "announcements" | "hidden_docs" | "missing_bodies" | "partial_progress"
+            | "conflicts" => (self.remap(table, k, &[Doc])?, v.to_vec()),
             "returned" => (self.remap(table, k, &[Same(4), Doc])?, v.to_vec()),
             "owed_bodies" => (self.remap(table, k, &[Doc, Same(4)])?, v.to_vec()),
             "site_requests" => self.site_requests(k, v)?,
@@ -528,6 +531,8 @@ impl Rekey<'_> {
             "host_clears" => self.host_clears(k, v)?,
             "authority_history" => self.authority_history(k, v)?,
             "emergencies" => self.emergencies(k, v)?,
+            "pending_emergencies" => (k.to_vec(), v.to_vec()),
+            "dossier_emergencies" => (self.remap(table, k, &[Dossier, Same(8)])?, v.to_vec()),
             "notifications" => self.notifications(k, v)?,
             "held_notifications" => self.held_notifications(k, v)?,
             "first_accesses" => (self.remap(table, k, &[Dossier, Pro])?, v.to_vec()),

@@ -43,7 +43,7 @@ use crate::error::{Error, Result};
 /// of requests, purges, cleared flags, chain keys and quarantine, and at the host what decides
 /// what each site receives (the professionals bound to it, its scope and emergency fetches, the
 /// purge receipts it returned). `all_digests` lists the same tables.
-pub(super) const GUARDED: [&str; 18] = [
+pub(super) const GUARDED: [&str; 22] = [
     "authority",
     "dossier_keys",
     "tombstones",
@@ -62,6 +62,10 @@ pub(super) const GUARDED: [&str; 18] = [
     "emergency_scopes",
     "site_receipts",
     "local_dossiers",
+    "hidden_docs",
+    "emergencies",
+    "pending_emergencies",
+    "dossier_emergencies",
 ];
 
 /// `meta` key of a guarded table's digest.
@@ -104,7 +108,7 @@ impl Sums for WriteTransaction {
 }
 
 /// The digest of every guarded table, as `txn` sees them, in the order of `GUARDED`.
-pub(super) fn all_digests(key: &Key, txn: &impl Sums) -> Result<[(&'static str, RowDigest); 18]> {
+pub(super) fn all_digests(key: &Key, txn: &impl Sums) -> Result<[(&'static str, RowDigest); 22]> {
     let sums = [
         txn.digest_of(key, AUTHORITY)?,
         txn.digest_of(key, DOSSIER_KEYS)?,
@@ -124,8 +128,12 @@ pub(super) fn all_digests(key: &Key, txn: &impl Sums) -> Result<[(&'static str, 
         txn.digest_of(key, EMERGENCY_SCOPES)?,
         txn.digest_of(key, SITE_RECEIPTS)?,
         txn.digest_of(key, LOCAL_DOSSIERS)?,
+        txn.digest_of(key, HIDDEN_DOCS)?,
+        txn.digest_of(key, EMERGENCIES)?,
+        txn.digest_of(key, PENDING_EMERGENCIES)?,
+        txn.digest_of(key, DOSSIER_EMERGENCIES)?,
     ];
-    let mut out = [("", RowDigest::default()); 18];
+    let mut out = [("", RowDigest::default()); GUARDED.len()];
     for ((slot, name), sum) in out.iter_mut().zip(GUARDED).zip(sums) {
         *slot = (name, sum);
     }

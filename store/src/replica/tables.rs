@@ -83,6 +83,12 @@ pub const MISSING_BODIES: TableDefinition<&[u8; 16], ()> = TableDefinition::new(
 pub const PENDING_GRANTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pending_grants");
 /// Host: documents hidden from the patient whose patient was told (stored document id → when).
 pub const ANNOUNCEMENTS: TableDefinition<&[u8; 16], i64> = TableDefinition::new("announcements");
+/// Host: the documents hidden from the patient (`INVISIBLE_PATIENT`), stored document id → when
+/// filed: the announcement timer's queue, kept by every metadata write (`Replica::put_meta`) and
+/// by `forget_document`, so a pass opens only the documents due, never the whole store. A
+/// document leaves it at its release, so it holds about a month of filings. Guarded (a removed
+/// row would keep a document from its patient); the timer still decides on the sealed metadata.
+pub const HIDDEN_DOCS: TableDefinition<&[u8; 16], i64> = TableDefinition::new("hidden_docs");
 /// Documents whose replacements conflict (`DocState::has_replacement_conflict`), by stored
 /// document id: kept by every metadata write (`Replica::put_meta`), so counting and listing
 /// them (`sync status`, every `Hello`) opens no sealed row.
@@ -129,6 +135,14 @@ pub const AUTHORITY_HISTORY: TableDefinition<&[u8], &[u8]> =
 /// Host: the emergencies it judged (`emergencies::IndexRow`, postcard): id → the dossier's
 /// blind index and the review flag in clear, the rest sealed with the audit key, bound to the id.
 pub const EMERGENCIES: TableDefinition<u64, &[u8]> = TableDefinition::new("emergencies");
+/// Host: the emergencies not reviewed yet (`EMERGENCIES` id → ()), so the review list opens only
+/// those (`audit emergencies --pending`), however many were reviewed before.
+pub const PENDING_EMERGENCIES: TableDefinition<u64, ()> =
+    TableDefinition::new("pending_emergencies");
+/// Host: the emergencies of each dossier (blind index ‖ id, big-endian → ()), so a purge drops
+/// its own without reading the others'.
+pub const DOSSIER_EMERGENCIES: TableDefinition<&[u8], ()> =
+    TableDefinition::new("dossier_emergencies");
 /// Host: per site, its last contact whose trace the host held whole (postcard: trace head and
 /// host time). In clear: no patient data.
 pub const TRACE_CONTACTS: TableDefinition<u32, &[u8]> = TableDefinition::new("trace_contacts");

@@ -1917,6 +1917,9 @@ fn the_host_tells_the_patient_after_two_weeks_and_releases_after_a_month() {
             .is_ok()
     };
     assert!(!patient_reads(&host) && !patient_reads(&site));
+    // The host queues it for the timer; a site, which never releases, does not.
+    assert_eq!(keys_by_doc(&host, HIDDEN_DOCS), vec![host.stored_id(&id)]);
+    assert!(keys_by_doc(&site, HIDDEN_DOCS).is_empty());
     let admin = |r: &Replica, what: &str| {
         r.audit_entries(Some(&ins()))
             .expect("audit")
@@ -1970,6 +1973,10 @@ fn the_host_tells_the_patient_after_two_weeks_and_releases_after_a_month() {
     assert_eq!(admin(&host, "announcement-released"), 1);
     assert_eq!(keys_by_doc(&host, HOST_CLEARS), vec![host.stored_id(&id)]);
     assert!(keys_by_doc(&host, ANNOUNCEMENTS).is_empty());
+    assert!(
+        keys_by_doc(&host, HIDDEN_DOCS).is_empty(),
+        "out of the queue"
+    );
     assert!(patient_reads(&host));
     let (docs, traced) = exported(&host);
     assert!(
@@ -2134,6 +2141,168 @@ fn a_pending_grant_lasts_one_encounter() {
     now.fetch_add(25 * 3_600_000, Ordering::SeqCst);
     // (Within the lease, past the encounter.)
     assert!(!reads(), "a pending grant is for one encounter");
+}
+
+#[test]
+fn the_announcement_queue_decides_nothing_alone_and_an_older_host_gets_it_at_open() {
+    use std::sync::atomic::Ordering;
+    let (dirs, now, host, site) = host_and_site_on_a_clock();
+    let hidden = write(&site, "résultat", b"to be announced");
+    site.update_document(
+        &Actor::Professional(doctor()),
+        &hidden,
+        Action::HideFromPatient,
+    )
+    .expect("hide");
+    sync(&host, &site);
+    let visible = write(&host, "visible", b"seen");
+    // A queue row that does not match the sealed metadata (a visible document, filed "long
+    // ago"): the timer opens the document, finds nothing to announce, tells no one.
+    {
+        let txn = host.begin_raw_write().expect("txn");
+        host.digested(&txn, HIDDEN_DOCS)
+            .expect("queue")
+            .insert(&host.stored_id(&visible), 0)
+            .expect("insert");
+        txn.commit().expect("commit");
+    }
+    now.fetch_add(15 * 24 * 3_600_000, Ordering::SeqCst);
+    let pass = host.run_announcement_timer().expect("pass");
+    assert_eq!((pass.told, pass.released), (1, 0), "only the hidden one");
+    // As a host written before the queue existed: rebuilt at open from the documents.
+    let clock_now = now.clone();
+    let reopen = || {
+        let now = clock_now.clone();
+        Replica::open(
+            dirs.0.path(),
+            &KeySource::File,
+            Arc::new(move || now.load(Ordering::SeqCst)),
+        )
+    };
+    {
+        let txn = host.begin_raw_write().expect("txn");
+        txn.delete_table(HIDDEN_DOCS).expect("drop the queue");
+        txn.open_table(META)
+            .expect("meta")
+            .remove(super::row_digest::meta_row("hidden_docs").as_str())
+            .expect("no digest yet");
+        txn.commit().expect("commit");
+    }
+    drop(host);
+    let host = reopen().expect("reopen");
+    assert_eq!(
+        keys_by_doc(&host, HIDDEN_DOCS),
+        vec![host.stored_id(&hidden)]
+    );
+    // Guarded from then on: a row removed outside Carnet is found at the next open.
+    drop(host);
+    {
+        let db = redb::Database::open(dirs.0.path().join(DB_FILE)).expect("db");
+        let txn = db.begin_write().expect("txn");
+        txn.open_table(HIDDEN_DOCS)
+            .expect("queue")
+            .retain(|_, _| false)
+            .expect("empty it");
+        txn.commit().expect("commit");
+    }
+    assert!(matches!(reopen(), Err(Error::Integrity(_))));
+}
+
+#[test]
+fn pending_emergencies_are_indexed_and_a_purge_drops_only_its_dossiers() {
+    let (hd, host, _sd, _site) = host_and_site();
+    let other = Ins::from_body("2840575123457").expect("ins");
+    host.create_dossier(new_dossier(other.clone()))
+        .expect("dossier");
+    // A break-glass read at the host in each dossier: two emergencies, both pending.
+    for ins in [ins(), other.clone()] {
+        let id = host
+            .put_document(
+                &Actor::Professional(doctor()),
+                AccessMode::BreakGlass,
+                Some("unconscious"),
+                &ins,
+                doc("CR", b"synthetic"),
+            )
+            .expect("put");
+        host.read_document(
+            &Actor::Professional(nurse()),
+            &id,
+            AccessMode::BreakGlass,
+            Some("unconscious"),
+        )
+        .expect("break-glass");
+    }
+    let all = host.emergencies(false).expect("all");
+    assert!(all.len() >= 2, "{all:?}");
+    let ids = |list: Vec<Emergency>| list.iter().map(|e| e.id).collect::<Vec<u64>>();
+    assert_eq!(
+        ids(host.emergencies(true).expect("pending")),
+        ids(all.clone())
+    );
+    // Reviewed: out of the pending list, still in the whole one.
+    let first = all[0].id;
+    host.review_emergency(first, "dpo:Test", "justified")
+        .expect("review");
+    let pending = ids(host.emergencies(true).expect("pending"));
+    assert!(!pending.contains(&first) && pending.len() == all.len() - 1);
+    assert_eq!(host.emergencies(false).expect("all").len(), all.len());
+    // The index is read, not the rows: a pending row of an emergency not in the index is an
+    // integrity error, not an emergency skipped.
+    {
+        let txn = host.begin_raw_write().expect("txn");
+        host.digested(&txn, PENDING_EMERGENCIES)
+            .expect("pending")
+            .insert(u64::MAX, ())
+            .expect("insert");
+        txn.commit().expect("commit");
+    }
+    assert!(matches!(host.emergencies(true), Err(Error::Integrity(_))));
+    {
+        let txn = host.begin_raw_write().expect("txn");
+        host.digested(&txn, PENDING_EMERGENCIES)
+            .expect("pending")
+            .remove(u64::MAX)
+            .expect("remove");
+        txn.commit().expect("commit");
+    }
+    // As a host written before the indexes: rebuilt at open from the index rows.
+    {
+        let txn = host.begin_raw_write().expect("txn");
+        for table in ["pending_emergencies", "dossier_emergencies"] {
+            txn.delete_table(redb::TableDefinition::<&[u8], ()>::new(table))
+                .expect("drop");
+            txn.open_table(META)
+                .expect("meta")
+                .remove(super::row_digest::meta_row(table).as_str())
+                .expect("no digest yet");
+        }
+        txn.commit().expect("commit");
+    }
+    drop(host);
+    let host = Replica::open(hd.path(), &KeySource::File, clock()).expect("reopen");
+    assert_eq!(ids(host.emergencies(true).expect("pending")), pending);
+    // A purge drops the emergencies of its dossier, and only those.
+    let of = |list: &[Emergency], ins: &Ins| {
+        list.iter()
+            .filter(|e| Ins::parse(&e.ins).ok().as_ref() == Some(ins))
+            .count()
+    };
+    let before = host.emergencies(false).expect("all");
+    assert!(of(&before, &ins()) > 0 && of(&before, &other) > 0);
+    host.close_dossier(&ins(), "holder's request", true)
+        .expect("close");
+    host.purge_dossier(&ins()).expect("purge");
+    let after = host.emergencies(false).expect("all");
+    assert_eq!(of(&after, &ins()), 0);
+    assert_eq!(of(&after, &other), of(&before, &other));
+    assert_eq!(table_len(&host, DOSSIER_EMERGENCIES), after.len() as u64);
+    assert!(
+        host.emergencies(true)
+            .expect("pending")
+            .iter()
+            .all(|e| Ins::parse(&e.ins).ok() == Some(other.clone()))
+    );
 }
 
 #[test]
@@ -4207,6 +4376,16 @@ fn a_full_house() -> (TempDir, Replica, TempDir, Replica, Vec<DocId>) {
         .expect("mask");
     host.update_document(&doctor_acts, &ids[0], Action::Unmask)
         .expect("unmask");
+    // On the host's queues: a document waiting for its announcement, an emergency to review.
+    host.update_document(&doctor_acts, &ids[0], Action::HideFromPatient)
+        .expect("hide");
+    host.read_document(
+        &Actor::Professional(nurse()),
+        &ids[1],
+        AccessMode::BreakGlass,
+        Some("unconscious (synthetic)"),
+    )
+    .expect("break-glass");
     host.close_dossier(&gone(), "holder's request", true)
         .expect("close");
     host.purge_dossier(&gone()).expect("purge");
@@ -4264,7 +4443,12 @@ fn answers(r: &Replica, ids: &[DocId]) -> String {
     if r.config().role == Role::Host {
         let site = SiteId(7);
         out.push_str(&format!(
-            "{:?}\n{:?}\n{:?}\n{:?}\n",
+            "{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n",
+            r.emergencies(true).expect("pending emergencies"),
+            keys_by_doc(r, HIDDEN_DOCS)
+                .iter()
+                .map(|k| r.doc_id(k))
+                .collect::<Vec<_>>(),
             r.pull(site, 0, usize::MAX).expect("log"),
             r.site_requests().expect("requests"),
             r.site_professionals(site).expect("bound"),
@@ -4277,6 +4461,11 @@ fn answers(r: &Replica, ids: &[DocId]) -> String {
 #[test]
 fn after_a_full_rotation_everything_reads_the_same() {
     let (hd, host, sd, site, ids) = a_full_house();
+    assert_eq!(host.emergencies(true).expect("pending").len(), 1);
+    assert_eq!(
+        keys_by_doc(&host, HIDDEN_DOCS),
+        vec![host.stored_id(&ids[0])]
+    );
     let before = (answers(&host, &ids), answers(&site, &ids));
     let (host, report) = host.rotate_full(&KeySource::File).expect("host");
     assert_eq!((report.dossiers, report.documents), (1, 3), "{report:?}");
@@ -4857,6 +5046,7 @@ fn a_dossier_the_host_refuses_is_dropped_at_its_site_with_what_it_held_kept_in_q
     // Told again (a repeated Welcome): nothing changes.
     site.quarantine_returned(&[refused]).expect("again");
     assert_eq!(site.quarantined().expect("quarantine").len(), 1);
+    assert_eq!(site.quarantine_len().expect("count"), 1);
     // A return can never take away a dossier the host signed.
     let held = site.dossier(&ins()).expect("signed dossier").documents;
     assert!(held > 0);
