@@ -65,7 +65,7 @@ fn network(dir: &Path) -> Res<[std::path::PathBuf; 3]> {
     };
     host.add_professional(&pro)?;
     let ins = crate::create_dossier(&host)?;
-    host.set_grant(
+    crate::decides(&host)?.set_grant(
         &ins,
         &pro.rpps,
         carnet_store::model::GrantState::Active,
@@ -75,7 +75,11 @@ fn network(dir: &Path) -> Res<[std::path::PathBuf; 3]> {
     settings(&folders[0], ConfigRole::Host, address)?;
     for site_dir in &folders[1..] {
         let bundle = carnet_syncd::enrol::enrol(&host, "Idle", "750000001", &address.to_string())?;
-        host.bind_professional(carnet_store::ids::SiteId(bundle.site_id), &pro.rpps, true)?;
+        crate::decides(&host)?.bind_professional(
+            carnet_store::ids::SiteId(bundle.site_id),
+            &pro.rpps,
+            true,
+        )?;
         let site = Replica::init(
             site_dir,
             options(

@@ -7,10 +7,13 @@
 //! `carnet-bench sync` (module `sync`): sync between a host daemon and a site.
 //! `carnet-bench idle [--seconds N]` (module `idle`): the CPU and memory of a host and two site
 //! daemons with nothing to do.
+//! `carnet-bench host [--sites N] [--seconds S] [--docs A,B]` (module `host`): the host's round
+//! latency, CPU and memory with a fleet of sites and with the documents it stores.
 //! `carnet-bench sim [--seeds N]` (module `sim`): seeded worlds of the simulator (`carnet-sim`),
 //! seeds per second and the failing seeds.
 //! Everything runs in a temporary folder that is removed at the end.
 
+mod host;
 mod idle;
 mod sim;
 mod sync;
@@ -50,6 +53,7 @@ fn main() {
         "sync" => sync::run(),
         "idle" => idle::run(),
         "sim" => sim::run(),
+        "host" => host::run(),
         // Only the initial sync, for profiling it alone.
         "sync-initial" => sync::initial_only(),
         // Only the batched ingest, for profiling it alone.
@@ -58,7 +62,7 @@ fn main() {
         "reads" => reads_only(),
         _ => {
             eprintln!(
-                "usage: carnet-bench store|sync|idle [--seconds N]|sim [--seeds N] [--first S]"
+                "usage: carnet-bench store|sync|idle [--seconds N]|sim [--seeds N] [--first S]|host [--sites N] [--seconds S] [--docs A,B]"
             );
             std::process::exit(2);
         }
@@ -166,8 +170,9 @@ fn doctor() -> Res<Rpps> {
     Ok(Rpps::parse("10000000001")?)
 }
 
-fn setup_replica(dir: &Path) -> Res<(Replica, Ins)> {
-    let r = Replica::init(
+/// A new host replica in `dir`.
+fn new_host(dir: &Path) -> Res<Replica> {
+    Ok(Replica::init(
         dir,
         InitOptions {
             role: Role::Host,
@@ -178,7 +183,11 @@ fn setup_replica(dir: &Path) -> Res<(Replica, Ins)> {
             lease_hours: None,
         },
         system_clock(),
-    )?;
+    )?)
+}
+
+fn setup_replica(dir: &Path) -> Res<(Replica, Ins)> {
+    let r = new_host(dir)?;
     r.add_professional(&Professional {
         rpps: doctor()?,
         profession: Profession::Medecin,
@@ -186,7 +195,7 @@ fn setup_replica(dir: &Path) -> Res<(Replica, Ins)> {
         name: None,
     })?;
     let ins = create_dossier(&r)?;
-    r.set_grant(
+    decides(&r)?.set_grant(
         &ins,
         &doctor()?,
         GrantState::Active,
@@ -196,10 +205,19 @@ fn setup_replica(dir: &Path) -> Res<(Replica, Ins)> {
     Ok((r, ins))
 }
 
+/// The host's decisions of `r`, a bench's host replica.
+fn decides(r: &Replica) -> Res<carnet_store::replica::HostAuthority<'_>> {
+    Ok(r.as_host().ok_or("not the host's replica")?.authority())
+}
+
 /// The bench's (synthetic) dossier, on a host.
 fn create_dossier(r: &Replica) -> Res<Ins> {
-    let ins = Ins::from_body("1840575123456")?;
-    r.create_dossier(NewDossier {
+    open_dossier(r, Ins::from_body("1840575123456")?)
+}
+
+/// Opens a dossier for `ins` (a synthetic identity) on the host `r`.
+fn open_dossier(r: &Replica, ins: Ins) -> Res<Ins> {
+    decides(r)?.create_dossier(NewDossier {
         ins: ins.clone(),
         ins_kind: InsKind::TestNir,
         identity: Identity {

@@ -101,6 +101,26 @@ struct Pair {
     runtime: tokio::runtime::Runtime,
 }
 
+/// Writes the settings `carnet init` would for a host listening on `listen` (logging warnings
+/// only).
+pub(crate) fn write_host_settings(dir: &Path, listen: SocketAddr) -> Res<()> {
+    carnet_syncd::config::Config {
+        role: carnet_syncd::config::ConfigRole::Host,
+        listen: Some(listen),
+        host_address: None,
+        inbox: "inbox".into(),
+        log_level: "warn".into(),
+        log_format: Default::default(),
+        sync_every: carnet_syncd::config::DEFAULT_SYNC_EVERY,
+        lease_hours: None,
+        notification_spool: None,
+        cache_mib: carnet_store::replica::DEFAULT_CACHE_MIB,
+        http: None,
+    }
+    .write_new(dir)?;
+    Ok(())
+}
+
 pub(crate) fn free_port() -> Res<u16> {
     Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
         .local_addr()?
@@ -128,7 +148,7 @@ fn pair(dir: &Path) -> Res<Pair> {
     };
     host.add_professional(&pro)?;
     let ins = create_dossier(&host)?;
-    host.set_grant(
+    crate::decides(&host)?.set_grant(
         &ins,
         &pro.rpps,
         GrantState::Active,
@@ -136,22 +156,13 @@ fn pair(dir: &Path) -> Res<Pair> {
         None,
     )?;
     let bundle = carnet_syncd::enrol::enrol(&host, "Bench", "750000001", &listen.to_string())?;
-    host.bind_professional(carnet_store::ids::SiteId(bundle.site_id), &pro.rpps, true)?;
+    crate::decides(&host)?.bind_professional(
+        carnet_store::ids::SiteId(bundle.site_id),
+        &pro.rpps,
+        true,
+    )?;
     drop(host);
-    carnet_syncd::config::Config {
-        role: carnet_syncd::config::ConfigRole::Host,
-        listen: Some(listen),
-        host_address: None,
-        inbox: "inbox".into(),
-        log_level: "warn".into(),
-        log_format: Default::default(),
-        sync_every: carnet_syncd::config::DEFAULT_SYNC_EVERY,
-        lease_hours: None,
-        notification_spool: None,
-        cache_mib: carnet_store::replica::DEFAULT_CACHE_MIB,
-        http: None,
-    }
-    .write_new(&host_dir)?;
+    write_host_settings(&host_dir, listen)?;
     let site = Replica::init(
         &site_dir,
         options(
@@ -166,7 +177,7 @@ fn pair(dir: &Path) -> Res<Pair> {
     let site = Arc::new(site);
     let pair = Pair {
         link: std::sync::Mutex::new(carnet_syncd::net::Link::new(
-            site.clone(),
+            carnet_store::replica::SiteReplica::new(site.clone())?,
             Arc::new(tokio::sync::Notify::new()),
         )),
         site,

@@ -67,10 +67,14 @@ fn traces(world: &World) -> Result<(), String> {
         let site = node.up()?;
         site.verify_audit()
             .map_err(err(&format!("{}: audit verify", node.name)))?;
-        let own = all_traces(|after| site.traces_after(after, 512))
+        let own = all_traces(|after| crate::node::as_site(site).sync().traces_after(after, 512))
             .map_err(err(&format!("{}: its trace", node.name)))?;
-        let held = all_traces(|after| host.traces_of(node.site, after, 512))
-            .map_err(err(&format!("host: the trace of {}", node.name)))?;
+        let held = all_traces(|after| {
+            crate::node::as_host(host)
+                .sync()
+                .traces_of(node.site, after, 512)
+        })
+        .map_err(err(&format!("host: the trace of {}", node.name)))?;
         let numbered = own
             .iter()
             .enumerate()

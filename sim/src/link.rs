@@ -104,7 +104,9 @@ impl Flight {
     ) -> Result<Flight, String> {
         let tls = carnet_syncd::enrol::site_tls(site).map_err(|e| e.to_string())?;
         let mut session = SiteSession::new(tls.identity.clone(), host_certificate);
-        let hello = session.start(site).map_err(|e| e.to_string())?;
+        let hello = session
+            .start(crate::node::as_site(site).sync())
+            .map_err(|e| e.to_string())?;
         let mut main = Stream::new(HostSession::new(
             site.config().site_id,
             tls.identity.cert_der.clone(),
@@ -183,7 +185,8 @@ impl Flight {
                 }
             }
         }
-        let handled = host.deferring_syncs(|| s.host.handle_all(host, msgs));
+        let handled =
+            host.deferring_syncs(|| s.host.handle_all(crate::node::as_host(host).sync(), msgs));
         // The replies leave once what they acknowledge is on disk.
         if let Err(e) = host.wait_durable(host.durable_point()) {
             return Ok(Step::HostFailed(e.to_string()));
@@ -212,7 +215,7 @@ impl Flight {
         let Some((_, msg)) = self.streams[stream].down.pop_front() else {
             return Ok(Step::Idle);
         };
-        let out = match self.session.handle(site, msg) {
+        let out = match self.session.handle(crate::node::as_site(site).sync(), msg) {
             Ok(out) => out,
             Err(e) => return Ok(Step::Failed(e.to_string())),
         };
@@ -245,7 +248,8 @@ impl Flight {
     pub fn replay(&self, host: &Replica, site_id: carnet_store::ids::SiteId) -> Option<String> {
         let mut stale = HostSession::new(site_id, self.certificate.clone());
         let msgs = self.streams[0].sent.clone();
-        let handled = host.deferring_syncs(|| stale.handle_all(host, msgs));
+        let handled =
+            host.deferring_syncs(|| stale.handle_all(crate::node::as_host(host).sync(), msgs));
         if let Err(e) = host.wait_durable(host.durable_point()) {
             return Some(format!("host storage: {e}"));
         }
@@ -257,7 +261,8 @@ impl Flight {
         let s = &mut self.streams[0];
         let rest: Vec<Msg> = s.up.drain(..).map(|(_, m)| m).collect();
         if !s.closed && !rest.is_empty() {
-            let _ = host.deferring_syncs(|| s.host.handle_all(host, rest));
+            let _ =
+                host.deferring_syncs(|| s.host.handle_all(crate::node::as_host(host).sync(), rest));
             let _ = host.wait_durable(host.durable_point());
         }
     }

@@ -133,3 +133,13 @@ impl Node {
         self.disk.fired().or(self.journal.fired())
     }
 }
+
+/// The host's operations of `r`, the world's host (node 0 is the host by construction).
+pub fn as_host(r: &Replica) -> carnet_store::replica::Host<'_> {
+    r.as_host().expect("the world's node 0 is the host")
+}
+
+/// The site's operations of `r`, one of the world's sites (every node but 0).
+pub fn as_site(r: &Replica) -> carnet_store::replica::Site<'_> {
+    r.as_site().expect("the world's nodes after 0 are sites")
+}

@@ -332,7 +332,9 @@ impl World {
         }
         for i in 0..opts.dossiers {
             let ins = synthetic_ins(seed, i)?;
-            h.create_dossier(new_dossier(&ins, i, IdentityStatus::Qualified))
+            crate::node::as_host(h)
+                .authority()
+                .create_dossier(new_dossier(&ins, i, IdentityStatus::Qualified))
                 .map_err(|e| format!("dossier: {e}"))?;
             model.dossiers.push(ins);
         }
@@ -340,14 +342,16 @@ impl World {
         for d in 0..opts.dossiers {
             for p in 0..opts.professionals {
                 if rng.chance(600) {
-                    h.set_grant(
-                        &model.dossiers[d],
-                        &model.professionals[p],
-                        GrantState::Active,
-                        GrantBasis::Treating,
-                        None,
-                    )
-                    .map_err(|e| format!("grant: {e}"))?;
+                    crate::node::as_host(h)
+                        .authority()
+                        .set_grant(
+                            &model.dossiers[d],
+                            &model.professionals[p],
+                            GrantState::Active,
+                            GrantBasis::Treating,
+                            None,
+                        )
+                        .map_err(|e| format!("grant: {e}"))?;
                 }
             }
         }
@@ -387,7 +391,9 @@ impl World {
                 })
                 .map_err(|e| format!("professional: {e}"))?;
                 if bound.is_empty() || rng.chance(400) {
-                    h.bind_professional(node.site, rpps, true)
+                    crate::node::as_host(h)
+                        .authority()
+                        .bind_professional(node.site, rpps, true)
                         .map_err(|e| format!("bind: {e}"))?;
                     bound.push(p);
                 }
@@ -617,7 +623,10 @@ impl World {
         let Some(replica) = self.nodes[site].replica() else {
             return Ok(());
         };
-        match replica.open_dossier_here(new_dossier(&ins, d, status), &actor) {
+        match crate::node::as_site(replica)
+            .local()
+            .open_dossier_here(new_dossier(&ins, d, status), &actor)
+        {
             Ok(_) => {
                 self.note(|| {
                     format!(
@@ -659,7 +668,10 @@ impl World {
             return Ok(());
         };
         let (ins, rpps) = (&self.model.dossiers[d], &self.model.professionals[p]);
-        match replica.qualify_dossier(ins, rpps) {
+        match crate::node::as_site(replica)
+            .local()
+            .qualify_dossier(ins, rpps)
+        {
             Ok(()) => {
                 self.note(|| format!("{name}: dossier {d} qualified"));
                 self.model.provisional.remove(&(site, d));
@@ -778,7 +790,11 @@ impl World {
             14 if self.model.closed.len() + 1 < self.model.dossiers.len() => {
                 let host = self.nodes[0].up()?;
                 let ins = &self.model.dossiers[d];
-                match host.close_dossier(ins, "simulated closure", false) {
+                match crate::node::as_host(host).authority().close_dossier(
+                    ins,
+                    "simulated closure",
+                    false,
+                ) {
                     Ok(()) => {
                         self.model.closed.insert(d);
                     }
@@ -807,7 +823,13 @@ impl World {
     fn set_grant(&mut self, d: usize, p: usize, state: GrantState) -> Result<(), String> {
         let host = self.nodes[0].up()?;
         let (ins, rpps) = (&self.model.dossiers[d], &self.model.professionals[p]);
-        if let Err(e) = host.set_grant(ins, rpps, state, GrantBasis::Treating, None) {
+        if let Err(e) = crate::node::as_host(host).authority().set_grant(
+            ins,
+            rpps,
+            state,
+            GrantBasis::Treating,
+            None,
+        ) {
             return expected("host", "grant", &e);
         }
         self.note(|| {
@@ -824,7 +846,8 @@ impl World {
         // it (the host's log holds it now, or the site does not hold the dossier).
         let mut at = Vec::new();
         for site in self.sites() {
-            let seq = host
+            let seq = crate::node::as_host(host)
+                .sync()
                 .log_head(self.nodes[site].site)
                 .map_err(|e| format!("log head: {e}"))?;
             at.push((site, seq));
@@ -1187,19 +1210,31 @@ impl World {
         let (host, s) = (self.nodes[0].up()?, self.nodes[site].up()?);
         let id = self.nodes[site].site;
         let e = |e: carnet_store::Error| e.to_string();
-        let (issued, acked) = (s.outbox_issued().map_err(e)?, s.outbox_acked().map_err(e)?);
+        let (issued, acked) = (
+            crate::node::as_site(s).sync().outbox_issued().map_err(e)?,
+            crate::node::as_site(s).sync().outbox_acked().map_err(e)?,
+        );
         if acked < issued {
             return Ok(Some(format!(
                 "changes acknowledged up to {acked} of {issued}"
             )));
         }
-        let (head, held) = (s.trace_head().map_err(e)?, host.trace_mark(id).map_err(e)?);
+        let (head, held) = (
+            s.trace_head().map_err(e)?,
+            crate::node::as_host(host)
+                .sync()
+                .trace_mark(id)
+                .map_err(e)?,
+        );
         if held != head {
             return Ok(Some(format!(
                 "the host holds its trace to {held} of {head}"
             )));
         }
-        let (cursor, log) = (s.pull_cursor().map_err(e)?, host.log_head(id).map_err(e)?);
+        let (cursor, log) = (
+            s.pull_cursor().map_err(e)?,
+            crate::node::as_host(host).sync().log_head(id).map_err(e)?,
+        );
         if cursor != log {
             return Ok(Some(format!("its cursor is at {cursor} of {log}")));
         }

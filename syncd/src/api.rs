@@ -21,9 +21,9 @@ use carnet_store::model::{
 use carnet_store::policy::Action;
 use carnet_store::replica::backup::BackupInfo;
 use carnet_store::replica::{
-    Conflict, DossierExport, DossierInfo, Emergency, ImportReport, KeySource, NewDocument,
+    Conflict, DossierExport, DossierInfo, Emergency, Host, ImportReport, KeySource, NewDocument,
     NewDossier, NewRepresentative, Notification, QuarantineEntry, ReadOutcome, Reader, Replica,
-    ReplicaConfig, SiteRequest,
+    ReplicaConfig, Site, SiteReplica, SiteRequest, refusal,
 };
 use carnet_store::time::Millis;
 use serde::{Deserialize, Serialize};
@@ -611,8 +611,9 @@ pub struct Service {
     pub revoked: Option<Arc<Revoked>>,
     /// The link as the daemon last saw it (daemon only).
     pub link: Option<Mutex<LinkState>>,
-    /// Site: the connection to the host, kept open between rounds; one round at a time.
-    pub connection: tokio::sync::Mutex<crate::net::Link>,
+    /// Site: the connection to the host, kept open between rounds; one round at a time
+    /// (`None` at the host, which serves rounds).
+    pub connection: Option<tokio::sync::Mutex<crate::net::Link>>,
     /// Notified after each request that may change the store, and (site) when the host pokes:
     /// the daemon then pokes live sites (host) or runs a round (site).
     pub changed: Arc<tokio::sync::Notify>,
@@ -627,10 +628,9 @@ impl Service {
     pub fn new(replica: Arc<Replica>) -> Self {
         let changed = Arc::new(tokio::sync::Notify::new());
         Service {
-            connection: tokio::sync::Mutex::new(crate::net::Link::new(
-                replica.clone(),
-                changed.clone(),
-            )),
+            connection: SiteReplica::new(replica.clone())
+                .ok()
+                .map(|site| tokio::sync::Mutex::new(crate::net::Link::new(site, changed.clone()))),
             replica,
             revoked: None,
             link: None,
@@ -640,10 +640,20 @@ impl Service {
         }
     }
 
+    /// Site: closes the connection to the host, if open (the daemon stopping).
+    pub async fn close_connection(&self) {
+        if let Some(connection) = &self.connection {
+            connection.lock().await.close().await;
+        }
+    }
+
     /// Runs one sync round, one at a time, recording the link state. Without a daemon the
     /// connection closes after the round; a daemon keeps it open (the live phase).
     pub async fn sync_round(&self) -> Result<RoundReport> {
-        let mut connection = self.connection.lock().await;
+        let Some(connection) = &self.connection else {
+            return Err(sync_at_host());
+        };
+        let mut connection = connection.lock().await;
         let result = connection.round().await;
         if self.link.is_none() {
             connection.close().await;
@@ -691,13 +701,21 @@ impl Service {
             Request::Professionals => Response::Professionals(r.professionals()?),
             Request::CreateDossier { dossier, creator } => {
                 let head = match creator {
-                    Some(creator) => r.open_dossier_here(dossier, &creator)?,
-                    None => r.create_dossier(dossier)?,
+                    Some(creator) => at_site(r, refusal::open_here_at_host)?
+                        .local()
+                        .open_dossier_here(dossier, &creator)?,
+                    None => r
+                        .as_host()
+                        .ok_or_else(refusal::create_at_site)?
+                        .authority()
+                        .create_dossier(dossier)?,
                 };
                 Response::Dossier(Box::new(r.dossier(&head.ins)?))
             }
             Request::QualifyDossier { ins, rpps } => {
-                r.qualify_dossier(&ins, &rpps)?;
+                at_site(r, refusal::not_opened_here)?
+                    .local()
+                    .qualify_dossier(&ins, &rpps)?;
                 Response::Done
             }
             Request::Dossier { ins, actor } => {
@@ -716,30 +734,44 @@ impl Service {
                 reason,
                 deletion_requested,
             } => {
-                r.close_dossier(&ins, &reason, deletion_requested)?;
+                at_host(r, refusal::authority)?.authority().close_dossier(
+                    &ins,
+                    &reason,
+                    deletion_requested,
+                )?;
                 Response::Dossier(Box::new(r.dossier(&ins)?))
             }
             Request::RequestDeletion { ins } => {
-                r.request_deletion(&ins)?;
+                at_host(r, refusal::authority)?
+                    .authority()
+                    .request_deletion(&ins)?;
                 Response::Dossier(Box::new(r.dossier(&ins)?))
             }
             Request::ReopenDossier { ins, reason } => {
-                r.reopen_dossier(&ins, &reason)?;
+                at_host(r, refusal::authority)?
+                    .authority()
+                    .reopen_dossier(&ins, &reason)?;
                 Response::Dossier(Box::new(r.dossier(&ins)?))
             }
             Request::AddRepresentative {
                 ins,
                 representative,
             } => {
-                r.add_representative(&ins, representative)?;
+                at_host(r, refusal::authority)?
+                    .authority()
+                    .add_representative(&ins, representative)?;
                 Response::Dossier(Box::new(r.dossier(&ins)?))
             }
             Request::RemoveRepresentative { ins, id } => {
-                r.remove_representative(&ins, id)?;
+                at_host(r, refusal::authority)?
+                    .authority()
+                    .remove_representative(&ins, id)?;
                 Response::Dossier(Box::new(r.dossier(&ins)?))
             }
             Request::PurgeDossier { ins } => {
-                r.purge_dossier(&ins)?;
+                at_host(r, refusal::authority)?
+                    .authority()
+                    .purge_dossier(&ins)?;
                 Response::Done
             }
             Request::SetGrant {
@@ -757,13 +789,17 @@ impl Service {
                     Some(b) => b,
                     None => held(r)?.map_or(GrantBasis::Consent, |g| g.basis),
                 };
-                r.set_grant(&ins, &rpps, state, basis, until)?;
+                at_host(r, refusal::authority)?
+                    .authority()
+                    .set_grant(&ins, &rpps, state, basis, until)?;
                 let grant =
                     held(r)?.ok_or_else(|| carnet_store::Error::NotFound("grant".into()))?;
                 Response::Grants(vec![grant])
             }
             Request::PendingGrant { ins, rpps } => {
-                r.record_pending_grant(&ins, &rpps)?;
+                at_site(r, refusal::pending_grant_at_host)?
+                    .local()
+                    .record_pending_grant(&ins, &rpps)?;
                 Response::Done
             }
             Request::UpdateEmergency {
@@ -771,11 +807,15 @@ impl Service {
                 samu,
                 btg,
                 masked,
-            } => Response::Emergency(r.update_emergency(&ins, |p| {
-                p.samu_allowed = samu.unwrap_or(p.samu_allowed);
-                p.btg_allowed = btg.unwrap_or(p.btg_allowed);
-                p.masked_in_emergency = masked.unwrap_or(p.masked_in_emergency);
-            })?),
+            } => Response::Emergency(
+                at_host(r, refusal::authority)?
+                    .authority()
+                    .update_emergency(&ins, |p| {
+                        p.samu_allowed = samu.unwrap_or(p.samu_allowed);
+                        p.btg_allowed = btg.unwrap_or(p.btg_allowed);
+                        p.masked_in_emergency = masked.unwrap_or(p.masked_in_emergency);
+                    })?,
+            ),
             Request::PutDocument {
                 actor,
                 mode,
@@ -804,11 +844,15 @@ impl Service {
                 Response::Quarantined(Box::new(r.quarantined_one(&id)?))
             }
             Request::QuarantineBody { actor, id } => Response::QuarantinedBody {
-                body: r.quarantined_body(&actor, &id)?,
+                body: at_site(r, || refusal::not_quarantined(&id))?
+                    .local()
+                    .quarantined_body(&actor, &id)?,
             },
-            Request::QuarantineRefile { actor, id, ins } => {
-                Response::DocId(r.refile_quarantined(&actor, &id, &ins)?)
-            }
+            Request::QuarantineRefile { actor, id, ins } => Response::DocId(
+                at_site(r, || refusal::not_quarantined(&id))?
+                    .local()
+                    .refile_quarantined(&actor, &id, &ins)?,
+            ),
             Request::ResolveConflict { actor, doc, keep } => {
                 r.resolve_conflict(&actor, &doc, &keep)?;
                 Response::Done
@@ -841,17 +885,17 @@ impl Service {
             Request::ImportAuthority { bundle } => Response::Imported(r.import_authority(&bundle)?),
             Request::HostKey => Response::HostKey(r.host_key()?),
             Request::Pin { ins, on, site } => {
-                match (r.config().role, site) {
-                    (carnet_store::replica::Role::Site, None) => r.pin(&ins, on)?,
-                    (carnet_store::replica::Role::Host, Some(site)) => {
-                        r.decide_pin(SiteId(site), &ins, on)?
+                match (r.as_site(), r.as_host(), site) {
+                    (Some(here), _, None) => here.local().pin(&ins, on)?,
+                    (_, Some(host), Some(site)) => {
+                        host.authority().decide_pin(SiteId(site), &ins, on)?
                     }
-                    (carnet_store::replica::Role::Site, Some(_)) => {
+                    (Some(_), _, Some(_)) => {
                         return Err(Error::Invalid(
                             "--site is for the host: a site pins for itself".into(),
                         ));
                     }
-                    (carnet_store::replica::Role::Host, None) => {
+                    _ => {
                         return Err(Error::Invalid(
                             "at the host, name the site whose pin is decided (--site N)".into(),
                         ));
@@ -865,27 +909,51 @@ impl Service {
                 mode,
                 reason,
             } => {
-                r.request_emergency_fetch(&ins, &rpps, mode, &reason)?;
+                at_site(r, refusal::fetch_at_host)?
+                    .local()
+                    .request_emergency_fetch(&ins, &rpps, mode, &reason)?;
                 Response::Done
             }
             Request::BindProfessional { site, rpps, on } => {
-                r.bind_professional(SiteId(site), &rpps, on)?;
+                r.as_host()
+                    .ok_or_else(|| {
+                        refusal::decided_by_host("which professionals practise at a site")
+                    })?
+                    .authority()
+                    .bind_professional(SiteId(site), &rpps, on)?;
                 Response::Done
             }
             Request::SiteProfessionals { site } => {
-                Response::Bound(r.site_professionals(SiteId(site))?)
+                // (A site binds no one: it answers the empty list it holds.)
+                Response::Bound(match r.as_host() {
+                    Some(host) => host.authority().site_professionals(SiteId(site))?,
+                    None => Vec::new(),
+                })
             }
-            Request::SiteRequests => Response::SiteRequests(r.site_requests()?),
+            Request::SiteRequests => Response::SiteRequests(
+                r.as_host()
+                    .ok_or_else(|| refusal::decided_by_host("a site's request"))?
+                    .authority()
+                    .site_requests()?,
+            ),
             Request::Conflicts { dossier } => {
                 Response::Conflicts(r.conflict_branches(dossier.as_ref())?)
             }
-            Request::Emergencies { pending } => Response::Emergencies(r.emergencies(pending)?),
-            Request::ReviewEmergency { id, by, note } => {
-                Response::Emergencies(vec![r.review_emergency(id, &by, &note)?])
-            }
-            Request::Notifications { dossier } => {
-                Response::Notifications(r.notifications(dossier.as_ref())?)
-            }
+            Request::Emergencies { pending } => Response::Emergencies(
+                at_host(r, refusal::emergencies_at_site)?
+                    .oversight()
+                    .emergencies(pending)?,
+            ),
+            Request::ReviewEmergency { id, by, note } => Response::Emergencies(vec![
+                at_host(r, refusal::emergencies_at_site)?
+                    .oversight()
+                    .review_emergency(id, &by, &note)?,
+            ]),
+            Request::Notifications { dossier } => Response::Notifications(
+                at_host(r, refusal::notifications_at_site)?
+                    .oversight()
+                    .notifications(dossier.as_ref())?,
+            ),
             Request::Backup { path } => {
                 if !path.is_absolute() {
                     return Err(Error::Invalid(
@@ -934,8 +1002,12 @@ impl Service {
                     ))));
                 }
                 let b = enrol::enrol_with(r, &name, &finess, &host_address, ca.as_ref(), days)?;
+                let host = r.as_host().ok_or_else(|| {
+                    refusal::decided_by_host("which professionals practise at a site")
+                })?;
                 for rpps in &pros {
-                    r.bind_professional(SiteId(b.site_id), rpps, true)?;
+                    host.authority()
+                        .bind_professional(SiteId(b.site_id), rpps, true)?;
                 }
                 Response::Enrolled {
                     site_id: b.site_id,
@@ -1046,11 +1118,6 @@ impl Service {
     /// a blocking thread.
     pub async fn run(self: &Arc<Self>, request: Request) -> Result<Response> {
         if let Request::SyncNow = request {
-            if self.replica.config().role != carnet_store::replica::Role::Site {
-                return Err(Error::Invalid(
-                    "the host serves sync (carnet-syncd); `carnet sync now` runs on a site".into(),
-                ));
-            }
             return self.sync_round().await.map(Response::Synced);
         }
         if let Request::ReadDocument {
@@ -1104,19 +1171,19 @@ impl Service {
     /// Host: the sites as the operator sees them; refused at a site, and without a daemon
     /// (only a running daemon sees connections and rounds).
     pub fn fleet(&self, site: Option<u32>) -> Result<Vec<crate::fleet::SiteOverview>> {
-        if self.replica.config().role != carnet_store::replica::Role::Host {
-            return Err(Error::Invalid(
+        let host = self.replica.as_host().ok_or_else(|| {
+            Error::Invalid(
                 "`carnet sites` runs at the host: a site sees its own link with `carnet sync status`"
                     .into(),
-            ));
-        }
+            )
+        })?;
         let fleet = self.fleet.as_ref().ok_or_else(|| {
             Error::Invalid(
                 "no host daemon runs on this data folder: start carnet-syncd (only the daemon sees the sites connect); `carnet pki list` shows the register"
                     .into(),
             )
         })?;
-        crate::fleet::overview(&self.replica, fleet, site)
+        crate::fleet::overview(host, fleet, site)
     }
 
     /// Where sync stands (`carnet sync status`).
@@ -1127,7 +1194,10 @@ impl Service {
             .link
             .as_ref()
             .and_then(|l| l.lock().ok().map(|l| l.clone()));
-        if let (Some(l), Ok(connection)) = (&mut link, self.connection.try_lock()) {
+        if let (Some(l), Some(Ok(connection))) = (
+            &mut link,
+            self.connection.as_ref().map(tokio::sync::Mutex::try_lock),
+        ) {
             // (During a round, the round's own outcome decides.)
             l.connected &= connection.is_open();
         }
@@ -1173,14 +1243,35 @@ impl Service {
     }
 }
 
-/// Where the daemon of the replica in `dir` listens.
 /// A request's actor as a reader: `None` is the host's operator.
 fn reader(actor: &Option<Actor>) -> Reader<'_> {
     actor.as_ref().map_or(Reader::Operator, Reader::Person)
 }
 
+/// Where the daemon of the replica in `dir` listens.
 pub fn socket_path(dir: &Path) -> PathBuf {
     dir.join(SOCKET_FILE)
+}
+
+/// `carnet sync now` asked of the host.
+fn sync_at_host() -> Error {
+    Error::Invalid("the host serves sync (carnet-syncd); `carnet sync now` runs on a site".into())
+}
+
+/// `r` as the host, or `refused` at a site.
+fn at_host(
+    r: &Replica,
+    refused: impl FnOnce() -> carnet_store::Error,
+) -> carnet_store::Result<Host<'_>> {
+    r.as_host().ok_or_else(refused)
+}
+
+/// `r` as a site, or `refused` at the host.
+fn at_site(
+    r: &Replica,
+    refused: impl FnOnce() -> carnet_store::Error,
+) -> carnet_store::Result<Site<'_>> {
+    r.as_site().ok_or_else(refused)
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use carnet_store::replica::{Replica, Role};
+use carnet_store::replica::{HostSync, Replica, Role};
 use carnet_store::time::Millis;
 use serde::{Deserialize, Serialize};
 
@@ -676,11 +676,12 @@ fn issue_renewal(reg: &mut HostPki, ca: &Identity, renewal: &mut Renewal, now: i
 /// key is in the replica, else once the operator signs the waiting requests
 /// (`sign_pending`); until then the request waits (a request with another key replaces it).
 pub fn request_renewal(
-    replica: &Replica,
+    host: HostSync<'_>,
     site: u32,
     presented: &[u8],
     request: &RenewalRequest,
 ) -> Result<Option<Vec<u8>>> {
+    let replica: &Replica = &host;
     let refused = if request.site != site {
         Some(format!(
             "a renewal for site {} asked with the certificate of site {site}",
@@ -704,7 +705,7 @@ pub fn request_renewal(
         None
     };
     if let Some(why) = refused {
-        replica.trace_refusal(carnet_store::ids::SiteId(site), "renewal-refused")?;
+        host.trace_refusal(carnet_store::ids::SiteId(site), "renewal-refused")?;
         return Err(Error::Invalid(format!("{why}: refused")));
     }
     let mut renewals = load_renewals(replica)?;
@@ -1166,6 +1167,7 @@ pub fn read_ca_dir(dir: &Path) -> Result<Identity> {
 mod tests {
     use super::*;
     use crate::testkit;
+    use crate::testkit::host_sync;
 
     fn host() -> (tempfile::TempDir, Replica) {
         let tmp = tempfile::tempdir().expect("tmp");
@@ -1315,7 +1317,7 @@ mod tests {
         // Asked again before it is installed: the same key.
         let again = renewal_request(&site).expect("request").expect("again");
         assert_eq!(again.public_key, request.public_key);
-        let cert = request_renewal(&host, b.site_id, &b.identity.cert_der, &request)
+        let cert = request_renewal(host_sync(&host), b.site_id, &b.identity.cert_der, &request)
             .expect("asked")
             .expect("signed at once: the CA key is here");
         // The host never saw the private key: the certificate is for the site's new key.
@@ -1356,7 +1358,7 @@ mod tests {
             .expect("request")
             .expect("in its window");
         assert_eq!(
-            request_renewal(&host, b.site_id, &b.identity.cert_der, &request).ok(),
+            request_renewal(host_sync(&host), b.site_id, &b.identity.cert_der, &request).ok(),
             Some(None)
         );
         let waiting = renewals(&host).expect("renewals");
@@ -1367,7 +1369,7 @@ mod tests {
         assert!(sign_pending(&host, Some(&other)).is_err(), "another CA");
         let signed = sign_pending(&host, Some(&ca)).expect("signed");
         assert_eq!(signed.len(), 1);
-        let cert = request_renewal(&host, b.site_id, &b.identity.cert_der, &request)
+        let cert = request_renewal(host_sync(&host), b.site_id, &b.identity.cert_der, &request)
             .expect("asked again")
             .expect("signed now");
         install_renewed(&site, &cert).expect("installed");
@@ -1382,15 +1384,27 @@ mod tests {
             .expect("in its window");
         let before = sites(&host).expect("sites");
         // Asked with another site's certificate (the session is bound to that site).
-        assert!(request_renewal(&host, other.site_id, &other.identity.cert_der, &request).is_err());
+        assert!(
+            request_renewal(
+                host_sync(&host),
+                other.site_id,
+                &other.identity.cert_der,
+                &request
+            )
+            .is_err()
+        );
         // Naming another site.
         let mut named = request.clone();
         named.site = other.site_id;
-        assert!(request_renewal(&host, b.site_id, &b.identity.cert_der, &named).is_err());
+        assert!(
+            request_renewal(host_sync(&host), b.site_id, &b.identity.cert_der, &named).is_err()
+        );
         // A key the proof was not made with (a certificate for a key the site does not hold).
         let mut stolen = request.clone();
         stolen.public_key = pki::certificate_key(&other.identity.cert_der).expect("key");
-        assert!(request_renewal(&host, b.site_id, &b.identity.cert_der, &stolen).is_err());
+        assert!(
+            request_renewal(host_sync(&host), b.site_id, &b.identity.cert_der, &stolen).is_err()
+        );
         assert_eq!(sites(&host).expect("sites"), before, "nothing issued");
         let refused = host
             .audit_entries(None)
@@ -1409,14 +1423,22 @@ mod tests {
                 .expect("proof"),
             public_key,
         };
-        assert!(request_renewal(&host, other.site_id, &other.identity.cert_der, &early).is_err());
+        assert!(
+            request_renewal(
+                host_sync(&host),
+                other.site_id,
+                &other.identity.cert_der,
+                &early
+            )
+            .is_err()
+        );
         // A certificate the site did not ask for, or from another CA: not installed.
         let foreign = pki::new_ca(now_secs(&host)).expect("ca");
         let forged =
             pki::issue_site_for_key(&foreign, b.site_id, now_secs(&host), &request.public_key)
                 .expect("forged");
         assert!(install_renewed(&site, &forged).is_err());
-        let cert = request_renewal(&host, b.site_id, &b.identity.cert_der, &request)
+        let cert = request_renewal(host_sync(&host), b.site_id, &b.identity.cert_der, &request)
             .expect("ok")
             .expect("cert");
         install_renewed(&site, &cert).expect("installed");

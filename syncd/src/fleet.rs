@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use carnet_store::ids::SiteId;
-use carnet_store::replica::{Replica, RequestKind};
+use carnet_store::replica::{Host, RequestKind};
 use carnet_store::time::Millis;
 use serde::{Deserialize, Serialize};
 
@@ -166,8 +166,9 @@ pub struct SiteOverview {
 }
 
 /// Every enrolled site (or only `only`), from the register, the replica and `fleet`.
-pub fn overview(replica: &Replica, fleet: &Fleet, only: Option<u32>) -> Result<Vec<SiteOverview>> {
-    let register = crate::enrol::sites(replica)?;
+pub fn overview(host: Host<'_>, fleet: &Fleet, only: Option<u32>) -> Result<Vec<SiteOverview>> {
+    let register = crate::enrol::sites(&host)?;
+    let replica = host.sync();
     if let Some(site) = only
         && !register.contains_key(&site)
     {
@@ -176,7 +177,7 @@ pub fn overview(replica: &Replica, fleet: &Fleet, only: Option<u32>) -> Result<V
         ))));
     }
     let seen = fleet.seen();
-    let requests = replica.site_requests()?;
+    let requests = host.authority().site_requests()?;
     let mut out = Vec::new();
     for (&id, record) in register
         .iter()

@@ -130,20 +130,20 @@ fn raw_session(fixture: &Fixture, host: &Replica, site: &Replica, all: bool, byt
     }
     let mut h = fixture.host_session();
     if all {
-        let _ = h.handle_all(host, msgs.clone());
+        let _ = h.handle_all(crate::testkit::host_sync(host), msgs.clone());
     } else {
         for msg in msgs.iter().cloned() {
-            if h.handle(host, msg).is_err() {
+            if h.handle(crate::testkit::host_sync(host), msg).is_err() {
                 break;
             }
         }
     }
     let mut s = fixture.site_session();
-    if s.start(site).is_err() {
+    if s.start(crate::testkit::site_sync(site)).is_err() {
         return;
     }
     for msg in msgs {
-        if s.handle(site, msg).is_err() {
+        if s.handle(crate::testkit::site_sync(site), msg).is_err() {
             break;
         }
     }
@@ -202,7 +202,7 @@ fn mutated_round(
     };
     let mut h = fixture.host_session();
     let mut s = fixture.site_session();
-    let Ok(hello) = s.start(site) else {
+    let Ok(hello) = s.start(crate::testkit::site_sync(site)) else {
         return;
     };
     let mut to_host = vec![hello];
@@ -221,7 +221,7 @@ fn mutated_round(
         }
         loop {
             match to_host_wire.next_message::<Msg>() {
-                Ok(Some(msg)) => match h.handle(host, msg) {
+                Ok(Some(msg)) => match h.handle(crate::testkit::host_sync(host), msg) {
                     Ok(replies) => to_site.extend(replies),
                     Err(_) => return,
                 },
@@ -240,7 +240,7 @@ fn mutated_round(
         }
         loop {
             match to_site_wire.next_message::<Msg>() {
-                Ok(Some(msg)) => match s.handle(site, msg) {
+                Ok(Some(msg)) => match s.handle(crate::testkit::site_sync(site), msg) {
                     Ok(replies) => to_host.extend(replies),
                     Err(_) => return,
                 },

@@ -611,9 +611,13 @@ mod tests {
         let (_tmp, host, site, host_cert) = enrolled();
         prepare_next(&host, None).expect("prepare");
         let welcome = |site_session: &mut SiteSession| {
-            let hello = site_session.start(&site).expect("hello");
+            let hello = site_session
+                .start(crate::testkit::as_site(&site).sync())
+                .expect("hello");
             let mut h = HostSession::new(site.config().site_id, testkit::certificate(&site));
-            let mut replies = h.handle(&host, hello).expect("welcome");
+            let mut replies = h
+                .handle(crate::testkit::as_host(&host).sync(), hello)
+                .expect("welcome");
             assert_eq!(replies.len(), 1);
             replies.remove(0)
         };
@@ -636,13 +640,16 @@ mod tests {
                 ..
             }
         ));
-        let e = s.handle(&site, msg).expect_err("refused");
+        let e = s
+            .handle(crate::testkit::as_site(&site).sync(), msg)
+            .expect_err("refused");
         assert!(e.to_string().contains("hand-over refused"), "{e}");
         assert_eq!(pins(&site), before, "pins unchanged");
         // On the connection to the pinned key: taken.
         let mut s = SiteSession::new(testkit::signer(&site), host_cert);
         let msg = welcome(&mut s);
-        s.handle(&site, msg).expect("taken");
+        s.handle(crate::testkit::as_site(&site).sync(), msg)
+            .expect("taken");
         assert_eq!(pins(&site).0.map(|p| p.list().len()), Some(2));
     }
 

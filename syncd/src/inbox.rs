@@ -445,30 +445,34 @@ mod tests {
             name: None,
         })
         .expect("pro");
-        r.create_dossier(NewDossier {
-            ins: ins(),
-            ins_kind: InsKind::TestNir,
-            identity: Identity {
-                birth_name: "TEST".into(),
-                first_names: "Alex".into(),
-                birth_date: "1984-05-07".into(),
-                sex: Sex::Female,
-                birthplace: None,
-                status: IdentityStatus::Qualified,
-            },
-            holder: HolderKind::Adult,
-            representatives: vec![],
-            mask_new_by_default: false,
-        })
-        .expect("dossier");
-        r.set_grant(
-            &ins(),
-            &rpps,
-            GrantState::Active,
-            GrantBasis::Treating,
-            None,
-        )
-        .expect("grant");
+        crate::testkit::as_host(&r)
+            .authority()
+            .create_dossier(NewDossier {
+                ins: ins(),
+                ins_kind: InsKind::TestNir,
+                identity: Identity {
+                    birth_name: "TEST".into(),
+                    first_names: "Alex".into(),
+                    birth_date: "1984-05-07".into(),
+                    sex: Sex::Female,
+                    birthplace: None,
+                    status: IdentityStatus::Qualified,
+                },
+                holder: HolderKind::Adult,
+                representatives: vec![],
+                mask_new_by_default: false,
+            })
+            .expect("dossier");
+        crate::testkit::as_host(&r)
+            .authority()
+            .set_grant(
+                &ins(),
+                &rpps,
+                GrantState::Active,
+                GrantBasis::Treating,
+                None,
+            )
+            .expect("grant");
         r
     }
 

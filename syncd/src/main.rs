@@ -18,7 +18,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use carnet_store::replica::{KeySource, Replica, system_clock};
+use carnet_store::replica::{HostReplica, KeySource, Opened, Replica, SiteReplica, system_clock};
 use carnet_syncd::api::{LinkState, Service, local};
 use carnet_syncd::config::{CONFIG_FILE, Config, ConfigRole, LogFormat};
 use carnet_syncd::schedule::{self, LeaseEvent, LeaseWatch, Next, RoundTimer};
@@ -269,13 +269,25 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             hup: signal(SignalKind::hangup())?,
         };
         let listener = local::bind(&args.data)?;
-        match settings.config.role {
-            ConfigRole::Host => {
+        match (settings.config.role, Opened::of(replica)) {
+            (ConfigRole::Host, Opened::Host(replica)) => {
                 host(replica, settings, &args.data, listener, &notifier, stop).await
             }
-            ConfigRole::Site => {
+            (ConfigRole::Site, Opened::Site(replica)) => {
                 site(replica, settings, &args.data, listener, &notifier, stop).await
             }
+            (ConfigRole::Host, Opened::Site(_)) => Err(format!(
+                "{}: role = \"host\", but the replica in {} is a site's: correct the role in the file, or point --data at the host's folder",
+                settings.path.display(),
+                args.data.display()
+            )
+            .into()),
+            (ConfigRole::Site, Opened::Host(_)) => Err(format!(
+                "{}: role = \"site\", but the replica in {} is the national host's: correct the role in the file, or point --data at the site's folder",
+                settings.path.display(),
+                args.data.display()
+            )
+            .into()),
         }
     });
     committing.store(false, std::sync::atomic::Ordering::SeqCst);
@@ -348,7 +360,7 @@ impl StopSignals {
 }
 
 async fn host(
-    replica: Arc<Replica>,
+    replica: HostReplica,
     mut settings: Settings,
     data: &std::path::Path,
     listener: tokio::net::UnixListener,
@@ -366,7 +378,7 @@ async fn host(
         listen,
     )?;
     tracing::info!(address = %endpoint.local_addr()?, "host serving");
-    let mut service = Service::new(replica.clone());
+    let mut service = Service::new(replica.arc().clone());
     // `carnet pki revoke` through the daemon refuses the site at once, live connection included.
     service.revoked = Some(revoked.clone());
     // `carnet pki renew-host` through the daemon serves the new certificate at once.
@@ -378,7 +390,7 @@ async fn host(
     let api = tokio::spawn(local::serve(listener, service.clone()));
     let http = start_http(&settings.config, &service).await?;
     let timer = tokio::spawn(announcement_timer(replica.clone(), live.clone()));
-    let certificates = tokio::spawn(certificate_watch(replica.clone()));
+    let certificates = tokio::spawn(certificate_watch(replica.arc().clone()));
     let spool = settings
         .config
         .spool_dir(data)
@@ -419,7 +431,7 @@ async fn host(
 }
 
 async fn site(
-    replica: Arc<Replica>,
+    replica: SiteReplica,
     mut settings: Settings,
     data: &std::path::Path,
     listener: tokio::net::UnixListener,
@@ -429,7 +441,7 @@ async fn site(
     let config = settings.config.clone();
     let mut inbox_dir = config.inbox_dir(data);
     // `sync status` shows the settings in force (the inbox resolved).
-    let mut service = Service::new(replica.clone());
+    let mut service = Service::new(replica.arc().clone());
     service.link = Some(std::sync::Mutex::new(LinkState {
         settings: Some(Config {
             inbox: inbox_dir.clone(),
@@ -441,7 +453,7 @@ async fn site(
     let api = tokio::spawn(local::serve(listener, service.clone()));
     // Ends with the daemon (the runtime drops it).
     let _http = start_http(&config, &service).await?;
-    let certificates = tokio::spawn(certificate_watch(replica.clone()));
+    let certificates = tokio::spawn(certificate_watch(replica.arc().clone()));
     tracing::info!(site = %replica.config().site_id, host = ?config.host_address, "site syncing");
     // The inbox is scanned at start and whenever the file system reports a file that may
     // complete a pair (never for the scan's own reads and moves: `inbox::starts_scan`).
@@ -480,7 +492,7 @@ async fn site(
         };
         if stopping {
             api.abort();
-            service.connection.lock().await.close().await;
+            service.close_connection().await;
             return Ok(());
         }
         let round_ended = tokio::time::Instant::now();
@@ -528,7 +540,7 @@ async fn site(
                     tracing::info!("stopping");
                     api.abort();
                     certificates.abort();
-                    service.connection.lock().await.close().await;
+                    service.close_connection().await;
                     return Ok(());
                 }
                 _ = &mut next_round => break,
@@ -617,14 +629,18 @@ async fn certificate_watch(replica: Arc<Replica>) {
 
 /// Host: writes new notifications to the spool folder every `SPOOL_EVERY`; a spool that cannot
 /// be written is logged and tried again at the next pass (`spool`).
-async fn notification_spool(replica: Arc<Replica>, dir: std::path::PathBuf) {
+async fn notification_spool(replica: HostReplica, dir: std::path::PathBuf) {
     let mut every = tokio::time::interval(SPOOL_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
     loop {
         every.tick().await;
         let (r, d) = (replica.clone(), dir.clone());
-        match tokio::task::spawn_blocking(move || carnet_syncd::spool::spool_pass(&r, &d)).await {
+        match tokio::task::spawn_blocking(move || {
+            carnet_syncd::spool::spool_pass(r.oversight(), &d)
+        })
+        .await
+        {
             Ok(Ok(written)) => {
                 if written > 0 {
                     tracing::info!(written, "notifications spooled");
@@ -643,12 +659,12 @@ async fn notification_spool(replica: Arc<Replica>, dir: std::path::PathBuf) {
     }
 }
 
-async fn announcement_timer(replica: Arc<Replica>, live: Arc<net::Live>) {
+async fn announcement_timer(replica: HostReplica, live: Arc<net::Live>) {
     let mut every = tokio::time::interval(ANNOUNCEMENT_EVERY);
     loop {
         every.tick().await;
         let r = replica.clone();
-        match tokio::task::spawn_blocking(move || r.run_announcement_timer()).await {
+        match tokio::task::spawn_blocking(move || r.oversight().run_announcement_timer()).await {
             Ok(Ok(pass)) if pass.told + pass.released > 0 => {
                 tracing::info!(
                     told = pass.told,
@@ -662,7 +678,7 @@ async fn announcement_timer(replica: Arc<Replica>, live: Arc<net::Live>) {
         }
         // Dossiers fetched for an emergency leave their site's scope when their time is over.
         let r = replica.clone();
-        match tokio::task::spawn_blocking(move || r.expire_emergency_access()).await {
+        match tokio::task::spawn_blocking(move || r.oversight().expire_emergency_access()).await {
             Ok(Ok(ended)) if ended > 0 => {
                 tracing::info!(ended, "emergency access ended");
                 live.changed();

@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use carnet_store::ids::SiteId;
-use carnet_store::replica::Replica;
+use carnet_store::replica::{HostReplica, SiteReplica};
 use rustls_pki_types::CertificateDer;
 
 use crate::enrol::{self, SiteTls};
@@ -189,7 +189,7 @@ impl Live {
 
     /// Pokes every live site whose log grew since it was last told, and closes the
     /// connections of revoked sites; one pass each time `changed` is notified.
-    pub async fn run(self: Arc<Self>, replica: Arc<Replica>) {
+    pub async fn run(self: Arc<Self>, replica: HostReplica) {
         loop {
             self.changed.notified().await;
             let sites: Vec<(usize, SiteId, [u8; 32], u64)> = match self.sites.lock() {
@@ -212,7 +212,9 @@ impl Live {
             let heads = tokio::task::spawn_blocking(move || {
                 sites
                     .into_iter()
-                    .map(|(id, site, fp, told)| (id, fp, told, r.log_head(site).unwrap_or(told)))
+                    .map(|(id, site, fp, told)| {
+                        (id, fp, told, r.sync().log_head(site).unwrap_or(told))
+                    })
                     .collect::<Vec<_>>()
             })
             .await
@@ -247,7 +249,7 @@ async fn poke(conn: &quinn::Connection, log_head: u64) -> Result<()> {
 }
 
 /// Host: serves connections on `endpoint` until it is closed.
-pub async fn serve(endpoint: quinn::Endpoint, replica: Arc<Replica>, live: Arc<Live>) {
+pub async fn serve(endpoint: quinn::Endpoint, replica: HostReplica, live: Arc<Live>) {
     tokio::spawn(live.clone().run(replica.clone()));
     while let Some(incoming) = endpoint.accept().await {
         let (replica, live) = (replica.clone(), live.clone());
@@ -260,7 +262,7 @@ pub async fn serve(endpoint: quinn::Endpoint, replica: Arc<Replica>, live: Arc<L
 
 async fn serve_connection(
     incoming: quinn::Incoming,
-    replica: Arc<Replica>,
+    replica: HostReplica,
     live: Arc<Live>,
 ) -> Result<()> {
     let remote = incoming.remote_address();
@@ -286,7 +288,7 @@ async fn serve_connection(
             // ones are retired.
             Some(site) => Some((
                 site,
-                r.log_head(SiteId(site))?,
+                r.sync().log_head(SiteId(site))?,
                 enrol::first_use(&r, site, &fingerprint)?,
             )),
             None => None,
@@ -529,7 +531,7 @@ struct Peer {
 async fn host_stream(
     send_stream: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
-    replica: Arc<Replica>,
+    replica: HostReplica,
     peer: Peer,
     live: &Live,
 ) -> Result<()> {
@@ -600,7 +602,7 @@ struct Reply {
 /// the end of the stream, a `Bye`, an error (its reply queued last), or when the sender stops.
 async fn serve_host_stream(
     recv: &mut quinn::RecvStream,
-    replica: Arc<Replica>,
+    replica: HostReplica,
     peer: Peer,
     live: &Live,
     replies: tokio::sync::mpsc::Sender<Reply>,
@@ -658,13 +660,13 @@ async fn serve_host_stream(
             let handled = r.deferring_syncs(|| {
                 s.lock()
                     .map_err(|_| Error::Invalid("session lock poisoned".into()))?
-                    .handle_all(&r, msgs)
+                    .handle_all(r.sync(), msgs)
             });
             // Here, not after the await: this runs to the end even if the session is dropped.
             if pushed {
                 changed.notify_one();
             }
-            let applied = greeted.then(|| r.applied_mark(site).unwrap_or(0));
+            let applied = greeted.then(|| r.sync().applied_mark(site).unwrap_or(0));
             handled.map(|msgs| {
                 (
                     Reply {
@@ -752,7 +754,7 @@ async fn more_pushes_at_hand(
 /// `wake` is notified. A failed round closes it; the next round connects again.
 #[derive(Debug)]
 pub struct Link {
-    replica: Arc<Replica>,
+    replica: SiteReplica,
     /// The open connection, with the identity (certificate and key) it was made with.
     open: Option<(quinn::Endpoint, quinn::Connection, Identity)>,
     wake: Arc<tokio::sync::Notify>,
@@ -762,7 +764,7 @@ pub struct Link {
 
 impl Link {
     /// A link, not connected yet; `wake` is notified when the host pokes.
-    pub fn new(replica: Arc<Replica>, wake: Arc<tokio::sync::Notify>) -> Self {
+    pub fn new(replica: SiteReplica, wake: Arc<tokio::sync::Notify>) -> Self {
         Link {
             replica,
             open: None,
@@ -905,7 +907,7 @@ async fn listen_for_pokes(conn: quinn::Connection, wake: Arc<tokio::sync::Notify
 
 /// Site: one sync round with the host named in its enrolment, on a connection of its own,
 /// closed after it.
-pub async fn sync_round(replica: Arc<Replica>) -> Result<RoundReport> {
+pub async fn sync_round(replica: SiteReplica) -> Result<RoundReport> {
     let mut link = Link::new(replica, Arc::new(tokio::sync::Notify::new()));
     let report = link.round().await;
     link.close().await;
@@ -916,7 +918,7 @@ pub async fn sync_round(replica: Arc<Replica>) -> Result<RoundReport> {
 /// own (`fetch_body`), so bodies travel side by side and none waits behind a large one.
 async fn round_on(
     conn: &quinn::Connection,
-    replica: &Arc<Replica>,
+    replica: &SiteReplica,
     identity: Identity,
 ) -> Result<RoundReport> {
     let (mut send_stream, mut recv) = conn.open_bi().await.map_err(net_err)?;
@@ -929,7 +931,7 @@ async fn round_on(
     let hello = tokio::task::spawn_blocking(move || {
         s.lock()
             .map_err(|_| Error::Invalid("session lock poisoned".into()))?
-            .start(&r)
+            .start(r.sync())
     })
     .await
     .map_err(net_err)??;
@@ -953,7 +955,7 @@ async fn round_on(
             let mut s = s
                 .lock()
                 .map_err(|_| Error::Invalid("session lock poisoned".into()))?;
-            let out = s.handle(&r, msg)?;
+            let out = s.handle(r.sync(), msg)?;
             Ok((out, s.is_done(), s.report()))
         })
         .await
@@ -1018,6 +1020,7 @@ mod tests {
     use super::*;
     use crate::testkit::{doctor, host_and_site, new_doc};
     use carnet_store::model::{AccessMode, Actor};
+    use carnet_store::replica::Replica;
 
     /// A host serving on 127.0.0.1 (its dossier `ins`), with its revocation list and the
     /// signal that its store changed.
@@ -1045,7 +1048,11 @@ mod tests {
         let addr = endpoint.local_addr().expect("addr");
         let changed = Arc::new(tokio::sync::Notify::new());
         let live = Live::new(changed.clone(), revoked.clone());
-        tokio::spawn(serve(endpoint.clone(), host.clone(), live));
+        tokio::spawn(serve(
+            endpoint.clone(),
+            HostReplica::new(host.clone()).expect("host"),
+            live,
+        ));
         Served {
             tmp,
             host,
@@ -1065,12 +1072,14 @@ mod tests {
 
         // The site, created from its enrolment bundle.
         let bundle = enrol::enrol(host, "Clinique", "750000001", &addr.to_string()).expect("enrol");
-        host.bind_professional(SiteId(bundle.site_id), &doctor(), true)
+        crate::testkit::as_host(host)
+            .authority()
+            .bind_professional(SiteId(bundle.site_id), &doctor(), true)
             .expect("bind");
         let site = crate::testkit::site_from_bundle(&tmp.path().join("enrolled"), &bundle);
         let site = Arc::new(site);
         let bounded = |f| tokio::time::timeout(Duration::from_secs(20), f);
-        let first = bounded(sync_round(site.clone()))
+        let first = bounded(sync_round(SiteReplica::new(site.clone()).expect("site")))
             .await
             .expect("in time")
             .expect("round");
@@ -1085,7 +1094,7 @@ mod tests {
                 new_doc("written at the site", b"body".to_vec()),
             )
             .expect("write");
-        bounded(sync_round(site.clone()))
+        bounded(sync_round(SiteReplica::new(site.clone()).expect("site")))
             .await
             .expect("in time")
             .expect("round");
@@ -1129,7 +1138,7 @@ mod tests {
             conn.close(0u32.into(), b"");
         }
         // …and the host goes on serving.
-        bounded(sync_round(site.clone()))
+        bounded(sync_round(SiteReplica::new(site.clone()).expect("site")))
             .await
             .expect("in time")
             .expect("round after garbage");
@@ -1137,7 +1146,9 @@ mod tests {
         // Revoked: the next round is refused.
         enrol::revoke(host, bundle.site_id).expect("revoke");
         revoked.add(crate::transport::fingerprint(&bundle.identity.cert_der));
-        let refused = bounded(sync_round(site.clone())).await.expect("in time");
+        let refused = bounded(sync_round(SiteReplica::new(site.clone()).expect("site")))
+            .await
+            .expect("in time");
         assert!(refused.is_err(), "a revoked site synced");
         endpoint.close(0u32.into(), b"done");
     }
@@ -1150,7 +1161,9 @@ mod tests {
         let served = serving_host();
         let (tmp, host, ins, addr) = (&served.tmp, &served.host, &served.ins, served.addr);
         let bundle = enrol::enrol(host, "Clinique", "750000001", &addr.to_string()).expect("enrol");
-        host.bind_professional(SiteId(bundle.site_id), &doctor(), true)
+        crate::testkit::as_host(host)
+            .authority()
+            .bind_professional(SiteId(bundle.site_id), &doctor(), true)
             .expect("bind");
         let site = Arc::new(crate::testkit::site_from_bundle(
             &tmp.path().join("enrolled"),
@@ -1167,7 +1180,10 @@ mod tests {
                 new_doc("large, at the host", large.clone()),
             )
             .expect("host writes");
-        let mut link = Link::new(site, Arc::new(tokio::sync::Notify::new()));
+        let mut link = Link::new(
+            SiteReplica::new(site).expect("site"),
+            Arc::new(tokio::sync::Notify::new()),
+        );
         let (conn, _, _) = tokio::time::timeout(Duration::from_secs(20), link.connection())
             .await
             .expect("in time")
@@ -1282,14 +1298,16 @@ mod tests {
         let (tmp, host, ins, addr) = (&served.tmp, &served.host, &served.ins, served.addr);
         let (endpoint, revoked, changed) = (&served.endpoint, &served.revoked, &served.changed);
         let bundle = enrol::enrol(host, "Clinique", "750000001", &addr.to_string()).expect("enrol");
-        host.bind_professional(SiteId(bundle.site_id), &doctor(), true)
+        crate::testkit::as_host(host)
+            .authority()
+            .bind_professional(SiteId(bundle.site_id), &doctor(), true)
             .expect("bind");
         let site = Arc::new(crate::testkit::site_from_bundle(
             &tmp.path().join("enrolled"),
             &bundle,
         ));
         let wake = Arc::new(tokio::sync::Notify::new());
-        let mut link = Link::new(site.clone(), wake.clone());
+        let mut link = Link::new(SiteReplica::new(site.clone()).expect("site"), wake.clone());
         let first = tokio::time::timeout(Duration::from_secs(20), link.round())
             .await
             .expect("in time")

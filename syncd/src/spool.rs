@@ -13,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 
-use carnet_store::replica::{Notification, NotificationKind, Recipient, Replica};
+use carnet_store::replica::{HostOversight, Notification, NotificationKind, Recipient};
 use carnet_store::time::format_rfc3339;
 use serde_json::{Value, json};
 
@@ -55,7 +55,7 @@ pub fn file_name(id: u64) -> String {
 /// One pass: writes every notification not spooled yet into `dir`, in id order, and marks
 /// them spooled; stops at the first that cannot be written (the next pass starts there).
 /// Answers how many were written.
-pub fn spool_pass(replica: &Replica, dir: &Path) -> Result<usize> {
+pub fn spool_pass(replica: HostOversight<'_>, dir: &Path) -> Result<usize> {
     let pending = replica.notifications_to_spool()?;
     if pending.is_empty() {
         return Ok(0);
@@ -128,10 +128,20 @@ mod tests {
         // A file where the folder should be: nothing can be written there (root included).
         let spool = tmp.path().join("spool");
         std::fs::write(&spool, b"in the way").expect("file");
-        assert!(spool_pass(&host, &spool).is_err());
-        assert_eq!(host.notifications_to_spool().expect("list").len(), 1);
+        assert!(spool_pass(crate::testkit::as_host(&host).oversight(), &spool).is_err());
+        assert_eq!(
+            crate::testkit::as_host(&host)
+                .oversight()
+                .notifications_to_spool()
+                .expect("list")
+                .len(),
+            1
+        );
         std::fs::remove_file(&spool).expect("cleared");
-        assert_eq!(spool_pass(&host, &spool).expect("pass"), 1);
+        assert_eq!(
+            spool_pass(crate::testkit::as_host(&host).oversight(), &spool).expect("pass"),
+            1
+        );
         let mode = |p: &Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
         assert_eq!(mode(&spool), 0o700, "created private");
         let file = spool.join(file_name(1));
@@ -141,7 +151,10 @@ mod tests {
         assert_eq!(json["kind"], "first_access");
         assert_eq!(json["recipients"], json!([{"role": "holder"}]));
         std::fs::remove_file(&file).expect("the gateway takes it");
-        assert_eq!(spool_pass(&host, &spool).expect("again"), 0);
+        assert_eq!(
+            spool_pass(crate::testkit::as_host(&host).oversight(), &spool).expect("again"),
+            0
+        );
         assert!(
             !file.exists(),
             "a file the gateway removed is not written again"

@@ -100,15 +100,20 @@ pub fn host_and_site_in(dir: &std::path::Path) -> (Replica, Replica, Ins) {
     };
     host.add_professional(&pro).expect("pro");
     let ins = ins();
-    host.create_dossier(new_dossier(&ins)).expect("dossier");
-    host.set_grant(
-        &ins,
-        &doctor(),
-        GrantState::Active,
-        GrantBasis::Treating,
-        None,
-    )
-    .expect("grant");
+    crate::testkit::as_host(&host)
+        .authority()
+        .create_dossier(new_dossier(&ins))
+        .expect("dossier");
+    crate::testkit::as_host(&host)
+        .authority()
+        .set_grant(
+            &ins,
+            &doctor(),
+            GrantState::Active,
+            GrantBasis::Treating,
+            None,
+        )
+        .expect("grant");
     let site = init(
         &dir.join("site"),
         Role::Site,
@@ -117,7 +122,9 @@ pub fn host_and_site_in(dir: &std::path::Path) -> (Replica, Replica, Ins) {
     );
     site.add_professional(&pro).expect("pro");
     install_test_identity(&site);
-    host.bind_professional(carnet_store::ids::SiteId(5), &doctor(), true)
+    crate::testkit::as_host(&host)
+        .authority()
+        .bind_professional(carnet_store::ids::SiteId(5), &doctor(), true)
         .expect("bind");
     (host, site, ins)
 }
@@ -180,4 +187,24 @@ pub fn host_with_notification() -> (tempfile::TempDir, Replica) {
     host.list_documents(&carnet_store::model::Actor::Professional(doctor()), &ins)
         .expect("list");
     (tmp, host)
+}
+
+/// The host's operations of `host`, a test's host replica.
+pub fn as_host(host: &Replica) -> carnet_store::replica::Host<'_> {
+    host.as_host().expect("a host replica")
+}
+
+/// The site's operations of `site`, a test's site replica.
+pub fn as_site(site: &Replica) -> carnet_store::replica::Site<'_> {
+    site.as_site().expect("a site replica")
+}
+
+/// What the host's session takes of `host`, a test's host replica.
+pub fn host_sync(host: &Replica) -> carnet_store::replica::HostSync<'_> {
+    as_host(host).sync()
+}
+
+/// What the site's session takes of `site`, a test's site replica.
+pub fn site_sync(site: &Replica) -> carnet_store::replica::SiteSync<'_> {
+    as_site(site).sync()
 }

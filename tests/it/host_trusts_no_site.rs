@@ -76,6 +76,9 @@ fn site_chain_key(site: &Carnet) -> [u8; 32] {
         carnet_store::replica::system_clock(),
     )
     .expect("open the site's replica")
+    .as_site()
+    .expect("a site")
+    .sync()
     .trace_chain_key()
 }
 
@@ -585,6 +588,9 @@ fn a_site_can_neither_rewrite_nor_restart_its_trace_at_the_host() {
         carnet_store::replica::system_clock(),
     )
     .expect("open the site's replica")
+    .as_site()
+    .expect("a site")
+    .sync()
     .traces_after(0, 100)
     .expect("traces");
     assert!(!records.is_empty());
@@ -620,8 +626,16 @@ fn unsent_traces(site: &Carnet) -> (Vec<carnet_store::replica::TraceRecord>, [u8
         carnet_store::replica::system_clock(),
     )
     .expect("open the site's replica");
-    let records = replica.traces_after(0, 100).expect("traces");
-    (records, replica.trace_chain_key())
+    let records = replica
+        .as_site()
+        .expect("a site")
+        .sync()
+        .traces_after(0, 100)
+        .expect("traces");
+    (
+        records,
+        replica.as_site().expect("a site").sync().trace_chain_key(),
+    )
 }
 
 #[test]
@@ -696,12 +710,19 @@ fn the_host_keeps_a_sites_trace_only_under_a_head_that_site_signed() {
     assert_eq!(refusals, 3);
     let site = SiteId(w.site_id.parse().expect("site id"));
     let kept = host
+        .as_host()
+        .expect("the host")
+        .sync()
         .signed_trace_head(site)
         .expect("read")
         .expect("a signed head");
     assert_eq!(
         (kept.head.seq, kept.head.hash),
-        host.trace_head_held(site).expect("head")
+        host.as_host()
+            .expect("the host")
+            .sync()
+            .trace_head_held(site)
+            .expect("head")
     );
     let bundle = carnet_syncd::enrol::Bundle::from_bytes(&std::fs::read(&w.bundle).expect("read"))
         .expect("bundle");

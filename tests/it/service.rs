@@ -476,3 +476,63 @@ fn a_trace_journal_zeroed_after_a_kill_is_refused_with_a_high_water_mark() {
         o.stderr
     );
 }
+
+/// A `carnet.toml` whose role is not the replica's: the daemon refuses to start, says which
+/// file and which folder disagree, and leaves the folder as the host's (each role's tasks take
+/// that role's replica type, so a site loop never runs on the host's replica).
+#[test]
+fn a_daemon_whose_settings_name_the_other_role_refuses_to_start() {
+    let host = Carnet::empty();
+    host.ok(&[
+        "init",
+        "--role",
+        "host",
+        "--listen",
+        &format!("127.0.0.1:{}", free_port()),
+    ]);
+    host.ok(&["pki", "init", "--ca-in-replica"]);
+    let config = host.data.join("carnet.toml");
+    let text = std::fs::read_to_string(&config).expect("carnet.toml");
+    let site_text = text.replace("role = \"host\"", "role = \"site\"").replace(
+        "# host_address: sites only",
+        "host_address = \"127.0.0.1:9\"",
+    );
+    assert_ne!(site_text, text);
+    std::fs::write(&config, site_text).expect("write");
+    let mut child = Command::new(syncd_bin())
+        .arg("--data")
+        .arg(&host.data)
+        .env_remove("CARNET_DATA")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("carnet-syncd runs");
+    // Bounded: a daemon that started anyway is stopped and the test fails.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the daemon started on the other role's replica");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("stderr");
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("role = \"site\"") && stderr.contains("national host's"),
+        "{stderr}"
+    );
+    assert!(
+        !carnet_syncd::api::socket_path(&host.data).exists(),
+        "no daemon answers there"
+    );
+    // The replica is still the host's, and answers as such.
+    let list = host.ok(&["pki", "list"]);
+    assert_eq!(list.code, 0, "{}", list.stderr);
+}

@@ -35,7 +35,7 @@ impl Replica {
     /// Host: one pass of the announcement timer over the documents hidden from their patient
     /// (`HIDDEN_DOCS`): it opens only those due to be told or released. Runs at the daemon's
     /// start and every hour; a site answers an empty pass.
-    pub fn run_announcement_timer(&self) -> Result<AnnouncementPass> {
+    pub(crate) fn run_announcement_timer(&self) -> Result<AnnouncementPass> {
         let mut pass = AnnouncementPass::default();
         if self.config.role != Role::Host {
             return Ok(pass);

@@ -304,11 +304,7 @@ impl Replica {
     }
 
     pub(super) fn signing_key(&self) -> Result<&ed25519_dalek::SigningKey> {
-        self.signing.as_ref().ok_or_else(|| {
-            Error::invalid(
-                "only the national host decides this: run it on the host replica, and bring the result here with `carnet authority import`",
-            )
-        })
+        self.signing.as_ref().ok_or_else(super::refusal::authority)
     }
 
     /// Host: signs a new record and puts it in force, with a trace entry.
@@ -404,11 +400,9 @@ impl Replica {
     }
 
     /// Host: creates a dossier. Refused if one exists for this INS.
-    pub fn create_dossier(&self, d: NewDossier) -> Result<DossierHead> {
+    pub(crate) fn create_dossier(&self, d: NewDossier) -> Result<DossierHead> {
         if self.config.role == Role::Site {
-            return Err(Error::invalid(
-                "at a site, a dossier is opened by someone: add --as RPPS (a professional registered here) or --as holder; the host adopts it at the next sync",
-            ));
+            return Err(super::refusal::create_at_site());
         }
         self.signing_key()?;
         if self.head(&d.ins).is_ok() {
@@ -465,7 +459,12 @@ impl Replica {
     /// and every access is refused; sites purge their copy when they receive the closure. With
     /// `deletion_requested`, the holder asked that it be deleted rather than archived: the host
     /// may purge it at once (`purge_dossier`).
-    pub fn close_dossier(&self, ins: &Ins, reason: &str, deletion_requested: bool) -> Result<()> {
+    pub(crate) fn close_dossier(
+        &self,
+        ins: &Ins,
+        reason: &str,
+        deletion_requested: bool,
+    ) -> Result<()> {
         self.signing_key()?;
         if reason.trim().is_empty() {
             return Err(Error::invalid("a closure needs a reason (--reason)"));
@@ -493,7 +492,7 @@ impl Replica {
     /// its retention ends: the closed head is signed again with the time of the request, and the
     /// host may purge the dossier at once. Only while closed (not for an active dossier, nor a
     /// purged one); asking twice keeps the first request.
-    pub fn request_deletion(&self, ins: &Ins) -> Result<Closure> {
+    pub(crate) fn request_deletion(&self, ins: &Ins) -> Result<Closure> {
         self.signing_key()?;
         let txn = self.begin_write()?;
         let mut head = self.ended_head(&txn, ins, "ask its deletion")?;
@@ -521,7 +520,7 @@ impl Replica {
     /// holds the dossier receives it again whole at its next pull (`LogItem::Enter`). The purge
     /// receipts sites returned for the closure are dropped with it: they answer a closure no
     /// longer in force. A purged dossier cannot be reopened: its key is destroyed.
-    pub fn reopen_dossier(&self, ins: &Ins, reason: &str) -> Result<DossierHead> {
+    pub(crate) fn reopen_dossier(&self, ins: &Ins, reason: &str) -> Result<DossierHead> {
         self.signing_key()?;
         if reason.trim().is_empty() {
             return Err(Error::invalid(
@@ -573,7 +572,7 @@ impl Replica {
     }
 
     /// Host: changes a dossier's emergency preferences; returns them as now in force.
-    pub fn update_emergency(
+    pub(crate) fn update_emergency(
         &self,
         ins: &Ins,
         change: impl FnOnce(&mut EmergencyPrefs),
@@ -593,7 +592,7 @@ impl Replica {
     }
 
     /// Host: publishes a new habilitation matrix (its version must grow).
-    pub fn set_matrix(&self, matrix: HabilitationMatrix) -> Result<()> {
+    pub(crate) fn set_matrix(&self, matrix: HabilitationMatrix) -> Result<()> {
         self.signing_key()?;
         if matrix.version <= self.matrix()?.version {
             return Err(Error::invalid("a new matrix must have a higher version"));
@@ -783,7 +782,7 @@ impl Replica {
     /// after the closure, by this replica's clock) or when the signed closure records the
     /// holder's deletion request (DOMAIN §6); before that it is refused (denied, traced) with
     /// the date the retention ends, and nothing changes.
-    pub fn purge_dossier(&self, ins: &Ins) -> Result<()> {
+    pub(crate) fn purge_dossier(&self, ins: &Ins) -> Result<()> {
         self.signing_key()?;
         let (head, seq) = self.head(ins)?;
         if head.status == DossierStatus::Active {
@@ -956,7 +955,7 @@ impl Replica {
     }
 
     /// Host: the purge receipts sites returned for a dossier.
-    pub fn site_purge_receipts(&self, ins: &Ins) -> Result<Vec<(SiteId, PurgeReceipt)>> {
+    pub(crate) fn site_purge_receipts(&self, ins: &Ins) -> Result<Vec<(SiteId, PurgeReceipt)>> {
         let bi = self.blind(ins);
         let txn = self.begin_read()?;
         let mut out = Vec::new();

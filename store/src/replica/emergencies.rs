@@ -230,7 +230,7 @@ impl Replica {
 
     /// Host: records that `site`, at the host's time `at`, had a trace of `head` entries, all
     /// held here: its later entries were made after `at`.
-    pub fn record_trace_contact(&self, site: SiteId, head: u64, at: Millis) -> Result<()> {
+    pub(crate) fn record_trace_contact(&self, site: SiteId, head: u64, at: Millis) -> Result<()> {
         if self.config.role != Role::Host {
             return Ok(());
         }
@@ -501,11 +501,9 @@ impl Replica {
 
     /// Host: the emergencies judged here, in id order; with `pending`, only those not reviewed
     /// (the others are not opened).
-    pub fn emergencies(&self, pending: bool) -> Result<Vec<Emergency>> {
+    pub(crate) fn emergencies(&self, pending: bool) -> Result<Vec<Emergency>> {
         if self.config.role != Role::Host {
-            return Err(Error::invalid(
-                "emergencies are reviewed at the host: run this there",
-            ));
+            return Err(super::refusal::emergencies_at_site());
         }
         let txn = self.begin_read()?;
         let table = match txn.open_table(EMERGENCIES) {
@@ -533,11 +531,9 @@ impl Replica {
 
     /// Host: records `by`'s review of emergency `id` with `note`, traced. A second review of
     /// the same emergency is refused.
-    pub fn review_emergency(&self, id: u64, by: &str, note: &str) -> Result<Emergency> {
+    pub(crate) fn review_emergency(&self, id: u64, by: &str, note: &str) -> Result<Emergency> {
         if self.config.role != Role::Host {
-            return Err(Error::invalid(
-                "emergencies are reviewed at the host: run this there",
-            ));
+            return Err(super::refusal::emergencies_at_site());
         }
         check_reviewer(by)?;
         if note.trim().is_empty() || note.len() > 4096 {

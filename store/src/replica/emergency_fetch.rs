@@ -42,7 +42,7 @@ pub(super) struct EmergencyRequest {
 impl Replica {
     /// Site: asks the host for the dossier of `ins`, for `rpps` (registered here) reading it in
     /// an emergency `mode` with `reason`; sent at the next round (at once through the daemon).
-    pub fn request_emergency_fetch(
+    pub(crate) fn request_emergency_fetch(
         &self,
         ins: &Ins,
         rpps: &Rpps,
@@ -50,9 +50,7 @@ impl Replica {
         reason: &str,
     ) -> Result<()> {
         if self.config.role != Role::Site {
-            return Err(Error::invalid(
-                "an emergency fetch is asked by a site; the host holds every dossier",
-            ));
+            return Err(super::refusal::fetch_at_host());
         }
         if mode == AccessMode::Normal {
             return Err(Error::invalid(
@@ -243,7 +241,7 @@ impl Replica {
 
     /// Host: ends the emergency reason of every scope whose time is over (the dossier leaves
     /// the site unless another reason keeps it). Answers how many ended.
-    pub fn expire_emergency_access(&self) -> Result<usize> {
+    pub(crate) fn expire_emergency_access(&self) -> Result<usize> {
         if self.config.role != Role::Host {
             return Ok(0);
         }

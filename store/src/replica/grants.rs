@@ -64,7 +64,7 @@ impl Replica {
     /// Host: sets a professional's grant on a dossier: `state` with `basis`, ending at `until`
     /// if given. With basis `medecin-traitant` and state active, designates the médecin traitant
     /// (see the module's invariants).
-    pub fn set_grant(
+    pub(crate) fn set_grant(
         &self,
         ins: &Ins,
         rpps: &Rpps,

@@ -345,7 +345,7 @@ impl Replica {
     /// enters every dossier of the site's scope in its log again, so the site's next pull
     /// brings back everything it may hold, its own documents written after the backup among
     /// them (`site_view` decides what, as for any pull). Answers the dossiers entered again.
-    pub fn record_site_restore(
+    pub(crate) fn record_site_restore(
         &self,
         site: SiteId,
         taken_at: crate::time::Millis,
@@ -497,7 +497,7 @@ impl Replica {
     }
 
     /// Host: the last sequence of `site`'s log (0 when empty).
-    pub fn log_head(&self, site: SiteId) -> Result<u64> {
+    pub(crate) fn log_head(&self, site: SiteId) -> Result<u64> {
         self.require_host()?;
         Self::log_head_in(&self.begin_read()?, site)
     }
@@ -514,7 +514,11 @@ impl Replica {
     /// Host: the head of `site`'s log and, when the site's `cursor` is at it, a heartbeat that
     /// says so (`Covers::Log`), both read in one snapshot: the answer to a site's `Hello`. Costs
     /// one lookup, whatever the site holds.
-    pub fn site_heartbeat(&self, site: SiteId, cursor: u64) -> Result<(u64, Option<SignedRecord>)> {
+    pub(crate) fn site_heartbeat(
+        &self,
+        site: SiteId,
+        cursor: u64,
+    ) -> Result<(u64, Option<SignedRecord>)> {
         self.require_host()?;
         // Read before the snapshot: everything committed before `at` is in it.
         let at = self.now();
@@ -530,7 +534,12 @@ impl Replica {
 
     /// Host: `site`'s log after `after`, at most `limit` entries, as the site will apply it
     /// (without a heartbeat: `pull_page` is what a session sends).
-    pub fn pull(&self, site: SiteId, after: u64, limit: usize) -> Result<Vec<(u64, PullItem)>> {
+    pub(crate) fn pull(
+        &self,
+        site: SiteId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, PullItem)>> {
         self.require_host()?;
         let (txn, generation) = self.snapshot()?;
         Ok(self.pull_in(&txn, generation, site, after, limit)?.0)
@@ -540,7 +549,7 @@ impl Replica {
     /// alone brings more, a dossier entering the scope, goes whole; an entry is never split),
     /// then the heartbeat, read in the same snapshot. The heartbeat's sequence is the last entry
     /// the batch covers, so the site's cursor passes the entries it no longer receives.
-    pub fn pull_page(&self, site: SiteId, after: u64, max_items: usize) -> Result<PullPage> {
+    pub(crate) fn pull_page(&self, site: SiteId, after: u64, max_items: usize) -> Result<PullPage> {
         self.require_host()?;
         let at = self.now();
         let (txn, generation) = self.snapshot()?;
@@ -699,7 +708,7 @@ impl Replica {
     }
 
     /// Host: a body for `site`, only if its dossier is in that site's scope.
-    pub fn body_for_site(
+    pub(crate) fn body_for_site(
         &self,
         site: SiteId,
         id: &DocId,
@@ -749,14 +758,14 @@ impl Replica {
     /// purges what the batch closed or took out of scope. The batch's last heartbeat renews the
     /// lease only when it names this site and the cursor the batch reaches (`PullReport::lease`).
     /// A signed time ahead of this replica's clock refuses the whole batch.
-    pub fn apply_pull(&self, items: &[(u64, PullItem)]) -> Result<PullReport> {
+    pub(crate) fn apply_pull(&self, items: &[(u64, PullItem)]) -> Result<PullReport> {
         self.apply_pull_with_bodies(items, &[])
     }
 
     /// `apply_pull`, with the whole bodies (offset 0) of some of the pulled documents: each is
     /// checked against its document's size and content hash and stored with the metadata, in
     /// the same transaction (one that does not match is left out: the body is then fetched).
-    pub fn apply_pull_with_bodies(
+    pub(crate) fn apply_pull_with_bodies(
         &self,
         items: &[(u64, PullItem)],
         bodies: &[super::sync::BodyPiece],

@@ -84,11 +84,13 @@ impl Replica {
     /// Site: opens a dossier here for `creator` (a professional registered here, or the
     /// holder). Usable at once; proposed to the host at the next sync when its identity is
     /// qualified, held here until `qualify_dossier` otherwise.
-    pub fn open_dossier_here(&self, d: super::NewDossier, creator: &Actor) -> Result<DossierHead> {
+    pub(crate) fn open_dossier_here(
+        &self,
+        d: super::NewDossier,
+        creator: &Actor,
+    ) -> Result<DossierHead> {
         if self.config.role != Role::Site {
-            return Err(Error::invalid(
-                "the host creates dossiers directly (dossier create without --as)",
-            ));
+            return Err(super::refusal::open_here_at_host());
         }
         let head = self.new_head(d)?;
         let bi = self.blind(&head.ins);
@@ -147,14 +149,12 @@ impl Replica {
 
     /// Site: records that the identity of a dossier opened here was checked (ID document and
     /// INSi) by `rpps`; what was held for it enters the outbox.
-    pub fn qualify_dossier(&self, ins: &Ins, rpps: &Rpps) -> Result<()> {
+    pub(crate) fn qualify_dossier(&self, ins: &Ins, rpps: &Rpps) -> Result<()> {
         let bi = self.blind(ins);
         let txn = self.begin_write()?;
-        let mut proposal = self.local_in(&*txn, &bi)?.ok_or_else(|| {
-            Error::invalid(
-                "this site did not open that dossier, or the host has answered for it: the host qualifies its identity",
-            )
-        })?;
+        let mut proposal = self
+            .local_in(&*txn, &bi)?
+            .ok_or_else(super::refusal::not_opened_here)?;
         if proposal.head.identity.status == IdentityStatus::Qualified {
             return Err(Error::invalid(
                 "this dossier's identity is qualified already",
@@ -180,7 +180,7 @@ impl Replica {
     }
 
     /// Site: the dossiers opened here that the host has not answered yet.
-    pub fn local_dossier_state(&self, ins: &Ins) -> Result<Option<LocalDossierState>> {
+    pub(crate) fn local_dossier_state(&self, ins: &Ins) -> Result<Option<LocalDossierState>> {
         let bi = self.blind(ins);
         let txn = self.begin_read()?;
         let Some(proposal) = self.local_in(&txn, &bi)? else {
@@ -211,7 +211,7 @@ impl Replica {
     }
 
     /// Site: the INS of every dossier opened here that the host has not answered yet.
-    pub fn local_dossiers(&self) -> Result<Vec<Ins>> {
+    pub(crate) fn local_dossiers(&self) -> Result<Vec<Ins>> {
         let txn = self.begin_read()?;
         let mut out = Vec::new();
         for row in txn.open_table(LOCAL_DOSSIERS)?.iter()? {

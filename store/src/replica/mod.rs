@@ -35,10 +35,12 @@ mod notifications;
 mod pending_grants;
 mod push_check;
 mod quarantine;
+pub mod refusal;
 pub mod rekey;
 mod representatives;
 mod restored;
 mod returns;
+mod roles;
 mod row_digest;
 mod site_access;
 mod site_traces;
@@ -84,6 +86,10 @@ pub use quarantine::{QuarantineEntry, QuarantineState, Quarantined, Refiling};
 pub use representatives::NewRepresentative;
 pub use restored::RestoreMark;
 pub use returns::{REASON_MAX, Returned};
+pub use roles::{
+    Host, HostAuthority, HostOversight, HostReplica, HostSync, Opened, Site, SiteLocal,
+    SiteReplica, SiteSync,
+};
 pub use site_access::{RequestKind, SiteRequest};
 pub use site_traces::{SignedTraceHead, TraceHeadEvidence};
 pub use sync::{Act, Applied, BodyPiece, Change, PushApplied};
@@ -1737,14 +1743,19 @@ impl Replica {
     }
 
     /// This site's trace entries after `after` (at most `limit`), for pushing to the host.
-    pub fn traces_after(&self, after: u64, limit: usize) -> Result<Vec<TraceRecord>> {
+    pub(crate) fn traces_after(&self, after: u64, limit: usize) -> Result<Vec<TraceRecord>> {
         self.flush_traces()?;
         self.traces_of(self.config.site_id, after, limit)
     }
 
     /// Host: the entries of `origin`'s trace held here after `after` (at most `limit`), for a
     /// restored site taking its own trace back (`restored`).
-    pub fn traces_of(&self, origin: SiteId, after: u64, limit: usize) -> Result<Vec<TraceRecord>> {
+    pub(crate) fn traces_of(
+        &self,
+        origin: SiteId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<TraceRecord>> {
         let origin = origin.0;
         let txn = self.begin_read()?;
         let table = txn.open_table(AUDIT)?;
@@ -1765,7 +1776,7 @@ impl Replica {
     }
 
     /// Host: the last trace entry of `origin` held here.
-    pub fn trace_mark(&self, origin: SiteId) -> Result<u64> {
+    pub(crate) fn trace_mark(&self, origin: SiteId) -> Result<u64> {
         let txn = self.begin_read()?;
         let heads = txn.open_table(AUDIT_HEADS)?;
         let row = heads.get(origin.0)?;

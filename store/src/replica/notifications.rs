@@ -483,16 +483,14 @@ impl Replica {
 
     fn host_only(&self) -> Result<()> {
         if self.config.role != Role::Host {
-            return Err(Error::invalid(
-                "notifications are made and kept at the host: run this there",
-            ));
+            return Err(super::refusal::notifications_at_site());
         }
         Ok(())
     }
 
     /// Host: the notifications (of one dossier, if given), in id order. An operator read,
     /// traced (`operator-notifications-list`).
-    pub fn notifications(&self, dossier: Option<&Ins>) -> Result<Vec<Notification>> {
+    pub(crate) fn notifications(&self, dossier: Option<&Ins>) -> Result<Vec<Notification>> {
         self.host_only()?;
         self.operator_reads("notifications list", dossier)?;
         let txn = self.begin_read()?;
@@ -501,7 +499,7 @@ impl Replica {
 
     /// Host: the notifications not yet spooled (ids above the spool's mark), for the daemon to
     /// hand to the messaging gateway.
-    pub fn notifications_to_spool(&self) -> Result<Vec<Notification>> {
+    pub(crate) fn notifications_to_spool(&self) -> Result<Vec<Notification>> {
         self.host_only()?;
         let txn = self.begin_read()?;
         let mark = super::read_u64(
@@ -514,7 +512,7 @@ impl Replica {
     }
 
     /// Host: records that notifications up to `id` are spooled (never lowered).
-    pub fn mark_notifications_spooled(&self, id: u64) -> Result<()> {
+    pub(crate) fn mark_notifications_spooled(&self, id: u64) -> Result<()> {
         self.host_only()?;
         let txn = self.begin_write()?;
         {

@@ -38,11 +38,9 @@ fn pending_key(bi: &[u8; 32], pro: &[u8; 32]) -> [u8; 64] {
 impl Replica {
     /// Site: records the consent the patient of `ins` gave in person to `rpps`, usable here at
     /// once for `PENDING_VALID` and queued for the host to confirm or refuse.
-    pub fn record_pending_grant(&self, ins: &Ins, rpps: &Rpps) -> Result<()> {
+    pub(crate) fn record_pending_grant(&self, ins: &Ins, rpps: &Rpps) -> Result<()> {
         if self.config.role != Role::Site {
-            return Err(Error::invalid(
-                "a pending grant is recorded at a site; the host grants directly (grant add)",
-            ));
+            return Err(super::refusal::pending_grant_at_host());
         }
         let (head, _) = self.head(ins)?;
         if head.status != DossierStatus::Active {

@@ -223,7 +223,7 @@ impl Replica {
 
     /// The body of a quarantined document, for its author or the host operator; every
     /// attempt is traced (durably, before the body is returned).
-    pub fn quarantined_body(&self, actor: &Actor, id: &DocId) -> Result<Zeroizing<Vec<u8>>> {
+    pub(crate) fn quarantined_body(&self, actor: &Actor, id: &DocId) -> Result<Zeroizing<Vec<u8>>> {
         let (txn, generation) = self.snapshot()?;
         let (record, sealed_body) = self.quarantine_row(&txn.open_table(QUARANTINE)?, id)?;
         let (entry, allowed) =
@@ -236,7 +236,7 @@ impl Replica {
     /// Sends a quarantined document again, as `actor` (its author), as a new document of the
     /// dossier `ins`: the decision table decides as for any write, and the quarantine records
     /// the refiling in the same transaction. Answers the new document's id.
-    pub fn refile_quarantined(&self, actor: &Actor, id: &DocId, ins: &Ins) -> Result<DocId> {
+    pub(crate) fn refile_quarantined(&self, actor: &Actor, id: &DocId, ins: &Ins) -> Result<DocId> {
         let (txn, generation) = self.snapshot()?;
         let (record, sealed_body) = self.quarantine_row(&txn.open_table(QUARANTINE)?, id)?;
         let (mut entry, allowed) =
@@ -409,9 +409,7 @@ impl Replica {
     }
 }
 
-fn not_quarantined(id: &DocId) -> Error {
-    Error::NotFound(format!("no quarantined document {id}"))
-}
+use super::refusal::not_quarantined;
 
 fn record_aad(id: &DocId) -> Vec<u8> {
     aad(&[b"quarantine", &id.0])

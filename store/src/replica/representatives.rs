@@ -82,7 +82,11 @@ pub(super) fn record(head: &mut DossierHead, new: &[NewRepresentative], now: Mil
 impl Replica {
     /// Host: records a legal representative of the holder of `ins`, in a new signed head.
     /// Returns the head with their id.
-    pub fn add_representative(&self, ins: &Ins, new: NewRepresentative) -> Result<DossierHead> {
+    pub(crate) fn add_representative(
+        &self,
+        ins: &Ins,
+        new: NewRepresentative,
+    ) -> Result<DossierHead> {
         let mut head = self.active_head_for_representatives(ins)?;
         record(&mut head, std::slice::from_ref(&new), self.now())?;
         let id = head.representatives.last().map(|r| r.id.to_string());
@@ -96,7 +100,11 @@ impl Replica {
 
     /// Host: ends representative `id` of the holder of `ins`, in a new signed head: from the
     /// moment a replica holds it, that id has no access there (row 12).
-    pub fn remove_representative(&self, ins: &Ins, id: RepresentativeId) -> Result<DossierHead> {
+    pub(crate) fn remove_representative(
+        &self,
+        ins: &Ins,
+        id: RepresentativeId,
+    ) -> Result<DossierHead> {
         let mut head = self.active_head_for_representatives(ins)?;
         let now = self.now();
         let rep = head

@@ -103,7 +103,7 @@ impl Replica {
     /// Restored site: stores the host's copy of this site's own trace entries that follow its
     /// head, each checked as the next link of its chain under its own chain key. Answers the
     /// new head. Nothing is stored unless every entry checks.
-    pub fn restore_own_traces(&self, records: &[TraceRecord]) -> Result<u64> {
+    pub(crate) fn restore_own_traces(&self, records: &[TraceRecord]) -> Result<u64> {
         let origin = self.config.site_id;
         let mut chain = self.chain.lock().map_err(lock_err)?;
         if !self.restoring.load(Ordering::SeqCst) {
@@ -154,7 +154,11 @@ impl Replica {
     /// the next change takes the sequence after it, and queued entries up to it are done
     /// with), traces `restored-from-backup`, clears the mark and thaws the chain, in one
     /// transaction. Then it syncs on as any site.
-    pub fn finish_restore(&self, host_changes: u64, host_traces: (u64, [u8; 32])) -> Result<()> {
+    pub(crate) fn finish_restore(
+        &self,
+        host_changes: u64,
+        host_traces: (u64, [u8; 32]),
+    ) -> Result<()> {
         let Some(mark) = self.restore_mark()? else {
             return Ok(());
         };

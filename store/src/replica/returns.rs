@@ -148,7 +148,7 @@ impl Replica {
 
     /// Host: everything returned to `site` so far (repeated at each session's start):
     /// dossiers first, then documents in id order.
-    pub fn returned_to(&self, site: SiteId) -> Result<Vec<Returned>> {
+    pub(crate) fn returned_to(&self, site: SiteId) -> Result<Vec<Returned>> {
         let txn = self.begin_read()?;
         let prefix = site.0.to_be_bytes();
         let mut out = Vec::new();
@@ -170,7 +170,7 @@ impl Replica {
     /// it acknowledged its outbox up to `outbox_acked`, at or past every change the host
     /// applied from it (checked in the same transaction, so a push applied meanwhile keeps its
     /// returns). Writes only when there is something to forget.
-    pub fn forget_returned(&self, site: SiteId, outbox_acked: u64) -> Result<()> {
+    pub(crate) fn forget_returned(&self, site: SiteId, outbox_acked: u64) -> Result<()> {
         if self.returned_to(site)?.is_empty() {
             return Ok(());
         }
@@ -201,7 +201,7 @@ impl Replica {
     /// Site: keeps what the host returned. A refused dossier that is still this site's own is
     /// dropped first, everything written in it going to the quarantine under the host's
     /// reason; then each returned document not kept yet is. Idempotent.
-    pub fn quarantine_returned(&self, returned: &[Returned]) -> Result<()> {
+    pub(crate) fn quarantine_returned(&self, returned: &[Returned]) -> Result<()> {
         for r in returned {
             if let Returned::Dossier { ins, reason } = r {
                 self.drop_refused_dossier(ins, &said_by_host(reason))?;

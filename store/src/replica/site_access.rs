@@ -75,9 +75,7 @@ fn request_key(kind: RequestKind, bi: &[u8; 32], pro: Option<&[u8; 32]>, site: S
 impl Replica {
     fn require_host_role(&self, what: &str) -> Result<()> {
         if self.config.role != Role::Host {
-            return Err(Error::invalid(format!(
-                "{what} is decided by the national host"
-            )));
+            return Err(super::refusal::decided_by_host(what));
         }
         Ok(())
     }
@@ -85,7 +83,7 @@ impl Replica {
     /// Host: binds `rpps` (registered here) to `site`, or unbinds them. Bound, the dossiers
     /// where they hold an active grant enter the site's scope; unbound, the grant no longer
     /// keeps them there.
-    pub fn bind_professional(&self, site: SiteId, rpps: &Rpps, on: bool) -> Result<()> {
+    pub(crate) fn bind_professional(&self, site: SiteId, rpps: &Rpps, on: bool) -> Result<()> {
         self.require_host_role("which professionals practise at a site")?;
         if site == self.config.site_id {
             return Err(Error::invalid("site 0 is the host itself"));
@@ -110,7 +108,7 @@ impl Replica {
     }
 
     /// Host: the professionals bound to `site`, by RPPS.
-    pub fn site_professionals(&self, site: SiteId) -> Result<Vec<Rpps>> {
+    pub(crate) fn site_professionals(&self, site: SiteId) -> Result<Vec<Rpps>> {
         let txn = self.begin_read()?;
         let registry = txn.open_table(PROS)?;
         let mut out = Vec::new();
@@ -283,7 +281,7 @@ impl Replica {
     }
 
     /// Host: the requests of every site still waiting for a decision.
-    pub fn site_requests(&self) -> Result<Vec<SiteRequest>> {
+    pub(crate) fn site_requests(&self) -> Result<Vec<SiteRequest>> {
         self.require_host_role("a site's request")?;
         let txn = self.begin_read()?;
         let table = match txn.open_table(SITE_REQUESTS) {
@@ -307,7 +305,7 @@ impl Replica {
 
     /// Host: accepts `site`'s pin of `ins` (the dossier enters its scope: an appointment with
     /// the holder's consent is recorded here), or refuses it / ends an accepted one.
-    pub fn decide_pin(&self, site: SiteId, ins: &Ins, accept: bool) -> Result<()> {
+    pub(crate) fn decide_pin(&self, site: SiteId, ins: &Ins, accept: bool) -> Result<()> {
         self.require_host_role("a pin")?;
         let (head, _) = self.head(ins)?;
         if accept && head.status != crate::model::DossierStatus::Active {

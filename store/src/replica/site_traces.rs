@@ -69,7 +69,7 @@ pub(super) fn chain_key_aad(site: SiteId) -> Vec<u8> {
 impl Replica {
     /// Site: the key this site chains its trace with, for the host to verify it (sent over the
     /// mutually authenticated link only).
-    pub fn trace_chain_key(&self) -> [u8; 32] {
+    pub(crate) fn trace_chain_key(&self) -> [u8; 32] {
         *self.keys.chain.expose()
     }
 
@@ -90,7 +90,7 @@ impl Replica {
 
     /// Host: records the chain key `site` presents, or checks it against the one held. A
     /// different key is refused, and the refusal traced.
-    pub fn admit_chain_key(&self, site: SiteId, key: &[u8; 32]) -> Result<()> {
+    pub(crate) fn admit_chain_key(&self, site: SiteId, key: &[u8; 32]) -> Result<()> {
         if self.config.role != super::Role::Host {
             return Err(Error::invalid("only the host keeps the sites' traces"));
         }
@@ -120,7 +120,7 @@ impl Replica {
 
     /// Host: a trace entry of the host that says a site's trace was refused (`what`: a short
     /// reason; ids only).
-    pub fn trace_refusal(&self, site: SiteId, what: &str) -> Result<()> {
+    pub(crate) fn trace_refusal(&self, site: SiteId, what: &str) -> Result<()> {
         let txn = self.begin_write()?;
         txn.trace(vec![self.admin_entry(
             what,
@@ -136,7 +136,7 @@ impl Replica {
     /// checked by the caller against `signed.signer`): required with any entry, kept when it is
     /// newer than the one held. Returns the new mark. A refusal changes nothing but the host's
     /// trace.
-    pub fn apply_remote_traces(
+    pub(crate) fn apply_remote_traces(
         &self,
         origin: SiteId,
         records: &[TraceRecord],
@@ -278,7 +278,7 @@ impl Replica {
 
     /// Host: the newest head of `origin`'s trace that the site signed, with the certificate
     /// that signed it (`None` before its first signed batch).
-    pub fn signed_trace_head(&self, origin: SiteId) -> Result<Option<TraceHeadEvidence>> {
+    pub(crate) fn signed_trace_head(&self, origin: SiteId) -> Result<Option<TraceHeadEvidence>> {
         let txn = self.begin_read()?;
         let heads = match txn.open_table(SITE_SIGNED_HEADS) {
             Ok(t) => t,
@@ -294,7 +294,7 @@ impl Replica {
 
     /// Host: the last entry of `origin`'s trace held here, and its chain hash (`(0, zeros)`
     /// when none): the site checks it against its own.
-    pub fn trace_head_held(&self, origin: SiteId) -> Result<(u64, [u8; 32])> {
+    pub(crate) fn trace_head_held(&self, origin: SiteId) -> Result<(u64, [u8; 32])> {
         let txn = self.begin_read()?;
         let heads = txn.open_table(AUDIT_HEADS)?;
         let row = heads.get(origin.0)?;
@@ -306,7 +306,7 @@ impl Replica {
 
     /// Site: the chain hash of this site's own trace entry `seq`, if it holds it in its table
     /// (an entry the host acknowledged was sent from there).
-    pub fn own_trace_hash(&self, seq: u64) -> Result<Option<[u8; 32]>> {
+    pub(crate) fn own_trace_hash(&self, seq: u64) -> Result<Option<[u8; 32]>> {
         let txn = self.begin_read()?;
         let table = txn.open_table(AUDIT)?;
         let row = table.get((self.config.site_id.0, seq))?;

@@ -173,7 +173,7 @@ impl Replica {
     /// An entry that cannot be read (a value stored by an earlier build that this one refuses,
     /// a damaged row) never stops sync: it is held back (`withheld`) with why, and a
     /// `Change::Withheld` travels in its place.
-    pub fn outbox(&self, after: u64, limit: usize) -> Result<Vec<(u64, Change)>> {
+    pub(crate) fn outbox(&self, after: u64, limit: usize) -> Result<Vec<(u64, Change)>> {
         loop {
             match self.outbox_window(after, limit)? {
                 Ok(window) => return Ok(window),
@@ -353,7 +353,7 @@ impl Replica {
 
     /// The highest change sequence applied here from `origin` (what a site resumes pushing
     /// after).
-    pub fn applied_mark(&self, origin: SiteId) -> Result<u64> {
+    pub(crate) fn applied_mark(&self, origin: SiteId) -> Result<u64> {
         let txn = self.begin_read()?;
         let mark = txn
             .open_table(APPLIED)?
@@ -364,7 +364,7 @@ impl Replica {
 
     /// Site: pins a dossier into this site's scope (or unpins it); the host brings it in at the
     /// next sync (e.g. tomorrow's patients of a mobile unit).
-    pub fn pin(&self, ins: &crate::ids::Ins, on: bool) -> Result<()> {
+    pub(crate) fn pin(&self, ins: &crate::ids::Ins, on: bool) -> Result<()> {
         if self.config.role != super::Role::Site {
             return Err(Error::invalid(
                 "pinning is for sites: the host holds every dossier",
@@ -446,7 +446,7 @@ impl Replica {
     }
 
     /// The highest outbox sequence this replica ever issued.
-    pub fn outbox_issued(&self) -> Result<u64> {
+    pub(crate) fn outbox_issued(&self) -> Result<u64> {
         let txn = self.begin_read()?;
         let last = txn
             .open_table(OUTBOX)?
@@ -456,7 +456,7 @@ impl Replica {
     }
 
     /// The outbox is acknowledged (by the host) up to here.
-    pub fn outbox_acked(&self) -> Result<u64> {
+    pub(crate) fn outbox_acked(&self) -> Result<u64> {
         Self::outbox_acked_in(&self.begin_read()?)
     }
 
@@ -506,7 +506,7 @@ impl Replica {
     /// acknowledgement only sends them again, the peer skips them as duplicates, and its next
     /// `Welcome` acknowledges them. No trace entry rides on this transaction (it is not a
     /// `Writer`), so none can be lost with it.
-    pub fn ack_outbox(&self, upto: u64) -> Result<()> {
+    pub(crate) fn ack_outbox(&self, upto: u64) -> Result<()> {
         let mut txn = self.begin_raw_write()?;
         txn.set_durability(redb::Durability::None)?;
         txn.open_table(OUTBOX)?.retain_in(..=upto, |_, _| false)?;
@@ -516,14 +516,19 @@ impl Replica {
     }
 
     /// Merges change `seq` from `origin` exactly once.
-    pub fn apply_remote(&self, origin: SiteId, seq: u64, change: &Change) -> Result<Applied> {
+    pub(crate) fn apply_remote(
+        &self,
+        origin: SiteId,
+        seq: u64,
+        change: &Change,
+    ) -> Result<Applied> {
         let mut outcomes = self.apply_remote_batch(origin, &[(seq, change.clone())])?;
         Ok(outcomes.pop().unwrap_or(Applied::Duplicate))
     }
 
     /// Merges a batch of changes from `origin`, in order and each exactly once, in one
     /// transaction: all of them or none.
-    pub fn apply_remote_batch(
+    pub(crate) fn apply_remote_batch(
         &self,
         origin: SiteId,
         changes: &[(u64, Change)],
@@ -535,7 +540,7 @@ impl Replica {
     /// (`bodies`, offset 0): each is checked against its document's size and content hash and
     /// stored with the metadata, in the same transaction. A body that does not match is
     /// ignored (the document's body is then missing, and asked for as any other).
-    pub fn apply_remote_batch_with_bodies(
+    pub(crate) fn apply_remote_batch_with_bodies(
         &self,
         origin: SiteId,
         changes: &[(u64, Change)],
@@ -548,7 +553,7 @@ impl Replica {
     /// pushed the batch, read in the same transaction: the origin's mark before it, and the
     /// bodies of its documents still lacking here. Inside `deferring_syncs`, nothing after the
     /// commit waits for its sync.
-    pub fn apply_pushed(
+    pub(crate) fn apply_pushed(
         &self,
         origin: SiteId,
         changes: &[(u64, Change)],
@@ -936,7 +941,7 @@ impl Replica {
 
     /// A body in clear, for sending to another replica over the authenticated channel. Not an
     /// access decision: the body stays inside the system and is re-sealed by the receiver.
-    pub fn body_for_sync(&self, id: &DocId) -> Result<Zeroizing<Vec<u8>>> {
+    pub(crate) fn body_for_sync(&self, id: &DocId) -> Result<Zeroizing<Vec<u8>>> {
         let (txn, generation) = self.snapshot()?;
         let (_, key, meta) = self.load_doc(&txn, generation, id)?;
         self.get_body(&txn.open_table(BODIES)?, &key, &meta)
@@ -945,7 +950,7 @@ impl Replica {
     /// The whole bodies of the documents of `metas`, in one snapshot, to travel with them:
     /// `None` for one this replica does not hold (any more), or whose key or stored body fails
     /// its checks (the peer then asks for it, and `body_for_sync` reports the error).
-    pub fn bodies_for_sync(
+    pub(crate) fn bodies_for_sync(
         &self,
         metas: &[&DocumentMeta],
     ) -> Result<Vec<Option<Zeroizing<Vec<u8>>>>> {
@@ -1001,7 +1006,7 @@ impl Replica {
     /// ignored); `total` must be the size in the metadata. Once the last piece is in, the body
     /// is checked against the content hash and stored, in the same transaction. Answers true
     /// when the body is complete (now or before).
-    pub fn receive_body_piece(
+    pub(crate) fn receive_body_piece(
         &self,
         id: &DocId,
         offset: u64,
@@ -1026,7 +1031,7 @@ impl Replica {
     /// whole batch; a body whose hash does not match is dropped (the rest of the batch is kept)
     /// and reported as an error. The host takes pieces only from a site, with
     /// `receive_pieces_from`.
-    pub fn receive_body_pieces(&self, pieces: &[BodyPiece]) -> Result<Vec<bool>> {
+    pub(crate) fn receive_body_pieces(&self, pieces: &[BodyPiece]) -> Result<Vec<bool>> {
         if self.config.role == super::Role::Host {
             return Err(Error::invalid(
                 "the host takes body pieces only from the site that owes the body (receive_pieces_from)",
@@ -1041,7 +1046,11 @@ impl Replica {
     /// and changes nothing (DOMAIN §5: the host trusts no site). A complete body that fails its
     /// content hash is dropped with its kept pieces, and stays owed: the owing site is asked for
     /// it again at its next `Welcome`, so a bogus body never cancels a debt.
-    pub fn receive_pieces_from(&self, site: SiteId, pieces: &[BodyPiece]) -> Result<Vec<bool>> {
+    pub(crate) fn receive_pieces_from(
+        &self,
+        site: SiteId,
+        pieces: &[BodyPiece],
+    ) -> Result<Vec<bool>> {
         if self.config.role != super::Role::Host {
             return Err(Error::invalid(
                 "only the host takes body pieces from a site",
@@ -1210,7 +1219,7 @@ impl Replica {
     }
 
     /// Host: the bodies `site` owes, with the bytes of each already kept here, in id order.
-    pub fn bodies_owed_by(&self, site: SiteId) -> Result<Vec<(DocId, u64)>> {
+    pub(crate) fn bodies_owed_by(&self, site: SiteId) -> Result<Vec<(DocId, u64)>> {
         let txn = self.begin_read()?;
         let owed = match txn.open_table(OWED_BODIES) {
             Ok(t) => t,
