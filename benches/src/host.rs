@@ -12,7 +12,9 @@
 //! window, and the host's peak memory (`VmHWM`) from its start (opening the store, its
 //! start-up jobs, the sites' handshakes and rounds). Budget (issue "The national host", §5):
 //! the peak with 100,000 and with 1,000,000 documents within 1.5× of each other, and under
-//! 256 MiB with the default page cache (`DEFAULT_CACHE_MIB`).
+//! 256 MiB with the default page cache (`DEFAULT_CACHE_MIB`). Then the initial sync of 10,000
+//! documents from a new site, against the floors `carnet-bench sync` measures (budget 50 % of
+//! the slower).
 //!
 //! A simulated site speaks the wire protocol itself (`session::Msg`, `frame`): it has no
 //! replica (a thousand replicas would measure this process, not the host); its `Hello` names
@@ -138,6 +140,19 @@ pub fn run() -> Res<()> {
             );
         }
     }
+    // The initial sync through this host's backend, against the floors `carnet-bench sync`
+    // measures.
+    let (quic, redb) = crate::sync::floors(&tmp.path().join("raw"))?;
+    let (initial, round_trips, peak) = crate::sync::initial_sync(&tmp.path().join("initial"))?;
+    let ratio = quic.max(redb) / initial;
+    println!(
+        "\ninitial sync of {} documents, site -> host (redb): {initial:.2} s, {round_trips} round \
+         trips, host peak {peak:.0} MiB; floors: raw QUIC {quic:.2} s, raw redb {redb:.2} s: {:.0} % \
+         of the slower ({})",
+        crate::sync::INITIAL,
+        ratio * 100.0,
+        crate::verdict(ratio >= 0.5)
+    );
     if let (Some(&(low_n, low)), Some(&(high_n, high))) = (peaks.first(), peaks.last())
         && high_n > low_n
     {

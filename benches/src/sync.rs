@@ -6,7 +6,8 @@
 //! bytes, and raw batched redb inserts of the same bytes); a sync with nothing new (bytes on
 //! the wire and round trips) at 1,000, 10,000 and 100,000 documents; an incremental sync after
 //! changing 1 % of them; and the host's peak memory during each (its `VmHWM`, reset before each
-//! phase through `/proc/PID/clear_refs`).
+//! phase through `/proc/PID/clear_refs`). `BENCH_CACHE_MIB=N` sets the host's page cache
+//! (`cache_mib`; the default otherwise).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -114,7 +115,10 @@ pub(crate) fn write_host_settings(dir: &Path, listen: SocketAddr) -> Res<()> {
         sync_every: carnet_syncd::config::DEFAULT_SYNC_EVERY,
         lease_hours: None,
         notification_spool: None,
-        cache_mib: carnet_store::replica::DEFAULT_CACHE_MIB,
+        cache_mib: std::env::var("BENCH_CACHE_MIB")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(carnet_store::replica::DEFAULT_CACHE_MIB),
         http: None,
     }
     .write_new(dir)?;
@@ -315,13 +319,33 @@ pub fn initial_only() -> Res<()> {
     Ok(())
 }
 
+/// Documents of the initial sync.
+pub(crate) const INITIAL: usize = 10_000;
+
+/// The floors of the initial sync, in seconds: a raw QUIC stream carrying its bytes, and raw
+/// batched redb inserts of them (in `dir`).
+pub(crate) fn floors(dir: &Path) -> Res<(f64, f64)> {
+    Ok((
+        raw_quic_seconds(INITIAL * DOC_BYTES)?,
+        raw_redb_batched_seconds(dir, INITIAL)?,
+    ))
+}
+
+/// The initial sync of `INITIAL` documents from a new site to a new host daemon, in `dir`:
+/// seconds, round trips, the host's peak memory.
+pub(crate) fn initial_sync(dir: &Path) -> Res<(f64, u64, f64)> {
+    let p = pair(dir)?;
+    p.write(INITIAL, 1)?;
+    let (seconds, report, peak) = p.sync()?;
+    Ok((seconds, report.round_trips, peak))
+}
+
 pub fn run() -> Res<()> {
     let tmp = crate::tmp::tempdir()?;
     println!("carnet-bench sync — a host daemon and a site on 127.0.0.1, 4 KiB documents\n");
-    const N: usize = 10_000;
+    const N: usize = INITIAL;
     let bytes = N * DOC_BYTES;
-    let quic = raw_quic_seconds(bytes)?;
-    let redb = raw_redb_batched_seconds(&tmp.path().join("raw"), N)?;
+    let (quic, redb) = floors(&tmp.path().join("raw"))?;
     let floor = quic.max(redb);
 
     let p = pair(&tmp.path().join("p10k"))?;

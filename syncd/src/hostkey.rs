@@ -612,11 +612,11 @@ mod tests {
         prepare_next(&host, None).expect("prepare");
         let welcome = |site_session: &mut SiteSession| {
             let hello = site_session
-                .start(crate::testkit::as_site(&site).sync())
+                .start(crate::testkit::site_sync(&site))
                 .expect("hello");
             let mut h = HostSession::new(site.config().site_id, testkit::certificate(&site));
             let mut replies = h
-                .handle(crate::testkit::as_host(&host).sync(), hello)
+                .handle(crate::testkit::host_sync(&host), hello)
                 .expect("welcome");
             assert_eq!(replies.len(), 1);
             replies.remove(0)
@@ -641,14 +641,14 @@ mod tests {
             }
         ));
         let e = s
-            .handle(crate::testkit::as_site(&site).sync(), msg)
+            .handle(crate::testkit::site_sync(&site), msg)
             .expect_err("refused");
         assert!(e.to_string().contains("hand-over refused"), "{e}");
         assert_eq!(pins(&site), before, "pins unchanged");
         // On the connection to the pinned key: taken.
         let mut s = SiteSession::new(testkit::signer(&site), host_cert);
         let msg = welcome(&mut s);
-        s.handle(crate::testkit::as_site(&site).sync(), msg)
+        s.handle(crate::testkit::site_sync(&site), msg)
             .expect("taken");
         assert_eq!(pins(&site).0.map(|p| p.list().len()), Some(2));
     }

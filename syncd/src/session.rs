@@ -1307,28 +1307,22 @@ mod tests {
     pub(super) fn round(host: &Replica, site: &Replica) -> RoundReport {
         let mut s = SiteSession::new(signer(site), Vec::new());
         let mut h = HostSession::new(site.config().site_id, certificate(site));
-        let mut to_host = vec![
-            s.start(crate::testkit::as_site(site).sync())
-                .expect("start"),
-        ];
+        let mut to_host = vec![s.start(crate::testkit::site_sync(site)).expect("start")];
         for _ in 0..10_000 {
             let mut to_site = Vec::new();
             for m in to_host.drain(..) {
                 let m = wire(&m);
-                to_site.extend(
-                    h.handle(crate::testkit::as_host(host).sync(), m)
-                        .expect("host"),
-                );
+                to_site.extend(h.handle(crate::testkit::host_sync(host), m).expect("host"));
             }
             for m in to_site {
                 to_host.extend(
-                    s.handle(crate::testkit::as_site(site).sync(), wire(&m))
+                    s.handle(crate::testkit::site_sync(site), wire(&m))
                         .expect("site"),
                 );
             }
             if s.is_done() {
                 for m in to_host.drain(..) {
-                    h.handle(crate::testkit::as_host(host).sync(), wire(&m))
+                    h.handle(crate::testkit::host_sync(host), wire(&m))
                         .expect("host");
                 }
                 return s.report();
@@ -1371,8 +1365,7 @@ mod tests {
         }
         round(&host, &site);
         let origin = site.config().site_id;
-        let held = crate::testkit::as_host(&host)
-            .sync()
+        let held = crate::testkit::host_sync(&host)
             .trace_head_held(origin)
             .expect("held");
         let key = t.path().join("kept-apart.key");
@@ -1434,8 +1427,7 @@ mod tests {
             .expect("put");
         // The first entry damaged at rest, as a disk or an older build could leave it.
         let dir = site.dir().to_path_buf();
-        let first_seq = crate::testkit::as_site(&site)
-            .sync()
+        let first_seq = crate::testkit::site_sync(&site)
             .outbox(0, 10)
             .expect("outbox")[0]
             .0;
@@ -1524,8 +1516,7 @@ mod tests {
         let site_id = site.config().site_id;
         assert!(report.traces > 0);
         assert_eq!(
-            crate::testkit::as_host(&host)
-                .sync()
+            crate::testkit::host_sync(&host)
                 .trace_mark(site_id)
                 .expect("mark"),
             report.traces
@@ -1563,10 +1554,7 @@ mod tests {
         // A whole round, counting what crosses: pushes only, several in flight, no PutBodies.
         let mut s = SiteSession::new(signer(&site), Vec::new());
         let mut h = HostSession::new(site.config().site_id, certificate(&site));
-        let mut to_host = vec![
-            s.start(crate::testkit::as_site(&site).sync())
-                .expect("start"),
-        ];
+        let mut to_host = vec![s.start(crate::testkit::site_sync(&site)).expect("start")];
         let (mut pushes, mut most_in_flight, mut put_bodies) = (0, 0, 0);
         for _ in 0..10_000 {
             if s.is_done() {
@@ -1586,7 +1574,7 @@ mod tests {
             // acknowledges each.
             let arrived: Vec<Msg> = to_host.drain(..).map(|m| wire(&m)).collect();
             let to_site = h
-                .handle_all(crate::testkit::as_host(&host).sync(), arrived)
+                .handle_all(crate::testkit::host_sync(&host), arrived)
                 .expect("host");
             assert_eq!(
                 to_site
@@ -1597,7 +1585,7 @@ mod tests {
             );
             for m in to_site {
                 to_host.extend(
-                    s.handle(crate::testkit::as_site(&site).sync(), wire(&m))
+                    s.handle(crate::testkit::site_sync(&site), wire(&m))
                         .expect("site"),
                 );
             }
@@ -1612,8 +1600,7 @@ mod tests {
             assert!(host.has_body(id).expect("has"), "{id}");
         }
         assert!(
-            crate::testkit::as_host(&host)
-                .sync()
+            crate::testkit::host_sync(&host)
                 .bodies_owed_by(site.config().site_id)
                 .expect("owed")
                 .is_empty()
@@ -1628,8 +1615,7 @@ mod tests {
                 new_doc("late", vec![7; 500]),
             )
             .expect("write");
-        let changes = crate::testkit::as_site(&site)
-            .sync()
+        let changes = crate::testkit::site_sync(&site)
             .outbox(0, 10)
             .expect("outbox");
         let wrong = BodyPiece {
@@ -1638,14 +1624,12 @@ mod tests {
             total: 500,
             bytes: vec![6; 500],
         };
-        crate::testkit::as_host(&host)
-            .sync()
+        crate::testkit::host_sync(&host)
             .apply_remote_batch_with_bodies(site.config().site_id, &changes, &[wrong])
             .expect("applied");
         assert!(!host.has_body(&late).expect("has"));
         assert_eq!(
-            crate::testkit::as_host(&host)
-                .sync()
+            crate::testkit::host_sync(&host)
                 .bodies_owed_by(site.config().site_id)
                 .expect("owed"),
             vec![(late, 0)]
@@ -1662,23 +1646,20 @@ mod tests {
         let mut s = SiteSession::new(signer(site), Vec::new());
         let mut h = HostSession::new(site.config().site_id, certificate(site));
         let mut counts = std::collections::BTreeMap::new();
-        let mut to_host = vec![
-            s.start(crate::testkit::as_site(site).sync())
-                .expect("start"),
-        ];
+        let mut to_host = vec![s.start(crate::testkit::site_sync(site)).expect("start")];
         for _ in 0..10_000 {
             let mut to_site = Vec::new();
             for m in to_host.drain(..) {
                 *counts.entry(m.kind()).or_insert(0) += 1;
                 to_site.extend(
-                    h.handle(crate::testkit::as_host(host).sync(), wire(&m))
+                    h.handle(crate::testkit::host_sync(host), wire(&m))
                         .expect("host"),
                 );
             }
             for m in to_site {
                 *counts.entry(m.kind()).or_insert(0) += 1;
                 to_host.extend(
-                    s.handle(crate::testkit::as_site(site).sync(), wire(&m))
+                    s.handle(crate::testkit::site_sync(site), wire(&m))
                         .expect("site"),
                 );
             }
@@ -1747,7 +1728,7 @@ mod tests {
                 about,
                 renewal,
             } = SiteSession::new(signer(&site), Vec::new())
-                .start(crate::testkit::as_site(&site).sync())
+                .start(crate::testkit::site_sync(&site))
                 .expect("hello")
             else {
                 panic!("not a Hello");
@@ -1772,14 +1753,14 @@ mod tests {
             "9".repeat(VERSION_MAX + 1),
         ] {
             let refused = HostSession::new(site.config().site_id, certificate(&site))
-                .handle(crate::testkit::as_host(&host).sync(), wire(&hello(&bad)));
+                .handle(crate::testkit::host_sync(&host), wire(&hello(&bad)));
             assert!(
                 matches!(&refused, Err(e) if e.to_string().contains("version")),
                 "{bad}: {refused:?}"
             );
         }
         let fine = HostSession::new(site.config().site_id, certificate(&site)).handle(
-            crate::testkit::as_host(&host).sync(),
+            crate::testkit::host_sync(&host),
             wire(&hello("0.1.0-rc.1+abc")),
         );
         assert!(
@@ -1798,11 +1779,8 @@ mod tests {
         let mut h = HostSession::new(site.config().site_id, certificate(&site));
         let welcome = h
             .handle(
-                crate::testkit::as_host(&host).sync(),
-                wire(
-                    &s.start(crate::testkit::as_site(&site).sync())
-                        .expect("hello"),
-                ),
+                crate::testkit::host_sync(&host),
+                wire(&s.start(crate::testkit::site_sync(&site)).expect("hello")),
             )
             .expect("welcome");
         assert!(
@@ -1816,7 +1794,7 @@ mod tests {
             "{welcome:?}"
         );
         let answer = s
-            .handle(crate::testkit::as_site(&site).sync(), wire(&welcome[0]))
+            .handle(crate::testkit::site_sync(&site), wire(&welcome[0]))
             .expect("site");
         assert_eq!(
             answer,
@@ -1836,9 +1814,9 @@ mod tests {
             .expect("a new signed record for the dossier");
         let welcome = HostSession::new(site.config().site_id, certificate(&site))
             .handle(
-                crate::testkit::as_host(&host).sync(),
+                crate::testkit::host_sync(&host),
                 SiteSession::new(signer(&site), Vec::new())
-                    .start(crate::testkit::as_site(&site).sync())
+                    .start(crate::testkit::site_sync(&site))
                     .expect("hello"),
             )
             .expect("welcome");
@@ -1860,20 +1838,19 @@ mod tests {
             .authority()
             .update_emergency(&ins, |p| p.btg_allowed = false)
             .expect("a new signed record for the dossier");
-        let head = crate::testkit::as_host(&host)
-            .sync()
+        let head = crate::testkit::host_sync(&host)
             .log_head(site_id)
             .expect("head");
         assert!(head > site.pull_cursor().expect("cursor"));
         // A Hello that claims the head (a lying or confused site) gets a heartbeat naming it...
         let welcome = HostSession::new(site_id, certificate(&site))
             .handle(
-                crate::testkit::as_host(&host).sync(),
+                crate::testkit::host_sync(&host),
                 Msg::Hello {
                     site: site_id.0,
                     cursor: head,
                     outbox_acked: 0,
-                    chain_key: crate::testkit::as_site(&site).sync().trace_chain_key(),
+                    chain_key: crate::testkit::site_sync(&site).trace_chain_key(),
                     about: SiteAbout::default(),
                     renewal: None,
                 },
@@ -1891,10 +1868,9 @@ mod tests {
         );
         // ...which a site whose cursor is behind does not admit: it pulls.
         let mut s = SiteSession::new(signer(&site), Vec::new());
-        s.start(crate::testkit::as_site(&site).sync())
-            .expect("hello");
+        s.start(crate::testkit::site_sync(&site)).expect("hello");
         let answer = s
-            .handle(crate::testkit::as_site(&site).sync(), wire(&welcome[0]))
+            .handle(crate::testkit::site_sync(&site), wire(&welcome[0]))
             .expect("site");
         assert!(
             answer.iter().any(|m| matches!(m, Msg::Pull { .. })),
@@ -1912,19 +1888,13 @@ mod tests {
         let (_t, host, site, _) = host_and_site();
         let mut h = HostSession::new(SiteId(site.config().site_id.0 + 1), certificate(&site));
         let hello = SiteSession::new(signer(&site), Vec::new())
-            .start(crate::testkit::as_site(&site).sync())
+            .start(crate::testkit::site_sync(&site))
             .expect("hello");
-        assert!(
-            h.handle(crate::testkit::as_host(&host).sync(), hello)
-                .is_err()
-        );
+        assert!(h.handle(crate::testkit::host_sync(&host), hello).is_err());
         let mut h = HostSession::new(site.config().site_id, certificate(&site));
         assert!(
-            h.handle(
-                crate::testkit::as_host(&host).sync(),
-                Msg::Pull { after: 0 }
-            )
-            .is_err(),
+            h.handle(crate::testkit::host_sync(&host), Msg::Pull { after: 0 })
+                .is_err(),
             "nothing before Hello"
         );
         // A stream that opens with a body fetch carries body fetches only.
@@ -1937,7 +1907,7 @@ mod tests {
         // the round goes on and nothing is said of it.
         assert_eq!(
             bodies
-                .handle(crate::testkit::as_host(&host).sync(), get.clone())
+                .handle(crate::testkit::host_sync(&host), get.clone())
                 .expect("answered"),
             vec![Msg::NoBody {
                 doc: DocId([9; 16])
@@ -1945,16 +1915,13 @@ mod tests {
         );
         assert!(
             HostSession::new(site.config().site_id, certificate(&site))
-                .handle(crate::testkit::as_host(&host).sync(), get.clone())
+                .handle(crate::testkit::host_sync(&host), get.clone())
                 .is_ok(),
             "a GetBody opens a body stream"
         );
         assert!(
             bodies
-                .handle(
-                    crate::testkit::as_host(&host).sync(),
-                    Msg::Pull { after: 0 }
-                )
+                .handle(crate::testkit::host_sync(&host), Msg::Pull { after: 0 })
                 .expect_err("refused")
                 .to_string()
                 .contains("body stream")
@@ -1962,7 +1929,7 @@ mod tests {
         let mut s = SiteSession::new(signer(&site), Vec::new());
         assert!(
             s.handle(
-                crate::testkit::as_site(&site).sync(),
+                crate::testkit::site_sync(&site),
                 Msg::Pulled {
                     items: vec![],
                     more: false,
@@ -1985,17 +1952,12 @@ mod tests {
             hand_over: None,
             host_revocations: vec![],
         };
-        assert!(
-            s.handle(crate::testkit::as_site(&site).sync(), welcome)
-                .is_err()
-        );
+        assert!(s.handle(crate::testkit::site_sync(&site), welcome).is_err());
         // A host holding another history of the site's trace than the site's own.
-        crate::testkit::as_site(&site)
-            .sync()
+        crate::testkit::site_sync(&site)
             .traces_after(0, 10)
             .expect("flushed to the table");
-        let ours = crate::testkit::as_site(&site)
-            .sync()
+        let ours = crate::testkit::site_sync(&site)
             .own_trace_hash(1)
             .expect("hash")
             .expect("entry 1");
@@ -2013,12 +1975,12 @@ mod tests {
         };
         assert!(matches!(
             SiteSession::new(signer(&site), Vec::new())
-                .handle(crate::testkit::as_site(&site).sync(), welcome([1; 32])),
+                .handle(crate::testkit::site_sync(&site), welcome([1; 32])),
             Err(Error::Store(carnet_store::Error::Integrity(_)))
         ));
         assert!(
             SiteSession::new(signer(&site), Vec::new())
-                .handle(crate::testkit::as_site(&site).sync(), welcome(ours))
+                .handle(crate::testkit::site_sync(&site), welcome(ours))
                 .is_ok()
         );
     }
@@ -2040,38 +2002,35 @@ mod tests {
         );
         let welcome = h
             .handle_all(
-                crate::testkit::as_host(&host).sync(),
+                crate::testkit::host_sync(&host),
                 vec![wire(
-                    &s.start(crate::testkit::as_site(&site).sync())
-                        .expect("hello"),
+                    &s.start(crate::testkit::site_sync(&site)).expect("hello"),
                 )],
             )
             .expect("welcome");
         let window = s
-            .handle(crate::testkit::as_site(&site).sync(), wire(&welcome[0]))
+            .handle(crate::testkit::site_sync(&site), wire(&welcome[0]))
             .expect("window");
         let kinds: Vec<_> = window.iter().map(Msg::kind).collect();
         // Sent without waiting for an acknowledgement: the trace first, then the documents.
         assert_eq!(kinds, ["Traces", "Traces", "Push", "Push"]);
         let replies = h
             .handle_all(
-                crate::testkit::as_host(&host).sync(),
+                crate::testkit::host_sync(&host),
                 window.iter().map(wire).collect(),
             )
             .expect("the host stores the window");
         let kinds: Vec<_> = replies.iter().map(Msg::kind).collect();
         assert_eq!(kinds, ["TracesAck", "TracesAck", "PushAck", "PushAck"]);
         assert_eq!(
-            crate::testkit::as_host(&host)
-                .sync()
+            crate::testkit::host_sync(&host)
                 .trace_mark(site_id)
                 .expect("mark"),
             site.trace_head().expect("head"),
             "every trace entry is at the host"
         );
         // A read now adds a trace entry: it waits for the next round, behind nothing.
-        let first = crate::testkit::as_site(&site)
-            .sync()
+        let first = crate::testkit::site_sync(&site)
             .outbox(0, 1)
             .expect("outbox")[0]
             .1
@@ -2084,14 +2043,13 @@ mod tests {
         let mut next = Vec::new();
         for r in &replies {
             next = s
-                .handle(crate::testkit::as_site(&site).sync(), wire(r))
+                .handle(crate::testkit::site_sync(&site), wire(r))
                 .expect("acknowledged");
         }
         assert_eq!(site.outbox_len().expect("len"), 0);
         assert!(matches!(&next[..], [Msg::Pull { .. }]), "{next:?}");
         assert_eq!(
-            crate::testkit::as_host(&host)
-                .sync()
+            crate::testkit::host_sync(&host)
                 .trace_mark(site_id)
                 .expect("mark")
                 + 1,
@@ -2105,19 +2063,18 @@ mod tests {
         );
         let welcome = h
             .handle(
-                crate::testkit::as_host(&host).sync(),
-                s.start(crate::testkit::as_site(&site).sync())
-                    .expect("hello"),
+                crate::testkit::host_sync(&host),
+                s.start(crate::testkit::site_sync(&site)).expect("hello"),
             )
             .expect("welcome");
         let window = s
-            .handle(crate::testkit::as_site(&site).sync(), welcome[0].clone())
+            .handle(crate::testkit::site_sync(&site), welcome[0].clone())
             .expect("window");
         assert!(matches!(&window[..], [Msg::Traces { .. }]), "{window:?}");
         let beyond = site.trace_head().expect("head") + 1;
         assert!(
             s.handle(
-                crate::testkit::as_site(&site).sync(),
+                crate::testkit::site_sync(&site),
                 Msg::TracesAck { upto: beyond }
             )
             .is_err()
@@ -2128,7 +2085,7 @@ mod tests {
             returned: vec![],
         };
         assert!(
-            s.handle(crate::testkit::as_site(&site).sync(), push_ack)
+            s.handle(crate::testkit::site_sync(&site), push_ack)
                 .is_err()
         );
     }
@@ -2147,12 +2104,10 @@ mod tests {
         )
         .expect("a traced write");
         let site_id = site.config().site_id;
-        let held_before = crate::testkit::as_host(&host)
-            .sync()
+        let held_before = crate::testkit::host_sync(&host)
             .trace_mark(site_id)
             .expect("mark");
-        let records = crate::testkit::as_site(&site)
-            .sync()
+        let records = crate::testkit::site_sync(&site)
             .traces_after(held_before, 100)
             .expect("traces");
         let last = records.last().expect("an entry").clone();
@@ -2187,9 +2142,9 @@ mod tests {
         for (i, head) in forged.into_iter().enumerate() {
             let mut h = HostSession::new(site_id, certificate(&site));
             h.handle(
-                crate::testkit::as_host(&host).sync(),
+                crate::testkit::host_sync(&host),
                 SiteSession::new(me.clone(), Vec::new())
-                    .start(crate::testkit::as_site(&site).sync())
+                    .start(crate::testkit::site_sync(&site))
                     .expect("hello"),
             )
             .expect("welcome");
@@ -2197,23 +2152,19 @@ mod tests {
                 records: records.clone(),
                 head,
             };
-            let refused = h.handle_all(crate::testkit::as_host(&host).sync(), vec![wire(&traces)]);
+            let refused = h.handle_all(crate::testkit::host_sync(&host), vec![wire(&traces)]);
             assert!(
                 matches!(&refused, Err(Error::Store(carnet_store::Error::Integrity(e))) if e.contains("trace head")),
                 "forgery {i}: {refused:?}"
             );
             assert_eq!(
-                crate::testkit::as_host(&host)
-                    .sync()
-                    .trace_mark(site_id)
-                    .ok(),
+                crate::testkit::host_sync(&host).trace_mark(site_id).ok(),
                 Some(held_before),
                 "forgery {i}"
             );
             assert_eq!(refusals(&host), i + 1, "forgery {i} is traced");
         }
-        let before = crate::testkit::as_host(&host)
-            .sync()
+        let before = crate::testkit::host_sync(&host)
             .signed_trace_head(site_id)
             .expect("read");
         assert!(before.is_some_and(|b| b.head.seq == held_before));
@@ -2226,8 +2177,7 @@ mod tests {
             .expect("a signed head");
         assert_eq!(
             held.head.seq,
-            crate::testkit::as_host(&host)
-                .sync()
+            crate::testkit::host_sync(&host)
                 .trace_mark(site_id)
                 .expect("mark")
         );
@@ -2257,7 +2207,7 @@ mod tests {
         let site_id = site.config().site_id;
         let mut h = HostSession::new(site_id, certificate(&site));
         h.handle_all(
-            crate::testkit::as_host(&host).sync(),
+            crate::testkit::host_sync(&host),
             vec![Msg::GetBody { doc: id, offset: 0 }],
         )
         .expect("a body stream");
@@ -2270,11 +2220,11 @@ mod tests {
             head: None,
         };
         assert!(
-            h.handle_all(crate::testkit::as_host(&host).sync(), vec![push])
+            h.handle_all(crate::testkit::host_sync(&host), vec![push])
                 .is_err()
         );
         assert!(
-            h.handle_all(crate::testkit::as_host(&host).sync(), vec![traces])
+            h.handle_all(crate::testkit::host_sync(&host), vec![traces])
                 .is_err()
         );
     }
@@ -2293,10 +2243,7 @@ mod resume_tests {
     fn cut_round(host: &Replica, site: &Replica, cut_after: usize) -> u64 {
         let mut s = SiteSession::new(signer(site), Vec::new());
         let mut h = HostSession::new(site.config().site_id, certificate(site));
-        let mut to_host = vec![
-            s.start(crate::testkit::as_site(site).sync())
-                .expect("start"),
-        ];
+        let mut to_host = vec![s.start(crate::testkit::site_sync(site)).expect("start")];
         let (mut pieces, mut bytes) = (0, 0u64);
         for _ in 0..10_000 {
             let mut to_site = Vec::new();
@@ -2308,10 +2255,7 @@ mod resume_tests {
                     pieces += ps.len();
                     bytes += ps.iter().map(|p| p.bytes.len() as u64).sum::<u64>();
                 }
-                to_site.extend(
-                    h.handle(crate::testkit::as_host(host).sync(), m)
-                        .expect("host"),
-                );
+                to_site.extend(h.handle(crate::testkit::host_sync(host), m).expect("host"));
             }
             for m in to_site {
                 if let Msg::Body { bytes: b, .. } = &m {
@@ -2321,10 +2265,7 @@ mod resume_tests {
                     pieces += 1;
                     bytes += b.len() as u64;
                 }
-                to_host.extend(
-                    s.handle(crate::testkit::as_site(site).sync(), m)
-                        .expect("site"),
-                );
+                to_host.extend(s.handle(crate::testkit::site_sync(site), m).expect("site"));
             }
             if s.is_done() {
                 return bytes;
@@ -2369,8 +2310,7 @@ mod resume_tests {
             // The host applied the metadata and, in the same transaction, recorded the body as
             // owed: it asks for the rest at every Welcome until it holds it.
             assert_eq!(
-                crate::testkit::as_host(&host)
-                    .sync()
+                crate::testkit::host_sync(&host)
                     .bodies_owed_by(site.config().site_id)
                     .expect("owed"),
                 vec![(id, first)]
@@ -2420,15 +2360,13 @@ mod resume_tests {
         // every Welcome, that the site owes this body.
         cut_round(&host, &site, 0);
         assert_eq!(
-            crate::testkit::as_host(&host)
-                .sync()
+            crate::testkit::host_sync(&host)
                 .bodies_owed_by(site.config().site_id)
                 .expect("owed"),
             vec![(fresh, 0)]
         );
         let from = |site_id: u32, offset: u64, total: u64, bytes: Vec<u8>| {
-            crate::testkit::as_host(&host)
-                .sync()
+            crate::testkit::host_sync(&host)
                 .receive_pieces_from(
                     SiteId(site_id),
                     &[BodyPiece {
@@ -2469,8 +2407,7 @@ mod resume_tests {
         assert_eq!(host.body_progress(&fresh).expect("p"), 0);
         assert!(!host.has_body(&fresh).expect("has"));
         assert_eq!(
-            crate::testkit::as_host(&host)
-                .sync()
+            crate::testkit::host_sync(&host)
                 .bodies_owed_by(site.config().site_id)
                 .expect("owed"),
             vec![(fresh, 0)],
@@ -2480,8 +2417,7 @@ mod resume_tests {
         assert!(host.has_body(&fresh).expect("has"));
         // The body is no longer owed by the site.
         assert!(
-            crate::testkit::as_host(&host)
-                .sync()
+            crate::testkit::host_sync(&host)
                 .bodies_owed_by(site.config().site_id)
                 .expect("owed")
                 .is_empty()
@@ -2596,17 +2532,11 @@ mod quarantine_tests {
         // A round cut right after the host applied the push: its PushAck never arrives.
         let mut s = SiteSession::new(signer(&site), Vec::new());
         let mut h = HostSession::new(site.config().site_id, certificate(&site));
-        let mut to_host = vec![
-            s.start(crate::testkit::as_site(&site).sync())
-                .expect("start"),
-        ];
+        let mut to_host = vec![s.start(crate::testkit::site_sync(&site)).expect("start")];
         'cut: for _ in 0..100 {
             let mut to_site = Vec::new();
             for m in to_host.drain(..) {
-                for reply in h
-                    .handle(crate::testkit::as_host(&host).sync(), m)
-                    .expect("host")
-                {
+                for reply in h.handle(crate::testkit::host_sync(&host), m).expect("host") {
                     if matches!(reply, Msg::PushAck { .. }) {
                         break 'cut;
                     }
@@ -2614,10 +2544,7 @@ mod quarantine_tests {
                 }
             }
             for m in to_site {
-                to_host.extend(
-                    s.handle(crate::testkit::as_site(&site).sync(), m)
-                        .expect("site"),
-                );
+                to_host.extend(s.handle(crate::testkit::site_sync(&site), m).expect("site"));
             }
         }
         assert!(site.quarantined().expect("q").is_empty());
@@ -2636,21 +2563,18 @@ mod quarantine_tests {
         // repeating it (a Welcome does not grow with every return ever made).
         let site_id = site.config().site_id;
         assert_eq!(
-            crate::testkit::as_host(&host)
-                .sync()
+            crate::testkit::host_sync(&host)
                 .returned_to(site_id)
                 .expect("returned")
                 .len(),
             1
         );
         // A site that has not acknowledged as far as the host applied keeps hearing of it.
-        crate::testkit::as_host(&host)
-            .sync()
+        crate::testkit::host_sync(&host)
             .forget_returned(site_id, 0)
             .expect("forget");
         assert_eq!(
-            crate::testkit::as_host(&host)
-                .sync()
+            crate::testkit::host_sync(&host)
                 .returned_to(site_id)
                 .expect("returned")
                 .len(),
@@ -2658,9 +2582,9 @@ mod quarantine_tests {
         );
         let welcome = HostSession::new(site_id, certificate(&site))
             .handle(
-                crate::testkit::as_host(&host).sync(),
+                crate::testkit::host_sync(&host),
                 SiteSession::new(signer(&site), Vec::new())
-                    .start(crate::testkit::as_site(&site).sync())
+                    .start(crate::testkit::site_sync(&site))
                     .expect("hello"),
             )
             .expect("welcome");
@@ -2669,8 +2593,7 @@ mod quarantine_tests {
             "{welcome:?}"
         );
         assert!(
-            crate::testkit::as_host(&host)
-                .sync()
+            crate::testkit::host_sync(&host)
                 .returned_to(site_id)
                 .expect("returned")
                 .is_empty()
