@@ -113,6 +113,31 @@ pub enum Command {
     },
     /// Run the demonstration scenario in a temporary folder.
     Demo(DemoArgs),
+    /// Print the shell completion script for bash, zsh or fish on stdout.
+    ///
+    /// Example: `carnet completions bash > /etc/bash_completion.d/carnet`
+    Completions {
+        /// The shell: bash, zsh or fish.
+        shell: CompletionShell,
+    },
+    /// Write the manual pages (`carnet.1` and one per command) into a folder.
+    ///
+    /// Example: `carnet man /usr/local/share/man/man1`
+    Man {
+        /// The folder the pages are written into (created when missing).
+        dir: PathBuf,
+    },
+}
+
+/// The shells `carnet completions` writes for.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum CompletionShell {
+    /// Bash.
+    Bash,
+    /// Zsh.
+    Zsh,
+    /// Fish.
+    Fish,
 }
 
 #[derive(Debug, Subcommand)]
@@ -248,6 +273,7 @@ pub enum PkiCmd {
         /// Where sites reach the host, IP:PORT.
         #[arg(long)]
         host_address: String,
+        /// The file written (mode 0600); `-` writes to stdout.
         #[arg(short, long)]
         output: PathBuf,
         /// A professional (RPPS, registered at the host) who practises at the site; repeat for
@@ -269,6 +295,7 @@ pub enum PkiCmd {
     Renew {
         #[arg(required_unless_present = "pending", conflicts_with = "pending")]
         site: Option<u32>,
+        /// The file written (mode 0600); `-` writes to stdout.
         #[arg(short, long, required_unless_present = "pending")]
         output: Option<PathBuf>,
         /// Sign every renewal waiting for the CA (sites receive them at their next round).
@@ -707,6 +734,7 @@ pub struct ExportArgs {
     /// `patient` or `representative:ID` (e.g. `representative:R1`).
     #[arg(long = "as")]
     pub actor: String,
+    /// The file written (mode 0600); `-` writes to stdout.
     #[arg(short, long)]
     pub output: PathBuf,
 }
@@ -715,6 +743,7 @@ pub struct ExportArgs {
 pub enum AuthorityCmd {
     /// Write every signed record to a bundle file.
     Export {
+        /// The file written (mode 0600); `-` writes to stdout.
         #[arg(short, long)]
         output: PathBuf,
     },

@@ -220,9 +220,27 @@ fn read_file(path: &Path) -> Result<Vec<u8>> {
     fs::read(path).map_err(|e| Failure::File(format!("cannot read {}: {e}", path.display())))
 }
 
+/// Set once a command wrote its data to stdout (`-o -`): `main` then says the rest on stderr.
+static WROTE_STDOUT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the command wrote its data to stdout (`-o -`).
+pub fn wrote_stdout() -> bool {
+    WROTE_STDOUT.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// Every file the CLI writes may hold patient data or keys: mode 0600, an existing file
-/// included (`carnet_store::files::write_private`).
+/// included (`carnet_store::files::write_private`). `-` is stdout, as everywhere.
 fn write_private_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    if path == Path::new("-") {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        WROTE_STDOUT.store(true, std::sync::atomic::Ordering::SeqCst);
+        return match out.write_all(bytes).and_then(|()| out.flush()) {
+            // The reader went away (`| head`): nothing more to say.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            other => other.map_err(|e| Failure::File(format!("cannot write the output: {e}"))),
+        };
+    }
     carnet_store::files::write_private(path, bytes)
         .map_err(|e| Failure::File(format!("cannot write {}: {e}", path.display())))
 }
@@ -288,10 +306,64 @@ pub fn run(cli: &Cli) -> Result<Reply> {
         Command::Backup { output } => backup(cli, output),
         Command::Restore { file, key_file } => restore(cli, file, key_file.as_deref()),
         Command::Demo(a) => crate::demo::run(a),
+        Command::Completions { shell } => Ok(completions(*shell)),
+        Command::Man { dir } => man_pages(dir),
     }
 }
 
+/// The completion script for `shell`, on stdout as it is.
+fn completions(shell: crate::args::CompletionShell) -> Reply {
+    use clap::CommandFactory;
+    use clap_complete::Shell;
+    let shell = match shell {
+        crate::args::CompletionShell::Bash => Shell::Bash,
+        crate::args::CompletionShell::Zsh => Shell::Zsh,
+        crate::args::CompletionShell::Fish => Shell::Fish,
+    };
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "carnet", &mut script);
+    let mut reply = Reply::new("", json!({}));
+    reply.raw_stdout = Some(Zeroizing::new(script));
+    reply
+}
+
+/// Writes `carnet.1` and one page per command (`carnet-doc.1`, `carnet-doc-add.1`…) into `dir`.
+fn man_pages(dir: &Path) -> Result<Reply> {
+    use clap::CommandFactory;
+    let failed =
+        |e: std::io::Error| Failure::File(format!("cannot write into {}: {e}", dir.display()));
+    fs::create_dir_all(dir).map_err(failed)?;
+    let mut written = 0usize;
+    let mut pending = vec![(String::from("carnet"), Cli::command())];
+    while let Some((name, command)) = pending.pop() {
+        let command = command
+            .display_name(name.clone())
+            .bin_name(name.replace('-', " "));
+        let mut page = Vec::new();
+        clap_mangen::Man::new(command.clone())
+            .title(name.to_uppercase())
+            .render(&mut page)
+            .map_err(failed)?;
+        fs::write(dir.join(format!("{name}.1")), page).map_err(failed)?;
+        written += 1;
+        for sub in command.get_subcommands() {
+            if sub.get_name() != "help" {
+                pending.push((format!("{name}-{}", sub.get_name()), sub.clone()));
+            }
+        }
+    }
+    Ok(Reply::new(
+        format!("{written} manual pages written into {}", dir.display()),
+        json!({"pages": written, "dir": dir.display().to_string()}),
+    ))
+}
+
 fn backup(cli: &Cli, output: &Path) -> Result<Reply> {
+    if output == Path::new("-") {
+        return Err(Failure::Usage(
+            "a backup is written to a file, replaced only once the new copy is complete: name one (-o FILE)".into(),
+        ));
+    }
     let r = open(cli)?;
     // The daemon, when one runs, writes the file: it gets a path that means the same there.
     let dir = output.parent().filter(|p| !p.as_os_str().is_empty());

@@ -28,6 +28,15 @@ pub(crate) fn execute(cli: &args::Cli) -> i32 {
         eprintln!("warning: {}", terminal::printable(&warning));
     }
     match outcome {
+        // The data went to stdout (`-o -`): what the command says of it goes to stderr.
+        Ok(reply) if commands::wrote_stdout() => {
+            if cli.json {
+                eprintln!("{}", reply.json);
+            } else if !reply.human.is_empty() {
+                eprintln!("{}", terminal::printable(&reply.human));
+            }
+            0
+        }
         Ok(reply) => {
             let mut out = std::io::stdout().lock();
             let written = if let Some(raw) = &reply.raw_stdout {
@@ -41,6 +50,8 @@ pub(crate) fn execute(cli: &args::Cli) -> i32 {
             };
             match written.and_then(|_| out.flush()) {
                 Ok(()) => 0,
+                // The reader went away (`carnet … | head`): nothing more to say.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
                 Err(e) => {
                     eprintln!("error: cannot write the output: {e}");
                     1

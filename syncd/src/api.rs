@@ -704,9 +704,7 @@ impl Service {
                     Some(creator) => at_site(r, refusal::open_here_at_host)?
                         .local()
                         .open_dossier_here(dossier, &creator)?,
-                    None => r
-                        .as_host()
-                        .ok_or_else(refusal::create_at_site)?
+                    None => at_host(r, refusal::create_at_site)?
                         .authority()
                         .create_dossier(dossier)?,
                 };
@@ -915,12 +913,11 @@ impl Service {
                 Response::Done
             }
             Request::BindProfessional { site, rpps, on } => {
-                r.as_host()
-                    .ok_or_else(|| {
-                        refusal::decided_by_host("which professionals practise at a site")
-                    })?
-                    .authority()
-                    .bind_professional(SiteId(site), &rpps, on)?;
+                at_host(r, || {
+                    refusal::decided_by_host("which professionals practise at a site")
+                })?
+                .authority()
+                .bind_professional(SiteId(site), &rpps, on)?;
                 Response::Done
             }
             Request::SiteProfessionals { site } => {
@@ -931,8 +928,7 @@ impl Service {
                 })
             }
             Request::SiteRequests => Response::SiteRequests(
-                r.as_host()
-                    .ok_or_else(|| refusal::decided_by_host("a site's request"))?
+                at_host(r, || refusal::decided_by_host("a site's request"))?
                     .authority()
                     .site_requests()?,
             ),
@@ -1002,7 +998,7 @@ impl Service {
                     ))));
                 }
                 let b = enrol::enrol_with(r, &name, &finess, &host_address, ca.as_ref(), days)?;
-                let host = r.as_host().ok_or_else(|| {
+                let host = at_host(r, || {
                     refusal::decided_by_host("which professionals practise at a site")
                 })?;
                 for rpps in &pros {

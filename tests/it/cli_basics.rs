@@ -836,3 +836,48 @@ fn an_init_that_runs_out_of_disk_leaves_nothing_behind_and_a_new_init_works() {
     c.ok(&["init", "--role", "host"]);
     c.ok(&["dossier", "list"]);
 }
+
+#[test]
+fn completions_and_manual_pages_come_from_the_commands_themselves() {
+    let c = Carnet::empty();
+    for (shell, marker) in [
+        ("bash", "_carnet()"),
+        ("zsh", "#compdef carnet"),
+        ("fish", "complete -c carnet"),
+    ] {
+        let o = c.ok(&["completions", shell]);
+        assert!(o.stdout.contains(marker), "{shell}: {}", &o.stdout[..200]);
+        // Every command is offered, a new one included without anyone editing a script.
+        assert!(o.stdout.contains("quarantine") && o.stdout.contains("completions"));
+    }
+    let o = c.run(&["completions", "tcsh"]);
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(o.stderr.contains("bash, zsh, fish"), "{}", o.stderr);
+    let dir = c.data.join("man");
+    let o = c.ok(&["man", dir.to_str().expect("utf-8")]);
+    assert!(o.stdout.contains("manual pages written"), "{}", o.stdout);
+    let page = std::fs::read_to_string(dir.join("carnet-doc-add.1")).expect("a page per command");
+    assert!(
+        page.contains(".SH NAME") && page.contains("carnet\\-doc\\-add"),
+        "{page}"
+    );
+    assert!(page.contains("\\-\\-dossier"), "its options: {page}");
+    assert!(dir.join("carnet.1").exists());
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_the_output_quietly() {
+    // The script is far larger than a pipe holds: the reader closes it long before the end.
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg("\"$0\" completions bash 2>\"$1\" | head -c 10 >/dev/null; exit ${PIPESTATUS[0]}")
+        .arg(bin())
+        .arg(std::env::temp_dir().join(format!("carnet-epipe-{}", std::process::id())))
+        .output()
+        .expect("bash runs");
+    let err_file = std::env::temp_dir().join(format!("carnet-epipe-{}", std::process::id()));
+    let stderr = std::fs::read_to_string(&err_file).unwrap_or_default();
+    let _ = std::fs::remove_file(&err_file);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.is_empty(), "nothing said: {stderr}");
+}

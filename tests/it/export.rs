@@ -324,3 +324,31 @@ fn only_the_holder_or_representatives_export() {
         .collect();
     assert_eq!(ids, vec![open.as_str()]);
 }
+
+#[test]
+fn dash_is_stdout_for_every_file_the_cli_writes() {
+    let k = clinic();
+    let c = &k.host;
+    // The FHIR copy, the signed records and a body, each on stdout; what the command says of
+    // it goes to stderr, so the data can be piped.
+    let o = c.ok(&["export", "--dossier", &k.ins, "--as", "patient", "-o", "-"]);
+    let bundle: Value = serde_json::from_slice(&o.raw).expect("the bundle alone on stdout");
+    assert_eq!(bundle["resourceType"], "Bundle");
+    assert!(o.stderr.contains("FHIR R4 Bundle"), "{}", o.stderr);
+    let o = c.ok(&["authority", "export", "-o", "-"]);
+    let file = c.path("records.bundle");
+    c.ok(&["authority", "export", "-o", file.to_str().expect("utf-8")]);
+    let written = std::fs::read(&file).expect("bundle file");
+    assert!(
+        o.raw.len() > 64 && o.raw[..8] == written[..8],
+        "the same bundle format"
+    );
+    let o = c.ok(&["doc", "get", &k.consult, "--as", DOCTOR, "-o", "-"]);
+    assert_eq!(o.raw, c.body(&k.consult, DOCTOR));
+    assert!(
+        !std::path::Path::new("-").exists(),
+        "no file named '-' was written"
+    );
+    // A backup is replaced only once whole: it needs a file.
+    c.fails(2, &["backup", "-o", "-"]);
+}

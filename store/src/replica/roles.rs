@@ -214,7 +214,8 @@ impl Opened {
     }
 }
 
-/// What the host's session needs to serve one site: its pushes, traces and bodies in, its log, heartbeats and bodies out, and what the host keeps of each site (marks, returns, owed bodies).
+/// What the host's session needs to serve one site: its pushes, traces and bodies in, its log,
+/// heartbeats and bodies out, and what the host keeps of each site (marks, returns, owed bodies).
 #[derive(Debug, Clone, Copy)]
 pub struct HostSync<'r>(&'r Replica);
 
@@ -401,7 +402,9 @@ impl HostSync<'_> {
     }
 }
 
-/// The host's decisions, each a signed record the sites take as it is: dossiers opened, closed, reopened and purged, grants, representatives, emergency preferences, the habilitation matrix; and which professionals practise at which site, and the sites' requests.
+/// The host's decisions, each a signed record the sites take as it is: dossiers opened, closed,
+/// reopened and purged, grants, representatives, emergency preferences, the habilitation matrix;
+/// and which professionals practise at which site, and the sites' requests.
 #[derive(Debug, Clone, Copy)]
 pub struct HostAuthority<'r>(&'r Replica);
 
@@ -510,7 +513,8 @@ impl HostAuthority<'_> {
     }
 }
 
-/// The host's watch over what happened: emergencies to review, notifications for the patients, the announcement timer, emergency scopes that ended, purge receipts the sites returned.
+/// The host's watch over what happened: emergencies to review, notifications for the patients, the
+/// announcement timer, emergency scopes that ended, purge receipts the sites returned.
 #[derive(Debug, Clone, Copy)]
 pub struct HostOversight<'r>(&'r Replica);
 
@@ -563,7 +567,8 @@ impl HostOversight<'_> {
     }
 }
 
-/// What the site's session needs: its outbox and trace going up, the host's log and bodies coming down, what the host returned, and a restored site taking back its own trace.
+/// What the site's session needs: its outbox and trace going up, the host's log and bodies coming
+/// down, what the host returned, and a restored site taking back its own trace.
 #[derive(Debug, Clone, Copy)]
 pub struct SiteSync<'r>(&'r Replica);
 
@@ -702,7 +707,8 @@ impl SiteSync<'_> {
     }
 }
 
-/// What a site decides on its own between rounds: dossiers opened here, consent given in person, emergency fetches, pins, and its quarantine.
+/// What a site decides on its own between rounds: dossiers opened here, consent given in person,
+/// emergency fetches, pins, and its quarantine.
 #[derive(Debug, Clone, Copy)]
 pub struct SiteLocal<'r>(&'r Replica);
 
