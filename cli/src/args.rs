@@ -687,6 +687,8 @@ pub struct DocActionArgs {
 pub enum AuditCmd {
     /// Show a dossier's trace: whole to the holder, representatives and the médecin traitant;
     /// their own entries to other professionals (decided and traced).
+    ///
+    /// Example: `carnet audit show --dossier INS --as holder --since 2026-12-01 --limit 50`
     Show {
         #[arg(long)]
         dossier: String,
@@ -694,6 +696,13 @@ pub enum AuditCmd {
         /// (at the host only).
         #[arg(long = "as")]
         actor: Option<String>,
+        /// Only the entries made at or after this time: RFC 3339 (`2026-12-01T08:00:00Z`) or a
+        /// date (`2026-12-01`, from its midnight UTC).
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many entries, oldest first; the last line says how to see the next.
+        #[arg(long)]
+        limit: Option<usize>,
     },
     /// Verify every trace chain.
     Verify,

@@ -228,6 +228,15 @@ pub fn wrote_stdout() -> bool {
     WROTE_STDOUT.load(std::sync::atomic::Ordering::SeqCst)
 }
 
+/// `--since`: an RFC 3339 time, or a date (its midnight UTC).
+fn parse_since(text: &str) -> Result<i64> {
+    if text.contains('T') || text.contains('t') {
+        Ok(carnet_store::time::parse_rfc3339(text)?)
+    } else {
+        Ok(carnet_store::time::parse_date(text)?)
+    }
+}
+
 /// Every file the CLI writes may hold patient data or keys: mode 0600, an existing file
 /// included (`carnet_store::files::write_private`). `-` is stdout, as everywhere.
 fn write_private_file(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -2276,9 +2285,20 @@ fn audit(cli: &Cli, c: &AuditCmd) -> Result<Reply> {
         AuditCmd::Show {
             dossier,
             actor: who,
+            since,
+            limit,
         } => {
             let i = ins(dossier)?;
-            let entries = r.read_trace(&i, who.as_deref().map(actor).transpose()?)?;
+            let since = since.as_deref().map(parse_since).transpose()?;
+            if *limit == Some(0) {
+                return Err(Failure::Usage("--limit needs at least 1".into()));
+            }
+            let mut entries = r.read_trace(&i, who.as_deref().map(actor).transpose()?)?;
+            // Oldest first, so a page ends where the next begins.
+            entries.sort_by_key(|c| (c.entry.at, c.entry.origin.0, c.seq));
+            entries.retain(|c| since.is_none_or(|t| c.entry.at >= t));
+            let next = limit.and_then(|n| entries.get(n)).map(|c| c.entry.at);
+            entries.truncate(limit.unwrap_or(usize::MAX));
             let mut human = String::new();
             let mut list = Vec::new();
             for c in &entries {
@@ -2313,6 +2333,13 @@ fn audit(cli: &Cli, c: &AuditCmd) -> Result<Reply> {
             }
             if entries.is_empty() {
                 human = "(no trace entry for this dossier)".into();
+            }
+            if let Some(at) = next {
+                // (Entries of that same millisecond already shown come again: none is skipped.)
+                human += &format!(
+                    "(more: add --since {} for the next entries)",
+                    format_rfc3339(at)
+                );
             }
             Ok(Reply::new(human.trim_end(), Value::Array(list)))
         }

@@ -17,8 +17,38 @@ use clap::Parser;
 use serde_json::json;
 
 fn main() {
-    let cli = args::Cli::parse();
+    let cli = match args::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => std::process::exit(usage_error(&e)),
+    };
     std::process::exit(execute(&cli));
+}
+
+/// A command line clap refused (or `--help`, `--version`): said as clap says it, and with
+/// `--json` also as the JSON error every other failure gives (exit 2).
+fn usage_error(e: &clap::Error) -> i32 {
+    use clap::error::ErrorKind;
+    let code = e.exit_code();
+    let informative = matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    );
+    if !informative && std::env::args_os().any(|a| a == "--json") {
+        let rendered = e.render().to_string();
+        let message = rendered
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches("error: ");
+        println!(
+            "{}",
+            json!({"error": {"kind": "invalid", "message": message, "exit_code": code}})
+        );
+    }
+    let _ = e.print();
+    code
 }
 
 /// Runs a parsed command and prints its reply; returns the exit code.

@@ -850,9 +850,16 @@ fn completions_and_manual_pages_come_from_the_commands_themselves() {
         // Every command is offered, a new one included without anyone editing a script.
         assert!(o.stdout.contains("quarantine") && o.stdout.contains("completions"));
     }
-    let o = c.run(&["completions", "tcsh"]);
-    assert_eq!(o.code, 2, "{}", o.stderr);
+    // Refused as any usage error, in JSON too with --json.
+    let o = c.fails(2, &["completions", "tcsh"]);
     assert!(o.stderr.contains("bash, zsh, fish"), "{}", o.stderr);
+    let j = c.run(&["--json", "completions", "tcsh"]).json();
+    assert!(
+        j["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("tcsh")),
+        "{j}"
+    );
     let dir = c.data.join("man");
     let o = c.ok(&["man", dir.to_str().expect("utf-8")]);
     assert!(o.stdout.contains("manual pages written"), "{}", o.stdout);

@@ -160,3 +160,51 @@ fn a_grant_list_is_decided_and_traced_like_the_dossier_it_belongs_to() {
     assert!(decided(PHARMACIST, true) && decided(STRANGER, false));
     assert!(trace.iter().any(|e| e["action"] == "operator-grant-list"));
 }
+
+/// `audit show` pages: `--since` a time or a date, `--limit` entries, oldest first, and the
+/// last line says where the next page starts; together the pages hold every entry.
+#[test]
+fn the_trace_is_read_page_by_page() {
+    let k = clinic();
+    let c = &k.host;
+    let base = ["audit", "show", "--dossier", &k.ins, "--as", "holder"];
+    let show = |extra: &[&str]| {
+        let args = [&["--json"][..], &base[..], extra].concat();
+        c.ok(&args).json().as_array().expect("entries").clone()
+    };
+    let at = |e: &Value| e["at"].as_str().expect("at").to_string();
+    let whole = show(&[]);
+    assert!(whole.len() >= 4, "{whole:?}");
+    let mut times: Vec<String> = whole.iter().map(at).collect();
+    times.sort();
+    // A page of 2, oldest first, and the next from where the human output says.
+    let first = show(&["--limit", "2"]);
+    assert_eq!(first.iter().map(at).collect::<Vec<_>>(), times[..2]);
+    let o = c.ok(&[&base[..], &["--limit", "2"][..]].concat());
+    let hint = o.stdout.lines().last().expect("a last line");
+    let since = hint
+        .split("--since ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .unwrap_or_else(|| panic!("no next page named: {hint}"));
+    let rest = show(&["--since", since]);
+    assert!(rest.iter().map(at).all(|t| t.as_str() >= since));
+    // Nothing lost between the pages (an entry of the boundary millisecond may come twice).
+    let mut seen: Vec<String> = first.iter().chain(&rest).map(|e| e.to_string()).collect();
+    seen.sort();
+    seen.dedup();
+    let mut all: Vec<String> = whole.iter().map(|e| e.to_string()).collect();
+    all.sort();
+    assert!(
+        all.iter()
+            .filter(|e| !e.contains("read-trace"))
+            .all(|e| seen.contains(e)),
+        "an entry is on no page"
+    );
+    // A date from long ago gives everything; one far ahead, nothing.
+    assert!(show(&["--since", "2000-01-01"]).len() >= whole.len());
+    assert!(show(&["--since", "2099-01-01"]).is_empty());
+    for bad in [["--since", "soon"], ["--limit", "0"]] {
+        c.fails(2, &[&base[..], &bad[..]].concat());
+    }
+}
