@@ -402,11 +402,8 @@ fn free_name(dir: &Path, file: &Path) -> std::io::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use carnet_store::ids::InsKind;
-    use carnet_store::model::{
-        GrantBasis, GrantState, HolderKind, Identity, IdentityStatus, Profession, Professional, Sex,
-    };
-    use carnet_store::replica::{InitOptions, KeySource, NewDossier, Role};
+    use carnet_store::model::{GrantBasis, GrantState, Profession, Professional};
+    use carnet_store::replica::{InitOptions, KeySource, Role};
     use std::sync::Arc;
 
     const DOCTOR: &str = "10000000001";
@@ -447,21 +444,7 @@ mod tests {
         .expect("pro");
         crate::testkit::as_host(&r)
             .authority()
-            .create_dossier(NewDossier {
-                ins: ins(),
-                ins_kind: InsKind::TestNir,
-                identity: Identity {
-                    birth_name: "TEST".into(),
-                    first_names: "Alex".into(),
-                    birth_date: "1984-05-07".into(),
-                    sex: Sex::Female,
-                    birthplace: None,
-                    status: IdentityStatus::Qualified,
-                },
-                holder: HolderKind::Adult,
-                representatives: vec![],
-                mask_new_by_default: false,
-            })
+            .create_dossier(crate::testkit::new_dossier(&ins()))
             .expect("dossier");
         crate::testkit::as_host(&r)
             .authority()

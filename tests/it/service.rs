@@ -499,7 +499,7 @@ fn a_daemon_whose_settings_name_the_other_role_refuses_to_start() {
     );
     assert_ne!(site_text, text);
     std::fs::write(&config, site_text).expect("write");
-    let mut child = Command::new(syncd_bin())
+    let child = Command::new(syncd_bin())
         .arg("--data")
         .arg(&host.data)
         .env_remove("CARNET_DATA")
@@ -509,21 +509,18 @@ fn a_daemon_whose_settings_name_the_other_role_refuses_to_start() {
         .spawn()
         .expect("carnet-syncd runs");
     // Bounded: a daemon that started anyway is stopped and the test fails.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
+    let pid = child.id().to_string();
+    let (done, exited) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done.send(child.wait_with_output()));
+    let out = match exited.recv_timeout(Duration::from_secs(30)) {
+        Ok(out) => out.expect("wait"),
+        Err(_) => {
+            let _ = Command::new("kill").arg(&pid).status();
             panic!("the daemon started on the other role's replica");
         }
-        std::thread::sleep(Duration::from_millis(20));
     };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
-        .expect("stderr");
-    assert!(!status.success(), "{stderr}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
     assert!(
         stderr.contains("role = \"site\"") && stderr.contains("national host's"),
         "{stderr}"
