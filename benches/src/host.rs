@@ -26,7 +26,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use carnet_store::ids::Ins;
-use carnet_store::model::{AccessMode, Actor, GrantBasis, GrantState, Profession, Professional};
+use carnet_store::model::{AccessMode, Actor, GrantBasis, GrantState};
 use carnet_store::replica::{KeySource, Replica, system_clock};
 use carnet_syncd::frame::{self, FrameDecoder};
 use carnet_syncd::pki::HOST_NAME;
@@ -175,12 +175,7 @@ fn setup(dir: &Path, sites: usize) -> Res<Host> {
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let host = crate::new_host(dir)?;
     carnet_syncd::enrol::init_host(&host)?;
-    let pro = Professional {
-        rpps: doctor()?,
-        profession: Profession::Medecin,
-        specialty: None,
-        name: None,
-    };
+    let pro = crate::doctor_professional()?;
     host.add_professional(&pro)?;
     let mut dossiers = Vec::with_capacity(DOSSIERS);
     for i in 0..DOSSIERS {

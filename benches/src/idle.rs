@@ -57,12 +57,7 @@ fn network(dir: &Path) -> Res<[std::path::PathBuf; 3]> {
     };
     let host = Replica::init(&folders[0], options(Role::Host, None, None), system_clock())?;
     carnet_syncd::enrol::init_host(&host)?;
-    let pro = carnet_store::model::Professional {
-        rpps: crate::doctor()?,
-        profession: carnet_store::model::Profession::Medecin,
-        specialty: None,
-        name: None,
-    };
+    let pro = crate::doctor_professional()?;
     host.add_professional(&pro)?;
     let ins = crate::create_dossier(&host)?;
     crate::decides(&host)?.set_grant(

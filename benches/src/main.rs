@@ -186,14 +186,19 @@ fn new_host(dir: &Path) -> Res<Replica> {
     )?)
 }
 
-fn setup_replica(dir: &Path) -> Res<(Replica, Ins)> {
-    let r = new_host(dir)?;
-    r.add_professional(&Professional {
+/// The bench's doctor, as registered at each replica.
+fn doctor_professional() -> Res<Professional> {
+    Ok(Professional {
         rpps: doctor()?,
         profession: Profession::Medecin,
         specialty: None,
         name: None,
-    })?;
+    })
+}
+
+fn setup_replica(dir: &Path) -> Res<(Replica, Ins)> {
+    let r = new_host(dir)?;
+    r.add_professional(&doctor_professional()?)?;
     let ins = create_dossier(&r)?;
     decides(&r)?.set_grant(
         &ins,

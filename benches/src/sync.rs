@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use carnet_store::ids::Ins;
-use carnet_store::model::{AccessMode, Actor, GrantBasis, GrantState, Profession, Professional};
+use carnet_store::model::{AccessMode, Actor, GrantBasis, GrantState};
 use carnet_store::policy::Action;
 use carnet_store::replica::{InitOptions, KeySource, Replica, Role, system_clock};
 use carnet_syncd::session::RoundReport;
@@ -144,12 +144,7 @@ fn pair(dir: &Path) -> Res<Pair> {
     };
     let host = Replica::init(&host_dir, options(Role::Host, None, None), system_clock())?;
     carnet_syncd::enrol::init_host(&host)?;
-    let pro = Professional {
-        rpps: doctor()?,
-        profession: Profession::Medecin,
-        specialty: None,
-        name: None,
-    };
+    let pro = crate::doctor_professional()?;
     host.add_professional(&pro)?;
     let ins = create_dossier(&host)?;
     crate::decides(&host)?.set_grant(
