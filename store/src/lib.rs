@@ -13,6 +13,7 @@ pub mod crypto;
 pub mod error;
 pub mod files;
 pub mod ids;
+pub mod kv;
 pub mod merge;
 pub mod model;
 pub mod padding;

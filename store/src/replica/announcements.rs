@@ -9,7 +9,7 @@
 //! traced and fanned out to the sites like any other; a pass costs the documents due, not the
 //! store (`HIDDEN_DOCS`, kept by `put_meta`, is its queue; the sealed metadata decides).
 
-use redb::{ReadableTable, WriteTransaction};
+use crate::kv::{ReadableTable, WriteTransaction};
 
 use super::tables::*;
 use super::{Replica, Role};

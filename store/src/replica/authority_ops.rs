@@ -8,8 +8,8 @@
 //! commit before any row is deleted (crypto-shredding), then leaves a tombstone and a purge
 //! receipt.
 
+use crate::kv::{ReadableTable, WriteTransaction};
 use ed25519_dalek::VerifyingKey;
-use redb::{ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use super::representatives::NewRepresentative;
@@ -329,7 +329,7 @@ impl Replica {
     /// receiving site's cache.
     pub(super) fn sign_heartbeat_in(
         &self,
-        txn: &redb::ReadTransaction,
+        txn: &crate::kv::ReadTransaction,
         at: crate::time::Millis,
         covers: Covers,
     ) -> Result<SignedRecord> {

@@ -37,7 +37,7 @@ use std::fs::{self, File};
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use redb::{Key, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle, Value};
+use crate::kv::{ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle, Value};
 use serde::{Deserialize, Serialize};
 
 use super::tables::*;
@@ -154,7 +154,7 @@ impl Header {
 /// types it was created with). *Invariant:* lists every `TableDefinition` of `tables`; a
 /// backup checks the database holds no other.
 pub(super) trait Tables {
-    fn table<K: Key + 'static, V: Value + 'static>(
+    fn table<K: crate::kv::Ordered, V: Value + 'static>(
         &mut self,
         def: TableDefinition<K, V>,
     ) -> Result<()>;
@@ -242,14 +242,14 @@ impl<W: Write> Content<W> {
 
 /// Writes every table of one read transaction.
 struct Dump<'a, W: Write> {
-    txn: &'a redb::ReadTransaction,
+    txn: &'a crate::kv::ReadTransaction,
     out: &'a mut Content<W>,
     names: Vec<String>,
     rows: u64,
 }
 
 impl<W: Write> Tables for Dump<'_, W> {
-    fn table<K: Key + 'static, V: Value + 'static>(
+    fn table<K: crate::kv::Ordered, V: Value + 'static>(
         &mut self,
         def: TableDefinition<K, V>,
     ) -> Result<()> {
@@ -329,7 +329,10 @@ impl Replica {
         };
         each_table(&mut dump)?;
         let (names, rows) = (dump.names, dump.rows);
-        for table in txn.list_tables()? {
+        let redb = txn
+            .as_redb()
+            .ok_or_else(|| Error::invalid("only a replica in a redb file has this"))?;
+        for table in redb.list_tables()? {
             if !names.iter().any(|n| n == table.name()) {
                 return Err(Error::Storage(format!(
                     "the database holds a table this build does not back up ({}): nothing written",
@@ -494,7 +497,7 @@ impl<R: Read> Records<R> {
 
 /// Loads one table record into a write transaction, by its name.
 struct Load<'a, R: Read> {
-    txn: &'a redb::WriteTransaction,
+    txn: &'a crate::kv::WriteTransaction,
     records: &'a mut Records<R>,
     name: String,
     found: bool,
@@ -502,7 +505,7 @@ struct Load<'a, R: Read> {
 }
 
 impl<R: Read> Tables for Load<'_, R> {
-    fn table<K: Key + 'static, V: Value + 'static>(
+    fn table<K: crate::kv::Ordered, V: Value + 'static>(
         &mut self,
         def: TableDefinition<K, V>,
     ) -> Result<()> {

@@ -11,7 +11,7 @@
 //!   replacement of it (`Action::Replace`) by the table, traced, and pushed like any change:
 //!   it merges (`DocState::resolutions`), so every replica converges to the same kept branch.
 
-use redb::{ReadableTable, ReadableTableMetadata};
+use crate::kv::{ReadableTable, ReadableTableMetadata};
 use serde::{Deserialize, Serialize};
 
 use super::Replica;

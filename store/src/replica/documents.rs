@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use redb::{ReadTransaction, ReadableTable, Table, WriteTransaction};
+use crate::kv::{ReadTransaction, ReadableTable, Table, WriteTransaction};
 use zeroize::Zeroizing;
 
 use super::sync::Act;
@@ -449,9 +449,9 @@ impl Replica {
             // Sealed straight into the space redb reserves for it (an error drops the
             // transaction, reserved space and all).
             let sealed_len = SEAL_OVERHEAD + chunk.len();
-            let mut slot =
-                bodies.insert_reserve(body_key(&stored, place, n).as_slice(), sealed_len)?;
-            key.seal_into(&body_aad(&id.0, n), chunk, slot.as_mut())?;
+            bodies.insert_with(body_key(&stored, place, n).as_slice(), sealed_len, |slot| {
+                key.seal_into(&body_aad(&id.0, n), chunk, slot)
+            })?;
         }
         Ok(())
     }

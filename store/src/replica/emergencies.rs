@@ -26,7 +26,7 @@
 //! reviewed; a review is recorded once (a second is refused: the first reviewer's conclusion
 //! stands, and is traced).
 
-use redb::{ReadTransaction, ReadableTable, WriteTransaction};
+use crate::kv::{ReadTransaction, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use super::tables::*;

@@ -13,7 +13,7 @@
 //! the site unless another reason keeps it; when only the site's own writing keeps it, the
 //! documents the emergency brought are withdrawn (`withdrawal`).
 
-use redb::ReadableTable;
+use crate::kv::ReadableTable;
 use serde::{Deserialize, Serialize};
 
 use super::sync::Queued;

@@ -14,7 +14,7 @@
 //!   never to the médecin traitant's designation. It is enforced by every replica's decision
 //!   from the signed record (`Grant::for_decision`), by that replica's clock.
 
-use redb::ReadableTable;
+use crate::kv::ReadableTable;
 
 use super::Replica;
 use super::tables::*;

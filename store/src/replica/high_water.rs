@@ -30,7 +30,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use redb::ReadableTable;
+use crate::kv::ReadableTable;
 
 use super::tables::*;
 use super::{Replica, lock_err, read_u64};

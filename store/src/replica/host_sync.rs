@@ -27,8 +27,8 @@
 //! signed records are verified under the pinned host key before use, and one dated ahead of the
 //! site's clock (`MAX_SKEW`) refuses the whole batch.
 
+use crate::kv::{ReadTransaction, ReadableTable, WriteTransaction};
 use ed25519_dalek::VerifyingKey;
-use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
 use super::authority_ops::{Holding, Lease};
 use super::tables::*;

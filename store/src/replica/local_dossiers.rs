@@ -23,7 +23,7 @@
 //!   decides again everything the proposal and the documents carry (`decide_proposal`,
 //!   `push_check`).
 
-use redb::{ReadableTable, WriteTransaction};
+use crate::kv::{ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use super::sync::{Act, Queued};
@@ -286,7 +286,7 @@ impl Replica {
         bi: &[u8; 32],
         id: &DocId,
         act: &Act,
-        outbox: &mut redb::Table<u64, &[u8]>,
+        outbox: &mut crate::kv::Table<u64, &[u8]>,
         seq: u64,
     ) -> Result<bool> {
         if self.holds_back(txn, bi)? {
@@ -559,7 +559,7 @@ pub(super) trait LocalTables {
     fn local_row(&self, bi: &[u8; 32]) -> Result<Option<Vec<u8>>>;
 }
 
-impl LocalTables for redb::ReadTransaction {
+impl LocalTables for crate::kv::ReadTransaction {
     fn local_row(&self, bi: &[u8; 32]) -> Result<Option<Vec<u8>>> {
         Ok(self
             .open_table(LOCAL_DOSSIERS)?

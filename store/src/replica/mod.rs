@@ -61,10 +61,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
+use crate::kv::{Database, ReadTransaction, ReadableTable, WriteTransaction};
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use redb::{
-    Database, ReadTransaction, ReadableDatabase, ReadableTable, StorageBackend, WriteTransaction,
-};
+use redb::StorageBackend;
 
 use serde::{Deserialize, Serialize};
 pub use tables::PurgeReceipt;
@@ -2117,7 +2116,8 @@ fn open_database(
     Ok((
         redb::Builder::new()
             .set_cache_size(cache_mib.saturating_mul(1 << 20))
-            .create_with_backend(backend)?,
+            .create_with_backend(backend)?
+            .into(),
         durability,
     ))
 }

@@ -21,7 +21,7 @@
 //! - rows are sealed under the audit key, bound to their id (held ones to their key), and
 //!   carry in clear only the dossier's blind index, so a purge drops them.
 
-use redb::{ReadableTable, WriteTransaction};
+use crate::kv::{ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use super::tables::*;
@@ -461,7 +461,7 @@ impl Replica {
     /// id order; the others are not opened.
     fn stored_notifications(
         &self,
-        txn: &redb::ReadTransaction,
+        txn: &crate::kv::ReadTransaction,
         after: u64,
         bi: Option<&[u8; 32]>,
     ) -> Result<Vec<Notification>> {
@@ -533,7 +533,7 @@ impl Replica {
     /// none about a document in `hidden`: what their export carries.
     pub(super) fn notifications_for(
         &self,
-        txn: &redb::ReadTransaction,
+        txn: &crate::kv::ReadTransaction,
         bi: &[u8; 32],
         who: &Who,
         hidden: &std::collections::HashSet<DocId>,

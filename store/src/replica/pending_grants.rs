@@ -7,7 +7,7 @@
 //! it (a revocation made later wins); it widens access only at the site that recorded it, and
 //! only for `PENDING_VALID`; it never becomes a national grant by itself.
 
-use redb::ReadTransaction;
+use crate::kv::ReadTransaction;
 use serde::{Deserialize, Serialize};
 
 use super::tables::*;
@@ -69,7 +69,7 @@ impl Replica {
     /// Site: records in `txn` that `rpps` holds a pending grant on `bi` from now.
     pub(super) fn put_pending_grant(
         &self,
-        txn: &redb::WriteTransaction,
+        txn: &crate::kv::WriteTransaction,
         bi: &[u8; 32],
         rpps: &Rpps,
     ) -> Result<()> {

@@ -30,7 +30,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use redb::{ReadableTable, WriteTransaction};
+use crate::kv::{ReadableTable, WriteTransaction};
 
 use super::sync::Act;
 use super::tables::*;

@@ -26,7 +26,7 @@
 //!   outbox, taken once the host acknowledged it, returned when the host refused it (the
 //!   refiled copy is then in quarantine itself, under its own id, noting what it refiles).
 
-use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
+use crate::kv::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 

@@ -43,7 +43,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
-use redb::{Key as RedbKey, ReadTransaction, ReadableTable, TableDefinition, TableHandle, Value};
+use crate::kv::{ReadTransaction, ReadableTable, TableDefinition, TableHandle, Value};
 use serde::{Deserialize, Serialize};
 
 use super::backup::{Tables, check_width, each_table};
@@ -247,7 +247,10 @@ impl Replica {
             report: RekeyReport::default(),
         };
         each_table(&mut walk)?;
-        for table in src.list_tables()? {
+        let redb = src
+            .as_redb()
+            .ok_or_else(|| Error::invalid("only a replica in a redb file has this"))?;
+        for table in redb.list_tables()? {
             if !walk.names.iter().any(|n| n == table.name()) {
                 return Err(Error::Storage(format!(
                     "the database holds a table this build does not re-key ({}): nothing was changed",
@@ -457,7 +460,7 @@ struct Rekey<'a> {
     new: &'a NewKeys,
     maps: &'a Maps,
     src: &'a ReadTransaction,
-    dst: &'a redb::WriteTransaction,
+    dst: &'a crate::kv::WriteTransaction,
     names: Vec<String>,
     report: RekeyReport,
 }
@@ -465,7 +468,7 @@ struct Rekey<'a> {
 type Row = (Vec<u8>, Vec<u8>);
 
 impl Tables for Rekey<'_> {
-    fn table<K: RedbKey + 'static, V: Value + 'static>(
+    fn table<K: crate::kv::Ordered, V: Value + 'static>(
         &mut self,
         def: TableDefinition<K, V>,
     ) -> Result<()> {

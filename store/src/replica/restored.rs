@@ -27,7 +27,7 @@
 //! set at restore, read at open, and cleared by `finish_restore` only; entries stored from the
 //! host extend the local chain link by link, never replace one.
 
-use redb::ReadableTable;
+use crate::kv::ReadableTable;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 

@@ -15,7 +15,7 @@
 //! - A site drops only a dossier that is still its own (a local head and no signed head): a
 //!   return can never take away a dossier the host signed.
 
-use redb::{ReadableTable, WriteTransaction};
+use crate::kv::{ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use super::push_check::Refusal;

@@ -31,7 +31,9 @@ use std::collections::BTreeMap;
 use std::ops::Deref;
 use std::sync::Mutex;
 
-use redb::{ReadTransaction, ReadableTable, Table, TableDefinition, TableHandle, WriteTransaction};
+use crate::kv::{
+    ReadTransaction, ReadableTable, Table, TableDefinition, TableHandle, WriteTransaction,
+};
 
 use super::tables::*;
 use super::{Replica, lock_err};
@@ -76,7 +78,7 @@ pub(super) fn meta_row(table: &str) -> String {
 /// A transaction that can sum a guarded table (read or write).
 pub(super) trait Sums {
     /// The digest of every row of `table` (an empty digest for a table not created yet).
-    fn digest_of<K: redb::Key + 'static, V: redb::Value + 'static>(
+    fn digest_of<K: crate::kv::Ordered, V: redb::Value + 'static>(
         &self,
         key: &Key,
         table: TableDefinition<'static, K, V>,
@@ -84,7 +86,7 @@ pub(super) trait Sums {
 }
 
 impl Sums for ReadTransaction {
-    fn digest_of<K: redb::Key + 'static, V: redb::Value + 'static>(
+    fn digest_of<K: crate::kv::Ordered, V: redb::Value + 'static>(
         &self,
         key: &Key,
         table: TableDefinition<'static, K, V>,
@@ -98,7 +100,7 @@ impl Sums for ReadTransaction {
 }
 
 impl Sums for WriteTransaction {
-    fn digest_of<K: redb::Key + 'static, V: redb::Value + 'static>(
+    fn digest_of<K: crate::kv::Ordered, V: redb::Value + 'static>(
         &self,
         key: &Key,
         table: TableDefinition<'static, K, V>,
@@ -205,7 +207,7 @@ impl RowDigest {
     }
 
     /// The digest of every row of `table`.
-    pub(super) fn of_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    pub(super) fn of_table<K: crate::kv::Ordered, V: redb::Value + 'static>(
         key: &Key,
         name: &str,
         table: &impl ReadableTable<K, V>,
@@ -262,28 +264,28 @@ impl PendingDigests {
 
 /// A guarded table opened for writing: reads go to the redb table (`Deref`); writes go through
 /// `insert` and `remove`, which keep the table's digest.
-pub(super) struct Digested<'t, K: redb::Key + 'static, V: redb::Value + 'static = &'static [u8]> {
+pub(super) struct Digested<'t, K: crate::kv::Ordered, V: redb::Value + 'static = &'static [u8]> {
     table: Table<'t, K, V>,
     name: &'static str,
     replica: &'t Replica,
     txn: &'t WriteTransaction,
 }
 
-impl<'t, K: redb::Key + 'static, V: redb::Value + 'static> Digested<'t, K, V> {
+impl<'t, K: crate::kv::Ordered, V: redb::Value + 'static> Digested<'t, K, V> {
     /// The write transaction the table was opened in, for the indexes kept beside it.
     pub(super) fn txn(&self) -> &'t WriteTransaction {
         self.txn
     }
 }
 
-impl<'t, K: redb::Key + 'static, V: redb::Value + 'static> Deref for Digested<'t, K, V> {
+impl<'t, K: crate::kv::Ordered, V: redb::Value + 'static> Deref for Digested<'t, K, V> {
     type Target = Table<'t, K, V>;
     fn deref(&self) -> &Self::Target {
         &self.table
     }
 }
 
-impl<K: redb::Key + 'static, V: redb::Value + 'static> Digested<'_, K, V> {
+impl<K: crate::kv::Ordered, V: redb::Value + 'static> Digested<'_, K, V> {
     fn hash(&self, k: &K::SelfType<'_>, v: &[u8]) -> RowDigest {
         RowDigest::row(
             &self.replica.keys.rows,
@@ -364,7 +366,7 @@ impl<V: redb::Value + 'static> Digested<'_, &'static [u8], V> {
 
 impl Replica {
     /// Opens guarded `table` for writing in `txn` (the only way to write to it).
-    pub(super) fn digested<'t, K: redb::Key + 'static, V: redb::Value + 'static>(
+    pub(super) fn digested<'t, K: crate::kv::Ordered, V: redb::Value + 'static>(
         &'t self,
         txn: &'t WriteTransaction,
         table: TableDefinition<'static, K, V>,

@@ -10,7 +10,7 @@
 //! a request too: it becomes a grant only through the host's own `set_grant`, never by itself.
 //! Every decision here is traced on the host.
 
-use redb::{ReadableTable, WriteTransaction};
+use crate::kv::{ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use super::tables::*;
@@ -124,7 +124,10 @@ impl Replica {
     }
 
     /// The professionals bound to `site`, by `rpps_index`, in the snapshot `txn`.
-    pub(super) fn bound_in(txn: &redb::ReadTransaction, site: SiteId) -> Result<Vec<[u8; 32]>> {
+    pub(super) fn bound_in(
+        txn: &crate::kv::ReadTransaction,
+        site: SiteId,
+    ) -> Result<Vec<[u8; 32]>> {
         let prefix = site.0.to_be_bytes();
         let mut out = Vec::new();
         for row in txn.open_table(SITE_PROS)?.range(prefix.as_slice()..)? {

@@ -17,7 +17,7 @@
 //! (`TraceHeadEvidence`), so the host's copy of a site's trace is vouched for by the site
 //! itself, not only by the host.
 
-use redb::ReadableTable;
+use crate::kv::ReadableTable;
 use zeroize::Zeroizing;
 
 use super::tables::*;
@@ -319,7 +319,7 @@ impl Replica {
     /// Host: the chain key `origin` gave, to verify its stored chain (`verify_audit`).
     pub(super) fn chain_key_of(
         &self,
-        txn: &redb::ReadTransaction,
+        txn: &crate::kv::ReadTransaction,
         origin: SiteId,
     ) -> Result<Option<Key>> {
         self.site_chain_key(txn, origin)
@@ -331,7 +331,7 @@ trait ChainKeys {
     fn sealed_chain_key(&self, site: SiteId) -> Result<Option<Vec<u8>>>;
 }
 
-impl ChainKeys for redb::ReadTransaction {
+impl ChainKeys for crate::kv::ReadTransaction {
     fn sealed_chain_key(&self, site: SiteId) -> Result<Option<Vec<u8>>> {
         match self.open_table(SITE_CHAIN_KEYS) {
             Ok(t) => Ok(t.get(site.0)?.map(|v| v.value().to_vec())),
@@ -341,7 +341,7 @@ impl ChainKeys for redb::ReadTransaction {
     }
 }
 
-impl ChainKeys for redb::WriteTransaction {
+impl ChainKeys for crate::kv::WriteTransaction {
     fn sealed_chain_key(&self, site: SiteId) -> Result<Option<Vec<u8>>> {
         Ok(self
             .open_table(SITE_CHAIN_KEYS)?

@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use redb::ReadTransaction;
+use crate::kv::ReadTransaction;
 
 use super::Replica;
 use super::tables::*;

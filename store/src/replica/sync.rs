@@ -7,7 +7,7 @@
 //! is exactly one more than the last applied from that origin, so a replay is a no-op and a gap
 //! is refused, and the merge and the new high-water mark commit together.
 
-use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
+use crate::kv::{ReadableTable, ReadableTableMetadata, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -394,7 +394,7 @@ impl Replica {
     /// queued only for registered professionals, and none is ever removed).
     fn queued_professional(
         &self,
-        txn: &redb::ReadTransaction,
+        txn: &crate::kv::ReadTransaction,
         pro: &[u8; 32],
     ) -> Result<crate::model::Professional> {
         self.registered(&txn.open_table(PROS)?, pro)?
@@ -460,7 +460,7 @@ impl Replica {
         Self::outbox_acked_in(&self.begin_read()?)
     }
 
-    fn outbox_acked_in(txn: &redb::ReadTransaction) -> Result<u64> {
+    fn outbox_acked_in(txn: &crate::kv::ReadTransaction) -> Result<u64> {
         let meta = txn.open_table(META)?;
         let acked = meta.get(meta_key::OUTBOX_ACKED)?;
         Ok(super::read_u64(acked.as_ref().map(|g| g.value())))
@@ -1086,7 +1086,7 @@ impl Replica {
     fn receive_piece_in(
         &self,
         txn: &WriteTransaction,
-        snap: &redb::ReadTransaction,
+        snap: &crate::kv::ReadTransaction,
         generation: super::Generation,
         from: Option<SiteId>,
         p: &BodyPiece,

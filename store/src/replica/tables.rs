@@ -8,7 +8,7 @@
 //! associated data naming the table and the row, so a sealed value moved to another row fails
 //! to open.
 
-use redb::TableDefinition;
+use crate::kv::TableDefinition;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::SiteId;

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use redb::ReadableTableMetadata;
+use crate::kv::ReadableTableMetadata;
 use tempfile::TempDir;
 use zeroize::Zeroizing;
 
@@ -423,7 +423,7 @@ fn the_meta_table_is_authenticated_and_an_older_replica_gets_it_at_open() {
     let d = TempDir::new().expect("tmp");
     drop(init(&d, Role::Site, Some(3)));
     let edit = |key: &str, value: Option<&[u8]>| {
-        let db = Database::open(d.path().join(DB_FILE)).expect("db");
+        let db = open_raw(d.path().join(DB_FILE));
         let txn = db.begin_write().expect("txn");
         {
             let mut meta = txn.open_table(META).expect("meta");
@@ -437,7 +437,7 @@ fn the_meta_table_is_authenticated_and_an_older_replica_gets_it_at_open() {
     };
     let open = || Replica::open(d.path(), &KeySource::File, clock());
     let original = {
-        let db = Database::open(d.path().join(DB_FILE)).expect("db");
+        let db = open_raw(d.path().join(DB_FILE));
         let txn = db.begin_read().expect("txn");
         let meta = txn.open_table(META).expect("meta");
         meta.get(meta_key::AUTHORITY_AS_OF)
@@ -492,7 +492,7 @@ fn newer_format_is_refused() {
     let d = TempDir::new().expect("tmp");
     drop(init(&d, Role::Site, None));
     {
-        let db = Database::open(d.path().join(DB_FILE)).expect("db");
+        let db = open_raw(d.path().join(DB_FILE));
         let txn = db.begin_write().expect("txn");
         txn.open_table(META)
             .expect("meta")
@@ -823,7 +823,7 @@ fn a_clock_set_back_ends_the_lease_until_the_host_vouches_again() {
 
 /// Rows in the `AUDIT` table (entries still journaled are not there yet).
 fn in_table(r: &Replica) -> u64 {
-    use redb::ReadableTableMetadata;
+    use crate::kv::ReadableTableMetadata;
     let txn = r.begin_read().expect("read");
     txn.open_table(AUDIT).expect("audit").len().expect("len")
 }
@@ -1859,7 +1859,7 @@ fn a_scope_exit_purge_cut_by_a_crash_finishes_at_the_next_open() {
         "purged at open"
     );
     let left = {
-        use redb::ReadableTableMetadata;
+        use crate::kv::ReadableTableMetadata;
         let txn = site.begin_read().expect("read");
         txn.open_table(PENDING_PURGES)
             .expect("t")
@@ -2181,7 +2181,10 @@ fn the_announcement_queue_decides_nothing_alone_and_an_older_host_gets_it_at_ope
     };
     {
         let txn = host.begin_raw_write().expect("txn");
-        txn.delete_table(HIDDEN_DOCS).expect("drop the queue");
+        txn.as_redb()
+            .expect("redb")
+            .delete_table(HIDDEN_DOCS)
+            .expect("drop the queue");
         txn.open_table(META)
             .expect("meta")
             .remove(super::row_digest::meta_row("hidden_docs").as_str())
@@ -2197,7 +2200,7 @@ fn the_announcement_queue_decides_nothing_alone_and_an_older_host_gets_it_at_ope
     // Guarded from then on: a row removed outside Carnet is found at the next open.
     drop(host);
     {
-        let db = redb::Database::open(dirs.0.path().join(DB_FILE)).expect("db");
+        let db = open_raw(dirs.0.path().join(DB_FILE));
         let txn = db.begin_write().expect("txn");
         txn.open_table(HIDDEN_DOCS)
             .expect("queue")
@@ -2270,7 +2273,9 @@ fn pending_emergencies_are_indexed_and_a_purge_drops_only_its_dossiers() {
     {
         let txn = host.begin_raw_write().expect("txn");
         for table in ["pending_emergencies", "dossier_emergencies"] {
-            txn.delete_table(redb::TableDefinition::<&[u8], ()>::new(table))
+            txn.as_redb()
+                .expect("redb")
+                .delete_table(redb::TableDefinition::<&[u8], ()>::new(table))
                 .expect("drop");
             txn.open_table(META)
                 .expect("meta")
@@ -2322,9 +2327,12 @@ fn missing_bodies_are_indexed_and_an_older_replica_gets_the_index_at_open() {
     // As a replica written before the index existed: the index is rebuilt at open.
     drop(site);
     {
-        let db = redb::Database::open(sd.path().join(DB_FILE)).expect("db");
+        let db = open_raw(sd.path().join(DB_FILE));
         let txn = db.begin_write().expect("txn");
-        txn.delete_table(MISSING_BODIES).expect("drop the index");
+        txn.as_redb()
+            .expect("redb")
+            .delete_table(MISSING_BODIES)
+            .expect("drop the index");
         txn.commit().expect("commit");
     }
     let site = Replica::open(sd.path(), &KeySource::File, clock()).expect("reopen");
@@ -2419,7 +2427,7 @@ fn a_replica_of_an_older_format_is_refused_and_left_as_it_was() {
     let id = write(&site, "kept", &pattern(5_000));
     drop(site);
     let set_format = |format: u32| {
-        let db = redb::Database::open(sd.path().join(DB_FILE)).expect("db");
+        let db = open_raw(sd.path().join(DB_FILE));
         let txn = db.begin_write().expect("write");
         txn.open_table(META)
             .expect("meta")
@@ -3488,7 +3496,7 @@ fn a_restored_site_records_nothing_until_it_took_back_the_chain_it_made() {
 
 /// Swaps the values of two rows of `table` in `r`'s file, as someone with write access to the
 /// data folder but not the key can (the replica is closed first, reopened after).
-fn swap_rows<K: redb::Key + 'static>(
+fn swap_rows<K: crate::kv::Ordered>(
     dir: &TempDir,
     table: redb::TableDefinition<K, &'static [u8]>,
     a: K::SelfType<'_>,
@@ -3496,7 +3504,7 @@ fn swap_rows<K: redb::Key + 'static>(
 ) where
     for<'a> K::SelfType<'a>: Clone,
 {
-    let db = redb::Database::open(dir.path().join(DB_FILE)).expect("db");
+    let db = open_raw(dir.path().join(DB_FILE));
     let txn = db.begin_write().expect("txn");
     {
         let mut t = txn.open_table(table).expect("table");
@@ -3569,12 +3577,12 @@ fn a_sealed_value_moved_to_another_row_does_not_open() {
 }
 
 /// Reads row `key` of `table` in the (closed) replica in `dir`.
-fn raw_row<K: redb::Key + 'static>(
+fn raw_row<K: crate::kv::Ordered>(
     dir: &TempDir,
     table: redb::TableDefinition<K, &'static [u8]>,
     key: K::SelfType<'_>,
 ) -> Option<Vec<u8>> {
-    let db = redb::Database::open(dir.path().join(DB_FILE)).expect("db");
+    let db = open_raw(dir.path().join(DB_FILE));
     let txn = db.begin_read().expect("read");
     let t = txn.open_table(table).expect("table");
     t.get(key).expect("get").map(|v| v.value().to_vec())
@@ -3582,13 +3590,13 @@ fn raw_row<K: redb::Key + 'static>(
 
 /// Writes row `key` of `table` in the (closed) replica in `dir`, as someone with the data
 /// folder but not the key can.
-fn put_raw_row<K: redb::Key + 'static>(
+fn put_raw_row<K: crate::kv::Ordered>(
     dir: &TempDir,
     table: redb::TableDefinition<K, &'static [u8]>,
     key: K::SelfType<'_>,
     value: &[u8],
 ) {
-    let db = redb::Database::open(dir.path().join(DB_FILE)).expect("db");
+    let db = open_raw(dir.path().join(DB_FILE));
     let txn = db.begin_write().expect("txn");
     txn.open_table(table)
         .expect("table")
@@ -3701,7 +3709,7 @@ fn a_binding_or_a_scope_copied_to_another_site_at_the_host_is_detected_at_open()
     drop(host);
     // Site 7's binding and scope copied to site 8 (keys are site ‖ keyed index), without the key.
     let to_site_8 = |key: &[u8]| [&8u32.to_be_bytes()[..], &key[4..]].concat();
-    let db = redb::Database::open(hd.path().join(DB_FILE)).expect("db");
+    let db = open_raw(hd.path().join(DB_FILE));
     let txn = db.begin_write().expect("txn");
     txn.open_table(SITE_PROS)
         .expect("table")
@@ -3710,7 +3718,7 @@ fn a_binding_or_a_scope_copied_to_another_site_at_the_host_is_detected_at_open()
     txn.commit().expect("commit");
     drop(db);
     refused_at_open(&hd, "table site_pros");
-    let db = redb::Database::open(hd.path().join(DB_FILE)).expect("db");
+    let db = open_raw(hd.path().join(DB_FILE));
     let txn = db.begin_write().expect("txn");
     txn.open_table(SITE_PROS)
         .expect("table")
@@ -3752,7 +3760,7 @@ fn a_sealed_setting_put_back_is_detected_at_open() {
     let host = Replica::open(dir.path(), &KeySource::File, clock()).expect("reopen");
     host.put_sealed("register", b"site 7 revoked").expect("put");
     drop(host);
-    let db = redb::Database::open(dir.path().join(DB_FILE)).expect("db");
+    let db = open_raw(dir.path().join(DB_FILE));
     let txn = db.begin_write().expect("txn");
     txn.open_table(META)
         .expect("meta")
@@ -4140,13 +4148,13 @@ type RawRows = std::collections::BTreeMap<String, Vec<(Vec<u8>, Vec<u8>)>>;
 /// Every row of every table of the database in `dir`, read raw with redb (no key): table name
 /// → its rows' keys and values, as stored.
 fn raw_rows(dir: &std::path::Path) -> RawRows {
-    use redb::{ReadableDatabase, ReadableTable, TableHandle};
+    use crate::kv::{ReadableTable, TableHandle};
     struct Rows<'a> {
-        txn: &'a redb::ReadTransaction,
+        txn: &'a crate::kv::ReadTransaction,
         out: RawRows,
     }
     impl backup::Tables for Rows<'_> {
-        fn table<K: redb::Key + 'static, V: redb::Value + 'static>(
+        fn table<K: crate::kv::Ordered, V: redb::Value + 'static>(
             &mut self,
             def: redb::TableDefinition<K, V>,
         ) -> Result<()> {
@@ -4167,7 +4175,7 @@ fn raw_rows(dir: &std::path::Path) -> RawRows {
             Ok(())
         }
     }
-    let db = redb::Database::open(dir.join(DB_FILE)).expect("db");
+    let db = open_raw(dir.join(DB_FILE));
     let txn = db.begin_read().expect("read");
     let mut rows = Rows {
         txn: &txn,
@@ -4175,6 +4183,8 @@ fn raw_rows(dir: &std::path::Path) -> RawRows {
     };
     backup::each_table(&mut rows).expect("every table");
     let names: Vec<String> = txn
+        .as_redb()
+        .expect("redb")
         .list_tables()
         .expect("tables")
         .map(|t| t.name().to_string())
@@ -4547,7 +4557,7 @@ impl OldKeys {
     /// How many rows, per table, open with these keys (with the associated data the code gives
     /// that row) or carry the blind index of a known INS under the old index key.
     fn still_open(&self, dir: &std::path::Path) -> Vec<(&'static str, usize)> {
-        let db = redb::Database::open(dir.join(DB_FILE)).expect("raw open");
+        let db = open_raw(dir.join(DB_FILE));
         let txn = db.begin_read().expect("read");
         let any_data_key =
             |a: &[u8], sealed: &[u8]| self.data.iter().any(|k| k.open(a, sealed).is_ok());
@@ -5802,7 +5812,7 @@ fn kinds(list: &[Notification]) -> Vec<&'static str> {
     list.iter().map(|n| n.kind.name()).collect()
 }
 
-fn table_len<K: redb::Key + 'static, V: redb::Value + 'static>(
+fn table_len<K: crate::kv::Ordered, V: redb::Value + 'static>(
     r: &Replica,
     table: redb::TableDefinition<K, V>,
 ) -> u64 {
@@ -6110,4 +6120,9 @@ fn an_outbox_entry_this_build_cannot_read_is_held_back_and_sync_goes_on() {
     sync(&host, &site);
     assert_eq!(site.withheld().expect("held").len(), 1);
     assert_eq!(site.outbox_len().expect("outbox"), 0);
+}
+
+/// The redb file of a replica, opened raw (no key), as someone with the data folder could.
+fn open_raw(path: impl AsRef<std::path::Path>) -> Database {
+    Database::Redb(redb::Database::open(path.as_ref()).expect("db"))
 }

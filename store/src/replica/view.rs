@@ -13,7 +13,7 @@
 
 use std::sync::{Arc, PoisonError, RwLock};
 
-use redb::{ReadOnlyTable, ReadTransaction};
+use crate::kv::{ReadOnlyTable, ReadTransaction};
 
 use super::Generation;
 use crate::error::{Error, Result};
@@ -81,12 +81,12 @@ impl SharedView {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kv::Database;
     use crate::replica::tables::{BODIES, DOCS};
-    use redb::{Database, ReadableDatabase};
     use std::cell::Cell;
 
     fn database(dir: &tempfile::TempDir) -> Database {
-        let db = Database::create(dir.path().join("view.redb")).expect("db");
+        let db = Database::Redb(redb::Database::create(dir.path().join("view.redb")).expect("db"));
         let txn = db.begin_write().expect("write");
         txn.open_table(DOCS).expect("docs");
         txn.open_table(BODIES).expect("bodies");

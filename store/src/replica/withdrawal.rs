@@ -27,7 +27,7 @@
 
 use std::collections::HashSet;
 
-use redb::{ReadTransaction, ReadableTable, WriteTransaction};
+use crate::kv::{ReadTransaction, ReadableTable, WriteTransaction};
 
 use super::site_view::SiteView;
 use super::tables::*;

@@ -15,7 +15,7 @@
 //! - the reason names the field that failed, never its value (errors of `ids` and `text` do
 //!   not repeat what they refuse, apart from an RPPS or FINESS, which are not patient data).
 
-use redb::ReadableTable;
+use crate::kv::ReadableTable;
 use serde::{Deserialize, Serialize};
 
 use super::Replica;

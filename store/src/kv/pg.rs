@@ -1,0 +1,689 @@
+//! The PostgreSQL backend of `kv`: every table of the replica is the rows of one SQL table,
+//!
+//! ```sql
+//! carnet_kv (tbl text, k bytea, v bytea, primary key (tbl, k))
+//! ```
+//!
+//! `tbl` the table's name, `k` the key's ordered form (`Ordered`), `v` the value as redb
+//! encodes it: PostgreSQL holds what the redb file would hold, stored ids, blind indexes and
+//! sealed values, and nothing else.
+//!
+//! The SQL is what PostgreSQL-compatible distributed engines (CockroachDB, YugabyteDB, Citus)
+//! also accept: one table with a composite primary key, explicit `SERIALIZABLE` write
+//! transactions and `REPEATABLE READ READ ONLY` snapshots, `INSERT … ON CONFLICT`, data-modifying
+//! `WITH`, `DELETE … RETURNING`, keyset pagination in key order. No advisory lock, no
+//! `LISTEN`/`NOTIFY`, no stored procedure, no sequence.
+//!
+//! Invariants:
+//! - One write transaction at a time in this process (as with redb); transactions of other
+//!   processes are serialised with it by the database, and one that would break that order
+//!   fails (SQLSTATE 40001, `is_serialization_failure`): nothing of it is kept, and the caller
+//!   may run it again.
+//! - A transaction dropped without its commit is rolled back before its connection is used
+//!   again; a connection whose rollback failed is closed, not reused.
+//! - The schema's version is checked (and older schemas migrated, in order, in one
+//!   transaction) before any other statement: a database of a newer Carnet is refused.
+//! - The client's connections run on one thread of their own (`carnet-pg`); callers block on
+//!   their answers, from any thread, inside an async runtime or not.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::marker::PhantomData;
+use std::ops::Bound;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use futures_executor::block_on;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls, Statement};
+
+use super::{AccessGuard, Entry, Ordered, Result, StorageError, Value};
+
+/// The key and value types of a table, and the transaction it lives in.
+type Types<'t, K, V> = PhantomData<(&'t (), fn() -> (K, V))>;
+
+/// The bounds of a range of keys, in their ordered form.
+pub type Bounds = (Bound<Vec<u8>>, Bound<Vec<u8>>);
+
+/// The schema's migrations, in order: the schema is at version `n` once the first `n` ran.
+const MIGRATIONS: &[&str] = &["CREATE TABLE carnet_kv (
+        tbl text NOT NULL,
+        k bytea NOT NULL,
+        v bytea NOT NULL,
+        PRIMARY KEY (tbl, k)
+    )"];
+
+/// Rows a range fetches at a time.
+const PAGE: i64 = 512;
+/// Connections kept open while idle.
+const IDLE_MAX: usize = 8;
+/// How long connecting may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many times a start-up (schema check or migration) is tried when another process
+/// starting at the same time makes it fail.
+const STARTUP_TRIES: u32 = 5;
+
+const GET: &str = "SELECT v FROM carnet_kv WHERE tbl = $1 AND k = $2";
+const PUT: &str = "WITH old AS (SELECT v FROM carnet_kv WHERE tbl = $1 AND k = $2), \
+     up AS (INSERT INTO carnet_kv (tbl, k, v) VALUES ($1, $2, $3) \
+            ON CONFLICT (tbl, k) DO UPDATE SET v = excluded.v RETURNING 1) \
+     SELECT v FROM old";
+const DELETE: &str = "DELETE FROM carnet_kv WHERE tbl = $1 AND k = $2 RETURNING v";
+const DELETE_MANY: &str = "DELETE FROM carnet_kv WHERE tbl = $1 AND k = ANY($2)";
+const COUNT: &str = "SELECT count(*) FROM carnet_kv WHERE tbl = $1";
+
+/// A PostgreSQL failure, as the storage error the replica handles.
+fn failure(context: &str, e: impl std::fmt::Display) -> StorageError {
+    StorageError::Io(io::Error::other(format!("PostgreSQL: {context}: {e}")))
+}
+
+fn pg_failure(context: &str, e: tokio_postgres::Error) -> StorageError {
+    let serialization = e.code() == Some(&SqlState::T_R_SERIALIZATION_FAILURE);
+    let message = match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    };
+    let kind = if serialization {
+        io::ErrorKind::WouldBlock
+    } else {
+        io::ErrorKind::Other
+    };
+    StorageError::Io(io::Error::new(
+        kind,
+        format!("PostgreSQL: {context}: {message}"),
+    ))
+}
+
+/// Whether `e` is a transaction PostgreSQL refused to serialise with another (SQLSTATE
+/// 40001): nothing of it was kept, and running it again may succeed.
+pub fn is_serialization_failure(e: &StorageError) -> bool {
+    matches!(e, StorageError::Io(io) if io.kind() == io::ErrorKind::WouldBlock
+        && io.to_string().starts_with("PostgreSQL"))
+}
+
+/// The thread the connections run on.
+struct Runtime {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Runtime {
+    fn start() -> Result<Runtime> {
+        let (ready, handle) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("carnet-pg".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                match runtime {
+                    Ok(runtime) => {
+                        let _ = ready.send(Ok(runtime.handle().clone()));
+                        runtime.block_on(async {
+                            let _ = stopped.await;
+                        });
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                    }
+                }
+            })
+            .map_err(StorageError::Io)?;
+        let handle = handle
+            .recv()
+            .map_err(|e| failure("starting its thread", e))?
+            .map_err(StorageError::Io)?;
+        Ok(Runtime {
+            handle,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// One connection and the statements prepared on it.
+struct Conn {
+    client: Client,
+    prepared: Mutex<HashMap<String, Statement>>,
+}
+
+impl Conn {
+    fn statement(&self, sql: &str) -> Result<Statement> {
+        let mut prepared = self.prepared.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(statement) = prepared.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = block_on(self.client.prepare(sql)).map_err(|e| pg_failure("prepare", e))?;
+        prepared.insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+
+    fn query(
+        &self,
+        context: &str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>> {
+        let statement = self.statement(sql)?;
+        block_on(self.client.query(&statement, params)).map_err(|e| pg_failure(context, e))
+    }
+
+    fn execute(&self, context: &str, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
+        let statement = self.statement(sql)?;
+        block_on(self.client.execute(&statement, params)).map_err(|e| pg_failure(context, e))
+    }
+
+    fn batch(&self, context: &str, sql: &str) -> Result {
+        block_on(self.client.batch_execute(sql)).map_err(|e| pg_failure(context, e))
+    }
+}
+
+/// What the store's handles share.
+struct Shared {
+    config: tokio_postgres::Config,
+    idle: Mutex<Vec<Conn>>,
+    /// Whether this process's write transaction is under way, and the wait for its end.
+    writing: Mutex<bool>,
+    write_done: Condvar,
+    // Last: the connections' thread stops once the connections are gone.
+    runtime: Runtime,
+}
+
+impl Shared {
+    fn connect(&self) -> Result<Conn> {
+        let config = self.config.clone();
+        let task = self.runtime.handle.spawn(async move {
+            let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, config.connect(NoTls))
+                .await
+                .map_err(|_| failure("connect", "no answer within 10 s"))?
+                .map_err(|e| pg_failure("connect", e))?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::warn!(error = %e, "PostgreSQL connection ended");
+                }
+            });
+            Ok::<_, StorageError>(client)
+        });
+        let client = block_on(task).map_err(|e| failure("connect", e))??;
+        Ok(Conn {
+            client,
+            prepared: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn checkout(&self) -> Result<Conn> {
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        match idle {
+            Some(conn) if !conn.client.is_closed() => Ok(conn),
+            _ => self.connect(),
+        }
+    }
+
+    fn give_back(&self, conn: Conn) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < IDLE_MAX && !conn.client.is_closed() {
+            idle.push(conn);
+        }
+    }
+
+    fn lock_writing(&self) -> MutexGuard<'_, bool> {
+        self.writing.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A PostgreSQL database holding a replica's tables.
+#[derive(Clone)]
+pub struct PgStore {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").finish_non_exhaustive()
+    }
+}
+
+impl PgStore {
+    /// Connects to the database of `url` (`postgres://user@host:port/db`, or libpq's
+    /// `key=value` form), checks its schema and migrates an older one.
+    pub fn open(url: &str) -> Result<PgStore> {
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| failure("the storage address is not a PostgreSQL address", e))?;
+        let store = PgStore {
+            shared: Arc::new(Shared {
+                config,
+                idle: Mutex::new(Vec::new()),
+                writing: Mutex::new(false),
+                write_done: Condvar::new(),
+                runtime: Runtime::start()?,
+            }),
+        };
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match store.migrate() {
+                Ok(()) => return Ok(store),
+                // Another process creating the schema at the same time: its transaction wins,
+                // this one reads what it made on the next try.
+                Err(e) if tries < STARTUP_TRIES && is_retryable_at_start(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The schema's version, and the migrations it lacks.
+    fn migrate(&self) -> Result {
+        let conn = self.shared.checkout()?;
+        conn.batch(
+            "schema",
+            "CREATE TABLE IF NOT EXISTS carnet_schema \
+             (id smallint PRIMARY KEY, version integer NOT NULL)",
+        )?;
+        conn.batch("schema", "BEGIN ISOLATION LEVEL SERIALIZABLE")?;
+        let migrated = (|| {
+            let rows = conn.query(
+                "schema",
+                "SELECT version FROM carnet_schema WHERE id = 1",
+                &[],
+            )?;
+            let version = rows.first().map(|row| row.get::<_, i32>(0)).unwrap_or(0);
+            let known = MIGRATIONS.len();
+            let version = usize::try_from(version).map_err(|_| failure("schema", "bad version"))?;
+            if version > known {
+                return Err(failure(
+                    "schema",
+                    format!(
+                        "the database is at schema version {version}, made by a newer Carnet \
+                         (this one knows {known}): upgrade this daemon"
+                    ),
+                ));
+            }
+            for sql in &MIGRATIONS[version..] {
+                conn.batch("migration", sql)?;
+            }
+            let known = i32::try_from(known).map_err(|_| failure("schema", "bad version"))?;
+            conn.execute(
+                "schema",
+                "INSERT INTO carnet_schema (id, version) VALUES (1, $1) \
+                 ON CONFLICT (id) DO UPDATE SET version = excluded.version",
+                &[&known],
+            )?;
+            conn.batch("schema", "COMMIT")
+        })();
+        match migrated {
+            Ok(()) => {
+                self.shared.give_back(conn);
+                Ok(())
+            }
+            Err(e) => {
+                // A failed rollback closes the connection: it is not given back.
+                if conn.batch("schema", "ROLLBACK").is_ok() {
+                    self.shared.give_back(conn);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// A snapshot of the database.
+    pub fn begin_read(&self) -> Result<PgRead> {
+        let conn = self.shared.checkout()?;
+        // The snapshot is taken at the first statement, not at BEGIN: take it now.
+        conn.batch(
+            "begin",
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT 1",
+        )?;
+        Ok(PgRead {
+            source: Arc::new(Source::new(&self.shared, conn)),
+        })
+    }
+
+    /// The write transaction: waits for this process's one under way to end.
+    pub fn begin_write(&self) -> Result<PgWrite> {
+        {
+            let mut writing = self.shared.lock_writing();
+            while *writing {
+                writing = self
+                    .shared
+                    .write_done
+                    .wait(writing)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            *writing = true;
+        }
+        let permit = WritePermit {
+            shared: self.shared.clone(),
+        };
+        let conn = self.shared.checkout()?;
+        conn.batch("begin", "BEGIN ISOLATION LEVEL SERIALIZABLE")?;
+        Ok(PgWrite {
+            source: Arc::new(Source::new(&self.shared, conn)),
+            _permit: permit,
+        })
+    }
+}
+
+/// The failures of a start-up that another process starting at the same time causes.
+fn is_retryable_at_start(e: &StorageError) -> bool {
+    is_serialization_failure(e)
+        || matches!(e, StorageError::Io(io) if io.to_string().contains("(23505)")
+            || io.to_string().contains("(42P07)"))
+}
+
+/// This process's write transaction under way; its drop lets the next one begin.
+struct WritePermit {
+    shared: Arc<Shared>,
+}
+
+impl Drop for WritePermit {
+    fn drop(&mut self) {
+        *self.shared.lock_writing() = false;
+        self.shared.write_done.notify_one();
+    }
+}
+
+/// A transaction's connection, shared by its tables; rolled back at its drop unless it ended.
+#[allow(missing_debug_implementations)] // holds a connection: nothing to print
+pub struct Source {
+    shared: Arc<Shared>,
+    conn: Option<Conn>,
+    ended: Mutex<bool>,
+}
+
+impl Source {
+    fn new(shared: &Arc<Shared>, conn: Conn) -> Source {
+        Source {
+            shared: shared.clone(),
+            conn: Some(conn),
+            ended: Mutex::new(false),
+        }
+    }
+
+    fn conn(&self) -> Result<&Conn> {
+        self.conn
+            .as_ref()
+            .ok_or_else(|| failure("transaction", "already ended"))
+    }
+
+    /// Ends the transaction with `sql` (`COMMIT` or `ROLLBACK`).
+    fn end(&self, sql: &str) -> Result {
+        let mut ended = self.ended.lock().unwrap_or_else(PoisonError::into_inner);
+        if *ended {
+            return Err(failure("transaction", "already ended"));
+        }
+        *ended = true;
+        self.conn()?.batch(&sql.to_lowercase(), sql)
+    }
+}
+
+impl Drop for Source {
+    fn drop(&mut self) {
+        let ended = *self.ended.get_mut().unwrap_or_else(PoisonError::into_inner);
+        if let Some(conn) = self.conn.take()
+            && (ended || conn.batch("rollback", "ROLLBACK").is_ok())
+        {
+            self.shared.give_back(conn);
+        }
+    }
+}
+
+/// A read snapshot (`REPEATABLE READ READ ONLY`).
+#[allow(missing_debug_implementations)] // holds a connection: nothing to print
+pub struct PgRead {
+    source: Arc<Source>,
+}
+
+impl PgRead {
+    pub(super) fn source(&self) -> Arc<Source> {
+        self.source.clone()
+    }
+}
+
+/// The write transaction (`SERIALIZABLE`).
+#[allow(missing_debug_implementations)] // holds a connection: nothing to print
+pub struct PgWrite {
+    source: Arc<Source>,
+    _permit: WritePermit,
+}
+
+impl PgWrite {
+    pub(super) fn source(&self) -> Arc<Source> {
+        self.source.clone()
+    }
+
+    /// Commits: a serialisation failure (`is_serialization_failure`) keeps nothing.
+    pub fn commit(self) -> Result {
+        self.source.end("COMMIT")
+    }
+
+    /// Rolls back.
+    pub fn abort(self) -> Result {
+        self.source.end("ROLLBACK")
+    }
+}
+
+/// One table of a transaction.
+#[allow(missing_debug_implementations)] // holds a connection: nothing to print
+pub struct PgTable<'t, K, V> {
+    source: Arc<Source>,
+    name: Arc<str>,
+    _types: Types<'t, K, V>,
+}
+
+impl<'t, K: Ordered, V: Value + 'static> PgTable<'t, K, V> {
+    pub(super) fn new(source: Arc<Source>, name: &str) -> Self {
+        PgTable {
+            source,
+            name: name.into(),
+            _types: PhantomData,
+        }
+    }
+
+    pub(super) fn get(&self, key: Vec<u8>) -> Result<Option<Vec<u8>>> {
+        let rows = self
+            .source
+            .conn()?
+            .query("get", GET, &[&&*self.name, &key])?;
+        Ok(rows.first().map(|row| row.get(0)))
+    }
+
+    pub(super) fn insert(&mut self, key: Vec<u8>, value: &[u8]) -> Result<Option<Vec<u8>>> {
+        let rows = self
+            .source
+            .conn()?
+            .query("insert", PUT, &[&&*self.name, &key, &value])?;
+        Ok(rows.first().map(|row| row.get(0)))
+    }
+
+    pub(super) fn remove(&mut self, key: Vec<u8>) -> Result<Option<Vec<u8>>> {
+        let rows = self
+            .source
+            .conn()?
+            .query("remove", DELETE, &[&&*self.name, &key])?;
+        Ok(rows.first().map(|row| row.get(0)))
+    }
+
+    pub(super) fn len(&self) -> Result<u64> {
+        let rows = self.source.conn()?.query("count", COUNT, &[&&*self.name])?;
+        let count: i64 = rows.first().map(|row| row.get(0)).unwrap_or(0);
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    pub(super) fn end<'r>(&self, last: bool) -> Result<Option<Entry<'r, K, V>>> {
+        let rows = page(
+            &self.source,
+            &self.name,
+            &(Bound::Unbounded, Bound::Unbounded),
+            last,
+            1,
+        )?;
+        Ok(rows.into_iter().next().map(entry::<K, V>))
+    }
+
+    pub(super) fn range<'r>(&self, bounds: Bounds) -> PgRange<'r, K, V> {
+        PgRange {
+            source: self.source.clone(),
+            name: self.name.clone(),
+            bounds,
+            front: VecDeque::new(),
+            back: VecDeque::new(),
+            exhausted: false,
+            _types: PhantomData,
+        }
+    }
+
+    pub(super) fn retain_in<F: for<'f> FnMut(K::SelfType<'f>, V::SelfType<'f>) -> bool>(
+        &mut self,
+        bounds: Bounds,
+        mut predicate: F,
+    ) -> Result {
+        let mut bounds = bounds;
+        loop {
+            let rows = page(&self.source, &self.name, &bounds, false, PAGE)?;
+            let Some((last, _)) = rows.last() else {
+                return Ok(());
+            };
+            bounds.0 = Bound::Excluded(last.clone());
+            let doomed: Vec<Vec<u8>> = rows
+                .into_iter()
+                .filter_map(|(k, v)| {
+                    let stored = K::stored(&k);
+                    (!predicate(K::from_bytes(&stored), V::from_bytes(&v))).then_some(k)
+                })
+                .collect();
+            if !doomed.is_empty() {
+                self.source
+                    .conn()?
+                    .execute("retain", DELETE_MANY, &[&&*self.name, &doomed])?;
+            }
+        }
+    }
+}
+
+/// A row as the replica reads it: the key back in redb's encoding.
+fn entry<'a, K: Ordered, V: Value + 'static>((k, v): (Vec<u8>, Vec<u8>)) -> Entry<'a, K, V> {
+    (AccessGuard::owned(K::stored(&k)), AccessGuard::owned(v))
+}
+
+/// Up to `limit` rows of `bounds`, from the smallest key (or from the largest, `descending`).
+fn page(
+    source: &Source,
+    name: &str,
+    bounds: &Bounds,
+    descending: bool,
+    limit: i64,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut sql = String::from("SELECT k, v FROM carnet_kv WHERE tbl = $1");
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&name];
+    let lower = match &bounds.0 {
+        Bound::Included(key) => Some((">=", key)),
+        Bound::Excluded(key) => Some((">", key)),
+        Bound::Unbounded => None,
+    };
+    let upper = match &bounds.1 {
+        Bound::Included(key) => Some(("<=", key)),
+        Bound::Excluded(key) => Some(("<", key)),
+        Bound::Unbounded => None,
+    };
+    for (op, key) in lower.iter().chain(upper.iter()) {
+        params.push(*key);
+        sql.push_str(&format!(" AND k {op} ${}", params.len()));
+    }
+    params.push(&limit);
+    sql.push_str(&format!(
+        " ORDER BY k {} LIMIT ${}",
+        if descending { "DESC" } else { "ASC" },
+        params.len()
+    ));
+    let rows = source.conn()?.query("range", &sql, &params)?;
+    Ok(rows
+        .into_iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect())
+}
+
+/// The rows of a range, fetched a page at a time from either end. The keys not fetched yet
+/// are those inside `bounds`; `front` holds fetched rows ascending, `back` descending.
+#[allow(missing_debug_implementations)] // holds a connection: nothing to print
+pub struct PgRange<'a, K, V> {
+    source: Arc<Source>,
+    name: Arc<str>,
+    bounds: Bounds,
+    front: VecDeque<(Vec<u8>, Vec<u8>)>,
+    back: VecDeque<(Vec<u8>, Vec<u8>)>,
+    /// No key is left inside `bounds` (or a fetch failed).
+    exhausted: bool,
+    _types: Types<'a, K, V>,
+}
+
+impl<K, V> PgRange<'_, K, V> {
+    /// Fetches the next page from the front (or the back); false once nothing is left.
+    fn fetch(&mut self, from_back: bool) -> Result<bool> {
+        if self.exhausted {
+            return Ok(false);
+        }
+        let rows = match page(&self.source, &self.name, &self.bounds, from_back, PAGE) {
+            Ok(rows) => rows,
+            Err(e) => {
+                self.exhausted = true;
+                return Err(e);
+            }
+        };
+        let Some((edge, _)) = rows.last() else {
+            self.exhausted = true;
+            return Ok(false);
+        };
+        if from_back {
+            self.bounds.1 = Bound::Excluded(edge.clone());
+            self.back.extend(rows);
+        } else {
+            self.bounds.0 = Bound::Excluded(edge.clone());
+            self.front.extend(rows);
+        }
+        Ok(true)
+    }
+}
+
+impl<'a, K: Ordered, V: Value + 'static> Iterator for PgRange<'a, K, V> {
+    type Item = Result<Entry<'a, K, V>>;
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.front.is_empty()
+            && let Err(e) = self.fetch(false)
+        {
+            return Some(Err(e));
+        }
+        let row = self.front.pop_front().or_else(|| self.back.pop_back())?;
+        Some(Ok(entry::<K, V>(row)))
+    }
+}
+
+impl<K: Ordered, V: Value + 'static> DoubleEndedIterator for PgRange<'_, K, V> {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        if self.back.is_empty()
+            && let Err(e) = self.fetch(true)
+        {
+            return Some(Err(e));
+        }
+        let row = self.back.pop_front().or_else(|| self.front.pop_back())?;
+        Some(Ok(entry::<K, V>(row)))
+    }
+}

@@ -1,0 +1,204 @@
+//! A PostgreSQL server for tests: Debian's `postgresql` package (`initdb` and `postgres` from
+//! PATH or `/usr/lib/postgresql/*/bin`), initialised in a folder of its own under the system's
+//! temporary folder and listening on 127.0.0.1 only, one per test process; each test takes a
+//! database of its own (`database`).
+//!
+//! Invariants:
+//! - The server ends with the process that started it: a shell beside it waits on a pipe from
+//!   this process and sends the server SIGINT (fast shutdown) when the pipe closes, which the
+//!   system does when this process ends, however it ends.
+//! - Started as root, the server runs as the `postgres` user (initdb refuses root).
+//! - Folders left by processes that ended are removed by the next start.
+//! - Waiting for the server waits on its own log line saying it accepts connections, within a
+//!   bound; a missing server package is an error naming the package to install.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+/// How long the server may take to start.
+const START_WAIT: Duration = Duration::from_secs(120);
+const FOLDER_PREFIX: &str = "carnet-pg-test-";
+
+/// The running server: its port, or why it could not start.
+fn server() -> &'static Result<u16, String> {
+    static SERVER: OnceLock<Result<u16, String>> = OnceLock::new();
+    SERVER.get_or_init(start)
+}
+
+/// A fresh, empty database of the test server: its address, for `PgStore::open`.
+pub fn database() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let port = match server() {
+        Ok(port) => *port,
+        Err(e) => panic!("{e}"),
+    };
+    let name = format!("carnet_{}", NEXT.fetch_add(1, Ordering::SeqCst));
+    let admin = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres");
+    let mut psql = Command::new(binary("psql").unwrap_or_else(|e| panic!("{e}")));
+    let status = psql
+        .args(["-q", "-v", "ON_ERROR_STOP=1", "-d", &admin, "-c"])
+        .arg(format!("CREATE DATABASE {name}"))
+        .stdout(Stdio::null())
+        .status()
+        .expect("run psql");
+    assert!(status.success(), "CREATE DATABASE {name} failed");
+    format!("postgres://postgres@127.0.0.1:{port}/{name}")
+}
+
+/// `name` from PATH or from the newest `/usr/lib/postgresql/*/bin`.
+fn binary(name: &str) -> Result<PathBuf, String> {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|dir| dir.flatten().map(|e| e.path().join("bin")).collect())
+        .unwrap_or_default();
+    versions.sort();
+    let from_path = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .unwrap_or_default();
+    versions
+        .into_iter()
+        .rev()
+        .chain(from_path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .ok_or_else(|| {
+            format!(
+                "{name} not found: the PostgreSQL tests need Debian's postgresql package \
+                 (apt-get install postgresql; .ci/run installs it)"
+            )
+        })
+}
+
+/// The `postgres` user's uid and gid, when running as root.
+fn server_user() -> Result<Option<(u32, u32)>, String> {
+    let uid = std::fs::metadata("/proc/self")
+        .map_err(|e| e.to_string())?
+        .uid();
+    if uid != 0 {
+        return Ok(None);
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").map_err(|e| e.to_string())?;
+    passwd
+        .lines()
+        .map(|line| line.split(':').collect::<Vec<_>>())
+        .find(|fields| fields.first() == Some(&"postgres"))
+        .and_then(|fields| Some((fields.get(2)?.parse().ok()?, fields.get(3)?.parse().ok()?)))
+        .map(Some)
+        .ok_or_else(|| "running as root, and no postgres user to run the server as".into())
+}
+
+/// Removes the folders of test servers whose process has ended.
+fn remove_stale_folders(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(FOLDER_PREFIX) else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+fn free_port() -> Result<u16, String> {
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    Ok(socket.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+fn start() -> Result<u16, String> {
+    let initdb = binary("initdb")?;
+    let postgres = binary("postgres")?;
+    let user = server_user()?;
+    let tmp = std::env::temp_dir();
+    remove_stale_folders(&tmp);
+    let folder = tmp.join(format!("{FOLDER_PREFIX}{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&folder);
+    std::fs::create_dir_all(&folder).map_err(|e| format!("{}: {e}", folder.display()))?;
+    let data = folder.join("data");
+    if let Some((uid, gid)) = user {
+        std::os::unix::fs::chown(&folder, Some(uid), Some(gid)).map_err(|e| e.to_string())?;
+    }
+    let as_server = |command: &mut Command| {
+        if let Some((uid, gid)) = user {
+            command.uid(uid).gid(gid);
+        }
+    };
+    let mut init = Command::new(initdb);
+    as_server(&mut init);
+    let out = init
+        .args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+            "-D",
+        ])
+        .arg(&data)
+        .output()
+        .map_err(|e| format!("initdb: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let port = free_port()?;
+    // The shell starts the server, then waits on its standard input: this process holds the
+    // other end (`WATCHDOG`) until it ends.
+    let mut server = Command::new("sh");
+    as_server(&mut server);
+    let child = server
+        .args([
+            "-c",
+            r#"exec 3<&0; "$0" "$@" </dev/null & pid=$!; read _ <&3; kill -INT $pid; wait $pid"#,
+        ])
+        .arg(postgres)
+        .arg("-D")
+        .arg(&data)
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-k"])
+        .arg(&folder)
+        .args(["-c", "fsync=off", "-c", "max_connections=200"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = child.map_err(|e| format!("postgres: {e}"))?;
+    static WATCHDOG: Mutex<Option<ChildStdin>> = Mutex::new(None);
+    *WATCHDOG.lock().unwrap_or_else(|e| e.into_inner()) = child.stdin.take();
+    let stderr = child.stderr.take().ok_or("no server output")?;
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("postgres-test-server".into())
+        .spawn(move || {
+            let mut told = false;
+            let mut log = Vec::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !told && line.contains("ready to accept connections") {
+                    told = true;
+                    let _ = ready_tx.send(Ok(()));
+                }
+                if !told {
+                    log.push(line);
+                }
+            }
+            if !told {
+                let _ = ready_tx.send(Err(format!("postgres ended: {}", log.join("\n"))));
+            }
+            let _ = child.wait();
+        })
+        .map_err(|e| e.to_string())?;
+    ready
+        .recv_timeout(START_WAIT)
+        .map_err(|_| "postgres did not start within 120 s".to_string())??;
+    Ok(port)
+}

@@ -1,0 +1,482 @@
+//! Both backends give the same answers: random sequences of operations run on a redb file and
+//! on a PostgreSQL database, every answer compared; and what PostgreSQL adds (schema versions,
+//! serialisation failures between processes, snapshots) tested on a real server.
+
+use std::ops::Bound;
+
+use proptest::prelude::*;
+
+use super::pg::{PgStore, is_serialization_failure};
+use super::test_server::database;
+use super::*;
+
+const NUMBERS: TableDefinition<u64, &[u8]> = TableDefinition::new("numbers");
+const PAIRS: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("pairs");
+const BYTES: TableDefinition<&[u8], u64> = TableDefinition::new("bytes");
+const IDS: TableDefinition<&[u8; 4], i64> = TableDefinition::new("ids");
+
+fn redb_database(dir: &tempfile::TempDir) -> Database {
+    Database::Redb(redb::Database::create(dir.path().join("kv.redb")).expect("create"))
+}
+
+fn pg_database() -> Database {
+    Database::Pg(PgStore::open(&database()).expect("open PostgreSQL"))
+}
+
+/// One operation, on one of the tables (keys drawn small so they collide).
+#[derive(Debug, Clone)]
+enum Op {
+    Insert(u8, u8, Vec<u8>),
+    Remove(u8, u8),
+    Get(u8, u8),
+    /// A range between two keys, read from the front, the back, or alternately.
+    Range(u8, u8, u8, u8, u8),
+    Ends,
+    Len,
+    /// Removes the keys of a range whose value's first byte is odd.
+    RetainIn(u8, u8),
+    Commit,
+    Abort,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0..4u8, any::<u8>(), proptest::collection::vec(any::<u8>(), 0..6))
+            .prop_map(|(t, k, v)| Op::Insert(t, k, v)),
+        1 => (0..4u8, any::<u8>()).prop_map(|(t, k)| Op::Remove(t, k)),
+        2 => (0..4u8, any::<u8>()).prop_map(|(t, k)| Op::Get(t, k)),
+        2 => (0..4u8, any::<u8>(), any::<u8>(), 0..6u8, 0..3u8)
+            .prop_map(|(t, a, b, bounds, way)| Op::Range(t, a, b, bounds, way)),
+        1 => Just(Op::Ends),
+        1 => Just(Op::Len),
+        1 => (0..4u8, any::<u8>()).prop_map(|(t, a)| Op::RetainIn(t, a)),
+        1 => Just(Op::Commit),
+        1 => Just(Op::Abort),
+    ]
+}
+
+/// A key of each table from a small number, spread so that byte order and number order
+/// differ (little-endian encodings would sort them wrongly).
+fn number(k: u8) -> u64 {
+    u64::from(k).rotate_left(k as u32 % 64) ^ (u64::from(k) << 8)
+}
+fn pair(k: u8) -> (u32, u64) {
+    (u32::from(k % 3) << 9, number(k))
+}
+fn bytes(k: u8) -> Vec<u8> {
+    vec![k % 7; usize::from(k % 4)]
+}
+fn id(k: u8) -> [u8; 4] {
+    [k % 5, k, 0, k / 3]
+}
+
+fn bounds<T: Clone>(a: T, b: T, which: u8) -> (Bound<T>, Bound<T>) {
+    match which {
+        0 => (Bound::Included(a), Bound::Included(b)),
+        1 => (Bound::Included(a), Bound::Excluded(b)),
+        2 => (Bound::Excluded(a), Bound::Unbounded),
+        3 => (Bound::Unbounded, Bound::Included(b)),
+        4 => (Bound::Excluded(a), Bound::Excluded(b)),
+        _ => (Bound::Unbounded, Bound::Unbounded),
+    }
+}
+
+/// Reads a range the way `way` says: forwards, backwards, or one from each end in turn.
+fn drain<I, T>(mut rows: I, way: u8) -> Vec<T>
+where
+    I: DoubleEndedIterator<Item = Result<T>>,
+{
+    let mut front = Vec::new();
+    let mut back = Vec::new();
+    let mut from_back = way == 1;
+    loop {
+        let row = if from_back {
+            rows.next_back()
+        } else {
+            rows.next()
+        };
+        let Some(row) = row else { break };
+        let row = row.expect("row");
+        if from_back {
+            back.push(row)
+        } else {
+            front.push(row)
+        }
+        if way == 2 {
+            from_back = !from_back;
+        }
+    }
+    front.extend(back.into_iter().rev());
+    front
+}
+
+/// Runs `ops` on `db`, answering each one as text.
+fn run(db: &Database, ops: &[Op]) -> Vec<String> {
+    let mut answers = Vec::new();
+    let mut txn = db.begin_write().expect("begin");
+    for op in ops {
+        let answer = match op.clone() {
+            Op::Insert(t, k, v) => {
+                let v0 = u64::from(v.first().copied().unwrap_or(0));
+                match t {
+                    0 => format!(
+                        "{:?}",
+                        txn.open_table(NUMBERS)
+                            .expect("kv")
+                            .insert(number(k), v.as_slice())
+                            .expect("kv")
+                            .map(|g| g.value().to_vec())
+                    ),
+                    1 => format!(
+                        "{:?}",
+                        txn.open_table(PAIRS)
+                            .expect("kv")
+                            .insert(pair(k), v.as_slice())
+                            .expect("kv")
+                            .map(|g| g.value().to_vec())
+                    ),
+                    2 => format!(
+                        "{:?}",
+                        txn.open_table(BYTES)
+                            .expect("kv")
+                            .insert(bytes(k).as_slice(), v0)
+                            .expect("kv")
+                            .map(|g| g.value())
+                    ),
+                    _ => format!(
+                        "{:?}",
+                        txn.open_table(IDS)
+                            .expect("kv")
+                            .insert(&id(k), -(v0 as i64))
+                            .expect("kv")
+                            .map(|g| g.value())
+                    ),
+                }
+            }
+            Op::Remove(t, k) => match t {
+                0 => format!(
+                    "{:?}",
+                    txn.open_table(NUMBERS)
+                        .expect("kv")
+                        .remove(number(k))
+                        .expect("kv")
+                        .map(|g| g.value().to_vec())
+                ),
+                1 => format!(
+                    "{:?}",
+                    txn.open_table(PAIRS)
+                        .expect("kv")
+                        .remove(pair(k))
+                        .expect("kv")
+                        .map(|g| g.value().to_vec())
+                ),
+                2 => format!(
+                    "{:?}",
+                    txn.open_table(BYTES)
+                        .expect("kv")
+                        .remove(bytes(k).as_slice())
+                        .expect("kv")
+                        .map(|g| g.value())
+                ),
+                _ => format!(
+                    "{:?}",
+                    txn.open_table(IDS)
+                        .expect("kv")
+                        .remove(&id(k))
+                        .expect("kv")
+                        .map(|g| g.value())
+                ),
+            },
+            Op::Get(t, k) => {
+                // Read in the write transaction, and in a snapshot of what is committed.
+                let read = db.begin_read().expect("read");
+                match t {
+                    0 => format!(
+                        "{:?} {:?}",
+                        txn.open_table(NUMBERS)
+                            .expect("kv")
+                            .get(number(k))
+                            .expect("kv")
+                            .map(|g| g.value().to_vec()),
+                        read.open_table(NUMBERS)
+                            .ok()
+                            .map(|t| t.get(number(k)).expect("kv").map(|g| g.value().to_vec()))
+                            .unwrap_or_default()
+                    ),
+                    1 => format!(
+                        "{:?}",
+                        txn.open_table(PAIRS)
+                            .expect("kv")
+                            .get(pair(k))
+                            .expect("kv")
+                            .map(|g| g.value().to_vec())
+                    ),
+                    2 => format!(
+                        "{:?}",
+                        txn.open_table(BYTES)
+                            .expect("kv")
+                            .get(bytes(k).as_slice())
+                            .expect("kv")
+                            .map(|g| g.value())
+                    ),
+                    _ => format!(
+                        "{:?}",
+                        txn.open_table(IDS)
+                            .expect("kv")
+                            .get(&id(k))
+                            .expect("kv")
+                            .map(|g| g.value())
+                    ),
+                }
+            }
+            Op::Range(t, a, b, which, way) => match t {
+                0 => {
+                    let table = txn.open_table(NUMBERS).expect("kv");
+                    let rows = table.range(bounds(number(a), number(b), which));
+                    // redb refuses a range whose start is after its end; so must PostgreSQL.
+                    match rows {
+                        Ok(rows) => format!(
+                            "{:?}",
+                            drain(rows, way)
+                                .iter()
+                                .map(|(k, v)| (k.value(), v.value().to_vec()))
+                                .collect::<Vec<_>>()
+                        ),
+                        Err(e) => format!("refused: {e}"),
+                    }
+                }
+                1 => {
+                    let table = txn.open_table(PAIRS).expect("kv");
+                    let rows = table.range(bounds(pair(a), pair(b), which)).expect("kv");
+                    format!(
+                        "{:?}",
+                        drain(rows, way)
+                            .iter()
+                            .map(|(k, v)| (k.value(), v.value().to_vec()))
+                            .collect::<Vec<_>>()
+                    )
+                }
+                2 => {
+                    let table = txn.open_table(BYTES).expect("kv");
+                    let (a, b) = (bytes(a), bytes(b));
+                    let rows = table
+                        .range::<&[u8]>(bounds(a.as_slice(), b.as_slice(), which))
+                        .expect("kv");
+                    format!(
+                        "{:?}",
+                        drain(rows, way)
+                            .iter()
+                            .map(|(k, v)| (k.value().to_vec(), v.value()))
+                            .collect::<Vec<_>>()
+                    )
+                }
+                _ => {
+                    let table = txn.open_table(IDS).expect("kv");
+                    let (a, b) = (id(a), id(b));
+                    let rows = table.range::<&[u8; 4]>(bounds(&a, &b, which)).expect("kv");
+                    format!(
+                        "{:?}",
+                        drain(rows, way)
+                            .iter()
+                            .map(|(k, v)| (*k.value(), v.value()))
+                            .collect::<Vec<_>>()
+                    )
+                }
+            },
+            Op::Ends => {
+                let numbers = txn.open_table(NUMBERS).expect("kv");
+                let pairs = txn.open_table(PAIRS).expect("kv");
+                let end = |e: Option<Entry<'_, u64, &[u8]>>| {
+                    e.map(|(k, v)| (k.value(), v.value().to_vec()))
+                };
+                let pend = |e: Option<Entry<'_, (u32, u64), &[u8]>>| e.map(|(k, _)| k.value());
+                format!(
+                    "{:?} {:?} {:?} {:?}",
+                    end(numbers.first().expect("kv")),
+                    end(numbers.last().expect("kv")),
+                    pend(pairs.first().expect("kv")),
+                    pend(pairs.last().expect("kv"))
+                )
+            }
+            Op::Len => {
+                let ids = txn.open_table(IDS).expect("kv");
+                format!(
+                    "{} {} {} {} {}",
+                    txn.open_table(NUMBERS).expect("kv").len().expect("kv"),
+                    txn.open_table(PAIRS).expect("kv").len().expect("kv"),
+                    txn.open_table(BYTES).expect("kv").len().expect("kv"),
+                    ids.len().expect("kv"),
+                    ids.is_empty().expect("kv"),
+                )
+            }
+            Op::RetainIn(t, a) => {
+                match t % 2 {
+                    0 => txn
+                        .open_table(NUMBERS)
+                        .expect("kv")
+                        .retain_in(number(a)..=u64::MAX, |_, v| {
+                            v.first().is_none_or(|b| b % 2 == 0)
+                        })
+                        .expect("kv"),
+                    _ => txn
+                        .open_table(PAIRS)
+                        .expect("kv")
+                        .retain(|k, v| k.0 > 600 || v.len() % 2 == 0)
+                        .expect("kv"),
+                }
+                "retained".into()
+            }
+            Op::Commit => {
+                txn.commit().expect("commit");
+                txn = db.begin_write().expect("begin");
+                "committed".into()
+            }
+            Op::Abort => {
+                txn.abort().expect("abort");
+                txn = db.begin_write().expect("begin");
+                "aborted".into()
+            }
+        };
+        answers.push(answer);
+    }
+    txn.commit().expect("commit");
+    answers
+}
+
+// The test server is shared by the cases: each case takes a database of its own.
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
+    #[test]
+    fn postgres_answers_every_operation_as_redb_does(ops in proptest::collection::vec(op(), 1..80)) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let redb = run(&redb_database(&dir), &ops);
+        let pg = run(&pg_database(), &ops);
+        for (i, (r, p)) in redb.iter().zip(&pg).enumerate() {
+            prop_assert_eq!(r, p, "operation {} ({:?})", i, &ops[i]);
+        }
+    }
+}
+
+/// A range longer than a page, read from both ends until they meet.
+#[test]
+fn a_range_of_many_pages_meets_itself_from_both_ends() {
+    let db = pg_database();
+    let txn = db.begin_write().expect("begin");
+    {
+        let mut table = txn.open_table(NUMBERS).expect("table");
+        for n in 0..1500u64 {
+            table.insert(n * 3, [n as u8].as_slice()).expect("insert");
+        }
+    }
+    txn.commit().expect("commit");
+    let read = db.begin_read().expect("read");
+    let table = read.open_table(NUMBERS).expect("table");
+    let all: Vec<u64> = drain(table.range(10..4000).expect("range"), 2)
+        .iter()
+        .map(|(k, _)| k.value())
+        .collect();
+    let expected: Vec<u64> = (0..1500u64)
+        .map(|n| n * 3)
+        .filter(|k| (10..4000).contains(k))
+        .collect();
+    assert_eq!(all, expected);
+    assert_eq!(table.iter().expect("iter").rev().count(), 1500);
+}
+
+/// A snapshot does not see what commits after it began; a dropped write keeps nothing.
+#[test]
+fn a_snapshot_is_stable_and_a_dropped_write_keeps_nothing() {
+    let db = pg_database();
+    let before = db.begin_read().expect("read");
+    let txn = db.begin_write().expect("begin");
+    txn.open_table(NUMBERS)
+        .expect("kv")
+        .insert(1, [1u8].as_slice())
+        .expect("kv");
+    txn.commit().expect("commit");
+    assert!(
+        before
+            .open_table(NUMBERS)
+            .expect("kv")
+            .get(1)
+            .expect("kv")
+            .is_none()
+    );
+    let txn = db.begin_write().expect("begin");
+    txn.open_table(NUMBERS)
+        .expect("kv")
+        .insert(2, [2u8].as_slice())
+        .expect("kv");
+    drop(txn);
+    let after = db.begin_read().expect("read");
+    let table = after.open_table(NUMBERS).expect("kv");
+    assert_eq!(
+        table.get(1).expect("kv").map(|g| g.value().to_vec()),
+        Some(vec![1])
+    );
+    assert!(
+        table.get(2).expect("kv").is_none(),
+        "a dropped transaction kept its write"
+    );
+}
+
+/// Two processes' write transactions, each reading the row the other writes (write skew):
+/// PostgreSQL keeps one, refuses the other as a serialisation failure, and running it again
+/// succeeds.
+#[test]
+fn concurrent_writers_of_two_processes_are_serialised() {
+    let url = database();
+    let first = Database::Pg(PgStore::open(&url).expect("open"));
+    let second = Database::Pg(PgStore::open(&url).expect("open"));
+    // Writes into `to` one more than `from` holds.
+    let copy = |txn: &WriteTransaction, from: &[u8], to: &[u8]| {
+        let mut table = txn.open_table(BYTES).expect("kv");
+        let n = table.get(from).expect("kv").map(|g| g.value()).unwrap_or(0);
+        table.insert(to, n + 1).expect("kv");
+    };
+    let a = first.begin_write().expect("begin");
+    let b = second.begin_write().expect("begin");
+    copy(&a, b"y", b"x");
+    copy(&b, b"x", b"y");
+    a.commit().expect("the first commit");
+    let refused = b
+        .commit()
+        .expect_err("each read what the other wrote: one must be refused");
+    let CommitError::Storage(refused) = refused else {
+        panic!("{refused}")
+    };
+    assert!(is_serialization_failure(&refused), "{refused}");
+    let again = second.begin_write().expect("begin");
+    copy(&again, b"x", b"y");
+    again.commit().expect("run again");
+    let read = first.begin_read().expect("kv");
+    let table = read.open_table(BYTES).expect("kv");
+    let value = |k: &[u8]| table.get(k).expect("kv").map(|g| g.value());
+    assert_eq!((value(b"x"), value(b"y")), (Some(1), Some(2)));
+}
+
+/// The schema is made once, a second start finds it, and a newer schema is refused.
+#[test]
+fn the_schema_is_versioned_and_a_newer_one_is_refused() {
+    let url = database();
+    drop(PgStore::open(&url).expect("make the schema"));
+    drop(PgStore::open(&url).expect("find it"));
+    let db = PgStore::open(&url).expect("open");
+    let txn = db.begin_write().expect("begin");
+    drop(txn);
+    // A newer Carnet moved the schema on.
+    let mut psql = std::process::Command::new("psql");
+    let status = psql
+        .args([
+            "-q",
+            "-d",
+            &url,
+            "-c",
+            "UPDATE carnet_schema SET version = version + 1",
+        ])
+        .status()
+        .expect("psql");
+    assert!(status.success());
+    let refused = PgStore::open(&url).expect_err("a newer schema");
+    assert!(refused.to_string().contains("newer Carnet"), "{refused}");
+}
