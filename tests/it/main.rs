@@ -12,6 +12,7 @@
 //! - `retention`: ten years of archiving before a purge, the holder's deletion request, and
 //!   reopening, through a host and two site daemons.
 //! - `reads`: `dossier show`, `dossier list`, `audit show` as a person (`--as`), decided and traced.
+//! - `help`: every command, option and argument described in `--help`, the main commands' examples.
 //! - `keys`: master key rotation.
 //! - `export`: the holder's FHIR copy.
 //! - `authority`: signed host records on sites.
@@ -43,6 +44,7 @@ mod export;
 mod fault_proxy;
 mod faults;
 mod grants;
+mod help;
 mod host_trusts_no_site;
 mod keys;
 mod notifications;
