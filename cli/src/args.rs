@@ -260,7 +260,7 @@ pub struct InitArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum SyncCmd {
-    /// Run one full round with the host now and wait for it.
+    /// Run one full round with the host now and wait for it (a progress line on a terminal).
     #[command(after_long_help = examples::SYNC_NOW)]
     Now,
     /// Pending changes, the pull cursor and the freshness of the host's records.
@@ -900,7 +900,9 @@ mod examples {
   # A consultation report by Dr Martin (prints the new document's id):
   carnet doc add --dossier 284057512345672 --as 10000000001 --class 10 --type 11488-4 --title \"CR de consultation\" consultation.pdf
   # An emergency doctor without a grant (reviewed by the host):
-  carnet doc add --dossier 284057512345672 --as 10000000003 --mode break-glass --reason \"patient inconscient\" --class 10 --type 11488-4 --title \"CR d'urgence\" urgence.pdf";
+  carnet doc add --dossier 284057512345672 --as 10000000003 --mode break-glass --reason \"patient inconscient\" --class 10 --type 11488-4 --title \"CR d'urgence\" urgence.pdf
+
+A large body shows a progress bar on a terminal (not with --json, nor when stderr is not a terminal).";
 
     pub const DOC_GET: &str = "Examples:
   # ID as `carnet doc list` shows it; the body goes to a file written 0600:

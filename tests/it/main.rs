@@ -6,6 +6,7 @@
 //! - `documents`: document commands, bytes in and out, metadata.
 //! - `grants`: the one médecin traitant of a dossier; grants that end, at an offline site.
 //! - `policy_cli`: the access decision table of DOMAIN §4, end to end, with its traces.
+//! - `progress`: progress bars on a terminal only, never for a pipe or `--json`.
 //! - `secrecy`: no patient data in clear in any file of a data folder.
 //! - `tampering`: damage at rest (redb edited directly) and in transit (bundles), format versions.
 //! - `purge`: closure, host purge, site purge on import.
@@ -52,6 +53,7 @@ mod opened_here;
 mod operator;
 mod pki;
 mod policy_cli;
+mod progress;
 mod purge;
 mod quarantine;
 mod reads;
