@@ -86,7 +86,8 @@ fn script() -> Option<&'static str> {
     found.then_some("script")
 }
 
-/// Runs `carnet --data DIR args…` on a pseudo-terminal; answers what the terminal showed.
+/// Runs `carnet --data DIR args…` on a pseudo-terminal, with the umask at 000 (a file it
+/// created without its mode would be open to all); answers what the terminal showed.
 fn on_a_terminal(script: &str, data: &Path, args: &[&str]) -> String {
     let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
     let line = [bin(), "--data", &data.display().to_string()]
@@ -95,6 +96,7 @@ fn on_a_terminal(script: &str, data: &Path, args: &[&str]) -> String {
         .map(|a| quote(a))
         .collect::<Vec<_>>()
         .join(" ");
+    let line = format!("umask 000 && exec {line}");
     let out = Command::new(script)
         .args(["-q", "-e", "-c", &line, "/dev/null"])
         .env_remove("CARNET_DATA")
@@ -117,7 +119,7 @@ fn a_terminal_shows_progress_for_people_and_none_for_json() {
         eprintln!("no `script` (util-linux) on this machine: the terminal case is not run");
         return;
     };
-    let (host, ins, body, _) = host_with_a_large_document();
+    let (host, ins, body, id) = host_with_a_large_document();
     let add = |json: bool| {
         let mut args = vec![
             "doc",
@@ -145,8 +147,8 @@ fn a_terminal_shows_progress_for_people_and_none_for_json() {
         "no bar with bytes on a terminal:\n{people:?}"
     );
     assert!(
-        !people.contains("Imagerie"),
-        "the bar shows no title: {people:?}"
+        !people.contains("large.bin"),
+        "the bar shows no file name: {people:?}"
     );
     let json = add(true);
     assert!(
@@ -154,4 +156,27 @@ fn a_terminal_shows_progress_for_people_and_none_for_json() {
         "a bar in --json mode:\n{json:?}"
     );
     assert!(json.contains("\"id\""), "{json:?}");
+    // A large body written to a file: a bar, and the file 0600 from its creation on.
+    let got = host.path("got.bin");
+    let shown = on_a_terminal(
+        script,
+        &host.data,
+        &[
+            "doc",
+            "get",
+            &id,
+            "--as",
+            DOCTOR,
+            "-o",
+            &got.display().to_string(),
+        ],
+    );
+    assert!(
+        shown.contains("writing") && shown.contains("MiB"),
+        "{shown:?}"
+    );
+    assert_eq!(std::fs::read(&got).expect("read"), large_body());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&got).expect("meta").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "a body written with a bar is the owner's only");
 }
