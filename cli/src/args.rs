@@ -21,6 +21,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create a new replica in the data folder.
+    #[command(after_long_help = examples::INIT)]
     Init(InitArgs),
     /// Professionals registered at this site.
     #[command(subcommand)]
@@ -44,6 +45,7 @@ pub enum Command {
     #[command(subcommand)]
     Keys(KeysCmd),
     /// The holder's full copy of a dossier, as a FHIR R4 Bundle.
+    #[command(after_long_help = examples::EXPORT)]
     Export(ExportArgs),
     /// Signed host records: export (host) and import (site).
     #[command(subcommand)]
@@ -58,6 +60,7 @@ pub enum Command {
     /// decides). Host, with --site: accept that site's pin (an appointment with the holder's
     /// consent is recorded).
     Pin {
+        /// The dossier (INS).
         ins: String,
         /// Host: the site whose pin is accepted.
         #[arg(long)]
@@ -66,6 +69,7 @@ pub enum Command {
     /// Site: let a pinned dossier go at the next sync. Host, with --site: refuse that site's
     /// pin, or end an accepted one.
     Unpin {
+        /// The dossier (INS).
         ins: String,
         /// Host: the site whose pin is refused or ended.
         #[arg(long)]
@@ -88,6 +92,7 @@ pub enum Command {
     /// Host: every enrolled site as the host's daemon sees it — connected, last contact, how far
     /// behind, lease, quarantine, pending requests, version, last error.
     Sites {
+        /// `show SITE` for one site; without it, every site.
         #[command(subcommand)]
         show: Option<SitesCmd>,
     },
@@ -96,6 +101,7 @@ pub enum Command {
     Ui,
     /// Write a consistent copy of the replica (and its carnet.toml) to a file, while it runs
     /// (through the daemon when one runs). The master key is not in it: keep it apart.
+    #[command(after_long_help = examples::BACKUP)]
     Backup {
         /// The backup file (written 0600; replaced only once the new copy is complete).
         #[arg(short, long)]
@@ -103,6 +109,7 @@ pub enum Command {
     },
     /// Bring a backup back into a new or empty data folder (--data). A site then catches up
     /// with the host at its first sync before it records or serves anything.
+    #[command(after_long_help = examples::RESTORE)]
     Restore {
         /// The backup file.
         file: PathBuf,
@@ -114,15 +121,13 @@ pub enum Command {
     /// Run the demonstration scenario in a temporary folder.
     Demo(DemoArgs),
     /// Print the shell completion script for bash, zsh or fish on stdout.
-    ///
-    /// Example: `carnet completions bash > /etc/bash_completion.d/carnet`
+    #[command(after_long_help = examples::COMPLETIONS)]
     Completions {
         /// The shell: bash, zsh or fish.
         shell: CompletionShell,
     },
     /// Write the manual pages (`carnet.1` and one per command) into a folder.
-    ///
-    /// Example: `carnet man /usr/local/share/man/man1`
+    #[command(after_long_help = examples::MAN)]
     Man {
         /// The folder the pages are written into (created when missing).
         dir: PathBuf,
@@ -180,14 +185,19 @@ pub enum QuarantineCmd {
     /// when, why, and what became of it. Opens no body.
     List,
     /// One quarantined document. Opens no body.
-    Show { id: String },
+    Show {
+        /// The quarantine id (`quarantine list`).
+        id: String,
+    },
     /// Writes a quarantined document's body: for its author (`--as RPPS`), or the host
     /// operator (no `--as`, at the host). Traced, allowed or not.
     Get {
+        /// The quarantine id (`quarantine list`).
         id: String,
+        /// Its author (RPPS); without it, the host's operator (at the host only).
         #[arg(long = "as")]
         actor: Option<String>,
-        /// Write the body to this file (default: stdout).
+        /// Write the body to this file (mode 0600; default: stdout).
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
@@ -195,9 +205,12 @@ pub enum QuarantineCmd {
     /// author: decided like any write here, and again by the host. Traced; the quarantined
     /// copy stays, showing what became of it.
     Refile {
+        /// The quarantine id (`quarantine list`).
         id: String,
+        /// The open dossier (INS) the document goes into.
         #[arg(long)]
         dossier: String,
+        /// Its author (RPPS), who files it again.
         #[arg(long = "as")]
         actor: String,
     },
@@ -206,12 +219,17 @@ pub enum QuarantineCmd {
 #[derive(Debug, Subcommand)]
 pub enum SitesCmd {
     /// Everything the host's daemon knows of one site.
-    Show { site: u32 },
+    Show {
+        /// The site's id.
+        site: u32,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum RoleArg {
+    /// The national host: authoritative for dossiers, grants and closures.
     Host,
+    /// A site (clinic, pharmacy, mobile unit) that syncs with the host.
     Site,
 }
 
@@ -242,9 +260,11 @@ pub struct InitArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum SyncCmd {
-    /// Run one full round with the host now and wait for it.
+    /// Run one full round with the host now and wait for it (a progress line on a terminal).
+    #[command(after_long_help = examples::SYNC_NOW)]
     Now,
     /// Pending changes, the pull cursor and the freshness of the host's records.
+    #[command(after_long_help = examples::SYNC_STATUS)]
     Status,
 }
 
@@ -266,8 +286,10 @@ pub enum PkiCmd {
     },
     /// Enrol a site: writes its bundle (it holds a private key: hand it over securely).
     Enrol {
+        /// The site's name.
         #[arg(long)]
         name: String,
+        /// The site's FINESS number (9 digits).
         #[arg(long)]
         finess: String,
         /// Where sites reach the host, IP:PORT.
@@ -293,6 +315,7 @@ pub enum PkiCmd {
     /// gap (`pki install` at the site). With `--pending`: sign the renewals sites asked for
     /// over sync and that wait for the offline CA (`pki renewals`).
     Renew {
+        /// The site's id (`pki list`).
         #[arg(required_unless_present = "pending", conflicts_with = "pending")]
         site: Option<u32>,
         /// The file written (mode 0600); `-` writes to stdout.
@@ -345,29 +368,40 @@ pub enum PkiCmd {
     },
     /// Site: install a renewal bundle (replaces this site's certificate and key: same site id,
     /// host key and CA required), or a host key revocation file (`pki revoke-host -o`).
-    Install { bundle: PathBuf },
+    Install {
+        /// The renewal bundle (`pki renew`) or revocation file (`pki revoke-host -o`).
+        bundle: PathBuf,
+    },
     /// Bind a professional (registered at the host) to a site: their grants bring dossiers
     /// into its scope.
     Bind {
+        /// The site's id (`pki list`).
         #[arg(long)]
         site: u32,
+        /// The professional's RPPS (registered at the host, `pro add`).
         #[arg(long)]
         rpps: String,
     },
     /// Unbind a professional from a site.
     Unbind {
+        /// The site's id (`pki list`).
         #[arg(long)]
         site: u32,
+        /// The professional's RPPS.
         #[arg(long)]
         rpps: String,
     },
     /// The professionals bound to a site.
     Pros {
+        /// The site's id (`pki list`).
         #[arg(long)]
         site: u32,
     },
     /// Revoke a site: its certificates are refused from now on.
-    Revoke { site: u32 },
+    Revoke {
+        /// The site's id (`pki list`).
+        site: u32,
+    },
     /// List enrolled sites, with the expiry of each one's certificate.
     List,
 }
@@ -375,14 +409,18 @@ pub enum PkiCmd {
 #[derive(Debug, Subcommand)]
 pub enum ProCmd {
     /// Register a professional at this site.
+    #[command(after_long_help = examples::PRO_ADD)]
     Add {
+        /// The professional's RPPS number (11 digits).
         #[arg(long)]
         rpps: String,
         /// medecin, pharmacien, infirmier, sage-femme, chirurgien-dentiste, masseur-kinesitherapeute…
         #[arg(long)]
         profession: String,
+        /// The specialty, e.g. medecine-generale, cardiologie (doctors).
         #[arg(long)]
         specialty: Option<String>,
+        /// The professional's name, as shown in lists and traces.
         #[arg(long)]
         name: Option<String>,
     },
@@ -394,17 +432,21 @@ pub enum ProCmd {
 pub enum DossierCmd {
     /// Create a dossier: at the host; or at a site, opened there by a professional registered
     /// here or the holder (--as), usable at once and proposed to the host.
+    #[command(after_long_help = examples::DOSSIER_CREATE)]
     Create(CreateDossierArgs),
     /// Site: the identity of a dossier opened here was checked against an ID document and
     /// INSi; what was held for it goes to the host.
     Qualify {
+        /// The dossier (INS) opened here.
         ins: String,
         /// RPPS of the professional who checked it.
         #[arg(long = "as")]
         actor: String,
     },
     /// Show a dossier: identity, status, grants, emergency preferences (decided and traced).
+    #[command(after_long_help = examples::DOSSIER_SHOW)]
     Show {
+        /// The dossier (INS).
         ins: String,
         /// Who reads: an RPPS, `holder` or `representative`. Without it, the host's operator
         /// (at the host only).
@@ -420,7 +462,9 @@ pub enum DossierCmd {
     },
     /// Close a dossier at the holder's request (host): archived ten years, then purged.
     Close {
+        /// The dossier (INS).
         ins: String,
+        /// Why it is closed (recorded in the signed closure).
         #[arg(long)]
         reason: String,
         /// The holder asks that it be deleted rather than archived: it may be purged at once.
@@ -428,16 +472,24 @@ pub enum DossierCmd {
         deletion_requested: bool,
     },
     /// The holder of a closed dossier asks its deletion (host): it may then be purged at once.
-    RequestDeletion { ins: String },
+    RequestDeletion {
+        /// The closed dossier (INS).
+        ins: String,
+    },
     /// Reopen a closed dossier (host): the archive comes back, sites receive it again.
     Reopen {
+        /// The closed dossier (INS).
         ins: String,
+        /// Why it is reopened (recorded in the signed head).
         #[arg(long)]
         reason: String,
     },
     /// Destroy a closed dossier, its key first, then its rows (host): once its ten years of
     /// archiving are over, or the holder asked its deletion; refused before (exit 3).
-    Purge { ins: String },
+    Purge {
+        /// The closed dossier (INS).
+        ins: String,
+    },
     /// Record or end a legal representative of the holder (host).
     #[command(subcommand)]
     Representative(RepresentativeCmd),
@@ -448,7 +500,9 @@ pub enum RepresentativeCmd {
     /// Record a legal representative; prints their id (R1, R2, …), what `--as
     /// representative:ID` names.
     Add {
+        /// The dossier (INS).
         ins: String,
+        /// The representative's name.
         #[arg(long)]
         name: String,
         /// Relationship to the holder (e.g. mother, guardian).
@@ -457,6 +511,7 @@ pub enum RepresentativeCmd {
     },
     /// End a legal representative: from then on, their id has no access.
     Remove {
+        /// The dossier (INS).
         ins: String,
         /// Their id, e.g. R1.
         id: String,
@@ -465,13 +520,16 @@ pub enum RepresentativeCmd {
 
 #[derive(Debug, Args)]
 pub struct CreateDossierArgs {
+    /// The patient's INS: 13 digits and a 2-digit key.
     #[arg(long)]
     pub ins: String,
     /// nir, nia, test or demo.
     #[arg(long, default_value = "nir")]
     pub ins_kind: String,
+    /// Birth name (nom de naissance), as on the ID document.
     #[arg(long)]
     pub birth_name: String,
+    /// First names, separated by spaces, as on the ID document.
     #[arg(long)]
     pub first_names: String,
     /// YYYY-MM-DD.
@@ -503,8 +561,10 @@ pub struct CreateDossierArgs {
 
 #[derive(Debug, Args)]
 pub struct GrantTarget {
+    /// The dossier (INS).
     #[arg(long)]
     pub dossier: String,
+    /// The professional's RPPS.
     #[arg(long)]
     pub rpps: String,
 }
@@ -512,6 +572,7 @@ pub struct GrantTarget {
 #[derive(Debug, Subcommand)]
 pub enum GrantCmd {
     /// Grant access (host).
+    #[command(after_long_help = examples::GRANT_ADD)]
     Add {
         #[command(flatten)]
         target: GrantTarget,
@@ -543,6 +604,7 @@ pub enum GrantCmd {
     /// List a dossier's grants, as a person may see them (decided and traced): the holder,
     /// representatives and the médecin traitant see all, a professional their own grant.
     List {
+        /// The dossier (INS).
         #[arg(long)]
         dossier: String,
         /// Who reads: an RPPS, `holder` or `representative:ID`. Without it, the host's
@@ -554,7 +616,9 @@ pub enum GrantCmd {
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum AllowOppose {
+    /// The holder allows it.
     Allow,
+    /// The holder opposes it.
     Oppose,
 }
 
@@ -563,11 +627,13 @@ pub enum EmergencyCmd {
     /// Site, online: fetch a dossier this site does not hold for a break-glass or centre 15
     /// access; the host decides and traces it, and the dossier stays here for 24 h.
     Fetch {
+        /// The dossier (INS).
         #[arg(long)]
         dossier: String,
         /// RPPS of the professional (bound to this site by the host).
         #[arg(long = "as")]
         actor: String,
+        /// break-glass or centre-15.
         #[arg(long, value_enum)]
         mode: ModeArg,
         /// Why the patient cannot consent, or the regulation call.
@@ -576,10 +642,13 @@ pub enum EmergencyCmd {
     },
     /// Set emergency preferences (host); unspecified ones keep their value.
     Set {
+        /// The dossier (INS).
         #[arg(long)]
         dossier: String,
+        /// Access by the SAMU's regulating doctor (centre 15).
         #[arg(long, value_enum)]
         samu: Option<AllowOppose>,
+        /// Break-glass access by a professional without a grant.
         #[arg(long, value_enum)]
         btg: Option<AllowOppose>,
         /// Masked documents readable in an emergency.
@@ -590,8 +659,11 @@ pub enum EmergencyCmd {
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum ModeArg {
+    /// An ordinary access, under the actor's own rights.
     Normal,
+    /// An emergency access without a grant (a reason is required; the host reviews it).
     BreakGlass,
+    /// An access by the SAMU's regulating doctor (a reason is required; the host reviews it).
     #[value(name = "centre-15")]
     Centre15,
 }
@@ -604,6 +676,7 @@ pub struct NewDocArgs {
     /// Type code (LOINC or French code).
     #[arg(long = "type")]
     pub type_code: String,
+    /// The document's title, as shown in lists.
     #[arg(long)]
     pub title: String,
     /// MIME type of the body.
@@ -622,37 +695,48 @@ pub struct NewDocArgs {
 #[derive(Debug, Subcommand)]
 pub enum DocCmd {
     /// Add a document; prints its id.
+    #[command(after_long_help = examples::DOC_ADD)]
     Add {
+        /// The dossier (INS).
         #[arg(long)]
         dossier: String,
         /// RPPS of a professional, `patient`, or `representative:ID` (e.g. `representative:R1`).
         #[arg(long = "as")]
         actor: String,
+        /// How the actor writes: under their rights, or in an emergency.
         #[arg(long, value_enum, default_value = "normal")]
         mode: ModeArg,
+        /// Why (required for break-glass and centre 15).
         #[arg(long)]
         reason: Option<String>,
         #[command(flatten)]
         doc: NewDocArgs,
     },
     /// Read a document (traced).
+    #[command(after_long_help = examples::DOC_GET)]
     Get {
+        /// The document's id (`doc list`).
         id: String,
+        /// Who reads: an RPPS, `patient` or `representative:ID`.
         #[arg(long = "as")]
         actor: String,
+        /// How the actor reads: under their rights, or in an emergency.
         #[arg(long, value_enum, default_value = "normal")]
         mode: ModeArg,
-        /// Required for break-glass and centre 15.
+        /// Why (required for break-glass and centre 15).
         #[arg(long)]
         reason: Option<String>,
-        /// Write the body to this file (default: stdout).
+        /// Write the body to this file (mode 0600; default: stdout).
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
     /// List the documents of a dossier the actor may read (traced).
+    #[command(after_long_help = examples::DOC_LIST)]
     List {
+        /// The dossier (INS).
         #[arg(long)]
         dossier: String,
+        /// Who reads: an RPPS, `patient` or `representative:ID`.
         #[arg(long = "as")]
         actor: String,
     },
@@ -668,7 +752,9 @@ pub enum DocCmd {
     Delete(DocActionArgs),
     /// Replace by a new document; the old one is kept, deprecated.
     Replace {
+        /// The id of the document replaced.
         id: String,
+        /// Who writes: an RPPS, `patient` or `representative:ID`.
         #[arg(long = "as")]
         actor: String,
         #[command(flatten)]
@@ -678,7 +764,9 @@ pub enum DocCmd {
 
 #[derive(Debug, Args)]
 pub struct DocActionArgs {
+    /// The document's id (`doc list`).
     pub id: String,
+    /// Who acts: an RPPS, `patient` or `representative:ID`.
     #[arg(long = "as")]
     pub actor: String,
 }
@@ -687,9 +775,9 @@ pub struct DocActionArgs {
 pub enum AuditCmd {
     /// Show a dossier's trace: whole to the holder, representatives and the médecin traitant;
     /// their own entries to other professionals (decided and traced).
-    ///
-    /// Example: `carnet audit show --dossier INS --as holder --since 2026-12-01 --limit 50`
+    #[command(after_long_help = examples::AUDIT_SHOW)]
     Show {
+        /// The dossier (INS).
         #[arg(long)]
         dossier: String,
         /// Who reads: an RPPS, `holder` or `representative`. Without it, the host's operator
@@ -715,7 +803,9 @@ pub enum AuditCmd {
     },
     /// Host: records the review of an emergency (`audit emergencies` gives its id), traced.
     Review {
+        /// The emergency's id (`audit emergencies`).
         id: u64,
+        /// What the review found.
         #[arg(long)]
         note: String,
         /// `operator:NAME` or `dpo:NAME`.
@@ -738,6 +828,7 @@ pub enum KeysCmd {
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
+    /// The dossier (INS).
     #[arg(long)]
     pub dossier: String,
     /// `patient` or `representative:ID` (e.g. `representative:R1`).
@@ -751,13 +842,18 @@ pub struct ExportArgs {
 #[derive(Debug, Subcommand)]
 pub enum AuthorityCmd {
     /// Write every signed record to a bundle file.
+    #[command(after_long_help = examples::AUTHORITY_EXPORT)]
     Export {
         /// The file written (mode 0600); `-` writes to stdout.
         #[arg(short, long)]
         output: PathBuf,
     },
     /// Verify and import a bundle.
-    Import { file: PathBuf },
+    #[command(after_long_help = examples::AUTHORITY_IMPORT)]
+    Import {
+        /// The bundle file (`authority export` at the host).
+        file: PathBuf,
+    },
     /// Print the host public key (to pin on sites with `init --host-key`).
     Key,
 }
@@ -767,4 +863,95 @@ pub struct DemoArgs {
     /// Keep the demo's data folder instead of deleting it.
     #[arg(long)]
     pub keep: bool,
+}
+
+/// The example sections of the main commands' long help (`--help`, and their manual pages).
+/// Synthetic identities only: the INS, RPPS and names of the README's quick start.
+mod examples {
+    pub const INIT: &str = "Examples:
+  # A national host (the master key goes to DIR/master.key, 0600):
+  carnet init --role host --name \"Hôte national\"
+  # A site from the enrolment bundle the host wrote for it (`carnet pki enrol`):
+  carnet init --role site --enrol clinic.bundle
+  # A site provisioned by hand, pinned to the host's key (`carnet authority key` there):
+  carnet init --role site --name \"Maison de santé\" --host-key HEX";
+
+    pub const PRO_ADD: &str = "Examples:
+  carnet pro add --rpps 10000000001 --profession medecin --specialty medecine-generale --name \"Dr Martin\"
+  carnet pro add --rpps 10000000002 --profession pharmacien";
+
+    pub const DOSSIER_CREATE: &str = "Examples:
+  # At the host, an identity checked against an ID document and INSi:
+  carnet dossier create --ins 284057512345672 --ins-kind demo --birth-name EXEMPLE --first-names Camille --birth-date 1984-05-07 --sex F --qualified
+  # At a site, opened by a doctor for a patient it does not know (held here until `dossier qualify`):
+  carnet dossier create --ins 284057512345672 --ins-kind demo --birth-name EXEMPLE --first-names Camille --birth-date 1984-05-07 --sex F --as 10000000001";
+
+    pub const DOSSIER_SHOW: &str = "Examples:
+  carnet dossier show 284057512345672 --as 10000000001
+  carnet dossier show 284057512345672 --as holder";
+
+    pub const GRANT_ADD: &str = "Examples:
+  # Designate the médecin traitant:
+  carnet grant add --dossier 284057512345672 --rpps 10000000001 --medecin-traitant
+  # A pharmacist, with the holder's consent, through the end of 2026:
+  carnet grant add --dossier 284057512345672 --rpps 10000000002 --until 2026-12-31";
+
+    pub const DOC_ADD: &str = "Examples:
+  # A consultation report by Dr Martin (prints the new document's id):
+  carnet doc add --dossier 284057512345672 --as 10000000001 --class 10 --type 11488-4 --title \"CR de consultation\" consultation.pdf
+  # An emergency doctor without a grant (reviewed by the host):
+  carnet doc add --dossier 284057512345672 --as 10000000003 --mode break-glass --reason \"patient inconscient\" --class 10 --type 11488-4 --title \"CR d'urgence\" urgence.pdf
+
+A large body shows a progress bar on a terminal (not with --json, nor when stderr is not a terminal).";
+
+    pub const DOC_GET: &str = "Examples:
+  # ID as `carnet doc list` shows it; the body goes to a file written 0600:
+  carnet doc get ID --as 10000000001 -o copy.pdf
+  # To stdout, for another program:
+  carnet doc get ID --as patient -o - | lpr";
+
+    pub const DOC_LIST: &str = "Examples:
+  carnet doc list --dossier 284057512345672 --as 10000000001
+  carnet doc list --dossier 284057512345672 --as patient --json";
+
+    pub const EXPORT: &str = "Examples:
+  # The holder's full copy (it holds their identity: the file is written 0600):
+  carnet export --dossier 284057512345672 --as patient -o dossier.json
+  # By a legal representative, by their id in the dossier:
+  carnet export --dossier 284057512345672 --as representative:R1 -o dossier.json";
+
+    pub const AUDIT_SHOW: &str = "Examples:
+  carnet audit show --dossier 284057512345672 --as holder
+  # A page of 50 entries from 1 December 2026 (UTC); the last line names the next page:
+  carnet audit show --dossier 284057512345672 --as holder --since 2026-12-01 --limit 50";
+
+    pub const AUTHORITY_EXPORT: &str = "Examples:
+  # Every signed record (it holds identities: written 0600, move it securely):
+  carnet authority export -o bundle.carnet";
+
+    pub const AUTHORITY_IMPORT: &str = "Examples:
+  # At a site: verified against the pinned host key, refused whole if anything fails:
+  carnet authority import bundle.carnet";
+
+    pub const SYNC_NOW: &str = "Examples:
+  carnet sync now
+  carnet sync now --json";
+
+    pub const SYNC_STATUS: &str = "Examples:
+  carnet sync status
+  carnet sync status --json";
+
+    pub const BACKUP: &str = "Examples:
+  carnet backup -o /var/backups/carnet/clinic.backup";
+
+    pub const RESTORE: &str = "Examples:
+  carnet restore /var/backups/carnet/clinic.backup --data /var/lib/carnet --key-file /media/usb/master.key";
+
+    pub const COMPLETIONS: &str = "Examples:
+  carnet completions bash > /etc/bash_completion.d/carnet
+  carnet completions zsh > ~/.zfunc/_carnet
+  carnet completions fish > ~/.config/fish/completions/carnet.fish";
+
+    pub const MAN: &str = "Examples:
+  carnet man /usr/local/share/man/man1";
 }

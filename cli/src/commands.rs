@@ -28,6 +28,7 @@ use zeroize::Zeroizing;
 
 use crate::args::*;
 use crate::fhir;
+use crate::progress::{self, Progress};
 use crate::store::Store;
 
 /// A command's result: a human text, a JSON value, and optionally raw bytes for stdout.
@@ -220,6 +221,32 @@ fn read_file(path: &Path) -> Result<Vec<u8>> {
     fs::read(path).map_err(|e| Failure::File(format!("cannot read {}: {e}", path.display())))
 }
 
+/// Reads a file given to a command (a document's body, a bundle), with a bytes bar when it is
+/// large and `show` (`progress::shown`).
+fn read_file_shown(path: &Path, show: bool) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let failed = |e: std::io::Error| Failure::File(format!("cannot read {}: {e}", path.display()));
+    let mut file = fs::File::open(path).map_err(failed)?;
+    let len = file.metadata().map_err(failed)?.len();
+    if !show || len < progress::LARGE {
+        return read_file(path);
+    }
+    let bar = Progress::bytes(true, "reading", len);
+    let mut out = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    let mut chunk = vec![0u8; progress::CHUNK];
+    loop {
+        let n = match file.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(failed(e)),
+        };
+        out.extend_from_slice(&chunk[..n]);
+        bar.inc(n as u64);
+    }
+    Ok(out)
+}
+
 /// Set once a command wrote its data to stdout (`-o -`): `main` then says the rest on stderr.
 static WROTE_STDOUT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -252,6 +279,27 @@ fn write_private_file(path: &Path, bytes: &[u8]) -> Result<()> {
     }
     carnet_store::files::write_private(path, bytes)
         .map_err(|e| Failure::File(format!("cannot write {}: {e}", path.display())))
+}
+
+/// `write_private_file`, with a bytes bar when `bytes` is large and `show`: the file is then
+/// opened once with mode 0600 (`carnet_store::files::open_private`, which sets an existing file
+/// to 0600 before anything is written) and written piece by piece.
+fn write_private_file_shown(path: &Path, bytes: &[u8], show: bool) -> Result<()> {
+    use std::io::Write;
+    if !show || (bytes.len() as u64) < progress::LARGE || path == Path::new("-") {
+        return write_private_file(path, bytes);
+    }
+    let failed = |e: std::io::Error| Failure::File(format!("cannot write {}: {e}", path.display()));
+    let bar = Progress::bytes(true, "writing", bytes.len() as u64);
+    let mut file = carnet_store::files::open_private(path, true).map_err(failed)?;
+    if file.metadata().map_err(failed)?.is_file() {
+        file.set_len(0).map_err(failed)?;
+    }
+    for piece in bytes.chunks(progress::CHUNK) {
+        file.write_all(piece).map_err(failed)?;
+        bar.inc(piece.len() as u64);
+    }
+    file.flush().map_err(failed)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -591,6 +639,56 @@ fn init_in(
     Ok((r, config_path))
 }
 
+/// How often the bar of `sync now` asks the replica where the round is.
+const SYNC_PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Runs a round; when `show`, a bar counts the changes pushed (against those waiting when it
+/// began) and says how many bodies are still to receive, from the replica's sync status read
+/// beside the round (through the daemon when one runs: a read it serves while the round goes
+/// on). With nothing to push, a spinner says the bodies alone.
+fn sync_round(r: &Store, show: bool) -> Result<carnet_syncd::session::RoundReport> {
+    let syncing = if r.via_daemon() {
+        "syncing with the host (through the daemon)…"
+    } else {
+        "syncing with the host…"
+    };
+    let before = if show { r.sync_status().ok() } else { None };
+    let Some(before) = before else {
+        let _spinner = Progress::spinner(show, syncing);
+        return r.sync_now();
+    };
+    let pending = before.pending;
+    let describe = move |missing_bodies: usize| match (pending, missing_bodies) {
+        (0, 0) => syncing.to_string(),
+        (0, n) => format!("{syncing} {n} body(ies) to receive"),
+        (_, 0) => "change(s) pushed".to_string(),
+        (_, n) => format!("change(s) pushed, {n} body(ies) to receive"),
+    };
+    let bar = if pending == 0 {
+        Progress::spinner(true, describe(before.missing_bodies))
+    } else {
+        Progress::counts(true, describe(before.missing_bodies), pending)
+    };
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    let bar = &bar;
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            // Until the round ends (the sender dropped), every half second.
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                finished.recv_timeout(SYNC_PROGRESS_EVERY)
+            {
+                if let Ok(now) = r.sync_status() {
+                    bar.set_position(pending.saturating_sub(now.pending));
+                    bar.set_message(describe(now.missing_bodies));
+                }
+            }
+        });
+        let report = r.sync_now();
+        drop(done);
+        report
+    })
+}
+
 fn sync(cli: &Cli, c: &SyncCmd) -> Result<Reply> {
     let r = open(cli)?;
     if r.config()?.role != Role::Site {
@@ -600,14 +698,7 @@ fn sync(cli: &Cli, c: &SyncCmd) -> Result<Reply> {
     }
     match c {
         SyncCmd::Now => {
-            let spinner = crate::progress::Spinner::start(if r.via_daemon() {
-                "syncing with the host (through the daemon)…"
-            } else {
-                "syncing with the host…"
-            });
-            let report = r.sync_now();
-            spinner.finish();
-            let report = report?;
+            let report = sync_round(&r, progress::shown(cli.json))?;
             Ok(Reply::new(
                 format!(
                     "synced: the host holds this site's changes up to #{} and {} of its trace entries; pulled {} item(s), {} body(ies) received, {} dossier(s) purged, {} document(s) withdrawn, {} document(s) returned to quarantine",
@@ -1078,7 +1169,7 @@ fn body_reply(
 ) -> Result<Reply> {
     match output {
         Some(path) => {
-            write_private_file(path, &body)?;
+            write_private_file_shown(path, &body, progress::shown(cli.json))?;
             Ok(Reply::new(
                 format!(
                     "{title} ({} bytes) written to {} — {note}",
@@ -2115,21 +2206,32 @@ pub fn doc_json(m: &DocumentMeta) -> Value {
     })
 }
 
-fn new_doc(a: &NewDocArgs) -> Result<NewDocument> {
+/// The document `a` describes, its body read from its file (with a bar when `show`).
+fn new_doc(a: &NewDocArgs, show: bool) -> Result<NewDocument> {
     Ok(NewDocument {
         class: DocClass::parse(&a.class)?,
         type_code: a.type_code.trim().to_string(),
         title: a.title.clone(),
         format: a.format.clone(),
-        body: read_file(&a.file)?,
+        body: read_file_shown(&a.file, show)?,
         unique_id: a.unique_id.clone(),
         service_start: a.service_start.as_deref().map(parse_date).transpose()?,
         service_end: None,
     })
 }
 
+/// A spinner while the replica (or its daemon) encrypts, stores and traces a large body.
+fn storing(show: bool, doc: &NewDocument) -> Progress {
+    let len = doc.body.len() as u64;
+    Progress::spinner(
+        show && len >= progress::LARGE,
+        format!("storing {} (encrypting, tracing)…", progress::size(len)),
+    )
+}
+
 fn doc(cli: &Cli, c: &DocCmd) -> Result<Reply> {
     let r = open(cli)?;
+    let show = progress::shown(cli.json);
     match c {
         DocCmd::Add {
             dossier,
@@ -2138,13 +2240,11 @@ fn doc(cli: &Cli, c: &DocCmd) -> Result<Reply> {
             reason,
             doc,
         } => {
-            let id = r.put_document(
-                &actor(who)?,
-                mode(*m),
-                reason.as_deref(),
-                &ins(dossier)?,
-                new_doc(doc)?,
-            )?;
+            let (who, dossier) = (actor(who)?, ins(dossier)?);
+            let doc = new_doc(doc, show)?;
+            let spinner = storing(show, &doc);
+            let id = r.put_document(&who, mode(*m), reason.as_deref(), &dossier, doc)?;
+            drop(spinner);
             Ok(Reply::new(id.to_string(), json!({"id": id.to_string()})))
         }
         DocCmd::Get {
@@ -2154,12 +2254,11 @@ fn doc(cli: &Cli, c: &DocCmd) -> Result<Reply> {
             reason,
             output,
         } => {
-            let out = r.read_document(
-                &actor(who)?,
-                &DocId::parse(id)?,
-                mode(*m),
-                reason.as_deref(),
-            )?;
+            let (who, id) = (actor(who)?, DocId::parse(id)?);
+            // The body's size is known once read: a spinner, for a body of any size.
+            let spinner = Progress::spinner(show, "reading (decrypting, tracing)…");
+            let out = r.read_document(&who, &id, mode(*m), reason.as_deref())?;
+            drop(spinner);
             let mut j = doc_json(&out.meta);
             j["rule"] = json!(out.rule);
             let traced = format!("traced, rule {}", out.rule);
@@ -2232,7 +2331,11 @@ fn doc(cli: &Cli, c: &DocCmd) -> Result<Reply> {
             doc,
         } => {
             let old = DocId::parse(id)?;
-            let new = r.replace_document(&actor(who)?, &old, new_doc(doc)?)?;
+            let who = actor(who)?;
+            let doc = new_doc(doc, show)?;
+            let spinner = storing(show, &doc);
+            let new = r.replace_document(&who, &old, doc)?;
+            drop(spinner);
             Ok(Reply::new(
                 new.to_string(),
                 json!({"id": new.to_string(), "replaces": old.to_string()}),
@@ -2471,10 +2574,18 @@ fn export(cli: &Cli, a: &ExportArgs) -> Result<Reply> {
             "the full copy is the holder's: use --as patient (or representative:ID)".into(),
         ));
     }
+    let show = progress::shown(cli.json);
+    let spinner = Progress::spinner(show, "gathering the dossier (decrypting, tracing)…");
     let e = r.export_dossier(&who, &i)?;
+    spinner.set_message(format!(
+        "writing the FHIR bundle: {} document(s), {} trace entries…",
+        e.documents.len(),
+        e.traces.len()
+    ));
     let bundle = fhir::bundle(&e);
     let text = serde_json::to_vec_pretty(&bundle).map_err(|e| Failure::File(e.to_string()))?;
-    write_private_file(&a.output, &text)?;
+    drop(spinner);
+    write_private_file_shown(&a.output, &text, show)?;
     Ok(Reply::new(
         format!(
             "FHIR R4 Bundle with {} document(s) and {} trace entries written to {}",
@@ -2508,8 +2619,17 @@ fn authority(cli: &Cli, c: &AuthorityCmd) -> Result<Reply> {
             ))
         }
         AuthorityCmd::Import { file } => {
-            let b = Bundle::from_bytes(&read_file(file)?)?;
+            let show = progress::shown(cli.json);
+            let b = Bundle::from_bytes(&read_file_shown(file, show)?)?;
+            let spinner = Progress::spinner(
+                show,
+                format!(
+                    "verifying and importing {} signed record(s)…",
+                    b.records.len()
+                ),
+            );
             let rep = r.import_authority(&b)?;
+            drop(spinner);
             Ok(Reply::new(
                 format!(
                     "imported: {} record(s) now in force, {} unchanged, {} dossier(s) purged after closure{}",

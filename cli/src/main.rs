@@ -3,7 +3,6 @@
 //! Exit codes: 0 success; 2 usage or invalid input; 3 access denied (and traced); 4 not found;
 //! 5 integrity failure (tampering or corruption detected); 1 other failures (storage).
 
-mod args;
 mod commands;
 mod demo;
 mod fhir;
@@ -13,6 +12,7 @@ mod terminal;
 
 use std::io::Write;
 
+use carnet_cli::args;
 use clap::Parser;
 use serde_json::json;
 

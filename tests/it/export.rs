@@ -352,3 +352,95 @@ fn dash_is_stdout_for_every_file_the_cli_writes() {
     // A backup is replaced only once whole: it needs a file.
     c.fails(2, &["backup", "-o", "-"]);
 }
+
+/// Runs `carnet --data DIR args…` with the umask at 000: a file created without an explicit
+/// mode would then be readable and writable by everyone (0666).
+fn run_with_open_umask(c: &Carnet, args: &[&str]) -> Output {
+    let out = std::process::Command::new("sh")
+        .args(["-c", r#"umask 000 && exec "$@""#, "sh", bin(), "--data"])
+        .arg(&c.data)
+        .args(args)
+        .env_remove("CARNET_DATA")
+        .env_remove("CARNET_PASSPHRASE")
+        .output()
+        .expect("sh runs carnet");
+    let o = Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        raw: out.stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert_eq!(o.code, 0, "carnet {args:?}:\n{}", o.stderr);
+    o
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[test]
+fn files_holding_identities_are_written_0600_whatever_the_umask_or_the_file_there() {
+    use std::os::unix::fs::PermissionsExt;
+    let k = clinic();
+    let c = &k.host;
+    let fresh = c.path("fresh.json");
+    // A file that was there, open to all and longer than what replaces it.
+    let there = c.path("there.json");
+    std::fs::write(&there, vec![b'x'; 1 << 20]).expect("write");
+    std::fs::set_permissions(&there, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    for out in [&fresh, &there] {
+        let text = out.display().to_string();
+        let o = run_with_open_umask(
+            c,
+            &[
+                "export",
+                "--dossier",
+                &k.ins,
+                "--as",
+                "patient",
+                "-o",
+                &text,
+            ],
+        );
+        assert!(o.stdout.contains("FHIR R4 Bundle"), "{}", o.stdout);
+        assert_eq!(mode(out), 0o600, "{}", out.display());
+        let bundle: Value = serde_json::from_slice(&std::fs::read(out).expect("read"))
+            .expect("the export alone, nothing of the file that was there");
+        assert_eq!(resources(&bundle, "Patient").len(), 1);
+    }
+    // The other files that name patients: the signed records and a document's body.
+    let records = c.path("records.carnet");
+    let body = c.path("body.txt");
+    run_with_open_umask(
+        c,
+        &["authority", "export", "-o", &records.display().to_string()],
+    );
+    run_with_open_umask(
+        c,
+        &[
+            "doc",
+            "get",
+            &k.consult,
+            "--as",
+            DOCTOR,
+            "-o",
+            &body.display().to_string(),
+        ],
+    );
+    for out in [&records, &body] {
+        assert_eq!(mode(out), 0o600, "{}", out.display());
+    }
+    // The check itself: the same shell makes a plain file open to all.
+    let plain = c.path("plain");
+    std::process::Command::new("sh")
+        .args(["-c", r#"umask 000 && : > "$0""#])
+        .arg(&plain)
+        .status()
+        .expect("sh");
+    assert_eq!(mode(&plain), 0o666, "the umask did not reach the command");
+}

@@ -6,12 +6,14 @@
 //! - `documents`: document commands, bytes in and out, metadata.
 //! - `grants`: the one médecin traitant of a dossier; grants that end, at an offline site.
 //! - `policy_cli`: the access decision table of DOMAIN §4, end to end, with its traces.
+//! - `progress`: progress bars on a terminal only, never for a pipe or `--json`.
 //! - `secrecy`: no patient data in clear in any file of a data folder.
 //! - `tampering`: damage at rest (redb edited directly) and in transit (bundles), format versions.
 //! - `purge`: closure, host purge, site purge on import.
 //! - `retention`: ten years of archiving before a purge, the holder's deletion request, and
 //!   reopening, through a host and two site daemons.
 //! - `reads`: `dossier show`, `dossier list`, `audit show` as a person (`--as`), decided and traced.
+//! - `help`: every command, option and argument described in `--help`, the main commands' examples.
 //! - `keys`: master key rotation.
 //! - `export`: the holder's FHIR copy.
 //! - `authority`: signed host records on sites.
@@ -43,6 +45,7 @@ mod export;
 mod fault_proxy;
 mod faults;
 mod grants;
+mod help;
 mod host_trusts_no_site;
 mod keys;
 mod notifications;
@@ -50,6 +53,7 @@ mod opened_here;
 mod operator;
 mod pki;
 mod policy_cli;
+mod progress;
 mod purge;
 mod quarantine;
 mod reads;
