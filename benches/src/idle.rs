@@ -37,6 +37,7 @@ fn settings(dir: &Path, role: ConfigRole, address: SocketAddr) -> Res<()> {
         notification_spool: None,
         cache_mib: carnet_store::replica::DEFAULT_CACHE_MIB,
         http: None,
+        host: None,
     }
     .write_new(dir)?;
     Ok(())

@@ -120,6 +120,7 @@ pub(crate) fn write_host_settings(dir: &Path, listen: SocketAddr) -> Res<()> {
             .and_then(|v| v.parse().ok())
             .unwrap_or(carnet_store::replica::DEFAULT_CACHE_MIB),
         http: None,
+        host: None,
     }
     .write_new(dir)?;
     Ok(())

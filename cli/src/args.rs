@@ -256,6 +256,10 @@ pub struct InitArgs {
     /// Host: the address sites connect to (default 127.0.0.1:4433).
     #[arg(long)]
     pub listen: Option<String>,
+    /// Host: keep the tables in this PostgreSQL database, postgres://user@host:port/db
+    /// (written to carnet.toml as [host] storage), instead of carnet.redb in the data folder.
+    #[arg(long, value_name = "URL")]
+    pub storage: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -595,8 +595,19 @@ fn init_in(
     host_key: Option<[u8; 32]>,
     source: KeySource,
 ) -> Result<(Replica, PathBuf)> {
-    let r = Replica::init(
+    let storage = match &a.storage {
+        Some(url) if role == Role::Host => carnet_store::replica::Storage::Postgres(url.clone()),
+        Some(_) => {
+            return Err(Error::Invalid(
+                "--storage is for the host: a site keeps its replica in carnet.redb".into(),
+            )
+            .into());
+        }
+        None => carnet_store::replica::Storage::File,
+    };
+    let r = Replica::init_on(
         dir,
+        &storage,
         InitOptions {
             role,
             name: bundle
@@ -634,6 +645,10 @@ fn init_in(
         },
         notification_spool: None,
         http: None,
+        host: a
+            .storage
+            .clone()
+            .map(|url| carnet_syncd::config::HostSettings { storage: Some(url) }),
     };
     let config_path = config.write_new(dir)?;
     Ok((r, config_path))

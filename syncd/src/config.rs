@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use carnet_store::replica::{POSTGRES_MARK, Storage};
+
 use crate::error::{Error, Result};
 
 /// File name inside the data folder.
@@ -85,6 +87,19 @@ pub struct Config {
     /// The daemon's small HTTP listener (`GET /metrics`, the status page): off unless set.
     #[serde(default)]
     pub http: Option<HttpConfig>,
+    /// `[host]`: the host's own settings.
+    #[serde(default)]
+    pub host: Option<HostSettings>,
+}
+
+/// `[host]` in `carnet.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostSettings {
+    /// Where the host's tables live: a PostgreSQL address (`postgres://user@host:port/db`);
+    /// unset, `carnet.redb` in the data folder. Several host daemons may share one database.
+    #[serde(default)]
+    pub storage: Option<String>,
 }
 
 /// `[http]` in `carnet.toml`: where the daemon serves `/metrics` and its status page.
@@ -154,6 +169,22 @@ impl Config {
                 "carnet.toml: notification_spool is for the host (it makes the notifications)"
                     .into(),
             ));
+        }
+        if let Some(host) = &self.host {
+            if self.role == ConfigRole::Site {
+                return Err(Error::Invalid(
+                    "carnet.toml: [host] is for the host (a site keeps its replica in carnet.redb)"
+                        .into(),
+                ));
+            }
+            if let Some(storage) = &host.storage
+                && !(storage.starts_with("postgres://") || storage.starts_with("postgresql://"))
+            {
+                return Err(Error::Invalid(
+                    "carnet.toml: [host] storage is a PostgreSQL address, postgres://user@host:port/database"
+                        .into(),
+                ));
+            }
         }
         if !(8..=65_536).contains(&self.cache_mib) {
             return Err(Error::Invalid(format!(
@@ -235,6 +266,9 @@ impl Config {
         if new.cache_mib != self.cache_mib {
             restart.push("cache_mib");
         }
+        if new.host != self.host {
+            restart.push("host.storage");
+        }
         Ok((
             Config {
                 log_level: new.log_level,
@@ -244,6 +278,31 @@ impl Config {
             },
             restart,
         ))
+    }
+
+    /// Where the replica's tables live.
+    pub fn storage(&self) -> Storage {
+        match self.host.as_ref().and_then(|h| h.storage.clone()) {
+            Some(url) => Storage::Postgres(url),
+            None => Storage::File,
+        }
+    }
+
+    /// Where the tables of the replica in `data` live: a host whose tables are in PostgreSQL
+    /// (`POSTGRES_MARK` in its folder) says where in its `carnet.toml`; any other replica
+    /// keeps them in its folder (its `carnet.toml`, if any, is not read).
+    pub fn storage_of(data: &Path) -> Result<Storage> {
+        if !data.join(POSTGRES_MARK).exists() {
+            return Ok(Storage::File);
+        }
+        let storage = Config::load(&data.join(CONFIG_FILE))?.storage();
+        if storage == Storage::File {
+            return Err(Error::Invalid(format!(
+                "the host in {} keeps its tables in PostgreSQL, and its carnet.toml has no [host] storage address",
+                data.display()
+            )));
+        }
+        Ok(storage)
     }
 
     /// The inbox folder, resolved against the data folder.
@@ -316,7 +375,7 @@ impl Config {
              {lease}\n\n\
              # Host: a folder for a messaging gateway, one JSON file per notification (mode\n\
              # 0600; holds the dossier's INS), created 0700 if missing. Off unless set.\n\
-             {spool}\n{http}",
+             {spool}\n{http}{host_table}",
             toml_string(&self.inbox.to_string_lossy()),
             self.log_level,
             match self.log_format {
@@ -342,6 +401,16 @@ impl Config {
                 None => "\n# The status page (`carnet ui`) and Prometheus metrics (GET /metrics), off unless\n\
                          # set; a loopback address unless allow_remote = true (no TLS: keep it local).\n\
                          # [http]\n# listen = \"127.0.0.1:8780\"\n"
+                    .to_string(),
+            },
+            host_table = match (self.role, self.storage()) {
+                (ConfigRole::Site, _) => String::new(),
+                (ConfigRole::Host, Storage::Postgres(url)) => {
+                    format!("\n[host]\nstorage = {}\n", toml_string(&url))
+                }
+                (ConfigRole::Host, Storage::File) => "\n# Where the host's tables live: carnet.redb in the data folder unless set to a\n\
+                     # PostgreSQL address (several host daemons may share one database).\n\
+                     # [host]\n# storage = \"postgres://carnet@db.example:5432/carnet\"\n"
                     .to_string(),
             }
         )
@@ -376,6 +445,7 @@ mod tests {
             notification_spool: None,
             cache_mib: default_cache_mib(),
             http: None,
+            host: None,
         }
     }
 
@@ -402,6 +472,18 @@ mod tests {
             let text = host.to_commented_toml();
             assert_eq!(toml::from_str::<Config>(&text).expect("parse"), host);
         }
+        // With the host's tables in PostgreSQL (an address with a quote survives).
+        host.host = Some(HostSettings {
+            storage: Some("postgres://carnet@db.example:5432/car\"net".into()),
+        });
+        let text = host.to_commented_toml();
+        let read = toml::from_str::<Config>(&text).expect("parse");
+        assert_eq!(read, host);
+        assert_eq!(
+            read.storage(),
+            Storage::Postgres("postgres://carnet@db.example:5432/car\"net".into())
+        );
+        assert_eq!(site().storage(), Storage::File);
         assert_eq!(site().inbox_dir(Path::new("/d")), Path::new("/d/inbox"));
     }
 
@@ -518,6 +600,14 @@ mod tests {
         check(
             "role = \"host\"\nlisten = \"127.0.0.1:1\"\n[http]\nlisten = \"127.0.0.1:8780\"\nport = 1\n",
             "port",
+        );
+        check(
+            "role = \"site\"\nhost_address = \"127.0.0.1:1\"\n[host]\nstorage = \"postgres://db/carnet\"\n",
+            "[host] is for the host",
+        );
+        check(
+            "role = \"host\"\nlisten = \"127.0.0.1:1\"\n[host]\nstorage = \"/var/lib/carnet\"\n",
+            "PostgreSQL address",
         );
         // Allowed when asked for.
         let p = dir.path().join("remote.toml");

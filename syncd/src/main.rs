@@ -232,7 +232,13 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         Ok(p) if !p.is_empty() => KeySource::Passphrase(zeroize::Zeroizing::new(p)),
         _ => KeySource::File,
     };
-    let mut replica = Replica::open_with_cache(&args.data, &key, system_clock(), config.cache_mib)?;
+    let mut replica = Replica::open_on(
+        &args.data,
+        &config.storage(),
+        &key,
+        system_clock(),
+        config.cache_mib,
+    )?;
     carnet_store::replica::check_high_water_from_env(&replica)?;
     for fix in replica.folder_fixes() {
         tracing::warn!("{fix}");

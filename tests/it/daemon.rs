@@ -222,6 +222,94 @@ fn an_enrolled_site_syncs_with_a_host_daemon_and_a_revoked_one_is_refused() {
     assert_ne!(refused.code, 0, "a revoked site synced");
 }
 
+/// A host made with `--storage postgres://…` keeps its tables in PostgreSQL, not in its folder;
+/// `carnet` (alone and through the daemon) and `carnet-syncd` find them through carnet.toml,
+/// and a site enrolled there syncs both ways through the host daemon. Restarted, the daemon
+/// serves what it stored. A site's init refuses the option.
+#[test]
+fn a_host_daemon_on_postgres_serves_a_site() {
+    let url = carnet_testpg::database();
+    let address = format!("127.0.0.1:{}", free_port());
+    let host = Carnet::empty();
+    let made = host.ok(&[
+        "init",
+        "--role",
+        "host",
+        "--listen",
+        &address,
+        "--storage",
+        &url,
+    ]);
+    assert!(
+        !made.stdout.contains(&url) && !made.stderr.contains(&url),
+        "the address is not said"
+    );
+    assert!(!host.db_path().exists(), "no carnet.redb beside PostgreSQL");
+    let toml = std::fs::read_to_string(host.path("data/carnet.toml")).expect("carnet.toml");
+    assert!(toml.contains("[host]") && toml.contains(&url), "{toml}");
+    host.ok(&["pki", "init", "--ca-in-replica"]);
+    let ins = host.doctor_dossier();
+    let id = host.add_doc(
+        &ins,
+        DOCTOR,
+        "10",
+        "11488-4",
+        "CR",
+        b"written at the host (synthetic)",
+    );
+    let site = enrolled_site(&host, &address, &[DOCTOR]);
+    site.ok(&["pro", "add", "--rpps", DOCTOR, "--profession", "medecin"]);
+    let mut daemon = start_daemon(&host);
+    let synced = sync_until_ok(&site, Duration::from_secs(30));
+    assert_eq!(synced["bodies"], 1, "{synced}");
+    assert_eq!(
+        site.ok(&["doc", "get", &id, "--as", DOCTOR]).raw,
+        b"written at the host (synthetic)"
+    );
+    // The site writes; the host daemon stores it in PostgreSQL.
+    let from_site = site.add_doc(
+        &ins,
+        DOCTOR,
+        "10",
+        "11488-4",
+        "Note",
+        b"written at the site (synthetic)",
+    );
+    sync_until_ok(&site, Duration::from_secs(30));
+    assert_eq!(stop(&mut daemon), Some(0), "a clean stop");
+    assert!(!host.db_path().exists(), "still no carnet.redb");
+    // Without the daemon, carnet opens the host's tables in PostgreSQL itself.
+    assert_eq!(
+        host.ok(&["doc", "get", &from_site, "--as", DOCTOR]).raw,
+        b"written at the site (synthetic)"
+    );
+    // Restarted, the daemon serves it again.
+    let _daemon = start_daemon(&host);
+    wait_for_socket(&host);
+    assert_eq!(
+        host.ok(&["doc", "get", &from_site, "--as", DOCTOR]).raw,
+        b"written at the site (synthetic)"
+    );
+    let other = Carnet::empty();
+    let refused = other.fails(
+        2,
+        &[
+            "init",
+            "--role",
+            "site",
+            "--site-id",
+            "9",
+            "--storage",
+            &url,
+        ],
+    );
+    assert!(
+        refused.stderr.contains("for the host"),
+        "{}",
+        refused.stderr
+    );
+}
+
 /// Enrols a site at `host` (through its daemon if one runs), with `pros` (registered at the
 /// host) bound to it, and creates it from the bundle.
 pub fn enrolled_site(host: &Carnet, address: &str, pros: &[&str]) -> Carnet {

@@ -23,8 +23,6 @@
 //!   begins with `PostgreSQL`.
 
 pub mod pg;
-#[cfg(test)]
-mod test_server;
 
 use std::borrow::Borrow;
 use std::marker::PhantomData;

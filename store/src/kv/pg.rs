@@ -82,7 +82,16 @@ fn pg_failure(context: &str, e: tokio_postgres::Error) -> StorageError {
     let serialization = e.code() == Some(&SqlState::T_R_SERIALIZATION_FAILURE);
     let message = match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => e.to_string(),
+        None => {
+            // The client's error names the step; its sources say why (refused, timed out…).
+            let mut message = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                message.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            message
+        }
     };
     let kind = if serialization {
         io::ErrorKind::WouldBlock

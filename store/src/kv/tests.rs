@@ -7,8 +7,8 @@ use std::ops::Bound;
 use proptest::prelude::*;
 
 use super::pg::{PgStore, is_serialization_failure};
-use super::test_server::database;
 use super::*;
+use carnet_testpg::database;
 
 const NUMBERS: TableDefinition<u64, &[u8]> = TableDefinition::new("numbers");
 const PAIRS: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("pairs");

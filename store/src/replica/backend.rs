@@ -198,6 +198,16 @@ pub(super) struct Durability(Arc<Shared>);
 pub struct Durable(u64);
 
 impl Durability {
+    /// The durability of a database whose every commit is durable when it returns
+    /// (PostgreSQL): nothing is ever queued, so nothing is waited for.
+    pub(super) fn immediate() -> Durability {
+        Durability(Arc::new(Shared {
+            file: Box::new(redb::backends::InMemoryBackend::new()),
+            queue: Mutex::new(Queue::default()),
+            changed: Condvar::new(),
+        }))
+    }
+
     /// Tells this file's handles apart from another's (its address; never 0).
     pub(super) fn id(&self) -> usize {
         Arc::as_ptr(&self.0) as usize

@@ -110,6 +110,25 @@ pub const DB_FILE: &str = "carnet.redb";
 /// The database's page cache unless `carnet.toml` says otherwise (`cache_mib`), in MiB: what
 /// the replica keeps of its file in memory, so its memory does not grow with what it stores.
 pub const DEFAULT_CACHE_MIB: usize = 64;
+/// Where a replica's tables live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Storage {
+    /// `carnet.redb` in the data folder (every site; the host by default).
+    File,
+    /// A PostgreSQL database, by its address (`postgres://user@host:port/db`): the host only
+    /// (`[host] storage` in `carnet.toml`). The data folder keeps the key, the trace journal
+    /// and `POSTGRES_MARK`.
+    Postgres(String),
+}
+
+/// Tests only: `postgres` makes the test suites' hosts keep their tables in PostgreSQL (the
+/// suites' second run in `.ci/run`); anything else, or unset, in their folder.
+pub const HOST_STORAGE_ENV: &str = "CARNET_TEST_HOST_STORAGE";
+
+/// File in the data folder of a host whose tables are in PostgreSQL: says so to whoever opens
+/// the folder without the database's address, instead of "no replica here".
+pub const POSTGRES_MARK: &str = "carnet.postgres";
+
 /// File name of the master key inside the data folder (mode 0600).
 pub const KEY_FILE: &str = "master.key";
 /// The files a replica keeps in its data folder.
@@ -425,7 +444,31 @@ impl Replica {
             .map(|f| dir.join(f))
             .filter(|p| !p.exists())
             .collect();
-        Self::create(dir, None, opts, clock).inspect_err(|_| remove_created(&fresh))
+        Self::create(dir, Place::File, opts, clock).inspect_err(|_| remove_created(&fresh))
+    }
+
+    /// `init` with the tables on `storage`: PostgreSQL is for the host only, and its database
+    /// must hold no replica yet.
+    pub fn init_on(
+        dir: &Path,
+        storage: &Storage,
+        opts: InitOptions,
+        clock: Clock,
+    ) -> Result<Replica> {
+        let Storage::Postgres(url) = storage else {
+            return Self::init(dir, opts, clock);
+        };
+        if opts.role != Role::Host {
+            return Err(Error::invalid(
+                "a site keeps its replica in its own file: PostgreSQL storage is for the host",
+            ));
+        }
+        let fresh: Vec<std::path::PathBuf> = [KEY_FILE, journal::JOURNAL_FILE, POSTGRES_MARK]
+            .iter()
+            .map(|f| dir.join(f))
+            .filter(|p| !p.exists())
+            .collect();
+        Self::create(dir, Place::Postgres(url), opts, clock).inspect_err(|_| remove_created(&fresh))
     }
 
     /// `init` with the database on `backend` and the trace journal on `journal` (simulated
@@ -445,17 +488,13 @@ impl Replica {
             .filter(|p| !p.exists())
             .collect();
         let handle = || -> Backends { (Box::new(backend.clone()), Box::new(journal.clone())) };
-        Self::create(dir, Some(&handle), opts, clock).inspect_err(|_| remove_created(&fresh))
+        Self::create(dir, Place::Backend(&handle), opts, clock)
+            .inspect_err(|_| remove_created(&fresh))
     }
 
-    /// Creates the replica; its database and journal on new handles of `backend` each time
-    /// they are needed, or in `carnet.redb` and `trace.journal`.
-    fn create(
-        dir: &Path,
-        backend: Option<&dyn Fn() -> Backends>,
-        opts: InitOptions,
-        clock: Clock,
-    ) -> Result<Replica> {
+    /// Creates the replica in `place` (with `Place::Backend`, its database and journal on new
+    /// handles each time they are needed).
+    fn create(dir: &Path, place: Place<'_>, opts: InitOptions, clock: Clock) -> Result<Replica> {
         // Check every input before anything is written.
         if let Some(k) = &opts.host_key {
             VerifyingKey::from_bytes(k).map_err(|_| {
@@ -479,9 +518,14 @@ impl Replica {
         // The data folder is the owner's only (0700); every file in it is 0600.
         crate::files::private_dir(dir)?;
         let db_path = dir.join(DB_FILE);
-        let occupied = match backend {
-            Some(handle) => handle().0.len()? > 0,
-            None => db_path.exists(),
+        let occupied = match place {
+            Place::Backend(handle) => handle().0.len()? > 0,
+            Place::File => db_path.exists(),
+            Place::Postgres(url) => {
+                let db = Database::Pg(crate::kv::pg::PgStore::open(url)?);
+                let txn = db.begin_read()?;
+                !crate::kv::ReadableTableMetadata::is_empty(&txn.open_table(META)?)?
+            }
         };
         if occupied {
             return Err(Error::invalid(format!(
@@ -545,9 +589,16 @@ impl Replica {
                 }
             },
         };
-        let store = match backend {
-            Some(handle) => DbStore::Backend(handle().0),
-            None => DbStore::File(db_path.clone()),
+        let store = match place {
+            Place::Backend(handle) => DbStore::Backend(handle().0),
+            Place::File => DbStore::File(db_path.clone()),
+            Place::Postgres(url) => {
+                crate::files::write_private(
+                    &dir.join(POSTGRES_MARK),
+                    b"This host's tables are in PostgreSQL: its address is [host] storage in carnet.toml.\n",
+                )?;
+                DbStore::Postgres(url.to_owned())
+            }
         };
         let (db, _) = open_database(store, true, DEFAULT_CACHE_MIB)?;
         let txn = db.begin_write()?;
@@ -598,8 +649,8 @@ impl Replica {
         }
         txn.commit()?;
         drop(db);
-        match backend {
-            Some(handle) => {
+        match place {
+            Place::Backend(handle) => {
                 let (db, journal) = handle();
                 Self::open_in(
                     dir,
@@ -610,7 +661,15 @@ impl Replica {
                     DEFAULT_CACHE_MIB,
                 )
             }
-            None => Replica::open(dir, &opts.key, clock),
+            Place::File => Replica::open(dir, &opts.key, clock),
+            Place::Postgres(url) => Self::open_in(
+                dir,
+                DbStore::Postgres(url.to_owned()),
+                None,
+                &opts.key,
+                clock,
+                DEFAULT_CACHE_MIB,
+            ),
         }
     }
 
@@ -628,6 +687,12 @@ impl Replica {
         cache_mib: usize,
     ) -> Result<Replica> {
         let db_path = dir.join(DB_FILE);
+        if !db_path.exists() && dir.join(POSTGRES_MARK).exists() {
+            return Err(Error::invalid(format!(
+                "the host in {} keeps its tables in PostgreSQL: set its address as [host] storage in carnet.toml",
+                dir.display()
+            )));
+        }
         if !db_path.exists() {
             return Err(Error::not_found(format!(
                 "no replica in {}: run `carnet init` first, or point --data at the right folder",
@@ -635,6 +700,35 @@ impl Replica {
             )));
         }
         Self::open_in(dir, DbStore::File(db_path), None, source, clock, cache_mib)
+    }
+
+    /// `open_with_cache` with the tables on `storage` (the page cache is redb's only).
+    pub fn open_on(
+        dir: &Path,
+        storage: &Storage,
+        source: &KeySource,
+        clock: Clock,
+        cache_mib: usize,
+    ) -> Result<Replica> {
+        match storage {
+            Storage::File => Self::open_with_cache(dir, source, clock, cache_mib),
+            Storage::Postgres(url) => {
+                if !dir.join(KEY_FILE).exists() && matches!(source, KeySource::File) {
+                    return Err(Error::not_found(format!(
+                        "no replica in {}: run `carnet init` first, or point --data at the right folder",
+                        dir.display()
+                    )));
+                }
+                Self::open_in(
+                    dir,
+                    DbStore::Postgres(url.clone()),
+                    None,
+                    source,
+                    clock,
+                    cache_mib,
+                )
+            }
+        }
     }
 
     /// `open` with the database on `backend` and the trace journal on `journal` (see
@@ -2089,6 +2183,19 @@ enum DbStore {
     File(PathBuf),
     /// Any redb backend (a simulated disk).
     Backend(Box<dyn StorageBackend>),
+    /// A PostgreSQL database, by its address.
+    Postgres(String),
+}
+
+/// Where `create` makes a replica.
+#[derive(Clone, Copy)]
+enum Place<'a> {
+    /// `carnet.redb` and `trace.journal` in the data folder.
+    File,
+    /// New handles of simulated disks, each time they are needed.
+    Backend(&'a dyn Fn() -> Backends),
+    /// A PostgreSQL database, by its address.
+    Postgres(&'a str),
 }
 
 impl DbStore {
@@ -2096,6 +2203,8 @@ impl DbStore {
         match self {
             DbStore::File(path) => path.display().to_string(),
             DbStore::Backend(_) => "(on its storage backend)".into(),
+            // The address may carry a password: never said.
+            DbStore::Postgres(_) => "(in PostgreSQL)".into(),
         }
     }
 }
@@ -2106,6 +2215,10 @@ fn open_database(
     cache_mib: usize,
 ) -> std::result::Result<(Database, backend::Durability), redb::DatabaseError> {
     let file: Box<dyn StorageBackend> = match store {
+        DbStore::Postgres(url) => {
+            let db = crate::kv::pg::PgStore::open(&url).map_err(redb::DatabaseError::Storage)?;
+            return Ok((Database::Pg(db), backend::Durability::immediate()));
+        }
         DbStore::File(path) => {
             let file = crate::files::open_private(&path, create)?;
             Box::new(redb::backends::FileBackend::new(file)?)

@@ -58,7 +58,14 @@ impl Handle {
                 socket: socket_path(dir),
             }));
         }
-        let replica = Replica::open(dir, key, carnet_store::replica::system_clock())?;
+        let storage = crate::config::Config::storage_of(dir)?;
+        let replica = Replica::open_on(
+            dir,
+            &storage,
+            key,
+            carnet_store::replica::system_clock(),
+            carnet_store::replica::DEFAULT_CACHE_MIB,
+        )?;
         carnet_store::replica::check_high_water_from_env(&replica)?;
         Ok(Handle::InProcess(Arc::new(Service::new(Arc::new(replica)))))
     }

@@ -1,4 +1,4 @@
-//! A PostgreSQL server for tests: Debian's `postgresql` package (`initdb` and `postgres` from
+//! A PostgreSQL server for Carnet's tests (the host's tables in PostgreSQL, `carnet_store::kv::pg`): Debian's `postgresql` package (`initdb` and `postgres` from
 //! PATH or `/usr/lib/postgresql/*/bin`), initialised in a folder of its own under the system's
 //! temporary folder and listening on 127.0.0.1 only, one per test process; each test takes a
 //! database of its own (`database`).
