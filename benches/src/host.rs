@@ -1,6 +1,7 @@
-//! `carnet-bench host [--sites N] [--seconds S] [--docs A,B,…]`: the national host as a fleet
-//! of sites sees it. A real host daemon (`carnet-syncd`, built next to this binary) on
-//! 127.0.0.1 with the redb backend, and `N` sites (1,000 by default) simulated in this process:
+//! `carnet-bench host [--sites N] [--seconds S] [--docs A,B,…] [--storage redb|postgres]`: the
+//! national host as a fleet of sites sees it. A real host daemon (`carnet-syncd`, built next to
+//! this binary) on 127.0.0.1, its tables in redb or in PostgreSQL (a server of the run's own
+//! that syncs its commits to disk, `carnet_testpg::durable_database`), and `N` sites (1,000 by default) simulated in this process:
 //! each enrolled by the host with a certificate of its own, each holding its own QUIC
 //! connection, each running a round with nothing new (`Hello` → `Welcome` → `Bye`) every 10 s,
 //! staggered over the 10 s.
@@ -27,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use carnet_store::ids::Ins;
 use carnet_store::model::{AccessMode, Actor, GrantBasis, GrantState};
-use carnet_store::replica::{KeySource, Replica, system_clock};
+use carnet_store::replica::{KeySource, Replica, Storage, system_clock};
 use carnet_syncd::frame::{self, FrameDecoder};
 use carnet_syncd::pki::HOST_NAME;
 use carnet_syncd::session::{Msg, SiteAbout};
@@ -47,6 +48,8 @@ struct Plan {
     sites: usize,
     window: Duration,
     documents: Vec<usize>,
+    /// The host's tables in PostgreSQL (`--storage postgres`) rather than redb.
+    postgres: bool,
 }
 
 fn plan() -> Res<Plan> {
@@ -54,6 +57,7 @@ fn plan() -> Res<Plan> {
         sites: 1_000,
         window: Duration::from_secs(60),
         documents: vec![0, 100_000, 1_000_000],
+        postgres: false,
     };
     let args: Vec<String> = std::env::args().skip(2).collect();
     let mut i = 0;
@@ -62,6 +66,13 @@ fn plan() -> Res<Plan> {
         match args[i].as_str() {
             "--sites" => plan.sites = value.parse()?,
             "--seconds" => plan.window = Duration::from_secs(value.parse()?),
+            "--storage" => {
+                plan.postgres = match value.as_str() {
+                    "redb" => false,
+                    "postgres" => true,
+                    other => return Err(format!("--storage redb|postgres, not {other}").into()),
+                }
+            }
             "--docs" => {
                 plan.documents = value
                     .split(',')
@@ -88,6 +99,7 @@ struct FleetSite {
 /// The host, its dossiers, and the fleet it enrolled.
 struct Host {
     dir: std::path::PathBuf,
+    storage: Storage,
     listen: SocketAddr,
     dossiers: Vec<Ins>,
     fleet: Vec<FleetSite>,
@@ -96,8 +108,23 @@ struct Host {
 pub fn run() -> Res<()> {
     let plan = plan()?;
     let tmp = crate::tmp::tempdir()?;
+    // PostgreSQL: a server of this run's own on 127.0.0.1 that syncs its commits to disk, as
+    // redb does (Debian's postgresql, through carnet-testpg), a new database for each host.
+    let storage = |dir: &str| -> Storage {
+        if plan.postgres {
+            let url = carnet_testpg::durable_database();
+            eprintln!(
+                "({dir}: PostgreSQL database {})",
+                url.rsplit('/').next().unwrap_or("")
+            );
+            Storage::Postgres(url)
+        } else {
+            Storage::File
+        }
+    };
+    let backend = if plan.postgres { "PostgreSQL" } else { "redb" };
     println!(
-        "carnet-bench host — a host daemon (redb) on 127.0.0.1 and {} simulated sites, each \
+        "carnet-bench host — a host daemon ({backend}) on 127.0.0.1 and {} simulated sites, each \
          with its own certificate and QUIC connection, a round with nothing new every {} s \
          each; {} s per row\n",
         plan.sites,
@@ -105,7 +132,7 @@ pub fn run() -> Res<()> {
         plan.window.as_secs()
     );
     let started = Instant::now();
-    let host = setup(&tmp.path().join("host"), plan.sites)?;
+    let host = setup(&tmp.path().join("host"), plan.sites, storage("host"))?;
     println!(
         "(enrolled {} sites and opened {DOSSIERS} dossiers in {:.0} s)\n",
         plan.sites,
@@ -143,10 +170,11 @@ pub fn run() -> Res<()> {
     // The initial sync through this host's backend, against the floors `carnet-bench sync`
     // measures.
     let (quic, redb) = crate::sync::floors(&tmp.path().join("raw"))?;
-    let (initial, round_trips, peak) = crate::sync::initial_sync(&tmp.path().join("initial"))?;
+    let (initial, round_trips, peak) =
+        crate::sync::initial_sync(&tmp.path().join("initial"), &storage("initial"))?;
     let ratio = quic.max(redb) / initial;
     println!(
-        "\ninitial sync of {} documents, site -> host (redb): {initial:.2} s, {round_trips} round \
+        "\ninitial sync of {} documents, site -> host ({backend}): {initial:.2} s, {round_trips} round \
          trips, host peak {peak:.0} MiB; floors: raw QUIC {quic:.2} s, raw redb {redb:.2} s: {:.0} % \
          of the slower ({})",
         crate::sync::INITIAL,
@@ -171,9 +199,9 @@ pub fn run() -> Res<()> {
 /// its daemon settings (those `carnet init` writes). The doctor practises at none of the sites:
 /// the documents stay at the host (bound at every site, each would be copied into every
 /// site's log, a fan-out no real dossier has).
-fn setup(dir: &Path, sites: usize) -> Res<Host> {
+fn setup(dir: &Path, sites: usize, storage: Storage) -> Res<Host> {
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    let host = crate::new_host(dir)?;
+    let host = crate::new_host_on(dir, &storage)?;
     carnet_syncd::enrol::init_host(&host)?;
     let pro = crate::doctor_professional()?;
     host.add_professional(&pro)?;
@@ -209,9 +237,10 @@ fn setup(dir: &Path, sites: usize) -> Res<Host> {
         });
     }
     drop(host);
-    crate::sync::write_host_settings(dir, listen)?;
+    crate::sync::write_host_settings(dir, listen, &storage)?;
     Ok(Host {
         dir: dir.to_path_buf(),
+        storage,
         listen,
         dossiers,
         fleet,
@@ -223,7 +252,13 @@ fn fill(host: &Host, from: usize, to: usize) -> Res<()> {
     if to <= from {
         return Ok(());
     }
-    let replica = Replica::open(&host.dir, &KeySource::File, system_clock())?;
+    let replica = Replica::open_on(
+        &host.dir,
+        &host.storage,
+        &KeySource::File,
+        system_clock(),
+        carnet_store::replica::DEFAULT_CACHE_MIB,
+    )?;
     let actor = Actor::Professional(doctor()?);
     for start in (from..to).step_by(BATCH) {
         let batch = (start..to.min(start + BATCH))

@@ -7,8 +7,9 @@
 //! `carnet-bench sync` (module `sync`): sync between a host daemon and a site.
 //! `carnet-bench idle [--seconds N]` (module `idle`): the CPU and memory of a host and two site
 //! daemons with nothing to do.
-//! `carnet-bench host [--sites N] [--seconds S] [--docs A,B]` (module `host`): the host's round
-//! latency, CPU and memory with a fleet of sites and with the documents it stores.
+//! `carnet-bench host [--sites N] [--seconds S] [--docs A,B] [--storage redb|postgres]`
+//! (module `host`): the host's round latency, CPU and memory with a fleet of sites and with the
+//! documents it stores, its tables in redb or in PostgreSQL.
 //! `carnet-bench sim [--seeds N]` (module `sim`): seeded worlds of the simulator (`carnet-sim`),
 //! seeds per second and the failing seeds.
 //! Everything runs in a temporary folder that is removed at the end.
@@ -172,8 +173,14 @@ fn doctor() -> Res<Rpps> {
 
 /// A new host replica in `dir`.
 fn new_host(dir: &Path) -> Res<Replica> {
-    Ok(Replica::init(
+    new_host_on(dir, &carnet_store::replica::Storage::File)
+}
+
+/// A new host replica in `dir`, its tables on `storage`.
+fn new_host_on(dir: &Path, storage: &carnet_store::replica::Storage) -> Res<Replica> {
+    Ok(Replica::init_on(
         dir,
+        storage,
         InitOptions {
             role: Role::Host,
             name: "bench".into(),

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use carnet_store::ids::Ins;
 use carnet_store::model::{AccessMode, Actor, GrantBasis, GrantState};
 use carnet_store::policy::Action;
-use carnet_store::replica::{InitOptions, KeySource, Replica, Role, system_clock};
+use carnet_store::replica::{InitOptions, KeySource, Replica, Role, Storage, system_clock};
 use carnet_syncd::session::RoundReport;
 
 use crate::{
@@ -102,9 +102,9 @@ struct Pair {
     runtime: tokio::runtime::Runtime,
 }
 
-/// Writes the settings `carnet init` would for a host listening on `listen` (logging warnings
-/// only).
-pub(crate) fn write_host_settings(dir: &Path, listen: SocketAddr) -> Res<()> {
+/// Writes the settings `carnet init` would for a host listening on `listen`, its tables on
+/// `storage` (logging warnings only).
+pub(crate) fn write_host_settings(dir: &Path, listen: SocketAddr, storage: &Storage) -> Res<()> {
     carnet_syncd::config::Config {
         role: carnet_syncd::config::ConfigRole::Host,
         listen: Some(listen),
@@ -120,7 +120,12 @@ pub(crate) fn write_host_settings(dir: &Path, listen: SocketAddr) -> Res<()> {
             .and_then(|v| v.parse().ok())
             .unwrap_or(carnet_store::replica::DEFAULT_CACHE_MIB),
         http: None,
-        host: None,
+        host: match storage {
+            Storage::File => None,
+            Storage::Postgres(url) => Some(carnet_syncd::config::HostSettings {
+                storage: Some(url.clone()),
+            }),
+        },
     }
     .write_new(dir)?;
     Ok(())
@@ -132,7 +137,7 @@ pub(crate) fn free_port() -> Res<u16> {
         .port())
 }
 
-fn pair(dir: &Path) -> Res<Pair> {
+fn pair(dir: &Path, storage: &Storage) -> Res<Pair> {
     let (host_dir, site_dir) = (dir.join("host"), dir.join("site"));
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let options = |role, site_id, host_key| InitOptions {
@@ -143,7 +148,12 @@ fn pair(dir: &Path) -> Res<Pair> {
         host_key,
         lease_hours: None,
     };
-    let host = Replica::init(&host_dir, options(Role::Host, None, None), system_clock())?;
+    let host = Replica::init_on(
+        &host_dir,
+        storage,
+        options(Role::Host, None, None),
+        system_clock(),
+    )?;
     carnet_syncd::enrol::init_host(&host)?;
     let pro = crate::doctor_professional()?;
     host.add_professional(&pro)?;
@@ -162,7 +172,7 @@ fn pair(dir: &Path) -> Res<Pair> {
         true,
     )?;
     drop(host);
-    write_host_settings(&host_dir, listen)?;
+    write_host_settings(&host_dir, listen, storage)?;
     let site = Replica::init(
         &site_dir,
         options(
@@ -301,7 +311,7 @@ fn mib(bytes: u64) -> String {
 /// Only the initial sync of 10,000 documents, for profiling it alone.
 pub fn initial_only() -> Res<()> {
     let tmp = crate::tmp::tempdir()?;
-    let p = pair(&tmp.path().join("p10k"))?;
+    let p = pair(&tmp.path().join("p10k"), &Storage::File)?;
     p.write(10_000, 1)?;
     let (host_cpu, site_cpu) = (p.host.cpu_seconds(), crate::cpu_seconds());
     let (initial, report, peak) = p.sync()?;
@@ -327,10 +337,10 @@ pub(crate) fn floors(dir: &Path) -> Res<(f64, f64)> {
     ))
 }
 
-/// The initial sync of `INITIAL` documents from a new site to a new host daemon, in `dir`:
-/// seconds, round trips, the host's peak memory.
-pub(crate) fn initial_sync(dir: &Path) -> Res<(f64, u64, f64)> {
-    let p = pair(dir)?;
+/// The initial sync of `INITIAL` documents from a new site to a new host daemon (its tables
+/// on `storage`), in `dir`: seconds, round trips, the host's peak memory.
+pub(crate) fn initial_sync(dir: &Path, storage: &Storage) -> Res<(f64, u64, f64)> {
+    let p = pair(dir, storage)?;
     p.write(INITIAL, 1)?;
     let (seconds, report, peak) = p.sync()?;
     Ok((seconds, report.round_trips, peak))
@@ -344,7 +354,7 @@ pub fn run() -> Res<()> {
     let (quic, redb) = floors(&tmp.path().join("raw"))?;
     let floor = quic.max(redb);
 
-    let p = pair(&tmp.path().join("p10k"))?;
+    let p = pair(&tmp.path().join("p10k"), &Storage::File)?;
     let ids = p.write(N, 1)?;
     let (initial, report, initial_peak) = p.sync()?;
     let (quiet_10k_t, quiet_10k, quiet_10k_peak) = p.sync_quiet()?;
@@ -355,7 +365,7 @@ pub fn run() -> Res<()> {
     }
     let (incr_t, incr, incr_peak) = p.sync()?;
 
-    let small = pair(&tmp.path().join("p1k"))?;
+    let small = pair(&tmp.path().join("p1k"), &Storage::File)?;
     small.write(1_000, 2)?;
     small.sync()?;
     let (quiet_1k_t, quiet_1k, quiet_1k_peak) = small.sync_quiet()?;

@@ -1,7 +1,9 @@
-//! A PostgreSQL server for Carnet's tests (the host's tables in PostgreSQL, `carnet_store::kv::pg`): Debian's `postgresql` package (`initdb` and `postgres` from
-//! PATH or `/usr/lib/postgresql/*/bin`), initialised in a folder of its own under the system's
+//! A PostgreSQL server for Carnet's tests (the host's tables in PostgreSQL,
+//! `carnet_store::kv::pg`): Debian's `postgresql` package (`initdb` and `postgres` from PATH
+//! or `/usr/lib/postgresql/*/bin`), initialised in a folder of its own under the system's
 //! temporary folder and listening on 127.0.0.1 only, one per test process; each test takes a
-//! database of its own (`database`).
+//! database of its own (`database`). A benchmark takes one of a second server that syncs its
+//! commits to disk (`durable_database`).
 //!
 //! Invariants:
 //! - The server ends with the process that started it: a shell beside it waits on a pipe from
@@ -25,16 +27,49 @@ use std::time::Duration;
 const START_WAIT: Duration = Duration::from_secs(120);
 const FOLDER_PREFIX: &str = "carnet-pg-test-";
 
-/// The running server: its port, or why it could not start.
-fn server() -> &'static Result<u16, String> {
-    static SERVER: OnceLock<Result<u16, String>> = OnceLock::new();
-    SERVER.get_or_init(start)
+/// The two servers a process may start.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    /// For tests: commits are not synced to disk (`fsync=off`); what a test checks does not
+    /// depend on it, and it spares the machine's disk.
+    Tests,
+    /// For benchmarks: commits are synced to disk, as a deployment's are.
+    Durable,
+}
+
+impl Kind {
+    fn folder(self) -> &'static str {
+        match self {
+            Kind::Tests => "tests",
+            Kind::Durable => "durable",
+        }
+    }
+}
+
+/// The running server of `kind`: its port, or why it could not start.
+fn server(kind: Kind) -> &'static Result<u16, String> {
+    static TESTS: OnceLock<Result<u16, String>> = OnceLock::new();
+    static DURABLE: OnceLock<Result<u16, String>> = OnceLock::new();
+    match kind {
+        Kind::Tests => TESTS.get_or_init(|| start(kind)),
+        Kind::Durable => DURABLE.get_or_init(|| start(kind)),
+    }
 }
 
 /// A fresh, empty database of the test server: its address, for `PgStore::open`.
 pub fn database() -> String {
+    database_of(Kind::Tests)
+}
+
+/// A fresh, empty database of a server that syncs every commit to disk, as a deployment's
+/// does: for benchmarks.
+pub fn durable_database() -> String {
+    database_of(Kind::Durable)
+}
+
+fn database_of(kind: Kind) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let port = match server() {
+    let port = match server(kind) {
         Ok(port) => *port,
         Err(e) => panic!("{e}"),
     };
@@ -113,18 +148,21 @@ fn free_port() -> Result<u16, String> {
     Ok(socket.local_addr().map_err(|e| e.to_string())?.port())
 }
 
-fn start() -> Result<u16, String> {
+fn start(kind: Kind) -> Result<u16, String> {
     let initdb = binary("initdb")?;
     let postgres = binary("postgres")?;
     let user = server_user()?;
     let tmp = std::env::temp_dir();
     remove_stale_folders(&tmp);
-    let folder = tmp.join(format!("{FOLDER_PREFIX}{}", std::process::id()));
+    let process = tmp.join(format!("{FOLDER_PREFIX}{}", std::process::id()));
+    let folder = process.join(kind.folder());
     let _ = std::fs::remove_dir_all(&folder);
     std::fs::create_dir_all(&folder).map_err(|e| format!("{}: {e}", folder.display()))?;
     let data = folder.join("data");
     if let Some((uid, gid)) = user {
-        std::os::unix::fs::chown(&folder, Some(uid), Some(gid)).map_err(|e| e.to_string())?;
+        for dir in [&process, &folder] {
+            std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(|e| e.to_string())?;
+        }
     }
     let as_server = |command: &mut Command| {
         if let Some((uid, gid)) = user {
@@ -154,7 +192,7 @@ fn start() -> Result<u16, String> {
     }
     let port = free_port()?;
     // The shell starts the server, then waits on its standard input: this process holds the
-    // other end (`WATCHDOG`) until it ends.
+    // other end (`WATCHDOGS`) until it ends.
     let mut server = Command::new("sh");
     as_server(&mut server);
     let child = server
@@ -167,14 +205,27 @@ fn start() -> Result<u16, String> {
         .arg(&data)
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-k"])
         .arg(&folder)
-        .args(["-c", "fsync=off", "-c", "max_connections=200"])
+        .args([
+            "-c",
+            match kind {
+                Kind::Tests => "fsync=off",
+                Kind::Durable => "fsync=on",
+            },
+        ])
+        .args(["-c", "max_connections=200"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn();
     let mut child = child.map_err(|e| format!("postgres: {e}"))?;
-    static WATCHDOG: Mutex<Option<ChildStdin>> = Mutex::new(None);
-    *WATCHDOG.lock().unwrap_or_else(|e| e.into_inner()) = child.stdin.take();
+    // Every server's pipe is kept: dropping one would stop its server.
+    static WATCHDOGS: Mutex<Vec<ChildStdin>> = Mutex::new(Vec::new());
+    if let Some(stdin) = child.stdin.take() {
+        WATCHDOGS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(stdin);
+    }
     let stderr = child.stderr.take().ok_or("no server output")?;
     let (ready_tx, ready) = std::sync::mpsc::channel();
     std::thread::Builder::new()
