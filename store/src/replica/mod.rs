@@ -920,9 +920,10 @@ impl Replica {
                 return Ok(());
             }
             (Some(_), _) | (None, _) if authenticated => {
-                return Err(Error::integrity(
-                    "the replica's settings, keyring or counters (carnet.redb, table meta) were changed outside Carnet: restore the data folder from a backup",
-                ));
+                let (place, restore) = self.where_tables_are();
+                return Err(Error::integrity(format!(
+                    "the replica's settings, keyring or counters ({place}, table meta) were changed outside Carnet: {restore}",
+                )));
             }
             _ => {}
         }
@@ -946,6 +947,17 @@ impl Replica {
     /// At open: the rows of every guarded table (`row_digest::GUARDED`) must be those this
     /// replica last wrote: each table is summed again and compared with its digest in `meta`
     /// (authenticated by `check_state`). A replica made before the digests gets them here.
+    /// Where the tables are, and what restores them, for an integrity error.
+    fn where_tables_are(&self) -> (&'static str, &'static str) {
+        match self.db {
+            Database::Redb(_) => ("carnet.redb", "restore the data folder from a backup"),
+            Database::Pg(_) => (
+                "the host's PostgreSQL database",
+                "restore the database and the data folder from a backup taken together",
+            ),
+        }
+    }
+
     fn check_rows(&self) -> Result<()> {
         let (marked, stored, computed) = {
             let txn = self.begin_read()?;
@@ -973,8 +985,9 @@ impl Replica {
                 if stored.is_some_and(|s| s != *computed) {
                     // Nothing is written over it (the drop of the refused replica commits).
                     self.state_verified.store(false, Ordering::SeqCst);
+                    let (place, restore) = self.where_tables_are();
                     return Err(Error::integrity(format!(
-                        "the rows of table {name} (carnet.redb) are not the ones this replica last wrote: a row was put back, removed or added outside Carnet; restore the data folder from a backup"
+                        "the rows of table {name} ({place}) are not the ones this replica last wrote: a row was put back, removed or added outside Carnet; {restore}"
                     )));
                 }
             }
