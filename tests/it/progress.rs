@@ -13,6 +13,25 @@ fn large_body() -> Vec<u8> {
     (0..3 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect()
 }
 
+/// `doc add` of the large body at `body` into `ins`, as `DOCTOR`.
+fn add_large<'a>(ins: &'a str, body: &'a str) -> Vec<&'a str> {
+    vec![
+        "doc",
+        "add",
+        "--dossier",
+        ins,
+        "--as",
+        DOCTOR,
+        "--class",
+        "31",
+        "--type",
+        "18748-4",
+        "--title",
+        "Imagerie",
+        body,
+    ]
+}
+
 /// A host holding one large document of the standard dossier; answers (host, INS, body file,
 /// document id).
 fn host_with_a_large_document() -> (Carnet, String, String, String) {
@@ -29,21 +48,7 @@ fn nothing_is_drawn_when_stderr_is_not_a_terminal() {
     let got = host.path("got.bin").display().to_string();
     let export = host.path("export.json").display().to_string();
     let bundle = host.path("records.carnet").display().to_string();
-    let add = [
-        "doc",
-        "add",
-        "--dossier",
-        &ins,
-        "--as",
-        DOCTOR,
-        "--class",
-        "31",
-        "--type",
-        "18748-4",
-        "--title",
-        "Imagerie",
-        &body,
-    ];
+    let add = add_large(&ins, &body);
     let get = ["doc", "get", &id, "--as", DOCTOR, "-o", &got];
     let export_args = [
         "export",
@@ -121,21 +126,7 @@ fn a_terminal_shows_progress_for_people_and_none_for_json() {
     };
     let (host, ins, body, id) = host_with_a_large_document();
     let add = |json: bool| {
-        let mut args = vec![
-            "doc",
-            "add",
-            "--dossier",
-            &ins,
-            "--as",
-            DOCTOR,
-            "--class",
-            "31",
-            "--type",
-            "18748-4",
-            "--title",
-            "Imagerie",
-            &body,
-        ];
+        let mut args = add_large(&ins, &body);
         if json {
             args.push("--json");
         }
