@@ -260,6 +260,11 @@ pub struct InitArgs {
     /// (written to carnet.toml as [host] storage), instead of carnet.redb in the data folder.
     #[arg(long, value_name = "URL")]
     pub storage: Option<String>,
+    /// Host: add a daemon to the host already in the --storage database (several daemons
+    /// serve its sites). The data folder holds a copy of the first daemon's master.key, or
+    /// CARNET_PASSPHRASE gives its passphrase.
+    #[arg(long, requires = "storage")]
+    pub join: bool,
 }
 
 #[derive(Debug, Subcommand)]

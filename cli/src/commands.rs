@@ -89,7 +89,7 @@ impl Failure {
                 Error::Denied { .. } => 3,
                 Error::NotFound(_) => 4,
                 Error::Integrity(_) => 5,
-                Error::Storage(_) => 1,
+                Error::Storage(_) | Error::Conflict(_) => 1,
             },
         }
     }
@@ -107,6 +107,7 @@ impl Failure {
                 Error::NotFound(_) => "not_found",
                 Error::Integrity(_) => "integrity",
                 Error::Storage(_) => "storage",
+                Error::Conflict(_) => "conflict",
             },
         }
     }
@@ -561,10 +562,14 @@ fn init(cli: &Cli, a: &InitArgs) -> Result<Reply> {
     let host_key = r.host_key()?.map(|k| hex(&k));
     Ok(Reply::new(
         format!(
-            "initialised {} replica '{}' (site id {}) in {}\nmaster key: {key_desc}\ndaemon settings: {}{}{}",
+            "initialised {} replica '{}' (site id {}{}) in {}\nmaster key: {key_desc}\ndaemon settings: {}{}{}",
             c.role.as_str(),
             c.name,
             c.site_id,
+            match r.daemon_number() {
+                0 => String::new(),
+                n => format!(", daemon {n} of the host in PostgreSQL"),
+            },
             dir.display(),
             config_path.display(),
             host_key
@@ -605,22 +610,38 @@ fn init_in(
         }
         None => carnet_store::replica::Storage::File,
     };
-    let r = Replica::init_on(
-        dir,
-        &storage,
-        InitOptions {
-            role,
-            name: bundle
-                .map(|b| b.name.clone())
-                .or_else(|| a.name.clone())
-                .unwrap_or_else(|| role.as_str().to_string()),
-            site_id: bundle.map(|b| SiteId(b.site_id)).or(a.site_id.map(SiteId)),
-            key: source,
-            host_key,
-            lease_hours: a.lease_hours,
-        },
-        system_clock(),
-    )?;
+    let r = if a.join {
+        if role != Role::Host || a.name.is_some() {
+            return Err(Failure::Usage(
+                "--join adds a daemon to a host: it takes --role host, --storage and --listen"
+                    .into(),
+            ));
+        }
+        Replica::join_on(
+            dir,
+            &storage,
+            &source,
+            system_clock(),
+            carnet_store::replica::DEFAULT_CACHE_MIB,
+        )?
+    } else {
+        Replica::init_on(
+            dir,
+            &storage,
+            InitOptions {
+                role,
+                name: bundle
+                    .map(|b| b.name.clone())
+                    .or_else(|| a.name.clone())
+                    .unwrap_or_else(|| role.as_str().to_string()),
+                site_id: bundle.map(|b| SiteId(b.site_id)).or(a.site_id.map(SiteId)),
+                key: source,
+                host_key,
+                lease_hours: a.lease_hours,
+            },
+            system_clock(),
+        )?
+    };
     if let Some(b) = bundle {
         carnet_syncd::enrol::install_site(&r, b)?;
     }

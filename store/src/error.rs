@@ -34,6 +34,11 @@ pub enum Error {
     /// process). Retrying after fixing the cause is safe: transactions are atomic.
     #[error("storage error: {0}")]
     Storage(String),
+    /// Another host daemon sharing the database changed the same rows at the same time
+    /// (PostgreSQL's SQLSTATE 40001): nothing of this operation was kept, and running it again
+    /// is safe and may succeed.
+    #[error("conflict: {0}")]
+    Conflict(String),
 }
 
 /// Shorthand used across the crate.
@@ -63,12 +68,37 @@ macro_rules! storage_from {
 storage_from!(
     redb::Error,
     redb::DatabaseError,
-    redb::TransactionError,
-    redb::StorageError,
-    redb::CommitError,
     redb::SetDurabilityError,
     std::io::Error
 );
+
+impl From<redb::StorageError> for Error {
+    fn from(e: redb::StorageError) -> Self {
+        if crate::kv::pg::is_serialization_failure(&e) {
+            Error::Conflict(e.to_string())
+        } else {
+            Error::Storage(e.to_string())
+        }
+    }
+}
+
+impl From<redb::TransactionError> for Error {
+    fn from(e: redb::TransactionError) -> Self {
+        match e {
+            redb::TransactionError::Storage(e) => e.into(),
+            e => Error::Storage(e.to_string()),
+        }
+    }
+}
+
+impl From<redb::CommitError> for Error {
+    fn from(e: redb::CommitError) -> Self {
+        match e {
+            redb::CommitError::Storage(e) => e.into(),
+            e => Error::Storage(e.to_string()),
+        }
+    }
+}
 
 impl From<redb::TableError> for Error {
     fn from(e: redb::TableError) -> Self {
@@ -77,6 +107,7 @@ impl From<redb::TableError> for Error {
             redb::TableError::TableDoesNotExist(name) => Error::Integrity(format!(
                 "table {name} is missing from carnet.redb (removed outside Carnet): restore the data folder from your last backup"
             )),
+            redb::TableError::Storage(e) => e.into(),
             e => Error::Storage(e.to_string()),
         }
     }

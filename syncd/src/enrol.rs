@@ -496,6 +496,10 @@ pub fn enrol_with(
     let mut reg = load_host_pki(replica)?;
     let ca = reg.ca(ca)?;
     let site_id = reg.next_site;
+    if site_id >= carnet_store::replica::daemons::FIRST_DAEMON_ORIGIN {
+        // From there on, ids are the host daemons' trace origins.
+        return Err(Error::Invalid("no site id left".into()));
+    }
     let identity = pki::issue_site_lasting(
         &ca,
         site_id,

@@ -230,7 +230,9 @@ enum Ingested {
 /// failed (nothing wrong with the pair), refuse it otherwise.
 fn storing_failed(e: carnet_store::Error) -> Result<Ingested, String> {
     match e {
-        carnet_store::Error::Storage(_) => Ok(Ingested::Later(e.to_string())),
+        carnet_store::Error::Storage(_) | carnet_store::Error::Conflict(_) => {
+            Ok(Ingested::Later(e.to_string()))
+        }
         e => Err(e.to_string()),
     }
 }

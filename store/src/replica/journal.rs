@@ -153,6 +153,17 @@ impl TraceChain {
                 path.display(),
             )));
         }
+        // One process per folder appends to its chain: redb's file lock says so for a file,
+        // this lock for a host whose tables are in PostgreSQL. Released when the file closes.
+        if let Err(e) = file.try_lock() {
+            return Err(match e {
+                std::fs::TryLockError::WouldBlock => Error::Storage(format!(
+                    "the replica in {} is in use by another process (its daemon runs: stop it, or use `carnet` while it runs)",
+                    dir.display()
+                )),
+                std::fs::TryLockError::Error(e) => e.into(),
+            });
+        }
         Self::open_on(Box::new(JournalFile(file)), head, epoch).map_err(|e| match e {
             Error::Integrity(why) => Error::integrity(format!("{why} ({})", path.display())),
             e => e,

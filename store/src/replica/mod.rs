@@ -21,6 +21,7 @@ mod backend;
 pub mod backup;
 mod cache;
 mod conflicts;
+pub mod daemons;
 pub mod doc_map;
 mod documents;
 mod dossier_reads;
@@ -128,6 +129,15 @@ pub const HOST_STORAGE_ENV: &str = "CARNET_TEST_HOST_STORAGE";
 /// File in the data folder of a host whose tables are in PostgreSQL: says so to whoever opens
 /// the folder without the database's address, instead of "no replica here".
 pub const POSTGRES_MARK: &str = "carnet.postgres";
+
+/// Writes `POSTGRES_MARK` into `dir`.
+fn write_postgres_mark(dir: &Path) -> Result<()> {
+    crate::files::write_private(
+        &dir.join(POSTGRES_MARK),
+        b"This host's tables are in PostgreSQL: its address is [host] storage in carnet.toml.\n",
+    )?;
+    Ok(())
+}
 
 /// File name of the master key inside the data folder (mode 0600).
 pub const KEY_FILE: &str = "master.key";
@@ -346,6 +356,8 @@ pub fn system_clock() -> Clock {
 pub struct Replica {
     /// The local trace chain and its journal; always locked before a redb write transaction.
     chain: Mutex<TraceChain>,
+    /// Which of the host's daemons this process is (`daemons`): its chain is its own.
+    daemon: daemons::Daemon,
     db: Database,
     /// Waits for the syncs that commits inside `deferring_syncs` left to finish behind them.
     durability: backend::Durability,
@@ -593,10 +605,7 @@ impl Replica {
             Place::Backend(handle) => DbStore::Backend(handle().0),
             Place::File => DbStore::File(db_path.clone()),
             Place::Postgres(url) => {
-                crate::files::write_private(
-                    &dir.join(POSTGRES_MARK),
-                    b"This host's tables are in PostgreSQL: its address is [host] storage in carnet.toml.\n",
-                )?;
+                write_postgres_mark(dir)?;
                 DbStore::Postgres(url.to_owned())
             }
         };
@@ -843,10 +852,17 @@ impl Replica {
             ),
             None => None,
         };
+        let daemon = daemons::Daemon::of_folder(dir)?;
+        if daemon.0 != 0 && (config.role != Role::Host || db.as_redb().is_some()) {
+            return Err(Error::invalid(format!(
+                "{} says this folder is one of several host daemons, which share a PostgreSQL database: this replica is not such a host",
+                dir.join(daemons::DAEMON_FILE).display()
+            )));
+        }
         let head: (u64, [u8; 32]) = {
             let txn = db.begin_read()?;
             let heads = txn.open_table(AUDIT_HEADS)?;
-            let row = heads.get(config.site_id.0)?;
+            let row = heads.get(daemon.own_origin(&config).0)?;
             match row {
                 Some(v) => postcard::from_bytes(v.value())?,
                 None => (0, [0; 32]),
@@ -854,14 +870,20 @@ impl Replica {
         };
         let (epoch, restoring) = {
             let meta = db.begin_read()?.open_table(META)?;
-            (journal_epoch(&meta)?, restored::is_marked(&meta)?)
+            (journal_epoch(&meta, daemon)?, restored::is_marked(&meta)?)
         };
         let chain = Mutex::new(match journal {
             Some(on) => TraceChain::open_on(on, head, epoch)?,
             None => TraceChain::open(dir, head, epoch)?,
         });
+        let view = if db.as_redb().is_some() {
+            view::SharedView::default()
+        } else {
+            view::SharedView::per_read()
+        };
         let replica = Replica {
             chain,
+            daemon,
             db,
             durability,
             dir: dir.to_path_buf(),
@@ -874,7 +896,7 @@ impl Replica {
             audit_commit: GroupCommit::default(),
             mover: Mutex::new(None),
             cache: cache::RegistryCache::default(),
-            view: view::SharedView::default(),
+            view,
             state_verified: AtomicBool::new(false),
             restoring: AtomicBool::new(restoring),
             pending_digests: row_digest::PendingDigests::default(),
@@ -1565,7 +1587,7 @@ impl Replica {
         let sealed = self
             .keys
             .audit
-            .seal(&trace_aad(self.config.site_id.0), &bytes)?;
+            .seal(&trace_aad(self.trace_origin().0), &bytes)?;
         Ok(PreparedTrace { bytes, sealed })
     }
 
@@ -1615,8 +1637,8 @@ impl Replica {
     /// is no longer `sealed.epoch`) nothing is written.
     fn move_sealed(&self, sealed: &SealedEpoch) -> Result<()> {
         let txn = self.begin_raw_write()?;
-        if journal_epoch(&txn.open_table(META)?)? == sealed.epoch {
-            let origin = self.config.site_id.0;
+        if journal_epoch(&txn.open_table(META)?, self.daemon)? == sealed.epoch {
+            let origin = self.trace_origin().0;
             {
                 let mut table = txn.open_table(AUDIT)?;
                 for r in &sealed.records {
@@ -1627,7 +1649,7 @@ impl Replica {
                 self.set_own_trace_head(&txn, (last.seq, last.hash))?;
             }
             // Even an empty epoch is retired, so the live ones stay the stored one and the next.
-            set_journal_epoch(&txn, sealed.epoch.wrapping_add(1))?;
+            set_journal_epoch(&txn, self.daemon, sealed.epoch.wrapping_add(1))?;
             txn.commit()?;
         } else {
             txn.abort()?;
@@ -1717,7 +1739,7 @@ impl Replica {
             return Ok(out);
         }
 
-        let origin = self.config.site_id.0;
+        let origin = self.trace_origin().0;
         let mut table = txn.open_table(AUDIT)?;
         for r in chain.journaled() {
             table.insert((origin, r.seq), stored_trace_row(r)?.as_slice())?;
@@ -1733,20 +1755,28 @@ impl Replica {
         self.set_own_trace_head(txn, (out.seq, out.prev))?;
         if journaled || chain.stale_frame {
             let epoch = chain.epoch.wrapping_add(1);
-            set_journal_epoch(txn, epoch)?;
+            set_journal_epoch(txn, self.daemon, epoch)?;
             out.new_epoch = Some(epoch);
         }
         Ok(out)
     }
 
+    /// The origin this replica's own trace chain is stored under: its site id, or at the host
+    /// its daemon's (`daemons`).
+    fn trace_origin(&self) -> SiteId {
+        self.daemon.own_origin(&self.config)
+    }
+
     /// Records this replica's own trace head in `AUDIT_HEADS` and, as its anchor, in `meta`
-    /// (`meta_key::TRACE_ANCHOR`), which `STATE_MAC` authenticates.
+    /// (`meta_key::TRACE_ANCHOR`, the daemon's own row), which `STATE_MAC` authenticates.
     fn set_own_trace_head(&self, txn: &WriteTransaction, head: (u64, [u8; 32])) -> Result<()> {
         let bytes = postcard::to_stdvec(&head)?;
         txn.open_table(AUDIT_HEADS)?
-            .insert(self.config.site_id.0, bytes.as_slice())?;
-        txn.open_table(META)?
-            .insert(meta_key::TRACE_ANCHOR, bytes.as_slice())?;
+            .insert(self.trace_origin().0, bytes.as_slice())?;
+        txn.open_table(META)?.insert(
+            self.daemon.meta_row(meta_key::TRACE_ANCHOR).as_str(),
+            bytes.as_slice(),
+        )?;
         Ok(())
     }
 
@@ -1755,10 +1785,12 @@ impl Replica {
     /// end, or the whole trace with its head, are an integrity failure rather than a chain
     /// that starts again at 1. A replica made before the anchor gets it here from its head.
     fn check_trace_anchor(&self) -> Result<()> {
-        let own = self.config.site_id.0;
+        let own = self.trace_origin().0;
         let (anchor, head) = {
             let txn = self.begin_read()?;
-            let anchor = txn.open_table(META)?.get(meta_key::TRACE_ANCHOR)?;
+            let anchor = txn
+                .open_table(META)?
+                .get(self.daemon.meta_row(meta_key::TRACE_ANCHOR).as_str())?;
             let anchor: Option<(u64, [u8; 32])> = anchor
                 .map(|v| postcard::from_bytes(v.value()))
                 .transpose()?;
@@ -1927,7 +1959,12 @@ impl Replica {
                 let (hash, plain) = self.open_trace_row(origin, seq, v.value())?;
                 decoded.push((seq, hash, plain));
             }
-            if origin == self.config.site_id.0 {
+            let own = if self.config.role == Role::Host {
+                daemons::is_daemon_origin(SiteId(origin))
+            } else {
+                origin == self.config.site_id.0
+            };
+            if own {
                 total += crate::audit::verify_chain(
                     self.keys.chain.expose(),
                     SiteId(origin),
@@ -2288,16 +2325,19 @@ fn open_database_checked(
     }
 }
 
-/// The oldest live epoch of the trace journal, as stored in `META`.
-fn journal_epoch(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<u32> {
-    let v = meta.get(meta_key::JOURNAL_EPOCH)?;
+/// The oldest live epoch of `daemon`'s trace journal, as stored in `META`.
+fn journal_epoch(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+    daemon: daemons::Daemon,
+) -> Result<u32> {
+    let v = meta.get(daemon.meta_row(meta_key::JOURNAL_EPOCH).as_str())?;
     Ok(read_u64(v.as_ref().map(|g| g.value())) as u32)
 }
 
-/// Stores the oldest live epoch of the trace journal, retiring the frames of older ones.
-fn set_journal_epoch(txn: &WriteTransaction, epoch: u32) -> Result<()> {
+/// Stores the oldest live epoch of `daemon`'s trace journal, retiring the frames of older ones.
+fn set_journal_epoch(txn: &WriteTransaction, daemon: daemons::Daemon, epoch: u32) -> Result<()> {
     txn.open_table(META)?.insert(
-        meta_key::JOURNAL_EPOCH,
+        daemon.meta_row(meta_key::JOURNAL_EPOCH).as_str(),
         u64::from(epoch).to_le_bytes().as_slice(),
     )?;
     Ok(())

@@ -14,7 +14,9 @@
 //! Invariants: each view's method forwards to the `Replica` method of the same name, which is
 //! not public outside this crate; the role checks inside those methods stay (defence in depth:
 //! the store's own tests call them on either role); obtaining a view is the one run-time
-//! check, and it costs a comparison.
+//! check, and it costs a comparison. At the host each operation runs again when it collided
+//! with another host daemon's transaction (`Replica::retrying`; never at a site, whose file
+//! has one writer).
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -223,32 +225,33 @@ impl HostSync<'_> {
     /// Host: records the chain key `site` presents, or checks it against the one held. A
     /// different key is refused, and the refusal traced.
     pub fn admit_chain_key(&self, site: SiteId, key: &[u8; 32]) -> Result<()> {
-        self.0.admit_chain_key(site, key)
+        self.0.retrying(|| self.0.admit_chain_key(site, key))
     }
 
     /// Host: the head of `site`'s log and, when the site's `cursor` is at it, a heartbeat that
     /// says so (`Covers::Log`), both read in one snapshot: the answer to a site's `Hello`. Costs
     /// one lookup, whatever the site holds.
     pub fn site_heartbeat(&self, site: SiteId, cursor: u64) -> Result<(u64, Option<SignedRecord>)> {
-        self.0.site_heartbeat(site, cursor)
+        self.0.retrying(|| self.0.site_heartbeat(site, cursor))
     }
 
     /// Host: the last entry of `origin`'s trace held here, and its chain hash (`(0, zeros)`
     /// when none): the site checks it against its own.
     pub fn trace_head_held(&self, origin: SiteId) -> Result<(u64, [u8; 32])> {
-        self.0.trace_head_held(origin)
+        self.0.retrying(|| self.0.trace_head_held(origin))
     }
 
     /// Host: records that `site`, at the host's time `at`, had a trace of `head` entries, all
     /// held here: its later entries were made after `at`.
     pub fn record_trace_contact(&self, site: SiteId, head: u64, at: Millis) -> Result<()> {
-        self.0.record_trace_contact(site, head, at)
+        self.0
+            .retrying(|| self.0.record_trace_contact(site, head, at))
     }
 
     /// The highest change sequence applied here from `origin` (what a site resumes pushing
     /// after).
     pub fn applied_mark(&self, origin: SiteId) -> Result<u64> {
-        self.0.applied_mark(origin)
+        self.0.retrying(|| self.0.applied_mark(origin))
     }
 
     /// Host: forgets what was returned to `site` once the site says it holds it in quarantine:
@@ -256,18 +259,19 @@ impl HostSync<'_> {
     /// applied from it (checked in the same transaction, so a push applied meanwhile keeps its
     /// returns). Writes only when there is something to forget.
     pub fn forget_returned(&self, site: SiteId, outbox_acked: u64) -> Result<()> {
-        self.0.forget_returned(site, outbox_acked)
+        self.0
+            .retrying(|| self.0.forget_returned(site, outbox_acked))
     }
 
     /// Host: everything returned to `site` so far (repeated at each session's start):
     /// dossiers first, then documents in id order.
     pub fn returned_to(&self, site: SiteId) -> Result<Vec<Returned>> {
-        self.0.returned_to(site)
+        self.0.retrying(|| self.0.returned_to(site))
     }
 
     /// Host: the bodies `site` owes, with the bytes of each already kept here, in id order.
     pub fn bodies_owed_by(&self, site: SiteId) -> Result<Vec<(DocId, u64)>> {
-        self.0.bodies_owed_by(site)
+        self.0.retrying(|| self.0.bodies_owed_by(site))
     }
 
     /// `apply_remote_batch_with_bodies`, answering as well what the host tells the site that
@@ -280,12 +284,13 @@ impl HostSync<'_> {
         changes: &[(u64, Change)],
         bodies: &[BodyPiece],
     ) -> Result<PushApplied> {
-        self.0.apply_pushed(origin, changes, bodies)
+        self.0
+            .retrying(|| self.0.apply_pushed(origin, changes, bodies))
     }
 
     /// Merges change `seq` from `origin` exactly once.
     pub fn apply_remote(&self, origin: SiteId, seq: u64, change: &Change) -> Result<Applied> {
-        self.0.apply_remote(origin, seq, change)
+        self.0.retrying(|| self.0.apply_remote(origin, seq, change))
     }
 
     /// Merges a batch of changes from `origin`, in order and each exactly once, in one
@@ -295,7 +300,8 @@ impl HostSync<'_> {
         origin: SiteId,
         changes: &[(u64, Change)],
     ) -> Result<Vec<Applied>> {
-        self.0.apply_remote_batch(origin, changes)
+        self.0
+            .retrying(|| self.0.apply_remote_batch(origin, changes))
     }
 
     /// `apply_remote_batch`, with the whole bodies of some of the batch's new documents
@@ -324,19 +330,20 @@ impl HostSync<'_> {
         records: &[TraceRecord],
         signed: Option<&TraceHeadEvidence>,
     ) -> Result<u64> {
-        self.0.apply_remote_traces(origin, records, signed)
+        self.0
+            .retrying(|| self.0.apply_remote_traces(origin, records, signed))
     }
 
     /// Host: a trace entry of the host that says a site's trace was refused (`what`: a short
     /// reason; ids only).
     pub fn trace_refusal(&self, site: SiteId, what: &str) -> Result<()> {
-        self.0.trace_refusal(site, what)
+        self.0.retrying(|| self.0.trace_refusal(site, what))
     }
 
     /// Host: the newest head of `origin`'s trace that the site signed, with the certificate
     /// that signed it (`None` before its first signed batch).
     pub fn signed_trace_head(&self, origin: SiteId) -> Result<Option<TraceHeadEvidence>> {
-        self.0.signed_trace_head(origin)
+        self.0.retrying(|| self.0.signed_trace_head(origin))
     }
 
     /// Host: `receive_body_pieces` for pieces `site` sent. A piece is taken only for a body
@@ -346,13 +353,13 @@ impl HostSync<'_> {
     /// content hash is dropped with its kept pieces, and stays owed: the owing site is asked for
     /// it again at its next `Welcome`, so a bogus body never cancels a debt.
     pub fn receive_pieces_from(&self, site: SiteId, pieces: &[BodyPiece]) -> Result<Vec<bool>> {
-        self.0.receive_pieces_from(site, pieces)
+        self.0.retrying(|| self.0.receive_pieces_from(site, pieces))
     }
 
     /// Host: `site`'s log after `after`, at most `limit` entries, as the site will apply it
     /// (without a heartbeat: `pull_page` is what a session sends).
     pub fn pull(&self, site: SiteId, after: u64, limit: usize) -> Result<Vec<(u64, PullItem)>> {
-        self.0.pull(site, after, limit)
+        self.0.retrying(|| self.0.pull(site, after, limit))
     }
 
     /// Host: one batch of `site`'s log after `after`: at most `max_items` items (an entry that
@@ -360,7 +367,7 @@ impl HostSync<'_> {
     /// then the heartbeat, read in the same snapshot. The heartbeat's sequence is the last entry
     /// the batch covers, so the site's cursor passes the entries it no longer receives.
     pub fn pull_page(&self, site: SiteId, after: u64, max_items: usize) -> Result<PullPage> {
-        self.0.pull_page(site, after, max_items)
+        self.0.retrying(|| self.0.pull_page(site, after, max_items))
     }
 
     /// Host: a body for `site`, only if its dossier is in that site's scope.
@@ -369,12 +376,12 @@ impl HostSync<'_> {
         site: SiteId,
         id: &DocId,
     ) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>> {
-        self.0.body_for_site(site, id)
+        self.0.retrying(|| self.0.body_for_site(site, id))
     }
 
     /// Host: the last sequence of `site`'s log (0 when empty).
     pub fn log_head(&self, site: SiteId) -> Result<u64> {
-        self.0.log_head(site)
+        self.0.retrying(|| self.0.log_head(site))
     }
 
     /// Host: `site` says it was restored from a backup taken at `taken_at` (its say-so: it
@@ -387,18 +394,19 @@ impl HostSync<'_> {
         site: SiteId,
         taken_at: crate::time::Millis,
     ) -> Result<usize> {
-        self.0.record_site_restore(site, taken_at)
+        self.0
+            .retrying(|| self.0.record_site_restore(site, taken_at))
     }
 
     /// Host: the entries of `origin`'s trace held here after `after` (at most `limit`), for a
     /// restored site taking its own trace back (`restored`).
     pub fn traces_of(&self, origin: SiteId, after: u64, limit: usize) -> Result<Vec<TraceRecord>> {
-        self.0.traces_of(origin, after, limit)
+        self.0.retrying(|| self.0.traces_of(origin, after, limit))
     }
 
     /// Host: the last trace entry of `origin` held here.
     pub fn trace_mark(&self, origin: SiteId) -> Result<u64> {
-        self.0.trace_mark(origin)
+        self.0.retrying(|| self.0.trace_mark(origin))
     }
 }
 
@@ -411,7 +419,7 @@ pub struct HostAuthority<'r>(&'r Replica);
 impl HostAuthority<'_> {
     /// Host: creates a dossier. Refused if one exists for this INS.
     pub fn create_dossier(&self, d: NewDossier) -> Result<DossierHead> {
-        self.0.create_dossier(d)
+        self.0.retrying(|| self.0.create_dossier(d.clone()))
     }
 
     /// Host: closes a dossier (the holder's request). Its documents are archived on the host
@@ -419,7 +427,8 @@ impl HostAuthority<'_> {
     /// `deletion_requested`, the holder asked that it be deleted rather than archived: the host
     /// may purge it at once (`purge_dossier`).
     pub fn close_dossier(&self, ins: &Ins, reason: &str, deletion_requested: bool) -> Result<()> {
-        self.0.close_dossier(ins, reason, deletion_requested)
+        self.0
+            .retrying(|| self.0.close_dossier(ins, reason, deletion_requested))
     }
 
     /// Host: the holder of a closed dossier asks that it be deleted rather than archived until
@@ -427,7 +436,7 @@ impl HostAuthority<'_> {
     /// host may purge the dossier at once. Only while closed (not for an active dossier, nor a
     /// purged one); asking twice keeps the first request.
     pub fn request_deletion(&self, ins: &Ins) -> Result<Closure> {
-        self.0.request_deletion(ins)
+        self.0.retrying(|| self.0.request_deletion(ins))
     }
 
     /// Host: reopens a closed dossier (DOMAIN §6: reopening brings the archive back). A new
@@ -437,7 +446,7 @@ impl HostAuthority<'_> {
     /// receipts sites returned for the closure are dropped with it: they answer a closure no
     /// longer in force. A purged dossier cannot be reopened: its key is destroyed.
     pub fn reopen_dossier(&self, ins: &Ins, reason: &str) -> Result<DossierHead> {
-        self.0.reopen_dossier(ins, reason)
+        self.0.retrying(|| self.0.reopen_dossier(ins, reason))
     }
 
     /// Host: purges a closed dossier, then publishes a signed `Purged` record so that sites
@@ -446,7 +455,7 @@ impl HostAuthority<'_> {
     /// holder's deletion request (DOMAIN §6); before that it is refused (denied, traced) with
     /// the date the retention ends, and nothing changes.
     pub fn purge_dossier(&self, ins: &Ins) -> Result<()> {
-        self.0.purge_dossier(ins)
+        self.0.retrying(|| self.0.purge_dossier(ins))
     }
 
     /// Host: changes a dossier's emergency preferences; returns them as now in force.
@@ -460,7 +469,7 @@ impl HostAuthority<'_> {
 
     /// Host: publishes a new habilitation matrix (its version must grow).
     pub fn set_matrix(&self, matrix: HabilitationMatrix) -> Result<()> {
-        self.0.set_matrix(matrix)
+        self.0.retrying(|| self.0.set_matrix(matrix.clone()))
     }
 
     /// Host: sets a professional's grant on a dossier: `state` with `basis`, ending at `until`
@@ -474,42 +483,44 @@ impl HostAuthority<'_> {
         basis: GrantBasis,
         until: Option<Millis>,
     ) -> Result<()> {
-        self.0.set_grant(ins, rpps, state, basis, until)
+        self.0
+            .retrying(|| self.0.set_grant(ins, rpps, state, basis, until))
     }
 
     /// Host: records a legal representative of the holder of `ins`, in a new signed head.
     /// Returns the head with their id.
     pub fn add_representative(&self, ins: &Ins, new: NewRepresentative) -> Result<DossierHead> {
-        self.0.add_representative(ins, new)
+        self.0
+            .retrying(|| self.0.add_representative(ins, new.clone()))
     }
 
     /// Host: ends representative `id` of the holder of `ins`, in a new signed head: from the
     /// moment a replica holds it, that id has no access there (row 12).
     pub fn remove_representative(&self, ins: &Ins, id: RepresentativeId) -> Result<DossierHead> {
-        self.0.remove_representative(ins, id)
+        self.0.retrying(|| self.0.remove_representative(ins, id))
     }
 
     /// Host: binds `rpps` (registered here) to `site`, or unbinds them. Bound, the dossiers
     /// where they hold an active grant enter the site's scope; unbound, the grant no longer
     /// keeps them there.
     pub fn bind_professional(&self, site: SiteId, rpps: &Rpps, on: bool) -> Result<()> {
-        self.0.bind_professional(site, rpps, on)
+        self.0.retrying(|| self.0.bind_professional(site, rpps, on))
     }
 
     /// Host: the professionals bound to `site`, by RPPS.
     pub fn site_professionals(&self, site: SiteId) -> Result<Vec<Rpps>> {
-        self.0.site_professionals(site)
+        self.0.retrying(|| self.0.site_professionals(site))
     }
 
     /// Host: the requests of every site still waiting for a decision.
     pub fn site_requests(&self) -> Result<Vec<SiteRequest>> {
-        self.0.site_requests()
+        self.0.retrying(|| self.0.site_requests())
     }
 
     /// Host: accepts `site`'s pin of `ins` (the dossier enters its scope: an appointment with
     /// the holder's consent is recorded here), or refuses it / ends an accepted one.
     pub fn decide_pin(&self, site: SiteId, ins: &Ins, accept: bool) -> Result<()> {
-        self.0.decide_pin(site, ins, accept)
+        self.0.retrying(|| self.0.decide_pin(site, ins, accept))
     }
 }
 
@@ -522,48 +533,48 @@ impl HostOversight<'_> {
     /// Host: the emergencies judged here, in id order; with `pending`, only those not reviewed
     /// (the others are not opened).
     pub fn emergencies(&self, pending: bool) -> Result<Vec<Emergency>> {
-        self.0.emergencies(pending)
+        self.0.retrying(|| self.0.emergencies(pending))
     }
 
     /// Host: records `by`'s review of emergency `id` with `note`, traced. A second review of
     /// the same emergency is refused.
     pub fn review_emergency(&self, id: u64, by: &str, note: &str) -> Result<Emergency> {
-        self.0.review_emergency(id, by, note)
+        self.0.retrying(|| self.0.review_emergency(id, by, note))
     }
 
     /// Host: ends the emergency reason of every scope whose time is over (the dossier leaves
     /// the site unless another reason keeps it). Answers how many ended.
     pub fn expire_emergency_access(&self) -> Result<usize> {
-        self.0.expire_emergency_access()
+        self.0.retrying(|| self.0.expire_emergency_access())
     }
 
     /// Host: the notifications (of one dossier, if given), in id order. An operator read,
     /// traced (`operator-notifications-list`).
     pub fn notifications(&self, dossier: Option<&Ins>) -> Result<Vec<Notification>> {
-        self.0.notifications(dossier)
+        self.0.retrying(|| self.0.notifications(dossier))
     }
 
     /// Host: the notifications not yet spooled (ids above the spool's mark), for the daemon to
     /// hand to the messaging gateway.
     pub fn notifications_to_spool(&self) -> Result<Vec<Notification>> {
-        self.0.notifications_to_spool()
+        self.0.retrying(|| self.0.notifications_to_spool())
     }
 
     /// Host: records that notifications up to `id` are spooled (never lowered).
     pub fn mark_notifications_spooled(&self, id: u64) -> Result<()> {
-        self.0.mark_notifications_spooled(id)
+        self.0.retrying(|| self.0.mark_notifications_spooled(id))
     }
 
     /// Host: one pass of the announcement timer over the documents hidden from their patient
     /// (`HIDDEN_DOCS`): it opens only those due to be told or released. Runs at the daemon's
     /// start and every hour; a site answers an empty pass.
     pub fn run_announcement_timer(&self) -> Result<AnnouncementPass> {
-        self.0.run_announcement_timer()
+        self.0.retrying(|| self.0.run_announcement_timer())
     }
 
     /// Host: the purge receipts sites returned for a dossier.
     pub fn site_purge_receipts(&self, ins: &Ins) -> Result<Vec<(SiteId, PurgeReceipt)>> {
-        self.0.site_purge_receipts(ins)
+        self.0.retrying(|| self.0.site_purge_receipts(ins))
     }
 }
 

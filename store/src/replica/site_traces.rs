@@ -21,7 +21,7 @@ use crate::kv::ReadableTable;
 use zeroize::Zeroizing;
 
 use super::tables::*;
-use super::{Replica, TraceRecord, trace_aad};
+use super::{Replica, Role, TraceRecord, trace_aad};
 use crate::crypto::{Key, aad};
 use crate::error::{Error, Result};
 use crate::ids::SiteId;
@@ -142,7 +142,9 @@ impl Replica {
         records: &[TraceRecord],
         signed: Option<&TraceHeadEvidence>,
     ) -> Result<u64> {
-        if origin == self.config.site_id {
+        if origin == self.config.site_id
+            || (self.config.role == Role::Host && super::daemons::is_daemon_origin(origin))
+        {
             return Err(Error::invalid("a replica does not apply its own trace"));
         }
         match self.store_remote_traces(origin, records, signed) {
@@ -304,12 +306,12 @@ impl Replica {
         })
     }
 
-    /// Site: the chain hash of this site's own trace entry `seq`, if it holds it in its table
-    /// (an entry the host acknowledged was sent from there).
+    /// The chain hash of this replica's own trace entry `seq`, if it holds it in its table
+    /// (at a site, an entry the host acknowledged was sent from there).
     pub(crate) fn own_trace_hash(&self, seq: u64) -> Result<Option<[u8; 32]>> {
         let txn = self.begin_read()?;
         let table = txn.open_table(AUDIT)?;
-        let row = table.get((self.config.site_id.0, seq))?;
+        let row = table.get((self.trace_origin().0, seq))?;
         Ok(match row {
             Some(v) => Some(postcard::from_bytes::<StoredTrace>(v.value())?.hash),
             None => None,

@@ -39,6 +39,9 @@ pub const PROS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("profes
 pub const AUDIT: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("audit");
 /// Head of each origin's trace chain: postcard `(last seq, last hash)`.
 pub const AUDIT_HEADS: TableDefinition<u32, &[u8]> = TableDefinition::new("audit_heads");
+/// Host on PostgreSQL: the daemons added to the first one (`daemons`), number → the time it
+/// joined (ms, little-endian).
+pub const HOST_DAEMONS: TableDefinition<u32, u64> = TableDefinition::new("host_daemons");
 /// Local changes not yet acknowledged by the host, in order (`OutboxItem`).
 pub const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 /// Host: the professionals the host binds to each site (never a site's say-so): site (u32 BE) ‖

@@ -1584,11 +1584,15 @@ fn every_write_retires_the_shared_read_view_so_no_read_misses_a_revocation() {
     let actor = Actor::Professional(doctor());
     let read = |r: &Replica, id: &DocId| r.read_document(&actor, id, AccessMode::Normal, None);
     let id = write(&host, "doc", b"body");
-    // Reads share one snapshot while nothing is written (their traces go to the journal).
+    // Reads share one snapshot while nothing is written (their traces go to the journal); a
+    // host on PostgreSQL, whose other daemons commit unheard, takes one per read.
     let view = host.shared_view().expect("view");
     read(&host, &id).expect("allowed");
     read(&host, &id).expect("allowed");
-    assert!(Arc::ptr_eq(&view, &host.shared_view().expect("view")));
+    assert_eq!(
+        Arc::ptr_eq(&view, &host.shared_view().expect("view")),
+        !hosts_in_postgres()
+    );
     // The holder blocks the doctor (row 3: even the author is refused).
     host.set_grant(
         &ins(),
@@ -6334,4 +6338,141 @@ fn postgres_storage_is_the_hosts_and_its_folder_says_so() {
         Err(Error::Invalid(m)) => assert!(m.contains("already exists"), "{m}"),
         other => panic!("{:?}", other.map(|_| ())),
     }
+}
+
+/// Several host daemons over one PostgreSQL database (`daemons`): a daemon joins with the
+/// first one's key, each sees what the other committed at its next read (a revocation
+/// included), their concurrent writes collide and run again until all are kept, and each
+/// appends to a trace chain of its own that both verify.
+#[test]
+fn two_host_daemons_share_one_database() {
+    let url = carnet_testpg::database();
+    let storage = Storage::Postgres(url.clone());
+    let hd = TempDir::new().expect("tmp");
+    let first = Replica::init_on(hd.path(), &storage, host_options(), clock()).expect("init");
+    let (hd, first, _sd, site) = serving_a_site(hd, first);
+
+    // A second daemon's folder: the first one's key, nothing else.
+    let jd = TempDir::new().expect("tmp");
+    std::fs::copy(hd.path().join(KEY_FILE), jd.path().join(KEY_FILE)).expect("copy key");
+    let second =
+        Replica::join_on(jd.path(), &storage, &KeySource::File, clock(), 64).expect("join");
+    assert_eq!((first.daemon_number(), second.daemon_number()), (0, 1));
+    match Replica::join_on(jd.path(), &storage, &KeySource::File, clock(), 64) {
+        Err(Error::Invalid(m)) => assert!(m.contains("already holds a replica"), "{m}"),
+        other => panic!("a folder joins once: {:?}", other.map(|_| ())),
+    }
+    let redb_host = TempDir::new().expect("tmp");
+    match Replica::join_on(
+        redb_host.path(),
+        &Storage::File,
+        &KeySource::File,
+        clock(),
+        64,
+    ) {
+        Err(Error::Invalid(m)) => assert!(m.contains("PostgreSQL"), "{m}"),
+        other => panic!("a host in its file has one daemon: {:?}", other.map(|_| ())),
+    }
+
+    // A document the site pushed through the first daemon is read through the second.
+    let id = write(&site, "Compte rendu", b"synthetic body");
+    sync(&first, &site);
+    first
+        .set_grant(
+            &ins(),
+            &nurse(),
+            GrantState::Active,
+            GrantBasis::Treating,
+            None,
+        )
+        .expect("grant the nurse");
+    let actor = Actor::Professional(nurse());
+    let read = |r: &Replica| r.read_document(&actor, &id, AccessMode::Normal, None);
+    assert_eq!(
+        read(&first).expect("first").body.to_vec(),
+        b"synthetic body"
+    );
+    assert_eq!(
+        read(&second).expect("second").body.to_vec(),
+        b"synthetic body"
+    );
+    // (A first access writes its notification; this read writes nothing.)
+    assert!(read(&first).is_ok());
+    // The second daemon revokes; the first, which read just before, refuses at once.
+    second
+        .set_grant(
+            &ins(),
+            &nurse(),
+            GrantState::Revoked,
+            GrantBasis::Treating,
+            None,
+        )
+        .expect("revoke");
+    assert!(
+        matches!(read(&first), Err(Error::Denied { .. })),
+        "a revocation by another daemon holds at the next read"
+    );
+
+    // Both daemons create dossiers at the same time: every one is kept, once.
+    let made: Vec<Ins> = std::thread::scope(|scope| {
+        let runs: Vec<_> = [(&first, 0u32), (&second, 1)]
+            .into_iter()
+            .map(|(daemon, half)| {
+                scope.spawn(move || {
+                    (0..12)
+                        .map(|n| {
+                            let i = Ins::from_body(&format!("2840575123{:03}", half * 100 + n + 1))
+                                .expect("ins");
+                            daemon
+                                .as_host()
+                                .expect("host")
+                                .authority()
+                                .create_dossier(new_dossier(i.clone()))
+                                .expect("created despite collisions");
+                            i
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        runs.into_iter()
+            .flat_map(|r| r.join().expect("thread"))
+            .collect()
+    });
+    for i in &made {
+        for daemon in [&first, &second] {
+            assert!(daemon.dossier(i).is_ok(), "each daemon sees every dossier");
+        }
+    }
+    assert_eq!(made.len(), 24);
+
+    // Each daemon's trace is a chain of its own; both verify all of them.
+    let (origins_first, entries) = first.verify_audit().expect("first verifies");
+    let (origins_second, _) = second.verify_audit().expect("second verifies");
+    assert_eq!(origins_first, origins_second);
+    assert!(entries > 0);
+    let txn = first.begin_read().expect("read");
+    let heads = txn.open_table(AUDIT_HEADS).expect("heads");
+    for origin in [SiteId::HOST, SiteId(daemons::FIRST_DAEMON_ORIGIN)] {
+        let head = heads
+            .get(origin.0)
+            .expect("get")
+            .expect("a chain per daemon");
+        let (seq, _): (u64, [u8; 32]) = postcard::from_bytes(head.value()).expect("head");
+        assert!(seq > 0, "daemon {origin} traced");
+    }
+    drop((heads, txn));
+
+    // One process per folder: the folder of a running daemon does not open twice.
+    match Replica::open_on(jd.path(), &storage, &KeySource::File, clock(), 64) {
+        Err(Error::Storage(m)) => assert!(m.contains("in use by another process"), "{m}"),
+        other => panic!("a daemon's folder opened twice: {:?}", other.map(|_| ())),
+    }
+    // The second daemon reopens from its folder, its chain where it left it.
+    let head = second.trace_head().expect("head");
+    drop(second);
+    let second = Replica::open_on(jd.path(), &storage, &KeySource::File, clock(), 64)
+        .expect("reopen the second daemon");
+    assert_eq!(second.daemon_number(), 1);
+    assert_eq!(second.trace_head().expect("head"), head);
 }

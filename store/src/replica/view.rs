@@ -10,6 +10,10 @@
 //! before taking its snapshot is still the current one. Between two writes the slot holds the
 //! latest snapshot only, so it pins no page a later write frees for longer than the reads in
 //! flight.
+//!
+//! On PostgreSQL other host daemons commit too, and no retirement here hears of it: there the
+//! slot keeps nothing and each read takes its own snapshot (`SharedView::per_read`), so a
+//! revocation committed by another daemon is seen by every read that starts after it.
 
 use std::sync::{Arc, PoisonError, RwLock};
 
@@ -34,8 +38,20 @@ struct Slot {
 }
 
 /// See the module doc.
-#[derive(Default)]
-pub(super) struct SharedView(RwLock<Slot>);
+pub(super) struct SharedView {
+    slot: RwLock<Slot>,
+    /// False when other processes commit to the same database: no view outlives its read.
+    keep: bool,
+}
+
+impl Default for SharedView {
+    fn default() -> Self {
+        SharedView {
+            slot: RwLock::default(),
+            keep: true,
+        }
+    }
+}
 
 impl std::fmt::Debug for SharedView {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -48,20 +64,31 @@ fn lock_err<T>(_: T) -> Error {
 }
 
 impl SharedView {
+    /// A slot that keeps nothing: every read takes a snapshot of its own.
+    pub(super) fn per_read() -> Self {
+        SharedView {
+            slot: RwLock::default(),
+            keep: false,
+        }
+    }
+
     /// The current view, or a new one that `make` builds from a snapshot it takes now.
     pub(super) fn get_or_make(
         &self,
         make: impl FnOnce() -> Result<ReadView>,
     ) -> Result<Arc<ReadView>> {
+        if !self.keep {
+            return Ok(Arc::new(make()?));
+        }
         let epoch = {
-            let slot = self.0.read().map_err(lock_err)?;
+            let slot = self.slot.read().map_err(lock_err)?;
             if let Some(view) = &slot.view {
                 return Ok(view.clone());
             }
             slot.epoch
         };
         let view = Arc::new(make()?);
-        let mut slot = self.0.write().map_err(lock_err)?;
+        let mut slot = self.slot.write().map_err(lock_err)?;
         // A write retired the slot since: this snapshot may predate it, serve this read only.
         if slot.epoch == epoch {
             slot.view = Some(view.clone());
@@ -72,7 +99,7 @@ impl SharedView {
     /// A write committed: the next read takes a new snapshot. Never fails (a poisoned lock is
     /// still retired).
     pub(super) fn retire(&self) {
-        let mut slot = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        let mut slot = self.slot.write().unwrap_or_else(PoisonError::into_inner);
         slot.epoch = slot.epoch.wrapping_add(1);
         slot.view = None;
     }

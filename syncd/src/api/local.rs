@@ -244,6 +244,7 @@ fn status_of(e: &WireError) -> StatusCode {
         WireError::Store(S::Denied { .. }) => StatusCode::FORBIDDEN,
         WireError::Store(S::NotFound(_)) => StatusCode::NOT_FOUND,
         WireError::Store(S::Integrity(_) | S::Storage(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+        WireError::Store(S::Conflict(_)) => StatusCode::CONFLICT,
     }
 }
 
