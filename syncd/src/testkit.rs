@@ -23,14 +23,28 @@ pub fn clock() -> carnet_store::replica::Clock {
     })
 }
 
+/// Where a test replica keeps its tables: a host in a PostgreSQL database of its own when
+/// `CARNET_TEST_HOST_STORAGE=postgres` (the suite's second run in `.ci/run`), else its folder.
+fn storage_for(role: Role) -> carnet_store::replica::Storage {
+    #[cfg(test)]
+    if role == Role::Host
+        && std::env::var(carnet_store::replica::HOST_STORAGE_ENV).as_deref() == Ok("postgres")
+    {
+        return carnet_store::replica::Storage::Postgres(carnet_testpg::database());
+    }
+    let _ = role;
+    carnet_store::replica::Storage::File
+}
+
 pub fn init(
     dir: &std::path::Path,
     role: Role,
     site: Option<u32>,
     host_key: Option<[u8; 32]>,
 ) -> Replica {
-    Replica::init(
+    Replica::init_on(
         dir,
+        &storage_for(role),
         InitOptions {
             role,
             name: role.as_str().into(),
@@ -207,4 +221,30 @@ pub fn host_sync(host: &Replica) -> carnet_store::replica::HostSync<'_> {
 /// What the site's session takes of `site`, a test's site replica.
 pub fn site_sync(site: &Replica) -> carnet_store::replica::SiteSync<'_> {
     as_site(site).sync()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The suite's second run really keeps its hosts in PostgreSQL, and sites in their files.
+    #[test]
+    fn test_hosts_live_where_the_run_says() {
+        let in_postgres =
+            std::env::var(carnet_store::replica::HOST_STORAGE_ENV).as_deref() == Ok("postgres");
+        let tmp = tempfile::tempdir().expect("tmp");
+        let host_dir = tmp.path().join("host");
+        init(&host_dir, Role::Host, None, None);
+        assert_eq!(
+            host_dir.join(carnet_store::replica::DB_FILE).exists(),
+            !in_postgres
+        );
+        assert_eq!(
+            host_dir.join(carnet_store::replica::POSTGRES_MARK).exists(),
+            in_postgres
+        );
+        let site_dir = tmp.path().join("site");
+        init(&site_dir, Role::Site, Some(7), None);
+        assert!(site_dir.join(carnet_store::replica::DB_FILE).exists());
+    }
 }
