@@ -630,7 +630,11 @@ fn init_in(
             Role::Site => carnet_syncd::config::ConfigRole::Site,
         },
         listen,
-        host_address: bundle.and_then(|b| b.host_address.parse().ok()),
+        // What the site dials from now on (`carnet.toml`, where more daemons of the host may
+        // be listed): the bundle's address to begin with.
+        host_address: bundle
+            .and_then(|b| b.host_address.parse::<std::net::SocketAddr>().ok())
+            .map(Into::into),
         inbox: "inbox".into(),
         log_level: "info".into(),
         log_format: Default::default(),

@@ -460,7 +460,11 @@ async fn site(
     // Ends with the daemon (the runtime drops it).
     let _http = start_http(&config, &service).await?;
     let certificates = tokio::spawn(certificate_watch(replica.arc().clone()));
-    tracing::info!(site = %replica.config().site_id, host = ?config.host_address, "site syncing");
+    tracing::info!(
+        site = %replica.config().site_id,
+        host_address = %config.host_address.as_ref().map_or_else(String::new, |a| a.to_string()),
+        "site syncing"
+    );
     // The inbox is scanned at start and whenever the file system reports a file that may
     // complete a pair (never for the scan's own reads and moves: `inbox::starts_scan`).
     let (mut _watcher, mut scans) = watch_inbox(&inbox_dir)?;
@@ -473,6 +477,7 @@ async fn site(
             replica.config().site_id,
             config
                 .host_address
+                .as_ref()
                 .map_or_else(|| "no host".to_string(), |a| a.to_string())
         ),
     );
