@@ -28,7 +28,7 @@ fn settings(dir: &Path, role: ConfigRole, address: SocketAddr) -> Res<()> {
     Config {
         role,
         listen: (role == ConfigRole::Host).then_some(address),
-        host_address: (role == ConfigRole::Site).then_some(address),
+        host_address: (role == ConfigRole::Site).then(|| address.into()),
         inbox: "inbox".into(),
         log_level: "info".into(),
         log_format: Default::default(),

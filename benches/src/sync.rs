@@ -188,6 +188,7 @@ fn pair(dir: &Path, storage: &Storage) -> Res<Pair> {
     let pair = Pair {
         link: std::sync::Mutex::new(carnet_syncd::net::Link::new(
             carnet_store::replica::SiteReplica::new(site.clone())?,
+            vec![listen],
             Arc::new(tokio::sync::Notify::new()),
         )),
         site,

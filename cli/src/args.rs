@@ -301,7 +301,8 @@ pub enum PkiCmd {
         /// The site's FINESS number (9 digits).
         #[arg(long)]
         finess: String,
-        /// Where sites reach the host, IP:PORT.
+        /// Where sites reach the host, IP:PORT: `init --enrol` writes it to the site's
+        /// carnet.toml (`host_address`), where the host's other daemons may be listed too.
         #[arg(long)]
         host_address: String,
         /// The file written (mode 0600); `-` writes to stdout.
@@ -333,7 +334,9 @@ pub enum PkiCmd {
         /// Sign every renewal waiting for the CA (sites receive them at their next round).
         #[arg(long)]
         pending: bool,
-        /// Where the site reaches the host, IP:PORT (default: as at its enrolment).
+        /// The host address the bundle names, IP:PORT (default: as at its enrolment). A site
+        /// created from the bundle writes it to its carnet.toml; one installing it keeps its
+        /// carnet.toml's `host_address`.
         #[arg(long)]
         host_address: Option<String>,
         /// Refuse the site's earlier certificates at once (a key that may have leaked).

@@ -579,7 +579,7 @@ fn init(cli: &Cli, a: &InitArgs) -> Result<Reply> {
             bundle
                 .as_ref()
                 .map(|b| format!(
-                    "\nenrolled: certificate installed, host at {}",
+                    "\nenrolled: certificate installed, host at {} (`host_address` in carnet.toml)",
                     b.host_address
                 ))
                 .unwrap_or_default()
@@ -651,7 +651,11 @@ fn init_in(
             Role::Site => carnet_syncd::config::ConfigRole::Site,
         },
         listen,
-        host_address: bundle.and_then(|b| b.host_address.parse().ok()),
+        // What the site dials from now on (`carnet.toml`, where more daemons of the host may
+        // be listed): the bundle's address to begin with.
+        host_address: bundle
+            .and_then(|b| b.host_address.parse::<std::net::SocketAddr>().ok())
+            .map(Into::into),
         inbox: "inbox".into(),
         log_level: "info".into(),
         log_format: Default::default(),
@@ -769,10 +773,10 @@ fn sync(cli: &Cli, c: &SyncCmd) -> Result<Reply> {
                 None => "no daemon running (carnet-syncd syncs in the background)".to_string(),
                 Some(l) => format!(
                     "{} at the daemon's last round; last successful sync: {}{}{}",
-                    if l.connected {
-                        "host reached"
-                    } else {
-                        "host not reached"
+                    match (l.connected, l.host_address) {
+                        (true, Some(a)) => format!("host reached at {a}"),
+                        (true, None) => "host reached".to_string(),
+                        (false, _) => "host not reached".to_string(),
                     },
                     l.last_sync
                         .map_or_else(|| "never".to_string(), format_rfc3339),
@@ -907,6 +911,7 @@ fn sync(cli: &Cli, c: &SyncCmd) -> Result<Reply> {
                            "host_pinned": c.host_pinned, "host_pins": c.host_pins})),
                        "daemon": s.link.as_ref().map(|l| json!({
                            "connected": l.connected,
+                           "host_address": l.host_address.map(|a| a.to_string()),
                            "last_sync": l.last_sync.map(format_rfc3339),
                            "last_error": l.last_error,
                            "connections": l.connections,
@@ -914,6 +919,8 @@ fn sync(cli: &Cli, c: &SyncCmd) -> Result<Reply> {
                            "bytes_sent": l.bytes_sent, "bytes_received": l.bytes_received,
                            "errors": l.errors,
                            "settings": l.settings.as_ref().map(|c| json!({
+                               "host_address": c.host_address.as_ref().map(|a| a.list()
+                                   .iter().map(|a| a.to_string()).collect::<Vec<_>>()),
                                "sync_every": c.sync_every, "log_level": c.log_level,
                                "inbox": c.inbox.display().to_string()}))})),
                        "quarantine": s.quarantine.iter().map(|(id, at, reason)| json!({
@@ -1525,7 +1532,7 @@ fn pki(cli: &Cli, c: &PkiCmd) -> Result<Reply> {
                 json!({"not_after": format_rfc3339(not_after), "switched": true,
                        "pin": pin_hex(&new), "old_pin": pin_hex(&old)}),
             )),
-            Response::Certificate { not_after } => Ok(Reply::new(
+            Response::Certificate { not_after, .. } => Ok(Reply::new(
                 format!(
                     "host certificate renewed, valid until {}, for the same TLS key: sites accept it as they are",
                     format_date(not_after)
@@ -1582,12 +1589,22 @@ fn pki(cli: &Cli, c: &PkiCmd) -> Result<Reply> {
                 json!({"pin": pin_hex(&pin), "revoked": true, "already": already,
                        "no_pin_left": no_pin_left}),
             )),
-            Response::Certificate { not_after } => Ok(Reply::new(
+            Response::Certificate {
+                not_after,
+                bundle_host_address,
+            } => Ok(Reply::new(
                 format!(
-                    "renewal installed: this site's certificate is valid until {}; the next connection to the host uses it (delete the bundle file)",
-                    format_date(not_after)
+                    "renewal installed: this site's certificate is valid until {}; the next connection to the host uses it (delete the bundle file){}",
+                    format_date(not_after),
+                    bundle_host_address
+                        .as_ref()
+                        .map(|a| format!(
+                            "\nthe bundle names the host at {a}: this site connects to the address(es) of `host_address` in its carnet.toml, which the bundle does not change (edit it if the host moved, then restart the daemon)"
+                        ))
+                        .unwrap_or_default()
                 ),
-                json!({"not_after": format_rfc3339(not_after)}),
+                json!({"not_after": format_rfc3339(not_after),
+                       "bundle_host_address": bundle_host_address}),
             )),
             _ => Err(Failure::Usage("unexpected answer from the replica".into())),
         },

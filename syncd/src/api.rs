@@ -436,6 +436,10 @@ pub struct LinkState {
     /// holds; each reconnection adds one).
     #[serde(default)]
     pub connections: u64,
+    /// The address (one of `host_address` in `carnet.toml`) of the host's daemon the site is
+    /// connected to, while `connected`.
+    #[serde(default)]
+    pub host_address: Option<std::net::SocketAddr>,
     /// The settings in force: `carnet.toml` as the daemon loaded it, or reloaded it (SIGHUP).
     #[serde(default)]
     pub settings: Option<crate::config::Config>,
@@ -519,8 +523,14 @@ pub enum Response {
     Fleet(Vec<crate::fleet::SiteOverview>),
     /// Renewals asked for over sync.
     Renewals(Vec<enrol::Renewal>),
-    /// A certificate issued or installed: the end of its validity.
-    Certificate { not_after: Millis },
+    /// A certificate issued or installed: the end of its validity; installed from a renewal
+    /// bundle, the host address the bundle names (the site dials `host_address` in its
+    /// `carnet.toml`, which the bundle does not change).
+    Certificate {
+        not_after: Millis,
+        #[serde(default)]
+        bundle_host_address: Option<String>,
+    },
     /// A new host key prepared and announced, not served yet: its certificate's end and pin.
     HostKeyPrepared { not_after: Millis, pin: [u8; 32] },
     /// The host serves its new key: the pins of the old and the new, the certificate's end.
@@ -624,13 +634,14 @@ pub struct Service {
 }
 
 impl Service {
-    /// A service for `replica` with no daemon state.
+    /// A service for `replica` with no daemon state (a site's rounds dial the host addresses
+    /// of `carnet.toml` in its folder; a daemon gives its link the ones it loaded).
     pub fn new(replica: Arc<Replica>) -> Self {
         let changed = Arc::new(tokio::sync::Notify::new());
         Service {
-            connection: SiteReplica::new(replica.clone())
-                .ok()
-                .map(|site| tokio::sync::Mutex::new(crate::net::Link::new(site, changed.clone()))),
+            connection: SiteReplica::new(replica.clone()).ok().map(|site| {
+                tokio::sync::Mutex::new(crate::net::Link::from_settings(site, changed.clone()))
+            }),
             replica,
             revoked: None,
             link: None,
@@ -661,7 +672,8 @@ impl Service {
         if let Some(link) = &self.link
             && let Ok(mut l) = link.lock()
         {
-            l.connected = result.is_ok() && connection.is_open();
+            l.host_address = connection.address().filter(|_| result.is_ok());
+            l.connected = l.host_address.is_some();
             l.connections = connection.connections();
             match &result {
                 Ok(report) => {
@@ -1082,6 +1094,7 @@ impl Service {
                 self.serve_host_identity()?;
                 Response::Certificate {
                     not_after: v.not_after.saturating_mul(1000),
+                    bundle_host_address: None,
                 }
             }
             Request::PkiRevokeHost { pin, ca } => {
@@ -1104,6 +1117,7 @@ impl Service {
                 let v = enrol::install_renewal(r, &b)?;
                 Response::Certificate {
                     not_after: v.not_after.saturating_mul(1000),
+                    bundle_host_address: Some(b.host_address),
                 }
             }
             Request::PkiHost => Response::PkiHost(enrol::host_status(r)?),

@@ -2,7 +2,8 @@
 //! folder and read by `carnet-syncd`.
 //!
 //! Invariants: a loaded configuration is valid for its role (a host has a listen address, a
-//! site a host address); unknown keys and malformed values are refused with the line at fault;
+//! site one host address or more: `HostAddresses`, never empty, never one twice); unknown keys
+//! and malformed values are refused with the line at fault;
 //! the file written (`to_commented_toml`) loads as the settings it was written from, whatever
 //! the paths hold (strings are quoted and escaped as TOML).
 
@@ -54,9 +55,10 @@ pub struct Config {
     /// Host: where sites connect.
     #[serde(default)]
     pub listen: Option<SocketAddr>,
-    /// Site: where the host listens.
+    /// Site: where the host listens: one address, or a list (the daemons of one host, tried
+    /// in order from the one that last answered: `net::Link`). What the site dials.
     #[serde(default)]
-    pub host_address: Option<SocketAddr>,
+    pub host_address: Option<HostAddresses>,
     /// Folder watched for documents, relative to the data folder unless absolute.
     #[serde(default = "default_inbox")]
     pub inbox: PathBuf,
@@ -115,6 +117,94 @@ pub struct HttpConfig {
     pub allow_remote: bool,
 }
 
+/// A site's `host_address`: `"IP:PORT"`, or `["IP:PORT", …]` for a host run as several
+/// daemons over one database (they share the national CA and the host's certificate, so any
+/// of them serves the site). Never empty, no address twice; order kept (the site tries them in
+/// that order, from the one that last answered). Written back as it was read: one address as
+/// a string, several as a list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostAddresses(Vec<SocketAddr>);
+
+impl HostAddresses {
+    /// The addresses, in order; refused when empty or when one comes twice.
+    pub fn new(addresses: Vec<SocketAddr>) -> std::result::Result<HostAddresses, String> {
+        if addresses.is_empty() {
+            return Err("host_address lists no address: give at least one \"IP:PORT\"".into());
+        }
+        for (i, a) in addresses.iter().enumerate() {
+            if addresses[..i].contains(a) {
+                return Err(format!("host_address lists {a} twice"));
+            }
+        }
+        Ok(HostAddresses(addresses))
+    }
+
+    /// The addresses, in order.
+    pub fn list(&self) -> &[SocketAddr] {
+        &self.0
+    }
+}
+
+impl From<SocketAddr> for HostAddresses {
+    fn from(address: SocketAddr) -> Self {
+        HostAddresses(vec![address])
+    }
+}
+
+impl std::fmt::Display for HostAddresses {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, a) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{a}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for HostAddresses {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self.0.as_slice() {
+            [one] => one.serialize(s),
+            many => many.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for HostAddresses {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Addresses;
+        fn parse<E: serde::de::Error>(text: &str) -> std::result::Result<SocketAddr, E> {
+            text.parse()
+                .map_err(|_| E::custom(format!("'{text}' is not a host address (IP:PORT)")))
+        }
+        impl<'de> serde::de::Visitor<'de> for Addresses {
+            type Value = HostAddresses;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an address \"IP:PORT\" or a list of them")
+            }
+            fn visit_str<E: serde::de::Error>(
+                self,
+                v: &str,
+            ) -> std::result::Result<Self::Value, E> {
+                Ok(parse::<E>(v)?.into())
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
+                let mut list = Vec::new();
+                while let Some(text) = seq.next_element::<String>()? {
+                    list.push(parse(&text)?);
+                }
+                HostAddresses::new(list).map_err(serde::de::Error::custom)
+            }
+        }
+        d.deserialize_any(Addresses)
+    }
+}
+
 fn default_inbox() -> PathBuf {
     PathBuf::from("inbox")
 }
@@ -145,7 +235,7 @@ impl Config {
             }
             ConfigRole::Site if self.host_address.is_none() => {
                 return Err(Error::Invalid(
-                    "carnet.toml: a site needs `host_address = \"IP:PORT\"` (from its enrolment bundle)"
+                    "carnet.toml: a site needs `host_address = \"IP:PORT\"` (from its enrolment bundle), or a list of the host's daemons, `host_address = [\"IP:PORT\", \"IP:PORT\"]`"
                         .into(),
                 ));
             }
@@ -330,9 +420,21 @@ impl Config {
             ConfigRole::Host => "host",
             ConfigRole::Site => "site",
         };
-        let line = |key: &str, a: Option<SocketAddr>| match a {
-            Some(a) => format!("{key} = \"{a}\""),
-            None => format!("# {key} = \"IP:PORT\"   (not set yet)"),
+        let unset = |key: &str| format!("# {key} = \"IP:PORT\"   (not set yet)");
+        let listen = |a: Option<SocketAddr>| match a {
+            Some(a) => format!("listen = \"{a}\""),
+            None => unset("listen"),
+        };
+        let host_address = |a: &Option<HostAddresses>| match a.as_ref().map(|a| a.list()) {
+            Some([one]) => format!("host_address = \"{one}\""),
+            Some(many) => format!(
+                "host_address = [{}]",
+                many.iter()
+                    .map(|a| format!("\"{a}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None => unset("host_address"),
         };
         let lease = match (self.role, self.lease_hours) {
             (ConfigRole::Site, Some(h)) => format!("lease_hours = {h}"),
@@ -341,12 +443,12 @@ impl Config {
         };
         let (listen, host) = match self.role {
             ConfigRole::Host => (
-                line("listen", self.listen),
+                listen(self.listen),
                 "# host_address: sites only".to_string(),
             ),
             ConfigRole::Site => (
                 "# listen: the host only".to_string(),
-                line("host_address", self.host_address),
+                host_address(&self.host_address),
             ),
         };
         format!(
@@ -356,7 +458,11 @@ impl Config {
              # \"host\" (the national host) or \"site\" (clinic, pharmacy, mobile unit).\n\
              role = \"{role}\"\n\n\
              # Host: the address sites connect to (QUIC, UDP).\n{listen}\n\n\
-             # Site: the host's address, from the enrolment bundle.\n{host}\n\n\
+             # Site: the host's address, from the enrolment bundle. A host run as several daemons\n\
+             # (one database, the same certificate) is named by a list of their addresses:\n\
+             # host_address = [\"192.0.2.10:4433\", \"192.0.2.11:4433\"]\n\
+             # The site tries them in order, starting with the one that last answered, and\n\
+             # moves on to the next when one does not answer (or its connection breaks).\n{host}\n\n\
              # Folder watched for documents and their .carnet.json sidecars (relative to the\n\
              # data folder unless absolute).\n\
              inbox = {}\n\n\
@@ -432,11 +538,15 @@ impl Config {
 mod tests {
     use super::*;
 
+    fn addr(text: &str) -> SocketAddr {
+        text.parse().expect("addr")
+    }
+
     fn site() -> Config {
         Config {
             role: ConfigRole::Site,
             listen: None,
-            host_address: Some("127.0.0.1:4433".parse().expect("addr")),
+            host_address: Some(addr("127.0.0.1:4433").into()),
             inbox: default_inbox(),
             log_level: default_log_level(),
             log_format: LogFormat::Json,
@@ -551,6 +661,110 @@ mod tests {
         let err = running.reload(&path).expect_err("refused").to_string();
         assert!(err.contains("role"), "{err}");
         assert!(running.reload(&dir.path().join("gone.toml")).is_err());
+    }
+
+    /// `host_address` is one address, as `carnet init` writes it from the bundle, or a list of
+    /// the host's daemons; either is written back as it was read, and a reload names a change.
+    #[test]
+    fn a_site_names_one_host_address_or_a_list() {
+        let origin = Path::new("carnet.toml");
+        let one = Config::parse(
+            "role = \"site\"\nhost_address = \"127.0.0.1:4433\"\n",
+            origin,
+        )
+        .expect("one address");
+        assert_eq!(
+            one.host_address.as_ref().map(|a| a.list()),
+            Some(&[addr("127.0.0.1:4433")][..])
+        );
+        assert!(
+            one.to_commented_toml()
+                .contains("\nhost_address = \"127.0.0.1:4433\"\n"),
+            "a single address stays a string"
+        );
+        let text = "role = \"site\"\nhost_address = [\"127.0.0.1:4433\", \"[::1]:4434\", \"10.0.0.2:4433\"]\n";
+        let many = Config::parse(text, origin).expect("a list");
+        let list = [
+            addr("127.0.0.1:4433"),
+            addr("[::1]:4434"),
+            addr("10.0.0.2:4433"),
+        ];
+        assert_eq!(
+            many.host_address.as_ref().map(|a| a.list()),
+            Some(&list[..])
+        );
+        assert_eq!(
+            many.host_address.as_ref().map(|a| a.to_string()).as_deref(),
+            Some("127.0.0.1:4433, [::1]:4434, 10.0.0.2:4433")
+        );
+        let written = many.to_commented_toml();
+        assert!(
+            written.contains(
+                "\nhost_address = [\"127.0.0.1:4433\", \"[::1]:4434\", \"10.0.0.2:4433\"]\n"
+            ),
+            "{written}"
+        );
+        assert_eq!(Config::parse(&written, origin).expect("reads back"), many);
+        // A list of one is one address.
+        let single = Config::parse(
+            "role = \"site\"\nhost_address = [\"127.0.0.1:4433\"]\n",
+            origin,
+        )
+        .expect("a list of one");
+        assert_eq!(single.host_address, one.host_address);
+        // Through the local API's JSON (the daemon's settings in `sync status`) too: one
+        // address as a string, as before, several as a list.
+        assert_eq!(
+            serde_json::to_value(&one.host_address).expect("json"),
+            serde_json::json!("127.0.0.1:4433")
+        );
+        let json = serde_json::to_string(&many).expect("json");
+        assert!(
+            json.contains("[\"127.0.0.1:4433\",\"[::1]:4434\",\"10.0.0.2:4433\"]"),
+            "{json}"
+        );
+        assert_eq!(
+            serde_json::from_str::<Config>(&json).expect("from json"),
+            many
+        );
+        // A reload names the change: the link is made at start.
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).expect("write");
+        let (_, restart) = one.reload(&path).expect("reloaded");
+        assert_eq!(restart, ["host_address"]);
+        assert_eq!(
+            HostAddresses::new(Vec::new()),
+            Err("host_address lists no address: give at least one \"IP:PORT\"".into())
+        );
+    }
+
+    /// A malformed entry, an empty list, an address twice or a value of another type are
+    /// refused with the line at fault.
+    #[test]
+    fn bad_host_addresses_are_refused_with_their_line() {
+        let refused = |value: &str, needle: &str| {
+            let text = format!("role = \"site\"\nsync_every = 5\nhost_address = {value}\n");
+            let err = Config::parse(&text, Path::new("carnet.toml"))
+                .expect_err(value)
+                .to_string();
+            assert!(err.contains(needle), "{value}: {err}");
+            assert!(err.contains("line 3"), "{value}: {err}");
+            assert!(err.contains("host_address"), "{value}: {err}");
+        };
+        refused("\"nowhere\"", "'nowhere' is not a host address");
+        refused("\"127.0.0.1\"", "'127.0.0.1' is not a host address");
+        refused(
+            "[\"127.0.0.1:4433\", \"host.example:4433\"]",
+            "'host.example:4433' is not a host address",
+        );
+        refused("[]", "lists no address");
+        refused(
+            "[\"127.0.0.1:4433\", \"127.0.0.1:4434\", \"127.0.0.1:4433\"]",
+            "lists 127.0.0.1:4433 twice",
+        );
+        refused("[\"127.0.0.1:4433\", 4434]", "string");
+        refused("4433", "IP:PORT");
     }
 
     #[test]

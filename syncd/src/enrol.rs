@@ -206,7 +206,8 @@ pub struct Bundle {
     pub name: String,
     /// FINESS.
     pub finess: String,
-    /// Where the host listens (`host:port`).
+    /// Where the host listens (`IP:PORT`): a site created from the bundle writes it to its
+    /// `carnet.toml` (`host_address`).
     pub host_address: String,
     /// The national CA certificate (DER).
     pub ca_cert_der: Vec<u8>,
@@ -328,7 +329,8 @@ pub struct SiteTls {
     pub ca_cert_der: Vec<u8>,
     /// The site's certificate and key.
     pub identity: Identity,
-    /// Where the host listens.
+    /// The host address the bundle named, kept as the stored format holds it. Not dialed:
+    /// `carnet init --enrol` writes it to `carnet.toml`, whose `host_address` the site dials.
     pub host_address: String,
     /// The pins of the host's TLS keys; `None` for a site enrolled with a format 1 bundle,
     /// which accepts any certificate of the CA for `carnet-host` until it installs a renewal.

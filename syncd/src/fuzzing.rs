@@ -718,6 +718,10 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             "site",
             "role = \"site\"\nhost_address = \"192.0.2.1:4433\"\nlease_hours = 72\nsync_every = 30\nlog_format = \"json\"\ninbox = \"/srv/inbox\"\n",
         ),
+        (
+            "site-daemons",
+            "role = \"site\"\nhost_address = [\"192.0.2.1:4433\", \"[2001:db8::2]:4433\"]\n",
+        ),
     ] {
         let config = Config::parse(text, Path::new(name)).expect("seed config");
         add(

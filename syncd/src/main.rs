@@ -4,7 +4,7 @@
 //! `carnet` works through it while it runs. The host serves sync sessions on its `listen`
 //! address, pokes the sites connected to it when their logs grow, and runs the announcement
 //! timer hourly. A site ingests its inbox and keeps a connection to the host open (the live
-//! phase): it runs a round at once when something changes here or the host pokes it, and every
+//! phase), to one of the daemons its `host_address` lists (`net::Link`): it runs a round at once when something changes here or the host pokes it, and every
 //! `sync_every` seconds otherwise; while the host is out of reach it backs off with jitter.
 //! SIGTERM or Ctrl-C ends it after the round or transaction in flight, closes the connection,
 //! and removes the socket. Under systemd (`Type=notify`) it says READY=1 once it serves,
@@ -448,6 +448,17 @@ async fn site(
     let mut inbox_dir = config.inbox_dir(data);
     // `sync status` shows the settings in force (the inbox resolved).
     let mut service = Service::new(replica.arc().clone());
+    // The host's daemons this site dials, in order: `host_address` as loaded.
+    let hosts = config
+        .host_address
+        .as_ref()
+        .map(|a| a.list().to_vec())
+        .ok_or("carnet.toml: a site needs `host_address`")?;
+    service.connection = Some(tokio::sync::Mutex::new(net::Link::new(
+        replica.clone(),
+        hosts,
+        service.changed.clone(),
+    )));
     service.link = Some(std::sync::Mutex::new(LinkState {
         settings: Some(Config {
             inbox: inbox_dir.clone(),
@@ -460,7 +471,11 @@ async fn site(
     // Ends with the daemon (the runtime drops it).
     let _http = start_http(&config, &service).await?;
     let certificates = tokio::spawn(certificate_watch(replica.arc().clone()));
-    tracing::info!(site = %replica.config().site_id, host = ?config.host_address, "site syncing");
+    tracing::info!(
+        site = %replica.config().site_id,
+        host_address = %config.host_address.as_ref().map_or_else(String::new, |a| a.to_string()),
+        "site syncing"
+    );
     // The inbox is scanned at start and whenever the file system reports a file that may
     // complete a pair (never for the scan's own reads and moves: `inbox::starts_scan`).
     let (mut _watcher, mut scans) = watch_inbox(&inbox_dir)?;
@@ -473,6 +488,7 @@ async fn site(
             replica.config().site_id,
             config
                 .host_address
+                .as_ref()
                 .map_or_else(|| "no host".to_string(), |a| a.to_string())
         ),
     );

@@ -1,6 +1,7 @@
 //! Drives sessions over QUIC: the host serves one session per stream of an authenticated
 //! connection; a site runs its rounds on a `Link`, one connection kept open between rounds
-//! (the live phase), where the host `Live` registry pokes it when the site's log grows.
+//! (the live phase), where the host `Live` registry pokes it when the site's log grows. The
+//! link dials the host's daemons at `host_address` (`carnet.toml`), failing over between them.
 //!
 //! Invariants: the host learns the site from the peer's certificate (its fingerprint in the
 //! register), never from what the peer says; a revoked site's connection is closed; every read
@@ -33,7 +34,7 @@ use carnet_store::ids::SiteId;
 use carnet_store::replica::{HostReplica, SiteReplica};
 use rustls_pki_types::CertificateDer;
 
-use crate::enrol::{self, SiteTls};
+use crate::enrol;
 use crate::error::{Error, Result};
 use crate::fleet::{Fleet, error_kind};
 use crate::frame::{self, FrameDecoder};
@@ -749,24 +750,111 @@ async fn more_pushes_at_hand(
     }
 }
 
+/// How long a site waits for the handshake with one of the host's addresses while others
+/// remain to be tried in the round. Without an answer quinn sends its first handshake packet
+/// again after about 1 s (its initial RTT estimate, 333 ms, plus four times the variance), then
+/// 2 s later: 4 s let the first flight and two retransmissions through, which a live daemon
+/// answers even on a lossy rural link (200 ms, 10 % loss: PROTOCOL.md), while a dead address
+/// listed first costs a round 4 s instead of the 10 s of QUIC's idle timeout. The last address
+/// tried in a round — the only one, when `carnet.toml` names one — gets `IDLE_TIMEOUT`, as
+/// every handshake always has: a slow link still reaches some daemon of the host.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// Where a site's link finds the host's addresses.
+#[derive(Debug)]
+enum Hosts {
+    /// `host_address` as the daemon loaded it from its `carnet.toml`.
+    Listed(Vec<SocketAddr>),
+    /// `host_address` read from `carnet.toml` in the replica's folder at each connection
+    /// (`carnet sync now` with no daemon running).
+    Settings,
+}
+
+/// Where the next connection starts in the list of the host's addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// With this address: its daemon answered last.
+    At(SocketAddr),
+    /// With the address after this one: its connection failed on the network.
+    After(SocketAddr),
+}
+
+/// `hosts` in the order a connection tries them: from `start` on, wrapping around.
+fn dial_order(hosts: &[SocketAddr], start: Option<Start>) -> Vec<SocketAddr> {
+    let position = |a: SocketAddr| hosts.iter().position(|h| *h == a);
+    let from = match start {
+        Some(Start::At(a)) => position(a).unwrap_or(0),
+        Some(Start::After(a)) => position(a).map_or(0, |i| i + 1),
+        None => 0,
+    };
+    let n = hosts.len();
+    (0..n).map(|i| hosts[(from + i) % n]).collect()
+}
+
+/// An open connection to one of the host's daemons.
+#[derive(Debug)]
+struct Open {
+    endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    /// The identity (certificate and key) it was made with.
+    identity: Identity,
+    /// The daemon's address.
+    address: SocketAddr,
+}
+
 /// A site's link to the host: one QUIC connection, opened at the first round and kept open
 /// between rounds (the live phase); the host pokes it there when this site's log grows, and
 /// `wake` is notified. A failed round closes it; the next round connects again.
+///
+/// The host may run as several daemons (one database, one certificate), each at an address of
+/// `host_address`: a connection tries them in order, starting with the one that answered
+/// last, and moves on to the next within the same round when one fails or does not answer in
+/// `CONNECT_TIMEOUT`. A connection that fails on the network (at the handshake, in a round,
+/// or closed between rounds) makes the next one start with the address after its own. A
+/// security refusal (a revoked or unknown certificate, either way) is never failed over: every
+/// daemon presents and checks the same certificates, so it is reported as it is.
 #[derive(Debug)]
 pub struct Link {
     replica: SiteReplica,
-    /// The open connection, with the identity (certificate and key) it was made with.
-    open: Option<(quinn::Endpoint, quinn::Connection, Identity)>,
+    hosts: Hosts,
+    start: Option<Start>,
+    open: Option<Open>,
     wake: Arc<tokio::sync::Notify>,
     /// Connections opened so far.
     opened: u64,
 }
 
+/// A connection for a round.
+struct Connected {
+    conn: quinn::Connection,
+    identity: Identity,
+    /// Opened for this round (else kept from an earlier one).
+    fresh: bool,
+    address: SocketAddr,
+}
+
 impl Link {
-    /// A link, not connected yet; `wake` is notified when the host pokes.
-    pub fn new(replica: SiteReplica, wake: Arc<tokio::sync::Notify>) -> Self {
+    /// A link to the host's daemons at `hosts` (`host_address` in `carnet.toml`, in order),
+    /// not connected yet; `wake` is notified when the host pokes.
+    pub fn new(
+        replica: SiteReplica,
+        hosts: Vec<SocketAddr>,
+        wake: Arc<tokio::sync::Notify>,
+    ) -> Self {
+        Link::with(replica, Hosts::Listed(hosts), wake)
+    }
+
+    /// A link that reads the host's addresses from `carnet.toml` in the replica's folder each
+    /// time it connects (`carnet` with no daemon running).
+    pub fn from_settings(replica: SiteReplica, wake: Arc<tokio::sync::Notify>) -> Self {
+        Link::with(replica, Hosts::Settings, wake)
+    }
+
+    fn with(replica: SiteReplica, hosts: Hosts, wake: Arc<tokio::sync::Notify>) -> Self {
         Link {
             replica,
+            hosts,
+            start: None,
             open: None,
             wake,
             opened: 0,
@@ -775,9 +863,15 @@ impl Link {
 
     /// True while the connection is open.
     pub fn is_open(&self) -> bool {
+        self.address().is_some()
+    }
+
+    /// The address of the host's daemon the open connection goes to.
+    pub fn address(&self) -> Option<SocketAddr> {
         self.open
             .as_ref()
-            .is_some_and(|(_, c, _)| c.close_reason().is_none())
+            .filter(|o| o.conn.close_reason().is_none())
+            .map(|o| o.address)
     }
 
     /// Connections this link opened to the host so far (one while it holds; a reconnection
@@ -788,88 +882,135 @@ impl Link {
 
     /// UDP bytes sent and received on the open connection so far (handshake included).
     pub fn wire_bytes(&self) -> (u64, u64) {
-        self.open.as_ref().map_or((0, 0), |(_, c, _)| {
-            let s = c.stats();
+        self.open.as_ref().map_or((0, 0), |o| {
+            let s = o.conn.stats();
             (s.udp_tx.bytes, s.udp_rx.bytes)
         })
     }
 
-    /// The open connection, or a new one, with the identity it was made with (and whether it
-    /// is new).
-    async fn connection(&mut self) -> Result<(quinn::Connection, Identity, bool)> {
-        if let Some((_, conn, identity)) = &self.open
-            && conn.close_reason().is_none()
-        {
-            return Ok((conn.clone(), identity.clone(), false));
+    /// The open connection, or a new one to the first of the host's addresses that answers.
+    async fn connection(&mut self) -> Result<Connected> {
+        if let Some(o) = &self.open {
+            match o.conn.close_reason() {
+                None => {
+                    return Ok(Connected {
+                        conn: o.conn.clone(),
+                        identity: o.identity.clone(),
+                        fresh: false,
+                        address: o.address,
+                    });
+                }
+                // Closed since the last round: the daemon there stopped, or went silent.
+                Some(reason) => {
+                    tracing::info!(address = %o.address, %reason, "the connection to the host closed since the last round");
+                    self.start = Some(Start::After(o.address));
+                }
+            }
         }
         self.close().await;
         let r = self.replica.clone();
-        let tls: SiteTls = tokio::task::spawn_blocking(move || enrol::site_tls(&r))
-            .await
-            .map_err(net_err)??;
-        let host: SocketAddr = tls
-            .host_address
-            .parse()
-            .map_err(|_| Error::Invalid(format!("bad host address '{}'", tls.host_address)))?;
-        let bind: SocketAddr = if host.is_ipv4() {
-            "0.0.0.0:0"
-        } else {
-            "[::]:0"
-        }
-        .parse()
-        .map_err(net_err)?;
-        let mut endpoint = quinn::Endpoint::client(bind)?;
-        endpoint.set_default_client_config(tls.client_config()?);
-        let conn = tokio::time::timeout(
-            IDLE_TIMEOUT,
-            endpoint.connect(host, HOST_NAME).map_err(net_err)?,
-        )
+        let listed = match &self.hosts {
+            Hosts::Listed(list) => Some(list.clone()),
+            Hosts::Settings => None,
+        };
+        let (tls, hosts) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let hosts = match listed {
+                Some(list) => list,
+                None => settings_hosts(&r)?,
+            };
+            Ok((enrol::site_tls(&r)?, hosts))
+        })
         .await
-        .map_err(|_| timed_out("the host did not answer"))?
-        .map_err(|e| refusal(&e).unwrap_or_else(|| net_err(e)))?;
-        tokio::spawn(listen_for_pokes(conn.clone(), self.wake.clone()));
-        self.open = Some((endpoint, conn.clone(), tls.identity.clone()));
-        self.opened += 1;
-        Ok((conn, tls.identity, true))
+        .map_err(net_err)??;
+        let order = dial_order(&hosts, self.start);
+        let config = tls.client_config()?;
+        let mut failure = Error::Invalid(
+            "this site has no host address: set `host_address` in carnet.toml".into(),
+        );
+        for (i, &address) in order.iter().enumerate() {
+            let next = order.get(i + 1);
+            let wait = if next.is_some() {
+                CONNECT_TIMEOUT
+            } else {
+                IDLE_TIMEOUT
+            };
+            match connect(address, config.clone(), wait).await {
+                Ok((endpoint, conn)) => {
+                    tracing::info!(%address, "connected to the host");
+                    tokio::spawn(listen_for_pokes(conn.clone(), self.wake.clone()));
+                    self.open = Some(Open {
+                        endpoint,
+                        conn: conn.clone(),
+                        identity: tls.identity.clone(),
+                        address,
+                    });
+                    self.start = Some(Start::At(address));
+                    self.opened += 1;
+                    return Ok(Connected {
+                        conn,
+                        identity: tls.identity,
+                        fresh: true,
+                        address,
+                    });
+                }
+                // A security refusal: the same at every daemon of the host.
+                Err(DialFailure {
+                    error,
+                    refused: true,
+                }) => return Err(error),
+                // A network failure: the next address, if any.
+                Err(DialFailure { error, .. }) => {
+                    self.start = Some(Start::After(address));
+                    match next {
+                        Some(next) => {
+                            tracing::warn!(%address, %next, %error, "the host did not answer at this address: trying the next")
+                        }
+                        None if order.len() > 1 => {
+                            tracing::warn!(%address, %error, "the host did not answer at this address, the last to try in this round")
+                        }
+                        None => {}
+                    }
+                    failure = error;
+                }
+            }
+        }
+        Err(failure)
     }
 
     /// One sync round on the link (connecting first if needed). The connection stays open.
     /// A round that fails on the network over a connection opened earlier is tried once more
-    /// on a new one: the host may have restarted meanwhile and forgotten that connection (a
-    /// round is safe to repeat: what was applied is applied once).
+    /// on a new one, from the host's next address: that daemon may have stopped, or restarted
+    /// and forgotten the connection (a round is safe to repeat: what was applied is applied
+    /// once).
     pub async fn round(&mut self) -> Result<RoundReport> {
         match self.round_once().await {
-            (Err(Error::Io(e)), false) => {
-                tracing::info!(error = %e, "the connection to the host broke: reconnecting");
+            (Err(Error::Io(e)), Some(address)) => {
+                tracing::warn!(%address, error = %e, "the connection to the host broke: reconnecting, from the next address");
                 self.round_once().await.0
             }
             (outcome, _) => outcome,
         }
     }
 
-    /// One round, and whether it ran on a connection opened for it.
-    async fn round_once(&mut self) -> (Result<RoundReport>, bool) {
-        let (conn, identity, fresh) = match self.connection().await {
+    /// One round, and the address of the connection it ran on when that was opened earlier.
+    async fn round_once(&mut self) -> (Result<RoundReport>, Option<SocketAddr>) {
+        let connected = match self.connection().await {
             Ok(c) => c,
-            Err(e) => return (Err(e), true),
+            Err(e) => return (Err(e), None),
         };
-        (self.round_on_connection(conn, identity, fresh).await, fresh)
+        let kept = (!connected.fresh).then_some(connected.address);
+        (self.round_on_connection(connected).await, kept)
     }
 
-    async fn round_on_connection(
-        &mut self,
-        conn: quinn::Connection,
-        identity: Identity,
-        fresh: bool,
-    ) -> Result<RoundReport> {
-        let before = if fresh { (0, 0) } else { self.wire_bytes() };
-        match round_on(&conn, &self.replica, identity).await {
+    async fn round_on_connection(&mut self, c: Connected) -> Result<RoundReport> {
+        let before = if c.fresh { (0, 0) } else { self.wire_bytes() };
+        match round_on(&c.conn, &self.replica, c.identity).await {
             Ok(mut report) => {
                 let after = self.wire_bytes();
                 report.wire_sent = after.0 - before.0;
                 report.wire_received = after.1 - before.1;
                 // The handshake is one more wait.
-                report.round_trips += u64::from(fresh);
+                report.round_trips += u64::from(c.fresh);
                 if report.renewed {
                     // The next round connects with the certificate just installed.
                     self.close().await;
@@ -878,8 +1019,11 @@ impl Link {
             }
             Err(e) => {
                 // A connection the host closed on a security refusal: said as such (and, not
-                // being a network failure, not retried).
-                let e = refused(&conn, fresh).await.unwrap_or(e);
+                // being a network failure, neither retried nor failed over).
+                let e = refused(&c.conn, c.fresh).await.unwrap_or(e);
+                if matches!(e, Error::Io(_)) {
+                    self.start = Some(Start::After(c.address));
+                }
                 self.close().await;
                 Err(e)
             }
@@ -888,11 +1032,66 @@ impl Link {
 
     /// Closes the connection cleanly, if open.
     pub async fn close(&mut self) {
-        if let Some((endpoint, conn, _)) = self.open.take() {
-            conn.close(0u32.into(), b"bye");
-            let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+        if let Some(o) = self.open.take() {
+            o.conn.close(0u32.into(), b"bye");
+            let _ = tokio::time::timeout(Duration::from_secs(1), o.endpoint.wait_idle()).await;
         }
     }
+}
+
+/// `host_address` in `carnet.toml` in the site's folder.
+fn settings_hosts(replica: &SiteReplica) -> Result<Vec<SocketAddr>> {
+    let path = replica.dir().join(crate::config::CONFIG_FILE);
+    let config = crate::config::Config::load(&path)?;
+    Ok(config
+        .host_address
+        .map(|a| a.list().to_vec())
+        .unwrap_or_default())
+}
+
+/// A connection attempt that failed: `refused` when on a security refusal (a certificate
+/// refused, by either side), which every daemon of the host would repeat.
+struct DialFailure {
+    error: Error,
+    refused: bool,
+}
+
+impl DialFailure {
+    fn network(error: Error) -> Self {
+        DialFailure {
+            error,
+            refused: false,
+        }
+    }
+}
+
+/// A connection to the host's daemon at `address`, if its handshake completes within `wait`.
+/// The error says what happened as a failed round says it (`refusal`).
+async fn connect(
+    address: SocketAddr,
+    config: quinn::ClientConfig,
+    wait: Duration,
+) -> std::result::Result<(quinn::Endpoint, quinn::Connection), DialFailure> {
+    let bind: SocketAddr = if address.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .map_err(|e| DialFailure::network(net_err(e)))?;
+    let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| DialFailure::network(e.into()))?;
+    endpoint.set_default_client_config(config);
+    let connecting = endpoint
+        .connect(address, HOST_NAME)
+        .map_err(|e| DialFailure::network(net_err(e)))?;
+    let conn = tokio::time::timeout(wait, connecting)
+        .await
+        .map_err(|_| DialFailure::network(timed_out("the host did not answer")))?
+        .map_err(|e| DialFailure {
+            refused: refused_certificate(&e) || refusal(&e).is_some(),
+            error: refusal(&e).unwrap_or_else(|| net_err(e)),
+        })?;
+    Ok((endpoint, conn))
 }
 
 /// Site: notifies `wake` for each `Poke` the host sends on the connection, until it closes.
@@ -905,10 +1104,10 @@ async fn listen_for_pokes(conn: quinn::Connection, wake: Arc<tokio::sync::Notify
     }
 }
 
-/// Site: one sync round with the host named in its enrolment, on a connection of its own,
-/// closed after it.
-pub async fn sync_round(replica: SiteReplica) -> Result<RoundReport> {
-    let mut link = Link::new(replica, Arc::new(tokio::sync::Notify::new()));
+/// Site: one sync round with the host's daemons at `hosts` (tried in order), on a connection
+/// of its own, closed after it.
+pub async fn sync_round(replica: SiteReplica, hosts: Vec<SocketAddr>) -> Result<RoundReport> {
+    let mut link = Link::new(replica, hosts, Arc::new(tokio::sync::Notify::new()));
     let report = link.round().await;
     link.close().await;
     report
@@ -1039,8 +1238,27 @@ mod tests {
         drop(site_draft);
         let host = Arc::new(host);
         enrol::init_host(&host).expect("pki");
-        let (ca, host_id) = enrol::host_identity(&host).expect("identity");
         let revoked = Arc::new(enrol::revoked(&host).expect("revoked"));
+        let (endpoint, addr, changed) = serve_on_loopback(&host, &revoked);
+        Served {
+            tmp,
+            host,
+            ins,
+            endpoint,
+            addr,
+            revoked,
+            changed,
+        }
+    }
+
+    /// A host daemon's endpoint on 127.0.0.1 serving `host` (one more for the same replica is
+    /// one more daemon of the host, as over a shared database), with the signal that its
+    /// store changed.
+    fn serve_on_loopback(
+        host: &Arc<Replica>,
+        revoked: &Arc<Revoked>,
+    ) -> (quinn::Endpoint, SocketAddr, Arc<tokio::sync::Notify>) {
+        let (ca, host_id) = enrol::host_identity(host).expect("identity");
         let config =
             crate::transport::server_config(&ca, &host_id, revoked.clone()).expect("server");
         let endpoint =
@@ -1053,36 +1271,46 @@ mod tests {
             HostReplica::new(host.clone()).expect("host"),
             live,
         ));
-        Served {
-            tmp,
-            host,
-            ins,
-            endpoint,
-            addr,
-            revoked,
-            changed,
-        }
+        (endpoint, addr, changed)
+    }
+
+    /// An enrolment bundle `served` issues, for a clinic.
+    fn clinic_bundle(served: &Served) -> enrol::Bundle {
+        enrol::enrol(
+            &served.host,
+            "Clinique",
+            "750000001",
+            &served.addr.to_string(),
+        )
+        .expect("enrol")
+    }
+
+    /// A site created from the enrolment bundle `served` issues it, the doctor bound there.
+    fn enrolled_site(served: &Served) -> (enrol::Bundle, Arc<Replica>) {
+        let bundle = clinic_bundle(served);
+        crate::testkit::as_host(&served.host)
+            .authority()
+            .bind_professional(SiteId(bundle.site_id), &doctor(), true)
+            .expect("bind");
+        let site = crate::testkit::site_from_bundle(&served.tmp.path().join("enrolled"), &bundle);
+        (bundle, Arc::new(site))
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_site_syncs_with_the_host_over_quic() {
         let served = serving_host();
-        let (tmp, host, ins, addr) = (&served.tmp, &served.host, &served.ins, served.addr);
+        let (host, ins, addr) = (&served.host, &served.ins, served.addr);
         let (endpoint, revoked) = (&served.endpoint, &served.revoked);
 
         // The site, created from its enrolment bundle.
-        let bundle = enrol::enrol(host, "Clinique", "750000001", &addr.to_string()).expect("enrol");
-        crate::testkit::as_host(host)
-            .authority()
-            .bind_professional(SiteId(bundle.site_id), &doctor(), true)
-            .expect("bind");
-        let site = crate::testkit::site_from_bundle(&tmp.path().join("enrolled"), &bundle);
-        let site = Arc::new(site);
-        let bounded = |f| tokio::time::timeout(Duration::from_secs(20), f);
-        let first = bounded(sync_round(SiteReplica::new(site.clone()).expect("site")))
-            .await
-            .expect("in time")
-            .expect("round");
+        let (bundle, site) = enrolled_site(&served);
+        let round = || {
+            tokio::time::timeout(
+                Duration::from_secs(20),
+                sync_round(SiteReplica::new(site.clone()).expect("site"), vec![addr]),
+            )
+        };
+        let first = round().await.expect("in time").expect("round");
         assert!(first.pulled > 0, "{first:?}");
         let actor = Actor::Professional(doctor());
         let id = site
@@ -1094,10 +1322,7 @@ mod tests {
                 new_doc("written at the site", b"body".to_vec()),
             )
             .expect("write");
-        bounded(sync_round(SiteReplica::new(site.clone()).expect("site")))
-            .await
-            .expect("in time")
-            .expect("round");
+        round().await.expect("in time").expect("round");
         assert_eq!(
             &host
                 .read_document(&actor, &id, AccessMode::Normal, None)
@@ -1138,7 +1363,7 @@ mod tests {
             conn.close(0u32.into(), b"");
         }
         // …and the host goes on serving.
-        bounded(sync_round(SiteReplica::new(site.clone()).expect("site")))
+        round()
             .await
             .expect("in time")
             .expect("round after garbage");
@@ -1146,9 +1371,7 @@ mod tests {
         // Revoked: the next round is refused.
         enrol::revoke(host, bundle.site_id).expect("revoke");
         revoked.add(crate::transport::fingerprint(&bundle.identity.cert_der));
-        let refused = bounded(sync_round(SiteReplica::new(site.clone()).expect("site")))
-            .await
-            .expect("in time");
+        let refused = round().await.expect("in time");
         assert!(refused.is_err(), "a revoked site synced");
         endpoint.close(0u32.into(), b"done");
     }
@@ -1159,16 +1382,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_fetch_nobody_drains_stops_the_host_then_resumes() {
         let served = serving_host();
-        let (tmp, host, ins, addr) = (&served.tmp, &served.host, &served.ins, served.addr);
-        let bundle = enrol::enrol(host, "Clinique", "750000001", &addr.to_string()).expect("enrol");
-        crate::testkit::as_host(host)
-            .authority()
-            .bind_professional(SiteId(bundle.site_id), &doctor(), true)
-            .expect("bind");
-        let site = Arc::new(crate::testkit::site_from_bundle(
-            &tmp.path().join("enrolled"),
-            &bundle,
-        ));
+        let (host, ins, addr) = (&served.host, &served.ins, served.addr);
+        let (_, site) = enrolled_site(&served);
         let size = 24 << 20;
         let large: Vec<u8> = (0..size as u32).map(|i| (i % 251) as u8).collect();
         let doc = host
@@ -1182,12 +1397,14 @@ mod tests {
             .expect("host writes");
         let mut link = Link::new(
             SiteReplica::new(site).expect("site"),
+            vec![addr],
             Arc::new(tokio::sync::Notify::new()),
         );
-        let (conn, _, _) = tokio::time::timeout(Duration::from_secs(20), link.connection())
+        let conn = tokio::time::timeout(Duration::from_secs(20), link.connection())
             .await
             .expect("in time")
-            .expect("connected");
+            .expect("connected")
+            .conn;
         // Room for one piece, and nobody takes it.
         let (tx, mut pieces) = tokio::sync::mpsc::channel(1);
         tokio::spawn(fetch_body(
@@ -1241,13 +1458,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_site_holds_a_bounded_number_of_connections() {
         let served = serving_host();
-        let bundle = enrol::enrol(
-            &served.host,
-            "Clinique",
-            "750000001",
-            &served.addr.to_string(),
-        )
-        .expect("enrol");
+        let bundle = clinic_bundle(&served);
         let mut client =
             quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client");
         client.set_default_client_config(
@@ -1295,19 +1506,15 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_live_link_is_poked_syncs_quietly_in_one_round_trip_and_closes_on_revocation() {
         let served = serving_host();
-        let (tmp, host, ins, addr) = (&served.tmp, &served.host, &served.ins, served.addr);
+        let (host, ins, addr) = (&served.host, &served.ins, served.addr);
         let (endpoint, revoked, changed) = (&served.endpoint, &served.revoked, &served.changed);
-        let bundle = enrol::enrol(host, "Clinique", "750000001", &addr.to_string()).expect("enrol");
-        crate::testkit::as_host(host)
-            .authority()
-            .bind_professional(SiteId(bundle.site_id), &doctor(), true)
-            .expect("bind");
-        let site = Arc::new(crate::testkit::site_from_bundle(
-            &tmp.path().join("enrolled"),
-            &bundle,
-        ));
+        let (bundle, site) = enrolled_site(&served);
         let wake = Arc::new(tokio::sync::Notify::new());
-        let mut link = Link::new(SiteReplica::new(site.clone()).expect("site"), wake.clone());
+        let mut link = Link::new(
+            SiteReplica::new(site.clone()).expect("site"),
+            vec![addr],
+            wake.clone(),
+        );
         let first = tokio::time::timeout(Duration::from_secs(20), link.round())
             .await
             .expect("in time")
@@ -1373,5 +1580,288 @@ mod tests {
                 .is_err()
         );
         endpoint.close(0u32.into(), b"done");
+    }
+
+    #[test]
+    fn a_connection_tries_the_addresses_from_the_one_that_answered_last() {
+        let [a, b, c]: [SocketAddr; 3] =
+            ["127.0.0.1:1", "127.0.0.1:2", "[::1]:3"].map(|t| t.parse().expect("addr"));
+        let hosts = [a, b, c];
+        assert_eq!(dial_order(&hosts, None), [a, b, c]);
+        assert_eq!(dial_order(&hosts, Some(Start::At(b))), [b, c, a]);
+        assert_eq!(dial_order(&hosts, Some(Start::After(b))), [c, a, b]);
+        assert_eq!(dial_order(&hosts, Some(Start::After(c))), [a, b, c]);
+        // An address no longer listed: from the first.
+        let gone = "127.0.0.1:9".parse().expect("addr");
+        assert_eq!(dial_order(&hosts, Some(Start::At(gone))), [a, b, c]);
+        assert_eq!(dial_order(&hosts, Some(Start::After(gone))), [a, b, c]);
+        // One address: always that one.
+        assert_eq!(dial_order(&[a], Some(Start::After(a))), [a]);
+        assert!(dial_order(&[], Some(Start::At(a))).is_empty());
+    }
+
+    /// The client's connection id in a QUIC Initial packet at the start of `datagram`: the
+    /// same in every Initial packet of one connection attempt (the destination id changes once
+    /// the server answers), another for the next attempt.
+    fn initial_source_id(datagram: &[u8]) -> Option<Vec<u8>> {
+        let (&first, rest) = datagram.split_first()?;
+        // A long header (0x80), the fixed bit (0x40), the type Initial (0 in 0x30).
+        if first & 0xf0 != 0xc0 {
+            return None;
+        }
+        // The version (4 bytes), then each id after its length.
+        let destination = usize::from(*rest.get(4)?);
+        let at = 5 + destination;
+        let len = usize::from(*rest.get(at)?);
+        rest.get(at + 1..at + 1 + len).map(<[u8]>::to_vec)
+    }
+
+    /// A UDP socket on 127.0.0.1 in front of a host's endpoint (`to`), or of nothing: it
+    /// relays both ways until silenced, then answers nothing, as a killed daemon's address;
+    /// with nothing behind it, it is a dead address from the start. It counts the connections
+    /// attempted through it (`initial_source_id`).
+    struct Relay {
+        addr: SocketAddr,
+        silent: Arc<AtomicBool>,
+        attempts: Arc<std::sync::Mutex<std::collections::HashSet<Vec<u8>>>>,
+        tasks: Vec<tokio::task::JoinHandle<()>>,
+    }
+
+    impl Relay {
+        async fn start(to: Option<SocketAddr>) -> Relay {
+            let bind = || tokio::net::UdpSocket::bind("127.0.0.1:0");
+            let front = Arc::new(bind().await.expect("bind"));
+            let back = Arc::new(bind().await.expect("bind"));
+            let addr = front.local_addr().expect("addr");
+            let silent = Arc::new(AtomicBool::new(to.is_none()));
+            let attempts = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+            let client = Arc::new(std::sync::Mutex::new(None::<SocketAddr>));
+            let up = {
+                let (front, back, silent, attempts, client) = (
+                    front.clone(),
+                    back.clone(),
+                    silent.clone(),
+                    attempts.clone(),
+                    client.clone(),
+                );
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 65_536];
+                    while let Ok((n, from)) = front.recv_from(&mut buf).await {
+                        if let Some(id) = initial_source_id(&buf[..n]) {
+                            attempts.lock().expect("lock").insert(id);
+                        }
+                        if silent.load(Ordering::SeqCst) {
+                            continue;
+                        }
+                        *client.lock().expect("lock") = Some(from);
+                        if let Some(to) = to {
+                            let _ = back.send_to(&buf[..n], to).await;
+                        }
+                    }
+                })
+            };
+            let down = {
+                let silent = silent.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 65_536];
+                    while let Ok((n, _)) = back.recv_from(&mut buf).await {
+                        let to = *client.lock().expect("lock");
+                        if let (false, Some(to)) = (silent.load(Ordering::SeqCst), to) {
+                            let _ = front.send_to(&buf[..n], to).await;
+                        }
+                    }
+                })
+            };
+            Relay {
+                addr,
+                silent,
+                attempts,
+                tasks: vec![up, down],
+            }
+        }
+
+        /// From now on nothing goes through, either way.
+        fn silence(&self) {
+            self.silent.store(true, Ordering::SeqCst);
+        }
+
+        /// Connections attempted through this address so far.
+        fn attempts(&self) -> usize {
+            self.attempts.lock().expect("lock").len()
+        }
+    }
+
+    impl Drop for Relay {
+        fn drop(&mut self) {
+            self.tasks.iter().for_each(tokio::task::JoinHandle::abort);
+        }
+    }
+
+    /// A site enrolled at `served` (the doctor bound there), whose link dials `hosts`.
+    fn site_dialing(served: &Served, hosts: Vec<SocketAddr>) -> (Arc<Replica>, Link) {
+        let (_, site) = enrolled_site(served);
+        let link = Link::new(
+            SiteReplica::new(site.clone()).expect("site"),
+            hosts,
+            Arc::new(tokio::sync::Notify::new()),
+        );
+        (site, link)
+    }
+
+    /// A round, bounded in time.
+    async fn round_within(link: &mut Link, within: Duration) -> Result<RoundReport> {
+        tokio::time::timeout(within, link.round())
+            .await
+            .expect("the round ended in time")
+    }
+
+    /// A document the host writes into the dossier of the sites' doctor.
+    fn host_writes(served: &Served, title: &str) -> carnet_store::ids::DocId {
+        served
+            .host
+            .put_document(
+                &Actor::Professional(doctor()),
+                AccessMode::Normal,
+                None,
+                &served.ins,
+                new_doc(title, b"at the host".to_vec()),
+            )
+            .expect("host writes")
+    }
+
+    /// The first address listed has nothing answering behind it: the round passes over it
+    /// within `CONNECT_TIMEOUT` and completes on the second; the next connection goes straight
+    /// to the address that answered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dead_first_address_is_passed_over_and_the_next_connection_starts_at_the_live_one() {
+        let served = serving_host();
+        let dead = Relay::start(None).await;
+        let (_site, mut link) = site_dialing(&served, vec![dead.addr, served.addr]);
+        let first = round_within(&mut link, Duration::from_secs(30))
+            .await
+            .expect("the round completes on the second address");
+        assert!(first.pulled > 0, "{first:?}");
+        assert_eq!(link.address(), Some(served.addr));
+        assert_eq!(dead.attempts(), 1, "the dead address was tried first");
+        // A new connection (the daemon's link closed, say by a renewal): the live address
+        // first, the dead one not tried again.
+        link.close().await;
+        host_writes(&served, "after the first round");
+        let second = round_within(&mut link, Duration::from_secs(30))
+            .await
+            .expect("round");
+        assert!(second.pulled > 0, "{second:?}");
+        assert_eq!(link.address(), Some(served.addr));
+        assert_eq!(link.connections(), 2);
+        assert_eq!(dead.attempts(), 1, "the dead address was tried again");
+        served.endpoint.close(0u32.into(), b"done");
+    }
+
+    /// Two daemons of one host: two endpoints over the same host replica, as two daemons over
+    /// one database; the first behind a `Relay` (to stop or kill it), and a site whose link
+    /// lists both, first then second, that synced once through the first.
+    struct TwoDaemons {
+        served: Served,
+        second: quinn::Endpoint,
+        second_addr: SocketAddr,
+        first: Relay,
+        site: Arc<Replica>,
+        link: Link,
+    }
+
+    async fn two_daemons() -> TwoDaemons {
+        let served = serving_host();
+        let (second, second_addr, _) = serve_on_loopback(&served.host, &served.revoked);
+        let first = Relay::start(Some(served.addr)).await;
+        let (site, mut link) = site_dialing(&served, vec![first.addr, second_addr]);
+        round_within(&mut link, Duration::from_secs(30))
+            .await
+            .expect("round through the first daemon");
+        assert_eq!(link.address(), Some(first.addr));
+        TwoDaemons {
+            served,
+            second,
+            second_addr,
+            first,
+            site,
+            link,
+        }
+    }
+
+    impl TwoDaemons {
+        /// The first daemon gone, the host writes a document and the site runs one round (one
+        /// call, within `within`): it completes on the second daemon, which it tried first,
+        /// and brings the document.
+        async fn next_round_goes_to_the_second(mut self, within: Duration) {
+            let id = host_writes(&self.served, "while the first daemon is gone");
+            let report = round_within(&mut self.link, within)
+                .await
+                .expect("the round completes on the second daemon");
+            assert!(report.pulled > 0, "{report:?}");
+            assert_eq!(self.link.address(), Some(self.second_addr));
+            assert_eq!(self.link.connections(), 2);
+            assert_eq!(
+                self.first.attempts(),
+                1,
+                "the first daemon was tried again first"
+            );
+            let read = self.site.read_document(
+                &Actor::Professional(doctor()),
+                &id,
+                AccessMode::Normal,
+                None,
+            );
+            assert!(read.is_ok(), "pulled through the second daemon");
+            self.second.close(0u32.into(), b"done");
+            self.served.endpoint.close(0u32.into(), b"done");
+        }
+    }
+
+    /// The daemon a site syncs with stops (its connections closed): the site's next round
+    /// completes on the second, without trying the stopped one first.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn when_the_daemon_a_site_syncs_with_stops_its_next_round_goes_to_the_next() {
+        let two = two_daemons().await;
+        two.served.endpoint.close(0u32.into(), b"host stopping");
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while two.link.is_open() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the site saw the connection close");
+        two.next_round_goes_to_the_second(Duration::from_secs(30))
+            .await;
+    }
+
+    /// The daemon a site is connected to is killed (it answers nothing more, and says nothing):
+    /// the next round fails on the open connection and is tried again at once on a new one,
+    /// which starts with the next address, and completes there.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_round_broken_by_a_killed_daemon_is_retried_on_the_next_address() {
+        let two = two_daemons().await;
+        two.first.silence();
+        // The round on the dead connection fails (QUIC's idle timeout, 10 s), and the retry
+        // completes on the second daemon, within the same call.
+        two.next_round_goes_to_the_second(Duration::from_secs(60))
+            .await;
+    }
+
+    /// A security refusal is said as it is, never failed over: the site refuses the
+    /// certificate of a host of another CA listed first, and does not try the next address.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_certificate_is_not_failed_over() {
+        let served = serving_host();
+        let foreign = serving_host();
+        let next = Relay::start(None).await;
+        let (_site, mut link) = site_dialing(&served, vec![foreign.addr, next.addr]);
+        let refused = round_within(&mut link, Duration::from_secs(30))
+            .await
+            .expect_err("a host of another CA");
+        assert!(refused.to_string().contains("national CA"), "{refused}");
+        assert!(!link.is_open());
+        assert_eq!(next.attempts(), 0, "the next address was tried");
+        served.endpoint.close(0u32.into(), b"done");
+        foreign.endpoint.close(0u32.into(), b"done");
     }
 }

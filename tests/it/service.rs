@@ -533,3 +533,68 @@ fn a_daemon_whose_settings_name_the_other_role_refuses_to_start() {
     let list = host.ok(&["pki", "list"]);
     assert_eq!(list.code, 0, "{}", list.stderr);
 }
+
+/// A site's `carnet.toml` lists two daemons of the host, the first with nothing answering
+/// behind it (a UDP port kept bound, silent): the site daemon passes over it and syncs with the
+/// second, logs which address failed and which it tries next, and `sync status` says where it
+/// is connected. With no daemon running, `carnet sync now` dials the same list.
+#[test]
+fn a_site_passes_over_a_dead_host_address_and_says_where_it_is_connected() {
+    let address = format!("127.0.0.1:{}", free_port());
+    let host = Carnet::empty();
+    host.ok(&["init", "--role", "host", "--listen", &address]);
+    host.ok(&["pki", "init", "--ca-in-replica"]);
+    let site = enrolled_site(&host, &address, &[]);
+    let dead = std::net::UdpSocket::bind("127.0.0.1:0").expect("a silent port");
+    let dead_address = dead.local_addr().expect("address").to_string();
+    let toml = site.data.join("carnet.toml");
+    let text = std::fs::read_to_string(&toml).expect("carnet.toml");
+    let listed = format!("host_address = [\"{dead_address}\", \"{address}\"]");
+    let edited = text.replace(&format!("host_address = \"{address}\""), &listed);
+    assert!(edited.contains(&listed), "{text}");
+    std::fs::write(&toml, edited).expect("edit carnet.toml");
+    let _host_daemon = start_daemon_with(&host, &[]);
+    let (mut site_daemon, log) = start_logged(&site, &[]);
+    wait_for_socket(&site);
+    let status = wait_for_status(&site, Duration::from_secs(60), "connected", |s| {
+        s["daemon"]["connected"] == true
+    });
+    assert_eq!(
+        status["daemon"]["host_address"],
+        address.as_str(),
+        "{status}"
+    );
+    assert_eq!(
+        status["daemon"]["settings"]["host_address"],
+        serde_json::json!([dead_address, address]),
+        "{status}"
+    );
+    let said = site.ok(&["sync", "status"]).stdout;
+    assert!(
+        said.contains(&format!("host reached at {address}")),
+        "{said}"
+    );
+    wait_for_log(&log, "the dead address passed over", |lines| {
+        lines.iter().any(|l| {
+            l.contains("WARN")
+                && l.contains("did not answer")
+                && l.contains(&format!("address={dead_address}"))
+                && l.contains(&format!("next={address}"))
+        })
+    });
+    assert_eq!(stop(&mut site_daemon), Some(0), "a clean stop");
+    // `carnet` alone dials what carnet.toml says, read at each connection: nothing when the
+    // file lists no address, the live daemon past the dead one when it lists both.
+    let with_list = std::fs::read_to_string(&toml).expect("carnet.toml");
+    std::fs::write(&toml, with_list.replace(&listed, "host_address = []")).expect("edit");
+    let refused = site.run(&["sync", "now"]);
+    assert_ne!(refused.code, 0, "{}", refused.stdout);
+    assert!(
+        refused.stderr.contains("host_address lists no address"),
+        "{}",
+        refused.stderr
+    );
+    std::fs::write(&toml, with_list).expect("edit");
+    let synced = site.json(&["sync", "now"]);
+    assert!(synced["pulled"].as_u64().is_some(), "{synced}");
+}
