@@ -46,6 +46,7 @@ mod fault_proxy;
 mod faults;
 mod grants;
 mod help;
+mod host_daemons;
 mod host_trusts_no_site;
 mod keys;
 mod notifications;
