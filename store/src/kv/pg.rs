@@ -25,6 +25,11 @@
 //!   transaction) before any other statement: a database of a newer Carnet is refused.
 //! - The client's connections run on one thread of their own (`carnet-pg`); callers block on
 //!   their answers, from any thread, inside an async runtime or not.
+//! - At most `READERS_MAX` snapshots are open at once (a snapshot holds a connection, and
+//!   PostgreSQL's memory grows with connections): one more waits for a snapshot to end, and
+//!   after `READ_WAIT` fails with an error that says so. The write transaction does not count:
+//!   a reader waiting to write never keeps the writer from a connection. So this process holds
+//!   at most `READERS_MAX + 1` connections in use, and `IDLE_MAX` idle.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -58,6 +63,10 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE carnet_kv (
 const PAGE: i64 = 512;
 /// Connections kept open while idle.
 const IDLE_MAX: usize = 8;
+/// Snapshots open at once in this process (see the module doc).
+pub const READERS_MAX: usize = 32;
+/// How long a snapshot waits for one of the `READERS_MAX` to end.
+const READ_WAIT: Duration = Duration::from_secs(30);
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many times a start-up (schema check or migration) is tried when another process
@@ -208,6 +217,11 @@ struct Shared {
     /// Whether this process's write transaction is under way, and the wait for its end.
     writing: Mutex<bool>,
     write_done: Condvar,
+    /// Snapshots open, at most `readers_max`, and the wait for one to end.
+    readers: Mutex<usize>,
+    reader_done: Condvar,
+    readers_max: usize,
+    read_wait: Duration,
     // Last: the connections' thread stops once the connections are gone.
     runtime: Runtime,
 }
@@ -256,6 +270,47 @@ impl Shared {
     fn lock_writing(&self) -> MutexGuard<'_, bool> {
         self.writing.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// One of the `readers_max` snapshot places, waiting at most `read_wait` for one.
+    fn reader_slot(self: &Arc<Self>) -> Result<ReaderSlot> {
+        let deadline = std::time::Instant::now() + self.read_wait;
+        let mut open = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
+        while *open >= self.readers_max {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(failure(
+                    "begin",
+                    format!(
+                        "all {} read connections stayed busy for {} s: the host is overloaded, or reads wait on each other",
+                        self.readers_max,
+                        self.read_wait.as_secs()
+                    ),
+                ));
+            }
+            open = self
+                .reader_done
+                .wait_timeout(open, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        *open += 1;
+        Ok(ReaderSlot(self.clone()))
+    }
+}
+
+/// A snapshot's place among the `readers_max`, given back at its drop.
+struct ReaderSlot(Arc<Shared>);
+
+impl Drop for ReaderSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .0
+            .readers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *open = open.saturating_sub(1);
+        self.0.reader_done.notify_one();
+    }
 }
 
 /// A PostgreSQL database holding a replica's tables.
@@ -274,6 +329,15 @@ impl PgStore {
     /// Connects to the database of `url` (`postgres://user@host:port/db`, or libpq's
     /// `key=value` form), checks its schema and migrates an older one.
     pub fn open(url: &str) -> Result<PgStore> {
+        Self::open_bounded(url, READERS_MAX, READ_WAIT)
+    }
+
+    /// `open`, with at most `readers_max` snapshots at once, one more waiting `read_wait`.
+    pub(super) fn open_bounded(
+        url: &str,
+        readers_max: usize,
+        read_wait: Duration,
+    ) -> Result<PgStore> {
         let config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| failure("the storage address is not a PostgreSQL address", e))?;
@@ -283,6 +347,10 @@ impl PgStore {
                 idle: Mutex::new(Vec::new()),
                 writing: Mutex::new(false),
                 write_done: Condvar::new(),
+                readers: Mutex::new(0),
+                reader_done: Condvar::new(),
+                readers_max,
+                read_wait,
                 runtime: Runtime::start()?,
             }),
         };
@@ -355,14 +423,17 @@ impl PgStore {
 
     /// A snapshot of the database.
     pub fn begin_read(&self) -> Result<PgRead> {
+        let slot = self.shared.reader_slot()?;
         let conn = self.shared.checkout()?;
         // The snapshot is taken at the first statement, not at BEGIN: take it now.
         conn.batch(
             "begin",
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT 1",
         )?;
+        let mut source = Source::new(&self.shared, conn);
+        source.slot = Some(slot);
         Ok(PgRead {
-            source: Arc::new(Source::new(&self.shared, conn)),
+            source: Arc::new(source),
         })
     }
 
@@ -416,6 +487,8 @@ pub struct Source {
     shared: Arc<Shared>,
     conn: Option<Conn>,
     ended: Mutex<bool>,
+    /// A snapshot's place (`READERS_MAX`), given back after its connection.
+    slot: Option<ReaderSlot>,
 }
 
 impl Source {
@@ -424,6 +497,7 @@ impl Source {
             shared: shared.clone(),
             conn: Some(conn),
             ended: Mutex::new(false),
+            slot: None,
         }
     }
 
@@ -452,6 +526,7 @@ impl Drop for Source {
         {
             self.shared.give_back(conn);
         }
+        drop(self.slot.take());
     }
 }
 

@@ -3,11 +3,13 @@
 //! serialisation failures between processes, snapshots) tested on a real server.
 
 use std::ops::Bound;
+use std::time::Duration;
 
 use proptest::prelude::*;
 
 use super::pg::{PgStore, is_serialization_failure};
 use super::*;
+
 use carnet_testpg::database;
 
 const NUMBERS: TableDefinition<u64, &[u8]> = TableDefinition::new("numbers");
@@ -453,6 +455,54 @@ fn concurrent_writers_of_two_processes_are_serialised() {
     let table = read.open_table(BYTES).expect("kv");
     let value = |k: &[u8]| table.get(k).expect("kv").map(|g| g.value());
     assert_eq!((value(b"x"), value(b"y")), (Some(1), Some(2)));
+}
+
+/// Snapshots are bounded: one past the bound waits for one to end, and fails with a clear
+/// error if none does in time; the write transaction is not held back by them.
+#[test]
+fn snapshots_are_bounded_and_the_writer_is_not() {
+    let url = database();
+    let wait = Duration::from_millis(300);
+    let db = Database::Pg(PgStore::open_bounded(&url, 2, wait).expect("open"));
+    let first = db.begin_read().expect("first");
+    let second = db.begin_read().expect("second");
+    let started = std::time::Instant::now();
+    let Err(busy) = db.begin_read() else {
+        panic!("a third snapshot past the bound of two")
+    };
+    assert!(started.elapsed() >= wait, "it waited first");
+    assert!(
+        busy.to_string().contains("read connections stayed busy"),
+        "{busy}"
+    );
+    // The writer goes on while both snapshots are open.
+    let txn = db.begin_write().expect("write beside two snapshots");
+    txn.open_table(BYTES)
+        .expect("kv")
+        .insert(&b"k"[..], 1)
+        .expect("kv");
+    txn.commit().expect("commit");
+    // A snapshot waiting gets the place of one that ends.
+    let patient =
+        Database::Pg(PgStore::open_bounded(&url, 1, Duration::from_secs(60)).expect("open"));
+    let held = patient.begin_read().expect("held");
+    let asking = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let waiting = scope.spawn(|| {
+            asking.store(true, std::sync::atomic::Ordering::SeqCst);
+            patient.begin_read().map(|_| ())
+        });
+        while !asking.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
+        drop(held);
+        waiting
+            .join()
+            .expect("thread")
+            .expect("the place of the snapshot that ended");
+    });
+    drop((first, second));
+    db.begin_read().expect("places given back");
 }
 
 /// The schema is made once, a second start finds it, and a newer schema is refused.
