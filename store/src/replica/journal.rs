@@ -153,17 +153,7 @@ impl TraceChain {
                 path.display(),
             )));
         }
-        // One process per folder appends to its chain: redb's file lock says so for a file,
-        // this lock for a host whose tables are in PostgreSQL. Released when the file closes.
-        if let Err(e) = file.try_lock() {
-            return Err(match e {
-                std::fs::TryLockError::WouldBlock => Error::Storage(format!(
-                    "the replica in {} is in use by another process (its daemon runs: stop it, or use `carnet` while it runs)",
-                    dir.display()
-                )),
-                std::fs::TryLockError::Error(e) => e.into(),
-            });
-        }
+        lock_journal(&file, dir)?;
         Self::open_on(Box::new(JournalFile(file)), head, epoch).map_err(|e| match e {
             Error::Integrity(why) => Error::integrity(format!("{why} ({})", path.display())),
             e => e,
@@ -357,6 +347,33 @@ fn check_frame(
     let batch = postcard::from_bytes::<Vec<JournalRecord>>(payload).ok()?;
     Some((epoch, batch, HEADER + len))
 }
+
+/// Locks the journal file for this process: one process per folder appends to its chain.
+/// redb's file lock says so for a replica in its file, this lock for a host whose tables are
+/// in PostgreSQL; released when the file closes. A child process forked by another thread
+/// shares the lock until it runs its program (the file is close-on-exec), so a lock held is
+/// tried again for up to `LOCK_PATIENCE` before it means another process.
+fn lock_journal(file: &std::fs::File, dir: &Path) -> Result<()> {
+    let deadline = std::time::Instant::now() + LOCK_PATIENCE;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::Storage(format!(
+                    "the replica in {} is in use by another process (its daemon runs: stop it, or use `carnet` while it runs)",
+                    dir.display()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+        }
+    }
+}
+
+/// How long a journal lock held elsewhere is tried again (see `lock_journal`).
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[cfg(test)]
 mod tests {
