@@ -117,7 +117,7 @@ pub fn run() -> Res<()> {
                 "({dir}: PostgreSQL database {})",
                 url.rsplit('/').next().unwrap_or("")
             );
-            Storage::Postgres(url)
+            Storage::postgres(url)
         } else {
             Storage::File
         }

@@ -122,8 +122,9 @@ pub(crate) fn write_host_settings(dir: &Path, listen: SocketAddr, storage: &Stor
         http: None,
         host: match storage {
             Storage::File => None,
-            Storage::Postgres(url) => Some(carnet_syncd::config::HostSettings {
-                storage: Some(url.clone()),
+            Storage::Postgres(pg) => Some(carnet_syncd::config::HostSettings {
+                storage: Some(pg.url.clone()),
+                read_connections: None,
             }),
         },
     }

@@ -601,7 +601,7 @@ fn init_in(
     source: KeySource,
 ) -> Result<(Replica, PathBuf)> {
     let storage = match &a.storage {
-        Some(url) if role == Role::Host => carnet_store::replica::Storage::Postgres(url.clone()),
+        Some(url) if role == Role::Host => carnet_store::replica::Storage::postgres(url.clone()),
         Some(_) => {
             return Err(Error::Invalid(
                 "--storage is for the host: a site keeps its replica in carnet.redb".into(),
@@ -673,7 +673,10 @@ fn init_in(
         host: a
             .storage
             .clone()
-            .map(|url| carnet_syncd::config::HostSettings { storage: Some(url) }),
+            .map(|url| carnet_syncd::config::HostSettings {
+                storage: Some(url),
+                read_connections: None,
+            }),
     };
     let config_path = config.write_new(dir)?;
     Ok((r, config_path))

@@ -102,6 +102,11 @@ pub struct HostSettings {
     /// unset, `carnet.redb` in the data folder. Several host daemons may share one database.
     #[serde(default)]
     pub storage: Option<String>,
+    /// With `storage`: the snapshots the daemon keeps open at once, each on a connection of
+    /// its own (1 to 1,024; `kv::pg::READERS_MAX` unless set). With the page cache, what
+    /// bounds the host's memory on PostgreSQL.
+    #[serde(default)]
+    pub read_connections: Option<usize>,
 }
 
 /// `[http]` in `carnet.toml`: where the daemon serves `/metrics` and its status page.
@@ -275,6 +280,19 @@ impl Config {
                         .into(),
                 ));
             }
+            if let Some(n) = host.read_connections {
+                if host.storage.is_none() {
+                    return Err(Error::Invalid(
+                        "carnet.toml: [host] read_connections goes with storage (PostgreSQL); carnet.redb has its cache_mib"
+                            .into(),
+                    ));
+                }
+                if !(1..=1024).contains(&n) {
+                    return Err(Error::Invalid(format!(
+                        "carnet.toml: [host] read_connections = {n}: between 1 and 1024"
+                    )));
+                }
+            }
         }
         if !(8..=65_536).contains(&self.cache_mib) {
             return Err(Error::Invalid(format!(
@@ -372,8 +390,16 @@ impl Config {
 
     /// Where the replica's tables live.
     pub fn storage(&self) -> Storage {
-        match self.host.as_ref().and_then(|h| h.storage.clone()) {
-            Some(url) => Storage::Postgres(url),
+        let Some(host) = &self.host else {
+            return Storage::File;
+        };
+        match &host.storage {
+            Some(url) => Storage::Postgres(carnet_store::replica::Postgres {
+                url: url.clone(),
+                read_connections: host
+                    .read_connections
+                    .unwrap_or(carnet_store::kv::pg::READERS_MAX),
+            }),
             None => Storage::File,
         }
     }
@@ -511,9 +537,15 @@ impl Config {
             },
             host_table = match (self.role, self.storage()) {
                 (ConfigRole::Site, _) => String::new(),
-                (ConfigRole::Host, Storage::Postgres(url)) => {
-                    format!("\n[host]\nstorage = {}\n", toml_string(&url))
-                }
+                (ConfigRole::Host, Storage::Postgres(pg)) => format!(
+                    "\n[host]\nstorage = {}\n# Snapshots open at once, each on a connection of its own (default {}).\n{}\n",
+                    toml_string(&pg.url),
+                    carnet_store::kv::pg::READERS_MAX,
+                    match self.host.as_ref().and_then(|h| h.read_connections) {
+                        Some(n) => format!("read_connections = {n}"),
+                        None => format!("# read_connections = {}", carnet_store::kv::pg::READERS_MAX),
+                    }
+                ),
                 (ConfigRole::Host, Storage::File) => "\n# Where the host's tables live: carnet.redb in the data folder unless set to a\n\
                      # PostgreSQL address (several host daemons may share one database).\n\
                      # [host]\n# storage = \"postgres://carnet@db.example:5432/carnet\"\n"
@@ -585,14 +617,26 @@ mod tests {
         // With the host's tables in PostgreSQL (an address with a quote survives).
         host.host = Some(HostSettings {
             storage: Some("postgres://carnet@db.example:5432/car\"net".into()),
+            read_connections: None,
         });
         let text = host.to_commented_toml();
         let read = toml::from_str::<Config>(&text).expect("parse");
         assert_eq!(read, host);
         assert_eq!(
             read.storage(),
-            Storage::Postgres("postgres://carnet@db.example:5432/car\"net".into())
+            Storage::postgres("postgres://carnet@db.example:5432/car\"net")
         );
+        // The bound on read connections, when set, goes with it.
+        host.host = Some(HostSettings {
+            storage: Some("postgres://db/carnet".into()),
+            read_connections: Some(12),
+        });
+        let read = toml::from_str::<Config>(&host.to_commented_toml()).expect("parse");
+        assert_eq!(read, host);
+        let Storage::Postgres(pg) = read.storage() else {
+            panic!("PostgreSQL")
+        };
+        assert_eq!(pg.read_connections, 12);
         assert_eq!(site().storage(), Storage::File);
         assert_eq!(site().inbox_dir(Path::new("/d")), Path::new("/d/inbox"));
     }
@@ -794,6 +838,14 @@ mod tests {
         check(
             "role = \"site\"\nhost_address = \"127.0.0.1:1\"\nsync_every = 0\n",
             "sync_every",
+        );
+        check(
+            "role = \"host\"\nlisten = \"127.0.0.1:1\"\n[host]\nread_connections = 4\n",
+            "goes with storage",
+        );
+        check(
+            "role = \"host\"\nlisten = \"127.0.0.1:1\"\n[host]\nstorage = \"postgres://db/c\"\nread_connections = 0\n",
+            "between 1 and 1024",
         );
         check(
             "role = \"site\"\nhost_address = \"127.0.0.1:1\"\nlog_format = \"xml\"\n",

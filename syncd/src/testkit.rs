@@ -30,7 +30,7 @@ fn storage_for(role: Role) -> carnet_store::replica::Storage {
     if role == Role::Host
         && std::env::var(carnet_store::replica::HOST_STORAGE_ENV).as_deref() == Ok("postgres")
     {
-        return carnet_store::replica::Storage::Postgres(carnet_testpg::database());
+        return carnet_store::replica::Storage::postgres(carnet_testpg::database());
     }
     let _ = role;
     carnet_store::replica::Storage::File

@@ -329,7 +329,12 @@ impl PgStore {
     /// Connects to the database of `url` (`postgres://user@host:port/db`, or libpq's
     /// `key=value` form), checks its schema and migrates an older one.
     pub fn open(url: &str) -> Result<PgStore> {
-        Self::open_bounded(url, READERS_MAX, READ_WAIT)
+        Self::open_with(url, READERS_MAX)
+    }
+
+    /// `open`, with at most `readers_max` snapshots at once (at least one).
+    pub fn open_with(url: &str, readers_max: usize) -> Result<PgStore> {
+        Self::open_bounded(url, readers_max.max(1), READ_WAIT)
     }
 
     /// `open`, with at most `readers_max` snapshots at once, one more waiting `read_wait`.

@@ -114,7 +114,7 @@ impl Replica {
         clock: Clock,
         cache_mib: usize,
     ) -> Result<Replica> {
-        let Storage::Postgres(url) = storage else {
+        let Storage::Postgres(pg) = storage else {
             return Err(Error::invalid(
                 "only a host whose tables are in PostgreSQL runs several daemons: set [host] storage in carnet.toml",
             ));
@@ -135,7 +135,7 @@ impl Replica {
             )));
         }
         crate::files::private_dir(dir)?;
-        let db = Database::Pg(crate::kv::pg::PgStore::open(url)?);
+        let db = Database::Pg(crate::kv::pg::PgStore::open(&pg.url)?);
         let number = retry_conflicts(|| claim_number(&db, clock()))?;
         drop(db);
         let written = [dir.join(DAEMON_FILE), dir.join(POSTGRES_MARK)];

@@ -116,10 +116,29 @@ pub const DEFAULT_CACHE_MIB: usize = 64;
 pub enum Storage {
     /// `carnet.redb` in the data folder (every site; the host by default).
     File,
-    /// A PostgreSQL database, by its address (`postgres://user@host:port/db`): the host only
-    /// (`[host] storage` in `carnet.toml`). The data folder keeps the key, the trace journal
-    /// and `POSTGRES_MARK`.
-    Postgres(String),
+    /// A PostgreSQL database (`[host] storage` in `carnet.toml`): the host only. The data
+    /// folder keeps the key, the trace journal and `POSTGRES_MARK`.
+    Postgres(Postgres),
+}
+
+impl Storage {
+    /// The PostgreSQL database at `url`, with the default bound on read connections.
+    pub fn postgres(url: impl Into<String>) -> Storage {
+        Storage::Postgres(Postgres {
+            url: url.into(),
+            read_connections: crate::kv::pg::READERS_MAX,
+        })
+    }
+}
+
+/// A PostgreSQL database holding the host's tables, and how much of it this process may take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Postgres {
+    /// `postgres://user@host:port/db` (may carry a password: never said in an error).
+    pub url: String,
+    /// Snapshots this process keeps open at once, each on a connection of its own
+    /// (`[host] read_connections`; the write transaction takes one more).
+    pub read_connections: usize,
 }
 
 /// Tests only: `postgres` makes the test suites' hosts keep their tables in PostgreSQL (the
@@ -467,7 +486,7 @@ impl Replica {
         opts: InitOptions,
         clock: Clock,
     ) -> Result<Replica> {
-        let Storage::Postgres(url) = storage else {
+        let Storage::Postgres(pg) = storage else {
             return Self::init(dir, opts, clock);
         };
         if opts.role != Role::Host {
@@ -480,7 +499,7 @@ impl Replica {
             .map(|f| dir.join(f))
             .filter(|p| !p.exists())
             .collect();
-        Self::create(dir, Place::Postgres(url), opts, clock).inspect_err(|_| remove_created(&fresh))
+        Self::create(dir, Place::Postgres(pg), opts, clock).inspect_err(|_| remove_created(&fresh))
     }
 
     /// `init` with the database on `backend` and the trace journal on `journal` (simulated
@@ -533,8 +552,8 @@ impl Replica {
         let occupied = match place {
             Place::Backend(handle) => handle().0.len()? > 0,
             Place::File => db_path.exists(),
-            Place::Postgres(url) => {
-                let db = Database::Pg(crate::kv::pg::PgStore::open(url)?);
+            Place::Postgres(pg) => {
+                let db = Database::Pg(crate::kv::pg::PgStore::open(&pg.url)?);
                 let txn = db.begin_read()?;
                 !crate::kv::ReadableTableMetadata::is_empty(&txn.open_table(META)?)?
             }
@@ -604,9 +623,9 @@ impl Replica {
         let store = match place {
             Place::Backend(handle) => DbStore::Backend(handle().0),
             Place::File => DbStore::File(db_path.clone()),
-            Place::Postgres(url) => {
+            Place::Postgres(pg) => {
                 write_postgres_mark(dir)?;
-                DbStore::Postgres(url.to_owned())
+                DbStore::Postgres(pg.clone())
             }
         };
         let (db, _) = open_database(store, true, DEFAULT_CACHE_MIB)?;
@@ -671,9 +690,9 @@ impl Replica {
                 )
             }
             Place::File => Replica::open(dir, &opts.key, clock),
-            Place::Postgres(url) => Self::open_in(
+            Place::Postgres(pg) => Self::open_in(
                 dir,
-                DbStore::Postgres(url.to_owned()),
+                DbStore::Postgres(pg.clone()),
                 None,
                 &opts.key,
                 clock,
@@ -721,7 +740,7 @@ impl Replica {
     ) -> Result<Replica> {
         match storage {
             Storage::File => Self::open_with_cache(dir, source, clock, cache_mib),
-            Storage::Postgres(url) => {
+            Storage::Postgres(pg) => {
                 if !dir.join(KEY_FILE).exists() && matches!(source, KeySource::File) {
                     return Err(Error::not_found(format!(
                         "no replica in {}: run `carnet init` first, or point --data at the right folder",
@@ -730,7 +749,7 @@ impl Replica {
                 }
                 Self::open_in(
                     dir,
-                    DbStore::Postgres(url.clone()),
+                    DbStore::Postgres(pg.clone()),
                     None,
                     source,
                     clock,
@@ -2233,8 +2252,8 @@ enum DbStore {
     File(PathBuf),
     /// Any redb backend (a simulated disk).
     Backend(Box<dyn StorageBackend>),
-    /// A PostgreSQL database, by its address.
-    Postgres(String),
+    /// A PostgreSQL database.
+    Postgres(Postgres),
 }
 
 /// Where `create` makes a replica.
@@ -2244,8 +2263,8 @@ enum Place<'a> {
     File,
     /// New handles of simulated disks, each time they are needed.
     Backend(&'a dyn Fn() -> Backends),
-    /// A PostgreSQL database, by its address.
-    Postgres(&'a str),
+    /// A PostgreSQL database.
+    Postgres(&'a Postgres),
 }
 
 impl DbStore {
@@ -2265,8 +2284,9 @@ fn open_database(
     cache_mib: usize,
 ) -> std::result::Result<(Database, backend::Durability), redb::DatabaseError> {
     let file: Box<dyn StorageBackend> = match store {
-        DbStore::Postgres(url) => {
-            let db = crate::kv::pg::PgStore::open(&url).map_err(redb::DatabaseError::Storage)?;
+        DbStore::Postgres(pg) => {
+            let db = crate::kv::pg::PgStore::open_with(&pg.url, pg.read_connections)
+                .map_err(redb::DatabaseError::Storage)?;
             return Ok((Database::Pg(db), backend::Durability::immediate()));
         }
         DbStore::File(path) => {

@@ -6194,7 +6194,7 @@ fn open_raw(path: impl AsRef<std::path::Path>) -> Database {
 fn test_storage(dir: &std::path::Path, role: Role) -> Storage {
     match std::env::var(HOST_STORAGE_ENV).as_deref() {
         Ok("postgres") if role == Role::Host => {
-            let storage = Storage::Postgres(carnet_testpg::database());
+            let storage = Storage::postgres(carnet_testpg::database());
             databases().insert(dir.to_owned(), storage.clone());
             storage
         }
@@ -6253,7 +6253,7 @@ fn pg_rows(url: &str, table: crate::kv::TableDefinition<&[u8], &[u8]>) -> Vec<(V
 #[test]
 fn a_host_on_postgres_serves_a_site_and_a_row_put_back_is_refused() {
     let url = carnet_testpg::database();
-    let storage = Storage::Postgres(url.clone());
+    let storage = Storage::postgres(url.clone());
     let hd = TempDir::new().expect("tmp");
     let host = Replica::init_on(hd.path(), &storage, host_options(), clock()).expect("init");
     assert!(
@@ -6311,7 +6311,7 @@ fn a_host_on_postgres_serves_a_site_and_a_row_put_back_is_refused() {
 #[test]
 fn postgres_storage_is_the_hosts_and_its_folder_says_so() {
     let url = carnet_testpg::database();
-    let storage = Storage::Postgres(url.clone());
+    let storage = Storage::postgres(url.clone());
     let sd = TempDir::new().expect("tmp");
     let site = InitOptions {
         role: Role::Site,
@@ -6347,7 +6347,7 @@ fn postgres_storage_is_the_hosts_and_its_folder_says_so() {
 #[test]
 fn two_host_daemons_share_one_database() {
     let url = carnet_testpg::database();
-    let storage = Storage::Postgres(url.clone());
+    let storage = Storage::postgres(url.clone());
     let hd = TempDir::new().expect("tmp");
     let first = Replica::init_on(hd.path(), &storage, host_options(), clock()).expect("init");
     let (hd, first, _sd, site) = serving_a_site(hd, first);
