@@ -62,9 +62,8 @@ fn host_addresses(site: &Carnet, addresses: &[&str]) {
     std::fs::write(&path, rewritten).expect("write carnet.toml");
 }
 
-/// Bytes of bodies the host has received in part, in the database at `url`.
-fn partial_bytes(url: &str) -> u64 {
-    let db = Database::Pg(carnet_store::kv::pg::PgStore::open(url).expect("open"));
+/// Bytes of bodies the host has received in part, in `db`.
+fn partial_bytes(db: &Database) -> u64 {
     let txn = db.begin_read().expect("read");
     let table = txn.open_table(PARTIAL_PROGRESS).expect("table");
     if table.is_empty().expect("len") {
@@ -142,15 +141,17 @@ fn two_host_daemons_serve_three_sites_and_a_kill_loses_nothing() {
     // A body large enough that the first daemon is killed while it arrives.
     let big_body: Vec<u8> = (0..24 << 20).map(|i: u32| (i % 251) as u8).collect();
     let big = sites[2].add_doc(&ins, DOCTOR, "10", "11488-4", "Imagerie", &big_body);
+    // Each look is a snapshot of the database: a round trip that paces the wait.
+    let db = Database::Pg(carnet_store::kv::pg::PgStore::open(&url).expect("open"));
     std::thread::scope(|scope| {
         let pushing = scope.spawn(|| sites[2].run(&["--json", "sync", "now"]));
         let deadline = Instant::now() + Duration::from_secs(60);
-        while partial_bytes(&url) == 0 {
+        while partial_bytes(&db) == 0 {
             assert!(
                 Instant::now() < deadline && !pushing.is_finished(),
                 "the body never began to arrive"
             );
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::yield_now();
         }
         first_daemon.0.kill().expect("kill -9 the first daemon");
         let _ = first_daemon.0.wait();
