@@ -310,10 +310,21 @@ fn mib(bytes: u64) -> String {
     }
 }
 
-/// Only the initial sync of 10,000 documents, for profiling it alone.
+/// Only the initial sync of 10,000 documents, for profiling it alone (`--storage postgres`:
+/// the host's tables in a PostgreSQL server of this run's own).
 pub fn initial_only() -> Res<()> {
+    let storage = match std::env::args().skip(2).collect::<Vec<_>>().as_slice() {
+        [] => Storage::File,
+        [flag, name] if flag == "--storage" && name == "redb" => Storage::File,
+        [flag, name] if flag == "--storage" && name == "postgres" => {
+            Storage::postgres(carnet_testpg::durable_database())
+        }
+        other => {
+            return Err(format!("sync-initial [--storage redb|postgres], not {other:?}").into());
+        }
+    };
     let tmp = crate::tmp::tempdir()?;
-    let p = pair(&tmp.path().join("p10k"), &Storage::File)?;
+    let p = pair(&tmp.path().join("p10k"), &storage)?;
     p.write(10_000, 1)?;
     let (host_cpu, site_cpu) = (p.host.cpu_seconds(), crate::cpu_seconds());
     let (initial, report, peak) = p.sync()?;

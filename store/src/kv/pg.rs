@@ -19,6 +19,11 @@
 //!   processes are serialised with it by the database, and one that would break that order
 //!   fails (SQLSTATE 40001, `is_serialization_failure`): nothing of it is kept, and the caller
 //!   may run it again.
+//! - A write transaction is a few round trips, not one per row: it remembers the rows it read
+//!   and wrote (`WriteSet`), answers them again without asking, and sends the rows written
+//!   without reading what they replace (`put`, `delete`) in one statement, before any read of
+//!   several keys and before its commit. What it answers is what the database would: its
+//!   snapshot and its own writes.
 //! - A transaction dropped without its commit is rolled back before its connection is used
 //!   again; a connection whose rollback failed is closed, not reused.
 //! - The schema's version is checked (and older schemas migrated, in order, in one
@@ -31,7 +36,7 @@
 //!   a reader waiting to write never keeps the writer from a connection. So this process holds
 //!   at most `READERS_MAX + 1` connections in use, and `IDLE_MAX` idle.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io;
 use std::marker::PhantomData;
 use std::ops::Bound;
@@ -69,6 +74,12 @@ pub const READERS_MAX: usize = 32;
 const READ_WAIT: Duration = Duration::from_secs(30);
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes of rows written a write transaction keeps before sending them (see `WriteSet`).
+const WRITE_SET_MAX: usize = 4 << 20;
+/// Bytes of rows read a write transaction remembers; beyond, it forgets them all.
+const READ_SET_MAX: usize = 8 << 20;
+/// Rows larger than this are not remembered once written (bodies' chunks are read once).
+const REMEMBER_MAX: usize = 64 << 10;
 /// How many times a start-up (schema check or migration) is tried when another process
 /// starting at the same time makes it fail.
 const STARTUP_TRIES: u32 = 5;
@@ -78,8 +89,16 @@ const PUT: &str = "WITH old AS (SELECT v FROM carnet_kv WHERE tbl = $1 AND k = $
      up AS (INSERT INTO carnet_kv (tbl, k, v) VALUES ($1, $2, $3) \
             ON CONFLICT (tbl, k) DO UPDATE SET v = excluded.v RETURNING 1) \
      SELECT v FROM old";
+const GET_MANY: &str = "SELECT k, v FROM carnet_kv WHERE tbl = $1 AND k = ANY($2)";
 const DELETE: &str = "DELETE FROM carnet_kv WHERE tbl = $1 AND k = $2 RETURNING v";
 const DELETE_MANY: &str = "DELETE FROM carnet_kv WHERE tbl = $1 AND k = ANY($2)";
+/// The write set's rows written, in one statement (arrays of the same length).
+const PUT_ALL: &str = "INSERT INTO carnet_kv (tbl, k, v) \
+     SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[]) \
+     ON CONFLICT (tbl, k) DO UPDATE SET v = excluded.v";
+/// The write set's rows removed, in one statement.
+const DELETE_ALL: &str = "DELETE FROM carnet_kv WHERE (tbl, k) IN \
+     (SELECT * FROM unnest($1::text[], $2::bytea[]))";
 const COUNT: &str = "SELECT count(*) FROM carnet_kv WHERE tbl = $1";
 
 /// A PostgreSQL failure, as the storage error the replica handles.
@@ -460,8 +479,10 @@ impl PgStore {
         };
         let conn = self.shared.checkout()?;
         conn.batch("begin", "BEGIN ISOLATION LEVEL SERIALIZABLE")?;
+        let mut source = Source::new(&self.shared, conn);
+        source.rows = Some(Mutex::new(WriteSet::default()));
         Ok(PgWrite {
-            source: Arc::new(Source::new(&self.shared, conn)),
+            source: Arc::new(source),
             _permit: permit,
         })
     }
@@ -494,6 +515,8 @@ pub struct Source {
     ended: Mutex<bool>,
     /// A snapshot's place (`READERS_MAX`), given back after its connection.
     slot: Option<ReaderSlot>,
+    /// A write transaction's rows read and written (`None` in a snapshot).
+    rows: Option<Mutex<WriteSet>>,
 }
 
 impl Source {
@@ -503,7 +526,23 @@ impl Source {
             conn: Some(conn),
             ended: Mutex::new(false),
             slot: None,
+            rows: None,
         }
+    }
+
+    fn rows(&self) -> Option<MutexGuard<'_, WriteSet>> {
+        self.rows
+            .as_ref()
+            .map(|rows| rows.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Sends the rows written and not sent yet: before a statement that reads more than one
+    /// key, and at the commit.
+    fn flush(&self) -> Result {
+        let Some(mut rows) = self.rows() else {
+            return Ok(());
+        };
+        rows.flush(self.conn()?)
     }
 
     fn conn(&self) -> Result<&Conn> {
@@ -535,6 +574,159 @@ impl Drop for Source {
     }
 }
 
+/// What a write transaction knows of the rows it read and wrote, so that a row is a round
+/// trip to the database at most once per transaction, and rows written without reading what
+/// they replace (`PgTable::put`, `delete`) go in one statement with others.
+///
+/// Invariants: a row `dirty` is written here and not yet in the database; every other row
+/// known holds what the database holds for this transaction (its snapshot and its own
+/// writes: nothing else writes inside a transaction). The dirty rows are sent before any
+/// statement that reads more than one key (ranges, counts, `retain`), and before the commit.
+/// Known rows are forgotten, never wrong: the clean ones all at once when they outgrow
+/// `READ_SET_MAX`.
+#[derive(Default)]
+struct WriteSet {
+    rows: BTreeMap<(Arc<str>, Vec<u8>), Known>,
+    /// Rows dirty, and the bytes of their keys and values.
+    dirty: usize,
+    dirty_bytes: usize,
+    /// Bytes of the keys and values of the clean rows.
+    clean_bytes: usize,
+}
+
+/// A row's value as this transaction sees it (`None`: no row).
+struct Known {
+    value: Option<Vec<u8>>,
+    dirty: bool,
+}
+
+/// The bytes a row takes here.
+fn size(key: &[u8], value: &Option<Vec<u8>>) -> usize {
+    key.len() + value.as_ref().map_or(0, Vec::len)
+}
+
+impl WriteSet {
+    /// The value of `key` if this transaction knows it (`Some(None)`: known absent).
+    fn known(&self, table: &Arc<str>, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        self.rows
+            .get(&(table.clone(), key.to_vec()))
+            .map(|known| known.value.clone())
+    }
+
+    /// Takes `row` out of the accounts; answers what it was.
+    fn take(&mut self, row: &(Arc<str>, Vec<u8>)) -> Option<Known> {
+        let old = self.rows.remove(row)?;
+        let bytes = size(&row.1, &old.value);
+        if old.dirty {
+            self.dirty -= 1;
+            self.dirty_bytes -= bytes;
+        } else {
+            self.clean_bytes -= bytes;
+        }
+        Some(old)
+    }
+
+    /// Remembers what the database answered (or now holds) for `key`.
+    fn remember(&mut self, table: &Arc<str>, key: Vec<u8>, value: Option<Vec<u8>>) {
+        let row = (table.clone(), key);
+        if self.rows.get(&row).is_some_and(|known| known.dirty) {
+            // Not sent yet: what the database answered is older than what is to be written.
+            return;
+        }
+        self.take(&row);
+        let bytes = size(&row.1, &value);
+        if bytes > REMEMBER_MAX {
+            return;
+        }
+        self.rows.insert(
+            row,
+            Known {
+                value,
+                dirty: false,
+            },
+        );
+        self.clean_bytes += bytes;
+        if self.clean_bytes > READ_SET_MAX {
+            self.forget_clean();
+        }
+    }
+
+    fn forget_clean(&mut self) {
+        self.rows.retain(|_, known| known.dirty);
+        self.clean_bytes = 0;
+    }
+
+    /// Writes `value` at `key` (`None` removes it) here; sends the dirty rows once they
+    /// outgrow `WRITE_SET_MAX`.
+    fn stage(
+        &mut self,
+        table: &Arc<str>,
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+        conn: &Conn,
+    ) -> Result {
+        let row = (table.clone(), key);
+        self.take(&row);
+        self.dirty += 1;
+        self.dirty_bytes += size(&row.1, &value);
+        self.rows.insert(row, Known { value, dirty: true });
+        if self.dirty_bytes > WRITE_SET_MAX {
+            self.flush(conn)?;
+        }
+        Ok(())
+    }
+
+    /// Sends the dirty rows: one statement for those written, one for those removed. Rows
+    /// larger than `REMEMBER_MAX` are forgotten once sent.
+    fn flush(&mut self, conn: &Conn) -> Result {
+        if self.dirty == 0 {
+            return Ok(());
+        }
+        let (mut put_tables, mut put_keys, mut put_values) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut gone_tables, mut gone_keys) = (Vec::new(), Vec::new());
+        for ((table, key), known) in &self.rows {
+            match (&known.value, known.dirty) {
+                (_, false) => {}
+                (Some(value), true) => {
+                    put_tables.push(&**table);
+                    put_keys.push(key.as_slice());
+                    put_values.push(value.as_slice());
+                }
+                (None, true) => {
+                    gone_tables.push(&**table);
+                    gone_keys.push(key.as_slice());
+                }
+            }
+        }
+        if !put_keys.is_empty() {
+            conn.execute("write", PUT_ALL, &[&put_tables, &put_keys, &put_values])?;
+        }
+        if !gone_keys.is_empty() {
+            conn.execute("write", DELETE_ALL, &[&gone_tables, &gone_keys])?;
+        }
+        let mut clean_bytes = self.clean_bytes;
+        self.rows.retain(|(_, key), known| {
+            if !known.dirty {
+                return true;
+            }
+            known.dirty = false;
+            let bytes = size(key, &known.value);
+            clean_bytes += bytes;
+            bytes <= REMEMBER_MAX || {
+                clean_bytes -= bytes;
+                false
+            }
+        });
+        self.dirty = 0;
+        self.dirty_bytes = 0;
+        self.clean_bytes = clean_bytes;
+        if self.clean_bytes > READ_SET_MAX {
+            self.forget_clean();
+        }
+        Ok(())
+    }
+}
+
 /// A read snapshot (`REPEATABLE READ READ ONLY`).
 #[allow(missing_debug_implementations)] // holds a connection: nothing to print
 pub struct PgRead {
@@ -561,6 +753,7 @@ impl PgWrite {
 
     /// Commits: a serialisation failure (`is_serialization_failure`) keeps nothing.
     pub fn commit(self) -> Result {
+        self.source.flush()?;
         self.source.end("COMMIT")
     }
 
@@ -588,30 +781,109 @@ impl<'t, K: Ordered, V: Value + 'static> PgTable<'t, K, V> {
     }
 
     pub(super) fn get(&self, key: Vec<u8>) -> Result<Option<Vec<u8>>> {
+        if let Some(known) = self
+            .source
+            .rows()
+            .and_then(|rows| rows.known(&self.name, &key))
+        {
+            return Ok(known);
+        }
         let rows = self
             .source
             .conn()?
             .query("get", GET, &[&&*self.name, &key])?;
-        Ok(rows.first().map(|row| row.get(0)))
+        let value: Option<Vec<u8>> = rows.first().map(|row| row.get(0));
+        if let Some(mut rows) = self.source.rows() {
+            rows.remember(&self.name, key, value.clone());
+        }
+        Ok(value)
+    }
+
+    /// Reads `keys` in one statement into the write transaction's known rows (those it knows
+    /// already are not read again); nothing in a snapshot.
+    pub(super) fn prefetch(&self, keys: Vec<Vec<u8>>) -> Result {
+        let keys: Vec<Vec<u8>> = match self.source.rows() {
+            Some(rows) => keys
+                .into_iter()
+                .filter(|key| rows.known(&self.name, key).is_none())
+                .collect(),
+            None => return Ok(()),
+        };
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let found = self
+            .source
+            .conn()?
+            .query("prefetch", GET_MANY, &[&&*self.name, &keys])?;
+        let mut found: HashMap<Vec<u8>, Vec<u8>> = found
+            .into_iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect();
+        if let Some(mut rows) = self.source.rows() {
+            for key in keys {
+                let value = found.remove(&key);
+                rows.remember(&self.name, key, value);
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn insert(&mut self, key: Vec<u8>, value: &[u8]) -> Result<Option<Vec<u8>>> {
+        if let Some(mut rows) = self.source.rows()
+            && let Some(old) = rows.known(&self.name, &key)
+        {
+            rows.stage(&self.name, key, Some(value.to_vec()), self.source.conn()?)?;
+            return Ok(old);
+        }
         let rows = self
             .source
             .conn()?
             .query("insert", PUT, &[&&*self.name, &key, &value])?;
-        Ok(rows.first().map(|row| row.get(0)))
+        let old = rows.first().map(|row| row.get(0));
+        if let Some(mut rows) = self.source.rows() {
+            rows.remember(&self.name, key, Some(value.to_vec()));
+        }
+        Ok(old)
+    }
+
+    /// Writes `value` at `key` without reading what it replaces: in a write transaction, kept
+    /// in its write set and sent with others.
+    pub(super) fn put(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result {
+        match self.source.rows() {
+            Some(mut rows) => rows.stage(&self.name, key, Some(value), self.source.conn()?),
+            None => Err(failure("insert", "a read snapshot does not write")),
+        }
     }
 
     pub(super) fn remove(&mut self, key: Vec<u8>) -> Result<Option<Vec<u8>>> {
+        if let Some(mut rows) = self.source.rows()
+            && let Some(old) = rows.known(&self.name, &key)
+        {
+            rows.stage(&self.name, key, None, self.source.conn()?)?;
+            return Ok(old);
+        }
         let rows = self
             .source
             .conn()?
             .query("remove", DELETE, &[&&*self.name, &key])?;
-        Ok(rows.first().map(|row| row.get(0)))
+        let old = rows.first().map(|row| row.get(0));
+        if let Some(mut rows) = self.source.rows() {
+            rows.remember(&self.name, key, None);
+        }
+        Ok(old)
+    }
+
+    /// Removes `key` without reading what it held (see `put`).
+    pub(super) fn delete(&mut self, key: Vec<u8>) -> Result {
+        match self.source.rows() {
+            Some(mut rows) => rows.stage(&self.name, key, None, self.source.conn()?),
+            None => Err(failure("remove", "a read snapshot does not write")),
+        }
     }
 
     pub(super) fn len(&self) -> Result<u64> {
+        self.source.flush()?;
         let rows = self.source.conn()?.query("count", COUNT, &[&&*self.name])?;
         let count: i64 = rows.first().map(|row| row.get(0)).unwrap_or(0);
         Ok(u64::try_from(count).unwrap_or(0))
@@ -663,6 +935,11 @@ impl<'t, K: Ordered, V: Value + 'static> PgTable<'t, K, V> {
                 self.source
                     .conn()?
                     .execute("retain", DELETE_MANY, &[&&*self.name, &doomed])?;
+                if let Some(mut rows) = self.source.rows() {
+                    for key in doomed {
+                        rows.remember(&self.name, key, None);
+                    }
+                }
             }
         }
     }
@@ -681,6 +958,8 @@ fn page(
     descending: bool,
     limit: i64,
 ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    // The rows written and not sent yet are in the database before it is read in key order.
+    source.flush()?;
     let mut sql = String::from("SELECT k, v FROM carnet_kv WHERE tbl = $1");
     let mut params: Vec<&(dyn ToSql + Sync)> = vec![&name];
     let lower = match &bounds.0 {

@@ -396,7 +396,7 @@ impl Replica {
             sealed,
         })?;
         let stored = self.stored_id(&meta.facts.id);
-        docs.insert(&stored, row.as_slice())?;
+        let replaced = docs.insert(&stored, row.as_slice())?;
         // Successors only grow: a document with fewer than two was never in the index.
         let state = meta.state();
         if state.has_replacement_conflict() {
@@ -409,7 +409,9 @@ impl Replica {
             let mut hidden = self.digested(docs.txn(), HIDDEN_DOCS)?;
             if state.flags.invisible_patient {
                 hidden.insert(&stored, meta.facts.created_at)?;
-            } else {
+            } else if replaced {
+                // A document new here has no row in the queue: it leaves the queue with its
+                // metadata (`forget_document`), so only a stored one may be in it.
                 hidden.remove(&stored)?;
             }
         }
@@ -1051,7 +1053,7 @@ impl Replica {
             self.put_meta(&mut docs, &key, &stored.dossier, 1, &new)?;
         }
         self.put_body(&mut txn.open_table(BODIES)?, &key, &id, &doc.body)?;
-        txn.open_table(DOSSIER_DOCS)?.insert(
+        txn.open_table(DOSSIER_DOCS)?.put(
             dossier_doc_key(&stored.dossier, &self.stored_id(&id)).as_slice(),
             (),
         )?;

@@ -108,7 +108,7 @@ impl Replica {
             .keys
             .registry
             .seal(&site_log_aad(site, seq), &postcard::to_stdvec(item)?)?;
-        log.insert((site, seq), sealed.as_slice())?;
+        log.put((site, seq), sealed.as_slice())?;
         Ok(())
     }
 

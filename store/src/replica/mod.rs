@@ -1661,7 +1661,7 @@ impl Replica {
             {
                 let mut table = txn.open_table(AUDIT)?;
                 for r in &sealed.records {
-                    table.insert((origin, r.seq), stored_trace_row(r)?.as_slice())?;
+                    table.put((origin, r.seq), stored_trace_row(r)?.as_slice())?;
                 }
             }
             if let Some(last) = sealed.records.last() {
@@ -1761,7 +1761,7 @@ impl Replica {
         let origin = self.trace_origin().0;
         let mut table = txn.open_table(AUDIT)?;
         for r in chain.journaled() {
-            table.insert((origin, r.seq), stored_trace_row(r)?.as_slice())?;
+            table.put((origin, r.seq), stored_trace_row(r)?.as_slice())?;
         }
         for e in staged {
             out.seq += 1;
@@ -1769,7 +1769,7 @@ impl Replica {
                 .prepare_trace(e)?
                 .chain(self.keys.chain.expose(), out.seq, &out.prev);
             out.prev = r.hash;
-            table.insert((origin, out.seq), stored_trace_row(&r)?.as_slice())?;
+            table.put((origin, out.seq), stored_trace_row(&r)?.as_slice())?;
         }
         self.set_own_trace_head(txn, (out.seq, out.prev))?;
         if journaled || chain.stale_frame {

@@ -133,7 +133,7 @@ impl Replica {
                     hash: r.hash,
                     sealed: self.keys.audit.seal(&trace_aad(origin.0), &bytes)?,
                 };
-                table.insert((origin.0, r.seq), stored_trace_row(&row)?.as_slice())?;
+                table.put((origin.0, r.seq), stored_trace_row(&row)?.as_slice())?;
                 (seq, prev) = (r.seq, r.hash);
             }
         }

@@ -295,12 +295,12 @@ impl<K: crate::kv::Ordered, V: redb::Value + 'static> Digested<'_, K, V> {
         )
     }
 
-    /// Inserts (or replaces) a row.
+    /// Inserts (or replaces) a row; true if it replaced one.
     pub(super) fn insert<'k, 'v>(
         &mut self,
         k: impl std::borrow::Borrow<K::SelfType<'k>>,
         v: V::SelfType<'v>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let k = k.borrow();
         let added = self.hash(k, V::as_bytes(&v).as_ref());
         let old = self
@@ -310,7 +310,8 @@ impl<K: crate::kv::Ordered, V: redb::Value + 'static> Digested<'_, K, V> {
         let removed = old.map(|o| self.hash(k, &o));
         self.replica
             .pending_digests
-            .change(self.name, Some(added), removed)
+            .change(self.name, Some(added), removed)?;
+        Ok(removed.is_some())
     }
 
     /// Removes a row; true if there was one.

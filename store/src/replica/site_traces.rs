@@ -243,7 +243,7 @@ impl Replica {
                     hash: r.hash,
                     sealed,
                 })?;
-                table.insert((origin.0, r.seq), row.as_slice())?;
+                table.put((origin.0, r.seq), row.as_slice())?;
                 head = (r.seq, r.hash);
             }
         }

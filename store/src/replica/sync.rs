@@ -571,6 +571,14 @@ impl Replica {
         let mut last = mark_before;
         let mut outcomes = Vec::with_capacity(changes.len());
         let mut dossiers = ActiveDossiers::default();
+        // The stored rows of the batch's documents, read at once (on PostgreSQL one statement
+        // rather than one per document).
+        let stored: Vec<[u8; 16]> = changes
+            .iter()
+            .filter_map(|(_, change)| change.document())
+            .map(|meta| self.stored_id(&meta.facts.id))
+            .collect();
+        txn.open_table(DOCS)?.prefetch(&stored)?;
         for (seq, change) in changes {
             let seq = *seq;
             if seq <= last {
@@ -914,7 +922,7 @@ impl Replica {
                     None => {}
                 }
                 txn.open_table(DOSSIER_DOCS)?
-                    .insert(dossier_doc_key(&bi, &stored_id).as_slice(), ())?;
+                    .put(dossier_doc_key(&bi, &stored_id).as_slice(), ())?;
                 // The first document that arrives with a unique id is the one it names here.
                 if !super::is_own_unique_id(&id, &remote.facts.unique_id) {
                     let unique = self.unique_index(&bi, &remote.facts.unique_id);
