@@ -754,6 +754,7 @@ async fn ingest(service: &Service, inbox_dir: &std::path::Path) -> bool {
             tracing::info!(
                 stored = report.stored.len(),
                 duplicates = report.duplicates.len(),
+                tidied = report.tidied.len(),
                 rejected = report.rejected.len(),
                 waiting = report.waiting.len(),
                 "inbox"
