@@ -15,8 +15,9 @@
 //! crash at any point, or the same pair dropped twice, stores it once and loses nothing: the
 //! pair found again is known as stored and finished; a sidecar left alone by a crash between
 //! the two removals is recognised by its receipt and removed (`leftover`). Clear files an
-//! older version left in `done/` are finished the same way at each scan when the replica holds
-//! their document; the others stay and are reported (`InboxState::unclaimed`).
+//! older version left in `done/` are finished the same way when the replica holds their
+//! document (`tidy`, at the daemon's start and daily, which also removes receipts older than
+//! `RECEIPT_KEEP_MS`); the others stay and are reported (`InboxState::unclaimed`).
 //!
 //! Bad input never panics: it lands in `rejected/` (0700, its files 0600) with the reason and
 //! the fix that applies (`Refusal`); `retry` puts a pair back. A pair the replica cannot store
@@ -86,8 +87,8 @@ pub struct InboxReport {
     pub stored: Vec<(String, DocId)>,
     /// Pairs already stored earlier (same unique id), removed with a receipt in `done/`.
     pub duplicates: Vec<String>,
-    /// Files of pairs the replica holds, left by a crash or an older version (a sidecar in the
-    /// inbox whose receipt is in `done/`, a pair in clear in `done/`), removed now.
+    /// Sidecars of pairs the replica holds, left alone in the inbox by a crash (their receipt
+    /// is in `done/`), removed now.
     pub tidied: Vec<String>,
     /// Pairs refused, with the reason written beside them.
     pub rejected: Vec<(String, String)>,
@@ -161,17 +162,13 @@ fn is_temporary(name: &str) -> bool {
 }
 
 /// Processes every complete pair now in `inbox` (the scan at start-up, and the work done on
-/// each file-system event), and finishes what a crash or an older version left (`leftover`,
-/// `tidy_done`).
+/// each file-system event), and removes the sidecars a crash left alone (`leftover`). Reads
+/// the inbox, not `done/` (`tidy`).
 pub fn process(replica: &Replica, inbox: &Path) -> std::io::Result<InboxReport> {
     let mut report = InboxReport::default();
-    if replica
-        .restore_mark()
-        .map_err(std::io::Error::other)?
-        .is_some()
-    {
-        // Restored, not caught up: it records nothing yet, so pairs wait where they are (the
-        // daemon scans again after the first round).
+    if restored(replica)? {
+        // It records nothing yet, so pairs wait where they are (the daemon scans again after
+        // the first round).
         return Ok(report);
     }
     let mut names: Vec<String> = Vec::new();
@@ -260,8 +257,15 @@ pub fn process(replica: &Replica, inbox: &Path) -> std::io::Result<InboxReport> 
             }
         }
     }
-    tidy_done(replica, inbox, &mut report)?;
     Ok(report)
+}
+
+/// Whether the replica was restored from a backup and has not caught up with the host yet.
+fn restored(replica: &Replica) -> std::io::Result<bool> {
+    Ok(replica
+        .restore_mark()
+        .map_err(std::io::Error::other)?
+        .is_some())
 }
 
 enum Ingested {
@@ -368,7 +372,12 @@ fn storing_failed(
         E::Denied { .. } if !registered(replica, author) => Refusal::then_retry(
             format!("{e} (the author, {author}, is not registered at this replica)"),
             format!(
-                "register them here (`carnet pro add --rpps {author} --profession PROFESSION`), or correct `author_rpps` in the sidecar if it is wrong"
+                "register them here (`carnet pro add --rpps {author} --profession PROFESSION`{}), or correct `author_rpps` in the sidecar if it is wrong",
+                if at_site {
+                    "; the host takes what they file once it binds them to this site, `carnet pki bind` at the host"
+                } else {
+                    ""
+                }
             ),
         ),
         E::Denied { .. } => Refusal::sidecar(e.to_string(), "check `author_rpps` and `ins`; "),
@@ -601,29 +610,60 @@ fn file_names(dir: &Path) -> std::io::Result<Vec<String>> {
     Ok(names)
 }
 
-/// Finishes the pairs an older version moved whole into `done/`, in clear: each whose document
-/// the replica holds leaves a receipt and is removed. The others stay, reported
+/// How long a receipt stays in `done/`: time enough for the producer to see it and for a
+/// person to ask about a file; the trace keeps who filed what for good.
+pub const RECEIPT_KEEP_MS: Millis = 90 * 24 * 3600 * 1000;
+
+/// What `tidy` did in `done/`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Tidied {
+    /// Pairs an older version left there in clear, replaced by their receipt.
+    pub finished: Vec<String>,
+    /// Receipts older than `RECEIPT_KEEP_MS`, removed.
+    pub receipts_removed: usize,
+}
+
+/// Keeps `done/` as it should be for years (the daemon runs it at start and daily):
+/// finishes the pairs an older version moved whole into it, in clear — each whose document
+/// the replica holds leaves a receipt and is removed; the others stay, reported
 /// (`InboxState::unclaimed`): their document is not here (a dossier purged since, a replica
-/// restored from an older backup), and only a person can say what they are.
-fn tidy_done(replica: &Replica, inbox: &Path, report: &mut InboxReport) -> std::io::Result<()> {
+/// restored from an older backup), and only a person can say what they are — and removes the
+/// receipts older than `RECEIPT_KEEP_MS` by the replica's clock.
+pub fn tidy(replica: &Replica, inbox: &Path) -> std::io::Result<Tidied> {
+    let mut tidied = Tidied::default();
+    if restored(replica)? {
+        // It cannot tell what it holds until its first round.
+        return Ok(tidied);
+    }
     let done = inbox.join("done");
     let names = file_names(&done)?;
+    let regular = |n: &str| fs::symlink_metadata(done.join(n)).is_ok_and(|m| m.is_file());
     for sidecar_name in names.iter().filter(|n| n.ends_with(SIDECAR_SUFFIX)) {
         let doc_name = &sidecar_name[..sidecar_name.len() - SIDECAR_SUFFIX.len()];
         if doc_name.is_empty() || doc_name.starts_with('.') || !names.iter().any(|n| n == doc_name)
         {
             continue;
         }
-        let regular = |n: &str| fs::symlink_metadata(done.join(n)).is_ok_and(|m| m.is_file());
         if !regular(doc_name) || !regular(sidecar_name) {
             continue;
         }
         if let Some(id) = stored_as(replica, &done.join(sidecar_name)) {
             finish(inbox, &done, doc_name, &Receipt::new(&id, true, replica))?;
-            report.tidied.push(doc_name.to_string());
+            tidied.finished.push(doc_name.to_string());
         }
     }
-    Ok(())
+    let now = replica.now();
+    for name in names.iter().filter(|n| n.ends_with(RECEIPT_SUFFIX)) {
+        let path = done.join(name);
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.is_file() && now.saturating_sub(written_at(&meta)) >= RECEIPT_KEEP_MS {
+            fs::remove_file(&path)?;
+            tidied.receipts_removed += 1;
+        }
+    }
+    Ok(tidied)
 }
 
 /// What in an inbox needs a person, as `carnet inbox list` shows it.
@@ -1238,10 +1278,16 @@ mod tests {
             "synthetic gone",
             &sidecar("urn:test:gone"),
         );
-        let report = process(&r, inbox.path()).expect("scan");
-        let mut tidied = report.tidied.clone();
-        tidied.sort();
-        assert_eq!(tidied, vec!["old.txt", "old.txt.1"], "{report:?}");
+        assert_eq!(
+            process(&r, inbox.path()).expect("scan"),
+            InboxReport::default(),
+            "a scan reads the inbox only"
+        );
+        let tidied = tidy(&r, inbox.path()).expect("tidy");
+        let mut finished = tidied.finished.clone();
+        finished.sort();
+        assert_eq!(finished, vec!["old.txt", "old.txt.1"], "{tidied:?}");
+        assert_eq!(tidied.receipts_removed, 0);
         assert_eq!(documents(&r), 2, "nothing stored again");
         assert!(receipt(inbox.path(), "old.txt.1").already_stored);
         let left = state(inbox.path(), 0).expect("state").unclaimed;
@@ -1539,6 +1585,42 @@ mod tests {
         // The document arrives (renamed into place): the pair is complete now.
         fs::write(inbox.path().join("e.txt"), "late document").expect("doc");
         assert_eq!(process(&r, inbox.path()).expect("scan").stored.len(), 1);
+    }
+
+    /// Receipts go after `RECEIPT_KEEP_MS` by the replica's clock (here fixed), and not before.
+    #[test]
+    fn receipts_older_than_the_keeping_time_are_removed() {
+        let (data, inbox) = (
+            tempfile::tempdir().expect("tmp"),
+            tempfile::tempdir().expect("tmp"),
+        );
+        let r = replica(data.path());
+        drop_pair(inbox.path(), "a.txt", "x", &sidecar("urn:test:old"));
+        drop_pair(inbox.path(), "b.txt", "x", &sidecar("urn:test:new"));
+        assert_eq!(process(&r, inbox.path()).expect("scan").stored.len(), 2);
+        let now = r.now();
+        let written_ago = |name: &str, ms: Millis| {
+            let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis((now - ms) as u64);
+            fs::File::options()
+                .write(true)
+                .open(
+                    inbox
+                        .path()
+                        .join("done")
+                        .join(format!("{name}{RECEIPT_SUFFIX}")),
+                )
+                .expect("receipt")
+                .set_modified(at)
+                .expect("mtime");
+        };
+        written_ago("a.txt", RECEIPT_KEEP_MS);
+        written_ago("b.txt", RECEIPT_KEEP_MS - 1);
+        let tidied = tidy(&r, inbox.path()).expect("tidy");
+        assert_eq!(tidied.receipts_removed, 1, "{tidied:?}");
+        assert_eq!(
+            listing(&inbox.path().join("done")),
+            vec![format!("b.txt{RECEIPT_SUFFIX}")]
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::fs;
 use std::time::{Duration, SystemTime};
 
-use crate::daemon::{enrolled_site, free_port, start_daemon, sync_until_ok, wait_for_socket};
+use crate::daemon::{enrolled_site, free_port, start_daemon, stop, sync_until_ok, wait_for_socket};
 use crate::service::wait_for_status;
 use crate::support::*;
 
@@ -146,7 +146,8 @@ fn sync_status_reports_files_alone_past_the_grace_period() {
 
 /// Through a running daemon: a pair whose author is not registered here is refused with the
 /// fix (`carnet pro add …`, then `carnet inbox retry NAME`); following it stores the document,
-/// and only its receipt stays: nothing in clear in the inbox.
+/// and only its receipt stays: nothing in clear in the inbox. A pair an older version left in
+/// clear in `done/` becomes its receipt when the daemon starts.
 #[test]
 fn a_refusals_fix_followed_through_the_daemon_stores_the_pair() {
     let address = format!("127.0.0.1:{}", free_port());
@@ -157,7 +158,7 @@ fn a_refusals_fix_followed_through_the_daemon_stores_the_pair() {
     let site = enrolled_site(&host, &address, &[DOCTOR]);
     site.pro(DOCTOR, "medecin");
     let _host_daemon = start_daemon(&host);
-    let _site_daemon = start_daemon(&site);
+    let mut site_daemon = start_daemon(&site);
     wait_for_socket(&site);
     sync_until_ok(&site, Duration::from_secs(20));
     let inbox = site.data.join("inbox");
@@ -217,4 +218,24 @@ fn a_refusals_fix_followed_through_the_daemon_stores_the_pair() {
             );
         }
     }
+
+    // What an older version left: the pair itself, in done/.
+    assert_eq!(stop(&mut site_daemon), Some(0));
+    fs::write(inbox.join("done/old.txt"), body).expect("doc");
+    fs::write(inbox.join("done/old.txt.carnet.json"), &sidecar).expect("sidecar");
+    let _site_daemon = start_daemon(&site);
+    wait_for_socket(&site);
+    let receipt = inbox.join("done/old.txt.receipt.json");
+    let left = inbox.join("done/old.txt.carnet.json");
+    wait_for_status(&site, Duration::from_secs(20), "done/ tidied", |_| {
+        receipt.exists() && !left.exists()
+    });
+    assert_eq!(
+        names(&inbox.join("done")),
+        vec!["cr.txt.receipt.json", "old.txt.receipt.json"]
+    );
+    let receipt: serde_json::Value =
+        serde_json::from_slice(&fs::read(&receipt).expect("receipt")).expect("json");
+    assert_eq!(receipt["document"], id, "{receipt}");
+    assert_eq!(receipt["already_stored"], true, "{receipt}");
 }
