@@ -89,6 +89,10 @@ pub enum Command {
     /// author), send them again into an open dossier.
     #[command(subcommand)]
     Quarantine(QuarantineCmd),
+    /// Site: the inbox's files that need a person: refused pairs (why, and the fix), files
+    /// without the other half of their pair for 10 minutes, files left in clear in done/.
+    #[command(subcommand)]
+    Inbox(InboxCmd),
     /// Host: every enrolled site as the host's daemon sees it — connected, last contact, how far
     /// behind, lease, quarantine, pending requests, version, last error.
     Sites {
@@ -213,6 +217,24 @@ pub enum QuarantineCmd {
         /// Its author (RPPS), who files it again.
         #[arg(long = "as")]
         actor: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InboxCmd {
+    /// Each refused file in rejected/ with why and what to do now; then the files waiting
+    /// for the other half of their pair for 10 minutes or more, and the files in clear an
+    /// older version left in done/.
+    #[command(after_long_help = examples::INBOX_LIST)]
+    List,
+    /// Move a refused file (and its sidecar) from rejected/ back into the inbox, to be tried
+    /// again: after the fix its error file names (a professional registered, a dossier
+    /// brought here, the sidecar corrected in rejected/). The daemon takes it at once; without
+    /// a daemon, at its next start.
+    #[command(after_long_help = examples::INBOX_RETRY)]
+    Retry {
+        /// The file's name in rejected/, as `carnet inbox list` shows it.
+        name: String,
     },
 }
 
@@ -952,6 +974,16 @@ A large body shows a progress bar on a terminal (not with --json, nor when stder
     pub const SYNC_STATUS: &str = "Examples:
   carnet sync status
   carnet sync status --json";
+
+    pub const INBOX_LIST: &str = "Examples:
+  carnet inbox list
+  carnet inbox list --json";
+
+    pub const INBOX_RETRY: &str = "Examples:
+  # After the fix its error file names (here `carnet pro add …`: the author was not registered):
+  carnet inbox retry cr-consultation.pdf
+  # A name with spaces, quoted:
+  carnet inbox retry \"CR du 3 mars.pdf\"";
 
     pub const BACKUP: &str = "Examples:
   carnet backup -o /var/backups/carnet/clinic.backup";

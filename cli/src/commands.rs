@@ -341,6 +341,7 @@ pub fn run(cli: &Cli) -> Result<Reply> {
         Command::Requests => requests(cli),
         Command::Conflicts(ConflictsCmd::List { dossier }) => conflicts(cli, dossier.as_deref()),
         Command::Quarantine(c) => quarantine(cli, c),
+        Command::Inbox(c) => inbox(cli, c),
         Command::Notifications(NotificationsCmd::List { dossier }) => {
             notifications(cli, dossier.as_deref())
         }
@@ -860,6 +861,18 @@ fn sync(cli: &Cli, c: &SyncCmd) -> Result<Reply> {
                     format_rfc3339(*at)
                 );
             }
+            if let Some(i) = &s.inbox {
+                if i.rejected > 0 {
+                    human += &format!(
+                        "\ninbox: {} refused file(s) in rejected/ (`carnet inbox list` says why, and what to do)",
+                        i.rejected
+                    );
+                }
+                human += &orphans_human(&i.orphans, &i.unclaimed);
+            }
+            if let Some(e) = &s.inbox_error {
+                human += &format!("\ninbox: {e}");
+            }
             if let Some(m) = &s.restored {
                 human += &format!(
                     "\nrestored on {} from a backup taken on {}: nothing is recorded or read until the next round with the host catches it up",
@@ -926,6 +939,9 @@ fn sync(cli: &Cli, c: &SyncCmd) -> Result<Reply> {
                                    .iter().map(|a| a.to_string()).collect::<Vec<_>>()),
                                "sync_every": c.sync_every, "log_level": c.log_level,
                                "inbox": c.inbox.display().to_string()}))})),
+                       "inbox": s.inbox.as_ref().map(|i| json!({"rejected": i.rejected,
+                           "orphans": orphans_json(&i.orphans), "unclaimed": i.unclaimed})),
+                       "inbox_error": s.inbox_error,
                        "quarantine": s.quarantine.iter().map(|(id, at, reason)| json!({
                            "id": id.to_string(), "since": format_rfc3339(*at),
                            "reason": reason})).collect::<Vec<_>>()}),
@@ -1235,6 +1251,95 @@ fn body_reply(
             raw_stdout: Some(body),
         }),
     }
+}
+
+fn inbox(cli: &Cli, c: &InboxCmd) -> Result<Reply> {
+    let r = open(cli)?;
+    match c {
+        InboxCmd::List => {
+            let s = r.inbox()?;
+            let mut human = if s.rejected.is_empty() {
+                "rejected: none".to_string()
+            } else {
+                format!("rejected: {} file(s)", s.rejected.len())
+            };
+            for x in &s.rejected {
+                human += &format!(
+                    "\n  {}{} (refused {}): {}",
+                    x.name,
+                    if x.sidecar { " and its sidecar" } else { "" },
+                    format_rfc3339(x.at),
+                    x.reason
+                );
+                if let Some(fix) = &x.fix {
+                    human += &format!("\n    fix: {}", fix);
+                }
+            }
+            human += &orphans_human(&s.orphans, &s.unclaimed);
+            Ok(Reply::new(
+                human,
+                json!({"rejected": s.rejected.iter().map(|x| json!({
+                           "name": x.name, "sidecar": x.sidecar, "at": format_rfc3339(x.at),
+                           "reason": x.reason, "fix": x.fix})).collect::<Vec<_>>(),
+                       "orphans": orphans_json(&s.orphans),
+                       "unclaimed": s.unclaimed}),
+            ))
+        }
+        InboxCmd::Retry { name } => {
+            let moved = r.inbox_retry(name)?;
+            let when = if r.via_daemon() {
+                "the daemon tries it now: `carnet inbox list` shows it again if it is refused again"
+            } else {
+                "no daemon runs: carnet-syncd tries it when it starts"
+            };
+            Ok(Reply::new(
+                format!("moved back into the inbox: {}; {when}", moved.join(", ")),
+                json!({"moved": moved, "daemon": r.via_daemon()}),
+            ))
+        }
+    }
+}
+
+/// The inbox's files alone past the grace period, and those left in clear in done/, for a
+/// person (empty when there are none).
+fn orphans_human(orphans: &[carnet_syncd::inbox::Orphan], unclaimed: &[String]) -> String {
+    let mut human = String::new();
+    if !orphans.is_empty() {
+        human += &format!(
+            "\ninbox: {} file(s) without the other half of their pair for {} minutes or more (a producer that failed or misnamed it: drop the missing file, or remove it)",
+            orphans.len(),
+            carnet_syncd::inbox::ORPHAN_AFTER_MS / 60_000
+        );
+    }
+    for o in orphans {
+        human += &format!(
+            "\n  {} since {}: its {} has not arrived",
+            o.name,
+            format_rfc3339(o.since),
+            o.missing
+        );
+    }
+    if !unclaimed.is_empty() {
+        human += &format!(
+            "\ninbox: {} file(s) in clear in done/ (left by an older version) whose document this replica does not hold: check them, then move them back into the inbox or remove them",
+            unclaimed.len()
+        );
+    }
+    for name in unclaimed {
+        human += &format!("\n  done/{}", name);
+    }
+    human
+}
+
+fn orphans_json(orphans: &[carnet_syncd::inbox::Orphan]) -> Value {
+    Value::Array(
+        orphans
+            .iter()
+            .map(
+                |o| json!({"name": o.name, "since": format_rfc3339(o.since), "missing": o.missing}),
+            )
+            .collect(),
+    )
 }
 
 fn quarantine(cli: &Cli, c: &QuarantineCmd) -> Result<Reply> {

@@ -512,6 +512,21 @@ impl Store {
         expect!(self.call(Request::Backup { path })?, Backup)
     }
 
+    /// Site: what in the inbox needs a person.
+    pub fn inbox(&self) -> Result<carnet_syncd::inbox::InboxState> {
+        expect!(self.call(Request::Inbox)?, Inbox).map(|s| *s)
+    }
+
+    /// Site: moves a refused file back into the inbox; answers the files moved.
+    pub fn inbox_retry(&self, name: &str) -> Result<Vec<String>> {
+        expect!(
+            self.call(Request::InboxRetry {
+                name: name.to_string()
+            })?,
+            InboxRetried
+        )
+    }
+
     pub fn sync_status(&self) -> Result<SyncStatus> {
         expect!(self.call(Request::SyncStatus)?, SyncStatus).map(|s| *s)
     }

@@ -13,7 +13,7 @@
 //!    what it says; a pair the storage failed on waits, and healing scans it again).
 //! 5. No plaintext: no synthetic title, body or name in any file of the world's folder nor on
 //!    any node's disk, the inboxes aside (what the clinic's software drops is its own, in
-//!    clear).
+//!    clear) but for their `done/`, where only receipts stay.
 
 use carnet_store::model::{DossierStatus, GrantState};
 
@@ -311,7 +311,12 @@ fn inboxes(world: &World) -> Result<(), String> {
 fn plaintext(world: &World) -> Result<(), String> {
     let mut files = Vec::new();
     files_under(world.root(), &mut files).map_err(|e| format!("world folder: {e}"))?;
-    files.retain(|f| !f.components().any(|c| c.as_os_str() == "inbox"));
+    // What the clinic's software drops waits in clear in the inbox until it is taken (and a
+    // refused pair in `rejected/`); what stays of a pair taken (`done/`) holds none.
+    files.retain(|f| {
+        let mut parts = f.components().map(|c| c.as_os_str());
+        !parts.any(|c| c == "inbox") || parts.next().is_some_and(|c| c == "done")
+    });
     let mut places: Vec<(String, Vec<u8>)> = Vec::new();
     for f in files {
         let bytes = std::fs::read(&f).map_err(|e| format!("{}: {e}", f.display()))?;

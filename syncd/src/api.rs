@@ -210,6 +210,12 @@ pub enum Request {
         #[serde(default)]
         dossier: Option<Ins>,
     },
+    /// Site: what in the inbox needs a person (`inbox::state`): refused files with their
+    /// reason and fix, files alone past the grace period, files in clear left in `done/`.
+    Inbox,
+    /// Site: moves the refused file `name` (and its sidecar) from `rejected/` back into the
+    /// inbox, to be tried again (`inbox::retry`); answers the files moved.
+    InboxRetry { name: String },
     /// Where sync stands.
     SyncStatus,
     /// Runs a sync round now and waits for it (site).
@@ -313,6 +319,9 @@ impl Request {
                 | Request::HostKey
                 | Request::SyncStatus
                 | Request::SyncNow
+                | Request::Inbox
+                // Files moved, nothing stored: the scan it starts signals what it stores.
+                | Request::InboxRetry { .. }
                 | Request::PkiSites
                 | Request::Fleet { .. }
                 | Request::PkiRenewals
@@ -381,6 +390,13 @@ pub struct SyncStatus {
     /// nothing until its next round).
     #[serde(default)]
     pub restored: Option<carnet_store::replica::RestoreMark>,
+    /// Site: what in the inbox needs a person (`inbox::summary`); `None` at the host, or
+    /// when the inbox cannot be read (`inbox_error` says why).
+    #[serde(default)]
+    pub inbox: Option<crate::inbox::InboxSummary>,
+    /// Why the inbox could not be read, if it could not.
+    #[serde(default)]
+    pub inbox_error: Option<String>,
 }
 
 /// A site's certificate, as `sync status` shows it.
@@ -508,6 +524,10 @@ pub enum Response {
     HostKey(Option<[u8; 32]>),
     /// Sync state.
     SyncStatus(Box<SyncStatus>),
+    /// What in the inbox needs a person.
+    Inbox(Box<crate::inbox::InboxState>),
+    /// The files moved back into the inbox.
+    InboxRetried(Vec<String>),
     /// What a round did.
     Synced(RoundReport),
     /// An enrolment bundle.
@@ -971,6 +991,15 @@ impl Service {
                 Response::Backup(r.backup_to(&path, &[crate::config::CONFIG_FILE])?)
             }
             Request::SyncStatus => Response::SyncStatus(Box::new(self.status()?)),
+            Request::Inbox => {
+                let dir = self.inbox_dir()?;
+                Response::Inbox(Box::new(
+                    crate::inbox::state(&dir, r.now()).map_err(|e| inbox_unreadable(&dir, e))?,
+                ))
+            }
+            Request::InboxRetry { name } => {
+                Response::InboxRetried(crate::inbox::retry(&self.inbox_dir()?, &name)?)
+            }
             Request::SyncNow => {
                 return Err(Error::Invalid(
                     "a sync round runs on the async side (Service::run)".into(),
@@ -1196,6 +1225,26 @@ impl Service {
         crate::fleet::overview(host, fleet, site)
     }
 
+    /// Site: the inbox folder: the one the daemon watches (`carnet.toml` as it loaded it), or
+    /// without a daemon the one `carnet.toml` in the data folder names.
+    fn inbox_dir(&self) -> Result<PathBuf> {
+        if self.replica.as_site().is_none() {
+            return Err(Error::Invalid(
+                "the inbox is a site's: the host has none".into(),
+            ));
+        }
+        let watched = self.link.as_ref().and_then(|l| {
+            l.lock()
+                .ok()
+                .and_then(|l| l.settings.as_ref().map(|c| c.inbox.clone()))
+        });
+        let dir = self.replica.dir();
+        Ok(match watched {
+            Some(inbox) => inbox,
+            None => crate::config::Config::inbox_of(dir)?,
+        })
+    }
+
     /// Where sync stands (`carnet sync status`).
     pub fn status(&self) -> Result<SyncStatus> {
         let r = &*self.replica;
@@ -1211,6 +1260,15 @@ impl Service {
             // (During a round, the round's own outcome decides.)
             l.connected &= connection.is_open();
         }
+        // The inbox is looked at, never a reason for the status to fail.
+        let (inbox, inbox_error) = match r.as_site().map(|_| self.inbox_dir()) {
+            None => (None, None),
+            Some(Err(e)) => (None, Some(e.to_string())),
+            Some(Ok(dir)) => match crate::inbox::summary(&dir, r.now()) {
+                Ok(summary) => (Some(summary), None),
+                Err(e) => (None, Some(inbox_unreadable(&dir, e).to_string())),
+            },
+        };
         Ok(SyncStatus {
             authority_as_of,
             lease_expired,
@@ -1247,6 +1305,8 @@ impl Service {
                 .map(|(seq, h)| (seq, h.at, h.reason))
                 .collect(),
             restored: r.restore_mark()?,
+            inbox,
+            inbox_error,
             link,
             certificate: enrol::site_certificate(r)?,
         })
@@ -1261,6 +1321,14 @@ fn reader(actor: &Option<Actor>) -> Reader<'_> {
 /// Where the daemon of the replica in `dir` listens.
 pub fn socket_path(dir: &Path) -> PathBuf {
     dir.join(SOCKET_FILE)
+}
+
+/// The inbox folder `dir` could not be read.
+fn inbox_unreadable(dir: &Path, e: std::io::Error) -> Error {
+    Error::Invalid(format!(
+        "cannot read the inbox {}: {e} (the daemon's user must own it; `inbox` in carnet.toml names it)",
+        dir.display()
+    ))
 }
 
 /// `carnet sync now` asked of the host.

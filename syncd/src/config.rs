@@ -421,6 +421,22 @@ impl Config {
         Ok(storage)
     }
 
+    /// The inbox folder the `carnet.toml` of data folder `data` names, resolved, with nothing
+    /// else in the file checked: a site provisioned by hand (no `host_address`) has an inbox too.
+    pub fn inbox_of(data: &Path) -> Result<PathBuf> {
+        #[derive(Deserialize)]
+        struct InboxOnly {
+            #[serde(default = "default_inbox")]
+            inbox: PathBuf,
+        }
+        let path = data.join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| Error::Invalid(format!("cannot read {}: {e}", path.display())))?;
+        let only: InboxOnly = toml::from_str(&text)
+            .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+        Ok(data.join(only.inbox))
+    }
+
     /// The inbox folder, resolved against the data folder.
     pub fn inbox_dir(&self, data: &Path) -> PathBuf {
         if self.inbox.is_absolute() {
@@ -572,6 +588,31 @@ mod tests {
 
     fn addr(text: &str) -> SocketAddr {
         text.parse().expect("addr")
+    }
+
+    #[test]
+    fn the_inbox_of_a_folder_is_read_without_the_rest_of_its_settings() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let write = |text: &str| std::fs::write(dir.path().join(CONFIG_FILE), text).expect("write");
+        // A site provisioned by hand: no host_address, which `load` refuses.
+        write("role = \"site\"\ninbox = \"arrivals\"\n");
+        assert!(Config::load(&dir.path().join(CONFIG_FILE)).is_err());
+        assert_eq!(
+            Config::inbox_of(dir.path()).expect("inbox"),
+            dir.path().join("arrivals")
+        );
+        write("role = \"site\"\ninbox = \"/srv/inbox\"\n");
+        assert_eq!(
+            Config::inbox_of(dir.path()).expect("inbox"),
+            Path::new("/srv/inbox")
+        );
+        write("role = \"site\"\n");
+        assert_eq!(
+            Config::inbox_of(dir.path()).expect("inbox"),
+            dir.path().join("inbox")
+        );
+        write("inbox = [");
+        assert!(Config::inbox_of(dir.path()).is_err());
     }
 
     fn site() -> Config {

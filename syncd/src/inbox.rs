@@ -1,23 +1,35 @@
 //! The inbox: clinic software drops a document and its sidecar into a folder; each complete
-//! pair is stored once, then moved to `done/`, or to `rejected/` with a `.error.txt` saying why.
+//! pair is stored once, then leaves only a receipt in `done/` (ids and a time), or goes to
+//! `rejected/` with a `.error.txt` saying why and what to do now.
 //!
 //! A pair is `NAME` (the document) and `NAME.carnet.json` (its sidecar, format in README).
 //! Producers write under a temporary name and rename when complete; names starting with `.` or
 //! ending in `.tmp`, `.part` or `~` are ignored, and so is a sidecar whose document has not
-//! arrived yet.
+//! arrived yet (and a document whose sidecar has not): once it has waited `ORPHAN_AFTER_MS`,
+//! `carnet sync status` and `carnet inbox list` report it (`state`).
 //!
-//! Invariants: a pair is stored before it is moved, and recognised by its producer's
-//! `unique_id` when seen again, so a crash between the two, or the same pair dropped twice,
-//! stores it once. Bad input never panics: it lands in `rejected/` with the reason. A pair the
-//! replica cannot store because its storage failed (a full disk) is not bad input: it stays
-//! where it is (`InboxReport::waiting`) and the daemon tries it again after its next round.
+//! *Invariant:* no document stays in clear in `done/`. A stored pair leaves
+//! `done/NAME.receipt.json` (`Receipt`: the document id, a time, nothing about the patient),
+//! written whole before the document, then its sidecar, are removed. A pair is stored before
+//! anything is removed, and recognised by its producer's `unique_id` when seen again, so a
+//! crash at any point, or the same pair dropped twice, stores it once and loses nothing: the
+//! pair found again is known as stored and finished; a sidecar left alone by a crash between
+//! the two removals is recognised by its receipt and removed (`leftover`). Clear files an
+//! older version left in `done/` are finished the same way when the replica holds their
+//! document (`tidy`, at the daemon's start and daily, which also removes receipts older than
+//! `RECEIPT_KEEP_MS`); the others stay and are reported (`InboxState::unclaimed`).
+//!
+//! Bad input never panics: it lands in `rejected/` (0700, its files 0600) with the reason and
+//! the fix that applies (`Refusal`); `retry` puts a pair back. A pair the replica cannot store
+//! because its storage failed (a full disk) is not bad input: it stays where it is
+//! (`InboxReport::waiting`) and the daemon tries it again after its next round.
 //!
 //! The daemon scans at start-up and when `watch` signals. *Invariant:* a scan causes no event
 //! that signals another: only a file created, moved in, closed after writing or written to
 //! under a name that is not temporary starts a scan (`starts_scan`), and a scan only opens and
-//! reads (access events), moves pairs out (moved-from events) and creates `done/` and
-//! `rejected/` (folder creations; the watch is not recursive, so what happens inside them is
-//! not seen). An idle inbox therefore costs nothing: no event, no scan.
+//! reads (access events), removes files and moves pairs out (removal and moved-from events)
+//! and creates `done/` and `rejected/` (folder creations; the watch is not recursive, so what
+//! happens inside them is not seen). An idle inbox therefore costs nothing: no event, no scan.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -25,13 +37,23 @@ use std::path::{Path, PathBuf};
 
 use carnet_store::ids::{DocId, Ins, Rpps};
 use carnet_store::model::{AccessMode, Actor, DocClass};
-use carnet_store::replica::{NewDocument, Replica};
-use serde::Deserialize;
+use carnet_store::replica::{NewDocument, Replica, Role};
+use carnet_store::time::Millis;
+use serde::{Deserialize, Serialize};
 
 /// Suffix of a sidecar file.
 pub const SIDECAR_SUFFIX: &str = ".carnet.json";
+/// Suffix of a stored pair's receipt in `done/`.
+pub const RECEIPT_SUFFIX: &str = ".receipt.json";
+/// Suffix of a refusal's reason beside the refused file in `rejected/`.
+pub const ERROR_SUFFIX: &str = ".error.txt";
+/// How long a file may wait for the other half of its pair before it is reported (a producer
+/// writes both within seconds; one that waits longer was lost or misnamed).
+pub const ORPHAN_AFTER_MS: Millis = 10 * 60 * 1000;
 /// Largest sidecar read (a sidecar is a few hundred bytes).
 const SIDECAR_MAX: u64 = 64 * 1024;
+/// Largest receipt or error file read back.
+const NOTE_MAX: u64 = 64 * 1024;
 
 /// The sidecar: what the clinic software says about the document beside it.
 #[derive(Debug, Deserialize)]
@@ -63,8 +85,11 @@ pub struct Sidecar {
 pub struct InboxReport {
     /// Documents stored now, by file name.
     pub stored: Vec<(String, DocId)>,
-    /// Pairs already stored earlier (same unique id), moved to `done/`.
+    /// Pairs already stored earlier (same unique id), removed with a receipt in `done/`.
     pub duplicates: Vec<String>,
+    /// Sidecars of pairs the replica holds, left alone in the inbox by a crash (their receipt
+    /// is in `done/`), removed now.
+    pub tidied: Vec<String>,
     /// Pairs refused, with the reason written beside them.
     pub rejected: Vec<(String, String)>,
     /// Pairs left where they are because the replica could not store them now (its storage
@@ -77,7 +102,7 @@ pub struct InboxReport {
 /// changed, under a name that is not temporary; or events lost (the watcher asks for a rescan).
 ///
 /// Never an access (opening or reading a file or the folder: the scan does both), a move out
-/// or a removal (the scan moves pairs to `done/` and `rejected/`), a folder created (the scan
+/// or a removal (the scan removes stored pairs and moves refused ones to `rejected/`), a folder created (the scan
 /// creates those two) or a change of metadata: with these, each scan started the next, about
 /// 1,200 scans a second on an idle inbox.
 pub fn starts_scan(event: &notify::Event) -> bool {
@@ -137,16 +162,13 @@ fn is_temporary(name: &str) -> bool {
 }
 
 /// Processes every complete pair now in `inbox` (the scan at start-up, and the work done on
-/// each file-system event).
+/// each file-system event), and removes the sidecars a crash left alone (`leftover`). Reads
+/// the inbox, not `done/` (`tidy`).
 pub fn process(replica: &Replica, inbox: &Path) -> std::io::Result<InboxReport> {
     let mut report = InboxReport::default();
-    if replica
-        .restore_mark()
-        .map_err(std::io::Error::other)?
-        .is_some()
-    {
-        // Restored, not caught up: it records nothing yet, so pairs wait where they are (the
-        // daemon scans again after the first round).
+    if restored(replica)? {
+        // It records nothing yet, so pairs wait where they are (the daemon scans again after
+        // the first round).
         return Ok(report);
     }
     let mut names: Vec<String> = Vec::new();
@@ -157,26 +179,33 @@ pub fn process(replica: &Replica, inbox: &Path) -> std::io::Result<InboxReport> 
         if kind.is_dir() {
             continue;
         }
-        let reason = match entry.file_name().into_string() {
-            Err(_) => "its name is not valid UTF-8: drop it again under a UTF-8 name",
+        let refusal = match entry.file_name().into_string() {
+            Err(_) => Refusal::instead(
+                "its name is not valid UTF-8",
+                "drop the document and its sidecar again under UTF-8 names",
+            ),
             Ok(name) if is_temporary(&name) => continue,
-            Ok(_) if !kind.is_file() => {
-                "it is not a regular file (a symbolic link, a device or a pipe): the inbox takes the document itself, not a link to it"
-            }
+            Ok(_) if !kind.is_file() => Refusal::instead(
+                "it is not a regular file (a symbolic link, a device or a pipe): the inbox takes the document itself, not a link to it",
+                "drop a copy of the document itself, with its sidecar",
+            ),
             Ok(name)
                 if name.ends_with(SIDECAR_SUFFIX)
                     && name[..name.len() - SIDECAR_SUFFIX.len()].ends_with(SIDECAR_SUFFIX) =>
             {
-                "a sidecar of a sidecar: a document's sidecar is NAME.carnet.json beside NAME"
+                Refusal::instead(
+                    "a sidecar of a sidecar",
+                    "a document's sidecar is NAME.carnet.json beside NAME: drop the pair again under those names",
+                )
             }
             Ok(name) => {
                 names.push(name);
                 continue;
             }
         };
-        reject_alone(inbox, &entry.path(), reason)?;
+        let text = reject_alone(inbox, &entry.path(), &refusal)?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        report.rejected.push((name, reason.into()));
+        report.rejected.push((name, text));
     }
     names.sort();
     // The sidecar of a document rejected above has no document to wait for.
@@ -185,9 +214,12 @@ pub fn process(replica: &Replica, inbox: &Path) -> std::io::Result<InboxReport> 
         let sidecar = format!("{name}{SIDECAR_SUFFIX}");
         if let Some(at) = names.iter().position(|n| *n == sidecar) {
             names.remove(at);
-            let reason = "its document was rejected (see the document's error file)";
-            reject_alone(inbox, &inbox.join(&sidecar), reason)?;
-            report.rejected.push((sidecar, reason.into()));
+            let refusal = Refusal::instead(
+                "its document was rejected",
+                "see the document's error file beside it",
+            );
+            let text = reject_alone(inbox, &inbox.join(&sidecar), &refusal)?;
+            report.rejected.push((sidecar, text));
         }
     }
     for sidecar_name in names
@@ -195,70 +227,217 @@ pub fn process(replica: &Replica, inbox: &Path) -> std::io::Result<InboxReport> 
         .filter(|n| n.ends_with(SIDECAR_SUFFIX) && !is_temporary(n))
     {
         let doc_name = &sidecar_name[..sidecar_name.len() - SIDECAR_SUFFIX.len()];
-        if doc_name.is_empty() || is_temporary(doc_name) || !names.iter().any(|n| n == doc_name) {
+        if doc_name.is_empty() || is_temporary(doc_name) {
+            continue;
+        }
+        let sidecar_path = inbox.join(sidecar_name);
+        if !names.iter().any(|n| n == doc_name) {
+            // Its document has not arrived, or was removed by a crash after it was stored.
+            if leftover(replica, inbox, doc_name, &sidecar_path) {
+                fs::remove_file(&sidecar_path)?;
+                sync_dir(inbox)?;
+                report.tidied.push(sidecar_name.clone());
+            }
             continue;
         }
         let doc_path = inbox.join(doc_name);
-        let sidecar_path = inbox.join(sidecar_name);
         match ingest(replica, &doc_path, &sidecar_path) {
             Ok(Ingested::Stored(id)) => {
-                move_pair(inbox, "done", &doc_path, &sidecar_path, None)?;
+                finish(inbox, inbox, doc_name, &Receipt::new(&id, false, replica))?;
                 report.stored.push((doc_name.to_string(), id));
             }
-            Ok(Ingested::AlreadyStored) => {
-                move_pair(inbox, "done", &doc_path, &sidecar_path, None)?;
+            Ok(Ingested::AlreadyStored(id)) => {
+                finish(inbox, inbox, doc_name, &Receipt::new(&id, true, replica))?;
                 report.duplicates.push(doc_name.to_string());
             }
             Ok(Ingested::Later(why)) => report.waiting.push((doc_name.to_string(), why)),
-            Err(reason) => {
-                move_pair(inbox, "rejected", &doc_path, &sidecar_path, Some(&reason))?;
-                report.rejected.push((doc_name.to_string(), reason));
+            Err(refusal) => {
+                let text = move_pair(inbox, "rejected", &doc_path, &sidecar_path, &refusal)?;
+                report.rejected.push((doc_name.to_string(), text));
             }
         }
     }
     Ok(report)
 }
 
+/// Whether the replica was restored from a backup and has not caught up with the host yet.
+fn restored(replica: &Replica) -> std::io::Result<bool> {
+    Ok(replica
+        .restore_mark()
+        .map_err(std::io::Error::other)?
+        .is_some())
+}
+
 enum Ingested {
     Stored(DocId),
-    AlreadyStored,
+    /// Stored before, as this document (a second drop, or a scan after a crash).
+    AlreadyStored(DocId),
     /// Not stored, through no fault of the pair: the replica's storage failed.
     Later(String),
 }
 
-/// What to do with a pair whose storing failed with `e`: try again later when the storage
-/// failed (nothing wrong with the pair), refuse it otherwise.
-fn storing_failed(e: carnet_store::Error) -> Result<Ingested, String> {
-    match e {
-        carnet_store::Error::Storage(_) | carnet_store::Error::Conflict(_) => {
-            Ok(Ingested::Later(e.to_string()))
+/// Why a pair (or a file that can never pair) was refused, and what to do now: written to its
+/// `.error.txt` (`Refusal::text`).
+#[derive(Debug)]
+struct Refusal {
+    reason: String,
+    fix: Fix,
+}
+
+/// What to do about a refusal, for the file now named NAME in `rejected/`.
+#[derive(Debug)]
+enum Fix {
+    /// The sidecar says something this replica cannot take: after the advice (empty, or a
+    /// sentence ending in ", "), correct it and retry.
+    Sidecar(String),
+    /// Do this at this replica, then `carnet inbox retry NAME`.
+    ThenRetry(String),
+    /// Retrying cannot help: this instead.
+    Instead(String),
+}
+
+impl Refusal {
+    fn sidecar(reason: impl Into<String>, advice: impl Into<String>) -> Refusal {
+        Refusal {
+            reason: reason.into(),
+            fix: Fix::Sidecar(advice.into()),
         }
-        e => Err(e.to_string()),
+    }
+
+    fn then_retry(reason: impl Into<String>, first: impl Into<String>) -> Refusal {
+        Refusal {
+            reason: reason.into(),
+            fix: Fix::ThenRetry(first.into()),
+        }
+    }
+
+    fn instead(reason: impl Into<String>, fix: impl Into<String>) -> Refusal {
+        Refusal {
+            reason: reason.into(),
+            fix: Fix::Instead(fix.into()),
+        }
+    }
+
+    /// The error file's text for the file named `name` in `rejected/`: the reason on the first
+    /// line, then `fix: ` and what to do.
+    fn text(&self, name: &str) -> String {
+        let retry = format!("`carnet inbox retry {}`", shell_word(name));
+        let fix = match &self.fix {
+            Fix::Sidecar(advice) => format!(
+                "{advice}correct the sidecar (rejected/{name}{SIDECAR_SUFFIX}, or in the software that wrote it), then {retry}"
+            ),
+            Fix::ThenRetry(first) => format!("{first}, then {retry}"),
+            Fix::Instead(what) => what.clone(),
+        };
+        format!("{}\nfix: {fix}\n", self.reason)
     }
 }
 
-fn ingest(replica: &Replica, doc: &Path, sidecar: &Path) -> Result<Ingested, String> {
+/// `name` as one word for a shell: quoted unless plain.
+fn shell_word(name: &str) -> String {
+    if !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-+,@%=:".contains(c))
+    {
+        name.to_string()
+    } else {
+        format!("'{}'", name.replace('\'', r"'\''"))
+    }
+}
+
+/// What to do with a pair whose storing as `author` failed with `e`: try again later when the
+/// storage failed (nothing wrong with the pair), refuse it otherwise, with the fix that applies.
+fn storing_failed(
+    replica: &Replica,
+    author: &Rpps,
+    e: carnet_store::Error,
+) -> Result<Ingested, Refusal> {
+    use carnet_store::Error as E;
+    let at_site = replica.config().role == Role::Site;
+    Err(match e {
+        E::Storage(_) | E::Conflict(_) => return Ok(Ingested::Later(e.to_string())),
+        E::Denied { rule: 1, .. } => Refusal::sidecar(
+            e.to_string(),
+            "the dossier is not active (closed) and nothing more is filed in it; if the sidecar names the wrong patient, ",
+        ),
+        E::Denied { rule: 2, .. } => Refusal::sidecar(
+            e.to_string(),
+            "an insurer's or employer's doctor files nothing in a DMP; to file it as the professional who wrote it, ",
+        ),
+        E::Denied { rule: 3, .. } => Refusal::sidecar(
+            e.to_string(),
+            "the holder blocked this professional; to file it as another professional of the care, ",
+        ),
+        E::Denied { .. } if !registered(replica, author) => Refusal::then_retry(
+            format!("{e} (the author, {author}, is not registered at this replica)"),
+            format!(
+                "register them here (`carnet pro add --rpps {author} --profession PROFESSION`{}), or correct `author_rpps` in the sidecar if it is wrong",
+                if at_site {
+                    "; the host takes what they file once it binds them to this site, `carnet pki bind` at the host"
+                } else {
+                    ""
+                }
+            ),
+        ),
+        E::Denied { .. } => Refusal::sidecar(e.to_string(), "check `author_rpps` and `ins`; "),
+        E::NotFound(m) if m.contains("purged") => Refusal::sidecar(
+            m,
+            "nothing more is filed in a closed dossier; if the sidecar names the wrong patient, ",
+        ),
+        E::NotFound(_) if at_site => Refusal::then_retry(
+            "this site holds no dossier for the sidecar's INS",
+            "if the host holds it, ask for it (`carnet pin INS`, with the sidecar's INS) and wait for the round that brings it (`carnet dossier show INS --as RPPS`); for a patient new to the DMP, open the dossier here (`carnet dossier create --ins INS … --as RPPS`); if the INS is wrong, correct the sidecar instead",
+        ),
+        E::NotFound(_) => Refusal::then_retry(
+            "the host holds no dossier for the sidecar's INS",
+            "create it (`carnet dossier create --ins INS …`), or correct the sidecar's INS if it is wrong",
+        ),
+        E::Invalid(m) => Refusal::sidecar(m, ""),
+        E::Integrity(_) | E::Key(_) => Refusal::then_retry(
+            e.to_string(),
+            "the replica failed a check of its own: see the daemon's log and `carnet audit verify`; once it is repaired",
+        ),
+    })
+}
+
+/// Whether `rpps` is registered at this replica (an unreadable registry counts as not).
+fn registered(replica: &Replica, rpps: &Rpps) -> bool {
+    replica
+        .professionals()
+        .is_ok_and(|pros| pros.iter().any(|p| p.rpps == *rpps))
+}
+
+fn ingest(replica: &Replica, doc: &Path, sidecar: &Path) -> Result<Ingested, Refusal> {
+    let unreadable = |what: &str, e: std::io::Error| {
+        Refusal::then_retry(
+            format!("cannot read the {what}: {e}"),
+            "make it a regular file the daemon's user can read",
+        )
+    };
     let size = fs::metadata(sidecar)
-        .map_err(|e| format!("cannot read the sidecar: {e}"))?
+        .map_err(|e| unreadable("sidecar", e))?
         .len();
     if size > SIDECAR_MAX {
-        return Err(format!(
-            "the sidecar is {size} bytes; at most {SIDECAR_MAX} are accepted"
+        return Err(Refusal::sidecar(
+            format!("the sidecar is {size} bytes; at most {SIDECAR_MAX} are accepted"),
+            "a sidecar is a few hundred bytes of JSON (the README's inbox section); ",
         ));
     }
-    let text = fs::read(sidecar).map_err(|e| format!("cannot read the sidecar: {e}"))?;
+    let text = fs::read(sidecar).map_err(|e| unreadable("sidecar", e))?;
     let Filing {
         ins,
         author,
         mut document,
-    } = read_sidecar(&text)?;
+    } = read_sidecar(&text).map_err(|reason| Refusal::sidecar(reason, ""))?;
     let unique_id = document.unique_id.as_deref().unwrap_or_default();
     match replica.find_by_unique_id(&ins, unique_id) {
-        Ok(Some(_)) => return Ok(Ingested::AlreadyStored),
+        Ok(Some(id)) => return Ok(Ingested::AlreadyStored(id)),
         Ok(None) => {}
-        Err(e) => return storing_failed(e),
+        Err(e) => return storing_failed(replica, &author, e),
     }
-    document.body = fs::read(doc).map_err(|e| format!("cannot read the document: {e}"))?;
+    document.body = fs::read(doc).map_err(|e| unreadable("document", e))?;
+    let as_author = author.clone();
     match store(
         replica,
         Filing {
@@ -268,10 +447,9 @@ fn ingest(replica: &Replica, doc: &Path, sidecar: &Path) -> Result<Ingested, Str
         },
     ) {
         Ok(id) => Ok(Ingested::Stored(id)),
-        Err(e) => storing_failed(e),
+        Err(e) => storing_failed(replica, &as_author, e),
     }
 }
-
 /// What a sidecar says, parsed and checked: the document to store, with an empty body.
 #[derive(Debug)]
 pub struct Filing {
@@ -331,25 +509,379 @@ fn store(replica: &Replica, filing: Filing) -> carnet_store::Result<DocId> {
     )
 }
 
-/// Moves both files into `inbox/sub/`, never over an existing file; writes the reason beside
-/// them when given.
+/// What `done/NAME.receipt.json` says of a pair the replica holds, in place of the pair: ids
+/// and a time, nothing about the patient (no INS, name or title; the file name is the
+/// producer's own).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// The receipt's format: 1.
+    pub format: u32,
+    /// The stored document's id (`carnet doc get ID --as …`).
+    pub document: String,
+    /// When the inbox finished the pair (RFC 3339, by the replica's clock).
+    pub at: String,
+    /// The replica held the document already (a second drop of the pair, or a scan after a
+    /// crash or after an older version).
+    pub already_stored: bool,
+}
+
+impl Receipt {
+    fn new(id: &DocId, already_stored: bool, replica: &Replica) -> Receipt {
+        Receipt {
+            format: 1,
+            document: id.to_string(),
+            at: carnet_store::time::format_rfc3339(replica.now()),
+            already_stored,
+        }
+    }
+}
+
+/// Reads a receipt (`None` when absent or unreadable).
+fn read_receipt(path: &Path) -> Option<Receipt> {
+    let bytes = carnet_store::files::read_bounded(path, NOTE_MAX).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Ends a pair the replica holds, found in `folder` (the inbox, or `done/` for a pair an older
+/// version moved there): its receipt is written whole in `done/` (a temporary name, synced,
+/// renamed; one for the same name is replaced), then the document is removed, then the
+/// sidecar. A crash before the receipt leaves the pair, found stored at the next scan; one
+/// between the removals leaves the sidecar alone, which the next scan removes (`leftover`).
+fn finish(inbox: &Path, folder: &Path, doc_name: &str, receipt: &Receipt) -> std::io::Result<()> {
+    let done = inbox.join("done");
+    carnet_store::files::private_dir(&done)?;
+    let temporary = done.join(format!(".{doc_name}{RECEIPT_SUFFIX}.tmp"));
+    let bytes = serde_json::to_vec(receipt).map_err(std::io::Error::other)?;
+    carnet_store::files::write_private(&temporary, &bytes)?;
+    fs::File::open(&temporary)?.sync_all()?;
+    fs::rename(&temporary, done.join(format!("{doc_name}{RECEIPT_SUFFIX}")))?;
+    sync_dir(&done)?;
+    fs::remove_file(folder.join(doc_name))?;
+    sync_dir(folder)?;
+    fs::remove_file(folder.join(format!("{doc_name}{SIDECAR_SUFFIX}")))?;
+    sync_dir(folder)
+}
+
+/// Makes the entries of `dir` durable (a removal, a rename into it).
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+/// Whether `sidecar`, alone in the inbox, is what a crash left of a pair already finished: the
+/// replica holds its document, and `done/` holds that document's receipt under its name.
+fn leftover(replica: &Replica, inbox: &Path, doc_name: &str, sidecar: &Path) -> bool {
+    let receipt = inbox
+        .join("done")
+        .join(format!("{doc_name}{RECEIPT_SUFFIX}"));
+    // Most lone sidecars wait for their document: no receipt, nothing read.
+    if !receipt.exists() {
+        return false;
+    }
+    match (read_receipt(&receipt), stored_as(replica, sidecar)) {
+        (Some(r), Some(id)) => r.document == id.to_string(),
+        _ => false,
+    }
+}
+
+/// The document this replica holds for the sidecar at `path` (by its unique id), if any.
+fn stored_as(replica: &Replica, path: &Path) -> Option<DocId> {
+    let text = carnet_store::files::read_bounded(path, SIDECAR_MAX).ok()?;
+    let filing = read_sidecar(&text).ok()?;
+    let unique_id = filing.document.unique_id.as_deref()?;
+    replica
+        .find_by_unique_id(&filing.ins, unique_id)
+        .ok()
+        .flatten()
+}
+
+/// The names of the regular files in `dir` (none when it is missing).
+fn file_names(dir: &Path) -> std::io::Result<Vec<String>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| !t.is_dir()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// How long a receipt stays in `done/`: time enough for the producer to see it and for a
+/// person to ask about a file; the trace keeps who filed what for good.
+pub const RECEIPT_KEEP_MS: Millis = 90 * 24 * 3600 * 1000;
+
+/// What `tidy` did in `done/`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Tidied {
+    /// Pairs an older version left there in clear, replaced by their receipt.
+    pub finished: Vec<String>,
+    /// Receipts older than `RECEIPT_KEEP_MS`, removed.
+    pub receipts_removed: usize,
+}
+
+/// Keeps `done/` as it should be for years (the daemon runs it at start and daily):
+/// finishes the pairs an older version moved whole into it, in clear — each whose document
+/// the replica holds leaves a receipt and is removed; the others stay, reported
+/// (`InboxState::unclaimed`): their document is not here (a dossier purged since, a replica
+/// restored from an older backup), and only a person can say what they are — and removes the
+/// receipts older than `RECEIPT_KEEP_MS` by the replica's clock.
+pub fn tidy(replica: &Replica, inbox: &Path) -> std::io::Result<Tidied> {
+    let mut tidied = Tidied::default();
+    if restored(replica)? {
+        // It cannot tell what it holds until its first round.
+        return Ok(tidied);
+    }
+    let done = inbox.join("done");
+    let names = file_names(&done)?;
+    let regular = |n: &str| fs::symlink_metadata(done.join(n)).is_ok_and(|m| m.is_file());
+    for sidecar_name in names.iter().filter(|n| n.ends_with(SIDECAR_SUFFIX)) {
+        let doc_name = &sidecar_name[..sidecar_name.len() - SIDECAR_SUFFIX.len()];
+        if doc_name.is_empty() || doc_name.starts_with('.') || !names.iter().any(|n| n == doc_name)
+        {
+            continue;
+        }
+        if !regular(doc_name) || !regular(sidecar_name) {
+            continue;
+        }
+        if let Some(id) = stored_as(replica, &done.join(sidecar_name)) {
+            finish(inbox, &done, doc_name, &Receipt::new(&id, true, replica))?;
+            tidied.finished.push(doc_name.to_string());
+        }
+    }
+    let now = replica.now();
+    for name in names.iter().filter(|n| n.ends_with(RECEIPT_SUFFIX)) {
+        let path = done.join(name);
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.is_file() && now.saturating_sub(written_at(&meta)) >= RECEIPT_KEEP_MS {
+            fs::remove_file(&path)?;
+            tidied.receipts_removed += 1;
+        }
+    }
+    Ok(tidied)
+}
+
+/// What in an inbox needs a person, as `carnet inbox list` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboxState {
+    /// The refused files in `rejected/`, by name.
+    pub rejected: Vec<Rejected>,
+    /// Files waiting for the other half of their pair for `ORPHAN_AFTER_MS` or more.
+    pub orphans: Vec<Orphan>,
+    /// Files in clear in `done/` that no receipt replaced (an older version moved pairs there
+    /// whole): their document is not in this replica.
+    pub unclaimed: Vec<String>,
+}
+
+/// The same, as `carnet sync status` shows it: the refused files counted, not read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboxSummary {
+    /// How many files `rejected/` holds with their reason (`carnet inbox list`).
+    pub rejected: usize,
+    /// As in `InboxState`.
+    pub orphans: Vec<Orphan>,
+    /// As in `InboxState`.
+    pub unclaimed: Vec<String>,
+}
+
+/// A refused file in `rejected/`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejected {
+    /// Its name in `rejected/`: what `carnet inbox retry` takes.
+    pub name: String,
+    /// When it was refused (its error file's time).
+    pub at: Millis,
+    /// Its sidecar is beside it.
+    pub sidecar: bool,
+    /// Why it was refused.
+    pub reason: String,
+    /// What to do now (`None` in the error files of older versions).
+    pub fix: Option<String>,
+}
+
+/// A file of the inbox without the other half of its pair.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Orphan {
+    /// Its name in the inbox.
+    pub name: String,
+    /// When it was last written (the file's time).
+    pub since: Millis,
+    /// What it waits for: `"sidecar"` (a document alone) or `"document"` (a sidecar alone).
+    pub missing: String,
+}
+
+/// The time a file was last written, in milliseconds since the epoch (0 if unknown).
+fn written_at(meta: &fs::Metadata) -> Millis {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The files of `inbox` that have waited `ORPHAN_AFTER_MS` or more at `now` for the other half
+/// of their pair. Temporary names are not counted (a producer is still writing them).
+fn orphans(inbox: &Path, now: Millis) -> std::io::Result<Vec<Orphan>> {
+    let names = file_names(inbox)?;
+    let mut out = Vec::new();
+    for name in names.iter().filter(|n| !is_temporary(n)) {
+        let missing = match name.strip_suffix(SIDECAR_SUFFIX) {
+            Some(doc) if doc.is_empty() || is_temporary(doc) => continue,
+            Some(doc) if names.iter().any(|n| n == doc) => continue,
+            Some(_) => "document",
+            None if names.contains(&format!("{name}{SIDECAR_SUFFIX}")) => continue,
+            None => "sidecar",
+        };
+        let Ok(meta) = fs::symlink_metadata(inbox.join(name)) else {
+            continue;
+        };
+        let since = written_at(&meta);
+        if now.saturating_sub(since) >= ORPHAN_AFTER_MS {
+            out.push(Orphan {
+                name: name.clone(),
+                since,
+                missing: missing.into(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The files in `done/` other than receipts (and temporary ones).
+fn unclaimed(inbox: &Path) -> std::io::Result<Vec<String>> {
+    Ok(file_names(&inbox.join("done"))?
+        .into_iter()
+        .filter(|n| !n.starts_with('.') && !n.ends_with(RECEIPT_SUFFIX))
+        .collect())
+}
+
+/// The names of the refused files in `rejected/` (those with an error file).
+fn rejected_names(inbox: &Path) -> std::io::Result<Vec<String>> {
+    Ok(file_names(&inbox.join("rejected"))?
+        .into_iter()
+        .filter_map(|n| n.strip_suffix(ERROR_SUFFIX).map(str::to_string))
+        .filter(|n| !n.is_empty())
+        .collect())
+}
+
+/// What in `inbox` needs a person at `now`: the refused files with their reasons, the files
+/// without the other half of their pair, the files in clear left in `done/`. Reads only.
+pub fn state(inbox: &Path, now: Millis) -> std::io::Result<InboxState> {
+    let rejected_dir = inbox.join("rejected");
+    let mut rejected = Vec::new();
+    for name in rejected_names(inbox)? {
+        let error = rejected_dir.join(format!("{name}{ERROR_SUFFIX}"));
+        let (Ok(meta), Ok(bytes)) = (
+            fs::symlink_metadata(&error),
+            carnet_store::files::read_bounded(&error, NOTE_MAX),
+        ) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        let (reason, fix) = match text.split_once("\nfix: ") {
+            Some((reason, fix)) => (reason, Some(fix.trim_end().to_string())),
+            None => (text.trim_end(), None),
+        };
+        rejected.push(Rejected {
+            sidecar: rejected_dir
+                .join(format!("{name}{SIDECAR_SUFFIX}"))
+                .exists(),
+            name,
+            at: written_at(&meta),
+            reason: reason.to_string(),
+            fix,
+        });
+    }
+    Ok(InboxState {
+        rejected,
+        orphans: orphans(inbox, now)?,
+        unclaimed: unclaimed(inbox)?,
+    })
+}
+
+/// `state` with the refused files counted rather than read (for `sync status`, asked often).
+pub fn summary(inbox: &Path, now: Millis) -> std::io::Result<InboxSummary> {
+    Ok(InboxSummary {
+        rejected: rejected_names(inbox)?.len(),
+        orphans: orphans(inbox, now)?,
+        unclaimed: unclaimed(inbox)?,
+    })
+}
+
+/// Moves the refused file `name` back from `rejected/` into the inbox, with its sidecar, and
+/// removes their error files; the daemon's next scan (the move starts one) tries the pair
+/// again. Answers the files moved. Refused, changing nothing: a name that is not a plain file
+/// name (`../x`, `a/b`, a hidden name, an error file), one `rejected/` does not hold, one that
+/// is not a regular file, one whose name is taken in the inbox.
+pub fn retry(inbox: &Path, name: &str) -> carnet_store::Result<Vec<String>> {
+    use carnet_store::Error;
+    if name.is_empty()
+        || name.starts_with('.')
+        || name.contains(['/', '\0'])
+        || name.ends_with(ERROR_SUFFIX)
+    {
+        return Err(Error::Invalid(format!(
+            "'{name}' is not the name of a refused file: give a file name as `carnet inbox list` shows it (no folder)"
+        )));
+    }
+    let rejected = inbox.join("rejected");
+    let files: Vec<String> = [name.to_string(), format!("{name}{SIDECAR_SUFFIX}")]
+        .into_iter()
+        .filter(|f| fs::symlink_metadata(rejected.join(f)).is_ok())
+        .collect();
+    if files.is_empty() {
+        return Err(Error::NotFound(format!(
+            "no refused file named '{name}' in {}: `carnet inbox list` shows them",
+            rejected.display()
+        )));
+    }
+    for f in &files {
+        if !fs::symlink_metadata(rejected.join(f)).is_ok_and(|m| m.is_file()) {
+            return Err(Error::Invalid(format!(
+                "{f} is not a regular file (a link?): drop a copy of the document itself into the inbox instead"
+            )));
+        }
+        if fs::symlink_metadata(inbox.join(f)).is_ok() {
+            return Err(Error::Invalid(format!(
+                "{f} is in the inbox already: let the daemon take it (or move it away) first"
+            )));
+        }
+    }
+    // The document first: alone in the inbox, it waits for its sidecar.
+    for f in &files {
+        fs::rename(rejected.join(f), inbox.join(f))?;
+    }
+    for f in &files {
+        match fs::remove_file(rejected.join(format!("{f}{ERROR_SUFFIX}"))) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
+    }
+    Ok(files)
+}
+
+/// Moves both files into `inbox/sub/`, never over an existing file, with the refusal written
+/// beside them; answers the error file's text.
 fn move_pair(
     inbox: &Path,
     sub: &str,
     doc: &Path,
     sidecar: &Path,
-    reason: Option<&str>,
-) -> std::io::Result<()> {
+    refusal: &Refusal,
+) -> std::io::Result<String> {
     let dir = inbox.join(sub);
     carnet_store::files::private_dir(&dir)?;
     let doc_target = free_name(&dir, doc)?;
     let sidecar_target = PathBuf::from(format!("{}{SIDECAR_SUFFIX}", doc_target.display()));
-    if let Some(reason) = reason {
-        carnet_store::files::write_private(
-            Path::new(&format!("{}.error.txt", doc_target.display())),
-            format!("{reason}\n").as_bytes(),
-        )?;
-    }
+    let text = refusal.text(&file_name(&doc_target));
+    carnet_store::files::write_private(
+        Path::new(&format!("{}{ERROR_SUFFIX}", doc_target.display())),
+        text.as_bytes(),
+    )?;
     fs::rename(sidecar, &sidecar_target)?;
     fs::rename(doc, &doc_target)?;
     // Kept with patient data in them: the owner's only, whatever mode the producer gave.
@@ -359,19 +891,27 @@ fn move_pair(
             fs::Permissions::from_mode(carnet_store::files::FILE_MODE),
         )?;
     }
-    Ok(())
+    Ok(text)
+}
+
+/// The last component of `path`, as text.
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// Moves one file that can never be part of a pair into `inbox/rejected/`, under a UTF-8 name
-/// and never over an existing file, with the reason beside it. A link is moved as a link: what
-/// it points to is never read.
-fn reject_alone(inbox: &Path, file: &Path, reason: &str) -> std::io::Result<()> {
+/// and never over an existing file, with the refusal beside it; answers the error file's text.
+/// A link is moved as a link: what it points to is never read.
+fn reject_alone(inbox: &Path, file: &Path, refusal: &Refusal) -> std::io::Result<String> {
     let dir = inbox.join("rejected");
     carnet_store::files::private_dir(&dir)?;
     let target = free_name(&dir, file)?;
+    let text = refusal.text(&file_name(&target));
     carnet_store::files::write_private(
-        Path::new(&format!("{}.error.txt", target.display())),
-        format!("{reason}\n").as_bytes(),
+        Path::new(&format!("{}{ERROR_SUFFIX}", target.display())),
+        text.as_bytes(),
     )?;
     fs::rename(file, &target)?;
     if fs::symlink_metadata(&target)?.is_file() {
@@ -380,7 +920,7 @@ fn reject_alone(inbox: &Path, file: &Path, reason: &str) -> std::io::Result<()> 
             fs::Permissions::from_mode(carnet_store::files::FILE_MODE),
         )?;
     }
-    Ok(())
+    Ok(text)
 }
 
 /// `dir/NAME`, or `dir/NAME.1`, `.2`… if taken.
@@ -392,8 +932,13 @@ fn free_name(dir: &Path, file: &Path) -> std::io::Result<PathBuf> {
         .into_owned();
     let mut candidate = dir.join(&name);
     let mut n = 1;
-    while candidate.exists()
-        || PathBuf::from(format!("{}{SIDECAR_SUFFIX}", candidate.display())).exists()
+    // (`symlink_metadata`: a dangling link is a name taken too.)
+    let taken = |p: &Path| fs::symlink_metadata(p).is_ok();
+    while taken(&candidate)
+        || taken(&PathBuf::from(format!(
+            "{}{SIDECAR_SUFFIX}",
+            candidate.display()
+        )))
     {
         candidate = dir.join(format!("{name}.{n}"));
         n += 1;
@@ -406,6 +951,7 @@ mod tests {
     use super::*;
     use carnet_store::model::{GrantBasis, GrantState, Profession, Professional};
     use carnet_store::replica::{InitOptions, KeySource, Role};
+    use std::os::unix::fs::PermissionsExt;
     use std::sync::Arc;
 
     const DOCTOR: &str = "10000000001";
@@ -557,8 +1103,28 @@ mod tests {
         assert_eq!(documents(&r), 1);
     }
 
+    /// The names in `dir`, sorted (none if it is missing).
+    fn listing(dir: &Path) -> Vec<String> {
+        file_names(dir).expect("list")
+    }
+
+    fn receipt(inbox: &Path, name: &str) -> Receipt {
+        read_receipt(&inbox.join("done").join(format!("{name}{RECEIPT_SUFFIX}")))
+            .expect("a receipt")
+    }
+
+    /// Every byte under `dir`, as text, for looking for what must not be there.
+    fn everything_under(dir: &Path) -> String {
+        let mut all = String::new();
+        for name in listing(dir) {
+            all += &name;
+            all += &String::from_utf8_lossy(&fs::read(dir.join(&name)).unwrap_or_default());
+        }
+        all
+    }
+
     #[test]
-    fn a_pair_is_stored_once_even_if_dropped_twice() {
+    fn a_pair_is_stored_once_even_if_dropped_twice_and_done_keeps_only_receipts() {
         let (data, inbox) = (
             tempfile::tempdir().expect("tmp"),
             tempfile::tempdir().expect("tmp"),
@@ -572,15 +1138,40 @@ mod tests {
         );
         let first = process(&r, inbox.path()).expect("scan");
         assert_eq!(first.stored.len(), 1, "{first:?}");
-        assert!(inbox.path().join("done/cr.txt").exists());
-        assert!(
-            inbox
-                .path()
-                .join(format!("done/cr.txt{SIDECAR_SUFFIX}"))
-                .exists()
-        );
-        assert!(!inbox.path().join("cr.txt").exists());
         let (_, id) = &first.stored[0];
+        assert_eq!(
+            listing(&inbox.path().join("done")),
+            vec![format!("cr.txt{RECEIPT_SUFFIX}")],
+            "only the receipt stays"
+        );
+        assert!(listing(inbox.path()).is_empty(), "the pair left the inbox");
+        let first_receipt = receipt(inbox.path(), "cr.txt");
+        assert_eq!(
+            first_receipt,
+            Receipt {
+                format: 1,
+                document: id.to_string(),
+                at: carnet_store::time::format_rfc3339(1_700_000_000_000),
+                already_stored: false,
+            }
+        );
+        let done = everything_under(&inbox.path().join("done"));
+        for clear in [
+            "synthetic report",
+            "CR de consultation",
+            ins().matricule(),
+            "urn:test:1",
+        ] {
+            assert!(!done.contains(clear), "{clear} in clear in done/: {done}");
+        }
+        assert_eq!(
+            fs::metadata(inbox.path().join(format!("done/cr.txt{RECEIPT_SUFFIX}")))
+                .expect("receipt")
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
         let read = r
             .read_document(
                 &Actor::Professional(Rpps::parse(DOCTOR).expect("rpps")),
@@ -601,14 +1192,130 @@ mod tests {
         assert_eq!(second.duplicates, vec!["cr.txt".to_string()]);
         assert!(second.stored.is_empty());
         assert_eq!(documents(&r), 1);
-        assert!(
-            inbox.path().join("done/cr.txt.1").exists(),
-            "nothing overwritten in done/"
+        assert!(listing(inbox.path()).is_empty());
+        assert_eq!(
+            receipt(inbox.path(), "cr.txt"),
+            Receipt {
+                already_stored: true,
+                ..first_receipt
+            },
+            "the receipt says it was there already"
         );
     }
 
+    /// A crash after the document was stored and before its receipt: the pair is found again,
+    /// known as stored, and finished; nothing is stored twice.
     #[test]
-    fn a_bad_sidecar_is_rejected_with_its_reason() {
+    fn a_pair_found_again_after_a_crash_is_finished_not_stored_twice() {
+        let (data, inbox) = (
+            tempfile::tempdir().expect("tmp"),
+            tempfile::tempdir().expect("tmp"),
+        );
+        let r = replica(data.path());
+        let text = sidecar("urn:test:crash");
+        drop_pair(inbox.path(), "cr.txt", "synthetic", &text);
+        let mut filing = read_sidecar(text.as_bytes()).expect("sidecar");
+        filing.document.body = b"synthetic".to_vec();
+        let id = file(&r, filing).expect("stored before the crash");
+        let report = process(&r, inbox.path()).expect("scan");
+        assert_eq!(report.duplicates, vec!["cr.txt".to_string()], "{report:?}");
+        assert_eq!(documents(&r), 1);
+        assert!(listing(inbox.path()).is_empty());
+        let receipt = receipt(inbox.path(), "cr.txt");
+        assert_eq!(receipt.document, id.to_string());
+        assert!(receipt.already_stored);
+    }
+
+    /// A crash between the two removals leaves the sidecar alone: its receipt names the
+    /// document the replica holds for it, so the next scan removes it. A lone sidecar whose
+    /// receipt names another document (a new pair under the same name) waits for its document.
+    #[test]
+    fn a_sidecar_a_crash_left_alone_is_recognised_by_its_receipt_and_removed() {
+        let (data, inbox) = (
+            tempfile::tempdir().expect("tmp"),
+            tempfile::tempdir().expect("tmp"),
+        );
+        let r = replica(data.path());
+        drop_pair(inbox.path(), "cr.txt", "synthetic", &sidecar("urn:test:a"));
+        assert_eq!(process(&r, inbox.path()).expect("scan").stored.len(), 1);
+        let sidecar_name = format!("cr.txt{SIDECAR_SUFFIX}");
+        fs::write(inbox.path().join(&sidecar_name), sidecar("urn:test:a")).expect("left");
+        let report = process(&r, inbox.path()).expect("scan");
+        assert_eq!(report.tidied, vec![sidecar_name.clone()], "{report:?}");
+        assert!(listing(inbox.path()).is_empty());
+
+        // Another pair under the same name, its sidecar first: not a leftover.
+        fs::write(inbox.path().join(&sidecar_name), sidecar("urn:test:b")).expect("new");
+        let report = process(&r, inbox.path()).expect("scan");
+        assert_eq!(report, InboxReport::default());
+        assert_eq!(listing(inbox.path()), vec![sidecar_name]);
+        fs::write(inbox.path().join("cr.txt"), "another synthetic").expect("doc");
+        assert_eq!(process(&r, inbox.path()).expect("scan").stored.len(), 1);
+        assert_eq!(documents(&r), 2);
+    }
+
+    /// Older versions moved stored pairs whole into `done/`: each whose document the replica
+    /// holds is replaced by a receipt; one it does not hold stays, and is reported.
+    #[test]
+    fn clear_pairs_an_older_version_left_in_done_become_receipts() {
+        let (data, inbox) = (
+            tempfile::tempdir().expect("tmp"),
+            tempfile::tempdir().expect("tmp"),
+        );
+        let r = replica(data.path());
+        let done = inbox.path().join("done");
+        fs::create_dir(&done).expect("done");
+        for (name, uid) in [("old.txt", "urn:test:old"), ("old.txt.1", "urn:test:old2")] {
+            let text = sidecar(uid);
+            drop_pair(&done, name, "synthetic old", &text);
+            let mut filing = read_sidecar(text.as_bytes()).expect("sidecar");
+            filing.document.body = b"synthetic old".to_vec();
+            file(&r, filing).expect("stored by the older version");
+        }
+        drop_pair(
+            &done,
+            "gone.txt",
+            "synthetic gone",
+            &sidecar("urn:test:gone"),
+        );
+        assert_eq!(
+            process(&r, inbox.path()).expect("scan"),
+            InboxReport::default(),
+            "a scan reads the inbox only"
+        );
+        let tidied = tidy(&r, inbox.path()).expect("tidy");
+        let mut finished = tidied.finished.clone();
+        finished.sort();
+        assert_eq!(finished, vec!["old.txt", "old.txt.1"], "{tidied:?}");
+        assert_eq!(tidied.receipts_removed, 0);
+        assert_eq!(documents(&r), 2, "nothing stored again");
+        assert!(receipt(inbox.path(), "old.txt.1").already_stored);
+        let left = state(inbox.path(), 0).expect("state").unclaimed;
+        assert_eq!(
+            left,
+            vec!["gone.txt".to_string(), format!("gone.txt{SIDECAR_SUFFIX}")]
+        );
+        assert_eq!(
+            listing(&done).len(),
+            4,
+            "two receipts and the pair not found"
+        );
+    }
+
+    fn error_file(inbox: &Path, name: &str) -> String {
+        fs::read_to_string(inbox.join(format!("rejected/{name}{ERROR_SUFFIX}"))).expect("reason")
+    }
+
+    /// The fix line of a refusal.
+    fn fix(inbox: &Path, name: &str) -> String {
+        let text = error_file(inbox, name);
+        text.split_once("\nfix: ")
+            .map(|(_, fix)| fix.to_string())
+            .unwrap_or_else(|| panic!("no fix in {text:?}"))
+    }
+
+    #[test]
+    fn a_bad_sidecar_is_rejected_with_its_reason_and_the_fix() {
         let (data, inbox) = (
             tempfile::tempdir().expect("tmp"),
             tempfile::tempdir().expect("tmp"),
@@ -616,20 +1323,168 @@ mod tests {
         let r = replica(data.path());
         drop_pair(inbox.path(), "a.txt", "x", "{ not json");
         let bad_ins = sidecar("urn:test:2").replace(ins().matricule(), "284057512345600");
-        drop_pair(inbox.path(), "b.txt", "x", &bad_ins);
-        let stranger = sidecar("urn:test:3").replace(DOCTOR, "19999999999");
-        drop_pair(inbox.path(), "c.txt", "x", &stranger);
+        drop_pair(inbox.path(), "b b.txt", "x", &bad_ins);
         let report = process(&r, inbox.path()).expect("scan");
-        assert_eq!(report.rejected.len(), 3, "{report:?}");
-        let reason = |n: &str| {
-            fs::read_to_string(inbox.path().join(format!("rejected/{n}.error.txt")))
-                .expect("reason")
-        };
-        assert!(reason("a.txt").contains("sidecar is not valid"));
-        assert!(reason("b.txt").contains("INS"));
-        assert!(reason("c.txt").contains("denied"));
-        assert!(inbox.path().join("rejected/a.txt").exists());
+        assert_eq!(report.rejected.len(), 2, "{report:?}");
+        assert!(error_file(inbox.path(), "a.txt").starts_with("the sidecar is not valid"));
+        assert!(error_file(inbox.path(), "b b.txt").contains("INS"));
+        for (name, word) in [("a.txt", "a.txt"), ("b b.txt", "'b b.txt'")] {
+            let fix = fix(inbox.path(), name);
+            assert!(
+                fix.contains(&format!("rejected/{name}{SIDECAR_SUFFIX}"))
+                    && fix.contains(&format!("`carnet inbox retry {word}`")),
+                "{fix}"
+            );
+        }
+        // Kept with patient data in them: the owner's only.
+        let mode = |p: PathBuf| fs::metadata(p).expect("mode").permissions().mode() & 0o777;
+        assert_eq!(mode(inbox.path().join("rejected")), 0o700);
+        for f in ["a.txt", "a.txt.carnet.json", "a.txt.error.txt"] {
+            assert_eq!(mode(inbox.path().join("rejected").join(f)), 0o600, "{f}");
+        }
         assert_eq!(documents(&r), 0);
+        // The fix applies: the sidecar corrected in rejected/, then retried.
+        fs::write(
+            inbox.path().join(format!("rejected/a.txt{SIDECAR_SUFFIX}")),
+            sidecar("urn:test:fixed"),
+        )
+        .expect("corrected");
+        retry(inbox.path(), "a.txt").expect("retry");
+        assert_eq!(process(&r, inbox.path()).expect("scan").stored.len(), 1);
+    }
+
+    /// Each refusal of the store names the fix that applies, and where the fix is a command,
+    /// doing it and retrying stores the pair.
+    #[test]
+    fn each_refusal_of_the_store_names_a_fix_that_works() {
+        let (data, inbox) = (
+            tempfile::tempdir().expect("tmp"),
+            tempfile::tempdir().expect("tmp"),
+        );
+        let r = replica(data.path());
+        let stranger = "19999999999";
+        drop_pair(
+            inbox.path(),
+            "unregistered.txt",
+            "x",
+            &sidecar("urn:test:3").replace(DOCTOR, stranger),
+        );
+        let other = Ins::from_body("1840575123456").expect("ins");
+        drop_pair(
+            inbox.path(),
+            "no-dossier.txt",
+            "x",
+            &sidecar("urn:test:4").replace(ins().matricule(), other.matricule()),
+        );
+        assert_eq!(process(&r, inbox.path()).expect("scan").rejected.len(), 2);
+
+        let unregistered = fix(inbox.path(), "unregistered.txt");
+        assert!(
+            unregistered.contains(&format!("`carnet pro add --rpps {stranger} --profession"))
+                && unregistered.ends_with("then `carnet inbox retry unregistered.txt`\n"),
+            "{unregistered}"
+        );
+        r.add_professional(&Professional {
+            rpps: Rpps::parse(stranger).expect("rpps"),
+            profession: Profession::Medecin,
+            specialty: None,
+            name: None,
+        })
+        .expect("pro add");
+        retry(inbox.path(), "unregistered.txt").expect("retry");
+
+        let no_dossier = fix(inbox.path(), "no-dossier.txt");
+        assert!(
+            error_file(inbox.path(), "no-dossier.txt")
+                .starts_with("the host holds no dossier for the sidecar's INS")
+                && no_dossier.contains("`carnet dossier create --ins INS")
+                && !no_dossier.contains("authority import"),
+            "{no_dossier}"
+        );
+        crate::testkit::as_host(&r)
+            .authority()
+            .create_dossier(crate::testkit::new_dossier(&other))
+            .expect("dossier create");
+        retry(inbox.path(), "no-dossier.txt").expect("retry");
+        let report = process(&r, inbox.path()).expect("scan");
+        assert_eq!(report.stored.len(), 2, "{report:?}");
+        assert!(listing(&inbox.path().join("rejected")).is_empty());
+
+        // A blocked author, then a closed dossier: retrying as it is cannot help, the sidecar
+        // needs correcting.
+        crate::testkit::as_host(&r)
+            .authority()
+            .set_grant(
+                &ins(),
+                &Rpps::parse(stranger).expect("rpps"),
+                GrantState::Blocked,
+                GrantBasis::Consent,
+                None,
+            )
+            .expect("block");
+        drop_pair(
+            inbox.path(),
+            "blocked.txt",
+            "x",
+            &sidecar("urn:test:5").replace(DOCTOR, stranger),
+        );
+        crate::testkit::as_host(&r)
+            .authority()
+            .close_dossier(&other, "synthetic closure", false)
+            .expect("close");
+        drop_pair(
+            inbox.path(),
+            "closed.txt",
+            "x",
+            &sidecar("urn:test:6").replace(ins().matricule(), other.matricule()),
+        );
+        assert_eq!(process(&r, inbox.path()).expect("scan").rejected.len(), 2);
+        for (name, rule, words) in [
+            ("blocked.txt", "rule 3", "blocked this professional"),
+            ("closed.txt", "rule 1", "not active (closed)"),
+        ] {
+            let text = error_file(inbox.path(), name);
+            assert!(text.contains(rule), "{text}");
+            let fix = fix(inbox.path(), name);
+            assert!(
+                fix.contains(words)
+                    && fix.contains(&format!("rejected/{name}{SIDECAR_SUFFIX}"))
+                    && fix.contains(&format!("`carnet inbox retry {name}`")),
+                "{fix}"
+            );
+        }
+    }
+
+    /// At a site, a dossier it does not hold is asked of the host (`carnet pin`), or opened
+    /// there; `carnet authority import` (a bundle-provisioned site's) is not the fix.
+    #[test]
+    fn at_a_site_a_dossier_it_does_not_hold_is_asked_of_the_host() {
+        let (_tmp, _host, site, the_ins) = crate::testkit::host_and_site();
+        let inbox = tempfile::tempdir().expect("tmp");
+        let other = Ins::from_body("1840575123456").expect("ins");
+        drop_pair(
+            inbox.path(),
+            "cr.txt",
+            "x",
+            &sidecar("urn:test:site").replace(the_ins.matricule(), other.matricule()),
+        );
+        assert_eq!(
+            process(&site, inbox.path()).expect("scan").rejected.len(),
+            1
+        );
+        let text = error_file(inbox.path(), "cr.txt");
+        assert!(
+            text.starts_with("this site holds no dossier for the sidecar's INS"),
+            "{text}"
+        );
+        let fix = fix(inbox.path(), "cr.txt");
+        assert!(
+            fix.contains("`carnet pin INS`")
+                && fix.contains("`carnet dossier create --ins INS … --as RPPS`")
+                && fix.contains("`carnet inbox retry cr.txt`")
+                && !fix.contains("authority import"),
+            "{fix}"
+        );
     }
 
     #[test]
@@ -673,6 +1528,15 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().ends_with(".error.txt"))
             .count();
         assert_eq!(errors, 4, "each with its reason");
+        for name in listing(&inbox.path().join("rejected")) {
+            if let Some(file) = name.strip_suffix(ERROR_SUFFIX) {
+                let fix = fix(inbox.path(), file);
+                assert!(
+                    !fix.contains("carnet inbox retry"),
+                    "retrying cannot help: {fix}"
+                );
+            }
+        }
         assert_eq!(
             fs::read_to_string(&target).expect("target"),
             "not for the inbox (synthetic)"
@@ -721,6 +1585,171 @@ mod tests {
         // The document arrives (renamed into place): the pair is complete now.
         fs::write(inbox.path().join("e.txt"), "late document").expect("doc");
         assert_eq!(process(&r, inbox.path()).expect("scan").stored.len(), 1);
+    }
+
+    /// Receipts go after `RECEIPT_KEEP_MS` by the replica's clock (here fixed), and not before.
+    #[test]
+    fn receipts_older_than_the_keeping_time_are_removed() {
+        let (data, inbox) = (
+            tempfile::tempdir().expect("tmp"),
+            tempfile::tempdir().expect("tmp"),
+        );
+        let r = replica(data.path());
+        drop_pair(inbox.path(), "a.txt", "x", &sidecar("urn:test:old"));
+        drop_pair(inbox.path(), "b.txt", "x", &sidecar("urn:test:new"));
+        assert_eq!(process(&r, inbox.path()).expect("scan").stored.len(), 2);
+        let now = r.now();
+        let written_ago = |name: &str, ms: Millis| {
+            let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis((now - ms) as u64);
+            fs::File::options()
+                .write(true)
+                .open(
+                    inbox
+                        .path()
+                        .join("done")
+                        .join(format!("{name}{RECEIPT_SUFFIX}")),
+                )
+                .expect("receipt")
+                .set_modified(at)
+                .expect("mtime");
+        };
+        written_ago("a.txt", RECEIPT_KEEP_MS);
+        written_ago("b.txt", RECEIPT_KEEP_MS - 1);
+        let tidied = tidy(&r, inbox.path()).expect("tidy");
+        assert_eq!(tidied.receipts_removed, 1, "{tidied:?}");
+        assert_eq!(
+            listing(&inbox.path().join("done")),
+            vec![format!("b.txt{RECEIPT_SUFFIX}")]
+        );
+    }
+
+    #[test]
+    fn retry_puts_a_refused_pair_back_and_refuses_what_is_not_one() {
+        let (data, inbox) = (
+            tempfile::tempdir().expect("tmp"),
+            tempfile::tempdir().expect("tmp"),
+        );
+        let r = replica(data.path());
+        drop_pair(inbox.path(), "a.txt", "x", "{ not json");
+        assert_eq!(process(&r, inbox.path()).expect("scan").rejected.len(), 1);
+        let rejected = inbox.path().join("rejected");
+        let before = listing(&rejected);
+        fs::write(inbox.path().join("b.txt"), "in the inbox").expect("b");
+        fs::write(rejected.join("b.txt"), "refused").expect("b");
+        fs::write(rejected.join(format!("b.txt{ERROR_SUFFIX}")), "why\n").expect("b");
+        for (name, words) in [
+            ("../a.txt", "not the name of a refused file"),
+            ("rejected/a.txt", "not the name of a refused file"),
+            ("..", "not the name of a refused file"),
+            ("", "not the name of a refused file"),
+            (".a.txt", "not the name of a refused file"),
+            ("a.txt.error.txt", "not the name of a refused file"),
+            ("c.txt", "no refused file named 'c.txt'"),
+            ("b.txt", "b.txt is in the inbox already"),
+        ] {
+            let e = retry(inbox.path(), name).expect_err(name);
+            assert!(e.to_string().contains(words), "{name}: {e}");
+        }
+        assert_eq!(
+            listing(&rejected).len(),
+            before.len() + 2,
+            "nothing moved by a refusal"
+        );
+        fs::remove_file(inbox.path().join("b.txt")).expect("rm");
+        assert_eq!(
+            retry(inbox.path(), "a.txt").expect("retry"),
+            vec!["a.txt".to_string(), format!("a.txt{SIDECAR_SUFFIX}")]
+        );
+        assert_eq!(
+            listing(inbox.path()),
+            vec!["a.txt".to_string(), format!("a.txt{SIDECAR_SUFFIX}")]
+        );
+        assert_eq!(
+            state(inbox.path(), 0)
+                .expect("state")
+                .rejected
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>(),
+            vec!["b.txt"],
+            "its error file went with it"
+        );
+        // The link of a refused link stays where it is.
+        let target = inbox.path().join("elsewhere.txt");
+        std::os::unix::fs::symlink(&target, rejected.join("l.txt")).expect("link");
+        let e = retry(inbox.path(), "l.txt").expect_err("a link");
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+    }
+
+    #[test]
+    fn state_lists_refusals_with_their_fix_and_files_alone_past_the_grace_period() {
+        let (data, inbox) = (
+            tempfile::tempdir().expect("tmp"),
+            tempfile::tempdir().expect("tmp"),
+        );
+        let r = replica(data.path());
+        drop_pair(inbox.path(), "a.txt", "x", "{ not json");
+        process(&r, inbox.path()).expect("scan");
+        // Older versions wrote the reason alone.
+        fs::write(inbox.path().join("rejected/old.txt"), "x").expect("old");
+        fs::write(
+            inbox.path().join(format!("rejected/old.txt{ERROR_SUFFIX}")),
+            "an old reason\n",
+        )
+        .expect("old");
+        let at: Millis = 1_800_000_000_000;
+        let written = std::time::UNIX_EPOCH + std::time::Duration::from_millis(at as u64);
+        let alone = |name: &str| {
+            let f = fs::File::create(inbox.path().join(name)).expect("file");
+            f.set_modified(written).expect("mtime");
+        };
+        alone("doc.pdf");
+        alone(&format!("lone.pdf{SIDECAR_SUFFIX}"));
+        alone("half.pdf.part");
+        alone("pair.pdf");
+        alone(&format!("pair.pdf{SIDECAR_SUFFIX}"));
+
+        let just_before = state(inbox.path(), at + ORPHAN_AFTER_MS - 1).expect("state");
+        assert!(just_before.orphans.is_empty(), "{just_before:?}");
+        let after = state(inbox.path(), at + ORPHAN_AFTER_MS).expect("state");
+        assert_eq!(
+            after.orphans,
+            vec![
+                Orphan {
+                    name: "doc.pdf".into(),
+                    since: at,
+                    missing: "sidecar".into()
+                },
+                Orphan {
+                    name: format!("lone.pdf{SIDECAR_SUFFIX}"),
+                    since: at,
+                    missing: "document".into()
+                },
+            ]
+        );
+        assert_eq!(after.rejected.len(), 2, "{after:?}");
+        let a = &after.rejected[0];
+        assert_eq!((a.name.as_str(), a.sidecar), ("a.txt", true));
+        assert!(a.reason.starts_with("the sidecar is not valid"), "{a:?}");
+        assert!(
+            a.fix
+                .as_deref()
+                .is_some_and(|f| f.ends_with("`carnet inbox retry a.txt`")),
+            "{a:?}"
+        );
+        let old = &after.rejected[1];
+        assert_eq!(
+            (old.name.as_str(), old.reason.as_str(), old.fix.as_deref()),
+            ("old.txt", "an old reason", None)
+        );
+        assert_eq!(
+            summary(inbox.path(), at + ORPHAN_AFTER_MS).expect("summary"),
+            InboxSummary {
+                rejected: 2,
+                orphans: after.orphans.clone(),
+                unclaimed: Vec::new(),
+            }
+        );
     }
 
     #[test]

@@ -39,6 +39,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const ANNOUNCEMENT_EVERY: Duration = Duration::from_secs(3600);
 /// How often the host looks for notifications to spool (`notification_spool`).
 const SPOOL_EVERY: Duration = Duration::from_secs(1);
+/// How often a site tidies its inbox's `done/` (`inbox::tidy`: clear pairs an older version
+/// left, receipts past their keeping time).
+const INBOX_TIDY_EVERY: Duration = Duration::from_secs(24 * 3600);
 /// How often the daemon logs certificates close to expiry.
 const CERTIFICATE_CHECK_EVERY: Duration = Duration::from_secs(12 * 3600);
 
@@ -471,6 +474,7 @@ async fn site(
     // Ends with the daemon (the runtime drops it).
     let _http = start_http(&config, &service).await?;
     let certificates = tokio::spawn(certificate_watch(replica.arc().clone()));
+    let tidy = tokio::spawn(inbox_tidy(service.clone()));
     tracing::info!(
         site = %replica.config().site_id,
         host_address = %config.host_address.as_ref().map_or_else(String::new, |a| a.to_string()),
@@ -514,6 +518,7 @@ async fn site(
         };
         if stopping {
             api.abort();
+            tidy.abort();
             service.close_connection().await;
             return Ok(());
         }
@@ -562,6 +567,7 @@ async fn site(
                     tracing::info!("stopping");
                     api.abort();
                     certificates.abort();
+                    tidy.abort();
                     service.close_connection().await;
                     return Ok(());
                 }
@@ -744,6 +750,33 @@ fn watch_lease(replica: &Replica, watch: &mut LeaseWatch) {
     }
 }
 
+/// Site: tidies the inbox's `done/` at start and every `INBOX_TIDY_EVERY`, in the inbox in
+/// force (SIGHUP may change it). Logs counts, never a file name.
+async fn inbox_tidy(service: Arc<Service>) {
+    let mut every = tokio::time::interval(INBOX_TIDY_EVERY);
+    loop {
+        every.tick().await;
+        let dir = service.link.as_ref().and_then(|l| {
+            l.lock()
+                .ok()
+                .and_then(|l| l.settings.as_ref().map(|c| c.inbox.clone()))
+        });
+        let Some(dir) = dir else {
+            continue;
+        };
+        let r = service.replica.clone();
+        match tokio::task::spawn_blocking(move || inbox::tidy(&r, &dir)).await {
+            Ok(Ok(tidied)) if tidied != inbox::Tidied::default() => tracing::info!(
+                finished = tidied.finished.len(),
+                receipts_removed = tidied.receipts_removed,
+                "inbox: done/ tidied"
+            ),
+            Ok(Err(e)) => tracing::warn!(error = %e, "inbox: done/ not tidied"),
+            _ => {}
+        }
+    }
+}
+
 /// One scan of the inbox, on the blocking side; what it stored starts a round. True when it
 /// left pairs waiting (the replica's storage failed): the daemon scans again after the next
 /// round.
@@ -754,6 +787,7 @@ async fn ingest(service: &Service, inbox_dir: &std::path::Path) -> bool {
             tracing::info!(
                 stored = report.stored.len(),
                 duplicates = report.duplicates.len(),
+                tidied = report.tidied.len(),
                 rejected = report.rejected.len(),
                 waiting = report.waiting.len(),
                 "inbox"

@@ -135,6 +135,16 @@ pub fn site(status: &SyncStatus, lease_ms: Option<Millis>, now: Millis) -> Strin
         status.pending_traces.map(|n| n as f64),
     );
     e.gauge(
+        "carnet_inbox_rejected",
+        "Files the inbox refused, waiting in rejected/ for a person (`carnet inbox list`).",
+        status.inbox.as_ref().map(|i| i.rejected as f64),
+    );
+    e.gauge(
+        "carnet_inbox_orphans",
+        "Files of the inbox without the other half of their pair for 10 minutes or more.",
+        status.inbox.as_ref().map(|i| i.orphans.len() as f64),
+    );
+    e.gauge(
         "carnet_missing_bodies",
         "Documents whose body has not arrived.",
         Some(status.missing_bodies as f64),

@@ -10,6 +10,8 @@ use clap::{CommandFactory, Parser};
 /// The commands a newcomer reaches for first: each has an example section in its long help.
 const MAIN_COMMANDS: &[&str] = &[
     "init",
+    "inbox list",
+    "inbox retry",
     "pro add",
     "dossier create",
     "dossier show",

@@ -13,6 +13,8 @@
 //! - `retention`: ten years of archiving before a purge, the holder's deletion request, and
 //!   reopening, through a host and two site daemons.
 //! - `reads`: `dossier show`, `dossier list`, `audit show` as a person (`--as`), decided and traced.
+//! - `inbox`: `carnet inbox list` and `retry`, files alone reported by `sync status`, a
+//!   refusal's fix followed through a running daemon.
 //! - `help`: every command, option and argument described in `--help`, the main commands' examples.
 //! - `keys`: master key rotation.
 //! - `export`: the holder's FHIR copy.
@@ -48,6 +50,7 @@ mod grants;
 mod help;
 mod host_daemons;
 mod host_trusts_no_site;
+mod inbox;
 mod keys;
 mod notifications;
 mod opened_here;

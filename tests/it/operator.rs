@@ -368,6 +368,18 @@ fn metrics_parse_as_prometheus_text_and_match_status_and_sites() {
         status["quarantine"].as_array().map(|q| q.len() as f64)
     );
     assert_eq!(
+        figure("carnet_inbox_rejected"),
+        status["inbox"]["rejected"].as_f64(),
+        "{text}"
+    );
+    assert_eq!(
+        figure("carnet_inbox_orphans"),
+        status["inbox"]["orphans"]
+            .as_array()
+            .map(|o| o.len() as f64),
+        "{text}"
+    );
+    assert_eq!(
         figure("carnet_cursor_lag"),
         status["cursor_lag"].as_f64(),
         "{text}"

@@ -212,7 +212,7 @@ pub(crate) fn wait_for_log(
 }
 
 /// Waits (bounded) until the site daemon's `sync status` satisfies `check`; answers it.
-fn wait_for_status(
+pub(crate) fn wait_for_status(
     site: &Carnet,
     within: Duration,
     what: &str,
