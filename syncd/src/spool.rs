@@ -54,7 +54,8 @@ pub fn file_name(id: u64) -> String {
 
 /// One pass: writes every notification not spooled yet into `dir`, in id order, and marks
 /// them spooled; stops at the first that cannot be written (the next pass starts there).
-/// Answers how many were written.
+/// Answers how many were written. Of several daemons of one host, only the one holding the
+/// spool's turn is given notifications to write (`notifications_to_spool`).
 pub fn spool_pass(replica: HostOversight<'_>, dir: &Path) -> Result<usize> {
     let pending = replica.notifications_to_spool()?;
     if pending.is_empty() {

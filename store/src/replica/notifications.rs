@@ -185,6 +185,17 @@ fn accessing_professional(e: &AuditEntry) -> Option<&Rpps> {
     }
 }
 
+/// How long a daemon's turn at the notification spool lasts unless renewed (a pass renews it).
+const SPOOL_TURN: Millis = 60_000;
+
+/// The daemon holding the spool's turn and when it ends; `None` for a value of another shape
+/// (the turn is then free).
+fn spool_turn_of(bytes: &[u8]) -> Option<(u32, Millis)> {
+    let daemon = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?);
+    let until = Millis::from_le_bytes(bytes.get(4..12)?.try_into().ok()?);
+    Some((daemon, until))
+}
+
 impl Replica {
     /// Host: the notification of an emergency access just indexed (allowed where it was
     /// decided: a refused one read nothing), in `txn`.
@@ -497,18 +508,58 @@ impl Replica {
         self.stored_notifications(&txn, 0, dossier.map(|i| self.blind(i)).as_ref())
     }
 
-    /// Host: the notifications not yet spooled (ids above the spool's mark), for the daemon to
-    /// hand to the messaging gateway.
+    /// Host: the notifications not yet spooled (ids above the spool's mark), for this daemon
+    /// to hand to the messaging gateway: none while another daemon of this host holds the
+    /// spool's turn (`take_spool_turn`, taken here only when there is something to spool, so
+    /// an idle host writes nothing).
     pub(crate) fn notifications_to_spool(&self) -> Result<Vec<Notification>> {
         self.host_only()?;
-        let txn = self.begin_read()?;
-        let mark = super::read_u64(
-            txn.open_table(META)?
-                .get(meta_key::NOTIFICATIONS_SPOOLED)?
-                .as_ref()
-                .map(|v| v.value()),
-        );
-        self.stored_notifications(&txn, mark, None)
+        let unspooled = || -> Result<Vec<Notification>> {
+            let txn = self.begin_read()?;
+            let mark = super::read_u64(
+                txn.open_table(META)?
+                    .get(meta_key::NOTIFICATIONS_SPOOLED)?
+                    .as_ref()
+                    .map(|v| v.value()),
+            );
+            self.stored_notifications(&txn, mark, None)
+        };
+        if unspooled()?.is_empty() || !self.take_spool_turn()? {
+            return Ok(Vec::new());
+        }
+        // Read again under the turn: another daemon may have spooled some before it.
+        unspooled()
+    }
+
+    /// Host: takes (or keeps) the turn to write the notification spool for `SPOOL_TURN` from
+    /// now, unless another daemon of this host holds it: true if this daemon holds it now.
+    /// Several daemons over one database thus spool each notification once, as long as none
+    /// stalls longer than its turn in the middle of a pass; the transaction is serialised with
+    /// theirs, so two never take the turn at once.
+    pub(crate) fn take_spool_turn(&self) -> Result<bool> {
+        self.host_only()?;
+        let now = self.now();
+        let me = self.daemon_number();
+        let txn = self.begin_write()?;
+        let free = {
+            let mut meta = txn.open_table(META)?;
+            let held = meta
+                .get(meta_key::SPOOL_TURN)?
+                .and_then(|v| spool_turn_of(v.value()));
+            let free = held.is_none_or(|(daemon, until)| daemon == me || until <= now);
+            if free {
+                let mut turn = me.to_le_bytes().to_vec();
+                turn.extend_from_slice(&now.saturating_add(SPOOL_TURN).to_le_bytes());
+                meta.insert(meta_key::SPOOL_TURN, turn.as_slice())?;
+            }
+            free
+        };
+        if free {
+            txn.commit()?;
+        } else {
+            txn.abort()?;
+        }
+        Ok(free)
     }
 
     /// Host: records that notifications up to `id` are spooled (never lowered).

@@ -686,7 +686,12 @@ impl Rekey<'_> {
             // The journal starts empty: its epoch moves past both live ones.
             meta_key::JOURNAL_EPOCH => bumped(2),
             meta_key::OPEN_EPOCH => bumped(1),
-            meta_key::KEYRING | meta_key::CHAIN_KEY | meta_key::ROW_DIGESTS | STATE_MAC => Ok(None),
+            // The spool's turn starts free.
+            meta_key::KEYRING
+            | meta_key::CHAIN_KEY
+            | meta_key::ROW_DIGESTS
+            | meta_key::SPOOL_TURN
+            | STATE_MAC => Ok(None),
             _ if name.starts_with("row_digest:") => Ok(None),
             _ if name.starts_with("sealed:") => {
                 let setting = &name["sealed:".len()..];

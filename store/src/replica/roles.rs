@@ -554,8 +554,8 @@ impl HostOversight<'_> {
         self.0.retrying(|| self.0.notifications(dossier))
     }
 
-    /// Host: the notifications not yet spooled (ids above the spool's mark), for the daemon to
-    /// hand to the messaging gateway.
+    /// Host: the notifications not yet spooled (ids above the spool's mark), for this daemon to
+    /// hand to the messaging gateway; none while another daemon holds the spool's turn.
     pub fn notifications_to_spool(&self) -> Result<Vec<Notification>> {
         self.0.retrying(|| self.0.notifications_to_spool())
     }

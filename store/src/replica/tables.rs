@@ -205,6 +205,9 @@ pub mod meta_key {
     pub const CHAIN_KEY: &str = "chain_key";
     /// Host: the highest notification id written to the spool (u64 LE).
     pub const NOTIFICATIONS_SPOOLED: &str = "notifications_spooled";
+    /// Host: which daemon writes the spool, and until when (u32 LE daemon number, i64 LE
+    /// millis; `Replica::take_spool_turn`).
+    pub const SPOOL_TURN: &str = "spool_turn";
     /// This replica's own trace head (postcard `(sequence, chain hash)`) as of the last move of
     /// its entries into `AUDIT`, written with `AUDIT_HEADS` (`Replica::set_own_trace_head`):
     /// `meta` is authenticated, so a trace removed whole, rows and head, is seen at open

@@ -6340,6 +6340,52 @@ fn postgres_storage_is_the_hosts_and_its_folder_says_so() {
     }
 }
 
+/// Two daemons of one host never hold the notification spool's turn at once: the first takes
+/// it and keeps it by taking it again; the second gets it only once the turn ran out unrenewed.
+#[test]
+fn the_spool_turn_is_one_daemons_at_a_time() {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    let now = Arc::new(AtomicI64::new(1_700_000_000_000));
+    let moving: Clock = {
+        let now = now.clone();
+        Arc::new(move || now.load(Ordering::SeqCst))
+    };
+    let storage = Storage::postgres(carnet_testpg::database());
+    let hd = TempDir::new().expect("tmp");
+    let first =
+        Replica::init_on(hd.path(), &storage, host_options(), moving.clone()).expect("init");
+    let jd = TempDir::new().expect("tmp");
+    std::fs::copy(hd.path().join(KEY_FILE), jd.path().join(KEY_FILE)).expect("copy key");
+    let second = Replica::join_on(jd.path(), &storage, &KeySource::File, moving, 64).expect("join");
+    assert!(
+        first.take_spool_turn().expect("turn"),
+        "a free turn is taken"
+    );
+    assert!(
+        !second.take_spool_turn().expect("turn"),
+        "a turn held is not"
+    );
+    now.fetch_add(50_000, Ordering::SeqCst);
+    assert!(
+        first.take_spool_turn().expect("turn"),
+        "its holder keeps it"
+    );
+    now.fetch_add(50_000, Ordering::SeqCst);
+    assert!(
+        !second.take_spool_turn().expect("turn"),
+        "renewed, it is still held"
+    );
+    now.fetch_add(11_000, Ordering::SeqCst);
+    assert!(
+        second.take_spool_turn().expect("turn"),
+        "a turn run out is free"
+    );
+    assert!(
+        !first.take_spool_turn().expect("turn"),
+        "and now the other's"
+    );
+}
+
 /// Several host daemons over one PostgreSQL database (`daemons`): a daemon joins with the
 /// first one's key, each sees what the other committed at its next read (a revocation
 /// included), their concurrent writes collide and run again until all are kept, and each
@@ -6398,6 +6444,12 @@ fn two_host_daemons_share_one_database() {
     );
     // (A first access writes its notification; this read writes nothing.)
     assert!(read(&first).is_ok());
+    // That notification is spooled by one daemon: the first to ask takes the spool's turn.
+    assert!(!first.notifications_to_spool().expect("spool").is_empty());
+    assert!(
+        second.notifications_to_spool().expect("spool").is_empty(),
+        "another daemon holds the spool's turn"
+    );
     // The second daemon revokes; the first, which read just before, refuses at once.
     second
         .set_grant(
