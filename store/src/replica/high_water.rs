@@ -88,7 +88,7 @@ impl Replica {
     }
 
     fn mark_aad(&self) -> Vec<u8> {
-        mark_aad(&self.config)
+        mark_aad(&self.config, self.daemon_number())
     }
 
     /// The last sequence of this replica's own trace made durable, for a mark written by a
@@ -262,13 +262,18 @@ pub(super) fn mark_key(registry: &Key) -> Key {
     registry.derive("carnet 2026-12 high-water mark")
 }
 
-/// The associated data of a replica's mark: bound to the replica.
-pub(super) fn mark_aad(config: &super::ReplicaConfig) -> Vec<u8> {
-    aad(&[
-        b"high-water",
-        &config.site_id.0.to_le_bytes(),
-        &config.created_at.to_le_bytes(),
-    ])
+/// The associated data of a replica's mark: bound to the replica and, for the daemons a
+/// host adds (`daemons`; each has a trace chain and a mark of its own), to the daemon, so one
+/// daemon's mark does not open as another's.
+pub(super) fn mark_aad(config: &super::ReplicaConfig, daemon: u32) -> Vec<u8> {
+    let (site, created) = (
+        config.site_id.0.to_le_bytes(),
+        config.created_at.to_le_bytes(),
+    );
+    match daemon {
+        0 => aad(&[b"high-water", &site, &created]),
+        n => aad(&[b"high-water", &site, &created, &n.to_le_bytes()]),
+    }
 }
 
 /// Where a full rotation writes the mark sealed under its new key, before the new database

@@ -175,8 +175,10 @@ impl Replica {
                     epoch: self.open_epoch()? + 1,
                     trace_seq: self.trace_head_for_mark()?,
                 };
-                let sealed =
-                    mark_key(&new.registry).seal(&mark_aad(&self.config), &next_mark.to_bytes())?;
+                let sealed = mark_key(&new.registry).seal(
+                    &mark_aad(&self.config, self.daemon_number()),
+                    &next_mark.to_bytes(),
+                )?;
                 let next = rekeyed_mark(mark);
                 crate::files::write_private(&next, &sealed)?;
                 fs::File::open(&next)?.sync_all()?;

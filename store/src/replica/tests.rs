@@ -6404,6 +6404,17 @@ fn two_host_daemons_share_one_database() {
     let second =
         Replica::join_on(jd.path(), &storage, &KeySource::File, clock(), 64).expect("join");
     assert_eq!((first.daemon_number(), second.daemon_number()), (0, 1));
+    // Each daemon's high-water mark is its own: one does not open as the other's.
+    let marks = TempDir::new().expect("tmp");
+    let mark = marks.path().join("first.mark");
+    first.check_high_water(&mark).expect("the first daemon's mark");
+    match second.check_high_water(&mark) {
+        Err(Error::Integrity(m)) => assert!(m.contains("not this replica's"), "{m}"),
+        other => panic!("another daemon's mark: {other:?}"),
+    }
+    second
+        .check_high_water(&marks.path().join("second.mark"))
+        .expect("the second daemon's mark");
     match Replica::join_on(jd.path(), &storage, &KeySource::File, clock(), 64) {
         Err(Error::Invalid(m)) => assert!(m.contains("already holds a replica"), "{m}"),
         other => panic!("a folder joins once: {:?}", other.map(|_| ())),
