@@ -287,6 +287,13 @@ impl Replica {
     /// `settings` (absent ones are skipped). Runs while the replica serves: one read
     /// transaction, taken once the trace journal moved into the database.
     pub fn backup_to(&self, out: &Path, settings: &[&str]) -> Result<BackupInfo> {
+        if self.db.as_redb().is_none() {
+            return Err(Error::invalid(
+                "this host keeps its tables in PostgreSQL: back it up with the database's own \
+                 tools (pg_dump, or the engine's backups) and keep a copy of its master.key; \
+                 `carnet backup` copies a replica kept in its redb file",
+            ));
+        }
         let partial = sibling(out, "partial")?;
         let result = self.write_backup(&partial, settings);
         match result {

@@ -132,6 +132,12 @@ impl Replica {
     /// Writes the re-keyed database, the new key file and the new mark beside the live files;
     /// on failure removes them again. The live replica is unchanged.
     pub(super) fn stage_rekey(&self, new_source: &KeySource) -> Result<Staged> {
+        if self.db.as_redb().is_none() {
+            return Err(Error::invalid(
+                "this host keeps its tables in PostgreSQL, which a full key rotation does not \
+                 re-key yet: nothing was changed",
+            ));
+        }
         if self.restoring.load(Ordering::SeqCst) {
             return Err(Error::invalid(
                 "this replica is restoring from a backup: let its first round with the host finish (carnet sync now), then rotate",

@@ -6327,7 +6327,19 @@ fn postgres_storage_is_the_hosts_and_its_folder_says_so() {
         "a refused init writes nothing"
     );
     let hd = TempDir::new().expect("tmp");
-    drop(Replica::init_on(hd.path(), &storage, host_options(), clock()).expect("init"));
+    let host = Replica::init_on(hd.path(), &storage, host_options(), clock()).expect("init");
+    // A backup or a full key rotation of a host in PostgreSQL says what to do instead.
+    let out = hd.path().join("host.backup");
+    match host.backup_to(&out, &[]) {
+        Err(Error::Invalid(m)) => assert!(m.contains("pg_dump"), "{m}"),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    assert!(!out.exists() && !hd.path().join("host.backup.partial").exists());
+    match host.stage_rekey(&KeySource::File) {
+        Err(Error::Invalid(m)) => assert!(m.contains("PostgreSQL"), "{m}"),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    drop(host);
     match open_at(hd.path(), &KeySource::File, clock()) {
         Err(Error::Invalid(m)) => assert!(m.contains("PostgreSQL") && !m.contains(&url), "{m}"),
         other => panic!("{:?}", other.map(|_| ())),
@@ -6407,7 +6419,9 @@ fn two_host_daemons_share_one_database() {
     // Each daemon's high-water mark is its own: one does not open as the other's.
     let marks = TempDir::new().expect("tmp");
     let mark = marks.path().join("first.mark");
-    first.check_high_water(&mark).expect("the first daemon's mark");
+    first
+        .check_high_water(&mark)
+        .expect("the first daemon's mark");
     match second.check_high_water(&mark) {
         Err(Error::Integrity(m)) => assert!(m.contains("not this replica's"), "{m}"),
         other => panic!("another daemon's mark: {other:?}"),
