@@ -478,6 +478,16 @@ impl Replica {
         Self::create(dir, Place::File, opts, clock).inspect_err(|_| remove_created(&fresh))
     }
 
+    /// The refusal of an `init` into a PostgreSQL database that holds a replica already.
+    fn database_occupied() -> Error {
+        Error::invalid(
+            "a replica already exists in this PostgreSQL database: give the new host an empty \
+             database, or add this daemon to that host with --join (and its master.key); an \
+             init cut short leaves its rows there: drop and create the database before trying \
+             again",
+        )
+    }
+
     /// `init` with the tables on `storage`: PostgreSQL is for the host only, and its database
     /// must hold no replica yet.
     pub fn init_on(
@@ -555,7 +565,10 @@ impl Replica {
             Place::Postgres(pg) => {
                 let db = Database::Pg(crate::kv::pg::PgStore::open(&pg.url)?);
                 let txn = db.begin_read()?;
-                !crate::kv::ReadableTableMetadata::is_empty(&txn.open_table(META)?)?
+                if !crate::kv::ReadableTableMetadata::is_empty(&txn.open_table(META)?)? {
+                    return Err(Self::database_occupied());
+                }
+                false
             }
         };
         if occupied {
@@ -632,6 +645,12 @@ impl Replica {
         let txn = db.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
+            // Checked again in the transaction that writes it: of two `init`s into one empty
+            // PostgreSQL database at once, the second finds the first's rows, or collides with
+            // them and is refused whole.
+            if !crate::kv::ReadableTableMetadata::is_empty(&meta)? {
+                return Err(Self::database_occupied());
+            }
             meta.insert(meta_key::FORMAT, FORMAT_VERSION.to_le_bytes().as_slice())?;
             meta.insert(meta_key::CONFIG, postcard::to_stdvec(&config)?.as_slice())?;
             meta.insert(meta_key::KEYRING, postcard::to_stdvec(&keyring)?.as_slice())?;

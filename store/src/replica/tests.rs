@@ -6350,6 +6350,28 @@ fn postgres_storage_is_the_hosts_and_its_folder_says_so() {
         Err(Error::Invalid(m)) => assert!(m.contains("already exists"), "{m}"),
         other => panic!("{:?}", other.map(|_| ())),
     }
+    assert!(
+        !other.path().join(KEY_FILE).exists(),
+        "a refused init leaves nothing in its folder"
+    );
+    // Two inits into one empty database at once: one host is made, the other refused whole.
+    let storage = Storage::postgres(carnet_testpg::database());
+    let folders = [TempDir::new().expect("tmp"), TempDir::new().expect("tmp")];
+    let made: Vec<bool> = std::thread::scope(|scope| {
+        let runs: Vec<_> = folders
+            .iter()
+            .map(|dir| {
+                let storage = &storage;
+                scope.spawn(move || {
+                    Replica::init_on(dir.path(), storage, host_options(), clock()).is_ok()
+                })
+            })
+            .collect();
+        runs.into_iter()
+            .map(|run| run.join().expect("init thread"))
+            .collect()
+    });
+    assert_eq!(made.iter().filter(|ok| **ok).count(), 1, "{made:?}");
 }
 
 /// Two daemons of one host never hold the notification spool's turn at once: the first takes
