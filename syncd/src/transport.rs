@@ -242,7 +242,7 @@ struct PinnedHost {
     revoked: Vec<[u8; 32]>,
 }
 
-/// A refusal of a certificate that the site's operator reads (in `sync now`, `handover`, the
+/// A refusal of a certificate that the site's operator reads (in `sync now`, the
 /// daemon's log).
 fn refused(why: String) -> rustls::Error {
     #[derive(Debug)]
