@@ -38,6 +38,9 @@ fn settings(dir: &Path, role: ConfigRole, address: SocketAddr) -> Res<()> {
         cache_mib: carnet_store::replica::DEFAULT_CACHE_MIB,
         http: None,
         host: None,
+        peer_listen: None,
+        discover: false,
+        peers: Vec::new(),
     }
     .write_new(dir)?;
     Ok(())

@@ -127,6 +127,9 @@ pub(crate) fn write_host_settings(dir: &Path, listen: SocketAddr, storage: &Stor
                 read_connections: None,
             }),
         },
+        peer_listen: None,
+        discover: false,
+        peers: Vec::new(),
     }
     .write_new(dir)?;
     Ok(())

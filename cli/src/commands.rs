@@ -678,6 +678,9 @@ fn init_in(
                 storage: Some(url),
                 read_connections: None,
             }),
+        peer_listen: None,
+        discover: false,
+        peers: Vec::new(),
     };
     let config_path = config.write_new(dir)?;
     Ok((r, config_path))

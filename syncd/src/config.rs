@@ -92,6 +92,120 @@ pub struct Config {
     /// `[host]`: the host's own settings.
     #[serde(default)]
     pub host: Option<HostSettings>,
+    /// Site: where it accepts sessions from its peers (`[[peer]]`, ALPN `carnet-peer/1`,
+    /// `transport::peer_server_config`): off unless set.
+    #[serde(default)]
+    pub peer_listen: Option<SocketAddr>,
+    /// Site: find peers on the local network (mDNS). Parsed, and refused when true: not
+    /// supported yet.
+    #[serde(default)]
+    pub discover: bool,
+    /// Site: `[[peer]]`, the sites it opens sessions with and accepts sessions from, each
+    /// known by the site id in its certificate. No name, site or address twice.
+    #[serde(default, rename = "peer")]
+    pub peers: Vec<PeerConfig>,
+}
+
+/// A `[[peer]]` of `carnet.toml`: another enrolled site this one hands dossiers over to, or
+/// takes them from, without the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// What the operator calls it: letters, digits, `-`, `_` and `.`, 1 to 64 of them.
+    pub name: String,
+    /// Where its `peer_listen` is reached.
+    pub address: SocketAddr,
+    /// Its site id, as its certificate names it (`site-N`, `pki list` at the host): what a
+    /// session is matched by, never the address it comes from.
+    pub site: u32,
+}
+
+/// Longest `[[peer]]` name.
+pub const PEER_NAME_MAX: usize = 64;
+/// Most `[[peer]]` entries (each is checked at every peer handshake).
+pub const PEERS_MAX: usize = 256;
+
+impl Config {
+    /// The `[[peer]]` named `name`.
+    pub fn peer(&self, name: &str) -> Option<&PeerConfig> {
+        self.peers.iter().find(|p| p.name == name)
+    }
+
+    /// The `[[peer]]` whose certificate names site `site`.
+    pub fn peer_by_site(&self, site: u32) -> Option<&PeerConfig> {
+        self.peers.iter().find(|p| p.site == site)
+    }
+
+    /// Checks `peer_listen`, `discover` and `[[peer]]`.
+    fn validate_peers(&self) -> Result<()> {
+        let invalid = |why: String| Err(Error::Invalid(format!("carnet.toml: {why}")));
+        if self.role == ConfigRole::Host {
+            if self.peer_listen.is_some() || self.discover || !self.peers.is_empty() {
+                return invalid(
+                    "peer_listen, discover and [[peer]] are for sites (the host is reached over `listen`)"
+                        .into(),
+                );
+            }
+            return Ok(());
+        }
+        if self.discover {
+            return invalid(
+                "discover = true is not supported yet (mDNS): list the peer as [[peer]] with name, address and site"
+                    .into(),
+            );
+        }
+        if self.peers.len() > PEERS_MAX {
+            return invalid(format!(
+                "{} [[peer]] entries: at most {PEERS_MAX}",
+                self.peers.len()
+            ));
+        }
+        for (i, p) in self.peers.iter().enumerate() {
+            let good = |c: char| c.is_ascii_alphanumeric() || "-_.".contains(c);
+            if p.name.is_empty() || p.name.len() > PEER_NAME_MAX || !p.name.chars().all(good) {
+                return invalid(format!(
+                    "[[peer]] name '{}' is not 1 to {PEER_NAME_MAX} letters, digits, '-', '_' or '.'",
+                    p.name.escape_debug()
+                ));
+            }
+            if p.site == 0 {
+                return invalid(format!(
+                    "[[peer]] {}: site = 0 names no site (the id in its certificate, site-N)",
+                    p.name
+                ));
+            }
+            if p.address.ip().is_unspecified() || p.address.port() == 0 {
+                return invalid(format!(
+                    "[[peer]] {}: address {} is not one to dial (an IP and a port the peer listens on)",
+                    p.name, p.address
+                ));
+            }
+            let before = &self.peers[..i];
+            if before.iter().any(|q| q.name == p.name) {
+                return invalid(format!("[[peer]] name '{}' comes twice", p.name));
+            }
+            if let Some(q) = before.iter().find(|q| q.site == p.site) {
+                return invalid(format!(
+                    "[[peer]] {} and {} both name site {}",
+                    q.name, p.name, p.site
+                ));
+            }
+            if let Some(q) = before.iter().find(|q| q.address == p.address) {
+                return invalid(format!(
+                    "[[peer]] {} and {} both have address {}",
+                    q.name, p.name, p.address
+                ));
+            }
+        }
+        if let Some(listen) = self.peer_listen
+            && listen.port() == 0
+        {
+            return invalid(format!(
+                "peer_listen = \"{listen}\" has no port: peers dial a fixed one"
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `[host]` in `carnet.toml`.
@@ -315,6 +429,7 @@ impl Config {
                 http.listen
             )));
         }
+        self.validate_peers()?;
         if !["error", "warn", "info", "debug", "trace"].contains(&self.log_level.as_str()) {
             return Err(Error::Invalid(format!(
                 "carnet.toml: log_level '{}' is not one of error, warn, info, debug, trace",
@@ -342,7 +457,7 @@ impl Config {
     /// Reads `path` again for a running daemon (SIGHUP): answers the settings to run with — these
     /// with `log_level`, `sync_every` and `inbox` taken from the file — and the names of the
     /// settings the file changes that only a restart applies (`listen`, `host_address`,
-    /// `lease_hours`, `log_format`). An unreadable or invalid file, or one for the other role, is refused
+    /// `lease_hours`, `log_format`, `peer_listen`, `peer`…). An unreadable or invalid file, or one for the other role, is refused
     /// whole: the caller keeps these settings.
     pub fn reload(&self, path: &Path) -> Result<(Config, Vec<&'static str>)> {
         let new = Config::load(path)?;
@@ -376,6 +491,12 @@ impl Config {
         }
         if new.host != self.host {
             restart.push("host.storage");
+        }
+        if new.peer_listen != self.peer_listen {
+            restart.push("peer_listen");
+        }
+        if new.peers != self.peers {
+            restart.push("peer");
         }
         Ok((
             Config {
@@ -523,7 +644,7 @@ impl Config {
              {lease}\n\n\
              # Host: a folder for a messaging gateway, one JSON file per notification (mode\n\
              # 0600; holds the dossier's INS), created 0700 if missing. Off unless set.\n\
-             {spool}\n{http}{host_table}",
+             {spool}\n{peer_keys}{http}{peer_tables}{host_table}",
             toml_string(&self.inbox.to_string_lossy()),
             self.log_level,
             match self.log_format {
@@ -550,6 +671,40 @@ impl Config {
                          # set; a loopback address unless allow_remote = true (no TLS: keep it local).\n\
                          # [http]\n# listen = \"127.0.0.1:8780\"\n"
                     .to_string(),
+            },
+            peer_keys = match self.role {
+                ConfigRole::Host => String::new(),
+                ConfigRole::Site => format!(
+                    "\n# Site: where other sites listed as [[peer]] open sessions to this one (QUIC,\n\
+                     # UDP; their certificates checked against the national CA), for a handover\n\
+                     # without the host. Off unless set.\n{}\n\
+                     # Finding peers on the local network (mDNS): not supported yet.\n\
+                     # discover = false\n",
+                    match self.peer_listen {
+                        Some(a) => format!("peer_listen = \"{a}\""),
+                        None => "# peer_listen = \"0.0.0.0:4434\"".to_string(),
+                    }
+                ),
+            },
+            peer_tables = match self.role {
+                ConfigRole::Host => String::new(),
+                ConfigRole::Site if self.peers.is_empty() => "\n# The sites this one hands dossiers over to, or takes them from: a name for\n\
+                     # the operator, where it listens, and its site id (site-N in its certificate:\n\
+                     # a session is matched by it, never by address).\n\
+                     # [[peer]]\n# name = \"smur-vallee\"\n# address = \"192.0.2.20:4434\"\n# site = 12\n"
+                    .to_string(),
+                ConfigRole::Site => self
+                    .peers
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "\n[[peer]]\nname = {}\naddress = \"{}\"\nsite = {}\n",
+                            toml_string(&p.name),
+                            p.address,
+                            p.site
+                        )
+                    })
+                    .collect(),
             },
             host_table = match (self.role, self.storage()) {
                 (ConfigRole::Site, _) => String::new(),
@@ -629,6 +784,9 @@ mod tests {
             cache_mib: default_cache_mib(),
             http: None,
             host: None,
+            peer_listen: None,
+            discover: false,
+            peers: Vec::new(),
         }
     }
 
@@ -925,5 +1083,177 @@ mod tests {
         .expect("write");
         assert!(Config::load(&p).is_ok());
         assert!(Config::load(&dir.path().join("missing.toml")).is_err());
+    }
+
+    fn peer(name: &str, address: &str, site: u32) -> PeerConfig {
+        PeerConfig {
+            name: name.into(),
+            address: addr(address),
+            site,
+        }
+    }
+
+    /// A site's peers and where it listens for them are read, written back, found by name
+    /// and by site id, and a change is named by a reload (the listener is made at start).
+    #[test]
+    fn a_site_lists_its_peers_and_where_it_listens_for_them() {
+        let origin = Path::new("carnet.toml");
+        let text = "role = \"site\"\nhost_address = \"127.0.0.1:4433\"\npeer_listen = \"0.0.0.0:4434\"\n\
+                    discover = false\n\
+                    [[peer]]\nname = \"smur-vallee\"\naddress = \"192.0.2.20:4434\"\nsite = 12\n\
+                    [[peer]]\nname = \"clinique.2\"\naddress = \"[::1]:4434\"\nsite = 7\n";
+        let config = Config::parse(text, origin).expect("peers");
+        assert_eq!(config.peer_listen, Some(addr("0.0.0.0:4434")));
+        assert_eq!(
+            config.peers,
+            [
+                peer("smur-vallee", "192.0.2.20:4434", 12),
+                peer("clinique.2", "[::1]:4434", 7)
+            ]
+        );
+        assert_eq!(config.peer("clinique.2").map(|p| p.site), Some(7));
+        assert_eq!(
+            config.peer_by_site(12).map(|p| p.name.as_str()),
+            Some("smur-vallee")
+        );
+        assert!(config.peer("nobody").is_none() && config.peer_by_site(3).is_none());
+        let written = config.to_commented_toml();
+        assert_eq!(Config::parse(&written, origin).expect("reads back"), config);
+        // With [http] written too, the peers still read back (tables after the keys).
+        let mut with_http = config.clone();
+        with_http.http = Some(HttpConfig {
+            listen: addr("127.0.0.1:8780"),
+            allow_remote: false,
+        });
+        let written = with_http.to_commented_toml();
+        assert_eq!(
+            Config::parse(&written, origin).expect("reads back"),
+            with_http
+        );
+        // Unset: nothing listens, no peer; the file says how to set them.
+        let bare = site().to_commented_toml();
+        assert!(
+            bare.contains("# peer_listen = ") && bare.contains("# [[peer]]"),
+            "{bare}"
+        );
+        let read = Config::parse(&bare, origin).expect("reads back");
+        assert_eq!((read.peer_listen, read.peers.len()), (None, 0));
+        // A reload names them: the listener and the peer list are made at start.
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).expect("write");
+        let mut running = config.clone();
+        running.lease_hours = None;
+        running.log_format = LogFormat::Text;
+        let (now, restart) = running.reload(&path).expect("same");
+        assert!(restart.is_empty(), "{restart:?}");
+        assert_eq!(now.peers, config.peers);
+        std::fs::write(
+            &path,
+            text.replace("site = 7", "site = 8")
+                .replace("4434\"\ndiscover", "4435\"\ndiscover"),
+        )
+        .expect("write");
+        let (now, restart) = running.reload(&path).expect("changed");
+        assert_eq!(restart, ["peer_listen", "peer"]);
+        assert_eq!(
+            now.peers, config.peers,
+            "the peers in force stay until a restart"
+        );
+    }
+
+    /// Each bad peer setting is refused with what is wrong.
+    #[test]
+    fn bad_peer_settings_are_refused_clearly() {
+        let site = "role = \"site\"\nhost_address = \"127.0.0.1:1\"\n";
+        let check = |text: &str, needle: &str| {
+            let err = Config::parse(text, Path::new("carnet.toml"))
+                .expect_err(text)
+                .to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+        };
+        let one = |name: &str, address: &str, site_id: &str| {
+            format!("\n[[peer]]\nname = \"{name}\"\naddress = \"{address}\"\nsite = {site_id}\n")
+        };
+        check(&format!("{site}discover = true\n"), "not supported yet");
+        check(&format!("{site}discover = \"yes\"\n"), "discover");
+        check(&format!("{site}peer_listen = \"nowhere\"\n"), "peer_listen");
+        check(
+            &format!("{site}peer_listen = \"127.0.0.1:0\"\n"),
+            "has no port",
+        );
+        check(
+            "role = \"host\"\nlisten = \"127.0.0.1:1\"\npeer_listen = \"127.0.0.1:4434\"\n",
+            "are for sites",
+        );
+        check(
+            &format!(
+                "role = \"host\"\nlisten = \"127.0.0.1:1\"\n{}",
+                one("a", "127.0.0.1:2", "3")
+            ),
+            "are for sites",
+        );
+        let long = "x".repeat(PEER_NAME_MAX + 1);
+        // Each case: the peers listed (name, address, site), and what the refusal says.
+        type Listed<'a> = &'a [(&'a str, &'a str, &'a str)];
+        let cases: [(Listed, &str); 12] = [
+            (&[("", "127.0.0.1:2", "3")], "name ''"),
+            (&[("a b", "127.0.0.1:2", "3")], "name 'a b'"),
+            (&[(&long, "127.0.0.1:2", "3")], "1 to 64"),
+            (&[("a", "127.0.0.1", "3")], "address"),
+            (&[("a", "0.0.0.0:4434", "3")], "not one to dial"),
+            (&[("a", "127.0.0.1:0", "3")], "not one to dial"),
+            (&[("a", "127.0.0.1:2", "0")], "site = 0"),
+            (&[("a", "127.0.0.1:2", "-1")], "site"),
+            (
+                &[("a", "127.0.0.1:2", "3"), ("a", "127.0.0.1:3", "4")],
+                "'a' comes twice",
+            ),
+            (
+                &[("a", "127.0.0.1:2", "3"), ("b", "127.0.0.1:3", "3")],
+                "a and b both name site 3",
+            ),
+            (
+                &[("a", "127.0.0.1:2", "3"), ("b", "127.0.0.1:2", "4")],
+                "a and b both have address 127.0.0.1:2",
+            ),
+            (
+                &[("a", "127.0.0.1:2", "3"), ("é", "127.0.0.1:3", "4")],
+                "name 'é'",
+            ),
+        ];
+        for (peers, needle) in cases {
+            let listed: String = peers.iter().map(|(n, a, id)| one(n, a, id)).collect();
+            check(&format!("{site}{listed}"), needle);
+        }
+        check(
+            &format!("{site}\n[[peer]]\nname = \"a\"\naddress = \"127.0.0.1:2\"\n"),
+            "site",
+        );
+        check(
+            &format!(
+                "{site}\n[[peer]]\nname = \"a\"\naddress = \"127.0.0.1:2\"\nsite = 3\nport = 1\n"
+            ),
+            "port",
+        );
+        // `n` peers, each with a name, address and site of its own.
+        let peers = |n: u32| -> String {
+            (1..=n)
+                .map(|i| {
+                    one(
+                        &format!("p{i}"),
+                        &format!("127.0.0.1:{}", 1000 + i),
+                        &i.to_string(),
+                    )
+                })
+                .collect()
+        };
+        check(
+            &format!("{site}{}", peers(PEERS_MAX as u32 + 1)),
+            "at most 256",
+        );
+        // Within the bounds, accepted.
+        let most = format!("{site}{}", peers(PEERS_MAX as u32));
+        assert!(Config::parse(&most, Path::new("c")).is_ok());
     }
 }

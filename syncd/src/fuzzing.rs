@@ -722,6 +722,10 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             "site-daemons",
             "role = \"site\"\nhost_address = [\"192.0.2.1:4433\", \"[2001:db8::2]:4433\"]\n",
         ),
+        (
+            "site-peers",
+            "role = \"site\"\nhost_address = \"192.0.2.1:4433\"\npeer_listen = \"0.0.0.0:4434\"\n\n[http]\nlisten = \"127.0.0.1:8780\"\n\n[[peer]]\nname = \"smur-vallee\"\naddress = \"192.0.2.20:4434\"\nsite = 12\n\n[[peer]]\nname = \"clinique\"\naddress = \"[2001:db8::7]:4434\"\nsite = 7\n",
+        ),
     ] {
         let config = Config::parse(text, Path::new(name)).expect("seed config");
         add(

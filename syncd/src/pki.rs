@@ -318,9 +318,56 @@ pub fn key_pin(cert_der: &[u8]) -> Result<[u8; 32]> {
     Ok(*blake3::hash(tbs_fields(cert_der)?.spki).as_bytes())
 }
 
-/// The TBS fields Carnet reads: the validity element and the whole SubjectPublicKeyInfo.
+/// The site id a site certificate names in its common name (`site-N`, as `issue_site` writes
+/// it). A certificate without one (the host's, the CA's) or with anything else there is an
+/// error: a peer is known by this id, never by the address it comes from.
+pub fn site_id_of(cert_der: &[u8]) -> Result<u32> {
+    const COMMON_NAME: &[u8] = &[0x06, 0x03, 0x55, 0x04, 0x03];
+    const UTF8_STRING: u8 = 0x0c;
+    const PRINTABLE_STRING: u8 = 0x13;
+    let no_site = || Error::Pki("the certificate names no site (common name site-N)".into());
+    let subject = tbs_fields(cert_der)?.subject;
+    let (tag, _, mut rdns, _) = der::element(subject)?;
+    if tag != der::SEQUENCE {
+        return Err(der::malformed());
+    }
+    let mut common_names = Vec::new();
+    while !rdns.is_empty() {
+        let (_, _, mut set, after) = der::element(rdns)?;
+        rdns = after;
+        while !set.is_empty() {
+            let (_, _, attribute, after) = der::element(set)?;
+            set = after;
+            let (_, oid, _, value) = der::element(attribute)?;
+            if oid == COMMON_NAME {
+                let (tag, _, text, _) = der::element(value)?;
+                if tag != UTF8_STRING && tag != PRINTABLE_STRING {
+                    return Err(no_site());
+                }
+                common_names.push(text);
+            }
+        }
+    }
+    let [name] = common_names[..] else {
+        return Err(no_site());
+    };
+    let id = std::str::from_utf8(name)
+        .ok()
+        .and_then(|n| n.strip_prefix("site-"))
+        .and_then(|n| n.parse::<u32>().ok())
+        .ok_or_else(no_site)?;
+    // `site-07` or `site-+7` is not how a site certificate is written.
+    if name != format!("site-{id}").as_bytes() || id == 0 {
+        return Err(no_site());
+    }
+    Ok(id)
+}
+
+/// The TBS fields Carnet reads: the validity element, the subject and the whole
+/// SubjectPublicKeyInfo.
 struct Tbs<'a> {
     validity: &'a [u8],
+    subject: &'a [u8],
     spki: &'a [u8],
 }
 
@@ -343,12 +390,16 @@ fn tbs_fields(cert_der: &[u8]) -> Result<Tbs<'_>> {
         rest = der::element(rest)?.3;
     }
     let (_, validity, _, after) = der::element(rest)?;
-    let after_subject = der::element(after)?.3;
+    let (_, subject, _, after_subject) = der::element(after)?;
     let (tag, spki, _, _) = der::element(after_subject)?;
     if tag != der::SEQUENCE {
         return Err(der::malformed());
     }
-    Ok(Tbs { validity, spki })
+    Ok(Tbs {
+        validity,
+        subject,
+        spki,
+    })
 }
 
 /// Just enough DER to read a certificate's validity and public key.
@@ -584,17 +635,56 @@ mod tests {
     fn garbage_is_an_error_never_a_panic() {
         let ca = new_ca(NOW).expect("ca");
         let der = &ca.cert_der;
-        for cut in 0..der.len() {
-            let _ = validity(&der[..cut]);
-            let _ = key_pin(&der[..cut]);
-        }
-        for i in 0..der.len() {
-            let mut bad = der.clone();
-            bad[i] ^= 0xff;
-            let _ = validity(&bad);
-            let _ = key_pin(&bad);
+        let site = issue_site(&ca, 7, NOW).expect("site");
+        for der in [der, &site.cert_der] {
+            for cut in 0..der.len() {
+                let _ = validity(&der[..cut]);
+                let _ = key_pin(&der[..cut]);
+                assert!(site_id_of(&der[..cut]).is_err());
+            }
+            for i in 0..der.len() {
+                let mut bad = der.clone();
+                bad[i] ^= 0xff;
+                let _ = validity(&bad);
+                let _ = key_pin(&bad);
+                let _ = site_id_of(&bad);
+            }
         }
         assert!(validity(b"").is_err());
         assert!(validity(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]).is_err());
+    }
+
+    /// A site certificate names its site; the host's and the CA's name none, and a common
+    /// name not written as `issue_site` writes it names none either.
+    #[test]
+    fn a_site_certificate_names_its_site_and_nothing_else_does() {
+        let ca = new_ca(NOW).expect("ca");
+        for id in [1, 7, 12, u32::MAX] {
+            let site = issue_site(&ca, id, NOW).expect("site");
+            assert_eq!(site_id_of(&site.cert_der).expect("id"), id);
+            // As an independent parser reads the common name.
+            let (_, cert) = X509Certificate::from_der(&site.cert_der).expect("x509");
+            let cn = cert.subject().iter_common_name().next().expect("cn");
+            assert_eq!(cn.as_str().expect("text"), format!("site-{id}"));
+        }
+        let host = issue_host(&ca, NOW, None).expect("host");
+        for der in [&host.cert_der, &ca.cert_der] {
+            let e = site_id_of(der).expect_err("no site").to_string();
+            assert!(e.contains("names no site"), "{e}");
+        }
+        for name in [
+            "site-07",
+            "site-+7",
+            "site-0",
+            "site-",
+            "site-7 ",
+            "Site-7",
+            "site-4294967296",
+        ] {
+            let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+            params.distinguished_name.push(DnType::CommonName, name);
+            let odd = issue(&ca, params, NOW, 30, None).expect("issued");
+            assert!(site_id_of(&odd.cert_der).is_err(), "{name}");
+        }
     }
 }

@@ -6,6 +6,12 @@
 //! is not for a host key the CA revoked (`hostkey::HostRevocation`), and, once the site holds
 //! pins (its bundle's, a hand-over's), is for one of the pinned TLS keys; only TLS 1.3 and
 //! the `carnet/1` protocol are offered.
+//!
+//! Between two sites (`carnet-peer/1`, a handover without the host), each end admits the
+//! other only if its certificate chains to the CA as a site's (client-auth usage, `site-N`),
+//! is in its validity window, is not in the revocation list the site holds, and names a site
+//! listed as `[[peer]]` (`PeerPolicy`); the dialler also requires the site it dialled. A
+//! peer is known by the site id in its certificate, never by its address.
 
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
@@ -63,6 +69,34 @@ fn chain_and_key(id: &Identity) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<
     )
 }
 
+/// The handshake signature checks, which every verifier here leaves to the CA's verifier it
+/// holds in `self.ca` (its own checks are on the certificate).
+macro_rules! signatures_by_ca {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+            self.ca.verify_tls12_signature(message, cert, dss)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+            self.ca.verify_tls13_signature(message, cert, dss)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.ca.supported_verify_schemes()
+        }
+    };
+}
+
 /// The fingerprint (BLAKE3 of the DER) by which the host knows a site's certificate.
 pub fn fingerprint(cert_der: &[u8]) -> [u8; 32] {
     *blake3::hash(cert_der).as_bytes()
@@ -92,11 +126,20 @@ impl Revoked {
     }
 }
 
-/// The CA's verifier, plus the revocation list.
+/// The CA's verifier of site certificates, plus who of them is admitted.
 #[derive(Debug)]
 struct SiteVerifier {
     ca: Arc<dyn ClientCertVerifier>,
-    revoked: Arc<Revoked>,
+    admits: Admits,
+}
+
+/// Who of the sites the CA certified a server admits.
+#[derive(Debug)]
+enum Admits {
+    /// The host: any site whose certificate is not in this list.
+    NotRevoked(Arc<Revoked>),
+    /// A site's `peer_listen`: the sites this policy admits.
+    Peers(Arc<PeerPolicy>),
 }
 
 impl ClientCertVerifier for SiteVerifier {
@@ -110,35 +153,27 @@ impl ClientCertVerifier for SiteVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> std::result::Result<ClientCertVerified, rustls::Error> {
-        if self.revoked.contains(end_entity) {
-            return Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::Revoked,
-            ));
+        match &self.admits {
+            Admits::NotRevoked(revoked) => {
+                if revoked.contains(end_entity) {
+                    return Err(rustls::Error::InvalidCertificate(
+                        rustls::CertificateError::Revoked,
+                    ));
+                }
+                self.ca.verify_client_cert(end_entity, intermediates, now)
+            }
+            Admits::Peers(policy) => {
+                let verdict = self.ca.verify_client_cert(end_entity, intermediates, now);
+                let site = policy.admit(end_entity, verdict)?;
+                if !policy.sites.contains(&site) {
+                    return Err(not_a_peer(site));
+                }
+                Ok(ClientCertVerified::assertion())
+            }
         }
-        self.ca.verify_client_cert(end_entity, intermediates, now)
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.ca.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.ca.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.ca.supported_verify_schemes()
-    }
+    signatures_by_ca!();
 }
 
 /// The host's QUIC server configuration: sites certified by the CA and not revoked.
@@ -147,20 +182,52 @@ pub fn server_config(
     host: &Identity,
     revoked: Arc<Revoked>,
 ) -> Result<quinn::ServerConfig> {
-    let ca = WebPkiClientVerifier::builder_with_provider(roots(ca_der)?, provider())
-        .build()
-        .map_err(tls_err)?;
-    let verifier = Arc::new(SiteVerifier { ca, revoked });
-    let (chain, key) = chain_and_key(host);
+    let verifier = SiteVerifier {
+        ca: site_certificates(ca_der)?,
+        admits: Admits::NotRevoked(revoked),
+    };
+    quic_server(Arc::new(verifier), host, ALPN)
+}
+
+/// A QUIC server configuration: TLS 1.3 only, `id`'s certificate, clients judged by
+/// `verifier`, the one protocol `alpn`.
+fn quic_server(
+    verifier: Arc<dyn ClientCertVerifier>,
+    id: &Identity,
+    alpn: &[u8],
+) -> Result<quinn::ServerConfig> {
+    let (chain, key) = chain_and_key(id);
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls_err)?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
         .map_err(tls_err)?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = vec![alpn.to_vec()];
     let quic = QuicServerConfig::try_from(tls).map_err(tls_err)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    config.transport_config(transport()?);
+    Ok(config)
+}
+
+/// A QUIC client configuration: TLS 1.3 only, `id`'s certificate, the server judged by
+/// `verifier`, the one protocol `alpn`.
+fn quic_client(
+    verifier: Arc<dyn ServerCertVerifier>,
+    id: &Identity,
+    alpn: &[u8],
+) -> Result<quinn::ClientConfig> {
+    let (chain, key) = chain_and_key(id);
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls_err)?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(chain, key)
+        .map_err(tls_err)?;
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let quic = QuicClientConfig::try_from(tls).map_err(tls_err)?;
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
     config.transport_config(transport()?);
     Ok(config)
 }
@@ -175,9 +242,9 @@ struct PinnedHost {
     revoked: Vec<[u8; 32]>,
 }
 
-/// A refusal of the host's certificate that the site's operator reads (in `sync now`, the
+/// A refusal of a certificate that the site's operator reads (in `sync now`, the
 /// daemon's log).
-fn refused_host(why: String) -> rustls::Error {
+fn refused(why: String) -> rustls::Error {
     #[derive(Debug)]
     struct Why(String);
     impl std::fmt::Display for Why {
@@ -205,7 +272,7 @@ impl ServerCertVerifier for PinnedHost {
         })?;
         let short = &crate::hostkey::pin_hex(&pin)[..16];
         if self.revoked.contains(&pin) {
-            return Err(refused_host(format!(
+            return Err(refused(format!(
                 "the host's TLS key {short} was revoked by the national CA: refused at the handshake, even from a valid certificate; this site syncs again once the host serves a key it pins, or after it installs a renewal bundle (`carnet pki install BUNDLE`)"
             )));
         }
@@ -219,36 +286,16 @@ impl ServerCertVerifier for PinnedHost {
         match &self.pins {
             None => Ok(verified),
             Some(pins) if pins.contains(&pin) => Ok(verified),
-            Some(pins) if pins.is_empty() => Err(refused_host(format!(
+            Some(pins) if pins.is_empty() => Err(refused(format!(
                 "this site pins no host key (the national CA revoked the one it pinned) and refuses the host's key {short}: install a renewal bundle from the host (`carnet pki renew SITE` there, `carnet pki install BUNDLE` here)"
             ))),
-            Some(_) => Err(refused_host(format!(
+            Some(_) => Err(refused(format!(
                 "the host presents a TLS key this site does not pin ({short}): if the host switched to a new key while this site was not syncing, install a renewal bundle from the host (`carnet pki renew SITE` there, `carnet pki install BUNDLE` here)"
             ))),
         }
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.ca.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.ca.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.ca.supported_verify_schemes()
-    }
+    signatures_by_ca!();
 }
 
 /// A site's QUIC client configuration: a host certified by the CA, not for a key in
@@ -260,26 +307,146 @@ pub fn client_config(
     host_pins: Option<&[[u8; 32]]>,
     revoked_pins: &[[u8; 32]],
 ) -> Result<quinn::ClientConfig> {
-    let (chain, key) = chain_and_key(site);
-    let builder = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(tls_err)?;
     let ca = WebPkiServerVerifier::builder_with_provider(roots(ca_der)?, provider())
         .build()
         .map_err(tls_err)?;
-    let builder = builder
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinnedHost {
-            ca,
-            pins: host_pins.map(<[_]>::to_vec),
-            revoked: revoked_pins.to_vec(),
-        }));
-    let mut tls = builder.with_client_auth_cert(chain, key).map_err(tls_err)?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    let quic = QuicClientConfig::try_from(tls).map_err(tls_err)?;
-    let mut config = quinn::ClientConfig::new(Arc::new(quic));
-    config.transport_config(transport()?);
-    Ok(config)
+    let verifier = Arc::new(PinnedHost {
+        ca,
+        pins: host_pins.map(<[_]>::to_vec),
+        revoked: revoked_pins.to_vec(),
+    });
+    quic_client(verifier, site, ALPN)
+}
+
+/// The application protocol of a session between two sites (a handover without the host).
+pub const PEER_ALPN: &[u8] = b"carnet-peer/1";
+
+/// The name a dialling site gives the peer it dials: its verifier matches the peer by the site
+/// id in its certificate, never by this name nor by address.
+pub const PEER_SERVER_NAME: &str = "carnet-peer";
+
+/// Who a site admits to a peer session, on either side: a certificate the national CA issued
+/// for a site (client-auth usage, `site-N`), in its validity window, not revoked per the list
+/// the site holds, and for one of `sites` (the site ids of `[[peer]]`).
+#[derive(Debug)]
+pub struct PeerPolicy {
+    /// The site ids of the sites listed as `[[peer]]`.
+    pub sites: Vec<u32>,
+    /// The site certificates the host revoked, as this site holds them.
+    pub revoked: Arc<Revoked>,
+}
+
+impl PeerPolicy {
+    /// Checks a peer's certificate: not revoked, the CA's `verdict` on it, and a site's:
+    /// answers its site id or why it is refused.
+    fn admit(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        verdict: std::result::Result<ClientCertVerified, rustls::Error>,
+    ) -> std::result::Result<u32, rustls::Error> {
+        if self.revoked.contains(end_entity) {
+            return Err(refused(
+                "the peer's certificate was revoked by the national host: no session".into(),
+            ));
+        }
+        verdict?;
+        crate::pki::site_id_of(end_entity)
+            .map_err(|e| refused(format!("the peer's certificate is not a site's: {e}")))
+    }
+}
+
+/// The refusal of a site not listed as `[[peer]]`.
+fn not_a_peer(site: u32) -> rustls::Error {
+    refused(format!(
+        "site {site} is not a peer of this site (`[[peer]]` in carnet.toml, with its site id): no session"
+    ))
+}
+
+/// A dialling site's verifier of the peer it dials: the same checks as its listener's (a
+/// site's certificate carries the client-auth usage only, so the CA's client verifier judges
+/// it), and the site id must be the one dialled.
+#[derive(Debug)]
+struct PeerListener {
+    ca: Arc<dyn ClientCertVerifier>,
+    policy: Arc<PeerPolicy>,
+    site: u32,
+}
+
+impl ServerCertVerifier for PeerListener {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        if !self.policy.sites.contains(&self.site) {
+            return Err(not_a_peer(self.site));
+        }
+        let verdict = self.ca.verify_client_cert(end_entity, intermediates, now);
+        let site = self.policy.admit(end_entity, verdict)?;
+        if site != self.site {
+            return Err(refused(format!(
+                "the peer dialled as site {} answers as site {site}: no session",
+                self.site
+            )));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    signatures_by_ca!();
+}
+
+/// The CA's verifier of site certificates (client-auth usage).
+fn site_certificates(ca_der: &[u8]) -> Result<Arc<dyn ClientCertVerifier>> {
+    WebPkiClientVerifier::builder_with_provider(roots(ca_der)?, provider())
+        .build()
+        .map_err(tls_err)
+}
+
+/// A site's QUIC server configuration for `peer_listen`: it presents its own certificate and
+/// admits the sites `policy` admits, ALPN `carnet-peer/1` only.
+pub fn peer_server_config(
+    ca_der: &[u8],
+    site: &Identity,
+    policy: Arc<PeerPolicy>,
+) -> Result<quinn::ServerConfig> {
+    let verifier = Arc::new(SiteVerifier {
+        ca: site_certificates(ca_der)?,
+        admits: Admits::Peers(policy),
+    });
+    quic_server(verifier, site, PEER_ALPN)
+}
+
+/// A site's QUIC client configuration to dial its peer `peer_site` (dial it with
+/// `PEER_SERVER_NAME`): the listener must present a certificate `policy` admits, for that
+/// site id.
+pub fn peer_client_config(
+    ca_der: &[u8],
+    site: &Identity,
+    peer_site: u32,
+    policy: Arc<PeerPolicy>,
+) -> Result<quinn::ClientConfig> {
+    let verifier = Arc::new(PeerListener {
+        ca: site_certificates(ca_der)?,
+        policy,
+        site: peer_site,
+    });
+    quic_client(verifier, site, PEER_ALPN)
+}
+
+/// The site id of the peer at the other end of an established peer session (its verifier
+/// admitted it: this reads the id it checked).
+pub fn peer_site(conn: &quinn::Connection) -> Result<u32> {
+    let chain = conn
+        .peer_identity()
+        .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .ok_or_else(|| Error::Tls("the peer presented no certificate".into()))?;
+    let cert = chain
+        .first()
+        .ok_or_else(|| Error::Tls("the peer presented no certificate".into()))?;
+    crate::pki::site_id_of(cert)
 }
 
 #[cfg(test)]
@@ -524,5 +691,192 @@ mod tests {
         );
         let e = reach(new_addr, Some(&[]), &[pin]).await.expect("in time");
         assert!(e.expect_err("refused").contains("pins no host key"));
+    }
+
+    /// `f`, or a failure after 5 s (a handshake on 127.0.0.1 takes milliseconds).
+    async fn within<F: std::future::Future>(f: F) -> F::Output {
+        tokio::time::timeout(Duration::from_secs(5), f)
+            .await
+            .expect("in time")
+    }
+
+    /// A site's peer listener on 127.0.0.1 that echoes one message per session; every
+    /// handshake's outcome (the peer's site id, or the refusal) goes to the receiver.
+    fn peer_listener(
+        config: quinn::ServerConfig,
+    ) -> (
+        quinn::Endpoint,
+        SocketAddr,
+        tokio::sync::mpsc::UnboundedReceiver<std::result::Result<u32, String>>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let endpoint =
+            quinn::Endpoint::server(config, "127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let local = endpoint.local_addr().expect("local");
+        let server = endpoint.clone();
+        tokio::spawn(async move {
+            while let Some(incoming) = server.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let conn = match incoming.await {
+                        Ok(conn) => conn,
+                        Err(e) => {
+                            let _ = tx.send(Err(e.to_string()));
+                            return;
+                        }
+                    };
+                    let _ = tx.send(peer_site(&conn).map_err(|e| e.to_string()));
+                    if let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                        let got = recv.read_to_end(1024).await.unwrap_or_default();
+                        let _ = send.write_all(&got).await;
+                        let _ = send.finish();
+                        let _ = conn.closed().await;
+                    }
+                });
+            }
+        });
+        (endpoint, local, rx)
+    }
+
+    /// Dials a peer as `PEER_SERVER_NAME`, exchanges one message: answers the site id the
+    /// dialler read from the listener's certificate.
+    async fn dial_peer(
+        client: quinn::ClientConfig,
+        peer: SocketAddr,
+    ) -> std::result::Result<u32, String> {
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr"))
+            .map_err(|e| e.to_string())?;
+        endpoint.set_default_client_config(client);
+        let conn = endpoint
+            .connect(peer, PEER_SERVER_NAME)
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        let site = peer_site(&conn).map_err(|e| e.to_string())?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        send.write_all(b"hello").await.map_err(|e| e.to_string())?;
+        send.finish().map_err(|e| e.to_string())?;
+        let reply = recv.read_to_end(1024).await.map_err(|e| e.to_string())?;
+        conn.close(0u32.into(), b"done");
+        assert_eq!(reply, b"hello");
+        Ok(site)
+    }
+
+    fn policy(sites: &[u32], revoked: &[&Identity]) -> Arc<PeerPolicy> {
+        let list = Arc::new(Revoked::default());
+        for id in revoked {
+            list.add(fingerprint(&id.cert_der));
+        }
+        Arc::new(PeerPolicy {
+            sites: sites.to_vec(),
+            revoked: list,
+        })
+    }
+
+    /// The clinic (site 7) listens for the mobile unit (site 12): a session opens and each
+    /// end knows the other by the site id in its certificate.
+    #[tokio::test]
+    async fn two_listed_sites_open_a_peer_session() {
+        let ca = new_ca(now()).expect("ca");
+        let clinic = issue_site(&ca, 7, now()).expect("clinic");
+        let unit = issue_site(&ca, 12, now()).expect("unit");
+        let server =
+            peer_server_config(&ca.cert_der, &clinic, policy(&[12, 3], &[])).expect("server");
+        let (_e, addr, mut outcomes) = peer_listener(server);
+        let client = peer_client_config(&ca.cert_der, &unit, 7, policy(&[7], &[])).expect("client");
+        let dialled = within(dial_peer(client, addr)).await;
+        assert_eq!(dialled, Ok(7), "the unit reached the clinic");
+        let accepted = within(outcomes.recv()).await;
+        assert_eq!(accepted, Some(Ok(12)), "the clinic knows the unit");
+    }
+
+    /// A rogue site with a valid certificate of the national CA tries each refusal at the
+    /// listener, whose reason the listener reads.
+    #[tokio::test]
+    async fn the_peer_listener_refuses_a_rogue_site_with_a_valid_certificate() {
+        let ca = new_ca(now()).expect("ca");
+        let clinic = issue_site(&ca, 7, now()).expect("clinic");
+        let unit = issue_site(&ca, 12, now()).expect("unit");
+        let stranger = issue_site(&ca, 13, now()).expect("stranger");
+        let renewed_unit = issue_site(&ca, 12, now()).expect("unit's new certificate");
+        let host = issue_host(&ca, now(), None).expect("host");
+        let rogue_ca = new_ca(now()).expect("rogue ca");
+        let forged_unit = issue_site(&rogue_ca, 12, now()).expect("forged");
+        // The clinic lists the unit, and holds the host's revocation of the unit's first
+        // certificate.
+        let server =
+            peer_server_config(&ca.cert_der, &clinic, policy(&[12], &[&unit])).expect("server");
+        let (_e, addr, mut outcomes) = peer_listener(server);
+        // Each dials trusting the national CA (its certificate is public), as the clinic's
+        // listed peer would.
+        let dial_as = |who: &Identity| {
+            let client =
+                peer_client_config(&ca.cert_der, who, 7, policy(&[7], &[])).expect("client");
+            within(dial_peer(client, addr))
+        };
+        let cases = [
+            (&unit, "revoked by the national host"),
+            (&stranger, "site 13 is not a peer of this site"),
+            (&host, "invalid peer certificate"),
+            // The rogue CA names itself as the national CA does: its signature fails.
+            (&forged_unit, "invalid peer certificate: BadSignature"),
+        ];
+        for (who, why) in cases {
+            let dialled = dial_as(who).await;
+            assert!(dialled.is_err(), "{why}: admitted");
+            let refusal = within(outcomes.recv())
+                .await
+                .expect("an outcome")
+                .expect_err(why);
+            assert!(refusal.contains(why), "{why}: {refusal}");
+        }
+        // The unit's renewed certificate, not revoked, is admitted.
+        let ok = dial_as(&renewed_unit).await;
+        assert_eq!(ok, Ok(7));
+        let accepted = within(outcomes.recv()).await;
+        assert_eq!(accepted, Some(Ok(12)));
+    }
+
+    /// The dialler checks the same of the listener, and that it is the site dialled.
+    #[tokio::test]
+    async fn the_dialler_refuses_a_rogue_listener() {
+        let ca = new_ca(now()).expect("ca");
+        let clinic = issue_site(&ca, 7, now()).expect("clinic");
+        let unit = issue_site(&ca, 12, now()).expect("unit");
+        let impostor = issue_site(&ca, 9, now()).expect("impostor");
+        // Listeners that would admit the unit: the clinic, and a site 9 that lists it too.
+        let listen = |who: &Identity| {
+            let server = peer_server_config(&ca.cert_der, who, policy(&[12], &[])).expect("server");
+            peer_listener(server)
+        };
+        let (_e1, clinic_addr, _o1) = listen(&clinic);
+        let (_e2, impostor_addr, _o2) = listen(&impostor);
+        let dial = |peer_site: u32, sites: &[u32], revoked: &[&Identity], addr| {
+            let client = peer_client_config(&ca.cert_der, &unit, peer_site, policy(sites, revoked))
+                .expect("client");
+            within(dial_peer(client, addr))
+        };
+        // Site 9 at the address where the unit expects the clinic.
+        let e = dial(7, &[7, 9], &[], impostor_addr)
+            .await
+            .expect_err("another site admitted");
+        assert!(e.contains("dialled as site 7 answers as site 9"), "{e}");
+        // The clinic, revoked per the unit's list.
+        let e = dial(7, &[7], &[&clinic], clinic_addr)
+            .await
+            .expect_err("a revoked peer admitted");
+        assert!(e.contains("revoked by the national host"), "{e}");
+        // The clinic, not listed as a peer.
+        let e = dial(7, &[9], &[], clinic_addr)
+            .await
+            .expect_err("a site not listed admitted");
+        assert!(e.contains("site 7 is not a peer of this site"), "{e}");
+        // The host's own endpoint (`carnet/1`, a host certificate) is no peer.
+        let host = issue_host(&ca, now(), None).expect("host");
+        let (_e3, host_addr) =
+            echo_host(server_config(&ca.cert_der, &host, Arc::default()).expect("server"));
+        assert!(dial(7, &[7], &[], host_addr).await.is_err());
+        // Listed, not revoked, the site dialled: admitted.
+        assert_eq!(dial(7, &[7], &[], clinic_addr).await, Ok(7));
     }
 }
