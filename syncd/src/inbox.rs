@@ -621,7 +621,14 @@ pub struct Tidied {
     pub finished: Vec<String>,
     /// Receipts older than `RECEIPT_KEEP_MS`, removed.
     pub receipts_removed: usize,
+    /// Receipts a crash left half-written under their temporary name (ids only), older than
+    /// `TEMPORARY_KEEP_MS`, removed.
+    pub temporaries_removed: usize,
 }
+
+/// How long a receipt's temporary file may stay before `tidy` takes it for one a crash left:
+/// a receipt is written and renamed within a scan, far quicker.
+const TEMPORARY_KEEP_MS: Millis = 3_600_000;
 
 /// Keeps `done/` as it should be for years (the daemon runs it at start and daily):
 /// finishes the pairs an older version moved whole into it, in clear — each whose document
@@ -661,6 +668,18 @@ pub fn tidy(replica: &Replica, inbox: &Path) -> std::io::Result<Tidied> {
         if meta.is_file() && now.saturating_sub(written_at(&meta)) >= RECEIPT_KEEP_MS {
             fs::remove_file(&path)?;
             tidied.receipts_removed += 1;
+        }
+    }
+    let temporary =
+        |n: &&String| n.starts_with('.') && n.ends_with(&format!("{RECEIPT_SUFFIX}.tmp"));
+    for name in names.iter().filter(temporary) {
+        let path = done.join(name);
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.is_file() && now.saturating_sub(written_at(&meta)) >= TEMPORARY_KEEP_MS {
+            fs::remove_file(&path)?;
+            tidied.temporaries_removed += 1;
         }
     }
     Ok(tidied)
@@ -1599,27 +1618,33 @@ mod tests {
         drop_pair(inbox.path(), "b.txt", "x", &sidecar("urn:test:new"));
         assert_eq!(process(&r, inbox.path()).expect("scan").stored.len(), 2);
         let now = r.now();
-        let written_ago = |name: &str, ms: Millis| {
+        let done = inbox.path().join("done");
+        // Two temporaries a crash left: an old one, and one of a scan under way.
+        for name in ["c.txt", "d.txt"] {
+            fs::write(done.join(format!(".{name}{RECEIPT_SUFFIX}.tmp")), "{}").expect("tmp");
+        }
+        let written_ago = |file: String, ms: Millis| {
             let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis((now - ms) as u64);
             fs::File::options()
                 .write(true)
-                .open(
-                    inbox
-                        .path()
-                        .join("done")
-                        .join(format!("{name}{RECEIPT_SUFFIX}")),
-                )
+                .open(done.join(file))
                 .expect("receipt")
                 .set_modified(at)
                 .expect("mtime");
         };
-        written_ago("a.txt", RECEIPT_KEEP_MS);
-        written_ago("b.txt", RECEIPT_KEEP_MS - 1);
+        written_ago(format!("a.txt{RECEIPT_SUFFIX}"), RECEIPT_KEEP_MS);
+        written_ago(format!("b.txt{RECEIPT_SUFFIX}"), RECEIPT_KEEP_MS - 1);
+        written_ago(format!(".c.txt{RECEIPT_SUFFIX}.tmp"), TEMPORARY_KEEP_MS);
+        written_ago(format!(".d.txt{RECEIPT_SUFFIX}.tmp"), TEMPORARY_KEEP_MS - 1);
         let tidied = tidy(&r, inbox.path()).expect("tidy");
         assert_eq!(tidied.receipts_removed, 1, "{tidied:?}");
+        assert_eq!(tidied.temporaries_removed, 1, "{tidied:?}");
         assert_eq!(
-            listing(&inbox.path().join("done")),
-            vec![format!("b.txt{RECEIPT_SUFFIX}")]
+            listing(&done),
+            vec![
+                format!(".d.txt{RECEIPT_SUFFIX}.tmp"),
+                format!("b.txt{RECEIPT_SUFFIX}")
+            ]
         );
     }
 

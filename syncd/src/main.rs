@@ -769,6 +769,7 @@ async fn inbox_tidy(service: Arc<Service>) {
             Ok(Ok(tidied)) if tidied != inbox::Tidied::default() => tracing::info!(
                 finished = tidied.finished.len(),
                 receipts_removed = tidied.receipts_removed,
+                temporaries_removed = tidied.temporaries_removed,
                 "inbox: done/ tidied"
             ),
             Ok(Err(e)) => tracing::warn!(error = %e, "inbox: done/ not tidied"),

@@ -246,6 +246,36 @@ pub fn site(name: &str, s: &SyncStatus, lease_ms: Option<Millis>, now: Millis) -
             ),
         ],
     );
+    b.push_str("<h2>Dossier de dépôt (logiciel du cabinet)</h2>");
+    match (&s.inbox, &s.inbox_error) {
+        (Some(inbox), _) => rows(
+            &mut b,
+            &[
+                (
+                    "Fichiers refusés",
+                    Some("inbox_rejected"),
+                    inbox.rejected.to_string(),
+                    "dans rejected/, chacun avec la raison et ce qu'il faut faire : `carnet inbox list`".into(),
+                ),
+                (
+                    "Fichiers sans leur fiche (ou fiches sans leur fichier)",
+                    Some("inbox_orphans"),
+                    inbox.orphans.len().to_string(),
+                    "déposés depuis plus de dix minutes sans l'autre moitié de la paire : vérifier le logiciel qui dépose".into(),
+                ),
+                (
+                    "Anciens fichiers en clair dans done/",
+                    Some("inbox_unclaimed"),
+                    inbox.unclaimed.len().to_string(),
+                    "laissés par une version précédente, sans document correspondant ici : à examiner puis supprimer".into(),
+                ),
+            ],
+        ),
+        (None, Some(_)) => b.push_str(
+            "<div class=\"etat ko\" data-figure=\"inbox_error\">Le dossier de dépôt ne peut pas être lu : voir `carnet sync status`.</div>",
+        ),
+        (None, None) => {}
+    }
     b.push_str("<h2>Erreurs récentes</h2>");
     if link.recent_errors.is_empty() {
         b.push_str(

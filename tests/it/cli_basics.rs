@@ -684,7 +684,11 @@ fn grants_add_revoke_block_list() {
     // At a site, consent given in person needs the dossier there (the host's decisions are
     // checked in `authority`).
     let o = site.fails(4, &["grant", "add", "--dossier", &a, "--rpps", DOCTOR]);
-    assert!(o.stderr.contains("no such dossier"), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("no such dossier") && o.stderr.contains("carnet pin"),
+        "a site's hint is its own: {}",
+        o.stderr
+    );
 }
 
 #[test]

@@ -205,7 +205,11 @@ fn add_refusals() {
             &file,
         ],
     );
-    assert!(o.stderr.contains("no such dossier"), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("no such dossier") && o.stderr.contains("carnet dossier create"),
+        "the host's hint is its own: {}",
+        o.stderr
+    );
     let o = c.fails(
         2,
         &[

@@ -10,7 +10,7 @@ use crate::service::wait_for_status;
 use crate::support::*;
 
 /// A refused pair as the daemon leaves it in `rejected/`.
-fn refused(site: &Carnet, name: &str) {
+pub(crate) fn refused(site: &Carnet, name: &str) {
     let rejected = site.data.join("inbox/rejected");
     fs::create_dir_all(&rejected).expect("rejected");
     fs::write(rejected.join(name), "synthetic document").expect("doc");

@@ -584,6 +584,7 @@ fn the_status_page_in_chromium_shows_what_sync_status_says() {
         "CR",
         b"offline (synthetic)",
     );
+    crate::inbox::refused(&site, "cr.pdf");
     let status = site.json(&["sync", "status"]);
     assert_eq!(status["daemon"]["connected"], false, "{status}");
     let url = site.json(&["ui"])["url"].as_str().expect("url").to_string();
@@ -605,6 +606,14 @@ fn the_status_page_in_chromium_shows_what_sync_status_says() {
             status[name].as_array().map_or(0, Vec::len).to_string(),
             "{name}: {status}"
         );
+    }
+    assert_eq!(status["inbox"]["rejected"], 1, "{status}");
+    for (name, field) in [("inbox_rejected", "rejected"), ("inbox_orphans", "orphans")] {
+        let value = &status["inbox"][field];
+        let count = value
+            .as_array()
+            .map_or_else(|| value.to_string(), |a| a.len().to_string());
+        assert_eq!(figure(&dom, "<body", name), count, "{name}: {status}");
     }
     let lease_s: i64 = figure(&dom, "<body", "lease_remaining_s")
         .parse()

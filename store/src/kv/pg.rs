@@ -802,13 +802,16 @@ impl<'t, K: Ordered, V: Value + 'static> PgTable<'t, K, V> {
     /// Reads `keys` in one statement into the write transaction's known rows (those it knows
     /// already are not read again); nothing in a snapshot.
     pub(super) fn prefetch(&self, keys: Vec<Vec<u8>>) -> Result {
-        let keys: Vec<Vec<u8>> = match self.source.rows() {
+        let mut keys: Vec<Vec<u8>> = match self.source.rows() {
             Some(rows) => keys
                 .into_iter()
                 .filter(|key| rows.known(&self.name, key).is_none())
                 .collect(),
             None => return Ok(()),
         };
+        // Each key once: a second copy would find its row taken and be remembered absent.
+        keys.sort_unstable();
+        keys.dedup();
         if keys.is_empty() {
             return Ok(());
         }

@@ -562,6 +562,9 @@ fn a_write_transaction_larger_than_its_write_set_keeps_every_row() {
         for n in 2000..2010 {
             table.put(n, [7u8].as_slice()).expect("put");
         }
+        // A key asked for twice in one prefetch is found, not remembered absent.
+        table.prefetch([3000u64, 3000, 3001]).expect("prefetch");
+        assert!(table.get(3000).expect("get").is_some());
         for n in 3000..3300 {
             table.get(n).expect("get");
         }

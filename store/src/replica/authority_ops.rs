@@ -388,15 +388,23 @@ impl Replica {
             // A dossier opened here that the host has not answered yet.
             None => match self.local_head(&txn, &self.blind(ins))? {
                 Some(h) => Ok((h, 0)),
-                None => Err(Self::no_dossier()),
+                None => Err(self.no_dossier()),
             },
         }
     }
 
-    pub(super) fn no_dossier() -> Error {
-        Error::not_found(
-            "no such dossier in this replica (check the INS, or import it with `carnet authority import`)",
-        )
+    /// The refusal for a dossier this replica does not hold, with what helps here.
+    pub(super) fn no_dossier(&self) -> Error {
+        Error::not_found(match self.config.role {
+            Role::Host => {
+                "no such dossier (check the INS, or create it with `carnet dossier create`)"
+            }
+            Role::Site => {
+                "no such dossier in this replica (check the INS; ask the host for it with \
+                 `carnet pin INS`, open it here with `carnet dossier create … --as RPPS`, or \
+                 import its records with `carnet authority import`)"
+            }
+        })
     }
 
     /// Host: creates a dossier. Refused if one exists for this INS.
@@ -567,7 +575,7 @@ impl Replica {
             Some(AuthorityRecord::Purged { .. }) => Err(purged()),
             Some(_) => Err(Error::integrity("a dossier record has the wrong kind")),
             None if txn.open_table(TOMBSTONES)?.get(&bi)?.is_some() => Err(purged()),
-            None => Err(Self::no_dossier()),
+            None => Err(self.no_dossier()),
         }
     }
 

@@ -147,7 +147,7 @@ impl Replica {
                     )
                 },
             )?
-            .ok_or_else(Self::no_dossier)?;
+            .ok_or_else(|| self.no_dossier())?;
         let emergency = match get(subject_key(tag::EMERGENCY, Some(bi), None))?.as_deref() {
             Some(Verified {
                 record: AuthorityRecord::Emergency { prefs, .. },
@@ -650,7 +650,7 @@ impl Replica {
                 }
                 let key = self
                     .key_for(&snap, generation, &bi)?
-                    .ok_or_else(Self::no_dossier)?;
+                    .ok_or_else(|| self.no_dossier())?;
                 if let Some(uid) = &d.unique_id {
                     let taken = self.unique_owner(
                         &snap.open_table(DOCS)?,
