@@ -2,11 +2,17 @@
 //! synthetic values, is encoded as the wire does (`frame::encode`) and compared with the hex
 //! block of PROTOCOL.md that bears its name (a fenced block opened by "```hex golden:NAME"),
 //! then the block is decoded back (`frame::FrameDecoder`) and compared with the message, so
-//! the document and the code cannot drift apart.
+//! the document and the code cannot drift apart. `golden_values` does the same for values
+//! that travel inside a message, encoded with postcard alone (no frame).
 
-use carnet_store::authority::SignedRecord;
-use carnet_store::ids::DocId;
-use carnet_store::replica::{BodyPiece, Change, PullItem, Returned, SignedTraceHead};
+use carnet_store::audit::{AuditEntry, TraceAction, TraceActor};
+use carnet_store::authority::{AuthorityRecord, Covers, Heartbeat, RECORD_FORMAT, SignedRecord};
+use carnet_store::ids::{DocId, SiteId};
+use carnet_store::model::{AccessMode, Profession};
+use carnet_store::policy::Action;
+use carnet_store::replica::{BodyPiece, Change, PullItem, Returned, SignedTraceHead, TraceRecord};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::enrol::RenewalRequest;
 use crate::frame::{self, FrameDecoder};
@@ -179,6 +185,107 @@ fn golden_messages() -> Vec<(&'static str, Msg)> {
     ]
 }
 
+/// Whether a golden block's bytes decode to the value it was made of.
+type DecodesBack = Box<dyn Fn(&[u8]) -> Result<(), String>>;
+
+/// One golden block's subject: its name, its bytes as the code encodes them, and a check that
+/// a block's bytes decode to the same value.
+struct Golden {
+    name: &'static str,
+    encoded: Vec<u8>,
+    decodes_back: DecodesBack,
+}
+
+/// A message, framed as it travels.
+fn framed(name: &'static str, msg: Msg) -> Golden {
+    assert_eq!(msg.kind(), name, "a message's golden block bears its name");
+    Golden {
+        name,
+        encoded: frame::encode(&msg).expect("encode"),
+        decodes_back: Box::new(move |bytes| {
+            let mut decoder = FrameDecoder::new();
+            decoder.push(bytes);
+            match decoder.next_message::<Msg>() {
+                Ok(Some(decoded)) if decoded == msg && decoder.buffered() == 0 => Ok(()),
+                other => Err(format!(
+                    "decode to {other:?}, {} bytes left over",
+                    decoder.buffered()
+                )),
+            }
+        }),
+    }
+}
+
+/// A value carried inside a message, postcard alone.
+fn raw<T>(name: &'static str, value: T) -> Golden
+where
+    T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug + 'static,
+{
+    Golden {
+        name,
+        encoded: postcard::to_stdvec(&value).expect("encode"),
+        decodes_back: Box::new(move |bytes| match postcard::take_from_bytes::<T>(bytes) {
+            Ok((decoded, [])) if decoded == value => Ok(()),
+            other => Err(format!("decode to {other:?}")),
+        }),
+    }
+}
+
+/// Values inside messages that have golden blocks of their own.
+fn golden_values() -> Vec<Golden> {
+    vec![
+        raw(
+            "HeartbeatBody",
+            (
+                RECORD_FORMAT,
+                301u64,
+                AuthorityRecord::Heartbeat(Heartbeat {
+                    at: 1_700_000_000_000,
+                    covers: Covers::Log {
+                        site: SiteId(7),
+                        log_head: 301,
+                    },
+                }),
+            ),
+        ),
+        raw(
+            "TraceRecord",
+            TraceRecord {
+                seq: 12,
+                hash: [0x11; 32],
+                entry: AuditEntry {
+                    at: 1_700_000_000_000,
+                    origin: SiteId(7),
+                    actor: TraceActor::Professional {
+                        rpps: testkit::doctor(),
+                        profession: Some(Profession::Medecin),
+                    },
+                    action: TraceAction::Access(Action::Read),
+                    ins: Some(testkit::ins().matricule().to_string()),
+                    doc: Some(doc()),
+                    mode: AccessMode::Normal,
+                    allowed: true,
+                    rule: 3,
+                    outcome_reason: "granted".to_string(),
+                    stated_reason: None,
+                    decided_offline: false,
+                    authority_version: 42,
+                },
+            },
+        ),
+    ]
+}
+
+/// Every golden block's subject.
+fn goldens() -> Vec<Golden> {
+    let mut all: Vec<Golden> = golden_messages()
+        .into_iter()
+        .map(|(name, msg)| framed(name, msg))
+        .collect();
+    all.extend(golden_values());
+    all
+}
+
 /// PROTOCOL.md, next to the workspace's manifest.
 fn protocol_md() -> String {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../PROTOCOL.md");
@@ -228,37 +335,26 @@ fn to_hex(bytes: &[u8]) -> String {
 fn every_message_encodes_to_its_golden_bytes_in_protocol_md() {
     let blocks = golden_blocks(&protocol_md());
     let mut failures = Vec::new();
-    for (name, msg) in golden_messages() {
-        assert_eq!(
-            msg.kind(),
-            name,
-            "each golden block is named after its message"
-        );
-        let encoded = frame::encode(&msg).expect("encode");
+    for golden in goldens() {
+        let name = golden.name;
         let mut found = blocks.iter().filter(|(n, _)| n == name);
         match (found.next(), found.next()) {
             (None, _) => failures.push(format!(
                 "{name}: no ```hex golden:{name} block in PROTOCOL.md (the code encodes {})",
-                to_hex(&encoded)
+                to_hex(&golden.encoded)
             )),
             (Some(_), Some(_)) => failures.push(format!("{name}: two golden blocks")),
             (Some((_, Err(e))), None) => failures.push(format!("{name}: block malformed: {e}")),
-            (Some((_, Ok(golden))), None) => {
-                if *golden != encoded {
+            (Some((_, Ok(bytes))), None) => {
+                if *bytes != golden.encoded {
                     failures.push(format!(
                         "{name}: PROTOCOL.md has {}\n  the code encodes   {}",
-                        to_hex(golden),
-                        to_hex(&encoded)
+                        to_hex(bytes),
+                        to_hex(&golden.encoded)
                     ));
                 }
-                let mut decoder = FrameDecoder::new();
-                decoder.push(golden);
-                match decoder.next_message::<Msg>() {
-                    Ok(Some(decoded)) if decoded == msg && decoder.buffered() == 0 => {}
-                    other => failures.push(format!(
-                        "{name}: the golden bytes decode to {other:?}, {} bytes left over",
-                        decoder.buffered()
-                    )),
+                if let Err(e) = (golden.decodes_back)(bytes) {
+                    failures.push(format!("{name}: the golden bytes {e}"));
                 }
             }
         }
@@ -268,7 +364,7 @@ fn every_message_encodes_to_its_golden_bytes_in_protocol_md() {
 
 #[test]
 fn every_golden_block_in_protocol_md_names_a_tested_message() {
-    let names: Vec<&str> = golden_messages().iter().map(|(n, _)| *n).collect();
+    let names: Vec<&str> = goldens().iter().map(|g| g.name).collect();
     let stale: Vec<String> = golden_blocks(&protocol_md())
         .into_iter()
         .map(|(n, _)| n)
