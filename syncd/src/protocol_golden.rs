@@ -8,9 +8,14 @@
 use carnet_store::audit::{AuditEntry, TraceAction, TraceActor};
 use carnet_store::authority::{AuthorityRecord, Covers, Heartbeat, RECORD_FORMAT, SignedRecord};
 use carnet_store::ids::{DocId, SiteId};
-use carnet_store::model::{AccessMode, Profession};
+use carnet_store::merge::DocumentMeta;
+use carnet_store::model::{
+    AccessMode, Actor, Author, DocClass, DocState, DocumentFacts, Profession,
+};
 use carnet_store::policy::Action;
-use carnet_store::replica::{BodyPiece, Change, PullItem, Returned, SignedTraceHead, TraceRecord};
+use carnet_store::replica::{
+    Act, BodyPiece, Change, PullItem, Returned, SignedTraceHead, TraceRecord,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -234,6 +239,36 @@ where
 /// Values inside messages that have golden blocks of their own.
 fn golden_values() -> Vec<Golden> {
     vec![
+        raw(
+            "ChangeDocument",
+            Change::Document {
+                meta: Box::new(DocumentMeta::new(
+                    DocumentFacts {
+                        id: doc(),
+                        unique_id: "1.2.3".to_string(),
+                        ins: testkit::ins(),
+                        class: DocClass::PATIENT,
+                        type_code: "X".to_string(),
+                        format: "text/plain".to_string(),
+                        title: "note".to_string(),
+                        author: Author::Holder,
+                        author_site: SiteId(7),
+                        created_at: 1_700_000_000_000,
+                        service_start: 1_700_000_000_000,
+                        service_end: None,
+                        content_hash: [0x55; 32],
+                        size: 5,
+                        replaces: None,
+                    },
+                    SiteId(7),
+                    DocState::default(),
+                )),
+                acts: vec![Act {
+                    actor: Actor::Holder,
+                    action: Action::Write,
+                }],
+            },
+        ),
         raw(
             "HeartbeatBody",
             (
