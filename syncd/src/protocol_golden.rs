@@ -10,7 +10,8 @@ use carnet_store::authority::{AuthorityRecord, Covers, Heartbeat, RECORD_FORMAT,
 use carnet_store::ids::{DocId, SiteId};
 use carnet_store::merge::DocumentMeta;
 use carnet_store::model::{
-    AccessMode, Actor, Author, DocClass, DocState, DocumentFacts, Profession,
+    AccessMode, Actor, Author, DocClass, DocState, DocumentFacts, Grant, GrantBasis, GrantState,
+    Profession,
 };
 use carnet_store::policy::Action;
 use carnet_store::replica::{
@@ -282,6 +283,42 @@ fn golden_values() -> Vec<Golden> {
                     },
                 }),
             ),
+        ),
+        raw(
+            "GrantBody",
+            (
+                RECORD_FORMAT,
+                303u64,
+                AuthorityRecord::Grant(Grant {
+                    ins: testkit::ins(),
+                    rpps: testkit::doctor(),
+                    state: GrantState::Active,
+                    basis: GrantBasis::Consent,
+                    issued_at: 1_700_000_000_000,
+                    until: None,
+                }),
+            ),
+        ),
+        raw(
+            "ReturnedDossier",
+            Returned::Dossier {
+                ins: testkit::ins(),
+                reason: "closed".to_string(),
+            },
+        ),
+        raw(
+            "ChangePendingGrant",
+            Change::PendingGrant {
+                ins: testkit::ins(),
+                rpps: testkit::doctor(),
+            },
+        ),
+        raw(
+            "PullItemWithdraw",
+            PullItem::Withdraw {
+                ins: testkit::ins(),
+                docs: vec![doc()],
+            },
         ),
         raw(
             "TraceRecord",
