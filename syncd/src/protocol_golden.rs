@@ -8,10 +8,12 @@
 use carnet_store::audit::{AuditEntry, TraceAction, TraceActor};
 use carnet_store::authority::{AuthorityRecord, Covers, Heartbeat, RECORD_FORMAT, SignedRecord};
 use carnet_store::ids::{DocId, SiteId};
+use carnet_store::ids::{InsKind, RepresentativeId};
 use carnet_store::merge::DocumentMeta;
 use carnet_store::model::{
-    AccessMode, Actor, Author, DocClass, DocState, DocumentFacts, Grant, GrantBasis, GrantState,
-    Profession,
+    AccessMode, Actor, Author, Closure, DocClass, DocState, DocumentFacts, DossierHead,
+    DossierStatus, Grant, GrantBasis, GrantState, HolderKind, Identity, IdentityStatus, Profession,
+    Professional, Representative, Sex,
 };
 use carnet_store::policy::Action;
 use carnet_store::replica::{
@@ -298,6 +300,50 @@ fn golden_values() -> Vec<Golden> {
                     until: None,
                 }),
             ),
+        ),
+        raw(
+            "DossierBody",
+            (
+                RECORD_FORMAT,
+                304u64,
+                AuthorityRecord::Dossier(DossierHead {
+                    ins: testkit::ins(),
+                    ins_kind: InsKind::TestNir,
+                    identity: Identity {
+                        birth_name: "A".to_string(),
+                        first_names: "B".to_string(),
+                        birth_date: "1984-05-01".to_string(),
+                        sex: Sex::Female,
+                        birthplace: None,
+                        status: IdentityStatus::Qualified,
+                    },
+                    holder: HolderKind::Adult,
+                    representatives: vec![Representative {
+                        id: RepresentativeId(1),
+                        name: "C".to_string(),
+                        relationship: "D".to_string(),
+                        since: 1_700_000_000_000,
+                        ended: None,
+                    }],
+                    status: DossierStatus::Closed,
+                    mask_new_by_default: false,
+                    created_at: 1_700_000_000_000,
+                    closure: Some(Closure {
+                        at: 1_700_000_000_000,
+                        reason: "E".to_string(),
+                        deletion_requested: None,
+                    }),
+                }),
+            ),
+        ),
+        raw(
+            "ChangeProfessional",
+            Change::Professional(Professional {
+                rpps: testkit::doctor(),
+                profession: Profession::Medecin,
+                specialty: None,
+                name: Some("F".to_string()),
+            }),
         ),
         raw(
             "ReturnedDossier",
