@@ -12,8 +12,8 @@ use carnet_store::ids::{InsKind, RepresentativeId};
 use carnet_store::merge::DocumentMeta;
 use carnet_store::model::{
     AccessMode, Actor, Author, Closure, DocClass, DocState, DocumentFacts, DossierHead,
-    DossierStatus, Grant, GrantBasis, GrantState, HolderKind, Identity, IdentityStatus, Profession,
-    Professional, Representative, Sex,
+    DossierStatus, EmergencyPrefs, Grant, GrantBasis, GrantState, HolderKind, Identity,
+    IdentityStatus, Profession, Professional, Representative, Sex,
 };
 use carnet_store::policy::Action;
 use carnet_store::replica::{
@@ -334,6 +334,32 @@ fn golden_values() -> Vec<Golden> {
                         deletion_requested: None,
                     }),
                 }),
+            ),
+        ),
+        raw(
+            "EmergencyBody",
+            (
+                RECORD_FORMAT,
+                305u64,
+                AuthorityRecord::Emergency {
+                    ins: testkit::ins(),
+                    prefs: EmergencyPrefs {
+                        samu_allowed: true,
+                        btg_allowed: false,
+                        masked_in_emergency: true,
+                    },
+                },
+            ),
+        ),
+        raw(
+            "PurgedBody",
+            (
+                RECORD_FORMAT,
+                306u64,
+                AuthorityRecord::Purged {
+                    ins: testkit::ins(),
+                    at: 1_700_000_000_000,
+                },
             ),
         ),
         raw(
