@@ -23,6 +23,8 @@ pub mod inbox;
 pub mod metrics;
 pub mod net;
 pub mod pki;
+#[cfg(test)]
+mod protocol_golden;
 pub mod schedule;
 pub mod session;
 pub mod spool;

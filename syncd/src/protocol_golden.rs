@@ -1,0 +1,518 @@
+//! Golden bytes of the wire messages: each message of `golden_messages`, built from fixed
+//! synthetic values, is encoded as the wire does (`frame::encode`) and compared with the hex
+//! block of PROTOCOL.md that bears its name (a fenced block opened by "```hex golden:NAME"),
+//! then the block is decoded back (`frame::FrameDecoder`) and compared with the message, so
+//! the document and the code cannot drift apart. `golden_values` does the same for values
+//! that travel inside a message, encoded with postcard alone (no frame).
+
+use carnet_store::audit::{AuditEntry, TraceAction, TraceActor};
+use carnet_store::authority::{AuthorityRecord, Covers, Heartbeat, RECORD_FORMAT, SignedRecord};
+use carnet_store::ids::{DocId, SiteId};
+use carnet_store::ids::{InsKind, RepresentativeId};
+use carnet_store::merge::DocumentMeta;
+use carnet_store::model::{
+    AccessMode, Actor, Author, Closure, DocClass, DocState, DocumentFacts, DossierHead,
+    DossierStatus, EmergencyPrefs, Grant, GrantBasis, GrantState, HolderKind, Identity,
+    IdentityStatus, Profession, Professional, Representative, Sex,
+};
+use carnet_store::policy::Action;
+use carnet_store::replica::{
+    Act, BodyPiece, Change, PullItem, Returned, SignedTraceHead, TraceRecord,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::enrol::RenewalRequest;
+use crate::frame::{self, FrameDecoder};
+use crate::hostkey::{HandOver, HostRevocation};
+use crate::session::{Msg, SiteAbout};
+use crate::testkit;
+
+/// The document every example names: bytes 0x01 to 0x10.
+fn doc() -> DocId {
+    DocId([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16])
+}
+
+/// Every message with golden bytes, by the name of its block in PROTOCOL.md.
+fn golden_messages() -> Vec<(&'static str, Msg)> {
+    vec![
+        (
+            "Hello",
+            Msg::Hello {
+                site: 7,
+                cursor: 300,
+                outbox_acked: 5,
+                chain_key: [0xab; 32],
+                about: SiteAbout {
+                    version: "0.1.0".to_string(),
+                    trace_head: 12,
+                    pending: 2,
+                    missing_bodies: 0,
+                    quarantine: 0,
+                    conflicts: 0,
+                    lease_until: Some(1_700_000_000_000),
+                },
+                renewal: Some(RenewalRequest {
+                    site: 7,
+                    public_key: vec![0x30, 0x59, 0x30, 0x13],
+                    proof: vec![0x30, 0x44, 0x02],
+                }),
+            },
+        ),
+        (
+            "Welcome",
+            Msg::Welcome {
+                acked: 5,
+                traces_acked: 12,
+                traces_hash: [0x11; 32],
+                returned: vec![Returned::Document {
+                    id: doc(),
+                    reason: "refused".to_string(),
+                }],
+                owed: vec![(doc(), 1024)],
+                log_head: 300,
+                current: Some(SignedRecord {
+                    body: vec![0x04, 0x2a, 0x09],
+                    signature: vec![0xee; 4],
+                }),
+                renewed: None,
+                hand_over: Some(HandOver {
+                    version: 1,
+                    current: [0x22; 32],
+                    next: [0x33; 32],
+                    signature: vec![0x30, 0x44],
+                }),
+                host_revocations: vec![HostRevocation {
+                    version: 1,
+                    pin: [0x44; 32],
+                    revoked_at: 1_700_000_000,
+                    signature: vec![0x30, 0x45],
+                }],
+            },
+        ),
+        (
+            "Traces",
+            Msg::Traces {
+                records: Vec::new(),
+                head: Some(SignedTraceHead {
+                    seq: 12,
+                    hash: [0x11; 32],
+                    signature: vec![0x30, 0x46],
+                }),
+            },
+        ),
+        ("TracesAck", Msg::TracesAck { upto: 12 }),
+        (
+            "Push",
+            Msg::Push {
+                changes: vec![(
+                    6,
+                    Change::Pin {
+                        ins: testkit::ins(),
+                        on: true,
+                    },
+                )],
+                bodies: vec![BodyPiece {
+                    doc: doc(),
+                    offset: 0,
+                    total: 5,
+                    bytes: b"hello".to_vec(),
+                }],
+            },
+        ),
+        (
+            "PushAck",
+            Msg::PushAck {
+                upto: 6,
+                missing: vec![(doc(), 0)],
+                returned: Vec::new(),
+            },
+        ),
+        (
+            "PutBodies",
+            Msg::PutBodies(vec![BodyPiece {
+                doc: doc(),
+                offset: 5,
+                total: 10,
+                bytes: b"world".to_vec(),
+            }]),
+        ),
+        ("BodyStored", Msg::BodyStored { doc: doc() }),
+        ("Pull", Msg::Pull { after: 300 }),
+        (
+            "Pulled",
+            Msg::Pulled {
+                items: vec![
+                    (
+                        301,
+                        PullItem::Authority(SignedRecord {
+                            body: vec![0x04, 0x2a, 0x09],
+                            signature: vec![0xee; 4],
+                        }),
+                    ),
+                    (302, PullItem::Leave(testkit::ins())),
+                ],
+                more: false,
+                bodies: Vec::new(),
+            },
+        ),
+        (
+            "GetBody",
+            Msg::GetBody {
+                doc: doc(),
+                offset: 0,
+            },
+        ),
+        (
+            "Body",
+            Msg::Body {
+                doc: doc(),
+                offset: 0,
+                total: 5,
+                bytes: b"hello".to_vec(),
+            },
+        ),
+        ("NoBody", Msg::NoBody { doc: doc() }),
+        ("Bye", Msg::Bye),
+        ("Poke", Msg::Poke { log_head: 301 }),
+        ("Error", Msg::Error("out of turn".to_string())),
+        (
+            "Restored",
+            Msg::Restored {
+                taken_at: 1_700_000_000_000,
+                after: 12,
+            },
+        ),
+        (
+            "OwnTraces",
+            Msg::OwnTraces {
+                records: Vec::new(),
+                more: false,
+            },
+        ),
+    ]
+}
+
+/// Whether a golden block's bytes decode to the value it was made of.
+type DecodesBack = Box<dyn Fn(&[u8]) -> Result<(), String>>;
+
+/// One golden block's subject: its name, its bytes as the code encodes them, and a check that
+/// a block's bytes decode to the same value.
+struct Golden {
+    name: &'static str,
+    encoded: Vec<u8>,
+    decodes_back: DecodesBack,
+}
+
+/// A message, framed as it travels.
+fn framed(name: &'static str, msg: Msg) -> Golden {
+    assert_eq!(msg.kind(), name, "a message's golden block bears its name");
+    Golden {
+        name,
+        encoded: frame::encode(&msg).expect("encode"),
+        decodes_back: Box::new(move |bytes| {
+            let mut decoder = FrameDecoder::new();
+            decoder.push(bytes);
+            match decoder.next_message::<Msg>() {
+                Ok(Some(decoded)) if decoded == msg && decoder.buffered() == 0 => Ok(()),
+                other => Err(format!(
+                    "decode to {other:?}, {} bytes left over",
+                    decoder.buffered()
+                )),
+            }
+        }),
+    }
+}
+
+/// A value carried inside a message, postcard alone.
+fn raw<T>(name: &'static str, value: T) -> Golden
+where
+    T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug + 'static,
+{
+    Golden {
+        name,
+        encoded: postcard::to_stdvec(&value).expect("encode"),
+        decodes_back: Box::new(move |bytes| match postcard::take_from_bytes::<T>(bytes) {
+            Ok((decoded, [])) if decoded == value => Ok(()),
+            other => Err(format!("decode to {other:?}")),
+        }),
+    }
+}
+
+/// Values inside messages that have golden blocks of their own.
+fn golden_values() -> Vec<Golden> {
+    vec![
+        raw(
+            "ChangeDocument",
+            Change::Document {
+                meta: Box::new(DocumentMeta::new(
+                    DocumentFacts {
+                        id: doc(),
+                        unique_id: "1.2.3".to_string(),
+                        ins: testkit::ins(),
+                        class: DocClass::PATIENT,
+                        type_code: "X".to_string(),
+                        format: "text/plain".to_string(),
+                        title: "note".to_string(),
+                        author: Author::Holder,
+                        author_site: SiteId(7),
+                        created_at: 1_700_000_000_000,
+                        service_start: 1_700_000_000_000,
+                        service_end: None,
+                        content_hash: [0x55; 32],
+                        size: 5,
+                        replaces: None,
+                    },
+                    SiteId(7),
+                    DocState::default(),
+                )),
+                acts: vec![Act {
+                    actor: Actor::Holder,
+                    action: Action::Write,
+                }],
+            },
+        ),
+        raw(
+            "HeartbeatBody",
+            (
+                RECORD_FORMAT,
+                301u64,
+                AuthorityRecord::Heartbeat(Heartbeat {
+                    at: 1_700_000_000_000,
+                    covers: Covers::Log {
+                        site: SiteId(7),
+                        log_head: 301,
+                    },
+                }),
+            ),
+        ),
+        raw(
+            "GrantBody",
+            (
+                RECORD_FORMAT,
+                303u64,
+                AuthorityRecord::Grant(Grant {
+                    ins: testkit::ins(),
+                    rpps: testkit::doctor(),
+                    state: GrantState::Active,
+                    basis: GrantBasis::Consent,
+                    issued_at: 1_700_000_000_000,
+                    until: None,
+                }),
+            ),
+        ),
+        raw(
+            "DossierBody",
+            (
+                RECORD_FORMAT,
+                304u64,
+                AuthorityRecord::Dossier(DossierHead {
+                    ins: testkit::ins(),
+                    ins_kind: InsKind::TestNir,
+                    identity: Identity {
+                        birth_name: "A".to_string(),
+                        first_names: "B".to_string(),
+                        birth_date: "1984-05-01".to_string(),
+                        sex: Sex::Female,
+                        birthplace: None,
+                        status: IdentityStatus::Qualified,
+                    },
+                    holder: HolderKind::Adult,
+                    representatives: vec![Representative {
+                        id: RepresentativeId(1),
+                        name: "C".to_string(),
+                        relationship: "D".to_string(),
+                        since: 1_700_000_000_000,
+                        ended: None,
+                    }],
+                    status: DossierStatus::Closed,
+                    mask_new_by_default: false,
+                    created_at: 1_700_000_000_000,
+                    closure: Some(Closure {
+                        at: 1_700_000_000_000,
+                        reason: "E".to_string(),
+                        deletion_requested: None,
+                    }),
+                }),
+            ),
+        ),
+        raw(
+            "EmergencyBody",
+            (
+                RECORD_FORMAT,
+                305u64,
+                AuthorityRecord::Emergency {
+                    ins: testkit::ins(),
+                    prefs: EmergencyPrefs {
+                        samu_allowed: true,
+                        btg_allowed: false,
+                        masked_in_emergency: true,
+                    },
+                },
+            ),
+        ),
+        raw(
+            "PurgedBody",
+            (
+                RECORD_FORMAT,
+                306u64,
+                AuthorityRecord::Purged {
+                    ins: testkit::ins(),
+                    at: 1_700_000_000_000,
+                },
+            ),
+        ),
+        raw(
+            "ChangeProfessional",
+            Change::Professional(Professional {
+                rpps: testkit::doctor(),
+                profession: Profession::Medecin,
+                specialty: None,
+                name: Some("F".to_string()),
+            }),
+        ),
+        raw(
+            "ReturnedDossier",
+            Returned::Dossier {
+                ins: testkit::ins(),
+                reason: "closed".to_string(),
+            },
+        ),
+        raw(
+            "ChangePendingGrant",
+            Change::PendingGrant {
+                ins: testkit::ins(),
+                rpps: testkit::doctor(),
+            },
+        ),
+        raw(
+            "PullItemWithdraw",
+            PullItem::Withdraw {
+                ins: testkit::ins(),
+                docs: vec![doc()],
+            },
+        ),
+        raw(
+            "TraceRecord",
+            TraceRecord {
+                seq: 12,
+                hash: [0x11; 32],
+                entry: AuditEntry {
+                    at: 1_700_000_000_000,
+                    origin: SiteId(7),
+                    actor: TraceActor::Professional {
+                        rpps: testkit::doctor(),
+                        profession: Some(Profession::Medecin),
+                    },
+                    action: TraceAction::Access(Action::Read),
+                    ins: Some(testkit::ins().matricule().to_string()),
+                    doc: Some(doc()),
+                    mode: AccessMode::Normal,
+                    allowed: true,
+                    rule: 3,
+                    outcome_reason: "granted".to_string(),
+                    stated_reason: None,
+                    decided_offline: false,
+                    authority_version: 42,
+                },
+            },
+        ),
+    ]
+}
+
+/// Every golden block's subject.
+fn goldens() -> Vec<Golden> {
+    let mut all: Vec<Golden> = golden_messages()
+        .into_iter()
+        .map(|(name, msg)| framed(name, msg))
+        .collect();
+    all.extend(golden_values());
+    all
+}
+
+/// PROTOCOL.md, next to the workspace's manifest.
+fn protocol_md() -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../PROTOCOL.md");
+    std::fs::read_to_string(path).expect("PROTOCOL.md is readable")
+}
+
+/// The golden blocks of `text`, by name, in order: the hex digits of each (whitespace between
+/// them ignored), or the reason the block is malformed.
+fn golden_blocks(text: &str) -> Vec<(String, Result<Vec<u8>, String>)> {
+    let mut blocks = Vec::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        let Some(name) = line.trim().strip_prefix("```hex golden:") else {
+            continue;
+        };
+        let digits: String = lines
+            .by_ref()
+            .take_while(|l| l.trim() != "```")
+            .flat_map(|l| l.chars())
+            .filter(|c| !c.is_whitespace())
+            .collect();
+        blocks.push((name.trim().to_string(), hex(&digits)));
+    }
+    blocks
+}
+
+fn hex(digits: &str) -> Result<Vec<u8>, String> {
+    if !digits.len().is_multiple_of(2) {
+        return Err("an odd number of hex digits".to_string());
+    }
+    (0..digits.len())
+        .step_by(2)
+        .map(|i| {
+            digits
+                .get(i..i + 2)
+                .and_then(|d| u8::from_str_radix(d, 16).ok())
+                .ok_or_else(|| format!("not hex at digit {i}"))
+        })
+        .collect()
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn every_message_encodes_to_its_golden_bytes_in_protocol_md() {
+    let blocks = golden_blocks(&protocol_md());
+    let mut failures = Vec::new();
+    for golden in goldens() {
+        let name = golden.name;
+        let mut found = blocks.iter().filter(|(n, _)| n == name);
+        match (found.next(), found.next()) {
+            (None, _) => failures.push(format!(
+                "{name}: no ```hex golden:{name} block in PROTOCOL.md (the code encodes {})",
+                to_hex(&golden.encoded)
+            )),
+            (Some(_), Some(_)) => failures.push(format!("{name}: two golden blocks")),
+            (Some((_, Err(e))), None) => failures.push(format!("{name}: block malformed: {e}")),
+            (Some((_, Ok(bytes))), None) => {
+                if *bytes != golden.encoded {
+                    failures.push(format!(
+                        "{name}: PROTOCOL.md has {}\n  the code encodes   {}",
+                        to_hex(bytes),
+                        to_hex(&golden.encoded)
+                    ));
+                }
+                if let Err(e) = (golden.decodes_back)(bytes) {
+                    failures.push(format!("{name}: the golden bytes {e}"));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn every_golden_block_in_protocol_md_names_a_tested_message() {
+    let names: Vec<&str> = goldens().iter().map(|g| g.name).collect();
+    let stale: Vec<String> = golden_blocks(&protocol_md())
+        .into_iter()
+        .map(|(n, _)| n)
+        .filter(|n| !names.contains(&n.as_str()))
+        .collect();
+    assert!(stale.is_empty(), "golden blocks no test checks: {stale:?}");
+}
