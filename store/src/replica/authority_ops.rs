@@ -956,6 +956,7 @@ impl Replica {
                 })?;
             }
             self.digested(&txn, PENDING_PURGES)?.remove(&bi)?;
+            txn.open_table(RELAYED_LEASES)?.remove(&bi)?;
             txn.trace(vec![self.admin_entry("dossier-purged", Some(ins), None)]);
         }
         txn.commit()?;

@@ -207,6 +207,7 @@ pub(super) fn each_table(v: &mut impl Tables) -> Result<()> {
     v.table(HELD_NOTIFICATIONS)?;
     v.table(FIRST_ACCESSES)?;
     v.table(OUTBOX_HELD)?;
+    v.table(RELAYED_LEASES)?;
     Ok(())
 }
 

@@ -193,7 +193,7 @@ impl Replica {
             grant_ended,
             pending_grant,
             authority_version: generation.authority_version,
-            lease_expired: self.lease_expired(generation),
+            lease_expired: self.lease_expired(generation) && !self.relayed_lease_holds(txn, bi)?,
         })
     }
 

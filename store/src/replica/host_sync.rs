@@ -803,7 +803,7 @@ impl Replica {
                     authority::check_not_ahead(&v, now)?;
                     if v.record.is_heartbeat() {
                         // Checked once the batch is applied, against the cursor it reaches.
-                        heartbeat = Some(v);
+                        heartbeat = Some((v, signed));
                         report.applied += 1;
                         cursor = cursor.max(*seq);
                         continue;
@@ -850,8 +850,12 @@ impl Replica {
             cursor = cursor.max(*seq);
         }
         Self::bump_meta_u64(&txn, meta_key::PULL_CURSOR, Some(cursor))?;
-        if let Some(v) = heartbeat {
-            report.lease = Some(self.admit_heartbeat(&txn, &v, Holding::Cursor(cursor))?);
+        if let Some((v, signed)) = heartbeat {
+            let lease = self.admit_heartbeat(&txn, &v, Holding::Cursor(cursor))?;
+            if lease != Lease::NotVouched {
+                self.keep_relayable_heartbeat(&txn, signed, &v)?;
+            }
+            report.lease = Some(lease);
         }
         txn.commit()?;
         self.reload_matrix()?;

@@ -28,6 +28,7 @@ mod dossier_reads;
 mod emergencies;
 mod emergency_fetch;
 mod grants;
+mod handover;
 mod high_water;
 mod host_sync;
 mod journal;
@@ -78,6 +79,7 @@ pub use documents::{DossierExport, ExportedDocument, NewDocument, ReadOutcome};
 pub use dossier_reads::Reader;
 pub use emergencies::{Emergency, Review};
 pub use emergency_fetch::EMERGENCY_VALID;
+pub use handover::{HANDOVER_FORMAT, HANDOVER_REASON_MAX, Handover, HandoverReport};
 pub use high_water::{HIGH_WATER_ENV, check_high_water_from_env, reset_high_water_from_env};
 pub use host_sync::{PullItem, PullPage, PullReport};
 pub use local_dossiers::{LocalDossierState, Proposal};
@@ -692,6 +694,7 @@ impl Replica {
             txn.open_table(AUDIT_HEADS)?;
             txn.open_table(OUTBOX)?;
             txn.open_table(OUTBOX_HELD)?;
+            txn.open_table(RELAYED_LEASES)?;
             txn.open_table(APPLIED)?;
         }
         txn.commit()?;

@@ -533,6 +533,7 @@ impl Rekey<'_> {
             "quarantine" => self.quarantine(k, v)?,
             "partial_bodies" => self.partial_bodies(k, v)?,
             "pending_grants" => (self.remap(table, k, &[Dossier, Pro])?, v.to_vec()),
+            "relayed_leases" => (self.remap(table, k, &[Dossier])?, v.to_vec()),
             "announcements" | "hidden_docs" | "missing_bodies" | "partial_progress"
             | "conflicts" => (self.remap(table, k, &[Doc])?, v.to_vec()),
             "returned" => (self.remap(table, k, &[Same(4), Doc])?, v.to_vec()),

@@ -693,6 +693,25 @@ impl SiteSync<'_> {
         self.0.receive_body_pieces(pieces)
     }
 
+    /// Site: the handover of dossier `ins` to peer site `to` by professional `by` (registered
+    /// here), traced here; refused, traced, when the table refuses `by` a write on it
+    /// (`handover`).
+    pub fn handover_out(
+        &self,
+        ins: &Ins,
+        by: &Rpps,
+        reason: Option<&str>,
+        to: SiteId,
+    ) -> Result<Handover> {
+        self.0.handover_out(ins, by, reason, to)
+    }
+
+    /// Site: admits what peer site `from` (named by its certificate) handed over, decided
+    /// again here, traced; anything that does not verify refuses it whole (`handover`).
+    pub fn admit_handover(&self, from: SiteId, handover: &Handover) -> Result<HandoverReport> {
+        self.0.admit_handover(from, handover)
+    }
+
     /// Site: keeps what the host returned. A refused dossier that is still this site's own is
     /// dropped first, everything written in it going to the quarantine under the host's
     /// reason; then each returned document not kept yet is. Idempotent.

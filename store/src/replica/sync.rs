@@ -1375,7 +1375,7 @@ pub(super) fn piece_aad(id: &[u8; 16], offset: u64) -> Vec<u8> {
 }
 
 /// True when `after` grants more access than `before`: a flag cleared, or availability lowered.
-fn widens(before: &crate::model::DocState, after: &crate::model::DocState) -> bool {
+pub(super) fn widens(before: &crate::model::DocState, after: &crate::model::DocState) -> bool {
     let (b, a) = (before.flags, after.flags);
     (b.masque_ps && !a.masque_ps)
         || (b.invisible_patient && !a.invisible_patient)

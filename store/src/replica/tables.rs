@@ -164,6 +164,9 @@ pub const FIRST_ACCESSES: TableDefinition<&[u8], ()> = TableDefinition::new("fir
 /// `withheld::HeldChange` (postcard). In clear: why (a message about a field, never its value)
 /// and the entry as it was in `OUTBOX`, whose own seals and blind indexes stay as they were.
 pub const OUTBOX_HELD: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox_held");
+/// Site: the heartbeats peers relayed with a handover (`handover`): blind index → the
+/// heartbeat's time (Unix ms). Each renews the lease of that dossier only, up to its own time.
+pub const RELAYED_LEASES: TableDefinition<&[u8; 32], i64> = TableDefinition::new("relayed_leases");
 /// Per origin site, the highest change sequence applied here (exactly-once).
 pub const APPLIED: TableDefinition<u32, u64> = TableDefinition::new("applied");
 
@@ -213,6 +216,10 @@ pub mod meta_key {
     /// `meta` is authenticated, so a trace removed whole, rows and head, is seen at open
     /// (`Replica::check_trace_anchor`).
     pub const TRACE_ANCHOR: &str = "trace_anchor";
+    /// Site: the latest heartbeat that renewed its lease through a pull (postcard
+    /// `SignedRecord`, in clear: it names the site and a log head, no patient data), relayed
+    /// with a handover (`handover`).
+    pub const RELAYABLE_HEARTBEAT: &str = "relayable_heartbeat";
 }
 
 /// The format this build writes. A newer stored format is refused, and so is an older one: the

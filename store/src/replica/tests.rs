@@ -6575,3 +6575,272 @@ fn two_host_daemons_share_one_database() {
     assert_eq!(second.daemon_number(), 1);
     assert_eq!(second.trace_head().expect("head"), head);
 }
+
+/// A clinic (site 8) on `now`'s clock, enrolled with the host's key, that holds none of the
+/// host's dossiers (nobody is bound to it): the nurse is registered there.
+fn a_clinic_on(host: &Replica, now: &Arc<std::sync::atomic::AtomicI64>) -> (TempDir, Replica) {
+    use std::sync::atomic::Ordering;
+    let dir = TempDir::new().expect("tmp");
+    let clinic = Replica::init_on(
+        dir.path(),
+        &test_storage(dir.path(), Role::Site),
+        InitOptions {
+            role: Role::Site,
+            name: "clinic".into(),
+            site_id: Some(SiteId(8)),
+            key: KeySource::File,
+            host_key: host.host_key().expect("key"),
+            lease_hours: None,
+        },
+        {
+            let now = now.clone();
+            Arc::new(move || now.load(Ordering::SeqCst))
+        },
+    )
+    .expect("init");
+    clinic
+        .add_professional(&Professional {
+            rpps: nurse(),
+            profession: Profession::Infirmier,
+            specialty: None,
+            name: None,
+        })
+        .expect("pro");
+    sync(host, &clinic);
+    (dir, clinic)
+}
+
+const HOUR: i64 = 3_600_000;
+
+/// A sync round, then the heartbeat of the site's log as the daemon's rounds end with it.
+fn sync_with_heartbeat(host: &Replica, site: &Replica) {
+    sync(host, site);
+    let page = host
+        .pull_page(
+            site.config().site_id,
+            site.pull_cursor().expect("cursor"),
+            100,
+        )
+        .expect("page");
+    let report = site.apply_pull(&page.items).expect("apply");
+    assert!(
+        matches!(report.lease, Some(Lease::Renewed | Lease::Unchanged)),
+        "{report:?}"
+    );
+}
+
+#[test]
+fn a_handover_brings_the_dossier_and_the_lease_of_that_dossier_but_no_rights() {
+    use std::sync::atomic::Ordering;
+    let (_dirs, now, host, unit) = host_and_site_on_a_clock();
+    let (_cd, clinic) = a_clinic_on(&host, &now);
+    assert!(
+        clinic.dossier(&ins()).is_err(),
+        "the clinic holds no dossier"
+    );
+    // Eighty hours on, the unit hears from the host once more; the clinic does not.
+    now.fetch_add(80 * HOUR, Ordering::SeqCst);
+    sync_with_heartbeat(&host, &unit);
+    now.fetch_add(2 * HOUR, Ordering::SeqCst);
+    let report_id = write(&unit, "intervention report", b"SMUR: stable");
+    let nurse_reads = |id: &DocId| {
+        clinic
+            .read_document(&Actor::Professional(nurse()), id, AccessMode::Normal, None)
+            .map(|o| o.body.to_vec())
+    };
+
+    let h = unit
+        .handover_out(
+            &ins(),
+            &doctor(),
+            Some("patient brought to the clinic"),
+            SiteId(8),
+        )
+        .expect("handover");
+    assert!(
+        h.heartbeat.is_some(),
+        "the unit relays its latest heartbeat"
+    );
+    assert!(h.traces.iter().all(|t| t.entry.origin == SiteId(7)));
+    assert!(
+        h.traces
+            .iter()
+            .any(|t| t.entry.action == TraceAction::Admin("handover-sent".into())),
+        "the sender traces the handover"
+    );
+    let report = clinic.admit_handover(SiteId(7), &h).expect("admit");
+    assert_eq!(report.documents_new, 1, "{report:?}");
+    assert!(report.records_admitted >= 2, "{report:?}");
+    assert_eq!(
+        report.lease_from,
+        Some(now.load(Ordering::SeqCst) - 2 * HOUR)
+    );
+    assert_eq!(report.lacking.len(), 1, "the body follows on its own");
+    let body = unit.body_for_sync(&report_id).expect("body");
+    clinic
+        .receive_body_pieces(&[whole(report_id, &body)])
+        .expect("body piece");
+
+    // Data, not rights: the nurse has no grant here.
+    let err = nurse_reads(&report_id).expect_err("no grant");
+    assert!(matches!(err, Error::Denied { .. }), "{err}");
+    // Consent given in person: read under it, the dossier's lease renewed by the unit's
+    // heartbeat though the clinic's own is over.
+    assert!(
+        clinic.authority_freshness().expect("freshness").1,
+        "clinic lease over"
+    );
+    clinic
+        .record_pending_grant(&ins(), &nurse())
+        .expect("consent in person");
+    assert_eq!(nurse_reads(&report_id).expect("read"), b"SMUR: stable");
+
+    // The handover is traced at the clinic, and the unit's entries are kept apart.
+    let traced = clinic.audit_entries(Some(&ins())).expect("audit");
+    let received = traced
+        .iter()
+        .find(|c| c.entry.action == TraceAction::Admin("handover-received".into()))
+        .expect("traced");
+    assert_eq!(received.entry.origin, SiteId(8));
+    assert_eq!(
+        received.entry.stated_reason.as_deref(),
+        Some("patient brought to the clinic")
+    );
+    assert!(received.entry.outcome_reason.contains("from site 7"));
+    assert_eq!(
+        traced
+            .iter()
+            .filter(|c| c.entry.origin == SiteId(7))
+            .count(),
+        h.traces.len()
+    );
+
+    // The relayed heartbeat ends the lease of the dossier 72 hours after the host signed it.
+    now.fetch_add(71 * HOUR, Ordering::SeqCst);
+    let err = nurse_reads(&report_id).expect_err("past the relayed heartbeat's lease");
+    assert!(matches!(err, Error::Denied { .. }), "{err}");
+    // Handed over again: nothing new, nothing twice.
+    let again = clinic.admit_handover(SiteId(7), &h).expect("again");
+    assert_eq!(
+        (again.documents_new, again.traces_kept),
+        (0, 0),
+        "{again:?}"
+    );
+    assert_eq!(again.lease_from, None);
+}
+
+#[test]
+fn a_handover_that_does_not_verify_changes_nothing_and_is_traced() {
+    let (_dirs, now, host, unit) = host_and_site_on_a_clock();
+    let (_cd, clinic) = a_clinic_on(&host, &now);
+    sync_with_heartbeat(&host, &unit);
+    write(&unit, "intervention report", b"SMUR");
+    let h = unit
+        .handover_out(&ins(), &doctor(), None, SiteId(8))
+        .expect("handover");
+    let refused = |h: &Handover, from: u32| {
+        let before = clinic.audit_entries(None).expect("audit").len();
+        let err = clinic.admit_handover(SiteId(from), h).expect_err("refused");
+        assert!(clinic.dossier(&ins()).is_err(), "nothing admitted: {err}");
+        let after = clinic.audit_entries(None).expect("audit");
+        assert_eq!(after.len(), before + 1, "one entry: the refusal");
+        assert_eq!(
+            after.last().map(|c| c.entry.action.clone()),
+            Some(TraceAction::Admin("handover-refused".into()))
+        );
+        err.to_string()
+    };
+    // A forged record.
+    let mut forged = h.clone();
+    if let Some(b) = forged.records[1].body.last_mut() {
+        *b ^= 1;
+    }
+    assert!(refused(&forged, 7).contains("does not verify"));
+    // No signed head.
+    let mut headless = h.clone();
+    headless.records.retain(|r| {
+        !matches!(
+            crate::authority::decode(r).map(|v| v.record),
+            Ok(AuthorityRecord::Dossier(_))
+        )
+    });
+    assert!(refused(&headless, 7).contains("no signed head"));
+    // A document of another dossier.
+    let mut stray = h.clone();
+    stray.documents[0].facts.ins = Ins::from_body("2840575123456").expect("ins");
+    assert!(refused(&stray, 7).contains("another dossier"));
+    // A heartbeat the host signed for another site than the one handing over.
+    let mut relayed = h.clone();
+    relayed.traces.clear();
+    assert!(refused(&relayed, 9).contains("did not sign for it"));
+    // Trace entries that are not the sender's own.
+    let mut foreign = h.clone();
+    foreign.heartbeat = None;
+    assert!(refused(&foreign, 9).contains("not its own"));
+    // The genuine one goes in.
+    clinic.admit_handover(SiteId(7), &h).expect("admit");
+    assert!(clinic.dossier(&ins()).is_ok());
+}
+
+#[test]
+fn a_stale_record_handed_over_does_not_undo_a_newer_one() {
+    let (_dirs, now, host, unit) = host_and_site_on_a_clock();
+    let (_cd, clinic) = a_clinic_on(&host, &now);
+    let h = unit
+        .handover_out(&ins(), &doctor(), None, SiteId(8))
+        .expect("handover");
+    clinic.admit_handover(SiteId(7), &h).expect("admit");
+    // The host blocks the nurse; the clinic learns it (a bundle), the unit does not.
+    host.set_grant(
+        &ins(),
+        &nurse(),
+        GrantState::Blocked,
+        GrantBasis::Consent,
+        None,
+    )
+    .expect("block");
+    clinic
+        .import_authority(&host.export_authority().expect("export"))
+        .expect("import");
+    let blocked = |r: &Replica| {
+        r.dossier(&ins())
+            .expect("dossier")
+            .grants
+            .iter()
+            .any(|g| g.rpps == nurse() && g.state == GrantState::Blocked)
+    };
+    assert!(blocked(&clinic));
+    // The unit hands over again what it holds: the head is not newer, the block stands.
+    let again = clinic.admit_handover(SiteId(7), &h).expect("admit");
+    assert_eq!(again.records_admitted, 0, "{again:?}");
+    assert!(blocked(&clinic));
+    // And a document a blocked author wrote is not taken from a peer.
+    unit.add_professional(&Professional {
+        rpps: nurse(),
+        profession: Profession::Infirmier,
+        specialty: None,
+        name: None,
+    })
+    .ok();
+    let by_nurse = unit
+        .put_document(
+            &Actor::Professional(nurse()),
+            AccessMode::Normal,
+            None,
+            &ins(),
+            doc("nurse's note", b"n"),
+        )
+        .expect("the unit does not know of the block");
+    let h = unit
+        .handover_out(&ins(), &doctor(), None, SiteId(8))
+        .expect("handover");
+    let report = clinic.admit_handover(SiteId(7), &h).expect("admit");
+    assert_eq!(
+        report
+            .documents_refused
+            .iter()
+            .map(|(id, _)| *id)
+            .collect::<Vec<_>>(),
+        vec![by_nurse]
+    );
+}
