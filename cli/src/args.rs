@@ -75,6 +75,25 @@ pub enum Command {
         #[arg(long)]
         site: Option<u32>,
     },
+    /// Site: hand a dossier over to a peer site listed as `[[peer]]` in carnet.toml, without
+    /// the host (a mobile unit bringing its patient to a clinic): the host's signed records,
+    /// this site's latest heartbeat, the documents held here and this site's trace entries
+    /// about it. The peer decides it all again; it brings data, not rights.
+    #[command(after_long_help = examples::HANDOVER)]
+    Handover {
+        /// The peer's name (`[[peer]]` in carnet.toml).
+        #[arg(long)]
+        to: String,
+        /// The dossier (INS).
+        #[arg(long)]
+        dossier: String,
+        /// RPPS of the professional handing it over (registered here).
+        #[arg(long = "as")]
+        actor: String,
+        /// Why, traced at both sites.
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// What sites asked for and the host has not decided yet: pins and consent given in
     /// person (host).
     Requests,
@@ -947,6 +966,10 @@ A large body shows a progress bar on a terminal (not with --json, nor when stder
     pub const DOC_LIST: &str = "Examples:
   carnet doc list --dossier 284057512345672 --as 10000000001
   carnet doc list --dossier 284057512345672 --as patient --json";
+
+    pub const HANDOVER: &str = "Examples:
+  # The mobile unit hands its patient's dossier to the clinic ([[peer]] name = \"clinique\"):
+  carnet handover --to clinique --dossier 284057512345672 --as 10000000003 --reason \"patient amené aux urgences\"";
 
     pub const EXPORT: &str = "Examples:
   # The holder's full copy (it holds their identity: the file is written 0600):

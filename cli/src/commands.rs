@@ -339,6 +339,12 @@ pub fn run(cli: &Cli) -> Result<Reply> {
         Command::Pin { ins: text, site } => pin(cli, text, true, *site),
         Command::Unpin { ins: text, site } => pin(cli, text, false, *site),
         Command::Requests => requests(cli),
+        Command::Handover {
+            to,
+            dossier,
+            actor: by,
+            reason,
+        } => handover(cli, to, dossier, by, reason.as_deref()),
         Command::Conflicts(ConflictsCmd::List { dossier }) => conflicts(cli, dossier.as_deref()),
         Command::Quarantine(c) => quarantine(cli, c),
         Command::Inbox(c) => inbox(cli, c),
@@ -1117,6 +1123,59 @@ fn pin(cli: &Cli, text: &str, on: bool, site: Option<u32>) -> Result<Reply> {
     Ok(Reply::new(
         human,
         json!({"ins": i.matricule(), "pinned": on, "site": site}),
+    ))
+}
+
+fn handover(cli: &Cli, to: &str, dossier: &str, by: &str, reason: Option<&str>) -> Result<Reply> {
+    let r = open(cli)?;
+    let i = ins(dossier)?;
+    let o = r.handover(to, &i, &rpps(by)?, reason)?;
+    let report = &o.report;
+    let mut human = format!(
+        "dossier {} handed over to {} (site {}): {} record(s) admitted there, {} document(s) new, {} merged, {} bod{} sent ({} bytes)",
+        i.matricule(),
+        o.peer,
+        o.site,
+        report.records_admitted,
+        report.documents_new,
+        report.documents_merged,
+        o.bodies_sent,
+        if o.bodies_sent == 1 { "y" } else { "ies" },
+        o.body_bytes_sent,
+    );
+    for (id, why) in &report.documents_refused {
+        human.push_str(&format!("\n  refused there: {id}: {why}"));
+    }
+    if o.lacking > 0 {
+        human.push_str(&format!(
+            "\n  {} bod{} still lacking there: run the same command again to send the rest",
+            o.lacking,
+            if o.lacking == 1 { "y" } else { "ies" }
+        ));
+    }
+    if let Some(at) = report.lease_from {
+        human.push_str(&format!(
+            "\n  the peer's lease of this dossier now runs from {} (this site's last heartbeat from the host)",
+            carnet_store::time::format_rfc3339(at)
+        ));
+    }
+    Ok(Reply::new(
+        human,
+        json!({
+            "peer": o.peer,
+            "site": o.site,
+            "ins": i.matricule(),
+            "records_admitted": report.records_admitted,
+            "records_unchanged": report.records_unchanged,
+            "documents_new": report.documents_new,
+            "documents_merged": report.documents_merged,
+            "documents_refused": report.documents_refused.iter().map(|(id, why)| json!({"doc": id.to_string(), "reason": why})).collect::<Vec<_>>(),
+            "traces_kept": report.traces_kept,
+            "lease_from": report.lease_from.map(carnet_store::time::format_rfc3339),
+            "bodies_sent": o.bodies_sent,
+            "body_bytes_sent": o.body_bytes_sent,
+            "lacking": o.lacking,
+        }),
     ))
 }
 

@@ -531,6 +531,25 @@ impl Store {
         expect!(self.call(Request::SyncStatus)?, SyncStatus).map(|s| *s)
     }
 
+    pub fn handover(
+        &self,
+        peer: &str,
+        ins: &Ins,
+        by: &Rpps,
+        reason: Option<&str>,
+    ) -> Result<carnet_syncd::peer::HandoverOutcome> {
+        expect!(
+            self.call(Request::Handover {
+                peer: peer.to_string(),
+                ins: ins.clone(),
+                by: by.clone(),
+                reason: reason.map(str::to_string),
+            })?,
+            HandedOver
+        )
+        .map(|o| *o)
+    }
+
     pub fn sync_now(&self) -> Result<RoundReport> {
         expect!(self.call(Request::SyncNow)?, Synced)
     }

@@ -220,6 +220,19 @@ pub enum Request {
     SyncStatus,
     /// Runs a sync round now and waits for it (site).
     SyncNow,
+    /// Site: hands dossier `ins` over to the `[[peer]]` named `peer`, by professional `by`
+    /// (`peer::hand_over`), and waits for it.
+    Handover {
+        /// The peer's name in `carnet.toml`.
+        peer: String,
+        /// The dossier.
+        ins: Ins,
+        /// The professional handing it over (registered here).
+        by: Rpps,
+        /// Why.
+        #[serde(default)]
+        reason: Option<String>,
+    },
     /// Creates the national CA and host certificate (host). With `offline_ca` (made and
     /// written to its offline folder by the caller), the replica keeps only its certificate;
     /// without it, `ca_in_replica` must say that the replica is to keep the CA key.
@@ -319,6 +332,8 @@ impl Request {
                 | Request::HostKey
                 | Request::SyncStatus
                 | Request::SyncNow
+                // What it writes here is only traced: nothing new to push but the trace.
+                | Request::Handover { .. }
                 | Request::Inbox
                 // Files moved, nothing stored: the scan it starts signals what it stores.
                 | Request::InboxRetry { .. }
@@ -530,6 +545,8 @@ pub enum Response {
     InboxRetried(Vec<String>),
     /// What a round did.
     Synced(RoundReport),
+    /// What a handover did (`Request::Handover`).
+    HandedOver(Box<crate::peer::HandoverOutcome>),
     /// An enrolment bundle.
     Enrolled {
         site_id: u32,
@@ -1000,9 +1017,9 @@ impl Service {
             Request::InboxRetry { name } => {
                 Response::InboxRetried(crate::inbox::retry(&self.inbox_dir()?, &name)?)
             }
-            Request::SyncNow => {
+            Request::SyncNow | Request::Handover { .. } => {
                 return Err(Error::Invalid(
-                    "a sync round runs on the async side (Service::run)".into(),
+                    "a sync round or a handover runs on the async side (Service::run)".into(),
                 ));
             }
             Request::PkiInit {
@@ -1158,6 +1175,22 @@ impl Service {
     pub async fn run(self: &Arc<Self>, request: Request) -> Result<Response> {
         if let Request::SyncNow = request {
             return self.sync_round().await.map(Response::Synced);
+        }
+        if let Request::Handover {
+            peer,
+            ins,
+            by,
+            reason,
+        } = request
+        {
+            let site = SiteReplica::new(self.replica.clone()).map_err(|_| {
+                Error::Invalid("the host hands no dossier over: a site does".into())
+            })?;
+            let revoked = crate::peer::revoked_list(&site)?;
+            let outcome = crate::peer::hand_over(site, &peer, ins, by, reason, revoked).await;
+            // The handover is traced here: the next round pushes the entry.
+            self.changed.notify_one();
+            return outcome.map(|o| Response::HandedOver(Box::new(o)));
         }
         if let Request::ReadDocument {
             actor,

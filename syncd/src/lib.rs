@@ -22,6 +22,7 @@ pub mod http;
 pub mod inbox;
 pub mod metrics;
 pub mod net;
+pub mod peer;
 pub mod pki;
 #[cfg(test)]
 mod protocol_golden;

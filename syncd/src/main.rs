@@ -475,6 +475,25 @@ async fn site(
     let _http = start_http(&config, &service).await?;
     let certificates = tokio::spawn(certificate_watch(replica.arc().clone()));
     let tidy = tokio::spawn(inbox_tidy(service.clone()));
+    // `peer_listen`: handovers from the sites listed as `[[peer]]` (off unless set).
+    let peers = match config.peer_listen {
+        Some(address) => {
+            let tls = enrol::site_tls(&replica)?;
+            let policy =
+                carnet_syncd::peer::policy(&config, carnet_syncd::peer::revoked_list(&replica)?);
+            let endpoint = quinn::Endpoint::server(
+                transport::peer_server_config(&tls.ca_cert_der, &tls.identity, policy)?,
+                address,
+            )?;
+            tracing::info!(address = %endpoint.local_addr()?, peers = config.peers.len(), "accepting handovers from peers");
+            Some(tokio::spawn(carnet_syncd::peer::serve(
+                endpoint,
+                replica.clone(),
+                service.changed.clone(),
+            )))
+        }
+        None => None,
+    };
     tracing::info!(
         site = %replica.config().site_id,
         host_address = %config.host_address.as_ref().map_or_else(String::new, |a| a.to_string()),
@@ -519,6 +538,9 @@ async fn site(
         if stopping {
             api.abort();
             tidy.abort();
+            if let Some(peers) = &peers {
+                peers.abort();
+            }
             service.close_connection().await;
             return Ok(());
         }
@@ -568,6 +590,9 @@ async fn site(
                     api.abort();
                     certificates.abort();
                     tidy.abort();
+                    if let Some(peers) = &peers {
+                        peers.abort();
+                    }
                     service.close_connection().await;
                     return Ok(());
                 }

@@ -48,23 +48,23 @@ const READ_CHUNK: usize = 64 * 1024;
 /// link), a few more cover a reconnection while the old connection has not timed out yet.
 pub const CONNECTIONS_PER_SITE: usize = 4;
 
-fn net_err(e: impl std::fmt::Display) -> Error {
+pub(crate) fn net_err(e: impl std::fmt::Display) -> Error {
     Error::Io(std::io::Error::other(e.to_string()))
 }
 
 /// A wait on the peer that ran out: a network failure (counted as such, `fleet::error_kind`).
-fn timed_out(what: &str) -> Error {
+pub(crate) fn timed_out(what: &str) -> Error {
     Error::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, what))
 }
 
 /// Reads the next message, or `None` at the end of the stream.
-async fn next_message(
+pub(crate) async fn next_message<M: serde::de::DeserializeOwned>(
     recv: &mut quinn::RecvStream,
     decoder: &mut FrameDecoder,
-) -> Result<Option<Msg>> {
+) -> Result<Option<M>> {
     loop {
         if let Some(msg) = decoder
-            .next_message::<Msg>()
+            .next_message::<M>()
             .map_err(|e| Error::Invalid(e.to_string()))?
         {
             return Ok(Some(msg));
@@ -84,7 +84,10 @@ async fn next_message(
 /// Writes `msgs`; fails if the peer takes no byte for `IDLE_TIMEOUT` (a peer that stops
 /// reading keeps its connection alive with keep-alives, and would otherwise hold the stream,
 /// and what waits to be sent on it, for as long as it likes).
-async fn send(stream: &mut quinn::SendStream, msgs: &[Msg]) -> Result<u64> {
+pub(crate) async fn send<M: serde::Serialize>(
+    stream: &mut quinn::SendStream,
+    msgs: &[M],
+) -> Result<u64> {
     let mut sent = 0;
     for m in msgs {
         let bytes = frame::encode(m).map_err(|e| Error::Invalid(e.to_string()))?;

@@ -26,6 +26,8 @@
 //!   watchdog, reloading its settings, its logs.
 //! - `operator`: what the operators see: `carnet sites` at the host, `/metrics`, the status page.
 //! - `convergence`: a host and two site daemons: offline writes, conflicts, revocation, closure.
+//! - `handover`: a mobile unit hands a dossier to a clinic without the host, through real
+//!   daemons; a site not listed as a peer refused; all three converge once the host is back.
 //! - `opened_here`: dossiers opened at a site, held for a provisional identity, adopted or
 //!   merged by the host.
 //! - `faults`: the weak link, through `fault_proxy` (loss, delay, cuts).
@@ -47,6 +49,7 @@ mod export;
 mod fault_proxy;
 mod faults;
 mod grants;
+mod handover;
 mod help;
 mod host_daemons;
 mod host_trusts_no_site;

@@ -89,7 +89,9 @@ impl Handle {
         match self {
             Handle::Daemon(client) => client.call(&request),
             Handle::InProcess(service) => match request {
-                Request::SyncNow => runtime()?.block_on(service.run(request)),
+                Request::SyncNow | Request::Handover { .. } => {
+                    runtime()?.block_on(service.run(request))
+                }
                 other => service.execute(other),
             },
         }

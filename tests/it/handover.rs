@@ -1,0 +1,249 @@
+//! Handover between two sites without the host, through real daemons on 127.0.0.1: the
+//! mobile unit (SMUR) hands its patient's dossier to the clinic while the host is out of
+//! reach; what the clinic admits it decides again; both converge with the host afterwards.
+
+use std::time::Duration;
+
+use crate::daemon::{Daemon, enrolled_site, free_port, start_daemon, sync_until_ok};
+use crate::support::*;
+
+/// A host with `DOCTOR` treating the dossier of `ins_a()`; the unit (DOCTOR bound, holding the
+/// dossier) and the clinic (NURSE registered, holding nothing) enrolled and synced once; the
+/// clinic accepting handovers from the unit. The host daemon is stopped: the valley.
+struct Valley {
+    host: Carnet,
+    ins: String,
+    unit: Carnet,
+    clinic: Carnet,
+    clinic_daemon: Daemon,
+}
+
+/// Prepends `settings` to a replica's carnet.toml (top-level keys go before any table) and
+/// appends `tables`.
+fn configure(c: &Carnet, settings: &str, tables: &str) {
+    let path = c.data.join("carnet.toml");
+    let text = std::fs::read_to_string(&path).expect("carnet.toml");
+    std::fs::write(&path, format!("{settings}\n{text}\n{tables}")).expect("carnet.toml");
+}
+
+fn site_ids(host: &Carnet) -> Vec<u64> {
+    host.json(&["pki", "list"])
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|s| s["site_id"].as_u64().expect("site id"))
+        .collect()
+}
+
+fn valley() -> Valley {
+    let address = format!("127.0.0.1:{}", free_port());
+    let host = Carnet::empty();
+    host.ok(&["init", "--role", "host", "--listen", &address]);
+    host.ok(&["pki", "init", "--ca-in-replica"]);
+    let ins = host.doctor_dossier();
+    let unit = enrolled_site(&host, &address, &[DOCTOR]);
+    unit.pro(DOCTOR, "medecin");
+    let clinic = enrolled_site(&host, &address, &[]);
+    clinic.pro(NURSE, "infirmier");
+    let ids = site_ids(&host);
+    let (unit_id, clinic_id) = (ids[0], ids[1]);
+    {
+        let _host_daemon = start_daemon(&host);
+        sync_until_ok(&unit, Duration::from_secs(30));
+        sync_until_ok(&clinic, Duration::from_secs(30));
+    }
+    let listen = format!("127.0.0.1:{}", free_port());
+    configure(
+        &clinic,
+        &format!("peer_listen = \"{listen}\""),
+        &format!("[[peer]]\nname = \"smur\"\naddress = \"127.0.0.1:9\"\nsite = {unit_id}\n"),
+    );
+    configure(
+        &unit,
+        "",
+        &format!("[[peer]]\nname = \"clinique\"\naddress = \"{listen}\"\nsite = {clinic_id}\n"),
+    );
+    let clinic_daemon = start_daemon(&clinic);
+    crate::daemon::wait_for_socket(&clinic);
+    Valley {
+        host,
+        ins,
+        unit,
+        clinic,
+        clinic_daemon,
+    }
+}
+
+/// `handover` until the clinic's listener answers (it binds as its daemon starts), bounded.
+fn hand_over(v: &Valley, reason: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let o = v.unit.run(&[
+            "--json",
+            "handover",
+            "--to",
+            "clinique",
+            "--dossier",
+            &v.ins,
+            "--as",
+            DOCTOR,
+            "--reason",
+            reason,
+        ]);
+        if o.code == 0 {
+            return o.json();
+        }
+        assert!(
+            std::time::Instant::now() < deadline && o.stderr.contains("could not be reached"),
+            "handover failed: {}",
+            o.stderr
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn the_unit_hands_its_patient_to_the_clinic_in_the_valley_and_all_three_converge() {
+    let v = valley();
+    let (unit, clinic, ins) = (&v.unit, &v.clinic, &v.ins);
+    // The unit reads the dossier by break-glass and writes its report, the host out of reach.
+    let report = unit.add_doc(
+        ins,
+        DOCTOR,
+        "10",
+        CONSULTATION,
+        "CR SMUR",
+        b"SMUR: stable (synthetic)",
+    );
+    assert!(clinic.run(&["dossier", "show", ins, "--as", NURSE]).code != 0);
+
+    let out = hand_over(&v, "patient brought to the clinic");
+    assert_eq!(out["documents_new"], 1, "{out}");
+    assert_eq!(out["bodies_sent"], 1, "{out}");
+    assert_eq!(out["lacking"], 0, "{out}");
+    assert!(
+        out["lease_from"].is_string(),
+        "the unit's heartbeat went along: {out}"
+    );
+
+    // Data, not rights: the nurse reads nothing until the patient consents in person.
+    clinic.fails(3, &["doc", "get", &report, "--as", NURSE]);
+    let pending = clinic.json(&["grant", "add", "--dossier", ins, "--rpps", NURSE]);
+    assert_eq!(pending["state"], "pending", "{pending}");
+    assert_eq!(clinic.body(&report, NURSE), b"SMUR: stable (synthetic)");
+
+    // Traced at both sites: who, from which site, why.
+    let received = clinic.audit_as(ins, "holder");
+    let entry = received
+        .iter()
+        .find(|e| e["action"].to_string().contains("handover-received"))
+        .unwrap_or_else(|| panic!("no handover traced at the clinic: {received:?}"));
+    assert!(
+        entry["reason"].to_string().contains("patient brought")
+            && entry["outcome"].to_string().contains("from site"),
+        "{entry}"
+    );
+    assert!(
+        unit.audit_as(ins, "holder")
+            .iter()
+            .any(|e| e["action"].to_string().contains("handover-sent")),
+        "the unit traces it too"
+    );
+
+    // Handed over again: nothing twice.
+    let again = hand_over(&v, "second try");
+    assert_eq!(
+        (
+            again["documents_new"].as_u64(),
+            again["bodies_sent"].as_u64()
+        ),
+        (Some(0), Some(0)),
+        "{again}"
+    );
+
+    // The host is back: each site's round; the document once everywhere.
+    let _host_daemon = start_daemon(&v.host);
+    sync_until_ok(unit, Duration::from_secs(30));
+    sync_until_ok(clinic, Duration::from_secs(30));
+    sync_until_ok(clinic, Duration::from_secs(30));
+    let listed = |c: &Carnet, who: &str| {
+        c.json(&["doc", "list", "--dossier", ins, "--as", who])
+            .as_array()
+            .map(|docs| docs.iter().filter(|d| d["id"] == report.as_str()).count())
+    };
+    assert_eq!(listed(&v.host, DOCTOR), Some(1));
+    assert_eq!(listed(clinic, NURSE), Some(1));
+    assert_eq!(v.host.body(&report, DOCTOR), b"SMUR: stable (synthetic)");
+    // The host holds the handover's trace entries of both sites.
+    let at_host = v.host.audit(ins);
+    for what in ["handover-sent", "handover-received"] {
+        assert!(
+            at_host
+                .iter()
+                .any(|e| e["action"].to_string().contains(what)),
+            "{what} missing at the host"
+        );
+    }
+    drop(v.clinic_daemon);
+}
+
+#[test]
+fn a_site_not_listed_as_a_peer_is_refused_and_nothing_changes() {
+    let v = valley();
+    // The clinic forgets the unit: the unit's certificate is the national CA's, but the
+    // clinic does not list it.
+    let path = v.clinic.data.join("carnet.toml");
+    let text = std::fs::read_to_string(&path).expect("toml");
+    let cut = text.find("[[peer]]").expect("peer table");
+    std::fs::write(&path, &text[..cut]).expect("toml");
+    let mut daemon = v.clinic_daemon;
+    crate::daemon::stop(&mut daemon);
+    let _daemon = start_daemon(&v.clinic);
+    crate::daemon::wait_for_socket(&v.clinic);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let refused = loop {
+        let o = v.unit.run(&[
+            "handover",
+            "--to",
+            "clinique",
+            "--dossier",
+            &v.ins,
+            "--as",
+            DOCTOR,
+        ]);
+        assert_ne!(o.code, 0, "a peer not listed was admitted");
+        if !o.stderr.contains("could not be reached") || std::time::Instant::now() > deadline {
+            break o;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(refused.stderr.contains("refused"), "{}", refused.stderr);
+    assert!(
+        v.clinic
+            .run(&["dossier", "show", &v.ins, "--as", NURSE])
+            .code
+            != 0
+    );
+    // An unknown peer name, and a professional not registered at the unit, are refused up
+    // front with what to do.
+    let o = v.unit.run(&[
+        "handover",
+        "--to",
+        "nobody",
+        "--dossier",
+        &v.ins,
+        "--as",
+        DOCTOR,
+    ]);
+    assert!(o.code != 0 && o.stderr.contains("clinique"), "{}", o.stderr);
+    let o = v.unit.run(&[
+        "handover",
+        "--to",
+        "clinique",
+        "--dossier",
+        &v.ins,
+        "--as",
+        STRANGER,
+    ]);
+    assert!(o.code != 0, "{}", o.stderr);
+}
