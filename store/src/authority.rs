@@ -1,7 +1,7 @@
 //! Records only the national host may author: dossier heads (closure included), grants,
-//! emergency preferences and the habilitation matrix. Each is signed with the host's Ed25519
-//! key; a site verifies the signature before it stores or uses a record, so records stay
-//! trustworthy when relayed.
+//! emergency preferences, the habilitation matrix and the site certificates the host refuses
+//! (`RefusedCertificates`). Each is signed with the host's Ed25519 key; a site verifies the
+//! signature before it stores or uses a record, so records stay trustworthy when relayed.
 //!
 //! Invariants: a `SignedRecord` is accepted only if its signature verifies under the host key
 //! the replica pinned; records are versioned by the host's `seq` and a replica keeps, per
@@ -90,6 +90,30 @@ pub enum AuthorityRecord {
     /// The host vouches that what it covers is current as of its time: a site's authority
     /// cache is as fresh as the latest heartbeat it admitted (DOMAIN §5 lease). Never stored.
     Heartbeat(Heartbeat),
+    /// The site certificates the host refuses, for sites to refuse them in their sessions with
+    /// each other (`transport::PeerPolicy` in carnet-syncd). One per host: the newest replaces
+    /// the list whole.
+    RefusedCertificates(RefusedCertificates),
+}
+
+/// The site certificates the host refuses although the national CA issued them: every
+/// certificate of a site it revoked, and each certificate it retired (a renewal with
+/// `--retire-old`, or the switch to a certificate renewed over sync).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedCertificates {
+    /// When the host signed the list.
+    pub at: Millis,
+    /// The certificates' fingerprints (BLAKE3 of the DER), ascending, each once.
+    pub fingerprints: Vec<[u8; 32]>,
+}
+
+impl RefusedCertificates {
+    /// The list of `fingerprints` at `at`, put in order, each once.
+    pub fn new(at: Millis, mut fingerprints: Vec<[u8; 32]>) -> RefusedCertificates {
+        fingerprints.sort_unstable();
+        fingerprints.dedup();
+        RefusedCertificates { at, fingerprints }
+    }
 }
 
 /// A heartbeat: when, and what it vouches for.
@@ -135,6 +159,8 @@ pub enum Subject {
     Matrix,
     /// The host's latest heartbeat.
     Heartbeat,
+    /// The site certificates the host refuses.
+    RefusedCertificates,
 }
 
 impl AuthorityRecord {
@@ -149,6 +175,7 @@ impl AuthorityRecord {
                 Subject::Heartbeat
             }
             AuthorityRecord::Purged { ins, .. } => Subject::Dossier(ins.clone()),
+            AuthorityRecord::RefusedCertificates(_) => Subject::RefusedCertificates,
         }
     }
 
@@ -160,7 +187,8 @@ impl AuthorityRecord {
             AuthorityRecord::Emergency { ins, .. } => Some(ins),
             AuthorityRecord::Matrix(_)
             | AuthorityRecord::HeartbeatV1 { .. }
-            | AuthorityRecord::Heartbeat(_) => None,
+            | AuthorityRecord::Heartbeat(_)
+            | AuthorityRecord::RefusedCertificates(_) => None,
             AuthorityRecord::Purged { ins, .. } => Some(ins),
         }
     }
@@ -186,6 +214,7 @@ impl AuthorityRecord {
             AuthorityRecord::Emergency { .. } | AuthorityRecord::Matrix(_) => None,
             AuthorityRecord::HeartbeatV1 { at } | AuthorityRecord::Purged { at, .. } => Some(*at),
             AuthorityRecord::Heartbeat(h) => Some(h.at),
+            AuthorityRecord::RefusedCertificates(r) => Some(r.at),
         }
     }
 }

@@ -397,11 +397,21 @@ pub(crate) fn load_host_pki(replica: &Replica) -> Result<HostPki> {
     HostPki::decode(&raw)
 }
 
+/// Stores the register and, in the same commit, when the certificates it refuses changed (a
+/// site revoked, a certificate retired or forgotten), the host's signed list of them
+/// (`AuthorityRecord::RefusedCertificates`), which every site receives and refuses them by in
+/// its sessions with other sites (`transport::revoked_for_peers`).
 pub(crate) fn save_host_pki(replica: &Replica, pki: &HostPki) -> Result<()> {
     let bytes = zeroize::Zeroizing::new(
         postcard::to_stdvec(pki).map_err(|e| Error::Invalid(e.to_string()))?,
     );
-    Ok(replica.put_sealed(HOST_PKI, &bytes)?)
+    let host = replica
+        .as_host()
+        .ok_or_else(|| Error::Invalid("the PKI lives on the national host".into()))?;
+    let refused: Vec<[u8; 32]> = pki.sites.values().flat_map(SiteRecord::refused).collect();
+    host.authority()
+        .put_sealed_refusing(HOST_PKI, &bytes, &refused)?;
+    Ok(())
 }
 
 /// Now, in Unix seconds, by the replica's clock.
@@ -1256,6 +1266,46 @@ mod tests {
         revoke(&host, b1.site_id).expect("revoke");
         assert!(revoked(&host).expect("revoked").has(&f3));
         assert!(renew(&host, b1.site_id, None, false, None).is_err());
+    }
+
+    /// Every change to what the register refuses is signed for the sites, in the same commit;
+    /// enrolling or renewing without retiring signs nothing.
+    #[test]
+    fn what_the_register_refuses_is_signed_for_the_sites() {
+        let (_tmp, host) = host();
+        init_host(&host).expect("pki");
+        let signed = |host: &Replica| {
+            let mut list = host
+                .refused_certificates()
+                .expect("list")
+                .fingerprints
+                .clone();
+            list.sort_unstable();
+            list
+        };
+        let b1 = enrol(&host, "Clinique", "750000001", "127.0.0.1:4433").expect("enrol");
+        let b2 = enrol(&host, "Unité mobile", "750000002", "127.0.0.1:4433").expect("enrol");
+        renew(&host, b1.site_id, None, false, None).expect("renew");
+        assert!(signed(&host).is_empty(), "nothing refused yet");
+        let b3 = renew(&host, b1.site_id, None, true, None).expect("renew");
+        let mut expected: Vec<[u8; 32]> = sites(&host).expect("sites")[&b1.site_id]
+            .refused()
+            .collect();
+        expected.sort_unstable();
+        assert_eq!(expected.len(), 2, "the first two certificates, retired");
+        assert_eq!(signed(&host), expected);
+        revoke(&host, b2.site_id).expect("revoke");
+        let f2 = crate::transport::fingerprint(&b2.identity.cert_der);
+        let f3 = crate::transport::fingerprint(&b3.identity.cert_der);
+        assert!(
+            signed(&host).contains(&f2),
+            "the revoked site's certificate"
+        );
+        assert!(
+            !signed(&host).contains(&f3),
+            "the clinic's current certificate"
+        );
+        assert_eq!(signed(&host).len(), 3);
     }
 
     #[test]

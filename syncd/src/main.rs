@@ -480,7 +480,7 @@ async fn site(
         Some(address) => {
             let tls = enrol::site_tls(&replica)?;
             let policy =
-                carnet_syncd::peer::policy(&config, carnet_syncd::peer::revoked_list(&replica)?);
+                carnet_syncd::peer::policy(&config, carnet_syncd::peer::revoked_list(&replica));
             let endpoint = quinn::Endpoint::server(
                 transport::peer_server_config(&tls.ca_cert_der, &tls.identity, policy)?,
                 address,

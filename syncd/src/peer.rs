@@ -80,10 +80,10 @@ pub fn policy(config: &Config, revoked: Arc<Revoked>) -> Arc<PeerPolicy> {
     })
 }
 
-/// The site certificates this site refuses in peer sessions: those the host revoked, as this
-/// site holds its list.
-pub fn revoked_list(_replica: &SiteReplica) -> Result<Arc<Revoked>> {
-    Ok(Arc::new(Revoked::default()))
+/// The site certificates this site refuses in peer sessions: those the host's signed list
+/// names, as this site holds it, read at each handshake (`transport::revoked_for_peers`).
+pub fn revoked_list(replica: &SiteReplica) -> Arc<Revoked> {
+    transport::revoked_for_peers(replica.arc().clone())
 }
 
 /// The `[[peer]]` named `name` in the site's `carnet.toml`, with the settings.

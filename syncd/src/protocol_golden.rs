@@ -6,7 +6,9 @@
 //! that travel inside a message, encoded with postcard alone (no frame).
 
 use carnet_store::audit::{AuditEntry, TraceAction, TraceActor};
-use carnet_store::authority::{AuthorityRecord, Covers, Heartbeat, RECORD_FORMAT, SignedRecord};
+use carnet_store::authority::{
+    AuthorityRecord, Covers, Heartbeat, RECORD_FORMAT, RefusedCertificates, SignedRecord,
+};
 use carnet_store::ids::{DocId, SiteId};
 use carnet_store::ids::{InsKind, RepresentativeId};
 use carnet_store::merge::DocumentMeta;
@@ -360,6 +362,17 @@ fn golden_values() -> Vec<Golden> {
                     ins: testkit::ins(),
                     at: 1_700_000_000_000,
                 },
+            ),
+        ),
+        raw(
+            "RefusedCertificatesBody",
+            (
+                RECORD_FORMAT,
+                307u64,
+                AuthorityRecord::RefusedCertificates(RefusedCertificates {
+                    at: 1_700_000_000_000,
+                    fingerprints: vec![[0x11; 32], [0x22; 32]],
+                }),
             ),
         ),
         raw(

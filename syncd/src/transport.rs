@@ -9,8 +9,9 @@
 //!
 //! Between two sites (`carnet-peer/1`, a handover without the host), each end admits the
 //! other only if its certificate chains to the CA as a site's (client-auth usage, `site-N`),
-//! is in its validity window, is not in the revocation list the site holds, and names a site
-//! listed as `[[peer]]` (`PeerPolicy`); the dialler also requires the site it dialled. A
+//! is in its validity window, is not among the site certificates the host refuses (its signed
+//! list, as the site's replica holds it at that handshake: `revoked_for_peers`), and names a
+//! site listed as `[[peer]]` (`PeerPolicy`); the dialler also requires the site it dialled. A
 //! peer is known by the site id in its certificate, never by its address.
 
 use std::collections::HashSet;
@@ -23,6 +24,8 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+
+use carnet_store::replica::Replica;
 
 use crate::error::{Error, Result};
 use crate::pki::Identity;
@@ -102,15 +105,31 @@ pub fn fingerprint(cert_der: &[u8]) -> [u8; 32] {
     *blake3::hash(cert_der).as_bytes()
 }
 
-/// Certificates the host refuses although the CA issued them (revoked sites). Shared with
-/// the server configuration: a revocation takes effect for the next handshake.
+/// Site certificates refused although the CA issued them. At the host, its own list (revoked
+/// sites, retired certificates: `enrol::revoked`), shared with the server configuration: `add`
+/// takes effect for the next handshake. At a site, for its peer sessions (`revoked_for_peers`),
+/// the list the host signed as the site's replica holds it, read at each check: a list the site
+/// admits while it runs applies to the next handshake.
 #[derive(Debug, Default)]
-pub struct Revoked(RwLock<HashSet<[u8; 32]>>);
+pub struct Revoked {
+    listed: RwLock<HashSet<[u8; 32]>>,
+    held_by: Option<Arc<Replica>>,
+}
 
 impl Revoked {
+    /// The site certificates the host refuses as `replica` holds them
+    /// (`Replica::refused_certificates`, `AuthorityRecord::RefusedCertificates`), now and as it
+    /// admits newer lists.
+    pub fn held_by(replica: Arc<Replica>) -> Revoked {
+        Revoked {
+            listed: RwLock::default(),
+            held_by: Some(replica),
+        }
+    }
+
     /// Refuses the certificate with this fingerprint from now on.
     pub fn add(&self, fingerprint: [u8; 32]) {
-        if let Ok(mut set) = self.0.write() {
+        if let Ok(mut set) = self.listed.write() {
             set.insert(fingerprint);
         }
     }
@@ -118,12 +137,27 @@ impl Revoked {
     /// True if the certificate with this fingerprint is refused.
     pub fn has(&self, fingerprint: &[u8; 32]) -> bool {
         // A poisoned lock refuses everyone rather than admitting a revoked site.
-        self.0.read().map_or(true, |set| set.contains(fingerprint))
+        self.listed
+            .read()
+            .map_or(true, |set| set.contains(fingerprint))
+            || self
+                .held_by
+                .as_ref()
+                .is_some_and(|r| r.refuses_certificate(fingerprint).unwrap_or(true))
     }
 
     fn contains(&self, cert: &CertificateDer<'_>) -> bool {
         self.has(&fingerprint(cert))
     }
+}
+
+/// The revocation list of a site's `PeerPolicy`: the site certificates the host refuses, as the
+/// site's `replica` holds them at each handshake. The host signs the list whenever its register
+/// refuses another certificate (`enrol::revoke`, a retired certificate), and every site receives
+/// it in its pull and in authority bundles; a list admitted while the daemon runs refuses its
+/// certificates from the next handshake, without a restart.
+pub fn revoked_for_peers(replica: Arc<Replica>) -> Arc<Revoked> {
+    Arc::new(Revoked::held_by(replica))
 }
 
 /// The CA's verifier of site certificates, plus who of them is admitted.
@@ -332,7 +366,7 @@ pub const PEER_SERVER_NAME: &str = "carnet-peer";
 pub struct PeerPolicy {
     /// The site ids of the sites listed as `[[peer]]`.
     pub sites: Vec<u32>,
-    /// The site certificates the host revoked, as this site holds them.
+    /// The site certificates the host refuses, as this site holds them: `revoked_for_peers`.
     pub revoked: Arc<Revoked>,
 }
 
@@ -835,6 +869,69 @@ mod tests {
         assert_eq!(ok, Ok(7));
         let accepted = within(outcomes.recv()).await;
         assert_eq!(accepted, Some(Ok(12)));
+    }
+
+    /// The clinic's list is the one its replica holds, read at each handshake: the host revokes
+    /// the mobile unit, the clinic admits the host's signed list while its listener runs, and the
+    /// unit's next session is refused on either side.
+    #[tokio::test]
+    async fn a_site_refuses_a_peer_the_host_revoked_from_the_list_it_holds() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let host = crate::testkit::init(
+            &tmp.path().join("host"),
+            carnet_store::replica::Role::Host,
+            None,
+            None,
+        );
+        crate::enrol::init_host(&host).expect("pki");
+        let enrol = |name| crate::enrol::enrol(&host, name, "750000001", "127.0.0.1:4433");
+        let clinic = enrol("Clinique").expect("clinic");
+        let unit = enrol("Unité mobile").expect("unit");
+        let (ca, c, u) = (&clinic.ca_cert_der, clinic.site_id, unit.site_id);
+        let replica = Arc::new(crate::testkit::site_from_bundle(
+            &tmp.path().join("clinic"),
+            &clinic,
+        ));
+        let held = || {
+            Arc::new(PeerPolicy {
+                sites: vec![u],
+                revoked: revoked_for_peers(replica.clone()),
+            })
+        };
+        let server = peer_server_config(ca, &clinic.identity, held()).expect("server");
+        let (_e1, clinic_addr, mut outcomes) = peer_listener(server);
+        // The unit's own listener, which admits the clinic.
+        let server = peer_server_config(ca, &unit.identity, policy(&[c], &[])).expect("server");
+        let (_e2, unit_addr, _o2) = peer_listener(server);
+        let unit_dials = || {
+            let client =
+                peer_client_config(ca, &unit.identity, c, policy(&[c], &[])).expect("client");
+            within(dial_peer(client, clinic_addr))
+        };
+        let clinic_dials = || {
+            let client = peer_client_config(ca, &clinic.identity, u, held()).expect("client");
+            within(dial_peer(client, unit_addr))
+        };
+        assert_eq!(unit_dials().await, Ok(c));
+        assert_eq!(within(outcomes.recv()).await, Some(Ok(u)));
+        assert_eq!(clinic_dials().await, Ok(u));
+        // Revoked at the host; the clinic receives the list (a bundle from the host here, its
+        // pull in a round alike).
+        crate::enrol::revoke(&host, u).expect("revoke");
+        replica
+            .import_authority(&host.export_authority().expect("export"))
+            .expect("import");
+        let why = "the peer's certificate was revoked by the national host";
+        assert!(unit_dials().await.is_err(), "a revoked unit admitted");
+        let refusal = within(outcomes.recv())
+            .await
+            .expect("an outcome")
+            .expect_err("refused");
+        assert!(refusal.contains(why), "{refusal}");
+        let e = clinic_dials()
+            .await
+            .expect_err("a revoked listener admitted");
+        assert!(e.contains(why), "{e}");
     }
 
     /// The dialler checks the same of the listener, and that it is the site dialled.

@@ -12,6 +12,8 @@ use crate::support::*;
 /// clinic accepting handovers from the unit. The host daemon is stopped: the valley.
 struct Valley {
     host: Carnet,
+    /// Where the clinic listens for peers.
+    listen: String,
     ins: String,
     unit: Carnet,
     clinic: Carnet,
@@ -67,6 +69,7 @@ fn valley() -> Valley {
     crate::daemon::wait_for_socket(&clinic);
     Valley {
         host,
+        listen,
         ins,
         unit,
         clinic,
@@ -74,32 +77,29 @@ fn valley() -> Valley {
     }
 }
 
-/// `handover` until the clinic's listener answers (it binds as its daemon starts), bounded.
-fn hand_over(v: &Valley, reason: &str) -> serde_json::Value {
+/// `carnet handover` at the unit, tried again while the clinic's listener does not answer yet
+/// (it binds as its daemon starts), bounded.
+fn try_hand_over(v: &Valley, args: &[&str]) -> Output {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut full = vec!["handover", "--to", "clinique", "--dossier", &v.ins];
+    full.extend_from_slice(args);
     loop {
-        let o = v.unit.run(&[
-            "--json",
-            "handover",
-            "--to",
-            "clinique",
-            "--dossier",
-            &v.ins,
-            "--as",
-            DOCTOR,
-            "--reason",
-            reason,
-        ]);
-        if o.code == 0 {
-            return o.json();
+        let o = v.unit.run(&full);
+        if o.code == 0
+            || !o.stderr.contains("could not be reached")
+            || std::time::Instant::now() > deadline
+        {
+            return o;
         }
-        assert!(
-            std::time::Instant::now() < deadline && o.stderr.contains("could not be reached"),
-            "handover failed: {}",
-            o.stderr
-        );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// A handover by `DOCTOR` that must succeed; its JSON.
+fn hand_over(v: &Valley, reason: &str) -> serde_json::Value {
+    let o = try_hand_over(v, &["--json", "--as", DOCTOR, "--reason", reason]);
+    assert_eq!(o.code, 0, "handover failed: {}", o.stderr);
+    o.json()
 }
 
 #[test]
@@ -189,34 +189,18 @@ fn the_unit_hands_its_patient_to_the_clinic_in_the_valley_and_all_three_converge
 
 #[test]
 fn a_site_not_listed_as_a_peer_is_refused_and_nothing_changes() {
-    let v = valley();
+    let mut v = valley();
     // The clinic forgets the unit: the unit's certificate is the national CA's, but the
     // clinic does not list it.
     let path = v.clinic.data.join("carnet.toml");
     let text = std::fs::read_to_string(&path).expect("toml");
     let cut = text.find("[[peer]]").expect("peer table");
     std::fs::write(&path, &text[..cut]).expect("toml");
-    let mut daemon = v.clinic_daemon;
-    crate::daemon::stop(&mut daemon);
-    let _daemon = start_daemon(&v.clinic);
+    crate::daemon::stop(&mut v.clinic_daemon);
+    v.clinic_daemon = start_daemon(&v.clinic);
     crate::daemon::wait_for_socket(&v.clinic);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let refused = loop {
-        let o = v.unit.run(&[
-            "handover",
-            "--to",
-            "clinique",
-            "--dossier",
-            &v.ins,
-            "--as",
-            DOCTOR,
-        ]);
-        assert_ne!(o.code, 0, "a peer not listed was admitted");
-        if !o.stderr.contains("could not be reached") || std::time::Instant::now() > deadline {
-            break o;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let refused = try_hand_over(&v, &["--as", DOCTOR]);
+    assert_ne!(refused.code, 0, "a peer not listed was admitted");
     assert!(refused.stderr.contains("refused"), "{}", refused.stderr);
     assert!(
         v.clinic
@@ -246,4 +230,61 @@ fn a_site_not_listed_as_a_peer_is_refused_and_nothing_changes() {
         STRANGER,
     ]);
     assert!(o.code != 0, "{}", o.stderr);
+}
+
+#[test]
+fn a_handover_cut_in_the_middle_of_a_20_mb_body_resumes_where_it_stopped() {
+    let v = valley();
+    let image: Vec<u8> = (0..20u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let id = v
+        .unit
+        .add_doc(&v.ins, DOCTOR, "10", CONSULTATION, "imagerie", &image);
+    // The unit reaches the clinic through a proxy that counts the bytes.
+    let listen: std::net::SocketAddr = v.listen.parse().expect("address");
+    let proxy =
+        crate::fault_proxy::FaultProxy::start(listen, crate::fault_proxy::Faults::default());
+    let path = v.unit.data.join("carnet.toml");
+    let text = std::fs::read_to_string(&path).expect("toml");
+    std::fs::write(&path, text.replace(&v.listen, &proxy.address.to_string())).expect("toml");
+    // The first try is killed once about half the image went over.
+    let mut first = std::process::Command::new(bin())
+        .args([
+            "--data",
+            &v.unit.data.display().to_string(),
+            "handover",
+            "--to",
+            "clinique",
+        ])
+        .args(["--dossier", &v.ins, "--as", DOCTOR])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("carnet runs");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while proxy.to_host_bytes() < 10 << 20 {
+        assert!(
+            std::time::Instant::now() < deadline && first.try_wait().expect("wait").is_none(),
+            "the first handover ended before half the image went: {} bytes",
+            proxy.to_host_bytes()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    first.kill().expect("kill");
+    first.wait().expect("reaped");
+    // Again: the clinic names the bytes it kept, and only the rest travels.
+    let out = hand_over(&v, "after the cut");
+    let sent = out["body_bytes_sent"].as_u64().expect("bytes");
+    assert_eq!(out["lacking"], 0, "{out}");
+    assert!(
+        sent > 0 && sent < 15 << 20,
+        "resumed from the bytes kept: {out}"
+    );
+    v.clinic
+        .json(&["grant", "add", "--dossier", &v.ins, "--rpps", NURSE]);
+    assert!(
+        v.clinic.body(&id, NURSE) == image,
+        "the image arrived whole"
+    );
 }

@@ -1,7 +1,8 @@
 //! The national PKI through the CLI: `pki init`, `pki enrol`, `pki list`, `pki revoke`, a
 //! site created from its enrolment bundle; certificate lifetimes; renewal of a site's and of
 //! the host's certificate over real daemons, and the host key pin; the hand-over to a new
-//! host key and the revocation of a host key at the sites; the offline CA.
+//! host key and the revocation of a host key at the sites; the offline CA; a revoked site's
+//! certificate in the list of refused certificates another site pulls.
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
@@ -664,4 +665,44 @@ fn a_site_daemon_renews_its_certificate_from_the_host_and_reconnects_with_it() {
     }
     // The site goes on syncing with its new certificate.
     sync_until_ok(&site, Duration::from_secs(10));
+}
+
+/// The fingerprint of the certificate in the enrolment bundle at `path`.
+fn bundle_fingerprint(path: &std::path::Path) -> [u8; 32] {
+    let bundle = carnet_syncd::enrol::Bundle::from_bytes(&std::fs::read(path).expect("bundle"))
+        .expect("a bundle");
+    carnet_syncd::transport::fingerprint(&bundle.identity.cert_der)
+}
+
+#[test]
+fn a_site_revoked_at_the_host_is_in_the_list_another_site_pulls() {
+    let (host, address) = listening_host();
+    host.pro(DOCTOR, "medecin");
+    let (clinic, clinic_bundle) = enrolled_site_and_bundle(&host, &address, &[DOCTOR]);
+    let (_unit, unit_bundle) = enrolled_site_and_bundle(&host, &address, &[]);
+    let _host_daemon = start_daemon(&host);
+    sync_until_ok(&clinic, Duration::from_secs(20));
+    // The list the clinic holds, read from its replica (no daemon runs at the clinic).
+    let refuses = |f: &[u8; 32]| {
+        carnet_store::replica::Replica::open(
+            &clinic.data,
+            &carnet_store::replica::KeySource::File,
+            std::sync::Arc::new(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64)
+            }),
+        )
+        .expect("open the clinic's replica")
+        .refuses_certificate(f)
+        .expect("the list")
+    };
+    let unit = bundle_fingerprint(&unit_bundle);
+    assert!(!refuses(&unit));
+    // The host revokes the unit (site 2) while its daemon runs; the clinic's next round brings
+    // the list.
+    host.ok(&["pki", "revoke", "2"]);
+    sync_until_ok(&clinic, Duration::from_secs(5));
+    assert!(refuses(&unit), "the revoked unit's certificate");
+    assert!(!refuses(&bundle_fingerprint(&clinic_bundle)));
 }

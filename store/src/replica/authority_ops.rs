@@ -143,6 +143,9 @@ impl Replica {
             AuthorityRecord::Purged { ins, .. } => {
                 subject_key(tag::DOSSIER, Some(&self.blind(ins)), None)
             }
+            AuthorityRecord::RefusedCertificates(_) => {
+                subject_key(tag::REFUSED_CERTIFICATES, None, None)
+            }
         }
     }
 
@@ -318,8 +321,8 @@ impl Replica {
         let seq = self.issue_in(&txn, record.clone())?;
         txn.trace(vec![self.admin_entry(what, record.ins(), reason)]);
         txn.commit()?;
-        if let AuthorityRecord::Matrix(_) = record {
-            self.reload_matrix()?;
+        if record.ins().is_none() {
+            self.reload_held()?;
         }
         Ok(seq)
     }
@@ -764,7 +767,7 @@ impl Replica {
         if pinned.is_none() {
             *self.host_key.write().map_err(lock_err)? = Some(key);
         }
-        self.reload_matrix()?;
+        self.reload_held()?;
         for (ins, cause_seq) in purges {
             if self.purge_rows(&ins, cause_seq)? {
                 report.purged += 1;

@@ -2,7 +2,8 @@
 //! a dossier to the clinic it brings the patient to, neither reaching the host.
 //!
 //! The sender builds a `Handover` (`handover_out`): the host's signed records about the
-//! dossier (its head, emergency preferences, grants) and the matrix, the sender's latest
+//! dossier (its head, emergency preferences, grants), the matrix and the list of site
+//! certificates the host refuses (so a revocation travels from site to site), the sender's latest
 //! heartbeat, the metadata of every document of the dossier it holds, and its own trace
 //! entries about it. Bodies travel after it, piece by piece (`receive_body_pieces`), so a cut
 //! transfer resumes where it stopped.
@@ -11,7 +12,7 @@
 //! - a handover brings data, never rights: access at the receiver follows the same decision
 //!   table, on the records it holds afterwards;
 //! - every record must verify under the host key the receiver pinned, be about the dossier
-//!   handed over (or be the matrix), and state no time ahead of the receiver's clock; a record
+//!   handed over (or be the matrix or the refused certificates), and state no time ahead of the receiver's clock; a record
 //!   older than the one held is not admitted (a newer authority version wins); anything that
 //!   does not verify refuses the whole handover and changes nothing;
 //! - the relayed heartbeat must be one the host signed for the sending site (the peer's
@@ -60,7 +61,7 @@ pub struct Handover {
     pub by: Rpps,
     /// Why, in their words.
     pub reason: Option<String>,
-    /// The host's signed records about the dossier, and the matrix.
+    /// The host's signed records about the dossier, the matrix and the refused certificates.
     pub records: Vec<SignedRecord>,
     /// The sender's latest heartbeat (signed by the host for the sender), if it admitted one.
     pub heartbeat: Option<SignedRecord>,
@@ -149,6 +150,7 @@ impl Replica {
             Ok(())
         };
         push(subject_key(tag::MATRIX, None, None))?;
+        push(subject_key(tag::REFUSED_CERTIFICATES, None, None))?;
         push(subject_key(tag::DOSSIER, Some(&bi), None))?;
         push(subject_key(tag::EMERGENCY, Some(&bi), None))?;
         let grants = subject_key(tag::GRANT, Some(&bi), None);
@@ -240,7 +242,7 @@ impl Replica {
             })?;
             authority::check_not_ahead(&v, now)?;
             let about_it = match &v.record {
-                AuthorityRecord::Matrix(_) => true,
+                AuthorityRecord::Matrix(_) | AuthorityRecord::RefusedCertificates(_) => true,
                 r if r.is_heartbeat() => false,
                 r => r.ins() == Some(&h.ins),
             };
@@ -374,7 +376,7 @@ impl Replica {
         entry.decided_offline = true;
         txn.trace(vec![entry]);
         txn.commit()?;
-        self.reload_matrix()?;
+        self.reload_held()?;
         for (ins, cause) in purges {
             self.purge_rows(&ins, cause)?;
         }

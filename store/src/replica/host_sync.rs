@@ -443,10 +443,17 @@ impl Replica {
         self.digested(txn, SITE_PROS)?
             .insert(site_key(site.0, &pro).as_slice(), ())?;
         if new_site {
-            // A site joining gets the records that concern every site (the matrix).
-            let matrix = subject_key(tag::MATRIX, None, None);
-            if txn.open_table(AUTHORITY)?.get(matrix.as_slice())?.is_some() {
-                self.log_append(txn, site.0, &LogItem::Authority(matrix))?;
+            // A site joining gets the records that concern every site (the matrix, the refused
+            // site certificates).
+            for t in [tag::MATRIX, tag::REFUSED_CERTIFICATES] {
+                let subject = subject_key(t, None, None);
+                if txn
+                    .open_table(AUTHORITY)?
+                    .get(subject.as_slice())?
+                    .is_some()
+                {
+                    self.log_append(txn, site.0, &LogItem::Authority(subject))?;
+                }
             }
         }
         self.digested(txn, PRO_SITES)?
@@ -858,7 +865,7 @@ impl Replica {
             report.lease = Some(lease);
         }
         txn.commit()?;
-        self.reload_matrix()?;
+        self.reload_held()?;
         for (ins, cause) in purges {
             if self.purge_rows(&ins, cause)? {
                 report.purged += 1;

@@ -38,6 +38,7 @@ mod pending_grants;
 mod push_check;
 mod quarantine;
 pub mod refusal;
+mod refused_certificates;
 pub mod rekey;
 mod representatives;
 mod restored;
@@ -388,6 +389,8 @@ pub struct Replica {
     signing: Option<SigningKey>,
     host_key: RwLock<Option<VerifyingKey>>,
     matrix: RwLock<Arc<HabilitationMatrix>>,
+    /// The site certificates the host refuses, as last admitted (`refused_certificates`).
+    refused_certificates: RwLock<Arc<crate::authority::RefusedCertificates>>,
     clock: Clock,
     audit_commit: GroupCommit<PreparedTrace>,
     /// The thread moving sealed journal epochs into redb, while `run_trace_committer` runs.
@@ -933,6 +936,7 @@ impl Replica {
             signing,
             host_key: RwLock::new(host_key),
             matrix: RwLock::new(Arc::new(HabilitationMatrix::default_matrix())),
+            refused_certificates: RwLock::default(),
             clock,
             audit_commit: GroupCommit::default(),
             mover: Mutex::new(None),
@@ -946,7 +950,7 @@ impl Replica {
         };
         replica.check_state(state_authenticated)?;
         replica.check_rows()?;
-        replica.reload_matrix()?;
+        replica.reload_held()?;
         // Entries journaled before a stop or crash move into the table now; then the trace
         // must reach its anchor.
         replica.flush_traces()?;
@@ -1257,14 +1261,20 @@ impl Replica {
     /// Stores `value` sealed under `name` (the sync layer's keys and certificates): replaced if
     /// present.
     pub fn put_sealed(&self, name: &str, value: &[u8]) -> Result<()> {
+        let txn = self.begin_write()?;
+        self.put_sealed_in(&txn, name, value)?;
+        txn.commit()
+    }
+
+    /// `put_sealed`, inside `txn`.
+    fn put_sealed_in(&self, txn: &WriteTransaction, name: &str, value: &[u8]) -> Result<()> {
         let sealed = self
             .keys
             .registry
             .seal(&aad(&[b"sealed", name.as_bytes()]), value)?;
-        let txn = self.begin_write()?;
         txn.open_table(META)?
             .insert(format!("sealed:{name}").as_str(), sealed.as_slice())?;
-        txn.commit()
+        Ok(())
     }
 
     /// The value stored by `put_sealed` under `name`, if any.
@@ -2065,7 +2075,9 @@ impl Replica {
         }
     }
 
-    fn reload_matrix(&self) -> Result<()> {
+    /// Reads again the records kept in memory (the matrix, the refused site certificates),
+    /// after a commit that may have admitted one.
+    fn reload_held(&self) -> Result<()> {
         let txn = self.begin_read()?;
         let table = txn.open_table(AUTHORITY)?;
         if let Some(Verified {
@@ -2074,6 +2086,13 @@ impl Replica {
         }) = self.authority_get(&table, &subject_key(tag::MATRIX, None, None))?
         {
             *self.matrix.write().map_err(lock_err)? = Arc::new(m);
+        }
+        if let Some(Verified {
+            record: AuthorityRecord::RefusedCertificates(r),
+            ..
+        }) = self.authority_get(&table, &subject_key(tag::REFUSED_CERTIFICATES, None, None))?
+        {
+            *self.refused_certificates.write().map_err(lock_err)? = Arc::new(r);
         }
         Ok(())
     }

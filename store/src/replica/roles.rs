@@ -472,6 +472,21 @@ impl HostAuthority<'_> {
         self.0.retrying(|| self.0.set_matrix(matrix.clone()))
     }
 
+    /// Host: stores the sealed setting `name` (as `Replica::put_sealed`: the PKI register) and,
+    /// in the same commit, when `refused` (fingerprints of the site certificates the host
+    /// refuses) is not the list in force, signs the new list
+    /// (`AuthorityRecord::RefusedCertificates`) and logs it for every site. Answers its
+    /// sequence, or `None` when the list was unchanged.
+    pub fn put_sealed_refusing(
+        &self,
+        name: &str,
+        value: &[u8],
+        refused: &[[u8; 32]],
+    ) -> Result<Option<u64>> {
+        self.0
+            .retrying(|| self.0.put_sealed_refusing(name, value, refused.to_vec()))
+    }
+
     /// Host: sets a professional's grant on a dossier: `state` with `basis`, ending at `until`
     /// if given. With basis `medecin-traitant` and state active, designates the médecin traitant
     /// (see the module's invariants).

@@ -266,6 +266,8 @@ pub mod tag {
     pub const MATRIX: u8 = 4;
     /// The host's latest heartbeat (no blind index).
     pub const HEARTBEAT: u8 = 5;
+    /// The site certificates the host refuses (no blind index).
+    pub const REFUSED_CERTIFICATES: u8 = 6;
 }
 
 /// A document's metadata row.

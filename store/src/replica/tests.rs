@@ -6844,3 +6844,182 @@ fn a_stale_record_handed_over_does_not_undo_a_newer_one() {
         vec![by_nurse]
     );
 }
+
+/// The refused site certificates `items` carry, if any.
+fn refused_in(items: &[(u64, PullItem)]) -> Option<crate::authority::RefusedCertificates> {
+    items.iter().find_map(|(_, item)| match item {
+        PullItem::Authority(signed) => match crate::authority::decode(signed).ok()?.record {
+            AuthorityRecord::RefusedCertificates(r) => Some(r),
+            _ => None,
+        },
+        _ => None,
+    })
+}
+
+#[test]
+fn the_host_signs_the_certificates_it_refuses_and_every_site_receives_them() {
+    let (_hd, host, _sd, site) = host_and_site();
+    let (a, b, c) = ([3u8; 32], [1u8; 32], [9u8; 32]);
+    assert!(
+        host.refused_certificates()
+            .expect("list")
+            .fingerprints
+            .is_empty()
+    );
+    // Storing the register with no certificate refused signs nothing.
+    assert_eq!(
+        host.put_sealed_refusing("host-pki", b"register 0", Vec::new())
+            .expect("store"),
+        None
+    );
+    let seq = host
+        .put_sealed_refusing("host-pki", b"register 1", vec![a, b, a])
+        .expect("store")
+        .expect("a new list");
+    assert_eq!(
+        host.get_sealed("host-pki")
+            .expect("get")
+            .as_deref()
+            .map(Vec::as_slice),
+        Some(&b"register 1"[..]),
+        "the register, in the same commit"
+    );
+    assert_eq!(
+        host.refused_certificates().expect("list").fingerprints,
+        vec![b, a]
+    );
+    // The same list again signs nothing new.
+    assert_eq!(
+        host.put_sealed_refusing("host-pki", b"register 2", vec![b, a])
+            .expect("store"),
+        None
+    );
+    // The site holds it once it pulled.
+    assert!(!site.refuses_certificate(&a).expect("refuses"));
+    sync(&host, &site);
+    for (f, refused) in [(a, true), (b, true), (c, false)] {
+        assert_eq!(site.refuses_certificate(&f).expect("refuses"), refused);
+    }
+    assert_eq!(
+        site.refused_certificates().expect("list").fingerprints,
+        vec![b, a]
+    );
+    // A site that joins later finds it in its log.
+    host.bind_professional(SiteId(8), &doctor(), true)
+        .expect("bind");
+    let items = host.pull(SiteId(8), 0, usize::MAX).expect("pull");
+    assert_eq!(refused_in(&items).map(|r| r.fingerprints), Some(vec![b, a]));
+    // And a replica given the host's bundle holds it.
+    let (_od, other) = {
+        let dir = TempDir::new().expect("tmp");
+        let other = init(&dir, Role::Site, Some(9));
+        (dir, other)
+    };
+    other
+        .import_authority(&host.export_authority().expect("export"))
+        .expect("import");
+    assert!(other.refuses_certificate(&a).expect("refuses"));
+    // A shorter list replaces the one held, whole.
+    let newer = host
+        .put_sealed_refusing("host-pki", b"register 3", vec![c])
+        .expect("store")
+        .expect("a new list");
+    assert!(newer > seq);
+    sync(&host, &site);
+    for (f, refused) in [(a, false), (b, false), (c, true)] {
+        assert_eq!(site.refuses_certificate(&f).expect("refuses"), refused);
+    }
+    // Still held after reopening.
+    let dir = site.dir().to_path_buf();
+    drop(site);
+    let site = Replica::open_on(
+        &dir,
+        &test_storage(&dir, Role::Site),
+        &KeySource::File,
+        clock(),
+        64,
+    )
+    .expect("reopen");
+    assert!(site.refuses_certificate(&c).expect("refuses"));
+}
+
+#[test]
+fn a_site_admits_a_list_of_refused_certificates_only_from_the_host_and_newer() {
+    let (_hd, host, _sd, site) = host_and_site();
+    let (a, b) = ([3u8; 32], [4u8; 32]);
+    host.put_sealed_refusing("host-pki", b"register 1", vec![a])
+        .expect("store");
+    let cursor = site.pull_cursor().expect("cursor");
+    let first = host.pull(SiteId(7), cursor, usize::MAX).expect("pull");
+    let first_signed = first
+        .iter()
+        .find_map(|(_, item)| match item {
+            PullItem::Authority(s) if refused_in(&[(0, item.clone())]).is_some() => Some(s.clone()),
+            _ => None,
+        })
+        .expect("the list is in the site's log");
+    host.put_sealed_refusing("host-pki", b"register 2", vec![b])
+        .expect("store");
+    sync(&host, &site);
+    assert!(site.refuses_certificate(&b).expect("refuses"));
+    // The older list replayed, in a pull or a bundle: ignored.
+    site.apply_pull(&[(
+        site.pull_cursor().expect("cursor"),
+        PullItem::Authority(first_signed.clone()),
+    )])
+    .expect("an older record is ignored");
+    let relayed = crate::authority::Bundle {
+        format: crate::authority::BUNDLE_FORMAT,
+        host_key: host.host_key().expect("key").expect("pinned"),
+        records: vec![first_signed],
+        vouch: None,
+    };
+    let report = site.import_authority(&relayed).expect("import");
+    assert_eq!((report.admitted, report.unchanged), (0, 1));
+    assert!(site.refuses_certificate(&b).expect("refuses"));
+    assert!(!site.refuses_certificate(&a).expect("refuses"));
+    // A list signed by another key, with the next sequence: refused whole.
+    let forger = ed25519_dalek::SigningKey::from_bytes(&[42u8; 32]);
+    let forged = crate::authority::sign(
+        &forger,
+        u64::MAX,
+        &AuthorityRecord::RefusedCertificates(crate::authority::RefusedCertificates::new(
+            host.now(),
+            vec![a, b, [5u8; 32]],
+        )),
+    )
+    .expect("sign");
+    let cursor = site.pull_cursor().expect("cursor");
+    assert!(matches!(
+        site.apply_pull(&[(cursor + 1, PullItem::Authority(forged.clone()))]),
+        Err(Error::Integrity(_))
+    ));
+    let mut relayed = relayed;
+    relayed.records = vec![forged];
+    assert!(site.import_authority(&relayed).is_err());
+    assert_eq!(
+        site.refused_certificates().expect("list").fingerprints,
+        vec![b]
+    );
+    assert_eq!(site.pull_cursor().expect("cursor"), cursor);
+}
+
+#[test]
+fn a_handover_carries_the_certificates_the_host_refuses_to_a_site_out_of_its_reach() {
+    let (_dirs, now, host, unit) = host_and_site_on_a_clock();
+    let (_cd, clinic) = a_clinic_on(&host, &now);
+    let rogue = [5u8; 32];
+    host.put_sealed_refusing("host-pki", b"register", vec![rogue])
+        .expect("revoke");
+    sync(&host, &unit);
+    assert!(unit.refuses_certificate(&rogue).expect("unit"));
+    assert!(!clinic.refuses_certificate(&rogue).expect("clinic"));
+    let h = unit
+        .handover_out(&ins(), &doctor(), None, SiteId(8))
+        .expect("handover");
+    clinic.admit_handover(SiteId(7), &h).expect("admit");
+    assert!(
+        clinic.refuses_certificate(&rogue).expect("clinic"),
+        "the clinic refuses the rogue site from now on"
+    );
+}
