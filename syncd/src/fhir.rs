@@ -689,6 +689,56 @@ mod tests {
         );
     }
 
+    /// Replaces the `n`-th value of `v` (depth first, counting `v`) by `with`; answers how many
+    /// values were passed.
+    fn replace_nth(v: &mut Value, n: usize, with: &Value) -> usize {
+        if n == 0 {
+            *v = with.clone();
+            return 1;
+        }
+        let mut seen = 1;
+        let children: Vec<&mut Value> = match v {
+            Value::Array(a) => a.iter_mut().collect(),
+            Value::Object(o) => o.values_mut().collect(),
+            _ => Vec::new(),
+        };
+        for c in children {
+            if seen > n {
+                break;
+            }
+            seen += replace_nth(c, n - seen, with);
+        }
+        seen
+    }
+
+    proptest::proptest! {
+        /// Any value of a valid Bundle replaced by a value of another shape (or bytes cut
+        /// anywhere) is read or refused, never a panic.
+        #[test]
+        fn a_damaged_file_is_refused_never_a_panic(
+            n in 0usize..80,
+            kind in 0usize..6,
+            cut in proptest::option::of(0usize..2000),
+        ) {
+            let good = bundle(vec![doc_ref("b", Some("a")), doc_ref("a", None)]);
+            let mut v: Value = serde_json::from_slice(&good).expect("JSON");
+            let with = [
+                Value::Null,
+                serde_json::json!(-1),
+                serde_json::json!("#x"),
+                serde_json::json!([]),
+                serde_json::json!({}),
+                serde_json::json!([{"reference": "#", "value": "8"}]),
+            ][kind].clone();
+            replace_nth(&mut v, n, &with);
+            let mut bytes = serde_json::to_vec(&v).expect("JSON");
+            if let Some(cut) = cut {
+                bytes.truncate(cut);
+            }
+            let _ = read(&bytes);
+        }
+    }
+
     #[test]
     fn uuids_are_rfc_4122_version_5_and_deterministic() {
         // Python: uuid.uuid5(uuid.NAMESPACE_URL, "http://python.org/")
