@@ -17,7 +17,8 @@ use carnet_store::policy::Action;
 use carnet_store::replica::{DossierExport, Notification};
 use carnet_store::time::format_rfc3339;
 use carnet_syncd::fhir::{
-    CLASS_SYSTEM, DMP_TYPE_SYSTEM, FLAG_SYSTEM, LOINC_SYSTEM, RPPS_SYSTEM, ins_system, urn_uuid,
+    CLASS_SYSTEM, DMP_TYPE_SYSTEM, FLAG_SYSTEM, LOINC_SYSTEM, REPRESENTATIVE_SYSTEM, RPPS_SYSTEM,
+    ins_system, urn_uuid,
 };
 use serde_json::{Value, json};
 
@@ -30,7 +31,6 @@ const DCM: &str = "http://dicom.nema.org/resources/ontology/DCM";
 const CARNET_ACTION: &str = "urn:carnet:trace-action";
 const CARNET_MODE: &str = "urn:carnet:access-mode";
 const CARNET_NOTIFICATION: &str = "urn:carnet:notification";
-const CARNET_REPRESENTATIVE: &str = "urn:carnet:representative";
 
 /// Builds the Bundle: every full URL a `urn:uuid:` derived from the dossier's and the records'
 /// ids, and no empty value (`prune`).
@@ -147,7 +147,7 @@ fn document_reference(e: &DossierExport, m: &DocumentMeta, body: &[u8], patient:
         }),
         Author::Holder => json!({"reference": patient.url}),
         Author::Representative(id) => json!({
-            "identifier": {"system": CARNET_REPRESENTATIVE, "value": id.to_string()},
+            "identifier": {"system": REPRESENTATIVE_SYSTEM, "value": id.to_string()},
             "display": format!("legal representative {id}"),
         }),
     };
@@ -245,7 +245,7 @@ fn audit_event(n: usize, t: &AuditEntry, patient: &Ref) -> Value {
         }),
         TraceActor::Holder => json!({"reference": patient.url}),
         TraceActor::Representative(id) => json!({
-            "identifier": {"system": CARNET_REPRESENTATIVE, "value": id.to_string()},
+            "identifier": {"system": REPRESENTATIVE_SYSTEM, "value": id.to_string()},
             "display": format!("legal representative {id}"),
         }),
         TraceActor::System => json!({"display": "system"}),

@@ -18,7 +18,7 @@
 use std::collections::BTreeSet;
 
 use base64::Engine;
-use carnet_store::ids::{DocId, Ins, InsKind, Rpps};
+use carnet_store::ids::{DocId, Ins, InsKind, RepresentativeId, Rpps};
 use carnet_store::model::{AccessMode, Actor, DocClass};
 use carnet_store::policy::Action;
 use carnet_store::replica::{NewDocument, Replica};
@@ -39,6 +39,8 @@ const LOINC_OID: &str = "urn:oid:2.16.840.1.113883.6.1";
 pub const DMP_TYPE_SYSTEM: &str = "urn:oid:1.2.250.1.213.1.1.4.12";
 /// The DMP's confidentiality codes (JDV_J58): the masking flags.
 pub const FLAG_SYSTEM: &str = "urn:oid:1.2.250.1.213.1.1.4.13";
+/// A legal representative of the holder, by their id in the dossier head (`R1`…): Carnet's own.
+pub const REPRESENTATIVE_SYSTEM: &str = "urn:carnet:representative";
 /// HL7's confidentiality codes, of which the unrestricted ones (N, L, M) are accepted.
 pub const V3_CONFIDENTIALITY: &str = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality";
 /// The kinds of INS, each qualified by its OID.
@@ -297,6 +299,14 @@ fn author(doc: &Value, entries: &[(&str, &Value)], ins: &Ins, at: &str) -> Resul
         if let Some(rpps) = rpps_among(&identifiers(a), &field)? {
             return Ok(Actor::Professional(rpps));
         }
+        if let Some(id) = identifiers(a)
+            .iter()
+            .find(|i| i["system"] == REPRESENTATIVE_SYSTEM)
+        {
+            let id = RepresentativeId::parse(text(&id["value"]).unwrap_or_default())
+                .map_err(|e| refuse(&field, e))?;
+            return Ok(Actor::Representative(id));
+        }
         let Some(reference) = text(&a["reference"]) else {
             continue;
         };
@@ -329,7 +339,7 @@ fn author(doc: &Value, entries: &[(&str, &Value)], ins: &Ins, at: &str) -> Resul
     Err(refuse(
         &field,
         format!(
-            "no professional with an RPPS ({RPPS_SYSTEM}, on the author or the Practitioner it references) nor the patient"
+            "no professional with an RPPS ({RPPS_SYSTEM}, on the author or the Practitioner it references), nor the patient, nor a legal representative ({REPRESENTATIVE_SYSTEM})"
         ),
     ))
 }
@@ -673,6 +683,15 @@ mod tests {
             docs[0].author
         );
         assert_eq!(docs[1].replaces.as_deref(), Some("a"));
+        let mut by_representative = doc_ref("r", None);
+        by_representative["author"] =
+            serde_json::json!([{"identifier": {"system": REPRESENTATIVE_SYSTEM, "value": "R2"}}]);
+        let docs = read(&bundle(vec![by_representative])).expect("read");
+        assert!(
+            matches!(docs[0].author, Actor::Representative(RepresentativeId(2))),
+            "{:?}",
+            docs[0].author
+        );
         let cycle = read(&bundle(vec![
             doc_ref("a", Some("b")),
             doc_ref("b", Some("a")),
