@@ -1046,7 +1046,7 @@ fn reject_alone(inbox: &Path, file: &Path, refusal: &Refusal) -> std::io::Result
     Ok(text)
 }
 
-/// `dir/NAME`, or `dir/NAME.1`, `.2`… if taken.
+/// `dir/NAME`, or `dir/NAME.1`, `.2`… if taken (`BASE.1.fhir.json` for `BASE.fhir.json`).
 fn free_name(dir: &Path, file: &Path) -> std::io::Result<PathBuf> {
     let name = file
         .file_name()
@@ -1063,7 +1063,11 @@ fn free_name(dir: &Path, file: &Path) -> std::io::Result<PathBuf> {
             candidate.display()
         )))
     {
-        candidate = dir.join(format!("{name}.{n}"));
+        // A FHIR file keeps its suffix, so that it is one again once retried.
+        candidate = dir.join(match name.strip_suffix(FHIR_SUFFIX) {
+            Some(base) if is_fhir(&name) => format!("{base}.{n}{FHIR_SUFFIX}"),
+            _ => format!("{name}.{n}"),
+        });
         n += 1;
     }
     Ok(candidate)
@@ -1541,6 +1545,10 @@ mod tests {
             "{error}"
         );
         assert_eq!(documents(&r), 1);
+        // Refused again under the same name: kept beside the first, still a FHIR file.
+        fs::write(inbox.path().join("bad.fhir.json"), &bad).expect("write");
+        process(&r, inbox.path()).expect("scan");
+        assert!(error_file(inbox.path(), "bad.1.fhir.json").contains("subject"));
         // A sidecar for a FHIR file is refused; the file itself is filed.
         let other = fhir_doc("urn:test:fhir-3", "urn:oid:1.2.250.1.213.1.4.8");
         fs::write(inbox.path().join("c.fhir.json"), &other).expect("write");
