@@ -47,6 +47,15 @@ pub enum Command {
     /// The holder's full copy of a dossier, as a FHIR R4 Bundle.
     #[command(after_long_help = examples::EXPORT)]
     Export(ExportArgs),
+    /// File documents from FHIR R4 JSON: a DocumentReference, or a Bundle of them (a holder's
+    /// export too), each as its author (README, "FHIR"). What cannot be mapped refuses the whole
+    /// file, naming the field and why; a document the dossier holds already (same unique id) is
+    /// not filed twice.
+    #[command(after_long_help = examples::IMPORT)]
+    Import {
+        /// The FHIR JSON file.
+        file: PathBuf,
+    },
     /// Signed host records: export (host) and import (site).
     #[command(subcommand)]
     Authority(AuthorityCmd),
@@ -976,6 +985,12 @@ A large body shows a progress bar on a terminal (not with --json, nor when stder
   carnet export --dossier 284057512345672 --as patient -o dossier.json
   # By a legal representative, by their id in the dossier:
   carnet export --dossier 284057512345672 --as representative:R1 -o dossier.json";
+
+    pub const IMPORT: &str = "Examples:
+  # A DocumentReference from a clinic's software, its body inline or in a Binary beside it:
+  carnet import compte-rendu.fhir.json
+  # A holder's export, into another replica holding the dossier and its authors:
+  carnet import dossier.json";
 
     pub const AUDIT_SHOW: &str = "Examples:
   carnet audit show --dossier 284057512345672 --as holder

@@ -333,6 +333,7 @@ pub fn run(cli: &Cli) -> Result<Reply> {
         Command::Keys(KeysCmd::Rotate { full: false }) => rotate(cli),
         Command::Keys(KeysCmd::Rotate { full: true }) => rotate_full(cli),
         Command::Export(a) => export(cli, a),
+        Command::Import { file } => import(cli, file),
         Command::Authority(c) => authority(cli, c),
         Command::Pki(c) => pki(cli, c),
         Command::Sync(c) => sync(cli, c),
@@ -2419,6 +2420,7 @@ pub fn doc_json(m: &DocumentMeta) -> Value {
         "class": f.class.code(), "type": f.type_code, "format": f.format, "title": f.title,
         "author": author_str(&f.author), "site": f.author_site.0,
         "created": format_rfc3339(f.created_at), "service_start": format_rfc3339(f.service_start),
+        "service_end": f.service_end.map(format_rfc3339),
         "size": f.size, "content_hash": hex(&f.content_hash),
         "confidentiality": s.flags.codes(), "availability": s.availability().as_str(),
         "replaces": f.replaces.map(|r| r.to_string()),
@@ -2817,6 +2819,37 @@ fn export(cli: &Cli, a: &ExportArgs) -> Result<Reply> {
             a.output.display()
         ),
         json!({"documents": e.documents.len(), "traces": e.traces.len(), "output": a.output.display().to_string()}),
+    ))
+}
+
+fn import(cli: &Cli, file: &Path) -> Result<Reply> {
+    let r = open(cli)?;
+    let show = progress::shown(cli.json);
+    let json = String::from_utf8(read_file_shown(file, show)?)
+        .map_err(|_| Failure::File(format!("{}: not UTF-8, so not FHIR JSON", file.display())))?;
+    let spinner = Progress::spinner(show, "filing (encrypting, tracing)…");
+    let imported = r.import_fhir(json)?;
+    drop(spinner);
+    let new = imported.iter().filter(|i| !i.already_stored).count();
+    let mut human = format!(
+        "{} document(s) filed, {} already in the dossier",
+        new,
+        imported.len() - new
+    );
+    for i in &imported {
+        human += &format!(
+            "\n{}{}",
+            i.id,
+            if i.already_stored {
+                "  (already stored)"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(Reply::new(
+        human,
+        json!({"documents": imported.iter().map(|i| json!({"id": i.id.to_string(), "already_stored": i.already_stored})).collect::<Vec<_>>()}),
     ))
 }
 

@@ -269,6 +269,10 @@ impl Store {
         )
     }
 
+    pub fn import_fhir(&self, json: String) -> Result<Vec<carnet_syncd::fhir::Imported>> {
+        expect!(self.call(Request::ImportFhir { json })?, FhirImported)
+    }
+
     pub fn put_document(
         &self,
         actor: &Actor,

@@ -152,6 +152,9 @@ pub enum Request {
         id: DocId,
         action: Action,
     },
+    /// Files the documents of a FHIR R4 DocumentReference or Bundle (JSON), each as its author
+    /// (`fhir::read`, then `fhir::import`); answers what became of each.
+    ImportFhir { json: String },
     /// Replaces a document by a new version.
     ReplaceDocument {
         actor: Actor,
@@ -543,6 +546,8 @@ pub enum Response {
     Inbox(Box<crate::inbox::InboxState>),
     /// The files moved back into the inbox.
     InboxRetried(Vec<String>),
+    /// What a FHIR import did, document by document, in the order filed.
+    FhirImported(Vec<crate::fhir::Imported>),
     /// What a round did.
     Synced(RoundReport),
     /// What a handover did (`Request::Handover`).
@@ -906,6 +911,9 @@ impl Service {
             }
             Request::UpdateDocument { actor, id, action } => {
                 Response::Document(Box::new(r.update_document(&actor, &id, action)?))
+            }
+            Request::ImportFhir { json } => {
+                Response::FhirImported(crate::fhir::import(r, crate::fhir::read(json.as_bytes())?)?)
             }
             Request::ReplaceDocument {
                 actor,

@@ -3,6 +3,10 @@
 //! `rejected/` with a `.error.txt` saying why and what to do now.
 //!
 //! A pair is `NAME` (the document) and `NAME.carnet.json` (its sidecar, format in README).
+//! A FHIR R4 file, `NAME.fhir.json` (a DocumentReference or a Bundle of them, `crate::fhir`),
+//! is a complete item on its own: it carries its metadata, so it takes no sidecar (one given it
+//! is refused). It is stored, finished and refused like a pair, its receipt naming every
+//! document it filed.
 //! Producers write under a temporary name and rename when complete; names starting with `.` or
 //! ending in `.tmp`, `.part` or `~` are ignored, and so is a sidecar whose document has not
 //! arrived yet (and a document whose sidecar has not): once it has waited `ORPHAN_AFTER_MS`,
@@ -43,6 +47,8 @@ use serde::{Deserialize, Serialize};
 
 /// Suffix of a sidecar file.
 pub const SIDECAR_SUFFIX: &str = ".carnet.json";
+/// Suffix of a FHIR R4 file, an item on its own (no sidecar).
+pub const FHIR_SUFFIX: &str = ".fhir.json";
 /// Suffix of a stored pair's receipt in `done/`.
 pub const RECEIPT_SUFFIX: &str = ".receipt.json";
 /// Suffix of a refusal's reason beside the refused file in `rejected/`.
@@ -154,6 +160,12 @@ pub fn watch(
     Ok((watcher, rx))
 }
 
+/// Whether `name` is a FHIR file (`NAME.fhir.json`), which takes no sidecar.
+fn is_fhir(name: &str) -> bool {
+    name.strip_suffix(FHIR_SUFFIX)
+        .is_some_and(|base| !base.is_empty() && !is_temporary(name))
+}
+
 fn is_temporary(name: &str) -> bool {
     name.starts_with('.')
         || name.ends_with(".tmp")
@@ -198,6 +210,10 @@ pub fn process(replica: &Replica, inbox: &Path) -> std::io::Result<InboxReport> 
                     "a document's sidecar is NAME.carnet.json beside NAME: drop the pair again under those names",
                 )
             }
+            Ok(name) if name.strip_suffix(SIDECAR_SUFFIX).is_some_and(is_fhir) => Refusal::instead(
+                "a sidecar for a FHIR file, which carries its own metadata",
+                "drop the NAME.fhir.json file alone; to file a FHIR JSON file as an opaque document instead, name it NAME.json beside its sidecar NAME.json.carnet.json",
+            ),
             Ok(name) => {
                 names.push(name);
                 continue;
@@ -241,23 +257,74 @@ pub fn process(replica: &Replica, inbox: &Path) -> std::io::Result<InboxReport> 
             continue;
         }
         let doc_path = inbox.join(doc_name);
-        match ingest(replica, &doc_path, &sidecar_path) {
-            Ok(Ingested::Stored(id)) => {
-                finish(inbox, inbox, doc_name, &Receipt::new(&id, false, replica))?;
-                report.stored.push((doc_name.to_string(), id));
-            }
-            Ok(Ingested::AlreadyStored(id)) => {
-                finish(inbox, inbox, doc_name, &Receipt::new(&id, true, replica))?;
-                report.duplicates.push(doc_name.to_string());
-            }
-            Ok(Ingested::Later(why)) => report.waiting.push((doc_name.to_string(), why)),
-            Err(refusal) => {
-                let text = move_pair(inbox, "rejected", &doc_path, &sidecar_path, &refusal)?;
-                report.rejected.push((doc_name.to_string(), text));
-            }
-        }
+        let outcome = ingest(replica, &doc_path, &sidecar_path);
+        conclude(replica, inbox, doc_name, outcome, &mut report, |refusal| {
+            move_pair(inbox, "rejected", &doc_path, &sidecar_path, refusal)
+        })?;
+    }
+    for name in names.iter().filter(|n| is_fhir(n)) {
+        let path = inbox.join(name);
+        let outcome = ingest_fhir(replica, &path);
+        conclude(replica, inbox, name, outcome, &mut report, |refusal| {
+            reject_alone(inbox, &path, refusal)
+        })?;
     }
     Ok(report)
+}
+
+/// Ends an item of the inbox (a pair, or a FHIR file, named `name`) as `outcome` says: a
+/// receipt for what is stored, nothing for what waits, `reject` for a refusal; `report` says so.
+fn conclude(
+    replica: &Replica,
+    inbox: &Path,
+    name: &str,
+    outcome: Result<Ingested, Refusal>,
+    report: &mut InboxReport,
+    reject: impl FnOnce(&Refusal) -> std::io::Result<String>,
+) -> std::io::Result<()> {
+    match outcome {
+        Ok(Ingested::Stored(ids)) => {
+            finish(inbox, inbox, name, &Receipt::new(&ids, false, replica))?;
+            if let Some(first) = ids.first() {
+                report.stored.push((name.to_string(), *first));
+            }
+        }
+        Ok(Ingested::AlreadyStored(ids)) => {
+            finish(inbox, inbox, name, &Receipt::new(&ids, true, replica))?;
+            report.duplicates.push(name.to_string());
+        }
+        Ok(Ingested::Later(why)) => report.waiting.push((name.to_string(), why)),
+        Err(refusal) => report.rejected.push((name.to_string(), reject(&refusal)?)),
+    }
+    Ok(())
+}
+
+/// Reads and files a FHIR file (`crate::fhir`): stored when any of its documents is new.
+fn ingest_fhir(replica: &Replica, path: &Path) -> Result<Ingested, Refusal> {
+    let text = fs::read(path).map_err(|e| {
+        Refusal::then_retry(
+            format!("cannot read the file: {e}"),
+            "make it a regular file the daemon's user can read",
+        )
+    })?;
+    let docs = crate::fhir::read(&text).map_err(|e| Refusal::file(e.to_string(), ""))?;
+    // The author a refusal is about, when one is not registered here.
+    let unregistered = docs.iter().find_map(|d| match &d.author {
+        Actor::Professional(rpps) if !registered(replica, rpps) => Some(rpps.clone()),
+        _ => None,
+    });
+    match crate::fhir::import(replica, docs) {
+        Ok(done) if done.is_empty() => Err(Refusal::file("no document in the file", "")),
+        Ok(done) => {
+            let ids: Vec<DocId> = done.iter().map(|d| d.id).collect();
+            Ok(if done.iter().all(|d| d.already_stored) {
+                Ingested::AlreadyStored(ids)
+            } else {
+                Ingested::Stored(ids)
+            })
+        }
+        Err(e) => storing_failed(replica, unregistered.as_ref(), e).map_err(Refusal::for_file),
+    }
 }
 
 /// Whether the replica was restored from a backup and has not caught up with the host yet.
@@ -269,9 +336,10 @@ fn restored(replica: &Replica) -> std::io::Result<bool> {
 }
 
 enum Ingested {
-    Stored(DocId),
+    /// Stored now (a FHIR file: every document it holds, some perhaps stored before).
+    Stored(Vec<DocId>),
     /// Stored before, as this document (a second drop, or a scan after a crash).
-    AlreadyStored(DocId),
+    AlreadyStored(Vec<DocId>),
     /// Not stored, through no fault of the pair: the replica's storage failed.
     Later(String),
 }
@@ -290,6 +358,8 @@ enum Fix {
     /// The sidecar says something this replica cannot take: after the advice (empty, or a
     /// sentence ending in ", "), correct it and retry.
     Sidecar(String),
+    /// The same for a FHIR file, which is its own sidecar.
+    File(String),
     /// Do this at this replica, then `carnet inbox retry NAME`.
     ThenRetry(String),
     /// Retrying cannot help: this instead.
@@ -301,6 +371,21 @@ impl Refusal {
         Refusal {
             reason: reason.into(),
             fix: Fix::Sidecar(advice.into()),
+        }
+    }
+
+    fn file(reason: impl Into<String>, advice: impl Into<String>) -> Refusal {
+        Refusal {
+            reason: reason.into(),
+            fix: Fix::File(advice.into()),
+        }
+    }
+
+    /// The refusal of a FHIR file: what a pair's sidecar would correct, the file does.
+    fn for_file(self) -> Refusal {
+        match self.fix {
+            Fix::Sidecar(advice) => Refusal::file(self.reason, advice),
+            _ => self,
         }
     }
 
@@ -326,6 +411,9 @@ impl Refusal {
             Fix::Sidecar(advice) => format!(
                 "{advice}correct the sidecar (rejected/{name}{SIDECAR_SUFFIX}, or in the software that wrote it), then {retry}"
             ),
+            Fix::File(advice) => format!(
+                "{advice}correct the file (rejected/{name}, or in the software that wrote it), then {retry}"
+            ),
             Fix::ThenRetry(first) => format!("{first}, then {retry}"),
             Fix::Instead(what) => what.clone(),
         };
@@ -346,11 +434,12 @@ fn shell_word(name: &str) -> String {
     }
 }
 
-/// What to do with a pair whose storing as `author` failed with `e`: try again later when the
-/// storage failed (nothing wrong with the pair), refuse it otherwise, with the fix that applies.
+/// What to do with a pair whose storing failed with `e`: try again later when the storage
+/// failed (nothing wrong with the pair), refuse it otherwise, with the fix that applies;
+/// `unregistered`, its author when not registered at this replica.
 fn storing_failed(
     replica: &Replica,
-    author: &Rpps,
+    unregistered: Option<&Rpps>,
     e: carnet_store::Error,
 ) -> Result<Ingested, Refusal> {
     use carnet_store::Error as E;
@@ -369,7 +458,7 @@ fn storing_failed(
             e.to_string(),
             "the holder blocked this professional; to file it as another professional of the care, ",
         ),
-        E::Denied { .. } if !registered(replica, author) => Refusal::then_retry(
+        E::Denied { .. } if let Some(author) = unregistered => Refusal::then_retry(
             format!("{e} (the author, {author}, is not registered at this replica)"),
             format!(
                 "register them here (`carnet pro add --rpps {author} --profession PROFESSION`{}), or correct `author_rpps` in the sidecar if it is wrong",
@@ -399,6 +488,11 @@ fn storing_failed(
             "the replica failed a check of its own: see the daemon's log and `carnet audit verify`; once it is repaired",
         ),
     })
+}
+
+/// `rpps` when it is not registered at this replica.
+fn unregistered<'a>(replica: &Replica, rpps: &'a Rpps) -> Option<&'a Rpps> {
+    (!registered(replica, rpps)).then_some(rpps)
 }
 
 /// Whether `rpps` is registered at this replica (an unreadable registry counts as not).
@@ -432,9 +526,9 @@ fn ingest(replica: &Replica, doc: &Path, sidecar: &Path) -> Result<Ingested, Ref
     } = read_sidecar(&text).map_err(|reason| Refusal::sidecar(reason, ""))?;
     let unique_id = document.unique_id.as_deref().unwrap_or_default();
     match replica.find_by_unique_id(&ins, unique_id) {
-        Ok(Some(id)) => return Ok(Ingested::AlreadyStored(id)),
+        Ok(Some(id)) => return Ok(Ingested::AlreadyStored(vec![id])),
         Ok(None) => {}
-        Err(e) => return storing_failed(replica, &author, e),
+        Err(e) => return storing_failed(replica, unregistered(replica, &author), e),
     }
     document.body = fs::read(doc).map_err(|e| unreadable("document", e))?;
     let as_author = author.clone();
@@ -446,8 +540,8 @@ fn ingest(replica: &Replica, doc: &Path, sidecar: &Path) -> Result<Ingested, Ref
             document,
         },
     ) {
-        Ok(id) => Ok(Ingested::Stored(id)),
-        Err(e) => storing_failed(replica, &as_author, e),
+        Ok(id) => Ok(Ingested::Stored(vec![id])),
+        Err(e) => storing_failed(replica, unregistered(replica, &as_author), e),
     }
 }
 /// What a sidecar says, parsed and checked: the document to store, with an empty body.
@@ -516,8 +610,11 @@ fn store(replica: &Replica, filing: Filing) -> carnet_store::Result<DocId> {
 pub struct Receipt {
     /// The receipt's format: 1.
     pub format: u32,
-    /// The stored document's id (`carnet doc get ID --as …`).
+    /// The stored document's id (`carnet doc get ID --as …`); a FHIR file's first.
     pub document: String,
+    /// A FHIR file's documents, every one, in the order filed (absent for a pair).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub documents: Vec<String>,
     /// When the inbox finished the pair (RFC 3339, by the replica's clock).
     pub at: String,
     /// The replica held the document already (a second drop of the pair, or a scan after a
@@ -526,10 +623,12 @@ pub struct Receipt {
 }
 
 impl Receipt {
-    fn new(id: &DocId, already_stored: bool, replica: &Replica) -> Receipt {
+    fn new(ids: &[DocId], already_stored: bool, replica: &Replica) -> Receipt {
+        let all: Vec<String> = ids.iter().map(DocId::to_string).collect();
         Receipt {
             format: 1,
-            document: id.to_string(),
+            document: all.first().cloned().unwrap_or_default(),
+            documents: if all.len() > 1 { all } else { Vec::new() },
             at: carnet_store::time::format_rfc3339(replica.now()),
             already_stored,
         }
@@ -558,6 +657,9 @@ fn finish(inbox: &Path, folder: &Path, doc_name: &str, receipt: &Receipt) -> std
     sync_dir(&done)?;
     fs::remove_file(folder.join(doc_name))?;
     sync_dir(folder)?;
+    if is_fhir(doc_name) {
+        return Ok(());
+    }
     fs::remove_file(folder.join(format!("{doc_name}{SIDECAR_SUFFIX}")))?;
     sync_dir(folder)
 }
@@ -655,7 +757,7 @@ pub fn tidy(replica: &Replica, inbox: &Path) -> std::io::Result<Tidied> {
             continue;
         }
         if let Some(id) = stored_as(replica, &done.join(sidecar_name)) {
-            finish(inbox, &done, doc_name, &Receipt::new(&id, true, replica))?;
+            finish(inbox, &done, doc_name, &Receipt::new(&[id], true, replica))?;
             tidied.finished.push(doc_name.to_string());
         }
     }
@@ -752,7 +854,9 @@ fn orphans(inbox: &Path, now: Millis) -> std::io::Result<Vec<Orphan>> {
             Some(doc) if doc.is_empty() || is_temporary(doc) => continue,
             Some(doc) if names.iter().any(|n| n == doc) => continue,
             Some(_) => "document",
-            None if names.contains(&format!("{name}{SIDECAR_SUFFIX}")) => continue,
+            None if names.contains(&format!("{name}{SIDECAR_SUFFIX}")) || is_fhir(name) => {
+                continue;
+            }
             None => "sidecar",
         };
         let Ok(meta) = fs::symlink_metadata(inbox.join(name)) else {
@@ -942,7 +1046,7 @@ fn reject_alone(inbox: &Path, file: &Path, refusal: &Refusal) -> std::io::Result
     Ok(text)
 }
 
-/// `dir/NAME`, or `dir/NAME.1`, `.2`… if taken.
+/// `dir/NAME`, or `dir/NAME.1`, `.2`… if taken (`BASE.1.fhir.json` for `BASE.fhir.json`).
 fn free_name(dir: &Path, file: &Path) -> std::io::Result<PathBuf> {
     let name = file
         .file_name()
@@ -959,7 +1063,11 @@ fn free_name(dir: &Path, file: &Path) -> std::io::Result<PathBuf> {
             candidate.display()
         )))
     {
-        candidate = dir.join(format!("{name}.{n}"));
+        // A FHIR file keeps its suffix, so that it is one again once retried.
+        candidate = dir.join(match name.strip_suffix(FHIR_SUFFIX) {
+            Some(base) if is_fhir(&name) => format!("{base}.{n}{FHIR_SUFFIX}"),
+            _ => format!("{name}.{n}"),
+        });
         n += 1;
     }
     Ok(candidate)
@@ -1170,6 +1278,7 @@ mod tests {
             Receipt {
                 format: 1,
                 document: id.to_string(),
+                documents: Vec::new(),
                 at: carnet_store::time::format_rfc3339(1_700_000_000_000),
                 already_stored: false,
             }
@@ -1370,6 +1479,94 @@ mod tests {
         .expect("corrected");
         retry(inbox.path(), "a.txt").expect("retry");
         assert_eq!(process(&r, inbox.path()).expect("scan").stored.len(), 1);
+    }
+
+    /// A minimal FHIR DocumentReference by DOCTOR, its body inline.
+    fn fhir_doc(uid: &str, ins_system: &str) -> String {
+        format!(
+            r#"{{"resourceType": "DocumentReference", "status": "current",
+                "masterIdentifier": {{"value": "{uid}"}},
+                "subject": {{"identifier": {{"system": "{ins_system}", "value": "{}"}}}},
+                "author": [{{"identifier": {{"system": "urn:oid:1.2.250.1.71.4.2.1", "value": "8{DOCTOR}"}}}}],
+                "category": [{{"coding": [{{"system": "urn:oid:1.2.250.1.213.1.1.4.1", "code": "10"}}]}}],
+                "type": {{"coding": [{{"system": "http://loinc.org", "code": "11488-4"}}]}},
+                "securityLabel": [{{"coding": [{{"system": "urn:oid:1.2.250.1.213.1.1.4.13", "code": "MASQUE_PS"}}]}}],
+                "content": [{{"attachment": {{"contentType": "text/plain", "title": "CR", "data": "eHl6"}}}}]}}"#,
+            ins().matricule()
+        )
+    }
+
+    /// `NAME.fhir.json` is an item on its own: filed with its flags, leaving a receipt; dropped
+    /// again, recognised; one that cannot be mapped is refused with the field, the fix naming
+    /// the file; a sidecar given to one is refused.
+    #[test]
+    fn a_fhir_file_alone_is_filed_and_one_that_cannot_be_mapped_is_refused() {
+        let (data, inbox) = (
+            tempfile::tempdir().expect("tmp"),
+            tempfile::tempdir().expect("tmp"),
+        );
+        let r = replica(data.path());
+        let good = fhir_doc("urn:test:fhir-1", "urn:oid:1.2.250.1.213.1.4.8");
+        fs::write(inbox.path().join("cr.fhir.json"), &good).expect("write");
+        let report = process(&r, inbox.path()).expect("scan");
+        assert_eq!(report.stored.len(), 1, "{report:?}");
+        let id = report.stored[0].1;
+        assert_eq!(
+            receipt(inbox.path(), "cr.fhir.json").document,
+            id.to_string()
+        );
+        assert!(listing(inbox.path()).is_empty(), "the file left the inbox");
+        let meta = r
+            .list_documents(
+                &Actor::Professional(Rpps::parse(DOCTOR).expect("rpps")),
+                &ins(),
+            )
+            .expect("list");
+        assert_eq!(meta.len(), 1);
+        assert!(meta[0].state().flags.masque_ps, "the flag is applied");
+        assert_eq!(meta[0].facts.unique_id, "urn:test:fhir-1");
+        // The same file again: recognised, not stored twice.
+        fs::write(inbox.path().join("again.fhir.json"), &good).expect("write");
+        let report = process(&r, inbox.path()).expect("scan");
+        assert_eq!(report.duplicates, vec!["again.fhir.json".to_string()]);
+        assert_eq!(documents(&r), 1);
+        // No INS: refused, saying which field and why; the fix is about the file.
+        let bad = fhir_doc("urn:test:fhir-2", "urn:oid:1.2.3");
+        fs::write(inbox.path().join("bad.fhir.json"), &bad).expect("write");
+        let report = process(&r, inbox.path()).expect("scan");
+        assert_eq!(report.rejected.len(), 1, "{report:?}");
+        let error = error_file(inbox.path(), "bad.fhir.json");
+        assert!(
+            error.starts_with("DocumentReference.subject: no INS identifier"),
+            "{error}"
+        );
+        assert!(
+            fix(inbox.path(), "bad.fhir.json").contains("correct the file (rejected/bad.fhir.json"),
+            "{error}"
+        );
+        assert_eq!(documents(&r), 1);
+        // Refused again under the same name: kept beside the first, still a FHIR file.
+        fs::write(inbox.path().join("bad.fhir.json"), &bad).expect("write");
+        process(&r, inbox.path()).expect("scan");
+        assert!(error_file(inbox.path(), "bad.1.fhir.json").contains("subject"));
+        // A sidecar for a FHIR file is refused; the file itself is filed.
+        let other = fhir_doc("urn:test:fhir-3", "urn:oid:1.2.250.1.213.1.4.8");
+        fs::write(inbox.path().join("c.fhir.json"), &other).expect("write");
+        fs::write(
+            inbox.path().join(format!("c.fhir.json{SIDECAR_SUFFIX}")),
+            sidecar("urn:test:side"),
+        )
+        .expect("write");
+        let report = process(&r, inbox.path()).expect("scan");
+        assert_eq!(report.stored.len(), 1, "{report:?}");
+        assert!(
+            error_file(inbox.path(), &format!("c.fhir.json{SIDECAR_SUFFIX}"))
+                .contains("a sidecar for a FHIR file"),
+        );
+        assert_eq!(documents(&r), 2);
+        // Never reported as waiting for a sidecar.
+        fs::write(inbox.path().join("late.fhir.json.part"), "").expect("write");
+        assert!(orphans(inbox.path(), i64::MAX).expect("orphans").is_empty());
     }
 
     /// Each refusal of the store names the fix that applies, and where the fix is a command,

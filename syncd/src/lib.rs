@@ -13,6 +13,7 @@ pub mod api;
 pub mod config;
 pub mod enrol;
 pub mod error;
+pub mod fhir;
 pub mod fleet;
 pub mod frame;
 #[doc(hidden)]

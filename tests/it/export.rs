@@ -39,35 +39,8 @@ fn the_holder_exports_a_fhir_bundle() {
         b"hidden (synthetic)",
     );
     c.ok(&["doc", "hide-from-patient", &hidden, "--as", DOCTOR]);
-    let f = c.write("v2", b"Ordonnance v2 (synthetic)");
-    let v2 = c.json(&[
-        "doc",
-        "replace",
-        &k.prescription,
-        "--as",
-        DOCTOR,
-        "--class",
-        "42",
-        "--type",
-        PRESCRIPTION,
-        "--title",
-        "Ordonnance v2",
-        &f,
-    ])["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
-    c.ok(&[
-        "doc",
-        "get",
-        &k.consult,
-        "--as",
-        ER_DOCTOR,
-        "--mode",
-        "break-glass",
-        "--reason",
-        "coma",
-    ]);
+    let v2 = c.replace_prescription(&k.prescription);
+    crate::emergencies::break_glass(c, &k.consult, "coma");
     c.fails_once(3, &["doc", "get", &k.consult, "--as", PHARMACIST]);
 
     let out = c.path("export.json");
@@ -131,12 +104,22 @@ fn the_holder_exports_a_fhir_bundle() {
         consult["content"][0]["attachment"]["contentType"],
         "text/plain"
     );
-    assert_eq!(consult["subject"]["reference"], "urn:uuid:patient");
+    let full_url = |r: &Value| {
+        bundle["entry"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .find(|e| e["resource"] == *r)
+            .and_then(|e| e["fullUrl"].as_str())
+            .expect("full URL")
+            .to_string()
+    };
+    assert_eq!(consult["subject"]["reference"], full_url(p));
     assert_eq!(consult["status"], "current");
     assert_eq!(by_id(&k.prescription)["status"], "superseded");
     assert_eq!(
         by_id(&v2)["relatesTo"][0]["target"]["reference"],
-        format!("urn:uuid:doc-{}", k.prescription)
+        full_url(by_id(&k.prescription))
     );
 
     let events = resources(&bundle, "AuditEvent");
@@ -172,10 +155,8 @@ fn the_holder_exports_a_fhir_bundle() {
         "the break-glass read is in the copy"
     );
     assert!(
-        events
-            .iter()
-            .any(|e| e["outcome"] == "4"
-                && e["agent"][0]["who"]["identifier"]["value"] == PHARMACIST),
+        events.iter().any(|e| e["outcome"] == "4"
+            && e["agent"][0]["who"]["identifier"]["value"] == format!("8{PHARMACIST}")),
         "the denial is in the copy"
     );
 

@@ -18,6 +18,8 @@
 //! - `help`: every command, option and argument described in `--help`, the main commands' examples.
 //! - `keys`: master key rotation.
 //! - `export`: the holder's FHIR copy.
+//! - `fhir`: FHIR R4 in and out: the export checked by an independent validator, imported back
+//!   into a fresh replica (with and without a daemon), FHIR as other systems write it.
 //! - `authority`: signed host records on sites.
 //! - `daemon`: real `carnet-syncd` daemons, their local API, the demo.
 //! - `backup`: `carnet backup` while a daemon runs, `carnet restore`, the restored site's first
@@ -48,6 +50,7 @@ mod emergencies;
 mod export;
 mod fault_proxy;
 mod faults;
+mod fhir;
 mod grants;
 mod handover;
 mod help;

@@ -189,7 +189,13 @@ fn an_offline_break_glass_read_is_told_once_spooled_once_and_exported() {
     assert_eq!(about_emergency.len(), 1, "{communications:?}");
     let c = about_emergency[0];
     assert_eq!(c["status"], "completed");
-    assert_eq!(c["subject"]["reference"], "urn:uuid:patient");
+    let patient = bundle["entry"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .find(|e| e["resource"]["resourceType"] == "Patient")
+        .expect("the Patient");
+    assert_eq!(c["subject"]["reference"], patient["fullUrl"]);
     assert_eq!(c["sent"], n["at"]);
     assert_eq!(c["payload"][0]["contentString"], text);
 }

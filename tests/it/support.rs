@@ -383,6 +383,28 @@ impl Carnet {
         id
     }
 
+    /// Replaces the prescription `old` by DOCTOR's "Ordonnance v2"; returns the new id.
+    pub fn replace_prescription(&self, old: &str) -> String {
+        let f = self.write(&format!("v2-{}", unique()), b"Ordonnance v2 (synthetic)");
+        self.json(&[
+            "doc",
+            "replace",
+            old,
+            "--as",
+            DOCTOR,
+            "--class",
+            "42",
+            "--type",
+            PRESCRIPTION,
+            "--title",
+            "Ordonnance v2",
+            &f,
+        ])["id"]
+            .as_str()
+            .expect("id")
+            .to_string()
+    }
+
     /// On a host: registers `DOCTOR`, creates the dossier of `ins_a()` and makes him its
     /// médecin traitant. Answers the INS.
     pub fn doctor_dossier(&self) -> String {
