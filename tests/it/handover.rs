@@ -8,7 +8,7 @@ use crate::daemon::{Daemon, enrolled_site, free_port, start_daemon, sync_until_o
 use crate::support::*;
 
 /// A host with `DOCTOR` treating the dossier of `ins_a()`; the unit (DOCTOR bound, holding the
-/// dossier) and the clinic (NURSE registered, holding nothing) enrolled and synced once; the
+/// dossier) and the clinic (NURSE bound, holding nothing) enrolled and synced once; the
 /// clinic accepting handovers from the unit. The host daemon is stopped: the valley.
 struct Valley {
     host: Carnet,
@@ -45,7 +45,10 @@ fn valley() -> Valley {
     let ins = host.doctor_dossier();
     let unit = enrolled_site(&host, &address, &[DOCTOR]);
     unit.pro(DOCTOR, "medecin");
-    let clinic = enrolled_site(&host, &address, &[]);
+    // The nurse is bound to the clinic but holds no grant: the dossier is not in its scope,
+    // and the host's signed lists reach it.
+    host.pro(NURSE, "infirmier");
+    let clinic = enrolled_site(&host, &address, &[NURSE]);
     clinic.pro(NURSE, "infirmier");
     let ids = site_ids(&host);
     let (unit_id, clinic_id) = (ids[0], ids[1]);
@@ -286,5 +289,25 @@ fn a_handover_cut_in_the_middle_of_a_20_mb_body_resumes_where_it_stopped() {
     assert!(
         v.clinic.body(&id, NURSE) == image,
         "the image arrived whole"
+    );
+}
+
+#[test]
+fn a_peer_the_host_revoked_is_refused_by_a_clinic_that_holds_the_hosts_list() {
+    let v = valley();
+    let unit_id = site_ids(&v.host)[0].to_string();
+    let _host_daemon = start_daemon(&v.host);
+    crate::daemon::wait_for_socket(&v.host);
+    v.host.ok(&["pki", "revoke", &unit_id]);
+    // The clinic's next round brings the host's signed list; its listener reads it live.
+    sync_until_ok(&v.clinic, Duration::from_secs(30));
+    let refused = try_hand_over(&v, &["--as", DOCTOR]);
+    assert_ne!(refused.code, 0, "a revoked peer was admitted");
+    assert!(refused.stderr.contains("refused"), "{}", refused.stderr);
+    assert!(
+        v.clinic
+            .run(&["dossier", "show", &v.ins, "--as", NURSE])
+            .code
+            != 0
     );
 }
