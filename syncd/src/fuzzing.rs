@@ -44,8 +44,18 @@ pub const TARGETS: &[(&str, Target)] = &[
 ];
 
 /// Frame decoding: the first byte sets how the rest arrives (pieces of 1 to 256 bytes), the rest
-/// is what the peer sent. Every message decoded encodes to a frame that decodes to it again.
+/// is what the peer sent, read as the messages of a host session (`Msg`) and of a session
+/// between two sites (`PeerMsg`). Every message decoded encodes to a frame that decodes to it
+/// again.
 pub fn frame(data: &[u8]) {
+    frames_of::<Msg>(data);
+    frames_of::<crate::peer::PeerMsg>(data);
+}
+
+fn frames_of<M>(data: &[u8])
+where
+    M: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+{
     let Some((&cut, bytes)) = data.split_first() else {
         return;
     };
@@ -53,7 +63,7 @@ pub fn frame(data: &[u8]) {
     for piece in bytes.chunks(usize::from(cut) + 1) {
         decoder.push(piece);
         loop {
-            match decoder.next_message::<Msg>() {
+            match decoder.next_message::<M>() {
                 Ok(Some(msg)) => assert_eq!(wire(&msg).as_ref(), Ok(&msg), "frame round trip"),
                 Ok(None) => break,
                 Err(_) => return,
@@ -63,7 +73,10 @@ pub fn frame(data: &[u8]) {
 }
 
 /// `msg` through the frame codec, as on the wire.
-fn wire(msg: &Msg) -> Result<Msg, String> {
+fn wire<M>(msg: &M) -> Result<M, String>
+where
+    M: serde::Serialize + serde::de::DeserializeOwned,
+{
     let bytes = encode(msg).map_err(|e| e.to_string())?;
     let mut decoder = FrameDecoder::new();
     decoder.push(&bytes);

@@ -35,7 +35,7 @@ use crate::transport::{self, PeerPolicy, Revoked};
 pub const PIECE_MAX: usize = 512 * 1024;
 
 /// A message of a peer session (see the module documentation).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerMsg {
     /// Dialler: the handover.
     Handover(Box<Handover>),

@@ -19,7 +19,8 @@ use carnet_store::model::{
 };
 use carnet_store::policy::Action;
 use carnet_store::replica::{
-    Act, BodyPiece, Change, PullItem, Returned, SignedTraceHead, TraceRecord,
+    Act, BodyPiece, Change, HANDOVER_FORMAT, Handover, HandoverReport, PullItem, Returned,
+    SignedTraceHead, TraceRecord,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -27,6 +28,7 @@ use serde::de::DeserializeOwned;
 use crate::enrol::RenewalRequest;
 use crate::frame::{self, FrameDecoder};
 use crate::hostkey::{HandOver, HostRevocation};
+use crate::peer::PeerMsg;
 use crate::session::{Msg, SiteAbout};
 use crate::testkit;
 
@@ -209,13 +211,22 @@ struct Golden {
 /// A message, framed as it travels.
 fn framed(name: &'static str, msg: Msg) -> Golden {
     assert_eq!(msg.kind(), name, "a message's golden block bears its name");
+    framed_as(name, msg)
+}
+
+/// A message of either session (`Msg`, or `peer::PeerMsg` between two sites), framed as the
+/// wire does.
+fn framed_as<M>(name: &'static str, msg: M) -> Golden
+where
+    M: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug + 'static,
+{
     Golden {
         name,
         encoded: frame::encode(&msg).expect("encode"),
         decodes_back: Box::new(move |bytes| {
             let mut decoder = FrameDecoder::new();
             decoder.push(bytes);
-            match decoder.next_message::<Msg>() {
+            match decoder.next_message::<M>() {
                 Ok(Some(decoded)) if decoded == msg && decoder.buffered() == 0 => Ok(()),
                 other => Err(format!(
                     "decode to {other:?}, {} bytes left over",
@@ -224,6 +235,53 @@ fn framed(name: &'static str, msg: Msg) -> Golden {
             }
         }),
     }
+}
+
+/// Every message of a session between two sites, with synthetic values.
+fn golden_peer_messages() -> Vec<Golden> {
+    vec![
+        framed_as(
+            "PeerHandover",
+            PeerMsg::Handover(Box::new(Handover {
+                format: HANDOVER_FORMAT,
+                ins: testkit::ins(),
+                by: testkit::doctor(),
+                reason: Some("SMUR".to_string()),
+                records: vec![SignedRecord {
+                    body: vec![0x04, 0x2a, 0x09],
+                    signature: vec![0xee; 4],
+                }],
+                heartbeat: None,
+                documents: Vec::new(),
+                traces: Vec::new(),
+            })),
+        ),
+        framed_as(
+            "PeerAdmitted",
+            PeerMsg::Admitted(Box::new(HandoverReport {
+                records_admitted: 3,
+                records_unchanged: 1,
+                documents_new: 2,
+                documents_merged: 0,
+                documents_refused: vec![(doc(), "blocked".to_string())],
+                traces_kept: 4,
+                lease_from: Some(1_700_000_000_000),
+                lacking: vec![(doc(), 1024)],
+            })),
+        ),
+        framed_as("PeerRefused", PeerMsg::Refused("no head".to_string())),
+        framed_as(
+            "PeerPiece",
+            PeerMsg::Piece(BodyPiece {
+                doc: doc(),
+                offset: 1024,
+                total: 1027,
+                bytes: vec![0xaa, 0xbb, 0xcc],
+            }),
+        ),
+        framed_as("PeerDone", PeerMsg::Done),
+        framed_as("PeerFinished", PeerMsg::Finished { lacking: 0 }),
+    ]
 }
 
 /// A value carried inside a message, postcard alone.
@@ -439,6 +497,7 @@ fn goldens() -> Vec<Golden> {
         .into_iter()
         .map(|(name, msg)| framed(name, msg))
         .collect();
+    all.extend(golden_peer_messages());
     all.extend(golden_values());
     all
 }
