@@ -7023,3 +7023,38 @@ fn a_handover_carries_the_certificates_the_host_refuses_to_a_site_out_of_its_rea
         "the clinic refuses the rogue site from now on"
     );
 }
+
+#[test]
+fn a_document_handed_over_for_a_dossier_closed_meanwhile_is_kept_in_its_authors_quarantine() {
+    let (_dirs, now, host, unit) = host_and_site_on_a_clock();
+    let (_cd, clinic) = a_clinic_on(&host, &now);
+    let report = write(&unit, "intervention report", b"SMUR");
+    let h = unit
+        .handover_out(&ins(), &doctor(), None, SiteId(8))
+        .expect("handover");
+    clinic.admit_handover(SiteId(7), &h).expect("admit");
+    host.close_dossier(&ins(), "holder's request", false)
+        .expect("close");
+    // Either site learns the closure: the unit keeps what it wrote in its quarantine, the
+    // clinic purges its copy.
+    for site in [&unit, &clinic] {
+        site.import_authority(&host.export_authority().expect("export"))
+            .expect("import");
+        assert!(!site.has_dossier_key(&ins()).expect("key"));
+    }
+    let kept = unit.quarantined().expect("quarantine");
+    assert_eq!(kept.iter().map(|q| q.id).collect::<Vec<_>>(), vec![report]);
+    // The handover made before the closure, replayed, brings nothing back.
+    let again = clinic.admit_handover(SiteId(7), &h).expect("admit");
+    assert_eq!(again.records_admitted, 0, "{again:?}");
+    assert_eq!(again.documents_new, 0, "{again:?}");
+    assert!(!clinic.has_dossier_key(&ins()).expect("key"));
+    // And the unit cannot hand a closed dossier over.
+    let err = unit
+        .handover_out(&ins(), &doctor(), None, SiteId(8))
+        .expect_err("closed");
+    assert!(
+        matches!(err, Error::NotFound(_) | Error::Denied { .. }),
+        "{err}"
+    );
+}
