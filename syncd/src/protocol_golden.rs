@@ -14,13 +14,13 @@ use carnet_store::ids::{InsKind, RepresentativeId};
 use carnet_store::merge::DocumentMeta;
 use carnet_store::model::{
     AccessMode, Actor, Author, Closure, DocClass, DocState, DocumentFacts, DossierHead,
-    DossierStatus, EmergencyPrefs, Grant, GrantBasis, GrantState, HolderKind, Identity,
-    IdentityStatus, Profession, Professional, Representative, Sex,
+    DossierStatus, EmergencyPrefs, Grant, GrantBasis, GrantState, HabilitationMatrix, HolderKind,
+    Identity, IdentityStatus, Profession, Professional, Representative, Sex, TypeRule,
 };
 use carnet_store::policy::Action;
 use carnet_store::replica::{
-    Act, BodyPiece, Change, HANDOVER_FORMAT, Handover, HandoverReport, PullItem, Returned,
-    SignedTraceHead, TraceRecord,
+    Act, BodyPiece, Change, HANDOVER_FORMAT, Handover, HandoverReport, Proposal, PullItem,
+    PurgeReceipt, Returned, SignedTraceHead, TraceRecord,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -433,6 +433,72 @@ fn golden_values() -> Vec<Golden> {
                 }),
             ),
         ),
+        raw(
+            "MatrixBody",
+            (
+                RECORD_FORMAT,
+                308u64,
+                AuthorityRecord::Matrix(HabilitationMatrix {
+                    version: 2,
+                    rules: [
+                        (
+                            Profession::Medecin,
+                            TypeRule::AllExcept(["X".to_string()].into()),
+                        ),
+                        (
+                            Profession::Infirmier,
+                            TypeRule::Only(["Y".to_string()].into()),
+                        ),
+                    ]
+                    .into(),
+                }),
+            ),
+        ),
+        raw(
+            "ChangePurgeReceipt",
+            Change::PurgeReceipt {
+                ins: testkit::ins(),
+                receipt: PurgeReceipt {
+                    at: 1_700_000_000_000,
+                    cause_seq: 305,
+                },
+            },
+        ),
+        raw(
+            "ChangeEmergencyFetch",
+            Change::EmergencyFetch {
+                ins: testkit::ins(),
+                rpps: testkit::doctor(),
+                mode: AccessMode::BreakGlass,
+                reason: "R".to_string(),
+            },
+        ),
+        raw(
+            "ChangeDossierProposal",
+            Change::DossierProposal(Box::new(Proposal {
+                head: DossierHead {
+                    ins: testkit::ins(),
+                    ins_kind: InsKind::TestNir,
+                    identity: Identity {
+                        birth_name: "A".to_string(),
+                        first_names: "B".to_string(),
+                        birth_date: "1984-05-01".to_string(),
+                        sex: Sex::Male,
+                        birthplace: None,
+                        status: IdentityStatus::Qualified,
+                    },
+                    holder: HolderKind::Adult,
+                    representatives: Vec::new(),
+                    status: DossierStatus::Active,
+                    mask_new_by_default: false,
+                    created_at: 1_700_000_000_000,
+                    closure: None,
+                },
+                creator: Actor::Professional(testkit::doctor()),
+            })),
+        ),
+        raw("ChangeWithheld", Change::Withheld),
+        raw("ChangeQuarantined", Change::Quarantined),
         raw(
             "ChangeProfessional",
             Change::Professional(Professional {
