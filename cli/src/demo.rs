@@ -827,7 +827,7 @@ fn scenario(tmp: &Path, daemons: &mut Daemons) -> Result<(), Failure> {
     )?;
     step(
         &unit,
-        "At the hospital the identity is checked (ID document, INSi)",
+        "Dr Petit checks the identity (ID document, INSi)",
         &["dossier", "qualify", walker, "--as", SMUR_DOCTOR],
         0,
     )?;
@@ -952,7 +952,7 @@ fn handover_scene(
     intervention: &str,
 ) -> Result<(), Failure> {
     println!(
-        "\n## The unit brings the hiker to the clinic; the valley is out of reach of the host"
+        "\n## The host is out of reach again; the unit brings the hiker to the clinic at Murat"
     );
     daemons.stop("host");
     let listen = format!("127.0.0.1:{}", free_port()?);
@@ -963,6 +963,7 @@ fn handover_scene(
         v.clinic,
         &format!("peer_listen = \"{listen}\""),
         &format!(
+            // The unit listens nowhere: the clinic only takes handovers from it.
             "[[peer]]\nname = \"smur\"\naddress = \"127.0.0.1:{}\"\nsite = {}",
             free_port()?,
             v.unit_site
@@ -1011,7 +1012,7 @@ fn handover_scene(
             "--as",
             SMUR_DOCTOR,
             "--reason",
-            "patient transporté à la maison de santé",
+            "patient transporté à la maison de santé de Murat",
         ],
         |e| e.contains("could not be reached"),
     )?;
