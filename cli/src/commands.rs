@@ -2643,7 +2643,7 @@ fn audit(cli: &Cli, c: &AuditCmd) -> Result<Reply> {
                     if e.rule > 0 {
                         format!("rule {}: {}", e.rule, e.outcome_reason)
                     } else {
-                        String::new()
+                        e.outcome_reason.clone()
                     },
                     e.doc.map(|d| format!(" doc {d}")).unwrap_or_default(),
                     e.stated_reason

@@ -5,10 +5,13 @@
 //! cut off from the host, the link returns and it converges, the pharmacy receives the dossier it
 //! has a grant for, the patient revokes the pharmacy and its copy is purged, a break-glass read
 //! at the clinic reaches the host's emergency list; the mobile unit, out of reach, opens a
-//! dossier for a patient it does not know, reads it by break-glass and writes its report, and
-//! when it reconnects the host merges it into the dossier it holds and notifies the patient's
-//! médecin traitant. The daemons are stopped and the folder removed at the end, on success or
-//! failure.
+//! dossier for a patient it does not know and reads it by break-glass, and when it reconnects
+//! the host merges it into the dossier it holds and notifies the patient's médecin traitant;
+//! then, the host out of reach again, the unit writes its intervention report and hands the
+//! dossier over to the clinic site to site (`peer_listen`, `[[peer]]`), where a doctor without a
+//! grant is refused until the patient consents in person, and the trace shows the handover;
+//! the host comes back and all three converge. The daemons are stopped and the folder removed at
+//! the end, on success or failure.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -117,11 +120,23 @@ fn run_quietly(place: &Place, args: &[&str]) -> (i32, String) {
 /// `sync now` on a site, retried for a while (a daemon just started needs a moment to bind);
 /// the round that succeeds is the one shown.
 fn sync_now(place: &Place, say: &str) -> Result<String, Failure> {
+    step_retried(place, say, &["sync", "now"], |_| true)
+}
+
+/// Runs one command on `place` that must succeed, tried again for a while as long as `again`
+/// holds of the error it ends with (a daemon just started needs a moment to bind); the try
+/// that ends it is the one shown.
+fn step_retried(
+    place: &Place,
+    say: &str,
+    args: &[&str],
+    again: impl Fn(&str) -> bool,
+) -> Result<String, Failure> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (code, text) = run_quietly(place, &["sync", "now"]);
-        if code == 0 || Instant::now() > deadline {
-            return show(place, say, &["sync", "now"], (code, text), 0);
+        let (code, text) = run_quietly(place, args);
+        if code == 0 || !again(&text) || Instant::now() > deadline {
+            return show(place, say, args, (code, text), 0);
         }
         std::thread::sleep(Duration::from_millis(300));
     }
@@ -336,7 +351,12 @@ fn scenario(tmp: &Path, daemons: &mut Daemons) -> Result<(), Failure> {
             0,
         )?;
     }
-    let enrol = |name: &str, finess: &str, out: &str, pros: &[&str]| -> Result<String, Failure> {
+    // Each site's bundle and its id (`site-N` in its certificate), which its peers list.
+    let enrol = |name: &str,
+                 finess: &str,
+                 out: &str,
+                 pros: &[&str]|
+     -> Result<(String, u32), Failure> {
         let bundle = files.join(out).display().to_string();
         let mut args = vec![
             "pki",
@@ -355,7 +375,7 @@ fn scenario(tmp: &Path, daemons: &mut Daemons) -> Result<(), Failure> {
         for p in pros {
             args.extend(["--pro", p]);
         }
-        step(
+        let said = step(
             &host,
             if pros.len() > 1 {
                 "Each site is enrolled with the professionals who practise there: only the host binds them"
@@ -365,21 +385,26 @@ fn scenario(tmp: &Path, daemons: &mut Daemons) -> Result<(), Failure> {
             &args,
             0,
         )?;
-        Ok(bundle)
+        let site = said
+            .strip_prefix("enrolled site ")
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|id| id.parse().ok())
+            .ok_or_else(|| Failure::Usage(format!("no site id in '{said}'")))?;
+        Ok((bundle, site))
     };
-    let clinic_bundle = enrol(
+    let (clinic_bundle, clinic_site) = enrol(
         "Maison de santé de Murat",
         "150000001",
         "clinic.bundle",
         &[DOCTOR, EMERGENCY_DOCTOR],
     )?;
-    let pharmacy_bundle = enrol(
+    let (pharmacy_bundle, _) = enrol(
         "Pharmacie du Marché",
         "150000002",
         "pharmacy.bundle",
         &[PHARMACIST],
     )?;
-    let unit_bundle = enrol(
+    let (unit_bundle, unit_site) = enrol(
         "SMUR du Cantal",
         "150000003",
         "smur.bundle",
@@ -796,33 +821,13 @@ fn scenario(tmp: &Path, daemons: &mut Daemons) -> Result<(), Failure> {
     )?;
     step(
         &unit,
-        "…and writes the intervention report",
-        &[
-            "doc",
-            "add",
-            "--dossier",
-            walker,
-            "--as",
-            SMUR_DOCTOR,
-            "--class",
-            "10",
-            "--type",
-            "15507-7",
-            "--title",
-            "Intervention SMUR",
-            &intervention,
-        ],
-        0,
-    )?;
-    step(
-        &unit,
         "Nothing of a provisional identity leaves the unit",
         &["sync", "status"],
         0,
     )?;
     step(
         &unit,
-        "At the hospital the identity is checked (ID document, INSi)",
+        "Dr Petit checks the identity (ID document, INSi)",
         &["dossier", "qualify", walker, "--as", SMUR_DOCTOR],
         0,
     )?;
@@ -864,6 +869,19 @@ fn scenario(tmp: &Path, daemons: &mut Daemons) -> Result<(), Failure> {
             "the break-glass of the mobile unit was not notified to the médecin traitant".into(),
         ));
     }
+    handover_scene(
+        &Valley {
+            host: &host,
+            clinic: &clinic,
+            unit: &unit,
+            clinic_site,
+            unit_site,
+            logs: &logs,
+        },
+        daemons,
+        walker,
+        &intervention,
+    )?;
 
     println!("\n# Nothing in any data folder is readable without its key:");
     let markers = [
@@ -898,6 +916,152 @@ fn scenario(tmp: &Path, daemons: &mut Daemons) -> Result<(), Failure> {
     );
     if !found.is_empty() {
         return Err(Failure::Usage("patient data found in clear".into()));
+    }
+    Ok(())
+}
+
+/// The places of the handover scene: the host, the clinic and the mobile unit, with the ids
+/// the two sites know each other by.
+struct Valley<'a> {
+    host: &'a Place<'a>,
+    clinic: &'a Place<'a>,
+    unit: &'a Place<'a>,
+    clinic_site: u32,
+    unit_site: u32,
+    logs: &'a Path,
+}
+
+/// Prepends `settings` to `place`'s carnet.toml (top-level keys go before any table), appends
+/// `tables`, and shows both.
+fn configure(place: &Place, settings: &str, tables: &str) -> Result<(), Failure> {
+    let path = place.dir.join("carnet.toml");
+    let text = std::fs::read_to_string(&path).map_err(file_err)?;
+    std::fs::write(&path, format!("{settings}\n{text}\n{tables}")).map_err(file_err)?;
+    for line in settings.lines().chain(tables.lines()) {
+        println!("[{}] carnet.toml: {line}", place.name);
+    }
+    Ok(())
+}
+
+/// The mobile unit hands the hiker's dossier over to the clinic while neither reaches the
+/// host; the clinic decides access again; the host comes back and all three converge.
+fn handover_scene(
+    v: &Valley,
+    daemons: &mut Daemons,
+    walker: &str,
+    intervention: &str,
+) -> Result<(), Failure> {
+    println!(
+        "\n## The host is out of reach again; the unit brings the hiker to the clinic at Murat"
+    );
+    daemons.stop("host");
+    let listen = format!("127.0.0.1:{}", free_port()?);
+    println!(
+        "\n# The clinic accepts handovers from the unit, the unit knows where the clinic listens"
+    );
+    configure(
+        v.clinic,
+        &format!("peer_listen = \"{listen}\""),
+        &format!(
+            // The unit listens nowhere: the clinic only takes handovers from it.
+            "[[peer]]\nname = \"smur\"\naddress = \"127.0.0.1:{}\"\nsite = {}",
+            free_port()?,
+            v.unit_site
+        ),
+    )?;
+    configure(
+        v.unit,
+        "",
+        &format!(
+            "[[peer]]\nname = \"clinique\"\naddress = \"{listen}\"\nsite = {}",
+            v.clinic_site
+        ),
+    )?;
+    daemons.stop("clinic");
+    daemons.start(v.clinic, v.logs)?;
+    let report = step(
+        v.unit,
+        "On the way, Dr Petit writes the intervention report",
+        &[
+            "doc",
+            "add",
+            "--dossier",
+            walker,
+            "--as",
+            SMUR_DOCTOR,
+            "--class",
+            "10",
+            "--type",
+            "15507-7",
+            "--title",
+            "Intervention SMUR",
+            intervention,
+        ],
+        0,
+    )?;
+    let report = report.trim().to_string();
+    step_retried(
+        v.unit,
+        "…and hands the dossier over to the clinic, site to site",
+        &[
+            "handover",
+            "--to",
+            "clinique",
+            "--dossier",
+            walker,
+            "--as",
+            SMUR_DOCTOR,
+            "--reason",
+            "patient transporté à la maison de santé de Murat",
+        ],
+        |e| e.contains("could not be reached"),
+    )?;
+    step(
+        v.clinic,
+        "A handover brings data, not rights: Dr Leroy, who has no grant, is refused",
+        &["doc", "get", &report, "--as", EMERGENCY_DOCTOR],
+        3,
+    )?;
+    step(
+        v.clinic,
+        "The hiker, awake, consents in person: the clinic records a grant, pending until the host confirms it",
+        &[
+            "grant",
+            "add",
+            "--dossier",
+            walker,
+            "--rpps",
+            EMERGENCY_DOCTOR,
+        ],
+        0,
+    )?;
+    step(
+        v.clinic,
+        "Dr Leroy reads the report",
+        &["doc", "get", &report, "--as", EMERGENCY_DOCTOR],
+        0,
+    )?;
+    step(
+        v.clinic,
+        "The clinic's trace: the handover, by whom, from which site, why",
+        &["audit", "show", "--dossier", walker, "--as", "holder"],
+        0,
+    )?;
+
+    println!("\n## The host is back in reach");
+    daemons.start(v.host, v.logs)?;
+    sync_now(v.unit, "The unit syncs")?;
+    sync_now(v.clinic, "So does the clinic")?;
+    let listed = step(
+        v.host,
+        "The host holds the unit's report once, for Dr Martin, his médecin traitant",
+        &["doc", "list", "--dossier", walker, "--as", DOCTOR],
+        0,
+    )?;
+    if listed.matches(report.as_str()).count() != 1 {
+        return Err(Failure::Usage(
+            "the host does not hold the unit's report exactly once".into(),
+        ));
     }
     Ok(())
 }

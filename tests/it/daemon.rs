@@ -593,6 +593,12 @@ fn the_demo_runs_host_and_two_site_daemons_and_cleans_up() {
         "bris_de_glace ALLOW",
         "dossier-proposal-merged",
         "(decided offline)",
+        "carnet.toml: peer_listen = \"127.0.0.1:",
+        "handed over to clinique",
+        "access denied (rule 11): no grant for this dossier",
+        "pending grant of 10000000003",
+        "handover-received",
+        "The host holds the unit's report once",
         "searched every file of the four replicas",
         "none found",
         "daemons stopped and temporary data removed",
@@ -603,6 +609,13 @@ fn the_demo_runs_host_and_two_site_daemons_and_cleans_up() {
             out.stdout
         );
     }
+    assert!(
+        out.stdout.lines().any(|l| l.contains("handover-received")
+            && l.contains("from site")
+            && l.contains("reason:")),
+        "the clinic's trace does not show who handed over, from where, why:\n{}",
+        out.stdout
+    );
     let left: Vec<_> = std::fs::read_dir(tmp.path()).expect("tmp").collect();
     assert!(left.is_empty(), "the demo left {left:?}");
 }
