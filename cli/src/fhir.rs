@@ -233,7 +233,7 @@ fn audit_action(a: &TraceAction) -> &'static str {
             | Action::HideFromRepresentatives => "U",
             Action::Delete => "D",
         },
-        TraceAction::Admin(_) => "E",
+        TraceAction::Admin(_) | TraceAction::HandedOver { .. } => "E",
     }
 }
 

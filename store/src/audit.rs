@@ -49,6 +49,13 @@ pub enum TraceAction {
     Access(Action),
     /// An administrative act (dossier created, grant changed, closure, purge, import…).
     Admin(String),
+    /// A dossier handed over to another site without the host (`replica::handover`), as the
+    /// sending site traces it: the host reads the receiving site from it (never from the
+    /// receiver's word) and lets that site hold the dossier for a while.
+    HandedOver {
+        /// The receiving site.
+        to: SiteId,
+    },
 }
 
 impl TraceAction {
@@ -57,6 +64,7 @@ impl TraceAction {
         match self {
             TraceAction::Access(a) => a.as_str().to_string(),
             TraceAction::Admin(s) => s.clone(),
+            TraceAction::HandedOver { .. } => "handover-sent".to_string(),
         }
     }
 }

@@ -187,6 +187,11 @@ fn the_unit_hands_its_patient_to_the_clinic_in_the_valley_and_all_three_converge
         assert_eq!(n, 2, "{what} at the host: {at_host:?}");
     }
     v.host.ok(&["audit", "verify"]);
+    // The host read the handover in the unit's trace: a block it issues reaches the clinic.
+    v.host
+        .ok(&["grant", "block", "--dossier", ins, "--rpps", NURSE]);
+    sync_until_ok(clinic, Duration::from_secs(30));
+    clinic.fails(3, &["doc", "get", &report, "--as", NURSE]);
     drop(v.clinic_daemon);
 }
 

@@ -35,7 +35,7 @@ use super::Role;
 use super::TraceRecord;
 use super::sync::{ActiveDossiers, widens};
 use super::tables::*;
-use crate::audit::{TraceAction, TraceActor};
+use crate::audit::{AuditEntry, TraceAction, TraceActor};
 use crate::authority::{self, AuthorityRecord, Covers, SignedRecord, Verified};
 use crate::error::{Error, Result};
 use crate::ids::{DocId, Ins, Rpps, SiteId};
@@ -139,7 +139,7 @@ impl Replica {
         if !decision.allow {
             return Err(self.deny_with_trace(vec![entry], &decision)?);
         }
-        entry.action = TraceAction::Admin("handover-sent".into());
+        entry.action = TraceAction::HandedOver { to };
         entry.outcome_reason = format!("handed over to site {to}");
 
         let mut records = Vec::new();
@@ -518,6 +518,78 @@ impl Replica {
                 meta_key::RELAYABLE_HEARTBEAT,
                 postcard::to_stdvec(signed)?.as_slice(),
             )?;
+        }
+        Ok(())
+    }
+
+    /// Host: for each handover among `origin`'s new trace entries (its signed trace, never the
+    /// receiver's word), lets the receiving site hold the dossier for `EMERGENCY_VALID`, as an
+    /// allowed emergency fetch does (`EMERGENCY_SCOPES`), so the host's closures and
+    /// revocations reach it there: only when the dossier is active here, in `origin`'s scope,
+    /// and handed over by a professional the host binds to `origin`. Each is traced here.
+    pub(super) fn scope_handovers<'e>(
+        &self,
+        txn: &super::Writer<'_>,
+        origin: SiteId,
+        entries: impl Iterator<Item = &'e AuditEntry>,
+    ) -> Result<()> {
+        for e in entries {
+            let TraceAction::HandedOver { to } = e.action else {
+                continue;
+            };
+            let (TraceActor::Professional { rpps, .. }, Some(matricule), true) =
+                (&e.actor, &e.ins, e.allowed)
+            else {
+                continue;
+            };
+            let Ok(ins) = Ins::parse(matricule) else {
+                continue;
+            };
+            let bi = self.blind(&ins);
+            let active = matches!(
+                self.authority_get(
+                    &txn.open_table(AUTHORITY)?,
+                    &subject_key(tag::DOSSIER, Some(&bi), None),
+                )?,
+                Some(Verified {
+                    record: AuthorityRecord::Dossier(h),
+                    ..
+                }) if h.status == crate::model::DossierStatus::Active
+            );
+            let held = txn
+                .open_table(SCOPE)?
+                .get(site_key(origin.0, &bi).as_slice())?
+                .is_some_and(|v| v.value() != 0);
+            let mut entry = self.admin_entry("handover-scope", Some(&ins), None);
+            if to == origin
+                || to.0 == 0
+                || super::daemons::is_daemon_origin(to)
+                || !active
+                || !held
+                || !self.is_bound(txn, origin, rpps)?
+            {
+                entry.allowed = false;
+                entry.outcome_reason = format!(
+                    "site {origin} traced a handover to site {to} that the host does not follow: the dossier is not active, not in site {origin}'s scope, or handed over by a professional the host does not bind to it"
+                );
+                txn.trace(vec![entry]);
+                continue;
+            }
+            let key = site_key(to.0, &bi);
+            let until = self.now().saturating_add(super::EMERGENCY_VALID);
+            let mut scopes = self.digested(txn, EMERGENCY_SCOPES)?;
+            if scopes
+                .get(key.as_slice())?
+                .is_none_or(|held| held.value() < until)
+            {
+                scopes.insert(key.as_slice(), until)?;
+            }
+            drop(scopes);
+            self.set_scope(txn, to.0, &bi, scope_bit::EMERGENCY, true)?;
+            entry.outcome_reason = format!(
+                "site {to} holds it for a while: site {origin} handed it over (closures and revocations reach it there)"
+            );
+            txn.trace(vec![entry]);
         }
         Ok(())
     }

@@ -691,7 +691,9 @@ impl Rekey<'_> {
             | meta_key::OUTBOX_ACKED
             | meta_key::CLOCK_SEEN
             | meta_key::NOTIFICATIONS_SPOOLED
-            | meta_key::TRACE_ANCHOR => Ok(Some((k.to_vec(), v.to_vec()))),
+            | meta_key::TRACE_ANCHOR
+            // A signed record in clear.
+            | meta_key::RELAYABLE_HEARTBEAT => Ok(Some((k.to_vec(), v.to_vec()))),
             // The journal starts empty: its epoch moves past both live ones.
             meta_key::JOURNAL_EPOCH => bumped(2),
             meta_key::OPEN_EPOCH => bumped(1),

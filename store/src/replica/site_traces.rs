@@ -251,14 +251,14 @@ impl Replica {
             .insert(origin.0, postcard::to_stdvec(&head)?.as_slice())?;
         let first = held_before.0;
         self.store_judged(&txn, judged, |seq| seq > first && seq <= head.0)?;
-        self.notify_first_accesses(
-            &txn,
-            origin,
+        let new_entries = || {
             records
                 .iter()
                 .filter(|r| r.seq > first && r.seq <= head.0)
-                .map(|r| &r.entry),
-        )?;
+                .map(|r| &r.entry)
+        };
+        self.notify_first_accesses(&txn, origin, new_entries())?;
+        self.scope_handovers(&txn, origin, new_entries())?;
         if let Some(signed) = signed.filter(|s| s.head.seq == head.0) {
             let mut heads = txn.open_table(SITE_SIGNED_HEADS)?;
             let newer = match heads.get(origin.0)? {

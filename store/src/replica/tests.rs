@@ -6665,7 +6665,7 @@ fn a_handover_brings_the_dossier_and_the_lease_of_that_dossier_but_no_rights() {
     assert!(
         h.traces
             .iter()
-            .any(|t| t.entry.action == TraceAction::Admin("handover-sent".into())),
+            .any(|t| t.entry.action == TraceAction::HandedOver { to: SiteId(8) }),
         "the sender traces the handover"
     );
     let report = clinic.admit_handover(SiteId(7), &h).expect("admit");
@@ -6715,6 +6715,21 @@ fn a_handover_brings_the_dossier_and_the_lease_of_that_dossier_but_no_rights() {
         h.traces.len()
     );
 
+    // A full key rotation at either site keeps the relayed lease and the heartbeat to relay.
+    let (clinic, _) = clinic.rotate_full(&KeySource::File).expect("rotate clinic");
+    let (unit, _) = unit.rotate_full(&KeySource::File).expect("rotate unit");
+    let nurse_reads = |id: &DocId| {
+        clinic
+            .read_document(&Actor::Professional(nurse()), id, AccessMode::Normal, None)
+            .map(|o| o.body.to_vec())
+    };
+    assert_eq!(nurse_reads(&report_id).expect("read"), b"SMUR: stable");
+    assert!(
+        unit.handover_out(&ins(), &doctor(), None, SiteId(8))
+            .expect("handover")
+            .heartbeat
+            .is_some()
+    );
     // The relayed heartbeat ends the lease of the dossier 72 hours after the host signed it.
     now.fetch_add(71 * HOUR, Ordering::SeqCst);
     let err = nurse_reads(&report_id).expect_err("past the relayed heartbeat's lease");
@@ -7056,5 +7071,79 @@ fn a_document_handed_over_for_a_dossier_closed_meanwhile_is_kept_in_its_authors_
     assert!(
         matches!(err, Error::NotFound(_) | Error::Denied { .. }),
         "{err}"
+    );
+}
+
+/// Asserts the host sends `site` no signed record at its next pull (no dossier entered its
+/// scope).
+fn assert_no_record_for(host: &Replica, site: &Replica) {
+    let cursor = site.pull_cursor().expect("cursor");
+    let pulled = host.pull(site.config().site_id, cursor, 100).expect("pull");
+    assert!(
+        !pulled
+            .iter()
+            .any(|(_, i)| matches!(i, PullItem::Authority(_))),
+        "{pulled:?}"
+    );
+}
+
+#[test]
+fn the_host_lets_the_receiver_hold_a_handed_over_dossier_on_the_senders_word_only() {
+    let (_dirs, now, host, unit) = host_and_site_on_a_clock();
+    let (_cd, clinic) = a_clinic_on(&host, &now);
+    let h = unit
+        .handover_out(&ins(), &doctor(), None, SiteId(8))
+        .expect("handover");
+    clinic.admit_handover(SiteId(7), &h).expect("admit");
+    // The clinic's own word (its trace of the handover it received) brings nothing.
+    push_traces(&host, &clinic);
+    assert_no_record_for(&host, &clinic);
+    // The unit's signed trace names the clinic: the host lets it hold the dossier, so the
+    // host's closure reaches it.
+    push_traces(&host, &unit);
+    sync(&host, &clinic);
+    host.close_dossier(&ins(), "holder's request", false)
+        .expect("close");
+    sync(&host, &clinic);
+    assert!(
+        !clinic.has_dossier_key(&ins()).expect("key"),
+        "the closure reached the clinic"
+    );
+    assert!(
+        host.audit_entries(Some(&ins()))
+            .expect("audit")
+            .iter()
+            .any(
+                |c| c.entry.action == TraceAction::Admin("handover-scope".into())
+                    && c.entry.allowed
+            )
+    );
+}
+
+#[test]
+fn a_handover_the_host_cannot_follow_gives_the_receiver_nothing() {
+    let (_dirs, now, host, unit) = host_and_site_on_a_clock();
+    let (_cd, clinic) = a_clinic_on(&host, &now);
+    // The unit wrote in the dossier: it stays in its scope. But the host no longer binds the
+    // doctor to the unit: what the unit traces in their name does not make the host send the
+    // dossier anywhere.
+    write(&unit, "written at the unit", b"u");
+    sync(&host, &unit);
+    host.bind_professional(SiteId(7), &doctor(), false)
+        .expect("unbind");
+    let h = unit
+        .handover_out(&ins(), &doctor(), None, SiteId(8))
+        .expect("handover");
+    clinic.admit_handover(SiteId(7), &h).expect("admit");
+    push_traces(&host, &unit);
+    assert_no_record_for(&host, &clinic);
+    assert!(
+        host.audit_entries(Some(&ins()))
+            .expect("audit")
+            .iter()
+            .any(
+                |c| c.entry.action == TraceAction::Admin("handover-scope".into())
+                    && !c.entry.allowed
+            )
     );
 }
