@@ -23,8 +23,8 @@ use crate::sync::Daemon;
 /// Budget: CPU-seconds per daemon per minute of idling.
 const BUDGET_PER_MINUTE: f64 = 0.6;
 
-/// Writes the daemon settings `carnet init` would.
-fn settings(dir: &Path, role: ConfigRole, address: SocketAddr) -> Res<()> {
+/// The daemon settings `carnet init` writes for `role`, the host at `address`.
+pub(crate) fn settings(role: ConfigRole, address: SocketAddr) -> Config {
     Config {
         role,
         listen: (role == ConfigRole::Host).then_some(address),
@@ -42,8 +42,34 @@ fn settings(dir: &Path, role: ConfigRole, address: SocketAddr) -> Res<()> {
         discover: false,
         peers: Vec::new(),
     }
-    .write_new(dir)?;
-    Ok(())
+}
+
+/// A site the host `host` (at `address`) enrols, created in `dir` from its bundle, with the
+/// professional `pro` registered there and bound to it by the host: its id and replica.
+pub(crate) fn enrolled_site(
+    host: &Replica,
+    dir: &Path,
+    address: SocketAddr,
+    pro: &carnet_store::model::Professional,
+) -> Res<(u32, Replica)> {
+    let bundle = carnet_syncd::enrol::enrol(host, "Bench", "750000001", &address.to_string())?;
+    let id = carnet_store::ids::SiteId(bundle.site_id);
+    crate::decides(host)?.bind_professional(id, &pro.rpps, true)?;
+    let site = Replica::init(
+        dir,
+        InitOptions {
+            role: Role::Site,
+            name: "bench".into(),
+            site_id: Some(id),
+            key: KeySource::File,
+            host_key: Some(bundle.host_key),
+            lease_hours: None,
+        },
+        system_clock(),
+    )?;
+    carnet_syncd::enrol::install_site(&site, &bundle)?;
+    site.add_professional(pro)?;
+    Ok((bundle.site_id, site))
 }
 
 /// A host and two sites enrolled by it, each with one professional, the host with a dossier
@@ -71,26 +97,10 @@ fn network(dir: &Path) -> Res<[std::path::PathBuf; 3]> {
         carnet_store::model::GrantBasis::Treating,
         None,
     )?;
-    settings(&folders[0], ConfigRole::Host, address)?;
+    settings(ConfigRole::Host, address).write_new(&folders[0])?;
     for site_dir in &folders[1..] {
-        let bundle = carnet_syncd::enrol::enrol(&host, "Idle", "750000001", &address.to_string())?;
-        crate::decides(&host)?.bind_professional(
-            carnet_store::ids::SiteId(bundle.site_id),
-            &pro.rpps,
-            true,
-        )?;
-        let site = Replica::init(
-            site_dir,
-            options(
-                Role::Site,
-                Some(carnet_store::ids::SiteId(bundle.site_id)),
-                Some(bundle.host_key),
-            ),
-            system_clock(),
-        )?;
-        carnet_syncd::enrol::install_site(&site, &bundle)?;
-        site.add_professional(&pro)?;
-        settings(site_dir, ConfigRole::Site, address)?;
+        enrolled_site(&host, site_dir, address, &pro)?;
+        settings(ConfigRole::Site, address).write_new(site_dir)?;
     }
     Ok(folders)
 }
@@ -112,26 +122,8 @@ fn wait_connected(site_dir: &Path) -> Res<()> {
     }
 }
 
-fn parse_seconds() -> Res<u64> {
-    let mut args = std::env::args().skip(2);
-    let mut seconds = 60;
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--seconds" => {
-                seconds = args
-                    .next()
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .filter(|&s| s > 0)
-                    .ok_or("--seconds takes a whole number of seconds above 0")?;
-            }
-            other => return Err(format!("unknown argument '{other}': idle [--seconds N]").into()),
-        }
-    }
-    Ok(seconds)
-}
-
 pub fn run() -> Res<()> {
-    let seconds = parse_seconds()?;
+    let seconds = crate::count_option("--seconds", 60, "idle [--seconds N]")?;
     let tmp = crate::tmp::tempdir()?;
     let folders = network(tmp.path())?;
     println!(

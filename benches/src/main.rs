@@ -10,10 +10,13 @@
 //! `carnet-bench host [--sites N] [--seconds S] [--docs A,B] [--storage redb|postgres]`
 //! (module `host`): the host's round latency, CPU and memory with a fleet of sites and with the
 //! documents it stores, its tables in redb or in PostgreSQL.
+//! `carnet-bench handover [--reps N]` (module `handover`): a dossier handed over from one site to
+//! another over `carnet-peer/1`, against a raw QUIC stream of the same bytes.
 //! `carnet-bench sim [--seeds N]` (module `sim`): seeded worlds of the simulator (`carnet-sim`),
 //! seeds per second and the failing seeds.
 //! Everything runs in a temporary folder that is removed at the end.
 
+mod handover;
 mod host;
 mod idle;
 mod sim;
@@ -55,6 +58,7 @@ fn main() {
         "idle" => idle::run(),
         "sim" => sim::run(),
         "host" => host::run(),
+        "handover" => handover::run(),
         // Only the initial sync, for profiling it alone.
         "sync-initial" => sync::initial_only(),
         // Only the batched ingest, for profiling it alone.
@@ -63,7 +67,7 @@ fn main() {
         "reads" => reads_only(),
         _ => {
             eprintln!(
-                "usage: carnet-bench store|sync|idle [--seconds N]|sim [--seeds N] [--first S]|host [--sites N] [--seconds S] [--docs A,B]"
+                "usage: carnet-bench store|sync|idle [--seconds N]|sim [--seeds N] [--first S]|host [--sites N] [--seconds S] [--docs A,B] [--storage redb|postgres]|handover [--reps N]"
             );
             std::process::exit(2);
         }
@@ -72,6 +76,24 @@ fn main() {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
+}
+
+/// The subcommand's one option `flag`, a whole number above 0 (`default` when not given);
+/// `usage` is the subcommand's usage line.
+fn count_option(flag: &str, default: u64, usage: &str) -> Res<u64> {
+    let mut args = std::env::args().skip(2);
+    let mut value = default;
+    while let Some(a) = args.next() {
+        if a != flag {
+            return Err(format!("unknown argument '{a}': {usage}").into());
+        }
+        value = args
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|&n| n > 0)
+            .ok_or_else(|| format!("{flag} takes a whole number above 0: {usage}"))?;
+    }
+    Ok(value)
 }
 
 fn random_bytes(n: usize, seed: u64) -> Vec<u8> {

@@ -252,6 +252,22 @@ impl Pair {
 
 /// Seconds a raw QUIC stream (same TLS configuration, same loopback) takes to carry `bytes`.
 fn raw_quic_seconds(bytes: usize) -> Res<f64> {
+    Ok(raw_quic(bytes)?.seconds)
+}
+
+/// A raw QUIC stream carrying some bytes (`raw_quic`).
+pub(crate) struct RawQuic {
+    /// From the dial to the receiver's answer, handshake included.
+    pub seconds: f64,
+    /// UDP bytes the client sent and received.
+    pub wire: u64,
+    /// Seconds the client's endpoint then took to drain the closed connection (`wait_idle`),
+    /// not in `seconds`.
+    pub drain: f64,
+}
+
+/// A raw QUIC stream (same TLS configuration, same loopback) carrying `bytes`.
+pub(crate) fn raw_quic(bytes: usize) -> Res<RawQuic> {
     use carnet_syncd::{pki, transport};
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -299,11 +315,18 @@ fn raw_quic_seconds(bytes: usize) -> Res<f64> {
         if got != bytes {
             return Err(format!("the raw stream carried {got} of {bytes} bytes").into());
         }
-        Ok(seconds)
+        let closed = Instant::now();
+        client_endpoint.wait_idle().await;
+        let stats = conn.stats();
+        Ok(RawQuic {
+            seconds,
+            wire: stats.udp_tx.bytes + stats.udp_rx.bytes,
+            drain: closed.elapsed().as_secs_f64(),
+        })
     })
 }
 
-fn mib(bytes: u64) -> String {
+pub(crate) fn mib(bytes: u64) -> String {
     if bytes < 10 * 1024 {
         format!("{bytes} B")
     } else if bytes < 1 << 20 {

@@ -69,6 +69,12 @@ pub struct HandoverOutcome {
     pub body_bytes_sent: u64,
     /// Bodies still lacking at the peer when it ended (0 when all went over).
     pub lacking: u64,
+    /// UDP bytes this site sent on the session's connection, handshake and close included.
+    #[serde(default)]
+    pub wire_sent: u64,
+    /// UDP bytes this site received on it.
+    #[serde(default)]
+    pub wire_received: u64,
 }
 
 /// Who this site opens peer sessions with and accepts them from: the `[[peer]]` of `config`,
@@ -137,7 +143,12 @@ pub async fn hand_over(
         .map_err(|e| refused_by_peer(&conn, &peer).unwrap_or(e));
     conn.close(0u32.into(), b"done");
     endpoint.wait_idle().await;
-    outcome
+    let stats = conn.stats();
+    outcome.map(|o| HandoverOutcome {
+        wire_sent: stats.udp_tx.bytes,
+        wire_received: stats.udp_rx.bytes,
+        ..o
+    })
 }
 
 /// A connection to a peer's `peer_listen`, within `IDLE_TIMEOUT`.
@@ -233,6 +244,8 @@ async fn handover_on(
         bodies_sent,
         body_bytes_sent,
         lacking,
+        wire_sent: 0,
+        wire_received: 0,
     })
 }
 
