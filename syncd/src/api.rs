@@ -620,21 +620,32 @@ pub enum Response {
     Backup(BackupInfo),
 }
 
-/// An error as it crosses the socket: the store's own kinds, or a sync-layer message.
+/// An error as it crosses the socket: the store's own kinds, or the sync layer's, each kept
+/// as it is, so that `carnet` says the same and exits with the same code with or without a
+/// daemon.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WireError {
     /// From the store (its kind decides the exit code).
     Store(carnet_store::Error),
-    /// From the sync layer or the API itself.
+    /// From the sync layer or the API itself: refused, nothing changed.
     Sync(String),
+    /// A socket, endpoint or file of the sync layer failed (the host out of reach).
+    Io(String),
+    /// Building a TLS configuration failed.
+    Tls(String),
+    /// Creating or reading a certificate or key failed.
+    Pki(String),
 }
 
 impl From<Error> for WireError {
     fn from(e: Error) -> Self {
         match e {
             Error::Store(e) => WireError::Store(e),
-            other => WireError::Sync(other.to_string()),
+            Error::Io(e) => WireError::Io(e.to_string()),
+            Error::Tls(m) => WireError::Tls(m),
+            Error::Pki(m) => WireError::Pki(m),
+            Error::Invalid(m) => WireError::Sync(m),
         }
     }
 }
@@ -644,6 +655,9 @@ impl From<WireError> for Error {
         match e {
             WireError::Store(e) => Error::Store(e),
             WireError::Sync(m) => Error::Invalid(m),
+            WireError::Io(m) => Error::Io(std::io::Error::other(m)),
+            WireError::Tls(m) => Error::Tls(m),
+            WireError::Pki(m) => Error::Pki(m),
         }
     }
 }
@@ -1397,6 +1411,31 @@ fn at_site(
 mod tests {
     use super::*;
     use carnet_store::replica::Role;
+
+    /// An error of any kind crosses the socket as itself: `carnet` says the same and exits with
+    /// the same code through the daemon as without it.
+    #[test]
+    fn a_sync_error_crosses_the_socket_with_its_kind() {
+        let through = |e: Error| -> Error {
+            let json = serde_json::to_string(&WireError::from(e)).expect("encode");
+            serde_json::from_str::<WireError>(&json)
+                .expect("decode")
+                .into()
+        };
+        let io = through(Error::Io(std::io::Error::other("the host did not answer")));
+        assert!(matches!(&io, Error::Io(_)), "{io:?}");
+        assert_eq!(io.to_string(), "the host did not answer");
+        for (e, text) in [
+            (Error::Tls("t".into()), "TLS configuration: t"),
+            (Error::Pki("p".into()), "certificate authority: p"),
+            (Error::Invalid("i".into()), "i"),
+        ] {
+            let kind = std::mem::discriminant(&e);
+            let back = through(e);
+            assert_eq!(std::mem::discriminant(&back), kind, "{back:?}");
+            assert_eq!(back.to_string(), text);
+        }
+    }
 
     #[test]
     fn reads_signal_a_round_at_a_site_and_never_wake_the_hosts_live_pass() {

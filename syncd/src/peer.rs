@@ -11,9 +11,10 @@
 //! 4. listener → `Finished` (the bodies still lacking).
 //!
 //! Invariants: the listener knows the peer by the site id its certificate names, never by
-//! what it says; it takes pieces only of the bodies its own `Admitted` named, each kept
-//! durably as it comes (`receive_body_pieces`), so a handover cut in the middle of a body
-//! resumes from the bytes kept when it is made again; every read and write is bounded by
+//! what it says; it takes pieces only of the bodies its own `Admitted` named, kept durably
+//! every `KEEP_EVERY` bytes and at the end (`receive_body_pieces`, one commit for many small
+//! bodies), so a handover cut in the middle of a body resumes from the bytes kept when it is
+//! made again; every read and write is bounded by
 //! `IDLE_TIMEOUT` (`net::next_message`, `net::send`); store calls run on the blocking side.
 
 use std::collections::HashSet;
@@ -33,6 +34,9 @@ use crate::transport::{self, PeerPolicy, Revoked};
 
 /// Bytes of a body in one `Piece`.
 pub const PIECE_MAX: usize = 512 * 1024;
+/// The listener keeps the pieces it received in one durable commit each time they reach this
+/// many bytes, and at `Done`: a cut handover loses at most this much of what was sent.
+pub const KEEP_EVERY: usize = 4 << 20;
 
 /// A message of a peer session (see the module documentation).
 #[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,7 +177,7 @@ async fn dial(
         .map_err(|_| timed_out("the peer did not answer"))?
         .map_err(|e| match e {
             quinn::ConnectionError::TransportError(_)
-            | quinn::ConnectionError::ConnectionClosed(_) => Error::Tls(format!(
+            | quinn::ConnectionError::ConnectionClosed(_) => Error::Invalid(format!(
                 "the peer at {address} refused the session, or this site refused it: {e}"
             )),
             e => net_err(format!("the peer at {address} could not be reached: {e}")),
@@ -257,7 +261,7 @@ fn refused_by_peer(conn: &quinn::Connection, peer: &PeerConfig) -> Option<Error>
         return None;
     };
     let alert = u64::from(c.error_code).checked_sub(TLS_ALERT)?;
-    Some(Error::Tls(format!(
+    Some(Error::Invalid(format!(
         "peer {} (site {}) refused this site's certificate (TLS alert {alert}): it must list this site as a [[peer]] with this site's id, and the national host must not have revoked it; its log says which",
         peer.name, peer.site
     )))
@@ -358,6 +362,7 @@ async fn serve_handover(
     };
     send(&mut tx, &[PeerMsg::Admitted(Box::new(report.clone()))]).await?;
     let named: HashSet<DocId> = report.lacking.iter().map(|(id, _)| *id).collect();
+    let (mut batch, mut batch_bytes) = (Vec::new(), 0);
     loop {
         match next_message::<PeerMsg>(&mut rx, &mut decoder).await? {
             Some(PeerMsg::Piece(piece)) => {
@@ -374,12 +379,17 @@ async fn serve_handover(
                         "peer site {from} sent a body this site did not ask for"
                     )));
                 }
-                let r = replica.clone();
-                tokio::task::spawn_blocking(move || r.sync().receive_body_pieces(&[piece]))
-                    .await
-                    .map_err(net_err)??;
+                batch_bytes += piece.bytes.len();
+                batch.push(piece);
+                if batch_bytes >= KEEP_EVERY {
+                    keep(replica, &mut batch).await?;
+                    batch_bytes = 0;
+                }
             }
-            Some(PeerMsg::Done) => break,
+            Some(PeerMsg::Done) => {
+                keep(replica, &mut batch).await?;
+                break;
+            }
             other => return Err(unexpected(&other)),
         }
     }
@@ -393,4 +403,17 @@ async fn serve_handover(
     send(&mut tx, &[PeerMsg::Finished { lacking }]).await?;
     let _ = tx.finish();
     Ok(Some(report))
+}
+
+/// Keeps the pieces of `batch` durably, in one commit, and empties it.
+async fn keep(replica: &SiteReplica, batch: &mut Vec<BodyPiece>) -> Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let pieces = std::mem::take(batch);
+    let r = replica.clone();
+    tokio::task::spawn_blocking(move || r.sync().receive_body_pieces(&pieces))
+        .await
+        .map_err(net_err)??;
+    Ok(())
 }

@@ -3,8 +3,9 @@
 //! does — the same `Service::execute` either way.
 //!
 //! Routes: `POST /v1/call` with a JSON `Request` answers `{"ok": Response}` or
-//! `{"error": WireError}` (status 200, or 400 invalid, 403 denied, 404 not found, 500 integrity
-//! or storage); `GET /v1/health` answers the replica's role, site id and name. A body larger
+//! `{"error": WireError}` (status 200, or 400 invalid, 403 denied, 404 not found, 409 a
+//! conflict with another host daemon, 500 integrity or storage, 502 the sync layer's network or
+//! files failing); `GET /v1/health` answers the replica's role, site id and name. A body larger
 //! than `MAX_REQUEST` is refused unread.
 //!
 //! Invariants: the socket is mode 0600 before the first connection can be accepted (it is
@@ -242,7 +243,11 @@ fn failure(status: StatusCode, message: String) -> HttpResponse {
 fn status_of(e: &WireError) -> StatusCode {
     use carnet_store::Error as S;
     match e {
-        WireError::Store(S::Invalid(_) | S::Key(_)) | WireError::Sync(_) => StatusCode::BAD_REQUEST,
+        WireError::Store(S::Invalid(_) | S::Key(_))
+        | WireError::Sync(_)
+        | WireError::Tls(_)
+        | WireError::Pki(_) => StatusCode::BAD_REQUEST,
+        WireError::Io(_) => StatusCode::BAD_GATEWAY,
         WireError::Store(S::Denied { .. }) => StatusCode::FORBIDDEN,
         WireError::Store(S::NotFound(_)) => StatusCode::NOT_FOUND,
         WireError::Store(S::Integrity(_) | S::Storage(_)) => StatusCode::INTERNAL_SERVER_ERROR,
