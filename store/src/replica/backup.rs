@@ -208,6 +208,7 @@ pub(super) fn each_table(v: &mut impl Tables) -> Result<()> {
     v.table(FIRST_ACCESSES)?;
     v.table(OUTBOX_HELD)?;
     v.table(RELAYED_LEASES)?;
+    v.table(RELAYED_TRACES)?;
     Ok(())
 }
 

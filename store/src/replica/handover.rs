@@ -24,8 +24,8 @@
 //!   and a version that would unmask, unhide or undelete what the receiver holds, or a new
 //!   document by an author the holder blocked, is refused alone (the receiver keeps its own);
 //! - the sender's trace entries (only its own, only about the dossier) are kept under the
-//!   sender's origin, apart from the receiver's chain, and an entry held already must be the
-//!   same one; the receiver traces the handover itself in its own chain (who, from which site,
+//!   sender's origin in `RELAYED_TRACES`, apart from the receiver's trace (they are parts of a
+//!   chain the receiver does not hold whole), and an entry held already must be the same one; the receiver traces the handover itself in its own chain (who, from which site,
 //!   why), and so does the sender.
 
 use serde::{Deserialize, Serialize};
@@ -442,15 +442,15 @@ impl Replica {
         Ok(None)
     }
 
-    /// Keeps the sender's own trace entries under its origin, apart from this site's chain: an
-    /// entry held already must be the one sent. Returns how many are new.
+    /// Keeps the sender's own trace entries under its origin in `RELAYED_TRACES`, apart from
+    /// this site's trace: an entry held already must be the one sent. Returns how many are new.
     fn keep_peer_traces(
         &self,
         txn: &WriteTransaction,
         from: SiteId,
         traces: &[TraceRecord],
     ) -> Result<usize> {
-        let mut table = txn.open_table(AUDIT)?;
+        let mut table = txn.open_table(RELAYED_TRACES)?;
         let aad = super::trace_aad(from.0);
         let mut kept = 0;
         for t in traces {
@@ -592,6 +592,28 @@ impl Replica {
             txn.trace(vec![entry]);
         }
         Ok(())
+    }
+
+    /// Site: the trace entries peers handed over about dossier `ins`, by origin and sequence.
+    pub(crate) fn relayed_traces(&self, ins: &Ins) -> Result<Vec<TraceRecord>> {
+        let txn = self.begin_read()?;
+        let table = match txn.open_table(RELAYED_TRACES) {
+            Ok(t) => t,
+            // A replica created before handovers: none was handed over.
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            let (origin, seq) = k.value();
+            let (hash, plain) = self.open_trace_row(origin, seq, v.value())?;
+            let entry: crate::audit::AuditEntry = postcard::from_bytes(&plain)?;
+            if entry.ins.as_deref() == Some(ins.matricule()) {
+                out.push(TraceRecord { seq, hash, entry });
+            }
+        }
+        Ok(out)
     }
 
     fn site_only(&self, what: &str) -> Result<()> {

@@ -698,6 +698,7 @@ impl Replica {
             txn.open_table(OUTBOX)?;
             txn.open_table(OUTBOX_HELD)?;
             txn.open_table(RELAYED_LEASES)?;
+            txn.open_table(RELAYED_TRACES)?;
             txn.open_table(APPLIED)?;
         }
         txn.commit()?;

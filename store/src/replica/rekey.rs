@@ -516,7 +516,7 @@ impl Rekey<'_> {
             "unique_ids" => self.unique_ids(k, v)?,
             "bodies" => self.bodies(k, v)?,
             "professionals" => self.professionals(k, v)?,
-            "audit" => self.audit(k, v)?,
+            "audit" | "relayed_traces" => self.audit(k, v)?,
             "outbox" => self.outbox(k, v)?,
             "site_pros" => (self.remap(table, k, &[Same(4), Pro])?, v.to_vec()),
             "pro_sites" => (self.remap(table, k, &[Pro, Same(4)])?, v.to_vec()),

@@ -721,6 +721,12 @@ impl SiteSync<'_> {
         self.0.handover_out(ins, by, reason, to)
     }
 
+    /// Site: the trace entries peers handed over about dossier `ins` (kept apart from this
+    /// site's trace).
+    pub fn relayed_traces(&self, ins: &Ins) -> Result<Vec<TraceRecord>> {
+        self.0.relayed_traces(ins)
+    }
+
     /// Site: admits what peer site `from` (named by its certificate) handed over, decided
     /// again here, traced; anything that does not verify refuses it whole (`handover`).
     pub fn admit_handover(&self, from: SiteId, handover: &Handover) -> Result<HandoverReport> {

@@ -167,6 +167,12 @@ pub const OUTBOX_HELD: TableDefinition<u64, &[u8]> = TableDefinition::new("outbo
 /// Site: the heartbeats peers relayed with a handover (`handover`): blind index → the
 /// heartbeat's time (Unix ms). Each renews the lease of that dossier only, up to its own time.
 pub const RELAYED_LEASES: TableDefinition<&[u8; 32], i64> = TableDefinition::new("relayed_leases");
+/// Site: the trace entries peers handed over with a dossier (`handover`: each the sender's
+/// own, about that dossier): `(origin site, sequence)` → `StoredTrace` (audit key, bound to the
+/// origin like `AUDIT`'s). Kept apart from `AUDIT`: they are parts of the sender's chain, not a
+/// chain this replica holds whole.
+pub const RELAYED_TRACES: TableDefinition<(u32, u64), &[u8]> =
+    TableDefinition::new("relayed_traces");
 /// Per origin site, the highest change sequence applied here (exactly-once).
 pub const APPLIED: TableDefinition<u32, u64> = TableDefinition::new("applied");
 

@@ -6707,15 +6707,15 @@ fn a_handover_brings_the_dossier_and_the_lease_of_that_dossier_but_no_rights() {
         Some("patient brought to the clinic")
     );
     assert!(received.entry.outcome_reason.contains("from site 7"));
-    assert_eq!(
-        traced
-            .iter()
-            .filter(|c| c.entry.origin == SiteId(7))
-            .count(),
-        h.traces.len()
-    );
+    // The unit's entries are kept apart: the clinic's own trace verifies whole.
+    assert!(traced.iter().all(|c| c.entry.origin == SiteId(8)));
+    assert_eq!(clinic.relayed_traces(&ins()).expect("relayed"), h.traces);
+    clinic
+        .verify_audit()
+        .expect("the clinic's own trace verifies");
 
-    // A full key rotation at either site keeps the relayed lease and the heartbeat to relay.
+    // A full key rotation at either site keeps the relayed lease, the relayed entries and the
+    // heartbeat to relay.
     let (clinic, _) = clinic.rotate_full(&KeySource::File).expect("rotate clinic");
     let (unit, _) = unit.rotate_full(&KeySource::File).expect("rotate unit");
     let nurse_reads = |id: &DocId| {
@@ -6724,6 +6724,7 @@ fn a_handover_brings_the_dossier_and_the_lease_of_that_dossier_but_no_rights() {
             .map(|o| o.body.to_vec())
     };
     assert_eq!(nurse_reads(&report_id).expect("read"), b"SMUR: stable");
+    assert_eq!(clinic.relayed_traces(&ins()).expect("relayed"), h.traces);
     assert!(
         unit.handover_out(&ins(), &doctor(), None, SiteId(8))
             .expect("handover")
