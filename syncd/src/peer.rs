@@ -6,7 +6,7 @@
 //! One stream per handover:
 //! 1. dialler → `Handover` (records, heartbeat, documents' metadata, its trace entries);
 //! 2. listener → `Admitted` (what it admitted, and each body it lacks with the bytes it kept
-//!    of it) or `Refused` (why; nothing changed);
+//!    of it; the dialler then traces the handover) or `Refused` (why; nothing changed);
 //! 3. dialler → `Piece`s of those bodies, from the bytes kept, then `Done`;
 //! 4. listener → `Finished` (the bodies still lacking).
 //!
@@ -15,7 +15,9 @@
 //! every `KEEP_EVERY` bytes and at the end (`receive_body_pieces`, one commit for many small
 //! bodies), so a handover cut in the middle of a body resumes from the bytes kept when it is
 //! made again; every read and write is bounded by
-//! `IDLE_TIMEOUT` (`net::next_message`, `net::send`); store calls run on the blocking side.
+//! `IDLE_TIMEOUT` (`net::next_message`, `net::send`), and a listener holds at most
+//! `SESSIONS_MAX` sessions; the dialler sends only bodies of the documents it handed over,
+//! each once; store calls run on the blocking side.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -34,6 +36,8 @@ use crate::transport::{self, PeerPolicy, Revoked};
 
 /// Bytes of a body in one `Piece`.
 pub const PIECE_MAX: usize = 512 * 1024;
+/// Peer sessions a listener holds at once; one more is refused until one ends.
+pub const SESSIONS_MAX: usize = 8;
 /// The listener keeps the pieces it received in one durable commit each time they reach this
 /// many bytes, and at `Done`: a cut handover loses at most this much of what was sent.
 pub const KEEP_EVERY: usize = 4 << 20;
@@ -193,6 +197,17 @@ async fn handover_on(
 ) -> Result<HandoverOutcome> {
     let (mut tx, mut rx) = conn.open_bi().await.map_err(net_err)?;
     let mut decoder = FrameDecoder::new();
+    let (ins, by, reason) = (
+        handover.ins.clone(),
+        handover.by.clone(),
+        handover.reason.clone(),
+    );
+    // The peer may ask only for the bodies of the documents handed over, each once.
+    let mut offered: std::collections::HashMap<DocId, u64> = handover
+        .documents
+        .iter()
+        .map(|d| (d.facts.id, d.facts.size))
+        .collect();
     send(&mut tx, &[PeerMsg::Handover(Box::new(handover))]).await?;
     let report = match next_message::<PeerMsg>(&mut rx, &mut decoder).await? {
         Some(PeerMsg::Admitted(report)) => *report,
@@ -204,8 +219,20 @@ async fn handover_on(
         }
         other => return Err(unexpected(&other)),
     };
+    // Admitted: traced here now (a handover the peer refused, or never received, is not).
+    let (r, to) = (replica.clone(), SiteId(peer.site));
+    tokio::task::spawn_blocking(move || r.sync().record_handover(&ins, &by, reason.as_deref(), to))
+        .await
+        .map_err(net_err)??;
     let (mut bodies_sent, mut body_bytes_sent) = (0, 0);
     for (id, kept) in &report.lacking {
+        let Some(size) = offered.remove(id) else {
+            return Err(Error::Invalid(format!(
+                "peer {} asked for a body that was not handed over (document {id}, or twice)",
+                peer.name
+            )));
+        };
+        let kept = (*kept).min(size);
         let r = replica.clone();
         let id = *id;
         let body = tokio::task::spawn_blocking(move || r.sync().body_for_sync(&id))
@@ -216,7 +243,7 @@ async fn handover_on(
             continue;
         };
         let total = body.len() as u64;
-        let from = usize::try_from(*kept).unwrap_or(usize::MAX).min(body.len());
+        let from = usize::try_from(kept).unwrap_or(usize::MAX).min(body.len());
         for (i, chunk) in body[from..].chunks(PIECE_MAX).enumerate() {
             let piece = BodyPiece {
                 doc: id,
@@ -291,10 +318,17 @@ pub async fn serve(
     replica: SiteReplica,
     changed: Arc<tokio::sync::Notify>,
 ) {
+    let sessions = Arc::new(tokio::sync::Semaphore::new(SESSIONS_MAX));
     while let Some(incoming) = endpoint.accept().await {
         let replica = replica.clone();
         let changed = changed.clone();
+        let Ok(permit) = sessions.clone().try_acquire_owned() else {
+            tracing::warn!(remote = %incoming.remote_address(), "a peer session was refused: {SESSIONS_MAX} are open");
+            incoming.refuse();
+            continue;
+        };
         tokio::spawn(async move {
+            let _permit = permit;
             let remote = incoming.remote_address();
             let conn = match incoming.await {
                 Ok(conn) => conn,

@@ -193,7 +193,8 @@ impl Replica {
             grant_ended,
             pending_grant,
             authority_version: generation.authority_version,
-            lease_expired: self.lease_expired(generation) && !self.relayed_lease_holds(txn, bi)?,
+            lease_expired: self.lease_expired(generation)
+                && !self.relayed_lease_holds(txn, generation, bi)?,
         })
     }
 

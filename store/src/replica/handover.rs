@@ -1,7 +1,8 @@
 //! Handover between two sites without the host (DOMAIN §5, "Handover"): a mobile unit hands
 //! a dossier to the clinic it brings the patient to, neither reaching the host.
 //!
-//! The sender builds a `Handover` (`handover_out`): the host's signed records about the
+//! The sender builds a `Handover` (`handover_out`), and traces it once the peer admitted it
+//! (`record_handover`): the host's signed records about the
 //! dossier (its head, emergency preferences, grants), the matrix and the list of site
 //! certificates the host refuses (so a revocation travels from site to site), the sender's latest
 //! heartbeat, the metadata of every document of the dossier it holds, and its own trace
@@ -49,6 +50,10 @@ use crate::time::Millis;
 pub const HANDOVER_FORMAT: u8 = 1;
 /// Longest reason a handover carries (characters).
 pub const HANDOVER_REASON_MAX: usize = 500;
+/// Largest body a peer may hand over (as the host takes from a site).
+pub const HANDOVER_BODY_MAX: u64 = 1 << 30;
+/// Most versions a handed-over document's metadata may carry (merging is quadratic in them).
+pub const HANDOVER_VERSIONS_MAX: usize = 64;
 
 /// What a site hands over to a peer about one dossier (bodies follow on their own).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,10 +100,11 @@ pub struct HandoverReport {
 }
 
 impl Replica {
-    /// Sender: builds the handover of dossier `ins` by professional `by` (registered here),
-    /// traced here. Refused, traced, when the table refuses `by` a write on the dossier (it
-    /// is not active, or the holder blocked them), and for a dossier this site opened that the
-    /// host has not answered (no signed head a peer could verify).
+    /// Sender: builds the handover of dossier `ins` by professional `by` (registered here).
+    /// Refused, traced, when the table refuses `by` a write on the dossier (it is not active,
+    /// or the holder blocked them), and for a dossier this site opened that the host has not
+    /// answered (no signed head a peer could verify). The handover itself is traced once the
+    /// peer admitted it (`record_handover`).
     pub(crate) fn handover_out(
         &self,
         ins: &Ins,
@@ -110,38 +116,9 @@ impl Replica {
         let reason = check_reason(reason)?;
         let bi = self.blind(ins);
         let (txn, generation) = self.snapshot()?;
-        let (who, actor) = self.who(&txn, generation, &Actor::Professional(by.clone()))?;
+        // Decided (a refusal traced) before anything is read.
+        self.handover_entry(&txn, generation, &bi, ins, by, reason.as_deref(), to)?;
         let auth = txn.open_table(AUTHORITY)?;
-        if self
-            .authority_get(&auth, &subject_key(tag::DOSSIER, Some(&bi), None))?
-            .is_none()
-        {
-            return Err(if self.local_head(&txn, &bi)?.is_some() {
-                Error::invalid(format!(
-                    "dossier {} was opened here and the host has not answered yet: it has no signed head a peer could check, so it cannot be handed over",
-                    ins.matricule()
-                ))
-            } else {
-                self.no_dossier()
-            });
-        }
-        let ctx = self.context(&txn, generation, &bi, &who)?;
-        let (decision, mut entry) = self.decide(
-            &ctx,
-            &who,
-            &actor,
-            Action::Write,
-            AccessMode::Normal,
-            reason.as_deref(),
-            None,
-            None,
-        )?;
-        if !decision.allow {
-            return Err(self.deny_with_trace(vec![entry], &decision)?);
-        }
-        entry.action = TraceAction::HandedOver { to };
-        entry.outcome_reason = format!("handed over to site {to}");
-
         let mut records = Vec::new();
         let mut push = |subject: Vec<u8>| -> Result<()> {
             if let Some(v) = auth.get(subject.as_slice())? {
@@ -161,9 +138,16 @@ impl Replica {
             }
             records.push(self.open_signed(k.value(), v.value())?);
         }
+        // This site's own heartbeat vouches for its own log: not for a dossier a peer handed
+        // over to it, which its log may never have held.
+        let relayed_here = match txn.open_table(RELAYED_LEASES) {
+            Ok(t) => t.get(&bi)?.is_some(),
+            Err(redb::TableError::TableDoesNotExist(_)) => false,
+            Err(e) => return Err(e.into()),
+        };
         let heartbeat = match txn.open_table(META)?.get(meta_key::RELAYABLE_HEARTBEAT)? {
-            Some(v) => Some(postcard::from_bytes(v.value())?),
-            None => None,
+            Some(v) if !relayed_here => Some(postcard::from_bytes(v.value())?),
+            _ => None,
         };
         let mut documents = Vec::new();
         for id in self.dossier_doc_ids(&txn, &bi)? {
@@ -171,10 +155,6 @@ impl Replica {
         }
         drop(auth);
         drop(txn);
-
-        let writer = self.begin_write()?;
-        writer.trace(vec![entry]);
-        writer.commit()?;
         let own = self.config.site_id;
         let traces = self
             .audit_entries(Some(ins))?
@@ -198,13 +178,93 @@ impl Replica {
         })
     }
 
+    /// Sender: traces the handover of dossier `ins` by `by` to site `to`, once the peer admitted
+    /// it (`TraceAction::HandedOver`: the host reads the receiving site from it). Decided again
+    /// as `handover_out` decides it.
+    pub(crate) fn record_handover(
+        &self,
+        ins: &Ins,
+        by: &Rpps,
+        reason: Option<&str>,
+        to: SiteId,
+    ) -> Result<()> {
+        self.site_only("hands a dossier over")?;
+        let reason = check_reason(reason)?;
+        let (txn, generation) = self.snapshot()?;
+        let entry = self.handover_entry(
+            &txn,
+            generation,
+            &self.blind(ins),
+            ins,
+            by,
+            reason.as_deref(),
+            to,
+        )?;
+        drop(txn);
+        let writer = self.begin_write()?;
+        writer.trace(vec![entry]);
+        writer.commit()
+    }
+
+    /// The trace entry of a handover by `by`, judged as a write on the dossier: refused (the
+    /// refusal traced) when the table refuses it, or when the dossier has no signed head.
+    #[allow(clippy::too_many_arguments)]
+    fn handover_entry(
+        &self,
+        txn: &crate::kv::ReadTransaction,
+        generation: super::Generation,
+        bi: &[u8; 32],
+        ins: &Ins,
+        by: &Rpps,
+        reason: Option<&str>,
+        to: SiteId,
+    ) -> Result<AuditEntry> {
+        let (who, actor) = self.who(txn, generation, &Actor::Professional(by.clone()))?;
+        if self
+            .authority_get(
+                &txn.open_table(AUTHORITY)?,
+                &subject_key(tag::DOSSIER, Some(bi), None),
+            )?
+            .is_none()
+        {
+            return Err(if self.local_head(txn, bi)?.is_some() {
+                Error::invalid(format!(
+                    "dossier {} was opened here and the host has not answered yet: it has no signed head a peer could check, so it cannot be handed over",
+                    ins.matricule()
+                ))
+            } else {
+                self.no_dossier()
+            });
+        }
+        let ctx = self.context(txn, generation, bi, &who)?;
+        let (decision, mut entry) = self.decide(
+            &ctx,
+            &who,
+            &actor,
+            Action::Write,
+            AccessMode::Normal,
+            reason,
+            None,
+            None,
+        )?;
+        if !decision.allow {
+            return Err(self.deny_with_trace(vec![entry], &decision)?);
+        }
+        entry.action = TraceAction::HandedOver { to };
+        entry.outcome_reason = format!("handed over to site {to}");
+        Ok(entry)
+    }
+
     /// Receiver: admits what peer site `from` (named by its certificate) handed over, decided
     /// again here (see the module documentation), in one transaction, and traces it. Anything
     /// that does not verify refuses it whole, traced, and changes nothing else.
     pub(crate) fn admit_handover(&self, from: SiteId, h: &Handover) -> Result<HandoverReport> {
         self.site_only("admits a handover")?;
-        match self.check_handover(from, h) {
-            Ok(checked) => self.apply_handover(from, h, checked),
+        match self
+            .check_handover(from, h)
+            .and_then(|checked| self.apply_handover(from, h, checked))
+        {
+            Ok(report) => Ok(report),
             Err(e) => {
                 let mut refused = self.admin_entry("handover-refused", Some(&h.ins), None);
                 refused.allowed = false;
@@ -292,9 +352,16 @@ impl Replica {
                     d.facts.id
                 )));
             }
-            if !d.is_sane() {
+            if !d.is_sane() || d.versions().len() > HANDOVER_VERSIONS_MAX {
                 return Err(Error::integrity(format!(
                     "document {} has an implausible version vector",
+                    d.facts.id
+                )));
+            }
+            d.facts.check()?;
+            if d.facts.size > HANDOVER_BODY_MAX {
+                return Err(Error::invalid(format!(
+                    "document {} announces a body larger than {HANDOVER_BODY_MAX} bytes",
                     d.facts.id
                 )));
             }
@@ -361,13 +428,11 @@ impl Replica {
             }
         }
         report.traces_kept = self.keep_peer_traces(&txn, from, &h.traces)?;
+        // Who handed it over is the sending site's word: named in the outcome, not as the actor.
         let mut entry = self.admin_entry("handover-received", Some(&h.ins), h.reason.as_deref());
-        entry.actor = TraceActor::Professional {
-            rpps: h.by.clone(),
-            profession: None,
-        };
         entry.outcome_reason = format!(
-            "from site {from}: {} record(s) admitted, {} document(s) new, {} merged, {} refused",
+            "from site {from}, handed over by {} as that site declares: {} record(s) admitted, {} document(s) new, {} merged, {} refused",
+            h.by.as_str(),
             report.records_admitted,
             report.documents_new,
             report.documents_merged,
@@ -409,10 +474,10 @@ impl Replica {
         if let Some(row) = row {
             let stored: StoredDoc = postcard::from_bytes(&row)?;
             if stored.dossier != *bi {
-                return Ok(Some("it is held here in another dossier".into()));
+                return Ok(Some("it cannot be merged here".into()));
             }
             let Some(key) = self.dossier_key(&txn.open_table(DOSSIER_KEYS)?, bi)? else {
-                return Ok(None);
+                return Ok(Some("its dossier is not held here".into()));
             };
             let before = self.open_meta(&key, &d.facts.id.0, &stored)?;
             let mut merged = before.clone();
@@ -481,6 +546,7 @@ impl Replica {
     pub(super) fn relayed_lease_holds(
         &self,
         txn: &crate::kv::ReadTransaction,
+        generation: super::Generation,
         bi: &[u8; 32],
     ) -> Result<bool> {
         let Some(lease) = self.config.lease_ms else {
@@ -492,10 +558,13 @@ impl Replica {
             Err(redb::TableError::TableDoesNotExist(_)) => None,
             Err(e) => return Err(e.into()),
         };
-        Ok(at.is_some_and(|at| {
-            let now = self.now();
-            now >= at.saturating_sub(authority::MAX_SKEW) && now.saturating_sub(at) <= lease
-        }))
+        let now = self.now();
+        // A clock set back behind what this replica saw ends every lease, relayed ones too.
+        let clock_ok = now >= generation.clock_seen.saturating_sub(authority::MAX_SKEW);
+        Ok(clock_ok
+            && at.is_some_and(|at| {
+                now >= at.saturating_sub(authority::MAX_SKEW) && now.saturating_sub(at) <= lease
+            }))
     }
 
     /// Keeps `signed`, a heartbeat this site admitted from its own log, to relay with a
@@ -556,21 +625,34 @@ impl Replica {
                     ..
                 }) if h.status == crate::model::DossierStatus::Active
             );
+            // Held for a reason of its own: not for a while only, as after a handover or an
+            // emergency fetch (two sites handing a dossier to each other keep nothing).
             let held = txn
                 .open_table(SCOPE)?
                 .get(site_key(origin.0, &bi).as_slice())?
-                .is_some_and(|v| v.value() != 0);
+                .is_some_and(|v| v.value() & !scope_bit::EMERGENCY != 0);
+            let blocked = matches!(
+                self.authority_get(
+                    &txn.open_table(AUTHORITY)?,
+                    &subject_key(tag::GRANT, Some(&bi), Some(&self.rpps_index(rpps))),
+                )?,
+                Some(Verified {
+                    record: AuthorityRecord::Grant(g),
+                    ..
+                }) if g.state == GrantState::Blocked
+            );
             let mut entry = self.admin_entry("handover-scope", Some(&ins), None);
             if to == origin
                 || to.0 == 0
                 || super::daemons::is_daemon_origin(to)
                 || !active
                 || !held
+                || blocked
                 || !self.is_bound(txn, origin, rpps)?
             {
                 entry.allowed = false;
                 entry.outcome_reason = format!(
-                    "site {origin} traced a handover to site {to} that the host does not follow: the dossier is not active, not in site {origin}'s scope, or handed over by a professional the host does not bind to it"
+                    "site {origin} traced a handover to site {to} that the host does not follow: the dossier is not active, not in site {origin}'s scope for a reason of its own, or handed over by a professional the host blocks on it or does not bind to that site"
                 );
                 txn.trace(vec![entry]);
                 continue;

@@ -709,8 +709,8 @@ impl SiteSync<'_> {
     }
 
     /// Site: the handover of dossier `ins` to peer site `to` by professional `by` (registered
-    /// here), traced here; refused, traced, when the table refuses `by` a write on it
-    /// (`handover`).
+    /// here); refused, traced, when the table refuses `by` a write on it (`handover`). Traced
+    /// with `record_handover` once the peer admitted it.
     pub fn handover_out(
         &self,
         ins: &Ins,
@@ -719,6 +719,18 @@ impl SiteSync<'_> {
         to: SiteId,
     ) -> Result<Handover> {
         self.0.handover_out(ins, by, reason, to)
+    }
+
+    /// Site: traces the handover of `ins` by `by` to site `to`, once the peer admitted it
+    /// (`handover`).
+    pub fn record_handover(
+        &self,
+        ins: &Ins,
+        by: &Rpps,
+        reason: Option<&str>,
+        to: SiteId,
+    ) -> Result<()> {
+        self.0.record_handover(ins, by, reason, to)
     }
 
     /// Site: the trace entries peers handed over about dossier `ins` (kept apart from this

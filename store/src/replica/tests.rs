@@ -6576,6 +6576,18 @@ fn two_host_daemons_share_one_database() {
     assert_eq!(second.trace_head().expect("head"), head);
 }
 
+/// The unit (site 7) hands the dossier over to the clinic (site 8) by the doctor: built,
+/// admitted, then traced at the unit.
+fn hand_over(unit: &Replica, clinic: &Replica) -> Handover {
+    let h = unit
+        .handover_out(&ins(), &doctor(), None, SiteId(8))
+        .expect("handover");
+    clinic.admit_handover(SiteId(7), &h).expect("admit");
+    unit.record_handover(&ins(), &doctor(), None, SiteId(8))
+        .expect("traced");
+    h
+}
+
 /// A clinic (site 8) on `now`'s clock, enrolled with the host's key, that holds none of the
 /// host's dossiers (nobody is bound to it): the nurse is registered there.
 fn a_clinic_on(host: &Replica, now: &Arc<std::sync::atomic::AtomicI64>) -> (TempDir, Replica) {
@@ -6662,13 +6674,21 @@ fn a_handover_brings_the_dossier_and_the_lease_of_that_dossier_but_no_rights() {
         "the unit relays its latest heartbeat"
     );
     assert!(h.traces.iter().all(|t| t.entry.origin == SiteId(7)));
-    assert!(
-        h.traces
-            .iter()
-            .any(|t| t.entry.action == TraceAction::HandedOver { to: SiteId(8) }),
-        "the sender traces the handover"
-    );
     let report = clinic.admit_handover(SiteId(7), &h).expect("admit");
+    unit.record_handover(
+        &ins(),
+        &doctor(),
+        Some("patient brought to the clinic"),
+        SiteId(8),
+    )
+    .expect("traced");
+    assert!(
+        unit.audit_entries(Some(&ins()))
+            .expect("audit")
+            .iter()
+            .any(|c| c.entry.action == TraceAction::HandedOver { to: SiteId(8) }),
+        "the sender traces the handover once admitted"
+    );
     assert_eq!(report.documents_new, 1, "{report:?}");
     assert!(report.records_admitted >= 2, "{report:?}");
     assert_eq!(
@@ -6714,6 +6734,16 @@ fn a_handover_brings_the_dossier_and_the_lease_of_that_dossier_but_no_rights() {
         .verify_audit()
         .expect("the clinic's own trace verifies");
 
+    // A clock set back behind what the clinic saw ends the relayed lease too.
+    now.fetch_add(40 * HOUR, Ordering::SeqCst);
+    clinic
+        .record_pending_grant(&ins(), &nurse())
+        .expect("a commit, seen at this time");
+    now.fetch_sub(39 * HOUR, Ordering::SeqCst);
+    let err = nurse_reads(&report_id).expect_err("clock set back");
+    assert!(matches!(err, Error::Denied { .. }), "{err}");
+    now.fetch_add(39 * HOUR, Ordering::SeqCst);
+
     // A full key rotation at either site keeps the relayed lease, the relayed entries and the
     // heartbeat to relay.
     let (clinic, _) = clinic.rotate_full(&KeySource::File).expect("rotate clinic");
@@ -6731,8 +6761,9 @@ fn a_handover_brings_the_dossier_and_the_lease_of_that_dossier_but_no_rights() {
             .heartbeat
             .is_some()
     );
-    // The relayed heartbeat ends the lease of the dossier 72 hours after the host signed it.
-    now.fetch_add(71 * HOUR, Ordering::SeqCst);
+    // The relayed heartbeat ends the lease of the dossier 72 hours after the host signed it
+    // (42 hours ago now).
+    now.fetch_add(31 * HOUR, Ordering::SeqCst);
     let err = nurse_reads(&report_id).expect_err("past the relayed heartbeat's lease");
     assert!(matches!(err, Error::Denied { .. }), "{err}");
     // Handed over again: nothing new, nothing twice.
@@ -6785,6 +6816,10 @@ fn a_handover_that_does_not_verify_changes_nothing_and_is_traced() {
     let mut stray = h.clone();
     stray.documents[0].facts.ins = Ins::from_body("2840575123456").expect("ins");
     assert!(refused(&stray, 7).contains("another dossier"));
+    // A document whose facts no writer of Carnet makes.
+    let mut odd = h.clone();
+    odd.documents[0].facts.title = "a\u{7}title".into();
+    refused(&odd, 7);
     // A heartbeat the host signed for another site than the one handing over.
     let mut relayed = h.clone();
     relayed.traces.clear();
@@ -6802,10 +6837,7 @@ fn a_handover_that_does_not_verify_changes_nothing_and_is_traced() {
 fn a_stale_record_handed_over_does_not_undo_a_newer_one() {
     let (_dirs, now, host, unit) = host_and_site_on_a_clock();
     let (_cd, clinic) = a_clinic_on(&host, &now);
-    let h = unit
-        .handover_out(&ins(), &doctor(), None, SiteId(8))
-        .expect("handover");
-    clinic.admit_handover(SiteId(7), &h).expect("admit");
+    let h = hand_over(&unit, &clinic);
     // The host blocks the nurse; the clinic learns it (a bundle), the unit does not.
     host.set_grant(
         &ins(),
@@ -7030,10 +7062,7 @@ fn a_handover_carries_the_certificates_the_host_refuses_to_a_site_out_of_its_rea
     sync(&host, &unit);
     assert!(unit.refuses_certificate(&rogue).expect("unit"));
     assert!(!clinic.refuses_certificate(&rogue).expect("clinic"));
-    let h = unit
-        .handover_out(&ins(), &doctor(), None, SiteId(8))
-        .expect("handover");
-    clinic.admit_handover(SiteId(7), &h).expect("admit");
+    hand_over(&unit, &clinic);
     assert!(
         clinic.refuses_certificate(&rogue).expect("clinic"),
         "the clinic refuses the rogue site from now on"
@@ -7045,10 +7074,7 @@ fn a_document_handed_over_for_a_dossier_closed_meanwhile_is_kept_in_its_authors_
     let (_dirs, now, host, unit) = host_and_site_on_a_clock();
     let (_cd, clinic) = a_clinic_on(&host, &now);
     let report = write(&unit, "intervention report", b"SMUR");
-    let h = unit
-        .handover_out(&ins(), &doctor(), None, SiteId(8))
-        .expect("handover");
-    clinic.admit_handover(SiteId(7), &h).expect("admit");
+    let h = hand_over(&unit, &clinic);
     host.close_dossier(&ins(), "holder's request", false)
         .expect("close");
     // Either site learns the closure: the unit keeps what it wrote in its quarantine, the
@@ -7092,10 +7118,7 @@ fn assert_no_record_for(host: &Replica, site: &Replica) {
 fn the_host_lets_the_receiver_hold_a_handed_over_dossier_on_the_senders_word_only() {
     let (_dirs, now, host, unit) = host_and_site_on_a_clock();
     let (_cd, clinic) = a_clinic_on(&host, &now);
-    let h = unit
-        .handover_out(&ins(), &doctor(), None, SiteId(8))
-        .expect("handover");
-    clinic.admit_handover(SiteId(7), &h).expect("admit");
+    hand_over(&unit, &clinic);
     // The clinic's own word (its trace of the handover it received) brings nothing.
     push_traces(&host, &clinic);
     assert_no_record_for(&host, &clinic);
@@ -7132,10 +7155,7 @@ fn a_handover_the_host_cannot_follow_gives_the_receiver_nothing() {
     sync(&host, &unit);
     host.bind_professional(SiteId(7), &doctor(), false)
         .expect("unbind");
-    let h = unit
-        .handover_out(&ins(), &doctor(), None, SiteId(8))
-        .expect("handover");
-    clinic.admit_handover(SiteId(7), &h).expect("admit");
+    hand_over(&unit, &clinic);
     push_traces(&host, &unit);
     assert_no_record_for(&host, &clinic);
     assert!(
