@@ -395,7 +395,7 @@ pub fn stop(daemon: &mut Daemon) -> Option<i32> {
 /// Waits (bounded) until the daemon answers on its socket.
 pub fn wait_for_socket(replica: &Carnet) {
     let socket = replica.data.join("carnet.sock");
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while std::os::unix::net::UnixStream::connect(&socket).is_err() {
         assert!(
             Instant::now() < deadline,
