@@ -36,7 +36,8 @@ use crate::transport::{self, PeerPolicy, Revoked};
 
 /// Bytes of a body in one `Piece`.
 pub const PIECE_MAX: usize = 512 * 1024;
-/// Peer sessions a listener holds at once; one more is refused until one ends.
+/// Peer sessions (of listed, admitted peers) a listener holds at once; one more is closed at
+/// once until one ends.
 pub const SESSIONS_MAX: usize = 8;
 /// The listener keeps the pieces it received in one durable commit each time they reach this
 /// many bytes, and at `Done`: a cut handover loses at most this much of what was sent.
@@ -322,13 +323,8 @@ pub async fn serve(
     while let Some(incoming) = endpoint.accept().await {
         let replica = replica.clone();
         let changed = changed.clone();
-        let Ok(permit) = sessions.clone().try_acquire_owned() else {
-            tracing::warn!(remote = %incoming.remote_address(), "a peer session was refused: {SESSIONS_MAX} are open");
-            incoming.refuse();
-            continue;
-        };
+        let sessions = sessions.clone();
         tokio::spawn(async move {
-            let _permit = permit;
             let remote = incoming.remote_address();
             let conn = match incoming.await {
                 Ok(conn) => conn,
@@ -344,6 +340,12 @@ pub async fn serve(
                     tracing::warn!(%remote, error = %e, "a peer session was refused");
                     return;
                 }
+            };
+            // Counted once the peer is known: a stranger's handshake holds no session.
+            let Ok(_permit) = sessions.try_acquire_owned() else {
+                conn.close(2u32.into(), b"busy");
+                tracing::warn!(%remote, peer = site, "a peer session was refused: {SESSIONS_MAX} are open");
+                return;
             };
             tracing::info!(%remote, peer = site, "peer session opened");
             while let Ok((tx, rx)) = conn.accept_bi().await {
