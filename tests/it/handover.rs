@@ -105,6 +105,15 @@ fn hand_over(v: &Valley, reason: &str) -> serde_json::Value {
     o.json()
 }
 
+/// The unit's handover is refused at the peer's handshake, and the clinic holds nothing.
+fn refused_at_the_handshake(v: &Valley, admitted: &str) {
+    let refused = try_hand_over(v, &["--as", DOCTOR]);
+    assert_ne!(refused.code, 0, "{admitted}");
+    assert!(refused.stderr.contains("refused"), "{}", refused.stderr);
+    let shown = v.clinic.run(&["dossier", "show", &v.ins, "--as", NURSE]);
+    assert_ne!(shown.code, 0, "the clinic holds the dossier");
+}
+
 #[test]
 fn the_unit_hands_its_patient_to_the_clinic_in_the_valley_and_all_three_converge() {
     let v = valley();
@@ -207,15 +216,7 @@ fn a_site_not_listed_as_a_peer_is_refused_and_nothing_changes() {
     crate::daemon::stop(&mut v.clinic_daemon);
     v.clinic_daemon = start_daemon(&v.clinic);
     crate::daemon::wait_for_socket(&v.clinic);
-    let refused = try_hand_over(&v, &["--as", DOCTOR]);
-    assert_ne!(refused.code, 0, "a peer not listed was admitted");
-    assert!(refused.stderr.contains("refused"), "{}", refused.stderr);
-    assert!(
-        v.clinic
-            .run(&["dossier", "show", &v.ins, "--as", NURSE])
-            .code
-            != 0
-    );
+    refused_at_the_handshake(&v, "a peer not listed was admitted");
     // An unknown peer name, and a professional not registered at the unit, are refused up
     // front with what to do.
     let o = v.unit.run(&[
@@ -307,13 +308,5 @@ fn a_peer_the_host_revoked_is_refused_by_a_clinic_that_holds_the_hosts_list() {
     v.host.ok(&["pki", "revoke", &unit_id]);
     // The clinic's next round brings the host's signed list; its listener reads it live.
     sync_until_ok(&v.clinic, Duration::from_secs(30));
-    let refused = try_hand_over(&v, &["--as", DOCTOR]);
-    assert_ne!(refused.code, 0, "a revoked peer was admitted");
-    assert!(refused.stderr.contains("refused"), "{}", refused.stderr);
-    assert!(
-        v.clinic
-            .run(&["dossier", "show", &v.ins, "--as", NURSE])
-            .code
-            != 0
-    );
+    refused_at_the_handshake(&v, "a revoked peer was admitted");
 }

@@ -6862,14 +6862,8 @@ fn a_stale_record_handed_over_does_not_undo_a_newer_one() {
     let again = clinic.admit_handover(SiteId(7), &h).expect("admit");
     assert_eq!(again.records_admitted, 0, "{again:?}");
     assert!(blocked(&clinic));
-    // And a document a blocked author wrote is not taken from a peer.
-    unit.add_professional(&Professional {
-        rpps: nurse(),
-        profession: Profession::Infirmier,
-        specialty: None,
-        name: None,
-    })
-    .ok();
+    // And a document a blocked author wrote is not taken from a peer (the nurse is registered
+    // at the unit too).
     let by_nurse = unit
         .put_document(
             &Actor::Professional(nurse()),
