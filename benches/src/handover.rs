@@ -149,7 +149,7 @@ impl Valley {
             site: self.sender_site,
         }];
         let tls = site_tls(&replica)?;
-        let policy = peer::policy(&config, peer::revoked_list(&replica));
+        let policy = peer::policy(&config, peer::revoked_list(&replica), None);
         let server = transport::peer_server_config(&tls.ca_cert_der, &tls.identity, policy)?;
         let _guard = self.runtime.enter();
         let endpoint = quinn::Endpoint::server(server, "127.0.0.1:0".parse()?)?;
@@ -218,6 +218,7 @@ impl Valley {
             self.pro.rpps.clone(),
             Some("carnet-bench handover".into()),
             revoked,
+            None,
         ))?;
         Ok((start.elapsed().as_secs_f64(), outcome))
     }

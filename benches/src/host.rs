@@ -27,7 +27,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use carnet_store::ids::Ins;
-use carnet_store::model::{AccessMode, Actor, GrantBasis, GrantState};
+use carnet_store::model::{AccessMode, Actor};
 use carnet_store::replica::{KeySource, Replica, Storage, system_clock};
 use carnet_syncd::frame::{self, FrameDecoder};
 use carnet_syncd::pki::HOST_NAME;
@@ -209,13 +209,7 @@ fn setup(dir: &Path, sites: usize, storage: Storage) -> Res<Host> {
     for i in 0..DOSSIERS {
         let ins = Ins::from_body(&format!("1840575{:03}{:03}", 101 + i / 999, 1 + i % 999))?;
         crate::open_dossier(&host, ins.clone())?;
-        crate::decides(&host)?.set_grant(
-            &ins,
-            &pro.rpps,
-            GrantState::Active,
-            GrantBasis::Treating,
-            None,
-        )?;
+        crate::treats(&host, &ins, &pro.rpps)?;
         dossiers.push(ins);
     }
     let mut fleet = Vec::with_capacity(sites);

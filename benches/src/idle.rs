@@ -110,7 +110,7 @@ fn wait_connected(site_dir: &Path) -> Res<()> {
     let client = Client::new(carnet_syncd::api::socket_path(site_dir));
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Ok(Response::SyncStatus(status)) = client.call(&Request::SyncStatus)
+        if let Ok(Response::SyncStatus(status)) = client.call(Request::SyncStatus)
             && status.link.is_some_and(|l| l.connected)
         {
             return Ok(());

@@ -12,13 +12,20 @@
 //! documents it stores, its tables in redb or in PostgreSQL.
 //! `carnet-bench handover [--reps N]` (module `handover`): a dossier handed over from one site to
 //! another over `carnet-peer/1`, against a raw QUIC stream of the same bytes.
+//! `carnet-bench link [--full] [--rate …] [--delay …] [--loss …] [--workload …]` (module `link`):
+//! sync across an emulated rural link, against a raw QUIC stream over the same link.
 //! `carnet-bench sim [--seeds N]` (module `sim`): seeded worlds of the simulator (`carnet-sim`),
 //! seeds per second and the failing seeds.
 //! Everything runs in a temporary folder that is removed at the end.
 
+/// The test suite's UDP fault proxy, an emulated link for `link`.
+#[allow(dead_code)]
+#[path = "../../tests/it/fault_proxy.rs"]
+mod fault_proxy;
 mod handover;
 mod host;
 mod idle;
+mod link;
 mod sim;
 mod sync;
 mod tmp;
@@ -59,6 +66,7 @@ fn main() {
         "sim" => sim::run(),
         "host" => host::run(),
         "handover" => handover::run(),
+        "link" => link::run(),
         // Only the initial sync, for profiling it alone.
         "sync-initial" => sync::initial_only(),
         // Only the batched ingest, for profiling it alone.
@@ -67,7 +75,7 @@ fn main() {
         "reads" => reads_only(),
         _ => {
             eprintln!(
-                "usage: carnet-bench store|sync|idle [--seconds N]|sim [--seeds N] [--first S]|host [--sites N] [--seconds S] [--docs A,B] [--storage redb|postgres]|handover [--reps N]"
+                "usage: carnet-bench store|sync|idle [--seconds N]|sim [--seeds N] [--first S]|host [--sites N] [--seconds S] [--docs A,B] [--storage redb|postgres]|handover [--reps N]|link [--full] [--rate R]… [--delay MS]… [--loss PCT]… [--workload W]…"
             );
             std::process::exit(2);
         }
@@ -237,6 +245,28 @@ fn setup_replica(dir: &Path) -> Res<(Replica, Ins)> {
         None,
     )?;
     Ok((r, ins))
+}
+
+/// A bench replica's settings: named `bench`, its key in a file.
+fn bench_options(
+    role: Role,
+    site_id: Option<carnet_store::ids::SiteId>,
+    host_key: Option<[u8; 32]>,
+) -> InitOptions {
+    InitOptions {
+        role,
+        name: "bench".into(),
+        site_id,
+        key: KeySource::File,
+        host_key,
+        lease_hours: None,
+    }
+}
+
+/// On the host `host`: `rpps` treats the patient of dossier `ins`.
+fn treats(host: &Replica, ins: &Ins, rpps: &Rpps) -> Res<()> {
+    decides(host)?.set_grant(ins, rpps, GrantState::Active, GrantBasis::Treating, None)?;
+    Ok(())
 }
 
 /// The host's decisions of `r`, a bench's host replica.

@@ -16,9 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use carnet_store::ids::Ins;
-use carnet_store::model::{AccessMode, Actor, GrantBasis, GrantState};
+use carnet_store::model::{AccessMode, Actor};
 use carnet_store::policy::Action;
-use carnet_store::replica::{InitOptions, KeySource, Replica, Role, Storage, system_clock};
+use carnet_store::replica::{Replica, Role, Storage, system_clock};
 use carnet_syncd::session::RoundReport;
 
 use crate::{
@@ -144,31 +144,17 @@ pub(crate) fn free_port() -> Res<u16> {
 fn pair(dir: &Path, storage: &Storage) -> Res<Pair> {
     let (host_dir, site_dir) = (dir.join("host"), dir.join("site"));
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    let options = |role, site_id, host_key| InitOptions {
-        role,
-        name: "bench".into(),
-        site_id,
-        key: KeySource::File,
-        host_key,
-        lease_hours: None,
-    };
     let host = Replica::init_on(
         &host_dir,
         storage,
-        options(Role::Host, None, None),
+        crate::bench_options(Role::Host, None, None),
         system_clock(),
     )?;
     carnet_syncd::enrol::init_host(&host)?;
     let pro = crate::doctor_professional()?;
     host.add_professional(&pro)?;
     let ins = create_dossier(&host)?;
-    crate::decides(&host)?.set_grant(
-        &ins,
-        &pro.rpps,
-        GrantState::Active,
-        GrantBasis::Treating,
-        None,
-    )?;
+    crate::treats(&host, &ins, &pro.rpps)?;
     let bundle = carnet_syncd::enrol::enrol(&host, "Bench", "750000001", &listen.to_string())?;
     crate::decides(&host)?.bind_professional(
         carnet_store::ids::SiteId(bundle.site_id),
@@ -179,7 +165,7 @@ fn pair(dir: &Path, storage: &Storage) -> Res<Pair> {
     write_host_settings(&host_dir, listen, storage)?;
     let site = Replica::init(
         &site_dir,
-        options(
+        crate::bench_options(
             Role::Site,
             Some(carnet_store::ids::SiteId(bundle.site_id)),
             Some(bundle.host_key),
@@ -268,6 +254,15 @@ pub(crate) struct RawQuic {
 
 /// A raw QUIC stream (same TLS configuration, same loopback) carrying `bytes`.
 pub(crate) fn raw_quic(bytes: usize) -> Res<RawQuic> {
+    raw_quic_via(bytes, Ok)
+}
+
+/// `raw_quic` through what `route` puts in front of the receiver's address (an emulated link:
+/// it answers where the client dials, and is kept until the stream is over).
+pub(crate) fn raw_quic_via<R: RouteTo>(
+    bytes: usize,
+    route: impl FnOnce(SocketAddr) -> Res<R>,
+) -> Res<RawQuic> {
     use carnet_syncd::{pki, transport};
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -301,8 +296,11 @@ pub(crate) fn raw_quic(bytes: usize) -> Res<RawQuic> {
         let mut client_endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
         client_endpoint.set_default_client_config(client);
         let payload = random_bytes(bytes, 9);
+        let relay = route(addr)?;
         let start = Instant::now();
-        let conn = client_endpoint.connect(addr, pki::HOST_NAME)?.await?;
+        let conn = client_endpoint
+            .connect(relay.address(), pki::HOST_NAME)?
+            .await?;
         let (mut send, mut recv) = conn.open_bi().await?;
         for piece in payload.chunks(512 * 1024) {
             send.write_all(piece).await?;
@@ -324,6 +322,23 @@ pub(crate) fn raw_quic(bytes: usize) -> Res<RawQuic> {
             drain: closed.elapsed().as_secs_f64(),
         })
     })
+}
+
+/// Where a client dials to reach a server: its own address, or a relay's in front of it.
+pub(crate) trait RouteTo {
+    fn address(&self) -> SocketAddr;
+}
+
+impl RouteTo for SocketAddr {
+    fn address(&self) -> SocketAddr {
+        *self
+    }
+}
+
+impl RouteTo for crate::fault_proxy::FaultProxy {
+    fn address(&self) -> SocketAddr {
+        self.address
+    }
 }
 
 pub(crate) fn mib(bytes: u64) -> String {

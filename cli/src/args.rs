@@ -87,16 +87,21 @@ pub enum Command {
     /// Site: hand a dossier over to a peer site listed as `[[peer]]` in carnet.toml, without
     /// the host (a mobile unit bringing its patient to a clinic): the host's signed records,
     /// this site's latest heartbeat, the documents held here and this site's trace entries
-    /// about it. The peer decides it all again; it brings data, not rights.
+    /// about it. The peer decides it all again; it brings data, not rights. With `--from`,
+    /// ask a peer to hand a dossier over to this site: it does when one of its professionals
+    /// cared for the patient in the last 24 hours.
     #[command(after_long_help = examples::HANDOVER)]
     Handover {
-        /// The peer's name (`[[peer]]` in carnet.toml).
+        /// The peer to hand the dossier over to (`[[peer]]` name in carnet.toml).
+        #[arg(long, required_unless_present = "from", conflicts_with = "from")]
+        to: Option<String>,
+        /// The peer to ask for the dossier (`[[peer]]` name in carnet.toml).
         #[arg(long)]
-        to: String,
+        from: Option<String>,
         /// The dossier (INS).
         #[arg(long)]
         dossier: String,
-        /// RPPS of the professional handing it over (registered here).
+        /// RPPS of the professional handing it over, or asking for it (registered here).
         #[arg(long = "as")]
         actor: String,
         /// Why, traced at both sites.
@@ -978,7 +983,9 @@ A large body shows a progress bar on a terminal (not with --json, nor when stder
 
     pub const HANDOVER: &str = "Examples:
   # The mobile unit hands its patient's dossier to the clinic ([[peer]] name = \"clinique\"):
-  carnet handover --to clinique --dossier 284057512345672 --as 10000000003 --reason \"patient amené aux urgences\"";
+  carnet handover --to clinique --dossier 284057512345672 --as 10000000003 --reason \"patient amené aux urgences\"
+  # The clinic asks the unit ([[peer]] name = \"smur\") for the dossier of the patient it brought:
+  carnet handover --from smur --dossier 284057512345672 --as 10000000002";
 
     pub const EXPORT: &str = "Examples:
   # The holder's full copy (it holds their identity: the file is written 0600):

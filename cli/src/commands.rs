@@ -1,5 +1,9 @@
 //! What each command does: opens the replica, calls the store, and shapes a `Reply` in both
 //! human and JSON forms. No printing here (see `main`), so the demo can run commands in-process.
+//!
+//! Invariant: what the local API answers too (documents, dossiers, grants, traces, sync
+//! status…) is printed by `--json` as the API writes it (`api::wire`), at most with derived
+//! fields added, so a concept has one name in both.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -12,7 +16,7 @@ use carnet_store::ids::{DocId, Ins, InsKind, RepresentativeId, Rpps, SiteId};
 use carnet_store::merge::DocumentMeta;
 use carnet_store::model::{
     AccessMode, Actor, Author, Closure, DocClass, GrantBasis, GrantState, HolderKind, Identity,
-    IdentityStatus, Profession, Professional, Representative, Sex,
+    IdentityStatus, Profession, Professional, Sex,
 };
 use carnet_store::policy::Action;
 use carnet_store::replica::{
@@ -22,6 +26,7 @@ use carnet_store::replica::{
 use carnet_store::time::{Millis, format_date, format_rfc3339, parse_date, parse_rfc3339};
 use carnet_syncd::api::Response;
 use carnet_syncd::api::local::Handle;
+use carnet_syncd::api::wire;
 use carnet_syncd::hostkey::pin_hex;
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
@@ -203,13 +208,6 @@ fn new_representative(text: &str) -> NewRepresentative {
     }
 }
 
-fn representative_json(r: &Representative) -> Value {
-    json!({
-        "id": r.id.to_string(), "name": r.name, "relationship": r.relationship,
-        "since": format_rfc3339(r.since), "ended": r.ended.map(format_rfc3339),
-    })
-}
-
 fn mode(m: ModeArg) -> AccessMode {
     match m {
         ModeArg::Normal => AccessMode::Normal,
@@ -342,10 +340,18 @@ pub fn run(cli: &Cli) -> Result<Reply> {
         Command::Requests => requests(cli),
         Command::Handover {
             to,
+            from,
             dossier,
             actor: by,
             reason,
-        } => handover(cli, to, dossier, by, reason.as_deref()),
+        } => match (to, from) {
+            (Some(to), None) => handover(cli, to, dossier, by, reason.as_deref()),
+            (None, Some(from)) => ask_handover(cli, from, dossier, by, reason.as_deref()),
+            _ => Err(Error::Invalid(
+                "handover: give --to PEER (hand it over) or --from PEER (ask for it)".into(),
+            )
+            .into()),
+        },
         Command::Conflicts(ConflictsCmd::List { dossier }) => conflicts(cli, dossier.as_deref()),
         Command::Quarantine(c) => quarantine(cli, c),
         Command::Inbox(c) => inbox(cli, c),
@@ -768,10 +774,7 @@ fn sync(cli: &Cli, c: &SyncCmd) -> Result<Reply> {
                 } else {
                     ""
                 },
-                json!({"pushed": report.pushed, "traces": report.traces, "pulled": report.pulled,
-                       "bodies": report.bodies, "purged": report.purged, "withdrawn": report.withdrawn,
-                       "returned": report.returned,
-                       "renewed": report.renewed}),
+                wire::json(&wire::Round::from(&report)),
             ))
         }
         SyncCmd::Status => {
@@ -916,48 +919,18 @@ fn sync(cli: &Cli, c: &SyncCmd) -> Result<Reply> {
                     human += "\nhost key: the host announced its next key; this site accepts both until its first round on the new one";
                 }
             }
-            Ok(Reply::new(
-                human,
-                json!({"pending": s.pending, "pending_by_kind": s.pending_by_kind,
-                       "pending_traces": s.pending_traces, "cursor_lag": s.cursor_lag,
-                       "missing_bodies": s.missing_bodies, "cursor": s.cursor,
-                       "conflicts": s.conflicts.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
-                       "held": s.held.iter().map(|(i, n)| json!({"ins": i.matricule(), "changes": n,
-                           "reason": "identity provisional"})).collect::<Vec<_>>(),
-                       "withheld": s.withheld.iter().map(|(seq, at, why)| json!({"change": seq,
-                           "since": format_rfc3339(*at), "reason": why})).collect::<Vec<_>>(),
-                       "authority_as_of": (s.authority_as_of > 0).then(|| format_rfc3339(s.authority_as_of)),
-                       "lease_expired": s.lease_expired,
-                       "restored": s.restored.as_ref().map(|m| json!({
-                           "taken_at": format_rfc3339(m.taken_at),
-                           "restored_at": format_rfc3339(m.restored_at)})),
-                       "certificate": s.certificate.as_ref().map(|c| json!({
-                           "not_after": format_rfc3339(c.not_after), "days_left": c.days_left,
-                           "renew": c.days_left < carnet_syncd::pki::RENEW_WITHIN_DAYS,
-                           "host_pinned": c.host_pinned, "host_pins": c.host_pins})),
-                       "daemon": s.link.as_ref().map(|l| json!({
-                           "connected": l.connected,
-                           "host_address": l.host_address.map(|a| a.to_string()),
-                           "last_sync": l.last_sync.map(format_rfc3339),
-                           "last_error": l.last_error,
-                           "connections": l.connections,
-                           "rounds_ok": l.rounds_ok, "rounds_failed": l.rounds_failed,
-                           "bytes_sent": l.bytes_sent, "bytes_received": l.bytes_received,
-                           "errors": l.errors,
-                           "settings": l.settings.as_ref().map(|c| json!({
-                               "host_address": c.host_address.as_ref().map(|a| a.list()
-                                   .iter().map(|a| a.to_string()).collect::<Vec<_>>()),
-                               "sync_every": c.sync_every, "log_level": c.log_level,
-                               "inbox": c.inbox.display().to_string()}))})),
-                       "inbox": s.inbox.as_ref().map(|i| json!({"rejected": i.rejected,
-                           "orphans": orphans_json(&i.orphans), "unclaimed": i.unclaimed})),
-                       "inbox_error": s.inbox_error,
-                       "quarantine": s.quarantine.iter().map(|(id, at, reason)| json!({
-                           "id": id.to_string(), "since": format_rfc3339(*at),
-                           "reason": reason})).collect::<Vec<_>>()}),
-            ))
+            Ok(Reply::new(human, status_json(&s)))
         }
     }
+}
+
+/// `sync status --json`: the API's answer, and whether the certificate is due for renewal.
+fn status_json(s: &carnet_syncd::api::SyncStatus) -> Value {
+    let mut j = wire::json(&wire::SyncStatus::from(s));
+    if let Some(c) = &s.certificate {
+        j["certificate"]["renew"] = json!(c.days_left < carnet_syncd::pki::RENEW_WITHIN_DAYS);
+    }
+    j
 }
 
 /// The status page's address, with its token: the daemon serves it on `[http] listen`.
@@ -992,23 +965,6 @@ fn ui(cli: &Cli) -> Result<Reply> {
         ),
         json!({"url": url, "metrics": format!("http://{address}/metrics")}),
     ))
-}
-
-/// A site as `carnet sites --json` shows it (times in RFC 3339).
-fn site_overview_json(s: &carnet_syncd::fleet::SiteOverview) -> Value {
-    json!({"site": s.site, "name": s.name, "finess": s.finess, "revoked": s.revoked,
-           "connected": s.connected, "last_contact": s.last_contact.map(format_rfc3339),
-           "version": s.version, "log_head": s.log_head,
-           "changes_not_pulled": s.changes_not_pulled, "bodies_not_pulled": s.bodies_not_pulled,
-           "changes_not_pushed": s.changes_not_pushed, "traces_not_sent": s.traces_not_sent,
-           "bodies_owed": s.bodies_owed, "returned": s.returned,
-           "lease_until": s.lease_until.map(format_rfc3339),
-           "quarantine": s.quarantine, "conflicts": s.conflicts,
-           "pending_grants": s.pending_grants, "pending_pins": s.pending_pins,
-           "rounds": s.rounds, "bytes_received": s.bytes_received, "bytes_sent": s.bytes_sent,
-           "errors": s.errors,
-           "last_error": s.last_error.as_ref().map(|(at, e)| json!({
-               "at": format_rfc3339(*at), "error": e}))})
 }
 
 fn sites(cli: &Cli, show: Option<&SitesCmd>) -> Result<Reply> {
@@ -1096,8 +1052,15 @@ fn sites(cli: &Cli, show: Option<&SitesCmd>) -> Result<Reply> {
         }
     };
     let json = match only {
-        Some(_) => sites.first().map_or(Value::Null, site_overview_json),
-        None => Value::Array(sites.iter().map(site_overview_json).collect()),
+        Some(_) => sites
+            .first()
+            .map_or(Value::Null, |s| wire::json(&wire::SiteOverview::from(s))),
+        None => Value::Array(
+            sites
+                .iter()
+                .map(|s| wire::json(&wire::SiteOverview::from(s)))
+                .collect(),
+        ),
     };
     Ok(Reply::new(human, json))
 }
@@ -1123,7 +1086,7 @@ fn pin(cli: &Cli, text: &str, on: bool, site: Option<u32>) -> Result<Reply> {
     };
     Ok(Reply::new(
         human,
-        json!({"ins": i.matricule(), "pinned": on, "site": site}),
+        json!({"ins": i.matricule(), "pinned": on, "site_id": site}),
     ))
 }
 
@@ -1144,40 +1107,78 @@ fn handover(cli: &Cli, to: &str, dossier: &str, by: &str, reason: Option<&str>) 
         if o.bodies_sent == 1 { "y" } else { "ies" },
         o.body_bytes_sent,
     );
+    human.push_str(&handover_details(report, o.lacking, true));
+    Ok(Reply::new(human, {
+        let mut j = wire::json(&wire::Handover::from(&o));
+        j["ins"] = json!(i.matricule());
+        j
+    }))
+}
+
+/// The lines after a handover's summary: what the receiver refused, the bodies it still lacks
+/// and its lease; `sent` at the sender, else at the receiver.
+fn handover_details(
+    report: &carnet_store::replica::HandoverReport,
+    lacking: u64,
+    sent: bool,
+) -> String {
+    let (there, again, lease) = if sent {
+        (
+            "there",
+            "send the rest",
+            "the peer's lease of this dossier now runs from {} (this site's last heartbeat from the host)",
+        )
+    } else {
+        (
+            "here",
+            "receive the rest",
+            "this site's lease of the dossier now runs from {} (the peer's last heartbeat from the host)",
+        )
+    };
+    let mut out = String::new();
     for (id, why) in &report.documents_refused {
-        human.push_str(&format!("\n  refused there: {id}: {why}"));
+        out.push_str(&format!("\n  refused {there}: {id}: {why}"));
     }
-    if o.lacking > 0 {
-        human.push_str(&format!(
-            "\n  {} bod{} still lacking there: run the same command again to send the rest",
-            o.lacking,
-            if o.lacking == 1 { "y" } else { "ies" }
+    if lacking > 0 {
+        out.push_str(&format!(
+            "\n  {lacking} bod{} still lacking {there}: run the same command again to {again}",
+            if lacking == 1 { "y" } else { "ies" }
         ));
     }
     if let Some(at) = report.lease_from {
-        human.push_str(&format!(
-            "\n  the peer's lease of this dossier now runs from {} (this site's last heartbeat from the host)",
-            carnet_store::time::format_rfc3339(at)
-        ));
+        out.push_str("\n  ");
+        out.push_str(&lease.replace("{}", &carnet_store::time::format_rfc3339(at)));
     }
-    Ok(Reply::new(
-        human,
-        json!({
-            "peer": o.peer,
-            "site": o.site,
-            "ins": i.matricule(),
-            "records_admitted": report.records_admitted,
-            "records_unchanged": report.records_unchanged,
-            "documents_new": report.documents_new,
-            "documents_merged": report.documents_merged,
-            "documents_refused": report.documents_refused.iter().map(|(id, why)| json!({"doc": id.to_string(), "reason": why})).collect::<Vec<_>>(),
-            "traces_kept": report.traces_kept,
-            "lease_from": report.lease_from.map(carnet_store::time::format_rfc3339),
-            "bodies_sent": o.bodies_sent,
-            "body_bytes_sent": o.body_bytes_sent,
-            "lacking": o.lacking,
-        }),
-    ))
+    out
+}
+
+fn ask_handover(
+    cli: &Cli,
+    from: &str,
+    dossier: &str,
+    by: &str,
+    reason: Option<&str>,
+) -> Result<Reply> {
+    let r = open(cli)?;
+    let i = ins(dossier)?;
+    let o = r.ask_handover(from, &i, &rpps(by)?, reason)?;
+    let report = &o.report;
+    let mut human = format!(
+        "dossier {} handed over by {} (site {}): {} record(s) admitted here, {} document(s) new, {} merged",
+        i.matricule(),
+        o.peer,
+        o.site,
+        report.records_admitted,
+        report.documents_new,
+        report.documents_merged,
+    );
+    human.push_str(&handover_details(report, o.lacking, false));
+    human.push_str("\n  it brings data, not rights: reads here follow this site's grants, consent given in person, or break-glass");
+    Ok(Reply::new(human, {
+        let mut j = wire::json(&wire::Asked::from(&o));
+        j["ins"] = json!(i.matricule());
+        j
+    }))
 }
 
 fn requests(cli: &Cli) -> Result<Reply> {
@@ -1200,10 +1201,7 @@ fn requests(cli: &Cli) -> Result<Reply> {
     if list.is_empty() {
         human = "no request waits for the host".into();
     }
-    let json = list.iter().map(|q| {
-        json!({"kind": q.kind.as_str(), "site": q.site.0, "ins": q.ins.matricule(),
-               "rpps": q.rpps.as_ref().map(|r| r.as_str()), "at": q.at})
-    });
+    let json = list.iter().map(|q| wire::json(&wire::SiteRequest::from(q)));
     Ok(Reply::new(human.trim_end(), Value::Array(json.collect())))
 }
 
@@ -1271,15 +1269,7 @@ fn conflicts(cli: &Cli, dossier: Option<&str>) -> Result<Reply> {
     if list.is_empty() {
         human = "no conflict".into();
     }
-    let json = list.iter().map(|c| {
-        json!({"doc": c.doc.to_string(), "branches": c.branches.iter().map(|b| {
-            let (author, site, at) = match &b.written {
-                Some((a, s, t)) => (Some(author_str(a)), Some(s.0), Some(format_rfc3339(*t))),
-                None => (None, None, None),
-            };
-            json!({"doc": b.doc.to_string(), "author": author, "site": site, "written": at})
-        }).collect::<Vec<_>>()})
-    });
+    let json = list.iter().map(|c| wire::json(&wire::Conflict::from(c)));
     Ok(Reply::new(human.trim_end(), Value::Array(json.collect())))
 }
 
@@ -1339,14 +1329,7 @@ fn inbox(cli: &Cli, c: &InboxCmd) -> Result<Reply> {
                 }
             }
             human += &orphans_human(&s.orphans, &s.unclaimed);
-            Ok(Reply::new(
-                human,
-                json!({"rejected": s.rejected.iter().map(|x| json!({
-                           "name": x.name, "sidecar": x.sidecar, "at": format_rfc3339(x.at),
-                           "reason": x.reason, "fix": x.fix})).collect::<Vec<_>>(),
-                       "orphans": orphans_json(&s.orphans),
-                       "unclaimed": s.unclaimed}),
-            ))
+            Ok(Reply::new(human, wire::json(&wire::InboxState::from(&s))))
         }
         InboxCmd::Retry { name } => {
             let moved = r.inbox_retry(name)?;
@@ -1357,7 +1340,7 @@ fn inbox(cli: &Cli, c: &InboxCmd) -> Result<Reply> {
             };
             Ok(Reply::new(
                 format!("moved back into the inbox: {}; {when}", moved.join(", ")),
-                json!({"moved": moved, "daemon": r.via_daemon()}),
+                json!({"moved": moved, "via_daemon": r.via_daemon()}),
             ))
         }
     }
@@ -1392,17 +1375,6 @@ fn orphans_human(orphans: &[carnet_syncd::inbox::Orphan], unclaimed: &[String]) 
         human += &format!("\n  done/{}", name);
     }
     human
-}
-
-fn orphans_json(orphans: &[carnet_syncd::inbox::Orphan]) -> Value {
-    Value::Array(
-        orphans
-            .iter()
-            .map(
-                |o| json!({"name": o.name, "since": format_rfc3339(o.since), "missing": o.missing}),
-            )
-            .collect(),
-    )
 }
 
 fn quarantine(cli: &Cli, c: &QuarantineCmd) -> Result<Reply> {
@@ -1510,17 +1482,7 @@ fn quarantine_line(q: &QuarantineEntry) -> String {
 }
 
 fn quarantine_json(q: &QuarantineEntry) -> Value {
-    let f = &q.record.meta.facts;
-    json!({
-        "id": q.id.to_string(), "dossier": f.ins.matricule(), "author": author_str(&f.author),
-        "site": f.author_site.0, "class": f.class.code(), "type": f.type_code, "title": f.title,
-        "written": format_rfc3339(f.created_at), "since": format_rfc3339(q.record.at),
-        "reason": q.record.reason, "state": q.state.as_str(),
-        "refiled": q.record.refiled.as_ref().map(|r| json!({
-            "doc": r.doc.to_string(), "dossier": r.ins.matricule(), "at": format_rfc3339(r.at),
-        })),
-        "refile_of": q.record.refile_of.map(|o| o.to_string()),
-    })
+    wire::json(&wire::QuarantineEntry::from(q))
 }
 
 fn now_millis() -> i64 {
@@ -1877,8 +1839,7 @@ fn pki(cli: &Cli, c: &PkiCmd) -> Result<Reply> {
 }
 
 fn pro_json(p: &Professional) -> Value {
-    json!({"rpps": p.rpps.as_str(), "profession": p.profession.as_str(),
-           "specialty": p.specialty, "name": p.name})
+    wire::json(&wire::Professional::from(p))
 }
 
 fn pro(cli: &Cli, c: &ProCmd) -> Result<Reply> {
@@ -1925,32 +1886,15 @@ fn pro(cli: &Cli, c: &ProCmd) -> Result<Reply> {
     }
 }
 
+/// A dossier as the API answers it, each grant with what it makes of the professional, and a
+/// closure with the end of the dossier's retention.
 fn dossier_json(d: &DossierInfo) -> Value {
-    let h = &d.head;
-    json!({
-        "ins": h.ins.matricule(), "ins_oid": h.ins_kind.oid(),
-        "birth_name": h.identity.birth_name, "first_names": h.identity.first_names,
-        "birth_date": h.identity.birth_date, "sex": h.identity.sex.as_str(),
-        "birthplace": h.identity.birthplace, "identity_status": h.identity.status.as_str(),
-        "holder": h.holder.as_str(),
-        "representatives": h.representatives.iter().map(representative_json).collect::<Vec<_>>(),
-        "status": h.status.as_str(), "mask_new_by_default": h.mask_new_by_default,
-        "closure": h.closure.as_ref().map(closure_json),
-        "emergency": {"samu": d.emergency.samu_allowed, "btg": d.emergency.btg_allowed,
-                      "masked_in_emergency": d.emergency.masked_in_emergency},
-        "grants": d.grants.iter().map(grant_json).collect::<Vec<_>>(),
-        "documents": d.documents, "authority_seq": d.head_seq,
-        "purge_receipts": d.purge_receipts.iter().map(|(site, r)| json!({
-            "site": site.0, "at": format_rfc3339(r.at)})).collect::<Vec<_>>(),
-        "opened_here": d.local.as_ref().map(|l| json!({
-            "creator": actor_name(&l.creator), "held": l.held})),
-    })
-}
-
-fn closure_json(c: &Closure) -> Value {
-    json!({"at": format_rfc3339(c.at), "reason": c.reason,
-           "retention_ends": format_rfc3339(c.retention_ends()),
-           "deletion_requested": c.deletion_requested.map(format_rfc3339)})
+    let mut j = wire::json(&wire::Dossier::from(d));
+    if let Some(c) = &d.head.closure {
+        j["closure"]["retention_ends"] = json!(format_rfc3339(c.retention_ends()));
+    }
+    j["grants"] = Value::Array(d.grants.iter().map(grant_json).collect());
+    j
 }
 
 /// What `dossier show` and `dossier close` say of a closure: when, why, and until when the
@@ -2045,7 +1989,7 @@ fn dossier(cli: &Cli, c: &DossierCmd) -> Result<Reply> {
                     "identity of dossier {} qualified: what was held for it goes to the host at the next sync",
                     i.matricule()
                 ),
-                json!({"ins": i.matricule(), "identity_status": "qualified"}),
+                json!({"ins": i.matricule(), "identity": {"status": "qualified"}}),
             ))
         }
         DossierCmd::Show {
@@ -2229,11 +2173,13 @@ fn dossier(cli: &Cli, c: &DossierCmd) -> Result<Reply> {
     }
 }
 
+/// A grant as the API answers it, with whether it makes its professional treating, or the
+/// holder's médecin traitant.
 fn grant_json(g: &carnet_store::model::Grant) -> Value {
-    json!({"ins": g.ins.matricule(), "rpps": g.rpps.as_str(), "state": g.state.as_str(),
-           "basis": g.basis.as_str(), "treating": g.treating(),
-           "medecin_traitant": g.medecin_traitant(),
-           "until": g.until.map(format_rfc3339)})
+    let mut j = wire::json(&wire::Grant::from(g));
+    j["treating"] = json!(g.treating());
+    j["medecin_traitant"] = json!(g.medecin_traitant());
+    j
 }
 
 /// How `grant list`, `grant add` and `dossier show` name a grant's basis.
@@ -2363,7 +2309,11 @@ fn emergency(cli: &Cli, c: &EmergencyCmd) -> Result<Reply> {
             allow_word(prefs.btg_allowed),
             allow_word(prefs.masked_in_emergency)
         ),
-        json!({"ins": i.matricule(), "samu": prefs.samu_allowed, "btg": prefs.btg_allowed, "masked_in_emergency": prefs.masked_in_emergency}),
+        {
+            let mut j = wire::json(&wire::EmergencyPrefs::from(prefs));
+            j["ins"] = json!(i.matricule());
+            j
+        },
     ))
 }
 
@@ -2412,23 +2362,9 @@ fn author_str(a: &Author) -> String {
     }
 }
 
+/// A document's metadata as the API answers it.
 pub fn doc_json(m: &DocumentMeta) -> Value {
-    let s = m.state();
-    let f = &m.facts;
-    json!({
-        "id": f.id.to_string(), "unique_id": f.unique_id, "ins": f.ins.matricule(),
-        "class": f.class.code(), "type": f.type_code, "format": f.format, "title": f.title,
-        "author": author_str(&f.author), "site": f.author_site.0,
-        "created": format_rfc3339(f.created_at), "service_start": format_rfc3339(f.service_start),
-        "service_end": f.service_end.map(format_rfc3339),
-        "size": f.size, "content_hash": hex(&f.content_hash),
-        "confidentiality": s.flags.codes(), "availability": s.availability().as_str(),
-        "replaces": f.replaces.map(|r| r.to_string()),
-        "replaced_by": s.successors.keys().map(|d| d.to_string()).collect::<Vec<_>>(),
-        "conflict": m.has_replacement_conflict(),
-        "kept": s.kept().map(|d| d.to_string()),
-        "resolutions": s.resolutions.keys().map(|d| d.to_string()).collect::<Vec<_>>(),
-    })
+    wire::json(&wire::Document::from(m))
 }
 
 /// The document `a` describes, its body read from its file (with a bar when `show`).
@@ -2593,18 +2529,9 @@ fn trace_actor(a: &TraceActor) -> String {
 
 /// An emergency as `audit emergencies --json` shows it.
 fn emergency_json(e: &carnet_store::replica::Emergency) -> Value {
-    json!({
-        "id": e.id, "at": format_rfc3339(e.at), "judged_at": format_rfc3339(e.judged_at),
-        "site": e.site.0, "trace_seq": e.trace_seq, "actor": trace_actor(&e.actor),
-        "action": e.action, "mode": e.mode.as_str(), "ins": e.ins,
-        "doc": e.doc.map(|d| d.to_string()), "reason": e.stated_reason,
-        "decided_offline": e.decided_offline, "authority_version": e.claimed_authority_version,
-        "allowed": e.allowed, "conforming": e.conforming, "rule": e.rule, "finding": e.finding,
-        "reviewed": e.review.is_some(),
-        "review": e.review.as_ref().map(|r| json!({
-            "at": format_rfc3339(r.at), "by": r.by, "note": r.note,
-        })),
-    })
+    let mut j = wire::json(&wire::Emergency::from(e));
+    j["reviewed"] = json!(e.review.is_some());
+    j
 }
 
 fn audit(cli: &Cli, c: &AuditCmd) -> Result<Reply> {
@@ -2651,13 +2578,7 @@ fn audit(cli: &Cli, c: &AuditCmd) -> Result<Reply> {
                         .map(|s| format!(" reason: \"{s}\""))
                         .unwrap_or_default(),
                 );
-                list.push(json!({
-                    "at": format_rfc3339(e.at), "site": e.origin.0, "seq": c.seq,
-                    "actor": trace_actor(&e.actor), "action": e.action.name(), "mode": e.mode.as_str(),
-                    "allowed": e.allowed, "rule": e.rule, "outcome": e.outcome_reason,
-                    "doc": e.doc.map(|d| d.to_string()), "reason": e.stated_reason,
-                    "decided_offline": e.decided_offline, "authority_version": e.authority_version,
-                }));
+                list.push(wire::json(&wire::ChainedTrace::from(c)));
             }
             if entries.is_empty() {
                 human = "(no trace entry for this dossier)".into();

@@ -554,6 +554,25 @@ impl Store {
         .map(|o| *o)
     }
 
+    pub fn ask_handover(
+        &self,
+        peer: &str,
+        ins: &Ins,
+        by: &Rpps,
+        reason: Option<&str>,
+    ) -> Result<carnet_syncd::peer::AskOutcome> {
+        expect!(
+            self.call(Request::AskHandover {
+                peer: peer.to_string(),
+                ins: ins.clone(),
+                by: by.clone(),
+                reason: reason.map(str::to_string),
+            })?,
+            Asked
+        )
+        .map(|o| *o)
+    }
+
     pub fn sync_now(&self) -> Result<RoundReport> {
         expect!(self.call(Request::SyncNow)?, Synced)
     }

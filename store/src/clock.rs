@@ -86,6 +86,13 @@ impl VersionVector {
     }
 }
 
+impl FromIterator<(SiteId, u64)> for VersionVector {
+    /// The vector of these counters (a site named twice keeps its last counter).
+    fn from_iter<I: IntoIterator<Item = (SiteId, u64)>>(pairs: I) -> Self {
+        VersionVector(pairs.into_iter().collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

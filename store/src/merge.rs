@@ -37,6 +37,16 @@ impl DocumentMeta {
         }
     }
 
+    /// A document's metadata from its versions as `versions` lists them (the local API's
+    /// decoding); `None` when there is none or a counter is implausible (`is_sane`).
+    pub fn from_versions(
+        facts: DocumentFacts,
+        versions: Vec<(VersionVector, DocState)>,
+    ) -> Option<Self> {
+        let meta = DocumentMeta { facts, versions };
+        meta.is_sane().then_some(meta)
+    }
+
     /// The state users see: the join of the surviving versions.
     pub fn state(&self) -> DocState {
         let mut iter = self.versions.iter().map(|(_, s)| s);

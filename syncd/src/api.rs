@@ -1,6 +1,8 @@
 //! The local API: every operation `carnet` performs on a replica, as data, so that the same
 //! call runs in-process (no daemon) or in the daemon that owns the store (a Unix socket,
-//! HTTP/1.1 and JSON — see `local` and README "Local API").
+//! HTTP/1.1 and JSON — see `local`, the JSON contract `wire`, its OpenAPI document `openapi`,
+//! and README "Local API"). `Request` and `Response` here carry the store's types and have no
+//! serde: only `wire` crosses the socket.
 //!
 //! Invariants: `execute` is the one place a `Request` meets the store, whichever side runs it;
 //! a request changes nothing unless it succeeds as a whole (each store call is one
@@ -36,13 +38,14 @@ use crate::session::RoundReport;
 use crate::transport::Revoked;
 
 pub mod local;
+pub mod openapi;
+pub mod wire;
 
 /// File name of the daemon's socket inside the data folder.
 pub const SOCKET_FILE: &str = "carnet.sock";
 
 /// One operation on a replica.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
+#[derive(Debug)]
 pub enum Request {
     /// Settings fixed at init.
     Config,
@@ -54,7 +57,6 @@ pub enum Request {
     /// by `creator` (`Replica::open_dossier_here`).
     CreateDossier {
         dossier: NewDossier,
-        #[serde(default)]
         creator: Option<Actor>,
     },
     /// Site: the identity of a dossier opened here was checked.
@@ -77,7 +79,6 @@ pub enum Request {
     CloseDossier {
         ins: Ins,
         reason: String,
-        #[serde(default)]
         deletion_requested: bool,
     },
     /// The holder of a closed dossier asks its deletion (host): the closed head signed again
@@ -181,7 +182,6 @@ pub enum Request {
     Pin {
         ins: Ins,
         on: bool,
-        #[serde(default)]
         site: Option<u32>,
     },
     /// Site: asks the host for a dossier this site does not hold, for a break-glass or
@@ -202,17 +202,11 @@ pub enum Request {
     Conflicts { dossier: Option<Ins> },
     /// Host: the emergencies it judged (`Replica::emergencies`); with `pending`, only those
     /// not reviewed.
-    Emergencies {
-        #[serde(default)]
-        pending: bool,
-    },
+    Emergencies { pending: bool },
     /// Host: records a review of emergency `id` by `by` (`operator:NAME` or `dpo:NAME`).
     ReviewEmergency { id: u64, by: String, note: String },
     /// Host: its notifications (of one dossier, if given); an operator read, traced.
-    Notifications {
-        #[serde(default)]
-        dossier: Option<Ins>,
-    },
+    Notifications { dossier: Option<Ins> },
     /// Site: what in the inbox needs a person (`inbox::state`): refused files with their
     /// reason and fix, files alone past the grace period, files in clear left in `done/`.
     Inbox,
@@ -233,16 +227,25 @@ pub enum Request {
         /// The professional handing it over (registered here).
         by: Rpps,
         /// Why.
-        #[serde(default)]
+        reason: Option<String>,
+    },
+    /// Site: asks the `[[peer]]` named `peer` to hand dossier `ins` over to this site, for
+    /// professional `by` (registered here) (`peer::ask`), and waits for it.
+    AskHandover {
+        /// The peer's name in `carnet.toml`.
+        peer: String,
+        /// The dossier.
+        ins: Ins,
+        /// The professional asking (registered here).
+        by: Rpps,
+        /// Why.
         reason: Option<String>,
     },
     /// Creates the national CA and host certificate (host). With `offline_ca` (made and
     /// written to its offline folder by the caller), the replica keeps only its certificate;
     /// without it, `ca_in_replica` must say that the replica is to keep the CA key.
     PkiInit {
-        #[serde(default)]
         offline_ca: Option<Identity>,
-        #[serde(default)]
         ca_in_replica: bool,
     },
     /// Enrols a site (host); answers the bundle's bytes.
@@ -251,48 +254,32 @@ pub enum Request {
         finess: String,
         host_address: String,
         /// Professionals (registered at the host) bound to the new site.
-        #[serde(default)]
         pros: Vec<Rpps>,
         /// The offline CA, when the replica does not keep its key.
-        #[serde(default)]
         ca: Option<Identity>,
         /// The certificate's lifetime in days (default `pki::SITE_DAYS`).
-        #[serde(default)]
         days: Option<i64>,
     },
     /// Issues a site a new certificate (host); answers the renewal bundle's bytes.
     PkiRenew {
         site: u32,
-        #[serde(default)]
         host_address: Option<String>,
         /// Refuse the site's earlier certificates at once.
-        #[serde(default)]
         retire_old: bool,
-        #[serde(default)]
         ca: Option<Identity>,
     },
     /// Issues the host a new certificate (host) for the same TLS key; with `new_key`, prepares
     /// a new key and announces it to the sites without serving it (`hostkey::prepare_next`);
     /// with `switch`, serves the prepared key (`hostkey::switch`).
     PkiRenewHost {
-        #[serde(default)]
         new_key: bool,
-        #[serde(default)]
         switch: bool,
-        #[serde(default)]
         ca: Option<Identity>,
     },
     /// Host: the CA revokes a host TLS key (by its pin); answers the revocation file's bytes.
-    PkiRevokeHost {
-        pin: [u8; 32],
-        #[serde(default)]
-        ca: Option<Identity>,
-    },
+    PkiRevokeHost { pin: [u8; 32], ca: Option<Identity> },
     /// Installs a renewal bundle, or a host key revocation file (site).
-    PkiInstall {
-        #[serde(with = "carnet_store::codec::bytes")]
-        bundle: Vec<u8>,
-    },
+    PkiInstall { bundle: Vec<u8> },
     /// The host's CA and certificate: their expiry, and whether the CA key is offline.
     PkiHost,
     /// Revokes a site (host); a running daemon refuses it from the next connection.
@@ -301,10 +288,7 @@ pub enum Request {
     PkiSites,
     /// Host (daemon only): every enrolled site as the operator sees it, or only `site`
     /// (`carnet sites`).
-    Fleet {
-        #[serde(default)]
-        site: Option<u32>,
-    },
+    Fleet { site: Option<u32> },
     /// Writes a consistent copy of the replica (and its `carnet.toml`) to `path`, a file of
     /// the caller's (written by whoever runs the request: the daemon, when one runs).
     Backup { path: PathBuf },
@@ -314,7 +298,6 @@ pub enum Request {
     /// Host: signs every renewal waiting for the CA; answers those signed.
     PkiSignPending {
         /// The offline CA, when the replica does not keep its key.
-        #[serde(default)]
         ca: Option<Identity>,
     },
 }
@@ -501,8 +484,7 @@ pub struct LinkState {
 pub const RECENT_ERRORS: usize = 5;
 
 /// The answer to a `Request`.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+#[derive(Debug)]
 pub enum Response {
     /// Done, nothing to return.
     Done,
@@ -552,11 +534,12 @@ pub enum Response {
     Synced(RoundReport),
     /// What a handover did (`Request::Handover`).
     HandedOver(Box<crate::peer::HandoverOutcome>),
+    /// What a dossier asked for did here (`Request::AskHandover`).
+    Asked(Box<crate::peer::AskOutcome>),
     /// An enrolment bundle.
     Enrolled {
         site_id: u32,
         name: String,
-        #[serde(with = "carnet_store::codec::bytes")]
         bundle: Vec<u8>,
     },
     /// Sites known to the host.
@@ -570,7 +553,6 @@ pub enum Response {
     /// `carnet.toml`, which the bundle does not change).
     Certificate {
         not_after: Millis,
-        #[serde(default)]
         bundle_host_address: Option<String>,
     },
     /// A new host key prepared and announced, not served yet: its certificate's end and pin.
@@ -582,11 +564,7 @@ pub enum Response {
         not_after: Millis,
     },
     /// A host key revoked by the CA: the revocation file's bytes.
-    HostKeyRevoked {
-        pin: [u8; 32],
-        #[serde(with = "carnet_store::codec::bytes")]
-        file: Vec<u8>,
-    },
+    HostKeyRevoked { pin: [u8; 32], file: Vec<u8> },
     /// A site installed a host key revocation.
     RevocationInstalled {
         pin: [u8; 32],
@@ -608,58 +586,13 @@ pub enum Response {
     /// One quarantined document.
     Quarantined(Box<QuarantineEntry>),
     /// A quarantined document's body.
-    QuarantinedBody {
-        #[serde(with = "carnet_store::codec::secret_bytes")]
-        body: Zeroizing<Vec<u8>>,
-    },
+    QuarantinedBody { body: Zeroizing<Vec<u8>> },
     /// Emergencies as the host judged them.
     Emergencies(Vec<Emergency>),
     /// The host's notifications.
     Notifications(Vec<Notification>),
     /// A backup written.
     Backup(BackupInfo),
-}
-
-/// An error as it crosses the socket: the store's own kinds, or the sync layer's, each kept
-/// as it is, so that `carnet` says the same and exits with the same code with or without a
-/// daemon.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WireError {
-    /// From the store (its kind decides the exit code).
-    Store(carnet_store::Error),
-    /// From the sync layer or the API itself: refused, nothing changed.
-    Sync(String),
-    /// A socket, endpoint or file of the sync layer failed (the host out of reach).
-    Io(String),
-    /// Building a TLS configuration failed.
-    Tls(String),
-    /// Creating or reading a certificate or key failed.
-    Pki(String),
-}
-
-impl From<Error> for WireError {
-    fn from(e: Error) -> Self {
-        match e {
-            Error::Store(e) => WireError::Store(e),
-            Error::Io(e) => WireError::Io(e.to_string()),
-            Error::Tls(m) => WireError::Tls(m),
-            Error::Pki(m) => WireError::Pki(m),
-            Error::Invalid(m) => WireError::Sync(m),
-        }
-    }
-}
-
-impl From<WireError> for Error {
-    fn from(e: WireError) -> Self {
-        match e {
-            WireError::Store(e) => Error::Store(e),
-            WireError::Sync(m) => Error::Invalid(m),
-            WireError::Io(m) => Error::Io(std::io::Error::other(m)),
-            WireError::Tls(m) => Error::Tls(m),
-            WireError::Pki(m) => Error::Pki(m),
-        }
-    }
 }
 
 /// Largest body a read decrypts on the runtime's own threads; a larger one is read on the
@@ -687,6 +620,8 @@ pub struct Service {
     pub endpoint: Option<quinn::Endpoint>,
     /// Host: what the daemon saw of each site (daemon only).
     pub fleet: Option<Arc<crate::fleet::Fleet>>,
+    /// Site: its presence on the local network, with `discover = true` (daemon only).
+    pub discovery: Option<Arc<crate::discovery::Discovery>>,
 }
 
 impl Service {
@@ -704,6 +639,7 @@ impl Service {
             changed,
             endpoint: None,
             fleet: None,
+            discovery: None,
         }
     }
 
@@ -1039,7 +975,7 @@ impl Service {
             Request::InboxRetry { name } => {
                 Response::InboxRetried(crate::inbox::retry(&self.inbox_dir()?, &name)?)
             }
-            Request::SyncNow | Request::Handover { .. } => {
+            Request::SyncNow | Request::Handover { .. } | Request::AskHandover { .. } => {
                 return Err(Error::Invalid(
                     "a sync round or a handover runs on the async side (Service::run)".into(),
                 ));
@@ -1192,6 +1128,25 @@ impl Service {
         })
     }
 
+    /// What a peer session of this site needs: the site, the certificates it refuses and its
+    /// discovery (`discover = true`, daemon only). Refused at the host.
+    #[allow(clippy::type_complexity)]
+    fn peer_side(
+        &self,
+    ) -> Result<(
+        SiteReplica,
+        Arc<Revoked>,
+        Option<Arc<crate::discovery::Discovery>>,
+    )> {
+        let site = SiteReplica::new(self.replica.clone()).map_err(|_| {
+            Error::Invalid(
+                "the host has no peers: a site hands dossiers over and asks for them".into(),
+            )
+        })?;
+        let revoked = crate::peer::revoked_list(&site);
+        Ok((site, revoked, self.discovery.clone()))
+    }
+
     /// Runs `request`: a sync round, and a document read, on the async side; anything else on
     /// a blocking thread.
     pub async fn run(self: &Arc<Self>, request: Request) -> Result<Response> {
@@ -1205,14 +1160,24 @@ impl Service {
             reason,
         } = request
         {
-            let site = SiteReplica::new(self.replica.clone()).map_err(|_| {
-                Error::Invalid("the host hands no dossier over: a site does".into())
-            })?;
-            let revoked = crate::peer::revoked_list(&site);
-            let outcome = crate::peer::hand_over(site, &peer, ins, by, reason, revoked).await;
+            let (site, revoked, discovery) = self.peer_side()?;
+            let outcome =
+                crate::peer::hand_over(site, &peer, ins, by, reason, revoked, discovery).await;
             // The handover is traced here: the next round pushes the entry.
             self.changed.notify_one();
             return outcome.map(|o| Response::HandedOver(Box::new(o)));
+        }
+        if let Request::AskHandover {
+            peer,
+            ins,
+            by,
+            reason,
+        } = request
+        {
+            let (site, revoked, discovery) = self.peer_side()?;
+            let outcome = crate::peer::ask(site, &peer, ins, by, reason, revoked, discovery).await;
+            self.changed.notify_one();
+            return outcome.map(|o| Response::Asked(Box::new(o)));
         }
         if let Request::ReadDocument {
             actor,
@@ -1417,8 +1382,8 @@ mod tests {
     #[test]
     fn a_sync_error_crosses_the_socket_with_its_kind() {
         let through = |e: Error| -> Error {
-            let json = serde_json::to_string(&WireError::from(e)).expect("encode");
-            serde_json::from_str::<WireError>(&json)
+            let json = serde_json::to_string(&wire::Error::from(e)).expect("encode");
+            serde_json::from_str::<wire::Error>(&json)
                 .expect("decode")
                 .into()
         };

@@ -96,8 +96,8 @@ pub struct Config {
     /// `transport::peer_server_config`): off unless set.
     #[serde(default)]
     pub peer_listen: Option<SocketAddr>,
-    /// Site: find peers on the local network (mDNS). Parsed, and refused when true: not
-    /// supported yet.
+    /// Site: find peers on the local network (mDNS, `discovery`), and announce this site
+    /// there: a site found is admitted as a listed one is (by its certificate).
     #[serde(default)]
     pub discover: bool,
     /// Site: `[[peer]]`, the sites it opens sessions with and accepts sessions from, each
@@ -147,12 +147,6 @@ impl Config {
                 );
             }
             return Ok(());
-        }
-        if self.discover {
-            return invalid(
-                "discover = true is not supported yet (mDNS): list the peer as [[peer]] with name, address and site"
-                    .into(),
-            );
         }
         if self.peers.len() > PEERS_MAX {
             return invalid(format!(
@@ -495,14 +489,15 @@ impl Config {
         if new.peer_listen != self.peer_listen {
             restart.push("peer_listen");
         }
-        if new.peers != self.peers {
-            restart.push("peer");
+        if new.discover != self.discover {
+            restart.push("discover");
         }
         Ok((
             Config {
                 log_level: new.log_level,
                 sync_every: new.sync_every,
                 inbox: new.inbox,
+                peers: new.peers,
                 ..self.clone()
             },
             restart,
@@ -1094,7 +1089,7 @@ mod tests {
     }
 
     /// A site's peers and where it listens for them are read, written back, found by name
-    /// and by site id, and a change is named by a reload (the listener is made at start).
+    /// and by site id; a reload takes the new peers and names a new listener (made at start).
     #[test]
     fn a_site_lists_its_peers_and_where_it_listens_for_them() {
         let origin = Path::new("carnet.toml");
@@ -1138,7 +1133,8 @@ mod tests {
         );
         let read = Config::parse(&bare, origin).expect("reads back");
         assert_eq!((read.peer_listen, read.peers.len()), (None, 0));
-        // A reload names them: the listener and the peer list are made at start.
+        // A reload names the listener and discovery as waiting for a restart; the peer list
+        // is the file's at once.
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("c.toml");
         std::fs::write(&path, text).expect("write");
@@ -1151,15 +1147,13 @@ mod tests {
         std::fs::write(
             &path,
             text.replace("site = 7", "site = 8")
-                .replace("4434\"\ndiscover", "4435\"\ndiscover"),
+                .replace("4434\"\ndiscover", "4435\"\ndiscover")
+                .replace("discover = false", "discover = true"),
         )
         .expect("write");
         let (now, restart) = running.reload(&path).expect("changed");
-        assert_eq!(restart, ["peer_listen", "peer"]);
-        assert_eq!(
-            now.peers, config.peers,
-            "the peers in force stay until a restart"
-        );
+        assert_eq!(restart, ["peer_listen", "discover"]);
+        assert_eq!(now.peers[1].site, 8, "the peers in force are the file's");
     }
 
     /// Each bad peer setting is refused with what is wrong.
@@ -1175,7 +1169,6 @@ mod tests {
         let one = |name: &str, address: &str, site_id: &str| {
             format!("\n[[peer]]\nname = \"{name}\"\naddress = \"{address}\"\nsite = {site_id}\n")
         };
-        check(&format!("{site}discover = true\n"), "not supported yet");
         check(&format!("{site}discover = \"yes\"\n"), "discover");
         check(&format!("{site}peer_listen = \"nowhere\"\n"), "peer_listen");
         check(

@@ -227,6 +227,33 @@ impl std::fmt::Debug for Bundle {
 }
 
 impl Bundle {
+    /// A bundle of this build's format from its fields, for the golden bytes of PROTOCOL.md
+    /// (the material is not checked: `from_bytes` checks it).
+    #[cfg(test)]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn of_fields(
+        site_id: u32,
+        name: &str,
+        finess: &str,
+        host_address: &str,
+        ca_cert_der: Vec<u8>,
+        identity: Identity,
+        host_key: [u8; 32],
+        host_tls_pin: [u8; 32],
+    ) -> Bundle {
+        Bundle {
+            format: FORMAT,
+            site_id,
+            name: name.into(),
+            finess: finess.into(),
+            host_address: host_address.into(),
+            ca_cert_der,
+            identity,
+            host_key,
+            host_tls_pin,
+        }
+    }
+
     /// Encodes as a file: magic, then postcard.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let mut out = BUNDLE_MAGIC.to_vec();

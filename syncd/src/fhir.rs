@@ -88,6 +88,9 @@ pub fn urn_uuid(name: &str) -> String {
 pub struct FhirDocument {
     /// The holder's dossier.
     pub ins: Ins,
+    /// The kind of INS the identifier's system names (NIR, NIA, test, demo): it must be the
+    /// dossier's.
+    pub ins_kind: InsKind,
     /// Who files it: the author (a professional by RPPS, or the holder).
     pub author: Actor,
     /// The document (its `unique_id` always set).
@@ -224,15 +227,15 @@ fn text(v: &Value) -> Option<&str> {
     v.as_str().map(str::trim).filter(|s| !s.is_empty())
 }
 
-/// The INS among `ids`: `Ok(None)` when there is none.
-fn ins_among(ids: &[&Value], field: &str) -> Result<Option<Ins>> {
+/// The INS among `ids`, with the kind its system names: `Ok(None)` when there is none.
+fn ins_among(ids: &[&Value], field: &str) -> Result<Option<(Ins, InsKind)>> {
     for i in ids {
         let system = i["system"].as_str().unwrap_or_default();
-        if INS_KINDS.iter().any(|k| ins_system(*k) == system) {
+        if let Some(kind) = INS_KINDS.iter().find(|k| ins_system(**k) == system) {
             let value = text(&i["value"])
                 .ok_or_else(|| refuse(field, "the INS identifier has no value"))?;
             return Ins::parse(value)
-                .map(Some)
+                .map(|ins| Some((ins, *kind)))
                 .map_err(|e| refuse(field, format!("the INS identifier: {e}")));
         }
     }
@@ -257,8 +260,9 @@ fn rpps_among(ids: &[&Value], field: &str) -> Result<Option<Rpps>> {
     Ok(None)
 }
 
-/// The patient's INS: `subject`'s identifier, or that of the Patient it references.
-fn subject_ins(doc: &Value, entries: &[(&str, &Value)], at: &str) -> Result<Ins> {
+/// The patient's INS and its kind: `subject`'s identifier, or that of the Patient it
+/// references.
+fn subject_ins(doc: &Value, entries: &[(&str, &Value)], at: &str) -> Result<(Ins, InsKind)> {
     let field = format!("{at}.subject");
     let subject = &doc["subject"];
     if subject.is_null() {
@@ -330,7 +334,9 @@ fn author(doc: &Value, entries: &[(&str, &Value)], ins: &Ins, at: &str) -> Resul
                     return Ok(Actor::Professional(rpps));
                 }
             }
-            Some("Patient") if ins_among(&identifiers(r), &field)?.as_ref() == Some(ins) => {
+            Some("Patient")
+                if ins_among(&identifiers(r), &field)?.is_some_and(|(i, _)| i == *ins) =>
+            {
                 return Ok(Actor::Holder);
             }
             _ => {}
@@ -535,7 +541,7 @@ fn body(doc: &Value, entries: &[(&str, &Value)], at: &str) -> Result<(Vec<u8>, S
 }
 
 fn document(doc: &Value, entries: &[(&str, &Value)], at: &str) -> Result<FhirDocument> {
-    let ins = subject_ins(doc, entries, at)?;
+    let (ins, ins_kind) = subject_ins(doc, entries, at)?;
     let author = author(doc, entries, &ins, at)?;
     let class = class(doc, at)?;
     let type_code = type_code(doc, at)?;
@@ -583,6 +589,7 @@ fn document(doc: &Value, entries: &[(&str, &Value)], at: &str) -> Result<FhirDoc
     };
     Ok(FhirDocument {
         ins,
+        ins_kind,
         author,
         actions: actions(doc, at)?,
         replaces: replaces(doc, entries, at)?,
@@ -593,9 +600,15 @@ fn document(doc: &Value, entries: &[(&str, &Value)], at: &str) -> Result<FhirDoc
 /// Files `docs` in order, each as its author: a document the dossier holds already (same unique
 /// id) is not stored again; one that replaces another replaces it (found by unique id in the
 /// dossier); then its flags (and deletion) are applied, on a document stored before too (they
-/// only restrict), so an import interrupted between the two is completed by the next. Stops at
-/// the first refusal, the documents before it filed.
+/// only restrict), so an import interrupted between the two is completed by the next.
+///
+/// Everything that can be checked before anything is stored is checked first, and a refusal
+/// then stores nothing: each dossier is held here, under an INS of the kind the file names,
+/// and each document replaced is in its dossier or earlier in the file. A refusal by the
+/// decision table while filing (an author not allowed to write) stops at that document, the
+/// ones before it filed; importing the file again completes it, nothing stored twice.
 pub fn import(replica: &Replica, docs: Vec<FhirDocument>) -> Result<Vec<Imported>> {
+    check_before_filing(replica, &docs)?;
     let mut out = Vec::with_capacity(docs.len());
     for d in docs {
         let uid = d.document.unique_id.clone().unwrap_or_default();
@@ -632,6 +645,47 @@ pub fn import(replica: &Replica, docs: Vec<FhirDocument>) -> Result<Vec<Imported
         out.push(Imported { id, already_stored });
     }
     Ok(out)
+}
+
+/// The checks of `import` that need no write: dossiers held, INS kinds, documents replaced.
+fn check_before_filing(replica: &Replica, docs: &[FhirDocument]) -> Result<()> {
+    let mut kinds: std::collections::HashMap<&Ins, InsKind> = std::collections::HashMap::new();
+    let mut in_file: std::collections::HashSet<(&Ins, &str)> = std::collections::HashSet::new();
+    for d in docs {
+        let held = match kinds.get(&d.ins) {
+            Some(kind) => *kind,
+            None => {
+                let kind = replica.dossier(&d.ins)?.head.ins_kind;
+                kinds.insert(&d.ins, kind);
+                kind
+            }
+        };
+        if held != d.ins_kind {
+            return Err(refuse(
+                "DocumentReference.subject",
+                format!(
+                    "the INS is given as a {} identifier ({}), but dossier {} holds a {} one: nothing was imported",
+                    d.ins_kind.as_str(),
+                    ins_system(d.ins_kind),
+                    d.ins.matricule(),
+                    held.as_str()
+                ),
+            ));
+        }
+        if let Some(old) = &d.replaces
+            && !in_file.contains(&(&d.ins, old.as_str()))
+            && replica.find_by_unique_id(&d.ins, old)?.is_none()
+        {
+            return Err(refuse(
+                "DocumentReference.relatesTo",
+                "the replaced document is not in this dossier: nothing was imported",
+            ));
+        }
+        if let Some(uid) = &d.document.unique_id {
+            in_file.insert((&d.ins, uid.as_str()));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -706,6 +760,34 @@ mod tests {
             format!("{lying:?}").contains("attachment.size: says 2 bytes"),
             "{lying:?}"
         );
+    }
+
+    /// A file that cannot be filed whole stores nothing: an INS of another kind than the
+    /// dossier's, a replacement of a document that is nowhere (after one that could be filed).
+    #[test]
+    fn a_file_that_cannot_be_filed_whole_stores_nothing() {
+        let (_tmp, host, _site, ins) = crate::testkit::host_and_site();
+        let held = || host.dossier(&ins).expect("dossier").documents;
+        let before = held();
+        let good = bundle(vec![doc_ref("a", None), doc_ref("b", Some("a"))]);
+        let as_nir = String::from_utf8(good.clone())
+            .expect("utf-8")
+            .replace("1.2.250.1.213.1.4.10", "1.2.250.1.213.1.4.8");
+        let err = import(&host, read(as_nir.as_bytes()).expect("read")).expect_err("a NIR");
+        assert!(
+            err.to_string().contains("given as a nir identifier"),
+            "{err}"
+        );
+        assert_eq!(held(), before, "nothing imported");
+        let nowhere = bundle(vec![doc_ref("a", None), doc_ref("c", Some("zz"))]);
+        let err = import(&host, read(&nowhere).expect("read")).expect_err("replaces nothing");
+        assert!(err.to_string().contains("relatesTo"), "{err}");
+        assert_eq!(held(), before, "nothing imported");
+        // The file as it should be: both filed (the second replacing the first), once.
+        let filed = import(&host, read(&good).expect("read")).expect("import");
+        assert!(filed.iter().all(|i| !i.already_stored), "{filed:?}");
+        let again = import(&host, read(&good).expect("read")).expect("import again");
+        assert!(again.iter().all(|i| i.already_stored), "{again:?}");
     }
 
     /// Replaces the `n`-th value of `v` (depth first, counting `v`) by `with`; answers how many

@@ -41,6 +41,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("inbox_sidecar", inbox_sidecar),
     ("api_request", api_request),
     ("config", config),
+    ("fhir", fhir),
 ];
 
 /// Frame decoding: the first byte sets how the rest arrives (pieces of 1 to 256 bytes), the rest
@@ -301,18 +302,24 @@ pub fn inbox_sidecar(data: &[u8]) {
     }
 }
 
-/// The local API's request decoding (the JSON body of `POST /v1/call`): a request that decodes
-/// is classified for both roles, and encodes to JSON that decodes again (the client sends what
-/// the daemon reads).
+/// The local API's request decoding (the JSON body of `POST /v1/call`, `api::wire`): a
+/// request that decodes and converts is classified for both roles, and encodes to JSON that
+/// decodes and converts again (the client sends what the daemon reads).
 pub fn api_request(data: &[u8]) {
-    let Ok(request) = serde_json::from_slice::<crate::api::Request>(data) else {
+    use crate::api::{Request, wire};
+    let Ok(decoded) = serde_json::from_slice::<wire::Request>(data) else {
+        return;
+    };
+    let Ok(request) = Request::try_from(decoded) else {
         return;
     };
     request.may_change_what_syncs(Role::Host);
     request.may_change_what_syncs(Role::Site);
-    let json = serde_json::to_vec(&request).expect("a request encodes");
-    if let Err(e) = serde_json::from_slice::<crate::api::Request>(&json) {
-        panic!("a decoded request does not decode again once encoded: {e}");
+    let json = serde_json::to_vec(&wire::Request::from(&request)).expect("a request encodes");
+    match serde_json::from_slice::<wire::Request>(&json).map(Request::try_from) {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => panic!("a converted request does not convert again once encoded: {e}"),
+        Err(e) => panic!("a decoded request does not decode again once encoded: {e}"),
     }
 }
 
@@ -334,6 +341,80 @@ pub fn config(data: &[u8]) {
         Ok(back) => assert_eq!(back, config, "carnet.toml written back differs"),
         Err(e) => panic!("carnet.toml written back does not load: {e}"),
     }
+}
+
+/// A FHIR R4 file, as `carnet import` and the inbox read it: refused, or read into documents
+/// that a fresh copy of the fixture's site files (or refuses) with its trace still verifying,
+/// and that the same file filed again stores nothing twice.
+pub fn fhir(data: &[u8]) {
+    let Ok(docs) = crate::fhir::read(data) else {
+        return;
+    };
+    let copy = fixture().fresh(&["site"]);
+    let site = copy.open("site");
+    let Ok(first) = crate::fhir::import(&site, docs) else {
+        return;
+    };
+    if let Ok(docs) = crate::fhir::read(data)
+        && let Ok(again) = crate::fhir::import(&site, docs)
+    {
+        let ids = |v: &[crate::fhir::Imported]| v.iter().map(|i| i.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(&again),
+            ids(&first),
+            "a file filed again is filed elsewhere"
+        );
+        assert!(
+            again.iter().all(|i| i.already_stored),
+            "a file filed again stored something twice"
+        );
+    }
+    if let Err(e) = site.verify_audit() {
+        panic!("the site's trace no longer verifies after a FHIR import: {e}");
+    }
+}
+
+/// The FHIR seeds of `seeds`, for the fixture's dossier `ins` and its `doctor`.
+fn fhir_seeds(
+    ins: &carnet_store::ids::Ins,
+    doctor: &carnet_store::ids::Rpps,
+) -> Vec<(&'static str, String)> {
+    let (ins, rpps) = (ins.matricule(), doctor.as_str());
+    let doc = |uid: &str, replaces: &str| {
+        format!(
+            r#"{{"resourceType": "DocumentReference", "status": "current",
+  "masterIdentifier": {{"system": "urn:ietf:rfc:3986", "value": "{uid}"}},
+  "subject": {{"reference": "urn:uuid:p"}},
+  "author": [{{"reference": "urn:uuid:d"}}],
+  "date": "2026-11-20T10:00:00+01:00",
+  "category": [{{"coding": [{{"system": "urn:oid:1.2.250.1.213.1.1.4.1", "code": "10"}}]}}],
+  "type": {{"coding": [{{"system": "http://loinc.org", "code": "11488-4"}}]}},
+  "securityLabel": [{{"coding": [{{"system": "urn:oid:1.2.250.1.213.1.1.4.13", "code": "INVISIBLE_PATIENT"}}]}}]{replaces},
+  "content": [{{"attachment": {{"contentType": "text/plain", "title": "CR", "data": "Q1IgKHN5bnRoZXRpYyk="}}}}]}}"#
+        )
+    };
+    let patient = format!(
+        r#"{{"fullUrl": "urn:uuid:p", "resource": {{"resourceType": "Patient", "identifier": [{{"system": "urn:oid:1.2.250.1.213.1.4.10", "value": "{ins}"}}]}}}}"#
+    );
+    let doctor = format!(
+        r#"{{"fullUrl": "urn:uuid:d", "resource": {{"resourceType": "Practitioner", "identifier": [{{"system": "urn:oid:1.2.250.1.71.4.2.1", "value": "8{rpps}"}}]}}}}"#
+    );
+    let replaces = r#", "relatesTo": [{"code": "replaces", "target": {"identifier": {"value": "urn:test:fhir-1"}}}]"#;
+    let bundle = format!(
+        r#"{{"resourceType": "Bundle", "type": "collection", "entry": [{patient}, {doctor}, {{"resource": {}}}, {{"resource": {}}}]}}"#,
+        doc("urn:test:fhir-2", replaces),
+        doc("urn:test:fhir-1", "")
+    );
+    let alone = doc("urn:test:fhir-3", "")
+        .replace(
+            r#""subject": {"reference": "urn:uuid:p"}"#,
+            &format!(r#""subject": {{"identifier": {{"system": "urn:oid:1.2.250.1.213.1.4.10", "value": "{ins}"}}}}"#),
+        )
+        .replace(
+            r#""author": [{"reference": "urn:uuid:d"}]"#,
+            &format!(r#""author": [{{"identifier": {{"system": "urn:oid:1.2.250.1.71.4.2.1", "value": "8{rpps}"}}}}]"#),
+        );
+    vec![("bundle", bundle), ("alone", alone)]
 }
 
 /// A host and an enrolled site (`testkit::host_and_site_in`) with documents written on both
@@ -620,6 +701,11 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         "bad-date".into(),
         sidecar(r#", "service_start": "1066-10-14""#).into_bytes(),
     );
+    // FHIR files: a DocumentReference alone, and a Bundle of two, the second replacing the
+    // first, with its Patient and its Practitioner.
+    for (name, file) in fhir_seeds(&ins, &doctor) {
+        add("fhir", name.into(), file.into_bytes());
+    }
     // Local API requests.
     use crate::api::Request;
     use carnet_store::model::{AccessMode, GrantBasis, GrantState, Profession, Professional};
@@ -714,7 +800,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         },
     ];
     for request in requests {
-        let json = serde_json::to_vec(&request).expect("json");
+        let json = serde_json::to_vec(&crate::api::wire::Request::from(&request)).expect("json");
         let op = serde_json::from_slice::<serde_json::Value>(&json)
             .ok()
             .and_then(|v| v.get("op").and_then(|op| op.as_str()).map(str::to_string))
@@ -748,4 +834,25 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         );
     }
     seeds
+}
+
+#[cfg(test)]
+mod fhir_seed_tests {
+    use super::*;
+
+    /// The FHIR seeds are files the reader takes and the fixture's site files whole: the
+    /// fuzzer starts from inputs that reach the filing.
+    #[test]
+    fn the_fhir_seeds_are_read_and_filed() {
+        for (name, file) in fhir_seeds(&testkit::ins(), &testkit::doctor()) {
+            let docs = crate::fhir::read(file.as_bytes())
+                .unwrap_or_else(|e| panic!("seed {name} is not read: {e}"));
+            let copy = fixture().fresh(&["site"]);
+            let site = copy.open("site");
+            let filed = crate::fhir::import(&site, docs)
+                .unwrap_or_else(|e| panic!("seed {name} is not filed: {e}"));
+            assert!(filed.iter().all(|i| !i.already_stored), "{name}: {filed:?}");
+            fhir(file.as_bytes());
+        }
+    }
 }

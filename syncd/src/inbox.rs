@@ -1506,7 +1506,7 @@ mod tests {
             tempfile::tempdir().expect("tmp"),
         );
         let r = replica(data.path());
-        let good = fhir_doc("urn:test:fhir-1", "urn:oid:1.2.250.1.213.1.4.8");
+        let good = fhir_doc("urn:test:fhir-1", "urn:oid:1.2.250.1.213.1.4.10");
         fs::write(inbox.path().join("cr.fhir.json"), &good).expect("write");
         let report = process(&r, inbox.path()).expect("scan");
         assert_eq!(report.stored.len(), 1, "{report:?}");
@@ -1550,7 +1550,7 @@ mod tests {
         process(&r, inbox.path()).expect("scan");
         assert!(error_file(inbox.path(), "bad.1.fhir.json").contains("subject"));
         // A sidecar for a FHIR file is refused; the file itself is filed.
-        let other = fhir_doc("urn:test:fhir-3", "urn:oid:1.2.250.1.213.1.4.8");
+        let other = fhir_doc("urn:test:fhir-3", "urn:oid:1.2.250.1.213.1.4.10");
         fs::write(inbox.path().join("c.fhir.json"), &other).expect("write");
         fs::write(
             inbox.path().join(format!("c.fhir.json{SIDECAR_SUFFIX}")),

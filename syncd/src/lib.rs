@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod config;
+pub mod discovery;
 pub mod enrol;
 pub mod error;
 pub mod fhir;

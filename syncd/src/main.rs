@@ -9,7 +9,7 @@
 //! SIGTERM or Ctrl-C ends it after the round or transaction in flight, closes the connection,
 //! and removes the socket. Under systemd (`Type=notify`) it says READY=1 once it serves,
 //! STOPPING=1 at SIGTERM, and feeds the watchdog (`systemd`). SIGHUP reads `carnet.toml` again
-//! and applies the log level, and on a site `sync_every` and the inbox, with the connection
+//! and applies the log level, and on a site `sync_every`, the inbox and `[[peer]]`, with the connection
 //! to the host left open (`Config::reload`; a file refused leaves the settings in force). Logs name sites, counts and
 //! errors, never patient data.
 
@@ -76,7 +76,7 @@ fn help() -> String {
          CARNET_HIGH_WATER (a high-water mark file outside DIR, checked at start);\n\
          under systemd (Type=notify), NOTIFY_SOCKET and WATCHDOG_USEC.\n\
          Signals: SIGTERM or SIGINT stops after the round in flight; SIGHUP reads carnet.toml\n\
-         again (log_level, sync_every, inbox; the connection to the host stays).\n\
+         again (log_level, sync_every, inbox, [[peer]]; the connection to the host stays).\n\
          Exit status: 0 stopped cleanly, 1 failed (see the log), 2 bad arguments.\n",
         version = version()
     )
@@ -469,6 +469,17 @@ async fn site(
         }),
         ..LinkState::default()
     }));
+    // `discover = true`: this site announces itself on the local network and finds the sites
+    // there, admitted to peer sessions as listed ones are.
+    if config.discover {
+        let own = replica.config();
+        service.discovery = Some(carnet_syncd::discovery::Discovery::start(
+            own.site_id.0,
+            &own.name,
+            config.peer_listen,
+        )?);
+        tracing::info!("announcing this site and finding peers on the local network (mDNS)");
+    }
     let service = Arc::new(service);
     let api = tokio::spawn(local::serve(listener, service.clone()));
     // Ends with the daemon (the runtime drops it).
@@ -476,13 +487,21 @@ async fn site(
     let certificates = tokio::spawn(certificate_watch(replica.arc().clone()));
     let tidy = tokio::spawn(inbox_tidy(service.clone()));
     // `peer_listen`: handovers from the sites listed as `[[peer]]` (off unless set).
+    // Its `[[peer]]` follow carnet.toml: SIGHUP replaces them (`PeerPolicy::set_sites`).
+    let peer_policy = carnet_syncd::peer::policy(
+        &config,
+        carnet_syncd::peer::revoked_list(&replica),
+        service.discovery.clone(),
+    );
     let peers = match config.peer_listen {
         Some(address) => {
             let tls = enrol::site_tls(&replica)?;
-            let policy =
-                carnet_syncd::peer::policy(&config, carnet_syncd::peer::revoked_list(&replica));
             let endpoint = quinn::Endpoint::server(
-                transport::peer_server_config(&tls.ca_cert_der, &tls.identity, policy)?,
+                transport::peer_server_config(
+                    &tls.ca_cert_der,
+                    &tls.identity,
+                    peer_policy.clone(),
+                )?,
                 address,
             )?;
             tracing::info!(address = %endpoint.local_addr()?, peers = config.peers.len(), "accepting handovers from peers");
@@ -623,6 +642,7 @@ async fn site(
                             ),
                         }
                     }
+                    peer_policy.set_sites(config.peers.iter().map(|p| p.site).collect());
                     timer.set_every(Duration::from_secs(config.sync_every));
                     if regular {
                         next_round.as_mut().reset(round_ended + timer.every());

@@ -1,7 +1,9 @@
 //! Sessions between two sites (ALPN `carnet-peer/1`, `transport::peer_server_config`): a
 //! handover without the host. The dialler hands a dossier over (`hand_over`); the listener
 //! (`serve`, on `peer_listen`) admits it with the store's `admit_handover`, which decides
-//! everything again, then takes the bodies it lacks.
+//! everything again, then takes the bodies it lacks. Or the dialler asks for a dossier
+//! (`ask`, `PeerMsg::Ask`): the listener decides whether it qualifies (`handover_asked`) and,
+//! on that stream, the roles below swap.
 //!
 //! One stream per handover:
 //! 1. dialler → `Handover` (records, heartbeat, documents' metadata, its trace entries);
@@ -28,6 +30,7 @@ use carnet_store::replica::{BodyPiece, Handover, HandoverReport, SiteReplica};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, PeerConfig};
+use crate::discovery::Discovery;
 use crate::error::{Error, Result};
 use crate::frame::FrameDecoder;
 use crate::net::{net_err, next_message, send, timed_out};
@@ -61,6 +64,17 @@ pub enum PeerMsg {
         /// Bodies of the handover still lacking at the listener.
         lacking: u64,
     },
+    /// Dialler: asks the listener to hand dossier `ins` over to it, for its professional
+    /// `by`. The listener answers with a `Handover` (and the roles of steps 1–4 swap) or
+    /// `Refused`.
+    Ask {
+        /// The dossier.
+        ins: Ins,
+        /// The asking site's professional, as it declares them.
+        by: Rpps,
+        /// Why, in their words.
+        reason: Option<String>,
+    },
 }
 
 /// What a handover did, as the sending site reports it.
@@ -86,13 +100,32 @@ pub struct HandoverOutcome {
     pub wire_received: u64,
 }
 
+/// What a dossier asked for did at this site (`ask`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AskOutcome {
+    /// The peer's name (`[[peer]]`).
+    pub peer: String,
+    /// Its site id, as its certificate names it.
+    pub site: u32,
+    /// What this site admitted of the peer's handover.
+    pub report: HandoverReport,
+    /// Bodies still lacking here when it ended (0 when all came over).
+    pub lacking: u64,
+}
+
 /// Who this site opens peer sessions with and accepts them from: the `[[peer]]` of `config`,
-/// not revoked per `revoked`.
-pub fn policy(config: &Config, revoked: Arc<Revoked>) -> Arc<PeerPolicy> {
-    Arc::new(PeerPolicy {
-        sites: config.peers.iter().map(|p| p.site).collect(),
+/// and the sites `discovered` on the local network (`discover = true`), not revoked per
+/// `revoked`.
+pub fn policy(
+    config: &Config,
+    revoked: Arc<Revoked>,
+    discovered: Option<Arc<Discovery>>,
+) -> Arc<PeerPolicy> {
+    PeerPolicy::new(
+        config.peers.iter().map(|p| p.site).collect(),
         revoked,
-    })
+        discovered,
+    )
 }
 
 /// The site certificates this site refuses in peer sessions: those the host's signed list
@@ -101,21 +134,44 @@ pub fn revoked_list(replica: &SiteReplica) -> Arc<Revoked> {
     transport::revoked_for_peers(replica.arc().clone())
 }
 
-/// The `[[peer]]` named `name` in the site's `carnet.toml`, with the settings.
-fn peer_named(replica: &SiteReplica, name: &str) -> Result<(Config, PeerConfig)> {
+/// The peer named `name`, with the settings: the `[[peer]]` of that name in the site's
+/// `carnet.toml`; or, with `discover = true`, the site announcing that name on the local
+/// network, found by `discovered` (the daemon's), or by a discovery started here for the
+/// session (returned, to be kept while it lasts: the peer admits this site while it sees it).
+fn peer_named(
+    replica: &SiteReplica,
+    name: &str,
+    discovered: Option<Arc<Discovery>>,
+) -> Result<(Config, PeerConfig, Option<Arc<Discovery>>)> {
     let config = Config::load(&replica.dir().join(crate::config::CONFIG_FILE))?;
-    let peer = config.peer(name).cloned().ok_or_else(|| {
-        let known: Vec<&str> = config.peers.iter().map(|p| p.name.as_str()).collect();
-        Error::Invalid(if known.is_empty() {
-            format!("no [[peer]] named '{name}': this site lists no peer in carnet.toml (name, address, site)")
-        } else {
-            format!(
-                "no [[peer]] named '{name}' in carnet.toml: the peers are {}",
-                known.join(", ")
-            )
-        })
-    })?;
-    Ok((config, peer))
+    if let Some(peer) = config.peer(name) {
+        let peer = peer.clone();
+        return Ok((config, peer, discovered));
+    }
+    if config.discover {
+        let discovery = match discovered {
+            Some(d) => d,
+            None => Discovery::start(replica.config().site_id.0, &replica.config().name, None)?,
+        };
+        let found = discovery.find(name, crate::discovery::FIND_WAIT)?;
+        let peer = PeerConfig {
+            name: name.to_string(),
+            address: found.address,
+            site: found.site,
+        };
+        return Ok((config, peer, Some(discovery)));
+    }
+    let known: Vec<&str> = config.peers.iter().map(|p| p.name.as_str()).collect();
+    Err(Error::Invalid(if known.is_empty() {
+        format!(
+            "no [[peer]] named '{name}': this site lists no peer in carnet.toml (name, address, site)"
+        )
+    } else {
+        format!(
+            "no [[peer]] named '{name}' in carnet.toml: the peers are {}",
+            known.join(", ")
+        )
+    }))
 }
 
 /// Sender: hands dossier `ins` over to the peer named `peer` in `carnet.toml`, by professional
@@ -127,37 +183,88 @@ pub async fn hand_over(
     by: Rpps,
     reason: Option<String>,
     revoked: Arc<Revoked>,
+    discovered: Option<Arc<Discovery>>,
 ) -> Result<HandoverOutcome> {
-    let r = replica.clone();
-    let name = peer.to_string();
-    let (config, peer, tls, handover) = tokio::task::spawn_blocking(move || -> Result<_> {
-        let (config, peer) = peer_named(&r, &name)?;
-        let tls = crate::enrol::site_tls(&r)?;
-        let handover = r
-            .sync()
-            .handover_out(&ins, &by, reason.as_deref(), SiteId(peer.site))?;
-        Ok((config, peer, tls, handover))
+    let peers = (revoked, discovered);
+    let (session, handover) = PeerSession::open(&replica, peer, peers, move |r, peer| {
+        r.sync()
+            .handover_out(&ins, &by, reason.as_deref(), SiteId(peer.site))
     })
-    .await
-    .map_err(net_err)??;
-    let client = transport::peer_client_config(
-        &tls.ca_cert_der,
-        &tls.identity,
-        peer.site,
-        policy(&config, revoked),
-    )?;
-    let (endpoint, conn) = dial(peer.address, client).await?;
-    let outcome = handover_on(&replica, &conn, &peer, handover)
-        .await
-        .map_err(|e| refused_by_peer(&conn, &peer).unwrap_or(e));
-    conn.close(0u32.into(), b"done");
-    endpoint.wait_idle().await;
-    let stats = conn.stats();
+    .await?;
+    let outcome = async {
+        let (tx, rx) = session.conn.open_bi().await.map_err(net_err)?;
+        let to = (session.peer.name.as_str(), SiteId(session.peer.site));
+        send_handover(&replica, tx, rx, FrameDecoder::new(), to, handover).await
+    }
+    .await;
+    let (outcome, stats) = session.close(outcome).await;
     outcome.map(|o| HandoverOutcome {
         wire_sent: stats.udp_tx.bytes,
         wire_received: stats.udp_rx.bytes,
         ..o
     })
+}
+
+/// A session this site opened with a `[[peer]]`, or a site found on the local network.
+struct PeerSession {
+    peer: PeerConfig,
+    endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    /// The discovery that found the peer and announces this site, while the session lasts.
+    _discovery: Option<Arc<Discovery>>,
+}
+
+impl PeerSession {
+    /// Opens a session with the peer named `name` (`peer_named`), admitted per the revoked
+    /// certificates and discovery of `peers`, once `prepare` (run on the blocking side, before
+    /// anything is sent) succeeded; with what it prepared.
+    async fn open<P, F>(
+        replica: &SiteReplica,
+        name: &str,
+        peers: (Arc<Revoked>, Option<Arc<Discovery>>),
+        prepare: F,
+    ) -> Result<(PeerSession, P)>
+    where
+        P: Send + 'static,
+        F: FnOnce(&SiteReplica, &PeerConfig) -> carnet_store::Result<P> + Send + 'static,
+    {
+        let (r, name) = (replica.clone(), name.to_string());
+        let (revoked, discovered) = peers;
+        let (config, peer, discovery, tls, prepared) =
+            tokio::task::spawn_blocking(move || -> Result<_> {
+                let (config, peer, discovery) = peer_named(&r, &name, discovered)?;
+                let tls = crate::enrol::site_tls(&r)?;
+                let prepared = prepare(&r, &peer)?;
+                Ok((config, peer, discovery, tls, prepared))
+            })
+            .await
+            .map_err(net_err)??;
+        let client = transport::peer_client_config(
+            &tls.ca_cert_der,
+            &tls.identity,
+            peer.site,
+            policy(&config, revoked, discovery.clone()),
+        )?;
+        let (endpoint, conn) = dial(peer.address, client).await?;
+        Ok((
+            PeerSession {
+                peer,
+                endpoint,
+                conn,
+                _discovery: discovery,
+            },
+            prepared,
+        ))
+    }
+
+    /// Closes the session after `outcome` (an error read as the peer's refusal at the
+    /// handshake when that is what closed it); with the connection's counts.
+    async fn close<T>(self, outcome: Result<T>) -> (Result<T>, quinn::ConnectionStats) {
+        let outcome = outcome.map_err(|e| refused_by_peer(&self.conn, &self.peer).unwrap_or(e));
+        self.conn.close(0u32.into(), b"done");
+        self.endpoint.wait_idle().await;
+        (outcome, self.conn.stats())
+    }
 }
 
 /// A connection to a peer's `peer_listen`, within `IDLE_TIMEOUT`.
@@ -190,14 +297,75 @@ async fn dial(
     Ok((endpoint, conn))
 }
 
-async fn handover_on(
+/// Asker: asks the peer named `peer` in `carnet.toml` to hand dossier `ins` over to this site,
+/// for professional `by` (registered here); admits what it sends as `serve` would, then takes
+/// the bodies it lacks. The peer decides whether the dossier qualifies
+/// (`SiteReplica::handover_asked`).
+pub async fn ask(
+    replica: SiteReplica,
+    peer: &str,
+    ins: Ins,
+    by: Rpps,
+    reason: Option<String>,
+    revoked: Arc<Revoked>,
+    discovered: Option<Arc<Discovery>>,
+) -> Result<AskOutcome> {
+    let asker = by.clone();
+    let peers = (revoked, discovered);
+    let (session, ()) = PeerSession::open(&replica, peer, peers, move |r, _| {
+        if r.professionals()?.iter().any(|p| p.rpps == asker) {
+            Ok(())
+        } else {
+            Err(carnet_store::Error::Invalid(format!(
+                "{asker} is not registered at this site: a dossier is asked for by a professional of the site"
+            )))
+        }
+    })
+    .await?;
+    let (conn, peer) = (&session.conn, &session.peer);
+    let outcome = async {
+        let from = SiteId(transport::peer_site(conn)?);
+        let (mut tx, mut rx) = conn.open_bi().await.map_err(net_err)?;
+        let mut decoder = FrameDecoder::new();
+        send(&mut tx, &[PeerMsg::Ask { ins, by, reason }]).await?;
+        let handover = match next_message::<PeerMsg>(&mut rx, &mut decoder).await? {
+            Some(PeerMsg::Handover(h)) => h,
+            Some(PeerMsg::Refused(why)) => {
+                return Err(Error::Invalid(format!(
+                    "peer {} did not hand the dossier over: {why}",
+                    peer.name
+                )));
+            }
+            other => return Err(unexpected(&other)),
+        };
+        match receive_handover(&replica, from, tx, rx, decoder, handover).await? {
+            Some((report, lacking)) => Ok(AskOutcome {
+                peer: peer.name.clone(),
+                site: peer.site,
+                report,
+                lacking,
+            }),
+            None => Err(Error::Invalid(format!(
+                "the handover peer {} sent was refused here; this site's trace says why",
+                peer.name
+            ))),
+        }
+    }
+    .await;
+    session.close(outcome).await.0
+}
+
+/// Sender: hands `handover` over to peer `to` (its name, and its site id as its certificate
+/// names it) on a stream, traces it once admitted, then sends the bodies the peer lacks.
+async fn send_handover(
     replica: &SiteReplica,
-    conn: &quinn::Connection,
-    peer: &PeerConfig,
+    mut tx: quinn::SendStream,
+    mut rx: quinn::RecvStream,
+    mut decoder: FrameDecoder,
+    to: (&str, SiteId),
     handover: Handover,
 ) -> Result<HandoverOutcome> {
-    let (mut tx, mut rx) = conn.open_bi().await.map_err(net_err)?;
-    let mut decoder = FrameDecoder::new();
+    let (name, site) = to;
     let (ins, by, reason) = (
         handover.ins.clone(),
         handover.by.clone(),
@@ -215,22 +383,24 @@ async fn handover_on(
         Some(PeerMsg::Refused(why)) => {
             return Err(Error::Invalid(format!(
                 "peer {} refused the handover: {why}",
-                peer.name
+                name
             )));
         }
         other => return Err(unexpected(&other)),
     };
     // Admitted: traced here now (a handover the peer refused, or never received, is not).
-    let (r, to) = (replica.clone(), SiteId(peer.site));
-    tokio::task::spawn_blocking(move || r.sync().record_handover(&ins, &by, reason.as_deref(), to))
-        .await
-        .map_err(net_err)??;
+    let r = replica.clone();
+    tokio::task::spawn_blocking(move || {
+        r.sync().record_handover(&ins, &by, reason.as_deref(), site)
+    })
+    .await
+    .map_err(net_err)??;
     let (mut bodies_sent, mut body_bytes_sent) = (0, 0);
     for (id, kept) in &report.lacking {
         let Some(size) = offered.remove(id) else {
             return Err(Error::Invalid(format!(
                 "peer {} asked for a body that was not handed over (document {id}, or twice)",
-                peer.name
+                name
             )));
         };
         let kept = (*kept).min(size);
@@ -263,15 +433,15 @@ async fn handover_on(
         Some(PeerMsg::Refused(why)) => {
             return Err(Error::Invalid(format!(
                 "peer {} refused the bodies: {why}",
-                peer.name
+                name
             )));
         }
         other => return Err(unexpected(&other)),
     };
     let _ = tx.finish();
     Ok(HandoverOutcome {
-        peer: peer.name.clone(),
-        site: peer.site,
+        peer: name.to_string(),
+        site: site.0,
         report,
         bodies_sent,
         body_bytes_sent,
@@ -307,6 +477,7 @@ fn unexpected(msg: &Option<PeerMsg>) -> Error {
                 PeerMsg::Piece(_) => "a body piece",
                 PeerMsg::Done => "an end of pieces",
                 PeerMsg::Finished { .. } => "an end of handover",
+                PeerMsg::Ask { .. } => "an ask for a dossier",
             }
         )),
     }
@@ -349,8 +520,8 @@ pub async fn serve(
             };
             tracing::info!(%remote, peer = site, "peer session opened");
             while let Ok((tx, rx)) = conn.accept_bi().await {
-                match serve_handover(&replica, SiteId(site), tx, rx).await {
-                    Ok(Some(report)) => {
+                match serve_stream(&replica, SiteId(site), tx, rx).await {
+                    Ok(Served::Received(report)) => {
                         changed.notify_one();
                         tracing::info!(
                             peer = site,
@@ -361,7 +532,16 @@ pub async fn serve(
                             "handover received"
                         );
                     }
-                    Ok(None) => {}
+                    Ok(Served::Sent(outcome)) => {
+                        // Traced here: the next round pushes the entry.
+                        changed.notify_one();
+                        tracing::info!(
+                            peer = site,
+                            bodies = outcome.bodies_sent,
+                            "dossier handed over on the peer's ask"
+                        );
+                    }
+                    Ok(Served::Refused) => {}
                     Err(e) => tracing::warn!(peer = site, error = %e, "a handover failed"),
                 }
             }
@@ -369,20 +549,69 @@ pub async fn serve(
     }
 }
 
-/// One handover on a stream: its report when admitted, `None` when refused (the peer was
-/// told why).
-async fn serve_handover(
+/// What one stream of a peer session did at the listener.
+enum Served {
+    /// The peer handed a dossier over, admitted here.
+    Received(HandoverReport),
+    /// The peer asked for a dossier, and this site handed it over.
+    Sent(HandoverOutcome),
+    /// Refused, the peer told why (or it sent nothing).
+    Refused,
+}
+
+/// One stream of a peer session: a handover to admit, or an ask to answer.
+async fn serve_stream(
     replica: &SiteReplica,
     from: SiteId,
     mut tx: quinn::SendStream,
     mut rx: quinn::RecvStream,
-) -> Result<Option<HandoverReport>> {
+) -> Result<Served> {
     let mut decoder = FrameDecoder::new();
-    let handover = match next_message::<PeerMsg>(&mut rx, &mut decoder).await? {
-        Some(PeerMsg::Handover(h)) => h,
-        None => return Ok(None),
-        other => return Err(unexpected(&other)),
-    };
+    match next_message::<PeerMsg>(&mut rx, &mut decoder).await? {
+        Some(PeerMsg::Handover(h)) => Ok(
+            match receive_handover(replica, from, tx, rx, decoder, h).await? {
+                Some((report, _)) => Served::Received(report),
+                None => Served::Refused,
+            },
+        ),
+        Some(PeerMsg::Ask { ins, by, reason }) => {
+            let r = replica.clone();
+            let asked = tokio::task::spawn_blocking(move || {
+                r.sync().handover_asked(&ins, from, &by, reason.as_deref())
+            })
+            .await
+            .map_err(net_err)?;
+            match asked {
+                Ok(handover) => {
+                    let to = (format!("site {from}"), from);
+                    let outcome =
+                        send_handover(replica, tx, rx, decoder, (&to.0, to.1), handover).await?;
+                    Ok(Served::Sent(outcome))
+                }
+                Err(e) => {
+                    send(&mut tx, &[PeerMsg::Refused(e.to_string())]).await?;
+                    let _ = tx.finish();
+                    tracing::warn!(peer = %from, error = %e, "a peer's ask was refused");
+                    Ok(Served::Refused)
+                }
+            }
+        }
+        None => Ok(Served::Refused),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// Receiver: admits `handover` from peer site `from` on a stream, then takes the bodies it
+/// lacks: what it admitted and the bodies still lacking, or `None` when refused (the peer was
+/// told why).
+async fn receive_handover(
+    replica: &SiteReplica,
+    from: SiteId,
+    mut tx: quinn::SendStream,
+    mut rx: quinn::RecvStream,
+    mut decoder: FrameDecoder,
+    handover: Box<Handover>,
+) -> Result<Option<(HandoverReport, u64)>> {
     let r = replica.clone();
     let admitted = tokio::task::spawn_blocking(move || r.sync().admit_handover(from, &handover))
         .await
@@ -438,7 +667,7 @@ async fn serve_handover(
     .map_err(net_err)??;
     send(&mut tx, &[PeerMsg::Finished { lacking }]).await?;
     let _ = tx.finish();
-    Ok(Some(report))
+    Ok(Some((report, lacking)))
 }
 
 /// Keeps the pieces of `batch` durably, in one commit, and empties it.

@@ -10,7 +10,7 @@ use carnet_store::authority::{
     AuthorityRecord, Covers, Heartbeat, RECORD_FORMAT, RefusedCertificates, SignedRecord,
 };
 use carnet_store::ids::{DocId, SiteId};
-use carnet_store::ids::{InsKind, RepresentativeId};
+use carnet_store::ids::{InsKind, RepresentativeId, Rpps};
 use carnet_store::merge::DocumentMeta;
 use carnet_store::model::{
     AccessMode, Actor, Author, Closure, DocClass, DocState, DocumentFacts, DossierHead,
@@ -281,6 +281,14 @@ fn golden_peer_messages() -> Vec<Golden> {
         ),
         framed_as("PeerDone", PeerMsg::Done),
         framed_as("PeerFinished", PeerMsg::Finished { lacking: 0 }),
+        framed_as(
+            "PeerAsk",
+            PeerMsg::Ask {
+                ins: testkit::ins(),
+                by: Rpps::parse("10000000002").expect("rpps"),
+                reason: Some("arrived".to_string()),
+            },
+        ),
     ]
 }
 
@@ -557,6 +565,149 @@ fn golden_values() -> Vec<Golden> {
     ]
 }
 
+/// Signature test vectors (PROTOCOL.md, "Signature test vectors"): a P-256 key made for them
+/// and signatures made with it by an independent implementation (Python's `cryptography`), which
+/// this build must verify, over the bytes this build signs.
+mod vectors {
+    /// The test key's SubjectPublicKeyInfo (DER).
+    pub const SPKI: &str = "3059301306072a8648ce3d020106082a8648ce3d03010703420004f77f4c3c67be0834c8ba25d24157c68da61cb9aa1c4b634ceef8af33bf5063ad9923b66992f3f1aeb020dfe4376c9b0573779ed6caa2fc627d73c955fed2a7bb";
+    /// Its signature of the trace head message.
+    pub const TRACE_HEAD: &str = "304502201d5d4532454d742bbb9350c376c829ffa28ddfebea77e1dde26017df00a9765a022100951e50f58be5b30e7390a526ff533771fbb1eaff539ae1732af9b8f7de316a68";
+    /// Of the renewal message (its own key renewed, for site 7).
+    pub const RENEWAL: &str = "3045022025360b4b14b244872adeb286502c59bb98a3a56edb99ec1708b5830ef774ba1a0221009d90513c68708b5bf682fc337a98819e04fd17511c19986f6298d2321fa1c8f2";
+    /// Of the host key hand-over message.
+    pub const HAND_OVER: &str = "304602210084454d8a774446186a7f2c22d1b06c0ab1ab3e12670dcbf50b1325381a7b5064022100b1e970de28b7920ba69b43fae1e577109c6394243bd17152b94e05614ff5f5a8";
+    /// Of the host key revocation message.
+    pub const REVOCATION: &str = "3046022100e6a37b9b24c40b0b155962e1f9d58febf693041fc33748624d7cc88341d04a940221008079d5cd9f174c6c9af105d9f3d2f49d0d7406e1bb025aa97647b17cdbab5925";
+}
+
+/// The bytes of hex `digits` (a constant of `vectors`).
+fn unhex(digits: &str) -> Vec<u8> {
+    hex(digits).expect("hex constant")
+}
+
+/// Bytes this build signs with ECDSA P-256 (`message`), checked against PROTOCOL.md; the
+/// signature of them in `vectors` must verify under the test key.
+fn signed_message(name: &'static str, message: Vec<u8>, signature: &'static str) -> Golden {
+    Golden {
+        name,
+        encoded: message,
+        decodes_back: Box::new(move |bytes| {
+            crate::pki::verify_by_key(&unhex(vectors::SPKI), bytes, &unhex(signature))
+                .map_err(|e| format!("do not verify under the test key: {e}"))
+        }),
+    }
+}
+
+/// The signature test vectors: the host's Ed25519 signature of a record (deterministic: the
+/// bytes themselves are the vector), the messages signed with ECDSA P-256 and their
+/// signatures by an independent implementation, and the files that carry such statements.
+fn golden_signatures() -> Vec<Golden> {
+    use ed25519_dalek::SigningKey;
+    let host = SigningKey::from_bytes(&[0x42; 32]);
+    let public = host.verifying_key();
+    let heartbeat = AuthorityRecord::Heartbeat(Heartbeat {
+        at: 1_700_000_000_000,
+        covers: Covers::Log {
+            site: SiteId(7),
+            log_head: 42,
+        },
+    });
+    let signed = carnet_store::authority::sign(&host, 9, &heartbeat).expect("sign");
+    let spki = unhex(vectors::SPKI);
+    let revocation = HostRevocation {
+        version: 1,
+        pin: [0xcc; 32],
+        revoked_at: 1_700_000_000,
+        signature: unhex(vectors::REVOCATION),
+    };
+    let bundle = crate::enrol::Bundle::of_fields(
+        7,
+        "Clinique Test",
+        "010000000",
+        "127.0.0.1:4433",
+        vec![0xca; 3],
+        crate::pki::Identity {
+            cert_der: vec![0xce; 3],
+            key_der: vec![0x6b; 3],
+        },
+        public.to_bytes(),
+        [0x99; 32],
+    );
+    vec![
+        Golden {
+            name: "HostPublicKey",
+            encoded: public.to_bytes().to_vec(),
+            decodes_back: Box::new(|_| Ok(())),
+        },
+        Golden {
+            name: "SignedHeartbeat",
+            encoded: postcard::to_stdvec(&signed).expect("encode"),
+            decodes_back: Box::new(move |bytes| {
+                let signed: SignedRecord =
+                    postcard::from_bytes(bytes).map_err(|e| format!("decode: {e}"))?;
+                match carnet_store::authority::verify(&public, &signed) {
+                    Ok(v) if v.seq == 9 && v.record == heartbeat => Ok(()),
+                    other => Err(format!("verify to {other:?}")),
+                }
+            }),
+        },
+        signed_message(
+            "TraceHeadMessage",
+            SignedTraceHead::message(SiteId(7), 42, &[0x11; 32]),
+            vectors::TRACE_HEAD,
+        ),
+        signed_message(
+            "RenewalMessage",
+            RenewalRequest::message(7, &spki),
+            vectors::RENEWAL,
+        ),
+        signed_message(
+            "HandOverMessage",
+            HandOver::message(&[0xaa; 32], &[0xbb; 32]),
+            vectors::HAND_OVER,
+        ),
+        signed_message(
+            "HostRevocationMessage",
+            HostRevocation::message(&[0xcc; 32], 1_700_000_000),
+            vectors::REVOCATION,
+        ),
+        Golden {
+            name: "HostRevocationFile",
+            encoded: revocation.to_bytes().expect("encode"),
+            decodes_back: Box::new(move |bytes| {
+                let r = HostRevocation::from_bytes(bytes).map_err(|e| e.to_string())?;
+                crate::pki::verify_by_key(
+                    &unhex(vectors::SPKI),
+                    &HostRevocation::message(&r.pin, r.revoked_at),
+                    &r.signature,
+                )
+                .map_err(|e| format!("its signature: {e}"))?;
+                if r == revocation {
+                    Ok(())
+                } else {
+                    Err(format!("decode to {r:?}"))
+                }
+            }),
+        },
+        Golden {
+            name: "EnrolmentBundle",
+            encoded: bundle.to_bytes().expect("encode"),
+            decodes_back: Box::new(move |bytes| {
+                let rest = bytes
+                    .strip_prefix(b"CARNETEN".as_slice())
+                    .ok_or("no CARNETEN magic")?;
+                let decoded: crate::enrol::Bundle =
+                    postcard::from_bytes(rest).map_err(|e| format!("decode: {e}"))?;
+                match decoded.to_bytes() {
+                    Ok(again) if again == bytes => Ok(()),
+                    other => Err(format!("encode again to {other:?}")),
+                }
+            }),
+        },
+    ]
+}
+
 /// Every golden block's subject.
 fn goldens() -> Vec<Golden> {
     let mut all: Vec<Golden> = golden_messages()
@@ -565,6 +716,7 @@ fn goldens() -> Vec<Golden> {
         .collect();
     all.extend(golden_peer_messages());
     all.extend(golden_values());
+    all.extend(golden_signatures());
     all
 }
 

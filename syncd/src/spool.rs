@@ -13,38 +13,16 @@
 
 use std::path::{Path, PathBuf};
 
-use carnet_store::replica::{HostOversight, Notification, NotificationKind, Recipient};
-use carnet_store::time::format_rfc3339;
-use serde_json::{Value, json};
+use carnet_store::replica::{HostOversight, Notification};
+use serde_json::Value;
 
 use crate::error::{Error, Result};
 
-/// A notification as the spool and `carnet notifications list --json` show it: ids, the
-/// dossier's INS, the recipients, and the text for the holder or representatives.
+/// A notification as the spool, the local API and `carnet notifications list --json` show it
+/// (`api::wire::Notification`): ids, the dossier's INS, the recipients, and the text for the
+/// holder or representatives.
 pub fn notification_json(n: &Notification) -> Value {
-    let mut v = json!({
-        "id": n.id,
-        "kind": n.kind.name(),
-        "dossier": n.ins.matricule(),
-        "recipients": n.recipients.iter().map(|r| match r {
-            Recipient::Holder => json!({"role": "holder"}),
-            Recipient::Representative(id) => json!({"role": "representative", "id": id.to_string()}),
-            Recipient::MedecinTraitant(rpps) => json!({"role": "medecin_traitant", "rpps": rpps.as_str()}),
-        }).collect::<Vec<_>>(),
-        "at": format_rfc3339(n.at),
-        "site": n.site.0,
-        "doc": n.doc.map(|d| d.to_string()),
-        "text": n.patient_text(),
-    });
-    match &n.kind {
-        NotificationKind::EmergencyAccess { mode, emergency } => {
-            v["mode"] = json!(mode.as_str());
-            v["emergency"] = json!(emergency);
-        }
-        NotificationKind::FirstAccess { rpps } => v["rpps"] = json!(rpps.as_str()),
-        NotificationKind::DocumentAnnounced { .. } => {}
-    }
-    v
+    crate::api::wire::json(&crate::api::wire::Notification::from(n))
 }
 
 /// The file of notification `id` in the spool.
@@ -114,6 +92,7 @@ fn unwritable(dir: &Path, e: &std::io::Error) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
     use std::os::unix::fs::PermissionsExt;
 
     #[test]

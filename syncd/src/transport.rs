@@ -199,7 +199,7 @@ impl ClientCertVerifier for SiteVerifier {
             Admits::Peers(policy) => {
                 let verdict = self.ca.verify_client_cert(end_entity, intermediates, now);
                 let site = policy.admit(end_entity, verdict)?;
-                if !policy.sites.contains(&site) {
+                if !policy.admits_site(site) {
                     return Err(not_a_peer(site));
                 }
                 Ok(ClientCertVerified::assertion())
@@ -364,13 +364,43 @@ pub const PEER_SERVER_NAME: &str = "carnet-peer";
 /// the site holds, and for one of `sites` (the site ids of `[[peer]]`).
 #[derive(Debug)]
 pub struct PeerPolicy {
-    /// The site ids of the sites listed as `[[peer]]`.
-    pub sites: Vec<u32>,
+    /// The site ids of the sites listed as `[[peer]]`, as `carnet.toml` says now (SIGHUP
+    /// replaces them: `set_sites`).
+    sites: RwLock<Vec<u32>>,
     /// The site certificates the host refuses, as this site holds them: `revoked_for_peers`.
-    pub revoked: Arc<Revoked>,
+    revoked: Arc<Revoked>,
+    /// With `discover = true`: the sites found on the local network, admitted too.
+    discovered: Option<Arc<crate::discovery::Discovery>>,
 }
 
 impl PeerPolicy {
+    /// Admits the sites `sites` (listed as `[[peer]]`) and those `discovered`, not `revoked`.
+    pub fn new(
+        sites: Vec<u32>,
+        revoked: Arc<Revoked>,
+        discovered: Option<Arc<crate::discovery::Discovery>>,
+    ) -> Arc<PeerPolicy> {
+        Arc::new(PeerPolicy {
+            sites: RwLock::new(sites),
+            revoked,
+            discovered,
+        })
+    }
+
+    /// The sites listed as `[[peer]]` from now on (a reloaded `carnet.toml`): each handshake
+    /// after it is decided on them; sessions open stay until they end.
+    pub fn set_sites(&self, sites: Vec<u32>) {
+        if let Ok(mut held) = self.sites.write() {
+            *held = sites;
+        }
+    }
+
+    /// True when site `site` is listed as `[[peer]]` or found on the local network now.
+    pub fn admits_site(&self, site: u32) -> bool {
+        self.sites.read().is_ok_and(|s| s.contains(&site))
+            || self.discovered.as_ref().is_some_and(|d| d.admits(site))
+    }
+
     /// Checks a peer's certificate: not revoked, the CA's `verdict` on it, and a site's:
     /// answers its site id or why it is refused.
     fn admit(
@@ -415,7 +445,7 @@ impl ServerCertVerifier for PeerListener {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        if !self.policy.sites.contains(&self.site) {
+        if !self.policy.admits_site(self.site) {
             return Err(not_a_peer(self.site));
         }
         let verdict = self.ca.verify_client_cert(end_entity, intermediates, now);
@@ -801,10 +831,7 @@ mod tests {
         for id in revoked {
             list.add(fingerprint(&id.cert_der));
         }
-        Arc::new(PeerPolicy {
-            sites: sites.to_vec(),
-            revoked: list,
-        })
+        PeerPolicy::new(sites.to_vec(), list, None)
     }
 
     /// The clinic (site 7) listens for the mobile unit (site 12): a session opens and each
@@ -892,12 +919,7 @@ mod tests {
             &tmp.path().join("clinic"),
             &clinic,
         ));
-        let held = || {
-            Arc::new(PeerPolicy {
-                sites: vec![u],
-                revoked: revoked_for_peers(replica.clone()),
-            })
-        };
+        let held = || PeerPolicy::new(vec![u], revoked_for_peers(replica.clone()), None);
         let server = peer_server_config(ca, &clinic.identity, held()).expect("server");
         let (_e1, clinic_addr, mut outcomes) = peer_listener(server);
         // The unit's own listener, which admits the clinic.

@@ -71,6 +71,11 @@ fn the_config_corpus_replays_without_a_panic() {
 }
 
 #[test]
+fn the_fhir_corpus_replays_without_a_panic() {
+    replay("fhir", fuzzing::fhir);
+}
+
+#[test]
 fn every_target_has_a_replayed_corpus() {
     for (target, _) in fuzzing::TARGETS {
         assert!(corpus(target).is_dir(), "no corpus for {target}");

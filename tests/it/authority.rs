@@ -79,7 +79,7 @@ fn a_site_works_from_the_hosts_records() {
     );
 
     let show = site.json(&["dossier", "show", &k.ins, "--as", "holder"]);
-    assert_eq!(show["birth_name"], "DUPONT");
+    assert_eq!(show["identity"]["birth_name"], "DUPONT");
     assert_eq!(show["status"], "active");
     assert_eq!(
         show["documents"], 0,
@@ -127,7 +127,7 @@ fn a_site_works_from_the_hosts_records() {
     );
     let j = site.json(&["doc", "get", &consult, "--as", DOCTOR]);
     assert_eq!(j["rule"], 4);
-    assert_eq!(j["site"], 31);
+    assert_eq!(j["site_id"], 31);
     assert_eq!(site.body(&consult, SPECIALIST), b"CR site (synthetic)");
     assert_eq!(site.body(&presc, PHARMACIST), b"Rx site (synthetic)");
     site.fails(3, &["doc", "get", &consult, "--as", PHARMACIST]);
@@ -154,7 +154,7 @@ fn a_site_works_from_the_hosts_records() {
         .rev()
         .find(|e| e["action"] == "read")
         .expect("read trace");
-    assert_eq!(t["site"], 31);
+    assert_eq!(t["site_id"], 31);
     assert_eq!(t["decided_offline"], true);
     assert!(
         t["authority_version"].as_u64().is_some_and(|v| v > 0),

@@ -312,8 +312,8 @@ fn dossier_create_show_list() {
         "--mask-new-by-default",
     ]);
     assert_eq!(j["ins"], b.as_str());
-    assert_eq!(j["ins_oid"], "1.2.250.1.213.1.4.10");
-    assert_eq!(j["identity_status"], "provisional");
+    assert_eq!(j["ins_kind"], "test");
+    assert_eq!(j["identity"]["status"], "provisional");
     assert_eq!(j["holder"], "minor");
     assert_eq!(j["representatives"][0]["id"], "R1");
     assert_eq!(j["representatives"][0]["name"], "Mme MARTIN");
@@ -322,14 +322,14 @@ fn dossier_create_show_list() {
     assert_eq!(j["documents"], 0);
 
     let s = c.json(&["dossier", "show", &a]);
-    assert_eq!(s["birth_name"], "DUPONT");
-    assert_eq!(s["first_names"], "Camille Marie");
-    assert_eq!(s["birth_date"], "1984-05-07");
-    assert_eq!(s["sex"], "F");
-    assert_eq!(s["birthplace"], "75056");
-    assert_eq!(s["identity_status"], "qualified");
-    assert_eq!(s["ins_oid"], "1.2.250.1.213.1.4.8");
-    assert_eq!(s["emergency"]["btg"], true);
+    assert_eq!(s["identity"]["birth_name"], "DUPONT");
+    assert_eq!(s["identity"]["first_names"], "Camille Marie");
+    assert_eq!(s["identity"]["birth_date"], "1984-05-07");
+    assert_eq!(s["identity"]["sex"], "F");
+    assert_eq!(s["identity"]["birthplace"], "75056");
+    assert_eq!(s["identity"]["status"], "qualified");
+    assert_eq!(s["ins_kind"], "nir");
+    assert_eq!(s["emergency"]["btg_allowed"], true);
     assert!(s["closure"].is_null());
     let human = c.ok(&["dossier", "show", &a]).stdout;
     assert!(
@@ -567,7 +567,8 @@ fn grants_add_revoke_block_list() {
     assert_eq!(
         j,
         serde_json::json!({"ins": a, "rpps": PHARMACIST, "state": "active", "basis": "consent",
-                           "treating": false, "medecin_traitant": false, "until": null})
+                           "issued_at": j["issued_at"], "treating": false,
+                           "medecin_traitant": false, "until": null})
     );
     let j = c.json(&[
         "grant",
@@ -699,7 +700,7 @@ fn emergency_preferences() {
     let s = c.json(&["dossier", "show", &a]);
     assert_eq!(
         s["emergency"],
-        serde_json::json!({"samu": true, "btg": true, "masked_in_emergency": false})
+        serde_json::json!({"samu_allowed": true, "btg_allowed": true, "masked_in_emergency": false})
     );
     let o = c.ok(&["emergency", "set", "--dossier", &a, "--samu", "oppose"]);
     assert!(
@@ -712,7 +713,7 @@ fn emergency_preferences() {
     let j = c.json(&["emergency", "set", "--dossier", &a, "--masked", "allow"]);
     assert_eq!(
         j,
-        serde_json::json!({"ins": a, "samu": false, "btg": true, "masked_in_emergency": true})
+        serde_json::json!({"ins": a, "samu_allowed": false, "btg_allowed": true, "masked_in_emergency": true})
     );
     let j = c.json(&[
         "emergency",
@@ -726,8 +727,8 @@ fn emergency_preferences() {
     ]);
     assert_eq!(
         (
-            j["samu"].clone(),
-            j["btg"].clone(),
+            j["samu_allowed"].clone(),
+            j["btg_allowed"].clone(),
             j["masked_in_emergency"].clone()
         ),
         (true.into(), false.into(), true.into())
@@ -735,7 +736,7 @@ fn emergency_preferences() {
     let s = c.json(&["dossier", "show", &a]);
     assert_eq!(
         s["emergency"],
-        serde_json::json!({"samu": true, "btg": false, "masked_in_emergency": true})
+        serde_json::json!({"samu_allowed": true, "btg_allowed": false, "masked_in_emergency": true})
     );
 
     c.fails(
@@ -745,7 +746,7 @@ fn emergency_preferences() {
     let o = c.run(&["emergency", "set", "--dossier", &a, "--btg", "maybe"]);
     assert_eq!(o.code, 2, "clap refuses an unknown value");
     assert_eq!(
-        c.json(&["dossier", "show", &a])["emergency"]["btg"],
+        c.json(&["dossier", "show", &a])["emergency"]["btg_allowed"],
         false,
         "refusals changed nothing"
     );
@@ -777,12 +778,10 @@ fn audit_show_and_verify() {
     assert_eq!(read["allowed"], true);
     assert_eq!(read["rule"], 4);
     assert_eq!(read["mode"], "normal");
-    assert_eq!(read["site"], 0);
+    assert_eq!(read["site_id"], 0);
     assert_eq!(read["decided_offline"], false, "the host decides online");
     assert!(
-        read["actor"]
-            .as_str()
-            .is_some_and(|a| a.starts_with(DOCTOR)),
+        read["who"].as_str().is_some_and(|a| a.starts_with(DOCTOR)),
         "{read}"
     );
 

@@ -157,10 +157,13 @@ fn offline_writes_converge_restrictions_win_and_double_replacements_are_reported
         assert!(
             branches
                 .iter()
-                .all(|b| b["author"].as_str().is_some_and(|a| a.contains(DOCTOR))),
+                .all(|b| b["written"]["author"]["rpps"] == DOCTOR),
             "{list}"
         );
-        assert_ne!(branches[0]["site"], branches[1]["site"], "{list}");
+        assert_ne!(
+            branches[0]["written"]["site_id"], branches[1]["written"]["site_id"],
+            "{list}"
+        );
         let text = place.ok(&["conflicts", "list"]).stdout;
         assert!(
             text.contains(&d) && text.contains(&d1) && text.contains(&d2),
@@ -243,7 +246,7 @@ fn changes_flow_to_connected_sites_as_they_happen() {
         );
     }
     let status = n.sites[0].json(&["sync", "status"]);
-    assert_eq!(status["daemon"]["connected"], true, "{status}");
+    assert_eq!(status["link"]["connected"], true, "{status}");
 }
 
 #[test]
@@ -295,7 +298,7 @@ fn revocation_block_and_closure_reach_the_sites_within_one_sync() {
     // The host holds the receipt of B's purge.
     let shown = n.host.json(&["dossier", "show", &ins]);
     let receipts = shown["purge_receipts"].as_array().expect("receipts");
-    assert!(receipts.iter().any(|r| r["site"] == 2), "{shown}");
+    assert!(receipts.iter().any(|r| r["site_id"] == 2), "{shown}");
 }
 
 #[test]

@@ -485,7 +485,7 @@ fn a_site_daemon_reports_its_link_in_sync_status() {
     host.ok(&["pki", "init", "--ca-in-replica"]);
     let site = enrolled_site(&host, &address, &[]);
     // Without a daemon, status says so.
-    assert!(site.json(&["sync", "status"])["daemon"].is_null());
+    assert!(site.json(&["sync", "status"])["link"].is_null());
     let _host_daemon = start_daemon(&host);
     let mut site_daemon = start_daemon(&site);
     wait_for_socket(&site);
@@ -504,8 +504,8 @@ fn a_site_daemon_reports_its_link_in_sync_status() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let status = site.json(&["sync", "status"]);
-    assert_eq!(status["daemon"]["connected"], true, "{status}");
-    assert!(status["daemon"]["last_sync"].is_string(), "{status}");
+    assert_eq!(status["link"]["connected"], true, "{status}");
+    assert!(status["link"]["last_sync"].is_string(), "{status}");
     assert_eq!(status["pending_traces"], 0, "{status}");
     assert_eq!(status["cursor_lag"], 0, "{status}");
     // A change waiting for the next round is counted by kind (the daemon stopped first: a
@@ -557,7 +557,7 @@ fn idle_host_and_site_daemons_use_almost_no_cpu() {
     wait_for_socket(&site);
     // Settled: a round through the site's daemon succeeded and its status answers.
     sync_until_ok(&site, Duration::from_secs(20));
-    assert_eq!(site.json(&["sync", "status"])["daemon"]["connected"], true);
+    assert_eq!(site.json(&["sync", "status"])["link"]["connected"], true);
     let daemons = [("host", &host_daemon), ("site", &site_daemon)];
     let before: Vec<Duration> = daemons.iter().map(|(_, d)| cpu_time(d.0.id())).collect();
     let start = Instant::now();

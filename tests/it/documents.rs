@@ -73,7 +73,7 @@ fn add_and_get_exact_bytes() {
     assert_eq!(j["unique_id"], "1.2.3.4.5");
     assert_eq!(j["ins"], k.ins.as_str());
     assert_eq!(j["class"], 31);
-    assert_eq!(j["type"], "18748-4");
+    assert_eq!(j["type_code"], "18748-4");
     assert_eq!(j["format"], "application/dicom");
     assert_eq!(j["title"], "IRM genou");
     assert_eq!(j["size"], body.len());
@@ -83,9 +83,7 @@ fn add_and_get_exact_bytes() {
     assert_eq!(j["confidentiality"], serde_json::json!([]));
     assert_eq!(j["rule"], 4);
     assert!(
-        j["author"]
-            .as_str()
-            .is_some_and(|a| a.starts_with(DOCTOR) && a.contains("medecin")),
+        j["author"]["rpps"] == DOCTOR && j["author"]["profession"] == "medecin",
         "{j}"
     );
     // -o with --json: metadata only, the file holds the bytes.

@@ -46,7 +46,7 @@ fn emergencies_of(host: &Carnet, site: u64, pending: bool) -> Vec<Value> {
         .as_array()
         .expect("a list")
         .iter()
-        .filter(|e| e["site"] == site)
+        .filter(|e| e["site_id"] == site)
         .cloned()
         .collect()
 }
@@ -109,14 +109,14 @@ fn offline_break_glass_reads_are_judged_at_the_host_as_of_their_time_and_reviewe
     let (before, after) = (&pending[0], &pending[1]);
     for e in [before, after] {
         assert_eq!(e["mode"], "bris_de_glace", "{e}");
-        assert_eq!(e["actor"], format!("{ER_DOCTOR} (medecin)"), "{e}");
+        assert_eq!(who(&e["actor"]), format!("{ER_DOCTOR} (medecin)"), "{e}");
         assert_eq!(e["ins"], ins.as_str(), "{e}");
         assert_eq!(e["doc"], doc.as_str(), "{e}");
         assert_eq!(e["allowed"], true, "{e}");
         assert_eq!(e["decided_offline"], true, "{e}");
         assert_eq!(e["reviewed"], false, "{e}");
     }
-    assert_eq!(before["reason"], "unconscious, synthetic");
+    assert_eq!(before["stated_reason"], "unconscious, synthetic");
     assert_eq!(before["conforming"], true, "{before}");
     assert_eq!(after["conforming"], false, "{after}");
     assert_eq!(after["rule"], 7, "{after}");

@@ -168,7 +168,7 @@ fn the_holder_exports_a_fhir_bundle() {
         .find(|e| e["action"] == "export")
         .expect("export traced");
     assert_eq!(last["allowed"], true);
-    assert_eq!(last["actor"], "patient");
+    assert_eq!(last["who"], "patient");
 
     // Human output.
     let out2 = c.path("export2.json");

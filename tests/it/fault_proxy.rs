@@ -1,6 +1,8 @@
 //! A UDP fault proxy on 127.0.0.1 between sites and a host: seeded loss, delay, duplication,
-//! reordering, a bandwidth cap and partitions (a cut after so many bytes, until healed), with
-//! the bytes it forwards toward the host counted.
+//! reordering, a line rate with a bounded bottleneck queue (an emulated rural link: each
+//! datagram occupies the line for its size plus the IPv4 and UDP headers, and one that finds
+//! more than the queue's bytes waiting is dropped) and partitions (a cut after so many bytes,
+//! until healed), with the bytes it forwards each way counted. `carnet-bench link` uses it too.
 //! A site enrolled with the proxy's address as its host address talks to the host through it.
 //!
 //! Each client address gets its own upstream socket (as a NAT would). Datagrams wait in a queue
@@ -29,7 +31,13 @@ pub struct Faults {
     pub reorder: Duration,
     /// Bytes per second each way (0: no cap).
     pub bandwidth: u64,
+    /// With a `bandwidth`: the bytes that may wait for the line each way (the bottleneck's
+    /// buffer); a datagram arriving when more wait is dropped. 0: no bound.
+    pub queue_bytes: u64,
 }
+
+/// Bytes of the IPv4 and UDP headers a datagram carries on the line besides its payload.
+pub const HEADERS: u64 = 28;
 
 /// A small seeded generator (xorshift64*): reproducible faults without a dependency.
 struct Rng(u64);
@@ -88,6 +96,9 @@ struct Shared {
     /// Partition once this many bytes went toward the host.
     cut_after: AtomicU64,
     to_host_bytes: AtomicU64,
+    to_site_bytes: AtomicU64,
+    /// Datagrams dropped because the bottleneck queue was full.
+    overflowed: AtomicU64,
     order: AtomicU64,
     stop: AtomicBool,
 }
@@ -117,6 +128,8 @@ impl FaultProxy {
             partitioned: AtomicBool::new(false),
             cut_after: AtomicU64::new(u64::MAX),
             to_host_bytes: AtomicU64::new(0),
+            to_site_bytes: AtomicU64::new(0),
+            overflowed: AtomicU64::new(0),
             order: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         });
@@ -227,6 +240,16 @@ impl FaultProxy {
     pub fn to_host_bytes(&self) -> u64 {
         self.shared.to_host_bytes.load(Ordering::SeqCst)
     }
+
+    /// UDP payload bytes delivered toward the sites so far.
+    pub fn to_site_bytes(&self) -> u64 {
+        self.shared.to_site_bytes.load(Ordering::SeqCst)
+    }
+
+    /// Datagrams dropped so far because the bottleneck queue was full.
+    pub fn overflowed(&self) -> u64 {
+        self.shared.overflowed.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for FaultProxy {
@@ -260,7 +283,13 @@ fn schedule(shared: &Shared, to_host: bool, client: SocketAddr, bytes: Vec<u8>) 
         let mut free = shared.free_at.lock().expect("free");
         let lane = &mut free[usize::from(to_host)];
         let start = (*lane).max(now);
-        *lane = start + Duration::from_secs_f64(bytes.len() as f64 / faults.bandwidth as f64);
+        let waiting = (start - now).as_secs_f64() * faults.bandwidth as f64;
+        if faults.queue_bytes > 0 && waiting > faults.queue_bytes as f64 {
+            shared.overflowed.fetch_add(1, Ordering::SeqCst);
+            return;
+        }
+        let on_line = (bytes.len() as u64 + HEADERS) as f64 / faults.bandwidth as f64;
+        *lane = start + Duration::from_secs_f64(on_line);
         *lane
     } else {
         now
@@ -302,7 +331,56 @@ fn deliver(
                 .to_host_bytes
                 .fetch_add(p.bytes.len() as u64, Ordering::SeqCst);
         }
-    } else {
-        let _ = front.send_to(&p.bytes, p.client);
+    } else if front.send_to(&p.bytes, p.client).is_ok() {
+        shared
+            .to_site_bytes
+            .fetch_add(p.bytes.len() as u64, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `carnet-bench link` relies on: datagrams leave at the line rate (headers counted),
+    /// and those that find the bottleneck queue full are dropped, counted.
+    #[test]
+    fn the_link_paces_datagrams_at_its_rate_and_drops_what_overflows_its_queue() {
+        let sink = UdpSocket::bind("127.0.0.1:0").expect("sink");
+        sink.set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("timeout");
+        // 100,000 bytes per second: a datagram of 972 bytes and its headers take 10 ms on the
+        // line; the queue holds ten of them.
+        let proxy = FaultProxy::start(
+            sink.local_addr().expect("address"),
+            Faults {
+                bandwidth: 100_000,
+                queue_bytes: 10_000,
+                ..Faults::default()
+            },
+        );
+        let client = UdpSocket::bind("127.0.0.1:0").expect("client");
+        for _ in 0..50 {
+            client.send_to(&[7u8; 972], proxy.address).expect("send");
+        }
+        let mut arrivals = Vec::new();
+        let mut buf = [0u8; 2048];
+        while let Ok(n) = sink.recv(&mut buf) {
+            assert_eq!(n, 972);
+            arrivals.push(Instant::now());
+        }
+        let received = arrivals.len() as u64;
+        assert!(
+            (10..50).contains(&received),
+            "{received} of 50 went through a queue of ten"
+        );
+        assert_eq!(proxy.overflowed(), 50 - received, "each drop is counted");
+        assert_eq!(proxy.to_host_bytes(), received * 972);
+        let spread = arrivals[arrivals.len() - 1] - arrivals[0];
+        assert!(
+            spread >= Duration::from_millis(9 * (received - 1)),
+            "{received} datagrams in {spread:?}: faster than the line"
+        );
+        assert_eq!(proxy.to_site_bytes(), 0);
     }
 }

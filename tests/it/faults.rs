@@ -95,6 +95,7 @@ fn a_thousand_documents_converge_over_a_lossy_slow_link() {
         duplicate: 0.02,
         reorder: Duration::from_millis(20),
         bandwidth: 0,
+        queue_bytes: 0,
     });
     let bodies: Vec<Vec<u8>> = (0..1000)
         .map(|i| format!("document {i} (synthetic) ").repeat(40).into_bytes())
@@ -138,6 +139,7 @@ fn a_link_cut_in_a_20_mb_body_resumes_and_resends_at_most_one_piece() {
     // not blurred by retransmissions of datagrams the proxy was too busy to pass on.
     l.proxy.set_faults(Faults {
         bandwidth: 16 << 20,
+        queue_bytes: 0,
         ..Faults::default()
     });
     let body = |seed: u8| -> Vec<u8> { (0..SIZE).map(|i| (i % 253) as u8 ^ seed).collect() };
@@ -208,6 +210,7 @@ fn slow_documents(l: &Link, n: usize) -> (Vec<String>, Vec<Vec<u8>>) {
         seed: 3,
         delay: Duration::from_millis(30),
         bandwidth: 2 << 20,
+        queue_bytes: 0,
         ..Faults::default()
     });
     let bodies: Vec<Vec<u8>> = (0..n)

@@ -152,7 +152,7 @@ fn documents(c: &Carnet, ins: &str) -> Vec<(String, Value, Vec<u8>)> {
         .iter()
         .map(|d| {
             let kept = json!({
-                "class": d["class"], "type": d["type"], "format": d["format"],
+                "class": d["class"], "type_code": d["type_code"], "format": d["format"],
                 "title": d["title"], "author": d["author"],
                 "service_start": d["service_start"], "service_end": d["service_end"],
                 "size": d["size"], "content_hash": d["content_hash"],
@@ -307,10 +307,14 @@ fn fhir_as_other_systems_write_it_is_imported_and_what_cannot_be_mapped_is_refus
         .expect("the imported document is listed");
     assert_eq!(doc["unique_id"], "urn:oid:1.2.250.1.999.1.2.3.4");
     assert_eq!(doc["class"], 10);
-    assert_eq!(doc["type"], "11490-0");
+    assert_eq!(doc["type_code"], "11490-0");
     assert_eq!(doc["title"], "Lettre de liaison");
     assert_eq!(doc["format"], "application/pdf");
-    assert_eq!(doc["author"], format!("{SPECIALIST} (medecin)"), "{doc}");
+    assert_eq!(
+        who(&doc["author"]),
+        format!("{SPECIALIST} (medecin)"),
+        "{doc}"
+    );
     assert_eq!(doc["service_start"], "2026-02-27T00:00:00.000Z");
     assert_eq!(doc["service_end"], "2026-03-02T08:00:00.000Z");
     assert_eq!(doc["confidentiality"], json!(["MASQUE_PS"]));

@@ -4,6 +4,12 @@
 
 use std::time::Duration;
 
+use carnet_store::ids::{Ins, Rpps, SiteId};
+use carnet_store::replica::{Handover, KeySource, Replica, SiteReplica, system_clock};
+use carnet_syncd::frame::{self, FrameDecoder};
+use carnet_syncd::peer::PeerMsg;
+use carnet_syncd::transport::PeerPolicy;
+
 use crate::daemon::{Daemon, enrolled_site, free_port, start_daemon, sync_until_ok};
 use crate::support::*;
 
@@ -83,11 +89,17 @@ fn valley() -> Valley {
 /// `carnet handover` at the unit, tried again while the clinic's listener does not answer yet
 /// (it binds as its daemon starts), bounded.
 fn try_hand_over(v: &Valley, args: &[&str]) -> Output {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let mut full = vec!["handover", "--to", "clinique", "--dossier", &v.ins];
     full.extend_from_slice(args);
+    until_reached(&v.unit, &full)
+}
+
+/// `carnet ARGS` at `c`, a peer session, tried again while the peer's listener does not
+/// answer yet (it binds as its daemon starts), for at most 30 s.
+fn until_reached(c: &Carnet, args: &[&str]) -> Output {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let o = v.unit.run(&full);
+        let o = c.run(args);
         if o.code == 0
             || !o.stderr.contains("could not be reached")
             || std::time::Instant::now() > deadline
@@ -151,8 +163,10 @@ fn the_unit_hands_its_patient_to_the_clinic_in_the_valley_and_all_three_converge
         .find(|e| e["action"].to_string().contains("handover-received"))
         .unwrap_or_else(|| panic!("no handover traced at the clinic: {received:?}"));
     assert!(
-        entry["reason"].to_string().contains("patient brought")
-            && entry["outcome"].to_string().contains("from site"),
+        entry["stated_reason"]
+            .to_string()
+            .contains("patient brought")
+            && entry["outcome_reason"].to_string().contains("from site"),
         "{entry}"
     );
     assert!(
@@ -173,27 +187,41 @@ fn the_unit_hands_its_patient_to_the_clinic_in_the_valley_and_all_three_converge
         "{again}"
     );
 
-    // The host is back: each site's round; the document once everywhere.
+    // The host is back. The clinic reaches it first: it sends its own entries and none of
+    // the unit's, and the host holds no copy of the unit's document before the unit sends it.
     let _host_daemon = start_daemon(&v.host);
-    sync_until_ok(unit, Duration::from_secs(30));
-    sync_until_ok(clinic, Duration::from_secs(30));
     sync_until_ok(clinic, Duration::from_secs(30));
     let listed = |c: &Carnet, who: &str| {
         c.json(&["doc", "list", "--dossier", ins, "--as", who])
             .as_array()
             .map(|docs| docs.iter().filter(|d| d["id"] == report.as_str()).count())
     };
+    assert_eq!(
+        listed(&v.host, DOCTOR),
+        Some(0),
+        "the unit's document came from the clinic"
+    );
+    let count = |what: &str| {
+        v.host
+            .audit(ins)
+            .iter()
+            .filter(|e| e["action"].to_string().contains(what))
+            .count()
+    };
+    assert_eq!(
+        (count("handover-received"), count("handover-sent")),
+        (2, 0),
+        "the clinic's entries only"
+    );
+    // Then the unit; then the clinic again: the document once everywhere.
+    sync_until_ok(unit, Duration::from_secs(30));
+    sync_until_ok(clinic, Duration::from_secs(30));
     assert_eq!(listed(&v.host, DOCTOR), Some(1));
     assert_eq!(listed(clinic, NURSE), Some(1));
     assert_eq!(v.host.body(&report, DOCTOR), b"SMUR: stable (synthetic)");
     // Each site's entries once (two handovers, each traced once at each end), chains intact.
-    let at_host = v.host.audit(ins);
     for what in ["handover-sent", "handover-received"] {
-        let n = at_host
-            .iter()
-            .filter(|e| e["action"].to_string().contains(what))
-            .count();
-        assert_eq!(n, 2, "{what} at the host: {at_host:?}");
+        assert_eq!(count(what), 2, "{what} at the host");
     }
     v.host.ok(&["audit", "verify"]);
     // The host read the handover in the unit's trace: a block it issues reaches the clinic.
@@ -207,16 +235,30 @@ fn the_unit_hands_its_patient_to_the_clinic_in_the_valley_and_all_three_converge
 #[test]
 fn a_site_not_listed_as_a_peer_is_refused_and_nothing_changes() {
     let mut v = valley();
-    // The clinic forgets the unit: the unit's certificate is the national CA's, but the
-    // clinic does not list it.
+    // The clinic forgets the unit while its daemon runs: the unit's certificate is the
+    // national CA's, but the clinic no longer lists it once it read carnet.toml again.
+    crate::daemon::stop(&mut v.clinic_daemon);
+    let log = v.clinic.data.join("daemon.log");
+    v.clinic_daemon = crate::daemon::start_daemon_logging(&v.clinic, &log);
+    crate::daemon::wait_for_socket(&v.clinic);
     let path = v.clinic.data.join("carnet.toml");
     let text = std::fs::read_to_string(&path).expect("toml");
     let cut = text.find("[[peer]]").expect("peer table");
     std::fs::write(&path, &text[..cut]).expect("toml");
-    crate::daemon::stop(&mut v.clinic_daemon);
-    v.clinic_daemon = start_daemon(&v.clinic);
-    crate::daemon::wait_for_socket(&v.clinic);
-    refused_at_the_handshake(&v, "a peer not listed was admitted");
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &v.clinic_daemon.0.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(hup.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("carnet.toml reloaded")
+    {
+        assert!(std::time::Instant::now() < deadline, "no reload logged");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    refused_at_the_handshake(&v, "a peer no longer listed was admitted");
     // An unknown peer name, and a professional not registered at the unit, are refused up
     // front with what to do.
     let o = v.unit.run(&[
@@ -309,4 +351,326 @@ fn a_peer_the_host_revoked_is_refused_by_a_clinic_that_holds_the_hosts_list() {
     // The clinic's next round brings the host's signed list; its listener reads it live.
     sync_until_ok(&v.clinic, Duration::from_secs(30));
     refused_at_the_handshake(&v, "a revoked peer was admitted");
+}
+
+#[test]
+fn the_clinic_asks_the_unit_for_the_dossier_of_the_patient_it_brought() {
+    let v = valley();
+    // The unit listens for peers too, and the clinic lists it where it listens.
+    let unit_listen = format!("127.0.0.1:{}", free_port());
+    configure(&v.unit, &format!("peer_listen = \"{unit_listen}\""), "");
+    let path = v.clinic.data.join("carnet.toml");
+    let text = std::fs::read_to_string(&path).expect("toml");
+    std::fs::write(&path, text.replace("127.0.0.1:9", &unit_listen)).expect("toml");
+    let _unit_daemon = start_daemon(&v.unit);
+    crate::daemon::wait_for_socket(&v.unit);
+    let ask = |args: &[&str]| {
+        let mut full = vec!["handover", "--from", "smur", "--dossier", &v.ins];
+        full.extend_from_slice(args);
+        until_reached(&v.clinic, &full)
+    };
+
+    // Nobody at the unit has cared for this patient: the unit does not hand the dossier over,
+    // and traces the ask.
+    let refused = ask(&["--as", NURSE]);
+    assert_ne!(refused.code, 0, "handed over with no care at the unit");
+    assert!(
+        refused.stderr.contains("does not qualify"),
+        "{}",
+        refused.stderr
+    );
+    v.clinic
+        .fails(4, &["dossier", "show", &v.ins, "--as", NURSE]);
+    assert!(
+        v.unit
+            .audit_as(&v.ins, "holder")
+            .iter()
+            .any(|e| e["action"].to_string().contains("handover-ask-refused")),
+        "the unit traces the refused ask"
+    );
+    // Only a professional registered at the clinic asks.
+    let o = ask(&["--as", STRANGER]);
+    assert!(
+        o.code != 0 && o.stderr.contains("not registered"),
+        "{}",
+        o.stderr
+    );
+
+    // The doctor writes the intervention report: now the dossier qualifies.
+    let report = v.unit.add_doc(
+        &v.ins,
+        DOCTOR,
+        "10",
+        CONSULTATION,
+        "CR SMUR",
+        b"SMUR: stable (synthetic)",
+    );
+    let asked = ask(&["--as", NURSE, "--reason", "patient arrived", "--json"]);
+    assert_eq!(asked.code, 0, "{}", asked.stderr);
+    let out = asked.json();
+    assert_eq!(out["documents_new"], 1, "{out}");
+    assert_eq!(out["lacking"], 0, "{out}");
+    assert!(out["lease_from"].is_string(), "{out}");
+    // Data, not rights, at the clinic as when the unit hands it over.
+    v.clinic.fails(3, &["doc", "get", &report, "--as", NURSE]);
+    v.clinic
+        .json(&["grant", "add", "--dossier", &v.ins, "--rpps", NURSE]);
+    assert_eq!(v.clinic.body(&report, NURSE), b"SMUR: stable (synthetic)");
+    // The unit traces the handover as its doctor's, on the clinic's ask.
+    let sent = v.unit.audit_as(&v.ins, "holder");
+    let entry = sent
+        .iter()
+        .find(|e| e["action"].to_string().contains("handover-sent"))
+        .unwrap_or_else(|| panic!("no handover traced at the unit: {sent:?}"));
+    assert!(
+        entry["stated_reason"].to_string().contains("asked by site"),
+        "{entry}"
+    );
+}
+
+/// A network namespace of this test's own (`ip netns`), its loopback up and carrying
+/// multicast, so that mDNS between the daemons started in it stays inside it. Deleted when
+/// dropped.
+struct Namespace(String);
+
+impl Namespace {
+    fn new(tag: &str) -> Namespace {
+        let name = format!("carnet-it-{}-{tag}", std::process::id());
+        let ip = |args: &[&str]| {
+            let status = std::process::Command::new("ip")
+                .args(args)
+                .status()
+                .expect("`ip` (iproute2) runs");
+            assert!(
+                status.success(),
+                "ip {args:?} failed: this test makes a network namespace (root, iproute2)"
+            );
+        };
+        ip(&["netns", "add", &name]);
+        let ns = Namespace(name);
+        ip(&["-n", &ns.0, "link", "set", "lo", "up"]);
+        ip(&["-n", &ns.0, "link", "set", "lo", "multicast", "on"]);
+        ns
+    }
+
+    /// Starts `carnet-syncd` on `c` inside the namespace (its local socket is a file, so
+    /// `carnet` reaches it from outside).
+    fn daemon(&self, c: &Carnet) -> Daemon {
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.0])
+            .arg(crate::daemon::syncd_bin())
+            .arg("--data")
+            .arg(&c.data)
+            .env_remove("CARNET_PASSPHRASE")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("carnet-syncd starts");
+        let daemon = Daemon(child);
+        crate::daemon::wait_for_socket(c);
+        daemon
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+#[test]
+fn with_discover_the_unit_finds_the_clinic_on_the_local_network_without_listing_it() {
+    let mut v = valley();
+    crate::daemon::stop(&mut v.clinic_daemon);
+    let clinic_id = site_ids(&v.host)[1];
+    // Neither lists the other: both discover, the clinic listens for peers.
+    let unlisted = |c: &Carnet, settings: &str| {
+        let path = c.data.join("carnet.toml");
+        let text = std::fs::read_to_string(&path).expect("toml");
+        let cut = text.find("[[peer]]").unwrap_or(text.len());
+        let text = text[..cut].replace(&format!("peer_listen = \"{}\"\n", v.listen), "");
+        std::fs::write(&path, format!("{settings}\n{text}")).expect("toml");
+    };
+    let ns = Namespace::new("mdns");
+    unlisted(
+        &v.clinic,
+        &format!("discover = true\npeer_listen = \"{}\"", v.listen),
+    );
+    // First without discovering: the unit knows no peer of that name.
+    unlisted(&v.unit, "");
+    let to = format!("site-{clinic_id}");
+    let args = ["handover", "--to", &to, "--dossier", &v.ins, "--as", DOCTOR];
+    let o = v.unit.run(&args);
+    assert!(
+        o.code != 0 && o.stderr.contains("no [[peer]] named"),
+        "{}",
+        o.stderr
+    );
+    let _clinic = ns.daemon(&v.clinic);
+    unlisted(&v.unit, "discover = true");
+    let _unit = ns.daemon(&v.unit);
+    v.unit.add_doc(
+        &v.ins,
+        DOCTOR,
+        "10",
+        CONSULTATION,
+        "CR SMUR",
+        b"SMUR (synthetic)",
+    );
+    // The unit's daemon finds the clinic by its announced site id; the clinic admits the unit,
+    // by its certificate, once it found the unit on its network too (tried again, bounded,
+    // while the clinic has not heard the unit's announcement yet).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let o = loop {
+        let o = until_reached(&v.unit, &[&args[..], &["--json"]].concat());
+        if o.code == 0
+            || !o.stderr.contains("refused this site's certificate")
+            || std::time::Instant::now() > deadline
+        {
+            break o;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let out = o.json();
+    assert_eq!(out["site_id"], clinic_id, "{out}");
+    assert_eq!(out["documents_new"], 1, "{out}");
+    // A name no site announces is not found.
+    let o = v.unit.run(&[
+        "handover",
+        "--to",
+        "nowhere",
+        "--dossier",
+        &v.ins,
+        "--as",
+        DOCTOR,
+    ]);
+    assert!(
+        o.code != 0 && o.stderr.contains("found on the local network"),
+        "{}",
+        o.stderr
+    );
+}
+
+/// The unit's handover of its dossier as its replica builds it now, taken straight from its
+/// store (no daemon runs on it): what a rogue holding the unit's folder and certificate keeps.
+fn built_at_the_unit(v: &Valley) -> Handover {
+    let r = Replica::open(&v.unit.data, &KeySource::File, system_clock()).expect("open the unit");
+    let site = SiteReplica::new(std::sync::Arc::new(r)).expect("a site");
+    let clinic = SiteId(site_ids(&v.host)[1] as u32);
+    site.sync()
+        .handover_out(
+            &Ins::parse(&v.ins).expect("ins"),
+            &Rpps::parse(DOCTOR).expect("rpps"),
+            None,
+            clinic,
+        )
+        .expect("built")
+}
+
+/// A rogue unit: sends `handover` to the clinic's listener itself, with the unit's
+/// certificate, and answers the clinic's first reply.
+fn rogue_hands_over(v: &Valley, handover: Handover) -> PeerMsg {
+    let r = Replica::open(&v.unit.data, &KeySource::File, system_clock()).expect("open the unit");
+    let tls = carnet_syncd::enrol::site_tls(&r).expect("the unit's certificate");
+    let clinic = site_ids(&v.host)[1] as u32;
+    let policy = PeerPolicy::new(
+        vec![clinic],
+        carnet_syncd::transport::revoked_for_peers(std::sync::Arc::new(r)),
+        None,
+    );
+    let client = carnet_syncd::transport::peer_client_config(
+        &tls.ca_cert_der,
+        &tls.identity,
+        clinic,
+        policy,
+    )
+    .expect("client config");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut endpoint =
+            quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+        endpoint.set_default_client_config(client);
+        let listen = v.listen.parse().expect("address");
+        let conn = tokio::time::timeout(
+            Duration::from_secs(30),
+            endpoint
+                .connect(listen, carnet_syncd::transport::PEER_SERVER_NAME)
+                .expect("connect"),
+        )
+        .await
+        .expect("the clinic answered in time")
+        .expect("admitted at the handshake");
+        let (mut tx, mut rx) = conn.open_bi().await.expect("stream");
+        let msg = PeerMsg::Handover(Box::new(handover));
+        tx.write_all(&frame::encode(&msg).expect("encode"))
+            .await
+            .expect("send");
+        let mut decoder = FrameDecoder::new();
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            if let Some(reply) = decoder.next_message::<PeerMsg>().expect("a valid frame") {
+                return reply;
+            }
+            let n = tokio::time::timeout(Duration::from_secs(30), rx.read(&mut buf))
+                .await
+                .expect("the clinic replied in time")
+                .expect("read")
+                .expect("the clinic replied");
+            decoder.push(&buf[..n]);
+        }
+    })
+}
+
+#[test]
+fn a_peer_relaying_a_forged_or_stale_host_record_is_refused() {
+    let v = valley();
+    let (host, unit, clinic, ins) = (&v.host, &v.unit, &v.clinic, &v.ins);
+    let report = unit.add_doc(
+        ins,
+        DOCTOR,
+        "10",
+        CONSULTATION,
+        "CR SMUR",
+        b"SMUR (synthetic)",
+    );
+    // The host grants the nurse; the unit learns it.
+    let host_daemon = start_daemon(host);
+    crate::daemon::wait_for_socket(host);
+    host.ok(&["grant", "add", "--dossier", ins, "--rpps", NURSE]);
+    sync_until_ok(unit, Duration::from_secs(30));
+    // What a rogue holding the unit's folder keeps: the handover with the nurse's grant.
+    let stale = built_at_the_unit(&v);
+
+    // Forged: one byte of a signature changed. Refused whole; the clinic holds nothing.
+    let mut forged = stale.clone();
+    let last = forged.records.len() - 1;
+    forged.records[last].signature[0] ^= 1;
+    match rogue_hands_over(&v, forged) {
+        PeerMsg::Refused(why) => assert!(why.contains("does not verify"), "{why}"),
+        other => panic!("a forged record was admitted: {other:?}"),
+    }
+    clinic.fails(4, &["dossier", "show", ins, "--as", NURSE]);
+
+    // The host blocks the nurse; the unit learns it and hands the dossier over.
+    host.ok(&["grant", "block", "--dossier", ins, "--rpps", NURSE]);
+    sync_until_ok(unit, Duration::from_secs(30));
+    drop(host_daemon);
+    let out = hand_over(&v, "patient brought to the clinic");
+    assert_eq!(out["documents_new"], 1, "{out}");
+    clinic.fails(3, &["doc", "get", &report, "--as", NURSE]);
+
+    // Stale: the rogue relays the grant the block replaced. Nothing of it is admitted, and
+    // the block stands at the clinic.
+    match rogue_hands_over(&v, stale) {
+        PeerMsg::Admitted(r) => assert_eq!(r.records_admitted, 0, "{r:?}"),
+        other => panic!("{other:?}"),
+    }
+    clinic.fails(3, &["doc", "get", &report, "--as", NURSE]);
 }

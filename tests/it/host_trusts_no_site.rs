@@ -95,9 +95,7 @@ fn holds(site: &Carnet, ins: &str) -> bool {
 
 /// Trace entries of the dossier `ins` at the host that mention `what`.
 fn host_traced(host: &Carnet, ins: &str, what: &str) -> usize {
-    host.json(&["audit", "show", "--dossier", ins])
-        .as_array()
-        .expect("entries")
+    trace_entries(host.json(&["audit", "show", "--dossier", ins]))
         .iter()
         .filter(|e| e.to_string().contains(what))
         .count()
@@ -774,7 +772,7 @@ fn an_emergency_outside_the_scope_is_fetched_on_demand_decided_and_traced_at_the
         .as_array()
         .expect("entries")
         .iter()
-        .filter(|e| e["site"] == 0 && e["ins"] == w.ins.as_str())
+        .filter(|e| e["site_id"] == 0 && e["ins"] == w.ins.as_str())
         .map(|e| e["allowed"].clone())
         .collect();
     assert_eq!(at_host, [false, true], "{emergencies}");
@@ -1451,7 +1449,7 @@ fn a_site_opens_a_dossier_only_for_a_professional_the_host_binds_there_and_a_qua
         Change::DossierProposal(Box::new(proposal(NURSE, Qualified))),
     );
     let adopted = w.host.json(&["dossier", "show", &b]);
-    assert_eq!(adopted["first_names"], "Jean", "{adopted}");
+    assert_eq!(adopted["identity"]["first_names"], "Jean", "{adopted}");
 }
 
 #[test]
@@ -1479,7 +1477,7 @@ fn a_site_can_neither_reopen_a_closed_dossier_nor_write_into_it() {
     assert_eq!(push(&rogue, 2, written(meta)), vec![forged], "not returned");
     let still = w.host.json(&["dossier", "show", &w.ins]);
     assert_eq!(still["status"], "closed", "{still}");
-    assert_eq!(still["authority_seq"], closed["authority_seq"], "{still}");
+    assert_eq!(still["head_seq"], closed["head_seq"], "{still}");
     assert_eq!(still["documents"], closed["documents"], "{still}");
     assert_eq!(host_traced(&w.host, &w.ins, "dossier-proposal-refused"), 1);
 

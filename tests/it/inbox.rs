@@ -94,7 +94,7 @@ fn inbox_list_and_retry_without_a_daemon() {
     let retried = site.json(&["inbox", "retry", "cr.pdf"]);
     assert_eq!(
         retried,
-        serde_json::json!({"moved": ["cr.pdf", "cr.pdf.carnet.json"], "daemon": false})
+        serde_json::json!({"moved": ["cr.pdf", "cr.pdf.carnet.json"], "via_daemon": false})
     );
     assert!(names(&rejected).is_empty(), "its error file went too");
     assert_eq!(
@@ -192,7 +192,7 @@ fn a_refusals_fix_followed_through_the_daemon_stores_the_pair() {
 
     site.pro(PHARMACIST, "pharmacien");
     let retried = site.json(&["inbox", "retry", "cr.txt"]);
-    assert_eq!(retried["daemon"], true, "{retried}");
+    assert_eq!(retried["via_daemon"], true, "{retried}");
     let receipt = inbox.join("done/cr.txt.receipt.json");
     wait_for_status(&site, Duration::from_secs(20), "the document stored", |s| {
         s["inbox"]["rejected"] == 0 && receipt.exists()

@@ -11,7 +11,10 @@ use crate::support::*;
 fn all_readable(c: &Carnet, k: &Clinic) {
     assert_eq!(c.body(&k.consult, DOCTOR), CONSULT_BODY);
     assert_eq!(c.body(&k.prescription, PHARMACIST), PRESCRIPTION_BODY);
-    assert_eq!(c.json(&["dossier", "show", &k.ins])["birth_name"], "DUPONT");
+    assert_eq!(
+        c.json(&["dossier", "show", &k.ins])["identity"]["birth_name"],
+        "DUPONT"
+    );
     assert_eq!(c.json(&["pro", "list"]).as_array().map(Vec::len), Some(6));
     assert_eq!(c.json(&["audit", "verify"])["ok"], true);
     assert!(!c.audit(&k.ins).is_empty());

@@ -105,7 +105,7 @@ fn an_offline_break_glass_read_is_told_once_spooled_once_and_exported() {
     );
     let n = &told[0];
     assert_eq!(n["mode"], "bris_de_glace", "{n}");
-    assert_eq!(n["dossier"], ins.as_str());
+    assert_eq!(n["ins"], ins.as_str());
     assert_eq!(
         n["recipients"],
         serde_json::json!([
@@ -316,7 +316,7 @@ fn a_rogue_site_neither_makes_a_notification_outside_its_scope_nor_unmakes_the_h
     let told = notifications(&host, &fetched);
     let emergencies = of_kind(&told, "emergency_access");
     assert_eq!(emergencies.len(), 1, "{told:?}");
-    assert_eq!(emergencies[0]["site"], 0, "decided at the host");
+    assert_eq!(emergencies[0]["site_id"], 0, "decided at the host");
     assert_eq!(
         emergencies[0]["recipients"][1],
         serde_json::json!({"role": "medecin_traitant", "rpps": DOCTOR})

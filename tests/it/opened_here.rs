@@ -48,8 +48,8 @@ fn a_site_cut_off_opens_a_dossier_holds_it_until_qualified_and_the_host_merges_i
     let b = ins_b();
     n.host.dossier(&b, "VALLEE", "Jean");
     let opened = open_here(site, &b, "Jean", false);
-    assert_eq!(opened["identity_status"], "provisional");
-    assert_eq!(opened["opened_here"]["held"], 2, "{opened}");
+    assert_eq!(opened["identity"]["status"], "provisional");
+    assert_eq!(opened["local"]["held"], 2, "{opened}");
     let note = consultation(site, &b, b"found in the valley (synthetic)");
     assert_eq!(site.body(&note, DOCTOR), b"found in the valley (synthetic)");
     let status = site.json(&["sync", "status"]);
@@ -74,9 +74,9 @@ fn a_site_cut_off_opens_a_dossier_holds_it_until_qualified_and_the_host_merges_i
         "merged into the host's dossier"
     );
     let here = site.json(&["dossier", "show", &b, "--as", DOCTOR]);
-    assert!(here["opened_here"].is_null(), "{here}");
-    assert!(here["authority_seq"].as_u64() > Some(0), "{here}");
-    assert_eq!(here["first_names"], "Jean");
+    assert!(here["local"].is_null(), "{here}");
+    assert!(here["head_seq"].as_u64() > Some(0), "{here}");
+    assert_eq!(here["identity"]["first_names"], "Jean");
     assert_eq!(here["documents"], 1, "nothing lost, nothing doubled");
     assert_eq!(site.body(&note, DOCTOR), b"found in the valley (synthetic)");
     let at_host = n.host.audit(&b);
@@ -106,7 +106,7 @@ fn two_sites_opening_the_same_unknown_ins_converge_to_one_dossier() {
         sync_until_ok(s, Duration::from_secs(30));
     }
     let host = n.host.json(&["dossier", "show", &b]);
-    let adopted = host["first_names"].clone();
+    let adopted = host["identity"]["first_names"].clone();
     assert!(adopted == "Jean" || adopted == "Jean Paul", "{host}");
     assert_eq!(host["documents"], 2);
     assert_eq!(
@@ -118,8 +118,11 @@ fn two_sites_opening_the_same_unknown_ins_converge_to_one_dossier() {
     );
     for (site, own) in [(&n.sites[0], &x), (&n.sites[1], &y)] {
         let here = site.json(&["dossier", "show", &b, "--as", DOCTOR]);
-        assert_eq!(here["first_names"], adopted, "the host's head: {here}");
-        assert!(here["opened_here"].is_null());
+        assert_eq!(
+            here["identity"]["first_names"], adopted,
+            "the host's head: {here}"
+        );
+        assert!(here["local"].is_null());
         assert!(!site.body(own, DOCTOR).is_empty());
     }
 }

@@ -21,7 +21,7 @@ pub fn wait_for_site(
         let sites = host.json(&["sites"]);
         let entry = sites
             .as_array()
-            .and_then(|s| s.iter().find(|s| s["site"] == site).cloned())
+            .and_then(|s| s.iter().find(|s| s["site_id"] == site).cloned())
             .unwrap_or(Value::Null);
         if check(&entry) {
             return entry;
@@ -340,8 +340,8 @@ fn metrics_parse_as_prometheus_text_and_match_status_and_sites() {
     ] {
         let value = sample(&at_site, name, &labels).expect(name);
         let (low, high) = (
-            before["daemon"][key].as_f64().expect(key),
-            status["daemon"][key].as_f64().expect(key),
+            before["link"][key].as_f64().expect(key),
+            status["link"][key].as_f64().expect(key),
         );
         assert!(
             low <= value && value <= high,
@@ -586,7 +586,7 @@ fn the_status_page_in_chromium_shows_what_sync_status_says() {
     );
     crate::inbox::refused(&site, "cr.pdf");
     let status = site.json(&["sync", "status"]);
-    assert_eq!(status["daemon"]["connected"], false, "{status}");
+    assert_eq!(status["link"]["connected"], false, "{status}");
     let url = site.json(&["ui"])["url"].as_str().expect("url").to_string();
     let dom = chromium(profile.path(), &["--dump-dom", &url]);
     let status = site.json(&["sync", "status"]);
@@ -672,7 +672,7 @@ fn a_rogue_sites_version_never_reaches_the_operators_views() {
         "nothing of the refused Hello is kept: {seen}"
     );
     assert!(
-        seen["last_error"]["error"]
+        seen["last_error"]["message"]
             .as_str()
             .is_some_and(|e| e.contains("version") && !e.contains('<')),
         "{seen}"

@@ -115,20 +115,18 @@ fn check(c: &Carnet, ins: &str, r: Read<'_>, (allowed, rule): Expect) {
     };
     if who.starts_with("representative:") {
         assert_eq!(
-            t["actor"].as_str(),
+            t["who"].as_str(),
             Some(who.replace(':', " ").as_str()),
             "{case}: {t}"
         );
     } else {
         assert!(
-            t["actor"]
-                .as_str()
-                .is_some_and(|a| a.starts_with(who_prefix)),
+            t["who"].as_str().is_some_and(|a| a.starts_with(who_prefix)),
             "{case}: {t}"
         );
     }
     let r = reason.filter(|r| !r.trim().is_empty());
-    assert_eq!(t["reason"].as_str(), r, "{case}: {t}");
+    assert_eq!(t["stated_reason"].as_str(), r, "{case}: {t}");
 }
 
 #[test]
@@ -204,8 +202,11 @@ fn denied_reads_exit_3_and_are_traced() {
     let t = reads.last().expect("the denial");
     assert_eq!(t["allowed"], false);
     assert_eq!(t["doc"], s.masked.as_str());
-    assert_eq!(t["outcome"], "the document is masked from professionals");
-    assert_eq!(t["actor"], format!("{PHARMACIST} (pharmacien)"));
+    assert_eq!(
+        t["outcome_reason"],
+        "the document is masked from professionals"
+    );
+    assert_eq!(t["who"], format!("{PHARMACIST} (pharmacien)"));
     let human = c.ok(&["audit", "show", "--dossier", &s.k.ins]).stdout;
     assert!(
         human
@@ -274,7 +275,7 @@ fn break_glass_needs_a_reason_and_is_traced() {
     let emergencies = c.json(&["audit", "emergencies"]);
     let list = emergencies.as_array().expect("a list");
     assert_eq!(list.len(), 2, "{emergencies}");
-    assert_eq!(list[1]["reason"], "inconscient aux urgences");
+    assert_eq!(list[1]["stated_reason"], "inconscient aux urgences");
     assert_eq!(list[1]["allowed"], true);
     assert!(
         c.ok(&["audit", "emergencies"])
@@ -282,7 +283,7 @@ fn break_glass_needs_a_reason_and_is_traced() {
             .contains("bris_de_glace")
     );
     assert_eq!(t["rule"], 7);
-    assert_eq!(t["reason"], "inconscient aux urgences");
+    assert_eq!(t["stated_reason"], "inconscient aux urgences");
     let human = c.ok(&["audit", "show", "--dossier", &s.k.ins]).stdout;
     assert!(
         human.lines().any(|l| l.contains("bris_de_glace")

@@ -83,13 +83,10 @@ fn a_quarantined_document_is_read_by_its_author_alone_and_refiled_into_an_open_d
         "{q:?}"
     );
     for entry in q.values() {
-        assert_eq!(entry["dossier"], closed.as_str(), "{entry}");
-        assert!(
-            entry["author"].as_str().is_some_and(|a| a.contains(DOCTOR)),
-            "{entry}"
-        );
-        assert_eq!(entry["class"], 10, "{entry}");
-        assert_eq!(entry["type"], CONSULTATION, "{entry}");
+        assert_eq!(entry["document"]["ins"], closed.as_str(), "{entry}");
+        assert_eq!(entry["document"]["author"]["rpps"], DOCTOR, "{entry}");
+        assert_eq!(entry["document"]["class"], 10, "{entry}");
+        assert_eq!(entry["document"]["type_code"], CONSULTATION, "{entry}");
         assert!(
             entry["reason"].as_str().is_some_and(|r| r.contains("host")),
             "{entry}"
@@ -133,7 +130,7 @@ fn a_quarantined_document_is_read_by_its_author_alone_and_refiled_into_an_open_d
         .filter(|e| e["doc"] == late.as_str() && e["action"] == "read")
         .map(|e| {
             (
-                e["actor"].as_str().expect("actor").to_string(),
+                e["who"].as_str().expect("actor").to_string(),
                 e["allowed"].as_bool().expect("allowed"),
             )
         })
@@ -180,7 +177,7 @@ fn a_quarantined_document_is_read_by_its_author_alone_and_refiled_into_an_open_d
     assert_ne!(new, late);
     let shown = sync_until_state(site, &late, "taken");
     assert_eq!(shown["refiled"]["doc"], new.as_str(), "{shown}");
-    assert_eq!(shown["refiled"]["dossier"], open.as_str(), "{shown}");
+    assert_eq!(shown["refiled"]["ins"], open.as_str(), "{shown}");
     assert_eq!(n.host.body(&new, DOCTOR), b"late report (synthetic)");
     let at_host = n.host.json(&["doc", "get", &new, "--as", DOCTOR]);
     assert_eq!(at_host["ins"], open.as_str(), "{at_host}");
@@ -234,7 +231,7 @@ fn a_quarantined_document_is_read_by_its_author_alone_and_refiled_into_an_open_d
     let q = listed(site);
     let back = &q[&again];
     assert_eq!(back["refile_of"], later.as_str(), "{back}");
-    assert_eq!(back["dossier"], closing.as_str(), "{back}");
+    assert_eq!(back["document"]["ins"], closing.as_str(), "{back}");
     assert_eq!(back["state"], "held", "{back}");
     assert_eq!(q[&late]["state"], "taken");
     assert_eq!(

@@ -9,7 +9,7 @@ use crate::support::*;
 fn actors(entries: &[Value]) -> Vec<String> {
     entries
         .iter()
-        .map(|e| e["actor"].as_str().unwrap_or("?").to_string())
+        .map(|e| e["who"].as_str().unwrap_or("?").to_string())
         .collect()
 }
 
@@ -18,7 +18,7 @@ fn traced(trace: &[Value], action: &str, who: &str, allowed: bool) -> bool {
     trace.iter().any(|e| {
         e["action"] == action
             && e["allowed"] == allowed
-            && e["actor"].as_str().is_some_and(|a| a.contains(who))
+            && e["who"].as_str().is_some_and(|a| a.contains(who))
     })
 }
 
@@ -79,7 +79,7 @@ fn a_professional_sees_the_dossiers_he_may_access_and_only_his_own_grant() {
         5
     );
     let own = c.json(&["dossier", "show", &k.ins, "--as", PHARMACIST]);
-    assert_eq!(own["birth_name"], "DUPONT");
+    assert_eq!(own["identity"]["birth_name"], "DUPONT");
     assert_eq!(grant_rpps(&own), vec![PHARMACIST.to_string()], "{own}");
     c.fails(3, &["dossier", "show", &ins_b(), "--as", PHARMACIST]);
     c.fails(3, &["dossier", "show", &k.ins, "--as", INSURER_DOCTOR]);

@@ -151,7 +151,7 @@ fn purge_receipts_name_the_closure_that_ended_the_dossier() {
         "x",
         "--deletion-requested",
     ]);
-    let closure_seq = host.json(&["dossier", "show", &k.ins])["authority_seq"]
+    let closure_seq = host.json(&["dossier", "show", &k.ins])["head_seq"]
         .as_u64()
         .expect("seq");
     site.ok(&[

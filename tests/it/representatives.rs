@@ -79,7 +79,7 @@ fn assert_last_trace(c: &Carnet, ins: &str, action: &str, expect: (&str, bool, u
         .unwrap_or_else(|| panic!("no {action} trace"));
     let (actor, allowed, rule) = expect;
     assert_eq!(
-        (&t["actor"], &t["allowed"], &t["rule"]),
+        (&t["who"], &t["allowed"], &t["rule"]),
         (
             &Value::from(actor),
             &Value::from(allowed),

@@ -24,7 +24,7 @@ fn receipts(host: &Carnet, ins: &str) -> Vec<u64> {
         .as_array()
         .expect("receipts")
         .iter()
-        .filter_map(|r| r["site"].as_u64())
+        .filter_map(|r| r["site_id"].as_u64())
         .collect()
 }
 

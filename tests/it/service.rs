@@ -253,9 +253,9 @@ fn sighup_reloads_the_settings_and_the_connection_holds() {
     wait_for_socket(&site);
     sync_until_ok(&site, Duration::from_secs(20));
     let connected =
-        |s: &serde_json::Value| s["daemon"]["connected"] == true && s["daemon"]["connections"] == 1;
+        |s: &serde_json::Value| s["link"]["connected"] == true && s["link"]["connections"] == 1;
     let status = wait_for_status(&site, Duration::from_secs(20), "connected", connected);
-    let settings = &status["daemon"]["settings"];
+    let settings = &status["link"]["settings"];
     assert_eq!(settings["sync_every"], 10, "{status}");
     assert_eq!(settings["log_level"], "info", "{status}");
     let inbox = site.data.join("inbox").display().to_string();
@@ -272,9 +272,9 @@ fn sighup_reloads_the_settings_and_the_connection_holds() {
     std::fs::write(&toml, &edited).expect("edit carnet.toml");
     signal(&site_daemon, "HUP");
     let status = wait_for_status(&site, Duration::from_secs(20), "the new settings", |s| {
-        s["daemon"]["settings"]["sync_every"] == 1
+        s["link"]["settings"]["sync_every"] == 1
     });
-    let settings = &status["daemon"]["settings"];
+    let settings = &status["link"]["settings"];
     assert_eq!(settings["log_level"], "debug", "{status}");
     let arrivals = site.data.join("arrivals");
     assert_eq!(
@@ -288,13 +288,13 @@ fn sighup_reloads_the_settings_and_the_connection_holds() {
             .any(|l| l.contains("carnet.toml reloaded") && l.contains("sync_every=1"))
     });
     // The new interval is kept at once (it was 10 s): two more rounds within 8 s.
-    let mut seen = vec![status["daemon"]["last_sync"].clone()];
+    let mut seen = vec![status["link"]["last_sync"].clone()];
     wait_for_status(
         &site,
         Duration::from_secs(8),
         "two rounds at the new interval",
         |s| {
-            let last = &s["daemon"]["last_sync"];
+            let last = &s["link"]["last_sync"];
             if !seen.contains(last) {
                 seen.push(last.clone());
             }
@@ -320,15 +320,12 @@ fn sighup_reloads_the_settings_and_the_connection_holds() {
         })
     });
     let status = site.json(&["sync", "status"]);
-    assert_eq!(status["daemon"]["settings"]["sync_every"], 1, "{status}");
-    assert_eq!(
-        status["daemon"]["settings"]["log_level"], "debug",
-        "{status}"
-    );
+    assert_eq!(status["link"]["settings"]["sync_every"], 1, "{status}");
+    assert_eq!(status["link"]["settings"]["log_level"], "debug", "{status}");
 
     // All along, the one connection held: no reconnection, and the host saw none.
     let status = wait_for_status(&site, Duration::from_secs(20), "connected", connected);
-    assert_eq!(status["daemon"]["connections"], 1, "{status}");
+    assert_eq!(status["link"]["connections"], 1, "{status}");
     let host_lines = std::fs::read_to_string(&host_log).expect("host log");
     assert_eq!(
         host_lines.matches("site connected").count(),
@@ -557,15 +554,11 @@ fn a_site_passes_over_a_dead_host_address_and_says_where_it_is_connected() {
     let (mut site_daemon, log) = start_logged(&site, &[]);
     wait_for_socket(&site);
     let status = wait_for_status(&site, Duration::from_secs(60), "connected", |s| {
-        s["daemon"]["connected"] == true
+        s["link"]["connected"] == true
     });
+    assert_eq!(status["link"]["host_address"], address.as_str(), "{status}");
     assert_eq!(
-        status["daemon"]["host_address"],
-        address.as_str(),
-        "{status}"
-    );
-    assert_eq!(
-        status["daemon"]["settings"]["host_address"],
+        status["link"]["settings"]["host_address"],
         serde_json::json!([dead_address, address]),
         "{status}"
     );

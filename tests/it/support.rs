@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use tempfile::TempDir;
 
 /// Médecin traitant of the standard dossier (generalist).
@@ -74,6 +74,31 @@ impl Output {
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.stdout)
             .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
+    }
+}
+
+/// The entries of `audit show --json`, each with `who`: its actor as the human form writes it
+/// (`RPPS (profession)`, `patient`, `representative R1`, `system`), which the tests match on.
+pub fn trace_entries(list: Value) -> Vec<Value> {
+    let mut entries = list.as_array().expect("audit entries").clone();
+    for e in &mut entries {
+        e["who"] = json!(who(&e["actor"]));
+    }
+    entries
+}
+
+/// An actor of the API's JSON as the human form writes it.
+pub fn who(actor: &Value) -> String {
+    match actor["kind"].as_str() {
+        Some("professional") => format!(
+            "{} ({})",
+            actor["rpps"].as_str().unwrap_or("?"),
+            actor["profession"].as_str().unwrap_or("unknown here")
+        ),
+        Some("holder") => "patient".into(),
+        Some("representative") => format!("representative {}", actor["id"].as_str().unwrap_or("?")),
+        Some("system") => "system".into(),
+        _ => panic!("not an actor: {actor}"),
     }
 }
 
@@ -430,19 +455,13 @@ impl Carnet {
 
     /// The dossier's trace as the host's operator reads it, as JSON entries (host only).
     pub fn audit(&self, ins: &str) -> Vec<Value> {
-        self.json(&["audit", "show", "--dossier", ins])
-            .as_array()
-            .expect("audit entries")
-            .clone()
+        trace_entries(self.json(&["audit", "show", "--dossier", ins]))
     }
 
     /// The dossier's trace as `who` (an RPPS, `holder` or `representative`) may read it: the
     /// way at a site, where every reader is a person.
     pub fn audit_as(&self, ins: &str, who: &str) -> Vec<Value> {
-        self.json(&["audit", "show", "--dossier", ins, "--as", who])
-            .as_array()
-            .expect("audit entries")
-            .clone()
+        trace_entries(self.json(&["audit", "show", "--dossier", ins, "--as", who]))
     }
 
     /// Exports the signed host records to a file next to the data folder; returns its path.

@@ -54,6 +54,9 @@ pub const HANDOVER_REASON_MAX: usize = 500;
 pub const HANDOVER_BODY_MAX: u64 = 1 << 30;
 /// Most versions a handed-over document's metadata may carry (merging is quadratic in them).
 pub const HANDOVER_VERSIONS_MAX: usize = 64;
+/// A peer's ask for a dossier qualifies only when a professional of the holding site had an
+/// access to it allowed this recently (`handover_asked`).
+pub const ASK_CARE_WINDOW: Millis = 24 * 3_600_000;
 
 /// What a site hands over to a peer about one dossier (bodies follow on their own).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,6 +179,77 @@ impl Replica {
             documents,
             traces,
         })
+    }
+
+    /// Holder, on a peer's ask: builds the handover of dossier `ins` to peer site `from` (named
+    /// by its certificate), which asked for it for its professional `asker` (as it declares
+    /// them). The dossier qualifies only when a professional registered here had an access to it
+    /// allowed here within `ASK_CARE_WINDOW`: this site is caring for the patient now, and a
+    /// peer cannot draw other dossiers out of its cache. The handover is then the latest such
+    /// professional's, judged as `handover_out` judges it. A dossier held here that does not
+    /// qualify is refused, the ask traced (`handover-ask-refused`).
+    pub(crate) fn handover_asked(
+        &self,
+        ins: &Ins,
+        from: SiteId,
+        asker: &Rpps,
+        reason: Option<&str>,
+    ) -> Result<Handover> {
+        self.site_only("hands a dossier over")?;
+        let asked = match check_reason(reason)? {
+            Some(r) => format!("asked by site {from} for {asker}: {r}"),
+            None => format!("asked by site {from} for {asker}"),
+        };
+        let asked: String = asked.chars().take(HANDOVER_REASON_MAX).collect();
+        let (now, own) = (self.now(), self.config.site_id);
+        let registered: std::collections::HashSet<Rpps> =
+            self.professionals()?.into_iter().map(|p| p.rpps).collect();
+        let carer = self
+            .audit_entries(Some(ins))?
+            .into_iter()
+            .rev()
+            .map(|c| c.entry)
+            .filter(|e| e.origin == own && e.allowed && e.at <= now)
+            .take_while(|e| now - e.at <= ASK_CARE_WINDOW)
+            .find_map(|e| match (e.actor, e.action) {
+                (TraceActor::Professional { rpps, .. }, TraceAction::Access(_))
+                    if registered.contains(&rpps) =>
+                {
+                    Some(rpps)
+                }
+                _ => None,
+            });
+        match carer {
+            Some(carer) => self.handover_out(ins, &carer, Some(&asked), from),
+            None => Err(self.refuse_ask(ins, from, &asked)?),
+        }
+    }
+
+    /// The refusal of a peer's ask for dossier `ins`, traced when the dossier is held here.
+    fn refuse_ask(&self, ins: &Ins, from: SiteId, asked: &str) -> Result<Error> {
+        let (txn, _) = self.snapshot()?;
+        let held = txn
+            .open_table(AUTHORITY)?
+            .get(subject_key(tag::DOSSIER, Some(&self.blind(ins)), None).as_slice())?
+            .is_some();
+        drop(txn);
+        if !held {
+            return Ok(self.no_dossier());
+        }
+        let why = format!(
+            "no professional of this site had an access to it in the last {} hours",
+            ASK_CARE_WINDOW / 3_600_000
+        );
+        let mut refused = self.admin_entry("handover-ask-refused", Some(ins), Some(asked));
+        refused.allowed = false;
+        refused.outcome_reason = format!("site {from} asked for it: {why}");
+        let writer = self.begin_write()?;
+        writer.trace(vec![refused]);
+        writer.commit()?;
+        Ok(Error::invalid(format!(
+            "dossier {} does not qualify for a handover to site {from}: {why}",
+            ins.matricule()
+        )))
     }
 
     /// Sender: traces the handover of dossier `ins` by `by` to site `to`, once the peer admitted

@@ -80,7 +80,9 @@ pub use documents::{DossierExport, ExportedDocument, NewDocument, ReadOutcome};
 pub use dossier_reads::Reader;
 pub use emergencies::{Emergency, Review};
 pub use emergency_fetch::EMERGENCY_VALID;
-pub use handover::{HANDOVER_FORMAT, HANDOVER_REASON_MAX, Handover, HandoverReport};
+pub use handover::{
+    ASK_CARE_WINDOW, HANDOVER_FORMAT, HANDOVER_REASON_MAX, Handover, HandoverReport,
+};
 pub use high_water::{HIGH_WATER_ENV, check_high_water_from_env, reset_high_water_from_env};
 pub use host_sync::{PullItem, PullPage, PullReport};
 pub use local_dossiers::{LocalDossierState, Proposal};

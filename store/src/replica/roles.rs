@@ -721,6 +721,20 @@ impl SiteSync<'_> {
         self.0.handover_out(ins, by, reason, to)
     }
 
+    /// Site, on a peer's ask: the handover of dossier `ins` to peer site `from`, which asked
+    /// for it for its professional `asker`; refused, traced, unless a professional registered
+    /// here had an access to it within `ASK_CARE_WINDOW` (`handover`). Traced with
+    /// `record_handover` (by that professional) once the peer admitted it.
+    pub fn handover_asked(
+        &self,
+        ins: &Ins,
+        from: SiteId,
+        asker: &Rpps,
+        reason: Option<&str>,
+    ) -> Result<Handover> {
+        self.0.handover_asked(ins, from, asker, reason)
+    }
+
     /// Site: traces the handover of `ins` by `by` to site `to`, once the peer admitted it
     /// (`handover`).
     pub fn record_handover(

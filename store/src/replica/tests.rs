@@ -6777,6 +6777,52 @@ fn a_handover_brings_the_dossier_and_the_lease_of_that_dossier_but_no_rights() {
 }
 
 #[test]
+fn a_peer_asking_for_a_dossier_gets_it_only_from_a_site_caring_for_the_patient() {
+    use std::sync::atomic::Ordering;
+    let (_dirs, now, host, unit) = host_and_site_on_a_clock();
+    let (_cd, clinic) = a_clinic_on(&host, &now);
+    sync_with_heartbeat(&host, &unit);
+    let asks = |unit: &Replica| unit.handover_asked(&ins(), SiteId(8), &nurse(), Some("arrived"));
+    let refusals = |unit: &Replica| {
+        unit.audit_entries(Some(&ins()))
+            .expect("audit")
+            .iter()
+            .filter(|c| c.entry.action == TraceAction::Admin("handover-ask-refused".into()))
+            .count()
+    };
+    // Held, but nobody here has cared for the patient: refused, the ask traced.
+    let err = asks(&unit).expect_err("no care here");
+    assert!(err.to_string().contains("does not qualify"), "{err}");
+    assert_eq!(refusals(&unit), 1);
+    // A dossier not held here: nothing to trace.
+    let other = Ins::from_body("2840575123457").expect("ins");
+    let err = unit
+        .handover_asked(&other, SiteId(8), &nurse(), None)
+        .expect_err("not held");
+    assert!(matches!(err, Error::NotFound(_)), "{err}");
+
+    // The doctor writes the intervention report: the unit is caring for the patient now.
+    write(&unit, "intervention report", b"SMUR: stable");
+    let h = asks(&unit).expect("qualifies");
+    assert_eq!(h.by, doctor(), "handed over as the doctor's");
+    let reason = h.reason.clone().expect("reason");
+    assert!(
+        reason.contains("asked by site 8") && reason.ends_with("arrived"),
+        "{reason}"
+    );
+    let report = clinic.admit_handover(SiteId(7), &h).expect("admit");
+    assert_eq!(report.documents_new, 1, "{report:?}");
+    unit.record_handover(&ins(), &h.by, h.reason.as_deref(), SiteId(8))
+        .expect("traced");
+
+    // A day later the care is over: refused again.
+    now.fetch_add(25 * HOUR, Ordering::SeqCst);
+    asks(&unit).expect_err("care over");
+    assert_eq!(refusals(&unit), 2);
+    unit.verify_audit().expect("the unit's trace verifies");
+}
+
+#[test]
 fn a_handover_that_does_not_verify_changes_nothing_and_is_traced() {
     let (_dirs, now, host, unit) = host_and_site_on_a_clock();
     let (_cd, clinic) = a_clinic_on(&host, &now);
