@@ -529,6 +529,9 @@ pub struct DocumentFacts {
 
 /// Longest title, in characters.
 pub const TITLE_CHARS_MAX: usize = 512;
+/// Largest body a document written here may have (2 GiB), whether `carnet` opens the store
+/// or calls the daemon.
+pub const BODY_BYTES_MAX: u64 = 2 << 30;
 /// Longest type code, in bytes.
 pub const TYPE_CODE_MAX: usize = 64;
 /// Longest MIME type, in characters.

@@ -39,6 +39,7 @@ use crate::transport::Revoked;
 
 pub mod local;
 pub mod openapi;
+pub mod uploads;
 pub mod wire;
 
 /// File name of the daemon's socket inside the data folder.
@@ -622,6 +623,41 @@ pub struct Service {
     pub fleet: Option<Arc<crate::fleet::Fleet>>,
     /// Site: its presence on the local network, with `discover = true` (daemon only).
     pub discovery: Option<Arc<crate::discovery::Discovery>>,
+    /// Site: where the last round left the sync state (`SyncMark`), so only a round that moved
+    /// it writes an entry in the change feed.
+    sync_mark: Mutex<Option<SyncMark>>,
+}
+
+/// What of a round's outcome the change feed follows: whether it succeeded, and what the host
+/// holds and sent. Two idle rounds, or two failures, leave the same mark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SyncMark {
+    ok: bool,
+    pushed: u64,
+    traces: u64,
+    log_head: u64,
+    moved: usize,
+}
+
+impl SyncMark {
+    fn of(result: &Result<RoundReport>) -> Self {
+        match result {
+            Ok(r) => SyncMark {
+                ok: true,
+                pushed: r.pushed,
+                traces: r.traces,
+                log_head: r.log_head,
+                moved: r.pulled + r.bodies + r.returned + r.purged + r.withdrawn,
+            },
+            Err(_) => SyncMark {
+                ok: false,
+                pushed: 0,
+                traces: 0,
+                log_head: 0,
+                moved: 0,
+            },
+        }
+    }
 }
 
 impl Service {
@@ -640,6 +676,7 @@ impl Service {
             endpoint: None,
             fleet: None,
             discovery: None,
+            sync_mark: Mutex::new(None),
         }
     }
 
@@ -689,6 +726,15 @@ impl Service {
                         .push((self.replica.now(), kind.to_string(), e.to_string()));
                 }
             }
+        }
+        let mark = SyncMark::of(&result);
+        let moved = self
+            .sync_mark
+            .lock()
+            .map(|mut last| last.replace(mark) != Some(mark) || mark.moved > 0)
+            .unwrap_or(false);
+        if moved && let Err(e) = self.replica.note_sync_change() {
+            tracing::warn!(error = %e, "the change feed could not record the sync state");
         }
         result
     }

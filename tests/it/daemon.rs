@@ -619,3 +619,55 @@ fn the_demo_runs_host_and_two_site_daemons_and_cleans_up() {
     let left: Vec<_> = std::fs::read_dir(tmp.path()).expect("tmp").collect();
     assert!(left.is_empty(), "the demo left {left:?}");
 }
+
+/// `carnet` answers the same whether it opens the store or calls the daemon: a host out of
+/// reach fails with the same exit code and the same error kind, and a body of 100 MiB goes in
+/// and comes back whole.
+#[test]
+fn carnet_answers_the_same_with_or_without_its_daemon() {
+    use serde_json::Value;
+    let host = Carnet::empty();
+    let address = format!("127.0.0.1:{}", free_port());
+    host.ok(&["init", "--role", "host", "--listen", &address]);
+    host.ok(&["pki", "init", "--ca-in-replica"]);
+    let ins = host.doctor_dossier();
+    // The host daemon is not started yet: nothing listens at its address.
+    let site = enrolled_site(&host, &address, &[]);
+    let alone = site.run(&["--json", "sync", "now"]);
+    assert_ne!(alone.code, 0, "a sync with no host succeeded");
+    let mut site_daemon = start_daemon(&site);
+    wait_for_socket(&site);
+    let through = site.run(&["--json", "sync", "now"]);
+    assert_eq!(
+        through.code, alone.code,
+        "alone: {}\nthrough the daemon: {}",
+        alone.stderr, through.stderr
+    );
+    let kind = |o: &Output| -> Value {
+        serde_json::from_str::<Value>(o.stderr.trim())
+            .or_else(|_| serde_json::from_str::<Value>(o.stdout.trim()))
+            .map(|v| v["error"]["kind"].clone())
+            .unwrap_or(Value::Null)
+    };
+    assert_ne!(kind(&alone), Value::Null, "{}", alone.stderr);
+    assert_eq!(
+        kind(&through),
+        kind(&alone),
+        "{}\n{}",
+        alone.stderr,
+        through.stderr
+    );
+    assert_eq!(stop(&mut site_daemon), Some(0));
+
+    let big: Vec<u8> = (0..(100u32 << 20) + 1).map(|i| (i % 253) as u8).collect();
+    let digest = |bytes: &[u8]| blake3::hash(bytes).to_hex().to_string();
+    let mut host_daemon = start_daemon(&host);
+    wait_for_socket(&host);
+    let id = host.add_doc(&ins, DOCTOR, "10", CONSULTATION, "Imagerie", &big);
+    assert_eq!(digest(&host.body(&id, DOCTOR)), digest(&big));
+    let listed = host.json(&["doc", "list", "--dossier", &ins, "--as", DOCTOR]);
+    assert_eq!(listed[0]["size"], big.len(), "{listed}");
+    assert_eq!(stop(&mut host_daemon), Some(0));
+    // The body stored through the daemon reads the same without it.
+    assert_eq!(digest(&host.body(&id, DOCTOR)), digest(&big));
+}

@@ -12,6 +12,7 @@ use crate::kv::{ReadableTable, WriteTransaction};
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 
+use super::changes::Changed;
 use super::representatives::NewRepresentative;
 use super::sync::Queued;
 use super::tables::*;
@@ -187,6 +188,24 @@ impl Replica {
         table.insert(subject.as_slice(), sealed.as_slice())?;
         drop(table);
         Self::registry_changed(txn)?;
+        match &v.record {
+            AuthorityRecord::Dossier(h) => {
+                self.note_change(Changed::Dossier { ins: h.ins.clone() })?
+            }
+            AuthorityRecord::Purged { ins, .. } => {
+                self.note_change(Changed::Dossier { ins: ins.clone() })?
+            }
+            AuthorityRecord::Grant(g) => {
+                self.note_change(Changed::Grants { ins: g.ins.clone() })?
+            }
+            AuthorityRecord::Emergency { ins, .. } => {
+                self.note_change(Changed::Grants { ins: ins.clone() })?
+            }
+            AuthorityRecord::Matrix(_)
+            | AuthorityRecord::HeartbeatV1 { .. }
+            | AuthorityRecord::Heartbeat(_)
+            | AuthorityRecord::RefusedCertificates(_) => {}
+        }
         Self::bump_meta_u64(txn, meta_key::AUTHORITY_VERSION, Some(v.seq))?;
         let site = self.config.role == Role::Site;
         let mut purge = None;
@@ -896,7 +915,13 @@ impl Replica {
         let ids = self.dossier_doc_ids(&self.begin_read()?, &bi)?;
         {
             for doc in &ids {
-                self.forget_document(&txn, &bi, doc)?;
+                self.forget_document(&txn, ins, doc)?;
+            }
+            // The feed keeps one entry of a purged dossier: its purge (the host's, below,
+            // through its `Purged` record).
+            self.forget_changes(&txn, &bi)?;
+            if self.signing.is_none() {
+                self.note_change(Changed::Dossier { ins: ins.clone() })?;
             }
             txn.open_table(UNIQUE_IDS)?.retain_in(
                 bi.as_slice()..=unique_key(&bi, &[0xff; 32]).as_slice(),

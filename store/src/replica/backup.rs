@@ -209,6 +209,7 @@ pub(super) fn each_table(v: &mut impl Tables) -> Result<()> {
     v.table(OUTBOX_HELD)?;
     v.table(RELAYED_LEASES)?;
     v.table(RELAYED_TRACES)?;
+    v.table(CHANGES)?;
     Ok(())
 }
 

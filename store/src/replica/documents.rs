@@ -10,6 +10,7 @@ use std::sync::Arc;
 use crate::kv::{ReadTransaction, ReadableTable, Table, WriteTransaction};
 use zeroize::Zeroizing;
 
+use super::changes::Changed;
 use super::sync::Act;
 use super::tables::*;
 use super::{Generation, Replica, Role};
@@ -303,10 +304,15 @@ impl Replica {
     pub(super) fn forget_document(
         &self,
         txn: &WriteTransaction,
-        bi: &[u8; 32],
+        ins: &Ins,
         doc: &DocId,
     ) -> Result<()> {
+        let bi = &self.blind(ins);
         let stored = self.stored_id(doc);
+        self.note_change(Changed::Document {
+            ins: ins.clone(),
+            id: *doc,
+        })?;
         txn.open_table(DOSSIER_DOCS)?
             .remove(dossier_doc_key(bi, &stored).as_slice())?;
         self.digested(txn, DOCS)?.remove(&stored)?;
@@ -398,6 +404,10 @@ impl Replica {
         })?;
         let stored = self.stored_id(&meta.facts.id);
         let replaced = docs.insert(&stored, row.as_slice())?;
+        self.note_change(Changed::Document {
+            ins: meta.facts.ins.clone(),
+            id: meta.facts.id,
+        })?;
         // Successors only grow: a document with fewer than two was never in the index.
         let state = meta.state();
         if state.has_replacement_conflict() {
@@ -1198,6 +1208,13 @@ fn author_of(who: &Who) -> Author {
 }
 
 fn validate_new(d: &NewDocument) -> Result<()> {
+    if d.body.len() as u64 > model::BODY_BYTES_MAX {
+        return Err(Error::invalid(format!(
+            "the body is {} bytes: a document holds at most {} GiB",
+            d.body.len(),
+            model::BODY_BYTES_MAX >> 30
+        )));
+    }
     if d.title.trim().is_empty() {
         return Err(Error::invalid("a document needs a title (--title)"));
     }

@@ -130,7 +130,7 @@ impl Replica {
         if let Some(rpps) = rpps {
             // The creator reads what the site writes for this encounter, as with consent
             // given in person; the host confirms or refuses it.
-            self.put_pending_grant(&txn, &bi, &rpps)?;
+            self.put_pending_grant(&txn, &head.ins, &rpps)?;
             self.queue_or_hold(&txn, &bi, &head.ins, Held::PendingGrant { rpps })?;
         }
         let mut entry = self.admin_entry(
@@ -251,6 +251,9 @@ impl Replica {
             .keys
             .registry
             .seal(&local_aad(bi), &postcard::to_stdvec(p)?)?;
+        self.note_change(super::changes::Changed::Dossier {
+            ins: p.head.ins.clone(),
+        })?;
         self.digested(txn, LOCAL_DOSSIERS)?
             .insert(bi, sealed.as_slice())?;
         Ok(())

@@ -20,6 +20,7 @@ mod authority_ops;
 mod backend;
 pub mod backup;
 mod cache;
+mod changes;
 mod conflicts;
 pub mod daemons;
 pub mod doc_map;
@@ -75,6 +76,7 @@ use zeroize::Zeroizing;
 pub use announcements::AnnouncementPass;
 pub use authority_ops::{DossierInfo, ImportReport, Lease, NewDossier};
 pub use backend::Durable;
+pub use changes::{ChangeEntry, Changed, ChangesPage, MAX_CHANGES};
 pub use conflicts::{Branch, Conflict};
 pub use documents::{DossierExport, ExportedDocument, NewDocument, ReadOutcome};
 pub use dossier_reads::Reader;
@@ -407,6 +409,13 @@ pub struct Replica {
     restoring: AtomicBool,
     /// What the write transaction under way changed in the guarded tables (`row_digest`).
     pending_digests: row_digest::PendingDigests,
+    /// The change feed's entries the write transaction under way staged (`changes`), with
+    /// their dossier's blind index.
+    pending_changes: Mutex<Vec<(Option<[u8; 32]>, changes::Changed)>>,
+    /// The latest change sequence this process committed (`Replica::change_watch`).
+    change_seq: tokio::sync::watch::Sender<u64>,
+    /// How many entries the feed keeps (`changes::MAX_CHANGES`).
+    change_cap: std::sync::atomic::AtomicU64,
     /// What `open` tightened in a data folder others could read (`files::tighten_folder`).
     folder_fixes: Vec<String>,
     /// The high-water mark checked at open, kept up with the trace head while running and
@@ -702,6 +711,7 @@ impl Replica {
             txn.open_table(RELAYED_LEASES)?;
             txn.open_table(RELAYED_TRACES)?;
             txn.open_table(APPLIED)?;
+            txn.open_table(CHANGES)?;
         }
         txn.commit()?;
         drop(db);
@@ -948,6 +958,9 @@ impl Replica {
             state_verified: AtomicBool::new(false),
             restoring: AtomicBool::new(restoring),
             pending_digests: row_digest::PendingDigests::default(),
+            pending_changes: Mutex::default(),
+            change_seq: tokio::sync::watch::Sender::new(0),
+            change_cap: std::sync::atomic::AtomicU64::new(changes::MAX_CHANGES),
             folder_fixes,
             high_water: Mutex::new(None),
         };
@@ -1522,6 +1535,7 @@ impl Replica {
         let txn = self.db.begin_write()?;
         // The write lock is held: what is pending was left by a transaction that was dropped.
         self.pending_digests.clear()?;
+        self.clear_pending_changes()?;
         Ok(RawWrite { replica: self, txn })
     }
 
@@ -2174,6 +2188,8 @@ impl RawWrite<'_> {
                 "the replica's state was not verified: nothing is written",
             ));
         }
+        // The change feed's entries, before `meta` is authenticated (a trim moves its floor).
+        let last_change = replica.commit_changes(&txn)?;
         {
             // The guarded tables' digests take this transaction's changes (`row_digest`).
             let mut meta = txn.open_table(META)?;
@@ -2225,7 +2241,11 @@ impl RawWrite<'_> {
             txn.commit()
         };
         replica.view.retire();
-        Ok(committed?)
+        committed?;
+        if let Some(seq) = last_change {
+            replica.changes_committed(seq);
+        }
+        Ok(())
     }
 
     /// Abandons the transaction.

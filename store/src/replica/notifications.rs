@@ -451,6 +451,7 @@ impl Replica {
             .seal(&notification_aad(id), &postcard::to_stdvec(&n)?)?;
         let row = postcard::to_stdvec(&NotificationRow { bi: *bi, sealed })?;
         table.insert(id, row.as_slice())?;
+        self.note_change(super::changes::Changed::Notification { id })?;
         Ok(())
     }
 

@@ -51,7 +51,7 @@ impl Replica {
         let bi = self.blind(ins);
         let txn = self.begin_write()?;
         self.who_is(&self.begin_read()?, rpps)?;
-        self.put_pending_grant(&txn, &bi, rpps)?;
+        self.put_pending_grant(&txn, ins, rpps)?;
         self.queue_or_hold(
             &txn,
             &bi,
@@ -66,13 +66,15 @@ impl Replica {
         txn.commit()
     }
 
-    /// Site: records in `txn` that `rpps` holds a pending grant on `bi` from now.
+    /// Site: records in `txn` that `rpps` holds a pending grant on dossier `ins` from now.
     pub(super) fn put_pending_grant(
         &self,
         txn: &crate::kv::WriteTransaction,
-        bi: &[u8; 32],
+        ins: &Ins,
         rpps: &Rpps,
     ) -> Result<()> {
+        let bi = &self.blind(ins);
+        self.note_change(super::changes::Changed::Grants { ins: ins.clone() })?;
         let now = self.now();
         let mut table = self.digested(txn, PENDING_GRANTS)?;
         // Encounters that ended are forgotten.

@@ -271,6 +271,10 @@ impl Replica {
         {
             let mut meta = dst.open_table(META)?;
             meta.insert(
+                meta_key::CHANGES_FLOOR,
+                super::changes::head_in(&src)?.to_le_bytes().as_slice(),
+            )?;
+            meta.insert(
                 meta_key::KEYRING,
                 postcard::to_stdvec(&self.rekeyed_keyring(&src, new)?)?.as_slice(),
             )?;
@@ -546,6 +550,9 @@ impl Rekey<'_> {
             "pending_emergencies" => (k.to_vec(), v.to_vec()),
             "dossier_emergencies" => (self.remap(table, k, &[Dossier, Same(8)])?, v.to_vec()),
             "notifications" => self.notifications(k, v)?,
+            // The change feed names dossiers by their old blind index: its entries are
+            // dropped and its floor raised over them (`changes::head_in`).
+            "changes" => return Ok(None),
             "held_notifications" => self.held_notifications(k, v)?,
             "first_accesses" => (self.remap(table, k, &[Dossier, Pro])?, v.to_vec()),
             // Nothing keyed, nothing sealed: sequences, heads.
@@ -702,6 +709,7 @@ impl Rekey<'_> {
             | meta_key::CHAIN_KEY
             | meta_key::ROW_DIGESTS
             | meta_key::SPOOL_TURN
+            | meta_key::CHANGES_FLOOR
             | STATE_MAC => Ok(None),
             _ if name.starts_with("row_digest:") => Ok(None),
             _ if name.starts_with("sealed:") => {

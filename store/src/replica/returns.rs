@@ -253,7 +253,7 @@ impl Replica {
         }
         self.digested(&txn, DOSSIER_KEYS)?.remove(&bi)?;
         for id in self.dossier_doc_ids(&snap, &bi)? {
-            self.forget_document(&txn, &bi, &id)?;
+            self.forget_document(&txn, ins, &id)?;
         }
         self.digested(&txn, LOCAL_DOSSIERS)?.remove(&bi)?;
         let mut after = bi.to_vec();

@@ -175,6 +175,9 @@ pub const RELAYED_TRACES: TableDefinition<(u32, u64), &[u8]> =
     TableDefinition::new("relayed_traces");
 /// Per origin site, the highest change sequence applied here (exactly-once).
 pub const APPLIED: TableDefinition<u32, u64> = TableDefinition::new("applied");
+/// The change feed (`changes`): sequence → the dossier's blind index in clear, the change
+/// sealed under the registry key and bound to its sequence.
+pub const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("changes");
 
 /// META keys.
 pub mod meta_key {
@@ -226,6 +229,8 @@ pub mod meta_key {
     /// `SignedRecord`, in clear: it names the site and a log head, no patient data), relayed
     /// with a handover (`handover`).
     pub const RELAYABLE_HEARTBEAT: &str = "relayable_heartbeat";
+    /// The change feed's cursor below which its entries are gone (u64 LE; `changes`).
+    pub const CHANGES_FLOOR: &str = "changes_floor";
 }
 
 /// The format this build writes. A newer stored format is refused, and so is an older one: the

@@ -7208,3 +7208,101 @@ fn a_handover_the_host_cannot_follow_gives_the_receiver_nothing() {
             )
     );
 }
+
+/// The feed's entries after `since`, or a panic naming what came instead.
+fn feed(r: &Replica, since: u64) -> (Vec<super::ChangeEntry>, u64) {
+    match r.changes_since(since, 10_000).expect("changes") {
+        super::ChangesPage::Entries { entries, last_seq } => (entries, last_seq),
+        gone => panic!("the feed answered {gone:?} for cursor {since}"),
+    }
+}
+
+#[test]
+fn the_change_feed_names_each_committed_change_once_in_order() {
+    use super::Changed as Change;
+    let (_hd, host, _sd, site) = host_and_site();
+    // What the site received from the host: the dossier's head and its grant.
+    let (received, last) = feed(&site, 0);
+    let changes: Vec<&Change> = received.iter().map(|e| &e.change).collect();
+    assert!(
+        changes.contains(&&Change::Dossier { ins: ins() }),
+        "{changes:?}"
+    );
+    assert!(
+        changes.contains(&&Change::Grants { ins: ins() }),
+        "{changes:?}"
+    );
+    assert!(received.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(received.last().map(|e| e.seq), Some(last));
+
+    // A document written: one entry, after the cursor, and this process's waiters woken.
+    let mut watch = site.change_watch();
+    let id = write(&site, "report", b"body");
+    let (after, last_after) = feed(&site, last);
+    assert_eq!(
+        after.iter().map(|e| &e.change).collect::<Vec<_>>(),
+        vec![&Change::Document { ins: ins(), id }]
+    );
+    assert_eq!(after[0].seq, last + 1);
+    assert!(watch.has_changed().expect("watch"));
+    assert_eq!(*watch.borrow_and_update(), last_after);
+
+    // A refused write commits nothing, so the feed names nothing.
+    let refused = site.put_document(
+        &Actor::Professional(Rpps::parse("10000000999").expect("rpps")),
+        AccessMode::Normal,
+        None,
+        &ins(),
+        doc("refused", b"x"),
+    );
+    assert!(refused.is_err());
+    assert!(feed(&site, last_after).0.is_empty());
+    assert!(!watch.has_changed().expect("watch"));
+
+    // A cursor this replica never gave is refused.
+    let err = site.changes_since(last_after + 5, 10).expect_err("ahead");
+    assert!(matches!(err, Error::Invalid(_)), "{err}");
+
+    // A purge leaves one entry of the dossier: the purge itself.
+    host.close_dossier(&ins(), "holder's request", true)
+        .expect("close");
+    site.import_authority(&host.export_authority().expect("export"))
+        .expect("import");
+    let (all, _) = feed(&site, 0);
+    let about: Vec<&Change> = all
+        .iter()
+        .map(|e| &e.change)
+        .filter(|c| c.ins() == Some(&ins()))
+        .collect();
+    assert_eq!(about, vec![&Change::Dossier { ins: ins() }]);
+}
+
+#[test]
+fn the_change_feed_refuses_a_cursor_older_than_what_it_keeps() {
+    use super::ChangesPage;
+    let (_hd, _host, _sd, site) = host_and_site();
+    site.set_change_cap(3);
+    for n in 0..5 {
+        write(&site, &format!("doc {n}"), b"body");
+    }
+    let ChangesPage::Gone { floor, last_seq } = site.changes_since(0, 10).expect("page") else {
+        panic!("a trimmed feed answered cursor 0");
+    };
+    assert_eq!(last_seq - floor, 3);
+    let (kept, last) = feed(&site, floor);
+    assert_eq!(kept.len(), 3);
+    assert_eq!(last, last_seq);
+    // A full rotation drops the entries (they name dossiers by their old index): every
+    // cursor before it is refused, the latest still follows.
+    let (site, _) = site.rotate_full(&KeySource::File).expect("rotate");
+    assert!(matches!(
+        site.changes_since(last - 1, 10).expect("page"),
+        ChangesPage::Gone { .. }
+    ));
+    assert!(feed(&site, last).0.is_empty());
+    let id = write(&site, "after", b"body");
+    let (after, _) = feed(&site, last);
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].seq, last + 1);
+    assert_eq!(after[0].change, super::Changed::Document { ins: ins(), id });
+}

@@ -123,7 +123,7 @@ impl Replica {
                     uniques.remove(unique.as_slice())?;
                 }
             }
-            self.forget_document(txn, &bi, id)?;
+            self.forget_document(txn, ins, id)?;
             self.digested(txn, QUARANTINE)?.remove(&stored_id)?;
             deleted += 1;
         }

@@ -27,8 +27,10 @@ use hyper::{Method, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 
+use super::uploads::{INLINE_BODY, Uploads};
 use super::{Request, Response, Service, socket_path, wire};
 use crate::error::{Error, Result};
+use zeroize::Zeroizing;
 
 /// Largest request body accepted (a document travels base64-encoded inside it).
 pub const MAX_REQUEST: usize = 128 << 20;
@@ -134,43 +136,35 @@ impl Client {
     }
 
     async fn call_async(&self, request: Request) -> Result<Response> {
-        let unreachable = |e: &dyn std::fmt::Display| {
-            Error::Io(std::io::Error::other(format!(
-                "the daemon at {} did not answer: {e}",
-                self.socket.display()
-            )))
-        };
-        let body = serde_json::to_vec(&wire::Request::from(&request))
-            .map_err(|e| Error::Invalid(format!("request: {e}")))?;
-        drop(request);
+        let mut request = wire::Request::from(&request);
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
-            .map_err(|e| unreachable(&e))?;
+            .map_err(|e| self.unreachable(&e))?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| unreachable(&e))?;
+            .map_err(|e| self.unreachable(&e))?;
         tokio::spawn(connection);
-        let http_request = hyper::Request::post("/v1/call")
-            .header(HOST, "carnet")
-            .header(CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| Error::Invalid(format!("request: {e}")))?;
-        let answer = sender
-            .send_request(http_request)
-            .await
-            .map_err(|e| unreachable(&e))?;
-        let bytes = answer
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| unreachable(&e))?
-            .to_bytes();
-        let not_understood = |e: &dyn std::fmt::Display| {
-            Error::Invalid(format!(
-                "the daemon's answer is not understood ({e}): is carnet-syncd the same version as carnet?"
-            ))
-        };
-        match serde_json::from_slice::<Outcome>(&bytes) {
+        // A large body goes ahead of the call, as raw bytes (`uploads`).
+        if let Some((mut carried, upload)) = request.carried_mut()
+            && carried.len() > INLINE_BODY
+        {
+            let body = carried.take();
+            let answer = self
+                .exchange(&mut sender, "/v1/bodies", "application/octet-stream", body)
+                .await?;
+            match serde_json::from_slice::<wire::UploadOutcome>(&answer) {
+                Ok(wire::UploadOutcome::Ok(held)) => *upload = Some(held.upload),
+                Ok(wire::UploadOutcome::Error(e)) => return Err(e.into()),
+                Err(e) => return Err(not_understood(&e)),
+            }
+        }
+        let body =
+            serde_json::to_vec(&request).map_err(|e| Error::Invalid(format!("request: {e}")))?;
+        drop(request);
+        let answer = self
+            .exchange(&mut sender, "/v1/call", "application/json", body)
+            .await?;
+        match serde_json::from_slice::<Outcome>(&answer) {
             Ok(Outcome::Ok(response)) => {
                 Response::try_from(response).map_err(|e| not_understood(&e))
             }
@@ -178,6 +172,44 @@ impl Client {
             Err(e) => Err(not_understood(&e)),
         }
     }
+
+    /// One `POST` on the connection: its answer's body.
+    async fn exchange(
+        &self,
+        sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+        path: &str,
+        content_type: &'static str,
+        body: Vec<u8>,
+    ) -> Result<Bytes> {
+        let http_request = hyper::Request::post(path)
+            .header(HOST, "carnet")
+            .header(CONTENT_TYPE, content_type)
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| Error::Invalid(format!("request: {e}")))?;
+        let answer = sender
+            .send_request(http_request)
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        Ok(answer
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| self.unreachable(&e))?
+            .to_bytes())
+    }
+
+    fn unreachable(&self, e: &dyn std::fmt::Display) -> Error {
+        Error::Io(std::io::Error::other(format!(
+            "the daemon at {} did not answer: {e}",
+            self.socket.display()
+        )))
+    }
+}
+
+fn not_understood(e: &dyn std::fmt::Display) -> Error {
+    Error::Invalid(format!(
+        "the daemon's answer is not understood ({e}): is carnet-syncd the same version as carnet?"
+    ))
 }
 
 /// Binds the daemon's socket in `dir`, mode 0600. Refuses if another daemon answers there.
@@ -209,6 +241,7 @@ pub fn bind(dir: &Path) -> Result<tokio::net::UnixListener> {
 /// is mode 0600, so only the replica's owner reaches it; each request body is read up to
 /// `MAX_REQUEST` bytes, and a larger one is refused unread.
 pub async fn serve(listener: tokio::net::UnixListener, service: Arc<Service>) {
+    let uploads = Arc::new(Uploads::default());
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -219,8 +252,11 @@ pub async fn serve(listener: tokio::net::UnixListener, service: Arc<Service>) {
             }
         };
         let service = service.clone();
+        let uploads = uploads.clone();
         tokio::spawn(async move {
-            let handler = hyper::service::service_fn(move |req| answer(req, service.clone()));
+            let handler = hyper::service::service_fn(move |req| {
+                answer(req, service.clone(), uploads.clone())
+            });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), handler)
                 .await
@@ -258,6 +294,7 @@ fn error_response(e: wire::Error) -> HttpResponse {
 async fn answer(
     req: hyper::Request<Incoming>,
     service: Arc<Service>,
+    uploads: Arc<Uploads>,
 ) -> std::result::Result<HttpResponse, Infallible> {
     Ok(match (req.method(), req.uri().path()) {
         (&Method::POST, "/v1/call") => {
@@ -270,7 +307,7 @@ async fn answer(
                     ));
                 }
             };
-            let request = match serde_json::from_slice::<wire::Request>(&body) {
+            let mut request = match serde_json::from_slice::<wire::Request>(&body) {
                 Ok(r) => r,
                 Err(e) => {
                     return Ok(failure(
@@ -279,6 +316,25 @@ async fn answer(
                     ));
                 }
             };
+            if let Some((mut carried, upload)) = request.carried_mut()
+                && let Some(token) = upload.take()
+            {
+                if !carried.is_empty() {
+                    return Ok(failure(
+                        StatusCode::BAD_REQUEST,
+                        "a call carries its body or an upload, not both".into(),
+                    ));
+                }
+                match uploads.take(&token) {
+                    Some(mut bytes) => {
+                        if let Err(message) = carried.fill(std::mem::take(&mut *bytes)) {
+                            return Ok(failure(StatusCode::BAD_REQUEST, message));
+                        }
+                    }
+                    // Refused, naming the token, when the request is decoded.
+                    None => *upload = Some(token),
+                }
+            }
             let request = match Request::try_from(request) {
                 Ok(r) => r,
                 Err(e) => return Ok(error_response(crate::Error::Store(e).into())),
@@ -304,11 +360,182 @@ async fn answer(
             )
         }
         (&Method::GET, "/v1/openapi.json") => json_response(StatusCode::OK, openapi()),
+        (&Method::GET, "/v1/changes") => changes(&service, req.uri().query()).await,
+        (&Method::POST, "/v1/bodies") => upload(req, &uploads).await,
         _ => failure(
             StatusCode::NOT_FOUND,
-            "unknown route: POST /v1/call, GET /v1/health or GET /v1/openapi.json".into(),
+            "unknown route: POST /v1/call, POST /v1/bodies, GET /v1/changes, GET /v1/health \
+             or GET /v1/openapi.json"
+                .into(),
         ),
     })
+}
+
+/// `POST /v1/bodies`: holds the raw body sent, answers its token (`uploads`). A body over
+/// what can be held is refused from its `Content-Length`, or as soon as it grows over it.
+async fn upload(req: hyper::Request<Incoming>, uploads: &Uploads) -> HttpResponse {
+    use wire::UploadOutcome as O;
+    let refused = |status: StatusCode, message: String| {
+        json_response(status, &O::Error(wire::Error::Invalid { message }))
+    };
+    let declared = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = declared
+        && let Err(message) = uploads.room_for(len)
+    {
+        return refused(StatusCode::PAYLOAD_TOO_LARGE, message);
+    }
+    let capacity = declared
+        .unwrap_or(0)
+        .min(carnet_store::model::BODY_BYTES_MAX) as usize;
+    let mut body = Zeroizing::new(Vec::with_capacity(capacity));
+    let mut incoming = req.into_body();
+    while let Some(frame) = incoming.frame().await {
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => return refused(StatusCode::BAD_REQUEST, format!("the body broke off: {e}")),
+        };
+        if let Some(data) = frame.data_ref() {
+            if let Err(message) = uploads.room_for((body.len() + data.len()) as u64) {
+                return refused(StatusCode::PAYLOAD_TOO_LARGE, message);
+            }
+            body.extend_from_slice(data);
+        }
+    }
+    let bytes = body.len() as u64;
+    match uploads.put(body) {
+        Ok(upload) => json_response(StatusCode::OK, &O::Ok(wire::Upload { upload, bytes })),
+        Err(message) => refused(StatusCode::PAYLOAD_TOO_LARGE, message),
+    }
+}
+
+/// The longest a long poll of the change feed waits (`wait=SECONDS`).
+pub const MAX_WAIT_SECONDS: u64 = 300;
+/// Entries in one answer of the change feed, unless `limit` asks fewer.
+pub const CHANGES_PAGE: usize = 1_000;
+
+/// A query of `GET /v1/changes`.
+#[derive(Debug, PartialEq, Eq)]
+struct ChangesQuery {
+    /// `None`: from now on (`since` absent or `now`).
+    since: Option<u64>,
+    wait: std::time::Duration,
+    limit: usize,
+}
+
+fn parse_changes_query(query: Option<&str>) -> std::result::Result<ChangesQuery, String> {
+    let mut q = ChangesQuery {
+        since: None,
+        wait: std::time::Duration::ZERO,
+        limit: CHANGES_PAGE,
+    };
+    let number = |name: &str, value: &str| {
+        value.parse::<u64>().map_err(|_| {
+            format!("{name}={value:?} is not a whole number (GET /v1/changes?since=CURSOR&wait=SECONDS&limit=N)")
+        })
+    };
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match name {
+            "since" if value == "now" => q.since = None,
+            "since" => q.since = Some(number(name, value)?),
+            "wait" => {
+                let seconds = number(name, value)?;
+                if seconds > MAX_WAIT_SECONDS {
+                    return Err(format!(
+                        "wait={seconds}: a long poll waits at most {MAX_WAIT_SECONDS} seconds"
+                    ));
+                }
+                q.wait = std::time::Duration::from_secs(seconds);
+            }
+            "limit" => {
+                let limit = number(name, value)?;
+                if limit == 0 || limit > CHANGES_PAGE as u64 {
+                    return Err(format!("limit={limit}: from 1 to {CHANGES_PAGE}"));
+                }
+                q.limit = limit as usize;
+            }
+            other => {
+                return Err(format!(
+                    "unknown parameter {other:?}: GET /v1/changes takes since, wait and limit"
+                ));
+            }
+        }
+    }
+    Ok(q)
+}
+
+/// `GET /v1/changes`: the entries after `since`; with none and `wait`, the first that commit
+/// within it (this process's commits wake it at once; another host daemon's are seen when the
+/// wait ends).
+async fn changes(service: &Service, query: Option<&str>) -> HttpResponse {
+    use carnet_store::replica::ChangesPage;
+    use wire::ChangesOutcome as O;
+    let failed = |e: crate::Error| {
+        let e = wire::Error::from(e);
+        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        json_response(status, &O::Error(e))
+    };
+    let q = match parse_changes_query(query) {
+        Ok(q) => q,
+        Err(message) => {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &O::Error(wire::Error::Invalid { message }),
+            );
+        }
+    };
+    let replica = &service.replica;
+    let mut watch = replica.change_watch();
+    let since = match q.since {
+        Some(since) => since,
+        None => match replica.changes_head() {
+            Ok(head) => head,
+            Err(e) => return failed(e.into()),
+        },
+    };
+    let deadline = tokio::time::Instant::now() + q.wait;
+    loop {
+        watch.borrow_and_update();
+        let entries = match replica.changes_since(since, q.limit) {
+            Ok(ChangesPage::Entries { entries, last_seq }) => {
+                if entries.is_empty()
+                    && tokio::time::Instant::now() < deadline
+                    && let Ok(Ok(())) = tokio::time::timeout_at(deadline, watch.changed()).await
+                {
+                    continue;
+                }
+                wire::Changes {
+                    results: entries
+                        .iter()
+                        .map(|e| wire::ChangeEntry {
+                            seq: e.seq,
+                            change: (&e.change).into(),
+                        })
+                        .collect(),
+                    last_seq,
+                }
+            }
+            Ok(ChangesPage::Gone { floor, last_seq }) => {
+                return json_response(
+                    StatusCode::GONE,
+                    &O::Gone(wire::CursorGone {
+                        message: format!(
+                            "cursor {since} is older than the oldest change kept ({floor}): \
+                             read the state again, then follow from {last_seq}"
+                        ),
+                        floor,
+                        last_seq,
+                    }),
+                );
+            }
+            Err(e) => return failed(e.into()),
+        };
+        return json_response(StatusCode::OK, &O::Ok(entries));
+    }
 }
 
 /// The OpenAPI document, made once.
@@ -340,6 +567,17 @@ mod tests {
         Arc::new(Service::new(Arc::new(r)))
     }
 
+    /// A runtime, and the socket bound in `dir`.
+    fn bound(dir: &Path) -> (tokio::runtime::Runtime, tokio::net::UnixListener) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("rt");
+        let listener = rt.block_on(async { bind(dir) }).expect("bind");
+        (rt, listener)
+    }
+
     /// One HTTP/1.1 exchange on `socket`, as raw text (status line, headers, body).
     pub(super) fn http(socket: &Path, method: &str, path: &str, body: &str) -> String {
         use std::io::{Read, Write};
@@ -356,15 +594,111 @@ mod tests {
     }
 
     #[test]
+    fn the_change_feed_query_is_checked() {
+        let q = parse_changes_query(Some("since=12&wait=30&limit=5")).expect("query");
+        assert_eq!(
+            q,
+            ChangesQuery {
+                since: Some(12),
+                wait: std::time::Duration::from_secs(30),
+                limit: 5
+            }
+        );
+        assert_eq!(
+            parse_changes_query(None).expect("none"),
+            parse_changes_query(Some("since=now")).expect("now")
+        );
+        for bad in [
+            "since=x",
+            "wait=301",
+            "limit=0",
+            "limit=1001",
+            "cursor=3",
+            "since=-1",
+        ] {
+            assert!(parse_changes_query(Some(bad)).is_err(), "{bad}");
+        }
+    }
+
+    /// A long poll waits for its time when nothing changes, and answers as soon as a change
+    /// commits (here a professional's registration does not count, a dossier's creation does).
+    #[test]
+    fn a_long_poll_of_the_change_feed_answers_when_a_change_commits() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let service = host(tmp.path());
+        let (rt, listener) = bound(tmp.path());
+        rt.spawn(serve(listener, service.clone()));
+        let socket = socket_path(tmp.path());
+        let body_of = |raw: &str| -> serde_json::Value {
+            serde_json::from_str(raw.split_once("\r\n\r\n").expect("answer").1).expect("json")
+        };
+        let head = service.replica.changes_head().expect("head");
+
+        let started = std::time::Instant::now();
+        let raw = http(
+            &socket,
+            "GET",
+            &format!("/v1/changes?since={head}&wait=1"),
+            "",
+        );
+        assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+        assert!(started.elapsed() >= std::time::Duration::from_secs(1));
+        assert_eq!(
+            body_of(&raw)["ok"],
+            serde_json::json!({"results": [], "last_seq": head})
+        );
+
+        let poll = {
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                let started = std::time::Instant::now();
+                let raw = http(
+                    &socket,
+                    "GET",
+                    &format!("/v1/changes?since={head}&wait=120"),
+                    "",
+                );
+                (raw, started.elapsed())
+            })
+        };
+        let client = Client::new(socket.clone());
+        client
+            .call(Request::AddProfessional {
+                professional: carnet_store::model::Professional {
+                    rpps: carnet_store::ids::Rpps::parse("10000000001").expect("rpps"),
+                    profession: carnet_store::model::Profession::parse("medecin").expect("p"),
+                    specialty: None,
+                    name: None,
+                },
+            })
+            .expect("add");
+        let ins = carnet_store::ids::Ins::from_body("2840575123456").expect("ins");
+        client
+            .call(Request::CreateDossier {
+                dossier: crate::testkit::new_dossier(&ins),
+                creator: None,
+            })
+            .expect("create");
+        let (raw, waited) = poll.join().expect("poll");
+        assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+        assert!(
+            waited < std::time::Duration::from_secs(120),
+            "woken, not timed out"
+        );
+        let answer = body_of(&raw);
+        assert_eq!(
+            answer["ok"]["results"],
+            serde_json::json!([{"seq": head + 1, "kind": "dossier", "ins": ins.matricule()}]),
+            "{answer}"
+        );
+        assert_eq!(answer["ok"]["last_seq"], head + 1);
+    }
+
+    #[test]
     fn a_call_through_the_socket_matches_the_store_and_bad_input_changes_nothing() {
         let tmp = tempfile::tempdir().expect("tmp");
         let service = host(tmp.path());
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("rt");
-        let listener = rt.block_on(async { bind(tmp.path()) }).expect("bind");
+        let (rt, listener) = bound(tmp.path());
         let mode = std::fs::metadata(socket_path(tmp.path()))
             .expect("socket")
             .permissions()
@@ -598,6 +932,30 @@ mod openapi_tests {
                                      "reason": null, "ins": ins, "document": document_of("CR")}),
         );
         let id = id.as_str().expect("a document id").to_string();
+        // A body sent ahead of its call, as a large one is.
+        let (status, held) = exchange(&sockets["host"], "POST", "/v1/bodies", "sent ahead");
+        conforms(&document, "UploadOutcome", &held);
+        assert_eq!(status, 200, "{held}");
+        let mut ahead = document_of("CR sent ahead");
+        ahead["body"] = json!("");
+        ahead["upload"] = held["ok"]["upload"].clone();
+        let request = json!({"op": "put_document", "actor": prof, "mode": "normal",
+                             "reason": null, "ins": ins, "document": ahead});
+        let filed = call("host", request.clone());
+        let read = call(
+            "host",
+            json!({"op": "read_document", "actor": prof, "id": filed, "mode": "normal"}),
+        );
+        assert_eq!(read["body"], json!(body("sent ahead")), "{read}");
+        // Its token was claimed: the same call again is refused, naming it.
+        let (status, again) = exchange(&sockets["host"], "POST", "/v1/call", &request.to_string());
+        assert_eq!(status, 400, "{again}");
+        assert!(
+            again["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("is not held here")),
+            "{again}"
+        );
         call(
             "host",
             json!({"op": "read_document", "actor": prof, "id": id, "mode": "normal"}),
@@ -781,5 +1139,26 @@ mod openapi_tests {
             expected.insert("backup");
         }
         assert_eq!(failed, expected, "{answers:#?}");
+
+        // The change feed of what all that did, its answers checked as the calls' were.
+        let (status, feed) = exchange(&sockets["host"], "GET", "/v1/changes?since=0", "");
+        conforms(&document, "ChangesOutcome", &feed);
+        assert_eq!(status, 200, "{feed}");
+        let kinds: BTreeSet<&str> = feed["ok"]["results"]
+            .as_array()
+            .expect("results")
+            .iter()
+            .filter_map(|e| e["kind"].as_str())
+            .collect();
+        for kind in ["document", "dossier", "grants"] {
+            assert!(kinds.contains(kind), "{kind} in {feed}");
+        }
+        let (status, now) = exchange(&sockets["site"], "GET", "/v1/changes?since=now", "");
+        conforms(&document, "ChangesOutcome", &now);
+        assert_eq!(status, 200, "{now}");
+        assert_eq!(now["ok"]["results"], json!([]));
+        let (status, refused) = exchange(&sockets["site"], "GET", "/v1/changes?since=-1", "");
+        conforms(&document, "ChangesOutcome", &refused);
+        assert_eq!(status, 400, "{refused}");
     }
 }

@@ -26,6 +26,8 @@ pub fn document() -> Value {
     let request = generator.subschema_for::<wire::Request>();
     let outcome = generator.subschema_for::<Outcome>();
     let health = generator.subschema_for::<Health>();
+    let changes = generator.subschema_for::<wire::ChangesOutcome>();
+    let upload = generator.subschema_for::<wire::UploadOutcome>();
     let schemas = generator.take_definitions(true);
     let answer = |what: &str| json!({"description": what, "content": {"application/json": {"schema": outcome}}});
     json!({
@@ -47,9 +49,34 @@ pub fn document() -> Value {
                     "403": answer("Denied by the access rules, and traced."),
                     "404": answer("Not found."),
                     "409": answer("Another host daemon's transaction collided with it: nothing kept, send it again."),
-                    "413": answer("The body is over 128 MiB."),
+                    "413": answer("The call is over 128 MiB: send a large document body ahead with POST /v1/bodies."),
                     "500": answer("Integrity or storage failure."),
                     "502": answer("The sync layer's network or files failed (the host out of reach)."),
+                },
+            }},
+            "/v1/bodies": {"post": {
+                "operationId": "upload",
+                "summary": "Holds a document's body, sent as raw bytes, for the call that files it: name the token answered in document.upload of put_document or replace_document, within 10 minutes, once. For bodies of any size (up to 2 GiB); held in the daemon's memory, never on disk in clear.",
+                "requestBody": {"required": true, "content": {"application/octet-stream": {"schema": {"type": "string", "contentMediaType": "application/octet-stream"}}}},
+                "responses": {
+                    "200": {"description": "{\"ok\": {\"upload\", \"bytes\"}}: held.", "content": {"application/json": {"schema": upload}}},
+                    "400": {"description": "{\"error\": …}: the body broke off.", "content": {"application/json": {"schema": upload}}},
+                    "413": {"description": "{\"error\": …}: over 2 GiB, or the daemon holds too many bodies not filed yet.", "content": {"application/json": {"schema": upload}}},
+                },
+            }},
+            "/v1/changes": {"get": {
+                "operationId": "changes",
+                "summary": "The change feed: what changed in the replica after a cursor (documents, dossiers' heads and closures, grants, notifications, the sync state), ids only, in commit order; a long poll with wait.",
+                "parameters": [
+                    {"name": "since", "in": "query", "required": false, "description": "The cursor: last_seq of the previous answer; absent or now: from now on (read the state first, then follow).", "schema": {"oneOf": [{"type": "integer", "minimum": 0}, {"const": "now"}]}},
+                    {"name": "wait", "in": "query", "required": false, "description": "Seconds to wait for a change when there is none yet (0 to 300; 0 by default).", "schema": {"type": "integer", "minimum": 0, "maximum": super::local::MAX_WAIT_SECONDS}},
+                    {"name": "limit", "in": "query", "required": false, "description": "Most entries in one answer (1 to 1000; 1000 by default): follow from last_seq for the rest.", "schema": {"type": "integer", "minimum": 1, "maximum": super::local::CHANGES_PAGE}},
+                ],
+                "responses": {
+                    "200": {"description": "{\"ok\": {\"results\", \"last_seq\"}}: the entries, possibly none once the wait ended.", "content": {"application/json": {"schema": changes}}},
+                    "400": {"description": "{\"error\": …}: a parameter that does not parse, or a cursor ahead of this replica's feed.", "content": {"application/json": {"schema": changes}}},
+                    "410": {"description": "{\"gone\": {\"floor\", \"last_seq\", \"message\"}}: the cursor is older than the oldest entry kept: read the state again, then follow from last_seq.", "content": {"application/json": {"schema": changes}}},
+                    "500": {"description": "{\"error\": …}: integrity or storage failure.", "content": {"application/json": {"schema": changes}}},
                 },
             }},
             "/v1/health": {"get": {

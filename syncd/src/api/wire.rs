@@ -311,7 +311,7 @@ impl<T: Word> JsonSchema for Name<T> {
 }
 
 /// Bytes as standard base64.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Base64(#[serde(with = "carnet_store::codec::bytes")] pub Vec<u8>);
 
 impl JsonSchema for Base64 {
@@ -837,7 +837,12 @@ pub struct NewDocument {
     pub type_code: String,
     pub title: String,
     pub format: String,
+    /// The body, when it travels inside the call (empty with `upload`).
+    #[serde(default)]
     pub body: Base64,
+    /// Instead of `body`: the token `POST /v1/bodies` answered for it (a body of any size).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<String>,
     #[serde(default)]
     pub unique_id: Option<String>,
     #[serde(default)]
@@ -854,6 +859,7 @@ impl From<&store::NewDocument> for NewDocument {
             title: d.title.clone(),
             format: d.format.clone(),
             body: Base64(d.body.clone()),
+            upload: None,
             unique_id: d.unique_id.clone(),
             service_start: time_opt(d.service_start),
             service_end: time_opt(d.service_end),
@@ -865,6 +871,9 @@ impl TryFrom<NewDocument> for store::NewDocument {
     type Error = carnet_store::Error;
 
     fn try_from(d: NewDocument) -> StoreResult<Self> {
+        if let Some(token) = d.upload {
+            return Err(not_held(&token));
+        }
         Ok(store::NewDocument {
             class: DocClass::parse(&d.class.to_string())?,
             type_code: d.type_code,
@@ -1410,7 +1419,14 @@ pub enum Request {
         action: Name<Action>,
     },
     /// Files the documents of a FHIR R4 DocumentReference or Bundle (JSON text).
-    ImportFhir { json: String },
+    ImportFhir {
+        /// The JSON text (empty with `upload`).
+        #[serde(default)]
+        json: String,
+        /// Instead of `json`: the token `POST /v1/bodies` answered for it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        upload: Option<String>,
+    },
     /// Replaces a document by a new version; answers the new id.
     ReplaceDocument {
         actor: Actor,
@@ -1709,7 +1725,10 @@ impl From<&Call> for Request {
                 id: DocId(*id),
                 action: Name(*action),
             },
-            Call::ImportFhir { json } => Request::ImportFhir { json: json.clone() },
+            Call::ImportFhir { json } => Request::ImportFhir {
+                json: json.clone(),
+                upload: None,
+            },
             Call::ReplaceDocument {
                 actor,
                 id,
@@ -1991,7 +2010,13 @@ impl TryFrom<Request> for Call {
                 id: id.0,
                 action: action.0,
             },
-            Request::ImportFhir { json } => Call::ImportFhir { json },
+            Request::ImportFhir {
+                upload: Some(token),
+                ..
+            } => {
+                return Err(not_held(&token));
+            }
+            Request::ImportFhir { json, upload: None } => Call::ImportFhir { json },
             Request::ReplaceDocument {
                 actor,
                 id,
@@ -3881,6 +3906,168 @@ impl TryFrom<Notification> for store::Notification {
             doc,
         })
     }
+}
+
+/// An upload named by a call and not held: the daemon claims uploads before it decodes a
+/// call (`local::answer`), so one left is unknown, expired or claimed already.
+fn not_held(token: &str) -> carnet_store::Error {
+    invalid(format!(
+        "upload {token:?} is not held here: send the body with POST /v1/bodies, then name the \
+         token it answered within 10 minutes, once"
+    ))
+}
+
+/// What a call carries that may be sent ahead of it (`POST /v1/bodies`).
+#[derive(Debug)]
+pub enum Carried<'a> {
+    /// A document's body.
+    Body(&'a mut Vec<u8>),
+    /// A FHIR import's JSON text.
+    Text(&'a mut String),
+}
+
+impl Carried<'_> {
+    /// Its size.
+    pub fn len(&self) -> usize {
+        match self {
+            Carried::Body(b) => b.len(),
+            Carried::Text(t) => t.len(),
+        }
+    }
+
+    /// True when it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Takes its bytes, leaving it empty.
+    pub fn take(&mut self) -> Vec<u8> {
+        match self {
+            Carried::Body(b) => std::mem::take(*b),
+            Carried::Text(t) => std::mem::take(*t).into_bytes(),
+        }
+    }
+
+    /// Puts `bytes` in it (a text must be UTF-8).
+    pub fn fill(&mut self, bytes: Vec<u8>) -> Result<(), String> {
+        match self {
+            Carried::Body(b) => **b = bytes,
+            Carried::Text(t) => {
+                **t = String::from_utf8(bytes)
+                    .map_err(|_| "the FHIR text sent ahead is not UTF-8".to_string())?
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What `POST /v1/bodies` answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Upload {
+    /// Name it in `document.upload` of the call that files the body.
+    pub upload: String,
+    /// The bytes received.
+    pub bytes: u64,
+}
+
+/// The answer of `POST /v1/bodies`.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum UploadOutcome {
+    /// Held (status 200).
+    Ok(Upload),
+    /// Refused: too large (413), or the connection failed.
+    Error(Error),
+}
+
+impl Request {
+    /// What the call carries that may be sent ahead, with its `upload` field: a document's
+    /// body (`put_document`, `replace_document`) or a FHIR import's text (`import_fhir`).
+    pub fn carried_mut(&mut self) -> Option<(Carried<'_>, &mut Option<String>)> {
+        match self {
+            Request::PutDocument { document, .. } | Request::ReplaceDocument { document, .. } => {
+                Some((Carried::Body(&mut document.body.0), &mut document.upload))
+            }
+            Request::ImportFhir { json, upload } => Some((Carried::Text(json), upload)),
+            _ => None,
+        }
+    }
+}
+
+/// What changed, in the change feed (`GET /v1/changes`): ids only, never content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Change {
+    /// A document stored, updated, merged, withdrawn or removed: read it to know which.
+    Document { ins: Ins, doc: DocId },
+    /// A dossier's head: created, qualified, closed, reopened or purged.
+    Dossier { ins: Ins },
+    /// A dossier's grants, revocations, blocks, emergency settings or consent in person.
+    Grants { ins: Ins },
+    /// Host: a notification was created (`notifications`).
+    Notification { id: u64 },
+    /// Site: the sync state moved (`sync_status`).
+    Sync,
+}
+
+impl From<&store::Changed> for Change {
+    fn from(c: &store::Changed) -> Self {
+        match c {
+            store::Changed::Document { ins, id } => Change::Document {
+                ins: Ins(ins.clone()),
+                doc: DocId(*id),
+            },
+            store::Changed::Dossier { ins } => Change::Dossier {
+                ins: Ins(ins.clone()),
+            },
+            store::Changed::Grants { ins } => Change::Grants {
+                ins: Ins(ins.clone()),
+            },
+            store::Changed::Notification { id } => Change::Notification { id: *id },
+            store::Changed::Sync => Change::Sync,
+        }
+    }
+}
+
+/// One entry of the change feed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ChangeEntry {
+    /// Its place in the feed: follow from it once it was handled.
+    pub seq: u64,
+    #[serde(flatten)]
+    pub change: Change,
+}
+
+/// The change feed's entries after a cursor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Changes {
+    /// In the order they committed (empty when the wait ended with nothing new).
+    pub results: Vec<ChangeEntry>,
+    /// The cursor to follow from (`since` of the next call).
+    pub last_seq: u64,
+}
+
+/// The cursor is older than what the feed keeps: read the state again, then follow from
+/// `last_seq`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CursorGone {
+    pub message: String,
+    /// Cursors below it are refused.
+    pub floor: u64,
+    /// The latest entry's cursor.
+    pub last_seq: u64,
+}
+
+/// What `GET /v1/changes` answers.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangesOutcome {
+    /// The entries (status 200).
+    Ok(Changes),
+    /// The cursor is too old (status 410).
+    Gone(CursorGone),
+    /// A query that does not parse, or a cursor ahead of the feed (400), or the store failing.
+    Error(Error),
 }
 
 #[cfg(test)]
