@@ -5,7 +5,9 @@
 //! until healed), with the bytes it forwards each way counted. `carnet-bench link` uses it too.
 //! A site enrolled with the proxy's address as its host address talks to the host through it.
 //!
-//! Each client address gets its own upstream socket (as a NAT would). Datagrams wait in a queue
+//! Each client address gets its own upstream socket (as a NAT would); `rebind_after` gives it a
+//! new one (a new source port, as a NAT rebinding or a site moving from 4G to Wi-Fi shows the
+//! host a new address). Datagrams wait in a queue
 //! ordered by delivery time; one thread per direction receives, one thread delivers. Everything
 //! stops when the proxy is dropped.
 
@@ -99,6 +101,10 @@ struct Shared {
     to_site_bytes: AtomicU64,
     /// Datagrams dropped because the bottleneck queue was full.
     overflowed: AtomicU64,
+    /// Give every client a new upstream socket once this many bytes went toward the host.
+    rebind_at: AtomicU64,
+    /// How many times the clients' upstream sockets were replaced.
+    rebinds: AtomicU64,
     order: AtomicU64,
     stop: AtomicBool,
 }
@@ -130,6 +136,8 @@ impl FaultProxy {
             to_host_bytes: AtomicU64::new(0),
             to_site_bytes: AtomicU64::new(0),
             overflowed: AtomicU64::new(0),
+            rebind_at: AtomicU64::new(u64::MAX),
+            rebinds: AtomicU64::new(0),
             order: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         });
@@ -146,7 +154,17 @@ impl FaultProxy {
                     let Ok((n, client)) = front.recv_from(&mut buf) else {
                         continue;
                     };
-                    let fresh = match upstreams.lock().expect("upstreams").entry(client) {
+                    let mut upstreams_now = upstreams.lock().expect("upstreams");
+                    if shared.to_host_bytes.load(Ordering::SeqCst)
+                        >= shared.rebind_at.load(Ordering::SeqCst)
+                    {
+                        // The old sockets' reply threads go on: the host may answer there
+                        // until it validates the new path.
+                        upstreams_now.clear();
+                        shared.rebind_at.store(u64::MAX, Ordering::SeqCst);
+                        shared.rebinds.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let fresh = match upstreams_now.entry(client) {
                         std::collections::hash_map::Entry::Occupied(_) => None,
                         std::collections::hash_map::Entry::Vacant(slot) => {
                             let up = UdpSocket::bind("127.0.0.1:0").expect("upstream");
@@ -156,6 +174,7 @@ impl FaultProxy {
                             Some(slot.insert(Arc::new(up)).clone())
                         }
                     };
+                    drop(upstreams_now);
                     if let Some(up) = fresh {
                         // Replies from the host for this client.
                         let shared = shared.clone();
@@ -244,6 +263,20 @@ impl FaultProxy {
     /// UDP payload bytes delivered toward the sites so far.
     pub fn to_site_bytes(&self) -> u64 {
         self.shared.to_site_bytes.load(Ordering::SeqCst)
+    }
+
+    /// Gives every client a new upstream socket, so a new address at the host, once `bytes`
+    /// more have gone toward the host.
+    pub fn rebind_after(&self, bytes: u64) {
+        let sent = self.to_host_bytes();
+        self.shared
+            .rebind_at
+            .store(sent.saturating_add(bytes), Ordering::SeqCst);
+    }
+
+    /// How many times the clients' upstream sockets were replaced.
+    pub fn rebinds(&self) -> u64 {
+        self.shared.rebinds.load(Ordering::SeqCst)
     }
 
     /// Datagrams dropped so far because the bottleneck queue was full.

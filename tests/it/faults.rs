@@ -168,6 +168,33 @@ fn a_link_cut_in_a_20_mb_body_resumes_and_resends_at_most_one_piece() {
     assert_eq!(l.site.json(&["sync", "status"])["pending"], 0);
 }
 
+/// A site whose address changes in the middle of a round (a NAT rebinding, or the mobile unit
+/// moving from 4G to the clinic's Wi-Fi) keeps its connection: the host validates the new
+/// path and the round goes on, nothing sent again from the start.
+#[test]
+fn a_site_whose_address_changes_mid_round_keeps_its_connection() {
+    const SIZE: usize = 6 << 20;
+    let l = link();
+    l.proxy.set_faults(Faults {
+        bandwidth: 16 << 20,
+        ..Faults::default()
+    });
+    let body: Vec<u8> = (0..SIZE).map(|i| (i % 251) as u8).collect();
+    let id = write_many(&l.site, &l.ins, vec![body.clone()]).remove(0);
+    let before = l.proxy.to_host_bytes();
+    l.proxy.rebind_after(2 << 20);
+    // One round on one connection: it fails if the host drops the site at its new address.
+    let o = l.site.run(&["sync", "now"]);
+    assert_eq!(
+        o.code, 0,
+        "the round broke when the address changed: {}",
+        o.stderr
+    );
+    assert_eq!(l.proxy.rebinds(), 1, "the address did not change mid-round");
+    assert!(l.proxy.to_host_bytes() - before < SIZE as u64 + (1 << 20));
+    assert_eq!(l.host.body(&id, DOCTOR), body);
+}
+
 /// Waits (bounded) until at least `bytes` more went through the proxy toward the host.
 fn wait_for_traffic(proxy: &FaultProxy, bytes: u64) {
     let start = proxy.to_host_bytes();
