@@ -18,6 +18,12 @@
 //! - committing wakes the waiters of this process (`change_watch`); a change committed by
 //!   another process (a second host daemon on the same PostgreSQL database) is seen at the
 //!   next read.
+//!
+//! Cost: one sealed row per change, appended at the end of one table. On a host of several
+//! daemons sharing PostgreSQL, every commit that records a change takes that table's next
+//! sequence, so two daemons' transactions doing so at once collide and one is run again
+//! (`Replica::retrying`); a sequence per daemon, with a cursor naming each, would remove that
+//! contention.
 
 use crate::kv::{ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
