@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 /// Largest frame accepted: 16 MiB (body pieces are 512 KiB; batches are bounded by count, and
 /// a dossier entering a scope travels in one).
 pub const FRAME_MAX: usize = 16 << 20;

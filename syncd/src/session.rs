@@ -9,7 +9,11 @@
 //!    and how much of each it already keeps, which the site sends from there as `PutBodies`
 //!    (pieces of up to `CHUNK_MAX` bytes in all, several bodies at once up to `SEND_WINDOW`
 //!    bytes);
-//! 3. site `Pull` → host `Pulled` batches from the site's log, until `more` is false;
+//! 3. site `Pull` → host up to `PULL_PAGES` `Pulled` batches from the site's log, each
+//!    ending before its inline bodies pass `CHUNK_MAX`; the site asks again after the last
+//!    while `more`. When no body has to follow the pushes, the `Pull` goes right behind the
+//!    last `Push` (one round trip fewer); a body the host then asks for still goes before
+//!    anything of that pull is applied (the pull is asked for again after it);
 //! 4. site `GetBody` (from what it already keeps) for up to `FETCH_WINDOW` bodies at once →
 //!    host `Body` pieces to the end of each (the driver carries each fetch on a stream of its
 //!    own; a stream opened by a `GetBody` carries nothing else);
@@ -56,6 +60,9 @@ pub const FETCH_WINDOW: usize = 32;
 pub const PUSH_WINDOW: usize = 8;
 /// Largest body that travels inline, with its document's first push.
 pub const INLINE_MAX: u64 = 64 * 1024;
+/// Batches the host sends for one `Pull`, one after the other, before the site asks again:
+/// a long pull costs one round trip every this many batches, not one per batch.
+pub const PULL_PAGES: usize = 4;
 
 /// Everything either side says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -271,6 +278,19 @@ fn inline_candidate<'a>(
         && meta.facts.size > 0
         && meta.facts.size <= INLINE_MAX)
         .then_some(meta)
+}
+
+/// The bytes of `item`'s body that travel with it in a `Pulled`: a new document's (its first
+/// version) of at most `INLINE_MAX` bytes; a batch carries at most `CHUNK_MAX` of them.
+fn inline_pull_size(item: &PullItem) -> u64 {
+    match item {
+        PullItem::Document(meta)
+            if meta.facts.size > 0 && meta.facts.size <= INLINE_MAX && first_version(meta) =>
+        {
+            meta.facts.size
+        }
+        _ => 0,
+    }
 }
 
 /// True for a document's first version (its body has not travelled anywhere yet, most likely).
@@ -560,11 +580,11 @@ impl HostSession {
         let mut out = Vec::new();
         let mut bytes = 0;
         for (_, item) in items {
+            let size = inline_pull_size(item);
             let PullItem::Document(meta) = item else {
                 continue;
             };
-            let size = meta.facts.size;
-            if size == 0 || size > INLINE_MAX || !first_version(meta) {
+            if size == 0 {
                 continue;
             }
             if bytes + size > CHUNK_MAX as u64 {
@@ -664,15 +684,33 @@ impl HostSession {
                     .collect())
             }
             Msg::Pull { after } => {
-                // At most `BATCH_MAX` items (never one log entry split across batches), then the
-                // heartbeat that says how far the batch goes (DOMAIN §5 lease).
-                let page = replica.pull_page(self.site, after, BATCH_MAX)?;
-                let bodies = self.inline_bodies(replica, &page.items)?;
-                Ok(vec![Msg::Pulled {
-                    items: page.items,
-                    more: page.more,
-                    bodies,
-                }])
+                // Up to `PULL_PAGES` batches, each of at most `BATCH_MAX` items (never one log
+                // entry split across batches) ending before the bodies that travel with it
+                // would pass `CHUNK_MAX`, then the heartbeat that says how far the batch goes
+                // (DOMAIN §5 lease): its sequence is where the next batch starts.
+                let mut out = Vec::new();
+                let mut after = after;
+                while out.len() < PULL_PAGES {
+                    let page = replica.pull_page_within(
+                        self.site,
+                        after,
+                        BATCH_MAX,
+                        CHUNK_MAX as u64,
+                        &inline_pull_size,
+                    )?;
+                    let bodies = self.inline_bodies(replica, &page.items)?;
+                    after = page.items.last().map_or(after, |(seq, _)| *seq);
+                    let more = page.more;
+                    out.push(Msg::Pulled {
+                        items: page.items,
+                        more,
+                        bodies,
+                    });
+                    if !more {
+                        break;
+                    }
+                }
+                Ok(out)
             }
             Msg::GetBody { doc, offset } => {
                 // A body this site may not have (its rights to the dossier ended after it
@@ -817,6 +855,16 @@ pub struct SiteSession {
     current: bool,
     /// This round pushed changes (which may add to the site's log: a confirmed grant).
     pushed: bool,
+    /// The `Pull` went out behind the last push, before its acknowledgement: its batches come
+    /// after the acknowledgements, and nothing more is pushed in this round.
+    pull_asked: bool,
+    /// A document pushed in this round went without its body: the host may ask for it, and
+    /// the pull waits for the acknowledgements (bodies owed go before a pull).
+    bodies_may_follow: bool,
+    /// Batches still to come for the last `Pull` (the host sends up to `PULL_PAGES`).
+    pages_awaited: usize,
+    /// This round's pull reached the host's log head.
+    pulled: bool,
     /// A restored replica's catch-up: what the `Welcome` said the host holds of this site
     /// (its last change, its trace head and that entry's hash) and when the backup was taken.
     restoring: Option<Restoring>,
@@ -850,6 +898,10 @@ impl SiteSession {
             to_fetch: Vec::new(),
             current: false,
             pushed: false,
+            pull_asked: false,
+            bodies_may_follow: false,
+            pages_awaited: 0,
+            pulled: false,
             restoring: None,
             report: RoundReport::default(),
         }
@@ -880,24 +932,39 @@ impl SiteSession {
     /// Sends trace batches, then Push messages, until `PUSH_WINDOW` await acknowledgement
     /// (the host stores them in the order sent, so the trace goes first); when both are
     /// drained and every one acknowledged, goes on with the bodies the host lacks, then pulls.
+    /// When the last push is sent and no body is due, the `Pull` goes out behind it at once
+    /// (the host answers in order: the round saves the round trip of waiting for the
+    /// acknowledgements first).
     fn fill_pushes(&mut self, replica: SiteSync<'_>) -> Result<Vec<Msg>> {
         let mut out = Vec::new();
-        while self.in_flight.len() < PUSH_WINDOW {
+        let mut drained = false;
+        while self.in_flight.len() < PUSH_WINDOW && !self.pull_asked {
             let next = match self.next_traces(replica)? {
                 Some(traces) => Some((Pushed::Traces, traces)),
                 None => self.next_push(replica)?.map(|push| (Pushed::Push, push)),
             };
             let Some((kind, msg)) = next else {
+                drained = true;
                 break;
             };
             self.in_flight.push_back(kind);
             out.push(msg);
         }
-        if !self.in_flight.is_empty() {
-            self.state = SiteState::Pushing;
-            return Ok(out);
+        if self.in_flight.is_empty() {
+            return self.after_pushing(replica);
         }
-        self.after_pushing(replica)
+        let will_pull = !self.current || self.pushed || self.in_flight.contains(&Pushed::Push);
+        let no_body_due =
+            self.to_send.is_empty() && self.sending.is_empty() && !self.bodies_may_follow;
+        if drained && will_pull && no_body_due {
+            self.pull_asked = true;
+            self.pages_awaited = PULL_PAGES;
+            out.push(Msg::Pull {
+                after: replica.pull_cursor()?,
+            });
+        }
+        self.state = SiteState::Pushing;
+        Ok(out)
     }
 
     /// The next batch of trace entries after the last sent, up to `traces_until`.
@@ -956,7 +1023,7 @@ impl SiteSession {
             .iter()
             .filter_map(|(_, c)| inline_candidate(&replica, c))
             .collect();
-        let bodies = replica
+        let bodies: Vec<BodyPiece> = replica
             .bodies_for_sync(&inline)?
             .into_iter()
             .zip(&inline)
@@ -969,20 +1036,31 @@ impl SiteSession {
                 })
             })
             .collect();
+        let documents = changes
+            .iter()
+            .filter(|(_, c)| c.document().is_some())
+            .count();
+        self.bodies_may_follow |= bodies.len() < documents;
         Ok(Some(Msg::Push { changes, bodies }))
     }
 
     /// Every push acknowledged: the bodies the host lacks, then the pull (none when the host
-    /// said the site is current and this round pushed nothing).
+    /// said the site is current and this round pushed nothing, or it pulled already); a pull
+    /// that went out behind the last push is answered first, and the bodies follow it.
     fn after_pushing(&mut self, replica: SiteSync<'_>) -> Result<Vec<Msg>> {
+        if self.pull_asked {
+            self.state = SiteState::Pulling;
+            return Ok(vec![]);
+        }
         if !self.to_send.is_empty() || !self.sending.is_empty() {
             self.state = SiteState::SendingBodies;
             return self.send_bodies(replica);
         }
-        if self.current && !self.pushed {
+        if self.pulled || (self.current && !self.pushed) {
             return self.start_fetching(replica);
         }
         self.state = SiteState::Pulling;
+        self.pages_awaited = PULL_PAGES;
         Ok(vec![Msg::Pull {
             after: replica.pull_cursor()?,
         }])
@@ -1250,18 +1328,42 @@ impl SiteSession {
                 if inline > CHUNK_MAX {
                     return Err(Error::Invalid("protocol: pulled bodies too large".into()));
                 }
+                let awaited = self.pages_awaited.saturating_sub(1);
+                self.pages_awaited = awaited;
+                if !self.to_send.is_empty() {
+                    // A pull that went out behind the last push, and the host lacks bodies of
+                    // that push: they go first, as always (the pull may take their dossier out
+                    // of this site), and the pull is asked for again after them. Nothing of
+                    // this one is applied.
+                    if !more || awaited == 0 {
+                        self.pages_awaited = 0;
+                        self.pull_asked = false;
+                        return self.after_pushing(replica);
+                    }
+                    return Ok(vec![]);
+                }
                 // Stored with their metadata, in the same transaction.
                 let applied = replica.apply_pull_with_bodies(&items, &bodies)?;
                 self.report.bodies += bodies.len();
                 self.report.pulled += applied.applied;
                 self.report.purged += applied.purged;
                 self.report.withdrawn += applied.withdrawn;
-                if more {
-                    return Ok(vec![Msg::Pull {
-                        after: replica.pull_cursor()?,
-                    }]);
+                match (more, awaited) {
+                    (true, 0) => {
+                        self.pages_awaited = PULL_PAGES;
+                        Ok(vec![Msg::Pull {
+                            after: replica.pull_cursor()?,
+                        }])
+                    }
+                    (true, _) => Ok(vec![]),
+                    (false, _) => {
+                        // The next batches of this `Pull` would have been `more` ones.
+                        self.pages_awaited = 0;
+                        self.pull_asked = false;
+                        self.pulled = true;
+                        self.after_pushing(replica)
+                    }
                 }
-                self.start_fetching(replica)
             }
             (
                 SiteState::Fetching,
@@ -1714,6 +1816,127 @@ mod tests {
         );
     }
 
+    /// More small new bodies than one batch carries: each batch ends where its bodies would
+    /// pass `CHUNK_MAX`, so every body comes with its metadata (none is asked for), and one
+    /// `Pull` brings `PULL_PAGES` batches. A body the host lacks after a push goes after the
+    /// pull that went out behind the push: the round still pulls once.
+    #[test]
+    fn a_long_pull_carries_every_small_body_and_asks_once_per_window() {
+        let (_t, host, site, ins) = host_and_site();
+        round(&host, &site);
+        let actor = Actor::Professional(doctor());
+        let per_batch = CHUNK_MAX / 4096;
+        let docs: Vec<_> = (0..per_batch * (PULL_PAGES + 1) + 3)
+            .map(|i| (ins.clone(), new_doc(&format!("h{i}"), vec![i as u8; 4096])))
+            .collect();
+        host.put_documents(&actor, AccessMode::Normal, None, docs)
+            .expect("host writes");
+        let large = site
+            .put_document(
+                &actor,
+                AccessMode::Normal,
+                None,
+                &ins,
+                new_doc("large", vec![7; INLINE_MAX as usize + 1]),
+            )
+            .expect("site writes");
+        let counts = counted_round(&host, &site);
+        assert_eq!(counts.get("GetBody"), None, "{counts:?}");
+        assert_eq!(counts.get("Pull"), Some(&2), "{counts:?}");
+        assert_eq!(counts.get("Pulled"), Some(&(PULL_PAGES + 2)), "{counts:?}");
+        assert_eq!(counts.get("BodyStored"), Some(&1), "{counts:?}");
+        assert!(site.missing_bodies().expect("missing").is_empty());
+        assert_eq!(
+            site.dossier(&ins).expect("dossier").documents,
+            per_batch * (PULL_PAGES + 1) + 4
+        );
+        assert!(
+            host.read_document(&actor, &large, AccessMode::Normal, None)
+                .is_ok(),
+            "the body went after the pull"
+        );
+    }
+
+    /// The pull goes out behind the last push; when the host then asks for a body of that
+    /// push (here, one spoiled on the way), the site applies nothing of that pull, sends the
+    /// body and pulls again: a pull (which may take the dossier, or a document, away from the
+    /// site) never comes before a body the site owes.
+    #[test]
+    fn a_body_asked_for_after_the_pull_went_still_goes_before_the_pull_is_applied() {
+        let (_t, host, site, ins) = host_and_site();
+        round(&host, &site);
+        let actor = Actor::Professional(doctor());
+        let doc = site
+            .put_document(
+                &actor,
+                AccessMode::Normal,
+                None,
+                &ins,
+                new_doc("offline", vec![7; 500]),
+            )
+            .expect("write");
+        let from_host = host
+            .put_document(
+                &actor,
+                AccessMode::Normal,
+                None,
+                &ins,
+                new_doc("host", vec![8; 500]),
+            )
+            .expect("write");
+        let cursor = site.pull_cursor().expect("cursor");
+        let mut s = SiteSession::new(signer(&site), Vec::new());
+        let mut h = HostSession::new(site.config().site_id, certificate(&site));
+        let mut to_host = vec![s.start(crate::testkit::site_sync(&site)).expect("start")];
+        let mut pulls = 0;
+        for _ in 0..100 {
+            let arrived: Vec<Msg> = to_host
+                .drain(..)
+                .map(|m| match wire(&m) {
+                    Msg::Push {
+                        changes,
+                        mut bodies,
+                    } => {
+                        bodies.iter_mut().for_each(|b| b.bytes[0] ^= 1);
+                        Msg::Push { changes, bodies }
+                    }
+                    m => m,
+                })
+                .collect();
+            pulls += arrived.iter().filter(|m| m.kind() == "Pull").count();
+            for m in h
+                .handle_all(crate::testkit::host_sync(&host), arrived)
+                .expect("host")
+            {
+                if m.kind() == "BodyStored" {
+                    assert_eq!(
+                        site.pull_cursor().expect("cursor"),
+                        cursor,
+                        "nothing pulled before the body"
+                    );
+                }
+                to_host.extend(
+                    s.handle(crate::testkit::site_sync(&site), wire(&m))
+                        .expect("site"),
+                );
+            }
+            if s.is_done() {
+                break;
+            }
+        }
+        assert!(s.is_done(), "the round ended");
+        assert_eq!(pulls, 2, "asked again after the body");
+        assert!(
+            host.has_body(&doc).expect("has"),
+            "the body reached the host"
+        );
+        assert!(
+            site.read_document(&actor, &from_host, AccessMode::Normal, None)
+                .is_ok(),
+            "then the pull"
+        );
+    }
+
     /// A site says its version in its `Hello`; one the operator's table or page could not show
     /// as it is (markup, control characters, a flood) is refused before anything is kept.
     #[test]
@@ -2012,8 +2235,9 @@ mod tests {
             .handle(crate::testkit::site_sync(&site), wire(&welcome[0]))
             .expect("window");
         let kinds: Vec<_> = window.iter().map(Msg::kind).collect();
-        // Sent without waiting for an acknowledgement: the trace first, then the documents.
-        assert_eq!(kinds, ["Traces", "Traces", "Push", "Push"]);
+        // Sent without waiting for an acknowledgement: the trace first, then the documents,
+        // then the pull (nothing more to push, and no body due).
+        assert_eq!(kinds, ["Traces", "Traces", "Push", "Push", "Pull"]);
         let replies = h
             .handle_all(
                 crate::testkit::host_sync(&host),
@@ -2021,7 +2245,10 @@ mod tests {
             )
             .expect("the host stores the window");
         let kinds: Vec<_> = replies.iter().map(Msg::kind).collect();
-        assert_eq!(kinds, ["TracesAck", "TracesAck", "PushAck", "PushAck"]);
+        assert_eq!(
+            kinds,
+            ["TracesAck", "TracesAck", "PushAck", "PushAck", "Pulled"]
+        );
         assert_eq!(
             crate::testkit::host_sync(&host)
                 .trace_mark(site_id)
@@ -2040,14 +2267,18 @@ mod tests {
         };
         site.read_document(&actor, &meta.facts.id, AccessMode::Normal, None)
             .expect("read");
-        let mut next = Vec::new();
-        for r in &replies {
-            next = s
+        let (acks, pulled) = replies.split_at(4);
+        for r in acks {
+            let next = s
                 .handle(crate::testkit::site_sync(&site), wire(r))
                 .expect("acknowledged");
+            assert_eq!(next, [], "the pull is answered already");
         }
         assert_eq!(site.outbox_len().expect("len"), 0);
-        assert!(matches!(&next[..], [Msg::Pull { .. }]), "{next:?}");
+        let next = s
+            .handle(crate::testkit::site_sync(&site), wire(&pulled[0]))
+            .expect("pulled");
+        assert_eq!(next, [Msg::Bye], "nothing to fetch: the round ends");
         assert_eq!(
             crate::testkit::host_sync(&host)
                 .trace_mark(site_id)

@@ -557,6 +557,19 @@ impl Replica {
     /// then the heartbeat, read in the same snapshot. The heartbeat's sequence is the last entry
     /// the batch covers, so the site's cursor passes the entries it no longer receives.
     pub(crate) fn pull_page(&self, site: SiteId, after: u64, max_items: usize) -> Result<PullPage> {
+        self.pull_page_within(site, after, max_items, u64::MAX, &|_| 0)
+    }
+
+    /// `pull_page`, the batch also ending before the first entry that would take its items'
+    /// `weigh` past `max_weight` (the first entry goes whole, whatever it weighs).
+    pub(crate) fn pull_page_within(
+        &self,
+        site: SiteId,
+        after: u64,
+        max_items: usize,
+        max_weight: u64,
+        weigh: &dyn Fn(&PullItem) -> u64,
+    ) -> Result<PullPage> {
         self.require_host()?;
         let at = self.now();
         let (txn, generation) = self.snapshot()?;
@@ -570,6 +583,20 @@ impl Replica {
                 keep_to
             }
             _ => examined.unwrap_or(after).max(after),
+        };
+        // Then at most `max_weight`.
+        let mut weight = 0u64;
+        let first = items.first().map(|(seq, _)| *seq);
+        let heavy = items.iter().find_map(|(seq, item)| {
+            weight = weight.saturating_add(weigh(item));
+            (weight > max_weight && Some(*seq) != first).then_some(*seq)
+        });
+        let covered = match heavy {
+            Some(cut) => {
+                items.retain(|(seq, _)| *seq < cut);
+                cut - 1
+            }
+            None => covered,
         };
         let heartbeat = self.sign_heartbeat_in(&txn, at, Covers::Log { site, log_head })?;
         items.push((covered, PullItem::Authority(heartbeat)));

@@ -370,6 +370,23 @@ impl HostSync<'_> {
         self.0.retrying(|| self.0.pull_page(site, after, max_items))
     }
 
+    /// Host: `pull_page`, the batch also ending before the first entry that would take the
+    /// items' `weigh` past `max_weight` (the first entry goes whole, whatever it weighs): a
+    /// session weighs the bodies that travel with a batch, so a batch carries all of them.
+    pub fn pull_page_within(
+        &self,
+        site: SiteId,
+        after: u64,
+        max_items: usize,
+        max_weight: u64,
+        weigh: &dyn Fn(&PullItem) -> u64,
+    ) -> Result<PullPage> {
+        self.0.retrying(|| {
+            self.0
+                .pull_page_within(site, after, max_items, max_weight, weigh)
+        })
+    }
+
     /// Host: a body for `site`, only if its dossier is in that site's scope.
     pub fn body_for_site(
         &self,

@@ -2842,6 +2842,60 @@ fn a_pull_passes_the_entries_a_site_no_longer_receives_and_ends_current() {
 }
 
 #[test]
+fn a_pull_batch_ends_before_the_entry_that_would_pass_its_weight_and_the_next_goes_on() {
+    let (_dirs, _now, host, site) = host_and_site_on_a_clock();
+    let site_id = site.config().site_id;
+    pull_pages(&host, &site, 1024);
+    for i in 0..5 {
+        write(&host, &format!("doc {i}"), b"body");
+    }
+    // Each document weighs 2; at most 5 a batch: two documents, then two, then the last.
+    let weigh = |item: &PullItem| u64::from(matches!(item, PullItem::Document(_))) * 2;
+    let documents = |items: &[(u64, PullItem)]| {
+        items
+            .iter()
+            .filter(|(_, i)| matches!(i, PullItem::Document(_)))
+            .count()
+    };
+    let mut batches = Vec::new();
+    loop {
+        let cursor = site.pull_cursor().expect("cursor");
+        let page = host
+            .pull_page_within(site_id, cursor, 1024, 5, &weigh)
+            .expect("page");
+        let (covered, last) = page.items.last().expect("a heartbeat ends every batch");
+        assert!(matches!(last, PullItem::Authority(_)));
+        // The heartbeat covers what the batch holds and no further: the next batch starts at
+        // the document left out.
+        assert!(page.items.iter().all(|(seq, _)| seq <= covered));
+        site.apply_pull(&page.items).expect("apply");
+        assert_eq!(site.pull_cursor().expect("cursor"), *covered);
+        batches.push(documents(&page.items));
+        if !page.more {
+            break;
+        }
+    }
+    assert_eq!(batches, [2, 2, 1]);
+    // Every document reached the site.
+    assert_eq!(site.dossier(&ins()).expect("dossier").documents, 5);
+    // An entry heavier than the whole weight still goes, alone.
+    for i in 0..2 {
+        write(&host, &format!("heavy {i}"), b"body");
+    }
+    let heavy = |item: &PullItem| u64::from(matches!(item, PullItem::Document(_))) * 100;
+    let page = host
+        .pull_page_within(
+            site_id,
+            site.pull_cursor().expect("cursor"),
+            1024,
+            5,
+            &heavy,
+        )
+        .expect("page");
+    assert_eq!((documents(&page.items), page.more), (1, true));
+}
+
+#[test]
 fn signed_times_ahead_of_the_clock_are_refused_and_change_nothing() {
     use std::sync::atomic::Ordering;
     // A host clock a year ahead: before, its heartbeat dated the site's cache a year ahead,
