@@ -105,8 +105,13 @@ fn count_option(flag: &str, default: u64, usage: &str) -> Res<u64> {
 }
 
 fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
-    // xorshift: incompressible enough, deterministic, no dependency.
-    let mut x = seed | 1;
+    // xorshift: incompressible, deterministic, no dependency; started from the seed mixed
+    // (splitmix64), so that no two seeds give the same or related bytes (a compressed frame
+    // would otherwise carry two bodies for the price of one).
+    let mut x = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x = (x ^ (x >> 31)) | 1;
     (0..n)
         .map(|_| {
             x ^= x << 13;

@@ -1388,7 +1388,16 @@ mod tests {
         let (host, ins, addr) = (&served.host, &served.ins, served.addr);
         let (_, site) = enrolled_site(&served);
         let size = 24 << 20;
-        let large: Vec<u8> = (0..size as u32).map(|i| (i % 251) as u8).collect();
+        // Incompressible (as a scan is), so that the frames carry all of it.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let large: Vec<u8> = (0..size)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 32) as u8
+            })
+            .collect();
         let doc = host
             .put_document(
                 &Actor::Professional(doctor()),

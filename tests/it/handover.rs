@@ -286,9 +286,7 @@ fn a_site_not_listed_as_a_peer_is_refused_and_nothing_changes() {
 #[test]
 fn a_handover_cut_in_the_middle_of_a_20_mb_body_resumes_where_it_stopped() {
     let v = valley();
-    let image: Vec<u8> = (0..20u32 << 20)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
+    let image = crate::support::incompressible(20 << 20, 20);
     let id = v
         .unit
         .add_doc(&v.ins, DOCTOR, "10", CONSULTATION, "imagerie", &image);

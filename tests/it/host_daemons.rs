@@ -139,7 +139,7 @@ fn two_host_daemons_serve_three_sites_and_a_kill_loses_nothing() {
     assert_eq!(written.len(), 9);
 
     // A body large enough that the first daemon is killed while it arrives.
-    let big_body: Vec<u8> = (0..24 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let big_body = crate::support::incompressible(24 << 20, 24);
     let big = sites[2].add_doc(&ins, DOCTOR, "10", "11488-4", "Imagerie", &big_body);
     // Each look is a snapshot of the database: a round trip that paces the wait.
     let db = Database::Pg(carnet_store::kv::pg::PgStore::open(&url).expect("open"));

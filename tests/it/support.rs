@@ -594,3 +594,21 @@ pub fn doc_id_bytes(id: &str) -> [u8; 16] {
     }
     b
 }
+
+/// `n` bytes no compressor shrinks (as a scan, an image or a PDF), different for each `seed`:
+/// the body of a test that counts what crosses the link (frames are compressed when that pays).
+pub fn incompressible(n: usize, seed: u64) -> Vec<u8> {
+    // splitmix64 of the seed, then xorshift.
+    let mut x = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x = (x ^ (x >> 31)) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect()
+}
