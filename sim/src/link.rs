@@ -94,25 +94,29 @@ pub fn wire(m: &Msg) -> Result<Msg, String> {
 }
 
 impl Flight {
-    /// Starts a round of `site`: its `Hello` leaves at `now`, arriving after `delay`.
+    /// Starts a round of `site`: its `Hello` (and its `Pull`, when it expects news and has
+    /// nothing to push: `SiteSession::opening`) leaves at `now`, arriving after `delay`.
     pub fn start(
         site_index: usize,
         site: &Replica,
         host_certificate: Vec<u8>,
         now: u64,
         delay: u64,
+        expect_news: bool,
     ) -> Result<Flight, String> {
         let tls = carnet_syncd::enrol::site_tls(site).map_err(|e| e.to_string())?;
         let mut session = SiteSession::new(tls.identity.clone(), host_certificate);
-        let hello = session
-            .start(crate::node::as_site(site).sync())
+        let opening = session
+            .opening(crate::node::as_site(site).sync(), expect_news)
             .map_err(|e| e.to_string())?;
         let mut main = Stream::new(HostSession::new(
             site.config().site_id,
             tls.identity.cert_der.clone(),
         ));
-        main.sent.push(hello.clone());
-        main.up.push_back((now + delay, wire(&hello)?));
+        for m in opening {
+            main.up.push_back((now + delay, wire(&m)?));
+            main.sent.push(m);
+        }
         Ok(Flight {
             site: site_index,
             session,

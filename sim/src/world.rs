@@ -978,12 +978,14 @@ impl World {
                 continue;
             }
             let delay = self.delay();
+            let expect_news = self.rng.chance(500);
             let flight = Flight::start(
                 site,
                 self.nodes[site].up()?,
                 self.host_certificate.clone(),
                 self.now,
                 delay,
+                expect_news,
             )?;
             self.flights.push(flight);
         }
@@ -1173,12 +1175,14 @@ impl World {
     /// One round of `site` with nothing lost, to its end.
     fn round_to_end(&mut self, site: usize) -> Result<carnet_syncd::session::RoundReport, String> {
         let delay = self.delay();
+        let expect_news = self.rng.chance(500);
         let mut flight = Flight::start(
             site,
             self.nodes[site].up()?,
             self.host_certificate.clone(),
             self.now,
             delay,
+            expect_news,
         )?;
         for _ in 0..100_000 {
             let Some(at) = flight.next_arrival() else {

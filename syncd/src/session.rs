@@ -12,8 +12,9 @@
 //! 3. site `Pull` → host up to `PULL_PAGES` `Pulled` batches from the site's log, each
 //!    ending before its inline bodies pass `CHUNK_MAX`; the site asks again after the last
 //!    while `more`. When no body has to follow the pushes, the `Pull` goes right behind the
-//!    last `Push` (one round trip fewer); a body the host then asks for still goes before
-//!    anything of that pull is applied (the pull is asked for again after it);
+//!    last `Push`, or behind the `Hello` when there is nothing to push (`opening`): one round
+//!    trip fewer; a body the host then asks for still goes before anything of that pull is
+//!    applied (the pull is asked for again after it);
 //! 4. site `GetBody` (from what it already keeps) for up to `FETCH_WINDOW` bodies at once →
 //!    host `Body` pieces to the end of each (the driver carries each fetch on a stream of its
 //!    own; a stream opened by a `GetBody` carries nothing else);
@@ -919,6 +920,28 @@ impl SiteSession {
         })
     }
 
+    /// What a round opens with: the `Hello`, and, when the driver expects news from the host
+    /// (the link's first round, a round after a `Poke` or a failed one) and this site has
+    /// nothing to push (its outbox empty) and is not catching up after a restore, the `Pull`
+    /// right behind it: the host answers both in one round trip. The trace entries go after
+    /// the pull, and a body the host says it lacks still goes before anything of that pull is
+    /// applied (the pull is then asked for again).
+    pub fn opening(&mut self, replica: SiteSync<'_>, expect_news: bool) -> Result<Vec<Msg>> {
+        let hello = self.start(replica)?;
+        let nothing_to_push = replica.outbox(0, 1)?.is_empty();
+        if !expect_news || !nothing_to_push || replica.restore_mark()?.is_some() {
+            return Ok(vec![hello]);
+        }
+        self.pull_asked = true;
+        self.pages_awaited = PULL_PAGES;
+        Ok(vec![
+            hello,
+            Msg::Pull {
+                after: replica.pull_cursor()?,
+            },
+        ])
+    }
+
     /// True once the round is over.
     pub fn is_done(&self) -> bool {
         self.state == SiteState::Done
@@ -956,7 +979,7 @@ impl SiteSession {
         let will_pull = !self.current || self.pushed || self.in_flight.contains(&Pushed::Push);
         let no_body_due =
             self.to_send.is_empty() && self.sending.is_empty() && !self.bodies_may_follow;
-        if drained && will_pull && no_body_due {
+        if drained && will_pull && no_body_due && !self.pulled {
             self.pull_asked = true;
             self.pages_awaited = PULL_PAGES;
             out.push(Msg::Pull {
@@ -1338,7 +1361,7 @@ impl SiteSession {
                     if !more || awaited == 0 {
                         self.pages_awaited = 0;
                         self.pull_asked = false;
-                        return self.after_pushing(replica);
+                        return self.fill_pushes(replica);
                     }
                     return Ok(vec![]);
                 }
@@ -1357,11 +1380,12 @@ impl SiteSession {
                     }
                     (true, _) => Ok(vec![]),
                     (false, _) => {
-                        // The next batches of this `Pull` would have been `more` ones.
+                        // The next batches of this `Pull` would have been `more` ones. What
+                        // waits to go (the trace, when the pull went with the `Hello`) goes.
                         self.pages_awaited = 0;
                         self.pull_asked = false;
                         self.pulled = true;
-                        self.after_pushing(replica)
+                        self.fill_pushes(replica)
                     }
                 }
             }
@@ -1934,6 +1958,179 @@ mod tests {
             site.read_document(&actor, &from_host, AccessMode::Normal, None)
                 .is_ok(),
             "then the pull"
+        );
+    }
+
+    /// A site with nothing to push that expects news sends its `Pull` with its `Hello`: the
+    /// round is one exchange, its trace entries go after the pull; one with something to
+    /// push, or expecting nothing, opens with the `Hello` alone.
+    #[test]
+    fn a_site_expecting_news_with_nothing_to_push_pulls_with_its_hello() {
+        let (_t, host, site, ins) = host_and_site();
+        let actor = Actor::Professional(doctor());
+        let seen = host
+            .put_document(
+                &actor,
+                AccessMode::Normal,
+                None,
+                &ins,
+                new_doc("seen", vec![5; 500]),
+            )
+            .expect("write");
+        round(&host, &site);
+        let from_host = host
+            .put_document(
+                &actor,
+                AccessMode::Normal,
+                None,
+                &ins,
+                new_doc("host", vec![8; 500]),
+            )
+            .expect("write");
+        let kinds = |msgs: &[Msg]| msgs.iter().map(Msg::kind).collect::<Vec<_>>();
+        let opening = |expect_news| {
+            SiteSession::new(signer(&site), Vec::new())
+                .opening(crate::testkit::site_sync(&site), expect_news)
+                .expect("opening")
+        };
+        assert_eq!(kinds(&opening(false)), ["Hello"]);
+        // A read at the site: a trace entry to send, and still nothing to push.
+        site.read_document(&actor, &seen, AccessMode::Normal, None)
+            .expect("read");
+        let trace_head = site.trace_head().expect("head");
+        let mut s = SiteSession::new(signer(&site), Vec::new());
+        let mut h = HostSession::new(site.config().site_id, certificate(&site));
+        let first = s
+            .opening(crate::testkit::site_sync(&site), true)
+            .expect("opening");
+        assert_eq!(kinds(&first), ["Hello", "Pull"]);
+        let replies = h
+            .handle_all(
+                crate::testkit::host_sync(&host),
+                first.iter().map(wire).collect(),
+            )
+            .expect("host");
+        assert_eq!(kinds(&replies), ["Welcome", "Pulled"]);
+        let mut next = Vec::new();
+        for r in &replies {
+            next = s
+                .handle(crate::testkit::site_sync(&site), wire(r))
+                .expect("site");
+        }
+        // The document came with the first exchange; the trace goes after it.
+        assert!(
+            site.read_document(&actor, &from_host, AccessMode::Normal, None)
+                .is_ok()
+        );
+        assert_eq!(kinds(&next), ["Traces"]);
+        let acks = h
+            .handle_all(
+                crate::testkit::host_sync(&host),
+                next.iter().map(wire).collect(),
+            )
+            .expect("host");
+        let last = s
+            .handle(crate::testkit::site_sync(&site), wire(&acks[0]))
+            .expect("site");
+        assert_eq!(last, [Msg::Bye]);
+        assert!(
+            crate::testkit::host_sync(&host)
+                .trace_mark(site.config().site_id)
+                .expect("mark")
+                >= trace_head
+        );
+        // Something to push: the pull waits behind the push, as before.
+        site.put_document(
+            &actor,
+            AccessMode::Normal,
+            None,
+            &ins,
+            new_doc("site", vec![9; 500]),
+        )
+        .expect("write");
+        assert_eq!(kinds(&opening(true)), ["Hello"]);
+    }
+
+    /// A pull sent with the `Hello`, and the host's `Welcome` names a body this site still
+    /// owes: nothing of that pull is applied before the body is stored, and the round pulls
+    /// again after it.
+    #[test]
+    fn a_pull_sent_with_the_hello_waits_for_the_bodies_the_welcome_names() {
+        let (_t, host, site, ins) = host_and_site();
+        round(&host, &site);
+        let actor = Actor::Professional(doctor());
+        let late = site
+            .put_document(
+                &actor,
+                AccessMode::Normal,
+                None,
+                &ins,
+                new_doc("late", vec![7; 500]),
+            )
+            .expect("write");
+        // The host took the metadata, and a body that does not match: it is owed.
+        let changes = crate::testkit::site_sync(&site)
+            .outbox(0, 10)
+            .expect("outbox");
+        let wrong = BodyPiece {
+            doc: late,
+            offset: 0,
+            total: 500,
+            bytes: vec![6; 500],
+        };
+        let upto = changes.last().map(|(seq, _)| *seq).expect("a change");
+        crate::testkit::host_sync(&host)
+            .apply_remote_batch_with_bodies(site.config().site_id, &changes, &[wrong])
+            .expect("applied");
+        crate::testkit::site_sync(&site)
+            .ack_outbox(upto)
+            .expect("the ack the site received");
+        let from_host = host
+            .put_document(
+                &actor,
+                AccessMode::Normal,
+                None,
+                &ins,
+                new_doc("host", vec![8; 500]),
+            )
+            .expect("write");
+        let cursor = site.pull_cursor().expect("cursor");
+        let mut s = SiteSession::new(signer(&site), Vec::new());
+        let mut h = HostSession::new(site.config().site_id, certificate(&site));
+        let mut to_host = s
+            .opening(crate::testkit::site_sync(&site), true)
+            .expect("opening");
+        assert_eq!(to_host.len(), 2, "Hello and Pull");
+        let mut pulls = 0;
+        for _ in 0..100 {
+            pulls += to_host.iter().filter(|m| m.kind() == "Pull").count();
+            let arrived: Vec<Msg> = to_host.drain(..).map(|m| wire(&m)).collect();
+            for m in h
+                .handle_all(crate::testkit::host_sync(&host), arrived)
+                .expect("host")
+            {
+                if m.kind() == "BodyStored" {
+                    assert_eq!(
+                        site.pull_cursor().expect("cursor"),
+                        cursor,
+                        "nothing pulled before the body"
+                    );
+                }
+                to_host.extend(
+                    s.handle(crate::testkit::site_sync(&site), wire(&m))
+                        .expect("site"),
+                );
+            }
+            if s.is_done() {
+                break;
+            }
+        }
+        assert!(s.is_done(), "the round ended");
+        assert_eq!(pulls, 2, "asked again after the body");
+        assert!(host.has_body(&late).expect("has"));
+        assert!(
+            site.read_document(&actor, &from_host, AccessMode::Normal, None)
+                .is_ok()
         );
     }
 
@@ -2697,9 +2894,7 @@ mod quarantine_tests {
             !site.has_dossier_key(&ins).expect("key"),
             "the dossier itself is purged"
         );
-        // What is left to send is the purge receipt; the next round delivers it.
-        assert_eq!(site.outbox_len().expect("len"), 1);
-        round(&host, &site);
+        // The purge receipt the pull made goes in the same round, once the pull is done.
         assert_eq!(site.outbox_len().expect("len"), 0);
         assert_eq!(
             crate::testkit::as_host(&host)
