@@ -6,7 +6,7 @@
 //! time in that window and its peak resident memory (`VmHWM`, since it started) are printed,
 //! against the budget: at most 0.6 CPU-seconds per daemon per minute.
 //!
-//! What an idle daemon still does: QUIC keep-alives every 2 s on each site's connection, a site's
+//! What an idle daemon still does: QUIC keep-alives every 4 s from each site, a site's
 //! round every `sync_every` seconds, the host's storage check every second.
 
 use std::net::SocketAddr;

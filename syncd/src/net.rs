@@ -1536,6 +1536,33 @@ mod tests {
         served.endpoint.close(0u32.into(), b"done");
     }
 
+    /// A live link left quiet for longer than the idle timeout stays open on the site's
+    /// keep-alives alone (the host sends none): the next round runs on the same connection.
+    /// The wait is the behaviour under test (idleness), so it is a fixed one, bounded.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_quiet_live_link_outlives_the_idle_timeout_on_the_sites_keep_alives() {
+        let served = serving_host();
+        let (_, site) = enrolled_site(&served);
+        let mut link = Link::new(
+            SiteReplica::new(site).expect("site"),
+            vec![served.addr],
+            Arc::new(tokio::sync::Notify::new()),
+        );
+        tokio::time::timeout(Duration::from_secs(20), link.round())
+            .await
+            .expect("in time")
+            .expect("round");
+        tokio::time::sleep(crate::transport::IDLE_TIMEOUT + Duration::from_secs(2)).await;
+        assert!(link.is_open(), "the quiet connection was closed");
+        let quiet = tokio::time::timeout(Duration::from_secs(20), link.round())
+            .await
+            .expect("in time")
+            .expect("quiet round");
+        assert_eq!(link.connections(), 1, "{quiet:?}");
+        link.close().await;
+        served.endpoint.close(0u32.into(), b"done");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_live_link_is_poked_syncs_quietly_in_one_round_trip_and_closes_on_revocation() {
         let served = serving_host();

@@ -856,8 +856,8 @@ pub struct SiteSession {
     current: bool,
     /// This round pushed changes (which may add to the site's log: a confirmed grant).
     pushed: bool,
-    /// The `Pull` went out behind the last push, before its acknowledgement: its batches come
-    /// after the acknowledgements, and nothing more is pushed in this round.
+    /// The `Pull` went out early, behind the last push (its batches come after the
+    /// acknowledgements, and nothing more is pushed until they are in) or with the `Hello`.
     pull_asked: bool,
     /// A document pushed in this round went without its body: the host may ask for it, and
     /// the pull waits for the acknowledgements (bodies owed go before a pull).
@@ -1069,7 +1069,7 @@ impl SiteSession {
 
     /// Every push acknowledged: the bodies the host lacks, then the pull (none when the host
     /// said the site is current and this round pushed nothing, or it pulled already); a pull
-    /// that went out behind the last push is answered first, and the bodies follow it.
+    /// sent early is answered first.
     fn after_pushing(&mut self, replica: SiteSync<'_>) -> Result<Vec<Msg>> {
         if self.pull_asked {
             self.state = SiteState::Pulling;
@@ -1354,10 +1354,10 @@ impl SiteSession {
                 let awaited = self.pages_awaited.saturating_sub(1);
                 self.pages_awaited = awaited;
                 if !self.to_send.is_empty() {
-                    // A pull that went out behind the last push, and the host lacks bodies of
-                    // that push: they go first, as always (the pull may take their dossier out
-                    // of this site), and the pull is asked for again after them. Nothing of
-                    // this one is applied.
+                    // A pull sent early (behind the last push, or with the `Hello`), and the
+                    // host lacks bodies this site owes: they go first, as always (the pull may
+                    // take their dossier out of this site), and the pull is asked for again
+                    // after them. Nothing of this one is applied.
                     if !more || awaited == 0 {
                         self.pages_awaited = 0;
                         self.pull_asked = false;
@@ -1842,8 +1842,8 @@ mod tests {
 
     /// More small new bodies than one batch carries: each batch ends where its bodies would
     /// pass `CHUNK_MAX`, so every body comes with its metadata (none is asked for), and one
-    /// `Pull` brings `PULL_PAGES` batches. A body the host lacks after a push goes after the
-    /// pull that went out behind the push: the round still pulls once.
+    /// `Pull` brings `PULL_PAGES` batches. A pushed document whose body is too large to go
+    /// inline holds the pull back until its body is stored: no pull is asked for and dropped.
     #[test]
     fn a_long_pull_carries_every_small_body_and_asks_once_per_window() {
         let (_t, host, site, ins) = host_and_site();

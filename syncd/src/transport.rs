@@ -35,14 +35,27 @@ pub const ALPN: &[u8] = b"carnet/1";
 /// A connection silent this long is dead (a cut link is noticed, the round fails and the next
 /// one resumes).
 pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-/// Keep-alives on a quiet link, well inside `IDLE_TIMEOUT` even with loss.
-const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(2);
+/// Keep-alives on a quiet link, sent by the connecting end only (the site, behind its NAT:
+/// its own datagrams keep the NAT's binding, and their acknowledgements keep both ends from
+/// `IDLE_TIMEOUT`): two of them, and their retransmissions, fit in `IDLE_TIMEOUT`. An idle
+/// site's link carries about a third fewer bytes than with keep-alives every 2 s from both
+/// ends (benches/LOG.md, 2026-12-06).
+const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(4);
 
-/// Timeouts shared by both ends.
-fn transport() -> Result<Arc<quinn::TransportConfig>> {
+/// Which end of a connection a transport configuration is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// Accepts connections (the host, a site's `peer_listen`).
+    Listening,
+    /// Opens them (a site): it sends the keep-alives.
+    Connecting,
+}
+
+/// Timeouts and congestion control; the keep-alives on the connecting end.
+fn transport(end: End) -> Result<Arc<quinn::TransportConfig>> {
     let mut t = quinn::TransportConfig::default();
     t.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().map_err(tls_err)?))
-        .keep_alive_interval(Some(KEEP_ALIVE))
+        .keep_alive_interval((end == End::Connecting).then_some(KEEP_ALIVE))
         // BBR paces by measured bandwidth and delay: random loss on a rural radio link does
         // not collapse the window as it does with loss-based control (NewReno, Cubic: 51 s
         // where BBR takes 12 s for 500 documents at 2 Mbit/s and 2 % loss, benches/LOG.md).
@@ -246,7 +259,7 @@ fn quic_server(
     tls.alpn_protocols = vec![alpn.to_vec()];
     let quic = QuicServerConfig::try_from(tls).map_err(tls_err)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    config.transport_config(transport()?);
+    config.transport_config(transport(End::Listening)?);
     // A peer whose address changes (a NAT rebinding, a mobile unit moving from 4G to Wi-Fi)
     // keeps its connection: the new path is validated and the round goes on.
     config.migration(true);
@@ -271,7 +284,7 @@ fn quic_client(
     tls.alpn_protocols = vec![alpn.to_vec()];
     let quic = QuicClientConfig::try_from(tls).map_err(tls_err)?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
-    config.transport_config(transport()?);
+    config.transport_config(transport(End::Connecting)?);
     Ok(config)
 }
 
