@@ -1881,6 +1881,46 @@ mod tests {
         );
     }
 
+    /// Runs `s`'s round from `first` to its end, each message to the host through `on_the_way`,
+    /// checking that the site's pull cursor has not moved when the host stores a body; the
+    /// `Pull`s the site sent.
+    fn round_holding_the_pull_for_a_body(
+        host: &Replica,
+        site: &Replica,
+        mut s: SiteSession,
+        first: Vec<Msg>,
+        on_the_way: impl Fn(Msg) -> Msg,
+    ) -> usize {
+        let cursor = site.pull_cursor().expect("cursor");
+        let mut h = HostSession::new(site.config().site_id, certificate(site));
+        let mut to_host = first;
+        let mut pulls = 0;
+        for _ in 0..100 {
+            pulls += to_host.iter().filter(|m| m.kind() == "Pull").count();
+            let arrived: Vec<Msg> = to_host.drain(..).map(|m| on_the_way(wire(&m))).collect();
+            for m in h
+                .handle_all(crate::testkit::host_sync(host), arrived)
+                .expect("host")
+            {
+                if m.kind() == "BodyStored" {
+                    assert_eq!(
+                        site.pull_cursor().expect("cursor"),
+                        cursor,
+                        "nothing pulled before the body"
+                    );
+                }
+                to_host.extend(
+                    s.handle(crate::testkit::site_sync(site), wire(&m))
+                        .expect("site"),
+                );
+            }
+            if s.is_done() {
+                return pulls;
+            }
+        }
+        panic!("the round did not end");
+    }
+
     /// The pull goes out behind the last push; when the host then asks for a body of that
     /// push (here, one spoiled on the way), the site applies nothing of that pull, sends the
     /// body and pulls again: a pull (which may take the dossier, or a document, away from the
@@ -1908,47 +1948,19 @@ mod tests {
                 new_doc("host", vec![8; 500]),
             )
             .expect("write");
-        let cursor = site.pull_cursor().expect("cursor");
         let mut s = SiteSession::new(signer(&site), Vec::new());
-        let mut h = HostSession::new(site.config().site_id, certificate(&site));
-        let mut to_host = vec![s.start(crate::testkit::site_sync(&site)).expect("start")];
-        let mut pulls = 0;
-        for _ in 0..100 {
-            let arrived: Vec<Msg> = to_host
-                .drain(..)
-                .map(|m| match wire(&m) {
-                    Msg::Push {
-                        changes,
-                        mut bodies,
-                    } => {
-                        bodies.iter_mut().for_each(|b| b.bytes[0] ^= 1);
-                        Msg::Push { changes, bodies }
-                    }
-                    m => m,
-                })
-                .collect();
-            pulls += arrived.iter().filter(|m| m.kind() == "Pull").count();
-            for m in h
-                .handle_all(crate::testkit::host_sync(&host), arrived)
-                .expect("host")
-            {
-                if m.kind() == "BodyStored" {
-                    assert_eq!(
-                        site.pull_cursor().expect("cursor"),
-                        cursor,
-                        "nothing pulled before the body"
-                    );
-                }
-                to_host.extend(
-                    s.handle(crate::testkit::site_sync(&site), wire(&m))
-                        .expect("site"),
-                );
+        let hello = vec![s.start(crate::testkit::site_sync(&site)).expect("start")];
+        let spoil = |m: Msg| match m {
+            Msg::Push {
+                changes,
+                mut bodies,
+            } => {
+                bodies.iter_mut().for_each(|b| b.bytes[0] ^= 1);
+                Msg::Push { changes, bodies }
             }
-            if s.is_done() {
-                break;
-            }
-        }
-        assert!(s.is_done(), "the round ended");
+            m => m,
+        };
+        let pulls = round_holding_the_pull_for_a_body(&host, &site, s, hello, spoil);
         assert_eq!(pulls, 2, "asked again after the body");
         assert!(
             host.has_body(&doc).expect("has"),
@@ -2094,38 +2106,12 @@ mod tests {
                 new_doc("host", vec![8; 500]),
             )
             .expect("write");
-        let cursor = site.pull_cursor().expect("cursor");
         let mut s = SiteSession::new(signer(&site), Vec::new());
-        let mut h = HostSession::new(site.config().site_id, certificate(&site));
-        let mut to_host = s
+        let opening = s
             .opening(crate::testkit::site_sync(&site), true)
             .expect("opening");
-        assert_eq!(to_host.len(), 2, "Hello and Pull");
-        let mut pulls = 0;
-        for _ in 0..100 {
-            pulls += to_host.iter().filter(|m| m.kind() == "Pull").count();
-            let arrived: Vec<Msg> = to_host.drain(..).map(|m| wire(&m)).collect();
-            for m in h
-                .handle_all(crate::testkit::host_sync(&host), arrived)
-                .expect("host")
-            {
-                if m.kind() == "BodyStored" {
-                    assert_eq!(
-                        site.pull_cursor().expect("cursor"),
-                        cursor,
-                        "nothing pulled before the body"
-                    );
-                }
-                to_host.extend(
-                    s.handle(crate::testkit::site_sync(&site), wire(&m))
-                        .expect("site"),
-                );
-            }
-            if s.is_done() {
-                break;
-            }
-        }
-        assert!(s.is_done(), "the round ended");
+        assert_eq!(opening.len(), 2, "Hello and Pull");
+        let pulls = round_holding_the_pull_for_a_body(&host, &site, s, opening, |m| m);
         assert_eq!(pulls, 2, "asked again after the body");
         assert!(host.has_body(&late).expect("has"));
         assert!(
