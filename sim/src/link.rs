@@ -1,7 +1,9 @@
 //! A site's round with the host as message exchanges over a simulated link.
 //!
 //! As on QUIC (`carnet_syncd::net`): a round is one stream carrying the session, plus one
-//! stream per body fetch (`GetBody`), each served by a host session of its own. A stream
+//! stream per body fetch (`GetBody`) and one for the bodies the site sends (`PutBodies`),
+//! each served by a host session of its own. What the site writes during its round reaches the
+//! session as the driver's `SiteSession::news` does (`Flight::news`). A stream
 //! delivers in order; streams interleave in any order (the simulator picks), and every message
 //! arrives after a delay. A message lost on the way breaks the connection: the round fails
 //! there, as the real driver's read times out, and the site retries later. Every message goes
@@ -79,6 +81,8 @@ pub struct Flight {
     /// The site's certificate (DER): each host session is bound to it.
     certificate: Vec<u8>,
     streams: Vec<Stream>,
+    /// The stream carrying the site's `PutBodies`, once it sent one.
+    uploads: Option<usize>,
     /// When the round began.
     pub started: u64,
 }
@@ -122,6 +126,7 @@ impl Flight {
             session,
             certificate: tls.identity.cert_der,
             streams: vec![main],
+            uploads: None,
             started: now,
         })
     }
@@ -223,27 +228,66 @@ impl Flight {
             Ok(out) => out,
             Err(e) => return Ok(Step::Failed(e.to_string())),
         };
-        for m in out {
-            let at = now + delay();
-            let m = wire(&m)?;
-            if matches!(m, Msg::GetBody { .. }) {
-                // A fetch goes on a stream of its own.
-                let mut s = Stream::new(HostSession::new(
-                    site.config().site_id,
-                    self.certificate.clone(),
-                ));
-                s.sent.push(m.clone());
-                s.up.push_back((at, m));
-                self.streams.push(s);
-            } else {
-                self.streams[0].sent.push(m.clone());
-                self.streams[0].up.push_back((at, m));
-            }
-        }
+        self.send(out, site, now, delay)?;
         if self.session.is_done() {
             return Ok(Step::Done(self.session.report()));
         }
         Ok(Step::Moved)
+    }
+
+    /// The site wrote during its round (`SiteSession::news`): what the session sends for it
+    /// leaves at `now`. Answers how many messages, or why the round failed.
+    pub fn news(
+        &mut self,
+        site: &Replica,
+        now: u64,
+        delay: &mut dyn FnMut() -> u64,
+    ) -> Result<Result<usize, String>, String> {
+        match self.session.news(crate::node::as_site(site).sync()) {
+            Ok(out) => {
+                let sent = out.len();
+                self.send(out, site, now, delay)?;
+                Ok(Ok(sent))
+            }
+            Err(e) => Ok(Err(e.to_string())),
+        }
+    }
+
+    /// Sends the site's messages, each on its stream, leaving at `now`.
+    fn send(
+        &mut self,
+        out: Vec<Msg>,
+        site: &Replica,
+        now: u64,
+        delay: &mut dyn FnMut() -> u64,
+    ) -> Result<(), String> {
+        for m in out {
+            let at = now + delay();
+            let m = wire(&m)?;
+            let stream = match m {
+                // A fetch goes on a stream of its own, the bodies sent on one of theirs.
+                Msg::GetBody { .. } => None,
+                Msg::PutBodies(_) => self.uploads,
+                _ => Some(0),
+            };
+            let stream = match stream {
+                Some(i) => i,
+                None => {
+                    self.streams.push(Stream::new(HostSession::new(
+                        site.config().site_id,
+                        self.certificate.clone(),
+                    )));
+                    let i = self.streams.len() - 1;
+                    if matches!(m, Msg::PutBodies(_)) {
+                        self.uploads = Some(i);
+                    }
+                    i
+                }
+            };
+            self.streams[stream].sent.push(m.clone());
+            self.streams[stream].up.push_back((at, m));
+        }
+        Ok(())
     }
 
     /// The host receives the session stream once more, whole, as a stale copy of it would

@@ -143,6 +143,8 @@ pub struct Stats {
     pub writes: u64,
     pub reads: u64,
     pub refused_after_revocation: u64,
+    /// Messages a round in flight sent for what its site wrote meanwhile (`Flight::news`).
+    pub news_sent: u64,
 }
 
 impl Stats {
@@ -158,6 +160,7 @@ impl Stats {
         self.disk_faults += other.disk_faults;
         self.writes += other.writes;
         self.reads += other.reads;
+        self.news_sent += other.news_sent;
         self.refused_after_revocation += other.refused_after_revocation;
     }
 }
@@ -594,6 +597,25 @@ impl World {
             _ => self.act(site, p)?,
         }
         self.changed(site);
+        self.news_to_flight(site)
+    }
+
+    /// What `site` wrote reaches its round in flight, if any, as the driver's watch on the
+    /// replica's commits delivers it (`Flight::news`).
+    fn news_to_flight(&mut self, site: usize) -> Result<(), String> {
+        let Some(f) = self.flights.iter().position(|f| f.site == site) else {
+            return Ok(());
+        };
+        let mut rng = self.rng.fork();
+        let mut delay = || link_delay(&mut rng);
+        let now = self.now;
+        let Some(replica) = self.nodes[site].replica() else {
+            return Ok(());
+        };
+        match self.flights[f].news(replica, now, &mut delay)? {
+            Ok(sent) => self.stats.news_sent += sent as u64,
+            Err(e) => self.end_flight(site, Err(e)),
+        }
         Ok(())
     }
 
@@ -993,12 +1015,7 @@ impl World {
     }
 
     fn delay(&mut self) -> u64 {
-        // Mostly a LAN or a good line, sometimes a slow one.
-        if self.rng.chance(100) {
-            self.rng.between(200, 3_000)
-        } else {
-            self.rng.between(1, 80)
-        }
+        link_delay(&mut self.rng)
     }
 
     fn round_failed(&mut self, site: usize) {
@@ -1079,13 +1096,7 @@ impl World {
         }
         self.stats.messages += 1;
         let mut rng = self.rng.fork();
-        let mut delay = || {
-            if rng.chance(100) {
-                rng.between(200, 3_000)
-            } else {
-                rng.between(1, 80)
-            }
-        };
+        let mut delay = || link_delay(&mut rng);
         let (host, site_replica) = (self.nodes[0].up()?, self.nodes[site].up()?);
         let now = self.now;
         let step = self.flights[f].deliver(stream, side, host, site_replica, now, &mut delay)?;
@@ -1274,6 +1285,15 @@ impl World {
 
 /// A document with a marked title and body: mostly small (travelling with its metadata),
 /// sometimes larger than a message (travelling in pieces).
+/// A message's delay on the link: mostly a LAN or a good line, sometimes a slow one.
+fn link_delay(rng: &mut Rng) -> u64 {
+    if rng.chance(100) {
+        rng.between(200, 3_000)
+    } else {
+        rng.between(1, 80)
+    }
+}
+
 fn synthetic_document(rng: &mut Rng, seed: u64, n: u64) -> Result<NewDocument, String> {
     let mut body = format!("SIMBODY {seed}/{n}: consultation, tension 13/8. ").into_bytes();
     let extra = if rng.chance(50) {

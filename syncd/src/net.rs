@@ -57,10 +57,20 @@ pub(crate) fn timed_out(what: &str) -> Error {
     Error::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, what))
 }
 
-/// Reads the next message, or `None` at the end of the stream.
+/// Reads the next message, or `None` at the end of the stream; fails when the peer sends
+/// nothing for `IDLE_TIMEOUT`.
 pub(crate) async fn next_message<M: serde::de::DeserializeOwned>(
     recv: &mut quinn::RecvStream,
     decoder: &mut FrameDecoder,
+) -> Result<Option<M>> {
+    read_message(recv, decoder, Some(IDLE_TIMEOUT)).await
+}
+
+/// `next_message`, waiting `within` for each read (`None`: the caller bounds the wait).
+async fn read_message<M: serde::de::DeserializeOwned>(
+    recv: &mut quinn::RecvStream,
+    decoder: &mut FrameDecoder,
+    within: Option<Duration>,
 ) -> Result<Option<M>> {
     loop {
         if let Some(msg) = decoder
@@ -69,10 +79,14 @@ pub(crate) async fn next_message<M: serde::de::DeserializeOwned>(
         {
             return Ok(Some(msg));
         }
-        let chunk = tokio::time::timeout(IDLE_TIMEOUT, recv.read_chunk(READ_CHUNK, true))
-            .await
-            .map_err(|_| timed_out("the peer went silent"))?
-            .map_err(net_err)?;
+        let read = recv.read_chunk(READ_CHUNK, true);
+        let chunk = match within {
+            Some(within) => tokio::time::timeout(within, read)
+                .await
+                .map_err(|_| timed_out("the peer went silent"))?,
+            None => read.await,
+        }
+        .map_err(net_err)?;
         match chunk {
             Some(c) => decoder.push(&c.bytes),
             None if decoder.buffered() == 0 => return Ok(None),
@@ -561,6 +575,10 @@ async fn host_stream(
                 }
                 _ => Ok(()),
             };
+            if msgs.iter().any(|m| matches!(m, Msg::Body { .. })) {
+                // A body fetch: below the site's session, as the site's uploads are.
+                let _ = send_stream.set_priority(BODY_PRIORITY);
+            }
             let sent = match durable {
                 Ok(()) => send(send_stream, &msgs).await,
                 Err(e) => Err(e),
@@ -1163,34 +1181,69 @@ async fn round_on(
     // most `FETCH_WINDOW` fetches in flight, so this many pieces let each have one waiting
     // while the session stores another; a fetch that finds it full stops reading its stream,
     // and QUIC's flow control stops the host (a disk slower than the link grows nothing).
-    let (pieces_tx, mut pieces) = tokio::sync::mpsc::channel::<Result<Msg>>(PIECES_QUEUED);
+    let (from_bodies, mut body_news) = tokio::sync::mpsc::channel::<Result<Msg>>(PIECES_QUEUED);
+    // The bodies this site sends, on a stream of their own (opened with the first).
+    let mut upload: Option<Upload> = None;
+    // What this process commits to the replica while the round runs (`SiteSession::news`).
+    let mut commits = replica.change_watch();
+    commits.mark_unchanged();
     // The Hello.
     let mut round_trips = 1;
     let mut decoder = FrameDecoder::new();
+    let mut heard = std::time::Instant::now();
+    let mut uploaded = 0;
     let mut report = loop {
-        let msg = tokio::select! {
-            msg = next_message(&mut recv, &mut decoder) => msg?
-                .ok_or_else(|| Error::Invalid("the host closed the session early".into()))?,
-            Some(piece) = pieces.recv() => piece?,
+        // The host must say something within `IDLE_TIMEOUT`, or take some of the bodies sent
+        // to it (an image takes minutes on a slow link, with nothing said meanwhile).
+        let event = tokio::select! {
+            msg = read_message(&mut recv, &mut decoder, None) => Some(msg?
+                .ok_or_else(|| Error::Invalid("the host closed the session early".into()))?),
+            Some(piece) = body_news.recv() => Some(piece?),
+            Ok(()) = commits.changed() => None,
+            () = tokio::time::sleep_until((heard + IDLE_TIMEOUT).into()) => {
+                let now_uploaded = upload.as_ref().map_or(0, Upload::written);
+                if now_uploaded == uploaded {
+                    return Err(timed_out("the host went silent"));
+                }
+                (heard, uploaded) = (std::time::Instant::now(), now_uploaded);
+                continue;
+            }
         };
+        let answered = event.is_some();
+        if answered {
+            heard = std::time::Instant::now();
+        }
         let (r, s) = (replica.clone(), session.clone());
         let (out, done, report) = tokio::task::spawn_blocking(move || -> Result<_> {
             let mut s = s
                 .lock()
                 .map_err(|_| Error::Invalid("session lock poisoned".into()))?;
-            let out = s.handle(r.sync(), msg)?;
+            let out = match event {
+                Some(msg) => s.handle(r.sync(), msg)?,
+                None => s.news(r.sync())?,
+            };
             Ok((out, s.is_done(), s.report()))
         })
         .await
         .map_err(net_err)??;
-        let (fetches, rest): (Vec<Msg>, Vec<Msg>) = out
-            .into_iter()
-            .partition(|m| matches!(m, Msg::GetBody { .. }));
-        if !fetches.is_empty() || !rest.is_empty() {
+        if answered && !out.is_empty() {
             round_trips += u64::from(!done);
         }
-        for get in fetches {
-            tokio::spawn(fetch_body(conn.clone(), get, pieces_tx.clone()));
+        let mut rest = Vec::new();
+        let mut puts = Vec::new();
+        for m in out {
+            match m {
+                Msg::GetBody { .. } => {
+                    tokio::spawn(fetch_body(conn.clone(), m, from_bodies.clone()));
+                }
+                Msg::PutBodies(_) => puts.push(m),
+                _ => rest.push(m),
+            }
+        }
+        if !puts.is_empty() {
+            upload
+                .get_or_insert_with(|| Upload::start(conn.clone(), from_bodies.clone()))
+                .send(puts)?;
         }
         send(&mut send_stream, &rest).await?;
         if done {
@@ -1200,6 +1253,65 @@ async fn round_on(
     let _ = send_stream.finish();
     report.round_trips = round_trips;
     Ok(report)
+}
+
+/// Priority of the streams that carry bodies, below the session's (0): a push written while an
+/// image goes up leaves before the image's bytes queued ahead of it.
+const BODY_PRIORITY: i32 = -1;
+
+/// The bodies a site's round sends, as `PutBodies`, on a stream of their own at
+/// `BODY_PRIORITY`; the host's `BodyStored` for them go back to the session.
+struct Upload {
+    puts: tokio::sync::mpsc::UnboundedSender<Vec<Msg>>,
+    written: Arc<AtomicU64>,
+}
+
+impl Upload {
+    fn start(conn: quinn::Connection, to_session: tokio::sync::mpsc::Sender<Result<Msg>>) -> Self {
+        let (puts, mut queued) = tokio::sync::mpsc::unbounded_channel::<Vec<Msg>>();
+        let written = Arc::new(AtomicU64::new(0));
+        let progress = written.clone();
+        let replies = to_session.clone();
+        tokio::spawn(async move {
+            let carried = async {
+                let (mut send_stream, mut recv) = conn.open_bi().await.map_err(net_err)?;
+                send_stream.set_priority(BODY_PRIORITY).map_err(net_err)?;
+                let writing = async {
+                    while let Some(msgs) = queued.recv().await {
+                        let bytes = send(&mut send_stream, &msgs).await?;
+                        progress.fetch_add(bytes, Ordering::Relaxed);
+                    }
+                    let _ = send_stream.finish();
+                    Ok::<_, Error>(())
+                };
+                let reading = async {
+                    let mut decoder = FrameDecoder::new();
+                    while let Some(msg) = read_message(&mut recv, &mut decoder, None).await? {
+                        if replies.send(Ok(msg)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok::<_, Error>(())
+                };
+                tokio::try_join!(writing, reading).map(|_| ())
+            };
+            if let Err(e) = carried.await {
+                let _ = to_session.send(Err(e)).await;
+            }
+        });
+        Upload { puts, written }
+    }
+
+    fn send(&self, puts: Vec<Msg>) -> Result<()> {
+        self.puts
+            .send(puts)
+            .map_err(|_| Error::Invalid("the body stream ended".into()))
+    }
+
+    /// Bytes handed to the stream so far.
+    fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
 }
 
 /// Body pieces a site's round keeps waiting for its session (see `round_on`).

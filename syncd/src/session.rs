@@ -376,7 +376,7 @@ pub struct HostSession {
     greeted: bool,
     /// This session recorded the site's restore (`Msg::Restored`) already.
     restore_recorded: bool,
-    /// A stream opened by a `GetBody` carries only body fetches.
+    /// A stream opened by a `GetBody` or a `PutBodies` carries only body transfers.
     bodies_only: bool,
     /// The trace head the site said it had at its `Hello`, and the host's time then, until
     /// the host holds that much (then recorded: `Replica::record_trace_contact`).
@@ -607,13 +607,15 @@ impl HostSession {
     /// Handles one message; returns the replies. An error ends the session (send it as
     /// `Msg::Error`).
     pub fn handle(&mut self, replica: HostSync<'_>, msg: Msg) -> Result<Vec<Msg>> {
+        let body_transfer = matches!(msg, Msg::GetBody { .. } | Msg::PutBodies(_));
         match (&msg, self.greeted, self.bodies_only) {
-            // A body fetched on a stream of its own (the site is known from its certificate).
-            (Msg::GetBody { .. }, false, _) => {
+            // A body fetched or sent on a stream of its own (the site is known from its
+            // certificate, and sends only the bodies it owes).
+            (_, false, _) if body_transfer => {
                 self.greeted = true;
                 self.bodies_only = true;
             }
-            (Msg::GetBody { .. }, true, true) => {}
+            (_, true, true) if body_transfer => {}
             (_, true, true) => return Err(out_of_turn("message on a body stream")),
             (Msg::Hello { .. }, false, _) | (_, true, false) => {}
             (_, false, _) => return Err(out_of_turn("message before Hello")),
@@ -959,20 +961,11 @@ impl SiteSession {
     /// (the host answers in order: the round saves the round trip of waiting for the
     /// acknowledgements first).
     fn fill_pushes(&mut self, replica: SiteSync<'_>) -> Result<Vec<Msg>> {
-        let mut out = Vec::new();
-        let mut drained = false;
-        while self.in_flight.len() < PUSH_WINDOW && !self.pull_asked {
-            let next = match self.next_traces(replica)? {
-                Some(traces) => Some((Pushed::Traces, traces)),
-                None => self.next_push(replica)?.map(|push| (Pushed::Push, push)),
-            };
-            let Some((kind, msg)) = next else {
-                drained = true;
-                break;
-            };
-            self.in_flight.push_back(kind);
-            out.push(msg);
-        }
+        let (mut out, drained) = if self.pull_asked {
+            (Vec::new(), false)
+        } else {
+            self.queue_pushes(replica)?
+        };
         if self.in_flight.is_empty() {
             return self.after_pushing(replica);
         }
@@ -987,6 +980,52 @@ impl SiteSession {
             });
         }
         self.state = SiteState::Pushing;
+        Ok(out)
+    }
+
+    /// Trace batches, then Push messages, until `PUSH_WINDOW` await acknowledgement; with
+    /// whether everything due was sent (`drained`).
+    fn queue_pushes(&mut self, replica: SiteSync<'_>) -> Result<(Vec<Msg>, bool)> {
+        let mut out = Vec::new();
+        while self.in_flight.len() < PUSH_WINDOW {
+            let next = match self.next_traces(replica)? {
+                Some(traces) => Some((Pushed::Traces, traces)),
+                None => self.next_push(replica)?.map(|push| (Pushed::Push, push)),
+            };
+            let Some((kind, msg)) = next else {
+                return Ok((out, true));
+            };
+            self.in_flight.push_back(kind);
+            out.push(msg);
+        }
+        Ok((out, false))
+    }
+
+    /// What the replica wrote since the round began, while the round moves bodies (which
+    /// takes minutes for an image on a slow link): the trace entries and the outbox entries
+    /// (grants, prescriptions, documents) go at once, ahead of the bodies — the driver carries
+    /// bodies on streams of their own, below the session in priority. The driver calls this
+    /// whenever the replica commits; at any other step of the round it sends nothing (pushing
+    /// reads the outbox as it goes, and what comes later goes with the next round).
+    pub fn news(&mut self, replica: SiteSync<'_>) -> Result<Vec<Msg>> {
+        if !matches!(self.state, SiteState::SendingBodies | SiteState::Fetching) {
+            return Ok(Vec::new());
+        }
+        self.traces_until = replica.trace_head()?;
+        Ok(self.queue_pushes(replica)?.0)
+    }
+
+    /// After an acknowledgement: the step the round is at goes on (pushes made while bodies
+    /// move are acknowledged in the middle of them).
+    fn after_ack(&mut self, replica: SiteSync<'_>) -> Result<Vec<Msg>> {
+        let (mut out, _) = match self.state {
+            SiteState::SendingBodies | SiteState::Fetching => self.queue_pushes(replica)?,
+            _ => return self.fill_pushes(replica),
+        };
+        out.extend(match self.state {
+            SiteState::SendingBodies => self.send_bodies(replica)?,
+            _ => self.fetch_bodies(replica)?,
+        });
         Ok(out)
     }
 
@@ -1122,7 +1161,7 @@ impl SiteSession {
         if !batch.is_empty() {
             out.push(Msg::PutBodies(batch));
         }
-        if self.sending.is_empty() {
+        if self.sending.is_empty() && self.in_flight.is_empty() {
             return self.after_pushing(replica);
         }
         Ok(out)
@@ -1151,10 +1190,23 @@ impl SiteSession {
             self.fetching.push(doc);
         }
         if self.fetching.is_empty() {
-            self.state = SiteState::Done;
-            out.push(Msg::Bye);
+            return self.after_fetching(replica);
         }
         Ok(out)
+    }
+
+    /// Every body asked for came (or the host said it lacks it): the round ends once what it
+    /// pushed meanwhile (`news`) is acknowledged, the bodies those pushes left owed are sent,
+    /// and, if it pushed without pulling, after a pull.
+    fn after_fetching(&mut self, replica: SiteSync<'_>) -> Result<Vec<Msg>> {
+        if !self.in_flight.is_empty() {
+            return Ok(Vec::new());
+        }
+        if !self.to_send.is_empty() || (self.pushed && !self.pulled) {
+            return self.after_pushing(replica);
+        }
+        self.state = SiteState::Done;
+        Ok(vec![Msg::Bye])
     }
 
     /// Handles one message from the host; returns what to send next.
@@ -1287,17 +1339,20 @@ impl SiteSession {
                 self.traces_until = replica.trace_head()?;
                 self.fill_pushes(replica)
             }
-            (SiteState::Pushing, Msg::TracesAck { upto }) => {
+            (
+                SiteState::Pushing | SiteState::SendingBodies | SiteState::Fetching,
+                Msg::TracesAck { upto },
+            ) => {
                 if self.in_flight.front() != Some(&Pushed::Traces) || upto > self.traces_sent {
                     // Acknowledging what was never sent.
                     return Err(out_of_turn("TracesAck"));
                 }
                 self.in_flight.pop_front();
                 self.report.traces = upto;
-                self.fill_pushes(replica)
+                self.after_ack(replica)
             }
             (
-                SiteState::Pushing,
+                SiteState::Pushing | SiteState::SendingBodies | SiteState::Fetching,
                 Msg::PushAck {
                     upto,
                     missing,
@@ -1330,7 +1385,7 @@ impl SiteSession {
                         self.to_send.push((doc, kept));
                     }
                 }
-                self.fill_pushes(replica)
+                self.after_ack(replica)
             }
             (SiteState::SendingBodies, Msg::BodyStored { doc }) => {
                 let Some(i) = self.sending.iter().position(|(d, _)| *d == doc) else {
@@ -2619,28 +2674,167 @@ mod tests {
             )
             .expect("host writes");
         let site_id = site.config().site_id;
-        let mut h = HostSession::new(site_id, certificate(&site));
-        h.handle_all(
-            crate::testkit::host_sync(&host),
-            vec![Msg::GetBody { doc: id, offset: 0 }],
-        )
-        .expect("a body stream");
-        let push = Msg::Push {
-            changes: vec![],
-            bodies: vec![],
-        };
-        let traces = Msg::Traces {
-            records: vec![],
-            head: None,
-        };
+        // A stream opened by a fetch, or by bodies the site sends.
+        for opener in [Msg::GetBody { doc: id, offset: 0 }, Msg::PutBodies(vec![])] {
+            let mut h = HostSession::new(site_id, certificate(&site));
+            h.handle_all(crate::testkit::host_sync(&host), vec![opener])
+                .expect("a body stream");
+            let push = Msg::Push {
+                changes: vec![],
+                bodies: vec![],
+            };
+            let traces = Msg::Traces {
+                records: vec![],
+                head: None,
+            };
+            assert!(
+                h.handle_all(crate::testkit::host_sync(&host), vec![push])
+                    .is_err()
+            );
+            assert!(
+                h.handle_all(crate::testkit::host_sync(&host), vec![traces])
+                    .is_err()
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod news_tests {
+    use super::tests::round;
+    use super::*;
+    use crate::testkit::{certificate, doctor, host_and_site, new_doc, signer};
+    use carnet_store::model::{AccessMode, Actor};
+
+    fn wire(m: &Msg) -> Msg {
+        let mut d = crate::frame::FrameDecoder::new();
+        d.push(&crate::frame::encode(m).expect("encode"));
+        d.next_message().expect("decode").expect("one message")
+    }
+
+    /// A body transfer, which the driver carries on a stream of its own.
+    fn moves_a_body(m: &Msg) -> bool {
+        matches!(m, Msg::PutBodies(_) | Msg::GetBody { .. })
+    }
+
+    /// Runs `site`'s round as the driver carries it: bodies on a stream of their own, below
+    /// the session stream (whatever waits on the session stream is delivered first). As soon
+    /// as a body transfer is under way (sent, not delivered), `write` writes at the site and
+    /// the session hears of it (`news`). Answers whether the host held `watched()` (the
+    /// document written) when the next body transfer reached it, and the round's report.
+    fn round_with_a_write_while_a_body_moves(
+        host: &Replica,
+        site: &Replica,
+        write: impl FnOnce() -> DocId,
+    ) -> (bool, RoundReport) {
+        let mut s = SiteSession::new(signer(site), Vec::new());
+        let certificate = certificate(site);
+        let mut main = HostSession::new(site.config().site_id, certificate.clone());
+        let mut bodies = HostSession::new(site.config().site_id, certificate);
+        let mut to_host = vec![s.start(crate::testkit::site_sync(site)).expect("start")];
         assert!(
-            h.handle_all(crate::testkit::host_sync(&host), vec![push])
-                .is_err()
+            s.news(crate::testkit::site_sync(site))
+                .expect("news")
+                .is_empty(),
+            "nothing is pushed before the Welcome says where pushing resumes"
         );
-        assert!(
-            h.handle_all(crate::testkit::host_sync(&host), vec![traces])
-                .is_err()
-        );
+        let mut body_transfers: std::collections::VecDeque<Msg> = Default::default();
+        let (mut write, mut written, mut held_first) = (Some(write), None, None);
+        for _ in 0..1_000 {
+            let (session, transfers): (Vec<Msg>, Vec<Msg>) =
+                to_host.drain(..).partition(|m| !moves_a_body(m));
+            body_transfers.extend(transfers);
+            if !body_transfers.is_empty()
+                && let Some(write) = write.take()
+            {
+                written = Some(write());
+                let news = s.news(crate::testkit::site_sync(site)).expect("news");
+                to_host.extend(news.into_iter().filter(|m| !moves_a_body(m)));
+                to_host.extend(session);
+                continue;
+            }
+            let replies = if !session.is_empty() {
+                let arrived = session.iter().map(wire).collect();
+                main.handle_all(crate::testkit::host_sync(host), arrived)
+                    .expect("host")
+            } else if let Some(transfer) = body_transfers.pop_front() {
+                if let (Some(doc), None) = (written, held_first) {
+                    held_first = Some(
+                        host.read_document(
+                            &Actor::Professional(doctor()),
+                            &doc,
+                            AccessMode::Normal,
+                            None,
+                        )
+                        .is_ok(),
+                    );
+                }
+                bodies
+                    .handle(crate::testkit::host_sync(host), wire(&transfer))
+                    .expect("host")
+            } else {
+                panic!("the round waits for nothing");
+            };
+            for m in replies {
+                to_host.extend(
+                    s.handle(crate::testkit::site_sync(site), wire(&m))
+                        .expect("site"),
+                );
+            }
+            if s.is_done() {
+                return (
+                    held_first.expect("a body moved after the write"),
+                    s.report(),
+                );
+            }
+        }
+        panic!("the round did not end");
+    }
+
+    /// A prescription written at the site while an image moves between the host and it
+    /// (written at `image_at`, the site or the host) leaves at once, on the session stream,
+    /// and the host holds it before the image's next piece moves; the round ends with the
+    /// image at both ends, the prescription and the trace of its writing at the host, and
+    /// nothing left in the outbox.
+    fn a_prescription_written_while_an_image_moves(image_at: Role) {
+        let (_t, host, site, ins) = host_and_site();
+        round(&host, &site);
+        let actor = Actor::Professional(doctor());
+        let write = |at: &Replica, title: &str, body: Vec<u8>| {
+            at.put_document(&actor, AccessMode::Normal, None, &ins, new_doc(title, body))
+                .expect("write")
+        };
+        let image = match image_at {
+            Role::Site => write(&site, "image", vec![3; 3 * CHUNK_MAX]),
+            Role::Host => write(&host, "image", vec![4; 3 * CHUNK_MAX]),
+        };
+        let (held, report) = round_with_a_write_while_a_body_moves(&host, &site, || {
+            write(&site, "ordonnance", vec![5; 300])
+        });
+        assert!(held, "the prescription waited for the image");
+        let site_sync = crate::testkit::site_sync(&site);
+        assert_eq!(report.pushed, site_sync.outbox_issued().expect("issued"));
+        assert!(site_sync.outbox(0, 1).expect("outbox").is_empty());
+        assert_eq!(report.traces, site.trace_head().expect("trace head"));
+        assert!(host.has_body(&image).expect("body"));
+        assert!(site.has_body(&image).expect("body"));
+    }
+
+    /// Where the image of `a_prescription_written_while_an_image_moves` is written.
+    enum Role {
+        Site,
+        Host,
+    }
+
+    #[test]
+    fn a_prescription_written_while_an_image_goes_up_is_pushed_ahead_of_it() {
+        a_prescription_written_while_an_image_moves(Role::Site);
+    }
+
+    /// A mobile unit fetching an image: the prescription goes up in the middle of the fetch.
+    #[test]
+    fn a_prescription_written_while_an_image_comes_down_is_pushed_meanwhile() {
+        a_prescription_written_while_an_image_moves(Role::Host);
     }
 }
 

@@ -312,3 +312,57 @@ fn kill_9_of_the_host_daemon_mid_sync_loses_and_doubles_nothing() {
     l.daemon = start_daemon(&l.host);
     assert_converged(&l, &ids, &bodies);
 }
+
+/// A prescription written at a site while a scan goes up to the host over a slow line (the
+/// scan takes about twelve seconds) reaches the host long before the scan has crossed: the
+/// site's round pushes it at once, on its session stream, ahead of the scan's bytes queued
+/// before it; the scan arrives whole after it.
+#[test]
+fn a_prescription_written_while_a_scan_goes_up_reaches_the_host_first() {
+    const SIZE: usize = 6 << 20;
+    let l = link();
+    l.proxy.set_faults(Faults {
+        seed: 5,
+        delay: Duration::from_millis(30),
+        bandwidth: 512 << 10,
+        queue_bytes: 128 << 10,
+        ..Faults::default()
+    });
+    let scan_body = incompressible(SIZE, 4);
+    let scan = write_many(&l.site, &l.ins, vec![scan_body.clone()]).remove(0);
+    let before = l.proxy.to_host_bytes();
+    // Its first round starts at once, and sends the scan.
+    let _site_daemon = start_daemon(&l.site);
+    wait_for_traffic(&l.proxy, 1 << 20);
+    let prescription = l.site.add_doc(
+        &l.ins,
+        DOCTOR,
+        "10",
+        CONSULTATION,
+        "Ordonnance",
+        b"amoxicilline 1 g, 3 fois par jour, 7 jours (synthetique)",
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let crossed = loop {
+        let listed = l
+            .host
+            .json(&["doc", "list", "--dossier", &l.ins, "--as", DOCTOR]);
+        if listed
+            .as_array()
+            .is_some_and(|docs| docs.iter().any(|d| d["id"] == prescription.as_str()))
+        {
+            break l.proxy.to_host_bytes() - before;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the prescription never reached the host"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        crossed < SIZE as u64 * 3 / 4,
+        "the prescription reached the host after {crossed} bytes of a {SIZE}-byte scan"
+    );
+    crate::daemon::wait_for_socket(&l.site);
+    assert_converged(&l, &[scan, prescription], &[scan_body]);
+}
