@@ -130,6 +130,9 @@ pub struct Live {
     revoked: Arc<Revoked>,
     /// What the host saw of each site, for the operator (`fleet`).
     fleet: Arc<Fleet>,
+    /// How long a site's stream may wait for its next message while the site's connection
+    /// moves no data (`IDLE_TIMEOUT`; shortened by tests).
+    quiet: Duration,
 }
 
 #[derive(Debug)]
@@ -155,6 +158,7 @@ impl Live {
             changed,
             revoked,
             fleet: Arc::default(),
+            quiet: IDLE_TIMEOUT,
         })
     }
 
@@ -354,8 +358,10 @@ async fn serve_connection(
         }
         streams += 1;
         let (replica, live, certificate) = (replica.clone(), live.clone(), certificate.clone());
+        let conn = conn.clone();
         tokio::spawn(async move {
             let site = Peer {
+                conn,
                 site: SiteId(site),
                 fingerprint,
                 certificate,
@@ -539,6 +545,8 @@ impl StreamLog {
 
 /// The site at the other end of a connection, as its certificate says.
 struct Peer {
+    /// The site's connection (how much data it moves: `peer_progress`).
+    conn: quinn::Connection,
     site: SiteId,
     /// The certificate's fingerprint (`transport::fingerprint`): revocation.
     fingerprint: [u8; 32],
@@ -641,7 +649,9 @@ async fn serve_host_stream(
         msgs: vec![Msg::Error(e)],
     };
     loop {
-        let msg = match next_message(recv, &mut decoder).await {
+        // A session stream stays quiet while the site's bodies go up or come down on streams
+        // of their own: it is given up only when the whole connection moves nothing.
+        let msg = match read_while_moving(&peer.conn, recv, &mut decoder, live.quiet).await {
             Ok(Some(m)) => m,
             Ok(None) => break,
             Err(e) => {
@@ -847,6 +857,9 @@ pub struct Link {
     news: Arc<std::sync::atomic::AtomicBool>,
     /// Connections opened so far.
     opened: u64,
+    /// How long a round waits for the host's next message while the host moves no data
+    /// (`IDLE_TIMEOUT`; shortened by tests).
+    quiet: Duration,
 }
 
 /// A connection for a round.
@@ -884,6 +897,7 @@ impl Link {
             wake,
             news: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             opened: 0,
+            quiet: IDLE_TIMEOUT,
         }
     }
 
@@ -1035,7 +1049,7 @@ impl Link {
     async fn round_on_connection(&mut self, c: Connected) -> Result<RoundReport> {
         let before = if c.fresh { (0, 0) } else { self.wire_bytes() };
         let news = self.news.swap(false, Ordering::Relaxed);
-        let outcome = round_on(&c.conn, &self.replica, c.identity, news).await;
+        let outcome = round_on(&c.conn, &self.replica, c.identity, news, self.quiet).await;
         if outcome.is_err() {
             self.news.store(true, Ordering::Relaxed);
         }
@@ -1161,6 +1175,7 @@ async fn round_on(
     replica: &SiteReplica,
     identity: Identity,
     expect_news: bool,
+    quiet: Duration,
 ) -> Result<RoundReport> {
     let (mut send_stream, mut recv) = conn.open_bi().await.map_err(net_err)?;
     let host_certificate = peer_certificate(conn)?.to_vec();
@@ -1191,21 +1206,21 @@ async fn round_on(
     let mut round_trips = 1;
     let mut decoder = FrameDecoder::new();
     let mut heard = std::time::Instant::now();
-    let mut uploaded = 0;
+    let mut progress = peer_progress(conn);
     let mut report = loop {
-        // The host must say something within `IDLE_TIMEOUT`, or take some of the bodies sent
-        // to it (an image takes minutes on a slow link, with nothing said meanwhile).
+        // The host must say something within `quiet`, or move more data (an image takes
+        // minutes to go up or come down a slow line, with no whole message meanwhile).
         let event = tokio::select! {
             msg = read_message(&mut recv, &mut decoder, None) => Some(msg?
                 .ok_or_else(|| Error::Invalid("the host closed the session early".into()))?),
             Some(piece) = body_news.recv() => Some(piece?),
             Ok(()) = commits.changed() => None,
-            () = tokio::time::sleep_until((heard + IDLE_TIMEOUT).into()) => {
-                let now_uploaded = upload.as_ref().map_or(0, Upload::written);
-                if now_uploaded == uploaded {
+            () = tokio::time::sleep_until((heard + quiet).into()) => {
+                let now = peer_progress(conn);
+                if now == progress {
                     return Err(timed_out("the host went silent"));
                 }
-                (heard, uploaded) = (std::time::Instant::now(), now_uploaded);
+                (heard, progress) = (std::time::Instant::now(), now);
                 continue;
             }
         };
@@ -1255,6 +1270,34 @@ async fn round_on(
     Ok(report)
 }
 
+/// A count that grows while the peer's application moves data on the connection: the stream
+/// frames it sends, and the flow-control credit (`MAX_DATA`, `MAX_STREAM_DATA`) its QUIC stack
+/// grants as the application reads what this end sent (about every eighth of a stream's
+/// window: 156 KiB). Keep-alives and acknowledgements leave it as it is.
+fn peer_progress(conn: &quinn::Connection) -> u64 {
+    let received = conn.stats().frame_rx;
+    received.stream + received.max_data + received.max_stream_data
+}
+
+/// Reads the next message of `recv` (`None` at the end of the stream), waiting as long as the
+/// peer moves data on `conn` (`peer_progress`): fails once `quiet` passes with neither.
+async fn read_while_moving<M: serde::de::DeserializeOwned>(
+    conn: &quinn::Connection,
+    recv: &mut quinn::RecvStream,
+    decoder: &mut FrameDecoder,
+    quiet: Duration,
+) -> Result<Option<M>> {
+    loop {
+        let progress = peer_progress(conn);
+        if let Ok(read) = tokio::time::timeout(quiet, read_message(recv, decoder, None)).await {
+            return read;
+        }
+        if peer_progress(conn) == progress {
+            return Err(timed_out("the peer went silent"));
+        }
+    }
+}
+
 /// Priority of the streams that carry bodies, below the session's (0): a push written while an
 /// image goes up leaves before the image's bytes queued ahead of it.
 const BODY_PRIORITY: i32 = -1;
@@ -1263,14 +1306,11 @@ const BODY_PRIORITY: i32 = -1;
 /// `BODY_PRIORITY`; the host's `BodyStored` for them go back to the session.
 struct Upload {
     puts: tokio::sync::mpsc::UnboundedSender<Vec<Msg>>,
-    written: Arc<AtomicU64>,
 }
 
 impl Upload {
     fn start(conn: quinn::Connection, to_session: tokio::sync::mpsc::Sender<Result<Msg>>) -> Self {
         let (puts, mut queued) = tokio::sync::mpsc::unbounded_channel::<Vec<Msg>>();
-        let written = Arc::new(AtomicU64::new(0));
-        let progress = written.clone();
         let replies = to_session.clone();
         tokio::spawn(async move {
             let carried = async {
@@ -1278,8 +1318,7 @@ impl Upload {
                 send_stream.set_priority(BODY_PRIORITY).map_err(net_err)?;
                 let writing = async {
                     while let Some(msgs) = queued.recv().await {
-                        let bytes = send(&mut send_stream, &msgs).await?;
-                        progress.fetch_add(bytes, Ordering::Relaxed);
+                        send(&mut send_stream, &msgs).await?;
                     }
                     let _ = send_stream.finish();
                     Ok::<_, Error>(())
@@ -1299,18 +1338,13 @@ impl Upload {
                 let _ = to_session.send(Err(e)).await;
             }
         });
-        Upload { puts, written }
+        Upload { puts }
     }
 
     fn send(&self, puts: Vec<Msg>) -> Result<()> {
         self.puts
             .send(puts)
             .map_err(|_| Error::Invalid("the body stream ended".into()))
-    }
-
-    /// Bytes handed to the stream so far.
-    fn written(&self) -> u64 {
-        self.written.load(Ordering::Relaxed)
     }
 }
 
@@ -1355,7 +1389,7 @@ mod tests {
     use super::*;
     use crate::testkit::{doctor, host_and_site, new_doc};
     use carnet_store::model::{AccessMode, Actor};
-    use carnet_store::replica::Replica;
+    use carnet_store::replica::{Replica, Role};
 
     /// A host serving on 127.0.0.1 (its dossier `ins`), with its revocation list and the
     /// signal that its store changed.
@@ -1370,12 +1404,17 @@ mod tests {
     }
 
     fn serving_host() -> Served {
+        serving_host_waiting(IDLE_TIMEOUT)
+    }
+
+    /// `serving_host`, its streams waiting `quiet` for a site's next message (`Live::quiet`).
+    fn serving_host_waiting(quiet: Duration) -> Served {
         let (tmp, host, site_draft, ins) = host_and_site();
         drop(site_draft);
         let host = Arc::new(host);
         enrol::init_host(&host).expect("pki");
         let revoked = Arc::new(enrol::revoked(&host).expect("revoked"));
-        let (endpoint, addr, changed) = serve_on_loopback(&host, &revoked);
+        let (endpoint, addr, changed) = serve_on_loopback(&host, &revoked, quiet);
         Served {
             tmp,
             host,
@@ -1393,6 +1432,7 @@ mod tests {
     fn serve_on_loopback(
         host: &Arc<Replica>,
         revoked: &Arc<Revoked>,
+        quiet: Duration,
     ) -> (quinn::Endpoint, SocketAddr, Arc<tokio::sync::Notify>) {
         let (ca, host_id) = enrol::host_identity(host).expect("identity");
         let config =
@@ -1401,7 +1441,8 @@ mod tests {
             quinn::Endpoint::server(config, "127.0.0.1:0".parse().expect("addr")).expect("bind");
         let addr = endpoint.local_addr().expect("addr");
         let changed = Arc::new(tokio::sync::Notify::new());
-        let live = Live::new(changed.clone(), revoked.clone());
+        let mut live = Live::new(changed.clone(), revoked.clone());
+        Arc::get_mut(&mut live).expect("a new registry").quiet = quiet;
         tokio::spawn(serve(
             endpoint.clone(),
             HostReplica::new(host.clone()).expect("host"),
@@ -1512,6 +1553,70 @@ mod tests {
         endpoint.close(0u32.into(), b"done");
     }
 
+    /// `size` incompressible bytes (as a scan is), so that the frames carry all of them.
+    fn noise(size: usize) -> Vec<u8> {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        (0..size)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 32) as u8
+            })
+            .collect()
+    }
+
+    /// A body crossing a slow line for longer than either end waits for the other's next
+    /// message (here 3 MiB at 1 MiB/s, against waits of 400 ms), written at `at` (the site: it
+    /// goes up; the host: it comes down): no whole message comes either way on the session
+    /// stream meanwhile, yet the round goes on, for the body's stream moves; the body arrives
+    /// whole.
+    async fn a_body_longer_than_the_wait_for_a_message(at: Role) {
+        let served = serving_host_waiting(Duration::from_millis(400));
+        let relay = Relay::paced(Some(served.addr), Some(1 << 20)).await;
+        let (site, mut link) = site_dialing(&served, vec![relay.addr]);
+        link.quiet = Duration::from_millis(400);
+        round_within(&mut link, Duration::from_secs(20))
+            .await
+            .expect("first round");
+        let scan = noise(3 << 20);
+        let written_at = match at {
+            Role::Site => &site,
+            Role::Host => &served.host,
+        };
+        let id = written_at
+            .put_document(
+                &Actor::Professional(doctor()),
+                AccessMode::Normal,
+                None,
+                &served.ins,
+                new_doc("scan", scan.clone()),
+            )
+            .expect("write");
+        let started = std::time::Instant::now();
+        round_within(&mut link, Duration::from_secs(60))
+            .await
+            .expect("the round carrying the scan");
+        assert!(
+            started.elapsed() > 4 * link.quiet,
+            "the scan crossed too fast to test anything"
+        );
+        assert!(served.host.has_body(&id).expect("body"));
+        assert!(site.has_body(&id).expect("body"));
+        link.close().await;
+        served.endpoint.close(0u32.into(), b"done");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_upload_longer_than_the_wait_for_a_message_goes_on_while_the_host_reads_it() {
+        a_body_longer_than_the_wait_for_a_message(Role::Site).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fetch_longer_than_the_wait_for_a_message_goes_on_while_the_site_reads_it() {
+        a_body_longer_than_the_wait_for_a_message(Role::Host).await;
+    }
+
     /// A site whose session does not take the pieces of a body (a slow disk, a stuck task)
     /// stops reading the body's stream, and QUIC's flow control stops the host: what it
     /// received stays a small fraction of the body; once the pieces are taken, the rest comes.
@@ -1521,16 +1626,7 @@ mod tests {
         let (host, ins, addr) = (&served.host, &served.ins, served.addr);
         let (_, site) = enrolled_site(&served);
         let size = 24 << 20;
-        // Incompressible (as a scan is), so that the frames carry all of it.
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let large: Vec<u8> = (0..size)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 32) as u8
-            })
-            .collect();
+        let large = noise(size);
         let doc = host
             .put_document(
                 &Actor::Professional(doctor()),
@@ -1799,6 +1895,11 @@ mod tests {
 
     impl Relay {
         async fn start(to: Option<SocketAddr>) -> Relay {
+            Relay::paced(to, None).await
+        }
+
+        /// `start`, passing at most `rate` bytes a second each way (a slow line).
+        async fn paced(to: Option<SocketAddr>, rate: Option<u64>) -> Relay {
             let bind = || tokio::net::UdpSocket::bind("127.0.0.1:0");
             let front = Arc::new(bind().await.expect("bind"));
             let back = Arc::new(bind().await.expect("bind"));
@@ -1827,6 +1928,10 @@ mod tests {
                         if let Some(to) = to {
                             let _ = back.send_to(&buf[..n], to).await;
                         }
+                        if let Some(rate) = rate {
+                            let line = n as f64 / rate as f64;
+                            tokio::time::sleep(Duration::from_secs_f64(line)).await;
+                        }
                     }
                 })
             };
@@ -1838,6 +1943,10 @@ mod tests {
                         let to = *client.lock().expect("lock");
                         if let (false, Some(to)) = (silent.load(Ordering::SeqCst), to) {
                             let _ = front.send_to(&buf[..n], to).await;
+                        }
+                        if let Some(rate) = rate {
+                            let line = n as f64 / rate as f64;
+                            tokio::time::sleep(Duration::from_secs_f64(line)).await;
                         }
                     }
                 })
@@ -1941,7 +2050,8 @@ mod tests {
 
     async fn two_daemons() -> TwoDaemons {
         let served = serving_host();
-        let (second, second_addr, _) = serve_on_loopback(&served.host, &served.revoked);
+        let (second, second_addr, _) =
+            serve_on_loopback(&served.host, &served.revoked, IDLE_TIMEOUT);
         let first = Relay::start(Some(served.addr)).await;
         let (site, mut link) = site_dialing(&served, vec![first.addr, second_addr]);
         round_within(&mut link, Duration::from_secs(30))

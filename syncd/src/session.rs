@@ -2705,6 +2705,7 @@ mod news_tests {
     use super::*;
     use crate::testkit::{certificate, doctor, host_and_site, new_doc, signer};
     use carnet_store::model::{AccessMode, Actor};
+    use carnet_store::replica::Role;
 
     fn wire(m: &Msg) -> Msg {
         let mut d = crate::frame::FrameDecoder::new();
@@ -2818,12 +2819,6 @@ mod news_tests {
         assert_eq!(report.traces, site.trace_head().expect("trace head"));
         assert!(host.has_body(&image).expect("body"));
         assert!(site.has_body(&image).expect("body"));
-    }
-
-    /// Where the image of `a_prescription_written_while_an_image_moves` is written.
-    enum Role {
-        Site,
-        Host,
     }
 
     #[test]
