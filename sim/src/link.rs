@@ -3,7 +3,10 @@
 //! As on QUIC (`carnet_syncd::net`): a round is one stream carrying the session, plus one
 //! stream per body fetch (`GetBody`) and one for the bodies the site sends (`PutBodies`),
 //! each served by a host session of its own. What the site writes during its round reaches the
-//! session as the driver's `SiteSession::news` does (`Flight::news`). A stream
+//! session as the driver's `SiteSession::news` does (`Flight::news`); a round after one that
+//! ended well pushes behind its `Hello` as on the driver's open connection (`HostHeld`, which
+//! the world forgets when a round fails or a node crashes, as the connection would be lost). A
+//! stream
 //! delivers in order; streams interleave in any order (the simulator picks), and every message
 //! arrives after a delay. A message lost on the way breaks the connection: the round fails
 //! there, as the real driver's read times out, and the site retries later. Every message goes
@@ -17,7 +20,7 @@ use std::collections::VecDeque;
 
 use carnet_store::replica::Replica;
 use carnet_syncd::frame::{self, FrameDecoder};
-use carnet_syncd::session::{HostSession, Msg, RoundReport, SiteSession};
+use carnet_syncd::session::{HostHeld, HostSession, Msg, RoundReport, SiteSession};
 
 /// A message in flight: when it arrives, and what it is.
 type Packet = (u64, Msg);
@@ -99,7 +102,9 @@ pub fn wire(m: &Msg) -> Result<Msg, String> {
 
 impl Flight {
     /// Starts a round of `site`: its `Hello` (and its `Pull`, when it expects news and has
-    /// nothing to push: `SiteSession::opening`) leaves at `now`, arriving after `delay`.
+    /// nothing to push; its pushes, when `held` says what the host held at the end of its
+    /// last round: `SiteSession::opening`) leaves at `now`, arriving after `delay`. The inner
+    /// error: the round failed as it opened (the site's storage failed).
     pub fn start(
         site_index: usize,
         site: &Replica,
@@ -107,12 +112,16 @@ impl Flight {
         now: u64,
         delay: u64,
         expect_news: bool,
-    ) -> Result<Flight, String> {
+        held: Option<HostHeld>,
+    ) -> Result<Result<Flight, String>, String> {
         let tls = carnet_syncd::enrol::site_tls(site).map_err(|e| e.to_string())?;
         let mut session = SiteSession::new(tls.identity.clone(), host_certificate);
-        let opening = session
-            .opening(crate::node::as_site(site).sync(), expect_news)
-            .map_err(|e| e.to_string())?;
+        // The site's storage may fail as it reads what it opens with (a fault armed on its
+        // disk): the round fails, as the driver's would.
+        let opening = match session.opening(crate::node::as_site(site).sync(), expect_news, held) {
+            Ok(opening) => opening,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
         let mut main = Stream::new(HostSession::new(
             site.config().site_id,
             tls.identity.cert_der.clone(),
@@ -121,14 +130,14 @@ impl Flight {
             main.up.push_back((now + delay, wire(&m)?));
             main.sent.push(m);
         }
-        Ok(Flight {
+        Ok(Ok(Flight {
             site: site_index,
             session,
             certificate: tls.identity.cert_der,
             streams: vec![main],
             uploads: None,
             started: now,
-        })
+        }))
     }
 
     /// The deliveries due at `now`: (stream, side), in a fixed order.
@@ -233,6 +242,16 @@ impl Flight {
             return Ok(Step::Done(self.session.report()));
         }
         Ok(Step::Moved)
+    }
+
+    /// The round sent its pushes behind its `Hello` (`SiteSession::pushed_behind_hello`).
+    pub fn pushed_behind_hello(&self) -> bool {
+        self.session.pushed_behind_hello()
+    }
+
+    /// Once the round is over: what the host holds of the site (`SiteSession::host_held`).
+    pub fn host_held(&self) -> Option<HostHeld> {
+        self.session.host_held()
     }
 
     /// The site wrote during its round (`SiteSession::news`): what the session sends for it

@@ -145,6 +145,8 @@ pub struct Stats {
     pub refused_after_revocation: u64,
     /// Messages a round in flight sent for what its site wrote meanwhile (`Flight::news`).
     pub news_sent: u64,
+    /// Rounds that sent their pushes behind their `Hello` (`Flight::pushed_behind_hello`).
+    pub pushed_behind_hello: u64,
 }
 
 impl Stats {
@@ -161,6 +163,7 @@ impl Stats {
         self.writes += other.writes;
         self.reads += other.reads;
         self.news_sent += other.news_sent;
+        self.pushed_behind_hello += other.pushed_behind_hello;
         self.refused_after_revocation += other.refused_after_revocation;
     }
 }
@@ -183,6 +186,9 @@ pub struct World {
     next_round: Vec<u64>,
     timers: Vec<RoundTimer>,
     connected: Vec<bool>,
+    /// Per site: what the host held at the end of its last round, while its connection would
+    /// still be open (`Flight::host_held`).
+    held: Vec<Option<carnet_syncd::session::HostHeld>>,
     /// Sites cut off from the host.
     partitioned: BTreeSet<usize>,
     /// Faults on (off once healing).
@@ -415,6 +421,7 @@ impl World {
             next_round: vec![EPOCH; sites + 1],
             timers: vec![RoundTimer::new(Duration::from_millis(EVERY)); sites + 1],
             connected: vec![false; sites + 1],
+            held: vec![None; sites + 1],
             partitioned: BTreeSet::new(),
             faults: true,
             host_certificate,
@@ -534,6 +541,12 @@ impl World {
         self.nodes[node].crash(power, up_at, &mut rng);
         self.stats.crashes += 1;
         self.stats.power_cuts += u64::from(power);
+        // Its connections are lost.
+        for (site, held) in self.held.iter_mut().enumerate() {
+            if node == 0 || site == node {
+                *held = None;
+            }
+        }
         // Its rounds are cut.
         let cut: Vec<usize> = self
             .flights
@@ -1008,8 +1021,20 @@ impl World {
                 self.now,
                 delay,
                 expect_news,
+                self.held[site],
             )?;
-            self.flights.push(flight);
+            match flight {
+                Ok(flight) => {
+                    self.stats.pushed_behind_hello += u64::from(flight.pushed_behind_hello());
+                    self.flights.push(flight);
+                }
+                Err(e) => {
+                    self.note(|| {
+                        format!("{}: round failed as it opened: {e}", self.nodes[site].name)
+                    });
+                    self.round_failed(site);
+                }
+            }
         }
         Ok(())
     }
@@ -1021,6 +1046,7 @@ impl World {
     fn round_failed(&mut self, site: usize) {
         self.note(|| format!("{}: round failed", self.nodes[site].name));
         self.stats.rounds_failed += 1;
+        self.held[site] = None;
         let jitter = Duration::from_millis(self.rng.below(1_000));
         let next = self.timers[site].failed(jitter);
         self.schedule(site, next);
@@ -1047,7 +1073,8 @@ impl World {
         let Some(i) = self.flights.iter().position(|f| f.site == site) else {
             return;
         };
-        self.flights.swap_remove(i);
+        let flight = self.flights.swap_remove(i);
+        self.held[site] = outcome.as_ref().ok().and_then(|_| flight.host_held());
         self.note(|| format!("{}: round {outcome:?}", self.nodes[site].name));
         match outcome {
             Ok(report) => {
@@ -1194,7 +1221,9 @@ impl World {
             self.now,
             delay,
             expect_news,
-        )?;
+            self.held[site],
+        )??;
+        self.held[site] = None;
         for _ in 0..100_000 {
             let Some(at) = flight.next_arrival() else {
                 return Err("the round stalled".into());
@@ -1212,6 +1241,7 @@ impl World {
                 Step::Done(report) => {
                     flight.finish(host);
                     self.stats.rounds_ok += 1;
+                    self.held[site] = flight.host_held();
                     return Ok(report);
                 }
                 Step::Failed(e) | Step::HostFailed(e) => return Err(e),

@@ -4,8 +4,11 @@
 //! link dials the host's daemons at `host_address` (`carnet.toml`), failing over between them.
 //!
 //! Invariants: the host learns the site from the peer's certificate (its fingerprint in the
-//! register), never from what the peer says; a revoked site's connection is closed; every read
-//! is bounded by `IDLE_TIMEOUT`, and so is every write that makes no progress; a malformed
+//! register), never from what the peer says; a revoked site's connection is closed; a wait for
+//! the peer's next message on a session stream fails after `IDLE_TIMEOUT` in which the peer
+//! moved no data on the connection (`peer_progress`: a body crossing a slow line leaves the
+//! session stream quiet for minutes), every other read after `IDLE_TIMEOUT`, and so does every
+//! write that makes no progress; a malformed
 //! frame or a protocol error ends that session with an `Error` message, not the server; store
 //! calls, which may sync to disk, run on the runtime's blocking side.
 //!
@@ -40,7 +43,7 @@ use crate::fleet::{Fleet, error_kind};
 use crate::frame::{self, FrameDecoder};
 use crate::pki::{HOST_NAME, Identity};
 use crate::schedule::IDLE_TIMEOUT;
-use crate::session::{HostSession, Msg, RoundReport, SiteSession};
+use crate::session::{HostHeld, HostSession, Msg, RoundReport, SiteSession};
 use crate::transport::Revoked;
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -831,6 +834,9 @@ struct Open {
     identity: Identity,
     /// The daemon's address.
     address: SocketAddr,
+    /// What the host held of this site when the last round on this connection ended well
+    /// (`SiteSession::host_held`): the next round pushes behind its `Hello` from there.
+    held: Option<HostHeld>,
 }
 
 /// A site's link to the host: one QUIC connection, opened at the first round and kept open
@@ -987,6 +993,7 @@ impl Link {
                         conn: conn.clone(),
                         identity: tls.identity.clone(),
                         address,
+                        held: None,
                     });
                     self.start = Some(Start::At(address));
                     self.opened += 1;
@@ -1049,12 +1056,20 @@ impl Link {
     async fn round_on_connection(&mut self, c: Connected) -> Result<RoundReport> {
         let before = if c.fresh { (0, 0) } else { self.wire_bytes() };
         let news = self.news.swap(false, Ordering::Relaxed);
-        let outcome = round_on(&c.conn, &self.replica, c.identity, news, self.quiet).await;
+        let held = self.open.as_ref().and_then(|o| o.held);
+        let opening = Opening {
+            expect_news: news,
+            held,
+        };
+        let outcome = round_on(&c.conn, &self.replica, c.identity, opening, self.quiet).await;
         if outcome.is_err() {
             self.news.store(true, Ordering::Relaxed);
         }
         match outcome {
-            Ok(mut report) => {
+            Ok((mut report, held)) => {
+                if let Some(open) = self.open.as_mut() {
+                    open.held = held;
+                }
                 let after = self.wire_bytes();
                 report.wire_sent = after.0 - before.0;
                 report.wire_received = after.1 - before.1;
@@ -1174,9 +1189,9 @@ async fn round_on(
     conn: &quinn::Connection,
     replica: &SiteReplica,
     identity: Identity,
-    expect_news: bool,
+    opening: Opening,
     quiet: Duration,
-) -> Result<RoundReport> {
+) -> Result<(RoundReport, Option<HostHeld>)> {
     let (mut send_stream, mut recv) = conn.open_bi().await.map_err(net_err)?;
     let host_certificate = peer_certificate(conn)?.to_vec();
     let session = Arc::new(std::sync::Mutex::new(SiteSession::new(
@@ -1187,7 +1202,7 @@ async fn round_on(
     let opening = tokio::task::spawn_blocking(move || {
         s.lock()
             .map_err(|_| Error::Invalid("session lock poisoned".into()))?
-            .opening(r.sync(), expect_news)
+            .opening(r.sync(), opening.expect_news, opening.held)
     })
     .await
     .map_err(net_err)??;
@@ -1226,7 +1241,7 @@ async fn round_on(
         };
         let answered = event.is_some();
         if answered {
-            heard = std::time::Instant::now();
+            (heard, progress) = (std::time::Instant::now(), peer_progress(conn));
         }
         let (r, s) = (replica.clone(), session.clone());
         let (out, done, report) = tokio::task::spawn_blocking(move || -> Result<_> {
@@ -1267,7 +1282,20 @@ async fn round_on(
     };
     let _ = send_stream.finish();
     report.round_trips = round_trips;
-    Ok(report)
+    let held = session
+        .lock()
+        .map_err(|_| Error::Invalid("session lock poisoned".into()))?
+        .host_held();
+    Ok((report, held))
+}
+
+/// What a round opens with (`SiteSession::opening`).
+#[derive(Debug, Clone, Copy)]
+struct Opening {
+    /// The host may have news for this site: the `Pull` goes with the `Hello`.
+    expect_news: bool,
+    /// What the host held at the end of the last round on this connection.
+    held: Option<HostHeld>,
 }
 
 /// A count that grows while the peer's application moves data on the connection: the stream
@@ -1553,6 +1581,46 @@ mod tests {
         endpoint.close(0u32.into(), b"done");
     }
 
+    /// On an open connection, a round after one that ended well sends what the site wrote
+    /// since behind its `Hello`: a document written at the site is at the host in one round
+    /// trip (two when the round waits for the `Welcome`, as the first on a connection does).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_an_open_link_what_the_site_wrote_goes_with_the_hello() {
+        let served = serving_host();
+        let (site, mut link) = site_dialing(&served, vec![served.addr]);
+        round_within(&mut link, Duration::from_secs(20))
+            .await
+            .expect("first round");
+        let write = |title: &str| {
+            site.put_document(
+                &Actor::Professional(doctor()),
+                AccessMode::Normal,
+                None,
+                &served.ins,
+                new_doc(title, b"ordonnance".to_vec()),
+            )
+            .expect("write")
+        };
+        let id = write("behind the Hello");
+        let report = round_within(&mut link, Duration::from_secs(20))
+            .await
+            .expect("round");
+        assert_eq!(report.round_trips, 1, "{report:?}");
+        assert!(served.host.has_body(&id).expect("body"));
+        assert_eq!(link.connections(), 1);
+        // A new connection waits for its Welcome.
+        link.close().await;
+        write("after the Welcome");
+        let report = round_within(&mut link, Duration::from_secs(20))
+            .await
+            .expect("round");
+        assert_eq!(
+            report.round_trips, 3,
+            "handshake, Welcome, pushes: {report:?}"
+        );
+        served.endpoint.close(0u32.into(), b"done");
+    }
+
     /// `size` incompressible bytes (as a scan is), so that the frames carry all of them.
     fn noise(size: usize) -> Vec<u8> {
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
@@ -1567,19 +1635,19 @@ mod tests {
     }
 
     /// A body crossing a slow line for longer than either end waits for the other's next
-    /// message (here 3 MiB at 1 MiB/s, against waits of 400 ms), written at `at` (the site: it
+    /// message (here 4 MiB at 1 MiB/s, against waits of 1 s), written at `at` (the site: it
     /// goes up; the host: it comes down): no whole message comes either way on the session
     /// stream meanwhile, yet the round goes on, for the body's stream moves; the body arrives
     /// whole.
     async fn a_body_longer_than_the_wait_for_a_message(at: Role) {
-        let served = serving_host_waiting(Duration::from_millis(400));
+        let served = serving_host_waiting(Duration::from_secs(1));
         let relay = Relay::paced(Some(served.addr), Some(1 << 20)).await;
         let (site, mut link) = site_dialing(&served, vec![relay.addr]);
-        link.quiet = Duration::from_millis(400);
+        link.quiet = Duration::from_secs(1);
         round_within(&mut link, Duration::from_secs(20))
             .await
             .expect("first round");
-        let scan = noise(3 << 20);
+        let scan = noise(4 << 20);
         let written_at = match at {
             Role::Site => &site,
             Role::Host => &served.host,

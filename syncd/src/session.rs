@@ -4,7 +4,9 @@
 //!
 //! A round, on one bidirectional stream (PROTOCOL.md):
 //! 1. site `Hello` (its id, its pull cursor) → host `Welcome` (the last change of the site it
-//!    applied, so pushing resumes after it, never from zero);
+//!    applied, so pushing resumes after it, never from zero); on a connection whose last round
+//!    ended well, the pushes go right behind the `Hello`, from the marks that round ended on
+//!    (`HostHeld`), and the `Welcome` must name the same;
 //! 2. site `Push` batches → host applies each durably, then `PushAck` (with the bodies it lacks
 //!    and how much of each it already keeps, which the site sends from there as `PutBodies`
 //!    (pieces of up to `CHUNK_MAX` bytes in all, several bodies at once up to `SEND_WINDOW`
@@ -839,6 +841,9 @@ pub struct SiteSession {
     to_send: Vec<(DocId, u64)>,
     /// Bodies sent and not yet stored by the host, with the bytes sent.
     sending: Vec<(DocId, u64)>,
+    /// Bodies the host said it stored in this round (its `BodyStored` and an acknowledgement
+    /// naming the body as missing travel on different streams, in either order).
+    stored: std::collections::HashSet<DocId>,
     /// Outbox entries read and not sent yet.
     queued: std::collections::VecDeque<(u64, Change)>,
     /// The last outbox entry sent.
@@ -871,7 +876,25 @@ pub struct SiteSession {
     /// A restored replica's catch-up: what the `Welcome` said the host holds of this site
     /// (its last change, its trace head and that entry's hash) and when the backup was taken.
     restoring: Option<Restoring>,
+    /// What the host held of this site when the last round on this connection ended, when
+    /// this round pushed behind its `Hello` from there (`opening`): its `Welcome` must say
+    /// the same.
+    pipelined: Option<HostHeld>,
+    /// This round caught up after a restore (`Msg::Restored`).
+    caught_up: bool,
     report: RoundReport,
+}
+
+/// What the host holds of a site: its last change and its last trace entry. At the end of a
+/// round, the marks the host acknowledged; on one connection of a site's daemon (which holds
+/// the replica's lock, and is the only one to push this site's changes there) they do not
+/// move between rounds, so the next round may push behind its `Hello` from them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostHeld {
+    /// The site's last change the host holds.
+    pub changes: u64,
+    /// The site's last trace entry the host holds.
+    pub traces: u64,
 }
 
 /// What a restored site's round catches up to (see `SiteSession::restoring`).
@@ -892,6 +915,7 @@ impl SiteSession {
             host_certificate,
             to_send: Vec::new(),
             sending: Vec::new(),
+            stored: std::collections::HashSet::new(),
             queued: std::collections::VecDeque::new(),
             push_sent: 0,
             traces_sent: 0,
@@ -906,6 +930,8 @@ impl SiteSession {
             pages_awaited: 0,
             pulled: false,
             restoring: None,
+            pipelined: None,
+            caught_up: false,
             report: RoundReport::default(),
         }
     }
@@ -928,10 +954,42 @@ impl SiteSession {
     /// right behind it: the host answers both in one round trip. The trace entries go after
     /// the pull, and a body the host says it lacks still goes before anything of that pull is
     /// applied (the pull is then asked for again).
-    pub fn opening(&mut self, replica: SiteSync<'_>, expect_news: bool) -> Result<Vec<Msg>> {
+    ///
+    /// When `held` says what the host held at the end of the last round on this connection
+    /// (`host_held`), what this site wrote since — trace entries, then changes, in the push
+    /// window — goes right behind the `Hello`, from there, and the `Pull` behind it when every
+    /// change carried its body inline: a change reaches the host one round trip sooner, and
+    /// such a round is one round trip. The `Welcome` must then name the same marks, or the
+    /// round fails (and the next one, on a new connection, waits for its `Welcome`).
+    pub fn opening(
+        &mut self,
+        replica: SiteSync<'_>,
+        expect_news: bool,
+        held: Option<HostHeld>,
+    ) -> Result<Vec<Msg>> {
         let hello = self.start(replica)?;
+        let restored = replica.restore_mark()?.is_some();
+        if let (Some(held), false) = (held, restored) {
+            self.push_sent = held.changes;
+            self.traces_sent = held.traces;
+            self.traces_until = replica.trace_head()?;
+            let (pushes, drained) = self.queue_pushes(replica)?;
+            if !pushes.is_empty() {
+                self.pipelined = Some(held);
+                let mut out = vec![hello];
+                out.extend(pushes);
+                if drained && !self.bodies_may_follow && self.in_flight.contains(&Pushed::Push) {
+                    self.pull_asked = true;
+                    self.pages_awaited = PULL_PAGES;
+                    out.push(Msg::Pull {
+                        after: replica.pull_cursor()?,
+                    });
+                }
+                return Ok(out);
+            }
+        }
         let nothing_to_push = replica.outbox(0, 1)?.is_empty();
-        if !expect_news || !nothing_to_push || replica.restore_mark()?.is_some() {
+        if !expect_news || !nothing_to_push || restored {
             return Ok(vec![hello]);
         }
         self.pull_asked = true;
@@ -947,6 +1005,20 @@ impl SiteSession {
     /// True once the round is over.
     pub fn is_done(&self) -> bool {
         self.state == SiteState::Done
+    }
+
+    /// This round sent its pushes behind its `Hello` (`opening` with what the host held).
+    pub fn pushed_behind_hello(&self) -> bool {
+        self.pipelined.is_some()
+    }
+
+    /// Once the round is over: what the host holds of this site (for the next round on this
+    /// connection: `opening`). `None` for a round that caught up after a restore.
+    pub fn host_held(&self) -> Option<HostHeld> {
+        (self.is_done() && !self.caught_up).then_some(HostHeld {
+            changes: self.report.pushed,
+            traces: self.report.traces,
+        })
     }
 
     /// What the round did.
@@ -1008,19 +1080,35 @@ impl SiteSession {
     /// whenever the replica commits; at any other step of the round it sends nothing (pushing
     /// reads the outbox as it goes, and what comes later goes with the next round).
     pub fn news(&mut self, replica: SiteSync<'_>) -> Result<Vec<Msg>> {
-        if !matches!(self.state, SiteState::SendingBodies | SiteState::Fetching) {
+        if !self.moving_bodies() {
             return Ok(Vec::new());
         }
         self.traces_until = replica.trace_head()?;
         Ok(self.queue_pushes(replica)?.0)
     }
 
+    /// Bodies are going up or coming down, or wait to: what the site writes meanwhile is
+    /// pushed (`news`). Once they are done, nothing more is (what is written then goes with
+    /// the next round), so a site that keeps writing does not keep the round, and its pull,
+    /// from ending.
+    fn moving_bodies(&self) -> bool {
+        match self.state {
+            SiteState::SendingBodies => !self.sending.is_empty() || !self.to_send.is_empty(),
+            SiteState::Fetching => !self.fetching.is_empty() || !self.to_fetch.is_empty(),
+            _ => false,
+        }
+    }
+
     /// After an acknowledgement: the step the round is at goes on (pushes made while bodies
     /// move are acknowledged in the middle of them).
     fn after_ack(&mut self, replica: SiteSync<'_>) -> Result<Vec<Msg>> {
-        let (mut out, _) = match self.state {
-            SiteState::SendingBodies | SiteState::Fetching => self.queue_pushes(replica)?,
-            _ => return self.fill_pushes(replica),
+        if !matches!(self.state, SiteState::SendingBodies | SiteState::Fetching) {
+            return self.fill_pushes(replica);
+        }
+        let mut out = if self.moving_bodies() {
+            self.queue_pushes(replica)?.0
+        } else {
+            Vec::new()
         };
         out.extend(match self.state {
             SiteState::SendingBodies => self.send_bodies(replica)?,
@@ -1259,12 +1347,24 @@ impl SiteSession {
                     crate::enrol::install_renewed(&replica, &cert)?;
                     self.report.renewed = true;
                 }
+                if let Some(held) = self.pipelined
+                    && (acked, traces_acked) != (held.changes, held.traces)
+                {
+                    // Pushed behind the Hello from marks the host no longer holds (restored
+                    // from a backup meanwhile?): the host refuses what does not follow on.
+                    return Err(Error::Invalid(format!(
+                        "the host holds changes up to {acked} and trace entries up to {traces_acked} of this site, not {} and {} as at the end of the last round: the next round starts from what it holds",
+                        held.changes, held.traces
+                    )));
+                }
                 replica.quarantine_returned(&returned)?;
                 // The host holds everything up to `acked`: those entries are done with.
                 if acked > 0 {
                     replica.ack_outbox(acked)?;
                 }
-                self.push_sent = acked;
+                if self.pipelined.is_none() {
+                    self.push_sent = acked;
+                }
                 // What the host holds already (a live round may have pushed it before).
                 self.report.pushed = acked;
                 self.report.traces = traces_acked;
@@ -1298,13 +1398,16 @@ impl SiteSession {
                         taken_at: mark.taken_at,
                     });
                     self.state = SiteState::Restoring;
+                    self.caught_up = true;
                     return Ok(vec![Msg::Restored {
                         taken_at: mark.taken_at,
                         after: replica.trace_head()?,
                     }]);
                 }
-                self.traces_sent = traces_acked;
-                self.traces_until = replica.trace_head()?;
+                if self.pipelined.is_none() {
+                    self.traces_sent = traces_acked;
+                    self.traces_until = replica.trace_head()?;
+                }
                 self.fill_pushes(replica)
             }
             (SiteState::Restoring, Msg::OwnTraces { records, more }) => {
@@ -1381,7 +1484,8 @@ impl SiteSession {
                         .iter()
                         .chain(&self.sending)
                         .any(|(d, _)| *d == doc);
-                    if !queued && replica.body_for_sync(&doc).is_ok() {
+                    if !queued && !self.stored.contains(&doc) && replica.body_for_sync(&doc).is_ok()
+                    {
                         self.to_send.push((doc, kept));
                     }
                 }
@@ -1392,6 +1496,7 @@ impl SiteSession {
                     return Err(out_of_turn("BodyStored"));
                 };
                 self.sending.swap_remove(i);
+                self.stored.insert(doc);
                 self.send_bodies(replica)
             }
             (
@@ -1512,7 +1617,8 @@ mod tests {
         panic!("the round did not end");
     }
 
-    fn wire(m: &Msg) -> Msg {
+    /// `m` as the peer decodes it from the wire.
+    pub(super) fn wire(m: &Msg) -> Msg {
         let mut d = crate::frame::FrameDecoder::new();
         d.push(&crate::frame::encode(m).expect("encode"));
         d.next_message().expect("decode").expect("one message")
@@ -2057,7 +2163,7 @@ mod tests {
         let kinds = |msgs: &[Msg]| msgs.iter().map(Msg::kind).collect::<Vec<_>>();
         let opening = |expect_news| {
             SiteSession::new(signer(&site), Vec::new())
-                .opening(crate::testkit::site_sync(&site), expect_news)
+                .opening(crate::testkit::site_sync(&site), expect_news, None)
                 .expect("opening")
         };
         assert_eq!(kinds(&opening(false)), ["Hello"]);
@@ -2068,7 +2174,7 @@ mod tests {
         let mut s = SiteSession::new(signer(&site), Vec::new());
         let mut h = HostSession::new(site.config().site_id, certificate(&site));
         let first = s
-            .opening(crate::testkit::site_sync(&site), true)
+            .opening(crate::testkit::site_sync(&site), true, None)
             .expect("opening");
         assert_eq!(kinds(&first), ["Hello", "Pull"]);
         let replies = h
@@ -2163,7 +2269,7 @@ mod tests {
             .expect("write");
         let mut s = SiteSession::new(signer(&site), Vec::new());
         let opening = s
-            .opening(crate::testkit::site_sync(&site), true)
+            .opening(crate::testkit::site_sync(&site), true, None)
             .expect("opening");
         assert_eq!(opening.len(), 2, "Hello and Pull");
         let pulls = round_holding_the_pull_for_a_body(&host, &site, s, opening, |m| m);
@@ -2701,31 +2807,36 @@ mod tests {
 
 #[cfg(test)]
 mod news_tests {
-    use super::tests::round;
+    use super::tests::{round, wire};
     use super::*;
     use crate::testkit::{certificate, doctor, host_and_site, new_doc, signer};
     use carnet_store::model::{AccessMode, Actor};
     use carnet_store::replica::Role;
-
-    fn wire(m: &Msg) -> Msg {
-        let mut d = crate::frame::FrameDecoder::new();
-        d.push(&crate::frame::encode(m).expect("encode"));
-        d.next_message().expect("decode").expect("one message")
-    }
 
     /// A body transfer, which the driver carries on a stream of its own.
     fn moves_a_body(m: &Msg) -> bool {
         matches!(m, Msg::PutBodies(_) | Msg::GetBody { .. })
     }
 
+    /// In what order the site hears the host's answers on the two kinds of streams.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Answers {
+        /// The session stream's first (its acknowledgements before the body transfers').
+        SessionFirst,
+        /// The body transfers' first: every acknowledgement waits until no body moves.
+        BodiesFirst,
+    }
+
     /// Runs `site`'s round as the driver carries it: bodies on a stream of their own, below
-    /// the session stream (whatever waits on the session stream is delivered first). As soon
-    /// as a body transfer is under way (sent, not delivered), `write` writes at the site and
-    /// the session hears of it (`news`). Answers whether the host held `watched()` (the
-    /// document written) when the next body transfer reached it, and the round's report.
+    /// the session stream (whatever waits on the session stream reaches the host first), the
+    /// host's answers coming back in the order `answers` says. As soon as a body transfer is
+    /// under way (sent, not delivered), `write` writes at the site and the session hears of it
+    /// (`news`). Answers whether the host held the document written when the next body
+    /// transfer reached it, and the round's report.
     fn round_with_a_write_while_a_body_moves(
         host: &Replica,
         site: &Replica,
+        answers: Answers,
         write: impl FnOnce() -> DocId,
     ) -> (bool, RoundReport) {
         let mut s = SiteSession::new(signer(site), Vec::new());
@@ -2740,6 +2851,7 @@ mod news_tests {
             "nothing is pushed before the Welcome says where pushing resumes"
         );
         let mut body_transfers: std::collections::VecDeque<Msg> = Default::default();
+        let mut held_back: Vec<Msg> = Vec::new();
         let (mut write, mut written, mut held_first) = (Some(write), None, None);
         for _ in 0..1_000 {
             let (session, transfers): (Vec<Msg>, Vec<Msg>) =
@@ -2756,23 +2868,26 @@ mod news_tests {
             }
             let replies = if !session.is_empty() {
                 let arrived = session.iter().map(wire).collect();
-                main.handle_all(crate::testkit::host_sync(host), arrived)
-                    .expect("host")
+                let replies = main
+                    .handle_all(crate::testkit::host_sync(host), arrived)
+                    .expect("host");
+                // The session stream delivers in order: behind what it holds back already.
+                let hold = !body_transfers.is_empty() || !held_back.is_empty();
+                if answers == Answers::BodiesFirst && hold {
+                    held_back.extend(replies);
+                    Vec::new()
+                } else {
+                    replies
+                }
             } else if let Some(transfer) = body_transfers.pop_front() {
                 if let (Some(doc), None) = (written, held_first) {
-                    held_first = Some(
-                        host.read_document(
-                            &Actor::Professional(doctor()),
-                            &doc,
-                            AccessMode::Normal,
-                            None,
-                        )
-                        .is_ok(),
-                    );
+                    held_first = Some(host.has_body(&doc).expect("has"));
                 }
                 bodies
                     .handle(crate::testkit::host_sync(host), wire(&transfer))
                     .expect("host")
+            } else if !held_back.is_empty() {
+                std::mem::take(&mut held_back)
             } else {
                 panic!("the round waits for nothing");
             };
@@ -2783,6 +2898,7 @@ mod news_tests {
                 );
             }
             if s.is_done() {
+                assert!(held_back.is_empty(), "the round ended before its answers");
                 return (
                     held_first.expect("a body moved after the write"),
                     s.report(),
@@ -2792,12 +2908,12 @@ mod news_tests {
         panic!("the round did not end");
     }
 
-    /// A prescription written at the site while an image moves between the host and it
-    /// (written at `image_at`, the site or the host) leaves at once, on the session stream,
-    /// and the host holds it before the image's next piece moves; the round ends with the
-    /// image at both ends, the prescription and the trace of its writing at the host, and
-    /// nothing left in the outbox.
-    fn a_prescription_written_while_an_image_moves(image_at: Role) {
+    /// A document written at the site while an image moves between the host and it (written
+    /// at `image_at`, the site or the host) leaves at once, on the session stream, and the
+    /// host holds it before the image's next piece moves; the round ends with the image at
+    /// both ends, the document (its body too: one of `size` bytes goes after its push, as
+    /// owed) and the trace of its writing at the host, and nothing left in the outbox.
+    fn a_document_written_while_an_image_moves(image_at: Role, answers: Answers, size: usize) {
         let (_t, host, site, ins) = host_and_site();
         round(&host, &site);
         let actor = Actor::Professional(doctor());
@@ -2809,27 +2925,50 @@ mod news_tests {
             Role::Site => write(&site, "image", vec![3; 3 * CHUNK_MAX]),
             Role::Host => write(&host, "image", vec![4; 3 * CHUNK_MAX]),
         };
-        let (held, report) = round_with_a_write_while_a_body_moves(&host, &site, || {
-            write(&site, "ordonnance", vec![5; 300])
+        let mut written = None;
+        let (held, report) = round_with_a_write_while_a_body_moves(&host, &site, answers, || {
+            *written.get_or_insert(write(&site, "ordonnance", vec![5; size]))
         });
-        assert!(held, "the prescription waited for the image");
+        let written = written.expect("written");
+        assert_eq!(
+            held,
+            size as u64 <= INLINE_MAX,
+            "a small body goes with its push, ahead of the image"
+        );
         let site_sync = crate::testkit::site_sync(&site);
         assert_eq!(report.pushed, site_sync.outbox_issued().expect("issued"));
         assert!(site_sync.outbox(0, 1).expect("outbox").is_empty());
         assert_eq!(report.traces, site.trace_head().expect("trace head"));
-        assert!(host.has_body(&image).expect("body"));
-        assert!(site.has_body(&image).expect("body"));
+        for doc in [image, written] {
+            assert!(host.has_body(&doc).expect("body"));
+            assert!(site.has_body(&doc).expect("body"));
+        }
     }
 
     #[test]
     fn a_prescription_written_while_an_image_goes_up_is_pushed_ahead_of_it() {
-        a_prescription_written_while_an_image_moves(Role::Site);
+        a_document_written_while_an_image_moves(Role::Site, Answers::SessionFirst, 300);
     }
 
     /// A mobile unit fetching an image: the prescription goes up in the middle of the fetch.
     #[test]
     fn a_prescription_written_while_an_image_comes_down_is_pushed_meanwhile() {
-        a_prescription_written_while_an_image_moves(Role::Host);
+        a_document_written_while_an_image_moves(Role::Host, Answers::SessionFirst, 300);
+    }
+
+    /// The acknowledgement of a document written meanwhile, whose body is too large to go with
+    /// its push, comes after the image's transfer is done: the round waits for it, then sends
+    /// that body, before it ends.
+    #[test]
+    fn a_large_document_written_while_an_image_goes_up_is_sent_after_its_late_acknowledgement() {
+        let size = 2 * INLINE_MAX as usize;
+        a_document_written_while_an_image_moves(Role::Site, Answers::BodiesFirst, size);
+    }
+
+    #[test]
+    fn a_large_document_written_while_an_image_comes_down_is_sent_after_its_late_acknowledgement() {
+        let size = 2 * INLINE_MAX as usize;
+        a_document_written_while_an_image_moves(Role::Host, Answers::BodiesFirst, size);
     }
 }
 
@@ -3199,5 +3338,138 @@ mod quarantine_tests {
                 .expect("returned")
                 .is_empty()
         );
+    }
+}
+
+#[cfg(test)]
+mod pipelined_tests {
+    use super::tests::{round, wire};
+    use super::*;
+    use crate::testkit::{certificate, doctor, host_and_site, new_doc, signer};
+    use carnet_store::model::{AccessMode, Actor};
+
+    /// Runs the round `s` opened with `first` to its end; answers the exchanges it took (each
+    /// the site's messages out and the host's answers back), or the site's error.
+    fn exchanges(
+        host: &Replica,
+        site: &Replica,
+        s: &mut SiteSession,
+        first: Vec<Msg>,
+    ) -> Result<usize> {
+        let mut h = HostSession::new(site.config().site_id, certificate(site));
+        let mut to_host = first;
+        for exchange in 1..1_000 {
+            let arrived = to_host.drain(..).map(|m| wire(&m)).collect();
+            for m in h
+                .handle_all(crate::testkit::host_sync(host), arrived)
+                .expect("host")
+            {
+                to_host.extend(s.handle(crate::testkit::site_sync(site), wire(&m))?);
+            }
+            if s.is_done() {
+                return Ok(exchange);
+            }
+        }
+        panic!("the round did not end");
+    }
+
+    /// A round from its opening, with `held` (`SiteSession::opening`): the session, the
+    /// messages it opened with, and the exchanges it took.
+    fn round_from(
+        host: &Replica,
+        site: &Replica,
+        held: Option<HostHeld>,
+    ) -> (SiteSession, Vec<&'static str>, Result<usize>) {
+        let mut s = SiteSession::new(signer(site), Vec::new());
+        let first = s
+            .opening(crate::testkit::site_sync(site), false, held)
+            .expect("opening");
+        let kinds = first.iter().map(Msg::kind).collect();
+        let took = exchanges(host, site, &mut s, first);
+        (s, kinds, took)
+    }
+
+    fn write(r: &Replica, ins: &carnet_store::ids::Ins, title: &str) -> DocId {
+        r.put_document(
+            &Actor::Professional(doctor()),
+            AccessMode::Normal,
+            None,
+            ins,
+            new_doc(title, vec![9; 300]),
+        )
+        .expect("write")
+    }
+
+    /// After a round that ended well, the next one on the same connection sends what the site
+    /// wrote since right behind its `Hello`, the `Pull` behind it: one exchange where waiting
+    /// for the `Welcome` takes two; the host holds the document, and the round says what the
+    /// host holds for the next one.
+    #[test]
+    fn a_round_after_one_that_ended_well_pushes_behind_its_hello_in_one_exchange() {
+        let (_t, host, site, ins) = host_and_site();
+        let (first, _, took) = round_from(&host, &site, None);
+        took.expect("first round");
+        let held = first
+            .host_held()
+            .expect("held after a round that ended well");
+
+        write(&site, &ins, "waiting for the Welcome");
+        let (s, kinds, took) = round_from(&host, &site, None);
+        assert_eq!(kinds, ["Hello"]);
+        assert_eq!(took.expect("round"), 2);
+        let held_after = s.host_held().expect("held");
+        assert!(held_after.changes > held.changes && held_after.traces > held.traces);
+
+        let doc = write(&site, &ins, "behind the Hello");
+        let (s, kinds, took) = round_from(&host, &site, Some(held_after));
+        assert_eq!(kinds, ["Hello", "Traces", "Push", "Pull"]);
+        assert_eq!(took.expect("round"), 1);
+        assert!(host.has_body(&doc).expect("body"));
+        let sync = crate::testkit::site_sync(&site);
+        assert!(sync.outbox(0, 1).expect("outbox").is_empty());
+        assert_eq!(
+            s.host_held(),
+            Some(HostHeld {
+                changes: sync.outbox_issued().expect("issued"),
+                traces: site.trace_head().expect("head"),
+            })
+        );
+        // Nothing new: a Hello alone, as without `held`.
+        let (_, kinds, _) = round_from(&host, &site, s.host_held());
+        assert_eq!(kinds, ["Hello"]);
+    }
+
+    /// Marks that moved since (another round ran meanwhile): the `Welcome` says other marks,
+    /// the round fails, and the next, waiting for its `Welcome`, ends with everything at the
+    /// host once.
+    #[test]
+    fn a_round_pushed_behind_its_hello_from_marks_that_moved_fails_and_loses_nothing() {
+        let (_t, host, site, ins) = host_and_site();
+        let (first, _, took) = round_from(&host, &site, None);
+        took.expect("first round");
+        let stale = first.host_held().expect("held");
+        write(&site, &ins, "pushed by another round");
+        round(&host, &site);
+        let late = write(&site, &ins, "behind the Hello");
+        let (_, kinds, took) = round_from(&host, &site, Some(stale));
+        assert_eq!(kinds, ["Hello", "Traces", "Push", "Pull"]);
+        let e = took.expect_err("the Welcome names other marks");
+        assert!(
+            e.to_string().contains("as at the end of the last round"),
+            "{e}"
+        );
+        let (s, _, took) = round_from(&host, &site, None);
+        took.expect("the next round");
+        assert!(host.has_body(&late).expect("body"));
+        let sync = crate::testkit::site_sync(&site);
+        assert!(sync.outbox(0, 1).expect("outbox").is_empty());
+        assert_eq!(
+            s.host_held().map(|h| h.changes),
+            Some(sync.outbox_issued().expect("issued"))
+        );
+        let listed = host
+            .list_documents(&Actor::Professional(doctor()), &ins)
+            .expect("list");
+        assert_eq!(listed.len(), 2, "each document once");
     }
 }
