@@ -1273,7 +1273,7 @@ async fn round_on(
         if !puts.is_empty() {
             upload
                 .get_or_insert_with(|| Upload::start(conn.clone(), from_bodies.clone()))
-                .send(puts)?;
+                .send(puts);
         }
         send(&mut send_stream, &rest).await?;
         if done {
@@ -1369,10 +1369,10 @@ impl Upload {
         Upload { puts }
     }
 
-    fn send(&self, puts: Vec<Msg>) -> Result<()> {
-        self.puts
-            .send(puts)
-            .map_err(|_| Error::Invalid("the body stream ended".into()))
+    /// Queues `puts` for the stream. A stream that failed has sent the round its error
+    /// already (through the session's channel): the round ends with it there.
+    fn send(&self, puts: Vec<Msg>) {
+        let _ = self.puts.send(puts);
     }
 }
 
