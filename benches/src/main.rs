@@ -26,6 +26,7 @@ mod handover;
 mod host;
 mod idle;
 mod link;
+mod segments;
 mod sim;
 mod sync;
 mod tmp;
@@ -67,6 +68,7 @@ fn main() {
         "host" => host::run(),
         "handover" => handover::run(),
         "link" => link::run(),
+        "segments" => segments::run(),
         // Only the initial sync, for profiling it alone.
         "sync-initial" => sync::initial_only(),
         // Only the batched ingest, for profiling it alone.
@@ -75,7 +77,7 @@ fn main() {
         "reads" => reads_only(),
         _ => {
             eprintln!(
-                "usage: carnet-bench store|sync|idle [--seconds N]|sim [--seeds N] [--first S]|host [--sites N] [--seconds S] [--docs A,B] [--storage redb|postgres]|handover [--reps N]|link [--full] [--rate R]… [--delay MS]… [--loss PCT]… [--workload W]…"
+                "usage: carnet-bench store|sync|idle [--seconds N]|sim [--seeds N] [--first S]|host [--sites N] [--seconds S] [--docs A,B] [--storage redb|postgres]|handover [--reps N]|link [--full] [--rate R]… [--delay MS]… [--loss PCT]… [--workload W]…|segments"
             );
             std::process::exit(2);
         }

@@ -19,6 +19,7 @@ pub mod model;
 pub mod padding;
 pub mod policy;
 pub mod replica;
+pub mod segments;
 pub mod text;
 pub mod time;
 

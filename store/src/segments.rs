@@ -1,0 +1,424 @@
+//! Append-only segment files: where large values (document body chunks) can live outside
+//! redb's B-tree, redb keeping in their place a 16-byte `Location`. A body is then written once,
+//! sequentially, and made durable with one `fdatasync`, instead of being copied into B-tree
+//! pages (issue "Sync at the speed of the wire", §3).
+//!
+//! Layout: a folder of files `00000001.seg`, `00000002.seg`, …, each a sequence of records
+//! `len (u32 LE) ‖ check (16 bytes) ‖ bytes`, `check` the first 16 bytes of the BLAKE3 of
+//! `bytes` keyed by `segment (u32 LE) ‖ offset (u64 LE)` (zeros to 32 bytes). Nothing reads a segment from its start: a record is found
+//! by its location alone.
+//!
+//! Invariants:
+//! - A record, once appended, is never changed: a segment only grows, until it is removed
+//!   whole (once nothing names it).
+//! - Appends go to a segment this process created (the first append after `open` starts a new
+//!   one): a tail a crash cut short is never written after.
+//! - `sync` returns once every record appended before it, and the name of every segment
+//!   created or removed before it, is on disk. The caller syncs before committing the index
+//!   that names the records, so a durable index names only durable records.
+//! - A read checks the record's length and check against its location: a torn, overwritten or
+//!   misplaced record is an `Integrity` error, never other bytes.
+//! - A `View` reads the segments that existed when it was taken, even once removed (their
+//!   files stay open): a read transaction's index may name a segment removed meanwhile.
+//! - After a failed write or sync every later append and sync fails (what reached the disk is
+//!   unknown until the segments are opened again), as the database file's backend does.
+//! - A segment grows past `max_bytes` by at most one record; a record is at most `RECORD_MAX`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::OpenOptions;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use redb::StorageBackend;
+
+use crate::error::{Error, Result};
+
+/// Folder of the segments inside the data folder.
+pub const SEGMENTS_DIR: &str = "segments";
+/// Size past which appends go to a new segment.
+pub const SEGMENT_BYTES: u64 = 64 << 20;
+/// Largest record.
+pub const RECORD_MAX: usize = 64 << 20;
+/// Bytes before a record's own: its length and its check.
+const HEADER: usize = 4 + CHECK;
+const CHECK: usize = 16;
+
+/// Where a record is: its segment, its offset there, its length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Location {
+    /// The segment's number.
+    pub segment: u32,
+    /// Where the record (its header) begins.
+    pub offset: u64,
+    /// The length of the record's bytes (without the header).
+    pub len: u32,
+}
+
+impl Location {
+    /// The length of `encode`'s bytes.
+    pub const ENCODED: usize = 16;
+
+    /// `segment (u32 LE) ‖ offset (u64 LE) ‖ len (u32 LE)`.
+    pub fn encode(&self) -> [u8; Self::ENCODED] {
+        let mut out = [0u8; Self::ENCODED];
+        out[..4].copy_from_slice(&self.segment.to_le_bytes());
+        out[4..12].copy_from_slice(&self.offset.to_le_bytes());
+        out[12..].copy_from_slice(&self.len.to_le_bytes());
+        out
+    }
+
+    /// The location `encode` wrote into `bytes`.
+    pub fn decode(bytes: &[u8]) -> Result<Location> {
+        let bytes: &[u8; Self::ENCODED] = bytes.try_into().map_err(|_| {
+            Error::integrity(format!(
+                "a segment location of {} bytes (16 expected)",
+                bytes.len()
+            ))
+        })?;
+        let (mut segment, mut offset, mut len) = ([0u8; 4], [0u8; 8], [0u8; 4]);
+        segment.copy_from_slice(&bytes[..4]);
+        offset.copy_from_slice(&bytes[4..12]);
+        len.copy_from_slice(&bytes[12..]);
+        Ok(Location {
+            segment: u32::from_le_bytes(segment),
+            offset: u64::from_le_bytes(offset),
+            len: u32::from_le_bytes(len),
+        })
+    }
+}
+
+/// Where the segment files are: a folder (`Folder`), or, in tests and the simulator, a
+/// simulated disk that loses at a power cut what was not synced.
+pub trait SegmentFiles: Send + Sync + std::fmt::Debug {
+    /// The segments present, in any order.
+    fn list(&self) -> io::Result<Vec<u32>>;
+    /// Segment `n`, created empty when `create` (and it does not exist).
+    fn open(&self, n: u32, create: bool) -> io::Result<Box<dyn StorageBackend>>;
+    /// Removes segment `n`.
+    fn remove(&self, n: u32) -> io::Result<()>;
+    /// Makes the names of the segments created and removed so far durable.
+    fn sync_names(&self) -> io::Result<()>;
+}
+
+/// Segment files in a folder on disk.
+#[derive(Debug)]
+pub struct Folder {
+    path: PathBuf,
+}
+
+impl Folder {
+    /// The segments in `path`, created (owner only) when missing.
+    pub fn new(path: &Path) -> io::Result<Folder> {
+        if !path.exists() {
+            std::fs::DirBuilder::new().mode(0o700).create(path)?;
+        }
+        Ok(Folder {
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn file(&self, n: u32) -> PathBuf {
+        self.path.join(format!("{n:08}.seg"))
+    }
+}
+
+impl SegmentFiles for Folder {
+    fn list(&self) -> io::Result<Vec<u32>> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&self.path)? {
+            let name = entry?.file_name();
+            let number = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".seg"))
+                .filter(|n| n.len() == 8 && n.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|n| n.parse::<u32>().ok());
+            out.extend(number);
+        }
+        Ok(out)
+    }
+
+    fn open(&self, n: u32, create: bool) -> io::Result<Box<dyn StorageBackend>> {
+        let path = self.file(n);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(create)
+            .mode(0o600)
+            // Never a link out of the data folder.
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)?;
+        if !file.metadata()?.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} is not a file", path.display()),
+            ));
+        }
+        Ok(Box::new(SegmentFile(file)))
+    }
+
+    fn remove(&self, n: u32) -> io::Result<()> {
+        std::fs::remove_file(self.file(n))
+    }
+
+    fn sync_names(&self) -> io::Result<()> {
+        std::fs::File::open(&self.path)?.sync_all()
+    }
+}
+
+/// A segment file as a storage backend.
+#[derive(Debug)]
+struct SegmentFile(std::fs::File);
+
+impl StorageBackend for SegmentFile {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        self.0.read_exact_at(out, offset)
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.0.write_all_at(data, offset)
+    }
+}
+
+/// The open segments, by number.
+type Open = BTreeMap<u32, Arc<dyn StorageBackend>>;
+
+/// The segments of one data folder: appends, syncs, views, removal.
+#[derive(Debug)]
+pub struct Segments {
+    files: Box<dyn SegmentFiles>,
+    max_bytes: u64,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    /// Every segment, for the views (replaced, never changed, when one is added or removed).
+    open: Arc<Open>,
+    /// The segment appends go to, and its end.
+    current: Option<(u32, u64)>,
+    /// The number of the next segment created.
+    next: u32,
+    /// Segments appended to since the last sync.
+    unsynced: BTreeSet<u32>,
+    /// A segment was created or removed since the last sync.
+    names_changed: bool,
+    /// What failed, once a write or a sync did.
+    failed: Option<String>,
+}
+
+/// The segments that existed when it was taken, to read records from.
+#[derive(Debug, Clone)]
+pub struct View {
+    open: Arc<Open>,
+}
+
+impl Segments {
+    /// The segments in the folder `path` (created when missing).
+    pub fn in_folder(path: &Path) -> Result<Segments> {
+        Segments::open(Box::new(Folder::new(path)?), SEGMENT_BYTES)
+    }
+
+    /// The segments of `files`; appends go to new segments of about `max_bytes`.
+    pub fn open(files: Box<dyn SegmentFiles>, max_bytes: u64) -> Result<Segments> {
+        let mut open = Open::new();
+        for n in files.list()? {
+            let file = files
+                .open(n, false)
+                .map_err(|e| Error::Storage(format!("segment {n}: {e}")))?;
+            open.insert(n, Arc::from(file));
+        }
+        let next = open.keys().next_back().map_or(1, |n| n.saturating_add(1));
+        Ok(Segments {
+            files,
+            max_bytes,
+            state: Mutex::new(State {
+                open: Arc::new(open),
+                current: None,
+                next,
+                unsynced: BTreeSet::new(),
+                names_changed: false,
+                failed: None,
+            }),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends `bytes` as a new record; durable once `sync` returns.
+    pub fn append(&self, bytes: &[u8]) -> Result<Location> {
+        let len = u32::try_from(bytes.len())
+            .ok()
+            .filter(|_| bytes.len() <= RECORD_MAX)
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "a record of {} bytes (at most {RECORD_MAX})",
+                    bytes.len()
+                ))
+            })?;
+        let mut state = self.state();
+        check_failed(&state)?;
+        let (segment, offset) = match state.current {
+            Some((segment, end)) if end < self.max_bytes => (segment, end),
+            _ => {
+                let n = state.next;
+                let created = self.files.open(n, true);
+                let file = fail_on_error(&mut state, created, "creating segment")?;
+                state.next = n.checked_add(1).ok_or_else(|| {
+                    Error::Storage("no segment number is left: compact the segments".into())
+                })?;
+                Arc::make_mut(&mut state.open).insert(n, Arc::from(file));
+                state.names_changed = true;
+                (n, 0)
+            }
+        };
+        let mut record = Vec::with_capacity(HEADER + bytes.len());
+        record.extend_from_slice(&len.to_le_bytes());
+        record.extend_from_slice(&check(segment, offset, bytes));
+        record.extend_from_slice(bytes);
+        let file = state
+            .open
+            .get(&segment)
+            .cloned()
+            .ok_or_else(|| Error::Storage(format!("segment {segment} is not open")))?;
+        let written = file.write(offset, &record);
+        fail_on_error(&mut state, written, "appending to a segment")?;
+        state.current = Some((segment, offset + record.len() as u64));
+        state.unsynced.insert(segment);
+        Ok(Location {
+            segment,
+            offset,
+            len,
+        })
+    }
+
+    /// Makes every record appended so far, and every segment created or removed, durable.
+    pub fn sync(&self) -> Result<()> {
+        let mut state = self.state();
+        check_failed(&state)?;
+        let unsynced = std::mem::take(&mut state.unsynced);
+        for n in unsynced {
+            if let Some(file) = state.open.get(&n).cloned() {
+                let synced = file.sync_data();
+                fail_on_error(&mut state, synced, "syncing a segment")?;
+            }
+        }
+        if state.names_changed {
+            let synced = self.files.sync_names();
+            fail_on_error(&mut state, synced, "syncing the segments folder")?;
+            state.names_changed = false;
+        }
+        Ok(())
+    }
+
+    /// The segments as they are now, to read from.
+    pub fn view(&self) -> View {
+        View {
+            open: self.state().open.clone(),
+        }
+    }
+
+    /// Each segment and its length in bytes.
+    pub fn sizes(&self) -> Result<Vec<(u32, u64)>> {
+        let open = self.state().open.clone();
+        open.iter().map(|(n, file)| Ok((*n, file.len()?))).collect()
+    }
+
+    /// Removes segment `segment` (nothing may name it any more); views taken before still
+    /// read it. Durable once `sync` returns. The segment appends go to is not removed: the
+    /// next append starts a new one.
+    pub fn remove(&self, segment: u32) -> Result<()> {
+        let mut state = self.state();
+        check_failed(&state)?;
+        if state.current.is_some_and(|(n, _)| n == segment) {
+            state.current = None;
+        }
+        if Arc::make_mut(&mut state.open).remove(&segment).is_none() {
+            return Err(Error::not_found(format!("no segment {segment}")));
+        }
+        state.unsynced.remove(&segment);
+        let removed = self.files.remove(segment);
+        fail_on_error(&mut state, removed, "removing a segment")?;
+        state.names_changed = true;
+        Ok(())
+    }
+}
+
+impl View {
+    /// The bytes of the record at `at`.
+    pub fn read(&self, at: Location) -> Result<Vec<u8>> {
+        let damaged = |why: &str| {
+            Error::integrity(format!(
+                "the record at {}:{} ({} bytes) {why}: restore the data folder from your last backup",
+                at.segment, at.offset, at.len
+            ))
+        };
+        let file = self
+            .open
+            .get(&at.segment)
+            .ok_or_else(|| damaged("is in a segment that is missing"))?;
+        let mut record = vec![0u8; HEADER + at.len as usize];
+        file.read(at.offset, &mut record).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                damaged("ends past its segment's end")
+            } else {
+                Error::Storage(format!("reading segment {}: {e}", at.segment))
+            }
+        })?;
+        let bytes = record.split_off(HEADER);
+        if record[..4] != at.len.to_le_bytes()
+            || record[4..] != check(at.segment, at.offset, &bytes)
+        {
+            return Err(damaged("is not the one written there"));
+        }
+        Ok(bytes)
+    }
+}
+
+/// BLAKE3 of `bytes` keyed by their place (`segment ‖ offset`, zeros after): the bytes are
+/// hashed whole, in 1 KiB chunks the hasher takes several at a time.
+fn check(segment: u32, offset: u64, bytes: &[u8]) -> [u8; CHECK] {
+    let mut place = [0u8; 32];
+    place[..4].copy_from_slice(&segment.to_le_bytes());
+    place[4..12].copy_from_slice(&offset.to_le_bytes());
+    let mut out = [0u8; CHECK];
+    out.copy_from_slice(&blake3::keyed_hash(&place, bytes).as_bytes()[..CHECK]);
+    out
+}
+
+fn check_failed(state: &State) -> Result<()> {
+    match &state.failed {
+        Some(why) => Err(Error::Storage(format!(
+            "the segments failed earlier ({why}): open the replica again"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// `outcome`, recording its failure in `state` (every later append and sync fails with it).
+fn fail_on_error<T>(state: &mut State, outcome: io::Result<T>, doing: &str) -> Result<T> {
+    outcome.map_err(|e| {
+        let why = format!("{doing}: {e}");
+        state.failed = Some(why.clone());
+        state.current = None;
+        Error::Storage(why)
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,347 @@
+//! The segments on a simulated disk that loses, at a power cut, what was not synced, and in
+//! a folder on disk.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use redb::StorageBackend;
+
+use super::*;
+
+/// A file's bytes as written and as synced.
+type Bytes = (Vec<u8>, Vec<u8>);
+
+/// A disk in memory: each file's bytes, and the names of the files as they are and as synced.
+#[derive(Debug, Default)]
+struct Disk {
+    files: BTreeMap<u32, Arc<Mutex<Bytes>>>,
+    names: BTreeSet<u32>,
+    synced_names: BTreeSet<u32>,
+    /// Writes and syncs fail from now on.
+    broken: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+struct MemFiles(Arc<Mutex<Disk>>);
+
+impl MemFiles {
+    fn disk(&self) -> MutexGuard<'_, Disk> {
+        self.0.lock().expect("disk")
+    }
+
+    /// What a power cut leaves: the synced bytes of the files whose names were synced.
+    fn power_cut(&self) {
+        let mut disk = self.disk();
+        disk.names = disk.synced_names.clone();
+        let names = disk.names.clone();
+        disk.files.retain(|n, _| names.contains(n));
+        for file in disk.files.values() {
+            let mut file = file.lock().expect("file");
+            file.0 = file.1.clone();
+        }
+    }
+
+    fn segments(&self, max_bytes: u64) -> Segments {
+        Segments::open(Box::new(self.clone()), max_bytes).expect("open")
+    }
+}
+
+impl SegmentFiles for MemFiles {
+    fn list(&self) -> io::Result<Vec<u32>> {
+        Ok(self.disk().names.iter().copied().collect())
+    }
+
+    fn open(&self, n: u32, create: bool) -> io::Result<Box<dyn StorageBackend>> {
+        let mut disk = self.disk();
+        match (disk.names.contains(&n), create) {
+            (true, true) => return Err(io::ErrorKind::AlreadyExists.into()),
+            (false, false) => return Err(io::ErrorKind::NotFound.into()),
+            (false, true) => {
+                disk.names.insert(n);
+                disk.files.insert(n, Default::default());
+            }
+            (true, false) => {}
+        }
+        let bytes = disk.files.get(&n).cloned().ok_or(io::ErrorKind::NotFound)?;
+        Ok(Box::new(MemFile {
+            disk: self.clone(),
+            bytes,
+        }))
+    }
+
+    fn remove(&self, n: u32) -> io::Result<()> {
+        // The file goes once its name's removal is synced (or a power cut keeps it).
+        self.disk().names.remove(&n);
+        Ok(())
+    }
+
+    fn sync_names(&self) -> io::Result<()> {
+        let mut disk = self.disk();
+        if disk.broken {
+            return Err(io::Error::other("the disk is broken"));
+        }
+        disk.synced_names = disk.names.clone();
+        let names = disk.names.clone();
+        disk.files.retain(|n, _| names.contains(n));
+        Ok(())
+    }
+}
+
+/// One file of a `MemFiles` disk (still readable once removed, as an open file is).
+#[derive(Debug)]
+struct MemFile {
+    disk: MemFiles,
+    bytes: Arc<Mutex<Bytes>>,
+}
+
+impl MemFile {
+    fn with<T>(&self, f: impl FnOnce(&mut Bytes, bool) -> io::Result<T>) -> io::Result<T> {
+        let broken = self.disk.disk().broken;
+        f(&mut self.bytes.lock().expect("file"), broken)
+    }
+}
+
+impl StorageBackend for MemFile {
+    fn len(&self) -> io::Result<u64> {
+        self.with(|(written, _), _| Ok(written.len() as u64))
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        self.with(|(written, _), _| {
+            let from = usize::try_from(offset).map_err(io::Error::other)?;
+            let bytes = written
+                .get(from..from + out.len())
+                .ok_or(io::ErrorKind::UnexpectedEof)?;
+            out.copy_from_slice(bytes);
+            Ok(())
+        })
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.with(|(written, _), _| {
+            written.resize(len as usize, 0);
+            Ok(())
+        })
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.with(|(written, synced), broken| {
+            if broken {
+                return Err(io::Error::other("the disk is broken"));
+            }
+            *synced = written.clone();
+            Ok(())
+        })
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.with(|(written, _), broken| {
+            if broken {
+                return Err(io::Error::other("the disk is broken"));
+            }
+            let from = offset as usize;
+            if written.len() < from + data.len() {
+                written.resize(from + data.len(), 0);
+            }
+            written[from..from + data.len()].copy_from_slice(data);
+            Ok(())
+        })
+    }
+}
+
+/// Distinct bytes of `len` for record `i`.
+fn bytes(i: usize, len: usize) -> Vec<u8> {
+    (0..len).map(|j| (i * 31 + j * 7) as u8).collect()
+}
+
+fn is_integrity(r: Result<Vec<u8>>) -> bool {
+    matches!(r, Err(Error::Integrity(_)))
+}
+
+#[test]
+fn records_read_back_across_segments_and_after_opening_again() {
+    let disk = MemFiles::default();
+    let segments = disk.segments(100);
+    let sizes = [0, 1, 40, 150, 3, 99, 100, 7];
+    let at: Vec<Location> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, len)| segments.append(&bytes(i, *len)).expect("append"))
+        .collect();
+    let view = segments.view();
+    for (i, (len, at)) in sizes.iter().zip(&at).enumerate() {
+        assert_eq!(view.read(*at).expect("read"), bytes(i, *len), "record {i}");
+        assert_eq!(Location::decode(&at.encode()).expect("decode"), *at);
+    }
+    let used: BTreeSet<u32> = at.iter().map(|a| a.segment).collect();
+    assert!(
+        used.len() > 2,
+        "100-byte segments were not rotated: {used:?}"
+    );
+    for (n, size) in segments.sizes().expect("sizes") {
+        assert!(size < 100 + 150 + 20, "segment {n} grew to {size}");
+    }
+    segments.sync().expect("sync");
+    drop(segments);
+
+    let again = disk.segments(100);
+    let view = again.view();
+    for (i, (len, at)) in sizes.iter().zip(&at).enumerate() {
+        assert_eq!(view.read(*at).expect("read"), bytes(i, *len), "record {i}");
+    }
+    let next = again.append(b"after opening again").expect("append");
+    assert!(
+        next.segment > *used.last().expect("used"),
+        "an append went to a segment written before opening: {next:?}"
+    );
+}
+
+#[test]
+fn a_damaged_or_misplaced_record_is_an_integrity_error() {
+    let disk = MemFiles::default();
+    let segments = disk.segments(1 << 20);
+    let first = segments.append(&bytes(1, 64)).expect("append");
+    let second = segments.append(&bytes(2, 64)).expect("append");
+    let view = segments.view();
+    // Another length, another offset, another segment, past the end.
+    for wrong in [
+        Location { len: 63, ..first },
+        Location {
+            offset: first.offset + 1,
+            ..first
+        },
+        Location {
+            segment: first.segment + 1,
+            ..first
+        },
+        Location {
+            offset: second.offset + 60,
+            ..second
+        },
+        Location {
+            len: 1 << 20,
+            ..second
+        },
+    ] {
+        assert!(is_integrity(view.read(wrong)), "{wrong:?} was read");
+    }
+    // One byte of the first record changed on disk.
+    {
+        let d = disk.disk();
+        let mut file = d
+            .files
+            .get(&first.segment)
+            .expect("file")
+            .lock()
+            .expect("file");
+        file.0[first.offset as usize + HEADER + 10] ^= 1;
+    }
+    assert!(is_integrity(view.read(first)), "a changed record was read");
+    assert_eq!(view.read(second).expect("read"), bytes(2, 64));
+    assert!(matches!(
+        Location::decode(&[0u8; 15]),
+        Err(Error::Integrity(_))
+    ));
+}
+
+#[test]
+fn a_power_cut_keeps_what_was_synced_and_nothing_else_reads_as_a_record() {
+    let disk = MemFiles::default();
+    let segments = disk.segments(1 << 20);
+    let kept = segments.append(&bytes(1, 500)).expect("append");
+    segments.sync().expect("sync");
+    let lost = segments.append(&bytes(2, 500)).expect("append");
+    disk.power_cut();
+    drop(segments);
+    let again = disk.segments(1 << 20);
+    let view = again.view();
+    assert_eq!(view.read(kept).expect("read"), bytes(1, 500));
+    assert!(is_integrity(view.read(lost)), "an unsynced record survived");
+
+    // A segment created and written since the last sync goes whole, name and all; synced,
+    // it stays.
+    let unsynced = again.append(&bytes(3, 10)).expect("append");
+    disk.power_cut();
+    assert!(!disk.list().expect("list").contains(&unsynced.segment));
+    let again = disk.segments(1 << 20);
+    let synced = again.append(&bytes(4, 10)).expect("append");
+    again.sync().expect("sync");
+    disk.power_cut();
+    let view = disk.segments(1 << 20).view();
+    assert_eq!(view.read(synced).expect("read"), bytes(4, 10));
+    assert_eq!(view.read(kept).expect("read"), bytes(1, 500));
+}
+
+#[test]
+fn a_view_reads_a_segment_removed_after_it_was_taken() {
+    let disk = MemFiles::default();
+    let segments = disk.segments(10);
+    let old = segments.append(&bytes(1, 30)).expect("append");
+    let new = segments.append(&bytes(2, 30)).expect("append");
+    assert_ne!(old.segment, new.segment);
+    let before = segments.view();
+    segments.remove(old.segment).expect("remove");
+    segments.sync().expect("sync");
+    assert_eq!(before.read(old).expect("read"), bytes(1, 30));
+    assert!(
+        is_integrity(segments.view().read(old)),
+        "a removed segment was read"
+    );
+    assert!(matches!(
+        segments.remove(old.segment),
+        Err(Error::NotFound(_))
+    ));
+    // Removing the segment appends go to: the next append starts another. Not synced, the
+    // removal does not outlive a power cut; the synced one does.
+    segments.remove(new.segment).expect("remove");
+    let next = segments.append(&bytes(3, 5)).expect("append");
+    assert!(next.segment > new.segment);
+    disk.power_cut();
+    let view = disk.segments(10).view();
+    assert!(is_integrity(view.read(old)), "a removed segment came back");
+    assert_eq!(view.read(new).expect("read"), bytes(2, 30));
+}
+
+#[test]
+fn after_a_failed_sync_every_append_and_sync_fails_until_opened_again() {
+    let disk = MemFiles::default();
+    let segments = disk.segments(1 << 20);
+    let first = segments.append(&bytes(1, 10)).expect("append");
+    disk.disk().broken = true;
+    assert!(matches!(segments.sync(), Err(Error::Storage(_))));
+    disk.disk().broken = false;
+    assert!(
+        matches!(segments.sync(), Err(Error::Storage(_))),
+        "a sync after a failed one succeeded"
+    );
+    assert!(matches!(segments.append(b"more"), Err(Error::Storage(_))));
+    assert_eq!(segments.view().read(first).expect("read"), bytes(1, 10));
+    let again = disk.segments(1 << 20);
+    let at = again.append(b"more").expect("append");
+    again.sync().expect("sync");
+    assert_eq!(again.view().read(at).expect("read"), b"more");
+}
+
+#[test]
+fn in_a_folder_segments_are_files_of_their_own_and_links_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(SEGMENTS_DIR);
+    let segments = Segments::in_folder(&path).expect("open");
+    let at = segments.append(&bytes(1, 4096)).expect("append");
+    segments.sync().expect("sync");
+    drop(segments);
+    std::fs::write(path.join("notes.txt"), b"not a segment").expect("write");
+    let again = Segments::in_folder(&path).expect("open");
+    assert_eq!(again.view().read(at).expect("read"), bytes(1, 4096));
+    assert_eq!(
+        again.sizes().expect("sizes"),
+        vec![(at.segment, (HEADER + 4096) as u64)]
+    );
+    drop(again);
+    // A segment's name on a link out of the folder: a clear error, nothing read through it.
+    std::fs::write(dir.path().join("elsewhere"), b"outside").expect("write");
+    std::os::unix::fs::symlink(dir.path().join("elsewhere"), path.join("00000009.seg"))
+        .expect("link");
+    assert!(matches!(Segments::in_folder(&path), Err(Error::Storage(_))));
+}
