@@ -80,7 +80,7 @@ fn in_segments(bodies: &[Vec<u8>], batch: usize) -> Res<f64> {
         txn.commit()?;
     }
     let seconds = start.elapsed().as_secs_f64();
-    let view = segments.view();
+    let view = segments.view()?;
     check(&db, bodies, |v| {
         Ok(view.read(carnet_store::segments::Location::decode(v)?)?)
     })?;

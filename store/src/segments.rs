@@ -16,6 +16,8 @@
 //! - `sync` returns once every record appended before it, and the name of every segment
 //!   created or removed before it, is on disk. The caller syncs before committing the index
 //!   that names the records, so a durable index names only durable records.
+//! - Appended records wait in a buffer (`BUFFER_BYTES`) and go to their file in one write;
+//!   `view` and `sync` write what waits first, so a view reads every record appended before it.
 //! - A read checks the record's length and check against its location: a torn, overwritten or
 //!   misplaced record is an `Integrity` error, never other bytes.
 //! - A `View` reads the segments that existed when it was taken, even once removed (their
@@ -41,6 +43,8 @@ pub const SEGMENTS_DIR: &str = "segments";
 pub const SEGMENT_BYTES: u64 = 64 << 20;
 /// Largest record.
 pub const RECORD_MAX: usize = 64 << 20;
+/// Records buffered before they are written to their segment's file.
+const BUFFER_BYTES: usize = 1 << 20;
 /// Bytes before a record's own: its length and its check.
 const HEADER: usize = 4 + CHECK;
 const CHECK: usize = 16;
@@ -208,8 +212,11 @@ pub struct Segments {
 struct State {
     /// Every segment, for the views (replaced, never changed, when one is added or removed).
     open: Arc<Open>,
-    /// The segment appends go to, and its end.
+    /// The segment appends go to, and its end (what is buffered included).
     current: Option<(u32, u64)>,
+    /// The last records appended to `current`, not written to its file yet (`BUFFER_BYTES`
+    /// at most, but for one record): one write for many small records.
+    buffered: Vec<u8>,
     /// The number of the next segment created.
     next: u32,
     /// Segments appended to since the last sync.
@@ -248,6 +255,7 @@ impl Segments {
             state: Mutex::new(State {
                 open: Arc::new(open),
                 current: None,
+                buffered: Vec::new(),
                 next,
                 unsynced: BTreeSet::new(),
                 names_changed: false,
@@ -276,6 +284,7 @@ impl Segments {
         let (segment, offset) = match state.current {
             Some((segment, end)) if end < self.max_bytes => (segment, end),
             _ => {
+                write_buffered(&mut state)?;
                 let n = state.next;
                 let created = self.files.open(n, true);
                 let file = fail_on_error(&mut state, created, "creating segment")?;
@@ -287,19 +296,16 @@ impl Segments {
                 (n, 0)
             }
         };
-        let mut record = Vec::with_capacity(HEADER + bytes.len());
-        record.extend_from_slice(&len.to_le_bytes());
-        record.extend_from_slice(&check(segment, offset, bytes));
-        record.extend_from_slice(bytes);
-        let file = state
-            .open
-            .get(&segment)
-            .cloned()
-            .ok_or_else(|| Error::Storage(format!("segment {segment} is not open")))?;
-        let written = file.write(offset, &record);
-        fail_on_error(&mut state, written, "appending to a segment")?;
-        state.current = Some((segment, offset + record.len() as u64));
+        let check = check(segment, offset, bytes);
+        let buffer = &mut state.buffered;
+        buffer.extend_from_slice(&len.to_le_bytes());
+        buffer.extend_from_slice(&check);
+        buffer.extend_from_slice(bytes);
+        state.current = Some((segment, offset + (HEADER + bytes.len()) as u64));
         state.unsynced.insert(segment);
+        if state.buffered.len() >= BUFFER_BYTES {
+            write_buffered(&mut state)?;
+        }
         Ok(Location {
             segment,
             offset,
@@ -311,6 +317,7 @@ impl Segments {
     pub fn sync(&self) -> Result<()> {
         let mut state = self.state();
         check_failed(&state)?;
+        write_buffered(&mut state)?;
         let unsynced = std::mem::take(&mut state.unsynced);
         for n in unsynced {
             if let Some(file) = state.open.get(&n).cloned() {
@@ -326,17 +333,25 @@ impl Segments {
         Ok(())
     }
 
-    /// The segments as they are now, to read from.
-    pub fn view(&self) -> View {
-        View {
-            open: self.state().open.clone(),
+    /// The segments as they are now, to read from (every record appended so far included).
+    pub fn view(&self) -> Result<View> {
+        let mut state = self.state();
+        if !state.buffered.is_empty() {
+            check_failed(&state)?;
+            write_buffered(&mut state)?;
         }
+        Ok(View {
+            open: state.open.clone(),
+        })
     }
 
     /// Each segment and its length in bytes.
     pub fn sizes(&self) -> Result<Vec<(u32, u64)>> {
-        let open = self.state().open.clone();
-        open.iter().map(|(n, file)| Ok((*n, file.len()?))).collect()
+        let view = self.view()?;
+        view.open
+            .iter()
+            .map(|(n, file)| Ok((*n, file.len()?)))
+            .collect()
     }
 
     /// Removes segment `segment` (nothing may name it any more); views taken before still
@@ -347,6 +362,7 @@ impl Segments {
         check_failed(&state)?;
         if state.current.is_some_and(|(n, _)| n == segment) {
             state.current = None;
+            state.buffered.clear();
         }
         if Arc::make_mut(&mut state.open).remove(&segment).is_none() {
             return Err(Error::not_found(format!("no segment {segment}")));
@@ -401,6 +417,22 @@ fn check(segment: u32, offset: u64, bytes: &[u8]) -> [u8; CHECK] {
     out
 }
 
+/// Writes the records buffered for the current segment to its file.
+fn write_buffered(state: &mut State) -> Result<()> {
+    let Some((segment, end)) = state.current.filter(|_| !state.buffered.is_empty()) else {
+        return Ok(());
+    };
+    let file = state.open.get(&segment).cloned();
+    let at = end - state.buffered.len() as u64;
+    let written = match file {
+        Some(file) => file.write(at, &state.buffered),
+        None => Err(io::Error::other(format!("segment {segment} is not open"))),
+    };
+    fail_on_error(state, written, "appending to a segment")?;
+    state.buffered.clear();
+    Ok(())
+}
+
 fn check_failed(state: &State) -> Result<()> {
     match &state.failed {
         Some(why) => Err(Error::Storage(format!(
@@ -416,6 +448,7 @@ fn fail_on_error<T>(state: &mut State, outcome: io::Result<T>, doing: &str) -> R
         let why = format!("{doing}: {e}");
         state.failed = Some(why.clone());
         state.current = None;
+        state.buffered.clear();
         Error::Storage(why)
     })
 }

@@ -169,7 +169,7 @@ fn records_read_back_across_segments_and_after_opening_again() {
         .enumerate()
         .map(|(i, len)| segments.append(&bytes(i, *len)).expect("append"))
         .collect();
-    let view = segments.view();
+    let view = segments.view().expect("view");
     for (i, (len, at)) in sizes.iter().zip(&at).enumerate() {
         assert_eq!(view.read(*at).expect("read"), bytes(i, *len), "record {i}");
         assert_eq!(Location::decode(&at.encode()).expect("decode"), *at);
@@ -186,7 +186,7 @@ fn records_read_back_across_segments_and_after_opening_again() {
     drop(segments);
 
     let again = disk.segments(100);
-    let view = again.view();
+    let view = again.view().expect("view");
     for (i, (len, at)) in sizes.iter().zip(&at).enumerate() {
         assert_eq!(view.read(*at).expect("read"), bytes(i, *len), "record {i}");
     }
@@ -203,7 +203,7 @@ fn a_damaged_or_misplaced_record_is_an_integrity_error() {
     let segments = disk.segments(1 << 20);
     let first = segments.append(&bytes(1, 64)).expect("append");
     let second = segments.append(&bytes(2, 64)).expect("append");
-    let view = segments.view();
+    let view = segments.view().expect("view");
     // Another length, another offset, another segment, past the end.
     for wrong in [
         Location { len: 63, ..first },
@@ -255,7 +255,7 @@ fn a_power_cut_keeps_what_was_synced_and_nothing_else_reads_as_a_record() {
     disk.power_cut();
     drop(segments);
     let again = disk.segments(1 << 20);
-    let view = again.view();
+    let view = again.view().expect("view");
     assert_eq!(view.read(kept).expect("read"), bytes(1, 500));
     assert!(is_integrity(view.read(lost)), "an unsynced record survived");
 
@@ -268,7 +268,7 @@ fn a_power_cut_keeps_what_was_synced_and_nothing_else_reads_as_a_record() {
     let synced = again.append(&bytes(4, 10)).expect("append");
     again.sync().expect("sync");
     disk.power_cut();
-    let view = disk.segments(1 << 20).view();
+    let view = disk.segments(1 << 20).view().expect("view");
     assert_eq!(view.read(synced).expect("read"), bytes(4, 10));
     assert_eq!(view.read(kept).expect("read"), bytes(1, 500));
 }
@@ -280,12 +280,12 @@ fn a_view_reads_a_segment_removed_after_it_was_taken() {
     let old = segments.append(&bytes(1, 30)).expect("append");
     let new = segments.append(&bytes(2, 30)).expect("append");
     assert_ne!(old.segment, new.segment);
-    let before = segments.view();
+    let before = segments.view().expect("view");
     segments.remove(old.segment).expect("remove");
     segments.sync().expect("sync");
     assert_eq!(before.read(old).expect("read"), bytes(1, 30));
     assert!(
-        is_integrity(segments.view().read(old)),
+        is_integrity(segments.view().expect("view").read(old)),
         "a removed segment was read"
     );
     assert!(matches!(
@@ -298,7 +298,7 @@ fn a_view_reads_a_segment_removed_after_it_was_taken() {
     let next = segments.append(&bytes(3, 5)).expect("append");
     assert!(next.segment > new.segment);
     disk.power_cut();
-    let view = disk.segments(10).view();
+    let view = disk.segments(10).view().expect("view");
     assert!(is_integrity(view.read(old)), "a removed segment came back");
     assert_eq!(view.read(new).expect("read"), bytes(2, 30));
 }
@@ -308,6 +308,8 @@ fn after_a_failed_sync_every_append_and_sync_fails_until_opened_again() {
     let disk = MemFiles::default();
     let segments = disk.segments(1 << 20);
     let first = segments.append(&bytes(1, 10)).expect("append");
+    segments.sync().expect("sync");
+    segments.append(&bytes(2, 10)).expect("append");
     disk.disk().broken = true;
     assert!(matches!(segments.sync(), Err(Error::Storage(_))));
     disk.disk().broken = false;
@@ -316,11 +318,12 @@ fn after_a_failed_sync_every_append_and_sync_fails_until_opened_again() {
         "a sync after a failed one succeeded"
     );
     assert!(matches!(segments.append(b"more"), Err(Error::Storage(_))));
-    assert_eq!(segments.view().read(first).expect("read"), bytes(1, 10));
+    let view = segments.view().expect("view");
+    assert_eq!(view.read(first).expect("read"), bytes(1, 10));
     let again = disk.segments(1 << 20);
     let at = again.append(b"more").expect("append");
     again.sync().expect("sync");
-    assert_eq!(again.view().read(at).expect("read"), b"more");
+    assert_eq!(again.view().expect("view").read(at).expect("read"), b"more");
 }
 
 #[test]
@@ -333,7 +336,10 @@ fn in_a_folder_segments_are_files_of_their_own_and_links_are_refused() {
     drop(segments);
     std::fs::write(path.join("notes.txt"), b"not a segment").expect("write");
     let again = Segments::in_folder(&path).expect("open");
-    assert_eq!(again.view().read(at).expect("read"), bytes(1, 4096));
+    assert_eq!(
+        again.view().expect("view").read(at).expect("read"),
+        bytes(1, 4096)
+    );
     assert_eq!(
         again.sizes().expect("sizes"),
         vec![(at.segment, (HEADER + 4096) as u64)]
