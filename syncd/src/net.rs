@@ -1301,9 +1301,11 @@ struct Opening {
 /// A count that grows while data moves between the two applications on the connection: the
 /// stream frames the peer sends, the flow-control credit (`MAX_DATA`, `MAX_STREAM_DATA`) its
 /// QUIC stack grants as its application reads (about every eighth of a stream's window:
-/// 156 KiB), and the stream frames this end sends (within the window the peer's application
-/// keeps open by reading: a peer that stops reading stops them within one window, 1.25 MB).
-/// Keep-alives and acknowledgements leave it as it is.
+/// 156 KiB), and the stream frames this end sends (within the windows the peer's application
+/// keeps open by reading: a peer that stops reading stops them within one window per open
+/// stream, 1.25 MB each, and their retransmissions). Keep-alives and acknowledgements leave it
+/// as it is; the host's pokes (a stream each) count, and so would a peer that sends frames
+/// again and again to keep a wait going (it holds only its own session).
 fn data_moving(conn: &quinn::Connection) -> u64 {
     let stats = conn.stats();
     let (received, sent) = (stats.frame_rx, stats.frame_tx);
@@ -1687,6 +1689,100 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_fetch_longer_than_the_wait_for_a_message_goes_on_while_the_site_reads_it() {
         a_body_longer_than_the_wait_for_a_message(Role::Host).await;
+    }
+
+    /// Longer than the interval of the site's keep-alives, which the other end's QUIC stack
+    /// acknowledges whatever its application does: a wait counting them would never end.
+    fn longer_than_keep_alives() -> Duration {
+        crate::transport::KEEP_ALIVE + Duration::from_secs(2)
+    }
+
+    /// A host whose application stopped (a stuck task, a disk that does not answer) while its
+    /// QUIC stack still acknowledges the site's keep-alives: the round waits for the host's
+    /// next message, sees no data move on the connection meanwhile (its own `Hello` may count
+    /// for one wait), and fails; QUIC's own idle timeout would never end it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_round_on_a_host_that_stopped_reading_fails_when_nothing_moves() {
+        let served = serving_host();
+        let (ca, host_id) = enrol::host_identity(&served.host).expect("identity");
+        let config =
+            crate::transport::server_config(&ca, &host_id, served.revoked.clone()).expect("server");
+        let stalled =
+            quinn::Endpoint::server(config, "127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let addr = stalled.local_addr().expect("addr");
+        // Takes the connection and its session stream, then reads and writes nothing.
+        let held = tokio::spawn({
+            let stalled = stalled.clone();
+            async move {
+                let conn = stalled
+                    .accept()
+                    .await
+                    .expect("incoming")
+                    .await
+                    .expect("handshake");
+                let stream = conn.accept_bi().await.expect("stream");
+                (conn, stream)
+            }
+        });
+        let (_, mut link) = site_dialing(&served, vec![addr]);
+        link.quiet = longer_than_keep_alives();
+        let started = std::time::Instant::now();
+        let outcome = round_within(&mut link, Duration::from_secs(60)).await;
+        let waited = started.elapsed();
+        assert!(
+            matches!(&outcome, Err(Error::Io(e)) if e.to_string().contains("went silent")),
+            "{outcome:?}"
+        );
+        assert!(
+            waited >= link.quiet && waited < 4 * link.quiet,
+            "failed after {waited:?}"
+        );
+        drop(held.await.expect("the stalled host held the session"));
+        stalled.close(0u32.into(), b"done");
+        served.endpoint.close(0u32.into(), b"done");
+    }
+
+    /// A site that opened a session and stopped (half a frame sent, nothing more) while its
+    /// QUIC stack keeps the connection with keep-alives: the host waits for the rest, sees no
+    /// data move, and ends the session with an `Error` saying so.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_whose_site_stopped_sending_is_ended_when_nothing_moves() {
+        let quiet = longer_than_keep_alives();
+        let served = serving_host_waiting(quiet);
+        let (bundle, _) = enrolled_site(&served);
+        let mut client =
+            quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client");
+        client.set_default_client_config(bundle.client_config().expect("config"));
+        let conn = client
+            .connect(served.addr, HOST_NAME)
+            .expect("connect")
+            .await
+            .expect("handshake");
+        let (mut tx, mut rx) = conn.open_bi().await.expect("stream");
+        // The first byte of a frame's length.
+        tx.write_all(&[9]).await.expect("write");
+        let started = std::time::Instant::now();
+        let reply = tokio::time::timeout(Duration::from_secs(60), rx.read_to_end(1 << 16))
+            .await
+            .expect("the host ended the session in time")
+            .expect("the host's reply");
+        let waited = started.elapsed();
+        let mut decoder = FrameDecoder::new();
+        decoder.push(&reply);
+        match decoder.next_message::<Msg>() {
+            Ok(Some(Msg::Error(why))) => assert!(why.contains("went silent"), "{why}"),
+            other => panic!("not an Error: {other:?}"),
+        }
+        assert!(
+            waited >= quiet && waited < 4 * quiet,
+            "ended after {waited:?}"
+        );
+        assert!(
+            conn.close_reason().is_none(),
+            "the connection itself was closed"
+        );
+        conn.close(0u32.into(), b"");
+        served.endpoint.close(0u32.into(), b"done");
     }
 
     /// A site whose session does not take the pieces of a body (a slow disk, a stuck task)

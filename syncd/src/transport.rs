@@ -40,7 +40,7 @@ pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10)
 /// `IDLE_TIMEOUT`): two of them, and their retransmissions, fit in `IDLE_TIMEOUT`. An idle
 /// site's link carries about a third fewer bytes than with keep-alives every 2 s from both
 /// ends (benches/LOG.md, 2026-12-06).
-const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(4);
+pub(crate) const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(4);
 
 /// Which end of a connection a transport configuration is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
