@@ -113,10 +113,23 @@ pub struct Folder {
 }
 
 impl Folder {
-    /// The segments in `path`, created (owner only) when missing.
+    /// The segments in `path`, created (owner only, its name synced in the folder above)
+    /// when missing; a link there is refused.
     pub fn new(path: &Path) -> io::Result<Folder> {
-        if !path.exists() {
-            std::fs::DirBuilder::new().mode(0o700).create(path)?;
+        match std::fs::symlink_metadata(path) {
+            Ok(found) if found.is_dir() => {}
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{} is not a folder", path.display()),
+                ));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                std::fs::DirBuilder::new().mode(0o700).create(path)?;
+                let above = path.parent().filter(|p| !p.as_os_str().is_empty());
+                std::fs::File::open(above.unwrap_or(Path::new(".")))?.sync_all()?;
+            }
+            Err(e) => return Err(e),
         }
         Ok(Folder {
             path: path.to_path_buf(),
@@ -264,20 +277,40 @@ impl Segments {
         })
     }
 
+    /// The state; after a panic under its lock (in an `append_with`'s `fill`), what is
+    /// buffered may be half written: it is dropped, and every later append and sync fails.
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock().unwrap_or_else(|poisoned| {
+            let mut state = poisoned.into_inner();
+            state.failed = Some("a write panicked".into());
+            state.current = None;
+            state.buffered.clear();
+            state
+        })
     }
 
     /// Appends `bytes` as a new record; durable once `sync` returns.
     pub fn append(&self, bytes: &[u8]) -> Result<Location> {
-        let len = u32::try_from(bytes.len())
+        self.append_with(bytes.len(), |slot| {
+            slot.copy_from_slice(bytes);
+            Ok(())
+        })
+    }
+
+    /// Appends a record of `len` bytes that `fill` writes, straight into the buffer of what
+    /// waits to be written (a body chunk is sealed there, not copied); durable once `sync`
+    /// returns. An error from `fill` appends nothing. `fill` runs under the segments' lock: it
+    /// must not call them.
+    pub fn append_with<E: From<Error>>(
+        &self,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> std::result::Result<(), E>,
+    ) -> std::result::Result<Location, E> {
+        let record_len = u32::try_from(len)
             .ok()
-            .filter(|_| bytes.len() <= RECORD_MAX)
+            .filter(|_| len <= RECORD_MAX)
             .ok_or_else(|| {
-                Error::invalid(format!(
-                    "a record of {} bytes (at most {RECORD_MAX})",
-                    bytes.len()
-                ))
+                Error::invalid(format!("a record of {len} bytes (at most {RECORD_MAX})"))
             })?;
         let mut state = self.state();
         check_failed(&state)?;
@@ -286,22 +319,29 @@ impl Segments {
             _ => {
                 write_buffered(&mut state)?;
                 let n = state.next;
-                let created = self.files.open(n, true);
-                let file = fail_on_error(&mut state, created, "creating segment")?;
-                state.next = n.checked_add(1).ok_or_else(|| {
+                let next = n.checked_add(1).ok_or_else(|| {
                     Error::Storage("no segment number is left: compact the segments".into())
                 })?;
+                let created = self.files.open(n, true);
+                let file = fail_on_error(&mut state, created, "creating segment")?;
+                state.next = next;
                 Arc::make_mut(&mut state.open).insert(n, Arc::from(file));
                 state.names_changed = true;
+                state.current = Some((n, 0));
                 (n, 0)
             }
         };
-        let check = check(segment, offset, bytes);
-        let buffer = &mut state.buffered;
-        buffer.extend_from_slice(&len.to_le_bytes());
-        buffer.extend_from_slice(&check);
-        buffer.extend_from_slice(bytes);
-        state.current = Some((segment, offset + (HEADER + bytes.len()) as u64));
+        let start = state.buffered.len();
+        state.buffered.resize(start + HEADER + len, 0);
+        let record = &mut state.buffered[start..];
+        let (header, bytes) = record.split_at_mut(HEADER);
+        if let Err(e) = fill(bytes) {
+            state.buffered.truncate(start);
+            return Err(e);
+        }
+        header[..4].copy_from_slice(&record_len.to_le_bytes());
+        header[4..].copy_from_slice(&check(segment, offset, bytes));
+        state.current = Some((segment, offset + (HEADER + len) as u64));
         state.unsynced.insert(segment);
         if state.buffered.len() >= BUFFER_BYTES {
             write_buffered(&mut state)?;
@@ -309,7 +349,7 @@ impl Segments {
         Ok(Location {
             segment,
             offset,
-            len,
+            len: record_len,
         })
     }
 
@@ -388,6 +428,14 @@ impl View {
             .open
             .get(&at.segment)
             .ok_or_else(|| damaged("is in a segment that is missing"))?;
+        // A location read from disk is checked before anything is allocated for it.
+        let end = at
+            .offset
+            .checked_add((HEADER as u64) + u64::from(at.len))
+            .filter(|_| at.len as usize <= RECORD_MAX);
+        if end.is_none_or(|end| file.len().is_ok_and(|len| end > len)) {
+            return Err(damaged("ends past its segment's end"));
+        }
         let mut record = vec![0u8; HEADER + at.len as usize];
         file.read(at.offset, &mut record).map_err(|e| {
             if e.kind() == io::ErrorKind::UnexpectedEof {
@@ -430,6 +478,8 @@ fn write_buffered(state: &mut State) -> Result<()> {
     };
     fail_on_error(state, written, "appending to a segment")?;
     state.buffered.clear();
+    // One large record leaves no large buffer behind.
+    state.buffered.shrink_to(BUFFER_BYTES);
     Ok(())
 }
 

@@ -32,13 +32,25 @@ impl MemFiles {
 
     /// What a power cut leaves: the synced bytes of the files whose names were synced.
     fn power_cut(&self) {
+        self.power_cut_keeping(0);
+    }
+
+    /// A power cut that leaves, of each file, its synced bytes and the first `torn` bytes
+    /// written after them (the disk had written some of them: a record may be cut anywhere).
+    fn power_cut_keeping(&self, torn: usize) {
         let mut disk = self.disk();
         disk.names = disk.synced_names.clone();
         let names = disk.names.clone();
         disk.files.retain(|n, _| names.contains(n));
         for file in disk.files.values() {
             let mut file = file.lock().expect("file");
-            file.0 = file.1.clone();
+            let (written, synced) = &mut *file;
+            let kept = written.len().min(synced.len() + torn);
+            let mut left = synced.clone();
+            left.resize(kept, 0);
+            left[synced.len().min(kept)..kept]
+                .copy_from_slice(&written[synced.len().min(kept)..kept]);
+            *written = left;
         }
     }
 
@@ -198,6 +210,31 @@ fn records_read_back_across_segments_and_after_opening_again() {
 }
 
 #[test]
+fn a_record_filled_in_place_reads_back_and_a_failed_fill_appends_nothing() {
+    let disk = MemFiles::default();
+    let segments = disk.segments(1 << 20);
+    let failed = segments.append_with(64, |slot: &mut [u8]| {
+        slot[0] = 1;
+        Err(Error::invalid("sealing failed"))
+    });
+    assert!(matches!(failed, Err(Error::Invalid(_))), "{failed:?}");
+    let at = segments
+        .append_with(64, |slot: &mut [u8]| {
+            slot.copy_from_slice(&bytes(1, 64));
+            Ok::<(), Error>(())
+        })
+        .expect("append");
+    assert_eq!(at.offset, 0, "the failed fill took room");
+    segments.sync().expect("sync");
+    let view = disk.segments(1 << 20).view().expect("view");
+    assert_eq!(view.read(at).expect("read"), bytes(1, 64));
+    assert_eq!(
+        segments.sizes().expect("sizes"),
+        vec![(at.segment, (HEADER + 64) as u64)]
+    );
+}
+
+#[test]
 fn a_damaged_or_misplaced_record_is_an_integrity_error() {
     let disk = MemFiles::default();
     let segments = disk.segments(1 << 20);
@@ -221,6 +258,15 @@ fn a_damaged_or_misplaced_record_is_an_integrity_error() {
         },
         Location {
             len: 1 << 20,
+            ..second
+        },
+        // Read from a damaged index: nothing is allocated for them.
+        Location {
+            len: u32::MAX,
+            ..second
+        },
+        Location {
+            offset: u64::MAX - 8,
             ..second
         },
     ] {
@@ -271,6 +317,44 @@ fn a_power_cut_keeps_what_was_synced_and_nothing_else_reads_as_a_record() {
     let view = disk.segments(1 << 20).view().expect("view");
     assert_eq!(view.read(synced).expect("read"), bytes(4, 10));
     assert_eq!(view.read(kept).expect("read"), bytes(1, 500));
+}
+
+/// Wherever a power cut cuts what was written and not synced, each record reads back whole
+/// or is an integrity error: never other bytes.
+#[test]
+fn a_record_cut_anywhere_by_a_power_cut_reads_whole_or_not_at_all() {
+    let sizes = [10, 0, 300, 41, 1000, 7];
+    let total: usize = sizes.iter().map(|len| HEADER + len).sum();
+    for torn in (0..=total).step_by(13).chain([HEADER, HEADER + 9, total]) {
+        let disk = MemFiles::default();
+        let segments = disk.segments(1 << 20);
+        let synced = segments.append(&bytes(99, 50)).expect("append");
+        segments.sync().expect("sync");
+        let at: Vec<Location> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, len)| segments.append(&bytes(i, *len)).expect("append"))
+            .collect();
+        // Written (the view writes what waits), not synced.
+        segments.view().expect("view");
+        disk.power_cut_keeping(torn);
+        let view = disk.segments(1 << 20).view().expect("view");
+        assert_eq!(view.read(synced).expect("read"), bytes(99, 50));
+        let mut whole = 0;
+        for (i, (len, at)) in sizes.iter().zip(&at).enumerate() {
+            match view.read(*at) {
+                Ok(read) => {
+                    assert_eq!(read, bytes(i, *len), "record {i}, {torn} bytes kept");
+                    whole += 1;
+                }
+                Err(Error::Integrity(_)) => {}
+                Err(e) => panic!("record {i}, {torn} bytes kept: {e}"),
+            }
+        }
+        if torn == total {
+            assert_eq!(whole, sizes.len(), "everything was kept");
+        }
+    }
 }
 
 #[test]
@@ -327,6 +411,24 @@ fn after_a_failed_sync_every_append_and_sync_fails_until_opened_again() {
 }
 
 #[test]
+fn after_a_fill_that_panicked_every_append_fails_and_nothing_is_written_over() {
+    let disk = MemFiles::default();
+    let segments = disk.segments(1 << 20);
+    let kept = segments.append(&bytes(1, 100)).expect("append");
+    segments.sync().expect("sync");
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        segments.append_with(50, |_: &mut [u8]| -> Result<()> {
+            panic!("sealing panicked")
+        })
+    }));
+    assert!(panicked.is_err());
+    assert!(matches!(segments.append(b"more"), Err(Error::Storage(_))));
+    assert!(matches!(segments.sync(), Err(Error::Storage(_))));
+    let view = disk.segments(1 << 20).view().expect("view");
+    assert_eq!(view.read(kept).expect("read"), bytes(1, 100));
+}
+
+#[test]
 fn in_a_folder_segments_are_files_of_their_own_and_links_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join(SEGMENTS_DIR);
@@ -350,4 +452,11 @@ fn in_a_folder_segments_are_files_of_their_own_and_links_are_refused() {
     std::os::unix::fs::symlink(dir.path().join("elsewhere"), path.join("00000009.seg"))
         .expect("link");
     assert!(matches!(Segments::in_folder(&path), Err(Error::Storage(_))));
+    // The folder itself on a link: refused as well.
+    let linked = dir.path().join("linked");
+    std::os::unix::fs::symlink(&path, &linked).expect("link");
+    assert!(matches!(
+        Segments::in_folder(&linked),
+        Err(Error::Storage(_))
+    ));
 }
