@@ -143,6 +143,31 @@ pub fn host_and_site_in(dir: &std::path::Path) -> (Replica, Replica, Ins) {
     (host, site, ins)
 }
 
+/// Another site of `host_and_site_in`'s host (`site_id`, in `dir`), registering and bound to
+/// the same doctor.
+#[cfg(test)]
+pub fn another_site(dir: &std::path::Path, host: &Replica, site_id: u32) -> Replica {
+    let site = init(
+        dir,
+        Role::Site,
+        Some(site_id),
+        host.host_key().expect("key"),
+    );
+    site.add_professional(&Professional {
+        rpps: doctor(),
+        profession: Profession::Medecin,
+        specialty: None,
+        name: None,
+    })
+    .expect("pro");
+    install_test_identity(&site);
+    crate::testkit::as_host(host)
+        .authority()
+        .bind_professional(carnet_store::ids::SiteId(site_id), &doctor(), true)
+        .expect("bind");
+    site
+}
+
 /// A site replica created from an enrolment bundle, with the doctor registered.
 pub fn site_from_bundle(dir: &std::path::Path, bundle: &crate::enrol::Bundle) -> Replica {
     let site = init(dir, Role::Site, Some(bundle.site_id), Some(bundle.host_key));
