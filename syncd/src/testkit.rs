@@ -95,6 +95,16 @@ pub fn new_dossier(ins: &Ins) -> NewDossier {
     }
 }
 
+/// The doctor (`doctor()`) as a professional a replica registers.
+fn the_doctor() -> Professional {
+    Professional {
+        rpps: doctor(),
+        profession: Profession::Medecin,
+        specialty: None,
+        name: None,
+    }
+}
+
 /// A host (dossier, doctor treating) and a site registering the doctor, pinned to the host.
 #[cfg(test)]
 pub fn host_and_site() -> (tempfile::TempDir, Replica, Replica, Ins) {
@@ -106,12 +116,7 @@ pub fn host_and_site() -> (tempfile::TempDir, Replica, Replica, Ins) {
 /// `host_and_site` in `dir/host` and `dir/site`.
 pub fn host_and_site_in(dir: &std::path::Path) -> (Replica, Replica, Ins) {
     let host = init(&dir.join("host"), Role::Host, None, None);
-    let pro = Professional {
-        rpps: doctor(),
-        profession: Profession::Medecin,
-        specialty: None,
-        name: None,
-    };
+    let pro = the_doctor();
     host.add_professional(&pro).expect("pro");
     let ins = ins();
     crate::testkit::as_host(&host)
@@ -153,13 +158,7 @@ pub fn another_site(dir: &std::path::Path, host: &Replica, site_id: u32) -> Repl
         Some(site_id),
         host.host_key().expect("key"),
     );
-    site.add_professional(&Professional {
-        rpps: doctor(),
-        profession: Profession::Medecin,
-        specialty: None,
-        name: None,
-    })
-    .expect("pro");
+    site.add_professional(&the_doctor()).expect("pro");
     install_test_identity(&site);
     crate::testkit::as_host(host)
         .authority()
@@ -172,13 +171,7 @@ pub fn another_site(dir: &std::path::Path, host: &Replica, site_id: u32) -> Repl
 pub fn site_from_bundle(dir: &std::path::Path, bundle: &crate::enrol::Bundle) -> Replica {
     let site = init(dir, Role::Site, Some(bundle.site_id), Some(bundle.host_key));
     crate::enrol::install_site(&site, bundle).expect("install");
-    site.add_professional(&Professional {
-        rpps: doctor(),
-        profession: Profession::Medecin,
-        specialty: None,
-        name: None,
-    })
-    .expect("pro");
+    site.add_professional(&the_doctor()).expect("pro");
     site
 }
 
