@@ -20,6 +20,7 @@
 
 pub mod check;
 pub mod disk;
+pub mod folder;
 pub mod link;
 pub mod node;
 pub mod rng;
