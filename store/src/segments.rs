@@ -428,12 +428,14 @@ impl View {
             .open
             .get(&at.segment)
             .ok_or_else(|| damaged("is in a segment that is missing"))?;
-        // A location read from disk is checked before anything is allocated for it.
-        let end = at
-            .offset
-            .checked_add((HEADER as u64) + u64::from(at.len))
-            .filter(|_| at.len as usize <= RECORD_MAX);
-        if end.is_none_or(|end| file.len().is_ok_and(|len| end > len)) {
+        // A location read from a damaged index allocates at most `RECORD_MAX` (no length
+        // lookup per read: the read itself finds a record past the segment's end).
+        let fits = at.len as usize <= RECORD_MAX
+            && at
+                .offset
+                .checked_add((HEADER as u64) + u64::from(at.len))
+                .is_some();
+        if !fits {
             return Err(damaged("ends past its segment's end"));
         }
         let mut record = vec![0u8; HEADER + at.len as usize];
