@@ -5,15 +5,17 @@
 //! 1. Traces: every replica's chains verify; the host holds each site's entries exactly once,
 //!    the same entries (sequence and chain hash) as the site, and nothing beyond them.
 //! 2. No acknowledged write lost: every document a node acknowledged is at the host (its
-//!    body stored), or back in its author's quarantine (the host returned it).
+//!    body stored), or back in its author's quarantine (the host returned it); every body a
+//!    replica holds reads whole and matches its content hash (`Replica::damaged_bodies`: a
+//!    location kept by a commit whose record was not durable would fail here).
 //! 3. Convergence: each site holds exactly the dossiers the host puts in its scope (active,
 //!    with a grant to a professional bound to the site), with the same head, grants and
 //!    documents as the host.
 //! 4. The inboxes: every pair dropped was taken (stored, known as stored, or rejected for
 //!    what it says; a pair the storage failed on waits, and healing scans it again).
 //! 5. No plaintext: no synthetic title, body or name in any file of the world's folder nor on
-//!    any node's disk, the inboxes aside (what the clinic's software drops is its own, in
-//!    clear) but for their `done/`, where only receipts stay.
+//!    any node's disks (database, journal, segments), the inboxes aside (what the clinic's
+//!    software drops is its own, in clear) but for their `done/`, where only receipts stay.
 
 use carnet_store::model::{DossierStatus, GrantState};
 
@@ -24,9 +26,10 @@ type Check = fn(&World) -> Result<(), String>;
 
 /// Runs every check; the first failure says what and where.
 pub fn all(world: &World) -> Result<(), String> {
-    let checks: [(&str, Check); 5] = [
+    let checks: [(&str, Check); 6] = [
         ("traces", traces),
         ("acknowledged writes", acknowledged_writes),
+        ("bodies", bodies),
         ("convergence", convergence),
         ("inboxes", inboxes),
         ("plaintext", plaintext),
@@ -117,6 +120,22 @@ fn acknowledged_writes(world: &World) -> Result<(), String> {
             return Err(format!(
                 "document {} acknowledged by {} (dossier {}) is neither at the host nor in its quarantine",
                 w.id, author.name, w.dossier
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn bodies(world: &World) -> Result<(), String> {
+    for node in &world.nodes {
+        let damaged = node
+            .up()?
+            .damaged_bodies()
+            .map_err(err(&format!("{}: bodies", node.name)))?;
+        if !damaged.is_empty() {
+            return Err(format!(
+                "{} holds bodies that do not read back whole: {damaged:?}",
+                node.name
             ));
         }
     }
@@ -332,6 +351,10 @@ fn plaintext(world: &World) -> Result<(), String> {
                 places.last().map_or(0, |p| p.1.len())
             );
         }
+        places.push((
+            format!("{}'s segments", node.name),
+            node.segments.contents(),
+        ));
     }
     for (place, bytes) in &places {
         if let Some(marker) = marker_in(bytes) {

@@ -42,6 +42,35 @@ impl SimFolder {
             .flatten()
     }
 
+    /// The bytes of every file present, one after the other (for the plaintext check).
+    pub fn contents(&self) -> Vec<u8> {
+        let s = self.state();
+        s.names
+            .iter()
+            .filter_map(|n| s.files.get(n))
+            .flat_map(|file| file.contents())
+            .collect()
+    }
+
+    /// The process stopped: no file takes a write any more (`SimDisk::halt`).
+    pub fn halt(&self) {
+        for file in self.state().files.values() {
+            file.halt();
+        }
+    }
+
+    /// Writes are taken again, after a crash that kept everything written (names included:
+    /// the kernel keeps them as it keeps the files' pages).
+    pub fn restart(&self) {
+        let mut s = self.state();
+        s.durable_names = s.names.clone();
+        let names = s.names.clone();
+        s.files.retain(|n, _| names.contains(n));
+        for file in s.files.values() {
+            file.restart();
+        }
+    }
+
     /// A power cut: the names as last synced, each file as its disk keeps it.
     pub fn power_cut(&self, rng: &mut Rng) {
         let mut s = self.state();

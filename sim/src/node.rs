@@ -1,7 +1,8 @@
 //! One simulated node: a replica (the host's or a site's) on a simulated disk, with its own
 //! clock, that can crash, lose power and restart.
 //!
-//! What lives where: the database and the trace journal are each on a `SimDisk`; the key file
+//! What lives where: the database and the trace journal are each on a `SimDisk`, the body
+//! segments in a `SimFolder` of them; the key file
 //! is a real file in the node's folder (a tmpfs when there is one), written once at init and
 //! synced. A crash stops the process: the disks take no more writes, then they keep
 //! everything written (the kernel's page cache survives the process) or, at a power cut, only
@@ -15,6 +16,7 @@ use carnet_store::ids::SiteId;
 use carnet_store::replica::{Clock, InitOptions, KeySource, Replica};
 
 use crate::disk::SimDisk;
+use crate::folder::SimFolder;
 use crate::rng::Rng;
 
 /// A node of the simulated world.
@@ -30,6 +32,8 @@ pub struct Node {
     pub disk: SimDisk,
     /// Its trace journal's disk.
     pub journal: SimDisk,
+    /// Its body segments' folder.
+    pub segments: SimFolder,
     /// Its clock, in Unix milliseconds: the simulator advances it.
     pub clock: Arc<AtomicU64>,
     /// The open replica; `None` while the node is down.
@@ -50,18 +54,25 @@ fn clock_of(time: &Arc<AtomicU64>) -> Clock {
 impl Node {
     /// A new replica in `dir` on a fresh disk.
     pub fn init(name: String, dir: PathBuf, opts: InitOptions, now: u64) -> Result<Node, String> {
-        let (disk, journal) = (SimDisk::new(), SimDisk::new());
+        let (disk, journal, segments) = (SimDisk::new(), SimDisk::new(), SimFolder::default());
         let clock = Arc::new(AtomicU64::new(now));
         std::fs::create_dir_all(&dir).map_err(|e| format!("{name}: folder: {e}"))?;
-        let replica =
-            Replica::init_with_backend(&dir, disk.clone(), journal.clone(), opts, clock_of(&clock))
-                .map_err(|e| format!("{name}: init: {e}"))?;
+        let replica = Replica::init_with_backends(
+            &dir,
+            disk.clone(),
+            journal.clone(),
+            segments.clone(),
+            opts,
+            clock_of(&clock),
+        )
+        .map_err(|e| format!("{name}: init: {e}"))?;
         Ok(Node {
             name,
             site: replica.config().site_id,
             dir,
             disk,
             journal,
+            segments,
             clock,
             replica: Some(replica),
             up_at: 0,
@@ -92,14 +103,17 @@ impl Node {
     pub fn crash(&mut self, power: bool, up_at: u64, rng: &mut Rng) {
         self.disk.halt();
         self.journal.halt();
+        self.segments.halt();
         self.replica = None;
         if power {
             self.disk.power_cut(rng);
             self.journal.power_cut(rng);
+            self.segments.power_cut(rng);
             self.power_cuts += 1;
         } else {
             self.disk.restart();
             self.journal.restart();
+            self.segments.restart();
         }
         self.crashes += 1;
         self.up_at = up_at;
@@ -110,10 +124,11 @@ impl Node {
         if self.replica.is_some() {
             return Ok(());
         }
-        let replica = Replica::open_with_backend(
+        let replica = Replica::open_with_backends(
             &self.dir,
             self.disk.clone(),
             self.journal.clone(),
+            self.segments.clone(),
             &KeySource::File,
             clock_of(&self.clock),
         )

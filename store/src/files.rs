@@ -125,8 +125,9 @@ pub fn read_bounded(path: &Path, max: u64) -> io::Result<Vec<u8>> {
 }
 
 /// Tightens a data folder that others may read: the folder itself to 0700, its regular files
-/// to 0600 and its direct subfolders to 0700. Returns one sentence per fix (or per fix that
-/// failed), for the caller to report.
+/// to 0600 and its direct subfolders (the body segments, the inbox) to 0700, their regular
+/// files to 0600. Returns one sentence per fix (or per fix that failed), for the caller to
+/// report.
 pub fn tighten_folder(dir: &Path) -> Vec<String> {
     let mut report = Vec::new();
     let mut fix = |path: &Path, mode: u32, what: &str| {
@@ -158,6 +159,11 @@ pub fn tighten_folder(dir: &Path) -> Vec<String> {
                 fix(&entry.path(), FILE_MODE, "the file");
             } else if kind.is_dir() {
                 fix(&entry.path(), DIR_MODE, "the folder");
+                for inner in fs::read_dir(entry.path()).into_iter().flatten().flatten() {
+                    if inner.file_type().is_ok_and(|t| t.is_file()) {
+                        fix(&inner.path(), FILE_MODE, "the file");
+                    }
+                }
             }
         }
     }
@@ -196,15 +202,23 @@ mod tests {
         fs::write(dir.join("carnet.redb"), b"x").expect("write");
         fs::write(dir.join("private"), b"x").expect("write");
         fs::create_dir(dir.join("inbox")).expect("mkdir");
+        fs::create_dir(dir.join("segments")).expect("mkdir");
+        fs::write(dir.join("segments/00000001.seg"), b"x").expect("write");
+        fs::set_permissions(
+            dir.join("segments/00000001.seg"),
+            fs::Permissions::from_mode(0o640),
+        )
+        .expect("chmod");
         fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).expect("chmod");
         fs::set_permissions(dir.join("carnet.redb"), fs::Permissions::from_mode(0o644))
             .expect("chmod");
         fs::set_permissions(dir.join("private"), fs::Permissions::from_mode(0o600)).expect("chmod");
         fs::set_permissions(dir.join("inbox"), fs::Permissions::from_mode(0o755)).expect("chmod");
         let report = tighten_folder(dir);
-        assert_eq!(report.len(), 3, "{report:?}");
+        assert_eq!(report.len(), 5, "{report:?}");
         assert_eq!(mode(dir), 0o700);
         assert_eq!(mode(&dir.join("carnet.redb")), 0o600);
+        assert_eq!(mode(&dir.join("segments/00000001.seg")), 0o600);
         assert_eq!(mode(&dir.join("inbox")), 0o700);
         assert!(tighten_folder(dir).is_empty());
     }

@@ -508,7 +508,8 @@ impl Fixture {
 /// A file of the template, held in memory without its runs of zeros (the trace journal is
 /// made whole at its full size, mostly zeros): written back sparse, a copy costs little.
 struct TemplateFile {
-    name: std::ffi::OsString,
+    /// Its path inside the replica folder (the body segments are in a folder of their own).
+    name: PathBuf,
     len: u64,
     /// The blocks that are not all zeros, with their offsets.
     blocks: Vec<(u64, Vec<u8>)>,
@@ -518,11 +519,20 @@ struct TemplateFile {
 const BLOCK: usize = 64 * 1024;
 
 impl TemplateFile {
-    /// The files of the replica folder `dir` (it has no sub-folders).
+    /// The files of the replica folder `dir`, those of its sub-folders included.
     fn read_folder(dir: &Path) -> Vec<TemplateFile> {
         let mut files = Vec::new();
+        Self::read_into(dir, Path::new(""), &mut files);
+        files
+    }
+
+    fn read_into(dir: &Path, inside: &Path, files: &mut Vec<TemplateFile>) {
         for entry in std::fs::read_dir(dir).expect("fixture listed") {
             let entry = entry.expect("fixture entry");
+            if entry.file_type().expect("fixture entry type").is_dir() {
+                Self::read_into(&entry.path(), &inside.join(entry.file_name()), files);
+                continue;
+            }
             let bytes = std::fs::read(entry.path()).expect("fixture file read");
             let blocks = bytes
                 .chunks(BLOCK)
@@ -531,28 +541,28 @@ impl TemplateFile {
                 .map(|(i, block)| ((i * BLOCK) as u64, block.to_vec()))
                 .collect();
             files.push(TemplateFile {
-                name: entry.file_name(),
+                name: inside.join(entry.file_name()),
                 len: bytes.len() as u64,
                 blocks,
             });
         }
-        files
     }
 
-    /// Writes the file into `dir` (made 0700 if missing), mode 0600.
+    /// Writes the file into `dir` (its folders made 0700 if missing), mode 0600.
     fn write(&self, dir: &Path) {
         use std::io::{Seek, SeekFrom, Write};
         use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        let path = dir.join(&self.name);
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(dir)
+            .create(path.parent().unwrap_or(dir))
             .expect("copy folder");
         let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(dir.join(&self.name))
+            .open(&path)
             .expect("fixture file created");
         for (offset, block) in &self.blocks {
             file.seek(SeekFrom::Start(*offset)).expect("seek");

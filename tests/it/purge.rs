@@ -1,7 +1,9 @@
 //! Closure and purge: a closed dossier refuses every access; a purge destroys its key and its
 //! rows on the host; a site purges its copy when it imports the closure.
 
-use carnet_store::replica::tables::{BODIES, DOCS, DOSSIER_DOCS, DOSSIER_KEYS, TOMBSTONES};
+use carnet_store::replica::tables::{
+    BODIES, BODY_PLACES, DOCS, DOSSIER_DOCS, DOSSIER_KEYS, TOMBSTONES,
+};
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 use crate::support::*;
@@ -38,7 +40,12 @@ fn rows(c: &Carnet) -> Rows {
             .expect("index")
             .len()
             .expect("len"),
-        bodies: txn.open_table(BODIES).expect("bodies").len().expect("len"),
+        bodies: txn.open_table(BODIES).expect("bodies").len().expect("len")
+            + txn
+                .open_table(BODY_PLACES)
+                .expect("body_places")
+                .len()
+                .expect("len"),
     }
 }
 

@@ -1,4 +1,5 @@
-//! Damage at rest and in transit: a byte flipped inside a stored body chunk, document record,
+//! Damage at rest and in transit: a byte flipped inside a stored body chunk (in its segment
+//! file), a chunk's location moved to another chunk's, a document record,
 //! trace entry or signed host record (by opening the redb file directly, while no carnet runs);
 //! a damaged authority bundle; a replica written by a newer format. Each is reported as what it
 //! is — exit 5 for integrity, 2 for a format to upgrade — without a panic. Damage to a body or
@@ -6,9 +7,10 @@
 //! signed records: `row_digest`) refuses the replica at open, naming the table.
 
 use carnet_store::replica::tables::{
-    AUDIT, AUTHORITY, BODIES, ChunkPlace, DOCS, FORMAT_VERSION, META, StoredTrace, body_key,
+    AUDIT, AUTHORITY, BODY_PLACES, ChunkPlace, DOCS, FORMAT_VERSION, META, StoredTrace, body_key,
     meta_key, subject_key, tag,
 };
+use carnet_store::segments::{Location, SEGMENTS_DIR};
 use redb::{ReadableDatabase, ReadableTable};
 
 use crate::support::*;
@@ -72,6 +74,18 @@ fn flip(v: &mut [u8], at: usize) {
     v[at] ^= 0x40;
 }
 
+/// Where chunk `n` of the document stored as `stored` is kept in the segments.
+fn chunk_location(c: &Carnet, stored: &[u8; 16], n: u32) -> Location {
+    let db = c.db();
+    let txn = db.begin_read().expect("read");
+    let places = txn.open_table(BODY_PLACES).expect("body_places");
+    let at = places
+        .get(body_key(stored, ChunkPlace::Main, n).as_slice())
+        .expect("get")
+        .expect("the chunk is kept in a segment");
+    Location::decode(at.value()).expect("location")
+}
+
 #[test]
 fn altered_body_chunk() {
     let t = two();
@@ -79,22 +93,15 @@ fn altered_body_chunk() {
     assert_eq!(c.body(&t.scan, DOCTOR), t.scan_body);
     let scan = c.stored_doc_id(&t.scan);
     {
-        let db = c.db();
-        let txn = db.begin_write().expect("write");
-        {
-            let mut bodies = txn.open_table(BODIES).expect("bodies");
-            let key = body_key(&scan, ChunkPlace::Main, 1);
-            let mut v = bodies
-                .get(key.as_slice())
-                .expect("get")
-                .expect("chunk 1 exists")
-                .value()
-                .to_vec();
-            let mid = v.len() / 2;
-            flip(&mut v, mid);
-            bodies.insert(key.as_slice(), v.as_slice()).expect("insert");
-        }
-        txn.commit().expect("commit");
+        // One byte of chunk 1's record changed in its segment file.
+        let at = chunk_location(c, &scan, 1);
+        let file = c
+            .data
+            .join(SEGMENTS_DIR)
+            .join(format!("{:08}.seg", at.segment));
+        let mut bytes = std::fs::read(&file).expect("segment");
+        flip(&mut bytes, at.offset as usize + 20 + at.len as usize / 2);
+        std::fs::write(&file, &bytes).expect("write the segment");
     }
     let o = c.fails(5, &["doc", "get", &t.scan, "--as", DOCTOR]);
     assert!(
@@ -153,7 +160,7 @@ fn a_body_chunk_moved_to_another_document_does_not_open() {
         let db = c.db();
         let txn = db.begin_write().expect("write");
         {
-            let mut bodies = txn.open_table(BODIES).expect("bodies");
+            let mut bodies = txn.open_table(BODY_PLACES).expect("body_places");
             let from = body_key(&scan, ChunkPlace::Main, 2);
             let to = body_key(&scan, ChunkPlace::Main, 1);
             let v = bodies

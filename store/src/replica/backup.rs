@@ -169,6 +169,7 @@ pub(super) fn each_table(v: &mut impl Tables) -> Result<()> {
     v.table(DOSSIER_DOCS)?;
     v.table(UNIQUE_IDS)?;
     v.table(BODIES)?;
+    v.table(BODY_PLACES)?;
     v.table(PROS)?;
     v.table(AUDIT)?;
     v.table(AUDIT_HEADS)?;
@@ -243,8 +244,11 @@ impl<W: Write> Content<W> {
     }
 }
 
-/// Writes every table of one read transaction.
+/// Writes every table of one read transaction. The chunks kept in segments go with the
+/// `bodies` table's rows, as the sealed bytes their locations name (`body_places` is written
+/// without rows): a restore writes them into `BODIES`.
 struct Dump<'a, W: Write> {
+    replica: &'a Replica,
     txn: &'a crate::kv::ReadTransaction,
     out: &'a mut Content<W>,
     names: Vec<String>,
@@ -257,14 +261,24 @@ impl<W: Write> Tables for Dump<'_, W> {
         def: TableDefinition<K, V>,
     ) -> Result<()> {
         self.names.push(def.name().to_string());
+        if def.name() == BODY_PLACES.name() {
+            // Its chunks travel as rows of `bodies`: the restored table is empty.
+            self.out.name(TABLE_RECORD, def.name())?;
+            return self.out.put(&0u64.to_le_bytes());
+        }
         let table = match self.txn.open_table(def) {
             Ok(t) => t,
             // A table this replica never created (an older replica): nothing to carry.
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
             Err(e) => return Err(e.into()),
         };
+        let places = if def.name() == BODIES.name() {
+            Some(self.txn.open_table(BODY_PLACES)?)
+        } else {
+            None
+        };
         self.out.name(TABLE_RECORD, def.name())?;
-        let rows = table.len()?;
+        let rows = table.len()? + places.as_ref().map_or(Ok(0), |p| p.len())?;
         self.out.put(&rows.to_le_bytes())?;
         let mut written = 0u64;
         for row in table.iter()? {
@@ -272,6 +286,14 @@ impl<W: Write> Tables for Dump<'_, W> {
             self.out.blob(K::as_bytes(&k.value()).as_ref())?;
             self.out.blob(V::as_bytes(&v.value()).as_ref())?;
             written += 1;
+        }
+        if let Some(places) = &places {
+            for row in places.iter()? {
+                let (k, at) = row?;
+                self.out.blob(k.value())?;
+                self.out.blob(&self.replica.chunk_at(at.value())?)?;
+                written += 1;
+            }
         }
         if written != rows {
             return Err(Error::Storage(format!(
@@ -332,6 +354,7 @@ impl Replica {
         let taken_at = self.now();
         let txn = self.begin_read()?;
         let mut dump = Dump {
+            replica: self,
             txn: &txn,
             out: &mut content,
             names: Vec::new(),

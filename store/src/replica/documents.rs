@@ -10,6 +10,7 @@ use std::sync::Arc;
 use crate::kv::{ReadTransaction, ReadableTable, Table, WriteTransaction};
 use zeroize::Zeroizing;
 
+use super::bodies::{Bodies, ChunkTable};
 use super::changes::Changed;
 use super::sync::Act;
 use super::tables::*;
@@ -316,7 +317,7 @@ impl Replica {
         txn.open_table(DOSSIER_DOCS)?
             .remove(dossier_doc_key(bi, &stored).as_slice())?;
         self.digested(txn, DOCS)?.remove(&stored)?;
-        remove_body(&mut txn.open_table(BODIES)?, &stored)?;
+        self.bodies(txn)?.remove(&stored)?;
         self.forget_partial_body(txn, doc)?;
         txn.open_table(MISSING_BODIES)?.remove(&stored)?;
         txn.open_table(CONFLICTS)?.remove(&stored)?;
@@ -433,7 +434,7 @@ impl Replica {
     /// (`padding::padded_body_len`) and cut as `body_chunk_plan` says.
     pub(super) fn put_body(
         &self,
-        bodies: &mut Table<'_, &'static [u8], &'static [u8]>,
+        bodies: &mut Bodies<Table<'_, &'static [u8], &'static [u8]>>,
         key: &Key,
         id: &DocId,
         body: &[u8],
@@ -459,10 +460,9 @@ impl Replica {
                 &padded_chunk[..]
             };
             start = end;
-            // Sealed straight into the space redb reserves for it (an error drops the
-            // transaction, reserved space and all).
+            // Sealed straight into the space it goes to (an error drops the transaction).
             let sealed_len = SEAL_OVERHEAD + chunk.len();
-            bodies.insert_with(body_key(&stored, place, n).as_slice(), sealed_len, |slot| {
+            bodies.put_chunk(body_key(&stored, place, n).as_slice(), sealed_len, |slot| {
                 key.seal_into(&body_aad(&id.0, n), chunk, slot)
             })?;
         }
@@ -472,7 +472,7 @@ impl Replica {
     /// Reads, opens and checks a body against its metadata.
     pub(super) fn get_body(
         &self,
-        bodies: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        bodies: &Bodies<impl ChunkTable>,
         key: &Key,
         meta: &DocumentMeta,
     ) -> Result<Zeroizing<Vec<u8>>> {
@@ -488,7 +488,14 @@ impl Replica {
         let mut n = 0u32;
         while out.len() < padded {
             let (_, place) = next_body_chunk(padded - out.len(), n == 0);
-            let sealed = bodies.get(body_key(&stored, place, n).as_slice())?;
+            let sealed = bodies
+                .chunk(body_key(&stored, place, n).as_slice())
+                .map_err(|e| match e {
+                    Error::Integrity(why) => {
+                        Error::integrity(format!("body of document {id} was altered: {why}"))
+                    }
+                    other => other,
+                })?;
             let Some(sealed) = sealed else {
                 if n == 0 {
                     break;
@@ -497,7 +504,7 @@ impl Replica {
                     "body of document {id}: chunk {n} missing"
                 )));
             };
-            key.open_into(&body_aad(&id.0, n), sealed.value(), &mut out)
+            key.open_into(&body_aad(&id.0, n), sealed.sealed(), &mut out)
                 .map_err(|_| Error::integrity(format!("body of document {id} was altered")))?;
             n = n.checked_add(1).ok_or_else(|| Error::integrity("size"))?;
         }
@@ -698,7 +705,7 @@ impl Replica {
         {
             let mut docs = self.digested(&txn, DOCS)?;
             let mut index = txn.open_table(DOSSIER_DOCS)?;
-            let mut bodies = txn.open_table(BODIES)?;
+            let mut bodies = self.bodies(&txn)?;
             let mut uniques = txn.open_table(UNIQUE_IDS)?;
             let mut next_seq = Self::next_outbox_seq(&txn)?;
             let mut outbox = txn.open_table(OUTBOX)?;
@@ -1063,7 +1070,7 @@ impl Replica {
             self.put_meta(&mut docs, &key, &stored.dossier, stored.rev + 1, &old)?;
             self.put_meta(&mut docs, &key, &stored.dossier, 1, &new)?;
         }
-        self.put_body(&mut txn.open_table(BODIES)?, &key, &id, &doc.body)?;
+        self.put_body(&mut self.bodies(&txn)?, &key, &id, &doc.body)?;
         txn.open_table(DOSSIER_DOCS)?.put(
             dossier_doc_key(&stored.dossier, &self.stored_id(&id)).as_slice(),
             (),
@@ -1136,7 +1143,7 @@ impl Replica {
             if !decision.allow {
                 return Err(Self::denied(&decision));
             }
-            let bodies = txn.open_table(BODIES)?;
+            let bodies = self.bodies_read(&txn)?;
             let mut out = Vec::new();
             for (key, meta) in self.readable_docs(&txn, generation, &ctx, &who, &tactor, &bi)? {
                 let body = self.get_body(&bodies, &key, &meta)?;
@@ -1246,22 +1253,6 @@ fn validate_new(d: &NewDocument) -> Result<()> {
 
 pub(super) fn meta_aad(id: &[u8; 16], rev: u64) -> Vec<u8> {
     aad(&[b"meta", id, &rev.to_le_bytes()])
-}
-
-/// Removes every chunk of the document stored as `stored` (`doc_map`), its tail included: the
-/// keys of each place that start with its place and stored id (`body_key`), nothing else.
-pub(super) fn remove_body(
-    bodies: &mut Table<'_, &'static [u8], &'static [u8]>,
-    stored: &[u8; 16],
-) -> Result<()> {
-    for place in [ChunkPlace::Main, ChunkPlace::Tail] {
-        let (first, last) = (
-            body_key(stored, place, 0),
-            body_key(stored, place, u32::MAX),
-        );
-        bodies.retain_in(first.as_slice()..=last.as_slice(), |_, _| false)?;
-    }
-    Ok(())
 }
 
 pub(super) fn body_aad(id: &[u8; 16], chunk: u32) -> Vec<u8> {

@@ -758,7 +758,7 @@ impl Replica {
         if !in_scope || !self.site_sees_document(&txn, &mut view, &stored.dossier, &meta)? {
             return Err(Error::not_found(format!("no document {id} for this site")));
         }
-        match self.get_body(&txn.open_table(BODIES)?, &key, &meta) {
+        match self.get_body(&self.bodies_read(&txn)?, &key, &meta) {
             Ok(body) => Ok(Some(body)),
             // Not received from its author yet.
             Err(Error::NotFound(_)) => Ok(None),
@@ -769,8 +769,7 @@ impl Replica {
     /// True when this replica holds the body of `id`.
     pub fn has_body(&self, id: &DocId) -> Result<bool> {
         let txn = self.begin_read()?;
-        let first = first_body_key(&self.stored_id(id));
-        Ok(txn.open_table(BODIES)?.get(first.as_slice())?.is_some())
+        self.bodies_read(&txn)?.holds(&self.stored_id(id))
     }
 
     // ---- site ----

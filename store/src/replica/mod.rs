@@ -19,6 +19,7 @@ mod announcements;
 mod authority_ops;
 mod backend;
 pub mod backup;
+mod bodies;
 mod cache;
 mod changes;
 mod conflicts;
@@ -66,6 +67,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use crate::kv::{Database, ReadTransaction, ReadableTable, WriteTransaction};
+use crate::segments::{SegmentFiles, Segments};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use redb::StorageBackend;
 
@@ -385,6 +387,9 @@ pub struct Replica {
     /// Which of the host's daemons this process is (`daemons`): its chain is its own.
     daemon: daemons::Daemon,
     db: Database,
+    /// The segment files holding body chunks (`bodies`): a replica in its redb file (or on a
+    /// simulated disk given segments) only.
+    segments: Option<Arc<Segments>>,
     /// Waits for the syncs that commits inside `deferring_syncs` left to finish behind them.
     durability: backend::Durability,
     dir: PathBuf,
@@ -530,12 +535,45 @@ impl Replica {
 
     /// `init` with the database on `backend` and the trace journal on `journal` (simulated
     /// disks: `carnet-sim`) instead of `carnet.redb` and `trace.journal`; the key file is still
-    /// a file in `dir`. Fails if `backend` holds anything already. Each handle `backend` and
-    /// `journal` clone to must reach the same storage.
+    /// a file in `dir`; body chunks in `BODIES` rows. Fails if `backend` holds anything
+    /// already. Each handle `backend` and `journal` clone to must reach the same storage.
     pub fn init_with_backend<B: StorageBackend + Clone>(
         dir: &Path,
         backend: B,
         journal: B,
+        opts: InitOptions,
+        clock: Clock,
+    ) -> Result<Replica> {
+        let handle =
+            || -> Backends { (Box::new(backend.clone()), Box::new(journal.clone()), None) };
+        Self::create_on_backends(dir, &handle, opts, clock)
+    }
+
+    /// `init_with_backend` with the body chunks in segments on `segments` (the simulator's
+    /// folder), as a replica in its file keeps them; each clone of `segments` must reach the
+    /// same files.
+    pub fn init_with_backends<B: StorageBackend + Clone, S: SegmentFiles + Clone + 'static>(
+        dir: &Path,
+        backend: B,
+        journal: B,
+        segments: S,
+        opts: InitOptions,
+        clock: Clock,
+    ) -> Result<Replica> {
+        let handle = || -> Backends {
+            (
+                Box::new(backend.clone()),
+                Box::new(journal.clone()),
+                Some(Box::new(segments.clone())),
+            )
+        };
+        Self::create_on_backends(dir, &handle, opts, clock)
+    }
+
+    /// `create` on the backends `handle` gives; what it made in `dir` goes if it fails.
+    fn create_on_backends(
+        dir: &Path,
+        handle: &dyn Fn() -> Backends,
         opts: InitOptions,
         clock: Clock,
     ) -> Result<Replica> {
@@ -544,8 +582,7 @@ impl Replica {
             .map(|f| dir.join(f))
             .filter(|p| !p.exists())
             .collect();
-        let handle = || -> Backends { (Box::new(backend.clone()), Box::new(journal.clone())) };
-        Self::create(dir, Place::Backend(&handle), opts, clock)
+        Self::create(dir, Place::Backend(handle), opts, clock)
             .inspect_err(|_| remove_created(&fresh))
     }
 
@@ -703,6 +740,7 @@ impl Replica {
             txn.open_table(RETURNED)?;
             txn.open_table(PENDING_PURGES)?;
             txn.open_table(BODIES)?;
+            txn.open_table(BODY_PLACES)?;
             txn.open_table(PROS)?;
             txn.open_table(AUDIT)?;
             txn.open_table(AUDIT_HEADS)?;
@@ -717,11 +755,12 @@ impl Replica {
         drop(db);
         match place {
             Place::Backend(handle) => {
-                let (db, journal) = handle();
+                let (db, journal, segments) = handle();
                 Self::open_in(
                     dir,
                     DbStore::Backend(db),
                     Some(journal),
+                    segments,
                     &opts.key,
                     clock,
                     DEFAULT_CACHE_MIB,
@@ -731,6 +770,7 @@ impl Replica {
             Place::Postgres(pg) => Self::open_in(
                 dir,
                 DbStore::Postgres(pg.clone()),
+                None,
                 None,
                 &opts.key,
                 clock,
@@ -765,7 +805,15 @@ impl Replica {
                 dir.display()
             )));
         }
-        Self::open_in(dir, DbStore::File(db_path), None, source, clock, cache_mib)
+        Self::open_in(
+            dir,
+            DbStore::File(db_path),
+            None,
+            None,
+            source,
+            clock,
+            cache_mib,
+        )
     }
 
     /// `open_with_cache` with the tables on `storage` (the page cache is redb's only).
@@ -789,6 +837,7 @@ impl Replica {
                     dir,
                     DbStore::Postgres(pg.clone()),
                     None,
+                    None,
                     source,
                     clock,
                     cache_mib,
@@ -811,17 +860,42 @@ impl Replica {
             dir,
             DbStore::Backend(Box::new(backend)),
             Some(Box::new(journal)),
+            None,
             source,
             clock,
             DEFAULT_CACHE_MIB,
         )
     }
 
-    /// Opens the replica on `store`, its journal on `journal` or in `dir`.
+    /// `open_with_backend` with the body segments on `segments` (see `init_with_backends`).
+    pub fn open_with_backends(
+        dir: &Path,
+        backend: impl StorageBackend,
+        journal: impl StorageBackend,
+        segments: impl SegmentFiles + 'static,
+        source: &KeySource,
+        clock: Clock,
+    ) -> Result<Replica> {
+        Self::open_in(
+            dir,
+            DbStore::Backend(Box::new(backend)),
+            Some(Box::new(journal)),
+            Some(Box::new(segments)),
+            source,
+            clock,
+            DEFAULT_CACHE_MIB,
+        )
+    }
+
+    /// Opens the replica on `store`, its journal on `journal` or in `dir`, its body segments
+    /// in `DIR/segments` for a file, on `segment_files` for a backend given them, none (bodies
+    /// in `BODIES` rows) otherwise.
+    #[allow(clippy::too_many_arguments)]
     fn open_in(
         dir: &Path,
         store: DbStore,
         journal: Option<Box<dyn StorageBackend>>,
+        segment_files: Option<Box<dyn SegmentFiles>>,
         source: &KeySource,
         clock: Clock,
         cache_mib: usize,
@@ -831,6 +905,7 @@ impl Replica {
             .map_err(|e| Error::integrity(e.to_string()))?;
         // A folder others can read is tightened before anything is read from it, and said.
         let folder_fixes = crate::files::tighten_folder(dir);
+        let in_file = matches!(store, DbStore::File(_));
         let (db, durability) = open_database_checked(store, dir, cache_mib)?;
         // Holding the live database: no rotation runs, so a re-keyed file beside it is a
         // leftover of one that stopped before its commit point.
@@ -938,10 +1013,23 @@ impl Replica {
         } else {
             view::SharedView::per_read()
         };
+        let segments = if in_file {
+            let folder = dir.join(crate::segments::SEGMENTS_DIR);
+            Some(Arc::new(Segments::in_folder(&folder)?))
+        } else {
+            match segment_files {
+                Some(files) => Some(Arc::new(Segments::open(
+                    files,
+                    crate::segments::SEGMENT_BYTES,
+                )?)),
+                None => None,
+            }
+        };
         let replica = Replica {
             chain,
             daemon,
             db,
+            segments,
             durability,
             dir: dir.to_path_buf(),
             config,
@@ -971,6 +1059,7 @@ impl Replica {
         // must reach its anchor.
         replica.flush_traces()?;
         replica.check_trace_anchor()?;
+        replica.remove_unnamed_segments()?;
         if !restoring {
             // A purge traces: a restored replica resumes them once it caught up.
             replica.resume_purges()?;
@@ -1473,7 +1562,7 @@ impl Replica {
             let (txn, generation) = self.snapshot()?;
             Ok(view::ReadView {
                 docs: txn.open_table(DOCS)?,
-                bodies: txn.open_table(BODIES)?,
+                bodies: self.bodies_read(&txn)?,
                 txn,
                 generation,
             })
@@ -2235,6 +2324,8 @@ impl RawWrite<'_> {
                 meta.insert(STATE_MAC, mac.as_slice())?;
             }
         }
+        // The records this transaction appended, before the index naming them.
+        replica.sync_segments()?;
         let committed = if DEFERRING.get() == replica.durability.id() {
             replica.durability.deferring(|| txn.commit())
         } else {
@@ -2306,11 +2397,15 @@ thread_local! {
     static DEFERRING: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
-/// Opens (or with `create`, creates) the database file over the write-behind backend.
-/// Where a replica's database lives.
-/// A database and a trace journal on storage backends (`init_with_backend`).
-type Backends = (Box<dyn StorageBackend>, Box<dyn StorageBackend>);
+/// A database and a trace journal on storage backends, and the body segments' files if not in
+/// `BODIES` rows (`init_with_backend`, `init_with_backends`).
+type Backends = (
+    Box<dyn StorageBackend>,
+    Box<dyn StorageBackend>,
+    Option<Box<dyn SegmentFiles>>,
+);
 
+/// Where a replica's database lives.
 enum DbStore {
     /// Its file (`carnet.redb` in the data folder, or a staging copy).
     File(PathBuf),
@@ -2342,6 +2437,7 @@ impl DbStore {
     }
 }
 
+/// Opens (or with `create`, creates) the database over the write-behind backend.
 fn open_database(
     store: DbStore,
     create: bool,

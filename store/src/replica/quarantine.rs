@@ -131,7 +131,7 @@ impl Replica {
     ) -> Result<()> {
         let (_, key, meta) = self.load_doc(snap, generation, id)?;
         let body = self
-            .get_body(&snap.open_table(BODIES)?, &key, &meta)
+            .get_body(&self.bodies_read(snap)?, &key, &meta)
             .map(|b| b.to_vec())
             .unwrap_or_default();
         let mut refile_of = None;

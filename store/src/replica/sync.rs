@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::Replica;
+use super::bodies::{Bodies, ChunkTable};
 use super::tables::*;
 use crate::authority::{AuthorityRecord, Verified};
 use crate::error::{Error, Result};
@@ -620,7 +621,7 @@ impl Replica {
             .collect();
         let lacking = self.lacking_in(
             &txn.open_table(DOCS)?,
-            &txn.open_table(BODIES)?,
+            &self.bodies(&txn)?,
             &txn.open_table(PARTIAL_PROGRESS)?,
             &documents,
         )?;
@@ -674,10 +675,7 @@ impl Replica {
                     )?;
                     if remote.facts.size > 0
                         && body.is_none()
-                        && txn
-                            .open_table(BODIES)?
-                            .get(first_body_key(&stored).as_slice())?
-                            .is_none()
+                        && !self.bodies(txn)?.holds(&stored)?
                     {
                         // In the same transaction as the metadata: the body is asked for at
                         // every Welcome until it is stored, whatever happens to this round.
@@ -914,7 +912,7 @@ impl Replica {
                 self.put_meta(&mut self.digested(txn, DOCS)?, &key, &bi, 1, remote)?;
                 match body {
                     Some(body) => {
-                        self.put_body(&mut txn.open_table(BODIES)?, &key, &id, body)?;
+                        self.put_body(&mut self.bodies(txn)?, &key, &id, body)?;
                     }
                     None if remote.facts.size > 0 => {
                         txn.open_table(MISSING_BODIES)?.insert(&stored_id, ())?;
@@ -935,8 +933,8 @@ impl Replica {
             }
         }
         if let Some(body) = body {
-            let mut bodies = txn.open_table(BODIES)?;
-            if bodies.get(first_body_key(&stored_id).as_slice())?.is_none() {
+            let mut bodies = self.bodies(txn)?;
+            if !bodies.holds(&stored_id)? {
                 self.put_body(&mut bodies, &key, &id, body)?;
                 drop(bodies);
                 txn.open_table(MISSING_BODIES)?.remove(&stored_id)?;
@@ -952,7 +950,7 @@ impl Replica {
     pub(crate) fn body_for_sync(&self, id: &DocId) -> Result<Zeroizing<Vec<u8>>> {
         let (txn, generation) = self.snapshot()?;
         let (_, key, meta) = self.load_doc(&txn, generation, id)?;
-        self.get_body(&txn.open_table(BODIES)?, &key, &meta)
+        self.get_body(&self.bodies_read(&txn)?, &key, &meta)
     }
 
     /// The whole bodies of the documents of `metas`, in one snapshot, to travel with them:
@@ -963,7 +961,7 @@ impl Replica {
         metas: &[&DocumentMeta],
     ) -> Result<Vec<Option<Zeroizing<Vec<u8>>>>> {
         let (txn, generation) = self.snapshot()?;
-        let bodies = txn.open_table(BODIES)?;
+        let bodies = self.bodies_read(&txn)?;
         Ok(metas
             .iter()
             .map(|meta| {
@@ -980,16 +978,14 @@ impl Replica {
     fn lacking_in(
         &self,
         docs: &impl ReadableTable<&'static [u8; 16], &'static [u8]>,
-        bodies: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        bodies: &Bodies<impl ChunkTable>,
         progress: &impl ReadableTable<&'static [u8; 16], u64>,
         ids: &[DocId],
     ) -> Result<Vec<(DocId, u64)>> {
         let mut out = Vec::new();
         for id in ids {
             let stored = self.stored_id(id);
-            if docs.get(&stored)?.is_some()
-                && bodies.get(first_body_key(&stored).as_slice())?.is_none()
-            {
+            if docs.get(&stored)?.is_some() && !bodies.holds(&stored)? {
                 let kept = progress.get(&stored)?.map_or(0, |v| v.value());
                 out.push((*id, kept));
             }
@@ -1108,11 +1104,7 @@ impl Replica {
             // Only the site a document was written at holds its body first-hand.
             return Err(Self::owes_no_body(id));
         }
-        if txn
-            .open_table(BODIES)?
-            .get(first_body_key(&stored).as_slice())?
-            .is_some()
-        {
+        if self.bodies(txn)?.holds(&stored)? {
             // Held already (another site sent it): nothing is owed or partial any more.
             self.forget_partial_body(txn, id)?;
             txn.open_table(MISSING_BODIES)?.remove(&stored)?;
@@ -1194,7 +1186,7 @@ impl Replica {
             return Ok(Piece::Corrupt);
         }
         self.forget_partial_body(txn, id)?;
-        self.put_body(&mut txn.open_table(BODIES)?, &key, id, &body)?;
+        self.put_body(&mut self.bodies(txn)?, &key, id, &body)?;
         txn.open_table(MISSING_BODIES)?.remove(&stored)?;
         Ok(Piece::Complete)
     }
@@ -1281,12 +1273,12 @@ impl Replica {
         let txn = self.begin_raw_write()?;
         {
             let docs = txn.open_table(DOCS)?;
-            let bodies = txn.open_table(BODIES)?;
+            let bodies = self.bodies(&txn)?;
             let mut missing = txn.open_table(MISSING_BODIES)?;
             for row in docs.iter()? {
                 let (k, _) = row?;
                 let stored = *k.value();
-                if bodies.get(first_body_key(&stored).as_slice())?.is_none() {
+                if !bodies.holds(&stored)? {
                     missing.insert(&stored, ())?;
                 }
             }

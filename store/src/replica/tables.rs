@@ -33,6 +33,9 @@ pub const UNIQUE_IDS: TableDefinition<&[u8], &[u8; 16]> = TableDefinition::new("
 /// Body chunks, sealed with the dossier key, cut as `body_chunk_plan` says: the chunk's place
 /// (`ChunkPlace::kind`) ‖ stored document id ‖ chunk number (big-endian u32); see `body_key`.
 pub const BODIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("bodies");
+/// Where body chunks kept in the segment files are (`bodies`): the chunk's key as in `BODIES`
+/// → its `segments::Location` (16 bytes). A chunk is here or in `BODIES`, never in both.
+pub const BODY_PLACES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("body_places");
 /// Professionals registered at this site, sealed with the registry key, by `rpps_index`.
 pub const PROS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("professionals");
 /// Trace entries (`StoredTrace`) by (origin site, sequence).
@@ -235,8 +238,9 @@ pub mod meta_key {
 
 /// The format this build writes. A newer stored format is refused, and so is an older one: the
 /// project has no deployed replica, and format 4 changed how every row naming a document is
-/// keyed, formats 5 and 6 how a document's replacements and their resolutions are recorded, and format 7
-/// how a representative is named and how grants are signed, which no migration rewrites.
+/// keyed, formats 5 and 6 how a document's replacements and their resolutions are recorded,
+/// format 7 how a representative is named and how grants are signed, and format 9 where the
+/// bodies are kept: no migration rewrites any of that.
 ///
 /// - 1: bodies in `BODIES` only, in chunks of `CHUNK_PLAIN`.
 /// - 2: bodies are cut as `body_chunk_plan` says, a small last chunk kept as a tail
@@ -260,10 +264,13 @@ pub mod meta_key {
 ///   (`RETURNED` rows carry the reason, and a refused dossier proposal has a row of its own);
 ///   the host keeps the notifications it makes (`NOTIFICATIONS`, `HELD_NOTIFICATIONS`,
 ///   `FIRST_ACCESSES`).
-pub const FORMAT_VERSION: u32 = 8;
+/// - 9: a replica in a redb file keeps the chunks of the bodies it stores in segment files
+///   (`segments`), `BODY_PLACES` naming each; chunks a restore or a key rotation wrote stay
+///   in `BODIES` (`bodies`).
+pub const FORMAT_VERSION: u32 = 9;
 
 /// The oldest format this build opens.
-pub const FORMAT_OLDEST: u32 = 8;
+pub const FORMAT_OLDEST: u32 = 9;
 
 /// Subject-key tags in `AUTHORITY`.
 pub mod tag {

@@ -837,11 +837,21 @@ fn in_table(r: &Replica) -> u64 {
 
 /// Copies a data folder as it is on disk right now: what a power cut would leave.
 fn crash_image(from: &std::path::Path) -> TempDir {
-    let to = TempDir::new().expect("tmp");
-    for entry in std::fs::read_dir(from).expect("dir") {
-        let path = entry.expect("entry").path();
-        std::fs::copy(&path, to.path().join(path.file_name().expect("name"))).expect("copy");
+    fn copy_folder(from: &std::path::Path, to: &std::path::Path) {
+        for entry in std::fs::read_dir(from).expect("dir") {
+            let path = entry.expect("entry").path();
+            let target = to.join(path.file_name().expect("name"));
+            if path.is_dir() {
+                // The body segments.
+                std::fs::create_dir(&target).expect("folder");
+                copy_folder(&path, &target);
+            } else {
+                std::fs::copy(&path, target).expect("copy");
+            }
+        }
     }
+    let to = TempDir::new().expect("tmp");
+    copy_folder(from, to.path());
     // A host whose tables are in PostgreSQL: the image is its folder at that moment, beside
     // the same database (which keeps every commit).
     let storage = databases().get(from).cloned();
@@ -2384,22 +2394,33 @@ fn missing_bodies_are_indexed_and_an_older_replica_gets_the_index_at_open() {
     assert!(site.missing_bodies().expect("missing").is_empty());
 }
 
-/// Rows of document `id`'s body in `BODIES`: (chunks, tails).
+/// Chunks of document `id`'s body, in segments or in `BODIES`: (chunks, tails).
 fn body_rows(r: &Replica, id: &DocId) -> (u64, u64) {
     let txn = r.begin_read().expect("read");
-    let table = txn.open_table(BODIES).expect("table");
-    let stored = r.stored_id(id);
-    let count = |place| {
-        let (first, last) = (
-            body_key(&stored, place, 0),
-            body_key(&stored, place, u32::MAX),
-        );
-        table
-            .range(first.as_slice()..=last.as_slice())
-            .expect("range")
-            .count() as u64
-    };
-    (count(ChunkPlace::Main), count(ChunkPlace::Tail))
+    let chunks = r
+        .bodies_read(&txn)
+        .expect("bodies")
+        .chunks_of(&r.stored_id(id))
+        .expect("chunks");
+    let count = |place: ChunkPlace| chunks.iter().filter(|(k, _)| k[0] == place.kind()).count();
+    (
+        count(ChunkPlace::Main) as u64,
+        count(ChunkPlace::Tail) as u64,
+    )
+}
+
+/// Removes the chunk at `key`, wherever it is kept.
+fn remove_chunk(r: &Replica, key: &[u8]) {
+    let txn = r.begin_raw_write().expect("write");
+    let removed = [BODIES, BODY_PLACES]
+        .into_iter()
+        .filter(|t| {
+            let mut table = txn.open_table(*t).expect("table");
+            table.remove(key).expect("remove").is_some()
+        })
+        .count();
+    assert_eq!(removed, 1, "the chunk was kept in one place");
+    txn.commit().expect("commit");
 }
 
 fn pattern(len: usize) -> Vec<u8> {
@@ -2434,14 +2455,10 @@ fn bodies_of_every_size_read_back_and_travel_and_their_tails_go_with_a_purge() {
     // A 4 KiB body: one page-sized chunk and a tail kept apart.
     assert_eq!(body_rows(&site, &ids[4]), (1, 1));
     // A missing tail is a damaged body, not a shorter one.
-    {
-        let txn = site.begin_raw_write().expect("write");
-        txn.open_table(BODIES)
-            .expect("bodies")
-            .remove(body_key(&site.stored_id(&ids[4]), ChunkPlace::Tail, 1).as_slice())
-            .expect("remove");
-        txn.commit().expect("commit");
-    }
+    remove_chunk(
+        &site,
+        body_key(&site.stored_id(&ids[4]), ChunkPlace::Tail, 1).as_slice(),
+    );
     let err = site
         .read_document(
             &Actor::Professional(doctor()),
@@ -2486,24 +2503,18 @@ fn a_replica_of_an_older_format_is_refused_and_left_as_it_was() {
     assert_eq!(read_body(&site, &id), pattern(5_000));
 }
 
-/// The lengths of the rows of document `id` in `BODIES` and `DOCS`, in key order.
+/// The lengths of document `id`'s sealed chunks, in key order, and of its row in `DOCS`.
 fn sealed_lengths(r: &Replica, id: &DocId) -> (Vec<usize>, usize) {
     let txn = r.begin_read().expect("read");
-    let bodies = txn.open_table(BODIES).expect("bodies");
-    let mut chunks = Vec::new();
     let stored = r.stored_id(id);
-    for place in [ChunkPlace::Main, ChunkPlace::Tail] {
-        let (first, last) = (
-            body_key(&stored, place, 0),
-            body_key(&stored, place, u32::MAX),
-        );
-        for row in bodies
-            .range(first.as_slice()..=last.as_slice())
-            .expect("range")
-        {
-            chunks.push(row.expect("row").1.value().len());
-        }
-    }
+    let chunks = r
+        .bodies_read(&txn)
+        .expect("bodies")
+        .chunks_of(&stored)
+        .expect("chunks")
+        .into_iter()
+        .map(|(_, sealed)| sealed.len())
+        .collect();
     let docs = txn.open_table(DOCS).expect("docs");
     let meta = docs.get(&stored).expect("get").expect("row").value().len();
     (chunks, meta)
@@ -2537,6 +2548,32 @@ fn bodies_and_metadata_of_one_size_bucket_are_sealed_to_rows_of_equal_length() {
 }
 
 #[test]
+fn a_body_whose_record_was_damaged_on_disk_is_found_by_the_body_check() {
+    let (_hd, _host, sd, site) = host_and_site();
+    let kept = write(&site, "kept", &pattern(5_000));
+    let damaged = write(&site, "damaged", &pattern(70_000));
+    assert_eq!(site.damaged_bodies().expect("check"), vec![]);
+    // One byte of the last record written (the second body's tail) changed in its file.
+    let segments = sd.path().join(crate::segments::SEGMENTS_DIR);
+    let file = std::fs::read_dir(&segments)
+        .expect("segments")
+        .map(|e| e.expect("entry").path())
+        .max()
+        .expect("a segment");
+    let mut bytes = std::fs::read(&file).expect("read");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&file, &bytes).expect("write");
+    assert_eq!(site.damaged_bodies().expect("check"), vec![damaged]);
+    assert_eq!(read_body(&site, &kept), pattern(5_000));
+    let err = site.body_for_sync(&damaged).expect_err("damaged");
+    assert!(
+        matches!(&err, Error::Integrity(m) if m.contains("was altered")),
+        "{err}"
+    );
+}
+
+#[test]
 fn removing_a_body_never_takes_another_documents_chunks_or_tail() {
     let (_hd, _host, _sd, site) = host_and_site();
     let victim = write(&site, "4 KiB", &pattern(4_096));
@@ -2546,23 +2583,25 @@ fn removing_a_body_never_takes_another_documents_chunks_or_tail() {
     let stored = u128::from_be_bytes(site.stored_id(&victim));
     let [before, after] =
         [stored.wrapping_sub(1), stored.wrapping_add(1)].map(|n| site.doc_id(&n.to_be_bytes()));
+    // The one before in `BODIES`, the one after in segments (`BODY_PLACES`, values never
+    // read here): a removal clears its keys' range in both.
     let txn = site.begin_raw_write().expect("write");
-    {
-        let mut bodies = txn.open_table(BODIES).expect("bodies");
-        for id in [before, after] {
-            let stored = site.stored_id(&id);
-            for (place, n) in [
-                (ChunkPlace::Main, 0),
-                (ChunkPlace::Main, 1),
-                (ChunkPlace::Tail, 2),
-            ] {
-                bodies
-                    .insert(body_key(&stored, place, n).as_slice(), b"sealed".as_slice())
-                    .expect("insert");
-            }
+    for (id, table) in [(before, BODIES), (after, BODY_PLACES)] {
+        let mut rows = txn.open_table(table).expect("table");
+        let stored = site.stored_id(&id);
+        for (place, n) in [
+            (ChunkPlace::Main, 0),
+            (ChunkPlace::Main, 1),
+            (ChunkPlace::Tail, 2),
+        ] {
+            rows.insert(body_key(&stored, place, n).as_slice(), [0u8; 16].as_slice())
+                .expect("insert");
         }
-        documents::remove_body(&mut bodies, &site.stored_id(&before)).expect("remove");
     }
+    site.bodies(&txn)
+        .expect("bodies")
+        .remove(&site.stored_id(&before))
+        .expect("remove");
     txn.commit().expect("commit");
     assert_eq!(body_rows(&site, &before), (0, 0), "removed, tail and all");
     assert_eq!(
@@ -2572,18 +2611,23 @@ fn removing_a_body_never_takes_another_documents_chunks_or_tail() {
     );
     assert_eq!(read_body(&site, &victim), pattern(4_096));
     let txn = site.begin_raw_write().expect("write");
-    documents::remove_body(
-        &mut txn.open_table(BODIES).expect("bodies"),
-        &site.stored_id(&victim),
-    )
-    .expect("remove");
+    site.bodies(&txn)
+        .expect("bodies")
+        .remove(&site.stored_id(&victim))
+        .expect("remove");
     txn.commit().expect("commit");
     assert_eq!(body_rows(&site, &victim), (0, 0));
-    assert_eq!(
-        body_rows(&site, &after),
-        (2, 1),
-        "the next document's rows stay"
-    );
+    let txn = site.begin_read().expect("read");
+    let after_rows = txn
+        .open_table(BODY_PLACES)
+        .expect("places")
+        .range(
+            body_key(&site.stored_id(&after), ChunkPlace::Main, 0).as_slice()
+                ..=body_key(&site.stored_id(&after), ChunkPlace::Tail, u32::MAX).as_slice(),
+        )
+        .expect("range")
+        .count();
+    assert_eq!(after_rows, 3, "the next document's rows stay");
 }
 
 /// One whole body as a single piece.
@@ -3501,7 +3545,7 @@ fn push_traces(host: &Replica, site: &Replica) {
 fn a_restored_site_records_nothing_until_it_took_back_the_chain_it_made() {
     let (_hd, host, sd, site) = host_and_site();
     let origin = site.config().site_id;
-    write(&site, "before", b"before (synthetic)");
+    let before = write(&site, "before", b"before (synthetic)");
     push_traces(&host, &site);
     sync(&host, &site);
     let files = TempDir::new().expect("tmp");
@@ -3520,6 +3564,12 @@ fn a_restored_site_records_nothing_until_it_took_back_the_chain_it_made() {
     backup::restore(&file, &dir, &KeySource::File, Some(&key), clock()).expect("restore");
     let r = open_at(&dir, &KeySource::File, clock()).expect("open");
     assert!(r.restore_mark().expect("mark").is_some());
+    // The bodies came back with it, from the segments they were kept in.
+    assert_eq!(
+        &r.body_for_sync(&before).expect("body")[..],
+        b"before (synthetic)"
+    );
+    assert_eq!(r.damaged_bodies().expect("bodies"), vec![]);
     let (head, queued) = (
         r.trace_head().expect("head"),
         r.outbox_len().expect("outbox"),
@@ -4404,7 +4454,7 @@ fn no_table_of_a_site_or_the_host_holds_a_document_id_or_its_time() {
         &[
             "docs",
             "dossier_docs",
-            "bodies",
+            "body_places",
             "unique_ids",
             "missing_bodies",
             "partial_bodies",
@@ -4418,7 +4468,7 @@ fn no_table_of_a_site_or_the_host_holds_a_document_id_or_its_time() {
         &[
             "docs",
             "dossier_docs",
-            "bodies",
+            "body_places",
             "unique_ids",
             "owed_bodies",
             "returned",
@@ -4700,6 +4750,26 @@ impl OldKeys {
                 bodies += 1;
             }
         }
+        // And the chunks kept in segments, read from their records.
+        let segments =
+            crate::segments::Segments::in_folder(&dir.join(crate::segments::SEGMENTS_DIR))
+                .expect("segments");
+        let view = segments.view().expect("view");
+        for row in txn
+            .open_table(BODY_PLACES)
+            .expect("places")
+            .iter()
+            .expect("iter")
+        {
+            let (k, v) = row.expect("row");
+            let id = id_of(&k.value()[1..17]);
+            let chunk = u32::from_be_bytes(k.value()[17..].try_into().expect("chunk"));
+            let at = crate::segments::Location::decode(v.value()).expect("location");
+            let sealed = view.read(at).expect("record");
+            if any_data_key(&super::documents::body_aad(&id, chunk), &sealed) {
+                bodies += 1;
+            }
+        }
         let mut authority = 0;
         for row in txn
             .open_table(AUTHORITY)
@@ -4830,6 +4900,15 @@ fn after_a_full_rotation_the_old_keys_open_nothing_and_a_plain_one_does_not_do_t
     drop(site);
     let opened = old.still_open(sd.path());
     assert!(opened.iter().all(|(_, n)| *n == 0), "{opened:?}");
+    // The records sealed under the old keys went with their segments.
+    let segments =
+        crate::segments::Segments::in_folder(&sd.path().join(crate::segments::SEGMENTS_DIR))
+            .expect("segments");
+    assert_eq!(
+        segments.sizes().expect("sizes"),
+        vec![],
+        "no segment is left"
+    );
     assert!(
         !sd.path().join(REKEY_FILE).exists() && !sd.path().join(KEY_FILE_NEW).exists(),
         "nothing staged is left"

@@ -27,7 +27,7 @@ pub(super) struct ReadView {
     pub(super) txn: ReadTransaction,
     pub(super) generation: Generation,
     pub(super) docs: ReadOnlyTable<&'static [u8; 16], &'static [u8]>,
-    pub(super) bodies: ReadOnlyTable<&'static [u8], &'static [u8]>,
+    pub(super) bodies: super::bodies::Bodies<ReadOnlyTable<&'static [u8], &'static [u8]>>,
 }
 
 #[derive(Default)]
@@ -126,7 +126,7 @@ mod tests {
         let txn = db.begin_read()?;
         Ok(ReadView {
             docs: txn.open_table(DOCS)?,
-            bodies: txn.open_table(BODIES)?,
+            bodies: crate::replica::bodies::Bodies::in_rows(txn.open_table(BODIES)?),
             txn,
             generation: Generation {
                 registry: 0,

@@ -1,0 +1,276 @@
+//! Where a replica keeps its documents' body chunks: in append-only segment files
+//! (`crate::segments`), `BODY_PLACES` naming each chunk's record, for a replica in a redb file;
+//! in `BODIES` rows for the PostgreSQL host and a replica on a simulated disk. A chunk is
+//! sealed with its dossier's key before it is stored, wherever it goes (a purge drops the key:
+//! crypto-shredding does not depend on the place).
+//!
+//! Invariants:
+//! - A chunk is under one key in one place: `BODY_PLACES` or `BODIES`, never both. A replica
+//!   with segments writes every new chunk there; the chunks a restore or a key rotation wrote
+//!   (`backup`, `rekey`: both write `BODIES`) stay in `BODIES` and are read from there.
+//! - A commit syncs the segments before the database (`RawWrite::commit`): a durable location
+//!   names a durable record. A record written by a transaction that did not commit is named
+//!   by nothing; at open, segments nothing names are removed (`remove_unnamed_segments`).
+//! - A record read is checked against its location (`segments`), then opened under its chunk's
+//!   associated data (`documents::get_body`): a torn, moved or foreign record is an integrity
+//!   error, never other bytes.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::ids::DocId;
+use crate::kv::{
+    AccessGuard, ReadOnlyTable, ReadTransaction, ReadableTable, Table, TableDefinition,
+    WriteTransaction,
+};
+use crate::segments::{Location, Segments};
+
+use super::Replica;
+use super::tables::{BODIES, BODY_PLACES, ChunkPlace, DOCS, body_key, first_body_key};
+
+/// A table of chunks or places, as a transaction opened it.
+pub(super) trait ChunkTable: ReadableTable<&'static [u8], &'static [u8]> {}
+impl<T: ReadableTable<&'static [u8], &'static [u8]>> ChunkTable for T {}
+
+/// The body chunks of one transaction: `BODIES`, and with segments `BODY_PLACES`.
+pub(super) struct Bodies<T> {
+    rows: T,
+    places: Option<(T, Arc<Segments>)>,
+}
+
+/// A sealed chunk as read: a row of `BODIES`, or a record of a segment.
+pub(super) enum Chunk<'a> {
+    Row(AccessGuard<'a, &'static [u8]>),
+    Record(Vec<u8>),
+}
+
+impl Chunk<'_> {
+    /// The sealed bytes.
+    pub(super) fn sealed(&self) -> &[u8] {
+        match self {
+            Chunk::Row(guard) => guard.value(),
+            Chunk::Record(bytes) => bytes,
+        }
+    }
+}
+
+#[cfg(test)]
+impl<T> Bodies<T> {
+    /// Chunks in `BODIES` rows only.
+    pub(super) fn in_rows(rows: T) -> Bodies<T> {
+        Bodies { rows, places: None }
+    }
+}
+
+impl<T: ChunkTable> Bodies<T> {
+    /// The sealed chunk at `key` (`body_key`), if stored.
+    pub(super) fn chunk(&self, key: &[u8]) -> Result<Option<Chunk<'_>>> {
+        if let Some((places, segments)) = &self.places
+            && let Some(at) = places.get(key)?
+        {
+            let at = Location::decode(at.value())?;
+            return Ok(Some(Chunk::Record(segments.view()?.read(at)?)));
+        }
+        Ok(self.rows.get(key)?.map(Chunk::Row))
+    }
+
+    /// Whether the body of the document stored as `stored` is here (its first chunk is).
+    pub(super) fn holds(&self, stored: &[u8; 16]) -> Result<bool> {
+        let first = first_body_key(stored);
+        if let Some((places, _)) = &self.places
+            && places.get(first.as_slice())?.is_some()
+        {
+            return Ok(true);
+        }
+        Ok(self.rows.get(first.as_slice())?.is_some())
+    }
+}
+
+impl Bodies<Table<'_, &'static [u8], &'static [u8]>> {
+    /// Stores at `key` a sealed chunk of `len` bytes that `fill` writes, straight into the
+    /// space it goes to (a segment's buffer, or the row redb reserves). An error from `fill`
+    /// leaves the transaction to be dropped (a record it left in a segment is named by nothing).
+    pub(super) fn put_chunk(
+        &mut self,
+        key: &[u8],
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<()>,
+    ) -> Result<()> {
+        match &mut self.places {
+            Some((places, segments)) => {
+                let at = segments.append_with(len, fill)?;
+                places.put(key, at.encode().as_slice())?;
+                Ok(())
+            }
+            None => self.rows.insert_with(key, len, fill),
+        }
+    }
+
+    /// Removes every chunk of the document stored as `stored`, its tail included: the keys of
+    /// each place that start with its place and stored id (`body_key`), nothing else. The
+    /// records they named in segments are left to compaction.
+    pub(super) fn remove(&mut self, stored: &[u8; 16]) -> Result<()> {
+        for place in [ChunkPlace::Main, ChunkPlace::Tail] {
+            let (first, last) = (
+                body_key(stored, place, 0),
+                body_key(stored, place, u32::MAX),
+            );
+            let range = first.as_slice()..=last.as_slice();
+            self.rows.retain_in(range.clone(), |_, _| false)?;
+            if let Some((places, _)) = &mut self.places {
+                places.retain_in(range, |_, _| false)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Replica {
+    /// The body chunks of the write transaction `txn`.
+    pub(super) fn bodies<'t>(
+        &self,
+        txn: &'t WriteTransaction,
+    ) -> Result<Bodies<Table<'t, &'static [u8], &'static [u8]>>> {
+        self.body_tables(|def| Ok(txn.open_table(def)?))
+    }
+
+    /// The body chunks of the read snapshot `txn`.
+    pub(super) fn bodies_read(
+        &self,
+        txn: &ReadTransaction,
+    ) -> Result<Bodies<ReadOnlyTable<&'static [u8], &'static [u8]>>> {
+        self.body_tables(|def| Ok(txn.open_table(def)?))
+    }
+
+    /// `BODIES`, and `BODY_PLACES` with the segments if this replica has them, as `open`
+    /// opens a table.
+    fn body_tables<T>(
+        &self,
+        open: impl Fn(TableDefinition<&'static [u8], &'static [u8]>) -> Result<T>,
+    ) -> Result<Bodies<T>> {
+        Ok(Bodies {
+            rows: open(BODIES)?,
+            places: match &self.segments {
+                Some(segments) => Some((open(BODY_PLACES)?, segments.clone())),
+                None => None,
+            },
+        })
+    }
+
+    /// Every stored body read, opened under its dossier's key and checked against its
+    /// document's content hash, in one snapshot: the documents whose body fails (a record
+    /// damaged or lost, a chunk missing, a key gone). A body not received yet is not checked.
+    pub fn damaged_bodies(&self) -> Result<Vec<DocId>> {
+        let (txn, generation) = self.snapshot()?;
+        let bodies = self.bodies_read(&txn)?;
+        let mut damaged = Vec::new();
+        for row in txn.open_table(DOCS)?.iter()? {
+            let (stored, _) = row?;
+            let stored = *stored.value();
+            if !bodies.holds(&stored)? {
+                continue;
+            }
+            let id = self.doc_id(&stored);
+            let intact = self
+                .load_doc(&txn, generation, &id)
+                .and_then(|(_, key, meta)| Ok((self.get_body(&bodies, &key, &meta)?, meta)))
+                .is_ok_and(|(body, meta)| {
+                    *blake3::hash(&body).as_bytes() == meta.facts.content_hash
+                });
+            if !intact {
+                damaged.push(id);
+            }
+        }
+        Ok(damaged)
+    }
+
+    /// The sealed chunk a row of `BODY_PLACES` names (backups and key rotations carry chunks,
+    /// not locations).
+    pub(super) fn chunk_at(&self, place: &[u8]) -> Result<Vec<u8>> {
+        let segments = self.segments.as_ref().ok_or_else(|| {
+            Error::integrity("a body chunk is named in a segment, and this replica has none")
+        })?;
+        segments.view()?.read(Location::decode(place)?)
+    }
+
+    /// Syncs the records appended since the last sync (before a commit names them).
+    pub(super) fn sync_segments(&self) -> Result<()> {
+        match &self.segments {
+            Some(segments) => segments.sync(),
+            None => Ok(()),
+        }
+    }
+
+    /// At open, before anything is appended: removes the segments no row of `BODY_PLACES`
+    /// names (records of transactions that never committed; every record of a replica whose
+    /// bodies a key rotation moved), so their space comes back.
+    pub(super) fn remove_unnamed_segments(&self) -> Result<()> {
+        let Some(segments) = &self.segments else {
+            return Ok(());
+        };
+        let present = segments.sizes()?;
+        if present.is_empty() {
+            return Ok(());
+        }
+        let named: BTreeSet<u32> = {
+            let txn = self.begin_read()?;
+            let places = txn.open_table(BODY_PLACES)?;
+            let mut named = BTreeSet::new();
+            for row in places.range::<&[u8]>(..)? {
+                let (_, at) = row?;
+                named.insert(Location::decode(at.value())?.segment);
+            }
+            named
+        };
+        let mut removed = 0;
+        for (segment, _) in present {
+            if !named.contains(&segment) {
+                segments.remove(segment)?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            segments.sync()?;
+            tracing::info!(removed, "removed segments no body chunk names");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+impl<T: ChunkTable> Bodies<T> {
+    /// Every chunk whose key is in `range` (both places), as `(key, sealed)` in key order.
+    pub(super) fn chunks_in(
+        &self,
+        range: std::ops::RangeInclusive<&[u8]>,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut keys = Vec::new();
+        let tables = std::iter::once(&self.rows).chain(self.places.as_ref().map(|(p, _)| p));
+        for table in tables {
+            for row in table.range(range.clone())? {
+                keys.push(row?.0.value().to_vec());
+            }
+        }
+        keys.sort();
+        keys.into_iter()
+            .map(|key| {
+                let sealed = self.chunk(&key)?.expect("listed").sealed().to_vec();
+                Ok((key, sealed))
+            })
+            .collect()
+    }
+
+    /// Every chunk of the document stored as `stored`, as `chunks_in`.
+    pub(super) fn chunks_of(&self, stored: &[u8; 16]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut chunks = Vec::new();
+        for place in [ChunkPlace::Main, ChunkPlace::Tail] {
+            let (first, last) = (
+                body_key(stored, place, 0),
+                body_key(stored, place, u32::MAX),
+            );
+            chunks.extend(self.chunks_in(first.as_slice()..=last.as_slice())?);
+        }
+        Ok(chunks)
+    }
+}
