@@ -73,6 +73,11 @@ impl Location {
         out
     }
 
+    /// The bytes the record takes in its segment, its header included.
+    pub fn stored_len(&self) -> u64 {
+        HEADER as u64 + u64::from(self.len)
+    }
+
     /// The location `encode` wrote into `bytes`.
     pub fn decode(bytes: &[u8]) -> Result<Location> {
         let bytes: &[u8; Self::ENCODED] = bytes.try_into().map_err(|_| {

@@ -1,6 +1,7 @@
 //! Where a replica keeps its documents' body chunks: in append-only segment files
-//! (`crate::segments`), `BODY_PLACES` naming each chunk's record, for a replica in a redb file;
-//! in `BODIES` rows for the PostgreSQL host and a replica on a simulated disk. A chunk is
+//! (`crate::segments`), `BODY_PLACES` naming each chunk's record, for a replica in a redb file
+//! (or on storage backends given segments: the simulator's); in `BODIES` rows for the
+//! PostgreSQL host and a replica on backends given none. A chunk is
 //! sealed with its dossier's key before it is stored, wherever it goes (a purge drops the key:
 //! crypto-shredding does not depend on the place).
 //!
@@ -10,12 +11,14 @@
 //!   (`backup`, `rekey`: both write `BODIES`) stay in `BODIES` and are read from there.
 //! - A commit syncs the segments before the database (`RawWrite::commit`): a durable location
 //!   names a durable record. A record written by a transaction that did not commit is named
-//!   by nothing; at open, segments nothing names are removed (`remove_unnamed_segments`).
+//!   by nothing. At open, segments nothing names are removed and the mostly dead or small ones
+//!   compacted (`tidy_segments`): their live records copied into a new segment and repointed
+//!   in one transaction, then the old files removed.
 //! - A record read is checked against its location (`segments`), then opened under its chunk's
 //!   associated data (`documents::get_body`): a torn, moved or foreign record is an integrity
 //!   error, never other bytes.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
@@ -204,28 +207,29 @@ impl Replica {
 
     /// At open, before anything is appended: removes the segments no row of `BODY_PLACES`
     /// names (records of transactions that never committed; every record of a replica whose
-    /// bodies a key rotation moved), so their space comes back.
-    pub(super) fn remove_unnamed_segments(&self) -> Result<()> {
+    /// bodies a key rotation moved), and compacts the others that are mostly dead (purged or
+    /// removed bodies) or too small to stay apart (`worth_compacting`), so their space comes
+    /// back. A crash before the compaction's commit leaves records nothing names, after it
+    /// segments nothing names: the next open removes either.
+    pub(super) fn tidy_segments(&self) -> Result<()> {
         let Some(segments) = &self.segments else {
             return Ok(());
         };
-        let present = segments.sizes()?;
-        if present.is_empty() {
+        let sizes = segments.sizes()?;
+        if sizes.is_empty() {
             return Ok(());
         }
-        let named: BTreeSet<u32> = {
+        let mut live: BTreeMap<u32, u64> = BTreeMap::new();
+        {
             let txn = self.begin_read()?;
-            let places = txn.open_table(BODY_PLACES)?;
-            let mut named = BTreeSet::new();
-            for row in places.range::<&[u8]>(..)? {
-                let (_, at) = row?;
-                named.insert(Location::decode(at.value())?.segment);
+            for row in txn.open_table(BODY_PLACES)?.range::<&[u8]>(..)? {
+                let at = Location::decode(row?.1.value())?;
+                *live.entry(at.segment).or_default() += at.stored_len();
             }
-            named
-        };
+        }
         let mut removed = 0;
-        for (segment, _) in present {
-            if !named.contains(&segment) {
+        for &(segment, _) in &sizes {
+            if !live.contains_key(&segment) {
                 segments.remove(segment)?;
                 removed += 1;
             }
@@ -234,8 +238,76 @@ impl Replica {
             segments.sync()?;
             tracing::info!(removed, "removed segments no body chunk names");
         }
+        let sizes: Vec<(u32, u64, u64)> = sizes
+            .into_iter()
+            .filter_map(|(n, size)| live.get(&n).map(|&l| (n, size, l)))
+            .collect();
+        let compacted = worth_compacting(&sizes);
+        if !compacted.is_empty() {
+            self.compact_segments(segments, &compacted)?;
+        }
         Ok(())
     }
+
+    /// Copies the live records of `compacted` into a new segment, repoints them in one
+    /// transaction (whose commit syncs the new records first), then removes the old segments.
+    fn compact_segments(&self, segments: &Segments, compacted: &BTreeSet<u32>) -> Result<()> {
+        let txn = self.begin_raw_write()?;
+        let mut moved = 0u64;
+        {
+            let mut places = txn.open_table(BODY_PLACES)?;
+            let mut moving = Vec::new();
+            for row in places.range::<&[u8]>(..)? {
+                let (key, at) = row?;
+                let at = Location::decode(at.value())?;
+                if compacted.contains(&at.segment) {
+                    moving.push((key.value().to_vec(), at));
+                }
+            }
+            let view = segments.view()?;
+            for (key, at) in moving {
+                let to = segments.append(&view.read(at)?)?;
+                places.put(key.as_slice(), to.encode().as_slice())?;
+                moved += at.stored_len();
+            }
+        }
+        txn.commit()?;
+        for &segment in compacted {
+            segments.remove(segment)?;
+        }
+        segments.sync()?;
+        tracing::info!(
+            segments = compacted.len(),
+            live_bytes = moved,
+            "compacted body segments"
+        );
+        Ok(())
+    }
+}
+
+/// Segments below this size are small: a process that stored a body or two (each `carnet`
+/// command appends to a segment of its own).
+const SMALL_SEGMENT: u64 = 1 << 20;
+/// Small segments are merged once there are more than this many.
+const SMALL_SEGMENTS_KEPT: usize = 8;
+
+/// Which of the segments `(number, size, live bytes)` to compact: those less than half live,
+/// and every small one once there are more than `SMALL_SEGMENTS_KEPT` of them.
+fn worth_compacting(segments: &[(u32, u64, u64)]) -> BTreeSet<u32> {
+    let small: Vec<u32> = segments
+        .iter()
+        .filter(|(_, size, _)| *size < SMALL_SEGMENT)
+        .map(|(n, _, _)| *n)
+        .collect();
+    let mut chosen: BTreeSet<u32> = segments
+        .iter()
+        .filter(|(_, size, live)| live.saturating_mul(2) < *size)
+        .map(|(n, _, _)| *n)
+        .collect();
+    if small.len() > SMALL_SEGMENTS_KEPT {
+        chosen.extend(small);
+    }
+    chosen
 }
 
 #[cfg(test)]

@@ -1059,7 +1059,7 @@ impl Replica {
         // must reach its anchor.
         replica.flush_traces()?;
         replica.check_trace_anchor()?;
-        replica.remove_unnamed_segments()?;
+        replica.tidy_segments()?;
         if !restoring {
             // A purge traces: a restored replica resumes them once it caught up.
             replica.resume_purges()?;

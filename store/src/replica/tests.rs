@@ -2547,6 +2547,59 @@ fn bodies_and_metadata_of_one_size_bucket_are_sealed_to_rows_of_equal_length() {
     assert_eq!(stored, 5_120, "padded to its bucket");
 }
 
+/// The segments of `r` and their sizes.
+fn segment_sizes(r: &Replica) -> Vec<(u32, u64)> {
+    r.segments
+        .as_ref()
+        .expect("segments")
+        .sizes()
+        .expect("sizes")
+}
+
+#[test]
+fn segments_mostly_dead_or_small_are_compacted_at_open_and_every_body_still_reads() {
+    let (_hd, _host, sd, site) = host_and_site();
+    let ids: Vec<DocId> = (0..5)
+        .map(|i| write(&site, &format!("scan {i}"), &pattern(70_000 + i)))
+        .collect();
+    // Four bodies removed: their records stay in the segment until it is compacted.
+    let txn = site.begin_raw_write().expect("write");
+    {
+        let mut bodies = site.bodies(&txn).expect("bodies");
+        for id in &ids[1..] {
+            bodies.remove(&site.stored_id(id)).expect("remove");
+        }
+    }
+    txn.commit().expect("commit");
+    let before = segment_sizes(&site);
+    assert_eq!(before.len(), 1, "{before:?}");
+    drop(site);
+    let site = open_at(sd.path(), &KeySource::File, clock()).expect("reopen");
+    let after = segment_sizes(&site);
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_ne!(
+        after[0].0, before[0].0,
+        "the live records moved to a new segment"
+    );
+    assert!(after[0].1 * 4 < before[0].1, "{before:?} -> {after:?}");
+    assert_eq!(read_body(&site, &ids[0]), pattern(70_000));
+    // One small segment per process that stored a body: past eight, they are merged.
+    let mut site = site;
+    let mut small = vec![ids[0]];
+    for i in 0..9 {
+        small.push(write(&site, &format!("note {i}"), &pattern(1_000 + i)));
+        drop(site);
+        site = open_at(sd.path(), &KeySource::File, clock()).expect("reopen");
+    }
+    let merged = segment_sizes(&site);
+    assert_eq!(merged.len(), 1, "{merged:?}");
+    assert_eq!(read_body(&site, &small[0]), pattern(70_000));
+    for (i, id) in small[1..].iter().enumerate() {
+        assert_eq!(read_body(&site, id), pattern(1_000 + i));
+    }
+    assert_eq!(site.damaged_bodies().expect("check"), vec![]);
+}
+
 #[test]
 fn a_body_whose_record_was_damaged_on_disk_is_found_by_the_body_check() {
     let (_hd, _host, sd, site) = host_and_site();
