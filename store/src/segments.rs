@@ -378,6 +378,12 @@ impl Segments {
         Ok(())
     }
 
+    /// What failed, once a write or a sync did: from then on every append and sync fails
+    /// until the segments are opened again.
+    pub fn failure(&self) -> Option<String> {
+        self.state().failed.clone()
+    }
+
     /// The segments as they are now, to read from (every record appended so far included).
     pub fn view(&self) -> Result<View> {
         let mut state = self.state();
@@ -511,4 +517,4 @@ fn fail_on_error<T>(state: &mut State, outcome: io::Result<T>, doing: &str) -> R
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

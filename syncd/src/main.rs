@@ -310,13 +310,13 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 /// How often the host checks that its database file still takes writes.
 const STORAGE_CHECK_EVERY: Duration = Duration::from_secs(1);
 
-/// Resolves once a write or sync of the replica's database file failed (a deferred sync, seen
-/// by nobody waiting, included): nothing more can be made durable until the daemon opens the
-/// replica again, when redb recovers the file.
+/// Resolves once a write or sync of the replica's database file or body segments failed (a
+/// deferred sync, seen by nobody waiting, included): nothing more can be made durable until
+/// the daemon opens the replica again, when redb recovers the file.
 async fn storage_failure(replica: &Replica) {
     loop {
         if let Some(failure) = replica.storage_failure() {
-            tracing::error!(error = %failure, "the database file failed: stopping");
+            tracing::error!(error = %failure, "the replica's storage failed: stopping");
             return;
         }
         tokio::time::sleep(STORAGE_CHECK_EVERY).await;

@@ -1600,10 +1600,16 @@ impl Replica {
         self.durability.issued()
     }
 
-    /// The failure of a write or sync of the database file, if one failed: nothing more can be
-    /// made durable until the replica is opened again (redb then recovers the file).
+    /// The failure of a write or sync of the database file or of the body segments, if one
+    /// failed: nothing more can be made durable until the replica is opened again (redb then
+    /// recovers the file; the segments start a new one).
     pub fn storage_failure(&self) -> Option<String> {
-        self.durability.failure()
+        self.durability.failure().or_else(|| {
+            self.segments
+                .as_ref()
+                .and_then(|s| s.failure())
+                .map(|why| format!("the body segments failed: {why}"))
+        })
     }
 
     /// Whether everything up to `point` is on disk already (`wait_durable` would not wait).

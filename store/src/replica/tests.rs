@@ -2601,6 +2601,154 @@ fn segments_mostly_dead_or_small_are_compacted_at_open_and_every_body_still_read
 }
 
 #[test]
+fn a_damaged_location_or_record_costs_its_body_not_the_replica_nor_the_segments() {
+    let (_hd, _host, sd, site) = host_and_site();
+    let ids: Vec<DocId> = (0..4)
+        .map(|i| write(&site, &format!("scan {i}"), &pattern(70_000 + i)))
+        .collect();
+    let txn = site.begin_raw_write().expect("write");
+    site.bodies(&txn)
+        .expect("bodies")
+        .remove(&site.stored_id(&ids[3]))
+        .expect("remove");
+    txn.commit().expect("commit");
+    // Three of four bodies live: nothing to compact. One record's bytes damaged, another
+    // chunk given a location that does not decode.
+    let (segment, size) = segment_sizes(&site)[0];
+    let file = sd
+        .path()
+        .join(crate::segments::SEGMENTS_DIR)
+        .join(format!("{segment:08}.seg"));
+    let mut bytes = std::fs::read(&file).expect("read");
+    bytes[100] ^= 1;
+    std::fs::write(&file, &bytes).expect("write");
+    let txn = site.begin_raw_write().expect("write");
+    txn.open_table(BODY_PLACES)
+        .expect("places")
+        .insert(
+            body_key(&site.stored_id(&ids[2]), ChunkPlace::Main, 0).as_slice(),
+            [1u8; 3].as_slice(),
+        )
+        .expect("insert");
+    txn.commit().expect("commit");
+    drop(site);
+    // Opens; the damaged bodies are errors of their own, the others read, nothing is removed.
+    let site = open_at(sd.path(), &KeySource::File, clock()).expect("opens");
+    assert_eq!(segment_sizes(&site), vec![(segment, size)]);
+    assert_eq!(read_body(&site, &ids[1]), pattern(70_001));
+    let mut damaged = site.damaged_bodies().expect("check");
+    damaged.sort();
+    let mut expected = vec![ids[0], ids[2]];
+    expected.sort();
+    assert_eq!(damaged, expected);
+    // With the location put right, a record that does not read back stops a compaction
+    // (here of the small segments, past eight) and leaves every segment as it was.
+    let txn = site.begin_raw_write().expect("write");
+    txn.open_table(BODY_PLACES)
+        .expect("places")
+        .remove(body_key(&site.stored_id(&ids[2]), ChunkPlace::Main, 0).as_slice())
+        .expect("remove");
+    txn.commit().expect("commit");
+    let mut site = site;
+    for i in 0..9 {
+        write(&site, &format!("note {i}"), &pattern(1_000 + i));
+        drop(site);
+        site = open_at(sd.path(), &KeySource::File, clock()).expect("reopen");
+    }
+    assert!(segment_sizes(&site).len() > 8, "{:?}", segment_sizes(&site));
+    assert_eq!(read_body(&site, &ids[1]), pattern(70_001));
+}
+
+/// A database or journal in memory that clones share (`init_with_backends` opens it twice).
+#[derive(Debug, Clone, Default)]
+struct SharedMemory(Arc<redb::backends::InMemoryBackend>);
+
+impl StorageBackend for SharedMemory {
+    fn len(&self) -> std::io::Result<u64> {
+        self.0.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        self.0.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.0.set_len(len)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.0.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.0.write(offset, data)
+    }
+}
+
+#[test]
+fn a_failed_segment_write_is_a_storage_failure_and_no_commit_follows_it() {
+    let dir = TempDir::new().expect("tmp");
+    let (db, journal) = (SharedMemory::default(), SharedMemory::default());
+    let files = crate::segments::tests::MemFiles::default();
+    let options = InitOptions {
+        role: Role::Host,
+        name: "host".into(),
+        site_id: None,
+        key: KeySource::File,
+        host_key: None,
+        lease_hours: None,
+    };
+    let host = Replica::init_with_backends(
+        dir.path(),
+        db.clone(),
+        journal.clone(),
+        files.clone(),
+        options,
+        clock(),
+    )
+    .expect("init");
+    register(&host);
+    host.create_dossier(new_dossier(ins())).expect("dossier");
+    host.set_grant(
+        &ins(),
+        &doctor(),
+        GrantState::Active,
+        GrantBasis::Treating,
+        None,
+    )
+    .expect("grant");
+    let kept = write(&host, "kept", &pattern(5_000));
+    assert_eq!(host.storage_failure(), None);
+    files.disk().broken = true;
+    let refused = host.put_document(
+        &Actor::Professional(doctor()),
+        AccessMode::Normal,
+        None,
+        &ins(),
+        doc("lost", &pattern(6_000)),
+    );
+    assert!(matches!(refused, Err(Error::Storage(_))), "{refused:?}");
+    let failure = host.storage_failure().expect("a storage failure");
+    assert!(failure.contains("segments"), "{failure}");
+    // The disk back, the replica still commits nothing: what reached it is unknown.
+    files.disk().broken = false;
+    let refused = host.set_grant(
+        &ins(),
+        &nurse(),
+        GrantState::Active,
+        GrantBasis::Treating,
+        None,
+    );
+    assert!(
+        matches!(&refused, Err(Error::Storage(m)) if m.contains("segments failed earlier")),
+        "{refused:?}"
+    );
+    drop(host);
+    let host =
+        Replica::open_with_backends(dir.path(), db, journal, files, &KeySource::File, clock())
+            .expect("opens again");
+    assert_eq!(host.storage_failure(), None);
+    assert_eq!(read_body(&host, &kept), pattern(5_000));
+    write(&host, "after", &pattern(7_000));
+}
+
+#[test]
 fn a_body_whose_record_was_damaged_on_disk_is_found_by_the_body_check() {
     let (_hd, _host, sd, site) = host_and_site();
     let kept = write(&site, "kept", &pattern(5_000));

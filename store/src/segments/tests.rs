@@ -14,19 +14,20 @@ type Bytes = (Vec<u8>, Vec<u8>);
 
 /// A disk in memory: each file's bytes, and the names of the files as they are and as synced.
 #[derive(Debug, Default)]
-struct Disk {
+pub(crate) struct Disk {
     files: BTreeMap<u32, Arc<Mutex<Bytes>>>,
     names: BTreeSet<u32>,
     synced_names: BTreeSet<u32>,
     /// Writes and syncs fail from now on.
-    broken: bool,
+    pub(crate) broken: bool,
 }
 
+/// Segment files on a `Disk` (the replica's tests put a replica's segments there too).
 #[derive(Debug, Clone, Default)]
-struct MemFiles(Arc<Mutex<Disk>>);
+pub(crate) struct MemFiles(Arc<Mutex<Disk>>);
 
 impl MemFiles {
-    fn disk(&self) -> MutexGuard<'_, Disk> {
+    pub(crate) fn disk(&self) -> MutexGuard<'_, Disk> {
         self.0.lock().expect("disk")
     }
 
@@ -394,8 +395,14 @@ fn after_a_failed_sync_every_append_and_sync_fails_until_opened_again() {
     let first = segments.append(&bytes(1, 10)).expect("append");
     segments.sync().expect("sync");
     segments.append(&bytes(2, 10)).expect("append");
+    assert_eq!(segments.failure(), None);
     disk.disk().broken = true;
     assert!(matches!(segments.sync(), Err(Error::Storage(_))));
+    let failure = segments.failure();
+    assert!(
+        failure.as_ref().is_some_and(|why| why.contains("broken")),
+        "{failure:?}"
+    );
     disk.disk().broken = false;
     assert!(
         matches!(segments.sync(), Err(Error::Storage(_))),
