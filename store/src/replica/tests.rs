@@ -74,6 +74,20 @@ fn init(dir: &TempDir, role: Role, site: Option<u32>) -> Replica {
     .expect("init")
 }
 
+/// Registers the professionals at host `host` and opens `ins()`'s dossier to the doctor.
+fn dossier_for_the_doctor(host: &Replica) {
+    register(host);
+    host.create_dossier(new_dossier(ins())).expect("dossier");
+    host.set_grant(
+        &ins(),
+        &doctor(),
+        GrantState::Active,
+        GrantBasis::Treating,
+        None,
+    )
+    .expect("grant");
+}
+
 fn register(r: &Replica) {
     for (rpps, p) in [
         (doctor(), Profession::Medecin),
@@ -99,16 +113,7 @@ fn host_and_site() -> (TempDir, Replica, TempDir, Replica) {
 /// `host_and_site` with the host given (new, in `hd`).
 fn serving_a_site(hd: TempDir, host: Replica) -> (TempDir, Replica, TempDir, Replica) {
     let sd = TempDir::new().expect("tmp");
-    register(&host);
-    host.create_dossier(new_dossier(ins())).expect("dossier");
-    host.set_grant(
-        &ins(),
-        &doctor(),
-        GrantState::Active,
-        GrantBasis::Treating,
-        None,
-    )
-    .expect("grant");
+    dossier_for_the_doctor(&host);
     let site = init(&sd, Role::Site, Some(7));
     register(&site);
     // Only the host binds professionals to a site.
@@ -531,16 +536,7 @@ fn rotation_rewraps_keys_and_passphrases_are_checked() {
         clock(),
     )
     .expect("init");
-    register(&host);
-    host.create_dossier(new_dossier(ins())).expect("dossier");
-    host.set_grant(
-        &ins(),
-        &doctor(),
-        GrantState::Active,
-        GrantBasis::Treating,
-        None,
-    )
-    .expect("grant");
+    dossier_for_the_doctor(&host);
     let id = write(&host, "doc", b"body");
     host.rotate_master_key(&pass("second")).expect("rotate");
     drop(host);
@@ -2703,16 +2699,7 @@ fn a_failed_segment_write_is_a_storage_failure_and_no_commit_follows_it() {
         clock(),
     )
     .expect("init");
-    register(&host);
-    host.create_dossier(new_dossier(ins())).expect("dossier");
-    host.set_grant(
-        &ins(),
-        &doctor(),
-        GrantState::Active,
-        GrantBasis::Treating,
-        None,
-    )
-    .expect("grant");
+    dossier_for_the_doctor(&host);
     let kept = write(&host, "kept", &pattern(5_000));
     assert_eq!(host.storage_failure(), None);
     files.disk().broken = true;
