@@ -2,11 +2,10 @@
 //! clock, that can crash, lose power and restart.
 //!
 //! What lives where: the database and the trace journal are each on a `SimDisk`, the body
-//! segments in a `SimFolder` of them; the key file
-//! is a real file in the node's folder (a tmpfs when there is one), written once at init and
-//! synced. A crash stops the process: the disks take no more writes, then they keep
-//! everything written (the kernel's page cache survives the process) or, at a power cut, only
-//! what the replica synced (`SimDisk`).
+//! segments in a `SimFolder` of them; the key file is a real file in the node's folder (a tmpfs
+//! when there is one), written once at init and synced. A crash stops the process: the disks
+//! take no more writes, then they keep everything written (the kernel's page cache survives the
+//! process) or, at a power cut, only what the replica synced (`SimDisk`, `SimFolder`).
 
 use std::path::PathBuf;
 use std::sync::Arc;

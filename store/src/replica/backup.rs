@@ -24,9 +24,9 @@
 //!   table the database holds is carried; one this build does not list makes the backup fail
 //!   rather than leave it out.
 //! - It holds what the data folder holds sealed (the database, whose keyring is wrapped by the
-//!   master key) and the settings files the caller names (`carnet.toml`: no key, no patient
-//!   data). Never the master key: a restore takes it from the operator (the key file kept apart,
-//!   or the passphrase).
+//!   master key, with the body chunks kept in segments as rows of `bodies`) and the settings
+//!   files the caller names (`carnet.toml`: no key, no patient data). Never the master key: a
+//!   restore takes it from the operator (the key file kept apart, or the passphrase).
 //! - A restore checks the header, the length and the content hash before it writes anything;
 //!   it builds the replica in a fresh folder beside the target, opens it with the key, checks
 //!   the header's MAC and every trace chain, marks it restored (`Replica::mark_restored`), and

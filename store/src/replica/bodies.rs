@@ -1,9 +1,9 @@
 //! Where a replica keeps its documents' body chunks: in append-only segment files
 //! (`crate::segments`), `BODY_PLACES` naming each chunk's record, for a replica in a redb file
 //! (or on storage backends given segments: the simulator's); in `BODIES` rows for the
-//! PostgreSQL host and a replica on backends given none. A chunk is
-//! sealed with its dossier's key before it is stored, wherever it goes (a purge drops the key:
-//! crypto-shredding does not depend on the place).
+//! PostgreSQL host and a replica on backends given none. A chunk is sealed with its dossier's
+//! key before it is stored, wherever it goes (a purge drops the key: crypto-shredding does not
+//! depend on the place).
 //!
 //! Invariants:
 //! - A chunk is under one key in one place: `BODY_PLACES` or `BODIES`, never both. A replica
@@ -93,7 +93,7 @@ impl<T: ChunkTable> Bodies<T> {
 impl Bodies<Table<'_, &'static [u8], &'static [u8]>> {
     /// Stores at `key` a sealed chunk of `len` bytes that `fill` writes, straight into the
     /// space it goes to (a segment's buffer, or the row redb reserves). An error from `fill`
-    /// leaves the transaction to be dropped (a record it left in a segment is named by nothing).
+    /// stores nothing, and leaves the transaction to be dropped.
     pub(super) fn put_chunk(
         &mut self,
         key: &[u8],
