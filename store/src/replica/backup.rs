@@ -24,7 +24,7 @@
 //!   table the database holds is carried; one this build does not list makes the backup fail
 //!   rather than leave it out.
 //! - It holds what the data folder holds sealed (the database, whose keyring is wrapped by the
-//!   master key, with the body chunks kept in segments as rows of `bodies`) and the settings
+//!   master key, with the body chunks, wherever kept, as rows of `bodies`) and the settings
 //!   files the caller names (`carnet.toml`: no key, no patient data). Never the master key: a
 //!   restore takes it from the operator (the key file kept apart, or the passphrase).
 //! - A restore checks the header, the length and the content hash before it writes anything;
@@ -246,7 +246,7 @@ impl<W: Write> Content<W> {
 
 /// Writes every table of one read transaction. The chunks kept in segments go with the
 /// `bodies` table's rows, as the sealed bytes their locations name (`body_places` is written
-/// without rows): a restore writes them into `BODIES`.
+/// without rows): a restore writes every one into the new folder's segments (`Load`).
 struct Dump<'a, W: Write> {
     replica: &'a Replica,
     txn: &'a crate::kv::ReadTransaction,
@@ -528,9 +528,11 @@ impl<R: Read> Records<R> {
     }
 }
 
-/// Loads one table record into a write transaction, by its name.
+/// Loads one table record into a write transaction, by its name; the rows of `bodies` go to
+/// the new folder's segments, `BODY_PLACES` naming them, as a live replica keeps its bodies.
 struct Load<'a, R: Read> {
     txn: &'a crate::kv::WriteTransaction,
+    segments: &'a crate::segments::Segments,
     records: &'a mut Records<R>,
     name: String,
     found: bool,
@@ -546,8 +548,19 @@ impl<R: Read> Tables for Load<'_, R> {
             return Ok(());
         }
         self.found = true;
-        let mut table = self.txn.open_table(def)?;
         let rows = self.records.u64()?;
+        if def.name() == BODIES.name() {
+            self.txn.open_table(BODIES)?;
+            let mut places = self.txn.open_table(BODY_PLACES)?;
+            for _ in 0..rows {
+                let (k, v) = (self.records.blob()?, self.records.blob()?);
+                let at = self.segments.append(&v)?;
+                places.insert(k.as_slice(), at.encode().as_slice())?;
+            }
+            self.rows += rows;
+            return Ok(());
+        }
+        let mut table = self.txn.open_table(def)?;
         for _ in 0..rows {
             let k = self.records.blob()?;
             let v = self.records.blob()?;
@@ -681,6 +694,8 @@ fn build(
             true,
             super::DEFAULT_CACHE_MIB,
         )?;
+        let segments =
+            crate::segments::Segments::in_folder(&staging.join(crate::segments::SEGMENTS_DIR))?;
         let txn = db.begin_write()?;
         loop {
             match records.u8()? {
@@ -688,6 +703,7 @@ fn build(
                 TABLE_RECORD => {
                     let mut load = Load {
                         txn: &txn,
+                        segments: &segments,
                         name: records.name()?,
                         records: &mut records,
                         found: false,
@@ -718,6 +734,8 @@ fn build(
         if records.left != 0 {
             return Err(Error::integrity("the backup's content is malformed"));
         }
+        // The body records before the locations naming them.
+        segments.sync()?;
         txn.commit()?;
     }
     if let Some(key) = key {

@@ -7,8 +7,9 @@
 //!
 //! Invariants:
 //! - A chunk is under one key in one place: `BODY_PLACES` or `BODIES`, never both. A replica
-//!   with segments writes every new chunk there; the chunks a restore or a key rotation wrote
-//!   (`backup`, `rekey`: both write `BODIES`) stay in `BODIES` and are read from there.
+//!   with segments writes every new chunk there (a restore too: `backup`); the chunks a full
+//!   key rotation sealed again (`rekey` writes `BODIES`, so that no record under the old keys
+//!   outlives it) stay in `BODIES` and are read from there.
 //! - A commit syncs the segments before the database (`RawWrite::commit`): a durable location
 //!   names a durable record. A record written by a transaction that did not commit is named
 //!   by nothing. At open, segments nothing names are removed and the mostly dead or small ones

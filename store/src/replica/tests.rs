@@ -3752,11 +3752,26 @@ fn a_restored_site_records_nothing_until_it_took_back_the_chain_it_made() {
     backup::restore(&file, &dir, &KeySource::File, Some(&key), clock()).expect("restore");
     let r = open_at(&dir, &KeySource::File, clock()).expect("open");
     assert!(r.restore_mark().expect("mark").is_some());
-    // The bodies came back with it, from the segments they were kept in.
+    // The bodies came back with it, from the segments they were kept in, into its own.
     assert_eq!(
         &r.body_for_sync(&before).expect("body")[..],
         b"before (synthetic)"
     );
+    {
+        use crate::kv::ReadableTableMetadata;
+        let txn = r.begin_read().expect("read");
+        assert_eq!(
+            txn.open_table(BODIES).expect("bodies").len().expect("len"),
+            0
+        );
+        assert!(
+            txn.open_table(BODY_PLACES)
+                .expect("places")
+                .len()
+                .expect("len")
+                > 0
+        );
+    }
     assert_eq!(r.damaged_bodies().expect("bodies"), vec![]);
     let (head, queued) = (
         r.trace_head().expect("head"),
