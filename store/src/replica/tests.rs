@@ -4939,37 +4939,29 @@ impl OldKeys {
                 docs += 1;
             }
         }
-        let mut bodies = 0;
-        for row in txn
-            .open_table(BODIES)
-            .expect("bodies")
-            .iter()
-            .expect("iter")
-        {
-            let (k, v) = row.expect("row");
-            let id = id_of(&k.value()[1..17]);
-            let chunk = u32::from_be_bytes(k.value()[17..].try_into().expect("chunk"));
-            if any_data_key(&super::documents::body_aad(&id, chunk), v.value()) {
-                bodies += 1;
-            }
-        }
-        // And the chunks kept in segments, read from their records.
+        // Every chunk: the rows of `BODIES`, and the records `BODY_PLACES` names in segments.
         let segments =
             crate::segments::Segments::in_folder(&dir.join(crate::segments::SEGMENTS_DIR))
                 .expect("segments");
         let view = segments.view().expect("view");
-        for row in txn
-            .open_table(BODY_PLACES)
-            .expect("places")
-            .iter()
-            .expect("iter")
-        {
-            let (k, v) = row.expect("row");
-            let id = id_of(&k.value()[1..17]);
-            let chunk = u32::from_be_bytes(k.value()[17..].try_into().expect("chunk"));
-            let at = crate::segments::Location::decode(v.value()).expect("location");
-            let sealed = view.read(at).expect("record");
-            if any_data_key(&super::documents::body_aad(&id, chunk), &sealed) {
+        let mut chunks: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        for (table, in_segments) in [(BODIES, false), (BODY_PLACES, true)] {
+            for row in txn.open_table(table).expect("table").iter().expect("iter") {
+                let (k, v) = row.expect("row");
+                let sealed = if in_segments {
+                    let at = crate::segments::Location::decode(v.value()).expect("location");
+                    view.read(at).expect("record")
+                } else {
+                    v.value().to_vec()
+                };
+                chunks.push((k.value().to_vec(), sealed));
+            }
+        }
+        let mut bodies = 0;
+        for (k, sealed) in &chunks {
+            let id = id_of(&k[1..17]);
+            let chunk = u32::from_be_bytes(k[17..].try_into().expect("chunk"));
+            if any_data_key(&super::documents::body_aad(&id, chunk), sealed) {
                 bodies += 1;
             }
         }
