@@ -3,7 +3,8 @@
 //! payload, and the payload is the postcard message — compressed with zstd when that pays
 //! (`COMPRESSED` set in the version byte): documents' metadata shrinks to a quarter, trace
 //! entries to two fifths, text bodies too; bodies already compressed (PDF, JPEG, DICOM)
-//! travel as they are.
+//! travel as they are. On a link faster than the compressor (`Compression::for_link`: a LAN,
+//! loopback) nothing is compressed: there the CPU costs more time than the bytes saved.
 //!
 //! Invariants: a length is checked against `FRAME_MAX` as soon as its four bytes are in, before
 //! anything is allocated for the frame; a compressed payload must state its decompressed size,
@@ -26,6 +27,35 @@ const COMPRESS_FROM: usize = 512;
 const COMPRESS_GAIN: usize = 256;
 /// zstd's level: fast enough for a fast link (hundreds of MB/s), most of the gain on a slow one.
 const COMPRESS_LEVEL: i32 = 3;
+/// Links at least this fast (bytes per second) get no compression. zstd at `COMPRESS_LEVEL`
+/// reads about 500 MB/s of a push's mix on the CI machine and saves some 4 % of a frame of
+/// incompressible bodies (its metadata): compressing S bytes costs S / 500 MB/s of CPU and
+/// saves 0.04 × S / rate of link time, so it pays below about 20 MB/s (and below 350 MB/s for
+/// a frame of metadata, which shrinks to a quarter). 32 MB/s (256 Mbit/s) keeps it on every
+/// WAN link a site has, and off on loopback and fast LANs, where both ends' CPU is the bound.
+const COMPRESS_BELOW_RATE: f64 = 32e6;
+
+/// Whether a frame's payload is compressed when that saves bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// Compressed when that saves `COMPRESS_GAIN` bytes or more (a slow link).
+    WhenItPays,
+    /// Sent as it is (a link faster than the compressor).
+    Never,
+}
+
+impl Compression {
+    /// For a link that moves at most `window_bytes` per `rtt` (QUIC's congestion window and
+    /// round trip: an upper bound of its rate). A round trip of zero counts as a fast link.
+    pub fn for_link(window_bytes: u64, rtt: std::time::Duration) -> Self {
+        let seconds = rtt.as_secs_f64();
+        if seconds > 0.0 && (window_bytes as f64) / seconds < COMPRESS_BELOW_RATE {
+            Compression::WhenItPays
+        } else {
+            Compression::Never
+        }
+    }
+}
 /// Largest frame accepted: 16 MiB (body pieces are 512 KiB; batches are bounded by count, and
 /// a dossier entering a scope travels in one).
 pub const FRAME_MAX: usize = 16 << 20;
@@ -56,6 +86,14 @@ pub enum FrameError {
 /// Encodes one message as a frame, its payload compressed when that saves `COMPRESS_GAIN`
 /// bytes or more (the receiver decompresses at a GB/s: any saving on the link is worth it).
 pub fn encode<M: Serialize>(message: &M) -> Result<Vec<u8>, FrameError> {
+    encode_with(message, Compression::WhenItPays)
+}
+
+/// Encodes one message as a frame, compressed as `compression` says.
+pub fn encode_with<M: Serialize>(
+    message: &M,
+    compression: Compression,
+) -> Result<Vec<u8>, FrameError> {
     let payload = postcard::to_stdvec(message).map_err(|e| FrameError::Malformed(e.to_string()))?;
     if payload.len() + 1 > FRAME_MAX {
         return Err(FrameError::TooLarge {
@@ -63,7 +101,7 @@ pub fn encode<M: Serialize>(message: &M) -> Result<Vec<u8>, FrameError> {
             max: FRAME_MAX,
         });
     }
-    let compressed = (payload.len() >= COMPRESS_FROM)
+    let compressed = (compression == Compression::WhenItPays && payload.len() >= COMPRESS_FROM)
         .then(|| zstd::bulk::compress(&payload, COMPRESS_LEVEL).ok())
         .flatten()
         .filter(|c| c.len() + COMPRESS_GAIN <= payload.len());
@@ -240,6 +278,34 @@ mod tests {
         for m in [text, jpeg, small] {
             assert_eq!(d.next_message::<Msg>(), Ok(Some(m)));
         }
+    }
+
+    /// A slow link gets compressed frames; a link faster than the compressor gets them as
+    /// they are, which decode the same.
+    #[test]
+    fn only_a_slow_link_gets_compressed_frames() {
+        use std::time::Duration;
+        let rural = Compression::for_link(75_000, Duration::from_millis(300));
+        let loopback = Compression::for_link(2_000_000, Duration::from_micros(200));
+        let lan = Compression::for_link(200_000, Duration::from_millis(1));
+        assert_eq!(rural, Compression::WhenItPays);
+        assert_eq!(loopback, Compression::Never);
+        assert_eq!(lan, Compression::Never);
+        assert_eq!(
+            Compression::for_link(14_720, Duration::ZERO),
+            Compression::Never
+        );
+        let text = Msg::Chunk(b"<ClinicalDocument>observation</ClinicalDocument>".repeat(200));
+        let slow = encode_with(&text, rural).expect("encode");
+        let fast = encode_with(&text, loopback).expect("encode");
+        assert_eq!(slow[4], PROTOCOL_VERSION | COMPRESSED);
+        assert_eq!(fast[4], PROTOCOL_VERSION);
+        assert!(fast.len() > 10 * slow.len());
+        let mut d = FrameDecoder::new();
+        d.push(&slow);
+        d.push(&fast);
+        assert_eq!(d.next_message::<Msg>(), Ok(Some(text.clone())));
+        assert_eq!(d.next_message::<Msg>(), Ok(Some(text)));
     }
 
     /// A frame whose compressed payload says it would grow past `FRAME_MAX`, says nothing of

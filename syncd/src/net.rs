@@ -98,16 +98,21 @@ async fn read_message<M: serde::de::DeserializeOwned>(
     }
 }
 
-/// Writes `msgs`; fails if the peer takes no byte for `IDLE_TIMEOUT` (a peer that stops
-/// reading keeps its connection alive with keep-alives, and would otherwise hold the stream,
-/// and what waits to be sent on it, for as long as it likes).
+/// Writes `msgs` on a stream of `link`, compressed when the link is slow enough for that to
+/// pay (`frame::Compression::for_link`, from its congestion window and round trip as they are
+/// now); fails if the peer takes no byte for `IDLE_TIMEOUT` (a peer that stops reading keeps
+/// its connection alive with keep-alives, and would otherwise hold the stream, and what waits
+/// to be sent on it, for as long as it likes).
 pub(crate) async fn send<M: serde::Serialize>(
     stream: &mut quinn::SendStream,
+    link: &quinn::Connection,
     msgs: &[M],
 ) -> Result<u64> {
     let mut sent = 0;
     for m in msgs {
-        let bytes = frame::encode(m).map_err(|e| Error::Invalid(e.to_string()))?;
+        let compression = frame::Compression::for_link(link.stats().path.cwnd, link.rtt());
+        let bytes =
+            frame::encode_with(m, compression).map_err(|e| Error::Invalid(e.to_string()))?;
         let mut written = 0;
         while written < bytes.len() {
             written += tokio::time::timeout(IDLE_TIMEOUT, stream.write(&bytes[written..]))
@@ -269,7 +274,7 @@ impl Live {
 /// Sends `Poke` on a new unidirectional stream.
 async fn poke(conn: &quinn::Connection, log_head: u64) -> Result<()> {
     let mut stream = conn.open_uni().await.map_err(net_err)?;
-    send(&mut stream, &[Msg::Poke { log_head }]).await?;
+    send(&mut stream, conn, &[Msg::Poke { log_head }]).await?;
     stream.finish().map_err(net_err)
 }
 
@@ -564,7 +569,7 @@ async fn host_stream(
     peer: Peer,
     live: &Live,
 ) -> Result<()> {
-    let site = peer.site;
+    let (site, link) = (peer.site, peer.conn.clone());
     // The session's commits leave their syncs behind them (`Replica::deferring_syncs`): the
     // next messages are applied while the disk makes the last ones durable, and each reply
     // leaves, in order, once what was committed before it is on disk.
@@ -591,14 +596,14 @@ async fn host_stream(
                 let _ = send_stream.set_priority(BODY_PRIORITY);
             }
             let sent = match durable {
-                Ok(()) => send(send_stream, &msgs).await,
+                Ok(()) => send(send_stream, &link, &msgs).await,
                 Err(e) => Err(e),
             };
             if let Ok(bytes) = sent {
                 stats.sent(&msgs, bytes);
             }
             if let Err(e) = sent {
-                let _ = send(send_stream, &[Msg::Error(e.to_string())]).await;
+                let _ = send(send_stream, &link, &[Msg::Error(e.to_string())]).await;
                 break;
             }
         }
@@ -1206,7 +1211,7 @@ async fn round_on(
     })
     .await
     .map_err(net_err)??;
-    send(&mut send_stream, &opening).await?;
+    send(&mut send_stream, conn, &opening).await?;
     // What the body streams receive, in the order each receives it. Bounded: the round has at
     // most `FETCH_WINDOW` fetches in flight, so this many pieces let each have one waiting
     // while the session stores another; a fetch that finds it full stops reading its stream,
@@ -1275,7 +1280,7 @@ async fn round_on(
                 .get_or_insert_with(|| Upload::start(conn.clone(), from_bodies.clone()))
                 .send(puts);
         }
-        send(&mut send_stream, &rest).await?;
+        send(&mut send_stream, conn, &rest).await?;
         if done {
             break report;
         }
@@ -1351,7 +1356,7 @@ impl Upload {
                 send_stream.set_priority(BODY_PRIORITY).map_err(net_err)?;
                 let writing = async {
                     while let Some(msgs) = queued.recv().await {
-                        send(&mut send_stream, &msgs).await?;
+                        send(&mut send_stream, &conn, &msgs).await?;
                     }
                     let _ = send_stream.finish();
                     Ok::<_, Error>(())
@@ -1393,7 +1398,7 @@ async fn fetch_body(
 ) {
     let fetched = async {
         let (mut send_stream, mut recv) = conn.open_bi().await.map_err(net_err)?;
-        send(&mut send_stream, &[get]).await?;
+        send(&mut send_stream, &conn, &[get]).await?;
         let _ = send_stream.finish();
         let mut decoder = FrameDecoder::new();
         while let Some(msg) = next_message(&mut recv, &mut decoder).await? {
@@ -1890,7 +1895,7 @@ mod tests {
             .expect("handshake");
             // Admitted (among the live sites) once a stream of it is served, here a lone Bye.
             let (mut tx, mut rx) = conn.open_bi().await.expect("stream");
-            send(&mut tx, &[Msg::Bye]).await.expect("send");
+            send(&mut tx, &conn, &[Msg::Bye]).await.expect("send");
             tx.finish().expect("finish");
             let _ = tokio::time::timeout(Duration::from_secs(20), rx.read_to_end(1 << 20))
                 .await

@@ -194,7 +194,16 @@ pub async fn hand_over(
     let outcome = async {
         let (tx, rx) = session.conn.open_bi().await.map_err(net_err)?;
         let to = (session.peer.name.as_str(), SiteId(session.peer.site));
-        send_handover(&replica, tx, rx, FrameDecoder::new(), to, handover).await
+        send_handover(
+            &replica,
+            tx,
+            &session.conn,
+            rx,
+            FrameDecoder::new(),
+            to,
+            handover,
+        )
+        .await
     }
     .await;
     let (outcome, stats) = session.close(outcome).await;
@@ -327,7 +336,7 @@ pub async fn ask(
         let from = SiteId(transport::peer_site(conn)?);
         let (mut tx, mut rx) = conn.open_bi().await.map_err(net_err)?;
         let mut decoder = FrameDecoder::new();
-        send(&mut tx, &[PeerMsg::Ask { ins, by, reason }]).await?;
+        send(&mut tx, conn, &[PeerMsg::Ask { ins, by, reason }]).await?;
         let handover = match next_message::<PeerMsg>(&mut rx, &mut decoder).await? {
             Some(PeerMsg::Handover(h)) => h,
             Some(PeerMsg::Refused(why)) => {
@@ -338,7 +347,7 @@ pub async fn ask(
             }
             other => return Err(unexpected(&other)),
         };
-        match receive_handover(&replica, from, tx, rx, decoder, handover).await? {
+        match receive_handover(&replica, from, tx, conn, rx, decoder, handover).await? {
             Some((report, lacking)) => Ok(AskOutcome {
                 peer: peer.name.clone(),
                 site: peer.site,
@@ -360,6 +369,7 @@ pub async fn ask(
 async fn send_handover(
     replica: &SiteReplica,
     mut tx: quinn::SendStream,
+    link: &quinn::Connection,
     mut rx: quinn::RecvStream,
     mut decoder: FrameDecoder,
     to: (&str, SiteId),
@@ -377,7 +387,7 @@ async fn send_handover(
         .iter()
         .map(|d| (d.facts.id, d.facts.size))
         .collect();
-    send(&mut tx, &[PeerMsg::Handover(Box::new(handover))]).await?;
+    send(&mut tx, link, &[PeerMsg::Handover(Box::new(handover))]).await?;
     let report = match next_message::<PeerMsg>(&mut rx, &mut decoder).await? {
         Some(PeerMsg::Admitted(report)) => *report,
         Some(PeerMsg::Refused(why)) => {
@@ -422,12 +432,12 @@ async fn send_handover(
                 total,
                 bytes: chunk.to_vec(),
             };
-            send(&mut tx, &[PeerMsg::Piece(piece)]).await?;
+            send(&mut tx, link, &[PeerMsg::Piece(piece)]).await?;
             body_bytes_sent += chunk.len() as u64;
         }
         bodies_sent += 1;
     }
-    send(&mut tx, &[PeerMsg::Done]).await?;
+    send(&mut tx, link, &[PeerMsg::Done]).await?;
     let lacking = match next_message::<PeerMsg>(&mut rx, &mut decoder).await? {
         Some(PeerMsg::Finished { lacking }) => lacking,
         Some(PeerMsg::Refused(why)) => {
@@ -520,7 +530,7 @@ pub async fn serve(
             };
             tracing::info!(%remote, peer = site, "peer session opened");
             while let Ok((tx, rx)) = conn.accept_bi().await {
-                match serve_stream(&replica, SiteId(site), tx, rx).await {
+                match serve_stream(&replica, SiteId(site), tx, &conn, rx).await {
                     Ok(Served::Received(report)) => {
                         changed.notify_one();
                         tracing::info!(
@@ -564,12 +574,13 @@ async fn serve_stream(
     replica: &SiteReplica,
     from: SiteId,
     mut tx: quinn::SendStream,
+    link: &quinn::Connection,
     mut rx: quinn::RecvStream,
 ) -> Result<Served> {
     let mut decoder = FrameDecoder::new();
     match next_message::<PeerMsg>(&mut rx, &mut decoder).await? {
         Some(PeerMsg::Handover(h)) => Ok(
-            match receive_handover(replica, from, tx, rx, decoder, h).await? {
+            match receive_handover(replica, from, tx, link, rx, decoder, h).await? {
                 Some((report, _)) => Served::Received(report),
                 None => Served::Refused,
             },
@@ -585,11 +596,12 @@ async fn serve_stream(
                 Ok(handover) => {
                     let to = (format!("site {from}"), from);
                     let outcome =
-                        send_handover(replica, tx, rx, decoder, (&to.0, to.1), handover).await?;
+                        send_handover(replica, tx, link, rx, decoder, (&to.0, to.1), handover)
+                            .await?;
                     Ok(Served::Sent(outcome))
                 }
                 Err(e) => {
-                    send(&mut tx, &[PeerMsg::Refused(e.to_string())]).await?;
+                    send(&mut tx, link, &[PeerMsg::Refused(e.to_string())]).await?;
                     let _ = tx.finish();
                     tracing::warn!(peer = %from, error = %e, "a peer's ask was refused");
                     Ok(Served::Refused)
@@ -608,6 +620,7 @@ async fn receive_handover(
     replica: &SiteReplica,
     from: SiteId,
     mut tx: quinn::SendStream,
+    link: &quinn::Connection,
     mut rx: quinn::RecvStream,
     mut decoder: FrameDecoder,
     handover: Box<Handover>,
@@ -619,13 +632,18 @@ async fn receive_handover(
     let report = match admitted {
         Ok(report) => report,
         Err(e) => {
-            send(&mut tx, &[PeerMsg::Refused(e.to_string())]).await?;
+            send(&mut tx, link, &[PeerMsg::Refused(e.to_string())]).await?;
             let _ = tx.finish();
             tracing::warn!(peer = %from, error = %e, "a handover was refused");
             return Ok(None);
         }
     };
-    send(&mut tx, &[PeerMsg::Admitted(Box::new(report.clone()))]).await?;
+    send(
+        &mut tx,
+        link,
+        &[PeerMsg::Admitted(Box::new(report.clone()))],
+    )
+    .await?;
     let named: HashSet<DocId> = report.lacking.iter().map(|(id, _)| *id).collect();
     let (mut batch, mut batch_bytes) = (Vec::new(), 0);
     loop {
@@ -634,6 +652,7 @@ async fn receive_handover(
                 if !named.contains(&piece.doc) {
                     send(
                         &mut tx,
+                        link,
                         &[PeerMsg::Refused(format!(
                             "a piece of document {}, whose body this site did not ask for",
                             piece.doc
@@ -665,7 +684,7 @@ async fn receive_handover(
     })
     .await
     .map_err(net_err)??;
-    send(&mut tx, &[PeerMsg::Finished { lacking }]).await?;
+    send(&mut tx, link, &[PeerMsg::Finished { lacking }]).await?;
     let _ = tx.finish();
     Ok(Some((report, lacking)))
 }
