@@ -22,6 +22,9 @@
 //!   misplaced record is an `Integrity` error, never other bytes.
 //! - A `View` reads the segments that existed when it was taken, even once removed (their
 //!   files stay open): a read transaction's index may name a segment removed meanwhile.
+//! - A segment `retire`d (compacted while the replica runs) is removed only once every
+//!   `Reader` registered before it was retired has ended: a read snapshot taken before the
+//!   compaction's commit, which names its records, reads them to its end.
 //! - After a failed write or sync every later append and sync fails (what reached the disk is
 //!   unknown until the segments are opened again), as the database file's backend does.
 //! - A segment grows past `max_bytes` by at most one record; a record is at most `RECORD_MAX`.
@@ -243,6 +246,33 @@ struct State {
     names_changed: bool,
     /// What failed, once a write or a sync did.
     failed: Option<String>,
+    /// Counts the retirements: a reader registered at era `e` may name the segments retired
+    /// at any era after `e`.
+    era: u64,
+    /// Readers alive, by the era they registered at.
+    readers: BTreeMap<u64, usize>,
+    /// Segments retired and not removed yet, with the era of their retirement.
+    retired: Vec<(u64, u32)>,
+}
+
+/// A reader of the segments (a read snapshot of the index that names them), registered
+/// before its snapshot was taken: the segments retired after that are kept until it ends.
+#[derive(Debug)]
+pub struct Reader {
+    segments: Arc<Segments>,
+    era: u64,
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        let mut state = self.segments.state();
+        if let Some(count) = state.readers.get_mut(&self.era) {
+            *count -= 1;
+            if *count == 0 {
+                state.readers.remove(&self.era);
+            }
+        }
+    }
 }
 
 /// The segments that existed when it was taken, to read records from.
@@ -278,6 +308,9 @@ impl Segments {
                 unsynced: BTreeSet::new(),
                 names_changed: false,
                 failed: None,
+                era: 0,
+                readers: BTreeMap::new(),
+                retired: Vec::new(),
             }),
         })
     }
@@ -358,10 +391,57 @@ impl Segments {
         })
     }
 
+    /// Registers a reader: call it before taking the snapshot of the index it reads with.
+    pub fn reader(self: &Arc<Self>) -> Reader {
+        let mut state = self.state();
+        let era = state.era;
+        *state.readers.entry(era).or_default() += 1;
+        Reader {
+            segments: self.clone(),
+            era,
+        }
+    }
+
+    /// The segment appends go to now, if any. Only it can receive records: the others only
+    /// lose them (to removals and compaction).
+    pub fn current(&self) -> Option<u32> {
+        self.state().current.map(|(n, _)| n)
+    }
+
+    /// Retires `segment` (the index no longer names it, durably): it is removed once every
+    /// reader registered before now has ended (at once when none is), at the next `retire`
+    /// or `sync`. Its name's removal is durable once a `sync` after it returns.
+    pub fn retire(&self, segment: u32) -> Result<()> {
+        let mut state = self.state();
+        state.era += 1;
+        let era = state.era;
+        state.retired.push((era, segment));
+        self.remove_retired(&mut state)
+    }
+
+    /// Segments retired and not removed yet (readers from before their retirement run).
+    pub fn retired(&self) -> Vec<u32> {
+        self.state().retired.iter().map(|&(_, n)| n).collect()
+    }
+
+    /// Removes the retired segments no reader alive may still read.
+    fn remove_retired(&self, state: &mut State) -> Result<()> {
+        let oldest = state.readers.keys().next().copied().unwrap_or(u64::MAX);
+        let (free, kept): (Vec<_>, Vec<_>) =
+            state.retired.iter().partition(|&&(era, _)| era <= oldest);
+        state.retired = kept;
+        for (_, segment) in free {
+            self.remove_locked(state, segment)?;
+        }
+        Ok(())
+    }
+
     /// Makes every record appended so far, and every segment created or removed, durable.
+    /// Removes first the retired segments no reader needs any more.
     pub fn sync(&self) -> Result<()> {
         let mut state = self.state();
         check_failed(&state)?;
+        self.remove_retired(&mut state)?;
         write_buffered(&mut state)?;
         let unsynced = std::mem::take(&mut state.unsynced);
         for n in unsynced {
@@ -396,11 +476,13 @@ impl Segments {
         })
     }
 
-    /// Each segment and its length in bytes.
+    /// Each segment not retired, and its length in bytes.
     pub fn sizes(&self) -> Result<Vec<(u32, u64)>> {
         let view = self.view()?;
+        let retired: BTreeSet<u32> = self.state().retired.iter().map(|&(_, n)| n).collect();
         view.open
             .iter()
+            .filter(|(n, _)| !retired.contains(n))
             .map(|(n, file)| Ok((*n, file.len()?)))
             .collect()
     }
@@ -410,7 +492,12 @@ impl Segments {
     /// next append starts a new one.
     pub fn remove(&self, segment: u32) -> Result<()> {
         let mut state = self.state();
-        check_failed(&state)?;
+        self.remove_locked(&mut state, segment)
+    }
+
+    /// `remove`, under the lock.
+    fn remove_locked(&self, state: &mut State, segment: u32) -> Result<()> {
+        check_failed(state)?;
         if state.current.is_some_and(|(n, _)| n == segment) {
             state.current = None;
             state.buffered.clear();
@@ -420,7 +507,7 @@ impl Segments {
         }
         state.unsynced.remove(&segment);
         let removed = self.files.remove(segment);
-        fail_on_error(&mut state, removed, "removing a segment")?;
+        fail_on_error(state, removed, "removing a segment")?;
         state.names_changed = true;
         Ok(())
     }

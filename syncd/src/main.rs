@@ -37,6 +37,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// How often the host runs the announcement timer.
 const ANNOUNCEMENT_EVERY: Duration = Duration::from_secs(3600);
+/// How often a running daemon compacts its body segments (`segment_compaction`).
+const COMPACTION_EVERY: Duration = Duration::from_secs(3600);
 /// How often the host looks for notifications to spool (`notification_spool`).
 const SPOOL_EVERY: Duration = Duration::from_secs(1);
 /// How often a site tidies its inbox's `done/` (`inbox::tidy`: clear pairs an older version
@@ -400,6 +402,7 @@ async fn host(
     let http = start_http(&settings.config, &service).await?;
     let timer = tokio::spawn(announcement_timer(replica.clone(), live.clone()));
     let certificates = tokio::spawn(certificate_watch(replica.arc().clone()));
+    let compaction = tokio::spawn(segment_compaction(replica.arc().clone()));
     let spool = settings
         .config
         .spool_dir(data)
@@ -429,6 +432,7 @@ async fn host(
     }
     timer.abort();
     certificates.abort();
+    compaction.abort();
     if let Some(spool) = spool {
         spool.abort();
     }
@@ -485,6 +489,7 @@ async fn site(
     // Ends with the daemon (the runtime drops it).
     let _http = start_http(&config, &service).await?;
     let certificates = tokio::spawn(certificate_watch(replica.arc().clone()));
+    let compaction = tokio::spawn(segment_compaction(replica.arc().clone()));
     let tidy = tokio::spawn(inbox_tidy(service.clone()));
     // `peer_listen`: handovers from the sites listed as `[[peer]]` (off unless set).
     // Its `[[peer]]` follow carnet.toml: SIGHUP replaces them (`PeerPolicy::set_sites`).
@@ -608,6 +613,7 @@ async fn site(
                     tracing::info!("stopping");
                     api.abort();
                     certificates.abort();
+                    compaction.abort();
                     tidy.abort();
                     if let Some(peers) = &peers {
                         peers.abort();
@@ -678,6 +684,22 @@ async fn start_http(
         service.clone(),
         token,
     ))))
+}
+
+/// Gives back, every `COMPACTION_EVERY`, the space of the bodies purged, withdrawn or
+/// replaced since (`Replica::compact_bodies`, which also runs at each start): a daemon runs
+/// for months between starts. One wake-up an hour; a storage failure stops the daemon
+/// (`storage_failure`).
+async fn segment_compaction(replica: Arc<Replica>) {
+    let start = tokio::time::Instant::now() + COMPACTION_EVERY;
+    let mut every = tokio::time::interval_at(start, COMPACTION_EVERY);
+    loop {
+        every.tick().await;
+        let r = replica.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || r.compact_bodies()).await {
+            tracing::warn!(error = %e, "body segment compaction");
+        }
+    }
 }
 
 /// Host: the announcement timer (DOMAIN §3), at start and every `ANNOUNCEMENT_EVERY`.

@@ -408,7 +408,7 @@ impl Replica {
                 Err(Error::not_found("this dossier was closed and purged here"))
             }
             // A dossier opened here that the host has not answered yet.
-            None => match self.local_head(&txn, &self.blind(ins))? {
+            None => match self.local_head(&*txn, &self.blind(ins))? {
                 Some(h) => Ok((h, 0)),
                 None => Err(self.no_dossier()),
             },
@@ -912,7 +912,7 @@ impl Replica {
 
         let txn = self.begin_write()?;
         // The write lock is held: this snapshot is what `txn` starts from.
-        let ids = self.dossier_doc_ids(&self.begin_read()?, &bi)?;
+        let ids = self.dossier_doc_ids(&*self.begin_read()?, &bi)?;
         {
             for doc in &ids {
                 self.forget_document(&txn, ins, doc)?;

@@ -12,9 +12,11 @@
 //!   outlives it) stay in `BODIES` and are read from there.
 //! - A commit syncs the segments before the database (`RawWrite::commit`): a durable location
 //!   names a durable record. A record written by a transaction that did not commit is named
-//!   by nothing. At open, segments nothing names are removed and the mostly dead or small ones
-//!   compacted (`tidy_segments`): their live records copied into a new segment and repointed
-//!   in one transaction, then the old files removed.
+//!   by nothing. At open and from the daemon's timer (`compact_bodies`), segments nothing
+//!   names are retired and the mostly dead or small ones compacted: their live records copied
+//!   into the segment appends go to and repointed in one transaction, durable before the old
+//!   segments are retired. A retired segment is removed once no read snapshot taken before
+//!   its retirement lives (`Replica::begin_read` registers each one as a segments' reader).
 //! - A record read is checked against its location (`segments`), then opened under its chunk's
 //!   associated data (`documents::get_body`): a torn, moved or foreign record is an integrity
 //!   error, never other bytes.
@@ -212,18 +214,10 @@ impl Replica {
         }
     }
 
-    /// At open, before anything is appended: removes the segments no row of `BODY_PLACES`
-    /// names (records of transactions that never committed; every record of a replica whose
-    /// bodies a key rotation moved), and compacts the others that are mostly dead (purged or
-    /// removed bodies) or too small to stay apart (`worth_compacting`), so their space comes
-    /// back. A crash before the compaction's commit leaves records nothing names, after it
-    /// segments nothing names: the next open removes either.
-    ///
-    /// A location that does not decode, or a live record that does not read back, is damage
-    /// this replica's reads report document by document: the tidying stops there (logged,
-    /// nothing removed past it) rather than refuse the whole replica.
+    /// At open, before anything is appended: refuses a replica whose `BODY_PLACES` names
+    /// chunks when it was opened without segments, then compacts them (`compact_bodies`).
     pub(super) fn tidy_segments(&self) -> Result<()> {
-        let Some(segments) = &self.segments else {
+        if self.segments.is_none() {
             let txn = self.begin_read()?;
             if !txn.open_table(BODY_PLACES)?.is_empty()? {
                 return Err(Error::invalid(
@@ -231,55 +225,98 @@ impl Replica {
                 ));
             }
             return Ok(());
+        }
+        self.compact_bodies().map(|_| ())
+    }
+
+    /// Gives back the space of bodies purged, withdrawn or replaced: retires the segments no
+    /// row of `BODY_PLACES` names (records of transactions that never committed; every record
+    /// of a replica whose bodies a key rotation moved), and compacts the others that are
+    /// mostly dead or too small to stay apart (`worth_compacting`): their live records copied
+    /// into a new segment and repointed in one transaction, durable before the old segments
+    /// are retired. The segment appends go to is left alone. Runs at open and, while the
+    /// daemon runs, from its timer; answers how many segments were retired.
+    ///
+    /// It holds the write transaction throughout, so no record is appended meanwhile and the
+    /// count of live bytes is exact; a read snapshot taken before its commit reads the old
+    /// records to its end (`segments::Segments::retire`). A crash before the commit leaves
+    /// records nothing names, after it segments nothing names: the next pass retires either.
+    ///
+    /// A location that does not decode, or a live record that does not read back, is damage
+    /// this replica's reads report document by document: the pass stops there (logged,
+    /// nothing retired past it) rather than fail.
+    pub fn compact_bodies(&self) -> Result<usize> {
+        let Some(segments) = &self.segments else {
+            return Ok(0);
         };
-        let sizes = segments.sizes()?;
+        let txn = self.begin_raw_write()?;
+        let current = segments.current();
+        let sizes: Vec<(u32, u64)> = segments
+            .sizes()?
+            .into_iter()
+            .filter(|&(n, _)| Some(n) != current)
+            .collect();
         if sizes.is_empty() {
-            return Ok(());
+            // Nothing to look at, but the segments retired before may be removable now.
+            segments.sync()?;
+            return Ok(0);
         }
         let mut live: BTreeMap<u32, u64> = BTreeMap::new();
-        {
-            let txn = self.begin_read()?;
-            for row in txn.open_table(BODY_PLACES)?.range::<&[u8]>(..)? {
-                let Ok(at) = Location::decode(row?.1.value()) else {
-                    tracing::warn!("a body chunk's location is damaged: segments left as they are");
-                    return Ok(());
-                };
-                *live.entry(at.segment).or_default() += at.stored_len();
-            }
+        for row in txn.open_table(BODY_PLACES)?.range::<&[u8]>(..)? {
+            let Ok(at) = Location::decode(row?.1.value()) else {
+                tracing::warn!("a body chunk's location is damaged: segments left as they are");
+                return Ok(0);
+            };
+            *live.entry(at.segment).or_default() += at.stored_len();
         }
-        let mut removed = 0;
-        for &(segment, _) in &sizes {
-            if !live.contains_key(&segment) {
-                segments.remove(segment)?;
-                removed += 1;
-            }
-        }
-        if removed > 0 {
-            segments.sync()?;
-            tracing::info!(removed, "removed segments no body chunk names");
-        }
-        let sizes: Vec<(u32, u64, u64)> = sizes
+        let unnamed: Vec<u32> = sizes
+            .iter()
+            .filter(|(n, _)| !live.contains_key(n))
+            .map(|&(n, _)| n)
+            .collect();
+        let named: Vec<(u32, u64, u64)> = sizes
             .into_iter()
             .filter_map(|(n, size)| live.get(&n).map(|&l| (n, size, l)))
             .collect();
-        let compacted = worth_compacting(&sizes);
-        if compacted.is_empty() {
-            return Ok(());
-        }
-        match self.compact_segments(segments, &compacted) {
-            // Nothing was repointed: the copies made are named by nothing.
-            Err(Error::Integrity(_)) => {
-                tracing::warn!("a live body record does not read back: segments not compacted");
-                Ok(())
+        let compacted = worth_compacting(&named);
+        let moved = if compacted.is_empty() {
+            drop(txn);
+            0
+        } else {
+            match self.move_records(segments, txn, &compacted) {
+                Ok(moved) => moved,
+                // Nothing was repointed: the copies made are named by nothing.
+                Err(Error::Integrity(_)) => {
+                    tracing::warn!("a live body record does not read back: segments not compacted");
+                    return Ok(0);
+                }
+                Err(e) => return Err(e),
             }
-            other => other,
+        };
+        let retired = unnamed.len() + compacted.len();
+        for segment in unnamed.into_iter().chain(compacted.iter().copied()) {
+            segments.retire(segment)?;
         }
+        segments.sync()?;
+        if retired > 0 {
+            tracing::info!(
+                retired,
+                compacted = compacted.len(),
+                live_bytes = moved,
+                "body segments compacted"
+            );
+        }
+        Ok(retired)
     }
 
-    /// Copies the live records of `compacted` into a new segment, repoints them in one
-    /// transaction (whose commit syncs the new records first), then removes the old segments.
-    fn compact_segments(&self, segments: &Segments, compacted: &BTreeSet<u32>) -> Result<()> {
-        let txn = self.begin_raw_write()?;
+    /// Copies the live records of `compacted` into the segment appends go to, repoints them in
+    /// `txn` and commits it, durably (the commit syncs the new records first): the bytes moved.
+    fn move_records(
+        &self,
+        segments: &Segments,
+        txn: super::RawWrite<'_>,
+        compacted: &BTreeSet<u32>,
+    ) -> Result<u64> {
         let mut moved = 0u64;
         {
             let mut places = txn.open_table(BODY_PLACES)?;
@@ -299,16 +336,8 @@ impl Replica {
             }
         }
         txn.commit()?;
-        for &segment in compacted {
-            segments.remove(segment)?;
-        }
-        segments.sync()?;
-        tracing::info!(
-            segments = compacted.len(),
-            live_bytes = moved,
-            "compacted body segments"
-        );
-        Ok(())
+        self.wait_durable(self.durable_point())?;
+        Ok(moved)
     }
 }
 

@@ -243,7 +243,7 @@ impl Replica {
 
     /// The feed's latest cursor: following from it gives what changes next.
     pub fn changes_head(&self) -> Result<u64> {
-        head_in(&self.begin_read()?)
+        head_in(&*self.begin_read()?)
     }
 
     /// The latest sequence this process committed, changing as it commits more: what a long

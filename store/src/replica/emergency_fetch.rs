@@ -67,7 +67,7 @@ impl Replica {
                 "this site holds the dossier already: read it with doc list/get --mode",
             ));
         }
-        self.who_is(&self.begin_read()?, rpps)?;
+        self.who_is(&*self.begin_read()?, rpps)?;
         let request = EmergencyRequest {
             ins: ins.clone(),
             rpps: rpps.clone(),

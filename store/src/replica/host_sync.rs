@@ -506,7 +506,7 @@ impl Replica {
     /// Host: the last sequence of `site`'s log (0 when empty).
     pub(crate) fn log_head(&self, site: SiteId) -> Result<u64> {
         self.require_host()?;
-        Self::log_head_in(&self.begin_read()?, site)
+        Self::log_head_in(&*self.begin_read()?, site)
     }
 
     fn log_head_in(txn: &ReadTransaction, site: SiteId) -> Result<u64> {

@@ -183,7 +183,7 @@ impl Replica {
     pub(crate) fn local_dossier_state(&self, ins: &Ins) -> Result<Option<LocalDossierState>> {
         let bi = self.blind(ins);
         let txn = self.begin_read()?;
-        let Some(proposal) = self.local_in(&txn, &bi)? else {
+        let Some(proposal) = self.local_in(&*txn, &bi)? else {
             return Ok(None);
         };
         let held = txn

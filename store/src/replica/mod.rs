@@ -52,6 +52,29 @@ mod site_traces;
 mod site_view;
 mod sync;
 pub mod tables;
+/// A read snapshot of the replica's tables; while it lives, the body segments it may name
+/// are kept (`segments::Reader`), even once a compaction has moved their records.
+pub(crate) struct Snapshot {
+    txn: ReadTransaction,
+    _reader: Option<crate::segments::Reader>,
+}
+
+impl Snapshot {
+    /// A snapshot of a replica without segments (tests, and the open before they are).
+    #[cfg(test)]
+    pub(crate) fn bare(txn: ReadTransaction) -> Snapshot {
+        Snapshot { txn, _reader: None }
+    }
+}
+
+impl std::ops::Deref for Snapshot {
+    type Target = ReadTransaction;
+
+    fn deref(&self) -> &ReadTransaction {
+        &self.txn
+    }
+}
+
 #[cfg(test)]
 mod tests;
 mod view;
@@ -1148,7 +1171,7 @@ impl Replica {
             (
                 marked,
                 stored,
-                row_digest::all_digests(&self.keys.rows, &txn)?,
+                row_digest::all_digests(&self.keys.rows, &*txn)?,
             )
         };
         let newly_guarded = stored.iter().any(Option::is_none);
@@ -1572,11 +1595,16 @@ impl Replica {
     /// A read transaction of what is on disk: it waits for the syncs that commits before it
     /// left to finish behind them (`deferring_syncs`). Every read of a live replica begins
     /// here, so nothing read from it, nor sent from it, can be lost by a crash.
-    fn begin_read(&self) -> Result<ReadTransaction> {
+    fn begin_read(&self) -> Result<Snapshot> {
+        // Registered before the snapshot is taken: the segments it may name stay until it ends.
+        let reader = self.segments.as_ref().map(|s| s.reader());
         let txn = self.db.begin_read()?;
         // The snapshot holds nothing committed after this point was issued.
         self.durability.wait(self.durability.issued())?;
-        Ok(txn)
+        Ok(Snapshot {
+            txn,
+            _reader: reader,
+        })
     }
 
     /// Runs `work` with the syncs of the commits it makes on this thread, in this replica,
@@ -1635,7 +1663,7 @@ impl Replica {
     }
 
     /// A read snapshot and its generation counters (see `cache`).
-    fn snapshot(&self) -> Result<(ReadTransaction, Generation)> {
+    fn snapshot(&self) -> Result<(Snapshot, Generation)> {
         let txn = self.begin_read()?;
         let generation = {
             let meta = txn.open_table(META)?;

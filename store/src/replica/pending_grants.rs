@@ -50,7 +50,7 @@ impl Replica {
         }
         let bi = self.blind(ins);
         let txn = self.begin_write()?;
-        self.who_is(&self.begin_read()?, rpps)?;
+        self.who_is(&*self.begin_read()?, rpps)?;
         self.put_pending_grant(&txn, ins, rpps)?;
         self.queue_or_hold(
             &txn,

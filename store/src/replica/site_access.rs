@@ -89,7 +89,7 @@ impl Replica {
             return Err(Error::invalid("site 0 is the host itself"));
         }
         let txn = self.begin_write()?;
-        self.who_is(&self.begin_read()?, rpps)?;
+        self.who_is(&*self.begin_read()?, rpps)?;
         if on {
             self.register_site_professional(&txn, site, rpps)?;
         } else {

@@ -96,7 +96,7 @@ impl Replica {
         }
         {
             let txn = self.begin_read()?;
-            if let Some(held) = self.site_chain_key(&txn, site)? {
+            if let Some(held) = self.site_chain_key(&*txn, site)? {
                 if held.expose() == key {
                     return Ok(());
                 }

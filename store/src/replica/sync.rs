@@ -458,7 +458,7 @@ impl Replica {
 
     /// The outbox is acknowledged (by the host) up to here.
     pub(crate) fn outbox_acked(&self) -> Result<u64> {
-        Self::outbox_acked_in(&self.begin_read()?)
+        Self::outbox_acked_in(&*self.begin_read()?)
     }
 
     fn outbox_acked_in(txn: &crate::kv::ReadTransaction) -> Result<u64> {

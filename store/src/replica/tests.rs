@@ -2543,6 +2543,18 @@ fn bodies_and_metadata_of_one_size_bucket_are_sealed_to_rows_of_equal_length() {
     assert_eq!(stored, 5_120, "padded to its bucket");
 }
 
+/// Removes the bodies of `ids` (their records stay until their segment is compacted).
+fn remove_bodies(r: &Replica, ids: &[DocId]) {
+    let txn = r.begin_raw_write().expect("write");
+    {
+        let mut bodies = r.bodies(&txn).expect("bodies");
+        for id in ids {
+            bodies.remove(&r.stored_id(id)).expect("remove");
+        }
+    }
+    txn.commit().expect("commit");
+}
+
 /// The segments of `r` and their sizes.
 fn segment_sizes(r: &Replica) -> Vec<(u32, u64)> {
     r.segments
@@ -2559,14 +2571,7 @@ fn segments_mostly_dead_or_small_are_compacted_at_open_and_every_body_still_read
         .map(|i| write(&site, &format!("scan {i}"), &pattern(70_000 + i)))
         .collect();
     // Four bodies removed: their records stay in the segment until it is compacted.
-    let txn = site.begin_raw_write().expect("write");
-    {
-        let mut bodies = site.bodies(&txn).expect("bodies");
-        for id in &ids[1..] {
-            bodies.remove(&site.stored_id(id)).expect("remove");
-        }
-    }
-    txn.commit().expect("commit");
+    remove_bodies(&site, &ids[1..]);
     let before = segment_sizes(&site);
     assert_eq!(before.len(), 1, "{before:?}");
     drop(site);
@@ -2594,6 +2599,62 @@ fn segments_mostly_dead_or_small_are_compacted_at_open_and_every_body_still_read
         assert_eq!(read_body(&site, id), pattern(1_000 + i));
     }
     assert_eq!(site.damaged_bodies().expect("check"), vec![]);
+}
+
+/// While the replica runs (no reopen), a mostly dead segment is compacted: its live records
+/// move and it is retired. A snapshot taken before reads the old records to its end, and the
+/// segment's file goes only once that snapshot has ended.
+#[test]
+fn a_running_replica_compacts_and_a_snapshot_taken_before_still_reads() {
+    let (_hd, _host, sd, site) = host_and_site();
+    let ids: Vec<DocId> = (0..5)
+        .map(|i| write(&site, &format!("scan {i}"), &pattern(70_000 + i)))
+        .collect();
+    // Opened again, the segment is no longer the one appends go to: compaction may take it.
+    drop(site);
+    let site = open_at(sd.path(), &KeySource::File, clock()).expect("reopen");
+    remove_bodies(&site, &ids[1..]);
+    let before = segment_sizes(&site);
+    assert_eq!(before.len(), 1, "{before:?}");
+    let files = || {
+        std::fs::read_dir(sd.path().join(crate::segments::SEGMENTS_DIR))
+            .expect("segments folder")
+            .count()
+    };
+    assert_eq!(files(), 1);
+
+    let (snapshot, generation) = site.snapshot().expect("snapshot");
+    let bodies = site.bodies_read(&snapshot).expect("bodies");
+    let (_, key, meta) = site
+        .load_doc(&snapshot, generation, &ids[0])
+        .expect("metadata");
+    assert_eq!(site.compact_bodies().expect("compact"), 1);
+    let after = segment_sizes(&site);
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_ne!(after[0].0, before[0].0, "the live record moved");
+    assert_eq!(read_body(&site, &ids[0]), pattern(70_000));
+    // The snapshot names the old record, and reads it.
+    assert_eq!(
+        site.get_body(&bodies, &key, &meta)
+            .expect("the old record")
+            .to_vec(),
+        pattern(70_000)
+    );
+    let segments = site.segments.as_ref().expect("segments");
+    assert_eq!(segments.retired(), vec![before[0].0]);
+    assert_eq!(files(), 2, "kept while the snapshot lives");
+    drop((bodies, snapshot));
+    // The next pass (or commit) removes it.
+    assert_eq!(site.compact_bodies().expect("compact"), 0);
+    assert_eq!(segments.retired(), Vec::<u32>::new());
+    assert_eq!(files(), 1);
+    assert_eq!(read_body(&site, &ids[0]), pattern(70_000));
+    assert_eq!(site.damaged_bodies().expect("check"), vec![]);
+    // The segment appends go to is left alone, however dead: a body written now goes there.
+    let late = write(&site, "late", &pattern(9_000));
+    remove_bodies(&site, &ids[..1]);
+    assert_eq!(site.compact_bodies().expect("compact"), 0);
+    assert_eq!(read_body(&site, &late), pattern(9_000));
 }
 
 #[test]

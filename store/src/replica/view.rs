@@ -17,14 +17,14 @@
 
 use std::sync::{Arc, PoisonError, RwLock};
 
-use crate::kv::{ReadOnlyTable, ReadTransaction};
+use crate::kv::ReadOnlyTable;
 
 use super::Generation;
 use crate::error::{Error, Result};
 
 /// One snapshot, read by as many reads as start before the next write commits.
 pub(super) struct ReadView {
-    pub(super) txn: ReadTransaction,
+    pub(super) txn: super::Snapshot,
     pub(super) generation: Generation,
     pub(super) docs: ReadOnlyTable<&'static [u8; 16], &'static [u8]>,
     pub(super) bodies: super::bodies::Bodies<ReadOnlyTable<&'static [u8], &'static [u8]>>,
@@ -127,7 +127,7 @@ mod tests {
         Ok(ReadView {
             docs: txn.open_table(DOCS)?,
             bodies: crate::replica::bodies::Bodies::in_rows(txn.open_table(BODIES)?),
-            txn,
+            txn: crate::replica::Snapshot::bare(txn),
             generation: Generation {
                 registry: 0,
                 authority_version: 0,
