@@ -114,6 +114,12 @@ impl SegmentFiles for SimFolder {
         Ok(())
     }
 
+    /// 16 KiB: a node fills a segment in a few documents, so its runs leave many behind for
+    /// compaction, at open and while it runs.
+    fn segment_bytes(&self) -> u64 {
+        16 << 10
+    }
+
     fn sync_names(&self) -> io::Result<()> {
         let mut s = self.state();
         s.durable_names = s.names.clone();

@@ -147,6 +147,8 @@ pub struct Stats {
     pub news_sent: u64,
     /// Rounds that sent their pushes behind their `Hello` (`Flight::pushed_behind_hello`).
     pub pushed_behind_hello: u64,
+    /// Body segments a running node's compaction retired (`Replica::compact_bodies`).
+    pub segments_retired: u64,
 }
 
 impl Stats {
@@ -164,6 +166,7 @@ impl Stats {
         self.reads += other.reads;
         self.news_sent += other.news_sent;
         self.pushed_behind_hello += other.pushed_behind_hello;
+        self.segments_retired += other.segments_retired;
         self.refused_after_revocation += other.refused_after_revocation;
     }
 }
@@ -490,10 +493,28 @@ impl World {
             93..=94 => self.crash_someone(),
             95 => self.arm_disk_fault(),
             96..=97 => self.duplicate()?,
-            _ => self.partition_or_heal(),
+            98 => self.partition_or_heal(),
+            _ => self.compact_someone()?,
         }
         self.stop_failed_disks();
         Ok(())
+    }
+
+    /// A running node compacts its body segments, as its daemon does every hour, between its
+    /// other work (reads and rounds before and after it, crashes during it).
+    fn compact_someone(&mut self) -> Result<(), String> {
+        let node = self.rng.below(self.nodes.len() as u64) as usize;
+        let Some(replica) = self.nodes[node].replica() else {
+            return Ok(());
+        };
+        match replica.compact_bodies() {
+            Ok(retired) => {
+                self.stats.segments_retired += retired as u64;
+                self.note(|| format!("{}: {retired} segments retired", self.nodes[node].name));
+                Ok(())
+            }
+            Err(e) => expected(&self.nodes[node].name, "compact", &e),
+        }
     }
 
     /// Starts the nodes due up. A start whose disk fails under it (a fault armed while the

@@ -112,6 +112,11 @@ pub trait SegmentFiles: Send + Sync + std::fmt::Debug {
     fn remove(&self, n: u32) -> io::Result<()>;
     /// Makes the names of the segments created and removed so far durable.
     fn sync_names(&self) -> io::Result<()>;
+    /// Size past which a replica's appends go to a new segment (`SEGMENT_BYTES`; the
+    /// simulator's are small, so that its nodes fill and compact many).
+    fn segment_bytes(&self) -> u64 {
+        SEGMENT_BYTES
+    }
 }
 
 /// Segment files in a folder on disk.

@@ -1041,10 +1041,10 @@ impl Replica {
             Some(Arc::new(Segments::in_folder(&folder)?))
         } else {
             match segment_files {
-                Some(files) => Some(Arc::new(Segments::open(
-                    files,
-                    crate::segments::SEGMENT_BYTES,
-                )?)),
+                Some(files) => {
+                    let max_bytes = files.segment_bytes();
+                    Some(Arc::new(Segments::open(files, max_bytes)?))
+                }
                 None => None,
             }
         };
