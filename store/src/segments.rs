@@ -415,13 +415,20 @@ impl Segments {
 
     /// Retires `segment` (the index no longer names it, durably): it is removed once every
     /// reader registered before now has ended (at once when none is), at the next `retire`
-    /// or `sync`. Its name's removal is durable once a `sync` after it returns.
+    /// or `sync`. Its name's removal is durable once a `sync` after it returns. The segment
+    /// appends go to, one unknown, or one retired already, is left as it is.
     pub fn retire(&self, segment: u32) -> Result<()> {
         let mut state = self.state();
+        let appending = state.current.is_some_and(|(n, _)| n == segment);
+        let known = state.open.contains_key(&segment);
+        if appending || !known || state.retired.iter().any(|&(_, n)| n == segment) {
+            return Ok(());
+        }
         state.era += 1;
         let era = state.era;
         state.retired.push((era, segment));
-        self.remove_retired(&mut state)
+        self.remove_retired(&mut state);
+        Ok(())
     }
 
     /// Segments retired and not removed yet (readers from before their retirement run).
@@ -429,16 +436,24 @@ impl Segments {
         self.state().retired.iter().map(|&(_, n)| n).collect()
     }
 
-    /// Removes the retired segments no reader alive may still read.
-    fn remove_retired(&self, state: &mut State) -> Result<()> {
+    /// Removes the retired segments no reader alive may still read. A file that cannot be
+    /// removed is logged and left (nothing names it: the next open's compaction retires it
+    /// again); it fails nothing, as it costs no record its durability.
+    fn remove_retired(&self, state: &mut State) {
         let oldest = state.readers.keys().next().copied().unwrap_or(u64::MAX);
         let (free, kept): (Vec<_>, Vec<_>) =
             state.retired.iter().partition(|&&(era, _)| era <= oldest);
         state.retired = kept;
         for (_, segment) in free {
-            self.remove_locked(state, segment)?;
+            if Arc::make_mut(&mut state.open).remove(&segment).is_none() {
+                continue;
+            }
+            state.unsynced.remove(&segment);
+            match self.files.remove(segment) {
+                Ok(()) => state.names_changed = true,
+                Err(e) => tracing::warn!(segment, error = %e, "a retired body segment stays"),
+            }
         }
-        Ok(())
     }
 
     /// Makes every record appended so far, and every segment created or removed, durable.
@@ -446,7 +461,7 @@ impl Segments {
     pub fn sync(&self) -> Result<()> {
         let mut state = self.state();
         check_failed(&state)?;
-        self.remove_retired(&mut state)?;
+        self.remove_retired(&mut state);
         write_buffered(&mut state)?;
         let unsynced = std::mem::take(&mut state.unsynced);
         for n in unsynced {
@@ -497,12 +512,7 @@ impl Segments {
     /// next append starts a new one.
     pub fn remove(&self, segment: u32) -> Result<()> {
         let mut state = self.state();
-        self.remove_locked(&mut state, segment)
-    }
-
-    /// `remove`, under the lock.
-    fn remove_locked(&self, state: &mut State, segment: u32) -> Result<()> {
-        check_failed(state)?;
+        check_failed(&state)?;
         if state.current.is_some_and(|(n, _)| n == segment) {
             state.current = None;
             state.buffered.clear();
@@ -512,7 +522,7 @@ impl Segments {
         }
         state.unsynced.remove(&segment);
         let removed = self.files.remove(segment);
-        fail_on_error(state, removed, "removing a segment")?;
+        fail_on_error(&mut state, removed, "removing a segment")?;
         state.names_changed = true;
         Ok(())
     }

@@ -693,11 +693,15 @@ async fn start_http(
 async fn segment_compaction(replica: Arc<Replica>) {
     let start = tokio::time::Instant::now() + COMPACTION_EVERY;
     let mut every = tokio::time::interval_at(start, COMPACTION_EVERY);
+    // After a suspend, one pass, not one per hour missed.
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
         let r = replica.clone();
-        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || r.compact_bodies()).await {
-            tracing::warn!(error = %e, "body segment compaction");
+        match tokio::task::spawn_blocking(move || r.compact_bodies()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "body segment compaction"),
+            Err(e) => tracing::error!(error = %e, "body segment compaction stopped"),
         }
     }
 }

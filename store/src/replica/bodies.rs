@@ -237,14 +237,18 @@ impl Replica {
     /// are retired. The segment appends go to is left alone. Runs at open and, while the
     /// daemon runs, from its timer; answers how many segments were retired.
     ///
-    /// It holds the write transaction throughout, so no record is appended meanwhile and the
-    /// count of live bytes is exact; a read snapshot taken before its commit reads the old
-    /// records to its end (`segments::Segments::retire`). A crash before the commit leaves
+    /// It holds the write transaction from its count to its commit, so no record is appended
+    /// meanwhile and the count of live bytes is exact; a read snapshot taken before its
+    /// commit reads the old records to its end (`segments::Segments::retire`). Passes are
+    /// not meant to overlap (the daemon runs one at a time); one that does retires nothing
+    /// twice. A crash before the commit leaves
     /// records nothing names, after it segments nothing names: the next pass retires either.
     ///
     /// A location that does not decode, or a live record that does not read back, is damage
-    /// this replica's reads report document by document: the pass stops there (logged,
-    /// nothing retired past it) rather than fail.
+    /// this replica's reads report document by document, not a failure of the pass: a
+    /// location that does not decode stops it (logged, nothing retired); a record that does
+    /// not read back leaves the segments to compact as they are (logged), the unnamed ones
+    /// still retired.
     pub fn compact_bodies(&self) -> Result<usize> {
         let Some(segments) = &self.segments else {
             return Ok(0);
@@ -278,21 +282,25 @@ impl Replica {
             .into_iter()
             .filter_map(|(n, size)| live.get(&n).map(|&l| (n, size, l)))
             .collect();
-        let compacted = worth_compacting(&named);
+        let mut compacted = worth_compacting(&named);
         let moved = if compacted.is_empty() {
             drop(txn);
             0
         } else {
             match self.move_records(segments, txn, &compacted) {
                 Ok(moved) => moved,
-                // Nothing was repointed: the copies made are named by nothing.
+                // Checked before anything was copied: nothing appended, nothing repointed.
                 Err(Error::Integrity(_)) => {
                     tracing::warn!("a live body record does not read back: segments not compacted");
-                    return Ok(0);
+                    compacted.clear();
+                    0
                 }
                 Err(e) => return Err(e),
             }
         };
+        // What stopped naming the retired segments is durable before they go (a commit made
+        // inside `deferring_syncs` may still be syncing).
+        self.wait_durable(self.durable_point())?;
         let retired = unnamed.len() + compacted.len();
         for segment in unnamed.into_iter().chain(compacted.iter().copied()) {
             segments.retire(segment)?;
@@ -310,7 +318,10 @@ impl Replica {
     }
 
     /// Copies the live records of `compacted` into the segment appends go to, repoints them in
-    /// `txn` and commits it, durably (the commit syncs the new records first): the bytes moved.
+    /// `txn` and commits it (the commit syncs the new records first): the bytes moved. Every
+    /// record is read back first: one that does not (damage this replica's reads report
+    /// document by document) stops it before anything is appended, so a compaction that
+    /// cannot finish leaves nothing behind for the next one to find.
     fn move_records(
         &self,
         segments: &Segments,
@@ -329,6 +340,9 @@ impl Replica {
                 }
             }
             let view = segments.view()?;
+            for (_, at) in &moving {
+                view.read(*at)?;
+            }
             for (key, at) in moving {
                 let to = segments.append(&view.read(at)?)?;
                 places.put(key.as_slice(), to.encode().as_slice())?;
@@ -336,7 +350,6 @@ impl Replica {
             }
         }
         txn.commit()?;
-        self.wait_durable(self.durable_point())?;
         Ok(moved)
     }
 }
