@@ -237,8 +237,11 @@ impl Replica {
     /// are retired. The segment appends go to is left alone. Runs at open and, while the
     /// daemon runs, from its timer; answers how many segments were retired.
     ///
-    /// It holds the write transaction from its count to its commit, so no record is appended
-    /// meanwhile and the count of live bytes is exact; a read snapshot taken before its
+    /// It looks first in a snapshot, without the write lock, and stops there when nothing
+    /// is to be done. Otherwise it counts again under the write transaction, which it holds
+    /// to its commit, so no record is appended meanwhile and the count of live bytes is
+    /// exact (a snapshot's count is not: a transaction in flight may have appended records
+    /// it does not name yet, even to a segment appends have left); a read snapshot taken before its
     /// commit reads the old records to its end (`segments::Segments::retire`). Passes are
     /// not meant to overlap (the daemon runs one at a time); one that does retires nothing
     /// twice. A crash before the commit leaves
@@ -253,36 +256,23 @@ impl Replica {
         let Some(segments) = &self.segments else {
             return Ok(0);
         };
-        let txn = self.begin_raw_write()?;
-        let current = segments.current();
-        let sizes: Vec<(u32, u64)> = segments
-            .sizes()?
-            .into_iter()
-            .filter(|&(n, _)| Some(n) != current)
-            .collect();
-        if sizes.is_empty() {
-            // Nothing to look at, but the segments retired before may be removable now.
+        // A look first, in a snapshot: most passes find nothing to do, and a large host's
+        // scan of `BODY_PLACES` would otherwise hold its writes meanwhile.
+        let found = {
+            let snapshot = self.begin_read()?;
+            segments_to_tidy(segments, &snapshot.open_table(BODY_PLACES)?)?
+        };
+        if found.is_none_or(|(unnamed, compacted)| unnamed.is_empty() && compacted.is_empty()) {
+            // The segments retired before may be removable now.
             segments.sync()?;
             return Ok(0);
         }
-        let mut live: BTreeMap<u32, u64> = BTreeMap::new();
-        for row in txn.open_table(BODY_PLACES)?.range::<&[u8]>(..)? {
-            let Ok(at) = Location::decode(row?.1.value()) else {
-                tracing::warn!("a body chunk's location is damaged: segments left as they are");
-                return Ok(0);
-            };
-            *live.entry(at.segment).or_default() += at.stored_len();
-        }
-        let unnamed: Vec<u32> = sizes
-            .iter()
-            .filter(|(n, _)| !live.contains_key(n))
-            .map(|&(n, _)| n)
-            .collect();
-        let named: Vec<(u32, u64, u64)> = sizes
-            .into_iter()
-            .filter_map(|(n, size)| live.get(&n).map(|&l| (n, size, l)))
-            .collect();
-        let mut compacted = worth_compacting(&named);
+        let txn = self.begin_raw_write()?;
+        let Some((unnamed, mut compacted)) =
+            segments_to_tidy(segments, &txn.open_table(BODY_PLACES)?)?
+        else {
+            return Ok(0);
+        };
         let moved = if compacted.is_empty() {
             drop(txn);
             0
@@ -352,6 +342,43 @@ impl Replica {
         txn.commit()?;
         Ok(moved)
     }
+}
+
+/// What a pass over `segments` would do, as `places` (`BODY_PLACES`) names their records:
+/// the segments it names none of, and those worth compacting (`worth_compacting`), the
+/// segment appends go to and the retired ones left out. `None` when a location does not
+/// decode (logged: the segments are left as they are).
+fn segments_to_tidy(
+    segments: &Segments,
+    places: &impl ChunkTable,
+) -> Result<Option<(Vec<u32>, BTreeSet<u32>)>> {
+    let current = segments.current();
+    let sizes: Vec<(u32, u64)> = segments
+        .sizes()?
+        .into_iter()
+        .filter(|&(n, _)| Some(n) != current)
+        .collect();
+    if sizes.is_empty() {
+        return Ok(Some((Vec::new(), BTreeSet::new())));
+    }
+    let mut live: BTreeMap<u32, u64> = BTreeMap::new();
+    for row in places.range::<&[u8]>(..)? {
+        let Ok(at) = Location::decode(row?.1.value()) else {
+            tracing::warn!("a body chunk's location is damaged: segments left as they are");
+            return Ok(None);
+        };
+        *live.entry(at.segment).or_default() += at.stored_len();
+    }
+    let unnamed: Vec<u32> = sizes
+        .iter()
+        .filter(|(n, _)| !live.contains_key(n))
+        .map(|&(n, _)| n)
+        .collect();
+    let named: Vec<(u32, u64, u64)> = sizes
+        .into_iter()
+        .filter_map(|(n, size)| live.get(&n).map(|&l| (n, size, l)))
+        .collect();
+    Ok(Some((unnamed, worth_compacting(&named))))
 }
 
 /// Segments below this size are small: a process that stored a body or two (each `carnet`

@@ -2657,6 +2657,32 @@ fn a_running_replica_compacts_and_a_snapshot_taken_before_still_reads() {
     assert_eq!(read_body(&site, &late), pattern(9_000));
 }
 
+/// A pass with nothing to do does not take the write lock (on a large host its scan would
+/// hold every write meanwhile): it ends while a write transaction is open elsewhere.
+#[test]
+fn a_compaction_with_nothing_to_do_leaves_the_writers_alone() {
+    let (_hd, _host, sd, site) = host_and_site();
+    write(&site, "scan", &pattern(70_000));
+    drop(site);
+    let site = open_at(sd.path(), &KeySource::File, clock()).expect("reopen");
+    let writing = site.begin_raw_write().expect("write");
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let _ = done.send(site.compact_bodies());
+        });
+        let outcome = finished.recv_timeout(std::time::Duration::from_secs(60));
+        // Released either way, so that a pass that waits for it ends and the test with it.
+        drop(writing);
+        assert_eq!(
+            outcome
+                .expect("the pass ended while a write was open")
+                .expect("compact"),
+            0
+        );
+    });
+}
+
 #[test]
 fn a_damaged_location_or_record_costs_its_body_not_the_replica_nor_the_segments() {
     let (_hd, _host, sd, site) = host_and_site();
