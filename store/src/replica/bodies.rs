@@ -233,19 +233,19 @@ impl Replica {
     /// row of `BODY_PLACES` names (records of transactions that never committed; every record
     /// of a replica whose bodies a key rotation moved), and compacts the others that are
     /// mostly dead or too small to stay apart (`worth_compacting`): their live records copied
-    /// into a new segment and repointed in one transaction, durable before the old segments
-    /// are retired. The segment appends go to is left alone. Runs at open and, while the
-    /// daemon runs, from its timer; answers how many segments were retired.
+    /// into the segment appends go to and repointed in one transaction, durable before the
+    /// old segments are retired. The segment appends go to is left alone. Runs at open and,
+    /// while the daemon runs, from its timer; answers how many segments were retired.
     ///
     /// It looks first in a snapshot, without the write lock, and stops there when nothing
     /// is to be done. Otherwise it counts again under the write transaction, which it holds
     /// to its commit, so no record is appended meanwhile and the count of live bytes is
     /// exact (a snapshot's count is not: a transaction in flight may have appended records
-    /// it does not name yet, even to a segment appends have left); a read snapshot taken before its
-    /// commit reads the old records to its end (`segments::Segments::retire`). Passes are
-    /// not meant to overlap (the daemon runs one at a time); one that does retires nothing
-    /// twice. A crash before the commit leaves
-    /// records nothing names, after it segments nothing names: the next pass retires either.
+    /// it does not name yet, even to a segment appends have left since). A read snapshot
+    /// taken before the commit reads the old records to its end (`Segments::retire`).
+    /// Passes are not meant to overlap (the daemon runs one at a time); one that does
+    /// retires nothing twice. A crash before the commit leaves records nothing names, after
+    /// it segments nothing names: the next pass retires either.
     ///
     /// A location that does not decode, or a live record that does not read back, is damage
     /// this replica's reads report document by document, not a failure of the pass: a

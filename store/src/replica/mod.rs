@@ -60,7 +60,7 @@ pub(crate) struct Snapshot {
 }
 
 impl Snapshot {
-    /// A snapshot of a replica without segments (tests, and the open before they are).
+    /// A snapshot registered as no reader of segments (tests of the read view).
     #[cfg(test)]
     pub(crate) fn bare(txn: ReadTransaction) -> Snapshot {
         Snapshot { txn, _reader: None }
