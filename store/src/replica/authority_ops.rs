@@ -895,11 +895,12 @@ impl Replica {
         let held = txn.open_table(DOSSIER_KEYS)?.get(&bi)?.is_some();
         if held && self.config.role == Role::Site {
             // Never lose a document the user was told is stored: keep it before the key goes.
-            self.quarantine_pending(
-                &txn,
-                &bi,
-                "the dossier was closed before the host received it",
-            )?;
+            let reason = if cause_seq == 0 {
+                "the dossier left this site's scope before the host received it"
+            } else {
+                "the dossier was closed before the host received it"
+            };
+            self.quarantine_pending(&txn, &bi, reason)?;
         }
         self.digested(&txn, DOSSIER_KEYS)?.remove(&bi)?;
         Self::registry_changed(&txn)?;
@@ -982,6 +983,10 @@ impl Replica {
                         receipt,
                     })
                 })?;
+            }
+            if self.config.role == Role::Site {
+                // A dossier opened here goes with its held changes (quarantined above).
+                self.forget_local_dossier(&txn, &bi)?;
             }
             self.digested(&txn, PENDING_PURGES)?.remove(&bi)?;
             txn.open_table(RELAYED_LEASES)?.remove(&bi)?;

@@ -11,6 +11,10 @@
 //! and data key, so no document and no trace entry moves. A creation the host refuses is
 //! returned like a refused document: what the site wrote goes to its quarantine (a closed
 //! dossier's signed head comes back as well, and the site purges its copy as for any closure).
+//! A dossier opened here that the host ends or takes out of the site's scope before it heard of
+//! it (a closure, or a `Leave` for the host's own dossier of that INS) is purged like any other;
+//! what the site wrote and held back goes to the quarantine first, and the local head and held
+//! changes go with the dossier.
 //!
 //! Invariants:
 //! - Nothing naming a provisional identity leaves the site (only a qualified identity is shared):
@@ -359,6 +363,50 @@ impl Replica {
             txn.open_table(HELD)?.remove(key.as_slice())?;
         }
         Ok(rows.len())
+    }
+
+    /// The documents whose acts are held back for `bi`, in the order they were held (a document
+    /// acted on twice is named once). None of them has reached the host.
+    pub(super) fn held_documents(
+        &self,
+        txn: &WriteTransaction,
+        bi: &[u8; 32],
+    ) -> Result<Vec<DocId>> {
+        let table = txn.open_table(HELD)?;
+        let mut out: Vec<DocId> = Vec::new();
+        for row in table.range(bi.as_slice()..)? {
+            let (k, v) = row?;
+            if !k.value().starts_with(bi) {
+                break;
+            }
+            let plain = self
+                .keys
+                .registry
+                .open(&held_aad(k.value()), v.value())
+                .map_err(|_| {
+                    Error::integrity("a change held for a provisional identity was altered")
+                })?;
+            if let Held::DocumentAct { id, .. } = postcard::from_bytes(&plain)?
+                && !out.contains(&id)
+            {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Site: forgets, inside `txn`, what `bi` had as a dossier opened here: its local head, the
+    /// changes held back for it and the pending grants on it. Called once what it held that the
+    /// host never received is in the quarantine (`quarantine_pending`).
+    pub(super) fn forget_local_dossier(&self, txn: &WriteTransaction, bi: &[u8; 32]) -> Result<()> {
+        self.digested(txn, LOCAL_DOSSIERS)?.remove(bi)?;
+        let mut after = bi.to_vec();
+        after.extend([0xff; 64]);
+        txn.open_table(HELD)?
+            .retain_in(bi.as_slice()..after.as_slice(), |_, _| false)?;
+        self.digested(txn, PENDING_GRANTS)?
+            .remove_in(bi.as_slice(), &after)?;
+        Ok(())
     }
 
     /// The outbox entry `held` becomes at `seq`.

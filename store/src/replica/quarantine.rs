@@ -12,8 +12,8 @@
 //!
 //! Invariants:
 //! - a document is copied into the quarantine before anything that could destroy it: a purge
-//!   first quarantines every document of the dossier still waiting in the outbox, and drops
-//!   those outbox entries only then, in the same transaction;
+//!   first quarantines every document of the dossier still waiting in the outbox or held back
+//!   for a provisional identity, and drops those entries only then, in the same transaction;
 //! - only the author (a professional registered here, by the RPPS the document names) or the
 //!   host operator (`Actor::System` at the host) reads or refiles a quarantined document; every
 //!   attempt, allowed or denied, is traced. The entry names the document's original dossier,
@@ -159,9 +159,11 @@ impl Replica {
         Ok(())
     }
 
-    /// Documents of the dossier `bi` still waiting in the outbox go to the quarantine with
-    /// `reason` (before a purge destroys them), inside `txn`; their outbox entries become
-    /// `OutboxItem::Quarantined`, so that the host still receives every sequence number.
+    /// Documents of the dossier `bi` the host has not received go to the quarantine with
+    /// `reason` (before a purge destroys them), inside `txn`: those waiting in the outbox, whose
+    /// entries become `OutboxItem::Quarantined` (the host still receives every sequence
+    /// number), and those held back for a provisional identity (`local_dossiers`). Answers how
+    /// many.
     pub(super) fn quarantine_pending(
         &self,
         txn: &WriteTransaction,
@@ -181,7 +183,13 @@ impl Replica {
                 pending.push((seq, self.doc_id(&stored)));
             }
         }
-        for (_, id) in &pending {
+        let mut ids: Vec<DocId> = pending.iter().map(|(_, id)| *id).collect();
+        for id in self.held_documents(txn, bi)? {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        for id in &ids {
             self.quarantine_in(txn, &snap, generation, id, reason)?;
         }
         let mut outbox = txn.open_table(OUTBOX)?;
@@ -189,7 +197,7 @@ impl Replica {
         for (seq, _) in &pending {
             outbox.insert(*seq, placeholder.as_slice())?;
         }
-        Ok(pending.len())
+        Ok(ids.len())
     }
 
     /// How many documents are in quarantine, for `carnet sync status` and each `Hello`: the

@@ -255,11 +255,7 @@ impl Replica {
         for id in self.dossier_doc_ids(&snap, &bi)? {
             self.forget_document(&txn, ins, &id)?;
         }
-        self.digested(&txn, LOCAL_DOSSIERS)?.remove(&bi)?;
-        let mut after = bi.to_vec();
-        after.extend([0xff; 64]);
-        self.digested(&txn, PENDING_GRANTS)?
-            .remove_in(bi.as_slice(), &after)?;
+        self.forget_local_dossier(&txn, &bi)?;
         Self::registry_changed(&txn)?;
         txn.trace(vec![self.admin_entry(
             "dossier-refused-by-host",

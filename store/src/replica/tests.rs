@@ -7728,3 +7728,57 @@ fn the_change_feed_refuses_a_cursor_older_than_what_it_keeps() {
     assert_eq!(after[0].seq, last + 1);
     assert_eq!(after[0].change, super::Changed::Document { ins: ins(), id });
 }
+
+#[test]
+fn a_dossier_opened_here_that_leaves_the_scope_keeps_what_the_site_wrote() {
+    for qualified in [false, true] {
+        let (_hd, host, _sd, site) = host_and_site();
+        // The host's dossier for the walk-in enters the site's scope; the site has not pulled.
+        host.create_dossier(new_dossier(walk_in()))
+            .expect("host dossier");
+        host.set_grant(
+            &walk_in(),
+            &doctor(),
+            GrantState::Active,
+            GrantBasis::Treating,
+            None,
+        )
+        .expect("grant");
+        let opened = if qualified {
+            new_dossier(walk_in())
+        } else {
+            provisional(walk_in())
+        };
+        site.open_dossier_here(opened, &Actor::Professional(doctor()))
+            .expect("open here");
+        let id = write_as(&site, &nurse(), &walk_in(), "written here");
+        // The grant is revoked before the site's next round: the dossier left its scope.
+        host.set_grant(
+            &walk_in(),
+            &doctor(),
+            GrantState::Revoked,
+            GrantBasis::Treating,
+            None,
+        )
+        .expect("revoke");
+        sync(&host, &site);
+        sync(&host, &site);
+        if qualified {
+            // Pushed before the pull: the host merged the proposal, so the dossier is back.
+            assert!(host.has_body(&id).expect("host"), "the host holds it");
+            continue;
+        }
+        // Held back, it never left: the Leave purged the dossier, and the site kept it.
+        assert!(!host.has_body(&id).expect("host"));
+        kept_alone(&site, id, "left this site's scope");
+        assert!(
+            site.held_back().expect("held").is_empty(),
+            "nothing stays held for a purged dossier"
+        );
+        assert!(site.dossier(&walk_in()).is_err(), "the local head went too");
+        let body = site
+            .quarantined_body(&Actor::Professional(nurse()), &id)
+            .expect("its author reads it");
+        assert_eq!(&body[..], b"written here");
+    }
+}
