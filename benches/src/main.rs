@@ -14,7 +14,7 @@
 //! another over `carnet-peer/1`, against a raw QUIC stream of the same bytes.
 //! `carnet-bench link [--full] [--rate …] [--delay …] [--loss …] [--workload …]` (module `link`):
 //! sync across an emulated rural link, against a raw QUIC stream over the same link.
-//! `carnet-bench sim [--seeds N]` (module `sim`): seeded worlds of the simulator (`carnet-sim`),
+//! `carnet-bench sim [--seeds N] [--first S] [--steps T]` (module `sim`): seeded worlds of the simulator (`carnet-sim`),
 //! seeds per second and the failing seeds.
 //! Everything runs in a temporary folder that is removed at the end.
 
@@ -77,7 +77,7 @@ fn main() {
         "reads" => reads_only(),
         _ => {
             eprintln!(
-                "usage: carnet-bench store|sync|idle [--seconds N]|sim [--seeds N] [--first S]|host [--sites N] [--seconds S] [--docs A,B] [--storage redb|postgres]|handover [--reps N]|link [--full] [--rate R]… [--delay MS]… [--loss PCT]… [--workload W]…|segments"
+                "usage: carnet-bench store|sync|idle [--seconds N]|sim [--seeds N] [--first S] [--steps T]|host [--sites N] [--seconds S] [--docs A,B] [--storage redb|postgres]|handover [--reps N]|link [--full] [--rate R]… [--delay MS]… [--loss PCT]… [--workload W]…|segments"
             );
             std::process::exit(2);
         }

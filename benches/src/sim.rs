@@ -1,15 +1,17 @@
-//! `carnet-bench sim [--seeds N] [--first S]`: runs N seeded worlds of the simulator
-//! (`carnet-sim`, 1000 by default, from seed S, 0 by default) and prints seeds per second and
-//! every failure with its seed (replay one with `CARNET_SIM_SEED=S cargo test -p carnet-sim`).
-//! Exits 1 if any seed failed.
+//! `carnet-bench sim [--seeds N] [--first S] [--steps T]`: runs N seeded worlds of the simulator
+//! (`carnet-sim`, 1000 by default, from seed S, 0 by default; T steps each before healing, the
+//! simulator's default otherwise: longer worlds reach interleavings short ones do not) and
+//! prints seeds per second and every failure with how to replay it (`CARNET_SIM_SEED=S cargo
+//! test -p carnet-sim`, with `CARNET_SIM_STEPS=T` when given). Exits 1 if any seed failed.
 
 use std::time::Instant;
 
 use crate::Res;
 
-fn parse_args() -> Res<(u64, u64)> {
+fn parse_args() -> Res<(u64, u64, carnet_sim::Options)> {
     let mut args = std::env::args().skip(2);
     let (mut seeds, mut first) = (1000, 0);
+    let mut opts = carnet_sim::Options::default();
     while let Some(a) = args.next() {
         let mut value = |what: &str| {
             args.next()
@@ -19,24 +21,32 @@ fn parse_args() -> Res<(u64, u64)> {
         match a.as_str() {
             "--seeds" => seeds = value("--seeds")?,
             "--first" => first = value("--first")?,
+            "--steps" => {
+                opts.steps = usize::try_from(value("--steps")?)
+                    .map_err(|_| "--steps takes a whole number")?;
+            }
             other => {
-                return Err(
-                    format!("unknown argument '{other}': sim [--seeds N] [--first S]").into(),
-                );
+                return Err(format!(
+                    "unknown argument '{other}': sim [--seeds N] [--first S] [--steps T]"
+                )
+                .into());
             }
         }
     }
-    Ok((seeds, first))
+    Ok((seeds, first, opts))
 }
 
 pub fn run() -> Res<()> {
-    let (seeds, first) = parse_args()?;
-    println!("carnet-bench sim — {seeds} seeded worlds from seed {first}, one thread\n");
+    let (seeds, first, opts) = parse_args()?;
+    println!(
+        "carnet-bench sim — {seeds} seeded worlds from seed {first}, {} steps each, one thread\n",
+        opts.steps
+    );
     let started = Instant::now();
     let mut failures = Vec::new();
     let mut totals = carnet_sim::Stats::default();
     for seed in first..first.saturating_add(seeds) {
-        match carnet_sim::run(seed, carnet_sim::Options::default()) {
+        match carnet_sim::run(seed, opts) {
             Ok(s) => totals.add(&s),
             Err(f) => {
                 println!("FAILED {f}");
@@ -60,7 +70,7 @@ pub fn run() -> Res<()> {
     );
     println!("in all (passing seeds): {totals:?}");
     for f in &failures {
-        println!("  seed {}: {}", f.seed, f.message);
+        println!("  {f}");
     }
     if failures.is_empty() {
         Ok(())

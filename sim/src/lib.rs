@@ -33,15 +33,20 @@ pub use world::{Options, Stats};
 pub struct Failure {
     /// The seed, to replay it.
     pub seed: u64,
+    /// Its steps before healing, when not the default (`Options::steps`), to replay it.
+    pub steps: Option<usize>,
     /// What went wrong.
     pub message: String,
 }
 
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let steps = self
+            .steps
+            .map_or(String::new(), |n| format!("CARNET_SIM_STEPS={n} "));
         write!(
             f,
-            "seed {}: {} (replay: CARNET_SIM_SEED={} cargo test -p carnet-sim)",
+            "seed {}: {} (replay: {steps}CARNET_SIM_SEED={} cargo test -p carnet-sim)",
             self.seed, self.message, self.seed
         )
     }
@@ -49,7 +54,12 @@ impl std::fmt::Display for Failure {
 
 /// Runs the world of `seed` to its checks; answers what happened in it.
 pub fn run(seed: u64, opts: Options) -> Result<Stats, Failure> {
-    let fail = |message| Failure { seed, message };
+    let steps = (opts.steps != Options::default().steps).then_some(opts.steps);
+    let fail = |message| Failure {
+        seed,
+        steps,
+        message,
+    };
     let started = std::time::Instant::now();
     let mut world = world::World::new(seed, opts).map_err(fail)?;
     if std::env::var_os("CARNET_SIM_TRACE").is_some() {
@@ -57,4 +67,31 @@ pub fn run(seed: u64, opts: Options) -> Result<Stats, Failure> {
     }
     world.run().map_err(fail)?;
     Ok(world.stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Failure;
+
+    #[test]
+    fn a_failure_says_how_to_replay_it_with_its_steps_when_not_the_default() {
+        let short = Failure {
+            seed: 12,
+            steps: None,
+            message: "lost".into(),
+        };
+        assert_eq!(
+            short.to_string(),
+            "seed 12: lost (replay: CARNET_SIM_SEED=12 cargo test -p carnet-sim)"
+        );
+        let long = Failure {
+            steps: Some(600),
+            ..short
+        };
+        assert!(
+            long.to_string()
+                .contains("replay: CARNET_SIM_STEPS=600 CARNET_SIM_SEED=12 cargo"),
+            "{long}"
+        );
+    }
 }

@@ -1,6 +1,7 @@
 //! The simulator in CI: a few hundred seeded worlds, each healed and checked
 //! (`carnet_sim::check`). `CARNET_SIM_SEED=N` replays seed N alone; `CARNET_SIM_SEEDS=K`
-//! runs K seeds from `CARNET_SIM_FIRST` (0 by default), within `CARNET_SIM_BUDGET_S` seconds.
+//! runs K seeds from `CARNET_SIM_FIRST` (0 by default), within `CARNET_SIM_BUDGET_S` seconds;
+//! `CARNET_SIM_STEPS=S` gives each world S steps before healing (`Options::steps`).
 
 use std::time::{Duration, Instant};
 
@@ -13,10 +14,19 @@ fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
 }
 
+/// The worlds' options: the default, with `CARNET_SIM_STEPS` steps when it is set.
+fn options() -> carnet_sim::Options {
+    let mut opts = carnet_sim::Options::default();
+    if let Some(steps) = env_u64("CARNET_SIM_STEPS") {
+        opts.steps = steps as usize;
+    }
+    opts
+}
+
 #[test]
 fn seeded_worlds_heal_and_keep_every_invariant() {
     if let Some(seed) = env_u64("CARNET_SIM_SEED") {
-        match carnet_sim::run(seed, carnet_sim::Options::default()) {
+        match carnet_sim::run(seed, options()) {
             Ok(stats) => println!("seed {seed}: {stats:?}"),
             Err(f) => panic!("{f}"),
         }
@@ -32,7 +42,7 @@ fn seeded_worlds_heal_and_keep_every_invariant() {
         if started.elapsed() > budget {
             break;
         }
-        if let Err(f) = carnet_sim::run(seed, carnet_sim::Options::default()) {
+        if let Err(f) = carnet_sim::run(seed, options()) {
             eprintln!("{f}");
             failures.push(f);
         }
