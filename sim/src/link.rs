@@ -4,10 +4,9 @@
 //! stream per body fetch (`GetBody`) and one for the bodies the site sends (`PutBodies`),
 //! each served by a host session of its own. What the site writes during its round reaches the
 //! session as the driver's `SiteSession::news` does (`Flight::news`); a round after one that
-//! ended well pushes behind its `Hello` as on the driver's open connection (`HostHeld`, which
-//! the world forgets when a round fails or a node crashes, as the connection would be lost). A
-//! stream
-//! delivers in order; streams interleave in any order (the simulator picks), and every message
+//! ended well pushes behind its `Hello` as the driver does (`HostHeld`, kept in the site's
+//! replica, `SiteSync::host_marks`, through crashes and power cuts, and forgotten when a
+//! round fails). A stream delivers in order; streams interleave in any order (the simulator picks), and every message
 //! arrives after a delay. A message lost on the way breaks the connection: the round fails
 //! there, as the real driver's read times out, and the site retries later. Every message goes
 //! through the frame codec, as on the wire.

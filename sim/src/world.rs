@@ -189,9 +189,6 @@ pub struct World {
     next_round: Vec<u64>,
     timers: Vec<RoundTimer>,
     connected: Vec<bool>,
-    /// Per site: what the host held at the end of its last round, while its connection would
-    /// still be open (`Flight::host_held`).
-    held: Vec<Option<carnet_syncd::session::HostHeld>>,
     /// Sites cut off from the host.
     partitioned: BTreeSet<usize>,
     /// Faults on (off once healing).
@@ -424,7 +421,6 @@ impl World {
             next_round: vec![EPOCH; sites + 1],
             timers: vec![RoundTimer::new(Duration::from_millis(EVERY)); sites + 1],
             connected: vec![false; sites + 1],
-            held: vec![None; sites + 1],
             partitioned: BTreeSet::new(),
             faults: true,
             host_certificate,
@@ -562,12 +558,6 @@ impl World {
         self.nodes[node].crash(power, up_at, &mut rng);
         self.stats.crashes += 1;
         self.stats.power_cuts += u64::from(power);
-        // Its connections are lost.
-        for (site, held) in self.held.iter_mut().enumerate() {
-            if node == 0 || site == node {
-                *held = None;
-            }
-        }
         // Its rounds are cut.
         let cut: Vec<usize> = self
             .flights
@@ -1042,7 +1032,7 @@ impl World {
                 self.now,
                 delay,
                 expect_news,
-                self.held[site],
+                self.host_marks(site)?,
             )?;
             match flight {
                 Ok(flight) => {
@@ -1064,10 +1054,40 @@ impl World {
         link_delay(&mut self.rng)
     }
 
+    /// What `site`'s replica says the host held at the end of its last round that ended well
+    /// (`SiteSync::host_marks`), as its driver reads it when a round opens, on any connection.
+    /// Marks its failing storage cannot read are none: the round waits for its `Welcome`.
+    fn host_marks(&self, site: usize) -> Result<Option<carnet_syncd::session::HostHeld>, String> {
+        let marks = match crate::node::as_site(self.nodes[site].up()?)
+            .sync()
+            .host_marks()
+        {
+            Ok(marks) => marks,
+            Err(e) => {
+                self.note(|| format!("{}: host marks not read: {e}", self.nodes[site].name));
+                None
+            }
+        };
+        Ok(marks.map(|(changes, traces)| carnet_syncd::session::HostHeld { changes, traces }))
+    }
+
+    /// Records (or forgets) what the host holds in `site`'s replica, as its driver does when a
+    /// round ends. A storage failure leaves older marks, which the next `Welcome` contradicts
+    /// (that round fails, and the next waits for its `Welcome`).
+    fn set_host_marks(&mut self, site: usize, held: Option<carnet_syncd::session::HostHeld>) {
+        let Some(replica) = self.nodes[site].replica() else {
+            return;
+        };
+        let marks = held.map(|h| (h.changes, h.traces));
+        if let Err(e) = crate::node::as_site(replica).sync().set_host_marks(marks) {
+            self.note(|| format!("{}: host marks not recorded: {e}", self.nodes[site].name));
+        }
+    }
+
     fn round_failed(&mut self, site: usize) {
         self.note(|| format!("{}: round failed", self.nodes[site].name));
         self.stats.rounds_failed += 1;
-        self.held[site] = None;
+        self.set_host_marks(site, None);
         let jitter = Duration::from_millis(self.rng.below(1_000));
         let next = self.timers[site].failed(jitter);
         self.schedule(site, next);
@@ -1095,7 +1115,9 @@ impl World {
             return;
         };
         let flight = self.flights.swap_remove(i);
-        self.held[site] = outcome.as_ref().ok().and_then(|_| flight.host_held());
+        if outcome.is_ok() {
+            self.set_host_marks(site, flight.host_held());
+        }
         self.note(|| format!("{}: round {outcome:?}", self.nodes[site].name));
         match outcome {
             Ok(report) => {
@@ -1242,9 +1264,9 @@ impl World {
             self.now,
             delay,
             expect_news,
-            self.held[site],
+            self.host_marks(site)?,
         )??;
-        self.held[site] = None;
+        self.set_host_marks(site, None);
         for _ in 0..100_000 {
             let Some(at) = flight.next_arrival() else {
                 return Err("the round stalled".into());
@@ -1262,7 +1284,7 @@ impl World {
                 Step::Done(report) => {
                     flight.finish(host);
                     self.stats.rounds_ok += 1;
-                    self.held[site] = flight.host_held();
+                    self.set_host_marks(site, flight.host_held());
                     return Ok(report);
                 }
                 Step::Failed(e) | Step::HostFailed(e) => return Err(e),

@@ -839,9 +839,6 @@ struct Open {
     identity: Identity,
     /// The daemon's address.
     address: SocketAddr,
-    /// What the host held of this site when the last round on this connection ended well
-    /// (`SiteSession::host_held`): the next round pushes behind its `Hello` from there.
-    held: Option<HostHeld>,
 }
 
 /// A site's link to the host: one QUIC connection, opened at the first round and kept open
@@ -998,7 +995,6 @@ impl Link {
                         conn: conn.clone(),
                         identity: tls.identity.clone(),
                         address,
-                        held: None,
                     });
                     self.start = Some(Start::At(address));
                     self.opened += 1;
@@ -1061,20 +1057,18 @@ impl Link {
     async fn round_on_connection(&mut self, c: Connected) -> Result<RoundReport> {
         let before = if c.fresh { (0, 0) } else { self.wire_bytes() };
         let news = self.news.swap(false, Ordering::Relaxed);
-        let held = self.open.as_ref().and_then(|o| o.held);
-        let opening = Opening {
-            expect_news: news,
-            held,
-        };
-        let outcome = round_on(&c.conn, &self.replica, c.identity, opening, self.quiet).await;
+        let outcome = round_on(&c.conn, &self.replica, c.identity, news, self.quiet).await;
         if outcome.is_err() {
             self.news.store(true, Ordering::Relaxed);
+            // The next round waits for the host's `Welcome` before it pushes.
+            let r = self.replica.clone();
+            let forgot = tokio::task::spawn_blocking(move || r.sync().set_host_marks(None)).await;
+            if let Ok(Err(e)) = forgot {
+                tracing::warn!(error = %e, "could not forget the host's marks after a failed round");
+            }
         }
         match outcome {
-            Ok((mut report, held)) => {
-                if let Some(open) = self.open.as_mut() {
-                    open.held = held;
-                }
+            Ok(mut report) => {
                 let after = self.wire_bytes();
                 report.wire_sent = after.0 - before.0;
                 report.wire_received = after.1 - before.1;
@@ -1190,13 +1184,19 @@ pub async fn sync_round(replica: SiteReplica, hosts: Vec<SocketAddr>) -> Result<
 
 /// One round on a new stream of `conn`; each body the round fetches comes on a stream of its
 /// own (`fetch_body`), so bodies travel side by side and none waits behind a large one.
+///
+/// The round opens from what the host held of this site at the end of the last round that
+/// ended well (`SiteSync::host_marks`, kept in the replica, so on a new connection and after a
+/// restart as well): what the site wrote since goes behind the `Hello`
+/// (`SiteSession::opening`). A round that ends well records what the host holds now; the
+/// driver forgets it when a round fails. `expect_news`: the host may have news for this site.
 async fn round_on(
     conn: &quinn::Connection,
     replica: &SiteReplica,
     identity: Identity,
-    opening: Opening,
+    expect_news: bool,
     quiet: Duration,
-) -> Result<(RoundReport, Option<HostHeld>)> {
+) -> Result<RoundReport> {
     let (mut send_stream, mut recv) = conn.open_bi().await.map_err(net_err)?;
     let host_certificate = peer_certificate(conn)?.to_vec();
     let session = Arc::new(std::sync::Mutex::new(SiteSession::new(
@@ -1205,9 +1205,13 @@ async fn round_on(
     )));
     let (r, s) = (replica.clone(), session.clone());
     let opening = tokio::task::spawn_blocking(move || {
+        let held = r
+            .sync()
+            .host_marks()?
+            .map(|(changes, traces)| HostHeld { changes, traces });
         s.lock()
             .map_err(|_| Error::Invalid("session lock poisoned".into()))?
-            .opening(r.sync(), opening.expect_news, opening.held)
+            .opening(r.sync(), expect_news, held)
     })
     .await
     .map_err(net_err)??;
@@ -1291,16 +1295,13 @@ async fn round_on(
         .lock()
         .map_err(|_| Error::Invalid("session lock poisoned".into()))?
         .host_held();
-    Ok((report, held))
-}
-
-/// What a round opens with (`SiteSession::opening`).
-#[derive(Debug, Clone, Copy)]
-struct Opening {
-    /// The host may have news for this site: the `Pull` goes with the `Hello`.
-    expect_news: bool,
-    /// What the host held at the end of the last round on this connection.
-    held: Option<HostHeld>,
+    let r = replica.clone();
+    tokio::task::spawn_blocking(move || {
+        r.sync().set_host_marks(held.map(|h| (h.changes, h.traces)))
+    })
+    .await
+    .map_err(net_err)??;
+    Ok(report)
 }
 
 /// A count that grows while data moves between the two applications on the connection: the
@@ -1591,11 +1592,13 @@ mod tests {
         endpoint.close(0u32.into(), b"done");
     }
 
-    /// On an open connection, a round after one that ended well sends what the site wrote
-    /// since behind its `Hello`: a document written at the site is at the host in one round
-    /// trip (two when the round waits for the `Welcome`, as the first on a connection does).
+    /// A round after one that ended well sends what the site wrote since behind its `Hello`:
+    /// a document written at the site is at the host in one round trip on an open connection,
+    /// and in two on a new one (the handshake), a daemon just started included. When the host
+    /// no longer holds what it held then (restored from a backup), the round fails, and the
+    /// next waits for the `Welcome`.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn on_an_open_link_what_the_site_wrote_goes_with_the_hello() {
+    async fn after_a_round_that_ended_well_what_the_site_wrote_goes_with_the_hello() {
         let served = serving_host();
         let (site, mut link) = site_dialing(&served, vec![served.addr]);
         round_within(&mut link, Duration::from_secs(20))
@@ -1618,9 +1621,36 @@ mod tests {
         assert_eq!(report.round_trips, 1, "{report:?}");
         assert!(served.host.has_body(&id).expect("body"));
         assert_eq!(link.connections(), 1);
-        // A new connection waits for its Welcome.
+        // A new connection, from a new link (a daemon just started): the handshake, then the
+        // pushes behind the Hello.
         link.close().await;
-        write("after the Welcome");
+        let mut link = Link::new(
+            SiteReplica::new(site.clone()).expect("site"),
+            vec![served.addr],
+            Arc::new(tokio::sync::Notify::new()),
+        );
+        let id = write("on a new connection");
+        let report = round_within(&mut link, Duration::from_secs(20))
+            .await
+            .expect("round");
+        assert_eq!(report.round_trips, 2, "handshake, pushes: {report:?}");
+        assert!(served.host.has_body(&id).expect("body"));
+        // Marks the host no longer holds: the round fails and says so; the next one waits.
+        link.close().await;
+        let sync = crate::testkit::site_sync(&site);
+        let (changes, traces) = sync.host_marks().expect("marks").expect("kept");
+        sync.set_host_marks(Some((changes - 1, traces)))
+            .expect("older marks");
+        let first = write("behind marks the host does not hold");
+        let failed = round_within(&mut link, Duration::from_secs(20))
+            .await
+            .expect_err("marks the host does not hold");
+        assert!(
+            failed.to_string().contains("the host holds changes up to"),
+            "{failed}"
+        );
+        assert_eq!(sync.host_marks().expect("marks"), None);
+        let second = write("after the Welcome");
         let report = round_within(&mut link, Duration::from_secs(20))
             .await
             .expect("round");
@@ -1628,6 +1658,9 @@ mod tests {
             report.round_trips, 3,
             "handshake, Welcome, pushes: {report:?}"
         );
+        for id in [first, second] {
+            assert!(served.host.has_body(&id).expect("body"));
+        }
         served.endpoint.close(0u32.into(), b"done");
     }
 

@@ -637,6 +637,19 @@ impl SiteSync<'_> {
         self.0.outbox_acked()
     }
 
+    /// What the host held of this site (its last change, its last trace entry) at the end of
+    /// the last round that ended well, if no round failed since: where the next round may
+    /// push from behind its `Hello`.
+    pub fn host_marks(&self) -> Result<Option<(u64, u64)>> {
+        self.0.host_marks()
+    }
+
+    /// Records what the host holds at the end of a round that ended well, or forgets it
+    /// (`None`) when a round failed.
+    pub fn set_host_marks(&self, marks: Option<(u64, u64)>) -> Result<()> {
+        self.0.set_host_marks(marks)
+    }
+
     /// Drops outbox entries up to `upto`, acknowledged by the peer.
     ///
     /// The commit is not waited for on disk (redb `Durability::None`; the next durable commit

@@ -500,6 +500,41 @@ impl Replica {
         Ok(txn.open_table(OUTBOX)?.len()?)
     }
 
+    /// Site: what the host held of this site (its last change, its last trace entry) when the
+    /// last sync round that ended well ended, if no round failed since. A hint, never a
+    /// decision: a round that pushes behind its `Hello` from these marks fails when the
+    /// host's `Welcome` names others, and the round after it waits for the `Welcome`.
+    pub(crate) fn host_marks(&self) -> Result<Option<(u64, u64)>> {
+        let txn = self.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let marks = meta.get(meta_key::HOST_MARKS)?;
+        Ok(marks.and_then(|v| postcard::from_bytes(v.value()).ok()))
+    }
+
+    /// Site: records `marks` as `host_marks` (`None`: forgets them), when they changed. Not
+    /// waited for on disk, as `ack_outbox`: marks lost to a crash are older ones, which the
+    /// next `Welcome` contradicts.
+    pub(crate) fn set_host_marks(&self, marks: Option<(u64, u64)>) -> Result<()> {
+        if self.host_marks()? == marks {
+            return Ok(());
+        }
+        let mut txn = self.begin_raw_write()?;
+        txn.set_durability(redb::Durability::None)?;
+        {
+            let mut meta = txn.open_table(META)?;
+            match marks {
+                Some(m) => {
+                    meta.insert(meta_key::HOST_MARKS, postcard::to_stdvec(&m)?.as_slice())?;
+                }
+                None => {
+                    meta.remove(meta_key::HOST_MARKS)?;
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
     /// Drops outbox entries up to `upto`, acknowledged by the peer.
     ///
     /// The commit is not waited for on disk (redb `Durability::None`; the next durable commit

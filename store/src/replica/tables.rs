@@ -234,6 +234,10 @@ pub mod meta_key {
     pub const RELAYABLE_HEARTBEAT: &str = "relayable_heartbeat";
     /// The change feed's cursor below which its entries are gone (u64 LE; `changes`).
     pub const CHANGES_FLOOR: &str = "changes_floor";
+    /// Site: the host's marks of this site (its last change and trace entry held there) at the
+    /// end of the last sync round that ended well, postcard `(u64, u64)`; removed when a round
+    /// fails (`Replica::host_marks`).
+    pub const HOST_MARKS: &str = "host_marks";
 }
 
 /// The format this build writes. A newer stored format is refused, and so is an older one: the
