@@ -21,7 +21,8 @@
 //!   the proposal and every change of such a dossier (documents, consent given in person) are
 //!   held (`HELD`) instead of queued, and enter the outbox in their order when
 //!   `qualify_dossier` records the identity as verified, or when the host's signed head for the
-//!   INS arrives. The site's trace is never held: it is the site's account of what it did.
+//!   INS arrives (then without the proposal: the head answered it, and its traits were never
+//!   checked). The site's trace is never held: it is the site's account of what it did.
 //! - The site widens no access by itself: the creator reads what the site wrote through a
 //!   pending grant, consent given in person for one encounter (`pending_grants`); the host
 //!   decides again everything the proposal and the documents carry (`decide_proposal`,
@@ -170,7 +171,7 @@ impl Replica {
         drop(snap);
         proposal.head.identity.status = IdentityStatus::Qualified;
         self.put_local(&txn, &bi, &proposal)?;
-        let released = self.release_held(&txn, &bi, ins)?;
+        let released = self.release_held(&txn, &bi, ins, true)?;
         let mut entry = self.admin_entry(
             "identity-qualified",
             Some(ins),
@@ -331,12 +332,14 @@ impl Replica {
         Ok(())
     }
 
-    /// Moves every change held for `bi` into the outbox, in order; answers how many.
+    /// Moves every change held for `bi` into the outbox, in order; answers how many. Without
+    /// `proposal`, the held proposal is dropped instead (the host's signed head answered it).
     pub(super) fn release_held(
         &self,
         txn: &WriteTransaction,
         bi: &[u8; 32],
         ins: &Ins,
+        proposal: bool,
     ) -> Result<usize> {
         let rows: Vec<(Vec<u8>, Vec<u8>)> = {
             let table = txn.open_table(HELD)?;
@@ -359,7 +362,9 @@ impl Replica {
                     Error::integrity("a change held for a provisional identity was altered")
                 })?;
             let held: Held = postcard::from_bytes(&plain)?;
-            self.push_outbox(txn, |seq| self.outbox_item(txn, seq, bi, ins, &held))?;
+            if proposal || held != Held::Proposal {
+                self.push_outbox(txn, |seq| self.outbox_item(txn, seq, bi, ins, &held))?;
+            }
             txn.open_table(HELD)?.remove(key.as_slice())?;
         }
         Ok(rows.len())
@@ -455,7 +460,9 @@ impl Replica {
     }
 
     /// Site: the host's signed head for `bi` was admitted: the dossier opened here is the
-    /// national one from now on; whatever was held for it goes to the host.
+    /// national one from now on; whatever was held for it goes to the host, but a proposal
+    /// still held (its identity provisional): the host's head answered it, and its traits,
+    /// never checked, stay here.
     pub(super) fn host_answered(
         &self,
         txn: &WriteTransaction,
@@ -465,7 +472,7 @@ impl Replica {
         if self.config.role != Role::Site || txn.open_table(LOCAL_DOSSIERS)?.get(bi)?.is_none() {
             return Ok(());
         }
-        self.release_held(txn, bi, ins)?;
+        self.release_held(txn, bi, ins, false)?;
         self.digested(txn, LOCAL_DOSSIERS)?.remove(bi)?;
         Ok(())
     }

@@ -130,10 +130,14 @@ impl Replica {
         reason: &str,
     ) -> Result<()> {
         let (_, key, meta) = self.load_doc(snap, generation, id)?;
-        let body = self
-            .get_body(&self.bodies_read(snap)?, &key, &meta)
-            .map(|b| b.to_vec())
-            .unwrap_or_default();
+        let body = match self.get_body(&self.bodies_read(snap)?, &key, &meta) {
+            Ok(body) => body.to_vec(),
+            // A disk that fails now may read later: nothing is destroyed meanwhile.
+            Err(e @ (Error::Storage(_) | Error::Conflict(_) | Error::Key(_))) => return Err(e),
+            // Not received here yet (a document written elsewhere), or unreadable for good:
+            // the record is kept without it.
+            Err(_) => Vec::new(),
+        };
         let mut refile_of = None;
         for row in txn.open_table(QUARANTINE)?.iter()? {
             let (k, v) = row?;
@@ -185,7 +189,12 @@ impl Replica {
         }
         let mut ids: Vec<DocId> = pending.iter().map(|(_, id)| *id).collect();
         for id in self.held_documents(txn, bi)? {
-            if !ids.contains(&id) {
+            let in_dossier = docs
+                .get(&self.stored_id(&id))?
+                .map(|row| postcard::from_bytes::<StoredDoc>(row.value()))
+                .transpose()?
+                .is_some_and(|stored| &stored.dossier == bi);
+            if in_dossier && !ids.contains(&id) {
                 ids.push(id);
             }
         }

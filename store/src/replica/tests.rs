@@ -7782,3 +7782,44 @@ fn a_dossier_opened_here_that_leaves_the_scope_keeps_what_the_site_wrote() {
         assert_eq!(&body[..], b"written here");
     }
 }
+
+#[test]
+fn the_hosts_head_for_a_provisional_dossier_sends_what_was_written_and_keeps_the_proposal() {
+    let (_hd, host, _sd, site) = host_and_site();
+    host.create_dossier(new_dossier(walk_in()))
+        .expect("host dossier");
+    host.set_grant(
+        &walk_in(),
+        &doctor(),
+        GrantState::Active,
+        GrantBasis::Treating,
+        None,
+    )
+    .expect("grant");
+    // Opened here before the site pulled the host's dossier, with an identity not checked.
+    let mut unchecked = provisional(walk_in());
+    unchecked.identity.first_names = "Unchecked".into();
+    site.open_dossier_here(unchecked, &Actor::Professional(doctor()))
+        .expect("open here");
+    let id = write_as(&site, &nurse(), &walk_in(), "written here");
+    sync(&host, &site);
+    let kinds = site.outbox_by_kind().expect("outbox");
+    assert!(kinds.contains_key("document"), "released: {kinds:?}");
+    assert!(
+        !kinds.contains_key("dossier-proposal"),
+        "the provisional traits stay here: {kinds:?}"
+    );
+    sync(&host, &site);
+    assert!(
+        host.has_body(&id).expect("host"),
+        "the document reached the host"
+    );
+    assert_ne!(
+        host.dossier(&walk_in())
+            .expect("dossier")
+            .head
+            .identity
+            .first_names,
+        "Unchecked"
+    );
+}
