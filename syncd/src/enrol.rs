@@ -1087,7 +1087,17 @@ pub fn install_site(replica: &Replica, bundle: &Bundle) -> Result<()> {
     if replica.config().site_id.0 != bundle.site_id {
         return Err(Error::Invalid("the bundle is for another site id".into()));
     }
-    save_site_tls(replica, &SiteTls::from_bundle(bundle, None))
+    save_site_tls(replica, &SiteTls::from_bundle(bundle, None))?;
+    // A site that never synced: the host holds nothing of it, so its first round may push
+    // behind its `Hello` (PROTOCOL.md, "A round after one that ended well"); a `Welcome`
+    // saying otherwise fails that round, and the next waits for its `Welcome`.
+    if let Some(site) = replica.as_site() {
+        let sync = site.sync();
+        if sync.host_marks()?.is_none() && sync.outbox_acked()? == 0 && sync.pull_cursor()? == 0 {
+            sync.set_host_marks(Some((0, 0)))?;
+        }
+    }
+    Ok(())
 }
 
 /// Site: replaces its TLS identity with a renewal bundle's. Refused unless the bundle is for

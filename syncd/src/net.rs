@@ -1993,7 +1993,9 @@ mod tests {
             .await
             .expect("in time")
             .expect("round");
-        assert!(first.pulled > 0 && first.round_trips > 2, "{first:?}");
+        // A site just enrolled: the handshake, then its pushes and its pull behind its Hello
+        // (the host holds nothing of it yet).
+        assert!(first.pulled > 0 && first.round_trips == 2, "{first:?}");
         assert!(link.is_open(), "the connection stays open after the round");
 
         // Nothing new: one round trip on the open connection, under 1 KiB both ways.
