@@ -4932,12 +4932,14 @@ fn after_a_full_rotation_everything_reads_the_same() {
         vec![host.stored_id(&ids[0])]
     );
     let before = (answers(&host, &ids), answers(&site, &ids));
+    site.set_host_marks(Some((3, 11))).expect("marks");
     let (host, report) = host.rotate_full(&KeySource::File).expect("host");
     assert_eq!((report.dossiers, report.documents), (1, 3), "{report:?}");
     assert!(report.body_chunks >= 3 && report.traces > 10, "{report:?}");
     let (site, report) = site.rotate_full(&KeySource::File).expect("site");
     assert_eq!(report.documents, 3, "{report:?}");
     assert_eq!(before, (answers(&host, &ids), answers(&site, &ids)));
+    assert_eq!(site.host_marks().expect("marks"), Some((3, 11)), "kept");
     // Reopened from disk, and still syncing: the queued changes reach the host, which writes
     // back into the site's scope.
     drop((host, site));
