@@ -7731,21 +7731,26 @@ fn the_change_feed_refuses_a_cursor_older_than_what_it_keeps() {
     assert_eq!(after[0].change, super::Changed::Document { ins: ins(), id });
 }
 
+/// The host opens a dossier for the walk-in and grants the site's doctor: it enters the site's
+/// scope, which the site learns at its next pull.
+fn walk_in_enters_the_scope(host: &Replica) {
+    host.create_dossier(new_dossier(walk_in()))
+        .expect("host dossier");
+    host.set_grant(
+        &walk_in(),
+        &doctor(),
+        GrantState::Active,
+        GrantBasis::Treating,
+        None,
+    )
+    .expect("grant");
+}
+
 #[test]
 fn a_dossier_opened_here_that_leaves_the_scope_keeps_what_the_site_wrote() {
     for qualified in [false, true] {
         let (_hd, host, _sd, site) = host_and_site();
-        // The host's dossier for the walk-in enters the site's scope; the site has not pulled.
-        host.create_dossier(new_dossier(walk_in()))
-            .expect("host dossier");
-        host.set_grant(
-            &walk_in(),
-            &doctor(),
-            GrantState::Active,
-            GrantBasis::Treating,
-            None,
-        )
-        .expect("grant");
+        walk_in_enters_the_scope(&host);
         let opened = if qualified {
             new_dossier(walk_in())
         } else {
@@ -7788,16 +7793,7 @@ fn a_dossier_opened_here_that_leaves_the_scope_keeps_what_the_site_wrote() {
 #[test]
 fn the_hosts_head_for_a_provisional_dossier_sends_what_was_written_and_keeps_the_proposal() {
     let (_hd, host, _sd, site) = host_and_site();
-    host.create_dossier(new_dossier(walk_in()))
-        .expect("host dossier");
-    host.set_grant(
-        &walk_in(),
-        &doctor(),
-        GrantState::Active,
-        GrantBasis::Treating,
-        None,
-    )
-    .expect("grant");
+    walk_in_enters_the_scope(&host);
     // Opened here before the site pulled the host's dossier, with an identity not checked.
     let mut unchecked = provisional(walk_in());
     unchecked.identity.first_names = "Unchecked".into();
