@@ -512,8 +512,8 @@ impl Replica {
     }
 
     /// Site: records `marks` as `host_marks` (`None`: forgets them), when they changed. Not
-    /// waited for on disk, as `ack_outbox`: marks lost to a crash are older ones, which the
-    /// next `Welcome` contradicts.
+    /// waited for on disk, as `ack_outbox`: a crash that loses this write leaves the marks
+    /// before it, which the next `Welcome` checks as it checks any.
     pub(crate) fn set_host_marks(&self, marks: Option<(u64, u64)>) -> Result<()> {
         if self.host_marks()? == marks {
             return Ok(());
