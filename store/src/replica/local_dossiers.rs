@@ -341,33 +341,14 @@ impl Replica {
         ins: &Ins,
         proposal: bool,
     ) -> Result<usize> {
-        let rows: Vec<(Vec<u8>, Vec<u8>)> = {
-            let table = txn.open_table(HELD)?;
-            let mut out = Vec::new();
-            for row in table.range(bi.as_slice()..)? {
-                let (k, v) = row?;
-                if !k.value().starts_with(bi) {
-                    break;
-                }
-                out.push((k.value().to_vec(), v.value().to_vec()));
-            }
-            out
-        };
-        for (key, sealed) in &rows {
-            let plain = self
-                .keys
-                .registry
-                .open(&held_aad(key), sealed)
-                .map_err(|_| {
-                    Error::integrity("a change held for a provisional identity was altered")
-                })?;
-            let held: Held = postcard::from_bytes(&plain)?;
-            if proposal || held != Held::Proposal {
-                self.push_outbox(txn, |seq| self.outbox_item(txn, seq, bi, ins, &held))?;
+        let held = self.held_changes(txn, bi)?;
+        for (key, change) in &held {
+            if proposal || *change != Held::Proposal {
+                self.push_outbox(txn, |seq| self.outbox_item(txn, seq, bi, ins, change))?;
             }
             txn.open_table(HELD)?.remove(key.as_slice())?;
         }
-        Ok(rows.len())
+        Ok(held.len())
     }
 
     /// The documents whose acts are held back for `bi`, in the order they were held (a document
@@ -377,8 +358,21 @@ impl Replica {
         txn: &WriteTransaction,
         bi: &[u8; 32],
     ) -> Result<Vec<DocId>> {
-        let table = txn.open_table(HELD)?;
         let mut out: Vec<DocId> = Vec::new();
+        for (_, change) in self.held_changes(txn, bi)? {
+            if let Held::DocumentAct { id, .. } = change
+                && !out.contains(&id)
+            {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The changes held for `bi`, in order, each with its row's key; an altered row fails.
+    fn held_changes(&self, txn: &WriteTransaction, bi: &[u8; 32]) -> Result<Vec<(Vec<u8>, Held)>> {
+        let table = txn.open_table(HELD)?;
+        let mut out = Vec::new();
         for row in table.range(bi.as_slice()..)? {
             let (k, v) = row?;
             if !k.value().starts_with(bi) {
@@ -391,11 +385,7 @@ impl Replica {
                 .map_err(|_| {
                     Error::integrity("a change held for a provisional identity was altered")
                 })?;
-            if let Held::DocumentAct { id, .. } = postcard::from_bytes(&plain)?
-                && !out.contains(&id)
-            {
-                out.push(id);
-            }
+            out.push((k.value().to_vec(), postcard::from_bytes(&plain)?));
         }
         Ok(out)
     }
