@@ -418,13 +418,13 @@ impl Replica {
         }
         // The announcement timer's queue: the host's alone (a site never releases).
         if self.config.role == Role::Host {
-            let mut hidden = self.digested(docs.txn(), HIDDEN_DOCS)?;
             if state.flags.invisible_patient {
-                hidden.insert(&stored, meta.facts.created_at)?;
+                self.digested(docs.txn(), HIDDEN_DOCS)?
+                    .insert(&stored, meta.facts.created_at)?;
             } else if replaced {
                 // A document new here has no row in the queue: it leaves the queue with its
                 // metadata (`forget_document`), so only a stored one may be in it.
-                hidden.remove(&stored)?;
+                self.digested(docs.txn(), HIDDEN_DOCS)?.remove(&stored)?;
             }
         }
         Ok(())

@@ -240,39 +240,52 @@ impl Replica {
         if self.config.role != Role::Host {
             return Ok(());
         }
-        for e in entries {
-            let Some(rpps) = accessing_professional(e) else {
-                continue;
+        // The tables are opened once for the whole batch (a push's trace batch holds
+        // thousands of entries), and a (dossier, professional) pair is looked at once: an
+        // entry after the first of its pair would find it recorded, or held as the first was.
+        let mut events = Vec::new();
+        {
+            let firsts = txn.open_table(FIRST_ACCESSES)?;
+            let bound_pros = if origin == self.config.site_id {
+                None
+            } else {
+                Some(txn.open_table(SITE_PROS)?)
             };
-            if super::emergencies::is_emergency(e) {
-                continue;
-            }
-            let Some(Ok(ins)) = e.ins.as_deref().map(Ins::parse) else {
-                continue;
-            };
-            let pro = self.rpps_index(rpps);
-            let known = txn
-                .open_table(FIRST_ACCESSES)?
-                .get(pair_key(&self.blind(&ins), &pro).as_slice())?
-                .is_some();
-            let bound = origin == self.config.site_id
-                || txn
-                    .open_table(SITE_PROS)?
-                    .get(site_key(origin.0, &pro).as_slice())?
-                    .is_some();
-            if known || !bound {
-                continue;
-            }
-            self.admit_event(
-                txn,
-                Event {
+            let mut seen = std::collections::HashSet::new();
+            for e in entries {
+                let Some(rpps) = accessing_professional(e) else {
+                    continue;
+                };
+                if super::emergencies::is_emergency(e) {
+                    continue;
+                }
+                let Some(Ok(ins)) = e.ins.as_deref().map(Ins::parse) else {
+                    continue;
+                };
+                let pro = self.rpps_index(rpps);
+                let pair = pair_key(&self.blind(&ins), &pro);
+                if !seen.insert(pair.clone()) {
+                    continue;
+                }
+                let known = firsts.get(pair.as_slice())?.is_some();
+                let bound = match &bound_pros {
+                    None => true,
+                    Some(pros) => pros.get(site_key(origin.0, &pro).as_slice())?.is_some(),
+                };
+                if known || !bound {
+                    continue;
+                }
+                events.push(Event {
                     kind: NotificationKind::FirstAccess { rpps: rpps.clone() },
                     ins,
                     site: origin,
                     doc: e.doc,
                     pro: Some(rpps.clone()),
-                },
-            )?;
+                });
+            }
+        }
+        for event in events {
+            self.admit_event(txn, event)?;
         }
         Ok(())
     }

@@ -6448,6 +6448,47 @@ fn a_document_announced_is_told_once_and_nothing_about_a_hidden_one_is_exported(
 }
 
 #[test]
+fn a_professionals_accesses_in_one_trace_batch_make_one_first_access() {
+    if hosts_in_postgres() {
+        return;
+    }
+    let (_hd, host, _sd, site) = host_and_site();
+    host.create_dossier(new_dossier(walk_in())).expect("host's");
+    site.open_dossier_here(new_dossier(walk_in()), &Actor::Professional(doctor()))
+        .expect("open here");
+    // Three writes by the nurse, outside the site's scope at the host: one pair held, not
+    // three.
+    for title in ["first aid", "dressing", "follow-up"] {
+        write_as(&site, &nurse(), &walk_in(), title);
+    }
+    push_traces(&host, &site);
+    let pairs = |r: &Replica| -> std::collections::BTreeSet<Rpps> {
+        r.audit_entries(Some(&walk_in()))
+            .expect("audit")
+            .iter()
+            .filter_map(|c| match (&c.entry.action, &c.entry.actor) {
+                (TraceAction::Access(_), crate::audit::TraceActor::Professional { rpps, .. })
+                    if c.entry.allowed =>
+                {
+                    Some(rpps.clone())
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    let professionals = pairs(&site);
+    assert!(professionals.contains(&nurse()), "{professionals:?}");
+    assert_eq!(
+        table_len(&host, HELD_NOTIFICATIONS),
+        professionals.len() as u64
+    );
+    sync(&host, &site);
+    let list = host.notifications(Some(&walk_in())).expect("list");
+    assert_eq!(list.len(), professionals.len(), "{list:?}");
+    assert!(list.iter().all(|n| n.kind.name() == "first_access"));
+}
+
+#[test]
 fn what_a_site_traced_outside_its_scope_is_told_only_once_the_dossier_enters_it() {
     if hosts_in_postgres() {
         return;
