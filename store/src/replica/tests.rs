@@ -6447,15 +6447,23 @@ fn a_document_announced_is_told_once_and_nothing_about_a_hidden_one_is_exported(
     assert_eq!(exported(&host), list, "visible now: both exported");
 }
 
+/// A host and a site; a dossier the host holds and the site does not, for which the site
+/// opens its own (the walk-in's): what the site traces about it is outside its scope at the
+/// host until its push.
+fn walk_in_held_by_the_host_opened_at_the_site() -> (TempDir, Replica, TempDir, Replica) {
+    let (hd, host, sd, site) = host_and_site();
+    host.create_dossier(new_dossier(walk_in())).expect("host's");
+    site.open_dossier_here(new_dossier(walk_in()), &Actor::Professional(doctor()))
+        .expect("open here");
+    (hd, host, sd, site)
+}
+
 #[test]
 fn a_professionals_accesses_in_one_trace_batch_make_one_first_access() {
     if hosts_in_postgres() {
         return;
     }
-    let (_hd, host, _sd, site) = host_and_site();
-    host.create_dossier(new_dossier(walk_in())).expect("host's");
-    site.open_dossier_here(new_dossier(walk_in()), &Actor::Professional(doctor()))
-        .expect("open here");
+    let (_hd, host, _sd, site) = walk_in_held_by_the_host_opened_at_the_site();
     // Three writes by the nurse, outside the site's scope at the host: one pair held, not
     // three.
     for title in ["first aid", "dressing", "follow-up"] {
@@ -6493,11 +6501,7 @@ fn what_a_site_traced_outside_its_scope_is_told_only_once_the_dossier_enters_it(
     if hosts_in_postgres() {
         return;
     }
-    let (_hd, host, _sd, site) = host_and_site();
-    // A dossier the host holds and the site does not: the site opens its own for that INS.
-    host.create_dossier(new_dossier(walk_in())).expect("host's");
-    site.open_dossier_here(new_dossier(walk_in()), &Actor::Professional(doctor()))
-        .expect("open here");
+    let (_hd, host, _sd, site) = walk_in_held_by_the_host_opened_at_the_site();
     let id = write_as(&site, &nurse(), &walk_in(), "first aid");
     site.read_document(
         &Actor::Professional(doctor()),
