@@ -374,8 +374,18 @@ impl Segments {
                 (n, 0)
             }
         };
+        // What waits is written before a record that would take the buffer past
+        // `BUFFER_BYTES`, and the buffer is allocated once at that size: it is never grown
+        // (copied) and shrunk back at each write, only for a record larger by itself.
+        if !state.buffered.is_empty() && state.buffered.len() + HEADER + len > BUFFER_BYTES {
+            write_buffered(&mut state)?;
+        }
         let start = state.buffered.len();
-        state.buffered.resize(start + HEADER + len, 0);
+        let end = start + HEADER + len;
+        if end > state.buffered.capacity() {
+            state.buffered.reserve_exact(end.max(BUFFER_BYTES) - start);
+        }
+        state.buffered.resize(end, 0);
         let record = &mut state.buffered[start..];
         let (header, bytes) = record.split_at_mut(HEADER);
         if let Err(e) = fill(bytes) {

@@ -236,6 +236,34 @@ fn a_record_filled_in_place_reads_back_and_a_failed_fill_appends_nothing() {
 }
 
 #[test]
+fn records_past_the_buffer_read_back_and_the_buffer_never_grows_past_it() {
+    let disk = MemFiles::default();
+    let segments = disk.segments(64 << 20);
+    // Five records of 300 KiB and small ones between: the buffer fills past 1 MiB twice.
+    let k300 = 300 << 10;
+    let sizes = [k300, 10, k300, k300, 20, k300, k300, 5];
+    let at: Vec<Location> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, len)| {
+            let at = segments.append(&bytes(i, *len)).expect("append");
+            let capacity = segments.state().buffered.capacity();
+            assert!(capacity <= BUFFER_BYTES, "record {i}: capacity {capacity}");
+            at
+        })
+        .collect();
+    let view = segments.view().expect("view");
+    for (i, (len, at)) in sizes.iter().zip(&at).enumerate() {
+        assert_eq!(view.read(*at).expect("read"), bytes(i, *len), "record {i}");
+    }
+    segments.sync().expect("sync");
+    let view = disk.segments(64 << 20).view().expect("view");
+    for (i, (len, at)) in sizes.iter().zip(&at).enumerate() {
+        assert_eq!(view.read(*at).expect("read"), bytes(i, *len), "record {i}");
+    }
+}
+
+#[test]
 fn a_damaged_or_misplaced_record_is_an_integrity_error() {
     let disk = MemFiles::default();
     let segments = disk.segments(1 << 20);
