@@ -490,7 +490,14 @@ impl Replica {
                         .open_table(DOCS)?
                         .get(&self.stored_id(&d.facts.id))?
                         .is_some();
-                    match self.merge_remote_document(&txn, d, None, None, &mut dossiers)? {
+                    match self.merge_remote_document(
+                        &txn,
+                        d,
+                        None,
+                        None,
+                        &mut dossiers,
+                        &mut super::sync::DocTables::new(self, &txn),
+                    )? {
                         super::Applied::Returned => report.documents_refused.push((
                             d.facts.id,
                             "its dossier is not active here (closed, purged or not held)".into(),

@@ -822,12 +822,15 @@ impl Replica {
             super::read_u64(v.as_ref().map(|g| g.value()))
         };
         let mut dossiers = super::sync::ActiveDossiers::default();
+        let mut tables = super::sync::DocTables::new(self, &txn);
         let now = self.now();
         let mut heartbeat = None;
         for (seq, item) in items {
             if !matches!(item, PullItem::Document(_)) {
-                // A signed record or a scope exit may change what is active here.
+                // A signed record or a scope exit may change what is active here, and write
+                // to the documents' tables itself.
                 dossiers.clear();
+                tables.close();
             }
             match item {
                 PullItem::Authority(signed) => {
@@ -862,7 +865,7 @@ impl Replica {
                 }
                 PullItem::Document(meta) => {
                     let body = inline.for_doc(meta);
-                    self.merge_remote_document(&txn, meta, None, body, &mut dossiers)?;
+                    self.merge_remote_document(&txn, meta, None, body, &mut dossiers, &mut tables)?;
                 }
                 PullItem::Leave(ins) => {
                     // Recorded with the cursor: a crash before the purge resumes it at open.
@@ -882,6 +885,7 @@ impl Replica {
             report.applied += 1;
             cursor = cursor.max(*seq);
         }
+        drop(tables);
         Self::bump_meta_u64(&txn, meta_key::PULL_CURSOR, Some(cursor))?;
         if let Some((v, signed)) = heartbeat {
             let lease = self.admit_heartbeat(&txn, &v, Holding::Cursor(cursor))?;

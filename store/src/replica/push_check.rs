@@ -377,6 +377,7 @@ impl Replica {
     pub(super) fn judge_pushed_new(
         &self,
         txn: &WriteTransaction,
+        docs: &impl ReadableTable<&'static [u8; 16], &'static [u8]>,
         origin: SiteId,
         bi: &[u8; 32],
         remote: &DocumentMeta,
@@ -446,7 +447,7 @@ impl Replica {
         }
         // A replacement is decided on the document it replaces, when the host holds it.
         let replaced = match facts.replaces {
-            Some(old) => self.held_meta(txn, bi, &old)?,
+            Some(old) => self.held_meta(txn, docs, bi, &old)?,
             None => None,
         };
         let replaced_state = replaced.as_ref().map(DocumentMeta::state);
@@ -709,18 +710,15 @@ impl Replica {
         ))
     }
 
-    /// The metadata of `id` if the host holds it in the dossier `bi`.
+    /// The metadata of `id` if the host holds it in the dossier `bi` (`docs`: `DOCS`).
     fn held_meta(
         &self,
         txn: &WriteTransaction,
+        docs: &impl ReadableTable<&'static [u8; 16], &'static [u8]>,
         bi: &[u8; 32],
         id: &DocId,
     ) -> Result<Option<DocumentMeta>> {
-        let Some(row) = txn
-            .open_table(DOCS)?
-            .get(&self.stored_id(id))?
-            .map(|v| v.value().to_vec())
-        else {
+        let Some(row) = docs.get(&self.stored_id(id))?.map(|v| v.value().to_vec()) else {
             return Ok(None);
         };
         let stored: StoredDoc = postcard::from_bytes(&row)?;

@@ -615,20 +615,30 @@ impl Replica {
             .map(|meta| self.stored_id(&meta.facts.id))
             .collect();
         txn.open_table(DOCS)?.prefetch(&stored)?;
-        for (seq, change) in changes {
-            let seq = *seq;
-            if seq <= last {
-                outcomes.push(Applied::Duplicate);
-                continue;
+        {
+            let mut tables = DocTables::new(self, &txn);
+            for (seq, change) in changes {
+                let seq = *seq;
+                if seq <= last {
+                    outcomes.push(Applied::Duplicate);
+                    continue;
+                }
+                if seq != last + 1 {
+                    return Err(Error::invalid(format!(
+                        "change {seq} from site {origin} arrived before change {}: resend from there",
+                        last + 1
+                    )));
+                }
+                outcomes.push(self.apply_one_in(
+                    &txn,
+                    origin,
+                    change,
+                    &inline,
+                    &mut dossiers,
+                    &mut tables,
+                )?);
+                last = seq;
             }
-            if seq != last + 1 {
-                return Err(Error::invalid(format!(
-                    "change {seq} from site {origin} arrived before change {}: resend from there",
-                    last + 1
-                )));
-            }
-            outcomes.push(self.apply_one_in(&txn, origin, change, &inline, &mut dossiers)?);
-            last = seq;
         }
         txn.open_table(APPLIED)?.insert(origin.0, last)?;
         // A duplicate is answered as its first delivery was: a change the host returned then
@@ -676,10 +686,13 @@ impl Replica {
         change: &Change,
         bodies: &InlineBodies<'_>,
         dossiers: &mut ActiveDossiers,
+        tables: &mut DocTables<'_>,
     ) -> Result<Applied> {
         if change.document().is_none() {
-            // It may change what is active here (a pending grant's decision) or a scope.
+            // It may change what is active here (a pending grant's decision) or a scope, and
+            // write to the documents' tables itself.
             dossiers.clear();
+            tables.close();
         }
         let outcome = match change {
             Change::Document { meta: remote, .. } | Change::LegacyDocument(remote) => {
@@ -693,7 +706,8 @@ impl Replica {
                 };
                 let from_site = (self.config.role == super::Role::Host).then_some((origin, acts));
                 let body = bodies.for_doc(remote);
-                let outcome = self.merge_remote_document(txn, remote, from_site, body, dossiers)?;
+                let outcome =
+                    self.merge_remote_document(txn, remote, from_site, body, dossiers, tables)?;
                 let stored = self.stored_id(&remote.facts.id);
                 if from_site.is_some() {
                     let bi = self.blind(&remote.facts.ins);
@@ -710,7 +724,7 @@ impl Replica {
                     )?;
                     if remote.facts.size > 0
                         && body.is_none()
-                        && !self.bodies(txn)?.holds(&stored)?
+                        && !tables.bodies()?.holds(&stored)?
                     {
                         // In the same transaction as the metadata: the body is asked for at
                         // every Welcome until it is stored, whatever happens to this round.
@@ -844,6 +858,7 @@ impl Replica {
         from_site: Option<(SiteId, &[Act])>,
         body: Option<&[u8]>,
         dossiers: &mut ActiveDossiers,
+        tables: &mut DocTables<'_>,
     ) -> Result<Applied> {
         if !remote.is_sane() {
             return Err(Error::integrity(
@@ -884,7 +899,7 @@ impl Replica {
         };
         let id = remote.facts.id;
         let stored_id = self.stored_id(&id);
-        let existing: Option<StoredDoc> = match txn.open_table(DOCS)?.get(&stored_id)? {
+        let existing: Option<StoredDoc> = match tables.docs()?.get(&stored_id)? {
             Some(v) => Some(postcard::from_bytes(v.value())?),
             None => None,
         };
@@ -922,13 +937,7 @@ impl Replica {
                         return self.return_document(txn, origin, remote, refusal);
                     }
                 }
-                self.put_meta(
-                    &mut self.digested(txn, DOCS)?,
-                    &key,
-                    &bi,
-                    stored.rev + 1,
-                    &mine,
-                )?;
+                self.put_meta(tables.docs()?, &key, &bi, stored.rev + 1, &mine)?;
             }
             None => {
                 if let Some((origin, acts)) = from_site {
@@ -938,23 +947,30 @@ impl Replica {
                             "a site sent a new document written in another site's name",
                         ));
                     }
-                    if let Some(refusal) =
-                        self.judge_pushed_new(txn, origin, &bi, remote, acts, &mut dossiers.judged)?
-                    {
+                    if let Some(refusal) = self.judge_pushed_new(
+                        txn,
+                        &**tables.docs()?,
+                        origin,
+                        &bi,
+                        remote,
+                        acts,
+                        &mut dossiers.judged,
+                    )? {
                         return self.return_document(txn, origin, remote, refusal);
                     }
                 }
-                self.put_meta(&mut self.digested(txn, DOCS)?, &key, &bi, 1, remote)?;
+                self.put_meta(tables.docs()?, &key, &bi, 1, remote)?;
                 match body {
                     Some(body) => {
-                        self.put_body(&mut self.bodies(txn)?, &key, &id, body)?;
+                        self.put_body(tables.bodies()?, &key, &id, body)?;
                     }
                     None if remote.facts.size > 0 => {
                         txn.open_table(MISSING_BODIES)?.insert(&stored_id, ())?;
                     }
                     None => {}
                 }
-                txn.open_table(DOSSIER_DOCS)?
+                tables
+                    .dossier_docs()?
                     .put(dossier_doc_key(&bi, &stored_id).as_slice(), ())?;
                 // The first document that arrives with a unique id is the one it names here.
                 if !super::is_own_unique_id(&id, &remote.facts.unique_id) {
@@ -968,10 +984,10 @@ impl Replica {
             }
         }
         if let Some(body) = body {
-            let mut bodies = self.bodies(txn)?;
+            let bodies = tables.bodies()?;
             if !bodies.holds(&stored_id)? {
-                self.put_body(&mut bodies, &key, &id, body)?;
-                drop(bodies);
+                self.put_body(bodies, &key, &id, body)?;
+                tables.close();
                 txn.open_table(MISSING_BODIES)?.remove(&stored_id)?;
                 // Pieces kept of an earlier transfer, and what was owed, are done with.
                 self.forget_partial_body(txn, &id)?;
@@ -1430,6 +1446,69 @@ impl ActiveDossiers {
         self.keys.clear();
         self.holders.clear();
         self.judged.clear();
+    }
+}
+
+/// The tables every merged document is written to (its metadata, its body, its dossier's
+/// index), opened once for a batch rather than for each of its documents: a push brings
+/// hundreds, and opening a table costs a lookup in the database's table of tables. While one
+/// is open nothing else may open it: whatever may write them itself runs after `close`.
+pub(super) struct DocTables<'t> {
+    replica: &'t Replica,
+    txn: &'t WriteTransaction,
+    docs: Option<super::row_digest::Digested<'t, &'static [u8; 16]>>,
+    bodies: Option<Bodies<crate::kv::Table<'t, &'static [u8], &'static [u8]>>>,
+    dossier_docs: Option<crate::kv::Table<'t, &'static [u8], ()>>,
+}
+
+impl<'t> DocTables<'t> {
+    /// None open yet: each opens when first used.
+    pub(super) fn new(replica: &'t Replica, txn: &'t WriteTransaction) -> Self {
+        DocTables {
+            replica,
+            txn,
+            docs: None,
+            bodies: None,
+            dossier_docs: None,
+        }
+    }
+
+    /// `DOCS`, through its row digest.
+    pub(super) fn docs(
+        &mut self,
+    ) -> Result<&mut super::row_digest::Digested<'t, &'static [u8; 16]>> {
+        let docs = match self.docs.take() {
+            Some(docs) => docs,
+            None => self.replica.digested(self.txn, DOCS)?,
+        };
+        Ok(self.docs.insert(docs))
+    }
+
+    /// The body chunks.
+    pub(super) fn bodies(
+        &mut self,
+    ) -> Result<&mut Bodies<crate::kv::Table<'t, &'static [u8], &'static [u8]>>> {
+        let bodies = match self.bodies.take() {
+            Some(bodies) => bodies,
+            None => self.replica.bodies(self.txn)?,
+        };
+        Ok(self.bodies.insert(bodies))
+    }
+
+    /// `DOSSIER_DOCS`.
+    pub(super) fn dossier_docs(&mut self) -> Result<&mut crate::kv::Table<'t, &'static [u8], ()>> {
+        let table = match self.dossier_docs.take() {
+            Some(table) => table,
+            None => self.txn.open_table(DOSSIER_DOCS)?,
+        };
+        Ok(self.dossier_docs.insert(table))
+    }
+
+    /// Closes them all (each opens again when next used).
+    pub(super) fn close(&mut self) {
+        self.docs = None;
+        self.bodies = None;
+        self.dossier_docs = None;
     }
 }
 
