@@ -374,6 +374,7 @@ impl Replica {
     }
 
     /// Host: decides a new document pushed by `origin`; `None` when it is allowed.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn judge_pushed_new(
         &self,
         txn: &WriteTransaction,
