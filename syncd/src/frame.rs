@@ -94,27 +94,37 @@ pub fn encode_with<M: Serialize>(
     message: &M,
     compression: Compression,
 ) -> Result<Vec<u8>, FrameError> {
-    let payload = postcard::to_stdvec(message).map_err(|e| FrameError::Malformed(e.to_string()))?;
-    if payload.len() + 1 > FRAME_MAX {
+    let malformed = |e: postcard::Error| FrameError::Malformed(e.to_string());
+    // The payload is written once, after room for the length and the version, into a frame
+    // of its exact size (a push carries half a megabyte of bodies: no growing, no copy).
+    let size = postcard::serialize_with_flavor(message, postcard::ser_flavors::Size::default())
+        .map_err(malformed)?;
+    if size + 1 > FRAME_MAX {
         return Err(FrameError::TooLarge {
-            len: payload.len() + 1,
+            len: size + 1,
             max: FRAME_MAX,
         });
     }
+    let mut frame = Vec::with_capacity(LEN_BYTES + 1 + size);
+    frame.extend_from_slice(&[0; LEN_BYTES + 1]);
+    let mut frame = postcard::to_extend(message, frame).map_err(malformed)?;
+    let payload = &frame[LEN_BYTES + 1..];
     let compressed = (compression == Compression::WhenItPays && payload.len() >= COMPRESS_FROM)
-        .then(|| zstd::bulk::compress(&payload, COMPRESS_LEVEL).ok())
+        .then(|| zstd::bulk::compress(payload, COMPRESS_LEVEL).ok())
         .flatten()
         .filter(|c| c.len() + COMPRESS_GAIN <= payload.len());
-    let (version, payload) = match compressed {
-        Some(c) => (PROTOCOL_VERSION | COMPRESSED, c),
-        None => (PROTOCOL_VERSION, payload),
+    let version = match compressed {
+        Some(c) => {
+            frame.truncate(LEN_BYTES + 1);
+            frame.extend_from_slice(&c);
+            PROTOCOL_VERSION | COMPRESSED
+        }
+        None => PROTOCOL_VERSION,
     };
-    let len = payload.len() + 1;
-    let mut out = Vec::with_capacity(LEN_BYTES + len);
-    out.extend_from_slice(&(len as u32).to_le_bytes());
-    out.push(version);
-    out.extend_from_slice(&payload);
-    Ok(out)
+    let len = frame.len() - LEN_BYTES;
+    frame[..LEN_BYTES].copy_from_slice(&(len as u32).to_le_bytes());
+    frame[LEN_BYTES] = version;
+    Ok(frame)
 }
 
 /// A compressed payload's postcard bytes: its stated size at most `FRAME_MAX`, and exactly
