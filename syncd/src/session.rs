@@ -1362,7 +1362,7 @@ impl SiteSession {
                         held.changes, held.traces
                     )));
                 }
-                replica.quarantine_returned(&returned)?;
+                replica.quarantine_returned(&returned, acked)?;
                 // The host holds everything up to `acked`: those entries are done with.
                 if acked > 0 {
                     replica.ack_outbox(acked)?;
@@ -1469,7 +1469,7 @@ impl SiteSession {
             ) => {
                 if !returned.is_empty() {
                     // Kept before the outbox lets go of them.
-                    replica.quarantine_returned(&returned)?;
+                    replica.quarantine_returned(&returned, upto)?;
                     self.report.returned += returned.len();
                 }
                 if self.in_flight.front() != Some(&Pushed::Push) || upto > self.push_sent {
@@ -3299,6 +3299,72 @@ mod quarantine_tests {
         round(&host, &site);
     }
 
+    /// A round cut right after the host applied the push: its PushAck never arrives.
+    fn round_cut_at_its_push_ack(host: &Replica, site: &Replica) {
+        let mut s = SiteSession::new(signer(site), Vec::new());
+        let mut h = HostSession::new(site.config().site_id, certificate(site));
+        let mut to_host = vec![s.start(crate::testkit::site_sync(site)).expect("start")];
+        for _ in 0..100 {
+            let mut to_site = Vec::new();
+            for m in to_host.drain(..) {
+                for reply in h.handle(crate::testkit::host_sync(host), m).expect("host") {
+                    if matches!(reply, Msg::PushAck { .. }) {
+                        return;
+                    }
+                    to_site.push(reply);
+                }
+            }
+            for m in to_site {
+                to_host.extend(s.handle(crate::testkit::site_sync(site), m).expect("site"));
+            }
+        }
+        panic!("the round pushed nothing");
+    }
+
+    #[test]
+    fn a_dossier_the_host_refuses_goes_on_the_push_ack_and_on_the_welcome_that_repeats_it() {
+        let (_t, host, site, _) = host_and_site();
+        round(&host, &site);
+        let walk_in = carnet_store::ids::Ins::from_body("2900101123456").expect("ins");
+        let actor = Actor::Professional(doctor());
+        // The host no longer binds the doctor to the site: it refuses what the doctor opens
+        // there.
+        crate::testkit::as_host(&host)
+            .authority()
+            .bind_professional(site.config().site_id, &doctor(), false)
+            .expect("unbind");
+        let local = crate::testkit::as_site(&site).local();
+        let open_and_write = |title: &str| {
+            local
+                .open_dossier_here(crate::testkit::new_dossier(&walk_in), &actor)
+                .expect("open here");
+            site.put_document(
+                &actor,
+                AccessMode::Normal,
+                None,
+                &walk_in,
+                new_doc(title, b"kept".to_vec()),
+            )
+            .expect("write");
+        };
+        // Refused on a push whose PushAck is lost: the next Welcome tells it again, with the
+        // host's mark past the proposal.
+        open_and_write("first");
+        round_cut_at_its_push_ack(&host, &site);
+        assert_eq!(
+            local.local_dossiers().expect("local"),
+            std::slice::from_ref(&walk_in)
+        );
+        round(&host, &site);
+        assert!(local.local_dossiers().expect("local").is_empty());
+        assert_eq!(site.quarantine_len().expect("quarantine"), 1);
+        // Opened again and refused on its PushAck, the mark of that push past the proposal.
+        open_and_write("second");
+        round(&host, &site);
+        assert!(local.local_dossiers().expect("local").is_empty());
+        assert_eq!(site.quarantine_len().expect("quarantine"), 2);
+    }
+
     #[test]
     fn a_lost_push_ack_loses_no_returned_document() {
         let (_t, host, site, ins) = host_and_site();
@@ -3316,24 +3382,7 @@ mod quarantine_tests {
             .authority()
             .close_dossier(&ins, "closed", false)
             .expect("close");
-        // A round cut right after the host applied the push: its PushAck never arrives.
-        let mut s = SiteSession::new(signer(&site), Vec::new());
-        let mut h = HostSession::new(site.config().site_id, certificate(&site));
-        let mut to_host = vec![s.start(crate::testkit::site_sync(&site)).expect("start")];
-        'cut: for _ in 0..100 {
-            let mut to_site = Vec::new();
-            for m in to_host.drain(..) {
-                for reply in h.handle(crate::testkit::host_sync(&host), m).expect("host") {
-                    if matches!(reply, Msg::PushAck { .. }) {
-                        break 'cut;
-                    }
-                    to_site.push(reply);
-                }
-            }
-            for m in to_site {
-                to_host.extend(s.handle(crate::testkit::site_sync(&site), m).expect("site"));
-            }
-        }
+        round_cut_at_its_push_ack(&host, &site);
         assert!(site.quarantined().expect("q").is_empty());
         // The next round: the host repeats what it returned before anything is acknowledged.
         round(&host, &site);

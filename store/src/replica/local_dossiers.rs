@@ -390,6 +390,37 @@ impl Replica {
         Ok(out)
     }
 
+    /// Site: whether the host has yet to decide the proposal of the dossier `bi` opened here:
+    /// it is held back (its identity provisional), or queued after `applied`, the last of this
+    /// site's changes the host had applied when it answered. A refusal of `bi` the host sends
+    /// then is of an earlier dossier opened here for the same INS (repeated because the site's
+    /// acknowledgement did not reach the host), not of this one.
+    pub(super) fn proposal_undecided(
+        &self,
+        txn: &WriteTransaction,
+        bi: &[u8; 32],
+        applied: u64,
+    ) -> Result<bool> {
+        if self
+            .held_changes(txn, bi)?
+            .iter()
+            .any(|(_, change)| matches!(change, Held::Proposal))
+        {
+            return Ok(true);
+        }
+        for row in txn.open_table(OUTBOX)?.range(applied.saturating_add(1)..)? {
+            let (seq, v) = row?;
+            // An entry that does not read is held back when its turn comes: not this one.
+            if let Ok(OutboxItem::DossierProposal { sealed }) = postcard::from_bytes(v.value())
+                && let Ok(proposal) = self.open_proposal(seq.value(), &sealed)
+                && self.blind(&proposal.head.ins) == *bi
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Site: forgets, inside `txn`, what `bi` had as a dossier opened here: its local head, the
     /// changes held back for it and the pending grants on it. Called once what it held that the
     /// host never received is in the quarantine (`quarantine_pending`).

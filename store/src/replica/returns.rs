@@ -198,13 +198,14 @@ impl Replica {
         Ok(())
     }
 
-    /// Site: keeps what the host returned. A refused dossier that is still this site's own is
+    /// Site: keeps what the host returned when it had applied this site's changes up to
+    /// `applied`. A refused dossier that is still this site's own, its proposal decided, is
     /// dropped first, everything written in it going to the quarantine under the host's
     /// reason; then each returned document not kept yet is. Idempotent.
-    pub(crate) fn quarantine_returned(&self, returned: &[Returned]) -> Result<()> {
+    pub(crate) fn quarantine_returned(&self, returned: &[Returned], applied: u64) -> Result<()> {
         for r in returned {
             if let Returned::Dossier { ins, reason } = r {
-                self.drop_refused_dossier(ins, &said_by_host(reason))?;
+                self.drop_refused_dossier(ins, &said_by_host(reason), applied)?;
             }
         }
         let txn = self.begin_write()?;
@@ -224,9 +225,11 @@ impl Replica {
     }
 
     /// Site: the host refused the dossier `ins` opened here. When it is still this site's own
-    /// (a local head, no signed head), every document of it not in quarantine yet goes there
-    /// with `reason`, and the dossier goes: its outbox entries, key, rows and local head.
-    fn drop_refused_dossier(&self, ins: &Ins, reason: &str) -> Result<()> {
+    /// (a local head, no signed head) and its proposal was among the changes the host had
+    /// applied (`applied`; a dossier opened again since is decided on its own proposal), every
+    /// document of it not in quarantine yet goes there with `reason`, and the dossier goes:
+    /// its outbox entries, key, rows and local head.
+    fn drop_refused_dossier(&self, ins: &Ins, reason: &str, applied: u64) -> Result<()> {
         if self.config.role != Role::Site {
             return Ok(());
         }
@@ -243,6 +246,9 @@ impl Replica {
             }
         }
         let txn = self.begin_write()?;
+        if self.proposal_undecided(&txn, &bi, applied)? {
+            return Ok(());
+        }
         let (snap, generation) = self.snapshot()?;
         self.quarantine_pending(&txn, &bi, reason)?;
         for id in self.dossier_doc_ids(&snap, &bi)? {

@@ -789,11 +789,13 @@ impl SiteSync<'_> {
         self.0.admit_handover(from, handover)
     }
 
-    /// Site: keeps what the host returned. A refused dossier that is still this site's own is
-    /// dropped first, everything written in it going to the quarantine under the host's
-    /// reason; then each returned document not kept yet is. Idempotent.
-    pub fn quarantine_returned(&self, returned: &[Returned]) -> Result<()> {
-        self.0.quarantine_returned(returned)
+    /// Site: keeps what the host returned when it had applied this site's changes up to
+    /// `applied` (the `Welcome`'s or the `PushAck`'s mark). A refused dossier that is still
+    /// this site's own, its proposal decided, is dropped first, everything written in it going
+    /// to the quarantine under the host's reason; then each returned document not kept yet
+    /// is. Idempotent.
+    pub fn quarantine_returned(&self, returned: &[Returned], applied: u64) -> Result<()> {
+        self.0.quarantine_returned(returned, applied)
     }
 
     /// Restored site: stores the host's copy of this site's own trace entries that follow its

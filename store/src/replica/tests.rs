@@ -4712,7 +4712,9 @@ fn no_table_of_a_site_or_the_host_holds_a_document_id_or_its_time() {
             if *id == returned && reason.contains("not active at the host")),
         "{returns:?}"
     );
-    site.quarantine_returned(&returns).expect("quarantine");
+    let applied = changes.last().map_or(0, |(seq, _)| *seq);
+    site.quarantine_returned(&returns, applied)
+        .expect("quarantine");
     let body = site.body_for_sync(&tail).expect("body");
     host.receive_pieces_from(
         origin,
@@ -4860,7 +4862,8 @@ fn a_full_house() -> (TempDir, Replica, TempDir, Replica, Vec<DocId>) {
             reason: "refused (synthetic)".into(),
         })
         .collect();
-    site.quarantine_returned(&returns).expect("quarantine");
+    site.quarantine_returned(&returns, site.outbox_issued().expect("issued"))
+        .expect("quarantine");
     site.update_document(&doctor_acts, &ids[1], Action::Mask)
         .expect("queued act");
     site.pin(&gone(), true).expect("queued pin");
@@ -5469,8 +5472,11 @@ fn the_host_refuses_a_proposal_it_cannot_take_and_the_site_keeps_what_it_wrote()
         }
     }
     assert_eq!(returned, [id]);
-    site.quarantine_returned(&host.returned_to(origin).expect("returned"))
-        .expect("quarantine");
+    site.quarantine_returned(
+        &host.returned_to(origin).expect("returned"),
+        changes.last().expect("changes").0,
+    )
+    .expect("quarantine");
     site.ack_outbox(changes.last().expect("changes").0)
         .expect("ack");
     let items = host
@@ -5523,16 +5529,18 @@ fn a_dossier_the_host_refuses_is_dropped_at_its_site_with_what_it_held_kept_in_q
         .find(|r| matches!(r, Returned::Dossier { .. }))
         .expect("the dossier is returned")
         .clone();
-    site.quarantine_returned(&returned).expect("returned");
-    site.ack_outbox(changes.last().expect("changes").0)
-        .expect("ack");
+    let applied = changes.last().expect("changes").0;
+    site.quarantine_returned(&returned, applied)
+        .expect("returned");
+    site.ack_outbox(applied).expect("ack");
     assert!(site.local_dossiers().expect("local").is_empty());
     assert!(site.dossier(&walk_in()).is_err(), "the dossier is gone");
     kept_alone(&site, id, "not a professional the host binds");
     assert_eq!(site.outbox_by_kind().expect("outbox").get("document"), None);
     site.verify_audit().expect("the site's trace verifies");
     // Told again (a repeated Welcome): nothing changes.
-    site.quarantine_returned(&[refused]).expect("again");
+    site.quarantine_returned(std::slice::from_ref(&refused), applied)
+        .expect("again");
     assert_eq!(site.quarantined().expect("quarantine").len(), 1);
     assert_eq!(site.quarantine_len().expect("count"), 1);
     // A return can never take away a dossier the host signed.
@@ -5542,7 +5550,8 @@ fn a_dossier_the_host_refuses_is_dropped_at_its_site_with_what_it_held_kept_in_q
         ins: ins(),
         reason: "forged".into(),
     };
-    site.quarantine_returned(&[signed]).expect("returned");
+    site.quarantine_returned(&[signed], site.outbox_issued().expect("issued"))
+        .expect("returned");
     assert_eq!(
         site.dossier(&ins())
             .expect("a signed dossier stays")
@@ -5550,6 +5559,36 @@ fn a_dossier_the_host_refuses_is_dropped_at_its_site_with_what_it_held_kept_in_q
         held
     );
     assert_eq!(site.quarantined().expect("quarantine").len(), 1);
+    // The walk-in's dossier opened again here: the refusal of the first one told again (the
+    // site's acknowledgement lost) leaves it, the host not having decided its proposal yet.
+    site.open_dossier_here(new_dossier(walk_in()), &Actor::Professional(doctor()))
+        .expect("open again");
+    write_as(&site, &doctor(), &walk_in(), "written after the refusal");
+    site.quarantine_returned(std::slice::from_ref(&refused), applied)
+        .expect("told again");
+    assert!(site.dossier(&walk_in()).is_ok(), "the new dossier stays");
+    assert_eq!(site.quarantine_len().expect("count"), 1);
+    // Refused once the host has its proposal: it goes, what it held kept.
+    let issued = site.outbox_issued().expect("issued");
+    site.quarantine_returned(std::slice::from_ref(&refused), issued)
+        .expect("refused");
+    assert!(
+        site.dossier(&walk_in()).is_err(),
+        "refused on its own proposal"
+    );
+    assert_eq!(site.quarantine_len().expect("count"), 2);
+    // Opened again with a provisional identity: its proposal is held back, never sent, so no
+    // refusal is of it.
+    let mut provisional = new_dossier(walk_in());
+    provisional.identity.status = IdentityStatus::Provisional;
+    site.open_dossier_here(provisional, &Actor::Professional(doctor()))
+        .expect("open provisional");
+    site.quarantine_returned(&[refused], site.outbox_issued().expect("issued"))
+        .expect("held");
+    assert!(
+        site.dossier(&walk_in()).is_ok(),
+        "the held proposal's dossier stays"
+    );
 }
 
 #[test]
