@@ -1362,7 +1362,14 @@ impl SiteSession {
                         held.changes, held.traces
                     )));
                 }
-                replica.quarantine_returned(&returned, acked)?;
+                // What the host decided of this site's changes: up to `acked`; for a replica
+                // brought back from a backup, whose outbox may number again changes the host
+                // holds, only what it had acknowledged itself.
+                let decided = match restored {
+                    Some(_) => replica.outbox_acked()?,
+                    None => acked,
+                };
+                replica.quarantine_returned(&returned, decided)?;
                 // The host holds everything up to `acked`: those entries are done with.
                 if acked > 0 {
                     replica.ack_outbox(acked)?;
@@ -1467,14 +1474,15 @@ impl SiteSession {
                     returned,
                 },
             ) => {
+                if self.in_flight.front() != Some(&Pushed::Push) || upto > self.push_sent {
+                    // Acknowledging what was never sent would drop it from the outbox (and
+                    // take a dossier's proposal never sent for one the host decided).
+                    return Err(out_of_turn("PushAck"));
+                }
                 if !returned.is_empty() {
                     // Kept before the outbox lets go of them.
                     replica.quarantine_returned(&returned, upto)?;
                     self.report.returned += returned.len();
-                }
-                if self.in_flight.front() != Some(&Pushed::Push) || upto > self.push_sent {
-                    // Acknowledging what was never sent would drop it from the outbox.
-                    return Err(out_of_turn("PushAck"));
                 }
                 self.in_flight.pop_front();
                 // The host holds these changes, and recorded the bodies it lacks as owed by
@@ -3299,6 +3307,28 @@ mod quarantine_tests {
         round(&host, &site);
     }
 
+    /// After a first round, the host no longer binds the doctor to the site: it refuses the
+    /// dossier the doctor opens there for the walk-in, whose INS this answers.
+    fn doctor_unbound(host: &Replica, site: &Replica) -> carnet_store::ids::Ins {
+        round(host, site);
+        crate::testkit::as_host(host)
+            .authority()
+            .bind_professional(site.config().site_id, &doctor(), false)
+            .expect("unbind");
+        carnet_store::ids::Ins::from_body("2900101123456").expect("ins")
+    }
+
+    /// The doctor opens the walk-in's dossier at the site.
+    fn open_walk_in(site: &Replica, walk_in: &carnet_store::ids::Ins) {
+        crate::testkit::as_site(site)
+            .local()
+            .open_dossier_here(
+                crate::testkit::new_dossier(walk_in),
+                &Actor::Professional(doctor()),
+            )
+            .expect("open here");
+    }
+
     /// A round cut right after the host applied the push: its PushAck never arrives.
     fn round_cut_at_its_push_ack(host: &Replica, site: &Replica) {
         let mut s = SiteSession::new(signer(site), Vec::new());
@@ -3324,20 +3354,11 @@ mod quarantine_tests {
     #[test]
     fn a_dossier_the_host_refuses_goes_on_the_push_ack_and_on_the_welcome_that_repeats_it() {
         let (_t, host, site, _) = host_and_site();
-        round(&host, &site);
-        let walk_in = carnet_store::ids::Ins::from_body("2900101123456").expect("ins");
+        let walk_in = doctor_unbound(&host, &site);
         let actor = Actor::Professional(doctor());
-        // The host no longer binds the doctor to the site: it refuses what the doctor opens
-        // there.
-        crate::testkit::as_host(&host)
-            .authority()
-            .bind_professional(site.config().site_id, &doctor(), false)
-            .expect("unbind");
         let local = crate::testkit::as_site(&site).local();
         let open_and_write = |title: &str| {
-            local
-                .open_dossier_here(crate::testkit::new_dossier(&walk_in), &actor)
-                .expect("open here");
+            open_walk_in(&site, &walk_in);
             site.put_document(
                 &actor,
                 AccessMode::Normal,
@@ -3363,6 +3384,48 @@ mod quarantine_tests {
         round(&host, &site);
         assert!(local.local_dossiers().expect("local").is_empty());
         assert_eq!(site.quarantine_len().expect("quarantine"), 2);
+    }
+
+    #[test]
+    fn a_push_ack_past_what_was_sent_is_refused_before_it_takes_a_dossier() {
+        let (_t, host, site, _) = host_and_site();
+        let walk_in = doctor_unbound(&host, &site);
+        let local = crate::testkit::as_site(&site).local();
+        open_walk_in(&site, &walk_in);
+        // The host's refusal, acknowledging far past what the site sent.
+        let mut s = SiteSession::new(signer(&site), Vec::new());
+        let mut h = HostSession::new(site.config().site_id, certificate(&site));
+        let mut to_host = vec![s.start(crate::testkit::site_sync(&site)).expect("start")];
+        for _ in 0..100 {
+            let mut to_site = Vec::new();
+            for m in to_host.drain(..) {
+                for reply in h.handle(crate::testkit::host_sync(&host), m).expect("host") {
+                    if let Msg::PushAck {
+                        missing, returned, ..
+                    } = reply
+                    {
+                        assert!(!returned.is_empty(), "the host refuses the dossier");
+                        let forged = Msg::PushAck {
+                            upto: u64::MAX,
+                            missing,
+                            returned,
+                        };
+                        assert!(s.handle(crate::testkit::site_sync(&site), forged).is_err());
+                        assert_eq!(
+                            local.local_dossiers().expect("local"),
+                            std::slice::from_ref(&walk_in)
+                        );
+                        assert_eq!(site.quarantine_len().expect("quarantine"), 0);
+                        return;
+                    }
+                    to_site.push(reply);
+                }
+            }
+            for m in to_site {
+                to_host.extend(s.handle(crate::testkit::site_sync(&site), m).expect("site"));
+            }
+        }
+        panic!("the round pushed nothing");
     }
 
     #[test]

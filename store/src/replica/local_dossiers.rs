@@ -534,6 +534,7 @@ impl Replica {
         match existing {
             Some(AuthorityRecord::Dossier(h)) if h.status == DossierStatus::Active => {
                 self.set_scope(txn, site.0, &bi, scope_bit::WROTE, true)?;
+                self.forget_dossier_return(txn, site, &bi)?;
                 let same = h.identity == head.identity
                     && h.holder == head.holder
                     && h.ins_kind == head.ins_kind;
@@ -564,6 +565,7 @@ impl Replica {
                 adopted.created_at = head.created_at.min(adopted.created_at);
                 self.issue_in(txn, AuthorityRecord::Dossier(adopted))?;
                 self.set_scope(txn, site.0, &bi, scope_bit::WROTE, true)?;
+                self.forget_dossier_return(txn, site, &bi)?;
                 txn.trace(vec![self.admin_entry(
                     "dossier-proposal-adopted",
                     Some(&head.ins),

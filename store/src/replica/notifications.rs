@@ -241,16 +241,12 @@ impl Replica {
             return Ok(());
         }
         // The tables are opened once for the whole batch (a push's trace batch holds
-        // thousands of entries), and a (dossier, professional) pair is looked at once: an
-        // entry after the first of its pair would find it recorded, or held as the first was.
+        // thousands of entries), at its first access by a professional, and a (dossier,
+        // professional) pair is looked at once: an entry after the first of its pair would
+        // find it recorded, or held as the first was.
         let mut events = Vec::new();
         {
-            let firsts = txn.open_table(FIRST_ACCESSES)?;
-            let bound_pros = if origin == self.config.site_id {
-                None
-            } else {
-                Some(txn.open_table(SITE_PROS)?)
-            };
+            let mut tables = None;
             let mut seen = std::collections::HashSet::new();
             for e in entries {
                 let Some(rpps) = accessing_professional(e) else {
@@ -267,6 +263,17 @@ impl Replica {
                 if !seen.insert(pair.clone()) {
                     continue;
                 }
+                let (firsts, bound_pros) = match tables {
+                    Some(ref opened) => opened,
+                    None => tables.insert((
+                        txn.open_table(FIRST_ACCESSES)?,
+                        if origin == self.config.site_id {
+                            None
+                        } else {
+                            Some(txn.open_table(SITE_PROS)?)
+                        },
+                    )),
+                };
                 let known = firsts.get(pair.as_slice())?.is_some();
                 let bound = match &bound_pros {
                     None => true,

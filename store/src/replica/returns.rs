@@ -104,6 +104,20 @@ impl Replica {
         Ok(Applied::Returned)
     }
 
+    /// Host: `origin`'s dossier `bi` was taken (adopted or merged): a refusal of an earlier
+    /// proposal of it from there, still told until the site acknowledges it, is not told
+    /// again (the site would take it for a refusal of the dossier it opened since).
+    pub(super) fn forget_dossier_return(
+        &self,
+        txn: &WriteTransaction,
+        origin: SiteId,
+        bi: &[u8; 32],
+    ) -> Result<()> {
+        txn.open_table(RETURNED)?
+            .remove(site_key(origin.0, bi).as_slice())?;
+        Ok(())
+    }
+
     /// Host: the return recorded in `txn` for `origin`'s change `change`, if any.
     pub(super) fn returned_for(
         &self,
@@ -227,8 +241,9 @@ impl Replica {
     /// Site: the host refused the dossier `ins` opened here. When it is still this site's own
     /// (a local head, no signed head) and its proposal was among the changes the host had
     /// applied (`applied`; a dossier opened again since is decided on its own proposal), every
-    /// document of it not in quarantine yet goes there with `reason`, and the dossier goes:
-    /// its outbox entries, key, rows and local head.
+    /// document of it not in quarantine yet goes there with `reason` (its outbox entries
+    /// become `Quarantined`), and the dossier goes: key, rows, local head, held changes and
+    /// consent given in person.
     fn drop_refused_dossier(&self, ins: &Ins, reason: &str, applied: u64) -> Result<()> {
         if self.config.role != Role::Site {
             return Ok(());
