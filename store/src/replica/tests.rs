@@ -5593,41 +5593,48 @@ fn a_dossier_the_host_refuses_is_dropped_at_its_site_with_what_it_held_kept_in_q
 
 #[test]
 fn a_dossier_the_host_takes_from_a_site_clears_its_earlier_refusal_there() {
-    let (_hd, host, _sd, site) = host_and_site();
-    let origin = site.config().site_id;
-    let doctor_here = Actor::Professional(doctor());
-    let push = |title: &str| -> u64 {
-        site.open_dossier_here(new_dossier(walk_in()), &doctor_here)
-            .expect("open here");
-        write_as(&site, &doctor(), &walk_in(), title);
-        let changes = site
-            .outbox(site.outbox_acked().expect("acked"), usize::MAX)
-            .expect("outbox");
-        host.apply_pushed(origin, &changes, &[]).expect("push");
-        changes.last().expect("changes").0
-    };
-    // Refused (the doctor not bound there); the site's acknowledgement never reaches the host.
-    host.bind_professional(origin, &doctor(), false)
-        .expect("unbind");
-    let first = push("first");
-    site.quarantine_returned(&host.returned_to(origin).expect("returned"), first)
-        .expect("refused");
-    site.ack_outbox(first).expect("ack");
-    // Opened again once the doctor is bound: adopted, and the refusal is told no more.
-    host.bind_professional(origin, &doctor(), true)
-        .expect("bind");
-    let second = push("second");
-    assert!(host.dossier(&walk_in()).is_ok(), "adopted");
-    let returns = host.returned_to(origin).expect("returned");
-    assert!(
-        !returns
-            .iter()
-            .any(|r| matches!(r, Returned::Dossier { .. })),
-        "{returns:?}"
-    );
-    site.quarantine_returned(&returns, second).expect("welcome");
-    assert_eq!(site.local_dossiers().expect("local"), [walk_in()]);
-    assert_eq!(site.quarantine_len().expect("quarantine"), 1);
+    // Adopted (the host holds no dossier for the INS), then merged (it holds one).
+    for host_holds in [false, true] {
+        let (_hd, host, _sd, site) = host_and_site();
+        if host_holds {
+            host.create_dossier(new_dossier(walk_in())).expect("host's");
+        }
+        let origin = site.config().site_id;
+        let doctor_here = Actor::Professional(doctor());
+        let push = |title: &str| -> u64 {
+            site.open_dossier_here(new_dossier(walk_in()), &doctor_here)
+                .expect("open here");
+            write_as(&site, &doctor(), &walk_in(), title);
+            let changes = site
+                .outbox(site.outbox_acked().expect("acked"), usize::MAX)
+                .expect("outbox");
+            host.apply_pushed(origin, &changes, &[]).expect("push");
+            changes.last().expect("changes").0
+        };
+        // Refused (the doctor not bound there); the site's acknowledgement never reaches the
+        // host.
+        host.bind_professional(origin, &doctor(), false)
+            .expect("unbind");
+        let first = push("first");
+        site.quarantine_returned(&host.returned_to(origin).expect("returned"), first)
+            .expect("refused");
+        site.ack_outbox(first).expect("ack");
+        // Opened again once the doctor is bound: taken, and the refusal is told no more.
+        host.bind_professional(origin, &doctor(), true)
+            .expect("bind");
+        let second = push("second");
+        assert!(host.dossier(&walk_in()).is_ok(), "taken");
+        let returns = host.returned_to(origin).expect("returned");
+        assert!(
+            !returns
+                .iter()
+                .any(|r| matches!(r, Returned::Dossier { .. })),
+            "host holds: {host_holds}, {returns:?}"
+        );
+        site.quarantine_returned(&returns, second).expect("welcome");
+        assert_eq!(site.local_dossiers().expect("local"), [walk_in()]);
+        assert_eq!(site.quarantine_len().expect("quarantine"), 1);
+    }
 }
 
 #[test]
