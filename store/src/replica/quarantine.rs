@@ -4,7 +4,9 @@
 //! it), where the decision table decides at the site and the host decides again on push.
 //!
 //! A quarantined document is named by its document id (the *quarantine id*): a row is keyed
-//! by it and never removed. Each row holds two seals under the quarantine key (derived from
+//! by it and never removed. A document kept again (a return kept it, then its dossier is
+//! purged with a later change of it still to send) takes that change, and keeps what became of
+//! it (its refiling). Each row holds two seals under the quarantine key (derived from
 //! the registry key, so it survives the dossier's purge, which destroys the dossier key): the
 //! record (metadata, reason, time, what became of it) and the body, apart. Listing and showing
 //! open only the records, never a body: the record is small, and a list made to decide what to
@@ -139,11 +141,17 @@ impl Replica {
             Err(_) => Vec::new(),
         };
         let mut refile_of = None;
+        let mut refiled = None;
         for row in txn.open_table(QUARANTINE)?.iter()? {
             let (k, v) = row?;
             let (record, _) = self.open_quarantine_row(&self.doc_id(k.value()), v.value())?;
             if record.refiled.as_ref().is_some_and(|r| r.doc == *id) {
                 refile_of = Some(record.meta.facts.id);
+            }
+            if record.meta.facts.id == *id {
+                // Kept before (a return) and kept again with what the site did since (its
+                // dossier purged): what became of it stays, so it is refiled at most once.
+                refiled = record.refiled;
             }
         }
         let record = Quarantined {
@@ -151,7 +159,7 @@ impl Replica {
             reason: reason.to_string(),
             at: self.now(),
             refile_of,
-            refiled: None,
+            refiled,
         };
         let key = self.quarantine_key();
         let row = StoredQuarantine {

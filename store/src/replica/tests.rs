@@ -4673,18 +4673,7 @@ fn no_table_of_a_site_or_the_host_holds_a_document_id_or_its_time() {
     // A second site holding the dossier: the host logs the first site's documents for it.
     let (od, other) = second_site(&host);
     // A second dossier, closed at the host before the site's document in it arrives.
-    let closing = Ins::from_body("2840575123456").expect("ins");
-    host.create_dossier(new_dossier(closing.clone()))
-        .expect("dossier");
-    host.set_grant(
-        &closing,
-        &doctor(),
-        GrantState::Active,
-        GrantBasis::Treating,
-        None,
-    )
-    .expect("grant");
-    sync(&host, &site);
+    let closing = closing_held_by_the_site(&host, &site);
     let actor = Actor::Professional(doctor());
     let tail = write(&site, "a body with a tail", &pattern(4_096));
     let mut producer = doc("producer's id", &pattern(9_000));
@@ -5707,10 +5696,10 @@ fn a_full_rotation_keeps_a_dossier_opened_here_and_what_it_holds_back() {
     assert_eq!(host_titles(&host, &walk_in()), ["before the rotation"]);
     assert!(host.has_body(&id).expect("body"));
 }
-/// A dossier closed at the host while the site's document in it waits: the document lands in
-/// the site's quarantine, and the quarantine's id of it.
-fn quarantined_at_site() -> (TempDir, Replica, TempDir, Replica, Ins, DocId) {
-    let (hd, host, sd, site) = host_and_site();
+
+/// A second dossier at the host, the doctor treating, synced to the site: the dossier a test
+/// then closes.
+fn closing_held_by_the_site(host: &Replica, site: &Replica) -> Ins {
     let closing = Ins::from_body("2840575123456").expect("ins");
     host.create_dossier(new_dossier(closing.clone()))
         .expect("dossier");
@@ -5722,7 +5711,15 @@ fn quarantined_at_site() -> (TempDir, Replica, TempDir, Replica, Ins, DocId) {
         None,
     )
     .expect("grant");
-    sync(&host, &site);
+    sync(host, site);
+    closing
+}
+
+/// A dossier closed at the host while the site's document in it waits: the document lands in
+/// the site's quarantine, and the quarantine's id of it.
+fn quarantined_at_site() -> (TempDir, Replica, TempDir, Replica, Ins, DocId) {
+    let (hd, host, sd, site) = host_and_site();
+    let closing = closing_held_by_the_site(&host, &site);
     let late = site
         .put_document(
             &Actor::Professional(doctor()),
@@ -5866,6 +5863,49 @@ fn a_quarantined_document_is_listed_without_its_body_and_read_by_its_author_alon
     assert!(matches!(
         site.quarantined_body(&Actor::Professional(doctor()), &DocId([7; 16])),
         Err(Error::NotFound(_))
+    ));
+}
+
+#[test]
+fn a_document_kept_again_in_quarantine_stays_refiled_and_keeps_the_sites_latest_act() {
+    let (_hd, host, _sd, site) = host_and_site();
+    let closing = closing_held_by_the_site(&host, &site);
+    let doctor_here = Actor::Professional(doctor());
+    let id = site
+        .put_document(
+            &doctor_here,
+            AccessMode::Normal,
+            None,
+            &closing,
+            doc("kept twice", b"synthetic"),
+        )
+        .expect("put");
+    sync(&host, &site);
+    // A change of it returned: kept in quarantine, still in its dossier here; then refiled.
+    let returned = Returned::Document {
+        id,
+        reason: "refused (synthetic)".into(),
+    };
+    site.quarantine_returned(&[returned], site.outbox_issued().expect("issued"))
+        .expect("returned");
+    let new = site
+        .refile_quarantined(&doctor_here, &id, &ins())
+        .expect("refile");
+    // Masked here, then its dossier closed before the mask reaches the host: the purge keeps
+    // it again, masked.
+    site.update_document(&doctor_here, &id, Action::Mask)
+        .expect("mask");
+    host.close_dossier(&closing, "holder's request", false)
+        .expect("close");
+    site.import_authority(&host.export_authority().expect("export"))
+        .expect("import");
+    assert!(site.dossier(&closing).is_err(), "purged here");
+    let kept = site.quarantined_one(&id).expect("show").record;
+    assert_eq!(kept.refiled.map(|r| r.doc), Some(new), "refiled once");
+    assert!(kept.meta.state().flags.masque_ps, "the latest act kept");
+    assert!(matches!(
+        site.refile_quarantined(&doctor_here, &id, &ins()),
+        Err(Error::Invalid(_))
     ));
 }
 
