@@ -3329,8 +3329,9 @@ mod quarantine_tests {
             .expect("open here");
     }
 
-    /// A round cut right after the host applied the push: its PushAck never arrives.
-    fn round_cut_at_its_push_ack(host: &Replica, site: &Replica) {
+    /// A round run until the host answers a push: the site's session, and that PushAck, not
+    /// delivered.
+    fn round_until_its_push_ack(host: &Replica, site: &Replica) -> (SiteSession, Msg) {
         let mut s = SiteSession::new(signer(site), Vec::new());
         let mut h = HostSession::new(site.config().site_id, certificate(site));
         let mut to_host = vec![s.start(crate::testkit::site_sync(site)).expect("start")];
@@ -3339,7 +3340,7 @@ mod quarantine_tests {
             for m in to_host.drain(..) {
                 for reply in h.handle(crate::testkit::host_sync(host), m).expect("host") {
                     if matches!(reply, Msg::PushAck { .. }) {
-                        return;
+                        return (s, reply);
                     }
                     to_site.push(reply);
                 }
@@ -3371,7 +3372,7 @@ mod quarantine_tests {
         // Refused on a push whose PushAck is lost: the next Welcome tells it again, with the
         // host's mark past the proposal.
         open_and_write("first");
-        round_cut_at_its_push_ack(&host, &site);
+        round_until_its_push_ack(&host, &site);
         assert_eq!(
             local.local_dossiers().expect("local"),
             std::slice::from_ref(&walk_in)
@@ -3393,39 +3394,25 @@ mod quarantine_tests {
         let local = crate::testkit::as_site(&site).local();
         open_walk_in(&site, &walk_in);
         // The host's refusal, acknowledging far past what the site sent.
-        let mut s = SiteSession::new(signer(&site), Vec::new());
-        let mut h = HostSession::new(site.config().site_id, certificate(&site));
-        let mut to_host = vec![s.start(crate::testkit::site_sync(&site)).expect("start")];
-        for _ in 0..100 {
-            let mut to_site = Vec::new();
-            for m in to_host.drain(..) {
-                for reply in h.handle(crate::testkit::host_sync(&host), m).expect("host") {
-                    if let Msg::PushAck {
-                        missing, returned, ..
-                    } = reply
-                    {
-                        assert!(!returned.is_empty(), "the host refuses the dossier");
-                        let forged = Msg::PushAck {
-                            upto: u64::MAX,
-                            missing,
-                            returned,
-                        };
-                        assert!(s.handle(crate::testkit::site_sync(&site), forged).is_err());
-                        assert_eq!(
-                            local.local_dossiers().expect("local"),
-                            std::slice::from_ref(&walk_in)
-                        );
-                        assert_eq!(site.quarantine_len().expect("quarantine"), 0);
-                        return;
-                    }
-                    to_site.push(reply);
-                }
-            }
-            for m in to_site {
-                to_host.extend(s.handle(crate::testkit::site_sync(&site), m).expect("site"));
-            }
-        }
-        panic!("the round pushed nothing");
+        let (mut s, ack) = round_until_its_push_ack(&host, &site);
+        let Msg::PushAck {
+            missing, returned, ..
+        } = ack
+        else {
+            panic!("{ack:?}");
+        };
+        assert!(!returned.is_empty(), "the host refuses the dossier");
+        let forged = Msg::PushAck {
+            upto: u64::MAX,
+            missing,
+            returned,
+        };
+        assert!(s.handle(crate::testkit::site_sync(&site), forged).is_err());
+        assert_eq!(
+            local.local_dossiers().expect("local"),
+            std::slice::from_ref(&walk_in)
+        );
+        assert_eq!(site.quarantine_len().expect("quarantine"), 0);
     }
 
     #[test]
@@ -3445,7 +3432,8 @@ mod quarantine_tests {
             .authority()
             .close_dossier(&ins, "closed", false)
             .expect("close");
-        round_cut_at_its_push_ack(&host, &site);
+        // A round cut right after the host applied the push: its PushAck never arrives.
+        round_until_its_push_ack(&host, &site);
         assert!(site.quarantined().expect("q").is_empty());
         // The next round: the host repeats what it returned before anything is acknowledged.
         round(&host, &site);
