@@ -2703,7 +2703,8 @@ fn a_damaged_location_or_record_costs_its_body_not_the_replica_nor_the_segments(
         .join(crate::segments::SEGMENTS_DIR)
         .join(format!("{segment:08}.seg"));
     let mut bytes = std::fs::read(&file).expect("read");
-    bytes[100] ^= 1;
+    // The first byte of the first record (the first body's), which its check covers.
+    bytes[20] ^= 1;
     std::fs::write(&file, &bytes).expect("write");
     let txn = site.begin_raw_write().expect("write");
     txn.open_table(BODY_PLACES)
@@ -2853,6 +2854,38 @@ fn a_body_whose_record_was_damaged_on_disk_is_found_by_the_body_check() {
         matches!(&err, Error::Integrity(m) if m.contains("was altered")),
         "{err}"
     );
+}
+
+/// A segment checks a record's ends only (`segments`): a byte changed between them is found
+/// by the seal of the chunk when it is opened, never read as the body.
+#[test]
+fn a_body_damaged_between_its_records_ends_is_refused_by_its_seal() {
+    let (_hd, _host, sd, site) = host_and_site();
+    let damaged = write(&site, "damaged", &pattern(70_000));
+    let kept = write(&site, "kept", &pattern(5_000));
+    let segments = sd.path().join(crate::segments::SEGMENTS_DIR);
+    let file = std::fs::read_dir(&segments)
+        .expect("segments")
+        .map(|e| e.expect("entry").path())
+        .min()
+        .expect("a segment");
+    let mut bytes = std::fs::read(&file).expect("read");
+    // Inside the first record (the damaged body's first chunk), far from its ends.
+    bytes[30_000] ^= 1;
+    std::fs::write(&file, &bytes).expect("write");
+    assert_eq!(site.damaged_bodies().expect("check"), vec![damaged]);
+    let err = site.body_for_sync(&damaged).expect_err("damaged");
+    assert!(matches!(err, Error::Integrity(_)), "{err}");
+    let err = site
+        .read_document(
+            &Actor::Professional(doctor()),
+            &damaged,
+            AccessMode::Normal,
+            None,
+        )
+        .expect_err("damaged");
+    assert!(matches!(err, Error::Integrity(_)), "{err}");
+    assert_eq!(read_body(&site, &kept), pattern(5_000));
 }
 
 #[test]
