@@ -27,6 +27,20 @@ pub(crate) struct Disk {
 pub(crate) struct MemFiles(Arc<Mutex<Disk>>);
 
 impl MemFiles {
+    /// Changes on disk (as written) the record at `at`, its header included.
+    fn on_disk(&self, at: Location, change: impl FnOnce(&mut [u8])) {
+        let d = self.disk();
+        let mut file = d
+            .files
+            .get(&at.segment)
+            .expect("file")
+            .lock()
+            .expect("file");
+        let start = at.offset as usize;
+        let end = start + HEADER + at.len as usize;
+        change(&mut file.0[start..end]);
+    }
+
     pub(crate) fn disk(&self) -> MutexGuard<'_, Disk> {
         self.0.lock().expect("disk")
     }
@@ -302,16 +316,7 @@ fn a_damaged_or_misplaced_record_is_an_integrity_error() {
         assert!(is_integrity(view.read(wrong)), "{wrong:?} was read");
     }
     // One byte of the first record changed on disk.
-    {
-        let d = disk.disk();
-        let mut file = d
-            .files
-            .get(&first.segment)
-            .expect("file")
-            .lock()
-            .expect("file");
-        file.0[first.offset as usize + HEADER + 10] ^= 1;
-    }
+    disk.on_disk(first, |record| record[HEADER + 10] ^= 1);
     assert!(is_integrity(view.read(first)), "a changed record was read");
     assert_eq!(view.read(second).expect("read"), bytes(2, 64));
     assert!(matches!(
@@ -330,16 +335,7 @@ fn a_records_check_covers_its_ends_and_a_record_checked_whole_still_reads() {
     let len = 4096;
     let at = segments.append(&bytes(1, len)).expect("append");
     let view = segments.view().expect("view");
-    let change = |i: usize| {
-        let d = disk.disk();
-        let mut file = d
-            .files
-            .get(&at.segment)
-            .expect("file")
-            .lock()
-            .expect("file");
-        file.0[at.offset as usize + HEADER + i] ^= 1;
-    };
+    let change = |i: usize| disk.on_disk(at, |record| record[HEADER + i] ^= 1);
     for i in [0, ENDS - 1, len - ENDS, len - 1] {
         change(i);
         assert!(is_integrity(view.read(at)), "byte {i} changed was read");
@@ -354,19 +350,11 @@ fn a_records_check_covers_its_ends_and_a_record_checked_whole_still_reads() {
     change(len / 2);
 
     // A record an earlier build wrote: its length without `ENDED`, its check over all of it.
-    {
-        let d = disk.disk();
-        let mut file = d
-            .files
-            .get(&at.segment)
-            .expect("file")
-            .lock()
-            .expect("file");
-        let start = at.offset as usize;
-        let whole = check_whole(at.segment, at.offset, &bytes(1, len));
-        file.0[start..start + 4].copy_from_slice(&at.len.to_le_bytes());
-        file.0[start + 4..start + HEADER].copy_from_slice(&whole);
-    }
+    let whole = check_whole(at.segment, at.offset, &bytes(1, len));
+    disk.on_disk(at, |record| {
+        record[..4].copy_from_slice(&at.len.to_le_bytes());
+        record[4..HEADER].copy_from_slice(&whole);
+    });
     assert_eq!(view.read(at).expect("read"), bytes(1, len));
     change(len / 2);
     assert!(
