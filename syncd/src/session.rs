@@ -472,7 +472,12 @@ impl HostSession {
             .iter()
             .map(|(b, _)| b.last().map(|r| r.seq))
             .collect();
-        let records: Vec<_> = batches.into_iter().flat_map(|(b, _)| b).collect();
+        // One allocation for the batches' entries (collected from `flat_map`, the vector grew by
+        // doubling, each step into fresh pages).
+        let mut records = Vec::with_capacity(batches.iter().map(|(b, _)| b.len()).sum());
+        for (batch, _) in batches {
+            records.extend(batch);
+        }
         let head = replica.apply_remote_traces(self.site, &records, signed.as_ref())?;
         self.note_trace_contact(replica, head)?;
         Ok(lasts
