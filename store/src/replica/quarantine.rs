@@ -107,6 +107,13 @@ pub struct QuarantineEntry {
     pub state: QuarantineState,
 }
 
+/// The quarantined documents their refiled copies came from: the copy's id, the quarantine id
+/// it refiles (`Quarantined::refile_of` of a refiled copy kept in quarantine itself).
+#[derive(Debug)]
+pub(super) struct Refilings {
+    refiled_from: std::collections::HashMap<DocId, DocId>,
+}
+
 /// A stored row: the record and the body, sealed apart.
 #[derive(Serialize, Deserialize)]
 struct StoredQuarantine {
@@ -121,13 +128,29 @@ impl Replica {
         quarantine_key(&self.keys.registry)
     }
 
+    /// What the quarantine says of refilings, read once for a transaction that keeps several
+    /// documents (a purge keeps every pending document of its dossier): reading the whole
+    /// quarantine for each document it keeps made a purge quadratic in it.
+    pub(super) fn refilings(&self, txn: &WriteTransaction) -> Result<Refilings> {
+        let mut refiled_from = std::collections::HashMap::new();
+        for row in txn.open_table(QUARANTINE)?.iter()? {
+            let (k, v) = row?;
+            let (record, _) = self.open_quarantine_row(&self.doc_id(k.value()), v.value())?;
+            if let Some(refiling) = record.refiled {
+                refiled_from.insert(refiling.doc, record.meta.facts.id);
+            }
+        }
+        Ok(Refilings { refiled_from })
+    }
+
     /// Copies a document into the quarantine inside `txn`, reading it from `snap` (taken under
-    /// the same write lock).
+    /// the same write lock); `refilings` read from `txn` (`Replica::refilings`).
     pub(super) fn quarantine_in(
         &self,
         txn: &WriteTransaction,
         snap: &ReadTransaction,
         generation: Generation,
+        refilings: &Refilings,
         id: &DocId,
         reason: &str,
     ) -> Result<()> {
@@ -140,25 +163,20 @@ impl Replica {
             // the record is kept without it.
             Err(_) => Vec::new(),
         };
-        let mut refile_of = None;
-        let mut refiled = None;
-        for row in txn.open_table(QUARANTINE)?.iter()? {
-            let (k, v) = row?;
-            let (record, _) = self.open_quarantine_row(&self.doc_id(k.value()), v.value())?;
-            if record.refiled.as_ref().is_some_and(|r| r.doc == *id) {
-                refile_of = Some(record.meta.facts.id);
-            }
-            if record.meta.facts.id == *id {
-                // Kept before (a return) and kept again with what the site did since (its
-                // dossier purged): what became of it stays, so it is refiled at most once.
-                refiled = record.refiled;
-            }
-        }
+        let stored = self.stored_id(id);
+        let mut quarantine = self.digested(txn, QUARANTINE)?;
+        // Kept before (a return) and kept again with what the site did since (its dossier
+        // purged): what became of it stays, so it is refiled at most once. (A refiling it
+        // holds is in `refilings` already.)
+        let refiled = match quarantine.get(&stored)? {
+            Some(row) => self.open_quarantine_row(id, row.value())?.0.refiled,
+            None => None,
+        };
         let record = Quarantined {
             meta,
             reason: reason.to_string(),
             at: self.now(),
-            refile_of,
+            refile_of: refilings.refiled_from.get(id).copied(),
             refiled,
         };
         let key = self.quarantine_key();
@@ -166,8 +184,7 @@ impl Replica {
             record: key.seal(&record_aad(id), &postcard::to_stdvec(&record)?)?,
             body: key.seal(&body_aad(id), &body)?,
         };
-        self.digested(txn, QUARANTINE)?
-            .insert(&self.stored_id(id), postcard::to_stdvec(&row)?.as_slice())?;
+        quarantine.insert(&stored, postcard::to_stdvec(&row)?.as_slice())?;
         Ok(())
     }
 
@@ -206,8 +223,9 @@ impl Replica {
                 ids.push(id);
             }
         }
+        let refilings = self.refilings(txn)?;
         for id in &ids {
-            self.quarantine_in(txn, &snap, generation, id, reason)?;
+            self.quarantine_in(txn, &snap, generation, &refilings, id, reason)?;
         }
         let mut outbox = txn.open_table(OUTBOX)?;
         let placeholder = postcard::to_stdvec(&OutboxItem::Quarantined)?;

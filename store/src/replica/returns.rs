@@ -224,6 +224,7 @@ impl Replica {
         }
         let txn = self.begin_write()?;
         let (snap, generation) = self.snapshot()?;
+        let refilings = self.refilings(&txn)?;
         for r in returned {
             let Returned::Document { id, reason } = r else {
                 continue;
@@ -232,7 +233,8 @@ impl Replica {
             let kept = txn.open_table(QUARANTINE)?.get(&stored)?.is_some();
             let held = snap.open_table(DOCS)?.get(&stored)?.is_some();
             if !kept && held {
-                self.quarantine_in(&txn, &snap, generation, id, &said_by_host(reason))?;
+                let reason = said_by_host(reason);
+                self.quarantine_in(&txn, &snap, generation, &refilings, id, &reason)?;
             }
         }
         txn.commit()
@@ -266,10 +268,11 @@ impl Replica {
         }
         let (snap, generation) = self.snapshot()?;
         self.quarantine_pending(&txn, &bi, reason)?;
+        let refilings = self.refilings(&txn)?;
         for id in self.dossier_doc_ids(&snap, &bi)? {
             let stored = self.stored_id(&id);
             if txn.open_table(QUARANTINE)?.get(&stored)?.is_none() {
-                self.quarantine_in(&txn, &snap, generation, &id, reason)?;
+                self.quarantine_in(&txn, &snap, generation, &refilings, &id, reason)?;
             }
         }
         self.digested(&txn, DOSSIER_KEYS)?.remove(&bi)?;
