@@ -5,7 +5,8 @@
 //! a host whose certificate chains to the CA, is in its validity window, names `HOST_NAME`,
 //! is not for a host key the CA revoked (`hostkey::HostRevocation`), and, once the site holds
 //! pins (its bundle's, a hand-over's), is for one of the pinned TLS keys; only TLS 1.3 and
-//! the `carnet/1` protocol are offered.
+//! the `carnet/1` protocol are offered. No TLS session is resumed: a resumed handshake shows
+//! no certificate, so every handshake is a full one and its certificates are decided again.
 //!
 //! Between two sites (`carnet-peer/1`, a handover without the host), each end admits the
 //! other only if its certificate chains to the CA as a site's (client-auth usage, `site-N`),
@@ -272,6 +273,14 @@ fn quic_server(
         .with_single_cert(chain, key)
         .map_err(tls_err)?;
     tls.alpn_protocols = vec![alpn.to_vec()];
+    // No session resumption: a resumed handshake shows no certificate, so `verifier` would not
+    // run, and a client that kept its session (as any client may) would be admitted after its
+    // certificate was revoked, expired, or its site left the `[[peer]]` list. Every handshake
+    // is decided again, in full (DOMAIN §5). What it costs: the certificates and their
+    // signatures, about 1 KB of a new connection's 9.8 KB. No tickets are sent either (two,
+    // 166 bytes, that no client could use), and no session secret is kept.
+    tls.send_tls13_tickets = 0;
+    tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     let quic = QuicServerConfig::try_from(tls).map_err(tls_err)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     config.transport_config(transport(End::Listening)?);
@@ -281,13 +290,13 @@ fn quic_server(
     Ok(config)
 }
 
-/// A QUIC client configuration: TLS 1.3 only, `id`'s certificate, the server judged by
-/// `verifier`, the one protocol `alpn`.
-fn quic_client(
+/// The TLS of a client: TLS 1.3 only, `id`'s certificate, the server judged by `verifier`,
+/// the one protocol `alpn`.
+fn client_tls(
     verifier: Arc<dyn ServerCertVerifier>,
     id: &Identity,
     alpn: &[u8],
-) -> Result<quinn::ClientConfig> {
+) -> Result<rustls::ClientConfig> {
     let (chain, key) = chain_and_key(id);
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -297,6 +306,18 @@ fn quic_client(
         .with_client_auth_cert(chain, key)
         .map_err(tls_err)?;
     tls.alpn_protocols = vec![alpn.to_vec()];
+    Ok(tls)
+}
+
+/// A QUIC client configuration: `client_tls`, no session kept.
+fn quic_client(
+    verifier: Arc<dyn ServerCertVerifier>,
+    id: &Identity,
+    alpn: &[u8],
+) -> Result<quinn::ClientConfig> {
+    let mut tls = client_tls(verifier, id, alpn)?;
+    // The servers resume no session (`quic_server`): nothing to keep.
+    tls.resumption = rustls::client::Resumption::disabled();
     let quic = QuicClientConfig::try_from(tls).map_err(tls_err)?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
     config.transport_config(transport(End::Connecting)?);
@@ -642,6 +663,71 @@ mod tests {
         // default steps).
         let bytes = stats.udp_tx.bytes + stats.udp_rx.bytes;
         assert!(bytes < 12_000, "{bytes} bytes on the wire: {stats:?}");
+    }
+
+    /// A client as a rogue site may run it: its TLS sessions kept, to resume them.
+    fn resuming(
+        verifier: Arc<dyn ServerCertVerifier>,
+        id: &Identity,
+        alpn: &[u8],
+    ) -> quinn::ClientConfig {
+        let mut tls = client_tls(verifier, id, alpn).expect("tls");
+        tls.resumption = rustls::client::Resumption::in_memory_sessions(8);
+        quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).expect("quic")))
+    }
+
+    /// A rogue site with a valid certificate keeps the TLS session of a handshake the host
+    /// admitted, and offers it again once revoked: a resumed handshake shows no certificate,
+    /// and the host resumes none, so it decides the certificate again and refuses it.
+    #[tokio::test]
+    async fn a_site_that_kept_its_tls_session_is_refused_once_revoked() {
+        let ca = new_ca(now()).expect("ca");
+        let host = issue_host(&ca, now(), None).expect("host cert");
+        let site = issue_site(&ca, 7, now()).expect("site cert");
+        let revoked = Arc::new(Revoked::default());
+        let (_endpoint, addr) =
+            echo_host(server_config(&ca.cert_der, &host, revoked.clone()).expect("server"));
+        let verifier = Arc::new(PinnedHost {
+            ca: WebPkiServerVerifier::builder_with_provider(
+                roots(&ca.cert_der).expect("roots"),
+                provider(),
+            )
+            .build()
+            .expect("verifier"),
+            pins: None,
+            revoked: vec![],
+        });
+        let client = resuming(verifier, &site, ALPN);
+        let ok = within(exchange(client.clone(), addr)).await;
+        assert_eq!(ok.as_deref(), Ok(&b"hello"[..]));
+        revoked.add(fingerprint(&site.cert_der));
+        let again = within(exchange(client, addr)).await;
+        assert!(again.is_err(), "a revoked site resumed its session");
+    }
+
+    /// The same at a peer listener: a site taken off its `[[peer]]` list offers the session of
+    /// a handover session it had, and is refused.
+    #[tokio::test]
+    async fn a_peer_that_kept_its_tls_session_is_refused_once_unlisted() {
+        let ca = new_ca(now()).expect("ca");
+        let clinic = issue_site(&ca, 7, now()).expect("clinic");
+        let unit = issue_site(&ca, 12, now()).expect("unit");
+        let listed = policy(&[12], &[]);
+        let server = peer_server_config(&ca.cert_der, &clinic, listed.clone()).expect("server");
+        let (_e, addr, mut outcomes) = peer_listener(server);
+        let verifier = Arc::new(PeerListener {
+            ca: site_certificates(&ca.cert_der).expect("ca"),
+            policy: policy(&[7], &[]),
+            site: 7,
+        });
+        let client = resuming(verifier, &unit, PEER_ALPN);
+        assert_eq!(within(dial_peer(client.clone(), addr)).await, Ok(7));
+        assert_eq!(within(outcomes.recv()).await, Some(Ok(12)));
+        listed.set_sites(vec![]);
+        let again = within(dial_peer(client, addr)).await;
+        assert!(again.is_err(), "an unlisted peer resumed its session");
+        let refusal = within(outcomes.recv()).await.expect("an outcome");
+        assert!(refusal.is_err(), "{refusal:?}");
     }
 
     #[tokio::test]
