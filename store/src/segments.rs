@@ -346,7 +346,8 @@ impl Segments {
         })
     }
 
-    /// Appends `bytes` as a new record; durable once `sync` returns.
+    /// Appends `bytes` as a new record; durable once `sync` returns. `bytes` are sealed (the
+    /// check covers their ends only: the module's doc).
     pub fn append(&self, bytes: &[u8]) -> Result<Location> {
         self.append_with(bytes.len(), |slot| {
             slot.copy_from_slice(bytes);
@@ -354,10 +355,10 @@ impl Segments {
         })
     }
 
-    /// Appends a record of `len` bytes that `fill` writes, straight into the buffer of what
-    /// waits to be written (a body chunk is sealed there, not copied); durable once `sync`
-    /// returns. An error from `fill` appends nothing. `fill` runs under the segments' lock: it
-    /// must not call them.
+    /// Appends a sealed record of `len` bytes that `fill` writes, straight into the buffer of
+    /// what waits to be written (a body chunk is sealed there, not copied); durable once
+    /// `sync` returns. An error from `fill` appends nothing. `fill` runs under the segments'
+    /// lock: it must not call them.
     pub fn append_with<E: From<Error>>(
         &self,
         len: usize,

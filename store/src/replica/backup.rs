@@ -250,6 +250,7 @@ impl<W: Write> Content<W> {
 struct Dump<'a, W: Write> {
     replica: &'a Replica,
     txn: &'a crate::kv::ReadTransaction,
+    generation: super::Generation,
     out: &'a mut Content<W>,
     names: Vec<String>,
     rows: u64,
@@ -288,10 +289,19 @@ impl<W: Write> Tables for Dump<'_, W> {
             written += 1;
         }
         if let Some(places) = &places {
+            // Each chunk opened: a record damaged between its ends never goes into a backup.
+            let docs = self.txn.open_table(DOCS)?;
             for row in places.iter()? {
                 let (k, at) = row?;
+                let chunk = self.replica.opened_chunk_at(
+                    self.txn,
+                    self.generation,
+                    &docs,
+                    k.value(),
+                    at.value(),
+                )?;
                 self.out.blob(k.value())?;
-                self.out.blob(&self.replica.chunk_at(at.value())?)?;
+                self.out.blob(&chunk)?;
                 written += 1;
             }
         }
@@ -352,10 +362,11 @@ impl Replica {
         // The journal's entries first, then one snapshot of everything.
         self.flush_traces()?;
         let taken_at = self.now();
-        let txn = self.begin_read()?;
+        let (txn, generation) = self.snapshot()?;
         let mut dump = Dump {
             replica: self,
             txn: &txn,
+            generation,
             out: &mut content,
             names: Vec::new(),
             rows: 0,

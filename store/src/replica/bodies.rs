@@ -206,6 +206,48 @@ impl Replica {
         })
     }
 
+    /// `chunk_at` for the row of `BODY_PLACES` keyed `key` (`body_key`), opened under its
+    /// document's dossier key: a segment checks a record's ends only, and its seal the rest
+    /// (`segments`), so a copy that would otherwise carry a record damaged between its ends
+    /// (a backup) opens it. A chunk whose document or dossier key is not held here is answered
+    /// unopened.
+    pub(super) fn opened_chunk_at(
+        &self,
+        txn: &ReadTransaction,
+        generation: super::Generation,
+        docs: &impl ReadableTable<&'static [u8; 16], &'static [u8]>,
+        key: &[u8],
+        place: &[u8],
+    ) -> Result<Vec<u8>> {
+        let sealed = self.chunk_at(place)?;
+        let malformed = || Error::integrity("table body_places: a malformed key");
+        let stored: [u8; 16] = key
+            .get(1..17)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(malformed)?;
+        let n = key
+            .get(17..)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(u32::from_be_bytes)
+            .ok_or_else(malformed)?;
+        let Some(row) = docs.get(&stored)? else {
+            return Ok(sealed);
+        };
+        let doc: super::tables::StoredDoc = postcard::from_bytes(row.value())?;
+        let Some(dossier_key) = self.key_for(txn, generation, &doc.dossier)? else {
+            return Ok(sealed);
+        };
+        let id = self.doc_id(&stored);
+        dossier_key
+            .open(&super::documents::body_aad(&id.0, n), &sealed)
+            .map_err(|_| {
+                Error::integrity(format!(
+                    "the body of document {id} is damaged (its chunk {n}, kept in a segment, does not open)"
+                ))
+            })?;
+        Ok(sealed)
+    }
+
     /// Syncs the records appended since the last sync (before a commit names them).
     pub(super) fn sync_segments(&self) -> Result<()> {
         match &self.segments {
@@ -251,7 +293,8 @@ impl Replica {
     /// this replica's reads report document by document, not a failure of the pass: a
     /// location that does not decode stops it (logged, nothing retired); a record that does
     /// not read back leaves the segments to compact as they are (logged), the unnamed ones
-    /// still retired.
+    /// still retired. (A record damaged between its ends reads back, `segments` checking its
+    /// ends only, and moves as it is: its seal still refuses it when it is opened.)
     pub fn compact_bodies(&self) -> Result<usize> {
         let Some(segments) = &self.segments else {
             return Ok(0);

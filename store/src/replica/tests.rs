@@ -2886,6 +2886,14 @@ fn a_body_damaged_between_its_records_ends_is_refused_by_its_seal() {
         .expect_err("damaged");
     assert!(matches!(err, Error::Integrity(_)), "{err}");
     assert_eq!(read_body(&site, &kept), pattern(5_000));
+    // A backup opens every chunk it copies: it refuses to carry the damage, and says whose.
+    let files = TempDir::new().expect("tmp");
+    let refused = site.backup_to(&files.path().join("site.backup"), &[]);
+    assert!(
+        matches!(&refused, Err(Error::Integrity(m)) if m.contains(&damaged.to_string())),
+        "{refused:?}"
+    );
+    assert!(!files.path().join("site.backup").exists());
 }
 
 #[test]
