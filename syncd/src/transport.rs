@@ -258,13 +258,31 @@ pub fn server_config(
     quic_server(Arc::new(verifier), host, ALPN)
 }
 
-/// A QUIC server configuration: TLS 1.3 only, `id`'s certificate, clients judged by
-/// `verifier`, the one protocol `alpn`.
+/// A QUIC server configuration: `server_tls`, no session resumed.
 fn quic_server(
     verifier: Arc<dyn ClientCertVerifier>,
     id: &Identity,
     alpn: &[u8],
 ) -> Result<quinn::ServerConfig> {
+    let mut tls = server_tls(verifier, id, alpn)?;
+    // No session resumption: a resumed handshake shows no certificate, so `verifier` would not
+    // run, and a client that kept its session (as any client may) would be admitted after its
+    // certificate was revoked, expired, or its site left the `[[peer]]` list. Every handshake
+    // is decided again, in full (docs/THREAT-MODEL.md). What it costs: the certificates and
+    // their signatures, about 1 KB of a new connection's 9.8 KB. No tickets are sent either
+    // (two, 166 bytes, that no client could use), and no session secret is kept.
+    tls.send_tls13_tickets = 0;
+    tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    quinn_server(tls)
+}
+
+/// The TLS of a server: TLS 1.3 only, `id`'s certificate, clients judged by `verifier`, the
+/// one protocol `alpn`.
+fn server_tls(
+    verifier: Arc<dyn ClientCertVerifier>,
+    id: &Identity,
+    alpn: &[u8],
+) -> Result<rustls::ServerConfig> {
     let (chain, key) = chain_and_key(id);
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -273,14 +291,11 @@ fn quic_server(
         .with_single_cert(chain, key)
         .map_err(tls_err)?;
     tls.alpn_protocols = vec![alpn.to_vec()];
-    // No session resumption: a resumed handshake shows no certificate, so `verifier` would not
-    // run, and a client that kept its session (as any client may) would be admitted after its
-    // certificate was revoked, expired, or its site left the `[[peer]]` list. Every handshake
-    // is decided again, in full (DOMAIN §5). What it costs: the certificates and their
-    // signatures, about 1 KB of a new connection's 9.8 KB. No tickets are sent either (two,
-    // 166 bytes, that no client could use), and no session secret is kept.
-    tls.send_tls13_tickets = 0;
-    tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    Ok(tls)
+}
+
+/// `tls` with the transport settings of a listening end.
+fn quinn_server(tls: rustls::ServerConfig) -> Result<quinn::ServerConfig> {
     let quic = QuicServerConfig::try_from(tls).map_err(tls_err)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     config.transport_config(transport(End::Listening)?);
@@ -703,6 +718,31 @@ mod tests {
         revoked.add(fingerprint(&site.cert_der));
         let again = within(exchange(client, addr)).await;
         assert!(again.is_err(), "a revoked site resumed its session");
+    }
+
+    /// A site decides the host's certificate at every handshake: it keeps no session to offer
+    /// a host that would resume one (a host here that resumes, and would admit through a
+    /// resumed session the site it has revoked since: the site's second handshake is a full
+    /// one, refused).
+    #[tokio::test]
+    async fn a_site_offers_no_tls_session_to_resume() {
+        let ca = new_ca(now()).expect("ca");
+        let host = issue_host(&ca, now(), None).expect("host cert");
+        let site = issue_site(&ca, 7, now()).expect("site cert");
+        let revoked = Arc::new(Revoked::default());
+        let verifier = Arc::new(SiteVerifier {
+            ca: site_certificates(&ca.cert_der).expect("ca"),
+            admits: Admits::NotRevoked(revoked.clone()),
+        });
+        // rustls's defaults: two tickets per handshake, 256 sessions kept.
+        let tls = server_tls(verifier, &host, ALPN).expect("tls");
+        let (_endpoint, addr) = echo_host(quinn_server(tls).expect("server"));
+        let client = client_config(&ca.cert_der, &site, None, &[]).expect("client");
+        let ok = within(exchange(client.clone(), addr)).await;
+        assert_eq!(ok.as_deref(), Ok(&b"hello"[..]));
+        revoked.add(fingerprint(&site.cert_der));
+        let again = within(exchange(client, addr)).await;
+        assert!(again.is_err(), "the site resumed a session");
     }
 
     /// The same at a peer listener: a site taken off its `[[peer]]` list offers the session of
