@@ -331,7 +331,8 @@ fn quic_client(
     alpn: &[u8],
 ) -> Result<quinn::ClientConfig> {
     let mut tls = client_tls(verifier, id, alpn)?;
-    // The servers resume no session (`quic_server`): nothing to keep.
+    // A resumed handshake would skip `verifier` (the host's pins and revoked keys, a peer's
+    // list): no session is kept to offer (the servers resume none either: `quic_server`).
     tls.resumption = rustls::client::Resumption::disabled();
     let quic = QuicClientConfig::try_from(tls).map_err(tls_err)?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
@@ -677,7 +678,8 @@ mod tests {
         // padded to 1,200 bytes) is about 4.2 KB; with the search, 9.8 KB (15.5 KB with quinn's
         // default steps).
         let bytes = stats.udp_tx.bytes + stats.udp_rx.bytes;
-        assert!(bytes < 12_000, "{bytes} bytes on the wire: {stats:?}");
+        // (A handshake datagram sent again on a busy machine adds 1.2 KB.)
+        assert!(bytes < 13_000, "{bytes} bytes on the wire: {stats:?}");
     }
 
     /// A client as a rogue site may run it: its TLS sessions kept, to resume them.
