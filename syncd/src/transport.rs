@@ -709,11 +709,22 @@ mod tests {
             revoked: vec![],
         });
         let client = resuming(verifier, &site, ALPN);
+        let again = exchange_then_again_once_revoked(client, addr, &revoked, &site).await;
+        assert!(again.is_err(), "a revoked site resumed its session");
+    }
+
+    /// One exchange of `client` with the host at `addr`, admitted; then `site` revoked there,
+    /// the outcome of another exchange with the same configuration.
+    async fn exchange_then_again_once_revoked(
+        client: quinn::ClientConfig,
+        addr: SocketAddr,
+        revoked: &Revoked,
+        site: &Identity,
+    ) -> std::result::Result<Vec<u8>, String> {
         let ok = within(exchange(client.clone(), addr)).await;
         assert_eq!(ok.as_deref(), Ok(&b"hello"[..]));
         revoked.add(fingerprint(&site.cert_der));
-        let again = within(exchange(client, addr)).await;
-        assert!(again.is_err(), "a revoked site resumed its session");
+        within(exchange(client, addr)).await
     }
 
     /// A site decides the host's certificate at every handshake: it keeps no session to offer
@@ -734,10 +745,7 @@ mod tests {
         let tls = server_tls(verifier, &host, ALPN).expect("tls");
         let (_endpoint, addr) = echo_host(quinn_server(tls).expect("server"));
         let client = client_config(&ca.cert_der, &site, None, &[]).expect("client");
-        let ok = within(exchange(client.clone(), addr)).await;
-        assert_eq!(ok.as_deref(), Ok(&b"hello"[..]));
-        revoked.add(fingerprint(&site.cert_der));
-        let again = within(exchange(client, addr)).await;
+        let again = exchange_then_again_once_revoked(client, addr, &revoked, &site).await;
         assert!(again.is_err(), "the site resumed a session");
     }
 
