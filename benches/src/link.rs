@@ -28,7 +28,7 @@ use carnet_store::model::{AccessMode, Actor};
 use carnet_store::replica::{Replica, Role, Storage, system_clock};
 
 use crate::fault_proxy::{FaultProxy, Faults};
-use crate::sync::{Daemon, free_port, raw_quic_via, write_host_settings};
+use crate::sync::{Daemon, Sender, free_port, raw_quic_via, write_host_settings};
 use crate::{DOC_BYTES, Res, decides, doctor, doctor_professional, open_dossier, random_bytes};
 
 /// A rural link: its rate, one-way delay and loss.
@@ -316,10 +316,15 @@ fn one_more_document(
     Ok([timed(open, 1_000_001)?, timed(&mut fresh, 1_000_002)?])
 }
 
-/// A raw QUIC stream carrying the workload's bytes over the same link: the floor.
+/// A raw QUIC stream carrying the workload's bytes over the same link, the same way (the
+/// client sends a push's, the server a pull's, once asked): the floor.
 fn floor(link: Link, workload: Workload) -> Res<Measured> {
     let overflowed = std::rc::Rc::new(std::cell::Cell::new(0));
-    let raw = raw_quic_via(workload.payload(), |server| {
+    let sender = match workload {
+        Workload::Push | Workload::Day => Sender::Client,
+        Workload::Pull => Sender::Server,
+    };
+    let raw = raw_quic_via(workload.payload(), sender, |server| {
         Ok(Counted(
             FaultProxy::start(server, link.faults(7)),
             overflowed.clone(),

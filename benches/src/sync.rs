@@ -255,13 +255,23 @@ pub(crate) struct RawQuic {
 
 /// A raw QUIC stream (same TLS configuration, same loopback) carrying `bytes`.
 pub(crate) fn raw_quic(bytes: usize) -> Res<RawQuic> {
-    raw_quic_via(bytes, Ok)
+    raw_quic_via(bytes, Sender::Client, Ok)
 }
 
-/// `raw_quic` through what `route` puts in front of the receiver's address (an emulated link:
-/// it answers where the client dials, and is kept until the stream is over).
+/// Which end of the raw stream sends the bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sender {
+    /// The client, as soon as its connection is open; the server answers one byte at the end.
+    Client,
+    /// The server, once the client's one-byte request has reached it: a site's pull.
+    Server,
+}
+
+/// `raw_quic` from `sender`, through what `route` puts in front of the server's address (an
+/// emulated link: it answers where the client dials, and is kept until the stream is over).
 pub(crate) fn raw_quic_via<R: RouteTo>(
     bytes: usize,
+    sender: Sender,
     route: impl FnOnce(SocketAddr) -> Res<R>,
 ) -> Res<RawQuic> {
     use carnet_syncd::{pki, transport};
@@ -282,35 +292,51 @@ pub(crate) fn raw_quic_via<R: RouteTo>(
     runtime.block_on(async move {
         let endpoint = quinn::Endpoint::server(server, "127.0.0.1:0".parse()?)?;
         let addr = endpoint.local_addr()?;
-        let receiver = tokio::spawn(async move {
+        let payload = Arc::new(random_bytes(bytes, 9));
+        let served = payload.clone();
+        let server = tokio::spawn(async move {
             let conn = endpoint.accept().await.ok_or("no connection")?.await?;
             let (mut send, mut recv) = conn.accept_bi().await?;
-            let mut got = 0usize;
-            while let Some(chunk) = recv.read_chunk(1 << 20, true).await? {
-                got += chunk.bytes.len();
-            }
-            send.write_all(&[1]).await?;
+            let got = match sender {
+                Sender::Client => {
+                    let got = received(&mut recv).await?;
+                    send.write_all(&[1]).await?;
+                    got
+                }
+                Sender::Server => {
+                    recv.read_to_end(16).await?;
+                    sent(&mut send, &served).await?;
+                    0
+                }
+            };
             send.finish()?;
             let _ = conn.closed().await;
-            Ok::<usize, Box<dyn std::error::Error + Send + Sync>>(got)
+            SendRes::Ok(got)
         });
         let mut client_endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
         client_endpoint.set_default_client_config(client);
-        let payload = random_bytes(bytes, 9);
         let relay = route(addr)?;
         let start = Instant::now();
         let conn = client_endpoint
             .connect(relay.address(), pki::HOST_NAME)?
             .await?;
         let (mut send, mut recv) = conn.open_bi().await?;
-        for piece in payload.chunks(512 * 1024) {
-            send.write_all(piece).await?;
-        }
-        send.finish()?;
-        recv.read_to_end(16).await?;
+        let got_here = match sender {
+            Sender::Client => {
+                sent(&mut send, &payload).await.map_err(|e| e.to_string())?;
+                send.finish()?;
+                recv.read_to_end(16).await?;
+                0
+            }
+            Sender::Server => {
+                send.write_all(&[1]).await?;
+                send.finish()?;
+                received(&mut recv).await.map_err(|e| e.to_string())?
+            }
+        };
         let seconds = start.elapsed().as_secs_f64();
         conn.close(0u32.into(), b"done");
-        let got = receiver.await?.map_err(|e| e.to_string())?;
+        let got = got_here + server.await?.map_err(|e| e.to_string())?;
         if got != bytes {
             return Err(format!("the raw stream carried {got} of {bytes} bytes").into());
         }
@@ -323,6 +349,26 @@ pub(crate) fn raw_quic_via<R: RouteTo>(
             drain: closed.elapsed().as_secs_f64(),
         })
     })
+}
+
+/// A result whose error can cross tasks.
+type SendRes<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Writes `payload` on `send`, in pieces of 512 KiB.
+async fn sent(send: &mut quinn::SendStream, payload: &[u8]) -> SendRes<()> {
+    for piece in payload.chunks(512 * 1024) {
+        send.write_all(piece).await?;
+    }
+    Ok(())
+}
+
+/// Reads `recv` to its end: how many bytes it carried.
+async fn received(recv: &mut quinn::RecvStream) -> SendRes<usize> {
+    let mut got = 0usize;
+    while let Some(chunk) = recv.read_chunk(1 << 20, true).await? {
+        got += chunk.bytes.len();
+    }
+    Ok(got)
 }
 
 /// Where a client dials to reach a server: its own address, or a relay's in front of it.
