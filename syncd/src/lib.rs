@@ -1,7 +1,8 @@
 //! `carnet-syncd`: reconciles replicas with the national host (DESIGN §3).
 //!
 //! The daemon's settings (`config`), the wire framing (`frame`), the national PKI (`pki`), the
-//! QUIC endpoints with mutual TLS (`transport`), enrolment (`enrol`), the host key's hand-over
+//! QUIC endpoints with mutual TLS (`transport`) and their congestion window (`congestion`),
+//! enrolment (`enrol`), the host key's hand-over
 //! and revocation (`hostkey`), the inbox (`inbox`), the
 //! sans-IO session core (`session`) and its QUIC driver (`net`), a site's round timers
 //! (`schedule`), the host's view of its sites
@@ -11,6 +12,7 @@
 
 pub mod api;
 pub mod config;
+mod congestion;
 pub mod discovery;
 pub mod enrol;
 pub mod error;

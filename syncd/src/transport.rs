@@ -60,7 +60,10 @@ fn transport(end: End) -> Result<Arc<quinn::TransportConfig>> {
         // BBR paces by measured bandwidth and delay: random loss on a rural radio link does
         // not collapse the window as it does with loss-based control (NewReno, Cubic: 51 s
         // where BBR takes 12 s for 500 documents at 2 Mbit/s and 2 % loss, benches/LOG.md).
-        .congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()))
+        // Its window is bounded by the path's delivery rate as measured (`congestion`): with
+        // quinn's own estimate a push went out at twice the line rate, the bottleneck queue
+        // full all along.
+        .congestion_controller_factory(Arc::new(crate::congestion::BoundedBbr::default()))
         // The ACK frequency extension (each end tells the other how often to acknowledge): on
         // the link bench it cut the bytes on the wire for 500 documents at 2 % loss from 4.4
         // to 2.5 MiB (fewer datagrams overflowing the bottleneck queue) and gained 2 to 3
