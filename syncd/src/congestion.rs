@@ -13,15 +13,17 @@
 //! [`Bounded`] keeps BBR for everything (start-up, recovery, probing) and bounds its window
 //! by the path as measured: the delivery rate of each acknowledged packet over the interval
 //! it took (the larger of its sending and acknowledging intervals, as BBR's specification
-//! samples it, so acknowledgements bunched together cannot inflate it), the largest of the
-//! last ten round trips, times the smallest round trip seen, twice, plus the largest burst of
-//! acknowledgements beyond that rate in the same ten round trips (a receiver that
-//! acknowledges every few packets, or late, must not stall the sender).
+//! samples it, so acknowledgements bunched together cannot inflate it), the largest of the last ten round trips (counted by delivery, so a pause or an
+//! outage counts as none), times the smallest round trip of the last 10 s (a path that
+//! changed has its own), twice; plus the largest burst of acknowledgements beyond that rate
+//! in the same ten round trips (a receiver that acknowledges every few packets, or late, must
+//! not stall the sender).
 //!
 //! Invariants: the window is never larger than BBR's own (the bound can only make the
-//! connection gentler on the path); until a rate is measured with the sender not limited by
-//! what it had to send it is BBR's (a handshake's few packets say nothing of the path); it never
-//! falls below four datagrams; the state kept is bounded (`SENT_RECORDS_MAX` sends).
+//! connection gentler on the path) and never smaller than four datagrams; it is BBR's until a
+//! rate is measured while the connection had more to send than it sent (a handshake's few
+//! packets say nothing of the path); the state kept is bounded (`SENT_RECORDS_MAX` sends, one
+//! value per round trip of the window).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -34,7 +36,7 @@ use quinn::congestion::{Controller, ControllerFactory};
 const SENT_RECORDS_MAX: usize = 16_384;
 
 /// Round trips over which the largest rate and acknowledgement burst are kept (BBR's).
-const WINDOW_ROUND_TRIPS: u32 = 10;
+const WINDOW_ROUND_TRIPS: u64 = 10;
 
 /// Builds [`Bounded`] controllers around quinn's BBR.
 #[derive(Debug, Default)]
@@ -73,8 +75,7 @@ impl Controller for Bounded {
         app_limited: bool,
         rtt: &quinn_proto::RttEstimator,
     ) {
-        self.path
-            .on_ack(now, sent, bytes, app_limited, rtt.min(), rtt.get());
+        self.path.on_ack(now, sent, bytes, app_limited);
         self.inner.on_ack(now, sent, bytes, app_limited, rtt);
     }
 
@@ -85,7 +86,7 @@ impl Controller for Bounded {
         app_limited: bool,
         largest_packet_num_acked: Option<u64>,
     ) {
-        self.path.on_end_acks(now, in_flight);
+        self.path.on_end_acks(now);
         self.inner
             .on_end_acks(now, in_flight, app_limited, largest_packet_num_acked);
     }
@@ -150,21 +151,21 @@ struct PathModel {
     delivered: u64,
     delivered_at: Instant,
     first_sent_at: Instant,
-    /// Nothing in flight since the last acknowledgements: the next send starts the clocks
-    /// again (an idle connection's pause is not a slow path).
-    idle: bool,
-    /// Bytes per second.
+    /// Round trips counted by delivery (BBR's): one ends when a packet sent after it began is
+    /// acknowledged, so a pause or an outage counts as none.
+    round: u64,
+    next_round_delivered: u64,
+    /// Bytes per second, the largest of the last `WINDOW_ROUND_TRIPS`.
     rate: WindowedMax,
-    /// A rate was sampled while the sender had more to send than it could: the path's own
-    /// (a handshake's, or a trickle's, says only how little was sent).
+    /// A rate was sampled while the connection had more to send than it could: the path's
+    /// own (a handshake's, or a trickle's, says only how little was sent).
     measured: bool,
     /// Bytes acknowledged beyond what `rate` explains, in one burst.
     extra_acked: WindowedMax,
     epoch_start: Option<Instant>,
     epoch_acked: u64,
     acked_since_end: u64,
-    min_rtt: Duration,
-    srtt: Duration,
+    min_rtt: MinRtt,
 }
 
 impl PathModel {
@@ -174,23 +175,19 @@ impl PathModel {
             delivered: 0,
             delivered_at: now,
             first_sent_at: now,
-            idle: true,
+            round: 0,
+            next_round_delivered: 0,
             rate: WindowedMax::default(),
             measured: false,
             extra_acked: WindowedMax::default(),
             epoch_start: None,
             epoch_acked: 0,
             acked_since_end: 0,
-            min_rtt: Duration::ZERO,
-            srtt: Duration::ZERO,
+            min_rtt: MinRtt::default(),
         }
     }
 
     fn on_sent(&mut self, now: Instant) {
-        if self.idle {
-            (self.delivered_at, self.first_sent_at) = (now, now);
-            self.idle = false;
-        }
         if self.sent.back().is_some_and(|s| s.at == now) {
             return;
         }
@@ -205,70 +202,93 @@ impl PathModel {
         });
     }
 
-    fn on_ack(
-        &mut self,
-        now: Instant,
-        sent: Instant,
-        bytes: u64,
-        app_limited: bool,
-        min_rtt: Duration,
-        srtt: Duration,
-    ) {
-        (self.min_rtt, self.srtt) = (min_rtt, srtt);
-        self.delivered += bytes;
+    fn on_ack(&mut self, now: Instant, sent: Instant, bytes: u64, app_limited: bool) {
+        self.delivered = self.delivered.saturating_add(bytes);
         self.delivered_at = now;
-        self.acked_since_end += bytes;
+        self.acked_since_end = self.acked_since_end.saturating_add(bytes);
+        self.min_rtt
+            .update(now, now.saturating_duration_since(sent));
         let at = self.sent.partition_point(|s| s.at < sent);
         let Some(record) = self.sent.get(at).filter(|s| s.at == sent).copied() else {
             return;
         };
         // Sends before this one are acknowledged or lost by now.
         self.sent.drain(..at);
+        if record.delivered >= self.next_round_delivered {
+            self.next_round_delivered = self.delivered;
+            self.round += 1;
+        }
         self.first_sent_at = record.at;
-        let interval = (record.at - record.first_sent_at).max(now - record.delivered_at);
+        let interval = record
+            .at
+            .saturating_duration_since(record.first_sent_at)
+            .max(now.saturating_duration_since(record.delivered_at));
         let Some(rate) = rate(self.delivered - record.delivered, interval) else {
             return;
         };
         if !app_limited || rate > self.rate.get() {
-            self.rate.update(now, rate, self.window());
+            self.rate.update(self.round, rate);
         }
         self.measured |= !app_limited;
     }
 
-    fn on_end_acks(&mut self, now: Instant, in_flight: u64) {
-        self.idle = in_flight == 0;
+    fn on_end_acks(&mut self, now: Instant) {
         let acked = std::mem::take(&mut self.acked_since_end);
         if acked == 0 {
             return;
         }
         // BBR's `extra_acked`: acknowledgements beyond the rate since the epoch began.
-        let expected = self
-            .epoch_start
-            .map_or(0, |start| bytes_at(self.rate.get(), now - start));
-        if self.epoch_start.is_none() || self.epoch_acked <= expected {
+        let expected = |start: Option<Instant>| {
+            start.map_or(0, |s| {
+                bytes_at(self.rate.get(), now.saturating_duration_since(s))
+            })
+        };
+        if self.epoch_start.is_none() || self.epoch_acked <= expected(self.epoch_start) {
             (self.epoch_start, self.epoch_acked) = (Some(now), 0);
         }
-        self.epoch_acked += acked;
-        let expected = self
-            .epoch_start
-            .map_or(0, |start| bytes_at(self.rate.get(), now - start));
-        let extra = self.epoch_acked.saturating_sub(expected);
-        self.extra_acked.update(now, extra, self.window());
-    }
-
-    /// How long the largest values are kept.
-    fn window(&self) -> Duration {
-        self.srtt.max(self.min_rtt) * WINDOW_ROUND_TRIPS
+        self.epoch_acked = self.epoch_acked.saturating_add(acked);
+        let extra = self.epoch_acked.saturating_sub(expected(self.epoch_start));
+        self.extra_acked.update(self.round, extra);
     }
 
     /// The bound on the window: twice the bandwidth-delay product, plus the largest burst of
     /// acknowledgements; `None` before the path's rate and round trip are measured.
     fn bound(&self) -> Option<u64> {
-        let rate = self.rate.get();
-        if !self.measured || rate == 0 || self.min_rtt.is_zero() {
+        let (rate, min_rtt) = (self.rate.get(), self.min_rtt.get()?);
+        if !self.measured || rate == 0 || min_rtt.is_zero() {
             return None;
         }
-        Some(2 * bytes_at(rate, self.min_rtt) + self.extra_acked.get())
+        Some(
+            bytes_at(rate, min_rtt)
+                .saturating_mul(2)
+                .saturating_add(self.extra_acked.get()),
+        )
+    }
+}
+
+/// How long a smallest round trip stands unless a round trip as small is seen again (BBR's):
+/// a path that changed (a NAT rebinding, a mobile unit moving from 4G to Wi-Fi) has its own.
+const MIN_RTT_KEPT: Duration = Duration::from_secs(10);
+
+/// The smallest round trip of the last `MIN_RTT_KEPT`, as BBR keeps it: a window computed
+/// from a shorter round trip than the path has would shrink at every round trip.
+#[derive(Debug, Clone, Copy, Default)]
+struct MinRtt {
+    seen: Option<(Duration, Instant)>,
+}
+
+impl MinRtt {
+    fn update(&mut self, now: Instant, rtt: Duration) {
+        let stale = |&(min, at): &(Duration, Instant)| {
+            rtt <= min || now.saturating_duration_since(at) > MIN_RTT_KEPT
+        };
+        if self.seen.as_ref().is_none_or(stale) {
+            self.seen = Some((rtt, now));
+        }
+    }
+
+    fn get(&self) -> Option<Duration> {
+        self.seen.map(|(min, _)| min)
     }
 }
 
@@ -284,23 +304,24 @@ fn bytes_at(rate: u64, time: Duration) -> u64 {
     u64::try_from(u128::from(rate) * time.as_nanos() / 1_000_000_000).unwrap_or(u64::MAX)
 }
 
-/// The largest value seen over a sliding window of time.
+/// The largest value of the last `WINDOW_ROUND_TRIPS` round trips.
 #[derive(Debug, Clone, Default)]
 struct WindowedMax {
-    /// Decreasing values, each with when it was seen; the front is the largest.
-    seen: VecDeque<(Instant, u64)>,
+    /// Decreasing values, each with the round trip it was seen in; the front is the largest.
+    /// At most one per round trip of the window.
+    seen: VecDeque<(u64, u64)>,
 }
 
 impl WindowedMax {
-    fn update(&mut self, now: Instant, value: u64, window: Duration) {
+    fn update(&mut self, round: u64, value: u64) {
         while self.seen.back().is_some_and(|&(_, v)| v <= value) {
             self.seen.pop_back();
         }
-        self.seen.push_back((now, value));
+        self.seen.push_back((round, value));
         while self
             .seen
             .front()
-            .is_some_and(|&(at, _)| now.saturating_duration_since(at) > window)
+            .is_some_and(|&(at, _)| round.saturating_sub(at) >= WINDOW_ROUND_TRIPS)
         {
             self.seen.pop_front();
         }
@@ -317,55 +338,97 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
-    /// A path of `rate` bytes per second and `rtt`, driven packet by packet: `count` packets
-    /// of 1,000 bytes, each sent as soon as the last one left the bottleneck, and acknowledged
-    /// one round trip after, acknowledgements `every` packets.
-    fn drive(
-        model: &mut PathModel,
-        start: Instant,
-        (rate, rtt): (u64, Duration),
+    /// A path of `rate` bytes per second behind a bottleneck and `rtt` of propagation, driven
+    /// packet by packet: `count` packets of 1,000 bytes sent in bursts of `burst` (each burst
+    /// when the last has left the bottleneck), each acknowledged as it leaves plus `rtt`;
+    /// the acknowledgements of `every` packets go together, and reach the sender only at a
+    /// multiple of `held` (a radio scheduler releasing them together; zero: as they come).
+    struct Path {
+        rate: u64,
+        rtt: Duration,
+        burst: u32,
         every: usize,
-        count: u32,
-    ) {
-        let spacing = Duration::from_nanos(1_000 * 1_000_000_000 / rate);
-        let packets: Vec<Instant> = (0..count).map(|i| start + spacing * i).collect();
-        let mut pending = Vec::new();
-        let mut events: Vec<(Instant, Option<Instant>)> = packets
-            .iter()
-            .map(|&at| (at, None))
-            .chain(packets.iter().map(|&at| (at + rtt, Some(at))))
-            .collect();
-        events.sort_by_key(|&(at, ack)| (at, ack.is_some()));
-        for (at, ack) in events {
-            match ack {
-                None => model.on_sent(at),
-                Some(sent) => {
-                    pending.push(sent);
-                    if pending.len() == every {
-                        for s in pending.drain(..) {
-                            model.on_ack(at, s, 1_000, false, rtt, rtt);
-                        }
-                        model.on_end_acks(at, 1);
+        held: Duration,
+    }
+
+    impl Path {
+        fn slow(rtt_ms: u64) -> Self {
+            Path {
+                rate: 250_000,
+                rtt: Duration::from_millis(rtt_ms),
+                burst: 1,
+                every: 1,
+                held: Duration::ZERO,
+            }
+        }
+
+        fn drive(&self, model: &mut PathModel, start: Instant, count: u32) {
+            let spacing = Duration::from_nanos(1_000 * 1_000_000_000 / self.rate);
+            let mut events: Vec<(Instant, Option<Instant>)> = Vec::new();
+            let mut group = Vec::new();
+            for i in 0..count {
+                let sent = start + spacing * (i - i % self.burst);
+                let left = start + spacing * (i + 1);
+                events.push((sent, None));
+                group.push(sent);
+                if group.len() == self.every || i + 1 == count {
+                    let mut acked = left + self.rtt;
+                    if !self.held.is_zero() {
+                        let since = acked.duration_since(start).as_nanos();
+                        let held = self.held.as_nanos();
+                        let released = since.div_ceil(held) * held;
+                        acked =
+                            start + Duration::from_nanos(u64::try_from(released).expect("nanos"));
+                    }
+                    events.extend(group.drain(..).map(|s| (acked, Some(s))));
+                }
+            }
+            events.sort_by_key(|&(at, ack)| (at, ack.is_some(), ack));
+            let mut last_ack = None;
+            for (at, ack) in events {
+                if last_ack.is_some_and(|l| l != at) {
+                    model.on_end_acks(last_ack.expect("ack"));
+                    last_ack = None;
+                }
+                match ack {
+                    None => model.on_sent(at),
+                    Some(sent) => {
+                        model.on_ack(at, sent, 1_000, false);
+                        last_ack = Some(at);
                     }
                 }
+            }
+            if let Some(at) = last_ack {
+                model.on_end_acks(at);
             }
         }
     }
 
+    fn within(value: u64, expected: u64, percent: u64) -> bool {
+        value.abs_diff(expected) * 100 <= expected * percent
+    }
+
     #[test]
-    fn the_rate_is_the_paths_not_that_of_acknowledgements_bunched_together() {
+    fn the_rate_is_the_paths_with_bursts_sent_and_acknowledgements_released_together() {
         let start = Instant::now();
         let mut model = PathModel::new(start);
-        // 250 kB/s (2 Mbit/s), 300 ms, an acknowledgement every 4 packets.
-        drive(&mut model, start, (250_000, 300 * MS), 4, 2_000);
+        // 250 kB/s (2 Mbit/s), 300 ms; bursts of 10 packets; an acknowledgement every 2,
+        // released every 40 ms: two acknowledgements apart by nothing say 2 kB in no time.
+        Path {
+            burst: 10,
+            every: 2,
+            held: 40 * MS,
+            ..Path::slow(300)
+        }
+        .drive(&mut model, start, 3_000);
         let rate = model.rate.get();
         assert!(
-            (240_000..=265_000).contains(&rate),
+            within(rate, 250_000, 15),
             "measured {rate} B/s on a path of 250,000"
         );
-        // Twice the bandwidth-delay product (75 kB), and a burst of four packets.
+        // Twice the bandwidth-delay product (75 kB), and a burst of acknowledgements.
         let bound = model.bound().expect("a bound");
-        assert!((150_000..=160_000).contains(&bound), "{bound}");
+        assert!((150_000..=200_000).contains(&bound), "{bound}");
     }
 
     #[test]
@@ -373,25 +436,28 @@ mod tests {
         let start = Instant::now();
         let mut model = PathModel::new(start);
         // Acknowledged every 40 packets: 160 ms of sending acknowledged at once.
-        drive(&mut model, start, (250_000, 300 * MS), 40, 2_000);
+        Path {
+            every: 40,
+            ..Path::slow(300)
+        }
+        .drive(&mut model, start, 2_000);
         let bound = model.bound().expect("a bound");
         assert!(model.extra_acked.get() >= 30_000, "{model:?}");
         assert!(bound >= 180_000, "{bound}");
     }
 
     #[test]
-    fn an_idle_pause_is_not_a_slow_path() {
+    fn a_pause_is_not_a_slow_path() {
         let start = Instant::now();
         let mut model = PathModel::new(start);
-        drive(&mut model, start, (250_000, 300 * MS), 1, 2_000);
-        model.on_end_acks(start + Duration::from_secs(9), 0);
-        // A minute later, a flight of 20 packets (80 ms of sending): its last is acknowledged
-        // 380 ms after the flight began, having delivered 20 kB. Timed from the last
-        // acknowledgement before the pause, it would be 20 kB in a minute.
-        let later = start + Duration::from_secs(60);
-        drive(&mut model, later, (250_000, 300 * MS), 1, 20);
+        let path = Path::slow(300);
+        path.drive(&mut model, start, 2_000);
+        // A minute later, a flight of 20 packets: its samples, timed from the acknowledgements
+        // before the pause, say 20 kB in a minute. The pause is one round trip, not 200.
+        path.drive(&mut model, start + Duration::from_secs(60), 20);
         let rate = model.rate.get();
-        assert!((40_000..=60_000).contains(&rate), "{rate}");
+        assert!(within(rate, 250_000, 5), "{rate}");
+        assert!(model.sent.len() < 100, "{}", model.sent.len());
     }
 
     #[test]
@@ -401,26 +467,46 @@ mod tests {
         for i in 0..4u32 {
             let sent = start + 300 * MS * i;
             model.on_sent(sent);
-            model.on_ack(sent + 300 * MS, sent, 1_200, true, 300 * MS, 300 * MS);
-            model.on_end_acks(sent + 300 * MS, 0);
+            model.on_ack(sent + 300 * MS, sent, 1_200, true);
+            model.on_end_acks(sent + 300 * MS);
         }
         assert!(model.rate.get() > 0);
         assert_eq!(model.bound(), None);
     }
 
     #[test]
-    fn the_largest_rate_is_forgotten_after_ten_round_trips() {
+    fn a_path_whose_round_trip_grows_is_measured_again_within_ten_seconds() {
         let start = Instant::now();
-        let mut max = WindowedMax::default();
-        max.update(start, 500, 100 * MS);
-        max.update(start + 50 * MS, 200, 100 * MS);
-        assert_eq!(max.get(), 500);
-        max.update(start + 120 * MS, 100, 100 * MS);
-        assert_eq!(max.get(), 200);
+        let mut model = PathModel::new(start);
+        Path::slow(50).drive(&mut model, start, 2_000);
+        assert_eq!(model.min_rtt.get(), Some(54 * MS));
+        // The unit moves to a cell with a 300 ms round trip: after 10 s, the bound is that
+        // path's (a bound from 50 ms would shrink the window at every round trip).
+        let moved = start + Duration::from_secs(8);
+        Path::slow(300).drive(&mut model, moved, 3_000);
+        assert!(
+            model.min_rtt.get().is_some_and(|min| min >= 300 * MS),
+            "{:?}",
+            model.min_rtt
+        );
+        let bound = model.bound().expect("a bound");
+        assert!(bound >= 150_000, "{bound}");
     }
 
     #[test]
-    fn until_a_rate_is_measured_the_window_is_bbrs() {
+    fn the_largest_rate_is_kept_ten_round_trips() {
+        let mut max = WindowedMax::default();
+        max.update(1, 500);
+        max.update(2, 200);
+        max.update(WINDOW_ROUND_TRIPS, 100);
+        assert_eq!(max.get(), 500);
+        max.update(WINDOW_ROUND_TRIPS + 1, 100);
+        assert_eq!(max.get(), 200);
+        assert_eq!(max.seen.len(), 2);
+    }
+
+    #[test]
+    fn a_new_connection_starts_with_bbrs_window() {
         let factory = Arc::new(BoundedBbr::default());
         let start = Instant::now();
         let bounded = factory.clone().build(start, 1_452);
