@@ -13,11 +13,11 @@
 //! [`Bounded`] keeps BBR for everything (start-up, recovery, probing) and bounds its window
 //! by the path as measured: the delivery rate of each acknowledged packet over the interval
 //! it took (the larger of its sending and acknowledging intervals, as BBR's specification
-//! samples it, so acknowledgements bunched together cannot inflate it), the largest of the last ten round trips (counted by delivery, so a pause or an
-//! outage counts as none), times the smallest round trip of the last 10 s (a path that
-//! changed has its own), twice; plus the largest burst of acknowledgements beyond that rate
-//! in the same ten round trips (a receiver that acknowledges every few packets, or late, must
-//! not stall the sender).
+//! samples it, so acknowledgements bunched together cannot inflate it), the largest of the
+//! last ten round trips (counted by delivery, so a pause or an outage counts as none), times
+//! the smallest round trip of the last 10 s (a path that changed has its own), twice; plus the
+//! largest burst of acknowledgements beyond that rate in the same ten round trips (a receiver
+//! that acknowledges every few packets, or late, must not stall the sender).
 //!
 //! Invariants: the window is never larger than BBR's own (the bound can only make the
 //! connection gentler on the path) and never smaller than four datagrams; it is BBR's until a
@@ -317,7 +317,10 @@ impl WindowedMax {
         while self.seen.back().is_some_and(|&(_, v)| v <= value) {
             self.seen.pop_back();
         }
-        self.seen.push_back((round, value));
+        // Within a round trip only its largest value counts.
+        if self.seen.back().is_none_or(|&(at, _)| at != round) {
+            self.seen.push_back((round, value));
+        }
         while self
             .seen
             .front()
@@ -502,7 +505,12 @@ mod tests {
         assert_eq!(max.get(), 500);
         max.update(WINDOW_ROUND_TRIPS + 1, 100);
         assert_eq!(max.get(), 200);
-        assert_eq!(max.seen.len(), 2);
+        // Smaller and smaller values in one round trip: one kept for it.
+        for v in (1..100).rev() {
+            max.update(WINDOW_ROUND_TRIPS + 2, v);
+        }
+        assert_eq!(max.get(), 100);
+        assert_eq!(max.seen.len(), 2, "{max:?}");
     }
 
     #[test]
