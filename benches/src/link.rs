@@ -118,6 +118,27 @@ struct Measured {
     /// After a push: one more document, synced on the connection the push left open, then
     /// another on a connection just opened (`one_more_document`).
     one_more: Option<[Round; 2]>,
+    /// After a push: the same push again from a daemon restarted, and its floor
+    /// (`push_restarted`).
+    restarted: Option<[Timed; 2]>,
+}
+
+impl Measured {
+    fn timed(&self) -> Timed {
+        Timed {
+            seconds: self.seconds,
+            wire: self.wire,
+            overflowed: self.overflowed,
+        }
+    }
+}
+
+/// Seconds, bytes on the wire and queue drops of a transfer.
+#[derive(Debug, Clone, Copy)]
+struct Timed {
+    seconds: f64,
+    wire: u64,
+    overflowed: u64,
 }
 
 /// A round's time and round trips.
@@ -158,23 +179,12 @@ fn setup(dir: &Path, link: Link, workload: Workload) -> Res<Setup> {
         all.push(ins);
     }
     let actor = Actor::Professional(doctor()?);
-    let documents = |bodies: Vec<usize>, ins: &[Ins]| -> Res<Vec<_>> {
-        bodies
-            .into_iter()
-            .enumerate()
-            .map(|(i, size)| {
-                let mut doc = crate::new_doc(i)?;
-                doc.body = random_bytes(size, i as u64 + 7);
-                Ok((ins[i % ins.len()].clone(), doc))
-            })
-            .collect()
-    };
     if workload == Workload::Pull {
         host.put_documents(
             &actor,
             AccessMode::Normal,
             None,
-            documents(workload.bodies(), &all)?,
+            documents(workload.bodies(), &all, 0)?,
         )?;
     }
     let bundle = carnet_syncd::enrol::enrol(&host, "Bench", "750000001", &listen.to_string())?;
@@ -203,7 +213,7 @@ fn setup(dir: &Path, link: Link, workload: Workload) -> Res<Setup> {
             &actor,
             AccessMode::Normal,
             None,
-            documents(workload.bodies(), &all)?,
+            documents(workload.bodies(), &all, 0)?,
         )?;
     }
     Ok(Setup {
@@ -211,6 +221,23 @@ fn setup(dir: &Path, link: Link, workload: Workload) -> Res<Setup> {
         proxy: FaultProxy::start(listen, link.faults(7)),
         _host: host,
     })
+}
+
+/// Documents of `bodies` bytes in the dossiers `ins` (in turn), numbered from `first`.
+fn documents(
+    bodies: Vec<usize>,
+    ins: &[Ins],
+    first: usize,
+) -> Res<Vec<(Ins, carnet_store::replica::NewDocument)>> {
+    bodies
+        .into_iter()
+        .enumerate()
+        .map(|(i, size)| {
+            let mut doc = crate::new_doc(first + i)?;
+            doc.body = random_bytes(size, (first + i) as u64 + 7);
+            Ok((ins[i % ins.len()].clone(), doc))
+        })
+        .collect()
 }
 
 /// The site's link to the host at `address`, as its daemon opens it.
@@ -261,22 +288,78 @@ fn carnet(dir: &Path, link: Link, workload: Workload) -> Res<Measured> {
         }
     }
     let seconds = start.elapsed().as_secs_f64();
-    let one_more = if workload == Workload::Push {
-        Some(one_more_document(
-            &runtime,
-            &s.site,
-            &mut sync,
-            s.proxy.address,
-        )?)
+    let overflowed = s.proxy.overflowed();
+    let (one_more, restarted) = if workload == Workload::Push {
+        let one_more = one_more_document(&runtime, &s.site, &mut sync, s.proxy.address)?;
+        runtime.block_on(sync.close());
+        (
+            Some(one_more),
+            Some(push_restarted(&runtime, &s, link, workload)?),
+        )
     } else {
-        None
+        (None, None)
     };
     Ok(Measured {
         seconds,
         wire,
-        overflowed: s.proxy.overflowed(),
+        overflowed,
         one_more,
+        restarted,
     })
+}
+
+/// The push again, of as many new documents, from a daemon restarted (a new link, reading
+/// the path to the host its last connection measured from the replica), and the floor from
+/// a client that resumes at that same path.
+fn push_restarted(
+    runtime: &tokio::runtime::Runtime,
+    s: &Setup,
+    link: Link,
+    workload: Workload,
+) -> Res<[Timed; 2]> {
+    let ins = s
+        .site
+        .dossiers()?
+        .first()
+        .map(|d| d.head.ins.clone())
+        .ok_or("the site holds no dossier")?;
+    s.site.put_documents(
+        &Actor::Professional(doctor()?),
+        AccessMode::Normal,
+        None,
+        documents(workload.bodies(), &[ins], 2_000_000)?,
+    )?;
+    let remembered = carnet_store::replica::SiteReplica::new(s.site.clone())?
+        .sync()
+        .link_path()?
+        .ok_or("the push's connection recorded no path")?;
+    let drops_before = s.proxy.overflowed();
+    let mut sync = sync_link(&s.site, s.proxy.address)?;
+    let start = Instant::now();
+    let mut wire = 0;
+    while s.site.outbox_len()? != 0 {
+        let report = runtime.block_on(sync.round())?;
+        wire += report.wire_sent + report.wire_received;
+        if start.elapsed() > Duration::from_secs(3600) {
+            return Err(format!(
+                "the push again over {} did not end in an hour",
+                link.label()
+            )
+            .into());
+        }
+    }
+    let carnet = Timed {
+        seconds: start.elapsed().as_secs_f64(),
+        wire,
+        overflowed: s.proxy.overflowed() - drops_before,
+    };
+    runtime.block_on(sync.close());
+    let floor = floor_resuming(
+        link,
+        workload,
+        carnet_syncd::congestion::Remembered::from_record(&remembered, crate::unix_millis()?),
+    )?;
+    Ok([carnet, floor.timed()])
 }
 
 /// A prescription written at the site once the push is done, synced on the connection the
@@ -319,12 +402,21 @@ fn one_more_document(
 /// A raw QUIC stream carrying the workload's bytes over the same link, the same way (the
 /// client sends a push's, the server a pull's, once asked): the floor.
 fn floor(link: Link, workload: Workload) -> Res<Measured> {
+    floor_resuming(link, workload, None)
+}
+
+/// `floor`, its client starting at `remembered` (`carnet_syncd::congestion`).
+fn floor_resuming(
+    link: Link,
+    workload: Workload,
+    remembered: Option<carnet_syncd::congestion::Remembered>,
+) -> Res<Measured> {
     let overflowed = std::rc::Rc::new(std::cell::Cell::new(0));
     let sender = match workload {
         Workload::Push | Workload::Day => Sender::Client,
         Workload::Pull => Sender::Server,
     };
-    let raw = raw_quic_via(workload.payload(), sender, |server| {
+    let raw = raw_quic_via(workload.payload(), sender, remembered, |server| {
         Ok(Counted(
             FaultProxy::start(server, link.faults(7)),
             overflowed.clone(),
@@ -335,6 +427,7 @@ fn floor(link: Link, workload: Workload) -> Res<Measured> {
         wire: raw.wire,
         overflowed: overflowed.get(),
         one_more: None,
+        restarted: None,
     })
 }
 
@@ -351,6 +444,25 @@ impl crate::sync::RouteTo for Counted {
     fn address(&self) -> SocketAddr {
         self.0.address
     }
+}
+
+/// A row's cells from Carnet's time to the budget: Carnet `c` and its floor `f`.
+fn cells(link: Link, workload: Workload, c: Timed, f: Timed) -> String {
+    let got = share(link, workload, c.seconds);
+    let budget = if link.loss_pct <= 2 { 0.85 } else { 0.65 };
+    format!(
+        "{:.1} s | {} | {} | {:.0} % | {:.1} s | {} | {} | {:.0} % | {} (≥ {:.0} %)",
+        c.seconds,
+        crate::sync::mib(c.wire),
+        c.overflowed,
+        got * 100.0,
+        f.seconds,
+        crate::sync::mib(f.wire),
+        f.overflowed,
+        share(link, workload, f.seconds) * 100.0,
+        crate::verdict(got >= budget),
+        budget * 100.0
+    )
 }
 
 /// The share of the line rate: the workload's bytes at the line rate, over `seconds`.
@@ -448,31 +560,24 @@ pub fn run() -> Res<()> {
     println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     let mut n = 0;
     let mut one_more = Vec::new();
+    let mut restarted = Vec::new();
     for link in &links {
         for &workload in &workloads {
             n += 1;
             let dir = tmp.path().join(format!("run{n}"));
             let c = carnet(&dir, *link, workload)?;
             let f = floor(*link, workload)?;
-            let got = share(*link, workload, c.seconds);
-            let budget = if link.loss_pct <= 2 { 0.85 } else { 0.65 };
             println!(
-                "| {} | {} | {:.1} s | {} | {} | {:.0} % | {:.1} s | {} | {} | {:.0} % | {} (≥ {:.0} %) |",
+                "| {} | {} | {} |",
                 link.label(),
                 workload.name(),
-                c.seconds,
-                crate::sync::mib(c.wire),
-                c.overflowed,
-                got * 100.0,
-                f.seconds,
-                crate::sync::mib(f.wire),
-                f.overflowed,
-                share(*link, workload, f.seconds) * 100.0,
-                crate::verdict(got >= budget),
-                budget * 100.0
+                cells(*link, workload, c.timed(), f.timed())
             );
             if let Some(rounds) = c.one_more {
                 one_more.push((link.label(), rounds));
+            }
+            if let Some(again) = c.restarted {
+                restarted.push((*link, again));
             }
             std::fs::remove_dir_all(&dir)?;
         }
@@ -487,6 +592,22 @@ pub fn run() -> Res<()> {
             println!(
                 "| {label} | {:.2} s | {} | {:.2} s | {} |",
                 open.seconds, open.round_trips, fresh.seconds, fresh.round_trips
+            );
+        }
+    }
+    if !restarted.is_empty() {
+        println!(
+            "\nThen the push again, of 500 new documents, from a daemon restarted within the hour: its connection starts at the path the last one measured (its round trip checked first); the floor's client likewise:\n"
+        );
+        println!(
+            "| link | Carnet | wire | queue drops | share of line rate | raw QUIC floor | its wire | its drops | floor's share | budget |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+        for (link, [c, f]) in restarted {
+            println!(
+                "| {} | {} |",
+                link.label(),
+                cells(link, Workload::Push, c, f)
             );
         }
     }

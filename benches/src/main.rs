@@ -475,6 +475,15 @@ fn cpu_seconds_of(pid: &str) -> f64 {
     ticks / 100.0
 }
 
+/// Milliseconds since the Unix epoch.
+fn unix_millis() -> Res<u64> {
+    Ok(u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis(),
+    )?)
+}
+
 fn verdict(ok: bool) -> &'static str {
     if ok { "ok" } else { "BELOW BUDGET" }
 }

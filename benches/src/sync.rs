@@ -255,7 +255,7 @@ pub(crate) struct RawQuic {
 
 /// A raw QUIC stream (same TLS configuration, same loopback) carrying `bytes`.
 pub(crate) fn raw_quic(bytes: usize) -> Res<RawQuic> {
-    raw_quic_via(bytes, Sender::Client, Ok)
+    raw_quic_via(bytes, Sender::Client, None, Ok)
 }
 
 /// Which end of the raw stream sends the bytes.
@@ -268,10 +268,12 @@ pub(crate) enum Sender {
 }
 
 /// `raw_quic` from `sender`, through what `route` puts in front of the server's address (an
-/// emulated link: it answers where the client dials, and is kept until the stream is over).
+/// emulated link: it answers where the client dials, and is kept until the stream is over),
+/// the client starting at the path `remembered` (`carnet_syncd::congestion`), if any.
 pub(crate) fn raw_quic_via<R: RouteTo>(
     bytes: usize,
     sender: Sender,
+    remembered: Option<carnet_syncd::congestion::Remembered>,
     route: impl FnOnce(SocketAddr) -> Res<R>,
 ) -> Res<RawQuic> {
     use carnet_syncd::{pki, transport};
@@ -288,7 +290,8 @@ pub(crate) fn raw_quic_via<R: RouteTo>(
         pki::issue_site(&ca, 1, now)?,
     );
     let server = transport::server_config(&ca.cert_der, &host, Arc::default())?;
-    let client = transport::client_config(&ca.cert_der, &site, None, &[])?;
+    let mut client = transport::client_config(&ca.cert_der, &site, None, &[])?;
+    transport::resuming(&mut client, remembered)?;
     runtime.block_on(async move {
         let endpoint = quinn::Endpoint::server(server, "127.0.0.1:0".parse()?)?;
         let addr = endpoint.local_addr()?;

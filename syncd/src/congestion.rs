@@ -19,16 +19,33 @@
 //! largest burst of acknowledgements beyond that rate in the same ten round trips (a receiver
 //! that acknowledges every few packets, or late, must not stall the sender).
 //!
-//! Invariants: the window is never larger than BBR's own (the bound can only make the
-//! connection gentler on the path) and never smaller than four datagrams; it is BBR's until a
-//! rate is measured while the connection had more to send than it sent (a handshake's few
-//! packets say nothing of the path); the state kept is bounded (`SENT_RECORDS_MAX` sends, one
-//! value per round trip of the window).
+//! **Resuming at a remembered path** (careful resume, draft-ietf-tsvwg-careful-resume). quinn's
+//! BBR starts with a window of 240 kB: on that link it sent three bandwidth-delay products in
+//! its first round trip, the queue dropped a hundred datagrams, and the line then stood idle
+//! while they were found lost (0.2–0.4 s of a 10 s push). A site's daemon records the path as
+//! its connections measure it ([`measured`]: the largest delivery rate, the smallest round
+//! trip) and starts the next connection, within [`REMEMBERED_FOR`], from it: once the first
+//! acknowledgement shows a round trip between half and ten times the one remembered (else it
+//! is another path, and BBR starts as it would), the window is one remembered bandwidth-delay
+//! product (never more than `RESUMED_WINDOW_MAX`), which quinn paces over the round trip;
+//! once a rate is measured, half as much again (`VALIDATED_GAIN`); it goes back to the window
+//! above as soon as that one is as large, or once more than one byte in sixteen of what
+//! the resumption sent in about two round trips is lost (a slower path than remembered, or
+//! a flow that joined at the bottleneck, loses a window's excess at once; a radio link's
+//! random loss is a few percent, and does not end it).
+//!
+//! Invariants: outside a resumption the window is never larger than BBR's own (the bound can
+//! only make the connection gentler on the path) and never smaller than four datagrams; it is
+//! BBR's until a rate is measured while the connection had more to send than it sent (a
+//! handshake's few packets say nothing of the path); a resumption only starts a connection
+//! (one already measuring its path never starts one); the state kept is bounded
+//! (`SENT_RECORDS_MAX` sends, one value per round trip of the window).
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use carnet_store::replica::LinkPath;
 use quinn::congestion::{Controller, ControllerFactory};
 
 /// Sends remembered for rate samples; older ones are forgotten (their acknowledgement gives
@@ -42,6 +59,19 @@ const WINDOW_ROUND_TRIPS: u64 = 10;
 #[derive(Debug, Default)]
 pub struct BoundedBbr {
     bbr: Arc<quinn::congestion::BbrConfig>,
+    /// The path as an earlier connection measured it, if known (now or later).
+    remembered: Arc<OnceLock<Remembered>>,
+}
+
+impl BoundedBbr {
+    /// Controllers that resume at the path `remembered` holds once it holds it (set before the
+    /// connection's first acknowledgement, or while it measures no rate yet).
+    pub fn resuming(remembered: Arc<OnceLock<Remembered>>) -> Self {
+        BoundedBbr {
+            bbr: Arc::default(),
+            remembered,
+        }
+    }
 }
 
 impl ControllerFactory for BoundedBbr {
@@ -50,15 +80,181 @@ impl ControllerFactory for BoundedBbr {
             inner: self.bbr.clone().build(now, current_mtu),
             path: PathModel::new(now),
             mtu: u64::from(current_mtu),
+            resume: Resume::Waiting(self.remembered.clone()),
         })
     }
 }
 
+/// The path as a connection measured it: its delivery rate and smallest round trip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Remembered {
+    /// Bytes per second.
+    pub rate: u64,
+    pub min_rtt: Duration,
+}
+
+/// How long a site starts its connections at the path a connection measured: a clinic's
+/// daemon restarted for an update, a link that dropped, reconnect within it; a mobile unit
+/// that moved since meets a path that its first round trip may not tell apart.
+pub const REMEMBERED_FOR: Duration = Duration::from_secs(3600);
+
+impl Remembered {
+    /// The path `record` holds, if measured within `REMEMBERED_FOR` before `now_ms` (ms since
+    /// the Unix epoch; a record from the future, a clock set back, is not used).
+    pub fn from_record(record: &LinkPath, now_ms: u64) -> Option<Remembered> {
+        let age = now_ms.checked_sub(record.measured_at)?;
+        (Duration::from_millis(age) <= REMEMBERED_FOR && record.rate > 0).then(|| Remembered {
+            rate: record.rate,
+            min_rtt: Duration::from_micros(record.min_rtt_micros),
+        })
+    }
+
+    /// The record of this path, measured at `now_ms`.
+    pub fn record(&self, now_ms: u64) -> LinkPath {
+        LinkPath {
+            rate: self.rate,
+            min_rtt_micros: u64::try_from(self.min_rtt.as_micros()).unwrap_or(u64::MAX),
+            measured_at: now_ms,
+        }
+    }
+
+    /// This path is not `before` within an eighth, either way (worth a new record).
+    pub fn differs_from(&self, before: &Remembered) -> bool {
+        let apart = |a: u128, b: u128| a.abs_diff(b) * 8 > b;
+        apart(self.rate.into(), before.rate.into())
+            || apart(self.min_rtt.as_nanos(), before.min_rtt.as_nanos())
+    }
+}
+
+/// What `conn`'s controller measured of its path: its delivery rate (the largest of its last
+/// ten round trips that carried data, or of the last ones that did) and its smallest round
+/// trip; `None` before a rate was measured while the connection had more to send than it
+/// sent (its rounds so far were a handshake and trickles: they say nothing of the path).
+pub fn measured(conn: &quinn::Connection) -> Option<Remembered> {
+    let state = conn
+        .congestion_state()
+        .into_any()
+        .downcast::<Bounded>()
+        .ok()?;
+    let path = &state.path;
+    let (rate, min_rtt) = (path.rate.get(), path.min_rtt.get()?);
+    (path.measured && rate > 0 && !min_rtt.is_zero()).then_some(Remembered { rate, min_rtt })
+}
+
+/// The largest window a resumption starts with (a remembered rate is a peer's
+/// acknowledgements, bounded as any input is).
+const RESUMED_WINDOW_MAX: u64 = 8 << 20;
+
+/// The share of a resumption's bytes it may lose and go on, over about two round trips: a
+/// radio link loses a few percent at random, a path slower than remembered (or a flow that
+/// joined at the bottleneck) loses a window's excess at once.
+const LOST_MAX: Fraction = Fraction(1, 16);
+
+/// A resumption's window once its first round trip has measured the path: the remembered
+/// bandwidth-delay product and half of it again, which quinn's pacing (a quarter above the
+/// window per round trip) keeps as a half-product backlog at the bottleneck, for the line to
+/// carry while lost datagrams are found and sent again.
+const VALIDATED_GAIN: Fraction = Fraction(3, 2);
+
+/// `self.0 / self.1`.
+#[derive(Debug, Clone, Copy)]
+struct Fraction(u64, u64);
+
+impl Fraction {
+    fn of(self, bytes: u64) -> u64 {
+        bytes / self.1 * self.0
+    }
+}
+
+/// A resumption's progress (module doc).
+#[derive(Debug, Clone)]
+enum Resume {
+    /// For the path remembered, and for the first acknowledgement once it is known.
+    Waiting(Arc<OnceLock<Remembered>>),
+    /// The window is `window` until a rate is measured, then at least `VALIDATED_GAIN` of it
+    /// until the bounded window reaches that, or losses pass `LOST_MAX` of what was sent
+    /// lately (`acked` and `lost` count from zero again every two windows acknowledged).
+    Jumped {
+        window: u64,
+        acked: u64,
+        lost: u64,
+    },
+    Done,
+}
+
+impl Resume {
+    /// After an acknowledgement of a packet sent `round_trip` ago.
+    fn on_ack(&mut self, bytes: u64, round_trip: Duration, path: &PathModel, bounded: u64) {
+        match self {
+            // A connection already measuring its path is past its start.
+            Resume::Waiting(_) if path.measured => *self = Resume::Done,
+            Resume::Waiting(remembered) => {
+                let Some(&r) = remembered.get() else {
+                    return;
+                };
+                // The same path, as far as its round trip tells (careful resume's check).
+                let same = round_trip >= r.min_rtt / 2 && round_trip <= r.min_rtt * 10;
+                *self = if same {
+                    Resume::Jumped {
+                        window: bytes_at(r.rate, round_trip.max(r.min_rtt)).min(RESUMED_WINDOW_MAX),
+                        acked: 0,
+                        lost: 0,
+                    }
+                } else {
+                    Resume::Done
+                };
+            }
+            Resume::Jumped {
+                window,
+                acked,
+                lost,
+            } => {
+                *acked = acked.saturating_add(bytes);
+                // Losses count over the last two windows acknowledged or so.
+                if *acked >= window.saturating_mul(2) {
+                    (*acked, *lost) = (0, 0);
+                }
+                if path.measured && bounded >= VALIDATED_GAIN.of(*window) {
+                    *self = Resume::Done;
+                }
+            }
+            Resume::Done => {}
+        }
+    }
+
+    /// After `bytes` were lost (`persistent`: all a while's packets).
+    fn on_loss(&mut self, bytes: u64, persistent: bool) {
+        if let Resume::Jumped {
+            window,
+            acked,
+            lost,
+        } = self
+        {
+            *lost = lost.saturating_add(bytes);
+            if persistent || *lost > LOST_MAX.of(acked.saturating_add(*window)) {
+                *self = Resume::Done;
+            }
+        }
+    }
+
+    /// The window, given the bounded one.
+    fn window(&self, path: &PathModel, bounded: u64) -> u64 {
+        match *self {
+            Resume::Jumped { window, .. } if path.measured => {
+                bounded.max(VALIDATED_GAIN.of(window))
+            }
+            Resume::Jumped { window, .. } => window,
+            _ => bounded,
+        }
+    }
+}
+
 /// BBR with its window bounded by the path's measured delivery rate (module doc).
-pub struct Bounded {
+pub(crate) struct Bounded {
     inner: Box<dyn Controller>,
     path: PathModel,
     mtu: u64,
+    resume: Resume,
 }
 
 impl Controller for Bounded {
@@ -77,6 +273,13 @@ impl Controller for Bounded {
     ) {
         self.path.on_ack(now, sent, bytes, app_limited);
         self.inner.on_ack(now, sent, bytes, app_limited, rtt);
+        let bounded = self.bounded();
+        self.resume.on_ack(
+            bytes,
+            now.saturating_duration_since(sent),
+            &self.path,
+            bounded,
+        );
     }
 
     fn on_end_acks(
@@ -98,6 +301,7 @@ impl Controller for Bounded {
         is_persistent_congestion: bool,
         lost_bytes: u64,
     ) {
+        self.resume.on_loss(lost_bytes, is_persistent_congestion);
         self.inner
             .on_congestion_event(now, sent, is_persistent_congestion, lost_bytes);
     }
@@ -108,11 +312,9 @@ impl Controller for Bounded {
     }
 
     fn window(&self) -> u64 {
-        let bbr = self.inner.window();
-        match self.path.bound() {
-            Some(bound) => bbr.min(bound.max(4 * self.mtu)),
-            None => bbr,
-        }
+        self.resume
+            .window(&self.path, self.bounded())
+            .max(4 * self.mtu)
     }
 
     fn clone_box(&self) -> Box<dyn Controller> {
@@ -120,6 +322,7 @@ impl Controller for Bounded {
             inner: self.inner.clone_box(),
             path: self.path.clone(),
             mtu: self.mtu,
+            resume: self.resume.clone(),
         })
     }
 
@@ -129,6 +332,17 @@ impl Controller for Bounded {
 
     fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
         self
+    }
+}
+
+impl Bounded {
+    /// BBR's window, bounded by the path (module doc).
+    fn bounded(&self) -> u64 {
+        let bbr = self.inner.window();
+        match self.path.bound() {
+            Some(bound) => bbr.min(bound.max(4 * self.mtu)),
+            None => bbr,
+        }
     }
 }
 
@@ -520,6 +734,141 @@ mod tests {
         let bounded = factory.clone().build(start, 1_452);
         let bbr = Arc::new(quinn::congestion::BbrConfig::default()).build(start, 1_452);
         assert_eq!(bounded.window(), bbr.window());
+    }
+
+    /// 250 kB/s, 300 ms: a bandwidth-delay product of 75 kB.
+    fn remembered() -> Arc<OnceLock<Remembered>> {
+        let cell = Arc::new(OnceLock::new());
+        cell.set(Remembered {
+            rate: 250_000,
+            min_rtt: 300 * MS,
+        })
+        .expect("set");
+        cell
+    }
+
+    /// A resumption past its first acknowledgement, 310 ms after its send.
+    fn jumped(path: &PathModel) -> Resume {
+        let mut resume = Resume::Waiting(remembered());
+        resume.on_ack(1_200, 310 * MS, path, BBR_START);
+        resume
+    }
+
+    /// quinn's BBR's first window.
+    const BBR_START: u64 = 240_000;
+
+    #[test]
+    fn a_resumption_starts_at_the_remembered_product_not_at_bbrs_window() {
+        let path = PathModel::new(Instant::now());
+        let resume = jumped(&path);
+        // 250 kB/s over the 310 ms of this round trip, where BBR would send 240 kB at once.
+        assert_eq!(resume.window(&path, BBR_START), 77_500);
+        // Nothing remembered: BBR's (bounded) window.
+        let mut cold = Resume::Waiting(Arc::default());
+        cold.on_ack(1_200, 310 * MS, &path, BBR_START);
+        assert_eq!(cold.window(&path, BBR_START), BBR_START);
+    }
+
+    #[test]
+    fn a_round_trip_unlike_the_remembered_one_is_another_path() {
+        let path = PathModel::new(Instant::now());
+        // 127.0.0.1, a fibre line, a satellite hop behind a slow cell.
+        for rtt in [
+            Duration::from_micros(100),
+            140 * MS,
+            Duration::from_millis(3_100),
+        ] {
+            let mut resume = Resume::Waiting(remembered());
+            resume.on_ack(1_200, rtt, &path, BBR_START);
+            assert!(matches!(resume, Resume::Done), "{rtt:?}: {resume:?}");
+            assert_eq!(resume.window(&path, BBR_START), BBR_START);
+        }
+        // Within half and ten times: the same path, its queue or its radio varying.
+        for rtt in [150 * MS, Duration::from_millis(2_900)] {
+            let mut resume = Resume::Waiting(remembered());
+            resume.on_ack(1_200, rtt, &path, BBR_START);
+            assert!(
+                matches!(resume, Resume::Jumped { .. }),
+                "{rtt:?}: {resume:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_connection_already_measuring_its_path_does_not_resume() {
+        let start = Instant::now();
+        let mut path = PathModel::new(start);
+        Path::slow(300).drive(&mut path, start, 500);
+        assert!(path.measured);
+        let resume = jumped(&path);
+        assert!(matches!(resume, Resume::Done), "{resume:?}");
+    }
+
+    #[test]
+    fn random_loss_leaves_a_resumption_and_a_window_lost_ends_it() {
+        let path = PathModel::new(Instant::now());
+        let mut resume = jumped(&path);
+        // A radio link's 2 %: 1.2 kB lost in every 60 kB acknowledged.
+        for _ in 0..20 {
+            for _ in 0..50 {
+                resume.on_ack(1_200, 310 * MS, &path, BBR_START);
+            }
+            resume.on_loss(1_200, false);
+        }
+        assert!(matches!(resume, Resume::Jumped { .. }), "{resume:?}");
+        // A path slower than remembered: half a window's excess lost at once.
+        resume.on_loss(40_000, false);
+        assert!(matches!(resume, Resume::Done), "{resume:?}");
+        // A persistent congestion ends one at once.
+        let mut resume = jumped(&path);
+        resume.on_loss(1_200, true);
+        assert!(matches!(resume, Resume::Done), "{resume:?}");
+    }
+
+    #[test]
+    fn once_measured_a_resumption_keeps_a_backlog_until_the_bounded_window_is_as_large() {
+        let start = Instant::now();
+        let path = PathModel::new(start);
+        let mut resume = jumped(&path);
+        let mut measured = PathModel::new(start);
+        Path::slow(300).drive(&mut measured, start, 500);
+        // Half a product again, above a smaller bounded window.
+        assert_eq!(resume.window(&measured, 50_000), 116_250);
+        resume.on_ack(1_200, 310 * MS, &measured, 100_000);
+        assert!(matches!(resume, Resume::Jumped { .. }), "{resume:?}");
+        resume.on_ack(1_200, 310 * MS, &measured, 120_000);
+        assert!(matches!(resume, Resume::Done), "{resume:?}");
+        assert_eq!(resume.window(&measured, 120_000), 120_000);
+    }
+
+    #[test]
+    fn a_path_is_remembered_for_an_hour_and_recorded_again_when_it_changes() {
+        let path = Remembered {
+            rate: 250_000,
+            min_rtt: 300 * MS,
+        };
+        let at = 1_800_000_000_000;
+        let record = path.record(at);
+        assert_eq!(Remembered::from_record(&record, at + 60_000), Some(path));
+        assert_eq!(Remembered::from_record(&record, at + 3_600_000), Some(path));
+        assert_eq!(Remembered::from_record(&record, at + 3_600_001), None);
+        // A clock set back since.
+        assert_eq!(Remembered::from_record(&record, at - 1), None);
+        let close = Remembered {
+            rate: 270_000,
+            min_rtt: 320 * MS,
+        };
+        assert!(!close.differs_from(&path));
+        let faster = Remembered {
+            rate: 300_000,
+            ..path
+        };
+        assert!(faster.differs_from(&path));
+        let longer = Remembered {
+            min_rtt: 400 * MS,
+            ..path
+        };
+        assert!(longer.differs_from(&path));
     }
 
     #[test]

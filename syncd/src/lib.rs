@@ -12,7 +12,7 @@
 
 pub mod api;
 pub mod config;
-mod congestion;
+pub mod congestion;
 pub mod discovery;
 pub mod enrol;
 pub mod error;

@@ -37,6 +37,7 @@ use carnet_store::ids::SiteId;
 use carnet_store::replica::{HostReplica, SiteReplica};
 use rustls_pki_types::CertificateDer;
 
+use crate::congestion::{self, Remembered};
 use crate::enrol;
 use crate::error::{Error, Result};
 use crate::fleet::{Fleet, error_kind};
@@ -868,7 +869,13 @@ pub struct Link {
     /// How long a round waits for the host's next message while the host moves no data
     /// (`IDLE_TIMEOUT`; shortened by tests).
     quiet: Duration,
+    /// The path to the host as last recorded in the replica by this link, and when.
+    path_recorded: Option<(Remembered, std::time::Instant)>,
 }
+
+/// A recorded path is recorded again, the same, after this long: the next connection starts
+/// from a record this fresh at most (`congestion::REMEMBERED_FOR`).
+const PATH_REFRESHED: Duration = Duration::from_secs(600);
 
 /// A connection for a round.
 struct Connected {
@@ -906,6 +913,7 @@ impl Link {
             news: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             opened: 0,
             quiet: IDLE_TIMEOUT,
+            path_recorded: None,
         }
     }
 
@@ -961,17 +969,19 @@ impl Link {
             Hosts::Listed(list) => Some(list.clone()),
             Hosts::Settings => None,
         };
-        let (tls, hosts) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let (tls, hosts, path) = tokio::task::spawn_blocking(move || -> Result<_> {
             let hosts = match listed {
                 Some(list) => list,
                 None => settings_hosts(&r)?,
             };
-            Ok((enrol::site_tls(&r)?, hosts))
+            Ok((enrol::site_tls(&r)?, hosts, r.sync().link_path()?))
         })
         .await
         .map_err(net_err)??;
         let order = dial_order(&hosts, self.start);
-        let config = tls.client_config()?;
+        let mut config = tls.client_config()?;
+        let remembered = path.and_then(|p| Remembered::from_record(&p, unix_millis()));
+        crate::transport::resuming(&mut config, remembered)?;
         let mut failure = Error::Invalid(
             "this site has no host address: set `host_address` in carnet.toml".into(),
         );
@@ -1058,6 +1068,7 @@ impl Link {
         let before = if c.fresh { (0, 0) } else { self.wire_bytes() };
         let news = self.news.swap(false, Ordering::Relaxed);
         let outcome = round_on(&c.conn, &self.replica, c.identity, news, self.quiet).await;
+        self.record_path(&c.conn).await;
         if outcome.is_err() {
             self.news.store(true, Ordering::Relaxed);
             // The next round waits for the host's `Welcome` before it pushes.
@@ -1093,6 +1104,27 @@ impl Link {
         }
     }
 
+    /// Records the path to the host as `conn` measured it, for the connections after it (a
+    /// restarted daemon's too), when it changed or the record ages.
+    async fn record_path(&mut self, conn: &quinn::Connection) {
+        let Some(now) = congestion::measured(conn) else {
+            return;
+        };
+        if self
+            .path_recorded
+            .is_some_and(|(before, at)| !now.differs_from(&before) && at.elapsed() < PATH_REFRESHED)
+        {
+            return;
+        }
+        let r = self.replica.clone();
+        let record = now.record(unix_millis());
+        match tokio::task::spawn_blocking(move || r.sync().set_link_path(record)).await {
+            Ok(Ok(())) => self.path_recorded = Some((now, std::time::Instant::now())),
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not record the path to the host"),
+            Err(e) => tracing::warn!(error = %e, "could not record the path to the host"),
+        }
+    }
+
     /// Closes the connection cleanly, if open.
     pub async fn close(&mut self) {
         if let Some(o) = self.open.take() {
@@ -1100,6 +1132,13 @@ impl Link {
             let _ = tokio::time::timeout(Duration::from_secs(1), o.endpoint.wait_idle()).await;
         }
     }
+}
+
+/// Milliseconds since the Unix epoch (0 on a clock set before it).
+fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// `host_address` in `carnet.toml` in the site's folder.

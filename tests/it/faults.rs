@@ -378,19 +378,23 @@ fn a_prescription_written_while_a_scan_goes_up_reaches_the_host_first() {
 /// keeps to what the path delivers (`congestion` in carnet-syncd), where with quinn's own
 /// estimate it went at nearly twice the line rate, two in five of its datagrams dropped at the
 /// bottleneck and sent again, and whatever else the clinic sent waiting behind a full queue.
-#[test]
-fn a_scan_pushed_over_a_long_slow_line_does_not_flood_its_queue() {
-    const SIZE: usize = 2 << 20;
-    let l = link();
-    // 512 KiB/s, 300 ms round trip (a satellite or a rural 4G cell), a queue of one
-    // bandwidth-delay product.
-    l.proxy.set_faults(Faults {
-        seed: 11,
+/// 512 KiB/s, 300 ms round trip (a satellite or a rural 4G cell), a queue of one
+/// bandwidth-delay product.
+fn long_slow_line(seed: u64) -> Faults {
+    Faults {
+        seed,
         delay: Duration::from_millis(150),
         bandwidth: 512 << 10,
         queue_bytes: 150 << 10,
         ..Faults::default()
-    });
+    }
+}
+
+#[test]
+fn a_scan_pushed_over_a_long_slow_line_does_not_flood_its_queue() {
+    const SIZE: usize = 2 << 20;
+    let l = link();
+    l.proxy.set_faults(long_slow_line(11));
     let scan_body = incompressible(SIZE, 12);
     let scan = write_many(&l.site, &l.ins, vec![scan_body.clone()]).remove(0);
     let (before, dropped_before) = (l.proxy.to_host_bytes(), l.proxy.overflowed());
@@ -406,4 +410,45 @@ fn a_scan_pushed_over_a_long_slow_line_does_not_flood_its_queue() {
         "{dropped} bytes dropped at the bottleneck for {delivered} delivered"
     );
     assert_converged(&l, &[scan], &[scan_body]);
+}
+
+/// The path to the host as the site's connections last measured it, read from its replica.
+fn link_path(site: &Carnet) -> Option<carnet_store::replica::LinkPath> {
+    let r = Replica::open(&site.data, &KeySource::File, system_clock()).expect("open the site");
+    carnet_store::replica::SiteReplica::new(std::sync::Arc::new(r))
+        .expect("a site")
+        .sync()
+        .link_path()
+        .expect("read")
+}
+
+#[test]
+fn a_site_started_again_resumes_at_the_path_its_last_connection_measured() {
+    let l = link();
+    // The first round went straight over 127.0.0.1: its path is not this one.
+    let loopback = link_path(&l.site);
+    l.proxy.set_faults(long_slow_line(13));
+    let first = incompressible(1 << 20, 14);
+    let first_id = write_many(&l.site, &l.ins, vec![first.clone()]).remove(0);
+    sync_until_ok(&l.site, Duration::from_secs(60));
+    // What the push measured, recorded for the next process's connection: the line's rate
+    // (its datagrams' headers aside) and its round trip.
+    let path = link_path(&l.site).expect("a path recorded");
+    assert_ne!(Some(path), loopback);
+    assert!(
+        (256 << 10..=640 << 10).contains(&path.rate),
+        "recorded {} bytes/s for a line of 512 KiB/s",
+        path.rate
+    );
+    assert!(
+        (300_000..600_000).contains(&path.min_rtt_micros),
+        "recorded a round trip of {} µs for one of 300 ms",
+        path.min_rtt_micros
+    );
+    // Each `sync now` is a new process: this one starts at that path (the round trip of its
+    // first acknowledgement matches) and its push arrives whole.
+    let second = incompressible(1 << 20, 15);
+    let second_id = write_many(&l.site, &l.ins, vec![second.clone()]).remove(0);
+    sync_until_ok(&l.site, Duration::from_secs(60));
+    assert_converged(&l, &[first_id, second_id], &[first, second]);
 }

@@ -95,6 +95,7 @@ use ed25519_dalek::{SigningKey, VerifyingKey};
 use redb::StorageBackend;
 
 use serde::{Deserialize, Serialize};
+pub use sync::LinkPath;
 pub use tables::PurgeReceipt;
 use zeroize::Zeroizing;
 

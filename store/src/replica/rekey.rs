@@ -721,6 +721,8 @@ impl Rekey<'_> {
             | meta_key::TRACE_ANCHOR
             // Two counters of the host's (`Replica::host_marks`).
             | meta_key::HOST_MARKS
+            // A rate, a round trip and a time (`Replica::link_path`).
+            | meta_key::LINK_PATH
             // A signed record in clear.
             | meta_key::RELAYABLE_HEARTBEAT => Ok(Some((k.to_vec(), v.to_vec()))),
             // The journal starts empty: its epoch moves past both live ones.

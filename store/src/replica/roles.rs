@@ -650,6 +650,16 @@ impl SiteSync<'_> {
         self.0.set_host_marks(marks)
     }
 
+    /// The path to the host as the last connection that measured it left it, if any.
+    pub fn link_path(&self) -> Result<Option<LinkPath>> {
+        self.0.link_path()
+    }
+
+    /// Records the path to the host as a connection measured it (not waited for on disk).
+    pub fn set_link_path(&self, path: LinkPath) -> Result<()> {
+        self.0.set_link_path(path)
+    }
+
     /// Drops outbox entries up to `upto`, acknowledged by the peer.
     ///
     /// The commit is not waited for on disk (redb `Durability::None`; the next durable commit

@@ -166,6 +166,18 @@ pub struct PushApplied {
     pub returned: Vec<(usize, super::Returned)>,
 }
 
+/// A site's path to the host as a connection measured it: what the next connection starts
+/// at (`carnet_syncd::congestion`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkPath {
+    /// Bytes per second the path delivered.
+    pub rate: u64,
+    /// Its smallest round trip, in microseconds.
+    pub min_rtt_micros: u64,
+    /// When it was measured, in milliseconds since the Unix epoch.
+    pub measured_at: u64,
+}
+
 impl Replica {
     /// Local changes after `after`, in order, at most `limit`. A document's change carries its
     /// current merged metadata and every act queued for it from that entry on, including those
@@ -533,6 +545,26 @@ impl Replica {
                 }
             }
         }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Site: the path to the host as the last connection that measured it left it, if any
+    /// (an unreadable record counts as none: it is a hint).
+    pub(crate) fn link_path(&self) -> Result<Option<LinkPath>> {
+        let txn = self.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let path = meta.get(meta_key::LINK_PATH)?;
+        Ok(path.and_then(|v| postcard::from_bytes(v.value()).ok()))
+    }
+
+    /// Site: records `path` as `link_path`. Not waited for on disk (a crash that loses it
+    /// leaves the one before, or none: the next connection starts as a first one would).
+    pub(crate) fn set_link_path(&self, path: LinkPath) -> Result<()> {
+        let mut txn = self.begin_raw_write()?;
+        txn.set_durability(redb::Durability::None)?;
+        txn.open_table(META)?
+            .insert(meta_key::LINK_PATH, postcard::to_stdvec(&path)?.as_slice())?;
         txn.commit()?;
         Ok(())
     }

@@ -238,6 +238,10 @@ pub mod meta_key {
     /// end of the last sync round that ended well, postcard `(u64, u64)`; removed when a round
     /// fails (`Replica::host_marks`).
     pub const HOST_MARKS: &str = "host_marks";
+    /// Site: the path to the host as the last connection that measured it left it (postcard
+    /// `LinkPath`: a rate, a round trip, when; no patient data), for the next connection to
+    /// start at (`Replica::link_path`).
+    pub const LINK_PATH: &str = "link_path";
 }
 
 /// The format this build writes. A newer stored format is refused, and so is an older one: the

@@ -4966,6 +4966,12 @@ fn after_a_full_rotation_everything_reads_the_same() {
     );
     let before = (answers(&host, &ids), answers(&site, &ids));
     site.set_host_marks(Some((3, 11))).expect("marks");
+    let path = LinkPath {
+        rate: 250_000,
+        min_rtt_micros: 300_000,
+        measured_at: 1_800_000_000_000,
+    };
+    site.set_link_path(path).expect("path");
     let (host, report) = host.rotate_full(&KeySource::File).expect("host");
     assert_eq!((report.dossiers, report.documents), (1, 3), "{report:?}");
     assert!(report.body_chunks >= 3 && report.traces > 10, "{report:?}");
@@ -4973,6 +4979,7 @@ fn after_a_full_rotation_everything_reads_the_same() {
     assert_eq!(report.documents, 3, "{report:?}");
     assert_eq!(before, (answers(&host, &ids), answers(&site, &ids)));
     assert_eq!(site.host_marks().expect("marks"), Some((3, 11)), "kept");
+    assert_eq!(site.link_path().expect("path"), Some(path), "kept");
     // Reopened from disk, and still syncing: the queued changes reach the host, which writes
     // back into the site's scope.
     drop((host, site));
