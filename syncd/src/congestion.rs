@@ -23,23 +23,28 @@
 //! BBR starts with a window of 240 kB: on that link it sent three bandwidth-delay products in
 //! its first round trip, the queue dropped a hundred datagrams, and the line then stood idle
 //! while they were found lost (0.2–0.4 s of a 10 s push). A site's daemon records the path as
-//! its connections measure it ([`measured`]: the largest delivery rate, the smallest round
-//! trip) and starts the next connection, within [`REMEMBERED_FOR`], from it: once the first
-//! acknowledgement shows a round trip between half and ten times the one remembered (else it
-//! is another path, and BBR starts as it would), the window is one remembered bandwidth-delay
-//! product (never more than `RESUMED_WINDOW_MAX`), which quinn paces over the round trip;
-//! once a rate is measured, half as much again (`VALIDATED_GAIN`); it goes back to the window
-//! above as soon as that one is as large, or once more than one byte in sixteen of what
-//! the resumption sent in about two round trips is lost (a slower path than remembered, or
-//! a flow that joined at the bottleneck, loses a window's excess at once; a radio link's
-//! random loss is a few percent, and does not end it).
+//! its connections measure it ([`measured`]: the largest delivery rate of a transfer, the
+//! connection's smallest round trip, when) and starts the next connection, within
+//! [`REMEMBERED_FOR`] of that measurement, from it: once the first acknowledgement shows a
+//! round trip between half and ten times the one remembered (else it is another path, and BBR
+//! starts as it would), the window is the remembered bandwidth-delay product (at most
+//! `RESUMED_WINDOW_MAX`), which quinn paces over the round trip; once a rate is measured, half
+//! as much again (`VALIDATED_GAIN`), of the product measured if smaller after the first
+//! `RESUMED_ROUNDS_UNMEASURED` round trips of data. The resumption ends when the bounded window
+//! below is as large, when the connection has nothing more to send (the transfer it started
+//! is over: a later one starts as any), or when more than one byte in sixteen of what it sent
+//! in about two round trips is lost, or a congestion mark comes: then its window retreats to
+//! half the jump's until the path is measured (a slower path than remembered, or a flow that
+//! joined at the bottleneck, loses a window's excess at once; a radio link's random loss is a
+//! few percent, and does not end it).
 //!
 //! Invariants: outside a resumption the window is never larger than BBR's own (the bound can
 //! only make the connection gentler on the path) and never smaller than four datagrams; it is
 //! BBR's until a rate is measured while the connection had more to send than it sent (a
 //! handshake's few packets say nothing of the path); a resumption only starts a connection
-//! (one already measuring its path never starts one); the state kept is bounded
-//! (`SENT_RECORDS_MAX` sends, one value per round trip of the window).
+//! (one already measuring its path never starts one, and one ends with its first transfer),
+//! and from its fourth round trip of data it is never above the bound; the
+//! state kept is bounded (`SENT_RECORDS_MAX` sends, one value per round trip of the window).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};
@@ -81,6 +86,7 @@ impl ControllerFactory for BoundedBbr {
             path: PathModel::new(now),
             mtu: u64::from(current_mtu),
             resume: Resume::Waiting(self.remembered.clone()),
+            resumed: false,
         })
     }
 }
@@ -100,12 +106,15 @@ pub const REMEMBERED_FOR: Duration = Duration::from_secs(3600);
 
 impl Remembered {
     /// The path `record` holds, if measured within `REMEMBERED_FOR` before `now_ms` (ms since
-    /// the Unix epoch; a record from the future, a clock set back, is not used).
+    /// the Unix epoch; a record from the future, a clock set back, is not used) and its round
+    /// trip is at most `REMEMBERED_RTT_MAX`.
     pub fn from_record(record: &LinkPath, now_ms: u64) -> Option<Remembered> {
         let age = now_ms.checked_sub(record.measured_at)?;
-        (Duration::from_millis(age) <= REMEMBERED_FOR && record.rate > 0).then(|| Remembered {
+        let min_rtt = Duration::from_micros(record.min_rtt_micros);
+        let usable = record.rate > 0 && !min_rtt.is_zero() && min_rtt <= REMEMBERED_RTT_MAX;
+        (Duration::from_millis(age) <= REMEMBERED_FOR && usable).then_some(Remembered {
             rate: record.rate,
-            min_rtt: Duration::from_micros(record.min_rtt_micros),
+            min_rtt,
         })
     }
 
@@ -127,23 +136,36 @@ impl Remembered {
 }
 
 /// What `conn`'s controller measured of its path: its delivery rate (the largest of its last
-/// ten round trips that carried data, or of the last ones that did) and its smallest round
-/// trip; `None` before a rate was measured while the connection had more to send than it
-/// sent (its rounds so far were a handshake and trickles: they say nothing of the path).
-pub fn measured(conn: &quinn::Connection) -> Option<Remembered> {
-    let state = conn
-        .congestion_state()
-        .into_any()
-        .downcast::<Bounded>()
-        .ok()?;
+/// ten round trips that carried data) and the smallest round trip of the connection, and when
+/// it last measured a rate (`Instant`); `None` before a rate was measured while the connection
+/// had more to send than it sent (its rounds so far were a handshake and trickles: they say
+/// nothing of the path).
+pub fn measured(conn: &quinn::Connection) -> Option<(Remembered, Instant)> {
+    let state = bounded_of(conn)?;
     let path = &state.path;
-    let (rate, min_rtt) = (path.rate.get(), path.min_rtt.get()?);
-    (path.measured && rate > 0 && !min_rtt.is_zero()).then_some(Remembered { rate, min_rtt })
+    let (rate, min_rtt, at) = (path.rate.get(), path.lowest_rtt?, path.measured_at?);
+    (rate > 0 && !min_rtt.is_zero()).then_some((Remembered { rate, min_rtt }, at))
 }
 
-/// The largest window a resumption starts with (a remembered rate is a peer's
-/// acknowledgements, bounded as any input is).
-const RESUMED_WINDOW_MAX: u64 = 8 << 20;
+/// `conn`'s controller resumed at a remembered path (it may have left it since).
+pub fn resumed(conn: &quinn::Connection) -> bool {
+    bounded_of(conn).is_some_and(|b| b.resumed)
+}
+
+fn bounded_of(conn: &quinn::Connection) -> Option<Box<Bounded>> {
+    conn.congestion_state()
+        .into_any()
+        .downcast::<Bounded>()
+        .ok()
+}
+
+/// The largest window a resumption starts with: a remembered rate is what acknowledgements
+/// said, which a peer controls (bounded by what this end sent, not by the round trip).
+const RESUMED_WINDOW_MAX: u64 = 4 << 20;
+
+/// The longest remembered round trip a resumption starts from (a geostationary satellite hop
+/// and a slow cell behind it are under 1.5 s).
+const REMEMBERED_RTT_MAX: Duration = Duration::from_secs(3);
 
 /// The share of a resumption's bytes it may lose and go on, over about two round trips: a
 /// radio link loses a few percent at random, a path slower than remembered (or a flow that
@@ -155,6 +177,10 @@ const LOST_MAX: Fraction = Fraction(1, 16);
 /// window per round trip) keeps as a half-product backlog at the bottleneck, for the line to
 /// carry while lost datagrams are found and sent again.
 const VALIDATED_GAIN: Fraction = Fraction(3, 2);
+
+/// Round trips of data after which a resumption's window follows the product measured, if
+/// smaller than the remembered one (the first ones' rate samples are taken as it ramps up).
+const RESUMED_ROUNDS_UNMEASURED: u64 = 3;
 
 /// `self.0 / self.1`.
 #[derive(Debug, Clone, Copy)]
@@ -171,20 +197,32 @@ impl Fraction {
 enum Resume {
     /// For the path remembered, and for the first acknowledgement once it is known.
     Waiting(Arc<OnceLock<Remembered>>),
-    /// The window is `window` until a rate is measured, then at least `VALIDATED_GAIN` of it
-    /// until the bounded window reaches that, or losses pass `LOST_MAX` of what was sent
-    /// lately (`acked` and `lost` count from zero again every two windows acknowledged).
+    /// From delivery round `round` on: the window is `window` until a rate is measured, then
+    /// at least `floor`; losses count in `acked` and `lost` from zero every two windows.
     Jumped {
         window: u64,
+        round: u64,
         acked: u64,
         lost: u64,
+    },
+    /// Left on losses: the window at most `window` until the path bounds it.
+    Retreated {
+        window: u64,
     },
     Done,
 }
 
 impl Resume {
-    /// After an acknowledgement of a packet sent `round_trip` ago.
-    fn on_ack(&mut self, bytes: u64, round_trip: Duration, path: &PathModel, bounded: u64) {
+    /// After an acknowledgement of `bytes` sent `round_trip` ago (`app_limited`: the
+    /// connection had nothing more to send).
+    fn on_ack(
+        &mut self,
+        bytes: u64,
+        round_trip: Duration,
+        app_limited: bool,
+        path: &PathModel,
+        bounded: u64,
+    ) {
         match self {
             // A connection already measuring its path is past its start.
             Resume::Waiting(_) if path.measured => *self = Resume::Done,
@@ -196,7 +234,8 @@ impl Resume {
                 let same = round_trip >= r.min_rtt / 2 && round_trip <= r.min_rtt * 10;
                 *self = if same {
                     Resume::Jumped {
-                        window: bytes_at(r.rate, round_trip.max(r.min_rtt)).min(RESUMED_WINDOW_MAX),
+                        window: bytes_at(r.rate, r.min_rtt).min(RESUMED_WINDOW_MAX),
+                        round: path.round,
                         acked: 0,
                         lost: 0,
                     }
@@ -206,6 +245,7 @@ impl Resume {
             }
             Resume::Jumped {
                 window,
+                round,
                 acked,
                 lost,
             } => {
@@ -214,36 +254,57 @@ impl Resume {
                 if *acked >= window.saturating_mul(2) {
                     (*acked, *lost) = (0, 0);
                 }
-                if path.measured && bounded >= VALIDATED_GAIN.of(*window) {
+                // The transfer it started is over (or none came after the handshake): a
+                // later one starts from BBR and the path as measured by then.
+                let over = app_limited && path.round > round.saturating_add(1);
+                if over || (path.measured && bounded >= self.floor(path)) {
                     *self = Resume::Done;
                 }
             }
-            Resume::Done => {}
+            Resume::Retreated { .. } if path.bound().is_some() => *self = Resume::Done,
+            Resume::Retreated { .. } | Resume::Done => {}
         }
     }
 
-    /// After `bytes` were lost (`persistent`: all a while's packets).
+    /// After `bytes` were lost (`persistent`: all a while's packets; none: a congestion mark).
     fn on_loss(&mut self, bytes: u64, persistent: bool) {
         if let Resume::Jumped {
             window,
             acked,
             lost,
+            ..
         } = self
         {
             *lost = lost.saturating_add(bytes);
-            if persistent || *lost > LOST_MAX.of(acked.saturating_add(*window)) {
-                *self = Resume::Done;
+            if persistent || bytes == 0 || *lost > LOST_MAX.of(acked.saturating_add(*window)) {
+                // Careful resume's safe retreat: half the window it jumped to.
+                *self = Resume::Retreated {
+                    window: *window / 2,
+                };
             }
         }
+    }
+
+    /// While jumped and the path measured: `VALIDATED_GAIN` of the window jumped to, or, after
+    /// `RESUMED_ROUNDS_UNMEASURED` round trips of data, of the product measured if smaller.
+    fn floor(&self, path: &PathModel) -> u64 {
+        let Resume::Jumped { window, round, .. } = *self else {
+            return 0;
+        };
+        let settled = path.round > round.saturating_add(RESUMED_ROUNDS_UNMEASURED);
+        let product = match path.bdp() {
+            Some(measured) if settled => window.min(measured),
+            _ => window,
+        };
+        VALIDATED_GAIN.of(product)
     }
 
     /// The window, given the bounded one.
     fn window(&self, path: &PathModel, bounded: u64) -> u64 {
         match *self {
-            Resume::Jumped { window, .. } if path.measured => {
-                bounded.max(VALIDATED_GAIN.of(window))
-            }
+            Resume::Jumped { .. } if path.measured => bounded.max(self.floor(path)),
             Resume::Jumped { window, .. } => window,
+            Resume::Retreated { window } => bounded.min(window),
             _ => bounded,
         }
     }
@@ -255,6 +316,8 @@ pub(crate) struct Bounded {
     path: PathModel,
     mtu: u64,
     resume: Resume,
+    /// It jumped to a remembered path.
+    resumed: bool,
 }
 
 impl Controller for Bounded {
@@ -277,9 +340,11 @@ impl Controller for Bounded {
         self.resume.on_ack(
             bytes,
             now.saturating_duration_since(sent),
+            app_limited,
             &self.path,
             bounded,
         );
+        self.resumed |= matches!(self.resume, Resume::Jumped { .. });
     }
 
     fn on_end_acks(
@@ -323,6 +388,7 @@ impl Controller for Bounded {
             path: self.path.clone(),
             mtu: self.mtu,
             resume: self.resume.clone(),
+            resumed: self.resumed,
         })
     }
 
@@ -380,6 +446,11 @@ struct PathModel {
     epoch_acked: u64,
     acked_since_end: u64,
     min_rtt: MinRtt,
+    /// The smallest round trip of the connection (what a record of the path keeps: on an idle
+    /// link `min_rtt` becomes a keep-alive's, its acknowledgement delayed).
+    lowest_rtt: Option<Duration>,
+    /// When a rate was last sampled while the connection had more to send than it sent.
+    measured_at: Option<Instant>,
 }
 
 impl PathModel {
@@ -398,6 +469,8 @@ impl PathModel {
             epoch_acked: 0,
             acked_since_end: 0,
             min_rtt: MinRtt::default(),
+            lowest_rtt: None,
+            measured_at: None,
         }
     }
 
@@ -420,8 +493,9 @@ impl PathModel {
         self.delivered = self.delivered.saturating_add(bytes);
         self.delivered_at = now;
         self.acked_since_end = self.acked_since_end.saturating_add(bytes);
-        self.min_rtt
-            .update(now, now.saturating_duration_since(sent));
+        let round_trip = now.saturating_duration_since(sent);
+        self.min_rtt.update(now, round_trip);
+        self.lowest_rtt = Some(self.lowest_rtt.map_or(round_trip, |l| l.min(round_trip)));
         let at = self.sent.partition_point(|s| s.at < sent);
         let Some(record) = self.sent.get(at).filter(|s| s.at == sent).copied() else {
             return;
@@ -443,7 +517,10 @@ impl PathModel {
         if !app_limited || rate > self.rate.get() {
             self.rate.update(self.round, rate);
         }
-        self.measured |= !app_limited;
+        if !app_limited {
+            self.measured = true;
+            self.measured_at = Some(now);
+        }
     }
 
     fn on_end_acks(&mut self, now: Instant) {
@@ -465,15 +542,21 @@ impl PathModel {
         self.extra_acked.update(self.round, extra);
     }
 
-    /// The bound on the window: twice the bandwidth-delay product, plus the largest burst of
-    /// acknowledgements; `None` before the path's rate and round trip are measured.
-    fn bound(&self) -> Option<u64> {
+    /// The bandwidth-delay product: the largest rate times the smallest round trip of the last
+    /// 10 s; `None` before they are measured.
+    fn bdp(&self) -> Option<u64> {
         let (rate, min_rtt) = (self.rate.get(), self.min_rtt.get()?);
         if !self.measured || rate == 0 || min_rtt.is_zero() {
             return None;
         }
+        Some(bytes_at(rate, min_rtt))
+    }
+
+    /// The bound on the window: twice the bandwidth-delay product, plus the largest burst of
+    /// acknowledgements; `None` before the path's rate and round trip are measured.
+    fn bound(&self) -> Option<u64> {
         Some(
-            bytes_at(rate, min_rtt)
+            self.bdp()?
                 .saturating_mul(2)
                 .saturating_add(self.extra_acked.get()),
         )
@@ -750,7 +833,7 @@ mod tests {
     /// A resumption past its first acknowledgement, 310 ms after its send.
     fn jumped(path: &PathModel) -> Resume {
         let mut resume = Resume::Waiting(remembered());
-        resume.on_ack(1_200, 310 * MS, path, BBR_START);
+        resume.on_ack(1_200, 310 * MS, true, path, BBR_START);
         resume
     }
 
@@ -761,11 +844,11 @@ mod tests {
     fn a_resumption_starts_at_the_remembered_product_not_at_bbrs_window() {
         let path = PathModel::new(Instant::now());
         let resume = jumped(&path);
-        // 250 kB/s over the 310 ms of this round trip, where BBR would send 240 kB at once.
-        assert_eq!(resume.window(&path, BBR_START), 77_500);
+        // The remembered product (250 kB/s over 300 ms), where BBR would send 240 kB at once.
+        assert_eq!(resume.window(&path, BBR_START), 75_000);
         // Nothing remembered: BBR's (bounded) window.
         let mut cold = Resume::Waiting(Arc::default());
-        cold.on_ack(1_200, 310 * MS, &path, BBR_START);
+        cold.on_ack(1_200, 310 * MS, true, &path, BBR_START);
         assert_eq!(cold.window(&path, BBR_START), BBR_START);
     }
 
@@ -779,18 +862,19 @@ mod tests {
             Duration::from_millis(3_100),
         ] {
             let mut resume = Resume::Waiting(remembered());
-            resume.on_ack(1_200, rtt, &path, BBR_START);
+            resume.on_ack(1_200, rtt, true, &path, BBR_START);
             assert!(matches!(resume, Resume::Done), "{rtt:?}: {resume:?}");
             assert_eq!(resume.window(&path, BBR_START), BBR_START);
         }
         // Within half and ten times: the same path, its queue or its radio varying.
         for rtt in [150 * MS, Duration::from_millis(2_900)] {
             let mut resume = Resume::Waiting(remembered());
-            resume.on_ack(1_200, rtt, &path, BBR_START);
+            resume.on_ack(1_200, rtt, true, &path, BBR_START);
             assert!(
                 matches!(resume, Resume::Jumped { .. }),
                 "{rtt:?}: {resume:?}"
             );
+            assert_eq!(resume.window(&path, BBR_START), 75_000);
         }
     }
 
@@ -805,24 +889,33 @@ mod tests {
     }
 
     #[test]
-    fn random_loss_leaves_a_resumption_and_a_window_lost_ends_it() {
+    fn random_loss_leaves_a_resumption_and_a_window_lost_halves_it() {
         let path = PathModel::new(Instant::now());
         let mut resume = jumped(&path);
         // A radio link's 2 %: 1.2 kB lost in every 60 kB acknowledged.
         for _ in 0..20 {
             for _ in 0..50 {
-                resume.on_ack(1_200, 310 * MS, &path, BBR_START);
+                resume.on_ack(1_200, 310 * MS, false, &path, BBR_START);
             }
             resume.on_loss(1_200, false);
         }
         assert!(matches!(resume, Resume::Jumped { .. }), "{resume:?}");
-        // A path slower than remembered: half a window's excess lost at once.
+        // A path slower than remembered: half a window's excess lost at once. The window
+        // retreats to half the jump's, under BBR's until the path bounds it.
         resume.on_loss(40_000, false);
+        assert!(matches!(resume, Resume::Retreated { .. }), "{resume:?}");
+        assert_eq!(resume.window(&path, BBR_START), 37_500);
+        let start = Instant::now();
+        let mut measured = PathModel::new(start);
+        Path::slow(300).drive(&mut measured, start, 500);
+        resume.on_ack(1_200, 310 * MS, false, &measured, 150_000);
         assert!(matches!(resume, Resume::Done), "{resume:?}");
-        // A persistent congestion ends one at once.
-        let mut resume = jumped(&path);
-        resume.on_loss(1_200, true);
-        assert!(matches!(resume, Resume::Done), "{resume:?}");
+        // A persistent congestion, or a congestion mark, ends one at once.
+        for (lost, persistent) in [(1_200, true), (0, false)] {
+            let mut resume = jumped(&path);
+            resume.on_loss(lost, persistent);
+            assert!(matches!(resume, Resume::Retreated { .. }), "{resume:?}");
+        }
     }
 
     #[test]
@@ -833,12 +926,46 @@ mod tests {
         let mut measured = PathModel::new(start);
         Path::slow(300).drive(&mut measured, start, 500);
         // Half a product again, above a smaller bounded window.
-        assert_eq!(resume.window(&measured, 50_000), 116_250);
-        resume.on_ack(1_200, 310 * MS, &measured, 100_000);
+        assert_eq!(resume.window(&measured, 50_000), 112_500);
+        resume.on_ack(1_200, 310 * MS, false, &measured, 100_000);
         assert!(matches!(resume, Resume::Jumped { .. }), "{resume:?}");
-        resume.on_ack(1_200, 310 * MS, &measured, 120_000);
+        resume.on_ack(1_200, 310 * MS, false, &measured, 120_000);
         assert!(matches!(resume, Resume::Done), "{resume:?}");
         assert_eq!(resume.window(&measured, 120_000), 120_000);
+    }
+
+    #[test]
+    fn a_resumption_follows_a_path_slower_than_remembered() {
+        let start = Instant::now();
+        let path = PathModel::new(start);
+        let resume = jumped(&path);
+        // Half the rate remembered, its round trips of data past the first three.
+        let mut slower = PathModel::new(start);
+        Path {
+            rate: 125_000,
+            ..Path::slow(300)
+        }
+        .drive(&mut slower, start, 500);
+        let floor = resume.window(&slower, 10_000);
+        assert!((55_000..=60_000).contains(&floor), "{floor}");
+        // In its first round trips the measured rate is still ramping: the remembered one.
+        slower.round = 2;
+        assert_eq!(resume.window(&slower, 10_000), 112_500);
+    }
+
+    #[test]
+    fn a_resumption_ends_with_the_transfer_it_started() {
+        let mut path = PathModel::new(Instant::now());
+        let mut resume = jumped(&path);
+        // The handshake's acknowledgements, and the next round trip's, are app-limited.
+        path.round = 1;
+        resume.on_ack(1_200, 310 * MS, true, &path, BBR_START);
+        assert!(matches!(resume, Resume::Jumped { .. }), "{resume:?}");
+        // Then nothing more to send: a later transfer starts from BBR.
+        path.round = 2;
+        resume.on_ack(1_200, 310 * MS, true, &path, BBR_START);
+        assert!(matches!(resume, Resume::Done), "{resume:?}");
+        assert_eq!(resume.window(&path, BBR_START), BBR_START);
     }
 
     #[test]
@@ -854,6 +981,14 @@ mod tests {
         assert_eq!(Remembered::from_record(&record, at + 3_600_001), None);
         // A clock set back since.
         assert_eq!(Remembered::from_record(&record, at - 1), None);
+        // A round trip past any rural path's, or none.
+        for micros in [3_000_001, 0] {
+            let odd = LinkPath {
+                min_rtt_micros: micros,
+                ..record
+            };
+            assert_eq!(Remembered::from_record(&odd, at), None, "{micros}");
+        }
         let close = Remembered {
             rate: 270_000,
             min_rtt: 320 * MS,

@@ -869,12 +869,13 @@ pub struct Link {
     /// How long a round waits for the host's next message while the host moves no data
     /// (`IDLE_TIMEOUT`; shortened by tests).
     quiet: Duration,
-    /// The path to the host as last recorded in the replica by this link, and when.
+    /// The path to the host as last recorded in the replica by this link, and when it was
+    /// measured.
     path_recorded: Option<(Remembered, std::time::Instant)>,
 }
 
-/// A recorded path is recorded again, the same, after this long: the next connection starts
-/// from a record this fresh at most (`congestion::REMEMBERED_FOR`).
+/// A path measured the same again is recorded again once its record is this much older than
+/// the measurement (`congestion::REMEMBERED_FOR` counts from the measurement recorded).
 const PATH_REFRESHED: Duration = Duration::from_secs(600);
 
 /// A connection for a round.
@@ -974,7 +975,12 @@ impl Link {
                 Some(list) => list,
                 None => settings_hosts(&r)?,
             };
-            Ok((enrol::site_tls(&r)?, hosts, r.sync().link_path()?))
+            // A hint: unreadable, the connection starts as a first one would.
+            let path = r.sync().link_path().unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "could not read the path to the host");
+                None
+            });
+            Ok((enrol::site_tls(&r)?, hosts, path))
         })
         .await
         .map_err(net_err)??;
@@ -1085,6 +1091,7 @@ impl Link {
                 report.wire_received = after.1 - before.1;
                 // The handshake is one more wait.
                 report.round_trips += u64::from(c.fresh);
+                report.resumed = c.fresh && congestion::resumed(&c.conn);
                 if report.renewed {
                     // The next round connects with the certificate just installed.
                     self.close().await;
@@ -1105,21 +1112,25 @@ impl Link {
     }
 
     /// Records the path to the host as `conn` measured it, for the connections after it (a
-    /// restarted daemon's too), when it changed or the record ages.
+    /// restarted daemon's too): when it measured a rate since the last record, and the path
+    /// changed or the record is `PATH_REFRESHED` older than that measurement. An idle link
+    /// measures nothing, and writes nothing.
     async fn record_path(&mut self, conn: &quinn::Connection) {
-        let Some(now) = congestion::measured(conn) else {
+        let Some((now, at)) = congestion::measured(conn) else {
             return;
         };
-        if self
-            .path_recorded
-            .is_some_and(|(before, at)| !now.differs_from(&before) && at.elapsed() < PATH_REFRESHED)
-        {
+        if self.path_recorded.is_some_and(|(before, recorded)| {
+            at <= recorded
+                || (!now.differs_from(&before) && at.duration_since(recorded) < PATH_REFRESHED)
+        }) {
             return;
         }
         let r = self.replica.clone();
-        let record = now.record(unix_millis());
+        let measured_ms = unix_millis()
+            .saturating_sub(u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX));
+        let record = now.record(measured_ms);
         match tokio::task::spawn_blocking(move || r.sync().set_link_path(record)).await {
-            Ok(Ok(())) => self.path_recorded = Some((now, std::time::Instant::now())),
+            Ok(Ok(())) => self.path_recorded = Some((now, at)),
             Ok(Err(e)) => tracing::warn!(error = %e, "could not record the path to the host"),
             Err(e) => tracing::warn!(error = %e, "could not record the path to the host"),
         }

@@ -809,6 +809,10 @@ pub struct RoundReport {
     pub round_trips: u64,
     /// A renewed certificate was installed in this round: the next connection uses it.
     pub renewed: bool,
+    /// The round's connection was opened for it and started at the path the last one
+    /// measured (`congestion`, careful resume; filled by `net`).
+    #[serde(default)]
+    pub resumed: bool,
 }
 
 /// A message of the push window, awaiting its acknowledgement.

@@ -430,7 +430,8 @@ fn a_site_started_again_resumes_at_the_path_its_last_connection_measured() {
     l.proxy.set_faults(long_slow_line(13));
     let first = incompressible(1 << 20, 14);
     let first_id = write_many(&l.site, &l.ins, vec![first.clone()]).remove(0);
-    sync_until_ok(&l.site, Duration::from_secs(60));
+    let cold = sync_until_ok(&l.site, Duration::from_secs(60));
+    assert_eq!(cold["resumed"], false, "{cold}");
     // What the push measured, recorded for the next process's connection: the line's rate
     // (its datagrams' headers aside) and its round trip.
     let path = link_path(&l.site).expect("a path recorded");
@@ -446,9 +447,11 @@ fn a_site_started_again_resumes_at_the_path_its_last_connection_measured() {
         path.min_rtt_micros
     );
     // Each `sync now` is a new process: this one starts at that path (the round trip of its
-    // first acknowledgement matches) and its push arrives whole.
+    // first acknowledgement matches; the first one's, over 127.0.0.1, did not) and its push
+    // arrives whole.
     let second = incompressible(1 << 20, 15);
     let second_id = write_many(&l.site, &l.ins, vec![second.clone()]).remove(0);
-    sync_until_ok(&l.site, Duration::from_secs(60));
+    let resumed = sync_until_ok(&l.site, Duration::from_secs(60));
+    assert_eq!(resumed["resumed"], true, "{resumed}");
     assert_converged(&l, &[first_id, second_id], &[first, second]);
 }

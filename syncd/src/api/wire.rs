@@ -3081,6 +3081,9 @@ pub struct Round {
     pub wire_received: u64,
     pub round_trips: u64,
     pub renewed: bool,
+    /// The round's connection started at the path the last one measured.
+    #[serde(default)]
+    pub resumed: bool,
 }
 
 impl From<&crate::session::RoundReport> for Round {
@@ -3099,6 +3102,7 @@ impl From<&crate::session::RoundReport> for Round {
             wire_received: r.wire_received,
             round_trips: r.round_trips,
             renewed: r.renewed,
+            resumed: r.resumed,
         }
     }
 }
@@ -3119,6 +3123,7 @@ impl From<Round> for crate::session::RoundReport {
             wire_received: r.wire_received,
             round_trips: r.round_trips,
             renewed: r.renewed,
+            resumed: r.resumed,
         }
     }
 }
