@@ -231,7 +231,8 @@ impl Resume {
                     return;
                 };
                 // The same path, as far as its round trip tells (careful resume's check).
-                let same = round_trip >= r.min_rtt / 2 && round_trip <= r.min_rtt * 10;
+                let same =
+                    round_trip >= r.min_rtt / 2 && round_trip <= r.min_rtt.saturating_mul(10);
                 *self = if same {
                     Resume::Jumped {
                         window: bytes_at(r.rate, r.min_rtt).min(RESUMED_WINDOW_MAX),
