@@ -41,7 +41,7 @@ struct Valley {
     runtime: tokio::runtime::Runtime,
     host: Arc<Replica>,
     host_addr: SocketAddr,
-    host_endpoint: quinn::Endpoint,
+    host_server: Arc<transport::HostServer>,
     pro: Professional,
     sender: Arc<Replica>,
     sender_site: u32,
@@ -87,14 +87,14 @@ impl Valley {
         let revoked = Arc::new(enrol::revoked(&host)?);
         let (ca, identity) = enrol::host_identity(&host)?;
         let server = transport::server_config(&ca, &identity, revoked.clone())?;
-        let host_endpoint = {
+        let host_server = {
             let _guard = runtime.enter();
-            quinn::Endpoint::server(server, "127.0.0.1:0".parse()?)?
+            transport::HostServer::bind(server, "127.0.0.1:0".parse()?)?
         };
-        let host_addr = host_endpoint.local_addr()?;
+        let host_addr = host_server.endpoint().local_addr()?;
         let host = Arc::new(host);
         runtime.spawn(net::serve(
-            host_endpoint.clone(),
+            host_server.clone(),
             carnet_store::replica::HostReplica::new(host.clone())?,
             net::Live::new(Arc::new(tokio::sync::Notify::new()), revoked),
         ));
@@ -104,7 +104,7 @@ impl Valley {
             runtime,
             host,
             host_addr,
-            host_endpoint,
+            host_server,
             pro,
             sender: Arc::new(sender),
             sender_site,
@@ -226,7 +226,9 @@ impl Valley {
 
 impl Drop for Valley {
     fn drop(&mut self) {
-        self.host_endpoint.close(0u32.into(), b"bench over");
+        self.host_server
+            .endpoint()
+            .close(0u32.into(), b"bench over");
     }
 }
 

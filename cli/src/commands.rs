@@ -975,7 +975,7 @@ fn sites(cli: &Cli, show: Option<&SitesCmd>) -> Result<Reply> {
     let when = |t: Option<i64>| t.map_or_else(|| "-".to_string(), format_rfc3339);
     let human = match (only, sites.first()) {
         (Some(_), Some(s)) => format!(
-            "site {} — {} (FINESS {}){}\nconnected: {}\nlast contact: {}\nversion: {}\nchanges not pulled: {} (log head {})\nbodies not pulled: {}\nchanges not pushed: {}\ntrace entries not sent: {}\nbodies owed to the host: {}\nreturned, not yet confirmed: {}\nlease until: {}\nquarantine: {}\nconflicts: {}\npending grants (consent in person): {}\npending pins: {}\nrounds: {}, bytes received {}, sent {}\nerrors: {}\nlast error: {}",
+            "site {} — {} (FINESS {}){}\nconnected: {}\nlast contact: {}\nversion: {}\nchanges not pulled: {} (log head {})\nbodies not pulled: {}\nchanges not pushed: {}\ntrace entries not sent: {}\nbodies owed to the host: {}\nreturned, not yet confirmed: {}\nlease until: {}\nquarantine: {}\nconflicts: {}\npending grants (consent in person): {}\npending pins: {}\nrounds: {}, bytes received {}, sent {}\nlink from the host: {}\nerrors: {}\nlast error: {}",
             s.site,
             s.name,
             s.finess,
@@ -998,6 +998,20 @@ fn sites(cli: &Cli, show: Option<&SitesCmd>) -> Result<Reply> {
             s.rounds,
             s.bytes_received,
             s.bytes_sent,
+            s.link.map_or_else(
+                || "not measured since the host's daemon started".to_string(),
+                |l| format!(
+                    "{} kB/s, round trip {} ms (measured {}); its last connection {}",
+                    l.rate / 1000,
+                    l.min_rtt_micros / 1000,
+                    format_rfc3339(l.measured_at),
+                    if l.last_connection_resumed {
+                        "started at that path"
+                    } else {
+                        "started afresh"
+                    }
+                )
+            ),
             if s.errors.is_empty() {
                 "none".to_string()
             } else {

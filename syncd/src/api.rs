@@ -618,7 +618,7 @@ pub struct Service {
     /// the daemon then pokes live sites (host) or runs a round (site).
     pub changed: Arc<tokio::sync::Notify>,
     /// The host's QUIC endpoint (daemon only): a renewed host certificate is served at once.
-    pub endpoint: Option<quinn::Endpoint>,
+    pub server: Option<Arc<crate::transport::HostServer>>,
     /// Host: what the daemon saw of each site (daemon only).
     pub fleet: Option<Arc<crate::fleet::Fleet>>,
     /// Site: its presence on the local network, with `discover = true` (daemon only).
@@ -673,7 +673,7 @@ impl Service {
             revoked: None,
             link: None,
             changed,
-            endpoint: None,
+            server: None,
             fleet: None,
             discovery: None,
             sync_mark: Mutex::new(None),
@@ -1262,13 +1262,13 @@ impl Service {
     /// Host (daemon only): presents the host's certificate as the register holds it from the
     /// next handshake on (a renewal, a switch to a new key).
     fn serve_host_identity(&self) -> Result<()> {
-        if let (Some(endpoint), Some(revoked)) = (&self.endpoint, &self.revoked) {
+        if let (Some(server), Some(revoked)) = (&self.server, &self.revoked) {
             let (ca, identity) = enrol::host_identity(&self.replica)?;
-            endpoint.set_server_config(Some(crate::transport::server_config(
+            server.serve(crate::transport::server_config(
                 &ca,
                 &identity,
                 revoked.clone(),
-            )?));
+            )?);
         }
         Ok(())
     }

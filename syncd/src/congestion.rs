@@ -22,13 +22,16 @@
 //! **Resuming at a remembered path** (careful resume, draft-ietf-tsvwg-careful-resume). quinn's
 //! BBR starts with a window of 240 kB: on that link it sent three bandwidth-delay products in
 //! its first round trip, the queue dropped a hundred datagrams, and the line then stood idle
-//! while they were found lost (0.2–0.4 s of a 10 s push). A site's daemon records the path as
-//! its connections measure it ([`measured`]: the largest delivery rate of a transfer, the
-//! connection's smallest round trip, when) and starts the next connection, within
-//! [`REMEMBERED_FOR`] of that measurement, from it: once the first acknowledgement shows a
-//! round trip between half and ten times the one remembered (else it is another path, and BBR
+//! while they were found lost (0.2–0.4 s of a 10 s push). Each end records the path as its
+//! connections measure it while sending ([`measured`]: the largest delivery rate of a
+//! transfer, the connection's smallest round trip, when) — a site in its replica, the host in
+//! memory for each site — and starts the next connection, within [`REMEMBERED_FOR`] of that
+//! measurement, from it: once the connection's smallest round trip so far (from the handshake
+//! on) is between half and ten times the one remembered (else it is another path, and BBR
 //! starts as it would), the window is the remembered bandwidth-delay product (at most
-//! `RESUMED_WINDOW_MAX`), which quinn paces over the round trip; once a rate is measured, half
+//! `RESUMED_WINDOW_MAX`), which quinn paces over the round trip — from the first flight after
+//! the path is known (a site knows it before connecting, the host once the handshake names the
+//! site, before the site's first request arrives); once a rate is measured, half
 //! as much again (`VALIDATED_GAIN`), of the product measured if smaller after the first
 //! `RESUMED_ROUNDS_UNMEASURED` round trips of data. The resumption ends when the bounded window
 //! below is as large, when the connection has nothing more to send (the transfer it started
@@ -213,8 +216,17 @@ enum Resume {
 }
 
 impl Resume {
-    /// After an acknowledgement of `bytes` sent `round_trip` ago (`app_limited`: the
-    /// connection had nothing more to send).
+    /// The window a resumption at `remembered` jumps to, if the connection's smallest round
+    /// trip so far, `round_trip`, says it is the same path (careful resume's check): the
+    /// remembered bandwidth-delay product, at most `RESUMED_WINDOW_MAX`.
+    fn jump(remembered: &Remembered, round_trip: Duration) -> Option<u64> {
+        let r = remembered;
+        let same = round_trip >= r.min_rtt / 2 && round_trip <= r.min_rtt.saturating_mul(10);
+        same.then(|| bytes_at(r.rate, r.min_rtt).min(RESUMED_WINDOW_MAX))
+    }
+
+    /// After an acknowledgement of `bytes` (`round_trip`: the connection's smallest so far,
+    /// this one's included; `app_limited`: the connection had nothing more to send).
     fn on_ack(
         &mut self,
         bytes: u64,
@@ -227,21 +239,17 @@ impl Resume {
             // A connection already measuring its path is past its start.
             Resume::Waiting(_) if path.measured => *self = Resume::Done,
             Resume::Waiting(remembered) => {
-                let Some(&r) = remembered.get() else {
+                let Some(r) = remembered.get() else {
                     return;
                 };
-                // The same path, as far as its round trip tells (careful resume's check).
-                let same =
-                    round_trip >= r.min_rtt / 2 && round_trip <= r.min_rtt.saturating_mul(10);
-                *self = if same {
-                    Resume::Jumped {
-                        window: bytes_at(r.rate, r.min_rtt).min(RESUMED_WINDOW_MAX),
+                *self = match Resume::jump(r, round_trip) {
+                    Some(window) => Resume::Jumped {
+                        window,
                         round: path.round,
                         acked: 0,
                         lost: 0,
-                    }
-                } else {
-                    Resume::Done
+                    },
+                    None => Resume::Done,
                 };
             }
             Resume::Jumped {
@@ -303,6 +311,13 @@ impl Resume {
     /// The window, given the bounded one.
     fn window(&self, path: &PathModel, bounded: u64) -> u64 {
         match *self {
+            // The path became known since the last acknowledgement (the host's, once the
+            // handshake names the site): the first flight after it goes at the jump already.
+            Resume::Waiting(ref remembered) if !path.measured => remembered
+                .get()
+                .zip(path.lowest_rtt)
+                .and_then(|(r, round_trip)| Resume::jump(r, round_trip))
+                .unwrap_or(bounded),
             Resume::Jumped { .. } if path.measured => bounded.max(self.floor(path)),
             Resume::Jumped { window, .. } => window,
             Resume::Retreated { window } => bounded.min(window),
@@ -338,9 +353,12 @@ impl Controller for Bounded {
         self.path.on_ack(now, sent, bytes, app_limited);
         self.inner.on_ack(now, sent, bytes, app_limited, rtt);
         let bounded = self.bounded();
+        let round_trip = now.saturating_duration_since(sent);
         self.resume.on_ack(
             bytes,
-            now.saturating_duration_since(sent),
+            self.path
+                .lowest_rtt
+                .map_or(round_trip, |l| l.min(round_trip)),
             app_limited,
             &self.path,
             bounded,
@@ -851,6 +869,35 @@ mod tests {
         let mut cold = Resume::Waiting(Arc::default());
         cold.on_ack(1_200, 310 * MS, true, &path, BBR_START);
         assert_eq!(cold.window(&path, BBR_START), BBR_START);
+    }
+
+    #[test]
+    fn a_path_known_only_after_the_handshake_sets_the_next_flight_at_once() {
+        // The host's side: the handshake's flight was acknowledged before it knew the site.
+        let start = Instant::now();
+        let mut path = PathModel::new(start);
+        path.on_sent(start);
+        path.on_ack(start + 310 * MS, start, 1_200, true);
+        let cell = Arc::new(OnceLock::new());
+        let mut resume = Resume::Waiting(cell.clone());
+        resume.on_ack(1_200, 310 * MS, true, &path, BBR_START);
+        assert_eq!(resume.window(&path, BBR_START), BBR_START);
+        // The handshake named the site: its path sets the window before another
+        // acknowledgement comes (the reply and the first batch go out at once).
+        let site_path = *remembered().get().expect("remembered");
+        cell.set(site_path).expect("set");
+        assert_eq!(resume.window(&path, BBR_START), 75_000);
+        resume.on_ack(1_200, 310 * MS, true, &path, BBR_START);
+        assert!(matches!(resume, Resume::Jumped { .. }), "{resume:?}");
+        // A path remembered with another round trip (30 ms) is not this one.
+        let cell = Arc::new(OnceLock::new());
+        let other = Resume::Waiting(cell.clone());
+        cell.set(Remembered {
+            min_rtt: 30 * MS,
+            ..site_path
+        })
+        .expect("set");
+        assert_eq!(other.window(&path, BBR_START), BBR_START);
     }
 
     #[test]

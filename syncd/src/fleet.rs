@@ -1,6 +1,7 @@
 //! The host's view of each site, for the national operator (`carnet sites`, `/metrics`, the
 //! status page): when it was last heard from, whether it is connected, how far behind it is,
-//! its lease, quarantine, pending requests, Carnet version and last error.
+//! its lease, quarantine, pending requests, Carnet version and last error; and the path to it
+//! as the host's connections measured it, which the next one starts from.
 //!
 //! Two sources, joined in `overview`: what the replica knows durably (the register of sites,
 //! each site's log head, the changes, trace entries and bodies the host holds from it, the
@@ -15,12 +16,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
+use std::time::Instant;
 
 use carnet_store::ids::SiteId;
 use carnet_store::replica::{Host, RequestKind};
 use carnet_store::time::Millis;
 use serde::{Deserialize, Serialize};
 
+use crate::congestion::{self, Remembered};
 use crate::error::{Error, Result};
 use crate::session::SiteAbout;
 
@@ -43,6 +46,11 @@ struct Seen {
     bytes_sent: u64,
     errors: BTreeMap<&'static str, u64>,
     last_error: Option<(Millis, String)>,
+    /// The path to it as the host's connections measured it sending (`congestion::measured`),
+    /// when, and when by the wall clock.
+    path: Option<(Remembered, Instant, Millis)>,
+    /// Its last connection started at the path remembered.
+    resumed: bool,
 }
 
 /// The host daemon's in-memory record of each site (see the module doc).
@@ -104,6 +112,27 @@ impl Fleet {
         });
     }
 
+    /// What `conn`, a connection of `site`, measured of the path to it (kept if it measured
+    /// anything), and whether it resumed at the path remembered.
+    pub fn link(&self, site: SiteId, now: Millis, conn: &quinn::Connection) {
+        let (measured, resumed) = (congestion::measured(conn), congestion::resumed(conn));
+        self.with(site, now, |s| {
+            s.resumed = resumed;
+            if let Some((path, at)) = measured {
+                let ago = i64::try_from(at.elapsed().as_millis()).unwrap_or(i64::MAX);
+                s.path = Some((path, at, now.saturating_sub(ago)));
+            }
+        });
+    }
+
+    /// The path to `site` a connection of the host measured within `REMEMBERED_FOR`, which
+    /// its next connection starts from (`congestion`, careful resume).
+    pub fn path(&self, site: SiteId) -> Option<Remembered> {
+        let sites = self.sites.lock().ok()?;
+        let (path, at, _) = sites.get(&site.0)?.path?;
+        (at.elapsed() <= congestion::REMEMBERED_FOR).then_some(path)
+    }
+
     fn seen(&self) -> HashMap<u32, Seen> {
         self.sites.lock().map(|s| s.clone()).unwrap_or_default()
     }
@@ -163,6 +192,22 @@ pub struct SiteOverview {
     pub errors: BTreeMap<String, u64>,
     /// The last one, and when.
     pub last_error: Option<(Millis, String)>,
+    /// The path to it as the host last measured it sending, since the host's daemon started.
+    pub link: Option<LinkSeen>,
+}
+
+/// The path from the host to a site, as a connection measured it (no patient data: a rate
+/// and a round trip).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkSeen {
+    /// Delivery rate, bytes per second.
+    pub rate: u64,
+    /// Smallest round trip, microseconds.
+    pub min_rtt_micros: u64,
+    /// When it was measured.
+    pub measured_at: Millis,
+    /// The site's last connection started at the path measured before it.
+    pub last_connection_resumed: bool,
 }
 
 /// Every enrolled site (or only `only`), from the register, the replica and `fleet`.
@@ -225,6 +270,12 @@ pub fn overview(host: Host<'_>, fleet: &Fleet, only: Option<u32>) -> Result<Vec<
                 .map(|(k, n)| ((*k).to_string(), *n))
                 .collect(),
             last_error: s.last_error.clone(),
+            link: s.path.map(|(path, _, measured_at)| LinkSeen {
+                rate: path.rate,
+                min_rtt_micros: u64::try_from(path.min_rtt.as_micros()).unwrap_or(u64::MAX),
+                measured_at,
+                last_connection_resumed: s.resumed,
+            }),
         });
     }
     Ok(out)

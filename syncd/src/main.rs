@@ -384,16 +384,17 @@ async fn host(
         .ok_or("carnet.toml: a host needs `listen`")?;
     let (ca, identity) = enrol::host_identity(&replica)?;
     let revoked = Arc::new(enrol::revoked(&replica)?);
-    let endpoint = quinn::Endpoint::server(
+    let server = transport::HostServer::bind(
         transport::server_config(&ca, &identity, revoked.clone())?,
         listen,
     )?;
+    let endpoint = server.endpoint().clone();
     tracing::info!(address = %endpoint.local_addr()?, "host serving");
     let mut service = Service::new(replica.arc().clone());
     // `carnet pki revoke` through the daemon refuses the site at once, live connection included.
     service.revoked = Some(revoked.clone());
     // `carnet pki renew-host` through the daemon serves the new certificate at once.
-    service.endpoint = Some(endpoint.clone());
+    service.server = Some(server.clone());
     let live = net::Live::new(service.changed.clone(), revoked);
     // `carnet sites`: what the daemon sees of each site.
     service.fleet = Some(live.fleet());
@@ -407,7 +408,7 @@ async fn host(
         .config
         .spool_dir(data)
         .map(|dir| tokio::spawn(notification_spool(replica.clone(), dir)));
-    let server = tokio::spawn(net::serve(endpoint.clone(), replica.clone(), live));
+    let server = tokio::spawn(net::serve(server, replica.clone(), live));
     // The local socket and the QUIC endpoint are bound: `carnet` and the sites can reach us.
     ready(
         notifier,

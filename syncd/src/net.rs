@@ -45,7 +45,7 @@ use crate::frame::{self, FrameDecoder};
 use crate::pki::{HOST_NAME, Identity};
 use crate::schedule::IDLE_TIMEOUT;
 use crate::session::{HostHeld, HostSession, Msg, RoundReport, SiteSession};
-use crate::transport::Revoked;
+use crate::transport::{HostServer, Revoked};
 
 const READ_CHUNK: usize = 64 * 1024;
 /// Connections one site may hold open at the host: one is the rule (a site's daemon keeps one
@@ -279,25 +279,38 @@ async fn poke(conn: &quinn::Connection, log_head: u64) -> Result<()> {
     stream.finish().map_err(net_err)
 }
 
-/// Host: serves connections on `endpoint` until it is closed.
-pub async fn serve(endpoint: quinn::Endpoint, replica: HostReplica, live: Arc<Live>) {
+/// Host: serves connections on `server`'s endpoint until it is closed.
+pub async fn serve(server: Arc<HostServer>, replica: HostReplica, live: Arc<Live>) {
     tokio::spawn(live.clone().run(replica.clone()));
-    while let Some(incoming) = endpoint.accept().await {
+    while let Some(incoming) = server.endpoint().accept().await {
         let (replica, live) = (replica.clone(), live.clone());
+        let remote = incoming.remote_address();
+        let accepted = server.accept(incoming);
         tokio::spawn(async move {
             // A failed connection concerns that peer only.
-            let _ = serve_connection(incoming, replica, live).await;
+            let _ = match accepted {
+                Ok((connecting, path)) => {
+                    serve_connection(connecting, path, remote, replica, live).await
+                }
+                Err(e) => {
+                    tracing::info!(%remote, error = %e, "handshake failed");
+                    Err(e)
+                }
+            };
         });
     }
 }
 
+/// Serves the connection `connecting` from `remote`; `path` is told the path to the site once
+/// the handshake names it (its controller resumes there).
 async fn serve_connection(
-    incoming: quinn::Incoming,
+    connecting: quinn::Connecting,
+    path: Arc<std::sync::OnceLock<crate::congestion::Remembered>>,
+    remote: std::net::SocketAddr,
     replica: HostReplica,
     live: Arc<Live>,
 ) -> Result<()> {
-    let remote = incoming.remote_address();
-    let conn = match incoming.await {
+    let conn = match connecting.await {
         Ok(conn) => conn,
         Err(e) => {
             // A certificate the CA did not issue, or a revoked one, is refused here, by TLS
@@ -351,6 +364,9 @@ async fn serve_connection(
     }
     for f in retired {
         live.revoked.add(f);
+    }
+    if let Some(remembered) = live.fleet.path(SiteId(site)) {
+        let _ = path.set(remembered);
     }
     live.join(SiteId(site), fingerprint, &conn, head);
     live.fleet.connected(SiteId(site), replica.now());
@@ -628,6 +644,9 @@ async fn host_stream(
         stats.bytes_received.load(Ordering::Relaxed),
         stats.bytes_sent.load(Ordering::Relaxed),
     );
+    // The path to the site, as this stream's replies measured it: the site's next connection
+    // starts from it.
+    live.fleet.link(site, replica.now(), &link);
     served
 }
 
@@ -1526,14 +1545,14 @@ mod tests {
         let (ca, host_id) = enrol::host_identity(host).expect("identity");
         let config =
             crate::transport::server_config(&ca, &host_id, revoked.clone()).expect("server");
-        let endpoint =
-            quinn::Endpoint::server(config, "127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let server = HostServer::bind(config, "127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let endpoint = server.endpoint().clone();
         let addr = endpoint.local_addr().expect("addr");
         let changed = Arc::new(tokio::sync::Notify::new());
         let mut live = Live::new(changed.clone(), revoked.clone());
         Arc::get_mut(&mut live).expect("a new registry").quiet = quiet;
         tokio::spawn(serve(
-            endpoint.clone(),
+            server,
             HostReplica::new(host.clone()).expect("host"),
             live,
         ));

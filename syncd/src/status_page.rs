@@ -406,6 +406,7 @@ mod tests {
             bytes_sent: 0,
             errors: Default::default(),
             last_error: None,
+            link: None,
         };
         let html = host("hôte", &[s], 0);
         assert!(!html.contains("<img"), "{html}");

@@ -278,6 +278,59 @@ pub fn server_config(
     quic_server(Arc::new(verifier), host, ALPN)
 }
 
+/// The host's QUIC endpoint and the server configuration it serves, which may be replaced
+/// while it runs (`serve`: a renewed host certificate, from the next handshake on). Each
+/// connection is accepted with a configuration of its own (`accept`), whose controller resumes
+/// at the path the host remembers for the site once the handshake has named it
+/// (`congestion`, careful resume: the host sends a pull's documents).
+#[derive(Debug)]
+pub struct HostServer {
+    endpoint: quinn::Endpoint,
+    config: RwLock<quinn::ServerConfig>,
+}
+
+impl HostServer {
+    /// An endpoint bound to `listen`, serving `config`.
+    pub fn bind(config: quinn::ServerConfig, listen: std::net::SocketAddr) -> Result<Arc<Self>> {
+        let endpoint = quinn::Endpoint::server(config.clone(), listen)?;
+        Ok(Arc::new(HostServer {
+            endpoint,
+            config: RwLock::new(config),
+        }))
+    }
+
+    pub fn endpoint(&self) -> &quinn::Endpoint {
+        &self.endpoint
+    }
+
+    /// Serves `config` from the next handshake on.
+    pub fn serve(&self, config: quinn::ServerConfig) {
+        self.endpoint.set_server_config(Some(config.clone()));
+        if let Ok(mut current) = self.config.write() {
+            *current = config;
+        }
+    }
+
+    /// Accepts `incoming` with the configuration served, its controller resuming at the path
+    /// the returned cell holds once it holds it (set when the handshake names the site).
+    pub fn accept(
+        &self,
+        incoming: quinn::Incoming,
+    ) -> Result<(quinn::Connecting, Arc<OnceLock<Remembered>>)> {
+        let remembered = Arc::new(OnceLock::new());
+        let mut config = self
+            .config
+            .read()
+            .map_err(|_| Error::Invalid("server configuration lock poisoned".into()))?
+            .clone();
+        config.transport_config(transport(End::Listening, remembered.clone())?);
+        let connecting = incoming
+            .accept_with(Arc::new(config))
+            .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
+        Ok((connecting, remembered))
+    }
+}
+
 /// A QUIC server configuration: `server_tls`, no session resumed.
 fn quic_server(
     verifier: Arc<dyn ClientCertVerifier>,

@@ -455,3 +455,58 @@ fn a_site_started_again_resumes_at_the_path_its_last_connection_measured() {
     assert_eq!(resumed["resumed"], true, "{resumed}");
     assert_converged(&l, &[first_id, second_id], &[first, second]);
 }
+
+/// The path from the host to the one site of `l`, as the host's daemon shows it (`carnet
+/// sites`), once `check` holds of it (within 30 s: the host records it as each of the site's
+/// streams ends, which may be just after the site's round is over).
+fn host_link(l: &Link, check: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let sites = l.host.json(&["sites"]);
+        let link = sites[0]["link"].clone();
+        if check(&link) {
+            return link;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the host's view of the link never came to what was expected: {sites}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The host's side of careful resume: the path to a site as the host measured it sending a
+/// pull, and the site's next connection, a pull too, starting from it.
+#[test]
+fn the_host_resumes_a_sites_next_pull_at_the_path_its_last_one_measured() {
+    let l = link();
+    l.proxy.set_faults(long_slow_line(17));
+    let first = incompressible(1 << 20, 18);
+    let first_id = l
+        .host
+        .add_doc(&l.ins, DOCTOR, "10", CONSULTATION, "Scanner", &first);
+    sync_until_ok(&l.site, Duration::from_secs(60));
+    let measured = host_link(&l, |link| {
+        link["rate_bytes_per_s"].as_u64() > Some(256 << 10)
+    });
+    assert!(
+        measured["rate_bytes_per_s"]
+            .as_u64()
+            .is_some_and(|rate| rate <= 640 << 10)
+            && measured["min_rtt_micros"]
+                .as_u64()
+                .is_some_and(|rtt| (300_000..600_000).contains(&rtt)),
+        "measured {measured} for a line of 512 KiB/s and 300 ms"
+    );
+    // That connection started afresh (the site's earlier rounds went over 127.0.0.1, whose
+    // round trip is not this one's).
+    assert_eq!(measured["last_connection_resumed"], false, "{measured}");
+    let second = incompressible(1 << 20, 19);
+    let second_id = l
+        .host
+        .add_doc(&l.ins, DOCTOR, "10", CONSULTATION, "Scanner", &second);
+    sync_until_ok(&l.site, Duration::from_secs(60));
+    host_link(&l, |link| link["last_connection_resumed"] == true);
+    assert_eq!(l.site.body(&first_id, DOCTOR), first);
+    assert_eq!(l.site.body(&second_id, DOCTOR), second);
+}

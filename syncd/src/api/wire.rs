@@ -3415,6 +3415,45 @@ pub struct SiteOverview {
     pub bytes_sent: u64,
     pub errors: BTreeMap<String, u64>,
     pub last_error: Option<LastError>,
+    /// The path from the host to the site as the host last measured it sending (its next
+    /// connection starts from it within the hour); absent until measured since the host's
+    /// daemon started.
+    #[serde(default)]
+    pub link: Option<LinkMeasured>,
+}
+
+/// The path from the host to a site, as a connection measured it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct LinkMeasured {
+    /// Delivery rate, bytes per second.
+    pub rate_bytes_per_s: u64,
+    /// Smallest round trip, microseconds.
+    pub min_rtt_micros: u64,
+    pub measured_at: Time,
+    /// The site's last connection started at the path measured before it.
+    pub last_connection_resumed: bool,
+}
+
+impl From<&crate::fleet::LinkSeen> for LinkMeasured {
+    fn from(l: &crate::fleet::LinkSeen) -> Self {
+        LinkMeasured {
+            rate_bytes_per_s: l.rate,
+            min_rtt_micros: l.min_rtt_micros,
+            measured_at: Time(l.measured_at),
+            last_connection_resumed: l.last_connection_resumed,
+        }
+    }
+}
+
+impl From<LinkMeasured> for crate::fleet::LinkSeen {
+    fn from(l: LinkMeasured) -> Self {
+        crate::fleet::LinkSeen {
+            rate: l.rate_bytes_per_s,
+            min_rtt_micros: l.min_rtt_micros,
+            measured_at: l.measured_at.0,
+            last_connection_resumed: l.last_connection_resumed,
+        }
+    }
 }
 
 impl From<&crate::fleet::SiteOverview> for SiteOverview {
@@ -3447,6 +3486,7 @@ impl From<&crate::fleet::SiteOverview> for SiteOverview {
                 at: Time(*at),
                 message: message.clone(),
             }),
+            link: s.link.as_ref().map(Into::into),
         }
     }
 }
@@ -3478,6 +3518,7 @@ impl From<SiteOverview> for crate::fleet::SiteOverview {
             bytes_sent: s.bytes_sent,
             errors: s.errors,
             last_error: s.last_error.map(|e| (e.at.0, e.message)),
+            link: s.link.map(Into::into),
         }
     }
 }
