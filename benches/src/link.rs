@@ -118,8 +118,8 @@ struct Measured {
     /// After a push: one more document, synced on the connection the push left open, then
     /// another on a connection just opened (`one_more_document`).
     one_more: Option<[Round; 2]>,
-    /// After a push: the same push again from a daemon restarted, and its floor
-    /// (`push_restarted`).
+    /// After a push or a pull: the same again from a daemon restarted, and its floor
+    /// (`push_restarted`, `pull_restarted`).
     restarted: Option<[Timed; 2]>,
 }
 
@@ -154,6 +154,8 @@ struct Round {
 struct Setup {
     site: Arc<Replica>,
     proxy: FaultProxy,
+    /// The host daemon's data folder (its local API's socket).
+    host_dir: std::path::PathBuf,
     _host: Daemon,
 }
 
@@ -219,6 +221,7 @@ fn setup(dir: &Path, link: Link, workload: Workload) -> Res<Setup> {
     Ok(Setup {
         site,
         proxy: FaultProxy::start(listen, link.faults(7)),
+        host_dir,
         _host: host,
     })
 }
@@ -296,6 +299,9 @@ fn carnet(dir: &Path, link: Link, workload: Workload) -> Res<Measured> {
             Some(one_more),
             Some(push_restarted(&runtime, &s, link, workload)?),
         )
+    } else if workload == Workload::Pull {
+        runtime.block_on(sync.close());
+        (None, Some(pull_restarted(&runtime, &s, link, workload)?))
     } else {
         (None, None)
     };
@@ -359,6 +365,75 @@ fn push_restarted(
         workload,
         carnet_syncd::congestion::Remembered::from_record(&remembered, crate::unix_millis()?),
     )?;
+    Ok([carnet, floor.timed()])
+}
+
+/// The pull again, of as many new documents written at the host (through its daemon), from
+/// a site's daemon restarted: the host's connection starts at the path to the site it
+/// measured sending the first pull (`carnet sites`); and the floor from a server that resumes
+/// at that same path.
+fn pull_restarted(
+    runtime: &tokio::runtime::Runtime,
+    s: &Setup,
+    link: Link,
+    workload: Workload,
+) -> Res<[Timed; 2]> {
+    use carnet_syncd::api::local::Client;
+    use carnet_syncd::api::{Request, Response, socket_path};
+    let host = Client::new(socket_path(&s.host_dir));
+    let scope: Vec<Ins> = s
+        .site
+        .dossiers()?
+        .iter()
+        .map(|d| d.head.ins.clone())
+        .collect();
+    for (ins, document) in documents(workload.bodies(), &scope, 2_000_000)? {
+        host.call(Request::PutDocument {
+            actor: Actor::Professional(doctor()?),
+            mode: AccessMode::Normal,
+            reason: None,
+            ins,
+            document,
+        })?;
+    }
+    let Response::Fleet(sites) = host.call(Request::Fleet { site: None })? else {
+        return Err("the host's daemon did not answer with its sites".into());
+    };
+    let measured = sites
+        .first()
+        .and_then(|site| site.link)
+        .ok_or("the host measured no path to the site")?;
+    let remembered = carnet_syncd::congestion::Remembered {
+        rate: measured.rate,
+        min_rtt: Duration::from_micros(measured.min_rtt_micros),
+    };
+    let expected = 2 * workload.bodies().len();
+    let drops_before = s.proxy.overflowed();
+    let mut sync = sync_link(&s.site, s.proxy.address)?;
+    let start = Instant::now();
+    let mut wire = 0;
+    loop {
+        let report = runtime.block_on(sync.round())?;
+        wire += report.wire_sent + report.wire_received;
+        let held: usize = s.site.dossiers()?.iter().map(|d| d.documents).sum();
+        if held == expected && s.site.missing_bodies()?.is_empty() {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(3600) {
+            return Err(format!(
+                "the pull again over {} did not end in an hour",
+                link.label()
+            )
+            .into());
+        }
+    }
+    let carnet = Timed {
+        seconds: start.elapsed().as_secs_f64(),
+        wire,
+        overflowed: s.proxy.overflowed() - drops_before,
+    };
+    runtime.block_on(sync.close());
+    let floor = floor_resuming(link, workload, Some(remembered))?;
     Ok([carnet, floor.timed()])
 }
 
@@ -577,7 +652,7 @@ pub fn run() -> Res<()> {
                 one_more.push((link.label(), rounds));
             }
             if let Some(again) = c.restarted {
-                restarted.push((*link, again));
+                restarted.push((*link, workload, again));
             }
             std::fs::remove_dir_all(&dir)?;
         }
@@ -597,17 +672,18 @@ pub fn run() -> Res<()> {
     }
     if !restarted.is_empty() {
         println!(
-            "\nThen the push again, of 500 new documents, from a daemon restarted within the hour: its connection starts at the path the last one measured (its round trip checked first); the floor's client likewise:\n"
+            "\nThen the same workload again, as many new documents, from a site's daemon restarted within the hour: the sending end's connection starts at the path its last one measured (its round trip checked first) — the site's for a push, the host's for a pull — and the floor's sending end likewise:\n"
         );
         println!(
-            "| link | Carnet | wire | queue drops | share of line rate | raw QUIC floor | its wire | its drops | floor's share | budget |"
+            "| link | workload | Carnet | wire | queue drops | share of line rate | raw QUIC floor | its wire | its drops | floor's share | budget |"
         );
-        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
-        for (link, [c, f]) in restarted {
+        println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+        for (link, workload, [c, f]) in restarted {
             println!(
-                "| {} | {} |",
+                "| {} | {} | {} |",
                 link.label(),
-                cells(link, Workload::Push, c, f)
+                workload.name(),
+                cells(link, workload, c, f)
             );
         }
     }

@@ -291,14 +291,24 @@ pub(crate) fn raw_quic_via<R: RouteTo>(
     );
     let server = transport::server_config(&ca.cert_der, &host, Arc::default())?;
     let mut client = transport::client_config(&ca.cert_der, &site, None, &[])?;
-    transport::resuming(&mut client, remembered)?;
+    // The sending end resumes, as Carnet's would: a site pushing, the host answering a pull.
+    transport::resuming(&mut client, remembered.filter(|_| sender == Sender::Client))?;
     runtime.block_on(async move {
-        let endpoint = quinn::Endpoint::server(server, "127.0.0.1:0".parse()?)?;
-        let addr = endpoint.local_addr()?;
+        let host_server = transport::HostServer::bind(server, "127.0.0.1:0".parse()?)?;
+        let addr = host_server.endpoint().local_addr()?;
         let payload = Arc::new(random_bytes(bytes, 9));
         let served = payload.clone();
         let server = tokio::spawn(async move {
-            let conn = endpoint.accept().await.ok_or("no connection")?.await?;
+            let incoming = host_server
+                .endpoint()
+                .accept()
+                .await
+                .ok_or("no connection")?;
+            let (connecting, path) = host_server.accept(incoming)?;
+            if let Some(r) = remembered.filter(|_| sender == Sender::Server) {
+                let _ = path.set(r);
+            }
+            let conn = connecting.await?;
             let (mut send, mut recv) = conn.accept_bi().await?;
             let got = match sender {
                 Sender::Client => {

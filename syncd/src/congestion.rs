@@ -45,9 +45,9 @@
 //! only make the connection gentler on the path) and never smaller than four datagrams; it is
 //! BBR's until a rate is measured while the connection had more to send than it sent (a
 //! handshake's few packets say nothing of the path); a resumption only starts a connection
-//! (one already measuring its path never starts one, and one ends with its first transfer),
-//! and from its fourth round trip of data it is never above the bound; the
-//! state kept is bounded (`SENT_RECORDS_MAX` sends, one value per round trip of the window).
+//! (one that measured its path beyond its handshake, `START_BYTES`, never starts one, and one
+//! ends with its first transfer), and from its fourth round trip of data it is never above the
+//! bound; the state kept is bounded (`SENT_RECORDS_MAX` sends, one value per round trip of the window).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};
@@ -170,6 +170,11 @@ const RESUMED_WINDOW_MAX: u64 = 4 << 20;
 /// and a slow cell behind it are under 1.5 s).
 const REMEMBERED_RTT_MAX: Duration = Duration::from_secs(3);
 
+/// Bytes a connection delivers before it is past its start: its handshake's flights, and
+/// their retransmissions on a lossy link, are a few kilobytes (the host learns the site's path
+/// only once the handshake is over, and may have sampled a rate from it by then).
+const START_BYTES: u64 = 32 << 10;
+
 /// The share of a resumption's bytes it may lose and go on, over about two round trips: a
 /// radio link loses a few percent at random, a path slower than remembered (or a flow that
 /// joined at the bottleneck) loses a window's excess at once.
@@ -237,7 +242,7 @@ impl Resume {
     ) {
         match self {
             // A connection already measuring its path is past its start.
-            Resume::Waiting(_) if path.measured => *self = Resume::Done,
+            Resume::Waiting(_) if path.past_start() => *self = Resume::Done,
             Resume::Waiting(remembered) => {
                 let Some(r) = remembered.get() else {
                     return;
@@ -313,7 +318,7 @@ impl Resume {
         match *self {
             // The path became known since the last acknowledgement (the host's, once the
             // handshake names the site): the first flight after it goes at the jump already.
-            Resume::Waiting(ref remembered) if !path.measured => remembered
+            Resume::Waiting(ref remembered) if !path.past_start() => remembered
                 .get()
                 .zip(path.lowest_rtt)
                 .and_then(|(r, round_trip)| Resume::jump(r, round_trip))
@@ -559,6 +564,12 @@ impl PathModel {
         self.epoch_acked = self.epoch_acked.saturating_add(acked);
         let extra = self.epoch_acked.saturating_sub(expected(self.epoch_start));
         self.extra_acked.update(self.round, extra);
+    }
+
+    /// The connection measured its path over more than its start (`START_BYTES`): a
+    /// resumption no longer begins.
+    fn past_start(&self) -> bool {
+        self.measured && self.delivered > START_BYTES
     }
 
     /// The bandwidth-delay product: the largest rate times the smallest round trip of the last
@@ -934,6 +945,18 @@ mod tests {
         assert!(path.measured);
         let resume = jumped(&path);
         assert!(matches!(resume, Resume::Done), "{resume:?}");
+    }
+
+    #[test]
+    fn a_rate_sampled_from_a_handshake_leaves_the_start_to_a_resumption() {
+        let start = Instant::now();
+        let mut path = PathModel::new(start);
+        // A handshake's few kilobytes, sampled as the path's rate (a lossy link's
+        // retransmissions kept the host from being app-limited).
+        Path::slow(300).drive(&mut path, start, 8);
+        assert!(path.measured);
+        let resume = jumped(&path);
+        assert!(matches!(resume, Resume::Jumped { .. }), "{resume:?}");
     }
 
     #[test]

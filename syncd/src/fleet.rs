@@ -32,9 +32,9 @@ const ERROR_KINDS_MAX: usize = 16;
 
 /// What the host's daemon saw of one site since it started.
 #[derive(Debug, Clone, Default)]
-struct Seen {
+pub(crate) struct Seen {
     /// Connections open now.
-    connections: u64,
+    pub(crate) connections: u64,
     last_contact: Option<Millis>,
     /// The site's last `Hello`: what it said of itself, and the host's applied mark then.
     about: Option<(SiteAbout, u64)>,
@@ -44,7 +44,7 @@ struct Seen {
     rounds: u64,
     bytes_received: u64,
     bytes_sent: u64,
-    errors: BTreeMap<&'static str, u64>,
+    pub(crate) errors: BTreeMap<&'static str, u64>,
     last_error: Option<(Millis, String)>,
     /// The path to it as the host's connections measured it sending (`congestion::measured`),
     /// when, and when by the wall clock.
@@ -133,7 +133,7 @@ impl Fleet {
         (at.elapsed() <= congestion::REMEMBERED_FOR).then_some(path)
     }
 
-    fn seen(&self) -> HashMap<u32, Seen> {
+    pub(crate) fn seen(&self) -> HashMap<u32, Seen> {
         self.sites.lock().map(|s| s.clone()).unwrap_or_default()
     }
 }

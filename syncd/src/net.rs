@@ -490,6 +490,14 @@ fn refused_certificate(e: &quinn::ConnectionError) -> bool {
     matches!(code.checked_sub(TLS_ALERT), Some(40..=51 | 116))
 }
 
+/// True when the peer closed `conn` as a finished round does (`Link::close`: code 0).
+fn closed_after_its_round(conn: &quinn::Connection) -> bool {
+    matches!(
+        conn.close_reason(),
+        Some(quinn::ConnectionError::ApplicationClosed(c)) if c.error_code == 0u32.into()
+    )
+}
+
 /// What one host stream carried, for its log line: counts and bytes, never contents.
 #[derive(Debug, Default)]
 struct StreamLog {
@@ -682,6 +690,9 @@ async fn serve_host_stream(
         let msg = match read_while_moving(&peer.conn, recv, &mut decoder, live.quiet).await {
             Ok(Some(m)) => m,
             Ok(None) => break,
+            // The site closed its connection as a round's end does (a stream of body fetches
+            // may still be open then): nothing failed.
+            Err(_) if closed_after_its_round(&peer.conn) => break,
             Err(e) => {
                 live.fleet
                     .error(site, replica.now(), error_kind(&e), e.to_string());
@@ -1509,6 +1520,8 @@ mod tests {
         addr: SocketAddr,
         revoked: Arc<Revoked>,
         changed: Arc<tokio::sync::Notify>,
+        /// What the host's daemon shows its operator of each site.
+        fleet: Arc<Fleet>,
     }
 
     fn serving_host() -> Served {
@@ -1522,7 +1535,7 @@ mod tests {
         let host = Arc::new(host);
         enrol::init_host(&host).expect("pki");
         let revoked = Arc::new(enrol::revoked(&host).expect("revoked"));
-        let (endpoint, addr, changed) = serve_on_loopback(&host, &revoked, quiet);
+        let (endpoint, addr, changed, fleet) = serve_on_loopback(&host, &revoked, quiet);
         Served {
             tmp,
             host,
@@ -1531,17 +1544,23 @@ mod tests {
             addr,
             revoked,
             changed,
+            fleet,
         }
     }
 
     /// A host daemon's endpoint on 127.0.0.1 serving `host` (one more for the same replica is
     /// one more daemon of the host, as over a shared database), with the signal that its
-    /// store changed.
+    /// store changed and its view of the sites.
     fn serve_on_loopback(
         host: &Arc<Replica>,
         revoked: &Arc<Revoked>,
         quiet: Duration,
-    ) -> (quinn::Endpoint, SocketAddr, Arc<tokio::sync::Notify>) {
+    ) -> (
+        quinn::Endpoint,
+        SocketAddr,
+        Arc<tokio::sync::Notify>,
+        Arc<Fleet>,
+    ) {
         let (ca, host_id) = enrol::host_identity(host).expect("identity");
         let config =
             crate::transport::server_config(&ca, &host_id, revoked.clone()).expect("server");
@@ -1551,12 +1570,13 @@ mod tests {
         let changed = Arc::new(tokio::sync::Notify::new());
         let mut live = Live::new(changed.clone(), revoked.clone());
         Arc::get_mut(&mut live).expect("a new registry").quiet = quiet;
+        let fleet = live.fleet();
         tokio::spawn(serve(
             server,
             HostReplica::new(host.clone()).expect("host"),
             live,
         ));
-        (endpoint, addr, changed)
+        (endpoint, addr, changed, fleet)
     }
 
     /// An enrolment bundle `served` issues, for a clinic.
@@ -1889,6 +1909,48 @@ mod tests {
             "the connection itself was closed"
         );
         conn.close(0u32.into(), b"");
+        served.endpoint.close(0u32.into(), b"done");
+    }
+
+    /// A site that closes its connection as a round's end does (code 0) while a stream of it
+    /// waits for its next message (a `Bye` the close overtook, a fetch stream left open) is
+    /// not a failure for the operator; a connection closed with another code is.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_site_closing_after_its_round_is_no_error_for_the_operator() {
+        let served = serving_host();
+        let (bundle, _) = enrolled_site(&served);
+        let site = bundle.site_id;
+        let mut client =
+            quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client");
+        client.set_default_client_config(bundle.client_config().expect("config"));
+        let seen = |f: &Fleet| f.seen().get(&site).cloned().unwrap_or_default();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let wait_for = |what: &'static str, check: Box<dyn Fn(&crate::fleet::Seen) -> bool>| {
+            let fleet = served.fleet.clone();
+            async move {
+                while !check(&seen(&fleet)) {
+                    assert!(std::time::Instant::now() < deadline, "{what}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
+        for code in [0u32, 7] {
+            let conn = client
+                .connect(served.addr, HOST_NAME)
+                .expect("connect")
+                .await
+                .expect("handshake");
+            let (mut tx, _rx) = conn.open_bi().await.expect("stream");
+            // The first byte of a frame's length: the host's stream waits for the rest.
+            tx.write_all(&[9]).await.expect("write");
+            wait_for("never admitted", Box::new(|s| s.connections == 1)).await;
+            conn.close(code.into(), b"bye");
+            wait_for("never left", Box::new(|s| s.connections == 0)).await;
+        }
+        // The second connection's stream failed; the first one's ended.
+        wait_for("no error seen", Box::new(|s| !s.errors.is_empty())).await;
+        let errors = seen(&served.fleet).errors;
+        assert_eq!(errors.into_iter().collect::<Vec<_>>(), [("network", 1)]);
         served.endpoint.close(0u32.into(), b"done");
     }
 
@@ -2327,7 +2389,7 @@ mod tests {
 
     async fn two_daemons() -> TwoDaemons {
         let served = serving_host();
-        let (second, second_addr, _) =
+        let (second, second_addr, _, _) =
             serve_on_loopback(&served.host, &served.revoked, IDLE_TIMEOUT);
         let first = Relay::start(Some(served.addr)).await;
         let (site, mut link) = site_dialing(&served, vec![first.addr, second_addr]);
