@@ -339,27 +339,9 @@ fn push_restarted(
         .sync()
         .link_path()?
         .ok_or("the push's connection recorded no path")?;
-    let drops_before = s.proxy.overflowed();
-    let mut sync = sync_link(&s.site, s.proxy.address)?;
-    let start = Instant::now();
-    let mut wire = 0;
-    while s.site.outbox_len()? != 0 {
-        let report = runtime.block_on(sync.round())?;
-        wire += report.wire_sent + report.wire_received;
-        if start.elapsed() > Duration::from_secs(3600) {
-            return Err(format!(
-                "the push again over {} did not end in an hour",
-                link.label()
-            )
-            .into());
-        }
-    }
-    let carnet = Timed {
-        seconds: start.elapsed().as_secs_f64(),
-        wire,
-        overflowed: s.proxy.overflowed() - drops_before,
-    };
-    runtime.block_on(sync.close());
+    let carnet = rounds_until(runtime, s, link, "the push again", || {
+        Ok(s.site.outbox_len()? == 0)
+    })?;
     let floor = floor_resuming(
         link,
         workload,
@@ -408,6 +390,23 @@ fn pull_restarted(
         min_rtt: Duration::from_micros(measured.min_rtt_micros),
     };
     let expected = 2 * workload.bodies().len();
+    let carnet = rounds_until(runtime, s, link, "the pull again", || {
+        let held: usize = s.site.dossiers()?.iter().map(|d| d.documents).sum();
+        Ok(held == expected && s.site.missing_bodies()?.is_empty())
+    })?;
+    let floor = floor_resuming(link, workload, Some(remembered))?;
+    Ok([carnet, floor.timed()])
+}
+
+/// Rounds of a site's daemon just started (a new link), until `done` holds after one: their
+/// time, bytes on the wire and queue drops; the link closed after them.
+fn rounds_until(
+    runtime: &tokio::runtime::Runtime,
+    s: &Setup,
+    link: Link,
+    what: &str,
+    done: impl Fn() -> Res<bool>,
+) -> Res<Timed> {
     let drops_before = s.proxy.overflowed();
     let mut sync = sync_link(&s.site, s.proxy.address)?;
     let start = Instant::now();
@@ -415,26 +414,20 @@ fn pull_restarted(
     loop {
         let report = runtime.block_on(sync.round())?;
         wire += report.wire_sent + report.wire_received;
-        let held: usize = s.site.dossiers()?.iter().map(|d| d.documents).sum();
-        if held == expected && s.site.missing_bodies()?.is_empty() {
+        if done()? {
             break;
         }
         if start.elapsed() > Duration::from_secs(3600) {
-            return Err(format!(
-                "the pull again over {} did not end in an hour",
-                link.label()
-            )
-            .into());
+            return Err(format!("{what} over {} did not end in an hour", link.label()).into());
         }
     }
-    let carnet = Timed {
+    let timed = Timed {
         seconds: start.elapsed().as_secs_f64(),
         wire,
         overflowed: s.proxy.overflowed() - drops_before,
     };
     runtime.block_on(sync.close());
-    let floor = floor_resuming(link, workload, Some(remembered))?;
-    Ok([carnet, floor.timed()])
+    Ok(timed)
 }
 
 /// A prescription written at the site once the push is done, synced on the connection the
