@@ -378,13 +378,21 @@ fn pull_restarted(
             document,
         })?;
     }
-    let Response::Fleet(sites) = host.call(Request::Fleet { site: None })? else {
-        return Err("the host's daemon did not answer with its sites".into());
+    // The host records the path as the site's connection ends, which may be just after the
+    // site's close returned.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let measured = loop {
+        let Response::Fleet(sites) = host.call(Request::Fleet { site: None })? else {
+            return Err("the host's daemon did not answer with its sites".into());
+        };
+        if let Some(link) = sites.first().and_then(|site| site.link) {
+            break link;
+        }
+        if Instant::now() > deadline {
+            return Err("the host measured no path to the site".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
     };
-    let measured = sites
-        .first()
-        .and_then(|site| site.link)
-        .ok_or("the host measured no path to the site")?;
     let remembered = carnet_syncd::congestion::Remembered {
         rate: measured.rate,
         min_rtt: Duration::from_micros(measured.min_rtt_micros),

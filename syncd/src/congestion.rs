@@ -43,13 +43,17 @@
 //!
 //! Invariants: outside a resumption the window is never larger than BBR's own (the bound can
 //! only make the connection gentler on the path) and never smaller than four datagrams; it is
-//! BBR's until a rate is measured while the connection had more to send than it sent (a
-//! handshake's few packets say nothing of the path); a resumption only starts a connection
-//! (one that measured its path beyond its handshake, `START_BYTES`, never starts one, and one
+//! BBR's until the path is measured — a rate sampled while the connection had more to send
+//! than it sent, once it delivered more than `START_BYTES` (a handshake's few packets, even
+//! sent again on a lossy link, say nothing of the path); a resumption only starts a connection
+//! (one whose path is measured never starts one, nor one whose start saw persistent congestion
+//! or a congestion mark, nor the controller of a path the connection migrated to; and one
 //! ends with its first transfer), and from its fourth round trip of data it is never above the
-//! bound; the state kept is bounded (`SENT_RECORDS_MAX` sends, one value per round trip of the window).
+//! bound; the state kept is bounded (`SENT_RECORDS_MAX` sends, one value per round trip of
+//! the window).
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -63,32 +67,42 @@ const SENT_RECORDS_MAX: usize = 16_384;
 /// Round trips over which the largest rate and acknowledgement burst are kept (BBR's).
 const WINDOW_ROUND_TRIPS: u64 = 10;
 
-/// Builds [`Bounded`] controllers around quinn's BBR.
+/// Builds [`Bounded`] controllers around quinn's BBR, for one connection (its transport
+/// configuration is made for it: `transport`).
 #[derive(Debug, Default)]
 pub struct BoundedBbr {
     bbr: Arc<quinn::congestion::BbrConfig>,
     /// The path as an earlier connection measured it, if known (now or later).
     remembered: Arc<OnceLock<Remembered>>,
+    /// The connection's first controller is built: a later one is for a path it migrated to
+    /// (another address), which starts as any.
+    built: AtomicBool,
 }
 
 impl BoundedBbr {
     /// Controllers that resume at the path `remembered` holds once it holds it (set before the
-    /// connection's first acknowledgement, or while it measures no rate yet).
+    /// connection's first acknowledgement, or before its path is measured).
     pub fn resuming(remembered: Arc<OnceLock<Remembered>>) -> Self {
         BoundedBbr {
             bbr: Arc::default(),
             remembered,
+            built: AtomicBool::new(false),
         }
     }
 }
 
 impl ControllerFactory for BoundedBbr {
     fn build(self: Arc<Self>, now: Instant, current_mtu: u16) -> Box<dyn Controller> {
+        let first = !self.built.swap(true, Ordering::AcqRel);
         Box::new(Bounded {
             inner: self.bbr.clone().build(now, current_mtu),
             path: PathModel::new(now),
             mtu: u64::from(current_mtu),
-            resume: Resume::Waiting(self.remembered.clone()),
+            resume: if first {
+                Resume::Waiting(self.remembered.clone())
+            } else {
+                Resume::Done
+            },
             resumed: false,
         })
     }
@@ -102,7 +116,7 @@ pub struct Remembered {
     pub min_rtt: Duration,
 }
 
-/// How long a site starts its connections at the path a connection measured: a clinic's
+/// How long an end starts its connections at the path a connection measured: a clinic's
 /// daemon restarted for an update, a link that dropped, reconnect within it; a mobile unit
 /// that moved since meets a path that its first round trip may not tell apart.
 pub const REMEMBERED_FOR: Duration = Duration::from_secs(3600);
@@ -113,12 +127,17 @@ impl Remembered {
     /// trip is at most `REMEMBERED_RTT_MAX`.
     pub fn from_record(record: &LinkPath, now_ms: u64) -> Option<Remembered> {
         let age = now_ms.checked_sub(record.measured_at)?;
-        let min_rtt = Duration::from_micros(record.min_rtt_micros);
-        let usable = record.rate > 0 && !min_rtt.is_zero() && min_rtt <= REMEMBERED_RTT_MAX;
-        (Duration::from_millis(age) <= REMEMBERED_FOR && usable).then_some(Remembered {
+        let path = Remembered {
             rate: record.rate,
-            min_rtt,
-        })
+            min_rtt: Duration::from_micros(record.min_rtt_micros),
+        };
+        (Duration::from_millis(age) <= REMEMBERED_FOR && path.usable()).then_some(path)
+    }
+
+    /// A path a resumption may start from: a rate, and a round trip of at most
+    /// `REMEMBERED_RTT_MAX`.
+    pub fn usable(&self) -> bool {
+        self.rate > 0 && !self.min_rtt.is_zero() && self.min_rtt <= REMEMBERED_RTT_MAX
     }
 
     /// The record of this path, measured at `now_ms`.
@@ -138,28 +157,35 @@ impl Remembered {
     }
 }
 
-/// What `conn`'s controller measured of its path: its delivery rate (the largest of its last
-/// ten round trips that carried data) and the smallest round trip of the connection, and when
-/// it last measured a rate (`Instant`); `None` before a rate was measured while the connection
-/// had more to send than it sent (its rounds so far were a handshake and trickles: they say
-/// nothing of the path).
-pub fn measured(conn: &quinn::Connection) -> Option<(Remembered, Instant)> {
-    let state = bounded_of(conn)?;
-    let path = &state.path;
-    let (rate, min_rtt, at) = (path.rate.get(), path.lowest_rtt?, path.measured_at?);
-    (rate > 0 && !min_rtt.is_zero()).then_some((Remembered { rate, min_rtt }, at))
+/// What a connection's controller saw of its path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Seen {
+    /// Its delivery rate (the largest of its last ten round trips that carried data) and the
+    /// smallest round trip of the connection, and when it last measured a rate; `None` before
+    /// its path is measured (`PathModel::past_start`: a handshake and trickles say nothing of
+    /// the path).
+    pub measured: Option<(Remembered, Instant)>,
+    /// It resumed at a remembered path (it may have left it since).
+    pub resumed: bool,
 }
 
-/// `conn`'s controller resumed at a remembered path (it may have left it since).
-pub fn resumed(conn: &quinn::Connection) -> bool {
-    bounded_of(conn).is_some_and(|b| b.resumed)
-}
-
-fn bounded_of(conn: &quinn::Connection) -> Option<Box<Bounded>> {
-    conn.congestion_state()
-        .into_any()
-        .downcast::<Bounded>()
-        .ok()
+/// What `conn`'s controller saw of its path (a copy of the controller's state: once per round,
+/// not per packet).
+pub fn seen(conn: &quinn::Connection) -> Seen {
+    let Ok(state) = conn.congestion_state().into_any().downcast::<Bounded>() else {
+        return Seen::default();
+    };
+    let (path, rate) = (&state.path, state.path.rate.get());
+    let measured = match (path.past_start(), path.lowest_rtt, path.measured_at) {
+        (true, Some(min_rtt), Some(at)) if rate > 0 && !min_rtt.is_zero() => {
+            Some((Remembered { rate, min_rtt }, at))
+        }
+        _ => None,
+    };
+    Seen {
+        measured,
+        resumed: state.resumed,
+    }
 }
 
 /// The largest window a resumption starts with: a remembered rate is what acknowledgements
@@ -241,7 +267,7 @@ impl Resume {
         bounded: u64,
     ) {
         match self {
-            // A connection already measuring its path is past its start.
+            // A connection whose path is measured is past its start.
             Resume::Waiting(_) if path.past_start() => *self = Resume::Done,
             Resume::Waiting(remembered) => {
                 let Some(r) = remembered.get() else {
@@ -271,7 +297,7 @@ impl Resume {
                 // The transfer it started is over (or none came after the handshake): a
                 // later one starts from BBR and the path as measured by then.
                 let over = app_limited && path.round > round.saturating_add(1);
-                if over || (path.measured && bounded >= self.floor(path)) {
+                if over || (path.past_start() && bounded >= self.floor(path)) {
                     *self = Resume::Done;
                 }
             }
@@ -282,6 +308,11 @@ impl Resume {
 
     /// After `bytes` were lost (`persistent`: all a while's packets; none: a congestion mark).
     fn on_loss(&mut self, bytes: u64, persistent: bool) {
+        // Congestion before the jump: the path is not the one remembered (careful resume's
+        // reconnaissance). A few handshake packets lost at random on a radio link are not it.
+        if matches!(self, Resume::Waiting(_)) && (persistent || bytes == 0) {
+            *self = Resume::Done;
+        }
         if let Resume::Jumped {
             window,
             acked,
@@ -299,8 +330,9 @@ impl Resume {
         }
     }
 
-    /// While jumped and the path measured: `VALIDATED_GAIN` of the window jumped to, or, after
-    /// `RESUMED_ROUNDS_UNMEASURED` round trips of data, of the product measured if smaller.
+    /// While jumped and the path measured (`PathModel::past_start`): `VALIDATED_GAIN` of the
+    /// window jumped to, or, after `RESUMED_ROUNDS_UNMEASURED` round trips of data, of the
+    /// product measured if smaller.
     fn floor(&self, path: &PathModel) -> u64 {
         let Resume::Jumped { window, round, .. } = *self else {
             return 0;
@@ -323,7 +355,7 @@ impl Resume {
                 .zip(path.lowest_rtt)
                 .and_then(|(r, round_trip)| Resume::jump(r, round_trip))
                 .unwrap_or(bounded),
-            Resume::Jumped { .. } if path.measured => bounded.max(self.floor(path)),
+            Resume::Jumped { .. } if path.past_start() => bounded.max(self.floor(path)),
             Resume::Jumped { window, .. } => window,
             Resume::Retreated { window } => bounded.min(window),
             _ => bounded,
@@ -462,7 +494,7 @@ struct PathModel {
     /// Bytes per second, the largest of the last `WINDOW_ROUND_TRIPS`.
     rate: WindowedMax,
     /// A rate was sampled while the connection had more to send than it could: the path's
-    /// own (a handshake's, or a trickle's, says only how little was sent).
+    /// own (a trickle's says only how little was sent), once past the start (`past_start`).
     measured: bool,
     /// Bytes acknowledged beyond what `rate` explains, in one burst.
     extra_acked: WindowedMax,
@@ -573,10 +605,10 @@ impl PathModel {
     }
 
     /// The bandwidth-delay product: the largest rate times the smallest round trip of the last
-    /// 10 s; `None` before they are measured.
+    /// 10 s; `None` before the path is measured (`past_start`).
     fn bdp(&self) -> Option<u64> {
         let (rate, min_rtt) = (self.rate.get(), self.min_rtt.get()?);
-        if !self.measured || rate == 0 || min_rtt.is_zero() {
+        if !self.past_start() || rate == 0 || min_rtt.is_zero() {
             return None;
         }
         Some(bytes_at(rate, min_rtt))
@@ -955,8 +987,41 @@ mod tests {
         // retransmissions kept the host from being app-limited).
         Path::slow(300).drive(&mut path, start, 8);
         assert!(path.measured);
-        let resume = jumped(&path);
+        let mut resume = jumped(&path);
         assert!(matches!(resume, Resume::Jumped { .. }), "{resume:?}");
+        // Nor does that sample validate the jump, bound the window, or describe the path.
+        resume.on_ack(1_200, 310 * MS, false, &path, 22_000);
+        assert_eq!(resume.window(&path, 22_000), 75_000);
+        assert_eq!(path.bound(), None);
+    }
+
+    #[test]
+    fn congestion_before_the_jump_leaves_the_start_to_bbr() {
+        for (lost, persistent) in [(0, false), (1_200, true)] {
+            let mut resume = Resume::Waiting(remembered());
+            resume.on_loss(lost, persistent);
+            assert!(matches!(resume, Resume::Done), "{resume:?}");
+        }
+        // A handshake packet lost at random is not congestion.
+        let mut resume = Resume::Waiting(remembered());
+        resume.on_loss(1_200, false);
+        assert!(matches!(resume, Resume::Waiting(_)), "{resume:?}");
+    }
+
+    #[test]
+    fn a_path_the_connection_migrated_to_starts_as_any() {
+        let factory = Arc::new(BoundedBbr::resuming(remembered()));
+        let resume_of = |c: Box<dyn Controller>| {
+            c.into_any()
+                .downcast::<Bounded>()
+                .expect("a bounded controller")
+                .resume
+        };
+        let first = resume_of(factory.clone().build(Instant::now(), 1_452));
+        assert!(matches!(first, Resume::Waiting(_)), "{first:?}");
+        // Another address of the peer (quinn builds a controller for the new path).
+        let migrated = resume_of(factory.build(Instant::now(), 1_452));
+        assert!(matches!(migrated, Resume::Done), "{migrated:?}");
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub(crate) struct Seen {
     /// the host sent it.
     cursor: Option<u64>,
     rounds: u64,
+    /// Streams served to their end (rounds, body transfers, and any other).
+    pub(crate) streams: u64,
     bytes_received: u64,
     bytes_sent: u64,
     pub(crate) errors: BTreeMap<&'static str, u64>,
@@ -96,6 +98,7 @@ impl Fleet {
     /// A stream of `site` ended: one more round if it began with a `Hello`, and its bytes.
     pub fn stream_ended(&self, site: SiteId, now: Millis, round: bool, received: u64, sent: u64) {
         self.with(site, now, |s| {
+            s.streams += 1;
             s.rounds += u64::from(round);
             s.bytes_received += received;
             s.bytes_sent += sent;
@@ -112,25 +115,29 @@ impl Fleet {
         });
     }
 
-    /// What `conn`, a connection of `site`, measured of the path to it (kept if it measured
-    /// anything), and whether it resumed at the path remembered.
+    /// What `conn`, a connection of `site`, measured of the path to it (kept if measured later
+    /// than what is kept: a site may hold several connections), and whether it resumed at the
+    /// path remembered.
     pub fn link(&self, site: SiteId, now: Millis, conn: &quinn::Connection) {
-        let (measured, resumed) = (congestion::measured(conn), congestion::resumed(conn));
+        let seen = congestion::seen(conn);
         self.with(site, now, |s| {
-            s.resumed = resumed;
-            if let Some((path, at)) = measured {
+            s.resumed = seen.resumed;
+            if let Some((path, at)) = seen.measured
+                && s.path.is_none_or(|(_, kept, _)| kept <= at)
+            {
                 let ago = i64::try_from(at.elapsed().as_millis()).unwrap_or(i64::MAX);
                 s.path = Some((path, at, now.saturating_sub(ago)));
             }
         });
     }
 
-    /// The path to `site` a connection of the host measured within `REMEMBERED_FOR`, which
-    /// its next connection starts from (`congestion`, careful resume).
+    /// The path to `site` a connection of the host measured within `REMEMBERED_FOR`, if a
+    /// resumption may start from it (`Remembered::usable`): the site's next connection starts
+    /// from it (`congestion`, careful resume).
     pub fn path(&self, site: SiteId) -> Option<Remembered> {
         let sites = self.sites.lock().ok()?;
         let (path, at, _) = sites.get(&site.0)?.path?;
-        (at.elapsed() <= congestion::REMEMBERED_FOR).then_some(path)
+        (at.elapsed() <= congestion::REMEMBERED_FOR && path.usable()).then_some(path)
     }
 
     pub(crate) fn seen(&self) -> HashMap<u32, Seen> {

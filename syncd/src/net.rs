@@ -395,6 +395,7 @@ async fn serve_connection(
         });
     }
     live.leave(&conn);
+    live.fleet.link(SiteId(site), replica.now(), &conn);
     live.fleet.disconnected(SiteId(site), replica.now());
     tracing::info!(
         site,
@@ -490,11 +491,17 @@ fn refused_certificate(e: &quinn::ConnectionError) -> bool {
     matches!(code.checked_sub(TLS_ALERT), Some(40..=51 | 116))
 }
 
-/// True when the peer closed `conn` as a finished round does (`Link::close`: code 0).
+/// How a site closes its connection after a round that went well (`Link::close`).
+const CLOSED_AFTER_ROUND: u32 = 0;
+/// How a site closes its connection after a round that failed (`Link::close_failed`).
+const CLOSED_ON_FAILURE: u32 = 2;
+
+/// True when the peer closed `conn` after a round that went well (`CLOSED_AFTER_ROUND`).
 fn closed_after_its_round(conn: &quinn::Connection) -> bool {
     matches!(
         conn.close_reason(),
-        Some(quinn::ConnectionError::ApplicationClosed(c)) if c.error_code == 0u32.into()
+        Some(quinn::ConnectionError::ApplicationClosed(c))
+            if c.error_code == CLOSED_AFTER_ROUND.into()
     )
 }
 
@@ -652,9 +659,11 @@ async fn host_stream(
         stats.bytes_received.load(Ordering::Relaxed),
         stats.bytes_sent.load(Ordering::Relaxed),
     );
-    // The path to the site, as this stream's replies measured it: the site's next connection
-    // starts from it.
-    live.fleet.link(site, replica.now(), &link);
+    // The path to the site, as the connection measured it by the end of this round: the
+    // site's next connection starts from it.
+    if stats.round.load(Ordering::Relaxed) {
+        live.fleet.link(site, replica.now(), &link);
+    }
     served
 }
 
@@ -690,9 +699,9 @@ async fn serve_host_stream(
         let msg = match read_while_moving(&peer.conn, recv, &mut decoder, live.quiet).await {
             Ok(Some(m)) => m,
             Ok(None) => break,
-            // The site closed its connection as a round's end does (a stream of body fetches
-            // may still be open then): nothing failed.
-            Err(_) if closed_after_its_round(&peer.conn) => break,
+            // The site closed its connection after a round that went well (the close may
+            // overtake its `Bye`, or find a stream of body fetches open): nothing failed.
+            Err(Error::Io(_)) if closed_after_its_round(&peer.conn) => break,
             Err(e) => {
                 live.fleet
                     .error(site, replica.now(), error_kind(&e), e.to_string());
@@ -1015,9 +1024,8 @@ impl Link {
         .await
         .map_err(net_err)??;
         let order = dial_order(&hosts, self.start);
-        let mut config = tls.client_config()?;
+        let config = tls.client_config()?;
         let remembered = path.and_then(|p| Remembered::from_record(&p, unix_millis()));
-        crate::transport::resuming(&mut config, remembered)?;
         let mut failure = Error::Invalid(
             "this site has no host address: set `host_address` in carnet.toml".into(),
         );
@@ -1028,7 +1036,10 @@ impl Link {
             } else {
                 IDLE_TIMEOUT
             };
-            match connect(address, config.clone(), wait).await {
+            // A configuration for each connection: its controller resumes on its first path.
+            let mut config = config.clone();
+            crate::transport::resuming(&mut config, remembered)?;
+            match connect(address, config, wait).await {
                 Ok((endpoint, conn)) => {
                     tracing::info!(%address, "connected to the host");
                     tokio::spawn(listen_for_pokes(
@@ -1121,7 +1132,7 @@ impl Link {
                 report.wire_received = after.1 - before.1;
                 // The handshake is one more wait.
                 report.round_trips += u64::from(c.fresh);
-                report.resumed = c.fresh && congestion::resumed(&c.conn);
+                report.resumed = c.fresh && congestion::seen(&c.conn).resumed;
                 if report.renewed {
                     // The next round connects with the certificate just installed.
                     self.close().await;
@@ -1135,7 +1146,7 @@ impl Link {
                 if matches!(e, Error::Io(_)) {
                     self.start = Some(Start::After(c.address));
                 }
-                self.close().await;
+                self.close_with(CLOSED_ON_FAILURE, b"round failed").await;
                 Err(e)
             }
         }
@@ -1146,7 +1157,7 @@ impl Link {
     /// changed or the record is `PATH_REFRESHED` older than that measurement. An idle link
     /// measures nothing, and writes nothing.
     async fn record_path(&mut self, conn: &quinn::Connection) {
-        let Some((now, at)) = congestion::measured(conn) else {
+        let Some((now, at)) = congestion::seen(conn).measured else {
             return;
         };
         if self.path_recorded.is_some_and(|(before, recorded)| {
@@ -1166,10 +1177,15 @@ impl Link {
         }
     }
 
-    /// Closes the connection cleanly, if open.
+    /// Closes the connection cleanly, if open (`CLOSED_AFTER_ROUND`: the host counts no
+    /// failure for a stream the close cuts short).
     pub async fn close(&mut self) {
+        self.close_with(CLOSED_AFTER_ROUND, b"bye").await;
+    }
+
+    async fn close_with(&mut self, code: u32, reason: &[u8]) {
         if let Some(o) = self.open.take() {
-            o.conn.close(0u32.into(), b"bye");
+            o.conn.close(code.into(), reason);
             let _ = tokio::time::timeout(Duration::from_secs(1), o.endpoint.wait_idle()).await;
         }
     }
@@ -1912,9 +1928,10 @@ mod tests {
         served.endpoint.close(0u32.into(), b"done");
     }
 
-    /// A site that closes its connection as a round's end does (code 0) while a stream of it
-    /// waits for its next message (a `Bye` the close overtook, a fetch stream left open) is
-    /// not a failure for the operator; a connection closed with another code is.
+    /// A site that closes its connection after a round that went well (`CLOSED_AFTER_ROUND`)
+    /// while a stream of it waits for its next message (a `Bye` the close overtook, a fetch
+    /// stream left open) is not a failure for the operator; a connection closed after a round
+    /// that failed (`CLOSED_ON_FAILURE`) is.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_site_closing_after_its_round_is_no_error_for_the_operator() {
         let served = serving_host();
@@ -1934,7 +1951,8 @@ mod tests {
                 }
             }
         };
-        for code in [0u32, 7] {
+        let mut errors = Vec::new();
+        for code in [CLOSED_AFTER_ROUND, CLOSED_ON_FAILURE] {
             let conn = client
                 .connect(served.addr, HOST_NAME)
                 .expect("connect")
@@ -1944,13 +1962,17 @@ mod tests {
             // The first byte of a frame's length: the host's stream waits for the rest.
             tx.write_all(&[9]).await.expect("write");
             wait_for("never admitted", Box::new(|s| s.connections == 1)).await;
+            let streams = seen(&served.fleet).streams;
             conn.close(code.into(), b"bye");
-            wait_for("never left", Box::new(|s| s.connections == 0)).await;
+            // The stream's end is recorded after its error, if any.
+            wait_for(
+                "the stream never ended",
+                Box::new(move |s| s.connections == 0 && s.streams > streams),
+            )
+            .await;
+            errors.push(seen(&served.fleet).errors.get("network").copied());
         }
-        // The second connection's stream failed; the first one's ended.
-        wait_for("no error seen", Box::new(|s| !s.errors.is_empty())).await;
-        let errors = seen(&served.fleet).errors;
-        assert_eq!(errors.into_iter().collect::<Vec<_>>(), [("network", 1)]);
+        assert_eq!(errors, [None, Some(1)]);
         served.endpoint.close(0u32.into(), b"done");
     }
 

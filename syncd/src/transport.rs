@@ -53,9 +53,10 @@ enum End {
     Connecting,
 }
 
-/// A site's client configuration made to start its connections at `remembered`, the path to
-/// the host as an earlier connection measured it (`congestion`, careful resume): the first
-/// round trip checks it is the same path before the window jumps to it.
+/// A site's client configuration made to start its next connection (one: its controller
+/// resumes only on the first path it builds) at `remembered`, the path to the host as an
+/// earlier connection measured it (`congestion`, careful resume): the round trip checks it is
+/// the same path before the window jumps to it.
 pub fn resuming(config: &mut quinn::ClientConfig, remembered: Option<Remembered>) -> Result<()> {
     let cell = Arc::new(OnceLock::new());
     if let Some(r) = remembered {
@@ -305,10 +306,10 @@ impl HostServer {
 
     /// Serves `config` from the next handshake on.
     pub fn serve(&self, config: quinn::ServerConfig) {
+        // Both under the lock: two replacements at once leave the same one in both places.
+        let mut current = self.config.write().unwrap_or_else(|p| p.into_inner());
         self.endpoint.set_server_config(Some(config.clone()));
-        if let Ok(mut current) = self.config.write() {
-            *current = config;
-        }
+        *current = config;
     }
 
     /// Accepts `incoming` with the configuration served, its controller resuming at the path
@@ -321,7 +322,7 @@ impl HostServer {
         let mut config = self
             .config
             .read()
-            .map_err(|_| Error::Invalid("server configuration lock poisoned".into()))?
+            .unwrap_or_else(|p| p.into_inner())
             .clone();
         config.transport_config(transport(End::Listening, remembered.clone())?);
         let connecting = incoming

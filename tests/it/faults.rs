@@ -486,17 +486,17 @@ fn the_host_resumes_a_sites_next_pull_at_the_path_its_last_one_measured() {
         .host
         .add_doc(&l.ins, DOCTOR, "10", CONSULTATION, "Scanner", &first);
     sync_until_ok(&l.site, Duration::from_secs(60));
+    // The line's round trip (the rounds before went over 127.0.0.1), and its rate.
     let measured = host_link(&l, |link| {
-        link["rate_bytes_per_s"].as_u64() > Some(256 << 10)
+        link["min_rtt_micros"]
+            .as_u64()
+            .is_some_and(|rtt| (300_000..600_000).contains(&rtt))
     });
     assert!(
         measured["rate_bytes_per_s"]
             .as_u64()
-            .is_some_and(|rate| rate <= 640 << 10)
-            && measured["min_rtt_micros"]
-                .as_u64()
-                .is_some_and(|rtt| (300_000..600_000).contains(&rtt)),
-        "measured {measured} for a line of 512 KiB/s and 300 ms"
+            .is_some_and(|rate| (256 << 10..=640 << 10).contains(&rate)),
+        "measured {measured} for a line of 512 KiB/s"
     );
     // That connection started afresh (the site's earlier rounds went over 127.0.0.1, whose
     // round trip is not this one's).
@@ -507,10 +507,6 @@ fn the_host_resumes_a_sites_next_pull_at_the_path_its_last_one_measured() {
         .add_doc(&l.ins, DOCTOR, "10", CONSULTATION, "Scanner", &second);
     sync_until_ok(&l.site, Duration::from_secs(60));
     host_link(&l, |link| link["last_connection_resumed"] == true);
-    // Each `sync now` closed its connection at the end of its round, a stream of body
-    // fetches still open: the operator sees no error for it.
-    let sites = l.host.json(&["sites"]);
-    assert_eq!(sites[0]["errors"], serde_json::json!({}), "{sites}");
     assert_eq!(l.site.body(&first_id, DOCTOR), first);
     assert_eq!(l.site.body(&second_id, DOCTOR), second);
 }
