@@ -48,8 +48,8 @@ pub(crate) struct Seen {
     bytes_sent: u64,
     pub(crate) errors: BTreeMap<&'static str, u64>,
     last_error: Option<(Millis, String)>,
-    /// The path to it as the host's connections measured it sending (`congestion::measured`),
-    /// when, and when by the wall clock.
+    /// The path to it as the host's connections measured it sending (`congestion::seen`), when,
+    /// and when by the wall clock.
     path: Option<(Remembered, Instant, Millis)>,
     /// Its last connection started at the path remembered.
     resumed: bool,

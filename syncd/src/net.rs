@@ -493,7 +493,7 @@ fn refused_certificate(e: &quinn::ConnectionError) -> bool {
 
 /// How a site closes its connection after a round that went well (`Link::close`).
 const CLOSED_AFTER_ROUND: u32 = 0;
-/// How a site closes its connection after a round that failed (`Link::close_failed`).
+/// How a site closes its connection after a round that failed (`Link::round_on_connection`).
 const CLOSED_ON_FAILURE: u32 = 2;
 
 /// True when the peer closed `conn` after a round that went well (`CLOSED_AFTER_ROUND`).
