@@ -457,22 +457,18 @@ fn a_site_started_again_resumes_at_the_path_its_last_connection_measured() {
 }
 
 /// The path from the host to the one site of `l`, as the host's daemon shows it (`carnet
-/// sites`), once `check` holds of it (within 30 s: the host records it as each of the site's
-/// streams ends, which may be just after the site's round is over).
-fn host_link(l: &Link, check: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let sites = l.host.json(&["sites"]);
-        let link = sites[0]["link"].clone();
-        if check(&link) {
-            return link;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the host's view of the link never came to what was expected: {sites}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// sites`), once `check` holds of it (the host records it as each of the site's rounds ends,
+/// which may be just after the site's round is over).
+fn host_link(
+    l: &Link,
+    what: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let site = l.host.json(&["sites"])[0]["site_id"]
+        .as_u64()
+        .expect("one enrolled site");
+    crate::operator::wait_for_site(&l.host, site, what, |entry| check(&entry["link"]))["link"]
+        .clone()
 }
 
 /// The host's side of careful resume: the path to a site as the host measured it sending a
@@ -487,7 +483,7 @@ fn the_host_resumes_a_sites_next_pull_at_the_path_its_last_one_measured() {
         .add_doc(&l.ins, DOCTOR, "10", CONSULTATION, "Scanner", &first);
     sync_until_ok(&l.site, Duration::from_secs(60));
     // The line's round trip (the rounds before went over 127.0.0.1), and its rate.
-    let measured = host_link(&l, |link| {
+    let measured = host_link(&l, "measured the line's round trip", |link| {
         link["min_rtt_micros"]
             .as_u64()
             .is_some_and(|rtt| (300_000..600_000).contains(&rtt))
@@ -506,7 +502,9 @@ fn the_host_resumes_a_sites_next_pull_at_the_path_its_last_one_measured() {
         .host
         .add_doc(&l.ins, DOCTOR, "10", CONSULTATION, "Scanner", &second);
     sync_until_ok(&l.site, Duration::from_secs(60));
-    host_link(&l, |link| link["last_connection_resumed"] == true);
+    host_link(&l, "resumed at the path measured", |link| {
+        link["last_connection_resumed"] == true
+    });
     assert_eq!(l.site.body(&first_id, DOCTOR), first);
     assert_eq!(l.site.body(&second_id, DOCTOR), second);
 }
