@@ -16,6 +16,11 @@ pub mod congestion;
 pub mod discovery;
 pub mod enrol;
 pub mod error;
+/// The test suite's UDP fault proxy (tests/it), for tests over a link that loses datagrams.
+#[cfg(test)]
+#[allow(dead_code)]
+#[path = "../../tests/it/fault_proxy.rs"]
+mod fault_proxy;
 pub mod fhir;
 pub mod fleet;
 pub mod frame;
@@ -35,6 +40,7 @@ pub mod session;
 pub mod spool;
 pub mod status_page;
 pub mod systemd;
+pub(crate) mod tail;
 #[cfg_attr(not(test), allow(dead_code))]
 mod testkit;
 pub mod transport;

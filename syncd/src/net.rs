@@ -45,6 +45,7 @@ use crate::frame::{self, FrameDecoder};
 use crate::pki::{HOST_NAME, Identity};
 use crate::schedule::IDLE_TIMEOUT;
 use crate::session::{HostHeld, HostSession, Msg, RoundReport, SiteSession};
+use crate::tail::TailProbes;
 use crate::transport::{HostServer, Revoked};
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -373,6 +374,7 @@ async fn serve_connection(
     // The certificate the site's trace heads must be signed with (`HostSession`).
     let certificate: Arc<[u8]> = Arc::from(leaf.as_ref());
     let since = std::time::Instant::now();
+    let probes = TailProbes::start(&conn);
     tracing::info!(site, %remote, "site connected");
     let mut streams = 0u64;
     while let Ok((mut send_stream, mut recv)) = conn.accept_bi().await {
@@ -383,13 +385,14 @@ async fn serve_connection(
         }
         streams += 1;
         let (replica, live, certificate) = (replica.clone(), live.clone(), certificate.clone());
-        let conn = conn.clone();
+        let (conn, probes) = (conn.clone(), probes.clone());
         tokio::spawn(async move {
             let site = Peer {
                 conn,
                 site: SiteId(site),
                 fingerprint,
                 certificate,
+                probes,
             };
             let _ = host_stream(&mut send_stream, &mut recv, replica, site, &live).await;
         });
@@ -592,6 +595,8 @@ struct Peer {
     fingerprint: [u8; 32],
     /// The certificate (DER): what the site signs is checked against its key.
     certificate: Arc<[u8]>,
+    /// The connection's tail probes, run while a stream is served.
+    probes: Arc<TailProbes>,
 }
 
 async fn host_stream(
@@ -602,6 +607,7 @@ async fn host_stream(
     live: &Live,
 ) -> Result<()> {
     let (site, link) = (peer.site, peer.conn.clone());
+    let _underway = peer.probes.during();
     // The session's commits leave their syncs behind them (`Replica::deferring_syncs`): the
     // next messages are applied while the disk makes the last ones durable, and each reply
     // leaves, in order, once what was committed before it is on disk.
@@ -875,6 +881,7 @@ fn dial_order(hosts: &[SocketAddr], start: Option<Start>) -> Vec<SocketAddr> {
 struct Open {
     endpoint: quinn::Endpoint,
     conn: quinn::Connection,
+    probes: Arc<TailProbes>,
     /// The identity (certificate and key) it was made with.
     identity: Identity,
     /// The daemon's address.
@@ -920,6 +927,7 @@ const PATH_REFRESHED: Duration = Duration::from_secs(600);
 /// A connection for a round.
 struct Connected {
     conn: quinn::Connection,
+    probes: Arc<TailProbes>,
     identity: Identity,
     /// Opened for this round (else kept from an earlier one).
     fresh: bool,
@@ -991,6 +999,7 @@ impl Link {
                 None => {
                     return Ok(Connected {
                         conn: o.conn.clone(),
+                        probes: o.probes.clone(),
                         identity: o.identity.clone(),
                         fresh: false,
                         address: o.address,
@@ -1042,6 +1051,7 @@ impl Link {
             match connect(address, config, wait).await {
                 Ok((endpoint, conn)) => {
                     tracing::info!(%address, "connected to the host");
+                    let probes = TailProbes::start(&conn);
                     tokio::spawn(listen_for_pokes(
                         conn.clone(),
                         self.wake.clone(),
@@ -1050,6 +1060,7 @@ impl Link {
                     self.open = Some(Open {
                         endpoint,
                         conn: conn.clone(),
+                        probes: probes.clone(),
                         identity: tls.identity.clone(),
                         address,
                     });
@@ -1057,6 +1068,7 @@ impl Link {
                     self.opened += 1;
                     return Ok(Connected {
                         conn,
+                        probes,
                         identity: tls.identity,
                         fresh: true,
                         address,
@@ -1114,7 +1126,9 @@ impl Link {
     async fn round_on_connection(&mut self, c: Connected) -> Result<RoundReport> {
         let before = if c.fresh { (0, 0) } else { self.wire_bytes() };
         let news = self.news.swap(false, Ordering::Relaxed);
+        let underway = c.probes.during();
         let outcome = round_on(&c.conn, &self.replica, c.identity, news, self.quiet).await;
+        drop(underway);
         self.record_path(&c.conn).await;
         if outcome.is_err() {
             self.news.store(true, Ordering::Relaxed);

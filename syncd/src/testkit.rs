@@ -241,6 +241,31 @@ pub fn site_sync(site: &Replica) -> carnet_store::replica::SiteSync<'_> {
     as_site(site).sync()
 }
 
+/// A QUIC endpoint on 127.0.0.1 with `config` that echoes every stream of every connection
+/// (up to 1 MiB each), and its address.
+#[cfg(test)]
+pub fn echo_host(config: quinn::ServerConfig) -> (quinn::Endpoint, std::net::SocketAddr) {
+    let endpoint =
+        quinn::Endpoint::server(config, "127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let local = endpoint.local_addr().expect("local");
+    let server = endpoint.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = server.accept().await {
+            tokio::spawn(async move {
+                let Ok(conn) = incoming.await else { return };
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    tokio::spawn(async move {
+                        let got = recv.read_to_end(1 << 20).await.unwrap_or_default();
+                        let _ = send.write_all(&got).await;
+                        let _ = send.finish();
+                    });
+                }
+            });
+        }
+    });
+    (endpoint, local)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -44,6 +44,11 @@ pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10)
 /// ends (benches/LOG.md, 2026-12-06).
 pub(crate) const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(4);
 
+/// Bytes of the peer's QUIC datagrams an end holds (quinn counts each at its payload and 32
+/// bytes more; it drops the oldest past this). The only datagrams are the empty tail probes
+/// (`tail`), which nobody reads; a larger one ends the connection.
+pub(crate) const DATAGRAMS_HELD: usize = 128;
+
 /// Which end of a connection a transport configuration is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
@@ -87,7 +92,9 @@ fn transport(
         // to 2.5 MiB (fewer datagrams overflowing the bottleneck queue) and gained 2 to 3
         // points of line rate (benches/LOG.md, 2026-12-05).
         .ack_frequency_config(Some(quinn::AckFrequencyConfig::default()))
-        .mtu_discovery_config(Some(path_mtu_discovery()));
+        .mtu_discovery_config(Some(path_mtu_discovery()))
+        // The peer's tail probes (`tail`): never read, a few held.
+        .datagram_receive_buffer_size(Some(DATAGRAMS_HELD));
     Ok(Arc::new(t))
 }
 
@@ -668,29 +675,7 @@ mod tests {
     use std::net::SocketAddr;
     use std::time::Duration;
 
-    use crate::testkit::now_secs as now;
-
-    /// A host endpoint on 127.0.0.1 that echoes one message per accepted connection.
-    fn echo_host(config: quinn::ServerConfig) -> (quinn::Endpoint, SocketAddr) {
-        let addr: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-        let endpoint = quinn::Endpoint::server(config, addr).expect("bind");
-        let local = endpoint.local_addr().expect("local");
-        let server = endpoint.clone();
-        tokio::spawn(async move {
-            while let Some(incoming) = server.accept().await {
-                tokio::spawn(async move {
-                    let Ok(conn) = incoming.await else { return };
-                    if let Ok((mut send, mut recv)) = conn.accept_bi().await {
-                        let got = recv.read_to_end(1024).await.unwrap_or_default();
-                        let _ = send.write_all(&got).await;
-                        let _ = send.finish();
-                        let _ = conn.closed().await;
-                    }
-                });
-            }
-        });
-        (endpoint, local)
-    }
+    use crate::testkit::{echo_host, now_secs as now};
 
     async fn exchange(
         client: quinn::ClientConfig,
