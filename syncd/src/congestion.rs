@@ -121,6 +121,10 @@ pub struct Remembered {
 /// that moved since meets a path that its first round trip may not tell apart.
 pub const REMEMBERED_FOR: Duration = Duration::from_secs(3600);
 
+/// A path measured the same again is recorded again once its record is this much older than
+/// the measurement (`REMEMBERED_FOR` counts from the measurement recorded).
+pub const PATH_REFRESHED: Duration = Duration::from_secs(600);
+
 impl Remembered {
     /// The path `record` holds, if measured within `REMEMBERED_FOR` before `now_ms` (ms since
     /// the Unix epoch; a record from the future, a clock set back, is not used) and its round
@@ -149,11 +153,22 @@ impl Remembered {
         }
     }
 
-    /// This path is not `before` within an eighth, either way (worth a new record).
-    pub fn differs_from(&self, before: &Remembered) -> bool {
+    /// This path is not `before` within an eighth, either way.
+    fn differs_from(&self, before: &Remembered) -> bool {
         let apart = |a: u128, b: u128| a.abs_diff(b) * 8 > b;
         apart(self.rate.into(), before.rate.into())
             || apart(self.min_rtt.as_nanos(), before.min_rtt.as_nanos())
+    }
+
+    /// This path, measured at `at`, is worth recording over `before`, the last record and when
+    /// its measurement was made (if any): it is a later measurement, and the path differs by
+    /// more than an eighth or the record is `PATH_REFRESHED` older. A link that measures the
+    /// same path all day writes it once every ten minutes.
+    pub fn worth_recording(&self, at: Instant, before: Option<(Remembered, Instant)>) -> bool {
+        before.is_none_or(|(before, recorded)| {
+            at > recorded
+                && (self.differs_from(&before) || at.duration_since(recorded) >= PATH_REFRESHED)
+        })
     }
 }
 
@@ -1140,6 +1155,15 @@ mod tests {
             ..path
         };
         assert!(longer.differs_from(&path));
+        // Recorded: the first measurement; a later one of another path; the same path again
+        // once the record is ten minutes older; never an earlier measurement.
+        let start = Instant::now();
+        let recorded = Some((path, start));
+        assert!(close.worth_recording(start, None));
+        assert!(faster.worth_recording(start + MS, recorded));
+        assert!(!faster.worth_recording(start, recorded));
+        assert!(!close.worth_recording(start + PATH_REFRESHED - MS, recorded));
+        assert!(close.worth_recording(start + PATH_REFRESHED, recorded));
     }
 
     #[test]

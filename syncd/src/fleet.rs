@@ -7,10 +7,14 @@
 //! each site's log head, the changes, trace entries and bodies the host holds from it, the
 //! requests it has not decided) and what the running daemon saw (`Fleet`, in memory: connections,
 //! rounds, bytes, errors, and the `SiteAbout` of the site's last `Hello`). After a restart of
-//! the host's daemon the in-memory part is empty until each site's next round.
+//! the host's daemon the in-memory part is empty until each site's next round, but for the
+//! path to each site: that is also kept in the host's replica (`HostSync::set_link_path`, when
+//! worth a record: `congestion::Remembered::worth_recording`) and read back when the daemon
+//! starts (`Fleet::remember`), so a restarted daemon's connections start from it too.
 //!
 //! Invariants: a site enters `Fleet` only once its certificate has been matched to the
-//! register (`net`), so its size is bounded by the number of enrolled sites; what a site says
+//! register (`net`), or with a path recorded for it then, so its size is bounded by the number
+//! of sites ever enrolled; what a site says
 //! of itself is only shown (it may lie about its own backlog), and its version string was
 //! checked by the session (`SiteAbout::check`); nothing here names a patient: ids and counts.
 
@@ -19,7 +23,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use carnet_store::ids::SiteId;
-use carnet_store::replica::{Host, RequestKind};
+use carnet_store::replica::{Host, LinkPath, RequestKind};
 use carnet_store::time::Millis;
 use serde::{Deserialize, Serialize};
 
@@ -51,6 +55,8 @@ pub(crate) struct Seen {
     /// The path to it as the host's connections measured it sending (`congestion::seen`), when,
     /// and when by the wall clock.
     path: Option<(Remembered, Instant, Millis)>,
+    /// The path last recorded in the host's replica, and when it was measured.
+    recorded: Option<(Remembered, Instant)>,
     /// Its last connection started at the path remembered.
     resumed: bool,
 }
@@ -117,18 +123,51 @@ impl Fleet {
 
     /// What `conn`, a connection of `site`, measured of the path to it (kept if measured later
     /// than what is kept: a site may hold several connections), and whether it resumed at the
-    /// path remembered.
-    pub fn link(&self, site: SiteId, now: Millis, conn: &quinn::Connection) {
+    /// path remembered. The record to write in the host's replica, when worth it
+    /// (`Remembered::worth_recording`), counted as written.
+    pub fn link(&self, site: SiteId, now: Millis, conn: &quinn::Connection) -> Option<LinkPath> {
         let seen = congestion::seen(conn);
+        let mut record = None;
         self.with(site, now, |s| {
             s.resumed = seen.resumed;
             if let Some((path, at)) = seen.measured
                 && s.path.is_none_or(|(_, kept, _)| kept <= at)
             {
                 let ago = i64::try_from(at.elapsed().as_millis()).unwrap_or(i64::MAX);
-                s.path = Some((path, at, now.saturating_sub(ago)));
+                let measured_at = now.saturating_sub(ago);
+                s.path = Some((path, at, measured_at));
+                if path.worth_recording(at, s.recorded) {
+                    s.recorded = Some((path, at));
+                    record = Some(path.record(u64::try_from(measured_at).unwrap_or(0)));
+                }
             }
         });
+        record
+    }
+
+    /// The paths the host's replica holds (`HostSync::link_paths`, recorded by earlier runs of
+    /// the daemon) measured within `REMEMBERED_FOR` of `now`: a restarted daemon starts each
+    /// site's next connection from them. Not a contact with the site; a site the daemon has
+    /// seen since keeps what it saw.
+    pub fn remember(&self, paths: Vec<(SiteId, LinkPath)>, now: Millis) {
+        let Ok(mut sites) = self.sites.lock() else {
+            return;
+        };
+        let now_ms = u64::try_from(now).unwrap_or(0);
+        for (site, record) in paths {
+            let Some(path) = Remembered::from_record(&record, now_ms) else {
+                continue;
+            };
+            let age = std::time::Duration::from_millis(now_ms.saturating_sub(record.measured_at));
+            let Some(at) = Instant::now().checked_sub(age) else {
+                continue;
+            };
+            let seen = sites.entry(site.0).or_default();
+            if seen.path.is_none() {
+                seen.path = Some((path, at, Millis::try_from(record.measured_at).unwrap_or(0)));
+                seen.recorded = Some((path, at));
+            }
+        }
     }
 
     /// The path to `site` a connection of the host measured within `REMEMBERED_FOR`, if a

@@ -396,6 +396,11 @@ async fn host(
     // `carnet pki renew-host` through the daemon serves the new certificate at once.
     service.server = Some(server.clone());
     let live = net::Live::new(service.changed.clone(), revoked);
+    // The paths to the sites an earlier run measured: each site's next connection starts there.
+    match replica.sync().link_paths() {
+        Ok(paths) => live.fleet().remember(paths, replica.now()),
+        Err(e) => tracing::warn!(error = %e, "could not read the paths to the sites"),
+    }
     // `carnet sites`: what the daemon sees of each site.
     service.fleet = Some(live.fleet());
     let service = Arc::new(service);

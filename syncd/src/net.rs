@@ -398,7 +398,7 @@ async fn serve_connection(
         });
     }
     live.leave(&conn);
-    live.fleet.link(SiteId(site), replica.now(), &conn);
+    note_link(&live, &replica, SiteId(site), &conn).await;
     live.fleet.disconnected(SiteId(site), replica.now());
     tracing::info!(
         site,
@@ -668,9 +668,25 @@ async fn host_stream(
     // The path to the site, as the connection measured it by the end of this round: the
     // site's next connection starts from it.
     if stats.round.load(Ordering::Relaxed) {
-        live.fleet.link(site, replica.now(), &link);
+        note_link(live, &replica, site, &link).await;
     }
     served
+}
+
+/// What `conn` measured of the path to `site`: in the daemon's memory (`Fleet::link`) and, when
+/// worth a record, in the host's replica, where a restarted daemon finds it (a hint: a failure
+/// is logged and the next measurement tries again).
+async fn note_link(live: &Live, replica: &HostReplica, site: SiteId, conn: &quinn::Connection) {
+    let Some(record) = live.fleet.link(site, replica.now(), conn) else {
+        return;
+    };
+    let r = replica.clone();
+    let recorded = tokio::task::spawn_blocking(move || r.sync().set_link_path(site, record)).await;
+    match recorded {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(%site, error = %e, "could not record the path to the site"),
+        Err(e) => tracing::warn!(%site, error = %e, "could not record the path to the site"),
+    }
 }
 
 /// Replies to send, once everything up to `after` is on disk.
@@ -920,10 +936,6 @@ pub struct Link {
     path_recorded: Option<(Remembered, std::time::Instant)>,
 }
 
-/// A path measured the same again is recorded again once its record is this much older than
-/// the measurement (`congestion::REMEMBERED_FOR` counts from the measurement recorded).
-const PATH_REFRESHED: Duration = Duration::from_secs(600);
-
 /// A connection for a round.
 struct Connected {
     conn: quinn::Connection,
@@ -1167,17 +1179,13 @@ impl Link {
     }
 
     /// Records the path to the host as `conn` measured it, for the connections after it (a
-    /// restarted daemon's too): when it measured a rate since the last record, and the path
-    /// changed or the record is `PATH_REFRESHED` older than that measurement. An idle link
+    /// restarted daemon's too), when worth it (`Remembered::worth_recording`). An idle link
     /// measures nothing, and writes nothing.
     async fn record_path(&mut self, conn: &quinn::Connection) {
         let Some((now, at)) = congestion::seen(conn).measured else {
             return;
         };
-        if self.path_recorded.is_some_and(|(before, recorded)| {
-            at <= recorded
-                || (!now.differs_from(&before) && at.duration_since(recorded) < PATH_REFRESHED)
-        }) {
+        if !now.worth_recording(at, self.path_recorded) {
             return;
         }
         let r = self.replica.clone();

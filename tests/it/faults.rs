@@ -472,10 +472,11 @@ fn host_link(
 }
 
 /// The host's side of careful resume: the path to a site as the host measured it sending a
-/// pull, and the site's next connection, a pull too, starting from it.
+/// pull, and the site's next connection, a pull too, starting from it — after a restart of the
+/// host's daemon, which finds the path in its replica.
 #[test]
 fn the_host_resumes_a_sites_next_pull_at_the_path_its_last_one_measured() {
-    let l = link();
+    let mut l = link();
     l.proxy.set_faults(long_slow_line(17));
     let first = incompressible(1 << 20, 18);
     let first_id = l
@@ -497,6 +498,9 @@ fn the_host_resumes_a_sites_next_pull_at_the_path_its_last_one_measured() {
     // That connection started afresh (the site's earlier rounds went over 127.0.0.1, whose
     // round trip is not this one's).
     assert_eq!(measured["last_connection_resumed"], false, "{measured}");
+    assert_eq!(crate::daemon::stop(&mut l.daemon), Some(0), "a clean stop");
+    l.daemon = start_daemon(&l.host);
+    crate::daemon::wait_for_socket(&l.host);
     let second = incompressible(1 << 20, 19);
     let second_id = l
         .host

@@ -211,6 +211,7 @@ pub(super) fn each_table(v: &mut impl Tables) -> Result<()> {
     v.table(RELAYED_LEASES)?;
     v.table(RELAYED_TRACES)?;
     v.table(CHANGES)?;
+    v.table(SITE_LINK_PATHS)?;
     Ok(())
 }
 

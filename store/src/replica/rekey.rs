@@ -576,9 +576,8 @@ impl Rekey<'_> {
             "held_notifications" => self.held_notifications(k, v)?,
             "first_accesses" => (self.remap(table, k, &[Dossier, Pro])?, v.to_vec()),
             // Nothing keyed, nothing sealed: sequences, heads.
-            "audit_heads" | "applied" | "site_signed_heads" | "trace_contacts" => {
-                (k.to_vec(), v.to_vec())
-            }
+            "audit_heads" | "applied" | "site_signed_heads" | "trace_contacts"
+            | "site_link_paths" => (k.to_vec(), v.to_vec()),
             // Entries held back because they could not be read: kept as they were, for
             // whoever investigates (their seals were the problem, or their values).
             "outbox_held" => (k.to_vec(), v.to_vec()),

@@ -222,6 +222,16 @@ impl Opened {
 pub struct HostSync<'r>(&'r Replica);
 
 impl HostSync<'_> {
+    /// Host: the path to each site as the host's connections last measured it.
+    pub fn link_paths(&self) -> Result<Vec<(SiteId, LinkPath)>> {
+        self.0.site_link_paths()
+    }
+
+    /// Host: records the path to `site` as a connection measured it (not waited for on disk).
+    pub fn set_link_path(&self, site: SiteId, path: LinkPath) -> Result<()> {
+        self.0.retrying(|| self.0.set_site_link_path(site, path))
+    }
+
     /// Host: records the chain key `site` presents, or checks it against the one held. A
     /// different key is refused, and the refusal traced.
     pub fn admit_chain_key(&self, site: SiteId, key: &[u8; 32]) -> Result<()> {

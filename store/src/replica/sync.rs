@@ -569,6 +569,36 @@ impl Replica {
         Ok(())
     }
 
+    /// Host: the path to each site as the host's connections last measured it, by site (an
+    /// unreadable row counts as none: it is a hint).
+    pub(crate) fn site_link_paths(&self) -> Result<Vec<(SiteId, LinkPath)>> {
+        let txn = self.begin_read()?;
+        let table = match txn.open_table(SITE_LINK_PATHS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut paths = Vec::new();
+        for row in table.iter()? {
+            let (site, path) = row?;
+            if let Ok(path) = postcard::from_bytes(path.value()) {
+                paths.push((SiteId(site.value()), path));
+            }
+        }
+        Ok(paths)
+    }
+
+    /// Host: records `path` as the path to `site`. Not waited for on disk, as a site's own
+    /// (`set_link_path`).
+    pub(crate) fn set_site_link_path(&self, site: SiteId, path: LinkPath) -> Result<()> {
+        let mut txn = self.begin_raw_write()?;
+        txn.set_durability(redb::Durability::None)?;
+        txn.open_table(SITE_LINK_PATHS)?
+            .insert(site.0, postcard::to_stdvec(&path)?.as_slice())?;
+        txn.commit()?;
+        Ok(())
+    }
+
     /// Drops outbox entries up to `upto`, acknowledged by the peer.
     ///
     /// The commit is not waited for on disk (redb `Durability::None`; the next durable commit

@@ -4953,6 +4953,39 @@ fn answers(r: &Replica, ids: &[DocId]) -> String {
     out
 }
 
+/// The host keeps the path to each site its connections measured: one per site, the latest
+/// replacing the one before, across a reopen; a row it cannot read counts as none.
+#[test]
+fn the_host_keeps_the_path_to_each_site_across_a_reopen() {
+    let (hd, host, _sd, _site) = host_and_site();
+    assert!(host.site_link_paths().expect("none yet").is_empty());
+    let path = |rate| LinkPath {
+        rate,
+        min_rtt_micros: 300_000,
+        measured_at: 1_800_000_000_000,
+    };
+    host.set_site_link_path(SiteId(2), path(250_000))
+        .expect("record");
+    host.set_site_link_path(SiteId(3), path(64_000))
+        .expect("record");
+    host.set_site_link_path(SiteId(2), path(240_000))
+        .expect("again");
+    let mut txn = host.begin_raw_write().expect("write");
+    txn.set_durability(redb::Durability::Immediate)
+        .expect("durability");
+    txn.open_table(SITE_LINK_PATHS)
+        .expect("table")
+        .insert(4, [0xff].as_slice())
+        .expect("unreadable row");
+    txn.commit().expect("commit");
+    drop(host);
+    let host = open_at(hd.path(), &KeySource::File, clock()).expect("reopen");
+    assert_eq!(
+        host.site_link_paths().expect("paths"),
+        vec![(SiteId(2), path(240_000)), (SiteId(3), path(64_000))]
+    );
+}
+
 #[test]
 fn after_a_full_rotation_everything_reads_the_same() {
     if hosts_in_postgres() {
@@ -4972,6 +5005,8 @@ fn after_a_full_rotation_everything_reads_the_same() {
         measured_at: 1_800_000_000_000,
     };
     site.set_link_path(path).expect("path");
+    host.set_site_link_path(SiteId(2), path)
+        .expect("path to the site");
     let (host, report) = host.rotate_full(&KeySource::File).expect("host");
     assert_eq!((report.dossiers, report.documents), (1, 3), "{report:?}");
     assert!(report.body_chunks >= 3 && report.traces > 10, "{report:?}");
@@ -4980,6 +5015,11 @@ fn after_a_full_rotation_everything_reads_the_same() {
     assert_eq!(before, (answers(&host, &ids), answers(&site, &ids)));
     assert_eq!(site.host_marks().expect("marks"), Some((3, 11)), "kept");
     assert_eq!(site.link_path().expect("path"), Some(path), "kept");
+    assert_eq!(
+        host.site_link_paths().expect("paths"),
+        vec![(SiteId(2), path)],
+        "kept"
+    );
     // Reopened from disk, and still syncing: the queued changes reach the host, which writes
     // back into the site's scope.
     drop((host, site));
