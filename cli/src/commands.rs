@@ -999,16 +999,16 @@ fn sites(cli: &Cli, show: Option<&SitesCmd>) -> Result<Reply> {
             s.bytes_received,
             s.bytes_sent,
             s.link.map_or_else(
-                || "not measured since the host's daemon started".to_string(),
+                || "not measured within the hour".to_string(),
                 |l| format!(
-                    "{} kB/s, round trip {} ms (measured {}); its last connection {}",
+                    "{} kB/s, round trip {} ms (measured {}); {}",
                     l.rate / 1000,
                     l.min_rtt_micros / 1000,
                     format_rfc3339(l.measured_at),
-                    if l.last_connection_resumed {
-                        "started at that path"
-                    } else {
-                        "started afresh"
+                    match l.last_connection_resumed {
+                        Some(true) => "its last connection started at that path",
+                        Some(false) => "its last connection started afresh",
+                        None => "no connection since the host's daemon started",
                     }
                 )
             ),

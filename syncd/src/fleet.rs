@@ -13,8 +13,8 @@
 //! starts (`Fleet::remember`), so a restarted daemon's connections start from it too.
 //!
 //! Invariants: a site enters `Fleet` only once its certificate has been matched to the
-//! register (`net`), or with a path recorded for it then, so its size is bounded by the number
-//! of sites ever enrolled; what a site says
+//! register (`net`), or with a path recorded for it when it is enrolled and not revoked, so
+//! its size is bounded by the number of enrolled sites; what a site says
 //! of itself is only shown (it may lie about its own backlog), and its version string was
 //! checked by the session (`SiteAbout::check`); nothing here names a patient: ids and counts.
 
@@ -57,8 +57,9 @@ pub(crate) struct Seen {
     path: Option<(Remembered, Instant, Millis)>,
     /// The path last recorded in the host's replica, and when it was measured.
     recorded: Option<(Remembered, Instant)>,
-    /// Its last connection started at the path remembered.
-    resumed: bool,
+    /// Its last connection started at the path remembered (`None`: none since the daemon
+    /// started).
+    resumed: Option<bool>,
 }
 
 /// The host daemon's in-memory record of each site (see the module doc).
@@ -121,40 +122,54 @@ impl Fleet {
         });
     }
 
-    /// What `conn`, a connection of `site`, measured of the path to it (kept if measured later
-    /// than what is kept: a site may hold several connections), and whether it resumed at the
-    /// path remembered. The record to write in the host's replica, when worth it
-    /// (`Remembered::worth_recording`), counted as written.
-    pub fn link(&self, site: SiteId, now: Millis, conn: &quinn::Connection) -> Option<LinkPath> {
-        let seen = congestion::seen(conn);
-        let mut record = None;
+    /// The record to write in the host's replica of what a connection of `site` measured of
+    /// the path to it (`seen`), if worth it over the last one written
+    /// (`Remembered::worth_recording`).
+    pub fn worth_recording(
+        &self,
+        site: SiteId,
+        now: Millis,
+        seen: &congestion::Seen,
+    ) -> Option<LinkPath> {
+        let (path, at) = seen.measured?;
+        let sites = self.sites.lock().ok()?;
+        let recorded = sites.get(&site.0).and_then(|s| s.recorded);
+        path.worth_recording(at, recorded)
+            .then(|| path.record(u64::try_from(wall_clock(now, at)).unwrap_or(0)))
+    }
+
+    /// What a connection of `site` saw of the path to it (`seen`: kept if measured later than
+    /// what is kept, as a site may hold several connections), whether it resumed at the path
+    /// remembered, and whether its record was written (`worth_recording`).
+    pub fn link(&self, site: SiteId, now: Millis, seen: congestion::Seen, recorded: bool) {
         self.with(site, now, |s| {
-            s.resumed = seen.resumed;
+            s.resumed = Some(seen.resumed);
             if let Some((path, at)) = seen.measured
                 && s.path.is_none_or(|(_, kept, _)| kept <= at)
             {
-                let ago = i64::try_from(at.elapsed().as_millis()).unwrap_or(i64::MAX);
-                let measured_at = now.saturating_sub(ago);
-                s.path = Some((path, at, measured_at));
-                if path.worth_recording(at, s.recorded) {
+                s.path = Some((path, at, wall_clock(now, at)));
+                if recorded {
                     s.recorded = Some((path, at));
-                    record = Some(path.record(u64::try_from(measured_at).unwrap_or(0)));
                 }
             }
         });
-        record
     }
 
     /// The paths the host's replica holds (`HostSync::link_paths`, recorded by earlier runs of
-    /// the daemon) measured within `REMEMBERED_FOR` of `now`: a restarted daemon starts each
-    /// site's next connection from them. Not a contact with the site; a site the daemon has
-    /// seen since keeps what it saw.
-    pub fn remember(&self, paths: Vec<(SiteId, LinkPath)>, now: Millis) {
+    /// the daemon) to the sites among `enrolled`, measured within `REMEMBERED_FOR` of `now`: a
+    /// restarted daemon starts each site's next connection from them. Not a contact with the
+    /// site; a site the daemon has seen since keeps what it saw.
+    pub fn remember(
+        &self,
+        paths: Vec<(SiteId, LinkPath)>,
+        enrolled: impl Fn(SiteId) -> bool,
+        now: Millis,
+    ) {
         let Ok(mut sites) = self.sites.lock() else {
             return;
         };
         let now_ms = u64::try_from(now).unwrap_or(0);
-        for (site, record) in paths {
+        for (site, record) in paths.into_iter().filter(|(site, _)| enrolled(*site)) {
             let Some(path) = Remembered::from_record(&record, now_ms) else {
                 continue;
             };
@@ -182,6 +197,11 @@ impl Fleet {
     pub(crate) fn seen(&self) -> HashMap<u32, Seen> {
         self.sites.lock().map(|s| s.clone()).unwrap_or_default()
     }
+}
+
+/// When `at` was by the wall clock, `now` being now.
+fn wall_clock(now: Millis, at: Instant) -> Millis {
+    now.saturating_sub(i64::try_from(at.elapsed().as_millis()).unwrap_or(i64::MAX))
 }
 
 /// One site as the operator sees it (`carnet sites`). `None`: not known since the host's
@@ -238,7 +258,8 @@ pub struct SiteOverview {
     pub errors: BTreeMap<String, u64>,
     /// The last one, and when.
     pub last_error: Option<(Millis, String)>,
-    /// The path to it as the host last measured it sending, since the host's daemon started.
+    /// The path to it as the host last measured it sending (since the host's daemon started,
+    /// or within the hour before, read from the host's replica).
     pub link: Option<LinkSeen>,
 }
 
@@ -252,8 +273,9 @@ pub struct LinkSeen {
     pub min_rtt_micros: u64,
     /// When it was measured.
     pub measured_at: Millis,
-    /// The site's last connection started at the path measured before it.
-    pub last_connection_resumed: bool,
+    /// The site's last connection since the host's daemon started began at the path measured
+    /// before it; `None`: no connection since (the path was read from the host's replica).
+    pub last_connection_resumed: Option<bool>,
 }
 
 /// Every enrolled site (or only `only`), from the register, the replica and `fleet`.

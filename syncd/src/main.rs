@@ -397,9 +397,21 @@ async fn host(
     service.server = Some(server.clone());
     let live = net::Live::new(service.changed.clone(), revoked);
     // The paths to the sites an earlier run measured: each site's next connection starts there.
-    match replica.sync().link_paths() {
-        Ok(paths) => live.fleet().remember(paths, replica.now()),
-        Err(e) => tracing::warn!(error = %e, "could not read the paths to the sites"),
+    match (
+        replica
+            .sync()
+            .link_paths()
+            .map_err(carnet_syncd::Error::from),
+        enrol::sites(&replica),
+    ) {
+        (Ok(paths), Ok(register)) => live.fleet().remember(
+            paths,
+            |site| register.get(&site.0).is_some_and(|s| !s.revoked),
+            replica.now(),
+        ),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(error = %e, "could not read the paths to the sites")
+        }
     }
     // `carnet sites`: what the daemon sees of each site.
     service.fleet = Some(live.fleet());

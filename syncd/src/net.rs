@@ -398,8 +398,8 @@ async fn serve_connection(
         });
     }
     live.leave(&conn);
-    note_link(&live, &replica, SiteId(site), &conn).await;
     live.fleet.disconnected(SiteId(site), replica.now());
+    note_link(&live, &replica, SiteId(site), &conn).await;
     tracing::info!(
         site,
         %remote,
@@ -673,20 +673,23 @@ async fn host_stream(
     served
 }
 
-/// What `conn` measured of the path to `site`: in the daemon's memory (`Fleet::link`) and, when
-/// worth a record, in the host's replica, where a restarted daemon finds it (a hint: a failure
-/// is logged and the next measurement tries again).
+/// What `conn` measured of the path to `site`: in the host's replica when worth a record,
+/// where a restarted daemon finds it (a hint: a failure is logged, and the next measurement
+/// tries again), then in the daemon's memory (`Fleet::link`, what `carnet sites` shows).
 async fn note_link(live: &Live, replica: &HostReplica, site: SiteId, conn: &quinn::Connection) {
-    let Some(record) = live.fleet.link(site, replica.now(), conn) else {
-        return;
-    };
-    let r = replica.clone();
-    let recorded = tokio::task::spawn_blocking(move || r.sync().set_link_path(site, record)).await;
-    match recorded {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(%site, error = %e, "could not record the path to the site"),
-        Err(e) => tracing::warn!(%site, error = %e, "could not record the path to the site"),
+    let seen = congestion::seen(conn);
+    let mut recorded = false;
+    if let Some(record) = live.fleet.worth_recording(site, replica.now(), &seen) {
+        let r = replica.clone();
+        match tokio::task::spawn_blocking(move || r.sync().set_link_path(site, record)).await {
+            Ok(Ok(())) => recorded = true,
+            Ok(Err(e)) => {
+                tracing::warn!(%site, error = %e, "could not record the path to the site")
+            }
+            Err(e) => tracing::warn!(%site, error = %e, "could not record the path to the site"),
+        }
     }
+    live.fleet.link(site, replica.now(), seen, recorded);
 }
 
 /// Replies to send, once everything up to `after` is on disk.

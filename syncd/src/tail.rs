@@ -18,9 +18,10 @@
 //!
 //! Invariants: no probe on a connection that has lost nothing (a clean link carries none), at
 //! most [`PROBES`] after each stop of the stream data, none while no round is under way (the
-//! task then waits for one, without waking); the probes carry nothing, and an end never reads
-//! the datagrams it receives: quinn keeps at most `transport::DATAGRAMS_HELD` bytes of them,
-//! dropping the oldest, whatever a peer sends.
+//! task then waits for one, without waking); the probes carry nothing, and an end reads the
+//! datagrams it receives only to drop them (a peer may send none larger than
+//! `transport::DATAGRAMS_HELD` allows, and quinn holds at most that many bytes of them
+//! unread).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -31,9 +32,10 @@ use tokio::sync::Notify;
 /// Probes after each stop of a connection's stream data (one more, should the first be lost).
 pub const PROBES: u32 = 2;
 
-/// The shortest wait between two looks at a connection's stream data (on a fast link a
-/// quarter of a round trip is far less).
-const TICK_MIN: Duration = Duration::from_millis(5);
+/// The shortest wait between two looks at a connection's stream data: the peer's largest
+/// acknowledgement delay (quinn's default, 25 ms), before which no probe is acknowledged anyway
+/// (on a fast link a quarter of a round trip is far less).
+const TICK_MIN: Duration = Duration::from_millis(25);
 
 /// A connection's tail probes: a task that runs while at least one round is under way.
 #[derive(Debug, Default)]
@@ -42,10 +44,10 @@ pub(crate) struct TailProbes {
     underway: AtomicUsize,
     /// A round began.
     begun: Notify,
-    /// Probes sent so far.
-    sent: AtomicUsize,
     /// Looks at the connection's stream data so far.
     looks: AtomicUsize,
+    /// The task waits for a round.
+    waiting: std::sync::atomic::AtomicBool,
 }
 
 /// A round under way: the connection's probes run until the last of these is dropped.
@@ -59,10 +61,13 @@ impl Drop for Underway {
 }
 
 impl TailProbes {
-    /// The tail probes of `conn`: a task that ends with the connection.
+    /// The tail probes of `conn`: a task that ends with the connection; and one that reads
+    /// and drops the peer's datagrams (whatever quinn's accounting of those it holds).
     pub(crate) fn start(conn: &quinn::Connection) -> Arc<TailProbes> {
         let probes = Arc::new(TailProbes::default());
         tokio::spawn(run(conn.clone(), probes.clone()));
+        let peer = conn.clone();
+        tokio::spawn(async move { while peer.read_datagram().await.is_ok() {} });
         probes
     }
 
@@ -71,12 +76,6 @@ impl TailProbes {
         self.underway.fetch_add(1, Ordering::AcqRel);
         self.begun.notify_one();
         Underway(self.clone())
-    }
-
-    /// Probes sent on the connection so far.
-    #[cfg(test)]
-    fn sent(&self) -> usize {
-        self.sent.load(Ordering::Acquire)
     }
 
     /// Looks at the connection's stream data so far (one each quarter round trip of a round).
@@ -93,11 +92,13 @@ impl TailProbes {
 async fn run(conn: quinn::Connection, probes: Arc<TailProbes>) {
     loop {
         while !probes.is_underway() {
+            probes.waiting.store(true, Ordering::Release);
             tokio::select! {
                 () = probes.begun.notified() => {}
                 _ = conn.closed() => return,
             }
         }
+        probes.waiting.store(false, Ordering::Release);
         let mut stream_frames = conn.stats().frame_tx.stream;
         let mut left = 0;
         while probes.is_underway() {
@@ -105,6 +106,9 @@ async fn run(conn: quinn::Connection, probes: Arc<TailProbes>) {
             tokio::select! {
                 () = tokio::time::sleep(tick) => {}
                 _ = conn.closed() => return,
+            }
+            if !probes.is_underway() {
+                break;
             }
             probes.looks.fetch_add(1, Ordering::AcqRel);
             let stats = conn.stats();
@@ -117,7 +121,6 @@ async fn run(conn: quinn::Connection, probes: Arc<TailProbes>) {
                 && conn.send_datagram(bytes::Bytes::new()).is_ok()
             {
                 left -= 1;
-                probes.sent.fetch_add(1, Ordering::AcqRel);
             }
         }
     }
@@ -184,10 +187,15 @@ mod tests {
         .await;
     }
 
-    /// Waits until `probes` sent `count` probes in all.
-    async fn sent_reaches(probes: &TailProbes, count: usize) {
+    /// Probes that went out on `conn` so far (DATAGRAM frames in its packets).
+    fn sent(conn: &quinn::Connection) -> u64 {
+        conn.stats().frame_tx.datagram
+    }
+
+    /// Waits until `count` probes in all went out on `conn`.
+    async fn sent_reaches(conn: &quinn::Connection, count: u64) {
         within(async {
-            while probes.sent() < count {
+            while sent(conn) < count {
                 tokio::time::sleep(TICK_MIN).await;
             }
         })
@@ -208,18 +216,18 @@ mod tests {
             0,
             "loopback lost a datagram"
         );
-        assert_eq!(probes.sent(), 0);
+        assert_eq!(sent(&conn), 0);
     }
 
     /// Once the connection lost a datagram, each stop of a round's stream data is followed
-    /// by `PROBES` probes, and no more until stream data goes again; the host's end takes
-    /// them and the connection stays open.
+    /// by `PROBES` probes, and no more until stream data goes again; stream data outside a
+    /// round is followed by none; the host's end takes them and the connection stays open.
     #[tokio::test]
     async fn each_stop_of_the_stream_data_is_followed_by_two_probes_once_a_datagram_was_lost() {
         let (_host, _endpoint, conn, proxy) = connection(true).await;
         let proxy = proxy.expect("proxy");
         let probes = TailProbes::start(&conn);
-        let _underway = probes.during();
+        let underway = probes.during();
         // The first exchange's datagrams toward the host are dropped until healed.
         proxy.cut_after(0);
         let first = tokio::spawn({
@@ -240,12 +248,26 @@ mod tests {
             }
         })
         .await;
-        sent_reaches(&probes, PROBES as usize).await;
-        let before = probes.sent();
-        echo(&conn, 16 << 10).await;
-        sent_reaches(&probes, before + PROBES as usize).await;
+        sent_reaches(&conn, u64::from(PROBES)).await;
         looks_more(&probes, 8).await;
-        assert_eq!(probes.sent(), before + PROBES as usize);
+        let before = sent(&conn);
+        echo(&conn, 16 << 10).await;
+        sent_reaches(&conn, before + u64::from(PROBES)).await;
+        looks_more(&probes, 8).await;
+        assert_eq!(sent(&conn), before + u64::from(PROBES));
+        // The round over, stream data goes and stops: no probe follows, in the next round
+        // either.
+        drop(underway);
+        within(async {
+            while !probes.waiting.load(Ordering::Acquire) {
+                tokio::time::sleep(TICK_MIN).await;
+            }
+        })
+        .await;
+        echo(&conn, 16 << 10).await;
+        let _underway = probes.during();
+        looks_more(&probes, 8).await;
+        assert_eq!(sent(&conn), before + u64::from(PROBES));
         assert!(conn.close_reason().is_none(), "{:?}", conn.close_reason());
         echo(&conn, 1).await;
     }

@@ -44,9 +44,10 @@ pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10)
 /// ends (benches/LOG.md, 2026-12-06).
 pub(crate) const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(4);
 
-/// Bytes of the peer's QUIC datagrams an end holds (quinn counts each at its payload and 32
-/// bytes more; it drops the oldest past this). The only datagrams are the empty tail probes
-/// (`tail`), which nobody reads; a larger one ends the connection.
+/// The largest QUIC DATAGRAM frame an end lets its peer send, and the bytes of them it holds
+/// unread (quinn 0.11.19 counts each at its payload and 32 bytes more, drops the oldest past
+/// this, and ends the connection on one whose payload alone passes it). The only datagrams are
+/// the empty tail probes (`tail`), which each end reads only to drop.
 pub(crate) const DATAGRAMS_HELD: usize = 128;
 
 /// Which end of a connection a transport configuration is for.
@@ -93,7 +94,7 @@ fn transport(
         // points of line rate (benches/LOG.md, 2026-12-05).
         .ack_frequency_config(Some(quinn::AckFrequencyConfig::default()))
         .mtu_discovery_config(Some(path_mtu_discovery()))
-        // The peer's tail probes (`tail`): never read, a few held.
+        // The peer's tail probes (`tail`): read only to drop, a few held.
         .datagram_receive_buffer_size(Some(DATAGRAMS_HELD));
     Ok(Arc::new(t))
 }

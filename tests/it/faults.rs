@@ -501,6 +501,20 @@ fn the_host_resumes_a_sites_next_pull_at_the_path_its_last_one_measured() {
     assert_eq!(crate::daemon::stop(&mut l.daemon), Some(0), "a clean stop");
     l.daemon = start_daemon(&l.host);
     crate::daemon::wait_for_socket(&l.host);
+    // The restarted daemon read the path back from its replica (recorded again only when it
+    // moves by more than an eighth); the site has not connected since.
+    let read_back = host_link(&l, "read the path back", |link| !link.is_null());
+    for what in ["rate_bytes_per_s", "min_rtt_micros"] {
+        let (was, is) = (measured[what].as_u64(), read_back[what].as_u64());
+        assert!(
+            was.zip(is).is_some_and(|(w, i)| w.abs_diff(i) * 8 <= w),
+            "{what}: {read_back} read back, {measured} measured"
+        );
+    }
+    assert!(
+        read_back["last_connection_resumed"].is_null(),
+        "{read_back}"
+    );
     let second = incompressible(1 << 20, 19);
     let second_id = l
         .host

@@ -227,7 +227,8 @@ impl HostSync<'_> {
         self.0.site_link_paths()
     }
 
-    /// Host: records the path to `site` as a connection measured it (not waited for on disk).
+    /// Host: records the path to `site` as a connection measured it (in a redb file, not waited
+    /// for on disk).
     pub fn set_link_path(&self, site: SiteId, path: LinkPath) -> Result<()> {
         self.0.retrying(|| self.0.set_site_link_path(site, path))
     }

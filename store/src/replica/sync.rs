@@ -570,7 +570,7 @@ impl Replica {
     }
 
     /// Host: the path to each site as the host's connections last measured it, by site (an
-    /// unreadable row counts as none: it is a hint).
+    /// unreadable row, key or value, counts as none: it is a hint).
     pub(crate) fn site_link_paths(&self) -> Result<Vec<(SiteId, LinkPath)>> {
         let txn = self.begin_read()?;
         let table = match txn.open_table(SITE_LINK_PATHS) {
@@ -581,20 +581,23 @@ impl Replica {
         let mut paths = Vec::new();
         for row in table.iter()? {
             let (site, path) = row?;
-            if let Ok(path) = postcard::from_bytes(path.value()) {
-                paths.push((SiteId(site.value()), path));
+            let site = <[u8; 4]>::try_from(site.value()).map(u32::from_be_bytes);
+            if let (Ok(site), Ok(path)) = (site, postcard::from_bytes(path.value())) {
+                paths.push((SiteId(site), path));
             }
         }
         Ok(paths)
     }
 
-    /// Host: records `path` as the path to `site`. Not waited for on disk, as a site's own
-    /// (`set_link_path`).
+    /// Host: records `path` as the path to `site`. In a redb file, not waited for on disk, as a
+    /// site's own (`set_link_path`); on PostgreSQL, a commit as any.
     pub(crate) fn set_site_link_path(&self, site: SiteId, path: LinkPath) -> Result<()> {
         let mut txn = self.begin_raw_write()?;
         txn.set_durability(redb::Durability::None)?;
-        txn.open_table(SITE_LINK_PATHS)?
-            .insert(site.0, postcard::to_stdvec(&path)?.as_slice())?;
+        txn.open_table(SITE_LINK_PATHS)?.insert(
+            site.0.to_be_bytes().as_slice(),
+            postcard::to_stdvec(&path)?.as_slice(),
+        )?;
         txn.commit()?;
         Ok(())
     }

@@ -126,10 +126,11 @@ pub const EMERGENCY_SCOPES: TableDefinition<&[u8], i64> = TableDefinition::new("
 /// hiding by the actors its push names (`push_check`).
 pub const HOST_CLEARS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("host_clears");
 /// Host: the path to each site as the host's connections last measured it sending (postcard
-/// `LinkPath`), by site: where its next connection to the site starts (a hint, as a site's own
-/// `link_path`; not guarded: a row put back or altered only changes how fast one connection to
-/// that site starts, within `carnet_syncd::congestion`'s bounds).
-pub const SITE_LINK_PATHS: TableDefinition<u32, &[u8]> = TableDefinition::new("site_link_paths");
+/// `LinkPath`), by site (u32 BE; bytes, so a malformed key is a row skipped, not a panic): where
+/// its next connection to the site starts (a hint, as a site's own `link_path`; not guarded: a
+/// row put back or altered only changes how fast one connection to that site starts, within
+/// `carnet_syncd::congestion`'s bounds).
+pub const SITE_LINK_PATHS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("site_link_paths");
 /// Site: dossiers opened here that the host has not answered yet (`local_dossiers`): blind
 /// index → sealed `LocalDossier` (registry key, bound to the blind index).
 pub const LOCAL_DOSSIERS: TableDefinition<&[u8; 32], &[u8]> =

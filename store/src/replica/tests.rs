@@ -4954,7 +4954,8 @@ fn answers(r: &Replica, ids: &[DocId]) -> String {
 }
 
 /// The host keeps the path to each site its connections measured: one per site, the latest
-/// replacing the one before, across a reopen; a row it cannot read counts as none.
+/// replacing the one before, across a reopen; a row it cannot read, key or value, counts as
+/// none.
 #[test]
 fn the_host_keeps_the_path_to_each_site_across_a_reopen() {
     let (hd, host, _sd, _site) = host_and_site();
@@ -4975,8 +4976,15 @@ fn the_host_keeps_the_path_to_each_site_across_a_reopen() {
         .expect("durability");
     txn.open_table(SITE_LINK_PATHS)
         .expect("table")
-        .insert(4, [0xff].as_slice())
+        .insert(4u32.to_be_bytes().as_slice(), [0xff].as_slice())
         .expect("unreadable row");
+    txn.open_table(SITE_LINK_PATHS)
+        .expect("table")
+        .insert(
+            [5u8].as_slice(),
+            postcard::to_stdvec(&path(1)).expect("path").as_slice(),
+        )
+        .expect("a key of another width");
     txn.commit().expect("commit");
     drop(host);
     let host = open_at(hd.path(), &KeySource::File, clock()).expect("reopen");

@@ -3416,8 +3416,8 @@ pub struct SiteOverview {
     pub errors: BTreeMap<String, u64>,
     pub last_error: Option<LastError>,
     /// The path from the host to the site as the host last measured it sending (its next
-    /// connection starts from it within the hour); absent until measured since the host's
-    /// daemon started.
+    /// connection starts from it within the hour); absent until measured (since the host's
+    /// daemon started, or within the hour before).
     #[serde(default)]
     pub link: Option<LinkMeasured>,
 }
@@ -3430,8 +3430,11 @@ pub struct LinkMeasured {
     /// Smallest round trip, microseconds.
     pub min_rtt_micros: u64,
     pub measured_at: Time,
-    /// The site's last connection started at the path measured before it.
-    pub last_connection_resumed: bool,
+    /// The site's last connection since the host's daemon started began at the path measured
+    /// before it; absent (null) when the site has not connected since (the path was read
+    /// from the host's replica).
+    #[serde(default)]
+    pub last_connection_resumed: Option<bool>,
 }
 
 impl From<&crate::fleet::LinkSeen> for LinkMeasured {
