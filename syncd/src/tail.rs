@@ -101,7 +101,7 @@ async fn run(conn: quinn::Connection, probes: Arc<TailProbes>) {
         probes.waiting.store(false, Ordering::Release);
         let mut stream_frames = conn.stats().frame_tx.stream;
         let mut left = 0;
-        while probes.is_underway() {
+        loop {
             let tick = (conn.rtt() / 4).max(TICK_MIN);
             tokio::select! {
                 () = tokio::time::sleep(tick) => {}
