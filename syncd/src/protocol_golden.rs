@@ -158,6 +158,7 @@ fn golden_messages() -> Vec<(&'static str, Msg)> {
                 ],
                 more: false,
                 bodies: Vec::new(),
+                next: None,
             },
         ),
         (
