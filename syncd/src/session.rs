@@ -2005,28 +2005,51 @@ mod tests {
         host: &Replica,
         site: &Replica,
     ) -> std::collections::BTreeMap<&'static str, usize> {
+        let mut counts = std::collections::BTreeMap::new();
+        observed_round(host, site, |_, m| {
+            *counts.entry(m.kind()).or_insert(0) += 1;
+        })
+        .expect("site");
+        counts
+    }
+
+    /// Which way a message goes, in `observed_round`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Way {
+        ToHost,
+        ToSite,
+    }
+
+    /// Runs a round in memory, each message through `on_the_way` (which may alter it): one to
+    /// the site before the site takes it, one to the host as the site sends it. Until the round
+    /// ends, or the site refuses a message.
+    fn observed_round(
+        host: &Replica,
+        site: &Replica,
+        mut on_the_way: impl FnMut(Way, &mut Msg),
+    ) -> Result<()> {
         let mut s = SiteSession::new(signer(site), Vec::new());
         let mut h = HostSession::new(site.config().site_id, certificate(site));
-        let mut counts = std::collections::BTreeMap::new();
-        let mut to_host = vec![s.start(crate::testkit::site_sync(site)).expect("start")];
+        let mut hello = s.start(crate::testkit::site_sync(site)).expect("start");
+        on_the_way(Way::ToHost, &mut hello);
+        let mut to_host = vec![hello];
         for _ in 0..10_000 {
             let mut to_site = Vec::new();
             for m in to_host.drain(..) {
-                *counts.entry(m.kind()).or_insert(0) += 1;
                 to_site.extend(
                     h.handle(crate::testkit::host_sync(host), wire(&m))
                         .expect("host"),
                 );
             }
-            for m in to_site {
-                *counts.entry(m.kind()).or_insert(0) += 1;
-                to_host.extend(
-                    s.handle(crate::testkit::site_sync(site), wire(&m))
-                        .expect("site"),
-                );
+            for mut m in to_site {
+                on_the_way(Way::ToSite, &mut m);
+                for mut out in s.handle(crate::testkit::site_sync(site), wire(&m))? {
+                    on_the_way(Way::ToHost, &mut out);
+                    to_host.push(out);
+                }
             }
             if s.is_done() {
-                return counts;
+                return Ok(());
             }
         }
         panic!("the round did not end");
@@ -2125,35 +2148,16 @@ mod tests {
         site: &Replica,
         mut tamper: impl FnMut(usize, &mut Msg),
     ) -> (Vec<usize>, Result<()>) {
-        let mut s = SiteSession::new(signer(site), Vec::new());
-        let mut h = HostSession::new(site.config().site_id, certificate(site));
         let (mut batches, mut pulls) = (0, Vec::new());
-        let mut to_host = vec![s.start(crate::testkit::site_sync(site)).expect("start")];
-        for _ in 0..10_000 {
-            let mut to_site = Vec::new();
-            for m in to_host.drain(..) {
-                to_site.extend(
-                    h.handle(crate::testkit::host_sync(host), wire(&m))
-                        .expect("host"),
-                );
-            }
-            for mut m in to_site {
-                tamper(batches, &mut m);
+        let ended = observed_round(host, site, |way, m| match way {
+            Way::ToSite => {
+                tamper(batches, m);
                 batches += usize::from(matches!(m, Msg::Pulled { .. }));
-                match s.handle(crate::testkit::site_sync(site), wire(&m)) {
-                    Ok(out) => {
-                        let asked = out.iter().filter(|o| matches!(o, Msg::Pull { .. }));
-                        pulls.extend(asked.map(|_| batches));
-                        to_host.extend(out);
-                    }
-                    Err(e) => return (pulls, Err(e)),
-                }
             }
-            if s.is_done() {
-                return (pulls, Ok(()));
-            }
-        }
-        panic!("the round did not end");
+            Way::ToHost if matches!(m, Msg::Pull { .. }) => pulls.push(batches),
+            Way::ToHost => {}
+        });
+        (pulls, ended)
     }
 
     /// A host holding `answers` full answers of small new documents (and a few more) for the
