@@ -5,7 +5,8 @@
 //! For each link of the matrix (rates 64 kbit/s, 256 kbit/s, 2 Mbit/s, 20 Mbit/s; one-way
 //! delays 25, 150, 300 ms; loss 0, 2, 5, 10 %) and each workload — `push`: 500 documents of 4 KiB
 //! pushed by a site; `day`: a clinic's day, 50 documents of 40 KiB and one image of 5 MB;
-//! `pull`: a mobile unit pulling the 200 dossiers of its scope, two documents of 4 KiB each —
+//! `pull`: a mobile unit pulling the 200 dossiers of its scope, two documents of 4 KiB each
+//! (and, only when asked for, `long-pull`: ten each, 8 MB, more than one `Pull`'s answer) —
 //! it prints the time, the bytes on the wire and the share of the line rate (the documents'
 //! bytes at the line rate, over the time taken), from a connection just opened (the handshake
 //! counts, as for a daemon just started), and the same for a raw QUIC stream carrying the
@@ -80,6 +81,9 @@ enum Workload {
     Day,
     /// A mobile unit pulling the 200 dossiers of its scope, two documents of 4 KiB each.
     Pull,
+    /// A mobile unit taking over a large caseload: 200 dossiers, ten documents of 4 KiB each
+    /// (8 MB, more than one `Pull`'s four batches). Only when asked for.
+    LongPull,
 }
 
 impl Workload {
@@ -88,7 +92,13 @@ impl Workload {
             Workload::Push => "push",
             Workload::Day => "day",
             Workload::Pull => "pull",
+            Workload::LongPull => "long-pull",
         }
+    }
+
+    /// The site pulls the documents, from the host.
+    fn pulls(self) -> bool {
+        matches!(self, Workload::Pull | Workload::LongPull)
     }
 
     /// The documents' bodies, in bytes, each.
@@ -101,6 +111,7 @@ impl Workload {
                 b
             }
             Workload::Pull => vec![DOC_BYTES; 400],
+            Workload::LongPull => vec![DOC_BYTES; 2_000],
         }
     }
 
@@ -170,7 +181,7 @@ fn setup(dir: &Path, link: Link, workload: Workload) -> Res<Setup> {
     carnet_syncd::enrol::init_host(&host)?;
     let pro = doctor_professional()?;
     host.add_professional(&pro)?;
-    let dossiers = if workload == Workload::Pull { 200 } else { 1 };
+    let dossiers = if workload.pulls() { 200 } else { 1 };
     let mut all = Vec::with_capacity(dossiers);
     for i in 0..dossiers {
         let ins = open_dossier(
@@ -181,7 +192,7 @@ fn setup(dir: &Path, link: Link, workload: Workload) -> Res<Setup> {
         all.push(ins);
     }
     let actor = Actor::Professional(doctor()?);
-    if workload == Workload::Pull {
+    if workload.pulls() {
         host.put_documents(
             &actor,
             AccessMode::Normal,
@@ -206,7 +217,7 @@ fn setup(dir: &Path, link: Link, workload: Workload) -> Res<Setup> {
     site.add_professional(&pro)?;
     let host = Daemon::start(&host_dir)?;
     let site = Arc::new(site);
-    if workload != Workload::Pull {
+    if !workload.pulls() {
         // The site holds its dossier (one round straight to the host, not measured), then
         // writes the documents it pushes.
         let mut first = sync_link(&site, listen)?;
@@ -272,7 +283,7 @@ fn carnet(dir: &Path, link: Link, workload: Workload) -> Res<Measured> {
         let report = runtime.block_on(sync.round())?;
         wire += report.wire_sent + report.wire_received;
         let done = match workload {
-            Workload::Pull => {
+            Workload::Pull | Workload::LongPull => {
                 let held: usize = s.site.dossiers()?.iter().map(|d| d.documents).sum();
                 held == workload.bodies().len() && s.site.missing_bodies()?.is_empty()
             }
@@ -299,7 +310,7 @@ fn carnet(dir: &Path, link: Link, workload: Workload) -> Res<Measured> {
             Some(one_more),
             Some(push_restarted(&runtime, &s, link, workload)?),
         )
-    } else if workload == Workload::Pull {
+    } else if workload.pulls() {
         runtime.block_on(sync.close());
         (None, Some(pull_restarted(&runtime, &s, link, workload)?))
     } else {
@@ -490,7 +501,7 @@ fn floor_resuming(
     let overflowed = std::rc::Rc::new(std::cell::Cell::new(0));
     let sender = match workload {
         Workload::Push | Workload::Day => Sender::Client,
-        Workload::Pull => Sender::Server,
+        Workload::Pull | Workload::LongPull => Sender::Server,
     };
     let raw = raw_quic_via(workload.payload(), sender, remembered, |server| {
         Ok(Counted(
@@ -546,7 +557,7 @@ fn share(link: Link, workload: Workload, seconds: f64) -> f64 {
     workload.payload() as f64 * 8.0 / link.rate as f64 / seconds
 }
 
-const USAGE: &str = "link [--full] [--rate 64k|256k|2m|20m]… [--delay MS]… [--loss PCT]… [--workload push|day|pull]…";
+const USAGE: &str = "link [--full] [--rate 64k|256k|2m|20m]… [--delay MS]… [--loss PCT]… [--workload push|day|pull|long-pull]…";
 
 /// The links and workloads the options choose.
 fn chosen() -> Res<(Vec<Link>, Vec<Workload>)> {
@@ -583,6 +594,7 @@ fn chosen() -> Res<(Vec<Link>, Vec<Workload>)> {
                 "push" => Workload::Push,
                 "day" => Workload::Day,
                 "pull" => Workload::Pull,
+                "long-pull" => Workload::LongPull,
                 other => return Err(format!("--workload {other}: {USAGE}").into()),
             }),
             other => return Err(format!("unknown argument '{other}': {USAGE}").into()),
