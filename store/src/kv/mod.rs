@@ -21,6 +21,10 @@
 //! - Errors keep redb's types (`StorageError`, `TableError`, …), so a caller handles a failure
 //!   of either backend the same way; a PostgreSQL failure is a `StorageError::Io` whose message
 //!   begins with `PostgreSQL`.
+//! - A row PostgreSQL returns that is not of its table's types (a key or value of another
+//!   width than a fixed-width type's, a string that is not UTF-8) is a
+//!   `StorageError::Corrupted` to whoever reads, removes or retains it, never a panic in
+//!   redb's decoding (`decodable`).
 
 pub mod pg;
 
@@ -239,8 +243,18 @@ pub enum AccessGuard<'a, V: Value + 'static> {
 }
 
 impl<'a, V: Value + 'static> AccessGuard<'a, V> {
-    fn owned(bytes: Vec<u8>) -> Self {
-        AccessGuard::Owned(bytes, PhantomData)
+    /// Bytes PostgreSQL returned, once they are a `V` redb can decode: a row of a width other
+    /// than its type's, or a string that is not UTF-8 (which redb's `from_bytes` would panic
+    /// on), is a corrupted row.
+    fn owned(bytes: Vec<u8>) -> Result<Self> {
+        if !decodable::<V>(&bytes) {
+            return Err(StorageError::Corrupted(format!(
+                "a stored {} of {} bytes that is not one",
+                V::type_name().name(),
+                bytes.len()
+            )));
+        }
+        Ok(AccessGuard::Owned(bytes, PhantomData))
     }
 
     /// The decoded value.
@@ -255,6 +269,19 @@ impl<'a, V: Value + 'static> AccessGuard<'a, V> {
 impl<V: Value + 'static> std::fmt::Debug for AccessGuard<'_, V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.value().fmt(f)
+    }
+}
+
+/// Whether redb decodes `bytes` as a `T` without panicking: a fixed-width type needs its
+/// width, a string valid UTF-8; any bytes are a byte string (the variable-width types of the
+/// replica's tables).
+pub(crate) fn decodable<T: Value>(bytes: &[u8]) -> bool {
+    match T::fixed_width() {
+        Some(width) => bytes.len() == width,
+        None if T::type_name() == <&str as Value>::type_name() => {
+            std::str::from_utf8(bytes).is_ok()
+        }
+        None => true,
     }
 }
 
@@ -354,7 +381,8 @@ impl<K: Ordered, V: Value + 'static> Table<'_, K, V> {
             Table::Redb(table) => Ok(table.insert(key, value)?.map(AccessGuard::Redb)),
             Table::Pg(table) => Ok(table
                 .insert(ordered_key::<K>(key), V::as_bytes(value.borrow()).as_ref())?
-                .map(AccessGuard::owned)),
+                .map(AccessGuard::owned)
+                .transpose()?),
         }
     }
 
@@ -404,7 +432,10 @@ impl<K: Ordered, V: Value + 'static> Table<'_, K, V> {
     ) -> Result<Option<AccessGuard<'_, V>>> {
         match self {
             Table::Redb(table) => Ok(table.remove(key)?.map(AccessGuard::Redb)),
-            Table::Pg(table) => Ok(table.remove(ordered_key::<K>(key))?.map(AccessGuard::owned)),
+            Table::Pg(table) => table
+                .remove(ordered_key::<K>(key))?
+                .map(AccessGuard::owned)
+                .transpose(),
         }
     }
 
@@ -471,9 +502,10 @@ impl<K: Ordered, V: Value + 'static> ReadOnlyTable<K, V> {
     ) -> Result<Option<AccessGuard<'static, V>>> {
         match self {
             ReadOnlyTable::Redb(table) => Ok(table.get(key)?.map(AccessGuard::Redb)),
-            ReadOnlyTable::Pg(table) => {
-                Ok(table.get(ordered_key::<K>(key))?.map(AccessGuard::owned))
-            }
+            ReadOnlyTable::Pg(table) => table
+                .get(ordered_key::<K>(key))?
+                .map(AccessGuard::owned)
+                .transpose(),
         }
     }
 
@@ -515,7 +547,10 @@ macro_rules! readable {
                         Ok(redb::ReadableTable::get(table, key)?.map(AccessGuard::Redb))
                     }
                     $table::Pg(table) => {
-                        Ok(table.get(ordered_key::<K>(key))?.map(AccessGuard::owned))
+                        table
+                    .get(ordered_key::<K>(key))?
+                    .map(AccessGuard::owned)
+                    .transpose()
                     }
                 }
             }

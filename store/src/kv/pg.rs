@@ -900,7 +900,7 @@ impl<'t, K: Ordered, V: Value + 'static> PgTable<'t, K, V> {
             last,
             1,
         )?;
-        Ok(rows.into_iter().next().map(entry::<K, V>))
+        rows.into_iter().next().map(entry::<K, V>).transpose()
     }
 
     pub(super) fn range<'r>(&self, bounds: Bounds) -> PgRange<'r, K, V> {
@@ -927,13 +927,13 @@ impl<'t, K: Ordered, V: Value + 'static> PgTable<'t, K, V> {
                 return Ok(());
             };
             bounds.0 = Bound::Excluded(last.clone());
-            let doomed: Vec<Vec<u8>> = rows
-                .into_iter()
-                .filter_map(|(k, v)| {
-                    let stored = K::stored(&k);
-                    (!predicate(K::from_bytes(&stored), V::from_bytes(&v))).then_some(k)
-                })
-                .collect();
+            let mut doomed: Vec<Vec<u8>> = Vec::new();
+            for (k, v) in rows {
+                let (key, value) = entry::<K, V>((k.clone(), v))?;
+                if !predicate(key.value(), value.value()) {
+                    doomed.push(k);
+                }
+            }
             if !doomed.is_empty() {
                 self.source
                     .conn()?
@@ -948,9 +948,12 @@ impl<'t, K: Ordered, V: Value + 'static> PgTable<'t, K, V> {
     }
 }
 
-/// A row as the replica reads it: the key back in redb's encoding.
-fn entry<'a, K: Ordered, V: Value + 'static>((k, v): (Vec<u8>, Vec<u8>)) -> Entry<'a, K, V> {
-    (AccessGuard::owned(K::stored(&k)), AccessGuard::owned(v))
+/// A row as the replica reads it: the key back in redb's encoding (a row that is not of the
+/// table's types is an error, never a panic).
+fn entry<'a, K: Ordered, V: Value + 'static>(
+    (k, v): (Vec<u8>, Vec<u8>),
+) -> Result<Entry<'a, K, V>> {
+    Ok((AccessGuard::owned(K::stored(&k))?, AccessGuard::owned(v)?))
 }
 
 /// Up to `limit` rows of `bounds`, from the smallest key (or from the largest, `descending`).
@@ -1043,7 +1046,7 @@ impl<'a, K: Ordered, V: Value + 'static> Iterator for PgRange<'a, K, V> {
             return Some(Err(e));
         }
         let row = self.front.pop_front().or_else(|| self.back.pop_back())?;
-        Some(Ok(entry::<K, V>(row)))
+        Some(entry::<K, V>(row))
     }
 }
 
@@ -1055,6 +1058,6 @@ impl<K: Ordered, V: Value + 'static> DoubleEndedIterator for PgRange<'_, K, V> {
             return Some(Err(e));
         }
         let row = self.back.pop_front().or_else(|| self.front.pop_back())?;
-        Some(Ok(entry::<K, V>(row)))
+        Some(entry::<K, V>(row))
     }
 }

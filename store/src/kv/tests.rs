@@ -729,3 +729,99 @@ fn the_schema_is_versioned_and_a_newer_one_is_refused() {
     let refused = PgStore::open(&url).expect_err("a newer schema");
     assert!(refused.to_string().contains("newer Carnet"), "{refused}");
 }
+
+/// Rows PostgreSQL holds that are not of their table's types (a key or a value of another
+/// width, a name that is not UTF-8: a database edited by hand, or damaged) are errors to
+/// every read, to a remove and to a retain, never a panic; the rows beside them still read.
+#[test]
+fn a_row_not_of_its_tables_types_is_an_error_never_a_panic() {
+    const NAMES: TableDefinition<&str, &[u8]> = TableDefinition::new("names");
+    let url = database();
+    let db = Database::Pg(PgStore::open(&url).expect("open"));
+    let txn = db.begin_write().expect("begin");
+    txn.open_table(NUMBERS)
+        .expect("kv")
+        .insert(7, [7u8].as_slice())
+        .expect("kv");
+    txn.open_table(BYTES)
+        .expect("kv")
+        .insert(&b"ok"[..], 1)
+        .expect("kv");
+    txn.open_table(NAMES)
+        .expect("kv")
+        .insert("ok", [1u8].as_slice())
+        .expect("kv");
+    txn.commit().expect("commit");
+    let status = std::process::Command::new("psql")
+        .args([
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            &url,
+            "-c",
+            "INSERT INTO carnet_kv (tbl, k, v) VALUES \
+             ('numbers', '\\x0102', '\\x00'), \
+             ('bytes', '\\x62', '\\x010203'), \
+             ('names', '\\xff', '\\x00')",
+        ])
+        .status()
+        .expect("psql");
+    assert!(status.success());
+    let corrupted = |e: StorageError| {
+        assert!(matches!(e, StorageError::Corrupted(_)), "{e}");
+    };
+    let read = db.begin_read().expect("read");
+    let numbers = read.open_table(NUMBERS).expect("kv");
+    assert_eq!(
+        numbers.get(7).expect("kv").map(|g| g.value().to_vec()),
+        Some(vec![7])
+    );
+    let rows: Vec<_> = numbers.range::<u64>(..).expect("kv").collect();
+    assert_eq!(
+        rows.len(),
+        2,
+        "the row that reads, and the one that does not"
+    );
+    assert!(rows.iter().any(|r| r.is_ok()));
+    rows.into_iter().filter_map(|r| r.err()).for_each(corrupted);
+    let bytes = read.open_table(BYTES).expect("kv");
+    corrupted(
+        bytes
+            .get(&b"b"[..])
+            .expect_err("a value of three bytes for a u64"),
+    );
+    assert_eq!(
+        bytes.get(&b"ok"[..]).expect("kv").map(|g| g.value()),
+        Some(1)
+    );
+    let names = read.open_table(NAMES).expect("kv");
+    let rows: Vec<_> = names.range::<&str>(..).expect("kv").collect();
+    assert!(rows.iter().any(|r| r.is_err()), "a name that is not UTF-8");
+    drop((numbers, bytes, names, read));
+    let txn = db.begin_write().expect("begin");
+    {
+        let mut bytes = txn.open_table(BYTES).expect("kv");
+        corrupted(bytes.remove(&b"b"[..]).expect_err("its old value"));
+        let mut numbers = txn.open_table(NUMBERS).expect("kv");
+        corrupted(
+            numbers
+                .retain_in::<u64, _>(.., |_, _| true)
+                .expect_err("a key of two bytes for a u64"),
+        );
+    }
+    drop(txn);
+}
+
+/// What redb decodes without panicking: a fixed-width type at its width only, a string only
+/// when UTF-8, a byte string always (what a PostgreSQL row and a restored backup are held to).
+#[test]
+fn bytes_are_decodable_as_a_type_only_at_its_width_or_as_utf_8() {
+    assert!(decodable::<u64>(&[0; 8]));
+    assert!(!decodable::<u64>(&[0; 7]) && !decodable::<u64>(&[0; 9]));
+    assert!(decodable::<(u32, u64)>(&[0; 12]) && !decodable::<(u32, u64)>(&[0; 8]));
+    assert!(decodable::<&[u8; 16]>(&[0; 16]) && !decodable::<&[u8; 16]>(&[0; 15]));
+    assert!(decodable::<()>(&[]) && !decodable::<()>(&[0]));
+    assert!(decodable::<&str>("médecin".as_bytes()) && !decodable::<&str>(&[0xff, 0x41]));
+    assert!(decodable::<&[u8]>(&[0xff, 0x41]) && decodable::<&[u8]>(&[]));
+}

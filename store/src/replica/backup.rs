@@ -576,8 +576,8 @@ impl<R: Read> Tables for Load<'_, R> {
         for _ in 0..rows {
             let k = self.records.blob()?;
             let v = self.records.blob()?;
-            check_width::<K>(&k)?;
-            check_width::<V>(&v)?;
+            check_decodable::<K>(&k)?;
+            check_decodable::<V>(&v)?;
             table.insert(K::from_bytes(&k), V::from_bytes(&v))?;
         }
         self.rows += rows;
@@ -585,11 +585,13 @@ impl<R: Read> Tables for Load<'_, R> {
     }
 }
 
-/// A fixed-width type's bytes must have its width (redb's `from_bytes` assumes it).
-pub(super) fn check_width<T: Value>(bytes: &[u8]) -> Result<()> {
-    match T::fixed_width() {
-        Some(w) if w != bytes.len() => Err(Error::integrity("the backup's content is malformed")),
-        _ => Ok(()),
+/// The bytes must be a `T` redb decodes without panicking (`kv::decodable`: a fixed-width
+/// type's width, a string's UTF-8).
+pub(super) fn check_decodable<T: Value>(bytes: &[u8]) -> Result<()> {
+    if crate::kv::decodable::<T>(bytes) {
+        Ok(())
+    } else {
+        Err(Error::integrity("the backup's content is malformed"))
     }
 }
 

@@ -46,7 +46,7 @@ use std::sync::atomic::Ordering;
 use crate::kv::{ReadTransaction, ReadableTable, TableDefinition, TableHandle, Value};
 use serde::{Deserialize, Serialize};
 
-use super::backup::{Tables, check_width, each_table};
+use super::backup::{Tables, check_decodable, each_table};
 use super::doc_map::DocMap;
 use super::documents::{body_aad, meta_aad};
 use super::high_water::{Mark, mark_aad, mark_from_env, mark_key, rekeyed_mark};
@@ -501,8 +501,8 @@ impl Tables for Rekey<'_> {
             let Some((k, v)) = self.row(def.name(), &k, &v)? else {
                 continue;
             };
-            check_width::<K>(&k)?;
-            check_width::<V>(&v)?;
+            check_decodable::<K>(&k)?;
+            check_decodable::<V>(&v)?;
             dst.insert(K::from_bytes(&k), V::from_bytes(&v))?;
             self.report.rows += 1;
         }
