@@ -38,6 +38,11 @@
 //! - After a failed write or sync every later append and sync fails (what reached the disk is
 //!   unknown until the segments are opened again), as the database file's backend does.
 //! - A segment grows past `max_bytes` by at most one record; a record is at most `RECORD_MAX`.
+//! - Every segment stays open (one file descriptor each): before a folder's segments are
+//!   opened, the process's soft limit on open files is raised to its hard limit
+//!   (`raise_open_files_limit`). systemd starts a service at 1,024, for programs that use
+//!   `select()`, which Carnet does not: at 64 MiB a segment, 1,024 would stop a replica at some
+//!   60 GiB of bodies. A segment that still cannot be opened for that says so.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::OpenOptions;
@@ -301,8 +306,10 @@ pub struct View {
 }
 
 impl Segments {
-    /// The segments in the folder `path` (created when missing).
+    /// The segments in the folder `path` (created when missing), the process's open-files
+    /// limit raised first (`raise_open_files_limit`).
     pub fn in_folder(path: &Path) -> Result<Segments> {
+        raise_open_files_limit();
         Segments::open(Box::new(Folder::new(path)?), SEGMENT_BYTES)
     }
 
@@ -310,9 +317,17 @@ impl Segments {
     pub fn open(files: Box<dyn SegmentFiles>, max_bytes: u64) -> Result<Segments> {
         let mut open = Open::new();
         for n in files.list()? {
-            let file = files
-                .open(n, false)
-                .map_err(|e| Error::Storage(format!("segment {n}: {e}")))?;
+            let file = files.open(n, false).map_err(|e| {
+                let hint = match e.raw_os_error() {
+                    Some(libc::EMFILE) => format!(
+                        " (this process may keep {} files open, and every segment stays open: \
+                         raise its limit, LimitNOFILE= in the systemd unit)",
+                        open_files_limit().map_or("only so many".into(), |n| n.to_string())
+                    ),
+                    _ => String::new(),
+                };
+                Error::Storage(format!("segment {n}: {e}{hint}"))
+            })?;
             open.insert(n, Arc::from(file));
         }
         let next = open.keys().next_back().map_or(1, |n| n.saturating_add(1));
@@ -600,6 +615,30 @@ impl View {
         }
         Ok(bytes)
     }
+}
+
+/// Raises this process's soft limit on open files to its hard limit (idempotent; a limit
+/// that cannot be raised is left as it is, and a segment that then cannot be opened says so).
+pub fn raise_open_files_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    // Linux caps it at `fs.nr_open`, 2^20 unless set otherwise, even under no hard limit.
+    const NR_OPEN: u64 = 1 << 20;
+    let limit = getrlimit(Resource::Nofile);
+    let target = limit.maximum.map_or(NR_OPEN, |hard| hard.min(NR_OPEN));
+    if limit.current.is_some_and(|soft| soft < target) {
+        let raised = Rlimit {
+            current: Some(target),
+            maximum: limit.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::warn!(error = %e, "the open-files limit could not be raised");
+        }
+    }
+}
+
+/// The process's soft limit on open files (`None`: unlimited).
+fn open_files_limit() -> Option<u64> {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile).current
 }
 
 /// The BLAKE3 hasher keyed by a record's place (`segment ‖ offset`, zeros after).

@@ -591,3 +591,65 @@ fn a_site_passes_over_a_dead_host_address_and_says_where_it_is_connected() {
     let synced = site.json(&["sync", "now"]);
     assert!(synced["pulled"].as_u64().is_some(), "{synced}");
 }
+
+/// A replica with more body segments than systemd's soft limit on open files (1,024 for a
+/// service; 64 here): `carnet` and `carnet-syncd` raise the limit to the hard one before they
+/// open every segment, and both serve. Without it they stopped at "Too many open files".
+#[test]
+fn a_replica_with_more_segments_than_the_soft_open_files_limit_opens() {
+    const SOFT: u64 = 64;
+    let host = Carnet::host();
+    host.ok(&["pki", "init", "--ca-in-replica"]);
+    // Nothing listens there: the site's daemon serves `carnet` all the same.
+    let site = enrolled_site(&host, "127.0.0.1:9", &[]);
+    let segments = site.data.join("segments");
+    std::fs::create_dir_all(&segments).expect("segments");
+    // Empty segments: valid, and each one more file kept open.
+    for n in 1..=3 * SOFT {
+        std::os::unix::fs::OpenOptionsExt::mode(
+            std::fs::OpenOptions::new().write(true).create_new(true),
+            0o600,
+        )
+        .open(segments.join(format!("{n:08}.seg")))
+        .expect("a segment");
+    }
+    let under_the_limit = |program: &std::path::Path, args: &[&str]| {
+        let mut cmd = Command::new("bash");
+        cmd.arg("-c")
+            .arg(format!("ulimit -Sn {SOFT} && exec \"$0\" \"$@\""))
+            .arg(program)
+            .arg("--data")
+            .arg(&site.data)
+            .args(args)
+            .env_remove("CARNET_PASSPHRASE")
+            .env_remove("CARNET_DATA");
+        cmd
+    };
+    let hard = Command::new("bash")
+        .args(["-c", "ulimit -Hn"])
+        .output()
+        .expect("bash");
+    let hard = String::from_utf8_lossy(&hard.stdout).trim().to_string();
+    assert!(
+        hard == "unlimited" || hard.parse::<u64>().is_ok_and(|h| h > 4 * SOFT),
+        "the hard limit on open files ({hard}) leaves nothing to raise the soft one to"
+    );
+    let listed = under_the_limit(std::path::Path::new(bin()), &["--json", "sync", "status"])
+        .output()
+        .expect("carnet runs");
+    assert!(
+        listed.status.success(),
+        "carnet under a soft limit of {SOFT}: {}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let child = under_the_limit(&syncd_bin(), &[])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("carnet-syncd starts");
+    let mut daemon = Daemon(child);
+    wait_for_socket(&site);
+    site.ok(&["sync", "status"]);
+    assert_eq!(stop(&mut daemon), Some(0));
+}
