@@ -97,7 +97,9 @@ impl Fleet {
         });
     }
 
-    /// `site` is at `cursor` in its log (it asked to pull after it, or was sent up to it).
+    /// `site` is at `cursor` in its log (it asked to pull after it, or was sent up to it: a
+    /// `Pull` sent ahead, or batches still on their way, put it ahead of what the site applied
+    /// by at most two answers).
     pub fn cursor(&self, site: SiteId, now: Millis, cursor: u64) {
         self.with(site, now, |s| s.cursor = Some(cursor));
     }

@@ -65,8 +65,8 @@ pub const FETCH_WINDOW: usize = 32;
 pub const PUSH_WINDOW: usize = 8;
 /// Largest body that travels inline, with its document's first push.
 pub const INLINE_MAX: u64 = 64 * 1024;
-/// Batches the host sends for one `Pull`, one after the other, before the site asks again:
-/// a long pull costs one round trip every this many batches, not one per batch.
+/// Batches the host sends for one `Pull`, one after the other (the site asks for the next
+/// ones on the first of them, `Pulled::next`): what the host reads and holds for one request.
 pub const PULL_PAGES: usize = 4;
 
 /// Everything either side says.
@@ -818,7 +818,8 @@ pub struct RoundReport {
     /// See `wire_sent`.
     pub wire_received: u64,
     /// Times the site waited for the host: the QUIC handshake, then each batch of messages
-    /// it sent (filled by `net`).
+    /// it sent (filled by `net`; a `Pull` sent ahead, on the first batch of an answer,
+    /// counts as one, though the site does not wait for it).
     pub round_trips: u64,
     /// A renewed certificate was installed in this round: the next connection uses it.
     pub renewed: bool,

@@ -273,8 +273,9 @@ impl<V: Value + 'static> std::fmt::Debug for AccessGuard<'_, V> {
 }
 
 /// Whether redb decodes `bytes` as a `T` without panicking: a fixed-width type needs its
-/// width, a string valid UTF-8; any bytes are a byte string (the variable-width types of the
-/// replica's tables).
+/// width, a string valid UTF-8; any bytes are a byte string. These are every type of the
+/// replica's tables (`replica::tables`); a table of another variable-width type (`String`, an
+/// `Option`, a tuple with a variable-width member) needs its own rule here first.
 pub(crate) fn decodable<T: Value>(bytes: &[u8]) -> bool {
     match T::fixed_width() {
         Some(width) => bytes.len() == width,
@@ -546,12 +547,10 @@ macro_rules! readable {
                     $table::Redb(table) => {
                         Ok(redb::ReadableTable::get(table, key)?.map(AccessGuard::Redb))
                     }
-                    $table::Pg(table) => {
-                        table
-                    .get(ordered_key::<K>(key))?
-                    .map(AccessGuard::owned)
-                    .transpose()
-                    }
+                    $table::Pg(table) => table
+                        .get(ordered_key::<K>(key))?
+                        .map(AccessGuard::owned)
+                        .transpose(),
                 }
             }
 
