@@ -431,7 +431,8 @@ impl Replica {
     }
 
     /// Seals and stores a body in chunks, padded with zero bytes to its size bucket
-    /// (`padding::padded_body_len`) and cut as `body_chunk_plan` says.
+    /// (`padding::padded_body_len`) and cut as `segment_chunk_plan` says for segments, as
+    /// `body_chunk_plan` says for `BODIES` rows.
     pub(super) fn put_body(
         &self,
         bodies: &mut Bodies<Table<'_, &'static [u8], &'static [u8]>>,
@@ -439,12 +440,26 @@ impl Replica {
         id: &DocId,
         body: &[u8],
     ) -> Result<()> {
+        let cut = if bodies.in_segments() {
+            segment_chunk_plan
+        } else {
+            body_chunk_plan
+        };
+        self.put_body_cut(bodies, key, id, body, cut)
+    }
+
+    /// `put_body`, the padded body cut as `cut` says.
+    pub(super) fn put_body_cut(
+        &self,
+        bodies: &mut Bodies<Table<'_, &'static [u8], &'static [u8]>>,
+        key: &Key,
+        id: &DocId,
+        body: &[u8],
+        cut: fn(usize) -> Vec<(usize, ChunkPlace)>,
+    ) -> Result<()> {
         let stored = self.stored_id(id);
         let mut start = 0;
-        for (i, (len, place)) in body_chunk_plan(padded_body_len(body.len()))
-            .into_iter()
-            .enumerate()
-        {
+        for (i, (len, place)) in cut(padded_body_len(body.len())).into_iter().enumerate() {
             let n = u32::try_from(i).map_err(|_| Error::invalid("document too large"))?;
             let end = start + len;
             // Chunks of the body itself are sealed from it where it lies; only the chunk where
@@ -483,19 +498,30 @@ impl Replica {
         // chunks can bring, and let the vector grow with them.
         let padded = padded_body_len(size);
         let mut out = Zeroizing::new(Vec::with_capacity(padded.min(CHUNK_PLAIN * 16)));
-        // Chunk by chunk, in the places `body_chunk_plan` gives the padded size (walked
-        // without building the plan: the size may come from a peer).
+        // Chunk by chunk, each under `Main` and its number (`segment_chunk_plan`, and every
+        // chunk but a tail of `body_chunk_plan`), or else where `body_chunk_plan` puts a tail
+        // (walked without building the plan: the size may come from a peer). The chunks'
+        // lengths are their own; what they add up to is checked below.
+        let altered = |e| match e {
+            Error::Integrity(why) => {
+                Error::integrity(format!("body of document {id} was altered: {why}"))
+            }
+            other => other,
+        };
         let mut n = 0u32;
         while out.len() < padded {
-            let (_, place) = next_body_chunk(padded - out.len(), n == 0);
-            let sealed = bodies
-                .chunk(body_key(&stored, place, n).as_slice())
-                .map_err(|e| match e {
-                    Error::Integrity(why) => {
-                        Error::integrity(format!("body of document {id} was altered: {why}"))
-                    }
-                    other => other,
-                })?;
+            let sealed = match bodies
+                .chunk(body_key(&stored, ChunkPlace::Main, n).as_slice())
+                .map_err(altered)?
+            {
+                Some(chunk) => Some(chunk),
+                None => match next_body_chunk(padded - out.len(), n == 0) {
+                    (_, ChunkPlace::Tail) => bodies
+                        .chunk(body_key(&stored, ChunkPlace::Tail, n).as_slice())
+                        .map_err(altered)?,
+                    (_, ChunkPlace::Main) => None,
+                },
+            };
             let Some(sealed) = sealed else {
                 if n == 0 {
                     break;

@@ -934,7 +934,7 @@ impl Replica {
         // Holding the live database: no rotation runs, so a re-keyed file beside it is a
         // leftover of one that stopped before its commit point.
         rekey::remove_leftover(dir)?;
-        let (config, keyring, wrapped_chain) = {
+        let (format, config, keyring, wrapped_chain) = {
             let txn = db.begin_read()?;
             let meta = txn.open_table(META)?;
             let get = |k: &str| -> Result<Vec<u8>> {
@@ -964,7 +964,7 @@ impl Replica {
             let config: ReplicaConfig = postcard::from_bytes(&get(meta_key::CONFIG)?)?;
             let keyring: Keyring = postcard::from_bytes(&get(meta_key::KEYRING)?)?;
             let chain = meta.get(meta_key::CHAIN_KEY)?.map(|v| v.value().to_vec());
-            (config, keyring, chain)
+            (format, config, keyring, chain)
         };
         let master = Self::master_key(dir, source, &keyring)?;
         // A replica whose check says so has its `meta` authenticated; an older one gets it now.
@@ -1083,6 +1083,7 @@ impl Replica {
         // must reach its anchor.
         replica.flush_traces()?;
         replica.check_trace_anchor()?;
+        replica.settle_format(format)?;
         replica.tidy_segments()?;
         if !restoring {
             // A purge traces: a restored replica resumes them once it caught up.
@@ -1090,6 +1091,19 @@ impl Replica {
         }
         replica.index_missing_bodies()?;
         Ok(replica)
+    }
+
+    /// Marks a replica of an earlier format this build reads (`FORMAT_OLDEST`) as of this
+    /// build's, before this build writes anything in its own layout: an earlier build then
+    /// refuses the replica ("written by a newer Carnet") instead of misreading it.
+    fn settle_format(&self, stored: u32) -> Result<()> {
+        if stored == FORMAT_VERSION {
+            return Ok(());
+        }
+        let txn = self.begin_raw_write()?;
+        txn.open_table(META)?
+            .insert(meta_key::FORMAT, FORMAT_VERSION.to_le_bytes().as_slice())?;
+        txn.commit()
     }
 
     /// What opening tightened in a data folder that others could read (modes set to 0700 and

@@ -250,11 +250,11 @@ pub mod meta_key {
     pub const LINK_PATH: &str = "link_path";
 }
 
-/// The format this build writes. A newer stored format is refused, and so is an older one: the
-/// project has no deployed replica, and format 4 changed how every row naming a document is
-/// keyed, formats 5 and 6 how a document's replacements and their resolutions are recorded,
-/// format 7 how a representative is named and how grants are signed, and format 9 where the
-/// bodies are kept: no migration rewrites any of that.
+/// The format this build writes. A newer stored format is refused, and so is one older than
+/// `FORMAT_OLDEST`: the project had no deployed replica before format 9, and format 4 changed
+/// how every row naming a document is keyed, formats 5 and 6 how a document's replacements and
+/// their resolutions are recorded, format 7 how a representative is named and how grants are
+/// signed, and format 9 where the bodies are kept: no migration rewrites any of that.
 ///
 /// - 1: bodies in `BODIES` only, in chunks of `CHUNK_PLAIN`.
 /// - 2: bodies are cut as `body_chunk_plan` says, a small last chunk kept as a tail
@@ -281,7 +281,10 @@ pub mod meta_key {
 /// - 9: a replica in a redb file keeps the chunks of the bodies it stores in segment files
 ///   (`segments`), `BODY_PLACES` naming each; chunks a restore or a key rotation wrote stay
 ///   in `BODIES` (`bodies`).
-pub const FORMAT_VERSION: u32 = 9;
+/// - 10: in segments, a body is cut as `segment_chunk_plan` says (one record for a body under
+///   64 KiB, where format 9 cut as `body_chunk_plan`, often in two). This build reads both;
+///   a replica of format 9 is marked 10 when this build opens it (`Replica::settle_format`).
+pub const FORMAT_VERSION: u32 = 10;
 
 /// The oldest format this build opens.
 pub const FORMAT_OLDEST: u32 = 9;
@@ -520,6 +523,22 @@ pub fn body_chunk_plan(len: usize) -> Vec<(usize, ChunkPlace)> {
     plan
 }
 
+/// How a body of `len` bytes is cut when its chunks go to segment files (`segments`), chunk by
+/// chunk in order: chunks of `CHUNK_PLAIN` bytes, the last one the rest, every one `Main`. A
+/// record's length costs nothing there (no page to fill), so a body under `CHUNK_PLAIN` is one
+/// record and one place row, where `body_chunk_plan` would often cut it in two. `len` is the
+/// padded length.
+pub fn segment_chunk_plan(len: usize) -> Vec<(usize, ChunkPlace)> {
+    let mut plan = Vec::with_capacity(len / CHUNK_PLAIN + 1);
+    let mut rest = len;
+    while rest > 0 {
+        let chunk = rest.min(CHUNK_PLAIN);
+        plan.push((chunk, ChunkPlace::Main));
+        rest -= chunk;
+    }
+    plan
+}
+
 /// The next chunk of `body_chunk_plan` when `rest` bytes (more than 0) remain, `first` when no
 /// chunk came before; so a reader can walk a body without building its plan.
 pub fn next_body_chunk(rest: usize, first: bool) -> (usize, ChunkPlace) {
@@ -630,6 +649,28 @@ mod tests {
                     Tail => assert!(last && i > 0 && chunk < PAGE_FITS[4], "{len}"),
                 }
             }
+        }
+    }
+
+    #[test]
+    fn a_body_in_segments_is_cut_into_chunks_of_chunk_plain_bytes_and_the_rest() {
+        use ChunkPlace::Main;
+        let check = |len: usize, expect: &[(usize, ChunkPlace)]| {
+            assert_eq!(segment_chunk_plan(len), expect, "{len} bytes");
+        };
+        check(0, &[]);
+        check(4_096, &[(4_096, Main)]);
+        check(65_432, &[(65_432, Main)]);
+        check(65_433, &[(65_432, Main), (1, Main)]);
+        check(150_000, &[(65_432, Main), (65_432, Main), (19_136, Main)]);
+        for len in (0..300_000).step_by(997) {
+            let plan = segment_chunk_plan(len);
+            assert_eq!(plan.iter().map(|c| c.0).sum::<usize>(), len, "{len}");
+            assert_eq!(plan.len(), len.div_ceil(CHUNK_PLAIN), "{len}");
+            assert!(
+                plan.iter()
+                    .all(|&(chunk, place)| { chunk > 0 && chunk <= CHUNK_PLAIN && place == Main })
+            );
         }
     }
 }

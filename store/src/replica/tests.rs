@@ -2390,19 +2390,54 @@ fn missing_bodies_are_indexed_and_an_older_replica_gets_the_index_at_open() {
     assert!(site.missing_bodies().expect("missing").is_empty());
 }
 
-/// Chunks of document `id`'s body, in segments or in `BODIES`: (chunks, tails).
-fn body_rows(r: &Replica, id: &DocId) -> (u64, u64) {
+/// Every chunk of document `id`'s body, in segments or in `BODIES`: (key, sealed), in key
+/// order.
+fn body_chunks(r: &Replica, id: &DocId) -> Vec<(Vec<u8>, Vec<u8>)> {
     let txn = r.begin_read().expect("read");
-    let chunks = r
-        .bodies_read(&txn)
+    r.bodies_read(&txn)
         .expect("bodies")
         .chunks_of(&r.stored_id(id))
-        .expect("chunks");
+        .expect("chunks")
+}
+
+/// Chunks of document `id`'s body, in segments or in `BODIES`: (chunks, tails).
+fn body_rows(r: &Replica, id: &DocId) -> (u64, u64) {
+    let chunks = body_chunks(r, id);
     let count = |place: ChunkPlace| chunks.iter().filter(|(k, _)| k[0] == place.kind()).count();
     (
         count(ChunkPlace::Main) as u64,
         count(ChunkPlace::Tail) as u64,
     )
+}
+
+/// `body_rows` of a body of `n` bytes as `r` cuts it: in segments (`segment_chunk_plan`), or
+/// in `BODIES` (`body_chunk_plan`).
+fn rows_cut(r: &Replica, n: usize) -> (u64, u64) {
+    let padded = crate::padding::padded_body_len(n);
+    let plan = if r.segments.is_some() {
+        segment_chunk_plan(padded)
+    } else {
+        body_chunk_plan(padded)
+    };
+    let tails = plan.iter().filter(|c| c.1 == ChunkPlace::Tail).count() as u64;
+    (plan.len() as u64 - tails, tails)
+}
+
+/// Stores document `id`'s body again at `r`, cut as `cut` says (as a replica of format 9 cut
+/// it in segments: `body_chunk_plan`).
+fn recut_body(r: &Replica, id: &DocId, body: &[u8], cut: fn(usize) -> Vec<(usize, ChunkPlace)>) {
+    let key = {
+        let (txn, generation) = r.snapshot().expect("snapshot");
+        r.load_doc(&txn, generation, id).expect("document").1
+    };
+    let txn = r.begin_raw_write().expect("write");
+    {
+        let mut bodies = r.bodies(&txn).expect("bodies");
+        bodies.remove(&r.stored_id(id)).expect("remove");
+        r.put_body_cut(&mut bodies, &key, id, body, cut)
+            .expect("put");
+    }
+    txn.commit().expect("commit");
 }
 
 /// Removes the chunk at `key`, wherever it is kept.
@@ -2442,28 +2477,41 @@ fn bodies_of_every_size_read_back_and_travel_and_their_tails_go_with_a_purge() {
     for (&n, id) in sizes.iter().zip(&ids) {
         assert_eq!(read_body(&site, id), pattern(n), "{n} bytes at the site");
         assert_eq!(read_body(&host, id), pattern(n), "{n} bytes at the host");
-        let plan = body_chunk_plan(crate::padding::padded_body_len(n));
-        let tails = plan.iter().filter(|c| c.1 == ChunkPlace::Tail).count() as u64;
-        let expect = (plan.len() as u64 - tails, tails);
-        assert_eq!(body_rows(&site, id), expect, "{n} bytes at the site");
-        assert_eq!(body_rows(&host, id), expect, "{n} bytes at the host");
+        assert_eq!(
+            body_rows(&site, id),
+            rows_cut(&site, n),
+            "{n} bytes at the site"
+        );
+        assert_eq!(
+            body_rows(&host, id),
+            rows_cut(&host, n),
+            "{n} bytes at the host"
+        );
     }
-    // A 4 KiB body: one page-sized chunk and a tail kept apart.
-    assert_eq!(body_rows(&site, &ids[4]), (1, 1));
-    // A missing tail is a damaged body, not a shorter one.
-    remove_chunk(
-        &site,
-        body_key(&site.stored_id(&ids[4]), ChunkPlace::Tail, 1).as_slice(),
-    );
-    let err = site
-        .read_document(
-            &Actor::Professional(doctor()),
-            &ids[4],
-            AccessMode::Normal,
-            None,
-        )
-        .expect_err("damaged");
-    assert!(matches!(err, Error::Integrity(_)), "{err}");
+    // A 4 KiB body: one record in segments; in `BODIES` (a host on PostgreSQL), one
+    // page-sized chunk and a tail kept apart.
+    assert_eq!(body_rows(&site, &ids[4]), (1, 0));
+    let host_rows = if host.segments.is_some() {
+        (1, 0)
+    } else {
+        (1, 1)
+    };
+    assert_eq!(body_rows(&host, &ids[4]), host_rows);
+    // A missing last chunk (of three in segments, a tail in `BODIES`) is a damaged body, not
+    // a shorter one.
+    let host_victim = if host.segments.is_some() {
+        &ids[7]
+    } else {
+        &ids[4]
+    };
+    for (r, id) in [(&site, &ids[7]), (&host, host_victim)] {
+        let chunks = body_chunks(r, id);
+        remove_chunk(r, &chunks.last().expect("chunks").0);
+        let err = r
+            .read_document(&Actor::Professional(doctor()), id, AccessMode::Normal, None)
+            .expect_err("damaged");
+        assert!(matches!(err, Error::Integrity(_)), "{err}");
+    }
     host.close_dossier(&ins(), "holder's request", false)
         .expect("close");
     site.import_authority(&host.export_authority().expect("export"))
@@ -2474,19 +2522,92 @@ fn bodies_of_every_size_read_back_and_travel_and_their_tails_go_with_a_purge() {
 }
 
 #[test]
+fn bodies_format_9_cut_in_two_in_segments_still_read_and_the_replica_is_marked_as_of_this_build() {
+    let (_hd, _host, sd, site) = host_and_site();
+    let sizes = [3_993, 4_096, 40_000, 70_000, 150_000];
+    let ids: Vec<DocId> = sizes
+        .iter()
+        .map(|&n| write(&site, &format!("{n} bytes"), &pattern(n)))
+        .collect();
+    assert_eq!(body_rows(&site, &ids[1]), (1, 0), "this build: one record");
+    for (&n, id) in sizes.iter().zip(&ids) {
+        recut_body(&site, id, &pattern(n), body_chunk_plan);
+    }
+    assert_eq!(
+        body_rows(&site, &ids[1]),
+        (1, 1),
+        "format 9: a chunk and a tail"
+    );
+    // Marked 9 through the replica, which authenticates its settings anew.
+    let txn = site.begin_raw_write().expect("write");
+    txn.open_table(META)
+        .expect("meta")
+        .insert(meta_key::FORMAT, 9u32.to_le_bytes().as_slice())
+        .expect("format");
+    txn.commit().expect("commit");
+    drop(site);
+    let set_format = |format: u32| set_stored_format(sd.path(), format);
+    let stored_format = |r: &Replica| {
+        let txn = r.begin_read().expect("read");
+        let meta = txn.open_table(META).expect("meta");
+        let format = meta.get(meta_key::FORMAT).expect("get").expect("format");
+        u32::from_le_bytes(format.value().try_into().expect("u32"))
+    };
+    // A build that reads up to an earlier format refuses a later one's replica, untouched.
+    set_format(FORMAT_VERSION + 1);
+    let err = open_at(sd.path(), &KeySource::File, clock()).expect_err("newer");
+    assert!(
+        matches!(&err, Error::Invalid(m) if m.contains("newer Carnet")),
+        "{err}"
+    );
+    set_format(9);
+    let site = open_at(sd.path(), &KeySource::File, clock()).expect("format 9 opens");
+    assert_eq!(stored_format(&site), FORMAT_VERSION, "marked at open");
+    for (&n, id) in sizes.iter().zip(&ids) {
+        assert_eq!(
+            read_body(&site, id),
+            pattern(n),
+            "{n} bytes, cut as format 9 did"
+        );
+    }
+    // Its tails are still needed: one missing is a damaged body, not a shorter one.
+    remove_chunk(
+        &site,
+        body_key(&site.stored_id(&ids[1]), ChunkPlace::Tail, 1).as_slice(),
+    );
+    let err = site
+        .read_document(
+            &Actor::Professional(doctor()),
+            &ids[1],
+            AccessMode::Normal,
+            None,
+        )
+        .expect_err("damaged");
+    assert!(matches!(err, Error::Integrity(_)), "{err}");
+    // New bodies go in this build's cut beside them.
+    let new = write(&site, "after", &pattern(4_096));
+    assert_eq!(body_rows(&site, &new), (1, 0));
+    assert_eq!(read_body(&site, &new), pattern(4_096));
+}
+
+/// Writes `format` as the stored format of the closed replica in `dir`, straight into its
+/// database (its settings' authentication is not updated).
+fn set_stored_format(dir: &std::path::Path, format: u32) {
+    let db = open_raw(dir.join(DB_FILE));
+    let txn = db.begin_write().expect("write");
+    txn.open_table(META)
+        .expect("meta")
+        .insert(meta_key::FORMAT, format.to_le_bytes().as_slice())
+        .expect("format");
+    txn.commit().expect("commit");
+}
+
+#[test]
 fn a_replica_of_an_older_format_is_refused_and_left_as_it_was() {
     let (_hd, _host, sd, site) = host_and_site();
     let id = write(&site, "kept", &pattern(5_000));
     drop(site);
-    let set_format = |format: u32| {
-        let db = open_raw(sd.path().join(DB_FILE));
-        let txn = db.begin_write().expect("write");
-        txn.open_table(META)
-            .expect("meta")
-            .insert(meta_key::FORMAT, format.to_le_bytes().as_slice())
-            .expect("format");
-        txn.commit().expect("commit");
-    };
+    let set_format = |format: u32| set_stored_format(sd.path(), format);
     set_format(2);
     let err = open_at(sd.path(), &KeySource::File, clock()).expect_err("format 2");
     assert!(
@@ -2900,7 +3021,7 @@ fn a_body_damaged_between_its_records_ends_is_refused_by_its_seal() {
 fn removing_a_body_never_takes_another_documents_chunks_or_tail() {
     let (_hd, _host, _sd, site) = host_and_site();
     let victim = write(&site, "4 KiB", &pattern(4_096));
-    assert_eq!(body_rows(&site, &victim), (1, 1));
+    assert_eq!(body_rows(&site, &victim), (1, 0));
     // The stored ids just before and just after the victim's, each with two chunks and a
     // tail: their keys are the victim's nearest neighbours in both places.
     let stored = u128::from_be_bytes(site.stored_id(&victim));
@@ -2929,8 +3050,8 @@ fn removing_a_body_never_takes_another_documents_chunks_or_tail() {
     assert_eq!(body_rows(&site, &before), (0, 0), "removed, tail and all");
     assert_eq!(
         body_rows(&site, &victim),
-        (1, 1),
-        "the victim's chunk and tail stay"
+        (1, 0),
+        "the victim's chunk stays"
     );
     assert_eq!(read_body(&site, &victim), pattern(4_096));
     let txn = site.begin_raw_write().expect("write");
