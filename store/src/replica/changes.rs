@@ -138,7 +138,9 @@ impl Replica {
 
     /// Writes, in `txn`, the changes staged for it; answers the last sequence written, if any.
     pub(super) fn commit_changes(&self, txn: &WriteTransaction) -> Result<Option<u64>> {
-        let staged = std::mem::take(&mut *self.pending_changes.lock().map_err(lock_err)?);
+        // Drained, not taken: the staging list keeps its room for the next transaction (the
+        // write lock is held, so nothing else stages meanwhile).
+        let mut staged = self.pending_changes.lock().map_err(lock_err)?;
         if staged.is_empty() {
             return Ok(None);
         }
@@ -152,7 +154,7 @@ impl Replica {
             )
         };
         let mut seq = table.last()?.map_or(0, |(k, _)| k.value()).max(floor);
-        for (bi, change) in staged {
+        for (bi, change) in staged.drain(..) {
             seq += 1;
             let sealed = self
                 .keys
