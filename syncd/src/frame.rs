@@ -81,6 +81,12 @@ pub enum FrameError {
     /// The payload does not decode as the expected message.
     #[error("malformed frame: {0}")]
     Malformed(String),
+    /// The payload ends before the message does: a damaged frame, or a peer of an earlier build
+    /// whose message lacks a field this build appended (PROTOCOL.md, "Compatibility").
+    #[error(
+        "a message ended before this build's would: the peer may run an earlier Carnet (upgrade the host before its sites), or the frame was damaged"
+    )]
+    EndsEarly,
 }
 
 /// Encodes one message as a frame, its payload compressed when that saves `COMPRESS_GAIN`
@@ -207,8 +213,10 @@ impl FrameDecoder {
             }
             _ => return Err(FrameError::UnknownVersion(version & !COMPRESSED)),
         };
-        let message =
-            postcard::from_bytes(payload).map_err(|e| FrameError::Malformed(e.to_string()))?;
+        let message = postcard::from_bytes(payload).map_err(|e| match e {
+            postcard::Error::DeserializeUnexpectedEnd => FrameError::EndsEarly,
+            e => FrameError::Malformed(e.to_string()),
+        })?;
         self.buf.drain(..LEN_BYTES + len);
         Ok(Some(message))
     }
@@ -251,12 +259,16 @@ mod tests {
         let mut d = FrameDecoder::new();
         d.push(&[0, 0, 0, 0]);
         assert_eq!(d.next_message::<Msg>(), Err(FrameError::Empty));
+        // A variant that does not exist; a variant number cut short.
         let mut d = FrameDecoder::new();
-        d.push(&[3, 0, 0, 0, PROTOCOL_VERSION, 0xff, 0xff]);
+        d.push(&[2, 0, 0, 0, PROTOCOL_VERSION, 0x7f]);
         assert!(matches!(
             d.next_message::<Msg>(),
             Err(FrameError::Malformed(_))
         ));
+        let mut d = FrameDecoder::new();
+        d.push(&[3, 0, 0, 0, PROTOCOL_VERSION, 0xff, 0xff]);
+        assert_eq!(d.next_message::<Msg>(), Err(FrameError::EndsEarly));
     }
 
     #[test]

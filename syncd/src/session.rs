@@ -2162,6 +2162,9 @@ mod tests {
         (pulls, ended)
     }
 
+    /// New documents of 4 KiB in one `Pulled` batch (`CHUNK_MAX` of inline bodies).
+    const PER_BATCH: usize = CHUNK_MAX / 4096;
+
     /// A host holding `answers` full answers of small new documents (and a few more) for the
     /// site of `host_and_site`: the documents it wrote.
     fn long_pull(
@@ -2173,10 +2176,22 @@ mod tests {
         carnet_store::ids::Ins,
         usize,
     ) {
+        host_with_new_documents(PER_BATCH * PULL_PAGES * answers + 3)
+    }
+
+    /// The replicas of `host_and_site` after a round, then `written` new documents of 4 KiB
+    /// written at the host: what `long_pull` answers.
+    fn host_with_new_documents(
+        written: usize,
+    ) -> (
+        tempfile::TempDir,
+        Replica,
+        Replica,
+        carnet_store::ids::Ins,
+        usize,
+    ) {
         let (t, host, site, ins) = host_and_site();
         round(&host, &site);
-        let per_batch = CHUNK_MAX / 4096;
-        let written = per_batch * PULL_PAGES * answers + 3;
         let docs: Vec<_> = (0..written)
             .map(|i| (ins.clone(), new_doc(&format!("h{i}"), vec![i as u8; 4096])))
             .collect();
@@ -2208,6 +2223,56 @@ mod tests {
         let (pulls, ended) = pulls_of_round(&host, &site, |_, _| {});
         ended.expect("the next round ends well");
         assert!(pulls.len() <= 1, "{pulls:?}");
+    }
+
+    /// An answer whose fourth batch reaches the host's head names no end (`next` is `None` in
+    /// each batch): nothing is asked ahead, and the round ends with it.
+    #[test]
+    fn an_answer_of_four_full_batches_that_reaches_the_head_has_nothing_asked_ahead() {
+        let (_t, host, site, ins, written) = host_with_new_documents(PER_BATCH * PULL_PAGES);
+        let before = site.dossier(&ins).expect("dossier").documents;
+        let mut batches = Vec::new();
+        let (pulls, ended) = pulls_of_round(&host, &site, |_, m| {
+            if let Msg::Pulled { more, next, .. } = m {
+                batches.push((*more, *next));
+            }
+        });
+        ended.expect("the round ends well");
+        let full = (true, None);
+        assert_eq!(
+            batches,
+            vec![full, full, full, (false, None)],
+            "four full batches, the last at the head"
+        );
+        assert_eq!(pulls, vec![0], "nothing asked ahead");
+        assert_eq!(
+            site.dossier(&ins).expect("dossier").documents,
+            before + written
+        );
+    }
+
+    /// A long pull sent with the `Hello` while the site owes the host a body: no `Pull` goes
+    /// ahead on the answer's first batch, nothing of it is applied before the body is stored,
+    /// and the pull asked again after it goes ahead as any other.
+    #[test]
+    fn a_long_pull_while_a_body_is_owed_asks_nothing_ahead_before_the_body() {
+        let (_t, host, site, ins, written) = long_pull(2);
+        let late = owing_a_body(&host, &site, &ins);
+        let before = site.dossier(&ins).expect("dossier").documents;
+        let mut s = SiteSession::new(signer(&site), Vec::new());
+        let opening = s
+            .opening(crate::testkit::site_sync(&site), true, None)
+            .expect("opening");
+        assert_eq!(opening.len(), 2, "Hello and Pull");
+        let (before_body, pulls) =
+            round_holding_the_pull_for_a_body(&host, &site, s, opening, |m| m);
+        assert_eq!(before_body, 1, "only the Pull of the Hello before the body");
+        assert_eq!(pulls, 4, "asked again after the body, then ahead twice");
+        assert!(host.has_body(&late).expect("has"));
+        assert_eq!(
+            site.dossier(&ins).expect("dossier").documents,
+            before + written
+        );
     }
 
     /// A host whose answer does not end where it said: the site applies nothing of the next
@@ -2260,28 +2325,48 @@ mod tests {
         );
     }
 
+    /// The shape of `Msg` before `Pulled::next`, up to `Pulled` (variant 9).
+    #[derive(Serialize, Deserialize)]
+    #[allow(dead_code)] // Only `Pulled` is ever made or read.
+    enum Earlier {
+        V0,
+        V1,
+        V2,
+        V3,
+        V4,
+        V5,
+        V6,
+        V7,
+        V8,
+        Pulled {
+            items: Vec<(u64, PullItem)>,
+            more: bool,
+            bodies: Vec<BodyPiece>,
+        },
+    }
+
+    /// A site of this build cannot read an earlier host's batches (`next` is missing): it says
+    /// which end to upgrade, not only that the frame did not decode.
+    #[test]
+    fn a_site_told_by_a_host_of_the_build_before_says_to_upgrade_the_host() {
+        let batch = Earlier::Pulled {
+            items: Vec::new(),
+            more: false,
+            bodies: Vec::new(),
+        };
+        let mut d = crate::frame::FrameDecoder::new();
+        d.push(&crate::frame::encode(&batch).expect("encode"));
+        let err = d
+            .next_message::<Msg>()
+            .expect_err("a batch of the earlier shape");
+        assert_eq!(err, crate::frame::FrameError::EndsEarly);
+        assert!(err.to_string().contains("upgrade the host"), "{err}");
+    }
+
     /// A site of the build before `Pulled::next` decodes this build's batches: the field,
     /// appended last, is left unread.
     #[test]
     fn a_site_of_the_build_before_decodes_a_batch_that_names_where_its_answer_ends() {
-        #[derive(Deserialize)]
-        #[allow(dead_code)] // The shape of `Msg` then, up to `Pulled` (variant 9).
-        enum Earlier {
-            V0,
-            V1,
-            V2,
-            V3,
-            V4,
-            V5,
-            V6,
-            V7,
-            V8,
-            Pulled {
-                items: Vec<(u64, PullItem)>,
-                more: bool,
-                bodies: Vec<BodyPiece>,
-            },
-        }
         let (_t, host, site, _, _) = long_pull(1);
         let mut first = None;
         let (_, ended) = pulls_of_round(&host, &site, |batches, m| {
@@ -2303,21 +2388,22 @@ mod tests {
     }
 
     /// Runs `s`'s round from `first` to its end, each message to the host through `on_the_way`,
-    /// checking that the site's pull cursor has not moved when the host stores a body; the
-    /// `Pull`s the site sent.
+    /// checking that the site's pull cursor has not moved when the host stores a body: the
+    /// `Pull`s the site sent before the host stored it, and in all.
     fn round_holding_the_pull_for_a_body(
         host: &Replica,
         site: &Replica,
         mut s: SiteSession,
         first: Vec<Msg>,
         on_the_way: impl Fn(Msg) -> Msg,
-    ) -> usize {
+    ) -> (usize, usize) {
         let cursor = site.pull_cursor().expect("cursor");
         let mut h = HostSession::new(site.config().site_id, certificate(site));
         let mut to_host = first;
-        let mut pulls = 0;
+        let pulls_in = |msgs: &[Msg]| msgs.iter().filter(|m| m.kind() == "Pull").count();
+        let (mut pulls, mut before_body) = (0, None);
         for _ in 0..100 {
-            pulls += to_host.iter().filter(|m| m.kind() == "Pull").count();
+            pulls += pulls_in(&to_host);
             let arrived: Vec<Msg> = to_host.drain(..).map(|m| on_the_way(wire(&m))).collect();
             for m in h
                 .handle_all(crate::testkit::host_sync(host), arrived)
@@ -2329,6 +2415,7 @@ mod tests {
                         cursor,
                         "nothing pulled before the body"
                     );
+                    before_body.get_or_insert(pulls + pulls_in(&to_host));
                 }
                 to_host.extend(
                     s.handle(crate::testkit::site_sync(site), wire(&m))
@@ -2336,7 +2423,7 @@ mod tests {
                 );
             }
             if s.is_done() {
-                return pulls;
+                return (before_body.expect("the body was stored"), pulls);
             }
         }
         panic!("the round did not end");
@@ -2381,7 +2468,7 @@ mod tests {
             }
             m => m,
         };
-        let pulls = round_holding_the_pull_for_a_body(&host, &site, s, hello, spoil);
+        let (_, pulls) = round_holding_the_pull_for_a_body(&host, &site, s, hello, spoil);
         assert_eq!(pulls, 2, "asked again after the body");
         assert!(
             host.has_body(&doc).expect("has"),
@@ -2484,25 +2571,19 @@ mod tests {
         assert_eq!(kinds(&opening(true)), ["Hello"]);
     }
 
-    /// A pull sent with the `Hello`, and the host's `Welcome` names a body this site still
-    /// owes: nothing of that pull is applied before the body is stored, and the round pulls
-    /// again after it.
-    #[test]
-    fn a_pull_sent_with_the_hello_waits_for_the_bodies_the_welcome_names() {
-        let (_t, host, site, ins) = host_and_site();
-        round(&host, &site);
-        let actor = Actor::Professional(doctor());
+    /// A document written at `site` whose metadata `host` took with a body that does not
+    /// match, the push acknowledged: the site owes its body (the host's `Welcome` names it).
+    fn owing_a_body(host: &Replica, site: &Replica, ins: &carnet_store::ids::Ins) -> DocId {
         let late = site
             .put_document(
-                &actor,
+                &Actor::Professional(doctor()),
                 AccessMode::Normal,
                 None,
-                &ins,
+                ins,
                 new_doc("late", vec![7; 500]),
             )
             .expect("write");
-        // The host took the metadata, and a body that does not match: it is owed.
-        let changes = crate::testkit::site_sync(&site)
+        let changes = crate::testkit::site_sync(site)
             .outbox(0, 10)
             .expect("outbox");
         let wrong = BodyPiece {
@@ -2512,12 +2593,24 @@ mod tests {
             bytes: vec![6; 500],
         };
         let upto = changes.last().map(|(seq, _)| *seq).expect("a change");
-        crate::testkit::host_sync(&host)
+        crate::testkit::host_sync(host)
             .apply_remote_batch_with_bodies(site.config().site_id, &changes, &[wrong])
             .expect("applied");
-        crate::testkit::site_sync(&site)
+        crate::testkit::site_sync(site)
             .ack_outbox(upto)
             .expect("the ack the site received");
+        late
+    }
+
+    /// A pull sent with the `Hello`, and the host's `Welcome` names a body this site still
+    /// owes: nothing of that pull is applied before the body is stored, and the round pulls
+    /// again after it.
+    #[test]
+    fn a_pull_sent_with_the_hello_waits_for_the_bodies_the_welcome_names() {
+        let (_t, host, site, ins) = host_and_site();
+        round(&host, &site);
+        let actor = Actor::Professional(doctor());
+        let late = owing_a_body(&host, &site, &ins);
         let from_host = host
             .put_document(
                 &actor,
@@ -2532,7 +2625,9 @@ mod tests {
             .opening(crate::testkit::site_sync(&site), true, None)
             .expect("opening");
         assert_eq!(opening.len(), 2, "Hello and Pull");
-        let pulls = round_holding_the_pull_for_a_body(&host, &site, s, opening, |m| m);
+        let (before_body, pulls) =
+            round_holding_the_pull_for_a_body(&host, &site, s, opening, |m| m);
+        assert_eq!(before_body, 1, "the Pull of the Hello");
         assert_eq!(pulls, 2, "asked again after the body");
         assert!(host.has_body(&late).expect("has"));
         assert!(
