@@ -243,13 +243,13 @@ pub enum AccessGuard<'a, V: Value + 'static> {
 }
 
 impl<'a, V: Value + 'static> AccessGuard<'a, V> {
-    /// Bytes PostgreSQL returned, once they are a `V` redb can decode: a row of a width other
-    /// than its type's, or a string that is not UTF-8 (which redb's `from_bytes` would panic
-    /// on), is a corrupted row.
-    fn owned(bytes: Vec<u8>) -> Result<Self> {
+    /// Bytes PostgreSQL returned from `table`, once they are a `V` redb can decode: a row of a
+    /// width other than its type's, or a string that is not UTF-8 (which redb's `from_bytes`
+    /// would panic on), is a corrupted row, named by its table (never by its bytes).
+    fn owned(bytes: Vec<u8>, table: &str) -> Result<Self> {
         if !decodable::<V>(&bytes) {
             return Err(StorageError::Corrupted(format!(
-                "a stored {} of {} bytes that is not one",
+                "table {table}: a stored {} of {} bytes that is not one",
                 V::type_name().name(),
                 bytes.len()
             )));
@@ -382,7 +382,7 @@ impl<K: Ordered, V: Value + 'static> Table<'_, K, V> {
             Table::Redb(table) => Ok(table.insert(key, value)?.map(AccessGuard::Redb)),
             Table::Pg(table) => Ok(table
                 .insert(ordered_key::<K>(key), V::as_bytes(value.borrow()).as_ref())?
-                .map(AccessGuard::owned)
+                .map(|bytes| AccessGuard::owned(bytes, table.name()))
                 .transpose()?),
         }
     }
@@ -435,7 +435,7 @@ impl<K: Ordered, V: Value + 'static> Table<'_, K, V> {
             Table::Redb(table) => Ok(table.remove(key)?.map(AccessGuard::Redb)),
             Table::Pg(table) => table
                 .remove(ordered_key::<K>(key))?
-                .map(AccessGuard::owned)
+                .map(|bytes| AccessGuard::owned(bytes, table.name()))
                 .transpose(),
         }
     }
@@ -505,7 +505,7 @@ impl<K: Ordered, V: Value + 'static> ReadOnlyTable<K, V> {
             ReadOnlyTable::Redb(table) => Ok(table.get(key)?.map(AccessGuard::Redb)),
             ReadOnlyTable::Pg(table) => table
                 .get(ordered_key::<K>(key))?
-                .map(AccessGuard::owned)
+                .map(|bytes| AccessGuard::owned(bytes, table.name()))
                 .transpose(),
         }
     }
@@ -549,7 +549,7 @@ macro_rules! readable {
                     }
                     $table::Pg(table) => table
                         .get(ordered_key::<K>(key))?
-                        .map(AccessGuard::owned)
+                        .map(|bytes| AccessGuard::owned(bytes, table.name()))
                         .transpose(),
                 }
             }

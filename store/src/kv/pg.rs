@@ -780,6 +780,11 @@ impl<'t, K: Ordered, V: Value + 'static> PgTable<'t, K, V> {
         }
     }
 
+    /// The table's name.
+    pub(super) fn name(&self) -> &str {
+        &self.name
+    }
+
     pub(super) fn get(&self, key: Vec<u8>) -> Result<Option<Vec<u8>>> {
         if let Some(known) = self
             .source
@@ -900,7 +905,10 @@ impl<'t, K: Ordered, V: Value + 'static> PgTable<'t, K, V> {
             last,
             1,
         )?;
-        rows.into_iter().next().map(entry::<K, V>).transpose()
+        rows.into_iter()
+            .next()
+            .map(|row| entry::<K, V>(&self.name, row))
+            .transpose()
     }
 
     pub(super) fn range<'r>(&self, bounds: Bounds) -> PgRange<'r, K, V> {
@@ -929,7 +937,7 @@ impl<'t, K: Ordered, V: Value + 'static> PgTable<'t, K, V> {
             bounds.0 = Bound::Excluded(last.clone());
             let mut doomed: Vec<Vec<u8>> = Vec::new();
             for (k, v) in rows {
-                let (key, value) = entry::<K, V>((k.clone(), v))?;
+                let (key, value) = entry::<K, V>(&self.name, (k.clone(), v))?;
                 if !predicate(key.value(), value.value()) {
                     doomed.push(k);
                 }
@@ -951,9 +959,13 @@ impl<'t, K: Ordered, V: Value + 'static> PgTable<'t, K, V> {
 /// A row as the replica reads it: the key back in redb's encoding (a row that is not of the
 /// table's types is an error, never a panic).
 fn entry<'a, K: Ordered, V: Value + 'static>(
+    table: &str,
     (k, v): (Vec<u8>, Vec<u8>),
 ) -> Result<Entry<'a, K, V>> {
-    Ok((AccessGuard::owned(K::stored(&k))?, AccessGuard::owned(v)?))
+    Ok((
+        AccessGuard::owned(K::stored(&k), table)?,
+        AccessGuard::owned(v, table)?,
+    ))
 }
 
 /// Up to `limit` rows of `bounds`, from the smallest key (or from the largest, `descending`).
@@ -1046,7 +1058,7 @@ impl<'a, K: Ordered, V: Value + 'static> Iterator for PgRange<'a, K, V> {
             return Some(Err(e));
         }
         let row = self.front.pop_front().or_else(|| self.back.pop_back())?;
-        Some(entry::<K, V>(row))
+        Some(entry::<K, V>(&self.name, row))
     }
 }
 
@@ -1058,6 +1070,6 @@ impl<K: Ordered, V: Value + 'static> DoubleEndedIterator for PgRange<'_, K, V> {
             return Some(Err(e));
         }
         let row = self.back.pop_front().or_else(|| self.front.pop_back())?;
-        Some(entry::<K, V>(row))
+        Some(entry::<K, V>(&self.name, row))
     }
 }

@@ -768,8 +768,12 @@ fn a_row_not_of_its_tables_types_is_an_error_never_a_panic() {
         .status()
         .expect("psql");
     assert!(status.success());
-    let corrupted = |e: StorageError| {
-        assert!(matches!(e, StorageError::Corrupted(_)), "{e}");
+    // Named by its table, for whoever must restore it.
+    let corrupted = |table: &str, e: StorageError| {
+        assert!(
+            matches!(&e, StorageError::Corrupted(m) if m.starts_with(&format!("table {table}: "))),
+            "{e}"
+        );
     };
     let read = db.begin_read().expect("read");
     let numbers = read.open_table(NUMBERS).expect("kv");
@@ -784,9 +788,12 @@ fn a_row_not_of_its_tables_types_is_an_error_never_a_panic() {
         "the row that reads, and the one that does not"
     );
     assert!(rows.iter().any(|r| r.is_ok()));
-    rows.into_iter().filter_map(|r| r.err()).for_each(corrupted);
+    rows.into_iter()
+        .filter_map(|r| r.err())
+        .for_each(|e| corrupted("numbers", e));
     let bytes = read.open_table(BYTES).expect("kv");
     corrupted(
+        "bytes",
         bytes
             .get(&b"b"[..])
             .expect_err("a value of three bytes for a u64"),
@@ -802,9 +809,10 @@ fn a_row_not_of_its_tables_types_is_an_error_never_a_panic() {
     let txn = db.begin_write().expect("begin");
     {
         let mut bytes = txn.open_table(BYTES).expect("kv");
-        corrupted(bytes.remove(&b"b"[..]).expect_err("its old value"));
+        corrupted("bytes", bytes.remove(&b"b"[..]).expect_err("its old value"));
         let mut numbers = txn.open_table(NUMBERS).expect("kv");
         corrupted(
+            "numbers",
             numbers
                 .retain_in::<u64, _>(.., |_, _| true)
                 .expect_err("a key of two bytes for a u64"),
