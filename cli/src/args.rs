@@ -827,6 +827,10 @@ pub enum DocCmd {
         #[command(flatten)]
         doc: NewDocArgs,
     },
+    /// Read every stored body and check it against its document (opened, whole, of its
+    /// content hash); exit 5 naming the documents whose body is damaged. Shows no content
+    /// to anyone (not traced).
+    Check,
 }
 
 #[derive(Debug, Args)]

@@ -2516,6 +2516,28 @@ fn doc(cli: &Cli, c: &DocCmd) -> Result<Reply> {
                 json!({"id": new.to_string(), "replaces": old.to_string()}),
             ))
         }
+        DocCmd::Check => {
+            let damaged = r.damaged_bodies()?;
+            if !damaged.is_empty() {
+                let ids: Vec<String> = damaged.iter().map(ToString::to_string).collect();
+                return Err(Error::Integrity(format!(
+                    "{} stored bod{} damaged (altered, cut short or missing a part): {}; \
+                     restore the data folder from a backup",
+                    damaged.len(),
+                    if damaged.len() == 1 {
+                        "y is"
+                    } else {
+                        "ies are"
+                    },
+                    ids.join(", ")
+                ))
+                .into());
+            }
+            Ok(Reply::new(
+                "every stored body is intact",
+                json!({"ok": true, "damaged": []}),
+            ))
+        }
     }
 }
 

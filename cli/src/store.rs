@@ -363,6 +363,14 @@ impl Store {
         }
     }
 
+    /// Reads every stored body and checks it against its document: the damaged ones.
+    pub fn damaged_bodies(&self) -> Result<Vec<DocId>> {
+        match self.call(Request::CheckBodies)? {
+            Response::DamagedBodies(ids) => Ok(ids),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// Re-wraps every key under a new key file, or under `passphrase`.
     pub fn rotate_master_key(&self, passphrase: Option<String>) -> Result<()> {
         self.done(Request::RotateMasterKey { passphrase })

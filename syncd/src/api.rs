@@ -301,6 +301,9 @@ pub enum Request {
         /// The offline CA, when the replica does not keep its key.
         ca: Option<Identity>,
     },
+    /// Reads every stored body, opened and checked against its document's content hash
+    /// (`Replica::damaged_bodies`): the documents whose body is damaged.
+    CheckBodies,
 }
 
 impl Request {
@@ -314,6 +317,7 @@ impl Request {
                 | Request::Professionals
                 | Request::HoldsDossier { .. }
                 | Request::VerifyAudit
+                | Request::CheckBodies
                 | Request::AuditEntries { .. }
                 | Request::ExportAuthority
                 | Request::HostKey
@@ -594,6 +598,8 @@ pub enum Response {
     Notifications(Vec<Notification>),
     /// A backup written.
     Backup(BackupInfo),
+    /// The documents whose stored body is damaged (none: every body read whole and matched).
+    DamagedBodies(Vec<DocId>),
 }
 
 /// Largest body a read decrypts on the runtime's own threads; a larger one is read on the
@@ -921,6 +927,7 @@ impl Service {
                 let (chains, entries) = r.verify_audit()?;
                 Response::Verified { chains, entries }
             }
+            Request::CheckBodies => Response::DamagedBodies(r.damaged_bodies()?),
             Request::RotateMasterKey { passphrase } => {
                 let source = match passphrase {
                     Some(p) if !p.is_empty() => KeySource::Passphrase(Zeroizing::new(p)),

@@ -91,6 +91,11 @@ fn altered_body_chunk() {
     let t = two();
     let c = &t.k.host;
     assert_eq!(c.body(&t.scan, DOCTOR), t.scan_body);
+    assert!(
+        c.ok(&["doc", "check"])
+            .stdout
+            .contains("every stored body is intact")
+    );
     let scan = c.stored_doc_id(&t.scan);
     {
         // One byte of chunk 1's record changed in its segment file.
@@ -111,6 +116,16 @@ fn altered_body_chunk() {
         o.stderr
     );
     assert!(o.raw.is_empty(), "no byte of a damaged body is printed");
+    // The operator's check finds it, and only it, without anyone reading the dossier.
+    let check = c.fails(5, &["doc", "check"]);
+    assert!(
+        check.stderr.contains(&format!(
+            "1 stored body is damaged (altered, cut short or missing a part): {};",
+            t.scan
+        )),
+        "{}",
+        check.stderr
+    );
     let out = c.path("scan.out");
     c.fails(
         5,

@@ -997,6 +997,7 @@ mod openapi_tests {
         );
         call("host", json!({"op": "audit_entries", "ins": ins}));
         call("host", json!({"op": "verify_audit"}));
+        call("host", json!({"op": "check_bodies"}));
         call(
             "host",
             json!({"op": "export_dossier", "actor": {"kind": "holder"}, "ins": ins}),

@@ -1584,6 +1584,8 @@ pub enum Request {
         #[serde(default)]
         ca: Option<Ca>,
     },
+    /// Reads every stored body and checks it against its document: the damaged ones.
+    CheckBodies,
 }
 
 fn rpps(r: &ids::Rpps) -> Rpps {
@@ -1872,6 +1874,7 @@ impl From<&Call> for Request {
             Call::Backup { path } => Request::Backup { path: path.clone() },
             Call::PkiRenewals => Request::PkiRenewals,
             Call::PkiSignPending { ca } => Request::PkiSignPending { ca: ca_opt(ca) },
+            Call::CheckBodies => Request::CheckBodies,
         }
     }
 }
@@ -2151,6 +2154,7 @@ impl TryFrom<Request> for Call {
             Request::Backup { path } => Call::Backup { path },
             Request::PkiRenewals => Call::PkiRenewals,
             Request::PkiSignPending { ca } => Call::PkiSignPending { ca: unca(ca) },
+            Request::CheckBodies => Call::CheckBodies,
         })
     }
 }
@@ -2266,6 +2270,9 @@ pub enum Response {
     Notifications(Vec<Notification>),
     /// A backup written.
     Backup(Backup),
+    /// The documents whose stored body is damaged: read, opened or matched against its
+    /// content hash, it failed (empty: every body is intact).
+    DamagedBodies(Vec<DocId>),
 }
 
 impl TryFrom<Answer> for Response {
@@ -2409,6 +2416,9 @@ impl TryFrom<Answer> for Response {
                 tables: b.tables,
                 rows: b.rows,
             }),
+            Answer::DamagedBodies(ids) => {
+                Response::DamagedBodies(ids.into_iter().map(DocId).collect())
+            }
         })
     }
 }
@@ -2611,6 +2621,9 @@ impl TryFrom<Response> for Answer {
                 tables: b.tables,
                 rows: b.rows,
             }),
+            Response::DamagedBodies(ids) => {
+                Answer::DamagedBodies(ids.into_iter().map(|id| id.0).collect())
+            }
         })
     }
 }
