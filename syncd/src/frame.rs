@@ -82,9 +82,10 @@ pub enum FrameError {
     #[error("malformed frame: {0}")]
     Malformed(String),
     /// The payload ends before the message does: a damaged frame, or a peer of an earlier build
-    /// whose message lacks a field this build appended (PROTOCOL.md, "Compatibility").
+    /// whose message lacks a field this build appended (PROTOCOL.md, "Messages on the wire":
+    /// the host is upgraded before its sites).
     #[error(
-        "a message ended before this build's would: the peer may run an earlier Carnet (upgrade the host before its sites), or the frame was damaged"
+        "a message ended before this build's would: the peer may run an earlier Carnet (hosts are upgraded before their sites), or the frame was damaged"
     )]
     EndsEarly,
 }

@@ -2346,7 +2346,7 @@ mod tests {
     }
 
     /// A site of this build cannot read an earlier host's batches (`next` is missing): it says
-    /// which end to upgrade, not only that the frame did not decode.
+    /// the peer may be of an earlier build, not only that the frame did not decode.
     #[test]
     fn a_site_told_by_a_host_of_the_build_before_says_to_upgrade_the_host() {
         let batch = Earlier::Pulled {
@@ -2360,7 +2360,10 @@ mod tests {
             .next_message::<Msg>()
             .expect_err("a batch of the earlier shape");
         assert_eq!(err, crate::frame::FrameError::EndsEarly);
-        assert!(err.to_string().contains("upgrade the host"), "{err}");
+        assert!(
+            err.to_string().contains("may run an earlier Carnet"),
+            "{err}"
+        );
     }
 
     /// A site of the build before `Pulled::next` decodes this build's batches: the field,

@@ -118,6 +118,9 @@ fn change_aad(seq: u64) -> Vec<u8> {
     aad(&[b"change", &seq.to_be_bytes()])
 }
 
+/// Changes whose room the staging list keeps between transactions.
+const STAGED_KEPT: usize = 4096;
+
 impl Replica {
     /// Stages `change` for the write transaction under way: written when it commits, dropped
     /// with it otherwise.
@@ -165,6 +168,8 @@ impl Replica {
                 postcard::to_stdvec(&ChangeRow { bi, sealed })?.as_slice(),
             )?;
         }
+        // Room for a usual transaction's changes is kept, not what one large import needed.
+        staged.shrink_to(STAGED_KEPT);
         let first = table.first()?.map_or(seq, |(k, _)| k.value());
         let cap = self.change_cap.load(std::sync::atomic::Ordering::Relaxed);
         if seq - first >= cap {

@@ -498,10 +498,11 @@ impl Replica {
         // chunks can bring, and let the vector grow with them.
         let padded = padded_body_len(size);
         let mut out = Zeroizing::new(Vec::with_capacity(padded.min(CHUNK_PLAIN * 16)));
-        // Chunk by chunk, each under `Main` and its number (`segment_chunk_plan`, and every
-        // chunk but a tail of `body_chunk_plan`), or else where `body_chunk_plan` puts a tail
-        // (walked without building the plan: the size may come from a peer). The chunks'
-        // lengths are their own; what they add up to is checked below.
+        // Chunk by chunk, each where `body_chunk_plan` puts it (walked without building the
+        // plan: the size may come from a peer), or else under the other place: a chunk cut as
+        // `segment_chunk_plan` cuts (in segments, and the rows a key rotation sealed from them)
+        // is always under `Main`. The chunks' lengths are their own; what they add up to is
+        // checked below.
         let altered = |e| match e {
             Error::Integrity(why) => {
                 Error::integrity(format!("body of document {id} was altered: {why}"))
@@ -510,17 +511,19 @@ impl Replica {
         };
         let mut n = 0u32;
         while out.len() < padded {
+            let (_, planned) = next_body_chunk(padded - out.len(), n == 0);
+            let other = match planned {
+                ChunkPlace::Main => ChunkPlace::Tail,
+                ChunkPlace::Tail => ChunkPlace::Main,
+            };
             let sealed = match bodies
-                .chunk(body_key(&stored, ChunkPlace::Main, n).as_slice())
+                .chunk(body_key(&stored, planned, n).as_slice())
                 .map_err(altered)?
             {
                 Some(chunk) => Some(chunk),
-                None => match next_body_chunk(padded - out.len(), n == 0) {
-                    (_, ChunkPlace::Tail) => bodies
-                        .chunk(body_key(&stored, ChunkPlace::Tail, n).as_slice())
-                        .map_err(altered)?,
-                    (_, ChunkPlace::Main) => None,
-                },
+                None => bodies
+                    .chunk(body_key(&stored, other, n).as_slice())
+                    .map_err(altered)?,
             };
             let Some(sealed) = sealed else {
                 if n == 0 {

@@ -1083,21 +1083,24 @@ impl Replica {
         // must reach its anchor.
         replica.flush_traces()?;
         replica.check_trace_anchor()?;
-        replica.settle_format(format)?;
         replica.tidy_segments()?;
         if !restoring {
             // A purge traces: a restored replica resumes them once it caught up.
             replica.resume_purges()?;
         }
         replica.index_missing_bodies()?;
+        replica.settle_format(format)?;
         Ok(replica)
     }
 
-    /// Marks a replica of an earlier format this build reads (`FORMAT_OLDEST`) as of this
-    /// build's, before this build writes anything in its own layout: an earlier build then
-    /// refuses the replica ("written by a newer Carnet") instead of misreading it.
+    /// Marks a replica in segments of an earlier format this build reads (`FORMAT_OLDEST`) as
+    /// of this build's, last at open (a replica refused at open is left as it was), before this
+    /// build writes a body in its own cut: an earlier build then refuses the replica ("written
+    /// by a newer Carnet") instead of finding bodies damaged. Format 10 changed only the cut in
+    /// segments: a replica without them (a host on PostgreSQL, whose daemons may not all be
+    /// upgraded at once) keeps its mark.
     fn settle_format(&self, stored: u32) -> Result<()> {
-        if stored == FORMAT_VERSION {
+        if stored == FORMAT_VERSION || self.segments.is_none() {
             return Ok(());
         }
         let txn = self.begin_raw_write()?;

@@ -30,8 +30,10 @@ pub const DOSSIER_DOCS: TableDefinition<&[u8], ()> = TableDefinition::new("dossi
 /// Producers' unique ids: blind index ‖ keyed hash of the unique id → stored document id, so a
 /// document sent twice is recognised (and a dossier's entries go with it at purge).
 pub const UNIQUE_IDS: TableDefinition<&[u8], &[u8; 16]> = TableDefinition::new("unique_ids");
-/// Body chunks, sealed with the dossier key, cut as `body_chunk_plan` says: the chunk's place
-/// (`ChunkPlace::kind`) ‖ stored document id ‖ chunk number (big-endian u32); see `body_key`.
+/// Body chunks, sealed with the dossier key, cut as `body_chunk_plan` says (those a key
+/// rotation sealed again from segments keep their cut, `segment_chunk_plan`): the chunk's
+/// place (`ChunkPlace::kind`) ‖ stored document id ‖ chunk number (big-endian u32); see
+/// `body_key`.
 pub const BODIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("bodies");
 /// Where body chunks kept in the segment files are (`bodies`): the chunk's key as in `BODIES`
 /// → its `segments::Location` (16 bytes). A chunk is here or in `BODIES`, never in both.
@@ -257,8 +259,7 @@ pub mod meta_key {
 /// signed, and format 9 where the bodies are kept: no migration rewrites any of that.
 ///
 /// - 1: bodies in `BODIES` only, in chunks of `CHUNK_PLAIN`.
-/// - 2: bodies are cut as `body_chunk_plan` says, a small last chunk kept as a tail
-///   (`body_tail_key`).
+/// - 2: bodies are cut as `body_chunk_plan` says, a small last chunk kept as a tail.
 /// - 3: bodies padded to their size bucket before they are cut, sealed metadata padded
 ///   (`padding`).
 /// - 4: document ids stored only in their keyed form (`doc_map`) in every key and clear value;
@@ -279,11 +280,12 @@ pub mod meta_key {
 ///   the host keeps the notifications it makes (`NOTIFICATIONS`, `HELD_NOTIFICATIONS`,
 ///   `FIRST_ACCESSES`).
 /// - 9: a replica in a redb file keeps the chunks of the bodies it stores in segment files
-///   (`segments`), `BODY_PLACES` naming each; chunks a restore or a key rotation wrote stay
-///   in `BODIES` (`bodies`).
-/// - 10: in segments, a body is cut as `segment_chunk_plan` says (one record for a body under
-///   64 KiB, where format 9 cut as `body_chunk_plan`, often in two). This build reads both;
-///   a replica of format 9 is marked 10 when this build opens it (`Replica::settle_format`).
+///   (`segments`), `BODY_PLACES` naming each; chunks a key rotation wrote stay in `BODIES`
+///   (`bodies`).
+/// - 10: in segments, a body is cut as `segment_chunk_plan` says (one record for a body of up
+///   to 64 KiB, where format 9 cut as `body_chunk_plan`, often in two). This build reads both;
+///   a replica in segments of format 9 is marked 10 when this build opens it
+///   (`Replica::settle_format`).
 pub const FORMAT_VERSION: u32 = 10;
 
 /// The oldest format this build opens.
@@ -523,16 +525,21 @@ pub fn body_chunk_plan(len: usize) -> Vec<(usize, ChunkPlace)> {
     plan
 }
 
+/// Plaintext bytes per body chunk in segment files (`segment_chunk_plan`): 64 KiB, so a body
+/// of up to 64 KiB is one record, and past it the rest is a multiple of its padding step (8 KiB
+/// and more), which `body_chunk_plan`'s walk places under `Main` as this cut does.
+pub const SEGMENT_CHUNK_PLAIN: usize = 64 * 1024;
+
 /// How a body of `len` bytes is cut when its chunks go to segment files (`segments`), chunk by
-/// chunk in order: chunks of `CHUNK_PLAIN` bytes, the last one the rest, every one `Main`. A
-/// record's length costs nothing there (no page to fill), so a body under `CHUNK_PLAIN` is one
-/// record and one place row, where `body_chunk_plan` would often cut it in two. `len` is the
+/// chunk in order: chunks of `SEGMENT_CHUNK_PLAIN` bytes, the last one the rest, every one
+/// `Main`. A record's length costs nothing there (no page to fill), so a body of up to 64 KiB is
+/// one record and one place row, where `body_chunk_plan` would often cut it in two. `len` is the
 /// padded length.
 pub fn segment_chunk_plan(len: usize) -> Vec<(usize, ChunkPlace)> {
-    let mut plan = Vec::with_capacity(len / CHUNK_PLAIN + 1);
+    let mut plan = Vec::with_capacity(len / SEGMENT_CHUNK_PLAIN + 1);
     let mut rest = len;
     while rest > 0 {
-        let chunk = rest.min(CHUNK_PLAIN);
+        let chunk = rest.min(SEGMENT_CHUNK_PLAIN);
         plan.push((chunk, ChunkPlace::Main));
         rest -= chunk;
     }
@@ -653,24 +660,35 @@ mod tests {
     }
 
     #[test]
-    fn a_body_in_segments_is_cut_into_chunks_of_chunk_plain_bytes_and_the_rest() {
+    fn a_body_in_segments_is_cut_into_chunks_of_64_kib_and_the_rest() {
         use ChunkPlace::Main;
         let check = |len: usize, expect: &[(usize, ChunkPlace)]| {
             assert_eq!(segment_chunk_plan(len), expect, "{len} bytes");
         };
         check(0, &[]);
         check(4_096, &[(4_096, Main)]);
-        check(65_432, &[(65_432, Main)]);
-        check(65_433, &[(65_432, Main), (1, Main)]);
-        check(150_000, &[(65_432, Main), (65_432, Main), (19_136, Main)]);
+        check(65_536, &[(65_536, Main)]);
+        check(65_537, &[(65_536, Main), (1, Main)]);
+        check(163_840, &[(65_536, Main), (65_536, Main), (32_768, Main)]);
         for len in (0..300_000).step_by(997) {
             let plan = segment_chunk_plan(len);
             assert_eq!(plan.iter().map(|c| c.0).sum::<usize>(), len, "{len}");
-            assert_eq!(plan.len(), len.div_ceil(CHUNK_PLAIN), "{len}");
+            assert_eq!(plan.len(), len.div_ceil(SEGMENT_CHUNK_PLAIN), "{len}");
             assert!(
-                plan.iter()
-                    .all(|&(chunk, place)| { chunk > 0 && chunk <= CHUNK_PLAIN && place == Main })
+                plan.iter().all(|&(chunk, place)| chunk > 0
+                    && chunk <= SEGMENT_CHUNK_PLAIN
+                    && place == Main)
             );
+        }
+        // Of a padded body, every chunk is where `body_chunk_plan`'s walk looks first
+        // (`documents::get_body`): a read takes one lookup per chunk.
+        for len in (1..3_000_000).step_by(4_999) {
+            let padded = crate::padding::padded_body_len(len);
+            let mut done = 0;
+            for (n, (chunk, _)) in segment_chunk_plan(padded).into_iter().enumerate() {
+                assert_eq!(next_body_chunk(padded - done, n == 0).1, Main, "{len}");
+                done += chunk;
+            }
         }
     }
 }

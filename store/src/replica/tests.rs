@@ -2560,6 +2560,20 @@ fn bodies_format_9_cut_in_two_in_segments_still_read_and_the_replica_is_marked_a
         matches!(&err, Error::Invalid(m) if m.contains("newer Carnet")),
         "{err}"
     );
+    let db = open_raw(sd.path().join(DB_FILE));
+    let txn = db.begin_read().expect("read");
+    let format = txn
+        .open_table(META)
+        .expect("meta")
+        .get(meta_key::FORMAT)
+        .expect("get")
+        .map(|v| v.value().to_vec());
+    assert_eq!(
+        format,
+        Some((FORMAT_VERSION + 1).to_le_bytes().to_vec()),
+        "left as it was"
+    );
+    drop((txn, db));
     set_format(9);
     let site = open_at(sd.path(), &KeySource::File, clock()).expect("format 9 opens");
     assert_eq!(stored_format(&site), FORMAT_VERSION, "marked at open");
@@ -3021,7 +3035,10 @@ fn a_body_damaged_between_its_records_ends_is_refused_by_its_seal() {
 fn removing_a_body_never_takes_another_documents_chunks_or_tail() {
     let (_hd, _host, _sd, site) = host_and_site();
     let victim = write(&site, "4 KiB", &pattern(4_096));
-    assert_eq!(body_rows(&site, &victim), (1, 0));
+    // Cut with a tail (as in `BODIES`, or a format 9 replica's segments), so that a removal
+    // reaching past its own tail would show.
+    recut_body(&site, &victim, &pattern(4_096), body_chunk_plan);
+    assert_eq!(body_rows(&site, &victim), (1, 1));
     // The stored ids just before and just after the victim's, each with two chunks and a
     // tail: their keys are the victim's nearest neighbours in both places.
     let stored = u128::from_be_bytes(site.stored_id(&victim));
@@ -3050,8 +3067,8 @@ fn removing_a_body_never_takes_another_documents_chunks_or_tail() {
     assert_eq!(body_rows(&site, &before), (0, 0), "removed, tail and all");
     assert_eq!(
         body_rows(&site, &victim),
-        (1, 0),
-        "the victim's chunk stays"
+        (1, 1),
+        "the victim's chunk and tail stay"
     );
     assert_eq!(read_body(&site, &victim), pattern(4_096));
     let txn = site.begin_raw_write().expect("write");
