@@ -2348,7 +2348,7 @@ mod tests {
     /// A site of this build cannot read an earlier host's batches (`next` is missing): it says
     /// the peer may be of an earlier build, not only that the frame did not decode.
     #[test]
-    fn a_site_told_by_a_host_of_the_build_before_says_to_upgrade_the_host() {
+    fn a_site_told_by_a_host_of_the_build_before_says_the_peer_may_be_of_an_earlier_build() {
         let batch = Earlier::Pulled {
             items: Vec::new(),
             more: false,
