@@ -13,8 +13,8 @@
 //! - In segments a body is cut as `segment_chunk_plan` says (one record for a body of up to
 //!   64 KiB), in `BODIES` as `body_chunk_plan` says (chunks filling a page, and a tail), but
 //!   for the chunks a key rotation sealed again from segments, which keep their cut; a read
-//!   takes either (`documents::get_body`), and so the page-filling cut a format 9 replica used
-//!   in segments too.
+//!   walks either the same way (`documents::get_body`, `SEGMENT_CHUNK_PLAIN`), and so the
+//!   page-filling cut a format 9 replica used in segments too.
 //! - A commit syncs the segments before the database (`RawWrite::commit`): a durable location
 //!   names a durable record. A record written by a transaction that did not commit is named
 //!   by nothing. At open and from the daemon's timer (`compact_bodies`), segments nothing

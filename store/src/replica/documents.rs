@@ -498,33 +498,21 @@ impl Replica {
         // chunks can bring, and let the vector grow with them.
         let padded = padded_body_len(size);
         let mut out = Zeroizing::new(Vec::with_capacity(padded.min(CHUNK_PLAIN * 16)));
-        // Chunk by chunk, each where `body_chunk_plan` puts it (walked without building the
-        // plan: the size may come from a peer), or else under the other place: a chunk cut as
-        // `segment_chunk_plan` cuts (in segments, and the rows a key rotation sealed from them)
-        // is always under `Main`. The chunks' lengths are their own; what they add up to is
-        // checked below.
-        let altered = |e| match e {
-            Error::Integrity(why) => {
-                Error::integrity(format!("body of document {id} was altered: {why}"))
-            }
-            other => other,
-        };
+        // Chunk by chunk, in the places `body_chunk_plan` gives the padded size (walked
+        // without building the plan: the size may come from a peer). A body cut as
+        // `segment_chunk_plan` cuts has its chunks there too (`SEGMENT_CHUNK_PLAIN`); the
+        // chunks' lengths are their own, and what they add up to is checked below.
         let mut n = 0u32;
         while out.len() < padded {
-            let (_, planned) = next_body_chunk(padded - out.len(), n == 0);
-            let other = match planned {
-                ChunkPlace::Main => ChunkPlace::Tail,
-                ChunkPlace::Tail => ChunkPlace::Main,
-            };
-            let sealed = match bodies
-                .chunk(body_key(&stored, planned, n).as_slice())
-                .map_err(altered)?
-            {
-                Some(chunk) => Some(chunk),
-                None => bodies
-                    .chunk(body_key(&stored, other, n).as_slice())
-                    .map_err(altered)?,
-            };
+            let (_, place) = next_body_chunk(padded - out.len(), n == 0);
+            let sealed = bodies
+                .chunk(body_key(&stored, place, n).as_slice())
+                .map_err(|e| match e {
+                    Error::Integrity(why) => {
+                        Error::integrity(format!("body of document {id} was altered: {why}"))
+                    }
+                    other => other,
+                })?;
             let Some(sealed) = sealed else {
                 if n == 0 {
                     break;

@@ -527,7 +527,8 @@ pub fn body_chunk_plan(len: usize) -> Vec<(usize, ChunkPlace)> {
 
 /// Plaintext bytes per body chunk in segment files (`segment_chunk_plan`): 64 KiB, so a body
 /// of up to 64 KiB is one record, and past it the rest is a multiple of its padding step (8 KiB
-/// and more), which `body_chunk_plan`'s walk places under `Main` as this cut does.
+/// and more), which `body_chunk_plan`'s walk places under `Main` as this cut does: a read
+/// (`documents::get_body`) walks either cut the same way.
 pub const SEGMENT_CHUNK_PLAIN: usize = 64 * 1024;
 
 /// How a body of `len` bytes is cut when its chunks go to segment files (`segments`), chunk by
@@ -680,8 +681,8 @@ mod tests {
                     && place == Main)
             );
         }
-        // Of a padded body, every chunk is where `body_chunk_plan`'s walk looks first
-        // (`documents::get_body`): a read takes one lookup per chunk.
+        // Of a padded body, every chunk is where `body_chunk_plan`'s walk looks
+        // (`documents::get_body`), as a chunk of that cut would be.
         for len in (1..3_000_000).step_by(4_999) {
             let padded = crate::padding::padded_body_len(len);
             let mut done = 0;

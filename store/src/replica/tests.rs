@@ -2468,7 +2468,9 @@ fn read_body(r: &Replica, id: &DocId) -> Vec<u8> {
 #[test]
 fn bodies_of_every_size_read_back_and_travel_and_their_tails_go_with_a_purge() {
     let (_hd, host, _sd, site) = host_and_site();
-    let sizes = [1, 3_991, 3_992, 3_993, 4_096, 12_080, 70_000, 150_000];
+    let sizes = [
+        1, 3_991, 3_992, 3_993, 4_096, 12_080, 70_000, 150_000, 65_000,
+    ];
     let ids: Vec<DocId> = sizes
         .iter()
         .map(|&n| write(&site, &format!("{n} bytes"), &pattern(n)))
