@@ -71,6 +71,8 @@ fn main() {
         "segments" => segments::run(),
         // Only the initial sync, for profiling it alone.
         "sync-initial" => sync::initial_only(),
+        // Only the raw QUIC floor, with the CPU both its ends take.
+        "quic-floor" => sync::quic_floor_only(),
         // Only the batched ingest, for profiling it alone.
         "ingest" => ingest_only(),
         // Only the 64-reader audited reads, for profiling them alone.

@@ -439,6 +439,23 @@ pub fn initial_only() -> Res<()> {
     Ok(())
 }
 
+/// Only the raw QUIC floor of the initial sync, and the CPU its two ends (this process) take.
+pub fn quic_floor_only() -> Res<()> {
+    // The payload is made inside `raw_quic`: its CPU is measured apart and taken off.
+    let cpu = crate::cpu_seconds();
+    drop(random_bytes(INITIAL * DOC_BYTES, 9));
+    let payload_cpu = crate::cpu_seconds() - cpu;
+    let cpu = crate::cpu_seconds();
+    let quic = raw_quic(INITIAL * DOC_BYTES)?;
+    println!(
+        "raw QUIC floor, {}: {:.2} s, CPU (both ends) {:.2} s",
+        mib((INITIAL * DOC_BYTES) as u64),
+        quic.seconds,
+        crate::cpu_seconds() - cpu - payload_cpu
+    );
+    Ok(())
+}
+
 /// Documents of the initial sync.
 pub(crate) const INITIAL: usize = 10_000;
 

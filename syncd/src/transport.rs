@@ -50,6 +50,22 @@ pub(crate) const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_sec
 /// the empty tail probes (`tail`), which each end reads only to drop.
 pub(crate) const DATAGRAMS_HELD: usize = 128;
 
+/// Bytes a peer may send on one stream beyond what this end has read of it. A host's session
+/// stream is read between transactions: while one applies, the site's next pushes wait here.
+/// With quinn's 1.25 MB a site stopped after about 300 documents of 4 KiB and the host's
+/// transactions stayed that small; with 8 MiB (twice a full `PUSH_WINDOW` of pushes) the
+/// initial sync of 10,000 documents took 41 host
+/// transactions instead of 50 and 0.51 s instead of 0.585 (medians of eight runs,
+/// benches/LOG.md, 2026-12-07).
+pub(crate) const STREAM_WINDOW: u32 = 8 << 20;
+
+/// Bytes a peer may send on all streams of a connection beyond what this end has read: what
+/// one connection can make this end hold. quinn's default sets no such bound (each of a
+/// hundred streams could hold its own window: 125 MB for a site with a valid certificate that
+/// opens them all and sends without waiting); a site's round needs at most a `PUSH_WINDOW` of
+/// pushes and a `SEND_WINDOW` of bodies in flight, 12 MiB.
+pub(crate) const CONNECTION_WINDOW: u32 = 16 << 20;
+
 /// Which end of a connection a transport configuration is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
@@ -95,7 +111,9 @@ fn transport(
         .ack_frequency_config(Some(quinn::AckFrequencyConfig::default()))
         .mtu_discovery_config(Some(path_mtu_discovery()))
         // The peer's tail probes (`tail`): read only to drop, a few held.
-        .datagram_receive_buffer_size(Some(DATAGRAMS_HELD));
+        .datagram_receive_buffer_size(Some(DATAGRAMS_HELD))
+        .stream_receive_window(STREAM_WINDOW.into())
+        .receive_window(CONNECTION_WINDOW.into());
     Ok(Arc::new(t))
 }
 
@@ -698,6 +716,21 @@ mod tests {
         Ok(reply)
     }
 
+    /// A connection from `site` to the host at `addr`, with its client endpoint.
+    async fn dial(
+        ca_der: &[u8],
+        site: &Identity,
+        addr: SocketAddr,
+    ) -> (quinn::Endpoint, quinn::Connection) {
+        let mut endpoint =
+            quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client endpoint");
+        endpoint.set_default_client_config(client_config(ca_der, site, None, &[]).expect("client"));
+        let conn = within(endpoint.connect(addr, HOST_NAME).expect("connect"))
+            .await
+            .expect("handshake");
+        (endpoint, conn)
+    }
+
     /// A new connection: the site's end reaches the full datagram size (1,452 bytes) having
     /// sent, handshake and probes together, what it sends with two probes.
     #[tokio::test]
@@ -707,14 +740,7 @@ mod tests {
         let site = issue_site(&ca, 7, now()).expect("site cert");
         let server = server_config(&ca.cert_der, &host, Arc::default()).expect("server");
         let (_endpoint, addr) = echo_host(server);
-        let mut endpoint =
-            quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client endpoint");
-        endpoint.set_default_client_config(
-            client_config(&ca.cert_der, &site, None, &[]).expect("client"),
-        );
-        let conn = within(endpoint.connect(addr, HOST_NAME).expect("connect"))
-            .await
-            .expect("handshake");
+        let (_client, conn) = dial(&ca.cert_der, &site, addr).await;
         // The size moves to 1,452 once the probe of 1,452 bytes is acknowledged: every probe of
         // the search was sent by then.
         let reached = async {
@@ -734,6 +760,58 @@ mod tests {
         // machine adds 1.2 KB.)
         let sent = stats.udp_tx.bytes;
         assert!(sent < 7_000, "{sent} bytes sent: {stats:?}");
+    }
+
+    /// A site with a valid certificate that opens streams and sends without waiting makes the
+    /// host hold at most `CONNECTION_WINDOW` bytes it has not read, while one stream alone
+    /// takes a site's whole `PUSH_WINDOW` of pushes.
+    #[tokio::test]
+    async fn a_connection_holds_a_push_window_on_a_stream_and_no_more_than_its_window_in_all() {
+        let ca = new_ca(now()).expect("ca");
+        let host = issue_host(&ca, now(), None).expect("host cert");
+        let site = issue_site(&ca, 7, now()).expect("site cert");
+        let server = server_config(&ca.cert_der, &host, Arc::default()).expect("server");
+        // A host that accepts the connection and reads nothing of it.
+        let listener =
+            quinn::Endpoint::server(server, "127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = tokio::spawn(async move {
+            let conn = listener
+                .accept()
+                .await
+                .expect("incoming")
+                .await
+                .expect("handshake");
+            (listener, conn)
+        });
+        let (_client, conn) = dial(&ca.cert_der, &site, addr).await;
+        let _host = within(accepted).await.expect("accepted");
+        // Each stream is written until a write waits: for the host to read, which it never
+        // does (or, past quinn's send buffer, for acknowledgements: a busy machine ends a
+        // stream early, which only lowers the totals).
+        let piece = vec![7u8; 64 << 10];
+        let mut taken = Vec::new();
+        for _ in 0..4 {
+            let mut send = conn.open_uni().await.expect("stream");
+            let mut sent = 0usize;
+            while sent <= STREAM_WINDOW as usize {
+                match tokio::time::timeout(Duration::from_millis(500), send.write(&piece)).await {
+                    Ok(Ok(n)) => sent += n,
+                    Ok(Err(e)) => panic!("write: {e}"),
+                    Err(_) => break,
+                }
+            }
+            taken.push(sent);
+        }
+        conn.close(0u32.into(), b"done");
+        let pushes = crate::session::PUSH_WINDOW * crate::session::CHUNK_MAX;
+        assert!(taken[0] >= pushes, "one stream took {taken:?}");
+        assert!(
+            taken.iter().all(|&t| t <= STREAM_WINDOW as usize),
+            "{taken:?}"
+        );
+        let all: usize = taken.iter().sum();
+        assert!(all <= CONNECTION_WINDOW as usize, "{all} bytes: {taken:?}");
     }
 
     /// A client as a rogue site may run it: its TLS sessions kept, to resume them.
