@@ -363,7 +363,7 @@ impl Replica {
     }
 
     /// `load_doc`, from the `docs` table of `txn`, already open.
-    fn load_doc_from(
+    pub(super) fn load_doc_from(
         &self,
         docs: &impl ReadableTable<&'static [u8; 16], &'static [u8]>,
         txn: &ReadTransaction,

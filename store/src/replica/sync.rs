@@ -224,11 +224,15 @@ impl Replica {
         // its metadata three times into fresh pages (3 % of a site's initial sync).
         let mut metas: std::collections::HashMap<[u8; 16], DocumentMeta> =
             std::collections::HashMap::with_capacity(window.len());
+        let docs = txn.open_table(DOCS)?;
         for (seq, item) in &window {
             if let OutboxItem::Document(id) | OutboxItem::DocumentAct { id, .. } = item
                 && !metas.contains_key(id)
             {
-                let (_, _, meta) = entry!(*seq, self.load_doc(&txn, generation, &self.doc_id(id)));
+                let (_, _, meta) = entry!(
+                    *seq,
+                    self.load_doc_from(&docs, &txn, generation, &self.doc_id(id))
+                );
                 metas.insert(*id, meta);
             }
         }
