@@ -122,8 +122,12 @@ pub fn encode_with<M: Serialize>(
         .filter(|c| c.len() + COMPRESS_GAIN <= payload.len());
     let version = match compressed {
         Some(c) => {
-            frame.truncate(LEN_BYTES + 1);
-            frame.extend_from_slice(&c);
+            // A frame of the compressed size: quinn holds a frame until it is acknowledged,
+            // and the room of the uncompressed payload would stay with it.
+            let mut small = Vec::with_capacity(LEN_BYTES + 1 + c.len());
+            small.extend_from_slice(&frame[..LEN_BYTES + 1]);
+            small.extend_from_slice(&c);
+            frame = small;
             PROTOCOL_VERSION | COMPRESSED
         }
         None => PROTOCOL_VERSION,
@@ -278,6 +282,11 @@ mod tests {
         let frame = encode(&text).expect("encode");
         assert_eq!(frame[4], PROTOCOL_VERSION | COMPRESSED);
         assert!(frame.len() < 1000, "{} bytes", frame.len());
+        assert!(
+            frame.capacity() < 1000,
+            "the frame keeps room for {} bytes",
+            frame.capacity()
+        );
         // Already compressed (random bytes stand for a JPEG): sent as it is, and so is a
         // message too small to gain anything.
         let mut seed = 7u64;

@@ -16,8 +16,8 @@
 //! - Reads: a stream's decoder holds at most one frame (`frame::FRAME_MAX`) and one read
 //!   (`READ_CHUNK`); quinn holds at most a stream's receive window per stream
 //!   (`transport::STREAM_WINDOW`) and `transport::CONNECTION_WINDOW` on all the streams of a
-//!   connection, and a peer may open at most quinn's `max_concurrent_bidi_streams` (100)
-//!   streams at once per connection.
+//!   connection; a peer may open at most quinn's `max_concurrent_bidi_streams` (100) two-way
+//!   streams at once per connection, and no one-way stream to the listening end.
 //! - Host: a stream's replies wait in a channel of `PUSH_WINDOW` batches, and the stream reads
 //!   no more messages while it is full; a write the site does not take for `IDLE_TIMEOUT`
 //!   ends the stream, so a stuck site pins nothing for long. A site has at most
@@ -1434,8 +1434,8 @@ async fn round_on(
 
 /// A count that grows while data moves between the two applications on the connection: the
 /// stream frames the peer sends, the flow-control credit (`MAX_DATA`, `MAX_STREAM_DATA`) its
-/// QUIC stack grants as its application reads (about every eighth of a stream's window:
-/// 1 MiB, `transport::STREAM_WINDOW`), and the stream frames this end sends (within the
+/// QUIC stack grants as its application reads (about every eighth of a window: 1 MiB of a
+/// stream's, 2 MiB of the connection's, `transport`), and the stream frames this end sends (within the
 /// windows the peer's application keeps open by reading: a peer that stops reading stops them
 /// within one window per open stream and `transport::CONNECTION_WINDOW` in all, and their
 /// retransmissions). Keep-alives and acknowledgements leave it as it is; the host's pokes (a

@@ -53,17 +53,17 @@ pub(crate) const DATAGRAMS_HELD: usize = 128;
 /// Bytes a peer may send on one stream beyond what this end has read of it. A host's session
 /// stream is read between transactions: while one applies, the site's next pushes wait here.
 /// With quinn's 1.25 MB a site stopped after about 300 documents of 4 KiB and the host's
-/// transactions stayed that small; with 8 MiB (twice a full `PUSH_WINDOW` of pushes) the
-/// initial sync of 10,000 documents took 41 host
+/// transactions stayed that small; with 8 MiB (room for a full `PUSH_WINDOW` of pushes, each
+/// `CHUNK_MAX` of bodies and their metadata) the initial sync of 10,000 documents took 41 host
 /// transactions instead of 50 and 0.51 s instead of 0.585 (medians of eight runs,
 /// benches/LOG.md, 2026-12-07).
 pub(crate) const STREAM_WINDOW: u32 = 8 << 20;
 
 /// Bytes a peer may send on all streams of a connection beyond what this end has read: what
-/// one connection can make this end hold. quinn's default sets no such bound (each of a
-/// hundred streams could hold its own window: 125 MB for a site with a valid certificate that
-/// opens them all and sends without waiting); a site's round needs at most a `PUSH_WINDOW` of
-/// pushes and a `SEND_WINDOW` of bodies in flight, 12 MiB.
+/// quinn holds unread for one connection (what the streams' readers hold is bounded apart,
+/// `net`). quinn's default sets no such bound (each of a hundred streams could hold its own
+/// window). A site's round fills at most a session stream's window of pushes and a
+/// `SEND_WINDOW` of bodies on the streams of its uploads: 16 MiB.
 pub(crate) const CONNECTION_WINDOW: u32 = 16 << 20;
 
 /// Which end of a connection a transport configuration is for.
@@ -114,6 +114,11 @@ fn transport(
         .datagram_receive_buffer_size(Some(DATAGRAMS_HELD))
         .stream_receive_window(STREAM_WINDOW.into())
         .receive_window(CONNECTION_WINDOW.into());
+    if end == End::Listening {
+        // One-way streams go from the listening end only (the host's pokes): none is read
+        // here, so a peer may open none.
+        t.max_concurrent_uni_streams(0u8.into());
+    }
     Ok(Arc::new(t))
 }
 
@@ -762,40 +767,58 @@ mod tests {
         assert!(sent < 7_000, "{sent} bytes sent: {stats:?}");
     }
 
+    /// A host that accepts one connection and reads nothing of it (the task answers its
+    /// endpoint and the connection, to keep them open).
+    fn silent_host(
+        ca_der: &[u8],
+        host: &Identity,
+    ) -> (
+        SocketAddr,
+        tokio::task::JoinHandle<(quinn::Endpoint, quinn::Connection)>,
+    ) {
+        let server = server_config(ca_der, host, Arc::default()).expect("server");
+        let listener =
+            quinn::Endpoint::server(server, "127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = tokio::spawn(async move {
+            let incoming = listener.accept().await.expect("incoming");
+            let conn = incoming.await.expect("handshake");
+            (listener, conn)
+        });
+        (addr, accepted)
+    }
+
     /// A site with a valid certificate that opens streams and sends without waiting makes the
     /// host hold at most `CONNECTION_WINDOW` bytes it has not read, while one stream alone
-    /// takes a site's whole `PUSH_WINDOW` of pushes.
+    /// takes `STREAM_WINDOW`, room for a site's whole `PUSH_WINDOW` of pushes.
     #[tokio::test]
     async fn a_connection_holds_a_push_window_on_a_stream_and_no_more_than_its_window_in_all() {
         let ca = new_ca(now()).expect("ca");
         let host = issue_host(&ca, now(), None).expect("host cert");
         let site = issue_site(&ca, 7, now()).expect("site cert");
-        let server = server_config(&ca.cert_der, &host, Arc::default()).expect("server");
-        // A host that accepts the connection and reads nothing of it.
-        let listener =
-            quinn::Endpoint::server(server, "127.0.0.1:0".parse().expect("addr")).expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let accepted = tokio::spawn(async move {
-            let conn = listener
-                .accept()
-                .await
-                .expect("incoming")
-                .await
-                .expect("handshake");
-            (listener, conn)
-        });
-        let (_client, conn) = dial(&ca.cert_der, &site, addr).await;
+        let (addr, accepted) = silent_host(&ca.cert_der, &host);
+        // The site's own send buffer larger than anything the host may grant: a write waits
+        // only for the host's credit, which it never extends (it reads nothing).
+        let mut client = client_config(&ca.cert_der, &site, None, &[]).expect("client");
+        let mut unbuffered = quinn::TransportConfig::default();
+        unbuffered.send_window(64 << 20);
+        client.transport_config(Arc::new(unbuffered));
+        let mut endpoint =
+            quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client endpoint");
+        endpoint.set_default_client_config(client);
+        let conn = within(endpoint.connect(addr, HOST_NAME).expect("connect"))
+            .await
+            .expect("handshake");
         let _host = within(accepted).await.expect("accepted");
-        // Each stream is written until a write waits: for the host to read, which it never
-        // does (or, past quinn's send buffer, for acknowledgements: a busy machine ends a
-        // stream early, which only lowers the totals).
+        // Each stream is written until a write waits for credit (a write with credit left
+        // returns at once, whatever the machine's load).
         let piece = vec![7u8; 64 << 10];
         let mut taken = Vec::new();
         for _ in 0..4 {
-            let mut send = conn.open_uni().await.expect("stream");
+            let (mut send, _recv) = conn.open_bi().await.expect("stream");
             let mut sent = 0usize;
             while sent <= STREAM_WINDOW as usize {
-                match tokio::time::timeout(Duration::from_millis(500), send.write(&piece)).await {
+                match tokio::time::timeout(Duration::from_millis(300), send.write(&piece)).await {
                     Ok(Ok(n)) => sent += n,
                     Ok(Err(e)) => panic!("write: {e}"),
                     Err(_) => break,
@@ -804,14 +827,28 @@ mod tests {
             taken.push(sent);
         }
         conn.close(0u32.into(), b"done");
-        let pushes = crate::session::PUSH_WINDOW * crate::session::CHUNK_MAX;
-        assert!(taken[0] >= pushes, "one stream took {taken:?}");
+        let (stream, connection) = (STREAM_WINDOW as usize, CONNECTION_WINDOW as usize);
+        assert!(stream >= crate::session::PUSH_WINDOW * crate::session::CHUNK_MAX);
+        assert_eq!(taken, [stream, connection - stream, 0, 0]);
+    }
+
+    /// The host reads no one-way stream: a site may open none.
+    #[tokio::test]
+    async fn a_site_cannot_open_a_one_way_stream_to_the_host() {
+        let ca = new_ca(now()).expect("ca");
+        let host = issue_host(&ca, now(), None).expect("host cert");
+        let site = issue_site(&ca, 7, now()).expect("site cert");
+        let (addr, accepted) = silent_host(&ca.cert_der, &host);
+        let (_client, conn) = dial(&ca.cert_der, &site, addr).await;
+        let _host = within(accepted).await.expect("accepted");
+        // A stream the host allowed would open at once, from the limits of its handshake.
+        let opened = tokio::time::timeout(Duration::from_millis(300), conn.open_uni()).await;
+        assert!(opened.is_err(), "a one-way stream opened");
         assert!(
-            taken.iter().all(|&t| t <= STREAM_WINDOW as usize),
-            "{taken:?}"
+            within(conn.open_bi()).await.is_ok(),
+            "two-way streams still open"
         );
-        let all: usize = taken.iter().sum();
-        assert!(all <= CONNECTION_WINDOW as usize, "{all} bytes: {taken:?}");
+        conn.close(0u32.into(), b"done");
     }
 
     /// A client as a rogue site may run it: its TLS sessions kept, to resume them.
