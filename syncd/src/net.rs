@@ -1435,12 +1435,12 @@ async fn round_on(
 /// A count that grows while data moves between the two applications on the connection: the
 /// stream frames the peer sends, the flow-control credit (`MAX_DATA`, `MAX_STREAM_DATA`) its
 /// QUIC stack grants as its application reads (about every eighth of a window: 1 MiB of a
-/// stream's, 2 MiB of the connection's, `transport`), and the stream frames this end sends (within the
-/// windows the peer's application keeps open by reading: a peer that stops reading stops them
-/// within one window per open stream and `transport::CONNECTION_WINDOW` in all, and their
-/// retransmissions). Keep-alives and acknowledgements leave it as it is; the host's pokes (a
-/// stream each) count, and so would a peer that sends frames again and again to keep a wait
-/// going (it holds only its own session).
+/// stream's, 2 MiB of the connection's, `transport`), and the stream frames this end sends
+/// (within the windows the peer's application keeps open by reading: a peer that stops
+/// reading stops them within one window per open stream and `transport::CONNECTION_WINDOW` in
+/// all, and their retransmissions). Keep-alives and acknowledgements leave it as it is; the
+/// host's pokes (a stream each) count, and so would a peer that sends frames again and again
+/// to keep a wait going (it holds only its own session).
 fn data_moving(conn: &quinn::Connection) -> u64 {
     let stats = conn.stats();
     let (received, sent) = (stats.frame_rx, stats.frame_tx);
