@@ -169,7 +169,7 @@ pub fn run() -> Res<()> {
     }
     // The initial sync through this host's backend, against the floors `carnet-bench sync`
     // measures.
-    let (quic, redb) = crate::sync::floors(&tmp.path().join("raw"))?;
+    let ((quic, _), redb) = crate::sync::floors(&tmp.path().join("raw"))?;
     let (initial, round_trips, peak) =
         crate::sync::initial_sync(&tmp.path().join("initial"), &storage("initial"))?;
     let ratio = quic.max(redb) / initial;

@@ -4,10 +4,11 @@
 //! Prints: the initial sync of 10,000 documents of 4 KiB from the site to the host, against two
 //! floors measured in the same run (a raw QUIC stream with the same TLS carrying the same
 //! bytes, and raw batched redb inserts of the same bytes; its share of the slower one is
-//! DESIGN §6's budget, of the QUIC one issue 17 §3's target); a sync with nothing new (bytes
-//! on the wire and round trips) at 1,000, 10,000 and 100,000 documents; an incremental sync after
-//! changing 1 % of them; and the host's peak memory during each (its `VmHWM`, reset before each
-//! phase through `/proc/PID/clear_refs`). `BENCH_CACHE_MIB=N` sets the host's page cache
+//! DESIGN §6's budget, of the QUIC one issue 17 §3's target), with the CPU each process took
+//! and the CPU of the QUIC floor's two ends; a sync with nothing new (bytes on the wire and
+//! round trips) at 1,000, 10,000 and 100,000 documents; an incremental sync after changing 1 %
+//! of them; and the host's peak memory during each (its `VmHWM`, reset before each phase
+//! through `/proc/PID/clear_refs`). `BENCH_CACHE_MIB=N` sets the host's page cache
 //! (`cache_mib`; the default otherwise).
 
 use std::net::SocketAddr;
@@ -238,8 +239,16 @@ impl Pair {
 }
 
 /// Seconds a raw QUIC stream (same TLS configuration, same loopback) takes to carry `bytes`.
-fn raw_quic_seconds(bytes: usize) -> Res<f64> {
-    Ok(raw_quic(bytes)?.seconds)
+/// The raw QUIC floor of the initial sync: seconds, and the CPU its two ends (this process)
+/// took.
+fn quic_floor() -> Res<(f64, f64)> {
+    // The payload is made inside `raw_quic`: its CPU is measured apart and taken off.
+    let cpu = crate::cpu_seconds();
+    drop(random_bytes(INITIAL * DOC_BYTES, 9));
+    let payload_cpu = crate::cpu_seconds() - cpu;
+    let cpu = crate::cpu_seconds();
+    let quic = raw_quic(INITIAL * DOC_BYTES)?;
+    Ok((quic.seconds, crate::cpu_seconds() - cpu - payload_cpu))
 }
 
 /// A raw QUIC stream carrying some bytes (`raw_quic`).
@@ -439,19 +448,12 @@ pub fn initial_only() -> Res<()> {
     Ok(())
 }
 
-/// Only the raw QUIC floor of the initial sync, and the CPU its two ends (this process) take.
+/// Only the raw QUIC floor of the initial sync, and the CPU its two ends take.
 pub fn quic_floor_only() -> Res<()> {
-    // The payload is made inside `raw_quic`: its CPU is measured apart and taken off.
-    let cpu = crate::cpu_seconds();
-    drop(random_bytes(INITIAL * DOC_BYTES, 9));
-    let payload_cpu = crate::cpu_seconds() - cpu;
-    let cpu = crate::cpu_seconds();
-    let quic = raw_quic(INITIAL * DOC_BYTES)?;
+    let (seconds, cpu) = quic_floor()?;
     println!(
-        "raw QUIC floor, {}: {:.2} s, CPU (both ends) {:.2} s",
+        "raw QUIC floor, {}: {seconds:.2} s, CPU (both ends) {cpu:.2} s",
         mib((INITIAL * DOC_BYTES) as u64),
-        quic.seconds,
-        crate::cpu_seconds() - cpu - payload_cpu
     );
     Ok(())
 }
@@ -459,13 +461,10 @@ pub fn quic_floor_only() -> Res<()> {
 /// Documents of the initial sync.
 pub(crate) const INITIAL: usize = 10_000;
 
-/// The floors of the initial sync, in seconds: a raw QUIC stream carrying its bytes, and raw
-/// batched redb inserts of them (in `dir`).
-pub(crate) fn floors(dir: &Path) -> Res<(f64, f64)> {
-    Ok((
-        raw_quic_seconds(INITIAL * DOC_BYTES)?,
-        raw_redb_batched_seconds(dir, INITIAL)?,
-    ))
+/// The floors of the initial sync: a raw QUIC stream carrying its bytes (seconds, and the CPU
+/// of its two ends), and raw batched redb inserts of them (in `dir`; seconds).
+pub(crate) fn floors(dir: &Path) -> Res<((f64, f64), f64)> {
+    Ok((quic_floor()?, raw_redb_batched_seconds(dir, INITIAL)?))
 }
 
 /// The initial sync of `INITIAL` documents from a new site to a new host daemon (its tables
@@ -482,12 +481,17 @@ pub fn run() -> Res<()> {
     println!("carnet-bench sync — a host daemon and a site on 127.0.0.1, 4 KiB documents\n");
     const N: usize = INITIAL;
     let bytes = N * DOC_BYTES;
-    let (quic, redb) = floors(&tmp.path().join("raw"))?;
+    let ((quic, quic_cpu), redb) = floors(&tmp.path().join("raw"))?;
     let floor = quic.max(redb);
 
     let p = pair(&tmp.path().join("p10k"), &Storage::File)?;
     let ids = p.write(N, 1)?;
+    let (host_cpu, site_cpu) = (p.host.cpu_seconds(), crate::cpu_seconds());
     let (initial, report, initial_peak) = p.sync()?;
+    let (host_cpu, site_cpu) = (
+        p.host.cpu_seconds() - host_cpu,
+        crate::cpu_seconds() - site_cpu,
+    );
     let (quiet_10k_t, quiet_10k, quiet_10k_peak) = p.sync_quiet()?;
     // Incremental: 1 % of the documents masked at the site.
     let actor = Actor::Professional(doctor()?);
@@ -514,7 +518,10 @@ pub fn run() -> Res<()> {
     row(
         "floor: raw QUIC stream, same TLS, 40 MiB",
         format!("{quic:.2} s"),
-        format!("{:.0} MiB/s", bytes as f64 / (1 << 20) as f64 / quic),
+        format!(
+            "{:.0} MiB/s, CPU of its two ends {quic_cpu:.2} s",
+            bytes as f64 / (1 << 20) as f64 / quic
+        ),
     );
     row(
         "floor: raw redb inserts of the same bytes, 1000 per txn",
@@ -526,7 +533,7 @@ pub fn run() -> Res<()> {
         "initial sync, 10,000 documents site -> host",
         format!("{initial:.2} s"),
         format!(
-            "{:.0} docs/s, {:.0}% of the slower floor ({}), {:.0}% of the QUIC floor ({}), {} round trips, host peak {:.0} MiB",
+            "{:.0} docs/s, {:.0}% of the slower floor ({}), {:.0}% of the QUIC floor ({}), {} round trips, CPU: host {host_cpu:.2} s, site {site_cpu:.2} s, host peak {:.0} MiB",
             N as f64 / initial,
             ratio * 100.0,
             if ratio >= 0.5 {
