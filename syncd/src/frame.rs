@@ -9,10 +9,11 @@
 //! Invariants: a length is checked against `FRAME_MAX` as soon as its four bytes are in, before
 //! anything is allocated for the frame; a compressed payload must state its decompressed size,
 //! at most `FRAME_MAX`, before anything is allocated for it, and decompress to exactly that;
-//! the decoder never holds more than one frame plus what the peer sent beyond it; malformed
-//! input (oversize or empty length, unknown version, undecodable payload) is an error for the
-//! caller to end the session with — never a panic. Pure: no I/O, fed with whatever bytes
-//! arrived.
+//! the decoder never holds more than one frame plus what the peer sent beyond it, and the
+//! decoders sharing a `Budget` (a connection's streams) refuse to go on once they hold more than
+//! its limit together; malformed input (oversize or empty length, unknown version, undecodable
+//! payload) is an error for the caller to end the session with — never a panic. Pure: no I/O,
+//! fed with whatever bytes arrived.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -88,6 +89,41 @@ pub enum FrameError {
         "a message ended before this build's would: the peer may run an earlier Carnet (hosts are upgraded before their sites), or the frame was damaged"
     )]
     EndsEarly,
+    /// The decoders sharing a `Budget` hold more than its limit.
+    #[error("the peer's streams hold more than {0} bytes of frames not yet whole")]
+    OverBudget(usize),
+}
+
+/// Bytes the decoders of one peer's connection may hold together (`FrameDecoder::within`):
+/// each stream may hold a frame of up to `FRAME_MAX`, and a peer may open many streams.
+#[derive(Debug)]
+pub struct Budget {
+    held: std::sync::atomic::AtomicUsize,
+    limit: usize,
+}
+
+impl Budget {
+    /// A budget of `limit` bytes, shared by the decoders given it.
+    pub fn new(limit: usize) -> std::sync::Arc<Budget> {
+        std::sync::Arc::new(Budget {
+            held: std::sync::atomic::AtomicUsize::new(0),
+            limit,
+        })
+    }
+
+    fn charge(&self, bytes: usize) {
+        self.held
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn refund(&self, bytes: usize) {
+        self.held
+            .fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn exceeded(&self) -> bool {
+        self.held.load(std::sync::atomic::Ordering::Relaxed) > self.limit
+    }
 }
 
 /// Encodes one message as a frame, its payload compressed when that saves `COMPRESS_GAIN`
@@ -165,6 +201,8 @@ fn decompress(payload: &[u8]) -> Result<Vec<u8>, FrameError> {
 pub struct FrameDecoder {
     buf: Vec<u8>,
     received: u64,
+    /// The budget this decoder's buffered bytes are charged to, if any.
+    budget: Option<std::sync::Arc<Budget>>,
 }
 
 impl FrameDecoder {
@@ -173,10 +211,23 @@ impl FrameDecoder {
         Self::default()
     }
 
+    /// A decoder whose buffered bytes count against `budget`, with those of the other decoders
+    /// given it: `next_message` fails while they hold more than its limit together.
+    pub fn within(budget: std::sync::Arc<Budget>) -> Self {
+        FrameDecoder {
+            buf: Vec::new(),
+            received: 0,
+            budget: Some(budget),
+        }
+    }
+
     /// Appends bytes received from the peer.
     pub fn push(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
         self.received += bytes.len() as u64;
+        if let Some(budget) = &self.budget {
+            budget.charge(bytes.len());
+        }
     }
 
     /// Bytes pushed so far (for logs).
@@ -192,6 +243,11 @@ impl FrameDecoder {
     /// The next complete message, `None` if more bytes are needed, or the error that ends the
     /// session. An oversize length is refused as soon as it is read.
     pub fn next_message<M: DeserializeOwned>(&mut self) -> Result<Option<M>, FrameError> {
+        if let Some(budget) = &self.budget
+            && budget.exceeded()
+        {
+            return Err(FrameError::OverBudget(budget.limit));
+        }
         let Some(len_bytes) = self.buf.first_chunk::<LEN_BYTES>() else {
             return Ok(None);
         };
@@ -223,7 +279,18 @@ impl FrameDecoder {
             e => FrameError::Malformed(e.to_string()),
         })?;
         self.buf.drain(..LEN_BYTES + len);
+        if let Some(budget) = &self.budget {
+            budget.refund(LEN_BYTES + len);
+        }
         Ok(Some(message))
+    }
+}
+
+impl Drop for FrameDecoder {
+    fn drop(&mut self) {
+        if let Some(budget) = &self.budget {
+            budget.refund(self.buf.len());
+        }
     }
 }
 
@@ -274,6 +341,46 @@ mod tests {
         let mut d = FrameDecoder::new();
         d.push(&[3, 0, 0, 0, PROTOCOL_VERSION, 0xff, 0xff]);
         assert_eq!(d.next_message::<Msg>(), Err(FrameError::EndsEarly));
+    }
+
+    #[test]
+    fn decoders_sharing_a_budget_refuse_to_go_on_past_it_and_give_back_what_they_held() {
+        let budget = Budget::new(100);
+        // Each announces a frame of 1,000 bytes and holds 60 of it.
+        let partial = |d: &mut FrameDecoder| {
+            d.push(&1000u32.to_le_bytes());
+            d.push(&[0; 56]);
+        };
+        let (mut first, mut second) = (
+            FrameDecoder::within(budget.clone()),
+            FrameDecoder::within(budget.clone()),
+        );
+        partial(&mut first);
+        assert_eq!(first.next_message::<Msg>(), Ok(None), "60 of 100");
+        partial(&mut second);
+        assert_eq!(
+            second.next_message::<Msg>(),
+            Err(FrameError::OverBudget(100))
+        );
+        assert_eq!(
+            first.next_message::<Msg>(),
+            Err(FrameError::OverBudget(100))
+        );
+        // A decoder that goes gives back what it held; one that decodes, what it decoded.
+        drop(first);
+        assert_eq!(second.next_message::<Msg>(), Ok(None));
+        let mut third = FrameDecoder::within(budget.clone());
+        let hello = Msg::Hello { site: 1, cursor: 2 };
+        for _ in 0..20 {
+            third.push(&encode(&hello).expect("encode"));
+            assert_eq!(third.next_message::<Msg>(), Ok(Some(hello.clone())));
+        }
+        drop(second);
+        assert_eq!(
+            budget.held.load(std::sync::atomic::Ordering::Relaxed),
+            0,
+            "everything given back"
+        );
     }
 
     #[test]

@@ -14,7 +14,8 @@
 //!
 //! Bounds: what a peer sends or fails to read cannot grow a daemon's memory without limit.
 //! - Reads: a stream's decoder holds at most one frame (`frame::FRAME_MAX`) and one read
-//!   (`READ_CHUNK`); quinn holds at most a stream's receive window per stream
+//!   (`READ_CHUNK`), and the host's decoders of one connection `DECODE_BUDGET` together (a
+//!   stream past it is refused); quinn holds at most a stream's receive window per stream
 //!   (`transport::STREAM_WINDOW`) and `transport::CONNECTION_WINDOW` on all the streams of a
 //!   connection; a peer may open at most quinn's `max_concurrent_bidi_streams` (100) two-way
 //!   streams at once per connection, and no one-way stream to the listening end.
@@ -382,6 +383,7 @@ async fn serve_connection(
     let certificate: Arc<[u8]> = Arc::from(leaf.as_ref());
     let since = std::time::Instant::now();
     let probes = TailProbes::start(&conn);
+    let budget = crate::frame::Budget::new(DECODE_BUDGET);
     tracing::info!(site, %remote, "site connected");
     let mut streams = 0u64;
     while let Ok((mut send_stream, mut recv)) = conn.accept_bi().await {
@@ -392,7 +394,7 @@ async fn serve_connection(
         }
         streams += 1;
         let (replica, live, certificate) = (replica.clone(), live.clone(), certificate.clone());
-        let (conn, probes) = (conn.clone(), probes.clone());
+        let (conn, probes, budget) = (conn.clone(), probes.clone(), budget.clone());
         tokio::spawn(async move {
             let site = Peer {
                 conn,
@@ -400,6 +402,7 @@ async fn serve_connection(
                 fingerprint,
                 certificate,
                 probes,
+                budget,
             };
             let _ = host_stream(&mut send_stream, &mut recv, replica, site, &live).await;
         });
@@ -604,7 +607,15 @@ struct Peer {
     certificate: Arc<[u8]>,
     /// The connection's tail probes, run while a stream is served.
     probes: Arc<TailProbes>,
+    /// What the decoders of the connection's streams may hold together.
+    budget: Arc<crate::frame::Budget>,
 }
+
+/// Bytes of frames not yet whole that one connection of a site may make the host hold, on all
+/// its streams together (`frame::Budget`). A round holds a push (about a megabyte) and a piece
+/// of a body at once; without it, a site with a valid certificate could open a hundred streams
+/// and announce a frame of `frame::FRAME_MAX` on each: 1.6 GiB for one connection.
+pub(crate) const DECODE_BUDGET: usize = 4 * crate::frame::FRAME_MAX;
 
 async fn host_stream(
     send_stream: &mut quinn::SendStream,
@@ -715,7 +726,7 @@ async fn serve_host_stream(
     replies: tokio::sync::mpsc::Sender<Reply>,
     stats: &StreamLog,
 ) -> Result<()> {
-    let mut decoder = FrameDecoder::new();
+    let mut decoder = FrameDecoder::within(peer.budget.clone());
     let (site, fingerprint) = (peer.site, peer.fingerprint);
     let session = Arc::new(std::sync::Mutex::new(HostSession::new(
         site,
@@ -1648,6 +1659,57 @@ mod tests {
             .expect("bind");
         let site = crate::testkit::site_from_bundle(&served.tmp.path().join("enrolled"), &bundle);
         (bundle, Arc::new(site))
+    }
+
+    /// A site with a valid certificate that opens streams and announces a frame of
+    /// `FRAME_MAX` on each, to make the host hold them all, is refused once they hold
+    /// `DECODE_BUDGET` together.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_site_that_starts_large_frames_on_many_streams_is_refused_past_the_budget() {
+        let served = serving_host();
+        let (bundle, _site) = enrolled_site(&served);
+        let mut client =
+            quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client");
+        client.set_default_client_config(bundle.client_config().expect("config"));
+        let conn = tokio::time::timeout(
+            Duration::from_secs(20),
+            client.connect(served.addr, HOST_NAME).expect("connect"),
+        )
+        .await
+        .expect("in time")
+        .expect("handshake");
+        let max = crate::frame::FRAME_MAX;
+        let (answers, mut answered) = tokio::sync::mpsc::unbounded_channel();
+        for _ in 0..DECODE_BUDGET / max + 2 {
+            let (mut tx, mut rx) = conn.open_bi().await.expect("stream");
+            // All of a frame but its last kilobyte: never whole, never decoded.
+            let mut started = (max as u32).to_le_bytes().to_vec();
+            started.resize(4 + max - 1024, 0);
+            tokio::spawn(async move {
+                let _ = tx.write_all(&started).await;
+                // The stream stays open (a stream that ends inside a frame is refused for
+                // that).
+                std::future::pending::<()>().await;
+                drop(tx);
+            });
+            let answers = answers.clone();
+            tokio::spawn(async move {
+                let _ = answers.send(rx.read_to_end(1 << 20).await);
+            });
+        }
+        let reply = tokio::time::timeout(Duration::from_secs(20), answered.recv())
+            .await
+            .expect("the host refused a stream in time")
+            .expect("an answer")
+            .expect("the host's reply");
+        let mut d = FrameDecoder::new();
+        d.push(&reply);
+        match d.next_message::<Msg>() {
+            Ok(Some(Msg::Error(why))) => assert!(why.contains("not yet whole"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        conn.close(0u32.into(), b"done");
+        served.endpoint.close(0u32.into(), b"done");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
