@@ -15,6 +15,9 @@
 //! payload) is an error for the caller to end the session with — never a panic. Pure: no I/O,
 //! fed with whatever bytes arrived.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -98,31 +101,29 @@ pub enum FrameError {
 /// each stream may hold a frame of up to `FRAME_MAX`, and a peer may open many streams.
 #[derive(Debug)]
 pub struct Budget {
-    held: std::sync::atomic::AtomicUsize,
+    held: AtomicUsize,
     limit: usize,
 }
 
 impl Budget {
     /// A budget of `limit` bytes, shared by the decoders given it.
-    pub fn new(limit: usize) -> std::sync::Arc<Budget> {
-        std::sync::Arc::new(Budget {
-            held: std::sync::atomic::AtomicUsize::new(0),
+    pub fn new(limit: usize) -> Arc<Budget> {
+        Arc::new(Budget {
+            held: AtomicUsize::new(0),
             limit,
         })
     }
 
     fn charge(&self, bytes: usize) {
-        self.held
-            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        self.held.fetch_add(bytes, Ordering::Relaxed);
     }
 
     fn refund(&self, bytes: usize) {
-        self.held
-            .fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed);
+        self.held.fetch_sub(bytes, Ordering::Relaxed);
     }
 
     fn exceeded(&self) -> bool {
-        self.held.load(std::sync::atomic::Ordering::Relaxed) > self.limit
+        self.held.load(Ordering::Relaxed) > self.limit
     }
 }
 
@@ -202,7 +203,7 @@ pub struct FrameDecoder {
     buf: Vec<u8>,
     received: u64,
     /// The budget this decoder's buffered bytes are charged to, if any.
-    budget: Option<std::sync::Arc<Budget>>,
+    budget: Option<Arc<Budget>>,
 }
 
 impl FrameDecoder {
@@ -213,7 +214,7 @@ impl FrameDecoder {
 
     /// A decoder whose buffered bytes count against `budget`, with those of the other decoders
     /// given it: `next_message` fails while they hold more than its limit together.
-    pub fn within(budget: std::sync::Arc<Budget>) -> Self {
+    pub fn within(budget: Arc<Budget>) -> Self {
         FrameDecoder {
             buf: Vec::new(),
             received: 0,
@@ -377,7 +378,7 @@ mod tests {
         }
         drop(second);
         assert_eq!(
-            budget.held.load(std::sync::atomic::Ordering::Relaxed),
+            budget.held.load(Ordering::Relaxed),
             0,
             "everything given back"
         );
