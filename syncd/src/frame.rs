@@ -244,6 +244,13 @@ impl FrameDecoder {
     /// The next complete message, `None` if more bytes are needed, or the error that ends the
     /// session. An oversize length is refused as soon as it is read.
     pub fn next_message<M: DeserializeOwned>(&mut self) -> Result<Option<M>, FrameError> {
+        Ok(self.next_held()?.map(|(message, _)| message))
+    }
+
+    /// As `next_message`, with what keeps the message counted against this decoder's budget
+    /// (`Hold`): its frame's bytes, as while it was buffered, and its payload decompressed, if
+    /// it came compressed. A message read ahead of its turn holds them until it is taken.
+    pub fn next_held<M: DeserializeOwned>(&mut self) -> Result<Option<(M, Hold)>, FrameError> {
         if let Some(budget) = &self.budget
             && budget.exceeded()
         {
@@ -279,11 +286,36 @@ impl FrameDecoder {
             postcard::Error::DeserializeUnexpectedEnd => FrameError::EndsEarly,
             e => FrameError::Malformed(e.to_string()),
         })?;
+        let decompressed = if version & COMPRESSED == 0 {
+            0
+        } else {
+            payload.len()
+        };
         self.buf.drain(..LEN_BYTES + len);
+        // The frame's charge passes to the hold, with the decompressed payload's.
         if let Some(budget) = &self.budget {
-            budget.refund(LEN_BYTES + len);
+            budget.charge(decompressed);
         }
-        Ok(Some(message))
+        let hold = Hold {
+            budget: self.budget.clone(),
+            bytes: LEN_BYTES + len + decompressed,
+        };
+        Ok(Some((message, hold)))
+    }
+}
+
+/// A decoded message's bytes, counted against its decoder's `Budget` until this is dropped.
+#[derive(Debug)]
+pub struct Hold {
+    budget: Option<Arc<Budget>>,
+    bytes: usize,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if let Some(budget) = &self.budget {
+            budget.refund(self.bytes);
+        }
     }
 }
 
@@ -382,6 +414,40 @@ mod tests {
             0,
             "everything given back"
         );
+    }
+
+    #[test]
+    fn a_message_read_ahead_holds_its_frame_and_what_it_decompressed_to_until_dropped() {
+        // 9,600 bytes once decompressed, well under 1,000 on the wire.
+        let text = Msg::Chunk(b"<ClinicalDocument>observation</ClinicalDocument>".repeat(200));
+        let frame = encode(&text).expect("encode");
+        assert_eq!(frame[4], PROTOCOL_VERSION | COMPRESSED);
+        let plain = postcard::to_stdvec(&text).expect("postcard").len();
+        let budget = Budget::new(plain + frame.len());
+        let held = || budget.held.load(Ordering::Relaxed);
+        let mut ahead = FrameDecoder::within(budget.clone());
+        ahead.push(&frame);
+        let (message, hold) = ahead.next_held::<Msg>().expect("decodes").expect("whole");
+        assert_eq!(message, text);
+        assert_eq!(
+            held(),
+            frame.len() + plain,
+            "the frame and its payload decompressed"
+        );
+        // Up to the limit, not past it: another decoder sharing the budget is refused.
+        let mut other = FrameDecoder::within(budget.clone());
+        other.push(&[0]);
+        assert_eq!(
+            other.next_message::<Msg>(),
+            Err(FrameError::OverBudget(plain + frame.len()))
+        );
+        drop(other);
+        drop(hold);
+        assert_eq!(held(), 0, "given back once the message is done with");
+        // `next_message` gives its message's back at once.
+        ahead.push(&frame);
+        assert_eq!(ahead.next_message::<Msg>(), Ok(Some(text)));
+        assert_eq!(held(), 0);
     }
 
     #[test]

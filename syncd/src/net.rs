@@ -14,14 +14,16 @@
 //!
 //! Bounds: what a peer sends or fails to read cannot grow a daemon's memory without limit.
 //! - Reads: a stream's decoder holds at most one frame (`frame::FRAME_MAX`) and one read
-//!   (`READ_CHUNK`), and the host's decoders of one connection `DECODE_BUDGET` together (a
-//!   stream past it is refused); quinn holds at most a stream's receive window per stream
-//!   (`transport::STREAM_WINDOW`) and `transport::CONNECTION_WINDOW` on all the streams of a
-//!   connection; a peer may open at most quinn's `max_concurrent_bidi_streams` (100) two-way
-//!   streams at once per connection, and no one-way stream to the listening end.
-//! - Host: a stream's replies wait in a channel of `PUSH_WINDOW` batches, and the stream reads
-//!   no more messages while it is full; a write the site does not take for `IDLE_TIMEOUT`
-//!   ends the stream, so a stuck site pins nothing for long. A site has at most
+//!   (`READ_CHUNK`), and the host's decoders of one connection `DECODE_BUDGET` together, with
+//!   the messages they decoded until those are applied (a stream past it is refused); quinn
+//!   holds at most a stream's receive window per stream (`transport::STREAM_WINDOW`) and
+//!   `transport::CONNECTION_WINDOW` on all the streams of a connection; a peer may open at most
+//!   quinn's `max_concurrent_bidi_streams` (100) two-way streams at once per connection, and no
+//!   one-way stream to the listening end.
+//! - Host: a stream's messages are read ahead of the ones being applied, into a channel of
+//!   `PUSH_WINDOW` messages; its replies wait in a channel of `PUSH_WINDOW` batches; the stream
+//!   reads no more messages while both are full. A write the site does not take for
+//!   `IDLE_TIMEOUT` ends the stream, so a stuck site pins nothing for long. A site has at most
 //!   `CONNECTIONS_PER_SITE` connections (a newer one closes the oldest), and at most one poke
 //!   in flight on each.
 //! - Site: the body pieces of a round's fetches wait in a channel of `FETCH_WINDOW` pieces;
@@ -80,12 +82,20 @@ async fn read_message<M: serde::de::DeserializeOwned>(
     decoder: &mut FrameDecoder,
     within: Option<Duration>,
 ) -> Result<Option<M>> {
+    read_with(recv, decoder, within, FrameDecoder::next_message).await
+}
+
+/// Reads until `decoder` gives what `take` takes from it (`None` at the end of the stream),
+/// waiting `within` for each read.
+async fn read_with<T>(
+    recv: &mut quinn::RecvStream,
+    decoder: &mut FrameDecoder,
+    within: Option<Duration>,
+    mut take: impl FnMut(&mut FrameDecoder) -> std::result::Result<Option<T>, frame::FrameError>,
+) -> Result<Option<T>> {
     loop {
-        if let Some(msg) = decoder
-            .next_message::<M>()
-            .map_err(|e| Error::Invalid(e.to_string()))?
-        {
-            return Ok(Some(msg));
+        if let Some(taken) = take(decoder).map_err(|e| Error::Invalid(e.to_string()))? {
+            return Ok(Some(taken));
         }
         let read = recv.read_chunk(READ_CHUNK, true);
         let chunk = match within {
@@ -611,10 +621,11 @@ struct Peer {
     budget: Arc<crate::frame::Budget>,
 }
 
-/// Bytes of frames not yet whole that one connection of a site may make the host hold, on all
-/// its streams together (`frame::Budget`). A round holds a push (about a megabyte) and a piece
-/// of a body at once; without it, a site with a valid certificate could open a hundred streams
-/// and announce a frame of `frame::FRAME_MAX` on each: 1.6 GiB for one connection.
+/// Bytes of frames not yet whole, and of messages decoded and not yet applied, that one
+/// connection of a site may make the host hold, on all its streams together (`frame::Budget`).
+/// A round holds a few pushes (about a megabyte each) and a piece of a body at once; without
+/// it, a site with a valid certificate could open a hundred streams and announce a frame of
+/// `frame::FRAME_MAX` on each: 1.6 GiB for one connection.
 pub(crate) const DECODE_BUDGET: usize = 4 * crate::frame::FRAME_MAX;
 
 async fn host_stream(
@@ -718,6 +729,8 @@ struct Reply {
 
 /// Reads and applies a stream's messages, handing the replies to `replies` in order; ends at
 /// the end of the stream, a `Bye`, an error (its reply queued last), or when the sender stops.
+/// The stream is read ahead while the messages before are applied (`read_ahead`): the next
+/// pushes are decoded on the runtime while the blocking side applies the last ones.
 async fn serve_host_stream(
     recv: &mut quinn::RecvStream,
     replica: HostReplica,
@@ -726,7 +739,63 @@ async fn serve_host_stream(
     replies: tokio::sync::mpsc::Sender<Reply>,
     stats: &StreamLog,
 ) -> Result<()> {
-    let mut decoder = FrameDecoder::within(peer.budget.clone());
+    let applying = Applying::default();
+    let (ahead, arrived) = tokio::sync::mpsc::channel(crate::session::PUSH_WINDOW);
+    let (conn, decoder) = (peer.conn.clone(), FrameDecoder::within(peer.budget.clone()));
+    let reading = read_ahead(&conn, recv, decoder, live.quiet, &applying, ahead, stats);
+    let applied = apply_in_turn(arrived, replica, peer, live, replies, stats, &applying);
+    tokio::pin!(applied);
+    tokio::select! {
+        served = &mut applied => served,
+        // The stream ended or failed: what was read before is applied, then the failure reported.
+        () = reading => applied.await,
+    }
+}
+
+/// A message read ahead of its turn, with its hold on the connection's decode budget, or the
+/// failure that ended the reading.
+type Ahead = Result<(Msg, frame::Hold)>;
+
+/// Reads `recv`'s messages into `ahead` (a channel of `PUSH_WINDOW`: no more are read while it
+/// is full), until the end of the stream or a failure, passed on last.
+async fn read_ahead(
+    conn: &quinn::Connection,
+    recv: &mut quinn::RecvStream,
+    mut decoder: FrameDecoder,
+    quiet: Duration,
+    applying: &Applying,
+    ahead: tokio::sync::mpsc::Sender<Ahead>,
+    stats: &StreamLog,
+) {
+    loop {
+        // A session stream stays quiet while the site's bodies go up or come down on streams
+        // of their own: it is given up only when the whole connection moves nothing.
+        let read = read_while_moving(conn, recv, &mut decoder, quiet, applying).await;
+        stats
+            .bytes_received
+            .store(decoder.received(), Ordering::Relaxed);
+        let (item, last) = match read {
+            Ok(Some(msg)) => (Ok(msg), false),
+            Ok(None) => return,
+            Err(e) => (Err(e), true),
+        };
+        if ahead.send(item).await.is_err() || last {
+            return;
+        }
+    }
+}
+
+/// Applies the messages `arrived` in the order read, the pushes at hand together (up to
+/// `PUSH_WINDOW`, in one transaction), handing each batch's replies to `replies`.
+async fn apply_in_turn(
+    mut arrived: tokio::sync::mpsc::Receiver<Ahead>,
+    replica: HostReplica,
+    peer: Peer,
+    live: &Live,
+    replies: tokio::sync::mpsc::Sender<Reply>,
+    stats: &StreamLog,
+    applying: &Applying,
+) -> Result<()> {
     let (site, fingerprint) = (peer.site, peer.fingerprint);
     let session = Arc::new(std::sync::Mutex::new(HostSession::new(
         site,
@@ -736,12 +805,18 @@ async fn serve_host_stream(
         after: None,
         msgs: vec![Msg::Error(e)],
     };
+    // A message taken while gathering pushes that ends the gathering: the next turn's.
+    let mut taken: Option<Ahead> = None;
     loop {
-        // A session stream stays quiet while the site's bodies go up or come down on streams
-        // of their own: it is given up only when the whole connection moves nothing.
-        let msg = match read_while_moving(&peer.conn, recv, &mut decoder, live.quiet).await {
-            Ok(Some(m)) => m,
-            Ok(None) => break,
+        let next = match taken.take() {
+            Some(next) => next,
+            None => match arrived.recv().await {
+                Some(next) => next,
+                None => break,
+            },
+        };
+        let (msg, hold) = match next {
+            Ok(next) => next,
             // The site closed its connection after a round that went well (the close may
             // overtake its `Bye`, or find a stream of body fetches open): nothing failed.
             Err(Error::Io(_)) if closed_after_its_round(&peer.conn) => break,
@@ -757,14 +832,12 @@ async fn serve_host_stream(
             let _ = replies.send(error("this site is revoked".into())).await;
             break;
         }
-        let mut msgs = vec![msg];
+        // The messages' holds on the decode budget last until they are applied.
+        let (mut msgs, mut holds) = (vec![msg], vec![hold]);
         if is_push(&msgs[0]) {
-            more_pushes_at_hand(recv, &mut decoder, &mut msgs).await;
+            taken = more_pushes_at_hand(&mut arrived, &mut msgs, &mut holds);
         }
         msgs.iter().for_each(|m| stats.received(m));
-        stats
-            .bytes_received
-            .store(decoder.received(), Ordering::Relaxed);
         let bye = msgs.contains(&Msg::Bye);
         // For the operator's view: where the site says it stands (kept once the session took it).
         let hello = msgs.iter().find_map(|m| match m {
@@ -779,6 +852,7 @@ async fn serve_host_stream(
         let pushed = msgs.iter().any(|m| matches!(m, Msg::Push { .. }));
         let (r, s, changed) = (replica.clone(), session.clone(), live.changed.clone());
         let greeted = hello.is_some();
+        applying.start();
         let handled = tokio::task::spawn_blocking(move || {
             let handled = r.deferring_syncs(|| {
                 s.lock()
@@ -801,9 +875,11 @@ async fn serve_host_stream(
             })
         })
         .await
-        .map_err(net_err)?;
+        .map_err(net_err);
+        applying.finish();
+        drop(holds);
         let now = replica.now();
-        let (reply, failed) = match handled {
+        let (reply, failed) = match handled? {
             Ok((reply, applied)) => {
                 if let (Some((cursor, about)), Some(applied)) = (hello, applied) {
                     live.fleet.hello(site, now, cursor, about, applied);
@@ -839,37 +915,29 @@ fn is_push(msg: &Msg) -> bool {
     matches!(msg, Msg::Push { .. } | Msg::Traces { .. })
 }
 
-/// Adds to `msgs` the messages that have already arrived after a push (a trace batch or a
-/// Push), while they are pushes (up to `PUSH_WINDOW` in all), without waiting for more: the
-/// host applies consecutive ones of a kind in one transaction. A message that is not a push
-/// ends the run (it is handled after them, in order).
-async fn more_pushes_at_hand(
-    recv: &mut quinn::RecvStream,
-    decoder: &mut FrameDecoder,
+/// Adds to `msgs` (their holds to `holds`) the pushes already read after them, up to
+/// `PUSH_WINDOW` messages in all, and the message that follows them if it is not one; a
+/// failure read is not waited for but returned, for the next turn.
+fn more_pushes_at_hand(
+    arrived: &mut tokio::sync::mpsc::Receiver<Ahead>,
     msgs: &mut Vec<Msg>,
-) {
+    holds: &mut Vec<frame::Hold>,
+) -> Option<Ahead> {
     while msgs.len() < crate::session::PUSH_WINDOW {
-        match decoder.next_message::<Msg>() {
-            Ok(Some(m)) => {
-                let push = is_push(&m);
-                msgs.push(m);
+        match arrived.try_recv() {
+            Ok(Ok((msg, hold))) => {
+                let push = is_push(&msg);
+                msgs.push(msg);
+                holds.push(hold);
                 if !push {
-                    return;
+                    return None;
                 }
             }
-            // Bytes already received, if any: a read that is not ready at once is not waited
-            // for.
-            Ok(None) => {
-                match tokio::time::timeout(Duration::ZERO, recv.read_chunk(READ_CHUNK, true)).await
-                {
-                    Ok(Ok(Some(chunk))) => decoder.push(&chunk.bytes),
-                    _ => return,
-                }
-            }
-            // The next read reports it.
-            Err(_) => return,
+            Ok(Err(e)) => return Some(Err(e)),
+            Err(_) => return None,
         }
     }
+    None
 }
 
 /// How long a site waits for the handshake with one of the host's addresses while others
@@ -1458,22 +1526,52 @@ fn data_moving(conn: &quinn::Connection) -> u64 {
     received.stream + received.max_data + received.max_stream_data + sent.stream
 }
 
-/// Reads the next message of `recv` (`None` at the end of the stream), waiting as long as data
-/// moves on `conn` (`data_moving`): fails once `quiet` passes with neither.
-async fn read_while_moving<M: serde::de::DeserializeOwned>(
+/// Reads the next message of `recv` (`None` at the end of the stream), with its `Hold` on the
+/// connection's decode budget, waiting as long as data moves on `conn` (`data_moving`) or the
+/// stream's messages before it are being applied (`applying`): fails once `quiet` passes with
+/// neither.
+async fn read_while_moving(
     conn: &quinn::Connection,
     recv: &mut quinn::RecvStream,
     decoder: &mut FrameDecoder,
     quiet: Duration,
-) -> Result<Option<M>> {
+    applying: &Applying,
+) -> Result<Option<(Msg, frame::Hold)>> {
     loop {
-        let progress = data_moving(conn);
-        if let Ok(read) = tokio::time::timeout(quiet, read_message(recv, decoder, None)).await {
+        let progress = (data_moving(conn), applying.progress());
+        let read = read_with(recv, decoder, None, FrameDecoder::next_held);
+        if let Ok(read) = tokio::time::timeout(quiet, read).await {
             return read;
         }
-        if data_moving(conn) == progress {
+        if (data_moving(conn), applying.progress()) == progress && !applying.busy() {
             return Err(timed_out("the peer went silent"));
         }
+    }
+}
+
+/// Counts the batches a session stream applies, started and done: the wait for the site's next
+/// message runs while the ones before are applied, and the site owes nothing meanwhile.
+#[derive(Debug, Default)]
+struct Applying {
+    started: AtomicU64,
+    done: AtomicU64,
+}
+
+impl Applying {
+    fn start(&self) {
+        self.started.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn finish(&self) {
+        self.done.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn busy(&self) -> bool {
+        self.started.load(Ordering::Relaxed) != self.done.load(Ordering::Relaxed)
+    }
+
+    fn progress(&self) -> u64 {
+        self.done.load(Ordering::Relaxed)
     }
 }
 
