@@ -7,10 +7,11 @@
 //! register), never from what the peer says; a revoked site's connection is closed; a wait for
 //! the peer's next message on a session stream fails after `IDLE_TIMEOUT` in which no data
 //! moved between the two applications (`data_moving`: a body crossing a slow line leaves the
-//! session stream quiet for minutes), every other read after `IDLE_TIMEOUT`, and so does every
-//! write that makes no progress; a malformed
-//! frame or a protocol error ends that session with an `Error` message, not the server; store
-//! calls, which may sync to disk, run on the runtime's blocking side.
+//! session stream quiet for minutes) and, on the host, it owed the site no answer
+//! (`Answering`); every other read fails after `IDLE_TIMEOUT`, and so does every write that
+//! makes no progress; a malformed frame or a protocol error ends that session with an `Error`
+//! message, not the server; store calls, which may sync to disk, run on the runtime's blocking
+//! side.
 //!
 //! Bounds: what a peer sends or fails to read cannot grow a daemon's memory without limit.
 //! - Reads: a stream's decoder holds at most one frame (`frame::FRAME_MAX`) and one read
@@ -645,7 +646,12 @@ async fn host_stream(
     let stats = StreamLog::default();
     let serve = serve_host_stream(recv, replica.clone(), peer, live, replies, &stats);
     let sender = async {
-        while let Some(Reply { after, msgs }) = to_send.recv().await {
+        while let Some(Reply {
+            after,
+            msgs,
+            answer: _answer,
+        }) = to_send.recv().await
+        {
             let durable = match after {
                 Some(point) if !replica.is_durable(point).unwrap_or(false) => {
                     let r = replica.clone();
@@ -721,10 +727,12 @@ async fn note_link(live: &Live, replica: &HostReplica, site: SiteId, conn: &quin
     live.fleet.link(site, replica.now(), seen, recorded);
 }
 
-/// Replies to send, once everything up to `after` is on disk.
+/// Replies to send, once everything up to `after` is on disk; the batch they answer is
+/// answered once they are sent.
 struct Reply {
     after: Option<carnet_store::replica::Durable>,
     msgs: Vec<Msg>,
+    answer: Option<Answer>,
 }
 
 /// Reads and applies a stream's messages, handing the replies to `replies` in order; ends at
@@ -739,11 +747,11 @@ async fn serve_host_stream(
     replies: tokio::sync::mpsc::Sender<Reply>,
     stats: &StreamLog,
 ) -> Result<()> {
-    let applying = Applying::default();
+    let answering = Arc::new(Answering::default());
     let (ahead, arrived) = tokio::sync::mpsc::channel(crate::session::PUSH_WINDOW);
     let (conn, decoder) = (peer.conn.clone(), FrameDecoder::within(peer.budget.clone()));
-    let reading = read_ahead(&conn, recv, decoder, live.quiet, &applying, ahead, stats);
-    let applied = apply_in_turn(arrived, replica, peer, live, replies, stats, &applying);
+    let reading = read_ahead(&conn, recv, decoder, live.quiet, &answering, ahead, stats);
+    let applied = apply_in_turn(arrived, replica, peer, live, replies, stats, &answering);
     tokio::pin!(applied);
     tokio::select! {
         served = &mut applied => served,
@@ -763,14 +771,14 @@ async fn read_ahead(
     recv: &mut quinn::RecvStream,
     mut decoder: FrameDecoder,
     quiet: Duration,
-    applying: &Applying,
+    answering: &Answering,
     ahead: tokio::sync::mpsc::Sender<Ahead>,
     stats: &StreamLog,
 ) {
     loop {
         // A session stream stays quiet while the site's bodies go up or come down on streams
         // of their own: it is given up only when the whole connection moves nothing.
-        let read = read_while_moving(conn, recv, &mut decoder, quiet, applying).await;
+        let read = read_while_moving(conn, recv, &mut decoder, quiet, answering).await;
         stats
             .bytes_received
             .store(decoder.received(), Ordering::Relaxed);
@@ -794,7 +802,7 @@ async fn apply_in_turn(
     live: &Live,
     replies: tokio::sync::mpsc::Sender<Reply>,
     stats: &StreamLog,
-    applying: &Applying,
+    answering: &Arc<Answering>,
 ) -> Result<()> {
     let (site, fingerprint) = (peer.site, peer.fingerprint);
     let session = Arc::new(std::sync::Mutex::new(HostSession::new(
@@ -804,6 +812,7 @@ async fn apply_in_turn(
     let error = |e: String| Reply {
         after: None,
         msgs: vec![Msg::Error(e)],
+        answer: None,
     };
     // A message taken while gathering pushes that ends the gathering: the next turn's.
     let mut taken: Option<Ahead> = None;
@@ -852,7 +861,7 @@ async fn apply_in_turn(
         let pushed = msgs.iter().any(|m| matches!(m, Msg::Push { .. }));
         let (r, s, changed) = (replica.clone(), session.clone(), live.changed.clone());
         let greeted = hello.is_some();
-        applying.start();
+        let answer = answering.take();
         let handled = tokio::task::spawn_blocking(move || {
             let handled = r.deferring_syncs(|| {
                 s.lock()
@@ -869,6 +878,7 @@ async fn apply_in_turn(
                     Reply {
                         after: Some(r.durable_point()),
                         msgs,
+                        answer: Some(answer),
                     },
                     applied,
                 )
@@ -876,7 +886,6 @@ async fn apply_in_turn(
         })
         .await
         .map_err(net_err);
-        applying.finish();
         drop(holds);
         let now = replica.now();
         let (reply, failed) = match handled? {
@@ -1528,50 +1537,59 @@ fn data_moving(conn: &quinn::Connection) -> u64 {
 
 /// Reads the next message of `recv` (`None` at the end of the stream), with its `Hold` on the
 /// connection's decode budget, waiting as long as data moves on `conn` (`data_moving`) or the
-/// stream's messages before it are being applied (`applying`): fails once `quiet` passes with
+/// host answers the stream's messages before it (`answering`): fails once `quiet` passes with
 /// neither.
 async fn read_while_moving(
     conn: &quinn::Connection,
     recv: &mut quinn::RecvStream,
     decoder: &mut FrameDecoder,
     quiet: Duration,
-    applying: &Applying,
+    answering: &Answering,
 ) -> Result<Option<(Msg, frame::Hold)>> {
     loop {
-        let progress = (data_moving(conn), applying.progress());
+        let progress = (data_moving(conn), answering.progress());
         let read = read_with(recv, decoder, None, FrameDecoder::next_held);
         if let Ok(read) = tokio::time::timeout(quiet, read).await {
             return read;
         }
-        if (data_moving(conn), applying.progress()) == progress && !applying.busy() {
+        if (data_moving(conn), answering.progress()) == progress && !answering.owing() {
             return Err(timed_out("the peer went silent"));
         }
     }
 }
 
-/// Counts the batches a session stream applies, started and done: the wait for the site's next
-/// message runs while the ones before are applied, and the site owes nothing meanwhile.
+/// Counts the batches of a session stream taken and answered (applied, made durable, their
+/// reply sent): the wait for the site's next message runs meanwhile, but runs out only while the
+/// host owes the site nothing.
 #[derive(Debug, Default)]
-struct Applying {
-    started: AtomicU64,
-    done: AtomicU64,
+struct Answering {
+    taken: AtomicU64,
+    answered: AtomicU64,
 }
 
-impl Applying {
-    fn start(&self) {
-        self.started.fetch_add(1, Ordering::Relaxed);
+impl Answering {
+    /// A batch taken: answered when the `Answer` is dropped, once its reply is sent.
+    fn take(self: &Arc<Self>) -> Answer {
+        self.taken.fetch_add(1, Ordering::Relaxed);
+        Answer(self.clone())
     }
 
-    fn finish(&self) {
-        self.done.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn busy(&self) -> bool {
-        self.started.load(Ordering::Relaxed) != self.done.load(Ordering::Relaxed)
+    fn owing(&self) -> bool {
+        self.taken.load(Ordering::Relaxed) != self.answered.load(Ordering::Relaxed)
     }
 
     fn progress(&self) -> u64 {
-        self.done.load(Ordering::Relaxed)
+        self.answered.load(Ordering::Relaxed)
+    }
+}
+
+/// A batch taken and not yet answered (`Answering::take`).
+#[derive(Debug)]
+struct Answer(Arc<Answering>);
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        self.0.answered.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -1689,6 +1707,39 @@ mod tests {
     /// `serving_host`, its streams waiting `quiet` for a site's next message (`Live::quiet`).
     fn serving_host_waiting(quiet: Duration) -> Served {
         let (tmp, host, site_draft, ins) = host_and_site();
+        serving(tmp, host, site_draft, ins, quiet)
+    }
+
+    /// `serving_host_waiting`, the host's database (and trace journal) on `disk`.
+    fn serving_host_on(disk: SlowDisk, quiet: Duration) -> Served {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let options = carnet_store::replica::InitOptions {
+            role: Role::Host,
+            name: "host".into(),
+            site_id: None,
+            key: carnet_store::replica::KeySource::File,
+            host_key: None,
+            lease_hours: None,
+        };
+        let host = Replica::init_with_backend(
+            &tmp.path().join("host"),
+            disk,
+            SlowDisk::default(),
+            options,
+            crate::testkit::clock(),
+        )
+        .expect("host");
+        let (host, site_draft, ins) = crate::testkit::host_and_site_with(tmp.path(), host);
+        serving(tmp, host, site_draft, ins, quiet)
+    }
+
+    fn serving(
+        tmp: tempfile::TempDir,
+        host: Replica,
+        site_draft: Replica,
+        ins: carnet_store::ids::Ins,
+        quiet: Duration,
+    ) -> Served {
         drop(site_draft);
         let host = Arc::new(host);
         enrol::init_host(&host).expect("pki");
@@ -2013,6 +2064,78 @@ mod tests {
         );
         assert!(served.host.has_body(&id).expect("body"));
         assert!(site.has_body(&id).expect("body"));
+        link.close().await;
+        served.endpoint.close(0u32.into(), b"done");
+    }
+
+    /// A database disk in memory whose every write takes `delay_ms`, once set.
+    #[derive(Debug, Clone, Default)]
+    struct SlowDisk {
+        inner: Arc<redb::backends::InMemoryBackend>,
+        delay_ms: Arc<AtomicU64>,
+    }
+
+    impl redb::StorageBackend for SlowDisk {
+        fn len(&self) -> std::io::Result<u64> {
+            self.inner.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+            self.inner.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.inner.set_len(len)
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            self.inner.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            std::thread::sleep(Duration::from_millis(self.delay_ms.load(Ordering::Relaxed)));
+            self.inner.write(offset, data)
+        }
+    }
+
+    /// The host reads a session stream ahead of the messages it applies, and the wait for the
+    /// site's next message runs meanwhile: it does not run out while the host applies the
+    /// pushes and makes them durable, however long its disk takes. The site sends nothing more
+    /// until they are acknowledged (a body too large to travel inline goes up after them, then
+    /// the `Pull`), and nothing else moves.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pushes_applied_for_longer_than_the_wait_for_a_message_keep_their_session() {
+        let quiet = Duration::from_millis(300);
+        let disk = SlowDisk::default();
+        let served = serving_host_on(disk.clone(), quiet);
+        let (site, mut link) = site_dialing(&served, vec![served.addr]);
+        round_within(&mut link, Duration::from_secs(20))
+            .await
+            .expect("first round");
+        let written: Vec<_> = [b"synthetic".to_vec(), noise(100 << 10)]
+            .into_iter()
+            .map(|body| {
+                site.put_document(
+                    &Actor::Professional(doctor()),
+                    AccessMode::Normal,
+                    None,
+                    &served.ins,
+                    new_doc("note", body),
+                )
+                .expect("write")
+            })
+            .collect();
+        disk.delay_ms.store(40, Ordering::Relaxed);
+        let started = std::time::Instant::now();
+        let report = round_within(&mut link, Duration::from_secs(120))
+            .await
+            .expect("the round whose pushes the host applies slowly");
+        let took = started.elapsed();
+        disk.delay_ms.store(0, Ordering::Relaxed);
+        assert!(
+            took > 3 * quiet,
+            "the host applied the pushes too fast to test anything ({took:?})"
+        );
+        assert!(report.pushed > 0, "{report:?}");
+        for id in written {
+            assert!(served.host.has_body(&id).expect("body"), "{id} at the host");
+        }
         link.close().await;
         served.endpoint.close(0u32.into(), b"done");
     }

@@ -115,7 +115,11 @@ pub fn host_and_site() -> (tempfile::TempDir, Replica, Replica, Ins) {
 
 /// `host_and_site` in `dir/host` and `dir/site`.
 pub fn host_and_site_in(dir: &std::path::Path) -> (Replica, Replica, Ins) {
-    let host = init(&dir.join("host"), Role::Host, None, None);
+    host_and_site_with(dir, init(&dir.join("host"), Role::Host, None, None))
+}
+
+/// `host_and_site_in` with `host`, a host replica just made.
+pub fn host_and_site_with(dir: &std::path::Path, host: Replica) -> (Replica, Replica, Ins) {
     let pro = the_doctor();
     host.add_professional(&pro).expect("pro");
     let ins = ins();
