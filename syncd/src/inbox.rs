@@ -1076,6 +1076,7 @@ fn free_name(dir: &Path, file: &Path) -> std::io::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testkit::TestDisk;
     use carnet_store::model::{GrantBasis, GrantState, Profession, Professional};
     use carnet_store::replica::{InitOptions, KeySource, Role};
     use std::os::unix::fs::PermissionsExt;
@@ -1157,41 +1158,13 @@ mod tests {
         .len()
     }
 
-    /// A disk in memory that can be made full: every write then fails with ENOSPC.
-    #[derive(Debug, Clone, Default)]
-    struct FillableDisk {
-        inner: Arc<redb::backends::InMemoryBackend>,
-        full: Arc<std::sync::atomic::AtomicBool>,
-    }
-
-    impl redb::StorageBackend for FillableDisk {
-        fn len(&self) -> std::io::Result<u64> {
-            self.inner.len()
-        }
-        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
-            self.inner.read(offset, out)
-        }
-        fn set_len(&self, len: u64) -> std::io::Result<()> {
-            self.inner.set_len(len)
-        }
-        fn sync_data(&self) -> std::io::Result<()> {
-            self.inner.sync_data()
-        }
-        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
-            if self.full.load(std::sync::atomic::Ordering::SeqCst) {
-                return Err(std::io::Error::from_raw_os_error(28));
-            }
-            self.inner.write(offset, data)
-        }
-    }
-
     #[test]
     fn a_pair_the_replica_cannot_store_for_a_full_disk_waits_in_place_and_is_stored_later() {
         let (data, inbox) = (
             tempfile::tempdir().expect("tmp"),
             tempfile::tempdir().expect("tmp"),
         );
-        let (disk, journal) = (FillableDisk::default(), FillableDisk::default());
+        let (disk, journal) = (TestDisk::default(), TestDisk::default());
         let r = with_a_dossier(
             Replica::init_with_backend(
                 data.path(),

@@ -1682,7 +1682,7 @@ async fn fetch_body(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit::{doctor, host_and_site, new_doc};
+    use crate::testkit::{TestDisk, doctor, host_and_site, new_doc};
     use carnet_store::model::{AccessMode, Actor};
     use carnet_store::replica::{Replica, Role};
 
@@ -1711,7 +1711,7 @@ mod tests {
     }
 
     /// `serving_host_waiting`, the host's database (and trace journal) on `disk`.
-    fn serving_host_on(disk: SlowDisk, quiet: Duration) -> Served {
+    fn serving_host_on(disk: TestDisk, quiet: Duration) -> Served {
         let tmp = tempfile::tempdir().expect("tmp");
         let options = carnet_store::replica::InitOptions {
             role: Role::Host,
@@ -1724,7 +1724,7 @@ mod tests {
         let host = Replica::init_with_backend(
             &tmp.path().join("host"),
             disk,
-            SlowDisk::default(),
+            TestDisk::default(),
             options,
             crate::testkit::clock(),
         )
@@ -2068,32 +2068,6 @@ mod tests {
         served.endpoint.close(0u32.into(), b"done");
     }
 
-    /// A database disk in memory whose every write takes `delay_ms`, once set.
-    #[derive(Debug, Clone, Default)]
-    struct SlowDisk {
-        inner: Arc<redb::backends::InMemoryBackend>,
-        delay_ms: Arc<AtomicU64>,
-    }
-
-    impl redb::StorageBackend for SlowDisk {
-        fn len(&self) -> std::io::Result<u64> {
-            self.inner.len()
-        }
-        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
-            self.inner.read(offset, out)
-        }
-        fn set_len(&self, len: u64) -> std::io::Result<()> {
-            self.inner.set_len(len)
-        }
-        fn sync_data(&self) -> std::io::Result<()> {
-            self.inner.sync_data()
-        }
-        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
-            std::thread::sleep(Duration::from_millis(self.delay_ms.load(Ordering::Relaxed)));
-            self.inner.write(offset, data)
-        }
-    }
-
     /// The host reads a session stream ahead of the messages it applies, and the wait for the
     /// site's next message runs meanwhile: it does not run out while the host applies the
     /// pushes and makes them durable, however long its disk takes. The site sends nothing more
@@ -2102,7 +2076,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn pushes_applied_for_longer_than_the_wait_for_a_message_keep_their_session() {
         let quiet = Duration::from_millis(300);
-        let disk = SlowDisk::default();
+        let disk = TestDisk::default();
         let served = serving_host_on(disk.clone(), quiet);
         let (site, mut link) = site_dialing(&served, vec![served.addr]);
         round_within(&mut link, Duration::from_secs(20))
@@ -2121,13 +2095,13 @@ mod tests {
                 .expect("write")
             })
             .collect();
-        disk.delay_ms.store(40, Ordering::Relaxed);
+        disk.delay_ms.store(40, Ordering::SeqCst);
         let started = std::time::Instant::now();
         let report = round_within(&mut link, Duration::from_secs(120))
             .await
             .expect("the round whose pushes the host applies slowly");
         let took = started.elapsed();
-        disk.delay_ms.store(0, Ordering::Relaxed);
+        disk.delay_ms.store(0, Ordering::SeqCst);
         assert!(
             took > 3 * quiet,
             "the host applied the pushes too fast to test anything ({took:?})"

@@ -105,6 +105,42 @@ fn the_doctor() -> Professional {
     }
 }
 
+/// A database disk in memory for tests: every write fails with ENOSPC while `full` is set, and
+/// takes `delay_ms` first.
+#[cfg(test)]
+#[derive(Debug, Clone, Default)]
+pub struct TestDisk {
+    inner: std::sync::Arc<redb::backends::InMemoryBackend>,
+    pub full: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub delay_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+#[cfg(test)]
+impl redb::StorageBackend for TestDisk {
+    fn len(&self) -> std::io::Result<u64> {
+        self.inner.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        self.inner.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.inner.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        use std::sync::atomic::Ordering;
+        std::thread::sleep(std::time::Duration::from_millis(
+            self.delay_ms.load(Ordering::SeqCst),
+        ));
+        if self.full.load(Ordering::SeqCst) {
+            return Err(std::io::Error::from_raw_os_error(28));
+        }
+        self.inner.write(offset, data)
+    }
+}
+
 /// A host (dossier, doctor treating) and a site registering the doctor, pinned to the host.
 #[cfg(test)]
 pub fn host_and_site() -> (tempfile::TempDir, Replica, Replica, Ins) {
