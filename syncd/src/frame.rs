@@ -93,12 +93,16 @@ pub enum FrameError {
     )]
     EndsEarly,
     /// The decoders sharing a `Budget` hold more than its limit.
-    #[error("the peer's streams hold more than {0} bytes of frames not yet whole")]
+    #[error(
+        "the peer's streams hold more than {0} bytes of frames not yet whole and messages not yet applied"
+    )]
     OverBudget(usize),
 }
 
-/// Bytes the decoders of one peer's connection may hold together (`FrameDecoder::within`):
-/// each stream may hold a frame of up to `FRAME_MAX`, and a peer may open many streams.
+/// Bytes the decoders of one peer's connection may hold together (`FrameDecoder::within`),
+/// with the messages they decoded while those are held (`Hold`): each stream may hold a frame
+/// of up to `FRAME_MAX`, and a peer may open many streams. A decoder checks the limit before
+/// it decodes: each may go past it by the message it decodes then.
 #[derive(Debug)]
 pub struct Budget {
     held: AtomicUsize,
@@ -249,7 +253,8 @@ impl FrameDecoder {
 
     /// As `next_message`, with what keeps the message counted against this decoder's budget
     /// (`Hold`): its frame's bytes, as while it was buffered, and its payload decompressed, if
-    /// it came compressed. A message read ahead of its turn holds them until it is taken.
+    /// it came compressed. A message read ahead of its turn holds them until the hold is
+    /// dropped (the host's, once the message is applied).
     pub fn next_held<M: DeserializeOwned>(&mut self) -> Result<Option<(M, Hold)>, FrameError> {
         if let Some(budget) = &self.budget
             && budget.exceeded()

@@ -22,8 +22,10 @@
 //!   quinn's `max_concurrent_bidi_streams` (100) two-way streams at once per connection, and no
 //!   one-way stream to the listening end.
 //! - Host: a stream's messages are read ahead of the ones being applied, into a channel of
-//!   `PUSH_WINDOW` messages; its replies wait in a channel of `PUSH_WINDOW` batches; the stream
-//!   reads no more messages while both are full. A write the site does not take for
+//!   `PUSH_WINDOW` messages, and the stream reads no more while it is full (a stream holds at
+//!   most twice `PUSH_WINDOW` decoded messages and one more: the channel's, the one waiting to
+//!   enter it, the batch being applied); its replies wait in a channel of `PUSH_WINDOW`
+//!   batches. A write the site does not take for
 //!   `IDLE_TIMEOUT` ends the stream, so a stuck site pins nothing for long. A site has at most
 //!   `CONNECTIONS_PER_SITE` connections (a newer one closes the oldest), and at most one poke
 //!   in flight on each.
@@ -814,7 +816,7 @@ async fn apply_in_turn(
         msgs: vec![Msg::Error(e)],
         answer: None,
     };
-    // A message taken while gathering pushes that ends the gathering: the next turn's.
+    // A failure met while gathering pushes: the next turn's, once the batch is answered.
     let mut taken: Option<Ahead> = None;
     loop {
         let next = match taken.take() {
@@ -1536,9 +1538,9 @@ fn data_moving(conn: &quinn::Connection) -> u64 {
 }
 
 /// Reads the next message of `recv` (`None` at the end of the stream), with its `Hold` on the
-/// connection's decode budget, waiting as long as data moves on `conn` (`data_moving`) or the
-/// host answers the stream's messages before it (`answering`): fails once `quiet` passes with
-/// neither.
+/// connection's decode budget, waiting as long as data moves on `conn` (`data_moving`), the
+/// host answers the stream's messages before it, or it still owes an answer (`answering`):
+/// fails once `quiet` passes with none of them.
 async fn read_while_moving(
     conn: &quinn::Connection,
     recv: &mut quinn::RecvStream,
