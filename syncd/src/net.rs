@@ -1822,13 +1822,7 @@ mod tests {
         let mut client =
             quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client");
         client.set_default_client_config(bundle.client_config().expect("config"));
-        let conn = tokio::time::timeout(
-            Duration::from_secs(20),
-            client.connect(served.addr, HOST_NAME).expect("connect"),
-        )
-        .await
-        .expect("in time")
-        .expect("handshake");
+        let conn = dial_host(&client, served.addr).await;
         let max = crate::frame::FRAME_MAX;
         let (answers, mut answered) = tokio::sync::mpsc::unbounded_channel();
         for _ in 0..DECODE_BUDGET / max + 2 {
@@ -1909,11 +1903,7 @@ mod tests {
             let mut client =
                 quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client");
             client.set_default_client_config(bundle.client_config().expect("config"));
-            let conn = client
-                .connect(addr, HOST_NAME)
-                .expect("connect")
-                .await
-                .expect("handshake");
+            let conn = dial_host(&client, addr).await;
             let (mut tx, mut rx) = conn.open_bi().await.expect("stream");
             tx.write_all(&garbage).await.expect("write");
             tx.finish().expect("finish");
@@ -2188,11 +2178,7 @@ mod tests {
         let mut client =
             quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client");
         client.set_default_client_config(bundle.client_config().expect("config"));
-        let conn = client
-            .connect(served.addr, HOST_NAME)
-            .expect("connect")
-            .await
-            .expect("handshake");
+        let conn = dial_host(&client, served.addr).await;
         let (mut tx, mut rx) = conn.open_bi().await.expect("stream");
         // The first byte of a frame's length.
         tx.write_all(&[9]).await.expect("write");
@@ -2245,11 +2231,7 @@ mod tests {
         };
         let mut errors = Vec::new();
         for code in [CLOSED_AFTER_ROUND, CLOSED_ON_FAILURE] {
-            let conn = client
-                .connect(served.addr, HOST_NAME)
-                .expect("connect")
-                .await
-                .expect("handshake");
+            let conn = dial_host(&client, served.addr).await;
             let (mut tx, _rx) = conn.open_bi().await.expect("stream");
             // The first byte of a frame's length: the host's stream waits for the rest.
             tx.write_all(&[9]).await.expect("write");
@@ -2368,13 +2350,7 @@ mod tests {
         );
         let mut conns = Vec::new();
         for _ in 0..CONNECTIONS_PER_SITE + 2 {
-            let conn = tokio::time::timeout(
-                Duration::from_secs(20),
-                client.connect(served.addr, HOST_NAME).expect("connect"),
-            )
-            .await
-            .expect("in time")
-            .expect("handshake");
+            let conn = dial_host(&client, served.addr).await;
             // Admitted (among the live sites) once a stream of it is served, here a lone Bye.
             let (mut tx, mut rx) = conn.open_bi().await.expect("stream");
             send(&mut tx, &conn, &[Msg::Bye]).await.expect("send");
@@ -2642,6 +2618,17 @@ mod tests {
             Arc::new(tokio::sync::Notify::new()),
         );
         (site, link)
+    }
+
+    /// A connection of `client` to the host daemon at `addr`, its handshake bounded in time.
+    async fn dial_host(client: &quinn::Endpoint, addr: SocketAddr) -> quinn::Connection {
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            client.connect(addr, HOST_NAME).expect("connect"),
+        )
+        .await
+        .expect("in time")
+        .expect("handshake")
     }
 
     /// A round, bounded in time.
