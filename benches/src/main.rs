@@ -59,6 +59,10 @@ const RAW: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("raw");
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 fn main() {
+    // As `carnet-syncd` runs, for the site this process plays.
+    if let Err(e) = carnet_syncd::memory::use_small_pages() {
+        eprintln!("transparent huge pages stay on: {e}");
+    }
     let what = std::env::args().nth(1).unwrap_or_default();
     let result = match what.as_str() {
         "store" => store(),

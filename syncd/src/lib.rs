@@ -29,6 +29,7 @@ pub mod fuzzing;
 pub mod hostkey;
 pub mod http;
 pub mod inbox;
+pub mod memory;
 pub mod metrics;
 pub mod net;
 pub mod peer;

@@ -121,6 +121,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Invocation, Stri
 }
 
 fn main() -> ExitCode {
+    let small_pages = carnet_syncd::memory::use_small_pages();
     let args = match parse_args(std::env::args().skip(1)) {
         Ok(Invocation::Run(a)) => a,
         Ok(Invocation::Print(text)) => {
@@ -132,7 +133,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(args) {
+    match run(args, small_pages) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "stopped");
@@ -226,13 +227,17 @@ impl Settings {
     }
 }
 
-fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+/// `small_pages`: what `memory::use_small_pages` answered, for the log.
+fn run(args: Args, small_pages: std::io::Result<()>) -> Result<(), Box<dyn std::error::Error>> {
     let path = args
         .config
         .clone()
         .unwrap_or_else(|| args.data.join(CONFIG_FILE));
     let config = Config::load(&path)?;
     let logs = Logs::init(&config);
+    if let Err(e) = small_pages {
+        tracing::warn!(error = %e, "the kernel refused to keep transparent huge pages from this process: syncs may take more CPU");
+    }
     let key = match std::env::var("CARNET_PASSPHRASE") {
         Ok(p) if !p.is_empty() => KeySource::Passphrase(zeroize::Zeroizing::new(p)),
         _ => KeySource::File,
