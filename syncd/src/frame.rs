@@ -9,7 +9,8 @@
 //! Invariants: a length is checked against `FRAME_MAX` as soon as its four bytes are in, before
 //! anything is allocated for the frame; a compressed payload must state its decompressed size,
 //! at most `FRAME_MAX`, before anything is allocated for it, and decompress to exactly that;
-//! the decoder never holds more than one frame plus what the peer sent beyond it, and the
+//! the decoder never holds more than one frame plus what the peer sent beyond it (nor keeps
+//! room for more than twice that, or `ROOM_KEPT`, once a frame is decoded), and the
 //! decoders sharing a `Budget` (a connection's streams) refuse to go on once they hold more than
 //! its limit together; malformed input (oversize or empty length, unknown version, undecodable
 //! payload) is an error for the caller to end the session with — never a panic. Pure: no I/O,
@@ -64,6 +65,11 @@ impl Compression {
 /// a dossier entering a scope travels in one).
 pub const FRAME_MAX: usize = 16 << 20;
 const LEN_BYTES: usize = 4;
+/// Room a decoder keeps once a large frame is decoded: a push of 128 documents of 4 KiB fits,
+/// so a sync's run of such frames reuses it; what a larger frame took is given back, or a
+/// session's streams would each keep up to `FRAME_MAX` for as long as they live, outside any
+/// budget.
+const ROOM_KEPT: usize = 1 << 20;
 
 /// Why a frame was refused. Each ends the session.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -297,6 +303,9 @@ impl FrameDecoder {
             payload.len()
         };
         self.buf.drain(..LEN_BYTES + len);
+        if self.buf.capacity() > 2 * ROOM_KEPT.max(self.buf.len()) {
+            self.buf.shrink_to(ROOM_KEPT.max(self.buf.len()));
+        }
         // The frame's charge passes to the hold, with the decompressed payload's.
         if let Some(budget) = &self.budget {
             budget.charge(decompressed);
@@ -453,6 +462,42 @@ mod tests {
         ahead.push(&frame);
         assert_eq!(ahead.next_message::<Msg>(), Ok(Some(text)));
         assert_eq!(held(), 0);
+    }
+
+    #[test]
+    fn a_decoder_gives_back_the_room_a_large_frame_took() {
+        let large = Msg::Chunk(vec![7; 8 << 20]);
+        let small = Msg::Hello { site: 1, cursor: 2 };
+        let mut decoder = FrameDecoder::new();
+        // As a stream receives it: in packets.
+        for packet in encode_with(&large, Compression::Never)
+            .expect("encode")
+            .chunks(1200)
+        {
+            decoder.push(packet);
+        }
+        assert!(decoder.buf.capacity() >= 8 << 20);
+        assert_eq!(decoder.next_message::<Msg>(), Ok(Some(large)));
+        assert!(
+            decoder.buf.capacity() <= 2 * ROOM_KEPT,
+            "{} bytes kept after the frame",
+            decoder.buf.capacity()
+        );
+        // A run of frames of a usual push's size reuses what it kept.
+        let push = Msg::Chunk(vec![7; 600 << 10]);
+        let frame = encode_with(&push, Compression::Never).expect("encode");
+        decoder.push(&frame);
+        assert_eq!(decoder.next_message::<Msg>(), Ok(Some(push.clone())));
+        let kept = decoder.buf.as_ptr();
+        decoder.push(&frame);
+        assert_eq!(decoder.next_message::<Msg>(), Ok(Some(push)));
+        assert_eq!(
+            decoder.buf.as_ptr(),
+            kept,
+            "the room is kept between such frames"
+        );
+        decoder.push(&encode(&small).expect("encode"));
+        assert_eq!(decoder.next_message::<Msg>(), Ok(Some(small)));
     }
 
     #[test]
