@@ -24,7 +24,9 @@
 //!   one): a tail a crash cut short is never written after.
 //! - `sync` returns once every record appended before it, and the name of every segment
 //!   created or removed before it, is on disk. The caller syncs before committing the index
-//!   that names the records, so a durable index names only durable records.
+//!   that names the records, so a durable index names only durable records. A sync started
+//!   ahead (`start_sync`, on a thread of its own) changes only when the disk does the work:
+//!   `sync` waits for it, and fails if it failed.
 //! - Appended records wait in a buffer (`BUFFER_BYTES`) and go to their file in one write;
 //!   `view` and `sync` write what waits first, so a view reads every record appended before it.
 //! - A read checks the record's length and check against its location: a torn, overwritten or
@@ -131,6 +133,13 @@ pub trait SegmentFiles: Send + Sync + std::fmt::Debug {
     fn remove(&self, n: u32) -> io::Result<()>;
     /// Makes the names of the segments created and removed so far durable.
     fn sync_names(&self) -> io::Result<()>;
+    /// Whether a segment syncs as well from another thread, so that `Segments::start_sync`
+    /// may sync ahead (a folder on disk: the kernel syncs the file whoever asks). No by
+    /// default: a simulated disk's faults and power cuts follow the order of its operations,
+    /// which a thread of its own would make vary from one run to the next.
+    fn sync_ahead(&self) -> bool {
+        false
+    }
     /// Size past which a replica's appends go to a new segment (`SEGMENT_BYTES`; the
     /// simulator's are small, so that its nodes fill and compact many).
     fn segment_bytes(&self) -> u64 {
@@ -214,6 +223,10 @@ impl SegmentFiles for Folder {
     fn sync_names(&self) -> io::Result<()> {
         std::fs::File::open(&self.path)?.sync_all()
     }
+
+    fn sync_ahead(&self) -> bool {
+        true
+    }
 }
 
 /// A segment file as a storage backend.
@@ -268,6 +281,9 @@ struct State {
     unsynced: BTreeSet<u32>,
     /// A segment was created or removed since the last sync.
     names_changed: bool,
+    /// The sync `start_sync` left running on a thread of its own, if any: `sync` waits for
+    /// it (and fails with it) before it answers.
+    ahead: Option<std::thread::JoinHandle<io::Result<()>>>,
     /// What failed, once a write or a sync did.
     failed: Option<String>,
     /// Counts the retirements: a reader registered at era `e` may name the segments retired
@@ -341,6 +357,7 @@ impl Segments {
                 next,
                 unsynced: BTreeSet::new(),
                 names_changed: false,
+                ahead: None,
                 failed: None,
                 era: 0,
                 readers: BTreeMap::new(),
@@ -496,11 +513,45 @@ impl Segments {
         }
     }
 
+    /// Starts making the records appended so far durable, on a thread of its own, while the
+    /// caller goes on (with the rest of the transaction that names them): the next `sync`
+    /// waits for it, and syncs only what was appended after. Nothing is started for files
+    /// that would not sync the same from another thread (`SegmentFiles::sync_ahead`), when
+    /// nothing waits for a sync, or while one started earlier still runs.
+    pub fn start_sync(&self) -> Result<()> {
+        let mut state = self.state();
+        check_failed(&state)?;
+        if !self.files.sync_ahead() || state.ahead.is_some() || state.unsynced.is_empty() {
+            return Ok(());
+        }
+        write_buffered(&mut state)?;
+        let segments = std::mem::take(&mut state.unsynced);
+        let files: Vec<Arc<dyn StorageBackend>> = segments
+            .iter()
+            .filter_map(|n| state.open.get(n).cloned())
+            .collect();
+        let started = std::thread::Builder::new()
+            .name("carnet-segsync".into())
+            .spawn(move || files.iter().try_for_each(|file| file.sync_data()));
+        match started {
+            Ok(ahead) => state.ahead = Some(ahead),
+            // No thread to spare: `sync` does it all.
+            Err(_) => state.unsynced = segments,
+        }
+        Ok(())
+    }
+
     /// Makes every record appended so far, and every segment created or removed, durable.
     /// Removes first the retired segments no reader needs any more.
     pub fn sync(&self) -> Result<()> {
         let mut state = self.state();
         check_failed(&state)?;
+        if let Some(ahead) = state.ahead.take() {
+            let synced = ahead
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("a segment's sync panicked")));
+            fail_on_error(&mut state, synced, "syncing a segment")?;
+        }
         self.remove_retired(&mut state);
         write_buffered(&mut state)?;
         let unsynced = std::mem::take(&mut state.unsynced);

@@ -258,6 +258,15 @@ impl Replica {
         Ok(sealed)
     }
 
+    /// Starts syncing the records appended so far while the transaction that appended them
+    /// goes on (`Segments::start_sync`); its commit waits for that sync (`sync_segments`).
+    pub(super) fn start_syncing_segments(&self) -> Result<()> {
+        match &self.segments {
+            Some(segments) => segments.start_sync(),
+            None => Ok(()),
+        }
+    }
+
     /// Syncs the records appended since the last sync (before a commit names them).
     pub(super) fn sync_segments(&self) -> Result<()> {
         match &self.segments {

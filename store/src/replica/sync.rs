@@ -712,6 +712,9 @@ impl Replica {
             }
         }
         txn.open_table(APPLIED)?.insert(origin.0, last)?;
+        // The batch's bodies are appended: their sync runs while the rest of the transaction
+        // is written.
+        self.start_syncing_segments()?;
         // A duplicate is answered as its first delivery was: a change the host returned then
         // (on a stale copy of the session, whose answer went nowhere) is returned again, or
         // the site would let go of it without keeping it.

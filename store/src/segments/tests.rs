@@ -20,6 +20,12 @@ pub(crate) struct Disk {
     synced_names: BTreeSet<u32>,
     /// Writes and syncs fail from now on.
     pub(crate) broken: bool,
+    /// Syncs (only) fail from now on.
+    syncs_fail: bool,
+    /// Segments may sync ahead (`SegmentFiles::sync_ahead`).
+    sync_ahead: bool,
+    /// The thread of each file sync, in order.
+    synced_on: Vec<std::thread::ThreadId>,
 }
 
 /// Segment files on a `Disk` (the replica's tests put a replica's segments there too).
@@ -113,6 +119,10 @@ impl SegmentFiles for MemFiles {
         disk.files.retain(|n, _| names.contains(n));
         Ok(())
     }
+
+    fn sync_ahead(&self) -> bool {
+        self.disk().sync_ahead
+    }
 }
 
 /// One file of a `MemFiles` disk (still readable once removed, as an open file is).
@@ -153,8 +163,13 @@ impl StorageBackend for MemFile {
     }
 
     fn sync_data(&self) -> io::Result<()> {
+        let syncs_fail = {
+            let mut disk = self.disk.disk();
+            disk.synced_on.push(std::thread::current().id());
+            disk.syncs_fail
+        };
         self.with(|(written, synced), broken| {
-            if broken {
+            if broken || syncs_fail {
                 return Err(io::Error::other("the disk is broken"));
             }
             *synced = written.clone();
@@ -486,6 +501,58 @@ fn after_a_failed_sync_every_append_and_sync_fails_until_opened_again() {
     let at = again.append(b"more").expect("append");
     again.sync().expect("sync");
     assert_eq!(again.view().expect("view").read(at).expect("read"), b"more");
+}
+
+#[test]
+fn a_sync_started_ahead_runs_on_a_thread_of_its_own_and_sync_waits_for_it() {
+    let disk = MemFiles::default();
+    disk.disk().sync_ahead = true;
+    let segments = disk.segments(1 << 20);
+    let first = segments.append(&bytes(1, 500)).expect("append");
+    segments.start_sync().expect("start");
+    let second = segments.append(&bytes(2, 500)).expect("append");
+    segments.sync().expect("sync");
+    let here = std::thread::current().id();
+    let synced_on = disk.disk().synced_on.clone();
+    assert_eq!(synced_on.len(), 2, "{synced_on:?}");
+    assert_ne!(
+        synced_on[0], here,
+        "the first records synced ahead, elsewhere"
+    );
+    assert_eq!(synced_on[1], here, "the later ones by `sync`");
+    disk.power_cut();
+    drop(segments);
+    let view = disk.segments(1 << 20).view().expect("view");
+    assert_eq!(view.read(first).expect("read"), bytes(1, 500));
+    assert_eq!(view.read(second).expect("read"), bytes(2, 500));
+
+    // Files that may not sync ahead (a simulated disk) are synced by `sync` alone.
+    disk.disk().sync_ahead = false;
+    let segments = disk.segments(1 << 20);
+    segments.append(&bytes(3, 10)).expect("append");
+    segments.start_sync().expect("start");
+    assert_eq!(disk.disk().synced_on.len(), 2, "nothing synced ahead");
+    segments.sync().expect("sync");
+    assert_eq!(disk.disk().synced_on.last(), Some(&here));
+}
+
+#[test]
+fn a_sync_ahead_that_failed_fails_the_sync_waiting_for_it_and_every_later_one() {
+    let disk = MemFiles::default();
+    disk.disk().sync_ahead = true;
+    let segments = disk.segments(1 << 20);
+    segments.append(&bytes(1, 10)).expect("append");
+    disk.disk().syncs_fail = true;
+    segments.start_sync().expect("start");
+    // What `start_sync` took is synced ahead only: `sync` has nothing of its own to sync.
+    let failed = segments.sync();
+    assert!(
+        matches!(&failed, Err(Error::Storage(why)) if why.contains("broken")),
+        "{failed:?}"
+    );
+    disk.disk().syncs_fail = false;
+    assert!(matches!(segments.sync(), Err(Error::Storage(_))));
+    assert!(matches!(segments.append(b"more"), Err(Error::Storage(_))));
 }
 
 #[test]
