@@ -47,7 +47,7 @@ impl Daemon {
         let bin = std::env::current_exe()?.with_file_name("carnet-syncd");
         if !bin.exists() {
             return Err(format!(
-                "{} is missing: build it with `cargo build --release --workspace --bins`",
+                "{} is missing: build it with `cargo build --profile dist --workspace --bins`",
                 bin.display()
             )
             .into());
