@@ -59,7 +59,7 @@ const RAW: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("raw");
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 fn main() {
-    // As `carnet-syncd` runs, for the site this process plays.
+    // As `carnet-syncd` runs: the site this process plays, and the floors measured here.
     if let Err(e) = carnet_syncd::memory::use_small_pages() {
         eprintln!("transparent huge pages stay on: {e}");
     }

@@ -47,7 +47,8 @@ impl Daemon {
         let bin = std::env::current_exe()?.with_file_name("carnet-syncd");
         if !bin.exists() {
             return Err(format!(
-                "{} is missing: build it with `cargo build --profile dist --workspace --bins`",
+                "{} is missing: build the daemon next to this binary (`cargo build --profile dist \
+                 --workspace --bins` builds both in target/dist/, as the benchmarks run them)",
                 bin.display()
             )
             .into());

@@ -10,7 +10,8 @@
 //! anything is allocated for the frame; a compressed payload must state its decompressed size,
 //! at most `FRAME_MAX`, before anything is allocated for it, and decompress to exactly that;
 //! the decoder never holds more than one frame plus what the peer sent beyond it (nor keeps
-//! room for more than twice that, or `ROOM_KEPT`, once a frame is decoded), and the
+//! room, once a frame is decoded, for more than twice the larger of what it still holds and
+//! `ROOM_KEPT`), and the
 //! decoders sharing a `Budget` (a connection's streams) refuse to go on once they hold more than
 //! its limit together; malformed input (oversize or empty length, unknown version, undecodable
 //! payload) is an error for the caller to end the session with — never a panic. Pure: no I/O,
@@ -477,7 +478,7 @@ mod tests {
             decoder.push(packet);
         }
         assert!(decoder.buf.capacity() >= 8 << 20);
-        assert_eq!(decoder.next_message::<Msg>(), Ok(Some(large)));
+        assert_eq!(decoder.next_message::<Msg>(), Ok(Some(large.clone())));
         assert!(
             decoder.buf.capacity() <= 2 * ROOM_KEPT,
             "{} bytes kept after the frame",
@@ -497,6 +498,16 @@ mod tests {
             "the room is kept between such frames"
         );
         decoder.push(&encode(&small).expect("encode"));
+        assert_eq!(decoder.next_message::<Msg>(), Ok(Some(small.clone())));
+        // What came after a large frame in the same packets stays, and decodes.
+        let mut packets = encode_with(&large, Compression::Never).expect("encode");
+        let next = encode(&small).expect("encode");
+        packets.extend_from_slice(&next[..3]);
+        decoder.push(&packets);
+        assert_eq!(decoder.next_message::<Msg>(), Ok(Some(large)));
+        assert!(decoder.buf.capacity() <= 2 * ROOM_KEPT);
+        assert_eq!(decoder.next_message::<Msg>(), Ok(None), "half a frame");
+        decoder.push(&next[3..]);
         assert_eq!(decoder.next_message::<Msg>(), Ok(Some(small)));
     }
 
