@@ -11,11 +11,10 @@
 //! at most `FRAME_MAX`, before anything is allocated for it, and decompress to exactly that;
 //! the decoder never holds more than one frame plus what the peer sent beyond it (nor keeps
 //! room, once a frame is decoded, for more than twice the larger of what it still holds and
-//! `ROOM_KEPT`), and the
-//! decoders sharing a `Budget` (a connection's streams) refuse to go on once they hold more than
-//! its limit together; malformed input (oversize or empty length, unknown version, undecodable
-//! payload) is an error for the caller to end the session with — never a panic. Pure: no I/O,
-//! fed with whatever bytes arrived.
+//! `ROOM_KEPT`), and the decoders sharing a `Budget` (a connection's streams) refuse to go on
+//! once they hold more than its limit together; malformed input (oversize or empty length,
+//! unknown version, undecodable payload) is an error for the caller to end the session with —
+//! never a panic. Pure: no I/O, fed with whatever bytes arrived.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
