@@ -61,8 +61,12 @@ pub const SEND_WINDOW: u64 = 8 << 20;
 /// Bodies a site asks for before it waits for them.
 pub const FETCH_WINDOW: usize = 32;
 /// Push messages a site sends before it waits for their acknowledgement (the host applies
-/// some while the next ones travel, and the disk syncs them while it applies the next).
-pub const PUSH_WINDOW: usize = 8;
+/// those that have arrived together while the next ones travel, and the disk syncs them while
+/// it applies the next). Sixteen pushes of `CHUNK_MAX` fill a stream's receive window
+/// (`transport::STREAM_WINDOW`); with sixteen rather than eight, the host's batches grow while
+/// it is behind, and fewer commits rewrite the pages their documents' rows land on at random
+/// (benches/LOG.md, 2026-12-07 evening).
+pub const PUSH_WINDOW: usize = 16;
 /// Largest body that travels inline, with its document's first push.
 pub const INLINE_MAX: u64 = 64 * 1024;
 /// Batches the host sends for one `Pull`, one after the other (the site asks for the next
