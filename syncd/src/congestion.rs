@@ -19,6 +19,17 @@
 //! largest burst of acknowledgements beyond that rate in the same ten round trips (a receiver
 //! that acknowledges every few packets, or late, must not stall the sender).
 //!
+//! **The first flight.** quinn's BBR sends its first window (240 kB) at once, and lowers it to
+//! about 100 kB on the first acknowledgements (their rate samples span the handshake's silence,
+//! so the rate looks low), below what is still in flight: the sender then stays silent while
+//! the rest of the flight drains. On the link bench (2 Mbit/s, 300 ms, a queue of one
+//! bandwidth-delay product, which the flight overflows) the line stood idle 0.2–0.3 s once the
+//! queue had emptied, before the flight's losses were found and sent again (benches/LOG.md,
+//! 2026-12-07). [`FirstFlight`]: for the round trip in which the first flight's
+//! acknowledgements return, each byte acknowledged lets one new byte go, less what is found
+//! lost (RFC 6937's packet conservation): the line carries data all along at the rate the path
+//! delivers, and the queue stays no fuller than the flight left it.
+//!
 //! **Resuming at a remembered path** (careful resume, draft-ietf-tsvwg-careful-resume). quinn's
 //! BBR starts with a window of 240 kB: on that link it sent three bandwidth-delay products in
 //! its first round trip, the queue dropped a hundred datagrams, and the line then stood idle
@@ -42,8 +53,10 @@
 //! few percent, and does not end it).
 //!
 //! Invariants: outside a resumption the window is never larger than BBR's own (the bound can
-//! only make the connection gentler on the path) and never smaller than four datagrams; it is
-//! BBR's until the path is measured — a rate sampled while the connection had more to send
+//! only make the connection gentler on the path), except in the first flight's round trip,
+//! where it may be what was in flight before the last acknowledgements, less what was lost
+//! since (no more goes out than the path delivered); it is never smaller than four datagrams;
+//! it is BBR's (or the first flight's) until the path is measured — a rate sampled while the connection had more to send
 //! than it sent, once it delivered more than `START_BYTES` (a handshake's few packets, even
 //! sent again on a lossy link, say nothing of the path); a resumption only starts a connection
 //! (one whose path is measured never starts one, nor one whose start saw persistent congestion
@@ -104,6 +117,7 @@ impl ControllerFactory for BoundedBbr {
                 Resume::Done
             },
             resumed: false,
+            first_flight: FirstFlight::Before,
         })
     }
 }
@@ -386,6 +400,7 @@ pub(crate) struct Bounded {
     resume: Resume,
     /// It jumped to a remembered path.
     resumed: bool,
+    first_flight: FirstFlight,
 }
 
 impl Controller for Bounded {
@@ -425,6 +440,9 @@ impl Controller for Bounded {
         app_limited: bool,
         largest_packet_num_acked: Option<u64>,
     ) {
+        let acked = self.path.acked_since_end;
+        self.first_flight
+            .on_end_acks(&self.path, in_flight, acked, app_limited, self.resumed);
         self.path.on_end_acks(now);
         self.inner
             .on_end_acks(now, in_flight, app_limited, largest_packet_num_acked);
@@ -438,6 +456,8 @@ impl Controller for Bounded {
         lost_bytes: u64,
     ) {
         self.resume.on_loss(lost_bytes, is_persistent_congestion);
+        self.first_flight
+            .on_loss(lost_bytes, is_persistent_congestion);
         self.inner
             .on_congestion_event(now, sent, is_persistent_congestion, lost_bytes);
     }
@@ -450,6 +470,7 @@ impl Controller for Bounded {
     fn window(&self) -> u64 {
         self.resume
             .window(&self.path, self.bounded())
+            .max(self.first_flight.window())
             .max(4 * self.mtu)
     }
 
@@ -460,6 +481,7 @@ impl Controller for Bounded {
             mtu: self.mtu,
             resume: self.resume.clone(),
             resumed: self.resumed,
+            first_flight: self.first_flight,
         })
     }
 
@@ -479,6 +501,75 @@ impl Bounded {
         match self.path.bound() {
             Some(bound) => bbr.min(bound.max(4 * self.mtu)),
             None => bbr,
+        }
+    }
+}
+
+/// The round trip in which a new connection's first flight drains (module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FirstFlight {
+    /// No acknowledgement has yet found the connection with more to send than it sent.
+    Before,
+    /// The first flight's acknowledgements are coming back, in delivery round `round`: the
+    /// window is at least `window`, what was in flight before the last acknowledgements, less
+    /// what was found lost since.
+    Draining {
+        round: u64,
+        window: u64,
+    },
+    Over,
+}
+
+impl FirstFlight {
+    /// At the end of acknowledgements of `acked` bytes (`in_flight`: what stays in flight;
+    /// `app_limited`: the connection had nothing more to send; `resumed`: it jumped to a
+    /// remembered path, which sets its own window).
+    fn on_end_acks(
+        &mut self,
+        path: &PathModel,
+        in_flight: u64,
+        acked: u64,
+        app_limited: bool,
+        resumed: bool,
+    ) {
+        let before = in_flight.saturating_add(acked);
+        *self = match *self {
+            // A resumption, or a connection that measured its path before it ever had more
+            // to send than its window (a trickle, then a transfer): BBR's window is its path's.
+            _ if resumed => FirstFlight::Over,
+            FirstFlight::Before if path.past_start() => FirstFlight::Over,
+            FirstFlight::Before if !app_limited && in_flight > 0 => FirstFlight::Draining {
+                round: path.round,
+                window: before,
+            },
+            // A packet sent after the first acknowledgements came back is acknowledged: the
+            // flight is over, and the path measured by its delivery.
+            FirstFlight::Draining { round, .. } if path.round > round => FirstFlight::Over,
+            FirstFlight::Draining { round, .. } => FirstFlight::Draining {
+                round,
+                window: before,
+            },
+            other => other,
+        };
+    }
+
+    /// After `bytes` were lost (`persistent`: all a while's packets; none: a congestion mark):
+    /// they are not sent again beyond what acknowledgements let go; persistent congestion or
+    /// a mark ends the conservation, leaving the window to BBR.
+    fn on_loss(&mut self, bytes: u64, persistent: bool) {
+        if let FirstFlight::Draining { window, .. } = self {
+            *window = window.saturating_sub(bytes);
+            if persistent || bytes == 0 {
+                *self = FirstFlight::Over;
+            }
+        }
+    }
+
+    /// The least window it asks for (none once the flight is over).
+    fn window(&self) -> u64 {
+        match *self {
+            FirstFlight::Draining { window, .. } => window,
+            _ => 0,
         }
     }
 }
@@ -1102,6 +1193,86 @@ mod tests {
         // In its first round trips the measured rate is still ramping: the remembered one.
         slower.round = 2;
         assert_eq!(resume.window(&slower, 10_000), 112_500);
+    }
+
+    /// A new connection on a path of 250 kB/s and 300 ms: its handshake acknowledged at 300 ms,
+    /// then BBR's first window sent at once at the instant returned.
+    fn handshake_then_first_flight(start: Instant) -> (PathModel, Instant) {
+        let mut path = PathModel::new(start);
+        path.on_sent(start);
+        path.on_ack(start + 300 * MS, start, 1_200, true);
+        path.on_end_acks(start + 300 * MS);
+        let flight = start + 301 * MS;
+        path.on_sent(flight);
+        (path, flight)
+    }
+
+    #[test]
+    fn the_first_flight_drains_with_the_line_kept_busy() {
+        let start = Instant::now();
+        let (mut path, flight) = handshake_then_first_flight(start);
+        let mut first = FirstFlight::Before;
+        let mut in_flight = BBR_START;
+        // Its acknowledgements come back at the line rate, a datagram every 4.8 ms, and the
+        // sender sends what each lets go.
+        let mut now = flight + 300 * MS;
+        let first_sent_after = now;
+        for _ in 0..50 {
+            path.on_ack(now, flight, 1_200, false);
+            in_flight -= 1_200;
+            first.on_end_acks(&path, in_flight, 1_200, false, false);
+            // One datagram may go for the one delivered, whatever BBR's window.
+            assert_eq!(first.window(), in_flight + 1_200, "{first:?}");
+            path.on_sent(now);
+            in_flight += 1_200;
+            now += Duration::from_micros(4_800);
+        }
+        // Twelve datagrams the queue dropped are found lost: they go again only as
+        // acknowledgements let them, not on top.
+        first.on_loss(12 * 1_200, false);
+        in_flight -= 12 * 1_200;
+        assert_eq!(first.window(), in_flight);
+        // A datagram sent once the acknowledgements came back is acknowledged: the flight is
+        // over, and the window BBR's (bounded by the path it measured).
+        path.on_ack(now, first_sent_after, 1_200, false);
+        first.on_end_acks(&path, in_flight - 1_200, 1_200, false, false);
+        assert_eq!(first, FirstFlight::Over);
+        assert_eq!(first.window(), 0);
+    }
+
+    #[test]
+    fn only_a_new_connections_first_full_window_is_conserved() {
+        let start = Instant::now();
+        // The handshake's acknowledgements, with nothing more to send: no flight yet.
+        let (path, flight) = handshake_then_first_flight(start);
+        let mut first = FirstFlight::Before;
+        first.on_end_acks(&path, 0, 1_200, true, false);
+        assert_eq!(first, FirstFlight::Before);
+        // A resumption sets its own window.
+        let mut resumed = FirstFlight::Before;
+        resumed.on_end_acks(&path, BBR_START, 1_200, false, true);
+        assert_eq!(resumed, FirstFlight::Over);
+        // A connection that measured its path before it ever filled its window (trickles,
+        // then a transfer): BBR's window is the path's.
+        let mut measured = PathModel::new(start);
+        Path::slow(300).drive(&mut measured, start, 500);
+        assert!(measured.past_start());
+        let mut later = FirstFlight::Before;
+        later.on_end_acks(&measured, BBR_START, 1_200, false, false);
+        assert_eq!(later, FirstFlight::Over);
+        // Persistent congestion, or a congestion mark, ends the conservation.
+        let mut path = path;
+        path.on_ack(flight + 300 * MS, flight, 1_200, false);
+        for (lost, persistent) in [(1_200, true), (0, false)] {
+            let mut draining = FirstFlight::Before;
+            draining.on_end_acks(&path, BBR_START, 1_200, false, false);
+            assert!(
+                matches!(draining, FirstFlight::Draining { .. }),
+                "{draining:?}"
+            );
+            draining.on_loss(lost, persistent);
+            assert_eq!(draining, FirstFlight::Over, "{lost} {persistent}");
+        }
     }
 
     #[test]
