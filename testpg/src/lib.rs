@@ -10,7 +10,9 @@
 //!   this process and sends the server SIGINT (fast shutdown) when the pipe closes, which the
 //!   system does when this process ends, however it ends.
 //! - Started as root, the server runs as the `postgres` user (initdb refuses root).
-//! - Folders left by processes that ended are removed by the next start.
+//! - Its folder goes with it: the same shell removes the server's folder once the server has
+//!   stopped, and the process's folder once empty; folders a machine's crash left are removed
+//!   by the next start.
 //! - Waiting for the server waits on its own log line saying it accepts connections, within a
 //!   bound; a missing server package is an error naming the package to install.
 
@@ -192,13 +194,13 @@ fn start(kind: Kind) -> Result<u16, String> {
     }
     let port = free_port()?;
     // The shell starts the server, then waits on its standard input: this process holds the
-    // other end (`WATCHDOGS`) until it ends.
+    // other end (`WATCHDOGS`) until it ends; then it stops the server and removes its folder.
     let mut server = Command::new("sh");
     as_server(&mut server);
     let child = server
         .args([
             "-c",
-            r#"exec 3<&0; "$0" "$@" </dev/null & pid=$!; read _ <&3; kill -INT $pid; wait $pid"#,
+            r#"exec 3<&0; "$0" "$@" </dev/null & pid=$!; read _ <&3; kill -INT $pid; wait $pid; rm -rf "$CARNET_PG_FOLDER"; rmdir "$CARNET_PG_PROCESS" 2>/dev/null; true"#,
         ])
         .arg(postgres)
         .arg("-D")
@@ -213,6 +215,8 @@ fn start(kind: Kind) -> Result<u16, String> {
             },
         ])
         .args(["-c", "max_connections=200"])
+        .env("CARNET_PG_FOLDER", &folder)
+        .env("CARNET_PG_PROCESS", &process)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -252,4 +256,50 @@ fn start(kind: Kind) -> Result<u16, String> {
         .recv_timeout(START_WAIT)
         .map_err(|_| "postgres did not start within 120 s".to_string())??;
     Ok(port)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Set for the copy of this test binary that `a_server_leaves_no_folder_behind` runs.
+    const CHILD: &str = "CARNET_TESTPG_CHILD";
+
+    /// In the child only: starts the test server, takes a database and ends.
+    #[test]
+    fn child_takes_a_database() {
+        if std::env::var_os(CHILD).is_some() {
+            let _ = database();
+            let folder =
+                std::env::temp_dir().join(format!("{FOLDER_PREFIX}{}", std::process::id()));
+            if folder.join("tests").join("data").is_dir() {
+                println!("server folder in place");
+            }
+        }
+    }
+
+    #[test]
+    fn a_server_leaves_no_folder_behind() {
+        let child = Command::new(std::env::current_exe().expect("test binary"))
+            .args(["--exact", "tests::child_takes_a_database", "--nocapture"])
+            .env(CHILD, "1")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run the child");
+        let folder = std::env::temp_dir().join(format!("{FOLDER_PREFIX}{}", child.id()));
+        let out = child.wait_with_output().expect("the child ends");
+        assert!(out.status.success(), "the child failed");
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(said.contains("server folder in place"), "{said}");
+        // The server stops once the child has ended, then its shell removes the folder.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while folder.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} still there a minute after its process ended",
+                folder.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
