@@ -28,7 +28,10 @@
 //! 2026-12-07). [`FirstFlight`]: for the round trip in which the first flight's
 //! acknowledgements return, each byte acknowledged lets one new byte go, less what is found
 //! lost (RFC 6937's packet conservation): the line carries data all along at the rate the path
-//! delivers, and the queue stays no fuller than the flight left it.
+//! delivers, and the queue stays no fuller than the flight left it. Then, the path measured by
+//! that round trip, the window is at least its bandwidth-delay product until BBR's bounded
+//! window is as large, for two round trips at most: quinn's BBR, recovering from the flight's
+//! losses, held it at under half the product for a round trip (the pull, 32 kB for 75).
 //!
 //! **Resuming at a remembered path** (careful resume, draft-ietf-tsvwg-careful-resume). quinn's
 //! BBR starts with a window of 240 kB: on that link it sent three bandwidth-delay products in
@@ -55,7 +58,8 @@
 //! Invariants: outside a resumption the window is never larger than BBR's own (the bound can
 //! only make the connection gentler on the path), except in the first flight's round trip,
 //! where it may be what was in flight before the last acknowledgements, less what was lost
-//! since (no more goes out than the path delivered); it is never smaller than four datagrams;
+//! since (no more goes out than the path delivered), and the two after, where it may be the
+//! bandwidth-delay product measured (no queue); it is never smaller than four datagrams;
 //! it is BBR's (or the first flight's) until the path is measured — a rate sampled while the connection had more to send
 //! than it sent, once it delivered more than `START_BYTES` (a handshake's few packets, even
 //! sent again on a lossy link, say nothing of the path); a resumption only starts a connection
@@ -441,8 +445,15 @@ impl Controller for Bounded {
         largest_packet_num_acked: Option<u64>,
     ) {
         let acked = self.path.acked_since_end;
-        self.first_flight
-            .on_end_acks(&self.path, in_flight, acked, app_limited, self.resumed);
+        let bounded = self.bounded();
+        self.first_flight.on_end_acks(
+            &self.path,
+            in_flight,
+            acked,
+            app_limited,
+            self.resumed,
+            bounded,
+        );
         self.path.on_end_acks(now);
         self.inner
             .on_end_acks(now, in_flight, app_limited, largest_packet_num_acked);
@@ -470,7 +481,7 @@ impl Controller for Bounded {
     fn window(&self) -> u64 {
         self.resume
             .window(&self.path, self.bounded())
-            .max(self.first_flight.window())
+            .max(self.first_flight.window(&self.path))
             .max(4 * self.mtu)
     }
 
@@ -517,13 +528,25 @@ enum FirstFlight {
         round: u64,
         window: u64,
     },
+    /// The flight is over and the path measured: the window is at least the path's
+    /// bandwidth-delay product until BBR's bounded window is as large, through delivery round
+    /// `until_round` at most. quinn's BBR, recovering from the flight's losses, holds its
+    /// window for a round trip at a fraction of the product (the link bench's pull: 32 kB,
+    /// where the product is 75 kB), and the line would carry under half its rate.
+    Settling {
+        until_round: u64,
+    },
     Over,
 }
+
+/// Round trips the window may stay at the path's product after the first flight
+/// (`FirstFlight::Settling`).
+const SETTLING_ROUNDS: u64 = 2;
 
 impl FirstFlight {
     /// At the end of acknowledgements of `acked` bytes (`in_flight`: what stays in flight;
     /// `app_limited`: the connection had nothing more to send; `resumed`: it jumped to a
-    /// remembered path, which sets its own window).
+    /// remembered path, which sets its own window; `bounded`: BBR's window, bounded).
     fn on_end_acks(
         &mut self,
         path: &PathModel,
@@ -531,6 +554,7 @@ impl FirstFlight {
         acked: u64,
         app_limited: bool,
         resumed: bool,
+        bounded: u64,
     ) {
         let before = in_flight.saturating_add(acked);
         *self = match *self {
@@ -544,11 +568,21 @@ impl FirstFlight {
             },
             // A packet sent after the first acknowledgements came back is acknowledged: the
             // flight is over, and the path measured by its delivery.
-            FirstFlight::Draining { round, .. } if path.round > round => FirstFlight::Over,
+            FirstFlight::Draining { round, .. } if path.round > round => match path.bdp() {
+                Some(product) if bounded < product => FirstFlight::Settling {
+                    until_round: path.round.saturating_add(SETTLING_ROUNDS),
+                },
+                _ => FirstFlight::Over,
+            },
             FirstFlight::Draining { round, .. } => FirstFlight::Draining {
                 round,
                 window: before,
             },
+            FirstFlight::Settling { until_round }
+                if path.round > until_round || path.bdp().is_none_or(|p| bounded >= p) =>
+            {
+                FirstFlight::Over
+            }
             other => other,
         };
     }
@@ -559,16 +593,18 @@ impl FirstFlight {
     fn on_loss(&mut self, bytes: u64, persistent: bool) {
         if let FirstFlight::Draining { window, .. } = self {
             *window = window.saturating_sub(bytes);
-            if persistent || bytes == 0 {
-                *self = FirstFlight::Over;
-            }
+        }
+        if persistent || bytes == 0 {
+            *self = FirstFlight::Over;
         }
     }
 
-    /// The least window it asks for (none once the flight is over).
-    fn window(&self) -> u64 {
+    /// The least window it asks for (none once the flight is over and the path's product is
+    /// in BBR's window).
+    fn window(&self, path: &PathModel) -> u64 {
         match *self {
             FirstFlight::Draining { window, .. } => window,
+            FirstFlight::Settling { .. } => path.bdp().unwrap_or(0),
             _ => 0,
         }
     }
@@ -1220,9 +1256,9 @@ mod tests {
         for _ in 0..50 {
             path.on_ack(now, flight, 1_200, false);
             in_flight -= 1_200;
-            first.on_end_acks(&path, in_flight, 1_200, false, false);
+            first.on_end_acks(&path, in_flight, 1_200, false, false, BBR_LOW);
             // One datagram may go for the one delivered, whatever BBR's window.
-            assert_eq!(first.window(), in_flight + 1_200, "{first:?}");
+            assert_eq!(first.window(&path), in_flight + 1_200, "{first:?}");
             path.on_sent(now);
             in_flight += 1_200;
             now += Duration::from_micros(4_800);
@@ -1231,14 +1267,42 @@ mod tests {
         // acknowledgements let them, not on top.
         first.on_loss(12 * 1_200, false);
         in_flight -= 12 * 1_200;
-        assert_eq!(first.window(), in_flight);
+        assert_eq!(first.window(&path), in_flight);
         // A datagram sent once the acknowledgements came back is acknowledged: the flight is
-        // over, and the window BBR's (bounded by the path it measured).
+        // over and the path measured. BBR's window, recovering from the flight's losses, is
+        // under the path's product: the window is the product.
         path.on_ack(now, first_sent_after, 1_200, false);
-        first.on_end_acks(&path, in_flight - 1_200, 1_200, false, false);
+        first.on_end_acks(&path, in_flight - 1_200, 1_200, false, false, BBR_LOW);
+        let product = path.bdp().expect("measured");
+        assert!(product > BBR_LOW, "{product}");
+        assert!(matches!(first, FirstFlight::Settling { .. }), "{first:?}");
+        assert_eq!(first.window(&path), product);
+        // Until BBR's window is as large...
+        let mut settled = first;
+        settled.on_end_acks(&path, 70_000, 1_200, false, false, product);
+        assert_eq!(settled, FirstFlight::Over);
+        assert_eq!(settled.window(&path), 0);
+        // ...for two round trips at most.
+        let mut sent = now;
+        for _ in 0..SETTLING_ROUNDS + 1 {
+            sent += 300 * MS;
+            path.on_sent(sent);
+            path.on_ack(sent + 300 * MS, sent, 1_200, false);
+            assert!(matches!(first, FirstFlight::Settling { .. }), "{first:?}");
+            first.on_end_acks(&path, 70_000, 1_200, false, false, BBR_LOW);
+        }
         assert_eq!(first, FirstFlight::Over);
-        assert_eq!(first.window(), 0);
+        // A flight whose end finds BBR's window as large as the path's product is over.
+        let mut draining = FirstFlight::Draining {
+            round: path.round - 1,
+            window: BBR_START,
+        };
+        draining.on_end_acks(&path, 70_000, 1_200, false, false, product);
+        assert_eq!(draining, FirstFlight::Over);
     }
+
+    /// quinn's BBR's window on the link bench's pull once the first flight was over.
+    const BBR_LOW: u64 = 32_000;
 
     #[test]
     fn only_a_new_connections_first_full_window_is_conserved() {
@@ -1246,11 +1310,11 @@ mod tests {
         // The handshake's acknowledgements, with nothing more to send: no flight yet.
         let (path, flight) = handshake_then_first_flight(start);
         let mut first = FirstFlight::Before;
-        first.on_end_acks(&path, 0, 1_200, true, false);
+        first.on_end_acks(&path, 0, 1_200, true, false, BBR_START);
         assert_eq!(first, FirstFlight::Before);
         // A resumption sets its own window.
         let mut resumed = FirstFlight::Before;
-        resumed.on_end_acks(&path, BBR_START, 1_200, false, true);
+        resumed.on_end_acks(&path, BBR_START, 1_200, false, true, BBR_START);
         assert_eq!(resumed, FirstFlight::Over);
         // A connection that measured its path before it ever filled its window (trickles,
         // then a transfer): BBR's window is the path's.
@@ -1258,14 +1322,15 @@ mod tests {
         Path::slow(300).drive(&mut measured, start, 500);
         assert!(measured.past_start());
         let mut later = FirstFlight::Before;
-        later.on_end_acks(&measured, BBR_START, 1_200, false, false);
+        later.on_end_acks(&measured, BBR_START, 1_200, false, false, BBR_START);
         assert_eq!(later, FirstFlight::Over);
-        // Persistent congestion, or a congestion mark, ends the conservation.
+        // Persistent congestion, or a congestion mark, ends the conservation (and a start
+        // that met either has none).
         let mut path = path;
         path.on_ack(flight + 300 * MS, flight, 1_200, false);
         for (lost, persistent) in [(1_200, true), (0, false)] {
             let mut draining = FirstFlight::Before;
-            draining.on_end_acks(&path, BBR_START, 1_200, false, false);
+            draining.on_end_acks(&path, BBR_START, 1_200, false, false, BBR_START);
             assert!(
                 matches!(draining, FirstFlight::Draining { .. }),
                 "{draining:?}"
