@@ -59,15 +59,15 @@
 //! only make the connection gentler on the path), except in the first flight's round trip,
 //! where it may be what was in flight before the last acknowledgements, less what was lost
 //! since (no more goes out than the path delivered), and the two after, where it may be the
-//! bandwidth-delay product measured (no queue); it is never smaller than four datagrams;
-//! it is BBR's (or the first flight's) until the path is measured — a rate sampled while the connection had more to send
-//! than it sent, once it delivered more than `START_BYTES` (a handshake's few packets, even
-//! sent again on a lossy link, say nothing of the path); a resumption only starts a connection
-//! (one whose path is measured never starts one, nor one whose start saw persistent congestion
-//! or a congestion mark, nor the controller of a path the connection migrated to; and one
-//! ends with its first transfer), and from its fourth round trip of data it is never above the
-//! bound; the state kept is bounded (`SENT_RECORDS_MAX` sends, one value per round trip of
-//! the window).
+//! bandwidth-delay product measured (no queue); it is never smaller than four datagrams; it
+//! is BBR's (or the first flight's) until the path is measured — a rate sampled while the
+//! connection had more to send than it sent, once it delivered more than `START_BYTES` (a
+//! handshake's few packets, even sent again on a lossy link, say nothing of the path); a
+//! resumption only starts a connection (one whose path is measured never starts one, nor one
+//! whose start saw persistent congestion or a congestion mark, nor the controller of a path
+//! the connection migrated to; and one ends with its first transfer), and from its fourth
+//! round trip of data it is never above the bound; the state kept is bounded
+//! (`SENT_RECORDS_MAX` sends, one value per round trip of the window).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
