@@ -72,6 +72,15 @@ pub const INLINE_MAX: u64 = 64 * 1024;
 /// Batches the host sends for one `Pull`, one after the other (the site asks for the next
 /// ones on the first of them, `Pulled::next`): what the host reads and holds for one request.
 pub const PULL_PAGES: usize = 4;
+/// The first batch of an answer carries at most this many items, and this many bytes of
+/// inline bodies: it arrives in a few datagrams, and the site, which asks for the next answer
+/// on it (`Pulled::next`), asks at once. With a first batch as large as the others the site
+/// asked once 512 KiB had come, later by a round trip when one of their datagrams was lost
+/// (each was, at 2 % loss), and at 20 Mbit/s the line stood idle between answers
+/// (benches/LOG.md, 2026-12-08).
+pub const FIRST_PAGE_ITEMS: usize = 16;
+/// See `FIRST_PAGE_ITEMS`.
+pub const FIRST_PAGE_BODIES: u64 = 8 << 10;
 
 /// A whole body read to travel in a message, moved into it rather than copied: a message's
 /// bytes are not wiped either way, and the copy cost a pass over every byte and another to
@@ -716,17 +725,23 @@ impl HostSession {
             Msg::Pull { after } => {
                 // Up to `PULL_PAGES` batches, each of at most `BATCH_MAX` items (never one log
                 // entry split across batches) ending before the bodies that travel with it
-                // would pass `CHUNK_MAX`, then the heartbeat that says how far the batch goes
-                // (DOMAIN §5 lease): its sequence is where the next batch starts.
+                // would pass `CHUNK_MAX`, the first one smaller (`FIRST_PAGE_ITEMS`), then the
+                // heartbeat that says how far the batch goes (DOMAIN §5 lease): its sequence is
+                // where the next batch starts.
                 let mut pages = Vec::new();
                 let mut after = after;
                 let mut more = true;
                 while more && pages.len() < PULL_PAGES {
+                    let (items, bodies) = if pages.is_empty() {
+                        (FIRST_PAGE_ITEMS, FIRST_PAGE_BODIES)
+                    } else {
+                        (BATCH_MAX, CHUNK_MAX as u64)
+                    };
                     let page = replica.pull_page_within(
                         self.site,
                         after,
-                        BATCH_MAX,
-                        CHUNK_MAX as u64,
+                        items,
+                        bodies,
                         &inline_pull_size,
                     )?;
                     let bodies = self.inline_bodies(replica, &page.items)?;
@@ -2121,8 +2136,7 @@ mod tests {
         let (_t, host, site, ins) = host_and_site();
         round(&host, &site);
         let actor = Actor::Professional(doctor());
-        let per_batch = CHUNK_MAX / 4096;
-        let docs: Vec<_> = (0..per_batch * (PULL_PAGES + 1) + 3)
+        let docs: Vec<_> = (0..PER_ANSWER + 3)
             .map(|i| (ins.clone(), new_doc(&format!("h{i}"), vec![i as u8; 4096])))
             .collect();
         host.put_documents(&actor, AccessMode::Normal, None, docs)
@@ -2144,7 +2158,7 @@ mod tests {
         assert!(site.missing_bodies().expect("missing").is_empty());
         assert_eq!(
             site.dossier(&ins).expect("dossier").documents,
-            per_batch * (PULL_PAGES + 1) + 4
+            PER_ANSWER + 4
         );
         assert!(
             host.read_document(&actor, &large, AccessMode::Normal, None)
@@ -2176,6 +2190,10 @@ mod tests {
     /// New documents of 4 KiB in one `Pulled` batch (`CHUNK_MAX` of inline bodies).
     const PER_BATCH: usize = CHUNK_MAX / 4096;
 
+    /// New documents of 4 KiB in one answer: a small first batch (`FIRST_PAGE_BODIES`), then
+    /// full ones.
+    const PER_ANSWER: usize = FIRST_PAGE_BODIES as usize / 4096 + PER_BATCH * (PULL_PAGES - 1);
+
     /// A host holding `answers` full answers of small new documents (and a few more) for the
     /// site of `host_and_site`: the documents it wrote.
     fn long_pull(
@@ -2187,7 +2205,7 @@ mod tests {
         carnet_store::ids::Ins,
         usize,
     ) {
-        host_with_new_documents(PER_BATCH * PULL_PAGES * answers + 3)
+        host_with_new_documents(PER_ANSWER * answers + 3)
     }
 
     /// The replicas of `host_and_site` after a round, then `written` new documents of 4 KiB
@@ -2237,15 +2255,20 @@ mod tests {
     }
 
     /// An answer whose fourth batch reaches the host's head names no end (`next` is `None` in
-    /// each batch): nothing is asked ahead, and the round ends with it.
+    /// each batch): nothing is asked ahead, and the round ends with it. Its first batch is
+    /// small (`FIRST_PAGE_BODIES`), the others carry `CHUNK_MAX` of bodies.
     #[test]
     fn an_answer_of_four_full_batches_that_reaches_the_head_has_nothing_asked_ahead() {
-        let (_t, host, site, ins, written) = host_with_new_documents(PER_BATCH * PULL_PAGES);
+        let (_t, host, site, ins, written) = host_with_new_documents(PER_ANSWER);
         let before = site.dossier(&ins).expect("dossier").documents;
-        let mut batches = Vec::new();
+        let (mut batches, mut inline) = (Vec::new(), Vec::new());
         let (pulls, ended) = pulls_of_round(&host, &site, |_, m| {
-            if let Msg::Pulled { more, next, .. } = m {
+            if let Msg::Pulled {
+                more, next, bodies, ..
+            } = m
+            {
                 batches.push((*more, *next));
+                inline.push(bodies.iter().map(|b| b.bytes.len()).sum::<usize>());
             }
         });
         ended.expect("the round ends well");
@@ -2255,6 +2278,8 @@ mod tests {
             vec![full, full, full, (false, None)],
             "four full batches, the last at the head"
         );
+        let first = FIRST_PAGE_BODIES as usize;
+        assert_eq!(inline, vec![first, CHUNK_MAX, CHUNK_MAX, CHUNK_MAX]);
         assert_eq!(pulls, vec![0], "nothing asked ahead");
         assert_eq!(
             site.dossier(&ins).expect("dossier").documents,
