@@ -920,6 +920,9 @@ pub struct SiteSession {
     /// A document pushed in this round went without its body: the host may ask for it, and
     /// the pull waits for the acknowledgements (bodies owed go before a pull).
     bodies_may_follow: bool,
+    /// Batches of a `Pull` sent behind the last pieces of the bodies the host lacks, held
+    /// until the host has stored each of those bodies (`send_bodies`); at most `PULL_PAGES`.
+    held: Vec<Msg>,
     /// Batches still to come for the `Pull` being answered (the host sends up to
     /// `PULL_PAGES`).
     pages_awaited: usize,
@@ -983,6 +986,7 @@ impl SiteSession {
             pushed: false,
             pull_asked: false,
             bodies_may_follow: false,
+            held: Vec::new(),
             pages_awaited: 0,
             pull_ahead: None,
             pulled: false,
@@ -1256,14 +1260,19 @@ impl SiteSession {
     /// sent early is answered first.
     fn after_pushing(&mut self, replica: SiteSync<'_>) -> Result<Vec<Msg>> {
         if self.pull_asked {
+            // Batches that came before the last body was stored are taken now, in order.
             self.state = SiteState::Pulling;
-            return Ok(vec![]);
+            let mut out = Vec::new();
+            for batch in std::mem::take(&mut self.held) {
+                out.extend(self.handle(replica, batch)?);
+            }
+            return Ok(out);
         }
         if !self.to_send.is_empty() || !self.sending.is_empty() {
             self.state = SiteState::SendingBodies;
             return self.send_bodies(replica);
         }
-        if self.pulled || (self.current && !self.pushed) {
+        if !self.pull_due() {
             return self.start_fetching(replica);
         }
         self.state = SiteState::Pulling;
@@ -1273,8 +1282,17 @@ impl SiteSession {
         }])
     }
 
+    /// The round still has to pull: it has not, and the host did not say the site is current,
+    /// or the site pushed since.
+    fn pull_due(&self) -> bool {
+        !self.pulled && (!self.current || self.pushed)
+    }
+
     /// Sends owed bodies in pieces, from where the host's copy stops, until `SEND_WINDOW`
-    /// bytes await storage; when every body is stored, goes on to the pull.
+    /// bytes await storage; when every piece is sent, the `Pull` behind them (its batches
+    /// are held until each body is stored: a body the site owes is at the host before anything
+    /// of a pull is applied, and the pull's round trip is not added to the bodies'); when every
+    /// body is stored, goes on to the pull.
     fn send_bodies(&mut self, replica: SiteSync<'_>) -> Result<Vec<Msg>> {
         let mut out = Vec::new();
         let mut batch: Vec<BodyPiece> = Vec::new();
@@ -1308,6 +1326,17 @@ impl SiteSession {
         }
         if self.sending.is_empty() && self.in_flight.is_empty() {
             return self.after_pushing(replica);
+        }
+        if self.to_send.is_empty()
+            && self.in_flight.is_empty()
+            && !self.pull_asked
+            && self.pull_due()
+        {
+            self.pull_asked = true;
+            self.pages_awaited = PULL_PAGES;
+            out.push(Msg::Pull {
+                after: replica.pull_cursor()?,
+            });
         }
         Ok(out)
     }
@@ -1557,6 +1586,14 @@ impl SiteSession {
                     }
                 }
                 self.after_ack(replica)
+            }
+            (SiteState::SendingBodies, batch @ Msg::Pulled { .. }) if self.pull_asked => {
+                // The pull asked for behind the bodies: applied once each is stored.
+                if self.held.len() >= PULL_PAGES {
+                    return Err(out_of_turn("Pulled"));
+                }
+                self.held.push(batch);
+                Ok(vec![])
             }
             (SiteState::SendingBodies, Msg::BodyStored { doc }) => {
                 let Some(i) = self.sending.iter().position(|(d, _)| *d == doc) else {
@@ -2289,7 +2326,7 @@ mod tests {
 
     /// A long pull sent with the `Hello` while the site owes the host a body: no `Pull` goes
     /// ahead on the answer's first batch, nothing of it is applied before the body is stored,
-    /// and the pull asked again after it goes ahead as any other.
+    /// and the pull asked again behind the body's pieces goes ahead as any other.
     #[test]
     fn a_long_pull_while_a_body_is_owed_asks_nothing_ahead_before_the_body() {
         let (_t, host, site, ins, written) = long_pull(2);
@@ -2302,8 +2339,11 @@ mod tests {
         assert_eq!(opening.len(), 2, "Hello and Pull");
         let (before_body, pulls) =
             round_holding_the_pull_for_a_body(&host, &site, s, opening, |m| m);
-        assert_eq!(before_body, 1, "only the Pull of the Hello before the body");
-        assert_eq!(pulls, 4, "asked again after the body, then ahead twice");
+        assert_eq!(
+            before_body, 2,
+            "the Pull of the Hello, and the one asked again behind the body's pieces"
+        );
+        assert_eq!(pulls, 4, "asked again behind the body, then ahead twice");
         assert!(host.has_body(&late).expect("has"));
         assert_eq!(
             site.dossier(&ins).expect("dossier").documents,
@@ -2641,9 +2681,71 @@ mod tests {
         late
     }
 
+    /// A round that sends a body the host lacks asks for its pull behind the body's last
+    /// pieces, not once the host has stored it; the batches, here arriving before the host's
+    /// `BodyStored` (which travels on the body's own stream), are applied only after it.
+    #[test]
+    fn the_pull_goes_behind_the_last_pieces_of_a_body_and_is_applied_once_it_is_stored() {
+        let (_t, host, site, ins) = host_and_site();
+        round(&host, &site);
+        let actor = Actor::Professional(doctor());
+        let write = |at: &Replica, title: &str, body: Vec<u8>| {
+            at.put_document(&actor, AccessMode::Normal, None, &ins, new_doc(title, body))
+                .expect("write")
+        };
+        let news = write(&host, "news", vec![1; 3000]);
+        let large = write(&site, "large", vec![7; INLINE_MAX as usize + 1]);
+        let cursor = site.pull_cursor().expect("cursor");
+        let mut s = SiteSession::new(signer(&site), Vec::new());
+        let mut h = HostSession::new(site.config().site_id, certificate(&site));
+        let mut to_host = vec![s.start(crate::testkit::site_sync(&site)).expect("start")];
+        let (mut pulls, mut pulls_before_stored, mut held) = (0, None, Vec::new());
+        for _ in 0..100 {
+            pulls += to_host.iter().filter(|m| m.kind() == "Pull").count();
+            let arrived: Vec<Msg> = to_host.drain(..).map(|m| wire(&m)).collect();
+            let answers = h
+                .handle_all(crate::testkit::host_sync(&host), arrived)
+                .expect("host");
+            let (stored, mut to_site): (Vec<Msg>, Vec<Msg>) =
+                answers.into_iter().partition(|m| m.kind() == "BodyStored");
+            held.extend(stored);
+            if to_site.is_empty() && !held.is_empty() {
+                pulls_before_stored.get_or_insert(pulls);
+                assert_eq!(
+                    site.pull_cursor().expect("cursor"),
+                    cursor,
+                    "nothing of the pull applied before the body is stored"
+                );
+                to_site = std::mem::take(&mut held);
+            }
+            for m in to_site {
+                to_host.extend(
+                    s.handle(crate::testkit::site_sync(&site), wire(&m))
+                        .expect("site"),
+                );
+            }
+            if s.is_done() {
+                break;
+            }
+        }
+        assert!(s.is_done(), "the round ends");
+        assert_eq!(
+            pulls_before_stored,
+            Some(1),
+            "the Pull went before the body was stored"
+        );
+        assert_eq!(pulls, 1, "and once");
+        assert!(host.has_body(&large).expect("has"));
+        assert!(
+            site.read_document(&actor, &news, AccessMode::Normal, None)
+                .is_ok(),
+            "the pull was applied"
+        );
+    }
+
     /// A pull sent with the `Hello`, and the host's `Welcome` names a body this site still
-    /// owes: nothing of that pull is applied before the body is stored, and the round pulls
-    /// again after it.
+    /// owes: nothing of that pull is applied before the body is stored, and the round asks for
+    /// it again behind the body's pieces.
     #[test]
     fn a_pull_sent_with_the_hello_waits_for_the_bodies_the_welcome_names() {
         let (_t, host, site, ins) = host_and_site();
@@ -2666,8 +2768,11 @@ mod tests {
         assert_eq!(opening.len(), 2, "Hello and Pull");
         let (before_body, pulls) =
             round_holding_the_pull_for_a_body(&host, &site, s, opening, |m| m);
-        assert_eq!(before_body, 1, "the Pull of the Hello");
-        assert_eq!(pulls, 2, "asked again after the body");
+        assert_eq!(
+            before_body, 2,
+            "the Pull of the Hello, and the one asked again behind the body's pieces"
+        );
+        assert_eq!(pulls, 2, "asked again behind the body, once");
         assert!(host.has_body(&late).expect("has"));
         assert!(
             site.read_document(&actor, &from_host, AccessMode::Normal, None)
