@@ -12,13 +12,14 @@
 //!    (pieces of up to `CHUNK_MAX` bytes in all, several bodies at once up to `SEND_WINDOW`
 //!    bytes);
 //! 3. site `Pull` → host up to `PULL_PAGES` `Pulled` batches from the site's log, each
-//!    ending before its inline bodies pass `CHUNK_MAX`; while `more`, the site asks again on
-//!    the first batch of an answer, from where the host says the answer ends (`next`), and
-//!    checks that it ended there before applying the next. When no body has to follow the
-//!    pushes, the `Pull` goes right behind the last `Push`, or behind the `Hello` when there
-//!    is nothing to push (`opening`): one round trip fewer; a body the host then asks for
-//!    still goes before anything of that pull is applied (the pull is asked for again after
-//!    it);
+//!    ending before its inline bodies pass `CHUNK_MAX`, the first smaller (`FIRST_PAGE_ITEMS`);
+//!    while `more`, the site asks again on the first batch of an answer, from where the host
+//!    says the answer ends (`next`), and checks that it ended there before applying the next.
+//!    When no body has to follow the pushes, the `Pull` goes right behind the last `Push`, or
+//!    behind the `Hello` when there is nothing to push (`opening`): one round trip fewer; a
+//!    body the host then asks for still goes before anything of that pull is applied (the pull
+//!    is asked for again behind it). When bodies follow, the `Pull` goes right behind their
+//!    last pieces, and its batches are held (`held`) until the host has stored each body;
 //! 4. site `GetBody` (from what it already keeps) for up to `FETCH_WINDOW` bodies at once →
 //!    host `Body` pieces to the end of each (the driver carries each fetch on a stream of its
 //!    own; a stream opened by a `GetBody` carries nothing else);
