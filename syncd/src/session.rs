@@ -2690,12 +2690,9 @@ mod tests {
         let (_t, host, site, ins) = host_and_site();
         round(&host, &site);
         let actor = Actor::Professional(doctor());
-        let write = |at: &Replica, title: &str, body: Vec<u8>| {
-            at.put_document(&actor, AccessMode::Normal, None, &ins, new_doc(title, body))
-                .expect("write")
-        };
-        let news = write(&host, "news", vec![1; 3000]);
-        let large = write(&site, "large", vec![7; INLINE_MAX as usize + 1]);
+        let news = crate::testkit::write_doc(&host, &ins, "news", vec![1; 3000]);
+        let large =
+            crate::testkit::write_doc(&site, &ins, "large", vec![7; INLINE_MAX as usize + 1]);
         let cursor = site.pull_cursor().expect("cursor");
         let mut s = SiteSession::new(signer(&site), Vec::new());
         let mut h = HostSession::new(site.config().site_id, certificate(&site));
@@ -3417,10 +3414,8 @@ mod news_tests {
     fn a_document_written_while_an_image_moves(image_at: Role, answers: Answers, size: usize) {
         let (_t, host, site, ins) = host_and_site();
         round(&host, &site);
-        let actor = Actor::Professional(doctor());
         let write = |at: &Replica, title: &str, body: Vec<u8>| {
-            at.put_document(&actor, AccessMode::Normal, None, &ins, new_doc(title, body))
-                .expect("write")
+            crate::testkit::write_doc(at, &ins, title, body)
         };
         let image = match image_at {
             Role::Site => write(&site, "image", vec![3; 3 * CHUNK_MAX]),

@@ -71,6 +71,19 @@ pub fn new_doc(title: &str, body: Vec<u8>) -> NewDocument {
     }
 }
 
+/// A new document of dossier `ins` written at `at` by `doctor`, with `body` (`new_doc`).
+pub fn write_doc(at: &Replica, ins: &Ins, title: &str, body: Vec<u8>) -> carnet_store::ids::DocId {
+    let actor = carnet_store::model::Actor::Professional(doctor());
+    at.put_document(
+        &actor,
+        carnet_store::model::AccessMode::Normal,
+        None,
+        ins,
+        new_doc(title, body),
+    )
+    .expect("write")
+}
+
 /// The INS of the fixture's dossier.
 pub fn ins() -> Ins {
     Ins::from_body("2840575123456").expect("ins")
